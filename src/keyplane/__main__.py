@@ -1,0 +1,5 @@
+"""``python -m keyplane`` runs the CLI."""
+
+from keyplane.cli import main
+
+main()

@@ -1,0 +1,83 @@
+"""The bus: pub/sub with request/reply, in memory (embedded) or over NATS (distributed).
+
+Topic names (the paper's proof of concept gives every KM its own topic):
+
+* ``keyplane.km.<node>.config``      Admission Control → KM: session configuration, deletion
+* ``keyplane.km.<node>.relay``       KM → KM: relay frames and confirmations
+* ``keyplane.control.access``        KM → Access Control: authentication requests
+* ``keyplane.control.admission``     KM → Admission Control: open, keep-alive, close
+* ``keyplane.telemetry.link.<link>`` QKD modules → Monitoring Element: per-block telemetry
+* ``keyplane.telemetry.km.<node>``   KM → Monitoring Element: buffer levels, sessions
+* ``keyplane.alarms.<link>``         Monitoring Element → Routing Element, SDN Controller
+* ``keyplane.events.<element>``      every element → observers: the Fig. 4 event stream
+"""
+
+from __future__ import annotations
+
+from keyplane.bus.base import Bus, Handler, Subscription, topic_matches
+from keyplane.bus.codec import Message, decode, encode
+from keyplane.bus.memory import MemoryBus
+
+__all__ = [
+    "Bus",
+    "Handler",
+    "MemoryBus",
+    "Message",
+    "Subscription",
+    "connect",
+    "decode",
+    "encode",
+    "topics",
+    "topic_matches",
+]
+
+
+class topics:  # noqa: N801 - a namespace of topic builders
+    """Topic names used between elements."""
+
+    ACCESS = "keyplane.control.access"
+    ADMISSION = "keyplane.control.admission"
+    ROUTING = "keyplane.control.routing"
+    SDN = "keyplane.control.sdn"
+    MONITORING = "keyplane.control.monitoring"
+
+    @staticmethod
+    def km_config(node: str) -> str:
+        return f"keyplane.km.{node}.config"
+
+    @staticmethod
+    def km_relay(node: str) -> str:
+        return f"keyplane.km.{node}.relay"
+
+    @staticmethod
+    def km_control(node: str) -> str:
+        """Control requests to a KM other than session config (e.g. status queries)."""
+        return f"keyplane.km.{node}.control"
+
+    @staticmethod
+    def link_telemetry(link_id: str) -> str:
+        return f"keyplane.telemetry.link.{link_id}"
+
+    @staticmethod
+    def km_telemetry(node: str) -> str:
+        return f"keyplane.telemetry.km.{node}"
+
+    @staticmethod
+    def alarm(link_id: str) -> str:
+        return f"keyplane.alarms.{link_id}"
+
+    @staticmethod
+    def events(element: str) -> str:
+        return f"keyplane.events.{element}"
+
+
+async def connect(url: str | None, *, name: str = "keyplane") -> Bus:
+    """A bus for ``url``: ``None`` or ``"memory://"`` gives a new :class:`MemoryBus`,
+    ``nats://host:port`` a :class:`~keyplane.bus.nats.NatsBus`."""
+    if url is None or url.startswith("memory:"):
+        return MemoryBus()
+    if url.startswith(("nats://", "tls://")):
+        from keyplane.bus.nats import NatsBus
+
+        return await NatsBus.connect(url, name=name)
+    raise ValueError(f"unsupported bus URL {url!r} (use memory:// or nats://host:port)")

@@ -1,0 +1,347 @@
+"""Topology file: nodes, quantum links, users with SLA profiles, applications.
+
+One YAML file describes a keyplane network and both run modes (embedded and
+distributed) read it. :func:`load_topology` validates it once, with pydantic models
+that forbid unknown keys, and on any problem raises :class:`ConfigError` whose message
+names each bad field by its path (``links[2].length_km``) and its line in the file.
+
+Units are in the field names (``_km``, ``_db``, ``_hz``, ``_bps``, ``_s``).
+Priorities: a larger ``priority`` is served first (0 is the lowest).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from keyplane.errors import ConfigError
+
+__all__ = [
+    "Application",
+    "DecoySettings",
+    "Eavesdropper",
+    "HybridPolicy",
+    "Node",
+    "PostProcessing",
+    "QuantumLink",
+    "SlaProfile",
+    "Topology",
+    "User",
+    "load_topology",
+    "parse_topology",
+]
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
+"""An id that is also a bus topic token: letters, digits, '_' and '-'."""
+
+
+class Node(_Model):
+    """A trusted node: one key manager, its QKD modules and its SDN agent."""
+
+    id: Ident
+    name: str = ""
+    address: str = "127.0.0.1"
+
+
+class Eavesdropper(_Model):
+    """Intercept-resend attacker on a fibre: measures a ``fraction`` of pulses."""
+
+    position_km: Annotated[float, Field(ge=0.0)] = 0.0
+    fraction: Probability = 1.0
+
+
+class DecoySettings(_Model):
+    """Decoy-state BB84 intensities (mean photon numbers) and their probabilities.
+
+    The three-intensity (signal, weak decoy, vacuum) protocol of Ma et al., PRA 72, 012326.
+    """
+
+    mu_signal: Annotated[float, Field(gt=0.0)] = 0.5
+    mu_decoy: Annotated[float, Field(ge=0.0)] = 0.1
+    mu_vacuum: Annotated[float, Field(ge=0.0)] = 0.0
+    p_signal: Probability = 0.8
+    p_decoy: Probability = 0.15
+    p_vacuum: Probability = 0.05
+
+    @model_validator(mode="after")
+    def _check(self) -> DecoySettings:
+        total = self.p_signal + self.p_decoy + self.p_vacuum
+        if abs(total - 1.0) > 1e-9:
+            raise ValueError(f"p_signal + p_decoy + p_vacuum must be 1, got {total}")
+        if not self.mu_signal > self.mu_decoy >= self.mu_vacuum:
+            raise ValueError("intensities must satisfy mu_signal > mu_decoy >= mu_vacuum")
+        return self
+
+
+class PostProcessing(_Model):
+    """Post-processing parameters of one link's QKD modules."""
+
+    block_size_bits: Annotated[int, Field(ge=1024, le=10_000_000)] = 100_000
+    qber_threshold: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.11
+    sample_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
+    security_epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-10
+    z_basis_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+
+
+class QuantumLink(_Model):
+    """A fibre between two nodes with one QKD module pair (Alice at ``endpoints[0]``)."""
+
+    id: Ident | None = None
+    endpoints: tuple[str, str]
+    length_km: Annotated[float, Field(ge=0.0, le=1000.0)]
+    attenuation_db_per_km: Annotated[float, Field(ge=0.0)] = 0.2
+    insertion_loss_db: Annotated[float, Field(ge=0.0)] = 1.0
+    detector_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    dark_count_probability: Probability = 1e-6
+    misalignment: Annotated[float, Field(ge=0.0, le=0.5)] = 0.015
+    repetition_rate_hz: Annotated[float, Field(gt=0.0)] = 1e8
+    protocol: Literal["bb84-decoy", "analytic"] = "bb84-decoy"
+    decoy: DecoySettings = DecoySettings()
+    postprocessing: PostProcessing = PostProcessing()
+    eavesdropper: Eavesdropper | None = None
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> QuantumLink:
+        if self.endpoints[0] == self.endpoints[1]:
+            raise ValueError("a link needs two different endpoints")
+        if self.eavesdropper is not None and self.eavesdropper.position_km > self.length_km:
+            raise ValueError("eavesdropper.position_km is beyond the fibre's length_km")
+        return self
+
+    @property
+    def link_id(self) -> str:
+        """The link's id: the given ``id`` or ``"<a>-<b>"``."""
+        return self.id or f"{self.endpoints[0]}-{self.endpoints[1]}"
+
+
+class HybridPolicy(StrEnum):
+    """How a user's hop keys may combine QKD and ML-KEM (issue: hybrid provisioning)."""
+
+    qkd_only = "qkd-only"
+    qkd_and_pqc = "qkd-and-pqc"
+    at_least_qkd = "at-least-qkd"
+    either = "either"
+
+
+class SlaProfile(_Model):
+    """What a user is entitled to (the paper's user/SLA database)."""
+
+    max_sessions: Annotated[int, Field(ge=0)] = 4
+    max_bps: Annotated[int, Field(ge=0)] = 1_000_000
+    min_bps: Annotated[int, Field(ge=0)] = 0
+    priority: Annotated[int, Field(ge=0, le=7)] = 0
+    allowed_peers: list[str] = Field(default_factory=lambda: ["*"])
+    idle_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
+    hybrid_policy: HybridPolicy = HybridPolicy.qkd_only
+
+    @model_validator(mode="after")
+    def _check(self) -> SlaProfile:
+        if self.min_bps > self.max_bps:
+            raise ValueError("min_bps must not exceed max_bps")
+        return self
+
+    def allows_peer(self, sae_id: str) -> bool:
+        """Whether this profile may reach ``sae_id`` (``"*"`` allows every SAE)."""
+        return "*" in self.allowed_peers or sae_id in self.allowed_peers
+
+
+class User(_Model):
+    """A user (owner of applications), identified by a certificate subject or a token."""
+
+    id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    certificate_subject: str | None = None
+    token: str | None = Field(default=None, repr=False)
+    sla: SlaProfile = SlaProfile()
+
+
+class Application(_Model):
+    """A secure application entity (SAE) attached to a node's key manager."""
+
+    sae_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    owner: str
+    node: str
+
+
+class Topology(_Model):
+    """The whole network description; cross-references are checked on load."""
+
+    version: Literal[1] = 1
+    name: str = "keyplane"
+    nodes: list[Node]
+    links: list[QuantumLink] = Field(default_factory=list)
+    users: list[User] = Field(default_factory=list)
+    applications: list[Application] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _cross_check(self) -> Topology:
+        node_ids = _unique("nodes", [n.id for n in self.nodes])
+        _unique("links", [link.link_id for link in self.links])
+        user_ids = _unique("users", [u.id for u in self.users])
+        _unique("applications", [a.sae_id for a in self.applications])
+        pairs: set[frozenset[str]] = set()
+        for i, link in enumerate(self.links):
+            for end in link.endpoints:
+                if end not in node_ids:
+                    raise ValueError(f"links[{i}].endpoints: unknown node {end!r}")
+            pair = frozenset(link.endpoints)
+            if pair in pairs:
+                raise ValueError(f"links[{i}].endpoints: a second link between the same nodes")
+            pairs.add(pair)
+        sae_ids = {a.sae_id for a in self.applications}
+        for i, app in enumerate(self.applications):
+            if app.node not in node_ids:
+                raise ValueError(f"applications[{i}].node: unknown node {app.node!r}")
+            if app.owner not in user_ids:
+                raise ValueError(f"applications[{i}].owner: unknown user {app.owner!r}")
+        for i, user in enumerate(self.users):
+            for peer in user.sla.allowed_peers:
+                if peer != "*" and peer not in sae_ids:
+                    raise ValueError(
+                        f"users[{i}].sla.allowed_peers: unknown application {peer!r}"
+                    )
+        return self
+
+    def node(self, node_id: str) -> Node:
+        """The node with ``node_id`` (KeyError if absent)."""
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    def application(self, sae_id: str) -> Application:
+        """The application with ``sae_id`` (KeyError if absent)."""
+        for a in self.applications:
+            if a.sae_id == sae_id:
+                return a
+        raise KeyError(sae_id)
+
+    def user(self, user_id: str) -> User:
+        """The user with ``user_id`` (KeyError if absent)."""
+        for u in self.users:
+            if u.id == user_id:
+                return u
+        raise KeyError(user_id)
+
+    def link(self, link_id: str) -> QuantumLink:
+        """The link with ``link_id`` (KeyError if absent)."""
+        for link in self.links:
+            if link.link_id == link_id:
+                return link
+        raise KeyError(link_id)
+
+    def links_of(self, node_id: str) -> list[QuantumLink]:
+        """Links with ``node_id`` at one end."""
+        return [link for link in self.links if node_id in link.endpoints]
+
+
+def _unique(what: str, ids: list[str]) -> set[str]:
+    seen: set[str] = set()
+    for i, x in enumerate(ids):
+        if x in seen:
+            raise ValueError(f"{what}[{i}]: duplicate id {x!r}")
+        seen.add(x)
+    return seen
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
+    """Map every path in the YAML document to its 1-based line number."""
+    index: dict[tuple[str | int, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
+        index[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value
+                index[(*path, key)] = key_node.start_mark.line + 1
+                walk(value_node, (*path, key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, (*path, i))
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def _fmt_path(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "(top level)"
+
+
+def _line_for(index: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int | None:
+    while True:
+        if path in index:
+            return index[path]
+        if not path:
+            return None
+        path = path[:-1]
+
+
+def parse_topology(text: str, source: str = "<string>") -> Topology:
+    """Parse and validate topology YAML text.
+
+    Raises:
+        ConfigError: the text is not YAML, or a field is missing, unknown or invalid.
+            The message names each field by path and line.
+    """
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark is not None else source
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the topology must be a YAML mapping with 'nodes'")
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as exc:
+        index = _line_index(text)
+        problems = []
+        for err in exc.errors():
+            path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")))
+            path = tuple(p for p in path if p not in ("function-after",))
+            line = _line_for(index, path)
+            where = f"{source}:{line}" if line else source
+            msg = err["msg"]
+            if err["type"] == "value_error":
+                msg = msg.removeprefix("Value error, ")
+            problems.append(f"{where}: {_fmt_path(path)}: {msg}")
+        raise ConfigError("invalid topology:\n  " + "\n  ".join(problems)) from None
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology file.
+
+    Raises:
+        ConfigError: the file cannot be read or is invalid (see :func:`parse_topology`).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read topology file: {exc.strerror}") from exc
+    return parse_topology(text, str(p))

@@ -1,0 +1,176 @@
+"""keyplane's exception tree.
+
+```
+KeyplaneError
+├── ConfigError                 bad topology or settings file (CLI exit code 2)
+├── BusError                    transport problems, raised only by keyplane.bus
+│   ├── BusTimeout              no reply within the request timeout
+│   ├── NoResponders            nobody subscribes to the request's topic
+│   ├── BusClosed               the bus was closed
+│   └── MessageDecodeError      a message that is not a known, versioned keyplane model
+├── StoreError                  persistence problems, raised only by keyplane.store
+├── SessionError                a session-level refusal or failure
+│   ├── AuthenticationFailed    Access Control refused the identity
+│   ├── QosNotMet               Admission Control refused the QoS (ETSI 004 status 7)
+│   ├── SessionNotFound         unknown Key_stream_ID / session id
+│   ├── SessionIdInUse          ETSI 004 status 5
+│   ├── PeerNotConnected        ETSI 004 status 1/3
+│   └── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
+├── KeyStoreError
+│   └── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
+├── RelayError
+│   ├── RelayTimeout            a hop did not answer in time
+│   ├── PeerUnreachable         no route / KM down (ETSI 004 status 4)
+│   └── RelayAuthenticationFailed  a hop's tag did not verify
+└── PhysicalError
+    ├── QberAboveThreshold      a block aborted on its QBER estimate
+    └── ReconciliationFailed    error correction or verification failed
+```
+Foreign exceptions (NATS, SQLAlchemy, httpx) are translated at the package that owns
+them and re-raised ``from`` the original. No error message carries key material.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationFailed",
+    "BusClosed",
+    "BusError",
+    "BusTimeout",
+    "ConfigError",
+    "IllegalTransition",
+    "InsufficientKeyMaterial",
+    "KeyStoreError",
+    "KeyplaneError",
+    "MessageDecodeError",
+    "NoResponders",
+    "PeerNotConnected",
+    "PeerUnreachable",
+    "PhysicalError",
+    "QberAboveThreshold",
+    "QosNotMet",
+    "ReconciliationFailed",
+    "RelayAuthenticationFailed",
+    "RelayError",
+    "RelayTimeout",
+    "SessionError",
+    "SessionIdInUse",
+    "SessionNotFound",
+    "StoreError",
+]
+
+
+class KeyplaneError(Exception):
+    """Base of every error keyplane raises on purpose."""
+
+
+class ConfigError(KeyplaneError):
+    """A topology or settings file is unreadable or invalid."""
+
+
+class BusError(KeyplaneError):
+    """The message bus failed."""
+
+
+class BusTimeout(BusError):
+    """A bus request got no reply in time."""
+
+    def __init__(self, topic: str, timeout_s: float) -> None:
+        super().__init__(f"no reply on {topic!r} within {timeout_s} s")
+        self.topic = topic
+        self.timeout_s = timeout_s
+
+
+class NoResponders(BusError):
+    """A bus request was sent to a topic no one listens on."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__(f"no responders on {topic!r}")
+        self.topic = topic
+
+
+class BusClosed(BusError):
+    """The bus is closed."""
+
+
+class MessageDecodeError(BusError):
+    """Bytes on the bus are not a known keyplane message of a supported version."""
+
+
+class StoreError(KeyplaneError):
+    """The database failed."""
+
+
+class SessionError(KeyplaneError):
+    """A session was refused or failed."""
+
+
+class AuthenticationFailed(SessionError):
+    """Access Control refused the identity or the requested SAE/peer."""
+
+
+class QosNotMet(SessionError):
+    """Admission Control refused the requested QoS or found no path for it."""
+
+
+class SessionNotFound(SessionError):
+    """No such session / Key_stream_ID."""
+
+
+class SessionIdInUse(SessionError):
+    """The Key_stream_ID is already used by another stream."""
+
+
+class PeerNotConnected(SessionError):
+    """The peer application has not opened its side of the session yet."""
+
+
+class IllegalTransition(SessionError):
+    """A session state machine was asked for a transition the model forbids."""
+
+    def __init__(self, machine: str, state: str, event: str) -> None:
+        super().__init__(f"{machine}: event {event!r} is not allowed in state {state!r}")
+        self.machine = machine
+        self.state = state
+        self.event = event
+
+
+class KeyStoreError(KeyplaneError):
+    """A key store failed."""
+
+
+class InsufficientKeyMaterial(KeyStoreError):
+    """Not enough key material is available right now."""
+
+
+class RelayError(KeyplaneError):
+    """A trusted-node relay failed."""
+
+
+class RelayTimeout(RelayError):
+    """A relay hop did not answer in time."""
+
+
+class PeerUnreachable(RelayError):
+    """No KM or route to the peer."""
+
+
+class RelayAuthenticationFailed(RelayError):
+    """A relay frame's authentication tag did not verify."""
+
+
+class PhysicalError(KeyplaneError):
+    """The emulated QKD layer failed to produce a block."""
+
+
+class QberAboveThreshold(PhysicalError):
+    """The estimated QBER is above the abort threshold."""
+
+    def __init__(self, qber: float, threshold: float) -> None:
+        super().__init__(f"estimated QBER {qber:.4f} above threshold {threshold:.4f}")
+        self.qber = qber
+        self.threshold = threshold
+
+
+class ReconciliationFailed(PhysicalError):
+    """Error correction or verification did not yield identical keys."""

@@ -1,0 +1,129 @@
+"""The paper's two control-plane databases: users/SLA profiles and topology + link metrics.
+
+Functions take a :class:`~keyplane.store.db.Database` and return plain pydantic/config
+objects, never ORM rows, so callers cannot mutate the database by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from sqlalchemy import delete, select
+
+from keyplane.config import Application, SlaProfile, Topology, User
+from keyplane.store.db import Database
+from keyplane.store.models import ApplicationRow, LinkMetricRow, LinkRow, NodeRow, UserRow
+
+__all__ = [
+    "LinkMetrics",
+    "get_application",
+    "get_link_metrics",
+    "get_user",
+    "get_user_by_subject",
+    "get_user_by_token",
+    "load_topology_into",
+    "token_digest",
+    "upsert_link_metrics",
+]
+
+
+def token_digest(token: str) -> str:
+    """SHA-256 hex of an access token: the database never holds tokens in clear."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LinkMetrics:
+    """Latest monitored figures of a link (``None``: never measured)."""
+
+    link_id: str
+    t: float = 0.0
+    state: str = "up"
+    skr_bps: float | None = None
+    qber: float | None = None
+    sessions: int = 0
+    buffer_bits: int = 0
+    reserved_bps: float = 0.0
+
+
+async def load_topology_into(db: Database, topo: Topology) -> None:
+    """Replace nodes, links, users and applications with the topology file's.
+
+    Link metrics of links that still exist are kept.
+    """
+    async with db.session() as s:
+        await s.execute(delete(ApplicationRow))
+        await s.execute(delete(UserRow))
+        link_ids = [link.link_id for link in topo.links]
+        await s.execute(delete(LinkMetricRow).where(LinkMetricRow.link_id.not_in(link_ids)))
+        await s.execute(delete(LinkRow).where(LinkRow.id.not_in(link_ids)))
+        await s.execute(delete(NodeRow).where(NodeRow.id.not_in([n.id for n in topo.nodes])))
+        for n in topo.nodes:
+            await s.merge(NodeRow(id=n.id, name=n.name, address=n.address))
+        await s.flush()
+        for link in topo.links:
+            params = link.model_dump(mode="json", exclude={"id", "endpoints", "enabled"})
+            await s.merge(LinkRow(id=link.link_id, node_a=link.endpoints[0],
+                                  node_b=link.endpoints[1], kind="PHYS", enabled=link.enabled,
+                                  params=params))
+        for u in topo.users:
+            s.add(UserRow(id=u.id, certificate_subject=u.certificate_subject,
+                          token_sha256=token_digest(u.token) if u.token else None,
+                          sla=u.sla.model_dump(mode="json")))
+        await s.flush()
+        for a in topo.applications:
+            s.add(ApplicationRow(sae_id=a.sae_id, owner=a.owner, node=a.node))
+
+
+def _user(row: UserRow) -> User:
+    return User(id=row.id, certificate_subject=row.certificate_subject,
+                sla=SlaProfile.model_validate(row.sla))
+
+
+async def get_user(db: Database, user_id: str) -> User | None:
+    """The user with ``user_id``, or None."""
+    async with db.session() as s:
+        row = await s.get(UserRow, user_id)
+        return _user(row) if row else None
+
+
+async def get_user_by_subject(db: Database, subject: str) -> User | None:
+    """The user whose certificate subject is ``subject``, or None."""
+    async with db.session() as s:
+        row = (await s.execute(select(UserRow).where(UserRow.certificate_subject == subject))
+               ).scalar_one_or_none()
+        return _user(row) if row else None
+
+
+async def get_user_by_token(db: Database, token: str) -> User | None:
+    """The user holding access token ``token``, or None."""
+    async with db.session() as s:
+        row = (await s.execute(select(UserRow).where(UserRow.token_sha256 == token_digest(token)))
+               ).scalar_one_or_none()
+        return _user(row) if row else None
+
+
+async def get_application(db: Database, sae_id: str) -> Application | None:
+    """The application with ``sae_id``, or None."""
+    async with db.session() as s:
+        row = await s.get(ApplicationRow, sae_id)
+        return Application(sae_id=row.sae_id, owner=row.owner, node=row.node) if row else None
+
+
+async def upsert_link_metrics(db: Database, m: LinkMetrics) -> None:
+    """Write the latest figures of a link."""
+    async with db.session() as s:
+        await s.merge(LinkMetricRow(link_id=m.link_id, t=m.t, state=m.state, skr_bps=m.skr_bps,
+                                    qber=m.qber, sessions=m.sessions, buffer_bits=m.buffer_bits,
+                                    reserved_bps=m.reserved_bps))
+
+
+async def get_link_metrics(db: Database) -> dict[str, LinkMetrics]:
+    """Latest figures of every measured link."""
+    async with db.session() as s:
+        rows = (await s.execute(select(LinkMetricRow))).scalars().all()
+        return {r.link_id: LinkMetrics(link_id=r.link_id, t=r.t, state=r.state, skr_bps=r.skr_bps,
+                                       qber=r.qber, sessions=r.sessions,
+                                       buffer_bits=r.buffer_bits, reserved_bps=r.reserved_bps)
+                for r in rows}

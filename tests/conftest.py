@@ -1,0 +1,87 @@
+"""Fixtures shared by every test tier: clocks, buses on both backends, databases on both.
+
+``bus`` and ``db`` are parametrized so one contract suite runs against the in-memory bus
+and a real nats-server, and against SQLite and a real PostgreSQL. The servers are started
+once per test session on free ports (keyplane.services) and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from keyplane.bus import Bus, MemoryBus
+from keyplane.clock import VirtualClock
+from keyplane.services import NatsServer, PostgresServer
+from keyplane.store import Database, sqlite_url
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+@pytest.fixture(scope="session")
+def nats_server() -> Iterator[NatsServer]:
+    srv = NatsServer.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    srv = PostgresServer.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture
+async def nats_bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
+    from keyplane.bus.nats import NatsBus
+
+    bus = await NatsBus.connect(nats_server.url)
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.nats)])
+async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
+    """A bus of each kind; tests using it form the bus contract suite."""
+    if request.param == "memory":
+        b: Bus = MemoryBus()
+    else:
+        from keyplane.bus.nats import NatsBus
+
+        srv: NatsServer = request.getfixturevalue("nats_server")
+        b = await NatsBus.connect(srv.url)
+    try:
+        yield b
+    finally:
+        await b.close()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """A fresh, empty database URL of each backend."""
+    if request.param == "sqlite":
+        return sqlite_url(tmp_path / "keyplane.db")
+    srv: PostgresServer = request.getfixturevalue("postgres_server")
+    return srv.create_database("t_" + uuid.uuid4().hex[:12])
+
+
+@pytest.fixture
+async def db(db_url: str) -> AsyncIterator[Database]:
+    """An opened, migrated database of each backend."""
+    database = await Database.open(db_url)
+    try:
+        yield database
+    finally:
+        await database.close()
