@@ -1,0 +1,132 @@
+"""What a node's key manager offers the application interfaces (ETSI 004 and 014).
+
+``keyplane.api`` serves HTTP and maps results and exceptions to each standard's wire form;
+it holds no key state. A key manager implements :class:`ApplicationService`. Errors are the
+domain exceptions of :mod:`keyplane.errors`; the API maps them (one table) to ETSI 014 HTTP
+codes and ETSI 004 status codes:
+
+| exception                | ETSI 014 | ETSI 004 status |
+|--------------------------|----------|-----------------|
+| AuthenticationFailed     | 401      | (HTTP 401)      |
+| QosNotMet                | 400/503  | 7               |
+| SessionNotFound          | 400      | 9 (non-standard: stream not found) |
+| SessionIdInUse           | 400      | 5               |
+| PeerNotConnected         | 503      | 1 (open) / 3 (get_key) |
+| InsufficientKeyMaterial  | 503      | 2               |
+| PeerUnreachable          | 503      | 4               |
+| TimeoutError/RelayTimeout| 503      | 6               |
+
+``identity`` is what the transport authenticated: the mTLS client certificate subject
+(RFC 4514 string), or a bearer token when ``method == "token"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from keyplane.messages import Qos
+
+__all__ = [
+    "ApplicationService",
+    "Caller",
+    "DeliveredKey",
+    "GetKeyResult",
+    "OpenResult",
+    "PairStatus",
+]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """An authenticated transport identity (never the SAE id it claims)."""
+
+    identity: str = field(repr=False)
+    method: Literal["certificate", "token"] = "certificate"
+
+
+@dataclass(frozen=True)
+class OpenResult:
+    """Result of OPEN_CONNECT: the stream id and the QoS the KM will serve.
+
+    ``peer_connected`` is False when the session is registered but the peer application
+    has not opened its side yet (ETSI 004 status 1).
+    """
+
+    key_stream_id: str
+    qos: Qos
+    peer_connected: bool
+
+
+@dataclass(frozen=True)
+class GetKeyResult:
+    """One key chunk of a stream (identical at both ends for the same index)."""
+
+    key_stream_id: str
+    index: int
+    key: bytes = field(repr=False)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeliveredKey:
+    """An ETSI 014 key: UUID key_ID, the bytes, and optional extension (e.g. provenance)."""
+
+    key_id: str
+    key: bytes = field(repr=False)
+    extension: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class PairStatus:
+    """ETSI 014 Status figures for a (master, slave) SAE pair, from real state."""
+
+    source_kme_id: str
+    target_kme_id: str
+    master_sae_id: str
+    slave_sae_id: str
+    key_size: int
+    stored_key_count: int
+    max_key_count: int
+    max_key_per_request: int
+    max_key_size: int
+    min_key_size: int
+    max_sae_id_count: int
+
+
+class ApplicationService(Protocol):
+    """A key manager as seen by the ETSI 004 / 014 servers of its node."""
+
+    node_id: str
+
+    # ---- ETSI GS QKD 004 -------------------------------------------------------------
+    async def open_connect(self, caller: Caller, source: str, destination: str, qos: Qos,
+                           key_stream_id: str | None) -> OpenResult:
+        """OPEN_CONNECT: authenticate, ask Admission Control, return once configured
+        (or with ``peer_connected=False`` while the peer has not opened yet)."""
+        ...
+
+    async def get_key(self, caller: Caller, key_stream_id: str, index: int | None,
+                      metadata: dict[str, Any] | None = None) -> GetKeyResult:
+        """GET_KEY: the chunk at ``index`` (next one when None), same at both ends."""
+        ...
+
+    async def close(self, caller: Caller, key_stream_id: str) -> None:
+        """CLOSE: end the caller's side of the stream and free its resources."""
+        ...
+
+    # ---- ETSI GS QKD 014 -------------------------------------------------------------
+    async def status(self, caller: Caller, master_sae: str, slave_sae: str) -> PairStatus:
+        """Status for keys from ``master_sae`` (the caller) to ``slave_sae``."""
+        ...
+
+    async def enc_keys(self, caller: Caller, master_sae: str, slave_sae: str, number: int,
+                       size_bits: int, additional_slaves: list[str] | None = None,
+                       extensions: dict[str, Any] | None = None) -> list[DeliveredKey]:
+        """Fresh keys for the master; the slave(s) can fetch them once with dec_keys."""
+        ...
+
+    async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
+                       key_ids: list[str]) -> list[DeliveredKey]:
+        """The keys ``key_ids`` that ``master_sae`` made for ``slave_sae`` (each once)."""
+        ...
