@@ -1,0 +1,160 @@
+"""Group commit of a key manager's state to the store (write-behind, durable before use).
+
+The KM's hot path (link key reservations and consumptions, end-to-end keys, deliveries,
+session rows) changes in-memory state first and *marks* it dirty; :meth:`Journal.mark`
+returns a generation number. A background task writes every dirty item in one transaction
+and then releases everyone waiting on a generation it covered. A caller that is about to
+hand key material out (send a frame, return a key to an application) first awaits
+:meth:`Journal.flushed` for its generation, so nothing leaves the KM before its
+consumption is durable, while concurrent requests share one commit (throughput scales
+with concurrency instead of paying one commit each).
+
+A :class:`Persister` owns one kind of row. At commit time the journal asks each for a
+snapshot (taken synchronously, so it is consistent) and runs the snapshots in one
+transaction; if the transaction fails, each persister is told to re-mark what it lost and
+the waiters get :class:`~keyplane.errors.StoreError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from keyplane.errors import StoreError
+from keyplane.store import Database
+
+__all__ = ["Journal", "Persister", "WriteOp"]
+
+logger = logging.getLogger(__name__)
+
+WriteOp = Callable[[AsyncSession], Awaitable[None]]
+
+
+class Persister(Protocol):
+    """Something whose dirty state the journal writes."""
+
+    def snapshot(self) -> WriteOp | None:
+        """Take (and clear) the dirty state as one write operation, or None if clean."""
+        ...
+
+    def snapshot_failed(self) -> None:
+        """The last snapshot's transaction failed: mark its items dirty again."""
+        ...
+
+
+class Journal:
+    """One writer task per KM that batches dirty state into transactions."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._persisters: list[Persister] = []
+        self._gen = 0
+        self._done = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.commits = 0
+
+    def register(self, p: Persister) -> None:
+        """Add a persister (before :meth:`start`)."""
+        self._persisters.append(p)
+
+    def start(self) -> None:
+        """Start the writer task."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="km-journal")
+
+    def mark(self) -> int:
+        """Note that some persister has dirty state; the generation to wait for."""
+        self._gen += 1
+        self._wake.set()
+        return self._gen
+
+    async def flushed(self, gen: int) -> None:
+        """Wait until everything marked up to ``gen`` is committed.
+
+        Raises:
+            StoreError: the commit failed or the journal is closed.
+        """
+        if gen <= self._done:
+            return
+        if self._closed:
+            raise StoreError("key manager journal is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((gen, fut))
+        await fut
+
+    async def sync(self) -> None:
+        """Commit everything marked so far."""
+        await self.flushed(self.mark())
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._gen <= self._done:
+                continue
+            await self._commit_once()
+
+    async def _commit_once(self) -> None:
+        target = self._gen
+        ops: list[tuple[Persister, WriteOp]] = []
+        for p in self._persisters:
+            op = p.snapshot()
+            if op is not None:
+                ops.append((p, op))
+        error: BaseException | None = None
+        try:
+            if ops:
+                async with self._db.session() as s:
+                    for _, op in ops:
+                        await op(s)
+                self.commits += 1
+        except asyncio.CancelledError:
+            for p, _ in ops:
+                p.snapshot_failed()
+            raise
+        except Exception as exc:  # reported to every waiter below
+            logger.exception("key manager journal commit failed")
+            for p, _ in ops:
+                p.snapshot_failed()
+            error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+        if error is None:
+            self._done = target
+        keep: list[tuple[int, asyncio.Future[None]]] = []
+        for gen, fut in self._waiters:
+            if fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+            elif gen <= target:
+                fut.set_result(None)
+            else:
+                keep.append((gen, fut))
+        self._waiters = keep
+
+    async def close(self) -> None:
+        """Write what is dirty, stop the writer and fail remaining waiters (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            # stop the writer first (a commit it was in re-marks its items), then write
+            # everything once more, so no two commits ever race on the same rows
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._gen > self._done:
+            with contextlib.suppress(Exception):
+                await self._commit_once()
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(StoreError("key manager journal closed"))
+        self._waiters.clear()
