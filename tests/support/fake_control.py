@@ -179,7 +179,7 @@ class FakeControlPlane:
         """Configure every KM of the path (intermediates first, endpoints last)."""
         path = path or fs.path
         cfgs = self.configs(fs, path, fs.epoch)
-        order = cfgs[1:-1] + [cfgs[-1], cfgs[0]]
+        order = [*cfgs[1:-1], cfgs[-1], cfgs[0]]
         acks = []
         for cfg in order:
             reply = await self.bus.request(topics.km_config(cfg.node), cfg, timeout_s=5)

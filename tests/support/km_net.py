@@ -6,20 +6,22 @@ link), standing in for the physical layer.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from dataclasses import dataclass, field
+
+from tests.support.fake_control import FakeControlPlane
 
 from keyplane.bus import Bus
 from keyplane.clock import Clock
 from keyplane.config import Topology, parse_topology
-from keyplane.events import EventStream, MemorySink
+from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.interface import Caller
+from keyplane.messages import Qos
 from keyplane.store import Database
 
-from tests.support.fake_control import FakeControlPlane
-
-__all__ = ["KmNet", "line_topology", "start_net"]
+__all__ = ["CALLER_A", "CALLER_B", "KmNet", "line_topology", "open_pair", "start_net"]
 
 
 def line_topology(n_nodes: int, *, extra: str = "") -> Topology:
@@ -107,3 +109,22 @@ async def start_net(topology: Topology, bus: Bus, db: Database, clock: Clock, *,
         net.kms[node.id] = km
     await net.feed(random.Random(seed), blocks, block_bytes)
     return net
+
+
+async def open_pair(net: KmNet, src: str = "sa", dst: str = "sb", qos: Qos | None = None
+                    ) -> str:
+    """OPEN_CONNECT at both ends (the source first, then the peer joins with its id)."""
+    last = f"km{len(net.topology.nodes) - 1}"
+    qos = qos or Qos()
+    opener = asyncio.create_task(net.kms["km0"].open_connect(CALLER_A, src, dst, qos, None))
+    async with asyncio.timeout(5):
+        # the KM assigned the Key_stream_ID; the peer learns it out of band (here: events)
+        arrived = await net.sink.wait_for(
+            lambda e: e.type == EventType.admission_requested and e.node == "km0")
+    sid = arrived.session
+    assert sid is not None
+    joined = await net.kms[last].open_connect(CALLER_B, dst, src, qos, sid)
+    opened = await opener
+    assert opened.peer_connected and joined.peer_connected
+    assert opened.key_stream_id == joined.key_stream_id == sid
+    return sid

@@ -141,6 +141,8 @@ class _Session:
     demanded: set[int] = field(default_factory=set)
     last_keepalive: float = float("-inf")
     freed_bits: int = 0
+    ended: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future())
 
     @property
     def role(self) -> HopRole | None:
@@ -409,6 +411,8 @@ class KeyManager:
         """Release everything a terminated session holds."""
         self.forwarding.remove(s.session_id)
         s.bucket = None
+        if not s.ended.done():
+            s.ended.set_result(None)
         if s.idle_task is not None and s.idle_task is not asyncio.current_task():
             s.idle_task.cancel()
         s.idle_task = None
@@ -735,9 +739,13 @@ class KeyManager:
         slot = False
         try:
             if wait > 0:
-                await self._clock.sleep(wait)
+                # pace on the clock, but wake at once if the session ends meanwhile
+                with contextlib.suppress(TimeoutError):
+                    await self._clock.wait_for(asyncio.shield(s.ended), wait)
             await self._acquire_slot(s, deadline)
             slot = True
+            if not s.machine.live:
+                raise SessionNotFound(f"session {s.session_id} ended while the request waited")
             yield deadline
         except BaseException:
             # nothing was delivered: the bits go back to the bucket, never lost silently

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
+from tests.support.km_net import CALLER_A, CALLER_B, KmNet, line_topology, open_pair, start_net
 
 from keyplane.bus import Bus, MemoryBus, Message
 from keyplane.clock import RealClock, VirtualClock
@@ -21,7 +23,6 @@ from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame
 from keyplane.messages import Qos
 from keyplane.store import Database, sqlite_url
 from keyplane.store.models import LinkKeyBlockRow
-from tests.support.km_net import CALLER_A, CALLER_B, KmNet, line_topology, start_net
 
 
 class FrameLog:
@@ -35,21 +36,6 @@ class FrameLog:
         assert isinstance(msg, KeyFrame | ConfirmFrame | DemandFrame)
         self.frames.append(msg)
         self.topics.append(topic)
-
-
-async def open_pair(net: KmNet, src: str = "sa", dst: str = "sb") -> str:
-    """OPEN_CONNECT at both ends (the source first, then the peer joins with its id)."""
-    last = f"km{len(net.topology.nodes) - 1}"
-    opener = asyncio.create_task(net.kms["km0"].open_connect(CALLER_A, src, dst, Qos(), None))
-    async with asyncio.timeout(5):
-        while not net.control.sessions:
-            await asyncio.sleep(0.001)
-    sid = next(iter(net.control.sessions))
-    joined = await net.kms[last].open_connect(CALLER_B, dst, src, Qos(), sid)
-    opened = await opener
-    assert opened.peer_connected and joined.peer_connected
-    assert opened.key_stream_id == joined.key_stream_id == sid
-    return sid
 
 
 async def check_link_keys_used_once(net: KmNet, log: FrameLog) -> None:
@@ -67,7 +53,7 @@ async def check_link_keys_used_once(net: KmNet, log: FrameLog) -> None:
             named.setdefault((frame.link_id, receiver, block), []).append((off, off + n))
     for ranges in named.values():
         ranges.sort()
-        for (_, e1), (s2, _) in zip(ranges, ranges[1:], strict=False):
+        for (_, e1), (s2, _) in itertools.pairwise(ranges):
             assert e1 <= s2, "a link key byte was used twice"
     async with net.db.session() as s:
         rows = (await s.execute(select(LinkKeyBlockRow))).scalars().all()
@@ -191,7 +177,7 @@ async def test_relay_without_link_key_on_a_hop_delivers_to_neither_end(km_db: Da
                           block_bytes=1024,
                           settings=KmSettings(link_reserve_bytes=0, relay_attempts=1))
     try:
-        sid = await open_pair(net)
+        sid = await open_pair(net, qos=Qos(timeout_ms=200))
         # drain the km1 -> km2 direction so the intermediate cannot re-pad
         store = net.kms["km1"].link_store("km2")
         store.take_send(store.sendable_bytes)
