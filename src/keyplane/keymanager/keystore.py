@@ -250,6 +250,8 @@ class LinkKeyStore:
         for block_id, offset, length in segments:
             blk = self._blocks.get(block_id)
             if blk is None:
+                if block_id in self._deleted:
+                    raise KeyStoreError(f"link {self.link_id}: block {block_id} already used up")
                 raise KeyStoreError(f"link {self.link_id}: frame names unknown block {block_id}")
             if length <= 0 or offset < blk.rx_start or offset + length > blk.rx_end:
                 raise KeyStoreError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.support.km_net import CALLER_A, KmNet, line_topology, open_pair, start_net
 
 from keyplane.bus import MemoryBus
 from keyplane.clock import VirtualClock
@@ -13,7 +14,6 @@ from keyplane.errors import KmBusy, RateLimited
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings
 from keyplane.store import Database
-from tests.support.km_net import CALLER_A, KmNet, line_topology, open_pair, start_net
 
 HUB = parse_topology("""
 version: 1

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
+from tests.unit.keymanager.test_relay import FrameLog, check_link_keys_used_once
 
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock, VirtualClock
@@ -12,8 +14,6 @@ from keyplane.config import parse_topology
 from keyplane.errors import KeyNotFound
 from keyplane.keymanager import KmSettings
 from keyplane.store import Database
-from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
-from tests.unit.keymanager.test_relay import FrameLog, check_link_keys_used_once
 
 
 async def test_km_restarted_mid_stream_loses_no_key_and_delivers_none_twice(
