@@ -320,13 +320,10 @@ class LinkKeyStore:
         async def write(s: AsyncSession) -> None:
             if inserts:
                 await s.execute(insert(LinkKeyBlockRow), inserts)
-            for row in updates:
-                await s.execute(
-                    update(LinkKeyBlockRow)
-                    .where(LinkKeyBlockRow.node == node, LinkKeyBlockRow.link_id == link,
-                           LinkKeyBlockRow.block_id == row["block_id"])
-                    .values(tx_reserved_bytes=row["tx_reserved_bytes"],
-                            rx_consumed=row["rx_consumed"], material=row["material"]))
+            if updates:
+                # ORM bulk UPDATE by primary key: one executemany for every dirty block
+                await s.execute(update(LinkKeyBlockRow), [
+                    {"node": node, "link_id": link, **row} for row in updates])
             if deletes:
                 await s.execute(delete(LinkKeyBlockRow).where(
                     LinkKeyBlockRow.node == node, LinkKeyBlockRow.link_id == link,

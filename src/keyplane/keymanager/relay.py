@@ -18,6 +18,13 @@ A batch of end-to-end keys goes source -> intermediates -> destination, one fram
    32-byte MAC key; only after it has been sent are the keys offered to its application.
 4. The source marks the keys ``ready`` on a positive confirmation.
 
+Durability: a KM awaits the journal before any byte leaves it for what makes that safe —
+its own *send* reservation (so a pad is never reused, even after a crash), the source's
+pending keys, the destination's stored keys. Consumption of *received* segments is written
+by the same journal without holding the frame up: if a KM crashes before that write, the
+segments merely look unused after the restart; the sender never names them again, and a
+replayed frame can only repeat a key the destination already treats as a duplicate.
+
 A failure on any hop (no link key, bad tag, no route, timeout) delivers the keys to neither
 end: the destination never saw them, or the source never got a confirmation and keeps them
 ``pending``. The source retries (``relay_attempts``) with fresh link key on the *current*
@@ -38,7 +45,6 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from keyplane.bus import Bus, Message, topics
@@ -100,11 +106,6 @@ class RelayHost(Protocol):
     def demand(self, session_id: str, indexes: list[int]) -> None:
         """Source: the destination asks for ``indexes``."""
         ...
-
-
-@dataclass
-class _Waiter:
-    fut: asyncio.Future[ConfirmFrame]
 
 
 class Relay:
@@ -259,21 +260,22 @@ class Relay:
         return entry
 
     def _open(self, store: LinkKeyStore, frame: KeyFrame | ConfirmFrame | DemandFrame,
-              ) -> tuple[bytes, int]:
+              ) -> bytes:
+        """Consume the frame's named segments and verify its tag; the pad after the MAC key."""
         if frame.link_id != store.link_id:
             raise RelayError(f"frame names link {frame.link_id}, expected {store.link_id}")
-        taken, gen = store.take_received(frame.segments)
+        taken, _ = store.take_received(frame.segments)
         if len(taken) < MAC_KEY_BYTES or not verify(frame, taken[:MAC_KEY_BYTES]):
             self._events.emit(EventType.key_request_refused, "km", node=self.node_id,
                               session=frame.session_id, reason="relay tag did not verify",
                               link_id=store.link_id)
             raise RelayError("authentication tag did not verify")
-        return taken[MAC_KEY_BYTES:], gen
+        return taken[MAC_KEY_BYTES:]
 
     async def _on_key(self, frame: KeyFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=False)
         store = self._host.link_store(frame.sender)
-        pad, gen = self._open(store, frame)
+        pad = self._open(store, frame)
         n = len(frame.key_ids) * frame.key_size_bytes
         if len(frame.indexes) != len(frame.key_ids) or len(pad) != n:
             raise RelayError("key frame sizes do not match")
@@ -291,7 +293,10 @@ class Relay:
                 "sender": self.node_id, "link_id": nstore.link_id, "segments": segments,
                 "ciphertext": b64e(xor(keys_blob, taken[MAC_KEY_BYTES:])), "direct": False,
             }), taken[:MAC_KEY_BYTES])
-            await self._journal.flushed(max(gen, gen2))
+            # only the *sending* side's consumption must be durable before bytes leave
+            # (a pad is never reused); the received segments are recorded by the same
+            # journal in this or the next commit (see the module docstring)
+            await self._journal.flushed(gen2)
             await self._bus.publish(topics.km_relay(entry.next_km), out)
             self._relayed_event(out, entry.next_km)
             return
@@ -305,7 +310,7 @@ class Relay:
             session_id=frame.session_id, epoch=frame.epoch, sender=self.node_id,
             link_id=store.link_id, segments=segments, batch_id=frame.batch_id,
             key_ids=frame.key_ids, ok=ok, reason=reason), mac_key)
-        await self._journal.flushed(max(gen, gen3, gen4))
+        await self._journal.flushed(max(gen3, gen4))  # keys stored before they are confirmed
         await self._bus.publish(topics.km_relay(frame.sender), confirm)
         if ok:
             self._host.keys_confirmed_sent(frame)
@@ -329,11 +334,10 @@ class Relay:
     async def _on_confirm(self, frame: ConfirmFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=True)
         store = self._host.link_store(frame.sender)
-        _, gen = self._open(store, frame)
+        self._open(store, frame)
         if entry.role is HopRole.intermediate:
-            await self._forward_back(frame, entry, gen)
+            await self._forward_back(frame, entry)
             return
-        await self._journal.flushed(gen)
         fut = self._waiters.get(frame.batch_id)
         if fut is not None and not fut.done():
             fut.set_result(frame)
@@ -341,23 +345,22 @@ class Relay:
     async def _on_demand(self, frame: DemandFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=True)
         store = self._host.link_store(frame.sender)
-        _, gen = self._open(store, frame)
+        self._open(store, frame)
         if entry.role is HopRole.intermediate:
-            await self._forward_back(frame, entry, gen)
+            await self._forward_back(frame, entry)
             return
-        await self._journal.flushed(gen)
         if entry.role is HopRole.source:
             self._host.demand(frame.session_id, list(frame.indexes))
 
-    async def _forward_back(self, frame: ConfirmFrame | DemandFrame, entry: ForwardingEntry,
-                            gen: int) -> None:
+    async def _forward_back(self, frame: ConfirmFrame | DemandFrame, entry: ForwardingEntry
+                            ) -> None:
         if entry.prev_km is None:
             raise RelayError("intermediate entry without a previous hop")
         pstore = self._host.link_store(entry.prev_km)
         segments, mac_key, gen2 = pstore.take_send(MAC_KEY_BYTES)
         out = seal(frame.model_copy(update={"sender": self.node_id, "link_id": pstore.link_id,
                                             "segments": segments}), mac_key)
-        await self._journal.flushed(max(gen, gen2))
+        await self._journal.flushed(gen2)
         await self._bus.publish(topics.km_relay(entry.prev_km), out)
 
     def cancel_all(self, reason: Callable[[], BaseException]) -> None:

@@ -120,11 +120,8 @@ class KeyVault:
         async def write(s: AsyncSession) -> None:
             if inserts:
                 await s.execute(insert(DeliveredKeyRow), inserts)
-            for row in updates:
-                await s.execute(update(DeliveredKeyRow).where(
-                    DeliveredKeyRow.node == node, DeliveredKeyRow.key_id == row["key_id"]
-                ).values(state=row["state"], delivered=row["delivered"],
-                         material=row["material"]))
+            if updates:
+                await s.execute(update(DeliveredKeyRow), [{"node": node, **r} for r in updates])
             if sessions:
                 await s.execute(delete(DeliveredKeyRow).where(
                     DeliveredKeyRow.node == node, DeliveredKeyRow.session_id.in_(sessions)))
@@ -193,10 +190,8 @@ class SessionRows:
         async def write(s: AsyncSession) -> None:
             if inserts:
                 await s.execute(insert(SessionRow), inserts)
-            for row in updates:
-                await s.execute(update(SessionRow).where(
-                    SessionRow.node == node, SessionRow.session_id == row["session_id"]
-                ).values(state=row["state"], config=row["config"], updated_t=row["updated_t"]))
+            if updates:
+                await s.execute(update(SessionRow), [{"node": node, **r} for r in updates])
 
         return write
 
