@@ -9,6 +9,14 @@ hand key material out (send a frame, return a key to an application) first await
 consumption is durable, while concurrent requests share one commit (throughput scales
 with concurrency instead of paying one commit each).
 
+Two kinds of marks: a caller that awaits :meth:`Journal.flushed` wakes the writer at once;
+a mark nobody waits for (e.g. received link key segments) is written with the next commit,
+or at the latest ``lazy_flush_s`` later, so bookkeeping never costs a commit of its own.
+
+One journal per database per process (:meth:`Journal.shared`): the KMs of an embedded run
+share a SQLite file, and one writer committing for all of them avoids SQLite's writer lock
+contention (whose busy handler sleeps for milliseconds) and batches across KMs.
+
 A :class:`Persister` owns one kind of row. At commit time the journal asks each for a
 snapshot (taken synchronously, so it is consistent) and runs the snapshots in one
 transaction; if the transaction fails, each persister is told to re-mark what it lost and
@@ -20,8 +28,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Protocol
+import weakref
+from collections.abc import Awaitable, Callable, Iterable
+from typing import ClassVar, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -50,8 +59,14 @@ class Persister(Protocol):
 class Journal:
     """One writer task per KM that batches dirty state into transactions."""
 
-    def __init__(self, db: Database) -> None:
+    _shared: ClassVar[weakref.WeakKeyDictionary[Database, Journal]] = (
+        weakref.WeakKeyDictionary())
+
+    def __init__(self, db: Database, *, lazy_flush_s: float = 0.05) -> None:
         self._db = db
+        self._lazy_flush_s = lazy_flush_s
+        self._lazy: asyncio.TimerHandle | None = None
+        self._users = 0
         self._persisters: list[Persister] = []
         self._gen = 0
         self._done = 0
@@ -61,19 +76,51 @@ class Journal:
         self._closed = False
         self.commits = 0
 
+    @classmethod
+    def shared(cls, db: Database) -> Journal:
+        """The process-wide journal of ``db`` (one more user; give it back with
+        :meth:`release`)."""
+        j = cls._shared.get(db)
+        if j is None or j._closed:
+            j = cls(db)
+            cls._shared[db] = j
+        j._users += 1
+        return j
+
+    async def release(self, persisters: Iterable[Persister]) -> None:
+        """A user leaves: write its state, drop its persisters, close with the last user."""
+        persisters = list(persisters)
+        if not self._closed and self._task is not None:
+            with contextlib.suppress(StoreError):
+                await self.sync()
+        for p in persisters:
+            if p in self._persisters:
+                self._persisters.remove(p)
+        self._users = max(0, self._users - 1)
+        if self._users == 0:
+            await self.close()
+            if self._shared.get(self._db) is self:
+                del self._shared[self._db]
+
     def register(self, p: Persister) -> None:
-        """Add a persister (before :meth:`start`)."""
+        """Add a persister."""
         self._persisters.append(p)
 
     def start(self) -> None:
-        """Start the writer task."""
-        if self._task is None:
+        """Start the writer task (idempotent)."""
+        if self._task is None and not self._closed:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="km-journal")
 
     def mark(self) -> int:
-        """Note that some persister has dirty state; the generation to wait for."""
+        """Note that some persister has dirty state; the generation to wait for.
+
+        The write happens with the next commit someone awaits, or after ``lazy_flush_s``.
+        """
         self._gen += 1
-        self._wake.set()
+        if self._lazy is None:
+            with contextlib.suppress(RuntimeError):  # no running loop: written on close
+                self._lazy = asyncio.get_running_loop().call_later(
+                    self._lazy_flush_s, self._wake.set)
         return self._gen
 
     async def flushed(self, gen: int) -> None:
@@ -88,6 +135,7 @@ class Journal:
             raise StoreError("key manager journal is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((gen, fut))
+        self._wake.set()
         await fut
 
     async def sync(self) -> None:
@@ -103,6 +151,9 @@ class Journal:
             await self._commit_once()
 
     async def _commit_once(self) -> None:
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
         target = self._gen
         ops: list[tuple[Persister, WriteOp]] = []
         for p in self._persisters:
@@ -144,6 +195,9 @@ class Journal:
         if self._closed:
             return
         self._closed = True
+        if self._lazy is not None:
+            self._lazy.cancel()
+            self._lazy = None
         if self._task is not None:
             # stop the writer first (a commit it was in re-marks its items), then write
             # everything once more, so no two commits ever race on the same rows

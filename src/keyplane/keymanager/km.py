@@ -186,7 +186,7 @@ class KeyManager:
         self._db = db
         self._clock = clock
         self._events = events
-        self.journal = Journal(db)
+        self.journal = Journal.shared(db)
         self.forwarding = ForwardingTable()
         self.vault = KeyVault(node_id, self.journal)
         self._rows = SessionRows(node_id, self.journal)
@@ -283,7 +283,7 @@ class KeyManager:
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
-        await self.journal.close()
+        await self.journal.release([*self._stores.values(), self.vault, self._rows])
         self._events.emit(EventType.element_stopped, ELEMENT, node=self.node_id)
 
     async def __aenter__(self) -> KeyManager:
