@@ -33,14 +33,14 @@ from __future__ import annotations
 import bisect
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
 
 from keyplane.clock import Clock
 from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
 from keyplane.events import EventStream, EventType
-from keyplane.keymanager.journal import Journal, WriteOp
+from keyplane.keymanager.journal import Journal, RowWrites
 from keyplane.keymanager.settings import KmSettings
 from keyplane.store import Database
 from keyplane.store.models import LinkKeyBlockRow
@@ -289,13 +289,14 @@ class LinkKeyStore:
                               low_water_bits=self._settings.keystore_low_water_bits)
 
     # ---- persistence -------------------------------------------------------------------
-    def snapshot(self) -> WriteOp | None:
+    def snapshot(self) -> RowWrites | None:
         """Journal hook: the dirty blocks as one write operation."""
         if not self._dirty:
             return None
-        inserts: list[dict[str, object]] = []
-        updates: list[dict[str, object]] = []
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         deletes: list[int] = []
+        inserted: list[int] = []
         now = self._clock.now()
         for block_id in self._dirty:
             blk = self._blocks.get(block_id)
@@ -311,25 +312,15 @@ class LinkKeyStore:
                 row.update(node=self.node_id, link_id=self.link_id,
                            size_bytes=len(blk.material), created_t=now)
                 inserts.append(row)
+                inserted.append(block_id)
                 blk.persisted = True
         taken = set(self._dirty)
         self._dirty.clear()
-        self._last = (taken, [r["block_id"] for r in inserts])
-        node, link = self.node_id, self.link_id
-
-        async def write(s: AsyncSession) -> None:
-            if inserts:
-                await s.execute(insert(LinkKeyBlockRow), inserts)
-            if updates:
-                # ORM bulk UPDATE by primary key: one executemany for every dirty block
-                await s.execute(update(LinkKeyBlockRow), [
-                    {"node": node, "link_id": link, **row} for row in updates])
-            if deletes:
-                await s.execute(delete(LinkKeyBlockRow).where(
-                    LinkKeyBlockRow.node == node, LinkKeyBlockRow.link_id == link,
-                    LinkKeyBlockRow.block_id.in_(deletes)))
-
-        return write
+        self._last = (taken, inserted)
+        key = {"node": self.node_id, "link_id": self.link_id}
+        return RowWrites(LinkKeyBlockRow.__table__,  # type: ignore[arg-type]
+                         inserts=inserts, updates=[{**key, **r} for r in updates],
+                         deletes=[{**key, "block_id": b} for b in deletes])
 
     def snapshot_failed(self) -> None:
         """Journal hook: re-mark the blocks of the failed transaction."""

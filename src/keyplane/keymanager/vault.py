@@ -14,10 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import delete, insert, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import select
 
-from keyplane.keymanager.journal import Journal, WriteOp
+from keyplane.keymanager.journal import Journal, RowWrites
 from keyplane.store import Database
 from keyplane.store.models import DeliveredKeyRow, SessionRow
 
@@ -51,8 +50,7 @@ class KeyVault:
         self.by_id: dict[str, HeldKey] = {}
         self.by_index: dict[tuple[str, int], HeldKey] = {}
         self._dirty: set[str] = set()
-        self._gone: set[str] = set()
-        self._gone_sessions: set[str] = set()
+        self._gone: set[str] = set()  # persisted keys to delete
         self._last: tuple[set[str], set[str], set[str], list[str]] = (set(), set(), set(), [])
         journal.register(self)
 
@@ -88,13 +86,14 @@ class KeyVault:
             del self.by_id[k.key_id]
             self.by_index.pop((k.session_id, k.index), None)
             self._dirty.discard(k.key_id)
+            if k.persisted:
+                self._gone.add(k.key_id)
             k.material = None
-        self._gone_sessions.add(session_id)
         return freed, self._journal.mark()
 
-    def snapshot(self) -> WriteOp | None:
+    def snapshot(self) -> RowWrites | None:
         """Journal hook: new and changed keys, dropped sessions."""
-        if not self._dirty and not self._gone_sessions:
+        if not self._dirty and not self._gone:
             return None
         inserts: list[dict[str, Any]] = []
         updates: list[dict[str, Any]] = []
@@ -111,32 +110,23 @@ class KeyVault:
                            size_bits=k.size_bits, sae_id=k.sae_id, peer_sae=k.peer_sae, t=k.t)
                 inserts.append(row)
                 k.persisted = True
-        sessions = set(self._gone_sessions)
-        self._last = (set(self._dirty), sessions, set(), [r["key_id"] for r in inserts])
+        self._last = (set(self._dirty), set(), set(self._gone), [r["key_id"] for r in inserts])
+        gone = [{"node": self.node_id, "key_id": k} for k in self._gone]
         self._dirty.clear()
-        self._gone_sessions.clear()
-        node = self.node_id
-
-        async def write(s: AsyncSession) -> None:
-            if inserts:
-                await s.execute(insert(DeliveredKeyRow), inserts)
-            if updates:
-                await s.execute(update(DeliveredKeyRow), [{"node": node, **r} for r in updates])
-            if sessions:
-                await s.execute(delete(DeliveredKeyRow).where(
-                    DeliveredKeyRow.node == node, DeliveredKeyRow.session_id.in_(sessions)))
-
-        return write
+        self._gone.clear()
+        return RowWrites(DeliveredKeyRow.__table__,  # type: ignore[arg-type]
+                         inserts=inserts,
+                         updates=[{"node": self.node_id, **r} for r in updates], deletes=gone)
 
     def snapshot_failed(self) -> None:
         """Journal hook: re-mark what the failed transaction carried."""
-        dirty, sessions, _, inserted = self._last
+        dirty, _, gone, inserted = self._last
         for key_id in inserted:
             k = self.by_id.get(key_id)
             if k is not None:
                 k.persisted = False
         self._dirty |= dirty
-        self._gone_sessions |= sessions
+        self._gone |= gone
 
     async def load(self, db: Database) -> None:
         """Restore held keys from the database (KM start); delivered ones keep no bytes."""
@@ -169,7 +159,7 @@ class SessionRows:
         self._dirty.add(session_id)
         return self._journal.mark()
 
-    def snapshot(self) -> WriteOp | None:
+    def snapshot(self) -> RowWrites | None:
         """Journal hook."""
         if not self._dirty:
             return None
@@ -185,15 +175,8 @@ class SessionRows:
                 self._persisted.add(sid)
         self._last = (set(self._dirty), [r["session_id"] for r in inserts])
         self._dirty.clear()
-        node = self.node_id
-
-        async def write(s: AsyncSession) -> None:
-            if inserts:
-                await s.execute(insert(SessionRow), inserts)
-            if updates:
-                await s.execute(update(SessionRow), [{"node": node, **r} for r in updates])
-
-        return write
+        return RowWrites(SessionRow.__table__,  # type: ignore[arg-type]
+                         inserts=inserts, updates=[{"node": self.node_id, **r} for r in updates])
 
     def snapshot_failed(self) -> None:
         """Journal hook."""
