@@ -218,9 +218,12 @@ class AdmissionSession:
     state: AdmissionState
     created_t: float
     responder: Endpoint | None = None
-    epoch: int = 0
+    epoch: int = 0  # KM forwarding-entry epoch
+    route_epoch: int = 0  # the Routing Element's reservation key
     path: tuple[str, ...] = ()
-    pending_epoch: int | None = None
+    pending_epoch: int | None = None  # KM epoch being pushed (reroute or restore)
+    pending_route_epoch: int | None = None
+    pending_kind: str | None = None  # "reroute" | "restore"
     pending_path: tuple[str, ...] = ()
     peer_deadline: float | None = None
     timer_deadline: float | None = None
@@ -310,13 +313,14 @@ class AdmissionCore:
                 SendDeletes(session_id, DeletePurpose.refusal, None, (delete,))]
 
     def open(self, req: SessionOpenRequest, user: User | None, destination_node: str | None,
-             now: float) -> tuple[OpenAck, list[Effect]]:
+             now: float, *, source_node: str | None = None) -> tuple[OpenAck, list[Effect]]:
         """An endpoint KM's open request (paper Fig. 2a 'user accepted' → Fig. 2b).
 
         Args:
             req: the request.
             user: the user ``req.user_id`` from the user database (None: unknown).
             destination_node: the KM of ``req.destination_sae`` (None: unknown SAE).
+            source_node: the KM of ``req.source_sae`` if known; it must be ``req.node``.
 
         Returns:
             The reply to the KM (``accepted_for_review=False`` only when the id is in use)
@@ -333,6 +337,10 @@ class AdmissionCore:
         if destination_node is None:
             return registered, effects + self._refusal(req.node, sid,
                                                        "unknown destination SAE")
+        if source_node is not None and source_node != req.node:
+            return registered, effects + self._refusal(req.node, sid,
+                                                       f"{req.source_sae} is not served by "
+                                                       f"{req.node}")
         if req.source_sae == req.destination_sae:
             return registered, effects + self._refusal(req.node, sid, "SAE paired with itself")
         if not user.sla.allows_peer(req.destination_sae):
@@ -456,21 +464,24 @@ class AdmissionCore:
         return out
 
     def _refuse_endpoints(self, sess: AdmissionSession, reason: str,
+                          configured: tuple[str, ...] = (),
                           acked: tuple[str, ...] = ()) -> list[Effect]:
-        """Refuse both endpoints and roll back the KMs in ``acked``.
+        """Refuse both endpoints and roll back every KM a configuration went to.
 
-        A KM that acknowledged a configuration knows the stream's id; an endpoint that did
-        not is addressed by the id its own open request carried.
+        Rollback covers ``configured`` (the whole path), not only the KMs that acknowledged:
+        a KM whose acknowledgement was late may have applied the configuration. A responder
+        endpoint that did not acknowledge may know only the id its own open request carried,
+        so it is addressed by that id.
         """
-        opened = {sess.initiator.node: sess.initiator.opened_as}
-        if sess.responder is not None:
-            opened[sess.responder.node] = sess.responder.opened_as
         deletes = []
-        for node in dict.fromkeys((*sess.endpoint_nodes, *acked)):
-            sid = sess.session_id if node in acked else opened.get(node, sess.session_id)
+        for node in dict.fromkeys((*sess.endpoint_nodes, *configured)):
+            sid = sess.session_id
+            if (sess.responder is not None and node == sess.responder.node
+                    and node not in acked):
+                sid = sess.responder.opened_as
             deletes.append(SessionDelete(session_id=sid, node=node, reason=reason,
                                          refused=True))
-        purpose = DeletePurpose.rollback if acked else DeletePurpose.refusal
+        purpose = DeletePurpose.rollback if configured else DeletePurpose.refusal
         return self._terminate(sess, Notify(EventType.admission_refused, sess.session_id, None,
                                             {"reason": reason}),
                                SendDeletes(sess.session_id, purpose, None, tuple(deletes)))
@@ -510,7 +521,8 @@ class AdmissionCore:
                 if sess.closing:
                     out: list[Effect] = [ReleaseRoute(session_id, epoch)]
                     deletes = tuple(SessionDelete(session_id=session_id, node=n,
-                                                  reason=sess.closing) for n in acked)
+                                                  reason=sess.closing)
+                                    for n in sess.pending_path)
                     return out + self._terminate(
                         sess, Notify(EventType.session_closed, session_id, None,
                                      {"reason": sess.closing}),
@@ -520,6 +532,7 @@ class AdmissionCore:
                         Notify(EventType.config_refused, session_id, None,
                                {"failed": sorted(failed), "reason": why}),
                         *self._refuse_endpoints(sess, f"configuration failed: {why}",
+                                                configured=sess.pending_path,
                                                 acked=tuple(acked))]
             sess.state = AdmissionState.active
             sess.path = sess.pending_path
@@ -535,43 +548,80 @@ class AdmissionCore:
                 out.append(AnnounceVirtualLink(session_id, sess.path, sess.min_bps, True))
             return out
         if sess.state is AdmissionState.active and epoch == sess.pending_epoch:
-            sess.pending_epoch = None
-            new_path, sess.pending_path = sess.pending_path, ()
-            if failed:
-                why = "; ".join(f"{n}: {r}" for n, r in sorted(failed.items()))
-                deletes = tuple(SessionDelete(session_id=session_id, node=n, epoch=epoch,
-                                              reason=f"reroute failed: {why}") for n in acked)
-                return [ReleaseRoute(session_id, epoch),
-                        SendDeletes(session_id, DeletePurpose.reroute_rollback, epoch, deletes),
-                        Notify(EventType.session_rerouted, session_id, None,
-                               {"ok": False, "reason": why, "path": list(sess.path)})]
-            old_epoch, old_path = sess.epoch, sess.path
-            sess.epoch, sess.path = epoch, new_path
-            leavers = [n for n in old_path if n not in new_path]
-            out = [Notify(EventType.session_rerouted, session_id, None,
-                          {"ok": True, "old_path": list(old_path), "path": list(new_path),
-                           "epoch": epoch})]
-            if leavers:
-                deletes = tuple(SessionDelete(session_id=session_id, node=n, epoch=old_epoch,
-                                              reason="rerouted") for n in leavers)
-                out.append(SendDeletes(session_id, DeletePurpose.reroute_cleanup, old_epoch,
-                                       deletes))
-            else:
-                out.append(ReleaseRoute(session_id, old_epoch))
-            if len(old_path) > 2:
-                out.append(AnnounceVirtualLink(session_id, old_path, sess.min_bps, False))
-            if len(new_path) > 2:
-                out.append(AnnounceVirtualLink(session_id, new_path, sess.min_bps, True))
-            return out
+            if sess.pending_kind == "restore":
+                return self._restored(sess, epoch, failed)
+            return self._rerouted(sess, epoch, failed)
         # the session ended (or moved on) while this epoch was being configured: undo it
         deletes = tuple(SessionDelete(session_id=session_id, node=n, epoch=epoch,
                                       reason="session ended during configuration")
-                        for n in acked)
-        out = [ReleaseRoute(session_id, epoch)]
+                        for n in dict.fromkeys((*sess.pending_path, *acked)))
+        out = [ReleaseRoute(session_id, None if sess.state is AdmissionState.terminated
+                            else sess.pending_route_epoch)]
         if deletes:
-            out.append(SendDeletes(session_id, DeletePurpose.reroute_rollback, epoch, deletes))
+            out.append(SendDeletes(session_id, DeletePurpose.reroute_rollback, None, deletes))
         self._maybe_forget(sess)
         return out
+
+    def _rerouted(self, sess: AdmissionSession, epoch: int,
+                  failed: dict[str, str]) -> list[Effect]:
+        """The new path's KMs answered. On success the KMs that left the path drop the old
+        epoch; on failure the old path is restored under a yet higher epoch (the endpoints
+        that took the new epoch would ignore a lower one)."""
+        sid = sess.session_id
+        new_path, new_route_epoch = sess.pending_path, sess.pending_route_epoch
+        sess.pending_epoch = sess.pending_route_epoch = sess.pending_kind = None
+        sess.pending_path = ()
+        if failed:
+            why = "; ".join(f"{n}: {r}" for n, r in sorted(failed.items()))
+            out: list[Effect] = [ReleaseRoute(sid, new_route_epoch),
+                                 Notify(EventType.session_rerouted, sid, None,
+                                        {"ok": False, "reason": f"reroute failed: {why}",
+                                         "path": list(sess.path)})]
+            # every KM the new epoch went to and that is not on the old path (a late
+            # acknowledgement does not mean the configuration was not applied)
+            strays = tuple(SessionDelete(session_id=sid, node=n, epoch=epoch,
+                                         reason=f"reroute failed: {why}")
+                           for n in new_path if n not in sess.path)
+            if strays:
+                out.append(SendDeletes(sid, DeletePurpose.reroute_rollback, None, strays))
+            restore = epoch + 1
+            sess.pending_epoch, sess.pending_kind = restore, "restore"
+            sess.pending_path = sess.path
+            sess.inflight.add(f"config:{restore}")
+            out.append(PushConfigs(sid, restore, self._configs(sess, sess.path, restore)))
+            return out
+        old_epoch, old_route_epoch, old_path = sess.epoch, sess.route_epoch, sess.path
+        sess.epoch, sess.path = epoch, new_path
+        sess.route_epoch = new_route_epoch if new_route_epoch is not None else old_route_epoch
+        leavers = [n for n in old_path if n not in new_path]
+        out = [Notify(EventType.session_rerouted, sid, None,
+                      {"ok": True, "old_path": list(old_path), "path": list(new_path),
+                       "epoch": epoch})]
+        if leavers:
+            deletes = tuple(SessionDelete(session_id=sid, node=n, epoch=old_epoch,
+                                          reason="rerouted") for n in leavers)
+            out.append(SendDeletes(sid, DeletePurpose.reroute_cleanup, old_route_epoch,
+                                   deletes))
+        else:
+            out.append(ReleaseRoute(sid, old_route_epoch))
+        if len(old_path) > 2:
+            out.append(AnnounceVirtualLink(sid, old_path, sess.min_bps, False))
+        if len(new_path) > 2:
+            out.append(AnnounceVirtualLink(sid, new_path, sess.min_bps, True))
+        return out
+
+    def _restored(self, sess: AdmissionSession, epoch: int,
+                  failed: dict[str, str]) -> list[Effect]:
+        """The old path was pushed again after a failed reroute; if even that fails, the
+        session cannot be kept consistent and ends."""
+        sess.pending_epoch = sess.pending_route_epoch = sess.pending_kind = None
+        sess.pending_path = ()
+        if failed:
+            why = "; ".join(f"{n}: {r}" for n, r in sorted(failed.items()))
+            return self._end(sess, f"path could not be restored after a failed reroute: {why}")
+        sess.epoch = epoch
+        return [Notify(EventType.configured, sess.session_id, n, {"epoch": epoch, "restored": True})
+                for n in sess.path]
 
     def deletes_done(self, session_id: str, purpose: DeletePurpose, epoch: int | None,
                      confirmed: tuple[str, ...], missing: tuple[str, ...],
@@ -622,7 +672,7 @@ class AdmissionCore:
             if len(sess.path) > 2:
                 out.append(AnnounceVirtualLink(sess.session_id, sess.path, sess.min_bps, False))
             return out + self._terminate(
-                sess, SendDeletes(sess.session_id, DeletePurpose.close, sess.epoch, deletes))
+                sess, SendDeletes(sess.session_id, DeletePurpose.close, None, deletes))
         return []
 
     def _terminate(self, sess: AdmissionSession, *effects: Effect) -> list[Effect]:
@@ -657,20 +707,21 @@ class AdmissionCore:
             return refuse("session not active")
         if sess.pending_epoch is not None:
             return refuse("a reroute is already in progress")
-        if order.old_epoch != sess.epoch or order.new_epoch <= sess.epoch:
-            return refuse(f"stale epochs {order.old_epoch}->{order.new_epoch}, "
-                          f"session at {sess.epoch}")
+        if order.old_epoch != sess.route_epoch or order.new_epoch <= sess.route_epoch:
+            return refuse(f"stale route epochs {order.old_epoch}->{order.new_epoch}, "
+                          f"session at {sess.route_epoch}")
         path = tuple(order.path)
         if len(path) < 2 or path[0] != sess.initiator.node or path[-1] != sess.destination_node:
             return refuse(f"path {order.path} does not join the session's endpoints")
-        sess.pending_epoch = order.new_epoch
+        epoch = sess.epoch + 1
+        sess.pending_epoch, sess.pending_kind = epoch, "reroute"
+        sess.pending_route_epoch = order.new_epoch
         sess.pending_path = path
-        sess.inflight.add(f"config:{order.new_epoch}")
+        sess.inflight.add(f"config:{epoch}")
         return (RerouteAck(session_id=order.session_id, accepted=True),
                 [Notify(EventType.route_computed, sess.session_id, path[0],
-                        {"path": list(path), "epoch": order.new_epoch, "reason": order.reason}),
-                 PushConfigs(sess.session_id, order.new_epoch,
-                             self._configs(sess, path, order.new_epoch))])
+                        {"path": list(path), "epoch": epoch, "reason": order.reason}),
+                 PushConfigs(sess.session_id, epoch, self._configs(sess, path, epoch))])
 
     def tick(self, now: float) -> list[Effect]:
         """Fire every peer-wait and session timer due at ``now``."""
@@ -748,12 +799,14 @@ class AdmissionControl:
         try:
             user = await get_user(self.db, req.user_id)
             app = await get_application(self.db, req.destination_sae)
+            own = await get_application(self.db, req.source_sae)
         except StoreError as exc:
             logger.exception("user database unavailable")
             _, effects = self.core.open(req, None, None, self.clock.now())
             self._run(effects)
             return OpenAck(session_id=req.session_id, reason=f"store unavailable: {exc}")
-        ack, effects = self.core.open(req, user, app.node if app else None, self.clock.now())
+        ack, effects = self.core.open(req, user, app.node if app else None, self.clock.now(),
+                                      source_node=own.node if own else "")
         self._run(effects)
         return ack
 

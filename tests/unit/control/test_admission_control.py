@@ -158,13 +158,15 @@ async def test_admission_km_that_does_not_acknowledge_rolls_the_path_back(
     await wait_until(lambda: kms.configs["e"] and kms.holders("s1") == ["a", "d"],
                      what="configs pushed")
     await clock.advance(1.5)  # the ConfigAck bound
-    await wait_until(lambda: kms.holders("s1") == [], what="rollback")
-    assert kms.deletes["a"][0].refused and kms.deletes["d"][0].refused
+    await wait_until(lambda: kms.holders("s1") == [] and kms.deletes["e"], what="rollback")
+    # every KM the configuration went to is rolled back, the silent one too (it may have
+    # applied it and only its acknowledgement be lost)
+    assert all(kms.deletes[n][0].refused for n in ("a", "d", "e"))
     assert "e: no ConfigAck within 1 s" in kms.deletes["a"][0].reason
     assert plane.routing is not None
     await wait_until(lambda: plane.routing.core.reservations() == [],  # type: ignore[union-attr]
                      what="reservation released")
-    assert sink.of_type(EventType.config_refused)[0].data["failed"] == ["e"]
+    assert "e" in sink.of_type(EventType.config_refused)[0].data["failed"]
     assert not sink.of_type(EventType.session_operative)
 
 
@@ -217,8 +219,8 @@ async def test_admission_capacity_exhausted_refuses_the_next_session(
         for sid in ("s1", "s2", "s3"):
             await _open(bus, open_request(sid, "a", "alice", "sae_a", "sae_d",
                                           interface="etsi014", min_bps=600))
-            await wait_until(lambda sid=sid: _state(plane, sid) != AdmissionState.accepted
-                             and (_state(plane, sid) is not None or kms.deletes["a"]),
+            await wait_until(lambda sid=sid: _state(plane, sid) is AdmissionState.active
+                             or any(d.session_id == sid for d in kms.deletes["a"]),
                              what=f"{sid} decided")
         assert kms.holders("s1") == ["a", "d", "e"]  # the shortest path
         assert kms.holders("s2") == ["a", "b", "c", "d"]  # the only one with 600 bps free
