@@ -770,6 +770,7 @@ class AdmissionControl:
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._closed = False
+        self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
 
     async def start(self) -> None:
         """Subscribe and start the session timers (idempotent)."""
@@ -795,11 +796,33 @@ class AdmissionControl:
             return ack
         return None
 
+    async def _lookup(self, kind: str, key: str) -> Any:
+        """A user or application from the database, cached for ``directory_cache_ttl_s``.
+
+        Only hits are cached, so a user or application added to the database is seen at
+        once; a changed SLA takes effect within the TTL.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        now = self.clock.now()
+        hit = self._cache.get((kind, key))
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = await (get_user(self.db, key) if kind == "user"
+                       else get_application(self.db, key))
+        ttl = self.settings.directory_cache_ttl_s
+        if value is not None and ttl > 0:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[(kind, key)] = (now + ttl, value)
+        return value
+
     async def _open(self, req: SessionOpenRequest) -> OpenAck:
         try:
-            user = await get_user(self.db, req.user_id)
-            app = await get_application(self.db, req.destination_sae)
-            own = await get_application(self.db, req.source_sae)
+            user = await self._lookup("user", req.user_id)
+            app = await self._lookup("app", req.destination_sae)
+            own = await self._lookup("app", req.source_sae)
         except StoreError as exc:
             logger.exception("user database unavailable")
             _, effects = self.core.open(req, None, None, self.clock.now())

@@ -56,6 +56,8 @@ class AdmissionSettings(_Settings):
     """Largest ETSI 004 Key_chunk_size (bytes) any user may ask for."""
     max_key_ttl_s: Annotated[int, Field(ge=0)] = 86_400
     """Largest ETSI 004 TTL (seconds) any user may ask for."""
+    directory_cache_ttl_s: NonNegative = 5.0
+    """How long (clock) a user's SLA and an application's node are cached (0: never)."""
 
 
 class RoutingSettings(_Settings):
