@@ -27,12 +27,12 @@ __all__ = [
     "connect",
     "decode",
     "encode",
-    "topics",
     "topic_matches",
+    "topics",
 ]
 
 
-class topics:  # noqa: N801 - a namespace of topic builders
+class topics:
     """Topic names used between elements."""
 
     ACCESS = "keyplane.control.access"
