@@ -23,6 +23,8 @@ Flows (paper Fig. 2 and 3; topics in :class:`keyplane.bus.topics`):
 6. Monitoring Element → Routing Element and SDN Controller, publish on
    ``keyplane.alarms.<link>``: :class:`LinkAlarm`.
 7. SDN Controller → subscribers, publish on ``keyplane.control.sdn``: :class:`TopologyChange`.
+8. SDN agent of a node → SDN Controller, publish on ``keyplane.sdn.<node>.notifications``:
+   :class:`SdnNotification` (ETSI GS QKD 015 notifications: link down, perf update, alarm, …).
 
 Identifiers: ``session_id`` is the ETSI 004 ``Key_stream_ID`` (a UUID string); node ids
 and SAE ids are the topology file's.
@@ -31,7 +33,7 @@ and SAE ids are the topology file's.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -53,6 +55,7 @@ __all__ = [
     "SessionClose",
     "SessionConfig",
     "SessionDelete",
+    "SdnNotification",
     "SessionOpenRequest",
     "TopologyChange",
 ]
@@ -289,3 +292,23 @@ class TopologyChange(Message):
     node: str | None = None
     endpoints: tuple[str, str] | None = None
     attributes: dict[str, float | str | bool | None] = Field(default_factory=dict)
+
+
+class SdnNotification(Message):
+    """An ETSI GS QKD 015 notification from a node's SDN agent (clause 6, YANG notifications).
+
+    ``name`` is the YANG notification (``sdqkdn_link_down``, ``sdqkdn_link_perf_update``,
+    ``alarm``, …) and ``content`` its RFC 7951 JSON body, e.g.
+    ``{"qkd_link": {"qkdl_id": "…", "reason": "…"}}``; ``event_time`` is RFC 3339.
+    """
+
+    KIND = "sdn.etsi015_notification"
+
+    node: str
+    qkdn_id: str
+    name: Literal["sdqkdn_application_new", "sdqkdn_application_qos_update",
+                  "sdqkdn_application_disconnected", "sdqkdn_interface_new",
+                  "sdqkdn_interface_down", "sdqkdn_interface_out", "sdqkdn_link_down",
+                  "sdqkdn_link_perf_update", "sdqkdn_link_overloaded", "alarm", "event"]
+    event_time: str
+    content: dict[str, Any] = Field(default_factory=dict)
