@@ -52,10 +52,10 @@ __all__ = [
     "LinkTelemetry",
     "OpenAck",
     "Qos",
+    "SdnNotification",
     "SessionClose",
     "SessionConfig",
     "SessionDelete",
-    "SdnNotification",
     "SessionOpenRequest",
     "TopologyChange",
 ]

@@ -71,6 +71,7 @@ __all__ = [
     "PerfThresholds",
     "QkdApplication",
     "VirtualLink",
+    "read_resource",
 ]
 
 Content = Literal["all", "config", "nonconfig"]
@@ -234,7 +235,6 @@ class NodeDatastore:
         self.thresholds = perf_thresholds or PerfThresholds()
         self.statistics_periods_kept = statistics_periods_kept
         self.status: Literal["NEW", "OPERATING", "DOWN", "FAILURE", "OUT"] = "NEW"
-        self._dm = data_model()
         self._phys: dict[str, _PhysOps] = {}
         self._by_link_id: dict[str, str] = {}
         self._apps: dict[str, _AppOps] = {}
@@ -422,21 +422,8 @@ class NodeDatastore:
         Raises:
             RestconfError: 400 for a malformed path or key, 404 for an unknown resource.
         """
-        if depth is not None and not 1 <= depth <= _MAX_DEPTH:
-            raise RestconfError(400, "invalid-value", f"depth must be 1..{_MAX_DEPTH}")
-        view = {ROOT_MEMBER: self._view(self._config, wall_s)}
-        steps = self._route(path)
-        if not steps:
-            shaped = _shape(view[ROOT_MEMBER], self._root_schema(), content, depth)
-            return {ROOT_MEMBER: shaped if shaped is not _OMIT else {}}
-        holder, slot, schema = self._locate(view, steps, path)
-        value = holder[slot]
-        shaped = _shape(value, schema, content, depth, entry=isinstance(holder, list))
-        if shaped is _OMIT:
-            raise RestconfError(404, "invalid-value",
-                                f"no {content} data at this resource", path=_error_path(path))
-        name = f"{MODULE}:{schema.name}"
-        return {name: [shaped] if isinstance(holder, list) else shaped}
+        return read_resource({ROOT_MEMBER: self._view(self._config, wall_s)}, path,
+                             content=content, depth=depth)
 
     # ------------------------------------------------------------------ RESTCONF writes
 
@@ -461,8 +448,8 @@ class NodeDatastore:
         config = copy.deepcopy(self._config)
         holder, slot, schema = self._locate({ROOT_MEMBER: config}, steps, path, config=True)
         target = holder[slot]
-        if not isinstance(schema, InternalNode) or isinstance(schema, ListNode) and not \
-                isinstance(holder, list):
+        whole_list = isinstance(schema, ListNode) and not isinstance(holder, list)
+        if not isinstance(schema, InternalNode) or whole_list:
             raise RestconfError(405, "operation-not-supported",
                                 "POST needs a container or list entry as target",
                                 path=_error_path(path))
@@ -785,79 +772,17 @@ class NodeDatastore:
     # ------------------------------------------------------------------ path handling
 
     def _root_schema(self) -> SchemaNode:
-        node = self._dm.schema.get_child("qkd_node", MODULE)
-        assert node is not None
-        return node
+        return _root_schema()
 
     def _route(self, path: str) -> list[Any]:
-        """Parse a RESTCONF data resource path into yangson selectors."""
-        path = path.strip("/")
-        if not path:
-            return []
-        try:
-            route = self._dm.parse_resource_id("/" + path)
-        except YangsonException as exc:
-            kind = type(exc).__name__
-            if kind == "NonexistentSchemaNode":
-                raise RestconfError(404, "invalid-value", f"unknown resource: {exc}",
-                                    path=_error_path(path)) from exc
-            raise RestconfError(400, "invalid-value", f"malformed resource path: {exc}",
-                                path=_error_path(path)) from exc
-        except ValueError as exc:
-            raise RestconfError(400, "invalid-value", f"malformed resource path: {exc}",
-                                path=_error_path(path)) from exc
-        return list(route)
+        return _route(path)
 
     def _schema_of(self, steps: Sequence[Any]) -> SchemaNode:
-        schema: SchemaNode | None = self._dm.schema
-        for step in steps:
-            if isinstance(step, MemberName):
-                assert isinstance(schema, InternalNode)
-                schema = schema.get_child(step.name, step.namespace or MODULE)
-        assert schema is not None
-        return schema
+        return _schema_of(steps)
 
     def _locate(self, root: dict[str, Any], steps: Sequence[Any], path: str, *,
                 config: bool = False) -> tuple[Any, Any, SchemaNode]:
-        """(holder, slot, schema node) of the resource ``steps`` names in ``root``.
-
-        Raises:
-            RestconfError: 404 the instance does not exist; 405 when ``config`` and the
-                resource is state data (``config false``).
-        """
-        holder: Any = None
-        slot: Any = None
-        current: Any = root
-        schema: SchemaNode = self._dm.schema
-        for step in steps:
-            if isinstance(step, MemberName):
-                child = schema.get_child(step.name, step.namespace or MODULE)
-                assert child is not None
-                schema = child
-                key = f"{step.namespace}:{step.name}" if holder is None else step.name
-                if not isinstance(current, dict) or key not in current:
-                    break
-                holder, slot, current = current, key, current[key]
-            elif isinstance(step, EntryKeys | EntryValue):
-                index = _entry_index(current, step)
-                if index is None:
-                    break
-                holder, slot, current = current, index, current[index]
-            else:
-                raise RestconfError(400, "invalid-value", "unsupported path selector",
-                                    path=_error_path(path))
-        else:
-            if config and _is_state(schema):
-                raise RestconfError(405, "operation-not-supported",
-                                    f"{schema.name} is state data (config false)",
-                                    path=_error_path(path))
-            return holder, slot, schema
-        if config and _is_state(self._schema_of(steps)):
-            raise RestconfError(405, "operation-not-supported",
-                                f"{self._schema_of(steps).name} is state data (config false)",
-                                path=_error_path(path))
-        raise RestconfError(404, "invalid-value", "the target resource does not exist",
-                            path=_error_path(path))
+        return _locate(root, steps, path, config=config)
 
     def _insert(self, root: dict[str, Any], steps: Sequence[Any], value: Any, path: str
                 ) -> None:
@@ -952,6 +877,113 @@ class NodeDatastore:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _root_schema() -> SchemaNode:
+    node = data_model().schema.get_child("qkd_node", MODULE)
+    assert node is not None
+    return node
+
+
+def _route(path: str) -> list[Any]:
+    """Parse a RESTCONF data resource path into yangson selectors.
+
+    Raises:
+        RestconfError: 404 an unknown schema node, 400 a malformed path or key.
+    """
+    path = path.strip("/")
+    if not path:
+        return []
+    try:
+        route = data_model().parse_resource_id("/" + path)
+    except YangsonException as exc:
+        kind = type(exc).__name__
+        if kind == "NonexistentSchemaNode":
+            raise RestconfError(404, "invalid-value", f"unknown resource: {exc}",
+                                path=_error_path(path)) from exc
+        raise RestconfError(400, "invalid-value", f"malformed resource path: {exc}",
+                            path=_error_path(path)) from exc
+    except ValueError as exc:
+        raise RestconfError(400, "invalid-value", f"malformed resource path: {exc}",
+                            path=_error_path(path)) from exc
+    return list(route)
+
+def _schema_of(steps: Sequence[Any]) -> SchemaNode:
+    schema: SchemaNode | None = data_model().schema
+    for step in steps:
+        if isinstance(step, MemberName):
+            assert isinstance(schema, InternalNode)
+            schema = schema.get_child(step.name, step.namespace or MODULE)
+    assert schema is not None
+    return schema
+
+def _locate(root: dict[str, Any], steps: Sequence[Any], path: str, *,
+            config: bool = False) -> tuple[Any, Any, SchemaNode]:
+    """(holder, slot, schema node) of the resource ``steps`` names in ``root``.
+
+    Raises:
+        RestconfError: 404 the instance does not exist; 405 when ``config`` and the
+            resource is state data (``config false``).
+    """
+    holder: Any = None
+    slot: Any = None
+    current: Any = root
+    schema: SchemaNode = data_model().schema
+    for step in steps:
+        if isinstance(step, MemberName):
+            child = schema.get_child(step.name, step.namespace or MODULE)
+            assert child is not None
+            schema = child
+            key = f"{step.namespace}:{step.name}" if holder is None else step.name
+            if not isinstance(current, dict) or key not in current:
+                break
+            holder, slot, current = current, key, current[key]
+        elif isinstance(step, EntryKeys | EntryValue):
+            index = _entry_index(current, step)
+            if index is None:
+                break
+            holder, slot, current = current, index, current[index]
+        else:
+            raise RestconfError(400, "invalid-value", "unsupported path selector",
+                                path=_error_path(path))
+    else:
+        if config and _is_state(schema):
+            raise RestconfError(405, "operation-not-supported",
+                                f"{schema.name} is state data (config false)",
+                                path=_error_path(path))
+        return holder, slot, schema
+    if config and _is_state(_schema_of(steps)):
+        raise RestconfError(405, "operation-not-supported",
+                            f"{_schema_of(steps).name} is state data (config false)",
+                            path=_error_path(path))
+    raise RestconfError(404, "invalid-value", "the target resource does not exist",
+                        path=_error_path(path))
+
+
+def read_resource(document: dict[str, Any], path: str, *, content: Content = "all",
+                  depth: int | None = None) -> dict[str, Any]:
+    """RFC 8040 GET of ``path`` in a ``{"etsi-qkd-sdn-node:qkd_node": …}`` document.
+
+    Returns:
+        ``{"<module>:<name>": value}`` (a one-entry array for a list or leaf-list entry).
+
+    Raises:
+        RestconfError: 400 a malformed path, key or depth; 404 an unknown resource.
+    """
+    if depth is not None and not 1 <= depth <= _MAX_DEPTH:
+        raise RestconfError(400, "invalid-value", f"depth must be 1..{_MAX_DEPTH}")
+    steps = _route(path)
+    if not steps:
+        shaped = _shape(document.get(ROOT_MEMBER, {}), _root_schema(), content, depth)
+        return {ROOT_MEMBER: shaped if shaped is not _OMIT else {}}
+    holder, slot, schema = _locate(document, steps, path)
+    value = holder[slot]
+    shaped = _shape(value, schema, content, depth, entry=isinstance(holder, list))
+    if shaped is _OMIT:
+        raise RestconfError(404, "invalid-value",
+                            f"no {content} data at this resource", path=_error_path(path))
+    name = f"{MODULE}:{schema.name}"
+    return {name: [shaped] if isinstance(holder, list) else shaped}
 
 _OMIT: Any = object()
 

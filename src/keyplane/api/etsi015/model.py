@@ -194,7 +194,7 @@ def validate_notification(name: str, content: dict[str, Any]) -> None:
 
 
 def identity(name: str) -> str:
-    """RFC 7951 value of an ``etsi-qkd-node-types`` identity: ``PHYS`` → ``etsi-qkd-node-types:PHYS``."""
+    """RFC 7951 identityref value: ``PHYS`` → ``etsi-qkd-node-types:PHYS``."""
     return f"{TYPES_MODULE}:{name}"
 
 

@@ -27,7 +27,7 @@ from keyplane.api.etsi015.agent import SdnAgent
 from keyplane.api.etsi015.restconf import PEER_SUBJECT_STATE_KEY, create_agent_app
 from keyplane.certs import CertPaths, peer_subject, server_ssl_context
 
-__all__ = ["RestconfServer", "serve_agent"]
+__all__ = ["RestconfServer", "serve_agent", "serve_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -165,5 +165,18 @@ async def serve_agent(agent: SdnAgent, host: str = "127.0.0.1", port: int = 0, *
     if ctx is None:
         logger.warning("SDN agent %s serves RESTCONF over plain HTTP", agent.node_id)
     server = RestconfServer(create_agent_app(agent), host, port, ssl_context=ctx,
+                            startup_timeout_s=startup_timeout_s)
+    return await server.start()
+
+
+async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 0, *,
+                    server_cert: CertPaths, ca_file: Path, startup_timeout_s: float = 10.0
+                    ) -> RestconfServer:
+    """Serve any RESTCONF app (e.g. :func:`create_northbound_app`) with mutual TLS.
+
+    Raises:
+        TimeoutError, RuntimeError: see :meth:`RestconfServer.start`.
+    """
+    server = RestconfServer(app, host, port, ssl_context=server_ssl_context(server_cert, ca_file),
                             startup_timeout_s=startup_timeout_s)
     return await server.start()
