@@ -906,7 +906,43 @@ def _route(path: str) -> list[Any]:
     except ValueError as exc:
         raise RestconfError(400, "invalid-value", f"malformed resource path: {exc}",
                             path=_error_path(path)) from exc
-    return list(route)
+    return _cook_keys(list(route), path)
+
+
+def _cook_keys(steps: list[Any], path: str) -> list[Any]:
+    """Parse key and leaf-list values of the URI with their YANG types (``"2"`` → ``2``).
+
+    Raises:
+        RestconfError: 400 a value that is not of the key's type.
+    """
+    schema: SchemaNode | None = data_model().schema
+    out: list[Any] = []
+    for step in steps:
+        if isinstance(step, MemberName):
+            assert isinstance(schema, InternalNode)
+            schema = schema.get_child(step.name, step.namespace or MODULE)
+            out.append(step)
+        elif isinstance(step, EntryKeys) and isinstance(schema, ListNode):
+            keys: dict[Any, Any] = {}
+            for (name, ns), text in step.keys.items():
+                leaf = schema.get_child(name, ns)
+                value = leaf.type.parse_value(text) if leaf is not None else None
+                if value is None:
+                    raise RestconfError(400, "invalid-value",
+                                        f"{text!r} is not a valid {name}",
+                                        path=_error_path(path))
+                keys[(name, ns)] = value
+            out.append(EntryKeys(keys))
+        elif isinstance(step, EntryValue) and isinstance(schema, LeafListNode):
+            value = schema.type.parse_value(step.value)
+            if value is None:
+                raise RestconfError(400, "invalid-value",
+                                    f"{step.value!r} is not a valid {schema.name}",
+                                    path=_error_path(path))
+            out.append(EntryValue(value))
+        else:
+            out.append(step)
+    return out
 
 def _schema_of(steps: Sequence[Any]) -> SchemaNode:
     schema: SchemaNode | None = data_model().schema
