@@ -41,8 +41,11 @@ def _as_controller(app):  # type: ignore[no-untyped-def]
     return wrapped
 
 
+TOPOLOGY = Path(__file__).resolve().parents[1] / "examples" / "paper_poc.yaml"
+
+
 async def main(repeat: int) -> None:
-    topo = load_topology(Path(__file__).resolve().parents[1] / "examples" / "paper_poc.yaml")
+    topo = load_topology(TOPOLOGY)
     clock = RealClock()
     async with MemoryBus() as bus, SdnAgent("km0", topo, bus, clock, EventStream(clock)) as agent:
         app = _as_controller(create_agent_app(agent))
