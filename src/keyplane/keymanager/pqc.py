@@ -212,4 +212,5 @@ def combine_hop_key(qkd_key: bytes, pqc_key: bytes) -> bytes:
     """
     if len(qkd_key) != len(pqc_key):
         raise ValueError("combiner inputs must have the same length")
-    return bytes(a ^ b for a, b in zip(qkd_key, pqc_key, strict=True))
+    n = len(qkd_key)
+    return (int.from_bytes(qkd_key, "big") ^ int.from_bytes(pqc_key, "big")).to_bytes(n, "big")
