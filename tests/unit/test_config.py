@@ -71,3 +71,10 @@ def test_topology_loader_either_loads_or_raises_config_error(doc: object) -> Non
         parse_topology(yaml.safe_dump(doc))
     except ConfigError:
         pass
+
+
+def test_topology_cross_reference_error_names_line_of_the_field() -> None:
+    text = "nodes:\n  - id: a\nlinks:\n  - endpoints: [a, b]\n    length_km: 3\n"
+    with pytest.raises(ConfigError) as exc:
+        parse_topology(text, "net.yaml")
+    assert "net.yaml:4: links[0].endpoints: unknown node 'b'" in str(exc.value)
