@@ -29,12 +29,13 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import networkx as nx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
+
+from tests.support.fake_kms import FakeKms
 
 from keyplane.bus import Bus, MemoryBus, topics
 from keyplane.clock import RealClock
@@ -45,7 +46,6 @@ from keyplane.messages import Qos, SessionClose, SessionOpenRequest
 from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
 from keyplane.store.topology import LinkMetrics
-from support.fake_kms import FakeKms
 
 LINE_TOPOLOGY = """
 version: 1
@@ -152,8 +152,7 @@ def _path_times(n: int, pairs: int, seed: int) -> tuple[list[float], float]:
     return times, statistics.fmean(hops)
 
 
-async def _run_setup(label: str, make: Callable[[], tuple[Bus, Bus]] | None, nats_url: str | None,
-                     sessions: int, tmp: Path) -> None:
+async def _run_setup(label: str, nats_url: str | None, sessions: int, tmp: Path) -> None:
     from keyplane.bus.nats import NatsBus
 
     for hops in (1, 3):
@@ -186,10 +185,10 @@ async def main() -> None:
           f"networkx {nx.__version__}")
     print("\nsession setup latency (both opens sent -> every ConfigAck received):")
     with tempfile.TemporaryDirectory() as tmp:
-        await _run_setup("embedded", None, None, args.sessions, Path(tmp))
+        await _run_setup("embedded", None, args.sessions, Path(tmp))
         srv = NatsServer.start()
         try:
-            await _run_setup("nats", None, srv.url, args.sessions, Path(tmp))
+            await _run_setup("nats", srv.url, args.sessions, Path(tmp))
         finally:
             srv.stop()
     print("\npath computation (bidirectional Dijkstra, metric weights, min_bps filter):")

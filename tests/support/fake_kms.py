@@ -32,7 +32,7 @@ async def wait_until(pred: Callable[[], bool], timeout_s: float = 5.0,
     """
     try:
         async with asyncio.timeout(timeout_s):
-            while not pred():  # noqa: ASYNC110 - polls state other tasks change
+            while not pred():
                 await asyncio.sleep(0.002)
     except TimeoutError:
         raise AssertionError(f"timed out waiting for {what}") from None

@@ -10,7 +10,7 @@ from keyplane.clock import VirtualClock
 from keyplane.config import Topology, parse_topology
 from keyplane.events import EventStream, MemorySink
 from keyplane.store import Database, sqlite_url
-from support.control import TOPOLOGY
+from tests.support.control import TOPOLOGY
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ from keyplane.control import (
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import HopRole, KeepAlive, SessionClose
 from keyplane.store import Database
-from support.control import NODES, open_request
-from support.fake_kms import FakeKms, wait_until
+from tests.support.control import NODES, open_request
+from tests.support.fake_kms import FakeKms, wait_until
 
 SETTINGS = ControlSettings(admission=AdmissionSettings(peer_wait_timeout_s=10.0,
                                                        config_ack_timeout_s=1.0,

@@ -22,8 +22,8 @@ from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import AuthRequest, AuthResponse, LinkTelemetry, SessionClose
 from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
-from support.control import NODES, TOPOLOGY, open_request
-from support.fake_kms import FakeKms, wait_until
+from tests.support.control import NODES, TOPOLOGY, open_request
+from tests.support.fake_kms import FakeKms, wait_until
 
 
 async def _open(bus: Bus, req) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import KmTelemetry, LinkAlarm, LinkState, LinkTelemetry
 from keyplane.store import Database
 from keyplane.store.topology import LinkMetrics, get_link_metrics, load_topology_into
-from support.fake_kms import wait_until
+from tests.support.fake_kms import wait_until
 
 
 def _tel(link: str = "a-e", *, qber: float | None = 0.02, skr: float = 1000.0,

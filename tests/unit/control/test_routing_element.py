@@ -23,7 +23,7 @@ from keyplane.events import EventStream
 from keyplane.messages import LinkAlarm
 from keyplane.store import Database
 from keyplane.store.topology import LinkMetrics, load_topology_into, upsert_link_metrics
-from support.fake_kms import wait_until
+from tests.support.fake_kms import wait_until
 
 MAX_ATLAS_GRAPHS = 300
 

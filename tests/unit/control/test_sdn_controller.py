@@ -22,7 +22,7 @@ from keyplane.control.wire import (
 from keyplane.events import EventStream
 from keyplane.messages import LinkAlarm, TopologyChange
 from keyplane.store import Database
-from support.fake_kms import wait_until
+from tests.support.fake_kms import wait_until
 
 
 def test_sdn_model_gives_stable_uuids_to_nodes_and_links(topology: Topology) -> None:
