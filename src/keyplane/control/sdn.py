@@ -59,8 +59,10 @@ logger = logging.getLogger(__name__)
 
 ELEMENT = "sdn"
 
-KEYPLANE_NAMESPACE = uuid.UUID("5b0c1f9e-6f1d-5a53-9d0e-6b6579706c61")
-"""UUIDv5 namespace of every keyplane ``qkdn_id`` / ``qkdl_id``."""
+KEYPLANE_NAMESPACE = uuid.UUID("6f1d3c1e-5b0a-5d7e-9a43-6b65796c616e")
+"""UUIDv5 namespace of every keyplane ``qkdn_id`` / ``qkdl_id``: the same as
+``keyplane.api.etsi015.model.KEYPLANE_UUID_NAMESPACE`` (not imported, so that the control
+plane does not load the YANG toolchain), so the controller and every node agent agree."""
 
 LinkType = Literal["PHYS", "VIRT"]
 LinkStatus = Literal["ACTIVE", "PASSIVE", "PENDING", "OFF"]
@@ -187,7 +189,10 @@ class SdnModel:
             for u, v in itertools.pairwise(path):
                 if self.physical_between(u, v) is None:
                     raise ValueError(f"no PHYS link between {u} and {v}")
-            link = SdnLink(req.link_id, qkd_uuid("link", req.link_id), a, b, "VIRT",
+            # a session's VIRT link has the qkdl_id the ETSI 015 driver gives it
+            uid = qkd_uuid("link", f"session:{req.session_id}" if req.session_id
+                           else req.link_id)
+            link = SdnLink(req.link_id, uid, a, b, "VIRT",
                            path=path, bandwidth_bps=req.bandwidth_bps, session_id=req.session_id)
             change = "virtual_link_added"
         self.links[req.link_id] = link
@@ -373,7 +378,8 @@ class SdnController:
             try:
                 await self.bus.publish(topics.SDN, change)
             except BusError:
-                logger.warning("cannot announce %s", change.change)
+                if not self._closed:  # at shutdown the bus may close first
+                    logger.warning("cannot announce %s", change.change)
 
     async def _on_snapshot(self, _topic: str, msg: Message) -> Message | None:
         return self.model.snapshot() if isinstance(msg, TopologySnapshotRequest) else None

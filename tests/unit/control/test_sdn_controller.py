@@ -33,12 +33,20 @@ def test_sdn_model_gives_stable_uuids_to_nodes_and_links(topology: Topology) -> 
     assert all(link.type == "PHYS" and link.status == "ACTIVE" for link in m1.links.values())
 
 
+def test_sdn_uuids_match_the_etsi015_agents() -> None:
+    from keyplane.api.etsi015 import model as etsi015
+
+    assert qkd_uuid("node", "km0") == etsi015.qkdn_id("km0")
+    assert qkd_uuid("link", "km0-km1") == etsi015.qkdl_id("km0-km1")
+
+
 def test_sdn_virtual_link_reports_hops_per_node(topology: Topology) -> None:
     model = SdnModel.from_topology(topology)
     link, (change,) = model.register(RegisterLink(link_id="virt-s1", type="VIRT",
                                                   endpoints=("a", "d"), path=["a", "b", "c", "d"],
                                                   bandwidth_bps=300, session_id="s1"))
     assert change.change == "virtual_link_added" and change.attributes["bandwidth_bps"] == 300
+    assert link.qkdl_id == qkd_uuid("link", "session:s1")  # as keyplane.api.etsi015 names it
     assert link.virt_prev_hop("a") is None and link.virt_next_hop("a") == [qkd_uuid("node", "b")]
     assert link.virt_prev_hop("c") == qkd_uuid("node", "b")
     assert link.virt_next_hop("d") == []
