@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -50,6 +49,7 @@ __all__ = [
     "ParityQuery",
     "block_sizes",
     "cascade_reference",
+    "run_cascade",
 ]
 
 _MIN_QBER = 1e-4
@@ -379,7 +379,9 @@ def cascade_reference(alice_key: Bits, bob_key: Bits, seed: bytes,
     """Per-bit reference Cascade with the same passes and permutations, one search at a time.
 
     ``ask(p, s, e)`` stands for the channel: Alice's parity of positions ``[s, e)`` of pass
-    ``p``. Returns Bob's corrected key and the number of parities Alice disclosed.
+    ``p``. After each pass, every block of every pass so far is checked again until all
+    parities agree (the cascade effect, one block at a time). Returns Bob's corrected key
+    and the number of parities Alice disclosed.
     """
     n = len(alice_key)
     bob = [int(b) for b in bob_key]
@@ -425,8 +427,6 @@ def cascade_reference(alice_key: Bits, bob_key: Bits, seed: bytes,
                     if mine(p, s, e) != a_par:
                         bob[binary(p, s, e, a_par)] ^= 1
                         pending = True
-    ask_fn: Callable[[int, int, int], int] = ask
-    del ask_fn
     return np.asarray(bob, dtype=np.uint8), leaked
 
 
