@@ -205,6 +205,15 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     _run_until_signal(main_)
 
 
+def _mount() -> None:
+    from keyplane.physical.cli import app as link_app
+
+    app.add_typer(link_app, name="link", help="Cut, degrade, restore or tap a quantum link.")
+
+
+_mount()
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
