@@ -27,6 +27,7 @@ from keyplane.bus import Bus, Message, topics
 from keyplane.certs import Issued, ensure_network_certs
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
+from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
 from keyplane.messages import NodeAnnouncement, NodeWelcome
@@ -112,21 +113,27 @@ class _Lifecycle:
 
 
 class ControlRuntime(_Lifecycle):
-    """The control plane of a network, in this process."""
+    """The control plane of a network, in this process: the five elements (or a subset)
+    and the node registry that learns where each node's interfaces listen."""
 
-    def __init__(self, ctx: RuntimeContext, *, write_endpoints_file: bool = True) -> None:
+    def __init__(self, ctx: RuntimeContext, *, write_endpoints_file: bool = True,
+                 elements: list[str] | None = None,
+                 settings: ControlSettings | None = None) -> None:
         self.ctx = ctx
         self.endpoints: dict[str, dict[str, str]] = {}
         self._write = write_endpoints_file
         self._subs: list[Any] = []
         self._closed = False
+        self.plane = ControlPlane(ctx.topology, ctx.bus, ctx.db, ctx.clock, ctx.stream,
+                                  settings, elements=elements)
 
     async def start(self) -> None:
-        """Load the topology into the database and start answering the bus."""
-        await load_topology_into(self.ctx.db, self.ctx.topology)
+        """Start the control-plane elements and the node registry."""
+        if "sdn" not in self.plane.elements:
+            # the SDN Controller normally loads the topology; without it, do it here
+            await load_topology_into(self.ctx.db, self.ctx.topology)
+        await self.plane.start()
         self._subs.append(await self.ctx.bus.subscribe(topics.SDN_NODES, self._on_announcement))
-        self.ctx.stream.emit(EventType.element_started, "sdn",
-                             nodes=len(self.ctx.topology.nodes))
 
     async def _on_announcement(self, topic: str, msg: Message) -> Message | None:
         if not isinstance(msg, NodeAnnouncement):
@@ -149,7 +156,7 @@ class ControlRuntime(_Lifecycle):
         self._closed = True
         for sub in self._subs:
             await sub.unsubscribe()
-        self.ctx.stream.emit(EventType.element_stopped, "sdn")
+        await self.plane.close()
 
 
 class NodeRuntime(_Lifecycle):
