@@ -190,7 +190,7 @@ class BusSink:
     async def _send(self, event: Event) -> None:
         try:
             await self._bus.publish(f"keyplane.events.{event.element}", EventMessage(event=event))
-        except Exception:  # noqa: BLE001 - observability must never break the data path
+        except Exception:
             logger.debug("event publish failed", exc_info=True)
 
     def close(self) -> None:
@@ -228,7 +228,7 @@ class EventStream:
         for sink in self.sinks:
             try:
                 sink.write(event)
-            except Exception:  # noqa: BLE001 - a broken sink must not break the caller
+            except Exception:
                 logger.exception("event sink %r failed", sink)
         return event
 

@@ -9,7 +9,9 @@ Topic names (the paper's proof of concept gives every KM its own topic):
 * ``keyplane.telemetry.link.<link>`` QKD modules → Monitoring Element: per-block telemetry
 * ``keyplane.telemetry.km.<node>``   KM → Monitoring Element: buffer levels, sessions
 * ``keyplane.alarms.<link>``         Monitoring Element → Routing Element, SDN Controller
+* ``keyplane.control.sdn.nodes``     node process → SDN Controller: announcements
 * ``keyplane.events.<element>``      every element → observers: the Fig. 4 event stream
+* ``keyplane.sdn.<node>.notifications`` SDN agent → SDN Controller: ETSI 015 notifications
 """
 
 from __future__ import annotations
@@ -27,18 +29,19 @@ __all__ = [
     "connect",
     "decode",
     "encode",
-    "topics",
     "topic_matches",
+    "topics",
 ]
 
 
-class topics:  # noqa: N801 - a namespace of topic builders
+class topics:
     """Topic names used between elements."""
 
     ACCESS = "keyplane.control.access"
     ADMISSION = "keyplane.control.admission"
     ROUTING = "keyplane.control.routing"
     SDN = "keyplane.control.sdn"
+    SDN_NODES = "keyplane.control.sdn.nodes"
     MONITORING = "keyplane.control.monitoring"
 
     @staticmethod
@@ -69,6 +72,11 @@ class topics:  # noqa: N801 - a namespace of topic builders
     @staticmethod
     def events(element: str) -> str:
         return f"keyplane.events.{element}"
+
+    @staticmethod
+    def sdn_notifications(node: str) -> str:
+        """ETSI 015 notifications of a node's SDN agent (``*`` for every node)."""
+        return f"keyplane.sdn.{node}.notifications"
 
 
 async def connect(url: str | None, *, name: str = "keyplane") -> Bus:

@@ -60,9 +60,9 @@ class NatsBus(Bus):
             BusError: the server cannot be reached.
         """
         try:
-            nc = await nats.connect(url, name=name, connect_timeout=int(max(1, connect_timeout_s)),
-                                    max_reconnect_attempts=options.pop("max_reconnect_attempts", 10),
-                                    **options)
+            nc = await nats.connect(
+                url, name=name, connect_timeout=int(max(1, connect_timeout_s)),
+                max_reconnect_attempts=options.pop("max_reconnect_attempts", 10), **options)
         except (NoServersError, OSError, TimeoutError) as exc:
             raise BusError(f"cannot connect to NATS at {url}: {exc}") from exc
         return cls(nc)
@@ -139,7 +139,7 @@ class NatsBus(Bus):
         try:
             if not self._nc.is_closed:
                 await self._nc.drain()
-        except Exception:  # noqa: BLE001 - closing must not raise
+        except Exception:
             logger.debug("NATS drain failed", exc_info=True)
         for t in tasks:
             t.cancel()
