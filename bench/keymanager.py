@@ -24,14 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.support.fake_control import FakeControlPlane
+from tests.support.km_net import line_topology
+
 from keyplane.bus import Bus, MemoryBus
 from keyplane.clock import RealClock
 from keyplane.events import EventStream
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.interface import Caller
 from keyplane.store import Database, sqlite_url
-from tests.support.fake_control import FakeControlPlane
-from tests.support.km_net import line_topology
 
 CALLER = Caller("CN=a")
 SETTINGS = KmSettings(link_reserve_bytes=65_536, max_concurrent_exchanges=256,

@@ -10,8 +10,6 @@ import asyncio
 import random
 from dataclasses import dataclass, field
 
-from tests.support.fake_control import FakeControlPlane
-
 from keyplane.bus import Bus
 from keyplane.clock import Clock
 from keyplane.config import Topology, parse_topology
@@ -20,6 +18,7 @@ from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.interface import Caller
 from keyplane.messages import Qos
 from keyplane.store import Database
+from tests.support.fake_control import FakeControlPlane
 
 __all__ = ["CALLER_A", "CALLER_B", "KmNet", "line_topology", "open_pair", "start_net"]
 
