@@ -137,6 +137,7 @@ class _Session:
     idle_task: asyncio.Task[None] | None = None
     decision: asyncio.Future[SessionConfig] | None = None
     producing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    batches: dict[int, tuple[list[int], asyncio.Task[None]]] = field(default_factory=dict)
     arrivals: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     demanded: set[int] = field(default_factory=set)
     last_keepalive: float = float("-inf")
@@ -849,21 +850,42 @@ class KeyManager:
             if k is None or k.state == "pending":
                 missing.append(i)
         if missing:
-            task = asyncio.get_running_loop().create_task(
-                self._produce(s, missing, size_bytes), name=f"km-produce-{s.session_id}")
-            for i in missing:
-                s.producing[i] = task
+            waits.append(self._join_batch(s, missing, size_bytes))
+        for t in set(waits):
+            await asyncio.shield(t)
 
-            def done(t: asyncio.Task[None], idx: list[int] = missing) -> None:
-                for i in idx:
+    def _join_batch(self, s: _Session, indexes: list[int], size_bytes: int
+                    ) -> asyncio.Task[None]:
+        """Add ``indexes`` to the session's open relay batch (one frame per batch).
+
+        Requests that reach the source in the same event-loop turn share one KeyFrame, one
+        MAC key per hop and one confirmation, so concurrent callers cost one relay instead of
+        one each; a lone request waits a single loop turn.
+        """
+        batch = s.batches.get(size_bytes)
+        if batch is None:
+            collected: list[int] = []
+
+            async def run() -> None:
+                await asyncio.sleep(0)  # let requests of this loop turn join
+                s.batches.pop(size_bytes, None)
+                await self._produce(s, collected, size_bytes)
+
+            task = asyncio.get_running_loop().create_task(run(), name=f"km-produce-{s.session_id}")
+
+            def done(t: asyncio.Task[None]) -> None:
+                for i in collected:
                     if s.producing.get(i) is t:
                         del s.producing[i]
                 if not t.cancelled():
                     t.exception()  # retrieved here; the waiters re-raise it
             task.add_done_callback(done)
-            waits.append(task)
-        for t in set(waits):
-            await asyncio.shield(t)
+            batch = s.batches[size_bytes] = (collected, task)
+        collected, task = batch
+        collected.extend(indexes)
+        for i in indexes:
+            s.producing[i] = task
+        return task
 
     def demand(self, session_id: str, indexes: list[int]) -> None:
         """Relay host: the destination asked for ``indexes`` (ETSI 004)."""
