@@ -202,6 +202,9 @@ class KeyManager:
         self.relay = Relay(self, bus, self.journal, clock, events, self.settings)
         self._sessions: dict[str, _Session] = {}
         self._pairs: dict[tuple[str, str], str] = {}  # (master, slave) -> 014 session id
+        # Key_stream_IDs this KM assigned that Admission Control merged into the peer's
+        # stream (paired by SAE pair, SessionConfig.opened_as): own id -> stream id
+        self._aliases: dict[str, str] = {}
         self._pair_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._queues: PriorityQueues[asyncio.Future[None]] = PriorityQueues(
             self.settings.aging_interval_s, self.settings.queue_limit)
@@ -462,6 +465,11 @@ class KeyManager:
                               session=cfg.session_id, role=cfg.role.value, epoch=cfg.epoch,
                               prev_km=cfg.prev_km, next_km=cfg.next_km)
             return ack(True)
+        if cfg.opened_as and cfg.opened_as != cfg.session_id \
+                and cfg.session_id not in self._sessions:
+            own = self._sessions.get(cfg.opened_as)
+            if own is not None and own.machine.live and own.config is None:
+                self._adopt_stream_id(own, cfg.session_id)
         s = self._sessions.get(cfg.session_id)
         if s is None or not s.machine.live:
             if cfg.local_sae is None:
@@ -506,6 +514,21 @@ class KeyManager:
             if s.decision is not None and not s.decision.done():
                 s.decision.set_result(cfg)
         return ack(True)
+
+    def _adopt_stream_id(self, s: _Session, stream_id: str) -> None:
+        """Admission Control paired our open request with the peer's by SAE pair: the
+        session takes the stream's Key_stream_ID (both ends must use the same one); the id
+        we assigned stays an alias for the application that holds it."""
+        own = s.session_id
+        del self._sessions[own]
+        s.session_id = stream_id
+        s.machine.session_id = stream_id
+        self._sessions[stream_id] = s
+        self._aliases[own] = stream_id
+        self._rows.put(own, "terminated", {}, self._clock.now())
+        self._persist(s)
+        self._events.emit(EventType.configured, ELEMENT, node=self.node_id, session=stream_id,
+                          adopted_from=own)
 
     def _persist_intermediate(self, session_id: str) -> None:
         epochs = {str(epoch): {"prev_km": e.prev_km, "next_km": e.next_km}
@@ -677,7 +700,9 @@ class KeyManager:
         assert decision is not None
         try:
             await self._clock.wait_for(asyncio.shield(decision), qos.timeout_ms / 1000)
-            return OpenResult(sid, self._served_qos(s), True)
+            # s.session_id differs from sid when Admission Control merged our request into
+            # the peer's stream: both applications get the same Key_stream_ID
+            return OpenResult(s.session_id, self._served_qos(s), True)
         except TimeoutError:
             pass
         except SessionNotFound as exc:
@@ -703,7 +728,7 @@ class KeyManager:
             "max_bps": min(int(cfg.token_rate_bps), 2**32 - 1)})
 
     def _app_session(self, caller: Caller, key_stream_id: str) -> _Session:
-        s = self._sessions.get(key_stream_id)
+        s = self._sessions.get(self._aliases.get(key_stream_id, key_stream_id))
         if s is None or s.owner != _digest(caller.identity):
             raise SessionNotFound(f"no stream {key_stream_id} for this caller")
         if not s.machine.live:
@@ -1028,6 +1053,9 @@ class KeyManager:
         the key manager (idempotent). With arguments it ends the caller's stream, frees its
         resources and tells Admission Control (``SessionClose(reason="close")``).
 
+        Closing a stream that already ended (the peer closed it, Admission Control deleted
+        it, or the idle timer fired) succeeds and changes nothing: CLOSE is idempotent.
+
         Raises:
             SessionNotFound: no such stream for this caller.
         """
@@ -1036,6 +1064,9 @@ class KeyManager:
             return
         if caller is None or key_stream_id is None:
             raise TypeError("CLOSE needs both caller and key_stream_id")
+        s = self._sessions.get(self._aliases.get(key_stream_id, key_stream_id))
+        if s is not None and s.owner == _digest(caller.identity) and not s.machine.live:
+            return
         s = self._app_session(caller, key_stream_id)
         self._apply(s, SessionEvent.close)
         await self.journal.sync()
