@@ -17,7 +17,8 @@ KeyplaneError
 │   ├── PeerNotConnected        ETSI 004 status 1/3
 │   └── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
 ├── KeyStoreError
-│   └── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
+│   ├── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
+│   └── KeyNotFound             unknown or already delivered ETSI 014 key_ID (ETSI 014 400)
 ├── RelayError
 │   ├── RelayTimeout            a hop did not answer in time
 │   ├── PeerUnreachable         no route / KM down (ETSI 004 status 4)
@@ -40,6 +41,7 @@ __all__ = [
     "ConfigError",
     "IllegalTransition",
     "InsufficientKeyMaterial",
+    "KeyNotFound",
     "KeyStoreError",
     "KeyplaneError",
     "MessageDecodeError",
@@ -141,6 +143,14 @@ class KeyStoreError(KeyplaneError):
 
 class InsufficientKeyMaterial(KeyStoreError):
     """Not enough key material is available right now."""
+
+
+class KeyNotFound(KeyStoreError):
+    """An ETSI 014 key_ID is unknown here or was already delivered to this SAE.
+
+    A key that exists but was made for another SAE pair is :class:`AuthenticationFailed`
+    (ETSI 014 401), not this.
+    """
 
 
 class RelayError(KeyplaneError):

@@ -1,0 +1,1 @@
+"""Test support shared by every tier (STYLE.md §1): doubles, topologies, launchers."""
