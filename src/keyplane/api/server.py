@@ -197,8 +197,8 @@ async def serve_km_api(km: ApplicationService, *, kme_id: str, server_cert: Cert
     task = asyncio.create_task(server.serve(sockets=[sock]), name=f"km-api-{kme_id}")
     ready = asyncio.create_task(server.ready.wait())
     try:
-        done, _ = await asyncio.wait({task, ready}, timeout=startup_timeout_s,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, ready}, timeout=startup_timeout_s,
+                           return_when=asyncio.FIRST_COMPLETED)
     finally:
         ready.cancel()
     if not server.ready.is_set():

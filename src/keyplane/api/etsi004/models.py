@@ -85,7 +85,8 @@ class OpenConnectResponse(_Body):
 
     status: int = Field(description="ETSI 004 status code (0 success, 1 peer not connected...).")
     Key_stream_ID: uuid.UUID | None = Field(default=None, description="The stream's UUID.")
-    QoS: QosParameters | None = Field(default=None, description="QoS served, or the KM's proposal (7).")
+    QoS: QosParameters | None = Field(
+        default=None, description="QoS served, or the KM's counter-proposal (status 7).")
 
 
 class MetadataIn(_Body):
