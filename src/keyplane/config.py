@@ -11,6 +11,7 @@ Priorities: a larger ``priority`` is served first (0 is the lowest).
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -292,6 +293,21 @@ def _fmt_path(path: tuple[str | int, ...]) -> str:
     return out or "(top level)"
 
 
+_MSG_PATH = re.compile(r"^([A-Za-z_]+(?:\[\d+\])?(?:\.[A-Za-z_]+(?:\[\d+\])?)*): ")
+
+
+def _parse_path(text: str) -> tuple[str | int, ...]:
+    out: list[str | int] = []
+    for part in text.split("."):
+        m = re.fullmatch(r"([A-Za-z_]+)(?:\[(\d+)\])?", part)
+        if m is None:
+            break
+        out.append(m.group(1))
+        if m.group(2) is not None:
+            out.append(int(m.group(2)))
+    return tuple(out)
+
+
 def _line_for(index: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int | None:
     while True:
         if path in index:
@@ -329,6 +345,13 @@ def parse_topology(text: str, source: str = "<string>") -> Topology:
             msg = err["msg"]
             if err["type"] == "value_error":
                 msg = msg.removeprefix("Value error, ")
+                inner = _MSG_PATH.match(msg)
+                if not path and inner:
+                    # a cross-reference error: the message starts with the field's path
+                    path = _parse_path(inner.group(1))
+                    msg = msg[inner.end():]
+                    line = _line_for(index, path)
+                    where = f"{source}:{line}" if line else source
             problems.append(f"{where}: {_fmt_path(path)}: {msg}")
         raise ConfigError("invalid topology:\n  " + "\n  ".join(problems)) from None
 

@@ -23,6 +23,8 @@ Flows (paper Fig. 2 and 3; topics in :class:`keyplane.bus.topics`):
 6. Monitoring Element → Routing Element and SDN Controller, publish on
    ``keyplane.alarms.<link>``: :class:`LinkAlarm`.
 7. SDN Controller → subscribers, publish on ``keyplane.control.sdn``: :class:`TopologyChange`.
+8. A node process → SDN Controller, request/reply on ``keyplane.control.sdn.nodes``:
+   :class:`NodeAnnouncement` → :class:`NodeWelcome`.
 
 Identifiers: ``session_id`` is the ETSI 004 ``Key_stream_ID`` (a UUID string); node ids
 and SAE ids are the topology file's.
@@ -48,6 +50,8 @@ __all__ = [
     "LinkAlarm",
     "LinkState",
     "LinkTelemetry",
+    "NodeAnnouncement",
+    "NodeWelcome",
     "OpenAck",
     "Qos",
     "SessionClose",
@@ -289,3 +293,28 @@ class TopologyChange(Message):
     node: str | None = None
     endpoints: tuple[str, str] | None = None
     attributes: dict[str, float | str | bool | None] = Field(default_factory=dict)
+
+
+class NodeAnnouncement(Message):
+    """A node process announces itself (and its interface URLs) to the control plane.
+
+    Sent as a request on ``keyplane.control.sdn`` when a node starts; the SDN Controller
+    replies with :class:`NodeWelcome`. This is how a distributed control plane learns where
+    each node's ETSI 014/004/015 servers listen.
+    """
+
+    KIND = "sdn.node_announcement"
+
+    node: str
+    endpoints: dict[str, str] = Field(default_factory=dict)
+    pid: int = 0
+
+
+class NodeWelcome(Message):
+    """The control plane's answer to a :class:`NodeAnnouncement`."""
+
+    KIND = "sdn.node_welcome"
+
+    node: str
+    known: bool
+    reason: str = ""

@@ -1,1 +1,2 @@
-"""Test support shared by every tier (STYLE.md §1): doubles, topologies, launchers."""
+"""Test support shared by every tier: process launchers, waiting helpers, API test doubles
+(fake_km.py) and small topologies."""

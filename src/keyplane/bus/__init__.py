@@ -9,6 +9,7 @@ Topic names (the paper's proof of concept gives every KM its own topic):
 * ``keyplane.telemetry.link.<link>`` QKD modules → Monitoring Element: per-block telemetry
 * ``keyplane.telemetry.km.<node>``   KM → Monitoring Element: buffer levels, sessions
 * ``keyplane.alarms.<link>``         Monitoring Element → Routing Element, SDN Controller
+* ``keyplane.control.sdn.nodes``     node process → SDN Controller: announcements
 * ``keyplane.events.<element>``      every element → observers: the Fig. 4 event stream
 """
 
@@ -39,6 +40,7 @@ class topics:
     ADMISSION = "keyplane.control.admission"
     ROUTING = "keyplane.control.routing"
     SDN = "keyplane.control.sdn"
+    SDN_NODES = "keyplane.control.sdn.nodes"
     MONITORING = "keyplane.control.monitoring"
 
     @staticmethod

@@ -1,0 +1,213 @@
+"""The ``keyplane`` command.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad input (invalid topology, unknown node,
+bad option), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from keyplane.config import Topology, load_topology
+from keyplane.errors import ConfigError, KeyplaneError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(name="keyplane", no_args_is_help=True, add_completion=False,
+                  help="Control and key management plane for QKD networks "
+                       "(Lopez et al., IEEE Network 2025) over an emulated QKD layer.")
+console = Console(stderr=True)
+
+TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="Topology YAML file.")]
+StateOpt = Annotated[Path, typer.Option(
+    "--state", "-s", help="State directory (certs, db, endpoints.json).")]
+BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
+DbOpt = Annotated[str | None, typer.Option(
+    "--db", help="Database URL (default: SQLite in the state dir).")]
+
+
+def _load(path: Path) -> Topology:
+    try:
+        return load_topology(path)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _run_until_signal(main_coro: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    """Run ``main_coro(stop)`` until it returns; SIGINT/SIGTERM set ``stop``."""
+
+    async def runner() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await main_coro(stop)
+
+    try:
+        asyncio.run(runner())
+    except KeyplaneError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+def _db_url(db: str | None, state: Path) -> str:
+    from keyplane.store import sqlite_url
+
+    return db or sqlite_url(state / "keyplane.db")
+
+
+@app.command()
+def validate(topology: Annotated[Path, typer.Argument(help="Topology YAML file.")]) -> None:
+    """Check a topology file; print a summary or every problem (exit 2)."""
+    topo = _load(topology)
+    console.print(f"[green]ok[/green] {topo.name}: {len(topo.nodes)} nodes, {len(topo.links)} "
+                  f"links, {len(topo.users)} users, {len(topo.applications)} applications")
+
+
+@app.command()
+def certs(topology: TopologyOpt,
+          out: Annotated[Path, typer.Option("--out", "-o")] = Path("state/certs"),
+          days: int = 825) -> None:
+    """Make a CA and the KM, SAE and controller certificates for mutual TLS."""
+    from keyplane.certs import ensure_network_certs
+
+    topo = _load(topology)
+    issued = ensure_network_certs(topo, out, days=days)
+    console.print(f"CA {issued.ca.cert}; {len(issued.kms)} KM, {len(issued.saes)} SAE and 1 "
+                  f"controller certificates under {out}")
+
+
+@app.command()
+def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt = Path("state"),
+        db: DbOpt = None, verbose: bool = False) -> None:
+    """Run every element of the network in this process (embedded mode) until Ctrl-C."""
+    from keyplane.bus import MemoryBus
+    from keyplane.events import EventStream, JsonlSink
+    from keyplane.runtime import Embedded, RuntimeContext
+    from keyplane.store import Database
+
+    topo = _load(topology)
+    _logging(verbose)
+    state.mkdir(parents=True, exist_ok=True)
+
+    async def main_(stop: asyncio.Event) -> None:
+        from keyplane.clock import RealClock
+
+        clock = RealClock()
+        events = EventStream(clock, [JsonlSink(state / "events.jsonl")])
+        database = await Database.open(_db_url(db, state))
+        bus = MemoryBus()
+        ctx = RuntimeContext(topology=topo, bus=bus, db=database, clock=clock, events=events,
+                             state_dir=state)
+        try:
+            async with Embedded(ctx):
+                console.print(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
+                              f"{state / 'endpoints.json'}; Ctrl-C to stop")
+                await stop.wait()
+        finally:
+            await bus.close()
+            await database.close()
+            events.close()
+
+    _run_until_signal(main_)
+
+
+@app.command()
+def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
+               state: StateOpt = Path("state"), db: DbOpt = None, verbose: bool = False) -> None:
+    """Run the control plane as its own process (distributed mode)."""
+    from keyplane.bus import connect
+    from keyplane.events import BusSink, EventStream, JsonlSink
+    from keyplane.runtime import ControlRuntime, RuntimeContext
+    from keyplane.store import Database
+
+    topo = _load(topology)
+    _logging(verbose)
+    state.mkdir(parents=True, exist_ok=True)
+
+    async def main_(stop: asyncio.Event) -> None:
+        from keyplane.clock import RealClock
+
+        clock = RealClock()
+        b = await connect(bus, name="keyplane-controller")
+        events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"), BusSink(b)])
+        database = await Database.open(_db_url(db, state))
+        ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
+                             state_dir=state)
+        ctx.ensure_certs()
+        try:
+            async with ControlRuntime(ctx):
+                print("keyplane controller ready", flush=True)
+                await stop.wait()
+        finally:
+            events.close()
+            await b.close()
+            await database.close()
+
+    _run_until_signal(main_)
+
+
+@app.command()
+def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
+         topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
+         state: StateOpt = Path("state"), db: DbOpt = None, verbose: bool = False) -> None:
+    """Run one node (its KM, QKD link ends and interfaces) as its own process."""
+    from keyplane.bus import connect
+    from keyplane.events import BusSink, EventStream, JsonlSink
+    from keyplane.runtime import NodeRuntime, RuntimeContext
+    from keyplane.store import Database
+
+    topo = _load(topology)
+    if node_id not in {n.id for n in topo.nodes}:
+        console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
+        raise typer.Exit(2)
+    _logging(verbose)
+    state.mkdir(parents=True, exist_ok=True)
+
+    async def main_(stop: asyncio.Event) -> None:
+        from keyplane.clock import RealClock
+
+        clock = RealClock()
+        b = await connect(bus, name=f"keyplane-node-{node_id}")
+        events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"), BusSink(b)])
+        database = await Database.open(_db_url(db, state))
+        ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
+                             state_dir=state)
+        ctx.ensure_certs()
+        try:
+            async with NodeRuntime(ctx, node_id):
+                print(f"keyplane node {node_id} ready", flush=True)
+                await stop.wait()
+        finally:
+            events.close()
+            await b.close()
+            await database.close()
+
+    _run_until_signal(main_)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

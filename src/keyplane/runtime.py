@@ -1,0 +1,215 @@
+"""Process model: the same elements in one process (embedded) or one per process.
+
+* :class:`ControlRuntime` runs the control plane elements and the node registry (node
+  processes announce themselves and their interface URLs on ``keyplane.control.sdn.nodes``).
+* :class:`NodeRuntime` runs one node: its key manager, its ends of the QKD links, its
+  ETSI 014/004 servers and its ETSI 015 agent, and announces itself to the control plane.
+* :class:`Embedded` runs one ControlRuntime and a NodeRuntime per node over one bus, one
+  database and one clock: ``keyplane run`` and ``keyplane demo``.
+
+``keyplane controller`` and ``keyplane node`` run the two halves as separate processes over
+NATS and a shared database URL. Whoever knows every node's endpoints (the embedded runtime,
+or the controller process) writes ``<state>/endpoints.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from keyplane.bus import Bus, Message, topics
+from keyplane.certs import Issued, ensure_network_certs
+from keyplane.clock import Clock, RealClock
+from keyplane.config import Topology
+from keyplane.errors import BusError
+from keyplane.events import EventStream, EventType
+from keyplane.messages import NodeAnnouncement, NodeWelcome
+from keyplane.store import Database
+from keyplane.store.topology import load_topology_into
+
+__all__ = ["ControlRuntime", "Embedded", "NodeRuntime", "RuntimeContext", "write_endpoints"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RuntimeContext:
+    """What every element of one process shares."""
+
+    topology: Topology
+    bus: Bus
+    db: Database
+    clock: Clock = field(default_factory=RealClock)
+    events: EventStream | None = None
+    state_dir: Path = Path("state")
+    host: str = "127.0.0.1"
+    seed: int = 1
+    certs: Issued | None = None
+
+    def __post_init__(self) -> None:
+        if self.events is None:
+            self.events = EventStream(self.clock)
+
+    @property
+    def stream(self) -> EventStream:
+        """The event stream (never None after construction)."""
+        assert self.events is not None
+        return self.events
+
+    def ensure_certs(self) -> Issued:
+        """Create or load the network's certificates under ``<state>/certs``."""
+        if self.certs is None:
+            self.certs = ensure_network_certs(self.topology, self.state_dir / "certs")
+        return self.certs
+
+
+def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
+                    endpoints: dict[str, dict[str, str]]) -> Path:
+    """Write ``endpoints.json``: each KM's interface URLs and each SAE's certificate files.
+
+    Paths are relative to ``state_dir`` so the directory can be moved or mounted elsewhere.
+    """
+    def rel(p: Path) -> str:
+        return os.path.relpath(p, state_dir)
+
+    doc: dict[str, Any] = {
+        "topology": topology.name,
+        "ca": rel(certs.ca.cert),
+        "controller": {"cert": rel(certs.controller.cert), "key": rel(certs.controller.key)},
+        "kms": {node: dict(sorted(urls.items())) for node, urls in sorted(endpoints.items())},
+        "saes": {a.sae_id: {"node": a.node, "owner": a.owner,
+                            "cert": rel(certs.saes[a.sae_id].cert),
+                            "key": rel(certs.saes[a.sae_id].key)}
+                 for a in topology.applications},
+    }
+    path = state_dir / "endpoints.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+class _Lifecycle:
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+
+class ControlRuntime(_Lifecycle):
+    """The control plane of a network, in this process."""
+
+    def __init__(self, ctx: RuntimeContext, *, write_endpoints_file: bool = True) -> None:
+        self.ctx = ctx
+        self.endpoints: dict[str, dict[str, str]] = {}
+        self._write = write_endpoints_file
+        self._subs: list[Any] = []
+        self._closed = False
+
+    async def start(self) -> None:
+        """Load the topology into the database and start answering the bus."""
+        await load_topology_into(self.ctx.db, self.ctx.topology)
+        self._subs.append(await self.ctx.bus.subscribe(topics.SDN_NODES, self._on_announcement))
+        self.ctx.stream.emit(EventType.element_started, "sdn",
+                             nodes=len(self.ctx.topology.nodes))
+
+    async def _on_announcement(self, topic: str, msg: Message) -> Message | None:
+        if not isinstance(msg, NodeAnnouncement):
+            return None
+        known = any(n.id == msg.node for n in self.ctx.topology.nodes)
+        if not known:
+            return NodeWelcome(node=msg.node, known=False, reason="node not in the topology")
+        self.endpoints[msg.node] = dict(msg.endpoints)
+        self.ctx.stream.emit(EventType.topology_changed, "sdn", node=msg.node,
+                             change="node_registered", endpoints=dict(msg.endpoints))
+        if self._write and self.ctx.certs is not None:
+            write_endpoints(self.ctx.state_dir, self.ctx.topology, self.ctx.certs,
+                            self.endpoints)
+        return NodeWelcome(node=msg.node, known=True)
+
+    async def close(self) -> None:
+        """Stop answering (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in self._subs:
+            await sub.unsubscribe()
+        self.ctx.stream.emit(EventType.element_stopped, "sdn")
+
+
+class NodeRuntime(_Lifecycle):
+    """One node of the network, in this process."""
+
+    def __init__(self, ctx: RuntimeContext, node_id: str, *,
+                 announce_timeout_s: float = 30.0) -> None:
+        ctx.topology.node(node_id)  # KeyError on an unknown node
+        self.ctx = ctx
+        self.node_id = node_id
+        self.endpoints: dict[str, str] = {}
+        self._announce_timeout_s = announce_timeout_s
+        self._closed = False
+
+    async def start(self) -> None:
+        """Start the node's elements and announce it to the control plane."""
+        self.ctx.stream.emit(EventType.element_started, "km", node=self.node_id)
+        await self._announce()
+
+    async def _announce(self) -> None:
+        """Announce until the control plane answers (it may start after us)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._announce_timeout_s
+        msg = NodeAnnouncement(node=self.node_id, endpoints=self.endpoints, pid=os.getpid())
+        while True:
+            try:
+                reply = await self.ctx.bus.request(topics.SDN_NODES, msg, timeout_s=1.0)
+            except BusError:
+                if loop.time() > deadline:
+                    raise
+                await asyncio.sleep(0.1)
+                continue
+            if isinstance(reply, NodeWelcome) and not reply.known:
+                raise BusError(f"control plane refused node {self.node_id}: {reply.reason}")
+            return
+
+    async def close(self) -> None:
+        """Stop the node's elements (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        self.ctx.stream.emit(EventType.element_stopped, "km", node=self.node_id)
+
+
+class Embedded(_Lifecycle):
+    """Every element of a network in one process: control plane plus every node."""
+
+    def __init__(self, ctx: RuntimeContext) -> None:
+        self.ctx = ctx
+        self.control = ControlRuntime(ctx, write_endpoints_file=False)
+        self.nodes = {n.id: NodeRuntime(ctx, n.id) for n in ctx.topology.nodes}
+
+    async def start(self) -> None:
+        """Start the control plane, then every node; write endpoints.json."""
+        certs = self.ctx.ensure_certs()
+        await self.control.start()
+        await asyncio.gather(*(n.start() for n in self.nodes.values()))
+        write_endpoints(self.ctx.state_dir, self.ctx.topology, certs, self.control.endpoints)
+
+    async def close(self) -> None:
+        """Stop the nodes, then the control plane."""
+        await asyncio.gather(*(n.close() for n in self.nodes.values()))
+        await self.control.close()

@@ -1,0 +1,58 @@
+"""Launch ``keyplane`` subprocesses for integration tests, wait for readiness, stop them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def keyplane_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def start_keyplane(*args: str, ready: str, timeout_s: float = 60.0, log: Path | None = None
+                   ) -> subprocess.Popen[str]:
+    """Start ``python -m keyplane ARGS`` and wait until it prints ``ready`` on stdout."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen([sys.executable, "-m", "keyplane", *args], stdout=subprocess.PIPE,
+                            stderr=out, text=True, env=keyplane_env(), cwd=ROOT)
+    deadline = time.monotonic() + timeout_s
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if ready in line:
+            return proc
+        if not line and proc.poll() is not None:
+            raise RuntimeError(f"keyplane {' '.join(args)} exited with {proc.returncode}")
+    stop(proc)
+    raise RuntimeError(f"keyplane {' '.join(args)} not ready after {timeout_s} s")
+
+
+def stop(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout_s)
+    return proc.returncode
+
+
+def wait_until(pred, timeout_s: float = 30.0, interval_s: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(interval_s)
+    raise AssertionError("condition not reached in time")

@@ -1,0 +1,23 @@
+from pathlib import Path
+
+from keyplane.clock import VirtualClock
+from keyplane.demo.timeline import render_timeline
+from keyplane.events import EventStream, EventType, MemorySink
+
+
+async def test_timeline_renders_one_lane_per_km_with_fig4_markers(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    mem = MemorySink()
+    stream = EventStream(clock, [mem])
+    for node in ("km2", "km0", "km3"):
+        stream.emit(EventType.request_arrived, "km", node=node, session="s-23")
+        await clock.advance(0.002)
+        stream.emit(EventType.key_relayed, "km", node=node, session="s-23", hop="km2->km0")
+    stream.emit(EventType.key_delivered, "km", node="km3", session="s-23", key_id="abc")
+    png, page = render_timeline(list(mem.events), tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = page.read_text()
+    assert "<svg" in text and text.count("<tr><td>") == 7
+    for lane in ("KM0", "KM2", "KM3"):
+        assert lane in text
+    assert "key relayed" in text

@@ -1,0 +1,41 @@
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from keyplane.cli import app
+
+ROOT = Path(__file__).resolve().parents[2]
+runner = CliRunner()
+
+
+def test_cli_validate_accepts_paper_topology() -> None:
+    res = runner.invoke(app, ["validate", str(ROOT / "examples" / "paper_poc.yaml")])
+    assert res.exit_code == 0, res.output
+    assert "6 nodes" in res.output
+
+
+def test_cli_malformed_topology_exits_2_and_starts_nothing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("nodes:\n  - id: a\nlinks:\n  - endpoints: [a, b]\n    length_km: 3\n")
+    state = tmp_path / "state"
+    for cmd in (["validate", str(bad)], ["run", "-t", str(bad), "-s", str(state)],
+                ["certs", "-t", str(bad), "-o", str(state / "certs")],
+                ["controller", "-t", str(bad), "--bus", "nats://127.0.0.1:1", "-s", str(state)]):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 2, (cmd, res.output)
+        assert "unknown node 'b'" in res.output
+    assert not state.exists()
+
+
+def test_cli_node_with_unknown_id_exits_2(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["node", "--id", "km9", "-t", str(ROOT / "examples" / "paper_poc.yaml"),
+                              "--bus", "nats://127.0.0.1:1", "-s", str(tmp_path)])
+    assert res.exit_code == 2
+    assert "km9" in res.output
+
+
+def test_cli_certs_writes_ca_and_identities(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["certs", "-t", str(ROOT / "examples" / "paper_poc.yaml"), "-o",
+                              str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "ca.pem").exists() and (tmp_path / "sae" / "sae3.pem").exists()

@@ -1,0 +1,65 @@
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from keyplane.bus import MemoryBus, Message
+from keyplane.clock import VirtualClock
+from keyplane.events import (
+    BusSink,
+    EventMessage,
+    EventStream,
+    EventType,
+    JsonlSink,
+    MemorySink,
+    read_jsonl,
+)
+
+
+async def test_event_stream_stamps_ids_time_and_per_node_sequence(clock: VirtualClock,
+                                                                  tmp_path: Path) -> None:
+    mem = MemorySink()
+    jsonl = JsonlSink(tmp_path / "events.jsonl")
+    stream = EventStream(clock, [mem, jsonl])
+    stream.emit(EventType.request_arrived, "km", node="km1", session="s1", sae="sae1")
+    await clock.advance(1.5)
+    stream.emit(EventType.authenticated, "access", node="km1", session="s1")
+    stream.emit(EventType.request_arrived, "km", node="km2")
+    stream.close()
+    events = list(mem.events)
+    assert [e.event_id for e in events] == [1, 2, 3]
+    assert [e.seq for e in events] == [1, 2, 1]
+    assert events[1].t == 1.5 and events[0].data == {"sae": "sae1"}
+    assert read_jsonl(tmp_path / "events.jsonl") == events
+
+
+def test_event_stream_refuses_key_material_fields(clock: VirtualClock) -> None:
+    stream = EventStream(clock, [MemorySink()])
+    with pytest.raises(ValueError, match="key material"):
+        stream.emit(EventType.key_delivered, "km", key="c2VjcmV0")
+
+
+async def test_event_bus_sink_publishes_on_element_topic(clock: VirtualClock) -> None:
+    bus = MemoryBus()
+    got: list[Message] = []
+
+    async def h(topic: str, msg: Message) -> None:
+        got.append(msg)
+
+    await bus.subscribe("keyplane.events.>", h)
+    stream = EventStream(clock, [BusSink(bus)])
+    stream.emit(EventType.alarm, "monitoring", link="km0-km1")
+    async with asyncio.timeout(2):
+        while not got:
+            await asyncio.sleep(0.01)
+    assert isinstance(got[0], EventMessage) and got[0].event.type is EventType.alarm
+    await bus.close()
+
+
+async def test_memory_sink_wait_for_sees_future_events(clock: VirtualClock) -> None:
+    mem = MemorySink()
+    stream = EventStream(clock, [mem])
+    waiter = asyncio.create_task(mem.wait_for(lambda e: e.type is EventType.session_closed))
+    await asyncio.sleep(0)
+    stream.emit(EventType.session_closed, "km", session="s")
+    assert (await asyncio.wait_for(waiter, 1)).session == "s"
