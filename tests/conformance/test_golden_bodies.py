@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.fake_km import FakeKeyNetwork
+from tests.support.topologies import line3
 
 from keyplane.api.server import create_km_app
 from keyplane.api.settings import ApiSettings
-from tests.support.fake_km import FakeKeyNetwork
-from tests.support.topologies import line3
 
 DATA = Path(__file__).parent / "data"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api"

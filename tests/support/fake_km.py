@@ -191,7 +191,10 @@ class FakeKeyManager:
         self._authorize(caller, source, destination)
         user = self.network.user_of(caller)
         if qos.min_bps > user.sla.max_bps:
-            raise QosNotMet(f"min_bps {qos.min_bps} above the SLA's {user.sla.max_bps}")
+            proposal = qos.model_copy(update={"min_bps": user.sla.max_bps,
+                                              "max_bps": user.sla.max_bps})
+            raise QosNotMet(f"min_bps {qos.min_bps} above the SLA's {user.sla.max_bps}",
+                            counter_proposal=proposal)
         if self.network.node_of(destination) == self.node_id and destination == source:
             raise PeerUnreachable("a stream needs two applications")
         streams = self.network.streams

@@ -46,9 +46,8 @@ from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.api.etsi014.models import Error
 from keyplane.api.openapi import drop_validation_responses
 from keyplane.api.settings import ApiSettings
-from keyplane.errors import KeyplaneError
+from keyplane.errors import KeyplaneError, QosNotMet
 from keyplane.keymanager.interface import ApplicationService
-from keyplane.messages import Qos
 
 __all__ = ["ETSI004_PREFIX", "create_etsi004_app"]
 
@@ -157,8 +156,9 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
             result = await call("open_connect", km.open_connect(
                 caller, body.source, body.destination, body.QoS.to_domain(), ksid), failed)
         except _CallFailed as exc:
-            proposal = getattr(exc.__cause__, "counter_proposal", None)
-            if isinstance(proposal, Qos):
+            cause = exc.__cause__
+            proposal = cause.counter_proposal if isinstance(cause, QosNotMet) else None
+            if proposal is not None:
                 exc.body["QoS"] = QosParameters.from_domain(proposal).model_dump()
             raise
         status = (Etsi004Status.SUCCESSFUL if result.peer_connected
