@@ -7,6 +7,7 @@ call, so the sync and async classes differ only in ``await``.
 from __future__ import annotations
 
 import contextlib
+import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,7 @@ def client_options(base_url: str, *, cert: str | Path | None, key: str | Path | 
     elif cert is not None and key is not None and ca is not None:
         options["verify"] = client_ssl_context(CertPaths(Path(cert), Path(key)), Path(ca))
     elif ca is not None:
-        options["verify"] = str(ca)
+        options["verify"] = ssl.create_default_context(cafile=str(ca))
     return options
 
 
