@@ -97,9 +97,9 @@ async def test_get_key_on_foreign_stream_is_401_and_consumes_nothing(sdk004, net
     {"Key_stream_ID": "nope"}, {"Key_stream_ID": "00000000-0000-4000-8000-000000000000",
                                 "index": -1},
     {"Key_stream_ID": "00000000-0000-4000-8000-000000000000",
-     "Metadata": {"Metadata_size": 10, "Metadata_buffer": "!!"}},
+     "Metadata": {"Metadata_size": 10, "Metadata_buffer": "e30="}},  # not an object
     {"Key_stream_ID": "00000000-0000-4000-8000-000000000000",
-     "Metadata": {"Metadata_size": 10, "Metadata_buffer": "WzFd"}},  # [1]: not an object
+     "Metadata": {"Metadata_size": True}},  # not an integer
 ])
 async def test_get_key_malformed_is_http_400_and_never_reaches_km(raw, network, body) -> None:  # type: ignore[no-untyped-def]
     r = await raw("alice").post("/etsi004/v1/get_key", json=body)

@@ -10,7 +10,6 @@ except status 1 on OPEN_CONNECT (the peer has not joined yet), which is reported
 from __future__ import annotations
 
 import base64
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -76,7 +75,7 @@ def _get_body(key_stream_id: str, index: int | None, metadata_size: int | None,
         meta: dict[str, Any] = {"Metadata_size": metadata_size if metadata_size is not None
                                 else 2**32 - 1}
         if metadata is not None:
-            meta["Metadata_buffer"] = base64.b64encode(json.dumps(metadata).encode()).decode()
+            meta["Metadata_buffer"] = metadata
         body["Metadata"] = meta
     return body
 
@@ -87,9 +86,7 @@ def _chunk(key_stream_id: str, body: dict[str, Any]) -> KeyChunk:
         raise Etsi004StatusError(status, body)
     resp = GetKeyResponse.model_validate(body)
     assert resp.index is not None and resp.key_buffer is not None
-    meta = None
-    if resp.Metadata is not None and resp.Metadata.Metadata_buffer is not None:
-        meta = json.loads(base64.b64decode(resp.Metadata.Metadata_buffer))
+    meta = resp.Metadata.Metadata_buffer if resp.Metadata is not None else None
     return KeyChunk(key_stream_id, resp.index, base64.b64decode(resp.key_buffer), meta)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import json
 from typing import Any
 
@@ -45,11 +44,12 @@ from keyplane.api.etsi004.models import (
 from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.api.etsi014.models import Error
 from keyplane.api.openapi import drop_validation_responses
+from keyplane.api.routing import allowed_methods
 from keyplane.api.settings import ApiSettings
 from keyplane.errors import KeyplaneError, QosNotMet
 from keyplane.keymanager.interface import ApplicationService
 
-__all__ = ["ETSI004_PREFIX", "create_etsi004_app"]
+__all__ = ["ETSI004_PREFIX", "create_etsi004_app", "metadata_bytes"]
 
 ETSI004_PREFIX = "/etsi004"
 """Where :func:`keyplane.api.server.create_km_app` mounts the 004 app."""
@@ -62,11 +62,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _TAGS: list[str | Any] = ["ETSI GS QKD 004"]
 
 
-def _error(status: int, message: str, details: list[dict[str, Any]] | None) -> JSONResponse:
+def _error(status: int, message: str, details: list[dict[str, Any]] | None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"message": message}
     if details:
         body["details"] = details
-    return JSONResponse(body, status_code=status)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class _CallFailed(Exception):
@@ -77,16 +78,9 @@ class _CallFailed(Exception):
         self.body = body
 
 
-def _metadata_in(req: GetKeyRequest) -> dict[str, Any] | None:
-    if req.Metadata is None or req.Metadata.Metadata_buffer is None:
-        return None
-    try:
-        value = json.loads(base64.b64decode(req.Metadata.Metadata_buffer, validate=True))
-    except (binascii.Error, ValueError) as exc:
-        raise ApiRequestError("Metadata_buffer is not Base64 of a JSON object") from exc
-    if not isinstance(value, dict):
-        raise ApiRequestError("Metadata_buffer is not Base64 of a JSON object")
-    return value
+def metadata_bytes(metadata: dict[str, Any]) -> bytes:
+    """The canonical byte form of JSON metadata, whose length is ``Metadata_size``."""
+    return json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode()
 
 
 def create_etsi004_app(km: ApplicationService, *, kme_id: str,
@@ -95,12 +89,13 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
 
     Args:
         km: the node's key manager.
-        kme_id: this KM's id (its node id), in the OpenAPI title.
+        kme_id: this KM's id (its node id), kept in ``app.state.kme_id``.
         settings: timeouts (the ETSI 014 limits do not apply to 004).
     """
     cfg = settings or ApiSettings()
-    app = FastAPI(title=f"keyplane ETSI GS QKD 004 KM {kme_id}", version="2.1.1",
+    app = FastAPI(title="keyplane ETSI GS QKD 004 KM", version="2.1.1",
                   description="ETSI GS QKD 004 V2.1.1 calls as JSON over HTTPS with mutual TLS.")
+    app.state.kme_id = kme_id
 
     async def call(operation: Operation, awaitable: Any, failed: dict[str, Any]) -> Any:
         """Await ``awaitable``; a mapped domain failure becomes its 004 status."""
@@ -137,8 +132,11 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
         return _error(400, "bad request format", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), None)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(app.router.routes, dict(request.scope))
+        return _error(exc.status_code, str(exc.detail), None, headers)
 
     @app.post("/v1/open_connect", response_model=OpenConnectResponse, responses=_ERRORS,
               summary="OPEN_CONNECT", tags=_TAGS)
@@ -175,11 +173,10 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
         ``Metadata_size`` = the size needed; call again with the returned ``index``.
         """
         caller = caller_from_scope(request.scope)
-        metadata = _metadata_in(body)
+        metadata = body.Metadata.Metadata_buffer if body.Metadata else None
         result = await call("get_key", km.get_key(caller, str(body.Key_stream_ID), body.index,
                                                   metadata), {"index": body.index})
-        meta_bytes = json.dumps(result.metadata, separators=(",", ":"),
-                                sort_keys=True).encode() if result.metadata else b""
+        meta_bytes = metadata_bytes(result.metadata) if result.metadata else b""
         capacity = body.Metadata.Metadata_size if body.Metadata else None
         mimetype = "application/json"
         if capacity is not None and len(meta_bytes) > capacity:
@@ -191,7 +188,7 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
                                "key_buffer": base64.b64encode(result.key).decode()}
         if meta_bytes:
             out["Metadata"] = {"Metadata_size": len(meta_bytes), "Metadata_mimetype": mimetype,
-                               "Metadata_buffer": base64.b64encode(meta_bytes).decode()}
+                               "Metadata_buffer": result.metadata}
         return JSONResponse(out)
 
     @app.post("/v1/close", response_model=CloseResponse, responses=_ERRORS, summary="CLOSE",

@@ -3,8 +3,10 @@
 The standard defines OPEN_CONNECT, GET_KEY and CLOSE as abstract functions (clause 6)
 without a transport; keyplane carries each call as one JSON POST over HTTPS with mutual
 TLS. Member names are the standard's parameter names (``Key_stream_ID``, ``QoS``,
-``key_buffer``, ``Key_chunk_size``…), so this module does not follow snake_case. Byte
-buffers (``key_buffer``, ``Metadata_buffer``) are standard Base64. The call's ``status``
+``key_buffer``, ``Key_chunk_size``…), so this module does not follow snake_case.
+``key_buffer`` is standard Base64. Metadata is ``application/json``: ``Metadata_buffer`` is
+the JSON object itself and ``Metadata_size`` its length in bytes as compact UTF-8 JSON
+(sorted keys, no spaces), which is what a C binding's buffer would hold. The call's ``status``
 is an :class:`~keyplane.api.etsi004.status.Etsi004Status` value in the response body;
 HTTP errors are reserved for requests that never reach the call (unauthenticated,
 malformed).
@@ -13,10 +15,11 @@ malformed).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keyplane.api.jsontypes import JSON_INTEGER
 from keyplane.messages import Qos
 
 __all__ = [
@@ -31,7 +34,7 @@ __all__ = [
     "QosParameters",
 ]
 
-UInt32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
+UInt32 = Annotated[int, Field(ge=0, le=2**32 - 1), JSON_INTEGER]
 AppUri = Annotated[str, Field(min_length=1, max_length=256)]
 
 
@@ -42,7 +45,7 @@ class _Body(BaseModel):
 class QosParameters(_Body):
     """QoS parameters (clause 6.1.1, Table 2); in OPEN_CONNECT and in its answer."""
 
-    Key_chunk_size: Annotated[int, Field(ge=1, le=1 << 20)] = Field(
+    Key_chunk_size: Annotated[int, Field(ge=1, le=1 << 20), JSON_INTEGER] = Field(
         default=32, description="Length of the key buffer GET_KEY returns, in bytes.")
     Max_bps: UInt32 = Field(default=0, description="Maximum key rate requested, bit/s.")
     Min_bps: UInt32 = Field(default=0, description="Minimum key rate requested, bit/s.")
@@ -93,16 +96,17 @@ class MetadataIn(_Body):
     """The caller's metadata buffer (clause 6.4): its capacity and optional content."""
 
     Metadata_size: UInt32 = Field(description="Capacity of the caller's metadata buffer, bytes.")
-    Metadata_buffer: str | None = Field(
-        default=None, description="Base64 of metadata sent to the KM (JSON object bytes).")
+    Metadata_buffer: dict[str, Any] | None = Field(
+        default=None, description="Metadata sent to the KM (application/json object).")
 
 
 class MetadataOut(_Body):
     """Metadata returned by GET_KEY; with status 8 only ``Metadata_size`` (size needed)."""
 
-    Metadata_size: UInt32 = Field(description="Length of the metadata, bytes.")
+    Metadata_size: UInt32 = Field(description="Length of the metadata as compact JSON, bytes.")
     Metadata_mimetype: str = Field(description="Format of Metadata_buffer.")
-    Metadata_buffer: str | None = Field(default=None, description="Base64 of the metadata.")
+    Metadata_buffer: dict[str, Any] | None = Field(
+        default=None, description="The metadata (application/json object).")
 
 
 class GetKeyRequest(_Body):

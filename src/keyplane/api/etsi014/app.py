@@ -31,11 +31,12 @@ from keyplane.api.auth import caller_from_scope, resolve_sae
 from keyplane.api.errors import ApiRequestError, error_details, map_exception
 from keyplane.api.etsi014.models import Error, KeyContainer, KeyIDs, KeyRequest, Status
 from keyplane.api.openapi import drop_validation_responses
+from keyplane.api.routing import allowed_methods
 from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.errors import KeyplaneError
 from keyplane.keymanager.interface import ApplicationService, DeliveredKey, PairStatus
 
-__all__ = ["API_PREFIX", "check_key_request", "create_etsi014_app"]
+__all__ = ["API_PREFIX", "check_key_request", "create_etsi014_app", "document_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +58,9 @@ def _error_body(message: str, details: list[dict[str, Any]] | None) -> dict[str,
     return body
 
 
-def _error_response(status: int, message: str, details: list[dict[str, Any]] | None = None
-                    ) -> JSONResponse:
-    return JSONResponse(_error_body(message, details), status_code=status)
+def _error_response(status: int, message: str, details: list[dict[str, Any]] | None = None,
+                    headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(_error_body(message, details), status_code=status, headers=headers)
 
 
 def check_key_request(req: KeyRequest, limits: Etsi014Limits,
@@ -107,6 +108,36 @@ def check_key_request(req: KeyRequest, limits: Etsi014Limits,
     return number, size, slaves, extensions or None
 
 
+def document_limits(doc: dict[str, Any], cfg: ApiSettings) -> None:
+    """Write this KME's limits into its OpenAPI document (in place).
+
+    ETSI 014 publishes the limits at run time (Status); stating them in the schema too
+    lets clients and fuzzers know which requests are valid here. They are enforced by
+    :func:`check_key_request`, with the standard's messages, not by schema validation.
+    """
+    lim = cfg.limits
+    number = {"type": "integer", "minimum": 1, "maximum": lim.max_key_per_request}
+    size = {"type": "integer", "multipleOf": 8, "minimum": lim.min_key_size_bits,
+            "maximum": lim.max_key_size_bits}
+    for param in doc["paths"][API_PREFIX + "/{slave_SAE_ID}/enc_keys"]["get"]["parameters"]:
+        if param["name"] in ("number", "size"):
+            param["schema"] = {**(number if param["name"] == "number" else size),
+                               "title": param["schema"].get("title", param["name"])}
+    schemas = doc["components"]["schemas"]
+    props = schemas["KeyRequest"]["properties"]
+    props["number"]["anyOf"] = [number, {"type": "null"}]
+    props["size"]["anyOf"] = [size, {"type": "null"}]
+    for item in props["additional_slave_SAE_IDs"]["anyOf"]:
+        if item.get("type") == "array":
+            item.update(maxItems=lim.max_sae_id_count, uniqueItems=True)
+    for item in props["extension_mandatory"]["anyOf"]:
+        if item.get("type") == "array":
+            names = sorted(cfg.supported_extensions)
+            item["items"] = ({"type": "object", "propertyNames": {"enum": names}} if names
+                             else {"type": "object", "maxProperties": 0})
+    schemas["KeyIDs"]["properties"]["key_IDs"]["maxItems"] = lim.max_key_per_request
+
+
 def _status_body(s: PairStatus) -> dict[str, Any]:
     return {
         "source_KME_ID": s.source_kme_id, "target_KME_ID": s.target_kme_id,
@@ -134,12 +165,13 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
 
     Args:
         km: the node's key manager (the only holder of key state).
-        kme_id: this KME's ID (its node id), reported in the OpenAPI title.
+        kme_id: this KME's ID (its node id), kept in ``app.state.kme_id``.
         settings: limits, local SAEs and timeouts (defaults when None).
     """
     cfg = settings or ApiSettings()
-    app = FastAPI(title=f"keyplane ETSI GS QKD 014 KME {kme_id}", version="1.1.1",
+    app = FastAPI(title="keyplane ETSI GS QKD 014 KME", version="1.1.1",
                   description="ETSI GS QKD 014 V1.1.1 key delivery over HTTPS with mutual TLS.")
+    app.state.kme_id = kme_id
 
     async def call(awaitable: Awaitable[T]) -> T:
         async with asyncio.timeout(cfg.km_timeout_s):
@@ -165,8 +197,11 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         return _error_response(400, "bad request format", details)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error_response(exc.status_code, str(exc.detail))
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(app.router.routes, dict(request.scope))
+        return _error_response(exc.status_code, str(exc.detail), headers=headers)
 
     @app.get(API_PREFIX + "/{slave_SAE_ID}/status", response_model=Status, responses=_ERRORS,
              summary="Get status", tags=["ETSI GS QKD 014"])
@@ -225,5 +260,5 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         """The keys ``key_IDs`` that ``master_SAE_ID`` obtained for the calling slave (5.3)."""
         return await dec_keys(request, master_SAE_ID, [k.key_ID for k in body.key_IDs])
 
-    drop_validation_responses(app)
+    drop_validation_responses(app, lambda doc: document_limits(doc, cfg))
     return app

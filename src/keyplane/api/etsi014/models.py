@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keyplane.api.jsontypes import JsonInt
+
 __all__ = [
     "Error",
     "Key",
@@ -55,8 +57,9 @@ class Status(_Body):
 class KeyRequest(_Body):
     """Key request data format (clause 6.2): body of POST ``/{slave_SAE_ID}/enc_keys``."""
 
-    number: int | None = Field(default=None, description="Number of keys requested; default 1.")
-    size: int | None = Field(
+    number: JsonInt | None = Field(default=None,
+                                     description="Number of keys requested; default 1.")
+    size: JsonInt | None = Field(
         default=None, description="Size of each key in bits; default is Status key_size.")
     additional_slave_SAE_IDs: list[SaeId] | None = Field(
         default=None, description="IDs of further slave SAEs that shall share the keys "
