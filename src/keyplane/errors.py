@@ -15,10 +15,12 @@ KeyplaneError
 │   ├── SessionNotFound         unknown Key_stream_ID / session id
 │   ├── SessionIdInUse          ETSI 004 status 5
 │   ├── PeerNotConnected        ETSI 004 status 1/3
-│   └── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
+│   ├── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
+│   ├── KmBusy                  a KM's priority queues are full (ETSI 004 status 2, 014 503)
+│   └── RateLimited             the session's token bucket cannot serve within the QoS timeout
 ├── KeyStoreError
 │   ├── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
-│   └── KeyNotFound             unknown or already delivered ETSI 014 key_ID (ETSI 014 400)
+│   └── KeyNotFound             unknown key_ID / index, or already delivered (014 400)
 ├── RelayError
 │   ├── RelayTimeout            a hop did not answer in time
 │   ├── PeerUnreachable         no route / KM down (ETSI 004 status 4)
@@ -49,6 +51,7 @@ __all__ = [
     "KeyNotFound",
     "KeyStoreError",
     "KeyplaneError",
+    "KmBusy",
     "MessageDecodeError",
     "NoResponders",
     "PeerNotConnected",
@@ -56,6 +59,7 @@ __all__ = [
     "PhysicalError",
     "QberAboveThreshold",
     "QosNotMet",
+    "RateLimited",
     "ReconciliationFailed",
     "RelayAuthenticationFailed",
     "RelayError",
@@ -150,6 +154,30 @@ class IllegalTransition(SessionError):
         self.event = event
 
 
+class KmBusy(SessionError):
+    """A key manager's request queues are full: try again later (a clear busy answer)."""
+
+    def __init__(self, node: str, queued: int, limit: int) -> None:
+        super().__init__(f"key manager {node} is busy: {queued} requests queued (limit {limit})")
+        self.node = node
+        self.queued = queued
+        self.limit = limit
+
+
+class RateLimited(SessionError):
+    """A session's token bucket cannot serve a request within the request's QoS timeout."""
+
+    def __init__(self, session_id: str, bits: int, wait_s: float, timeout_s: float) -> None:
+        super().__init__(
+            f"session {session_id}: {bits} bits need {wait_s:.3f} s of token bucket refill, "
+            f"more than the request's timeout of {timeout_s:.3f} s"
+        )
+        self.session_id = session_id
+        self.bits = bits
+        self.wait_s = wait_s
+        self.timeout_s = timeout_s
+
+
 class KeyStoreError(KeyplaneError):
     """A key store failed."""
 
@@ -159,11 +187,7 @@ class InsufficientKeyMaterial(KeyStoreError):
 
 
 class KeyNotFound(KeyStoreError):
-    """An ETSI 014 key_ID is unknown here or was already delivered to this SAE.
-
-    A key that exists but was made for another SAE pair is :class:`AuthenticationFailed`
-    (ETSI 014 401), not this.
-    """
+    """No such key for this caller: unknown key_ID or index, or already delivered once."""
 
 
 class RelayError(KeyplaneError):

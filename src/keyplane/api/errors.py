@@ -12,9 +12,10 @@ the first ``isinstance`` match wins:
 | SessionIdInUse                    | 400      | 5 OC_KSID_ALREADY_IN_USE                      |
 | QosNotMet                         | 503      | 7 OC_QOS_NOT_SATISFIABLE                      |
 | PeerNotConnected                  | 503      | 1 PEER_NOT_CONNECTED (open), 3 (get_key)      |
-| InsufficientKeyMaterial           | 503      | 2 GK_INSUFFICIENT_KEY_AVAILABLE               |
+| InsufficientKeyMaterial, KmBusy   | 503      | 2 GK_INSUFFICIENT_KEY_AVAILABLE               |
 | PeerUnreachable                   | 503      | 4 NO_QKD_CONNECTION_AVAILABLE                 |
 | RelayTimeout, BusTimeout, Timeout | 503      | 6 TIMEOUT_ERROR                               |
+| RateLimited (token bucket)        | 503      | 6 TIMEOUT_ERROR                               |
 | any other KeyplaneError           | 503      | none: HTTP 503                                |
 
 Anything else is a bug and is left to the framework (HTTP 500), never disguised.
@@ -38,9 +39,11 @@ from keyplane.errors import (
     InsufficientKeyMaterial,
     KeyNotFound,
     KeyplaneError,
+    KmBusy,
     PeerNotConnected,
     PeerUnreachable,
     QosNotMet,
+    RateLimited,
     RelayTimeout,
     SessionIdInUse,
     SessionNotFound,
@@ -105,6 +108,10 @@ _TABLE: tuple[tuple[tuple[type[BaseException], ...], ErrorMapping], ...] = (
                                        Etsi004Status.GK_PEER_NOT_CONNECTED)),
     ((InsufficientKeyMaterial,), ErrorMapping(503, "not enough key material available",
                                               Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE)),
+    ((KmBusy,), ErrorMapping(503, "key manager is busy, retry later",
+                             Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE)),
+    ((RateLimited,), ErrorMapping(503, "key rate of the session exceeded within the timeout",
+                                  Etsi004Status.TIMEOUT_ERROR)),
     ((PeerUnreachable,), ErrorMapping(503, "no QKD connection to the peer is available",
                                       Etsi004Status.NO_QKD_CONNECTION_AVAILABLE)),
     ((RelayTimeout, BusTimeout, TimeoutError),
