@@ -17,7 +17,12 @@ from urllib.parse import quote
 import httpx
 
 from keyplane.api.client._config import load_sae_endpoint
-from keyplane.api.client._http import client_options, decode, translate_transport_errors
+from keyplane.api.client._http import (
+    client_options,
+    decode,
+    ok_body,
+    translate_transport_errors,
+)
 from keyplane.api.etsi014.models import KeyContainer, Status
 
 __all__ = ["AsyncEtsi014Client", "Etsi014Client", "Key", "Status"]
@@ -34,9 +39,9 @@ class Key:
     extension: dict[str, Any] | None = None
 
 
-def _keys(body: Any) -> list[Key]:
-    container = KeyContainer.model_validate(body)
-    return [Key(str(k.key_ID), base64.b64decode(k.key, validate=True), k.key_extension)
+def _keys(body: bytes) -> list[Key]:
+    container = KeyContainer.model_validate_json(body)
+    return [Key(k.key_ID, base64.b64decode(k.key, validate=True), k.key_extension)
             for k in container.keys]
 
 
@@ -103,6 +108,11 @@ class Etsi014Client(_Common):
             response = self._http.request(method, url, **kwargs)
         return decode(response)
 
+    def _call_raw(self, method: str, url: str, kwargs: dict[str, Any]) -> bytes:
+        with translate_transport_errors():
+            response = self._http.request(method, url, **kwargs)
+        return ok_body(response)
+
     def status(self, slave_sae_id: str) -> Status:
         """ETSI 014 Status of the keys between this (master) SAE and ``slave_sae_id``."""
         return Status.model_validate(
@@ -113,13 +123,13 @@ class Etsi014Client(_Common):
                  extension_mandatory: Sequence[dict[str, Any]] | None = None,
                  extension_optional: Sequence[dict[str, Any]] | None = None) -> list[Key]:
         """Get ``number`` new keys of ``size`` bits to share with ``slave_sae_id``."""
-        return _keys(self._call(*_enc_request(slave_sae_id, number, size,
+        return _keys(self._call_raw(*_enc_request(slave_sae_id, number, size,
                                               additional_slave_sae_ids, extension_mandatory,
                                               extension_optional)))
 
     def dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[Key]:
         """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE."""
-        return _keys(self._call(*_dec_request(master_sae_id, key_ids)))
+        return _keys(self._call_raw(*_dec_request(master_sae_id, key_ids)))
 
     def close(self) -> None:
         """Close the connection pool (idempotent)."""
@@ -145,6 +155,11 @@ class AsyncEtsi014Client(_Common):
             response = await self._http.request(method, url, **kwargs)
         return decode(response)
 
+    async def _call_raw(self, method: str, url: str, kwargs: dict[str, Any]) -> bytes:
+        with translate_transport_errors():
+            response = await self._http.request(method, url, **kwargs)
+        return ok_body(response)
+
     async def status(self, slave_sae_id: str) -> Status:
         """ETSI 014 Status of the keys between this (master) SAE and ``slave_sae_id``."""
         return Status.model_validate(
@@ -157,13 +172,13 @@ class AsyncEtsi014Client(_Common):
                        extension_optional: Sequence[dict[str, Any]] | None = None
                        ) -> list[Key]:
         """Get ``number`` new keys of ``size`` bits to share with ``slave_sae_id``."""
-        return _keys(await self._call(*_enc_request(slave_sae_id, number, size,
+        return _keys(await self._call_raw(*_enc_request(slave_sae_id, number, size,
                                                     additional_slave_sae_ids,
                                                     extension_mandatory, extension_optional)))
 
     async def dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[Key]:
         """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE."""
-        return _keys(await self._call(*_dec_request(master_sae_id, key_ids)))
+        return _keys(await self._call_raw(*_dec_request(master_sae_id, key_ids)))
 
     async def aclose(self) -> None:
         """Close the connection pool (idempotent)."""

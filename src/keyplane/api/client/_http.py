@@ -18,7 +18,7 @@ from keyplane.api.client._errors import ApiError, TransportError
 from keyplane.api.settings import SAE_ID_HEADER
 from keyplane.certs import CertPaths, client_ssl_context
 
-__all__ = ["client_options", "decode", "translate_transport_errors"]
+__all__ = ["client_options", "decode", "ok_body", "translate_transport_errors"]
 
 
 def client_options(base_url: str, *, cert: str | Path | None, key: str | Path | None,
@@ -63,3 +63,10 @@ def decode(response: httpx.Response) -> Any:
     if response.status_code != 200:
         raise ApiError.from_response(response.status_code, body)
     return body
+
+
+def ok_body(response: httpx.Response) -> bytes:
+    """The raw body of a 200 answer (parsed later in one pass), or the :class:`ApiError`."""
+    if response.status_code != 200:
+        decode(response)
+    return response.content

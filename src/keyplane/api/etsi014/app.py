@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
-import uuid
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
@@ -29,7 +28,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyplane.api.auth import caller_from_scope, resolve_sae
 from keyplane.api.errors import ApiRequestError, error_details, map_exception
-from keyplane.api.etsi014.models import Error, KeyContainer, KeyIDs, KeyRequest, Status
+from keyplane.api.etsi014.models import (
+    Error,
+    KeyContainer,
+    KeyId,
+    KeyIDs,
+    KeyRequest,
+    Status,
+)
 from keyplane.api.openapi import drop_validation_responses
 from keyplane.api.routing import allowed_methods
 from keyplane.api.settings import ApiSettings, Etsi014Limits
@@ -233,13 +239,13 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         """As GET, plus multicast (``additional_slave_SAE_IDs``) and extensions (5.2)."""
         return await enc_keys(request, slave_SAE_ID, body or KeyRequest())
 
-    async def dec_keys(request: Request, master: str, ids: list[uuid.UUID]) -> JSONResponse:
+    async def dec_keys(request: Request, master: str, ids: list[str]) -> JSONResponse:
         caller = caller_from_scope(request.scope)
         slave = resolve_sae(request.scope, caller, cfg)
         if len(ids) > cfg.limits.max_key_per_request:
             raise ApiRequestError("number of key_IDs exceeds max_key_per_request",
                                   [{"max_key_per_request": cfg.limits.max_key_per_request}])
-        key_ids = [str(i) for i in ids]
+        key_ids = [i.lower() for i in ids]  # canonical UUID text is lower case
         if len(set(key_ids)) != len(key_ids):
             raise ApiRequestError("key_IDs contains duplicates")
         return JSONResponse(_container_body(
@@ -248,7 +254,7 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
     @app.get(API_PREFIX + "/{master_SAE_ID}/dec_keys", response_model=KeyContainer,
              responses=_ERRORS, summary="Get key with key IDs", tags=["ETSI GS QKD 014"])
     async def get_dec_keys(request: Request, master_SAE_ID: SaePath,
-                           key_ID: Annotated[uuid.UUID, Query()]) -> JSONResponse:
+                           key_ID: Annotated[KeyId, Query()]) -> JSONResponse:
         """The key ``key_ID`` that ``master_SAE_ID`` obtained for the calling slave (5.3)."""
         return await dec_keys(request, master_SAE_ID, [key_ID])
 

@@ -1,0 +1,143 @@
+"""ETSI 014 throughput over HTTPS with mutual TLS: enc_keys + dec_keys pairs per second.
+
+Starts the KM API servers of a three-node line (km0 - km1 - km2) in ONE child process
+(uvicorn, mutual TLS, uvloop when installed) and drives them from this process with the
+async SDK client over keep-alive connections: the master (sae_a at km0) asks enc_keys, the
+slave (sae_b at km1 for the adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys
+for the same key_IDs. Reports request pairs/s for number=1 and keys/s for number=100.
+
+Key manager behind the API: ``--km fake`` (default until keyplane.keymanager is merged)
+is the in-memory test double of tests/support/fake_km.py, so the figures are the cost of
+the API layer (TLS, HTTP, JSON, the SDK), not of the relay.
+
+    PYTHONPATH=src:. python bench/api.py [--seconds 5] [--concurrency 16] [--seed 1]
+
+Prints figures; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+
+from tests.support.topologies import line3  # noqa: E402
+
+from keyplane.api.client import AsyncEtsi014Client  # noqa: E402
+from keyplane.certs import Issued, ensure_network_certs  # noqa: E402
+
+
+def _serve(pki: str, seed: int, conn: Any) -> None:
+    """Child process: serve km0..km2 until the parent closes the pipe."""
+    from tests.support.fake_km import FakeKeyNetwork
+
+    from keyplane.api.server import serve_km_api
+    from keyplane.api.settings import ApiSettings
+
+    topo = line3()
+    issued = ensure_network_certs(topo, Path(pki))
+    network = FakeKeyNetwork(topo, seed=seed, pool_bits=1 << 62)
+
+    async def main() -> None:
+        servers = [await serve_km_api(network.km(n.id), kme_id=n.id,
+                                      server_cert=issued.kms[n.id], ca_file=issued.ca.cert,
+                                      settings=ApiSettings.from_topology(topo, n.id),
+                                      timeout_keep_alive=60)
+                   for n in topo.nodes]
+        conn.send({s.app.state.kme_id: s.port for s in servers})
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # wait for stop
+        for s in servers:
+            await s.close()
+
+    try:
+        import uvloop
+
+        uvloop.run(main())
+    except ImportError:
+        asyncio.run(main())
+
+
+def _client(issued: Issued, sae: str, port: int) -> AsyncEtsi014Client:
+    c = issued.saes[sae]
+    # httpx keeps up to 20 idle connections per client: one keep-alive connection per worker.
+    return AsyncEtsi014Client(f"https://127.0.0.1:{port}", cert=c.cert, key=c.key,
+                              ca=issued.ca.cert, timeout_s=30.0)
+
+
+async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: str,
+               number: int, size: int, seconds: float, concurrency: int) -> tuple[int, float]:
+    master = _client(issued, "sae_a", ports["km0"])
+    dec = _client(issued, slave, ports[slave_node])
+    pairs = 0
+    stop_at = 0.0
+
+    async def worker() -> None:
+        nonlocal pairs
+        while time.perf_counter() < stop_at:
+            keys = await master.enc_keys(slave, number, size)
+            got = await dec.dec_keys("sae_a", [k.key_id for k in keys])
+            if [k.key for k in got] != [k.key for k in keys]:
+                raise RuntimeError("slave got different key bytes")
+            pairs += 1
+
+    try:
+        # Warm-up: open the TLS connections, then measure.
+        stop_at = time.perf_counter() + 0.5
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        pairs = 0
+        start = time.perf_counter()
+        stop_at = start + seconds
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return pairs, time.perf_counter() - start
+    finally:
+        await master.aclose()
+        await dec.aclose()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--size", type=int, default=256, help="key size, bits")
+    ap.add_argument("--bulk", type=int, default=100, help="number of keys per bulk request")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--km", choices=["fake"], default="fake")
+    args = ap.parse_args()
+
+    print(f"command: {' '.join([sys.executable, *sys.argv])}")
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
+          f"{platform.processor() or platform.platform()}, Python {platform.python_version()}")
+    print(f"parameters: seconds={args.seconds} concurrency={args.concurrency} "
+          f"size={args.size} bulk={args.bulk} seed={args.seed} km={args.km}")
+
+    with tempfile.TemporaryDirectory() as pki:
+        issued = ensure_network_certs(line3(), Path(pki))
+        parent, child = mp.get_context("spawn").Pipe()
+        proc = mp.get_context("spawn").Process(target=_serve, args=(pki, args.seed, child))
+        proc.start()
+        try:
+            ports = parent.recv()
+            for label, slave, node in (("adjacent", "sae_b", "km1"),
+                                       ("2-hop", "sae_c", "km2")):
+                for number in (1, args.bulk):
+                    pairs, dt = asyncio.run(_run(issued, ports, slave, node, number,
+                                                 args.size, args.seconds, args.concurrency))
+                    print(f"{label:8s} number={number:<4d} {pairs / dt:10.0f} pairs/s "
+                          f"{pairs * number / dt:10.0f} keys/s  ({pairs} pairs in {dt:.2f} s)")
+        finally:
+            parent.send("stop")
+            proc.join(30)
+
+
+if __name__ == "__main__":
+    main()
