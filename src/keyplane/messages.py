@@ -25,6 +25,8 @@ Flows (paper Fig. 2 and 3; topics in :class:`keyplane.bus.topics`):
 7. SDN Controller → subscribers, publish on ``keyplane.control.sdn``: :class:`TopologyChange`.
 8. A node process → SDN Controller, request/reply on ``keyplane.control.sdn.nodes``:
    :class:`NodeAnnouncement` → :class:`NodeWelcome`.
+9. SDN agent of a node → SDN Controller, publish on ``keyplane.sdn.<node>.notifications``:
+   :class:`SdnNotification` (ETSI GS QKD 015 notifications: link down, perf update, alarm, …).
 
 Identifiers: ``session_id`` is the ETSI 004 ``Key_stream_ID`` (a UUID string); node ids
 and SAE ids are the topology file's.
@@ -33,7 +35,7 @@ and SAE ids are the topology file's.
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -54,6 +56,7 @@ __all__ = [
     "NodeWelcome",
     "OpenAck",
     "Qos",
+    "SdnNotification",
     "SessionClose",
     "SessionConfig",
     "SessionDelete",
@@ -293,6 +296,26 @@ class TopologyChange(Message):
     node: str | None = None
     endpoints: tuple[str, str] | None = None
     attributes: dict[str, float | str | bool | None] = Field(default_factory=dict)
+
+
+class SdnNotification(Message):
+    """An ETSI GS QKD 015 notification from a node's SDN agent (clause 6, YANG notifications).
+
+    ``name`` is the YANG notification (``sdqkdn_link_down``, ``sdqkdn_link_perf_update``,
+    ``alarm``, …) and ``content`` its RFC 7951 JSON body, e.g.
+    ``{"qkd_link": {"qkdl_id": "…", "reason": "…"}}``; ``event_time`` is RFC 3339.
+    """
+
+    KIND = "sdn.etsi015_notification"
+
+    node: str
+    qkdn_id: str
+    name: Literal["sdqkdn_application_new", "sdqkdn_application_qos_update",
+                  "sdqkdn_application_disconnected", "sdqkdn_interface_new",
+                  "sdqkdn_interface_down", "sdqkdn_interface_out", "sdqkdn_link_down",
+                  "sdqkdn_link_perf_update", "sdqkdn_link_overloaded", "alarm", "event"]
+    event_time: str
+    content: dict[str, Any] = Field(default_factory=dict)
 
 
 class NodeAnnouncement(Message):

@@ -11,6 +11,7 @@ Topic names (the paper's proof of concept gives every KM its own topic):
 * ``keyplane.alarms.<link>``         Monitoring Element → Routing Element, SDN Controller
 * ``keyplane.control.sdn.nodes``     node process → SDN Controller: announcements
 * ``keyplane.events.<element>``      every element → observers: the Fig. 4 event stream
+* ``keyplane.sdn.<node>.notifications`` SDN agent → SDN Controller: ETSI 015 notifications
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class topics:
     @staticmethod
     def events(element: str) -> str:
         return f"keyplane.events.{element}"
+
+    @staticmethod
+    def sdn_notifications(node: str) -> str:
+        """ETSI 015 notifications of a node's SDN agent (``*`` for every node)."""
+        return f"keyplane.sdn.{node}.notifications"
 
 
 async def connect(url: str | None, *, name: str = "keyplane") -> Bus:
