@@ -1,5 +1,9 @@
 """ETSI 014 throughput over HTTPS with mutual TLS: enc_keys + dec_keys pairs per second.
 
+CPU time per pair is measured in both processes (the warm-up included), so the
+"pairs/s per server core" column, 1 / (server CPU per pair), does not depend on how busy
+the machine is; pairs/s does.
+
 Starts the KM API servers of a three-node line (km0 - km1 - km2) in ONE child process
 (uvicorn, mutual TLS, uvloop when installed) and drives them from this process with the
 async SDK client over keep-alive connections: the master (sae_a at km0) asks enc_keys, the
@@ -55,7 +59,9 @@ def _serve(pki: str, seed: int, conn: Any) -> None:
                                       timeout_keep_alive=60)
                    for n in topo.nodes]
         conn.send({s.app.state.kme_id: s.port for s in servers})
-        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # wait for stop
+        loop = asyncio.get_running_loop()
+        while await loop.run_in_executor(None, conn.recv) == "cpu":
+            conn.send(time.process_time())  # server CPU seconds so far
         for s in servers:
             await s.close()
 
@@ -132,13 +138,20 @@ def main() -> None:
         proc.start()
         try:
             ports = parent.recv()
+            print("pair       number   pairs/s    keys/s   server CPU/pair  client CPU/pair  "
+                  "pairs/s per server core")
             for label, slave, node in (("adjacent", "sae_b", "km1"),
                                        ("2-hop", "sae_c", "km2")):
                 for number in (1, args.bulk):
+                    parent.send("cpu")
+                    srv0, cli0 = parent.recv(), time.process_time()
                     pairs, dt = _arun(_run(issued, ports, slave, node, number,
                                            args.size, args.seconds, args.concurrency))
-                    print(f"{label:8s} number={number:<4d} {pairs / dt:10.0f} pairs/s "
-                          f"{pairs * number / dt:10.0f} keys/s  ({pairs} pairs in {dt:.2f} s)")
+                    parent.send("cpu")
+                    srv_ms = (parent.recv() - srv0) * 1000 / pairs
+                    cli_ms = (time.process_time() - cli0) * 1000 / pairs
+                    print(f"{label:8s} {number:8d} {pairs / dt:9.0f} {pairs * number / dt:9.0f} "
+                          f"{srv_ms:13.2f} ms {cli_ms:13.2f} ms {1000 / srv_ms:14.0f}")
         finally:
             parent.send("stop")
             proc.join(30)

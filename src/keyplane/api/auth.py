@@ -16,6 +16,7 @@ the key manager's decision (Access Control), not the server's.
 
 from __future__ import annotations
 
+import functools
 import ssl
 from typing import Any
 
@@ -34,6 +35,13 @@ def _header(scope: dict[str, Any], name: bytes) -> str | None:
         if key == name:
             return value.decode("latin-1")
     return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _subject(der: bytes) -> str:
+    # Parsing X.509 costs more than the rest of a request; a connection (and an SAE)
+    # presents the same certificate on every request, so parse each one once.
+    return peer_subject(der)
 
 
 def _peer_cert_der(scope: dict[str, Any]) -> bytes | None:
@@ -65,7 +73,7 @@ def caller_from_scope(scope: dict[str, Any]) -> Caller:
     if der is None:
         raise ApiRequestError("SAE is not authenticated (no client certificate or token)",
                               http_status=401)
-    return Caller(identity=peer_subject(der))
+    return Caller(identity=_subject(der))
 
 
 def resolve_sae(scope: dict[str, Any], caller: Caller, settings: ApiSettings) -> str:
