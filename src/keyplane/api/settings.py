@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from keyplane.config import Topology
 
@@ -17,6 +18,15 @@ __all__ = ["SAE_ID_HEADER", "ApiSettings", "Etsi014Limits", "LocalSae"]
 SAE_ID_HEADER = "X-SAE-ID"
 """Optional request header naming the calling SAE when one identity owns several SAEs on
 this KM (a keyplane extension; ETSI 014 identifies the master by its authentication only)."""
+
+
+class KmLimitSettings(Protocol):
+    """The key manager settings the ETSI 014 limits come from (``KmSettings``)."""
+
+    default_key_size_bits: int
+    min_key_size_bits: int
+    max_key_size_bits: int
+    max_keys_per_request: int
 
 
 @dataclass(frozen=True)
@@ -37,6 +47,16 @@ class Etsi014Limits:
             raise ValueError("key sizes must be multiples of 8 bits")
         if self.max_key_per_request < 1 or self.max_sae_id_count < 0:
             raise ValueError("max_key_per_request >= 1 and max_sae_id_count >= 0 required")
+
+    @classmethod
+    def from_km_settings(cls, km: KmLimitSettings, *, max_sae_id_count: int = 0
+                         ) -> Etsi014Limits:
+        """The limits a key manager enforces and reports in Status, checked here first."""
+        return cls(key_size_bits=km.default_key_size_bits,
+                   min_key_size_bits=km.min_key_size_bits,
+                   max_key_size_bits=km.max_key_size_bits,
+                   max_key_per_request=km.max_keys_per_request,
+                   max_sae_id_count=max_sae_id_count)
 
 
 @dataclass(frozen=True)

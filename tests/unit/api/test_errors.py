@@ -45,3 +45,18 @@ def test_error_details_carry_reason_or_request_details() -> None:
     assert error_details(e.KeyNotFound("gone")) == [{"reason": "gone"}]
     assert error_details(e.KeyNotFound()) is None
     assert error_details(ApiRequestError("m", [{"size": 7}])) == [{"size": 7}]
+
+
+def test_limits_from_km_settings_and_validation() -> None:
+    from types import SimpleNamespace
+
+    from keyplane.api.settings import Etsi014Limits
+
+    km = SimpleNamespace(default_key_size_bits=128, min_key_size_bits=64,
+                         max_key_size_bits=1024, max_keys_per_request=10)
+    lim = Etsi014Limits.from_km_settings(km)
+    assert (lim.key_size_bits, lim.max_key_per_request, lim.max_sae_id_count) == (128, 10, 0)
+    with pytest.raises(ValueError):
+        Etsi014Limits(key_size_bits=100)
+    with pytest.raises(ValueError):
+        Etsi014Limits(min_key_size_bits=512, key_size_bits=256)

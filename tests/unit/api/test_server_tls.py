@@ -169,3 +169,15 @@ def test_sync_client_works_from_endpoints_file(issued, tmp_path: Path) -> None: 
             keys = master.enc_keys("sae_c", 2, 128)
             assert [k.key for k in slave.dec_keys("sae_a", [k.key_id for k in keys])] == \
                    [k.key for k in keys]
+
+
+async def test_serve_on_busy_port_raises_oserror(issued) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    network = FakeKeyNetwork(line3(), seed=5)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        with pytest.raises(OSError):
+            await serve_km_api(network.km("km0"), kme_id="km0", server_cert=issued.kms["km0"],
+                               ca_file=issued.ca.cert, port=taken.getsockname()[1])
