@@ -146,7 +146,8 @@ def test_check_key_request_applies_defaults_and_merges_extensions() -> None:
     assert (n, size, slaves, ext) == (1, 128, ["s2"], {"k_route": "x", "k_age": 3})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=150, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 @given(number=st.one_of(st.none(), st.integers(-10, 3000)),
        size=st.one_of(st.none(), st.integers(-16, 20000)),
        slaves=st.one_of(st.none(), st.lists(st.text(min_size=1, max_size=4), max_size=3)))
@@ -164,7 +165,8 @@ def test_check_key_request_accepts_exactly_the_limits(number, size, slaves) -> N
         assert not ok and exc.http_status == 400
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=60, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
 @given(body=st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
                          lambda c: st.lists(c, max_size=3) | st.dictionaries(
                              st.sampled_from(["number", "size", "key_IDs", "key_ID",

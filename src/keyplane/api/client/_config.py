@@ -4,6 +4,10 @@
 
     {"kms": {"<node>": {"etsi014": "https://127.0.0.1:PORT",
                         "etsi004": "https://127.0.0.1:PORT/etsi004", "etsi015": "..."}},
+
+(``etsi004`` may be omitted or given as the bare origin: the 004 service is then taken to
+be ``/etsi004`` on the same server, where :func:`keyplane.api.server.create_km_app` mounts
+it.)
      "ca": "certs/ca.pem",
      "saes": {"<sae>": {"node": "<node>", "cert": "certs/sae/<sae>.pem",
                         "key": "certs/sae/<sae>.key"}}}
@@ -15,6 +19,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from keyplane.api.client._errors import ClientError
 
@@ -48,7 +53,10 @@ def load_sae_endpoint(state_dir: str | Path, sae_id: str) -> SaeEndpoint:
         node = sae["node"]
         km = doc["kms"][node]
         etsi014 = km["etsi014"]
-        etsi004 = km.get("etsi004") or etsi014.rstrip("/") + "/etsi004"
+        etsi004 = km.get("etsi004") or etsi014
+        if urlsplit(etsi004).path in ("", "/"):
+            # A bare origin names the KM's HTTPS server; 004 is mounted under /etsi004.
+            etsi004 = etsi004.rstrip("/") + "/etsi004"
         return SaeEndpoint(sae_id=sae_id, node=node, etsi014_url=etsi014, etsi004_url=etsi004,
                            cert=base / sae["cert"], key=base / sae["key"], ca=base / doc["ca"])
     except FileNotFoundError as exc:
