@@ -76,7 +76,9 @@ def check_key_request(req: KeyRequest, limits: Etsi014Limits,
 
     Returns:
         ``(number, size_bits, additional_slaves, extensions)`` with defaults applied;
-        ``extensions`` merges the (supported) mandatory and the optional parameters.
+        ``extensions`` is ``{"extension_mandatory": [...], "extension_optional": [...]}`` as
+        the SAE sent them (each key only when non-empty; None when both are absent), every
+        mandatory name being one of ``supported_extensions``.
 
     Raises:
         ApiRequestError: (400) the first violated rule, with the limit in ``details``.
@@ -107,10 +109,10 @@ def check_key_request(req: KeyRequest, limits: Etsi014Limits,
         raise ApiRequestError("not all extension_mandatory parameters are supported",
                               unsupported)
     extensions: dict[str, Any] = {}
-    for ext in req.extension_optional or []:
-        extensions.update(ext)
-    for ext in req.extension_mandatory or []:
-        extensions.update(ext)
+    if req.extension_mandatory:
+        extensions["extension_mandatory"] = list(req.extension_mandatory)
+    if req.extension_optional:
+        extensions["extension_optional"] = list(req.extension_optional)
     return number, size, slaves, extensions or None
 
 
