@@ -27,7 +27,9 @@ KeyplaneError
 │   └── RelayAuthenticationFailed  a hop's tag did not verify
 └── PhysicalError
     ├── QberAboveThreshold      a block aborted on its QBER estimate
-    └── ReconciliationFailed    error correction or verification failed
+    ├── ReconciliationFailed    error correction or verification failed
+    └── ClassicalChannelError   the QKD modules' classical channel failed
+        └── ClassicalChannelTimeout  the peer module did not answer in time
 ```
 Foreign exceptions (NATS, SQLAlchemy, httpx) are translated at the package that owns
 them and re-raised ``from`` the original. No error message carries key material.
@@ -45,6 +47,8 @@ __all__ = [
     "BusClosed",
     "BusError",
     "BusTimeout",
+    "ClassicalChannelError",
+    "ClassicalChannelTimeout",
     "ConfigError",
     "IllegalTransition",
     "InsufficientKeyMaterial",
@@ -221,3 +225,16 @@ class QberAboveThreshold(PhysicalError):
 
 class ReconciliationFailed(PhysicalError):
     """Error correction or verification did not yield identical keys."""
+
+
+class ClassicalChannelError(PhysicalError):
+    """The classical channel between two QKD modules failed (closed, or out of sync)."""
+
+
+class ClassicalChannelTimeout(ClassicalChannelError):
+    """The peer QKD module did not send the expected message in time."""
+
+    def __init__(self, link_id: str, timeout_s: float) -> None:
+        super().__init__(f"link {link_id}: no message from the peer module within {timeout_s} s")
+        self.link_id = link_id
+        self.timeout_s = timeout_s

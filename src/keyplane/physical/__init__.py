@@ -1,0 +1,84 @@
+"""The emulated QKD physical layer (digital twin): decoy-state BB84 links with real
+post-processing, producing continuous identical key streams at both ends of each link.
+
+Map (see docs/physical.md):
+
+* :mod:`.physics`     link physics and the per-frame emulator (decoy intensities, Eve)
+* :mod:`.sifting`     sifting, sampling, the sifted-key buffer
+* :mod:`.estimation`  decoy-state bounds, GLLP secure length, asymptotic rate, PLOB
+* :mod:`.cascade`     vectorized Cascade (and its per-bit reference)
+* :mod:`.hashing`     Toeplitz privacy amplification by FFT, polynomial verification tag
+* :mod:`.wire`        messages between QKD modules and link control
+* :mod:`.channel`     ClassicalChannel: in-process and bus-backed
+* :mod:`.modules`     Alice's and Bob's QKD modules (the protocol shell)
+* :mod:`.runner`      LinkRunner: pacing on the clock, sinks, telemetry, faults, analytic mode
+* :mod:`.network`     PhysicalNetwork: every link of a topology
+* :mod:`.sink`        LinkKeySink protocol and MemoryKeySink
+"""
+
+from keyplane.physical.cascade import (
+    CascadeAlice,
+    CascadeBob,
+    CascadeStats,
+    block_sizes,
+    cascade_reference,
+    run_cascade,
+)
+from keyplane.physical.channel import BusChannel, ClassicalChannel, InProcessChannel
+from keyplane.physical.estimation import (
+    DecoyBounds,
+    DecoyCounts,
+    asymptotic_key_rate,
+    decoy_bounds,
+    plob_bound,
+    secure_length,
+)
+from keyplane.physical.hashing import (
+    polynomial_tag,
+    toeplitz_bits,
+    toeplitz_hash,
+    toeplitz_hash_reference,
+)
+from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
+from keyplane.physical.network import PhysicalNetwork
+from keyplane.physical.physics import AliceRecord, BobRecord, LinkPhysics, emulate_frame
+from keyplane.physical.runner import LinkRunner, LinkStats
+from keyplane.physical.sink import KeyBlock, LinkKeySink, MemoryKeySink
+from keyplane.physical.wire import LinkCommand, LinkCommandReply
+
+__all__ = [
+    "AliceModule",
+    "AliceRecord",
+    "BlockOutcome",
+    "BobModule",
+    "BobRecord",
+    "BusChannel",
+    "CascadeAlice",
+    "CascadeBob",
+    "CascadeStats",
+    "ClassicalChannel",
+    "DecoyBounds",
+    "DecoyCounts",
+    "InProcessChannel",
+    "KeyBlock",
+    "LinkCommand",
+    "LinkCommandReply",
+    "LinkKeySink",
+    "LinkPhysics",
+    "LinkRunner",
+    "LinkStats",
+    "MemoryKeySink",
+    "PhysicalNetwork",
+    "asymptotic_key_rate",
+    "block_sizes",
+    "cascade_reference",
+    "decoy_bounds",
+    "emulate_frame",
+    "plob_bound",
+    "polynomial_tag",
+    "run_cascade",
+    "secure_length",
+    "toeplitz_bits",
+    "toeplitz_hash",
+    "toeplitz_hash_reference",
+]

@@ -1,0 +1,127 @@
+"""Bit arrays, shared-seed expansion and the keyed shuffle both ends must reproduce.
+
+Representation: pipeline stages hold one bit per ``uint8`` (values 0 or 1) in 1-D
+arrays. Bits are packed only where they reach the wire, a hash or a key sink, always
+with ``bitorder="big"`` (the first bit is the most significant bit of the first byte).
+
+Anything both QKD modules must reproduce (sample positions, Cascade shuffles, Toeplitz
+matrices) is derived from a short seed that travels on the classical channel, expanded
+with SHAKE-128 (FIPS 202) by the functions below, never from a library RNG stream: NumPy
+promises identical streams only on the same build, and a module on another host may run
+another build.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "BITORDER",
+    "Bits",
+    "binary_entropy",
+    "keyed_permutation",
+    "pack",
+    "shake_bits",
+    "shake_uniform_u16",
+    "unpack",
+]
+
+BITORDER = "big"
+Bits = NDArray[np.uint8]
+"""(n,) uint8 ∈ {0,1}."""
+
+_M1 = np.uint32(0x7FEB352D)
+_M2 = np.uint32(0x846CA68B)
+_S15 = np.uint32(15)
+_S16 = np.uint32(16)
+
+
+def pack(bits: Bits) -> bytes:
+    """Pack a bit array into bytes (big bit order; the last byte is zero-padded)."""
+    return np.packbits(bits, bitorder=BITORDER).tobytes()
+
+
+def unpack(data: bytes, n_bits: int) -> Bits:
+    """Inverse of :func:`pack` for ``n_bits`` bits.
+
+    Raises:
+        ValueError: ``data`` holds fewer than ``n_bits`` bits.
+    """
+    if len(data) * 8 < n_bits:
+        raise ValueError(f"{len(data)} bytes cannot hold {n_bits} bits")
+    return np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=n_bits, bitorder=BITORDER)
+
+
+def shake_bits(seed: bytes, label: bytes, n_bits: int) -> Bits:
+    """``n_bits`` bits of SHAKE-128(label || seed), as a bit array."""
+    digest = hashlib.shake_128(label + seed).digest((n_bits + 7) // 8)
+    return unpack(digest, n_bits)
+
+
+def shake_uniform_u16(seed: bytes, label: bytes, n: int) -> NDArray[np.uint16]:
+    """``n`` little-endian 16-bit integers of SHAKE-128(label || seed)."""
+    digest = hashlib.shake_128(label + seed).digest(2 * n)
+    return np.frombuffer(digest, dtype="<u2").astype(np.uint16, copy=False)
+
+
+def _feistel(x: NDArray[np.uint32], keys: NDArray[np.uint32], half: int) -> NDArray[np.uint32]:
+    mask = np.uint32((1 << half) - 1)
+    shift = np.uint32(half)
+    left = x >> shift
+    right = x & mask
+    for k in keys:
+        # lowbias32 (Wellons) as the round function, in place to limit temporaries
+        z = right ^ k
+        z *= _M1
+        z ^= z >> _S15
+        z *= _M2
+        z ^= z >> _S16
+        z &= mask
+        z ^= left
+        left, right = right, z
+    left <<= shift
+    left |= right
+    return left
+
+
+def keyed_permutation(n: int, seed: bytes, label: bytes) -> NDArray[np.int64]:
+    """A pseudo-random permutation of ``range(n)`` keyed by ``seed`` (same on every host).
+
+    A 4-round balanced Feistel network over ``2*h`` bits (``4**h >= n``), with 32-bit
+    round keys from SHAKE-128(label || seed) and Wellons' lowbias32 mixer as the round
+    function, restricted to ``[0, n)`` by cycle walking (Black and Rogaway, CT-RSA 2002).
+    Pure uint32 arithmetic, so every NumPy build gives the same permutation, and cheaper
+    than sorting random keys.
+
+    Returns:
+        ``perm`` with ``perm[j]`` the original index placed at position ``j``.
+
+    Raises:
+        ValueError: ``n`` does not fit the 32-bit domain.
+    """
+    if n <= 1:
+        return np.zeros(max(n, 0), dtype=np.int64)
+    if n > 1 << 32:
+        raise ValueError("keyed_permutation supports n <= 2^32")
+    half = max(1, math.ceil(math.ceil(math.log2(n)) / 2))
+    keys = np.frombuffer(hashlib.shake_128(label + seed).digest(16), dtype="<u4").astype(
+        np.uint32
+    )
+    y = _feistel(np.arange(n, dtype=np.uint32), keys, half)
+    limit = np.uint32(n - 1)
+    idx = np.flatnonzero(y > limit)
+    while idx.shape[0]:
+        y[idx] = _feistel(y[idx], keys, half)
+        idx = idx[y[idx] > limit]
+    return y.astype(np.int64)
+
+
+def binary_entropy(p: float) -> float:
+    """Shannon binary entropy h(p) in bits (0 at p = 0 or 1)."""
+    if p <= 0.0 or p >= 1.0:
+        return 0.0
+    return float(-p * math.log2(p) - (1.0 - p) * math.log2(1.0 - p))

@@ -1,0 +1,93 @@
+"""``keyplane link cut|degrade|restore|eve|status LINK --bus nats://...``: drive link faults.
+
+Sends a :class:`~keyplane.physical.wire.LinkCommand` to the process running Alice's end of
+the link (topic ``keyplane.control.link.<LINK>``) and prints its reply. Mount with
+``app.add_typer(keyplane.physical.cli.app, name="link")``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from keyplane.bus import connect
+from keyplane.errors import BusError
+from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
+
+__all__ = ["app", "send_command"]
+
+app = typer.Typer(help="Cut, degrade, restore a quantum link or put an eavesdropper on it.",
+                  no_args_is_help=True)
+
+BusOpt = Annotated[str, typer.Option("--bus", help="bus URL, e.g. nats://127.0.0.1:4222")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="reply timeout in seconds")]
+
+
+async def send_command(bus_url: str, command: LinkCommand, timeout_s: float = 5.0
+                       ) -> LinkCommandReply:
+    """Send ``command`` over the bus at ``bus_url`` and return the link's reply.
+
+    Raises:
+        BusError: no runner answers (wrong link id, Alice's node not running) or timeout.
+    """
+    bus = await connect(bus_url, name="keyplane-link-cli")
+    try:
+        reply = await bus.request(control_topic(command.link_id), command, timeout_s=timeout_s)
+    finally:
+        await bus.close()
+    if not isinstance(reply, LinkCommandReply):
+        raise BusError(f"unexpected reply {reply.KIND}")
+    return reply
+
+
+def _run(bus: str, command: LinkCommand, timeout: float) -> None:
+    try:
+        reply = asyncio.run(send_command(bus, command, timeout))
+    except BusError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    eve = f", eavesdropper on {reply.eavesdropper_fraction:.0%} of pulses" \
+        if reply.eavesdropper_fraction else ""
+    typer.echo(f"{reply.link_id}: {reply.state} (extra loss {reply.extra_loss_db} dB{eve}; "
+               f"{reply.delivered_blocks} blocks delivered, {reply.aborted_blocks} aborted)")
+    if not reply.ok:
+        typer.echo(f"refused: {reply.message}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command()
+def cut(link: str, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
+    """Break the fibre of LINK."""
+    _run(bus, LinkCommand(link_id=link, action="cut"), timeout)
+
+
+@app.command()
+def degrade(link: str, extra_loss_db: Annotated[float, typer.Argument(min=0.0)], bus: BusOpt,
+            timeout: TimeoutOpt = 5.0) -> None:
+    """Add EXTRA_LOSS_DB of loss to LINK."""
+    _run(bus, LinkCommand(link_id=link, action="degrade", extra_loss_db=extra_loss_db),
+         timeout)
+
+
+@app.command()
+def restore(link: str, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
+    """Repair LINK (no cut, no extra loss)."""
+    _run(bus, LinkCommand(link_id=link, action="restore"), timeout)
+
+
+@app.command()
+def eve(link: str, bus: BusOpt,
+        position_km: Annotated[float, typer.Option(min=0.0)] = 0.0,
+        fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+        timeout: TimeoutOpt = 5.0) -> None:
+    """Put an intercept-resend eavesdropper on LINK (--fraction 0 removes her)."""
+    _run(bus, LinkCommand(link_id=link, action="eve", position_km=position_km,
+                          fraction=fraction), timeout)
+
+
+@app.command()
+def status(link: str, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
+    """Show LINK's state."""
+    _run(bus, LinkCommand(link_id=link, action="status"), timeout)

@@ -1,0 +1,367 @@
+"""The two QKD modules of a link: Alice (``endpoints[0]``) and Bob (``endpoints[1]``).
+
+Each module is an I/O shell around the pure stages (:mod:`.physics`, :mod:`.sifting`,
+:mod:`.estimation`, :mod:`.cascade`, :mod:`.hashing`): it exchanges the messages of
+:mod:`.wire` with its peer over a :class:`~keyplane.physical.channel.ClassicalChannel` and
+returns one :class:`BlockOutcome` per block. Alice also runs the link's emulator (source,
+fibre, eavesdropper, Bob's detectors) and sends Bob his detection record over the quantum
+pipe.
+
+Per frame: quantum frame → sift request → sift reply; both ends buffer the sifted signal
+bits. Whenever ``block_size_bits`` are buffered, a block runs: parameter estimation on a
+random sample (abort above ``qber_threshold``: the block never reaches a sink), Cascade,
+verification (polynomial tag), privacy amplification (Toeplitz by FFT) to the GLLP
+length. A block that fails verification or whose two ends disagree on its length is
+discarded and counted. Nothing here logs or returns key material except
+``BlockOutcome.material`` (hidden from repr) for delivery to the end's own sink.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from keyplane.bus.codec import Message
+from keyplane.config import QuantumLink
+from keyplane.errors import ClassicalChannelError
+from keyplane.physical.bits import Bits, binary_entropy, pack, unpack
+from keyplane.physical.cascade import (
+    CascadeAlice,
+    CascadeBob,
+    ParityAnswer,
+    ParityQuery,
+    block_sizes,
+)
+from keyplane.physical.channel import DEFAULT_PEER_TIMEOUT_S, ClassicalChannel
+from keyplane.physical.estimation import DecoyBounds, DecoyCounts, decoy_bounds, secure_length
+from keyplane.physical.hashing import (
+    VERIFY_TAG_BITS,
+    polynomial_tag,
+    toeplitz_bits,
+    toeplitz_hash,
+)
+from keyplane.physical.physics import LinkPhysics, emulate_frame
+from keyplane.physical.sifting import (
+    SiftedKeyBuffer,
+    decode_classes,
+    encode_classes,
+    sample_mask,
+    sift_mask,
+)
+from keyplane.physical.wire import (
+    CascadeAnswer,
+    CascadeQuery,
+    PeRequest,
+    PeResult,
+    QuantumFrame,
+    SiftReply,
+    SiftRequest,
+    VerifyRequest,
+    VerifyResult,
+    decode_i32,
+    encode_i32,
+)
+
+__all__ = ["AliceModule", "BlockOutcome", "BlockStatus", "BobModule"]
+
+logger = logging.getLogger(__name__)
+
+BlockStatus = Literal["delivered", "aborted_qber", "aborted_no_key", "verify_failed"]
+M = TypeVar("M", bound=Message)
+
+
+@dataclass(slots=True)
+class BlockOutcome:
+    """What happened to one block at one end (material only when ``delivered``)."""
+
+    link_id: str
+    block_id: int
+    status: BlockStatus
+    sifted_bits: int
+    duration_s: float
+    sample_size: int = 0
+    qber: float | None = None
+    leaked_ec_bits: int = 0
+    leaked_verify_bits: int = 0
+    corrected_bits: int = 0
+    secret_bits: int = 0
+    cascade_rounds: int = 0
+    bounds: DecoyBounds | None = None
+    reason: str = ""
+    material: bytes | None = field(default=None, repr=False)
+
+    @property
+    def ec_efficiency(self) -> float | None:
+        """``f_EC = leaked / (n h(e))`` with ``e`` the block's true error rate."""
+        n = self.sifted_bits - self.sample_size
+        if n <= 0 or self.status in ("aborted_qber",):
+            return None
+        h = binary_entropy(self.corrected_bits / n)
+        return self.leaked_ec_bits / (n * h) if h > 0 else None
+
+
+def _block_length(link: QuantumLink, counts: DecoyCounts, n_key: int, leaked_ec: int,
+                  physics_mu: tuple[float, float, float]) -> tuple[int, DecoyBounds]:
+    pp = link.postprocessing
+    bounds = decoy_bounds(physics_mu, counts, pp.security_epsilon)
+    ell = secure_length(n_key, bounds, physics_mu[0], leaked_ec, VERIFY_TAG_BITS,
+                        pp.security_epsilon)
+    return ell - ell % 8, bounds
+
+
+async def _expect(channel: ClassicalChannel, cls: type[M], ident: int,
+                  timeout_s: float | None) -> M:
+    """The next message, which must be ``cls`` for frame/block ``ident``; older leftovers
+    of an abandoned exchange are dropped."""
+    while True:
+        msg = await channel.receive(timeout_s)
+        got = getattr(msg, "block_id", getattr(msg, "frame_id", None))
+        if isinstance(msg, cls) and got == ident:
+            return msg
+        if isinstance(got, int) and got < ident:
+            logger.debug("link %s: dropping stale %s for %s", channel.link_id, msg.KIND, got)
+            continue
+        raise ClassicalChannelError(
+            f"link {channel.link_id}: expected {cls.KIND} for {ident}, got {msg.KIND} for {got}"
+        )
+
+
+class _Module:
+    def __init__(self, link: QuantumLink, classical: ClassicalChannel,
+                 quantum: ClassicalChannel, rng: np.random.Generator, *,
+                 cascade_schedule: str = "original",
+                 peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S) -> None:
+        self.link = link
+        self.link_id = link.link_id
+        self.classical = classical
+        self.quantum = quantum
+        self.rng = rng
+        self.cascade_schedule = cascade_schedule
+        self.peer_timeout_s = peer_timeout_s
+        self.buffer = SiftedKeyBuffer()
+        self.next_block_id = 0
+        self.mu = (link.decoy.mu_signal, link.decoy.mu_decoy, link.decoy.mu_vacuum)
+
+    @property
+    def block_bits(self) -> int:
+        return self.link.postprocessing.block_size_bits
+
+    def _amplify(self, key: Bits, pa_seed: bytes, ell: int) -> bytes:
+        t = toeplitz_bits(pa_seed, key.shape[0], ell)
+        return pack(toeplitz_hash(key, t, ell))
+
+
+class AliceModule(_Module):
+    """Alice's QKD module: emulates the link, answers Cascade, sends tags and seeds."""
+
+    async def run_frame(self, frame_id: int, physics: LinkPhysics, n_pulses: int,
+                        duration_s: float) -> list[BlockOutcome]:
+        """Emulate and sift one frame; run every block that became due.
+
+        Raises:
+            ClassicalChannelError: the peer failed or went out of sync (buffers are
+                reset; the runner counts the loss and carries on).
+        """
+        try:
+            alice, bob = emulate_frame(physics, n_pulses, self.rng)
+            await self.quantum.send(QuantumFrame(
+                link_id=self.link_id, frame_id=frame_id, n_pulses=n_pulses,
+                detections=bob.detections, bases=pack(bob.bases), bits=pack(bob.bits)))
+            req = await _expect(self.classical, SiftRequest, frame_id, self.peer_timeout_s)
+            match = sift_mask(alice.bases, unpack(req.bases, req.detections))
+            classes = alice.intensity_class[match]
+            bits = alice.bits[match]
+            signal = classes == 0
+            hi, lo = encode_classes(classes)
+            detections = np.bincount(alice.intensity_class, minlength=3).astype(np.int64)
+            await self.classical.send(SiftReply(
+                link_id=self.link_id, frame_id=frame_id, bases=pack(alice.bases),
+                class_hi=hi, class_lo=lo, pulses=alice.pulses_per_class,
+                detections=(int(detections[0]), int(detections[1]), int(detections[2])),
+                decoy_bits=pack(bits[~signal])))
+            sifted = np.bincount(classes, minlength=3).astype(np.int64)
+            self.buffer.add(bits[signal], np.asarray(alice.pulses_per_class, np.int64),
+                            detections, sifted, np.zeros(3, np.int64), duration_s)
+            outcomes = []
+            while self.buffer.size >= self.block_bits:
+                outcomes.append(await self._block())
+            return outcomes
+        except ClassicalChannelError:
+            self.buffer.reset()
+            raise
+
+    async def _block(self) -> BlockOutcome:
+        block_id = self.next_block_id
+        self.next_block_id += 1
+        key, counts, duration = self.buffer.take(self.block_bits)
+        n = int(key.shape[0])
+        sample_seed = self.rng.bytes(16)
+        mask = sample_mask(sample_seed, n, self.link.postprocessing.sample_fraction)
+        await self.classical.send(PeRequest(link_id=self.link_id, block_id=block_id,
+                                            block_bits=n, sample_seed=sample_seed,
+                                            sample_bits=pack(key[mask])))
+        pe = await _expect(self.classical, PeResult, block_id, self.peer_timeout_s)
+        qber = pe.sample_errors / pe.sample_size if pe.sample_size else None
+        out = BlockOutcome(link_id=self.link_id, block_id=block_id, status="aborted_qber",
+                           sifted_bits=n, duration_s=duration, sample_size=pe.sample_size,
+                           qber=qber, reason=pe.reason)
+        if pe.abort:
+            return out
+        rest = key[~mask]
+        cascade = CascadeAlice(rest)
+        while True:
+            q = await _expect(self.classical, CascadeQuery, block_id, self.peer_timeout_s)
+            if q.last:
+                out.cascade_rounds = q.round
+                break
+            ans = cascade.answer(ParityQuery(
+                round=q.round, seed=q.seed, new_pass=q.new_pass,
+                passes=np.frombuffer(q.passes, dtype=np.uint8),
+                starts=decode_i32(q.starts), ends=decode_i32(q.ends)))
+            await self.classical.send(CascadeAnswer(
+                link_id=self.link_id, block_id=block_id, round=q.round,
+                n_top=int(ans.top_parities.shape[0]), top=pack(ans.top_parities),
+                n_parities=int(ans.parities.shape[0]), parities=pack(ans.parities)))
+        agreed = DecoyCounts(pulses=counts.pulses, detections=counts.detections,
+                             sifted=(pe.sample_size, pe.decoy_sifted[1], pe.decoy_sifted[2]),
+                             errors=(pe.sample_errors, pe.decoy_errors[1], pe.decoy_errors[2]))
+        ell, bounds = _block_length(self.link, agreed, int(rest.shape[0]),
+                                    cascade.leaked_bits, self.mu)
+        point, pa_seed = self.rng.bytes(16), self.rng.bytes(32)
+        await self.classical.send(VerifyRequest(
+            link_id=self.link_id, block_id=block_id, point=point,
+            tag=polynomial_tag(rest, point), pa_seed=pa_seed,
+            leaked_ec_bits=cascade.leaked_bits, secret_bits=ell))
+        vr = await _expect(self.classical, VerifyResult, block_id, self.peer_timeout_s)
+        out.leaked_ec_bits = cascade.leaked_bits
+        out.leaked_verify_bits = VERIFY_TAG_BITS
+        out.corrected_bits = vr.corrected_bits
+        out.bounds = bounds
+        if not vr.ok:
+            out.status = "verify_failed"
+            out.reason = "verification failed at Bob"
+            return out
+        if ell <= 0:
+            out.status = "aborted_no_key"
+            out.reason = "secure length is zero"
+            return out
+        out.secret_bits = ell
+        out.material = self._amplify(rest, pa_seed, ell)
+        out.status = "delivered"
+        return out
+
+
+class BobModule(_Module):
+    """Bob's QKD module: measures (receives his detection record), corrects, verifies."""
+
+    async def run_frame(self) -> list[BlockOutcome]:
+        """Wait for the next quantum frame, sift it, run every block that became due.
+
+        Raises:
+            ClassicalChannelError: the channel closed or the peer failed.
+        """
+        frame = await self.quantum.receive(timeout_s=None)
+        if not isinstance(frame, QuantumFrame):
+            raise ClassicalChannelError(f"link {self.link_id}: {frame.KIND} on quantum pipe")
+        try:
+            bases = unpack(frame.bases, frame.detections)
+            bits = unpack(frame.bits, frame.detections)
+            await self.classical.send(SiftRequest(link_id=self.link_id, frame_id=frame.frame_id,
+                                                  detections=frame.detections,
+                                                  bases=frame.bases))
+            rep = await _expect(self.classical, SiftReply, frame.frame_id, self.peer_timeout_s)
+            match = sift_mask(unpack(rep.bases, frame.detections), bases)
+            sifted_bits = bits[match]
+            classes = decode_classes(rep.class_hi, rep.class_lo, int(sifted_bits.shape[0]))
+            signal = classes == 0
+            decoy_classes = classes[~signal]
+            alice_decoy = unpack(rep.decoy_bits, int(decoy_classes.shape[0]))
+            wrong = alice_decoy != sifted_bits[~signal]
+            errors = np.bincount(decoy_classes[wrong], minlength=3).astype(np.int64)
+            sifted = np.bincount(classes, minlength=3).astype(np.int64)
+            self.buffer.add(sifted_bits[signal], np.asarray(rep.pulses, np.int64),
+                            np.asarray(rep.detections, np.int64), sifted, errors,
+                            frame.n_pulses / self.link.repetition_rate_hz)
+            outcomes = []
+            while self.buffer.size >= self.block_bits:
+                outcomes.append(await self._block())
+            return outcomes
+        except ClassicalChannelError:
+            self.buffer.reset()
+            raise
+
+    async def _block(self) -> BlockOutcome:
+        block_id = self.next_block_id
+        pe_req = await _expect(self.classical, PeRequest, block_id, self.peer_timeout_s)
+        self.next_block_id += 1
+        key, counts, duration = self.buffer.take(self.block_bits)
+        n = int(key.shape[0])
+        if pe_req.block_bits != n:
+            raise ClassicalChannelError(f"link {self.link_id}: block sizes differ")
+        pp = self.link.postprocessing
+        mask = sample_mask(pe_req.sample_seed, n, pp.sample_fraction)
+        sample_size = int(mask.sum())
+        alice_sample = unpack(pe_req.sample_bits, sample_size)
+        sample_errors = int(np.count_nonzero(alice_sample != key[mask]))
+        qber = sample_errors / sample_size if sample_size else None
+        abort, reason = False, ""
+        if qber is None:
+            abort, reason = True, "empty parameter-estimation sample"
+        elif qber > pp.qber_threshold:
+            abort, reason = True, f"QBER {qber:.4f} above threshold {pp.qber_threshold:.4f}"
+        await self.classical.send(PeResult(
+            link_id=self.link_id, block_id=block_id, sample_size=sample_size,
+            sample_errors=sample_errors, decoy_sifted=counts.sifted,
+            decoy_errors=counts.errors, abort=abort, reason=reason))
+        out = BlockOutcome(link_id=self.link_id, block_id=block_id, status="aborted_qber",
+                           sifted_bits=n, duration_s=duration, sample_size=sample_size,
+                           qber=qber, reason=reason)
+        if abort:
+            return out
+        assert qber is not None
+        rest = key[~mask]
+        bob = CascadeBob(rest, self.rng.bytes(16),
+                         block_sizes(self.cascade_schedule, qber, int(rest.shape[0])))
+        query = bob.start()
+        while query is not None:
+            await self.classical.send(CascadeQuery(
+                link_id=self.link_id, block_id=block_id, round=query.round, seed=query.seed,
+                new_pass=query.new_pass, passes=query.passes.tobytes(),
+                starts=encode_i32(query.starts), ends=encode_i32(query.ends)))
+            ans = await _expect(self.classical, CascadeAnswer, block_id, self.peer_timeout_s)
+            query = bob.on_answer(ParityAnswer(
+                round=ans.round, top_parities=unpack(ans.top, ans.n_top),
+                parities=unpack(ans.parities, ans.n_parities)))
+        await self.classical.send(CascadeQuery(link_id=self.link_id, block_id=block_id,
+                                               round=bob.stats.rounds, seed=b"", last=True))
+        out.cascade_rounds = bob.stats.rounds
+        agreed = DecoyCounts(pulses=counts.pulses, detections=counts.detections,
+                             sifted=(sample_size, counts.sifted[1], counts.sifted[2]),
+                             errors=(sample_errors, counts.errors[1], counts.errors[2]))
+        leaked = bob.stats.leaked_bits
+        ell, bounds = _block_length(self.link, agreed, int(rest.shape[0]), leaked, self.mu)
+        vreq = await _expect(self.classical, VerifyRequest, block_id, self.peer_timeout_s)
+        ok = (polynomial_tag(bob.key, vreq.point) == vreq.tag and vreq.leaked_ec_bits == leaked
+              and vreq.secret_bits == ell)
+        await self.classical.send(VerifyResult(link_id=self.link_id, block_id=block_id, ok=ok,
+                                               secret_bits=ell,
+                                               corrected_bits=bob.stats.corrected_bits))
+        out.leaked_ec_bits = leaked
+        out.leaked_verify_bits = VERIFY_TAG_BITS
+        out.corrected_bits = bob.stats.corrected_bits
+        out.bounds = bounds
+        if not ok:
+            out.status = "verify_failed"
+            out.reason = "tags, leakage or secure lengths differ"
+            return out
+        if ell <= 0:
+            out.status = "aborted_no_key"
+            out.reason = "secure length is zero"
+            return out
+        out.secret_bits = ell
+        out.material = self._amplify(bob.key, vreq.pa_seed, ell)
+        out.status = "delivered"
+        return out

@@ -1,0 +1,242 @@
+"""Link physics: the emulated source, fibre, optional eavesdropper and detectors of one link.
+
+Model (Ma, Qi, Zhao, Lo, "Practical decoy state for quantum key distribution",
+PRA 72, 012326 (2005), section II; Lo, Ma, Chen, PRL 94, 230504 (2005)):
+
+* transmittance ``eta = 10^(-(alpha*L + insertion_loss + extra_loss)/10) * eta_det``
+* gain (detection probability per pulse) of a phase-randomized weak coherent pulse of
+  mean photon number ``mu``: ``Q_mu = 1 - (1 - Y0) exp(-eta*mu)``, ``Y0`` the dark-count
+  probability per gate;
+* error probability given a detection and matching bases:
+  ``E_mu = (e0*Y0 + e_d*(1 - exp(-eta*mu))) / Q_mu``, ``e0 = 1/2``, ``e_d`` the
+  misalignment.
+
+An intercept-resend eavesdropper at ``position_km`` measures a ``fraction`` of the pulses
+in a random basis with an ideal detector (she detects a pulse with probability
+``1 - exp(-eta_AE*mu)``, ``eta_AE`` the fibre transmittance up to her) and resends one
+photon in her basis and result. Bob then detects it with the transmittance after her
+position, ``eta_EB``; a wrong guess of the basis (probability 1/2) randomizes Bob's bit, so
+such detections carry the error ``1/4 + e_d/2`` and the sifted QBER goes to about 25 % at
+fraction 1. Her resend also changes the loss seen by Bob (a single photon instead of a
+coherent pulse, re-launched at her position).
+
+Per frame of ``N`` pulses nothing is simulated pulse by pulse: the pulse count of each
+intensity class is one multinomial draw, the detections of each class (and of the
+intercepted part) one binomial draw each, and only detected events get bases, bits and
+errors. Detection events of a frame are exchangeable (iid given their class), so their
+order inside a frame carries no information; the frame lists them grouped by class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+from numpy.typing import NDArray
+
+from keyplane.config import DecoySettings, Eavesdropper, QuantumLink
+from keyplane.physical.bits import Bits
+
+__all__ = [
+    "DARK_COUNT_ERROR",
+    "INTENSITY_CLASSES",
+    "AliceRecord",
+    "BobRecord",
+    "LinkPhysics",
+    "emulate_frame",
+]
+
+DARK_COUNT_ERROR = 0.5
+"""``e0``: a dark count gives a random bit."""
+
+INTENSITY_CLASSES = ("signal", "decoy", "vacuum")
+"""Intensity class codes 0, 1, 2 (the order of :class:`~keyplane.config.DecoySettings`)."""
+
+BASIS_Z = 0
+BASIS_X = 1
+
+
+@dataclass(frozen=True, slots=True)
+class LinkPhysics:
+    """The physical parameters of one link at one moment (faults change ``extra_loss_db``,
+    ``cut`` and ``eavesdropper``)."""
+
+    length_km: float
+    attenuation_db_per_km: float
+    insertion_loss_db: float
+    detector_efficiency: float
+    dark_count_probability: float
+    misalignment: float
+    repetition_rate_hz: float
+    decoy: DecoySettings
+    z_basis_probability: float = 0.5
+    extra_loss_db: float = 0.0
+    cut: bool = False
+    eavesdropper: Eavesdropper | None = None
+
+    @classmethod
+    def from_link(cls, link: QuantumLink) -> LinkPhysics:
+        """The physics of ``link`` as configured (its eavesdropper included)."""
+        return cls(
+            length_km=link.length_km,
+            attenuation_db_per_km=link.attenuation_db_per_km,
+            insertion_loss_db=link.insertion_loss_db,
+            detector_efficiency=link.detector_efficiency,
+            dark_count_probability=link.dark_count_probability,
+            misalignment=link.misalignment,
+            repetition_rate_hz=link.repetition_rate_hz,
+            decoy=link.decoy,
+            z_basis_probability=link.postprocessing.z_basis_probability,
+            eavesdropper=link.eavesdropper,
+        )
+
+    def with_changes(self, **changes: object) -> LinkPhysics:
+        """A copy with some fields replaced (faults)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    @property
+    def loss_db(self) -> float:
+        """Total channel loss in dB (fibre, insertion, extra), detector excluded."""
+        return (self.attenuation_db_per_km * self.length_km + self.insertion_loss_db
+                + self.extra_loss_db)
+
+    def transmittance(self) -> float:
+        """``eta``: probability that one photon sent by Alice clicks Bob's detector."""
+        if self.cut:
+            return 0.0
+        return 10.0 ** (-self.loss_db / 10.0) * self.detector_efficiency
+
+    @property
+    def intensities(self) -> tuple[float, float, float]:
+        """Mean photon numbers (signal, decoy, vacuum)."""
+        d = self.decoy
+        return (d.mu_signal, d.mu_decoy, d.mu_vacuum)
+
+    @property
+    def class_probabilities(self) -> tuple[float, float, float]:
+        """Probabilities of sending each intensity class."""
+        d = self.decoy
+        return (d.p_signal, d.p_decoy, d.p_vacuum)
+
+    def gain(self, mu: float) -> float:
+        """``Q_mu = 1 - (1 - Y0) exp(-eta*mu)`` without an eavesdropper."""
+        return 1.0 - (1.0 - self.dark_count_probability) * math.exp(-self.transmittance() * mu)
+
+    def error_rate(self, mu: float) -> float:
+        """``E_mu`` given a detection with matching bases, without an eavesdropper."""
+        q = self.gain(mu)
+        if q <= 0.0:
+            return DARK_COUNT_ERROR
+        y0 = self.dark_count_probability
+        signal = 1.0 - math.exp(-self.transmittance() * mu)
+        return (DARK_COUNT_ERROR * y0 + self.misalignment * signal) / q
+
+    def _eve_split(self) -> tuple[float, float]:
+        """(fibre transmittance Alice→Eve, transmittance Eve→Bob's click)."""
+        eve = self.eavesdropper
+        assert eve is not None
+        if self.cut:
+            return 0.0, 0.0
+        a = self.attenuation_db_per_km
+        eta_ae = 10.0 ** (-(a * eve.position_km) / 10.0)
+        rest_db = a * (self.length_km - eve.position_km) + self.insertion_loss_db \
+            + self.extra_loss_db
+        eta_eb = 10.0 ** (-rest_db / 10.0) * self.detector_efficiency
+        return eta_ae, eta_eb
+
+    def intercepted_gain(self, mu: float) -> float:
+        """Bob's detection probability for a pulse the eavesdropper intercepted."""
+        eta_ae, eta_eb = self._eve_split()
+        p_eve = 1.0 - math.exp(-eta_ae * mu)
+        return 1.0 - (1.0 - self.dark_count_probability) * (1.0 - p_eve * eta_eb)
+
+    def intercepted_error_rate(self, mu: float) -> float:
+        """Error probability of a detection (matching bases) of an intercepted pulse."""
+        q = self.intercepted_gain(mu)
+        if q <= 0.0:
+            return DARK_COUNT_ERROR
+        eta_ae, eta_eb = self._eve_split()
+        p_photon = (1.0 - math.exp(-eta_ae * mu)) * eta_eb
+        y0 = self.dark_count_probability
+        return (DARK_COUNT_ERROR * y0 + (0.25 + 0.5 * self.misalignment) * p_photon) / q
+
+    def expected_sifted_fraction(self) -> float:
+        """Expected signal-class sifted key bits per pulse (for frame sizing)."""
+        pz = self.z_basis_probability
+        sift = pz * pz + (1.0 - pz) * (1.0 - pz)
+        return self.decoy.p_signal * self.gain(self.decoy.mu_signal) * sift
+
+
+@dataclass(frozen=True, slots=True)
+class AliceRecord:
+    """What Alice knows about the detected slots of one frame (kept at Alice).
+
+    Arrays are (d,) with d the number of detections, aligned with :class:`BobRecord`.
+    """
+
+    intensity_class: NDArray[np.uint8]
+    bases: Bits
+    bits: Bits
+    pulses_per_class: tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class BobRecord:
+    """What Bob's detectors recorded in one frame: the quantum frame sent to Bob."""
+
+    bases: Bits
+    bits: Bits
+
+    @property
+    def detections(self) -> int:
+        """Number of detection events."""
+        return int(self.bases.shape[0])
+
+
+def emulate_frame(physics: LinkPhysics, n_pulses: int,
+                  rng: np.random.Generator) -> tuple[AliceRecord, BobRecord]:
+    """Emulate ``n_pulses`` pulses through the link; only detections are materialized.
+
+    Args:
+        physics: the link's parameters now.
+        n_pulses: pulses in the frame (repetition rate x frame duration).
+        rng: the emulator's generator (seeded by the caller; physics randomness only).
+
+    Returns:
+        Alice's record of the detected slots and Bob's detection record, aligned.
+    """
+    probs = physics.class_probabilities
+    pulses = rng.multinomial(n_pulses, probs)
+    eve = physics.eavesdropper
+    fraction = eve.fraction if eve is not None else 0.0
+    counts: list[int] = []
+    err_probs: list[float] = []
+    seg_class: list[int] = []
+    for c, mu in enumerate(physics.intensities):
+        n_c = int(pulses[c])
+        intercepted = int(rng.binomial(n_c, fraction)) if fraction > 0.0 else 0
+        clear = n_c - intercepted
+        counts.append(int(rng.binomial(clear, physics.gain(mu))))
+        err_probs.append(physics.error_rate(mu))
+        seg_class.append(c)
+        if intercepted:
+            counts.append(int(rng.binomial(intercepted, physics.intercepted_gain(mu))))
+            err_probs.append(physics.intercepted_error_rate(mu))
+            seg_class.append(c)
+    counts_arr = np.asarray(counts, dtype=np.int64)
+    d = int(counts_arr.sum())
+    intensity_class = np.repeat(np.asarray(seg_class, dtype=np.uint8), counts_arr)
+    e_event = np.repeat(np.asarray(err_probs, dtype=np.float32), counts_arr)
+    p_x = np.float32(1.0 - physics.z_basis_probability)
+    bases_alice = (rng.random(d, dtype=np.float32) < p_x).view(np.uint8)
+    bases_bob = (rng.random(d, dtype=np.float32) < p_x).view(np.uint8)
+    bits_alice = np.unpackbits(np.frombuffer(rng.bytes((d + 7) // 8), dtype=np.uint8),
+                               count=d)
+    # a mismatched basis gives Bob a uniformly random bit
+    e_event[bases_alice != bases_bob] = np.float32(0.5)
+    flips = (rng.random(d, dtype=np.float32) < e_event).view(np.uint8)
+    bits_bob = bits_alice ^ flips
+    alice = AliceRecord(intensity_class=intensity_class, bases=bases_alice, bits=bits_alice,
+                        pulses_per_class=(int(pulses[0]), int(pulses[1]), int(pulses[2])))
+    return alice, BobRecord(bases=bases_bob, bits=bits_bob)

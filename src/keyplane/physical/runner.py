@@ -1,0 +1,487 @@
+"""A link's continuous key stream: frames paced on the clock, blocks into both ends' sinks.
+
+:class:`LinkRunner` runs the local end(s) of one quantum link. Alice's end owns the
+emulated fibre, so pacing, faults and telemetry live there: each frame stands for
+``frame_duration_s`` of emulated time (``repetition_rate_hz * frame_duration_s`` pulses),
+and Alice sleeps on the injected clock until the frame's end before starting the next,
+so the secret-key rate seen by the key managers is the physics' rate in clock time
+(with a :class:`~keyplane.clock.VirtualClock`, as fast as the CPU allows). Bob's end just
+follows the frames it receives.
+
+Modes (``QuantumLink.protocol``):
+
+* ``bb84-decoy`` — the full stack of :mod:`keyplane.physical.modules`.
+* ``analytic`` — no per-bit simulation: every frame adds ``R * frame_duration_s`` bits
+  (``R`` from :func:`~keyplane.physical.estimation.asymptotic_key_rate`); whole bytes go out
+  as one block, announced to Bob with :class:`~keyplane.physical.wire.AnalyticBlock`.
+  The material is SHAKE-256(per-link seed || block id) at both ends: this mode emulates the
+  *rate* of a link, its keys are not secret (anyone with the run's seed can compute them).
+
+Faults (Python API here, bus command :class:`~keyplane.physical.wire.LinkCommand` on
+``keyplane.control.link.<link>``): :meth:`LinkRunner.cut`, :meth:`LinkRunner.degrade`,
+:meth:`LinkRunner.restore`, :meth:`LinkRunner.set_eavesdropper`. A cut link's fibre
+transmits nothing: frames carry only dark counts and no block completes.
+
+Per block, Alice's end publishes :class:`~keyplane.messages.LinkTelemetry` on
+``keyplane.telemetry.link.<link>`` and emits ``link_block`` / ``link_block_aborted``
+events (element ``qkd``); fault changes emit ``link_state`` and a telemetry message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Literal
+
+import numpy as np
+
+from keyplane.bus import Bus, Subscription, topics
+from keyplane.bus.codec import Message
+from keyplane.clock import Clock
+from keyplane.config import Eavesdropper, QuantumLink
+from keyplane.errors import ClassicalChannelError, KeyplaneError, QberAboveThreshold
+from keyplane.events import EventStream, EventType
+from keyplane.messages import LinkState, LinkTelemetry
+from keyplane.physical.channel import (
+    DEFAULT_PEER_TIMEOUT_S,
+    BusChannel,
+    ClassicalChannel,
+    InProcessChannel,
+)
+from keyplane.physical.estimation import asymptotic_key_rate
+from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
+from keyplane.physical.physics import LinkPhysics
+from keyplane.physical.sink import LinkKeySink
+from keyplane.physical.wire import AnalyticBlock, LinkCommand, LinkCommandReply, control_topic
+
+__all__ = ["LinkRunner", "LinkStats", "default_frame_duration", "link_rng_seed"]
+
+logger = logging.getLogger(__name__)
+
+End = Literal["alice", "bob"]
+ANALYTIC_LABEL = b"keyplane.analytic.key"
+MIN_FRAME_S = 1e-3
+MAX_FRAME_S = 1.0
+
+
+def link_rng_seed(seed: int, link_id: str, end: End) -> list[int]:
+    """Seed sequence of one end's generator (independent per link and end)."""
+    digest = hashlib.sha256(f"{seed}/{link_id}/{end}".encode()).digest()
+    return [int.from_bytes(digest[i:i + 4], "big") for i in range(0, 16, 4)]
+
+
+def default_frame_duration(link: QuantumLink) -> float:
+    """About one block of sifted bits per frame at the nominal physics, within [1 ms, 1 s]."""
+    per_s = LinkPhysics.from_link(link).expected_sifted_fraction() * link.repetition_rate_hz
+    if per_s <= 0:
+        return MAX_FRAME_S
+    return min(MAX_FRAME_S, max(MIN_FRAME_S, link.postprocessing.block_size_bits / per_s))
+
+
+@dataclass(slots=True)
+class LinkStats:
+    """Counters of one runner (Alice's end counts blocks; each end counts deliveries)."""
+
+    frames: int = 0
+    delivered_blocks: int = 0
+    delivered_bits: int = 0
+    aborted_blocks: int = 0
+    discarded_blocks: int = 0
+    qber_aborts: int = 0
+    channel_errors: int = 0
+    sifted_bits: int = 0
+    leaked_ec_bits: int = 0
+    last_qber: float | None = None
+
+
+class LinkRunner:
+    """Runs the local end(s) of one link continuously (see module docstring).
+
+    Args:
+        link: the link's configuration.
+        clock: the one clock (pacing).
+        seed: run seed; each end's generator is derived from it and the link id.
+        alice_sink: where Alice's end (``endpoints[0]``) puts blocks; required if local.
+        bob_sink: where Bob's end puts blocks; required if local.
+        bus: for telemetry, the control topic, and the channel when one end is remote.
+        events: the event stream (Monitoring Element's feed).
+        local_ends: which ends run in this process.
+        frame_duration_s: emulated time per frame (default :func:`default_frame_duration`).
+        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`).
+        analytic_ec_efficiency: ``f`` used by the analytic rate.
+        peer_timeout_s: transport timeout on the peer module.
+    """
+
+    def __init__(self, link: QuantumLink, *, clock: Clock, seed: int = 0,
+                 alice_sink: LinkKeySink | None = None, bob_sink: LinkKeySink | None = None,
+                 bus: Bus | None = None, events: EventStream | None = None,
+                 local_ends: tuple[End, ...] = ("alice", "bob"),
+                 frame_duration_s: float | None = None, cascade_schedule: str = "original",
+                 analytic_ec_efficiency: float = 1.16,
+                 peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S) -> None:
+        if not local_ends:
+            raise ValueError("a runner needs at least one local end")
+        if "alice" in local_ends and alice_sink is None:
+            raise ValueError("alice_sink is required when Alice's end is local")
+        if "bob" in local_ends and bob_sink is None:
+            raise ValueError("bob_sink is required when Bob's end is local")
+        if len(local_ends) == 1 and bus is None:
+            raise ValueError("a bus is required when the other end is remote")
+        self.link = link
+        self.link_id = link.link_id
+        self.clock = clock
+        self.seed = seed
+        self.bus = bus
+        self.events = events
+        self.local_ends = tuple(local_ends)
+        self.frame_duration_s = frame_duration_s or default_frame_duration(link)
+        self.cascade_schedule = cascade_schedule
+        self.analytic_ec_efficiency = analytic_ec_efficiency
+        self.peer_timeout_s = peer_timeout_s
+        self.physics = LinkPhysics.from_link(link)
+        if not link.enabled:
+            self.physics = self.physics.with_changes(cut=True)
+        self.stats = LinkStats()
+        self._sinks: dict[End, LinkKeySink | None] = {"alice": alice_sink, "bob": bob_sink}
+        self._channels: list[ClassicalChannel] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._sub: Subscription | None = None
+        self._state: Literal["new", "running", "closed"] = "new"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the channels and start the local ends' loops.
+
+        Raises:
+            KeyplaneError: already started or closed.
+        """
+        if self._state != "new":
+            raise KeyplaneError(f"link {self.link_id}: runner already {self._state}")
+        self._state = "running"
+        analytic = self.link.protocol == "analytic"
+        if len(self.local_ends) == 2:
+            ca, cb = InProcessChannel.pair(self.link_id)
+            qa, qb = InProcessChannel.pair(self.link_id)
+            ends: dict[End, tuple[ClassicalChannel, ClassicalChannel]] = {
+                "alice": (ca, qa), "bob": (cb, qb)}
+        else:
+            assert self.bus is not None
+            end = self.local_ends[0]
+            c = await BusChannel.open(self.bus, self.link_id, end)
+            q = await BusChannel.open(self.bus, self.link_id, end, quantum=True)
+            ends = {end: (c, q)}
+        for classical, quantum in ends.values():
+            self._channels += [classical, quantum]
+        loop = asyncio.get_running_loop()
+        if "alice" in ends:
+            classical, quantum = ends["alice"]
+            if analytic:
+                self._tasks.append(loop.create_task(self._analytic_alice(classical)))
+            else:
+                alice = AliceModule(self.link, classical, quantum, self._rng("alice"),
+                                    cascade_schedule=self.cascade_schedule,
+                                    peer_timeout_s=self.peer_timeout_s)
+                self._tasks.append(loop.create_task(self._alice_loop(alice)))
+            if self.bus is not None:
+                self._sub = await self.bus.subscribe(control_topic(self.link_id),
+                                                     self._on_command)
+        if "bob" in ends:
+            classical, quantum = ends["bob"]
+            if analytic:
+                self._tasks.append(loop.create_task(self._analytic_bob(classical)))
+            else:
+                bob = BobModule(self.link, classical, quantum, self._rng("bob"),
+                                cascade_schedule=self.cascade_schedule,
+                                peer_timeout_s=self.peer_timeout_s)
+                self._tasks.append(loop.create_task(self._bob_loop(bob)))
+
+    async def close(self) -> None:
+        """Stop the loops, close the channels; idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+            self._sub = None
+        for ch in self._channels:
+            await ch.close()
+        self._channels.clear()
+
+    async def __aenter__(self) -> LinkRunner:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ faults
+
+    @property
+    def state(self) -> LinkState:
+        """``down`` if cut, ``degraded`` with extra loss, else ``up``."""
+        if self.physics.cut:
+            return LinkState.down
+        if self.physics.extra_loss_db > 0:
+            return LinkState.degraded
+        return LinkState.up
+
+    def _require_alice(self) -> None:
+        if "alice" not in self.local_ends:
+            raise KeyplaneError(
+                f"link {self.link_id}: faults apply at Alice's end ({self.link.endpoints[0]}); "
+                "send a LinkCommand over the bus instead")
+
+    def cut(self) -> None:
+        """Break the fibre: nothing reaches Bob's detectors but dark counts."""
+        self._require_alice()
+        self.physics = self.physics.with_changes(cut=True)
+        self._state_changed("cut")
+
+    def degrade(self, extra_loss_db: float) -> None:
+        """Add ``extra_loss_db`` of loss (bends, a bad splice) on top of the fibre's.
+
+        Raises:
+            ValueError: negative loss.
+        """
+        if extra_loss_db < 0:
+            raise ValueError("extra loss must be >= 0 dB")
+        self._require_alice()
+        self.physics = self.physics.with_changes(extra_loss_db=extra_loss_db)
+        self._state_changed("degrade")
+
+    def restore(self) -> None:
+        """Repair the fibre: no cut, no extra loss (an eavesdropper stays)."""
+        self._require_alice()
+        self.physics = self.physics.with_changes(cut=False, extra_loss_db=0.0)
+        self._state_changed("restore")
+
+    def set_eavesdropper(self, eavesdropper: Eavesdropper | None) -> None:
+        """Put an intercept-resend eavesdropper on the fibre (``None`` removes her).
+
+        Raises:
+            ValueError: her position is beyond the fibre's length.
+        """
+        self._require_alice()
+        if eavesdropper is not None and eavesdropper.position_km > self.physics.length_km:
+            raise ValueError("eavesdropper position beyond the fibre's length")
+        if eavesdropper is not None and eavesdropper.fraction == 0.0:
+            eavesdropper = None
+        self.physics = self.physics.with_changes(eavesdropper=eavesdropper)
+        self._state_changed("eve_on" if eavesdropper else "eve_off")
+
+    def _state_changed(self, change: str) -> None:
+        logger.info("link %s: %s -> %s", self.link_id, change, self.state.value)
+        if self.events is not None:
+            self.events.emit(EventType.link_state, "qkd", node=self.link.endpoints[0],
+                             link=self.link_id, change=change, state=self.state.value,
+                             extra_loss_db=self.physics.extra_loss_db)
+        if self.bus is not None:
+            msg = LinkTelemetry(link_id=self.link_id, node=self.link.endpoints[0],
+                                state=self.state, aborted_blocks=self.stats.aborted_blocks,
+                                t=self.clock.now())
+            self._spawn(self.bus.publish(topics.link_telemetry(self.link_id), msg))
+
+    async def _on_command(self, topic: str, msg: Message) -> Message | None:
+        if not isinstance(msg, LinkCommand) or msg.link_id != self.link_id:
+            return None
+        ok, text = True, ""
+        try:
+            if msg.action == "cut":
+                self.cut()
+            elif msg.action == "degrade":
+                self.degrade(msg.extra_loss_db)
+            elif msg.action == "restore":
+                self.restore()
+            elif msg.action == "eve":
+                self.set_eavesdropper(Eavesdropper(position_km=msg.position_km,
+                                                   fraction=msg.fraction)
+                                      if msg.fraction > 0 else None)
+        except (ValueError, KeyplaneError) as exc:
+            ok, text = False, str(exc)
+        eve = self.physics.eavesdropper
+        return LinkCommandReply(link_id=self.link_id, ok=ok, state=self.state.value,
+                                message=text, extra_loss_db=self.physics.extra_loss_db,
+                                eavesdropper_fraction=eve.fraction if eve else 0.0,
+                                delivered_blocks=self.stats.delivered_blocks,
+                                aborted_blocks=self.stats.aborted_blocks)
+
+    # ------------------------------------------------------------------ loops
+
+    def _rng(self, end: End) -> np.random.Generator:
+        return np.random.default_rng(link_rng_seed(self.seed, self.link_id, end))
+
+    def _frame(self) -> tuple[int, float]:
+        n_pulses = max(1, round(self.link.repetition_rate_hz * self.frame_duration_s))
+        return n_pulses, n_pulses / self.link.repetition_rate_hz
+
+    async def _alice_loop(self, alice: AliceModule) -> None:
+        frame_id = 0
+        next_t = self.clock.now()
+        while True:
+            n_pulses, duration = self._frame()
+            try:
+                outcomes = await alice.run_frame(frame_id, self.physics, n_pulses, duration)
+            except ClassicalChannelError as exc:
+                self.stats.channel_errors += 1
+                logger.warning("link %s: frame %d lost: %s", self.link_id, frame_id, exc)
+                outcomes = []
+            frame_id += 1
+            self.stats.frames += 1
+            for outcome in outcomes:
+                await self._record(outcome)
+                await self._deliver("alice", outcome)
+            next_t += duration
+            await self.clock.sleep_until(next_t)
+
+    async def _bob_loop(self, bob: BobModule) -> None:
+        while True:
+            try:
+                outcomes = await bob.run_frame()
+            except ClassicalChannelError as exc:
+                if self._state == "closed":
+                    return
+                logger.warning("link %s: Bob lost a frame: %s", self.link_id, exc)
+                outcomes = []
+            for outcome in outcomes:
+                await self._deliver("bob", outcome)
+
+    async def _deliver(self, end: End, outcome: BlockOutcome) -> None:
+        sink = self._sinks[end]
+        if outcome.status == "delivered" and outcome.material is not None and sink is not None:
+            await sink.put_block(self.link_id, outcome.block_id, outcome.material)
+
+    async def _record(self, o: BlockOutcome) -> None:
+        """Alice's end: counters, telemetry and events for one block."""
+        st = self.stats
+        st.sifted_bits += o.sifted_bits
+        st.leaked_ec_bits += o.leaked_ec_bits
+        st.last_qber = o.qber
+        if o.status == "delivered":
+            st.delivered_blocks += 1
+            st.delivered_bits += o.secret_bits
+        else:
+            st.aborted_blocks += 1
+            if o.status == "aborted_qber":
+                st.qber_aborts += 1
+            elif o.status == "verify_failed":
+                st.discarded_blocks += 1
+        node = self.link.endpoints[0]
+        duration = max(o.duration_s, 1e-12)
+        if self.events is not None:
+            data = dict(link=self.link_id, block_id=o.block_id, status=o.status,
+                        qber=o.qber, sifted_bits=o.sifted_bits, secret_bits=o.secret_bits,
+                        leaked_bits=o.leaked_ec_bits + o.leaked_verify_bits,
+                        ec_efficiency=o.ec_efficiency, reason=o.reason)
+            if o.status == "aborted_qber" and o.qber is not None:
+                data["reason"] = str(QberAboveThreshold(
+                    o.qber, self.link.postprocessing.qber_threshold))
+            kind = EventType.link_block if o.status == "delivered" else \
+                EventType.link_block_aborted
+            self.events.emit(kind, "qkd", node=node, **data)
+        if self.bus is not None:
+            msg = LinkTelemetry(
+                link_id=self.link_id, node=node, state=self.state, block_id=o.block_id,
+                sifted_bits=o.sifted_bits, secret_bits=o.secret_bits, qber=o.qber,
+                sifted_rate_bps=o.sifted_bits / duration, skr_bps=o.secret_bits / duration,
+                ec_efficiency=o.ec_efficiency,
+                leaked_bits=o.leaked_ec_bits + o.leaked_verify_bits,
+                aborted_blocks=st.aborted_blocks, t=self.clock.now())
+            await self._publish(msg)
+
+    async def _publish(self, msg: Message) -> None:
+        assert self.bus is not None
+        try:
+            await self.bus.publish(topics.link_telemetry(self.link_id), msg)
+        except KeyplaneError:
+            logger.debug("link %s: telemetry publish failed", self.link_id, exc_info=True)
+
+    def _spawn(self, coro: object) -> None:
+        async def run() -> None:
+            try:
+                await coro  # type: ignore[misc]
+            except KeyplaneError:
+                logger.debug("link %s: telemetry publish failed", self.link_id, exc_info=True)
+
+        try:
+            asyncio.get_running_loop().create_task(run())
+        except RuntimeError:
+            coro.close()  # type: ignore[attr-defined]
+
+    # ------------------------------------------------------------------ analytic mode
+
+    def analytic_rate_bps(self) -> float:
+        """Secret-key rate of the analytic mode for the current physics (0 if QBER aborts)."""
+        p = self.physics
+        if p.cut:
+            return 0.0
+        if p.eavesdropper is not None:
+            mu, f = p.decoy.mu_signal, p.eavesdropper.fraction
+            q_clear, q_eve = (1 - f) * p.gain(mu), f * p.intercepted_gain(mu)
+            total = q_clear + q_eve
+            qber = (q_clear * p.error_rate(mu) + q_eve * p.intercepted_error_rate(mu)) / total \
+                if total > 0 else 0.5
+            if qber > self.link.postprocessing.qber_threshold:
+                return 0.0
+        return asymptotic_key_rate(p, self.analytic_ec_efficiency) * self.link.repetition_rate_hz
+
+    def analytic_material(self, block_id: int, n_bytes: int) -> bytes:
+        """Analytic mode's block material: SHAKE-256 over the per-link seed and block id."""
+        link_seed = hashlib.sha256(f"{self.seed}/{self.link_id}".encode()).digest()
+        return hashlib.shake_256(ANALYTIC_LABEL + link_seed
+                                 + block_id.to_bytes(8, "big")).digest(n_bytes)
+
+    async def _analytic_alice(self, classical: ClassicalChannel) -> None:
+        block_id = 0
+        carry_bits = 0.0
+        next_t = self.clock.now()
+        while True:
+            _, duration = self._frame()
+            rate = self.analytic_rate_bps()
+            carry_bits += rate * duration
+            n_bytes = math.floor(carry_bits / 8)
+            self.stats.frames += 1
+            if n_bytes > 0:
+                carry_bits -= 8 * n_bytes
+                try:
+                    await classical.send(AnalyticBlock(link_id=self.link_id, block_id=block_id,
+                                                       secret_bits=8 * n_bytes))
+                except ClassicalChannelError as exc:
+                    self.stats.channel_errors += 1
+                    logger.warning("link %s: analytic block lost: %s", self.link_id, exc)
+                else:
+                    outcome = BlockOutcome(link_id=self.link_id, block_id=block_id,
+                                           status="delivered", sifted_bits=0,
+                                           duration_s=duration, secret_bits=8 * n_bytes,
+                                           material=self.analytic_material(block_id, n_bytes))
+                    await self._record(outcome)
+                    await self._deliver("alice", outcome)
+                    block_id += 1
+            next_t += duration
+            await self.clock.sleep_until(next_t)
+
+    async def _analytic_bob(self, classical: ClassicalChannel) -> None:
+        while True:
+            try:
+                msg = await classical.receive(timeout_s=None)
+            except ClassicalChannelError:
+                return
+            if not isinstance(msg, AnalyticBlock):
+                logger.warning("link %s: unexpected %s in analytic mode", self.link_id,
+                               msg.KIND)
+                continue
+            outcome = BlockOutcome(
+                link_id=self.link_id, block_id=msg.block_id, status="delivered",
+                sifted_bits=0, duration_s=0.0, secret_bits=msg.secret_bits,
+                material=self.analytic_material(msg.block_id, msg.secret_bits // 8))
+            await self._deliver("bob", outcome)

@@ -1,0 +1,259 @@
+"""Messages of the physical layer: QKD module ↔ QKD module, and link control.
+
+Classical channel of link ``L`` (one topic per receiving end when it runs over the bus):
+
+* ``keyplane.qkd.<L>.quantum``  the emulated quantum frame, Alice's emulator → Bob
+* ``keyplane.qkd.<L>.bob``      Alice → Bob
+* ``keyplane.qkd.<L>.alice``    Bob → Alice
+
+Per frame: :class:`QuantumFrame` (A→B), :class:`SiftRequest` (B→A: Bob's detections and
+bases), :class:`SiftReply` (A→B: Alice's bases, intensity classes of the sifted events,
+her decoy-class bits). Per block: :class:`PeRequest` (A→B: sample seed and Alice's sample
+bits), :class:`PeResult` (B→A: agreed counts, abort or go), then Cascade
+:class:`CascadeQuery` / :class:`CascadeAnswer` rounds, :class:`VerifyRequest` (A→B: hash
+point, tag, privacy-amplification seed) and :class:`VerifyResult` (B→A). Analytic links
+send :class:`AnalyticBlock` (A→B) only.
+
+Link control (request/reply on ``keyplane.control.link.<L>``): :class:`LinkCommand` →
+:class:`LinkCommandReply`.
+
+Bit arrays travel packed (big bit order, see :mod:`keyplane.physical.bits`) as base64 in
+JSON; integer arrays as little-endian int32. Nothing here carries final key material: the
+secret key is only ever derived at each end.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BeforeValidator, Field, PlainSerializer
+
+from keyplane.bus.codec import Message
+
+__all__ = [
+    "AnalyticBlock",
+    "CascadeAnswer",
+    "CascadeQuery",
+    "LinkCommand",
+    "LinkCommandReply",
+    "PeRequest",
+    "PeResult",
+    "QuantumFrame",
+    "SiftReply",
+    "SiftRequest",
+    "VerifyRequest",
+    "VerifyResult",
+    "control_topic",
+    "decode_i32",
+    "encode_i32",
+    "qkd_topic",
+]
+
+
+def _b64_in(value: Any) -> Any:
+    if isinstance(value, str):
+        return base64.b64decode(value, validate=True)
+    return value
+
+
+def _b64_out(value: bytes) -> str:
+    return base64.b64encode(value).decode("ascii")
+
+
+Blob = Annotated[bytes, BeforeValidator(_b64_in), PlainSerializer(_b64_out, when_used="json")]
+"""Raw bytes in Python, base64 in JSON."""
+
+Count = Annotated[int, Field(ge=0)]
+
+
+def qkd_topic(link_id: str, end: Literal["alice", "bob", "quantum"]) -> str:
+    """Bus topic of one receiving end of a link's classical (or quantum) channel."""
+    return f"keyplane.qkd.{link_id}.{end}"
+
+
+def control_topic(link_id: str) -> str:
+    """Bus topic of a link's fault-control commands."""
+    return f"keyplane.control.link.{link_id}"
+
+
+def encode_i32(values: NDArray[np.integer[Any]]) -> bytes:
+    """Little-endian int32 bytes of an integer array."""
+    return np.asarray(values, dtype="<i4").tobytes()
+
+
+def decode_i32(data: bytes) -> NDArray[np.int64]:
+    """Inverse of :func:`encode_i32`."""
+    return np.frombuffer(data, dtype="<i4").astype(np.int64)
+
+
+class QuantumFrame(Message):
+    """What Bob's detectors saw in one frame (the emulated quantum channel)."""
+
+    KIND = "qkd.quantum_frame"
+
+    link_id: str
+    frame_id: Count
+    n_pulses: Count
+    detections: Count
+    bases: Blob
+    bits: Blob = Field(repr=False)
+
+
+class SiftRequest(Message):
+    """Bob announces his detected slots and his measurement bases (0 = Z, 1 = X)."""
+
+    KIND = "qkd.sift_request"
+
+    link_id: str
+    frame_id: Count
+    detections: Count
+    bases: Blob
+
+
+class SiftReply(Message):
+    """Alice announces her bases, the intensity class of each sifted event (two packed
+    bit planes: ``class = 2*hi + lo``), pulses and detections per class, and her bits of
+    the sifted decoy and vacuum events (these never enter a key)."""
+
+    KIND = "qkd.sift_reply"
+
+    link_id: str
+    frame_id: Count
+    bases: Blob
+    class_hi: Blob
+    class_lo: Blob
+    pulses: tuple[Count, Count, Count]
+    detections: tuple[Count, Count, Count]
+    decoy_bits: Blob
+
+
+class PeRequest(Message):
+    """Alice opens block ``block_id``: sample positions come from SHAKE-128(seed); her
+    sample bits follow (disclosed, then dropped from the key)."""
+
+    KIND = "qkd.pe_request"
+
+    link_id: str
+    block_id: Count
+    block_bits: Count
+    sample_seed: Blob
+    sample_bits: Blob
+
+
+class PeResult(Message):
+    """Bob's parameter-estimation outcome; both ends derive the secure length from these
+    agreed counts."""
+
+    KIND = "qkd.pe_result"
+
+    link_id: str
+    block_id: Count
+    sample_size: Count
+    sample_errors: Count
+    decoy_sifted: tuple[Count, Count, Count]
+    decoy_errors: tuple[Count, Count, Count]
+    abort: bool
+    reason: str = ""
+
+
+class CascadeQuery(Message):
+    """One Cascade round (Bob → Alice), see :class:`keyplane.physical.cascade.ParityQuery`."""
+
+    KIND = "qkd.cascade_query"
+
+    link_id: str
+    block_id: Count
+    round: Count
+    seed: Blob
+    new_pass: tuple[Count, Count] | None = None
+    passes: Blob = b""
+    starts: Blob = b""
+    ends: Blob = b""
+    last: bool = False
+
+
+class CascadeAnswer(Message):
+    """Alice's parities for one round."""
+
+    KIND = "qkd.cascade_answer"
+
+    link_id: str
+    block_id: Count
+    round: Count
+    n_top: Count
+    top: Blob
+    n_parities: Count
+    parities: Blob
+
+
+class VerifyRequest(Message):
+    """Alice's verification tag of her key, with the hash point and the privacy-amplification
+    seed (both fresh per block); her count of disclosed parities and her secure length."""
+
+    KIND = "qkd.verify_request"
+
+    link_id: str
+    block_id: Count
+    point: Blob
+    tag: Blob
+    pa_seed: Blob
+    leaked_ec_bits: Count
+    secret_bits: Count
+
+
+class VerifyResult(Message):
+    """Bob's verdict: ``ok`` when tags, disclosed-parity counts and secure lengths all
+    agree; both ends then deliver, otherwise both discard."""
+
+    KIND = "qkd.verify_result"
+
+    link_id: str
+    block_id: Count
+    ok: bool
+    secret_bits: Count
+    corrected_bits: Count = 0
+
+
+class AnalyticBlock(Message):
+    """Analytic mode: block ``block_id`` of ``secret_bits`` bits is due at both ends."""
+
+    KIND = "qkd.analytic_block"
+
+    link_id: str
+    block_id: Count
+    secret_bits: Count
+
+
+class LinkCommand(Message):
+    """Fault control of a link (from the CLI, the Monitoring Element's tests, scripts).
+
+    ``action``: ``cut`` (fibre broken), ``degrade`` (add ``extra_loss_db``), ``restore``
+    (no cut, no extra loss), ``eve`` (intercept-resend at ``position_km`` on
+    ``fraction`` of the pulses; ``fraction`` 0 removes her), ``status``.
+    """
+
+    KIND = "qkd.link_command"
+
+    link_id: str
+    action: Literal["cut", "degrade", "restore", "eve", "status"]
+    extra_loss_db: Annotated[float, Field(ge=0.0)] = 0.0
+    position_km: Annotated[float, Field(ge=0.0)] = 0.0
+    fraction: Annotated[float, Field(ge=0.0, le=1.0)] = 1.0
+
+
+class LinkCommandReply(Message):
+    """The link's state after a :class:`LinkCommand`."""
+
+    KIND = "qkd.link_command_reply"
+
+    link_id: str
+    ok: bool
+    state: Literal["up", "degraded", "down"]
+    message: str = ""
+    extra_loss_db: float = 0.0
+    eavesdropper_fraction: float = 0.0
+    delivered_blocks: Count = 0
+    aborted_blocks: Count = 0

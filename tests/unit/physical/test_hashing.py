@@ -1,0 +1,43 @@
+"""Toeplitz privacy amplification (FFT vs direct GF(2)) and the verification tag."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from keyplane.physical import polynomial_tag, toeplitz_bits, toeplitz_hash, toeplitz_hash_reference
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 300), frac=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_toeplitz_fft_equals_reference(n: int, frac: float, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    key = rng.integers(0, 2, n, dtype=np.uint8)
+    n_out = int(frac * n)
+    t = toeplitz_bits(seed.to_bytes(4, "big"), n, n_out)
+    out = toeplitz_hash(key, t, n_out)
+    assert out.shape == (n_out,)
+    assert np.array_equal(out, toeplitz_hash_reference(key, t, n_out))
+
+
+def test_toeplitz_fft_large_block_matches_reference_rows() -> None:
+    rng = np.random.default_rng(3)
+    n, n_out = 1_000_000, 300_000
+    key = rng.integers(0, 2, n, dtype=np.uint8)
+    t = toeplitz_bits(b"big", n, n_out)
+    out = toeplitz_hash(key, t, n_out)
+    for i in (0, 1, 12345, n_out - 1):
+        row = t[i + n - 1 - np.arange(n)]
+        assert out[i] == int(np.bitwise_xor.reduce(row & key))
+
+
+def test_polynomial_tag_detects_single_bit_difference() -> None:
+    rng = np.random.default_rng(4)
+    key = rng.integers(0, 2, 100_000, dtype=np.uint8)
+    point = bytes(range(16))
+    other = key.copy()
+    other[77_777] ^= 1
+    assert polynomial_tag(key, point) == polynomial_tag(key.copy(), point)
+    assert polynomial_tag(key, point) != polynomial_tag(other, point)
+    assert polynomial_tag(key, point) != polynomial_tag(key[:-1], point)
