@@ -7,7 +7,7 @@ the first ``isinstance`` match wins:
 | exception                         | ETSI 014 | ETSI 004 status                              |
 |-----------------------------------|----------|----------------------------------------------|
 | AuthenticationFailed              | 401      | none: HTTP 401                                |
-| KeyNotFound                       | 400      | none: HTTP 400                                |
+| KeyNotFound                       | 400      | 9 KSID_NOT_FOUND (non-standard; index gone)   |
 | SessionNotFound                   | 400      | 9 KSID_NOT_FOUND (non-standard)               |
 | SessionIdInUse                    | 400      | 5 OC_KSID_ALREADY_IN_USE                      |
 | QosNotMet                         | 503      | 7 OC_QOS_NOT_SATISFIABLE                      |
@@ -96,7 +96,8 @@ _NOT_AUTHORIZED = ErrorMapping(
     401, "SAE is not authenticated or not entitled to the requested keys", None)
 _TABLE: tuple[tuple[tuple[type[BaseException], ...], ErrorMapping], ...] = (
     ((AuthenticationFailed,), _NOT_AUTHORIZED),
-    ((KeyNotFound,), ErrorMapping(400, "one or more keys specified are not found on KME", None)),
+    ((KeyNotFound,), ErrorMapping(400, "one or more keys specified are not found on KME",
+                                  Etsi004Status.KSID_NOT_FOUND)),
     ((SessionNotFound,), ErrorMapping(400, "Key_stream_ID or session not found",
                                       Etsi004Status.KSID_NOT_FOUND)),
     ((SessionIdInUse,), ErrorMapping(400, "Key_stream_ID already in use",

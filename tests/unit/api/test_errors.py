@@ -11,7 +11,7 @@ from keyplane.api.etsi004.status import Etsi004Status as S
 
 @pytest.mark.parametrize(("exc", "http", "open_status", "get_key_status"), [
     (e.AuthenticationFailed("x"), 401, None, None),
-    (e.KeyNotFound("x"), 400, None, None),
+    (e.KeyNotFound("x"), 400, S.KSID_NOT_FOUND, S.KSID_NOT_FOUND),
     (e.SessionNotFound("x"), 400, S.KSID_NOT_FOUND, S.KSID_NOT_FOUND),
     (e.SessionIdInUse("x"), 400, S.OC_KSID_ALREADY_IN_USE, S.OC_KSID_ALREADY_IN_USE),
     (e.QosNotMet("x"), 503, S.OC_QOS_NOT_SATISFIABLE, S.OC_QOS_NOT_SATISFIABLE),

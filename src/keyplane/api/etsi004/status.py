@@ -12,7 +12,8 @@ class Etsi004Status(IntEnum):
 
     Values 0-8 are the standard's (V2.1.1; the draft edition 3 renumbers them, so they are
     pinned here). 9 is a non-standard extension, as in other implementations (e.g. Quditto),
-    for a Key_stream_ID the KM does not know (never opened, or already closed).
+    for a Key_stream_ID the KM does not know (never opened, or already closed), or a chunk
+    ``index`` this end already received (keys are delivered once).
     """
 
     SUCCESSFUL = 0
