@@ -133,14 +133,24 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
 
 @app.command()
 def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
-               state: StateOpt = Path("state"), db: DbOpt = None, verbose: bool = False) -> None:
-    """Run the control plane as its own process (distributed mode)."""
+               state: StateOpt = Path("state"), db: DbOpt = None,
+               elements: Annotated[str, typer.Option(
+                   help="Comma-separated subset of sdn,routing,monitoring,access,admission "
+                        "(each element can run in its own process).")] = "",
+               verbose: bool = False) -> None:
+    """Run the control plane (or some of its elements) as its own process."""
     from keyplane.bus import connect
+    from keyplane.control import ELEMENTS
     from keyplane.events import BusSink, EventStream, JsonlSink
     from keyplane.runtime import ControlRuntime, RuntimeContext
     from keyplane.store import Database
 
     topo = _load(topology)
+    chosen = [e.strip() for e in elements.split(",") if e.strip()] or None
+    if chosen and set(chosen) - set(ELEMENTS):
+        console.print(f"[red]error:[/red] unknown elements {sorted(set(chosen) - set(ELEMENTS))};"
+                      f" choose from {', '.join(ELEMENTS)}")
+        raise typer.Exit(2)
     _logging(verbose)
     state.mkdir(parents=True, exist_ok=True)
 
@@ -155,7 +165,7 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                              state_dir=state)
         ctx.ensure_certs()
         try:
-            async with ControlRuntime(ctx):
+            async with ControlRuntime(ctx, elements=chosen):
                 print("keyplane controller ready", flush=True)
                 await stop.wait()
         finally:
@@ -203,6 +213,15 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
             await database.close()
 
     _run_until_signal(main_)
+
+
+def _mount() -> None:
+    from keyplane.physical.cli import app as link_app
+
+    app.add_typer(link_app, name="link", help="Cut, degrade, restore or tap a quantum link.")
+
+
+_mount()
 
 
 def main() -> None:

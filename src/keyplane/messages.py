@@ -172,6 +172,9 @@ class SessionConfig(Message):
     idle_timeout_s: Annotated[float, Field(gt=0)]
     key_chunk_size: Annotated[int, Field(ge=1)] = 32
     hybrid_policy: str = "qkd-only"
+    opened_as: str | None = None
+    """Set at an endpoint whose open request carried another Key_stream_ID: Admission
+    Control paired it with its peer by SAE pair and ``session_id`` is the stream's id."""
 
 
 class ConfigAck(Message):

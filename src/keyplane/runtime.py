@@ -15,6 +15,7 @@ or the controller process) writes ``<state>/endpoints.json``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,10 +24,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from keyplane.api.etsi015 import SdnAgent, serve_agent
 from keyplane.bus import Bus, Message, topics
 from keyplane.certs import Issued, ensure_network_certs
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
+from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
 from keyplane.messages import NodeAnnouncement, NodeWelcome
@@ -112,21 +115,27 @@ class _Lifecycle:
 
 
 class ControlRuntime(_Lifecycle):
-    """The control plane of a network, in this process."""
+    """The control plane of a network, in this process: the five elements (or a subset)
+    and the node registry that learns where each node's interfaces listen."""
 
-    def __init__(self, ctx: RuntimeContext, *, write_endpoints_file: bool = True) -> None:
+    def __init__(self, ctx: RuntimeContext, *, write_endpoints_file: bool = True,
+                 elements: list[str] | None = None,
+                 settings: ControlSettings | None = None) -> None:
         self.ctx = ctx
         self.endpoints: dict[str, dict[str, str]] = {}
         self._write = write_endpoints_file
         self._subs: list[Any] = []
         self._closed = False
+        self.plane = ControlPlane(ctx.topology, ctx.bus, ctx.db, ctx.clock, ctx.stream,
+                                  settings, elements=elements)
 
     async def start(self) -> None:
-        """Load the topology into the database and start answering the bus."""
-        await load_topology_into(self.ctx.db, self.ctx.topology)
+        """Start the control-plane elements and the node registry."""
+        if "sdn" not in self.plane.elements:
+            # the SDN Controller normally loads the topology; without it, do it here
+            await load_topology_into(self.ctx.db, self.ctx.topology)
+        await self.plane.start()
         self._subs.append(await self.ctx.bus.subscribe(topics.SDN_NODES, self._on_announcement))
-        self.ctx.stream.emit(EventType.element_started, "sdn",
-                             nodes=len(self.ctx.topology.nodes))
 
     async def _on_announcement(self, topic: str, msg: Message) -> Message | None:
         if not isinstance(msg, NodeAnnouncement):
@@ -149,7 +158,7 @@ class ControlRuntime(_Lifecycle):
         self._closed = True
         for sub in self._subs:
             await sub.unsubscribe()
-        self.ctx.stream.emit(EventType.element_stopped, "sdn")
+        await self.plane.close()
 
 
 class NodeRuntime(_Lifecycle):
@@ -163,11 +172,32 @@ class NodeRuntime(_Lifecycle):
         self.endpoints: dict[str, str] = {}
         self._announce_timeout_s = announce_timeout_s
         self._closed = False
+        self._stack = contextlib.AsyncExitStack()
+        self.agent: SdnAgent | None = None
 
     async def start(self) -> None:
-        """Start the node's elements and announce it to the control plane."""
-        self.ctx.stream.emit(EventType.element_started, "km", node=self.node_id)
+        """Start the node's elements, serve its interfaces, announce it to the control plane.
+
+        On any failure, whatever already started is stopped again.
+        """
+        try:
+            await self._start_elements()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        self.ctx.stream.emit(EventType.element_started, "node", node=self.node_id,
+                             endpoints=dict(self.endpoints))
         await self._announce()
+
+    async def _start_elements(self) -> None:
+        ctx = self.ctx
+        certs = ctx.ensure_certs()
+        self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
+        await self._stack.enter_async_context(self.agent)
+        server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
+                                   ca_file=certs.ca.cert)
+        self._stack.push_async_callback(server.close)
+        self.endpoints["etsi015"] = server.url
 
     async def _announce(self) -> None:
         """Announce until the control plane answers (it may start after us)."""
@@ -191,7 +221,8 @@ class NodeRuntime(_Lifecycle):
         if self._closed:
             return
         self._closed = True
-        self.ctx.stream.emit(EventType.element_stopped, "km", node=self.node_id)
+        await self._stack.aclose()
+        self.ctx.stream.emit(EventType.element_stopped, "node", node=self.node_id)
 
 
 class Embedded(_Lifecycle):

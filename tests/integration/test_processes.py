@@ -1,8 +1,10 @@
 """Control plane and a node as separate OS processes over a real nats-server."""
 
 import json
+import ssl
 from pathlib import Path
 
+import httpx
 import pytest
 
 from keyplane.events import EventType, read_jsonl
@@ -11,6 +13,12 @@ from tests.support.processes import start_keyplane, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPO = str(ROOT / "examples" / "paper_poc.yaml")
+
+def ssl_ctx(ca: Path, cert: tuple[str, str]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(*cert)
+    return ctx
+
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.nats, pytest.mark.slow]
 
@@ -30,6 +38,13 @@ def test_controller_and_node_processes_talk_over_nats(nats_server: NatsServer,
             doc = json.loads((state / "endpoints.json").read_text())
             assert "km1" in doc["kms"]
             assert (state / doc["saes"]["sae1"]["cert"]).exists()
+            # the node's ETSI 015 agent answers the controller over mutual TLS
+            ctl_cert = (str(state / doc["controller"]["cert"]), str(state / doc["controller"]["key"]))
+            with httpx.Client(verify=ssl_ctx(state / doc["ca"], ctl_cert)) as client:
+                r = client.get(doc["kms"]["km1"]["etsi015"]
+                               + "/restconf/data/etsi-qkd-sdn-node:qkd_node/qkdn_capabilities")
+            assert r.status_code == 200, r.text
+            assert "etsi-qkd-sdn-node:qkdn_capabilities" in r.json()
         finally:
             assert stop(node) == 0
     finally:

@@ -1,0 +1,423 @@
+"""SDN Controller: the network's topology as ETSI GS QKD 015 models it (model and logic).
+
+The controller holds the QKD nodes (``qkdn_id``) and the key-association links
+(``qkd_link``): PHYS links (a direct quantum channel, one per topology-file link or
+registered at run time) and VIRT links (the end-to-end key association a multi-hop session
+creates over trusted nodes: ``virt_prev_hop`` / ``virt_next_hop`` per node along its path,
+``virt_bandwidth`` reserved on the PHYS links underneath). It distributes the topology:
+a :class:`~keyplane.control.wire.TopologySnapshot` on request, and every change as a
+:class:`~keyplane.messages.TopologyChange` on ``keyplane.control.sdn``.
+
+Identifiers: ETSI 015 wants UUIDs. ``qkdn_id`` and ``qkdl_id`` are UUIDv5 of the node or
+link id in a fixed keyplane namespace, so every process derives the same ids from the
+topology file without coordination.
+
+Status (``qkdl_status``): ``ACTIVE`` while the link makes key; a ``link_down`` or
+``qber_high`` / ``key_rate_collapse`` alarm makes it ``PASSIVE`` (key generation stopped
+or untrusted) and ``cleared`` makes it ``ACTIVE`` again; ``OFF`` is an operator's switch
+(``qkdl_enable = false``). The RESTCONF wire protocol lives in ``keyplane.api.etsi015``.
+
+:class:`SdnModel` is the pure model; :class:`SdnController` the bus and database shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import uuid
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Literal
+
+from sqlalchemy import select
+
+from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.clock import Clock
+from keyplane.config import Topology
+from keyplane.control.settings import SdnSettings
+from keyplane.control.wire import (
+    SDN_REGISTER,
+    SDN_SNAPSHOT,
+    RegisterLink,
+    RegisterLinkReply,
+    SnapshotLink,
+    TopologySnapshot,
+    TopologySnapshotRequest,
+    UnregisterLink,
+)
+from keyplane.errors import BusError, StoreError
+from keyplane.events import EventStream, EventType
+from keyplane.messages import LinkAlarm, TopologyChange
+from keyplane.store import Database
+from keyplane.store.models import LinkRow
+from keyplane.store.topology import load_topology_into
+
+__all__ = ["KEYPLANE_NAMESPACE", "SdnController", "SdnLink", "SdnModel", "SdnNode", "qkd_uuid"]
+
+logger = logging.getLogger(__name__)
+
+ELEMENT = "sdn"
+
+KEYPLANE_NAMESPACE = uuid.UUID("6f1d3c1e-5b0a-5d7e-9a43-6b65796c616e")
+"""UUIDv5 namespace of every keyplane ``qkdn_id`` / ``qkdl_id``: the same as
+``keyplane.api.etsi015.model.KEYPLANE_UUID_NAMESPACE`` (not imported, so that the control
+plane does not load the YANG toolchain), so the controller and every node agent agree."""
+
+LinkType = Literal["PHYS", "VIRT"]
+LinkStatus = Literal["ACTIVE", "PASSIVE", "PENDING", "OFF"]
+
+
+def qkd_uuid(kind: Literal["node", "link"], ident: str) -> str:
+    """The ETSI 015 UUID of a node or link id (stable across processes)."""
+    return str(uuid.uuid5(KEYPLANE_NAMESPACE, f"{kind}:{ident}"))
+
+
+@dataclass
+class SdnNode:
+    """A QKD node (``/qkd_node``)."""
+
+    node_id: str
+    qkdn_id: str
+    name: str = ""
+    address: str = "127.0.0.1"
+    status: Literal["NEW", "OPERATING", "DOWN", "FAILURE", "OUT"] = "OPERATING"
+
+
+@dataclass
+class SdnLink:
+    """A key-association link (``/qkd_node/qkd_links/qkd_link``)."""
+
+    link_id: str
+    qkdl_id: str
+    local: str  # node id of qkdl_local
+    remote: str  # node id of qkdl_remote
+    type: LinkType = "PHYS"
+    status: LinkStatus = "ACTIVE"
+    enable: bool = True
+    path: tuple[str, ...] = ()  # VIRT: every node from local to remote
+    bandwidth_bps: float = 0.0  # VIRT: virt_bandwidth
+    session_id: str | None = None  # VIRT: the session that created it
+    alarms: set[str] = field(default_factory=set)
+    registered: bool = False  # PHYS added at run time (not from the topology file)
+
+    def virt_prev_hop(self, node: str) -> str | None:
+        """``virt_prev_hop`` as ``node``'s agent reports it (a qkdn_id), VIRT only."""
+        if node not in self.path:
+            return None
+        i = self.path.index(node)
+        return qkd_uuid("node", self.path[i - 1]) if i > 0 else None
+
+    def virt_next_hop(self, node: str) -> list[str]:
+        """``virt_next_hop`` as ``node``'s agent reports it (qkdn_ids), VIRT only."""
+        if node not in self.path:
+            return []
+        i = self.path.index(node)
+        return [qkd_uuid("node", self.path[i + 1])] if i + 1 < len(self.path) else []
+
+    def snapshot(self) -> SnapshotLink:
+        """The bus form."""
+        return SnapshotLink(link_id=self.link_id, qkdl_id=self.qkdl_id,
+                            endpoints=(self.local, self.remote), type=self.type,
+                            status=self.status, enable=self.enable, path=list(self.path),
+                            bandwidth_bps=self.bandwidth_bps)
+
+
+class SdnModel:
+    """Nodes and links with ETSI 015 identities; every mutation returns its announcements."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, SdnNode] = {}
+        self.links: dict[str, SdnLink] = {}
+
+    @classmethod
+    def from_topology(cls, topology: Topology) -> SdnModel:
+        """The model of a topology file (every link PHYS)."""
+        model = cls()
+        for n in topology.nodes:
+            model.add_node(n.id, name=n.name, address=n.address)
+        for link in topology.links:
+            model.links[link.link_id] = SdnLink(
+                link_id=link.link_id, qkdl_id=qkd_uuid("link", link.link_id),
+                local=link.endpoints[0], remote=link.endpoints[1], enable=link.enabled,
+                status="ACTIVE" if link.enabled else "OFF")
+        return model
+
+    def add_node(self, node_id: str, *, name: str = "", address: str = "127.0.0.1"
+                 ) -> list[TopologyChange]:
+        """Add a node (idempotent)."""
+        if node_id in self.nodes:
+            return []
+        self.nodes[node_id] = SdnNode(node_id, qkd_uuid("node", node_id), name, address)
+        return [TopologyChange(change="node_added", node=node_id)]
+
+    def physical_between(self, a: str, b: str) -> SdnLink | None:
+        """The PHYS link joining ``a`` and ``b``, if any."""
+        for link in self.links.values():
+            if link.type == "PHYS" and {link.local, link.remote} == {a, b}:
+                return link
+        return None
+
+    def register(self, req: RegisterLink) -> tuple[SdnLink, list[TopologyChange]]:
+        """Register a PHYS link or a session's VIRT link.
+
+        Raises:
+            ValueError: unknown endpoint, a PHYS link already joins the two nodes, a VIRT
+                path that does not join its endpoints over PHYS links, or an id in use by a
+                link of the other type.
+        """
+        a, b = req.endpoints
+        for n in (a, b, *req.path):
+            if n not in self.nodes:
+                raise ValueError(f"unknown node {n!r}")
+        if a == b:
+            raise ValueError("a link needs two different endpoints")
+        old = self.links.get(req.link_id)
+        if old is not None and old.type != req.type:
+            raise ValueError(f"{req.link_id} is already a {old.type} link")
+        if req.type == "PHYS":
+            other = self.physical_between(a, b)
+            if other is not None and other.link_id != req.link_id:
+                raise ValueError(f"{a} and {b} are already joined by {other.link_id}")
+            link = SdnLink(req.link_id, qkd_uuid("link", req.link_id), a, b, "PHYS",
+                           registered=True)
+            change: Literal["link_added", "virtual_link_added"] = "link_added"
+        else:
+            path = tuple(req.path) or (a, b)
+            if path[0] != a or path[-1] != b:
+                raise ValueError(f"path {list(path)} does not join {a} and {b}")
+            for u, v in itertools.pairwise(path):
+                if self.physical_between(u, v) is None:
+                    raise ValueError(f"no PHYS link between {u} and {v}")
+            # a session's VIRT link has the qkdl_id the ETSI 015 driver gives it
+            uid = qkd_uuid("link", f"session:{req.session_id}" if req.session_id
+                           else req.link_id)
+            link = SdnLink(req.link_id, uid, a, b, "VIRT",
+                           path=path, bandwidth_bps=req.bandwidth_bps, session_id=req.session_id)
+            change = "virtual_link_added"
+        self.links[req.link_id] = link
+        return link, [TopologyChange(change=change, link_id=link.link_id, endpoints=(a, b),
+                                     attributes=self._attributes(link))]
+
+    def unregister(self, link_id: str) -> list[TopologyChange]:
+        """Remove a link (no-op if unknown)."""
+        link = self.links.pop(link_id, None)
+        if link is None:
+            return []
+        change: Literal["link_removed", "virtual_link_removed"] = (
+            "link_removed" if link.type == "PHYS" else "virtual_link_removed")
+        return [TopologyChange(change=change, link_id=link_id,
+                               endpoints=(link.local, link.remote))]
+
+    def set_enable(self, link_id: str, enable: bool) -> list[TopologyChange]:
+        """Operator switch (``qkdl_enable``)."""
+        link = self.links[link_id]
+        link.enable = enable
+        return self._status(link)
+
+    def apply_alarm(self, alarm: LinkAlarm) -> list[TopologyChange]:
+        """Follow the Monitoring Element's view of a PHYS link's health."""
+        link = self.links.get(alarm.link_id)
+        if link is None or link.type != "PHYS":
+            return []
+        if alarm.kind == "cleared":
+            link.alarms.clear()
+        else:
+            link.alarms.add(alarm.kind)
+        return self._status(link)
+
+    def _status(self, link: SdnLink) -> list[TopologyChange]:
+        status: LinkStatus = ("OFF" if not link.enable else
+                              "PASSIVE" if link.alarms else "ACTIVE")
+        if status == link.status:
+            return []
+        link.status = status
+        return [TopologyChange(change="link_updated", link_id=link.link_id,
+                               endpoints=(link.local, link.remote),
+                               attributes=self._attributes(link))]
+
+    @staticmethod
+    def _attributes(link: SdnLink) -> dict[str, float | str | bool | None]:
+        attrs: dict[str, float | str | bool | None] = {
+            "qkdl_id": link.qkdl_id, "type": link.type, "status": link.status,
+            "enable": link.enable}
+        if link.type == "VIRT":
+            attrs["bandwidth_bps"] = link.bandwidth_bps
+            attrs["path"] = ",".join(link.path)
+            attrs["session_id"] = link.session_id
+        if link.alarms:
+            attrs["alarms"] = ",".join(sorted(link.alarms))
+        return attrs
+
+    def snapshot(self) -> TopologySnapshot:
+        """Every node and link."""
+        return TopologySnapshot(nodes=list(self.nodes),
+                                links=[link.snapshot() for link in self.links.values()])
+
+
+class SdnController:
+    """The SDN Controller on the bus and the topology database (runnable alone).
+
+    Args:
+        topology: the topology file (nodes and PHYS links).
+        bus: snapshot and registration requests in, topology changes out.
+        clock: event time.
+        events: receives ``topology_changed`` events.
+        db: the topology database (``None``: the model lives in memory only).
+        settings: :class:`~keyplane.control.settings.SdnSettings`.
+    """
+
+    def __init__(self, topology: Topology, bus: Bus, clock: Clock, events: EventStream, *,
+                 db: Database | None = None, settings: SdnSettings | None = None) -> None:
+        self.topology = topology
+        self.settings = settings or SdnSettings()
+        self.model = SdnModel.from_topology(topology)
+        self.bus = bus
+        self.clock = clock
+        self.events = events
+        self.db = db
+        self._subs: list[Subscription] = []
+        self._closed = False
+
+    async def start(self) -> None:
+        """Load the database, answer snapshot/registration requests, follow alarms."""
+        if self._subs:
+            return
+        if self.db is not None:
+            await self._load_db()
+        self._subs.append(await self.bus.subscribe(SDN_SNAPSHOT, self._on_snapshot))
+        self._subs.append(await self.bus.subscribe(SDN_REGISTER, self._on_register))
+        self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
+        self.events.emit(EventType.element_started, ELEMENT, nodes=len(self.model.nodes),
+                         links=len(self.model.links))
+
+    async def _load_db(self) -> None:
+        """Write the topology file into the database, keeping PHYS links registered earlier.
+
+        VIRT links of a previous run are dropped: their sessions ended with that run.
+        """
+        assert self.db is not None
+        async with self.db.session() as s:
+            rows = (await s.execute(select(LinkRow).where(LinkRow.kind == "PHYS"))
+                    ).scalars().all()
+            kept = [(r.id, r.node_a, r.node_b) for r in rows
+                    if (r.params or {}).get("registered")]
+        if self.settings.load_topology_on_start:
+            await load_topology_into(self.db, self.topology)
+        for link_id, a, b in kept:
+            if link_id in self.model.links:
+                continue
+            try:
+                self.model.register(RegisterLink(link_id=link_id, endpoints=(a, b)))
+            except ValueError as exc:
+                logger.warning("dropping registered link %s: %s", link_id, exc)
+                continue
+            await self._store(self.model.links[link_id])
+
+    async def _store(self, link: SdnLink) -> None:
+        if self.db is None:
+            return
+        params: dict[str, object] = {"qkdl_id": link.qkdl_id, "registered": link.registered}
+        if link.type == "VIRT":
+            params.update(path=list(link.path), bandwidth_bps=link.bandwidth_bps,
+                          session_id=link.session_id)
+        async with self.db.session() as s:
+            await s.merge(LinkRow(id=link.link_id, node_a=link.local, node_b=link.remote,
+                                  kind=link.type, enabled=link.enable, params=params))
+
+    async def _unstore(self, link_id: str) -> None:
+        if self.db is None:
+            return
+        async with self.db.session() as s:
+            row = await s.get(LinkRow, link_id)
+            if row is not None:
+                await s.delete(row)
+
+    async def register_link(self, req: RegisterLink) -> SdnLink:
+        """Register a PHYS or VIRT link, persist it and announce it.
+
+        Raises:
+            ValueError: see :meth:`SdnModel.register`.
+            StoreError: the database failed (the model is left unchanged).
+        """
+        previous = self.model.links.get(req.link_id)
+        link, changes = self.model.register(req)
+        try:
+            await self._store(link)
+        except StoreError:
+            if previous is None:
+                self.model.links.pop(req.link_id, None)
+            else:
+                self.model.links[req.link_id] = previous
+            raise
+        await self._announce(changes)
+        return link
+
+    async def unregister_link(self, link_id: str) -> None:
+        """Remove a link, from the database too, and announce it."""
+        changes = self.model.unregister(link_id)
+        if changes:
+            await self._unstore(link_id)
+            await self._announce(changes)
+
+    async def set_link_enable(self, link_id: str, enable: bool) -> None:
+        """Switch a link on or off (``qkdl_enable``).
+
+        Raises:
+            KeyError: unknown link.
+        """
+        changes = self.model.set_enable(link_id, enable)
+        await self._store(self.model.links[link_id])
+        await self._announce(changes)
+
+    async def _announce(self, changes: list[TopologyChange]) -> None:
+        for change in changes:
+            self.events.emit(EventType.topology_changed, ELEMENT, node=change.node,
+                             change=change.change, link=change.link_id,
+                             status=change.attributes.get("status"))
+            try:
+                await self.bus.publish(topics.SDN, change)
+            except BusError:
+                if not self._closed:  # at shutdown the bus may close first
+                    logger.warning("cannot announce %s", change.change)
+
+    async def _on_snapshot(self, _topic: str, msg: Message) -> Message | None:
+        return self.model.snapshot() if isinstance(msg, TopologySnapshotRequest) else None
+
+    async def _on_register(self, _topic: str, msg: Message) -> Message | None:
+        if isinstance(msg, RegisterLink):
+            try:
+                link = await self.register_link(msg)
+            except (ValueError, StoreError) as exc:
+                return RegisterLinkReply(link_id=msg.link_id, ok=False, reason=str(exc))
+            return RegisterLinkReply(link_id=msg.link_id, ok=True, qkdl_id=link.qkdl_id)
+        if isinstance(msg, UnregisterLink):
+            try:
+                await self.unregister_link(msg.link_id)
+            except StoreError as exc:
+                return RegisterLinkReply(link_id=msg.link_id, ok=False, reason=str(exc))
+            return RegisterLinkReply(link_id=msg.link_id, ok=True)
+        return None
+
+    async def _on_alarm(self, _topic: str, msg: Message) -> None:
+        if isinstance(msg, LinkAlarm):
+            await self._announce(self.model.apply_alarm(msg))
+
+    async def close(self) -> None:
+        """Unsubscribe (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        for sub in self._subs:
+            with contextlib.suppress(BusError):
+                await sub.unsubscribe()
+        if self._subs:
+            self.events.emit(EventType.element_stopped, ELEMENT)
+
+    async def __aenter__(self) -> SdnController:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()

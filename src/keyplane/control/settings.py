@@ -1,0 +1,135 @@
+"""Settings of the control-plane elements (one pydantic model per element, validated once).
+
+Every field carries its unit in its name. Protocol timers (peer wait, acknowledgement
+bounds, session timer, monitoring period) run on the injected :class:`~keyplane.clock.Clock`;
+``bus_timeout_s`` is a transport bound in real seconds (see :mod:`keyplane.clock`).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AccessSettings",
+    "AdmissionSettings",
+    "ControlSettings",
+    "MonitoringSettings",
+    "RoutingSettings",
+    "SdnSettings",
+]
+
+Positive = Annotated[float, Field(gt=0.0)]
+NonNegative = Annotated[float, Field(ge=0.0)]
+
+
+class _Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AccessSettings(_Settings):
+    """Access Control (no tunables beyond the user database today)."""
+
+    require_peer_known: bool = True
+    """Refuse a request whose ``peer_sae_id`` is not in the applications table."""
+
+
+class AdmissionSettings(_Settings):
+    """Admission Control (paper Fig. 2b)."""
+
+    peer_wait_timeout_s: Positive = 30.0
+    """ETSI 004: how long the first opener waits for its peer before it is refused."""
+    config_ack_timeout_s: Positive = 2.0
+    """Bound (clock) on each KM's ConfigAck; a late KM rolls the whole path back."""
+    delete_confirm_timeout_s: Positive = 2.0
+    """Bound (clock) on each KM's DeleteConfirm; reserved capacity is freed after it."""
+    route_timeout_s: Positive = 2.0
+    """Bound (clock) on the Routing Element's answer to a route request."""
+    bus_timeout_s: Positive = 10.0
+    """Transport bound (real seconds) of each bus request; the clock bounds above apply first."""
+    session_timer_grace_s: NonNegative = 1.0
+    """Added to the SLA idle timeout so the KM's own idle close normally arrives first."""
+    bucket_burst_s: Positive = 1.0
+    """Token bucket size = rate × this (at least one key chunk)."""
+    max_key_chunk_size: Annotated[int, Field(ge=1)] = 4096
+    """Largest ETSI 004 Key_chunk_size (bytes) any user may ask for."""
+    max_key_ttl_s: Annotated[int, Field(ge=0)] = 86_400
+    """Largest ETSI 004 TTL (seconds) any user may ask for."""
+    directory_cache_ttl_s: NonNegative = 5.0
+    """How long (clock) a user's SLA and an application's node are cached (0: never)."""
+
+
+class RoutingSettings(_Settings):
+    """Routing Element: the link weight function and capacity rule.
+
+    Weight of a usable link (``weight="metrics"``) that the Monitoring Element has a
+    record for (the SKR and QBER terms only when that figure was measured)::
+
+        w = 1
+            + skr_coef      * skr_ref_bps / max(skr_bps, 1)
+            + qber_coef     * qber
+            + sessions_coef * sessions
+            + buffer_coef   * buffer_ref_bits / (buffer_bits + buffer_ref_bits)
+
+    A link with no record weighs 1; with no monitoring data at all every link weighs 1:
+    shortest hop count, as in the paper's experiment. ``weight="hops"`` ignores the
+    metrics altogether.
+
+    Capacity of a link: ``link_capacity_bps[link]`` if configured, else its measured SKR
+    when ``use_skr_as_capacity``, else ``default_capacity_bps`` (``None``: unbounded).
+    The sum of the ``min_bps`` reserved by live sessions on a link never exceeds it.
+    """
+
+    weight: Literal["metrics", "hops"] = "metrics"
+    skr_ref_bps: Positive = 1_000.0
+    skr_coef: NonNegative = 1.0
+    qber_coef: NonNegative = 10.0
+    sessions_coef: NonNegative = 0.1
+    buffer_ref_bits: Positive = 100_000.0
+    buffer_coef: NonNegative = 0.5
+    use_skr_as_capacity: bool = True
+    default_capacity_bps: NonNegative | None = None
+    link_capacity_bps: dict[str, NonNegative] = Field(default_factory=dict)
+    metrics_refresh_s: Positive = 5.0
+    """How often (clock) link metrics are re-read from the topology database."""
+    reroute_on: frozenset[Literal["qber_high", "key_rate_collapse", "link_down"]] = frozenset(
+        {"qber_high", "key_rate_collapse", "link_down"})
+    """Alarm kinds that take a link out of service and reroute its sessions."""
+    admission_timeout_s: Positive = 5.0
+    """Bound (real seconds) on Admission Control's answer to a reroute order."""
+    snapshot_timeout_s: Positive = 1.0
+    """Bound (real seconds) on the SDN Controller's topology snapshot at start."""
+
+
+class MonitoringSettings(_Settings):
+    """Monitoring Element: alarm thresholds and the periodic link performance test."""
+
+    check_interval_s: Positive = 5.0
+    stale_after_s: Positive = 15.0
+    """A link with no telemetry for this long is declared down (missing telemetry)."""
+    qber_alarm_threshold: Annotated[float, Field(gt=0.0, lt=0.5)] | None = None
+    """``None``: each link's own ``postprocessing.qber_threshold``."""
+    qber_clear_margin: NonNegative = 0.01
+    """Hysteresis: a QBER alarm clears below threshold − margin."""
+    skr_collapse_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    """Key-rate collapse: SKR below this fraction of the link's baseline SKR."""
+    skr_baseline_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    """EWMA factor of the baseline SKR (updated only while the rate is healthy)."""
+
+
+class SdnSettings(_Settings):
+    """SDN Controller."""
+
+    load_topology_on_start: bool = True
+    """Write the topology file's nodes, links, users and applications into the database."""
+
+
+class ControlSettings(_Settings):
+    """All control-plane settings."""
+
+    access: AccessSettings = AccessSettings()
+    admission: AdmissionSettings = AdmissionSettings()
+    routing: RoutingSettings = RoutingSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    sdn: SdnSettings = SdnSettings()

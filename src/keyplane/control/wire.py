@@ -1,0 +1,167 @@
+"""Messages between control-plane elements (never seen by a KM).
+
+Each element can run in its own process, so Admission Control, the Routing Element and
+the SDN Controller talk over the bus too; the KM contract stays in :mod:`keyplane.messages`.
+
+Flows:
+
+1. Admission → Routing, request/reply on ``keyplane.control.routing``:
+   :class:`RouteRequest` → :class:`RouteReply` (a found route is reserved at once);
+   :class:`RouteRelease` (publish) frees a session epoch's reservation.
+2. Routing → Admission, request/reply on ``keyplane.control.admission``:
+   :class:`RerouteOrder` → :class:`RerouteAck` (a link failed or raised an alarm; the
+   new route is already reserved under ``new_epoch``; Admission pushes it and releases
+   whichever epoch it stops using).
+3. Routing → SDN Controller, request/reply on ``keyplane.control.sdn.snapshot``:
+   :class:`TopologySnapshotRequest` → :class:`TopologySnapshot`.
+4. Admission / operators → SDN Controller, request/reply on
+   ``keyplane.control.sdn.register``: :class:`RegisterLink` → :class:`RegisterLinkReply`
+   (new PHYS links; VIRT links that multi-hop sessions create), :class:`UnregisterLink`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from keyplane.bus import topics
+from keyplane.bus.codec import Message
+
+__all__ = [
+    "SDN_REGISTER",
+    "SDN_SNAPSHOT",
+    "RegisterLink",
+    "RegisterLinkReply",
+    "RerouteAck",
+    "RerouteOrder",
+    "RouteRelease",
+    "RouteReply",
+    "RouteRequest",
+    "SnapshotLink",
+    "TopologySnapshot",
+    "TopologySnapshotRequest",
+    "UnregisterLink",
+]
+
+SDN_SNAPSHOT = f"{topics.SDN}.snapshot"
+SDN_REGISTER = f"{topics.SDN}.register"
+
+
+class RouteRequest(Message):
+    """Admission asks for a path from ``source_node`` to ``destination_node``."""
+
+    KIND = "control.route_request"
+
+    session_id: str
+    epoch: Annotated[int, Field(ge=0)] = 0
+    source_node: str
+    destination_node: str
+    min_bps: Annotated[float, Field(ge=0)] = 0.0
+
+
+class RouteReply(Message):
+    """A reserved path (``ok``) or why there is none."""
+
+    KIND = "control.route_reply"
+
+    session_id: str
+    epoch: int
+    ok: bool
+    path: list[str] = Field(default_factory=list)
+    links: list[str] = Field(default_factory=list)
+    reason: str = ""
+
+
+class RouteRelease(Message):
+    """Free what ``(session_id, epoch)`` reserved (``epoch=None``: every epoch)."""
+
+    KIND = "control.route_release"
+
+    session_id: str
+    epoch: int | None = None
+
+
+class RerouteOrder(Message):
+    """Routing moved a live session to ``path`` (reserved under ``new_epoch``)."""
+
+    KIND = "control.reroute_order"
+
+    session_id: str
+    old_epoch: int
+    new_epoch: int
+    path: list[str]
+    links: list[str] = Field(default_factory=list)
+    reason: str = ""
+
+
+class RerouteAck(Message):
+    """Admission took the order (it will push the new path) or refused it."""
+
+    KIND = "control.reroute_ack"
+
+    session_id: str
+    accepted: bool
+    reason: str = ""
+
+
+class TopologySnapshotRequest(Message):
+    """Ask the SDN Controller for its whole topology."""
+
+    KIND = "sdn.snapshot_request"
+
+
+class SnapshotLink(Message):
+    """One link in a :class:`TopologySnapshot` (ETSI 015 ``qkd_link`` essentials)."""
+
+    KIND = "sdn.snapshot_link"
+
+    link_id: str
+    qkdl_id: str
+    endpoints: tuple[str, str]
+    type: Literal["PHYS", "VIRT"] = "PHYS"
+    status: Literal["ACTIVE", "PASSIVE", "PENDING", "OFF"] = "ACTIVE"
+    enable: bool = True
+    path: list[str] = Field(default_factory=list)
+    bandwidth_bps: float = 0.0
+
+
+class TopologySnapshot(Message):
+    """Nodes and links as the SDN Controller holds them."""
+
+    KIND = "sdn.snapshot"
+
+    nodes: list[str]
+    links: list[SnapshotLink]
+
+
+class RegisterLink(Message):
+    """Register a new PHYS link, or the VIRT link of a multi-hop session (``path``)."""
+
+    KIND = "sdn.register_link"
+
+    link_id: str
+    type: Literal["PHYS", "VIRT"] = "PHYS"
+    endpoints: tuple[str, str]
+    path: list[str] = Field(default_factory=list)
+    bandwidth_bps: Annotated[float, Field(ge=0)] = 0.0
+    session_id: str | None = None
+
+
+class UnregisterLink(Message):
+    """Remove a link (a VIRT link when its session ends)."""
+
+    KIND = "sdn.unregister_link"
+
+    link_id: str
+
+
+class RegisterLinkReply(Message):
+    """The SDN Controller's answer to a (un)registration."""
+
+    KIND = "sdn.register_reply"
+
+    link_id: str
+    ok: bool
+    qkdl_id: str = ""
+    reason: str = ""

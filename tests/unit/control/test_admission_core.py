@@ -1,0 +1,75 @@
+"""The pure Admission Control core: events in, effects out (no bus, no clock)."""
+
+from __future__ import annotations
+
+import pytest
+
+from keyplane.config import SlaProfile, Topology
+from keyplane.control import AdmissionCore, AdmissionSettings, AdmissionState, check_qos
+from keyplane.control.admission import PushConfigs, RequestRoute, SendDeletes
+from keyplane.messages import Qos
+from tests.support.control import open_request
+
+SLA = SlaProfile(max_sessions=2, max_bps=10_000, min_bps=0, priority=4)
+
+
+@pytest.mark.parametrize(("qos", "fragment"), [
+    (Qos(max_bps=10_001), "max_bps 10001 above"),
+    (Qos(min_bps=10_001), "min_bps 10001 above the SLA"),
+    (Qos(max_bps=500, min_bps=600), "min_bps 600 above max_bps 500"),
+    (Qos(priority=5), "priority 5 above"),
+    (Qos(key_chunk_size=8192), "key_chunk_size 8192"),
+    (Qos(ttl_s=100_000), "ttl_s 100000"),
+    (Qos(max_bps=100, jitter=101), "jitter 101 larger"),
+])
+def test_check_qos_names_the_violated_bound(qos: Qos, fragment: str) -> None:
+    reason = check_qos(qos, SLA, AdmissionSettings())
+    assert reason is not None and fragment in reason
+
+
+def test_check_qos_accepts_within_the_sla() -> None:
+    assert check_qos(Qos(max_bps=10_000, min_bps=500, priority=4, jitter=10), SLA,
+                     AdmissionSettings()) is None
+
+
+def test_core_requests_a_route_only_once_both_peers_opened(topology: Topology) -> None:
+    core = AdmissionCore(AdmissionSettings(peer_wait_timeout_s=5.0))
+    alice, dave = topology.user("alice"), topology.user("dave")
+    ack, effects = core.open(open_request("s", "a", "alice", "sae_a", "sae_d", min_bps=50),
+                             alice, "d", 0.0, source_node="a")
+    assert ack.accepted_for_review
+    assert not [e for e in effects if isinstance(e, RequestRoute | PushConfigs | SendDeletes)]
+    assert core.next_deadline() == 5.0
+    _, effects = core.open(open_request("s", "d", "dave", "sae_d", "sae_a", min_bps=80),
+                           dave, "a", 1.0, source_node="d")
+    (route,) = [e for e in effects if isinstance(e, RequestRoute)]
+    assert (route.source_node, route.destination_node, route.min_bps) == ("a", "d", 80.0)
+    assert core.next_deadline() is None  # the peer wait is over, no session timer yet
+    (push,) = [e for e in core.route_found("s", 0, ["a", "e", "d"], 1.1)
+               if isinstance(e, PushConfigs)]
+    assert [c.node for c in push.configs] == ["a", "e", "d"]
+    core.configs_applied("s", 0, ("a", "e", "d"), {}, 1.2)
+    sess = core.session("s")
+    assert sess is not None and sess.state is AdmissionState.active
+    assert sess.timer_deadline == pytest.approx(1.2 + 20 + 1.0)
+
+
+def test_core_peer_wait_expiry_refuses_only_the_waiting_km(topology: Topology) -> None:
+    core = AdmissionCore(AdmissionSettings(peer_wait_timeout_s=5.0))
+    core.open(open_request("s", "a", "alice", "sae_a", "sae_d"), topology.user("alice"), "d",
+              0.0)
+    assert core.tick(4.9) == []
+    (delete,) = [e for e in core.tick(5.0) if isinstance(e, SendDeletes)]
+    assert [(d.node, d.refused) for d in delete.deletes] == [("a", True)]
+    assert core.session("s") is not None  # kept until the refusal is confirmed
+    core.deletes_done("s", delete.purpose, None, ("a",), (), 5.1)
+    assert core.session("s") is None
+
+
+def test_core_refuses_a_request_from_a_km_that_does_not_serve_the_sae(
+        topology: Topology) -> None:
+    core = AdmissionCore()
+    _, effects = core.open(open_request("s", "b", "alice", "sae_a", "sae_d"),
+                           topology.user("alice"), "d", 0.0, source_node="a")
+    (delete,) = [e for e in effects if isinstance(e, SendDeletes)]
+    assert delete.deletes[0].node == "b" and "not served by b" in delete.deletes[0].reason
