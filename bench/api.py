@@ -10,11 +10,15 @@ async SDK client over keep-alive connections: the master (sae_a at km0) asks enc
 slave (sae_b at km1 for the adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys
 for the same key_IDs. Reports request pairs/s for number=1 and keys/s for number=100.
 
-Key manager behind the API: ``--km fake`` (default until keyplane.keymanager is merged)
-is the in-memory test double of tests/support/fake_km.py, so the figures are the cost of
-the API layer (TLS, HTTP, JSON, the SDK), not of the relay.
+Key manager behind the API: ``--km real`` (default) runs one keyplane KeyManager per node
+on one bus and SQLite store, with the test-support control plane (tests/support/
+fake_control.py: accepts every identity, configures shortest paths, unbounded token
+bucket) and link key stores fed up front with the same random blocks at both link ends
+(standing in for the physical layer), so 2-hop keys really are relayed through km1.
+``--km fake`` uses the API test double (tests/support/fake_km.py): the cost of the API
+layer alone (TLS, HTTP, JSON, the SDK).
 
-    PYTHONPATH=src:. python bench/api.py [--seconds 5] [--concurrency 16] [--seed 1]
+    PYTHONPATH=src:. python bench/api.py [--km real|fake] [--seconds 5] [--concurrency 4]
 
 Prints figures; never asserts.
 """
@@ -41,21 +45,39 @@ from keyplane.api.client import AsyncEtsi014Client  # noqa: E402
 from keyplane.certs import Issued, ensure_network_certs  # noqa: E402
 
 
-def _serve(pki: str, seed: int, conn: Any) -> None:
-    """Child process: serve km0..km2 until the parent closes the pipe."""
-    from tests.support.fake_km import FakeKeyNetwork
-
+def _serve(pki: str, seed: int, km_kind: str, blocks: int, conn: Any) -> None:
+    """Child process: serve km0..km2 until the parent says stop; answer "cpu" queries."""
     from keyplane.api.server import serve_km_api
-    from keyplane.api.settings import ApiSettings
+    from keyplane.api.settings import ApiSettings, Etsi014Limits
 
     topo = line3()
     issued = ensure_network_certs(topo, Path(pki))
-    network = FakeKeyNetwork(topo, seed=seed, pool_bits=1 << 62)
 
     async def main() -> None:
-        servers = [await serve_km_api(network.km(n.id), kme_id=n.id,
-                                      server_cert=issued.kms[n.id], ca_file=issued.ca.cert,
-                                      settings=ApiSettings.from_topology(topo, n.id),
+        closers: list[Any] = []
+        limits = Etsi014Limits()
+        if km_kind == "real":
+            from tests.support.km_net import start_net
+
+            from keyplane.bus import MemoryBus
+            from keyplane.clock import RealClock
+            from keyplane.store import Database, sqlite_url
+
+            db = await Database.open(sqlite_url(Path(pki) / "km.db"))
+            net = await start_net(topo, MemoryBus(), db, RealClock(), seed=seed,
+                                  blocks=blocks, block_bytes=16384)
+            kms: dict[str, Any] = dict(net.kms)
+            limits = Etsi014Limits.from_km_settings(net.settings)
+            closers += [net.close, net.bus.close, db.close]
+        else:
+            from tests.support.fake_km import FakeKeyNetwork
+
+            network = FakeKeyNetwork(topo, seed=seed, pool_bits=1 << 62)
+            kms = {n.id: network.km(n.id) for n in topo.nodes}
+        servers = [await serve_km_api(kms[n.id], kme_id=n.id, server_cert=issued.kms[n.id],
+                                      ca_file=issued.ca.cert,
+                                      settings=ApiSettings.from_topology(topo, n.id,
+                                                                         limits=limits),
                                       timeout_keep_alive=60)
                    for n in topo.nodes]
         conn.send({s.app.state.kme_id: s.port for s in servers})
@@ -64,6 +86,8 @@ def _serve(pki: str, seed: int, conn: Any) -> None:
             conn.send(time.process_time())  # server CPU seconds so far
         for s in servers:
             await s.close()
+        for close in closers:
+            await close()
 
     _arun(main())
 
@@ -117,11 +141,15 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--size", type=int, default=256, help="key size, bits")
     ap.add_argument("--bulk", type=int, default=100, help="number of keys per bulk request")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--km", choices=["fake"], default="fake")
+    ap.add_argument("--km", choices=["fake", "real"], default="real",
+                    help="real: keyplane.keymanager.KeyManager per node with the test-support "
+                         "control plane and fed link key stores; fake: the API test double")
+    ap.add_argument("--blocks", type=int, default=600,
+                    help="16 KiB link key blocks fed to each link (--km real)")
     args = ap.parse_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -134,7 +162,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as pki:
         issued = ensure_network_certs(line3(), Path(pki))
         parent, child = mp.get_context("spawn").Pipe()
-        proc = mp.get_context("spawn").Process(target=_serve, args=(pki, args.seed, child))
+        proc = mp.get_context("spawn").Process(
+            target=_serve, args=(pki, args.seed, args.km, args.blocks, child))
         proc.start()
         try:
             ports = parent.recv()
