@@ -37,6 +37,11 @@ them and re-raised ``from`` the original. No error message carries key material.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keyplane.messages import Qos
+
 __all__ = [
     "AuthenticationFailed",
     "BusClosed",
@@ -120,7 +125,15 @@ class AuthenticationFailed(SessionError):
 
 
 class QosNotMet(SessionError):
-    """Admission Control refused the requested QoS or found no path for it."""
+    """Admission Control refused the requested QoS or found no path for it.
+
+    ``counter_proposal`` (a :class:`keyplane.messages.Qos`), when set, is the QoS the
+    network could serve instead; ETSI 004 returns it with status 7.
+    """
+
+    def __init__(self, message: str = "", *, counter_proposal: Qos | None = None) -> None:
+        super().__init__(message)
+        self.counter_proposal = counter_proposal
 
 
 class SessionNotFound(SessionError):
