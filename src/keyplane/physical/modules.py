@@ -14,10 +14,22 @@ verification (polynomial tag), privacy amplification (Toeplitz by FFT) to the GL
 length. A block that fails verification or whose two ends disagree on its length is
 discarded and counted. Nothing here logs or returns key material except
 ``BlockOutcome.material`` (hidden from repr) for delivery to the end's own sink.
+
+Each block is handed to the caller's ``on_block`` as soon as it is complete, before the
+module reads the channel again: an exchange that fails later in the same frame never
+takes an already-verified block with it (Bob delivers after sending his verdict, Alice
+after reading it).
+
+Resynchronization (:class:`~keyplane.physical.wire.Sync`): Alice's
+:meth:`AliceModule.sync` resets her buffer and in-flight state and asks Bob to do the
+same (:meth:`BobModule.request_sync` interrupts whatever receive Bob is in; his
+:meth:`BobModule.run_frame` applies it and returns). Both then continue from Alice's
+next frame and block ids; anything older still on the wire is dropped as stale.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,7 +48,12 @@ from keyplane.physical.cascade import (
     ParityQuery,
     block_sizes,
 )
-from keyplane.physical.channel import DEFAULT_PEER_TIMEOUT_S, ClassicalChannel
+from keyplane.physical.channel import (
+    DEFAULT_PEER_TIMEOUT_S,
+    DEFAULT_PING_TIMEOUT_S,
+    ChannelInterrupted,
+    ClassicalChannel,
+)
 from keyplane.physical.estimation import DecoyBounds, DecoyCounts, decoy_bounds, secure_length
 from keyplane.physical.hashing import (
     VERIFY_TAG_BITS,
@@ -58,21 +75,32 @@ from keyplane.physical.wire import (
     PeRequest,
     PeResult,
     QuantumFrame,
+    ResyncRequest,
     SiftReply,
     SiftRequest,
+    Sync,
+    SyncAck,
     VerifyRequest,
     VerifyResult,
     decode_i32,
     encode_i32,
 )
 
-__all__ = ["AliceModule", "BlockOutcome", "BlockStatus", "BobModule"]
+__all__ = ["AliceModule", "BlockOutcome", "BlockSink", "BlockStatus", "BobModule"]
 
 logger = logging.getLogger(__name__)
 
 BlockStatus = Literal["delivered", "aborted_qber", "aborted_no_key", "verify_failed"]
 M = TypeVar("M", bound=Message)
 R = TypeVar("R")
+
+
+async def _ignore_block(outcome: BlockOutcome) -> None:
+    return None
+
+
+BlockSink = Callable[["BlockOutcome"], Awaitable[None]]
+"""Receives each block's outcome as soon as the block is complete."""
 
 
 @dataclass(slots=True)
@@ -155,6 +183,22 @@ class _Module:
         self.next_block_id = 0
         self.mu = (link.decoy.mu_signal, link.decoy.mu_decoy, link.decoy.mu_vacuum)
 
+    def _reset(self, next_block_id: int) -> None:
+        """Forget the partial sifted buffer and everything in flight on both pipes."""
+        self.buffer.reset()
+        self.classical.discard_pending()
+        self.quantum.discard_pending()
+        self.next_block_id = next_block_id
+
+    async def _ask_resync(self, reason: str) -> None:
+        """Best effort: tell the peer this end abandoned an exchange."""
+        if self.classical.closed:
+            return
+        try:
+            await self.classical.send(ResyncRequest(link_id=self.link_id, reason=reason[:200]))
+        except ClassicalChannelError:
+            logger.debug("link %s: resync request not sent", self.link_id, exc_info=True)
+
     @property
     def block_bits(self) -> int:
         return self.link.postprocessing.block_size_bits
@@ -167,13 +211,46 @@ class _Module:
 class AliceModule(_Module):
     """Alice's QKD module: emulates the link, answers Cascade, sends tags and seeds."""
 
+    async def sync(self, next_frame_id: int, peer_nonce: str, *, reason: str = "",
+                   timeout_s: float = DEFAULT_PING_TIMEOUT_S) -> None:
+        """Resynchronize with Bob: both ends drop partial buffers and in-flight blocks and
+        continue with frame ``next_frame_id`` and this end's ``next_block_id``.
+
+        Args:
+            next_frame_id: the id of the next frame Alice will send.
+            peer_nonce: Bob's boot nonce, as his last ping answered.
+            reason: why (logged, carried on the wire).
+            timeout_s: real seconds to wait for Bob's :class:`SyncAck`.
+
+        Raises:
+            ClassicalChannelError: Bob did not acknowledge (gone, timed out, or answered
+                for another incarnation); the caller retries later.
+        """
+        self._reset(self.next_block_id)
+        self.classical.peer_nonce = None
+        assert self.classical.boot_nonce is not None, "serve_peer() before sync()"
+        ack = await self.classical.request_peer(Sync(
+            link_id=self.link_id, boot_nonce=self.classical.boot_nonce,
+            next_frame_id=next_frame_id, next_block_id=self.next_block_id,
+            reason=reason), timeout_s)
+        if not isinstance(ack, SyncAck) or ack.next_block_id != self.next_block_id:
+            raise ClassicalChannelError(f"link {self.link_id}: bad answer to sync: {ack.KIND}")
+        if ack.boot_nonce != peer_nonce:
+            raise ClassicalChannelError(f"link {self.link_id}: the peer restarted during sync")
+        self.classical.peer_nonce = peer_nonce
+
     async def run_frame(self, frame_id: int, physics: LinkPhysics, n_pulses: int,
-                        duration_s: float) -> list[BlockOutcome]:
+                        duration_s: float, on_block: BlockSink = _ignore_block) -> int:
         """Emulate and sift one frame; run every block that became due.
+
+        Each block's outcome goes to ``on_block`` as soon as it is complete.
+
+        Returns:
+            How many blocks ran.
 
         Raises:
             ClassicalChannelError: the peer failed or went out of sync (buffers are
-                reset; the runner counts the loss and carries on).
+                reset; the runner counts the loss and resynchronizes).
         """
         try:
             # numpy releases the GIL: the frame draws run off the event loop so KMs and
@@ -197,10 +274,11 @@ class AliceModule(_Module):
             sifted = np.bincount(classes, minlength=3).astype(np.int64)
             self.buffer.add(bits[signal], np.asarray(alice.pulses_per_class, np.int64),
                             detections, sifted, np.zeros(3, np.int64), duration_s)
-            outcomes = []
+            blocks = 0
             while self.buffer.size >= self.block_bits:
-                outcomes.append(await self._block())
-            return outcomes
+                await on_block(await self._block())
+                blocks += 1
+            return blocks
         except ClassicalChannelError:
             self.buffer.reset()
             raise
@@ -269,15 +347,72 @@ class AliceModule(_Module):
 class BobModule(_Module):
     """Bob's QKD module: measures (receives his detection record), corrects, verifies."""
 
-    async def run_frame(self) -> list[BlockOutcome]:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.frame_floor = 0  # frames below this id belong to an abandoned run
+        self._pending: tuple[Sync, asyncio.Event] | None = None
+
+    def request_sync(self, sync: Sync) -> asyncio.Event:
+        """Ask the module to apply ``sync`` at its next receive; the event is set once it
+        has (a newer request supersedes an unapplied one, whose event is set too)."""
+        if self._pending is not None:
+            self._pending[1].set()
+        done = asyncio.Event()
+        self._pending = (sync, done)
+        self.classical.interrupt()
+        self.quantum.interrupt()
+        return done
+
+    def _apply_sync(self) -> bool:
+        if self._pending is None:
+            return False
+        sync, done = self._pending
+        self._pending = None
+        self._reset(sync.next_block_id)
+        self.frame_floor = sync.next_frame_id
+        self.classical.peer_nonce = sync.boot_nonce
+        logger.info("link %s: resynchronized at block %d (%s)", self.link_id,
+                    sync.next_block_id, sync.reason or "sync")
+        done.set()
+        return True
+
+    async def run_frame(self, on_block: BlockSink = _ignore_block) -> int:
         """Wait for the next quantum frame, sift it, run every block that became due.
 
+        Each block's outcome goes to ``on_block`` as soon as Bob has sent his verdict. A
+        pending :meth:`request_sync` is applied instead (returns 0).
+
+        Returns:
+            How many blocks ran.
+
         Raises:
-            ClassicalChannelError: the channel closed or the peer failed.
+            ClassicalChannelError: the channel closed or the peer failed (Bob's buffer is
+                reset and Alice is asked to resynchronize).
         """
-        frame = await self.quantum.receive(timeout_s=None)
-        if not isinstance(frame, QuantumFrame):
-            raise ClassicalChannelError(f"link {self.link_id}: {frame.KIND} on quantum pipe")
+        try:
+            return await self._run_frame(on_block)
+        except ChannelInterrupted:
+            if self._apply_sync():
+                return 0
+            raise
+        except ClassicalChannelError as exc:
+            if self._apply_sync():  # the failure was the old run's; the new one starts now
+                return 0
+            self.buffer.reset()
+            await self._ask_resync(str(exc))
+            raise
+
+    async def _run_frame(self, on_block: BlockSink) -> int:
+        if self._apply_sync():
+            return 0
+        while True:
+            frame = await self.quantum.receive(timeout_s=None)
+            if not isinstance(frame, QuantumFrame):
+                raise ClassicalChannelError(
+                    f"link {self.link_id}: {frame.KIND} on quantum pipe")
+            if frame.frame_id >= self.frame_floor:
+                break
+            logger.debug("link %s: dropping stale frame %d", self.link_id, frame.frame_id)
         try:
             bases = unpack(frame.bases, frame.detections)
             bits = unpack(frame.bits, frame.detections)
@@ -297,10 +432,11 @@ class BobModule(_Module):
             self.buffer.add(sifted_bits[signal], np.asarray(rep.pulses, np.int64),
                             np.asarray(rep.detections, np.int64), sifted, errors,
                             frame.n_pulses / self.link.repetition_rate_hz)
-            outcomes = []
+            blocks = 0
             while self.buffer.size >= self.block_bits:
-                outcomes.append(await self._block())
-            return outcomes
+                await on_block(await self._block())
+                blocks += 1
+            return blocks
         except ClassicalChannelError:
             self.buffer.reset()
             raise

@@ -25,6 +25,16 @@ transmits nothing: frames carry only dark counts and no block completes.
 Per block, Alice's end publishes :class:`~keyplane.messages.LinkTelemetry` on
 ``keyplane.telemetry.link.<link>`` and emits ``link_block`` / ``link_block_aborted``
 events (element ``qkd``); fault changes emit ``link_state`` and a telemetry message.
+
+Distributed links (each end in its own process): before every frame Alice waits for Bob
+(:meth:`~keyplane.physical.channel.ClassicalChannel.wait_peer`, one round trip when he is
+there), so no frame is sent into the void while Bob's process starts or restarts; after
+``rendezvous_timeout_s`` of clock time without him the link reports ``down``
+(``link_state`` change ``peer_unreachable``, then ``peer_reachable``). Alice
+resynchronizes Bob (:class:`~keyplane.physical.wire.Sync`) when she starts, when his boot
+nonce changed (he restarted) and after any lost exchange. Block ids start at
+:func:`block_id_base` of the wall clock (or ``first_block_id``) and only grow, so a
+restarted Alice never reuses an id delivered before her restart.
 """
 
 from __future__ import annotations
@@ -33,6 +43,8 @@ import asyncio
 import hashlib
 import logging
 import math
+import secrets
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -43,11 +55,18 @@ from keyplane.bus import Bus, Subscription, topics
 from keyplane.bus.codec import Message
 from keyplane.clock import Clock
 from keyplane.config import Eavesdropper, QuantumLink
-from keyplane.errors import ClassicalChannelError, KeyplaneError, QberAboveThreshold
+from keyplane.errors import (
+    ClassicalChannelError,
+    ClassicalChannelTimeout,
+    KeyplaneError,
+    QberAboveThreshold,
+)
 from keyplane.events import EventStream, EventType
 from keyplane.messages import LinkState, LinkTelemetry
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
+    DEFAULT_PING_TIMEOUT_S,
+    DEFAULT_RENDEZVOUS_TIMEOUT_S,
     BusChannel,
     ClassicalChannel,
     InProcessChannel,
@@ -56,9 +75,24 @@ from keyplane.physical.estimation import asymptotic_key_rate
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
 from keyplane.physical.sink import LinkKeySink
-from keyplane.physical.wire import AnalyticBlock, LinkCommand, LinkCommandReply, control_topic
+from keyplane.physical.wire import (
+    AnalyticBlock,
+    LinkCommand,
+    LinkCommandReply,
+    Sync,
+    SyncAck,
+    control_topic,
+)
 
-__all__ = ["LinkRunner", "LinkStats", "default_frame_duration", "link_rng_seed"]
+__all__ = [
+    "BLOCK_ID_SHIFT",
+    "MAX_BLOCK_ID",
+    "LinkRunner",
+    "LinkStats",
+    "block_id_base",
+    "default_frame_duration",
+    "link_rng_seed",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +100,29 @@ End = Literal["alice", "bob"]
 ANALYTIC_LABEL = b"keyplane.analytic.key"
 MIN_FRAME_S = 1e-3
 MAX_FRAME_S = 1.0
+BLOCK_ID_SHIFT = 20
+"""Block ids per millisecond of wall clock between two starts of an Alice end."""
+MAX_BLOCK_ID = 2**63 - 1
+"""Block ids fit the key store's signed 64-bit column."""
+
+
+def block_id_base(wall_s: float) -> int:
+    """First block id of an Alice end started at ``wall_s`` (Unix seconds).
+
+    ``floor(wall_s * 1000) << 20``: an end that ran since an earlier start delivered fewer
+    than 2^20 blocks per elapsed millisecond (a block takes far longer than 1 ns), so the
+    new base lies above every id it used, and ids stay monotone across restarts without any
+    state surviving the process. Fits a signed 64-bit integer until the year 2248.
+    Assumes the wall clock does not step back across the restart (pass ``first_block_id``
+    to :class:`LinkRunner` where that cannot be assumed).
+
+    Raises:
+        ValueError: ``wall_s`` is negative or too far in the future.
+    """
+    base = math.floor(wall_s * 1000) << BLOCK_ID_SHIFT
+    if not 0 <= base <= MAX_BLOCK_ID:
+        raise ValueError(f"wall clock {wall_s} s gives no valid block id base")
+    return base
 
 
 def link_rng_seed(seed: int, link_id: str, end: End) -> list[int]:
@@ -93,6 +150,7 @@ class LinkStats:
     discarded_blocks: int = 0
     qber_aborts: int = 0
     channel_errors: int = 0
+    resyncs: int = 0
     sifted_bits: int = 0
     leaked_ec_bits: int = 0
     last_qber: float | None = None
@@ -114,6 +172,14 @@ class LinkRunner:
         cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`).
         analytic_ec_efficiency: ``f`` used by the analytic rate.
         peer_timeout_s: transport timeout on the peer module.
+        rendezvous_timeout_s: clock seconds Alice waits for an absent Bob before the
+            link reports ``down`` (she keeps waiting; no frame is sent meanwhile).
+        first_block_id: Alice's first frame and block id; default
+            :func:`block_id_base` of ``clock.wall()`` at :meth:`start`. Must exceed every
+            id this link's Alice end delivered before.
+
+    Raises:
+        ValueError: a missing sink or bus, or ``first_block_id`` outside [0, 2^63).
     """
 
     def __init__(self, link: QuantumLink, *, clock: Clock, seed: int = 0,
@@ -122,7 +188,11 @@ class LinkRunner:
                  local_ends: tuple[End, ...] = ("alice", "bob"),
                  frame_duration_s: float | None = None, cascade_schedule: str = "original",
                  analytic_ec_efficiency: float = 1.16,
-                 peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S) -> None:
+                 peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
+                 rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
+                 first_block_id: int | None = None) -> None:
+        if first_block_id is not None and not 0 <= first_block_id <= MAX_BLOCK_ID:
+            raise ValueError("first_block_id must be within [0, 2^63)")
         if not local_ends:
             raise ValueError("a runner needs at least one local end")
         if "alice" in local_ends and alice_sink is None:
@@ -142,6 +212,11 @@ class LinkRunner:
         self.cascade_schedule = cascade_schedule
         self.analytic_ec_efficiency = analytic_ec_efficiency
         self.peer_timeout_s = peer_timeout_s
+        self.rendezvous_timeout_s = rendezvous_timeout_s
+        self.first_block_id = first_block_id
+        self.boot_nonce = secrets.token_hex(8)  # this incarnation of the local end(s)
+        self.peer_reachable = True  # Alice's view of Bob; False after a failed rendezvous
+        self._bob: BobModule | None = None
         self.physics = LinkPhysics.from_link(link)
         if not link.enabled:
             self.physics = self.physics.with_changes(cut=True)
@@ -177,9 +252,25 @@ class LinkRunner:
             ends = {end: (c, q)}
         for classical, quantum in ends.values():
             self._channels += [classical, quantum]
+        if self.first_block_id is None:
+            self.first_block_id = block_id_base(self.clock.wall())
         loop = asyncio.get_running_loop()
+        if "bob" in ends:
+            classical, quantum = ends["bob"]
+            if not analytic:
+                self._bob = BobModule(self.link, classical, quantum, self._rng("bob"),
+                                      cascade_schedule=self.cascade_schedule,
+                                      peer_timeout_s=self.peer_timeout_s,
+                                      offload=self.clock.offload)
+            # answer Alice only now that both of Bob's inboxes are subscribed
+            await classical.serve_peer(self.boot_nonce, self._on_peer_request)
+            if self._bob is not None:
+                self._tasks.append(loop.create_task(self._bob_loop(self._bob)))
+            else:
+                self._tasks.append(loop.create_task(self._analytic_bob(classical)))
         if "alice" in ends:
             classical, quantum = ends["alice"]
+            await classical.serve_peer(self.boot_nonce)
             if analytic:
                 self._tasks.append(loop.create_task(self._analytic_alice(classical)))
             else:
@@ -187,20 +278,11 @@ class LinkRunner:
                                     cascade_schedule=self.cascade_schedule,
                                     peer_timeout_s=self.peer_timeout_s,
                                     offload=self.clock.offload)
+                alice.next_block_id = self.first_block_id
                 self._tasks.append(loop.create_task(self._alice_loop(alice)))
             if self.bus is not None:
                 self._sub = await self.bus.subscribe(control_topic(self.link_id),
                                                      self._on_command)
-        if "bob" in ends:
-            classical, quantum = ends["bob"]
-            if analytic:
-                self._tasks.append(loop.create_task(self._analytic_bob(classical)))
-            else:
-                bob = BobModule(self.link, classical, quantum, self._rng("bob"),
-                                cascade_schedule=self.cascade_schedule,
-                                peer_timeout_s=self.peer_timeout_s,
-                                offload=self.clock.offload)
-                self._tasks.append(loop.create_task(self._bob_loop(bob)))
 
     async def close(self) -> None:
         """Stop the loops, close the channels; idempotent."""
@@ -231,8 +313,9 @@ class LinkRunner:
 
     @property
     def state(self) -> LinkState:
-        """``down`` if cut, ``degraded`` with extra loss, else ``up``."""
-        if self.physics.cut:
+        """``down`` if cut or the peer end is unreachable, ``degraded`` with extra loss,
+        else ``up``."""
+        if self.physics.cut or not self.peer_reachable:
             return LinkState.down
         if self.physics.extra_loss_db > 0:
             return LinkState.degraded
@@ -282,12 +365,12 @@ class LinkRunner:
         self.physics = self.physics.with_changes(eavesdropper=eavesdropper)
         self._state_changed("eve_on" if eavesdropper else "eve_off")
 
-    def _state_changed(self, change: str) -> None:
+    def _state_changed(self, change: str, **data: object) -> None:
         logger.info("link %s: %s -> %s", self.link_id, change, self.state.value)
         if self.events is not None:
             self.events.emit(EventType.link_state, "qkd", node=self.link.endpoints[0],
                              link=self.link_id, change=change, state=self.state.value,
-                             extra_loss_db=self.physics.extra_loss_db)
+                             extra_loss_db=self.physics.extra_loss_db, **data)
         if self.bus is not None:
             msg = LinkTelemetry(link_id=self.link_id, node=self.link.endpoints[0],
                                 state=self.state, aborted_blocks=self.stats.aborted_blocks,
@@ -327,36 +410,115 @@ class LinkRunner:
         n_pulses = max(1, round(self.link.repetition_rate_hz * self.frame_duration_s))
         return n_pulses, n_pulses / self.link.repetition_rate_hz
 
-    async def _alice_loop(self, alice: AliceModule) -> None:
-        frame_id = 0
-        next_t = self.clock.now()
+    async def _await_peer(self, classical: ClassicalChannel) -> str:
+        """Bob's boot nonce once he answers; reports the link down while he does not."""
         while True:
+            try:
+                nonce = await classical.wait_peer(self.rendezvous_timeout_s, clock=self.clock,
+                                                  ping_timeout_s=DEFAULT_PING_TIMEOUT_S)
+            except ClassicalChannelTimeout:
+                if classical.closed:
+                    raise
+                if self.peer_reachable:
+                    self.peer_reachable = False
+                    logger.warning("link %s: peer end %s unreachable for %g s", self.link_id,
+                                   self.link.endpoints[1], self.rendezvous_timeout_s)
+                    self._state_changed("peer_unreachable")
+                continue
+            if not self.peer_reachable:
+                self.peer_reachable = True
+                self._state_changed("peer_reachable")
+            return nonce
+
+    @staticmethod
+    def _sync_reason(classical: ClassicalChannel, nonce: str, pending: str | None
+                     ) -> str | None:
+        """Why Alice must resynchronize before the next frame (``None``: no need)."""
+        if classical.peer_nonce is not None and nonce != classical.peer_nonce:
+            return "peer_restarted"
+        if pending is not None:
+            return pending
+        if classical.discard_pending():
+            return "stale_messages"  # Bob asked for a resync, or replies came too late
+        return None
+
+    async def _resync(self, do_sync: Callable[[str, str], Awaitable[None]], nonce: str,
+                      reason: str) -> bool:
+        """Run ``do_sync``; counts and reports it. Returns whether Bob acknowledged."""
+        try:
+            await do_sync(nonce, reason)
+        except ClassicalChannelError as exc:
+            self.stats.channel_errors += 1
+            logger.warning("link %s: resync (%s) failed: %s", self.link_id, reason, exc)
+            return False
+        self.stats.resyncs += 1
+        if reason == "start":
+            logger.info("link %s: Bob synchronized", self.link_id)
+        else:
+            self._state_changed("resync", reason=reason)
+        return True
+
+    async def _alice_loop(self, alice: AliceModule) -> None:
+        assert self.first_block_id is not None
+        classical = alice.classical
+        frame_id = self.first_block_id
+        reason: str | None = "start"
+        next_t = self.clock.now()
+
+        async def do_sync(nonce: str, why: str) -> None:
+            await alice.sync(frame_id, nonce, reason=why)
+
+        async def on_block(outcome: BlockOutcome) -> None:
+            await self._record(outcome)
+            await self._deliver("alice", outcome)
+
+        while True:
+            # one round trip per frame: never send a frame Bob cannot receive
+            nonce = await self._await_peer(classical)
+            reason = self._sync_reason(classical, nonce, reason)
+            if reason is not None:
+                if not await self._resync(do_sync, nonce, reason):
+                    await self.clock.sleep(self._frame()[1])
+                    continue
+                reason = None
+                next_t = max(next_t, self.clock.now())  # no burst of frames after a wait
             n_pulses, duration = self._frame()
             try:
-                outcomes = await alice.run_frame(frame_id, self.physics, n_pulses, duration)
+                await alice.run_frame(frame_id, self.physics, n_pulses, duration, on_block)
             except ClassicalChannelError as exc:
                 self.stats.channel_errors += 1
                 logger.warning("link %s: frame %d lost: %s", self.link_id, frame_id, exc)
-                outcomes = []
+                reason = "frame_lost"
             frame_id += 1
             self.stats.frames += 1
-            for outcome in outcomes:
-                await self._record(outcome)
-                await self._deliver("alice", outcome)
             next_t += duration
             await self.clock.sleep_until(next_t)
 
     async def _bob_loop(self, bob: BobModule) -> None:
+        async def on_block(outcome: BlockOutcome) -> None:
+            await self._deliver("bob", outcome)
+
         while True:
             try:
-                outcomes = await bob.run_frame()
+                await bob.run_frame(on_block)
             except ClassicalChannelError as exc:
                 if self._state == "closed":
                     return
                 logger.warning("link %s: Bob lost a frame: %s", self.link_id, exc)
-                outcomes = []
-            for outcome in outcomes:
-                await self._deliver("bob", outcome)
+
+    async def _on_peer_request(self, msg: Message) -> Message | None:
+        """Bob's end: apply Alice's :class:`Sync` (then acknowledge it)."""
+        if not isinstance(msg, Sync) or msg.link_id != self.link_id:
+            return None
+        if self._bob is not None:
+            done = self._bob.request_sync(msg)
+            try:
+                async with asyncio.timeout(DEFAULT_PING_TIMEOUT_S):
+                    await done.wait()
+            except TimeoutError:
+                return None  # Alice times out and retries
+        return SyncAck(link_id=self.link_id, boot_nonce=self.boot_nonce,
+                       next_block_id=msg.next_block_id)
 
     async def _deliver(self, end: End, outcome: BlockOutcome) -> None:
         sink = self._sinks[end]
@@ -444,9 +606,21 @@ class LinkRunner:
                                  + block_id.to_bytes(8, "big")).digest(n_bytes)
 
     async def _analytic_alice(self, classical: ClassicalChannel) -> None:
-        block_id = 0
+        assert self.first_block_id is not None
+        block_id = self.first_block_id
+        reason: str | None = "start"
         carry_bits = 0.0
         next_t = self.clock.now()
+
+        async def do_sync(nonce: str, why: str) -> None:
+            # Bob's analytic end keeps no state: the sync only confirms his incarnation
+            ack = await classical.request_peer(Sync(
+                link_id=self.link_id, boot_nonce=self.boot_nonce, next_frame_id=block_id,
+                next_block_id=block_id, reason=why))
+            if not isinstance(ack, SyncAck) or ack.boot_nonce != nonce:
+                raise ClassicalChannelError(f"link {self.link_id}: bad answer to sync")
+            classical.peer_nonce = nonce
+
         while True:
             _, duration = self._frame()
             rate = self.analytic_rate_bps()
@@ -454,23 +628,31 @@ class LinkRunner:
             n_bytes = math.floor(carry_bits / 8)
             self.stats.frames += 1
             if n_bytes > 0:
-                carry_bits -= 8 * n_bytes
-                try:
-                    await classical.send(AnalyticBlock(link_id=self.link_id, block_id=block_id,
-                                                       secret_bits=8 * n_bytes))
-                except ClassicalChannelError as exc:
-                    self.stats.channel_errors += 1
-                    logger.warning("link %s: analytic block lost: %s", self.link_id, exc)
-                else:
-                    outcome = BlockOutcome(link_id=self.link_id, block_id=block_id,
-                                           status="delivered", sifted_bits=0,
-                                           duration_s=duration, secret_bits=8 * n_bytes,
-                                           material=self.analytic_material(block_id, n_bytes))
-                    await self._record(outcome)
-                    await self._deliver("alice", outcome)
+                nonce = await self._await_peer(classical)
+                reason = self._sync_reason(classical, nonce, reason)
+                if reason is None or await self._resync(do_sync, nonce, reason):
+                    reason = None
+                    carry_bits -= 8 * n_bytes
+                    await self._analytic_block(classical, block_id, n_bytes, duration)
                     block_id += 1
+                next_t = max(next_t, self.clock.now())
             next_t += duration
             await self.clock.sleep_until(next_t)
+
+    async def _analytic_block(self, classical: ClassicalChannel, block_id: int, n_bytes: int,
+                              duration: float) -> None:
+        try:
+            await classical.send(AnalyticBlock(link_id=self.link_id, block_id=block_id,
+                                               secret_bits=8 * n_bytes))
+        except ClassicalChannelError as exc:
+            self.stats.channel_errors += 1
+            logger.warning("link %s: analytic block lost: %s", self.link_id, exc)
+            return
+        outcome = BlockOutcome(link_id=self.link_id, block_id=block_id, status="delivered",
+                               sifted_bits=0, duration_s=duration, secret_bits=8 * n_bytes,
+                               material=self.analytic_material(block_id, n_bytes))
+        await self._record(outcome)
+        await self._deliver("alice", outcome)
 
     async def _analytic_bob(self, classical: ClassicalChannel) -> None:
         while True:

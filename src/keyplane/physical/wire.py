@@ -14,6 +14,13 @@ bits), :class:`PeResult` (B→A: agreed counts, abort or go), then Cascade
 point, tag, privacy-amplification seed) and :class:`VerifyResult` (B→A). Analytic links
 send :class:`AnalyticBlock` (A→B) only.
 
+Rendezvous and resynchronization (request/reply on ``keyplane.qkd.<L>.<end>.peer``, the
+peer end's topic; see docs/physical.md "Distributed links"): :class:`PeerPing` →
+:class:`PeerPong` (the responder's boot nonce: a new one means the peer restarted);
+:class:`Sync` (A→B: discard partial buffers and in-flight blocks, continue from these ids)
+→ :class:`SyncAck`. :class:`ResyncRequest` (B→A, on the classical channel) asks Alice for
+a :class:`Sync` after Bob lost an exchange.
+
 Link control (request/reply on ``keyplane.control.link.<L>``): :class:`LinkCommand` →
 :class:`LinkCommandReply`.
 
@@ -41,14 +48,20 @@ __all__ = [
     "LinkCommandReply",
     "PeRequest",
     "PeResult",
+    "PeerPing",
+    "PeerPong",
     "QuantumFrame",
+    "ResyncRequest",
     "SiftReply",
     "SiftRequest",
+    "Sync",
+    "SyncAck",
     "VerifyRequest",
     "VerifyResult",
     "control_topic",
     "decode_i32",
     "encode_i32",
+    "peer_topic",
     "qkd_topic",
 ]
 
@@ -72,6 +85,11 @@ Count = Annotated[int, Field(ge=0)]
 def qkd_topic(link_id: str, end: Literal["alice", "bob", "quantum"]) -> str:
     """Bus topic of one receiving end of a link's classical (or quantum) channel."""
     return f"keyplane.qkd.{link_id}.{end}"
+
+
+def peer_topic(link_id: str, end: Literal["alice", "bob"]) -> str:
+    """Bus topic on which one end answers its peer's rendezvous and sync requests."""
+    return f"keyplane.qkd.{link_id}.{end}.peer"
 
 
 def control_topic(link_id: str) -> str:
@@ -225,6 +243,66 @@ class AnalyticBlock(Message):
     link_id: str
     block_id: Count
     secret_bits: Count
+
+
+BlockId = Annotated[int, Field(ge=0, le=2**63 - 1)]
+"""A block (or frame) id: fits the key store's signed 64-bit column."""
+
+Nonce = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class PeerPing(Message):
+    """Rendezvous: is the peer end subscribed and answering? (one round trip)"""
+
+    KIND = "qkd.peer_ping"
+
+    link_id: str
+    boot_nonce: Nonce
+
+
+class PeerPong(Message):
+    """The answering end's incarnation: ``boot_nonce`` is fresh at every (re)start of the
+    end, so a different value than last time means the peer restarted and lost its state."""
+
+    KIND = "qkd.peer_pong"
+
+    link_id: str
+    boot_nonce: Nonce
+
+
+class Sync(Message):
+    """Alice → Bob: both ends discard their partial sifted buffers and any in-flight block,
+    and continue with frame ``next_frame_id`` and block ``next_block_id`` (Alice's ids only
+    grow, across her restarts too: blocks ids are never reused). Sent when Alice (re)starts,
+    when Bob's boot nonce changed, and after a lost exchange."""
+
+    KIND = "qkd.sync"
+
+    link_id: str
+    boot_nonce: Nonce
+    next_frame_id: BlockId
+    next_block_id: BlockId
+    reason: str = ""
+
+
+class SyncAck(Message):
+    """Bob has applied the :class:`Sync`; Alice may send the next frame."""
+
+    KIND = "qkd.sync_ack"
+
+    link_id: str
+    boot_nonce: Nonce
+    next_block_id: BlockId
+
+
+class ResyncRequest(Message):
+    """Bob → Alice on the classical channel: Bob abandoned an exchange (his buffer is
+    reset), so Alice should stop waiting for it and send a :class:`Sync`."""
+
+    KIND = "qkd.resync_request"
+
+    link_id: str
+    reason: str = ""
 
 
 class LinkCommand(Message):
