@@ -109,12 +109,12 @@ MAX_BLOCK_ID = 2**63 - 1
 def block_id_base(wall_s: float) -> int:
     """First block id of an Alice end started at ``wall_s`` (Unix seconds).
 
-    ``floor(wall_s * 1000) << 20``: an end that ran since an earlier start delivered fewer
-    than 2^20 blocks per elapsed millisecond (a block takes far longer than 1 ns), so the
-    new base lies above every id it used, and ids stay monotone across restarts without any
-    state surviving the process. Fits a signed 64-bit integer until the year 2248.
-    Assumes the wall clock does not step back across the restart (pass ``first_block_id``
-    to :class:`LinkRunner` where that cannot be assumed).
+    ``floor(wall_s * 1000) << 20``: an end that ran since an earlier start (more than a
+    millisecond before) delivered fewer than 2^20 blocks per elapsed millisecond (a block
+    takes far longer than 1 ns), so the new base lies above every id it used, and ids stay
+    monotone across restarts without any state surviving the process. Fits a signed
+    64-bit integer until the year 2248. Assumes the wall clock does not step back across
+    the restart (pass ``first_block_id`` to :class:`LinkRunner` where it may).
 
     Raises:
         ValueError: ``wall_s`` is negative or too far in the future.
