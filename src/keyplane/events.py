@@ -71,6 +71,10 @@ class EventType(StrEnum):
     keystore_full = "keystore_full"
     alarm = "alarm"
     topology_changed = "topology_changed"
+    node_discovered = "node_discovered"
+    virtual_link_provisioned = "virtual_link_provisioned"
+    virtual_link_released = "virtual_link_released"
+    sdn_agent_failed = "sdn_agent_failed"
     element_started = "element_started"
     element_stopped = "element_stopped"
 
