@@ -1,0 +1,98 @@
+"""ControlRuntime with real mutual-TLS servers in one process: the SDN Controller registers
+nodes, discovers their agents with the controller certificate and serves the northbound view;
+without the SDN Controller the fallback registry still answers."""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from keyplane.api.etsi015 import NETWORK_MEMBER, ROOT_MEMBER, qkdn_id
+from keyplane.bus import MemoryBus, topics
+from keyplane.certs import client_ssl_context
+from keyplane.clock import RealClock
+from keyplane.config import Topology, load_topology
+from keyplane.events import EventStream, EventType, MemorySink
+from keyplane.messages import NodeAnnouncement, NodeWelcome
+from keyplane.runtime import ControlRuntime, NodeRuntime, RuntimeContext
+from keyplane.store import Database, sqlite_url
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def paper() -> Topology:
+    return load_topology(ROOT / "examples" / "paper_poc.yaml")
+
+
+@pytest.fixture
+def sink() -> MemorySink:
+    return MemorySink()
+
+
+@pytest.fixture
+async def ctx(paper: Topology, tmp_path: Path, sink: MemorySink
+              ) -> AsyncIterator[RuntimeContext]:
+    bus = MemoryBus()
+    db = await Database.open(sqlite_url(tmp_path / "runtime.db"))
+    clock = RealClock()
+    context = RuntimeContext(topology=paper, bus=bus, db=db, clock=clock,
+                             events=EventStream(clock, [sink]), state_dir=tmp_path / "state")
+    try:
+        yield context
+    finally:
+        await bus.close()
+        await db.close()
+
+
+async def test_control_runtime_drives_nodes_and_serves_the_northbound_view_over_mtls(
+        ctx: RuntimeContext, sink: MemorySink) -> None:
+    async with ControlRuntime(ctx) as control, NodeRuntime(ctx, "km1"), NodeRuntime(ctx, "km2"):
+        sdn = control.plane.sdn
+        assert sdn is not None and sdn.southbound is not None
+        await sdn.southbound.settle()
+        assert set(control.endpoints) == {"km1", "km2"}
+        for node in ("km1", "km2"):  # read over HTTPS with the controller certificate
+            found = sdn.model.nodes[node].discovery
+            assert found is not None and found.reachable and found.qkdn_id == qkdn_id(node)
+            assert found.url == control.endpoints[node]["etsi015"]
+        doc = json.loads((ctx.state_dir / "endpoints.json").read_text())
+        northbound = doc["controller"]["etsi015_northbound"]
+        assert control.northbound is not None and northbound == control.northbound.url
+        assert set(doc["kms"]) == {"km1", "km2"}
+
+        certs = ctx.ensure_certs()
+        tls = client_ssl_context(certs.controller, certs.ca.cert)
+        async with httpx.AsyncClient(verify=tls) as client:
+            r = await client.get(f"{northbound}/restconf/data/{NETWORK_MEMBER}")
+        assert r.status_code == 200, r.text
+        nodes = {n["node-id"]: n for n in r.json()[NETWORK_MEMBER]["node"]}
+        assert set(nodes) == {"km1", "km2"}
+        assert all(n["reachable"] and n[ROOT_MEMBER]["qkdn_id"] == qkdn_id(i)
+                   for i, n in nodes.items())
+        anonymous_tls = ssl.create_default_context(cafile=str(certs.ca.cert))
+        async with httpx.AsyncClient(verify=anonymous_tls) as anonymous:
+            with pytest.raises(httpx.HTTPError):  # no client certificate: refused
+                await anonymous.get(f"{northbound}/restconf/data/{NETWORK_MEMBER}")
+    assert not sink.of_type(EventType.sdn_agent_failed)
+
+
+async def test_control_runtime_without_sdn_still_answers_node_announcements(
+        ctx: RuntimeContext) -> None:
+    ctx.ensure_certs()
+    async with ControlRuntime(ctx, elements=["routing"]) as control:
+        assert control.plane.sdn is None and control.northbound is None
+        reply = await ctx.bus.request(topics.SDN_NODES, NodeAnnouncement(
+            node="km3", endpoints={"etsi015": "https://127.0.0.1:1"}), timeout_s=5.0)
+        assert isinstance(reply, NodeWelcome) and reply.known
+        refused = await ctx.bus.request(topics.SDN_NODES, NodeAnnouncement(node="km99"),
+                                        timeout_s=5.0)
+        assert isinstance(refused, NodeWelcome) and not refused.known
+        doc = json.loads((ctx.state_dir / "endpoints.json").read_text())
+        assert doc["kms"] == {"km3": {"etsi015": "https://127.0.0.1:1"}}
+        assert "etsi015_northbound" not in doc["controller"]
