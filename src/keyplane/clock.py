@@ -21,8 +21,8 @@ import heapq
 import itertools
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable
-from typing import TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 __all__ = ["Clock", "RealClock", "VirtualClock"]
 
@@ -43,6 +43,15 @@ class Clock(ABC):
     @abstractmethod
     async def sleep(self, delay_s: float) -> None:
         """Suspend the caller for ``delay_s`` seconds of this clock's time."""
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-heavy ``fn(*args)`` (numpy work that releases the GIL) off the event loop.
+
+        The real clock runs it in a worker thread so that other elements in the process keep
+        answering; the virtual clock runs it inline, because ``advance()`` promises that all
+        work due at a time is done before time moves on, which a thread would break.
+        """
+        return await asyncio.to_thread(fn, *args)
 
     async def sleep_until(self, deadline: float) -> None:
         """Suspend until ``now() >= deadline``."""
@@ -112,6 +121,9 @@ class VirtualClock(Clock):
 
     def wall(self) -> float:
         return self._epoch + self._now
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        return fn(*args)
 
     @property
     def pending_sleepers(self) -> int:

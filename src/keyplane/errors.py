@@ -15,9 +15,12 @@ KeyplaneError
 │   ├── SessionNotFound         unknown Key_stream_ID / session id
 │   ├── SessionIdInUse          ETSI 004 status 5
 │   ├── PeerNotConnected        ETSI 004 status 1/3
-│   └── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
+│   ├── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
+│   ├── KmBusy                  a KM's priority queues are full (ETSI 004 status 2, 014 503)
+│   └── RateLimited             the session's token bucket cannot serve within the QoS timeout
 ├── KeyStoreError
-│   └── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
+│   ├── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
+│   └── KeyNotFound             unknown key_ID / index, or already delivered (014 400)
 ├── RelayError
 │   ├── RelayTimeout            a hop did not answer in time
 │   ├── PeerUnreachable         no route / KM down (ETSI 004 status 4)
@@ -34,6 +37,11 @@ them and re-raised ``from`` the original. No error message carries key material.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keyplane.messages import Qos
+
 __all__ = [
     "AuthenticationFailed",
     "BusClosed",
@@ -44,8 +52,10 @@ __all__ = [
     "ConfigError",
     "IllegalTransition",
     "InsufficientKeyMaterial",
+    "KeyNotFound",
     "KeyStoreError",
     "KeyplaneError",
+    "KmBusy",
     "MessageDecodeError",
     "NoResponders",
     "PeerNotConnected",
@@ -53,6 +63,7 @@ __all__ = [
     "PhysicalError",
     "QberAboveThreshold",
     "QosNotMet",
+    "RateLimited",
     "ReconciliationFailed",
     "RelayAuthenticationFailed",
     "RelayError",
@@ -114,7 +125,15 @@ class AuthenticationFailed(SessionError):
 
 
 class QosNotMet(SessionError):
-    """Admission Control refused the requested QoS or found no path for it."""
+    """Admission Control refused the requested QoS or found no path for it.
+
+    ``counter_proposal`` (a :class:`keyplane.messages.Qos`), when set, is the QoS the
+    network could serve instead; ETSI 004 returns it with status 7.
+    """
+
+    def __init__(self, message: str = "", *, counter_proposal: Qos | None = None) -> None:
+        super().__init__(message)
+        self.counter_proposal = counter_proposal
 
 
 class SessionNotFound(SessionError):
@@ -139,12 +158,40 @@ class IllegalTransition(SessionError):
         self.event = event
 
 
+class KmBusy(SessionError):
+    """A key manager's request queues are full: try again later (a clear busy answer)."""
+
+    def __init__(self, node: str, queued: int, limit: int) -> None:
+        super().__init__(f"key manager {node} is busy: {queued} requests queued (limit {limit})")
+        self.node = node
+        self.queued = queued
+        self.limit = limit
+
+
+class RateLimited(SessionError):
+    """A session's token bucket cannot serve a request within the request's QoS timeout."""
+
+    def __init__(self, session_id: str, bits: int, wait_s: float, timeout_s: float) -> None:
+        super().__init__(
+            f"session {session_id}: {bits} bits need {wait_s:.3f} s of token bucket refill, "
+            f"more than the request's timeout of {timeout_s:.3f} s"
+        )
+        self.session_id = session_id
+        self.bits = bits
+        self.wait_s = wait_s
+        self.timeout_s = timeout_s
+
+
 class KeyStoreError(KeyplaneError):
     """A key store failed."""
 
 
 class InsufficientKeyMaterial(KeyStoreError):
     """Not enough key material is available right now."""
+
+
+class KeyNotFound(KeyStoreError):
+    """No such key for this caller: unknown key_ID or index, or already delivered once."""
 
 
 class RelayError(KeyplaneError):

@@ -43,7 +43,9 @@ from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
+from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.messages import NodeAnnouncement, NodeWelcome
+from keyplane.physical import PhysicalNetwork
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
 
@@ -180,10 +182,13 @@ class ControlRuntime(_Lifecycle):
             return
         if sdn.view is not None and self._northbound_port is not None:
             certs = self.ctx.ensure_certs()
-            self.northbound = await serve_app(create_northbound_app(sdn.view), self.ctx.host,
-                                              self._northbound_port,
-                                              server_cert=certs.controller,
-                                              ca_file=certs.ca.cert)
+            try:
+                self.northbound = await serve_app(
+                    create_northbound_app(sdn.view), self.ctx.host, self._northbound_port,
+                    server_cert=certs.controller, ca_file=certs.ca.cert)
+            except BaseException:
+                await self.close()
+                raise
             self.controller_endpoints["etsi015_northbound"] = self.northbound.url
             self.ctx.stream.emit(EventType.element_started, "sdn_northbound",
                                  url=self.northbound.url)
@@ -229,10 +234,15 @@ class NodeRuntime(_Lifecycle):
     """One node of the network, in this process."""
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
-                 announce_timeout_s: float = 30.0) -> None:
+                 announce_timeout_s: float = 30.0, run_links: bool = True,
+                 km_settings: KmSettings | None = None) -> None:
         ctx.topology.node(node_id)  # KeyError on an unknown node
         self.ctx = ctx
         self.node_id = node_id
+        self.km = KeyManager(node_id, ctx.topology, ctx.bus, ctx.db, ctx.clock, ctx.stream,
+                             km_settings)
+        self.physical: PhysicalNetwork | None = None
+        self._run_links = run_links
         self.endpoints: dict[str, str] = {}
         self._announce_timeout_s = announce_timeout_s
         self._closed = False
@@ -256,6 +266,17 @@ class NodeRuntime(_Lifecycle):
     async def _start_elements(self) -> None:
         ctx = self.ctx
         certs = ctx.ensure_certs()
+        await self._stack.enter_async_context(self.km)
+        if self._run_links:
+            # distributed mode: this node runs its own ends of its links; the peer ends run
+            # in the neighbours' processes and the classical channel goes over the bus
+            sinks = {(self.node_id, link.link_id): self.km.link_key_sink(link.link_id)
+                     for link in ctx.topology.links_of(self.node_id)}
+            self.physical = PhysicalNetwork(ctx.topology, clock=ctx.clock, sinks=sinks,
+                                            seed=ctx.seed, bus=ctx.bus, events=ctx.stream,
+                                            node=self.node_id)
+            await self.physical.start()
+            self._stack.push_async_callback(self.physical.close)
         self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
         await self._stack.enter_async_context(self.agent)
         server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
@@ -290,22 +311,44 @@ class NodeRuntime(_Lifecycle):
 
 
 class Embedded(_Lifecycle):
-    """Every element of a network in one process: control plane plus every node."""
+    """Every element of a network in one process: control plane plus every node.
 
-    def __init__(self, ctx: RuntimeContext) -> None:
+    The quantum links run as one :class:`PhysicalNetwork` with both ends in this process
+    (in-process classical channels), feeding every KM's link key stores.
+    """
+
+    def __init__(self, ctx: RuntimeContext, *, control_settings: ControlSettings | None = None,
+                 km_settings: KmSettings | None = None) -> None:
         self.ctx = ctx
-        self.control = ControlRuntime(ctx, write_endpoints_file=False)
-        self.nodes = {n.id: NodeRuntime(ctx, n.id) for n in ctx.topology.nodes}
+        self.control = ControlRuntime(ctx, write_endpoints_file=False,
+                                      settings=control_settings)
+        self.nodes = {n.id: NodeRuntime(ctx, n.id, run_links=False, km_settings=km_settings)
+                      for n in ctx.topology.nodes}
+        sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
+                 for node_id, rt in self.nodes.items()
+                 for link in ctx.topology.links_of(node_id)}
+        self.physical = PhysicalNetwork(ctx.topology, clock=ctx.clock, sinks=sinks,
+                                        seed=ctx.seed, bus=ctx.bus, events=ctx.stream)
+
+    def km(self, node_id: str) -> KeyManager:
+        """The key manager of ``node_id``."""
+        return self.nodes[node_id].km
 
     async def start(self) -> None:
-        """Start the control plane, then every node; write endpoints.json."""
+        """Start the control plane, every node, then the links; write endpoints.json."""
         certs = self.ctx.ensure_certs()
         await self.control.start()
-        await asyncio.gather(*(n.start() for n in self.nodes.values()))
+        try:
+            await asyncio.gather(*(n.start() for n in self.nodes.values()))
+            await self.physical.start()
+        except BaseException:
+            await self.close()
+            raise
         write_endpoints(self.ctx.state_dir, self.ctx.topology, certs, self.control.endpoints,
                         self.control.controller_endpoints)
 
     async def close(self) -> None:
-        """Stop the nodes, then the control plane."""
+        """Stop the links, the nodes, then the control plane (idempotent)."""
+        await self.physical.close()
         await asyncio.gather(*(n.close() for n in self.nodes.values()))
         await self.control.close()

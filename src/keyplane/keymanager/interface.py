@@ -15,6 +15,13 @@ codes and ETSI 004 status codes:
 | InsufficientKeyMaterial  | 503      | 2               |
 | PeerUnreachable          | 503      | 4               |
 | TimeoutError/RelayTimeout| 503      | 6               |
+| RateLimited              | 503      | 6 (token bucket cannot serve within the QoS timeout) |
+| KmBusy                   | 503      | 2 (the KM's request queues are full) |
+| KeyNotFound              | 400      | 9 (unknown/already delivered key_ID or index) |
+
+``KeyNotFound``, ``KmBusy`` and ``RateLimited`` were added by the key manager
+(``keyplane.keymanager.KeyManager`` implements this protocol; its ``close()`` with no
+arguments is also its lifecycle close, see docs/keymanager.md).
 
 ``identity`` is what the transport authenticated: the mTLS client certificate subject
 (RFC 4514 string), or a bearer token when ``method == "token"``.

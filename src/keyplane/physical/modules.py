@@ -19,8 +19,9 @@ discarded and counted. Nothing here logs or returns key material except
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
@@ -71,6 +72,7 @@ logger = logging.getLogger(__name__)
 
 BlockStatus = Literal["delivered", "aborted_qber", "aborted_no_key", "verify_failed"]
 M = TypeVar("M", bound=Message)
+R = TypeVar("R")
 
 
 @dataclass(slots=True)
@@ -129,11 +131,19 @@ async def _expect(channel: ClassicalChannel, cls: type[M], ident: int,
         )
 
 
+async def _inline(fn: Callable[..., R], *args: Any) -> R:
+    return fn(*args)
+
+
 class _Module:
     def __init__(self, link: QuantumLink, classical: ClassicalChannel,
                  quantum: ClassicalChannel, rng: np.random.Generator, *,
                  cascade_schedule: str = "original",
-                 peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S) -> None:
+                 peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
+                 offload: Callable[..., Awaitable[Any]] = _inline) -> None:
+        # offload: how CPU-heavy stages run (Clock.offload: a worker thread on the real
+        # clock, inline on the virtual one)
+        self.offload = offload
         self.link = link
         self.link_id = link.link_id
         self.classical = classical
@@ -166,7 +176,9 @@ class AliceModule(_Module):
                 reset; the runner counts the loss and carries on).
         """
         try:
-            alice, bob = emulate_frame(physics, n_pulses, self.rng)
+            # numpy releases the GIL: the frame draws run off the event loop so KMs and
+            # the control plane in the same process keep answering promptly
+            alice, bob = await self.offload(emulate_frame, physics, n_pulses, self.rng)
             await self.quantum.send(QuantumFrame(
                 link_id=self.link_id, frame_id=frame_id, n_pulses=n_pulses,
                 detections=bob.detections, bases=pack(bob.bases), bits=pack(bob.bits)))
@@ -249,7 +261,7 @@ class AliceModule(_Module):
             out.reason = "secure length is zero"
             return out
         out.secret_bits = ell
-        out.material = self._amplify(rest, pa_seed, ell)
+        out.material = await self.offload(self._amplify, rest, pa_seed, ell)
         out.status = "delivered"
         return out
 
@@ -362,6 +374,6 @@ class BobModule(_Module):
             out.reason = "secure length is zero"
             return out
         out.secret_bits = ell
-        out.material = self._amplify(bob.key, vreq.pa_seed, ell)
+        out.material = await self.offload(self._amplify, bob.key, vreq.pa_seed, ell)
         out.status = "delivered"
         return out

@@ -185,7 +185,8 @@ class LinkRunner:
             else:
                 alice = AliceModule(self.link, classical, quantum, self._rng("alice"),
                                     cascade_schedule=self.cascade_schedule,
-                                    peer_timeout_s=self.peer_timeout_s)
+                                    peer_timeout_s=self.peer_timeout_s,
+                                    offload=self.clock.offload)
                 self._tasks.append(loop.create_task(self._alice_loop(alice)))
             if self.bus is not None:
                 self._sub = await self.bus.subscribe(control_topic(self.link_id),
@@ -197,7 +198,8 @@ class LinkRunner:
             else:
                 bob = BobModule(self.link, classical, quantum, self._rng("bob"),
                                 cascade_schedule=self.cascade_schedule,
-                                peer_timeout_s=self.peer_timeout_s)
+                                peer_timeout_s=self.peer_timeout_s,
+                                offload=self.clock.offload)
                 self._tasks.append(loop.create_task(self._bob_loop(bob)))
 
     async def close(self) -> None:

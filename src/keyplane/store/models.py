@@ -3,18 +3,20 @@
 * user/SLA database: :class:`UserRow`, :class:`ApplicationRow`
 * topology database: :class:`NodeRow`, :class:`LinkRow`, :class:`LinkMetricRow`
 * key manager state: :class:`LinkKeyBlockRow` (link key stores), :class:`SessionRow`,
-  :class:`DeliveredKeyRow` (what a KM has handed out, so a restart never delivers twice)
+  :class:`DeliveredKeyRow` (end-to-end keys a KM holds or has handed out, so a restart
+  neither loses one nor delivers one twice)
 
 Key material is stored as raw bytes in ``LinkKeyBlockRow.material``; consumed bytes are
 overwritten with zeros in the same transaction that marks them consumed (used once, then
-destroyed). Protect the database file like a key store.
+destroyed). ``DeliveredKeyRow.material`` is set to NULL in the transaction that marks the
+key delivered. Protect the database file like a key store.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
@@ -87,15 +89,22 @@ class LinkMetricRow(Base):
 
 
 class LinkKeyBlockRow(Base):
-    """A block of link key one KM holds for one neighbour (one end of a QKD link)."""
+    """A block of link key one KM holds for one neighbour (one end of a QKD link).
+
+    Each block is split in two halves, one per direction (see keyplane.keymanager.keystore):
+    ``tx_reserved_bytes`` counts the bytes of this node's send half already taken (from the
+    half's start); ``rx_consumed`` lists the [start, end) byte ranges of the peer's half
+    that frames have named and this node consumed.
+    """
 
     __tablename__ = "link_key_blocks"
 
     node: Mapped[str] = mapped_column(String(64), primary_key=True)
     link_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    block_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    block_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     size_bytes: Mapped[int] = mapped_column(Integer)
-    consumed_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    tx_reserved_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    rx_consumed: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
     material: Mapped[bytes] = mapped_column(LargeBinary)
     created_t: Mapped[float] = mapped_column(Float, default=0.0)
 
@@ -113,7 +122,11 @@ class SessionRow(Base):
 
 
 class DeliveredKeyRow(Base):
-    """An end-to-end key a KM holds or has handed to an application (by key_ID only)."""
+    """An end-to-end key a KM holds or has handed to an application.
+
+    ``state``: ``pending`` (source: relayed, not yet confirmed), ``ready`` (may be handed
+    to ``sae_id``), ``delivered`` (handed out; ``material`` is NULL from then on).
+    """
 
     __tablename__ = "delivered_keys"
 
@@ -123,3 +136,8 @@ class DeliveredKeyRow(Base):
     index: Mapped[int] = mapped_column(Integer, default=0)
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
     t: Mapped[float] = mapped_column(Float, default=0.0)
+    state: Mapped[str] = mapped_column(String(16), default="ready")
+    size_bits: Mapped[int] = mapped_column(Integer, default=0)
+    sae_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    peer_sae: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    material: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)

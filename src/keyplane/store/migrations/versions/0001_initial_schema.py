@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 04:02:20.333108
+Create Date: 2026-11-24 04:09:46.537610
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ def upgrade() -> None:
     sa.Column('index', sa.Integer(), nullable=False),
     sa.Column('delivered', sa.Boolean(), nullable=False),
     sa.Column('t', sa.Float(), nullable=False),
+    sa.Column('state', sa.String(length=16), nullable=False),
+    sa.Column('size_bits', sa.Integer(), nullable=False),
+    sa.Column('sae_id', sa.String(length=64), nullable=True),
+    sa.Column('peer_sae', sa.String(length=64), nullable=True),
+    sa.Column('material', sa.LargeBinary(), nullable=True),
     sa.PrimaryKeyConstraint('node', 'key_id')
     )
     with op.batch_alter_table('delivered_keys', schema=None) as batch_op:
@@ -33,9 +38,10 @@ def upgrade() -> None:
     op.create_table('link_key_blocks',
     sa.Column('node', sa.String(length=64), nullable=False),
     sa.Column('link_id', sa.String(length=64), nullable=False),
-    sa.Column('block_id', sa.Integer(), nullable=False),
+    sa.Column('block_id', sa.BigInteger(), nullable=False),
     sa.Column('size_bytes', sa.Integer(), nullable=False),
-    sa.Column('consumed_bytes', sa.Integer(), nullable=False),
+    sa.Column('tx_reserved_bytes', sa.Integer(), nullable=False),
+    sa.Column('rx_consumed', sa.JSON(), nullable=False),
     sa.Column('material', sa.LargeBinary(), nullable=False),
     sa.Column('created_t', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('node', 'link_id', 'block_id')

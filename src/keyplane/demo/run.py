@@ -1,0 +1,228 @@
+"""``keyplane demo``: the paper's proof of concept, end to end, with its Fig. 4 timeline.
+
+Embedded: every element in this process (KMs, control plane, emulated links, ETSI 015
+agents), the SAE pairs of the scenario calling their KMs in process. Writes into ``out``:
+``events.jsonl`` (every event), ``timeline.png`` and ``timeline.html`` (paper Fig. 4) and
+``summary.json`` (per session: path, keys delivered, whether both ends matched, time to
+first key; per link: blocks, QBER, secret bits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from keyplane.bus import MemoryBus
+from keyplane.clock import RealClock
+from keyplane.config import Eavesdropper, Topology
+from keyplane.demo.scenario import PairResult, SaePair, ServiceEndpoint, run_pair
+from keyplane.demo.timeline import render_timeline
+from keyplane.events import Event, EventStream, EventType, JsonlSink, MemorySink
+from keyplane.keymanager.interface import Caller
+from keyplane.runtime import Embedded, RuntimeContext
+from keyplane.store import Database, sqlite_url
+
+__all__ = ["DemoOptions", "apply_overrides", "default_pairs", "run_embedded_demo", "summarize"]
+
+
+@dataclass
+class DemoOptions:
+    """What ``keyplane demo`` runs."""
+
+    topology: Topology
+    out: Path
+    pairs: list[SaePair] = field(default_factory=list)
+    keys: int = 8
+    chunk_bytes: int = 32
+    interval_s: float = 0.05
+    eve_link: str | None = None
+    eve_after_s: float = 1.0
+    timeout_s: float = 60.0
+    seed: int = 1
+    live: bool = True
+
+
+def default_pairs(topo: Topology) -> list[SaePair]:
+    """The paper's three sessions (0-1, 2-3, 4-5) when the topology has those SAEs,
+    otherwise consecutive applications."""
+    saes = [a.sae_id for a in topo.applications]
+    paper = [SaePair("sae0", "sae1"), SaePair("sae2", "sae3"), SaePair("sae4", "sae5")]
+    if all(p.a in saes and p.b in saes for p in paper):
+        return paper
+    return [SaePair(saes[i], saes[i + 1]) for i in range(0, len(saes) - 1, 2)]
+
+
+def apply_overrides(topo: Topology, *, protocol: str | None = None,
+                    length_km: float | None = None) -> Topology:
+    """The topology with every link's protocol and/or length replaced."""
+    update: dict[str, Any] = {}
+    if protocol is not None:
+        update["protocol"] = protocol
+    if length_km is not None:
+        update["length_km"] = length_km
+    if not update:
+        return topo
+    links = [link.model_copy(update=update) for link in topo.links]
+    data = topo.model_dump()
+    data["links"] = [link.model_dump() for link in links]
+    return Topology.model_validate(data)
+
+
+def _caller(topo: Topology, sae: str) -> Caller:
+    owner = topo.user(topo.application(sae).owner)
+    return Caller(owner.certificate_subject or f"CN={owner.id},O=keyplane")
+
+
+def summarize(topo: Topology, results: list[PairResult], events: list[Event]) -> dict[str, Any]:
+    """The demo's summary.json: sessions (with the route evidence) and links."""
+    sessions = []
+    for r in results:
+        sid = r.key_stream_id
+        mine = [e for e in events if e.session == sid and sid]
+        paths = [e.data.get("path") for e in mine
+                 if e.type is EventType.route_computed and e.element == "admission"]
+        relayed_at = sorted({e.node for e in mine if e.type is EventType.key_relayed and e.node})
+        delivered_at = sorted({e.node for e in mine
+                               if e.type is EventType.key_delivered and e.node})
+        path = paths[-1] if paths else None
+        intermediates = path[1:-1] if path else []
+        sessions.append({
+            "pair": r.pair.label,
+            "key_stream_id": sid,
+            "path": path,
+            "paths": paths,
+            "rerouted": len(paths) > 1,
+            "status": r.status,
+            "error": r.error,
+            "keys_delivered": r.keys_delivered,
+            "keys_matched": r.keys_matched,
+            "all_keys_matched": r.all_matched,
+            "opened_s": r.opened_s,
+            "time_to_first_key_s": r.first_key_s,
+            "relayed_at": relayed_at,
+            "delivered_at": delivered_at,
+            "intermediates_never_delivered": not (set(intermediates) & set(delivered_at)),
+            "key_fingerprints": r.fingerprints,
+        })
+    links: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e.type in (EventType.link_block, EventType.link_block_aborted):
+            lid = str(e.data.get("link"))
+            s = links.setdefault(lid, {"blocks": 0, "aborted": 0, "secret_bits": 0,
+                                       "qber": []})
+            if e.type is EventType.link_block and e.data.get("status") == "delivered":
+                s["blocks"] += 1
+                s["secret_bits"] += int(e.data.get("secret_bits") or 0)
+            else:
+                s["aborted"] += 1
+            if e.data.get("qber") is not None:
+                s["qber"].append(float(e.data["qber"]))
+    for s in links.values():
+        q = s.pop("qber")
+        s["mean_qber"] = sum(q) / len(q) if q else None
+    alarms = [{"link": e.data.get("link") or e.data.get("link_id"), "kind": e.data.get("kind"),
+               "t": e.t} for e in events if e.type is EventType.alarm]
+    return {"topology": topo.name, "sessions": sessions, "links": links, "alarms": alarms,
+            "events": len(events)}
+
+
+def _view(results: list[PairResult], mem: MemorySink, t0: float) -> Group:
+    table = Table(title=f"keyplane demo — {time.monotonic() - t0:5.1f} s", expand=False)
+    for col in ("pair", "stream", "status", "keys", "matched", "opened (s)", "first key (s)"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.pair.label, r.key_stream_id[:8], r.status, str(r.keys_delivered),
+                      str(r.keys_matched),
+                      f"{r.opened_s:.3f}" if r.opened_s is not None else "-",
+                      f"{r.first_key_s:.3f}" if r.first_key_s is not None else "-")
+    recent = Table(title="recent events", show_header=True, expand=False)
+    for col in ("t (ms)", "node", "element", "event"):
+        recent.add_column(col)
+    shown = [e for e in list(mem.events)[-400:]
+             if e.type not in (EventType.link_block, EventType.key_requested)][-8:]
+    for e in shown:
+        recent.add_row(f"{(e.t - t0) * 1000:.0f}", e.node or "-", e.element, e.type.value)
+    return Group(table, recent)
+
+
+async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
+                            ) -> dict[str, Any]:
+    """Run the scenario in one process; write the outputs; return the summary."""
+    console = console or Console()
+    out = opts.out
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in ("events.jsonl", "keyplane.db", "keyplane.db-wal", "keyplane.db-shm"):
+        (out / stale).unlink(missing_ok=True)
+    shutil.rmtree(out / "state", ignore_errors=True)
+    topo = opts.topology
+    pairs = opts.pairs or default_pairs(topo)
+    clock = RealClock()
+    mem = MemorySink()
+    jsonl = JsonlSink(out / "events.jsonl")
+    events = EventStream(clock, [mem, jsonl])
+    db = await Database.open(sqlite_url(out / "keyplane.db"))
+    bus = MemoryBus()
+    ctx = RuntimeContext(topology=topo, bus=bus, db=db, clock=clock, events=events,
+                         state_dir=out / "state", seed=opts.seed)
+    results = [PairResult(p) for p in pairs]
+    t0 = clock.now()
+    try:
+        async with Embedded(ctx) as emb:
+            async def eve() -> None:
+                if opts.eve_link is None:
+                    return
+                await asyncio.sleep(opts.eve_after_s)
+                emb.physical.runner(opts.eve_link).set_eavesdropper(
+                    Eavesdropper(position_km=0.0, fraction=1.0))
+                events.emit(EventType.alarm, "demo", kind="eavesdropper_inserted",
+                            link=opts.eve_link)
+
+            runs = [run_pair(p, ServiceEndpoint(p.a, emb.km(topo.application(p.a).node),
+                                                _caller(topo, p.a)),
+                             ServiceEndpoint(p.b, emb.km(topo.application(p.b).node),
+                                             _caller(topo, p.b)),
+                             keys=opts.keys, chunk_bytes=opts.chunk_bytes,
+                             interval_s=opts.interval_s, timeout_s=opts.timeout_s,
+                             result=r, t0=t0)
+                    for p, r in zip(pairs, results, strict=True)]
+            eve_task = asyncio.create_task(eve())
+            if opts.live and console.is_terminal:
+                with Live(_view(results, mem, t0), console=console, refresh_per_second=8,
+                          transient=False) as live:
+                    gathered = asyncio.gather(*runs)
+                    while not gathered.done():
+                        live.update(_view(results, mem, t0))
+                        await asyncio.wait({gathered}, timeout=0.125)
+                    await gathered
+                    live.update(_view(results, mem, t0))
+            else:
+                await asyncio.gather(*runs)
+            eve_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await eve_task
+            # let the closes reach Admission Control and every KM on the paths
+            closed = {r.key_stream_id for r in results if r.status == "closed"}
+            for sid in closed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(mem.wait_for(
+                        lambda e, sid=sid: e.type is EventType.session_closed
+                        and e.element == "admission" and e.session == sid), 3.0)
+    finally:
+        jsonl.close()
+        await bus.close()
+        await db.close()
+    evs = list(mem.events)
+    summary = summarize(topo, results, evs)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    render_timeline(evs, out)
+    return summary

@@ -1,0 +1,155 @@
+"""The paper's proof of concept as a scenario: SAE pairs open ETSI 004 streams and fetch keys.
+
+Each pair behaves like two real applications: they agree on a Key_stream_ID out of band
+(a fresh UUID, which ETSI 004 lets the caller supply), call OPEN_CONNECT at their own KMs in
+parallel, then GET_KEY the same indexes and compare what they got. A GET_KEY answered
+"insufficient key" (status 2) is retried after a short back-off, as an application would.
+
+The scenario talks to KMs through :class:`StreamEndpoint`: in the embedded demo that is the
+KM's :class:`~keyplane.keymanager.interface.ApplicationService` called in process; in the
+distributed demo it is the ETSI 004 client over HTTPS with mutual TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from keyplane.errors import InsufficientKeyMaterial, KeyplaneError
+from keyplane.keymanager.interface import ApplicationService, Caller
+from keyplane.messages import Qos
+
+__all__ = ["PairResult", "SaePair", "ServiceEndpoint", "StreamEndpoint", "run_pair"]
+
+
+class StreamEndpoint(Protocol):
+    """One application's view of its KM's ETSI 004 interface."""
+
+    sae_id: str
+
+    async def open(self, destination: str, qos: Qos, key_stream_id: str) -> str:
+        """OPEN_CONNECT; returns the Key_stream_ID the KM confirmed."""
+        ...
+
+    async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
+        """GET_KEY at ``index``: (key bytes, metadata). Raises InsufficientKeyMaterial on
+        status 2."""
+        ...
+
+    async def close(self, key_stream_id: str) -> None:
+        """CLOSE."""
+        ...
+
+
+@dataclass
+class ServiceEndpoint:
+    """A :class:`StreamEndpoint` that calls a KM in this process (embedded demo)."""
+
+    sae_id: str
+    km: ApplicationService
+    caller: Caller
+
+    async def open(self, destination: str, qos: Qos, key_stream_id: str) -> str:
+        res = await self.km.open_connect(self.caller, self.sae_id, destination, qos,
+                                         key_stream_id)
+        return res.key_stream_id
+
+    async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
+        res = await self.km.get_key(self.caller, key_stream_id, index)
+        return res.key, dict(res.metadata)
+
+    async def close(self, key_stream_id: str) -> None:
+        await self.km.close(self.caller, key_stream_id)
+
+
+@dataclass(frozen=True)
+class SaePair:
+    """Two applications that want a shared key stream."""
+
+    a: str
+    b: str
+
+    @property
+    def label(self) -> str:
+        """``"sae2-sae3"``."""
+        return f"{self.a}-{self.b}"
+
+
+@dataclass
+class PairResult:
+    """What one pair observed (no key material: only digests and counts)."""
+
+    pair: SaePair
+    key_stream_id: str = ""
+    keys_delivered: int = 0
+    keys_matched: int = 0
+    first_key_s: float | None = None
+    opened_s: float | None = None
+    status: str = "pending"
+    error: str = ""
+    key_ids: list[str] = field(default_factory=list)
+    fingerprints: list[str] = field(default_factory=list)  # SHA-256 prefix of each key
+
+    @property
+    def all_matched(self) -> bool:
+        """Both ends got identical keys for every index fetched."""
+        return self.keys_delivered > 0 and self.keys_matched == self.keys_delivered
+
+
+async def _get(ep: StreamEndpoint, sid: str, index: int, deadline: float
+               ) -> tuple[bytes, dict[str, Any]]:
+    delay = 0.02
+    while True:
+        try:
+            return await ep.get_key(sid, index)
+        except InsufficientKeyMaterial:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(0.25, delay * 1.5)
+
+
+async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys: int = 8,
+                   chunk_bytes: int = 32, interval_s: float = 0.0, timeout_s: float = 30.0,
+                   result: PairResult | None = None, t0: float | None = None) -> PairResult:
+    """Open the stream at both ends, fetch ``keys`` chunks at each, compare, close.
+
+    ``result`` (if given) is updated in place as the run goes, for a live view.
+    """
+    res = result or PairResult(pair)
+    t0 = time.monotonic() if t0 is None else t0
+    sid = str(uuid.uuid4())
+    qos = Qos(key_chunk_size=chunk_bytes, timeout_ms=int(timeout_s * 1000), max_bps=0)
+    deadline = time.monotonic() + timeout_s
+    try:
+        res.status = "opening"
+        sid_a, sid_b = await asyncio.gather(a.open(pair.b, qos, sid), b.open(pair.a, qos, sid))
+        if sid_a != sid_b:
+            raise KeyplaneError(f"the two ends got different Key_stream_IDs: {sid_a} {sid_b}")
+        res.key_stream_id = sid_a
+        res.opened_s = time.monotonic() - t0
+        res.status = "operative"
+        for i in range(keys):
+            (ka, ma), (kb, mb) = await asyncio.gather(_get(a, sid_a, i, deadline),
+                                                      _get(b, sid_b, i, deadline))
+            res.keys_delivered += 1
+            if ka == kb and ma.get("key_ID") == mb.get("key_ID"):
+                res.keys_matched += 1
+            if res.first_key_s is None:
+                res.first_key_s = time.monotonic() - t0
+            res.key_ids.append(str(ma.get("key_ID", "")))
+            res.fingerprints.append(hashlib.sha256(ka).hexdigest()[:16])
+            if interval_s:
+                await asyncio.sleep(interval_s)
+        res.status = "closing"
+        await a.close(sid_a)
+        await b.close(sid_b)
+        res.status = "closed"
+    except (KeyplaneError, TimeoutError) as exc:
+        res.status = "failed"
+        res.error = f"{type(exc).__name__}: {exc}"
+    return res

@@ -1,0 +1,347 @@
+"""Link key stores: the key stream of one QKD link, at one end, consumed exactly once.
+
+The physical layer pushes identical blocks (same ``block_id``, same bytes) into the stores
+at both ends of a link through the sink method :meth:`LinkKeyStore.put_block` (the
+``LinkKeySink`` protocol of :mod:`keyplane.physical`).
+
+Direction convention (so the two directions of a link never take the same bytes): every
+block of ``n`` bytes is split in two halves; the end whose node id sorts first
+(``min(a, b)``) *sends* with bytes ``[0, n // 2)`` and the other end sends with
+``[n // 2, 2 * (n // 2))`` (an odd last byte is never used). A sender takes its half in
+ascending ``block_id`` order, from the start, and names the exact segments it used —
+``(block_id, offset, length)`` with absolute offsets — in every frame. The receiver
+consumes exactly the named segments of the *sender's* half and refuses a segment that is
+outside that half or already consumed (a replay). Both ends thus consume the same ids in the
+same order, and each byte is used once, by one direction.
+
+Durability ("used once, then destroyed"): a send reservation copies the bytes out of the
+block into memory and zeroes them in the block; the zeroed block and the new reservation
+offset are written in the journal's next transaction, which the caller awaits before any
+byte leaves the KM. Reservations are taken ``link_reserve_bytes`` at a time so one write
+covers many frames; after a restart the unused rest of a reservation is gone from the store
+and therefore never reused. A received segment is zeroed and recorded as consumed the same
+way. A block whose two halves are both used up is deleted.
+
+Events: ``keystore_low`` when the sendable bits drop below ``keystore_low_water_bits``
+(again only after having risen above it), ``keystore_full`` when stored bits reach
+``keystore_capacity_bits`` (advisory: the block is kept so both ends stay identical).
+Events carry sizes and ids only.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+
+from keyplane.clock import Clock
+from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
+from keyplane.events import EventStream, EventType
+from keyplane.keymanager.journal import Journal, RowWrites
+from keyplane.keymanager.settings import KmSettings
+from keyplane.store import Database
+from keyplane.store.models import LinkKeyBlockRow
+
+__all__ = ["LinkKeyStore", "Segment", "send_half"]
+
+logger = logging.getLogger(__name__)
+
+Segment = tuple[int, int, int]
+"""``(block_id, offset, length)``: ``length`` bytes of a block from absolute ``offset``."""
+
+
+def send_half(size_bytes: int, sender: str, receiver: str) -> tuple[int, int]:
+    """The absolute ``[start, end)`` byte range of a block that ``sender`` sends with."""
+    half = size_bytes // 2
+    return (0, half) if sender < receiver else (half, 2 * half)
+
+
+@dataclass
+class _Block:
+    block_id: int
+    material: bytearray = field(repr=False)
+    tx_start: int
+    tx_end: int
+    tx_reserved: int  # bytes of the send half taken, from tx_start
+    rx_start: int
+    rx_end: int
+    rx_consumed: list[list[int]]  # merged, sorted [start, end) ranges of the receive half
+    persisted: bool = True
+
+    @property
+    def tx_left(self) -> int:
+        return self.tx_end - self.tx_start - self.tx_reserved
+
+    @property
+    def rx_left(self) -> int:
+        return (self.rx_end - self.rx_start) - sum(e - s for s, e in self.rx_consumed)
+
+    @property
+    def used_up(self) -> bool:
+        return self.tx_left == 0 and self.rx_left == 0
+
+
+def _overlaps(ranges: list[list[int]], start: int, end: int) -> bool:
+    i = bisect.bisect_left(ranges, [start, start])
+    if i > 0 and ranges[i - 1][1] > start:
+        return True
+    return i < len(ranges) and ranges[i][0] < end
+
+
+def _add_range(ranges: list[list[int]], start: int, end: int) -> None:
+    i = bisect.bisect_left(ranges, [start, start])
+    ranges.insert(i, [start, end])
+    merged: list[list[int]] = []
+    for s, e in ranges:
+        if merged and merged[-1][1] >= s:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    ranges[:] = merged
+
+
+class LinkKeyStore:
+    """One end of one QKD link's key stream, as seen by the KM of ``node_id``.
+
+    Args:
+        node_id: this KM's node.
+        link_id: the quantum link's id.
+        peer_id: the node at the other end.
+        journal: the KM's group-commit journal (this store registers itself).
+        events, clock, settings: the KM's.
+    """
+
+    def __init__(self, node_id: str, link_id: str, peer_id: str, journal: Journal,
+                 events: EventStream, clock: Clock, settings: KmSettings) -> None:
+        self.node_id = node_id
+        self.link_id = link_id
+        self.peer_id = peer_id
+        self._journal = journal
+        self._events = events
+        self._clock = clock
+        self._settings = settings
+        self._blocks: dict[int, _Block] = {}
+        self._order: list[int] = []  # block ids ascending
+        # reserved send bytes not yet used: (block_id, absolute offset, bytes)
+        self._reserved: list[tuple[int, int, bytearray]] = []
+        self._reserved_gen = 0
+        self._dirty: set[int] = set()
+        self._deleted: set[int] = set()
+        self._low = False
+        self._last: tuple[set[int], list[int]] = (set(), [])
+        self.blocks_received = 0
+        journal.register(self)
+
+    def __repr__(self) -> str:
+        return (f"LinkKeyStore(node={self.node_id!r}, link={self.link_id!r}, "
+                f"blocks={len(self._blocks)}, sendable_bits={self.sendable_bits})")
+
+    # ---- figures -----------------------------------------------------------------------
+    @property
+    def sendable_bytes(self) -> int:
+        """Bytes this end can still send with (reserved and unreserved)."""
+        return sum(len(b) for _, _, b in self._reserved) + sum(
+            blk.tx_left for blk in self._blocks.values())
+
+    @property
+    def sendable_bits(self) -> int:
+        """:attr:`sendable_bytes` in bits."""
+        return 8 * self.sendable_bytes
+
+    @property
+    def stored_bits(self) -> int:
+        """Unused bits held for this link (both directions)."""
+        return 8 * (sum(len(b) for _, _, b in self._reserved)
+                    + sum(blk.tx_left + blk.rx_left for blk in self._blocks.values()))
+
+    # ---- the physical layer's sink -----------------------------------------------------
+    async def put_block(self, link_id: str, block_id: int, material: bytes) -> None:
+        """Store a new block of link key (``LinkKeySink``); durable when this returns.
+
+        Raises:
+            KeyStoreError: ``link_id`` is not this store's link, or ``block_id`` is known.
+        """
+        if link_id != self.link_id:
+            raise KeyStoreError(f"block for link {link_id!r} sent to the store of {self.link_id!r}")
+        if block_id in self._blocks or block_id in self._deleted:
+            raise KeyStoreError(f"link {self.link_id}: block {block_id} already received")
+        size = len(material)
+        tx = send_half(size, self.node_id, self.peer_id)
+        rx = send_half(size, self.peer_id, self.node_id)
+        blk = _Block(block_id, bytearray(material), tx[0], tx[1], 0, rx[0], rx[1], [],
+                     persisted=False)
+        self._blocks[block_id] = blk
+        bisect.insort(self._order, block_id)
+        self._dirty.add(block_id)
+        self.blocks_received += 1
+        await self._journal.flushed(self._journal.mark())
+        if self._low and self.sendable_bits >= self._settings.keystore_low_water_bits:
+            self._low = False
+        if self.stored_bits >= self._settings.keystore_capacity_bits:
+            self._events.emit(EventType.keystore_full, "km", node=self.node_id,
+                              link_id=self.link_id, stored_bits=self.stored_bits,
+                              capacity_bits=self._settings.keystore_capacity_bits)
+
+    # ---- sending -----------------------------------------------------------------------
+    def take_send(self, nbytes: int) -> tuple[list[Segment], bytes, int]:
+        """Take ``nbytes`` of this end's send half for one frame.
+
+        Returns:
+            ``(segments, pad, gen)``: the segments to name in the frame, their bytes, and
+            the journal generation to await before the frame is sent.
+
+        Raises:
+            InsufficientKeyMaterial: fewer than ``nbytes`` sendable bytes (nothing taken).
+        """
+        have = sum(len(b) for _, _, b in self._reserved)
+        if have < nbytes:
+            need = nbytes - have
+            if need > sum(blk.tx_left for blk in self._blocks.values()):
+                raise InsufficientKeyMaterial(
+                    f"link {self.link_id}: {nbytes} bytes wanted, {self.sendable_bytes} sendable")
+            self._reserve(max(need, self._settings.link_reserve_bytes))
+        segments: list[Segment] = []
+        out = bytearray()
+        left = nbytes
+        while left:
+            block_id, offset, buf = self._reserved[0]
+            n = min(left, len(buf))
+            segments.append((block_id, offset, n))
+            out += buf[:n]
+            buf[:n] = bytes(n)  # destroy the in-memory copy
+            if n == len(buf):
+                self._reserved.pop(0)
+            else:
+                self._reserved[0] = (block_id, offset + n, buf[n:])
+            left -= n
+        self._check_low()
+        return segments, bytes(out), self._reserved_gen
+
+    def _reserve(self, nbytes: int) -> None:
+        for block_id in self._order:
+            if nbytes <= 0:
+                break
+            blk = self._blocks[block_id]
+            n = min(nbytes, blk.tx_left)
+            if n <= 0:
+                continue
+            start = blk.tx_start + blk.tx_reserved
+            self._reserved.append((block_id, start, bytearray(blk.material[start:start + n])))
+            blk.material[start:start + n] = bytes(n)
+            blk.tx_reserved += n
+            nbytes -= n
+            self._touch(blk)
+        self._reserved_gen = self._journal.mark()
+
+    # ---- receiving ---------------------------------------------------------------------
+    def take_received(self, segments: list[Segment]) -> tuple[bytes, int]:
+        """Consume the segments a frame from the peer names (its send half).
+
+        Returns:
+            ``(pad, gen)``: the bytes and the journal generation that makes it durable.
+
+        Raises:
+            KeyStoreError: a segment is unknown, outside the peer's half, or already
+                consumed (a replayed or forged frame). Nothing is consumed then.
+        """
+        for block_id, offset, length in segments:
+            blk = self._blocks.get(block_id)
+            if blk is None:
+                if block_id in self._deleted:
+                    raise KeyStoreError(f"link {self.link_id}: block {block_id} already used up")
+                raise KeyStoreError(f"link {self.link_id}: frame names unknown block {block_id}")
+            if length <= 0 or offset < blk.rx_start or offset + length > blk.rx_end:
+                raise KeyStoreError(
+                    f"link {self.link_id}: segment outside the sender's half of block {block_id}")
+            if _overlaps(blk.rx_consumed, offset, offset + length):
+                raise KeyStoreError(
+                    f"link {self.link_id}: block {block_id} bytes {offset}+{length} already used")
+        out = bytearray()
+        for block_id, offset, length in segments:
+            blk = self._blocks[block_id]
+            out += blk.material[offset:offset + length]
+            blk.material[offset:offset + length] = bytes(length)
+            _add_range(blk.rx_consumed, offset, offset + length)
+            self._touch(blk)
+        return bytes(out), self._journal.mark()
+
+    def _touch(self, blk: _Block) -> None:
+        if not blk.used_up:
+            self._dirty.add(blk.block_id)
+            return
+        del self._blocks[blk.block_id]
+        self._order.remove(blk.block_id)
+        self._deleted.add(blk.block_id)
+        if blk.persisted:
+            self._dirty.add(blk.block_id)  # the snapshot deletes its row
+        else:
+            self._dirty.discard(blk.block_id)  # never written: nothing to delete
+
+    def _check_low(self) -> None:
+        bits = self.sendable_bits
+        if not self._low and bits < self._settings.keystore_low_water_bits:
+            self._low = True
+            self._events.emit(EventType.keystore_low, "km", node=self.node_id,
+                              link_id=self.link_id, sendable_bits=bits,
+                              low_water_bits=self._settings.keystore_low_water_bits)
+
+    # ---- persistence -------------------------------------------------------------------
+    def snapshot(self) -> RowWrites | None:
+        """Journal hook: the dirty blocks as one write operation."""
+        if not self._dirty:
+            return None
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        deletes: list[int] = []
+        inserted: list[int] = []
+        now = self._clock.now()
+        for block_id in self._dirty:
+            blk = self._blocks.get(block_id)
+            if blk is None:
+                deletes.append(block_id)
+                continue
+            row = {"block_id": block_id, "tx_reserved_bytes": blk.tx_reserved,
+                   "rx_consumed": [list(r) for r in blk.rx_consumed],
+                   "material": bytes(blk.material)}
+            if blk.persisted:
+                updates.append(row)
+            else:
+                row.update(node=self.node_id, link_id=self.link_id,
+                           size_bytes=len(blk.material), created_t=now)
+                inserts.append(row)
+                inserted.append(block_id)
+                blk.persisted = True
+        taken = set(self._dirty)
+        self._dirty.clear()
+        self._last = (taken, inserted)
+        key = {"node": self.node_id, "link_id": self.link_id}
+        return RowWrites(LinkKeyBlockRow.__table__,  # type: ignore[arg-type]
+                         inserts=inserts, updates=[{**key, **r} for r in updates],
+                         deletes=[{**key, "block_id": b} for b in deletes])
+
+    def snapshot_failed(self) -> None:
+        """Journal hook: re-mark the blocks of the failed transaction."""
+        taken, inserted = self._last
+        for block_id in inserted:
+            blk = self._blocks.get(block_id)
+            if blk is not None:
+                blk.persisted = False
+        self._dirty |= taken
+
+    async def load(self, db: Database) -> None:
+        """Restore this store's blocks from the database (KM start)."""
+        async with db.session() as s:
+            rows = (await s.execute(select(LinkKeyBlockRow).where(
+                LinkKeyBlockRow.node == self.node_id, LinkKeyBlockRow.link_id == self.link_id)
+            )).scalars().all()
+        for r in rows:
+            size = r.size_bytes
+            tx = send_half(size, self.node_id, self.peer_id)
+            rx = send_half(size, self.peer_id, self.node_id)
+            blk = _Block(r.block_id, bytearray(r.material), tx[0], tx[1], r.tx_reserved_bytes,
+                         rx[0], rx[1], [list(x) for x in r.rx_consumed], persisted=True)
+            self._blocks[r.block_id] = blk
+        self._order = sorted(self._blocks)

@@ -1,0 +1,66 @@
+"""Tunables of one key manager: named timeouts, queue limits, key-store thresholds.
+
+Every wait on a peer has its own named bound here (STYLE.md §3). Protocol timers run on
+the injected :class:`~keyplane.clock.Clock`; ``*_request_timeout_s`` are transport bounds on
+a bus request (real seconds, as :meth:`keyplane.bus.Bus.request` takes them).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["KmSettings"]
+
+PositiveS = Annotated[float, Field(gt=0.0)]
+
+
+class KmSettings(BaseModel):
+    """Settings of a :class:`~keyplane.keymanager.KeyManager` (all fields have defaults)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # ---- waits on peers ---------------------------------------------------------------
+    auth_request_timeout_s: PositiveS = 2.0
+    """Bus request bound for AuthRequest -> AuthResponse (Access Control)."""
+    admission_request_timeout_s: PositiveS = 2.0
+    """Bus request bound for SessionOpenRequest -> OpenAck (Admission Control)."""
+    config_wait_s: PositiveS = 300.0
+    """After OPEN_CONNECT returned "peer not connected", how long (clock) a session may wait
+    for its SessionConfig before the KM gives it up and reports ``SessionClose(error)``."""
+    relay_confirm_timeout_s: PositiveS = 2.0
+    """Clock bound on one relay attempt: the source's wait for the destination's confirmation."""
+    relay_attempts: Annotated[int, Field(ge=1, le=100)] = 3
+    """Relay attempts per key batch (each with fresh link key, on the current path)."""
+
+    # ---- queues and scheduling -------------------------------------------------------
+    max_concurrent_exchanges: Annotated[int, Field(ge=1)] = 64
+    """Key exchanges a KM runs at once; further requests wait in the priority queues."""
+    queue_limit: Annotated[int, Field(ge=0)] = 10_000
+    """Requests that may wait in the priority queues; beyond it a request gets KmBusy."""
+    aging_interval_s: PositiveS = 1.0
+    """Anti-starvation: a waiting request gains one priority level per interval waited."""
+    keepalive_min_interval_s: Annotated[float, Field(ge=0.0)] = 0.0
+    """Coalesce KeepAlive signals per session (0: one KeepAlive per key request)."""
+
+    # ---- link key stores ---------------------------------------------------------------
+    keystore_low_water_bits: Annotated[int, Field(ge=0)] = 65_536
+    """Below this many sendable bits on a link the store emits ``keystore_low``."""
+    keystore_capacity_bits: Annotated[int, Field(ge=1)] = 1 << 30
+    """At or above this many stored bits the store emits ``keystore_full`` (advisory: the
+    block is still kept, so both ends of a link stay identical; the physical layer pauses)."""
+    link_reserve_bytes: Annotated[int, Field(ge=0)] = 4096
+    """Bytes of a link's send half reserved (durably removed from the store) per database
+    write. 0 = one write per use. A restart forfeits at most this much unused reservation
+    per link: it is never reused."""
+
+    # ---- ETSI 014 limits -------------------------------------------------------------
+    default_key_size_bits: Annotated[int, Field(ge=8)] = 256
+    min_key_size_bits: Annotated[int, Field(ge=8)] = 64
+    max_key_size_bits: Annotated[int, Field(ge=8)] = 8192
+    max_keys_per_request: Annotated[int, Field(ge=1)] = 1024
+    max_keys_per_pair: Annotated[int, Field(ge=1)] = 100_000
+    """Keys a destination KM holds for one (master, slave) pair before refusing more."""
+    etsi014_qos_timeout_ms: Annotated[int, Field(ge=1)] = 10_000
+    """QoS timeout used for implicit ETSI 014 sessions (ETSI 014 has no QoS of its own)."""

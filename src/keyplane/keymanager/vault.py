@@ -1,0 +1,195 @@
+"""End-to-end keys and session rows a KM keeps, persisted through the journal.
+
+* :class:`KeyVault`: the end-to-end keys an endpoint KM holds, by ``key_ID`` and by
+  ``(session, index)``. States: ``pending`` (source: sent, not yet confirmed), ``ready``
+  (may be handed to its SAE), ``delivered`` (handed out once; material destroyed). A key is
+  written before the frame that carries it leaves the source, and before the destination
+  confirms it, so a KM restart loses none; ``delivered`` is written before the bytes are
+  returned, so a restart never hands one out twice.
+* :class:`SessionRows`: each session's state and configuration (``sessions`` table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sqlalchemy import select
+
+from keyplane.keymanager.journal import Journal, RowWrites
+from keyplane.store import Database
+from keyplane.store.models import DeliveredKeyRow, SessionRow
+
+__all__ = ["HeldKey", "KeyState", "KeyVault", "SessionRows"]
+
+KeyState = Literal["pending", "ready", "delivered"]
+
+
+@dataclass
+class HeldKey:
+    """One end-to-end key at one endpoint KM (never printed with its bytes)."""
+
+    key_id: str
+    session_id: str
+    index: int
+    size_bits: int
+    material: bytes | None = field(repr=False)
+    state: KeyState
+    sae_id: str | None = None
+    peer_sae: str | None = None
+    t: float = 0.0
+    persisted: bool = False
+
+
+class KeyVault:
+    """The end-to-end keys of one KM."""
+
+    def __init__(self, node_id: str, journal: Journal) -> None:
+        self.node_id = node_id
+        self._journal = journal
+        self.by_id: dict[str, HeldKey] = {}
+        self.by_index: dict[tuple[str, int], HeldKey] = {}
+        self._dirty: set[str] = set()
+        self._gone: set[str] = set()  # persisted keys to delete
+        self._last: tuple[set[str], set[str], set[str], list[str]] = (set(), set(), set(), [])
+        journal.register(self)
+
+    def add(self, key: HeldKey) -> int:
+        """Hold a new key; returns the journal generation that makes it durable."""
+        self.by_id[key.key_id] = key
+        self.by_index[(key.session_id, key.index)] = key
+        self._dirty.add(key.key_id)
+        return self._journal.mark()
+
+    def set_state(self, key: HeldKey, state: KeyState) -> int:
+        """Change a key's state (``delivered`` destroys its bytes); the generation."""
+        key.state = state
+        if state == "delivered":
+            key.material = None
+        self._dirty.add(key.key_id)
+        return self._journal.mark()
+
+    def get(self, session_id: str, index: int) -> HeldKey | None:
+        """The key at ``index`` of a stream, if held."""
+        return self.by_index.get((session_id, index))
+
+    def of_session(self, session_id: str) -> list[HeldKey]:
+        """Every key of a session."""
+        return [k for k in self.by_id.values() if k.session_id == session_id]
+
+    def drop_session(self, session_id: str) -> tuple[int, int]:
+        """Destroy every key of a session; returns ``(freed_bits, generation)``."""
+        freed = 0
+        for k in self.of_session(session_id):
+            if k.state != "delivered":
+                freed += k.size_bits
+            del self.by_id[k.key_id]
+            self.by_index.pop((k.session_id, k.index), None)
+            self._dirty.discard(k.key_id)
+            if k.persisted:
+                self._gone.add(k.key_id)
+            k.material = None
+        return freed, self._journal.mark()
+
+    def snapshot(self) -> RowWrites | None:
+        """Journal hook: new and changed keys, dropped sessions."""
+        if not self._dirty and not self._gone:
+            return None
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
+        for key_id in self._dirty:
+            k = self.by_id.get(key_id)
+            if k is None:
+                continue
+            row = {"key_id": k.key_id, "state": k.state, "delivered": k.state == "delivered",
+                   "material": k.material}
+            if k.persisted:
+                updates.append(row)
+            else:
+                row.update(node=self.node_id, session_id=k.session_id, index=k.index,
+                           size_bits=k.size_bits, sae_id=k.sae_id, peer_sae=k.peer_sae, t=k.t)
+                inserts.append(row)
+                k.persisted = True
+        self._last = (set(self._dirty), set(), set(self._gone), [r["key_id"] for r in inserts])
+        gone = [{"node": self.node_id, "key_id": k} for k in self._gone]
+        self._dirty.clear()
+        self._gone.clear()
+        return RowWrites(DeliveredKeyRow.__table__,  # type: ignore[arg-type]
+                         inserts=inserts,
+                         updates=[{"node": self.node_id, **r} for r in updates], deletes=gone)
+
+    def snapshot_failed(self) -> None:
+        """Journal hook: re-mark what the failed transaction carried."""
+        dirty, _, gone, inserted = self._last
+        for key_id in inserted:
+            k = self.by_id.get(key_id)
+            if k is not None:
+                k.persisted = False
+        self._dirty |= dirty
+        self._gone |= gone
+
+    async def load(self, db: Database) -> None:
+        """Restore held keys from the database (KM start); delivered ones keep no bytes."""
+        async with db.session() as s:
+            rows = (await s.execute(select(DeliveredKeyRow).where(
+                DeliveredKeyRow.node == self.node_id))).scalars().all()
+        for r in rows:
+            k = HeldKey(r.key_id, r.session_id, r.index, r.size_bits, r.material,
+                        r.state,  # type: ignore[arg-type]
+                        r.sae_id, r.peer_sae, r.t, persisted=True)
+            self.by_id[k.key_id] = k
+            self.by_index[(k.session_id, k.index)] = k
+
+
+class SessionRows:
+    """Each session's persisted state and configuration at one KM."""
+
+    def __init__(self, node_id: str, journal: Journal) -> None:
+        self.node_id = node_id
+        self._journal = journal
+        self.rows: dict[str, tuple[str, dict[str, Any], float]] = {}
+        self._persisted: set[str] = set()
+        self._dirty: set[str] = set()
+        self._last: tuple[set[str], list[str]] = (set(), [])
+        journal.register(self)
+
+    def put(self, session_id: str, state: str, data: dict[str, Any], t: float) -> int:
+        """Write a session's row (state + JSON data); the journal generation."""
+        self.rows[session_id] = (state, data, t)
+        self._dirty.add(session_id)
+        return self._journal.mark()
+
+    def snapshot(self) -> RowWrites | None:
+        """Journal hook."""
+        if not self._dirty:
+            return None
+        inserts, updates = [], []
+        for sid in self._dirty:
+            state, data, t = self.rows[sid]
+            row = {"session_id": sid, "state": state, "config": dict(data), "updated_t": t}
+            if sid in self._persisted:
+                updates.append(row)
+            else:
+                row["node"] = self.node_id
+                inserts.append(row)
+                self._persisted.add(sid)
+        self._last = (set(self._dirty), [r["session_id"] for r in inserts])
+        self._dirty.clear()
+        return RowWrites(SessionRow.__table__,  # type: ignore[arg-type]
+                         inserts=inserts, updates=[{"node": self.node_id, **r} for r in updates])
+
+    def snapshot_failed(self) -> None:
+        """Journal hook."""
+        dirty, inserted = self._last
+        self._persisted -= set(inserted)
+        self._dirty |= dirty
+
+    async def load(self, db: Database) -> dict[str, tuple[str, dict[str, Any], float]]:
+        """Every persisted session of this node."""
+        async with db.session() as s:
+            rows = (await s.execute(select(SessionRow).where(
+                SessionRow.node == self.node_id))).scalars().all()
+        for r in rows:
+            self.rows[r.session_id] = (r.state, dict(r.config), r.updated_t)
+            self._persisted.add(r.session_id)
+        return dict(self.rows)

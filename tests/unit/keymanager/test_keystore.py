@@ -1,0 +1,130 @@
+"""Link key stores: direction halves, consume-once, durability across restarts, events."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from sqlalchemy import select
+
+from keyplane.clock import VirtualClock
+from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
+from keyplane.events import EventStream, EventType, MemorySink
+from keyplane.keymanager import KmSettings, LinkKeyStore, send_half
+from keyplane.keymanager.journal import Journal
+from keyplane.store import Database
+from keyplane.store.models import LinkKeyBlockRow
+
+
+def pair(db: Database, settings: KmSettings) -> tuple[LinkKeyStore, LinkKeyStore, Journal,
+                                                      Journal, MemorySink]:
+    clock = VirtualClock()
+    sink = MemorySink()
+    events = EventStream(clock, [sink])
+    ja, jb = Journal(db), Journal(db)
+    a = LinkKeyStore("na", "l1", "nb", ja, events, clock, settings)
+    b = LinkKeyStore("nb", "l1", "na", jb, events, clock, settings)
+    ja.start()
+    jb.start()
+    return a, b, ja, jb, sink
+
+
+def test_send_halves_of_a_block_are_disjoint_and_cover_it() -> None:
+    assert send_half(100, "a", "b") == (0, 50)
+    assert send_half(100, "b", "a") == (50, 100)
+    assert send_half(101, "b", "a") == (50, 100)
+
+
+async def test_keystore_both_directions_never_take_the_same_bytes(db: Database) -> None:
+    a, b, ja, jb, _ = pair(db, KmSettings(link_reserve_bytes=64))
+    rng = random.Random(61)
+    blocks = {i: rng.randbytes(512) for i in range(3)}
+    for i, m in blocks.items():
+        await a.put_block("l1", i, m)
+        await b.put_block("l1", i, m)
+    seg_a, pad_a, _ = a.take_send(300)
+    seg_b, pad_b, _ = b.take_send(300)
+    assert b.take_received(seg_a)[0] == pad_a
+    assert a.take_received(seg_b)[0] == pad_b
+    bytes_a = {(blk, o) for blk, off, n in seg_a for o in range(off, off + n)}
+    bytes_b = {(blk, o) for blk, off, n in seg_b for o in range(off, off + n)}
+    assert not bytes_a & bytes_b
+    with pytest.raises(KeyStoreError, match="already used"):
+        b.take_received(seg_a)  # a replay
+    with pytest.raises(KeyStoreError, match="outside"):
+        a.take_received([seg_a[-1]])  # our own half (block 1) is never accepted from the peer
+    await ja.close()
+    await jb.close()
+
+
+async def test_keystore_restart_never_reuses_and_loses_no_unreserved_key(db: Database) -> None:
+    settings = KmSettings(link_reserve_bytes=128)
+    a, _, ja, jb, _ = pair(db, settings)
+    await a.put_block("l1", 0, bytes(range(256)) * 4)  # 1024 bytes; a sends with [0, 512)
+    seg, _, gen = a.take_send(40)
+    await ja.flushed(gen)
+    before = a.sendable_bytes
+    await ja.close()
+    await jb.close()
+    # a new store on the same database: the reservation (128 bytes) is gone, never reused
+    clock = VirtualClock()
+    j2 = Journal(db)
+    a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
+    await a2.load(db)
+    assert a2.sendable_bytes == 512 - 128 == before - (128 - 40)
+    seg2, _, _ = a2.take_send(10)
+    assert seg2[0][1] >= seg[0][1] + 128
+    async with db.session() as s:
+        row = (await s.execute(select(LinkKeyBlockRow).where(
+            LinkKeyBlockRow.node == "na"))).scalar_one()
+    assert row.material[:128] == bytes(128)  # reserved bytes destroyed in the store
+    await j2.close()
+
+
+async def test_keystore_low_water_and_full_events(km_db: Database) -> None:
+    settings = KmSettings(link_reserve_bytes=0, keystore_low_water_bits=8 * 100,
+                          keystore_capacity_bits=8 * 400)
+    a, _, ja, jb, sink = pair(km_db, settings)
+    await a.put_block("l1", 0, bytes(300))
+    assert not sink.of_type(EventType.keystore_full)
+    await a.put_block("l1", 1, bytes(300))
+    (full,) = sink.of_type(EventType.keystore_full)
+    assert full.data["stored_bits"] == 8 * 600
+    a.take_send(150)  # the send halves hold 2 x 150 bytes
+    assert not sink.of_type(EventType.keystore_low)
+    a.take_send(110)  # 40 sendable bytes left
+    (low,) = sink.of_type(EventType.keystore_low)
+    assert low.data["sendable_bits"] == 8 * 40
+    with pytest.raises(InsufficientKeyMaterial):
+        a.take_send(41)
+    assert a.sendable_bytes == 40  # a refused request takes nothing
+    await ja.close()
+    await jb.close()
+
+
+async def test_keystore_refuses_foreign_link_and_repeated_block(km_db: Database) -> None:
+    a, _, ja, jb, _ = pair(km_db, KmSettings())
+    await a.put_block("l1", 5, bytes(64))
+    with pytest.raises(KeyStoreError):
+        await a.put_block("l2", 6, bytes(64))
+    with pytest.raises(KeyStoreError):
+        await a.put_block("l1", 5, bytes(64))
+    await ja.close()
+    await jb.close()
+
+
+async def test_keystore_used_up_block_is_deleted_from_the_store(km_db: Database) -> None:
+    a, b, ja, jb, _ = pair(km_db, KmSettings(link_reserve_bytes=0))
+    await a.put_block("l1", 0, bytes(range(64)))
+    await b.put_block("l1", 0, bytes(range(64)))
+    seg_a, _, _ = a.take_send(32)
+    seg_b, _, _ = b.take_send(32)
+    a.take_received(seg_b)
+    b.take_received(seg_a)
+    await ja.sync()
+    await jb.sync()
+    async with km_db.session() as s:
+        rows = (await s.execute(select(LinkKeyBlockRow))).scalars().all()
+    assert rows == []
+    await ja.close()
+    await jb.close()

@@ -1,0 +1,240 @@
+"""Key relay over 1, 2 and 4 hops: identical keys at both ends, each link key byte used once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import select
+from tests.support.km_net import CALLER_A, CALLER_B, KmNet, line_topology, open_pair, start_net
+
+from keyplane.bus import Bus, MemoryBus, Message
+from keyplane.clock import RealClock, VirtualClock
+from keyplane.errors import InsufficientKeyMaterial, RelayError
+from keyplane.events import EventType
+from keyplane.keymanager import KmSettings, send_half
+from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame
+from keyplane.messages import Qos
+from keyplane.store import Database, sqlite_url
+from keyplane.store.models import LinkKeyBlockRow
+
+
+class FrameLog:
+    """Records every relay frame on the bus (a plain subscriber)."""
+
+    def __init__(self) -> None:
+        self.frames: list[KeyFrame | ConfirmFrame | DemandFrame] = []
+        self.topics: list[str] = []
+
+    async def __call__(self, topic: str, msg: Message) -> None:
+        assert isinstance(msg, KeyFrame | ConfirmFrame | DemandFrame)
+        self.frames.append(msg)
+        self.topics.append(topic)
+
+
+async def check_link_keys_used_once(net: KmNet, log: FrameLog) -> None:
+    """Every named byte lies in its sender's half, no byte is named twice, and each
+    receiver consumed (and zeroed in the store) exactly what was named to it."""
+    for km in net.kms.values():
+        await km.journal.sync()
+    named: dict[tuple[str, str, int], list[tuple[int, int]]] = {}
+    for frame, topic in zip(log.frames, log.topics, strict=True):
+        receiver = topic.split(".")[2]
+        for block, off, n in frame.segments:
+            size = len(net.fed[frame.link_id][block])
+            lo, hi = send_half(size, frame.sender, receiver)
+            assert lo <= off and off + n <= hi, "segment outside the sender's half"
+            named.setdefault((frame.link_id, receiver, block), []).append((off, off + n))
+    for ranges in named.values():
+        ranges.sort()
+        for (_, e1), (s2, _) in itertools.pairwise(ranges):
+            assert e1 <= s2, "a link key byte was used twice"
+    async with net.db.session() as s:
+        rows = (await s.execute(select(LinkKeyBlockRow))).scalars().all()
+    for row in rows:
+        got = [tuple(r) for r in row.rx_consumed]
+        want = _merge(named.get((row.link_id, row.node, row.block_id), []))
+        assert got == want
+        for lo, hi in got:
+            assert row.material[lo:hi] == bytes(hi - lo), "consumed bytes not destroyed"
+
+
+def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[list[int]] = []
+    for s, e in sorted(ranges):
+        if out and out[-1][1] >= s:
+            out[-1][1] = max(out[-1][1], e)
+        else:
+            out.append([s, e])
+    return [(s, e) for s, e in out]
+
+
+async def relay_scenario(db: Database, n_nodes: int, chunk: int, plan: list[tuple[str, int]],
+                         seed: int) -> None:
+    bus = MemoryBus(seed=seed)
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    net = await start_net(line_topology(n_nodes), bus, db, RealClock(), seed=seed,
+                          blocks=3, block_bytes=8192, key_chunk_size=chunk)
+    last = f"km{n_nodes - 1}"
+    try:
+        sid = await open_pair(net)
+        a, b = net.kms["km0"], net.kms[last]
+        got_a: dict[int, tuple[bytes, str]] = {}
+        got_b: dict[int, tuple[bytes, str]] = {}
+        next_index = 0
+        enc: list[tuple[str, bytes]] = []
+        for op, n in plan:
+            if op == "source-first":
+                ra = await a.get_key(CALLER_A, sid, None)
+                rb = await b.get_key(CALLER_B, sid, ra.index)
+            elif op == "destination-first":
+                rb = await b.get_key(CALLER_B, sid, next_index)
+                ra = await a.get_key(CALLER_A, sid, next_index)
+            else:
+                keys = await a.enc_keys(CALLER_A, "sc", "sd", n, 8 * chunk)
+                back = await b.dec_keys(CALLER_B, "sd", "sc", [k.key_id for k in keys])
+                assert [(k.key_id, k.key) for k in keys] == [(k.key_id, k.key) for k in back]
+                enc += [(k.key_id, k.key) for k in keys]
+                continue
+            assert ra.index == rb.index == next_index
+            got_a[ra.index] = (ra.key, ra.metadata["key_ID"])
+            got_b[rb.index] = (rb.key, rb.metadata["key_ID"])
+            next_index += 1
+        assert got_a == got_b
+        assert all(len(k) == chunk for k, _ in got_a.values())
+        assert len({k for k, _ in got_a.values()} | {k for _, k in enc}) == len(got_a) + len(enc)
+        await check_link_keys_used_once(net, log)
+        relayed = net.sink.of_type(EventType.key_relayed)
+        assert relayed and all("key" not in e.data for e in relayed)
+    finally:
+        await net.close()
+        await bus.close()
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(hops=st.sampled_from([1, 2, 4]), chunk=st.sampled_from([16, 32, 64]),
+       plan=st.lists(st.tuples(st.sampled_from(["source-first", "destination-first", "enc"]),
+                               st.integers(1, 4)), min_size=1, max_size=5),
+       seed=st.integers(0, 2**16))
+def test_relay_over_hops_gives_identical_keys_and_uses_each_link_key_once(
+        hops: int, chunk: int, plan: list[tuple[str, int]], seed: int) -> None:
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            db = await Database.open(sqlite_url(Path(d) / "km.db"))
+            try:
+                await relay_scenario(db, hops + 1, chunk, plan, seed)
+            finally:
+                await db.close()
+    asyncio.run(run())
+
+
+@pytest.mark.parametrize("hops", [1, 2, 4])
+async def test_relay_on_both_buses_delivers_same_key_both_ends(bus: Bus, km_db: Database,
+                                                               hops: int) -> None:
+    net = await start_net(line_topology(hops + 1), bus, km_db, RealClock(), seed=100 + hops)
+    try:
+        sid = await open_pair(net)
+        last = net.kms[f"km{hops}"]
+        for i in range(3):
+            ra = await net.kms["km0"].get_key(CALLER_A, sid, None)
+            rb = await last.get_key(CALLER_B, sid, None)
+            assert (ra.index, ra.key, ra.metadata) == (i, rb.key, rb.metadata)
+        keys = await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 5, 256)
+        back = await last.dec_keys(CALLER_B, "sd", "sc", [k.key_id for k in keys])
+        assert [k.key for k in keys] == [k.key for k in back]
+    finally:
+        await net.close()
+
+
+async def test_relay_adjacent_endpoints_use_the_link_key_directly(km_db: Database) -> None:
+    bus = MemoryBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=7)
+    try:
+        keys = await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 2, 128)
+        (frame,) = [f for f in log.frames if isinstance(f, KeyFrame)]
+        assert frame.direct and frame.ciphertext == ""
+        block, off, n = frame.segments[0]
+        link_bytes = net.fed["km0-km1"][block][off:off + n]
+        assert link_bytes[32:64] == keys[0].key + keys[1].key
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_relay_without_link_key_on_a_hop_delivers_to_neither_end(km_db: Database) -> None:
+    bus = MemoryBus()
+    net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=9, blocks=1,
+                          block_bytes=1024,
+                          settings=KmSettings(link_reserve_bytes=0, relay_attempts=1))
+    try:
+        sid = await open_pair(net, qos=Qos(timeout_ms=200))
+        # drain the km1 -> km2 direction so the intermediate cannot re-pad
+        store = net.kms["km1"].link_store("km2")
+        store.take_send(store.sendable_bytes)
+        with pytest.raises(RelayError):
+            await net.kms["km0"].get_key(CALLER_A, sid, 0)
+        assert net.kms["km2"].vault.get(sid, 0) is None
+        pending = net.kms["km0"].vault.get(sid, 0)
+        assert pending is not None and pending.state == "pending"
+        with pytest.raises(RelayError):
+            await net.kms["km2"].get_key(CALLER_B, sid, 0)
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_relay_source_without_link_key_refuses_with_insufficient_material(
+        km_db: Database) -> None:
+    bus = MemoryBus()
+    net = await start_net(line_topology(2), bus, km_db, VirtualClock(), seed=3, blocks=1,
+                          block_bytes=128, settings=KmSettings(link_reserve_bytes=0))
+    try:
+        with pytest.raises(InsufficientKeyMaterial):
+            await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 4, 256)
+        assert net.kms["km1"].held_for("sd", "sc") == 0
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_relay_forged_frame_is_dropped_and_its_link_key_burnt(km_db: Database) -> None:
+    bus = MemoryBus()
+    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=11)
+    try:
+        sid = await open_pair(net)
+        km1 = net.kms["km1"]
+        forged = KeyFrame(session_id=sid, epoch=0, sender="km0", link_id="km0-km1",
+                          segments=[(0, 0, 64)], batch_id="x", key_ids=["k"], indexes=[5],
+                          key_size_bytes=32, direct=True, tag="00" * 32)
+        await km1.relay.handle("t", forged)
+        assert km1.relay.frames_dropped == 1
+        assert km1.vault.get(sid, 5) is None
+        # replaying the same segment is refused too (already consumed)
+        await km1.relay.handle("t", forged)
+        assert km1.relay.frames_dropped == 2
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_relay_random_blocks_are_identical_at_both_ends(km_db: Database) -> None:
+    bus = MemoryBus()
+    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=5, blocks=2)
+    try:
+        await net.feed(random.Random(99), 1, 2048, first_block=10)
+        a = net.kms["km0"].link_store("km1")
+        b = net.kms["km1"].link_store("km0")
+        assert a.stored_bits == b.stored_bits == 8 * (2 * 4096 + 2048)
+    finally:
+        await net.close()
+        await bus.close()
