@@ -215,6 +215,13 @@ class ControlRuntime(_Lifecycle):
         self._registered(msg.node, msg.endpoints)
         return NodeWelcome(node=msg.node, known=True)
 
+    async def stop_driving_nodes(self) -> None:
+        """Cancel the SDN Controller's pending ETSI 015 work and take no more (the nodes are
+        being shut down with this process); registry and northbound view keep answering."""
+        sdn = self.plane.sdn
+        if sdn is not None and sdn.southbound is not None:
+            await sdn.southbound.close()
+
     async def close(self) -> None:
         """Stop answering, serving and driving (idempotent)."""
         if self._closed:
@@ -348,7 +355,12 @@ class Embedded(_Lifecycle):
                         self.control.controller_endpoints)
 
     async def close(self) -> None:
-        """Stop the links, the nodes, then the control plane (idempotent)."""
+        """Stop the links, the nodes, then the control plane (idempotent).
+
+        The SDN Controller stops driving the nodes first: the sessions the closing KMs end
+        would otherwise send ETSI 015 deletions to agents that are going away.
+        """
+        await self.control.stop_driving_nodes()
         await self.physical.close()
         await asyncio.gather(*(n.close() for n in self.nodes.values()))
         await self.control.close()
