@@ -153,12 +153,17 @@ class MemorySink:
 
 
 class JsonlSink:
-    """Appends one JSON object per line to a file (the demo's events.jsonl)."""
+    """Appends one JSON object per line to a file (the demo's events.jsonl).
+
+    Line-buffered: each event is in the file once emitted, so the file can be followed
+    (``tail -f``, or a test reading it while the process runs) instead of lagging by up to a
+    buffer's worth of events.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8")
+        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8", buffering=1)
 
     def write(self, event: Event) -> None:
         if self._fh is not None:
