@@ -71,6 +71,10 @@ class EventType(StrEnum):
     keystore_full = "keystore_full"
     alarm = "alarm"
     topology_changed = "topology_changed"
+    node_discovered = "node_discovered"
+    virtual_link_provisioned = "virtual_link_provisioned"
+    virtual_link_released = "virtual_link_released"
+    sdn_agent_failed = "sdn_agent_failed"
     element_started = "element_started"
     element_stopped = "element_stopped"
 
@@ -149,12 +153,17 @@ class MemorySink:
 
 
 class JsonlSink:
-    """Appends one JSON object per line to a file (the demo's events.jsonl)."""
+    """Appends one JSON object per line to a file (the demo's events.jsonl).
+
+    Line-buffered: each event is in the file once emitted, so the file can be followed
+    (``tail -f``, or a test reading it while the process runs) instead of lagging by up to a
+    buffer's worth of events.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8")
+        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8", buffering=1)
 
     def write(self, event: Event) -> None:
         if self._fh is not None:
