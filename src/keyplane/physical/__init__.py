@@ -42,7 +42,7 @@ from keyplane.physical.hashing import (
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.network import PhysicalNetwork
 from keyplane.physical.physics import AliceRecord, BobRecord, LinkPhysics, emulate_frame
-from keyplane.physical.runner import LinkRunner, LinkStats
+from keyplane.physical.runner import LinkRunner, LinkStats, block_id_base
 from keyplane.physical.sink import KeyBlock, LinkKeySink, MemoryKeySink
 from keyplane.physical.wire import LinkCommand, LinkCommandReply
 
@@ -70,6 +70,7 @@ __all__ = [
     "MemoryKeySink",
     "PhysicalNetwork",
     "asymptotic_key_rate",
+    "block_id_base",
     "block_sizes",
     "cascade_reference",
     "decoy_bounds",
