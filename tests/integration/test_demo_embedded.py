@@ -53,11 +53,11 @@ async def test_demo_three_pairs_get_identical_keys_and_relay_crosses_km0_padded(
 async def test_demo_eavesdropper_on_used_link_reroutes_the_session(tmp_path: Path) -> None:
     topo = load_topology(ROOT / "examples" / "paper_poc.yaml")
     summary = await run_embedded_demo(DemoOptions(
-        topology=topo, out=tmp_path, keys=40, interval_s=0.05, eve_link="km4-km5",
-        eve_after_s=0.3, live=False))
+        topology=topo, out=tmp_path, keys=150, interval_s=0.05, eve_link="km4-km5",
+        eve_after_s=1.0, live=False))
     s45 = next(s for s in summary["sessions"] if s["pair"] == "sae4-sae5")
     kinds = {a["kind"] for a in summary["alarms"]}
     assert "qber_high" in kinds
     assert s45["rerouted"] and s45["path"] in (["km4", "km0", "km5"], ["km5", "km0", "km4"])
-    assert s45["all_keys_matched"] and s45["keys_delivered"] == 40
+    assert s45["all_keys_matched"] and s45["keys_delivered"] == 150
     assert summary["links"]["km4-km5"]["aborted"] > 0
