@@ -494,6 +494,10 @@ class BobModule(_Module):
         vreq = await _expect(self.classical, VerifyRequest, block_id, self.peer_timeout_s)
         ok = (polynomial_tag(bob.key, vreq.point) == vreq.tag and vreq.leaked_ec_bits == leaked
               and vreq.secret_bits == ell)
+        # amplify before the verdict goes out: once Alice can read "ok", Bob's block is
+        # ready for his sink with no further work (a crash there cannot split the block)
+        material = await self.offload(self._amplify, bob.key, vreq.pa_seed, ell) \
+            if ok and ell > 0 else None
         await self.classical.send(VerifyResult(link_id=self.link_id, block_id=block_id, ok=ok,
                                                secret_bits=ell,
                                                corrected_bits=bob.stats.corrected_bits))
@@ -510,6 +514,6 @@ class BobModule(_Module):
             out.reason = "secure length is zero"
             return out
         out.secret_bits = ell
-        out.material = await self.offload(self._amplify, bob.key, vreq.pa_seed, ell)
+        out.material = material
         out.status = "delivered"
         return out
