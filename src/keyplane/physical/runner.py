@@ -44,10 +44,10 @@ import hashlib
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -254,7 +254,6 @@ class LinkRunner:
             self._channels += [classical, quantum]
         if self.first_block_id is None:
             self.first_block_id = block_id_base(self.clock.wall())
-        loop = asyncio.get_running_loop()
         if "bob" in ends:
             classical, quantum = ends["bob"]
             if not analytic:
@@ -265,21 +264,21 @@ class LinkRunner:
             # answer Alice only now that both of Bob's inboxes are subscribed
             await classical.serve_peer(self.boot_nonce, self._on_peer_request)
             if self._bob is not None:
-                self._tasks.append(loop.create_task(self._bob_loop(self._bob)))
+                self._start_task(self._bob_loop(self._bob))
             else:
-                self._tasks.append(loop.create_task(self._analytic_bob(classical)))
+                self._start_task(self._analytic_bob(classical))
         if "alice" in ends:
             classical, quantum = ends["alice"]
             await classical.serve_peer(self.boot_nonce)
             if analytic:
-                self._tasks.append(loop.create_task(self._analytic_alice(classical)))
+                self._start_task(self._analytic_alice(classical))
             else:
                 alice = AliceModule(self.link, classical, quantum, self._rng("alice"),
                                     cascade_schedule=self.cascade_schedule,
                                     peer_timeout_s=self.peer_timeout_s,
                                     offload=self.clock.offload)
                 alice.next_block_id = self.first_block_id
-                self._tasks.append(loop.create_task(self._alice_loop(alice)))
+                self._start_task(self._alice_loop(alice))
             if self.bus is not None:
                 self._sub = await self.bus.subscribe(control_topic(self.link_id),
                                                      self._on_command)
@@ -289,10 +288,14 @@ class LinkRunner:
         if self._state == "closed":
             return
         self._state = "closed"
-        for t in self._tasks:
-            t.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        pending = {t for t in self._tasks if not t.done()}
+        while pending:
+            # cancel again until done: on Python 3.11 asyncio.wait_for (inside nats-py's
+            # request) can swallow a cancellation that races with the reply; the loops
+            # also stop by themselves once they see the closed state
+            for t in pending:
+                t.cancel()
+            _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
         if self._sub is not None:
             await self._sub.unsubscribe()
@@ -406,13 +409,27 @@ class LinkRunner:
     def _rng(self, end: End) -> np.random.Generator:
         return np.random.default_rng(link_rng_seed(self.seed, self.link_id, end))
 
+    def _start_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        task.add_done_callback(self._task_done)
+        self._tasks.append(task)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("link %s: loop failed, this end stopped", self.link_id,
+                         exc_info=task.exception())
+
+    def _running(self) -> bool:
+        """Loop condition: ``False`` once :meth:`close` began (even if a cancel was lost)."""
+        return self._state == "running"
+
     def _frame(self) -> tuple[int, float]:
         n_pulses = max(1, round(self.link.repetition_rate_hz * self.frame_duration_s))
         return n_pulses, n_pulses / self.link.repetition_rate_hz
 
     async def _await_peer(self, classical: ClassicalChannel) -> str:
         """Bob's boot nonce once he answers; reports the link down while he does not."""
-        while True:
+        while self._running():
             try:
                 nonce = await classical.wait_peer(self.rendezvous_timeout_s, clock=self.clock,
                                                   ping_timeout_s=DEFAULT_PING_TIMEOUT_S)
@@ -429,6 +446,7 @@ class LinkRunner:
                 self.peer_reachable = True
                 self._state_changed("peer_reachable")
             return nonce
+        raise asyncio.CancelledError  # the runner is closing
 
     @staticmethod
     def _sync_reason(classical: ClassicalChannel, nonce: str, pending: str | None
@@ -472,7 +490,7 @@ class LinkRunner:
             await self._record(outcome)
             await self._deliver("alice", outcome)
 
-        while True:
+        while self._running():
             # one round trip per frame: never send a frame Bob cannot receive
             nonce = await self._await_peer(classical)
             reason = self._sync_reason(classical, nonce, reason)
@@ -498,7 +516,7 @@ class LinkRunner:
         async def on_block(outcome: BlockOutcome) -> None:
             await self._deliver("bob", outcome)
 
-        while True:
+        while self._running():
             try:
                 await bob.run_frame(on_block)
             except ClassicalChannelError as exc:
@@ -621,7 +639,7 @@ class LinkRunner:
                 raise ClassicalChannelError(f"link {self.link_id}: bad answer to sync")
             classical.peer_nonce = nonce
 
-        while True:
+        while self._running():
             _, duration = self._frame()
             rate = self.analytic_rate_bps()
             carry_bits += rate * duration
@@ -655,7 +673,7 @@ class LinkRunner:
         await self._deliver("alice", outcome)
 
     async def _analytic_bob(self, classical: ClassicalChannel) -> None:
-        while True:
+        while self._running():
             try:
                 msg = await classical.receive(timeout_s=None)
             except ClassicalChannelError:
