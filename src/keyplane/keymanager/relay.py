@@ -388,7 +388,7 @@ class Relay:
                 continue
             if confirm.ok:
                 return list(confirm.provenance)
-            last = RelayError(f"destination refused key batch: {confirm.reason}")
+            last = _refusal(confirm)
             if confirm.reason.startswith("refused:"):
                 break
         if isinstance(last, RelayTimeout) or last is None:
@@ -528,7 +528,8 @@ class Relay:
                 hop = await self._hop_key(frame.session_id, frame.epoch, entry.next_km, nstore,
                                           policy.value, MAC_KEY_BYTES + n)
             except (KeyStoreError, RelayError) as exc:
-                await self._refuse(frame, entry, store, f"hop {self.node_id}: {exc}")
+                await self._refuse(frame, entry, store, f"hop {self.node_id}: {exc}",
+                                   type(exc).__name__)
                 return
             out = seal(frame.model_copy(update={
                 "sender": self.node_id, "link_id": nstore.link_id, "segments": hop.segments,
@@ -562,8 +563,12 @@ class Relay:
             self._host.keys_confirmed_sent(frame)
 
     async def _refuse(self, frame: KeyFrame, entry: ForwardingEntry, store: LinkKeyStore,
-                      reason: str) -> None:
-        """Tell the source at once that this hop cannot carry the batch (best effort)."""
+                      reason: str, cause: str) -> None:
+        """Tell the source at once that this hop cannot carry the batch (best effort).
+
+        ``cause`` (the error's class name) lets the source raise the same error, so an
+        application learns e.g. "insufficient key" rather than a generic relay failure.
+        """
         try:
             hop = await self._hop_key(frame.session_id, frame.epoch, frame.sender, store,
                                       entry.hybrid_policy, MAC_KEY_BYTES)
@@ -574,8 +579,8 @@ class Relay:
         confirm = seal(ConfirmFrame(
             session_id=frame.session_id, epoch=frame.epoch, sender=self.node_id,
             link_id=store.link_id, segments=hop.segments, batch_id=frame.batch_id,
-            key_ids=frame.key_ids, ok=False, reason=reason, hop_source=hop.source.value,
-            pqc=hop.pqc), hop.material)
+            key_ids=frame.key_ids, ok=False, reason=reason, cause=cause,
+            hop_source=hop.source.value, pqc=hop.pqc), hop.material)
         await self._journal.flushed(hop.gen)
         await self._bus.publish(topics.km_relay(frame.sender), confirm)
 
@@ -621,3 +626,12 @@ class Relay:
                 fut.set_exception(reason())
         self._waiters.clear()
         self._offers.clear()
+
+
+def _refusal(confirm: ConfirmFrame) -> KeyplaneError:
+    """The error a negative confirmation stands for (its ``cause``, else a relay error)."""
+    if confirm.cause == InsufficientKeyMaterial.__name__:
+        return InsufficientKeyMaterial(confirm.reason)
+    if confirm.cause == PqcUnavailable.__name__:
+        return PqcUnavailable(confirm.reason)
+    return RelayError(f"destination refused key batch: {confirm.reason}")

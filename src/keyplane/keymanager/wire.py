@@ -149,6 +149,7 @@ class ConfirmFrame(Message):
     key_ids: list[str]
     ok: bool
     reason: str = ""
+    cause: str = ""  # the refusing hop's error class (e.g. InsufficientKeyMaterial)
     hop_source: HopSourceName = "qkd"
     pqc: PqcBlob | None = None
     provenance: Provenance = Field(default_factory=list)
