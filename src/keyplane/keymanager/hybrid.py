@@ -62,11 +62,7 @@ class HopSource(StrEnum):
 
 
 _ALLOWED: dict[HybridPolicy, frozenset[HopSource]] = {
-    HybridPolicy.qkd_only: frozenset({HopSource.qkd}),
-    HybridPolicy.at_least_qkd: frozenset({HopSource.qkd, HopSource.combined}),
-    HybridPolicy.qkd_and_pqc: frozenset({HopSource.combined}),
-    HybridPolicy.either: frozenset({HopSource.qkd, HopSource.pqc, HopSource.combined}),
-}
+    p: frozenset(HopSource(x) for x in p.hop_sources) for p in HybridPolicy}
 
 _PREFERENCE: dict[HybridPolicy, tuple[HopSource, ...]] = {
     HybridPolicy.qkd_only: (HopSource.qkd,),
@@ -76,8 +72,6 @@ _PREFERENCE: dict[HybridPolicy, tuple[HopSource, ...]] = {
     # QKD while there is QKD key; PQC alone only as the fallback
     HybridPolicy.either: (HopSource.qkd, HopSource.pqc),
 }
-
-_BY_SET = {v: k for k, v in _ALLOWED.items()}
 
 
 def parse_policy(value: str | HybridPolicy) -> HybridPolicy:
@@ -112,9 +106,7 @@ def needs_pqc(source: HopSource) -> bool:
 def meet(a: str | HybridPolicy, b: str | HybridPolicy | None) -> HybridPolicy | None:
     """The policy both ``a`` and ``b`` accept (``b`` None: ``a``); None if there is none."""
     pa = parse_policy(a)
-    if b is None:
-        return pa
-    return _BY_SET.get(_ALLOWED[pa] & _ALLOWED[parse_policy(b)])
+    return pa if b is None else pa.meet(b)
 
 
 def hop_record(sender: str, receiver: str, source: HopSource | str) -> dict[str, str]:
