@@ -387,6 +387,21 @@ class RoutingCore:
                       for u, v in itertools.pairwise(nodes))
         return Route(tuple(nodes), links, float(total))
 
+    def route_cost(self, route: Route, pqc_fallback: bool = False) -> float:
+        """What ``route`` weighs now (``inf`` if a link is gone or, without
+        ``pqc_fallback``, has no QKD key); capacity is not considered."""
+        total = 0.0
+        for lid in route.links:
+            link = self._links.get(lid)
+            if link is None:
+                return math.inf
+            if not self.has_qkd_key(lid):
+                if not pqc_fallback:
+                    return math.inf
+                total += self.settings.pqc_hop_penalty
+            total += link.weight
+        return total
+
     def reserve(self, session_id: str, epoch: int, route: Route, min_bps: float, *,
                 pqc_fallback: bool = False) -> Reservation:
         """Hold ``min_bps`` on every link of ``route`` for ``(session_id, epoch)``.
@@ -620,7 +635,8 @@ class RoutingElement:
             self.events.emit(EventType.session_rerouted, ELEMENT, session=res.session_id,
                              ok=False, reason=f"{reason}: {exc}")
             return
-        if new.route.nodes == res.route.nodes:
+        if new.route.nodes == res.route.nodes or (
+                res.pqc_fallback and new.route.cost >= self.core.route_cost(res.route, True)):
             # a PQC-fallback session with no better path: it stays, its KMs use ML-KEM
             self.core.release(res.session_id, new.epoch)
             self.events.emit(EventType.route_computed, ELEMENT, session=res.session_id,
