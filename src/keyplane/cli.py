@@ -120,8 +120,8 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
                              state_dir=state)
         try:
             async with Embedded(ctx):
-                console.print(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
-                              f"{state / 'endpoints.json'}; Ctrl-C to stop")
+                print(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
+                      f"{state / 'endpoints.json'}; Ctrl-C to stop", flush=True)
                 await stop.wait()
         finally:
             await bus.close()
@@ -271,9 +271,13 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
 
 
 def _mount() -> None:
+    from keyplane.api.cli import app as key_app
     from keyplane.physical.cli import app as link_app
 
     app.add_typer(link_app, name="link", help="Cut, degrade, restore or tap a quantum link.")
+    app.add_typer(key_app, name="key",
+                  help="Get keys over ETSI 014/004 as an SAE, with the certificates "
+                       "'keyplane run' wrote.")
 
 
 _mount()

@@ -25,6 +25,8 @@ from types import TracebackType
 from typing import Any
 
 from keyplane.api.etsi015 import SdnAgent, serve_agent
+from keyplane.api.server import serve_km_api
+from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.bus import Bus, Message, topics
 from keyplane.certs import Issued, ensure_network_certs
 from keyplane.clock import Clock, RealClock
@@ -214,6 +216,15 @@ class NodeRuntime(_Lifecycle):
                                             node=self.node_id)
             await self.physical.start()
             self._stack.push_async_callback(self.physical.close)
+        api = await serve_km_api(
+            self.km, kme_id=self.node_id, server_cert=certs.kms[self.node_id],
+            ca_file=certs.ca.cert, host=ctx.host, port=0,
+            settings=ApiSettings.from_topology(
+                ctx.topology, self.node_id,
+                limits=Etsi014Limits.from_km_settings(self.km.settings)))
+        self._stack.push_async_callback(api.close)
+        self.endpoints["etsi014"] = api.etsi014_url
+        self.endpoints["etsi004"] = api.etsi004_url
         self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
         await self._stack.enter_async_context(self.agent)
         server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,10 +27,21 @@ def start_keyplane(*args: str, ready: str, timeout_s: float = 60.0, log: Path | 
     out = open(log, "w") if log else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "keyplane", *args], stdout=subprocess.PIPE,
                             stderr=out, text=True, env=keyplane_env(), cwd=ROOT)
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:  # read stdout in a thread so that the wait below has a deadline
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")
+
+    threading.Thread(target=pump, daemon=True).start()
     deadline = time.monotonic() + timeout_s
-    assert proc.stdout is not None
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
+        try:
+            line = lines.get(timeout=0.2)
+        except queue.Empty:
+            continue
         if ready in line:
             return proc
         if not line and proc.poll() is not None:
