@@ -149,12 +149,16 @@ class MemorySink:
 
 
 class JsonlSink:
-    """Appends one JSON object per line to a file (the demo's events.jsonl)."""
+    """Appends one JSON object per line to a file (the demo's events.jsonl).
+
+    Line-buffered: each event reaches the file when it is emitted, so a reader of the live
+    file (a test, ``tail -f``, the demo's timeline) never misses events stuck in a buffer.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8")
+        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8", buffering=1)
 
     def write(self, event: Event) -> None:
         if self._fh is not None:
