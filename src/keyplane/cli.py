@@ -228,6 +228,17 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
              help="Put a full intercept-resend eavesdropper on this link id during the run "
                   "(e.g. km4-km5): the QBER alarm and the reroute or refusal show up.")] = None,
          eve_after_s: float = 1.0,
+         distributed: Annotated[bool, typer.Option(
+             "--distributed", help="One process per element over NATS and PostgreSQL.")] = False,
+         nats: Annotated[str | None, typer.Option(
+             help="--distributed: use this NATS URL instead of starting a server.")] = None,
+         db: Annotated[str | None, typer.Option(
+             help="--distributed: use this database URL instead of starting PostgreSQL.")
+         ] = None,
+         kill_km: Annotated[str | None, typer.Option(
+             help="--distributed: SIGKILL this node's process mid-run, then restart it.")
+         ] = None,
+         kill_after_s: float = 2.0,
          seed: int = 1,
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
          verbose: bool = False) -> None:
@@ -248,12 +259,33 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
         console.print(f"[red]error:[/red] --eve: no link {eve!r} in {topology} "
                       f"(links: {', '.join(link.link_id for link in topo.links)})")
         raise typer.Exit(2)
+    if kill_km is not None and kill_km not in {n.id for n in topo.nodes}:
+        console.print(f"[red]error:[/red] --kill-km: no node {kill_km!r}")
+        raise typer.Exit(2)
+    if (kill_km or nats or db) and not distributed:
+        console.print("[red]error:[/red] --kill-km, --nats and --db need --distributed")
+        raise typer.Exit(2)
+    if eve is not None and distributed:
+        console.print("[red]error:[/red] --eve runs in the embedded demo; with --distributed "
+                      "use 'keyplane link eve LINK --bus URL' against the running network")
+        raise typer.Exit(2)
     if verbose:
         _logging(True)
     opts = DemoOptions(topology=topo, out=out, keys=keys, eve_link=eve, eve_after_s=eve_after_s,
                        seed=seed, live=live)
     out_console = Console()
-    summary = asyncio.run(run_embedded_demo(opts, out_console))
+    try:
+        if distributed:
+            from keyplane.demo.distributed import DistributedOptions, run_distributed_demo
+
+            summary = asyncio.run(run_distributed_demo(
+                opts, DistributedOptions(nats_url=nats, db_url=db, kill_km=kill_km,
+                                         kill_after_s=kill_after_s), out_console))
+        else:
+            summary = asyncio.run(run_embedded_demo(opts, out_console))
+    except KeyplaneError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
     ok = True
     for s in summary["sessions"]:
         colour = "green" if s["all_keys_matched"] else "red"
