@@ -71,6 +71,10 @@ class EventType(StrEnum):
     keystore_full = "keystore_full"
     alarm = "alarm"
     topology_changed = "topology_changed"
+    node_discovered = "node_discovered"
+    virtual_link_provisioned = "virtual_link_provisioned"
+    virtual_link_released = "virtual_link_released"
+    sdn_agent_failed = "sdn_agent_failed"
     element_started = "element_started"
     element_stopped = "element_stopped"
 
@@ -151,8 +155,9 @@ class MemorySink:
 class JsonlSink:
     """Appends one JSON object per line to a file (the demo's events.jsonl).
 
-    Line-buffered: each event reaches the file when it is emitted, so a reader of the live
-    file (a test, ``tail -f``, the demo's timeline) never misses events stuck in a buffer.
+    Line-buffered: each event is in the file once emitted, so the file can be followed
+    (``tail -f``, or a test reading it while the process runs) instead of lagging by up to a
+    buffer's worth of events.
     """
 
     def __init__(self, path: str | Path) -> None:

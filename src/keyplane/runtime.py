@@ -1,7 +1,10 @@
 """Process model: the same elements in one process (embedded) or one per process.
 
-* :class:`ControlRuntime` runs the control plane elements and the node registry (node
-  processes announce themselves and their interface URLs on ``keyplane.control.sdn.nodes``).
+* :class:`ControlRuntime` runs the control plane elements. Node processes announce
+  themselves and their interface URLs on ``keyplane.control.sdn.nodes``; the SDN Controller
+  answers (and drives each node's ETSI 015 agent with the controller certificate), or, in
+  a process without it, a fallback registry here. With the SDN Controller it also serves
+  the northbound RESTCONF view of the network over mutual TLS.
 * :class:`NodeRuntime` runs one node: its key manager, its ends of the QKD links, its
   ETSI 014/004 servers and its ETSI 015 agent, and announces itself to the control plane.
 * :class:`Embedded` runs one ControlRuntime and a NodeRuntime per node over one bus, one
@@ -19,12 +22,20 @@ import contextlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from keyplane.api.etsi015 import SdnAgent, serve_agent
+from keyplane.api.etsi015 import (
+    Etsi015Driver,
+    RestconfServer,
+    SdnAgent,
+    create_northbound_app,
+    serve_agent,
+    serve_app,
+)
 from keyplane.api.server import serve_km_api
 from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.bus import Bus, Message, topics
@@ -78,8 +89,11 @@ class RuntimeContext:
 
 
 def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
-                    endpoints: dict[str, dict[str, str]]) -> Path:
-    """Write ``endpoints.json``: each KM's interface URLs and each SAE's certificate files.
+                    endpoints: Mapping[str, Mapping[str, str]],
+                    controller: Mapping[str, str] | None = None) -> Path:
+    """Write ``endpoints.json``: each KM's interface URLs, each SAE's certificate files, the
+    controller's certificate and (``controller``) its own URLs, e.g.
+    ``{"etsi015_northbound": "https://…"}``.
 
     Paths are relative to ``state_dir`` so the directory can be moved or mounted elsewhere.
     """
@@ -89,7 +103,8 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
     doc: dict[str, Any] = {
         "topology": topology.name,
         "ca": rel(certs.ca.cert),
-        "controller": {"cert": rel(certs.controller.cert), "key": rel(certs.controller.key)},
+        "controller": {"cert": rel(certs.controller.cert), "key": rel(certs.controller.key),
+                       **dict(sorted((controller or {}).items()))},
         "kms": {node: dict(sorted(urls.items())) for node, urls in sorted(endpoints.items())},
         "saes": {a.sae_id: {"node": a.node, "owner": a.owner,
                             "cert": rel(certs.saes[a.sae_id].cert),
@@ -120,50 +135,109 @@ class _Lifecycle:
 
 
 class ControlRuntime(_Lifecycle):
-    """The control plane of a network, in this process: the five elements (or a subset)
-    and the node registry that learns where each node's interfaces listen."""
+    """The control plane of a network, in this process: the five elements (or a subset).
+
+    With the SDN Controller, that element is the node registry and drives the nodes' ETSI 015
+    agents through ``driver`` (default: one presenting the controller certificate of
+    ``<state>/certs``), and the northbound view is served with mutual TLS on
+    ``northbound_port`` (0: a free port; ``None``: not served). Without it, a fallback
+    registry here answers node announcements. Either way :attr:`endpoints` holds every
+    announced node's URLs and ``endpoints.json`` is rewritten on each announcement (unless
+    ``write_endpoints_file`` is false).
+    """
 
     def __init__(self, ctx: RuntimeContext, *, write_endpoints_file: bool = True,
                  elements: list[str] | None = None,
-                 settings: ControlSettings | None = None) -> None:
+                 settings: ControlSettings | None = None,
+                 driver: Etsi015Driver | None = None,
+                 northbound_port: int | None = 0) -> None:
         self.ctx = ctx
         self.endpoints: dict[str, dict[str, str]] = {}
+        self.controller_endpoints: dict[str, str] = {}
+        self.northbound: RestconfServer | None = None
         self._write = write_endpoints_file
+        self._northbound_port = northbound_port
         self._subs: list[Any] = []
         self._closed = False
+        self._own_driver = False
+        if driver is None and (elements is None or "sdn" in elements):
+            certs = ctx.ensure_certs()
+            driver = Etsi015Driver.from_certs(certs.controller, certs.ca.cert)
+            self._own_driver = True
+        self.driver = driver
         self.plane = ControlPlane(ctx.topology, ctx.bus, ctx.db, ctx.clock, ctx.stream,
-                                  settings, elements=elements)
+                                  settings, elements=elements,
+                                  sdn_driver=driver if elements is None or "sdn" in elements
+                                  else None)
 
     async def start(self) -> None:
-        """Start the control-plane elements and the node registry."""
-        if "sdn" not in self.plane.elements:
+        """Start the control-plane elements, the registry and the northbound server."""
+        sdn = self.plane.sdn
+        if sdn is None:
             # the SDN Controller normally loads the topology; without it, do it here
             await load_topology_into(self.ctx.db, self.ctx.topology)
+        else:
+            sdn.add_registry_listener(self._registered)
         await self.plane.start()
-        self._subs.append(await self.ctx.bus.subscribe(topics.SDN_NODES, self._on_announcement))
+        if sdn is None:
+            self._subs.append(await self.ctx.bus.subscribe(topics.SDN_NODES,
+                                                           self._on_announcement))
+            return
+        if sdn.view is not None and self._northbound_port is not None:
+            certs = self.ctx.ensure_certs()
+            try:
+                self.northbound = await serve_app(
+                    create_northbound_app(sdn.view), self.ctx.host, self._northbound_port,
+                    server_cert=certs.controller, ca_file=certs.ca.cert)
+            except BaseException:
+                await self.close()
+                raise
+            self.controller_endpoints["etsi015_northbound"] = self.northbound.url
+            self.ctx.stream.emit(EventType.element_started, "sdn_northbound",
+                                 url=self.northbound.url)
+            self._write_file()
+
+    def _registered(self, node: str, endpoints: Mapping[str, str]) -> None:
+        self.endpoints[node] = dict(endpoints)
+        self._write_file()
+
+    def _write_file(self) -> None:
+        if self._write and self.ctx.certs is not None:
+            write_endpoints(self.ctx.state_dir, self.ctx.topology, self.ctx.certs,
+                            self.endpoints, self.controller_endpoints)
 
     async def _on_announcement(self, topic: str, msg: Message) -> Message | None:
+        """The registry of a process without the SDN Controller (URLs only, no driving)."""
         if not isinstance(msg, NodeAnnouncement):
             return None
         known = any(n.id == msg.node for n in self.ctx.topology.nodes)
         if not known:
             return NodeWelcome(node=msg.node, known=False, reason="node not in the topology")
-        self.endpoints[msg.node] = dict(msg.endpoints)
         self.ctx.stream.emit(EventType.topology_changed, "sdn", node=msg.node,
                              change="node_registered", endpoints=dict(msg.endpoints))
-        if self._write and self.ctx.certs is not None:
-            write_endpoints(self.ctx.state_dir, self.ctx.topology, self.ctx.certs,
-                            self.endpoints)
+        self._registered(msg.node, msg.endpoints)
         return NodeWelcome(node=msg.node, known=True)
 
+    async def stop_driving_nodes(self) -> None:
+        """Cancel the SDN Controller's pending ETSI 015 work and take no more (the nodes are
+        being shut down with this process); registry and northbound view keep answering."""
+        sdn = self.plane.sdn
+        if sdn is not None and sdn.southbound is not None:
+            await sdn.southbound.close()
+
     async def close(self) -> None:
-        """Stop answering (idempotent)."""
+        """Stop answering, serving and driving (idempotent)."""
         if self._closed:
             return
         self._closed = True
         for sub in self._subs:
-            await sub.unsubscribe()
+            with contextlib.suppress(BusError):
+                await sub.unsubscribe()
+        if self.northbound is not None:
+            await self.northbound.close()
         await self.plane.close()
+        if self._own_driver and self.driver is not None:
+            await self.driver.close()
 
 
 class NodeRuntime(_Lifecycle):
@@ -292,10 +366,16 @@ class Embedded(_Lifecycle):
         except BaseException:
             await self.close()
             raise
-        write_endpoints(self.ctx.state_dir, self.ctx.topology, certs, self.control.endpoints)
+        write_endpoints(self.ctx.state_dir, self.ctx.topology, certs, self.control.endpoints,
+                        self.control.controller_endpoints)
 
     async def close(self) -> None:
-        """Stop the links, the nodes, then the control plane (idempotent)."""
+        """Stop the links, the nodes, then the control plane (idempotent).
+
+        The SDN Controller stops driving the nodes first: the sessions the closing KMs end
+        would otherwise send ETSI 015 deletions to agents that are going away.
+        """
+        await self.control.stop_driving_nodes()
         await self.physical.close()
         await asyncio.gather(*(n.close() for n in self.nodes.values()))
         await self.control.close()

@@ -52,3 +52,45 @@ def test_controller_and_node_processes_talk_over_nats(nats_server: NatsServer,
     events = read_jsonl(state / "events-controller.jsonl")
     registered = [e for e in events if e.type is EventType.topology_changed]
     assert [e.node for e in registered] == ["km1"]
+
+
+def test_controller_discovers_node_processes_and_serves_the_northbound_view(
+        nats_server: NatsServer, tmp_path: Path) -> None:
+    """Controller + two node processes over NATS: the SDN Controller reads both agents with
+    the controller certificate and an orchestrator sees both nodes northbound."""
+    state = tmp_path / "state"
+    db = f"sqlite:///{tmp_path / 'shared.db'}"
+    ctl = start_keyplane("controller", "-t", TOPO, "--bus", nats_server.url, "-s", str(state),
+                         "--db", db, ready="controller ready", log=tmp_path / "ctl.log")
+    nodes = []
+    try:
+        for node in ("km1", "km2"):
+            nodes.append(start_keyplane("node", "--id", node, "-t", TOPO, "--bus",
+                                        nats_server.url, "-s", str(state), "--db", db,
+                                        ready=f"node {node} ready",
+                                        log=tmp_path / f"{node}.log"))
+
+        def endpoints() -> dict:  # type: ignore[type-arg]
+            path = state / "endpoints.json"
+            return json.loads(path.read_text()) if path.exists() else {}
+
+        wait_until(lambda: set(endpoints().get("kms", {})) == {"km1", "km2"})
+        doc = endpoints()
+        northbound = doc["controller"]["etsi015_northbound"]
+        ctl_cert = (str(state / doc["controller"]["cert"]), str(state / doc["controller"]["key"]))
+        with httpx.Client(verify=ssl_ctx(state / doc["ca"], ctl_cert)) as client:
+            r = client.get(northbound + "/restconf/data/keyplane-network:network")
+        assert r.status_code == 200, r.text
+        view = {n["node-id"]: n for n in r.json()["keyplane-network:network"]["node"]}
+        assert set(view) == {"km1", "km2"}
+        assert all(n["reachable"] for n in view.values())
+        assert {n["url"] for n in view.values()} == {
+            doc["kms"][n]["etsi015"] for n in ("km1", "km2")}
+    finally:
+        for proc in nodes:
+            assert stop(proc) == 0
+        assert stop(ctl) == 0
+    discovered = [e for e in read_jsonl(state / "events-controller.jsonl")
+                  if e.type is EventType.node_discovered]
+    assert sorted(e.node for e in discovered) == ["km1", "km2"]
+    assert all(e.data["status"] == "OPERATING" for e in discovered)

@@ -181,12 +181,20 @@ class SendDeletes:
 
 @dataclass(frozen=True)
 class AnnounceVirtualLink:
-    """Register (``active``) or remove the VIRT link of a multi-hop session at the SDN."""
+    """Register (``active``) or remove the VIRT link of a multi-hop session at the SDN.
+
+    The SAE ids, priority and maximum rate describe the session's ETSI 015 ``qkd_app``
+    (``server_app_id``, ``client_app_id``, ``app_priority``, ``app_qos``).
+    """
 
     session_id: str
     path: tuple[str, ...]
     bandwidth_bps: float
     active: bool
+    source_sae: str = ""
+    destination_sae: str = ""
+    priority: int = 0
+    max_bps: float = 0.0
 
 
 Effect = Notify | RequestRoute | ReleaseRoute | PushConfigs | SendDeletes | AnnounceVirtualLink
@@ -561,7 +569,7 @@ class AdmissionCore:
                                "min_bps": sess.min_bps, "rate_bps": sess.rate_bps,
                                "priority": sess.priority}))
             if len(sess.path) > 2:
-                out.append(AnnounceVirtualLink(session_id, sess.path, sess.min_bps, True))
+                out.append(_virtual_link(sess, sess.path, True))
             return out
         if sess.state is AdmissionState.active and epoch == sess.pending_epoch:
             if sess.pending_kind == "restore":
@@ -621,9 +629,9 @@ class AdmissionCore:
         else:
             out.append(ReleaseRoute(sid, old_route_epoch))
         if len(old_path) > 2:
-            out.append(AnnounceVirtualLink(sid, old_path, sess.min_bps, False))
+            out.append(_virtual_link(sess, old_path, False))
         if len(new_path) > 2:
-            out.append(AnnounceVirtualLink(sid, new_path, sess.min_bps, True))
+            out.append(_virtual_link(sess, new_path, True))
         return out
 
     def _restored(self, sess: AdmissionSession, epoch: int,
@@ -686,7 +694,7 @@ class AdmissionCore:
             out: list[Effect] = [Notify(EventType.session_closed, sess.session_id, None,
                                         {"reason": reason, "path": list(sess.path)})]
             if len(sess.path) > 2:
-                out.append(AnnounceVirtualLink(sess.session_id, sess.path, sess.min_bps, False))
+                out.append(_virtual_link(sess, sess.path, False))
             return out + self._terminate(
                 sess, SendDeletes(sess.session_id, DeletePurpose.close, None, deletes))
         return []
@@ -762,6 +770,15 @@ class AdmissionCore:
                                            (delete,)))
 
 
+def _virtual_link(sess: AdmissionSession, path: tuple[str, ...], active: bool
+                  ) -> AnnounceVirtualLink:
+    """The SDN announcement of ``sess``'s VIRT link over ``path``."""
+    return AnnounceVirtualLink(sess.session_id, path, sess.min_bps, active,
+                               source_sae=sess.initiator.sae_id,
+                               destination_sae=sess.initiator.peer_sae,
+                               priority=sess.priority, max_bps=sess.rate_bps)
+
+
 class AdmissionControl:
     """Admission Control on the bus (subscribes ``keyplane.control.admission``).
 
@@ -787,6 +804,9 @@ class AdmissionControl:
         self._wake = asyncio.Event()
         self._closed = False
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
+        # per session, the last SDN announcement in flight: a reroute's removal of the old
+        # VIRT link must reach the SDN Controller before the new path's registration
+        self._announcing: dict[str, asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         """Subscribe and start the session timers (idempotent)."""
@@ -865,7 +885,7 @@ class AdmissionControl:
                 self._spawn(self._publish(topics.ROUTING, RouteRelease(session_id=e.session_id,
                                                                        epoch=e.epoch)))
             elif isinstance(e, AnnounceVirtualLink):
-                self._spawn(self._announce(e))
+                self._spawn(self._announce_in_order(e))
         self._wake.set()
 
     def _spawn(self, aw: Awaitable[Any]) -> None:
@@ -951,11 +971,28 @@ class AdmissionControl:
         self._run(self.core.deletes_done(e.session_id, e.purpose, e.epoch, confirmed, missing,
                                          self.clock.now()))
 
+    async def _announce_in_order(self, e: AnnounceVirtualLink) -> None:
+        """Send ``e`` after the session's previous announcement has been answered."""
+        previous = self._announcing.get(e.session_id)
+        mine: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._announcing[e.session_id] = mine
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            await self._announce(e)
+        finally:
+            mine.set_result(None)
+            if self._announcing.get(e.session_id) is mine:
+                del self._announcing[e.session_id]
+
     async def _announce(self, e: AnnounceVirtualLink) -> None:
         link_id = f"virt-{e.session_id}"
         msg: Message = (RegisterLink(link_id=link_id, type="VIRT",
                                      endpoints=(e.path[0], e.path[-1]), path=list(e.path),
-                                     bandwidth_bps=e.bandwidth_bps, session_id=e.session_id)
+                                     bandwidth_bps=e.bandwidth_bps, session_id=e.session_id,
+                                     source_sae=e.source_sae,
+                                     destination_sae=e.destination_sae, priority=e.priority,
+                                     max_bps=e.max_bps)
                         if e.active else UnregisterLink(link_id=link_id))
         try:
             await self._ask(SDN_REGISTER, msg, self.settings.route_timeout_s)

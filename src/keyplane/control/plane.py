@@ -17,7 +17,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from keyplane.bus import Bus, connect
 from keyplane.clock import Clock, RealClock
@@ -30,6 +30,9 @@ from keyplane.control.sdn import SdnController
 from keyplane.control.settings import ControlSettings
 from keyplane.events import BusSink, EventSink, EventStream, JsonlSink
 from keyplane.store import Database
+
+if TYPE_CHECKING:
+    from keyplane.api.etsi015 import Etsi015Driver
 
 __all__ = ["ELEMENTS", "ControlPlane", "run_controller"]
 
@@ -57,6 +60,8 @@ class ControlPlane:
         settings: every element's settings.
         elements: which elements to run (default: all of :data:`ELEMENTS`).
         weight_fn: a custom Routing Element weight function.
+        sdn_driver: the SDN Controller's ETSI 015 driver (see
+            :class:`~keyplane.control.sdn.SdnController`; ``None``: nodes are not driven).
 
     Raises:
         ValueError: an unknown element name.
@@ -65,14 +70,16 @@ class ControlPlane:
     def __init__(self, topology: Topology, bus: Bus, db: Database, clock: Clock,
                  events: EventStream, settings: ControlSettings | None = None, *,
                  elements: Iterable[str] | None = None,
-                 weight_fn: WeightFunction | None = None) -> None:
+                 weight_fn: WeightFunction | None = None,
+                 sdn_driver: Etsi015Driver | None = None) -> None:
         wanted = set(ELEMENTS if elements is None else elements)
         unknown = wanted - set(ELEMENTS)
         if unknown:
             raise ValueError(f"unknown control-plane elements {sorted(unknown)}; "
                              f"choose from {list(ELEMENTS)}")
         self.settings = s = settings or ControlSettings()
-        self.sdn = (SdnController(topology, bus, clock, events, db=db, settings=s.sdn)
+        self.sdn = (SdnController(topology, bus, clock, events, db=db, settings=s.sdn,
+                                  driver=sdn_driver)
                     if "sdn" in wanted else None)
         self.routing = (RoutingElement(topology, bus, clock, events, db=db, settings=s.routing,
                                        weight_fn=weight_fn)

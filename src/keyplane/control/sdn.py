@@ -17,6 +17,14 @@ Status (``qkdl_status``): ``ACTIVE`` while the link makes key; a ``link_down`` o
 or untrusted) and ``cleared`` makes it ``ACTIVE`` again; ``OFF`` is an operator's switch
 (``qkdl_enable = false``). The RESTCONF wire protocol lives in ``keyplane.api.etsi015``.
 
+The controller is also the network's node registry: node processes announce themselves
+and their interface URLs (:class:`~keyplane.messages.NodeAnnouncement` on
+``keyplane.control.sdn.nodes``) and get a :class:`~keyplane.messages.NodeWelcome`. Given an
+ETSI 015 driver, the controller then drives each node's SDN agent
+(:class:`~keyplane.control.southbound.Etsi015Southbound`: discovery, VIRT links and
+``qkd_app`` entries of relayed sessions) and keeps a northbound
+:class:`~keyplane.api.etsi015.NetworkView` of the whole network for an orchestrator.
+
 :class:`SdnModel` is the pure model; :class:`SdnController` the bus and database shell.
 """
 
@@ -26,9 +34,10 @@ import contextlib
 import itertools
 import logging
 import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 
@@ -48,12 +57,17 @@ from keyplane.control.wire import (
 )
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
-from keyplane.messages import LinkAlarm, TopologyChange
+from keyplane.messages import LinkAlarm, NodeAnnouncement, NodeWelcome, TopologyChange
 from keyplane.store import Database
 from keyplane.store.models import LinkRow
 from keyplane.store.topology import load_topology_into
 
-__all__ = ["KEYPLANE_NAMESPACE", "SdnController", "SdnLink", "SdnModel", "SdnNode", "qkd_uuid"]
+if TYPE_CHECKING:  # the ETSI 015 side (and its YANG toolchain) loads only with a driver
+    from keyplane.api.etsi015 import Etsi015Driver, NetworkView
+    from keyplane.control.southbound import Etsi015Southbound
+
+__all__ = ["KEYPLANE_NAMESPACE", "NodeDiscovery", "RegistryListener", "SdnController",
+           "SdnLink", "SdnModel", "SdnNode", "qkd_uuid"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,15 +87,55 @@ def qkd_uuid(kind: Literal["node", "link"], ident: str) -> str:
     return str(uuid.uuid5(KEYPLANE_NAMESPACE, f"{kind}:{ident}"))
 
 
+RegistryListener = Callable[[str, Mapping[str, str]], None]
+"""Called with ``(node, endpoints)`` each time a node (re)announces its interface URLs."""
+
+
+@dataclass(frozen=True)
+class NodeDiscovery:
+    """What the controller last read from a node's SDN agent over ETSI 015.
+
+    Attributes:
+        url: the agent's base URL.
+        t: clock time of the reading.
+        reachable: the agent answered (``error`` says why not, or why the answer was
+            not accepted, e.g. a ``qkdn_id`` that is not this node's).
+        qkdn_id, status, capabilities: ``qkdn_id``, ``qkdn_status``, ``qkdn_capabilities``.
+        interfaces: ``qkdi_id`` of every ``qkd_interface``.
+        phys_links: ``qkdl_id`` → ``qkdl_status`` of every PHYS ``qkd_link`` reported.
+        virt_links: ``qkdl_id`` of every VIRT ``qkd_link``.
+        applications: ``app_id`` of every ``qkd_app``.
+        missing_links: link ids of the PHYS links the controller has at this node and the
+            agent does not report.
+        unknown_links: ``qkdl_id`` the agent reports and the controller does not know.
+    """
+
+    url: str
+    t: float
+    reachable: bool
+    qkdn_id: str = ""
+    status: str = ""
+    capabilities: Mapping[str, Any] = field(default_factory=dict)
+    interfaces: tuple[int, ...] = ()
+    phys_links: Mapping[str, str] = field(default_factory=dict)
+    virt_links: tuple[str, ...] = ()
+    applications: tuple[str, ...] = ()
+    missing_links: tuple[str, ...] = ()
+    unknown_links: tuple[str, ...] = ()
+    error: str = ""
+
+
 @dataclass
 class SdnNode:
-    """A QKD node (``/qkd_node``)."""
+    """A QKD node (``/qkd_node``), with what its process announced and its agent told."""
 
     node_id: str
     qkdn_id: str
     name: str = ""
     address: str = "127.0.0.1"
     status: Literal["NEW", "OPERATING", "DOWN", "FAILURE", "OUT"] = "OPERATING"
+    endpoints: dict[str, str] = field(default_factory=dict)
+    discovery: NodeDiscovery | None = None
 
 
 @dataclass
@@ -98,6 +152,10 @@ class SdnLink:
     path: tuple[str, ...] = ()  # VIRT: every node from local to remote
     bandwidth_bps: float = 0.0  # VIRT: virt_bandwidth
     session_id: str | None = None  # VIRT: the session that created it
+    source_sae: str = ""  # VIRT: the session's qkd_app (server_app_id)
+    destination_sae: str = ""  # VIRT: client_app_id
+    priority: int = 0  # VIRT: app_priority
+    max_bps: float = 0.0  # VIRT: app_qos/max_bandwidth (0: not set)
     alarms: set[str] = field(default_factory=set)
     registered: bool = False  # PHYS added at run time (not from the topology file)
 
@@ -193,7 +251,9 @@ class SdnModel:
             uid = qkd_uuid("link", f"session:{req.session_id}" if req.session_id
                            else req.link_id)
             link = SdnLink(req.link_id, uid, a, b, "VIRT",
-                           path=path, bandwidth_bps=req.bandwidth_bps, session_id=req.session_id)
+                           path=path, bandwidth_bps=req.bandwidth_bps, session_id=req.session_id,
+                           source_sae=req.source_sae, destination_sae=req.destination_sae,
+                           priority=req.priority, max_bps=req.max_bps)
             change = "virtual_link_added"
         self.links[req.link_id] = link
         return link, [TopologyChange(change=change, link_id=link.link_id, endpoints=(a, b),
@@ -260,15 +320,21 @@ class SdnController:
 
     Args:
         topology: the topology file (nodes and PHYS links).
-        bus: snapshot and registration requests in, topology changes out.
+        bus: snapshot, registration and node announcements in, topology changes out.
         clock: event time.
-        events: receives ``topology_changed`` events.
+        events: receives ``topology_changed`` events (and, with a driver, the ETSI 015
+            southbound's ``node_discovered`` / ``virtual_link_*`` / ``sdn_agent_failed``).
         db: the topology database (``None``: the model lives in memory only).
         settings: :class:`~keyplane.control.settings.SdnSettings`.
+        driver: the ETSI 015 driver presenting the controller certificate
+            (:meth:`keyplane.api.etsi015.Etsi015Driver.from_certs`; tests pass one over an
+            in-process transport). ``None``: nodes are registered but not driven, and there
+            is no northbound view. The caller closes it.
     """
 
     def __init__(self, topology: Topology, bus: Bus, clock: Clock, events: EventStream, *,
-                 db: Database | None = None, settings: SdnSettings | None = None) -> None:
+                 db: Database | None = None, settings: SdnSettings | None = None,
+                 driver: Etsi015Driver | None = None) -> None:
         self.topology = topology
         self.settings = settings or SdnSettings()
         self.model = SdnModel.from_topology(topology)
@@ -276,20 +342,44 @@ class SdnController:
         self.clock = clock
         self.events = events
         self.db = db
+        self.southbound: Etsi015Southbound | None = None
+        self.view: NetworkView | None = None
+        if driver is not None:
+            from keyplane.api.etsi015 import NetworkView
+            from keyplane.control.southbound import Etsi015Southbound
+
+            self.southbound = Etsi015Southbound(driver, self.model, clock, events)
+            self.view = NetworkView(driver, {}, clock, bus=bus)
+        self._listeners: list[RegistryListener] = []
         self._subs: list[Subscription] = []
         self._closed = False
 
+    @property
+    def endpoints(self) -> dict[str, dict[str, str]]:
+        """Interface URLs of every node that announced itself (node → name → URL)."""
+        return {n: dict(node.endpoints) for n, node in self.model.nodes.items()
+                if node.endpoints}
+
+    def add_registry_listener(self, listener: RegistryListener) -> None:
+        """Call ``listener(node, endpoints)`` after each accepted node announcement
+        (e.g. the runtime rewriting endpoints.json). A listener that raises is logged."""
+        self._listeners.append(listener)
+
     async def start(self) -> None:
-        """Load the database, answer snapshot/registration requests, follow alarms."""
+        """Load the database, answer snapshot/registration requests and node
+        announcements, follow alarms."""
         if self._subs:
             return
         if self.db is not None:
             await self._load_db()
+        if self.view is not None:
+            await self.view.start()
         self._subs.append(await self.bus.subscribe(SDN_SNAPSHOT, self._on_snapshot))
         self._subs.append(await self.bus.subscribe(SDN_REGISTER, self._on_register))
+        self._subs.append(await self.bus.subscribe(topics.SDN_NODES, self._on_announcement))
         self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
         self.events.emit(EventType.element_started, ELEMENT, nodes=len(self.model.nodes),
-                         links=len(self.model.links))
+                         links=len(self.model.links), southbound=self.southbound is not None)
 
     async def _load_db(self) -> None:
         """Write the topology file into the database, keeping PHYS links registered earlier.
@@ -320,7 +410,9 @@ class SdnController:
         params: dict[str, object] = {"qkdl_id": link.qkdl_id, "registered": link.registered}
         if link.type == "VIRT":
             params.update(path=list(link.path), bandwidth_bps=link.bandwidth_bps,
-                          session_id=link.session_id)
+                          session_id=link.session_id, source_sae=link.source_sae,
+                          destination_sae=link.destination_sae, priority=link.priority,
+                          max_bps=link.max_bps)
         async with self.db.session() as s:
             await s.merge(LinkRow(id=link.link_id, node_a=link.local, node_b=link.remote,
                                   kind=link.type, enabled=link.enable, params=params))
@@ -351,14 +443,60 @@ class SdnController:
                 self.model.links[req.link_id] = previous
             raise
         await self._announce(changes)
+        if previous is not None and previous.session_id != link.session_id:
+            self._virtual_changed(previous)
+        self._virtual_changed(link)
         return link
 
     async def unregister_link(self, link_id: str) -> None:
         """Remove a link, from the database too, and announce it."""
+        link = self.model.links.get(link_id)
         changes = self.model.unregister(link_id)
         if changes:
             await self._unstore(link_id)
             await self._announce(changes)
+            self._virtual_changed(link)
+
+    def _virtual_changed(self, link: SdnLink | None) -> None:
+        """A session's VIRT link appeared, moved or went: bring the nodes in line (in the
+        background: the registration answer never waits on an agent)."""
+        if (self.southbound is not None and link is not None and link.type == "VIRT"
+                and link.session_id is not None):
+            self.southbound.reconcile(link.session_id)
+
+    # ------------------------------------------------------------------ node registry
+
+    async def register_node(self, node: str, endpoints: Mapping[str, str]) -> NodeWelcome:
+        """A node process announced itself: record its interface URLs; with a driver, read
+        its agent (discovery) and put on it the VIRT links of the sessions through it.
+
+        Returns:
+            The welcome (``known=False`` for a node that is not in the topology).
+        """
+        record = self.model.nodes.get(node)
+        if record is None:
+            return NodeWelcome(node=node, known=False, reason="node not in the topology")
+        record.endpoints = dict(endpoints)
+        self.events.emit(EventType.topology_changed, ELEMENT, node=node,
+                         change="node_registered", endpoints=dict(endpoints))
+        for listener in self._listeners:
+            try:
+                listener(node, dict(endpoints))
+            except Exception:
+                logger.exception("node registry listener failed for %s", node)
+        url = endpoints.get("etsi015")
+        if self.view is not None:
+            self.view.set_node(node, url)
+        if self.southbound is not None:
+            self.southbound.set_url(node, url)
+            self.southbound.discover(node)
+            self.southbound.reconcile_through(node)
+        return NodeWelcome(node=node, known=True)
+
+    async def _on_announcement(self, _topic: str, msg: Message) -> Message | None:
+        if not isinstance(msg, NodeAnnouncement):
+            return None
+        return await self.register_node(msg.node, msg.endpoints)
 
     async def set_link_enable(self, link_id: str, enable: bool) -> None:
         """Switch a link on or off (``qkdl_enable``).
@@ -372,6 +510,10 @@ class SdnController:
 
     async def _announce(self, changes: list[TopologyChange]) -> None:
         for change in changes:
+            if (self.southbound is not None and change.endpoints is not None
+                    and change.change in ("link_added", "link_removed", "link_updated")):
+                for node in change.endpoints:  # a PHYS link changed: read both ends again
+                    self.southbound.discover(node)
             self.events.emit(EventType.topology_changed, ELEMENT, node=change.node,
                              change=change.change, link=change.link_id,
                              status=change.attributes.get("status"))
@@ -404,13 +546,17 @@ class SdnController:
             await self._announce(self.model.apply_alarm(msg))
 
     async def close(self) -> None:
-        """Unsubscribe (idempotent)."""
+        """Unsubscribe and cancel pending ETSI 015 work (idempotent)."""
         if self._closed:
             return
         self._closed = True
         for sub in self._subs:
             with contextlib.suppress(BusError):
                 await sub.unsubscribe()
+        if self.southbound is not None:
+            await self.southbound.close()
+        if self.view is not None:
+            await self.view.close()
         if self._subs:
             self.events.emit(EventType.element_stopped, ELEMENT)
 

@@ -149,6 +149,14 @@ class RegisterLink(Message):
     path: list[str] = Field(default_factory=list)
     bandwidth_bps: Annotated[float, Field(ge=0)] = 0.0
     session_id: str | None = None
+    source_sae: str = ""
+    """VIRT: the session's initiating SAE (ETSI 015 ``server_app_id`` of its ``qkd_app``)."""
+    destination_sae: str = ""
+    """VIRT: the peer SAE (``client_app_id``)."""
+    priority: Annotated[int, Field(ge=0)] = 0
+    """VIRT: the session's priority (``app_priority``)."""
+    max_bps: Annotated[float, Field(ge=0)] = 0.0
+    """VIRT: the session's requested rate (``app_qos/max_bandwidth``; 0: not set)."""
 
 
 class UnregisterLink(Message):

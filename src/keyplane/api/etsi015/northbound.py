@@ -98,6 +98,14 @@ class NetworkView:
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
 
+    def set_node(self, node_id: str, url: str | None) -> None:
+        """Add or move a node (``url``), or drop it (``None``); the next read refetches."""
+        if url:
+            self.nodes[node_id] = url
+        else:
+            self.nodes.pop(node_id, None)
+        self.invalidate()
+
     def invalidate(self) -> None:
         """Make the next read fetch from the nodes."""
         self._fetched_at = -float("inf")

@@ -43,6 +43,19 @@ class _MtlsH11Protocol(H11Protocol):
             # a per-connection copy: app_state itself is shared by every connection
             self.app_state = {**self.app_state, PEER_SUBJECT_STATE_KEY: peer_subject(der)}
 
+    def shutdown(self) -> None:
+        """Graceful shutdown, without waiting on idle keep-alive clients.
+
+        uvicorn closes an idle connection with ``transport.close()``; over TLS that waits
+        for the peer's close_notify, which a pooled client connection (e.g. the SDN
+        Controller's driver) never sends while idle, so every server stop took the whole
+        close timeout. An idle connection has nothing in flight: abort it.
+        """
+        idle = self.cycle is None or self.cycle.response_complete
+        super().shutdown()
+        if idle:
+            self.transport.abort()
+
 
 class _Server(uvicorn.Server):
     """uvicorn server that leaves signals to the host process and reports readiness."""
