@@ -24,7 +24,8 @@ KeyplaneError
 ├── RelayError
 │   ├── RelayTimeout            a hop did not answer in time
 │   ├── PeerUnreachable         no route / KM down (ETSI 004 status 4)
-│   └── RelayAuthenticationFailed  a hop's tag did not verify
+│   ├── RelayAuthenticationFailed  a hop's tag did not verify
+│   └── PqcUnavailable          no authenticated ML-KEM exchange with the peer KM now
 └── PhysicalError
     ├── QberAboveThreshold      a block aborted on its QBER estimate
     ├── ReconciliationFailed    error correction or verification failed
@@ -61,6 +62,7 @@ __all__ = [
     "PeerNotConnected",
     "PeerUnreachable",
     "PhysicalError",
+    "PqcUnavailable",
     "QberAboveThreshold",
     "QosNotMet",
     "RateLimited",
@@ -208,6 +210,14 @@ class PeerUnreachable(RelayError):
 
 class RelayAuthenticationFailed(RelayError):
     """A relay frame's authentication tag did not verify."""
+
+
+class PqcUnavailable(RelayError):
+    """A hop needed an ML-KEM exchange and could not make one (hybrid provisioning).
+
+    Likely causes: this KM or the peer KM has no certificate, the peer did not answer
+    the offer request in time, or the peer's offer did not authenticate.
+    """
 
 
 class PhysicalError(KeyplaneError):

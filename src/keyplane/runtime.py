@@ -46,6 +46,7 @@ from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager import KeyManager, KmSettings
+from keyplane.keymanager.pqc import KmIdentity
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.physical import PhysicalNetwork
 from keyplane.store import Database
@@ -275,6 +276,9 @@ class NodeRuntime(_Lifecycle):
     async def _start_elements(self) -> None:
         ctx = self.ctx
         certs = ctx.ensure_certs()
+        km_cert = certs.kms[self.node_id]  # the KM's certificate also signs its ML-KEM hops
+        self.km.set_identity(KmIdentity.load(self.node_id, km_cert.cert, km_cert.key,
+                                             certs.ca.cert))
         await self._stack.enter_async_context(self.km)
         if self._run_links:
             # distributed mode: this node runs its own ends of its links; the peer ends run
