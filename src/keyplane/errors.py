@@ -12,6 +12,7 @@ KeyplaneError
 ├── SessionError                a session-level refusal or failure
 │   ├── AuthenticationFailed    Access Control refused the identity
 │   ├── QosNotMet               Admission Control refused the QoS (ETSI 004 status 7)
+│   │   └── ExtensionNotMet     an ETSI 014 extension_mandatory cannot be honoured (400)
 │   ├── SessionNotFound         unknown Key_stream_ID / session id
 │   ├── SessionIdInUse          ETSI 004 status 5
 │   ├── PeerNotConnected        ETSI 004 status 1/3
@@ -51,6 +52,7 @@ __all__ = [
     "ClassicalChannelError",
     "ClassicalChannelTimeout",
     "ConfigError",
+    "ExtensionNotMet",
     "IllegalTransition",
     "InsufficientKeyMaterial",
     "KeyNotFound",
@@ -136,6 +138,10 @@ class QosNotMet(SessionError):
     def __init__(self, message: str = "", *, counter_proposal: Qos | None = None) -> None:
         super().__init__(message)
         self.counter_proposal = counter_proposal
+
+
+class ExtensionNotMet(QosNotMet):
+    """An ETSI 014 ``extension_mandatory`` is unsupported or cannot be met (HTTP 400)."""
 
 
 class SessionNotFound(SessionError):

@@ -46,6 +46,7 @@ from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager import KeyManager, KmSettings
+from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.physical import PhysicalNetwork
@@ -295,7 +296,8 @@ class NodeRuntime(_Lifecycle):
             ca_file=certs.ca.cert, host=ctx.host, port=0,
             settings=ApiSettings.from_topology(
                 ctx.topology, self.node_id,
-                limits=Etsi014Limits.from_km_settings(self.km.settings)))
+                limits=Etsi014Limits.from_km_settings(self.km.settings),
+                supported_extensions=frozenset({PROVENANCE_EXTENSION})))
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = api.etsi014_url
         self.endpoints["etsi004"] = api.etsi004_url

@@ -56,6 +56,7 @@ from keyplane.clock import Clock
 from keyplane.errors import (
     AuthenticationFailed,
     BusError,
+    ExtensionNotMet,
     IllegalTransition,
     KeyNotFound,
     KeyplaneError,
@@ -1144,9 +1145,9 @@ class KeyManager:
         try:
             mandatory, optional, unsupported = provenance_requirement(extensions)
         except ValueError as exc:
-            raise QosNotMet(str(exc)) from None
+            raise ExtensionNotMet(str(exc)) from None
         if unsupported:
-            raise QosNotMet("not all extension_mandatory parameters are supported: "
+            raise ExtensionNotMet("not all extension_mandatory parameters are supported: "
                             f"{sorted(unsupported)} (supported: {PROVENANCE_EXTENSION})")
         if not 1 <= number <= st.max_keys_per_request:
             raise QosNotMet(f"number must be 1..{st.max_keys_per_request}")
@@ -1169,8 +1170,8 @@ class KeyManager:
         if mandatory is not None:
             policy = meet(session_policy, mandatory)
             if policy is None:
-                raise QosNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} cannot be met: the "
-                                f"session's hybrid policy is {session_policy}")
+                raise ExtensionNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} cannot be met: "
+                                      f"the session's hybrid policy is {session_policy}")
         if optional is not None:
             policy = meet(policy or session_policy, optional) or policy
         return None if policy is None or policy.value == session_policy else policy
