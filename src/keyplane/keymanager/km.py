@@ -1246,8 +1246,9 @@ class KeyManager:
         delivered, none is returned.
 
         Raises:
-            AuthenticationFailed: the caller may not act as ``slave_sae`` (401).
-            KeyNotFound: see above (400).
+            AuthenticationFailed: the caller may not act as ``slave_sae``, or a named key
+                was made for another master/slave pair (401).
+            KeyNotFound: a key is unknown or already delivered (400).
         """
         self._check_running()
         self._check_local_app(slave_sae)
@@ -1259,8 +1260,11 @@ class KeyManager:
         found: list[HeldKey] = []
         for key_id in key_ids:
             k = self.vault.by_id.get(key_id)
-            if (k is None or k.sae_id != slave_sae or k.peer_sae != master_sae
-                    or k.state != "ready"):
+            if k is not None and (k.sae_id != slave_sae or k.peer_sae != master_sae):
+                # the key exists here but was made for another pair: ETSI 014 says 401
+                raise AuthenticationFailed(
+                    f"{slave_sae} is not entitled to the keys it asked for")
+            if k is None or k.state != "ready":
                 raise KeyNotFound("one or more keys specified are not found on KME")
             found.append(k)
         by_session: dict[str, list[HeldKey]] = {}
