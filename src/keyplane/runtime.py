@@ -25,7 +25,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from keyplane.api.etsi015 import (
@@ -48,6 +47,7 @@ from keyplane.events import EventStream, EventType
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
+from keyplane.lifecycle import Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.physical import PhysicalNetwork
 from keyplane.store import Database
@@ -119,23 +119,7 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
     return path
 
 
-class _Lifecycle:
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Any:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
-
-class ControlRuntime(_Lifecycle):
+class ControlRuntime(Service):
     """The control plane of a network, in this process: the five elements (or a subset).
 
     With the SDN Controller, that element is the node registry and drives the nodes' ETSI 015
@@ -241,7 +225,7 @@ class ControlRuntime(_Lifecycle):
             await self.driver.close()
 
 
-class NodeRuntime(_Lifecycle):
+class NodeRuntime(Service):
     """One node of the network, in this process."""
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
@@ -334,7 +318,7 @@ class NodeRuntime(_Lifecycle):
         self.ctx.stream.emit(EventType.element_stopped, "node", node=self.node_id)
 
 
-class Embedded(_Lifecycle):
+class Embedded(Service):
     """Every element of a network in one process: control plane plus every node.
 
     The quantum links run as one :class:`PhysicalNetwork` with both ends in this process

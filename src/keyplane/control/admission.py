@@ -52,7 +52,6 @@ import math
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import TracebackType
 from typing import Any
 
 from keyplane.bus import Bus, Message, Subscription, topics
@@ -71,6 +70,7 @@ from keyplane.control.wire import (
 )
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import (
     ConfigAck,
     DeleteConfirm,
@@ -779,7 +779,7 @@ def _virtual_link(sess: AdmissionSession, path: tuple[str, ...], active: bool
                                priority=sess.priority, max_bps=sess.rate_bps)
 
 
-class AdmissionControl:
+class AdmissionControl(Service):
     """Admission Control on the bus (subscribes ``keyplane.control.admission``).
 
     Args:
@@ -1037,10 +1037,3 @@ class AdmissionControl:
         if self._sub is not None:
             self.events.emit(EventType.element_stopped, ELEMENT)
 
-    async def __aenter__(self) -> AdmissionControl:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

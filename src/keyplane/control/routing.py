@@ -40,7 +40,6 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import networkx as nx
 
@@ -60,6 +59,7 @@ from keyplane.control.wire import (
 )
 from keyplane.errors import BusError, QosNotMet, StoreError
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import LinkAlarm, TopologyChange
 from keyplane.store import Database
 from keyplane.store.topology import LinkMetrics, get_link_metrics
@@ -494,7 +494,7 @@ class RoutingCore:
                                       pqc_fallback=res.pqc_fallback)
 
 
-class RoutingElement:
+class RoutingElement(Service):
     """The Routing Element on the bus (one per control plane; runnable alone).
 
     Args:
@@ -674,10 +674,3 @@ class RoutingElement:
         if self._started:
             self.events.emit(EventType.element_stopped, ELEMENT)
 
-    async def __aenter__(self) -> RoutingElement:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

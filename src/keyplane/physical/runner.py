@@ -34,7 +34,6 @@ import hashlib
 import logging
 import math
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Literal
 
 import numpy as np
@@ -45,6 +44,7 @@ from keyplane.clock import Clock
 from keyplane.config import Eavesdropper, QuantumLink
 from keyplane.errors import ClassicalChannelError, KeyplaneError, QberAboveThreshold
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
@@ -98,7 +98,7 @@ class LinkStats:
     last_qber: float | None = None
 
 
-class LinkRunner:
+class LinkRunner(Service):
     """Runs the local end(s) of one link continuously (see module docstring).
 
     Args:
@@ -219,13 +219,6 @@ class LinkRunner:
             await ch.close()
         self._channels.clear()
 
-    async def __aenter__(self) -> LinkRunner:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------ faults
 
