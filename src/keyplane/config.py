@@ -128,12 +128,40 @@ class QuantumLink(_Model):
 
 
 class HybridPolicy(StrEnum):
-    """How a user's hop keys may combine QKD and ML-KEM (issue: hybrid provisioning)."""
+    """How a user's hop keys may combine QKD and ML-KEM (issue: hybrid provisioning).
+
+    Each policy accepts a set of hop key sources (``qkd``, ``pqc``, ``combined``; see
+    docs/hybrid.md): qkd-only {qkd}, at-least-qkd {qkd, combined}, qkd-and-pqc {combined},
+    either {qkd, pqc, combined}. Two policies compose by intersecting those sets.
+    """
 
     qkd_only = "qkd-only"
     qkd_and_pqc = "qkd-and-pqc"
     at_least_qkd = "at-least-qkd"
     either = "either"
+
+    @property
+    def hop_sources(self) -> frozenset[str]:
+        """The hop key sources this policy accepts."""
+        return _HOP_SOURCES[self]
+
+    @property
+    def allows_pqc_alone(self) -> bool:
+        """Whether a hop without QKD key may still serve (ML-KEM alone)."""
+        return "pqc" in self.hop_sources
+
+    def meet(self, other: HybridPolicy | str) -> HybridPolicy | None:
+        """The policy both accept (e.g. the two users of a session); None if none."""
+        both = self.hop_sources & HybridPolicy(other).hop_sources
+        return next((p for p in HybridPolicy if p.hop_sources == both), None)
+
+
+_HOP_SOURCES: dict[HybridPolicy, frozenset[str]] = {
+    HybridPolicy.qkd_only: frozenset({"qkd"}),
+    HybridPolicy.qkd_and_pqc: frozenset({"combined"}),
+    HybridPolicy.at_least_qkd: frozenset({"qkd", "combined"}),
+    HybridPolicy.either: frozenset({"qkd", "pqc", "combined"}),
+}
 
 
 class SlaProfile(_Model):

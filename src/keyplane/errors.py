@@ -12,6 +12,7 @@ KeyplaneError
 ├── SessionError                a session-level refusal or failure
 │   ├── AuthenticationFailed    Access Control refused the identity
 │   ├── QosNotMet               Admission Control refused the QoS (ETSI 004 status 7)
+│   │   └── ExtensionNotMet     an ETSI 014 extension_mandatory cannot be honoured (400)
 │   ├── SessionNotFound         unknown Key_stream_ID / session id
 │   ├── SessionIdInUse          ETSI 004 status 5
 │   ├── PeerNotConnected        ETSI 004 status 1/3
@@ -24,7 +25,8 @@ KeyplaneError
 ├── RelayError
 │   ├── RelayTimeout            a hop did not answer in time
 │   ├── PeerUnreachable         no route / KM down (ETSI 004 status 4)
-│   └── RelayAuthenticationFailed  a hop's tag did not verify
+│   ├── RelayAuthenticationFailed  a hop's tag did not verify
+│   └── PqcUnavailable          no authenticated ML-KEM exchange with the peer KM now
 └── PhysicalError
     ├── QberAboveThreshold      a block aborted on its QBER estimate
     ├── ReconciliationFailed    error correction or verification failed
@@ -50,6 +52,7 @@ __all__ = [
     "ClassicalChannelError",
     "ClassicalChannelTimeout",
     "ConfigError",
+    "ExtensionNotMet",
     "IllegalTransition",
     "InsufficientKeyMaterial",
     "KeyNotFound",
@@ -61,6 +64,7 @@ __all__ = [
     "PeerNotConnected",
     "PeerUnreachable",
     "PhysicalError",
+    "PqcUnavailable",
     "QberAboveThreshold",
     "QosNotMet",
     "RateLimited",
@@ -136,6 +140,10 @@ class QosNotMet(SessionError):
         self.counter_proposal = counter_proposal
 
 
+class ExtensionNotMet(QosNotMet):
+    """An ETSI 014 ``extension_mandatory`` is unsupported or cannot be met (HTTP 400)."""
+
+
 class SessionNotFound(SessionError):
     """No such session / Key_stream_ID."""
 
@@ -208,6 +216,14 @@ class PeerUnreachable(RelayError):
 
 class RelayAuthenticationFailed(RelayError):
     """A relay frame's authentication tag did not verify."""
+
+
+class PqcUnavailable(RelayError):
+    """A hop needed an ML-KEM exchange and could not make one (hybrid provisioning).
+
+    Likely causes: this KM or the peer KM has no certificate, the peer did not answer
+    the offer request in time, or the peer's offer did not authenticate.
+    """
 
 
 class PhysicalError(KeyplaneError):

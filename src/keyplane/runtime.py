@@ -25,7 +25,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from keyplane.api.etsi015 import (
@@ -46,6 +45,9 @@ from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager import KeyManager, KmSettings
+from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
+from keyplane.keymanager.pqc import KmIdentity
+from keyplane.lifecycle import Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.physical import PhysicalNetwork
 from keyplane.store import Database
@@ -117,23 +119,7 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
     return path
 
 
-class _Lifecycle:
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Any:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
-
-class ControlRuntime(_Lifecycle):
+class ControlRuntime(Service):
     """The control plane of a network, in this process: the five elements (or a subset).
 
     With the SDN Controller, that element is the node registry and drives the nodes' ETSI 015
@@ -239,7 +225,7 @@ class ControlRuntime(_Lifecycle):
             await self.driver.close()
 
 
-class NodeRuntime(_Lifecycle):
+class NodeRuntime(Service):
     """One node of the network, in this process."""
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
@@ -275,6 +261,9 @@ class NodeRuntime(_Lifecycle):
     async def _start_elements(self) -> None:
         ctx = self.ctx
         certs = ctx.ensure_certs()
+        km_cert = certs.kms[self.node_id]  # the KM's certificate also signs its ML-KEM hops
+        self.km.set_identity(KmIdentity.load(self.node_id, km_cert.cert, km_cert.key,
+                                             certs.ca.cert))
         await self._stack.enter_async_context(self.km)
         if self._run_links:
             # distributed mode: this node runs its own ends of its links; the peer ends run
@@ -291,7 +280,8 @@ class NodeRuntime(_Lifecycle):
             ca_file=certs.ca.cert, host=ctx.host, port=0,
             settings=ApiSettings.from_topology(
                 ctx.topology, self.node_id,
-                limits=Etsi014Limits.from_km_settings(self.km.settings)))
+                limits=Etsi014Limits.from_km_settings(self.km.settings),
+                supported_extensions=frozenset({PROVENANCE_EXTENSION})))
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = api.etsi014_url
         self.endpoints["etsi004"] = api.etsi004_url
@@ -328,7 +318,7 @@ class NodeRuntime(_Lifecycle):
         self.ctx.stream.emit(EventType.element_stopped, "node", node=self.node_id)
 
 
-class Embedded(_Lifecycle):
+class Embedded(Service):
     """Every element of a network in one process: control plane plus every node.
 
     The quantum links run as one :class:`PhysicalNetwork` with both ends in this process

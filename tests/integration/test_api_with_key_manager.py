@@ -129,9 +129,9 @@ async def test_other_sae_cannot_take_the_pairs_key_and_nothing_is_consumed(
             network.client014("sb") as slave:
         (key,) = await master.enc_keys("sb")
         # sd (dave, at the slave's KM) names sa as master; the key was made for sb. The
-        # key manager refuses it as not found for sd (Access Control here accepts every
-        # identity, so the refusal is the key manager's own check).
-        with pytest.raises(BadRequestError):
+        # key manager refuses sd as not entitled to it: ETSI 014's 401 (Access Control here
+        # accepts every identity, so the refusal is the key manager's own check).
+        with pytest.raises(UnauthorizedError):
             await other.dec_keys("sa", [key.key_id])
         (got,) = await slave.dec_keys("sa", [key.key_id])
         assert got.key == key.key

@@ -96,3 +96,18 @@ def test_run_004_stream_gives_both_ends_the_same_chunks(running: Path) -> None:
             assert ka.key == kb.key and len(ka.key) > 0
         a.close_stream(sid)
         b.close_stream(sid)
+
+
+def test_run_014_provenance_is_reported_and_can_be_required(running: Path) -> None:
+    with Etsi014Client.from_state(running, "sae2") as master:
+        keys = _retry(lambda: master.enc_keys(
+            "sae3", number=1, extension_mandatory=[{"keyplane_provenance": "qkd-only"}]))
+        hops = keys[0].extension["keyplane_provenance"]  # type: ignore[index]
+        assert [h["source"] for h in hops] == ["qkd", "qkd"]  # two QKD hops via KM0
+        # the user's SLA is qkd-only: a demand for combined QKD+PQC hops cannot be met
+        with pytest.raises(BadRequestError) as exc:
+            master.enc_keys("sae3", number=1,
+                            extension_mandatory=[{"keyplane_provenance": "qkd-and-pqc"}])
+        assert "extension_mandatory" in str(exc.value)
+        with pytest.raises(BadRequestError):
+            master.enc_keys("sae3", number=1, extension_mandatory=[{"acme_route": "direct"}])

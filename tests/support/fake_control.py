@@ -62,13 +62,14 @@ class FakeControlPlane:
         deny: identities Access Control refuses.
         hold_config: when True, a complete session is *not* configured until
             :meth:`configure` is called (to test waiting states).
+        hybrid_policy: pushed in every SessionConfig (``SessionConfig.hybrid_policy``).
     """
 
     def __init__(self, bus: Bus, topology: Topology, *, bucket_size_bits: int = 1 << 30,
                  token_rate_bps: float = 1e12, idle_timeout_s: float = 60.0,
                  key_chunk_size: int = 32, priority_of: dict[str, int] | None = None,
                  refuse: set[str] | None = None, deny: set[str] | None = None,
-                 hold_config: bool = False) -> None:
+                 hold_config: bool = False, hybrid_policy: str = "qkd-only") -> None:
         self.bus = bus
         self.topology = topology
         self.bucket_size_bits = bucket_size_bits
@@ -79,6 +80,7 @@ class FakeControlPlane:
         self.refuse = refuse or set()
         self.deny = deny or set()
         self.hold_config = hold_config
+        self.hybrid_policy = hybrid_policy
         self.sessions: dict[str, FakeSession] = {}
         self.keepalives: list[KeepAlive] = []
         self.closes: list[SessionClose] = []
@@ -173,7 +175,8 @@ class FakeControlPlane:
                 source_sae=fs.source_sae, destination_sae=fs.destination_sae, local_sae=local,
                 priority=self.priority_of.get(fs.source_sae, 0),
                 bucket_size_bits=self.bucket_size_bits, token_rate_bps=self.token_rate_bps,
-                idle_timeout_s=self.idle_timeout_s, key_chunk_size=self.key_chunk_size))
+                idle_timeout_s=self.idle_timeout_s, key_chunk_size=self.key_chunk_size,
+                hybrid_policy=self.hybrid_policy))
         return out
 
     async def push(self, fs: FakeSession, path: list[str] | None = None) -> list[ConfigAck]:

@@ -16,6 +16,7 @@ from keyplane.config import Topology, parse_topology
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.interface import Caller
+from keyplane.keymanager.pqc import KmIdentity
 from keyplane.messages import Qos
 from keyplane.store import Database
 from tests.support.fake_control import FakeControlPlane
@@ -66,11 +67,14 @@ class KmNet:
     settings: KmSettings
     kms: dict[str, KeyManager] = field(default_factory=dict)
     fed: dict[str, dict[int, bytes]] = field(default_factory=dict)  # link -> block -> bytes
+    identities: dict[str, KmIdentity] = field(default_factory=dict)  # KMs with ML-KEM hops
 
     async def feed(self, rng: random.Random, blocks: int, block_bytes: int,
-                   first_block: int = 0) -> None:
-        """Push the same random blocks into both ends of every link."""
+                   first_block: int = 0, links: set[str] | None = None) -> None:
+        """Push the same random blocks into both ends of every link (or of ``links``)."""
         for link in self.topology.links:
+            if links is not None and link.link_id not in links:
+                continue
             for b in range(first_block, first_block + blocks):
                 material = rng.randbytes(block_bytes)
                 self.fed.setdefault(link.link_id, {})[b] = material
@@ -82,7 +86,7 @@ class KmNet:
         """Close one KM and start a new one on the same store (a KM restart)."""
         await self.kms[node].close()
         km = KeyManager(node, self.topology, self.bus, self.db, self.clock, self.events,
-                        self.settings)
+                        self.settings, self.identities.get(node))
         await km.start()
         self.kms[node] = km
         return km
@@ -95,15 +99,21 @@ class KmNet:
 
 async def start_net(topology: Topology, bus: Bus, db: Database, clock: Clock, *,
                     settings: KmSettings | None = None, seed: int = 1, blocks: int = 4,
-                    block_bytes: int = 4096, **control: object) -> KmNet:
-    """Start one KM per node, the fake control plane, and feed every link."""
+                    block_bytes: int = 4096, identities: dict[str, KmIdentity] | None = None,
+                    **control: object) -> KmNet:
+    """Start one KM per node, the fake control plane, and feed every link.
+
+    ``identities``: KM certificates for ML-KEM hops (hybrid provisioning), by node.
+    """
     sink = MemorySink()
     events = EventStream(clock, [sink])
     settings = settings or KmSettings(link_reserve_bytes=512)
     ctl = await FakeControlPlane(bus, topology, **control).start()  # type: ignore[arg-type]
-    net = KmNet(topology, bus, db, clock, events, sink, ctl, settings)
+    net = KmNet(topology, bus, db, clock, events, sink, ctl, settings,
+                identities=dict(identities or {}))
     for node in topology.nodes:
-        km = KeyManager(node.id, topology, bus, db, clock, events, settings)
+        km = KeyManager(node.id, topology, bus, db, clock, events, settings,
+                        net.identities.get(node.id))
         await km.start()
         net.kms[node.id] = km
     await net.feed(random.Random(seed), blocks, block_bytes)

@@ -10,6 +10,7 @@ the first ``isinstance`` match wins:
 | KeyNotFound                       | 400      | 9 KSID_NOT_FOUND (non-standard; index gone)   |
 | SessionNotFound                   | 400      | 9 KSID_NOT_FOUND (non-standard)               |
 | SessionIdInUse                    | 400      | 5 OC_KSID_ALREADY_IN_USE                      |
+| ExtensionNotMet                   | 400      | 7 OC_QOS_NOT_SATISFIABLE                      |
 | QosNotMet                         | 503      | 7 OC_QOS_NOT_SATISFIABLE                      |
 | PeerNotConnected                  | 503      | 1 PEER_NOT_CONNECTED (open), 3 (get_key)      |
 | InsufficientKeyMaterial, KmBusy   | 503      | 2 GK_INSUFFICIENT_KEY_AVAILABLE               |
@@ -36,6 +37,7 @@ from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.errors import (
     AuthenticationFailed,
     BusTimeout,
+    ExtensionNotMet,
     InsufficientKeyMaterial,
     KeyNotFound,
     KeyplaneError,
@@ -102,6 +104,8 @@ _TABLE: tuple[tuple[tuple[type[BaseException], ...], ErrorMapping], ...] = (
                                       Etsi004Status.KSID_NOT_FOUND)),
     ((SessionIdInUse,), ErrorMapping(400, "Key_stream_ID already in use",
                                      Etsi004Status.OC_KSID_ALREADY_IN_USE)),
+    ((ExtensionNotMet,), ErrorMapping(400, "not all extension_mandatory request options could "
+                                           "be met", Etsi004Status.OC_QOS_NOT_SATISFIABLE)),
     ((QosNotMet,), ErrorMapping(503, "requested QoS cannot be met",
                                 Etsi004Status.OC_QOS_NOT_SATISFIABLE)),
     ((PeerNotConnected,), ErrorMapping(503, "peer application is not connected",

@@ -23,7 +23,6 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from types import TracebackType
 
 from keyplane.bus import Bus, Message, Subscription, topics
 from keyplane.clock import Clock
@@ -31,6 +30,7 @@ from keyplane.config import Application, User
 from keyplane.control.settings import AccessSettings
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import AuthRequest, AuthResponse
 from keyplane.store import Database
 from keyplane.store.topology import get_application, get_user_by_subject, get_user_by_token
@@ -95,7 +95,7 @@ def decide(req: AuthRequest, user: User | None, app: Application | None,
     return AccessDecision(True, user_id=user.id)
 
 
-class AccessControl:
+class AccessControl(Service):
     """Access Control on the bus (subscribes ``keyplane.control.access``).
 
     Args:
@@ -167,10 +167,3 @@ class AccessControl:
                 await self._sub.unsubscribe()
             self.events.emit(EventType.element_stopped, ELEMENT)
 
-    async def __aenter__(self) -> AccessControl:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

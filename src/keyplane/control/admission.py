@@ -34,6 +34,10 @@ Decisions (documented for the KM side):
   Live sessions per user at most ``max_sessions``. The pushed configuration takes the
   rate ``min`` of both peers', reserves ``max(min_bps, SLA min_bps)`` of both on every link,
   priority and idle timeout the lower of both SLAs.
+* **Hybrid policy** (docs/hybrid.md): a session runs under the policy both users' SLAs
+  accept (:meth:`~keyplane.config.HybridPolicy.meet`; ``qkd-only`` with ``qkd-and-pqc`` has
+  none: refused). It goes to the Routing Element with the route request (a link without
+  QKD key serves only a policy that allows PQC alone) and to every KM in its configuration.
 * **Key_stream_ID in use** is answered synchronously in the :class:`~keyplane.messages.OpenAck`
   (``accepted_for_review=False``), never by a deletion signal that would hit the live
   session of that id.
@@ -48,7 +52,6 @@ import math
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from types import TracebackType
 from typing import Any
 
 from keyplane.bus import Bus, Message, Subscription, topics
@@ -67,6 +70,7 @@ from keyplane.control.wire import (
 )
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import (
     ConfigAck,
     DeleteConfirm,
@@ -145,6 +149,7 @@ class RequestRoute:
     source_node: str
     destination_node: str
     min_bps: float
+    hybrid_policy: str = "qkd-only"
 
 
 @dataclass(frozen=True)
@@ -242,6 +247,7 @@ class AdmissionSession:
     idle_timeout_s: float = 60.0
     key_chunk_size: int = 32
     bucket_size_bits: int = 256
+    hybrid_policy: str = "qkd-only"
     inflight: set[str] = field(default_factory=set)
 
     @property
@@ -419,6 +425,15 @@ class AdmissionCore:
     def _accept(self, sess: AdmissionSession, now: float) -> list[Effect]:
         init, resp = sess.initiator, sess.responder
         eps = [init] if resp is None else [init, resp]
+        policy = init.sla.hybrid_policy if resp is None else \
+            init.sla.hybrid_policy.meet(resp.sla.hybrid_policy)
+        if policy is None:
+            assert resp is not None
+            return self._refuse_endpoints(
+                sess, f"hybrid policies {init.sla.hybrid_policy.value} and "
+                      f"{resp.sla.hybrid_policy.value} of the two users have no key source "
+                      f"in common")
+        sess.hybrid_policy = policy.value
         sess.rate_bps = float(min(e.qos.max_bps or e.sla.max_bps for e in eps))
         sess.min_bps = max(_reserve_bps(e) for e in eps)
         sess.priority = min(e.sla.priority for e in eps)
@@ -429,9 +444,10 @@ class AdmissionCore:
         sess.state = AdmissionState.accepted
         sess.inflight.add("route")
         return [Notify(EventType.admission_requested, sess.session_id, sess.destination_node,
-                       {"state": "accepted", "min_bps": sess.min_bps, "rate_bps": sess.rate_bps}),
+                       {"state": "accepted", "min_bps": sess.min_bps, "rate_bps": sess.rate_bps,
+                        "hybrid_policy": sess.hybrid_policy}),
                 RequestRoute(sess.session_id, sess.epoch, init.node, sess.destination_node,
-                             sess.min_bps)]
+                             sess.min_bps, sess.hybrid_policy)]
 
     # ------------------------------------------------------------------ route, configs
 
@@ -514,7 +530,7 @@ class AdmissionCore:
                 priority=sess.priority, bucket_size_bits=sess.bucket_size_bits,
                 token_rate_bps=sess.rate_bps, idle_timeout_s=sess.idle_timeout_s,
                 key_chunk_size=sess.key_chunk_size,
-                hybrid_policy=init.sla.hybrid_policy.value, opened_as=opened_as))
+                hybrid_policy=sess.hybrid_policy, opened_as=opened_as))
         return tuple(out)
 
     def configs_applied(self, session_id: str, epoch: int, acked: tuple[str, ...],
@@ -763,7 +779,7 @@ def _virtual_link(sess: AdmissionSession, path: tuple[str, ...], active: bool
                                priority=sess.priority, max_bps=sess.rate_bps)
 
 
-class AdmissionControl:
+class AdmissionControl(Service):
     """Admission Control on the bus (subscribes ``keyplane.control.admission``).
 
     Args:
@@ -902,7 +918,8 @@ class AdmissionControl:
 
     async def _route(self, e: RequestRoute) -> None:
         req = RouteRequest(session_id=e.session_id, epoch=e.epoch, source_node=e.source_node,
-                           destination_node=e.destination_node, min_bps=e.min_bps)
+                           destination_node=e.destination_node, min_bps=e.min_bps,
+                           hybrid_policy=e.hybrid_policy)
         try:
             reply = await self._ask(topics.ROUTING, req, self.settings.route_timeout_s)
         except (TimeoutError, BusError) as exc:
@@ -1020,10 +1037,3 @@ class AdmissionControl:
         if self._sub is not None:
             self.events.emit(EventType.element_stopped, ELEMENT)
 
-    async def __aenter__(self) -> AdmissionControl:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

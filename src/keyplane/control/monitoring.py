@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Literal
 
 from keyplane.bus import Bus, Message, Subscription, topics
@@ -40,6 +39,7 @@ from keyplane.config import Topology
 from keyplane.control.settings import MonitoringSettings
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import KmTelemetry, LinkAlarm, LinkState, LinkTelemetry, TopologyChange
 from keyplane.store import Database
 from keyplane.store.topology import LinkMetrics, upsert_link_metrics
@@ -183,7 +183,7 @@ class MonitoringCore:
                          qber=h.qber, skr_bps=h.skr_bps, message=text, t=now)
 
 
-class MonitoringElement:
+class MonitoringElement(Service):
     """The Monitoring Element on the bus (runnable alone).
 
     Args:
@@ -284,10 +284,3 @@ class MonitoringElement:
         if self._subs:
             self.events.emit(EventType.element_stopped, ELEMENT)
 
-    async def __aenter__(self) -> MonitoringElement:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

@@ -16,7 +16,6 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Protocol
 
 from keyplane.bus import Bus, connect
@@ -29,6 +28,7 @@ from keyplane.control.routing import RoutingElement, WeightFunction
 from keyplane.control.sdn import SdnController
 from keyplane.control.settings import ControlSettings
 from keyplane.events import BusSink, EventSink, EventStream, JsonlSink
+from keyplane.lifecycle import Service
 from keyplane.store import Database
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class _Element(Protocol):
     async def close(self) -> None: ...
 
 
-class ControlPlane:
+class ControlPlane(Service):
     """Any subset of the control-plane elements sharing one bus, database and clock.
 
     Args:
@@ -124,13 +124,6 @@ class ControlPlane:
             except Exception:
                 logger.exception("closing %r failed", element)
 
-    async def __aenter__(self) -> ControlPlane:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
 
 async def run_controller(topology_path: str | Path, bus_url: str | None, db_url: str,

@@ -23,6 +23,12 @@ Decisions:
 * Rerouting reserves the new path (epoch + 1) before telling Admission Control, and the old
   epoch stays reserved until Admission has removed the old forwarding entries: at no point
   is a live session without a reserved path.
+* Hybrid provisioning (docs/hybrid.md): a request carries the session's hybrid policy. A
+  link without QKD key (:meth:`RoutingCore.has_qkd_key`) is hidden from every session except
+  those whose policy allows PQC alone (``pqc_fallback``); for those it costs
+  ``pqc_hop_penalty`` more and its QKD capacity is not checked. When such a link fails, a
+  fallback session moves only if a better path exists; otherwise it keeps its path and its
+  KMs switch that hop to ML-KEM.
 """
 
 from __future__ import annotations
@@ -34,13 +40,12 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from types import TracebackType
 
 import networkx as nx
 
 from keyplane.bus import Bus, Message, Subscription, topics
 from keyplane.clock import Clock
-from keyplane.config import Topology
+from keyplane.config import HybridPolicy, Topology
 from keyplane.control.settings import RoutingSettings
 from keyplane.control.wire import (
     SDN_SNAPSHOT,
@@ -54,6 +59,7 @@ from keyplane.control.wire import (
 )
 from keyplane.errors import BusError, QosNotMet, StoreError
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import LinkAlarm, TopologyChange
 from keyplane.store import Database
 from keyplane.store.topology import LinkMetrics, get_link_metrics
@@ -142,6 +148,7 @@ class Reservation:
     epoch: int
     route: Route
     min_bps: float
+    pqc_fallback: bool = False
 
 
 @dataclass
@@ -272,6 +279,19 @@ class RoutingCore:
         link = self._links.get(link_id)
         return link is not None and link.usable
 
+    def has_qkd_key(self, link_id: str) -> bool:
+        """Whether a link can give QKD hop keys: in service, and not monitored as down or
+        as producing no key with an empty buffer."""
+        link = self._links.get(link_id)
+        if link is None or not link.usable:
+            return False
+        m = self._metrics.get(link_id)
+        if m is None:
+            return True
+        if m.state == "down":
+            return False
+        return not (m.skr_bps is not None and m.skr_bps <= 0 and m.buffer_bits <= 0)
+
     # ------------------------------------------------------------------ metrics, alarms
 
     def set_metrics(self, metrics: dict[str, LinkMetrics]) -> None:
@@ -327,12 +347,15 @@ class RoutingCore:
         return self._links[link_id].reserved_bps
 
     def compute_path(self, source: str, destination: str, min_bps: float = 0.0, *,
-                     session_id: str | None = None, avoid: Iterable[str] = ()) -> Route:
+                     session_id: str | None = None, avoid: Iterable[str] = (),
+                     pqc_fallback: bool = False) -> Route:
         """The lightest path whose every link is usable and has ``min_bps`` free.
 
         Args:
             session_id: reservations of this session count as free (rerouting).
             avoid: link ids not to use.
+            pqc_fallback: the session's hybrid policy allows PQC alone, so links without
+                QKD key may be used too (weight + ``pqc_hop_penalty``, capacity unchecked).
 
         Raises:
             NoRoute: unknown endpoint, same endpoints, or no such path.
@@ -343,10 +366,14 @@ class RoutingCore:
             raise NoRoute(source, destination, min_bps, "both ends on the same node")
         avoided = frozenset(avoid)
 
+        penalty = self.settings.pqc_hop_penalty
+
         def cost(_u: str, _v: str, d: dict[str, _Link]) -> float | None:
             link = d["link"]
-            if not link.usable or link.link_id in avoided:
+            if link.link_id in avoided:
                 return None
+            if not self.has_qkd_key(link.link_id):
+                return link.weight + penalty if pqc_fallback else None
             if min_bps > 0 and link.free_for(session_id) < min_bps:
                 return None
             return link.weight
@@ -360,22 +387,46 @@ class RoutingCore:
                       for u, v in itertools.pairwise(nodes))
         return Route(tuple(nodes), links, float(total))
 
-    def reserve(self, session_id: str, epoch: int, route: Route, min_bps: float) -> Reservation:
+    def route_cost(self, route: Route, pqc_fallback: bool = False) -> float:
+        """What ``route`` weighs now (``inf`` if a link is gone or, without
+        ``pqc_fallback``, has no QKD key); capacity is not considered."""
+        total = 0.0
+        for lid in route.links:
+            link = self._links.get(lid)
+            if link is None:
+                return math.inf
+            if not self.has_qkd_key(lid):
+                if not pqc_fallback:
+                    return math.inf
+                total += self.settings.pqc_hop_penalty
+            total += link.weight
+        return total
+
+    def reserve(self, session_id: str, epoch: int, route: Route, min_bps: float, *,
+                pqc_fallback: bool = False) -> Reservation:
         """Hold ``min_bps`` on every link of ``route`` for ``(session_id, epoch)``.
+
+        Args:
+            pqc_fallback: links without QKD key are acceptable (their hops use ML-KEM).
 
         Raises:
             NoRoute: a link is gone, out of service or would exceed its capacity.
         """
         for lid in route.links:
             link = self._links.get(lid)
-            if link is None or not link.usable:
-                raise NoRoute(route.nodes[0], route.nodes[-1], min_bps, f"link {lid} unusable")
+            if link is None:
+                raise NoRoute(route.nodes[0], route.nodes[-1], min_bps, f"link {lid} is gone")
+            if not self.has_qkd_key(lid):
+                if pqc_fallback:
+                    continue
+                raise NoRoute(route.nodes[0], route.nodes[-1], min_bps,
+                              f"link {lid} has no QKD key")
             if min_bps > 0:
                 own = max(link.reserved.get(session_id, {}).values(), default=0.0)
                 if link.free_for(session_id) < max(min_bps, own):
                     raise NoRoute(route.nodes[0], route.nodes[-1], min_bps,
                                   f"link {lid} lacks capacity")
-        res = Reservation(session_id, epoch, route, float(min_bps))
+        res = Reservation(session_id, epoch, route, float(min_bps), pqc_fallback)
         self.release(session_id, epoch)
         self._reservations[(session_id, epoch)] = res
         for lid in route.links:
@@ -383,14 +434,15 @@ class RoutingCore:
         return res
 
     def route_and_reserve(self, session_id: str, epoch: int, source: str, destination: str,
-                          min_bps: float) -> Reservation:
+                          min_bps: float, *, pqc_fallback: bool = False) -> Reservation:
         """:meth:`compute_path` then :meth:`reserve` (the Admission request).
 
         Raises:
             NoRoute: no path can carry ``min_bps``.
         """
-        route = self.compute_path(source, destination, min_bps, session_id=session_id)
-        return self.reserve(session_id, epoch, route, min_bps)
+        route = self.compute_path(source, destination, min_bps, session_id=session_id,
+                                  pqc_fallback=pqc_fallback)
+        return self.reserve(session_id, epoch, route, min_bps, pqc_fallback=pqc_fallback)
 
     def release(self, session_id: str, epoch: int | None = None) -> list[Reservation]:
         """Free ``(session_id, epoch)`` (every epoch when ``epoch`` is None)."""
@@ -438,10 +490,11 @@ class RoutingCore:
             NoRoute: no usable path can carry the session's ``min_bps``.
         """
         src, dst = res.route.nodes[0], res.route.nodes[-1]
-        return self.route_and_reserve(res.session_id, res.epoch + 1, src, dst, res.min_bps)
+        return self.route_and_reserve(res.session_id, res.epoch + 1, src, dst, res.min_bps,
+                                      pqc_fallback=res.pqc_fallback)
 
 
-class RoutingElement:
+class RoutingElement(Service):
     """The Routing Element on the bus (one per control plane; runnable alone).
 
     Args:
@@ -510,8 +563,14 @@ class RoutingElement:
     async def _on_routing(self, _topic: str, msg: Message) -> Message | None:
         if isinstance(msg, RouteRequest):
             try:
+                try:
+                    fallback = HybridPolicy(msg.hybrid_policy).allows_pqc_alone
+                except ValueError:
+                    raise NoRoute(msg.source_node, msg.destination_node, msg.min_bps,
+                                  f"unknown hybrid policy {msg.hybrid_policy!r}") from None
                 res = self.core.route_and_reserve(msg.session_id, msg.epoch, msg.source_node,
-                                                  msg.destination_node, msg.min_bps)
+                                                  msg.destination_node, msg.min_bps,
+                                                  pqc_fallback=fallback)
             except NoRoute as exc:
                 self.events.emit(EventType.route_computed, ELEMENT, session=msg.session_id,
                                  ok=False, reason=str(exc))
@@ -519,7 +578,9 @@ class RoutingElement:
                                   reason=str(exc))
             self.events.emit(EventType.route_computed, ELEMENT, session=msg.session_id, ok=True,
                              path=list(res.route.nodes), epoch=msg.epoch,
-                             min_bps=msg.min_bps)
+                             min_bps=msg.min_bps, hybrid_policy=msg.hybrid_policy,
+                             pqc_links=[lid for lid in res.route.links
+                                        if not self.core.has_qkd_key(lid)])
             return RouteReply(session_id=msg.session_id, epoch=msg.epoch, ok=True,
                               path=list(res.route.nodes), links=list(res.route.links))
         if isinstance(msg, RouteRelease):
@@ -574,6 +635,15 @@ class RoutingElement:
             self.events.emit(EventType.session_rerouted, ELEMENT, session=res.session_id,
                              ok=False, reason=f"{reason}: {exc}")
             return
+        if new.route.nodes == res.route.nodes or (
+                res.pqc_fallback and new.route.cost >= self.core.route_cost(res.route, True)):
+            # a PQC-fallback session with no better path: it stays, its KMs use ML-KEM
+            self.core.release(res.session_id, new.epoch)
+            self.events.emit(EventType.route_computed, ELEMENT, session=res.session_id,
+                             ok=True, kept=True, path=list(res.route.nodes), epoch=res.epoch,
+                             reason=f"{reason}: no better path; hops without QKD key use "
+                                    f"ML-KEM")
+            return
         order = RerouteOrder(session_id=res.session_id, old_epoch=res.epoch,
                              new_epoch=new.epoch, path=list(new.route.nodes),
                              links=list(new.route.links), reason=reason)
@@ -604,10 +674,3 @@ class RoutingElement:
         if self._started:
             self.events.emit(EventType.element_stopped, ELEMENT)
 
-    async def __aenter__(self) -> RoutingElement:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

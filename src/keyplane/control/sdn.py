@@ -36,7 +36,6 @@ import logging
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
@@ -57,6 +56,7 @@ from keyplane.control.wire import (
 )
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import LinkAlarm, NodeAnnouncement, NodeWelcome, TopologyChange
 from keyplane.store import Database
 from keyplane.store.models import LinkRow
@@ -315,7 +315,7 @@ class SdnModel:
                                 links=[link.snapshot() for link in self.links.values()])
 
 
-class SdnController:
+class SdnController(Service):
     """The SDN Controller on the bus and the topology database (runnable alone).
 
     Args:
@@ -560,10 +560,3 @@ class SdnController:
         if self._subs:
             self.events.emit(EventType.element_stopped, ELEMENT)
 
-    async def __aenter__(self) -> SdnController:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

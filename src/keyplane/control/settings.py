@@ -79,6 +79,11 @@ class RoutingSettings(_Settings):
     Capacity of a link: ``link_capacity_bps[link]`` if configured, else its measured SKR
     when ``use_skr_as_capacity``, else ``default_capacity_bps`` (``None``: unbounded).
     The sum of the ``min_bps`` reserved by live sessions on a link never exceeds it.
+
+    Hybrid provisioning: a link *without QKD key* (out of service, reported ``down``, or
+    monitored with no key rate and an empty buffer) can carry only sessions whose hybrid
+    policy allows PQC alone; for them it weighs ``w + pqc_hop_penalty`` (QKD paths are
+    preferred) and its QKD capacity does not bound them (ML-KEM hop keys do not consume it).
     """
 
     weight: Literal["metrics", "hops"] = "metrics"
@@ -100,6 +105,8 @@ class RoutingSettings(_Settings):
     """Bound (real seconds) on Admission Control's answer to a reroute order."""
     snapshot_timeout_s: Positive = 1.0
     """Bound (real seconds) on the SDN Controller's topology snapshot at start."""
+    pqc_hop_penalty: NonNegative = 10.0
+    """Extra weight of a link without QKD key on the path of a PQC-fallback session."""
 
 
 class MonitoringSettings(_Settings):

@@ -58,6 +58,9 @@ class RouteRequest(Message):
     source_node: str
     destination_node: str
     min_bps: Annotated[float, Field(ge=0)] = 0.0
+    hybrid_policy: str = "qkd-only"
+    """The session's hybrid policy: with one that allows PQC alone (``either``) a link
+    without QKD key may still be on the path (its hops use ML-KEM), at a weight penalty."""
 
 
 class RouteReply(Message):

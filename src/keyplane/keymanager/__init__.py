@@ -9,11 +9,15 @@ Public surface:
 * :class:`LinkKeyStore` — one end of one link's key stream (``put_block`` sink).
 * :class:`SessionState` / :class:`SessionMachine` — the Fig. 2a cycle (pure core).
 * :class:`TokenBucket`, :class:`PriorityQueues`, :class:`ForwardingTable` — pure cores.
+* :class:`KmIdentity` — a KM's certificate for ML-KEM hops; :class:`HopSource` and the
+  hybrid policy logic of :mod:`keyplane.keymanager.hybrid` (docs/hybrid.md).
 """
 
 from keyplane.keymanager.forwarding import ForwardingEntry, ForwardingTable
+from keyplane.keymanager.hybrid import HopSource
 from keyplane.keymanager.keystore import LinkKeyStore, Segment, send_half
 from keyplane.keymanager.km import KeyManager
+from keyplane.keymanager.pqc import KmIdentity
 from keyplane.keymanager.scheduling import PriorityQueues, TokenBucket
 from keyplane.keymanager.session import SessionEvent, SessionMachine, SessionState
 from keyplane.keymanager.settings import KmSettings
@@ -21,7 +25,9 @@ from keyplane.keymanager.settings import KmSettings
 __all__ = [
     "ForwardingEntry",
     "ForwardingTable",
+    "HopSource",
     "KeyManager",
+    "KmIdentity",
     "KmSettings",
     "LinkKeyStore",
     "PriorityQueues",

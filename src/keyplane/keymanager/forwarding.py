@@ -28,11 +28,14 @@ class ForwardingEntry:
     role: HopRole
     prev_km: str | None
     next_km: str | None
+    hybrid_policy: str = "qkd-only"
+    """The session's hybrid policy (which key sources this KM's hops may use)."""
 
     @classmethod
     def from_config(cls, cfg: SessionConfig) -> ForwardingEntry:
         """The entry a SessionConfig describes."""
-        return cls(cfg.session_id, cfg.epoch, cfg.role, cfg.prev_km, cfg.next_km)
+        return cls(cfg.session_id, cfg.epoch, cfg.role, cfg.prev_km, cfg.next_km,
+                   cfg.hybrid_policy)
 
 
 class ForwardingTable:

@@ -23,6 +23,14 @@ not exist yet; a GET_KEY at the destination for an index it does not hold sends 
 back to the source and waits for the key up to the QoS timeout. Each end hands each index
 out once; ``index=None`` means this end's next index.
 
+Hybrid provisioning (docs/hybrid.md): each hop's key comes from QKD, ML-KEM or both, as the
+session's hybrid policy (``SessionConfig.hybrid_policy``) allows, when the KM has an identity
+(:class:`~keyplane.keymanager.pqc.KmIdentity`). Every key records its provenance (one record
+per hop it crossed); it is reported in ``key_delivered`` events, in ETSI 004 GET_KEY metadata
+and in ETSI 014 ``key_extension`` under ``keyplane_provenance``. An ETSI 014 application may
+require a provenance with ``extension_mandatory: [{"keyplane_provenance": <policy>}]``: the
+batch then runs under the stricter of the two policies, or is refused with QosNotMet.
+
 ETSI 014: the first ``enc_keys`` for an SAE pair opens an implicit session
 (``interface="etsi014"``; Admission Control configures the path without waiting for the
 slave); keys are made at the master's KM, relayed, and held at the slave's KM for
@@ -48,6 +56,7 @@ from keyplane.clock import Clock
 from keyplane.errors import (
     AuthenticationFailed,
     BusError,
+    ExtensionNotMet,
     IllegalTransition,
     KeyNotFound,
     KeyplaneError,
@@ -63,6 +72,14 @@ from keyplane.errors import (
 )
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager.forwarding import ForwardingTable
+from keyplane.keymanager.hybrid import (
+    PROVENANCE_EXTENSION,
+    meet,
+    merge_provenance,
+    parse_policy,
+    provenance_requirement,
+    satisfies,
+)
 from keyplane.keymanager.interface import (
     Caller,
     DeliveredKey,
@@ -72,6 +89,7 @@ from keyplane.keymanager.interface import (
 )
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.keystore import LinkKeyStore
+from keyplane.keymanager.pqc import KmIdentity
 from keyplane.keymanager.relay import Relay
 from keyplane.keymanager.scheduling import PriorityQueues, TokenBucket
 from keyplane.keymanager.session import (
@@ -137,7 +155,8 @@ class _Session:
     idle_task: asyncio.Task[None] | None = None
     decision: asyncio.Future[SessionConfig] | None = None
     producing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    batches: dict[int, tuple[list[int], asyncio.Task[None]]] = field(default_factory=dict)
+    batches: dict[tuple[int, str | None], tuple[list[int], asyncio.Task[None]]] = field(
+        default_factory=dict)
     arrivals: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     demanded: set[int] = field(default_factory=set)
     last_keepalive: float = float("-inf")
@@ -175,10 +194,13 @@ class KeyManager:
         clock: the clock for every protocol timer.
         events: the event stream (paper Fig. 4).
         settings: tunables (:class:`KmSettings`); defaults if None.
+        identity: this KM's certificate and key (``keyplane.certs``) for ML-KEM hops; None:
+            QKD hops only (sessions whose policy needs PQC then get PqcUnavailable).
     """
 
     def __init__(self, node_id: str, topology: config.Topology, bus: Bus, db: Database,
-                 clock: Clock, events: EventStream, settings: KmSettings | None = None) -> None:
+                 clock: Clock, events: EventStream, settings: KmSettings | None = None,
+                 identity: KmIdentity | None = None) -> None:
         topology.node(node_id)  # KeyError on an unknown node, before anything starts
         self.node_id = node_id
         self.topology = topology
@@ -199,7 +221,7 @@ class KeyManager:
                                  self.settings)
             self._stores[peer] = store
             self._stores_by_link[link.link_id] = store
-        self.relay = Relay(self, bus, self.journal, clock, events, self.settings)
+        self.relay = Relay(self, bus, self.journal, clock, events, self.settings, identity)
         self._sessions: dict[str, _Session] = {}
         self._pairs: dict[tuple[str, str], str] = {}  # (master, slave) -> 014 session id
         # Key_stream_IDs this KM assigned that Admission Control merged into the peer's
@@ -219,6 +241,17 @@ class KeyManager:
     def __repr__(self) -> str:
         return f"KeyManager(node={self.node_id!r}, status={self._status}, " \
                f"sessions={len(self._sessions)})"
+
+    def set_identity(self, identity: KmIdentity | None) -> None:
+        """Give the KM its certificate for ML-KEM hops (the runtime loads it at start)."""
+        if identity is not None and identity.node_id != self.node_id:
+            raise ValueError(f"identity of {identity.node_id} given to KM {self.node_id}")
+        self.relay.identity = identity
+
+    @property
+    def pqc_capable(self) -> bool:
+        """Whether this KM can take part in ML-KEM hops (it has an identity)."""
+        return self.relay.identity is not None
 
     # ==== lifecycle =====================================================================
     async def start(self) -> None:
@@ -452,6 +485,10 @@ class KeyManager:
 
         if cfg.node != self.node_id:
             return ack(False, f"configuration for {cfg.node} sent to {self.node_id}")
+        try:
+            parse_policy(cfg.hybrid_policy)
+        except ValueError:
+            return ack(False, f"unknown hybrid policy {cfg.hybrid_policy!r}")
         for peer in (cfg.prev_km, cfg.next_km):
             if peer is not None and peer not in self._stores:
                 return ack(False, f"no quantum link from {self.node_id} to {peer}")
@@ -531,7 +568,8 @@ class KeyManager:
                           adopted_from=own)
 
     def _persist_intermediate(self, session_id: str) -> None:
-        epochs = {str(epoch): {"prev_km": e.prev_km, "next_km": e.next_km}
+        epochs = {str(epoch): {"prev_km": e.prev_km, "next_km": e.next_km,
+                               "hybrid_policy": e.hybrid_policy}
                   for epoch, e in self.forwarding.epochs(session_id).items()}
         self._rows.put(session_id, "forwarding" if epochs else "terminated",
                        {"intermediate": epochs}, self._clock.now())
@@ -581,7 +619,8 @@ class KeyManager:
                         session_id=sid, node=self.node_id, epoch=int(epoch),
                         role=HopRole.intermediate, prev_km=hop["prev_km"],
                         next_km=hop["next_km"], source_sae="-", destination_sae="-",
-                        bucket_size_bits=1, token_rate_bps=0, idle_timeout_s=1))
+                        bucket_size_bits=1, token_rate_bps=0, idle_timeout_s=1,
+                        hybrid_policy=hop.get("hybrid_policy", "qkd-only")))
                 continue
             if state in (SessionState.terminated.value, SessionState.authenticating.value):
                 continue
@@ -833,8 +872,10 @@ class KeyManager:
             gen = self.vault.add(k)
         return gen
 
-    async def _produce(self, s: _Session, indexes: list[int], size_bytes: int) -> None:
-        """Source: make (or resend) the keys of ``indexes`` and relay them as one batch."""
+    async def _produce(self, s: _Session, indexes: list[int], size_bytes: int,
+                       policy: str | None = None) -> None:
+        """Source: make (or resend) the keys of ``indexes`` and relay them as one batch
+        (under ``policy`` when it narrows the session's hybrid policy)."""
         now = self._clock.now()
         direct = self._next_is_destination(s)
         keys: list[HeldKey] = []
@@ -857,12 +898,15 @@ class KeyManager:
                           key_count=len(keys), size_bits=size_bytes * 8, direct=direct)
         if gen:
             await self.journal.flushed(gen)
-        await self.relay.send_batch(s.session_id, keys, size_bytes, direct_ok=direct)
+        provenance = await self.relay.send_batch(s.session_id, keys, size_bytes,
+                                                 direct_ok=direct, policy=policy)
         for k in keys:
             if k.state == "pending":
+                k.provenance = list(provenance)
                 self.vault.set_state(k, "ready")
 
-    async def _ensure_source(self, s: _Session, indexes: list[int], size_bytes: int) -> None:
+    async def _ensure_source(self, s: _Session, indexes: list[int], size_bytes: int,
+                             policy: str | None = None) -> None:
         """Source: make sure every index is produced (one task per missing batch)."""
         waits: list[asyncio.Task[None]] = []
         missing: list[int] = []
@@ -875,26 +919,27 @@ class KeyManager:
             if k is None or k.state == "pending":
                 missing.append(i)
         if missing:
-            waits.append(self._join_batch(s, missing, size_bytes))
+            waits.append(self._join_batch(s, missing, size_bytes, policy))
         for t in set(waits):
             await asyncio.shield(t)
 
-    def _join_batch(self, s: _Session, indexes: list[int], size_bytes: int
-                    ) -> asyncio.Task[None]:
+    def _join_batch(self, s: _Session, indexes: list[int], size_bytes: int,
+                    policy: str | None = None) -> asyncio.Task[None]:
         """Add ``indexes`` to the session's open relay batch (one frame per batch).
 
         Requests that reach the source in the same event-loop turn share one KeyFrame, one
         MAC key per hop and one confirmation, so concurrent callers cost one relay instead of
         one each; a lone request waits a single loop turn.
         """
-        batch = s.batches.get(size_bytes)
+        slot = (size_bytes, policy)  # one batch per key size and hybrid policy
+        batch = s.batches.get(slot)
         if batch is None:
             collected: list[int] = []
 
             async def run() -> None:
                 await asyncio.sleep(0)  # let requests of this loop turn join
-                s.batches.pop(size_bytes, None)
-                await self._produce(s, collected, size_bytes)
+                s.batches.pop(slot, None)
+                await self._produce(s, collected, size_bytes, policy)
 
             task = asyncio.get_running_loop().create_task(run(), name=f"km-produce-{s.session_id}")
 
@@ -905,7 +950,7 @@ class KeyManager:
                 if not t.cancelled():
                     t.exception()  # retrieved here; the waiters re-raise it
             task.add_done_callback(done)
-            batch = s.batches[size_bytes] = (collected, task)
+            batch = s.batches[slot] = (collected, task)
         collected, task = batch
         collected.extend(indexes)
         for i in indexes:
@@ -924,28 +969,43 @@ class KeyManager:
                 await self._ensure_source(s, indexes, size)
         self._spawn(run(), f"km-demand-{session_id}")
 
-    def accept_keys(self, frame: KeyFrame, keys: list[bytes]) -> tuple[bool, str, int]:
-        """Relay host: the destination stores a batch (or refuses it)."""
+    def accept_keys(self, frame: KeyFrame, keys: list[bytes]
+                    ) -> tuple[bool, str, int, list[dict[str, str]]]:
+        """Relay host: the destination stores a batch (or refuses it).
+
+        Returns ``(ok, reason, journal generation, provenance)``. A retried batch crossed
+        its hops more than once: the keys' provenance is the merge of every crossing, so
+        the weakest hop governs, and the confirmation tells the source the same list.
+        """
         s = self._sessions.get(frame.session_id)
         if s is None or not s.machine.live or s.role is not HopRole.destination:
-            return False, "refused: no such session at the destination", 0
+            return False, "refused: no such session at the destination", 0, []
         fresh: list[HeldKey] = []
+        again: list[HeldKey] = []
         for key_id, index, material in zip(frame.key_ids, frame.indexes, keys, strict=True):
             held = self.vault.get(s.session_id, index)
             if held is not None:
                 if held.key_id != key_id:
-                    return False, f"refused: index {index} already holds another key", 0
-                continue  # a retry of a batch already stored: confirm again
+                    return False, f"refused: index {index} already holds another key", 0, []
+                again.append(held)  # a retry of a batch already stored: confirm again
+                continue
             fresh.append(HeldKey(key_id, s.session_id, index, 8 * len(material), material,
                                  "pending", s.local_sae, s.peer_sae, self._clock.now()))
         if s.interface == "etsi014":
             held_n = sum(1 for k in self.vault.of_session(s.session_id) if k.state == "ready")
             if held_n + len(fresh) > self.settings.max_keys_per_pair:
-                return False, "refused: destination holds max_key_count keys for the pair", 0
+                return (False, "refused: destination holds max_key_count keys for the pair",
+                        0, [])
+        provenance = merge_provenance(*(k.provenance for k in again), frame.provenance)
         gen = 0
+        for k in again:
+            if k.provenance != provenance:
+                k.provenance = list(provenance)
+                gen = self.vault.touch(k)
         for k in fresh:
+            k.provenance = list(provenance)
             gen = self.vault.add(k)
-        return True, "", gen
+        return True, "", gen, provenance
 
     def keys_confirmed_sent(self, frame: KeyFrame) -> None:
         """Relay host: the destination's confirmation left; offer the keys."""
@@ -1000,7 +1060,8 @@ class KeyManager:
         self._events.emit(EventType.key_delivered, ELEMENT, node=self.node_id,
                           session=s.session_id, sae=s.local_sae,
                           key_ids=[k.key_id for k in keys], key_count=len(keys),
-                          indexes=[k.index for k in keys])
+                          indexes=[k.index for k in keys],
+                          provenance=merge_provenance(*(k.provenance for k in keys)))
         return out
 
     # ==== ETSI 004 ======================================================================
@@ -1043,6 +1104,7 @@ class KeyManager:
             (material,) = await self._deliver(s, [k])
         meta = dict(metadata or {})
         meta.update(key_ID=k.key_id)
+        meta[PROVENANCE_EXTENSION] = list(k.provenance)
         return GetKeyResult(key_stream_id, idx, material, meta)
 
     async def close(self, caller: Caller | None = None, key_stream_id: str | None = None
@@ -1073,18 +1135,46 @@ class KeyManager:
 
     # ==== ETSI 014 ======================================================================
     def _check_014(self, number: int, size_bits: int, additional_slaves: list[str] | None,
-                   extensions: dict[str, Any] | None) -> None:
+                   extensions: dict[str, Any] | None
+                   ) -> tuple[config.HybridPolicy | None, config.HybridPolicy | None]:
+        """Check an enc_keys request; the (mandatory, optional) provenance policies asked."""
         st = self.settings
         if additional_slaves:
             raise QosNotMet("additional_slave_SAE_IDs: multicast is not supported "
                             "(max_SAE_ID_count is 0)")
-        if extensions and extensions.get("extension_mandatory"):
-            raise QosNotMet("not all extension_mandatory parameters are supported")
+        try:
+            mandatory, optional, unsupported = provenance_requirement(extensions)
+        except ValueError as exc:
+            raise ExtensionNotMet(str(exc)) from None
+        if unsupported:
+            raise ExtensionNotMet("not all extension_mandatory parameters are supported: "
+                            f"{sorted(unsupported)} (supported: {PROVENANCE_EXTENSION})")
         if not 1 <= number <= st.max_keys_per_request:
             raise QosNotMet(f"number must be 1..{st.max_keys_per_request}")
         if size_bits % 8 or not st.min_key_size_bits <= size_bits <= st.max_key_size_bits:
             raise QosNotMet(f"size must be a multiple of 8 in {st.min_key_size_bits}.."
                             f"{st.max_key_size_bits}")
+        return mandatory, optional
+
+    @staticmethod
+    def _batch_policy(s: _Session, mandatory: config.HybridPolicy | None,
+                      optional: config.HybridPolicy | None) -> config.HybridPolicy | None:
+        """The policy a batch runs under: the session's narrowed by what the application
+        asked (None: the session's own).
+
+        Raises:
+            QosNotMet: the required provenance conflicts with the user's hybrid policy.
+        """
+        session_policy = s.config.hybrid_policy if s.config else "qkd-only"
+        policy = None
+        if mandatory is not None:
+            policy = meet(session_policy, mandatory)
+            if policy is None:
+                raise ExtensionNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} cannot be met: "
+                                      f"the session's hybrid policy is {session_policy}")
+        if optional is not None:
+            policy = meet(policy or session_policy, optional) or policy
+        return None if policy is None or policy.value == session_policy else policy
 
     async def _pair_session(self, caller: Caller, master: str, slave: str, size_bits: int
                             ) -> _Session:
@@ -1120,17 +1210,19 @@ class KeyManager:
                 TimeoutError: the KM cannot serve now (503).
         """
         self._check_running()
-        self._check_014(number, size_bits, additional_slaves, extensions)
+        mandatory, optional = self._check_014(number, size_bits, additional_slaves, extensions)
         self._check_local_app(master_sae)
         s = await self._pair_session(caller, master_sae, slave_sae, size_bits)
+        policy = self._batch_policy(s, mandatory, optional)
         size = size_bits // 8
         async with self._exchange(s, number * size_bits, s.qos.timeout_ms / 1000) as deadline:
             first = s.next_gen
             s.next_gen += number
             indexes = list(range(first, first + number))
             try:
-                await self._clock.wait_for(self._ensure_source(s, indexes, size),
-                                           deadline - self._clock.now())
+                await self._clock.wait_for(
+                    self._ensure_source(s, indexes, size, policy.value if policy else None),
+                    deadline - self._clock.now())
             except TimeoutError:
                 raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "
                                    f"the timeout") from None
@@ -1138,8 +1230,13 @@ class KeyManager:
             ready = [k for k in keys if k is not None and k.state == "ready"]
             if len(ready) != number:
                 raise RelayTimeout(f"{master_sae}->{slave_sae}: relay incomplete")
+            if mandatory is not None and not all(satisfies(k.provenance, mandatory)
+                                                 for k in ready):
+                # every hop enforces the batch policy, so this is a guard, not a path
+                raise QosNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} not met")
             materials = await self._deliver(s, ready)
-        return [DeliveredKey(k.key_id, m) for k, m in zip(ready, materials, strict=True)]
+        return [DeliveredKey(k.key_id, m, {PROVENANCE_EXTENSION: list(k.provenance)})
+                for k, m in zip(ready, materials, strict=True)]
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
                        key_ids: list[str]) -> list[DeliveredKey]:
@@ -1149,8 +1246,9 @@ class KeyManager:
         delivered, none is returned.
 
         Raises:
-            AuthenticationFailed: the caller may not act as ``slave_sae`` (401).
-            KeyNotFound: see above (400).
+            AuthenticationFailed: the caller may not act as ``slave_sae``, or a named key
+                was made for another master/slave pair (401).
+            KeyNotFound: a key is unknown or already delivered (400).
         """
         self._check_running()
         self._check_local_app(slave_sae)
@@ -1162,8 +1260,11 @@ class KeyManager:
         found: list[HeldKey] = []
         for key_id in key_ids:
             k = self.vault.by_id.get(key_id)
-            if (k is None or k.sae_id != slave_sae or k.peer_sae != master_sae
-                    or k.state != "ready"):
+            if k is not None and (k.sae_id != slave_sae or k.peer_sae != master_sae):
+                # the key exists here but was made for another pair: ETSI 014 says 401
+                raise AuthenticationFailed(
+                    f"{slave_sae} is not entitled to the keys it asked for")
+            if k is None or k.state != "ready":
                 raise KeyNotFound("one or more keys specified are not found on KME")
             found.append(k)
         by_session: dict[str, list[HeldKey]] = {}
@@ -1183,7 +1284,8 @@ class KeyManager:
             else:
                 for k, m in zip(ks, await self._deliver(s, ks), strict=True):
                     out[k.key_id] = m
-        return [DeliveredKey(k, out[k]) for k in key_ids]
+        return [DeliveredKey(k.key_id, out[k.key_id], {PROVENANCE_EXTENSION: list(k.provenance)})
+                for k in found]
 
     async def status(self, caller: Caller, master_sae: str, slave_sae: str) -> PairStatus:
         """ETSI 014 Status for the pair, from live figures.

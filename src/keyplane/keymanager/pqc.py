@@ -36,6 +36,7 @@ can never be replayed on another hop.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ __all__ = [
 ]
 
 _SUITE = b"keyplane/ml-kem-768/ecdsa-p256/hkdf-sha256/v1"
+_CERT_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,8 @@ class KmIdentity:
     cert_pem: bytes
     key: ec.EllipticCurvePrivateKey = field(repr=False)
     ca_cert: x509.Certificate
+    _verified: dict[bytes, x509.Certificate] = field(default_factory=dict, repr=False,
+                                                     compare=False)
 
     @classmethod
     def load(cls, node_id: str, cert_file: str | os.PathLike[str],
@@ -89,22 +93,35 @@ class KmIdentity:
         return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     def verify_peer(self, cert_pem: bytes, expected_node: str, data: bytes, sig: bytes) -> None:
-        """Check that ``cert_pem`` is a KM certificate of ``expected_node`` issued by our CA
-        and that ``sig`` signs ``data`` under it.
+        """Check that ``cert_pem`` is a KM certificate of ``expected_node`` issued by our CA,
+        valid now, and that ``sig`` signs ``data`` under it.
+
+        A certificate whose CA signature verified once is remembered (by its exact PEM bytes,
+        at most ``_CERT_CACHE_SIZE``), so each exchange pays one ECDSA verification per peer
+        signature instead of two; name, role and validity are still checked every time.
 
         Raises:
             RelayAuthenticationFailed: any check fails.
         """
-        try:
-            cert = x509.load_pem_x509_certificate(cert_pem)
-            ca_pub = self.ca_cert.public_key()
-            assert isinstance(ca_pub, ec.EllipticCurvePublicKey)
-            sig_hash = cert.signature_hash_algorithm
-            assert sig_hash is not None
-            ca_pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(sig_hash))
-            subject = {a.oid.dotted_string: a.value for a in cert.subject}
-        except (ValueError, InvalidSignature, AssertionError) as exc:
-            raise RelayAuthenticationFailed("peer KM certificate not issued by our CA") from exc
+        cert = self._verified.get(cert_pem)
+        if cert is None:
+            try:
+                cert = x509.load_pem_x509_certificate(cert_pem)
+                ca_pub = self.ca_cert.public_key()
+                assert isinstance(ca_pub, ec.EllipticCurvePublicKey)
+                sig_hash = cert.signature_hash_algorithm
+                assert sig_hash is not None
+                ca_pub.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(sig_hash))
+            except (ValueError, InvalidSignature, AssertionError) as exc:
+                raise RelayAuthenticationFailed("peer KM certificate not issued by our CA"
+                                                ) from exc
+            if len(self._verified) >= _CERT_CACHE_SIZE:
+                self._verified.clear()
+            self._verified[cert_pem] = cert
+        now = datetime.datetime.now(datetime.UTC)
+        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
+            raise RelayAuthenticationFailed("peer KM certificate is not valid now")
+        subject = {a.oid.dotted_string: a.value for a in cert.subject}
         cn = subject.get(x509.NameOID.COMMON_NAME.dotted_string)
         ou = subject.get(x509.NameOID.ORGANIZATIONAL_UNIT_NAME.dotted_string)
         if cn != expected_node or ou != "km":

@@ -33,6 +33,17 @@ treats a repeated ``key_ID`` as a duplicate and re-confirms it. Frames name thei
 intermediates forward by that epoch's entry, so frames in flight on an old path still
 arrive until Admission Control deletes the old entries.
 
+Hybrid hops (:mod:`keyplane.keymanager.hybrid`, :mod:`keyplane.keymanager.pqc`): the KM
+that *sends* a frame over a hop picks that hop's key source from the session's hybrid
+policy (narrowed by the batch's, when an application required a provenance) and what is
+available now: link key in the store (QKD), an answer to a fresh ML-KEM offer request from
+the receiving KM (PQC), or both (combined). Every frame kind does this, so confirmations
+and demands keep flowing through a quantum outage too when the policy allows PQC. The
+receiver refuses a frame whose source the policy does not allow (no downgrade). Each ML-KEM
+exchange serves one frame: the receiver drops its decapsulation key when the frame arrives
+or after ``pqc_offer_ttl_s``. Shared secrets and derived hop keys live only in locals; they
+are never logged, put in events or persisted.
+
 Residual window (stated, not hidden): if the destination stored a batch and every
 confirmation attempt is lost, the destination holds keys the source still has ``pending``;
 the next request of those indexes at the source resends the same keys (same ids and bytes),
@@ -44,23 +55,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from keyplane.bus import Bus, Message, topics
 from keyplane.clock import Clock
 from keyplane.errors import (
     BusError,
+    InsufficientKeyMaterial,
     KeyplaneError,
     KeyStoreError,
     PeerUnreachable,
+    PqcUnavailable,
+    RelayAuthenticationFailed,
     RelayError,
     RelayTimeout,
 )
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager.forwarding import ForwardingEntry, ForwardingTable
+from keyplane.keymanager.hybrid import (
+    HopSource,
+    allowed_sources,
+    hop_record,
+    meet,
+    needs_pqc,
+    needs_qkd,
+    preferred_sources,
+)
 from keyplane.keymanager.journal import Journal
-from keyplane.keymanager.keystore import LinkKeyStore
+from keyplane.keymanager.keystore import LinkKeyStore, Segment
+from keyplane.keymanager.pqc import (
+    KmIdentity,
+    PqcOffer,
+    PqcReceiver,
+    PqcReply,
+    combine_hop_key,
+    pqc_send,
+)
 from keyplane.keymanager.settings import KmSettings
 from keyplane.keymanager.vault import HeldKey
 from keyplane.keymanager.wire import (
@@ -68,6 +101,9 @@ from keyplane.keymanager.wire import (
     ConfirmFrame,
     DemandFrame,
     KeyFrame,
+    PqcBlob,
+    PqcOfferReply,
+    PqcOfferRequest,
     b64d,
     b64e,
     seal,
@@ -95,8 +131,9 @@ class RelayHost(Protocol):
         """Source: write new pending keys to the vault; the journal generation."""
         ...
 
-    def accept_keys(self, frame: KeyFrame, keys: list[bytes]) -> tuple[bool, str, int]:
-        """Destination: store a batch; ``(ok, reason, journal generation)``."""
+    def accept_keys(self, frame: KeyFrame, keys: list[bytes]
+                    ) -> tuple[bool, str, int, list[dict[str, str]]]:
+        """Destination: store a batch; ``(ok, reason, journal generation, provenance)``."""
         ...
 
     def keys_confirmed_sent(self, frame: KeyFrame) -> None:
@@ -108,37 +145,235 @@ class RelayHost(Protocol):
         ...
 
 
+@dataclass
+class _HopKey:
+    """The key bytes of one hop of one frame: ``mac_key || pad`` (never printed)."""
+
+    source: HopSource
+    segments: list[Segment]
+    material: bytes = field(repr=False)
+    pqc: PqcBlob | None
+    gen: int
+
+
+@dataclass
+class _PendingOffer:
+    """A receiver's open ML-KEM offer: usable by one frame from ``peer``, until ``expires``."""
+
+    receiver: PqcReceiver = field(repr=False)
+    peer: str
+    session_id: str
+    epoch: int
+    expires: float
+
+
+def _pqc_context(session_id: str, epoch: int, sender: str, receiver: str,
+                 exchange_id: str) -> bytes:
+    """What both KMs bind an exchange to (signed, and the HKDF info): the hop and session."""
+    return f"keyplane-hop|{session_id}|{epoch}|{sender}->{receiver}|{exchange_id}".encode()
+
+
 class Relay:
-    """A KM's end of the KM-to-KM channel on ``keyplane.km.<node>.relay``."""
+    """A KM's end of the KM-to-KM channel on ``keyplane.km.<node>.relay``.
+
+    Args:
+        host: the key manager (link stores, vault, forwarding table).
+        bus, journal, clock, events, settings: the KM's.
+        identity: the KM's certificate and key for ML-KEM hops (None: QKD hops only;
+            a PQC or combined hop towards or from this KM is then unavailable).
+    """
 
     def __init__(self, host: RelayHost, bus: Bus, journal: Journal, clock: Clock,
-                 events: EventStream, settings: KmSettings) -> None:
+                 events: EventStream, settings: KmSettings,
+                 identity: KmIdentity | None = None) -> None:
         self._host = host
         self._bus = bus
         self._journal = journal
         self._clock = clock
         self._events = events
         self._settings = settings
+        self.identity = identity
         self._waiters: dict[str, asyncio.Future[ConfirmFrame]] = {}
+        self._offers: dict[str, _PendingOffer] = {}
         self.frames_in = 0
         self.frames_dropped = 0
+        self.hops_sent: Counter[str] = Counter()  # frames sent, by hop source
 
     @property
     def node_id(self) -> str:
         return self._host.node_id
 
+    # ---- hop keys ----------------------------------------------------------------------
+    async def _hop_key(self, session_id: str, epoch: int, peer: str, store: LinkKeyStore,
+                       policy: str, nbytes: int) -> _HopKey:
+        """``nbytes`` of key for one frame to ``peer``, from the best source ``policy`` allows.
+
+        Raises:
+            InsufficientKeyMaterial: QKD key was needed (or preferred, with no fallback) and
+                the link store holds too little.
+            PqcUnavailable: an ML-KEM exchange was needed and could not be made.
+        """
+        failures: list[KeyplaneError] = []
+        for source in preferred_sources(policy):
+            if needs_qkd(source) and store.sendable_bytes < nbytes:
+                failures.append(InsufficientKeyMaterial(
+                    f"link {store.link_id}: {nbytes} bytes wanted, "
+                    f"{store.sendable_bytes} sendable"))
+                continue
+            blob: PqcBlob | None = None
+            pqc_key = b""
+            if needs_pqc(source):
+                try:
+                    blob, pqc_key = await self._pqc_send(session_id, epoch, peer, nbytes)
+                except PqcUnavailable as exc:
+                    failures.append(exc)
+                    continue
+            segments: list[Segment] = []
+            gen = 0
+            material = pqc_key
+            if needs_qkd(source):
+                try:  # the PQC await may have let another frame drain the store
+                    segments, qkd_key, gen = store.take_send(nbytes)
+                except InsufficientKeyMaterial as exc:
+                    failures.append(exc)
+                    continue
+                material = combine_hop_key(qkd_key, pqc_key) if blob is not None else qkd_key
+            self.hops_sent[source.value] += 1
+            return _HopKey(source, segments, material, blob, gen)
+        raise failures[0]
+
+    async def _pqc_send(self, session_id: str, epoch: int, peer: str, nbytes: int
+                        ) -> tuple[PqcBlob, bytes]:
+        """Sender's side of one ML-KEM exchange with ``peer`` (offer request, encapsulation).
+
+        Raises:
+            PqcUnavailable: no identity here, the peer did not answer or refused, or its
+                offer did not authenticate.
+        """
+        if self.identity is None:
+            raise PqcUnavailable(f"KM {self.node_id} has no certificate for ML-KEM hops")
+        xid = uuid.uuid4().hex
+        try:
+            reply = await self._bus.request(
+                topics.km_relay(peer), PqcOfferRequest(session_id=session_id, epoch=epoch,
+                                                       sender=self.node_id, exchange_id=xid),
+                timeout_s=self._settings.pqc_offer_timeout_s)
+        except BusError as exc:
+            raise PqcUnavailable(f"KM {peer} made no ML-KEM offer: {exc}") from exc
+        if not isinstance(reply, PqcOfferReply) or reply.exchange_id != xid:
+            raise PqcUnavailable(f"KM {peer} answered the ML-KEM offer request with "
+                                 f"{reply.KIND}")
+        if not reply.ok:
+            raise PqcUnavailable(f"KM {peer} refused an ML-KEM offer: {reply.reason}")
+        try:
+            offer = PqcOffer(context=_pqc_context(session_id, epoch, self.node_id, peer, xid),
+                             encapsulation_key=b64d(reply.encapsulation_key),
+                             nonce=b64d(reply.nonce), cert_pem=reply.cert_pem.encode(),
+                             signature=b64d(reply.signature))
+            answer, key = pqc_send(self.identity, peer, offer, nbytes)
+        except (ValueError, RelayAuthenticationFailed) as exc:
+            raise PqcUnavailable(f"ML-KEM offer from {peer} did not authenticate: {exc}"
+                                 ) from exc
+        return PqcBlob(exchange_id=xid, ciphertext=b64e(answer.ciphertext),
+                       cert_pem=answer.cert_pem.decode(), signature=b64e(answer.signature)), key
+
+    def _offer(self, req: PqcOfferRequest) -> PqcOfferReply:
+        """Receiver's side, first half: a fresh signed encapsulation key for one frame."""
+        def refuse(reason: str) -> PqcOfferReply:
+            return PqcOfferReply(exchange_id=req.exchange_id, ok=False, reason=reason)
+
+        if self.identity is None:
+            return refuse(f"KM {self.node_id} has no certificate for ML-KEM hops")
+        entry = self._host.forwarding.at(req.session_id, req.epoch)
+        if entry is None or req.sender not in (entry.prev_km, entry.next_km):
+            return refuse(f"no hop of session {req.session_id} epoch {req.epoch} "
+                          f"with {req.sender}")
+        now = self._clock.now()
+        for xid in [x for x, o in self._offers.items() if o.expires <= now]:
+            del self._offers[xid]
+        if len(self._offers) >= self._settings.pqc_max_pending_offers:
+            return refuse("too many open ML-KEM offers")
+        if req.exchange_id in self._offers:
+            return refuse("exchange id in use")
+        rx = PqcReceiver(self.identity, req.sender, _pqc_context(
+            req.session_id, req.epoch, req.sender, self.node_id, req.exchange_id))
+        self._offers[req.exchange_id] = _PendingOffer(rx, req.sender, req.session_id, req.epoch,
+                                                      now + self._settings.pqc_offer_ttl_s)
+        o = rx.offer
+        return PqcOfferReply(exchange_id=req.exchange_id, ok=True,
+                             encapsulation_key=b64e(o.encapsulation_key), nonce=b64e(o.nonce),
+                             cert_pem=o.cert_pem.decode(), signature=b64e(o.signature))
+
+    def _pqc_finish(self, frame: KeyFrame | ConfirmFrame | DemandFrame, nbytes: int) -> bytes:
+        """Receiver's side, second half: the frame's ciphertext -> the PQC hop key (once)."""
+        blob = frame.pqc
+        if blob is None:
+            raise RelayError(f"{frame.hop_source} hop without its ML-KEM ciphertext")
+        pending = self._offers.pop(blob.exchange_id, None)
+        if (pending is None or pending.peer != frame.sender
+                or pending.session_id != frame.session_id or pending.epoch != frame.epoch
+                or pending.expires <= self._clock.now()):
+            raise RelayAuthenticationFailed("frame names no open ML-KEM offer of this hop")
+        try:
+            reply = PqcReply(ciphertext=b64d(blob.ciphertext), cert_pem=blob.cert_pem.encode(),
+                             signature=b64d(blob.signature))
+        except ValueError as exc:
+            raise RelayAuthenticationFailed("malformed ML-KEM reply") from exc
+        return pending.receiver.finish(reply, nbytes)
+
+    def _open(self, store: LinkKeyStore, frame: KeyFrame | ConfirmFrame | DemandFrame,
+              policy: str, nbytes: int) -> bytes:
+        """Take the frame's hop key (named segments and/or ML-KEM), verify its tag; the pad.
+
+        Raises:
+            RelayError: wrong link, a source ``policy`` does not allow, or a bad tag.
+            KeyStoreError: the named segments are unknown or already used.
+        """
+        if frame.link_id != store.link_id:
+            raise RelayError(f"frame names link {frame.link_id}, expected {store.link_id}")
+        source = HopSource(frame.hop_source)
+        if source not in allowed_sources(policy):
+            raise RelayError(f"hop source {source.value} not allowed by policy {policy}")
+        qkd_key = b""
+        if needs_qkd(source):
+            qkd_key, _ = store.take_received(frame.segments)
+            if len(qkd_key) != nbytes:
+                raise RelayError(f"frame names {len(qkd_key)} link key bytes, {nbytes} needed")
+        elif frame.segments:
+            raise RelayError("a PQC hop names link key segments")
+        if needs_pqc(source):
+            pqc_key = self._pqc_finish(frame, nbytes)
+            material = combine_hop_key(qkd_key, pqc_key) if needs_qkd(source) else pqc_key
+        else:
+            material = qkd_key
+        if not verify(frame, material[:MAC_KEY_BYTES]):
+            self._events.emit(EventType.key_request_refused, "km", node=self.node_id,
+                              session=frame.session_id, reason="relay tag did not verify",
+                              link_id=store.link_id, hop_source=source.value)
+            raise RelayError("authentication tag did not verify")
+        return material[MAC_KEY_BYTES:]
+
     # ---- source ------------------------------------------------------------------------
     async def send_batch(self, session_id: str, keys: list[HeldKey], size_bytes: int,
-                         direct_ok: bool) -> None:
+                         direct_ok: bool, policy: str | None = None) -> list[dict[str, str]]:
         """Relay ``keys`` to the session's destination and wait for its confirmation.
 
-        Keys whose ``material`` is None are taken from the link key directly (adjacent
+        Keys whose ``material`` is None are taken from the hop key directly (adjacent
         endpoints, first attempt; requires ``direct_ok``); they are written to the vault
         through :meth:`RelayHost.hold_keys` in the same commit as the link key consumption.
+
+        Args:
+            policy: a hybrid policy narrowing the session's for this batch (an
+                application's required provenance); None: the session's.
+
+        Returns:
+            The batch's provenance as the destination confirmed it (one record per hop).
 
         Raises:
             PeerUnreachable: no route or no link to the next hop.
             RelayTimeout: no confirmation after ``relay_attempts`` attempts.
+            InsufficientKeyMaterial: no QKD key where the policy needs it.
+            PqcUnavailable: no ML-KEM exchange where the policy needs one.
             RelayError: the destination refused the batch.
         """
         batch_id = uuid.uuid4().hex
@@ -146,14 +381,14 @@ class Relay:
         for attempt in range(self._settings.relay_attempts):
             try:
                 confirm = await self._attempt(session_id, keys, size_bytes, direct_ok,
-                                              batch_id, attempt)
-            except (RelayTimeout, KeyStoreError, BusError) as exc:
+                                              batch_id, attempt, policy)
+            except (RelayTimeout, KeyStoreError, BusError, PqcUnavailable) as exc:
                 last = exc if isinstance(exc, KeyplaneError) else RelayError(str(exc))
                 logger.info("relay %s attempt %d failed: %s", batch_id, attempt + 1, exc)
                 continue
             if confirm.ok:
-                return
-            last = RelayError(f"destination refused key batch: {confirm.reason}")
+                return list(confirm.provenance)
+            last = _refusal(confirm)
             if confirm.reason.startswith("refused:"):
                 break
         if isinstance(last, RelayTimeout) or last is None:
@@ -163,17 +398,24 @@ class Relay:
         raise last
 
     async def _attempt(self, session_id: str, keys: list[HeldKey], size_bytes: int,
-                       direct_ok: bool, batch_id: str, attempt: int) -> ConfirmFrame:
+                       direct_ok: bool, batch_id: str, attempt: int, batch_policy: str | None
+                       ) -> ConfirmFrame:
         entry = self._host.forwarding.current(session_id)
         if entry is None or entry.next_km is None:
             raise PeerUnreachable(f"session {session_id}: no next hop configured")
+        policy = meet(entry.hybrid_policy, batch_policy)
+        if policy is None:
+            raise RelayError(f"refused: policy {batch_policy} conflicts with the session's "
+                             f"{entry.hybrid_policy}")
         store = self._host.link_store(entry.next_km)
         direct = any(k.material is None for k in keys)
         if direct and not direct_ok:
             raise RelayError("keys without material can only go to an adjacent destination")
         n = len(keys) * size_bytes
-        segments, taken, gen = store.take_send(MAC_KEY_BYTES + n)
-        mac_key, pad = taken[:MAC_KEY_BYTES], taken[MAC_KEY_BYTES:]
+        hop = await self._hop_key(session_id, entry.epoch, entry.next_km, store, policy.value,
+                                  MAC_KEY_BYTES + n)
+        mac_key, pad = hop.material[:MAC_KEY_BYTES], hop.material[MAC_KEY_BYTES:]
+        gen = hop.gen
         ciphertext = ""
         if direct:
             for i, k in enumerate(keys):
@@ -183,9 +425,11 @@ class Relay:
             ciphertext = b64e(xor(b"".join(k.material or b"" for k in keys), pad))
         frame = seal(KeyFrame(
             session_id=session_id, epoch=entry.epoch, sender=self.node_id,
-            link_id=store.link_id, segments=segments, batch_id=batch_id,
+            link_id=store.link_id, segments=hop.segments, batch_id=batch_id,
             key_ids=[k.key_id for k in keys], indexes=[k.index for k in keys],
             key_size_bytes=size_bytes, direct=direct, ciphertext=ciphertext, attempt=attempt,
+            hop_source=hop.source.value, pqc=hop.pqc, policy=batch_policy,
+            provenance=[hop_record(self.node_id, entry.next_km, hop.source)],
         ), mac_key)
         await self._journal.flushed(gen)
         fut: asyncio.Future[ConfirmFrame] = asyncio.get_running_loop().create_future()
@@ -208,7 +452,8 @@ class Relay:
                           link_id=frame.link_id,
                           link_key_ids=[f"{b}:{o}+{n}" for b, o, n in frame.segments],
                           key_ids=frame.key_ids, key_count=len(frame.key_ids),
-                          direct=frame.direct, attempt=frame.attempt)
+                          direct=frame.direct, attempt=frame.attempt,
+                          hop_source=frame.hop_source, provenance=frame.provenance)
 
     # ---- destination -> source ---------------------------------------------------------
     async def send_demand(self, session_id: str, indexes: list[int]) -> None:
@@ -216,22 +461,25 @@ class Relay:
 
         Raises:
             PeerUnreachable: no previous hop or link.
-            KeyStoreError: no link key for the tag.
+            KeyStoreError / PqcUnavailable: no hop key the policy allows for the tag.
         """
         entry = self._host.forwarding.current(session_id)
         if entry is None or entry.prev_km is None:
             raise PeerUnreachable(f"session {session_id}: no previous hop configured")
         store = self._host.link_store(entry.prev_km)
-        segments, mac_key, gen = store.take_send(MAC_KEY_BYTES)
+        hop = await self._hop_key(session_id, entry.epoch, entry.prev_km, store,
+                                  entry.hybrid_policy, MAC_KEY_BYTES)
         frame = seal(DemandFrame(session_id=session_id, epoch=entry.epoch, sender=self.node_id,
-                                 link_id=store.link_id, segments=segments, indexes=indexes),
-                     mac_key)
-        await self._journal.flushed(gen)
+                                 link_id=store.link_id, segments=hop.segments, indexes=indexes,
+                                 hop_source=hop.source.value, pqc=hop.pqc), hop.material)
+        await self._journal.flushed(hop.gen)
         await self._bus.publish(topics.km_relay(entry.prev_km), frame)
 
     # ---- frames in ---------------------------------------------------------------------
-    async def handle(self, topic: str, msg: Message) -> None:
-        """Bus handler for ``keyplane.km.<node>.relay``."""
+    async def handle(self, topic: str, msg: Message) -> Message | None:
+        """Bus handler for ``keyplane.km.<node>.relay`` (frames; ML-KEM offer requests)."""
+        if isinstance(msg, PqcOfferRequest):
+            return self._offer(msg)
         self.frames_in += 1
         try:
             if isinstance(msg, KeyFrame):
@@ -244,6 +492,7 @@ class Relay:
                 self._drop(msg, f"unexpected {type(msg).__name__} on the relay topic")
         except (KeyplaneError, ValueError) as exc:
             self._drop(msg, str(exc))
+        return None
 
     def _drop(self, msg: Message, why: str) -> None:
         self.frames_dropped += 1
@@ -259,25 +508,16 @@ class Relay:
             raise RelayError(f"frame from {sender}, expected {expected}")
         return entry
 
-    def _open(self, store: LinkKeyStore, frame: KeyFrame | ConfirmFrame | DemandFrame,
-              ) -> bytes:
-        """Consume the frame's named segments and verify its tag; the pad after the MAC key."""
-        if frame.link_id != store.link_id:
-            raise RelayError(f"frame names link {frame.link_id}, expected {store.link_id}")
-        taken, _ = store.take_received(frame.segments)
-        if len(taken) < MAC_KEY_BYTES or not verify(frame, taken[:MAC_KEY_BYTES]):
-            self._events.emit(EventType.key_request_refused, "km", node=self.node_id,
-                              session=frame.session_id, reason="relay tag did not verify",
-                              link_id=store.link_id)
-            raise RelayError("authentication tag did not verify")
-        return taken[MAC_KEY_BYTES:]
-
     async def _on_key(self, frame: KeyFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=False)
+        policy = meet(entry.hybrid_policy, frame.policy)
+        if policy is None:
+            raise RelayError(f"batch policy {frame.policy} conflicts with the session's "
+                             f"{entry.hybrid_policy}")
         store = self._host.link_store(frame.sender)
-        pad = self._open(store, frame)
         n = len(frame.key_ids) * frame.key_size_bytes
-        if len(frame.indexes) != len(frame.key_ids) or len(pad) != n:
+        pad = self._open(store, frame, policy.value, MAC_KEY_BYTES + n)
+        if len(frame.indexes) != len(frame.key_ids):
             raise RelayError("key frame sizes do not match")
         keys_blob = pad if frame.direct else xor(b64d(frame.ciphertext), pad)
         if entry.role is HopRole.intermediate:
@@ -285,18 +525,23 @@ class Relay:
                 raise RelayError("direct key frame at an intermediate KM")
             nstore = self._host.link_store(entry.next_km)
             try:
-                segments, taken, gen2 = nstore.take_send(MAC_KEY_BYTES + n)
-            except KeyStoreError as exc:
-                await self._refuse(frame, entry, store, f"hop {self.node_id}: {exc}")
+                hop = await self._hop_key(frame.session_id, frame.epoch, entry.next_km, nstore,
+                                          policy.value, MAC_KEY_BYTES + n)
+            except (KeyStoreError, RelayError) as exc:
+                await self._refuse(frame, entry, store, f"hop {self.node_id}: {exc}",
+                                   type(exc).__name__)
                 return
             out = seal(frame.model_copy(update={
-                "sender": self.node_id, "link_id": nstore.link_id, "segments": segments,
-                "ciphertext": b64e(xor(keys_blob, taken[MAC_KEY_BYTES:])), "direct": False,
-            }), taken[:MAC_KEY_BYTES])
+                "sender": self.node_id, "link_id": nstore.link_id, "segments": hop.segments,
+                "ciphertext": b64e(xor(keys_blob, hop.material[MAC_KEY_BYTES:])),
+                "direct": False, "hop_source": hop.source.value, "pqc": hop.pqc,
+                "provenance": [*frame.provenance,
+                               hop_record(self.node_id, entry.next_km, hop.source)],
+            }), hop.material[:MAC_KEY_BYTES])
             # only the *sending* side's consumption must be durable before bytes leave
             # (a pad is never reused); the received segments are recorded by the same
             # journal in this or the next commit (see the module docstring)
-            await self._journal.flushed(gen2)
+            await self._journal.flushed(hop.gen)
             await self._bus.publish(topics.km_relay(entry.next_km), out)
             self._relayed_event(out, entry.next_km)
             return
@@ -304,37 +549,45 @@ class Relay:
             raise RelayError("key frame at the source KM")
         keys = [keys_blob[i * frame.key_size_bytes:(i + 1) * frame.key_size_bytes]
                 for i in range(len(frame.key_ids))]
-        ok, reason, gen3 = self._host.accept_keys(frame, keys)
-        segments, mac_key, gen4 = store.take_send(MAC_KEY_BYTES)
+        ok, reason, gen3, provenance = self._host.accept_keys(frame, keys)
+        hop = await self._hop_key(frame.session_id, frame.epoch, frame.sender, store,
+                                  entry.hybrid_policy, MAC_KEY_BYTES)
         confirm = seal(ConfirmFrame(
             session_id=frame.session_id, epoch=frame.epoch, sender=self.node_id,
-            link_id=store.link_id, segments=segments, batch_id=frame.batch_id,
-            key_ids=frame.key_ids, ok=ok, reason=reason), mac_key)
-        await self._journal.flushed(max(gen3, gen4))  # keys stored before they are confirmed
+            link_id=store.link_id, segments=hop.segments, batch_id=frame.batch_id,
+            key_ids=frame.key_ids, ok=ok, reason=reason, hop_source=hop.source.value,
+            pqc=hop.pqc, provenance=provenance), hop.material)
+        await self._journal.flushed(max(gen3, hop.gen))  # keys stored before confirmed
         await self._bus.publish(topics.km_relay(frame.sender), confirm)
         if ok:
             self._host.keys_confirmed_sent(frame)
 
     async def _refuse(self, frame: KeyFrame, entry: ForwardingEntry, store: LinkKeyStore,
-                      reason: str) -> None:
-        """Tell the source at once that this hop cannot carry the batch (best effort)."""
+                      reason: str, cause: str) -> None:
+        """Tell the source at once that this hop cannot carry the batch (best effort).
+
+        ``cause`` (the error's class name) lets the source raise the same error, so an
+        application learns e.g. "insufficient key" rather than a generic relay failure.
+        """
         try:
-            segments, mac_key, gen = store.take_send(MAC_KEY_BYTES)
-        except KeyStoreError:
-            logger.warning("node %s cannot even refuse batch %s: %s", self.node_id,
-                           frame.batch_id, reason)
+            hop = await self._hop_key(frame.session_id, frame.epoch, frame.sender, store,
+                                      entry.hybrid_policy, MAC_KEY_BYTES)
+        except (KeyStoreError, RelayError) as exc:
+            logger.warning("node %s cannot even refuse batch %s: %s (%s)", self.node_id,
+                           frame.batch_id, reason, exc)
             return
         confirm = seal(ConfirmFrame(
             session_id=frame.session_id, epoch=frame.epoch, sender=self.node_id,
-            link_id=store.link_id, segments=segments, batch_id=frame.batch_id,
-            key_ids=frame.key_ids, ok=False, reason=reason), mac_key)
-        await self._journal.flushed(gen)
+            link_id=store.link_id, segments=hop.segments, batch_id=frame.batch_id,
+            key_ids=frame.key_ids, ok=False, reason=reason, cause=cause,
+            hop_source=hop.source.value, pqc=hop.pqc), hop.material)
+        await self._journal.flushed(hop.gen)
         await self._bus.publish(topics.km_relay(frame.sender), confirm)
 
     async def _on_confirm(self, frame: ConfirmFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=True)
         store = self._host.link_store(frame.sender)
-        self._open(store, frame)
+        self._open(store, frame, entry.hybrid_policy, MAC_KEY_BYTES)
         if entry.role is HopRole.intermediate:
             await self._forward_back(frame, entry)
             return
@@ -345,7 +598,7 @@ class Relay:
     async def _on_demand(self, frame: DemandFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=True)
         store = self._host.link_store(frame.sender)
-        self._open(store, frame)
+        self._open(store, frame, entry.hybrid_policy, MAC_KEY_BYTES)
         if entry.role is HopRole.intermediate:
             await self._forward_back(frame, entry)
             return
@@ -357,15 +610,28 @@ class Relay:
         if entry.prev_km is None:
             raise RelayError("intermediate entry without a previous hop")
         pstore = self._host.link_store(entry.prev_km)
-        segments, mac_key, gen2 = pstore.take_send(MAC_KEY_BYTES)
+        hop = await self._hop_key(frame.session_id, frame.epoch, entry.prev_km, pstore,
+                                  entry.hybrid_policy, MAC_KEY_BYTES)
         out = seal(frame.model_copy(update={"sender": self.node_id, "link_id": pstore.link_id,
-                                            "segments": segments}), mac_key)
-        await self._journal.flushed(gen2)
+                                            "segments": hop.segments,
+                                            "hop_source": hop.source.value, "pqc": hop.pqc}),
+                   hop.material)
+        await self._journal.flushed(hop.gen)
         await self._bus.publish(topics.km_relay(entry.prev_km), out)
 
     def cancel_all(self, reason: Callable[[], BaseException]) -> None:
-        """Fail every source waiting for a confirmation (KM closing)."""
+        """Fail every source waiting for a confirmation (KM closing); drop open offers."""
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(reason())
         self._waiters.clear()
+        self._offers.clear()
+
+
+def _refusal(confirm: ConfirmFrame) -> KeyplaneError:
+    """The error a negative confirmation stands for (its ``cause``, else a relay error)."""
+    if confirm.cause == InsufficientKeyMaterial.__name__:
+        return InsufficientKeyMaterial(confirm.reason)
+    if confirm.cause == PqcUnavailable.__name__:
+        return PqcUnavailable(confirm.reason)
+    return RelayError(f"destination refused key batch: {confirm.reason}")

@@ -33,6 +33,13 @@ class KmSettings(BaseModel):
     """Clock bound on one relay attempt: the source's wait for the destination's confirmation."""
     relay_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     """Relay attempts per key batch (each with fresh link key, on the current path)."""
+    pqc_offer_timeout_s: PositiveS = 2.0
+    """Bus request bound for an ML-KEM offer from the next KM (PQC and combined hops)."""
+    pqc_offer_ttl_s: PositiveS = 10.0
+    """Clock time a KM keeps an ML-KEM offer (its decapsulation key) open for the frame it
+    was made for; afterwards the frame is refused and the key is gone."""
+    pqc_max_pending_offers: Annotated[int, Field(ge=1)] = 4096
+    """Open ML-KEM offers a KM holds at once; beyond it offer requests are refused."""
 
     # ---- queues and scheduling -------------------------------------------------------
     max_concurrent_exchanges: Annotated[int, Field(ge=1)] = 64

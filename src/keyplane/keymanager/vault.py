@@ -39,6 +39,8 @@ class HeldKey:
     peer_sae: str | None = None
     t: float = 0.0
     persisted: bool = False
+    provenance: list[dict[str, str]] = field(default_factory=list)
+    """The hops the key crossed and each hop's key source (hybrid provisioning)."""
 
 
 class KeyVault:
@@ -66,6 +68,11 @@ class KeyVault:
         key.state = state
         if state == "delivered":
             key.material = None
+        self._dirty.add(key.key_id)
+        return self._journal.mark()
+
+    def touch(self, key: HeldKey) -> int:
+        """Mark a key changed (e.g. its provenance); the journal generation."""
         self._dirty.add(key.key_id)
         return self._journal.mark()
 
@@ -102,7 +109,7 @@ class KeyVault:
             if k is None:
                 continue
             row = {"key_id": k.key_id, "state": k.state, "delivered": k.state == "delivered",
-                   "material": k.material}
+                   "material": k.material, "provenance": k.provenance}
             if k.persisted:
                 updates.append(row)
             else:
@@ -136,7 +143,8 @@ class KeyVault:
         for r in rows:
             k = HeldKey(r.key_id, r.session_id, r.index, r.size_bits, r.material,
                         r.state,  # type: ignore[arg-type]
-                        r.sae_id, r.peer_sae, r.t, persisted=True)
+                        r.sae_id, r.peer_sae, r.t, persisted=True,
+                        provenance=list(r.provenance or []))
             self.by_id[k.key_id] = k
             self.by_index[(k.session_id, k.index)] = k
 

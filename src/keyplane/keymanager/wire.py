@@ -12,6 +12,24 @@ one-time-pads the end-to-end keys with the link key bytes that follow the MAC ke
 ``direct`` (adjacent source and destination KMs): the keys *are* the pad bytes; nothing
 else is sent. Encoding and MAC are free functions here, apart from the connection, so they
 can be tested and benchmarked alone.
+
+Hybrid hops (version 2 frames, :mod:`keyplane.keymanager.hybrid`): ``hop_source`` says where
+the hop key bytes (``mac_key || pad`` above) came from:
+
+* ``qkd`` — the link key ``segments`` (version 1 behaviour);
+* ``pqc`` — ``HKDF-SHA-256`` of a fresh authenticated ML-KEM-768 shared secret
+  (:mod:`keyplane.keymanager.pqc`); ``segments`` is empty and ``pqc`` carries the sender's
+  half of the exchange (ciphertext, certificate, signature). The receiver made the offer
+  (:class:`PqcOfferRequest` -> :class:`PqcOfferReply`, a bus request on the same relay
+  topic) and holds its decapsulation key for exactly one frame;
+* ``combined`` — ``link key XOR HKDF(ML-KEM secret)`` (both of the above, same length).
+
+So the MAC key is always the first 32 bytes of the hop key: a PQC-only hop is authenticated
+by the ML-KEM secret (only the two KMs hold it: the exchange is signed by both KM
+certificates), a combined hop by a key that stays secret if either source is.
+``provenance`` (key and confirm frames) lists the hops a batch crossed and their sources;
+``policy`` (key frames) is the batch's hybrid policy when an application asked for a
+stricter one than the session's.
 """
 
 from __future__ import annotations
@@ -20,9 +38,9 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.bus.codec import Message
 
@@ -31,6 +49,9 @@ __all__ = [
     "ConfirmFrame",
     "DemandFrame",
     "KeyFrame",
+    "PqcBlob",
+    "PqcOfferReply",
+    "PqcOfferRequest",
     "RelayFrame",
     "b64d",
     "b64e",
@@ -42,13 +63,57 @@ __all__ = [
 MAC_KEY_BYTES = 32
 
 SegmentList = list[tuple[int, int, Annotated[int, Field(ge=1)]]]
+HopSourceName = Literal["qkd", "pqc", "combined"]
+Provenance = list[dict[str, str]]
+
+
+class PqcBlob(BaseModel):
+    """The sender's half of an ML-KEM hop exchange, carried in a frame (all Base64/PEM)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    exchange_id: str
+    ciphertext: str
+    cert_pem: str
+    signature: str
+
+
+class PqcOfferRequest(Message):
+    """A hop's sender asks its receiver for a fresh signed ML-KEM-768 encapsulation key.
+
+    A bus *request* on the receiver's relay topic; the receiver answers only for a session
+    hop it has with ``sender`` (its forwarding entry of ``epoch``).
+    """
+
+    KIND = "km.relay.pqc_offer_request"
+    VERSION = 1
+
+    session_id: str
+    epoch: int
+    sender: str
+    exchange_id: str
+
+
+class PqcOfferReply(Message):
+    """The receiver's signed offer (``ok``) or why it will not make one."""
+
+    KIND = "km.relay.pqc_offer"
+    VERSION = 1
+
+    exchange_id: str
+    ok: bool
+    reason: str = ""
+    encapsulation_key: str = ""
+    nonce: str = ""
+    cert_pem: str = ""
+    signature: str = ""
 
 
 class KeyFrame(Message):
     """One hop of a batch of end-to-end keys, source -> destination."""
 
     KIND = "km.relay.key"
-    VERSION = 1
+    VERSION = 2
 
     session_id: str
     epoch: int
@@ -62,6 +127,10 @@ class KeyFrame(Message):
     direct: bool = False
     ciphertext: str = Field(default="", repr=False)
     attempt: int = 0
+    hop_source: HopSourceName = "qkd"
+    pqc: PqcBlob | None = None
+    policy: str | None = None
+    provenance: Provenance = Field(default_factory=list)
     tag: str = ""
 
 
@@ -69,7 +138,7 @@ class ConfirmFrame(Message):
     """The destination's answer for a batch, hop by hop back to the source."""
 
     KIND = "km.relay.confirm"
-    VERSION = 1
+    VERSION = 2
 
     session_id: str
     epoch: int
@@ -80,6 +149,10 @@ class ConfirmFrame(Message):
     key_ids: list[str]
     ok: bool
     reason: str = ""
+    cause: str = ""  # the refusing hop's error class (e.g. InsufficientKeyMaterial)
+    hop_source: HopSourceName = "qkd"
+    pqc: PqcBlob | None = None
+    provenance: Provenance = Field(default_factory=list)
     tag: str = ""
 
 
@@ -87,7 +160,7 @@ class DemandFrame(Message):
     """The destination asks the source to produce stream indexes (ETSI 004 GET_KEY)."""
 
     KIND = "km.relay.demand"
-    VERSION = 1
+    VERSION = 2
 
     session_id: str
     epoch: int
@@ -95,6 +168,8 @@ class DemandFrame(Message):
     link_id: str
     segments: SegmentList
     indexes: list[int]
+    hop_source: HopSourceName = "qkd"
+    pqc: PqcBlob | None = None
     tag: str = ""
 
 

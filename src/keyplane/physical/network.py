@@ -9,20 +9,20 @@ ends with the same topology and seed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import TracebackType
 
 from keyplane.bus import Bus
 from keyplane.clock import Clock
 from keyplane.config import Topology
 from keyplane.errors import ConfigError
 from keyplane.events import EventStream
+from keyplane.lifecycle import Service
 from keyplane.physical.runner import End, LinkRunner
 from keyplane.physical.sink import LinkKeySink
 
 __all__ = ["PhysicalNetwork"]
 
 
-class PhysicalNetwork:
+class PhysicalNetwork(Service):
     """Builds and runs a :class:`LinkRunner` per link of ``topology``.
 
     Args:
@@ -87,10 +87,3 @@ class PhysicalNetwork:
         for r in self.runners.values():
             await r.close()
 
-    async def __aenter__(self) -> PhysicalNetwork:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()

@@ -46,7 +46,6 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Literal
 
 import numpy as np
@@ -62,6 +61,7 @@ from keyplane.errors import (
     QberAboveThreshold,
 )
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
@@ -156,7 +156,7 @@ class LinkStats:
     last_qber: float | None = None
 
 
-class LinkRunner:
+class LinkRunner(Service):
     """Runs the local end(s) of one link continuously (see module docstring).
 
     Args:
@@ -304,13 +304,6 @@ class LinkRunner:
             await ch.close()
         self._channels.clear()
 
-    async def __aenter__(self) -> LinkRunner:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------ faults
 

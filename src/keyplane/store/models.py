@@ -141,3 +141,5 @@ class DeliveredKeyRow(Base):
     sae_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     peer_sae: Mapped[str | None] = mapped_column(String(64), nullable=True)
     material: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    provenance: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
+    """Hybrid provisioning: ``[{"hop": "a->b", "source": "qkd"|"pqc"|"combined"}, ...]``."""

@@ -285,9 +285,9 @@ async def test_etsi014_dec_keys_only_for_the_named_slave_and_once(km_db: Databas
         keys = await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 2, 256)
         ids = [k.key_id for k in keys]
         km2 = net.kms["km2"]
-        with pytest.raises(KeyNotFound):  # sb was not named as slave
+        with pytest.raises(AuthenticationFailed):  # sb was not named as slave (014: 401)
             await km2.dec_keys(CALLER_B, "sb", "sc", ids)
-        with pytest.raises(KeyNotFound):  # wrong master
+        with pytest.raises(AuthenticationFailed):  # wrong master: not this pair's keys
             await km2.dec_keys(CALLER_B, "sd", "sa", ids)
         got = await km2.dec_keys(CALLER_B, "sd", "sc", ids[:1])
         assert got[0].key == keys[0].key

@@ -24,7 +24,6 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from keyplane.api.etsi015.datastore import (
@@ -40,6 +39,7 @@ from keyplane.bus import Bus, Message, Subscription, topics
 from keyplane.clock import Clock
 from keyplane.config import Topology
 from keyplane.events import EventStream, EventType
+from keyplane.lifecycle import Service
 from keyplane.messages import KmTelemetry, LinkAlarm, LinkTelemetry, SdnNotification
 
 __all__ = ["DEFAULT_CONTROLLER_SUBJECT", "AgentSettings", "NotificationFeed", "SdnAgent"]
@@ -111,7 +111,7 @@ class NotificationFeed:
         self.put(None)
 
 
-class SdnAgent:
+class SdnAgent(Service):
     """ETSI GS QKD 015 SDN agent of node ``node_id`` (see the module docstring).
 
     Args:
@@ -201,13 +201,6 @@ class SdnAgent:
         if was_running:
             self.events.emit(EventType.element_stopped, self.ELEMENT, node=self.node_id)
 
-    async def __aenter__(self) -> SdnAgent:
-        await self.start()
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
 
     # ------------------------------------------------------------------ RESTCONF operations
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-24 04:09:46.537610
+Create Date: 2026-11-24 04:57:44.116475
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ def upgrade() -> None:
     sa.Column('sae_id', sa.String(length=64), nullable=True),
     sa.Column('peer_sae', sa.String(length=64), nullable=True),
     sa.Column('material', sa.LargeBinary(), nullable=True),
+    sa.Column('provenance', sa.JSON(), nullable=True),
     sa.PrimaryKeyConstraint('node', 'key_id')
     )
     with op.batch_alter_table('delivered_keys', schema=None) as batch_op:
