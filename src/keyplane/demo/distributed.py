@@ -32,7 +32,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from keyplane.api.client import AsyncEtsi004Client, ClientError, Etsi004StatusError
+from keyplane.api.client import (
+    AsyncEtsi004Client,
+    ClientError,
+    Etsi004StatusError,
+    TransportError,
+)
 from keyplane.api.etsi004.models import QosParameters
 from keyplane.certs import ensure_network_certs
 from keyplane.demo.run import DemoOptions, default_pairs, summarize
@@ -63,7 +68,14 @@ class SdkEndpoint:
 
     def __init__(self, state: Path, sae_id: str) -> None:
         self.sae_id = sae_id
+        self._state = state
         self.client = AsyncEtsi004Client.from_state(state, sae_id)
+
+    async def _reresolve(self) -> None:
+        """A KM restarted listens on a new port: read endpoints.json again (the controller
+        rewrites it when the node re-announces itself)."""
+        await self.client.aclose()
+        self.client = AsyncEtsi004Client.from_state(self._state, self.sae_id)
 
     async def open(self, destination: str, qos: Qos, key_stream_id: str) -> str:
         try:
@@ -80,8 +92,11 @@ class SdkEndpoint:
             if int(exc.status) in (2, 4, 6):  # insufficient key, no QKD connection, timeout
                 raise InsufficientKeyMaterial(str(exc)) from exc
             raise KeyplaneError(f"{self.sae_id} GET_KEY: {exc}") from exc
-        except ClientError as exc:  # a KM restarting: retry like status 2
+        except TransportError as exc:  # a KM restarting: find it again, retry like status 2
+            await self._reresolve()
             raise InsufficientKeyMaterial(f"{self.sae_id} GET_KEY: {exc}") from exc
+        except ClientError as exc:
+            raise KeyplaneError(f"{self.sae_id} GET_KEY: {exc}") from exc
         return chunk.key, dict(chunk.metadata or {})
 
     async def close(self, key_stream_id: str) -> None:
