@@ -9,6 +9,7 @@ import json
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -132,6 +133,12 @@ async def test_embedded_relayed_stream_shows_virt_links_on_every_agent_over_mtls
                     "etsi-qkd-sdn-node:qkd_links"].get("qkd_link", [])
                 return [x for x in links if x["qkdl_id"] == uid]
 
+            def apps(node: str) -> list[dict[str, Any]]:
+                agent = emb.nodes[node].agent
+                assert agent is not None
+                doc = agent.get(f"{ROOT_MEMBER}/qkd_applications")
+                return list(doc["etsi-qkd-sdn-node:qkd_applications"].get("qkd_app", []))
+
             await wait_until(lambda: all(virt(n) for n in ("km2", "km0", "km3")),
                              what="VIRT links on the relayed path")
             (middle,) = virt("km0")  # the path runs from whichever end Admission paired first
@@ -139,6 +146,18 @@ async def test_embedded_relayed_stream_shows_virt_links_on_every_agent_over_mtls
             assert sorted(hops) == sorted([qkdn_id("km2"), qkdn_id("km3")])
             assert middle["virt_bandwidth"] == 64
             assert not virt("km1") and not virt("km4")
+            # a key fetched at both ends shows up in the endpoints' ETSI 015 app_statistics
+            await wait_until(lambda: all(apps(n) for n in ("km2", "km3")), what="qkd_apps")
+            (ka, _), (kb, _) = await asyncio.gather(ends[0].get_key(sid, 0),
+                                                    ends[1].get_key(sid, 0))
+            assert ka == kb
+            for node in ("km2", "km3"):
+                agent = emb.nodes[node].agent
+                assert agent is not None
+                agent.datastore.close_statistics_period(clock.wall() + 1.0)
+                (app,) = apps(node)
+                stats = app["app_statistics"]["statistics"]
+                assert sum(int(p["consumed_bits"]) for p in stats) == 256
             for end in ends:
                 await end.close(sid)
             await wait_until(lambda: not any(virt(n) for n in ("km2", "km0", "km3")),

@@ -1060,6 +1060,7 @@ class KeyManager:
         self._events.emit(EventType.key_delivered, ELEMENT, node=self.node_id,
                           session=s.session_id, sae=s.local_sae,
                           key_ids=[k.key_id for k in keys], key_count=len(keys),
+                          bits=8 * sum(len(m) for m in out),
                           indexes=[k.index for k in keys],
                           provenance=merge_provenance(*(k.provenance for k in keys)))
         return out
