@@ -31,3 +31,17 @@ def test_distributed_demo_all_pairs_match_over_etsi004_with_mtls(tmp_path: Path)
     assert {f"km{i}" for i in range(6)} <= nodes
     assert (tmp_path / "timeline.png").exists()
 
+
+
+def test_distributed_demo_km_killed_and_restarted_loses_no_key_and_repeats_none(
+        tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["demo", "--distributed", "--out", str(tmp_path), "--keys",
+                                   "12", "--kill-km", "km0", "--kill-after-s", "1.5",
+                                   "--no-live"])
+    assert res.exit_code == 0, res.output
+    assert "killing km0" in res.output and "km0 restarted" in res.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for s in summary["sessions"]:
+        # km0 is an endpoint of 0-1 and the relay of 2-3: both carry on after its restart
+        assert s["all_keys_matched"] and s["keys_delivered"] == 12, s
+        assert len(set(s["key_fingerprints"])) == 12, s  # no key delivered twice

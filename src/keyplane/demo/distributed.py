@@ -12,9 +12,9 @@ What runs:
   client certificates, which open the same stream and compare the keys they get.
 
 Optionally a KM process is killed (SIGKILL) mid-run and restarted: its persisted link key
-stores and sessions let it carry on. KNOWN BUG (open): after a restart of the source KM of an
-adjacent session, some runs deliver the same key material under two indexes; see the
-project's issue notes. Do not rely on ``--kill-km`` runs for key uniqueness yet.
+stores and sessions let it carry on without losing or re-delivering a key, and its restarted
+QKD modules draw fresh randomness (the run seed is salted per start), so no link ever distils
+the same key twice.
 """
 
 from __future__ import annotations

@@ -125,9 +125,15 @@ def block_id_base(wall_s: float) -> int:
     return base
 
 
-def link_rng_seed(seed: int, link_id: str, end: End) -> list[int]:
-    """Seed sequence of one end's generator (independent per link and end)."""
-    digest = hashlib.sha256(f"{seed}/{link_id}/{end}".encode()).digest()
+def link_rng_seed(seed: int, link_id: str, end: End, salt: int = 0) -> list[int]:
+    """Seed sequence of one end's generator (independent per link, end and start).
+
+    ``salt`` is the runner's first block id, which grows with the wall clock: a module
+    restarted mid-run must never replay the photons, bases and Cascade choices of its
+    previous life, or the link would distil the same key a second time under new block
+    ids. Under a virtual clock the salt is as reproducible as the seed.
+    """
+    digest = hashlib.sha256(f"{seed}/{link_id}/{end}/{salt}".encode()).digest()
     return [int.from_bytes(digest[i:i + 4], "big") for i in range(0, 16, 4)]
 
 
@@ -400,7 +406,8 @@ class LinkRunner(Service):
     # ------------------------------------------------------------------ loops
 
     def _rng(self, end: End) -> np.random.Generator:
-        return np.random.default_rng(link_rng_seed(self.seed, self.link_id, end))
+        return np.random.default_rng(link_rng_seed(self.seed, self.link_id, end,
+                                                   self.first_block_id or 0))
 
     def _start_task(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
