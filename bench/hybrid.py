@@ -101,6 +101,8 @@ async def relay_latency(policy: str, outage: bool, samples: int, seed: int, tmp:
                 block = rng.randbytes(1 << 14)
                 for end in link.endpoints:
                     await kms[end].put_block(link.link_id, b, block)
+        for km in kms.values():  # the peers acknowledged every block
+            await km.links_acknowledged()
         src = kms["km0"]
         await src.enc_keys(CALLER, "sc", "sd", 1, 256)  # opens the session
         if outage:

@@ -58,6 +58,8 @@ async def build(bus: Bus, hops: int, tmp: Path, seed: int, link_bytes: int
             material = rng.randbytes(block)
             for end in link.endpoints:
                 await kms[int(end[2:])].put_block(link.link_id, b, material)
+    for km in kms:  # the peers acknowledged every block
+        await km.links_acknowledged()
     return kms, ctl, db
 
 

@@ -81,6 +81,8 @@ class KmNet:
                 for end in link.endpoints:
                     await self.kms[end].link_key_sink(link.link_id).put_block(
                         link.link_id, b, material)
+        for km in self.kms.values():  # both ends hold every block: each may send with it
+            assert await km.links_acknowledged(), f"{km.node_id}: blocks not acknowledged"
 
     async def restart(self, node: str) -> KeyManager:
         """Close one KM and start a new one on the same store (a KM restart)."""

@@ -14,6 +14,14 @@ consumes exactly the named segments of the *sender's* half and refuses a segment
 outside that half or already consumed (a replay). Both ends thus consume the same ids in the
 same order, and each byte is used once, by one direction.
 
+Both ends hold it (peer acknowledgement): the two ends store a verified block moments
+apart, and an end that crashes in between never stores it. So an end *sends* only with
+blocks its peer has said it holds (:meth:`LinkKeyStore.peer_holds`, fed by the KM from
+``LinkBlocksHeld`` messages: one per stored block, and a full inventory when a KM starts);
+a block only one end holds is never named in a frame. Receiving needs no acknowledgement:
+a frame names only blocks its sender holds. :meth:`LinkKeyStore.wait_sendable` lets a
+sender wait (bounded) for the acknowledgement of a block that would cover its frame.
+
 Durability ("used once, then destroyed"): a send reservation copies the bytes out of the
 block into memory and zeroes them in the block; the zeroed block and the new reservation
 offset are written in the journal's next transaction, which the caller awaits before any
@@ -30,8 +38,10 @@ Events carry sizes and ids only.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +80,8 @@ class _Block:
     rx_end: int
     rx_consumed: list[list[int]]  # merged, sorted [start, end) ranges of the receive half
     persisted: bool = True
+    peer_holds: bool = False  # the peer said it holds this block: this end may send with it
+    orphan: bool = False  # missing from the peer's last inventory: not worth waiting for
 
     @property
     def tx_left(self) -> int:
@@ -132,6 +144,10 @@ class LinkKeyStore:
         self._deleted: set[int] = set()
         self._low = False
         self._last: tuple[set[int], list[int]] = (set(), [])
+        # ids the peer announced before this end stored them (bounded; oldest dropped)
+        self._peer_ahead: set[int] = set()
+        self._acked = asyncio.Event()
+        self._announce: Callable[[list[int]], None] | None = None
         self.blocks_received = 0
         journal.register(self)
 
@@ -142,9 +158,15 @@ class LinkKeyStore:
     # ---- figures -----------------------------------------------------------------------
     @property
     def sendable_bytes(self) -> int:
-        """Bytes this end can still send with (reserved and unreserved)."""
+        """Bytes this end can still send with (reserved, and in blocks the peer holds)."""
         return sum(len(b) for _, _, b in self._reserved) + sum(
-            blk.tx_left for blk in self._blocks.values())
+            blk.tx_left for blk in self._blocks.values() if blk.peer_holds)
+
+    @property
+    def unconfirmed_bytes(self) -> int:
+        """Send-half bytes of blocks the peer has not (yet) said it holds."""
+        return sum(blk.tx_left for blk in self._blocks.values()
+                   if not blk.peer_holds and not blk.orphan)
 
     @property
     def sendable_bits(self) -> int:
@@ -178,12 +200,76 @@ class LinkKeyStore:
         self._dirty.add(block_id)
         self.blocks_received += 1
         await self._journal.flushed(self._journal.mark())
+        if block_id in self._peer_ahead:
+            self._peer_ahead.discard(block_id)
+            self._mark_held(blk)
+        if self._announce is not None:
+            self._announce([block_id])  # durable here: the peer may send with it now
         if self._low and self.sendable_bits >= self._settings.keystore_low_water_bits:
             self._low = False
         if self.stored_bits >= self._settings.keystore_capacity_bits:
             self._events.emit(EventType.keystore_full, "km", node=self.node_id,
                               link_id=self.link_id, stored_bits=self.stored_bits,
                               capacity_bits=self._settings.keystore_capacity_bits)
+
+    # ---- what the peer holds -----------------------------------------------------------
+    def set_announcer(self, announce: Callable[[list[int]], None] | None) -> None:
+        """Call ``announce(block_ids)`` whenever blocks are durably stored here (the KM
+        sends them to the peer as ``LinkBlocksHeld``)."""
+        self._announce = announce
+
+    def inventory(self) -> list[int]:
+        """Ids of every block held here, ascending (for a ``LinkBlocksHeld`` inventory)."""
+        return list(self._order)
+
+    def peer_holds(self, block_ids: list[int], *, inventory: bool = False) -> None:
+        """The peer holds ``block_ids`` durably: this end may send with them.
+
+        Args:
+            inventory: ``block_ids`` is everything the peer holds (it just started): blocks
+                missing from it are no longer sent with (the peer lost them in a crash
+                before storing them, or never had them).
+        """
+        ids = set(block_ids)
+        for block_id in ids:
+            blk = self._blocks.get(block_id)
+            if blk is not None:
+                self._mark_held(blk)
+            elif block_id not in self._deleted:
+                self._peer_ahead.add(block_id)  # stored there first; ours is on its way
+        if inventory:
+            for blk in self._blocks.values():
+                if blk.block_id not in ids:
+                    if blk.peer_holds:
+                        logger.info("link %s: peer %s no longer holds block %d", self.link_id,
+                                    self.peer_id, blk.block_id)
+                    blk.peer_holds = False
+                    blk.orphan = True
+        while len(self._peer_ahead) > self._settings.peer_ahead_limit:
+            self._peer_ahead.discard(min(self._peer_ahead))
+
+    def _mark_held(self, blk: _Block) -> None:
+        blk.orphan = False
+        if not blk.peer_holds:
+            blk.peer_holds = True
+            self._acked.set()
+            if self._low and self.sendable_bits >= self._settings.keystore_low_water_bits:
+                self._low = False
+
+    async def wait_sendable(self, nbytes: int, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s`` on the clock) until ``nbytes`` are sendable, if blocks
+        awaiting the peer's acknowledgement could make them so; whether they are."""
+        deadline = self._clock.now() + timeout_s
+        while self.sendable_bytes < nbytes:
+            left = deadline - self._clock.now()
+            if left <= 0 or self.sendable_bytes + self.unconfirmed_bytes < nbytes:
+                return False
+            self._acked.clear()
+            try:
+                await self._clock.wait_for(self._acked.wait(), left)
+            except TimeoutError:
+                return self.sendable_bytes >= nbytes
+        return True
 
     # ---- sending -----------------------------------------------------------------------
     def take_send(self, nbytes: int) -> tuple[list[Segment], bytes, int]:
@@ -199,7 +285,7 @@ class LinkKeyStore:
         have = sum(len(b) for _, _, b in self._reserved)
         if have < nbytes:
             need = nbytes - have
-            if need > sum(blk.tx_left for blk in self._blocks.values()):
+            if need > sum(blk.tx_left for blk in self._blocks.values() if blk.peer_holds):
                 raise InsufficientKeyMaterial(
                     f"link {self.link_id}: {nbytes} bytes wanted, {self.sendable_bytes} sendable")
             self._reserve(max(need, self._settings.link_reserve_bytes))
@@ -225,7 +311,7 @@ class LinkKeyStore:
             if nbytes <= 0:
                 break
             blk = self._blocks[block_id]
-            n = min(nbytes, blk.tx_left)
+            n = min(nbytes, blk.tx_left) if blk.peer_holds else 0
             if n <= 0:
                 continue
             start = blk.tx_start + blk.tx_reserved

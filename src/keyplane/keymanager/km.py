@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import logging
 import secrets
@@ -66,6 +67,7 @@ from keyplane.errors import (
     PeerUnreachable,
     QosNotMet,
     RateLimited,
+    RelayError,
     RelayTimeout,
     SessionIdInUse,
     SessionNotFound,
@@ -105,7 +107,7 @@ from keyplane.keymanager.session import (
 )
 from keyplane.keymanager.settings import KmSettings
 from keyplane.keymanager.vault import HeldKey, KeyVault, SessionRows
-from keyplane.keymanager.wire import KeyFrame
+from keyplane.keymanager.wire import KeyFrame, LinkBlocksHeld
 from keyplane.messages import (
     AuthRequest,
     AuthResponse,
@@ -221,6 +223,7 @@ class KeyManager:
                                  self.settings)
             self._stores[peer] = store
             self._stores_by_link[link.link_id] = store
+            store.set_announcer(functools.partial(self._announce_blocks, store))
         self.relay = Relay(self, bus, self.journal, clock, events, self.settings, identity)
         self._sessions: dict[str, _Session] = {}
         self._pairs: dict[tuple[str, str], str] = {}  # (master, slave) -> 014 session id
@@ -273,6 +276,8 @@ class KeyManager:
         self._subs.append(await self._bus.subscribe(topics.km_relay(self.node_id),
                                                     self.relay.handle))
         self._status = "running"
+        for store in self._stores.values():  # agree again with each peer on what both hold
+            self._announce_blocks(store, store.inventory(), inventory=True, reply=True)
         self._events.emit(EventType.element_started, ELEMENT, node=self.node_id,
                           links=sorted(self._stores_by_link), sessions=len(self._sessions))
 
@@ -360,6 +365,47 @@ class KeyManager:
         if store is None:
             raise KeyStoreError(f"{link_id!r} is not a link of node {self.node_id}")
         await store.put_block(link_id, block_id, material)
+
+    def _announce_blocks(self, store: LinkKeyStore, block_ids: list[int], *,
+                         inventory: bool = False, reply: bool = False) -> None:
+        """Tell ``store``'s peer which blocks this end holds (``LinkBlocksHeld``)."""
+        if self._status == "closed":
+            return
+        msg = LinkBlocksHeld(sender=self.node_id, link_id=store.link_id, block_ids=block_ids,
+                             inventory=inventory, reply=reply)
+
+        async def send() -> None:
+            try:
+                await self._bus.publish(topics.km_relay(store.peer_id), msg)
+            except BusError as exc:  # the peer's inventory at its start repairs this
+                logger.warning("node %s: link %s holdings not sent to %s: %s", self.node_id,
+                               store.link_id, store.peer_id, exc)
+        self._spawn(send(), f"km-held-{store.link_id}")
+
+    async def links_acknowledged(self, timeout_s: float = 10.0) -> bool:
+        """Wait until each link's peer has acknowledged every block stored here (tools and
+        tests that feed both ends of a link directly); whether it did within ``timeout_s``
+        seconds of event-loop time."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while any(st.unconfirmed_bytes for st in self._stores.values()):
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(0.001)
+        return True
+
+    def link_blocks_held(self, msg: LinkBlocksHeld) -> None:
+        """Relay host: the peer of ``msg.link_id`` holds ``msg.block_ids``.
+
+        Raises:
+            RelayError: the sender is not this link's other end.
+        """
+        store = self._stores_by_link.get(msg.link_id)
+        if store is None or store.peer_id != msg.sender:
+            raise RelayError(f"{msg.sender} is not the other end of link {msg.link_id}")
+        store.peer_holds(msg.block_ids, inventory=msg.inventory)
+        if msg.reply:
+            self._announce_blocks(store, store.inventory(), inventory=True)
 
     def link_store(self, peer: str) -> LinkKeyStore:
         """The link key store shared with neighbour ``peer``.
@@ -640,11 +686,27 @@ class KeyManager:
                 s.bucket = TokenBucket(s.config.bucket_size_bits, s.config.token_rate_bps, now)
                 s.machine.idle_timeout_s = s.config.idle_timeout_s
             self._sessions[sid] = s
+            if s.role is HopRole.destination:
+                self._promote_stored(s)
             if s.interface == "etsi014" and s.role is HopRole.source:
                 self._pairs[(s.local_sae, s.peer_sae)] = sid
         for s in self._sessions.values():
             if s.config is not None:
                 self._arm_idle(s, now + s.machine.idle_timeout_s)
+
+    def _promote_stored(self, s: _Session) -> None:
+        """Destination after a restart: offer the keys it stored but had not yet offered.
+
+        The destination stores a batch durably *before* it sends the confirmation and
+        offers the keys only after; a crash in between leaves them ``pending``. The source
+        may have had the confirmation (its keys are then ready or delivered, and it never
+        resends them), so waiting for a resend would wait forever. Offering them is safe:
+        a key id names the same bytes at both ends, and if the confirmation never left, the
+        source still holds the same key ``pending`` and resends exactly it on demand.
+        """
+        for k in self.vault.of_session(s.session_id):
+            if k.state == "pending" and k.material is not None:
+                self.vault.set_state(k, "ready")
 
     # ==== opening sessions =============================================================
     async def _authenticate(self, caller: Caller, sae_id: str, peer: str | None) -> str:
@@ -921,7 +983,15 @@ class KeyManager:
         if missing:
             waits.append(self._join_batch(s, missing, size_bytes, policy))
         for t in set(waits):
-            await asyncio.shield(t)
+            try:
+                await asyncio.shield(t)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if t.cancelled() and (me is None or not me.cancelling()):
+                    # the session ended under the relay (_free cancels it): a clear answer
+                    raise SessionNotFound(
+                        f"stream {s.session_id} ended while its keys were relayed") from None
+                raise
 
     def _join_batch(self, s: _Session, indexes: list[int], size_bytes: int,
                     policy: str | None = None) -> asyncio.Task[None]:

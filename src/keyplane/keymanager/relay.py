@@ -101,6 +101,7 @@ from keyplane.keymanager.wire import (
     ConfirmFrame,
     DemandFrame,
     KeyFrame,
+    LinkBlocksHeld,
     PqcBlob,
     PqcOfferReply,
     PqcOfferRequest,
@@ -138,6 +139,10 @@ class RelayHost(Protocol):
 
     def keys_confirmed_sent(self, frame: KeyFrame) -> None:
         """Destination: the confirmation for ``frame`` left; offer its keys."""
+        ...
+
+    def link_blocks_held(self, msg: LinkBlocksHeld) -> None:
+        """The peer of a link says which blocks it holds."""
         ...
 
     def demand(self, session_id: str, indexes: list[int]) -> None:
@@ -215,7 +220,8 @@ class Relay:
         """
         failures: list[KeyplaneError] = []
         for source in preferred_sources(policy):
-            if needs_qkd(source) and store.sendable_bytes < nbytes:
+            if needs_qkd(source) and store.sendable_bytes < nbytes and not (
+                    await store.wait_sendable(nbytes, self._settings.peer_block_wait_s)):
                 failures.append(InsufficientKeyMaterial(
                     f"link {store.link_id}: {nbytes} bytes wanted, "
                     f"{store.sendable_bytes} sendable"))
@@ -480,6 +486,12 @@ class Relay:
         """Bus handler for ``keyplane.km.<node>.relay`` (frames; ML-KEM offer requests)."""
         if isinstance(msg, PqcOfferRequest):
             return self._offer(msg)
+        if isinstance(msg, LinkBlocksHeld):
+            try:
+                self._host.link_blocks_held(msg)
+            except KeyplaneError as exc:
+                self._drop(msg, str(exc))
+            return None
         self.frames_in += 1
         try:
             if isinstance(msg, KeyFrame):

@@ -33,6 +33,9 @@ class KmSettings(BaseModel):
     """Clock bound on one relay attempt: the source's wait for the destination's confirmation."""
     relay_attempts: Annotated[int, Field(ge=1, le=100)] = 3
     """Relay attempts per key batch (each with fresh link key, on the current path)."""
+    peer_block_wait_s: Annotated[float, Field(ge=0.0)] = 2.0
+    """Clock bound on a sender's wait for its peer to confirm it holds a block (the two ends
+    of a link store a block moments apart) when only such blocks would cover a frame."""
     pqc_offer_timeout_s: PositiveS = 2.0
     """Bus request bound for an ML-KEM offer from the next KM (PQC and combined hops)."""
     pqc_offer_ttl_s: PositiveS = 10.0
@@ -61,6 +64,8 @@ class KmSettings(BaseModel):
     """Bytes of a link's send half reserved (durably removed from the store) per database
     write. 0 = one write per use. A restart forfeits at most this much unused reservation
     per link: it is never reused."""
+    peer_ahead_limit: Annotated[int, Field(ge=0)] = 4096
+    """Block ids a link store remembers its peer holding before it stores them itself."""
 
     # ---- ETSI 014 limits -------------------------------------------------------------
     default_key_size_bits: Annotated[int, Field(ge=8)] = 256

@@ -49,6 +49,7 @@ __all__ = [
     "ConfirmFrame",
     "DemandFrame",
     "KeyFrame",
+    "LinkBlocksHeld",
     "PqcBlob",
     "PqcOfferReply",
     "PqcOfferRequest",
@@ -171,6 +172,28 @@ class DemandFrame(Message):
     hop_source: HopSourceName = "qkd"
     pqc: PqcBlob | None = None
     tag: str = ""
+
+
+class LinkBlocksHeld(Message):
+    """One end of a link tells the other which link key blocks it holds durably.
+
+    A KM sends with a block only once its peer has said it holds that block, so a frame
+    never names a block the receiver lacks: the two ends of a link store a verified block
+    moments apart, and a KM that crashes in between never stores it at all. Sent after each
+    block is stored, and as a full ``inventory`` when a KM starts (``reply``: answer with
+    yours), so a restarted KM and its peers agree again on what both hold. Block ids only,
+    never key bytes. Not MAC-ed: a forged message can only make a KM try a block the peer
+    lacks (the frame is then refused and retried), never reveal or reuse key.
+    """
+
+    KIND = "km.link.held"
+    VERSION = 1
+
+    sender: str
+    link_id: str
+    block_ids: list[int]
+    inventory: bool = False
+    reply: bool = False
 
 
 RelayFrame = KeyFrame | ConfirmFrame | DemandFrame

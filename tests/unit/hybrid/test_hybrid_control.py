@@ -165,6 +165,8 @@ async def plane(topo: Topology, km_db: Database, tmp_path_factory: pytest.TempPa
                 block = rng.randbytes(4096)
                 for end in link.endpoints:
                     await kms[end].put_block(link.link_id, b, block)
+        for km in kms.values():
+            assert await km.links_acknowledged()
         try:
             yield cp, kms, sink, bus
         finally:

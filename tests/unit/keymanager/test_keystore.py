@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 import pytest
@@ -24,6 +25,9 @@ def pair(db: Database, settings: KmSettings) -> tuple[LinkKeyStore, LinkKeyStore
     ja, jb = Journal(db), Journal(db)
     a = LinkKeyStore("na", "l1", "nb", ja, events, clock, settings)
     b = LinkKeyStore("nb", "l1", "na", jb, events, clock, settings)
+    # what the two KMs do over the bus (LinkBlocksHeld): each end tells the other
+    a.set_announcer(b.peer_holds)
+    b.set_announcer(a.peer_holds)
     ja.start()
     jb.start()
     return a, b, ja, jb, sink
@@ -61,6 +65,7 @@ async def test_keystore_restart_never_reuses_and_loses_no_unreserved_key(db: Dat
     settings = KmSettings(link_reserve_bytes=128)
     a, _, ja, jb, _ = pair(db, settings)
     await a.put_block("l1", 0, bytes(range(256)) * 4)  # 1024 bytes; a sends with [0, 512)
+    a.peer_holds([0])
     seg, _, gen = a.take_send(40)
     await ja.flushed(gen)
     before = a.sendable_bytes
@@ -71,6 +76,8 @@ async def test_keystore_restart_never_reuses_and_loses_no_unreserved_key(db: Dat
     j2 = Journal(db)
     a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
     await a2.load(db)
+    assert a2.sendable_bytes == 0  # until the peer says again what it holds
+    a2.peer_holds([0], inventory=True)
     assert a2.sendable_bytes == 512 - 128 == before - (128 - 40)
     seg2, _, _ = a2.take_send(10)
     assert seg2[0][1] >= seg[0][1] + 128
@@ -88,6 +95,7 @@ async def test_keystore_low_water_and_full_events(km_db: Database) -> None:
     await a.put_block("l1", 0, bytes(300))
     assert not sink.of_type(EventType.keystore_full)
     await a.put_block("l1", 1, bytes(300))
+    a.peer_holds([0, 1])
     (full,) = sink.of_type(EventType.keystore_full)
     assert full.data["stored_bits"] == 8 * 600
     a.take_send(150)  # the send halves hold 2 x 150 bytes
@@ -128,3 +136,61 @@ async def test_keystore_used_up_block_is_deleted_from_the_store(km_db: Database)
     assert rows == []
     await ja.close()
     await jb.close()
+
+
+async def test_keystore_sends_only_with_blocks_the_peer_holds(km_db: Database) -> None:
+    clock = VirtualClock()
+    j = Journal(km_db)
+    j.start()
+    a = LinkKeyStore("na", "l1", "nb", j, EventStream(clock), clock, KmSettings())
+    await a.put_block("l1", 1, bytes(128))
+    assert (a.sendable_bytes, a.unconfirmed_bytes) == (0, 64)
+    with pytest.raises(InsufficientKeyMaterial):
+        a.take_send(8)
+    a.peer_holds([2])  # the peer stored block 2 first: remembered until ours arrives
+    await a.put_block("l1", 2, bytes(128))
+    assert a.sendable_bytes == 64
+    a.peer_holds([1])
+    assert a.sendable_bytes == 128
+    seg, _, _ = a.take_send(100)
+    assert [b for b, _, _ in seg] == [1, 2]
+    await j.close()
+
+
+async def test_keystore_inventory_stops_sending_with_blocks_the_peer_lost(
+        km_db: Database) -> None:
+    clock = VirtualClock()
+    j = Journal(km_db)
+    j.start()
+    a = LinkKeyStore("na", "l1", "nb", j, EventStream(clock), clock, KmSettings())
+    for i in range(3):
+        await a.put_block("l1", i, bytes(64))
+    a.peer_holds([0, 1, 2])
+    # the peer restarted without block 1 (it crashed before storing it)
+    a.peer_holds([0, 2], inventory=True)
+    assert a.sendable_bytes == 64 and a.unconfirmed_bytes == 0
+    seg, _, _ = a.take_send(64)
+    assert {b for b, _, _ in seg} == {0, 2}
+    assert not await a.wait_sendable(8, 5.0)  # nothing awaited can cover it: no wait
+    await j.close()
+
+
+async def test_keystore_wait_sendable_returns_when_the_peer_confirms(km_db: Database) -> None:
+    clock = VirtualClock()
+    j = Journal(km_db)
+    j.start()
+    a = LinkKeyStore("na", "l1", "nb", j, EventStream(clock), clock, KmSettings())
+    await a.put_block("l1", 9, bytes(64))
+    waiter = asyncio.ensure_future(a.wait_sendable(32, 5.0))
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    a.peer_holds([9])
+    assert await waiter
+    late = asyncio.ensure_future(a.wait_sendable(64, 5.0))  # more than the block holds
+    assert not await late
+    await a.put_block("l1", 10, bytes(64))
+    timed = asyncio.ensure_future(a.wait_sendable(64, 1.0))
+    await asyncio.sleep(0)
+    await clock.advance(1.0)
+    assert not await timed  # block 10 was never confirmed within the bound
+    await j.close()

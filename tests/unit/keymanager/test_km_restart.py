@@ -132,3 +132,51 @@ async def test_reroute_moves_the_session_without_losing_an_in_flight_key(
     finally:
         await net.close()
         await bus.close()
+
+
+async def test_destination_crashed_after_storing_a_batch_offers_it_after_restart(
+        km_db: Database) -> None:
+    """The destination stores a batch, sends the confirmation, then crashes before its
+    "offered" write: the source has the key ready and never resends it, so the restarted
+    destination must offer the key it stored (the same bytes), not wait for a resend."""
+    bus = MemoryBus()
+    net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=57)
+    try:
+        sid = await open_pair(net)
+        a = await net.kms["km0"].get_key(CALLER_A, sid, 0)
+        km2 = net.kms["km2"]
+        held = km2.vault.get(sid, 0)
+        assert held is not None and held.state == "ready"
+        km2.vault.set_state(held, "pending")  # the state the crash leaves in the store
+        await km2.journal.sync()
+        km2 = await net.restart("km2")
+        b = await km2.get_key(CALLER_B, sid, 0)
+        assert (b.key, b.metadata["key_ID"]) == (a.key, a.metadata["key_ID"])
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_block_held_at_one_end_only_is_never_named_in_a_frame(km_db: Database) -> None:
+    """A KM that crashed before storing a verified block leaves it at the other end only;
+    that end must not send with it (the frame could not be opened), the stream goes on."""
+    bus = MemoryBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=58)
+    try:
+        # block -1 sorts first, so without the peer's acknowledgement it would be sent with
+        await net.kms["km1"].link_key_sink("km1-km2").put_block("km1-km2", -1, bytes(4096))
+        await net.restart("km2")  # its inventory tells km1 what it holds after the restart
+        sid = await open_pair(net)
+        for i in range(4):
+            a = await net.kms["km0"].get_key(CALLER_A, sid, i)
+            b = await net.kms["km2"].get_key(CALLER_B, sid, i)
+            assert a.key == b.key
+        assert -1 in net.kms["km1"].link_store("km2").inventory()
+        assert -1 not in net.kms["km2"].link_store("km1").inventory()
+        named = {seg[0] for frame in log.frames for seg in frame.segments}
+        assert named and -1 not in named
+    finally:
+        await net.close()
+        await bus.close()

@@ -19,7 +19,7 @@ from keyplane.clock import RealClock, VirtualClock
 from keyplane.errors import InsufficientKeyMaterial, RelayError
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings, send_half
-from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame
+from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame, LinkBlocksHeld
 from keyplane.messages import Qos
 from keyplane.store import Database, sqlite_url
 from keyplane.store.models import LinkKeyBlockRow
@@ -33,6 +33,8 @@ class FrameLog:
         self.topics: list[str] = []
 
     async def __call__(self, topic: str, msg: Message) -> None:
+        if isinstance(msg, LinkBlocksHeld):  # block ids only: not a relay frame
+            return
         assert isinstance(msg, KeyFrame | ConfirmFrame | DemandFrame)
         self.frames.append(msg)
         self.topics.append(topic)
