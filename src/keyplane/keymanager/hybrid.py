@@ -22,7 +22,9 @@ Every non-empty intersection is again one of the four policies; ``qkd-only`` and
 
 Provenance: the list of ``{"hop": "<sender>-><receiver>", "source": <HopSource>}`` records a
 key's frames crossed, in order (a retried batch may cross a hop twice: both records stay,
-so the weakest governs). :func:`satisfies` checks a provenance against a requirement.
+so the weakest governs). :func:`satisfies` checks a provenance against a requirement, and
+:func:`count_provenance` sums the provenance of a delivered batch per hop and source (what
+``key_delivered`` events carry for the ETSI 015 ``keyplane-qkd-provenance`` counters).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "PROVENANCE_EXTENSION",
     "HopSource",
     "allowed_sources",
+    "count_provenance",
     "hop_record",
     "meet",
     "merge_provenance",
@@ -125,6 +128,31 @@ def merge_provenance(*lists: Iterable[Mapping[str, str]]) -> list[dict[str, str]
                 seen.add(key)
                 out.append({"hop": r["hop"], "source": r["source"]})
     return out
+
+
+def count_provenance(provenances: Iterable[Iterable[Mapping[str, str]]]
+                     ) -> list[dict[str, Any]]:
+    """How many keys crossed each hop with each source, over keys in delivery order.
+
+    Args:
+        provenances: one provenance list per key, in the order the keys were delivered.
+
+    Returns:
+        ``[{"hop": …, "source": …, "key_count": n}]``, one entry per (hop, source) pair,
+        ordered by the pair's last use: the last entry of a hop names the source of the
+        last key on it. A key that crossed a hop with two sources (a retried batch) counts
+        once for each; a record repeated within one key counts once.
+    """
+    counts: dict[tuple[str, str], int] = {}
+    for records in provenances:
+        seen: set[tuple[str, str]] = set()
+        for r in records:
+            pair = (r["hop"], r["source"])
+            if pair not in seen:
+                seen.add(pair)
+                counts[pair] = counts.pop(pair, 0) + 1  # re-inserted: last use goes last
+    return [{"hop": hop, "source": source, "key_count": n}
+            for (hop, source), n in counts.items()]
 
 
 def satisfies(provenance: Iterable[Mapping[str, str]], requirement: str | HybridPolicy) -> bool:
