@@ -138,21 +138,23 @@ def count_provenance(provenances: Iterable[Iterable[Mapping[str, str]]]
         provenances: one provenance list per key, in the order the keys were delivered.
 
     Returns:
-        ``[{"hop": …, "source": …, "key_count": n}]``, one entry per (hop, source) pair,
-        ordered by the pair's last use: the last entry of a hop names the source of the
-        last key on it. A key that crossed a hop with two sources (a retried batch) counts
-        once for each; a record repeated within one key counts once.
+        One entry per hop, in the order the hops were first seen (path order):
+        ``{"hop": "km0->km1", "key_count": {"qkd": 2, "pqc": 1}, "last_source": "pqc"}``;
+        ``last_source`` is the hop's source in the last key that crossed it. A key that
+        crossed a hop with two sources (a retried batch) counts once for each; a record
+        repeated within one key counts once.
     """
-    counts: dict[tuple[str, str], int] = {}
+    hops: dict[str, dict[str, Any]] = {}
     for records in provenances:
         seen: set[tuple[str, str]] = set()
         for r in records:
-            pair = (r["hop"], r["source"])
-            if pair not in seen:
-                seen.add(pair)
-                counts[pair] = counts.pop(pair, 0) + 1  # re-inserted: last use goes last
-    return [{"hop": hop, "source": source, "key_count": n}
-            for (hop, source), n in counts.items()]
+            hop, source = r["hop"], r["source"]
+            entry = hops.setdefault(hop, {"hop": hop, "key_count": {}, "last_source": source})
+            entry["last_source"] = source
+            if (hop, source) not in seen:
+                seen.add((hop, source))
+                entry["key_count"][source] = entry["key_count"].get(source, 0) + 1
+    return list(hops.values())
 
 
 def satisfies(provenance: Iterable[Mapping[str, str]], requirement: str | HybridPolicy) -> bool:

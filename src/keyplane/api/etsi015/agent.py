@@ -337,10 +337,10 @@ class SdnAgent(Service):
         """Count key bits delivered to a session's application (``app_statistics``)."""
         self.datastore.record_consumption(app_id(session_id), bits)
 
-    def record_provenance(self, session_id: str, counts: Iterable[Mapping[str, Any]]) -> None:
+    def record_provenance(self, session_id: str, hops: Iterable[Mapping[str, Any]]) -> None:
         """Count a delivered batch's per-hop provenance for the session's ``qkd_app``
-        (``counts``: a ``key_delivered`` event's ``provenance_counts``)."""
-        self.datastore.record_provenance(app_id(session_id), counts)
+        (``hops``: a ``key_delivered`` event's ``provenance_counts``)."""
+        self.datastore.record_provenance(app_id(session_id), hops)
 
     def set_hybrid_policy(self, session_id: str, policy: str) -> None:
         """Record the hybrid policy the KM enforces for a session.

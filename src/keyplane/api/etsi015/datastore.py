@@ -722,27 +722,34 @@ class NodeDatastore:
         value = HybridPolicy(policy).value
         self._provenance.setdefault(app_uuid, _AppProvenance()).hybrid_policy = value
 
-    def record_provenance(self, app_uuid: str, counts: Iterable[Mapping[str, Any]]) -> None:
+    def record_provenance(self, app_uuid: str, hops: Iterable[Mapping[str, Any]]) -> None:
         """Count a delivered batch's provenance for a session's ``qkd_app``.
 
         Args:
             app_uuid: the session's ``app_id``.
-            counts: ``{"hop", "source", "key_count"}`` entries ordered by last use (the
-                ``provenance_counts`` of a ``key_delivered`` event,
-                :func:`keyplane.keymanager.hybrid.count_provenance`). Unknown sources and
-                malformed entries are skipped.
+            hops: ``{"hop", "key_count": {source: n}, "last_source"}`` per hop, in path
+                order (the ``provenance_counts`` of a ``key_delivered`` event,
+                :func:`keyplane.keymanager.hybrid.count_provenance`). Malformed entries
+                and unknown sources are skipped.
         """
-        entries = [c for c in counts if c.get("source") in _HOP_SOURCES
-                   and isinstance(c.get("hop"), str) and "->" in c["hop"]
-                   and isinstance(c.get("key_count"), int)]
-        if not entries:
-            return
-        provenance = self._provenance.setdefault(app_uuid, _AppProvenance())
-        for c in entries:
-            hop = provenance.hops.setdefault(c["hop"], _HopProvenance())
-            source = str(c["source"])
-            hop.key_count[source] = hop.key_count.get(source, 0) + max(0, int(c["key_count"]))
-            hop.last_source = source
+        for entry in hops:
+            if not isinstance(entry, Mapping):
+                continue
+            hop = entry.get("hop")
+            counts = entry.get("key_count")
+            last = entry.get("last_source")
+            if not (isinstance(hop, str) and "->" in hop and isinstance(counts, Mapping)
+                    and last in _HOP_SOURCES):
+                continue
+            valid = {source: n for source, n in counts.items()
+                     if source in _HOP_SOURCES and isinstance(n, int) and n > 0}
+            if not valid:
+                continue
+            provenance = self._provenance.setdefault(app_uuid, _AppProvenance())
+            record = provenance.hops.setdefault(hop, _HopProvenance())
+            for source, n in valid.items():
+                record.key_count[source] = record.key_count.get(source, 0) + n
+            record.last_source = last
 
     def record_hop_source(self, qkdl_uuid: str, hop: str, source: str) -> None:
         """Record the source of the last key batch this node sent over ``hop`` for the
