@@ -208,6 +208,10 @@ class _PhysOps:
     alarmed: bool = False
 
 
+_HOP_SOURCES = ("qkd", "pqc", "combined")
+"""Hop key sources (``keyplane.keymanager.hybrid.HopSource``; the augment's ``hop-source``)."""
+
+
 @dataclass
 class _HopProvenance:
     """Delivered keys per source on one hop, and the source of the last one."""
@@ -235,9 +239,6 @@ class _AppProvenance:
                            **({"last_source": h.last_source} if h.last_source else {})}
                           for hop, h in self.hops.items()]
         return raw
-
-
-_HOP_SOURCES = ("qkd", "pqc", "combined")
 
 
 @dataclass
