@@ -29,6 +29,7 @@ from typing import Any
 
 from keyplane.api.etsi015 import (
     Etsi015Driver,
+    KmEventFeed,
     RestconfServer,
     SdnAgent,
     create_northbound_app,
@@ -43,7 +44,7 @@ from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
-from keyplane.events import Event, EventStream, EventType
+from keyplane.events import EventStream, EventType
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
@@ -117,22 +118,6 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
     tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     tmp.replace(path)
     return path
-
-
-class _ConsumptionToAgent:
-    """Event sink feeding a node's SDN agent the key bits its KM delivered per session."""
-
-    def __init__(self, node_id: str, agent: SdnAgent) -> None:
-        self.node_id = node_id
-        self.agent = agent
-
-    def write(self, event: Event) -> None:
-        if (event.type is EventType.key_delivered and event.node == self.node_id
-                and event.session is not None):
-            self.agent.record_consumption(event.session, int(event.data.get("bits", 0)))
-
-    def close(self) -> None:
-        """Nothing to release."""
 
 
 class ControlRuntime(Service):
@@ -302,10 +287,11 @@ class NodeRuntime(Service):
         self.endpoints["etsi014"] = api.etsi014_url
         self.endpoints["etsi004"] = api.etsi004_url
         self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
-        # ETSI 015 app_statistics: the key bits this node's KM hands to each application
-        stats = _ConsumptionToAgent(self.node_id, self.agent)
-        ctx.stream.add_sink(stats)
-        self._stack.callback(ctx.stream.sinks.remove, stats)
+        # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
+        # and the sessions' hybrid policies (keyplane-qkd-provenance)
+        feed = KmEventFeed(self.agent)
+        ctx.stream.add_sink(feed)
+        self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
         server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
                                    ca_file=certs.ca.cert)

@@ -14,7 +14,14 @@ from typing import Any
 import httpx
 import pytest
 
-from keyplane.api.etsi015 import NETWORK_MEMBER, ROOT_MEMBER, qkdl_id, qkdn_id
+from keyplane.api.etsi015 import (
+    NETWORK_MEMBER,
+    PROVENANCE_MEMBER,
+    ROOT_MEMBER,
+    qkdl_id,
+    qkdn_id,
+    validate_node,
+)
 from keyplane.bus import MemoryBus, topics
 from keyplane.certs import client_ssl_context
 from keyplane.clock import RealClock
@@ -145,6 +152,9 @@ async def test_embedded_relayed_stream_shows_virt_links_on_every_agent_over_mtls
             hops = [middle["virt_prev_hop"], *middle["virt_next_hop"]]  # type: ignore[misc]
             assert sorted(hops) == sorted([qkdn_id("km2"), qkdn_id("km3")])
             assert middle["virt_bandwidth"] == 64
+            by_uuid = {qkdn_id("km2"): "km2", qkdn_id("km3"): "km3"}
+            middle_prev = by_uuid[str(middle["virt_prev_hop"])]
+            middle_next = by_uuid[str(middle["virt_next_hop"][0])]  # type: ignore[index]
             assert not virt("km1") and not virt("km4")
             # a key fetched at both ends shows up in the endpoints' ETSI 015 app_statistics
             await wait_until(lambda: all(apps(n) for n in ("km2", "km3")), what="qkd_apps")
@@ -158,6 +168,17 @@ async def test_embedded_relayed_stream_shows_virt_links_on_every_agent_over_mtls
                 (app,) = apps(node)
                 stats = app["app_statistics"]["statistics"]
                 assert sum(int(p["consumed_bits"]) for p in stats) == 256
+                # and in its key provenance (keyplane-qkd-provenance): both hops QKD
+                provenance = app[PROVENANCE_MEMBER]
+                assert provenance["hybrid_policy"] == "qkd-only"
+                assert sorted(h["hop"] for h in provenance["hop"]) == sorted(
+                    [f"{middle_prev}->km0", f"km0->{middle_next}"])
+                assert all((h["qkd_keys"], h["pqc_keys"], h["combined_keys"], h["last_source"])
+                           == ("1", "0", "0", "qkd") for h in provenance["hop"])
+                validate_node(agent.get(""))
+            (middle,) = virt("km0")  # km0 relayed the key on towards the path's end
+            assert middle[PROVENANCE_MEMBER] == {"hop": [{"hop": f"km0->{middle_next}",
+                                                          "last_source": "qkd"}]}
             for end in ends:
                 await end.close(sid)
             await wait_until(lambda: not any(virt(n) for n in ("km2", "km0", "km3")),

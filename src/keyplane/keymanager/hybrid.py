@@ -22,7 +22,9 @@ Every non-empty intersection is again one of the four policies; ``qkd-only`` and
 
 Provenance: the list of ``{"hop": "<sender>-><receiver>", "source": <HopSource>}`` records a
 key's frames crossed, in order (a retried batch may cross a hop twice: both records stay,
-so the weakest governs). :func:`satisfies` checks a provenance against a requirement.
+so the weakest governs). :func:`satisfies` checks a provenance against a requirement, and
+:func:`count_provenance` sums the provenance of a delivered batch per hop and source (what
+``key_delivered`` events carry for the ETSI 015 ``keyplane-qkd-provenance`` counters).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "PROVENANCE_EXTENSION",
     "HopSource",
     "allowed_sources",
+    "count_provenance",
     "hop_record",
     "meet",
     "merge_provenance",
@@ -125,6 +128,33 @@ def merge_provenance(*lists: Iterable[Mapping[str, str]]) -> list[dict[str, str]
                 seen.add(key)
                 out.append({"hop": r["hop"], "source": r["source"]})
     return out
+
+
+def count_provenance(provenances: Iterable[Iterable[Mapping[str, str]]]
+                     ) -> list[dict[str, Any]]:
+    """How many keys crossed each hop with each source, over keys in delivery order.
+
+    Args:
+        provenances: one provenance list per key, in the order the keys were delivered.
+
+    Returns:
+        One entry per hop, in the order the hops were first seen (path order):
+        ``{"hop": "km0->km1", "key_count": {"qkd": 2, "pqc": 1}, "last_source": "pqc"}``;
+        ``last_source`` is the hop's source in the last key that crossed it. A key that
+        crossed a hop with two sources (a retried batch) counts once for each; a record
+        repeated within one key counts once.
+    """
+    hops: dict[str, dict[str, Any]] = {}
+    for records in provenances:
+        seen: set[tuple[str, str]] = set()
+        for r in records:
+            hop, source = r["hop"], r["source"]
+            entry = hops.setdefault(hop, {"hop": hop, "key_count": {}, "last_source": source})
+            entry["last_source"] = source
+            if (hop, source) not in seen:
+                seen.add((hop, source))
+                entry["key_count"][source] = entry["key_count"].get(source, 0) + 1
+    return list(hops.values())
 
 
 def satisfies(provenance: Iterable[Mapping[str, str]], requirement: str | HybridPolicy) -> bool:

@@ -26,7 +26,8 @@ out once; ``index=None`` means this end's next index.
 Hybrid provisioning (docs/hybrid.md): each hop's key comes from QKD, ML-KEM or both, as the
 session's hybrid policy (``SessionConfig.hybrid_policy``) allows, when the KM has an identity
 (:class:`~keyplane.keymanager.pqc.KmIdentity`). Every key records its provenance (one record
-per hop it crossed); it is reported in ``key_delivered`` events, in ETSI 004 GET_KEY metadata
+per hop it crossed); it is reported in ``key_delivered`` events (merged, and counted per hop
+and source in ``provenance_counts`` for the ETSI 015 view), in ETSI 004 GET_KEY metadata
 and in ETSI 014 ``key_extension`` under ``keyplane_provenance``. An ETSI 014 application may
 require a provenance with ``extension_mandatory: [{"keyplane_provenance": <policy>}]``: the
 batch then runs under the stricter of the two policies, or is refused with QosNotMet.
@@ -76,6 +77,7 @@ from keyplane.events import EventStream, EventType
 from keyplane.keymanager.forwarding import ForwardingTable
 from keyplane.keymanager.hybrid import (
     PROVENANCE_EXTENSION,
+    count_provenance,
     meet,
     merge_provenance,
     parse_policy,
@@ -587,7 +589,8 @@ class KeyManager:
         self._apply(s, event, idle_timeout_s=cfg.idle_timeout_s)
         self._events.emit(EventType.configured, ELEMENT, node=self.node_id,
                           session=cfg.session_id, role=cfg.role.value, epoch=cfg.epoch,
-                          prev_km=cfg.prev_km, next_km=cfg.next_km, priority=cfg.priority)
+                          prev_km=cfg.prev_km, next_km=cfg.next_km, priority=cfg.priority,
+                          hybrid_policy=cfg.hybrid_policy)
         if rerouted:
             self._events.emit(EventType.session_rerouted, ELEMENT, node=self.node_id,
                               session=cfg.session_id, epoch=cfg.epoch)
@@ -1132,7 +1135,8 @@ class KeyManager:
                           key_ids=[k.key_id for k in keys], key_count=len(keys),
                           bits=8 * sum(len(m) for m in out),
                           indexes=[k.index for k in keys],
-                          provenance=merge_provenance(*(k.provenance for k in keys)))
+                          provenance=merge_provenance(*(k.provenance for k in keys)),
+                          provenance_counts=count_provenance(k.provenance for k in keys))
         return out
 
     # ==== ETSI 004 ======================================================================

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
+from hypothesis import given, seed
 from hypothesis import strategies as st
 
 from keyplane.config import HybridPolicy
 from keyplane.keymanager.hybrid import (
     PROVENANCE_EXTENSION,
     HopSource,
+    count_provenance,
     hop_record,
     merge_provenance,
     preferred_sources,
@@ -36,6 +37,31 @@ def test_merged_provenance_keeps_every_crossing_so_the_weakest_governs(
         {(r["hop"], r["source"]) for r in a + b}
     for policy in HybridPolicy:
         assert satisfies(merged, policy) == (satisfies(a, policy) and satisfies(b, policy))
+
+
+@seed(1010)
+@given(st.lists(records, max_size=5))
+def test_provenance_counts_are_per_key_per_hop_and_source_with_the_last_key_last(
+        keys: list[list[dict[str, str]]]) -> None:
+    counted = count_provenance(keys)
+    hops = [e["hop"] for e in counted]
+    assert len(hops) == len(set(hops))
+    for entry in counted:
+        for source in HopSource:
+            crossed = sum(1 for k in keys if hop_record(*entry["hop"].split("->"), source) in k)
+            assert entry["key_count"].get(source.value, 0) == crossed
+        last_key = [k for k in keys if any(r["hop"] == entry["hop"] for r in k)][-1]
+        assert entry["last_source"] == [r["source"] for r in last_key
+                                        if r["hop"] == entry["hop"]][-1]
+
+
+def test_provenance_counts_follow_path_order_for_a_mixed_batch() -> None:
+    qkd = [hop_record("km0", "km1", "qkd"), hop_record("km1", "km2", "qkd")]
+    pqc = [hop_record("km0", "km1", "qkd"), hop_record("km1", "km2", "pqc")]
+    assert count_provenance([qkd, pqc, qkd]) == [
+        {"hop": "km0->km1", "key_count": {"qkd": 3}, "last_source": "qkd"},
+        {"hop": "km1->km2", "key_count": {"qkd": 2, "pqc": 1}, "last_source": "qkd"}]
+    assert count_provenance([]) == []
 
 
 def test_every_preferred_source_is_allowed_and_pqc_alone_only_for_either() -> None:

@@ -9,13 +9,25 @@ leaves once the stored key is used); restoring it is new blocks arriving again.
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
 import keyplane.keymanager.pqc as pqc_mod
+from keyplane.api.etsi015 import (
+    PROVENANCE_MEMBER,
+    ROOT_MEMBER,
+    KmEventFeed,
+    PathHop,
+    QkdApplication,
+    app_id,
+    qkdn_id,
+    validate_node,
+)
 from keyplane.bus import MemoryBus, topics
 from keyplane.certs import ensure_network_certs
 from keyplane.clock import RealClock
@@ -26,6 +38,7 @@ from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.interface import DeliveredKey
 from keyplane.messages import ConfigAck, SessionConfig
 from keyplane.store import Database
+from tests.support.etsi015 import AgentNetwork, agent_url
 from tests.support.km_net import CALLER_A, CALLER_B, KmNet, line_topology, open_pair, start_net
 
 CUT = "km1-km2"
@@ -95,26 +108,91 @@ QKD_PATH = [("km0->km1", "qkd"), ("km1->km2", "qkd")]
 FALLBACK_PATH = [("km0->km1", "qkd"), ("km1->km2", "pqc")]
 
 
+@contextlib.asynccontextmanager
+async def etsi015_view(net: KmNet) -> AsyncIterator[AgentNetwork]:
+    """An SDN agent per node, fed by its KM's events as NodeRuntime wires them."""
+    agents = AgentNetwork(TOPOLOGY, [n.id for n in TOPOLOGY.nodes], net.bus, net.clock,
+                          net.events)
+    feeds = [KmEventFeed(agent) for agent in agents.agents.values()]
+    for feed in feeds:
+        net.events.add_sink(feed)
+    try:
+        async with agents:
+            yield agents
+    finally:
+        for feed in feeds:
+            net.events.sinks.remove(feed)
+
+
+async def provision(agents: AgentNetwork, session: str) -> None:
+    """What the SDN Controller's southbound does for a relayed session, over RESTCONF."""
+    path = [n.id for n in TOPOLOGY.nodes]
+    hops = [PathHop(agent_url(n), qkdn_id(n)) for n in path]
+    uid = await agents.driver.provision_path(session, hops, 0,
+                                             applications=[app_id(session)])
+    for here, far in ((hops[0], hops[-1]), (hops[-1], hops[0])):
+        await agents.driver.register_application(here.url, QkdApplication(
+            app_id(session), "urn:keyplane:sae:sa", ("urn:keyplane:sae:sb",),
+            backing_qkdl_ids=(uid,), local_qkdn_id=here.qkdn_id, remote_qkdn_id=far.qkdn_id))
+
+
+async def hop_view(agents: AgentNetwork, node: str, session: str
+                   ) -> tuple[dict[str, Any], dict[str, str]]:
+    """(``node``'s qkd_app provenance, hop → last source of its VIRT link), read over
+    RESTCONF; the whole document it serves validates against the YANG modules."""
+    client = agents.driver.client(agent_url(node))
+    validate_node(await client.get())
+    apps = await client.get(f"{ROOT_MEMBER}/qkd_applications")
+    (app,) = [a for a in apps["etsi-qkd-sdn-node:qkd_applications"].get("qkd_app", [])
+              if a["app_id"] == app_id(session)] or [{}]
+    links = await client.get(f"{ROOT_MEMBER}/qkd_links")
+    sent = {h["hop"]: h["last_source"]
+            for link in links["etsi-qkd-sdn-node:qkd_links"]["qkd_link"]
+            for h in link.get(PROVENANCE_MEMBER, {}).get("hop", [])}
+    return app.get(PROVENANCE_MEMBER, {}), sent
+
+
+def hop_counts(provenance: dict[str, Any]) -> dict[str, tuple[str, str, str, str]]:
+    return {h["hop"]: (h["qkd_keys"], h["pqc_keys"], h["combined_keys"], h["last_source"])
+            for h in provenance.get("hop", [])}
+
+
 async def test_either_session_link_cut_keys_flow_through_pqc_and_return_to_qkd(
         make_net: NetFactory) -> None:
     net = await make_net("either", seed=101)
-    enc, _ = await enc_dec(net)
-    assert sources(enc) == [QKD_PATH] * 2
+    async with etsi015_view(net) as agents:
+        enc, _ = await enc_dec(net)
+        assert sources(enc) == [QKD_PATH] * 2
+        session = next(e.session for e in net.sink.events
+                       if e.type is EventType.key_delivered and e.node == "km0")
+        assert session is not None
+        await provision(agents, session)
 
-    cut(net)
-    enc, dec = await enc_dec(net, number=3)
-    assert sources(enc) == [FALLBACK_PATH] * 3
-    assert net.kms["km1"].relay.hops_sent["pqc"] >= 1
-    delivered = [e for e in net.sink.events if e.type is EventType.key_delivered
-                 and e.node == "km2"][-1]
-    assert [(r["hop"], r["source"]) for r in delivered.data["provenance"]] == FALLBACK_PATH
-    relayed = [e for e in net.sink.events if e.type is EventType.key_relayed
-               and e.data["key_ids"] == [k.key_id for k in enc]]
-    assert {e.data["hop"]: e.data["hop_source"] for e in relayed} == dict(FALLBACK_PATH)
+        cut(net)
+        enc, dec = await enc_dec(net, number=3)
+        assert sources(enc) == [FALLBACK_PATH] * 3
+        assert net.kms["km1"].relay.hops_sent["pqc"] >= 1
+        delivered = [e for e in net.sink.events if e.type is EventType.key_delivered
+                     and e.node == "km2"][-1]
+        assert [(r["hop"], r["source"]) for r in delivered.data["provenance"]] == FALLBACK_PATH
+        relayed = [e for e in net.sink.events if e.type is EventType.key_relayed
+                   and e.data["key_ids"] == [k.key_id for k in enc]]
+        assert {e.data["hop"]: e.data["hop_source"] for e in relayed} == dict(FALLBACK_PATH)
+        # the ETSI 015 view of the source node: the outage hop went to ML-KEM
+        provenance, _ = await hop_view(agents, "km0", session)
+        assert provenance["hybrid_policy"] == "either"
+        assert hop_counts(provenance) == {"km0->km1": ("5", "0", "0", "qkd"),
+                                          "km1->km2": ("2", "3", "0", "pqc")}
+        _, sent_by_km1 = await hop_view(agents, "km1", session)
+        assert sent_by_km1 == {"km1->km2": "pqc"}  # the intermediate's VIRT link
 
-    await restore(net, seed=102)
-    enc, _ = await enc_dec(net)
-    assert sources(enc) == [QKD_PATH] * 2
+        await restore(net, seed=102)
+        enc, _ = await enc_dec(net)
+        assert sources(enc) == [QKD_PATH] * 2
+        for node in ("km0", "km2"):  # both ends count the keys they delivered
+            provenance, _ = await hop_view(agents, node, session)
+            assert hop_counts(provenance)["km1->km2"] == ("4", "3", "0", "qkd")
+        assert (await hop_view(agents, "km1", session))[1] == {"km1->km2": "qkd"}
 
 
 async def test_qkd_only_session_link_cut_refuses_with_insufficient_key_material(

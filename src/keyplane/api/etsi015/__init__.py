@@ -10,6 +10,7 @@ Controller side: :class:`Etsi015Client`, :class:`Etsi015Driver` and the northbou
 from keyplane.api.etsi015.agent import (
     DEFAULT_CONTROLLER_SUBJECT,
     AgentSettings,
+    KmEventFeed,
     NotificationFeed,
     SdnAgent,
 )
@@ -29,6 +30,7 @@ from keyplane.api.etsi015.errors import (
     RestconfError,
 )
 from keyplane.api.etsi015.model import (
+    PROVENANCE_MEMBER,
     ROOT_MEMBER,
     YangInvalid,
     app_id,
@@ -46,6 +48,7 @@ __all__ = [
     "DEFAULT_CONTROLLER_SUBJECT",
     "NETWORK_MEMBER",
     "PEER_SUBJECT_STATE_KEY",
+    "PROVENANCE_MEMBER",
     "ROOT_MEMBER",
     "AgentSettings",
     "Etsi015Client",
@@ -53,6 +56,7 @@ __all__ = [
     "Etsi015Driver",
     "Etsi015Error",
     "Etsi015Unreachable",
+    "KmEventFeed",
     "NetworkView",
     "NodeDatastore",
     "NodeDescription",

@@ -10,7 +10,13 @@ What feeds the datastore:
 * the SDN Controller over RESTCONF (:func:`~keyplane.api.etsi015.restconf.create_agent_app`):
   ``qkd_app`` entries (one per session) and VIRT links (one per relayed session's hop);
 * in embedded mode the same writes through :meth:`SdnAgent.register_virtual_link` and
-  friends, and :meth:`SdnAgent.record_consumption` for ``app_statistics``.
+  friends;
+* the node's KM, through its event stream (:class:`KmEventFeed`, a sink added where the
+  agent and the KM share a process): ``key_delivered`` → ``app_statistics`` bits
+  (:meth:`SdnAgent.record_consumption`) and the per-hop provenance counters of the
+  ``keyplane-qkd-provenance`` augment; the endpoint ``configured`` event → the session's
+  hybrid policy; ``key_relayed`` → the last source of the hop this node sends on (VIRT
+  link); the session's end → its provenance state is dropped.
 
 What it emits: every ETSI 015 notification a write or a telemetry sample causes, as an
 :class:`~keyplane.messages.SdnNotification` on ``keyplane.sdn.<node>.notifications`` and on
@@ -22,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,15 +40,16 @@ from keyplane.api.etsi015.datastore import (
     QkdApplication,
     VirtualLink,
 )
-from keyplane.api.etsi015.model import ROOT_MEMBER, app_id, date_and_time
+from keyplane.api.etsi015.model import ROOT_MEMBER, app_id, date_and_time, qkdl_id
 from keyplane.bus import Bus, Message, Subscription, topics
 from keyplane.clock import Clock
 from keyplane.config import Topology
-from keyplane.events import EventStream, EventType
+from keyplane.events import Event, EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import KmTelemetry, LinkAlarm, LinkTelemetry, SdnNotification
 
-__all__ = ["DEFAULT_CONTROLLER_SUBJECT", "AgentSettings", "NotificationFeed", "SdnAgent"]
+__all__ = ["DEFAULT_CONTROLLER_SUBJECT", "AgentSettings", "KmEventFeed", "NotificationFeed",
+           "SdnAgent"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +116,54 @@ class NotificationFeed:
         """Detach from the agent and end the iteration."""
         self._agent._feeds.discard(self)
         self.put(None)
+
+
+def _virtual_link_uuid(session_id: str) -> str:
+    """``qkdl_id`` of a session's VIRT link (what :meth:`Etsi015Driver.provision_path` and
+    the SDN Controller give it)."""
+    return qkdl_id(f"session:{session_id}")
+
+
+class KmEventFeed:
+    """Event sink feeding a node's SDN agent what the node's KM reports.
+
+    Only events of the KM (element ``km``) of ``agent.node_id`` count: in embedded mode
+    every node's events go through one stream. See the module docstring for what each
+    event type feeds. Sinks must not fail the emitter: a malformed event is logged and
+    skipped.
+    """
+
+    KM_ELEMENT = "km"
+
+    def __init__(self, agent: SdnAgent) -> None:
+        self.agent = agent
+
+    def write(self, event: Event) -> None:
+        """Take one event (the :class:`~keyplane.events.EventSink` protocol)."""
+        if (event.node != self.agent.node_id or event.session is None
+                or event.element != self.KM_ELEMENT):
+            return
+        try:
+            self._apply(event.type, event.session, event.data)
+        except (TypeError, ValueError, KeyError):
+            logger.warning("SDN agent %s skipped a malformed %s event", self.agent.node_id,
+                           event.type, exc_info=True)
+
+    def _apply(self, kind: EventType, session: str, data: Mapping[str, Any]) -> None:
+        agent = self.agent
+        if kind is EventType.key_delivered:
+            agent.record_consumption(session, int(data.get("bits", 0)))
+            agent.record_provenance(session, data.get("provenance_counts") or [])
+        elif kind is EventType.configured and "hybrid_policy" in data:
+            agent.set_hybrid_policy(session, str(data["hybrid_policy"]))
+        elif kind is EventType.key_relayed and data.get("hop_source"):
+            agent.record_hop_source(session, str(data["hop"]), str(data["hop_source"]))
+        elif kind is EventType.session_closed or (
+                kind is EventType.session_deleted and data.get("scope") != "epoch"):
+            agent.forget_session(session)
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class SdnAgent(Service):
@@ -281,6 +336,28 @@ class SdnAgent(Service):
     def record_consumption(self, session_id: str, bits: int) -> None:
         """Count key bits delivered to a session's application (``app_statistics``)."""
         self.datastore.record_consumption(app_id(session_id), bits)
+
+    def record_provenance(self, session_id: str, hops: Iterable[Mapping[str, Any]]) -> None:
+        """Count a delivered batch's per-hop provenance for the session's ``qkd_app``
+        (``hops``: a ``key_delivered`` event's ``provenance_counts``)."""
+        self.datastore.record_provenance(app_id(session_id), hops)
+
+    def set_hybrid_policy(self, session_id: str, policy: str) -> None:
+        """Record the hybrid policy the KM enforces for a session.
+
+        Raises:
+            ValueError: not a policy name.
+        """
+        self.datastore.set_hybrid_policy(app_id(session_id), policy)
+
+    def record_hop_source(self, session_id: str, hop: str, source: str) -> None:
+        """Record the source of the last key batch this node sent over ``hop`` for the
+        session (shown in the session's VIRT ``qkd_link``)."""
+        self.datastore.record_hop_source(_virtual_link_uuid(session_id), hop, source)
+
+    def forget_session(self, session_id: str) -> None:
+        """Drop the provenance state of a session the KM ended."""
+        self.datastore.forget_provenance(app_id(session_id), _virtual_link_uuid(session_id))
 
     def subscribe(self) -> NotificationFeed:
         """A feed of every notification from now on (close it when done).

@@ -7,7 +7,12 @@ Layout (NMDA-like split; GET returns the merge):
   topology, plus whatever the SDN Controller writes (``qkd_app`` entries, VIRT links).
 * **operational state** kept by the node itself: ``qkdn_status``, per-link status and
   performance (skr, QBER from :class:`~keyplane.messages.LinkTelemetry`), ``qkdi_status``,
-  ``app_status``, ``creation_time`` and per-period ``app_statistics``.
+  ``app_status``, ``creation_time`` and per-period ``app_statistics``; and keyplane's
+  ``keyplane-qkd-provenance:provenance`` augment (the hybrid policy and per-hop key
+  provenance counters of each ``qkd_app``, the last hop source of each VIRT ``qkd_link``).
+  Provenance is kept per session (by ``app_id`` / ``qkdl_id``), not per entry: it is counted
+  from the session's first delivery even if the controller creates the ``qkd_app`` later,
+  and it survives a reroute's re-created entries until :meth:`NodeDatastore.forget_provenance`.
 
 Every write — a RESTCONF POST/PUT/PATCH/DELETE or a Python call such as
 :meth:`NodeDatastore.add_virtual_link` — builds a candidate configuration, validates it
@@ -31,8 +36,9 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import functools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -48,6 +54,7 @@ from yangson.schemanode import (
 from keyplane.api.etsi015.errors import RestconfError
 from keyplane.api.etsi015.model import (
     MODULE,
+    PROVENANCE_MEMBER,
     ROOT_MEMBER,
     YangInvalid,
     data_model,
@@ -60,7 +67,7 @@ from keyplane.api.etsi015.model import (
     uint32,
     validate_node,
 )
-from keyplane.config import QuantumLink, Topology
+from keyplane.config import HybridPolicy, QuantumLink, Topology
 from keyplane.messages import LinkState
 
 __all__ = [
@@ -201,6 +208,39 @@ class _PhysOps:
     alarmed: bool = False
 
 
+_HOP_SOURCES = ("qkd", "pqc", "combined")
+"""Hop key sources (``keyplane.keymanager.hybrid.HopSource``; the augment's ``hop-source``)."""
+
+
+@dataclass
+class _HopProvenance:
+    """Delivered keys per source on one hop, and the source of the last one."""
+
+    key_count: dict[str, int] = field(default_factory=dict)
+    last_source: str | None = None
+
+
+@dataclass
+class _AppProvenance:
+    """The ``keyplane-qkd-provenance`` state of one session's ``qkd_app``."""
+
+    hybrid_policy: str | None = None
+    hops: dict[str, _HopProvenance] = field(default_factory=dict)
+
+    def to_raw(self) -> dict[str, Any]:
+        """The ``provenance`` container (RFC 7951: uint64 counters are JSON strings)."""
+        raw: dict[str, Any] = {}
+        if self.hybrid_policy is not None:
+            raw["hybrid_policy"] = self.hybrid_policy
+        if self.hops:
+            raw["hop"] = [{"hop": hop,
+                           **{f"{source}_keys": str(h.key_count.get(source, 0))
+                              for source in _HOP_SOURCES},
+                           **({"last_source": h.last_source} if h.last_source else {})}
+                          for hop, h in self.hops.items()]
+        return raw
+
+
 @dataclass
 class _AppOps:
     """Operational state of one ``qkd_app``."""
@@ -238,6 +278,8 @@ class NodeDatastore:
         self._phys: dict[str, _PhysOps] = {}
         self._by_link_id: dict[str, str] = {}
         self._apps: dict[str, _AppOps] = {}
+        self._provenance: dict[str, _AppProvenance] = {}
+        self._virt_sources: dict[str, dict[str, str]] = {}
         self._config = self._initial_config(topology, version, location_id)
         validate_node({ROOT_MEMBER: self._config}, config_only=True)
         self._protected = self._protected_part(self._config)
@@ -357,6 +399,10 @@ class NodeDatastore:
             perf["expected_consumption"] = uint32(demand.get(uid, 0))
             ops = self._phys.get(uid)
             if ops is None:
+                sent = self._virt_sources.get(uid)
+                if sent and identity_name(link.get("qkdl_type", "")) == "VIRT":
+                    link[PROVENANCE_MEMBER] = {"hop": [{"hop": hop, "last_source": source}
+                                                       for hop, source in sent.items()]}
                 continue
             link["qkdl_status"] = identity(ops.status)
             if ops.skr_bps is not None:
@@ -401,6 +447,9 @@ class NodeDatastore:
         if expiry is not None and _parse_date_and_time(expiry) <= wall_s:
             status = "OUT-OF-TIME"
         app["app_status"] = identity(status)
+        provenance = self._provenance.get(app["app_id"])
+        if provenance is not None and (raw := provenance.to_raw()):
+            app[PROVENANCE_MEMBER] = raw
         if ops is None:
             return
         app["creation_time"] = date_and_time(ops.creation_wall_s)
@@ -455,17 +504,17 @@ class NodeDatastore:
                                 path=_error_path(path))
         name, value = _single_member(body)
         created: list[str] = []
-        child = schema.get_child(name)
+        child = _member_child(schema, name)
         if child is not None and name != schema.name:
-            created.append(self._create_child(target, child, value, path))
+            created.append(self._create_child(target, schema, child, value, path))
         elif name == schema.name and isinstance(value, dict) and not isinstance(holder, list):
             for member, member_value in value.items():
-                sub = schema.get_child(_unqualify(member))
+                sub = _member_child(schema, _unqualify(member))
                 if sub is None:
                     raise RestconfError(400, "unknown-element",
                                         f"{member!r} is not a child of {schema.name}",
                                         path=_error_path(path))
-                created.append(self._create_child(target, sub, member_value, path))
+                created.append(self._create_child(target, schema, sub, member_value, path))
         else:
             raise RestconfError(400, "unknown-element",
                                 f"{name!r} is not a child of {schema.name}",
@@ -664,6 +713,56 @@ class NodeDatastore:
         if ops is not None:
             ops.period_bits += max(0, bits)
 
+    def set_hybrid_policy(self, app_uuid: str, policy: str | HybridPolicy) -> None:
+        """Record the hybrid policy the node's KM enforces for a session's ``qkd_app``.
+
+        Raises:
+            ValueError: not a policy name (``qkd-only``, ``qkd-and-pqc``, ``at-least-qkd``,
+                ``either``).
+        """
+        value = HybridPolicy(policy).value
+        self._provenance.setdefault(app_uuid, _AppProvenance()).hybrid_policy = value
+
+    def record_provenance(self, app_uuid: str, hops: Iterable[Mapping[str, Any]]) -> None:
+        """Count a delivered batch's provenance for a session's ``qkd_app``.
+
+        Args:
+            app_uuid: the session's ``app_id``.
+            hops: ``{"hop", "key_count": {source: n}, "last_source"}`` per hop, in path
+                order (the ``provenance_counts`` of a ``key_delivered`` event,
+                :func:`keyplane.keymanager.hybrid.count_provenance`). Malformed entries
+                and unknown sources are skipped.
+        """
+        for entry in hops:
+            if not isinstance(entry, Mapping):
+                continue
+            hop = entry.get("hop")
+            counts = entry.get("key_count")
+            last = entry.get("last_source")
+            if not (isinstance(hop, str) and "->" in hop and isinstance(counts, Mapping)
+                    and last in _HOP_SOURCES):
+                continue
+            valid = {source: n for source, n in counts.items()
+                     if source in _HOP_SOURCES and isinstance(n, int) and n > 0}
+            if not valid:
+                continue
+            provenance = self._provenance.setdefault(app_uuid, _AppProvenance())
+            record = provenance.hops.setdefault(hop, _HopProvenance())
+            for source, n in valid.items():
+                record.key_count[source] = record.key_count.get(source, 0) + n
+            record.last_source = last
+
+    def record_hop_source(self, qkdl_uuid: str, hop: str, source: str) -> None:
+        """Record the source of the last key batch this node sent over ``hop`` for the
+        session whose VIRT link is ``qkdl_uuid`` (shown once that link exists here)."""
+        if source in _HOP_SOURCES and "->" in hop:
+            self._virt_sources.setdefault(qkdl_uuid, {})[hop] = source
+
+    def forget_provenance(self, app_uuid: str, qkdl_uuid: str) -> None:
+        """Drop a session's provenance state (its KM ended the session)."""
+        self._provenance.pop(app_uuid, None)
+        self._virt_sources.pop(qkdl_uuid, None)
+
     def close_statistics_period(self, wall_s: float) -> None:
         """End the current ``app_statistics`` period of every application at ``wall_s``."""
         for ops in self._apps.values():
@@ -789,19 +888,26 @@ class NodeDatastore:
         """Create a missing resource under its existing parent (PUT that creates)."""
         last = steps[-1]
         if isinstance(last, EntryKeys | EntryValue):
-            member = steps[-2]
             parent, pslot, _ = self._locate(root, steps[:-2], path, config=True)
             container = parent[pslot]
-            container.setdefault(member.name, []).append(value)
+            container.setdefault(_member_of(steps[:-1]), []).append(value)
         else:
             parent, pslot, _ = self._locate(root, steps[:-1], path, config=True)
-            parent[pslot][last.name] = value
+            parent[pslot][_member_of(steps)] = value
 
     def _body_for(self, schema: SchemaNode, steps: Sequence[Any], body: Any, path: str
                   ) -> Any:
-        """The value a PUT/PATCH body carries for the target (checks name and keys)."""
+        """The value a PUT/PATCH body carries for the target (checks name and keys).
+
+        Raises:
+            RestconfError: 405 the target is state data; 400 a body that does not match.
+        """
+        if _is_state(schema):
+            raise RestconfError(405, "operation-not-supported",
+                                f"{schema.name} is state data (config false)",
+                                path=_error_path(path))
         name, value = _single_member(body)
-        if name != schema.name:
+        if name != _target_member(schema):
             raise RestconfError(400, "unknown-element",
                                 f"body member {name!r} does not match the target {schema.name!r}",
                                 path=_error_path(path))
@@ -828,9 +934,10 @@ class NodeDatastore:
                                     path=_error_path(path))
         return value
 
-    def _create_child(self, target: dict[str, Any], child: SchemaNode, value: Any, path: str
-                      ) -> str:
+    def _create_child(self, target: dict[str, Any], parent: SchemaNode, child: SchemaNode,
+                      value: Any, path: str) -> str:
         """Add one POSTed child to ``target``; returns the created resource's path."""
+        member = _member_name(child, parent)
         if _is_state(child):
             raise RestconfError(405, "operation-not-supported",
                                 f"{child.name} is state data (config false)",
@@ -841,8 +948,8 @@ class NodeDatastore:
             if not entries:
                 raise RestconfError(400, "invalid-value", f"no {child.name} entry to create",
                                     path=_error_path(path))
-            existing = target.setdefault(child.name, [])
-            location = f"{base}/{child.name}"
+            existing = target.setdefault(member, [])
+            location = f"{base}/{member}"
             for entry in entries:
                 if isinstance(child, ListNode):
                     if not isinstance(entry, dict):
@@ -866,14 +973,14 @@ class NodeDatastore:
                                         error_type="application",
                                         path=_error_path(f"{location}={key_text}"))
                 existing.append(entry)
-                location = f"{base}/{child.name}={key_text}"
+                location = f"{base}/{member}={key_text}"
             return location
-        if child.name in target:
+        if member in target:
             raise RestconfError(409, "data-exists", f"{child.name} already exists",
                                 error_type="application",
-                                path=_error_path(f"{base}/{child.name}"))
-        target[child.name] = value
-        return f"{base}/{child.name}"
+                                path=_error_path(f"{base}/{member}"))
+        target[member] = value
+        return f"{base}/{member}"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -920,7 +1027,7 @@ def _cook_keys(steps: list[Any], path: str) -> list[Any]:
     for step in steps:
         if isinstance(step, MemberName):
             assert isinstance(schema, InternalNode)
-            schema = schema.get_child(step.name, step.namespace or MODULE)
+            schema = _child(schema, step.name, step.namespace)
             out.append(step)
         elif isinstance(step, EntryKeys) and isinstance(schema, ListNode):
             keys: dict[Any, Any] = {}
@@ -949,7 +1056,7 @@ def _schema_of(steps: Sequence[Any]) -> SchemaNode:
     for step in steps:
         if isinstance(step, MemberName):
             assert isinstance(schema, InternalNode)
-            schema = schema.get_child(step.name, step.namespace or MODULE)
+            schema = _child(schema, step.name, step.namespace)
     assert schema is not None
     return schema
 
@@ -967,10 +1074,10 @@ def _locate(root: dict[str, Any], steps: Sequence[Any], path: str, *,
     schema: SchemaNode = data_model().schema
     for step in steps:
         if isinstance(step, MemberName):
-            child = schema.get_child(step.name, step.namespace or MODULE)
+            child = _child(schema, step.name, step.namespace)
             assert child is not None
+            key = _member_name(child, schema)
             schema = child
-            key = f"{step.namespace}:{step.name}" if holder is None else step.name
             if not isinstance(current, dict) or key not in current:
                 break
             holder, slot, current = current, key, current[key]
@@ -1018,7 +1125,7 @@ def read_resource(document: dict[str, Any], path: str, *, content: Content = "al
     if shaped is _OMIT:
         raise RestconfError(404, "invalid-value",
                             f"no {content} data at this resource", path=_error_path(path))
-    name = f"{MODULE}:{schema.name}"
+    name = f"{schema.ns}:{schema.name}"
     return {name: [shaped] if isinstance(holder, list) else shaped}
 
 _OMIT: Any = object()
@@ -1026,6 +1133,38 @@ _OMIT: Any = object()
 
 def _is_state(schema: SchemaNode) -> bool:
     return schema.content_type().name == "nonconfig"
+
+
+def _child(schema: SchemaNode | None, name: str, ns: str | None = None) -> SchemaNode | None:
+    """The schema child ``name`` of module ``ns``; ``None``: the parent's module (RFC 7951
+    member names and RFC 8040 path segments inherit it), at the top level ``MODULE``."""
+    if not isinstance(schema, InternalNode):
+        return None
+    return schema.get_child(name, ns or schema.ns or MODULE)
+
+
+def _member_child(schema: SchemaNode, raw_name: str) -> SchemaNode | None:
+    """The schema child an RFC 7951 member name (``name`` or ``module:name``) names."""
+    prefix, sep, local = raw_name.partition(":")
+    return _child(schema, local, prefix) if sep else _child(schema, raw_name)
+
+
+def _member_name(child: SchemaNode, parent: SchemaNode) -> str:
+    """RFC 7951 member name of ``child`` under ``parent``: qualified where the module
+    changes (the top level, and augments such as ``keyplane-qkd-provenance:provenance``)."""
+    return child.name if child.ns == parent.ns else f"{child.ns}:{child.name}"
+
+
+def _member_of(steps: Sequence[Any]) -> str:
+    """RFC 7951 member name of the node the last :class:`MemberName` of ``steps`` selects."""
+    names = [i for i, step in enumerate(steps) if isinstance(step, MemberName)]
+    return _member_name(_schema_of(steps[:names[-1] + 1]), _schema_of(steps[:names[-1]]))
+
+
+def _target_member(schema: SchemaNode) -> str:
+    """The member name a PUT/PATCH body must use for ``schema`` (this module's unqualified,
+    as :func:`_unqualify` leaves it; any other module's qualified)."""
+    return schema.name if schema.ns == MODULE else f"{schema.ns}:{schema.name}"
 
 
 def _unqualify(name: str) -> str:
@@ -1037,15 +1176,26 @@ def _unqualify(name: str) -> str:
 
 
 def _single_member(body: Any) -> tuple[str, Any]:
-    """The one member of a RESTCONF request body (name unqualified)."""
+    """The one member of a RESTCONF request body (unqualified if of this module).
+
+    Raises:
+        RestconfError: 400 not one member, or a module the data model does not have.
+    """
     if not isinstance(body, dict) or len(body) != 1:
         raise RestconfError(400, "malformed-message",
                             "the body must be a JSON object with exactly one member")
     (name, value), = body.items()
     local = _unqualify(name)
-    if ":" in local:
+    prefix, sep, _ = local.partition(":")
+    if sep and prefix not in _known_modules():
         raise RestconfError(400, "unknown-element", f"unknown module in member {name!r}")
     return local, value
+
+
+@functools.cache
+def _known_modules() -> frozenset[str]:
+    """Names of the modules in the YANG library (the prefixes a member name may carry)."""
+    return frozenset(name for name, _rev in data_model().schema_data.modules)
 
 
 def _entry_index(current: Any, step: EntryKeys | EntryValue) -> int | None:
@@ -1065,7 +1215,7 @@ def _merge(old: dict[str, Any], new: dict[str, Any], schema: SchemaNode) -> None
     """RFC 8040 merge of ``new`` into ``old`` (lists merged by key, leaf-lists by value)."""
     for raw_name, value in new.items():
         name = _unqualify(raw_name)
-        child = schema.get_child(name) if isinstance(schema, InternalNode) else None
+        child = _member_child(schema, name)
         if child is None or name not in old:
             old[name] = value
         elif isinstance(child, ListNode) and isinstance(value, list):
@@ -1100,7 +1250,7 @@ def _shape(value: Any, schema: SchemaNode, content: Content, depth: int | None, 
         keys = {k for k, _ in schema.keys} if isinstance(schema, ListNode) else set()
         out: dict[str, Any] = {}
         for name, sub in value.items():
-            child = schema.get_child(_unqualify(name))
+            child = _member_child(schema, name)
             if child is None:
                 continue
             if name in keys:

@@ -2,7 +2,10 @@
 
 Files: ``keyplane/api/yang/`` ships the two ETSI modules verbatim (revision 2022-01-30, GS QKD
 015 V2.1.1), the IETF type modules they import, and ``yang-library.json`` (RFC 7895) listing
-them, with ``etsi-qkd-node-types`` as ``implement`` so identityref values resolve.
+them, with ``etsi-qkd-node-types`` as ``implement`` so identityref values resolve, and
+keyplane's own augment ``keyplane-qkd-provenance`` (:data:`PROVENANCE_MODULE`: the hybrid
+policy and per-hop key provenance of each ``qkd_app``, the last hop source of each VIRT
+``qkd_link``; all ``config false``; docs/api/etsi015.md).
 
 The upstream defect and the workaround (shared/specs/README.md §1):
 in ``qkd_link`` the ``when`` conditions compare the identityref leaf ``qkdl_type`` with the bare
@@ -42,6 +45,8 @@ from yangson.statement import ModuleParser, Statement
 __all__ = [
     "KEYPLANE_UUID_NAMESPACE",
     "MODULE",
+    "PROVENANCE_MEMBER",
+    "PROVENANCE_MODULE",
     "ROOT_MEMBER",
     "TYPES_MODULE",
     "YANG_DIR",
@@ -65,6 +70,10 @@ MODULE = "etsi-qkd-sdn-node"
 TYPES_MODULE = "etsi-qkd-node-types"
 """Module that defines every identity (the qualifier of identityref values)."""
 ROOT_MEMBER = f"{MODULE}:qkd_node"
+PROVENANCE_MODULE = "keyplane-qkd-provenance"
+"""keyplane's augment of ``qkd_app`` and VIRT ``qkd_link`` (key provenance, state only)."""
+PROVENANCE_MEMBER = f"{PROVENANCE_MODULE}:provenance"
+"""RFC 7951 member name of the augment's container inside ``qkd_app`` / ``qkd_link``."""
 YANG_DIR = Path(__file__).resolve().parents[1] / "yang"
 
 KEYPLANE_UUID_NAMESPACE = uuid.UUID("6f1d3c1e-5b0a-5d7e-9a43-6b65796c616e")
