@@ -79,9 +79,14 @@ class _Block:
     rx_start: int
     rx_end: int
     rx_consumed: list[list[int]]  # merged, sorted [start, end) ranges of the receive half
+    rx_used: int = -1  # bytes of the receive half consumed (the sum over rx_consumed)
     persisted: bool = True
     peer_holds: bool = False  # the peer said it holds this block: this end may send with it
     orphan: bool = False  # missing from the peer's last inventory: not worth waiting for
+
+    def __post_init__(self) -> None:
+        if self.rx_used < 0:
+            self.rx_used = sum(e - s for s, e in self.rx_consumed)
 
     @property
     def tx_left(self) -> int:
@@ -89,7 +94,7 @@ class _Block:
 
     @property
     def rx_left(self) -> int:
-        return (self.rx_end - self.rx_start) - sum(e - s for s, e in self.rx_consumed)
+        return (self.rx_end - self.rx_start) - self.rx_used
 
     @property
     def used_up(self) -> bool:
@@ -140,6 +145,12 @@ class LinkKeyStore:
         # reserved send bytes not yet used: (block_id, absolute offset, bytes)
         self._reserved: list[tuple[int, int, bytearray]] = []
         self._reserved_gen = 0
+        # running totals, so the figures read on every frame cost O(1), not O(blocks):
+        # bytes in ``_reserved``, tx_left over blocks the peer holds, unused bytes of all
+        # blocks (tx_left + rx_left); :meth:`_recount` is the slow reference
+        self._reserved_bytes = 0
+        self._held_tx_bytes = 0
+        self._block_bytes = 0
         self._dirty: set[int] = set()
         self._deleted: set[int] = set()
         self._low = False
@@ -159,8 +170,7 @@ class LinkKeyStore:
     @property
     def sendable_bytes(self) -> int:
         """Bytes this end can still send with (reserved, and in blocks the peer holds)."""
-        return sum(len(b) for _, _, b in self._reserved) + sum(
-            blk.tx_left for blk in self._blocks.values() if blk.peer_holds)
+        return self._reserved_bytes + self._held_tx_bytes
 
     @property
     def unconfirmed_bytes(self) -> int:
@@ -176,8 +186,18 @@ class LinkKeyStore:
     @property
     def stored_bits(self) -> int:
         """Unused bits held for this link (both directions)."""
-        return 8 * (sum(len(b) for _, _, b in self._reserved)
-                    + sum(blk.tx_left + blk.rx_left for blk in self._blocks.values()))
+        return 8 * (self._reserved_bytes + self._block_bytes)
+
+    def _recount(self) -> tuple[int, int, int]:
+        """``(reserved, held tx, block bytes)`` summed from scratch (the reference for the
+        running totals; tests compare the two)."""
+        return (sum(len(b) for _, _, b in self._reserved),
+                sum(blk.tx_left for blk in self._blocks.values() if blk.peer_holds),
+                sum(blk.tx_left + blk.rx_left for blk in self._blocks.values()))
+
+    def _totals(self) -> tuple[int, int, int]:
+        """The running totals, in :meth:`_recount`'s order."""
+        return self._reserved_bytes, self._held_tx_bytes, self._block_bytes
 
     # ---- the physical layer's sink -----------------------------------------------------
     async def put_block(self, link_id: str, block_id: int, material: bytes) -> None:
@@ -197,6 +217,7 @@ class LinkKeyStore:
                      persisted=False)
         self._blocks[block_id] = blk
         bisect.insort(self._order, block_id)
+        self._block_bytes += blk.tx_left + blk.rx_left
         self._dirty.add(block_id)
         self.blocks_received += 1
         await self._journal.flushed(self._journal.mark())
@@ -243,6 +264,7 @@ class LinkKeyStore:
                     if blk.peer_holds:
                         logger.info("link %s: peer %s no longer holds block %d", self.link_id,
                                     self.peer_id, blk.block_id)
+                        self._held_tx_bytes -= blk.tx_left
                     blk.peer_holds = False
                     blk.orphan = True
         while len(self._peer_ahead) > self._settings.peer_ahead_limit:
@@ -252,6 +274,7 @@ class LinkKeyStore:
         blk.orphan = False
         if not blk.peer_holds:
             blk.peer_holds = True
+            self._held_tx_bytes += blk.tx_left
             self._acked.set()
             if self._low and self.sendable_bits >= self._settings.keystore_low_water_bits:
                 self._low = False
@@ -282,10 +305,10 @@ class LinkKeyStore:
         Raises:
             InsufficientKeyMaterial: fewer than ``nbytes`` sendable bytes (nothing taken).
         """
-        have = sum(len(b) for _, _, b in self._reserved)
+        have = self._reserved_bytes
         if have < nbytes:
             need = nbytes - have
-            if need > sum(blk.tx_left for blk in self._blocks.values() if blk.peer_holds):
+            if need > self._held_tx_bytes:
                 raise InsufficientKeyMaterial(
                     f"link {self.link_id}: {nbytes} bytes wanted, {self.sendable_bytes} sendable")
             self._reserve(max(need, self._settings.link_reserve_bytes))
@@ -303,6 +326,7 @@ class LinkKeyStore:
             else:
                 self._reserved[0] = (block_id, offset + n, buf[n:])
             left -= n
+        self._reserved_bytes -= nbytes
         self._check_low()
         return segments, bytes(out), self._reserved_gen
 
@@ -318,6 +342,9 @@ class LinkKeyStore:
             self._reserved.append((block_id, start, bytearray(blk.material[start:start + n])))
             blk.material[start:start + n] = bytes(n)
             blk.tx_reserved += n
+            self._reserved_bytes += n
+            self._held_tx_bytes -= n
+            self._block_bytes -= n
             nbytes -= n
             self._touch(blk)
         self._reserved_gen = self._journal.mark()
@@ -333,6 +360,7 @@ class LinkKeyStore:
             KeyStoreError: a segment is unknown, outside the peer's half, or already
                 consumed (a replayed or forged frame). Nothing is consumed then.
         """
+        named: dict[int, list[list[int]]] = {}  # ranges this frame names, per block
         for block_id, offset, length in segments:
             blk = self._blocks.get(block_id)
             if blk is None:
@@ -342,15 +370,20 @@ class LinkKeyStore:
             if length <= 0 or offset < blk.rx_start or offset + length > blk.rx_end:
                 raise KeyStoreError(
                     f"link {self.link_id}: segment outside the sender's half of block {block_id}")
-            if _overlaps(blk.rx_consumed, offset, offset + length):
+            mine = named.setdefault(block_id, [])
+            if _overlaps(blk.rx_consumed, offset, offset + length) or _overlaps(
+                    mine, offset, offset + length):
                 raise KeyStoreError(
                     f"link {self.link_id}: block {block_id} bytes {offset}+{length} already used")
+            _add_range(mine, offset, offset + length)
         out = bytearray()
         for block_id, offset, length in segments:
             blk = self._blocks[block_id]
             out += blk.material[offset:offset + length]
             blk.material[offset:offset + length] = bytes(length)
             _add_range(blk.rx_consumed, offset, offset + length)
+            blk.rx_used += length  # segments were checked not to overlap anything consumed
+            self._block_bytes -= length
             self._touch(blk)
         return bytes(out), self._journal.mark()
 
@@ -431,3 +464,4 @@ class LinkKeyStore:
                          rx[0], rx[1], [list(x) for x in r.rx_consumed], persisted=True)
             self._blocks[r.block_id] = blk
         self._order = sorted(self._blocks)
+        self._reserved_bytes, self._held_tx_bytes, self._block_bytes = self._recount()

@@ -1065,8 +1065,7 @@ class KeyManager:
             fresh.append(HeldKey(key_id, s.session_id, index, 8 * len(material), material,
                                  "pending", s.local_sae, s.peer_sae, self._clock.now()))
         if s.interface == "etsi014":
-            held_n = sum(1 for k in self.vault.of_session(s.session_id) if k.state == "ready")
-            if held_n + len(fresh) > self.settings.max_keys_per_pair:
+            if self.vault.ready_count(s.session_id) + len(fresh) > self.settings.max_keys_per_pair:
                 return (False, "refused: destination holds max_key_count keys for the pair",
                         0, [])
         provenance = merge_provenance(*(k.provenance for k in again), frame.provenance)

@@ -51,20 +51,38 @@ class KeyVault:
         self._journal = journal
         self.by_id: dict[str, HeldKey] = {}
         self.by_index: dict[tuple[str, int], HeldKey] = {}
+        # per session: its keys by id, and how many are ready (read on every relayed
+        # batch, so kept up to date instead of scanning every key the KM holds)
+        self._by_session: dict[str, dict[str, HeldKey]] = {}
+        self._ready: dict[str, int] = {}
         self._dirty: set[str] = set()
         self._gone: set[str] = set()  # persisted keys to delete
         self._last: tuple[set[str], set[str], set[str], list[str]] = (set(), set(), set(), [])
         journal.register(self)
 
-    def add(self, key: HeldKey) -> int:
-        """Hold a new key; returns the journal generation that makes it durable."""
+    def _index(self, key: HeldKey) -> None:
+        old = self.by_id.get(key.key_id)
+        if old is not None and old.state == "ready":
+            self._ready[old.session_id] -= 1
+            self._by_session.get(old.session_id, {}).pop(old.key_id, None)
         self.by_id[key.key_id] = key
         self.by_index[(key.session_id, key.index)] = key
+        self._by_session.setdefault(key.session_id, {})[key.key_id] = key
+        if key.state == "ready":
+            self._ready[key.session_id] = self._ready.get(key.session_id, 0) + 1
+
+    def add(self, key: HeldKey) -> int:
+        """Hold a new key; returns the journal generation that makes it durable."""
+        self._index(key)
         self._dirty.add(key.key_id)
         return self._journal.mark()
 
     def set_state(self, key: HeldKey, state: KeyState) -> int:
         """Change a key's state (``delivered`` destroys its bytes); the generation."""
+        if key.state != state and self.by_id.get(key.key_id) is key:
+            sid = key.session_id
+            self._ready[sid] = self._ready.get(sid, 0) + (state == "ready") - (
+                key.state == "ready")
         key.state = state
         if state == "delivered":
             key.material = None
@@ -82,7 +100,11 @@ class KeyVault:
 
     def of_session(self, session_id: str) -> list[HeldKey]:
         """Every key of a session."""
-        return [k for k in self.by_id.values() if k.session_id == session_id]
+        return list(self._by_session.get(session_id, {}).values())
+
+    def ready_count(self, session_id: str) -> int:
+        """Keys of a session in state ``ready`` (O(1))."""
+        return self._ready.get(session_id, 0)
 
     def drop_session(self, session_id: str) -> tuple[int, int]:
         """Destroy every key of a session; returns ``(freed_bits, generation)``."""
@@ -96,6 +118,8 @@ class KeyVault:
             if k.persisted:
                 self._gone.add(k.key_id)
             k.material = None
+        self._by_session.pop(session_id, None)
+        self._ready.pop(session_id, None)
         return freed, self._journal.mark()
 
     def snapshot(self) -> RowWrites | None:
@@ -145,8 +169,7 @@ class KeyVault:
                         r.state,  # type: ignore[arg-type]
                         r.sae_id, r.peer_sae, r.t, persisted=True,
                         provenance=list(r.provenance or []))
-            self.by_id[k.key_id] = k
-            self.by_index[(k.session_id, k.index)] = k
+            self._index(k)
 
 
 class SessionRows:

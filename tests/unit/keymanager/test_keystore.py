@@ -194,3 +194,50 @@ async def test_keystore_wait_sendable_returns_when_the_peer_confirms(km_db: Data
     await clock.advance(1.0)
     assert not await timed  # block 10 was never confirmed within the bound
     await j.close()
+
+
+async def test_keystore_running_totals_match_a_recount_after_random_use(db: Database) -> None:
+    """The O(1) figures (sendable, stored) equal a from-scratch sum after any mix of puts,
+    peer acknowledgements, an inventory, sends and receives in both directions."""
+    a, b, ja, jb, _ = pair(db, KmSettings(link_reserve_bytes=96))
+    a.set_announcer(None)  # acknowledgements are driven by the test
+    b.set_announcer(None)
+    rng = random.Random(67)
+    next_block = 0
+    for _ in range(300):
+        op = rng.randrange(5)
+        if op == 0:
+            m = rng.randbytes(rng.choice([64, 256, 513]))
+            await a.put_block("l1", next_block, m)
+            await b.put_block("l1", next_block, m)
+            next_block += 1
+        elif op == 1 and next_block:
+            ids = rng.sample(range(next_block), k=rng.randint(1, next_block))
+            (a if rng.random() < 0.5 else b).peer_holds(ids, inventory=rng.random() < 0.2)
+        else:
+            sender, receiver = (a, b) if rng.random() < 0.5 else (b, a)
+            want = rng.randint(1, 200)
+            if sender.sendable_bytes >= want:
+                segments, pad, _ = sender.take_send(want)
+                assert receiver.take_received(segments)[0] == pad
+            else:
+                with pytest.raises(InsufficientKeyMaterial):
+                    sender.take_send(want)
+        for store in (a, b):
+            assert store._totals() == store._recount()
+    await ja.close()
+    await jb.close()
+
+
+async def test_keystore_frame_naming_the_same_bytes_twice_is_refused(db: Database) -> None:
+    a, b, ja, jb, _ = pair(db, KmSettings(link_reserve_bytes=64))
+    m = random.Random(71).randbytes(512)
+    await a.put_block("l1", 0, m)
+    await b.put_block("l1", 0, m)
+    segments, _, _ = a.take_send(40)
+    blk, off, n = segments[0]
+    with pytest.raises(KeyStoreError, match="already used"):
+        b.take_received([(blk, off, n), (blk, off + 10, 5)])
+    assert b._totals() == b._recount()
+    await ja.close()
+    await jb.close()
