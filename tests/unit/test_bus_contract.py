@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from keyplane.bus import Bus, Message, decode, encode, topic_matches
 from keyplane.errors import BusTimeout, MessageDecodeError, NoResponders
-from keyplane.messages import ConfigAck, KeepAlive, Qos, SessionConfig, SessionOpenRequest
+from keyplane.messages import (
+    ConfigAck,
+    KeepAlive,
+    LinkTelemetry,
+    Qos,
+    SessionConfig,
+    SessionOpenRequest,
+)
 
 
 def _config(node: str = "km1") -> SessionConfig:
@@ -139,6 +147,30 @@ def test_codec_roundtrip_and_refusals() -> None:
         decode(b'{"kind": "admission.keepalive", "v": 1, "body": {"session_id": 3}}')
     with pytest.raises(MessageDecodeError):
         decode(b'{"kind": "admission.keepalive", "v": 1, "body": {"session_id": "s", "node": "n", "extra": 1}}')
+
+
+def test_codec_fast_and_general_paths_read_the_same_envelope() -> None:
+    """The compact envelope encode writes (fast path) and the same envelope in any other
+    JSON layout (general parser) decode to the same message; non-finite floats survive."""
+    msgs: list[Message] = [
+        _config(),
+        SessionOpenRequest(session_id="s", node="km1", user_id="u", source_sae="a",
+                           destination_sae="b", qos=Qos(key_chunk_size=64, max_bps=10)),
+        LinkTelemetry(link_id="l", node="n", qber=float("inf"), skr_bps=float("-inf")),
+    ]
+    for msg in msgs:
+        data = encode(msg)
+        env = json.loads(data)
+        assert env == {"kind": msg.KIND, "v": msg.VERSION, "body": env["body"]}
+        assert decode(data) == msg
+        spaced = json.dumps({"v": msg.VERSION, "body": env["body"], "kind": msg.KIND},
+                            indent=1).encode()
+        assert decode(spaced) == msg
+    # a fast-path-shaped envelope whose body does not validate is refused like any other
+    with pytest.raises(MessageDecodeError, match=r"invalid admission\.keepalive body"):
+        decode(b'{"kind":"admission.keepalive","v":1,"body":{"session_id":3,"node":"n"}}')
+    with pytest.raises(MessageDecodeError, match="not JSON"):
+        decode(b'{"kind":"admission.keepalive","v":1,"body":{"session_id":"s",}')
 
 
 @pytest.mark.parametrize(("pattern", "topic", "ok"), [

@@ -21,6 +21,8 @@ __all__ = ["MemoryBus"]
 
 logger = logging.getLogger(__name__)
 
+_MAX_ROUTES = 4096  # topics whose subscribers are remembered (then the table starts over)
+
 
 class _MemorySubscription(Subscription):
     def __init__(self, bus: MemoryBus, sid: int, pattern: str, handler: Handler,
@@ -32,7 +34,8 @@ class _MemorySubscription(Subscription):
         self.queue = queue
 
     async def unsubscribe(self) -> None:
-        self._bus._subs.pop(self.sid, None)
+        if self._bus._subs.pop(self.sid, None) is not None:
+            self._bus._routes.clear()
 
 
 class MemoryBus(Bus):
@@ -45,22 +48,31 @@ class MemoryBus(Bus):
         self._closed = False
         self._roundtrip = roundtrip
         self._rng = random.Random(seed)
+        # topic -> (plain subscribers, queue groups): topics repeat (one per KM and kind),
+        # so each is matched against the patterns once, until the subscriptions change
+        self._routes: dict[str, tuple[list[_MemorySubscription],
+                                      list[list[_MemorySubscription]]]] = {}
 
     def _copy(self, msg: Message) -> Message:
         return decode(encode(msg)) if self._roundtrip else msg
 
     def _targets(self, topic: str) -> list[_MemorySubscription]:
-        plain: list[_MemorySubscription] = []
-        groups: dict[str, list[_MemorySubscription]] = {}
-        for sub in list(self._subs.values()):
-            if topic_matches(sub.pattern, topic):
-                if sub.queue is None:
-                    plain.append(sub)
-                else:
-                    groups.setdefault(sub.queue, []).append(sub)
-        for members in groups.values():
-            plain.append(self._rng.choice(members))
-        return plain
+        route = self._routes.get(topic)
+        if route is None:
+            validate_topic(topic)
+            plain: list[_MemorySubscription] = []
+            groups: dict[str, list[_MemorySubscription]] = {}
+            for sub in list(self._subs.values()):
+                if topic_matches(sub.pattern, topic):
+                    if sub.queue is None:
+                        plain.append(sub)
+                    else:
+                        groups.setdefault(sub.queue, []).append(sub)
+            if len(self._routes) >= _MAX_ROUTES:
+                self._routes.clear()
+            route = self._routes[topic] = (plain, list(groups.values()))
+        plain, group_list = route
+        return [*plain, *(self._rng.choice(members) for members in group_list)]
 
     def _spawn(self, sub: _MemorySubscription, topic: str, msg: Message,
                reply: asyncio.Future[Message] | None) -> None:
@@ -82,9 +94,9 @@ class MemoryBus(Bus):
     async def publish(self, topic: str, msg: Message) -> None:
         if self._closed:
             raise BusClosed("bus is closed")
-        validate_topic(topic)
+        targets = self._targets(topic)  # validates the topic
         data = self._copy(msg)
-        for sub in self._targets(topic):
+        for sub in targets:
             self._spawn(sub, topic, data, None)
 
     async def subscribe(self, pattern: str, handler: Handler, *, queue: str | None = None
@@ -94,13 +106,13 @@ class MemoryBus(Bus):
         validate_topic(pattern, wildcards=True)
         sub = _MemorySubscription(self, next(self._sid), pattern, handler, queue)
         self._subs[sub.sid] = sub
+        self._routes.clear()
         return sub
 
     async def request(self, topic: str, msg: Message, *, timeout_s: float = 2.0) -> Message:
         if self._closed:
             raise BusClosed("bus is closed")
-        validate_topic(topic)
-        targets = self._targets(topic)
+        targets = self._targets(topic)  # validates the topic
         if not targets:
             raise NoResponders(topic)
         reply: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
@@ -121,6 +133,7 @@ class MemoryBus(Bus):
             return
         self._closed = True
         self._subs.clear()
+        self._routes.clear()
         me = asyncio.current_task()
         tasks = [t for t in self._tasks if not t.done() and t is not me]
         for t in tasks:
