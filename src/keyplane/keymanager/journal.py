@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import sqlite3
@@ -63,6 +64,59 @@ class RowWrites:
     inserts: list[dict[str, Any]] = field(default_factory=list)
     updates: list[dict[str, Any]] = field(default_factory=list)
     deletes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _primary_key(t: Table) -> tuple[str, ...]:
+    return _table_info(t)[0]
+
+
+@functools.cache
+def _table_info(t: Table) -> tuple[tuple[str, ...], frozenset[str]]:
+    """``(primary key columns, JSON columns)`` of a table (tables are module constants)."""
+    return (tuple(c.name for c in t.primary_key.columns),
+            frozenset(c.name for c in t.columns if isinstance(c.type, JSON)))
+
+
+@functools.cache
+def _sqlite_update_order(t: Table, cols: tuple[str, ...]) -> tuple[str, ...]:
+    """Parameter order of the UPDATE for ``cols``: the set columns, then the key."""
+    pk = _primary_key(t)
+    return (*(c for c in cols if c not in pk), *pk)
+
+
+@functools.cache
+def _sqlite_statement(t: Table, kind: str, cols: tuple[str, ...]
+                      ) -> tuple[str, tuple[int, ...]]:
+    """The SQL of one ``executemany`` and which parameter positions hold JSON values.
+
+    Built once per table, kind and column set (a commit repeats the same few shapes).
+    """
+    pk, json_cols = _table_info(t)
+
+    def q(name: str) -> str:
+        return '"' + name + '"'
+
+    where = " AND ".join(f"{q(k)} = ?" for k in pk)
+    if kind == "insert":
+        order: tuple[str, ...] = cols
+        sql = (f"INSERT INTO {q(t.name)} ({', '.join(q(c) for c in cols)}) "
+               f"VALUES ({', '.join('?' for _ in cols)})")
+    elif kind == "update":
+        order = _sqlite_update_order(t, cols)
+        sets = [c for c in cols if c not in pk]
+        sql = f"UPDATE {q(t.name)} SET {', '.join(f'{q(c)} = ?' for c in sets)} WHERE {where}"
+    else:
+        order = pk
+        sql = f"DELETE FROM {q(t.name)} WHERE {where}"
+    return sql, tuple(i for i, c in enumerate(order) if c in json_cols)
+
+
+def _params(row: dict[str, Any], order: tuple[str, ...], json_at: tuple[int, ...]
+            ) -> list[Any]:
+    values = [row[c] for c in order]
+    for i in json_at:
+        values[i] = json.dumps(values[i])
+    return values
 
 
 class Persister(Protocol):
@@ -264,30 +318,20 @@ class Journal:
     @staticmethod
     def _sqlite_table(conn: sqlite3.Connection, w: RowWrites) -> None:
         t = w.table
-        pk = [c.name for c in t.primary_key.columns]
-        json_cols = {c.name for c in t.columns if isinstance(c.type, JSON)}
-
-        def val(k: str, v: Any) -> Any:
-            return json.dumps(v) if k in json_cols else v
-
-        def q(name: str) -> str:
-            return '"' + name + '"'
-
-        where = " AND ".join(f"{q(k)} = ?" for k in pk)
         if w.inserts:
-            cols = list(w.inserts[0])
-            conn.executemany(
-                f"INSERT INTO {q(t.name)} ({', '.join(q(c) for c in cols)}) "
-                f"VALUES ({', '.join('?' for _ in cols)})",
-                [[val(c, r[c]) for c in cols] for r in w.inserts])
+            cols = tuple(w.inserts[0])
+            sql, json_at = _sqlite_statement(t, "insert", cols)
+            conn.executemany(sql, [_params(r, cols, json_at) for r in w.inserts])
         if w.updates:
-            cols = [k for k in w.updates[0] if k not in pk]
-            conn.executemany(
-                f"UPDATE {q(t.name)} SET {', '.join(f'{q(c)} = ?' for c in cols)} WHERE {where}",
-                [[*(val(c, r[c]) for c in cols), *(r[k] for k in pk)] for r in w.updates])
+            cols = tuple(w.updates[0])
+            sql, json_at = _sqlite_statement(t, "update", cols)
+            names = _sqlite_update_order(t, cols)
+            conn.executemany(sql, [_params(r, names, json_at) for r in w.updates])
         if w.deletes:
-            conn.executemany(f"DELETE FROM {q(t.name)} WHERE {where}",
-                             [[r[k] for k in pk] for r in w.deletes])
+            cols = tuple(w.deletes[0])
+            sql, _ = _sqlite_statement(t, "delete", cols)
+            pk = _primary_key(t)
+            conn.executemany(sql, [[r[k] for k in pk] for r in w.deletes])
 
     async def close(self) -> None:
         """Write what is dirty, stop the writer and fail remaining waiters (idempotent)."""

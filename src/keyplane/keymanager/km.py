@@ -681,6 +681,12 @@ class KeyManager:
                          qos=Qos.model_validate(data["qos"]), user_id=data["user_id"],
                          owner=data["owner"], implicit=data["implicit"],
                          next_index=data["next_index"], next_gen=data["next_gen"])
+            # the row is not rewritten per delivery: the counters also follow from the
+            # keys this end handed out (each written durably before it was returned)
+            after = 1 + max((k.index for k in self.vault.of_session(sid)
+                             if k.state == "delivered"), default=-1)
+            s.next_index = max(s.next_index, after)
+            s.next_gen = max(s.next_gen, after)
             for epoch in sorted(configs):
                 self.forwarding.apply(configs[epoch])
             s.configs = configs
@@ -1127,7 +1133,8 @@ class KeyManager:
         for k in keys:
             out.append(k.material or b"")
             gen = self.vault.set_state(k, "delivered")
-        gen = max(gen, self._persist(s))
+        # no session row write here: after a restart next_index / next_gen are recomputed
+        # from the delivered keys (_restore_sessions), so a delivery costs its key rows only
         await self.journal.flushed(gen)
         self._events.emit(EventType.key_delivered, ELEMENT, node=self.node_id,
                           session=s.session_id, sae=s.local_sae,

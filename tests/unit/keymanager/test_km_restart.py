@@ -48,6 +48,11 @@ async def test_km_restarted_mid_stream_loses_no_key_and_delivers_none_twice(
         assert [k.key for k in got] == [k.key for k in keys014]
         with pytest.raises(KeyNotFound):
             await km2.dec_keys(CALLER_B, "sd", "sc", [keys014[0].key_id])
+        # the ETSI 014 stream goes on after the indexes delivered before the restart
+        more = await km0.enc_keys(CALLER_A, "sc", "sd", 3, 256)
+        assert not {k.key_id for k in more} & {k.key_id for k in keys014}
+        got = await km2.dec_keys(CALLER_B, "sd", "sc", [k.key_id for k in more])
+        assert [k.key for k in got] == [k.key for k in more]
         await check_link_keys_used_once(net, log)
     finally:
         await net.close()
