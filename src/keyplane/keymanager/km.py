@@ -164,6 +164,10 @@ class _Session:
     arrivals: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     demanded: set[int] = field(default_factory=set)
     last_keepalive: float = float("-inf")
+    keepalive_owed: bool = False  # a coalesced request still awaits its trailing KeepAlive
+    # identities (sha256) Access Control accepted for dec_keys of this session's keys, as
+    # ``owner`` is for the opener: asked once per session, not per request
+    readers: set[str] = field(default_factory=set)
     freed_bits: int = 0
     ended: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -460,12 +464,38 @@ class KeyManager:
                 logger.warning("node %s could not publish %s: %s", self.node_id, msg.KIND, exc)
         self._spawn(send(), f"km-publish-{msg.KIND}")
 
+    def _keepalive_interval(self, s: _Session) -> float:
+        # at most half the idle timeout, so Admission Control's session timer (idle
+        # timeout + grace, reset by each KeepAlive) always sees one in time
+        return min(self.settings.keepalive_min_interval_s, s.machine.idle_timeout_s / 2)
+
     def _keepalive(self, s: _Session) -> None:
+        """Signal a key request to Admission Control, at most once per interval.
+
+        A request inside the interval is not lost: it is covered by one trailing KeepAlive
+        at the end of the interval, so the last KeepAlive is never older than the last
+        request and Admission Control's timer never ends a session the KM still serves.
+        """
         now = self._clock.now()
-        if now - s.last_keepalive < self.settings.keepalive_min_interval_s:
-            return
-        s.last_keepalive = now
-        self._publish(topics.ADMISSION, KeepAlive(session_id=s.session_id, node=self.node_id))
+        interval = self._keepalive_interval(s)
+        if now - s.last_keepalive >= interval:
+            s.last_keepalive = now
+            self._publish(topics.ADMISSION, KeepAlive(session_id=s.session_id,
+                                                      node=self.node_id))
+        elif not s.keepalive_owed:
+            s.keepalive_owed = True
+            self._spawn(self._trailing_keepalive(s, s.last_keepalive + interval),
+                        f"km-keepalive-{s.session_id}")
+
+    async def _trailing_keepalive(self, s: _Session, at: float) -> None:
+        try:
+            await self._clock.sleep_until(at)
+        finally:
+            s.keepalive_owed = False
+        if s.machine.live:
+            s.last_keepalive = self._clock.now()
+            self._publish(topics.ADMISSION, KeepAlive(session_id=s.session_id,
+                                                      node=self.node_id))
 
     def _arm_idle(self, s: _Session, deadline: float) -> None:
         earlier = deadline < s.idle_deadline
@@ -1337,7 +1367,9 @@ class KeyManager:
             raise KeyNotFound("no key_IDs given")
         if len(key_ids) > self.settings.max_keys_per_request or len(set(key_ids)) != len(key_ids):
             raise KeyNotFound("key_IDs must be distinct and at most max_key_per_request")
-        await self._authenticate(caller, slave_sae, master_sae)
+        reader = _digest(f"{caller.method}\0{caller.identity}")
+        if not self._accepted_reader(reader, slave_sae, master_sae, key_ids):
+            await self._authenticate(caller, slave_sae, master_sae)
         found: list[HeldKey] = []
         for key_id in key_ids:
             k = self.vault.by_id.get(key_id)
@@ -1354,6 +1386,7 @@ class KeyManager:
         out: dict[str, bytes] = {}
         for sid, ks in by_session.items():
             s = self._sessions[sid]
+            s.readers.add(reader)  # Access Control accepted it for this pair above
             if s.machine.can(SessionEvent.key_request):
                 self._apply(s, SessionEvent.key_request)
                 try:
@@ -1367,6 +1400,19 @@ class KeyManager:
                     out[k.key_id] = m
         return [DeliveredKey(k.key_id, out[k.key_id], {PROVENANCE_EXTENSION: list(k.provenance)})
                 for k in found]
+
+    def _accepted_reader(self, reader: str, slave_sae: str, master_sae: str,
+                         key_ids: list[str]) -> bool:
+        """Whether Access Control already accepted ``reader`` as ``slave_sae`` for keys from
+        ``master_sae`` in every live session the named keys belong to (no new question)."""
+        for key_id in key_ids:
+            k = self.vault.by_id.get(key_id)
+            if k is None or k.sae_id != slave_sae or k.peer_sae != master_sae:
+                return False
+            s = self._sessions.get(k.session_id)
+            if s is None or not s.machine.live or reader not in s.readers:
+                return False
+        return True
 
     async def status(self, caller: Caller, master_sae: str, slave_sae: str) -> PairStatus:
         """ETSI 014 Status for the pair, from live figures.

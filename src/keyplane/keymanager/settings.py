@@ -51,8 +51,11 @@ class KmSettings(BaseModel):
     """Requests that may wait in the priority queues; beyond it a request gets KmBusy."""
     aging_interval_s: PositiveS = 1.0
     """Anti-starvation: a waiting request gains one priority level per interval waited."""
-    keepalive_min_interval_s: Annotated[float, Field(ge=0.0)] = 0.0
-    """Coalesce KeepAlive signals per session (0: one KeepAlive per key request)."""
+    keepalive_min_interval_s: Annotated[float, Field(ge=0.0)] = 0.25
+    """Coalesce KeepAlive signals per session: at most one per interval (capped at half
+    the session's idle timeout), plus one trailing KeepAlive at the end of an interval in
+    which requests were not signalled, so Admission Control's session timer is never
+    reset later than by the last request. 0: one KeepAlive per key request."""
 
     # ---- link key stores ---------------------------------------------------------------
     keystore_low_water_bits: Annotated[int, Field(ge=0)] = 65_536

@@ -23,7 +23,7 @@ from keyplane.errors import (
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings, SessionState
 from keyplane.keymanager.interface import Caller
-from keyplane.messages import DeleteConfirm, Qos, SessionConfig, SessionDelete
+from keyplane.messages import DeleteConfirm, KeepAlive, Qos, SessionConfig, SessionDelete
 from keyplane.store import Database
 
 T = TypeVar("T")
@@ -177,15 +177,48 @@ async def test_idle_timer_expiry_terminates_and_reports_idle_timeout(km_db: Data
         await bus.close()
 
 
-async def test_each_key_request_sends_a_keepalive(km_db: Database) -> None:
+async def test_each_key_request_sends_a_keepalive_without_coalescing(
+        km_db: Database) -> None:
     bus = MemoryBus()
-    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=28)
+    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=28,
+                          settings=KmSettings(link_reserve_bytes=512,
+                                              keepalive_min_interval_s=0.0))
     try:
         sid = await open_pair(net)
         for _ in range(3):
             await net.kms["km0"].get_key(CALLER_A, sid, None)
         await asyncio.sleep(0.01)
         assert [k.session_id for k in net.control.keepalives] == [sid] * 3
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_keepalives_coalesce_and_a_trailing_one_follows_the_last_request(
+        km_db: Database) -> None:
+    """Requests inside the interval share one KeepAlive; one more comes at the end of the
+    interval, so Admission Control's timer is reset no earlier than the last request."""
+    bus = MemoryBus()
+    clock = RealClock()
+    net = await start_net(line_topology(2), bus, km_db, clock, seed=30,
+                          settings=KmSettings(link_reserve_bytes=512,
+                                              keepalive_min_interval_s=0.5))
+    try:
+        sid = await open_pair(net)
+        seen: list[float] = []
+
+        async def on_admission(topic: str, msg: object) -> None:
+            if isinstance(msg, KeepAlive):
+                seen.append(clock.now())
+        await bus.subscribe(topics.ADMISSION, on_admission)  # type: ignore[arg-type]
+        last_request = 0.0
+        for _ in range(5):
+            last_request = clock.now()
+            await net.kms["km0"].get_key(CALLER_A, sid, None)
+        async with asyncio.timeout(5):  # the trailing KeepAlive comes after the last request
+            while not seen or seen[-1] < last_request:
+                await asyncio.sleep(0.01)
+        assert 2 <= len(seen) < 5
     finally:
         await net.close()
         await bus.close()
@@ -273,6 +306,36 @@ async def test_get_key_index_is_delivered_once_per_end_and_only_to_its_owner(
             await net.kms["km0"].get_key(CALLER_A, sid, 0)
         with pytest.raises(SessionNotFound):
             await net.kms["km0"].get_key(Caller("CN=mallory"), sid, 1)
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_etsi014_dec_keys_asks_access_control_once_per_session_and_identity(
+        km_db: Database) -> None:
+    bus = MemoryBus()
+    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=34, deny={"CN=eve"})
+    try:
+        km1 = net.kms["km1"]
+
+        def asked() -> list[tuple[str, str]]:
+            return [(r.node, r.identity) for r in net.control.auth_requests
+                    if r.node == "km1"]
+        for _ in range(3):
+            keys = await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 2, 256)
+            got = await km1.dec_keys(CALLER_B, "sd", "sc", [k.key_id for k in keys])
+            assert [k.key for k in got] == [k.key for k in keys]
+        assert asked() == [("km1", "CN=b")]
+        # another identity is asked about (and refused) on its own, before any key lookup
+        keys = await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 1, 256)
+        with pytest.raises(AuthenticationFailed):
+            await km1.dec_keys(Caller("CN=eve"), "sd", "sc", [keys[0].key_id])
+        assert asked() == [("km1", "CN=b"), ("km1", "CN=eve")]
+        # a key asked for as another slave is still refused (401)
+        with pytest.raises(AuthenticationFailed):
+            await km1.dec_keys(CALLER_B, "sb", "sc", [keys[0].key_id])
+        got = await km1.dec_keys(CALLER_B, "sd", "sc", [keys[0].key_id])
+        assert got[0].key == keys[0].key
     finally:
         await net.close()
         await bus.close()
