@@ -58,7 +58,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class RowWrites:
     """Row changes of one table: dicts of column values (updates/deletes carry the primary
-    key columns; every update dict has the same keys)."""
+    key columns; updates may come in several shapes, each set of keys is one statement)."""
 
     table: Table
     inserts: list[dict[str, Any]] = field(default_factory=list)
@@ -109,6 +109,14 @@ def _sqlite_statement(t: Table, kind: str, cols: tuple[str, ...]
         order = pk
         sql = f"DELETE FROM {q(t.name)} WHERE {where}"
     return sql, tuple(i for i, c in enumerate(order) if c in json_cols)
+
+
+def _by_shape(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    """Rows grouped by their set of columns (one UPDATE statement per group)."""
+    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r), []).append(r)
+    return groups
 
 
 def _params(row: dict[str, Any], order: tuple[str, ...], json_at: tuple[int, ...]
@@ -278,14 +286,14 @@ class Journal:
                     pk = [c.name for c in t.primary_key.columns]
                     if w.inserts:
                         await conn.execute(insert(t), w.inserts)
-                    if w.updates:
-                        cols = [k for k in w.updates[0] if k not in pk]
+                    for shape, rows in _by_shape(w.updates).items():
+                        cols = [k for k in shape if k not in pk]
                         stmt = update(t).where(and_(*[
                             t.c[k] == bindparam(f"pk_{k}") for k in pk])).values(
                             {k: bindparam(f"v_{k}") for k in cols})
                         await conn.execute(stmt, [
                             {**{f"pk_{k}": r[k] for k in pk}, **{f"v_{k}": r[k] for k in cols}}
-                            for r in w.updates])
+                            for r in rows])
                     if w.deletes:
                         stmt = delete(t).where(and_(*[
                             t.c[k] == bindparam(f"pk_{k}") for k in pk]))
@@ -322,11 +330,10 @@ class Journal:
             cols = tuple(w.inserts[0])
             sql, json_at = _sqlite_statement(t, "insert", cols)
             conn.executemany(sql, [_params(r, cols, json_at) for r in w.inserts])
-        if w.updates:
-            cols = tuple(w.updates[0])
+        for cols, rows in _by_shape(w.updates).items():
             sql, json_at = _sqlite_statement(t, "update", cols)
             names = _sqlite_update_order(t, cols)
-            conn.executemany(sql, [_params(r, names, json_at) for r in w.updates])
+            conn.executemany(sql, [_params(r, names, json_at) for r in rows])
         if w.deletes:
             cols = tuple(w.deletes[0])
             sql, _ = _sqlite_statement(t, "delete", cols)

@@ -108,7 +108,7 @@ from keyplane.keymanager.session import (
     SessionState,
 )
 from keyplane.keymanager.settings import KmSettings
-from keyplane.keymanager.vault import HeldKey, KeyVault, SessionRows
+from keyplane.keymanager.vault import HeldKey, KeyVault, SessionRows, new_key_id
 from keyplane.keymanager.wire import KeyFrame, LinkBlocksHeld
 from keyplane.messages import (
     AuthRequest,
@@ -968,32 +968,31 @@ class KeyManager:
 
     def hold_keys(self, keys: list[HeldKey]) -> int:
         """Relay host: write new pending keys (direct mode); the journal generation."""
-        gen = 0
-        for k in keys:
-            gen = self.vault.add(k)
-        return gen
+        return self.vault.add_all(keys) if keys else 0
 
     async def _produce(self, s: _Session, indexes: list[int], size_bytes: int,
                        policy: str | None = None) -> None:
         """Source: make (or resend) the keys of ``indexes`` and relay them as one batch
         (under ``policy`` when it narrows the session's hybrid policy)."""
         now = self._clock.now()
+        wall = self._clock.wall()
         direct = self._next_is_destination(s)
         keys: list[HeldKey] = []
-        gen = 0
+        fresh: list[HeldKey] = []
         for i in indexes:
             k = self.vault.get(s.session_id, i)
             if k is None:
-                k = HeldKey(str(uuid.uuid4()), s.session_id, i, size_bytes * 8,
+                k = HeldKey(new_key_id(wall), s.session_id, i, size_bytes * 8,
                             None if direct else secrets.token_bytes(size_bytes), "pending",
                             s.local_sae, s.peer_sae, now)
-                if not direct:
-                    gen = self.vault.add(k)
+                fresh.append(k)
             elif k.state != "pending":
                 continue
             keys.append(k)
         if not keys:
             return
+        # direct keys take their bytes from the hop key: the relay holds them (hold_keys)
+        gen = self.vault.add_all(fresh) if fresh and not direct else 0
         self._events.emit(EventType.key_material_ready, ELEMENT, node=self.node_id,
                           session=s.session_id, key_ids=[k.key_id for k in keys],
                           key_count=len(keys), size_bits=size_bytes * 8, direct=direct)
@@ -1001,10 +1000,10 @@ class KeyManager:
             await self.journal.flushed(gen)
         provenance = await self.relay.send_batch(s.session_id, keys, size_bytes,
                                                  direct_ok=direct, policy=policy)
-        for k in keys:
-            if k.state == "pending":
-                k.provenance = list(provenance)
-                self.vault.set_state(k, "ready")
+        done = [k for k in keys if k.state == "pending"]
+        for k in done:
+            k.provenance = list(provenance)
+        self.vault.set_states(done, "ready", provenance_changed=True)
 
     async def _ensure_source(self, s: _Session, indexes: list[int], size_bytes: int,
                              policy: str | None = None) -> None:
@@ -1112,16 +1111,18 @@ class KeyManager:
                 gen = self.vault.touch(k)
         for k in fresh:
             k.provenance = list(provenance)
-            gen = self.vault.add(k)
+        if fresh:
+            gen = self.vault.add_all(fresh)
         return True, "", gen, provenance
 
     def keys_confirmed_sent(self, frame: KeyFrame) -> None:
         """Relay host: the destination's confirmation left; offer the keys."""
         s = self._sessions.get(frame.session_id)
+        stored = [k for k in (self.vault.get(frame.session_id, i) for i in frame.indexes)
+                  if k is not None and k.state == "pending"]
+        if stored:
+            self.vault.set_states(stored, "ready")
         for index in frame.indexes:
-            k = self.vault.get(frame.session_id, index)
-            if k is not None and k.state == "pending":
-                self.vault.set_state(k, "ready")
             if s is not None:
                 fut = s.arrivals.pop(index, None)
                 if fut is not None and not fut.done():
@@ -1155,14 +1156,11 @@ class KeyManager:
 
     async def _deliver(self, s: _Session, keys: list[HeldKey]) -> list[bytes]:
         """Mark ``keys`` delivered durably, then return their bytes (each key once)."""
-        out: list[bytes] = []
-        gen = 0
         for k in keys:
             if k.state != "ready" or k.material is None:
                 raise KeyNotFound(f"key {k.key_id} was already delivered")
-        for k in keys:
-            out.append(k.material or b"")
-            gen = self.vault.set_state(k, "delivered")
+        out = [k.material or b"" for k in keys]
+        gen = self.vault.set_states(keys, "delivered")
         # no session row write here: after a restart next_index / next_gen are recomputed
         # from the delivered keys (_restore_sessions), so a delivery costs its key rows only
         await self.journal.flushed(gen)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+import uuid
 
 from keyplane.keymanager.journal import Journal
-from keyplane.keymanager.vault import HeldKey, KeyVault
+from keyplane.keymanager.vault import HeldKey, KeyVault, new_key_id
 from keyplane.store import Database
 
 
@@ -32,3 +33,13 @@ async def test_vault_ready_count_matches_a_scan_after_random_changes(db: Databas
             assert sorted(k.key_id for k in vault.of_session(s)) == sorted(
                 k.key_id for k in scan)
             assert vault.ready_count(s) == sum(1 for k in scan if k.state == "ready")
+
+
+def test_new_key_id_is_a_version_7_uuid_ordered_by_time() -> None:
+    ids = [new_key_id(1_700_000_000.0 + i / 100) for i in range(50)]
+    for key_id in ids:
+        u = uuid.UUID(key_id)
+        assert (u.version, u.variant) == (7, uuid.RFC_4122)
+        assert str(u) == key_id  # canonical lower-case text, as ETSI 014 key_IDs
+    assert ids == sorted(ids)  # one id per 10 ms: the time part orders them
+    assert len({new_key_id(1_700_000_000.0) for _ in range(1000)}) == 1000
