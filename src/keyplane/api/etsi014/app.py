@@ -11,6 +11,10 @@ Deviations and choices (docs/api/etsi014.md has the full table):
 - the master SAE is named by its authenticated identity (see :mod:`keyplane.api.auth`);
 - ``size`` must be a multiple of 8 (keys are whole bytes);
 - ``key_IDs`` may not repeat an ID within one request.
+
+The enc_keys and dec_keys routes serve requests in the common form without FastAPI's
+per-request parameter machinery (:mod:`keyplane.api.etsi014.fastpath`); both paths share
+the handlers below and write the same bytes.
 """
 
 from __future__ import annotations
@@ -21,14 +25,19 @@ import logging
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
+import pydantic_core
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope
 
 from keyplane.api.auth import caller_from_scope, resolve_sae
 from keyplane.api.errors import ApiRequestError, error_details, map_exception
+from keyplane.api.etsi014.fastpath import HotRoute, compile_fullmatch, json_body, query_params
 from keyplane.api.etsi014.models import (
+    KEY_ID_PATTERN,
     Error,
     KeyContainer,
     KeyId,
@@ -55,6 +64,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Error, "description": "Error on server side"},
 }
 SaePath = Annotated[str, Path(min_length=1, max_length=256)]
+_ENC_PARAMS = frozenset({b"number", b"size"})
+_DEC_PARAMS = frozenset({b"key_ID"})
 
 
 def _error_body(message: str, details: list[dict[str, Any]] | None) -> dict[str, Any]:
@@ -157,24 +168,50 @@ def _status_body(s: PairStatus) -> dict[str, Any]:
     }
 
 
-def _container_body(keys: list[DeliveredKey]) -> dict[str, Any]:
+def _container_json(keys: list[DeliveredKey]) -> bytes:
+    """The Key container (clause 6.3) as JSON bytes, in one serializer pass."""
     out = []
     for k in keys:
         item: dict[str, Any] = {"key_ID": k.key_id, "key": base64.b64encode(k.key).decode()}
         if k.extension:
             item["key_extension"] = k.extension
         out.append(item)
-    return {"keys": out}
+    return pydantic_core.to_json({"keys": out})
+
+
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
+
+
+_DIGITS = compile_fullmatch(r"^(0|[1-9][0-9]{0,8})$")
+_KEY_ID = compile_fullmatch(KEY_ID_PATTERN)
+
+
+def _sae_param(scope: Scope, name: str) -> str | None:
+    """A path's SAE id as FastAPI would accept it (1-256 characters), else None."""
+    value = scope.get("path_params", {}).get(name)
+    return value if isinstance(value, str) and 1 <= len(value) <= 256 else None
+
+
+def _int_param(params: dict[bytes, bytes], name: bytes) -> tuple[bool, int | None]:
+    """``(ok, value)`` of an optional integer query parameter in plain digits."""
+    raw = params.get(name)
+    if raw is None:
+        return True, None
+    return (True, int(raw)) if _DIGITS(raw) else (False, None)
 
 
 def create_etsi014_app(km: ApplicationService, *, kme_id: str,
-                       settings: ApiSettings | None = None) -> FastAPI:
+                       settings: ApiSettings | None = None, fast_path: bool = True) -> FastAPI:
     """The ETSI 014 app of one KME, serving ``/api/v1/keys/...`` exactly as the standard.
 
     Args:
         km: the node's key manager (the only holder of key state).
         kme_id: this KME's ID (its node id), kept in ``app.state.kme_id``.
         settings: limits, local SAEs and timeouts (defaults when None).
+        fast_path: serve common enc_keys/dec_keys requests without FastAPI's parameter
+            machinery (:mod:`~keyplane.api.etsi014.fastpath`); False: FastAPI only (the
+            reference the fast path is tested against).
     """
     cfg = settings or ApiSettings()
     app = FastAPI(title="keyplane ETSI GS QKD 014 KME", version="1.1.1",
@@ -219,54 +256,103 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         master = resolve_sae(request.scope, caller, cfg)
         return JSONResponse(_status_body(await call(km.status(caller, master, slave_SAE_ID))))
 
-    async def enc_keys(request: Request, slave: str, req: KeyRequest) -> JSONResponse:
-        caller = caller_from_scope(request.scope)
-        master = resolve_sae(request.scope, caller, cfg)
+    async def enc_keys(scope: Scope, slave: str, req: KeyRequest) -> bytes:
+        caller = caller_from_scope(scope)
+        master = resolve_sae(scope, caller, cfg)
         number, size, slaves, ext = check_key_request(req, cfg.limits, cfg.supported_extensions)
         keys = await call(km.enc_keys(caller, master, slave, number, size, slaves or None, ext))
-        return JSONResponse(_container_body(keys))
+        return _container_json(keys)
 
     @app.get(API_PREFIX + "/{slave_SAE_ID}/enc_keys", response_model=KeyContainer,
              responses=_ERRORS, summary="Get key", tags=["ETSI GS QKD 014"])
     async def get_enc_keys(request: Request, slave_SAE_ID: SaePath,
                            number: Annotated[int | None, Query()] = None,
-                           size: Annotated[int | None, Query()] = None) -> JSONResponse:
+                           size: Annotated[int | None, Query()] = None) -> Response:
         """``number`` keys of ``size`` bits for the master to share with the slave (5.2)."""
-        return await enc_keys(request, slave_SAE_ID, KeyRequest(number=number, size=size))
+        return _json(await enc_keys(request.scope, slave_SAE_ID,
+                                    KeyRequest(number=number, size=size)))
 
     @app.post(API_PREFIX + "/{slave_SAE_ID}/enc_keys", response_model=KeyContainer,
               responses=_ERRORS, summary="Get key (POST)", tags=["ETSI GS QKD 014"])
     async def post_enc_keys(request: Request, slave_SAE_ID: SaePath,
-                            body: Annotated[KeyRequest | None, Body()] = None) -> JSONResponse:
+                            body: Annotated[KeyRequest | None, Body()] = None) -> Response:
         """As GET, plus multicast (``additional_slave_SAE_IDs``) and extensions (5.2)."""
-        return await enc_keys(request, slave_SAE_ID, body or KeyRequest())
+        return _json(await enc_keys(request.scope, slave_SAE_ID, body or KeyRequest()))
 
-    async def dec_keys(request: Request, master: str, ids: list[str]) -> JSONResponse:
-        caller = caller_from_scope(request.scope)
-        slave = resolve_sae(request.scope, caller, cfg)
+    async def dec_keys(scope: Scope, master: str, ids: list[str]) -> bytes:
+        caller = caller_from_scope(scope)
+        slave = resolve_sae(scope, caller, cfg)
         if len(ids) > cfg.limits.max_key_per_request:
             raise ApiRequestError("number of key_IDs exceeds max_key_per_request",
                                   [{"max_key_per_request": cfg.limits.max_key_per_request}])
         key_ids = [i.lower() for i in ids]  # canonical UUID text is lower case
         if len(set(key_ids)) != len(key_ids):
             raise ApiRequestError("key_IDs contains duplicates")
-        return JSONResponse(_container_body(
-            await call(km.dec_keys(caller, slave, master, key_ids))))
+        return _container_json(await call(km.dec_keys(caller, slave, master, key_ids)))
 
     @app.get(API_PREFIX + "/{master_SAE_ID}/dec_keys", response_model=KeyContainer,
              responses=_ERRORS, summary="Get key with key IDs", tags=["ETSI GS QKD 014"])
     async def get_dec_keys(request: Request, master_SAE_ID: SaePath,
-                           key_ID: Annotated[KeyId, Query()]) -> JSONResponse:
+                           key_ID: Annotated[KeyId, Query()]) -> Response:
         """The key ``key_ID`` that ``master_SAE_ID`` obtained for the calling slave (5.3)."""
-        return await dec_keys(request, master_SAE_ID, [key_ID])
+        return _json(await dec_keys(request.scope, master_SAE_ID, [key_ID]))
 
     @app.post(API_PREFIX + "/{master_SAE_ID}/dec_keys", response_model=KeyContainer,
               responses=_ERRORS, summary="Get key with key IDs (POST)",
               tags=["ETSI GS QKD 014"])
     async def post_dec_keys(request: Request, master_SAE_ID: SaePath,
-                            body: Annotated[KeyIDs, Body()]) -> JSONResponse:
+                            body: Annotated[KeyIDs, Body()]) -> Response:
         """The keys ``key_IDs`` that ``master_SAE_ID`` obtained for the calling slave (5.3)."""
-        return await dec_keys(request, master_SAE_ID, [k.key_ID for k in body.key_IDs])
+        return _json(await dec_keys(request.scope, master_SAE_ID,
+                                    [k.key_ID for k in body.key_IDs]))
+
+    # ---- fast path: the same handlers, without FastAPI's per-request machinery -------
+    def parse_get_enc(scope: Scope, _: bytes | None) -> tuple[str, KeyRequest] | None:
+        slave, params = _sae_param(scope, "slave_SAE_ID"), query_params(scope, _ENC_PARAMS)
+        if slave is None or params is None:
+            return None
+        (ok_n, number), (ok_s, size) = (_int_param(params, b"number"),
+                                        _int_param(params, b"size"))
+        return (slave, KeyRequest(number=number, size=size)) if ok_n and ok_s else None
+
+    def parse_post_enc(scope: Scope, body: bytes | None) -> tuple[str, KeyRequest] | None:
+        slave, req = _sae_param(scope, "slave_SAE_ID"), json_body(KeyRequest, body)
+        return None if slave is None or req is None else (slave, req)
+
+    def parse_get_dec(scope: Scope, _: bytes | None) -> tuple[str, list[str]] | None:
+        master, params = _sae_param(scope, "master_SAE_ID"), query_params(scope, _DEC_PARAMS)
+        key_id = None if params is None else params.get(b"key_ID")
+        if master is None or key_id is None or not _KEY_ID(key_id):
+            return None
+        return master, [key_id.decode()]
+
+    def parse_post_dec(scope: Scope, body: bytes | None) -> tuple[str, list[str]] | None:
+        master, ids = _sae_param(scope, "master_SAE_ID"), json_body(KeyIDs, body)
+        return None if master is None or ids is None else (
+            master, [k.key_ID for k in ids.key_IDs])
+
+    async def serve_enc(scope: Scope, args: tuple[str, KeyRequest]) -> bytes:
+        return await enc_keys(scope, *args)
+
+    async def serve_dec(scope: Scope, args: tuple[str, list[str]]) -> bytes:
+        return await dec_keys(scope, *args)
+
+    if fast_path:
+        hot: dict[tuple[str, str], tuple[Any, Any, bool]] = {
+            ("/{slave_SAE_ID}/enc_keys", "GET"): (parse_get_enc, serve_enc, False),
+            ("/{slave_SAE_ID}/enc_keys", "POST"): (parse_post_enc, serve_enc, True),
+            ("/{master_SAE_ID}/dec_keys", "GET"): (parse_get_dec, serve_dec, False),
+            ("/{master_SAE_ID}/dec_keys", "POST"): (parse_post_dec, serve_dec, True),
+        }
+        for route in app.router.routes:
+            if not isinstance(route, APIRoute):
+                continue
+            for method in route.methods:
+                spec = hot.get((route.path.removeprefix(API_PREFIX), method))
+                if spec is not None:
+                    parse, serve, reads_body = spec
+                    route.app = HotRoute(route.app, method, parse, serve,
+                                         reads_body=reads_body)
 
     drop_validation_responses(app, lambda doc: document_limits(doc, cfg))
     return app

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keyplane.api.jsontypes import JsonInt
 
 __all__ = [
+    "KEY_ID_PATTERN",
     "Error",
     "Key",
     "KeyContainer",
@@ -28,9 +29,9 @@ __all__ = [
 Extension = dict[str, Any]
 """A vendor extension object: member names are parameter names (clause 6.2)."""
 SaeId = Annotated[str, Field(min_length=1, max_length=256)]
-KeyId = Annotated[str, Field(
-    pattern=r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$",
-    json_schema_extra={"format": "uuid"})]
+KEY_ID_PATTERN = (
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+KeyId = Annotated[str, Field(pattern=KEY_ID_PATTERN, json_schema_extra={"format": "uuid"})]
 """A key_ID: a UUID in its canonical text form (RFC 4122). Checked by pattern, in
 pydantic-core, rather than parsed into ``uuid.UUID``: bulk requests carry thousands."""
 

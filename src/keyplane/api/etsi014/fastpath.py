@@ -1,0 +1,161 @@
+"""The fast path of the two hot ETSI 014 routes (enc_keys, dec_keys; GET and POST).
+
+FastAPI resolves every request of a route through its dependency machinery: it builds a
+``Request``, introspects the endpoint's parameters, validates each one through a
+``TypeAdapter``, opens two exit stacks and renders the response through ``JSONResponse``.
+Measured on the ETSI 014 server that costs more CPU than TLS, HTTP parsing and the key
+manager's own work for a one-key request (docs/benchmarks.md).
+
+:class:`HotRoute` wraps the ASGI app of such a route. A request in the plain, common form
+(the expected method, an ``application/json`` body that the route's pydantic model accepts,
+or query parameters that are exactly the route's, each once, in plain digits or key_ID
+form) is parsed here once and served directly; **anything else goes, unchanged, to the
+FastAPI handler**, which alone decides how unusual input reads (coercions, 400 bodies with
+the parameter's location). So the fast path may only accept what FastAPI accepts and must
+mean the same by it; tests/unit/api/test_etsi014_fastpath.py compares both paths.
+
+The route's declaration (OpenAPI document, FastAPI validation for the fallback) is not
+touched, and failures raised here (the server's :class:`~keyplane.api.errors.ApiRequestError`,
+domain errors) reach the application's exception handlers as they do from an endpoint.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["HotRoute", "compile_fullmatch", "json_body", "query_params"]
+
+A = TypeVar("A")
+M = TypeVar("M", bound=BaseModel)
+
+MAX_FAST_BODY_BYTES = 1 << 20
+"""Bodies up to this size are read here; a larger one goes to FastAPI (which reads it all)."""
+
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+Parse = Callable[[Scope, bytes | None], A | None]
+Serve = Callable[[Scope, A], Awaitable[bytes]]
+
+
+def query_params(scope: Scope, names: frozenset[bytes]) -> dict[bytes, bytes] | None:
+    """The query parameters, when each is one of ``names``, appears once and needs no
+    decoding; None otherwise (the request then takes the FastAPI path)."""
+    qs: bytes = scope.get("query_string", b"")
+    out: dict[bytes, bytes] = {}
+    if not qs:
+        return out
+    if b"%" in qs or b"+" in qs:
+        return None
+    for part in qs.split(b"&"):
+        name, eq, value = part.partition(b"=")
+        if not eq or name not in names or name in out:
+            return None
+        out[name] = value
+    return out
+
+
+def json_body(model: type[M], body: bytes | None) -> M | None:
+    """``body`` validated as ``model`` straight from its JSON bytes (None: not valid)."""
+    if not body:
+        return None
+    try:
+        return model.model_validate_json(body)
+    except ValidationError:
+        return None
+
+
+def _is_json(scope: Scope) -> bool:
+    for key, value in scope.get("headers", ()):
+        if key == b"content-type":
+            return bytes(value).split(b";", 1)[0].strip().lower() == b"application/json"
+    return False
+
+
+class HotRoute(Generic[A]):
+    """The ASGI app of one hot route: ``parse`` the request, ``serve`` it (JSON bytes of
+    a 200 answer), or hand it to ``fallback`` (the route's FastAPI app) unchanged.
+
+    Args:
+        fallback: the route's own ASGI app (FastAPI's handler).
+        method: the route's method; other methods (HEAD) take the fallback.
+        parse: ``(scope, body or None) -> arguments``, or None for the fallback.
+        serve: ``(scope, arguments) -> response body`` (raises domain errors).
+        reads_body: whether the route takes a JSON body.
+    """
+
+    def __init__(self, fallback: ASGIApp, method: str, parse: Parse[A], serve: Serve[A], *,
+                 reads_body: bool = False) -> None:
+        self.fallback = fallback
+        self.method = method
+        self.parse = parse
+        self.serve = serve
+        self.reads_body = reads_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != self.method:
+            await self.fallback(scope, receive, send)
+            return
+        body: bytes | None = None
+        if self.reads_body:
+            if not _is_json(scope):
+                await self.fallback(scope, receive, send)
+                return
+            read, body = await _read_body(receive)
+            if body is None:
+                await self.fallback(scope, _replay(read, receive), send)
+                return
+            args = self.parse(scope, body)
+            if args is None:
+                await self.fallback(scope, _replay(read, receive), send)
+                return
+        else:
+            args = self.parse(scope, None)
+            if args is None:
+                await self.fallback(scope, receive, send)
+                return
+        payload = await self.serve(scope, args)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [*_JSON_HEADERS, (b"content-length", b"%d" % len(payload))]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
+    """Read the request body: ``(messages read, body)``; body None when the client left
+    or the body exceeds :data:`MAX_FAST_BODY_BYTES` (the messages are replayed then)."""
+    read: list[Message] = []
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return read, None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_FAST_BODY_BYTES:
+            return read, None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return read, b"".join(chunks)
+
+
+def _replay(read: list[Message], receive: Receive) -> Receive:
+    """A ``receive`` that gives back the messages already read, then reads on."""
+    pending = list(read)
+
+    async def again() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+    return again
+
+
+def compile_fullmatch(pattern: str) -> Callable[[bytes], bool]:
+    """A bytes matcher for a pydantic ``pattern`` written as ``^...$``: whole value only."""
+    rx = re.compile(pattern.removeprefix("^").removesuffix("$").encode())
+    return lambda value: rx.fullmatch(value) is not None

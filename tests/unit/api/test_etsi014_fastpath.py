@@ -1,0 +1,154 @@
+"""The enc_keys/dec_keys fast path answers exactly as the FastAPI path would.
+
+Two KM apps over two identical fake networks (same seed): one with the fast path, one
+without (the reference). The same request sequence goes to both; every answer must have
+the same status and JSON body, and the fast path must have served the common forms itself.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Receive, Scope, Send
+from tests.support.fake_km import FakeKeyNetwork
+from tests.support.topologies import line3
+
+from keyplane.api.etsi014.app import create_etsi014_app
+from keyplane.api.etsi014.fastpath import HotRoute
+from keyplane.api.settings import ApiSettings
+
+Request = tuple[str, str, str, dict[str, Any]]  # (user, method, url, httpx kwargs)
+
+
+def _app(fast: bool, node: str) -> tuple[FastAPI, list[str]]:
+    network = FakeKeyNetwork(line3(), seed=7101)
+    app = create_etsi014_app(network.km(node), kme_id=node, fast_path=fast,
+                             settings=ApiSettings.from_topology(network.topology, node))
+    fell_back: list[str] = []
+    for route in app.router.routes:
+        hot = getattr(route, "app", None)
+        if isinstance(hot, HotRoute):
+            hot.fallback = _counting(hot.fallback, fell_back)
+    return app, fell_back
+
+
+def _counting(app: ASGIApp, log: list[str]) -> ASGIApp:
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        log.append(f"{scope['method']} {scope['path']}?{scope['query_string'].decode()}")
+        await app(scope, receive, send)
+    return wrapped
+
+
+TOKENS = {"alice": "alice-token", "bob": "bob-token"}
+ENC = "/api/v1/keys/sae_b/enc_keys"
+DEC = "/api/v1/keys/sae_a/dec_keys"
+UNKNOWN_ID = "0191e8a4-0c1f-7d2e-8b3a-4c5d6e7f8091"
+JSON = {"content-type": "application/json"}
+
+# served by the fast path (valid in form; some fail in the key manager or the limits)
+FAST: list[Request] = [
+    ("alice", "GET", ENC, {}),
+    ("alice", "GET", ENC + "?number=3", {}),
+    ("alice", "GET", ENC + "?number=2&size=512", {}),
+    ("alice", "GET", ENC + "?size=64", {}),
+    ("alice", "GET", ENC + "?number=0", {}),
+    ("alice", "GET", ENC + "?number=5000", {}),
+    ("alice", "GET", ENC + "?size=7", {}),
+    ("alice", "GET", "/api/v1/keys/" + "s" * 256 + "/enc_keys", {}),
+    ("alice", "POST", ENC, {"content": b"{}", "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b'{"number": 2, "size": 128}', "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b'{"number": 2.0}',
+                            "headers": {"content-type": "application/json; charset=utf-8"}}),
+    ("alice", "POST", ENC, {"content": b'{"extension_mandatory": [{"x": 1}]}',
+                            "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b'{"additional_slave_SAE_IDs": ["sae_c"]}',
+                            "headers": JSON}),
+    ("bob", "GET", DEC + "?key_ID=" + UNKNOWN_ID, {}),
+    ("bob", "POST", DEC, {"content": json.dumps({"key_IDs": [{"key_ID": UNKNOWN_ID}] * 2}),
+                          "headers": JSON}),
+    ("mallory", "GET", ENC, {}),
+]
+# unusual forms: FastAPI's path decides
+FALLBACK: list[Request] = [
+    ("alice", "GET", ENC + "?number=abc", {}),
+    ("alice", "GET", ENC + "?number=1&number=2", {}),
+    ("alice", "GET", ENC + "?number=%32", {}),
+    ("alice", "GET", ENC + "?number=-1", {}),
+    ("alice", "GET", ENC + "?number=02", {}),
+    ("alice", "GET", ENC + "?number=", {}),
+    ("alice", "GET", ENC + "?other=1", {}),
+    ("alice", "GET", "/api/v1/keys/" + "s" * 257 + "/enc_keys", {}),
+    ("alice", "POST", ENC, {"content": b"", "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b"null", "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b"{", "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b'{"number": "2"}', "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b'{"number": true}', "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b'{"bogus": 1}', "headers": JSON}),
+    ("alice", "POST", ENC, {"content": b'{"number": 2}', "headers": {"content-type": "text/plain"}}),
+    ("alice", "POST", ENC, {"content": b'{"number": 2}'}),
+    ("bob", "GET", DEC + "?key_ID=not-a-uuid", {}),
+    ("bob", "GET", DEC, {}),
+    ("bob", "POST", DEC, {"content": b'{"key_IDs": []}', "headers": JSON}),
+    ("bob", "POST", DEC, {"content": b'{"key_IDs": [{"key_ID": "x"}]}', "headers": JSON}),
+]
+
+
+async def _run(fast: bool, requests: list[Request]
+               ) -> tuple[list[tuple[int, Any]], list[str]]:
+    apps = {"alice": _app(fast, "km0"), "bob": _app(fast, "km1"), "mallory": _app(fast, "km1")}
+    out: list[tuple[int, Any]] = []
+    fell_back: list[str] = []
+    for user, method, url, kwargs in requests:
+        app, log = apps[user]
+        token = TOKENS.get(user, "mallory-token")
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="https://km") as c:
+            r = await c.request(method, url, headers={"Authorization": f"Bearer {token}",
+                                                      **kwargs.pop("headers", {})}, **kwargs)
+        out.append((r.status_code, r.json()))
+        fell_back += log
+        log.clear()
+    return out, fell_back
+
+
+def _copy(requests: list[Request]) -> list[Request]:
+    return [(u, m, url, dict(kw)) for u, m, url, kw in requests]
+
+
+async def test_fast_path_answers_like_fastapi_and_serves_the_common_forms() -> None:
+    fast, fast_fell_back = await _run(True, _copy(FAST))
+    ref, _ = await _run(False, _copy(FAST))
+    assert fast == ref
+    assert fast_fell_back == []
+    assert {status for status, _ in fast} >= {200, 400, 401}
+
+
+async def test_fast_path_hands_unusual_requests_to_fastapi_unchanged() -> None:
+    fast, fast_fell_back = await _run(True, _copy(FALLBACK))
+    ref, _ = await _run(False, _copy(FALLBACK))
+    assert fast == ref
+    assert len(fast_fell_back) == len(FALLBACK)
+
+
+async def test_fast_path_keys_round_trip_between_master_and_slave() -> None:
+    network = FakeKeyNetwork(line3(), seed=7102)
+
+    def app(node: str) -> FastAPI:
+        return create_etsi014_app(network.km(node), kme_id=node,
+                                  settings=ApiSettings.from_topology(network.topology, node))
+
+    def client(node: str, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app(node)),
+                                 base_url="https://km",
+                                 headers={"Authorization": f"Bearer {token}"})
+    async with client("km0", "alice-token") as alice, client("km1", "bob-token") as bob:
+        made = (await alice.get(ENC + "?number=4&size=256")).json()["keys"]
+        ids = [k["key_ID"] for k in made]
+        got = (await bob.post(DEC, json={"key_IDs": [{"key_ID": i} for i in ids[:3]]})
+               ).json()["keys"]
+        last = (await bob.get(DEC, params={"key_ID": ids[3]})).json()["keys"]
+    assert [(k["key_ID"], k["key"]) for k in got + last] == [
+        (k["key_ID"], k["key"]) for k in made]
