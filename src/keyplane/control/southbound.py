@@ -25,6 +25,9 @@ Decisions:
   runs at a time; a request arriving meanwhile makes it run once more. So a burst of
   changes collapses into the last state, and a reroute's release always finishes before
   the new path is provisioned (both use the session's ``qkdl_id``).
+* **Idempotent after a restart.** A restarted controller's ``provisioned`` is empty while
+  the nodes still hold the previous run's entries: an entry that already exists (409
+  ``data-exists``) is replaced by the one the model wants.
 * **Failures are reported, never raised.** No answer, a refusal, or a node without a known
   agent is logged and emitted as an ``sdn_agent_failed`` event (``operation``, ``reason``,
   ``unreachable``). There is no retry loop: a node's re-announcement runs discovery again
@@ -266,8 +269,10 @@ class Etsi015Southbound:
         app = app_id(session_id)
         apps = (app,) if want.source_sae else ()
         try:
+            # replace_existing: after a controller restart the nodes still hold what the
+            # previous run put there, while ``provisioned`` starts empty
             uid = await self.driver.provision_path(session_id, hops, want.bandwidth_bps,
-                                                   applications=apps)
+                                                   applications=apps, replace_existing=True)
         except Etsi015Error as exc:
             self._failed("provision_path", str(exc), node=_node_of(exc, want.path, hops),
                          session=session_id, unreachable=isinstance(exc, Etsi015Unreachable))
@@ -283,7 +288,7 @@ class Etsi015Southbound:
                     min_bandwidth_bps=want.bandwidth_bps, backing_qkdl_ids=(uid,),
                     local_qkdn_id=here.qkdn_id, remote_qkdn_id=far.qkdn_id)
                 try:
-                    await self.driver.register_application(here.url, entry)
+                    await self._put_application(here.url, entry)
                 except Etsi015Error as exc:
                     self._failed("register_application", str(exc), node=node,
                                  session=session_id,
@@ -294,6 +299,21 @@ class Etsi015Southbound:
         self.events.emit(EventType.virtual_link_provisioned, ELEMENT, session=session_id,
                          qkdl_id=uid, path=list(want.path), bandwidth_bps=want.bandwidth_bps,
                          applications=[n for n, _ in app_nodes])
+
+    async def _put_application(self, url: str, entry: QkdApplication) -> None:
+        """Create ``entry`` on the node at ``url``, replacing one with its ``app_id`` (left
+        by a controller run that has since restarted).
+
+        Raises:
+            Etsi015Error: the node refused or did not answer.
+        """
+        try:
+            await self.driver.register_application(url, entry)
+        except Etsi015ClientError as exc:
+            if exc.status != 409:
+                raise
+            await self.driver.remove_application(url, entry.app_id)
+            await self.driver.register_application(url, entry)
 
     async def _release(self, session_id: str, have: ProvisionedPath) -> None:
         app = app_id(session_id)
