@@ -210,3 +210,44 @@ async def test_unreachable_agent_is_evented_and_never_blocks_session_setup(
         await plane.sdn.southbound.settle()
         assert virt_state(net) == along("a-e-d")
         assert plane.sdn.model.nodes["e"].status == "OPERATING"
+
+
+async def test_restarted_controller_reprovisions_virt_links_without_nodes_reannouncing(
+        topology: Topology, memory_bus: MemoryBus, db: Database, clock: VirtualClock,
+        net: AgentNetwork) -> None:
+    """The controller restarts; the nodes keep running with the previous run's VIRT links
+    and qkd_apps and do not announce themselves again. The new controller takes their
+    URLs from the store and puts the live session's entries on them again (the entries
+    that already exist are replaced, not refused); the close then removes them."""
+    sink = MemorySink()
+    events = EventStream(clock, [sink])
+    async with FakeKms(memory_bus, NODES) as kms:
+        async with ControlPlane(topology, memory_bus, db, clock, events, ControlSettings(),
+                                sdn_driver=net.driver) as first:
+            for node in NODES:
+                await announce(memory_bus, node)
+            for node, user, src, dst in (("a", "alice", "sae_a", "sae_d"),
+                                         ("d", "dave", "sae_d", "sae_a")):
+                await memory_bus.request(topics.ADMISSION, open_request(
+                    "s1", node, user, src, dst, min_bps=100), timeout_s=5.0)
+            await wait_until(lambda: virt_state(net) == along("a-e-d"), what="VIRT links")
+            assert first.sdn is not None and first.sdn.southbound is not None
+            await first.sdn.southbound.settle()
+        sink.events.clear()
+
+        async with ControlPlane(topology, memory_bus, db, clock, events, ControlSettings(),
+                                sdn_driver=net.driver) as plane:
+            assert plane.sdn is not None and plane.sdn.southbound is not None
+            assert plane.sdn.endpoints["e"] == {"etsi015": agent_url("e")}
+            await wait_until(lambda: sink.of_type(EventType.virtual_link_provisioned),
+                             what="re-provisioned")
+            await plane.sdn.southbound.settle()
+            assert virt_state(net) == along("a-e-d")
+            assert [a["app_id"] for a in net.apps("a")] == [app_id("s1")]
+            assert not sink.of_type(EventType.sdn_agent_failed)
+            assert {e.node for e in sink.of_type(EventType.node_discovered)} == set(NODES)
+
+            await memory_bus.publish(topics.ADMISSION, SessionClose(session_id="s1", node="a"))
+            await wait_until(lambda: kms.holders("s1") == [], what="closed")
+            await wait_until(lambda: virt_state(net) == {} and not net.apps("a")
+                             and not net.apps("d"), what="VIRT links removed")
