@@ -1089,7 +1089,8 @@ class AdmissionControl(Service):
             elif isinstance(e, AnnounceVirtualLink):
                 self._spawn(self._announce_in_order(e))
             elif isinstance(e, StoreSession):
-                self._kept_alive.pop(e.record.session_id, None)
+                # a new record is stamped as kept alive now; an updated one keeps its stamp
+                self._kept_alive.setdefault(e.record.session_id, self.clock.wall())
                 self._writes.put_nowait(("save", e.record))
             elif isinstance(e, ForgetStored):
                 self._kept_alive.pop(e.session_id, None)
@@ -1105,10 +1106,7 @@ class AdmissionControl(Service):
         operators)."""
         wall = self.clock.wall()
         last = self._kept_alive.get(session_id)
-        if last is None:
-            self._kept_alive[session_id] = wall  # the record was written just now
-            return
-        if wall - last >= self.settings.keepalive_store_interval_s:
+        if last is None or wall - last >= self.settings.keepalive_store_interval_s:
             self._kept_alive[session_id] = wall
             self._writes.put_nowait(("touch", session_id))
 

@@ -134,6 +134,8 @@ async def test_restarted_plane_keeps_a_kept_alive_session_and_its_capacity(
             await wait_until(lambda: sess.timer_deadline == pytest.approx(clock.now() + 21),
                              what="timer reset")
         assert kms.holders("s1") == ["a", "d", "e"] and not kms.deletes["e"]
+        await _stored(db, "the last keep-alive stamped",
+                      lambda rows: rows[0].last_keepalive_wall == clock.wall())
 
         # the restored capacity still counts: a second 600 bps session cannot use a-e-d
         await _open(bus, open_request("s2", "a", "alice", "sae_a", "sae_d",
