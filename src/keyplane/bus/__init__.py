@@ -16,7 +16,7 @@ Topic names (the paper's proof of concept gives every KM its own topic):
 
 from __future__ import annotations
 
-from keyplane.bus.base import Bus, Handler, Subscription, topic_matches
+from keyplane.bus.base import Bus, Handler, Subscription, topic_matches, unsubscribe_all
 from keyplane.bus.codec import Message, decode, encode
 from keyplane.bus.memory import MemoryBus
 
@@ -31,6 +31,7 @@ __all__ = [
     "encode",
     "topic_matches",
     "topics",
+    "unsubscribe_all",
 ]
 
 
