@@ -263,10 +263,11 @@ class SdnAgent(Service):
             return True
         return self.settings.danger_allow_unauthenticated_writes
 
-    def get(self, path: str, *, content: Content = "all", depth: int | None = None
-            ) -> dict[str, Any]:
+    def get(self, path: str, *, content: Content = "all", depth: int | None = None,
+            fields: str | None = None) -> dict[str, Any]:
         """RESTCONF GET (see :meth:`NodeDatastore.get`)."""
-        return self.datastore.get(path, self.clock.wall(), content=content, depth=depth)
+        return self.datastore.get(path, self.clock.wall(), content=content, depth=depth,
+                                  fields=fields)
 
     async def create(self, path: str, body: Any) -> str:
         """RESTCONF POST; returns the created resource's path (see :meth:`NodeDatastore.create`)."""
