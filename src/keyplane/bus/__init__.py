@@ -3,7 +3,7 @@
 Topic names (the paper's proof of concept gives every KM its own topic):
 
 * ``keyplane.km.<node>.config``      Admission Control → KM: session configuration, deletion
-* ``keyplane.km.<node>.relay``       KM → KM: relay frames and confirmations
+* ``keyplane.km.<node>.relay``       KM → KM: relay frames, confirmations, link block holdings
 * ``keyplane.control.access``        KM → Access Control: authentication requests
 * ``keyplane.control.admission``     KM → Admission Control: open, keep-alive, close
 * ``keyplane.telemetry.link.<link>`` QKD modules → Monitoring Element: per-block telemetry
