@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.config import HybridPolicy, Topology
 from keyplane.control.settings import RoutingSettings
@@ -748,9 +748,7 @@ class RoutingElement(Service):
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
-            with contextlib.suppress(BusError):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         self._subs.clear()
         if self._refresher is not None:
             self._refresher.cancel()

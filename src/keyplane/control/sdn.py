@@ -36,7 +36,6 @@ controller starts, or announced again when Admission itself starts.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import uuid
@@ -46,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 
-from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.config import Topology
 from keyplane.control.settings import SdnSettings
@@ -627,9 +626,7 @@ class SdnController(Service):
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
-            with contextlib.suppress(BusError):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         if self.southbound is not None:
             await self.southbound.close()
         if self.view is not None:
