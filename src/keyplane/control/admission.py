@@ -984,6 +984,7 @@ class AdmissionControl(Service):
         self._started = True
         loop = asyncio.get_running_loop()
         self._writer = loop.create_task(self._write_loop())
+        self._writer.add_done_callback(self._task_done)  # logs a writer that died
         restored = await self._restore()
         self._sub = await self.bus.subscribe(topics.ADMISSION, self._on_message)
         self._timer = loop.create_task(self._timer_loop())
