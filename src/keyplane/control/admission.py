@@ -205,7 +205,9 @@ class SendDeletes:
 
 @dataclass(frozen=True)
 class AnnounceVirtualLink:
-    """Register (``active``) or remove the VIRT link of a multi-hop session at the SDN.
+    """Register (``active``) or remove a session's key association at the SDN Controller:
+    a VIRT link over a multi-hop path; for adjacent endpoints the PHYS link carries the key,
+    and only the session's ``qkd_app`` is put on the two nodes.
 
     The SAE ids, priority and maximum rate describe the session's ETSI 015 ``qkd_app``
     (``server_app_id``, ``client_app_id``, ``app_priority``, ``app_qos``).
@@ -669,8 +671,7 @@ class AdmissionCore:
                               {"path": list(sess.path), "epoch": epoch,
                                "min_bps": sess.min_bps, "rate_bps": sess.rate_bps,
                                "priority": sess.priority}))
-            if len(sess.path) > 2:
-                out.append(_virtual_link(sess, sess.path, True))
+            out.append(_virtual_link(sess, sess.path, True))
             out.append(StoreSession(sess.record()))
             return out
         if sess.state is AdmissionState.active and epoch == sess.pending_epoch:
@@ -730,10 +731,8 @@ class AdmissionCore:
                                    deletes))
         else:
             out.append(ReleaseRoute(sid, old_route_epoch))
-        if len(old_path) > 2:
-            out.append(_virtual_link(sess, old_path, False))
-        if len(new_path) > 2:
-            out.append(_virtual_link(sess, new_path, True))
+        out.append(_virtual_link(sess, old_path, False))
+        out.append(_virtual_link(sess, new_path, True))
         out.append(StoreSession(sess.record()))
         return out
 
@@ -800,8 +799,7 @@ class AdmissionCore:
                             for n in sess.path)
             out: list[Effect] = [Notify(EventType.session_closed, sess.session_id, None,
                                         {"reason": reason, "path": list(sess.path)})]
-            if len(sess.path) > 2:
-                out.append(_virtual_link(sess, sess.path, False))
+            out.append(_virtual_link(sess, sess.path, False))
             out += self._terminate(
                 sess, SendDeletes(sess.session_id, DeletePurpose.close, None, deletes))
             if sess.session_id in self.sessions:  # deletions still out: mark the record
@@ -872,8 +870,7 @@ class AdmissionCore:
             return out + self._end(sess, "deletion not confirmed before the controller "
                                          "restarted")
         sess.timer_deadline = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
-        if len(path) > 2:
-            out.append(_virtual_link(sess, path, True))
+        out.append(_virtual_link(sess, path, True))
         return out
 
     # ------------------------------------------------------------------ reroute, timers

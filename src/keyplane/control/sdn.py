@@ -4,7 +4,10 @@ The controller holds the QKD nodes (``qkdn_id``) and the key-association links
 (``qkd_link``): PHYS links (a direct quantum channel, one per topology-file link or
 registered at run time) and VIRT links (the end-to-end key association a multi-hop session
 creates over trusted nodes: ``virt_prev_hop`` / ``virt_next_hop`` per node along its path,
-``virt_bandwidth`` reserved on the PHYS links underneath). It distributes the topology:
+``virt_bandwidth`` reserved on the PHYS links underneath). Admission Control registers one
+VIRT record per session; for adjacent endpoints (a two-node path) it stands for the PHYS
+link that carries the session's key: nothing is put on the nodes but the session's
+``qkd_app``, backed by that PHYS link. It distributes the topology:
 a :class:`~keyplane.control.wire.TopologySnapshot` on request, and every change as a
 :class:`~keyplane.messages.TopologyChange` on ``keyplane.control.sdn``.
 
@@ -21,8 +24,8 @@ The controller is also the network's node registry: node processes announce them
 and their interface URLs (:class:`~keyplane.messages.NodeAnnouncement` on
 ``keyplane.control.sdn.nodes``) and get a :class:`~keyplane.messages.NodeWelcome`. Given an
 ETSI 015 driver, the controller then drives each node's SDN agent
-(:class:`~keyplane.control.southbound.Etsi015Southbound`: discovery, VIRT links and
-``qkd_app`` entries of relayed sessions) and keeps a northbound
+(:class:`~keyplane.control.southbound.Etsi015Southbound`: discovery, VIRT links of relayed
+sessions and every session's ``qkd_app``) and keeps a northbound
 :class:`~keyplane.api.etsi015.NetworkView` of the whole network for an orchestrator.
 
 Restart (docs/control.md, "Controller restart"): the registry (each node's announced URLs)
@@ -412,7 +415,7 @@ class SdnController(Service):
             self.southbound.discover(node)
 
     async def _restore_virtual_links(self) -> int:
-        """Register the VIRT links of Admission Control's live multi-hop sessions (none if
+        """Register the VIRT records of Admission Control's live sessions (none if
         Admission is not up yet: it announces them when it starts)."""
         try:
             live = await self.bus.request(topics.ADMISSION, LiveSessionsRequest(),
@@ -423,8 +426,7 @@ class SdnController(Service):
             return 0
         current: dict[str, LiveSession] = {}
         for s in live.sessions:  # a session being moved is listed per epoch: keep its current
-            if len(s.path) > 2 and (s.session_id not in current
-                                    or s.epoch < current[s.session_id].epoch):
+            if s.session_id not in current or s.epoch < current[s.session_id].epoch:
                 current[s.session_id] = s
         done = 0
         for s in current.values():

@@ -16,7 +16,7 @@ Flows:
    :class:`TopologySnapshotRequest` → :class:`TopologySnapshot`.
 4. Admission / operators → SDN Controller, request/reply on
    ``keyplane.control.sdn.register``: :class:`RegisterLink` → :class:`RegisterLinkReply`
-   (new PHYS links; VIRT links that multi-hop sessions create), :class:`UnregisterLink`.
+   (new PHYS links; the VIRT records sessions create), :class:`UnregisterLink`.
 5. Restart recovery (docs/control.md, "Controller restart"). Admission Control owns the
    truth about live sessions. When it starts, it sends its :class:`LiveSessions` to the
    Routing Element as a request on ``keyplane.control.routing`` (→ :class:`LiveSessionsApplied`:
@@ -60,7 +60,7 @@ SDN_REGISTER = f"{topics.SDN}.register"
 
 
 def virtual_link_id(session_id: str) -> str:
-    """The SDN Controller's link id of a multi-hop session's VIRT link."""
+    """The SDN Controller's link id of a session's VIRT record (see keyplane.control.sdn)."""
     return f"virt-{session_id}"
 
 
@@ -155,7 +155,7 @@ class TopologySnapshot(Message):
 
 
 class RegisterLink(Message):
-    """Register a new PHYS link, or the VIRT link of a multi-hop session (``path``)."""
+    """Register a new PHYS link, or a session's VIRT record (its ``path``)."""
 
     KIND = "sdn.register_link"
 
