@@ -64,6 +64,7 @@ class EventType(StrEnum):
     session_closed = "session_closed"
     session_deleted = "session_deleted"
     session_rerouted = "session_rerouted"
+    session_restored = "session_restored"
     link_block = "link_block"
     link_block_aborted = "link_block_aborted"
     link_state = "link_state"

@@ -38,7 +38,7 @@ from keyplane.api.etsi015 import (
 )
 from keyplane.api.server import serve_km_api
 from keyplane.api.settings import ApiSettings, Etsi014Limits
-from keyplane.bus import Bus, Message, topics
+from keyplane.bus import Bus, Message, topics, unsubscribe_all
 from keyplane.certs import Issued, ensure_network_certs
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
@@ -216,9 +216,7 @@ class ControlRuntime(Service):
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
-            with contextlib.suppress(BusError):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         if self.northbound is not None:
             await self.northbound.close()
         await self.plane.close()

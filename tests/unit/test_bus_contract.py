@@ -7,8 +7,16 @@ import json
 
 import pytest
 
-from keyplane.bus import Bus, Message, decode, encode, topic_matches
-from keyplane.errors import BusTimeout, MessageDecodeError, NoResponders
+from keyplane.bus import (
+    Bus,
+    Message,
+    Subscription,
+    decode,
+    encode,
+    topic_matches,
+    unsubscribe_all,
+)
+from keyplane.errors import BusClosed, BusTimeout, MessageDecodeError, NoResponders
 from keyplane.messages import (
     ConfigAck,
     KeepAlive,
@@ -179,3 +187,22 @@ def test_codec_fast_and_general_paths_read_the_same_envelope() -> None:
 ])
 def test_topic_matches_follows_nats_semantics(pattern: str, topic: str, ok: bool) -> None:
     assert topic_matches(pattern, topic) is ok
+
+
+async def test_unsubscribe_all_goes_on_past_a_failing_subscription(bus: Bus) -> None:
+    got: list[str] = []
+
+    async def handler(topic: str, _msg: Message) -> None:
+        got.append(topic)
+
+    class Broken(Subscription):
+        async def unsubscribe(self) -> None:
+            raise BusClosed("connection gone")
+
+    first = await bus.subscribe("t.a", handler)
+    second = await bus.subscribe("t.b", handler)
+    await unsubscribe_all([first, Broken(), second])
+    await bus.publish("t.a", KeepAlive(session_id="s", node="n"))
+    await bus.publish("t.b", KeepAlive(session_id="s", node="n"))
+    await asyncio.sleep(0.05)
+    assert got == []

@@ -1,5 +1,6 @@
 """Store contract: runs on SQLite and on a real PostgreSQL server."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,13 @@ from sqlalchemy import inspect, select
 from keyplane.config import load_topology
 from keyplane.errors import StoreError
 from keyplane.store import Database, normalize_url
+from keyplane.store.admitted import (
+    AdmittedSession,
+    delete_admitted_session,
+    load_admitted_sessions,
+    save_admitted_session,
+    touch_admitted_session,
+)
 from keyplane.store.models import Base, LinkKeyBlockRow, NodeRow
 from keyplane.store.topology import (
     LinkMetrics,
@@ -99,3 +107,47 @@ async def test_store_unreachable_database_raises_store_error() -> None:
 def test_normalize_url_maps_plain_urls_to_async_drivers() -> None:
     assert normalize_url("postgresql://u@h/d") == "postgresql+asyncpg://u@h/d"
     assert normalize_url("sqlite:///x.db") == "sqlite+aiosqlite:///x.db"
+
+
+def _admitted(session_id: str, **changes: object) -> AdmittedSession:
+    base = AdmittedSession(
+        session_id=session_id, interface="etsi004", source_sae="sae0", destination_sae="sae1",
+        source_node="km0", destination_node="km1",
+        initiator={"node": "km0", "user_id": "alice", "sae_id": "sae0", "peer_sae": "sae1",
+                   "opened_as": session_id, "qos": {"min_bps": 100}, "sla": {}},
+        path=("km0", "km1"), epoch=0, route_epoch=0, min_bps=100.0, rate_bps=1000.0,
+        priority=3, idle_timeout_s=20.0, key_chunk_size=32, bucket_size_bits=1000,
+        hybrid_policy="qkd-only")
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+async def test_store_admitted_sessions_saved_updated_touched_and_deleted(db: Database) -> None:
+    await save_admitted_session(db, _admitted("s1"), wall=100.0)
+    await save_admitted_session(db, _admitted("s0"), wall=101.0)
+    await save_admitted_session(db, _admitted("s1", path=("km0", "km2", "km1"), epoch=1,
+                                              route_epoch=1), wall=105.0)
+    await touch_admitted_session(db, "s1", wall=107.0)
+    await touch_admitted_session(db, "s1", wall=106.0)  # late: never moves back
+    await touch_admitted_session(db, "nobody", wall=107.0)
+    s1, s0 = await load_admitted_sessions(db)  # oldest first
+    assert (s1.session_id, s0.session_id) == ("s1", "s0")
+    assert s1 == _admitted("s1", path=("km0", "km2", "km1"), epoch=1, route_epoch=1,
+                           created_wall=100.0, updated_wall=105.0, last_keepalive_wall=107.0)
+    await save_admitted_session(db, _admitted("s1", state="terminated"), wall=110.0)
+    assert [r.state for r in await load_admitted_sessions(db)] == ["terminated", "active"]
+    await delete_admitted_session(db, "s1")
+    await delete_admitted_session(db, "s1")  # idempotent
+    assert [r.session_id for r in await load_admitted_sessions(db)] == ["s0"]
+
+
+async def test_store_node_endpoints_survive_reloading_the_topology(db: Database) -> None:
+    topo = load_topology(ROOT / "examples" / "paper_poc.yaml")
+    await load_topology_into(db, topo)
+    async with db.session() as s:
+        row = await s.get(NodeRow, "km0")
+        assert row is not None and row.endpoints == {}
+        row.endpoints = {"etsi015": "https://127.0.0.1:4443"}
+    await load_topology_into(db, topo)
+    async with db.session() as s:
+        row = await s.get(NodeRow, "km0")
+        assert row is not None and row.endpoints == {"etsi015": "https://127.0.0.1:4443"}

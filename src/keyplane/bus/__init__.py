@@ -3,7 +3,7 @@
 Topic names (the paper's proof of concept gives every KM its own topic):
 
 * ``keyplane.km.<node>.config``      Admission Control → KM: session configuration, deletion
-* ``keyplane.km.<node>.relay``       KM → KM: relay frames and confirmations
+* ``keyplane.km.<node>.relay``       KM → KM: relay frames, confirmations, link block holdings
 * ``keyplane.control.access``        KM → Access Control: authentication requests
 * ``keyplane.control.admission``     KM → Admission Control: open, keep-alive, close
 * ``keyplane.telemetry.link.<link>`` QKD modules → Monitoring Element: per-block telemetry
@@ -16,7 +16,7 @@ Topic names (the paper's proof of concept gives every KM its own topic):
 
 from __future__ import annotations
 
-from keyplane.bus.base import Bus, Handler, Subscription, topic_matches
+from keyplane.bus.base import Bus, Handler, Subscription, topic_matches, unsubscribe_all
 from keyplane.bus.codec import Message, decode, encode
 from keyplane.bus.memory import MemoryBus
 
@@ -31,6 +31,7 @@ __all__ = [
     "encode",
     "topic_matches",
     "topics",
+    "unsubscribe_all",
 ]
 
 

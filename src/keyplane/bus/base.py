@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
 from keyplane.bus.codec import Message
 
-__all__ = ["Bus", "Handler", "Subscription", "topic_matches", "validate_topic"]
+__all__ = ["Bus", "Handler", "Subscription", "topic_matches", "unsubscribe_all", "validate_topic"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,16 @@ class Subscription(ABC):
     @abstractmethod
     async def unsubscribe(self) -> None:
         """Stop delivering to this subscription's handler."""
+
+
+async def unsubscribe_all(subs: Iterable[Subscription]) -> None:
+    """Unsubscribe each of ``subs``, going on past failures: an element closing must let go
+    of every subscription even if the bus (or its connection) is already gone."""
+    for sub in subs:
+        try:
+            await sub.unsubscribe()
+        except Exception as exc:
+            logger.debug("unsubscribe failed while closing: %s", exc)
 
 
 class Bus(ABC):

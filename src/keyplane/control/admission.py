@@ -38,6 +38,15 @@ Decisions (documented for the KM side):
   accept (:meth:`~keyplane.config.HybridPolicy.meet`; ``qkd-only`` with ``qkd-and-pqc`` has
   none: refused). It goes to the Routing Element with the route request (a link without
   QKD key serves only a policy that allows PQC alone) and to every KM in its configuration.
+* **Persistence** (docs/control.md, "Controller restart"): an admitted session is written
+  to the store (:class:`StoreSession`) when it becomes ``active``, rewritten when it moves
+  to a new path or ends (``terminated`` while its deletions are out) and removed
+  (:class:`ForgetStored`) once they are confirmed. A starting Admission Control reloads
+  them (:meth:`AdmissionCore.restore`): session timers re-armed from the start, keep-alives
+  and closes accepted, the Routing Element told which capacity to hold, VIRT links
+  announced again. Sessions still waiting for their peer (``requested``) or being set up
+  (``accepted``) are not stored: their KMs' open requests are refused or time out and the
+  applications open again.
 * **Key_stream_ID in use** is answered synchronously in the :class:`~keyplane.messages.OpenAck`
   (``accepted_for_review=False``), never by a deletion signal that would hit the live
   session of that id.
@@ -60,6 +69,10 @@ from keyplane.config import SlaProfile, User
 from keyplane.control.settings import AdmissionSettings
 from keyplane.control.wire import (
     SDN_REGISTER,
+    LiveSession,
+    LiveSessions,
+    LiveSessionsApplied,
+    LiveSessionsRequest,
     RegisterLink,
     RerouteAck,
     RerouteOrder,
@@ -67,6 +80,7 @@ from keyplane.control.wire import (
     RouteReply,
     RouteRequest,
     UnregisterLink,
+    virtual_link_id,
 )
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
@@ -84,6 +98,13 @@ from keyplane.messages import (
     SessionOpenRequest,
 )
 from keyplane.store import Database
+from keyplane.store.admitted import (
+    AdmittedSession,
+    delete_admitted_session,
+    load_admitted_sessions,
+    save_admitted_session,
+    touch_admitted_session,
+)
 from keyplane.store.topology import get_application, get_user
 
 __all__ = [
@@ -95,11 +116,14 @@ __all__ = [
     "DeletePurpose",
     "Effect",
     "Endpoint",
+    "ForgetStored",
     "Notify",
     "PushConfigs",
+    "RecordKeepAlive",
     "ReleaseRoute",
     "RequestRoute",
     "SendDeletes",
+    "StoreSession",
     "check_qos",
 ]
 
@@ -181,7 +205,9 @@ class SendDeletes:
 
 @dataclass(frozen=True)
 class AnnounceVirtualLink:
-    """Register (``active``) or remove the VIRT link of a multi-hop session at the SDN.
+    """Register (``active``) or remove a session's key association at the SDN Controller:
+    a VIRT link over a multi-hop path; for adjacent endpoints the PHYS link carries the key,
+    and only the session's ``qkd_app`` is put on the two nodes.
 
     The SAE ids, priority and maximum rate describe the session's ETSI 015 ``qkd_app``
     (``server_app_id``, ``client_app_id``, ``app_priority``, ``app_qos``).
@@ -197,7 +223,29 @@ class AnnounceVirtualLink:
     max_bps: float = 0.0
 
 
-Effect = Notify | RequestRoute | ReleaseRoute | PushConfigs | SendDeletes | AnnounceVirtualLink
+@dataclass(frozen=True)
+class StoreSession:
+    """Write the session's record to the store (insert or update)."""
+
+    record: AdmittedSession
+
+
+@dataclass(frozen=True)
+class ForgetStored:
+    """Remove the session's record from the store."""
+
+    session_id: str
+
+
+@dataclass(frozen=True)
+class RecordKeepAlive:
+    """The session was kept alive: the shell stamps its record (coalesced)."""
+
+    session_id: str
+
+
+Effect = (Notify | RequestRoute | ReleaseRoute | PushConfigs | SendDeletes
+          | AnnounceVirtualLink | StoreSession | ForgetStored | RecordKeepAlive)
 
 
 # ---------------------------------------------------------------------------- state
@@ -218,6 +266,25 @@ class Endpoint:
     def mirrors(self, other: Endpoint) -> bool:
         """Whether ``other`` asks for the same SAE pair from the other end."""
         return self.sae_id == other.peer_sae and self.peer_sae == other.sae_id
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form (:attr:`AdmittedSession.initiator` / ``responder``)."""
+        return {"node": self.node, "user_id": self.user_id, "sae_id": self.sae_id,
+                "peer_sae": self.peer_sae, "opened_as": self.opened_as,
+                "qos": self.qos.model_dump(mode="json"),
+                "sla": self.sla.model_dump(mode="json")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Endpoint:
+        """The endpoint a stored form describes.
+
+        Raises:
+            KeyError, ValueError: the stored form is incomplete or invalid.
+        """
+        return cls(node=data["node"], user_id=data["user_id"], sae_id=data["sae_id"],
+                   peer_sae=data["peer_sae"], opened_as=data["opened_as"],
+                   qos=Qos.model_validate(data["qos"]),
+                   sla=SlaProfile.model_validate(data["sla"]))
 
 
 @dataclass
@@ -262,6 +329,20 @@ class AdmissionSession:
     def endpoint_nodes(self) -> tuple[str, str]:
         """The initiator's and the destination's KM."""
         return (self.initiator.node, self.destination_node)
+
+    def record(self) -> AdmittedSession:
+        """The stored form of an ``active`` or ``terminated`` session."""
+        return AdmittedSession(
+            session_id=self.session_id, interface=self.interface,
+            source_sae=self.initiator.sae_id, destination_sae=self.initiator.peer_sae,
+            source_node=self.initiator.node, destination_node=self.destination_node,
+            initiator=self.initiator.to_json(),
+            responder=self.responder.to_json() if self.responder is not None else None,
+            path=self.path, epoch=self.epoch, route_epoch=self.route_epoch,
+            min_bps=self.min_bps, rate_bps=self.rate_bps, priority=self.priority,
+            idle_timeout_s=self.idle_timeout_s, key_chunk_size=self.key_chunk_size,
+            bucket_size_bits=self.bucket_size_bits, hybrid_policy=self.hybrid_policy,
+            state="terminated" if self.state is AdmissionState.terminated else "active")
 
 
 def check_qos(qos: Qos, sla: SlaProfile, settings: AdmissionSettings) -> str | None:
@@ -312,6 +393,28 @@ class AdmissionCore:
         """Sessions (not terminated) the user takes part in."""
         return sum(1 for s in self.sessions.values()
                    if s.state is not AdmissionState.terminated and user_id in s.users)
+
+    def live_sessions(self) -> list[LiveSession]:
+        """Every ``(session, route epoch)`` whose reservation is still needed: a path in
+        use, a path being configured, or a path whose deletions are not yet confirmed."""
+        out: list[LiveSession] = []
+
+        def add(sess: AdmissionSession, epoch: int, path: tuple[str, ...]) -> None:
+            out.append(LiveSession(session_id=sess.session_id, epoch=epoch, path=list(path),
+                                   min_bps=sess.min_bps, hybrid_policy=sess.hybrid_policy,
+                                   source_sae=sess.initiator.sae_id,
+                                   destination_sae=sess.initiator.peer_sae,
+                                   priority=sess.priority, max_bps=sess.rate_bps))
+
+        for sess in self.sessions.values():
+            if sess.state is AdmissionState.accepted and sess.pending_path:
+                add(sess, sess.epoch, sess.pending_path)
+            elif sess.state in (AdmissionState.active, AdmissionState.terminated) and sess.path:
+                add(sess, sess.route_epoch, sess.path)
+                if (sess.state is AdmissionState.active and sess.pending_kind == "reroute"
+                        and sess.pending_route_epoch is not None):
+                    add(sess, sess.pending_route_epoch, sess.pending_path)
+        return out
 
     def next_deadline(self) -> float | None:
         """The earliest peer-wait or session-timer deadline."""
@@ -568,8 +671,8 @@ class AdmissionCore:
                               {"path": list(sess.path), "epoch": epoch,
                                "min_bps": sess.min_bps, "rate_bps": sess.rate_bps,
                                "priority": sess.priority}))
-            if len(sess.path) > 2:
-                out.append(_virtual_link(sess, sess.path, True))
+            out.append(_virtual_link(sess, sess.path, True))
+            out.append(StoreSession(sess.record()))
             return out
         if sess.state is AdmissionState.active and epoch == sess.pending_epoch:
             if sess.pending_kind == "restore":
@@ -628,10 +731,9 @@ class AdmissionCore:
                                    deletes))
         else:
             out.append(ReleaseRoute(sid, old_route_epoch))
-        if len(old_path) > 2:
-            out.append(_virtual_link(sess, old_path, False))
-        if len(new_path) > 2:
-            out.append(_virtual_link(sess, new_path, True))
+        out.append(_virtual_link(sess, old_path, False))
+        out.append(_virtual_link(sess, new_path, True))
+        out.append(StoreSession(sess.record()))
         return out
 
     def _restored(self, sess: AdmissionSession, epoch: int,
@@ -644,8 +746,10 @@ class AdmissionCore:
             why = "; ".join(f"{n}: {r}" for n, r in sorted(failed.items()))
             return self._end(sess, f"path could not be restored after a failed reroute: {why}")
         sess.epoch = epoch
-        return [Notify(EventType.configured, sess.session_id, n, {"epoch": epoch, "restored": True})
-                for n in sess.path]
+        out: list[Effect] = [Notify(EventType.configured, sess.session_id, n,
+                                    {"epoch": epoch, "restored": True}) for n in sess.path]
+        out.append(StoreSession(sess.record()))
+        return out
 
     def deletes_done(self, session_id: str, purpose: DeletePurpose, epoch: int | None,
                      confirmed: tuple[str, ...], missing: tuple[str, ...],
@@ -657,6 +761,7 @@ class AdmissionCore:
             out.append(ReleaseRoute(session_id, epoch))
             out.append(Notify(EventType.session_deleted, session_id, None,
                               {"confirmed": list(confirmed), "missing": list(missing)}))
+            out.append(ForgetStored(session_id))
         elif purpose is DeletePurpose.reroute_cleanup:
             out.append(ReleaseRoute(session_id, epoch))
         if sess is not None:
@@ -672,6 +777,7 @@ class AdmissionCore:
         if (sess is not None and sess.state is AdmissionState.active
                 and msg.node in sess.endpoint_nodes):
             sess.timer_deadline = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
+            return [RecordKeepAlive(sess.session_id)]
         return []
 
     def close(self, msg: SessionClose, now: float) -> list[Effect]:
@@ -693,10 +799,12 @@ class AdmissionCore:
                             for n in sess.path)
             out: list[Effect] = [Notify(EventType.session_closed, sess.session_id, None,
                                         {"reason": reason, "path": list(sess.path)})]
-            if len(sess.path) > 2:
-                out.append(_virtual_link(sess, sess.path, False))
-            return out + self._terminate(
+            out.append(_virtual_link(sess, sess.path, False))
+            out += self._terminate(
                 sess, SendDeletes(sess.session_id, DeletePurpose.close, None, deletes))
+            if sess.session_id in self.sessions:  # deletions still out: mark the record
+                out.append(StoreSession(sess.record()))
+            return out
         return []
 
     def _terminate(self, sess: AdmissionSession, *effects: Effect) -> list[Effect]:
@@ -717,6 +825,53 @@ class AdmissionCore:
             del self.sessions[sess.session_id]
         for alias in [a for a, s in self._aliases.items() if s == sess.session_id]:
             del self._aliases[alias]
+
+    # ------------------------------------------------------------------ restart
+
+    def restore(self, rec: AdmittedSession, now: float) -> list[Effect]:
+        """Take back a session a previous run stored (at start, before any request).
+
+        An ``active`` one is active again with its session timer re-armed from ``now``
+        (a full idle timeout plus grace: a KM that still serves it keeps it alive with its
+        next key request, one that forgot it stays silent and the timer's deletion cleans
+        up). A ``terminated`` one (its deletions were out) has its deletions sent again.
+        A record that cannot be read is ended the same way.
+        """
+        if self.session(rec.session_id) is not None:
+            return []
+        path = tuple(rec.path)
+        try:
+            initiator = Endpoint.from_json(rec.initiator)
+            responder = Endpoint.from_json(rec.responder) if rec.responder else None
+        except (KeyError, TypeError, ValueError) as exc:
+            reason = f"stored session unreadable: {exc}"
+            deletes = tuple(SessionDelete(session_id=rec.session_id, node=n, reason=reason)
+                            for n in dict.fromkeys((*path, rec.source_node,
+                                                    rec.destination_node)))
+            return [Notify(EventType.session_closed, rec.session_id, None, {"reason": reason}),
+                    ReleaseRoute(rec.session_id, None), ForgetStored(rec.session_id),
+                    SendDeletes(rec.session_id, DeletePurpose.refusal, None, deletes)]
+        sess = AdmissionSession(
+            session_id=rec.session_id, interface=rec.interface, initiator=initiator,
+            destination_node=rec.destination_node, state=AdmissionState.active,
+            created_t=now, responder=responder, epoch=rec.epoch, route_epoch=rec.route_epoch,
+            path=path, rate_bps=rec.rate_bps, min_bps=rec.min_bps, priority=rec.priority,
+            idle_timeout_s=rec.idle_timeout_s, key_chunk_size=rec.key_chunk_size,
+            bucket_size_bits=rec.bucket_size_bits, hybrid_policy=rec.hybrid_policy)
+        self.sessions[sess.session_id] = sess
+        if responder is not None and responder.opened_as != sess.session_id:
+            self._aliases[responder.opened_as] = sess.session_id
+        out: list[Effect] = [Notify(EventType.session_restored, sess.session_id,
+                                    initiator.node,
+                                    {"state": rec.state, "path": list(path),
+                                     "epoch": rec.epoch, "min_bps": rec.min_bps,
+                                     "idle_timeout_s": rec.idle_timeout_s})]
+        if rec.state == "terminated":
+            return out + self._end(sess, "deletion not confirmed before the controller "
+                                         "restarted")
+        sess.timer_deadline = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
+        out.append(_virtual_link(sess, path, True))
+        return out
 
     # ------------------------------------------------------------------ reroute, timers
 
@@ -807,14 +962,57 @@ class AdmissionControl(Service):
         # per session, the last SDN announcement in flight: a reroute's removal of the old
         # VIRT link must reach the SDN Controller before the new path's registration
         self._announcing: dict[str, asyncio.Future[Any]] = {}
+        # store writes, in the order the core decided them (one writer task)
+        self._writes: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._kept_alive: dict[str, float] = {}  # session → wall time last written
+        self._started = False
 
     async def start(self) -> None:
-        """Subscribe and start the session timers (idempotent)."""
-        if self._sub is not None:
+        """Reload the stored sessions, tell the Routing Element which capacity they hold,
+        then subscribe and start the session timers (idempotent).
+
+        Raises:
+            StoreError: the stored sessions cannot be read (starting without them would
+                forget their reservations).
+        """
+        if self._started:
             return
+        self._started = True
+        loop = asyncio.get_running_loop()
+        self._writer = loop.create_task(self._write_loop())
+        self._writer.add_done_callback(self._task_done)  # logs a writer that died
+        restored = await self._restore()
         self._sub = await self.bus.subscribe(topics.ADMISSION, self._on_message)
-        self._timer = asyncio.get_running_loop().create_task(self._timer_loop())
-        self.events.emit(EventType.element_started, ELEMENT)
+        self._timer = loop.create_task(self._timer_loop())
+        self.events.emit(EventType.element_started, ELEMENT, restored=restored)
+
+    async def _restore(self) -> int:
+        """Take back the sessions of the previous run and sync the Routing Element's
+        reservations with them, before any new request can reserve capacity."""
+        try:
+            records = await load_admitted_sessions(self.db)
+        except StoreError:
+            logger.exception("cannot read the stored sessions")
+            await self.close()
+            raise
+        now = self.clock.now()
+        for rec in records:
+            self._run(self.core.restore(rec, now))
+        live = LiveSessions(sessions=self.core.live_sessions())
+        try:
+            reply = await self._ask(topics.ROUTING, live, self.settings.route_timeout_s)
+        except (TimeoutError, BusError) as exc:
+            logger.warning("Routing Element did not take the live sessions (%s); it asks "
+                           "for them when it starts", exc)
+        else:
+            if isinstance(reply, LiveSessionsApplied) and (reply.overbooked
+                                                           or reply.missing_links):
+                logger.warning("restored sessions overbook %s; hops without a link: %s",
+                               reply.overbooked, reply.missing_links)
+        if records:
+            logger.info("restored %d stored sessions", len(records))
+        return len(records)
 
     # ------------------------------------------------------------------ inbound
 
@@ -830,6 +1028,8 @@ class AdmissionControl(Service):
             ack, effects = self.core.reroute(msg, now())
             self._run(effects)
             return ack
+        elif isinstance(msg, LiveSessionsRequest):
+            return LiveSessions(sessions=self.core.live_sessions())
         return None
 
     async def _lookup(self, kind: str, key: str) -> Any:
@@ -886,7 +1086,46 @@ class AdmissionControl(Service):
                                                                        epoch=e.epoch)))
             elif isinstance(e, AnnounceVirtualLink):
                 self._spawn(self._announce_in_order(e))
+            elif isinstance(e, StoreSession):
+                # a new record is stamped as kept alive now; an updated one keeps its stamp
+                self._kept_alive.setdefault(e.record.session_id, self.clock.wall())
+                self._writes.put_nowait(("save", e.record))
+            elif isinstance(e, ForgetStored):
+                self._kept_alive.pop(e.session_id, None)
+                self._writes.put_nowait(("delete", e.session_id))
+            elif isinstance(e, RecordKeepAlive):
+                self._keepalive_written(e.session_id)
         self._wake.set()
+
+    def _keepalive_written(self, session_id: str) -> None:
+        """Stamp the record's keep-alive time, at most once per
+        ``keepalive_store_interval_s`` per session (a keep-alive comes with every key
+        request; the timer is re-armed from the restart anyway, so the stamp is for
+        operators)."""
+        wall = self.clock.wall()
+        last = self._kept_alive.get(session_id)
+        if last is None or wall - last >= self.settings.keepalive_store_interval_s:
+            self._kept_alive[session_id] = wall
+            self._writes.put_nowait(("touch", session_id))
+
+    async def _write_loop(self) -> None:
+        """Carry out store writes one at a time, in order; a failed write is logged and
+        the session keeps running (the store lags until the session's next write)."""
+        while True:
+            op, arg = await self._writes.get()
+            try:
+                wall = self.clock.wall()
+                if op == "save":
+                    await save_admitted_session(self.db, arg, wall=wall)
+                elif op == "delete":
+                    await delete_admitted_session(self.db, arg)
+                else:
+                    await touch_admitted_session(self.db, arg, wall=wall)
+            except StoreError:
+                logger.exception("cannot %s stored session %s", op,
+                                 arg.session_id if op == "save" else arg)
+            finally:
+                self._writes.task_done()
 
     def _spawn(self, aw: Awaitable[Any]) -> None:
         if self._closed:
@@ -986,7 +1225,7 @@ class AdmissionControl(Service):
                 del self._announcing[e.session_id]
 
     async def _announce(self, e: AnnounceVirtualLink) -> None:
-        link_id = f"virt-{e.session_id}"
+        link_id = virtual_link_id(e.session_id)
         msg: Message = (RegisterLink(link_id=link_id, type="VIRT",
                                      endpoints=(e.path[0], e.path[-1]), path=list(e.path),
                                      bandwidth_bps=e.bandwidth_bps, session_id=e.session_id,
@@ -1020,9 +1259,12 @@ class AdmissionControl(Service):
     # ------------------------------------------------------------------ lifecycle
 
     async def close(self) -> None:
-        """Unsubscribe, stop the timers and cancel in-flight work (idempotent).
+        """Unsubscribe, stop the timers, finish the store writes decided so far (bounded by
+        ``bus_timeout_s``) and cancel in-flight work (idempotent).
 
-        Sessions are not deleted at the KMs: their own idle timers end them.
+        Sessions are not deleted at the KMs, nor in the store: a control plane started
+        again on the same store takes them back, and the KMs' own idle timers end those
+        nobody uses.
         """
         if self._closed:
             return
@@ -1030,7 +1272,14 @@ class AdmissionControl(Service):
         if self._sub is not None:
             with contextlib.suppress(BusError):
                 await self._sub.unsubscribe()
-        tasks = [t for t in (self._timer, *self._tasks) if t is not None and not t.done()]
+        if self._writer is not None and not self._writer.done():
+            try:
+                async with asyncio.timeout(self.settings.bus_timeout_s):
+                    await self._writes.join()
+            except TimeoutError:
+                logger.warning("%d store writes dropped at close", self._writes.qsize())
+        tasks = [t for t in (self._timer, self._writer, *self._tasks)
+                 if t is not None and not t.done()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

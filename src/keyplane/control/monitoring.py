@@ -33,7 +33,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Literal
 
-from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.config import Topology
 from keyplane.control.settings import MonitoringSettings
@@ -274,9 +274,7 @@ class MonitoringElement(Service):
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
-            with contextlib.suppress(BusError):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

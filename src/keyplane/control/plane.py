@@ -8,6 +8,10 @@ process per element, or several elements in one, without code changes.
 Start order (dependencies first): SDN Controller (writes the topology file into the
 database and answers snapshot requests), Routing Element (asks the SDN for its snapshot),
 Monitoring Element, Access Control, Admission Control. Close runs in reverse.
+
+Started on a database a previous run used, the plane takes back that run's live sessions:
+Admission Control reloads them and, before it takes a new request, has the Routing Element
+hold their capacity again (docs/control.md, "Controller restart").
 """
 
 from __future__ import annotations

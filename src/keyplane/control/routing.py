@@ -23,6 +23,11 @@ Decisions:
 * Rerouting reserves the new path (epoch + 1) before telling Admission Control, and the old
   epoch stays reserved until Admission has removed the old forwarding entries: at no point
   is a live session without a reserved path.
+* Restart (docs/control.md, "Controller restart"): reservations live in memory; Admission
+  Control owns the sessions (and persists them). A starting Routing Element asks Admission
+  for its :class:`~keyplane.control.wire.LiveSessions`, and a starting Admission sends them;
+  either way :meth:`RoutingElement.apply_live_sessions` re-holds the capacity on the paths
+  the sessions use (:meth:`RoutingCore.restore`) and frees reservations nobody owns.
 * Hybrid provisioning (docs/hybrid.md): a request carries the session's hybrid policy. A
   link without QKD key (:meth:`RoutingCore.has_qkd_key`) is hidden from every session except
   those whose policy allows PQC alone (``pqc_fallback``); for those it costs
@@ -43,12 +48,15 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.config import HybridPolicy, Topology
 from keyplane.control.settings import RoutingSettings
 from keyplane.control.wire import (
     SDN_SNAPSHOT,
+    LiveSessions,
+    LiveSessionsApplied,
+    LiveSessionsRequest,
     RerouteAck,
     RerouteOrder,
     RouteRelease,
@@ -463,6 +471,40 @@ class RoutingCore:
                         del link.reserved[session_id]
         return out
 
+    def restore(self, session_id: str, epoch: int, nodes: Iterable[str], min_bps: float, *,
+                pqc_fallback: bool = False) -> tuple[Reservation, tuple[str, ...]]:
+        """Hold ``min_bps`` for ``(session_id, epoch)`` on a path the session already uses.
+
+        Unlike :meth:`reserve` nothing is checked: after a restart the session's KMs forward
+        on this path whatever the links' state, so its capacity is held even if that
+        overbooks a link (see :meth:`overbooked`); moving it is the reroute's job.
+
+        Returns:
+            The reservation, and the hops (``"u-v"``) with no link in the graph, where
+            nothing could be held.
+        """
+        path = tuple(nodes)
+        links: list[str] = []
+        missing: list[str] = []
+        for u, v in itertools.pairwise(path):
+            if self.graph.has_edge(u, v):
+                links.append(self.graph.edges[u, v]["link"].link_id)
+            else:
+                missing.append(f"{u}-{v}")
+        route = Route(path, tuple(links))
+        route = Route(path, route.links, self.route_cost(route, pqc_fallback))
+        res = Reservation(session_id, epoch, route, float(min_bps), pqc_fallback)
+        self.release(session_id, epoch)
+        self._reservations[(session_id, epoch)] = res
+        for lid in links:
+            self._links[lid].reserved.setdefault(session_id, {})[epoch] = float(min_bps)
+        return res, tuple(missing)
+
+    def overbooked(self) -> list[str]:
+        """Links whose reservations exceed their capacity (only :meth:`restore` does that)."""
+        return sorted(lid for lid, link in self._links.items()
+                      if link.reserved_bps > link.capacity_bps)
+
     def reservations(self) -> list[Reservation]:
         """Every live reservation."""
         return list(self._reservations.values())
@@ -535,6 +577,13 @@ class RoutingElement(Service):
         except BusError:
             logger.info("no SDN snapshot; routing starts from the topology file")
         await self.refresh_metrics()
+        try:
+            live = await self.bus.request(topics.ADMISSION, LiveSessionsRequest(),
+                                          timeout_s=self.settings.admission_timeout_s)
+            if isinstance(live, LiveSessions):
+                self.apply_live_sessions(live)
+        except BusError:
+            logger.info("Admission Control not up; it sends its live sessions when it starts")
         self._subs.append(await self.bus.subscribe(topics.ROUTING, self._on_routing))
         self._subs.append(await self.bus.subscribe(topics.SDN, self._on_sdn))
         self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
@@ -543,6 +592,40 @@ class RoutingElement(Service):
         self.events.emit(EventType.element_started, ELEMENT,
                          nodes=self.core.graph.number_of_nodes(),
                          links=self.core.graph.number_of_edges())
+
+    def apply_live_sessions(self, live: LiveSessions) -> LiveSessionsApplied:
+        """Make the reservations match Admission Control's live sessions (after a restart
+        of either): hold the missing ones on the paths the sessions use, free the others."""
+        wanted = {(s.session_id, s.epoch): s for s in live.sessions}
+        released = sorted({r.session_id for r in self.core.reservations()
+                           if (r.session_id, r.epoch) not in wanted})
+        for res in self.core.reservations():
+            if (res.session_id, res.epoch) not in wanted:
+                self.core.release(res.session_id, res.epoch)
+        held = {(r.session_id, r.epoch) for r in self.core.reservations()}
+        restored: list[str] = []
+        missing: dict[str, list[str]] = {}
+        for key, s in wanted.items():
+            if key in held:
+                continue
+            try:
+                fallback = HybridPolicy(s.hybrid_policy).allows_pqc_alone
+            except ValueError:
+                fallback = False
+            res, gone = self.core.restore(s.session_id, s.epoch, s.path, s.min_bps,
+                                          pqc_fallback=fallback)
+            restored.append(s.session_id)
+            if gone:
+                missing[s.session_id] = list(gone)
+            self.events.emit(EventType.session_restored, ELEMENT, session=s.session_id,
+                             path=list(res.route.nodes), epoch=s.epoch, min_bps=s.min_bps,
+                             missing_links=list(gone))
+        overbooked = self.core.overbooked()
+        if released or overbooked or missing:
+            logger.warning("live sessions applied: released %s, overbooked links %s, "
+                           "hops without a link %s", released, overbooked, missing)
+        return LiveSessionsApplied(restored=sorted(set(restored)), released=released,
+                                   overbooked=overbooked, missing_links=missing)
 
     async def refresh_metrics(self) -> None:
         """Re-read link metrics from the topology database (no-op without one)."""
@@ -585,6 +668,8 @@ class RoutingElement(Service):
                               path=list(res.route.nodes), links=list(res.route.links))
         if isinstance(msg, RouteRelease):
             self.core.release(msg.session_id, msg.epoch)
+        elif isinstance(msg, LiveSessions):
+            return self.apply_live_sessions(msg)
         return None
 
     async def _on_sdn(self, _topic: str, msg: Message) -> None:
@@ -663,9 +748,7 @@ class RoutingElement(Service):
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
-            with contextlib.suppress(BusError):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         self._subs.clear()
         if self._refresher is not None:
             self._refresher.cancel()

@@ -4,7 +4,10 @@ The controller holds the QKD nodes (``qkdn_id``) and the key-association links
 (``qkd_link``): PHYS links (a direct quantum channel, one per topology-file link or
 registered at run time) and VIRT links (the end-to-end key association a multi-hop session
 creates over trusted nodes: ``virt_prev_hop`` / ``virt_next_hop`` per node along its path,
-``virt_bandwidth`` reserved on the PHYS links underneath). It distributes the topology:
+``virt_bandwidth`` reserved on the PHYS links underneath). Admission Control registers one
+VIRT record per session; for adjacent endpoints (a two-node path) it stands for the PHYS
+link that carries the session's key: nothing is put on the nodes but the session's
+``qkd_app``, backed by that PHYS link. It distributes the topology:
 a :class:`~keyplane.control.wire.TopologySnapshot` on request, and every change as a
 :class:`~keyplane.messages.TopologyChange` on ``keyplane.control.sdn``.
 
@@ -21,16 +24,21 @@ The controller is also the network's node registry: node processes announce them
 and their interface URLs (:class:`~keyplane.messages.NodeAnnouncement` on
 ``keyplane.control.sdn.nodes``) and get a :class:`~keyplane.messages.NodeWelcome`. Given an
 ETSI 015 driver, the controller then drives each node's SDN agent
-(:class:`~keyplane.control.southbound.Etsi015Southbound`: discovery, VIRT links and
-``qkd_app`` entries of relayed sessions) and keeps a northbound
+(:class:`~keyplane.control.southbound.Etsi015Southbound`: discovery, VIRT links of relayed
+sessions and every session's ``qkd_app``) and keeps a northbound
 :class:`~keyplane.api.etsi015.NetworkView` of the whole network for an orchestrator.
+
+Restart (docs/control.md, "Controller restart"): the registry (each node's announced URLs)
+is kept in the topology database, so a restarted controller drives the nodes at once. VIRT
+links of a previous run are dropped at start and come back from Admission Control, which
+owns the sessions: asked with :class:`~keyplane.control.wire.LiveSessionsRequest` when the
+controller starts, or announced again when Admission itself starts.
 
 :class:`SdnModel` is the pure model; :class:`SdnController` the bus and database shell.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import uuid
@@ -40,26 +48,30 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import select
 
-from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.config import Topology
 from keyplane.control.settings import SdnSettings
 from keyplane.control.wire import (
     SDN_REGISTER,
     SDN_SNAPSHOT,
+    LiveSession,
+    LiveSessions,
+    LiveSessionsRequest,
     RegisterLink,
     RegisterLinkReply,
     SnapshotLink,
     TopologySnapshot,
     TopologySnapshotRequest,
     UnregisterLink,
+    virtual_link_id,
 )
 from keyplane.errors import BusError, StoreError
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkAlarm, NodeAnnouncement, NodeWelcome, TopologyChange
 from keyplane.store import Database
-from keyplane.store.models import LinkRow
+from keyplane.store.models import LinkRow, NodeRow
 from keyplane.store.topology import load_topology_into
 
 if TYPE_CHECKING:  # the ETSI 015 side (and its YANG toolchain) loads only with a driver
@@ -370,21 +382,75 @@ class SdnController(Service):
         announcements, follow alarms."""
         if self._subs:
             return
+        registry: dict[str, dict[str, str]] = {}
         if self.db is not None:
-            await self._load_db()
+            registry = await self._load_db()
         if self.view is not None:
             await self.view.start()
         self._subs.append(await self.bus.subscribe(SDN_SNAPSHOT, self._on_snapshot))
         self._subs.append(await self.bus.subscribe(SDN_REGISTER, self._on_register))
         self._subs.append(await self.bus.subscribe(topics.SDN_NODES, self._on_announcement))
         self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
+        for node, endpoints in registry.items():
+            self._registry_restored(node, endpoints)
+        virtual = await self._restore_virtual_links()
         self.events.emit(EventType.element_started, ELEMENT, nodes=len(self.model.nodes),
-                         links=len(self.model.links), southbound=self.southbound is not None)
+                         links=len(self.model.links), southbound=self.southbound is not None,
+                         registered_nodes=len(registry), virtual_links=virtual)
 
-    async def _load_db(self) -> None:
+    def _registry_restored(self, node: str, endpoints: Mapping[str, str]) -> None:
+        """Take back a node's URLs from the store as if it had announced them (no event:
+        the node did not speak)."""
+        self.model.nodes[node].endpoints = dict(endpoints)
+        for listener in self._listeners:
+            try:
+                listener(node, dict(endpoints))
+            except Exception:
+                logger.exception("node registry listener failed for %s", node)
+        url = endpoints.get("etsi015")
+        if self.view is not None:
+            self.view.set_node(node, url)
+        if self.southbound is not None:
+            self.southbound.set_url(node, url)
+            self.southbound.discover(node)
+
+    async def _restore_virtual_links(self) -> int:
+        """Register the VIRT records of Admission Control's live sessions (none if
+        Admission is not up yet: it announces them when it starts)."""
+        try:
+            live = await self.bus.request(topics.ADMISSION, LiveSessionsRequest(),
+                                          timeout_s=self.settings.admission_timeout_s)
+        except BusError:
+            return 0
+        if not isinstance(live, LiveSessions):
+            return 0
+        current: dict[str, LiveSession] = {}
+        for s in live.sessions:  # a session being moved is listed per epoch: keep its current
+            if s.session_id not in current or s.epoch < current[s.session_id].epoch:
+                current[s.session_id] = s
+        done = 0
+        for s in current.values():
+            try:
+                await self.register_link(RegisterLink(
+                    link_id=virtual_link_id(s.session_id), type="VIRT",
+                    endpoints=(s.path[0], s.path[-1]), path=s.path, bandwidth_bps=s.min_bps,
+                    session_id=s.session_id, source_sae=s.source_sae,
+                    destination_sae=s.destination_sae, priority=s.priority,
+                    max_bps=s.max_bps))
+            except (ValueError, StoreError) as exc:
+                logger.warning("cannot restore the VIRT link of %s: %s", s.session_id, exc)
+                continue
+            done += 1
+        return done
+
+    async def _load_db(self) -> dict[str, dict[str, str]]:
         """Write the topology file into the database, keeping PHYS links registered earlier.
 
-        VIRT links of a previous run are dropped: their sessions ended with that run.
+        VIRT links of a previous run are dropped (Admission Control, which owns the
+        sessions, has them registered again).
+
+        Returns:
+            The registry: interface URLs each node of the topology last announced.
         """
         assert self.db is not None
         async with self.db.session() as s:
@@ -392,6 +458,9 @@ class SdnController(Service):
                     ).scalars().all()
             kept = [(r.id, r.node_a, r.node_b) for r in rows
                     if (r.params or {}).get("registered")]
+            registry = {r.id: dict(r.endpoints) for r in
+                        (await s.execute(select(NodeRow))).scalars().all()
+                        if r.endpoints and r.id in self.model.nodes}
         if self.settings.load_topology_on_start:
             await load_topology_into(self.db, self.topology)
         for link_id, a, b in kept:
@@ -403,6 +472,7 @@ class SdnController(Service):
                 logger.warning("dropping registered link %s: %s", link_id, exc)
                 continue
             await self._store(self.model.links[link_id])
+        return registry
 
     async def _store(self, link: SdnLink) -> None:
         if self.db is None:
@@ -477,6 +547,14 @@ class SdnController(Service):
         if record is None:
             return NodeWelcome(node=node, known=False, reason="node not in the topology")
         record.endpoints = dict(endpoints)
+        if self.db is not None:
+            try:
+                async with self.db.session() as s:
+                    row = await s.get(NodeRow, node)
+                    if row is not None:
+                        row.endpoints = dict(endpoints)
+            except StoreError:
+                logger.exception("cannot store the endpoints of %s", node)
         self.events.emit(EventType.topology_changed, ELEMENT, node=node,
                          change="node_registered", endpoints=dict(endpoints))
         for listener in self._listeners:
@@ -550,9 +628,7 @@ class SdnController(Service):
         if self._closed:
             return
         self._closed = True
-        for sub in self._subs:
-            with contextlib.suppress(BusError):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         if self.southbound is not None:
             await self.southbound.close()
         if self.view is not None:

@@ -58,6 +58,9 @@ class AdmissionSettings(_Settings):
     """Largest ETSI 004 TTL (seconds) any user may ask for."""
     directory_cache_ttl_s: NonNegative = 5.0
     """How long (clock) a user's SLA and an application's node are cached (0: never)."""
+    keepalive_store_interval_s: NonNegative = 5.0
+    """At most one store write per session per this many (wall) seconds to stamp its last
+    keep-alive; a restarted controller re-arms every timer from its start regardless."""
 
 
 class RoutingSettings(_Settings):
@@ -130,6 +133,8 @@ class SdnSettings(_Settings):
 
     load_topology_on_start: bool = True
     """Write the topology file's nodes, links, users and applications into the database."""
+    admission_timeout_s: Positive = 5.0
+    """Bound (real seconds) on Admission Control's list of live sessions at start."""
 
 
 class ControlSettings(_Settings):

@@ -25,6 +25,9 @@ Decisions:
   runs at a time; a request arriving meanwhile makes it run once more. So a burst of
   changes collapses into the last state, and a reroute's release always finishes before
   the new path is provisioned (both use the session's ``qkdl_id``).
+* **Idempotent after a restart.** A restarted controller's ``provisioned`` is empty while
+  the nodes still hold the previous run's entries: an entry that already exists (409
+  ``data-exists``) is replaced by the one the model wants.
 * **Failures are reported, never raised.** No answer, a refusal, or a node without a known
   agent is logged and emitted as an ``sdn_agent_failed`` event (``operation``, ``reason``,
   ``unreachable``). There is no retry loop: a node's re-announcement runs discovery again
@@ -89,6 +92,7 @@ class ProvisionedPath:
     qkdl_id: str
     hops: tuple[PathHop, ...]
     app_nodes: tuple[tuple[str, str], ...] = ()  # (node, url) holding the session's qkd_app
+    virtual: bool = True  # False: adjacent endpoints, the qkd_app is backed by the PHYS link
 
 
 class Etsi015Southbound:
@@ -265,13 +269,28 @@ class Etsi015Southbound:
         hops = tuple(PathHop(self.urls[n], qkd_uuid("node", n)) for n in want.path)
         app = app_id(session_id)
         apps = (app,) if want.source_sae else ()
-        try:
-            uid = await self.driver.provision_path(session_id, hops, want.bandwidth_bps,
-                                                   applications=apps)
-        except Etsi015Error as exc:
-            self._failed("provision_path", str(exc), node=_node_of(exc, want.path, hops),
-                         session=session_id, unreachable=isinstance(exc, Etsi015Unreachable))
-            return
+        virtual = len(want.path) > 2
+        if virtual:
+            try:
+                # replace_existing: after a controller restart the nodes still hold what the
+                # previous run put there, while ``provisioned`` starts empty
+                uid = await self.driver.provision_path(session_id, hops, want.bandwidth_bps,
+                                                       applications=apps,
+                                                       replace_existing=True)
+            except Etsi015Error as exc:
+                self._failed("provision_path", str(exc), node=_node_of(exc, want.path, hops),
+                             session=session_id,
+                             unreachable=isinstance(exc, Etsi015Unreachable))
+                return
+        else:
+            # adjacent endpoints: the PHYS link is the key association; no VIRT link, the
+            # session's qkd_app names the PHYS link as its backing link
+            phys = self.model.physical_between(*want.path)
+            if phys is None:
+                self._failed("register_application", f"no PHYS link joins {list(want.path)}",
+                             node=want.path[0], session=session_id)
+                return
+            uid = phys.qkdl_id
         app_nodes: list[tuple[str, str]] = []
         if apps:
             ends = ((want.path[0], hops[0], hops[-1]), (want.path[-1], hops[-1], hops[0]))
@@ -283,17 +302,33 @@ class Etsi015Southbound:
                     min_bandwidth_bps=want.bandwidth_bps, backing_qkdl_ids=(uid,),
                     local_qkdn_id=here.qkdn_id, remote_qkdn_id=far.qkdn_id)
                 try:
-                    await self.driver.register_application(here.url, entry)
+                    await self._put_application(here.url, entry)
                 except Etsi015Error as exc:
                     self._failed("register_application", str(exc), node=node,
                                  session=session_id,
                                  unreachable=isinstance(exc, Etsi015Unreachable))
                     continue
                 app_nodes.append((node, here.url))
-        self.provisioned[session_id] = ProvisionedPath(want, uid, hops, tuple(app_nodes))
+        self.provisioned[session_id] = ProvisionedPath(want, uid, hops, tuple(app_nodes),
+                                                       virtual)
         self.events.emit(EventType.virtual_link_provisioned, ELEMENT, session=session_id,
                          qkdl_id=uid, path=list(want.path), bandwidth_bps=want.bandwidth_bps,
-                         applications=[n for n, _ in app_nodes])
+                         applications=[n for n, _ in app_nodes], virtual=virtual)
+
+    async def _put_application(self, url: str, entry: QkdApplication) -> None:
+        """Create ``entry`` on the node at ``url``, replacing one with its ``app_id`` (left
+        by a controller run that has since restarted).
+
+        Raises:
+            Etsi015Error: the node refused or did not answer.
+        """
+        try:
+            await self.driver.register_application(url, entry)
+        except Etsi015ClientError as exc:
+            if exc.status != 409:
+                raise
+            await self.driver.remove_application(url, entry.app_id)
+            await self.driver.register_application(url, entry)
 
     async def _release(self, session_id: str, have: ProvisionedPath) -> None:
         app = app_id(session_id)
@@ -306,13 +341,17 @@ class Etsi015Southbound:
             except Etsi015Error as exc:
                 self._failed("remove_application", str(exc), node=node, session=session_id,
                              unreachable=True)
-        left = await self.driver.release_path(session_id, have.hops)
-        nodes = [n for n, h in zip(have.want.path, have.hops, strict=True) if h in left]
-        if nodes:
-            self._failed("release_path", f"VIRT link {have.qkdl_id} not removed from {nodes}",
-                         node=nodes[0], session=session_id, unreachable=True)
+        nodes: list[str] = []
+        if have.virtual:  # an adjacent session's backing PHYS link stays, of course
+            left = await self.driver.release_path(session_id, have.hops)
+            nodes = [n for n, h in zip(have.want.path, have.hops, strict=True) if h in left]
+            if nodes:
+                self._failed("release_path",
+                             f"VIRT link {have.qkdl_id} not removed from {nodes}",
+                             node=nodes[0], session=session_id, unreachable=True)
         self.events.emit(EventType.virtual_link_released, ELEMENT, session=session_id,
-                         qkdl_id=have.qkdl_id, path=list(have.want.path), failed=nodes)
+                         qkdl_id=have.qkdl_id, path=list(have.want.path), failed=nodes,
+                         virtual=have.virtual)
 
 
 def _status(link: dict[str, Any]) -> str:

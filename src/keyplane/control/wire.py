@@ -16,7 +16,13 @@ Flows:
    :class:`TopologySnapshotRequest` → :class:`TopologySnapshot`.
 4. Admission / operators → SDN Controller, request/reply on
    ``keyplane.control.sdn.register``: :class:`RegisterLink` → :class:`RegisterLinkReply`
-   (new PHYS links; VIRT links that multi-hop sessions create), :class:`UnregisterLink`.
+   (new PHYS links; the VIRT records sessions create), :class:`UnregisterLink`.
+5. Restart recovery (docs/control.md, "Controller restart"). Admission Control owns the
+   truth about live sessions. When it starts, it sends its :class:`LiveSessions` to the
+   Routing Element as a request on ``keyplane.control.routing`` (→ :class:`LiveSessionsApplied`:
+   the reservations now match) before it takes any new request; when the Routing Element or
+   the SDN Controller starts, it asks Admission with :class:`LiveSessionsRequest` on
+   ``keyplane.control.admission`` (→ :class:`LiveSessions`).
 """
 
 from __future__ import annotations
@@ -31,6 +37,10 @@ from keyplane.bus.codec import Message
 __all__ = [
     "SDN_REGISTER",
     "SDN_SNAPSHOT",
+    "LiveSession",
+    "LiveSessions",
+    "LiveSessionsApplied",
+    "LiveSessionsRequest",
     "RegisterLink",
     "RegisterLinkReply",
     "RerouteAck",
@@ -42,10 +52,16 @@ __all__ = [
     "TopologySnapshot",
     "TopologySnapshotRequest",
     "UnregisterLink",
+    "virtual_link_id",
 ]
 
 SDN_SNAPSHOT = f"{topics.SDN}.snapshot"
 SDN_REGISTER = f"{topics.SDN}.register"
+
+
+def virtual_link_id(session_id: str) -> str:
+    """The SDN Controller's link id of a session's VIRT record (see keyplane.control.sdn)."""
+    return f"virt-{session_id}"
 
 
 class RouteRequest(Message):
@@ -139,7 +155,7 @@ class TopologySnapshot(Message):
 
 
 class RegisterLink(Message):
-    """Register a new PHYS link, or the VIRT link of a multi-hop session (``path``)."""
+    """Register a new PHYS link, or a session's VIRT record (its ``path``)."""
 
     KIND = "sdn.register_link"
 
@@ -176,3 +192,57 @@ class RegisterLinkReply(Message):
     ok: bool
     qkdl_id: str = ""
     reason: str = ""
+
+
+class LiveSession(Message):
+    """One session Admission Control holds capacity for, with the reservation it needs.
+
+    ``epoch`` is the Routing Element's reservation key (Admission's ``route_epoch``). The
+    SAE ids, priority and rates describe the session's VIRT link and ``qkd_app`` when
+    ``path`` has more than two nodes.
+    """
+
+    KIND = "control.live_session"
+
+    session_id: str
+    epoch: Annotated[int, Field(ge=0)] = 0
+    path: list[str]
+    min_bps: Annotated[float, Field(ge=0)] = 0.0
+    hybrid_policy: str = "qkd-only"
+    source_sae: str = ""
+    destination_sae: str = ""
+    priority: Annotated[int, Field(ge=0)] = 0
+    max_bps: Annotated[float, Field(ge=0)] = 0.0
+
+
+class LiveSessionsRequest(Message):
+    """A (re)started Routing Element or SDN Controller asks Admission for its sessions."""
+
+    KIND = "control.live_sessions_request"
+
+
+class LiveSessions(Message):
+    """Every reservation Admission Control needs, and nothing else: a reservation of any
+    other ``(session, epoch)`` is a leftover of a previous run. A session moving to a new
+    path appears once per epoch it holds."""
+
+    KIND = "control.live_sessions"
+
+    sessions: list[LiveSession] = Field(default_factory=list)
+
+
+class LiveSessionsApplied(Message):
+    """The Routing Element's answer to :class:`LiveSessions`.
+
+    ``restored``: sessions whose reservation was missing and is held again; ``released``:
+    reservations of sessions Admission does not know, freed; ``overbooked``: links whose
+    restored reservations exceed their capacity; ``missing_links``: per session, path hops
+    with no link in the graph (nothing reserved there).
+    """
+
+    KIND = "control.live_sessions_applied"
+
+    restored: list[str] = Field(default_factory=list)
+    released: list[str] = Field(default_factory=list)
+    overbooked: list[str] = Field(default_factory=list)
+    missing_links: dict[str, list[str]] = Field(default_factory=dict)

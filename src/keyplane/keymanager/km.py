@@ -53,7 +53,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from keyplane import config
-from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.errors import (
     AuthenticationFailed,
@@ -305,9 +305,7 @@ class KeyManager:
         if self._status == "closed":
             return
         self._status = "closed"
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         self._subs.clear()
         tasks = [t for t in self._tasks if not t.done()]
         for s in self._sessions.values():

@@ -68,11 +68,17 @@ def shake_uniform_u16(seed: bytes, label: bytes, n: int) -> NDArray[np.uint16]:
     return np.frombuffer(digest, dtype="<u2").astype(np.uint16, copy=False)
 
 
-def _feistel(x: NDArray[np.uint32], keys: NDArray[np.uint32], half: int) -> NDArray[np.uint32]:
-    mask = np.uint32((1 << half) - 1)
-    shift = np.uint32(half)
-    left = x >> shift
-    right = x & mask
+def _feistel(x: NDArray[np.uint32], keys: NDArray[np.uint32], a: int, b: int
+             ) -> NDArray[np.uint32]:
+    """One pass of the Feistel network over ``a + b``-bit values (``a`` high bits left).
+
+    Unbalanced when ``a != b``: each round maps ``(L, R)`` to ``(R, L ^ F(R))`` with ``F``
+    truncated to ``L``'s width, so the two widths swap every round; each round is
+    invertible, so the network is a permutation of ``[0, 2**(a + b))``.
+    """
+    left = x >> np.uint32(b)
+    right = x & np.uint32((1 << b) - 1)
+    wl, wr = a, b
     for k in keys:
         # lowbias32 (Wellons) as the round function, in place to limit temporaries
         z = right ^ k
@@ -80,10 +86,11 @@ def _feistel(x: NDArray[np.uint32], keys: NDArray[np.uint32], half: int) -> NDAr
         z ^= z >> _S15
         z *= _M2
         z ^= z >> _S16
-        z &= mask
+        z &= np.uint32((1 << wl) - 1)
         z ^= left
         left, right = right, z
-    left <<= shift
+        wl, wr = wr, wl
+    left <<= np.uint32(wr)
     left |= right
     return left
 
@@ -91,11 +98,12 @@ def _feistel(x: NDArray[np.uint32], keys: NDArray[np.uint32], half: int) -> NDAr
 def keyed_permutation(n: int, seed: bytes, label: bytes) -> NDArray[np.int64]:
     """A pseudo-random permutation of ``range(n)`` keyed by ``seed`` (same on every host).
 
-    A 4-round balanced Feistel network over ``2*h`` bits (``4**h >= n``), with 32-bit
-    round keys from SHAKE-128(label || seed) and Wellons' lowbias32 mixer as the round
-    function, restricted to ``[0, n)`` by cycle walking (Black and Rogaway, CT-RSA 2002).
-    Pure uint32 arithmetic, so every NumPy build gives the same permutation, and cheaper
-    than sorting random keys.
+    A 4-round Feistel network over ``m = ceil(log2 n)`` bits (halves of ``m // 2`` and
+    ``m - m // 2`` bits, so the domain is less than ``2n`` and cycle walking costs under two
+    evaluations per element), with 32-bit round keys from SHAKE-128(label || seed) and
+    Wellons' lowbias32 mixer as the round function, restricted to ``[0, n)`` by cycle
+    walking (Black and Rogaway, CT-RSA 2002). Pure uint32 arithmetic, so every NumPy build
+    gives the same permutation, and cheaper than sorting random keys.
 
     Returns:
         ``perm`` with ``perm[j]`` the original index placed at position ``j``.
@@ -107,15 +115,16 @@ def keyed_permutation(n: int, seed: bytes, label: bytes) -> NDArray[np.int64]:
         return np.zeros(max(n, 0), dtype=np.int64)
     if n > 1 << 32:
         raise ValueError("keyed_permutation supports n <= 2^32")
-    half = max(1, math.ceil(math.ceil(math.log2(n)) / 2))
+    m = max(2, math.ceil(math.log2(n)))
+    a, b = m // 2, m - m // 2
     keys = np.frombuffer(hashlib.shake_128(label + seed).digest(16), dtype="<u4").astype(
         np.uint32
     )
-    y = _feistel(np.arange(n, dtype=np.uint32), keys, half)
+    y = _feistel(np.arange(n, dtype=np.uint32), keys, a, b)
     limit = np.uint32(n - 1)
     idx = np.flatnonzero(y > limit)
     while idx.shape[0]:
-        y[idx] = _feistel(y[idx], keys, half)
+        y[idx] = _feistel(y[idx], keys, a, b)
         idx = idx[y[idx] > limit]
     return y.astype(np.int64)
 

@@ -2,6 +2,8 @@
 
 * user/SLA database: :class:`UserRow`, :class:`ApplicationRow`
 * topology database: :class:`NodeRow`, :class:`LinkRow`, :class:`LinkMetricRow`
+* control-plane state: :class:`AdmittedSessionRow` (Admission Control's live sessions and
+  the capacity they hold, so a restarted controller neither forgets nor double-books them)
 * key manager state: :class:`LinkKeyBlockRow` (link key stores), :class:`SessionRow`,
   :class:`DeliveredKeyRow` (end-to-end keys a KM holds or has handed out, so a restart
   neither loses one nor delivers one twice)
@@ -20,6 +22,7 @@ from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, La
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
+    "AdmittedSessionRow",
     "ApplicationRow",
     "Base",
     "DeliveredKeyRow",
@@ -59,6 +62,9 @@ class NodeRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(256), default="")
     address: Mapped[str] = mapped_column(String(256), default="127.0.0.1")
+    endpoints: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    """Interface URLs the node's process last announced (name → URL): the SDN Controller's
+    registry, kept so a restarted controller can drive the nodes before they re-announce."""
 
 
 class LinkRow(Base):
@@ -86,6 +92,44 @@ class LinkMetricRow(Base):
     sessions: Mapped[int] = mapped_column(Integer, default=0)
     buffer_bits: Mapped[int] = mapped_column(Integer, default=0)
     reserved_bps: Mapped[float] = mapped_column(Float, default=0.0)
+
+
+class AdmittedSessionRow(Base):
+    """A session Admission Control admitted (paper Fig. 2b ``active``), with what it holds.
+
+    Written when the session becomes operative, rewritten when it moves to a new path
+    (``epoch`` / ``route_epoch`` / ``path``), marked ``terminated`` while its deletions are
+    out and deleted once they are confirmed. ``initiator`` / ``responder`` are the two
+    endpoints' open requests (node, user, SAE, peer SAE, QoS, the user's SLA, the id the
+    request carried); the other figures are the configuration pushed to the path.
+    Times are wall-clock seconds (the clock's monotonic time means nothing to another
+    process).
+    """
+
+    __tablename__ = "admitted_sessions"
+
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), default="active")  # active | terminated
+    interface: Mapped[str] = mapped_column(String(8))
+    source_sae: Mapped[str] = mapped_column(String(64))
+    destination_sae: Mapped[str] = mapped_column(String(64))
+    source_node: Mapped[str] = mapped_column(String(64))
+    destination_node: Mapped[str] = mapped_column(String(64))
+    initiator: Mapped[dict[str, Any]] = mapped_column(JSON)
+    responder: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    path: Mapped[list[str]] = mapped_column(JSON)
+    epoch: Mapped[int] = mapped_column(Integer, default=0)
+    route_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    min_bps: Mapped[float] = mapped_column(Float, default=0.0)
+    rate_bps: Mapped[float] = mapped_column(Float, default=0.0)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    idle_timeout_s: Mapped[float] = mapped_column(Float, default=60.0)
+    key_chunk_size: Mapped[int] = mapped_column(Integer, default=32)
+    bucket_size_bits: Mapped[int] = mapped_column(Integer, default=256)
+    hybrid_policy: Mapped[str] = mapped_column(String(16), default="qkd-only")
+    created_wall: Mapped[float] = mapped_column(Float, default=0.0)
+    updated_wall: Mapped[float] = mapped_column(Float, default=0.0)
+    last_keepalive_wall: Mapped[float] = mapped_column(Float, default=0.0)
 
 
 class LinkKeyBlockRow(Base):

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from keyplane.config import SlaProfile, Topology
 from keyplane.control import AdmissionCore, AdmissionSettings, AdmissionState, check_qos
-from keyplane.control.admission import PushConfigs, RequestRoute, SendDeletes
+from keyplane.control.admission import (
+    AnnounceVirtualLink,
+    ForgetStored,
+    PushConfigs,
+    RequestRoute,
+    SendDeletes,
+)
 from keyplane.messages import Qos
 from tests.support.control import open_request
 
@@ -73,3 +81,55 @@ def test_core_refuses_a_request_from_a_km_that_does_not_serve_the_sae(
                            topology.user("alice"), "d", 0.0, source_node="a")
     (delete,) = [e for e in effects if isinstance(e, SendDeletes)]
     assert delete.deletes[0].node == "b" and "not served by b" in delete.deletes[0].reason
+
+
+def _active_pair(topology: Topology, core: AdmissionCore, sid: str, opened_as: str) -> None:
+    """``sid`` a → d (the responder opened it as ``opened_as``), active on a-e-d at t=1."""
+    core.open(open_request(sid, "a", "alice", "sae_a", "sae_d", min_bps=50),
+              topology.user("alice"), "d", 0.0, source_node="a")
+    core.open(open_request(opened_as, "d", "dave", "sae_d", "sae_a", min_bps=50),
+              topology.user("dave"), "a", 0.5, source_node="d")
+    core.route_found(sid, 0, ["a", "e", "d"], 0.6)
+    core.configs_applied(sid, 0, ("a", "e", "d"), {}, 1.0)
+
+
+def test_core_record_restores_into_an_equal_session_with_a_fresh_timer(
+        topology: Topology) -> None:
+    first = AdmissionCore()
+    _active_pair(topology, first, "s", "s-at-d")
+    old = first.session("s")
+    assert old is not None
+    rec = old.record()
+    assert (rec.state, rec.path, rec.min_bps) == ("active", ("a", "e", "d"), 50.0)
+
+    core = AdmissionCore()
+    effects = core.restore(rec, 500.0)
+    sess = core.session("s")
+    assert sess is not None and sess.state is AdmissionState.active
+    assert (sess.initiator, sess.responder) == (old.initiator, old.responder)
+    assert (sess.path, sess.epoch, sess.rate_bps, sess.bucket_size_bits) == (
+        old.path, old.epoch, old.rate_bps, old.bucket_size_bits)
+    assert sess.timer_deadline == pytest.approx(500.0 + 20 + 1.0)  # from the restart
+    assert core.session("s-at-d") is sess  # the responder's own id still names it
+    assert core.live_sessions_of("alice") == 1 and core.live_sessions_of("dave") == 1
+    (live,) = core.live_sessions()
+    assert (live.session_id, live.epoch, live.path, live.min_bps) == ("s", 0,
+                                                                      ["a", "e", "d"], 50.0)
+    assert [e.active for e in effects if isinstance(e, AnnounceVirtualLink)] == [True]
+    assert core.restore(rec, 501.0) == []  # once only
+
+
+def test_core_unreadable_record_is_deleted_on_its_path_and_forgotten(
+        topology: Topology) -> None:
+    first = AdmissionCore()
+    _active_pair(topology, first, "s", "s")
+    old = first.session("s")
+    assert old is not None
+    rec = dataclasses.replace(old.record(), initiator={"node": "a"})
+    core = AdmissionCore()
+    effects = core.restore(rec, 10.0)
+    assert core.session("s") is None and core.live_sessions() == []
+    (delete,) = [e for e in effects if isinstance(e, SendDeletes)]
+    assert [d.node for d in delete.deletes] == ["a", "e", "d"]
+    assert "stored session unreadable" in delete.deletes[0].reason
+    assert [e.session_id for e in effects if isinstance(e, ForgetStored)] == ["s"]

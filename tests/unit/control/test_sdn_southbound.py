@@ -15,13 +15,13 @@ import pytest
 from keyplane.api.etsi015 import app_id, validate_node
 from keyplane.bus import Bus, MemoryBus, topics
 from keyplane.clock import VirtualClock
-from keyplane.config import Topology
+from keyplane.config import Topology, parse_topology
 from keyplane.control import ControlPlane, ControlSettings, SdnController, qkd_uuid
 from keyplane.control.wire import RegisterLink
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import LinkTelemetry, NodeAnnouncement, NodeWelcome, SessionClose
 from keyplane.store import Database
-from tests.support.control import NODES, open_request
+from tests.support.control import NODES, TOPOLOGY, open_request
 from tests.support.etsi015 import AgentNetwork, agent_url
 from tests.support.fake_kms import FakeKms, wait_until
 
@@ -165,6 +165,56 @@ async def test_relayed_session_puts_virt_links_on_its_path_moves_them_and_remove
         assert not sink.of_type(EventType.sdn_agent_failed)
 
 
+ADJACENT = TOPOLOGY.replace("""applications:
+""", """  - id: erin
+    certificate_subject: "CN=erin,O=test"
+    sla: {max_sessions: 1, max_bps: 10000, priority: 2, allowed_peers: ["*"]}
+applications:
+  - {sae_id: sae_b, owner: erin, node: b}
+""")
+
+
+async def test_adjacent_session_gets_a_qkd_app_backed_by_the_phys_link_and_no_virt_link(
+        memory_bus: MemoryBus, sqlite_db: Database, clock: VirtualClock) -> None:
+    """ETSI 015 wants one qkd_app per session: an adjacent session b-c has its qkd_app on b
+    and c, backed by the b-c PHYS link; no VIRT link is made; the close removes the apps
+    and leaves the PHYS link."""
+    topology = parse_topology(ADJACENT, "control-test")
+    sink = MemorySink()
+    events = EventStream(clock, [sink])
+    phys = qkd_uuid("link", "b-c")
+    async with AgentNetwork(topology, NODES, memory_bus, clock, EventStream(clock)) as net, \
+            FakeKms(memory_bus, NODES) as kms, \
+            ControlPlane(topology, memory_bus, sqlite_db, clock, events, ControlSettings(),
+                         sdn_driver=net.driver) as plane:
+        for node in NODES:
+            await announce(memory_bus, node)
+        for node, user, src, dst in (("b", "erin", "sae_b", "sae_c"),
+                                     ("c", "carol", "sae_c", "sae_b")):
+            await memory_bus.request(topics.ADMISSION, open_request(
+                "s2", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=5.0)
+        await wait_until(lambda: kms.holders("s2") == ["b", "c"], what="operative")
+        await wait_until(lambda: bool(net.apps("b") and net.apps("c")), what="qkd_apps")
+        for node in ("b", "c"):
+            (app,) = net.apps(node)
+            assert app["app_id"] == app_id("s2")
+            assert app["server_app_id"] == "urn:keyplane:sae:sae_b"
+            assert app["client_app_id"] == ["urn:keyplane:sae:sae_c"]
+            assert app["backing_qkdl_id"] == [phys]
+        assert all(net.virt_links(n) == [] for n in NODES)
+        for node in NODES:
+            validate_node(net.agents[node].get(""))
+        await memory_bus.publish(topics.ADMISSION, SessionClose(session_id="s2", node="b"))
+        await wait_until(lambda: not net.apps("b") and not net.apps("c"), what="apps removed")
+        assert plane.sdn is not None and plane.sdn.southbound is not None
+        await plane.sdn.southbound.settle()
+        links = net.agents["b"].get("etsi-qkd-sdn-node:qkd_node/qkd_links")
+        assert phys in {x["qkdl_id"] for x in links["etsi-qkd-sdn-node:qkd_links"]["qkd_link"]}
+        (released,) = sink.of_type(EventType.virtual_link_released)
+        assert released.data["virtual"] is False and released.data["failed"] == []
+        assert not sink.of_type(EventType.sdn_agent_failed)
+
+
 async def test_unreachable_agent_is_evented_and_never_blocks_session_setup(
         topology: Topology, memory_bus: MemoryBus, sqlite_db: Database, clock: VirtualClock,
         net: AgentNetwork) -> None:
@@ -210,3 +260,44 @@ async def test_unreachable_agent_is_evented_and_never_blocks_session_setup(
         await plane.sdn.southbound.settle()
         assert virt_state(net) == along("a-e-d")
         assert plane.sdn.model.nodes["e"].status == "OPERATING"
+
+
+async def test_restarted_controller_reprovisions_virt_links_without_nodes_reannouncing(
+        topology: Topology, memory_bus: MemoryBus, db: Database, clock: VirtualClock,
+        net: AgentNetwork) -> None:
+    """The controller restarts; the nodes keep running with the previous run's VIRT links
+    and qkd_apps and do not announce themselves again. The new controller takes their
+    URLs from the store and puts the live session's entries on them again (the entries
+    that already exist are replaced, not refused); the close then removes them."""
+    sink = MemorySink()
+    events = EventStream(clock, [sink])
+    async with FakeKms(memory_bus, NODES) as kms:
+        async with ControlPlane(topology, memory_bus, db, clock, events, ControlSettings(),
+                                sdn_driver=net.driver) as first:
+            for node in NODES:
+                await announce(memory_bus, node)
+            for node, user, src, dst in (("a", "alice", "sae_a", "sae_d"),
+                                         ("d", "dave", "sae_d", "sae_a")):
+                await memory_bus.request(topics.ADMISSION, open_request(
+                    "s1", node, user, src, dst, min_bps=100), timeout_s=5.0)
+            await wait_until(lambda: virt_state(net) == along("a-e-d"), what="VIRT links")
+            assert first.sdn is not None and first.sdn.southbound is not None
+            await first.sdn.southbound.settle()
+        sink.events.clear()
+
+        async with ControlPlane(topology, memory_bus, db, clock, events, ControlSettings(),
+                                sdn_driver=net.driver) as plane:
+            assert plane.sdn is not None and plane.sdn.southbound is not None
+            assert plane.sdn.endpoints["e"] == {"etsi015": agent_url("e")}
+            await wait_until(lambda: sink.of_type(EventType.virtual_link_provisioned),
+                             what="re-provisioned")
+            await plane.sdn.southbound.settle()
+            assert virt_state(net) == along("a-e-d")
+            assert [a["app_id"] for a in net.apps("a")] == [app_id("s1")]
+            assert not sink.of_type(EventType.sdn_agent_failed)
+            assert {e.node for e in sink.of_type(EventType.node_discovered)} == set(NODES)
+
+            await memory_bus.publish(topics.ADMISSION, SessionClose(session_id="s1", node="a"))
+            await wait_until(lambda: kms.holders("s1") == [], what="closed")
+            await wait_until(lambda: virt_state(net) == {} and not net.apps("a")
+                             and not net.apps("d"), what="VIRT links removed")

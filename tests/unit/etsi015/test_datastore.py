@@ -5,10 +5,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from keyplane.api.etsi015 import NodeDatastore, RestconfError, qkdl_id, qkdn_id, validate_node
+from keyplane.api.etsi015.datastore import parse_fields
 from keyplane.api.etsi015.model import MODULE, ROOT_MEMBER, identity
 from keyplane.config import Topology
 
@@ -80,3 +82,22 @@ def test_patch_commits_valid_tree_or_changes_nothing(topology: Topology,
         assert ds.document(WALL) == before
     else:
         validate_node(ds.document(WALL))
+
+
+@pytest.mark.parametrize(("expr", "tree"), [
+    ("a", {"a": None}),
+    ("a/b", {"a": {"b": None}}),
+    ("a(b;c/d)", {"a": {"b": None, "c": {"d": None}}}),
+    ("a/b;a/c", {"a": {"b": None, "c": None}}),
+    ("a/b;a", {"a": None}),  # the whole node wins over a part of it
+    ("m:a/b(c)", {"m:a": {"b": {"c": None}}}),
+])
+def test_parse_fields_follows_rfc8040_grammar(expr: str, tree: dict) -> None:
+    assert parse_fields(expr) == tree
+
+
+@pytest.mark.parametrize("expr", ["", ";", "a;", "a//b", "a(", "a()", "a)b", "(a)", "a b"])
+def test_parse_fields_refuses_malformed_expressions(expr: str) -> None:
+    with pytest.raises(RestconfError) as e:
+        parse_fields(expr)
+    assert e.value.status == 400

@@ -269,9 +269,39 @@ async def test_bad_read_paths_answer_restconf_errors(controller_client, url, sta
 
 
 async def test_unsupported_query_parameter_is_invalid_value(controller_client) -> None:
-    assert_error(await controller_client.get(NODE, params={"fields": "qkdn_id"}), 400,
-                 "invalid-value")
+    assert_error(await controller_client.get(NODE, params={"with-defaults": "report-all"}),
+                 400, "invalid-value")
     assert_error(await controller_client.get(NODE, params={"depth": "0"}), 400, "invalid-value")
+    assert_error(await controller_client.get(NODE + "?depth=2&depth=3"), 400, "invalid-value")
+
+
+async def test_get_fields_selects_nodes_and_keeps_list_keys(controller_client) -> None:
+    r = await controller_client.get(NODE, params={
+        "fields": "qkdn_id;qkd_links/qkd_link(qkdl_type;qkdl_local/qkdn_id)"})
+    assert r.status_code == 200, r.text
+    body = r.json()[ROOT_MEMBER]
+    assert set(body) == {"qkdn_id", "qkd_links"}
+    links = body["qkd_links"]["qkd_link"]
+    full = (await controller_client.get(LINKS)).json()["etsi-qkd-sdn-node:qkd_links"]
+    assert len(links) == len(full["qkd_link"]) > 0
+    for link in links:  # the key stays, so each entry is still named
+        assert set(link) == {"qkdl_id", "qkdl_type", "qkdl_local"}
+        assert set(link["qkdl_local"]) == {"qkdn_id"}
+    assert all("qkdl_remote" in link for link in full["qkd_link"])  # what was left out
+    # relative to the target resource; a module-qualified identifier is accepted too
+    r = await controller_client.get(NODE + "/qkd_interfaces",
+                                    params={"fields": "etsi-qkd-sdn-node:qkd_interface"})
+    assert r.json()["etsi-qkd-sdn-node:qkd_interfaces"]["qkd_interface"]
+    same = (await controller_client.get(LINKS, params={"fields": "qkd_link"})).json()
+    assert same == {"etsi-qkd-sdn-node:qkd_links": full}
+
+
+@pytest.mark.parametrize("expr", ["", "qkdn_id;", "qkd_links/(qkd_link)", "qkd_links(qkd_link",
+                                  "qkdn_id)", "nothing_here", "qkd_links/qkd_link(no_leaf)",
+                                  "other-module:qkdn_id"])
+async def test_get_bad_fields_expression_is_invalid_value(controller_client, expr) -> None:
+    assert_error(await controller_client.get(NODE, params={"fields": expr}), 400,
+                 "invalid-value")
 
 
 async def test_post_twice_is_data_exists_and_second_body_is_ignored(controller_client) -> None:

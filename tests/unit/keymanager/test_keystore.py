@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 
 from keyplane.clock import VirtualClock
@@ -13,7 +18,7 @@ from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.keymanager import KmSettings, LinkKeyStore, send_half
 from keyplane.keymanager.journal import Journal
-from keyplane.store import Database
+from keyplane.store import Database, sqlite_url
 from keyplane.store.models import LinkKeyBlockRow
 
 
@@ -241,3 +246,92 @@ async def test_keystore_frame_naming_the_same_bytes_twice_is_refused(db: Databas
     assert b._totals() == b._recount()
     await ja.close()
     await jb.close()
+
+
+# ---- the peer acknowledgement, under any interleaving (hypothesis) ------------------------
+_OPS = st.one_of(
+    st.tuples(st.just("put"), st.sampled_from("ab")),  # the next block reaches this end
+    st.tuples(st.just("lose"), st.sampled_from("ab")),  # ... or this end crashed before it
+    st.tuples(st.just("deliver"), st.integers(0, 3)),  # one holdings message arrives
+    st.tuples(st.just("send"), st.sampled_from("ab")),  # this end sends a frame
+    st.tuples(st.just("restart"), st.sampled_from("ab")),  # this end restarts from its store
+)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(ops=st.lists(_OPS, min_size=1, max_size=40))
+def test_keystore_frames_name_only_blocks_the_receiver_holds(ops: list[tuple[str, Any]]) -> None:
+    """Blocks reach the two ends in any order, some never reach one end (a crash between
+    the two stores), holdings messages arrive late, ends restart: every frame an end sends
+    names only blocks the other end holds, and the receiver gets the same bytes."""
+    async def run() -> None:
+        with tempfile.TemporaryDirectory() as d:
+            db = await Database.open(sqlite_url(Path(d) / "km.db"))
+            try:
+                await _ack_scenario(db, ops)
+            finally:
+                await db.close()
+    asyncio.run(run())
+
+
+async def _ack_scenario(db: Database, ops: list[tuple[str, Any]]) -> None:
+    clock = VirtualClock()
+    settings_ = KmSettings(link_reserve_bytes=0)
+    inflight: list[tuple[str, list[int], bool, bool]] = []  # (to end, ids, inventory, reply)
+    stores: dict[str, LinkKeyStore] = {}
+    journals: dict[str, Journal] = {}
+    node = {"a": "na", "b": "nb"}
+    other = {"a": "b", "b": "a"}
+
+    def make(end: str) -> LinkKeyStore:
+        j = Journal(db)
+        j.start()
+        journals[end] = j
+        st_ = LinkKeyStore(node[end], "l1", node[other[end]], j, EventStream(clock), clock,
+                           settings_)
+        st_.set_announcer(lambda ids, e=end: inflight.append((other[e], ids, False, False)))
+        stores[end] = st_
+        return st_
+
+    for end in "ab":
+        make(end)
+    rng = random.Random(7)
+    next_block = 0
+    pending: dict[int, set[str]] = {}  # verified blocks not yet stored at some end
+    material: dict[int, bytes] = {}
+    for op, arg in ops:
+        if op in ("put", "lose"):
+            if all(arg not in v for v in pending.values()):  # a newly verified block
+                material[next_block] = rng.randbytes(256)
+                pending[next_block] = {"a", "b"}
+                next_block += 1
+            block = next(b for b in sorted(pending) if arg in pending[b])
+            pending[block].discard(arg)
+            if op == "put":
+                await stores[arg].put_block("l1", block, material[block])
+            if not pending[block]:
+                del pending[block]
+        elif op == "deliver" and inflight:
+            to, ids, inventory, reply = inflight.pop(min(arg, len(inflight) - 1))
+            stores[to].peer_holds(ids, inventory=inventory)
+            if reply:
+                inflight.append((other[to], stores[to].inventory(), True, False))
+        elif op == "send":
+            src, dst = stores[arg], stores[other[arg]]
+            if src.sendable_bytes < 16:
+                continue
+            segments, pad, gen = src.take_send(16)
+            await journals[arg].flushed(gen)
+            held = set(dst.inventory())
+            assert {b for b, _, _ in segments} <= held, (segments, held)
+            got, _ = dst.take_received(segments)
+            assert got == pad
+        elif op == "restart":
+            await journals[arg].close()
+            inflight[:] = [m for m in inflight if m[0] != arg]  # lost with the process
+            st_ = make(arg)
+            await st_.load(db)
+            inflight.append((other[arg], st_.inventory(), True, True))
+    for j in journals.values():
+        await j.close()

@@ -29,6 +29,9 @@ def test_keyed_permutation_is_a_permutation(n: int) -> None:
 def test_keyed_permutation_pinned_values() -> None:
     # pins the specified expansion (SHAKE-128 + Feistel): both ends on any host agree
     assert keyed_permutation(10, b"abc", b"x").tolist() == [3, 5, 2, 1, 6, 7, 4, 8, 0, 9]
+    # an odd bit width (5 bits for n = 20): the unbalanced network, halves of 2 and 3 bits
+    assert keyed_permutation(20, b"abc", b"x").tolist() == [
+        16, 9, 6, 5, 12, 18, 11, 13, 15, 2, 8, 3, 7, 10, 0, 19, 14, 17, 1, 4]
 
 
 @settings(max_examples=25, deadline=None)

@@ -41,7 +41,7 @@ from keyplane.api.etsi015.datastore import (
     VirtualLink,
 )
 from keyplane.api.etsi015.model import ROOT_MEMBER, app_id, date_and_time, qkdl_id
-from keyplane.bus import Bus, Message, Subscription, topics
+from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.config import Topology
 from keyplane.events import Event, EventStream, EventType
@@ -241,9 +241,7 @@ class SdnAgent(Service):
             return
         was_running = self._state == "running"
         self._state = "closed"
-        for sub in self._subs:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        await unsubscribe_all(self._subs)
         self._subs.clear()
         for task in list(self._tasks):
             task.cancel()
@@ -265,10 +263,11 @@ class SdnAgent(Service):
             return True
         return self.settings.danger_allow_unauthenticated_writes
 
-    def get(self, path: str, *, content: Content = "all", depth: int | None = None
-            ) -> dict[str, Any]:
+    def get(self, path: str, *, content: Content = "all", depth: int | None = None,
+            fields: str | None = None) -> dict[str, Any]:
         """RESTCONF GET (see :meth:`NodeDatastore.get`)."""
-        return self.datastore.get(path, self.clock.wall(), content=content, depth=depth)
+        return self.datastore.get(path, self.clock.wall(), content=content, depth=depth,
+                                  fields=fields)
 
     async def create(self, path: str, body: Any) -> str:
         """RESTCONF POST; returns the created resource's path (see :meth:`NodeDatastore.create`)."""

@@ -276,7 +276,8 @@ class Etsi015Driver:
         await self.client(node_url).delete_application(app_uuid)
 
     async def provision_path(self, session_id: str, path: Sequence[PathHop],
-                             bandwidth_bps: int, *, applications: Sequence[str] = ()) -> str:
+                             bandwidth_bps: int, *, applications: Sequence[str] = (),
+                             replace_existing: bool = False) -> str:
         """Put a relayed session's VIRT link on every node of ``path`` (source first).
 
         Every node gets an entry with the same ``qkdl_id`` (UUIDv5 of ``session:<id>``),
@@ -284,6 +285,10 @@ class Etsi015Driver:
         previous node (the node itself at the source) and ``virt_next_hop`` = the next node
         (itself at the destination). If a node refuses or cannot be reached, the entries
         already created are deleted again before the error is raised.
+
+        With ``replace_existing`` a node that already holds the link (409 ``data-exists``,
+        e.g. put there by a controller that has since restarted) has it deleted and
+        created again as described, so the call is idempotent.
 
         Returns:
             The ``qkdl_id`` of the virtual link.
@@ -305,7 +310,13 @@ class Etsi015Driver:
                                    prev_hop=prev.qkdn_id, next_hops=(nxt.qkdn_id,),
                                    bandwidth_bps=bandwidth_bps,
                                    applications=tuple(applications), status="ACTIVE")
-                await self.register_virtual_link(hop.url, link, local_qkdn_id=hop.qkdn_id)
+                try:
+                    await self.register_virtual_link(hop.url, link, local_qkdn_id=hop.qkdn_id)
+                except Etsi015ClientError as exc:
+                    if not (replace_existing and exc.status == 409):
+                        raise
+                    await self.remove_virtual_link(hop.url, uid)
+                    await self.register_virtual_link(hop.url, link, local_qkdn_id=hop.qkdn_id)
                 done.append(hop)
         except BaseException:
             await self._rollback(uid, done)

@@ -38,6 +38,7 @@ import copy
 import datetime as dt
 import functools
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -461,7 +462,7 @@ class NodeDatastore:
     # ------------------------------------------------------------------ RESTCONF reads
 
     def get(self, path: str, wall_s: float, *, content: Content = "all",
-            depth: int | None = None) -> dict[str, Any]:
+            depth: int | None = None, fields: str | None = None) -> dict[str, Any]:
         """RFC 8040 GET of a data resource (``path`` is what follows ``/restconf/data/``).
 
         Returns:
@@ -472,7 +473,7 @@ class NodeDatastore:
             RestconfError: 400 for a malformed path or key, 404 for an unknown resource.
         """
         return read_resource({ROOT_MEMBER: self._view(self._config, wall_s)}, path,
-                             content=content, depth=depth)
+                             content=content, depth=depth, fields=fields)
 
     # ------------------------------------------------------------------ RESTCONF writes
 
@@ -1104,24 +1105,33 @@ def _locate(root: dict[str, Any], steps: Sequence[Any], path: str, *,
 
 
 def read_resource(document: dict[str, Any], path: str, *, content: Content = "all",
-                  depth: int | None = None) -> dict[str, Any]:
+                  depth: int | None = None, fields: str | None = None) -> dict[str, Any]:
     """RFC 8040 GET of ``path`` in a ``{"etsi-qkd-sdn-node:qkd_node": …}`` document.
+
+    Args:
+        content, depth, fields: the RFC 8040 query parameters (§4.8.1, §4.8.2, §4.8.3);
+            ``fields`` paths are relative to the target resource.
 
     Returns:
         ``{"<module>:<name>": value}`` (a one-entry array for a list or leaf-list entry).
 
     Raises:
-        RestconfError: 400 a malformed path, key or depth; 404 an unknown resource.
+        RestconfError: 400 a malformed path, key, depth or fields expression (or one naming
+            no data node under the target); 404 an unknown resource.
     """
     if depth is not None and not 1 <= depth <= _MAX_DEPTH:
         raise RestconfError(400, "invalid-value", f"depth must be 1..{_MAX_DEPTH}")
     steps = _route(path)
     if not steps:
-        shaped = _shape(document.get(ROOT_MEMBER, {}), _root_schema(), content, depth)
+        schema: SchemaNode = _root_schema()
+        selection = None if fields is None else _check_fields(parse_fields(fields), schema)
+        shaped = _shape(document.get(ROOT_MEMBER, {}), schema, content, depth, fields=selection)
         return {ROOT_MEMBER: shaped if shaped is not _OMIT else {}}
     holder, slot, schema = _locate(document, steps, path)
     value = holder[slot]
-    shaped = _shape(value, schema, content, depth, entry=isinstance(holder, list))
+    selection = None if fields is None else _check_fields(parse_fields(fields), schema)
+    shaped = _shape(value, schema, content, depth, entry=isinstance(holder, list),
+                    fields=selection)
     if shaped is _OMIT:
         raise RestconfError(404, "invalid-value",
                             f"no {content} data at this resource", path=_error_path(path))
@@ -1236,14 +1246,15 @@ def _merge(old: dict[str, Any], new: dict[str, Any], schema: SchemaNode) -> None
 
 
 def _shape(value: Any, schema: SchemaNode, content: Content, depth: int | None, *,
-           entry: bool = False) -> Any:
-    """Apply the RFC 8040 ``content`` and ``depth`` query parameters to a raw value.
+           entry: bool = False, fields: Fields | None = None) -> Any:
+    """Apply the RFC 8040 ``content``, ``depth`` and ``fields`` query parameters to a raw
+    value (``fields``: the checked selection of :func:`parse_fields`; None selects all).
 
     ``depth`` counts the target as level 1; list keys are always kept so entries stay
     identifiable. Returns ``_OMIT`` when nothing of ``value`` is selected.
     """
     if isinstance(schema, ListNode) and isinstance(value, list) and not entry:
-        shaped = [_shape(v, schema, content, depth, entry=True) for v in value]
+        shaped = [_shape(v, schema, content, depth, entry=True, fields=fields) for v in value]
         shaped = [s for s in shaped if s is not _OMIT]
         return shaped if shaped else _OMIT
     if isinstance(value, dict) and isinstance(schema, InternalNode):
@@ -1259,18 +1270,114 @@ def _shape(value: Any, schema: SchemaNode, content: Content, depth: int | None, 
                 continue
             if depth is not None and depth <= 1:
                 continue
-            shaped = _shape(sub, child, content, None if depth is None else depth - 1)
+            below: Fields | None = None
+            if fields is not None:
+                picked = _picked(fields, child)
+                if picked is _UNSELECTED:
+                    continue
+                below = picked
+            shaped = _shape(sub, child, content, None if depth is None else depth - 1,
+                            fields=below)
             if shaped is not _OMIT:
                 out[name] = shaped
         selected = set(out) - keys
         pruned = depth is not None and depth <= 1
-        if not selected and content != "all" and not pruned and set(value) - keys:
+        if not selected and (fields is not None or content != "all") and not pruned \
+                and set(value) - keys:
             return _OMIT
         return out
     state = _is_state(schema)
     if (content == "config" and state) or (content == "nonconfig" and not state):
         return _OMIT
     return value
+
+
+Fields = dict[str, "Fields | None"]
+"""A parsed ``fields`` expression: node identifier (``name`` or ``module:name``) -> the
+selection below it (None: the whole subtree)."""
+
+_UNSELECTED: Any = object()
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*(?::[A-Za-z_][A-Za-z0-9_.-]*)?")
+
+
+def parse_fields(text: str) -> Fields:
+    """Parse an RFC 8040 §4.8.3 ``fields`` expression.
+
+    ``a/b(c;d/e);f`` selects ``a/b/c``, ``a/b/d/e`` and ``f``. Paths that share a prefix
+    are merged; a path that selects a node whole wins over one that selects part of it.
+
+    Raises:
+        RestconfError: 400 on a malformed expression.
+    """
+    def bad(why: str) -> RestconfError:
+        return RestconfError(400, "invalid-value", f"fields: {why}")
+
+    def merge(into: Fields, name: str, sub: Fields | None) -> None:
+        if name in into and (into[name] is None or sub is None):
+            into[name] = None
+        elif name in into:
+            target = into[name]
+            assert target is not None
+            for k, v in sub.items():
+                merge(target, k, v)
+        else:
+            into[name] = sub
+
+    def expr(i: int) -> tuple[Fields, int]:
+        out: Fields = {}
+        while True:
+            names: list[str] = []
+            while True:
+                m = _FIELD_NAME.match(text, i)
+                if m is None:
+                    raise bad(f"a node identifier expected at offset {i}")
+                names.append(m.group())
+                i = m.end()
+                if i < len(text) and text[i] == "/":
+                    i += 1
+                    continue
+                break
+            sub: Fields | None = None
+            if i < len(text) and text[i] == "(":
+                sub, i = expr(i + 1)
+                if i >= len(text) or text[i] != ")":
+                    raise bad(f"')' expected at offset {i}")
+                i += 1
+            for name in reversed(names[1:]):
+                sub = {name: sub}
+            merge(out, names[0], sub)
+            if i < len(text) and text[i] == ";":
+                i += 1
+                continue
+            return out, i
+
+    if not text:
+        raise bad("empty expression")
+    fields, end = expr(0)
+    if end != len(text):
+        raise bad(f"unexpected {text[end]!r} at offset {end}")
+    return fields
+
+
+def _check_fields(fields: Fields, schema: SchemaNode) -> Fields:
+    """``fields`` if every identifier names a data node under ``schema``, else a 400."""
+    for name, sub in fields.items():
+        child = _member_child(schema, name)
+        if child is None:
+            raise RestconfError(400, "invalid-value",
+                                f"fields: {name!r} names no data node here")
+        if sub is not None:
+            _check_fields(sub, child)
+    return fields
+
+
+def _picked(fields: Fields, child: SchemaNode) -> Fields | None:
+    """What ``fields`` selects of ``child`` (None: all of it), or ``_UNSELECTED``."""
+    for name, sub in fields.items():
+        prefix, sep, local = name.partition(":")
+        if (local if sep else name) == child.name and (not sep or prefix == child.ns):
+            return sub
+    return _UNSELECTED
 
 
 def _error_path(path: str) -> str:

@@ -9,7 +9,7 @@ Routes (handlers are thin: parse, call one agent method, map the result):
 | GET  /restconf/yang-library-version                    | ``2016-06-21``                         |
 | GET  /restconf/data/ietf-yang-library:modules-state    | the module set (RFC 7895)              |
 | GET  /restconf/data/ietf-restconf-monitoring:restconf-state/streams | the event stream     |
-| GET/HEAD /restconf/data[/<resource>]                   | datastore reads (``content``, ``depth``)|
+| GET/HEAD /restconf/data[/<resource>]                   | reads (``content``,``depth``,``fields``)|
 | POST/PUT/PATCH/DELETE /restconf/data/<resource>        | writes (controller certificate only)   |
 | GET  /restconf/streams/etsi-qkd-sdn-node/json          | notifications as SSE (RFC 8040 §6.3)   |
 
@@ -107,12 +107,20 @@ def _check_accept(request: Request) -> None:
                             "only application/yang-data+json (or application/json) is served")
 
 
-def _query(request: Request, allowed: tuple[str, ...]) -> tuple[Content, int | None]:
+def _query(request: Request, allowed: tuple[str, ...]
+           ) -> tuple[Content, int | None, str | None]:
     content: Content = "all"
     depth: int | None = None
+    fields: str | None = None
+    seen: set[str] = set()
     for name, value in request.query_params.multi_items():
         if name not in allowed:
             raise RestconfError(400, "invalid-value", f"query parameter {name!r} not supported")
+        if name in seen:  # RFC 8040 §4.8: each parameter at most once
+            raise RestconfError(400, "invalid-value", f"query parameter {name!r} repeated")
+        seen.add(name)
+        if name == "fields":
+            fields = value
         if name == "content":
             if value not in ("all", "config", "nonconfig"):
                 raise RestconfError(400, "invalid-value", "content must be all|config|nonconfig")
@@ -123,7 +131,7 @@ def _query(request: Request, allowed: tuple[str, ...]) -> tuple[Content, int | N
             except ValueError:
                 raise RestconfError(400, "invalid-value",
                                     "depth must be 1..65535 or unbounded") from None
-    return content, depth
+    return content, depth, fields
 
 
 async def _json_body(request: Request) -> Any:
@@ -219,8 +227,8 @@ def create_agent_app(agent: SdnAgent) -> FastAPI:
                                         f"{base}/restconf/streams/{STREAM_NAME}/json"}]}]}}})
         if method in ("GET", "HEAD"):
             _check_accept(request)
-            content, depth = _query(request, ("content", "depth"))
-            body = agent.get(path, content=content, depth=depth)
+            content, depth, fields = _query(request, ("content", "depth", "fields"))
+            body = agent.get(path, content=content, depth=depth, fields=fields)
             if method == "HEAD":
                 return Response(status_code=200, media_type=YANG_DATA_JSON)
             return answer(body)
