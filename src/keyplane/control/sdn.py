@@ -402,6 +402,11 @@ class SdnController(Service):
         """Take back a node's URLs from the store as if it had announced them (no event:
         the node did not speak)."""
         self.model.nodes[node].endpoints = dict(endpoints)
+        self._drive(node, endpoints)
+
+    def _drive(self, node: str, endpoints: Mapping[str, str]) -> None:
+        """Hand a node's URLs to the registry listeners, the northbound view and the
+        southbound (which discovers the node's agent)."""
         for listener in self._listeners:
             try:
                 listener(node, dict(endpoints))
@@ -557,17 +562,8 @@ class SdnController(Service):
                 logger.exception("cannot store the endpoints of %s", node)
         self.events.emit(EventType.topology_changed, ELEMENT, node=node,
                          change="node_registered", endpoints=dict(endpoints))
-        for listener in self._listeners:
-            try:
-                listener(node, dict(endpoints))
-            except Exception:
-                logger.exception("node registry listener failed for %s", node)
-        url = endpoints.get("etsi015")
-        if self.view is not None:
-            self.view.set_node(node, url)
+        self._drive(node, endpoints)
         if self.southbound is not None:
-            self.southbound.set_url(node, url)
-            self.southbound.discover(node)
             self.southbound.reconcile_through(node)
         return NodeWelcome(node=node, known=True)
 
