@@ -20,15 +20,11 @@ import json
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyplane.api.auth import caller_from_scope
 from keyplane.api.errors import (
-    ApiRequestError,
     Operation,
-    error_details,
     etsi004_status,
     map_exception,
 )
@@ -44,7 +40,7 @@ from keyplane.api.etsi004.models import (
 from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.api.etsi014.models import Error
 from keyplane.api.openapi import drop_validation_responses
-from keyplane.api.routing import allowed_methods
+from keyplane.api.routing import install_error_handlers
 from keyplane.api.settings import ApiSettings
 from keyplane.errors import KeyplaneError, QosNotMet
 from keyplane.keymanager.interface import ApplicationService
@@ -60,14 +56,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Error, "description": "Key manager failure with no ETSI 004 status"},
 }
 _TAGS: list[str | Any] = ["ETSI GS QKD 004"]
-
-
-def _error(status: int, message: str, details: list[dict[str, Any]] | None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"message": message}
-    if details:
-        body["details"] = details
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class _CallFailed(Exception):
@@ -113,30 +101,7 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
     async def _failed(_: Request, exc: _CallFailed) -> JSONResponse:
         return JSONResponse(exc.body)
 
-    @app.exception_handler(ApiRequestError)
-    async def _api_error(_: Request, exc: ApiRequestError) -> JSONResponse:
-        return _error(exc.http_status, exc.message, exc.details)
-
-    async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
-        mapping = map_exception(exc)
-        assert mapping is not None
-        return _error(mapping.http_status, mapping.message, error_details(exc))
-
-    app.add_exception_handler(KeyplaneError, _domain_error)
-    app.add_exception_handler(TimeoutError, _domain_error)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [{"parameter": ".".join(str(p) for p in e.get("loc", ())),
-                    "error": e.get("msg", "")} for e in exc.errors()]
-        return _error(400, "bad request format", details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            headers["Allow"] = allowed_methods(app.router.routes, dict(request.scope))
-        return _error(exc.status_code, str(exc.detail), None, headers)
+    install_error_handlers(app)
 
     @app.post("/v1/open_connect", response_model=OpenConnectResponse, responses=_ERRORS,
               summary="OPEN_CONNECT", tags=_TAGS)

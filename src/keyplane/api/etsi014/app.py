@@ -2,7 +2,8 @@
 
 Each route parses, checks the request against the ETSI 014 limits (before anything is
 reserved), calls one :class:`~keyplane.keymanager.interface.ApplicationService` method and
-writes the standard's body. Every failure goes through one path, :func:`_error_response`:
+writes the standard's body. Every failure goes through one path,
+:func:`~keyplane.api.routing.install_error_handlers`:
 the key manager's domain exceptions via :mod:`keyplane.api.errors`, the server's own
 :class:`~keyplane.api.errors.ApiRequestError`, FastAPI's validation errors (422 in FastAPI,
 400 in ETSI 014) and Starlette's 404/405, all as ``{"message", "details"}``.
@@ -27,14 +28,12 @@ from typing import Annotated, Any, TypeVar
 
 import pydantic_core
 from fastapi import Body, FastAPI, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope
 
 from keyplane.api.auth import caller_from_scope, resolve_sae
-from keyplane.api.errors import ApiRequestError, error_details, map_exception
+from keyplane.api.errors import ApiRequestError
 from keyplane.api.etsi014.fastpath import HotRoute, compile_fullmatch, json_body, query_params
 from keyplane.api.etsi014.models import (
     KEY_ID_PATTERN,
@@ -46,9 +45,8 @@ from keyplane.api.etsi014.models import (
     Status,
 )
 from keyplane.api.openapi import drop_validation_responses
-from keyplane.api.routing import allowed_methods
+from keyplane.api.routing import install_error_handlers
 from keyplane.api.settings import ApiSettings, Etsi014Limits
-from keyplane.errors import KeyplaneError
 from keyplane.keymanager.interface import ApplicationService, DeliveredKey, PairStatus
 
 __all__ = ["API_PREFIX", "check_key_request", "create_etsi014_app", "document_limits"]
@@ -66,18 +64,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 SaePath = Annotated[str, Path(min_length=1, max_length=256)]
 _ENC_PARAMS = frozenset({b"number", b"size"})
 _DEC_PARAMS = frozenset({b"key_ID"})
-
-
-def _error_body(message: str, details: list[dict[str, Any]] | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"message": message}
-    if details:
-        body["details"] = details
-    return body
-
-
-def _error_response(status: int, message: str, details: list[dict[str, Any]] | None = None,
-                    headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(_error_body(message, details), status_code=status, headers=headers)
 
 
 def check_key_request(req: KeyRequest, limits: Etsi014Limits,
@@ -222,31 +208,7 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         async with asyncio.timeout(cfg.km_timeout_s):
             return await awaitable
 
-    @app.exception_handler(ApiRequestError)
-    async def _api_error(_: Request, exc: ApiRequestError) -> JSONResponse:
-        return _error_response(exc.http_status, exc.message, exc.details)
-
-    async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
-        mapping = map_exception(exc)
-        assert mapping is not None  # registered only for mapped types
-        return _error_response(mapping.http_status, mapping.message, error_details(exc))
-
-    app.add_exception_handler(KeyplaneError, _domain_error)
-    app.add_exception_handler(TimeoutError, _domain_error)
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        # Never echo the input back (it could be large); name the parameter and the rule.
-        details = [{"parameter": ".".join(str(p) for p in e.get("loc", ())),
-                    "error": e.get("msg", "")} for e in exc.errors()]
-        return _error_response(400, "bad request format", details)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        headers = dict(exc.headers or {})
-        if exc.status_code == 405:
-            headers["Allow"] = allowed_methods(app.router.routes, dict(request.scope))
-        return _error_response(exc.status_code, str(exc.detail), headers=headers)
+    install_error_handlers(app)
 
     @app.get(API_PREFIX + "/{slave_SAE_ID}/status", response_model=Status, responses=_ERRORS,
              summary="Get status", tags=["ETSI GS QKD 014"])
