@@ -12,14 +12,19 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import httpx
 
 from keyplane.api.client._config import load_sae_endpoint
 from keyplane.api.client._errors import Etsi004StatusError
-from keyplane.api.client._http import client_options, decode, translate_transport_errors
+from keyplane.api.client._http import (
+    AsyncPool,
+    SyncPool,
+    client_options,
+    decode,
+    translate_transport_errors,
+)
 from keyplane.api.etsi004.models import GetKeyResponse, OpenConnectResponse, QosParameters
 from keyplane.api.etsi004.status import Etsi004Status
 
@@ -111,7 +116,7 @@ class _Common:
         return cls(ep.etsi004_url, cert=ep.cert, key=ep.key, ca=ep.ca, **kwargs)
 
 
-class Etsi004Client(_Common):
+class Etsi004Client(_Common, SyncPool):
     """Blocking ETSI 004 client over mutual TLS.
 
     Args:
@@ -149,19 +154,8 @@ class Etsi004Client(_Common):
         """CLOSE: end this application's side of the stream."""
         _closed(self._post("/v1/close", {"Key_stream_ID": key_stream_id}))
 
-    def close(self) -> None:
-        """Close the connection pool (idempotent); streams stay open."""
-        self._http.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-
-class AsyncEtsi004Client(_Common):
+class AsyncEtsi004Client(_Common, AsyncPool):
     """The asyncio twin of :class:`Etsi004Client`."""
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
@@ -189,14 +183,3 @@ class AsyncEtsi004Client(_Common):
     async def close_stream(self, key_stream_id: str) -> None:
         """CLOSE: end this application's side of the stream."""
         _closed(await self._post("/v1/close", {"Key_stream_ID": key_stream_id}))
-
-    async def aclose(self) -> None:
-        """Close the connection pool (idempotent); streams stay open."""
-        await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()

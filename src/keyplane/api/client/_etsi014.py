@@ -10,7 +10,6 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 from urllib.parse import quote
 
@@ -18,6 +17,8 @@ import httpx
 
 from keyplane.api.client._config import load_sae_endpoint
 from keyplane.api.client._http import (
+    AsyncPool,
+    SyncPool,
     client_options,
     decode,
     ok_body,
@@ -83,7 +84,7 @@ class _Common:
         return cls(ep.etsi014_url, cert=ep.cert, key=ep.key, ca=ep.ca, sae_id=sae_id, **kwargs)
 
 
-class Etsi014Client(_Common):
+class Etsi014Client(_Common, SyncPool):
     """Blocking ETSI 014 client over mutual TLS.
 
     Args:
@@ -131,19 +132,8 @@ class Etsi014Client(_Common):
         """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE."""
         return _keys(self._call_raw(*_dec_request(master_sae_id, key_ids)))
 
-    def close(self) -> None:
-        """Close the connection pool (idempotent)."""
-        self._http.close()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.close()
-
-
-class AsyncEtsi014Client(_Common):
+class AsyncEtsi014Client(_Common, AsyncPool):
     """The asyncio twin of :class:`Etsi014Client` (same arguments and methods, awaited)."""
 
     def __init__(self, base_url: str, **kwargs: Any) -> None:
@@ -179,14 +169,3 @@ class AsyncEtsi014Client(_Common):
     async def dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[Key]:
         """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE."""
         return _keys(await self._call_raw(*_dec_request(master_sae_id, key_ids)))
-
-    async def aclose(self) -> None:
-        """Close the connection pool (idempotent)."""
-        await self._http.aclose()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()

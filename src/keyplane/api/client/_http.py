@@ -10,7 +10,8 @@ import contextlib
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import httpx
 
@@ -18,7 +19,8 @@ from keyplane.api.client._errors import ApiError, TransportError
 from keyplane.api.settings import SAE_ID_HEADER
 from keyplane.certs import CertPaths, client_ssl_context
 
-__all__ = ["client_options", "decode", "ok_body", "translate_transport_errors"]
+__all__ = ["AsyncPool", "SyncPool", "client_options", "decode", "ok_body",
+           "translate_transport_errors"]
 
 
 def client_options(base_url: str, *, cert: str | Path | None, key: str | Path | None,
@@ -70,3 +72,39 @@ def ok_body(response: httpx.Response) -> bytes:
     if response.status_code != 200:
         decode(response)
     return response.content
+
+
+class SyncPool:
+    """A blocking client's connection pool (``self._http``), closed by :meth:`close` or
+    by leaving the ``with`` block."""
+
+    _http: httpx.Client
+
+    def close(self) -> None:
+        """Close the connection pool (idempotent)."""
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class AsyncPool:
+    """An asyncio client's connection pool (``self._http``), closed by :meth:`aclose` or
+    by leaving the ``async with`` block."""
+
+    _http: httpx.AsyncClient
+
+    async def aclose(self) -> None:
+        """Close the connection pool (idempotent)."""
+        await self._http.aclose()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
