@@ -92,7 +92,12 @@ class ProvisionedPath:
     qkdl_id: str
     hops: tuple[PathHop, ...]
     app_nodes: tuple[tuple[str, str], ...] = ()  # (node, url) holding the session's qkd_app
-    virtual: bool = True  # False: adjacent endpoints, the qkd_app is backed by the PHYS link
+
+    @property
+    def virtual(self) -> bool:
+        """Whether a VIRT link was made (False: adjacent endpoints, the ``qkd_app`` is
+        backed by the PHYS link between them)."""
+        return len(self.want.path) > 2
 
 
 class Etsi015Southbound:
@@ -309,8 +314,7 @@ class Etsi015Southbound:
                                  unreachable=isinstance(exc, Etsi015Unreachable))
                     continue
                 app_nodes.append((node, here.url))
-        self.provisioned[session_id] = ProvisionedPath(want, uid, hops, tuple(app_nodes),
-                                                       virtual)
+        self.provisioned[session_id] = ProvisionedPath(want, uid, hops, tuple(app_nodes))
         self.events.emit(EventType.virtual_link_provisioned, ELEMENT, session=session_id,
                          qkdl_id=uid, path=list(want.path), bandwidth_bps=want.bandwidth_bps,
                          applications=[n for n, _ in app_nodes], virtual=virtual)

@@ -283,7 +283,7 @@ class Journal:
             async with self._db.engine.begin() as conn:
                 for w in writes:
                     t = w.table
-                    pk = [c.name for c in t.primary_key.columns]
+                    pk = _primary_key(t)
                     if w.inserts:
                         await conn.execute(insert(t), w.inserts)
                     for shape, rows in _by_shape(w.updates).items():
@@ -335,8 +335,7 @@ class Journal:
             names = _sqlite_update_order(t, cols)
             conn.executemany(sql, [_params(r, names, json_at) for r in rows])
         if w.deletes:
-            cols = tuple(w.deletes[0])
-            sql, _ = _sqlite_statement(t, "delete", cols)
+            sql, _ = _sqlite_statement(t, "delete", ())  # by primary key only
             pk = _primary_key(t)
             conn.executemany(sql, [[r[k] for k in pk] for r in w.deletes])
 

@@ -226,8 +226,6 @@ class LinkKeyStore:
             self._mark_held(blk)
         if self._announce is not None:
             self._announce([block_id])  # durable here: the peer may send with it now
-        if self._low and self.sendable_bits >= self._settings.keystore_low_water_bits:
-            self._low = False
         if self.stored_bits >= self._settings.keystore_capacity_bits:
             self._events.emit(EventType.keystore_full, "km", node=self.node_id,
                               link_id=self.link_id, stored_bits=self.stored_bits,

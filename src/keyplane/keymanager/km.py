@@ -741,9 +741,10 @@ class KeyManager:
         a key id names the same bytes at both ends, and if the confirmation never left, the
         source still holds the same key ``pending`` and resends exactly it on demand.
         """
-        for k in self.vault.of_session(s.session_id):
-            if k.state == "pending" and k.material is not None:
-                self.vault.set_state(k, "ready")
+        stored = [k for k in self.vault.of_session(s.session_id)
+                  if k.state == "pending" and k.material is not None]
+        if stored:
+            self.vault.set_states(stored, "ready")
 
     # ==== opening sessions =============================================================
     async def _authenticate(self, caller: Caller, sae_id: str, peer: str | None) -> str:
