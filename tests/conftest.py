@@ -52,6 +52,16 @@ async def nats_bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
         await bus.close()
 
 
+@pytest.fixture
+async def memory_bus() -> AsyncIterator[MemoryBus]:
+    """An in-memory bus (for tests whose subject is not the bus)."""
+    bus = MemoryBus()
+    try:
+        yield bus
+    finally:
+        await bus.close()
+
+
 @pytest.fixture(params=["memory", pytest.param("nats", marks=pytest.mark.nats)])
 async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
     """A bus of each kind; tests using it form the bus contract suite."""

@@ -42,12 +42,9 @@ ELEMENTS = ["sdn", "routing", "admission"]
 
 
 @pytest.fixture
-async def bus() -> AsyncIterator[Bus]:
-    b = MemoryBus()
-    try:
-        yield b
-    finally:
-        await b.close()
+def bus(memory_bus: MemoryBus) -> Bus:
+    """The in-memory bus only (the root ``bus`` fixture also runs each test on NATS)."""
+    return memory_bus
 
 
 @pytest.fixture

@@ -29,15 +29,6 @@ SESSION_LINK = qkd_uuid("link", "session:s1")
 
 
 @pytest.fixture
-async def memory_bus() -> AsyncIterator[MemoryBus]:
-    bus = MemoryBus()
-    try:
-        yield bus
-    finally:
-        await bus.close()
-
-
-@pytest.fixture
 async def net(topology: Topology, memory_bus: MemoryBus, clock: VirtualClock
               ) -> AsyncIterator[AgentNetwork]:
     async with AgentNetwork(topology, NODES, memory_bus, clock, EventStream(clock)) as network:

@@ -34,15 +34,6 @@ def sink() -> MemorySink:
 
 
 @pytest.fixture
-async def memory_bus() -> AsyncIterator[MemoryBus]:
-    bus = MemoryBus()
-    try:
-        yield bus
-    finally:
-        await bus.close()
-
-
-@pytest.fixture
 async def agent(topology: Topology, memory_bus: MemoryBus, clock: VirtualClock,
                 sink: MemorySink) -> AsyncIterator[SdnAgent]:
     a = SdnAgent("km0", topology, memory_bus, clock, EventStream(clock, [sink]))
