@@ -45,3 +45,6 @@ def test_distributed_demo_km_killed_and_restarted_loses_no_key_and_repeats_none(
         # km0 is an endpoint of 0-1 and the relay of 2-3: both carry on after its restart
         assert s["all_keys_matched"] and s["keys_delivered"] == 12, s
         assert len(set(s["key_fingerprints"])) == 12, s  # no key delivered twice
+        # ETSI 004 has no GET_KEY acknowledgement: at most the one index whose answer died
+        # with KM0 is gone at one end, and only on a session KM0 ends (docs/poc.md)
+        assert len(s["lost_indexes"]) <= (1 if "km0" in (s["path"][0], s["path"][-1]) else 0), s

@@ -45,7 +45,7 @@ from keyplane.certs import ensure_network_certs
 from keyplane.demo.run import DemoOptions, default_pairs, summarize
 from keyplane.demo.scenario import PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
-from keyplane.errors import InsufficientKeyMaterial, KeyplaneError
+from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError
 from keyplane.events import Event, read_jsonl
 from keyplane.messages import Qos
 from keyplane.services import NatsServer, PostgresServer
@@ -93,6 +93,8 @@ class SdkEndpoint:
         except Etsi004StatusError as exc:
             if int(exc.status) in (2, 4, 6):  # insufficient key, no QKD connection, timeout
                 raise InsufficientKeyMaterial(str(exc)) from exc
+            if int(exc.status) == 9:  # this index (or the stream) is gone at this KM
+                raise KeyNotFound(f"{self.sae_id} GET_KEY: {exc}") from exc
             raise KeyplaneError(f"{self.sae_id} GET_KEY: {exc}") from exc
         except TransportError as exc:  # a KM restarting: find it again, retry like status 2
             await self._reresolve()

@@ -113,6 +113,7 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
             "delivered_at": delivered_at,
             "intermediates_never_delivered": not (set(intermediates) & set(delivered_at)),
             "key_fingerprints": r.fingerprints,
+            "lost_indexes": r.lost_indexes,
         })
     links: dict[str, dict[str, Any]] = {}
     for e in events:

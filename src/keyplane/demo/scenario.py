@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from keyplane.errors import InsufficientKeyMaterial, KeyplaneError
+from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError
 from keyplane.keymanager.interface import ApplicationService, Caller
 from keyplane.messages import Qos
 
@@ -93,6 +93,10 @@ class PairResult:
     error: str = ""
     key_ids: list[str] = field(default_factory=list)
     fingerprints: list[str] = field(default_factory=list)  # SHA-256 prefix of each key
+    # indexes one end received and the other end's KM reported gone (ETSI 004 GET_KEY has
+    # no acknowledgement: a KM that dies after marking a key delivered, before its answer
+    # reaches the application, has handed it to nobody; see docs/poc.md)
+    lost_indexes: list[int] = field(default_factory=list)
 
     @property
     def all_matched(self) -> bool:
@@ -133,9 +137,20 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
         res.key_stream_id = sid_a
         res.opened_s = time.monotonic() - t0
         res.status = "operative"
-        for i in range(keys):
-            (ka, ma), (kb, mb) = await asyncio.gather(_get(a, sid_a, i, deadline),
-                                                      _get(b, sid_b, i, deadline))
+        i = -1
+        while res.keys_delivered < keys:
+            i += 1
+            got = await asyncio.gather(_get(a, sid_a, i, deadline), _get(b, sid_b, i, deadline),
+                                       return_exceptions=True)
+            gone = [g for g in got if isinstance(g, KeyNotFound)]
+            if len(gone) == 1 and not res.lost_indexes and not any(
+                    isinstance(g, BaseException) and g not in gone for g in got):
+                res.lost_indexes.append(i)  # delivered into a crash at one end: skip it
+                continue
+            for g in got:
+                if isinstance(g, BaseException):
+                    raise g
+            (ka, ma), (kb, mb) = got  # type: ignore[misc]
             res.keys_delivered += 1
             if ka == kb and ma.get("key_ID") == mb.get("key_ID"):
                 res.keys_matched += 1
