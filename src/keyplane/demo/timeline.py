@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")
 matplotlib.rcParams["svg.fonttype"] = "none"
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from keyplane.events import Event, EventType  # noqa: E402
 
@@ -44,7 +45,7 @@ def _lanes(events: Sequence[Event]) -> list[str]:
     return nodes
 
 
-def _figure(events: Sequence[Event], title: str) -> plt.Figure:
+def _figure(events: Sequence[Event], title: str) -> Figure:
     shown = [e for e in events if e.type in FIG4_MARKERS and e.node]
     lanes = _lanes(shown) or ["-"]
     t0 = min((e.t for e in shown), default=0.0)
