@@ -11,7 +11,7 @@ from keyplane.clock import VirtualClock
 from keyplane.config import load_topology
 from keyplane.dashboard import NetworkView, create_dashboard_app
 from keyplane.events import EventStream, EventType, MemorySink
-from keyplane.messages import KmTelemetry, LinkAlarm, LinkState, LinkTelemetry
+from keyplane.messages import KmTelemetry, LinkAlarm, LinkTelemetry
 
 TOPO = load_topology("paper_poc")
 
