@@ -202,6 +202,10 @@ class KeyRing:
         self._retired[node] = tuple(Path(r) for r in retired)
         self._sealers.pop(node, None)
 
+    def has_file(self, node: str) -> bool:
+        """Whether a KEK file was named for ``node`` (:meth:`use_file`)."""
+        return node in self._files
+
     def path_of(self, node: str) -> Path | None:
         """The KEK file of ``node`` (None when the ring has neither a file nor a folder)."""
         if node in self._files:
