@@ -230,18 +230,22 @@ async def test_store_migration_0002_moves_keys_into_batches_and_reseals_plaintex
         db_url: str, tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
-    from sqlalchemy import create_engine, text
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
 
-    sync_url = db_url.replace("+aiosqlite", "").replace("+asyncpg", "+psycopg")
-    engine = create_engine(sync_url)
+    engine = create_async_engine(db_url)
     cfg = Config()
     cfg.set_main_option("script_location",
                         str(ROOT / "src" / "keyplane" / "store" / "migrations"))
     link_key, held = bytes(range(100, 164)), bytes(range(32))
-    with engine.begin() as conn:
+
+    def upgrade_to_0001(conn: object) -> None:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")
-        conn.execute(text(
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade_to_0001)
+        await conn.execute(text(
             "INSERT INTO link_key_blocks (node, link_id, block_id, size_bytes, "
             "tx_reserved_bytes, rx_consumed, material, created_t) "
             "VALUES ('km0', 'l1', 7, 64, 0, '[]', :m, 0)"), {"m": link_key})
@@ -249,13 +253,13 @@ async def test_store_migration_0002_moves_keys_into_batches_and_reseals_plaintex
                                                ("k1", 1, "delivered", None),
                                                ("k2", 2, "ready", held),
                                                ("k3", 3, "pending", held)):
-            conn.execute(text(
+            await conn.execute(text(
                 'INSERT INTO delivered_keys (node, key_id, session_id, "index", delivered, t, '
                 "state, size_bits, sae_id, peer_sae, material, provenance) VALUES ('km1', "
                 ":k, 's1', :i, :d, 0, :st, 256, 'sae1', 'sae0', :m, '[]')"),
                 {"k": key_id, "i": index, "d": state == "delivered", "st": state,
                  "m": material})
-    engine.dispose()
+    await engine.dispose()
     db = await Database.open(db_url, keyring=KeyRing(tmp_path / "kek"))
     try:
         journal = Journal(db)

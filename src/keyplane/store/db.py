@@ -28,6 +28,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from keyplane.errors import StoreError
+from keyplane.extras import MissingDependency, require
 from keyplane.fileperms import private_file, restrict
 from keyplane.store.sealing import KeyRing
 
@@ -119,6 +120,11 @@ class Database:
             StoreError: the database cannot be reached or migrated.
         """
         url = normalize_url(url)
+        if url.startswith("postgresql+asyncpg"):
+            try:
+                require("asyncpg")
+            except MissingDependency as exc:
+                raise StoreError(str(exc)) from exc
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}

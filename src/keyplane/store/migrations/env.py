@@ -20,8 +20,7 @@ def run() -> None:
             context.run_migrations()
         return
     url = config.get_main_option("sqlalchemy.url")
-    if url is None:
-        raise RuntimeError("alembic: set sqlalchemy.url, or run through Database.open")
+    assert url is not None, "alembic config without sqlalchemy.url"
     engine = create_engine(url)
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=target_metadata,
