@@ -93,8 +93,10 @@ def unsealed() -> Iterator[None]:
         Sealer.seal, Sealer.open = seal, open_  # type: ignore[method-assign]
 
 
-async def one_run(tmp: Path, topo: Topology, keys: int, seed: int) -> tuple[float, float]:
-    """``(keys/s wall, process CPU us per key)`` of one fresh network."""
+async def one_run(tmp: Path, topo: Topology, keys: int, seed: int
+                  ) -> tuple[float, float, float]:
+    """``(keys/s wall, process CPU us per key, KM rows written per key)`` of one fresh
+    network."""
     db = await Database.open(sqlite_url(tmp / "km.db"), keyring=KeyRing(tmp / "kek"))
     await load_topology_into(db, topo)
     bus = MemoryBus()
@@ -128,10 +130,14 @@ async def one_run(tmp: Path, topo: Topology, keys: int, seed: int) -> tuple[floa
                 if got.key != k.key:
                     raise RuntimeError("the slave got other key bytes")
 
+        journal = src.journal
+        await journal.sync()
+        r0 = journal.store.rows_written
         t0, c0 = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(64)))
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-        return keys / wall, cpu / keys * 1e6
+        await journal.sync()
+        return keys / wall, cpu / keys * 1e6, (journal.store.rows_written - r0) / keys
     finally:
         for km in kms.values():
             await km.close()
@@ -156,9 +162,10 @@ async def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         micro(KeyRing(Path(d) / "kek").sealer("km0"), 20_000)
     topo = parse_topology(TOPOLOGY)
-    results: dict[str, list[tuple[float, float]]] = {"sealed": [], "unsealed": []}
+    results: dict[str, list[tuple[float, float, float]]] = {"sealed": [], "unsealed": []}
     print(f"\n== ETSI 014 over 2 hops, enc_keys(1) + dec_keys(1), c=64, {args.keys} keys/run")
-    print(f"{'round':>5} {'variant':>9} {'keys/s':>8} {'CPU us/key':>11}")
+    print(f"{'round':>5} {'variant':>9} {'keys/s':>8} {'CPU us/key':>11} "
+          f"{'rows/key (3 KMs)':>17}")
     for r in range(args.rounds):
         for variant in ("sealed", "unsealed") if r % 2 == 0 else ("unsealed", "sealed"):
             with tempfile.TemporaryDirectory() as d:
@@ -168,7 +175,7 @@ async def main() -> None:
                     with unsealed():
                         res = await one_run(Path(d), topo, args.keys, args.seed + r)
             results[variant].append(res)
-            print(f"{r + 1:>5} {variant:>9} {res[0]:>8.0f} {res[1]:>11.0f}")
+            print(f"{r + 1:>5} {variant:>9} {res[0]:>8.0f} {res[1]:>11.0f} {res[2]:>17.2f}")
     print("\nmedian over rounds:")
     for variant, rows in results.items():
         print(f"{variant:>9}: {statistics.median(x[0] for x in rows):8.0f} keys/s, "

@@ -162,6 +162,11 @@ class KmStateStore:
         self._writer = RowWriter(db, scrub_interval_s=scrub_interval_s)
 
     @property
+    def rows_written(self) -> int:
+        """Rows written by committed transactions so far (a figure for benchmarks)."""
+        return self._writer.rows_written
+
+    @property
     def checkpoints(self) -> int:
         """WAL-truncating checkpoints run so far (SQLite)."""
         return self._writer.checkpoints

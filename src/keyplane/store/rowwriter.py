@@ -134,6 +134,8 @@ class RowWriter:
         self._last_scrub = 0.0
         self._unscrubbed = False
         self.checkpoints = 0
+        self.rows_written = 0
+        """Rows inserted, updated or deleted by committed transactions (a figure)."""
 
     async def write(self, build: Callable[[], list[RowWrites]], *, scrub: bool = False
                     ) -> None:
@@ -158,6 +160,8 @@ class RowWriter:
                     await self._write_pg(conn, w)
         except SQLAlchemyError as exc:
             raise CommitFailed(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        self.rows_written += sum(len(w.inserts) + len(w.updates) + len(w.deletes)
+                                 for w in writes)
 
     @staticmethod
     async def _write_pg(conn: Any, w: RowWrites) -> None:
@@ -202,6 +206,8 @@ class RowWriter:
                 raise
         except sqlite3.Error as exc:
             raise CommitFailed(f"database error: {exc.__class__.__name__}: {exc}") from exc
+        self.rows_written += sum(len(w.inserts) + len(w.updates) + len(w.deletes)
+                                 for w in writes)
         if scrub:
             self._unscrubbed = True
         if self._unscrubbed and time.monotonic() - self._last_scrub >= self._scrub_interval_s:
