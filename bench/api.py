@@ -47,6 +47,7 @@ from keyplane.certs import Issued, ensure_network_certs  # noqa: E402
 
 def _serve(pki: str, seed: int, km_kind: str, blocks: int, conn: Any) -> None:
     """Child process: serve km0..km2 until the parent says stop; answer "cpu" queries."""
+    from keyplane.api.httpserver import HttpLimits
     from keyplane.api.server import serve_km_api
     from keyplane.api.settings import ApiSettings, Etsi014Limits
 
@@ -78,7 +79,8 @@ def _serve(pki: str, seed: int, km_kind: str, blocks: int, conn: Any) -> None:
                                       ca_file=issued.ca.cert,
                                       settings=ApiSettings.from_topology(topo, n.id,
                                                                          limits=limits),
-                                      timeout_keep_alive=60)
+                                      limits=HttpLimits(keep_alive_s=60,
+                                                        header_timeout_s=60))
                    for n in topo.nodes]
         conn.send({s.app.state.kme_id: s.port for s in servers})
         loop = asyncio.get_running_loop()
