@@ -314,11 +314,17 @@ class _Connection(asyncio.Protocol):
         self._in_flight += 1
         self._cancel_timer()
 
-    def request_finished(self) -> None:
-        """The response is done: the next request head is timed (and counted) again."""
+    def request_finished(self, body_complete: bool) -> None:
+        """The response is done: the next request head is timed (and counted) again.
+
+        When the app did not read the whole body (a 413), uvicorn discards the rest of it
+        first: those bytes are not a head, so they are not counted; the head timer bounds
+        the discarding and the next head together.
+        """
         self._in_flight -= 1
         if self._in_flight == 0 and self in self.connections.live:
-            self._head_bytes, self._head_tail, self._head_done = 0, b"", False
+            self._head_bytes, self._head_tail = 0, b""
+            self._head_done = not body_complete
             self._arm_head_timer()
 
 
@@ -345,12 +351,12 @@ class _Guard:
             if conn.tls is not None:
                 scope["extensions"] = {**(scope.get("extensions") or {}), "tls": conn.tls}
         started = time.perf_counter()
-        status = [0]
+        status = [0, 0]  # HTTP status sent, whether the whole body was received
         try:
             await self._serve(scope, receive, send, conn, status)
         finally:
             if conn is not None:
-                conn.request_finished()
+                conn.request_finished(body_complete=bool(status[1]))
             if self.observer is not None:
                 self.observer.observe(self.interface_of(scope), scope["method"], status[0],
                                       time.perf_counter() - started)
@@ -364,7 +370,8 @@ class _Guard:
             await self._too_large(scope, send, status)
             return
         size = 0
-        body_done = declared == 0
+        body_done = declared == 0 or (declared is None and not _chunked(scope))
+        status[1] = int(body_done)
         too_large = False
         timeout_s = self.limits.body_timeout_s
 
@@ -389,6 +396,7 @@ class _Guard:
                     too_large = True
                     return {"type": "http.disconnect"}
                 body_done = not message.get("more_body", False)
+                status[1] = int(body_done)
             return message
 
         async def tracked_send(message: Message) -> None:
@@ -415,6 +423,10 @@ class _Guard:
                     "headers": [(b"content-type", media_type.encode()),
                                 (b"content-length", b"%d" % len(body))]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _chunked(scope: Scope) -> bool:
+    return any(key == b"transfer-encoding" for key, _ in scope.get("headers", ()))
 
 
 def _content_length(scope: Scope) -> int | None:
