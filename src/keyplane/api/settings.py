@@ -83,12 +83,15 @@ class ApiSettings:
             (passed to the key manager); any other mandatory extension is a 400.
         km_timeout_s: upper bound on one key manager call; beyond it, ETSI 014 503 /
             ETSI 004 status 6.
+        network_saes: every SAE id of the network; an ETSI 014 request naming another
+            peer SAE is a 400 before the key manager is called (empty: not checked here).
     """
 
     limits: Etsi014Limits = Etsi014Limits()
     saes: tuple[LocalSae, ...] = ()
     supported_extensions: frozenset[str] = frozenset()
     km_timeout_s: float = 30.0
+    network_saes: frozenset[str] = frozenset()
 
     @classmethod
     def from_topology(cls, topology: Topology, node_id: str, **overrides: object
@@ -98,7 +101,13 @@ class ApiSettings:
             LocalSae(app.sae_id, (owner := topology.user(app.owner)).certificate_subject
                      or f"CN={owner.id},O=keyplane")
             for app in topology.applications if app.node == node_id)
+        overrides.setdefault("network_saes",
+                             frozenset(app.sae_id for app in topology.applications))
         return cls(saes=saes, **overrides)  # type: ignore[arg-type]
+
+    def knows_sae(self, sae_id: str) -> bool:
+        """Whether ``sae_id`` may be a peer (always True when the network is not known)."""
+        return not self.network_saes or sae_id in self.network_saes
 
     def saes_of(self, subject: str) -> list[str]:
         """SAE ids on this KM whose owner's certificate subject is ``subject``."""

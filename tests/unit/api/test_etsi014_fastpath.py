@@ -52,6 +52,11 @@ JSON = {"content-type": "application/json"}
 # served by the fast path (valid in form; some fail in the key manager or the limits)
 FAST: list[Request] = [
     ("alice", "GET", ENC, {}),
+    ("alice", "GET", "/api/v1/keys/nobody/enc_keys", {}),
+    ("alice", "POST", "/api/v1/keys/nobody/enc_keys", {"content": b'{"number": 1}', "headers": JSON}),
+    ("bob", "GET", "/api/v1/keys/nobody/dec_keys?key_ID=" + UNKNOWN_ID, {}),
+    ("bob", "POST", DEC, {"content": b'{"key_IDs": [{"key_ID": "' + UNKNOWN_ID.encode()
+                          + b'", "master_SAE_ID": "sae_a"}]}', "headers": JSON}),
     ("alice", "GET", ENC + "?number=3", {}),
     ("alice", "GET", ENC + "?number=2&size=512", {}),
     ("alice", "GET", ENC + "?size=64", {}),

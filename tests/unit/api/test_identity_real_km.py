@@ -47,7 +47,7 @@ nodes: [{id: km0}, {id: km1}]
 links:
   - {endpoints: [km0, km1], length_km: 10}
 users:
-  - {id: alice, certificate_subject: "CN=alice,O=spoof"}
+  - {id: alice, certificate_subject: "CN=alice,O=spoof", sla: {allowed_peers: [sb]}}
   - {id: bob, certificate_subject: "CN=bob,O=spoof"}
   - {id: dave, certificate_subject: "CN=dave,O=spoof"}
 applications:
@@ -193,3 +193,33 @@ async def test_key_manager_compares_principals_not_identity_text(spoof_net: Net)
             await km1.close(impostor, ksid)
         chunk: Any = await km1.get_key(Caller(identity=BOB), ksid, 0)
         assert chunk.index == 0
+
+
+async def test_etsi014_unknown_slave_is_400_and_a_forbidden_one_401(spoof_net: Net) -> None:
+    """ETSI 014: an SAE_ID the network does not have is the request's fault (400), not the
+    server's (503, which clients retry); a known SAE the caller may not reach is 401."""
+    async with spoof_net.http("sa") as alice:
+        for url in (f"{K}/nobody/status", f"{K}/nobody/enc_keys"):
+            r = await alice.get(url)
+            assert r.status_code == 400, r.text
+            assert r.json() == {"message": "slave SAE_ID is not an SAE of this network",
+                                "details": [{"parameter": "slave_SAE_ID"}]}
+        r = await alice.get(f"{K}/nobody/dec_keys",
+                            params={"key_ID": "00000000-0000-4000-8000-000000000000"})
+        assert r.status_code == 400 and r.json()["message"].startswith("master SAE_ID")
+        for url in (f"{K}/sd/status", f"{K}/sd/enc_keys"):  # alice's SLA: only sb
+            r = await alice.get(url)
+            assert r.status_code == 401, r.text
+            _no_key_bytes(r)
+
+
+async def test_etsi014_key_ids_entries_with_unknown_members_are_accepted(spoof_net: Net) -> None:
+    """QURSA's QuKayDee backend sends master_SAE_ID inside each key_IDs entry (#16)."""
+    async with spoof_net.sdk014("sa") as alice, spoof_net.http("sb") as bob:
+        keys = await alice.enc_keys("sb", number=2)
+        r = await bob.post(f"{K}/sa/dec_keys", json={
+            "key_IDs": [{"key_ID": k.key_id, "master_SAE_ID": "sa"} for k in keys],
+            "key_IDs_extension": {"vendor_note": 1}, "vendor_member": True})
+        assert r.status_code == 200, r.text
+        got = [(k["key_ID"], base64.b64decode(k["key"])) for k in r.json()["keys"]]
+        assert got == [(k.key_id, k.key) for k in keys]
