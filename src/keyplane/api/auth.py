@@ -46,7 +46,7 @@ def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
             if found is not None:
                 raise ApiRequestError(f"header {name.decode()} given more than once",
                                       http_status=401)
-            found = value.decode("latin-1")
+            found = str(value.decode("latin-1"))
     return found
 
 
