@@ -1,21 +1,22 @@
 """The one HTTP(S) server under every keyplane interface: ETSI 014/004, ETSI 015, operations.
 
-Map of a connection's life (one :class:`_Connection` per TCP connection):
+Map of a connection's life:
 
-1. *accept*: over :attr:`HttpLimits.max_connections` live connections, the new one is
-   closed at once (before any TLS work). A head timer starts
-   (:attr:`HttpLimits.header_timeout_s`).
-2. *TLS* (when the server has an ``ssl_context``): asyncio's public ``loop.start_tls``, with
-   the handshake bounded by the head timer and the wait for the peer's ``close_notify``
-   bounded by :attr:`HttpLimits.tls_shutdown_timeout_s`. The verified peer certificate is
-   turned once into the ASGI TLS extension (``scope["extensions"]["tls"]``, ASGI spec
-   "TLS Extension" 0.2: ``client_cert_chain``, ``client_cert_name``, ``tls_version``...),
-   the only place :mod:`keyplane.api.auth` reads an identity from.
-3. *HTTP*: uvicorn parses HTTP/1.1 (its HTTP protocol class, httptools or h11, created
-   through uvicorn's public ``Config(http=<protocol class>)`` hook with uvicorn's own
-   constructor arguments). The connection reaches the app through the ASGI lifespan
-   ``state`` uvicorn copies into every request scope; :class:`_Guard` takes it out again
-   before the app sees the scope.
+1. *TLS* (when the server has an ``ssl_context``): asyncio's own TLS layer
+   (``loop.create_server(ssl=..., ssl_handshake_timeout=..., ssl_shutdown_timeout=...)``),
+   the handshake bounded by :attr:`HttpLimits.header_timeout_s` and the wait for the
+   peer's ``close_notify`` by :attr:`HttpLimits.tls_shutdown_timeout_s`.
+2. *accept* (one :class:`_Connection`): over :attr:`HttpLimits.max_connections` live
+   connections, the new one is closed at once. The verified peer certificate is turned once
+   into the ASGI TLS extension (``scope["extensions"]["tls"]``, ASGI spec "TLS Extension"
+   0.2: ``client_cert_chain``, ``client_cert_name``, ``tls_version``...), the only place
+   :mod:`keyplane.api.auth` reads an identity from. A head timer starts.
+3. *HTTP*: uvicorn parses HTTP/1.1 (its HTTP protocol class, httptools or h11, created with
+   uvicorn's own protocol arguments and given to uvicorn through its public
+   ``Config(http=<protocol class>)`` hook; nothing of uvicorn is subclassed but
+   ``uvicorn.Server``). The connection reaches the app through the ASGI lifespan ``state``
+   uvicorn copies into every request scope; :class:`_Guard` takes it out again before the
+   app sees the scope.
 4. *request*: :class:`_Guard` stops the head timer, refuses a body over
    :attr:`HttpLimits.max_body_bytes` with 413 in the interface's own error format (from the
    declared ``Content-Length`` at once, or while streaming a chunked body, never buffering
@@ -24,10 +25,11 @@ Map of a connection's life (one :class:`_Connection` per TCP connection):
    module's Prometheus metrics). When the response is done the head timer runs again,
    so an idle or slow keep-alive connection is closed too.
 
-Why not uvicorn's own TLS: uvicorn (checked through 0.55) neither implements the ASGI TLS
-extension nor exposes the peer certificate, the TLS handshake timeout, or a header
-timeout; the previous servers subclassed its private protocol classes to reach the
-certificate. Here uvicorn only sees a plain stream and nothing of it is subclassed.
+Why not uvicorn's TLS: uvicorn (checked through 0.55) neither implements the ASGI TLS
+extension nor exposes the peer certificate, and it passes no TLS handshake or shutdown
+timeout to asyncio; the previous servers subclassed its private protocol classes to reach
+the certificate. :class:`_Uvicorn` therefore opens the listening socket itself, with the
+protocol factory uvicorn would use.
 
 :class:`HttpServer` binds its socket itself (port 0 picks a free port, known at once),
 returns from :meth:`HttpServer.start` only once uvicorn serves (or raises), never takes
@@ -44,7 +46,7 @@ import ssl
 import time
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, cast
 
 import uvicorn
 from pydantic import BaseModel, ConfigDict, Field
@@ -144,10 +146,8 @@ def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
 class _ConnectionSet:
     """The live connections of one server and what they share."""
 
-    def __init__(self, limits: HttpLimits, ssl_context: ssl.SSLContext | None,
-                 inner: type[asyncio.Protocol]) -> None:
+    def __init__(self, limits: HttpLimits, inner: type[asyncio.Protocol]) -> None:
         self.limits = limits
-        self.ssl_context = ssl_context
         self.inner = inner
         self.live: set[_Connection] = set()
         self.closing = False
@@ -159,10 +159,11 @@ class _ConnectionSet:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection: cap, head timer, TLS, then uvicorn's HTTP protocol (delegated).
+    """One connection: cap, head timer, TLS identity, then uvicorn's HTTP protocol (delegated).
 
-    uvicorn creates it with its usual protocol arguments; :attr:`connections` is set on a
-    per-server subclass (see :meth:`HttpServer.start`).
+    uvicorn's server creates it with its usual protocol arguments; :attr:`connections` is
+    set on a per-server subclass (see :class:`HttpServer`). With TLS, asyncio's SSL layer
+    calls :meth:`connection_made` once the handshake (bounded by the head timeout) is done.
     """
 
     connections: ClassVar[_ConnectionSet]
@@ -173,81 +174,40 @@ class _Connection(asyncio.Protocol):
         self._inner = self.connections.inner(  # type: ignore[call-arg]
             config=config, server_state=server_state,
             app_state={**app_state, _CONNECTION_KEY: self}, _loop=_loop)
-        self._raw: asyncio.Transport | None = None
-        self._transport: asyncio.Transport | None = None  # what uvicorn writes to
+        self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._handshake: asyncio.Task[None] | None = None
         self._in_flight = 0
         self._head_bytes = 0
         self._head_tail = b""
         self._head_done = False
-        self._lost = False
-        # decrypted bytes that arrive between the handshake's end and start_tls returning
-        self._early: list[bytes] | None = None
         self.tls: dict[str, Any] | None = None
 
     # ---- asyncio.Protocol --------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+    def connection_made(self, base: asyncio.BaseTransport) -> None:
+        # a stream transport (uvloop's are not asyncio.Transport subclasses: no isinstance)
+        transport = cast(asyncio.Transport, base)
         conns = self.connections
         if conns.closing or len(conns.live) >= conns.limits.max_connections:
             conns.refused += 1
             transport.abort()
             return
         conns.live.add(self)
-        self._raw = transport
-        self._arm_head_timer()
-        if conns.ssl_context is None:
-            self._transport = transport
-            self._inner.connection_made(transport)
-            return
-        transport.pause_reading()  # nothing may reach us before start_tls takes over
-        self._early = []
-        self._handshake = self._loop.create_task(self._start_tls(transport, conns.ssl_context))
-
-    async def _start_tls(self, raw: asyncio.Transport, ctx: ssl.SSLContext) -> None:
-        limits = self.connections.limits
-        try:
-            tls = await self._loop.start_tls(
-                raw, self, ctx, server_side=True,
-                ssl_handshake_timeout=limits.header_timeout_s,
-                ssl_shutdown_timeout=limits.tls_shutdown_timeout_s)
-        except (OSError, ssl.SSLError, ConnectionError, TimeoutError, EOFError) as exc:
-            # no or a foreign client certificate, a port scan, a timeout: the client is told
-            # by the TLS alert; a handshake failure is routine, not an error of ours
-            if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("TLS handshake failed: %r", exc)
-            self._forget()
-            raw.abort()
-            return
-        if tls is None or self._lost:  # the connection went away meanwhile
-            self._forget()
-            return
-        self._transport = tls
-        ssl_object = tls.get_extra_info("ssl_object")
+        self._transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
         if ssl_object is not None:
             self.tls = tls_extension(ssl_object)
-        self._inner.connection_made(tls)
-        early, self._early = self._early or [], None
-        for data in early:
-            self._inner.data_received(data)
+        self._arm_head_timer()
+        self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if not self._head_done and self._in_flight == 0:
             self._count_head(data)
-        if self._early is not None:
-            # the TLS layer hands over the first request before start_tls has returned
-            self._early.append(data)
-            return
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        if self._transport is None:
-            return False  # nothing to finish: close
         return self._inner.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._lost = True
         self._forget()
         if self._transport is not None:
             self._inner.connection_lost(exc)
@@ -297,16 +257,8 @@ class _Connection(asyncio.Protocol):
     def abort(self) -> None:
         """Close now, dropping whatever is buffered (slow or oversized clients, shutdown)."""
         self._forget()
-        transport = self._transport or self._raw
-        if transport is not None:
-            transport.abort()
-        if self._handshake is not None and not self._handshake.done():
-            self._handshake.cancel()
-
-    @property
-    def handshaking(self) -> bool:
-        """Whether the TLS handshake is still under way (uvicorn does not know us yet)."""
-        return self._transport is None
+        if self._transport is not None:
+            self._transport.abort()
 
     # ---- called by _Guard ----------------------------------------------------------
     def request_started(self) -> None:
@@ -440,14 +392,45 @@ def _content_length(scope: Scope) -> int | None:
 
 
 class _Uvicorn(uvicorn.Server):
-    """uvicorn.Server that reports readiness and leaves signals to the host process."""
+    """uvicorn.Server that listens with asyncio's TLS (with its handshake and shutdown
+    timeouts), reports readiness and leaves signals to the host process."""
 
-    def __init__(self, config: uvicorn.Config) -> None:
+    def __init__(self, config: uvicorn.Config, ssl_context: ssl.SSLContext | None,
+                 limits: HttpLimits) -> None:
         super().__init__(config)
         self.ready = asyncio.Event()
+        self._ssl_context = ssl_context
+        self._limits = limits
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
+        """Listen on ``sockets`` with uvicorn's protocol factory and our TLS settings.
+
+        uvicorn's own startup passes neither ``ssl_handshake_timeout`` nor
+        ``ssl_shutdown_timeout`` (asyncio's defaults are 60 s and 30 s), so the listening
+        part is done here with the same protocol arguments uvicorn uses.
+        """
+        assert sockets is not None  # HttpServer always binds its own socket
+        config = self.config
+        if not config.loaded:
+            config.load()
+        await self.lifespan.startup()  # "off": nothing to do, kept for uvicorn's state
+
+        def create_protocol(_loop: asyncio.AbstractEventLoop | None = None
+                            ) -> asyncio.Protocol:
+            return config.http_protocol_class(  # type: ignore[call-arg]
+                config=config, server_state=self.server_state,
+                app_state=self.lifespan.state, _loop=_loop)
+
+        loop = asyncio.get_running_loop()
+        tls: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            tls = {"ssl": self._ssl_context,
+                   "ssl_handshake_timeout": self._limits.header_timeout_s,
+                   "ssl_shutdown_timeout": self._limits.tls_shutdown_timeout_s}
+        self.servers = [await loop.create_server(create_protocol, sock=sock,
+                                                 backlog=config.backlog, **tls)
+                        for sock in sockets]
+        self.started = True
         self.ready.set()
 
     @contextlib.contextmanager
@@ -505,7 +488,8 @@ class HttpServer:
         self._startup_timeout_s = startup_timeout_s
         interface_of = interface if callable(interface) else (lambda _s, n=interface: n)
         inner: type[asyncio.Protocol] = import_from_string(HTTP_PROTOCOLS[http])
-        self._connections = _ConnectionSet(self.limits, ssl_context, inner)
+        self._ssl_context = ssl_context
+        self._connections = _ConnectionSet(self.limits, inner)
         protocol = type("_ServerConnection", (_Connection,),
                         {"connections": self._connections})
         self._config = uvicorn.Config(
@@ -526,7 +510,7 @@ class HttpServer:
 
     @property
     def live_connections(self) -> int:
-        """Connections open now (handshaking ones included)."""
+        """Connections open now (TLS handshakes under way not included)."""
         return len(self._connections.live)
 
     @property
@@ -547,7 +531,7 @@ class HttpServer:
         sock = _bind(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._sock = sock
-        self._server = server = _Uvicorn(self._config)
+        self._server = server = _Uvicorn(self._config, self._ssl_context, self.limits)
         self._task = asyncio.create_task(server.serve(sockets=[sock]),
                                          name=f"{self.name}-server")
         ready = asyncio.create_task(server.ready.wait())
@@ -573,9 +557,6 @@ class HttpServer:
         self._closed = True
         conns = self._connections
         conns.closing = True
-        for conn in list(conns.live):
-            if conn.handshaking:
-                conn.abort()  # uvicorn does not know these; nothing is in flight on them
         task, server = self._task, self._server
         try:
             if task is not None and server is not None:
