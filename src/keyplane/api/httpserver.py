@@ -95,7 +95,8 @@ class HttpLimits(BaseModel):
         "Largest request head (request line and headers); a larger one closes the "
         "connection."))
     max_connections: int = Field(default=1024, ge=1, description=(
-        "Live connections per server; one more is closed at accept."))
+        "Live connections per server; one more is closed once accepted (after its TLS "
+        "handshake, which header_timeout_s bounds)."))
     keep_alive_s: int = Field(default=5, ge=1, description=(
         "Idle time after which uvicorn closes a keep-alive connection."))
     tls_shutdown_timeout_s: float = Field(default=2.0, gt=0, description=(
