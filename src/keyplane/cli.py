@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from keyplane.config import Topology, load_topology
 from keyplane.errors import ConfigError, KeyplaneError
 from keyplane.fileperms import ensure_private_dir
+from keyplane.logsetup import LogFormat
 
 if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
     from keyplane.api.httpserver import HttpServer
@@ -30,7 +31,34 @@ if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(name="keyplane", no_args_is_help=True, add_completion=False,
+def _flags_as_flags(command: Any, ctx: Any) -> None:
+    """Show boolean flags as flags in --help (``--live/--no-live``, not ``<bool>``): typer
+    prints a bool's type as its metavar; an empty metavar prints nothing."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub, ctx)
+
+
+class _Keyplane(TyperGroup):
+    """The ``keyplane`` group: typer's, with flags shown as flags in every command's help."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_as_flags(command, ctx)
+        return command
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+app = typer.Typer(name="keyplane", no_args_is_help=True, add_completion=False, cls=_Keyplane,
                   help="Control and key management plane for QKD networks "
                        "(Lopez et al., IEEE Network 2025) over an emulated QKD layer.")
 console = Console(stderr=True)
@@ -39,6 +67,11 @@ TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="Topology YA
 StateOpt = Annotated[Path, typer.Option(
     "--state", "-s", help="State directory (certs, db, endpoints.json).")]
 BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
+NatsOpt = Annotated[str, typer.Option("--bus", help="Bus URL: nats://host:port (or memory://).")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Debug logging: keyplane at DEBUG, libraries at INFO.")]
+LogFormatOpt = Annotated[LogFormat, typer.Option(
+    "--log-format", help="Log lines on stderr as text, or as json (one object per line).")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: SQLite in the state dir).")]
 OpsOpt = Annotated[str, typer.Option(
@@ -54,9 +87,12 @@ def _load(path: Path) -> Topology:
         raise typer.Exit(2) from None
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(verbose: bool, fmt: LogFormat = "text") -> None:
+    """Quiet by default (warnings and notable events), debug with --verbose
+    (keyplane.logsetup)."""
+    from keyplane.logsetup import setup_logging
+
+    setup_logging(verbose=verbose, fmt=fmt)
 
 
 def _run_until_signal(main_coro: Callable[[asyncio.Event], Awaitable[None]]) -> None:
@@ -120,14 +156,18 @@ def _db_url(db: str | None, state: Path) -> str:
 def validate(topology: Annotated[Path, typer.Argument(help="Topology YAML file.")]) -> None:
     """Check a topology file; print a summary or every problem (exit 2)."""
     topo = _load(topology)
-    console.print(f"[green]ok[/green] {topo.name}: {len(topo.nodes)} nodes, {len(topo.links)} "
-                  f"links, {len(topo.users)} users, {len(topo.applications)} applications")
+    Console().print(f"[green]ok[/green] {topo.name}: {len(topo.nodes)} nodes, "
+                    f"{len(topo.links)} links, {len(topo.users)} users, "
+                    f"{len(topo.applications)} applications")
 
 
 @app.command()
 def certs(topology: TopologyOpt,
-          out: Annotated[Path, typer.Option("--out", "-o")] = Path("state/certs"),
-          days: int = 825) -> None:
+          out: Annotated[Path, typer.Option(
+              "--out", "-o", help="Where to write them (kept if present).")
+          ] = Path("state/certs"),
+          days: Annotated[int, typer.Option(help="Validity of new certificates, days.")
+                          ] = 825) -> None:
     """Make a CA and the KM, SAE and controller certificates for mutual TLS."""
     from keyplane.certs import ensure_network_certs
 
@@ -139,24 +179,26 @@ def certs(topology: TopologyOpt,
 
 @app.command()
 def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt = Path("state"),
-        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
+        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0", verbose: VerboseOpt = False,
+        log_format: LogFormatOpt = "text") -> None:
     """Run every element of the network in this process (embedded mode) until Ctrl-C."""
     from keyplane.bus import MemoryBus
     from keyplane.events import EventStream, JsonlSink
+    from keyplane.logsetup import NotableEvents
     from keyplane.ops import ops_endpoints
     from keyplane.runtime import Embedded, RuntimeContext
     from keyplane.store import Database
 
     topo = _load(topology)
     ops_at = _ops_address(ops)
-    _logging(verbose)
+    _logging(verbose, log_format)
     ensure_private_dir(state)
 
     async def main_(stop: asyncio.Event) -> None:
         from keyplane.clock import RealClock
 
         clock = RealClock()
-        events = EventStream(clock, [JsonlSink(state / "events.jsonl")])
+        events = EventStream(clock, [JsonlSink(state / "events.jsonl"), NotableEvents()])
         database = await Database.open(_db_url(db, state))
         bus = MemoryBus()
         proc_ops = _ops_for("run", bus, database)
@@ -180,16 +222,18 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
 
 
 @app.command()
-def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
+def controller(topology: TopologyOpt, bus: NatsOpt,
                state: StateOpt = Path("state"), db: DbOpt = None,
                elements: Annotated[str, typer.Option(
                    help="Comma-separated subset of sdn,routing,monitoring,access,admission "
                         "(each element can run in its own process).")] = "",
-               ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
+               ops: OpsOpt = "127.0.0.1:0", verbose: VerboseOpt = False,
+               log_format: LogFormatOpt = "text") -> None:
     """Run the control plane (or some of its elements) as its own process."""
     from keyplane.bus import connect
     from keyplane.control import ELEMENTS
     from keyplane.events import BusSink, EventStream, JsonlSink
+    from keyplane.logsetup import NotableEvents
     from keyplane.ops import ops_endpoints
     from keyplane.runtime import ControlRuntime, RuntimeContext
     from keyplane.store import Database
@@ -201,7 +245,7 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
         console.print(f"[red]error:[/red] unknown elements {sorted(set(chosen) - set(ELEMENTS))};"
                       f" choose from {', '.join(ELEMENTS)}")
         raise typer.Exit(2)
-    _logging(verbose)
+    _logging(verbose, log_format)
     ensure_private_dir(state)
 
     async def main_(stop: asyncio.Event) -> None:
@@ -209,7 +253,8 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
 
         clock = RealClock()
         b = await connect(bus, name="keyplane-controller")
-        events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"), BusSink(b)])
+        events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"), BusSink(b),
+                                     NotableEvents()])
         database = await Database.open(_db_url(db, state))
         proc_ops = _ops_for("controller", b, database)
         ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
@@ -234,15 +279,16 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
 
 @app.command()
 def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
-         topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
+         topology: TopologyOpt, bus: NatsOpt,
          state: StateOpt = Path("state"), db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
-         verbose: bool = False) -> None:
+         verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
+    from keyplane.logsetup import NotableEvents
     from keyplane.ops import ops_endpoints
     from keyplane.runtime import NodeRuntime, RuntimeContext
     from keyplane.store import Database
@@ -252,7 +298,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
-    _logging(verbose)
+    _logging(verbose, log_format)
     ensure_private_dir(state)
 
     async def main_(stop: asyncio.Event) -> None:
@@ -260,7 +306,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
 
         clock = RealClock()
         b = await connect(bus, name=f"keyplane-node-{node_id}")
-        events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"), BusSink(b)])
+        events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"), BusSink(b),
+                                     NotableEvents()])
         database = await Database.open(_db_url(db, state))
         if kek is not None:
             database.keyring.use_file(node_id, kek)
@@ -296,7 +343,8 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
          eve: Annotated[str | None, typer.Option(
              help="Put a full intercept-resend eavesdropper on this link id during the run "
                   "(e.g. km4-km5): the QBER alarm and the reroute or refusal show up.")] = None,
-         eve_after_s: float = 1.0,
+         eve_after_s: Annotated[float, typer.Option(
+             help="--eve: seconds after the sessions start.")] = 1.0,
          distributed: Annotated[bool, typer.Option(
              "--distributed", help="One process per element over NATS and PostgreSQL.")] = False,
          nats: Annotated[str | None, typer.Option(
@@ -307,10 +355,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
          kill_km: Annotated[str | None, typer.Option(
              help="--distributed: SIGKILL this node's process mid-run, then restart it.")
          ] = None,
-         kill_after_s: float = 2.0,
-         seed: int = 1,
+         kill_after_s: Annotated[float, typer.Option(
+             help="--kill-km: seconds after the sessions start.")] = 2.0,
+         seed: Annotated[int, typer.Option(
+             help="Seed of the emulated links' randomness (summary.json records it).")] = 1,
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
-         verbose: bool = False) -> None:
+         verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
     """Run the paper's proof of concept end to end and render its Fig. 4 timeline."""
     from keyplane.demo.run import DemoOptions, apply_overrides, run_embedded_demo
 
@@ -338,8 +388,7 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
         console.print("[red]error:[/red] --eve runs in the embedded demo; with --distributed "
                       "use 'keyplane link eve LINK --bus URL' against the running network")
         raise typer.Exit(2)
-    if verbose:
-        _logging(True)
+    _logging(verbose, log_format)
     opts = DemoOptions(topology=topo, out=out, keys=keys, eve_link=eve, eve_after_s=eve_after_s,
                        seed=seed, live=live)
     out_console = Console()
