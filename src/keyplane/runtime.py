@@ -50,6 +50,7 @@ from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
+from keyplane.keymanager.telemetry import KmTelemetryPublisher
 from keyplane.lifecycle import Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.ops import Ops
@@ -277,6 +278,9 @@ class NodeRuntime(Service):
         self.km.set_identity(KmIdentity.load(self.node_id, km_cert.cert, km_cert.key,
                                              certs.ca.cert))
         await self._stack.enter_async_context(self.km)
+        # key-store levels and per-session figures for Monitoring, ETSI 015 and operators
+        await self._stack.enter_async_context(
+            KmTelemetryPublisher(self.km, ctx.bus, ctx.clock, ctx.stream))
         if self._run_links:
             # distributed mode: this node runs its own ends of its links; the peer ends run
             # in the neighbours' processes and the classical channel goes over the bus

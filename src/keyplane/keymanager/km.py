@@ -41,6 +41,7 @@ slave); keys are made at the master's KM, relayed, and held at the slave's KM fo
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import hashlib
@@ -123,6 +124,7 @@ from keyplane.messages import (
     SessionConfig,
     SessionDelete,
     SessionOpenRequest,
+    StreamTelemetry,
 )
 from keyplane.store import Database
 
@@ -241,6 +243,7 @@ class KeyManager:
             self.settings.aging_interval_s, self.settings.queue_limit)
         self._active = 0
         self._requests = 0
+        self._pending: collections.Counter[str] = collections.Counter()  # by session
         self._subs: list[Subscription] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._status: Literal["new", "running", "draining", "closed"] = "new"
@@ -900,6 +903,7 @@ class KeyManager:
         self._events.emit(EventType.key_requested, ELEMENT, node=self.node_id,
                           session=s.session_id, bits=bits, priority=s.priority)
         self._requests += 1
+        self._pending[s.session_id] += 1
         self._idle.clear()
         slot = False
         try:
@@ -923,6 +927,9 @@ class KeyManager:
             if s.machine.live and s.machine.can(SessionEvent.key_done):
                 self._apply(s, SessionEvent.key_done)
             self._requests -= 1
+            self._pending[s.session_id] -= 1
+            if not self._pending[s.session_id]:
+                del self._pending[s.session_id]
             if self._requests == 0:
                 self._idle.set()
 
@@ -1458,3 +1465,18 @@ class KeyManager:
         if s is None:
             return []
         return [(t, a.value, e.value, b.value) for t, a, e, b in s.machine.history]
+
+    @property
+    def queued_requests(self) -> int:
+        """Key requests waiting for one of the exchange slots (the priority queues)."""
+        return len(self._queues)
+
+    def stream_figures(self) -> dict[str, StreamTelemetry]:
+        """Per live endpoint session: requests inside the KM and its token bucket (read by
+        the KM's telemetry publisher, :mod:`keyplane.keymanager.telemetry`)."""
+        now = self._clock.now()
+        return {sid: StreamTelemetry(
+                    pending_requests=self._pending.get(sid, 0),
+                    bucket_bits=s.bucket.level(now) if s.bucket is not None else None,
+                    bucket_size_bits=s.bucket.size_bits if s.bucket is not None else None)
+                for sid, s in self._sessions.items() if s.machine.live}
