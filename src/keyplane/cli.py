@@ -140,10 +140,12 @@ def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
     return ops
 
 
-def _print_ops(server: HttpServer | None) -> None:
+def _print_ops(server: HttpServer | None, ops: Ops | None = None) -> None:
     if server is not None:
         print(f"keyplane operations endpoints on {server.url} (/healthz, /readyz, /metrics)",
               flush=True)
+    if ops is not None and "dashboard" in ops.urls:
+        print(f"keyplane dashboard on {ops.urls['dashboard']}", flush=True)
 
 
 def _db_url(db: str | None, state: Path) -> str:
@@ -179,13 +181,18 @@ def certs(topology: TopologyOpt,
 
 @app.command()
 def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt = Path("state"),
-        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0", verbose: VerboseOpt = False,
-        log_format: LogFormatOpt = "text") -> None:
-    """Run every element of the network in this process (embedded mode) until Ctrl-C."""
+        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
+        dashboard_controls: Annotated[bool, typer.Option(
+            help="Offer the dashboard's cut / eavesdrop / restore buttons (a loopback demo; "
+                 "turn off when the operations address is reachable by others).")] = True,
+        verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
+    """Run every element of the network in this process (embedded mode) until Ctrl-C;
+    serve its dashboard at <ops>/dashboard/."""
     from keyplane.bus import MemoryBus
+    from keyplane.dashboard.service import Dashboard
     from keyplane.events import EventStream, JsonlSink
     from keyplane.logsetup import NotableEvents
-    from keyplane.ops import ops_endpoints
+    from keyplane.ops.surface import serve_operations
     from keyplane.runtime import Embedded, RuntimeContext
     from keyplane.store import Database
 
@@ -207,9 +214,11 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
         started = asyncio.Event()
         proc_ops.add_readiness_check("network", started.is_set)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, Embedded(ctx):
+            dashboard = Dashboard(topo, bus, events=events, controls=dashboard_controls)
+            async with serve_operations(proc_ops, ops_at, bus=bus, dashboard=dashboard
+                                        ) as ops_server, Embedded(ctx):
                 started.set()
-                _print_ops(ops_server)
+                _print_ops(ops_server, proc_ops)
                 print(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
                       f"{state / 'endpoints.json'}; Ctrl-C to stop", flush=True)
                 await stop.wait()
@@ -227,14 +236,19 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
                elements: Annotated[str, typer.Option(
                    help="Comma-separated subset of sdn,routing,monitoring,access,admission "
                         "(each element can run in its own process).")] = "",
-               ops: OpsOpt = "127.0.0.1:0", verbose: VerboseOpt = False,
-               log_format: LogFormatOpt = "text") -> None:
-    """Run the control plane (or some of its elements) as its own process."""
+               ops: OpsOpt = "127.0.0.1:0",
+               dashboard_controls: Annotated[bool, typer.Option(
+                   help="Offer the dashboard's cut / eavesdrop / restore buttons (off: "
+                        "operators use 'keyplane link').")] = False,
+               verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
+    """Run the control plane (or some of its elements) as its own process; serve the
+    network's dashboard at <ops>/dashboard/."""
     from keyplane.bus import connect
     from keyplane.control import ELEMENTS
+    from keyplane.dashboard.service import Dashboard
     from keyplane.events import BusSink, EventStream, JsonlSink
     from keyplane.logsetup import NotableEvents
-    from keyplane.ops import ops_endpoints
+    from keyplane.ops.surface import serve_operations
     from keyplane.runtime import ControlRuntime, RuntimeContext
     from keyplane.store import Database
 
@@ -263,10 +277,11 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
         started = asyncio.Event()
         proc_ops.add_readiness_check("control_plane", started.is_set)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, \
-                    ControlRuntime(ctx, elements=chosen):
+            dashboard = Dashboard(topo, b, events_from_bus=True, controls=dashboard_controls)
+            async with serve_operations(proc_ops, ops_at, bus=b, dashboard=dashboard
+                                        ) as ops_server, ControlRuntime(ctx, elements=chosen):
                 started.set()
-                _print_ops(ops_server)
+                _print_ops(ops_server, proc_ops)
                 print("keyplane controller ready", flush=True)
                 await stop.wait()
         finally:
@@ -289,7 +304,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
     from keyplane.logsetup import NotableEvents
-    from keyplane.ops import ops_endpoints
+    from keyplane.ops.surface import serve_operations
     from keyplane.runtime import NodeRuntime, RuntimeContext
     from keyplane.store import Database
 
@@ -318,9 +333,12 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
         started = asyncio.Event()
         proc_ops.add_readiness_check("node", started.is_set)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, NodeRuntime(ctx, node_id):
+            async with serve_operations(
+                    proc_ops, ops_at, bus=b, nodes=[node_id],
+                    links=[link.link_id for link in topo.links_of(node_id)]
+            ) as ops_server, NodeRuntime(ctx, node_id):
                 started.set()
-                _print_ops(ops_server)
+                _print_ops(ops_server, proc_ops)
                 print(f"keyplane node {node_id} ready", flush=True)
                 await stop.wait()
         finally:

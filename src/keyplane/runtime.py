@@ -109,10 +109,13 @@ class RuntimeContext:
 
 def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
                     endpoints: Mapping[str, Mapping[str, str]],
-                    controller: Mapping[str, str] | None = None) -> Path:
+                    controller: Mapping[str, str] | None = None,
+                    operations: Mapping[str, str] | None = None) -> Path:
     """Write ``endpoints.json``: each KM's interface URLs, each SAE's certificate files, the
     controller's certificate and (``controller``) its own URLs, e.g.
-    ``{"etsi015_northbound": "https://…"}``.
+    ``{"etsi015_northbound": "https://…"}``, and (``operations``) where the writing
+    process serves operators, e.g. ``{"ops": "http://…", "dashboard": "http://…/dashboard/"}``
+    (``keyplane status`` reads it).
 
     Paths are relative to ``state_dir`` so the directory can be moved or mounted elsewhere.
     """
@@ -130,6 +133,8 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
                             "key": rel(certs.saes[a.sae_id].key)}
                  for a in topology.applications},
     }
+    if operations:
+        doc["operations"] = dict(sorted(operations.items()))
     return write_private(state_dir / "endpoints.json", json.dumps(doc, indent=2) + "\n")
 
 
@@ -204,7 +209,8 @@ class ControlRuntime(Service):
     def _write_file(self) -> None:
         if self._write and self.ctx.certs is not None:
             write_endpoints(self.ctx.state_dir, self.ctx.topology, self.ctx.certs,
-                            self.endpoints, self.controller_endpoints)
+                            self.endpoints, self.controller_endpoints,
+                            self.ctx.ops.urls if self.ctx.ops is not None else None)
 
     async def _on_announcement(self, topic: str, msg: Message) -> Message | None:
         """The registry of a process without the SDN Controller (URLs only, no driving)."""
@@ -313,6 +319,8 @@ class NodeRuntime(Service):
                                    ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
+        if ctx.ops is not None and "ops" in ctx.ops.urls:  # where its /metrics are scraped
+            self.endpoints["ops"] = ctx.ops.urls["ops"]
 
     async def _announce(self) -> None:
         """Announce until the control plane answers (it may start after us)."""
@@ -375,7 +383,8 @@ class Embedded(Service):
             await self.close()
             raise
         write_endpoints(self.ctx.state_dir, self.ctx.topology, certs, self.control.endpoints,
-                        self.control.controller_endpoints)
+                        self.control.controller_endpoints,
+                        self.ctx.ops.urls if self.ctx.ops is not None else None)
 
     async def close(self) -> None:
         """Stop the links, the nodes, then the control plane (idempotent).
