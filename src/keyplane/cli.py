@@ -350,6 +350,34 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
 
 
 @app.command()
+def status(state: StateOpt = Path("state"),
+           ops: Annotated[str | None, typer.Option(
+               "--ops", help="Ask this operations address (HOST:PORT or URL) of 'keyplane "
+                             "run' or a controller instead of reading <state>/endpoints.json."
+           )] = None,
+           as_json: Annotated[bool, typer.Option(
+               "--json", help="Print the state as JSON (the dashboard's /api/state).")
+           ] = False,
+           timeout: Annotated[float, typer.Option(
+               help="Seconds to wait for the answer.", min=0.001)] = 10.0) -> None:
+    """Show the nodes, links, sessions and alarms of a running network (exit 1 when nothing
+    runs there)."""
+    import json
+
+    from keyplane.status import StatusUnavailable, dashboard_url, fetch_state, render_status
+
+    try:
+        snapshot = fetch_state(dashboard_url(state=state, ops=ops), timeout_s=timeout)
+    except StatusUnavailable as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        Console().print(render_status(snapshot))
+
+
+@app.command()
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")
                         ] = Path("demo-out"),
          topology: TopologyOpt = Path("examples/paper_poc.yaml"),
