@@ -148,6 +148,26 @@ def _print_ops(server: HttpServer | None, ops: Ops | None = None) -> None:
         print(f"keyplane dashboard on {ops.urls['dashboard']}", flush=True)
 
 
+def _with_ports(topo: Topology, node_id: str, **ports: int | None) -> Topology:
+    """``topo`` with ports given on the command line in ``node_id``'s ``ports``."""
+    given = {k: v for k, v in ports.items() if v is not None}
+    if not given:
+        return topo
+    import yaml
+
+    from keyplane.config import parse_topology
+
+    data = topo.model_dump(mode="json")
+    for n in data["nodes"]:
+        if n["id"] == node_id:
+            n["ports"].update(given)
+    try:  # through the loader: the same messages as for the file itself
+        return parse_topology(yaml.safe_dump(data), source="the topology with the ports given")
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 def _db_url(db: str | None, state: Path) -> str:
     from keyplane.store import sqlite_url
 
@@ -240,6 +260,10 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
                dashboard_controls: Annotated[bool, typer.Option(
                    help="Offer the dashboard's cut / eavesdrop / restore buttons (off: "
                         "operators use 'keyplane link').")] = False,
+               northbound_port: Annotated[int, typer.Option(
+                   "--northbound-port", min=0, max=65535,
+                   help="Port of the SDN Controller's northbound ETSI 015 view (0: a free "
+                        "one, written to endpoints.json).")] = 0,
                verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
     """Run the control plane (or some of its elements) as its own process; serve the
     network's dashboard at <ops>/dashboard/."""
@@ -278,8 +302,9 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
         proc_ops.add_readiness_check("control_plane", started.is_set)
         try:
             dashboard = Dashboard(topo, b, events_from_bus=True, controls=dashboard_controls)
+            control = ControlRuntime(ctx, elements=chosen, northbound_port=northbound_port)
             async with serve_operations(proc_ops, ops_at, bus=b, dashboard=dashboard
-                                        ) as ops_server, ControlRuntime(ctx, elements=chosen):
+                                        ) as ops_server, control:
                 started.set()
                 _print_ops(ops_server, proc_ops)
                 print("keyplane controller ready", flush=True)
@@ -295,7 +320,19 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
 @app.command()
 def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
          topology: TopologyOpt, bus: NatsOpt,
-         state: StateOpt = Path("state"), db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
+         state: StateOpt = Path("state"), db: DbOpt = None,
+         ops: Annotated[str | None, typer.Option(
+             "--ops", help="Where to serve /healthz, /readyz and /metrics: HOST:PORT or "
+                           "'off' (default: 127.0.0.1 on the node's ports.ops from the "
+                           "topology, else a free port, printed at start).")] = None,
+         api_port: Annotated[int | None, typer.Option(
+             "--api-port", min=1, max=65535,
+             help="Port of the ETSI 014/004 HTTPS server (overrides the topology's "
+                  "ports.api; default: a free one).")] = None,
+         etsi015_port: Annotated[int | None, typer.Option(
+             "--etsi015-port", min=1, max=65535,
+             help="Port of the ETSI 015 agent (overrides the topology's ports.etsi015).")
+         ] = None,
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
@@ -309,10 +346,12 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     from keyplane.store import Database
 
     topo = _load(topology)
-    ops_at = _ops_address(ops)
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
+    topo = _with_ports(topo, node_id, api=api_port, etsi015=etsi015_port)
+    ops_at = _ops_address(ops if ops is not None
+                          else f"127.0.0.1:{topo.node(node_id).ports.ops or 0}")
     _logging(verbose, log_format)
     ensure_private_dir(state)
 

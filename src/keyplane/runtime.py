@@ -280,6 +280,7 @@ class NodeRuntime(Service):
     async def _start_elements(self) -> None:
         ctx = self.ctx
         certs = ctx.ensure_certs()
+        ports = ctx.topology.node(self.node_id).ports  # fixed ones, or 0: a free one
         km_cert = certs.kms[self.node_id]  # the KM's certificate also signs its ML-KEM hops
         self.km.set_identity(KmIdentity.load(self.node_id, km_cert.cert, km_cert.key,
                                              certs.ca.cert))
@@ -299,7 +300,7 @@ class NodeRuntime(Service):
             self._stack.push_async_callback(self.physical.close)
         api = await serve_km_api(
             self.km, kme_id=self.node_id, server_cert=certs.kms[self.node_id],
-            ca_file=certs.ca.cert, host=ctx.host, port=0,
+            ca_file=certs.ca.cert, host=ctx.host, port=ports.api or 0,
             settings=ApiSettings.from_topology(
                 ctx.topology, self.node_id,
                 limits=Etsi014Limits.from_km_settings(self.km.settings),
@@ -315,7 +316,8 @@ class NodeRuntime(Service):
         ctx.stream.add_sink(feed)
         self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
-        server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
+        server = await serve_agent(self.agent, ctx.host, ports.etsi015 or 0,
+                                   server_cert=certs.kms[self.node_id],
                                    ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
