@@ -445,8 +445,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
          seed: Annotated[int, typer.Option(
              help="Seed of the emulated links' randomness (summary.json records it).")] = 1,
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
+         force: Annotated[bool, typer.Option(
+             "--force", help="Write into a non-empty --out, replacing the previous demo's "
+                             "outputs there (other files are left alone).")] = False,
          verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
-    """Run the paper's proof of concept end to end and render its Fig. 4 timeline."""
+    """Run the paper's proof of concept end to end and render its Fig. 4 timeline into --out
+    (a new or empty folder; --force to reuse one)."""
     from keyplane.demo.run import DemoOptions, apply_overrides, run_embedded_demo
 
     if protocol is not None and protocol not in ("bb84-decoy", "analytic"):
@@ -472,6 +476,11 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
     if eve is not None and distributed:
         console.print("[red]error:[/red] --eve runs in the embedded demo; with --distributed "
                       "use 'keyplane link eve LINK --bus URL' against the running network")
+        raise typer.Exit(2)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        what = "is not a folder" if not out.is_dir() else "is not empty (an earlier run?)"
+        console.print(f"[red]error:[/red] --out {out} {what}: choose another --out"
+                      + ("" if not out.is_dir() else ", or --force to replace its demo outputs"))
         raise typer.Exit(2)
     _logging(verbose, log_format)
     opts = DemoOptions(topology=topo, out=out, keys=keys, eve_link=eve, eve_after_s=eve_after_s,

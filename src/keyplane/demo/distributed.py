@@ -160,13 +160,20 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     procs: dict[str, subprocess.Popen[str]] = {}
     results = [PairResult(p) for p in (opts.pairs or default_pairs(topo))]
     try:
+        started = time.monotonic()
+
+        def progress(what: str) -> None:  # a line per step: start-up takes a while
+            console.print(f"[{time.monotonic() - started:5.1f} s] {what}", highlight=False)
+
         bus_url = dist.nats_url
         if bus_url is None:
+            progress("starting nats-server")
             nats = NatsServer.start()
             bus_url = nats.url
         db_url = dist.db_url
         if db_url is None:
             try:
+                progress("starting PostgreSQL")
                 pg = PostgresServer.start()
                 db_url = pg.create_database("keyplane")
             except (FileNotFoundError, subprocess.SubprocessError) as exc:
@@ -174,18 +181,28 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
                 db_url = f"sqlite:///{state / 'keyplane.db'}"
         console.print(f"bus {bus_url}  database {db_url.split('@')[-1]}")
         common = ["-t", str(topo_file), "--bus", bus_url, "--db", db_url, "-s", str(state)]
+        progress("starting the controller")
         procs["controller"] = _spawn(["controller", *common], state / "controller.log")
         await _wait_ready(procs["controller"], "controller ready", dist.startup_timeout_s)
+        progress(f"controller ready; starting {len(topo.nodes)} node processes")
         for node in topo.nodes:
             procs[node.id] = _spawn(["node", "--id", node.id, *common],
                                     state / f"node-{node.id}.log")
-        await asyncio.gather(*(_wait_ready(procs[n.id], f"node {n.id} ready",
-                                           dist.startup_timeout_s) for n in topo.nodes))
+        up: list[str] = []
+
+        async def node_ready(node_id: str) -> None:
+            await _wait_ready(procs[node_id], f"node {node_id} ready", dist.startup_timeout_s)
+            up.append(node_id)
+            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)})")
+
+        await asyncio.gather(*(node_ready(n.id) for n in topo.nodes))
         endpoints = json.loads((state / "endpoints.json").read_text())
         missing = {n.id for n in topo.nodes} - set(endpoints["kms"])
         if missing:
             raise KeyplaneError(f"nodes never registered: {sorted(missing)}")
         console.print(f"{len(topo.nodes)} node processes and the controller are up")
+        if (endpoints.get("operations") or {}).get("dashboard"):
+            console.print(f"dashboard: {endpoints['operations']['dashboard']}")
         t0 = time.monotonic()
 
         async def chaos() -> None:
