@@ -118,12 +118,12 @@ class NotableEvents:
     ``admission_refused``,       any              INFO (a QoS or route refusal)
     ``config_refused``
     ``auth_refused``             any              WARNING (an identity was refused)
-    ``sdn_agent_failed``         any              WARNING
     ============================ ================ =======================================
 
     Session and link events also come from the KMs and agents of a session's path; only
     the element that decides (Admission Control, the link's modules) is logged, so a
-    session is one line, not one per KM.
+    session is one line, not one per KM. Failures an element logs itself (an SDN agent it
+    cannot reach) are not repeated here.
     """
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
@@ -185,7 +185,4 @@ class NotableEvents:
             who = d.get("sae") or "-"
             return logging.WARNING, (f"request of {who} refused by {e.element}: "
                                      f"{d.get('reason', '-')}")
-        if t is EventType.sdn_agent_failed:
-            return logging.WARNING, (f"SDN agent of {d.get('node') or e.node or '-'} failed "
-                                     f"{d.get('operation', '-')}: {d.get('reason', '-')}")
         return None
