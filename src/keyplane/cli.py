@@ -514,6 +514,72 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
         raise typer.Exit(1)
 
 
+@app.command()
+def sweep(out: Annotated[Path, typer.Option(
+              "--out", "-o", help="Output folder for sweep.csv and sweep.png (new or empty).")
+          ] = Path("sweep-out"),
+          topology: TopologyOpt = Path("examples/paper_poc.yaml"),
+          link: Annotated[str | None, typer.Option(
+              help="Link whose physics is swept (default: the topology's first link).")
+          ] = None,
+          from_km: Annotated[float, typer.Option(
+              "--from-km", min=0.0, help="First fibre length, km.")] = 0.0,
+          to_km: Annotated[float, typer.Option(
+              "--to-km", min=0.0, max=1000.0, help="Last fibre length, km.")] = 200.0,
+          step_km: Annotated[float, typer.Option(
+              "--step-km", min=0.1, help="Step between lengths, km.")] = 20.0,
+          blocks: Annotated[int, typer.Option(
+              min=2, help="Blocks measured per length and mode.")] = 4,
+          max_frames: Annotated[int, typer.Option(
+              "--max-frames", min=1, help="Frames per length and mode at most (a link past "
+                                          "its cut-off never fills a block).")] = 20_000,
+          seed: Annotated[int, typer.Option(help="Seed of the emulation.")] = 1,
+          force: Annotated[bool, typer.Option(
+              "--force", help="Write into a non-empty --out, replacing sweep.csv/png.")
+          ] = False) -> None:
+    """Secret key rate against distance: the emulated and analytic modes measured on a
+    virtual clock, with the GLLP (infinite decoys) and PLOB curves; sweep.csv + sweep.png."""
+    from keyplane.extras import MissingDependency
+    from keyplane.sweep import SweepSettings, run_sweep, write_csv, write_png
+
+    topo = _load(topology)
+    links = {lk.link_id: lk for lk in topo.links}
+    if not links or (link is not None and link not in links):
+        console.print(f"[red]error:[/red] --link: no link {link!r} in {topology} "
+                      f"(links: {', '.join(links) or 'none'})")
+        raise typer.Exit(2)
+    if to_km < from_km:
+        console.print("[red]error:[/red] --to-km must not be below --from-km")
+        raise typer.Exit(2)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        console.print(f"[red]error:[/red] --out {out} is not an empty folder: choose another "
+                      "--out, or --force to replace its sweep files")
+        raise typer.Exit(2)
+    base = links[link] if link is not None else topo.links[0]
+    n = round((to_km - from_km) / step_km) + 1
+    distances = tuple(round(from_km + i * step_km, 6) for i in range(n)
+                      if from_km + i * step_km <= to_km + 1e-9)
+    settings = SweepSettings(distances_km=distances, blocks=blocks, max_frames=max_frames,
+                             seed=seed)
+    shown = Console()
+
+    def progress(p: Any) -> None:
+        shown.print(f"{p.distance_km:6.1f} km  bit/s: emulated {p.emulated_skr_bps:9.4g}  "
+                    f"analytic {p.analytic_skr_bps:9.4g}  GLLP {p.gllp_bps:9.4g}  "
+                    f"PLOB {p.plob_bps:9.4g}", highlight=False)
+
+    points = asyncio.run(run_sweep(base, settings, progress))
+    ensure_private_dir(out)
+    csv_path = write_csv(points, out / "sweep.csv")
+    try:
+        png = write_png(points, out / "sweep.png",
+                        title=f"{topo.name} {base.link_id}: secret key rate against distance")
+    except MissingDependency as exc:
+        console.print(f"[red]error:[/red] wrote {csv_path}, but {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    shown.print(f"wrote {csv_path} and {png}")
+
+
 def _mount() -> None:
     from keyplane.api.cli import app as key_app
     from keyplane.physical.cli import app as link_app
