@@ -7,7 +7,8 @@ Three modes, one call (:func:`setup_logging`) at the start of every command:
   or closes, a link changes state, an alarm is raised or cleared, a request is refused).
   Routine start-up lines (servers listening, Alembic's migration context, link
   synchronisation), per-request HTTP lines (uvicorn, httpx) and protocol chatter stay out.
-* **verbose** (``--verbose``): keyplane at DEBUG, libraries at INFO.
+* **verbose** (``--verbose``): keyplane at DEBUG, libraries at INFO (never a request URL:
+  ETSI 014 URLs carry key_IDs).
 * **json** (``--log-format json``, either mode): one JSON object per line
   (``ts``, ``level``, ``logger``, ``message``, and for notable events ``event`` with the
   event's type, element, node, session and data), for log shippers.
@@ -34,10 +35,13 @@ LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 
 EVENTS_LOGGER = "keyplane.events"
 
-_LIBRARIES_QUIET = ("alembic", "uvicorn", "uvicorn.access", "uvicorn.error", "httpx",
-                    "httpcore", "nats", "asyncio", "aiosqlite", "sqlalchemy", "matplotlib",
-                    "PIL", "selenium", "urllib3")
+_LIBRARIES_QUIET = ("alembic", "uvicorn", "uvicorn.error", "nats", "asyncio", "aiosqlite",
+                    "sqlalchemy", "matplotlib", "PIL", "selenium", "urllib3")
 """Loggers held at WARNING in quiet mode and at INFO (never DEBUG) in verbose mode."""
+
+_ALWAYS_QUIET = ("httpx", "httpcore", "uvicorn.access")
+"""Loggers held at WARNING even in verbose mode: their lines are request URLs, and ETSI 014
+URLs carry key_IDs (docs/security.md, "Operators")."""
 
 _TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _HANDLER_NAME = "keyplane"
@@ -89,6 +93,8 @@ def setup_logging(*, verbose: bool = False, fmt: LogFormat = "text",
     logging.getLogger(EVENTS_LOGGER).setLevel(logging.DEBUG if verbose else logging.INFO)
     for name in _LIBRARIES_QUIET:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in _ALWAYS_QUIET:
+        logging.getLogger(name).setLevel(logging.WARNING)
     logging.captureWarnings(True)
 
 

@@ -65,10 +65,13 @@ def test_verbose_shows_debug_and_library_info(restore_logging: None) -> None:
     logging.getLogger("keyplane.physical.modules").debug("dropping stale frame 3")
     logging.getLogger("uvicorn.error").info("Started server process [1]")
     logging.getLogger("uvicorn.error").debug("library debug stays out")
+    logging.getLogger("httpx").info("HTTP Request: GET https://km/api/v1/keys/sae/dec_keys"
+                                    "?key_ID=1234")
     _emit_session(EventStream(VirtualClock(), [NotableEvents()]))
     text = out.getvalue()
     assert "dropping stale frame 3" in text and "Started server process" in text
     assert "library debug stays out" not in text
+    assert "key_ID" not in text  # request URLs never reach the log
     assert "key_delivered from km at km2" in text  # every event at DEBUG
 
 
