@@ -32,6 +32,7 @@ __all__ = [
     "CertPaths",
     "Issued",
     "client_ssl_context",
+    "ensure_device_cert",
     "ensure_network_certs",
     "peer_subject",
     "server_ssl_context",
@@ -159,6 +160,26 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
         _issue(ca, ctl, "CN=sdn-controller,OU=control,O=keyplane", server_names=["localhost",
                "127.0.0.1"], client=True, server=True, days=days)
     return Issued(ca=ca, kms=kms, saes=saes, controller=ctl)
+
+
+def ensure_device_cert(directory: str | Path, name: str, *, host: str = "127.0.0.1",
+                       days: int = 825) -> CertPaths:
+    """Create (once) the server certificate of a QKD device end (``keyplane device``) under
+    ``<directory>/device/``, signed by the network CA already in ``directory``.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no CA (run :func:`ensure_network_certs`).
+    """
+    base = Path(directory)
+    ca = CertPaths(base / "ca.pem", base / "ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        raise FileNotFoundError(f"no CA under {base}: run 'keyplane certs' first")
+    p = CertPaths(base / "device" / f"{name}.pem", base / "device" / f"{name}.key")
+    if not (p.cert.exists() and p.key.exists()):
+        _issue(ca, p, f"CN={name},OU=qkd-device,O=keyplane",
+               server_names=sorted({"localhost", "127.0.0.1", host}), client=True, server=True,
+               days=days)
+    return p
 
 
 def server_ssl_context(cert: CertPaths, ca_file: Path, *, require_client_cert: bool = True

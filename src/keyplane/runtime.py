@@ -48,9 +48,10 @@ from keyplane.events import EventStream, EventType
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
+from keyplane.keymanager.sources import KeySources
 from keyplane.lifecycle import Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
-from keyplane.physical import PhysicalNetwork
+from keyplane.physical.pool import EmulationSettings
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
 
@@ -72,6 +73,7 @@ class RuntimeContext:
     host: str = "127.0.0.1"
     seed: int = 1
     certs: Issued | None = None
+    emulation: EmulationSettings = field(default_factory=EmulationSettings)
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -235,7 +237,7 @@ class NodeRuntime(Service):
         self.node_id = node_id
         self.km = KeyManager(node_id, ctx.topology, ctx.bus, ctx.db, ctx.clock, ctx.stream,
                              km_settings)
-        self.physical: PhysicalNetwork | None = None
+        self.sources: KeySources | None = None
         self._run_links = run_links
         self.endpoints: dict[str, str] = {}
         self._announce_timeout_s = announce_timeout_s
@@ -265,15 +267,16 @@ class NodeRuntime(Service):
                                              certs.ca.cert))
         await self._stack.enter_async_context(self.km)
         if self._run_links:
-            # distributed mode: this node runs its own ends of its links; the peer ends run
-            # in the neighbours' processes and the classical channel goes over the bus
+            # distributed mode: this node runs its own ends of its links (emulated ends talk
+            # to the neighbours' processes over the bus; device ends to their devices)
             sinks = {(self.node_id, link.link_id): self.km.link_key_sink(link.link_id)
                      for link in ctx.topology.links_of(self.node_id)}
-            self.physical = PhysicalNetwork(ctx.topology, clock=ctx.clock, sinks=sinks,
-                                            seed=ctx.seed, bus=ctx.bus, events=ctx.stream,
-                                            node=self.node_id)
-            await self.physical.start()
-            self._stack.push_async_callback(self.physical.close)
+            self.sources = KeySources(ctx.topology, sinks, clock=ctx.clock, bus=ctx.bus,
+                                      events=ctx.stream, seed=ctx.seed, node=self.node_id,
+                                      emulation=ctx.emulation, credentials=certs.kms,
+                                      ca=certs.ca.cert)
+            await self.sources.start()
+            self._stack.push_async_callback(self.sources.close)
         api = await serve_km_api(
             self.km, kme_id=self.node_id, server_cert=certs.kms[self.node_id],
             ca_file=certs.ca.cert, host=ctx.host, port=0,
@@ -325,8 +328,9 @@ class NodeRuntime(Service):
 class Embedded(Service):
     """Every element of a network in one process: control plane plus every node.
 
-    The quantum links run as one :class:`PhysicalNetwork` with both ends in this process
-    (in-process classical channels), feeding every KM's link key stores.
+    The links' key sources (:class:`~keyplane.keymanager.sources.KeySources`) feed every
+    KM's link key stores: emulated links in worker processes (both ends of each link in one
+    worker), device links from their ETSI 014 devices.
     """
 
     def __init__(self, ctx: RuntimeContext, *, control_settings: ControlSettings | None = None,
@@ -336,11 +340,7 @@ class Embedded(Service):
                                       settings=control_settings)
         self.nodes = {n.id: NodeRuntime(ctx, n.id, run_links=False, km_settings=km_settings)
                       for n in ctx.topology.nodes}
-        sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
-                 for node_id, rt in self.nodes.items()
-                 for link in ctx.topology.links_of(node_id)}
-        self.physical = PhysicalNetwork(ctx.topology, clock=ctx.clock, sinks=sinks,
-                                        seed=ctx.seed, bus=ctx.bus, events=ctx.stream)
+        self.sources: KeySources | None = None
 
     def km(self, node_id: str) -> KeyManager:
         """The key manager of ``node_id``."""
@@ -352,7 +352,14 @@ class Embedded(Service):
         await self.control.start()
         try:
             await asyncio.gather(*(n.start() for n in self.nodes.values()))
-            await self.physical.start()
+            sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
+                     for node_id, rt in self.nodes.items()
+                     for link in self.ctx.topology.links_of(node_id)}
+            self.sources = KeySources(self.ctx.topology, sinks, clock=self.ctx.clock,
+                                      bus=self.ctx.bus, events=self.ctx.stream,
+                                      seed=self.ctx.seed, emulation=self.ctx.emulation,
+                                      credentials=certs.kms, ca=certs.ca.cert)
+            await self.sources.start()
         except BaseException:
             await self.close()
             raise
@@ -366,6 +373,7 @@ class Embedded(Service):
         would otherwise send ETSI 015 deletions to agents that are going away.
         """
         await self.control.stop_driving_nodes()
-        await self.physical.close()
+        if self.sources is not None:
+            await self.sources.close()
         await asyncio.gather(*(n.close() for n in self.nodes.values()))
         await self.control.close()

@@ -45,7 +45,7 @@ try:
 except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
     _BaseProtocol = H11Protocol  # type: ignore[assignment, misc]
 
-__all__ = ["KmApiServer", "create_km_app", "serve_km_api"]
+__all__ = ["KmApiServer", "create_km_app", "serve_api_app", "serve_km_api"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +186,23 @@ async def serve_km_api(km: ApplicationService, *, kme_id: str, server_cert: Cert
         RuntimeError: uvicorn did not start in time or stopped during start-up.
     """
     app = create_km_app(km, kme_id=kme_id, settings=settings)
+    return await serve_api_app(app, name=kme_id, server_cert=server_cert, ca_file=ca_file,
+                               host=host, port=port, startup_timeout_s=startup_timeout_s,
+                               **uvicorn_options)
+
+
+async def serve_api_app(app: FastAPI, *, name: str, server_cert: CertPaths, ca_file: Path,
+                        host: str = "127.0.0.1", port: int = 0,
+                        startup_timeout_s: float = 10.0, **uvicorn_options: Any
+                        ) -> KmApiServer:
+    """Serve any application-interface app (e.g. a QKD device's ETSI 014 KME) exactly as
+    :func:`serve_km_api` serves a KM's: mutual TLS, peer certificate in the scope.
+
+    Raises:
+        OSError: the address cannot be bound.
+        RuntimeError: uvicorn did not start in time or stopped during start-up.
+    """
+    kme_id = name
     ctx = server_ssl_context(server_cert, ca_file)
     options: dict[str, Any] = {"log_config": None, "access_log": False, "lifespan": "off",
                                "server_header": False, **uvicorn_options}

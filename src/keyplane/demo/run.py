@@ -24,11 +24,13 @@ from rich.table import Table
 
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
-from keyplane.config import Eavesdropper, Topology
+from keyplane.config import Topology
 from keyplane.demo.scenario import PairResult, SaePair, ServiceEndpoint, run_pair
 from keyplane.demo.timeline import render_timeline
+from keyplane.errors import KeyplaneError
 from keyplane.events import Event, EventStream, EventType, JsonlSink, MemorySink
 from keyplane.keymanager.interface import Caller
+from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
 from keyplane.runtime import Embedded, RuntimeContext
 from keyplane.store import Database, sqlite_url
 
@@ -48,6 +50,7 @@ class DemoOptions:
     eve_link: str | None = None
     eve_after_s: float = 1.0
     timeout_s: float = 60.0
+    command_timeout_s: float = 10.0
     seed: int = 1
     live: bool = True
 
@@ -183,8 +186,13 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                 if opts.eve_link is None:
                     return
                 await asyncio.sleep(opts.eve_after_s)
-                emb.physical.runner(opts.eve_link).set_eavesdropper(
-                    Eavesdropper(position_km=0.0, fraction=1.0))
+                # the link runs in a worker process: its runner takes commands on the bus
+                reply = await bus.request(
+                    control_topic(opts.eve_link),
+                    LinkCommand(link_id=opts.eve_link, action="eve", position_km=0.0,
+                                fraction=1.0), timeout_s=opts.command_timeout_s)
+                if not isinstance(reply, LinkCommandReply) or not reply.ok:
+                    raise KeyplaneError(f"--eve: link {opts.eve_link} refused the eavesdropper")
                 events.emit(EventType.alarm, "demo", kind="eavesdropper_inserted",
                             link=opts.eve_link)
 

@@ -438,7 +438,7 @@ class LinkRunner(Service):
         self.physics = self.physics.with_changes(eavesdropper=eavesdropper)
         self._state_changed("eve_on" if eavesdropper else "eve_off")
 
-    def _state_changed(self, change: str, **data: object) -> None:
+    def _state_changed(self, change: str, **data: Any) -> None:
         logger.log(logging.DEBUG if change.startswith("store_") else logging.INFO,
                    "link %s: %s -> %s", self.link_id, change, self.state.value)
         if self.events is not None:
@@ -446,9 +446,13 @@ class LinkRunner(Service):
                              link=self.link_id, change=change, state=self.state.value,
                              extra_loss_db=self.physics.extra_loss_db, **data)
         if self.bus is not None:
+            # the new state at once, with the last rates (not a rate of 0: nothing was
+            # measured yet in the new state)
+            w = self._tel
             msg = LinkTelemetry(link_id=self.link_id, node=self.link.endpoints[0],
                                 state=self.state, aborted_blocks=self.stats.aborted_blocks,
-                                t=self.clock.now())
+                                skr_bps=w.skr_bps, sifted_rate_bps=w.sifted_rate_bps,
+                                qber=w.qber, t=self.clock.now())
             self._spawn(self.bus.publish(topics.link_telemetry(self.link_id), msg))
 
     async def _on_command(self, topic: str, msg: Message) -> Message | None:
@@ -659,7 +663,7 @@ class LinkRunner(Service):
                 st.discarded_blocks += 1
         node = self.link.endpoints[0]
         if self.events is not None:
-            data = dict(link=self.link_id, block_id=o.block_id, status=o.status,
+            data: dict[str, Any] = dict(link=self.link_id, block_id=o.block_id, status=o.status,
                         qber=o.qber, sifted_bits=o.sifted_bits, secret_bits=o.secret_bits,
                         leaked_bits=o.leaked_ec_bits + o.leaked_verify_bits,
                         ec_efficiency=o.ec_efficiency, reason=o.reason)
