@@ -216,6 +216,75 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
 
 
 @app.command()
+def device(link: Annotated[str, typer.Option("--link", help="Link id from the topology.")],
+           topology: TopologyOpt, state: StateOpt = Path("state"),
+           end: Annotated[str | None, typer.Option(
+               help="Run only this node's end; the other end's device is reached over "
+                    "--bus.")] = None,
+           bus: BusOpt = None, host: str = "127.0.0.1",
+           port: Annotated[list[str] | None, typer.Option(
+               "--port", help="NODE=PORT for an end's ETSI 014 server (repeatable; "
+                              "default: a free port).")] = None,
+           seed: int = 1,
+           time_scale: Annotated[float, typer.Option(
+               "--time-scale", help="Emulated seconds per real second (1: hardware pace).")
+           ] = 1.0,
+           key_size: Annotated[int, typer.Option(
+               "--key-size", help="The device's key size in bits.")] = 256,
+           verbose: bool = False) -> None:
+    """Run an emulated QKD device for one link, serving ETSI 014 to the link's KMs."""
+    from keyplane.device import DeviceSettings, QkdDevice
+    from keyplane.physical.pool import EmulationSettings
+
+    topo = _load(topology)
+    ports: dict[str, int] = {}
+    for item in port or []:
+        node_id, _, number = item.partition("=")
+        if not number.isdigit() or not node_id:
+            console.print(f"[red]error:[/red] --port {item!r}: expected NODE=PORT")
+            raise typer.Exit(2)
+        ports[node_id] = int(number)
+    if key_size < 64 or key_size % 8 or not time_scale > 0:
+        console.print("[red]error:[/red] --key-size must be a multiple of 8, at least 64, "
+                      "and --time-scale positive")
+        raise typer.Exit(2)
+    links = {lk.link_id: lk for lk in topo.links}
+    if link not in links:
+        console.print(f"[red]error:[/red] --link: no link {link!r} in {topology} "
+                      f"(links: {', '.join(links)})")
+        raise typer.Exit(2)
+    if end is not None and (end not in links[link].endpoints or bus is None):
+        console.print(f"[red]error:[/red] --end must be one of {list(links[link].endpoints)} "
+                      "and needs --bus (the other end's device is reached over it)")
+        raise typer.Exit(2)
+    if set(ports) - set(links[link].endpoints):
+        console.print(f"[red]error:[/red] --port: {sorted(set(ports) - set(links[link].endpoints))}"
+                      f" not an end of {link}")
+        raise typer.Exit(2)
+    _logging(verbose)
+    state.mkdir(parents=True, exist_ok=True)
+
+    async def main_(stop: asyncio.Event) -> None:
+        from keyplane.bus import connect
+
+        b = await connect(bus, name=f"keyplane-device-{link}") if bus else None
+        settings = DeviceSettings(key_size_bits=key_size,
+                                  emulation=EmulationSettings(time_scale=time_scale))
+        try:
+            async with QkdDevice(topo, link, state_dir=state, end=end, bus=b, host=host,
+                                 ports=ports, seed=seed, settings=settings) as dev:
+                urls = " ".join(f"{n}={u}" for n, u in sorted(dev.urls.items()))
+                print(f"keyplane device {link} ready: {urls}; endpoints in "
+                      f"{state / f'device-{link}.json'}", flush=True)
+                await stop.wait()
+        finally:
+            if b is not None:
+                await b.close()
+
+    _run_until_signal(main_)
+
+
+@app.command()
 def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")
                         ] = Path("demo-out"),
          topology: TopologyOpt = Path("examples/paper_poc.yaml"),
