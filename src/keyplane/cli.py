@@ -65,6 +65,9 @@ def _run_until_signal(main_coro: Callable[[asyncio.Event], Awaitable[None]]) -> 
     except KeyplaneError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
+    except OSError as exc:  # e.g. an address in use, a state directory not writable
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
 
@@ -312,7 +315,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
          verbose: bool = False) -> None:
     """Run the paper's proof of concept end to end and render its Fig. 4 timeline."""
-    from keyplane.demo.run import DemoOptions, apply_overrides, run_embedded_demo
+    from keyplane.demo.run import (
+        DemoOptions,
+        apply_overrides,
+        demo_problems,
+        run_embedded_demo,
+    )
 
     if protocol is not None and protocol not in ("bb84-decoy", "analytic"):
         console.print("[red]error:[/red] --protocol must be bb84-decoy or analytic, "
@@ -355,7 +363,6 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
     except KeyplaneError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    ok = True
     for s in summary["sessions"]:
         colour = "green" if s["all_keys_matched"] else "red"
         first = s["time_to_first_key_s"]
@@ -364,10 +371,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
             f"{s['keys_matched']}/{s['keys_delivered']} keys identical at both ends, "
             f"first key after {first:.3f} s" if first is not None else
             f"[{colour}]{s['pair']}[/{colour}] {s['status']} {s['error']}")
-        ok = ok and s["all_keys_matched"]
     out_console.print(f"events: {out / 'events.jsonl'}  timeline: {out / 'timeline.html'}, "
                       f"{out / 'timeline.png'}  summary: {out / 'summary.json'}")
-    if not ok and eve is None:
+    problems = demo_problems(summary, keys, eve)
+    for problem in problems:
+        console.print(f"[red]failed:[/red] {problem}", highlight=False)
+    if problems:
         raise typer.Exit(1)
 
 

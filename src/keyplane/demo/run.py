@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import shutil
 import time
@@ -34,7 +35,8 @@ from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
 from keyplane.runtime import Embedded, RuntimeContext
 from keyplane.store import Database, sqlite_url
 
-__all__ = ["DemoOptions", "apply_overrides", "default_pairs", "run_embedded_demo", "summarize"]
+__all__ = ["DemoOptions", "apply_overrides", "default_pairs", "demo_problems",
+           "run_embedded_demo", "summarize"]
 
 
 @dataclass
@@ -138,6 +140,41 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
                "t": e.t} for e in events if e.type is EventType.alarm]
     return {"topology": topo.name, "sessions": sessions, "links": links, "alarms": alarms,
             "events": len(events)}
+
+
+def demo_problems(summary: dict[str, Any], keys: int, eve_link: str | None = None
+                  ) -> list[str]:
+    """What the demo was asked to show and did not (empty: it succeeded).
+
+    Every session must close with ``keys`` keys identical at both ends. With an
+    eavesdropper on ``eve_link``, the Monitoring Element must have raised ``qber_high`` on it,
+    and a session whose path crossed that link may instead have been refused or stopped
+    (that is the refusal the demo shows when no other path exists); every other session
+    must still succeed. ``keyplane demo`` exits non-zero when this is not empty.
+    """
+    problems: list[str] = []
+    detected = any(a.get("kind") == "qber_high" and a.get("link") == eve_link
+                   for a in summary.get("alarms", []))
+    if eve_link is not None and not detected:
+        problems.append(f"the eavesdropper on {eve_link} was not detected (no qber_high alarm)")
+    for s in summary["sessions"]:
+        if s["status"] == "closed" and s["all_keys_matched"] and s["keys_delivered"] >= keys:
+            continue
+        crossed = any(_uses_link(p, eve_link) for p in s.get("paths") or [])
+        if eve_link is not None and detected and crossed:
+            continue  # refused or cut off by the eavesdropper's alarm: what --eve shows
+        why = s["error"] or (f"{s['keys_matched']}/{s['keys_delivered']} of {keys} keys "
+                             "identical at both ends")
+        problems.append(f"{s['pair']}: {s['status']}: {why}")
+    return problems
+
+
+def _uses_link(path: list[str] | None, link_id: str | None) -> bool:
+    if not path or link_id is None:
+        return False
+    hops = {f"{a}-{b}" for a, b in itertools.pairwise(path)}
+    hops |= {f"{b}-{a}" for a, b in itertools.pairwise(path)}
+    return link_id in hops
 
 
 def _view(results: list[PairResult], mem: MemorySink, t0: float) -> Group:
