@@ -19,13 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.api.etsi015 import (
     Etsi015Driver,
@@ -36,7 +39,7 @@ from keyplane.api.etsi015 import (
     serve_agent,
     serve_app,
 )
-from keyplane.api.server import serve_km_api
+from keyplane.api.server import create_km_app, serve_api_app
 from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.bus import Bus, Message, topics, unsubscribe_all
 from keyplane.certs import Issued, ensure_network_certs
@@ -55,9 +58,53 @@ from keyplane.physical.pool import EmulationSettings
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
 
-__all__ = ["ControlRuntime", "Embedded", "NodeRuntime", "RuntimeContext", "write_endpoints"]
+__all__ = ["ControlRuntime", "Embedded", "LazyApp", "NodeRuntime", "RuntimeContext",
+           "StartupSettings", "write_endpoints"]
 
 logger = logging.getLogger(__name__)
+
+
+class LazyApp:
+    """An ASGI app built on its first request.
+
+    A KM's FastAPI app costs about 25 ms of CPU to build (route and model analysis); a
+    network of 1,000 nodes would spend most of its start-up there, for KMs that no SAE may
+    ever call. Serving a :class:`LazyApp` binds the port and the certificate at once and
+    builds the app when the first request arrives.
+    """
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        """The app (built now if it was not yet)."""
+        if self._app is None:
+            self._app = self._factory()
+        return self._app
+
+    async def __call__(self, scope: MutableMapping[str, Any],
+                       receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        await self.app(scope, receive, send)
+
+
+class StartupSettings(BaseModel):
+    """How a process brings its nodes up (bounded, so 1,000 nodes start on 2 cores)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_start_concurrency: Annotated[int, Field(ge=1)] = 8
+    """Nodes an embedded process starts at once. Each start loads the KM's stores, opens
+    two HTTPS servers and registers with the SDN Controller (a database write and an ETSI
+    015 discovery): all at once, 1,000 nodes exhausted the database pool and the event loop."""
+    announce_timeout_s: Annotated[float, Field(gt=0.0)] = 120.0
+    """How long a node keeps announcing itself until the control plane answers."""
+    announce_request_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0
+    """Bound on one announcement's answer (the SDN Controller may be busy registering)."""
+    announce_backoff_max_s: Annotated[float, Field(gt=0.0)] = 2.0
+    """Longest pause between two announcements (doubling from 0.1 s)."""
 
 
 @dataclass
@@ -74,6 +121,7 @@ class RuntimeContext:
     seed: int = 1
     certs: Issued | None = None
     emulation: EmulationSettings = field(default_factory=EmulationSettings)
+    startup: StartupSettings = field(default_factory=StartupSettings)
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -230,7 +278,7 @@ class NodeRuntime(Service):
     """One node of the network, in this process."""
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
-                 announce_timeout_s: float = 30.0, run_links: bool = True,
+                 announce_timeout_s: float | None = None, run_links: bool = True,
                  km_settings: KmSettings | None = None) -> None:
         ctx.topology.node(node_id)  # KeyError on an unknown node
         self.ctx = ctx
@@ -240,7 +288,8 @@ class NodeRuntime(Service):
         self.sources: KeySources | None = None
         self._run_links = run_links
         self.endpoints: dict[str, str] = {}
-        self._announce_timeout_s = announce_timeout_s
+        self._announce_timeout_s = (ctx.startup.announce_timeout_s if announce_timeout_s is None
+                                    else announce_timeout_s)
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
         self.agent: SdnAgent | None = None
@@ -277,13 +326,13 @@ class NodeRuntime(Service):
                                       ca=certs.ca.cert)
             await self.sources.start()
             self._stack.push_async_callback(self.sources.close)
-        api = await serve_km_api(
-            self.km, kme_id=self.node_id, server_cert=certs.kms[self.node_id],
-            ca_file=certs.ca.cert, host=ctx.host, port=0,
-            settings=ApiSettings.from_topology(
-                ctx.topology, self.node_id,
-                limits=Etsi014Limits.from_km_settings(self.km.settings),
-                supported_extensions=frozenset({PROVENANCE_EXTENSION})))
+        settings = ApiSettings.from_topology(
+            ctx.topology, self.node_id, limits=Etsi014Limits.from_km_settings(self.km.settings),
+            supported_extensions=frozenset({PROVENANCE_EXTENSION}))
+        app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,
+                                        settings=settings))
+        api = await serve_api_app(app, name=self.node_id, server_cert=certs.kms[self.node_id],
+                                  ca_file=certs.ca.cert, host=ctx.host, port=0)
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = api.etsi014_url
         self.endpoints["etsi004"] = api.etsi004_url
@@ -300,17 +349,24 @@ class NodeRuntime(Service):
         self.endpoints["etsi015"] = server.url
 
     async def _announce(self) -> None:
-        """Announce until the control plane answers (it may start after us)."""
+        """Announce until the control plane answers (it may start after us, or be busy
+        registering other nodes): retries with back-off, within ``announce_timeout_s``."""
         loop = asyncio.get_running_loop()
+        st = self.ctx.startup
         deadline = loop.time() + self._announce_timeout_s
         msg = NodeAnnouncement(node=self.node_id, endpoints=self.endpoints, pid=os.getpid())
+        pause = 0.1
         while True:
             try:
-                reply = await self.ctx.bus.request(topics.SDN_NODES, msg, timeout_s=1.0)
+                reply = await self.ctx.bus.request(
+                    topics.SDN_NODES, msg,
+                    timeout_s=max(0.01, min(st.announce_request_timeout_s,
+                                            deadline - loop.time())))
             except BusError:
-                if loop.time() > deadline:
+                if loop.time() + pause > deadline:
                     raise
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(pause)  # back-off between announcements, not a sync wait
+                pause = min(st.announce_backoff_max_s, 2 * pause)
                 continue
             if isinstance(reply, NodeWelcome) and not reply.known:
                 raise BusError(f"control plane refused node {self.node_id}: {reply.reason}")
@@ -351,7 +407,13 @@ class Embedded(Service):
         certs = self.ctx.ensure_certs()
         await self.control.start()
         try:
-            await asyncio.gather(*(n.start() for n in self.nodes.values()))
+            gate = asyncio.Semaphore(self.ctx.startup.node_start_concurrency)
+
+            async def start_node(n: NodeRuntime) -> None:
+                async with gate:
+                    await n.start()
+
+            await asyncio.gather(*(start_node(n) for n in self.nodes.values()))
             sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
                      for node_id, rt in self.nodes.items()
                      for link in self.ctx.topology.links_of(node_id)}

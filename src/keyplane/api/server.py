@@ -191,12 +191,12 @@ async def serve_km_api(km: ApplicationService, *, kme_id: str, server_cert: Cert
                                **uvicorn_options)
 
 
-async def serve_api_app(app: FastAPI, *, name: str, server_cert: CertPaths, ca_file: Path,
+async def serve_api_app(app: Any, *, name: str, server_cert: CertPaths, ca_file: Path,
                         host: str = "127.0.0.1", port: int = 0,
                         startup_timeout_s: float = 10.0, **uvicorn_options: Any
                         ) -> KmApiServer:
-    """Serve any application-interface app (e.g. a QKD device's ETSI 014 KME) exactly as
-    :func:`serve_km_api` serves a KM's: mutual TLS, peer certificate in the scope.
+    """Serve any application-interface ASGI app (e.g. a QKD device's ETSI 014 KME) exactly
+    as :func:`serve_km_api` serves a KM's: mutual TLS, peer certificate in the scope.
 
     Raises:
         OSError: the address cannot be bound.
