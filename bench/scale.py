@@ -40,7 +40,7 @@ def grid_topology(n: int) -> str:
     lines += [f"  - {{id: n{i}}}" for i in range(n)]
     lines.append("links:")
     for i in range(n):
-        r, c = divmod(i, side)
+        c = i % side
         for j in ((i + 1) if c + 1 < side else None, i + side):
             if j is not None and j < n:
                 lines.append(f"  - {{endpoints: [n{i}, n{j}], length_km: 10, "

@@ -260,6 +260,10 @@ class ControlRuntime(Service):
         sdn = self.plane.sdn
         if sdn is not None and sdn.southbound is not None:
             await sdn.southbound.close()
+        if self._own_driver and self.driver is not None:
+            # its kept-alive connections would hold every agent server's close for its
+            # whole shutdown timeout (5 s each)
+            await self.driver.close()
 
     async def close(self) -> None:
         """Stop answering, serving and driving (idempotent)."""
@@ -405,7 +409,20 @@ class Embedded(Service):
     async def start(self) -> None:
         """Start the control plane, every node, then the links; write endpoints.json."""
         certs = self.ctx.ensure_certs()
-        await self.control.start()
+        sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
+                 for node_id, rt in self.nodes.items()
+                 for link in self.ctx.topology.links_of(node_id)}
+        self.sources = KeySources(self.ctx.topology, sinks, clock=self.ctx.clock,
+                                  bus=self.ctx.bus, events=self.ctx.stream, seed=self.ctx.seed,
+                                  emulation=self.ctx.emulation, credentials=certs.kms,
+                                  ca=certs.ca.cert)
+        try:
+            # link workers boot (interpreter, numpy) while the nodes start
+            await self.sources.prepare()
+            await self.control.start()
+        except BaseException:
+            await self.sources.close()
+            raise
         try:
             gate = asyncio.Semaphore(self.ctx.startup.node_start_concurrency)
 
@@ -414,13 +431,6 @@ class Embedded(Service):
                     await n.start()
 
             await asyncio.gather(*(start_node(n) for n in self.nodes.values()))
-            sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
-                     for node_id, rt in self.nodes.items()
-                     for link in self.ctx.topology.links_of(node_id)}
-            self.sources = KeySources(self.ctx.topology, sinks, clock=self.ctx.clock,
-                                      bus=self.ctx.bus, events=self.ctx.stream,
-                                      seed=self.ctx.seed, emulation=self.ctx.emulation,
-                                      credentials=certs.kms, ca=certs.ca.cert)
             await self.sources.start()
         except BaseException:
             await self.close()

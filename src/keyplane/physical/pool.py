@@ -208,17 +208,33 @@ class LinkWorkerPool(Service):
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def prepare(self) -> None:
+        """Launch the worker processes now (interpreter and imports take a second or two)
+        without starting any link yet: a runtime calls this first and :meth:`start` once
+        the KMs can take blocks, so the two overlap. Idempotent."""
+        if self._state != "new":
+            return
+        for w in self.workers:
+            if w.proc is None:
+                await self._launch(w)
+
     async def start(self) -> None:
-        """Start every worker and wait (``start_timeout_s``) until each runs its links.
+        """Start every worker (launched by :meth:`prepare`, or now) and wait
+        (``start_timeout_s``) until each runs its links.
 
         Raises:
             PhysicalError: a worker did not start in time or exited during start.
         """
         if self._state != "new":
             return
+        try:
+            await self.prepare()
+        except BaseException:
+            await self.close()
+            raise
         self._state = "running"
         try:
-            await asyncio.gather(*(self._spawn(w) for w in self.workers))
+            await asyncio.gather(*(self._start_worker(w) for w in self.workers))
             if self.bus is not None:
                 for lid in self.links:
                     self._subs.append(await self.bus.subscribe(
@@ -230,7 +246,7 @@ class LinkWorkerPool(Service):
         logger.info("%d emulated links in %d worker processes (pids %s)", len(self.links),
                     len(self.workers), self.pids)
 
-    async def _spawn(self, w: _Worker) -> None:
+    async def _launch(self, w: _Worker) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([_SRC, *filter(None, [env.get("PYTHONPATH")])])
         w.ready.clear()
@@ -238,6 +254,14 @@ class LinkWorkerPool(Service):
         w.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "keyplane.physical.worker", stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE, env=env, limit=2**20)
+        w.reader_task = asyncio.get_running_loop().create_task(self._read(w))
+
+    async def _spawn(self, w: _Worker) -> None:
+        await self._launch(w)
+        await self._start_worker(w)
+
+    async def _start_worker(self, w: _Worker) -> None:
+        assert w.reader_task is not None
         s = self.settings
         w.send(StartWorker(links=[link.model_dump(mode="json") for link in w.links],
                            seed=self.seed, time_scale=s.time_scale,
@@ -247,7 +271,6 @@ class LinkWorkerPool(Service):
             for end in ends:
                 if not self._room[(link.link_id, end)]:
                     w.send(Room(link_id=link.link_id, end=end, room=False))
-        w.reader_task = asyncio.get_running_loop().create_task(self._read(w))
         ready = asyncio.get_running_loop().create_task(w.ready.wait())
         try:
             await asyncio.wait({ready, w.reader_task}, timeout=s.start_timeout_s,

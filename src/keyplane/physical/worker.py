@@ -135,7 +135,9 @@ class _EventPipe:
 
 async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     first = await read_frame(reader)
-    if first is None or not isinstance(first[0], StartWorker):
+    if first is None or isinstance(first[0], Stop):
+        return  # launched ahead, then not needed (the runtime failed to start)
+    if not isinstance(first[0], StartWorker):
         raise PhysicalError("link worker: the first frame must be 'start'")
     spec = first[0]
     if spec.nice:

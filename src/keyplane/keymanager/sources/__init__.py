@@ -90,12 +90,17 @@ class KeySources(Service):
                     credentials=credentials[end], ca=ca, events=events,
                     telemetry_interval_s=self.emulation.telemetry_interval_s)
         self._subs: list[Subscription] = []
-        self._started: list[Service] = []
 
     @staticmethod
     def device_links(topology: Topology) -> list[QuantumLink]:
         """The links whose key comes from an ETSI 014 device."""
         return [link for link in topology.links if isinstance(link.source, Etsi014Source)]
+
+    async def prepare(self) -> None:
+        """Launch the emulation's worker processes ahead of :meth:`start` (see
+        :meth:`~keyplane.physical.pool.LinkWorkerPool.prepare`)."""
+        if isinstance(self.emulated, LinkWorkerPool):
+            await self.emulated.prepare()
 
     async def start(self) -> None:
         """Subscribe the device ends' hand-over topics, then start every source.
@@ -108,10 +113,8 @@ class KeySources(Service):
                     keysource_topic(node), self._handler(node)))
             for end in self.device_ends.values():
                 await end.start()
-                self._started.append(end)
             if self.emulated is not None:
                 await self.emulated.start()
-                self._started.append(self.emulated)
         except BaseException:
             await self.close()
             raise
@@ -131,5 +134,7 @@ class KeySources(Service):
         """Stop every source (idempotent)."""
         await unsubscribe_all(self._subs)
         self._subs.clear()
-        while self._started:
-            await self._started.pop().close()
+        for end in self.device_ends.values():
+            await end.close()
+        if self.emulated is not None:  # also when only prepared: its workers exit
+            await self.emulated.close()
