@@ -45,7 +45,7 @@ try:
 except ImportError:  # pragma: no cover - httptools is part of uvicorn[standard]
     _BaseProtocol = H11Protocol  # type: ignore[assignment, misc]
 
-__all__ = ["KmApiServer", "create_km_app", "serve_api_app", "serve_km_api"]
+__all__ = ["KmApiServer", "QuietServer", "create_km_app", "serve_api_app", "serve_km_api"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +70,41 @@ class _PeerCertProtocol(_BaseProtocol):  # type: ignore[misc, valid-type]
             self.app_state = {**self.app_state, PEER_CERT_STATE_KEY: der}
 
 
-class _Server(uvicorn.Server):
+class QuietServer(uvicorn.Server):
+    """uvicorn.Server whose main loop wakes once a second, not ten times, and at once when
+    told to exit.
+
+    uvicorn polls ``should_exit`` every 0.1 s; its tick only refreshes the Date header (once
+    a second anyway) and checks limits. A process serving 1,000 nodes runs 2,000 servers:
+    20,000 idle wake-ups a second took a good part of a core.
+    """
+
+    _exit_event: asyncio.Event | None = None
+    _exit_flag = False
+
+    @property
+    def should_exit(self) -> bool:
+        return self._exit_flag
+
+    @should_exit.setter
+    def should_exit(self, value: bool) -> None:
+        self._exit_flag = value
+        if value and self._exit_event is not None:
+            self._exit_event.set()
+
+    async def main_loop(self) -> None:
+        self._exit_event = asyncio.Event()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 10) % 864000  # on_tick counts tenths of a second
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._exit_event.wait()
+            should_exit = await self.on_tick(counter)
+
+
+class _Server(QuietServer):
     """uvicorn.Server that signals readiness and leaves signal handling to its owner."""
 
     def __init__(self, config: uvicorn.Config) -> None:

@@ -142,3 +142,28 @@ async def test_km_end_reports_an_unreachable_device_and_takes_nothing(tmp_path: 
                 await asyncio.sleep(0.05)
     assert sink.qsize() == 0 and end.last_error is not None
     await bus.close()
+
+
+async def test_one_end_devices_on_two_hosts_agree_over_their_classical_channel(
+        tmp_path: Path) -> None:
+    plain = parse_topology(CHAIN)
+    bus = MemoryBus()  # the two device processes' bus (NATS between hosts)
+    settings = DeviceSettings(key_size_bits=128, emulation=EmulationSettings(time_scale=20.0))
+    async with QkdDevice(plain, "km0-km1", state_dir=tmp_path, end="km1", bus=bus,
+                         settings=settings) as bob, \
+            QkdDevice(plain, "km0-km1", state_dir=tmp_path, end="km0", bus=bus,
+                      settings=settings) as alice:
+        ka, kb = alice.kmes["km0"], bob.kmes["km1"]
+        async with asyncio.timeout(DEADLINE_S):
+            while (await ka.status(KM0, "km0", "km1")).stored_key_count < 4:
+                await asyncio.sleep(0.05)  # the device produces in real time
+        mine = await ka.enc_keys(KM0, "km0", "km1", 4, 128)
+        async with asyncio.timeout(DEADLINE_S):
+            while True:  # Bob's end may store the same blocks a moment later
+                try:
+                    got = await kb.dec_keys(KM1, "km1", "km0", [k.key_id for k in mine])
+                    break
+                except KeyNotFound:
+                    await asyncio.sleep(0.05)
+    assert [(k.key_id, k.key) for k in got] == [(k.key_id, k.key) for k in mine]
+    await bus.close()

@@ -25,6 +25,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from keyplane.api.etsi015.agent import SdnAgent
 from keyplane.api.etsi015.restconf import PEER_SUBJECT_STATE_KEY, create_agent_app
+from keyplane.api.server import QuietServer
 from keyplane.certs import CertPaths, peer_subject, server_ssl_context
 
 __all__ = ["RestconfServer", "serve_agent", "serve_app"]
@@ -57,7 +58,7 @@ class _MtlsH11Protocol(H11Protocol):
             self.transport.abort()
 
 
-class _Server(uvicorn.Server):
+class _Server(QuietServer):
     """uvicorn server that leaves signals to the host process and reports readiness."""
 
     def __init__(self, config: uvicorn.Config) -> None:
