@@ -204,7 +204,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
         events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"), BusSink(b)])
         database = await Database.open(_db_url(db, state))
         ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state)
+                             state_dir=state, bus_url=bus)
         ctx.ensure_certs()
         try:
             async with NodeRuntime(ctx, node_id):

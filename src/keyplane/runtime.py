@@ -122,6 +122,8 @@ class RuntimeContext:
     certs: Issued | None = None
     emulation: EmulationSettings = field(default_factory=EmulationSettings)
     startup: StartupSettings = field(default_factory=StartupSettings)
+    bus_url: str | None = None
+    """The bus's URL (distributed mode), for link workers that join the bus themselves."""
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -318,7 +320,6 @@ class NodeRuntime(Service):
         km_cert = certs.kms[self.node_id]  # the KM's certificate also signs its ML-KEM hops
         self.km.set_identity(KmIdentity.load(self.node_id, km_cert.cert, km_cert.key,
                                              certs.ca.cert))
-        await self._stack.enter_async_context(self.km)
         if self._run_links:
             # distributed mode: this node runs its own ends of its links (emulated ends talk
             # to the neighbours' processes over the bus; device ends to their devices)
@@ -327,9 +328,12 @@ class NodeRuntime(Service):
             self.sources = KeySources(ctx.topology, sinks, clock=ctx.clock, bus=ctx.bus,
                                       events=ctx.stream, seed=ctx.seed, node=self.node_id,
                                       emulation=ctx.emulation, credentials=certs.kms,
-                                      ca=certs.ca.cert)
-            await self.sources.start()
+                                      ca=certs.ca.cert, bus_url=ctx.bus_url)
             self._stack.push_async_callback(self.sources.close)
+            await self.sources.prepare()  # the link worker boots while the KM starts
+        await self._stack.enter_async_context(self.km)
+        if self.sources is not None:
+            await self.sources.start()
         settings = ApiSettings.from_topology(
             ctx.topology, self.node_id, limits=Etsi014Limits.from_km_settings(self.km.settings),
             supported_extensions=frozenset({PROVENANCE_EXTENSION}))

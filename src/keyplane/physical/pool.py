@@ -160,18 +160,27 @@ class LinkWorkerPool(Service):
         events: the event stream the workers' events are re-emitted on.
         settings: :class:`EmulationSettings`.
         link_ids: run only these links (default: every link of the topology).
+        node: run only this node's ends of its links (distributed mode; the neighbours'
+            processes run the other ends); None: both ends of every link.
+        bus_url: with ``node``: the network's bus, which the workers join themselves
+            (channels, telemetry and link commands go there, not through this process).
 
     Raises:
-        ConfigError: a link end has no sink.
+        ConfigError: a local link end has no sink, or ``node`` without ``bus_url``.
     """
 
     def __init__(self, topology: Topology, *, clock: Clock,
                  sinks: Mapping[tuple[str, str], LinkKeySink], seed: int = 0,
                  bus: Bus | None = None, events: EventStream | None = None,
                  settings: EmulationSettings | None = None,
-                 link_ids: Collection[str] | None = None) -> None:
+                 link_ids: Collection[str] | None = None, node: str | None = None,
+                 bus_url: str | None = None) -> None:
         from keyplane.errors import ConfigError
 
+        if node is not None and bus_url is None:
+            raise ConfigError("link workers of one node need the network's bus URL")
+        self.node = node
+        self.bus_url = bus_url if node is not None else None
         self.topology = topology
         self.clock = clock
         self.bus = bus
@@ -179,14 +188,20 @@ class LinkWorkerPool(Service):
         self.seed = seed
         self.settings = settings or EmulationSettings()
         chosen = [link for link in topology.links
-                  if link_ids is None or link.link_id in set(link_ids)]
+                  if (link_ids is None or link.link_id in set(link_ids))
+                  and (node is None or node in link.endpoints)]
         self._sinks: dict[tuple[str, End], LinkKeySink] = {}
+        self._ends: dict[str, list[End]] = {}
+        roles: tuple[End, End] = ("alice", "bob")
         for link in chosen:
-            for end, node in zip(("alice", "bob"), link.endpoints, strict=True):
-                sink = sinks.get((node, link.link_id))
+            for end, owner in zip(roles, link.endpoints, strict=True):
+                if node is not None and owner != node:
+                    continue
+                sink = sinks.get((owner, link.link_id))
                 if sink is None:
-                    raise ConfigError(f"no key sink for node {node!r} on link {link.link_id!r}")
-                self._sinks[(link.link_id, end)] = sink  # type: ignore[index]
+                    raise ConfigError(f"no key sink for node {owner!r} on link {link.link_id!r}")
+                self._sinks[(link.link_id, end)] = sink
+                self._ends.setdefault(link.link_id, []).append(end)
         self.links = {link.link_id: link for link in chosen}
         self.workers = [_Worker(i, links) for i, links in enumerate(plan_workers(
             chosen, self.settings.workers))]
@@ -235,7 +250,7 @@ class LinkWorkerPool(Service):
         self._state = "running"
         try:
             await asyncio.gather(*(self._start_worker(w) for w in self.workers))
-            if self.bus is not None:
+            if self.bus is not None and self.bus_url is None:  # else the workers answer
                 for lid in self.links:
                     self._subs.append(await self.bus.subscribe(
                         control_topic(lid), functools.partial(self._on_command, lid)))
@@ -265,10 +280,11 @@ class LinkWorkerPool(Service):
         s = self.settings
         w.send(StartWorker(links=[link.model_dump(mode="json") for link in w.links],
                            seed=self.seed, time_scale=s.time_scale,
-                           telemetry_interval_s=s.telemetry_interval_s, nice=s.nice))
-        ends: tuple[End, End] = ("alice", "bob")
+                           telemetry_interval_s=s.telemetry_interval_s, nice=s.nice,
+                           ends={link.link_id: self._ends[link.link_id] for link in w.links},
+                           bus_url=self.bus_url, command_timeout_s=s.command_timeout_s))
         for link in w.links:  # a restarted worker learns which stores are full
-            for end in ends:
+            for end in self._ends[link.link_id]:
                 if not self._room[(link.link_id, end)]:
                     w.send(Room(link_id=link.link_id, end=end, room=False))
         ready = asyncio.get_running_loop().create_task(w.ready.wait())

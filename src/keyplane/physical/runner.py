@@ -35,10 +35,12 @@ Telemetry at a bounded rate: Alice's end emits ``link_block`` / ``link_block_abo
 events (element ``qkd``) per block, but publishes :class:`~keyplane.messages.LinkTelemetry`
 on ``keyplane.telemetry.link.<link>`` at most once per ``telemetry_interval_s`` of the
 clock: the blocks since the last message are summed (bits) and their rates taken over the
-emulated time they cover; QBER is the latest block's. While the link idles (store full, or
-no block completed) it still publishes a heartbeat each interval carrying the last rate it
-achieved, so the Monitoring Element neither declares it down nor sees its rate collapse
-because the KMs have enough key. Fault changes publish at once.
+emulated time they cover; QBER is the latest block's. The first block's figures go out at
+once, and nothing before them (a link without figures yet must not look dead to routing).
+While the link idles later (store full, or no block completed) it still publishes a
+heartbeat each interval carrying the last rate it achieved, so the Monitoring Element
+neither declares it down nor sees its rate collapse because the KMs have enough key.
+Fault changes publish at once.
 
 Distributed links (each end in its own process): before every frame Alice waits for Bob
 (:meth:`~keyplane.physical.channel.ClassicalChannel.wait_peer`, one round trip when he is
@@ -192,6 +194,7 @@ class _TelemetryWindow:
     ec_efficiency: float | None = None
     skr_bps: float = 0.0
     sifted_rate_bps: float = 0.0
+    sent: bool = False  # a message with measured rates went out
 
     def add(self, o: BlockOutcome) -> None:
         self.blocks += 1
@@ -372,7 +375,8 @@ class LinkRunner(Service):
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
-        if self._sub is not None and self.bus is not None:
+        if self._sub is not None and self.bus is not None and (self._tel.sent
+                                                               or self._tel.blocks):
             await self._publish(self._telemetry())  # the final counts
         if self._sub is not None:
             await self._sub.unsubscribe()
@@ -445,9 +449,9 @@ class LinkRunner(Service):
             self.events.emit(EventType.link_state, "qkd", node=self.link.endpoints[0],
                              link=self.link_id, change=change, state=self.state.value,
                              extra_loss_db=self.physics.extra_loss_db, **data)
-        if self.bus is not None:
+        if self.bus is not None and (self._tel.sent or self.state is LinkState.down):
             # the new state at once, with the last rates (not a rate of 0: nothing was
-            # measured yet in the new state)
+            # measured yet in the new state); before any figures only ``down`` is news
             w = self._tel
             msg = LinkTelemetry(link_id=self.link_id, node=self.link.endpoints[0],
                                 state=self.state, aborted_blocks=self.stats.aborted_blocks,
@@ -674,11 +678,16 @@ class LinkRunner(Service):
                 EventType.link_block_aborted
             self.events.emit(kind, "qkd", node=node, **data)
         self._tel.add(o)
+        if not self._tel.sent and self.bus is not None:
+            # the first rate at once (before it, the link has no figures: an early heartbeat
+            # with rate 0 would make routing see a dead link); at most one per interval after
+            self._spawn(self._publish(self._telemetry()))
 
     def _telemetry(self) -> LinkTelemetry:
         """The telemetry message for the window closing now (see the module docstring)."""
         w = self._tel
         sifted, secret, leaked, block_id = w.take()
+        w.sent = True
         return LinkTelemetry(
             link_id=self.link_id, node=self.link.endpoints[0], state=self.state,
             block_id=block_id, sifted_bits=sifted, secret_bits=secret, qber=w.qber,
@@ -689,7 +698,8 @@ class LinkRunner(Service):
         """Alice's end: one telemetry message per interval, whatever the block rate."""
         while self._running():
             await self.clock.sleep(self.telemetry_interval_s)
-            await self._publish(self._telemetry())
+            if self._tel.sent or self._tel.blocks:  # nothing measured yet: nothing to say
+                await self._publish(self._telemetry())
 
     async def _publish(self, msg: Message) -> None:
         assert self.bus is not None

@@ -5,8 +5,9 @@ Started by :class:`~keyplane.physical.pool.LinkWorkerPool` as
 (:mod:`~keyplane.physical.workerwire`). The first frame says which links to run; the worker
 lowers its own CPU priority (``os.nice``) so a saturated twin slows key *production*, never
 key delivery or control, then runs one :class:`~keyplane.physical.runner.LinkRunner` per
-link, both ends in this process over in-process channels, exactly as embedded mode did in
-the KM's process.
+link: both ends in this process over in-process channels (embedded mode), or, in a node
+process of a distributed network, only that node's ends, on the network's bus, which the
+worker joins itself (``bus_url``) so the frames never pass through the KM's process.
 
 What crosses the pipe, and why:
 
@@ -33,7 +34,7 @@ import os
 import sys
 from typing import Any, Literal
 
-from keyplane.bus import MemoryBus, Message, decode, encode
+from keyplane.bus import Bus, Message, connect, decode, encode
 from keyplane.clock import RealClock
 from keyplane.config import QuantumLink
 from keyplane.errors import KeyplaneError, PhysicalError
@@ -145,7 +146,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             os.nice(spec.nice)
     pipe = _Pipe(writer)
     clock = RealClock()
-    bus = MemoryBus()
+    bus: Bus = await connect(spec.bus_url, name=f"keyplane-link-worker-{os.getpid()}")
     events = EventStream(clock, [_EventPipe(pipe)])
     sinks: dict[tuple[str, End], _PipeSink] = {}
     runners: dict[str, LinkRunner] = {}
@@ -153,23 +154,25 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     async def on_telemetry(topic: str, msg: Message) -> None:
         pipe.send_nowait(TelemetryOut(topic=topic, message=encode(msg).decode()))
 
-    await bus.subscribe("keyplane.telemetry.link.>", on_telemetry)
+    if spec.bus_url is None:  # a private bus: the parent publishes the telemetry
+        await bus.subscribe("keyplane.telemetry.link.>", on_telemetry)
     for raw in spec.links:
         link = QuantumLink.model_validate(raw)
-        ends: dict[End, _PipeSink] = {"alice": _PipeSink(pipe, "alice"),
-                                      "bob": _PipeSink(pipe, "bob")}
+        local: tuple[End, ...] = tuple(spec.ends.get(link.link_id, ("alice", "bob")))
+        ends: dict[End, _PipeSink] = {end: _PipeSink(pipe, end) for end in local}
         for end, sink in ends.items():
             sinks[(link.link_id, end)] = sink
         runners[link.link_id] = LinkRunner(
-            link, clock=clock, seed=spec.seed, alice_sink=ends["alice"], bob_sink=ends["bob"],
-            bus=bus, events=events, frame_duration_s=spec.frame_duration_s,
-            time_scale=spec.time_scale, telemetry_interval_s=spec.telemetry_interval_s)
+            link, clock=clock, seed=spec.seed, alice_sink=ends.get("alice"),
+            bob_sink=ends.get("bob"), bus=bus, events=events, local_ends=local,
+            frame_duration_s=spec.frame_duration_s, time_scale=spec.time_scale,
+            telemetry_interval_s=spec.telemetry_interval_s)
     commands: set[asyncio.Task[None]] = set()
 
     async def command(cmd: Command) -> None:
         try:
             reply = await bus.request(control_topic(cmd.link_id), decode(cmd.message.encode()),
-                                      timeout_s=30.0)
+                                      timeout_s=spec.command_timeout_s)
             await pipe.send(CommandReply(req=cmd.req, message=encode(reply).decode()))
         except KeyplaneError as exc:
             await pipe.send(CommandReply(req=cmd.req, error=str(exc)))

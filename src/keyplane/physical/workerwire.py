@@ -61,6 +61,12 @@ class StartWorker(_Frame):
     telemetry_interval_s: float
     nice: int
     frame_duration_s: float | None = None
+    ends: dict[str, list[Literal["alice", "bob"]]] = Field(default_factory=dict)
+    """Link id -> the ends run here (absent: both, in-process channels)."""
+    bus_url: str | None = None
+    """Distributed mode: the bus the worker joins itself (its ends' channels, telemetry and
+    link commands go there directly); None: a private in-memory bus, relayed by the parent."""
+    command_timeout_s: float = 10.0
 
 
 class Ready(_Frame):

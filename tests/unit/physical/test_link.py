@@ -322,3 +322,26 @@ async def test_telemetry_is_bounded_per_interval_and_sums_every_block(
     assert sum(t.secret_bits for t in telemetry) == r.stats.delivered_bits
     assert telemetry[0].skr_bps == pytest.approx(r.analytic_rate_bps(), rel=0.02)
     await bus.close()
+
+
+async def test_no_telemetry_before_the_first_block_so_routing_never_sees_rate_zero(
+        clock: VirtualClock) -> None:
+    link = _link(10.0, protocol="analytic", enabled=False)  # starts cut: no block yet
+    bus = MemoryBus()
+    telemetry: list[LinkTelemetry] = []
+
+    async def on_telemetry(topic: str, msg: Message) -> None:
+        assert isinstance(msg, LinkTelemetry)
+        telemetry.append(msg)
+
+    await bus.subscribe(topics.link_telemetry(link.link_id), on_telemetry)
+    sa, sb = MemoryKeySink(), MemoryKeySink()
+    async with LinkRunner(link, clock=clock, seed=34, alice_sink=sa, bob_sink=sb, bus=bus,
+                          frame_duration_s=0.1, telemetry_interval_s=0.5) as r:
+        await clock.advance(3.0)
+        assert telemetry == []
+        r.restore()
+        await clock.advance(0.15)  # the first block's figures go out at once
+        assert [t.state.value for t in telemetry] == ["up"]  # the first block's
+        assert telemetry[-1].skr_bps == pytest.approx(r.analytic_rate_bps(), rel=0.02)
+    await bus.close()

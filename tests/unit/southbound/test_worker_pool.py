@@ -11,6 +11,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,5 +189,38 @@ async def test_a_killed_worker_is_restarted_and_its_links_deliver_again(
         ids_a = [k.block_id for k in a]
         assert ids_a == sorted(set(ids_a))
         common = set(ids_a) & {k.block_id for k in b}
+        assert {k.block_id: k.material for k in a if k.block_id in common} == {
+            k.block_id: k.material for k in b if k.block_id in common}
+
+
+@pytest.mark.nats
+async def test_each_nodes_worker_joins_the_bus_and_the_two_ends_agree(nats_server: Any) -> None:
+    from keyplane.bus.nats import NatsBus
+
+    topo = parse_topology(TWO_ANALYTIC)
+    sinks = _sinks(topo)
+    buses = [await NatsBus.connect(nats_server.url) for _ in range(3)]
+    settings = EmulationSettings(time_scale=10.0)
+    pools = [LinkWorkerPool(topo, clock=RealClock(), sinks=sinks, seed=9, bus=bus,
+                            settings=settings, node=node, bus_url=nats_server.url)
+             for node, bus in zip(("a", "b", "c"), buses, strict=True)]
+    try:
+        for pool in pools:
+            await pool.start()
+        assert [len(p.links) for p in pools] == [1, 2, 1]
+        await _until(lambda: all(s.qsize() >= 2 for s in sinks.values()), "two blocks each")
+        reply = await buses[2].request(control_topic("b-c"),  # answered by b's worker
+                                       LinkCommand(link_id="b-c", action="status"),
+                                       timeout_s=DEADLINE_S)
+        assert isinstance(reply, LinkCommandReply) and reply.ok and reply.delivered_blocks >= 2
+    finally:
+        for pool in pools:
+            await pool.close()
+        for bus in buses:
+            await bus.close()
+    for link in topo.links:
+        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
+        common = {k.block_id for k in a} & {k.block_id for k in b}
+        assert len(common) >= 2
         assert {k.block_id: k.material for k in a if k.block_id in common} == {
             k.block_id: k.material for k in b if k.block_id in common}

@@ -9,8 +9,9 @@ KMs with ``LinkBlocksHeld`` as for any block, and paused while the store is full
 * ``emulated`` (default) — keyplane's QKD modules, in worker processes
   (:class:`~keyplane.physical.pool.LinkWorkerPool`) beside the KMs, or on the KM's event
   loop with ``EmulationSettings.mode="inprocess"`` (virtual-clock tests). In a node
-  process (distributed mode) the node's own ends run in-process, talking to the peer's
-  ends over the bus.
+  process (distributed mode) the node's own ends run in its worker, which joins the
+  network's bus itself and talks to the peer's ends there (in-process when the process
+  has no bus URL, e.g. an in-memory bus in tests).
 * ``etsi014`` — a QKD device reached over ETSI GS QKD 014 (real hardware, or
   ``keyplane device``): :class:`~keyplane.keymanager.sources.etsi014.Etsi014LinkEnd`.
 
@@ -53,13 +54,15 @@ class KeySources(Service):
             (embedded mode: both ends of every link are local).
         credentials: ``node -> certificate`` the KMs present to their devices.
         ca: the CA file that signed the devices' certificates (by default).
+        bus_url: with ``node``: the network bus's URL, which the node's link workers join
+            (without it, a node's emulated ends run in this process).
     """
 
     def __init__(self, topology: Topology, sinks: Mapping[tuple[str, str], LinkKeySink], *,
                  clock: Clock, bus: Bus, events: EventStream, seed: int = 0,
                  emulation: EmulationSettings | None = None, node: str | None = None,
                  credentials: Mapping[str, CertPaths] | None = None,
-                 ca: Path | None = None) -> None:
+                 ca: Path | None = None, bus_url: str | None = None) -> None:
         self.topology = topology
         self.bus = bus
         self.emulation = emulation or EmulationSettings()
@@ -67,10 +70,12 @@ class KeySources(Service):
         emulated = [link.link_id for link in local if isinstance(link.source, EmulatedSource)]
         self.emulated: PhysicalNetwork | LinkWorkerPool | None = None
         if emulated:
-            if node is None and self.emulation.mode == "workers":
+            workers = self.emulation.mode == "workers" and (
+                node is None or (bus_url is not None and not bus_url.startswith("memory:")))
+            if workers:
                 self.emulated = LinkWorkerPool(topology, clock=clock, sinks=sinks, seed=seed,
                                                bus=bus, events=events, settings=self.emulation,
-                                               link_ids=emulated)
+                                               link_ids=emulated, node=node, bus_url=bus_url)
             else:
                 self.emulated = PhysicalNetwork(
                     topology, clock=clock, sinks=sinks, seed=seed, bus=bus, events=events,

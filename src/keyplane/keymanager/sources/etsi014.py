@@ -242,6 +242,8 @@ class Etsi014LinkEnd(Service):
         while not self._closed:
             await self._clock.sleep(interval)
             bits, self._window_bits = self._window_bits, 0
+            if not (bits or self.blocks_stored or not self.reachable):
+                continue  # no figures yet: a rate of 0 would make routing see a dead link
             if bits or sink_has_room(self._sink):
                 self._rate_bps = bits / interval  # a full store keeps the last rate
             msg = LinkTelemetry(link_id=self.link_id, node=self.node,
