@@ -30,6 +30,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keyplane.api.etsi004.app import ETSI004_PREFIX
 from keyplane.api.etsi015 import (
     Etsi015Driver,
     KmEventFeed,
@@ -39,21 +40,24 @@ from keyplane.api.etsi015 import (
     serve_agent,
     serve_app,
 )
-from keyplane.api.server import create_km_app, serve_api_app
+from keyplane.api.httpserver import HttpServer, RequestObserver
+from keyplane.api.server import create_km_app, km_interface
 from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.bus import Bus, Message, topics, unsubscribe_all
-from keyplane.certs import Issued, ensure_network_certs
+from keyplane.certs import Issued, ensure_network_certs, server_ssl_context
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
+from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
 from keyplane.keymanager.sources import KeySources
 from keyplane.lifecycle import Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
+from keyplane.ops import Ops
 from keyplane.physical.pool import EmulationSettings
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
@@ -120,6 +124,7 @@ class RuntimeContext:
     host: str = "127.0.0.1"
     seed: int = 1
     certs: Issued | None = None
+    ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
     emulation: EmulationSettings = field(default_factory=EmulationSettings)
     startup: StartupSettings = field(default_factory=StartupSettings)
     bus_url: str | None = None
@@ -135,10 +140,22 @@ class RuntimeContext:
         assert self.events is not None
         return self.events
 
+    @property
+    def http_observer(self) -> RequestObserver | None:
+        """What every HTTP server of the process reports requests to (None: nothing)."""
+        return self.ops.http if self.ops is not None else None
+
     def ensure_certs(self) -> Issued:
-        """Create or load the network's certificates under ``<state>/certs``."""
+        """Create or load the network's certificates under ``<state>/certs``; seal each
+        node's key material under its ``certs/km/<node>.kek`` unless the database's key
+        ring already names a KEK file for it (a setting or a mounted secret)."""
         if self.certs is None:
+            ensure_private_dir(self.state_dir)
             self.certs = ensure_network_certs(self.topology, self.state_dir / "certs")
+            ring = self.db.keyring
+            for node, path in self.certs.keks.items():
+                if not ring.has_file(node):
+                    ring.use_file(node, path)
         return self.certs
 
 
@@ -165,11 +182,7 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
                             "key": rel(certs.saes[a.sae_id].key)}
                  for a in topology.applications},
     }
-    path = state_dir / "endpoints.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_private(state_dir / "endpoints.json", json.dumps(doc, indent=2) + "\n")
 
 
 class ControlRuntime(Service):
@@ -226,7 +239,8 @@ class ControlRuntime(Service):
             try:
                 self.northbound = await serve_app(
                     create_northbound_app(sdn.view), self.ctx.host, self._northbound_port,
-                    server_cert=certs.controller, ca_file=certs.ca.cert)
+                    server_cert=certs.controller, ca_file=certs.ca.cert,
+                    observer=self.ctx.http_observer)
             except BaseException:
                 await self.close()
                 raise
@@ -339,11 +353,14 @@ class NodeRuntime(Service):
             supported_extensions=frozenset({PROVENANCE_EXTENSION}))
         app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,
                                         settings=settings))
-        api = await serve_api_app(app, name=self.node_id, server_cert=certs.kms[self.node_id],
-                                  ca_file=certs.ca.cert, host=ctx.host, port=0)
+        api = HttpServer(app, host=ctx.host, port=0,
+                         ssl_context=server_ssl_context(certs.kms[self.node_id], certs.ca.cert),
+                         observer=ctx.http_observer, interface=km_interface,
+                         name=f"km-api-{self.node_id}")
+        await api.start()
         self._stack.push_async_callback(api.close)
-        self.endpoints["etsi014"] = api.etsi014_url
-        self.endpoints["etsi004"] = api.etsi004_url
+        self.endpoints["etsi014"] = api.url
+        self.endpoints["etsi004"] = api.url + ETSI004_PREFIX
         self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
         # and the sessions' hybrid policies (keyplane-qkd-provenance)
@@ -352,7 +369,7 @@ class NodeRuntime(Service):
         self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
         server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
-                                   ca_file=certs.ca.cert)
+                                   ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
 

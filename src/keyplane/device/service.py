@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from keyplane.api.etsi014.app import create_etsi014_app
-from keyplane.api.server import KmApiServer, serve_api_app
+from keyplane.api.httpserver import HttpServer
 from keyplane.api.settings import ApiSettings, Etsi014Limits, LocalSae
 from keyplane.bus import Bus
-from keyplane.certs import ensure_device_cert, ensure_network_certs
+from keyplane.certs import ensure_device_cert, ensure_network_certs, server_ssl_context
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Etsi014Source, Topology
 from keyplane.device.kme import DeviceKme
@@ -118,13 +118,13 @@ class QkdDevice(Service):
             identity=_km_subject(node), clock=self.clock, key_size_bits=s.key_size_bits,
             capacity_keys=s.capacity_keys, max_keys_per_request=s.max_keys_per_request,
             unclaimed_ttl_s=s.unclaimed_ttl_s) for node, role in self.local.items()}
-        self.servers: dict[str, KmApiServer] = {}
+        self.servers: dict[str, HttpServer] = {}
         self._stack = contextlib.AsyncExitStack()
 
     @property
     def urls(self) -> dict[str, str]:
         """Each local end's ETSI 014 base URL (after :meth:`start`)."""
-        return {node: srv.etsi014_url for node, srv in self.servers.items()}
+        return {node: srv.url for node, srv in self.servers.items()}
 
     async def start(self) -> None:
         """Run the link, serve each local end, write ``device-<link>.json``."""
@@ -146,9 +146,10 @@ class QkdDevice(Service):
                                      settings=ApiSettings(
                 limits=limits, saes=(LocalSae(kme.sae_id, _km_subject(node)),)))
             cert = ensure_device_cert(self.state_dir / "certs", kme.kme_id, host=self.host)
-            server = await serve_api_app(app, name=kme.kme_id, server_cert=cert,
-                                         ca_file=certs.ca.cert, host=self.host,
-                                         port=self.ports.get(node, 0))
+            server = HttpServer(app, host=self.host, port=self.ports.get(node, 0),
+                                ssl_context=server_ssl_context(cert, certs.ca.cert),
+                                interface="etsi014", name=f"device-{kme.kme_id}")
+            await server.start()
             self._stack.push_async_callback(server.close)
             self.servers[node] = server
         sinks: dict[tuple[str, str], LinkKeySink] = {
@@ -176,7 +177,7 @@ class QkdDevice(Service):
         doc: dict[str, Any] = {
             "link": self.link.link_id, "pid": os.getpid(),
             "ca": os.path.relpath(ca, self.state_dir),
-            "ends": {node: {"url": self.servers[node].etsi014_url, "kme_id": kme.kme_id,
+            "ends": {node: {"url": self.servers[node].url, "kme_id": kme.kme_id,
                             "sae_id": kme.sae_id, "peer_sae_id": kme.peer_sae_id}
                      for node, kme in self.kmes.items()}}
         path = self.state_dir / f"device-{self.link.link_id}.json"
