@@ -160,12 +160,15 @@ class NatsBus(Bus):
         attempt = 0
         while True:
             try:
-                # reconnection is switched on once connected: at start the backoff and the
-                # deadline are ours, so a server that never comes ends in an error
+                # At start the backoff and the deadline are ours: one call is one attempt
+                # (nats-py tries twice, reconnect_time_wait apart, then gives up). Reconnecting
+                # forever is switched on below, once connected.
                 nc = await nats.connect(
                     url, name=name, tls=security.tls, inbox_prefix=security.inbox,
                     connect_timeout=math.ceil(st.connect_timeout_s), allow_reconnect=False,
-                    max_reconnect_attempts=-1, reconnect_to_server_handler=pick,
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=st.reconnect_backoff_base_s,  # type: ignore[arg-type]
+                    reconnect_to_server_handler=pick,
                     pending_size=st.pending_bytes, drain_timeout=math.ceil(st.drain_timeout_s),
                     ping_interval=math.ceil(st.ping_interval_s),
                     max_outstanding_pings=st.max_outstanding_pings,
@@ -173,7 +176,8 @@ class NatsBus(Bus):
                     reconnected_cb=reconnected_cb, closed_cb=closed_cb, **options)
                 break
             except (NoServersError, OSError, TimeoutError, _NatsError) as exc:
-                last[:] = [exc]
+                if not isinstance(exc, NoServersError) or not last:  # keep the real cause
+                    last[:] = [exc]
             pause = st.backoff_s(attempt, rng.random())
             attempt += 1
             if asyncio.get_running_loop().time() + pause > deadline:
@@ -184,7 +188,10 @@ class NatsBus(Bus):
                 logger.warning("bus %s not reachable yet (%s); retrying with backoff",
                                url, last[0] if last else "?")
             await asyncio.sleep(pause)
+        # nats-py reads both options when the connection drops: from now on it reconnects
+        # forever, pausing as ``pick`` says (backoff and jitter)
         nc.options["allow_reconnect"] = True
+        nc.options["max_reconnect_attempts"] = -1
         bus = cls(nc, security, st)
         holder["bus"] = bus
         logger.info("bus connected to %s as %s (%s)", url, name,
