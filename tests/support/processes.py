@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support.deadlines import DEADLINE_S
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -22,8 +24,8 @@ def keyplane_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-READY_TIMEOUT_S = 300.0
-"""How long a process may take to print its ready line (a loaded 2-core machine)."""
+READY_TIMEOUT_S = DEADLINE_S
+"""How long a process may take to print its ready line (KEYPLANE_TEST_DEADLINE_S)."""
 
 
 def spawn_keyplane(*args: str, log: Path | None = None, env: dict[str, str] | None = None
@@ -67,7 +69,7 @@ def start_keyplane(*args: str, ready: str, timeout_s: float = READY_TIMEOUT_S,
     raise RuntimeError(f"keyplane {' '.join(args)} not ready after {timeout_s} s")
 
 
-def stop(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> int:
+def stop(proc: subprocess.Popen[str], timeout_s: float = DEADLINE_S) -> int:
     """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -79,7 +81,7 @@ def stop(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> int:
     return proc.returncode
 
 
-def wait_until(pred, timeout_s: float = 30.0, interval_s: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+def wait_until(pred, timeout_s: float = DEADLINE_S, interval_s: float = 0.05) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pred():
