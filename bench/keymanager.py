@@ -9,6 +9,12 @@ returned.
 
     python bench/keymanager.py [--hops 1 2 3 4] [--keys 4000] [--nats]
 
+``--nats`` also runs over a real nats-server, twice in the same run: plain (no TLS, no
+signatures: ``--danger-insecure-bus``) and secured as ``keyplane nats-config`` configures it
+(TLS with each element's client certificate, per-element permissions, Ed25519-signed
+state-changing messages), each KM and the control plane on its own connection. The difference
+between the two is the cost of bus security.
+
 Prints figures only; asserts nothing.
 """
 
@@ -36,14 +42,15 @@ SETTINGS = KmSettings(link_reserve_bytes=65_536, max_concurrent_exchanges=256,
 BLOCK_BYTES = 1 << 14  # 16 KiB blocks, about what one privacy-amplified QKD block yields
 
 
-async def build(bus: Bus, hops: int, tmp: Path, seed: int, link_bytes: int
+async def build(bus: Bus, hops: int, tmp: Path, seed: int, link_bytes: int,
+                km_buses: dict[str, Bus] | None = None
                 ) -> tuple[list[KeyManager], BenchNet, Database]:
     topo = line_topology(hops + 1)
     db = await Database.open(sqlite_url(tmp / f"bench-{hops}-{seed}.db"))
     clock = RealClock()
     net = await start_net(topo, bus, db, clock, EventStream(clock), km_settings=SETTINGS,
                           seed=seed, blocks=max(1, link_bytes // BLOCK_BYTES),
-                          block_bytes=BLOCK_BYTES)
+                          block_bytes=BLOCK_BYTES, km_buses=km_buses)
     return [net.km(i) for i in range(hops + 1)], net, db
 
 
@@ -98,29 +105,108 @@ async def verified(dst: KeyManager, made: list[DeliveredKey]) -> int:
     return same
 
 
-async def run_bus(name: str, make_bus, hops_list: list[int], keys: int, seed: int) -> None:  # type: ignore[no-untyped-def]
+class Buses:
+    """How one run connects: one shared bus, or one per element on its own server."""
+
+    async def open(self, hops: int, tmp: Path) -> tuple[Bus, dict[str, Bus] | None]:
+        """The control plane's bus and the KMs' (None: they share the control plane's)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Close what :meth:`open` made."""
+
+
+class Shared(Buses):
+    def __init__(self, make) -> None:  # type: ignore[no-untyped-def]
+        self._make = make
+        self._bus: Bus | None = None
+
+    async def open(self, hops: int, tmp: Path) -> tuple[Bus, dict[str, Bus] | None]:
+        self._bus = await self._make()
+        return self._bus, None
+
+    async def close(self) -> None:
+        if self._bus is not None:
+            await self._bus.close()
+
+
+class OverNats(Buses):
+    """A nats-server per network size; every element on its own connection."""
+
+    def __init__(self, secured: bool) -> None:
+        self.secured = secured
+        self._srv = None
+        self._buses: list[Bus] = []
+
+    async def open(self, hops: int, tmp: Path) -> tuple[Bus, dict[str, Bus] | None]:
+        from keyplane.bus import BusCredentials, BusSecurity
+        from keyplane.bus.nats import NatsBus
+        from keyplane.certs import CONTROLLER_ID
+        from keyplane.services import NatsServer
+
+        topo = line_topology(hops + 1)
+        certs = tmp / f"certs-{hops}"
+        if self.secured:
+            self._srv = NatsServer.start_secured(topo, certs, config_path=tmp / f"n{hops}.conf")
+        else:
+            self._srv = NatsServer.start()
+
+        def security(role: str, element: str) -> BusSecurity:
+            if not self.secured:
+                return BusSecurity(tls=None)  # the plain bus, as --danger-insecure-bus
+            return BusSecurity.load(BusCredentials.for_element(certs, role, element))
+
+        ctl = await NatsBus.connect(self._srv.url, name="bench-control",
+                                    security=security("control", CONTROLLER_ID))
+        self._buses = [ctl]
+        kms: dict[str, Bus] = {}
+        for node in topo.nodes:
+            kms[node.id] = await NatsBus.connect(self._srv.url, name=f"bench-{node.id}",
+                                                 security=security("km", node.id))
+            self._buses.append(kms[node.id])
+        return ctl, kms
+
+    async def close(self) -> None:
+        for bus in self._buses:
+            await bus.close()
+        if self._srv is not None:
+            self._srv.stop()
+
+
+async def run_bus(name: str, buses: Buses, hops_list: list[int], keys: int, seed: int
+                  ) -> dict[str, float]:
     print(f"\n== bus: {name}")
     print(f"{'hops':>4} {'latency ms':>11} {'keys/s (1/req, c=64)':>21} "
           f"{'keys/s (32/req, c=8)':>21} {'fetched by slave, same bytes':>29}")
     lat: dict[int, float] = {}
+    rates: dict[int, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as d:
         for hops in hops_list:
-            bus = await make_bus()
-            kms, net, db = await build(bus, hops, Path(d), seed, link_bytes=keys * 200 + (4 << 20))
+            bus, km_buses = await buses.open(hops, Path(d))
             try:
-                lat[hops] = await latency(kms, 200)
-                single, single_ok = await throughput(kms, keys, 1, 64)
-                batched, batched_ok = await throughput(kms, keys * 4, 32, 8)
+                kms, net, db = await build(bus, hops, Path(d), seed,
+                                           link_bytes=keys * 200 + (4 << 20), km_buses=km_buses)
+                try:
+                    lat[hops] = await latency(kms, 200)
+                    single, single_ok = await throughput(kms, keys, 1, 64)
+                    batched, batched_ok = await throughput(kms, keys * 4, 32, 8)
+                finally:
+                    await teardown(kms, net, db)
             finally:
-                await teardown(kms, net, db)
-                await bus.close()
+                await buses.close()
+            rates[hops] = (single, batched)
             made = keys + (keys * 4 // 32) * 32
             print(f"{hops:>4} {lat[hops] * 1e3:>11.3f} {single:>21.0f} {batched:>21.0f} "
                   f"{single_ok + batched_ok:>19} of {made}")
+    out: dict[str, float] = {}
     if len(lat) >= 2:
         xs = sorted(lat)
         slope = statistics.linear_regression(xs, [lat[h] for h in xs]).slope
         print(f"latency added per relay hop (least-squares slope): {slope * 1e3:.3f} ms")
+        out["per_hop_ms"] = slope * 1e3
+    if 2 in rates:
+        out["keys_s_2hops_single"], out["keys_s_2hops_batched"] = rates[2]
+    return out
 
 
 async def main() -> None:
@@ -140,21 +226,23 @@ async def main() -> None:
     async def memory_fast() -> Bus:
         return MemoryBus(roundtrip=False)
 
-    await run_bus("memory (roundtrip=True: JSON codec per delivery)", memory, args.hops,
+    await run_bus("memory (roundtrip=True: JSON codec per delivery)", Shared(memory), args.hops,
                   args.keys, args.seed)
-    await run_bus("memory (roundtrip=False)", memory_fast, args.hops, args.keys, args.seed)
+    await run_bus("memory (roundtrip=False)", Shared(memory_fast), args.hops, args.keys,
+                  args.seed)
     if args.nats:
-        from keyplane.bus.nats import NatsBus
-        from keyplane.services import NatsServer
-
-        srv = NatsServer.start()
-        try:
-            async def nats() -> Bus:
-                return await NatsBus.connect(srv.url)
-            await run_bus("NATS (real nats-server on 127.0.0.1)", nats, args.hops, args.keys,
-                          args.seed)
-        finally:
-            srv.stop()
+        plain = await run_bus("NATS plain (no TLS, no signatures; one connection per element)",
+                              OverNats(secured=False), args.hops, args.keys, args.seed)
+        secured = await run_bus("NATS secured (TLS + client certificates + permissions + "
+                                "Ed25519 signatures; one connection per element)",
+                                OverNats(secured=True), args.hops, args.keys, args.seed)
+        print("\n== cost of bus security (secured vs plain, this run)")
+        for key, label in (("per_hop_ms", "relay latency per hop, ms"),
+                           ("keys_s_2hops_single", "keys/s over 2 hops (1/req, c=64)"),
+                           ("keys_s_2hops_batched", "keys/s over 2 hops (32/req, c=8)")):
+            if key in plain and key in secured:
+                print(f"{label:>36}: {plain[key]:10.3f} -> {secured[key]:10.3f} "
+                      f"({(secured[key] / plain[key] - 1) * 100:+.1f} %)")
 
 
 if __name__ == "__main__":
