@@ -40,6 +40,9 @@ CALLER = CALLER_A
 SETTINGS = KmSettings(link_reserve_bytes=65_536, max_concurrent_exchanges=256,
                       keystore_low_water_bits=0, relay_confirm_timeout_s=30.0)
 BLOCK_BYTES = 1 << 14  # 16 KiB blocks, about what one privacy-amplified QKD block yields
+LAST_CPU_PER_KEY_S = [0.0]
+"""CPU seconds of this process (every KM and the control plane run in it) per key, of the
+last throughput run: steadier than wall-clock figures on a shared machine."""
 
 
 async def build(bus: Bus, hops: int, tmp: Path, seed: int, link_bytes: int,
@@ -88,9 +91,10 @@ async def throughput(kms: list[KeyManager], total_keys: int, per_request: int,
         for _ in todo:
             made.extend(await src.enc_keys(CALLER, "sc", "sd", per_request, 256))
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     rate = requests * per_request / (time.perf_counter() - t0)
+    LAST_CPU_PER_KEY_S[0] = (time.process_time() - c0) / (requests * per_request)
     return rate, await verified(kms[-1], made)
 
 
@@ -214,7 +218,11 @@ async def main() -> None:
     p.add_argument("--hops", type=int, nargs="+", default=[1, 2, 3, 4])
     p.add_argument("--keys", type=int, default=4000)
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--nats", action="store_true", help="also run over a real nats-server")
+    p.add_argument("--nats", action="store_true",
+                   help="also compare plain and secured NATS (real nats-server)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--nats: interleaved rounds of plain and secured")
+    p.add_argument("--no-memory", action="store_true", help="skip the in-memory bus runs")
     args = p.parse_args()
     print(machine_line())
     print(f"parameters: hops={args.hops} keys={args.keys} key_size=256 bits seed={args.seed}")
@@ -226,23 +234,71 @@ async def main() -> None:
     async def memory_fast() -> Bus:
         return MemoryBus(roundtrip=False)
 
-    await run_bus("memory (roundtrip=True: JSON codec per delivery)", Shared(memory), args.hops,
-                  args.keys, args.seed)
-    await run_bus("memory (roundtrip=False)", Shared(memory_fast), args.hops, args.keys,
-                  args.seed)
+    if not args.no_memory:
+        await run_bus("memory (roundtrip=True: JSON codec per delivery)", Shared(memory),
+                      args.hops, args.keys, args.seed)
+        await run_bus("memory (roundtrip=False)", Shared(memory_fast), args.hops, args.keys,
+                      args.seed)
     if args.nats:
-        plain = await run_bus("NATS plain (no TLS, no signatures; one connection per element)",
-                              OverNats(secured=False), args.hops, args.keys, args.seed)
-        secured = await run_bus("NATS secured (TLS + client certificates + permissions + "
-                                "Ed25519 signatures; one connection per element)",
-                                OverNats(secured=True), args.hops, args.keys, args.seed)
-        print("\n== cost of bus security (secured vs plain, this run)")
-        for key, label in (("per_hop_ms", "relay latency per hop, ms"),
-                           ("keys_s_2hops_single", "keys/s over 2 hops (1/req, c=64)"),
-                           ("keys_s_2hops_batched", "keys/s over 2 hops (32/req, c=8)")):
-            if key in plain and key in secured:
-                print(f"{label:>36}: {plain[key]:10.3f} -> {secured[key]:10.3f} "
-                      f"({(secured[key] / plain[key] - 1) * 100:+.1f} %)")
+        await compare_security(args.hops, args.keys, args.seed, args.rounds)
+
+
+async def measure(buses: Buses, hops: int, keys: int, seed: int, tmp: Path
+                  ) -> dict[str, float]:
+    """One network of ``hops`` hops: median latency, keys/s (1/req c=64) and its CPU per key."""
+    bus, km_buses = await buses.open(hops, tmp)
+    try:
+        kms, net, db = await build(bus, hops, tmp, seed, link_bytes=keys * 200 + (4 << 20),
+                                   km_buses=km_buses)
+        try:
+            lat = await latency(kms, 200)
+            rate, ok = await throughput(kms, keys, 1, 64)
+            cpu = LAST_CPU_PER_KEY_S[0]
+        finally:
+            await teardown(kms, net, db)
+    finally:
+        await buses.close()
+    if ok != keys:
+        raise RuntimeError(f"the slave fetched {ok} of {keys} keys with the same bytes")
+    return {"latency_ms": lat * 1e3, "keys_s": rate, "cpu_us_per_key": cpu * 1e6}
+
+
+async def compare_security(hops_list: list[int], keys: int, seed: int, rounds: int) -> None:
+    """Plain and secured NATS, interleaved round by round (a shared machine's load drifts):
+    relay latency per hop, keys/s over 2 hops and this process's CPU per key; medians."""
+    print(f"\n== cost of bus security over NATS: plain (no TLS, no signatures) vs secured "
+          f"(TLS + client certificates + permissions + Ed25519 signatures), each element on "
+          f"its own connection; {rounds} interleaved rounds, medians")
+    hops_list = sorted(set(hops_list) | {2})
+    got: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as d:
+        for r in range(rounds):
+            for mode in ("plain", "secured"):
+                for hops in hops_list:
+                    tmp = Path(d) / f"{mode}-{r}-{hops}"
+                    tmp.mkdir()
+                    m = await measure(OverNats(secured=mode == "secured"), hops, keys,
+                                      seed + r, tmp)
+                    got.setdefault((mode, hops), []).append(m)
+                    print(f"  round {r + 1} {mode:<7} {hops} hops: latency "
+                          f"{m['latency_ms']:7.3f} ms, {m['keys_s']:7.0f} keys/s (1/req, c=64),"
+                          f" {m['cpu_us_per_key']:6.0f} us CPU/key", flush=True)
+
+    def med(mode: str, hops: int, key: str) -> float:
+        return statistics.median(x[key] for x in got[(mode, hops)])
+
+    print(f"\n{'':>34} {'plain':>10} {'secured':>10} {'change':>9}")
+    def per_hop(mode: str) -> float:
+        return statistics.linear_regression(
+            hops_list, [med(mode, h, "latency_ms") for h in hops_list]).slope
+
+    rows = [("relay latency per hop, ms", per_hop("plain"), per_hop("secured"))]
+    for key, label in (("latency_ms", "latency over 2 hops, ms"),
+                       ("keys_s", "keys/s over 2 hops (1/req, c=64)"),
+                       ("cpu_us_per_key", "CPU per key over 2 hops, us")):
+        rows.append((label, med("plain", 2, key), med("secured", 2, key)))
+    for label, a, b in rows:
+        print(f"{label:>34} {a:>10.3f} {b:>10.3f} {(b / a - 1) * 100:>+8.1f}%")
 
 
 if __name__ == "__main__":
