@@ -37,6 +37,8 @@ SERVER_READY_TIMEOUT_S = 60.0
 """How long a server we launch may take to accept connections (a loaded 2-core machine)."""
 SERVER_STOP_TIMEOUT_S = 20.0
 """How long a server may take to exit after SIGTERM before it gets SIGKILL."""
+PG_COMMAND_TIMEOUT_S = 120.0
+"""Bound on one PostgreSQL tool run (initdb, pg_ctl, createdb) on a loaded machine."""
 
 
 def free_port() -> int:
@@ -204,7 +206,7 @@ class PostgresServer:
         cmd = list(args)
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        return subprocess.run(cmd, check=True, capture_output=True, timeout=PG_COMMAND_TIMEOUT_S)
 
     @classmethod
     def start(cls, port: int = 0) -> PostgresServer:

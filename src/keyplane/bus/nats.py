@@ -167,7 +167,7 @@ class NatsBus(Bus):
                     url, name=name, tls=security.tls, inbox_prefix=security.inbox,
                     connect_timeout=math.ceil(st.connect_timeout_s), allow_reconnect=False,
                     max_reconnect_attempts=1,
-                    reconnect_time_wait=st.reconnect_backoff_base_s,  # type: ignore[arg-type]
+                    reconnect_time_wait=st.reconnect_backoff_base_s,
                     reconnect_to_server_handler=pick,
                     pending_size=st.pending_bytes, drain_timeout=math.ceil(st.drain_timeout_s),
                     ping_interval=math.ceil(st.ping_interval_s),
@@ -397,7 +397,9 @@ class NatsBus(Bus):
         tasks = [t for t in self._tasks if not t.done() and t is not me]
         try:
             if self._nc.is_connected:
-                async with asyncio.timeout(self.settings.drain_timeout_s + 1.0):
+                # nats-py bounds the subscriptions' drain by drain_timeout_s; its final
+                # flush is bounded here too
+                async with asyncio.timeout(2 * self.settings.drain_timeout_s):
                     await self._nc.drain()
         except Exception:
             logger.debug("NATS drain failed", exc_info=True)

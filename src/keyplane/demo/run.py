@@ -35,6 +35,9 @@ from keyplane.store import Database, sqlite_url
 
 __all__ = ["DemoOptions", "apply_overrides", "default_pairs", "run_embedded_demo", "summarize"]
 
+LIVE_REFRESH_S = 0.125
+"""Period of the live view's redraw (a display rate, not a wait on anything)."""
+
 
 @dataclass
 class DemoOptions:
@@ -49,6 +52,9 @@ class DemoOptions:
     eve_link: str | None = None
     eve_after_s: float = 1.0
     timeout_s: float = 60.0
+    close_wait_s: float = 30.0
+    """After the pairs closed: how long to wait for Admission Control to report each session
+    closed (the timeline's last events); a loaded machine takes seconds."""
     seed: int = 1
     live: bool = True
 
@@ -212,7 +218,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                     gathered = asyncio.gather(*runs)
                     while not gathered.done():
                         live.update(_view(results, mem, t0))
-                        await asyncio.wait({gathered}, timeout=0.125)
+                        await asyncio.wait({gathered}, timeout=LIVE_REFRESH_S)
                     await gathered
                     live.update(_view(results, mem, t0))
             else:
@@ -224,7 +230,8 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
             closed = {r.key_stream_id for r in results if r.status == "closed"}
             for sid in closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)), 3.0)
+                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)),
+                                           opts.close_wait_s)
     finally:
         jsonl.close()
         await bus.close()
