@@ -89,7 +89,8 @@ async def test_certificate_of_the_ca_without_a_bus_identity_cannot_connect(
         await NatsBus.connect(secured.url, security=BusSecurity(tls=ctx), settings=QUICK)
     # the raw client says the same: the server maps certificates to users, no fallback
     with pytest.raises(nats.errors.Error):
-        nc = await nats.connect(secured.url, tls=ctx, allow_reconnect=False)
+        nc = await nats.connect(secured.url, tls=ctx, tls_handshake_first=True,
+                                allow_reconnect=False)
         await nc.close()
 
 

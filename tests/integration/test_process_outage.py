@@ -193,3 +193,26 @@ def test_process_still_starting_ends_promptly_on_sigterm(tmp_path: Path) -> None
         with contextlib.suppress(subprocess.TimeoutExpired):
             stop(proc)
     assert code == 0
+
+
+def test_insecure_bus_only_with_its_flag_and_a_warning(tmp_path: Path) -> None:
+    topo = tmp_path / "topology.yaml"
+    topo.write_text(TOPOLOGY)
+    plain = NatsServer.start()  # a server without TLS or authorization
+    try:
+        common = ["-t", str(topo), "--bus", plain.url, "-s", str(tmp_path / "state")]
+        # by default a process insists on TLS with its certificate: it does not connect
+        refused = spawn_keyplane("controller", *common, log=tmp_path / "secure.log",
+                                 env={"KEYPLANE_BUS_STARTUP_TIMEOUT_S": "3"})
+        try:
+            assert refused.wait(EXIT_WAIT_S) == 1
+        finally:
+            stop(refused)
+        assert "cannot connect to NATS" in (tmp_path / "secure.log").read_text()
+        ctl = start_keyplane("controller", *common, "--danger-insecure-bus",
+                             ready="controller ready", log=tmp_path / "insecure.log")
+        assert stop(ctl) == 0
+        log = (tmp_path / "insecure.log").read_text()
+        assert "WARNING" in log and "DANGER: insecure bus" in log
+    finally:
+        plain.stop()

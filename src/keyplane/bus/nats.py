@@ -165,6 +165,9 @@ class NatsBus(Bus):
                 # forever is switched on below, once connected.
                 nc = await nats.connect(
                     url, name=name, tls=security.tls, inbox_prefix=security.inbox,
+                    # TLS first: with a TLS credential the client never speaks in clear,
+                    # even to a server that does not ask for TLS (no downgrade)
+                    tls_handshake_first=security.tls is not None,
                     connect_timeout=math.ceil(st.connect_timeout_s), allow_reconnect=False,
                     max_reconnect_attempts=1,
                     reconnect_time_wait=st.reconnect_backoff_base_s,

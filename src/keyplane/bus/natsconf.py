@@ -139,6 +139,8 @@ def render_nats_config(topology: Topology, certs_dir: str | Path, *, host: str =
         f"  ca_file: {json.dumps(str(base / 'ca.pem'))}",
         "  # a client must present a certificate of the keyplane CA; its subject is its user",
         "  verify_and_map: true",
+        "  # TLS before anything else: a client never talks in clear, not even to an impostor",
+        "  handshake_first: true",
         f"  timeout: {tls_timeout_s:g}",
         "}",
         "",
