@@ -309,7 +309,8 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
              help="--distributed: use this database URL instead of starting PostgreSQL.")
          ] = None,
          kill_km: Annotated[str | None, typer.Option(
-             help="--distributed: SIGKILL this node's process mid-run, then restart it.")
+             help="--distributed: SIGKILL this node's process mid-run (--kill-after-s after "
+                  "every pair has its first key), then restart it.")
          ] = None,
          kill_after_s: float = 2.0,
          danger_insecure_bus: Annotated[bool, typer.Option(

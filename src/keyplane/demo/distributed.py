@@ -281,6 +281,10 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         async def chaos() -> None:
             if dist.kill_km is None:
                 return
+            # mid-run: every session is past its set-up (both ends have a key), so the kill
+            # hits key exchange; a KM killed while a session is being configured is another
+            # fault (Admission Control refuses the session), not what this demo shows
+            await asyncio.gather(*(r.keying.wait() for r in results))
             await asyncio.sleep(dist.kill_after_s)
             console.print(f"killing {dist.kill_km} (SIGKILL)")
             await procs[dist.kill_km].stop(signal.SIGKILL, dist.stop_timeout_s)

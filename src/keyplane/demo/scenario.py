@@ -97,6 +97,9 @@ class PairResult:
     # no acknowledgement: a KM that dies after marking a key delivered, before its answer
     # reaches the application, has handed it to nobody; see docs/poc.md)
     lost_indexes: list[int] = field(default_factory=list)
+    keying: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+    """Set once both ends got their first key, or the pair ended without one: from then on
+    the session is past its set-up (a fault injected now hits key exchange, not set-up)."""
 
     @property
     def all_matched(self) -> bool:
@@ -156,6 +159,7 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
                 res.keys_matched += 1
             if res.first_key_s is None:
                 res.first_key_s = time.monotonic() - t0
+                res.keying.set()
             res.key_ids.append(str(ma.get("key_ID", "")))
             res.fingerprints.append(hashlib.sha256(ka).hexdigest()[:16])
             if interval_s:
@@ -167,4 +171,6 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
     except (KeyplaneError, TimeoutError) as exc:
         res.status = "failed"
         res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        res.keying.set()
     return res
