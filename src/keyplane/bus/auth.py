@@ -61,6 +61,7 @@ __all__ = [
     "Rule",
     "Signer",
     "TrustStore",
+    "TrustedSigner",
     "reply_binding",
     "split_signature",
     "topic_binding",
@@ -231,7 +232,9 @@ def _ed25519_of(cert: x509.Certificate) -> ed25519.Ed25519PublicKey:
 
 
 @dataclass(frozen=True)
-class _Known:
+class TrustedSigner:
+    """A signing certificate the trust store accepted: who (role, id) and its key."""
+
     role: str
     element_id: str
     kid: str
@@ -257,12 +260,12 @@ class TrustStore:
             raise ConfigError(f"CA certificate {ca_file}: {exc}") from exc
         self._dir = Path(directory) / "sign"
         self._rescan_interval_s = rescan_interval_s
-        self._known: dict[str, _Known] = {}
+        self._known: dict[str, TrustedSigner] = {}
         self._scanned_at: float | None = None
         self._lock = threading.Lock()
         self._scan()
 
-    def _check(self, cert: x509.Certificate) -> _Known:
+    def _check(self, cert: x509.Certificate) -> TrustedSigner:
         cert.verify_directly_issued_by(self._ca)
         now = dt.datetime.now(dt.UTC)
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
@@ -274,10 +277,10 @@ class TrustStore:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         key = _ed25519_of(cert)
-        return _Known(role, element_id, _kid(key), key, cert.not_valid_after_utc)
+        return TrustedSigner(role, element_id, _kid(key), key, cert.not_valid_after_utc)
 
     def _scan(self) -> None:
-        found: dict[str, _Known] = {}
+        found: dict[str, TrustedSigner] = {}
         for path in sorted(self._dir.glob("*.pem")) if self._dir.is_dir() else []:
             try:
                 known = self._check(x509.load_pem_x509_certificate(path.read_bytes()))
@@ -305,7 +308,7 @@ class TrustStore:
             self._known[by] = known
         return by
 
-    def lookup(self, by: str, kid: str) -> _Known | None:
+    def lookup(self, by: str, kid: str) -> TrustedSigner | None:
         """The trusted key of signer ``by`` with key id ``kid``, or None."""
         known = self._known.get(by)
         if known is not None and known.kid == kid:
