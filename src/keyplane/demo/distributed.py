@@ -49,7 +49,7 @@ from keyplane.certs import OPERATOR_ID, ensure_network_certs
 from keyplane.demo.run import DemoOptions, default_pairs, summarize
 from keyplane.demo.scenario import PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
-from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError
+from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
 from keyplane.events import Event, EventMessage, EventType, read_jsonl
 from keyplane.messages import Qos
 from keyplane.services import NatsServer, PostgresServer
@@ -112,6 +112,10 @@ class SdkEndpoint:
         try:
             res = await self.client.open_connect(self.sae_id, destination,
                                                  QosParameters.from_domain(qos), key_stream_id)
+        except Etsi004StatusError as exc:
+            if int(exc.status) == 7:  # QoS cannot be met (e.g. no route yet): may be retried
+                raise QosNotMet(f"{self.sae_id} OPEN_CONNECT: {exc}") from exc
+            raise KeyplaneError(f"{self.sae_id} OPEN_CONNECT: {exc}") from exc
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} OPEN_CONNECT: {exc}") from exc
         return res.key_stream_id

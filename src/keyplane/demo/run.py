@@ -121,6 +121,7 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
             "intermediates_never_delivered": not (set(intermediates) & set(delivered_at)),
             "key_fingerprints": r.fingerprints,
             "lost_indexes": r.lost_indexes,
+            "open_attempts": r.open_attempts,
         })
     links: dict[str, dict[str, Any]] = {}
     for e in events:
