@@ -6,6 +6,8 @@
     km/<node>.pem  km/<node>.key       server cert of each KM (SAN: localhost, 127.0.0.1,
                                        the node's address); also its client cert for KM-KM
                                        and its bus (NATS) credential
+    km/<node>.kek                      the KM's key-encryption key: key material in the
+                                       database is sealed under it (keyplane.store.sealing)
     sae/<sae>.pem  sae/<sae>.key       client cert of each SAE; subject = its owner's
                                        certificate_subject, so Access Control finds the user
     controller.pem controller.key      the control plane's client cert (ETSI 015, bus)
@@ -16,9 +18,10 @@
                                        (km.<node>, control.sdn-controller, operator.operator)
 
 TLS keys are ECDSA P-256; signing keys are Ed25519 and separate from the TLS keys, so a
-stolen bus credential alone cannot sign (docs/security.md, "Bus"). Certificates are valid
+stolen bus credential alone cannot sign (docs/security.md, "The bus"). Certificates are valid
 for ``days`` (default 825). Existing files are kept (idempotent), so restarting
-``keyplane run`` never changes identities.
+``keyplane run`` never changes identities. Every file is written ``0600`` and every folder
+``0700`` (:mod:`keyplane.fileperms`).
 
 Subjects: ``CN=<id>,OU=<role>,O=keyplane`` for elements (role ``km``, ``control`` or
 ``operator``); the bus maps a TLS subject to its permissions and a signing certificate's
@@ -30,7 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -39,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from keyplane.config import Topology
+from keyplane.fileperms import ensure_private_dir, write_private
 
 __all__ = [
     "CONTROLLER_ID",
@@ -76,9 +80,11 @@ class Issued:
     kms: dict[str, CertPaths]
     saes: dict[str, CertPaths]
     controller: CertPaths
+    keks: dict[str, Path] = field(default_factory=dict)
+    """Each KM's key-encryption key file, by node."""
     operator: CertPaths | None = None
     nats_server: CertPaths | None = None
-    signing: dict[str, CertPaths] | None = None
+    signing: dict[str, CertPaths] = field(default_factory=dict)
     """Ed25519 signing certificates by signer id (``km.<node>``, ``control.<id>``, ...)."""
 
 
@@ -100,11 +106,9 @@ def _name(subject: str) -> x509.Name:
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
                ) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
 
 
 def _load_ca(paths: CertPaths) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -132,7 +136,7 @@ def _make_ca(paths: CertPaths, name: str, days: int) -> None:
                            critical=False)
             .sign(key, hashes.SHA256()))
     _write_key(paths.key, key)
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _issue(ca: CertPaths, paths: CertPaths, subject: str, *, server_names: list[str],
@@ -164,8 +168,7 @@ def _issue(ca: CertPaths, paths: CertPaths, subject: str, *, server_names: list[
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_key(paths.key, key)
-    paths.cert.parent.mkdir(parents=True, exist_ok=True)
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _issue_signing(ca: CertPaths, paths: CertPaths, subject: str, *, days: int) -> None:
@@ -188,7 +191,7 @@ def _issue_signing(ca: CertPaths, paths: CertPaths, subject: str, *, days: int) 
                 ca_key.public_key()), critical=False)
             .sign(ca_key, hashes.SHA256()))
     _write_key(paths.key, key)
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _ensure_signing(ca: CertPaths, base: Path, role: str, element_id: str, days: int
@@ -201,15 +204,17 @@ def _ensure_signing(ca: CertPaths, base: Path, role: str, element_id: str, days:
 
 def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int = 825,
                          bus_hosts: tuple[str, ...] = ()) -> Issued:
-    """Create (once) the CA and every certificate of ``topology``: KMs, SAEs, controller,
-    operator, nats-server (SANs: localhost, 127.0.0.1 and ``bus_hosts``) and each element's
-    Ed25519 signing certificate."""
-    base = Path(directory)
-    base.mkdir(parents=True, exist_ok=True)
+    """Create (once) the CA and every certificate of ``topology``: KMs (and each KM's
+    key-encryption key), SAEs, controller, operator, nats-server (SANs: localhost, 127.0.0.1
+    and ``bus_hosts``) and each element's Ed25519 bus signing certificate."""
+    from keyplane.store.sealing import ensure_kek_file  # the store's stack, only when used
+
+    base = ensure_private_dir(directory)
     ca = CertPaths(base / "ca.pem", base / "ca.key")
     if not (ca.cert.exists() and ca.key.exists()):
         _make_ca(ca, topology.name, days)
     kms: dict[str, CertPaths] = {}
+    keks: dict[str, Path] = {}
     for node in topology.nodes:
         p = CertPaths(base / "km" / f"{node.id}.pem", base / "km" / f"{node.id}.key")
         if not (p.cert.exists() and p.key.exists()):
@@ -217,8 +222,7 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
             _issue(ca, p, element_subject("km", node.id), server_names=names, client=True,
                    server=True, days=days)
         kms[node.id] = p
-    signing = {f"km.{node.id}": _ensure_signing(ca, base, "km", node.id, days)
-               for node in topology.nodes}
+        ensure_kek_file(keks.setdefault(node.id, base / "km" / f"{node.id}.kek"))
     saes: dict[str, CertPaths] = {}
     for app in topology.applications:
         owner = topology.user(app.owner)
@@ -231,12 +235,14 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
     if not (ctl.cert.exists() and ctl.key.exists()):
         _issue(ca, ctl, element_subject("control", CONTROLLER_ID),
                server_names=["localhost", "127.0.0.1"], client=True, server=True, days=days)
-    signing[f"control.{CONTROLLER_ID}"] = _ensure_signing(ca, base, "control", CONTROLLER_ID,
-                                                          days)
     op = CertPaths(base / "operator.pem", base / "operator.key")
     if not (op.cert.exists() and op.key.exists()):
         _issue(ca, op, element_subject("operator", OPERATOR_ID), server_names=[], client=True,
                server=False, days=days)
+    signing = {f"km.{node.id}": _ensure_signing(ca, base, "km", node.id, days)
+               for node in topology.nodes}
+    signing[f"control.{CONTROLLER_ID}"] = _ensure_signing(ca, base, "control", CONTROLLER_ID,
+                                                          days)
     signing[f"operator.{OPERATOR_ID}"] = _ensure_signing(ca, base, "operator", OPERATOR_ID,
                                                          days)
     nats = CertPaths(base / "nats" / "server.pem", base / "nats" / "server.key")
@@ -244,8 +250,8 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
         _issue(ca, nats, "CN=nats-server,OU=bus,O=keyplane",
                server_names=sorted({"localhost", "127.0.0.1", *bus_hosts}), client=False,
                server=True, days=days)
-    return Issued(ca=ca, kms=kms, saes=saes, controller=ctl, operator=op, nats_server=nats,
-                  signing=signing)
+    return Issued(ca=ca, kms=kms, saes=saes, controller=ctl, keks=keks, operator=op,
+                  nats_server=nats, signing=signing)
 
 
 def ensure_client_cert(directory: str | Path, name: str, subject: str, *, days: int = 825

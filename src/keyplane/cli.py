@@ -18,6 +18,7 @@ from rich.console import Console
 
 from keyplane.config import Topology, load_topology
 from keyplane.errors import ConfigError, KeyplaneError
+from keyplane.fileperms import ensure_private_dir, write_private
 
 if TYPE_CHECKING:
     from keyplane.bus import BusSecurity
@@ -149,10 +150,7 @@ def nats_config(topology: TopologyOpt,
         console.print(f"[red]error:[/red] --listen must be HOST:PORT, not {listen!r}")
         raise typer.Exit(2)
     ensure_network_certs(topo, certs_dir, bus_hosts=tuple(bus_host or ()))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_nats_config(topo, certs_dir, host=host, port=int(port_text)),
-                   encoding="utf-8")
-    out.chmod(0o600)
+    write_private(out, render_nats_config(topo, certs_dir, host=host, port=int(port_text)))
     console.print(f"wrote {out}: {len(topo.nodes)} KMs, control plane and operator; run "
                   f"nats-server -c {out}")
 
@@ -168,7 +166,7 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
 
     topo = _load(topology)
     _logging(verbose)
-    state.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state)
 
     async def main_(pc: ProcessControl) -> None:
         from keyplane.clock import RealClock
@@ -214,7 +212,7 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                       f" choose from {', '.join(ELEMENTS)}")
         raise typer.Exit(2)
     _logging(verbose)
-    state.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state)
 
     async def main_(pc: ProcessControl) -> None:
         from keyplane.certs import CONTROLLER_ID
@@ -248,6 +246,9 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
 def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
          topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
          state: StateOpt = Path("state"), db: DbOpt = None,
+         kek: Annotated[Path | None, typer.Option(
+             "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
+                           "database; default <state>/certs/km/<id>.kek.")] = None,
          danger_insecure_bus: DangerBusOpt = False, verbose: bool = False) -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
@@ -260,7 +261,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
     _logging(verbose)
-    state.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state)
 
     async def main_(pc: ProcessControl) -> None:
         from keyplane.clock import RealClock
@@ -273,6 +274,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                                          BusSink(b)])
             database = await Database.open(_db_url(db, state))
             try:
+                if kek is not None:
+                    database.keyring.use_file(node_id, kek)
                 ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
                                      events=events, state_dir=state)
                 ctx.ensure_certs()

@@ -11,6 +11,8 @@ KeyplaneError
 │   ├── MessageDecodeError      a message that is not a known, versioned keyplane model
 │   └── MessageRejected         a message whose signature or signer's role is not acceptable
 ├── StoreError                  persistence problems, raised only by keyplane.store
+│   ├── CommitFailed            a journal group commit failed (retried; nothing was handed out)
+│   └── SealedDataError         sealed key material did not open (wrong KEK, altered or moved row)
 ├── SessionError                a session-level refusal or failure
 │   ├── AuthenticationFailed    Access Control refused the identity
 │   ├── QosNotMet               Admission Control refused the QoS (ETSI 004 status 7)
@@ -54,6 +56,7 @@ __all__ = [
     "BusUnavailable",
     "ClassicalChannelError",
     "ClassicalChannelTimeout",
+    "CommitFailed",
     "ConfigError",
     "ExtensionNotMet",
     "IllegalTransition",
@@ -76,6 +79,7 @@ __all__ = [
     "RelayAuthenticationFailed",
     "RelayError",
     "RelayTimeout",
+    "SealedDataError",
     "SessionError",
     "SessionIdInUse",
     "SessionNotFound",
@@ -138,6 +142,19 @@ class MessageRejected(BusError):
 
 class StoreError(KeyplaneError):
     """The database failed."""
+
+
+class CommitFailed(StoreError):
+    """A group commit of key-manager state failed.
+
+    Every waiter on that commit gets this error and must not hand out what it waited for;
+    the journal keeps the changes and retries the commit on its own.
+    """
+
+
+class SealedDataError(StoreError):
+    """Sealed key material did not open: another node's or a retired, unknown KEK, an
+    altered value, or a value moved from another row (docs/security.md, keys at rest)."""
 
 
 class SessionError(KeyplaneError):

@@ -128,21 +128,23 @@ class NatsServer:
         nats-server configuration (default ``<certs_dir>/../nats.conf``) and start it."""
         from keyplane.bus.natsconf import render_nats_config
         from keyplane.certs import ensure_network_certs
+        from keyplane.fileperms import write_private
 
         ensure_network_certs(topology, certs_dir)
         port = port or free_port()
         path = config_path or certs_dir.parent / "nats.conf"
-        path.write_text(render_nats_config(topology, certs_dir, port=port,
-                                           extra_users=extra_users), encoding="utf-8")
-        path.chmod(0o600)
+        write_private(path, render_nats_config(topology, certs_dir, port=port,
+                                               extra_users=extra_users))
         return cls.start(port, config=path, certs_dir=certs_dir,
                          log=path.with_suffix(".log"))
 
     def _launch(self) -> None:
+        from keyplane.fileperms import open_private
+
         args = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "--no_advertise"]
         if self.config is not None:
             args += ["-c", str(self.config)]
-        out = self.log.open("ab") if self.log is not None else subprocess.DEVNULL
+        out = open_private(self.log, "ab") if self.log is not None else subprocess.DEVNULL
         try:
             proc = subprocess.Popen(args, stdout=out, stderr=out)
         finally:

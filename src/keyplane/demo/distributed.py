@@ -51,6 +51,7 @@ from keyplane.demo.scenario import PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
 from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
 from keyplane.events import Event, EventMessage, EventType, read_jsonl
+from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.messages import Qos
 from keyplane.services import NatsServer, PostgresServer
 
@@ -155,7 +156,7 @@ class _Proc:
 
     @classmethod
     async def spawn(cls, name: str, args: list[str], log: Path) -> _Proc:
-        with log.open("w") as err:
+        with open_private(log, "w") as err:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "keyplane", *args, stdout=asyncio.subprocess.PIPE,
                 stderr=err)
@@ -225,13 +226,13 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     """Run the scenario with one process per element; write the outputs; return the summary."""
     console = console or Console()
     out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out)
     state = out / "state"
     shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
+    ensure_private_dir(state)
     topo = opts.topology
     topo_file = out / "topology.yaml"
-    topo_file.write_text(yaml.safe_dump(topo.model_dump(mode="json")), encoding="utf-8")
+    write_private(topo_file, yaml.safe_dump(topo.model_dump(mode="json")))
     certs = state / "certs"
     ensure_network_certs(topo, certs)
     nats: NatsServer | None = None
@@ -324,11 +325,11 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     for f in sorted(state.glob("events-*.jsonl")):
         events.extend(read_jsonl(f))
     events.sort(key=lambda e: (e.t, e.event_id))
-    with (out / "events.jsonl").open("w", encoding="utf-8") as fh:
+    with open_private(out / "events.jsonl", "w", encoding="utf-8") as fh:
         for e in events:
             fh.write(e.model_dump_json() + "\n")
-    summary = summarize(topo, results, events)
+    summary = summarize(topo, results, events, seed=opts.seed, mode="distributed")
     summary["mode"] = "distributed"
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     render_timeline(events, out, title="keyplane distributed event timeline (paper Fig. 4)")
     return summary
