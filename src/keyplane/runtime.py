@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import os
+import random
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,19 +44,19 @@ from keyplane.api.etsi015 import (
 from keyplane.api.httpserver import HttpServer, RequestObserver
 from keyplane.api.server import create_km_app, km_interface
 from keyplane.api.settings import ApiSettings, Etsi014Limits
-from keyplane.bus import Bus, Message, topics, unsubscribe_all
+from keyplane.bus import Bus, BusSecurity, Message, topics, unsubscribe_all
 from keyplane.certs import Issued, ensure_network_certs, server_ssl_context
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
-from keyplane.errors import BusError
+from keyplane.errors import BusError, BusUnavailable
 from keyplane.events import EventStream, EventType
 from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
 from keyplane.keymanager.sources import KeySources
-from keyplane.lifecycle import Service
+from keyplane.lifecycle import ProcessSettings, Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.ops import Ops
 from keyplane.physical.pool import EmulationSettings
@@ -103,12 +104,8 @@ class StartupSettings(BaseModel):
     """Nodes an embedded process starts at once. Each start loads the KM's stores, opens
     two HTTPS servers and registers with the SDN Controller (a database write and an ETSI
     015 discovery): all at once, 1,000 nodes exhausted the database pool and the event loop."""
-    announce_timeout_s: Annotated[float, Field(gt=0.0)] = 120.0
-    """How long a node keeps announcing itself until the control plane answers."""
-    announce_request_timeout_s: Annotated[float, Field(gt=0.0)] = 5.0
-    """Bound on one announcement's answer (the SDN Controller may be busy registering)."""
-    announce_backoff_max_s: Annotated[float, Field(gt=0.0)] = 2.0
-    """Longest pause between two announcements (doubling from 0.1 s)."""
+    # announcements retry under keyplane.lifecycle.ProcessSettings (one back-off for every
+    # dependency a process waits for at start)
 
 
 @dataclass
@@ -129,6 +126,8 @@ class RuntimeContext:
     startup: StartupSettings = field(default_factory=StartupSettings)
     bus_url: str | None = None
     """The bus's URL (distributed mode), for link workers that join the bus themselves."""
+    bus_security: BusSecurity | None = None
+    """The node's bus identity (distributed mode): its link workers join with the same one."""
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -298,8 +297,8 @@ class NodeRuntime(Service):
     """One node of the network, in this process."""
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
-                 announce_timeout_s: float | None = None, run_links: bool = True,
-                 km_settings: KmSettings | None = None) -> None:
+                 run_links: bool = True, km_settings: KmSettings | None = None,
+                 process_settings: ProcessSettings | None = None) -> None:
         ctx.topology.node(node_id)  # KeyError on an unknown node
         self.ctx = ctx
         self.node_id = node_id
@@ -308,8 +307,7 @@ class NodeRuntime(Service):
         self.sources: KeySources | None = None
         self._run_links = run_links
         self.endpoints: dict[str, str] = {}
-        self._announce_timeout_s = (ctx.startup.announce_timeout_s if announce_timeout_s is None
-                                    else announce_timeout_s)
+        self._process = process_settings or ProcessSettings()
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
         self.agent: SdnAgent | None = None
@@ -342,7 +340,8 @@ class NodeRuntime(Service):
             self.sources = KeySources(ctx.topology, sinks, clock=ctx.clock, bus=ctx.bus,
                                       events=ctx.stream, seed=ctx.seed, node=self.node_id,
                                       emulation=ctx.emulation, credentials=certs.kms,
-                                      ca=certs.ca.cert, bus_url=ctx.bus_url)
+                                      ca=certs.ca.cert, bus_url=ctx.bus_url,
+                                      bus_security=ctx.bus_security)
             self._stack.push_async_callback(self.sources.close)
             await self.sources.prepare()  # the link worker boots while the KM starts
         await self._stack.enter_async_context(self.km)
@@ -374,24 +373,32 @@ class NodeRuntime(Service):
         self.endpoints["etsi015"] = server.url
 
     async def _announce(self) -> None:
-        """Announce until the control plane answers (it may start after us, or be busy
-        registering other nodes): retries with back-off, within ``announce_timeout_s``."""
+        """Announce until the control plane answers (it may start after us), backing off
+        between attempts, for at most ``announce_timeout_s`` (ProcessSettings)."""
         loop = asyncio.get_running_loop()
-        st = self.ctx.startup
-        deadline = loop.time() + self._announce_timeout_s
+        st = self._process
+        deadline = loop.time() + st.announce_timeout_s
         msg = NodeAnnouncement(node=self.node_id, endpoints=self.endpoints, pid=os.getpid())
-        pause = 0.1
+        failures = 0
         while True:
             try:
                 reply = await self.ctx.bus.request(
-                    topics.SDN_NODES, msg,
-                    timeout_s=max(0.01, min(st.announce_request_timeout_s,
-                                            deadline - loop.time())))
-            except BusError:
-                if loop.time() + pause > deadline:
-                    raise
-                await asyncio.sleep(pause)  # back-off between announcements, not a sync wait
-                pause = min(st.announce_backoff_max_s, 2 * pause)
+                    topics.SDN_NODES, msg, timeout_s=min(st.announce_request_timeout_s,
+                                                         max(0.001, deadline - loop.time())))
+            except BusUnavailable:
+                raise
+            except BusError as exc:
+                if loop.time() >= deadline:
+                    raise BusError(f"node {self.node_id}: the control plane did not answer "
+                                   f"its announcement within {st.announce_timeout_s:g} s "
+                                   f"({exc})") from exc
+                if failures == 0:
+                    logger.info("node %s: control plane not answering yet (%s); retrying",
+                                self.node_id, exc)
+                # the control plane may be starting: back off
+                await asyncio.sleep(min(max(0.0, deadline - loop.time()),
+                                        st.backoff_s(failures, random.random())))
+                failures += 1
                 continue
             if isinstance(reply, NodeWelcome) and not reply.known:
                 raise BusError(f"control plane refused node {self.node_id}: {reply.reason}")

@@ -37,7 +37,15 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 import keyplane
-from keyplane.bus import Bus, Message, Subscription, decode, encode, unsubscribe_all
+from keyplane.bus import (
+    Bus,
+    BusSecurity,
+    Message,
+    Subscription,
+    decode,
+    encode,
+    unsubscribe_all,
+)
 from keyplane.clock import Clock
 from keyplane.config import QuantumLink, Topology
 from keyplane.errors import KeyplaneError, PhysicalError
@@ -164,6 +172,8 @@ class LinkWorkerPool(Service):
             processes run the other ends); None: both ends of every link.
         bus_url: with ``node``: the network's bus, which the workers join themselves
             (channels, telemetry and link commands go there, not through this process).
+        bus_security: with ``bus_url``: the node's bus identity; the workers load the same
+            credentials from its files (None: the in-memory or explicitly insecure bus).
 
     Raises:
         ConfigError: a local link end has no sink, or ``node`` without ``bus_url``.
@@ -174,13 +184,14 @@ class LinkWorkerPool(Service):
                  bus: Bus | None = None, events: EventStream | None = None,
                  settings: EmulationSettings | None = None,
                  link_ids: Collection[str] | None = None, node: str | None = None,
-                 bus_url: str | None = None) -> None:
+                 bus_url: str | None = None, bus_security: BusSecurity | None = None) -> None:
         from keyplane.errors import ConfigError
 
         if node is not None and bus_url is None:
             raise ConfigError("link workers of one node need the network's bus URL")
         self.node = node
         self.bus_url = bus_url if node is not None else None
+        self.bus_security = bus_security
         self.topology = topology
         self.clock = clock
         self.bus = bus
@@ -275,6 +286,12 @@ class LinkWorkerPool(Service):
         await self._launch(w)
         await self._start_worker(w)
 
+    def _credentials(self) -> dict[str, Any] | None:
+        sec = self.bus_security
+        if self.bus_url is None or sec is None or sec.credentials is None:
+            return None
+        return sec.credentials.model_dump(mode="json")
+
     async def _start_worker(self, w: _Worker) -> None:
         assert w.reader_task is not None
         s = self.settings
@@ -282,7 +299,10 @@ class LinkWorkerPool(Service):
                            seed=self.seed, time_scale=s.time_scale,
                            telemetry_interval_s=s.telemetry_interval_s, nice=s.nice,
                            ends={link.link_id: self._ends[link.link_id] for link in w.links},
-                           bus_url=self.bus_url, command_timeout_s=s.command_timeout_s))
+                           bus_url=self.bus_url, command_timeout_s=s.command_timeout_s,
+                           bus_credentials=self._credentials(),
+                           bus_insecure=self.bus_security is not None
+                           and not self.bus_security.secure))
         for link in w.links:  # a restarted worker learns which stores are full
             for end in self._ends[link.link_id]:
                 if not self._room[(link.link_id, end)]:

@@ -34,7 +34,7 @@ import os
 import sys
 from typing import Any, Literal
 
-from keyplane.bus import Bus, Message, connect, decode, encode
+from keyplane.bus import Bus, BusCredentials, BusSecurity, Message, connect, decode, encode
 from keyplane.clock import RealClock
 from keyplane.config import QuantumLink
 from keyplane.errors import KeyplaneError, PhysicalError
@@ -146,7 +146,13 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             os.nice(spec.nice)
     pipe = _Pipe(writer)
     clock = RealClock()
-    bus: Bus = await connect(spec.bus_url, name=f"keyplane-link-worker-{os.getpid()}")
+    security: BusSecurity | None = None
+    if spec.bus_credentials is not None:
+        security = BusSecurity.load(BusCredentials.model_validate(spec.bus_credentials))
+    elif spec.bus_insecure:
+        security = BusSecurity.danger_insecure("the node's link worker")
+    bus: Bus = await connect(spec.bus_url, name=f"keyplane-link-worker-{os.getpid()}",
+                             security=security)
     events = EventStream(clock, [_EventPipe(pipe)])
     sinks: dict[tuple[str, End], _PipeSink] = {}
     runners: dict[str, LinkRunner] = {}

@@ -67,6 +67,11 @@ class StartWorker(_Frame):
     """Distributed mode: the bus the worker joins itself (its ends' channels, telemetry and
     link commands go there directly); None: a private in-memory bus, relayed by the parent."""
     command_timeout_s: float = 10.0
+    bus_credentials: dict[str, Any] | None = None
+    """With ``bus_url``: the node's bus credentials (file paths, keyplane.bus.BusCredentials),
+    so the worker joins the secured bus as its node."""
+    bus_insecure: bool = False
+    """With ``bus_url`` and no credentials: the operator chose the insecure bus explicitly."""
 
 
 class Ready(_Frame):

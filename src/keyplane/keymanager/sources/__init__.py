@@ -24,7 +24,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
-from keyplane.bus import Bus, Handler, Message, Subscription, unsubscribe_all
+from keyplane.bus import Bus, BusSecurity, Handler, Message, Subscription, unsubscribe_all
 from keyplane.certs import CertPaths
 from keyplane.clock import Clock
 from keyplane.config import EmulatedSource, Etsi014Source, QuantumLink, Topology
@@ -56,13 +56,15 @@ class KeySources(Service):
         ca: the CA file that signed the devices' certificates (by default).
         bus_url: with ``node``: the network bus's URL, which the node's link workers join
             (without it, a node's emulated ends run in this process).
+        bus_security: the node's bus identity, which its link workers join with.
     """
 
     def __init__(self, topology: Topology, sinks: Mapping[tuple[str, str], LinkKeySink], *,
                  clock: Clock, bus: Bus, events: EventStream, seed: int = 0,
                  emulation: EmulationSettings | None = None, node: str | None = None,
                  credentials: Mapping[str, CertPaths] | None = None,
-                 ca: Path | None = None, bus_url: str | None = None) -> None:
+                 ca: Path | None = None, bus_url: str | None = None,
+                 bus_security: BusSecurity | None = None) -> None:
         self.topology = topology
         self.bus = bus
         self.emulation = emulation or EmulationSettings()
@@ -75,7 +77,8 @@ class KeySources(Service):
             if workers:
                 self.emulated = LinkWorkerPool(topology, clock=clock, sinks=sinks, seed=seed,
                                                bus=bus, events=events, settings=self.emulation,
-                                               link_ids=emulated, node=node, bus_url=bus_url)
+                                               link_ids=emulated, node=node, bus_url=bus_url,
+                                               bus_security=bus_security)
             else:
                 self.emulated = PhysicalNetwork(
                     topology, clock=clock, sinks=sinks, seed=seed, bus=bus, events=events,
