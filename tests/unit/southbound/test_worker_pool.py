@@ -196,13 +196,16 @@ async def test_a_killed_worker_is_restarted_and_its_links_deliver_again(
 @pytest.mark.nats
 async def test_each_nodes_worker_joins_the_bus_and_the_two_ends_agree(nats_server: Any) -> None:
     from keyplane.bus.nats import NatsBus
+    from tests.support.bus import harness_security
 
     topo = parse_topology(TWO_ANALYTIC)
     sinks = _sinks(topo)
-    buses = [await NatsBus.connect(nats_server.url) for _ in range(3)]
+    security = harness_security(nats_server)  # the workers load the same credentials
+    buses = [await NatsBus.connect(nats_server.url, security=security) for _ in range(3)]
     settings = EmulationSettings(time_scale=10.0)
     pools = [LinkWorkerPool(topo, clock=RealClock(), sinks=sinks, seed=9, bus=bus,
-                            settings=settings, node=node, bus_url=nats_server.url)
+                            settings=settings, node=node, bus_url=nats_server.url,
+                            bus_security=security)
              for node, bus in zip(("a", "b", "c"), buses, strict=True)]
     try:
         for pool in pools:
