@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -137,9 +137,10 @@ def test_status_shows_the_running_network(running: Path) -> None:
 
 
 @pytest.mark.nats
-def test_controller_and_node_processes_export_what_they_run(nats_server: NatsServer,
-                                                            tmp_path: Path) -> None:
+def test_controller_and_node_processes_export_what_they_run(
+        topology_nats: Callable[..., NatsServer], tmp_path: Path) -> None:
     state = tmp_path / "state"
+    nats_server = topology_nats(TOPO, state / "certs")  # secured: each process its own cert
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     common = ["-t", TOPO, "--bus", nats_server.url, "-s", str(state), "--db", db]
     ctl = start_keyplane("controller", *common, ready="controller ready",

@@ -107,7 +107,9 @@ class NetworkView:
         if link is None:
             return
         link.state = str(msg.state.value if hasattr(msg.state, "value") else msg.state)
-        if msg.skr_bps or msg.secret_bits:
+        # the modules report their current rate (0 while every block aborts); only a state
+        # report before any figure carries none
+        if msg.block_id is not None or msg.skr_bps or link.skr_bps is not None:
             link.skr_bps = msg.skr_bps
         if msg.qber is not None:
             link.qber = msg.qber

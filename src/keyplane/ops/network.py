@@ -104,6 +104,7 @@ class NetworkMetrics(Service):
                                      s["keyplane_session_keys_delivered"], ["node", "session"])
         self._delivered_seen: dict[tuple[str, str], int] = {}
         self._alarms: dict[str, set[str]] = {}
+        self._rated: set[str] = set()  # links whose rate was reported at least once
         self._subs: list[Subscription] = []
 
     async def start(self) -> None:
@@ -135,9 +136,12 @@ class NetworkMetrics(Service):
         """A link's figures for one block or period (or a state change)."""
         lid = msg.link_id
         self.up.labels(lid).set(1.0 if msg.state == LinkState.up else 0.0)
-        if msg.block_id is not None or msg.secret_bits:
+        # the modules report their current rate (0 while every block aborts); only a state
+        # report before any figure carries none
+        if msg.block_id is not None or msg.skr_bps or lid in self._rated:
+            self._rated.add(lid)
             self.skr.labels(lid).set(msg.skr_bps)
-            self.secret.labels(lid).inc(max(0, msg.secret_bits))
+        self.secret.labels(lid).inc(max(0, msg.secret_bits))
         if msg.qber is not None:
             self.qber.labels(lid).set(msg.qber)
 

@@ -40,10 +40,17 @@ async def test_series_follow_link_km_and_alarm_messages() -> None:
     assert _value(ops, "keyplane_link_qber", link="km0-km1") == 0.03
     assert _value(ops, "keyplane_link_secret_bits_total", link="km0-km1") == 5000.0
     assert _value(ops, "keyplane_link_up", link="km0-km1") == 1.0
-    # a state report (no block) changes the state, not the rate
-    m.on_link_telemetry(LinkTelemetry(link_id="km0-km1", node="km0", state=LinkState.down))
+    # a state report carries the last rate; a window of aborted blocks has rate 0
+    m.on_link_telemetry(LinkTelemetry(link_id="km0-km1", node="km0", state=LinkState.down,
+                                      skr_bps=3000.0))
     assert _value(ops, "keyplane_link_up", link="km0-km1") == 0.0
     assert _value(ops, "keyplane_link_skr_bps", link="km0-km1") == 3000.0
+    m.on_link_telemetry(LinkTelemetry(link_id="km0-km1", node="km0", block_id=3,
+                                      skr_bps=0.0, qber=0.26))
+    assert _value(ops, "keyplane_link_skr_bps", link="km0-km1") == 0.0
+    # before any figure, a state report sets no rate
+    m.on_link_telemetry(LinkTelemetry(link_id="km4-km5", node="km4", state=LinkState.down))
+    assert _value(ops, "keyplane_link_skr_bps", link="km4-km5") is None
 
     fig = StreamTelemetry(pending_requests=2, bucket_bits=512.0, bucket_size_bits=1024,
                           keys_delivered=5, keys_per_s=0.5)
