@@ -27,7 +27,16 @@ Core on the async engine.
 A :class:`Persister` owns one kind of row. At commit time the journal asks each for a
 snapshot (taken synchronously, so it is consistent) and runs the snapshots in one
 transaction; if the transaction fails, each persister is told to re-mark what it lost and
-the waiters get :class:`~keyplane.errors.StoreError`.
+the waiters whose generation that transaction carried get
+:class:`~keyplane.errors.StoreError` (later ones wait for the next commit).
+
+A state change that must not stand when its write fails (a key marked delivered) registers
+an undo with :meth:`Journal.on_rollback`: it runs synchronously inside the failed commit,
+before any other snapshot can be taken, so the next commit writes the restored state.
+
+Inserts are upserts: a commit whose outcome is unknown (the connection died during COMMIT)
+is reported failed and its rows are written again by the next one, which must not trip over
+rows the first one did write.
 """
 
 from __future__ import annotations
@@ -39,11 +48,12 @@ import json
 import logging
 import sqlite3
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from sqlalchemy import JSON, Table, and_, bindparam, delete, insert, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 
 from keyplane.errors import StoreError
@@ -99,7 +109,7 @@ def _sqlite_statement(t: Table, kind: str, cols: tuple[str, ...]
     where = " AND ".join(f"{q(k)} = ?" for k in pk)
     if kind == "insert":
         order: tuple[str, ...] = cols
-        sql = (f"INSERT INTO {q(t.name)} ({', '.join(q(c) for c in cols)}) "
+        sql = (f"INSERT OR REPLACE INTO {q(t.name)} ({', '.join(q(c) for c in cols)}) "
                f"VALUES ({', '.join('?' for _ in cols)})")
     elif kind == "update":
         order = _sqlite_update_order(t, cols)
@@ -158,6 +168,7 @@ class Journal:
         self._gen = 0
         self._done = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._undo: list[tuple[int, Callable[[], None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -210,11 +221,22 @@ class Journal:
                     self._lazy_flush_s, self._wake.set)
         return self._gen
 
+    def on_rollback(self, gen: int, undo: Callable[[], None]) -> None:
+        """Run ``undo`` if the commit that carries generation ``gen`` fails.
+
+        ``undo`` runs synchronously inside the failed commit, right after the persisters
+        re-marked what it carried and before any later snapshot, so the state it restores is
+        what the next commit writes. Nothing happens if ``gen`` is already committed; the
+        undo is forgotten once a commit covering ``gen`` succeeds.
+        """
+        if gen > self._done:
+            self._undo.append((gen, undo))
+
     async def flushed(self, gen: int) -> None:
         """Wait until everything marked up to ``gen`` is committed.
 
         Raises:
-            StoreError: the commit failed or the journal is closed.
+            StoreError: the commit that carried ``gen`` failed, or the journal is closed.
         """
         if gen <= self._done:
             return
@@ -263,17 +285,28 @@ class Journal:
             error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
         if error is None:
             self._done = target
+        undo, self._undo = self._undo, []
+        for gen, fn in undo:
+            if gen > target:
+                self._undo.append((gen, fn))
+            elif error is not None:
+                try:
+                    fn()
+                except Exception:  # one bad undo must not keep the others from running
+                    logger.exception("journal rollback hook failed")
         keep: list[tuple[int, asyncio.Future[None]]] = []
         for gen, fut in self._waiters:
             if fut.done():
                 continue
-            if error is not None:
-                fut.set_exception(error)
-            elif gen <= target:
-                fut.set_result(None)
-            else:
+            if gen > target:  # not in this transaction: the next commit carries it
                 keep.append((gen, fut))
+            elif error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(None)
         self._waiters = keep
+        if keep:
+            self._wake.set()
 
     async def _write(self, writes: list[RowWrites]) -> None:
         if self._sqlite_path is not None:
@@ -285,7 +318,7 @@ class Journal:
                     t = w.table
                     pk = _primary_key(t)
                     if w.inserts:
-                        await conn.execute(insert(t), w.inserts)
+                        await conn.execute(self._upsert(t, tuple(w.inserts[0])), w.inserts)
                     for shape, rows in _by_shape(w.updates).items():
                         cols = [k for k in shape if k not in pk]
                         stmt = update(t).where(and_(*[
@@ -301,6 +334,17 @@ class Journal:
                                                   for r in w.deletes])
         except SQLAlchemyError as exc:
             raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
+
+    def _upsert(self, t: Table, cols: tuple[str, ...]) -> Any:
+        """INSERT that overwrites a row already there (see the module docstring)."""
+        if self._db.dialect != "postgresql":
+            return insert(t).prefix_with("OR REPLACE")
+        stmt = pg_insert(t)
+        pk = _primary_key(t)
+        rest = {c: stmt.excluded[c] for c in cols if c not in pk}
+        if not rest:
+            return stmt.on_conflict_do_nothing(index_elements=list(pk))
+        return stmt.on_conflict_do_update(index_elements=list(pk), set_=rest)
 
     def _write_sqlite(self, writes: list[RowWrites]) -> None:
         """One transaction on this journal's own sqlite3 connection (worker thread)."""
@@ -357,6 +401,11 @@ class Journal:
         if self._gen > self._done:
             with contextlib.suppress(Exception):
                 await self._commit_once()
+        undo, self._undo = self._undo, []
+        for gen, fn in undo:  # never committed: their state changes do not stand
+            if gen > self._done:
+                with contextlib.suppress(Exception):
+                    fn()
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(StoreError("key manager journal closed"))

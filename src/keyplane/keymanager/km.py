@@ -41,6 +41,7 @@ slave); keys are made at the master's KM, relayed, and held at the slave's KM fo
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import hashlib
@@ -155,6 +156,7 @@ class _Session:
     bucket: TokenBucket | None = None
     next_index: int = 0  # this end's next index for GET_KEY(index=None)
     next_gen: int = 0  # source: next index for enc_keys
+    spare: list[int] = field(default_factory=list)  # source: enc_keys indexes to fill again
     idle_deadline: float = 0.0
     idle_task: asyncio.Task[None] | None = None
     decision: asyncio.Future[SessionConfig] | None = None
@@ -727,6 +729,10 @@ class KeyManager:
                 self._promote_stored(s)
             if s.interface == "etsi014" and s.role is HopRole.source:
                 self._pairs[(s.local_sae, s.peer_sae)] = sid
+                # made but never delivered here (a batch that failed before the restart)
+                held = self.vault.of_session(sid)
+                s.next_gen = max(s.next_gen, 1 + max((k.index for k in held), default=-1))
+                s.spare = sorted(k.index for k in held if k.state != "delivered")
         for s in self._sessions.values():
             if s.config is not None:
                 self._arm_idle(s, now + s.machine.idle_timeout_s)
@@ -990,8 +996,11 @@ class KeyManager:
             keys.append(k)
         if not keys:
             return
-        # direct keys take their bytes from the hop key: the relay holds them (hold_keys)
-        gen = self.vault.add_all(fresh) if fresh and not direct else 0
+        # direct keys take their bytes from the hop key: the relay holds them (hold_keys).
+        # A resent key may come from a batch whose write failed: wait for a commit then too
+        gen = 0
+        if not direct:
+            gen = self.vault.add_all(fresh) if fresh else self.journal.mark()
         self._events.emit(EventType.key_material_ready, ELEMENT, node=self.node_id,
                           session=s.session_id, key_ids=[k.key_id for k in keys],
                           key_count=len(keys), size_bits=size_bytes * 8, direct=direct)
@@ -1103,7 +1112,9 @@ class KeyManager:
                 return (False, "refused: destination holds max_key_count keys for the pair",
                         0, [])
         provenance = merge_provenance(*(k.provenance for k in again), frame.provenance)
-        gen = 0
+        # a retried batch is confirmed again only once it is durable: its first write may
+        # have failed (the keys are still dirty), so wait for a commit that covers them
+        gen = self.journal.mark() if again else 0
         for k in again:
             if k.provenance != provenance:
                 k.provenance = list(provenance)
@@ -1154,15 +1165,32 @@ class KeyManager:
         return k
 
     async def _deliver(self, s: _Session, keys: list[HeldKey]) -> list[bytes]:
-        """Mark ``keys`` delivered durably, then return their bytes (each key once)."""
+        """Mark ``keys`` delivered durably, then return their bytes (each key once).
+
+        Durable before delivered (#14.1): the bytes leave only after the commit that marks
+        the keys delivered succeeded. If that commit fails (or the caller is cancelled while
+        it runs), the keys are put back to ``ready`` with their bytes, inside the failed
+        commit (:meth:`Journal.on_rollback`), so no later commit can write them delivered
+        and a retry gets them; the request fails with the store's error.
+
+        Raises:
+            KeyNotFound: a key was already delivered (or is being delivered).
+            StoreError: the commit failed; nothing was delivered.
+        """
         for k in keys:
             if k.state != "ready" or k.material is None:
                 raise KeyNotFound(f"key {k.key_id} was already delivered")
         out = [k.material or b"" for k in keys]
         gen = self.vault.set_states(keys, "delivered")
+        undo = functools.partial(self._undeliver, keys, out)
+        self.journal.on_rollback(gen, undo)
         # no session row write here: after a restart next_index / next_gen are recomputed
         # from the delivered keys (_restore_sessions), so a delivery costs its key rows only
-        await self.journal.flushed(gen)
+        try:
+            await self.journal.flushed(gen)
+        except BaseException:
+            undo()  # idempotent: the journal may have run it already
+            raise
         self._events.emit(EventType.key_delivered, ELEMENT, node=self.node_id,
                           session=s.session_id, sae=s.local_sae,
                           key_ids=[k.key_id for k in keys], key_count=len(keys),
@@ -1171,6 +1199,19 @@ class KeyManager:
                           provenance=merge_provenance(*(k.provenance for k in keys)),
                           provenance_counts=count_provenance(k.provenance for k in keys))
         return out
+
+    def _undeliver(self, keys: list[HeldKey], materials: list[bytes]) -> None:
+        """Undo a delivery that did not become durable: the keys are ``ready`` again."""
+        back = [k for k in keys
+                if k.state == "delivered" and self.vault.by_id.get(k.key_id) is k]
+        chosen = {id(k) for k in back}
+        for k, m in zip(keys, materials, strict=True):
+            if id(k) in chosen:
+                k.material = m
+        if back:
+            self.vault.set_states(back, "ready")
+            logger.warning("node %s: delivery of %d key(s) not durable, offered again",
+                           self.node_id, len(back))
 
     # ==== ETSI 004 ======================================================================
     async def get_key(self, caller: Caller, key_stream_id: str, index: int | None,
@@ -1207,9 +1248,10 @@ class KeyManager:
                     raise KeyNotFound(f"stream {key_stream_id}: index {idx} is not available")
             else:
                 k = await self._destination_key(s, idx, deadline)
+            (material,) = await self._deliver(s, [k])
+            # only now: a delivery that failed leaves this end's next index where it was
             if idx >= s.next_index:
                 s.next_index = idx + 1
-            (material,) = await self._deliver(s, [k])
         meta = dict(metadata or {})
         meta.update(key_ID=k.key_id)
         meta[PROVENANCE_EXTENSION] = list(k.provenance)
@@ -1324,27 +1366,60 @@ class KeyManager:
         policy = self._batch_policy(s, mandatory, optional)
         size = size_bits // 8
         async with self._exchange(s, number * size_bits, s.qos.timeout_ms / 1000) as deadline:
-            first = s.next_gen
-            s.next_gen += number
-            indexes = list(range(first, first + number))
+            indexes = self._claim_indexes(s, number, size_bits)
             try:
-                await self._clock.wait_for(
-                    self._ensure_source(s, indexes, size, policy.value if policy else None),
-                    deadline - self._clock.now())
-            except TimeoutError:
-                raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "
-                                   f"the timeout") from None
-            keys = [self.vault.get(s.session_id, i) for i in indexes]
-            ready = [k for k in keys if k is not None and k.state == "ready"]
-            if len(ready) != number:
-                raise RelayTimeout(f"{master_sae}->{slave_sae}: relay incomplete")
-            if mandatory is not None and not all(satisfies(k.provenance, mandatory)
-                                                 for k in ready):
-                # every hop enforces the batch policy, so this is a guard, not a path
-                raise QosNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} not met")
-            materials = await self._deliver(s, ready)
+                try:
+                    await self._clock.wait_for(
+                        self._ensure_source(s, indexes, size, policy.value if policy else None),
+                        deadline - self._clock.now())
+                except TimeoutError:
+                    raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "
+                                       f"the timeout") from None
+                keys = [self.vault.get(s.session_id, i) for i in indexes]
+                ready = [k for k in keys if k is not None and k.state == "ready"]
+                if len(ready) != number:
+                    raise RelayTimeout(f"{master_sae}->{slave_sae}: relay incomplete")
+                if mandatory is not None and not all(satisfies(k.provenance, mandatory)
+                                                     for k in ready):
+                    # every hop enforces the batch policy, so this is a guard, not a path
+                    raise QosNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} not met")
+                materials = await self._deliver(s, ready)
+            except BaseException:
+                self._release_indexes(s, indexes)
+                raise
         return [DeliveredKey(k.key_id, m, {PROVENANCE_EXTENSION: list(k.provenance)})
                 for k, m in zip(ready, materials, strict=True)]
+
+    def _claim_indexes(self, s: _Session, number: int, size_bits: int) -> list[int]:
+        """Source: the indexes an enc_keys batch fills, spare ones first.
+
+        A spare index belongs to a batch that failed before its keys reached the master
+        (relay, store or timeout): its key (if made) was never delivered here and the
+        master never learned its key_ID, so it is offered again instead of being left
+        behind. Spares of another key size are left for a batch of their size.
+        """
+        taken: list[int] = []
+        keep: list[int] = []
+        for i in s.spare:
+            k = self.vault.get(s.session_id, i)
+            if k is not None and k.state == "delivered":
+                continue
+            if len(taken) < number and (k is None or k.size_bits == size_bits):
+                taken.append(i)
+            else:
+                keep.append(i)
+        s.spare = keep
+        fresh = number - len(taken)
+        taken += range(s.next_gen, s.next_gen + fresh)
+        s.next_gen += fresh
+        return taken
+
+    def _release_indexes(self, s: _Session, indexes: list[int]) -> None:
+        """A batch failed: its undelivered indexes become spares (see _claim_indexes)."""
+        for i in indexes:
+            k = self.vault.get(s.session_id, i)
+            if k is None or k.state != "delivered":
+                bisect.insort(s.spare, i)
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
                        key_ids: list[str]) -> list[DeliveredKey]:
