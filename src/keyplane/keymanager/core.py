@@ -217,7 +217,8 @@ class KmCore:
         return PersistRow(s.session_id, s.machine.state.value, s.data())
 
     def _free(self, s: Stream) -> list[Effect]:
-        self.forwarding.remove(s.session_id)
+        if s.config is not None:  # never configured here: the id's entries are not its own
+            self.forwarding.remove(s.session_id)
         s.bucket = None
         if self.pairs.get((s.local_sae, s.peer_sae)) == s.session_id:
             del self.pairs[(s.local_sae, s.peer_sae)]
@@ -298,6 +299,8 @@ class KmCore:
                 existing.owner = owner
                 existing.qos = qos
                 return existing, True
+            raise SessionIdInUse(f"Key_stream_ID {sid} is already in use")
+        if sid in self.forwarding:  # a stream relayed through this KM
             raise SessionIdInUse(f"Key_stream_ID {sid} is already in use")
         s = Stream(sid, SessionMachine(sid), local_sae=source, peer_sae=destination,
                    interface=interface, qos=qos, owner=owner)

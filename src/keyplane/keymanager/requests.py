@@ -30,6 +30,7 @@ from keyplane.errors import (
     PeerUnreachable,
     QosNotMet,
     RelayTimeout,
+    SessionIdInUse,
     SessionNotFound,
 )
 from keyplane.events import EventType
@@ -60,7 +61,10 @@ from keyplane.messages import (
     SessionOpenRequest,
 )
 
-__all__: list[str] = []
+__all__ = ["NIL_KEY_STREAM_ID"]
+
+NIL_KEY_STREAM_ID = "00000000-0000-0000-0000-000000000000"
+"""The nil UUID: ETSI 004 clients send it as Key_stream_ID to mean "assign one"."""
 
 
 class _Requests(_Production):
@@ -103,7 +107,10 @@ class _Requests(_Production):
                     key_stream_id: str | None, interface: Interface) -> OpenResult:
         self._check_local_app(source)
         self._peer_node(destination)
-        sid = key_stream_id or str(uuid.uuid4())
+        # ETSI 004 6.3: a null Key_stream_ID (absent, or the nil UUID clients send for it)
+        # asks the KM for a new one
+        assigned = key_stream_id is None or key_stream_id == NIL_KEY_STREAM_ID
+        sid = str(uuid.uuid4()) if assigned else str(key_stream_id)
         owner = digest(caller.identity)
         existing = self.core.streams.get(sid)
         user = ""
@@ -142,10 +149,13 @@ class _Requests(_Production):
             raise PeerUnreachable(f"Admission Control did not answer: {exc}") from exc
         self._emit(EventType.admission_requested, session=sid)
         if isinstance(ack, OpenAck) and not ack.accepted_for_review and s.live:
+            # Admission Control answers this only for a Key_stream_ID already in use
             self._apply(s, SessionEvent.admission_refused)
             self._emit(EventType.admission_refused, session=sid, reason=ack.reason)
-            raise QosNotMet(ack.reason or "Admission Control refused the session")
+            raise SessionIdInUse(ack.reason or f"Key_stream_ID {sid} is already in use")
         try:
+            # up to the QoS Timeout: a refusal (QoS above the SLA, status 7) or the peer
+            # (status 0) may still come; after it, status 1
             await self._clock.wait_for(asyncio.shield(decision), qos.timeout_ms / 1000)
             # s.session_id differs from sid when Admission Control merged our request into
             # the peer's stream: both applications get the same Key_stream_ID
