@@ -87,8 +87,10 @@ async def test_a_nil_key_stream_id_asks_the_km_for_a_new_one(net: Net) -> None:
     joined = await km2.open_connect(CALLER_B, "sb", "sa", WAIT, sid)
     assert joined.peer_connected and joined.key_stream_id == sid
     await net.operative("km0", sid)
-    a = await km0.get_key(CALLER_A, sid, None)
+    # the joiner first: its Timeout bounds the relay; the opener's short one then only
+    # bounds handing out a key its KM already holds
     b = await km2.get_key(CALLER_B, sid, None)
+    a = await km0.get_key(CALLER_A, sid, None)
     assert (a.index, a.key) == (b.index, b.key)
 
 
