@@ -1,7 +1,7 @@
 """TEST SUPPORT: run real key managers deterministically on the virtual clock.
 
-:class:`FailingStore` replaces the journal's write (``Journal._write``): the real SQL runs on
-the event loop instead of a worker thread (so "nothing can run" means "only timers are
+:class:`FailingStore` replaces the store's commit (``RowWriter.write``, where the journal's
+transactions end): the real SQL runs on the event loop instead of a worker thread (so "nothing can run" means "only timers are
 left") and chosen commits fail, in the two ways a database fails: refused (nothing
 written) or written with the acknowledgement lost. :func:`drive` runs a coroutine to its
 end, moving the virtual clock to the next timer whenever nothing else can run.
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
+from unittest import mock
 
 from keyplane.clock import VirtualClock, settle
-from keyplane.errors import StoreError
-from keyplane.keymanager.journal import Journal, RowWrites
+from keyplane.errors import CommitFailed
+from keyplane.store.rowwriter import RowWriter, RowWrites
 
 __all__ = ["FailingStore", "Fault", "drive"]
 
@@ -24,7 +25,7 @@ Fault = Literal["ok", "refused", "ack_lost"]
 
 
 class FailingStore:
-    """Replaces ``Journal._write``: fails the commits ``faults`` names (by their number,
+    """Replaces ``RowWriter.write``: fails the commits ``faults`` names (by their number,
     counted from when the faults are set), then heals."""
 
     def __init__(self) -> None:
@@ -41,18 +42,29 @@ class FailingStore:
         self.faults = {}
         self.refuse_if = None
 
-    async def write(self, journal: Journal, writes: list[RowWrites]) -> None:
+    def install(self) -> Any:
+        """The patch (a context manager) that puts this store in place."""
+        store = self
+
+        async def write(writer: RowWriter, build: Callable[[], list[RowWrites]], *,
+                        scrub: bool = False) -> None:
+            await store.write(writer, build, scrub)
+        return mock.patch.object(RowWriter, "write", write)
+
+    async def write(self, writer: RowWriter, build: Callable[[], list[RowWrites]],
+                    scrub: bool) -> None:
+        writes = build()
         fault = self.faults.get(self.commits, "ok")
         if self.refuse_if is not None and self.refuse_if(writes):
             fault = "refused"
         self.commits += 1
         if fault == "refused":
             self.failed += 1
-            raise StoreError("injected: the database refused the commit")
-        journal._write_sqlite(writes)  # the real SQL, on the loop (see the module docstring)
+            raise CommitFailed("injected: the database refused the commit")
+        writer._write_sqlite(lambda: writes, scrub)  # the real SQL, on the loop
         if fault == "ack_lost":
             self.failed += 1
-            raise StoreError("injected: the commit's outcome was lost")
+            raise CommitFailed("injected: the commit's outcome was lost")
 
 
 async def drive(clock: VirtualClock, aw: Awaitable[T]) -> T:

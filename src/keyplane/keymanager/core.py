@@ -443,13 +443,14 @@ class KmCore:
 
     # ---- restart -----------------------------------------------------------------------
     def restore(self, rows: dict[str, tuple[str, dict[str, Any], float]],
-                delivered: Callable[[str], list[tuple[int, str]]], now: float
-                ) -> list[Effect]:
+                delivered_end: Callable[[str], int], held: Callable[[str], list[int]],
+                now: float) -> list[Effect]:
         """Take back the persisted sessions (KM start).
 
         Args:
             rows: session rows by id (state, data, time).
-            delivered: a session's held keys as ``(index, state)`` pairs.
+            delivered_end: one past the highest index of a session handed out here.
+            held: the indexes of a session's keys held and not yet handed out.
             now: the clock.
         """
         out: list[Effect] = []
@@ -475,8 +476,7 @@ class KmCore:
                        next_index=data["next_index"], next_gen=data["next_gen"])
             # the row is not rewritten per delivery: the counters also follow from the
             # keys this end handed out (each written durably before it was returned)
-            held = delivered(sid)
-            after = 1 + max((i for i, st in held if st == "delivered"), default=-1)
+            after = delivered_end(sid)
             s.next_index = max(s.next_index, after)
             s.next_gen = max(s.next_gen, after)
             for epoch in sorted(configs):
@@ -490,8 +490,9 @@ class KmCore:
             if s.interface == "etsi014" and s.role is HopRole.source:
                 self.pairs[(s.local_sae, s.peer_sae)] = sid
                 # made but never delivered here (a batch that failed before the restart)
-                s.next_gen = max(s.next_gen, 1 + max((i for i, _ in held), default=-1))
-                s.spare = sorted(i for i, st in held if st != "delivered")
+                undelivered = held(sid)
+                s.next_gen = max(s.next_gen, 1 + max(undelivered, default=-1))
+                s.spare = sorted(undelivered)
         for s in self.streams.values():
             if s.config is not None:
                 s.idle_deadline = now + s.machine.idle_timeout_s

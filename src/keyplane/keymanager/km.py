@@ -306,9 +306,9 @@ class KeyManager(_Requests, Service):
     async def _restore_sessions(self) -> None:
         rows = await self._rows.load(self._db)
 
-        def held(sid: str) -> list[tuple[int, str]]:
-            return [(k.index, k.state) for k in self.vault.of_session(sid)]
-        effects = self.core.restore(rows, held, self._clock.now())
+        def held(sid: str) -> list[int]:
+            return [k.index for k in self.vault.of_session(sid)]
+        effects = self.core.restore(rows, self.vault.delivered_end, held, self._clock.now())
         for s in self.core.streams.values():
             if s.role is HopRole.destination:
                 self._promote_stored(s.session_id)

@@ -367,13 +367,6 @@ class _Production(KmShellBase):
 
     def _undeliver(self, keys: list[HeldKey], materials: list[bytes]) -> None:
         """Undo a delivery that did not become durable: the keys are ``ready`` again."""
-        back = [k for k in keys
-                if k.state == "delivered" and self.vault.by_id.get(k.key_id) is k]
-        chosen = {id(k) for k in back}
-        for k, m in zip(keys, materials, strict=True):
-            if id(k) in chosen:
-                k.material = m
-        if back:
-            self.vault.set_states(back, "ready")
+        if self.vault.undeliver(keys, materials):
             logger.warning("node %s: delivery of %d key(s) not durable, offered again",
-                           self.node_id, len(back))
+                           self.node_id, len(keys))

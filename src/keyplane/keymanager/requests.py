@@ -111,7 +111,7 @@ class _Requests(_Production):
         # asks the KM for a new one
         assigned = key_stream_id is None or key_stream_id == NIL_KEY_STREAM_ID
         sid = str(uuid.uuid4()) if assigned else str(key_stream_id)
-        owner = digest(caller.identity)
+        owner = digest(caller.principal)
         existing = self.core.streams.get(sid)
         user = ""
         if existing is not None and existing.live and existing.implicit \
@@ -190,7 +190,7 @@ class _Requests(_Production):
             KeyNotFound: ``index`` was already delivered at this end.
             StoreError: the delivery could not be written; the same index is served again.
         """
-        s = self.core.app_stream(digest(caller.identity), key_stream_id)
+        s = self.core.app_stream(digest(caller.principal), key_stream_id)
         if index is not None and index < 0:
             raise KeyNotFound("a stream index is >= 0")
         size = s.config.key_chunk_size if s.config else s.qos.key_chunk_size
@@ -229,7 +229,7 @@ class _Requests(_Production):
         Raises:
             SessionNotFound: no such stream for this caller.
         """
-        owner = digest(caller.identity)
+        owner = digest(caller.principal)
         s = self.core.stream(key_stream_id)
         if s is not None and s.owner == owner and not s.live:
             return
@@ -287,7 +287,7 @@ class _Requests(_Production):
             sid = self.core.pairs.get((master, slave))
             s = self.core.streams.get(sid) if sid else None
             if s is not None and s.live:
-                if s.owner != digest(caller.identity):
+                if s.owner != digest(caller.principal):
                     await self._authenticate(caller, master, slave)
                 return s
             qos = Qos(key_chunk_size=max(1, size_bits // 8),

@@ -247,9 +247,10 @@ def test_restore_takes_back_streams_and_counts_from_what_was_delivered() -> None
     s.interface = "etsi014"
     row = c.persist(s)
     fresh = core()
-    held = {"s1": [(0, "delivered"), (1, "delivered"), (2, "ready"), (3, "pending")]}
+    # indexes 0 and 1 were handed out; 2 (ready) and 3 (pending) are still held
     effects = fresh.restore({"s1": (row.state, row.data, 0.0)},
-                            lambda sid: held.get(sid, []), 100.0)
+                            lambda sid: 2 if sid == "s1" else 0,
+                            lambda sid: [3, 2] if sid == "s1" else [], 100.0)
     r = fresh.streams["s1"]
     assert r.machine.state is SessionState.operative and r.role is HopRole.source
     assert (r.next_index, r.next_gen, r.spare) == (2, 4, [2, 3])
