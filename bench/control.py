@@ -84,8 +84,8 @@ async def _setup_latency(control_bus: Bus, km_bus: Bus, hops: int, sessions: int
                 raise RuntimeError(f"session {sid} not configured at both ends")
             if i >= 10:
                 samples.append(dt)
-            await src.close(CALLER_A, sid)
-            await dst.close(CALLER_B, sid)
+            await src.close_stream(CALLER_A, sid)
+            await dst.close_stream(CALLER_B, sid)
     finally:
         for km in kms:
             await km.close()

@@ -57,8 +57,8 @@ async def test_telemetry_reports_stores_paths_buckets_and_delivered_keys(km_db: 
             while not any(m.node == "km0" and sid in m.streams for m in got):
                 await asyncio.sleep(0.01)
 
-        await net.kms["km0"].close(CALLER_A, sid)
-        await net.kms["km2"].close(CALLER_B, sid)
+        await net.kms["km0"].close_stream(CALLER_A, sid)
+        await net.kms["km2"].close_stream(CALLER_B, sid)
         after = await pubs["km0"].publish_now()
         assert after.streams == {} and after.sessions == {"km0-km1": 0}
     finally:
