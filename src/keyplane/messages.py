@@ -261,6 +261,10 @@ class LinkTelemetry(Message):
     leaked_bits: int = 0
     aborted_blocks: int = 0
     t: float = 0.0
+    qber_sample_bits: Annotated[int, Field(ge=0)] | None = None
+    """How many bits ``qber`` was estimated on (the parameter-estimation sample). The
+    Monitoring Element's eavesdropper test weighs each estimate by it; ``None``: it takes
+    ``postprocessing.sample_fraction`` of ``sifted_bits``."""
 
 
 class KmTelemetry(Message):
@@ -275,17 +279,26 @@ class KmTelemetry(Message):
 
 
 class LinkAlarm(Message):
-    """The Monitoring Element flags a link (possible eavesdropper, failure, recovery)."""
+    """The Monitoring Element flags a link (possible eavesdropper, failure, recovery).
+
+    ``kind``: ``eavesdropper_suspected`` (QBER significantly above the link's own
+    baseline, below the abort threshold), ``qber_high`` (above the threshold),
+    ``key_rate_collapse``, ``link_down``; ``cleared`` once none of them holds any more.
+    ``active`` lists the kinds raised on the link after this alarm (empty with
+    ``cleared``), so a consumer that missed one message still ends in the right state.
+    """
 
     KIND = "monitoring.alarm"
 
     link_id: str
-    kind: Literal["qber_high", "key_rate_collapse", "link_down", "cleared"]
+    kind: Literal["eavesdropper_suspected", "qber_high", "key_rate_collapse", "link_down",
+                  "cleared"]
     severity: Literal["MAJOR", "MINOR"] = "MAJOR"
     qber: float | None = None
     skr_bps: float | None = None
     message: str = ""
     t: float = 0.0
+    active: list[str] = Field(default_factory=list)
 
 
 class TopologyChange(Message):

@@ -236,6 +236,15 @@ class RoutingCore:
         self._metrics = dict(metrics)
         self._refresh_all()
 
+    def update_metrics(self, metrics: dict[str, LinkMetrics]) -> None:
+        """Take the latest figures of some links (the others keep theirs); only those links
+        are re-weighed, so a report costs what it carries, not the size of the graph."""
+        for lid, m in metrics.items():
+            self._metrics[lid] = m
+            link = self._links.get(lid)
+            if link is not None:
+                self._refresh(link)
+
     def _refresh_all(self) -> None:
         for link in self._links.values():
             self._refresh(link)

@@ -18,7 +18,9 @@ from keyplane.control.routing.core import NoRoute, Reservation, RoutingCore
 from keyplane.control.routing.weights import WeightFunction
 from keyplane.control.settings import RoutingSettings
 from keyplane.control.wire import (
+    MONITORING_METRICS,
     SDN_SNAPSHOT,
+    LinkMetricsReport,
     LiveSessions,
     LiveSessionsApplied,
     LiveSessionsRequest,
@@ -35,7 +37,7 @@ from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkAlarm, TopologyChange
 from keyplane.store import Database
-from keyplane.store.topology import get_link_metrics
+from keyplane.store.topology import LinkMetrics, get_link_metrics
 
 __all__ = ["ELEMENT", "RoutingElement"]
 
@@ -50,7 +52,7 @@ class RoutingElement(Service):
     Args:
         topology: the topology file (initial graph when the SDN Controller is not up).
         bus: where Admission Control, the SDN Controller and Monitoring are reached.
-        clock: drives the metrics refresh.
+        clock: drives the optional database re-read of metrics.
         events: the event stream.
         db: topology database to read link metrics from (``None``: no metrics).
         settings: weight and capacity rules.
@@ -95,7 +97,8 @@ class RoutingElement(Service):
         self._subs.append(await self.bus.subscribe(topics.ROUTING, self._on_routing))
         self._subs.append(await self.bus.subscribe(topics.SDN, self._on_sdn))
         self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
-        if self.db is not None:
+        self._subs.append(await self.bus.subscribe(MONITORING_METRICS, self._on_metrics))
+        if self.db is not None and self.settings.metrics_refresh_s is not None:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
         self.events.emit(EventType.element_started, ELEMENT,
                          nodes=self.core.graph.number_of_nodes(),
@@ -147,9 +150,18 @@ class RoutingElement(Service):
         self.core.set_metrics(metrics)
 
     async def _refresh_loop(self) -> None:
+        interval = self.settings.metrics_refresh_s
+        assert interval is not None
         while True:
-            await self.clock.sleep(self.settings.metrics_refresh_s)
+            await self.clock.sleep(interval)
             await self.refresh_metrics()
+
+    async def _on_metrics(self, _topic: str, msg: Message) -> None:
+        """The Monitoring Element's figures of the links that changed: re-weigh only those."""
+        if isinstance(msg, LinkMetricsReport):
+            self.core.update_metrics({f.link_id: LinkMetrics(
+                link_id=f.link_id, t=f.t, state=f.state, skr_bps=f.skr_bps, qber=f.qber,
+                sessions=f.sessions, buffer_bits=f.buffer_bits) for f in msg.links})
 
     async def _on_routing(self, _topic: str, msg: Message) -> Message | None:
         if isinstance(msg, RouteRequest):
