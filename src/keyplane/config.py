@@ -23,6 +23,7 @@ from keyplane.errors import ConfigError
 
 __all__ = [
     "Application",
+    "ApplicationQos",
     "DecoySettings",
     "Eavesdropper",
     "HybridPolicy",
@@ -164,8 +165,28 @@ _HOP_SOURCES: dict[HybridPolicy, frozenset[str]] = {
 }
 
 
+class ApplicationQos(_Model):
+    """One application's QoS profile within its owner's SLA (issue #17.2).
+
+    ETSI 014 carries no QoS in its requests, so a session opened by an ETSI 014 master
+    runs with its application's profile; an ETSI 004 OPEN_CONNECT's own QoS takes
+    precedence for the fields it sets (``max_bps``/``min_bps`` 0: the profile's). Unset
+    fields fall back to the SLA's; every value is capped by the SLA (checked on load).
+    """
+
+    priority: Annotated[int, Field(ge=0, le=7)] | None = None
+    max_bps: Annotated[int, Field(ge=0)] | None = None
+    min_bps: Annotated[int, Field(ge=0)] | None = None
+    timeout_ms: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    """How long a key request may wait for key (the ETSI 004 QoS ``Timeout``)."""
+
+
 class SlaProfile(_Model):
-    """What a user is entitled to (the paper's user/SLA database)."""
+    """What a user is entitled to (the paper's user/SLA database).
+
+    ``applications`` gives some of the user's applications (by SAE id) their own QoS
+    profile below the SLA: a user runs more and less critical applications.
+    """
 
     max_sessions: Annotated[int, Field(ge=0)] = 4
     max_bps: Annotated[int, Field(ge=0)] = 1_000_000
@@ -174,16 +195,33 @@ class SlaProfile(_Model):
     allowed_peers: list[str] = Field(default_factory=lambda: ["*"])
     idle_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     hybrid_policy: HybridPolicy = HybridPolicy.qkd_only
+    applications: dict[str, ApplicationQos] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> SlaProfile:
         if self.min_bps > self.max_bps:
             raise ValueError("min_bps must not exceed max_bps")
+        for sae, app in self.applications.items():
+            for name in ("priority", "max_bps"):
+                value, cap = getattr(app, name), getattr(self, name)
+                if value is not None and value > cap:
+                    raise ValueError(f"applications.{sae}.{name} {value} above the SLA's {cap}")
+            top = app.max_bps if app.max_bps is not None else self.max_bps
+            if app.min_bps is not None and app.min_bps > top:
+                raise ValueError(f"applications.{sae}.min_bps {app.min_bps} above its "
+                                 f"max_bps {top}")
         return self
+
+    def application(self, sae_id: str) -> ApplicationQos:
+        """The profile of one of the user's applications (empty: the SLA's values)."""
+        return self.applications.get(sae_id) or _NO_PROFILE
 
     def allows_peer(self, sae_id: str) -> bool:
         """Whether this profile may reach ``sae_id`` (``"*"`` allows every SAE)."""
         return "*" in self.allowed_peers or sae_id in self.allowed_peers
+
+
+_NO_PROFILE = ApplicationQos()
 
 
 class User(_Model):
@@ -240,6 +278,11 @@ class Topology(_Model):
                     raise ValueError(
                         f"users[{i}].sla.allowed_peers: unknown application {peer!r}"
                     )
+            owned = {a.sae_id for a in self.applications if a.owner == user.id}
+            for sae in user.sla.applications:
+                if sae not in owned:
+                    raise ValueError(f"users[{i}].sla.applications: {sae!r} is not an "
+                                     f"application of {user.id!r}")
         return self
 
     def node(self, node_id: str) -> Node:

@@ -28,7 +28,7 @@ from keyplane.control.admission.model import (
     SendDeletes,
     StoreSession,
 )
-from keyplane.control.admission.qos import _reserve_bps, check_qos
+from keyplane.control.admission.qos import check_qos, qos_offer, session_qos, wanted
 from keyplane.control.settings import AdmissionSettings
 from keyplane.control.wire import LiveSession, RerouteAck, RerouteOrder
 from keyplane.events import EventType
@@ -36,6 +36,7 @@ from keyplane.messages import (
     HopRole,
     KeepAlive,
     OpenAck,
+    Qos,
     SessionClose,
     SessionConfig,
     SessionDelete,
@@ -99,8 +100,10 @@ class AdmissionCore:
 
     # ------------------------------------------------------------------ open
 
-    def _refusal(self, node: str, session_id: str, reason: str, **data: Any) -> list[Effect]:
-        delete = SessionDelete(session_id=session_id, node=node, reason=reason, refused=True)
+    def _refusal(self, node: str, session_id: str, reason: str, *, offer: Qos | None = None,
+                 **data: Any) -> list[Effect]:
+        delete = SessionDelete(session_id=session_id, node=node, reason=reason, refused=True,
+                               qos_offer=offer)
         return [Notify(EventType.admission_refused, session_id, node, {"reason": reason, **data}),
                 SendDeletes(session_id, DeletePurpose.refusal, None, (delete,))]
 
@@ -140,7 +143,9 @@ class AdmissionCore:
                                                        "peer not allowed by the SLA")
         reason = check_qos(req.qos, user.sla, self.settings)
         if reason is not None:
-            return registered, effects + self._refusal(req.node, sid, f"QoS above SLA: {reason}")
+            return registered, effects + self._refusal(
+                req.node, sid, f"QoS above SLA: {reason}",
+                offer=qos_offer(req.qos, user.sla, self.settings))
         ep = Endpoint(node=req.node, user_id=user.id, sae_id=req.source_sae,
                       peer_sae=req.destination_sae, qos=req.qos, opened_as=sid, sla=user.sla)
 
@@ -191,8 +196,8 @@ class AdmissionCore:
         if ep.qos.key_chunk_size != init.qos.key_chunk_size:
             self._aliases.pop(sid, None)
             return self._refusal(ep.node, sid, "key_chunk_size differs from the peer's")
-        rate = min(ep.qos.max_bps or ep.sla.max_bps, init.qos.max_bps or init.sla.max_bps)
-        if max(_reserve_bps(ep), _reserve_bps(init)) > rate:
+        want = session_qos([init, ep], sess.interface)
+        if want.min_bps > want.rate_bps:
             self._aliases.pop(sid, None)
             return self._refusal(ep.node, sid, "peers' QoS incompatible: min_bps above the "
                                  "other side's max_bps")
@@ -212,9 +217,8 @@ class AdmissionCore:
                       f"{resp.sla.hybrid_policy.value} of the two users have no key source "
                       f"in common")
         sess.hybrid_policy = policy.value
-        sess.rate_bps = float(min(e.qos.max_bps or e.sla.max_bps for e in eps))
-        sess.min_bps = max(_reserve_bps(e) for e in eps)
-        sess.priority = min(e.sla.priority for e in eps)
+        want = session_qos(eps, sess.interface)
+        sess.rate_bps, sess.min_bps, sess.priority = want.rate_bps, want.min_bps, want.priority
         sess.idle_timeout_s = min(e.sla.idle_timeout_s for e in eps)
         sess.key_chunk_size = init.qos.key_chunk_size
         sess.bucket_size_bits = max(sess.key_chunk_size * 8,
@@ -291,6 +295,9 @@ class AdmissionCore:
     def _configs(self, sess: AdmissionSession, path: tuple[str, ...],
                  epoch: int) -> tuple[SessionConfig, ...]:
         init, last = sess.initiator, len(path) - 1
+        # each endpoint's own wait bound (ETSI 014: the master's profile at both ends)
+        timeouts = {0: wanted(init, sess.interface).timeout_ms,
+                    last: wanted(sess.responder or init, sess.interface).timeout_ms}
         out = []
         for i, node in enumerate(path):
             role = (HopRole.source if i == 0 else
@@ -308,7 +315,8 @@ class AdmissionCore:
                 priority=sess.priority, bucket_size_bits=sess.bucket_size_bits,
                 token_rate_bps=sess.rate_bps, idle_timeout_s=sess.idle_timeout_s,
                 key_chunk_size=sess.key_chunk_size,
-                hybrid_policy=sess.hybrid_policy, opened_as=opened_as))
+                hybrid_policy=sess.hybrid_policy, opened_as=opened_as,
+                min_bps=sess.min_bps, timeout_ms=timeouts.get(i)))
         return tuple(out)
 
     def configs_applied(self, session_id: str, epoch: int, acked: tuple[str, ...],

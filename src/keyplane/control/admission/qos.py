@@ -1,13 +1,53 @@
-"""Admission Control's QoS rules: a request against its owner's SLA, and what is reserved."""
+"""Admission Control's QoS rules: what an endpoint asks for, against its owner's SLA, and
+what a session gets (issue #17.2: per-application QoS).
+
+What an endpoint asks for (:func:`wanted`):
+
+* **ETSI 004** — its OPEN_CONNECT's QoS: ``priority`` as requested; ``max_bps`` /
+  ``min_bps`` as requested, where 0 means "the application's profile, else the SLA's";
+  ``Timeout`` as requested.
+* **ETSI 014** — no QoS travels with the request, so the application's profile in its
+  owner's SLA (:class:`~keyplane.config.ApplicationQos`): its priority, rates and timeout,
+  each falling back to the SLA's.
+
+Either way the SLA caps it: a request above the SLA is refused with the reason and an
+offer (:func:`qos_offer`: the request capped by the SLA, for the ETSI 004 status 7
+counter-proposal); a profile above the SLA cannot be loaded.
+
+What a session gets (:func:`session_qos`): the lower priority and rate of its endpoints
+(neither gets more than it asked for or its SLA allows), the higher reservation, each
+endpoint's own timeout.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from keyplane.config import SlaProfile
 from keyplane.control.admission.model import Endpoint
 from keyplane.control.settings import AdmissionSettings
 from keyplane.messages import Qos
 
-__all__ = ["check_qos"]
+__all__ = ["SessionQos", "Wanted", "check_qos", "qos_offer", "session_qos", "wanted"]
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One endpoint's effective request (profile and SLA applied)."""
+
+    priority: int
+    max_bps: float
+    reserve_bps: float  # what must be reserved on every link for it
+    timeout_ms: int | None
+
+
+@dataclass(frozen=True)
+class SessionQos:
+    """What the session is configured with at every KM of its path."""
+
+    priority: int
+    rate_bps: float
+    min_bps: float
 
 
 def check_qos(qos: Qos, sla: SlaProfile, settings: AdmissionSettings) -> str | None:
@@ -31,6 +71,36 @@ def check_qos(qos: Qos, sla: SlaProfile, settings: AdmissionSettings) -> str | N
     return None
 
 
-def _reserve_bps(ep: Endpoint) -> float:
-    rate = ep.qos.max_bps or ep.sla.max_bps
-    return float(min(max(ep.qos.min_bps, ep.sla.min_bps), rate))
+def qos_offer(qos: Qos, sla: SlaProfile, settings: AdmissionSettings) -> Qos:
+    """``qos`` capped by ``sla`` and the settings' bounds: what would be admitted."""
+    max_bps = min(qos.max_bps, sla.max_bps)
+    rate = max_bps or sla.max_bps
+    return qos.model_copy(update={
+        "max_bps": max_bps, "min_bps": min(qos.min_bps, rate),
+        "priority": min(qos.priority, sla.priority),
+        "key_chunk_size": min(qos.key_chunk_size, settings.max_key_chunk_size),
+        "ttl_s": min(qos.ttl_s, settings.max_key_ttl_s), "jitter": min(qos.jitter, rate)})
+
+
+def wanted(ep: Endpoint, interface: str) -> Wanted:
+    """What ``ep`` asks for once its application's profile and its SLA apply."""
+    sla, qos = ep.sla, ep.qos
+    profile = sla.application(ep.sae_id)
+    profile_max = profile.max_bps if profile.max_bps is not None else sla.max_bps
+    rate = float(min(qos.max_bps or profile_max, sla.max_bps))
+    floor = max(qos.min_bps or (profile.min_bps or 0), sla.min_bps)
+    if interface == "etsi014":
+        priority = profile.priority if profile.priority is not None else sla.priority
+        timeout = profile.timeout_ms
+    else:
+        priority, timeout = qos.priority, qos.timeout_ms
+    return Wanted(priority=min(priority, sla.priority), max_bps=rate,
+                  reserve_bps=float(min(floor, rate)), timeout_ms=timeout)
+
+
+def session_qos(endpoints: list[Endpoint], interface: str) -> SessionQos:
+    """The session's configuration from its endpoints' requests."""
+    ws = [wanted(e, interface) for e in endpoints]
+    return SessionQos(priority=min(w.priority for w in ws),
+                      rate_bps=min(w.max_bps for w in ws),
+                      min_bps=max(w.reserve_bps for w in ws))
