@@ -28,12 +28,15 @@ Decisions (documented for the KM side):
 * **Pairing.** A second open with the same ``session_id`` and the mirrored SAE pair joins
   the waiting session; one with another id but the mirrored SAE pair joins it too, and its
   KM learns the stream's id from ``SessionConfig.opened_as`` (its own id) and ``session_id``.
-* **QoS against the SLA** (:func:`check_qos`): per session, ``max_bps`` (0: the SLA's)
-  and ``min_bps`` at most the SLA's ``max_bps``; ``priority`` at most the SLA's;
-  ``key_chunk_size``, ``ttl_s`` within the settings' bounds; ``jitter`` at most the rate.
-  Live sessions per user at most ``max_sessions``. The pushed configuration takes the
-  rate ``min`` of both peers', reserves ``max(min_bps, SLA min_bps)`` of both on every link,
-  priority and idle timeout the lower of both SLAs.
+* **QoS against the SLA** (:mod:`.qos`): per session, ``max_bps`` (0: the application's
+  profile, else the SLA's) and ``min_bps`` at most the SLA's ``max_bps``; ``priority`` at
+  most the SLA's; ``key_chunk_size``, ``ttl_s`` within the settings' bounds; ``jitter`` at
+  most the rate. Live sessions per user at most ``max_sessions``. Per-application QoS
+  (issue #17.2): an ETSI 004 session runs with its OPEN_CONNECT's priority and rates, an
+  ETSI 014 session with its application's profile in the owner's SLA, both capped by the
+  SLA; the pushed configuration takes the lower priority and rate of both peers, reserves
+  the higher of their reservations on every link, the lower SLA idle timeout, and gives
+  each endpoint its own application's wait bound (``SessionConfig.timeout_ms``).
 * **Hybrid policy** (docs/hybrid.md): a session runs under the policy both users' SLAs
   accept (:meth:`~keyplane.config.HybridPolicy.meet`; ``qkd-only`` with ``qkd-and-pqc`` has
   none: refused). It goes to the Routing Element with the route request (a link without

@@ -8,15 +8,16 @@ Map:
   formula), per-link capacity and the reservations of live sessions, reroute planning.
 * :class:`RoutingElement` — the bus shell: answers :class:`~keyplane.control.wire.RouteRequest`,
   follows :class:`~keyplane.messages.TopologyChange` and :class:`~keyplane.messages.LinkAlarm`,
-  re-reads metrics from the topology database on the clock, and orders Admission Control
-  to move the sessions of a link that went down or raised an alarm.
+  takes the Monitoring Element's :class:`~keyplane.control.wire.LinkMetricsReport`, and
+  orders Admission Control to move the sessions of a link that went down or raised an alarm.
 
 Decisions:
 
 * Paths are computed with bidirectional Dijkstra on a weight *function* that hides a link
   (returns ``None``) when it is out of service or lacks the requested free capacity, so no
-  filtered copy of the graph is built per request (≈1 ms at 1,000 nodes, see
-  docs/benchmarks.md).
+  filtered copy of the graph is built per request; each link's capacity ledger makes the
+  capacity check O(1) per edge, so a request costs the same with 10,000 live sessions as
+  with none (docs/benchmarks.md).
 * A reservation is keyed by ``(session, epoch)``. A link's reserved rate counts each session
   once (its largest epoch reservation on that link), so while a session moves from its old
   path to its new one the links both share are not counted twice.
