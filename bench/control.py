@@ -5,13 +5,12 @@ Run from the repository root (after ``pip install -e .``)::
     python bench/control.py [--sessions 200] [--pairs 2000] [--live 10000] [--seed 7]
                             [--skip-setup]
 
-1. **Session setup latency** — from both endpoint KMs sending their open requests to
-   Admission Control having every ConfigAck of the path (both endpoints operative), on a
-   1-hop and a 3-hop path; embedded (MemoryBus, one process) and over a real nats-server
-   (control plane and KMs on separate NATS connections). The KMs are minimal responders
-   (:class:`AckingKms`, below: they apply and acknowledge at once), so the figure is the
-   control plane's own cost: the user database lookups, routing, the pushes and their
-   acknowledgements. Targets: p50 < 10 ms embedded, < 30 ms over NATS.
+1. **Session setup latency** — from both applications' OPEN_CONNECTs to both returning
+   configured, through real key managers (bench/_support.py's line topology, link stores
+   not needed) and the real control plane (SDN, Routing, Access, Admission), on a 1-hop and
+   a 3-hop path; embedded (MemoryBus, one process) and over a real nats-server (control
+   plane and KMs on separate NATS connections). Targets: p50 < 10 ms embedded, < 30 ms
+   over NATS.
 2. **Routing at 1,000 nodes** (issue #15: p99 <= 5 ms) on random connected topologies
    (Watts–Strogatz, mean degree 4, SKR-derived weights and capacities):
    a. :meth:`RoutingCore.compute_path` with a capacity requirement on an empty network
@@ -39,85 +38,22 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import networkx as nx
+from _support import CALLER_A, CALLER_B, line_topology
 
-from keyplane.bus import Bus, MemoryBus, Message, Subscription, topics
+from keyplane.bus import Bus, MemoryBus
 from keyplane.clock import RealClock
-from keyplane.config import parse_topology
 from keyplane.control import ControlPlane, ControlSettings, RoutingCore
-from keyplane.events import EventStream, EventType, MemorySink
-from keyplane.messages import (
-    ConfigAck,
-    DeleteConfirm,
-    Qos,
-    SessionClose,
-    SessionConfig,
-    SessionDelete,
-    SessionOpenRequest,
-)
+from keyplane.events import EventStream, MemorySink
+from keyplane.keymanager import KeyManager
+from keyplane.messages import Qos
 from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
 from keyplane.store.topology import LinkMetrics
-
-LINE_TOPOLOGY = """
-version: 1
-name: bench-line
-nodes: [{id: n0}, {id: n1}, {id: n2}, {id: n3}]
-links:
-  - {endpoints: [n0, n1], length_km: 10}
-  - {endpoints: [n1, n2], length_km: 10}
-  - {endpoints: [n2, n3], length_km: 10}
-users:
-  - {id: u0, certificate_subject: "CN=u0", sla: {max_sessions: 100000, max_bps: 100000,
-                                                  priority: 3}}
-  - {id: u1, certificate_subject: "CN=u1", sla: {max_sessions: 100000, max_bps: 100000,
-                                                  priority: 3}}
-applications:
-  - {sae_id: sae0, owner: u0, node: n0}
-  - {sae_id: sae1, owner: u1, node: n1}
-  - {sae_id: sae3, owner: u1, node: n3}
-"""
-
-
-class AckingKms:
-    """Minimal KM configuration responders: apply and acknowledge at once (the bench
-    measures the control plane, not the KMs)."""
-
-    def __init__(self, bus: Bus, nodes: list[str]) -> None:
-        self.bus = bus
-        self.nodes = nodes
-        self.table: dict[str, set[str]] = {n: set() for n in nodes}
-        self._subs: list[Subscription] = []
-
-    async def __aenter__(self) -> AckingKms:
-        for node in self.nodes:
-            self._subs.append(await self.bus.subscribe(topics.km_config(node),
-                                                       self._handler(node)))
-        return self
-
-    def _handler(self, node: str) -> Any:
-        async def handle(_topic: str, msg: Message) -> Message | None:
-            if isinstance(msg, SessionConfig):
-                self.table[node].add(msg.session_id)
-                return ConfigAck(session_id=msg.session_id, node=node, epoch=msg.epoch, ok=True)
-            if isinstance(msg, SessionDelete):
-                self.table[node].discard(msg.session_id)
-                return DeleteConfirm(session_id=msg.session_id, node=node)
-            return None
-
-        return handle
-
-    def holders(self, session_id: str) -> list[str]:
-        return [n for n in self.nodes if session_id in self.table[n]]
-
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        for sub in self._subs:
-            await sub.unsubscribe()
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -133,43 +69,38 @@ def _fmt_ms(xs: list[float]) -> str:
 
 async def _setup_latency(control_bus: Bus, km_bus: Bus, hops: int, sessions: int,
                          db_path: Path) -> list[float]:
-    topology = parse_topology(LINE_TOPOLOGY)
+    topology = line_topology(hops + 1)
     clock = RealClock()
-    sink = MemorySink(maxlen=1_000)
-    events = EventStream(clock, [sink])
-    peer_sae, peer_node = ("sae1", "n1") if hops == 1 else ("sae3", "n3")
+    events = EventStream(clock, [MemorySink(maxlen=1_000)])
     db = await Database.open(sqlite_url(db_path))
+    plane = ControlPlane(topology, control_bus, db, clock, events, ControlSettings(),
+                         elements=["sdn", "routing", "access", "admission"])
+    await plane.start()
+    kms: list[KeyManager] = []
     samples: list[float] = []
     try:
-        async with AckingKms(km_bus, ["n0", "n1", "n2", "n3"]) as kms, \
-                ControlPlane(topology, control_bus, db, clock, events, ControlSettings(),
-                             elements=["sdn", "routing", "admission"]):
-            for i in range(sessions + 10):  # the first 10 warm up
-                sid = f"bench-{hops}-{i}"
-                opened = [
-                    SessionOpenRequest(session_id=sid, node="n0", user_id="u0",
-                                       source_sae="sae0", destination_sae=peer_sae, qos=Qos()),
-                    SessionOpenRequest(session_id=sid, node=peer_node, user_id="u1",
-                                       source_sae=peer_sae, destination_sae="sae0", qos=Qos()),
-                ]
-                operative = asyncio.ensure_future(sink.wait_for(
-                    lambda e, sid=sid: e.type is EventType.session_operative
-                    and e.session == sid))
-                t0 = time.perf_counter()
-                await asyncio.gather(*(km_bus.request(topics.ADMISSION, r, timeout_s=5.0)
-                                       for r in opened))
-                async with asyncio.timeout(10):
-                    await operative
-                dt = time.perf_counter() - t0
-                if i >= 10:
-                    samples.append(dt)
-                assert len(kms.holders(sid)) == hops + 1
-                deleted = asyncio.ensure_future(sink.wait_for(
-                    lambda e, sid=sid: e.type is EventType.session_deleted and e.session == sid))
-                await km_bus.publish(topics.ADMISSION, SessionClose(session_id=sid, node="n0"))
-                async with asyncio.timeout(10):
-                    await deleted
+        for node in topology.nodes:
+            km = KeyManager(node.id, topology, km_bus, db, clock, events)
+            await km.start()
+            kms.append(km)
+        src, dst = kms[0], kms[-1]
+        for i in range(sessions + 10):  # the first 10 warm up
+            sid = str(uuid.uuid4())
+            t0 = time.perf_counter()
+            a, b = await asyncio.gather(
+                src.open_connect(CALLER_A, "sa", "sb", Qos(), sid),
+                dst.open_connect(CALLER_B, "sb", "sa", Qos(), sid))
+            dt = time.perf_counter() - t0
+            if not (a.peer_connected and b.peer_connected):
+                raise RuntimeError(f"session {sid} not configured at both ends")
+            if i >= 10:
+                samples.append(dt)
+            await src.close(CALLER_A, sid)
+            await dst.close(CALLER_B, sid)
     finally:
+        for km in kms:
+            await km.close()
+        await plane.close()
         await db.close()
     return samples
 
@@ -297,7 +228,7 @@ async def main() -> None:
           f"{os.cpu_count()} CPUs | Python {platform.python_version()} | "
           f"networkx {nx.__version__}")
     if not args.skip_setup:
-        print("\nsession setup latency (both opens sent -> every ConfigAck received):")
+        print("\nsession setup latency (both OPEN_CONNECTs sent -> both returned configured):")
         with tempfile.TemporaryDirectory() as tmp:
             await _run_setup("embedded", None, args.sessions, Path(tmp))
             srv = NatsServer.start()
