@@ -269,17 +269,18 @@ async def test_monitoring_element_publishes_alarms_and_holds_them_on_the_clock(
         got.append(msg)
 
     await bus.subscribe(topics.alarm("b-c"), on_alarm)
-    settings = MonitoringSettings(min_hold_s=30.0, clear_hold_s=10.0, check_interval_s=5.0,
+    settings = MonitoringSettings(min_hold_s=33.0, clear_hold_s=10.0, check_interval_s=60.0,
                                   stale_after_s=100.0, probe_interval_s=None)
     async with MonitoringElement(topology, bus, clock, events, settings=settings):
         await bus.publish(topics.link_telemetry("b-c"), _tel("b-c", qber=0.2))
         await wait_until(lambda: got, timeout_s=WAIT_S, what="alarm")
+        await clock.advance(1.0)
         await bus.publish(topics.link_telemetry("b-c"), _tel("b-c", qber=0.02))
-        await clock.advance(29.0)
+        await clock.advance(31.9)
         assert [a.kind for a in got] == ["qber_high"]
-        await clock.advance(1.0)  # the wake-up at the pending clear, not the next check
+        await clock.advance(0.1)  # the wake-up at the pending clear, not the next check (60 s)
         await wait_until(lambda: len(got) == 2, timeout_s=WAIT_S, what="cleared")
-    assert got[1].kind == "cleared" and got[1].t == 30.0
+    assert got[1].kind == "cleared" and got[1].t == 33.0
     kinds = [e.data["kind"] for e in sink.of_type(EventType.alarm)]
     assert kinds == ["qber_high", "cleared"]
 

@@ -98,6 +98,9 @@ class MonitoringCore:
         self.settings = settings or MonitoringSettings()
         self.links: dict[str, LinkHealth] = {}
         self._changed: set[str] = set()
+        self.clear_started = False
+        """Set when a raised alarm's clear condition started to hold (its clear is now
+        pending): the shell re-plans its wake-up and resets this."""
         for link in topology.links:
             self.add_link(link.link_id, link.postprocessing.qber_threshold,
                           link.postprocessing.sample_fraction)
@@ -245,8 +248,11 @@ class MonitoringCore:
                 if not raise_now:
                     continue
                 latch = h.latches[kind] = AlarmLatch()
+            waiting = latch.clear_since is not None
             change = latch.update(raise_now, clear_ok, now, min_hold_s=s.min_hold_s,
                                   clear_hold_s=s.clear_hold_s)
+            if not waiting and latch.clear_since is not None:
+                self.clear_started = True
             if change == "raised":
                 raised.append(kind)
             elif change == "cleared":

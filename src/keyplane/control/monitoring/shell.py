@@ -88,6 +88,9 @@ class MonitoringElement(Service):
     async def _on_telemetry(self, _topic: str, msg: Message) -> None:
         if isinstance(msg, LinkTelemetry):
             await self._raise(self.core.on_link_telemetry(msg, self.clock.now()))
+            if self.core.clear_started:
+                self.core.clear_started = False
+                self._wake.set()  # a clear became pending: wake up when it is due
         elif isinstance(msg, KmTelemetry):
             self.core.on_km_telemetry(msg)
 
@@ -195,6 +198,9 @@ class MonitoringElement(Service):
         for lid, (state, unreachable) in zip(link_ids, results, strict=True):
             alarms += self.core.on_probe(lid, state, now, unreachable=unreachable)
         await self._raise(alarms)
+        if self.core.clear_started:
+            self.core.clear_started = False
+            self._wake.set()
         return alarms
 
     async def _probe(self, link_id: str) -> tuple[str | None, bool]:
