@@ -143,9 +143,16 @@ class MonitoringSettings(_Settings):
     skr_baseline_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
     """EWMA factor of the baseline SKR (updated only while the rate is healthy)."""
     min_hold_s: NonNegative = 30.0
-    """An alarm stays raised at least this long (clock)."""
+    """A measured alarm (eavesdropper, QBER, key rate) stays raised at least this long (clock)."""
     clear_hold_s: NonNegative = 10.0
-    """An alarm clears only after its clear condition has held this long without a break."""
+    """A measured alarm clears only after its clear condition has held this long without a
+    break."""
+    link_down_min_hold_s: NonNegative = 5.0
+    """``link_down`` stays raised at least this long. Shorter than ``min_hold_s``: the
+    modules' own state (or their silence) is a fact, not a noisy estimate, and a node
+    process that restarts should not keep its links out of service for long."""
+    link_down_clear_hold_s: NonNegative = 2.0
+    """``link_down`` clears only after the link has been up this long without a break."""
 
     eve_z_raise: Annotated[float, Field(gt=0.0)] = 5.0
     """Eavesdropper test: standard errors of QBER rise over the link's baseline that raise

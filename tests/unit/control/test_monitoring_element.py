@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import random
 
-import pytest
-
 from keyplane.bus import Bus, MemoryBus, Message, topics
 from keyplane.clock import VirtualClock
 from keyplane.config import Topology
@@ -23,7 +21,8 @@ from tests.support.fake_kms import wait_until
 WAIT_S = 60.0  # real-time bound on background work (generous: the machine may be busy)
 
 # hold times off: the tests of the alarm rules themselves
-INSTANT = dict(min_hold_s=0.0, clear_hold_s=0.0)
+INSTANT = dict(min_hold_s=0.0, clear_hold_s=0.0, link_down_min_hold_s=0.0,
+               link_down_clear_hold_s=0.0)
 
 
 def _tel(link: str = "a-e", *, qber: float | None = 0.02, skr: float = 1000.0,
@@ -314,17 +313,34 @@ async def test_monitoring_link_tests_declare_a_module_that_stops_answering_down(
             assert _kinds(await element.test_links(["a-e"])) == ["cleared"]
 
 
-@pytest.mark.parametrize("state", ["down"])
-async def test_monitoring_link_test_answer_down_raises(topology: Topology, clock: VirtualClock,
-                                                       events: EventStream, state: str) -> None:
+async def test_monitoring_link_test_answer_down_raises_once_the_link_was_up(
+        topology: Topology, clock: VirtualClock, events: EventStream) -> None:
+    states = ["down", "up", "down"]  # starting (its ends have not met yet), up, failed
+
     async def module(_topic: str, msg: Message) -> Message:
         assert isinstance(msg, LinkCommand)
-        return LinkCommandReply(link_id=msg.link_id, ok=True, state=state)  # type: ignore[arg-type]
+        return LinkCommandReply(link_id=msg.link_id, ok=True, state=states.pop(0))  # type: ignore[arg-type]
 
     async with MemoryBus() as bus:
         await bus.subscribe(control_topic("a-e"), module)
         element = MonitoringElement(topology, bus, clock, events,
                                     settings=MonitoringSettings(probe_interval_s=None, **INSTANT))
         async with element:
+            assert await element.test_links(["a-e"]) == []  # down while starting: no alarm
+            assert await element.test_links(["a-e"]) == []
             (alarm,) = await element.test_links(["a-e"])
             assert alarm.kind == "link_down" and "report the link down" in alarm.message
+
+
+def test_monitoring_starting_link_reporting_down_is_not_an_alarm(topology: Topology) -> None:
+    """A link reports down until its two ends meet (e.g. while node processes start): not a
+    fault until it has been up once; then a short hold, not the measured alarms' 30 s."""
+    settings = MonitoringSettings(link_down_min_hold_s=5.0, link_down_clear_hold_s=2.0)
+    core = MonitoringCore(topology, settings)
+    assert core.on_link_telemetry(_tel(state=LinkState.down, qber=None), 0.0) == []
+    assert core.on_link_telemetry(_tel(), 1.0) == []
+    assert _kinds(core.on_link_telemetry(_tel(state=LinkState.down, qber=None), 2.0)) == \
+        ["link_down"]
+    assert core.on_link_telemetry(_tel(), 3.0) == []  # back up: cleared after the holds
+    assert core.check(6.9) == []
+    assert _kinds(core.check(7.0)) == ["cleared"]

@@ -9,9 +9,12 @@ changed since the last :meth:`MonitoringCore.take_changed` (persisted at a bound
 Alarm kinds, each behind an :class:`~.alarms.AlarmLatch` (raise condition / clear
 condition):
 
-* ``link_down`` — the modules report ``down``, or a link that has reported before is
-  silent for ``stale_after_s``, or a link that has answered link tests before stops
-  answering ``probe_failures_down`` of them / the link reports again, answers, is up.
+* ``link_down`` — the modules report ``down`` (once the link has been up: a starting link
+  reports down until its two ends meet), or a link that has reported before is silent for
+  ``stale_after_s``, or a link that has answered link tests before stops answering
+  ``probe_failures_down`` of them / the link reports again, answers, is up. Its holds are
+  ``link_down_min_hold_s`` / ``link_down_clear_hold_s`` (the modules' state is a fact, not
+  an estimate); the measured kinds below use ``min_hold_s`` / ``clear_hold_s``.
 * ``eavesdropper_suspected`` — the QBER test of :mod:`.detection` / the recent window
   back within ``eve_z_clear`` standard errors.
 * ``qber_high`` — QBER above the link's threshold / below threshold − ``qber_clear_margin``.
@@ -66,6 +69,7 @@ class LinkHealth:
     probe_answered: bool = False  # has ever answered a link test
     probe_failures: int = 0  # consecutive unanswered link tests
     probe_state: str | None = None  # state the last answered test reported
+    seen_up: bool = False  # the modules have reported the link up (or degraded) once
 
     @property
     def alarms(self) -> set[str]:
@@ -133,6 +137,7 @@ class MonitoringCore:
         if h is None:
             return []
         h.last_seen, h.t, h.state = now, msg.t or now, msg.state
+        h.seen_up = h.seen_up or msg.state is not LinkState.down
         self._changed.add(h.link_id)
         if not _is_state_report(msg):
             h.skr_bps = msg.skr_bps
@@ -175,6 +180,7 @@ class MonitoringCore:
             return []
         if state is not None:
             h.probe_answered, h.probe_failures, h.probe_state = True, 0, state
+            h.seen_up = h.seen_up or state != LinkState.down.value
         elif h.probe_answered or not unreachable:
             h.probe_failures += 1
         return self._evaluate(h, now)
@@ -188,11 +194,16 @@ class MonitoringCore:
 
     def next_clear_due(self) -> float | None:
         """The earliest time a pending clear could complete (``None``: none pending)."""
-        s = self.settings
-        dues = [d for h in self.links.values() for latch in h.latches.values()
-                if (d := latch.due(min_hold_s=s.min_hold_s, clear_hold_s=s.clear_hold_s))
-                is not None]
+        dues = [d for h in self.links.values() for kind, latch in h.latches.items()
+                if (d := latch.due(**self._holds(kind))) is not None]
         return min(dues, default=None)
+
+    def _holds(self, kind: str) -> dict[str, float]:
+        s = self.settings
+        if kind == "link_down":
+            return {"min_hold_s": s.link_down_min_hold_s,
+                    "clear_hold_s": s.link_down_clear_hold_s}
+        return {"min_hold_s": s.min_hold_s, "clear_hold_s": s.clear_hold_s}
 
     # ------------------------------------------------------------------ rules
 
@@ -218,8 +229,11 @@ class MonitoringCore:
         s = self.settings
         silent = h.last_seen is not None and now - h.last_seen > s.stale_after_s
         probe_down = h.probe_answered and h.probe_failures >= s.probe_failures_down
-        down = (h.state is LinkState.down or silent or probe_down
-                or h.probe_state == LinkState.down.value)
+        # a link starting up reports down until its two ends meet: not a fault until it
+        # has been up once (as a link that never reported is not declared silent)
+        reported_down = h.seen_up and (h.state is LinkState.down
+                                       or h.probe_state == LinkState.down.value)
+        down = reported_down or silent or probe_down
         out: dict[AlarmKind, tuple[bool, bool]] = {"link_down": (down, not down)}
         v = h.verdict
         out["eavesdropper_suspected"] = ((v.suspicious, v.normal) if v is not None
@@ -237,7 +251,6 @@ class MonitoringCore:
         return out
 
     def _evaluate(self, h: LinkHealth, now: float) -> list[LinkAlarm]:
-        s = self.settings
         conditions = self._conditions(h, now)
         was_alarmed = bool(h.alarms)
         raised: list[AlarmKind] = []
@@ -249,8 +262,7 @@ class MonitoringCore:
                     continue
                 latch = h.latches[kind] = AlarmLatch()
             waiting = latch.clear_since is not None
-            change = latch.update(raise_now, clear_ok, now, min_hold_s=s.min_hold_s,
-                                  clear_hold_s=s.clear_hold_s)
+            change = latch.update(raise_now, clear_ok, now, **self._holds(kind))
             if not waiting and latch.clear_since is not None:
                 self.clear_started = True
             if change == "raised":
