@@ -344,3 +344,20 @@ def test_monitoring_starting_link_reporting_down_is_not_an_alarm(topology: Topol
     assert core.on_link_telemetry(_tel(), 3.0) == []  # back up: cleared after the holds
     assert core.check(6.9) == []
     assert _kinds(core.check(7.0)) == ["cleared"]
+
+
+def test_monitoring_starting_link_is_reported_starting_and_routing_keeps_it(
+        topology: Topology) -> None:
+    core = MonitoringCore(topology)
+    routing = RoutingCore.from_topology(topology)
+    core.on_link_telemetry(LinkTelemetry(link_id="a-e", node="a", state=LinkState.down), 0.0)
+    (m,) = core.take_changed()
+    assert m.state == "starting"
+    routing.update_metrics({m.link_id: m})
+    assert routing.has_qkd_key("a-e") and routing.compute_path("a", "d").nodes == ("a", "e", "d")
+    core.on_link_telemetry(_tel(), 1.0)
+    core.on_link_telemetry(_tel(state=LinkState.down, qber=None), 2.0)
+    (m,) = core.take_changed()
+    assert m.state == "down"
+    routing.update_metrics({m.link_id: m})
+    assert not routing.has_qkd_key("a-e")

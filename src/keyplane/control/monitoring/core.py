@@ -77,8 +77,16 @@ class LinkHealth:
         return {k for k, latch in self.latches.items() if latch.raised}
 
     def metrics(self) -> LinkMetrics:
-        """The row for the topology database."""
-        return LinkMetrics(link_id=self.link_id, t=self.t, state=self.state.value,
+        """The row for the topology database (and the Routing Element).
+
+        A link that reports down but has never been up is ``starting`` (its two ends have
+        not met yet, e.g. while node processes start), not ``down``: Routing keeps it on
+        paths, where a session waits for its first key instead of being refused.
+        """
+        state = self.state.value
+        if self.state is LinkState.down and not self.seen_up:
+            state = "starting"
+        return LinkMetrics(link_id=self.link_id, t=self.t, state=state,
                            skr_bps=self.skr_bps, qber=self.qber,
                            sessions=max(self.sessions.values(), default=0),
                            buffer_bits=min(self.buffer_bits.values(), default=0))
