@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from keyplane.errors import ConfigError
 
 __all__ = [
+    "EXAMPLES_DIR",
     "Application",
     "ApplicationQos",
     "DecoySettings",
@@ -33,6 +34,7 @@ __all__ = [
     "SlaProfile",
     "Topology",
     "User",
+    "example_path",
     "load_topology",
     "parse_topology",
 ]
@@ -498,13 +500,31 @@ def parse_topology(text: str, source: str = "<string>") -> Topology:
         raise ConfigError("invalid topology:\n  " + "\n  ".join(problems)) from None
 
 
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+"""The example networks shipped with keyplane (``examples/`` in the repository)."""
+
+
+def example_path(path: str | Path) -> Path | None:
+    """The packaged example a missing ``path`` names, if any.
+
+    ``paper_poc``, ``paper_poc.yaml`` and ``examples/paper_poc.yaml`` all name the packaged
+    ``paper_poc.yaml``, so the documented commands work from any folder. A path that exists,
+    or whose folder is not ``examples``, names no example.
+    """
+    p = Path(path)
+    if p.exists() or (p.parent != Path(".") and p.parent.name != "examples"):
+        return None
+    candidate = EXAMPLES_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    return candidate if candidate.is_file() else None
+
+
 def load_topology(path: str | Path) -> Topology:
-    """Read and validate a topology file.
+    """Read and validate a topology file (or a packaged example, see :func:`example_path`).
 
     Raises:
         ConfigError: the file cannot be read or is invalid (see :func:`parse_topology`).
     """
-    p = Path(path)
+    p = example_path(path) or Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:

@@ -226,7 +226,7 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     with (out / "events.jsonl").open("w", encoding="utf-8") as fh:
         for e in events:
             fh.write(e.model_dump_json() + "\n")
-    summary = summarize(topo, results, events)
+    summary = summarize(topo, results, events, seed=opts.seed, mode="distributed")
     summary["mode"] = "distributed"
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     render_timeline(events, out, title="keyplane distributed event timeline (paper Fig. 4)")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import platform
 import shutil
 import time
 from collections.abc import Callable
@@ -23,6 +25,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+import keyplane
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
 from keyplane.config import Eavesdropper, Topology
@@ -84,8 +87,32 @@ def _caller(topo: Topology, sae: str) -> Caller:
     return Caller(owner.certificate_subject or f"CN={owner.id},O=keyplane")
 
 
-def summarize(topo: Topology, results: list[PairResult], events: list[Event]) -> dict[str, Any]:
-    """The demo's summary.json: sessions (with the route evidence) and links."""
+def run_metadata(topo: Topology, *, seed: int | None, mode: str) -> dict[str, Any]:
+    """What a summary needs to be reproduced: version, topology digest, seed, mode."""
+    canonical = json.dumps(topo.model_dump(mode="json"), sort_keys=True).encode()
+    return {"keyplane_version": keyplane.__version__, "mode": mode,
+            "topology": topo.name,
+            "topology_sha256": hashlib.sha256(canonical).hexdigest(), "seed": seed,
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+def _key_rate(mine: list[Event], node: str | None) -> dict[str, float | None]:
+    """Delivered keys and bits per second at ``node``, from the session's open to its last
+    delivery there (None before two deliveries)."""
+    opened = min((e.t for e in mine if e.type is EventType.request_arrived), default=None)
+    got = [e for e in mine if e.type is EventType.key_delivered and e.node == node]
+    if opened is None or not got or got[-1].t <= opened:
+        return {"keys_per_s": None, "bits_per_s": None}
+    span = got[-1].t - opened
+    keys = sum(int(e.data.get("key_count") or 1) for e in got)
+    bits = sum(int(e.data.get("bits") or 0) for e in got)
+    return {"keys_per_s": round(keys / span, 3), "bits_per_s": round(bits / span, 1)}
+
+
+def summarize(topo: Topology, results: list[PairResult], events: list[Event], *,
+              seed: int | None = None, mode: str = "embedded") -> dict[str, Any]:
+    """The demo's summary.json: run metadata, sessions (with the route evidence and measured
+    key rates) and links."""
     sessions = []
     for r in results:
         sid = r.key_stream_id
@@ -115,6 +142,7 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
             "intermediates_never_delivered": not (set(intermediates) & set(delivered_at)),
             "key_fingerprints": r.fingerprints,
             "lost_indexes": r.lost_indexes,
+            "key_rate": _key_rate(mine, path[0] if path else None),
         })
     links: dict[str, dict[str, Any]] = {}
     for e in events:
@@ -134,8 +162,8 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
         s["mean_qber"] = sum(q) / len(q) if q else None
     alarms = [{"link": e.data.get("link") or e.data.get("link_id"), "kind": e.data.get("kind"),
                "t": e.t} for e in events if e.type is EventType.alarm]
-    return {"topology": topo.name, "sessions": sessions, "links": links, "alarms": alarms,
-            "events": len(events)}
+    return {"run": run_metadata(topo, seed=seed, mode=mode), "topology": topo.name,
+            "sessions": sessions, "links": links, "alarms": alarms, "events": len(events)}
 
 
 def _closed_by_admission(sid: str) -> Callable[[Event], bool]:
@@ -230,7 +258,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
         await bus.close()
         await db.close()
     evs = list(mem.events)
-    summary = summarize(topo, results, evs)
+    summary = summarize(topo, results, evs, seed=opts.seed, mode="embedded")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     render_timeline(evs, out)
     return summary
