@@ -32,6 +32,7 @@ from keyplane.config import Eavesdropper, Topology
 from keyplane.demo.scenario import PairResult, SaePair, ServiceEndpoint, run_pair
 from keyplane.demo.timeline import render_timeline
 from keyplane.events import Event, EventStream, EventType, JsonlSink, MemorySink
+from keyplane.fileperms import ensure_private_dir, restrict, write_private
 from keyplane.keymanager.interface import Caller
 from keyplane.runtime import Embedded, RuntimeContext
 from keyplane.store import Database, sqlite_url
@@ -197,8 +198,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                             ) -> dict[str, Any]:
     """Run the scenario in one process; write the outputs; return the summary."""
     console = console or Console()
-    out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_private_dir(opts.out)
     for stale in ("events.jsonl", "keyplane.db", "keyplane.db-wal", "keyplane.db-shm"):
         (out / stale).unlink(missing_ok=True)
     shutil.rmtree(out / "state", ignore_errors=True)
@@ -259,6 +259,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
         await db.close()
     evs = list(mem.events)
     summary = summarize(topo, results, evs, seed=opts.seed, mode="embedded")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     render_timeline(evs, out)
+    restrict(out)  # the timeline's files, written by matplotlib: owner-only too
     return summary
