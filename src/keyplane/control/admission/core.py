@@ -15,7 +15,6 @@ from keyplane.config import User
 from keyplane.control.admission.model import (
     AdmissionSession,
     AdmissionState,
-    AnnounceVirtualLink,
     DeletePurpose,
     Effect,
     Endpoint,
@@ -27,18 +26,17 @@ from keyplane.control.admission.model import (
     RequestRoute,
     SendDeletes,
     StoreSession,
+    virtual_link,
 )
-from keyplane.control.admission.qos import check_qos, qos_offer, session_qos, wanted
+from keyplane.control.admission.qos import check_qos, hop_configs, qos_offer, session_qos
 from keyplane.control.settings import AdmissionSettings
 from keyplane.control.wire import LiveSession, RerouteAck, RerouteOrder
 from keyplane.events import EventType
 from keyplane.messages import (
-    HopRole,
     KeepAlive,
     OpenAck,
     Qos,
     SessionClose,
-    SessionConfig,
     SessionDelete,
     SessionOpenRequest,
 )
@@ -253,7 +251,7 @@ class AdmissionCore:
         sess.inflight.add(f"config:{epoch}")
         return [Notify(EventType.route_computed, session_id, path[0],
                        {"path": list(path), "epoch": epoch}),
-                PushConfigs(session_id, epoch, self._configs(sess, path, epoch))]
+                PushConfigs(session_id, epoch, hop_configs(sess, path, epoch))]
 
     def route_failed(self, session_id: str, epoch: int, reason: str,
                      now: float) -> list[Effect]:
@@ -292,33 +290,6 @@ class AdmissionCore:
                                             {"reason": reason}),
                                SendDeletes(sess.session_id, purpose, None, tuple(deletes)))
 
-    def _configs(self, sess: AdmissionSession, path: tuple[str, ...],
-                 epoch: int) -> tuple[SessionConfig, ...]:
-        init, last = sess.initiator, len(path) - 1
-        # each endpoint's own wait bound (ETSI 014: the master's profile at both ends)
-        timeouts = {0: wanted(init, sess.interface).timeout_ms,
-                    last: wanted(sess.responder or init, sess.interface).timeout_ms}
-        out = []
-        for i, node in enumerate(path):
-            role = (HopRole.source if i == 0 else
-                    HopRole.destination if i == last else HopRole.intermediate)
-            opened_as = None
-            if (i == last and sess.responder is not None
-                    and sess.responder.opened_as != sess.session_id):
-                opened_as = sess.responder.opened_as
-            out.append(SessionConfig(
-                session_id=sess.session_id, node=node, epoch=epoch, role=role,
-                prev_km=path[i - 1] if i > 0 else None,
-                next_km=path[i + 1] if i < last else None,
-                source_sae=init.sae_id, destination_sae=init.peer_sae,
-                local_sae=init.sae_id if i == 0 else init.peer_sae if i == last else None,
-                priority=sess.priority, bucket_size_bits=sess.bucket_size_bits,
-                token_rate_bps=sess.rate_bps, idle_timeout_s=sess.idle_timeout_s,
-                key_chunk_size=sess.key_chunk_size,
-                hybrid_policy=sess.hybrid_policy, opened_as=opened_as,
-                min_bps=sess.min_bps, timeout_ms=timeouts.get(i)))
-        return tuple(out)
-
     def configs_applied(self, session_id: str, epoch: int, acked: tuple[str, ...],
                         failed: dict[str, str], now: float) -> list[Effect]:
         """Every KM of ``epoch``'s path answered (``acked``) or did not (``failed``)."""
@@ -354,7 +325,7 @@ class AdmissionCore:
                               {"path": list(sess.path), "epoch": epoch,
                                "min_bps": sess.min_bps, "rate_bps": sess.rate_bps,
                                "priority": sess.priority}))
-            out.append(_virtual_link(sess, sess.path, True))
+            out.append(virtual_link(sess, sess.path, True))
             out.append(StoreSession(sess.record()))
             return out
         if sess.state is AdmissionState.active and epoch == sess.pending_epoch:
@@ -398,7 +369,7 @@ class AdmissionCore:
             sess.pending_epoch, sess.pending_kind = restore, "restore"
             sess.pending_path = sess.path
             sess.inflight.add(f"config:{restore}")
-            out.append(PushConfigs(sid, restore, self._configs(sess, sess.path, restore)))
+            out.append(PushConfigs(sid, restore, hop_configs(sess, sess.path, restore)))
             return out
         old_epoch, old_route_epoch, old_path = sess.epoch, sess.route_epoch, sess.path
         sess.epoch, sess.path = epoch, new_path
@@ -414,8 +385,8 @@ class AdmissionCore:
                                    deletes))
         else:
             out.append(ReleaseRoute(sid, old_route_epoch))
-        out.append(_virtual_link(sess, old_path, False))
-        out.append(_virtual_link(sess, new_path, True))
+        out.append(virtual_link(sess, old_path, False))
+        out.append(virtual_link(sess, new_path, True))
         out.append(StoreSession(sess.record()))
         return out
 
@@ -482,7 +453,7 @@ class AdmissionCore:
                             for n in sess.path)
             out: list[Effect] = [Notify(EventType.session_closed, sess.session_id, None,
                                         {"reason": reason, "path": list(sess.path)})]
-            out.append(_virtual_link(sess, sess.path, False))
+            out.append(virtual_link(sess, sess.path, False))
             out += self._terminate(
                 sess, SendDeletes(sess.session_id, DeletePurpose.close, None, deletes))
             if sess.session_id in self.sessions:  # deletions still out: mark the record
@@ -553,7 +524,7 @@ class AdmissionCore:
             return out + self._end(sess, "deletion not confirmed before the controller "
                                          "restarted")
         sess.timer_deadline = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
-        out.append(_virtual_link(sess, path, True))
+        out.append(virtual_link(sess, path, True))
         return out
 
     # ------------------------------------------------------------------ reroute, timers
@@ -583,7 +554,7 @@ class AdmissionCore:
         return (RerouteAck(session_id=order.session_id, accepted=True),
                 [Notify(EventType.route_computed, sess.session_id, path[0],
                         {"path": list(path), "epoch": epoch, "reason": order.reason}),
-                 PushConfigs(sess.session_id, epoch, self._configs(sess, path, epoch))])
+                 PushConfigs(sess.session_id, epoch, hop_configs(sess, path, epoch))])
 
     def tick(self, now: float) -> list[Effect]:
         """Fire every peer-wait and session timer due at ``now``."""
@@ -606,12 +577,3 @@ class AdmissionCore:
                                             sess.initiator.node, {"reason": reason}),
                                SendDeletes(sess.session_id, DeletePurpose.refusal, None,
                                            (delete,)))
-
-
-def _virtual_link(sess: AdmissionSession, path: tuple[str, ...], active: bool
-                  ) -> AnnounceVirtualLink:
-    """The SDN announcement of ``sess``'s VIRT link over ``path``."""
-    return AnnounceVirtualLink(sess.session_id, path, sess.min_bps, active,
-                               source_sae=sess.initiator.sae_id,
-                               destination_sae=sess.initiator.peer_sae,
-                               priority=sess.priority, max_bps=sess.rate_bps)

@@ -31,6 +31,7 @@ __all__ = [
     "RequestRoute",
     "SendDeletes",
     "StoreSession",
+    "virtual_link",
 ]
 
 
@@ -245,3 +246,12 @@ class AdmissionSession:
             idle_timeout_s=self.idle_timeout_s, key_chunk_size=self.key_chunk_size,
             bucket_size_bits=self.bucket_size_bits, hybrid_policy=self.hybrid_policy,
             state="terminated" if self.state is AdmissionState.terminated else "active")
+
+
+def virtual_link(sess: AdmissionSession, path: tuple[str, ...], active: bool
+                 ) -> AnnounceVirtualLink:
+    """The SDN announcement of ``sess``'s VIRT link over ``path``."""
+    return AnnounceVirtualLink(sess.session_id, path, sess.min_bps, active,
+                               source_sae=sess.initiator.sae_id,
+                               destination_sae=sess.initiator.peer_sae,
+                               priority=sess.priority, max_bps=sess.rate_bps)

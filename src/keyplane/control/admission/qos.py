@@ -24,11 +24,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from keyplane.config import SlaProfile
-from keyplane.control.admission.model import Endpoint
+from keyplane.control.admission.model import AdmissionSession, Endpoint
 from keyplane.control.settings import AdmissionSettings
-from keyplane.messages import Qos
+from keyplane.messages import HopRole, Qos, SessionConfig
 
-__all__ = ["SessionQos", "Wanted", "check_qos", "qos_offer", "session_qos", "wanted"]
+__all__ = ["SessionQos", "Wanted", "check_qos", "hop_configs", "qos_offer", "session_qos",
+           "wanted"]
 
 
 @dataclass(frozen=True)
@@ -104,3 +105,33 @@ def session_qos(endpoints: list[Endpoint], interface: str) -> SessionQos:
     return SessionQos(priority=min(w.priority for w in ws),
                       rate_bps=min(w.max_bps for w in ws),
                       min_bps=max(w.reserve_bps for w in ws))
+
+
+def hop_configs(sess: AdmissionSession, path: tuple[str, ...],
+                epoch: int) -> tuple[SessionConfig, ...]:
+    """Each KM's configuration for ``sess`` over ``path`` (its own hop only, the session's
+    QoS, at an endpoint its application's wait bound)."""
+    init, last = sess.initiator, len(path) - 1
+    # each endpoint's own wait bound (ETSI 014: the master's profile at both ends)
+    timeouts = {0: wanted(init, sess.interface).timeout_ms,
+                last: wanted(sess.responder or init, sess.interface).timeout_ms}
+    out = []
+    for i, node in enumerate(path):
+        role = (HopRole.source if i == 0 else
+                HopRole.destination if i == last else HopRole.intermediate)
+        opened_as = None
+        if (i == last and sess.responder is not None
+                and sess.responder.opened_as != sess.session_id):
+            opened_as = sess.responder.opened_as
+        out.append(SessionConfig(
+            session_id=sess.session_id, node=node, epoch=epoch, role=role,
+            prev_km=path[i - 1] if i > 0 else None,
+            next_km=path[i + 1] if i < last else None,
+            source_sae=init.sae_id, destination_sae=init.peer_sae,
+            local_sae=init.sae_id if i == 0 else init.peer_sae if i == last else None,
+            priority=sess.priority, bucket_size_bits=sess.bucket_size_bits,
+            token_rate_bps=sess.rate_bps, idle_timeout_s=sess.idle_timeout_s,
+            key_chunk_size=sess.key_chunk_size,
+            hybrid_policy=sess.hybrid_policy, opened_as=opened_as,
+            min_bps=sess.min_bps, timeout_ms=timeouts.get(i)))
+    return tuple(out)
