@@ -15,11 +15,12 @@ from pathlib import Path
 
 from keyplane.bus import MemoryBus, Message, topics
 from keyplane.clock import RealClock
-from keyplane.config import Eavesdropper, load_topology
+from keyplane.config import load_topology
 from keyplane.demo.scenario import PairResult, SaePair, ServiceEndpoint, run_pair
 from keyplane.events import Event, EventStream, EventType, MemorySink
 from keyplane.keymanager.interface import Caller
 from keyplane.messages import SdnNotification
+from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
 from keyplane.runtime import Embedded, RuntimeContext
 from keyplane.store import Database, sqlite_url
 
@@ -65,8 +66,11 @@ async def test_eavesdropper_on_a_live_session_link_is_flagged_and_routed_around(
 
             async with asyncio.timeout(WAIT_S):
                 await sink.wait_for(delivered(5))
-            emb.physical.runner("km4-km5").set_eavesdropper(
-                Eavesdropper(position_km=5.0, fraction=0.25))
+            # the same command as `keyplane link eve`: the link's worker carries it out
+            reply = await bus.request(control_topic("km4-km5"), LinkCommand(
+                link_id="km4-km5", action="eve", position_km=5.0, fraction=0.25),
+                timeout_s=WAIT_S)
+            assert isinstance(reply, LinkCommandReply) and reply.ok, reply
             async with asyncio.timeout(WAIT_S):
                 alarm: Event = await sink.wait_for(_is("eavesdropper_suspected"))
                 rerouted: Event = await sink.wait_for(
