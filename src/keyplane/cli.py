@@ -157,6 +157,13 @@ def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
     from keyplane.ops import Ops
 
     ops = Ops(process)
+    ops.add_readiness_check("bus", _bus_ready(bus))
+    ops.add_readiness_check("store", database.ping)
+    return ops
+
+
+def _bus_ready(bus: Bus) -> Callable[[], Awaitable[bool]]:
+    """The readiness check of a process's bus connection."""
 
     async def bus_ready() -> bool:
         if not bus.connected:  # reconnecting: not ready, without waiting for a round trip
@@ -164,9 +171,7 @@ def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
         await bus.flush()  # a round trip to the NATS server; immediate in memory
         return True
 
-    ops.add_readiness_check("bus", bus_ready)
-    ops.add_readiness_check("store", database.ping)
-    return ops
+    return bus_ready
 
 
 def _print_ops(server: HttpServer | None, ops: Ops | None = None) -> None:
@@ -481,6 +486,7 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
            ] = 1.0,
            key_size: Annotated[int, typer.Option(
                "--key-size", help="The device's key size in bits.")] = 256,
+           ops: OpsOpt = "127.0.0.1:0",
            danger_insecure_bus: DangerBusOpt = False,
            verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
     """Run an emulated QKD device for one link, serving ETSI 014 to the link's KMs.
@@ -489,6 +495,7 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
     (from --state's certs): it speaks for that node's QKD module, on that node's subjects.
     """
     from keyplane.device import DeviceSettings, QkdDevice
+    from keyplane.ops.surface import serve_operations
     from keyplane.physical.pool import EmulationSettings
 
     topo = _load(topology)
@@ -516,6 +523,7 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
         console.print(f"[red]error:[/red] --port: {sorted(set(ports) - set(links[link].endpoints))}"
                       f" not an end of {link}")
         raise typer.Exit(2)
+    ops_at = _ops_address(ops)
     _logging(verbose, log_format)
     state.mkdir(parents=True, exist_ok=True)
 
@@ -523,22 +531,33 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
                 if bus and end else None)
 
     async def main_(pc: ProcessControl) -> None:
-        from keyplane.bus import connect
+        from keyplane.bus import MemoryBus, connect
+        from keyplane.ops import Ops
 
         b = (await connect(bus, name=f"keyplane-device-{link}", security=security)
              if bus else None)
+        # without --bus the link's telemetry stays in the process, for its /metrics
+        telemetry = b if b is not None else MemoryBus()
         settings = DeviceSettings(key_size_bits=key_size,
                                   emulation=EmulationSettings(time_scale=time_scale))
+        proc_ops = Ops(f"device-{link}" if end is None else f"device-{link}-{end}")
+        if b is not None:
+            proc_ops.add_readiness_check("bus", _bus_ready(b))
+        started = asyncio.Event()
+        proc_ops.add_readiness_check("device", started.is_set)
         try:
-            async with QkdDevice(topo, link, state_dir=state, end=end, bus=b, host=host,
-                                 ports=ports, seed=seed, settings=settings) as dev:
+            async with serve_operations(proc_ops, ops_at, bus=telemetry, links=[link],
+                                        nodes=[]) as ops_server, \
+                    QkdDevice(topo, link, state_dir=state, end=end, bus=telemetry, host=host,
+                              ports=ports, seed=seed, settings=settings, ops=proc_ops) as dev:
+                started.set()
+                _print_ops(ops_server)
                 urls = " ".join(f"{n}={u}" for n, u in sorted(dev.urls.items()))
                 pc.ready(f"keyplane device {link} ready: {urls}; endpoints in "
                          f"{state / f'device-{link}.json'}")
                 await pc.serve_until_stopped(*([b] if b is not None else []))
         finally:
-            if b is not None:
-                await b.close()
+            await telemetry.close()
 
     _run_process(main_)
 

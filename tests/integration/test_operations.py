@@ -107,6 +107,10 @@ def test_run_exports_every_network_series_and_its_dashboard(running: Path) -> No
             "km0-km1", "km0-km2", "km0-km3", "km0-km4", "km0-km5", "km4-km5"}
         assert {"node": "km4", "link": "km4-km5"} in seen["keyplane_keystore_bits"]
         assert {"link": "km0-km3", "kind": "link_down"} in seen["keyplane_link_alarm"]
+        # requests, status and latency per interface: the ETSI 004 calls above
+        assert {"interface": "etsi004", "method": "POST", "status": "200"} in seen[
+            "keyplane_http_requests_total"]
+        assert {"interface": "etsi004"} in seen["keyplane_http_request_duration_seconds_count"]
         a.close_stream(sid)
         b.close_stream(sid)
     with httpx.Client(base_url=ops["dashboard"], timeout=DEADLINE_S) as c:

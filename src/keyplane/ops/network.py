@@ -194,6 +194,10 @@ class HealthSampler(Service):
     """Samples the process's readiness checks into ``keyplane_bus_up``, ``keyplane_store_up``
     and ``keyplane_ready`` every ``interval_s`` (a scrape never waits on a check).
 
+    ``keyplane_bus_up`` and ``keyplane_store_up`` exist only when the process has a ``bus`` or
+    ``store`` check when the sampler is made: a device without a bus or a database exports
+    no 0 that an alert would read as an outage.
+
     Args:
         ops: the process's operations surface (checks and registry).
         interval_s: time between samples.
@@ -205,8 +209,11 @@ class HealthSampler(Service):
         self.ops = ops
         self.interval_s = interval_s
         self.clock = clock or RealClock()
-        self.bus_up = ops.gauge("keyplane_bus_up", SERIES["keyplane_bus_up"])
-        self.store_up = ops.gauge("keyplane_store_up", SERIES["keyplane_store_up"])
+        checks = ops.readiness.names
+        self.bus_up = (ops.gauge("keyplane_bus_up", SERIES["keyplane_bus_up"])
+                       if "bus" in checks else None)
+        self.store_up = (ops.gauge("keyplane_store_up", SERIES["keyplane_store_up"])
+                         if "store" in checks else None)
         self.ready = ops.gauge("keyplane_ready", SERIES["keyplane_ready"])
         self.samples = 0
         self._task: asyncio.Task[None] | None = None
@@ -214,8 +221,9 @@ class HealthSampler(Service):
     async def sample(self) -> None:
         """Run the checks once and set the series."""
         report = await self.ops.readiness.run()
-        self.bus_up.set(1.0 if report.checks.get("bus") == "ok" else 0.0)
-        self.store_up.set(1.0 if report.checks.get("store") == "ok" else 0.0)
+        for gauge, name in ((self.bus_up, "bus"), (self.store_up, "store")):
+            if gauge is not None:
+                gauge.set(1.0 if report.checks.get(name) == "ok" else 0.0)
         self.ready.set(1.0 if report.ready else 0.0)
         self.samples += 1
 

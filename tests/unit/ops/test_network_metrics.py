@@ -121,9 +121,21 @@ async def test_health_series_sample_the_readiness_checks() -> None:
     assert _value(ops, "keyplane_bus_up") == 1.0
 
 
+async def test_health_series_exist_only_for_the_checks_a_process_has() -> None:
+    ops = Ops("device-km0-km1")  # a device without --bus: no bus, no database
+    ops.add_readiness_check("device", lambda: True)
+    health = HealthSampler(ops, interval_s=3600.0)
+    await health.sample()
+    names = {name for name, _ in _samples(ops)}
+    assert "keyplane_ready" in names
+    assert not names & {"keyplane_bus_up", "keyplane_store_up"}
+
+
 def test_every_series_is_documented_in_operations_md() -> None:
     from pathlib import Path
 
+    from keyplane.device.metrics import DEVICE_SERIES
+
     doc = (Path(__file__).resolve().parents[3] / "docs" / "operations.md").read_text()
-    missing = [name for name in SERIES if name not in doc]
+    missing = [name for name in [*SERIES, *DEVICE_SERIES] if name not in doc]
     assert missing == []
