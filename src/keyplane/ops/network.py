@@ -164,7 +164,7 @@ class NetworkMetrics(Service):
             if fig.bucket_size_bits is not None:
                 self.session["keyplane_session_token_bucket_size_bits"].labels(
                     node, sid).set(fig.bucket_size_bits)
-            seen = self._delivered_seen.get((node, sid), 0)
+            seen = self._delivered_seen.setdefault((node, sid), 0)
             counter = self.delivered.labels(node, sid)
             if fig.keys_delivered > seen:
                 counter.inc(fig.keys_delivered - seen)

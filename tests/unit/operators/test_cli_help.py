@@ -42,6 +42,15 @@ def test_every_option_and_argument_of_every_command_has_help() -> None:
     assert missing == []
 
 
+def test_every_command_says_what_it_does() -> None:
+    root = typer.main.get_command(app)
+    commands = list(_commands(root, ["keyplane"]))
+    assert len(commands) > 20
+    silent = [" ".join(path) for path, cmd in commands
+              if not (cmd.help or cmd.short_help or "").strip()]
+    assert silent == []
+
+
 def test_help_shows_flags_as_flags_and_lists_every_command() -> None:
     root = typer.main.get_command(app)
     for path, _ in _commands(root, ["keyplane"]):

@@ -82,6 +82,16 @@ async def test_series_follow_link_km_and_alarm_messages() -> None:
     assert _value(ops, "keyplane_link_alarm", link="km4-km5", kind="key_rate_collapse") == 0.0
 
 
+def test_a_session_that_never_had_a_key_also_loses_its_series_when_it_ends() -> None:
+    ops = Ops("test")
+    m = NetworkMetrics(ops, MemoryBus())
+    waiting = StreamTelemetry(pending_requests=1, bucket_bits=0.0, bucket_size_bits=1024)
+    m.on_km_telemetry(KmTelemetry(node="km4", streams={"s-2": waiting}))
+    assert _value(ops, "keyplane_session_queue_depth", node="km4", session="s-2") == 1
+    m.on_km_telemetry(KmTelemetry(node="km4"))
+    assert not any(("session", "s-2") in labels for _, labels in _samples(ops))
+
+
 async def test_a_node_process_exports_only_its_own_links_and_km() -> None:
     bus = MemoryBus()
     ops = Ops("node-km4")
