@@ -179,15 +179,15 @@ class NetworkMetrics(Service):
                 gauge.remove(node, sid)
 
     def on_alarm(self, msg: LinkAlarm) -> None:
-        """The Monitoring Element raised or cleared an alarm on a link."""
-        raised = self._alarms.setdefault(msg.link_id, set())
-        if msg.kind == "cleared":
-            for kind in raised:
-                self.alarm.labels(msg.link_id, kind).set(0.0)
-            raised.clear()
-            return
-        raised.add(msg.kind)
-        self.alarm.labels(msg.link_id, msg.kind).set(1.0)
+        """The Monitoring Element raised or cleared an alarm on a link: the link's series
+        follow the message's ``active`` kinds (a missed message is corrected by the next)."""
+        held = set() if msg.kind == "cleared" else {msg.kind, *msg.active}
+        was = self._alarms.get(msg.link_id, set())
+        for kind in was - held:
+            self.alarm.labels(msg.link_id, kind).set(0.0)
+        for kind in held:
+            self.alarm.labels(msg.link_id, kind).set(1.0)
+        self._alarms[msg.link_id] = held
 
 
 class HealthSampler(Service):

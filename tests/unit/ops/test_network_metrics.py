@@ -74,11 +74,22 @@ async def test_series_follow_link_km_and_alarm_messages() -> None:
     names = {name for name, labels in _samples(ops) if ("session", "s-1") in labels}
     assert names == set()
 
-    m.on_alarm(LinkAlarm(link_id="km4-km5", kind="qber_high", qber=0.25))
-    m.on_alarm(LinkAlarm(link_id="km4-km5", kind="key_rate_collapse"))
+    m.on_alarm(LinkAlarm(link_id="km4-km5", kind="qber_high", qber=0.25, active=["qber_high"]))
+    m.on_alarm(LinkAlarm(link_id="km4-km5", kind="key_rate_collapse",
+                         active=["key_rate_collapse", "qber_high"]))
     assert _value(ops, "keyplane_link_alarm", link="km4-km5", kind="qber_high") == 1.0
     m.on_alarm(LinkAlarm(link_id="km4-km5", kind="cleared"))
     assert _value(ops, "keyplane_link_alarm", link="km4-km5", kind="qber_high") == 0.0
+    assert _value(ops, "keyplane_link_alarm", link="km4-km5", kind="key_rate_collapse") == 0.0
+    # a missed message: the next one's active kinds say what the link holds now
+    m.on_alarm(LinkAlarm(link_id="km4-km5", kind="key_rate_collapse",
+                         active=["eavesdropper_suspected", "key_rate_collapse"]))
+    assert _value(ops, "keyplane_link_alarm", link="km4-km5",
+                  kind="eavesdropper_suspected") == 1.0
+    m.on_alarm(LinkAlarm(link_id="km4-km5", kind="link_down", active=["link_down"]))
+    assert _value(ops, "keyplane_link_alarm", link="km4-km5", kind="link_down") == 1.0
+    assert _value(ops, "keyplane_link_alarm", link="km4-km5",
+                  kind="eavesdropper_suspected") == 0.0
     assert _value(ops, "keyplane_link_alarm", link="km4-km5", kind="key_rate_collapse") == 0.0
 
 
