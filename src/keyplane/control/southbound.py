@@ -52,7 +52,7 @@ from keyplane.api.etsi015 import (
     app_id,
 )
 from keyplane.clock import Clock
-from keyplane.control.sdn import ELEMENT, NodeDiscovery, SdnLink, SdnModel, qkd_uuid
+from keyplane.control.sdn_model import ELEMENT, NodeDiscovery, SdnLink, SdnModel, qkd_uuid
 from keyplane.events import EventStream, EventType
 
 __all__ = ["Etsi015Southbound", "ProvisionedPath", "VirtualPath", "sae_uri"]
