@@ -122,7 +122,7 @@ def patch_when_conditions(text: str) -> str:
     return text
 
 
-class _PatchedSchemaData(SchemaData):
+class _PatchedSchemaData(SchemaData):  # type: ignore[misc]  # yangson is untyped
     """yangson's module repository, reading our directory and patching the ETSI module."""
 
     def _load_module(self, name: str, rev: str, mdata: ModuleData) -> Statement:
@@ -134,7 +134,7 @@ class _PatchedSchemaData(SchemaData):
         return ModuleParser(text, name, rev).parse()
 
 
-class _PatchedDataModel(DataModel):
+class _PatchedDataModel(DataModel):  # type: ignore[misc]  # yangson is untyped
     """A :class:`yangson.DataModel` built on :class:`_PatchedSchemaData`.
 
     Mirrors ``DataModel.__init__`` (yangson 1.7), swapping in the patched module loader.
