@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from keyplane.api.etsi015 import (
+    AgentSettings,
     Etsi015Driver,
     KmEventFeed,
     RestconfServer,
@@ -35,6 +36,7 @@ from keyplane.api.etsi015 import (
     create_northbound_app,
     serve_agent,
     serve_app,
+    serve_teraflowsdn,
 )
 from keyplane.api.server import serve_km_api
 from keyplane.api.settings import ApiSettings, Etsi014Limits
@@ -284,7 +286,8 @@ class NodeRuntime(Service):
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = api.etsi014_url
         self.endpoints["etsi004"] = api.etsi004_url
-        self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
+        self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream,
+                              settings=AgentSettings.from_config(ctx.topology.etsi015))
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
         # and the sessions' hybrid policies (keyplane-qkd-provenance)
         feed = KmEventFeed(self.agent)
@@ -295,6 +298,11 @@ class NodeRuntime(Service):
                                    ca_file=certs.ca.cert)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
+        tfs = ctx.topology.etsi015.teraflowsdn
+        if tfs is not None and (listener := await serve_teraflowsdn(
+                self.agent, tfs, server_cert=certs.kms[self.node_id], ca_file=certs.ca.cert)):
+            self._stack.push_async_callback(listener.close)
+            self.endpoints["etsi015_teraflowsdn"] = listener.url
 
     async def _announce(self) -> None:
         """Announce until the control plane answers (it may start after us)."""
