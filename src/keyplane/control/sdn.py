@@ -4,10 +4,11 @@ The controller holds the QKD nodes (``qkdn_id``) and the key-association links
 (``qkd_link``): PHYS links (a direct quantum channel, one per topology-file link or
 registered at run time) and VIRT links (the end-to-end key association a multi-hop session
 creates over trusted nodes: ``virt_prev_hop`` / ``virt_next_hop`` per node along its path,
-``virt_bandwidth`` reserved on the PHYS links underneath). Admission Control registers one
-VIRT record per session; for adjacent endpoints (a two-node path) it stands for the PHYS
-link that carries the session's key: nothing is put on the nodes but the session's
-``qkd_app``, backed by that PHYS link. It distributes the topology:
+``virt_bandwidth`` = the rate Admission admitted the session at, drawn from the PHYS links
+underneath). Admission Control registers one VIRT record per session; for adjacent
+endpoints (a two-node path) the PHYS link carries the session's key: the record adds no link
+to the topology (no ``virtual_link_added``), and nothing is put on the nodes but the
+session's ``qkd_app``, backed by that PHYS link. It distributes the topology:
 a :class:`~keyplane.control.wire.TopologySnapshot` on request, and every change as a
 :class:`~keyplane.messages.TopologyChange` on ``keyplane.control.sdn``.
 
@@ -250,6 +251,7 @@ class SdnController(Service):
         params: dict[str, object] = {"qkdl_id": link.qkdl_id, "registered": link.registered}
         if link.type == "VIRT":
             params.update(path=list(link.path), bandwidth_bps=link.bandwidth_bps,
+                          reserved_bps=link.reserved_bps,
                           session_id=link.session_id, source_sae=link.source_sae,
                           destination_sae=link.destination_sae, priority=link.priority,
                           max_bps=link.max_bps)
@@ -272,15 +274,19 @@ class SdnController(Service):
             ValueError: see :meth:`SdnModel.register`.
             StoreError: the database failed (the model is left unchanged).
         """
-        previous = self.model.links.get(req.link_id)
+        previous = self.model.record(req.link_id)
+        was_link = req.link_id in self.model.links
         link, changes = self.model.register(req)
         try:
-            await self._store(link)
+            if req.link_id in self.model.links:
+                await self._store(link)
+            elif was_link:  # a VIRT link became a direct session: it is no link any more
+                await self._unstore(req.link_id)
         except StoreError:
-            if previous is None:
-                self.model.links.pop(req.link_id, None)
-            else:
-                self.model.links[req.link_id] = previous
+            self.model.links.pop(req.link_id, None)
+            self.model.direct.pop(req.link_id, None)
+            if previous is not None:
+                (self.model.links if was_link else self.model.direct)[req.link_id] = previous
             raise
         await self._announce(changes)
         if previous is not None and previous.session_id != link.session_id:
@@ -289,13 +295,14 @@ class SdnController(Service):
         return link
 
     async def unregister_link(self, link_id: str) -> None:
-        """Remove a link, from the database too, and announce it."""
-        link = self.model.links.get(link_id)
+        """Remove a link (or a direct session's record), from the database too, and announce
+        it."""
+        link = self.model.record(link_id)
         changes = self.model.unregister(link_id)
         if changes:
             await self._unstore(link_id)
             await self._announce(changes)
-            self._virtual_changed(link)
+        self._virtual_changed(link)
 
     def _virtual_changed(self, link: SdnLink | None) -> None:
         """A session's VIRT link appeared, moved or went: bring the nodes in line (in the

@@ -107,7 +107,8 @@ class SdnLink:
     status: LinkStatus = "ACTIVE"
     enable: bool = True
     path: tuple[str, ...] = ()  # VIRT: every node from local to remote
-    bandwidth_bps: float = 0.0  # VIRT: virt_bandwidth
+    bandwidth_bps: float = 0.0  # VIRT: virt_bandwidth, the rate the session was admitted at
+    reserved_bps: float = 0.0  # VIRT: what Routing reserved per hop (qkd_app min_bandwidth)
     session_id: str | None = None  # VIRT: the session that created it
     source_sae: str = ""  # VIRT: the session's qkd_app (server_app_id)
     destination_sae: str = ""  # VIRT: client_app_id
@@ -139,11 +140,31 @@ class SdnLink:
 
 
 class SdnModel:
-    """Nodes and links with ETSI 015 identities; every mutation returns its announcements."""
+    """Nodes and links with ETSI 015 identities; every mutation returns its announcements.
+
+    Attributes:
+        nodes: by node id.
+        links: the key-association links by link id: PHYS links and the VIRT links of
+            multi-hop sessions (the topology).
+        direct: the records of sessions between adjacent nodes, by their registration's link
+            id. Such a session's key association is the PHYS link between its nodes: it adds
+            no link to the topology (no ``virtual_link_added``), only its ``qkd_app`` on the
+            two nodes (issue 17.5). Its ``qkdl_id`` is that PHYS link's.
+    """
 
     def __init__(self) -> None:
         self.nodes: dict[str, SdnNode] = {}
         self.links: dict[str, SdnLink] = {}
+        self.direct: dict[str, SdnLink] = {}
+
+    def record(self, link_id: str) -> SdnLink | None:
+        """The link or direct-session record registered as ``link_id``, if any."""
+        return self.links.get(link_id) or self.direct.get(link_id)
+
+    def sessions(self) -> list[SdnLink]:
+        """The record of every session: multi-hop VIRT links and direct sessions."""
+        return [link for link in (*self.links.values(), *self.direct.values())
+                if link.type == "VIRT" and link.session_id is not None]
 
     @classmethod
     def from_topology(cls, topology: Topology) -> SdnModel:
@@ -187,7 +208,7 @@ class SdnModel:
                 raise ValueError(f"unknown node {n!r}")
         if a == b:
             raise ValueError("a link needs two different endpoints")
-        old = self.links.get(req.link_id)
+        old = self.record(req.link_id)
         if old is not None and old.type != req.type:
             raise ValueError(f"{req.link_id} is already a {old.type} link")
         if req.type == "PHYS":
@@ -204,20 +225,43 @@ class SdnModel:
             for u, v in itertools.pairwise(path):
                 if self.physical_between(u, v) is None:
                     raise ValueError(f"no PHYS link between {u} and {v}")
+            # the admitted rate (max_bps) is what the session draws from the PHYS links
+            admitted = req.max_bps or req.bandwidth_bps
+            if len(path) == 2:
+                return self._register_direct(req, path, admitted)
             # a session's VIRT link has the qkdl_id the ETSI 015 driver gives it
             uid = qkd_uuid("link", f"session:{req.session_id}" if req.session_id
                            else req.link_id)
-            link = SdnLink(req.link_id, uid, a, b, "VIRT",
-                           path=path, bandwidth_bps=req.bandwidth_bps, session_id=req.session_id,
+            link = SdnLink(req.link_id, uid, a, b, "VIRT", path=path, bandwidth_bps=admitted,
+                           reserved_bps=req.bandwidth_bps, session_id=req.session_id,
                            source_sae=req.source_sae, destination_sae=req.destination_sae,
                            priority=req.priority, max_bps=req.max_bps)
+            self.direct.pop(req.link_id, None)
             change = "virtual_link_added"
         self.links[req.link_id] = link
         return link, [TopologyChange(change=change, link_id=link.link_id, endpoints=(a, b),
                                      attributes=self._attributes(link))]
 
+    def _register_direct(self, req: RegisterLink, path: tuple[str, ...], admitted: float
+                         ) -> tuple[SdnLink, list[TopologyChange]]:
+        """Record a session between adjacent nodes: no link; a VIRT link it had before (a
+        reroute onto the direct link) goes."""
+        phys = self.physical_between(*path)
+        assert phys is not None  # checked by the caller
+        link = SdnLink(req.link_id, phys.qkdl_id, path[0], path[1], "VIRT", path=path,
+                       bandwidth_bps=admitted, reserved_bps=req.bandwidth_bps,
+                       session_id=req.session_id, source_sae=req.source_sae,
+                       destination_sae=req.destination_sae, priority=req.priority,
+                       max_bps=req.max_bps)
+        changes = self.unregister(req.link_id) if req.link_id in self.links else []
+        self.direct[req.link_id] = link
+        return link, changes
+
     def unregister(self, link_id: str) -> list[TopologyChange]:
-        """Remove a link (no-op if unknown)."""
+        """Remove a link or a direct session's record (no-op if unknown; a direct session
+        announces nothing, it added no link)."""
+        if self.direct.pop(link_id, None) is not None:
+            return []
         link = self.links.pop(link_id, None)
         if link is None:
             return []
