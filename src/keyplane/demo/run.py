@@ -14,6 +14,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,14 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
             "events": len(events)}
 
 
+def _closed_by_admission(sid: str) -> Callable[[Event], bool]:
+    """Matches Admission Control's session_closed event for ``sid``."""
+    def match(e: Event) -> bool:
+        return (e.type is EventType.session_closed and e.element == "admission"
+                and e.session == sid)
+    return match
+
+
 def _view(results: list[PairResult], mem: MemorySink, t0: float) -> Group:
     table = Table(title=f"keyplane demo — {time.monotonic() - t0:5.1f} s", expand=False)
     for col in ("pair", "stream", "status", "keys", "matched", "opened (s)", "first key (s)"):
@@ -215,9 +224,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
             closed = {r.key_stream_id for r in results if r.status == "closed"}
             for sid in closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mem.wait_for(
-                        lambda e, sid=sid: e.type is EventType.session_closed
-                        and e.element == "admission" and e.session == sid), 3.0)
+                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)), 3.0)
     finally:
         jsonl.close()
         await bus.close()

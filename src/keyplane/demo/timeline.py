@@ -4,23 +4,26 @@ The paper's figure shows, for each key manager, when the request arrived, when t
 authenticated, when the configuration arrived, when key material was ready, when keys were
 relayed and when the response went out. :func:`render_timeline` draws exactly that from
 ``events.jsonl`` (PNG via matplotlib, and a self-contained HTML page with the SVG and a
-filterable table of the events).
+filterable table of the events). matplotlib is the optional ``plots`` extra: without it the
+HTML page keeps its table and says how to get the plot.
 """
 
 from __future__ import annotations
 
 import html
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from keyplane.events import Event, EventType
+from keyplane.extras import MissingDependency, require
 
-matplotlib.use("Agg")
-matplotlib.rcParams["svg.fonttype"] = "none"
-import matplotlib.pyplot as plt  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
-from keyplane.events import Event, EventType  # noqa: E402
+logger = logging.getLogger(__name__)
 
 __all__ = ["FIG4_MARKERS", "render_timeline"]
 
@@ -44,10 +47,19 @@ def _lanes(events: Sequence[Event]) -> list[str]:
     return nodes
 
 
-def _figure(events: Sequence[Event], title: str) -> plt.Figure:
+def _pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend (raises MissingDependency without the extra)."""
+    matplotlib = require("matplotlib")
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    return require("matplotlib.pyplot")
+
+
+def _figure(plt: Any, events: Sequence[Event], title: str) -> Figure:
     shown = [e for e in events if e.type in FIG4_MARKERS and e.node]
     lanes = _lanes(shown) or ["-"]
     t0 = min((e.t for e in shown), default=0.0)
+    fig: Figure
     fig, ax = plt.subplots(figsize=(11, 1.0 + 0.55 * len(lanes)), dpi=110)
     y = {n: i for i, n in enumerate(lanes)}
     for etype, (label, marker, colour) in FIG4_MARKERS.items():
@@ -70,18 +82,30 @@ def _figure(events: Sequence[Event], title: str) -> plt.Figure:
 
 
 def render_timeline(events: Sequence[Event], out_dir: str | Path, *,
-                    title: str = "keyplane event timeline (paper Fig. 4)") -> tuple[Path, Path]:
-    """Write ``timeline.png`` and ``timeline.html`` into ``out_dir``; return their paths."""
+                    title: str = "keyplane event timeline (paper Fig. 4)"
+                    ) -> tuple[Path | None, Path]:
+    """Write ``timeline.png`` and ``timeline.html`` into ``out_dir``; return their paths.
+
+    Without matplotlib (the ``plots`` extra) no PNG is written (None is returned for it) and
+    the HTML page says how to get the plot.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fig = _figure(events, title)
-    png = out / "timeline.png"
-    fig.savefig(png)
-    svg_buf = io.StringIO()
-    fig.savefig(svg_buf, format="svg")
-    plt.close(fig)
-    svg = svg_buf.getvalue()
-    svg = svg[svg.find("<svg"):]
+    png: Path | None = None
+    try:
+        plt = _pyplot()
+    except MissingDependency as exc:
+        logger.warning("timeline.png not written: %s", exc)
+        svg = f"<p><em>{html.escape(str(exc))}</em></p>"
+    else:
+        fig = _figure(plt, events, title)
+        png = out / "timeline.png"
+        fig.savefig(png)
+        svg_buf = io.StringIO()
+        fig.savefig(svg_buf, format="svg")
+        plt.close(fig)
+        svg = svg_buf.getvalue()
+        svg = svg[svg.find("<svg"):]
     t0 = min((e.t for e in events), default=0.0)
     rows = "\n".join(
         f"<tr><td>{(e.t - t0) * 1000:.3f}</td><td>{html.escape(e.node or '')}</td>"

@@ -295,9 +295,9 @@ class Journal:
                             {**{f"pk_{k}": r[k] for k in pk}, **{f"v_{k}": r[k] for k in cols}}
                             for r in rows])
                     if w.deletes:
-                        stmt = delete(t).where(and_(*[
+                        dstmt = delete(t).where(and_(*[
                             t.c[k] == bindparam(f"pk_{k}") for k in pk]))
-                        await conn.execute(stmt, [{f"pk_{k}": r[k] for k in pk}
+                        await conn.execute(dstmt, [{f"pk_{k}": r[k] for k in pk}
                                                   for r in w.deletes])
         except SQLAlchemyError as exc:
             raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc

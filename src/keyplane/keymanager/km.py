@@ -320,9 +320,10 @@ class KeyManager:
                 tasks.append(t)
         self.relay.cancel_all(lambda: PeerUnreachable("key manager closed"))
         while True:
-            fut = self._queues.pop(float("inf"))
-            if fut is None:
+            popped = self._queues.pop(float("inf"))
+            if popped is None:
                 break
+            fut = popped
             if not fut.done():
                 fut.set_exception(KmBusy(self.node_id, 0, 0))
         for t in tasks:

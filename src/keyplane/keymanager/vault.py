@@ -235,7 +235,8 @@ class SessionRows:
         """Journal hook."""
         if not self._dirty:
             return None
-        inserts, updates = [], []
+        inserts: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         for sid in self._dirty:
             state, data, t = self.rows[sid]
             row = {"session_id": sid, "state": state, "config": dict(data), "updated_t": t}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -30,7 +31,7 @@ __all__ = [
     "unpack",
 ]
 
-BITORDER = "big"
+BITORDER: Final = "big"
 Bits = NDArray[np.uint8]
 """(n,) uint8 ∈ {0,1}."""
 
@@ -42,7 +43,7 @@ _S16 = np.uint32(16)
 
 def pack(bits: Bits) -> bytes:
     """Pack a bit array into bytes (big bit order; the last byte is zero-padded)."""
-    return np.packbits(bits, bitorder=BITORDER).tobytes()
+    return bytes(np.packbits(bits, bitorder=BITORDER).tobytes())
 
 
 def unpack(data: bytes, n_bits: int) -> Bits:

@@ -329,12 +329,13 @@ class CascadeBob:
             p.search_of_block[s.blocks[sel]] = ids[sel]
 
     def _start_searches(self) -> None:
-        new: list[tuple[NDArray[np.int64], ...]] = []
+        new: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64],
+                       NDArray[np.int64], Bits]] = []
         for p in self._passes:
             odd = np.flatnonzero((p.alice_top != p.bob_top) & (p.search_of_block < 0))
             if odd.shape[0]:
-                starts = odd * p.k
-                ends = np.minimum(starts + p.k, self._n)
+                starts: NDArray[np.int64] = odd * p.k
+                ends: NDArray[np.int64] = np.minimum(starts + p.k, self._n)
                 new.append((np.full(odd.shape[0], p.index, np.int64), odd, starts, ends,
                             p.alice_top[odd]))
         if new:

@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from keyplane.errors import StoreError
+from keyplane.extras import MissingDependency, require
 
 __all__ = ["Database", "normalize_url", "sqlite_url"]
 
@@ -79,6 +80,11 @@ class Database:
             StoreError: the database cannot be reached or migrated.
         """
         url = normalize_url(url)
+        if url.startswith("postgresql+asyncpg"):
+            try:
+                require("asyncpg")
+            except MissingDependency as exc:
+                raise StoreError(str(exc)) from exc
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}

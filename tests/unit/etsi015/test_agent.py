@@ -157,12 +157,3 @@ async def test_close_is_idempotent_and_marks_node_out(agent: SdnAgent) -> None:
     await agent.close()
     assert agent.get(ROOT_MEMBER)[ROOT_MEMBER]["qkdn_status"] == identity("OUT")
 
-
-def test_notification_names_are_the_wire_models() -> None:
-    import typing
-
-    from keyplane.api.etsi015.entries import NotificationName
-    from keyplane.messages import SdnNotification
-
-    wire = typing.get_args(SdnNotification.model_fields["name"].annotation)
-    assert set(typing.get_args(NotificationName)) == set(wire)

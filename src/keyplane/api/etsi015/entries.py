@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from keyplane.api.etsi015.model import date_and_time, identity, uint32
+from keyplane.messages import SdnNotificationName
 
 __all__ = [
     "HOP_SOURCES",
@@ -20,7 +21,6 @@ __all__ = [
     "HopProvenance",
     "LinkStatus",
     "Notification",
-    "NotificationName",
     "PerfThresholds",
     "PhysOps",
     "QkdApplication",
@@ -28,18 +28,13 @@ __all__ = [
 ]
 
 LinkStatus = Literal["ACTIVE", "PASSIVE", "PENDING", "OFF"]
-NotificationName = Literal["sdqkdn_application_new", "sdqkdn_application_qos_update",
-                           "sdqkdn_application_disconnected", "sdqkdn_interface_new",
-                           "sdqkdn_interface_down", "sdqkdn_interface_out", "sdqkdn_link_down",
-                           "sdqkdn_link_perf_update", "sdqkdn_link_overloaded", "alarm", "event"]
-"""The model's notifications (the names :class:`keyplane.messages.SdnNotification` carries)."""
 
 
 @dataclass(frozen=True)
 class Notification:
     """An ETSI 015 notification produced by a write (name and RFC 7951 content)."""
 
-    name: NotificationName
+    name: SdnNotificationName
     content: dict[str, Any]
     wall_s: float
 

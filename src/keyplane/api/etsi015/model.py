@@ -122,7 +122,7 @@ def patch_when_conditions(text: str) -> str:
     return text
 
 
-class _PatchedSchemaData(SchemaData):  # type: ignore[misc]  # yangson is untyped
+class _PatchedSchemaData(SchemaData):
     """yangson's module repository, reading our directory and patching the ETSI module."""
 
     def _load_module(self, name: str, rev: str, mdata: ModuleData) -> Statement:
@@ -134,7 +134,7 @@ class _PatchedSchemaData(SchemaData):  # type: ignore[misc]  # yangson is untype
         return ModuleParser(text, name, rev).parse()
 
 
-class _PatchedDataModel(DataModel):  # type: ignore[misc]  # yangson is untyped
+class _PatchedDataModel(DataModel):
     """A :class:`yangson.DataModel` built on :class:`_PatchedSchemaData`.
 
     Mirrors ``DataModel.__init__`` (yangson 1.7), swapping in the patched module loader.

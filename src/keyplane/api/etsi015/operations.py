@@ -22,13 +22,12 @@ from keyplane.api.etsi015.entries import (
     HopProvenance,
     LinkStatus,
     Notification,
-    NotificationName,
     PerfThresholds,
     PhysOps,
 )
 from keyplane.api.etsi015.model import identity
 from keyplane.config import HybridPolicy
-from keyplane.messages import LinkState
+from keyplane.messages import LinkState, SdnNotificationName
 
 __all__ = ["DOWN_STATES", "LiveFigures", "NodeStatus"]
 
@@ -115,7 +114,7 @@ class LiveFigures(ABC):
             ops.alarmed = False
             if ops.status != "ACTIVE" and ops.enabled:
                 notes += self._status_change(uid, ops, "ACTIVE", message or "cleared", wall_s)
-        name: NotificationName = "event" if kind == "cleared" else "alarm"
+        name: SdnNotificationName = "event" if kind == "cleared" else "alarm"
         text = f"{kind}: {message}" if message else kind
         notes.append(Notification(name, {"link": {
             "qkdl_id": uid, "qkdl_status": identity(ops.status), "message": text,
