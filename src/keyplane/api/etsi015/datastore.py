@@ -76,8 +76,9 @@ from keyplane.api.etsi015.model import (
 )
 from keyplane.api.etsi015.operations import DOWN_STATES, LiveFigures, NodeStatus
 from keyplane.api.etsi015.partition import ListPath, ValidationMeter, model_entry_local_lists
+from keyplane.api.etsi015.topology_config import interface_ids, node_config
 from keyplane.api.etsi015.tree import Content, read_resource
-from keyplane.config import QuantumLink, Topology
+from keyplane.config import Topology
 
 __all__ = [
     "Content",
@@ -149,7 +150,14 @@ class NodeDatastore(LiveFigures):
         self._apps: dict[str, AppOps] = {}
         self._provenance: dict[str, AppProvenance] = {}
         self._virt_sources: dict[str, dict[str, str]] = {}
-        config = self._initial_config(topology, version, location_id)
+        config = node_config(node_id, topology, version, location_id)
+        for link in sorted(topology.links_of(node_id), key=lambda x: x.link_id):
+            uid = qkdl_id(link.link_id)
+            self._phys[uid] = PhysOps(link_id=link.link_id,
+                                      qkdi_id=interface_ids(topology, node_id)[link.link_id],
+                                      enabled=link.enabled,
+                                      status="PENDING" if link.enabled else "OFF")
+            self._by_link_id[link.link_id] = uid
         self.validation.validate({ROOT_MEMBER: config}, config_only=True)
         self._node, self._entries = _split(config)
         self._topology_links = copy.deepcopy(self._entries[LINKS])
@@ -157,55 +165,10 @@ class NodeDatastore(LiveFigures):
         self._demand = Demand(self.qkdn_id, {
             e["qkdl_remote"]["qkdn_id"]: uid for uid, e in self._entries[LINKS].items()})
 
-    # ------------------------------------------------------------------ topology → config
-
     @staticmethod
     def interface_ids(topology: Topology, node_id: str) -> dict[str, int]:
         """``qkdi_id`` of each of ``node_id``'s link ends: 1, 2, … by sorted link id."""
-        links = sorted(topology.links_of(node_id), key=lambda link: link.link_id)
-        return {link.link_id: i for i, link in enumerate(links, start=1)}
-
-    def _initial_config(self, topology: Topology, version: str, location_id: str
-                        ) -> dict[str, Any]:
-        mine = self.interface_ids(topology, self.node_id)
-        interfaces: list[dict[str, Any]] = []
-        links: list[dict[str, Any]] = []
-        for link in sorted(topology.links_of(self.node_id), key=lambda x: x.link_id):
-            qkdi = mine[link.link_id]
-            peer = link.endpoints[1] if link.endpoints[0] == self.node_id else link.endpoints[0]
-            role = "TRANSMITTER" if link.endpoints[0] == self.node_id else "RECEIVER"
-            interfaces.append(self._interface_raw(link, qkdi, role))
-            uid = qkdl_id(link.link_id)
-            links.append({
-                "qkdl_id": uid, "qkdl_enable": link.enabled,
-                "qkdl_local": {"qkdn_id": self.qkdn_id, "qkdi_id": qkdi},
-                "qkdl_remote": {"qkdn_id": qkdn_id(peer),
-                                "qkdi_id": self.interface_ids(topology, peer)[link.link_id]},
-                "qkdl_type": identity("PHYS"),
-                "phys_channel_att": decimal64(link.length_km * link.attenuation_db_per_km
-                                              + link.insertion_loss_db),
-                "phys_qkd_role": identity(role),
-            })
-            self._phys[uid] = PhysOps(link_id=link.link_id, qkdi_id=qkdi, enabled=link.enabled,
-                                      status="PENDING" if link.enabled else "OFF")
-            self._by_link_id[link.link_id] = uid
-        config: dict[str, Any] = {
-            "qkdn_id": self.qkdn_id, "qkdn_version": version, "qkdn_location_id": location_id,
-            "qkdn_capabilities": {"link_stats_support": True, "application_stats_support": True,
-                                  "key_relay_mode_enable": True},
-            "qkd_applications": {}, "qkd_interfaces": {}, "qkd_links": {},
-        }
-        if interfaces:
-            config["qkd_interfaces"]["qkd_interface"] = interfaces
-            config["qkd_links"]["qkd_link"] = links
-        return config
-
-    def _interface_raw(self, link: QuantumLink, qkdi: int, role: str) -> dict[str, Any]:
-        technology = "DV-QKD"  # BB84 with decoy states (and its analytic model) is DV-QKD
-        return {"qkdi_id": qkdi, "qkdi_model": f"keyplane-emulated-{link.protocol}",
-                "qkdi_type": identity(technology),
-                "qkdi_att_point": {"device": self.node_id, "port": qkdi},
-                "qkdi_capabilities": {"role_support": identity(role)}}
+        return interface_ids(topology, node_id)
 
     # ------------------------------------------------------------------ lookups
 
