@@ -156,4 +156,3 @@ async def test_close_is_idempotent_and_marks_node_out(agent: SdnAgent) -> None:
     await agent.close()
     await agent.close()
     assert agent.get(ROOT_MEMBER)[ROOT_MEMBER]["qkdn_status"] == identity("OUT")
-
