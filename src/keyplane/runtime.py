@@ -38,6 +38,7 @@ from keyplane.api.etsi015 import (
     serve_app,
     serve_teraflowsdn,
 )
+from keyplane.api.httpserver import RequestObserver
 from keyplane.api.server import serve_km_api
 from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.bus import Bus, Message, topics, unsubscribe_all
@@ -47,11 +48,13 @@ from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
+from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
 from keyplane.lifecycle import Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
+from keyplane.ops import Ops
 from keyplane.physical import PhysicalNetwork
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
@@ -74,6 +77,7 @@ class RuntimeContext:
     host: str = "127.0.0.1"
     seed: int = 1
     certs: Issued | None = None
+    ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -85,10 +89,22 @@ class RuntimeContext:
         assert self.events is not None
         return self.events
 
+    @property
+    def http_observer(self) -> RequestObserver | None:
+        """What every HTTP server of the process reports requests to (None: nothing)."""
+        return self.ops.http if self.ops is not None else None
+
     def ensure_certs(self) -> Issued:
-        """Create or load the network's certificates under ``<state>/certs``."""
+        """Create or load the network's certificates under ``<state>/certs``; seal each
+        node's key material under its ``certs/km/<node>.kek`` unless the database's key
+        ring already names a KEK file for it (a setting or a mounted secret)."""
         if self.certs is None:
+            ensure_private_dir(self.state_dir)
             self.certs = ensure_network_certs(self.topology, self.state_dir / "certs")
+            ring = self.db.keyring
+            for node, path in self.certs.keks.items():
+                if not ring.has_file(node):
+                    ring.use_file(node, path)
         return self.certs
 
 
@@ -115,11 +131,7 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
                             "key": rel(certs.saes[a.sae_id].key)}
                  for a in topology.applications},
     }
-    path = state_dir / "endpoints.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_private(state_dir / "endpoints.json", json.dumps(doc, indent=2) + "\n")
 
 
 class ControlRuntime(Service):
@@ -176,7 +188,8 @@ class ControlRuntime(Service):
             try:
                 self.northbound = await serve_app(
                     create_northbound_app(sdn.view), self.ctx.host, self._northbound_port,
-                    server_cert=certs.controller, ca_file=certs.ca.cert)
+                    server_cert=certs.controller, ca_file=certs.ca.cert,
+                    observer=self.ctx.http_observer)
             except BaseException:
                 await self.close()
                 raise
@@ -282,7 +295,8 @@ class NodeRuntime(Service):
             settings=ApiSettings.from_topology(
                 ctx.topology, self.node_id,
                 limits=Etsi014Limits.from_km_settings(self.km.settings),
-                supported_extensions=frozenset({PROVENANCE_EXTENSION})))
+                supported_extensions=frozenset({PROVENANCE_EXTENSION})),
+            observer=ctx.http_observer)
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = api.etsi014_url
         self.endpoints["etsi004"] = api.etsi004_url
@@ -295,12 +309,13 @@ class NodeRuntime(Service):
         self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
         server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
-                                   ca_file=certs.ca.cert)
+                                   ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
         tfs = ctx.topology.etsi015.teraflowsdn
         if tfs is not None and (listener := await serve_teraflowsdn(
-                self.agent, tfs, server_cert=certs.kms[self.node_id], ca_file=certs.ca.cert)):
+                self.agent, tfs, server_cert=certs.kms[self.node_id], ca_file=certs.ca.cert,
+                observer=ctx.http_observer)):
             self._stack.push_async_callback(listener.close)
             self.endpoints["etsi015_teraflowsdn"] = listener.url
 

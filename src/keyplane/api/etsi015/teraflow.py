@@ -28,6 +28,7 @@ from pathlib import Path
 from keyplane.api.etsi015.agent import SdnAgent
 from keyplane.api.etsi015.restconf import RestconfOptions, create_agent_app
 from keyplane.api.etsi015.server import RestconfServer
+from keyplane.api.httpserver import RequestObserver
 from keyplane.certs import CertPaths, server_ssl_context
 from keyplane.config import TeraflowSdnListener
 from keyplane.errors import ConfigError
@@ -71,7 +72,8 @@ def read_credentials(path: Path) -> dict[str, str]:
 
 async def serve_teraflowsdn(agent: SdnAgent, listener: TeraflowSdnListener, *,
                             server_cert: CertPaths, ca_file: Path,
-                            startup_timeout_s: float = 10.0) -> RestconfServer | None:
+                            observer: RequestObserver | None = None,
+                            startup_timeout_s: float = 30.0) -> RestconfServer | None:
     """Start ``agent``'s TeraFlowSDN-facing listener, if ``listener`` gives its node a port.
 
     Args:
@@ -79,6 +81,7 @@ async def serve_teraflowsdn(agent: SdnAgent, listener: TeraflowSdnListener, *,
         listener: the topology's ``etsi015.teraflowsdn``.
         server_cert: the node's certificate (for HTTPS; no client certificate is asked).
         ca_file: the network's CA (accepted, never required, from clients).
+        observer: told about every request (metrics label ``etsi015_teraflowsdn``).
         startup_timeout_s: how long to wait for the socket.
 
     Returns:
@@ -87,7 +90,7 @@ async def serve_teraflowsdn(agent: SdnAgent, listener: TeraflowSdnListener, *,
 
     Raises:
         ConfigError: the credentials file is unusable (see :func:`read_credentials`).
-        TimeoutError, RuntimeError: the server did not start (e.g. the port is taken).
+        OSError, RuntimeError: the server did not start (e.g. the port is taken).
     """
     port = listener.ports.get(agent.node_id)
     if port is None:
@@ -103,5 +106,7 @@ async def serve_teraflowsdn(agent: SdnAgent, listener: TeraflowSdnListener, *,
     else:
         context = server_ssl_context(server_cert, ca_file, require_client_cert=False)
     server = RestconfServer(create_agent_app(agent, options), listener.host, port,
-                            ssl_context=context, startup_timeout_s=startup_timeout_s)
+                            ssl_context=context, observer=observer,
+                            interface="etsi015_teraflowsdn",
+                            startup_timeout_s=startup_timeout_s)
     return await server.start()
