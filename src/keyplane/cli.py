@@ -71,6 +71,11 @@ VerboseOpt = Annotated[bool, typer.Option(
     "--verbose", "-v", help="Debug logging: keyplane at DEBUG, libraries at INFO.")]
 LogFormatOpt = Annotated[LogFormat, typer.Option(
     "--log-format", help="Log lines on stderr as text, or as json (one object per line).")]
+UnqualifiedOpt = Annotated[bool, typer.Option(
+    "--etsi015-unqualified",
+    help="ETSI 015 agents answer {\"qkd_node\": ...} as TeraFlowSDN's QKD driver reads it, "
+         "instead of RFC 7951's qualified member (overrides the topology's "
+         "etsi015.unqualified_top_member).")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: SQLite in the state dir).")]
 DangerBusOpt = Annotated[bool, typer.Option(
@@ -89,6 +94,14 @@ def _load(path: Path) -> Topology:
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+def _with_etsi015(topo: Topology, unqualified: bool) -> Topology:
+    """``topo`` with the ETSI 015 choices given on the command line."""
+    if not unqualified:
+        return topo
+    settings = topo.etsi015.model_copy(update={"unqualified_top_member": True})
+    return topo.model_copy(update={"etsi015": settings})
 
 
 def _logging(verbose: bool, fmt: LogFormat = "text") -> None:
@@ -273,7 +286,8 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
         dashboard_controls: Annotated[bool, typer.Option(
             help="Offer the dashboard's cut / eavesdrop / restore buttons (a loopback demo; "
                  "turn off when the operations address is reachable by others).")] = True,
-        verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
+        etsi015_unqualified: UnqualifiedOpt = False, verbose: VerboseOpt = False,
+        log_format: LogFormatOpt = "text") -> None:
     """Run every element of the network in this process (embedded mode) until Ctrl-C;
     serve its dashboard at <ops>/dashboard/."""
     from keyplane.bus import MemoryBus
@@ -284,7 +298,7 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
     from keyplane.runtime import Embedded, RuntimeContext
     from keyplane.store import Database
 
-    topo = _load(topology)
+    topo = _with_etsi015(_load(topology), etsi015_unqualified)
     ops_at = _ops_address(ops)
     _logging(verbose, log_format)
     ensure_private_dir(state)
@@ -411,7 +425,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
-         danger_insecure_bus: DangerBusOpt = False, verbose: VerboseOpt = False,
+         danger_insecure_bus: DangerBusOpt = False,
+         etsi015_unqualified: UnqualifiedOpt = False, verbose: VerboseOpt = False,
          log_format: LogFormatOpt = "text") -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
@@ -421,7 +436,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     from keyplane.runtime import NodeRuntime, RuntimeContext
     from keyplane.store import Database
 
-    topo = _load(topology)
+    topo = _with_etsi015(_load(topology), etsi015_unqualified)
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
