@@ -93,6 +93,8 @@ class PostProcessing(_Model):
     sample_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
     security_epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-10
     z_basis_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    # analytic mode's rate: GLLP with the vacuum term, or the published GLLP rate
+    analytic_formula: Literal["gllp-vacuum", "gllp"] = "gllp-vacuum"
 
 
 class QuantumLink(_Model):

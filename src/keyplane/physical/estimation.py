@@ -39,6 +39,7 @@ from dataclasses import dataclass
 
 from scipy.special import erfcinv
 
+from keyplane.physical.analytic import analytic_key_rate
 from keyplane.physical.bits import binary_entropy
 from keyplane.physical.physics import DARK_COUNT_ERROR, LinkPhysics
 
@@ -161,28 +162,15 @@ def secure_length(n_key_bits: int, bounds: DecoyBounds, mu: float, leaked_ec_bit
 
 
 def asymptotic_key_rate(physics: LinkPhysics, ec_efficiency: float = 1.16) -> float:
-    """Decoy-state secret key rate in bits per pulse (infinite decoys, infinite key).
+    """Decoy-state secret key rate in bits per pulse (infinite decoys, infinite key): GLLP
+    with the vacuum term, faults and eavesdropper included
+    (:func:`keyplane.physical.analytic.analytic_key_rate`, no abort threshold).
 
     Args:
-        physics: the link (no eavesdropper term: the analytic mode emulates rates).
+        physics: the link.
         ec_efficiency: ``f`` of the error correction.
     """
-    eta = physics.transmittance()
-    y0 = physics.dark_count_probability
-    mu = physics.decoy.mu_signal
-    pz = physics.z_basis_probability
-    q = physics.decoy.p_signal * (pz * pz + (1.0 - pz) * (1.0 - pz))
-    y1 = y0 + eta - y0 * eta
-    if y1 <= 0.0:
-        return 0.0
-    e1 = (DARK_COUNT_ERROR * y0 + physics.misalignment * eta) / y1
-    q1 = y1 * mu * math.exp(-mu)
-    q0 = y0 * math.exp(-mu)
-    q_mu = physics.gain(mu)
-    e_mu = physics.error_rate(mu)
-    rate = q * (q0 + q1 * (1.0 - binary_entropy(e1)) - ec_efficiency * q_mu
-                * binary_entropy(e_mu))
-    return max(0.0, rate)
+    return analytic_key_rate(physics, formula="gllp-vacuum", ec_efficiency=ec_efficiency)
 
 
 def plob_bound(eta: float) -> float:
