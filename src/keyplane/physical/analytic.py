@@ -44,6 +44,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from keyplane.physical.bits import binary_entropy
+from keyplane.physical.finite_key import (
+    ExpectedBlock,
+    Statistics,
+    expected_block,
+    expected_key_rate,
+)
 from keyplane.physical.physics import DARK_COUNT_ERROR, LinkPhysics
 
 __all__ = [
@@ -53,6 +59,8 @@ __all__ = [
     "analytic_key_rate",
     "analytic_qber",
     "analytic_rate_bps",
+    "finite_key_block",
+    "finite_key_rate",
     "signal_statistics",
     "single_photon_statistics",
 ]
@@ -166,3 +174,31 @@ def analytic_rate_bps(physics: LinkPhysics, *, formula: AnalyticFormula = "gllp-
     """:func:`analytic_key_rate` times the repetition rate: secret bits per second."""
     return analytic_key_rate(physics, formula=formula, ec_efficiency=ec_efficiency,
                              qber_threshold=qber_threshold) * physics.repetition_rate_hz
+
+
+def finite_key_block(physics: LinkPhysics, n_key: float) -> ExpectedBlock:
+    """What a block of ``n_key`` key bits of this link is expected to hold (the twin's
+    protocol: key basis 0 of every intensity, test basis 1)."""
+    detection: list[float] = []
+    errors: list[float] = []
+    for mu in physics.intensities:
+        s = signal_statistics(physics, mu)
+        detection.append(s.gain)
+        errors.append(s.gain * s.error_rate)
+    qx = max(physics.z_basis_probability, 1.0 - physics.z_basis_probability)
+    return expected_block(tuple(detection), tuple(errors),  # type: ignore[arg-type]
+                          physics.class_probabilities, qx, n_key)
+
+
+def finite_key_rate(physics: LinkPhysics, n_key: float, *, eps_sec: float,
+                    statistics: Statistics = "chernoff",
+                    ec_efficiency: float = DEFAULT_EC_EFFICIENCY,
+                    leaked_verify_bits: float = 127.0) -> float:
+    """The finite-key reference curve for this link: secret bits per pulse that Lim et
+    al.'s bound gives a block of ``n_key`` key bits with the expected counts."""
+    if physics.cut:
+        return 0.0
+    return expected_key_rate(finite_key_block(physics, n_key), physics.intensities,
+                             physics.class_probabilities, ec_efficiency=ec_efficiency,
+                             leaked_verify_bits=leaked_verify_bits, eps_sec=eps_sec,
+                             statistics=statistics)

@@ -63,6 +63,7 @@ from keyplane.errors import (
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
+from keyplane.physical import analytic
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -71,7 +72,6 @@ from keyplane.physical.channel import (
     ClassicalChannel,
     InProcessChannel,
 )
-from keyplane.physical import analytic
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
 from keyplane.physical.sink import LinkKeySink
