@@ -91,6 +91,8 @@ class PostProcessing(_Model):
     block_size_bits: Annotated[int, Field(ge=1024, le=10_000_000)] = 100_000
     qber_threshold: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.11
     security_epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-10
+    # Cascade block-size schedule (keyplane.physical.cascade): yanetal leaks least
+    cascade_schedule: Literal["original", "yanetal", "option7"] = "yanetal"
     # finite-key bound's statistics (Lim et al. 2014): multiplicative Chernoff or Hoeffding
     finite_key_statistics: Literal["chernoff", "hoeffding"] = "chernoff"
     z_basis_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5

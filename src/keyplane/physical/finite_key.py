@@ -45,6 +45,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
+from numpy.typing import NDArray
+
 from keyplane.physical.bits import binary_entropy
 
 __all__ = [
@@ -326,23 +329,23 @@ class LimSystem:
 
         mu3 = self.mu3
 
-        def decode(v: list[float]) -> tuple[tuple[float, float, float],
-                                             tuple[float, float, float], float]:
-            mu1 = 0.05 + 1.45 / (1.0 + math.exp(-v[0]))
-            mu2 = mu3 + (mu1 - 2.0 * mu3) / (1.0 + math.exp(-v[1]))
-            w = [math.exp(max(-50.0, min(50.0, x))) for x in v[2:5]]
+        def decode(v: NDArray[np.float64]) -> tuple[tuple[float, float, float],
+                                                     tuple[float, float, float], float]:
+            mu1 = 0.05 + 1.45 / (1.0 + math.exp(-float(v[0])))
+            mu2 = mu3 + (mu1 - 2.0 * mu3) / (1.0 + math.exp(-float(v[1])))
+            w = [math.exp(max(-50.0, min(50.0, float(x)))) for x in v[2:5]]
             s = sum(w)
-            qx = 0.5 + 0.4999 / (1.0 + math.exp(-v[5]))
+            qx = 0.5 + 0.4999 / (1.0 + math.exp(-float(v[5])))
             return (mu1, mu2, mu3), (w[0] / s, w[1] / s, w[2] / s), qx
 
-        def cost(v: list[float]) -> float:
+        def cost(v: NDArray[np.float64]) -> float:
             mu, p, qx = decode(v)
             return -self.key_rate(length_km, mu, p, qx, n_key, statistics)
 
         best = 0.0
         for start in ([0.0, -1.0, 1.0, 0.0, 0.0, 2.0], [0.5, -1.5, 1.5, 0.0, -0.5, 3.0],
                       [-0.5, 0.5, 0.0, 1.0, 0.5, 0.0], [-0.5, 0.0, -1.0, 1.0, 0.5, -1.0]):
-            res = minimize(cost, start, method="Nelder-Mead",
+            res = minimize(cost, np.asarray(start), method="Nelder-Mead",
                            options={"maxiter": 4000, "xatol": 1e-6, "fatol": 1e-16})
             best = max(best, -float(res.fun))
         return best

@@ -73,7 +73,8 @@ def toeplitz_hash(key: Bits, t: Bits, n_out: int) -> Bits:
     rounded = np.rint(conv)
     if n_out and float(np.max(np.abs(conv - rounded))) > 0.25:
         raise PhysicalError("Toeplitz FFT lost precision; block too large")
-    return (rounded.astype(np.int64) & 1).astype(np.uint8)
+    out: Bits = (rounded.astype(np.int64) & 1).astype(np.uint8)
+    return out
 
 
 def toeplitz_hash_reference(key: Bits, t: Bits, n_out: int) -> Bits:
@@ -100,5 +101,5 @@ def polynomial_tag(key: Bits, point: bytes) -> bytes:
     acc = 0
     for i in range(0, len(data), _CHUNK_BYTES):
         acc = (acc + int.from_bytes(data[i:i + _CHUNK_BYTES], "big")) * r % _P127
-    acc = (acc + key.shape[0]) % _P127
+    acc = (acc + int(key.shape[0])) % _P127
     return acc.to_bytes(16, "big")

@@ -168,7 +168,7 @@ async def _inline(fn: Callable[..., R], *args: Any) -> R:
 class _Module:
     def __init__(self, link: QuantumLink, classical: ClassicalChannel,
                  quantum: ClassicalChannel, rng: np.random.Generator, *,
-                 cascade_schedule: str = "original",
+                 cascade_schedule: str | None = None,
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  offload: Callable[..., Awaitable[Any]] = _inline) -> None:
         # offload: how CPU-heavy stages run (Clock.offload: a worker thread on the real
@@ -179,7 +179,7 @@ class _Module:
         self.classical = classical
         self.quantum = quantum
         self.rng = rng
-        self.cascade_schedule = cascade_schedule
+        self.cascade_schedule = cascade_schedule or link.postprocessing.cascade_schedule
         self.peer_timeout_s = peer_timeout_s
         self.buffer = SiftedKeyBuffer()
         self.next_block_id = 0

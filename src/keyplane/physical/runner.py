@@ -175,7 +175,8 @@ class LinkRunner(Service):
         events: the event stream (Monitoring Element's feed).
         local_ends: which ends run in this process.
         frame_duration_s: emulated time per frame (default :func:`default_frame_duration`).
-        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`).
+        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`; default the
+            link's ``postprocessing.cascade_schedule``).
         analytic_ec_efficiency: ``f`` used by the analytic rate.
         peer_timeout_s: transport timeout on the peer module.
         rendezvous_timeout_s: clock seconds Alice waits for an absent Bob before the
@@ -192,7 +193,7 @@ class LinkRunner(Service):
                  alice_sink: LinkKeySink | None = None, bob_sink: LinkKeySink | None = None,
                  bus: Bus | None = None, events: EventStream | None = None,
                  local_ends: tuple[End, ...] = ("alice", "bob"),
-                 frame_duration_s: float | None = None, cascade_schedule: str = "original",
+                 frame_duration_s: float | None = None, cascade_schedule: str | None = None,
                  analytic_ec_efficiency: float = 1.16,
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,

@@ -35,17 +35,17 @@ def sift_mask(bases_alice: Bits, bases_bob: Bits) -> NDArray[np.bool_]:
     """Detections measured in the basis Alice prepared: (d,) bool."""
     if bases_alice.shape != bases_bob.shape:
         raise ValueError("basis announcements of different lengths")
-    return bases_alice == bases_bob
+    return np.equal(bases_alice, bases_bob)
 
 
 def encode_classes(classes: NDArray[np.uint8]) -> tuple[bytes, bytes]:
     """Two packed bit planes (hi, lo) of 2-bit intensity classes."""
-    return pack(classes >> 1), pack(classes & 1)
+    return pack((classes >> 1).astype(np.uint8)), pack((classes & 1).astype(np.uint8))
 
 
 def decode_classes(hi: bytes, lo: bytes, n: int) -> NDArray[np.uint8]:
     """Inverse of :func:`encode_classes`."""
-    return (unpack(hi, n) << 1) | unpack(lo, n)
+    return ((unpack(hi, n) << 1) | unpack(lo, n)).astype(np.uint8)
 
 
 @dataclass(frozen=True, slots=True)
