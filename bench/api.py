@@ -10,15 +10,14 @@ async SDK client over keep-alive connections: the master (sae_a at km0) asks enc
 slave (sae_b at km1 for the adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys
 for the same key_IDs. Reports request pairs/s for number=1 and keys/s for number=100.
 
-Key manager behind the API: ``--km real`` (default) runs one keyplane KeyManager per node
-on one bus and SQLite store, with the test-support control plane (tests/support/
-fake_control.py: accepts every identity, configures shortest paths, unbounded token
-bucket) and link key stores fed up front with the same random blocks at both link ends
-(standing in for the physical layer), so 2-hop keys really are relayed through km1.
-``--km fake`` uses the API test double (tests/support/fake_km.py): the cost of the API
-layer alone (TLS, HTTP, JSON, the SDK).
+Behind the API runs one keyplane KeyManager per node under the real control plane
+(bench/_support.py: Access and Admission Control with SLA profiles generous enough not to
+limit the bench, Routing, Monitoring, the SDN Controller) on one bus and SQLite store, with
+link key stores fed up front with the same random blocks at both link ends (standing in for
+the physical layer), so 2-hop keys really are relayed through km1. Every pair is checked:
+the slave must get the master's bytes, or the bench stops.
 
-    PYTHONPATH=src:. python bench/api.py [--km real|fake] [--seconds 5] [--concurrency 4]
+    python bench/api.py [--seconds 5] [--concurrency 4] [--blocks 600]
 
 Prints figures; never asserts.
 """
@@ -36,45 +35,58 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "src"), str(ROOT)]
+from _support import start_net
 
-from tests.support.topologies import line3  # noqa: E402
+from keyplane.api.client import AsyncEtsi014Client
+from keyplane.certs import Issued, ensure_network_certs
+from keyplane.config import Topology, parse_topology
 
-from keyplane.api.client import AsyncEtsi014Client  # noqa: E402
-from keyplane.certs import Issued, ensure_network_certs  # noqa: E402
+_SLA = "{max_sessions: 1000, max_bps: 1000000000000, idle_timeout_s: 3600}"
+API_TOPOLOGY = f"""
+version: 1
+name: bench-api-line3
+nodes: [{{id: km0}}, {{id: km1}}, {{id: km2}}]
+links:
+  - {{endpoints: [km0, km1], length_km: 5}}
+  - {{endpoints: [km1, km2], length_km: 5}}
+users:
+  - {{id: alice, certificate_subject: "CN=alice,O=bench", sla: {_SLA}}}
+  - {{id: bob, certificate_subject: "CN=bob,O=bench", sla: {_SLA}}}
+  - {{id: carol, certificate_subject: "CN=carol,O=bench", sla: {_SLA}}}
+applications:
+  - {{sae_id: sae_a, owner: alice, node: km0}}
+  - {{sae_id: sae_b, owner: bob, node: km1}}
+  - {{sae_id: sae_c, owner: carol, node: km2}}
+"""
 
 
-def _serve(pki: str, seed: int, km_kind: str, blocks: int, conn: Any) -> None:
+def line3() -> Topology:
+    """km0 - km1 - km2; sae_a at km0 (master), sae_b at km1 and sae_c at km2 (slaves)."""
+    return parse_topology(API_TOPOLOGY)
+
+
+def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
     """Child process: serve km0..km2 until the parent says stop; answer "cpu" queries."""
     from keyplane.api.server import serve_km_api
     from keyplane.api.settings import ApiSettings, Etsi014Limits
+    from keyplane.bus import MemoryBus
+    from keyplane.clock import RealClock
+    from keyplane.events import EventStream
+    from keyplane.keymanager import KmSettings
+    from keyplane.store import Database, sqlite_url
 
     topo = line3()
     issued = ensure_network_certs(topo, Path(pki))
 
     async def main() -> None:
-        closers: list[Any] = []
-        limits = Etsi014Limits()
-        if km_kind == "real":
-            from tests.support.km_net import start_net
-
-            from keyplane.bus import MemoryBus
-            from keyplane.clock import RealClock
-            from keyplane.store import Database, sqlite_url
-
-            db = await Database.open(sqlite_url(Path(pki) / "km.db"))
-            net = await start_net(topo, MemoryBus(), db, RealClock(), seed=seed,
-                                  blocks=blocks, block_bytes=16384)
-            kms: dict[str, Any] = dict(net.kms)
-            limits = Etsi014Limits.from_km_settings(net.settings)
-            closers += [net.close, net.bus.close, db.close]
-        else:
-            from tests.support.fake_km import FakeKeyNetwork
-
-            network = FakeKeyNetwork(topo, seed=seed, pool_bits=1 << 62)
-            kms = {n.id: network.km(n.id) for n in topo.nodes}
-        servers = [await serve_km_api(kms[n.id], kme_id=n.id, server_cert=issued.kms[n.id],
+        settings = KmSettings()
+        db = await Database.open(sqlite_url(Path(pki) / "km.db"))
+        bus = MemoryBus()
+        clock = RealClock()
+        net = await start_net(topo, bus, db, clock, EventStream(clock), km_settings=settings,
+                              seed=seed, blocks=blocks, block_bytes=16384)
+        limits = Etsi014Limits.from_km_settings(settings)
+        servers = [await serve_km_api(net.kms[n.id], kme_id=n.id, server_cert=issued.kms[n.id],
                                       ca_file=issued.ca.cert,
                                       settings=ApiSettings.from_topology(topo, n.id,
                                                                          limits=limits),
@@ -86,8 +98,9 @@ def _serve(pki: str, seed: int, km_kind: str, blocks: int, conn: Any) -> None:
             conn.send(time.process_time())  # server CPU seconds so far
         for s in servers:
             await s.close()
-        for close in closers:
-            await close()
+        await net.close()
+        await bus.close()
+        await db.close()
 
     _arun(main())
 
@@ -145,11 +158,8 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="key size, bits")
     ap.add_argument("--bulk", type=int, default=100, help="number of keys per bulk request")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--km", choices=["fake", "real"], default="real",
-                    help="real: keyplane.keymanager.KeyManager per node with the test-support "
-                         "control plane and fed link key stores; fake: the API test double")
     ap.add_argument("--blocks", type=int, default=600,
-                    help="16 KiB link key blocks fed to each link (--km real)")
+                    help="16 KiB link key blocks fed to each link up front")
     args = ap.parse_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -157,13 +167,13 @@ def main() -> None:
           f"{platform.processor() or platform.platform()}, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} at start")
     print(f"parameters: seconds={args.seconds} concurrency={args.concurrency} "
-          f"size={args.size} bulk={args.bulk} seed={args.seed} km={args.km}")
+          f"size={args.size} bulk={args.bulk} seed={args.seed}")
 
     with tempfile.TemporaryDirectory() as pki:
         issued = ensure_network_certs(line3(), Path(pki))
         parent, child = mp.get_context("spawn").Pipe()
         proc = mp.get_context("spawn").Process(
-            target=_serve, args=(pki, args.seed, args.km, args.blocks, child))
+            target=_serve, args=(pki, args.seed, args.blocks, child))
         proc.start()
         try:
             ports = parent.recv()

@@ -4,8 +4,7 @@ Run from the repository root::
 
     PYTHONPATH=src /work/venv/bin/python bench/control.py [--sessions 200] [--pairs 500] [--seed 7]
 
-1. **Session setup latency** — from both endpoint KMs sending their open requests to
-   Admission Control having every ConfigAck of the path (both endpoints operative), on a
+XX, on a
    1-hop and a 3-hop path; embedded (MemoryBus, one process) and over a real nats-server
    (control plane and KMs on separate NATS connections). The KMs are the test-support
    responders of tests/support/fake_kms.py (they apply and acknowledge at once), so the
@@ -29,42 +28,21 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import networkx as nx
+from _support import CALLER_A, CALLER_B, line_topology
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.support
-
-from tests.support.fake_kms import FakeKms
-
-from keyplane.bus import Bus, MemoryBus, topics
+from keyplane.bus import Bus, MemoryBus
 from keyplane.clock import RealClock
-from keyplane.config import parse_topology
 from keyplane.control import ControlPlane, ControlSettings, RoutingCore
-from keyplane.events import EventStream, EventType, MemorySink
-from keyplane.messages import Qos, SessionClose, SessionOpenRequest
+from keyplane.events import EventStream, MemorySink
+from keyplane.keymanager import KeyManager
+from keyplane.messages import Qos
 from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
 from keyplane.store.topology import LinkMetrics
-
-LINE_TOPOLOGY = """
-version: 1
-name: bench-line
-nodes: [{id: n0}, {id: n1}, {id: n2}, {id: n3}]
-links:
-  - {endpoints: [n0, n1], length_km: 10}
-  - {endpoints: [n1, n2], length_km: 10}
-  - {endpoints: [n2, n3], length_km: 10}
-users:
-  - {id: u0, certificate_subject: "CN=u0", sla: {max_sessions: 100000, max_bps: 100000,
-                                                  priority: 3}}
-  - {id: u1, certificate_subject: "CN=u1", sla: {max_sessions: 100000, max_bps: 100000,
-                                                  priority: 3}}
-applications:
-  - {sae_id: sae0, owner: u0, node: n0}
-  - {sae_id: sae1, owner: u1, node: n1}
-  - {sae_id: sae3, owner: u1, node: n3}
-"""
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -80,43 +58,38 @@ def _fmt_ms(xs: list[float]) -> str:
 
 async def _setup_latency(control_bus: Bus, km_bus: Bus, hops: int, sessions: int,
                          db_path: Path) -> list[float]:
-    topology = parse_topology(LINE_TOPOLOGY)
+    topology = line_topology(hops + 1)
     clock = RealClock()
-    sink = MemorySink(maxlen=1_000)
-    events = EventStream(clock, [sink])
-    peer_sae, peer_node = ("sae1", "n1") if hops == 1 else ("sae3", "n3")
+    events = EventStream(clock, [MemorySink(maxlen=1_000)])
     db = await Database.open(sqlite_url(db_path))
+    plane = ControlPlane(topology, control_bus, db, clock, events, ControlSettings(),
+                         elements=["sdn", "routing", "access", "admission"])
+    await plane.start()
+    kms: list[KeyManager] = []
     samples: list[float] = []
     try:
-        async with FakeKms(km_bus, ["n0", "n1", "n2", "n3"]) as kms, \
-                ControlPlane(topology, control_bus, db, clock, events, ControlSettings(),
-                             elements=["sdn", "routing", "admission"]):
-            for i in range(sessions + 10):  # the first 10 warm up
-                sid = f"bench-{hops}-{i}"
-                opened = [
-                    SessionOpenRequest(session_id=sid, node="n0", user_id="u0",
-                                       source_sae="sae0", destination_sae=peer_sae, qos=Qos()),
-                    SessionOpenRequest(session_id=sid, node=peer_node, user_id="u1",
-                                       source_sae=peer_sae, destination_sae="sae0", qos=Qos()),
-                ]
-                operative = asyncio.ensure_future(sink.wait_for(
-                    lambda e, sid=sid: e.type is EventType.session_operative
-                    and e.session == sid))
-                t0 = time.perf_counter()
-                await asyncio.gather(*(km_bus.request(topics.ADMISSION, r, timeout_s=5.0)
-                                       for r in opened))
-                async with asyncio.timeout(10):
-                    await operative
-                dt = time.perf_counter() - t0
-                if i >= 10:
-                    samples.append(dt)
-                assert len(kms.holders(sid)) == hops + 1
-                deleted = asyncio.ensure_future(sink.wait_for(
-                    lambda e, sid=sid: e.type is EventType.session_deleted and e.session == sid))
-                await km_bus.publish(topics.ADMISSION, SessionClose(session_id=sid, node="n0"))
-                async with asyncio.timeout(10):
-                    await deleted
+        for node in topology.nodes:
+            km = KeyManager(node.id, topology, km_bus, db, clock, events)
+            await km.start()
+            kms.append(km)
+        src, dst = kms[0], kms[-1]
+        for i in range(sessions + 10):  # the first 10 warm up
+            sid = str(uuid.uuid4())
+            t0 = time.perf_counter()
+            a, b = await asyncio.gather(
+                src.open_connect(CALLER_A, "sa", "sb", Qos(), sid),
+                dst.open_connect(CALLER_B, "sb", "sa", Qos(), sid))
+            dt = time.perf_counter() - t0
+            if not (a.peer_connected and b.peer_connected):
+                raise RuntimeError(f"session {sid} not configured at both ends")
+            if i >= 10:
+                samples.append(dt)
+            await src.close(CALLER_A, sid)
+            await dst.close(CALLER_B, sid)
     finally:
+        for km in kms:
+            await km.close()
+        await plane.close()
         await db.close()
     return samples
 
@@ -183,7 +156,7 @@ async def main() -> None:
     print(f"machine: {platform.platform()} | {platform.processor() or platform.machine()} | "
           f"{os.cpu_count()} CPUs | Python {platform.python_version()} | "
           f"networkx {nx.__version__}")
-    print("\nsession setup latency (both opens sent -> every ConfigAck received):")
+    print("\nsession setup latency (both OPEN_CONNECTs sent -> both returned configured):")
     with tempfile.TemporaryDirectory() as tmp:
         await _run_setup("embedded", None, args.sessions, Path(tmp))
         srv = NatsServer.start()

@@ -1,7 +1,7 @@
 """Hybrid provisioning benchmarks: ML-KEM-768 hop keys, the combiner, and PQC/combined hops
 inside a live relay.
 
-    PYTHONPATH=src:. python bench/hybrid.py [--seconds 3] [--samples 200] [--seed 1]
+    python bench/hybrid.py [--seconds 3] [--samples 200] [--seed 1]
 
 Part 1 (micro): ML-KEM hop keys per second (the whole authenticated exchange: keygen, both
 ECDSA signatures and certificate checks, encapsulation, decapsulation, HKDF on both sides, in
@@ -9,8 +9,8 @@ one process, so both KMs' CPU time is counted), the latency that exchange adds t
 the cost of the XOR combiner.
 
 Part 2 (live relay, embedded): real KeyManagers on a line km0 - km1 - km2 (one asyncio
-process, in-memory bus, one SQLite store, link key stores fed directly), the test-support
-control plane configuring each session with a hybrid policy. Median and p99 latency of
+process, in-memory bus, one SQLite store, link key stores fed directly) under the real
+control plane (bench/_support.py), both users' SLA carrying the hybrid policy. Median and p99 latency of
 sequential ETSI 014 ``enc_keys(1 x 256 bit)`` with every hop QKD (``qkd-only``), every hop
 combined (``qkd-and-pqc``), and the km1-km2 hop on ML-KEM alone (``either`` with that link's
 key used up). Every frame of a PQC or combined hop (the key frame and its confirmation) makes
@@ -22,27 +22,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _support import CALLER_A, line_topology, machine_line, start_net
 
 from keyplane.bus import MemoryBus
 from keyplane.certs import ensure_network_certs
 from keyplane.clock import RealClock
 from keyplane.config import load_topology
 from keyplane.events import EventStream
-from keyplane.keymanager import KeyManager, KmSettings
-from keyplane.keymanager.interface import Caller
+from keyplane.keymanager import KmSettings
 from keyplane.keymanager.pqc import KmIdentity, PqcReceiver, combine_hop_key, pqc_send
 from keyplane.store import Database, sqlite_url
 
 ROOT = Path(__file__).resolve().parents[1]
-CALLER = Caller("CN=a")
+CALLER = CALLER_A
 SETTINGS = KmSettings(link_reserve_bytes=65_536, keystore_low_water_bits=0,
                       relay_confirm_timeout_s=30.0)
 
@@ -77,37 +74,21 @@ def micro(seconds: float, certs_dir: str) -> None:
 async def relay_latency(policy: str, outage: bool, samples: int, seed: int, tmp: Path
                         ) -> list[float]:
     """Sequential enc_keys(1 x 256 bit) latencies (s) over km0 - km1 - km2 under ``policy``."""
-    from tests.support.fake_control import FakeControlPlane
-    from tests.support.km_net import line_topology
-
-    topo = line_topology(3)
+    topo = line_topology(3, hybrid_policy=policy)
     certs = ensure_network_certs(topo, tmp / "certs")
+    identities = {n.id: KmIdentity.load(n.id, certs.kms[n.id].cert, certs.kms[n.id].key,
+                                        certs.ca.cert) for n in topo.nodes}
     db = await Database.open(sqlite_url(tmp / f"hybrid-{policy}-{outage}.db"))
     bus = MemoryBus(seed=seed)
     clock = RealClock()
-    events = EventStream(clock)
-    ctl = await FakeControlPlane(bus, topo, hybrid_policy=policy).start()
-    kms: dict[str, KeyManager] = {}
+    net = await start_net(topo, bus, db, clock, EventStream(clock), km_settings=SETTINGS,
+                          seed=seed, identities=identities)
     try:
-        for node in topo.nodes:
-            c = certs.kms[node.id]
-            km = KeyManager(node.id, topo, bus, db, clock, events, SETTINGS,
-                            KmIdentity.load(node.id, c.cert, c.key, certs.ca.cert))
-            await km.start()
-            kms[node.id] = km
-        rng = random.Random(seed)
-        for link in topo.links:
-            for b in range(16):
-                block = rng.randbytes(1 << 14)
-                for end in link.endpoints:
-                    await kms[end].put_block(link.link_id, b, block)
-        for km in kms.values():  # the peers acknowledged every block
-            await km.links_acknowledged()
-        src = kms["km0"]
+        src = net.kms["km0"]
         await src.enc_keys(CALLER, "sc", "sd", 1, 256)  # opens the session
         if outage:
             for node in ("km1", "km2"):
-                store = kms[node].link_stores["km1-km2"]
+                store = net.kms[node].link_stores["km1-km2"]
                 store.take_send(store.sendable_bytes)
         out = []
         for _ in range(samples):
@@ -116,9 +97,7 @@ async def relay_latency(policy: str, outage: bool, samples: int, seed: int, tmp:
             out.append(time.perf_counter() - t0)
         return out
     finally:
-        for km in kms.values():
-            await km.close()
-        await ctl.close()
+        await net.close()
         await bus.close()
         await db.close()
 
@@ -148,10 +127,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print(machine_line())
     print(f"parameters: seconds={args.seconds} samples={args.samples} seed={args.seed}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"python={platform.python_version()} {platform.system()}")
     with tempfile.TemporaryDirectory() as d:
         micro(args.seconds, d)
     asyncio.run(relay(args.samples, args.seed))

@@ -1,12 +1,13 @@
 """Key manager benchmark: latency added per relay hop and end-to-end 256-bit keys/s.
 
-Runs real KeyManagers (one per node of a line km0 - ... - km<h>) on one bus and one SQLite
-store, with link key stores fed directly, and a minimal control-plane counterpart
-(tests/support/fake_control.py) that answers Access/Admission Control and configures paths.
-Keys are ETSI 014 enc_keys of 256 bits from km0's master SAE to the last node's slave SAE;
-every key is relayed hop by hop, confirmed, and persisted before it is returned.
+Runs real KeyManagers (one per node of a line km0 - ... - km<h>) under the real control plane
+(Access Control, Admission Control, Routing, Monitoring, SDN Controller; bench/_support.py)
+on one bus and one SQLite store, with link key stores fed directly (standing in for the
+physical layer). Keys are ETSI 014 enc_keys of 256 bits from km0's master SAE to the last
+node's slave SAE; every key is relayed hop by hop, confirmed, and persisted before it is
+returned.
 
-    PYTHONPATH=src:. python bench/keymanager.py [--hops 1 2 3 4] [--keys 4000] [--nats]
+    python bench/keymanager.py [--hops 1 2 3 4] [--keys 4000] [--nats]
 
 Prints figures only; asserts nothing.
 """
@@ -15,58 +16,39 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import platform
-import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from tests.support.fake_control import FakeControlPlane
-from tests.support.km_net import line_topology
+from _support import CALLER_A, CALLER_B, BenchNet, line_topology, machine_line, start_net
 
 from keyplane.bus import Bus, MemoryBus
 from keyplane.clock import RealClock
 from keyplane.events import EventStream
 from keyplane.keymanager import KeyManager, KmSettings
-from keyplane.keymanager.interface import Caller
+from keyplane.keymanager.interface import DeliveredKey
 from keyplane.store import Database, sqlite_url
 
-CALLER = Caller("CN=a")
+CALLER = CALLER_A
 SETTINGS = KmSettings(link_reserve_bytes=65_536, max_concurrent_exchanges=256,
                       keystore_low_water_bits=0, relay_confirm_timeout_s=30.0)
+BLOCK_BYTES = 1 << 14  # 16 KiB blocks, about what one privacy-amplified QKD block yields
 
 
 async def build(bus: Bus, hops: int, tmp: Path, seed: int, link_bytes: int
-                ) -> tuple[list[KeyManager], FakeControlPlane, Database]:
+                ) -> tuple[list[KeyManager], BenchNet, Database]:
     topo = line_topology(hops + 1)
     db = await Database.open(sqlite_url(tmp / f"bench-{hops}-{seed}.db"))
     clock = RealClock()
-    events = EventStream(clock)
-    ctl = await FakeControlPlane(bus, topo).start()
-    kms = []
-    for node in topo.nodes:
-        km = KeyManager(node.id, topo, bus, db, clock, events, SETTINGS)
-        await km.start()
-        kms.append(km)
-    rng = random.Random(seed)
-    block = 1 << 14  # 16 KiB blocks, about what one privacy-amplified QKD block yields
-    for link in topo.links:
-        for b in range(max(1, link_bytes // block)):
-            material = rng.randbytes(block)
-            for end in link.endpoints:
-                await kms[int(end[2:])].put_block(link.link_id, b, material)
-    for km in kms:  # the peers acknowledged every block
-        await km.links_acknowledged()
-    return kms, ctl, db
+    net = await start_net(topo, bus, db, clock, EventStream(clock), km_settings=SETTINGS,
+                          seed=seed, blocks=max(1, link_bytes // BLOCK_BYTES),
+                          block_bytes=BLOCK_BYTES)
+    return [net.km(i) for i in range(hops + 1)], net, db
 
 
-async def teardown(kms: list[KeyManager], ctl: FakeControlPlane, db: Database) -> None:
-    for km in kms:
-        await km.close()
-    await ctl.close()
+async def teardown(kms: list[KeyManager], net: BenchNet, db: Database) -> None:
+    await net.close()
     await db.close()
 
 
@@ -83,39 +65,58 @@ async def latency(kms: list[KeyManager], n: int) -> float:
 
 
 async def throughput(kms: list[KeyManager], total_keys: int, per_request: int,
-                     concurrency: int) -> float:
-    """256-bit keys per second with ``concurrency`` callers of enc_keys(per_request)."""
+                     concurrency: int) -> tuple[float, int]:
+    """256-bit keys per second with ``concurrency`` callers of enc_keys(per_request).
+
+    Returns the rate and how many of the keys the slave then fetched (dec_keys, untimed)
+    with the same bytes: only those count as delivered.
+    """
     src = kms[0]
     await src.enc_keys(CALLER, "sc", "sd", 1, 256)
     requests = max(1, total_keys // per_request)
     todo = iter(range(requests))
+    made: list[DeliveredKey] = []
 
     async def worker() -> None:
         for _ in todo:
-            await src.enc_keys(CALLER, "sc", "sd", per_request, 256)
+            made.extend(await src.enc_keys(CALLER, "sc", "sd", per_request, 256))
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return requests * per_request / (time.perf_counter() - t0)
+    rate = requests * per_request / (time.perf_counter() - t0)
+    return rate, await verified(kms[-1], made)
+
+
+async def verified(dst: KeyManager, made: list[DeliveredKey]) -> int:
+    """How many of ``made`` the slave SAE gets from the destination KM with equal bytes."""
+    same = 0
+    for i in range(0, len(made), 128):
+        chunk = made[i:i + 128]
+        got = await dst.dec_keys(CALLER_B, "sd", "sc", [k.key_id for k in chunk])
+        by_id = {k.key_id: k.key for k in got}
+        same += sum(1 for k in chunk if by_id.get(k.key_id) == k.key)
+    return same
 
 
 async def run_bus(name: str, make_bus, hops_list: list[int], keys: int, seed: int) -> None:  # type: ignore[no-untyped-def]
     print(f"\n== bus: {name}")
     print(f"{'hops':>4} {'latency ms':>11} {'keys/s (1/req, c=64)':>21} "
-          f"{'keys/s (32/req, c=8)':>21}")
+          f"{'keys/s (32/req, c=8)':>21} {'fetched by slave, same bytes':>29}")
     lat: dict[int, float] = {}
     with tempfile.TemporaryDirectory() as d:
         for hops in hops_list:
             bus = await make_bus()
-            kms, ctl, db = await build(bus, hops, Path(d), seed, link_bytes=keys * 200 + (4 << 20))
+            kms, net, db = await build(bus, hops, Path(d), seed, link_bytes=keys * 200 + (4 << 20))
             try:
                 lat[hops] = await latency(kms, 200)
-                single = await throughput(kms, keys, 1, 64)
-                batched = await throughput(kms, keys * 4, 32, 8)
+                single, single_ok = await throughput(kms, keys, 1, 64)
+                batched, batched_ok = await throughput(kms, keys * 4, 32, 8)
             finally:
-                await teardown(kms, ctl, db)
+                await teardown(kms, net, db)
                 await bus.close()
-            print(f"{hops:>4} {lat[hops] * 1e3:>11.3f} {single:>21.0f} {batched:>21.0f}")
+            made = keys + (keys * 4 // 32) * 32
+            print(f"{hops:>4} {lat[hops] * 1e3:>11.3f} {single:>21.0f} {batched:>21.0f} "
+                  f"{single_ok + batched_ok:>19} of {made}")
     if len(lat) >= 2:
         xs = sorted(lat)
         slope = statistics.linear_regression(xs, [lat[h] for h in xs]).slope
@@ -129,10 +130,8 @@ async def main() -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--nats", action="store_true", help="also run over a real nats-server")
     args = p.parse_args()
-    print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+    print(machine_line())
     print(f"parameters: hops={args.hops} keys={args.keys} key_size=256 bits seed={args.seed}")
-    print(f"machine: {platform.machine()} {platform.processor() or ''} cpus={os.cpu_count()} "
-          f"python={platform.python_version()} {platform.system()}")
     print("store: SQLite file (WAL), group commit; embedded = one asyncio process")
 
     async def memory() -> Bus:

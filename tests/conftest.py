@@ -16,6 +16,7 @@ from keyplane.bus import Bus, MemoryBus
 from keyplane.clock import VirtualClock
 from keyplane.services import NatsServer, PostgresServer
 from keyplane.store import Database, sqlite_url
+from keyplane.store.sealing import KeyRing
 
 
 @pytest.fixture
@@ -88,9 +89,9 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-
 
 
 @pytest.fixture
-async def db(db_url: str) -> AsyncIterator[Database]:
-    """An opened, migrated database of each backend."""
-    database = await Database.open(db_url)
+async def db(db_url: str, tmp_path) -> AsyncIterator[Database]:  # type: ignore[no-untyped-def]
+    """An opened, migrated database of each backend (nodes' KEKs in ``tmp_path/kek``)."""
+    database = await Database.open(db_url, keyring=KeyRing(tmp_path / "kek"))
     try:
         yield database
     finally:

@@ -5,12 +5,15 @@
     ca.pem ca.key                      the network's CA (keep ca.key offline in production)
     km/<node>.pem  km/<node>.key       server cert of each KM (SAN: localhost, 127.0.0.1,
                                        the node's address); also its client cert for KM-KM
+    km/<node>.kek                      the KM's key-encryption key: key material in the
+                                       database is sealed under it (keyplane.store.sealing)
     sae/<sae>.pem  sae/<sae>.key       client cert of each SAE; subject = its owner's
                                        certificate_subject, so Access Control finds the user
     controller.pem controller.key      the SDN Controller's client cert (ETSI 015)
 
 Keys are ECDSA P-256; certificates are valid for ``days`` (default 825). Existing files are
-kept (idempotent), so restarting ``keyplane run`` never changes identities.
+kept (idempotent), so restarting ``keyplane run`` never changes identities. Every file is
+written ``0600`` and every folder ``0700`` (:mod:`keyplane.fileperms`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -27,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from keyplane.config import Topology
+from keyplane.fileperms import ensure_private_dir, write_private
 
 __all__ = [
     "CertPaths",
@@ -54,6 +58,8 @@ class Issued:
     kms: dict[str, CertPaths]
     saes: dict[str, CertPaths]
     controller: CertPaths
+    keks: dict[str, Path] = field(default_factory=dict)
+    """Each KM's key-encryption key file, by node."""
 
 
 def _name(subject: str) -> x509.Name:
@@ -62,11 +68,9 @@ def _name(subject: str) -> x509.Name:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
-    path.chmod(0o600)
+    write_private(path, key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
 
 
 def _load_ca(paths: CertPaths) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -94,7 +98,7 @@ def _make_ca(paths: CertPaths, name: str, days: int) -> None:
                            critical=False)
             .sign(key, hashes.SHA256()))
     _write_key(paths.key, key)
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def _issue(ca: CertPaths, paths: CertPaths, subject: str, *, server_names: list[str],
@@ -126,19 +130,21 @@ def _issue(ca: CertPaths, paths: CertPaths, subject: str, *, server_names: list[
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     _write_key(paths.key, key)
-    paths.cert.parent.mkdir(parents=True, exist_ok=True)
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
 def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int = 825
                          ) -> Issued:
-    """Create (once) the CA and every KM, SAE and controller certificate of ``topology``."""
-    base = Path(directory)
-    base.mkdir(parents=True, exist_ok=True)
+    """Create (once) the CA, every KM, SAE and controller certificate of ``topology`` and
+    each KM's key-encryption key."""
+    from keyplane.store.sealing import ensure_kek_file  # the store's stack, only when used
+
+    base = ensure_private_dir(directory)
     ca = CertPaths(base / "ca.pem", base / "ca.key")
     if not (ca.cert.exists() and ca.key.exists()):
         _make_ca(ca, topology.name, days)
     kms: dict[str, CertPaths] = {}
+    keks: dict[str, Path] = {}
     for node in topology.nodes:
         p = CertPaths(base / "km" / f"{node.id}.pem", base / "km" / f"{node.id}.key")
         if not (p.cert.exists() and p.key.exists()):
@@ -146,6 +152,7 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
             _issue(ca, p, f"CN={node.id},OU=km,O=keyplane", server_names=names, client=True,
                    server=True, days=days)
         kms[node.id] = p
+        ensure_kek_file(keks.setdefault(node.id, base / "km" / f"{node.id}.kek"))
     saes: dict[str, CertPaths] = {}
     for app in topology.applications:
         owner = topology.user(app.owner)
@@ -158,7 +165,7 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
     if not (ctl.cert.exists() and ctl.key.exists()):
         _issue(ca, ctl, "CN=sdn-controller,OU=control,O=keyplane", server_names=["localhost",
                "127.0.0.1"], client=True, server=True, days=days)
-    return Issued(ca=ca, kms=kms, saes=saes, controller=ctl)
+    return Issued(ca=ca, kms=kms, saes=saes, controller=ctl, keks=keks)
 
 
 def server_ssl_context(cert: CertPaths, ca_file: Path, *, require_client_cert: bool = True

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from keyplane.config import Topology, load_topology
 from keyplane.errors import ConfigError, KeyplaneError
+from keyplane.fileperms import ensure_private_dir
 
 __all__ = ["app", "main"]
 
@@ -107,7 +108,7 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
 
     topo = _load(topology)
     _logging(verbose)
-    state.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state)
 
     async def main_(stop: asyncio.Event) -> None:
         from keyplane.clock import RealClock
@@ -152,7 +153,7 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                       f" choose from {', '.join(ELEMENTS)}")
         raise typer.Exit(2)
     _logging(verbose)
-    state.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state)
 
     async def main_(stop: asyncio.Event) -> None:
         from keyplane.clock import RealClock
@@ -179,7 +180,11 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
 @app.command()
 def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
          topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
-         state: StateOpt = Path("state"), db: DbOpt = None, verbose: bool = False) -> None:
+         state: StateOpt = Path("state"), db: DbOpt = None,
+         kek: Annotated[Path | None, typer.Option(
+             "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
+                           "database; default <state>/certs/km/<id>.kek.")] = None,
+         verbose: bool = False) -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
@@ -191,7 +196,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
     _logging(verbose)
-    state.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(state)
 
     async def main_(stop: asyncio.Event) -> None:
         from keyplane.clock import RealClock
@@ -200,6 +205,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
         b = await connect(bus, name=f"keyplane-node-{node_id}")
         events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"), BusSink(b)])
         database = await Database.open(_db_url(db, state))
+        if kek is not None:
+            database.keyring.use_file(node_id, kek)
         ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
                              state_dir=state)
         ctx.ensure_certs()

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from keyplane.errors import ConfigError
 
 __all__ = [
+    "EXAMPLES_DIR",
     "Application",
     "DecoySettings",
     "Eavesdropper",
@@ -32,6 +33,7 @@ __all__ = [
     "SlaProfile",
     "Topology",
     "User",
+    "example_path",
     "load_topology",
     "parse_topology",
 ]
@@ -40,7 +42,7 @@ Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
@@ -51,15 +53,20 @@ class Node(_Model):
     """A trusted node: one key manager, its QKD modules and its SDN agent."""
 
     id: Ident
+    """Node id, unique; also its key manager's id and bus topic token."""
     name: str = ""
+    """Free-text display name."""
     address: str = "127.0.0.1"
+    """Host the node's servers advertise to peers and applications (IP or DNS name)."""
 
 
 class Eavesdropper(_Model):
     """Intercept-resend attacker on a fibre: measures a ``fraction`` of pulses."""
 
     position_km: Annotated[float, Field(ge=0.0)] = 0.0
+    """Where on the fibre she taps it, km from ``endpoints[0]``."""
     fraction: Probability = 1.0
+    """Share of the pulses she intercepts and resends (0 to 1)."""
 
 
 class DecoySettings(_Model):
@@ -69,11 +76,17 @@ class DecoySettings(_Model):
     """
 
     mu_signal: Annotated[float, Field(gt=0.0)] = 0.5
+    """Mean photon number of signal pulses."""
     mu_decoy: Annotated[float, Field(ge=0.0)] = 0.1
+    """Mean photon number of weak decoy pulses."""
     mu_vacuum: Annotated[float, Field(ge=0.0)] = 0.0
+    """Mean photon number of vacuum decoys (0 for true vacuum)."""
     p_signal: Probability = 0.8
+    """Probability that a pulse is a signal pulse."""
     p_decoy: Probability = 0.15
+    """Probability that a pulse is a weak decoy."""
     p_vacuum: Probability = 0.05
+    """Probability that a pulse is a vacuum decoy (the three sum to 1)."""
 
     @model_validator(mode="after")
     def _check(self) -> DecoySettings:
@@ -89,34 +102,57 @@ class PostProcessing(_Model):
     """Post-processing parameters of one link's QKD modules."""
 
     block_size_bits: Annotated[int, Field(ge=1024, le=10_000_000)] = 100_000
+    """Sifted bits per post-processing block (finite-size statistics improve with size)."""
     qber_threshold: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.11
+    """Abort a block whose estimated QBER (its own test-basis error rate) exceeds this
+    (fraction)."""
     security_epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-10
-    # Cascade block-size schedule (keyplane.physical.cascade): yanetal leaks least
+    """Secrecy parameter eps_sec of each block's finite-key bound (Lim et al. 2014)."""
     cascade_schedule: Literal["original", "yanetal", "option7"] = "yanetal"
-    # finite-key bound's statistics (Lim et al. 2014): multiplicative Chernoff or Hoeffding
+    """Cascade block-size schedule (keyplane.physical.cascade); yanetal leaks the least."""
     finite_key_statistics: Literal["chernoff", "hoeffding"] = "chernoff"
+    """Statistics of the finite-key bound: multiplicative Chernoff, or Hoeffding (the
+    paper's)."""
     z_basis_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    # analytic mode's rate: GLLP with the vacuum term, or the published GLLP rate
+    """Probability of preparing and measuring in the Z basis; the more probable basis is
+    the key basis, the other the test basis."""
     analytic_formula: Literal["gllp-vacuum", "gllp"] = "gllp-vacuum"
+    """Analytic mode's rate: GLLP with the vacuum term, or the published infinite-decoy
+    GLLP rate."""
 
 
 class QuantumLink(_Model):
     """A fibre between two nodes with one QKD module pair (Alice at ``endpoints[0]``)."""
 
     id: Ident | None = None
+    """Link id (default ``<a>-<b>`` from the endpoints)."""
     endpoints: tuple[str, str]
+    """The two nodes; the QKD transmitter (Alice) sits at the first."""
     length_km: Annotated[float, Field(ge=0.0, le=1000.0)]
+    """Fibre length, km."""
     attenuation_db_per_km: Annotated[float, Field(ge=0.0)] = 0.2
+    """Fibre loss, dB/km (0.2 for standard single-mode fibre at 1550 nm)."""
     insertion_loss_db: Annotated[float, Field(ge=0.0)] = 1.0
+    """Fixed loss of connectors and the receiver's optics, dB."""
     detector_efficiency: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
+    """Detection efficiency of the receiver's detectors (0 to 1)."""
     dark_count_probability: Probability = 1e-6
+    """Dark-count probability per detection gate."""
     misalignment: Annotated[float, Field(ge=0.0, le=0.5)] = 0.015
+    """Optical misalignment error probability ``e_d``."""
     repetition_rate_hz: Annotated[float, Field(gt=0.0)] = 1e8
+    """Pulse repetition rate of the source, Hz."""
     protocol: Literal["bb84-decoy", "analytic"] = "bb84-decoy"
+    """``bb84-decoy``: emulated decoy-state BB84 with the full post-processing; ``analytic``: key
+    rate from the formula, no per-bit emulation (large networks)."""
     decoy: DecoySettings = DecoySettings()
+    """Decoy-state intensities and probabilities."""
     postprocessing: PostProcessing = PostProcessing()
+    """Post-processing parameters."""
     eavesdropper: Eavesdropper | None = None
+    """An intercept-resend eavesdropper on this fibre from the start (none by default)."""
     enabled: bool = True
+    """False: the link starts cut (no key until restored)."""
 
     @model_validator(mode="after")
     def _check(self) -> QuantumLink:
@@ -173,12 +209,19 @@ class SlaProfile(_Model):
     """What a user is entitled to (the paper's user/SLA database)."""
 
     max_sessions: Annotated[int, Field(ge=0)] = 4
+    """Live sessions the user may hold at once."""
     max_bps: Annotated[int, Field(ge=0)] = 1_000_000
+    """Highest key rate one session of this user may ask for, bit/s."""
     min_bps: Annotated[int, Field(ge=0)] = 0
+    """Key rate reserved on every link of the user's session paths, bit/s."""
     priority: Annotated[int, Field(ge=0, le=7)] = 0
+    """0 (lowest) to 7: the highest priority the user's sessions may have."""
     allowed_peers: list[str] = Field(default_factory=lambda: ["*"])
+    """SAE ids the user's applications may get keys with (``*``: any)."""
     idle_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
+    """A session without a key request for this long is closed, s."""
     hybrid_policy: HybridPolicy = HybridPolicy.qkd_only
+    """How hop keys may combine QKD and ML-KEM (docs/hybrid.md)."""
 
     @model_validator(mode="after")
     def _check(self) -> SlaProfile:
@@ -195,56 +238,78 @@ class User(_Model):
     """A user (owner of applications), identified by a certificate subject or a token."""
 
     id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    """User id (owner of applications)."""
     certificate_subject: str | None = None
+    """Subject of the user's TLS client certificate (RFC 4514, e.g. ``CN=alice,O=example``): the
+    identity the KMs authenticate. A user who owns applications needs one."""
     token: str | None = Field(default=None, repr=False)
+    """Deprecated bearer token (kept for old files; never an identity on its own)."""
     sla: SlaProfile = SlaProfile()
+    """The user's SLA profile."""
 
 
 class Application(_Model):
     """A secure application entity (SAE) attached to a node's key manager."""
 
     sae_id: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    """The application's SAE id (ETSI 004/014)."""
     owner: str
+    """The user who owns it (a ``users[].id``)."""
     node: str
+    """The node whose key manager serves it."""
 
 
 class Topology(_Model):
     """The whole network description; cross-references are checked on load."""
 
     version: Literal[1] = 1
+    """Format version (1)."""
     name: str = "keyplane"
+    """Network name (shown in outputs)."""
     nodes: list[Node]
+    """The nodes (at least one)."""
     links: list[QuantumLink] = Field(default_factory=list)
+    """The quantum links."""
     users: list[User] = Field(default_factory=list)
+    """The users and their SLA profiles."""
     applications: list[Application] = Field(default_factory=list)
+    """The applications (SAEs)."""
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
-        node_ids = _unique("nodes", [n.id for n in self.nodes])
-        _unique("links", [link.link_id for link in self.links])
-        user_ids = _unique("users", [u.id for u in self.users])
-        _unique("applications", [a.sae_id for a in self.applications])
+        problems: list[str] = []
+        node_ids = _unique("nodes", [n.id for n in self.nodes], problems)
+        _unique("links", [link.link_id for link in self.links], problems)
+        user_ids = _unique("users", [u.id for u in self.users], problems)
+        _unique("applications", [a.sae_id for a in self.applications], problems)
         pairs: set[frozenset[str]] = set()
         for i, link in enumerate(self.links):
             for end in link.endpoints:
                 if end not in node_ids:
-                    raise ValueError(f"links[{i}].endpoints: unknown node {end!r}")
+                    problems.append(f"links[{i}].endpoints: unknown node {end!r}")
             pair = frozenset(link.endpoints)
             if pair in pairs:
-                raise ValueError(f"links[{i}].endpoints: a second link between the same nodes")
+                problems.append(f"links[{i}].endpoints: a second link between the same nodes")
             pairs.add(pair)
         sae_ids = {a.sae_id for a in self.applications}
+        owners = {a.owner for a in self.applications}
         for i, app in enumerate(self.applications):
             if app.node not in node_ids:
-                raise ValueError(f"applications[{i}].node: unknown node {app.node!r}")
+                problems.append(f"applications[{i}].node: unknown node {app.node!r}")
             if app.owner not in user_ids:
-                raise ValueError(f"applications[{i}].owner: unknown user {app.owner!r}")
+                problems.append(f"applications[{i}].owner: unknown user {app.owner!r}")
         for i, user in enumerate(self.users):
             for peer in user.sla.allowed_peers:
                 if peer != "*" and peer not in sae_ids:
-                    raise ValueError(
-                        f"users[{i}].sla.allowed_peers: unknown application {peer!r}"
-                    )
+                    problems.append(
+                        f"users[{i}].sla.allowed_peers: unknown application {peer!r}")
+            if user.id in owners and not user.certificate_subject:
+                problems.append(
+                    f"users[{i}].certificate_subject: user {user.id!r} owns applications but "
+                    "has no certificate_subject; the subject of a verified TLS client "
+                    "certificate is the only identity a key manager accepts")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
 
     def node(self, node_id: str) -> Node:
@@ -280,11 +345,11 @@ class Topology(_Model):
         return [link for link in self.links if node_id in link.endpoints]
 
 
-def _unique(what: str, ids: list[str]) -> set[str]:
+def _unique(what: str, ids: list[str], problems: list[str]) -> set[str]:
     seen: set[str] = set()
     for i, x in enumerate(ids):
         if x in seen:
-            raise ValueError(f"{what}[{i}]: duplicate id {x!r}")
+            problems.append(f"{what}[{i}]: duplicate id {x!r}")
         seen.add(x)
     return seen
 
@@ -376,26 +441,47 @@ def parse_topology(text: str, source: str = "<string>") -> Topology:
             line = _line_for(index, path)
             where = f"{source}:{line}" if line else source
             msg = err["msg"]
-            if err["type"] == "value_error":
-                msg = msg.removeprefix("Value error, ")
-                inner = _MSG_PATH.match(msg)
+            if err["type"] != "value_error":
+                problems.append(f"{where}: {_fmt_path(path)}: {msg}")
+                continue
+            for part in msg.removeprefix("Value error, ").split("\n"):
+                at, where_part = path, where
+                inner = _MSG_PATH.match(part)
                 if not path and inner:
                     # a cross-reference error: the message starts with the field's path
-                    path = _parse_path(inner.group(1))
-                    msg = msg[inner.end():]
-                    line = _line_for(index, path)
-                    where = f"{source}:{line}" if line else source
-            problems.append(f"{where}: {_fmt_path(path)}: {msg}")
+                    at = _parse_path(inner.group(1))
+                    part = part[inner.end():]
+                    line = _line_for(index, at)
+                    where_part = f"{source}:{line}" if line else source
+                problems.append(f"{where_part}: {_fmt_path(at)}: {part}")
         raise ConfigError("invalid topology:\n  " + "\n  ".join(problems)) from None
 
 
+EXAMPLES_DIR = Path(__file__).parent / "examples"
+"""The example networks shipped with keyplane (``examples/`` in the repository)."""
+
+
+def example_path(path: str | Path) -> Path | None:
+    """The packaged example a missing ``path`` names, if any.
+
+    ``paper_poc``, ``paper_poc.yaml`` and ``examples/paper_poc.yaml`` all name the packaged
+    ``paper_poc.yaml``, so the documented commands work from any folder. A path that exists,
+    or whose folder is not ``examples``, names no example.
+    """
+    p = Path(path)
+    if p.exists() or (p.parent != Path(".") and p.parent.name != "examples"):
+        return None
+    candidate = EXAMPLES_DIR / (p.name if p.suffix in (".yaml", ".yml") else f"{p.name}.yaml")
+    return candidate if candidate.is_file() else None
+
+
 def load_topology(path: str | Path) -> Topology:
-    """Read and validate a topology file.
+    """Read and validate a topology file (or a packaged example, see :func:`example_path`).
 
     Raises:
         ConfigError: the file cannot be read or is invalid (see :func:`parse_topology`).
     """
-    p = Path(path)
+    p = example_path(path) or Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:

@@ -9,6 +9,8 @@ KeyplaneError
 │   ├── BusClosed               the bus was closed
 │   └── MessageDecodeError      a message that is not a known, versioned keyplane model
 ├── StoreError                  persistence problems, raised only by keyplane.store
+│   ├── CommitFailed            a journal group commit failed (retried; nothing was handed out)
+│   └── SealedDataError         sealed key material did not open (wrong KEK, altered or moved row)
 ├── SessionError                a session-level refusal or failure
 │   ├── AuthenticationFailed    Access Control refused the identity
 │   ├── QosNotMet               Admission Control refused the QoS (ETSI 004 status 7)
@@ -51,6 +53,7 @@ __all__ = [
     "BusTimeout",
     "ClassicalChannelError",
     "ClassicalChannelTimeout",
+    "CommitFailed",
     "ConfigError",
     "ExtensionNotMet",
     "IllegalTransition",
@@ -72,6 +75,7 @@ __all__ = [
     "RelayAuthenticationFailed",
     "RelayError",
     "RelayTimeout",
+    "SealedDataError",
     "SessionError",
     "SessionIdInUse",
     "SessionNotFound",
@@ -118,6 +122,19 @@ class MessageDecodeError(BusError):
 
 class StoreError(KeyplaneError):
     """The database failed."""
+
+
+class CommitFailed(StoreError):
+    """A group commit of key-manager state failed.
+
+    Every waiter on that commit gets this error and must not hand out what it waited for;
+    the journal keeps the changes and retries the commit on its own.
+    """
+
+
+class SealedDataError(StoreError):
+    """Sealed key material did not open: another node's or a retired, unknown KEK, an
+    altered value, or a value moved from another row (docs/security.md, keys at rest)."""
 
 
 class SessionError(KeyplaneError):

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from keyplane.bus.base import Bus
 from keyplane.bus.codec import Message
 from keyplane.clock import Clock
+from keyplane.fileperms import open_private
 
 __all__ = [
     "BusSink",
@@ -163,8 +164,9 @@ class JsonlSink:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh: IO[str] | None = self.path.open("a", encoding="utf-8", buffering=1)
+        # session ids, SAE names and key ids: owner-only (0600), like the database
+        self._fh: IO[str] | None = open_private(self.path, "a", encoding="utf-8",
+                                                buffering=1)
 
     def write(self, event: Event) -> None:
         if self._fh is not None:

@@ -301,6 +301,14 @@ class TopologyChange(Message):
     attributes: dict[str, float | str | bool | None] = Field(default_factory=dict)
 
 
+SdnNotificationName = Literal[
+    "sdqkdn_application_new", "sdqkdn_application_qos_update",
+    "sdqkdn_application_disconnected", "sdqkdn_interface_new", "sdqkdn_interface_down",
+    "sdqkdn_interface_out", "sdqkdn_link_down", "sdqkdn_link_perf_update",
+    "sdqkdn_link_overloaded", "alarm", "event"]
+"""The ETSI 015 notification names (plus keyplane's alarm and event)."""
+
+
 class SdnNotification(Message):
     """An ETSI GS QKD 015 notification from a node's SDN agent (clause 6, YANG notifications).
 
@@ -313,10 +321,7 @@ class SdnNotification(Message):
 
     node: str
     qkdn_id: str
-    name: Literal["sdqkdn_application_new", "sdqkdn_application_qos_update",
-                  "sdqkdn_application_disconnected", "sdqkdn_interface_new",
-                  "sdqkdn_interface_down", "sdqkdn_interface_out", "sdqkdn_link_down",
-                  "sdqkdn_link_perf_update", "sdqkdn_link_overloaded", "alarm", "event"]
+    name: SdnNotificationName
     event_time: str
     content: dict[str, Any] = Field(default_factory=dict)
 

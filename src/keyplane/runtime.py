@@ -45,6 +45,7 @@ from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
+from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
@@ -84,9 +85,16 @@ class RuntimeContext:
         return self.events
 
     def ensure_certs(self) -> Issued:
-        """Create or load the network's certificates under ``<state>/certs``."""
+        """Create or load the network's certificates under ``<state>/certs``; seal each
+        node's key material under its ``certs/km/<node>.kek`` unless the database's key
+        ring already names a KEK file for it (a setting or a mounted secret)."""
         if self.certs is None:
+            ensure_private_dir(self.state_dir)
             self.certs = ensure_network_certs(self.topology, self.state_dir / "certs")
+            ring = self.db.keyring
+            for node, path in self.certs.keks.items():
+                if not ring.has_file(node):
+                    ring.use_file(node, path)
         return self.certs
 
 
@@ -113,11 +121,7 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
                             "key": rel(certs.saes[a.sae_id].key)}
                  for a in topology.applications},
     }
-    path = state_dir / "endpoints.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_private(state_dir / "endpoints.json", json.dumps(doc, indent=2) + "\n")
 
 
 class ControlRuntime(Service):

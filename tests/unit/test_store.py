@@ -1,14 +1,20 @@
 """Store contract: runs on SQLite and on a real PostgreSQL server."""
 
 import dataclasses
+import stat
 from pathlib import Path
 
 import pytest
 from sqlalchemy import inspect, select
 
+from keyplane.clock import VirtualClock
 from keyplane.config import load_topology
-from keyplane.errors import StoreError
-from keyplane.store import Database, normalize_url
+from keyplane.errors import SealedDataError, StoreError
+from keyplane.events import EventStream
+from keyplane.keymanager import KmSettings, LinkKeyStore
+from keyplane.keymanager.journal import Journal
+from keyplane.keymanager.vault import KeyVault
+from keyplane.store import Database, normalize_url, sqlite_url
 from keyplane.store.admitted import (
     AdmittedSession,
     delete_admitted_session,
@@ -16,7 +22,9 @@ from keyplane.store.admitted import (
     save_admitted_session,
     touch_admitted_session,
 )
-from keyplane.store.models import Base, LinkKeyBlockRow, NodeRow
+from keyplane.store.kmstate import BlockRecord, BlockWrites, KmStateStore
+from keyplane.store.models import Base, KeyBatchRow, LinkKeyBlockRow, NodeRow
+from keyplane.store.sealing import KeyRing, ensure_kek_file, read_kek_file
 from keyplane.store.topology import (
     LinkMetrics,
     get_application,
@@ -151,3 +159,146 @@ async def test_store_node_endpoints_survive_reloading_the_topology(db: Database)
     async with db.session() as s:
         row = await s.get(NodeRow, "km0")
         assert row is not None and row.endpoints == {"etsi015": "https://127.0.0.1:4443"}
+
+
+# ---- keys at rest ---------------------------------------------------------------------
+
+def test_sealer_binds_each_value_to_its_node_table_and_row(tmp_path: Path) -> None:
+    ring = KeyRing(tmp_path / "kek")
+    a, b = ring.sealer("km0"), ring.sealer("km1")
+    secret = bytes(range(32))
+    sealed = a.seal("key_batches", "row1", secret)
+    assert secret not in sealed and a.open("key_batches", "row1", sealed) == secret
+    assert a.seal("key_batches", "row1", secret) != sealed  # a fresh nonce per seal
+    for opener, table, row in ((a, "key_batches", "row2"), (a, "link_key_blocks", "row1"),
+                               (b, "key_batches", "row1")):
+        with pytest.raises(SealedDataError):
+            opener.open(table, row, sealed)
+    tampered = bytearray(sealed)
+    tampered[-20] ^= 1
+    with pytest.raises(SealedDataError):
+        a.open("key_batches", "row1", bytes(tampered))
+    # rotation: a row sealed under the retired KEK still opens, and asks to be rewritten
+    (tmp_path / "kek" / "km0.kek").rename(tmp_path / "km0.old")
+    rotated = KeyRing(tmp_path / "kek")
+    rotated.use_file("km0", tmp_path / "kek" / "km0.kek", retired=(tmp_path / "km0.old",))
+    new = rotated.sealer("km0")
+    assert new.kek_id != a.kek_id and new.needs_reseal(sealed)
+    assert new.open("key_batches", "row1", sealed) == secret
+
+
+def test_kek_files_are_private_and_checked(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "km0.kek"
+    kek = ensure_kek_file(path)
+    assert ensure_kek_file(path) == kek and len(kek) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    path.chmod(0o644)
+    with pytest.raises(StoreError, match="mode 0644"):
+        read_kek_file(path)
+    path.chmod(0o400)
+    assert read_kek_file(path) == kek  # a mounted secret (defaultMode 0400)
+    raw = tmp_path / "raw.kek"
+    raw.write_bytes(kek)
+    raw.chmod(0o600)
+    assert read_kek_file(raw) == kek
+    raw.write_bytes(b"short")
+    with pytest.raises(StoreError, match="32 bytes"):
+        read_kek_file(raw)
+    with pytest.raises(StoreError, match="no key-encryption key"):
+        KeyRing(None).sealer("km0")
+    with pytest.raises(StoreError, match="cannot read"):
+        KeyRing(tmp_path / "none", create=False).sealer("km0")
+
+
+async def test_store_link_blocks_are_sealed_and_rows_cannot_be_swapped(db: Database) -> None:
+    store = KmStateStore(db)
+    m1, m2 = bytes(range(64)), bytes(range(64, 128))
+    await store.commit([BlockWrites("km0", "l1", [
+        BlockRecord(1, 64, 0, [], m1, new=True), BlockRecord(2, 64, 0, [], m2, new=True)])])
+    async with db.session() as s:
+        rows = {r.block_id: r for r in (await s.execute(select(LinkKeyBlockRow))).scalars()}
+        assert all(r.sealed and m1 not in r.material and m2 not in r.material
+                   for r in rows.values())
+        rows[1].material, rows[2].material = rows[2].material, rows[1].material
+    with pytest.raises(SealedDataError):
+        await store.load_blocks("km0", "l1")
+    await store.close()
+
+
+async def test_store_migration_0002_moves_keys_into_batches_and_reseals_plaintext(
+        db_url: str, tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    engine = create_async_engine(db_url)
+    cfg = Config()
+    cfg.set_main_option("script_location",
+                        str(ROOT / "src" / "keyplane" / "store" / "migrations"))
+    link_key, held = bytes(range(100, 164)), bytes(range(32))
+
+    def upgrade_to_0001(conn: object) -> None:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+
+    async with engine.begin() as conn:
+        await conn.run_sync(upgrade_to_0001)
+        await conn.execute(text(
+            "INSERT INTO link_key_blocks (node, link_id, block_id, size_bytes, "
+            "tx_reserved_bytes, rx_consumed, material, created_t) "
+            "VALUES ('km0', 'l1', 7, 64, 0, '[]', :m, 0)"), {"m": link_key})
+        for key_id, index, state, material in (("k0", 0, "delivered", None),
+                                               ("k1", 1, "delivered", None),
+                                               ("k2", 2, "ready", held),
+                                               ("k3", 3, "pending", held)):
+            await conn.execute(text(
+                'INSERT INTO delivered_keys (node, key_id, session_id, "index", delivered, t, '
+                "state, size_bits, sae_id, peer_sae, material, provenance) VALUES ('km1', "
+                ":k, 's1', :i, :d, 0, :st, 256, 'sae1', 'sae0', :m, '[]')"),
+                {"k": key_id, "i": index, "d": state == "delivered", "st": state,
+                 "m": material})
+    await engine.dispose()
+    db = await Database.open(db_url, keyring=KeyRing(tmp_path / "kek"))
+    try:
+        journal = Journal(db)
+        journal.start()
+        vault = KeyVault("km1", journal)
+        await vault.load(db)
+        assert [(k.key_id, k.state, k.material) for k in vault.of_session("s1")] == [
+            ("k2", "ready", held), ("k3", "pending", held)]
+        assert vault.delivered_ranges("s1") == [(0, 2)] and vault.delivered_end("s1") == 2
+        store = LinkKeyStore("km0", "l1", "km9", journal, EventStream(VirtualClock()),
+                             VirtualClock(), KmSettings())
+        await store.load(db)
+        assert store.stored_bits == 8 * 64
+        await journal.sync()  # the legacy rows are written again, sealed
+        async with db.session() as s:
+            block = (await s.execute(select(LinkKeyBlockRow))).scalar_one()
+            batch = (await s.execute(select(KeyBatchRow))).scalar_one()
+        assert block.sealed and link_key not in block.material
+        assert batch.sealed and held not in batch.material
+        assert (await journal.store.load_blocks("km0", "l1"))[0].material == link_key
+        await journal.close()
+    finally:
+        await db.close()
+
+
+async def test_store_sqlite_files_are_private_and_secure_delete_is_on(tmp_path: Path) -> None:
+    db = await Database.open(sqlite_url(tmp_path / "state" / "k.db"))
+    try:
+        async with db.engine.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA secure_delete")).scalar_one() == 1
+        store = KmStateStore(db, scrub_interval_s=0.0)
+        await store.commit([BlockWrites("km0", "l1", [
+            BlockRecord(1, 64, 0, [], bytes(64), new=True)])])
+        await store.commit([BlockWrites("km0", "l1", deletes=[1])])
+        assert store.checkpoints >= 1
+        await store.close()
+    finally:
+        await db.close()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "state").rglob("*")}
+    assert modes.pop("kek") == 0o700
+    assert modes and set(modes.values()) == {0o600}, modes
+    assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700

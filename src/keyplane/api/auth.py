@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import Mapping
 from typing import Any
 
 from keyplane.api.errors import ApiRequestError
@@ -30,10 +31,10 @@ __all__ = ["PEER_CERT_STATE_KEY", "caller_from_scope", "resolve_sae"]
 PEER_CERT_STATE_KEY = "keyplane.peer_cert_der"
 
 
-def _header(scope: dict[str, Any], name: bytes) -> str | None:
+def _header(scope: Mapping[str, Any], name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
-            return value.decode("latin-1")
+            return str(value.decode("latin-1"))
     return None
 
 
@@ -44,7 +45,7 @@ def _subject(der: bytes) -> str:
     return peer_subject(der)
 
 
-def _peer_cert_der(scope: dict[str, Any]) -> bytes | None:
+def _peer_cert_der(scope: Mapping[str, Any]) -> bytes | None:
     der = (scope.get("state") or {}).get(PEER_CERT_STATE_KEY)
     if der:
         return bytes(der)
@@ -54,7 +55,7 @@ def _peer_cert_der(scope: dict[str, Any]) -> bytes | None:
     return None
 
 
-def caller_from_scope(scope: dict[str, Any]) -> Caller:
+def caller_from_scope(scope: Mapping[str, Any]) -> Caller:
     """The authenticated :class:`Caller` of an ASGI request.
 
     Raises:
@@ -76,7 +77,7 @@ def caller_from_scope(scope: dict[str, Any]) -> Caller:
     return Caller(identity=_subject(der))
 
 
-def resolve_sae(scope: dict[str, Any], caller: Caller, settings: ApiSettings) -> str:
+def resolve_sae(scope: Mapping[str, Any], caller: Caller, settings: ApiSettings) -> str:
     """The SAE id the caller acts as (see the module docstring).
 
     Raises:

@@ -58,7 +58,7 @@ def create_km_app(km: ApplicationService, *, kme_id: str, settings: ApiSettings 
     return app
 
 
-class _PeerCertProtocol(_BaseProtocol):  # type: ignore[misc, valid-type]
+class _PeerCertProtocol(_BaseProtocol):
     """uvicorn's HTTP protocol, plus the TLS peer certificate in each request's state."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

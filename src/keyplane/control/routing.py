@@ -201,7 +201,7 @@ class RoutingCore:
             self.weight_fn = hop_weight
         else:
             self.weight_fn = MetricWeight.from_settings(self.settings)
-        self.graph: nx.Graph = nx.Graph()
+        self.graph: nx.Graph[str] = nx.Graph()
         self._links: dict[str, _Link] = {}
         self._metrics: dict[str, LinkMetrics] = {}
         self._reservations: dict[tuple[str, int], Reservation] = {}

@@ -46,8 +46,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import select
-
 from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
 from keyplane.config import Topology
@@ -71,8 +69,15 @@ from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkAlarm, NodeAnnouncement, NodeWelcome, TopologyChange
 from keyplane.store import Database
-from keyplane.store.models import LinkRow, NodeRow
-from keyplane.store.topology import load_topology_into
+from keyplane.store.topology import (
+    StoredLink,
+    delete_link,
+    load_node_endpoints,
+    load_registered_links,
+    load_topology_into,
+    save_link,
+    save_node_endpoints,
+)
 
 if TYPE_CHECKING:  # the ETSI 015 side (and its YANG toolchain) loads only with a driver
     from keyplane.api.etsi015 import Etsi015Driver, NetworkView
@@ -458,14 +463,9 @@ class SdnController(Service):
             The registry: interface URLs each node of the topology last announced.
         """
         assert self.db is not None
-        async with self.db.session() as s:
-            rows = (await s.execute(select(LinkRow).where(LinkRow.kind == "PHYS"))
-                    ).scalars().all()
-            kept = [(r.id, r.node_a, r.node_b) for r in rows
-                    if (r.params or {}).get("registered")]
-            registry = {r.id: dict(r.endpoints) for r in
-                        (await s.execute(select(NodeRow))).scalars().all()
-                        if r.endpoints and r.id in self.model.nodes}
+        kept = [(r.link_id, r.node_a, r.node_b) for r in await load_registered_links(self.db)]
+        registry = {node: urls for node, urls in (await load_node_endpoints(self.db)).items()
+                    if node in self.model.nodes}
         if self.settings.load_topology_on_start:
             await load_topology_into(self.db, self.topology)
         for link_id, a, b in kept:
@@ -488,17 +488,13 @@ class SdnController(Service):
                           session_id=link.session_id, source_sae=link.source_sae,
                           destination_sae=link.destination_sae, priority=link.priority,
                           max_bps=link.max_bps)
-        async with self.db.session() as s:
-            await s.merge(LinkRow(id=link.link_id, node_a=link.local, node_b=link.remote,
-                                  kind=link.type, enabled=link.enable, params=params))
+        await save_link(self.db, StoredLink(link.link_id, link.local, link.remote, link.type,
+                                            link.enable, params))
 
     async def _unstore(self, link_id: str) -> None:
         if self.db is None:
             return
-        async with self.db.session() as s:
-            row = await s.get(LinkRow, link_id)
-            if row is not None:
-                await s.delete(row)
+        await delete_link(self.db, link_id)
 
     async def register_link(self, req: RegisterLink) -> SdnLink:
         """Register a PHYS or VIRT link, persist it and announce it.
@@ -554,10 +550,7 @@ class SdnController(Service):
         record.endpoints = dict(endpoints)
         if self.db is not None:
             try:
-                async with self.db.session() as s:
-                    row = await s.get(NodeRow, node)
-                    if row is not None:
-                        row.endpoints = dict(endpoints)
+                await save_node_endpoints(self.db, node, endpoints)
             except StoreError:
                 logger.exception("cannot store the endpoints of %s", node)
         self.events.emit(EventType.topology_changed, ELEMENT, node=node,

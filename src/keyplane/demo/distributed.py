@@ -47,6 +47,7 @@ from keyplane.demo.scenario import PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
 from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError
 from keyplane.events import Event, read_jsonl
+from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.messages import Qos
 from keyplane.services import NatsServer, PostgresServer
 
@@ -114,7 +115,7 @@ class SdkEndpoint:
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "keyplane", *args], stdout=subprocess.PIPE,
-                            stderr=log.open("w"), text=True)
+                            stderr=open_private(log, "w"), text=True)
 
 
 async def _wait_ready(proc: subprocess.Popen[str], ready: str, timeout_s: float) -> None:
@@ -146,13 +147,13 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     """Run the scenario with one process per element; write the outputs; return the summary."""
     console = console or Console()
     out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_private_dir(out)
     state = out / "state"
     shutil.rmtree(state, ignore_errors=True)
-    state.mkdir(parents=True)
+    ensure_private_dir(state)
     topo = opts.topology
     topo_file = out / "topology.yaml"
-    topo_file.write_text(yaml.safe_dump(topo.model_dump(mode="json")), encoding="utf-8")
+    write_private(topo_file, yaml.safe_dump(topo.model_dump(mode="json")))
     ensure_network_certs(topo, state / "certs")
     nats: NatsServer | None = None
     pg: PostgresServer | None = None
@@ -223,11 +224,11 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     for f in sorted(state.glob("events-*.jsonl")):
         events.extend(read_jsonl(f))
     events.sort(key=lambda e: (e.t, e.event_id))
-    with (out / "events.jsonl").open("w", encoding="utf-8") as fh:
+    with open_private(out / "events.jsonl", "w", encoding="utf-8") as fh:
         for e in events:
             fh.write(e.model_dump_json() + "\n")
-    summary = summarize(topo, results, events)
+    summary = summarize(topo, results, events, seed=opts.seed, mode="distributed")
     summary["mode"] = "distributed"
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     render_timeline(events, out, title="keyplane distributed event timeline (paper Fig. 4)")
     return summary

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,12 +25,14 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
+import keyplane
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
 from keyplane.config import Eavesdropper, Topology
 from keyplane.demo.scenario import PairResult, SaePair, ServiceEndpoint, run_pair
 from keyplane.demo.timeline import render_timeline
 from keyplane.events import Event, EventStream, EventType, JsonlSink, MemorySink
+from keyplane.fileperms import ensure_private_dir, restrict, write_private
 from keyplane.keymanager.interface import Caller
 from keyplane.runtime import Embedded, RuntimeContext
 from keyplane.store import Database, sqlite_url
@@ -83,8 +88,32 @@ def _caller(topo: Topology, sae: str) -> Caller:
     return Caller(owner.certificate_subject or f"CN={owner.id},O=keyplane")
 
 
-def summarize(topo: Topology, results: list[PairResult], events: list[Event]) -> dict[str, Any]:
-    """The demo's summary.json: sessions (with the route evidence) and links."""
+def run_metadata(topo: Topology, *, seed: int | None, mode: str) -> dict[str, Any]:
+    """What a summary needs to be reproduced: version, topology digest, seed, mode."""
+    canonical = json.dumps(topo.model_dump(mode="json"), sort_keys=True).encode()
+    return {"keyplane_version": keyplane.__version__, "mode": mode,
+            "topology": topo.name,
+            "topology_sha256": hashlib.sha256(canonical).hexdigest(), "seed": seed,
+            "python": platform.python_version(), "machine": platform.machine()}
+
+
+def _key_rate(mine: list[Event], node: str | None) -> dict[str, float | None]:
+    """Delivered keys and bits per second at ``node``, from the session's open to its last
+    delivery there (None before two deliveries)."""
+    opened = min((e.t for e in mine if e.type is EventType.request_arrived), default=None)
+    got = [e for e in mine if e.type is EventType.key_delivered and e.node == node]
+    if opened is None or not got or got[-1].t <= opened:
+        return {"keys_per_s": None, "bits_per_s": None}
+    span = got[-1].t - opened
+    keys = sum(int(e.data.get("key_count") or 1) for e in got)
+    bits = sum(int(e.data.get("bits") or 0) for e in got)
+    return {"keys_per_s": round(keys / span, 3), "bits_per_s": round(bits / span, 1)}
+
+
+def summarize(topo: Topology, results: list[PairResult], events: list[Event], *,
+              seed: int | None = None, mode: str = "embedded") -> dict[str, Any]:
+    """The demo's summary.json: run metadata, sessions (with the route evidence and measured
+    key rates) and links."""
     sessions = []
     for r in results:
         sid = r.key_stream_id
@@ -114,6 +143,7 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
             "intermediates_never_delivered": not (set(intermediates) & set(delivered_at)),
             "key_fingerprints": r.fingerprints,
             "lost_indexes": r.lost_indexes,
+            "key_rate": _key_rate(mine, path[0] if path else None),
         })
     links: dict[str, dict[str, Any]] = {}
     for e in events:
@@ -133,8 +163,16 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event]) ->
         s["mean_qber"] = sum(q) / len(q) if q else None
     alarms = [{"link": e.data.get("link") or e.data.get("link_id"), "kind": e.data.get("kind"),
                "t": e.t} for e in events if e.type is EventType.alarm]
-    return {"topology": topo.name, "sessions": sessions, "links": links, "alarms": alarms,
-            "events": len(events)}
+    return {"run": run_metadata(topo, seed=seed, mode=mode), "topology": topo.name,
+            "sessions": sessions, "links": links, "alarms": alarms, "events": len(events)}
+
+
+def _closed_by_admission(sid: str) -> Callable[[Event], bool]:
+    """Matches Admission Control's session_closed event for ``sid``."""
+    def match(e: Event) -> bool:
+        return (e.type is EventType.session_closed and e.element == "admission"
+                and e.session == sid)
+    return match
 
 
 def _view(results: list[PairResult], mem: MemorySink, t0: float) -> Group:
@@ -160,8 +198,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                             ) -> dict[str, Any]:
     """Run the scenario in one process; write the outputs; return the summary."""
     console = console or Console()
-    out = opts.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_private_dir(opts.out)
     for stale in ("events.jsonl", "keyplane.db", "keyplane.db-wal", "keyplane.db-shm"):
         (out / stale).unlink(missing_ok=True)
     shutil.rmtree(out / "state", ignore_errors=True)
@@ -215,15 +252,14 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
             closed = {r.key_stream_id for r in results if r.status == "closed"}
             for sid in closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mem.wait_for(
-                        lambda e, sid=sid: e.type is EventType.session_closed
-                        and e.element == "admission" and e.session == sid), 3.0)
+                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)), 3.0)
     finally:
         jsonl.close()
         await bus.close()
         await db.close()
     evs = list(mem.events)
-    summary = summarize(topo, results, evs)
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    summary = summarize(topo, results, evs, seed=opts.seed, mode="embedded")
+    write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     render_timeline(evs, out)
+    restrict(out)  # the timeline's files, written by matplotlib: owner-only too
     return summary

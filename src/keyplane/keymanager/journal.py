@@ -17,121 +17,41 @@ One journal per database per process (:meth:`Journal.shared`): the KMs of an emb
 share a SQLite file, and one writer committing for all of them avoids SQLite's writer lock
 contention (whose busy handler sleeps for milliseconds) and batches across KMs.
 
-A snapshot is data, not code: :class:`RowWrites` (inserts, updates and deletes by primary
-key for one table). The journal turns them into one ``executemany`` per kind and table:
-on SQLite with the standard library driver in a worker thread on its own connection to the
-same file (one thread hand-off and a few microseconds of SQL per commit, instead of the
-async driver's hand-off per statement plus ORM overhead), on PostgreSQL with SQLAlchemy
-Core on the async engine.
-
-A :class:`Persister` owns one kind of row. At commit time the journal asks each for a
-snapshot (taken synchronously, so it is consistent) and runs the snapshots in one
-transaction; if the transaction fails, each persister is told to re-mark what it lost and
-the waiters get :class:`~keyplane.errors.StoreError`.
+A :class:`Persister` owns one kind of state. At commit time the journal asks each for a
+snapshot (a record of :mod:`keyplane.store.kmstate`, taken synchronously, so it is
+consistent) and hands them to the store in one transaction; the store seals key bytes and
+writes the rows (no SQL here). If the transaction fails, each persister re-marks what it
+lost, every waiter on that commit gets :class:`~keyplane.errors.CommitFailed` (so nothing
+it waited for is handed out), and the journal retries on its own after a back-off
+(``retry_s`` doubling up to ``retry_max_s``) until a commit succeeds or it is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-import json
 import logging
-import sqlite3
 import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
-from sqlalchemy import JSON, Table, and_, bindparam, delete, insert, update
-from sqlalchemy.exc import SQLAlchemyError
-
-from keyplane.errors import StoreError
+from keyplane.errors import CommitFailed, StoreError
 from keyplane.store import Database
+from keyplane.store.kmstate import BlockWrites, KeyWrites, KmStateStore, SessionWrites
 
-__all__ = ["Journal", "Persister", "RowWrites"]
+__all__ = ["Journal", "Persister", "Snapshot"]
 
 logger = logging.getLogger(__name__)
 
-
-
-@dataclass
-class RowWrites:
-    """Row changes of one table: dicts of column values (updates/deletes carry the primary
-    key columns; updates may come in several shapes, each set of keys is one statement)."""
-
-    table: Table
-    inserts: list[dict[str, Any]] = field(default_factory=list)
-    updates: list[dict[str, Any]] = field(default_factory=list)
-    deletes: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _primary_key(t: Table) -> tuple[str, ...]:
-    return _table_info(t)[0]
-
-
-@functools.cache
-def _table_info(t: Table) -> tuple[tuple[str, ...], frozenset[str]]:
-    """``(primary key columns, JSON columns)`` of a table (tables are module constants)."""
-    return (tuple(c.name for c in t.primary_key.columns),
-            frozenset(c.name for c in t.columns if isinstance(c.type, JSON)))
-
-
-@functools.cache
-def _sqlite_update_order(t: Table, cols: tuple[str, ...]) -> tuple[str, ...]:
-    """Parameter order of the UPDATE for ``cols``: the set columns, then the key."""
-    pk = _primary_key(t)
-    return (*(c for c in cols if c not in pk), *pk)
-
-
-@functools.cache
-def _sqlite_statement(t: Table, kind: str, cols: tuple[str, ...]
-                      ) -> tuple[str, tuple[int, ...]]:
-    """The SQL of one ``executemany`` and which parameter positions hold JSON values.
-
-    Built once per table, kind and column set (a commit repeats the same few shapes).
-    """
-    pk, json_cols = _table_info(t)
-
-    def q(name: str) -> str:
-        return '"' + name + '"'
-
-    where = " AND ".join(f"{q(k)} = ?" for k in pk)
-    if kind == "insert":
-        order: tuple[str, ...] = cols
-        sql = (f"INSERT INTO {q(t.name)} ({', '.join(q(c) for c in cols)}) "
-               f"VALUES ({', '.join('?' for _ in cols)})")
-    elif kind == "update":
-        order = _sqlite_update_order(t, cols)
-        sets = [c for c in cols if c not in pk]
-        sql = f"UPDATE {q(t.name)} SET {', '.join(f'{q(c)} = ?' for c in sets)} WHERE {where}"
-    else:
-        order = pk
-        sql = f"DELETE FROM {q(t.name)} WHERE {where}"
-    return sql, tuple(i for i, c in enumerate(order) if c in json_cols)
-
-
-def _by_shape(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
-    """Rows grouped by their set of columns (one UPDATE statement per group)."""
-    groups: dict[tuple[str, ...], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(tuple(r), []).append(r)
-    return groups
-
-
-def _params(row: dict[str, Any], order: tuple[str, ...], json_at: tuple[int, ...]
-            ) -> list[Any]:
-    values = [row[c] for c in order]
-    for i in json_at:
-        values[i] = json.dumps(values[i])
-    return values
+Snapshot = BlockWrites | KeyWrites | SessionWrites
+"""What a persister hands the journal: the store's record of its changes."""
 
 
 class Persister(Protocol):
     """Something whose dirty state the journal writes."""
 
-    def snapshot(self) -> RowWrites | None:
-        """Take (and clear) the dirty state as row writes, or None if clean."""
+    def snapshot(self) -> Snapshot | None:
+        """Take (and clear) the dirty state as a store record, or None if clean."""
         ...
 
     def snapshot_failed(self) -> None:
@@ -145,15 +65,17 @@ class Journal:
     _shared: ClassVar[weakref.WeakKeyDictionary[Database, Journal]] = (
         weakref.WeakKeyDictionary())
 
-    def __init__(self, db: Database, *, lazy_flush_s: float = 0.05) -> None:
+    def __init__(self, db: Database, *, lazy_flush_s: float = 0.05, retry_s: float = 0.05,
+                 retry_max_s: float = 5.0) -> None:
         self._db = db
+        self.store = KmStateStore(db)
         self._lazy_flush_s = lazy_flush_s
         self._lazy: asyncio.TimerHandle | None = None
+        self._retry_s = retry_s
+        self._retry_max_s = retry_max_s
+        self._backoff = retry_s
+        self._retry: asyncio.TimerHandle | None = None
         self._users = 0
-        self._sqlite_path: str | None = None
-        self._sqlite: sqlite3.Connection | None = None
-        if db.dialect == "sqlite":
-            self._sqlite_path = db.engine.url.database
         self._persisters: list[Persister] = []
         self._gen = 0
         self._done = 0
@@ -162,6 +84,12 @@ class Journal:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.commits = 0
+        self.failures = 0
+
+    @property
+    def database(self) -> Database:
+        """The database this journal writes to."""
+        return self._db
 
     @classmethod
     def shared(cls, db: Database) -> Journal:
@@ -210,11 +138,17 @@ class Journal:
                     self._lazy_flush_s, self._wake.set)
         return self._gen
 
-    async def flushed(self, gen: int) -> None:
+    async def flushed(self, gen: int, *, wake: bool = True) -> None:
         """Wait until everything marked up to ``gen`` is committed.
 
+        Args:
+            wake: commit now (default); False waits for the commit the journal makes on
+                its own (the lazy flush, or the retry after a failure).
+
         Raises:
-            StoreError: the commit failed or the journal is closed.
+            CommitFailed: the commit that carried ``gen`` failed (the journal retries it;
+                what the caller waited for is not durable yet, so it must not be handed out).
+            StoreError: the journal is closed.
         """
         if gen <= self._done:
             return
@@ -222,7 +156,8 @@ class Journal:
             raise StoreError("key manager journal is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((gen, fut))
-        self._wake.set()
+        if wake:
+            self._wake.set()
         await fut
 
     async def sync(self) -> None:
@@ -241,103 +176,51 @@ class Journal:
         if self._lazy is not None:
             self._lazy.cancel()
             self._lazy = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         target = self._gen
-        ops: list[tuple[Persister, RowWrites]] = []
+        ops: list[tuple[Persister, Snapshot]] = []
         for p in self._persisters:
             op = p.snapshot()
             if op is not None:
                 ops.append((p, op))
-        error: BaseException | None = None
+        error: StoreError | None = None
         try:
             if ops:
-                await self._write([op for _, op in ops])
+                await self.store.commit([op for _, op in ops])
                 self.commits += 1
         except asyncio.CancelledError:
             for p, _ in ops:
                 p.snapshot_failed()
             raise
         except Exception as exc:  # reported to every waiter below
-            logger.exception("key manager journal commit failed")
             for p, _ in ops:
                 p.snapshot_failed()
-            error = exc if isinstance(exc, StoreError) else StoreError(str(exc))
+            self.failures += 1
+            if isinstance(exc, CommitFailed):
+                error = exc
+            else:
+                error = CommitFailed(f"key manager state not written: {exc}")
+                error.__cause__ = exc
+            logger.warning("key manager journal commit failed (retry in %.2f s): %s",
+                           self._backoff, exc)
+            self._retry = asyncio.get_running_loop().call_later(self._backoff, self._wake.set)
+            self._backoff = min(self._retry_max_s, 2 * self._backoff)
         if error is None:
             self._done = target
+            self._backoff = self._retry_s
         keep: list[tuple[int, asyncio.Future[None]]] = []
         for gen, fut in self._waiters:
             if fut.done():
                 continue
-            if error is not None:
+            if gen > target:
+                keep.append((gen, fut))  # marked after the snapshot: the next commit's
+            elif error is not None:
                 fut.set_exception(error)
-            elif gen <= target:
-                fut.set_result(None)
             else:
-                keep.append((gen, fut))
+                fut.set_result(None)
         self._waiters = keep
-
-    async def _write(self, writes: list[RowWrites]) -> None:
-        if self._sqlite_path is not None:
-            await asyncio.to_thread(self._write_sqlite, writes)
-            return
-        try:
-            async with self._db.engine.begin() as conn:
-                for w in writes:
-                    t = w.table
-                    pk = _primary_key(t)
-                    if w.inserts:
-                        await conn.execute(insert(t), w.inserts)
-                    for shape, rows in _by_shape(w.updates).items():
-                        cols = [k for k in shape if k not in pk]
-                        stmt = update(t).where(and_(*[
-                            t.c[k] == bindparam(f"pk_{k}") for k in pk])).values(
-                            {k: bindparam(f"v_{k}") for k in cols})
-                        await conn.execute(stmt, [
-                            {**{f"pk_{k}": r[k] for k in pk}, **{f"v_{k}": r[k] for k in cols}}
-                            for r in rows])
-                    if w.deletes:
-                        stmt = delete(t).where(and_(*[
-                            t.c[k] == bindparam(f"pk_{k}") for k in pk]))
-                        await conn.execute(stmt, [{f"pk_{k}": r[k] for k in pk}
-                                                  for r in w.deletes])
-        except SQLAlchemyError as exc:
-            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
-
-    def _write_sqlite(self, writes: list[RowWrites]) -> None:
-        """One transaction on this journal's own sqlite3 connection (worker thread)."""
-        if self._sqlite is None:
-            assert self._sqlite_path is not None
-            self._sqlite = sqlite3.connect(self._sqlite_path, timeout=30,
-                                           check_same_thread=False, isolation_level=None)
-            self._sqlite.execute("PRAGMA journal_mode=WAL")
-            self._sqlite.execute("PRAGMA synchronous=NORMAL")
-        conn = self._sqlite
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for w in writes:
-                    self._sqlite_table(conn, w)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
-
-    @staticmethod
-    def _sqlite_table(conn: sqlite3.Connection, w: RowWrites) -> None:
-        t = w.table
-        if w.inserts:
-            cols = tuple(w.inserts[0])
-            sql, json_at = _sqlite_statement(t, "insert", cols)
-            conn.executemany(sql, [_params(r, cols, json_at) for r in w.inserts])
-        for cols, rows in _by_shape(w.updates).items():
-            sql, json_at = _sqlite_statement(t, "update", cols)
-            names = _sqlite_update_order(t, cols)
-            conn.executemany(sql, [_params(r, names, json_at) for r in rows])
-        if w.deletes:
-            sql, _ = _sqlite_statement(t, "delete", ())  # by primary key only
-            pk = _primary_key(t)
-            conn.executemany(sql, [[r[k] for k in pk] for r in w.deletes])
 
     async def close(self) -> None:
         """Write what is dirty, stop the writer and fail remaining waiters (idempotent)."""
@@ -347,6 +230,9 @@ class Journal:
         if self._lazy is not None:
             self._lazy.cancel()
             self._lazy = None
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._task is not None:
             # stop the writer first (a commit it was in re-marks its items), then write
             # everything once more, so no two commits ever race on the same rows
@@ -361,6 +247,4 @@ class Journal:
             if not fut.done():
                 fut.set_exception(StoreError("key manager journal closed"))
         self._waiters.clear()
-        if self._sqlite is not None:
-            conn, self._sqlite = self._sqlite, None
-            await asyncio.to_thread(conn.close)
+        await self.store.close()

@@ -43,17 +43,14 @@ import bisect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-
-from sqlalchemy import select
 
 from keyplane.clock import Clock
 from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
 from keyplane.events import EventStream, EventType
-from keyplane.keymanager.journal import Journal, RowWrites
+from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.settings import KmSettings
 from keyplane.store import Database
-from keyplane.store.models import LinkKeyBlockRow
+from keyplane.store.kmstate import BlockRecord, BlockWrites, KmStateStore
 
 __all__ = ["LinkKeyStore", "Segment", "send_half"]
 
@@ -406,38 +403,29 @@ class LinkKeyStore:
                               low_water_bits=self._settings.keystore_low_water_bits)
 
     # ---- persistence -------------------------------------------------------------------
-    def snapshot(self) -> RowWrites | None:
+    def snapshot(self) -> BlockWrites | None:
         """Journal hook: the dirty blocks as one write operation."""
         if not self._dirty:
             return None
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        deletes: list[int] = []
+        out = BlockWrites(self.node_id, self.link_id)
         inserted: list[int] = []
         now = self._clock.now()
         for block_id in self._dirty:
             blk = self._blocks.get(block_id)
             if blk is None:
-                deletes.append(block_id)
+                out.deletes.append(block_id)
                 continue
-            row = {"block_id": block_id, "tx_reserved_bytes": blk.tx_reserved,
-                   "rx_consumed": [list(r) for r in blk.rx_consumed],
-                   "material": bytes(blk.material)}
-            if blk.persisted:
-                updates.append(row)
-            else:
-                row.update(node=self.node_id, link_id=self.link_id,
-                           size_bytes=len(blk.material), created_t=now)
-                inserts.append(row)
+            out.blocks.append(BlockRecord(
+                block_id, len(blk.material), blk.tx_reserved,
+                [list(r) for r in blk.rx_consumed], bytes(blk.material), now,
+                new=not blk.persisted))
+            if not blk.persisted:
                 inserted.append(block_id)
                 blk.persisted = True
         taken = set(self._dirty)
         self._dirty.clear()
         self._last = (taken, inserted)
-        key = {"node": self.node_id, "link_id": self.link_id}
-        return RowWrites(LinkKeyBlockRow.__table__,  # type: ignore[arg-type]
-                         inserts=inserts, updates=[{**key, **r} for r in updates],
-                         deletes=[{**key, "block_id": b} for b in deletes])
+        return out
 
     def snapshot_failed(self) -> None:
         """Journal hook: re-mark the blocks of the failed transaction."""
@@ -449,17 +437,25 @@ class LinkKeyStore:
         self._dirty |= taken
 
     async def load(self, db: Database) -> None:
-        """Restore this store's blocks from the database (KM start)."""
-        async with db.session() as s:
-            rows = (await s.execute(select(LinkKeyBlockRow).where(
-                LinkKeyBlockRow.node == self.node_id, LinkKeyBlockRow.link_id == self.link_id)
-            )).scalars().all()
-        for r in rows:
+        """Restore this store's blocks from the database (KM start).
+
+        Blocks stored in plaintext by an older version, or sealed under a retired
+        key-encryption key, are written again, sealed under the current one.
+
+        Raises:
+            StoreError: the database failed. SealedDataError: a block did not open.
+        """
+        store = self._journal.store if self._journal.database is db else KmStateStore(db)
+        for r in await store.load_blocks(self.node_id, self.link_id):
             size = r.size_bytes
             tx = send_half(size, self.node_id, self.peer_id)
             rx = send_half(size, self.peer_id, self.node_id)
             blk = _Block(r.block_id, bytearray(r.material), tx[0], tx[1], r.tx_reserved_bytes,
-                         rx[0], rx[1], [list(x) for x in r.rx_consumed], persisted=True)
+                         rx[0], rx[1], r.rx_consumed, persisted=True)
             self._blocks[r.block_id] = blk
+            if r.reseal:
+                self._dirty.add(r.block_id)
         self._order = sorted(self._blocks)
         self._reserved_bytes, self._held_tx_bytes, self._block_bytes = self._recount()
+        if self._dirty:
+            self._journal.mark()

@@ -320,9 +320,10 @@ class KeyManager:
                 tasks.append(t)
         self.relay.cancel_all(lambda: PeerUnreachable("key manager closed"))
         while True:
-            fut = self._queues.pop(float("inf"))
-            if fut is None:
+            popped = self._queues.pop(float("inf"))
+            if popped is None:
                 break
+            fut = popped
             if not fut.done():
                 fut.set_exception(KmBusy(self.node_id, 0, 0))
         for t in tasks:
@@ -711,8 +712,7 @@ class KeyManager:
                          next_index=data["next_index"], next_gen=data["next_gen"])
             # the row is not rewritten per delivery: the counters also follow from the
             # keys this end handed out (each written durably before it was returned)
-            after = 1 + max((k.index for k in self.vault.of_session(sid)
-                             if k.state == "delivered"), default=-1)
+            after = self.vault.delivered_end(sid)
             s.next_index = max(s.next_index, after)
             s.next_gen = max(s.next_gen, after)
             for epoch in sorted(configs):

@@ -8,28 +8,48 @@
   returned, so a restart never hands one out twice.
 * :class:`SessionRows`: each session's state and configuration (``sessions`` table).
 
+Persistence is per *batch*, not per key (issue #15): the keys added together (one relay
+batch) share one row of the store's ``key_batches``, rewritten when any of them changes
+state, so a batch of n keys costs one row write per commit instead of n, and concurrent
+state changes of one batch coalesce into one write. A batch with every key handed out is
+deleted (its sealed bytes with it); what stays is the stream's *delivered ranges*
+(``key_streams``: merged ``[start, end)`` index ranges), which is what keeps a restarted KM
+from making or handing out an index twice.
+
+Memory per live session is bounded by the keys it holds: a delivered key leaves the
+indexes at once; the vault remembers the last ``spent_memory`` delivered keys (by id, for
+ETSI 014's "already delivered" and "not yours" answers) and, beyond that, only the ranges.
+
 Key ids are UUIDs of version 7 (RFC 9562, :func:`new_key_id`): time-ordered, so the rows a
-KM writes per key land at the end of the key table's index instead of on a random page
-each (with random version 4 ids a bulk request touched one index page per key).
+KM writes land at the end of the table's indexes instead of on a random page each.
 """
 
 from __future__ import annotations
 
+import bisect
 import secrets
 import uuid
-from collections.abc import Iterable
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from sqlalchemy import select
-
-from keyplane.keymanager.journal import Journal, RowWrites
+from keyplane.keymanager.journal import Journal
 from keyplane.store import Database
-from keyplane.store.models import DeliveredKeyRow, SessionRow
+from keyplane.store.kmstate import (
+    KeyBatchRecord,
+    KeyWrites,
+    KmStateStore,
+    SessionRecord,
+    SessionWrites,
+    StreamRecord,
+)
 
 __all__ = ["HeldKey", "KeyState", "KeyVault", "SessionRows", "new_key_id"]
 
 KeyState = Literal["pending", "ready", "delivered"]
+_CODE: dict[str, str] = {"pending": "p", "ready": "r", "delivered": "d"}
+_STATE: dict[str, KeyState] = {"p": "pending", "r": "ready", "d": "delivered"}
 
 
 def new_key_id(unix_s: float) -> str:
@@ -58,49 +78,213 @@ class HeldKey:
     sae_id: str | None = None
     peer_sae: str | None = None
     t: float = 0.0
-    persisted: bool = False
     provenance: list[dict[str, str]] = field(default_factory=list)
     """The hops the key crossed and each hop's key source (hybrid provisioning)."""
+    batch: _Batch | None = field(default=None, repr=False, compare=False)
+    """The vault's batch holding this key (None: not held by a vault)."""
+
+
+class _Batch:
+    """Keys added together: one row of ``key_batches``."""
+
+    __slots__ = ("batch_id", "dead", "keys", "left", "persisted", "session_id")
+
+    def __init__(self, session_id: str, keys: list[HeldKey], batch_id: str | None = None,
+                 persisted: bool = False) -> None:
+        self.batch_id = batch_id or str(uuid.uuid4())
+        self.session_id = session_id
+        self.keys = keys
+        self.persisted = persisted
+        self.dead = False
+        self.left = sum(1 for k in keys if k.state != "delivered")
+        """Keys not handed out yet (the batch's row goes when none is left)."""
+
+    def record(self) -> KeyBatchRecord:
+        keys = self.keys
+        first = keys[0]
+        held = [k.material if k.state != "delivered" and k.material else b"" for k in keys]
+        return KeyBatchRecord(
+            self.batch_id, self.session_id, first.sae_id, first.peer_sae, first.t,
+            [k.key_id for k in keys], [k.index for k in keys], [k.size_bits for k in keys],
+            "".join(_CODE[k.state] for k in keys), [len(m) for m in held],
+            [list(k.provenance) for k in keys], b"".join(held), new=not self.persisted)
+
+
+def _add_index(ranges: list[list[int]], i: int) -> bool:
+    """Add index ``i`` to merged, sorted ``[start, end)`` ranges; whether it was new."""
+    at = bisect.bisect_right(ranges, [i, float("inf")])
+    if at and ranges[at - 1][1] > i:
+        return False
+    if at and ranges[at - 1][1] == i:
+        ranges[at - 1][1] = i + 1
+        if at < len(ranges) and ranges[at][0] == i + 1:
+            ranges[at - 1][1] = ranges.pop(at)[1]
+    elif at < len(ranges) and ranges[at][0] == i + 1:
+        ranges[at][0] = i
+    else:
+        ranges.insert(at, [i, i + 1])
+    return True
+
+
+def _in_ranges(ranges: list[list[int]], i: int) -> bool:
+    at = bisect.bisect_right(ranges, [i, float("inf")])
+    return bool(at) and ranges[at - 1][1] > i
+
+
+class _Stream:
+    __slots__ = ("delivered", "persisted")
+
+    def __init__(self, delivered: list[list[int]] | None = None, persisted: bool = False
+                 ) -> None:
+        self.delivered = delivered if delivered is not None else []
+        self.persisted = persisted
+
+
+class _ById(Mapping[str, HeldKey]):
+    """The vault's keys by id: held ones, then the recently delivered it remembers."""
+
+    def __init__(self, live: dict[str, HeldKey], spent: OrderedDict[str, HeldKey]) -> None:
+        self._live = live
+        self._spent = spent
+
+    def __getitem__(self, key_id: str) -> HeldKey:
+        k = self._live.get(key_id)
+        return k if k is not None else self._spent[key_id]
+
+    def __iter__(self) -> Iterator[str]:
+        yield from self._live
+        yield from self._spent
+
+    def __len__(self) -> int:
+        return len(self._live) + len(self._spent)
 
 
 class KeyVault:
-    """The end-to-end keys of one KM."""
+    """The end-to-end keys of one KM.
 
-    def __init__(self, node_id: str, journal: Journal) -> None:
+    Args:
+        node_id: the KM's node.
+        journal: the KM's journal (the vault registers itself).
+        spent_memory: delivered keys remembered by id (oldest forgotten first).
+    """
+
+    def __init__(self, node_id: str, journal: Journal, *, spent_memory: int = 10_000) -> None:
         self.node_id = node_id
         self._journal = journal
-        self.by_id: dict[str, HeldKey] = {}
+        self._spent_memory = spent_memory
+        self._live: dict[str, HeldKey] = {}
         self.by_index: dict[tuple[str, int], HeldKey] = {}
-        # per session: its keys by id, and how many are ready (read on every relayed
+        # per session: its held keys by id, and how many are ready (read on every relayed
         # batch, so kept up to date instead of scanning every key the KM holds)
         self._by_session: dict[str, dict[str, HeldKey]] = {}
         self._ready: dict[str, int] = {}
-        # dirty key ids -> whether the provenance changed too (else: state and bytes only)
-        self._dirty: dict[str, bool] = {}
-        self._gone: set[str] = set()  # persisted keys to delete
-        self._last: tuple[dict[str, bool], set[str], list[str]] = ({}, set(), [])
+        self._streams: dict[str, _Stream] = {}
+        self._spent: OrderedDict[str, HeldKey] = OrderedDict()
+        self._spent_index: dict[tuple[str, int], HeldKey] = {}
+        self._spent_of: dict[str, set[str]] = {}
+        self.by_id: Mapping[str, HeldKey] = _ById(self._live, self._spent)
+        """Held keys and the recently delivered ones, by key id (read-only)."""
+        self._dirty: dict[str, _Batch] = {}
+        self._gone: set[str] = set()  # persisted batches to delete
+        self._dirty_streams: set[str] = set()
+        self._gone_streams: set[str] = set()
+        self._last: tuple[list[_Batch], set[str], list[_Batch], set[str], set[str],
+                          list[_Stream]] = ([], set(), [], set(), set(), [])
         journal.register(self)
 
+    # ---- indexes ------------------------------------------------------------------------
     def _index(self, key: HeldKey) -> None:
-        old = self.by_id.get(key.key_id)
-        if old is not None and old.state == "ready":
-            self._ready[old.session_id] -= 1
-            self._by_session.get(old.session_id, {}).pop(old.key_id, None)
-        self.by_id[key.key_id] = key
+        old = self._live.get(key.key_id)
+        if old is not None and old is not key:
+            self._unindex(old)
+            if old.batch is not None:
+                self._relayout(old.batch, old)
+        self._live[key.key_id] = key
         self.by_index[(key.session_id, key.index)] = key
         self._by_session.setdefault(key.session_id, {})[key.key_id] = key
-        if key.state == "ready":
+        if key.state == "ready" and old is not key:
             self._ready[key.session_id] = self._ready.get(key.session_id, 0) + 1
 
+    def _unindex(self, key: HeldKey) -> None:
+        del self._live[key.key_id]
+        if self.by_index.get((key.session_id, key.index)) is key:
+            del self.by_index[(key.session_id, key.index)]
+        self._by_session.get(key.session_id, {}).pop(key.key_id, None)
+        if key.state == "ready":
+            self._ready[key.session_id] -= 1
+
+    def _relayout(self, batch: _Batch, leaving: HeldKey) -> None:
+        """A key left ``batch`` (replaced by another object with its id): the batch's row
+        layout changes, so its row is replaced by a new one."""
+        batch.keys.remove(leaving)
+        leaving.batch = None
+        if leaving.state != "delivered":
+            batch.left -= 1
+        self._dirty.pop(batch.batch_id, None)
+        if batch.persisted:
+            self._gone.add(batch.batch_id)
+            batch.batch_id = str(uuid.uuid4())
+            batch.persisted = False
+        if batch.left:
+            self._dirty[batch.batch_id] = batch
+        else:
+            batch.dead = True
+
+    def _remember_spent(self, key: HeldKey) -> None:
+        self._spent[key.key_id] = key
+        self._spent_index[(key.session_id, key.index)] = key
+        self._spent_of.setdefault(key.session_id, set()).add(key.key_id)
+        while len(self._spent) > self._spent_memory:
+            _, old = self._spent.popitem(last=False)
+            if self._spent_index.get((old.session_id, old.index)) is old:
+                del self._spent_index[(old.session_id, old.index)]
+            of = self._spent_of.get(old.session_id)
+            if of is not None:
+                of.discard(old.key_id)
+                if not of:
+                    del self._spent_of[old.session_id]
+
+    def _delivered(self, key: HeldKey) -> None:
+        """``key`` was handed out: it leaves the indexes; its index joins the ranges."""
+        stream = self._streams.get(key.session_id)
+        if stream is None:
+            stream = self._streams[key.session_id] = _Stream()
+        if _add_index(stream.delivered, key.index):
+            self._dirty_streams.add(key.session_id)
+        self._remember_spent(key)
+        batch = key.batch
+        if batch is None:
+            return
+        batch.left -= 1
+        if batch.left <= 0:
+            batch.dead = True
+            self._dirty.pop(batch.batch_id, None)
+            if batch.persisted:
+                self._gone.add(batch.batch_id)
+
+    # ---- changes ------------------------------------------------------------------------
     def add(self, key: HeldKey) -> int:
         """Hold a new key; returns the journal generation that makes it durable."""
         return self.add_all((key,))
 
     def add_all(self, keys: Iterable[HeldKey]) -> int:
-        """Hold new keys (one batch); the journal generation that makes them durable."""
+        """Hold new keys (one batch per session); the journal generation that makes them
+        durable."""
+        fresh: dict[str, list[HeldKey]] = {}
         for key in keys:
+            if key.batch is not None and not key.batch.dead and self._live.get(
+                    key.key_id) is key:
+                self._dirty[key.batch.batch_id] = key.batch  # held already: rewrite it
+                continue
+            if key.state == "delivered":
+                continue
             self._index(key)
-            self._dirty[key.key_id] = True
+            fresh.setdefault(key.session_id, []).append(key)
+        for sid, ks in fresh.items():
+            batch = _Batch(sid, ks)
+            for k in ks:
+                k.batch = batch
+            self._dirty[batch.batch_id] = batch
         return self._journal.mark()
 
     def set_state(self, key: HeldKey, state: KeyState) -> int:
@@ -109,108 +293,195 @@ class KeyVault:
 
     def set_states(self, keys: Iterable[HeldKey], state: KeyState, *,
                    provenance_changed: bool = False) -> int:
-        """Change the state of a batch of keys (and say whether their provenance was set
-        too, so it is written); the journal generation."""
+        """Change the state of a batch of keys (``provenance_changed``: their provenance
+        was set too; it is written with the state either way); the journal generation."""
         for key in keys:
-            if key.state != state and self.by_id.get(key.key_id) is key:
-                sid = key.session_id
-                self._ready[sid] = self._ready.get(sid, 0) + (state == "ready") - (
-                    key.state == "ready")
+            live = self._live.get(key.key_id) is key
+            if not live:
+                if key.state != "delivered":  # a key no vault holds (dropped, or never
+                    key.state = state         # added): nothing to write
+                    if state == "delivered":
+                        key.material = None
+                continue
+            if key.state == state:
+                if key.batch is not None:
+                    self._dirty[key.batch.batch_id] = key.batch
+                continue
+            sid = key.session_id
+            self._ready[sid] = self._ready.get(sid, 0) + (state == "ready") - (
+                key.state == "ready")
             key.state = state
+            batch = key.batch
+            if batch is not None:
+                self._dirty[batch.batch_id] = batch
             if state == "delivered":
                 key.material = None
-            if provenance_changed:
-                self._dirty[key.key_id] = True
-            else:
-                self._dirty.setdefault(key.key_id, False)
+                self._unindex_delivered(key)
+                self._delivered(key)
         return self._journal.mark()
+
+    def _unindex_delivered(self, key: HeldKey) -> None:
+        del self._live[key.key_id]
+        if self.by_index.get((key.session_id, key.index)) is key:
+            del self.by_index[(key.session_id, key.index)]
+        self._by_session.get(key.session_id, {}).pop(key.key_id, None)
 
     def touch(self, key: HeldKey) -> int:
         """Mark a key changed (e.g. its provenance); the journal generation."""
-        self._dirty[key.key_id] = True
+        if key.batch is not None and not key.batch.dead and self._live.get(key.key_id) is key:
+            self._dirty[key.batch.batch_id] = key.batch
         return self._journal.mark()
 
+    # ---- reading ------------------------------------------------------------------------
     def get(self, session_id: str, index: int) -> HeldKey | None:
-        """The key at ``index`` of a stream, if held."""
-        return self.by_index.get((session_id, index))
+        """The key at ``index`` of a stream: held, or ``delivered`` (then without bytes, and
+        with an empty ``key_id`` once the vault no longer remembers it); None if unknown."""
+        k = self.by_index.get((session_id, index))
+        if k is not None:
+            return k
+        k = self._spent_index.get((session_id, index))
+        if k is not None:
+            return k
+        stream = self._streams.get(session_id)
+        if stream is not None and _in_ranges(stream.delivered, index):
+            return HeldKey("", session_id, index, 0, None, "delivered")
+        return None
 
     def of_session(self, session_id: str) -> list[HeldKey]:
-        """Every key of a session."""
+        """The keys of a session the vault holds (pending or ready; not the delivered)."""
         return list(self._by_session.get(session_id, {}).values())
 
     def ready_count(self, session_id: str) -> int:
         """Keys of a session in state ``ready`` (O(1))."""
         return self._ready.get(session_id, 0)
 
+    def delivered_end(self, session_id: str) -> int:
+        """One past the highest index of the session this KM has handed out (0: none)."""
+        stream = self._streams.get(session_id)
+        return stream.delivered[-1][1] if stream is not None and stream.delivered else 0
+
+    def delivered_ranges(self, session_id: str) -> list[tuple[int, int]]:
+        """The ``[start, end)`` index ranges of the session handed out here."""
+        stream = self._streams.get(session_id)
+        return [(s, e) for s, e in stream.delivered] if stream is not None else []
+
     def drop_session(self, session_id: str) -> tuple[int, int]:
         """Destroy every key of a session; returns ``(freed_bits, generation)``."""
         freed = 0
+        batches: dict[str, _Batch] = {}
         for k in self.of_session(session_id):
-            if k.state != "delivered":
-                freed += k.size_bits
-            del self.by_id[k.key_id]
-            self.by_index.pop((k.session_id, k.index), None)
-            self._dirty.pop(k.key_id, None)
-            if k.persisted:
-                self._gone.add(k.key_id)
+            freed += k.size_bits
+            self._unindex(k)
             k.material = None
+            if k.batch is not None:
+                batches[k.batch.batch_id] = k.batch
+        for b in batches.values():
+            b.dead = True
+            self._dirty.pop(b.batch_id, None)
+            if b.persisted:
+                self._gone.add(b.batch_id)
+            for k in b.keys:
+                k.batch = None
+        for b in [b for b in self._dirty.values() if b.session_id == session_id]:
+            b.dead = True  # fully delivered keys' batches are not in the indexes
+            del self._dirty[b.batch_id]
+        self._drop_stream(session_id)
+        for key_id in self._spent_of.pop(session_id, set()):
+            old = self._spent.pop(key_id, None)
+            if old is not None:
+                self._spent_index.pop((old.session_id, old.index), None)
+                if old.batch is not None and old.batch.persisted and not old.batch.dead:
+                    self._gone.add(old.batch.batch_id)
+                    old.batch.dead = True
         self._by_session.pop(session_id, None)
         self._ready.pop(session_id, None)
         return freed, self._journal.mark()
 
-    def snapshot(self) -> RowWrites | None:
-        """Journal hook: new and changed keys, dropped sessions."""
-        if not self._dirty and not self._gone:
+    def _drop_stream(self, session_id: str) -> None:
+        stream = self._streams.pop(session_id, None)
+        self._dirty_streams.discard(session_id)
+        if stream is not None and stream.persisted:
+            self._gone_streams.add(session_id)
+
+    # ---- persistence --------------------------------------------------------------------
+    def snapshot(self) -> KeyWrites | None:
+        """Journal hook: new and changed batches and streams, deleted ones."""
+        if not (self._dirty or self._gone or self._dirty_streams or self._gone_streams):
             return None
-        node = self.node_id
-        inserts: list[dict[str, Any]] = []
-        updates: list[dict[str, Any]] = []
-        for key_id, provenance_changed in self._dirty.items():
-            k = self.by_id.get(key_id)
-            if k is None:
+        out = KeyWrites(self.node_id)
+        batches = [b for b in self._dirty.values() if not b.dead]
+        inserted = [b for b in batches if not b.persisted]
+        for b in batches:
+            out.batches.append(b.record())
+            b.persisted = True
+        out.batch_deletes = sorted(self._gone)
+        streams: list[_Stream] = []
+        for sid in self._dirty_streams:
+            st = self._streams.get(sid)
+            if st is None:
                 continue
-            if k.persisted:
-                row = {"node": node, "key_id": key_id, "state": k.state,
-                       "delivered": k.state == "delivered", "material": k.material}
-                if provenance_changed:
-                    row["provenance"] = k.provenance
-                updates.append(row)
-            else:
-                inserts.append({
-                    "key_id": key_id, "state": k.state, "delivered": k.state == "delivered",
-                    "material": k.material, "provenance": k.provenance, "node": node,
-                    "session_id": k.session_id, "index": k.index, "size_bits": k.size_bits,
-                    "sae_id": k.sae_id, "peer_sae": k.peer_sae, "t": k.t})
-                k.persisted = True
-        self._last = (dict(self._dirty), set(self._gone), [r["key_id"] for r in inserts])
-        gone = [{"node": node, "key_id": k} for k in self._gone]
+            out.streams.append(StreamRecord(sid, [list(r) for r in st.delivered],
+                                            new=not st.persisted))
+            if not st.persisted:
+                st.persisted = True
+                streams.append(st)
+        out.stream_deletes = sorted(self._gone_streams)
+        self._last = (batches, set(self._gone), inserted, set(self._dirty_streams),
+                      set(self._gone_streams), streams)
         self._dirty.clear()
         self._gone.clear()
-        return RowWrites(DeliveredKeyRow.__table__,  # type: ignore[arg-type]
-                         inserts=inserts, updates=updates, deletes=gone)
+        self._dirty_streams.clear()
+        self._gone_streams.clear()
+        return out
 
     def snapshot_failed(self) -> None:
         """Journal hook: re-mark what the failed transaction carried."""
-        dirty, gone, inserted = self._last
-        for key_id in inserted:
-            k = self.by_id.get(key_id)
-            if k is not None:
-                k.persisted = False
-        for key_id, full in dirty.items():
-            self._dirty[key_id] = self._dirty.get(key_id, False) or full
+        batches, gone, inserted, streams, gone_streams, new_streams = self._last
+        for b in inserted:
+            b.persisted = False
+        for st in new_streams:
+            st.persisted = False
+        for b in batches:
+            if not b.dead:
+                self._dirty[b.batch_id] = b
+            elif b.persisted:
+                self._gone.add(b.batch_id)
         self._gone |= gone
+        self._dirty_streams |= {sid for sid in streams if sid in self._streams}
+        self._gone_streams |= gone_streams
 
     async def load(self, db: Database) -> None:
-        """Restore held keys from the database (KM start); delivered ones keep no bytes."""
-        async with db.session() as s:
-            rows = (await s.execute(select(DeliveredKeyRow).where(
-                DeliveredKeyRow.node == self.node_id))).scalars().all()
-        for r in rows:
-            k = HeldKey(r.key_id, r.session_id, r.index, r.size_bits, r.material,
-                        r.state,  # type: ignore[arg-type]
-                        r.sae_id, r.peer_sae, r.t, persisted=True,
-                        provenance=list(r.provenance or []))
-            self._index(k)
+        """Restore held keys and delivered ranges (KM start).
+
+        Batches stored in plaintext by an older version, or sealed under a retired
+        key-encryption key, are written again, sealed under the current one.
+
+        Raises:
+            StoreError: the database failed. SealedDataError: a batch did not open.
+        """
+        store = self._journal.store if self._journal.database is db else KmStateStore(db)
+        for s in await store.load_streams(self.node_id):
+            self._streams[s.session_id] = _Stream(s.delivered, persisted=True)
+        for r in await store.load_key_batches(self.node_id):
+            keys: list[HeldKey] = []
+            batch = _Batch(r.session_id, keys, r.batch_id, persisted=True)
+            at = 0
+            for i, key_id in enumerate(r.key_ids):
+                n = r.lengths[i]
+                material = r.material[at:at + n] if n else None
+                at += n
+                k = HeldKey(key_id, r.session_id, r.indexes[i], r.size_bits[i], material,
+                            _STATE[r.states[i]], r.sae_id, r.peer_sae, r.t,
+                            provenance=list(r.provenance[i]), batch=batch)
+                keys.append(k)
+                if k.state == "delivered":
+                    self._remember_spent(k)
+                else:
+                    self._index(k)
+            if r.reseal:
+                self._dirty[batch.batch_id] = batch
+        if self._dirty:
+            self._journal.mark()
 
 
 class SessionRows:
@@ -231,24 +502,22 @@ class SessionRows:
         self._dirty.add(session_id)
         return self._journal.mark()
 
-    def snapshot(self) -> RowWrites | None:
+    def snapshot(self) -> SessionWrites | None:
         """Journal hook."""
         if not self._dirty:
             return None
-        inserts, updates = [], []
+        out = SessionWrites(self.node_id)
+        inserted: list[str] = []
         for sid in self._dirty:
             state, data, t = self.rows[sid]
-            row = {"session_id": sid, "state": state, "config": dict(data), "updated_t": t}
-            if sid in self._persisted:
-                updates.append(row)
-            else:
-                row["node"] = self.node_id
-                inserts.append(row)
+            new = sid not in self._persisted
+            out.rows.append(SessionRecord(sid, state, dict(data), t, new=new))
+            if new:
+                inserted.append(sid)
                 self._persisted.add(sid)
-        self._last = (set(self._dirty), [r["session_id"] for r in inserts])
+        self._last = (set(self._dirty), inserted)
         self._dirty.clear()
-        return RowWrites(SessionRow.__table__,  # type: ignore[arg-type]
-                         inserts=inserts, updates=[{"node": self.node_id, **r} for r in updates])
+        return out
 
     def snapshot_failed(self) -> None:
         """Journal hook."""
@@ -257,11 +526,13 @@ class SessionRows:
         self._dirty |= dirty
 
     async def load(self, db: Database) -> dict[str, tuple[str, dict[str, Any], float]]:
-        """Every persisted session of this node."""
-        async with db.session() as s:
-            rows = (await s.execute(select(SessionRow).where(
-                SessionRow.node == self.node_id))).scalars().all()
-        for r in rows:
-            self.rows[r.session_id] = (r.state, dict(r.config), r.updated_t)
+        """Every persisted session of this node.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        store = self._journal.store if self._journal.database is db else KmStateStore(db)
+        for r in await store.load_sessions(self.node_id):
+            self.rows[r.session_id] = (r.state, r.config, r.updated_t)
             self._persisted.add(r.session_id)
         return dict(self.rows)

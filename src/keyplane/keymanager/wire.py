@@ -38,7 +38,7 @@ import base64
 import hashlib
 import hmac
 import json
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -197,7 +197,7 @@ class LinkBlocksHeld(Message):
 
 
 RelayFrame = KeyFrame | ConfirmFrame | DemandFrame
-F = TypeVar("F", KeyFrame, ConfirmFrame, DemandFrame)
+F = TypeVar("F", bound=KeyFrame | ConfirmFrame | DemandFrame)
 
 
 def _canonical(body: dict[str, Any]) -> bytes:
@@ -210,7 +210,7 @@ def seal(frame: F, mac_key: bytes) -> F:
     """``frame`` with its HMAC-SHA256 tag under ``mac_key``."""
     body = frame.model_dump(mode="json")
     tag = hmac.new(mac_key, _canonical(body), hashlib.sha256).hexdigest()
-    return frame.model_copy(update={"tag": tag})
+    return cast(F, frame.model_copy(update={"tag": tag}))
 
 
 def verify(frame: RelayFrame, mac_key: bytes) -> bool:

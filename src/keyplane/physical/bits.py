@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Literal
+from typing import Final
 
 import numpy as np
 from numpy.typing import NDArray
@@ -31,7 +31,7 @@ __all__ = [
     "unpack",
 ]
 
-BITORDER: Literal["big"] = "big"
+BITORDER: Final = "big"
 Bits = NDArray[np.uint8]
 """(n,) uint8 ∈ {0,1}."""
 
@@ -49,7 +49,7 @@ _S16 = np.uint32(16)
 
 def pack(bits: Bits) -> bytes:
     """Pack a bit array into bytes (big bit order; the last byte is zero-padded)."""
-    return np.packbits(bits, bitorder=BITORDER).tobytes()
+    return bytes(np.packbits(bits, bitorder=BITORDER).tobytes())
 
 
 def unpack(data: bytes, n_bits: int) -> Bits:

@@ -101,5 +101,5 @@ def polynomial_tag(key: Bits, point: bytes) -> bytes:
     acc = 0
     for i in range(0, len(data), _CHUNK_BYTES):
         acc = (acc + int.from_bytes(data[i:i + _CHUNK_BYTES], "big")) * r % _P127
-    acc = (acc + int(key.shape[0])) % _P127
-    return acc.to_bytes(16, "big")
+    acc = (acc + key.shape[0]) % _P127
+    return bytes(acc.to_bytes(16, "big"))

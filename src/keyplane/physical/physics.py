@@ -105,7 +105,7 @@ class LinkPhysics:
         """``eta``: probability that one photon sent by Alice clicks Bob's detector."""
         if self.cut:
             return 0.0
-        return float(10.0 ** (-self.loss_db / 10.0)) * self.detector_efficiency
+        return float(10.0 ** (-self.loss_db / 10.0) * self.detector_efficiency)
 
     @property
     def intensities(self) -> tuple[float, float, float]:

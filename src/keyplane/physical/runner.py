@@ -368,7 +368,7 @@ class LinkRunner(Service):
         self.physics = self.physics.with_changes(eavesdropper=eavesdropper)
         self._state_changed("eve_on" if eavesdropper else "eve_off")
 
-    def _state_changed(self, change: str, **data: object) -> None:
+    def _state_changed(self, change: str, **data: Any) -> None:
         logger.info("link %s: %s -> %s", self.link_id, change, self.state.value)
         if self.events is not None:
             self.events.emit(EventType.link_state, "qkd", node=self.link.endpoints[0],
@@ -562,7 +562,7 @@ class LinkRunner(Service):
         node = self.link.endpoints[0]
         duration = max(o.duration_s, 1e-12)
         if self.events is not None:
-            data = dict(link=self.link_id, block_id=o.block_id, status=o.status,
+            data: dict[str, Any] = dict(link=self.link_id, block_id=o.block_id, status=o.status,
                         qber=o.qber, sifted_bits=o.sifted_bits, secret_bits=o.secret_bits,
                         leaked_bits=o.leaked_ec_bits + o.leaked_verify_bits,
                         ec_efficiency=o.ec_efficiency, reason=o.reason)

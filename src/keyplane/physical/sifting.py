@@ -35,17 +35,20 @@ def sift_mask(bases_alice: Bits, bases_bob: Bits) -> NDArray[np.bool_]:
     """Detections measured in the basis Alice prepared: (d,) bool."""
     if bases_alice.shape != bases_bob.shape:
         raise ValueError("basis announcements of different lengths")
-    return np.equal(bases_alice, bases_bob)
+    same: NDArray[np.bool_] = bases_alice == bases_bob
+    return same
 
 
 def encode_classes(classes: NDArray[np.uint8]) -> tuple[bytes, bytes]:
     """Two packed bit planes (hi, lo) of 2-bit intensity classes."""
-    return pack((classes >> 1).astype(np.uint8)), pack((classes & 1).astype(np.uint8))
+    hi = np.right_shift(classes, 1, dtype=np.uint8)
+    lo = np.bitwise_and(classes, 1, dtype=np.uint8)
+    return pack(hi), pack(lo)
 
 
 def decode_classes(hi: bytes, lo: bytes, n: int) -> NDArray[np.uint8]:
     """Inverse of :func:`encode_classes`."""
-    return ((unpack(hi, n) << 1) | unpack(lo, n)).astype(np.uint8)
+    return np.bitwise_or(np.left_shift(unpack(hi, n), 1, dtype=np.uint8), unpack(lo, n))
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,6 +3,11 @@
 ``Database.open(url)`` creates the engine and brings the schema to the latest Alembic
 revision (so a new file, an old file and a PostgreSQL database all end up identical).
 SQLAlchemy exceptions stop here and become :class:`~keyplane.errors.StoreError`.
+
+A database also carries the :class:`~keyplane.store.sealing.KeyRing` that seals key
+material for the nodes writing to it. A SQLite file is created ``0600`` (SQLite gives its
+``-wal`` and ``-shm`` files the same mode) and opened with ``secure_delete`` on, so deleted
+rows are overwritten in the file.
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from keyplane.errors import StoreError
+from keyplane.extras import MissingDependency, require
+from keyplane.fileperms import private_file, restrict
+from keyplane.store.sealing import KeyRing
 
-__all__ = ["Database", "normalize_url", "sqlite_url"]
+__all__ = ["Database", "normalize_url", "sqlite_pragmas", "sqlite_url"]
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -43,6 +51,26 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def sqlite_pragmas(dbapi_conn: Any) -> None:
+    """The settings of every SQLite connection keyplane opens (the engine's and the group
+    commit writer's): WAL, foreign keys, and ``secure_delete`` (deleted content is zeroed
+    in the file, so a spent key's sealed bytes are not left in free pages)."""
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA secure_delete=ON")
+    cur.close()
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for an in-memory database)."""
+    path = url.split(":///", 1)[1] if ":///" in url else ""
+    if path in ("", ":memory:") or path.startswith("file:"):
+        return None
+    return Path(path)
+
+
 def _migrate(sync_conn: Any) -> None:
     from alembic import command
     from alembic.config import Config
@@ -55,11 +83,18 @@ def _migrate(sync_conn: Any) -> None:
 
 
 class Database:
-    """An async engine plus a session factory."""
+    """An async engine, a session factory and the key ring sealing key material.
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    Args:
+        engine: the async engine.
+        keyring: where each node's key-encryption key comes from (default: none; sealing
+            then fails with a clear :class:`~keyplane.errors.StoreError`).
+    """
+
+    def __init__(self, engine: AsyncEngine, keyring: KeyRing | None = None) -> None:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self.keyring = keyring if keyring is not None else KeyRing(None, create=False)
 
     @property
     def url(self) -> str:
@@ -72,26 +107,43 @@ class Database:
         return self.engine.dialect.name
 
     @classmethod
-    async def open(cls, url: str, *, migrate: bool = True, echo: bool = False) -> Database:
+    async def open(cls, url: str, *, migrate: bool = True, echo: bool = False,
+                   keyring: KeyRing | None = None) -> Database:
         """Connect to ``url`` and (by default) upgrade the schema to the latest revision.
+
+        Args:
+            keyring: the nodes' key-encryption keys. Default: for a SQLite file,
+                ``<its folder>/kek/<node>.kek``, made on first use; for PostgreSQL none
+                (give one: the KEK must never live in the database it protects).
 
         Raises:
             StoreError: the database cannot be reached or migrated.
         """
         url = normalize_url(url)
+        if url.startswith("postgresql+asyncpg"):
+            try:
+                require("asyncpg")
+            except MissingDependency as exc:
+                raise StoreError(str(exc)) from exc
         kwargs: dict[str, Any] = {"echo": echo}
         if url.startswith("sqlite"):
             kwargs["connect_args"] = {"timeout": 30}
+            file = _sqlite_file(url)
+            if file is not None:
+                try:
+                    private_file(file)
+                except OSError as exc:
+                    raise StoreError(f"cannot create database {file}: {exc}") from exc
+                for extra in ("-wal", "-shm", "-journal"):
+                    restrict(file.with_name(file.name + extra))
+                if keyring is None:
+                    keyring = KeyRing(file.parent / "kek")
         engine = create_async_engine(url, **kwargs)
         if engine.dialect.name == "sqlite":
             @event.listens_for(engine.sync_engine, "connect")
             def _pragmas(dbapi_conn: Any, _record: Any) -> None:
-                cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA foreign_keys=ON")
-                cur.execute("PRAGMA journal_mode=WAL")
-                cur.execute("PRAGMA synchronous=NORMAL")
-                cur.close()
-        db = cls(engine)
+                sqlite_pragmas(dbapi_conn)
+        db = cls(engine, keyring)
         if migrate:
             try:
                 async with engine.begin() as conn:

@@ -5,27 +5,41 @@
 * control-plane state: :class:`AdmittedSessionRow` (Admission Control's live sessions and
   the capacity they hold, so a restarted controller neither forgets nor double-books them)
 * key manager state: :class:`LinkKeyBlockRow` (link key stores), :class:`SessionRow`,
-  :class:`DeliveredKeyRow` (end-to-end keys a KM holds or has handed out, so a restart
-  neither loses one nor delivers one twice)
+  :class:`KeyBatchRow` (end-to-end keys a KM holds, one row per batch) and
+  :class:`KeyStreamRow` (which indexes of a stream were handed out), so a restart neither
+  loses a key nor delivers one twice
 
-Key material is stored as raw bytes in ``LinkKeyBlockRow.material``; consumed bytes are
-overwritten with zeros in the same transaction that marks them consumed (used once, then
-destroyed). ``DeliveredKeyRow.material`` is set to NULL in the transaction that marks the
-key delivered. Protect the database file like a key store.
+Key material is *sealed* (AES-GCM under the node's key-encryption key, kept outside the
+database: :mod:`keyplane.store.sealing`) in ``LinkKeyBlockRow.material`` and
+``KeyBatchRow.material``. Consumed link key bytes are zeroed before the block is sealed
+again, in the transaction that marks them consumed; a used-up block's row is deleted.
+A batch row holds only its keys not yet handed out and is deleted when none is left.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, LargeBinary, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 __all__ = [
     "AdmittedSessionRow",
     "ApplicationRow",
     "Base",
-    "DeliveredKeyRow",
+    "KeyBatchRow",
+    "KeyStreamRow",
     "LinkKeyBlockRow",
     "LinkMetricRow",
     "LinkRow",
@@ -138,7 +152,8 @@ class LinkKeyBlockRow(Base):
     Each block is split in two halves, one per direction (see keyplane.keymanager.keystore):
     ``tx_reserved_bytes`` counts the bytes of this node's send half already taken (from the
     half's start); ``rx_consumed`` lists the [start, end) byte ranges of the peer's half
-    that frames have named and this node consumed.
+    that frames have named and this node consumed. ``material`` is sealed (``sealed``
+    false: a row written before keys were encrypted at rest, rewritten sealed when read).
     """
 
     __tablename__ = "link_key_blocks"
@@ -151,6 +166,7 @@ class LinkKeyBlockRow(Base):
     rx_consumed: Mapped[list[list[int]]] = mapped_column(JSON, default=list)
     material: Mapped[bytes] = mapped_column(LargeBinary)
     created_t: Mapped[float] = mapped_column(Float, default=0.0)
+    sealed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=false())
 
 
 class SessionRow(Base):
@@ -165,25 +181,44 @@ class SessionRow(Base):
     updated_t: Mapped[float] = mapped_column(Float, default=0.0)
 
 
-class DeliveredKeyRow(Base):
-    """An end-to-end key a KM holds or has handed to an application.
+class KeyBatchRow(Base):
+    """End-to-end keys of one session that a KM made or received together (one relay
+    batch), and still holds.
 
-    ``state``: ``pending`` (source: relayed, not yet confirmed), ``ready`` (may be handed
-    to ``sae_id``), ``delivered`` (handed out; ``material`` is NULL from then on).
+    Per key, in the same order: ``key_ids``, ``indexes`` (stream positions), ``size_bits``,
+    ``states`` (one letter each: ``p`` pending, ``r`` ready, ``d`` delivered), ``lengths``
+    (bytes of the key held in ``material``; 0 when none is) and ``provenance`` (hops and
+    their key sources). ``material`` is the sealed concatenation of the held keys' bytes.
+    A key's state change rewrites its batch's row (one row per batch, not per key and
+    state); a batch with nothing left to hand out is deleted.
     """
 
-    __tablename__ = "delivered_keys"
+    __tablename__ = "key_batches"
 
     node: Mapped[str] = mapped_column(String(64), primary_key=True)
-    key_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(String(36), primary_key=True)
     session_id: Mapped[str] = mapped_column(String(64), index=True)
-    index: Mapped[int] = mapped_column(Integer, default=0)
-    delivered: Mapped[bool] = mapped_column(Boolean, default=False)
-    t: Mapped[float] = mapped_column(Float, default=0.0)
-    state: Mapped[str] = mapped_column(String(16), default="ready")
-    size_bits: Mapped[int] = mapped_column(Integer, default=0)
     sae_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     peer_sae: Mapped[str | None] = mapped_column(String(64), nullable=True)
-    material: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
-    provenance: Mapped[list[dict[str, str]] | None] = mapped_column(JSON, nullable=True)
-    """Hybrid provisioning: ``[{"hop": "a->b", "source": "qkd"|"pqc"|"combined"}, ...]``."""
+    t: Mapped[float] = mapped_column(Float, default=0.0)
+    key_ids: Mapped[list[str]] = mapped_column(JSON)
+    indexes: Mapped[list[int]] = mapped_column(JSON)
+    size_bits: Mapped[list[int]] = mapped_column(JSON)
+    states: Mapped[str] = mapped_column(Text)
+    lengths: Mapped[list[int]] = mapped_column(JSON)
+    provenance: Mapped[list[list[dict[str, str]]]] = mapped_column(JSON)
+    material: Mapped[bytes] = mapped_column(LargeBinary)
+    sealed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=false())
+
+
+class KeyStreamRow(Base):
+    """Which indexes of a session's key stream this KM has handed out: merged, sorted
+    ``[start, end)`` ranges. Kept while the session lives, so a KM restarted after its
+    batches were deleted still neither makes nor hands out an index twice."""
+
+    __tablename__ = "key_streams"
+
+    node: Mapped[str] = mapped_column(String(64), primary_key=True)
+    session_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivered: Mapped[list[list[int]]] = mapped_column(JSON)
+    updated_t: Mapped[float] = mapped_column(Float, default=0.0)

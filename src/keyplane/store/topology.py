@@ -7,7 +7,9 @@ objects, never ORM rows, so callers cannot mutate the database by accident.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import delete, select
 
@@ -17,12 +19,18 @@ from keyplane.store.models import ApplicationRow, LinkMetricRow, LinkRow, NodeRo
 
 __all__ = [
     "LinkMetrics",
+    "StoredLink",
+    "delete_link",
     "get_application",
     "get_link_metrics",
     "get_user",
     "get_user_by_subject",
     "get_user_by_token",
+    "load_node_endpoints",
+    "load_registered_links",
     "load_topology_into",
+    "save_link",
+    "save_node_endpoints",
     "token_digest",
     "upsert_link_metrics",
 ]
@@ -127,3 +135,75 @@ async def get_link_metrics(db: Database) -> dict[str, LinkMetrics]:
                                        qber=r.qber, sessions=r.sessions,
                                        buffer_bits=r.buffer_bits, reserved_bps=r.reserved_bps)
                 for r in rows}
+
+
+@dataclass(frozen=True)
+class StoredLink:
+    """A link row of the topology database (the SDN Controller's registry)."""
+
+    link_id: str
+    node_a: str
+    node_b: str
+    kind: str = "PHYS"
+    enabled: bool = True
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+async def save_link(db: Database, link: StoredLink) -> None:
+    """Insert or replace a link.
+
+    Raises:
+        StoreError: the database failed (e.g. an endpoint is not a known node).
+    """
+    async with db.session() as s:
+        await s.merge(LinkRow(id=link.link_id, node_a=link.node_a, node_b=link.node_b,
+                              kind=link.kind, enabled=link.enabled, params=dict(link.params)))
+
+
+async def delete_link(db: Database, link_id: str) -> None:
+    """Forget a link (no-op if unknown).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    async with db.session() as s:
+        row = await s.get(LinkRow, link_id)
+        if row is not None:
+            await s.delete(row)
+
+
+async def load_registered_links(db: Database) -> list[StoredLink]:
+    """PHYS links registered at run time (``params.registered``), not from the topology file.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    async with db.session() as s:
+        rows = (await s.execute(select(LinkRow).where(LinkRow.kind == "PHYS"))).scalars().all()
+        return [StoredLink(r.id, r.node_a, r.node_b, r.kind, r.enabled, dict(r.params or {}))
+                for r in rows if (r.params or {}).get("registered")]
+
+
+async def load_node_endpoints(db: Database) -> dict[str, dict[str, str]]:
+    """The interface URLs each node last announced (nodes that announced any).
+
+    Raises:
+        StoreError: the database failed.
+    """
+    async with db.session() as s:
+        return {r.id: dict(r.endpoints) for r in
+                (await s.execute(select(NodeRow))).scalars().all() if r.endpoints}
+
+
+async def save_node_endpoints(db: Database, node: str, endpoints: Mapping[str, str]) -> bool:
+    """Record the interface URLs ``node`` announced; False if the node is not stored.
+
+    Raises:
+        StoreError: the database failed.
+    """
+    async with db.session() as s:
+        row = await s.get(NodeRow, node)
+        if row is None:
+            return False
+        row.endpoints = dict(endpoints)
+        return True

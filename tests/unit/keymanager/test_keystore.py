@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 
 from keyplane.clock import VirtualClock
 from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
@@ -19,7 +18,7 @@ from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.keymanager import KmSettings, LinkKeyStore, send_half
 from keyplane.keymanager.journal import Journal
 from keyplane.store import Database, sqlite_url
-from keyplane.store.models import LinkKeyBlockRow
+from keyplane.store.kmstate import KmStateStore
 
 
 def pair(db: Database, settings: KmSettings) -> tuple[LinkKeyStore, LinkKeyStore, Journal,
@@ -86,9 +85,7 @@ async def test_keystore_restart_never_reuses_and_loses_no_unreserved_key(db: Dat
     assert a2.sendable_bytes == 512 - 128 == before - (128 - 40)
     seg2, _, _ = a2.take_send(10)
     assert seg2[0][1] >= seg[0][1] + 128
-    async with db.session() as s:
-        row = (await s.execute(select(LinkKeyBlockRow).where(
-            LinkKeyBlockRow.node == "na"))).scalar_one()
+    (row,) = await KmStateStore(db).load_blocks("na", "l1")
     assert row.material[:128] == bytes(128)  # reserved bytes destroyed in the store
     await j2.close()
 
@@ -136,9 +133,8 @@ async def test_keystore_used_up_block_is_deleted_from_the_store(km_db: Database)
     b.take_received(seg_a)
     await ja.sync()
     await jb.sync()
-    async with km_db.session() as s:
-        rows = (await s.execute(select(LinkKeyBlockRow))).scalars().all()
-    assert rows == []
+    store = KmStateStore(km_db)
+    assert await store.load_blocks("na", "l1") == await store.load_blocks("nb", "l1") == []
     await ja.close()
     await jb.close()
 

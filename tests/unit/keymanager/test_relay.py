@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
 from tests.support.km_net import CALLER_A, CALLER_B, KmNet, line_topology, open_pair, start_net
 
 from keyplane.bus import Bus, MemoryBus, Message
@@ -22,7 +21,7 @@ from keyplane.keymanager import KmSettings, send_half
 from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame, LinkBlocksHeld
 from keyplane.messages import Qos
 from keyplane.store import Database, sqlite_url
-from keyplane.store.models import LinkKeyBlockRow
+from keyplane.store.kmstate import KmStateStore
 
 
 class FrameLog:
@@ -57,11 +56,12 @@ async def check_link_keys_used_once(net: KmNet, log: FrameLog) -> None:
         ranges.sort()
         for (_, e1), (s2, _) in itertools.pairwise(ranges):
             assert e1 <= s2, "a link key byte was used twice"
-    async with net.db.session() as s:
-        rows = (await s.execute(select(LinkKeyBlockRow))).scalars().all()
-    for row in rows:
+    store = KmStateStore(net.db)
+    rows = [(link.link_id, node, r) for link in net.topology.links for node in link.endpoints
+            for r in await store.load_blocks(node, link.link_id)]
+    for link_id, node, row in rows:
         got = [tuple(r) for r in row.rx_consumed]
-        want = _merge(named.get((row.link_id, row.node, row.block_id), []))
+        want = _merge(named.get((link_id, node, row.block_id), []))
         assert got == want
         for lo, hi in got:
             assert row.material[lo:hi] == bytes(hi - lo), "consumed bytes not destroyed"

@@ -1,38 +1,154 @@
-"""Key vault bookkeeping: the per-session index and ready counts agree with a full scan."""
+"""Key vault: bookkeeping against a full scan, batch rows, bounded memory, restart, failures."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
+import pytest
+from sqlalchemy import delete, func, insert, select
+
+from keyplane.errors import CommitFailed
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.vault import HeldKey, KeyVault, new_key_id
 from keyplane.store import Database
+from keyplane.store.models import KeyBatchRow, KeyStreamRow
+
+
+def _key(sid: str, index: int, state: str = "ready", *, n: int = 32) -> HeldKey:
+    return HeldKey(str(uuid.uuid4()), sid, index, 8 * n, random.randbytes(n),
+                   state)  # type: ignore[arg-type]
+
+
+async def _rows(db: Database, table: type[KeyBatchRow] | type[KeyStreamRow]) -> int:
+    async with db.session() as s:
+        return int((await s.execute(select(func.count()).select_from(table))).scalar_one())
 
 
 async def test_vault_ready_count_matches_a_scan_after_random_changes(db: Database) -> None:
-    vault = KeyVault("km0", Journal(db))
+    journal = Journal(db)
+    journal.start()
+    vault = KeyVault("km0", journal)
     rng = random.Random(73)
     sessions = ["s1", "s2", "s3"]
     next_index = dict.fromkeys(sessions, 0)
+    delivered: dict[str, set[int]] = {s: set() for s in sessions}
     for step in range(400):
         sid = rng.choice(sessions)
         op = rng.randrange(6)
         keys = vault.of_session(sid)
         if op <= 2 or not keys:
             state = rng.choice(["pending", "ready"])
-            vault.add(HeldKey(f"k{step}", sid, next_index[sid], 256, b"\x01" * 32, state))
-            next_index[sid] += 1
+            vault.add_all([HeldKey(f"k{step}.{j}", sid, next_index[sid] + j, 256,
+                                   bytes([step % 256]) * 32, state)  # type: ignore[arg-type]
+                           for j in range(rng.randrange(1, 4))])
+            next_index[sid] += 3
         elif op <= 4:
-            vault.set_state(rng.choice(keys), rng.choice(["pending", "ready", "delivered"]))
+            k = rng.choice(keys)
+            state = rng.choice(["pending", "ready", "delivered"])
+            vault.set_state(k, state)  # type: ignore[arg-type]
+            if state == "delivered":
+                delivered[sid].add(k.index)
         else:
             vault.drop_session(sid)
+            delivered[sid].clear()
             vault.set_state(rng.choice(keys), "ready")  # a late change to a dropped key
+        if step % 50 == 0:
+            await journal.sync()
         for s in sessions:
-            scan = [k for k in vault.by_id.values() if k.session_id == s]
+            scan = [k for k in vault.by_id.values() if k.session_id == s
+                    and k.state != "delivered"]
             assert sorted(k.key_id for k in vault.of_session(s)) == sorted(
                 k.key_id for k in scan)
             assert vault.ready_count(s) == sum(1 for k in scan if k.state == "ready")
+            assert all(vault.get(s, i).state == "delivered"  # type: ignore[union-attr]
+                       for i in delivered[s])
+            assert vault.delivered_end(s) == 1 + max(delivered[s], default=-1)
+    await journal.sync()
+    # a restarted KM (a new vault on the same database) finds exactly the same state
+    again = KeyVault("km0", Journal(db))
+    await again.load(db)
+    for s in sessions:
+        held = {k.key_id: (k.index, k.state, k.material) for k in vault.of_session(s)}
+        assert {k.key_id: (k.index, k.state, k.material) for k in again.of_session(s)} == held
+        assert again.ready_count(s) == vault.ready_count(s)
+        assert again.delivered_ranges(s) == vault.delivered_ranges(s)
+    await journal.close()
+
+
+async def test_vault_writes_one_row_per_batch_and_deletes_it_when_handed_out(
+        db: Database) -> None:
+    journal = Journal(db)
+    journal.start()
+    vault = KeyVault("km0", journal)
+    keys = [_key("s1", i) for i in range(100)]
+    await journal.flushed(vault.add_all(keys))
+    assert (await _rows(db, KeyBatchRow), journal.commits) == (1, 1)
+    for k in keys[:60]:
+        vault.set_state(k, "delivered")  # one key per request, 60 requests
+    await journal.sync()
+    assert (await _rows(db, KeyBatchRow), journal.commits) == (1, 2)  # one row rewritten
+    await journal.flushed(vault.set_states(keys[60:], "delivered"))
+    assert await _rows(db, KeyBatchRow) == 0  # nothing left to hand out: the row is gone
+    assert vault.delivered_ranges("s1") == [(0, 100)]
+    again = KeyVault("km0", Journal(db))
+    await again.load(db)
+    assert again.of_session("s1") == [] and again.delivered_end("s1") == 100
+    assert again.get("s1", 42) is not None and again.get("s1", 42).state == "delivered"  # type: ignore[union-attr]
+    assert again.get("s1", 100) is None
+    vault.drop_session("s1")
+    await journal.sync()
+    assert await _rows(db, KeyStreamRow) == 0
+    await journal.close()
+
+
+async def test_vault_memory_per_session_is_bounded_by_held_keys(km_db: Database) -> None:
+    journal = Journal(km_db)
+    journal.start()
+    vault = KeyVault("km0", journal, spent_memory=64)
+    for start in range(0, 5000, 100):
+        batch = [_key("s1", i, n=8) for i in range(start, start + 100)]
+        vault.add_all(batch)
+        vault.set_states(batch, "delivered")
+    await journal.sync()
+    assert vault.of_session("s1") == [] and len(vault.by_id) == 64
+    assert len(vault.by_index) == 0 and vault.delivered_ranges("s1") == [(0, 5000)]
+    assert vault.get("s1", 3).state == "delivered"  # type: ignore[union-attr]  # forgotten id, known index
+    assert await _rows(km_db, KeyBatchRow) == 0
+    await journal.close()
+
+
+async def test_vault_commit_failure_reaches_waiters_and_the_journal_retries(
+        db: Database) -> None:
+    journal = Journal(db, retry_s=0.01, retry_max_s=0.05)
+    journal.start()
+    vault = KeyVault("km0", journal)
+    k = _key("s1", 0)
+    await journal.flushed(vault.add(k))
+    # a row in the way of the stream's first insert: the commit fails in the database
+    async with db.session() as s:
+        await s.execute(insert(KeyStreamRow).values(node="km0", session_id="s1",
+                                                    delivered=[], updated_t=0.0))
+    gen = vault.set_state(k, "delivered")
+    with pytest.raises(CommitFailed):
+        await journal.flushed(gen)
+    async with db.session() as s:
+        await s.execute(delete(KeyStreamRow))
+    # no new mark and nobody waking it: the journal retries on its own (a retry may still
+    # meet the row if it ran before the delete) and the lost changes are written
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                await journal.flushed(gen, wake=False)
+                break
+            except CommitFailed:
+                continue
+    assert await _rows(db, KeyBatchRow) == 0
+    async with db.session() as s:
+        (row,) = (await s.execute(select(KeyStreamRow))).scalars().all()
+    assert row.delivered == [[0, 1]]
+    await journal.close()
 
 
 def test_new_key_id_is_a_version_7_uuid_ordered_by_time() -> None:

@@ -309,7 +309,7 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         for route in app.router.routes:
             if not isinstance(route, APIRoute):
                 continue
-            for method in route.methods:
+            for method in route.methods or ():
                 spec = hot.get((route.path.removeprefix(API_PREFIX), method))
                 if spec is not None:
                     parse, serve, reads_body = spec

@@ -136,7 +136,7 @@ class Etsi015Client:
         """POST a ``qkd_link`` entry (strict RFC 8040 form); returns its Location."""
         response = await self.request("POST", f"{ROOT_MEMBER}/qkd_links",
                                       {f"{MODULE}:qkd_link": [entry]})
-        return response.headers.get("location", "")
+        return str(response.headers.get("location", ""))
 
     async def delete_link(self, qkdl_uuid: str) -> None:
         """DELETE a ``qkd_link``."""
@@ -146,7 +146,7 @@ class Etsi015Client:
         """POST a ``qkd_app`` entry; returns its Location."""
         response = await self.request("POST", f"{ROOT_MEMBER}/qkd_applications",
                                       {f"{MODULE}:qkd_app": [entry]})
-        return response.headers.get("location", "")
+        return str(response.headers.get("location", ""))
 
     async def delete_application(self, app_uuid: str) -> None:
         """DELETE a ``qkd_app``."""

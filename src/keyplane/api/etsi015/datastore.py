@@ -41,7 +41,7 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from yangson.exceptions import YangsonException
 from yangson.instance import EntryKeys, EntryValue, MemberName
@@ -69,7 +69,7 @@ from keyplane.api.etsi015.model import (
     validate_node,
 )
 from keyplane.config import HybridPolicy, QuantumLink, Topology
-from keyplane.messages import LinkState
+from keyplane.messages import LinkState, SdnNotificationName
 
 __all__ = [
     "Content",
@@ -92,7 +92,7 @@ _MAX_DEPTH = 65535
 class Notification:
     """An ETSI 015 notification produced by a write (name and RFC 7951 content)."""
 
-    name: str
+    name: SdnNotificationName
     content: dict[str, Any]
     wall_s: float
 
@@ -368,7 +368,7 @@ class NodeDatastore:
     def _find_link(config: dict[str, Any], uid: str) -> dict[str, Any] | None:
         for entry in config.get("qkd_links", {}).get("qkd_link", []):
             if entry.get("qkdl_id") == uid:
-                return entry
+                return cast(dict[str, Any], entry)
         return None
 
     # ------------------------------------------------------------------ the merged view
@@ -701,7 +701,7 @@ class NodeDatastore:
             ops.alarmed = False
             if ops.status != "ACTIVE" and ops.enabled:
                 notes += self._status_change(uid, ops, "ACTIVE", message or "cleared", wall_s)
-        name = "event" if kind == "cleared" else "alarm"
+        name: SdnNotificationName = "event" if kind == "cleared" else "alarm"
         text = f"{kind}: {message}" if message else kind
         notes.append(Notification(name, {"link": {
             "qkdl_id": uid, "qkdl_status": identity(ops.status), "message": text,
@@ -1142,7 +1142,7 @@ _OMIT: Any = object()
 
 
 def _is_state(schema: SchemaNode) -> bool:
-    return schema.content_type().name == "nonconfig"
+    return bool(schema.content_type().name == "nonconfig")
 
 
 def _child(schema: SchemaNode | None, name: str, ns: str | None = None) -> SchemaNode | None:
@@ -1317,7 +1317,7 @@ def parse_fields(text: str) -> Fields:
             into[name] = None
         elif name in into:
             target = into[name]
-            assert target is not None
+            assert target is not None and sub is not None
             for k, v in sub.items():
                 merge(target, k, v)
         else:
@@ -1377,7 +1377,8 @@ def _picked(fields: Fields, child: SchemaNode) -> Fields | None:
         prefix, sep, local = name.partition(":")
         if (local if sep else name) == child.name and (not sep or prefix == child.ns):
             return sub
-    return _UNSELECTED
+    unselected: Fields | None = _UNSELECTED
+    return unselected
 
 
 def _error_path(path: str) -> str:

@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 class _MtlsH11Protocol(H11Protocol):
     """h11 protocol that exposes the client certificate subject to the application."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
         sslobj = transport.get_extra_info("ssl_object")
         der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None

@@ -20,6 +20,7 @@ def run() -> None:
             context.run_migrations()
         return
     url = config.get_main_option("sqlalchemy.url")
+    assert url is not None, "alembic config without sqlalchemy.url"
     engine = create_engine(url)
     with engine.connect() as conn:
         context.configure(connection=conn, target_metadata=target_metadata,

@@ -1,0 +1,337 @@
+"""A key manager's tables: link key blocks, key batches, key streams and session rows.
+
+The KM keeps its state in memory (:mod:`keyplane.keymanager.keystore`,
+:mod:`keyplane.keymanager.vault`) and hands this repository *records* (plain dataclasses
+with plaintext key bytes); the repository turns them into rows, sealing every key byte
+under the writing node's key-encryption key (:mod:`keyplane.store.sealing`), and reads them
+back, opening them. Nothing outside ``store/`` sees a table, a statement or a database
+exception: failures are :class:`~keyplane.errors.CommitFailed` (writes),
+:class:`~keyplane.errors.StoreError` (reads) and
+:class:`~keyplane.errors.SealedDataError` (a row that does not open).
+
+Writes go through :meth:`KmStateStore.commit`: every record of one group commit, in one
+transaction (:class:`~keyplane.store.rowwriter.RowWriter`).
+
+Associated data of a sealed value (so no row's ciphertext opens in another row): a block
+is bound to ``link_id/block_id/size``; a batch to its id, session and the digest of its key
+ids, indexes and byte lengths (which bytes belong to which key).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Table, select
+
+from keyplane.store.db import Database
+from keyplane.store.models import KeyBatchRow, KeyStreamRow, LinkKeyBlockRow, SessionRow
+from keyplane.store.rowwriter import RowWriter, RowWrites
+from keyplane.store.sealing import Sealer
+
+__all__ = [
+    "BlockRecord",
+    "BlockWrites",
+    "KeyBatchRecord",
+    "KeyWrites",
+    "KmStateStore",
+    "SessionRecord",
+    "SessionWrites",
+    "StreamRecord",
+]
+
+_BLOCKS: Table = LinkKeyBlockRow.__table__  # type: ignore[assignment]
+_BATCHES: Table = KeyBatchRow.__table__  # type: ignore[assignment]
+_STREAMS: Table = KeyStreamRow.__table__  # type: ignore[assignment]
+_SESSIONS: Table = SessionRow.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class BlockRecord:
+    """A link key block as one end holds it (plaintext ``material``; consumed bytes zero)."""
+
+    block_id: int
+    size_bytes: int
+    tx_reserved_bytes: int
+    rx_consumed: list[list[int]]
+    material: bytes = field(repr=False)
+    created_t: float = 0.0
+    new: bool = False
+    """Not in the database yet (insert, else update)."""
+    reseal: bool = False
+    """Read back in plaintext or under a retired KEK: rewrite it sealed (read side only)."""
+
+
+@dataclass
+class BlockWrites:
+    """Changes to one end's blocks of one link."""
+
+    node: str
+    link_id: str
+    blocks: list[BlockRecord] = field(default_factory=list)
+    deletes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class KeyBatchRecord:
+    """A batch of end-to-end keys (see :class:`~keyplane.store.models.KeyBatchRow`);
+    ``material`` is the plaintext concatenation of the held keys' bytes."""
+
+    batch_id: str
+    session_id: str
+    sae_id: str | None
+    peer_sae: str | None
+    t: float
+    key_ids: list[str]
+    indexes: list[int]
+    size_bits: list[int]
+    states: str
+    lengths: list[int]
+    provenance: list[list[dict[str, str]]]
+    material: bytes = field(repr=False)
+    new: bool = False
+    reseal: bool = False
+
+
+@dataclass
+class StreamRecord:
+    """Delivered index ranges of a session at one KM."""
+
+    session_id: str
+    delivered: list[list[int]]
+    updated_t: float = 0.0
+    new: bool = False
+
+
+@dataclass
+class KeyWrites:
+    """Changes to one KM's key batches and streams."""
+
+    node: str
+    batches: list[KeyBatchRecord] = field(default_factory=list)
+    batch_deletes: list[str] = field(default_factory=list)
+    streams: list[StreamRecord] = field(default_factory=list)
+    stream_deletes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SessionRecord:
+    """A session's state and configuration at one KM."""
+
+    session_id: str
+    state: str
+    config: dict[str, Any]
+    updated_t: float = 0.0
+    new: bool = False
+
+
+@dataclass
+class SessionWrites:
+    """Changes to one KM's session rows."""
+
+    node: str
+    rows: list[SessionRecord] = field(default_factory=list)
+
+
+Writes = BlockWrites | KeyWrites | SessionWrites
+
+
+def _block_row(link_id: str, block_id: int, size_bytes: int) -> str:
+    return f"{link_id}/{block_id}/{size_bytes}"
+
+
+def _batch_row(batch_id: str, session_id: str, key_ids: Sequence[str], indexes: Sequence[int],
+               lengths: Sequence[int]) -> str:
+    layout = json.dumps([list(key_ids), list(indexes), list(lengths)], separators=(",", ":"))
+    return f"{batch_id}/{session_id}/{hashlib.sha256(layout.encode()).hexdigest()}"
+
+
+class KmStateStore:
+    """The repository of the key managers writing to one database.
+
+    Args:
+        db: the database (its key ring seals each node's rows).
+        scrub_interval_s: see :class:`~keyplane.store.rowwriter.RowWriter`.
+    """
+
+    def __init__(self, db: Database, *, scrub_interval_s: float = 1.0) -> None:
+        self._db = db
+        self._writer = RowWriter(db, scrub_interval_s=scrub_interval_s)
+
+    @property
+    def rows_written(self) -> int:
+        """Rows written by committed transactions so far (a figure for benchmarks)."""
+        return self._writer.rows_written
+
+    @property
+    def checkpoints(self) -> int:
+        """WAL-truncating checkpoints run so far (SQLite)."""
+        return self._writer.checkpoints
+
+    def sealer(self, node: str) -> Sealer:
+        """The sealer of ``node``.
+
+        Raises:
+            StoreError: no usable key-encryption key for ``node``.
+        """
+        return self._db.keyring.sealer(node)
+
+    # ---- writing ------------------------------------------------------------------------
+    async def commit(self, writes: Sequence[Writes]) -> None:
+        """Write every change in one transaction (key bytes sealed on the way).
+
+        Raises:
+            CommitFailed: the transaction failed (nothing of it was written).
+            StoreError: a node has no usable key-encryption key (nothing was written).
+        """
+        scrub = any(isinstance(w, BlockWrites) or (isinstance(w, KeyWrites) and (
+            w.batches or w.batch_deletes)) for w in writes)
+        # sealers are looked up here, on the loop, so a KEK file is read once and by one task
+        sealers = {w.node: self.sealer(w.node) for w in writes
+                   if isinstance(w, BlockWrites | KeyWrites)}
+        await self._writer.write(lambda: self._rows(writes, sealers), scrub=scrub)
+
+    def _rows(self, writes: Sequence[Writes], sealers: dict[str, Sealer]) -> list[RowWrites]:
+        out: dict[str, RowWrites] = {}
+
+        def of(t: Table) -> RowWrites:
+            w = out.get(t.name)
+            if w is None:
+                w = out[t.name] = RowWrites(t)
+            return w
+        for w in writes:
+            if isinstance(w, BlockWrites):
+                self._block_rows(w, sealers[w.node], of(_BLOCKS))
+            elif isinstance(w, KeyWrites):
+                self._key_rows(w, sealers[w.node], of(_BATCHES), of(_STREAMS))
+            else:
+                rows = of(_SESSIONS)
+                for r in w.rows:
+                    row = {"node": w.node, "session_id": r.session_id, "state": r.state,
+                           "config": r.config, "updated_t": r.updated_t}
+                    (rows.inserts if r.new else rows.updates).append(row)
+        return list(out.values())
+
+    @staticmethod
+    def _block_rows(w: BlockWrites, sealer: Sealer, rows: RowWrites) -> None:
+        for b in w.blocks:
+            sealed = sealer.seal("link_key_blocks",
+                                 _block_row(w.link_id, b.block_id, b.size_bytes), b.material)
+            row: dict[str, Any] = {"node": w.node, "link_id": w.link_id,
+                                   "block_id": b.block_id,
+                                   "tx_reserved_bytes": b.tx_reserved_bytes,
+                                   "rx_consumed": b.rx_consumed, "material": sealed,
+                                   "sealed": True}
+            if b.new:
+                row.update(size_bytes=b.size_bytes, created_t=b.created_t)
+                rows.inserts.append(row)
+            else:
+                rows.updates.append(row)
+        rows.deletes.extend({"node": w.node, "link_id": w.link_id, "block_id": i}
+                            for i in w.deletes)
+
+    @staticmethod
+    def _key_rows(w: KeyWrites, sealer: Sealer, batches: RowWrites, streams: RowWrites
+                  ) -> None:
+        for b in w.batches:
+            sealed = sealer.seal("key_batches", _batch_row(
+                b.batch_id, b.session_id, b.key_ids, b.indexes, b.lengths), b.material)
+            row: dict[str, Any] = {"node": w.node, "batch_id": b.batch_id, "states": b.states,
+                                   "provenance": b.provenance, "material": sealed,
+                                   "sealed": True}
+            if b.new:
+                row.update(session_id=b.session_id, sae_id=b.sae_id, peer_sae=b.peer_sae,
+                           t=b.t, key_ids=b.key_ids, indexes=b.indexes,
+                           size_bits=b.size_bits, lengths=b.lengths)
+                batches.inserts.append(row)
+            else:
+                # the layout (ids, indexes, lengths) of a stored batch can change too: a key
+                # handed out leaves the material
+                row.update(lengths=b.lengths)
+                batches.updates.append(row)
+        batches.deletes.extend({"node": w.node, "batch_id": i} for i in w.batch_deletes)
+        for s in w.streams:
+            row = {"node": w.node, "session_id": s.session_id, "delivered": s.delivered,
+                   "updated_t": s.updated_t}
+            (streams.inserts if s.new else streams.updates).append(row)
+        streams.deletes.extend({"node": w.node, "session_id": sid} for sid in w.stream_deletes)
+
+    # ---- reading ------------------------------------------------------------------------
+    async def load_blocks(self, node: str, link_id: str) -> list[BlockRecord]:
+        """Every stored block of ``node``'s end of ``link_id``, opened.
+
+        Raises:
+            StoreError: the database failed. SealedDataError: a block does not open.
+        """
+        sealer = self.sealer(node)
+        async with self._db.session() as s:
+            rows = (await s.execute(select(LinkKeyBlockRow).where(
+                LinkKeyBlockRow.node == node, LinkKeyBlockRow.link_id == link_id)
+            )).scalars().all()
+            found = [(r.block_id, r.size_bytes, r.tx_reserved_bytes, r.rx_consumed,
+                      r.material, r.created_t, r.sealed) for r in rows]
+        out = []
+        for block_id, size, reserved, consumed, material, created, sealed in found:
+            if sealed:
+                plain = sealer.open("link_key_blocks", _block_row(link_id, block_id, size),
+                                    material)
+            else:
+                plain = material
+            out.append(BlockRecord(block_id, size, reserved, [list(x) for x in consumed],
+                                   plain, created, reseal=not sealed or sealer.needs_reseal(
+                                       material)))
+        return out
+
+    async def load_key_batches(self, node: str) -> list[KeyBatchRecord]:
+        """Every key batch ``node`` holds, opened.
+
+        Raises:
+            StoreError: the database failed. SealedDataError: a batch does not open.
+        """
+        sealer = self.sealer(node)
+        async with self._db.session() as s:
+            rows = (await s.execute(select(KeyBatchRow).where(KeyBatchRow.node == node)
+                                    )).scalars().all()
+            found = [KeyBatchRecord(
+                r.batch_id, r.session_id, r.sae_id, r.peer_sae, r.t, list(r.key_ids),
+                list(r.indexes), list(r.size_bits), r.states, list(r.lengths),
+                [list(p or []) for p in r.provenance], r.material, reseal=not r.sealed)
+                for r in rows]
+        for b in found:
+            if not b.reseal:
+                sealed = b.material
+                b.material = sealer.open("key_batches", _batch_row(
+                    b.batch_id, b.session_id, b.key_ids, b.indexes, b.lengths), sealed)
+                b.reseal = sealer.needs_reseal(sealed)
+        return found
+
+    async def load_streams(self, node: str) -> list[StreamRecord]:
+        """The delivered ranges of every stream of ``node``.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        async with self._db.session() as s:
+            rows = (await s.execute(select(KeyStreamRow).where(KeyStreamRow.node == node)
+                                    )).scalars().all()
+            return [StreamRecord(r.session_id, [list(x) for x in r.delivered], r.updated_t)
+                    for r in rows]
+
+    async def load_sessions(self, node: str) -> list[SessionRecord]:
+        """Every session row of ``node``.
+
+        Raises:
+            StoreError: the database failed.
+        """
+        async with self._db.session() as s:
+            rows = (await s.execute(select(SessionRow).where(SessionRow.node == node)
+                                    )).scalars().all()
+            return [SessionRecord(r.session_id, r.state, dict(r.config), r.updated_t)
+                    for r in rows]
+
+    async def close(self) -> None:
+        """Finish the writer (a last WAL truncation on SQLite)."""
+        await self._writer.close()

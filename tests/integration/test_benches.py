@@ -1,0 +1,36 @@
+"""Every benchmark runs as documented (``python bench/<name>.py``), from the repository root,
+with tiny parameters: the figures it prints are not checked, only that it runs to the end,
+prints its table, and never needs tests/ on the path."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
+CASES = {
+    "keymanager": (["--hops", "1", "2", "--keys", "64"], "fetched by slave"),
+    "api": (["--seconds", "0.3", "--blocks", "64", "--bulk", "4"], "pairs/s per server core"),
+    "at_rest": (["--keys", "64", "--rounds", "1"], "sealing costs"),
+    "hybrid": (["--seconds", "0.2", "--samples", "5"], "qkd-and-pqc"),
+    "control": (["--sessions", "2", "--pairs", "5"], "path computation"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_bench_runs_from_the_repository_root_without_tests_on_the_path(
+        name: str, tmp_path: Path) -> None:
+    args, expected = CASES[name]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, f"bench/{name}.py", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert expected in proc.stdout
+    assert "No module named 'tests'" not in proc.stderr
