@@ -67,6 +67,7 @@ def line3() -> Topology:
 
 def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
     """Child process: serve km0..km2 until the parent says stop; answer "cpu" queries."""
+    from keyplane.api.httpserver import HttpLimits
     from keyplane.api.server import serve_km_api
     from keyplane.api.settings import ApiSettings, Etsi014Limits
     from keyplane.bus import MemoryBus
@@ -90,7 +91,8 @@ def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
                                       ca_file=issued.ca.cert,
                                       settings=ApiSettings.from_topology(topo, n.id,
                                                                          limits=limits),
-                                      timeout_keep_alive=60)
+                                      limits=HttpLimits(keep_alive_s=60,
+                                                        header_timeout_s=60))
                    for n in topo.nodes]
         conn.send({s.app.state.kme_id: s.port for s in servers})
         loop = asyncio.get_running_loop()

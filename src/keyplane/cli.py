@@ -13,7 +13,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +21,12 @@ from rich.console import Console
 from keyplane.config import Topology, load_topology
 from keyplane.errors import ConfigError, KeyplaneError
 from keyplane.fileperms import ensure_private_dir
+
+if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
+    from keyplane.api.httpserver import HttpServer
+    from keyplane.bus import Bus
+    from keyplane.ops import Ops
+    from keyplane.store import Database
 
 __all__ = ["app", "main"]
 
@@ -35,6 +41,9 @@ StateOpt = Annotated[Path, typer.Option(
 BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: SQLite in the state dir).")]
+OpsOpt = Annotated[str, typer.Option(
+    "--ops", help="Where to serve /healthz, /readyz and /metrics over plain HTTP: HOST:PORT "
+                  "(port 0: a free one, printed at start) or 'off'.")]
 
 
 def _load(path: Path) -> Topology:
@@ -70,6 +79,37 @@ def _run_until_signal(main_coro: Callable[[asyncio.Event], Awaitable[None]]) -> 
         raise typer.Exit(130) from None
 
 
+def _ops_address(text: str) -> tuple[str, int] | None:
+    from keyplane.ops import parse_address
+
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --ops: {exc}")
+        raise typer.Exit(2) from None
+
+
+def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
+    """The process's :class:`keyplane.ops.Ops`, with the bus and store readiness checks."""
+    from keyplane.ops import Ops
+
+    ops = Ops(process)
+
+    async def bus_ready() -> bool:
+        await bus.flush()  # a round trip to the NATS server; immediate in memory
+        return True
+
+    ops.add_readiness_check("bus", bus_ready)
+    ops.add_readiness_check("store", database.ping)
+    return ops
+
+
+def _print_ops(server: HttpServer | None) -> None:
+    if server is not None:
+        print(f"keyplane operations endpoints on {server.url} (/healthz, /readyz, /metrics)",
+              flush=True)
+
+
 def _db_url(db: str | None, state: Path) -> str:
     from keyplane.store import sqlite_url
 
@@ -99,14 +139,16 @@ def certs(topology: TopologyOpt,
 
 @app.command()
 def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt = Path("state"),
-        db: DbOpt = None, verbose: bool = False) -> None:
+        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
     """Run every element of the network in this process (embedded mode) until Ctrl-C."""
     from keyplane.bus import MemoryBus
     from keyplane.events import EventStream, JsonlSink
+    from keyplane.ops import ops_endpoints
     from keyplane.runtime import Embedded, RuntimeContext
     from keyplane.store import Database
 
     topo = _load(topology)
+    ops_at = _ops_address(ops)
     _logging(verbose)
     ensure_private_dir(state)
 
@@ -117,10 +159,15 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
         events = EventStream(clock, [JsonlSink(state / "events.jsonl")])
         database = await Database.open(_db_url(db, state))
         bus = MemoryBus()
+        proc_ops = _ops_for("run", bus, database)
         ctx = RuntimeContext(topology=topo, bus=bus, db=database, clock=clock, events=events,
-                             state_dir=state)
+                             state_dir=state, ops=proc_ops)
+        started = asyncio.Event()
+        proc_ops.add_readiness_check("network", started.is_set)
         try:
-            async with Embedded(ctx):
+            async with ops_endpoints(proc_ops, ops_at) as ops_server, Embedded(ctx):
+                started.set()
+                _print_ops(ops_server)
                 print(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
                       f"{state / 'endpoints.json'}; Ctrl-C to stop", flush=True)
                 await stop.wait()
@@ -138,15 +185,17 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                elements: Annotated[str, typer.Option(
                    help="Comma-separated subset of sdn,routing,monitoring,access,admission "
                         "(each element can run in its own process).")] = "",
-               verbose: bool = False) -> None:
+               ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
     """Run the control plane (or some of its elements) as its own process."""
     from keyplane.bus import connect
     from keyplane.control import ELEMENTS
     from keyplane.events import BusSink, EventStream, JsonlSink
+    from keyplane.ops import ops_endpoints
     from keyplane.runtime import ControlRuntime, RuntimeContext
     from keyplane.store import Database
 
     topo = _load(topology)
+    ops_at = _ops_address(ops)
     chosen = [e.strip() for e in elements.split(",") if e.strip()] or None
     if chosen and set(chosen) - set(ELEMENTS):
         console.print(f"[red]error:[/red] unknown elements {sorted(set(chosen) - set(ELEMENTS))};"
@@ -162,11 +211,17 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
         b = await connect(bus, name="keyplane-controller")
         events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"), BusSink(b)])
         database = await Database.open(_db_url(db, state))
+        proc_ops = _ops_for("controller", b, database)
         ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state)
+                             state_dir=state, ops=proc_ops)
         ctx.ensure_certs()
+        started = asyncio.Event()
+        proc_ops.add_readiness_check("control_plane", started.is_set)
         try:
-            async with ControlRuntime(ctx, elements=chosen):
+            async with ops_endpoints(proc_ops, ops_at) as ops_server, \
+                    ControlRuntime(ctx, elements=chosen):
+                started.set()
+                _print_ops(ops_server)
                 print("keyplane controller ready", flush=True)
                 await stop.wait()
         finally:
@@ -180,7 +235,7 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
 @app.command()
 def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
          topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
-         state: StateOpt = Path("state"), db: DbOpt = None,
+         state: StateOpt = Path("state"), db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
@@ -188,10 +243,12 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
+    from keyplane.ops import ops_endpoints
     from keyplane.runtime import NodeRuntime, RuntimeContext
     from keyplane.store import Database
 
     topo = _load(topology)
+    ops_at = _ops_address(ops)
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
@@ -207,11 +264,16 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
         database = await Database.open(_db_url(db, state))
         if kek is not None:
             database.keyring.use_file(node_id, kek)
+        proc_ops = _ops_for(f"node-{node_id}", b, database)
         ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state)
+                             state_dir=state, ops=proc_ops)
         ctx.ensure_certs()
+        started = asyncio.Event()
+        proc_ops.add_readiness_check("node", started.is_set)
         try:
-            async with NodeRuntime(ctx, node_id):
+            async with ops_endpoints(proc_ops, ops_at) as ops_server, NodeRuntime(ctx, node_id):
+                started.set()
+                _print_ops(ops_server)
                 print(f"keyplane node {node_id} ready", flush=True)
                 await stop.wait()
         finally:

@@ -36,6 +36,7 @@ from keyplane.api.etsi015 import (
     serve_agent,
     serve_app,
 )
+from keyplane.api.httpserver import RequestObserver
 from keyplane.api.server import serve_km_api
 from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.bus import Bus, Message, topics, unsubscribe_all
@@ -51,6 +52,7 @@ from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
 from keyplane.lifecycle import Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
+from keyplane.ops import Ops
 from keyplane.physical import PhysicalNetwork
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
@@ -73,6 +75,7 @@ class RuntimeContext:
     host: str = "127.0.0.1"
     seed: int = 1
     certs: Issued | None = None
+    ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -83,6 +86,11 @@ class RuntimeContext:
         """The event stream (never None after construction)."""
         assert self.events is not None
         return self.events
+
+    @property
+    def http_observer(self) -> RequestObserver | None:
+        """What every HTTP server of the process reports requests to (None: nothing)."""
+        return self.ops.http if self.ops is not None else None
 
     def ensure_certs(self) -> Issued:
         """Create or load the network's certificates under ``<state>/certs``; seal each
@@ -178,7 +186,8 @@ class ControlRuntime(Service):
             try:
                 self.northbound = await serve_app(
                     create_northbound_app(sdn.view), self.ctx.host, self._northbound_port,
-                    server_cert=certs.controller, ca_file=certs.ca.cert)
+                    server_cert=certs.controller, ca_file=certs.ca.cert,
+                    observer=self.ctx.http_observer)
             except BaseException:
                 await self.close()
                 raise
@@ -284,7 +293,8 @@ class NodeRuntime(Service):
             settings=ApiSettings.from_topology(
                 ctx.topology, self.node_id,
                 limits=Etsi014Limits.from_km_settings(self.km.settings),
-                supported_extensions=frozenset({PROVENANCE_EXTENSION})))
+                supported_extensions=frozenset({PROVENANCE_EXTENSION})),
+            observer=ctx.http_observer)
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = api.etsi014_url
         self.endpoints["etsi004"] = api.etsi004_url
@@ -296,7 +306,7 @@ class NodeRuntime(Service):
         self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
         server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
-                                   ca_file=certs.ca.cert)
+                                   ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
 

@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.support.fake_km import FakeKeyNetwork
+from tests.support.tls_scope import with_client_certificate
 from tests.support.topologies import line3
 
 from keyplane.api.server import create_km_app
@@ -36,20 +37,25 @@ class Recorder:
 
     def __init__(self, network: FakeKeyNetwork) -> None:
         self.network = network
-        self.clients: dict[str, httpx.AsyncClient] = {}
+        self.clients: dict[str | None, httpx.AsyncClient] = {}
         topo = network.topology
         for app in topo.applications:
             user = topo.user(app.owner)
             asgi = create_km_app(network.km(app.node), kme_id=app.node,
                                  settings=ApiSettings.from_topology(topo, app.node))
             self.clients[user.id] = httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=asgi), base_url=f"https://{app.node}")
+                transport=httpx.ASGITransport(
+                    app=with_client_certificate(asgi, user.certificate_subject)),
+                base_url=f"https://{app.node}")
+            if user.id == "alice":  # the same KM, reached without a client certificate
+                self.clients[None] = httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=asgi), base_url=f"https://{app.node}")
         self.steps: dict[str, dict[str, Any]] = {}
 
     async def __call__(self, name: str, user: str | None, method: str, url: str,
                        body: Any = None, raw: bytes | None = None) -> Any:
-        client = self.clients[user or "alice"]
-        headers = {"Authorization": f"Bearer {client_token(self, user)}"} if user else {}
+        client = self.clients[user]
+        headers: dict[str, str] = {}
         if raw is not None:
             headers["Content-Type"] = "application/json"
             r = await client.request(method, url, content=raw, headers=headers)
@@ -65,10 +71,6 @@ class Recorder:
     async def aclose(self) -> None:
         for c in self.clients.values():
             await c.aclose()
-
-
-def client_token(rec: Recorder, user: str | None) -> str | None:
-    return rec.network.topology.user(user).token if user else None
 
 
 async def run_scenario(rec: Recorder) -> None:

@@ -21,6 +21,7 @@ from keyplane.api.client import (
     UnauthorizedError,
 )
 from keyplane.events import EventType, read_jsonl
+from keyplane.services import free_port
 from tests.support.processes import start_keyplane, stop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,11 +29,15 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
 
+OPS_PORT = free_port()
+
+
 @pytest.fixture(scope="module")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     state = tmp_path_factory.mktemp("state")
     proc = start_keyplane("run", "-t", str(ROOT / "examples" / "paper_poc.yaml"), "-s",
-                          str(state), ready="keyplane running", log=state / "run.log")
+                          str(state), "--ops", f"127.0.0.1:{OPS_PORT}",
+                          ready="keyplane running", log=state / "run.log")
     try:
         yield state
     finally:
@@ -111,3 +116,20 @@ def test_run_014_provenance_is_reported_and_can_be_required(running: Path) -> No
         assert "extension_mandatory" in str(exc.value)
         with pytest.raises(BadRequestError):
             master.enc_keys("sae3", number=1, extension_mandatory=[{"acme_route": "direct"}])
+
+
+def test_run_serves_health_readiness_and_metrics(running: Path) -> None:
+    import httpx
+
+    base = f"http://127.0.0.1:{OPS_PORT}"
+    with Etsi014Client.from_state(running, "sae4") as sae4:
+        _retry(lambda: sae4.status("sae5"))
+    with httpx.Client(base_url=base, timeout=30.0) as c:
+        assert c.get("/healthz").json()["status"] == "alive"
+        ready = c.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert ready.json()["checks"] == {"bus": "ok", "network": "ok", "store": "ok"}
+        metrics = c.get("/metrics").text
+    assert 'keyplane_process_info{process="run"} 1.0' in metrics
+    assert 'keyplane_http_requests_total{interface="etsi014",method="GET",status="200"}' \
+        in metrics

@@ -63,13 +63,16 @@ class FakeControlPlane:
         hold_config: when True, a complete session is *not* configured until
             :meth:`configure` is called (to test waiting states).
         hybrid_policy: pushed in every SessionConfig (``SessionConfig.hybrid_policy``).
+        answer_access: False leaves Access Control to the real element
+            (:class:`keyplane.control.access.AccessControl` on the same bus).
     """
 
     def __init__(self, bus: Bus, topology: Topology, *, bucket_size_bits: int = 1 << 30,
                  token_rate_bps: float = 1e12, idle_timeout_s: float = 60.0,
                  key_chunk_size: int = 32, priority_of: dict[str, int] | None = None,
                  refuse: set[str] | None = None, deny: set[str] | None = None,
-                 hold_config: bool = False, hybrid_policy: str = "qkd-only") -> None:
+                 hold_config: bool = False, hybrid_policy: str = "qkd-only",
+                 answer_access: bool = True) -> None:
         self.bus = bus
         self.topology = topology
         self.bucket_size_bits = bucket_size_bits
@@ -81,6 +84,7 @@ class FakeControlPlane:
         self.deny = deny or set()
         self.hold_config = hold_config
         self.hybrid_policy = hybrid_policy
+        self.answer_access = answer_access
         self.sessions: dict[str, FakeSession] = {}
         self.keepalives: list[KeepAlive] = []
         self.closes: list[SessionClose] = []
@@ -93,7 +97,8 @@ class FakeControlPlane:
 
     async def start(self) -> FakeControlPlane:
         """Subscribe to the Access and Admission Control topics."""
-        self._subs.append(await self.bus.subscribe(topics.ACCESS, self._on_access))
+        if self.answer_access:
+            self._subs.append(await self.bus.subscribe(topics.ACCESS, self._on_access))
         self._subs.append(await self.bus.subscribe(topics.ADMISSION, self._on_admission))
         return self
 

@@ -7,8 +7,7 @@ The ETSI 014 limits are checked by the server *before* the key manager is called
 
 from __future__ import annotations
 
-import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from keyplane.config import Topology
@@ -17,7 +16,8 @@ __all__ = ["SAE_ID_HEADER", "ApiSettings", "Etsi014Limits", "LocalSae"]
 
 SAE_ID_HEADER = "X-SAE-ID"
 """Optional request header naming the calling SAE when one identity owns several SAEs on
-this KM (a keyplane extension; ETSI 014 identifies the master by its authentication only)."""
+this KM (a keyplane extension; ETSI 014 identifies the master by its authentication only).
+It may only name an SAE the client certificate's owner owns (:mod:`keyplane.api.auth`)."""
 
 
 class KmLimitSettings(Protocol):
@@ -61,15 +61,15 @@ class Etsi014Limits:
 
 @dataclass(frozen=True)
 class LocalSae:
-    """An SAE attached to this KM and the identities its owner authenticates with.
+    """An SAE attached to this KM and the certificate subject of its owner.
 
-    Used only to *name* the caller's SAE when the request does not; whether the identity
-    may act as that SAE is decided by the key manager (Access Control).
+    The server lets a certificate act only as the SAEs its subject owns here (and names
+    the caller's SAE when the request does not); the key manager (Access Control) checks
+    the same again.
     """
 
     sae_id: str
     certificate_subject: str | None = None
-    token: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -83,26 +83,32 @@ class ApiSettings:
             (passed to the key manager); any other mandatory extension is a 400.
         km_timeout_s: upper bound on one key manager call; beyond it, ETSI 014 503 /
             ETSI 004 status 6.
+        network_saes: every SAE id of the network; an ETSI 014 request naming another
+            peer SAE is a 400 before the key manager is called (empty: not checked here).
     """
 
     limits: Etsi014Limits = Etsi014Limits()
     saes: tuple[LocalSae, ...] = ()
     supported_extensions: frozenset[str] = frozenset()
     km_timeout_s: float = 30.0
+    network_saes: frozenset[str] = frozenset()
 
     @classmethod
     def from_topology(cls, topology: Topology, node_id: str, **overrides: object
                       ) -> ApiSettings:
-        """Settings for ``node_id``: its SAEs with their owners' subjects and tokens."""
+        """Settings for ``node_id``: its SAEs with their owners' certificate subjects."""
         saes = tuple(
             LocalSae(app.sae_id, (owner := topology.user(app.owner)).certificate_subject
-                     or f"CN={owner.id},O=keyplane", owner.token)
+                     or f"CN={owner.id},O=keyplane")
             for app in topology.applications if app.node == node_id)
+        overrides.setdefault("network_saes",
+                             frozenset(app.sae_id for app in topology.applications))
         return cls(saes=saes, **overrides)  # type: ignore[arg-type]
 
-    def saes_of(self, identity: str, method: str) -> list[str]:
-        """SAE ids on this KM whose owner authenticates as ``identity``."""
-        if method == "token":
-            return [s.sae_id for s in self.saes
-                    if s.token is not None and secrets.compare_digest(s.token, identity)]
-        return [s.sae_id for s in self.saes if s.certificate_subject == identity]
+    def knows_sae(self, sae_id: str) -> bool:
+        """Whether ``sae_id`` may be a peer (always True when the network is not known)."""
+        return not self.network_saes or sae_id in self.network_saes
+
+    def saes_of(self, subject: str) -> list[str]:
+        """SAE ids on this KM whose owner's certificate subject is ``subject``."""
+        return [s.sae_id for s in self.saes if s.certificate_subject == subject]

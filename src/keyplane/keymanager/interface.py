@@ -24,7 +24,8 @@ codes and ETSI 004 status codes:
 arguments is also its lifecycle close, see docs/keymanager.md).
 
 ``identity`` is what the transport authenticated: the mTLS client certificate subject
-(RFC 4514 string), or a bearer token when ``method == "token"``.
+(RFC 4514 string); the HTTP servers accept no bearer tokens (``method == "token"`` remains
+for callers inside the process). Session ownership compares ``Caller.principal``.
 """
 
 from __future__ import annotations
@@ -46,10 +47,27 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Caller:
-    """An authenticated transport identity (never the SAE id it claims)."""
+    """An authenticated transport identity (never the SAE id it claims).
+
+    ``identity`` alone is not who the caller is: a token whose text is a certificate
+    subject is not that certificate's holder. Ownership checks compare
+    :attr:`principal` (how and who).
+    """
 
     identity: str = field(repr=False)
     method: Literal["certificate", "token"] = "certificate"
+
+    @property
+    def principal(self) -> str:
+        """How the caller authenticated and as whom, as one string.
+
+        A certificate's principal is its subject (RFC 4514 strings contain ``=`` before any
+        ``:``, so they never collide with the prefixed form); any other method is prefixed
+        with its name. Session owners persisted as a subject's digest stay valid.
+        """
+        if self.method == "certificate":
+            return self.identity
+        return f"{self.method}:{self.identity}"
 
 
 @dataclass(frozen=True)

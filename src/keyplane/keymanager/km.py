@@ -798,13 +798,13 @@ class KeyManager:
             if existing.implicit and existing.owner is None and existing.local_sae == source \
                     and existing.peer_sae == destination:
                 existing.user_id = await self._authenticate(caller, source, destination)
-                existing.owner = _digest(caller.identity)
+                existing.owner = _digest(caller.principal)
                 existing.qos = qos
                 self._persist(existing)
                 return OpenResult(sid, self._served_qos(existing), True)
             raise SessionIdInUse(f"Key_stream_ID {sid} is already in use")
         s = _Session(sid, SessionMachine(sid), local_sae=source, peer_sae=destination,
-                     interface=interface, qos=qos, owner=_digest(caller.identity))
+                     interface=interface, qos=qos, owner=_digest(caller.principal))
         s.decision = asyncio.get_running_loop().create_future()
         self._sessions[sid] = s
         self._events.emit(EventType.request_arrived, ELEMENT, node=self.node_id, session=sid,
@@ -868,7 +868,7 @@ class KeyManager:
 
     def _app_session(self, caller: Caller, key_stream_id: str) -> _Session:
         s = self._sessions.get(self._aliases.get(key_stream_id, key_stream_id))
-        if s is None or s.owner != _digest(caller.identity):
+        if s is None or s.owner != _digest(caller.principal):
             raise SessionNotFound(f"no stream {key_stream_id} for this caller")
         if not s.machine.live:
             raise SessionNotFound(f"stream {key_stream_id} has ended")
@@ -1235,7 +1235,7 @@ class KeyManager:
         if caller is None or key_stream_id is None:
             raise TypeError("CLOSE needs both caller and key_stream_id")
         s = self._sessions.get(self._aliases.get(key_stream_id, key_stream_id))
-        if s is not None and s.owner == _digest(caller.identity) and not s.machine.live:
+        if s is not None and s.owner == _digest(caller.principal) and not s.machine.live:
             return
         s = self._app_session(caller, key_stream_id)
         self._apply(s, SessionEvent.close)
@@ -1291,7 +1291,7 @@ class KeyManager:
             sid = self._pairs.get((master, slave))
             s = self._sessions.get(sid) if sid else None
             if s is not None and s.machine.live:
-                if s.owner != _digest(caller.identity):
+                if s.owner != _digest(caller.principal):
                     await self._authenticate(caller, master, slave)
                 return s
             qos = Qos(key_chunk_size=max(1, size_bits // 8),

@@ -167,6 +167,18 @@ class Database:
             except SQLAlchemyError as exc:
                 raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
 
+    async def ping(self) -> bool:
+        """Whether the database answers a trivial query now (readiness probes).
+
+        Never raises: an unreachable database is False.
+        """
+        try:
+            async with self.engine.connect() as conn:
+                await conn.exec_driver_sql("SELECT 1")
+        except (SQLAlchemyError, OSError):
+            return False
+        return True
+
     async def close(self) -> None:
         """Dispose of the engine's connections (idempotent)."""
         await self.engine.dispose()

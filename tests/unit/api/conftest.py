@@ -8,6 +8,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from tests.support.fake_km import FakeKeyNetwork
+from tests.support.tls_scope import with_client_certificate
 from tests.support.topologies import line3
 
 from keyplane.api.client import AsyncEtsi004Client, AsyncEtsi014Client
@@ -31,24 +32,28 @@ def km_app(network: FakeKeyNetwork) -> Callable[[str], FastAPI]:
     return make
 
 
-def _node_and_token(network: FakeKeyNetwork, user: str) -> tuple[str, str]:
+def _node_and_subject(network: FakeKeyNetwork, user: str) -> tuple[str, str]:
     topo = network.topology
     app = next(a for a in topo.applications if a.owner == user)
-    token = topo.user(user).token
-    assert token
-    return app.node, token
+    subject = topo.user(user).certificate_subject
+    assert subject
+    return app.node, subject
+
+
+def _transport(app: FastAPI, subject: str) -> httpx.ASGITransport:
+    """In-process transport of a client whose certificate subject is ``subject``."""
+    return httpx.ASGITransport(app=with_client_certificate(app, subject))
 
 
 @pytest.fixture
 async def sdk014(network: FakeKeyNetwork, km_app: Callable[[str], FastAPI]
                  ) -> AsyncIterator[Callable[[str], AsyncEtsi014Client]]:
-    """SDK ETSI 014 client of a user, in-process (token identity, no sockets)."""
+    """SDK ETSI 014 client of a user, in-process (certificate subject, no sockets)."""
     made: list[AsyncEtsi014Client] = []
 
     def make(user: str) -> AsyncEtsi014Client:
-        node, token = _node_and_token(network, user)
-        c = AsyncEtsi014Client(f"https://{node}", token=token,
-                               transport=httpx.ASGITransport(app=km_app(node)))
+        node, subject = _node_and_subject(network, user)
+        c = AsyncEtsi014Client(f"https://{node}", transport=_transport(km_app(node), subject))
         made.append(c)
         return c
 
@@ -64,9 +69,9 @@ async def sdk004(network: FakeKeyNetwork, km_app: Callable[[str], FastAPI]
     made: list[AsyncEtsi004Client] = []
 
     def make(user: str) -> AsyncEtsi004Client:
-        node, token = _node_and_token(network, user)
-        c = AsyncEtsi004Client(f"https://{node}/etsi004", token=token,
-                               transport=httpx.ASGITransport(app=km_app(node)))
+        node, subject = _node_and_subject(network, user)
+        c = AsyncEtsi004Client(f"https://{node}/etsi004",
+                               transport=_transport(km_app(node), subject))
         made.append(c)
         return c
 
@@ -82,10 +87,9 @@ async def raw(network: FakeKeyNetwork, km_app: Callable[[str], FastAPI]
     made: list[httpx.AsyncClient] = []
 
     def make(user: str) -> httpx.AsyncClient:
-        node, token = _node_and_token(network, user)
-        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=km_app(node)),
-                              base_url=f"https://{node}",
-                              headers={"Authorization": f"Bearer {token}"})
+        node, subject = _node_and_subject(network, user)
+        c = httpx.AsyncClient(transport=_transport(km_app(node), subject),
+                              base_url=f"https://{node}")
         made.append(c)
         return c
 

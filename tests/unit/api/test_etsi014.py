@@ -127,15 +127,28 @@ async def test_requests_without_identity_are_401(raw, km_app) -> None:  # type: 
         assert r.status_code == 401
 
 
-async def test_unknown_token_is_401_from_km_access_control(km_app) -> None:  # type: ignore[no-untyped-def]
-    import httpx
+async def test_bearer_token_is_401_even_with_a_valid_certificate(raw, network) -> None:  # type: ignore[no-untyped-def]
+    # no bearer token is accepted, not even one naming the caller itself: the client
+    # certificate is the identity (issue #13)
+    c = raw("alice")
+    for token in ("alice-token", "CN=bob,O=test", "nobody"):
+        r = await c.get("/api/v1/keys/sae_b/enc_keys", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 401 and "keys" not in r.json()
+    assert network.calls == []
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=km_app("km0")),
-                                 base_url="https://km0",
-                                 headers={"Authorization": "Bearer nobody",
-                                          "X-SAE-ID": "sae_a"}) as c:
-        r = await c.get("/api/v1/keys/sae_b/enc_keys")
+
+async def test_sae_id_header_only_chooses_among_the_certificate_owners_saes(raw, network) -> None:  # type: ignore[no-untyped-def]
+    # mallory's certificate naming bob's SAE (same KM) is refused before the key manager
+    r = await raw("mallory").get("/api/v1/keys/sae_a/status", headers={"X-SAE-ID": "sae_b"})
+    assert r.status_code == 401 and "X-SAE-ID" in r.json()["message"]
+    r = await raw("mallory").get("/api/v1/keys/sae_a/dec_keys?key_ID="
+                                 "00000000-0000-4000-8000-000000000001",
+                                 headers={"X-SAE-ID": "sae_b"})
     assert r.status_code == 401
+    assert network.calls == []
+    # naming the SAE it does own is fine
+    r = await raw("mallory").get("/api/v1/keys/sae_a/status", headers={"X-SAE-ID": "sae_m"})
+    assert r.status_code == 200 and r.json()["master_SAE_ID"] == "sae_m"
 
 
 def test_check_key_request_applies_defaults_and_merges_extensions() -> None:
@@ -179,6 +192,7 @@ def test_any_json_body_gets_a_standard_answer_and_bad_ones_change_nothing(body, 
     import asyncio
 
     import httpx
+    from tests.support.tls_scope import with_client_certificate
     from tests.support.topologies import line3
 
     from keyplane.api.server import create_km_app
@@ -189,9 +203,8 @@ def test_any_json_body_gets_a_standard_answer_and_bad_ones_change_nothing(body, 
                         settings=ApiSettings.from_topology(network.topology, "km0"))
 
     async def go() -> httpx.Response:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="https://km0",
-                                     headers={"Authorization": "Bearer alice-token"}) as c:
+        transport = httpx.ASGITransport(app=with_client_certificate(app, "CN=alice,O=test"))
+        async with httpx.AsyncClient(transport=transport, base_url="https://km0") as c:
             method = "GET" if path.endswith("status") else "POST"
             return await c.request(method, f"/api/v1/keys/{path}",
                                    content=json.dumps(body).encode(),

@@ -14,6 +14,7 @@ import httpx
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Receive, Scope, Send
 from tests.support.fake_km import FakeKeyNetwork
+from tests.support.tls_scope import with_client_certificate
 from tests.support.topologies import line3
 
 from keyplane.api.etsi014.app import create_etsi014_app
@@ -42,7 +43,7 @@ def _counting(app: ASGIApp, log: list[str]) -> ASGIApp:
     return wrapped
 
 
-TOKENS = {"alice": "alice-token", "bob": "bob-token"}
+SUBJECTS = {"alice": "CN=alice,O=test", "bob": "CN=bob,O=test", "mallory": "CN=mallory,O=test"}
 ENC = "/api/v1/keys/sae_b/enc_keys"
 DEC = "/api/v1/keys/sae_a/dec_keys"
 UNKNOWN_ID = "0191e8a4-0c1f-7d2e-8b3a-4c5d6e7f8091"
@@ -51,6 +52,11 @@ JSON = {"content-type": "application/json"}
 # served by the fast path (valid in form; some fail in the key manager or the limits)
 FAST: list[Request] = [
     ("alice", "GET", ENC, {}),
+    ("alice", "GET", "/api/v1/keys/nobody/enc_keys", {}),
+    ("alice", "POST", "/api/v1/keys/nobody/enc_keys", {"content": b'{"number": 1}', "headers": JSON}),
+    ("bob", "GET", "/api/v1/keys/nobody/dec_keys?key_ID=" + UNKNOWN_ID, {}),
+    ("bob", "POST", DEC, {"content": b'{"key_IDs": [{"key_ID": "' + UNKNOWN_ID.encode()
+                          + b'", "master_SAE_ID": "sae_a"}]}', "headers": JSON}),
     ("alice", "GET", ENC + "?number=3", {}),
     ("alice", "GET", ENC + "?number=2&size=512", {}),
     ("alice", "GET", ENC + "?size=64", {}),
@@ -103,11 +109,9 @@ async def _run(fast: bool, requests: list[Request]
     fell_back: list[str] = []
     for user, method, url, kwargs in requests:
         app, log = apps[user]
-        token = TOKENS.get(user, "mallory-token")
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="https://km") as c:
-            r = await c.request(method, url, headers={"Authorization": f"Bearer {token}",
-                                                      **kwargs.pop("headers", {})}, **kwargs)
+        transport = httpx.ASGITransport(app=with_client_certificate(app, SUBJECTS[user]))
+        async with httpx.AsyncClient(transport=transport, base_url="https://km") as c:
+            r = await c.request(method, url, headers=kwargs.pop("headers", {}), **kwargs)
         out.append((r.status_code, r.json()))
         fell_back += log
         log.clear()
@@ -140,11 +144,10 @@ async def test_fast_path_keys_round_trip_between_master_and_slave() -> None:
         return create_etsi014_app(network.km(node), kme_id=node,
                                   settings=ApiSettings.from_topology(network.topology, node))
 
-    def client(node: str, token: str) -> httpx.AsyncClient:
-        return httpx.AsyncClient(transport=httpx.ASGITransport(app=app(node)),
-                                 base_url="https://km",
-                                 headers={"Authorization": f"Bearer {token}"})
-    async with client("km0", "alice-token") as alice, client("km1", "bob-token") as bob:
+    def client(node: str, user: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=with_client_certificate(app(node), SUBJECTS[user]))
+        return httpx.AsyncClient(transport=transport, base_url="https://km")
+    async with client("km0", "alice") as alice, client("km1", "bob") as bob:
         made = (await alice.get(ENC + "?number=4&size=256")).json()["keys"]
         ids = [k["key_ID"] for k in made]
         got = (await bob.post(DEC, json={"key_IDs": [{"key_ID": i} for i in ids[:3]]})

@@ -10,6 +10,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from tests.support.fake_km import FakeKeyNetwork
+from tests.support.tls_scope import with_client_certificate
 from tests.support.topologies import line3
 
 from keyplane.api.etsi004.app import create_etsi004_app
@@ -38,11 +39,11 @@ def test_openapi_has_no_422_and_declares_etsi_errors() -> None:
 
 _network = FakeKeyNetwork(line3(), seed=9014, pool_bits=1 << 40)
 _settings = ApiSettings.from_topology(_network.topology, "km0")
-schema014 = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_etsi014_app(_network.km("km0"), kme_id="km0", settings=_settings))
-schema004 = schemathesis.openapi.from_asgi(
-    "/openapi.json", create_etsi004_app(_network.km("km0"), kme_id="km0", settings=_settings))
-_AUTH = {"Authorization": "Bearer alice-token"}
+_ALICE = "CN=alice,O=test"  # owner of sae_a at km0: every call is made with her certificate
+schema014 = schemathesis.openapi.from_asgi("/openapi.json", with_client_certificate(
+    create_etsi014_app(_network.km("km0"), kme_id="km0", settings=_settings), _ALICE))
+schema004 = schemathesis.openapi.from_asgi("/openapi.json", with_client_certificate(
+    create_etsi004_app(_network.km("km0"), kme_id="km0", settings=_settings), _ALICE))
 _FUZZ = settings(max_examples=40, deadline=None, derandomize=True,
                  suppress_health_check=list(HealthCheck))
 
@@ -55,11 +56,11 @@ def test_etsi014_schemathesis_no_5xx_and_responses_in_schema(case) -> None:  # t
     # (clause 5.3, "unknown key_ID"), so "valid data is accepted" does not apply there.
     excluded = ([schemathesis.checks.positive_data_acceptance]
                 if case.operation.path.endswith("/dec_keys") else [])
-    case.call_and_validate(headers=_AUTH, excluded_checks=excluded)
+    case.call_and_validate(excluded_checks=excluded)
 
 
 @pytest.mark.slow
 @schema004.parametrize()
 @_FUZZ
 def test_etsi004_schemathesis_no_5xx_and_responses_in_schema(case) -> None:  # type: ignore[no-untyped-def]
-    case.call_and_validate(headers=_AUTH)
+    case.call_and_validate()

@@ -104,10 +104,9 @@ def _closed(body: dict[str, Any]) -> None:
 class _Common:
     def __init__(self, base_url: str, *, cert: str | Path | None = None,
                  key: str | Path | None = None, ca: str | Path | None = None,
-                 token: str | None = None, timeout_s: float = 30.0,
-                 transport: Any = None) -> None:
+                 timeout_s: float = 30.0, transport: Any = None) -> None:
         self._options = client_options(base_url, cert=cert, key=key, ca=ca, sae_id=None,
-                                       token=token, timeout_s=timeout_s, transport=transport)
+                                       timeout_s=timeout_s, transport=transport)
 
     @classmethod
     def from_state(cls, state_dir: str | Path, sae_id: str, **kwargs: Any) -> Self:
@@ -121,7 +120,7 @@ class Etsi004Client(_Common, SyncPool):
 
     Args:
         base_url: the KM's ETSI 004 base URL (``https://host:port/etsi004``).
-        cert, key, ca, token, timeout_s, transport: as for
+        cert, key, ca, timeout_s, transport: as for
             :class:`~keyplane.api.client.Etsi014Client`.
 
     Raises (every method): :class:`~keyplane.api.client.Etsi004StatusError` for a

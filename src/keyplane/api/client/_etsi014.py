@@ -71,10 +71,10 @@ def _dec_request(master: str, key_ids: Sequence[str]) -> tuple[str, str, dict[st
 class _Common:
     def __init__(self, base_url: str, *, cert: str | Path | None = None,
                  key: str | Path | None = None, ca: str | Path | None = None,
-                 sae_id: str | None = None, token: str | None = None,
-                 timeout_s: float = 10.0, transport: Any = None) -> None:
+                 sae_id: str | None = None, timeout_s: float = 10.0,
+                 transport: Any = None) -> None:
         self._options = client_options(base_url, cert=cert, key=key, ca=ca, sae_id=sae_id,
-                                       token=token, timeout_s=timeout_s, transport=transport)
+                                       timeout_s=timeout_s, transport=transport)
         self.sae_id = sae_id
 
     @classmethod
@@ -91,8 +91,8 @@ class Etsi014Client(_Common, SyncPool):
         base_url: the KME's base URL (``https://host:port``).
         cert, key: the SAE's client certificate and private key (PEM files).
         ca: the network CA that signed the KME's certificate.
-        sae_id: sent as ``X-SAE-ID`` when the identity owns several SAEs on the KME.
-        token: a bearer token instead of (or on top of) the certificate.
+        sae_id: sent as ``X-SAE-ID`` when the identity owns several SAEs on the KME (it
+            must be one of them: the certificate is the identity).
         timeout_s: per-request timeout.
         transport: an httpx transport replacing the network (tests).
 

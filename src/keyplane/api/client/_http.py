@@ -24,7 +24,7 @@ __all__ = ["AsyncPool", "SyncPool", "client_options", "decode", "ok_body",
 
 
 def client_options(base_url: str, *, cert: str | Path | None, key: str | Path | None,
-                   ca: str | Path | None, sae_id: str | None, token: str | None,
+                   ca: str | Path | None, sae_id: str | None,
                    timeout_s: float, transport: Any) -> dict[str, Any]:
     """Keyword arguments for ``httpx.Client``/``AsyncClient`` (mutual TLS, identity).
 
@@ -34,8 +34,6 @@ def client_options(base_url: str, *, cert: str | Path | None, key: str | Path | 
     headers: dict[str, str] = {}
     if sae_id:
         headers[SAE_ID_HEADER] = sae_id
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
     options: dict[str, Any] = {"base_url": base_url.rstrip("/"), "headers": headers,
                                "timeout": timeout_s}
     if transport is not None:

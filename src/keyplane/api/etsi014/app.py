@@ -128,6 +128,13 @@ def document_limits(doc: dict[str, Any], cfg: ApiSettings) -> None:
         if param["name"] in ("number", "size"):
             param["schema"] = {**(number if param["name"] == "number" else size),
                                "title": param["schema"].get("title", param["name"])}
+    if cfg.network_saes:  # any other peer SAE_ID is a 400 (see ``known_peer``)
+        for ops in doc["paths"].values():
+            for op in ops.values():
+                for param in op.get("parameters", []):
+                    if param["name"] in ("slave_SAE_ID", "master_SAE_ID"):
+                        param["schema"] = {**param["schema"],
+                                           "enum": sorted(cfg.network_saes)}
     schemas = doc["components"]["schemas"]
     props = schemas["KeyRequest"]["properties"]
     props["number"]["anyOf"] = [number, {"type": "null"}]
@@ -210,18 +217,30 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
 
     install_error_handlers(app)
 
+    def known_peer(sae_id: str, role: str) -> str:
+        """Refuse a peer SAE the network does not have: the request is wrong (400), not
+        the server (503), so clients do not retry it (ETSI 014 clause 5, status codes)."""
+        if not cfg.knows_sae(sae_id):
+            raise ApiRequestError(f"{role} SAE_ID is not an SAE of this network",
+                                  [{"parameter": f"{role}_SAE_ID"}])
+        return sae_id
+
     @app.get(API_PREFIX + "/{slave_SAE_ID}/status", response_model=Status, responses=_ERRORS,
              summary="Get status", tags=["ETSI GS QKD 014"])
     async def get_status(request: Request, slave_SAE_ID: SaePath) -> JSONResponse:
         """Status of the keys from the calling master SAE to ``slave_SAE_ID`` (clause 5.1)."""
         caller = caller_from_scope(request.scope)
         master = resolve_sae(request.scope, caller, cfg)
-        return JSONResponse(_status_body(await call(km.status(caller, master, slave_SAE_ID))))
+        slave = known_peer(slave_SAE_ID, "slave")
+        return JSONResponse(_status_body(await call(km.status(caller, master, slave))))
 
     async def enc_keys(scope: Scope, slave: str, req: KeyRequest) -> bytes:
         caller = caller_from_scope(scope)
         master = resolve_sae(scope, caller, cfg)
+        known_peer(slave, "slave")
         number, size, slaves, ext = check_key_request(req, cfg.limits, cfg.supported_extensions)
+        for extra in slaves:
+            known_peer(extra, "slave")
         keys = await call(km.enc_keys(caller, master, slave, number, size, slaves or None, ext))
         return _container_json(keys)
 
@@ -244,6 +263,7 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
     async def dec_keys(scope: Scope, master: str, ids: list[str]) -> bytes:
         caller = caller_from_scope(scope)
         slave = resolve_sae(scope, caller, cfg)
+        known_peer(master, "master")
         if len(ids) > cfg.limits.max_key_per_request:
             raise ApiRequestError("number of key_IDs exceeds max_key_per_request",
                                   [{"max_key_per_request": cfg.limits.max_key_per_request}])

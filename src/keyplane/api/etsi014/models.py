@@ -40,6 +40,20 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class _Liberal(BaseModel):
+    """A request body whose unknown members are ignored, not refused.
+
+    Clause 6.4 leaves room in Key IDs: clients put their own members there (QURSA's
+    QuKayDee backend sends ``master_SAE_ID`` inside every ``key_IDs`` entry), and nothing in
+    them changes which keys are asked for. The Key request (6.2) stays strict: there an
+    unknown member is most likely a misspelt ``number`` or ``size``, and ignoring it would
+    deliver keys other than the ones meant; the standard's room for additions there is
+    ``extension_mandatory``/``extension_optional``.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
 class Status(_Body):
     """Status data format (clause 6.1): returned by GET ``/{slave_SAE_ID}/status``."""
 
@@ -93,14 +107,14 @@ class KeyContainer(_Body):
         default=None, description="(Option) future use.")
 
 
-class KeyIDsItem(_Body):
+class KeyIDsItem(_Liberal):
     """One entry of ``key_IDs`` (clause 6.4)."""
 
     key_ID: KeyId = Field(description="ID of the key: UUID format.")
     key_ID_extension: Extension | None = Field(default=None, description="(Option) future use.")
 
 
-class KeyIDs(_Body):
+class KeyIDs(_Liberal):
     """Key IDs data format (clause 6.4): body of POST ``/{master_SAE_ID}/dec_keys``."""
 
     key_IDs: list[KeyIDsItem] = Field(min_length=1, description="Array of key IDs.")

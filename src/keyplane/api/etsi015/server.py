@@ -1,163 +1,105 @@
-"""Serving RESTCONF over HTTPS with mutual TLS (uvicorn), with the client's identity.
+"""Serving RESTCONF over HTTPS with mutual TLS, with the client's identity.
 
-uvicorn does not put the TLS peer certificate in the ASGI scope, so :class:`_MtlsH11Protocol`
-reads it once per connection (``ssl_object.getpeercert``) and adds its RFC 4514 subject to
-the connection's scope state under :data:`~keyplane.api.etsi015.restconf.PEER_SUBJECT_STATE_KEY`;
-handlers see it as ``request.scope["state"]``. :class:`RestconfServer` runs uvicorn inside
-the caller's event loop (no signal handlers taken), signals readiness after the socket is
-bound (port 0 allowed; the bound port is then in :attr:`RestconfServer.port`) and stops
-cleanly on :meth:`RestconfServer.close`.
+The server is :class:`keyplane.api.httpserver.HttpServer`, shared by every keyplane
+interface: TLS and the ASGI TLS extension, bounded requests (a body over the limit is a 413
+``ietf-restconf:errors`` with error-tag ``too-big``, RFC 8040 §7), metrics per request.
+The RESTCONF app reads the client certificate's RFC 4514 subject from the ASGI scope
+state key :data:`~keyplane.api.etsi015.restconf.PEER_SUBJECT_STATE_KEY`;
+:class:`_PeerSubject` puts it there from the TLS extension (only the server can set
+either; no request header can).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import json
 import logging
 import ssl
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from keyplane.api.etsi015.agent import SdnAgent
+from keyplane.api.etsi015.errors import ERROR_MEDIA_TYPE, RestconfError
 from keyplane.api.etsi015.restconf import PEER_SUBJECT_STATE_KEY, create_agent_app
-from keyplane.certs import CertPaths, peer_subject, server_ssl_context
+from keyplane.api.httpserver import HttpLimits, HttpServer, RequestObserver
+from keyplane.certs import CertPaths, server_ssl_context
 
-__all__ = ["RestconfServer", "serve_agent", "serve_app"]
+__all__ = ["RestconfServer", "restconf_error_body", "serve_agent", "serve_app"]
 
 logger = logging.getLogger(__name__)
 
-
-class _MtlsH11Protocol(H11Protocol):
-    """h11 protocol that exposes the client certificate subject to the application."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)  # type: ignore[arg-type]
-        sslobj = transport.get_extra_info("ssl_object")
-        der = sslobj.getpeercert(binary_form=True) if sslobj is not None else None
-        if der:
-            # a per-connection copy: app_state itself is shared by every connection
-            self.app_state = {**self.app_state, PEER_SUBJECT_STATE_KEY: peer_subject(der)}
-
-    def shutdown(self) -> None:
-        """Graceful shutdown, without waiting on idle keep-alive clients.
-
-        uvicorn closes an idle connection with ``transport.close()``; over TLS that waits
-        for the peer's close_notify, which a pooled client connection (e.g. the SDN
-        Controller's driver) never sends while idle, so every server stop took the whole
-        close timeout. An idle connection has nothing in flight: abort it.
-        """
-        idle = self.cycle is None or self.cycle.response_complete
-        super().shutdown()
-        if idle:
-            self.transport.abort()
+_TOO_BIG = {413: "too-big"}
 
 
-class _Server(uvicorn.Server):
-    """uvicorn server that leaves signals to the host process and reports readiness."""
-
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.ready = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-    async def startup(self, sockets: Any = None) -> None:
-        await super().startup(sockets=sockets)
-        self.ready.set()
+def restconf_error_body(scope: Scope, status: int, message: str, details: dict[str, Any]
+                        ) -> tuple[bytes, str]:
+    """The server's own answers (413) as ``ietf-restconf:errors`` (RFC 8040 §7)."""
+    tag = _TOO_BIG.get(status, "operation-failed")
+    detail = ", ".join(f"{k}={v}" for k, v in details.items())
+    err = RestconfError(status, tag, f"{message} ({detail})" if detail else message)
+    return json.dumps(err.body()).encode(), ERROR_MEDIA_TYPE
 
 
-class RestconfServer:
-    """An ASGI app served by uvicorn over HTTPS (mutual TLS by default).
+class _PeerSubject:
+    """ASGI wrapper: the TLS extension's client subject into the RESTCONF state key."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            state = scope.setdefault("state", {})
+            state.pop(PEER_SUBJECT_STATE_KEY, None)
+            tls = (scope.get("extensions") or {}).get("tls") or {}
+            subject = tls.get("client_cert_name")
+            if isinstance(subject, str):
+                state[PEER_SUBJECT_STATE_KEY] = subject
+        await self.app(scope, receive, send)
+
+
+class RestconfServer(HttpServer):
+    """A RESTCONF app served over HTTPS (mutual TLS by default).
 
     Args:
         app: the ASGI application.
         host: interface to bind.
         port: TCP port; 0 picks a free one.
         ssl_context: server TLS context (None: plain HTTP, for tests only).
+        limits: HTTP bounds (:class:`~keyplane.api.httpserver.HttpLimits`).
+        observer: told about every request (metrics), as interface ``interface``.
+        interface: the metrics label (``etsi015`` for an agent, ``etsi015_northbound``).
         startup_timeout_s: how long :meth:`start` waits for the socket.
     """
 
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0, *,
-                 ssl_context: ssl.SSLContext | None = None,
-                 startup_timeout_s: float = 10.0) -> None:
-        factory: Callable[..., ssl.SSLContext] | None = None
-        if ssl_context is not None:
-            def factory(config: uvicorn.Config, default: Callable[[], ssl.SSLContext]
-                        ) -> ssl.SSLContext:
-                return ssl_context
-        config = uvicorn.Config(app, host=host, port=port, http=_MtlsH11Protocol,
-                                ssl_context_factory=factory, lifespan="off", log_level="warning",
-                                access_log=False, ws="none")
-        self._server = _Server(config)
-        self._task: asyncio.Task[None] | None = None
-        self._startup_timeout_s = startup_timeout_s
-        self.scheme = "https" if ssl_context is not None else "http"
-        self.host = host
-        self.port = port
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``https://127.0.0.1:45123``."""
-        return f"{self.scheme}://{self.host}:{self.port}"
+                 ssl_context: ssl.SSLContext | None = None, limits: HttpLimits | None = None,
+                 observer: RequestObserver | None = None, interface: str = "etsi015",
+                 startup_timeout_s: float = 30.0) -> None:
+        super().__init__(_PeerSubject(app), host=host, port=port,
+                         ssl_context=ssl_context, limits=limits,
+                         error_body=restconf_error_body, observer=observer,
+                         interface=interface, name=interface,
+                         startup_timeout_s=startup_timeout_s)
 
     async def start(self) -> RestconfServer:
         """Bind and start serving; returns when the socket accepts connections.
 
         Raises:
-            TimeoutError: the server did not start within ``startup_timeout_s``.
-            RuntimeError: the server stopped during start-up (e.g. port in use).
+            OSError: the address cannot be bound.
+            RuntimeError: the server did not start in time or stopped during start-up.
         """
-        if self._task is not None:
-            return self
-        self._task = asyncio.get_running_loop().create_task(self._server.serve())
-        ready = asyncio.ensure_future(self._server.ready.wait())
-        try:
-            async with asyncio.timeout(self._startup_timeout_s):
-                await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            ready.cancel()
-        if not self._server.ready.is_set():
-            await self.close()
-            raise RuntimeError("RESTCONF server failed to start")
-        sock = self._server.servers[0].sockets[0]
-        self.port = sock.getsockname()[1]
+        await super().start()
         return self
-
-    async def close(self, timeout_s: float = 5.0) -> None:
-        """Stop accepting, finish in-flight requests (up to ``timeout_s``); idempotent."""
-        task, self._task = self._task, None
-        if task is None:
-            return
-        self._server.should_exit = True
-        try:
-            async with asyncio.timeout(timeout_s):
-                await task
-        except TimeoutError:
-            self._server.force_exit = True
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, SystemExit):
-                await task
-        except (asyncio.CancelledError, SystemExit):
-            pass
 
     async def __aenter__(self) -> RestconfServer:
         return await self.start()
 
-    async def __aexit__(self, exc_type: type[BaseException] | None,
-                        exc: BaseException | None, tb: TracebackType | None) -> None:
-        await self.close()
-
 
 async def serve_agent(agent: SdnAgent, host: str = "127.0.0.1", port: int = 0, *,
                       server_cert: CertPaths | None, ca_file: Path | None,
-                      startup_timeout_s: float = 10.0) -> RestconfServer:
+                      limits: HttpLimits | None = None, observer: RequestObserver | None = None,
+                      startup_timeout_s: float = 30.0) -> RestconfServer:
     """Serve ``agent``'s RESTCONF API over HTTPS with mutual TLS; returns the running server.
 
     Args:
@@ -167,9 +109,11 @@ async def serve_agent(agent: SdnAgent, host: str = "127.0.0.1", port: int = 0, *
         server_cert: the node's certificate (``Issued.kms[node]`` of keyplane.certs).
         ca_file: the CA whose client certificates are accepted. ``server_cert`` and
             ``ca_file`` both None serves plain HTTP (tests only).
+        limits: HTTP bounds.
+        observer: told about every request (metrics).
 
     Raises:
-        TimeoutError, RuntimeError: see :meth:`RestconfServer.start`.
+        OSError, RuntimeError: see :meth:`RestconfServer.start`.
         ValueError: only one of ``server_cert`` and ``ca_file`` was given.
     """
     if (server_cert is None) != (ca_file is None):
@@ -178,18 +122,22 @@ async def serve_agent(agent: SdnAgent, host: str = "127.0.0.1", port: int = 0, *
     if ctx is None:
         logger.warning("SDN agent %s serves RESTCONF over plain HTTP", agent.node_id)
     server = RestconfServer(create_agent_app(agent), host, port, ssl_context=ctx,
+                            limits=limits, observer=observer,
                             startup_timeout_s=startup_timeout_s)
     return await server.start()
 
 
 async def serve_app(app: Any, host: str = "127.0.0.1", port: int = 0, *,
-                    server_cert: CertPaths, ca_file: Path, startup_timeout_s: float = 10.0
+                    server_cert: CertPaths, ca_file: Path, limits: HttpLimits | None = None,
+                    observer: RequestObserver | None = None,
+                    interface: str = "etsi015_northbound", startup_timeout_s: float = 30.0
                     ) -> RestconfServer:
     """Serve any RESTCONF app (e.g. :func:`create_northbound_app`) with mutual TLS.
 
     Raises:
-        TimeoutError, RuntimeError: see :meth:`RestconfServer.start`.
+        OSError, RuntimeError: see :meth:`RestconfServer.start`.
     """
     server = RestconfServer(app, host, port, ssl_context=server_ssl_context(server_cert, ca_file),
+                            limits=limits, observer=observer, interface=interface,
                             startup_timeout_s=startup_timeout_s)
     return await server.start()
