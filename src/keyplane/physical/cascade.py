@@ -188,6 +188,8 @@ class _Pass:
     alice_top: Bits
     bob_top: Bits
     search_of_block: NDArray[np.int64]
+    started: NDArray[np.bool_]  # blocks searched at least once
+    revisit: NDArray[np.bool_]  # blocks whose current search is not their first
 
 
 @dataclass(slots=True)
@@ -273,7 +275,9 @@ class CascadeBob:
                 raise ValueError("top-level parity count does not match the pass")
             self._passes.append(_Pass(index=index, k=k, perm=perm, inv=inv, permuted=permuted,
                                       alice_top=answer.top_parities.copy(), bob_top=bob_top,
-                                      search_of_block=np.full(bob_top.shape[0], -1, np.int64)))
+                                      search_of_block=np.full(bob_top.shape[0], -1, np.int64),
+                                      started=np.zeros(bob_top.shape[0], dtype=bool),
+                                      revisit=np.zeros(bob_top.shape[0], dtype=bool)))
             self.stats.passes += 1
         s = self._s
         if answer.parities.shape[0] != len(s):
@@ -378,6 +382,8 @@ class CascadeBob:
                 ends: NDArray[np.int64] = np.minimum(starts + p.k, self._n)
                 new.append((np.full(odd.shape[0], p.index, np.int64), odd, starts, ends,
                             p.alice_top[odd]))
+                p.revisit[odd] = p.started[odd]
+                p.started[odd] = True
                 break
         if new:
             for passes, blocks, starts, ends, alice in new:
@@ -411,13 +417,20 @@ class CascadeBob:
             if ((s.ends - s.starts) == 1).any():
                 continue
             self._mids = s.starts + (s.ends - s.starts) // 2
-            if self._known:
-                cached = [self._known.get(k, -1) for k in
-                          self._range_keys(s.passes, s.starts, self._mids)]
+            # only a block searched before can have ranges whose parity is known
+            revisit = np.zeros(len(s), dtype=bool)
+            for p in self._passes:
+                mine = s.passes == p.index
+                revisit[mine] = p.revisit[s.blocks[mine]]
+            if revisit.any():
+                idx = np.flatnonzero(revisit)
+                cached = [self._known.get(k, -1) for k in self._range_keys(
+                    s.passes[idx], s.starts[idx], self._mids[idx])]
                 hit = np.asarray(cached, dtype=np.int8)
-                sel = hit >= 0
-                if sel.any():
-                    self._descend(sel, hit[sel].astype(np.uint8))
+                if (hit >= 0).any():
+                    sel = np.zeros(len(s), dtype=bool)
+                    sel[idx[hit >= 0]] = True
+                    self._descend(sel, hit[hit >= 0].astype(np.uint8))
                     continue
             return ParityQuery(round=self.stats.rounds, seed=self._seed, new_pass=None,
                                passes=s.passes.astype(np.uint8), starts=s.starts.copy(),
