@@ -37,6 +37,7 @@ __all__ = [
     "Issued",
     "client_ssl_context",
     "ensure_network_certs",
+    "load_network_certs",
     "peer_subject",
     "server_ssl_context",
 ]
@@ -136,9 +137,17 @@ def _issue(ca: CertPaths, paths: CertPaths, subject: str, *, server_names: list[
 def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int = 825
                          ) -> Issued:
     """Create (once) the CA, every KM, SAE and controller certificate of ``topology`` and
-    each KM's key-encryption key."""
+    each KM's key-encryption key.
+
+    A folder with the CA certificate but not its key belongs to one deployed element (a
+    Kubernetes pod gets only its own credentials, never ``ca.key``): nothing is issued
+    there, see :func:`load_network_certs`.
+    """
     from keyplane.store.sealing import ensure_kek_file  # the store's stack, only when used
 
+    base = Path(directory)
+    if (base / "ca.pem").exists() and not (base / "ca.key").exists():
+        return load_network_certs(topology, base)
     base = ensure_private_dir(directory)
     ca = CertPaths(base / "ca.pem", base / "ca.key")
     if not (ca.cert.exists() and ca.key.exists()):
@@ -166,6 +175,26 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
         _issue(ca, ctl, "CN=sdn-controller,OU=control,O=keyplane", server_names=["localhost",
                "127.0.0.1"], client=True, server=True, days=days)
     return Issued(ca=ca, kms=kms, saes=saes, controller=ctl, keks=keks)
+
+
+def load_network_certs(topology: Topology, directory: str | Path) -> Issued:
+    """Where ``topology``'s credentials are under ``directory``, issuing nothing.
+
+    For a process that holds only its own files (``ca.pem``, its certificate and key, its
+    KEK): the paths of the others are returned as they would be laid out and may not exist;
+    only existing KEK files are listed. Using a missing one fails where it is opened.
+    """
+    base = Path(directory)
+    return Issued(
+        ca=CertPaths(base / "ca.pem", base / "ca.key"),
+        kms={n.id: CertPaths(base / "km" / f"{n.id}.pem", base / "km" / f"{n.id}.key")
+             for n in topology.nodes},
+        saes={a.sae_id: CertPaths(base / "sae" / f"{a.sae_id}.pem",
+                                  base / "sae" / f"{a.sae_id}.key")
+              for a in topology.applications},
+        controller=CertPaths(base / "controller.pem", base / "controller.key"),
+        keks={n.id: base / "km" / f"{n.id}.kek" for n in topology.nodes
+              if (base / "km" / f"{n.id}.kek").exists()})
 
 
 def server_ssl_context(cert: CertPaths, ca_file: Path, *, require_client_cert: bool = True

@@ -41,6 +41,13 @@ StateOpt = Annotated[Path, typer.Option(
 BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: SQLite in the state dir).")]
+BindHostOpt = Annotated[str, typer.Option(
+    "--bind-host", help="Address the process's interface servers listen on (0.0.0.0 in a "
+                        "container).")]
+AdvertiseOpt = Annotated[str | None, typer.Option(
+    "--advertise-host", help="Host name put in the URLs the process announces, e.g. its "
+                             "Kubernetes Service's DNS name (default: --bind-host); its "
+                             "certificate must name it.")]
 OpsOpt = Annotated[str, typer.Option(
     "--ops", help="Where to serve /healthz, /readyz and /metrics over plain HTTP: HOST:PORT "
                   "(port 0: a free one, printed at start) or 'off'.")]
@@ -185,7 +192,12 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                elements: Annotated[str, typer.Option(
                    help="Comma-separated subset of sdn,routing,monitoring,access,admission "
                         "(each element can run in its own process).")] = "",
-               ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
+               ops: OpsOpt = "127.0.0.1:0", bind_host: BindHostOpt = "127.0.0.1",
+               advertise_host: AdvertiseOpt = None,
+               northbound_port: Annotated[int, typer.Option(
+                   "--northbound-port", min=0, max=65535, help="Port of the ETSI 015 northbound RESTCONF "
+                                             "server (0: a free one).")] = 0,
+               verbose: bool = False) -> None:
     """Run the control plane (or some of its elements) as its own process."""
     from keyplane.bus import connect
     from keyplane.control import ELEMENTS
@@ -213,13 +225,14 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
         database = await Database.open(_db_url(db, state))
         proc_ops = _ops_for("controller", b, database)
         ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state, ops=proc_ops)
+                             state_dir=state, ops=proc_ops, host=bind_host,
+                             advertise_host=advertise_host)
         ctx.ensure_certs()
         started = asyncio.Event()
         proc_ops.add_readiness_check("control_plane", started.is_set)
         try:
             async with ops_endpoints(proc_ops, ops_at) as ops_server, \
-                    ControlRuntime(ctx, elements=chosen):
+                    ControlRuntime(ctx, elements=chosen, northbound_port=northbound_port):
                 started.set()
                 _print_ops(ops_server)
                 print("keyplane controller ready", flush=True)
@@ -239,6 +252,12 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
+         bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
+         etsi014_port: Annotated[int, typer.Option(
+             "--etsi014-port", min=0, max=65535, help="Port of the ETSI 014 server, which serves ETSI 004 "
+                                    "under /etsi004 (0: a free one).")] = 0,
+         etsi015_port: Annotated[int, typer.Option(
+             "--etsi015-port", min=0, max=65535, help="Port of the ETSI 015 agent (0: a free one).")] = 0,
          verbose: bool = False) -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
@@ -266,12 +285,15 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
             database.keyring.use_file(node_id, kek)
         proc_ops = _ops_for(f"node-{node_id}", b, database)
         ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state, ops=proc_ops)
+                             state_dir=state, ops=proc_ops, host=bind_host,
+                             advertise_host=advertise_host)
         ctx.ensure_certs()
         started = asyncio.Event()
         proc_ops.add_readiness_check("node", started.is_set)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, NodeRuntime(ctx, node_id):
+            async with ops_endpoints(proc_ops, ops_at) as ops_server, \
+                    NodeRuntime(ctx, node_id, etsi014_port=etsi014_port,
+                                etsi015_port=etsi015_port):
                 started.set()
                 _print_ops(ops_server)
                 print(f"keyplane node {node_id} ready", flush=True)
@@ -373,12 +395,15 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
 
 def _mount() -> None:
     from keyplane.api.cli import app as key_app
+    from keyplane.deploy.cli import app as deploy_app
     from keyplane.physical.cli import app as link_app
 
     app.add_typer(link_app, name="link", help="Cut, degrade, restore or tap a quantum link.")
     app.add_typer(key_app, name="key",
                   help="Get keys over ETSI 014/004 as an SAE, with the certificates "
                        "'keyplane run' wrote.")
+    app.add_typer(deploy_app, name="deploy",
+                  help="Kubernetes manifests of the distributed mode, from a topology.")
 
 
 _mount()

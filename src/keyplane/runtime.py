@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from keyplane.api.etsi015 import (
     Etsi015Driver,
@@ -73,6 +74,10 @@ class RuntimeContext:
     events: EventStream | None = None
     state_dir: Path = Path("state")
     host: str = "127.0.0.1"
+    """Where this process's servers listen (``0.0.0.0`` in a container)."""
+    advertise_host: str | None = None
+    """The host name put in the URLs this process announces (e.g. a Kubernetes Service's
+    DNS name); None: ``host``. Certificates must name it (keyplane.certs SANs)."""
     seed: int = 1
     certs: Issued | None = None
     ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
@@ -91,6 +96,14 @@ class RuntimeContext:
     def http_observer(self) -> RequestObserver | None:
         """What every HTTP server of the process reports requests to (None: nothing)."""
         return self.ops.http if self.ops is not None else None
+
+    def advertised(self, url: str) -> str:
+        """``url`` (of a server bound to :attr:`host`) as peers must reach it."""
+        if self.advertise_host is None:
+            return url
+        parts = urlsplit(url)
+        host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host
+        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
 
     def ensure_certs(self) -> Issued:
         """Create or load the network's certificates under ``<state>/certs``; seal each
@@ -191,7 +204,8 @@ class ControlRuntime(Service):
             except BaseException:
                 await self.close()
                 raise
-            self.controller_endpoints["etsi015_northbound"] = self.northbound.url
+            self.controller_endpoints["etsi015_northbound"] = self.ctx.advertised(
+                self.northbound.url)
             self.ctx.stream.emit(EventType.element_started, "sdn_northbound",
                                  url=self.northbound.url)
             self._write_file()
@@ -238,11 +252,17 @@ class ControlRuntime(Service):
 
 
 class NodeRuntime(Service):
-    """One node of the network, in this process."""
+    """One node of the network, in this process.
+
+    Its ETSI 014/004 server listens on ``etsi014_port`` and its ETSI 015 agent on
+    ``etsi015_port`` at ``ctx.host`` (0: free ports; pinned for a Kubernetes Service) and
+    announces the URLs under ``ctx.advertise_host``.
+    """
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
                  announce_timeout_s: float = 30.0, run_links: bool = True,
-                 km_settings: KmSettings | None = None) -> None:
+                 km_settings: KmSettings | None = None, etsi014_port: int = 0,
+                 etsi015_port: int = 0) -> None:
         ctx.topology.node(node_id)  # KeyError on an unknown node
         self.ctx = ctx
         self.node_id = node_id
@@ -250,6 +270,7 @@ class NodeRuntime(Service):
                              km_settings)
         self.physical: PhysicalNetwork | None = None
         self._run_links = run_links
+        self._ports = (etsi014_port, etsi015_port)  # 0: a free port each
         self.endpoints: dict[str, str] = {}
         self._announce_timeout_s = announce_timeout_s
         self._closed = False
@@ -289,15 +310,15 @@ class NodeRuntime(Service):
             self._stack.push_async_callback(self.physical.close)
         api = await serve_km_api(
             self.km, kme_id=self.node_id, server_cert=certs.kms[self.node_id],
-            ca_file=certs.ca.cert, host=ctx.host, port=0,
+            ca_file=certs.ca.cert, host=ctx.host, port=self._ports[0],
             settings=ApiSettings.from_topology(
                 ctx.topology, self.node_id,
                 limits=Etsi014Limits.from_km_settings(self.km.settings),
                 supported_extensions=frozenset({PROVENANCE_EXTENSION})),
             observer=ctx.http_observer)
         self._stack.push_async_callback(api.close)
-        self.endpoints["etsi014"] = api.etsi014_url
-        self.endpoints["etsi004"] = api.etsi004_url
+        self.endpoints["etsi014"] = ctx.advertised(api.etsi014_url)
+        self.endpoints["etsi004"] = ctx.advertised(api.etsi004_url)
         self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
         # and the sessions' hybrid policies (keyplane-qkd-provenance)
@@ -305,10 +326,11 @@ class NodeRuntime(Service):
         ctx.stream.add_sink(feed)
         self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
-        server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
+        server = await serve_agent(self.agent, ctx.host, self._ports[1],
+                                   server_cert=certs.kms[self.node_id],
                                    ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
-        self.endpoints["etsi015"] = server.url
+        self.endpoints["etsi015"] = ctx.advertised(server.url)
 
     async def _announce(self) -> None:
         """Announce until the control plane answers (it may start after us)."""
