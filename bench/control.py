@@ -126,6 +126,7 @@ def _path_times(n: int, pairs: int, seed: int) -> tuple[list[float], float]:
 
 
 async def _run_setup(label: str, nats_url: str | None, sessions: int, tmp: Path) -> None:
+    from keyplane.bus import BusSecurity
     from keyplane.bus.nats import NatsBus
 
     for hops in (1, 3):
@@ -133,8 +134,11 @@ async def _run_setup(label: str, nats_url: str | None, sessions: int, tmp: Path)
             bus = MemoryBus()
             control_bus, km_bus = bus, bus
         else:
-            control_bus = await NatsBus.connect(nats_url, name="bench-control")
-            km_bus = await NatsBus.connect(nats_url, name="bench-kms")
+            # a plain server: this bench measures the control plane, not bus security
+            # (bench/keymanager.py --nats compares plain and secured)
+            plain = BusSecurity(tls=None)
+            control_bus = await NatsBus.connect(nats_url, name="bench-control", security=plain)
+            km_bus = await NatsBus.connect(nats_url, name="bench-kms", security=plain)
         try:
             xs = await _setup_latency(control_bus, km_bus, hops, sessions,
                                       tmp / f"{label}-{hops}.db")

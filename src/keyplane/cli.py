@@ -7,9 +7,7 @@ bad option), 130 interrupted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,11 +18,12 @@ from rich.console import Console
 
 from keyplane.config import Topology, load_topology
 from keyplane.errors import ConfigError, KeyplaneError
-from keyplane.fileperms import ensure_private_dir
+from keyplane.fileperms import ensure_private_dir, write_private
 
 if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
     from keyplane.api.httpserver import HttpServer
-    from keyplane.bus import Bus
+    from keyplane.bus import Bus, BusSecurity
+    from keyplane.lifecycle import ProcessControl
     from keyplane.ops import Ops
     from keyplane.store import Database
 
@@ -51,6 +50,11 @@ AdvertiseOpt = Annotated[str | None, typer.Option(
 OpsOpt = Annotated[str, typer.Option(
     "--ops", help="Where to serve /healthz, /readyz and /metrics over plain HTTP: HOST:PORT "
                   "(port 0: a free one, printed at start) or 'off'.")]
+DangerBusOpt = Annotated[bool, typer.Option(
+    "--danger-insecure-bus",
+    help="DANGER: connect to a plain NATS server without TLS, client certificate or message "
+         "signatures (anyone who reaches it can read and forge every message). Logs a "
+         "WARNING. Default: TLS with this element's certificate from <state>/certs.")]
 
 
 def _load(path: Path) -> Topology:
@@ -66,19 +70,21 @@ def _logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _run_until_signal(main_coro: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main_coro(stop)`` until it returns; SIGINT/SIGTERM set ``stop``."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await main_coro(stop)
+def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None:
+    """Run ``main_coro(control)`` under :func:`keyplane.lifecycle.run_process`: signals stop
+    it, shutdown is bounded, a bus that gives up ends it with exit code 1."""
+    from keyplane.lifecycle import process_settings_from_env, run_process
 
     try:
-        asyncio.run(runner())
+        settings = process_settings_from_env()
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        run_process(main_coro, settings)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     except KeyplaneError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
@@ -117,6 +123,22 @@ def _print_ops(server: HttpServer | None) -> None:
               flush=True)
 
 
+def _bus_security(url: str | None, danger_insecure: bool, topo: Topology, state: Path,
+                  role: str, element_id: str) -> BusSecurity | None:
+    """The element's bus identity from ``<state>/certs`` (made once if absent), or the
+    insecure bus when asked for explicitly; None for the in-memory bus."""
+    from keyplane.bus import BusCredentials, BusSecurity
+    from keyplane.certs import ensure_network_certs
+
+    if url is None or url.startswith("memory:"):
+        return None
+    if danger_insecure:
+        return BusSecurity.danger_insecure("--danger-insecure-bus")
+    certs = state / "certs"
+    ensure_network_certs(topo, certs)
+    return BusSecurity.load(BusCredentials.for_element(certs, role, element_id))
+
+
 def _db_url(db: str | None, state: Path) -> str:
     from keyplane.store import sqlite_url
 
@@ -131,17 +153,50 @@ def validate(topology: Annotated[Path, typer.Argument(help="Topology YAML file."
                   f"links, {len(topo.users)} users, {len(topo.applications)} applications")
 
 
+BusHostOpt = Annotated[list[str] | None, typer.Option(
+    "--bus-host", help="A DNS name or IP of the NATS server for its certificate "
+                       "(repeatable; localhost and 127.0.0.1 are always in).")]
+
+
 @app.command()
 def certs(topology: TopologyOpt,
           out: Annotated[Path, typer.Option("--out", "-o")] = Path("state/certs"),
-          days: int = 825) -> None:
-    """Make a CA and the KM, SAE and controller certificates for mutual TLS."""
+          days: int = 825, bus_host: BusHostOpt = None) -> None:
+    """Make a CA and every certificate of the network: KMs, SAEs, controller, operator,
+    nats-server, and each element's bus signing key."""
     from keyplane.certs import ensure_network_certs
 
     topo = _load(topology)
-    issued = ensure_network_certs(topo, out, days=days)
-    console.print(f"CA {issued.ca.cert}; {len(issued.kms)} KM, {len(issued.saes)} SAE and 1 "
-                  f"controller certificates under {out}")
+    issued = ensure_network_certs(topo, out, days=days, bus_hosts=tuple(bus_host or ()))
+    console.print(f"CA {issued.ca.cert}; {len(issued.kms)} KM, {len(issued.saes)} SAE, "
+                  f"controller, operator and nats-server certificates and "
+                  f"{len(issued.signing or {})} signing keys under {out}")
+
+
+@app.command("nats-config")
+def nats_config(topology: TopologyOpt,
+                certs_dir: Annotated[Path, typer.Option(
+                    "--certs", help="Certificates directory (made if absent, as by "
+                                    "'keyplane certs').")] = Path("state/certs"),
+                out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")
+                               ] = Path("nats.conf"),
+                listen: Annotated[str, typer.Option(
+                    help="HOST:PORT nats-server listens on.")] = "127.0.0.1:4222",
+                bus_host: BusHostOpt = None) -> None:
+    """Write the nats-server configuration for a topology: TLS with client certificates of
+    the keyplane CA and per-element subject permissions (see docs/bus.md)."""
+    from keyplane.bus.natsconf import render_nats_config
+    from keyplane.certs import ensure_network_certs
+
+    topo = _load(topology)
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        console.print(f"[red]error:[/red] --listen must be HOST:PORT, not {listen!r}")
+        raise typer.Exit(2)
+    ensure_network_certs(topo, certs_dir, bus_hosts=tuple(bus_host or ()))
+    write_private(out, render_nats_config(topo, certs_dir, host=host, port=int(port_text)))
+    console.print(f"wrote {out}: {len(topo.nodes)} KMs, control plane and operator; run "
+                  f"nats-server -c {out}")
 
 
 @app.command()
@@ -159,7 +214,7 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
     _logging(verbose)
     ensure_private_dir(state)
 
-    async def main_(stop: asyncio.Event) -> None:
+    async def main_(pc: ProcessControl) -> None:
         from keyplane.clock import RealClock
 
         clock = RealClock()
@@ -175,15 +230,15 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
             async with ops_endpoints(proc_ops, ops_at) as ops_server, Embedded(ctx):
                 started.set()
                 _print_ops(ops_server)
-                print(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
-                      f"{state / 'endpoints.json'}; Ctrl-C to stop", flush=True)
-                await stop.wait()
+                pc.ready(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
+                         f"{state / 'endpoints.json'}; Ctrl-C to stop")
+                await pc.serve_until_stopped()
         finally:
             await bus.close()
             await database.close()
             events.close()
 
-    _run_until_signal(main_)
+    _run_process(main_)
 
 
 @app.command()
@@ -195,8 +250,10 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                ops: OpsOpt = "127.0.0.1:0", bind_host: BindHostOpt = "127.0.0.1",
                advertise_host: AdvertiseOpt = None,
                northbound_port: Annotated[int, typer.Option(
-                   "--northbound-port", min=0, max=65535, help="Port of the ETSI 015 northbound RESTCONF "
-                                             "server (0: a free one).")] = 0,
+                   "--northbound-port", min=0, max=65535,
+                   help="Port of the ETSI 015 northbound RESTCONF server (0: a free one).")
+               ] = 0,
+               danger_insecure_bus: DangerBusOpt = False,
                verbose: bool = False) -> None:
     """Run the control plane (or some of its elements) as its own process."""
     from keyplane.bus import connect
@@ -216,33 +273,39 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
     _logging(verbose)
     ensure_private_dir(state)
 
-    async def main_(stop: asyncio.Event) -> None:
+    async def main_(pc: ProcessControl) -> None:
+        from keyplane.certs import CONTROLLER_ID
         from keyplane.clock import RealClock
 
         clock = RealClock()
-        b = await connect(bus, name="keyplane-controller")
-        events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"), BusSink(b)])
-        database = await Database.open(_db_url(db, state))
-        proc_ops = _ops_for("controller", b, database)
-        ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state, ops=proc_ops, host=bind_host,
-                             advertise_host=advertise_host)
-        ctx.ensure_certs()
-        started = asyncio.Event()
-        proc_ops.add_readiness_check("control_plane", started.is_set)
+        security = _bus_security(bus, danger_insecure_bus, topo, state, "control",
+                                 CONTROLLER_ID)
+        b = await connect(bus, name="keyplane-controller", security=security)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, \
-                    ControlRuntime(ctx, elements=chosen, northbound_port=northbound_port):
-                started.set()
-                _print_ops(ops_server)
-                print("keyplane controller ready", flush=True)
-                await stop.wait()
+            events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"),
+                                         BusSink(b)])
+            database = await Database.open(_db_url(db, state))
+            try:
+                proc_ops = _ops_for("controller", b, database)
+                ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
+                                     events=events, state_dir=state, ops=proc_ops,
+                                     host=bind_host, advertise_host=advertise_host)
+                ctx.ensure_certs()
+                started = asyncio.Event()
+                proc_ops.add_readiness_check("control_plane", started.is_set)
+                async with ops_endpoints(proc_ops, ops_at) as ops_server, \
+                        ControlRuntime(ctx, elements=chosen, northbound_port=northbound_port):
+                    started.set()
+                    _print_ops(ops_server)
+                    pc.ready("keyplane controller ready")
+                    await pc.serve_until_stopped(b)
+            finally:
+                events.close()
+                await database.close()
         finally:
-            events.close()
             await b.close()
-            await database.close()
 
-    _run_until_signal(main_)
+    _run_process(main_)
 
 
 @app.command()
@@ -254,11 +317,13 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                            "database; default <state>/certs/km/<id>.kek.")] = None,
          bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
          etsi014_port: Annotated[int, typer.Option(
-             "--etsi014-port", min=0, max=65535, help="Port of the ETSI 014 server, which serves ETSI 004 "
-                                    "under /etsi004 (0: a free one).")] = 0,
+             "--etsi014-port", min=0, max=65535,
+             help="Port of the ETSI 014 server, which serves ETSI 004 under /etsi004 "
+                  "(0: a free one).")] = 0,
          etsi015_port: Annotated[int, typer.Option(
-             "--etsi015-port", min=0, max=65535, help="Port of the ETSI 015 agent (0: a free one).")] = 0,
-         verbose: bool = False) -> None:
+             "--etsi015-port", min=0, max=65535,
+             help="Port of the ETSI 015 agent (0: a free one).")] = 0,
+         danger_insecure_bus: DangerBusOpt = False, verbose: bool = False) -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
@@ -274,36 +339,40 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     _logging(verbose)
     ensure_private_dir(state)
 
-    async def main_(stop: asyncio.Event) -> None:
+    async def main_(pc: ProcessControl) -> None:
         from keyplane.clock import RealClock
 
         clock = RealClock()
-        b = await connect(bus, name=f"keyplane-node-{node_id}")
-        events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"), BusSink(b)])
-        database = await Database.open(_db_url(db, state))
-        if kek is not None:
-            database.keyring.use_file(node_id, kek)
-        proc_ops = _ops_for(f"node-{node_id}", b, database)
-        ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state, ops=proc_ops, host=bind_host,
-                             advertise_host=advertise_host)
-        ctx.ensure_certs()
-        started = asyncio.Event()
-        proc_ops.add_readiness_check("node", started.is_set)
+        security = _bus_security(bus, danger_insecure_bus, topo, state, "km", node_id)
+        b = await connect(bus, name=f"keyplane-node-{node_id}", security=security)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, \
-                    NodeRuntime(ctx, node_id, etsi014_port=etsi014_port,
-                                etsi015_port=etsi015_port):
-                started.set()
-                _print_ops(ops_server)
-                print(f"keyplane node {node_id} ready", flush=True)
-                await stop.wait()
+            events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"),
+                                         BusSink(b)])
+            database = await Database.open(_db_url(db, state))
+            try:
+                if kek is not None:
+                    database.keyring.use_file(node_id, kek)
+                proc_ops = _ops_for(f"node-{node_id}", b, database)
+                ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
+                                     events=events, state_dir=state, ops=proc_ops,
+                                     host=bind_host, advertise_host=advertise_host)
+                ctx.ensure_certs()
+                started = asyncio.Event()
+                proc_ops.add_readiness_check("node", started.is_set)
+                async with ops_endpoints(proc_ops, ops_at) as ops_server, \
+                        NodeRuntime(ctx, node_id, process_settings=pc.settings,
+                                    etsi014_port=etsi014_port, etsi015_port=etsi015_port):
+                    started.set()
+                    _print_ops(ops_server)
+                    pc.ready(f"keyplane node {node_id} ready")
+                    await pc.serve_until_stopped(b)
+            finally:
+                events.close()
+                await database.close()
         finally:
-            events.close()
             await b.close()
-            await database.close()
 
-    _run_until_signal(main_)
+    _run_process(main_)
 
 
 @app.command()
@@ -327,9 +396,14 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
              help="--distributed: use this database URL instead of starting PostgreSQL.")
          ] = None,
          kill_km: Annotated[str | None, typer.Option(
-             help="--distributed: SIGKILL this node's process mid-run, then restart it.")
+             help="--distributed: SIGKILL this node's process mid-run (--kill-after-s after "
+                  "every pair has its first key), then restart it.")
          ] = None,
          kill_after_s: float = 2.0,
+         danger_insecure_bus: Annotated[bool, typer.Option(
+             "--danger-insecure-bus",
+             help="--distributed: DANGER: a plain nats-server, no TLS, no client "
+                  "certificates, no signatures (logs a WARNING).")] = False,
          seed: int = 1,
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
          verbose: bool = False) -> None:
@@ -353,8 +427,9 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
     if kill_km is not None and kill_km not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] --kill-km: no node {kill_km!r}")
         raise typer.Exit(2)
-    if (kill_km or nats or db) and not distributed:
-        console.print("[red]error:[/red] --kill-km, --nats and --db need --distributed")
+    if (kill_km or nats or db or danger_insecure_bus) and not distributed:
+        console.print("[red]error:[/red] --kill-km, --nats, --db and --danger-insecure-bus "
+                      "need --distributed")
         raise typer.Exit(2)
     if eve is not None and distributed:
         console.print("[red]error:[/red] --eve runs in the embedded demo; with --distributed "
@@ -370,8 +445,9 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
             from keyplane.demo.distributed import DistributedOptions, run_distributed_demo
 
             summary = asyncio.run(run_distributed_demo(
-                opts, DistributedOptions(nats_url=nats, db_url=db, kill_km=kill_km,
-                                         kill_after_s=kill_after_s), out_console))
+                opts, DistributedOptions.from_env(
+                    nats_url=nats, db_url=db, kill_km=kill_km, kill_after_s=kill_after_s,
+                    danger_insecure_bus=danger_insecure_bus), out_console))
         else:
             summary = asyncio.run(run_embedded_demo(opts, out_console))
     except KeyplaneError as exc:

@@ -7,7 +7,9 @@ KeyplaneError
 │   ├── BusTimeout              no reply within the request timeout
 │   ├── NoResponders            nobody subscribes to the request's topic
 │   ├── BusClosed               the bus was closed
-│   └── MessageDecodeError      a message that is not a known, versioned keyplane model
+│   ├── BusUnavailable          the bus server has been unreachable too long (or its buffer is full)
+│   ├── MessageDecodeError      a message that is not a known, versioned keyplane model
+│   └── MessageRejected         a message whose signature or signer's role is not acceptable
 ├── StoreError                  persistence problems, raised only by keyplane.store
 │   ├── CommitFailed            a journal group commit failed (retried; nothing was handed out)
 │   └── SealedDataError         sealed key material did not open (wrong KEK, altered or moved row)
@@ -51,6 +53,7 @@ __all__ = [
     "BusClosed",
     "BusError",
     "BusTimeout",
+    "BusUnavailable",
     "ClassicalChannelError",
     "ClassicalChannelTimeout",
     "CommitFailed",
@@ -63,6 +66,7 @@ __all__ = [
     "KeyplaneError",
     "KmBusy",
     "MessageDecodeError",
+    "MessageRejected",
     "NoResponders",
     "PeerNotConnected",
     "PeerUnreachable",
@@ -116,8 +120,24 @@ class BusClosed(BusError):
     """The bus is closed."""
 
 
+class BusUnavailable(BusError):
+    """The bus server is unreachable: for longer than the settings allow, or so long that the
+    publish buffer is full. A process that sees this on its own bus exits for its supervisor."""
+
+
 class MessageDecodeError(BusError):
     """Bytes on the bus are not a known keyplane message of a supported version."""
+
+
+class MessageRejected(BusError):
+    """A message failed end-to-end authentication: unsigned where the policy asks for a
+    signature, an unknown or untrusted signer, a bad signature, or a signer whose role may
+    not send that kind (docs/security.md, "Bus")."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind} rejected: {reason}")
+        self.kind = kind
+        self.reason = reason
 
 
 class StoreError(KeyplaneError):

@@ -22,6 +22,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,13 +46,13 @@ from keyplane.certs import Issued, ensure_network_certs
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
-from keyplane.errors import BusError
+from keyplane.errors import BusError, BusUnavailable
 from keyplane.events import EventStream, EventType
 from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
-from keyplane.lifecycle import Service
+from keyplane.lifecycle import ProcessSettings, Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.ops import Ops
 from keyplane.physical import PhysicalNetwork
@@ -260,8 +261,8 @@ class NodeRuntime(Service):
     """
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
-                 announce_timeout_s: float = 30.0, run_links: bool = True,
-                 km_settings: KmSettings | None = None, etsi014_port: int = 0,
+                 run_links: bool = True, km_settings: KmSettings | None = None,
+                 process_settings: ProcessSettings | None = None, etsi014_port: int = 0,
                  etsi015_port: int = 0) -> None:
         ctx.topology.node(node_id)  # KeyError on an unknown node
         self.ctx = ctx
@@ -272,7 +273,7 @@ class NodeRuntime(Service):
         self._run_links = run_links
         self._ports = (etsi014_port, etsi015_port)  # 0: a free port each
         self.endpoints: dict[str, str] = {}
-        self._announce_timeout_s = announce_timeout_s
+        self._process = process_settings or ProcessSettings()
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
         self.agent: SdnAgent | None = None
@@ -333,17 +334,32 @@ class NodeRuntime(Service):
         self.endpoints["etsi015"] = ctx.advertised(server.url)
 
     async def _announce(self) -> None:
-        """Announce until the control plane answers (it may start after us)."""
+        """Announce until the control plane answers (it may start after us), backing off
+        between attempts, for at most ``announce_timeout_s`` (ProcessSettings)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._announce_timeout_s
+        st = self._process
+        deadline = loop.time() + st.announce_timeout_s
         msg = NodeAnnouncement(node=self.node_id, endpoints=self.endpoints, pid=os.getpid())
+        failures = 0
         while True:
             try:
-                reply = await self.ctx.bus.request(topics.SDN_NODES, msg, timeout_s=1.0)
-            except BusError:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+                reply = await self.ctx.bus.request(
+                    topics.SDN_NODES, msg, timeout_s=min(st.announce_request_timeout_s,
+                                                         max(0.001, deadline - loop.time())))
+            except BusUnavailable:
+                raise
+            except BusError as exc:
+                if loop.time() >= deadline:
+                    raise BusError(f"node {self.node_id}: the control plane did not answer "
+                                   f"its announcement within {st.announce_timeout_s:g} s "
+                                   f"({exc})") from exc
+                if failures == 0:
+                    logger.info("node %s: control plane not answering yet (%s); retrying",
+                                self.node_id, exc)
+                # the control plane may be starting: back off
+                await asyncio.sleep(min(max(0.0, deadline - loop.time()),
+                                        st.backoff_s(failures, random.random())))
+                failures += 1
                 continue
             if isinstance(reply, NodeWelcome) and not reply.known:
                 raise BusError(f"control plane refused node {self.node_id}: {reply.reason}")

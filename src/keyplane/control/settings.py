@@ -40,11 +40,12 @@ class AdmissionSettings(_Settings):
 
     peer_wait_timeout_s: Positive = 30.0
     """ETSI 004: how long the first opener waits for its peer before it is refused."""
-    config_ack_timeout_s: Positive = 2.0
-    """Bound (clock) on each KM's ConfigAck; a late KM rolls the whole path back."""
-    delete_confirm_timeout_s: Positive = 2.0
+    config_ack_timeout_s: Positive = 10.0
+    """Bound (clock) on each KM's ConfigAck; a late KM rolls the whole path back (a KM
+    process busy starting its links on a loaded 2-core machine takes seconds)."""
+    delete_confirm_timeout_s: Positive = 10.0
     """Bound (clock) on each KM's DeleteConfirm; reserved capacity is freed after it."""
-    route_timeout_s: Positive = 2.0
+    route_timeout_s: Positive = 10.0
     """Bound (clock) on the Routing Element's answer to a route request."""
     bus_timeout_s: Positive = 10.0
     """Transport bound (real seconds) of each bus request; the clock bounds above apply first."""

@@ -39,6 +39,9 @@ from keyplane.store import Database, sqlite_url
 
 __all__ = ["DemoOptions", "apply_overrides", "default_pairs", "run_embedded_demo", "summarize"]
 
+LIVE_REFRESH_S = 0.125
+"""Period of the live view's redraw (a display rate, not a wait on anything)."""
+
 
 @dataclass
 class DemoOptions:
@@ -53,6 +56,9 @@ class DemoOptions:
     eve_link: str | None = None
     eve_after_s: float = 1.0
     timeout_s: float = 60.0
+    close_wait_s: float = 30.0
+    """After the pairs closed: how long to wait for Admission Control to report each session
+    closed (the timeline's last events); a loaded machine takes seconds."""
     seed: int = 1
     live: bool = True
 
@@ -143,6 +149,7 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event], *,
             "intermediates_never_delivered": not (set(intermediates) & set(delivered_at)),
             "key_fingerprints": r.fingerprints,
             "lost_indexes": r.lost_indexes,
+            "open_attempts": r.open_attempts,
             "key_rate": _key_rate(mine, path[0] if path else None),
         })
     links: dict[str, dict[str, Any]] = {}
@@ -240,7 +247,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                     gathered = asyncio.gather(*runs)
                     while not gathered.done():
                         live.update(_view(results, mem, t0))
-                        await asyncio.wait({gathered}, timeout=0.125)
+                        await asyncio.wait({gathered}, timeout=LIVE_REFRESH_S)
                     await gathered
                     live.update(_view(results, mem, t0))
             else:
@@ -252,7 +259,8 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
             closed = {r.key_stream_id for r in results if r.status == "closed"}
             for sid in closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)), 3.0)
+                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)),
+                                           opts.close_wait_s)
     finally:
         jsonl.close()
         await bus.close()
