@@ -54,6 +54,7 @@ __all__ = [
     "Resources",
     "node_service_names",
     "render",
+    "to_yaml",
     "write_manifests",
 ]
 
@@ -530,6 +531,26 @@ def _secrets(topology: Topology, deployed: Topology, certs_dir: Path,
     return docs
 
 
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML for people and kubectl: no anchors, multi-line text as ``|`` blocks."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(docs: Iterable[Document]) -> str:
+    """The documents as one multi-document YAML text."""
+    return "".join("---\n" + yaml.dump(d, Dumper=_Dumper, sort_keys=False) for d in docs)
+
+
 def write_manifests(manifests: Manifests, out_dir: Path) -> list[Path]:
     """Write every file and a ``kustomization.yaml`` listing them; return their paths.
 
@@ -538,8 +559,7 @@ def write_manifests(manifests: Manifests, out_dir: Path) -> list[Path]:
     ensure_private_dir(out_dir)
     written = []
     for fname, docs in manifests.files.items():
-        text = "".join("---\n" + yaml.safe_dump(d, sort_keys=False) for d in docs)
-        written.append(write_private(out_dir / fname, text))
+        written.append(write_private(out_dir / fname, to_yaml(docs)))
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
         "resources": list(manifests.files),
