@@ -72,11 +72,12 @@ def main() -> None:
             Path(tmp), faults=_faults(args.faults, args.nats_s, args.postgres_s),
             settings=settings))
     print(f"run: {time.monotonic() - t0:.0f} s wall\n")
-    print("| fault | recovery | outage | resumed after the fault's end |")
-    print("|---|---|---|---|")
+    print("| fault | recovery | outage | resumed after the fault's end | keys at one end only |")
+    print("|---|---|---|---|---|")
     for r in report.results:
         print(f"| {r.fault.name} | {r.recovery_s:.1f} s | {_s(r.outage_s)} "
-              f"(014 {_s(r.outage_014_s)}, 004 {_s(r.outage_004_s)}) | {_s(r.resumed_s)} |")
+              f"(014 {_s(r.outage_014_s)}, 004 {_s(r.outage_004_s)}) | {_s(r.resumed_s)} | "
+              f"{report.lost_by_fault.get(r.fault.name, 0)} |")
     print()
     print(f"keys held at both ends: {report.keys_014} over ETSI 014, {report.keys_004} over "
           f"ETSI 004")

@@ -488,6 +488,9 @@ class MatrixReport:
     errors: dict[str, int]
     crash: str | None = None
     """An application loop's failure (:attr:`Ledger.crash`)."""
+    lost_by_fault: dict[str, int] = field(default_factory=dict)
+    """Keys held at one end only, by the fault during or after which the one end got them
+    (the last fault started before; ``before the faults`` for none)."""
     not_flowing: list[str] = field(default_factory=list)
     """Faults before which keys did not flow within ``flowing_timeout_s`` (not applied)."""
     exited: dict[str, int] = field(default_factory=dict)
@@ -512,7 +515,15 @@ def check(ledger: Ledger, events: list[Event], results: list[FaultResult]) -> Ma
                 delivered[(e.node, str(kid))] = delivered.get((e.node, str(kid)), 0) + 1
     duplicated += [f"{node} delivered {kid} {n} times" for (node, kid), n in
                    sorted(delivered.items(), key=lambda x: (str(x[0][0]), x[0][1])) if n > 1]
-    return MatrixReport(results=results, keys_014=len(set(ledger.master) & set(ledger.slave)),
+    lost_by_fault: dict[str, int] = {}
+    for when in ([(ledger.master.get(k) or ledger.slave[k])[1] for k in lost_014]
+                 + [(ledger.stream_a.get(k) or ledger.stream_b[k])[1]
+                    for k in set(ledger.stream_a) ^ set(ledger.stream_b)]):
+        name = next((r.fault.name for r in reversed(results) if r.started <= when),
+                    "before the faults")
+        lost_by_fault[name] = lost_by_fault.get(name, 0) + 1
+    return MatrixReport(results=results, lost_by_fault=lost_by_fault,
+                        keys_014=len(set(ledger.master) & set(ledger.slave)),
                         keys_004=len(set(ledger.stream_a) & set(ledger.stream_b)),
                         lost_014=lost_014, lost_004=lost_004, mismatched=mismatched,
                         duplicated=duplicated, link_key_reuse=link_key_reuse(events),
