@@ -52,6 +52,7 @@ __all__ = [
     "client_ssl_context",
     "element_subject",
     "ensure_client_cert",
+    "ensure_device_cert",
     "ensure_network_certs",
     "load_network_certs",
     "peer_subject",
@@ -215,9 +216,8 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
     """
     from keyplane.store.sealing import ensure_kek_file  # the store's stack, only when used
 
-    base = Path(directory)
-    if (base / "ca.pem").exists() and not (base / "ca.key").exists():
-        return load_network_certs(topology, base)
+    if (Path(directory) / "ca.pem").exists() and not (Path(directory) / "ca.key").exists():
+        return load_network_certs(topology, directory)
     base = ensure_private_dir(directory)
     ca = CertPaths(base / "ca.pem", base / "ca.key")
     if not (ca.cert.exists() and ca.key.exists()):
@@ -272,6 +272,26 @@ def ensure_client_cert(directory: str | Path, name: str, subject: str, *, days: 
     p = CertPaths(base / f"{name}.pem", base / f"{name}.key")
     if not (p.cert.exists() and p.key.exists()):
         _issue(ca, p, subject, server_names=[], client=True, server=False, days=days)
+    return p
+
+
+def ensure_device_cert(directory: str | Path, name: str, *, host: str = "127.0.0.1",
+                       days: int = 825) -> CertPaths:
+    """Create (once) the server certificate of a QKD device end (``keyplane device``) under
+    ``<directory>/device/``, signed by the network CA already in ``directory``.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no CA (run :func:`ensure_network_certs`).
+    """
+    base = Path(directory)
+    ca = CertPaths(base / "ca.pem", base / "ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        raise FileNotFoundError(f"no CA under {base}: run 'keyplane certs' first")
+    p = CertPaths(base / "device" / f"{name}.pem", base / "device" / f"{name}.key")
+    if not (p.cert.exists() and p.key.exists()):
+        _issue(ca, p, f"CN={name},OU=qkd-device,O=keyplane",
+               server_names=sorted({"localhost", "127.0.0.1", host}), client=True, server=True,
+               days=days)
     return p
 
 

@@ -40,6 +40,11 @@ StateOpt = Annotated[Path, typer.Option(
 BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: SQLite in the state dir).")]
+DangerBusOpt = Annotated[bool, typer.Option(
+    "--danger-insecure-bus",
+    help="DANGER: connect to a plain NATS server without TLS, client certificate or message "
+         "signatures (anyone who reaches it can read and forge every message). Logs a "
+         "WARNING. Default: TLS with this element's certificate from <state>/certs.")]
 BindHostOpt = Annotated[str, typer.Option(
     "--bind-host", help="Address the process's interface servers listen on (0.0.0.0 in a "
                         "container).")]
@@ -50,11 +55,6 @@ AdvertiseOpt = Annotated[str | None, typer.Option(
 OpsOpt = Annotated[str, typer.Option(
     "--ops", help="Where to serve /healthz, /readyz and /metrics over plain HTTP: HOST:PORT "
                   "(port 0: a free one, printed at start) or 'off'.")]
-DangerBusOpt = Annotated[bool, typer.Option(
-    "--danger-insecure-bus",
-    help="DANGER: connect to a plain NATS server without TLS, client certificate or message "
-         "signatures (anyone who reaches it can read and forge every message). Logs a "
-         "WARNING. Default: TLS with this element's certificate from <state>/certs.")]
 
 
 def _load(path: Path) -> Topology:
@@ -88,8 +88,27 @@ def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None
     except KeyplaneError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
+    except OSError as exc:  # e.g. an address in use, a state directory not writable
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _bus_security(url: str | None, danger_insecure: bool, topo: Topology, state: Path,
+                  role: str, element_id: str) -> BusSecurity | None:
+    """The element's bus identity from ``<state>/certs`` (made once if absent), or the
+    insecure bus when asked for explicitly; None for the in-memory bus."""
+    from keyplane.bus import BusCredentials, BusSecurity
+    from keyplane.certs import ensure_network_certs
+
+    if url is None or url.startswith("memory:"):
+        return None
+    if danger_insecure:
+        return BusSecurity.danger_insecure("--danger-insecure-bus")
+    certs = state / "certs"
+    ensure_network_certs(topo, certs)
+    return BusSecurity.load(BusCredentials.for_element(certs, role, element_id))
 
 
 def _ops_address(text: str) -> tuple[str, int] | None:
@@ -109,6 +128,8 @@ def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
     ops = Ops(process)
 
     async def bus_ready() -> bool:
+        if not bus.connected:  # reconnecting: not ready, without waiting for a round trip
+            return False
         await bus.flush()  # a round trip to the NATS server; immediate in memory
         return True
 
@@ -121,22 +142,6 @@ def _print_ops(server: HttpServer | None) -> None:
     if server is not None:
         print(f"keyplane operations endpoints on {server.url} (/healthz, /readyz, /metrics)",
               flush=True)
-
-
-def _bus_security(url: str | None, danger_insecure: bool, topo: Topology, state: Path,
-                  role: str, element_id: str) -> BusSecurity | None:
-    """The element's bus identity from ``<state>/certs`` (made once if absent), or the
-    insecure bus when asked for explicitly; None for the in-memory bus."""
-    from keyplane.bus import BusCredentials, BusSecurity
-    from keyplane.certs import ensure_network_certs
-
-    if url is None or url.startswith("memory:"):
-        return None
-    if danger_insecure:
-        return BusSecurity.danger_insecure("--danger-insecure-bus")
-    certs = state / "certs"
-    ensure_network_certs(topo, certs)
-    return BusSecurity.load(BusCredentials.for_element(certs, role, element_id))
 
 
 def _db_url(db: str | None, state: Path) -> str:
@@ -247,13 +252,12 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                elements: Annotated[str, typer.Option(
                    help="Comma-separated subset of sdn,routing,monitoring,access,admission "
                         "(each element can run in its own process).")] = "",
-               ops: OpsOpt = "127.0.0.1:0", bind_host: BindHostOpt = "127.0.0.1",
-               advertise_host: AdvertiseOpt = None,
+               ops: OpsOpt = "127.0.0.1:0", danger_insecure_bus: DangerBusOpt = False,
+               bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
                northbound_port: Annotated[int, typer.Option(
                    "--northbound-port", min=0, max=65535,
                    help="Port of the ETSI 015 northbound RESTCONF server (0: a free one).")
                ] = 0,
-               danger_insecure_bus: DangerBusOpt = False,
                verbose: bool = False) -> None:
     """Run the control plane (or some of its elements) as its own process."""
     from keyplane.bus import connect
@@ -315,6 +319,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
+         danger_insecure_bus: DangerBusOpt = False,
          bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
          etsi014_port: Annotated[int, typer.Option(
              "--etsi014-port", min=0, max=65535,
@@ -323,7 +328,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          etsi015_port: Annotated[int, typer.Option(
              "--etsi015-port", min=0, max=65535,
              help="Port of the ETSI 015 agent (0: a free one).")] = 0,
-         danger_insecure_bus: DangerBusOpt = False, verbose: bool = False) -> None:
+         verbose: bool = False) -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
@@ -355,7 +360,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                 proc_ops = _ops_for(f"node-{node_id}", b, database)
                 ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
                                      events=events, state_dir=state, ops=proc_ops,
-                                     host=bind_host, advertise_host=advertise_host)
+                                     bus_url=bus, bus_security=security, host=bind_host,
+                                     advertise_host=advertise_host)
                 ctx.ensure_certs()
                 started = asyncio.Event()
                 proc_ops.add_readiness_check("node", started.is_set)
@@ -371,6 +377,84 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                 await database.close()
         finally:
             await b.close()
+
+    _run_process(main_)
+
+
+@app.command()
+def device(link: Annotated[str, typer.Option("--link", help="Link id from the topology.")],
+           topology: TopologyOpt, state: StateOpt = Path("state"),
+           end: Annotated[str | None, typer.Option(
+               help="Run only this node's end; the other end's device is reached over "
+                    "--bus.")] = None,
+           bus: BusOpt = None, host: str = "127.0.0.1",
+           port: Annotated[list[str] | None, typer.Option(
+               "--port", help="NODE=PORT for an end's ETSI 014 server (repeatable; "
+                              "default: a free port).")] = None,
+           seed: int = 1,
+           time_scale: Annotated[float, typer.Option(
+               "--time-scale", help="Emulated seconds per real second (1: hardware pace).")
+           ] = 1.0,
+           key_size: Annotated[int, typer.Option(
+               "--key-size", help="The device's key size in bits.")] = 256,
+           danger_insecure_bus: DangerBusOpt = False,
+           verbose: bool = False) -> None:
+    """Run an emulated QKD device for one link, serving ETSI 014 to the link's KMs.
+
+    With --end and --bus the device end joins the secured bus with its node's credentials
+    (from --state's certs): it speaks for that node's QKD module, on that node's subjects.
+    """
+    from keyplane.device import DeviceSettings, QkdDevice
+    from keyplane.physical.pool import EmulationSettings
+
+    topo = _load(topology)
+    ports: dict[str, int] = {}
+    for item in port or []:
+        node_id, _, number = item.partition("=")
+        if not number.isdigit() or not node_id:
+            console.print(f"[red]error:[/red] --port {item!r}: expected NODE=PORT")
+            raise typer.Exit(2)
+        ports[node_id] = int(number)
+    if key_size < 64 or key_size % 8 or not time_scale > 0:
+        console.print("[red]error:[/red] --key-size must be a multiple of 8, at least 64, "
+                      "and --time-scale positive")
+        raise typer.Exit(2)
+    links = {lk.link_id: lk for lk in topo.links}
+    if link not in links:
+        console.print(f"[red]error:[/red] --link: no link {link!r} in {topology} "
+                      f"(links: {', '.join(links)})")
+        raise typer.Exit(2)
+    if end is not None and (end not in links[link].endpoints or bus is None):
+        console.print(f"[red]error:[/red] --end must be one of {list(links[link].endpoints)} "
+                      "and needs --bus (the other end's device is reached over it)")
+        raise typer.Exit(2)
+    if set(ports) - set(links[link].endpoints):
+        console.print(f"[red]error:[/red] --port: {sorted(set(ports) - set(links[link].endpoints))}"
+                      f" not an end of {link}")
+        raise typer.Exit(2)
+    _logging(verbose)
+    state.mkdir(parents=True, exist_ok=True)
+
+    security = (_bus_security(bus, danger_insecure_bus, topo, state, "km", end)
+                if bus and end else None)
+
+    async def main_(pc: ProcessControl) -> None:
+        from keyplane.bus import connect
+
+        b = (await connect(bus, name=f"keyplane-device-{link}", security=security)
+             if bus else None)
+        settings = DeviceSettings(key_size_bits=key_size,
+                                  emulation=EmulationSettings(time_scale=time_scale))
+        try:
+            async with QkdDevice(topo, link, state_dir=state, end=end, bus=b, host=host,
+                                 ports=ports, seed=seed, settings=settings) as dev:
+                urls = " ".join(f"{n}={u}" for n, u in sorted(dev.urls.items()))
+                pc.ready(f"keyplane device {link} ready: {urls}; endpoints in "
+                         f"{state / f'device-{link}.json'}")
+                await pc.serve_until_stopped(*([b] if b is not None else []))
+        finally:
+            if b is not None:
+                await b.close()
 
     _run_process(main_)
 
@@ -408,7 +492,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
          verbose: bool = False) -> None:
     """Run the paper's proof of concept end to end and render its Fig. 4 timeline."""
-    from keyplane.demo.run import DemoOptions, apply_overrides, run_embedded_demo
+    from keyplane.demo.run import (
+        DemoOptions,
+        apply_overrides,
+        demo_problems,
+        run_embedded_demo,
+    )
 
     if protocol is not None and protocol not in ("bb84-decoy", "analytic"):
         console.print("[red]error:[/red] --protocol must be bb84-decoy or analytic, "
@@ -453,7 +542,6 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
     except KeyplaneError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    ok = True
     for s in summary["sessions"]:
         colour = "green" if s["all_keys_matched"] else "red"
         first = s["time_to_first_key_s"]
@@ -462,10 +550,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
             f"{s['keys_matched']}/{s['keys_delivered']} keys identical at both ends, "
             f"first key after {first:.3f} s" if first is not None else
             f"[{colour}]{s['pair']}[/{colour}] {s['status']} {s['error']}")
-        ok = ok and s["all_keys_matched"]
     out_console.print(f"events: {out / 'events.jsonl'}  timeline: {out / 'timeline.html'}, "
                       f"{out / 'timeline.png'}  summary: {out / 'summary.json'}")
-    if not ok and eve is None:
+    problems = demo_problems(summary, keys, eve)
+    for problem in problems:
+        console.print(f"[red]failed:[/red] {problem}", highlight=False)
+    if problems:
         raise typer.Exit(1)
 
 

@@ -25,8 +25,12 @@ __all__ = [
     "EXAMPLES_DIR",
     "Application",
     "DecoySettings",
+    "DeviceEndpoint",
     "Eavesdropper",
+    "EmulatedSource",
+    "Etsi014Source",
     "HybridPolicy",
+    "LinkSource",
     "Node",
     "PostProcessing",
     "QuantumLink",
@@ -113,8 +117,67 @@ class PostProcessing(_Model):
     """Probability of preparing and measuring in the Z (key) basis."""
 
 
+class EmulatedSource(_Model):
+    """The link's key comes from keyplane's emulated QKD modules (the digital twin), run
+    beside the KMs in worker processes (the default)."""
+
+    kind: Literal["emulated"] = "emulated"
+    """``emulated``."""
+
+
+class DeviceEndpoint(_Model):
+    """How one KM reaches its end of a QKD device over ETSI GS QKD 014, as the device's SAE.
+
+    ``cert``/``key``/``ca`` default to the KM's own certificate and the network CA
+    (``<state>/certs``), which is what ``keyplane device`` trusts; give them for a device of
+    another vendor. Relative paths are taken from the working directory.
+    """
+
+    url: Annotated[str, Field(pattern=r"^https://[^\s/]+(/\S*)?$")]
+    """The device end's ETSI 014 base URL (``https://host:port``)."""
+    sae_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """This KM's SAE id at the device (default: the node id)."""
+    cert: str | None = None
+    """This KM's client certificate for the device (PEM; default: the KM's own)."""
+    key: str | None = None
+    """Its private key (PEM; default: the KM's own)."""
+    ca: str | None = None
+    """The CA that signed the device's certificate (default: the network CA)."""
+
+
+class Etsi014Source(_Model):
+    """The link's key comes from a QKD device reached over ETSI GS QKD 014.
+
+    Each KM is the SAE of its end of the device. Both KMs act as master in turn: a KM
+    calls ``enc_keys`` at its end (slave: the peer KM's SAE id), hands the key_IDs to the
+    peer KM over the KM-to-KM channel, the peer calls ``dec_keys`` at its end, and both
+    store the keys as one block of link key with an id they agree on.
+    """
+
+    kind: Literal["etsi014"]
+    """``etsi014``."""
+    ends: dict[str, DeviceEndpoint]
+    """Node id -> that node's end of the device (both endpoints of the link)."""
+    key_size_bits: Annotated[int, Field(ge=64, le=8192, multiple_of=8)] = 256
+    """The device's key size, bits (what the KMs ask ``enc_keys`` for)."""
+    keys_per_request: Annotated[int, Field(ge=1, le=1024)] = 64
+    """Keys a KM takes per ``enc_keys`` (one block of link key)."""
+    poll_interval_s: Annotated[float, Field(gt=0.0)] = 0.5
+    """How long a KM waits before asking its device again when it had no key to give."""
+    request_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0
+    """Bound on one ETSI 014 request to the device and on the peer KM's answer."""
+
+
+LinkSource = Annotated[EmulatedSource | Etsi014Source, Field(discriminator="kind")]
+
+
 class QuantumLink(_Model):
-    """A fibre between two nodes with one QKD module pair (Alice at ``endpoints[0]``)."""
+    """A fibre between two nodes with one QKD module pair (Alice at ``endpoints[0]``).
+
+    ``source`` says where its key comes from: the emulated modules (default) or a QKD
+    device over ETSI 014 (:class:`Etsi014Source`); the physics fields describe what the
+    emulation (or ``keyplane device``) models.
+    """
 
     id: Ident | None = None
     """Link id (default ``<a>-<b>`` from the endpoints)."""
@@ -145,11 +208,17 @@ class QuantumLink(_Model):
     """An intercept-resend eavesdropper on this fibre from the start (none by default)."""
     enabled: bool = True
     """False: the link starts cut (no key until restored)."""
+    source: LinkSource = EmulatedSource()
+    """Where the link's key comes from: ``{kind: emulated}`` (default) or a QKD device
+    over ETSI 014 (``{kind: etsi014, ends: {...}}``, docs/devices.md)."""
 
     @model_validator(mode="after")
     def _check(self) -> QuantumLink:
         if self.endpoints[0] == self.endpoints[1]:
             raise ValueError("a link needs two different endpoints")
+        if isinstance(self.source, Etsi014Source) and set(self.source.ends) != set(
+                self.endpoints):
+            raise ValueError(f"source.ends must name exactly the endpoints {list(self.endpoints)}")
         if self.eavesdropper is not None and self.eavesdropper.position_km > self.length_km:
             raise ValueError("eavesdropper.position_km is beyond the fibre's length_km")
         return self

@@ -22,6 +22,7 @@ KeyplaneError
 │   ├── PeerNotConnected        ETSI 004 status 1/3
 │   ├── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
 │   ├── KmBusy                  a KM's priority queues are full (ETSI 004 status 2, 014 503)
+│   ├── ControlPlaneUnreachable Access/Admission Control did not answer (004 status 6, 014 503)
 │   └── RateLimited             the session's token bucket cannot serve within the QoS timeout
 ├── KeyStoreError
 │   ├── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
@@ -58,6 +59,7 @@ __all__ = [
     "ClassicalChannelTimeout",
     "CommitFailed",
     "ConfigError",
+    "ControlPlaneUnreachable",
     "ExtensionNotMet",
     "IllegalTransition",
     "InsufficientKeyMaterial",
@@ -159,6 +161,14 @@ class SealedDataError(StoreError):
 
 class SessionError(KeyplaneError):
     """A session was refused or failed."""
+
+
+class ControlPlaneUnreachable(SessionError):
+    """Access Control or Admission Control did not answer a KM in time.
+
+    Likely causes: the control plane is down, not yet started, or overloaded. Nothing is
+    wrong with the QKD links or the peer KM, which is why this is not PeerUnreachable.
+    """
 
 
 class AuthenticationFailed(SessionError):

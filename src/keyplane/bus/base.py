@@ -112,6 +112,12 @@ class Bus(ABC):
         """Wait until published messages are handed to the transport."""
 
     @property
+    def connected(self) -> bool:
+        """Whether the bus can carry a message right now (a NATS bus that is reconnecting is
+        not; it still buffers publishes and keeps requests waiting)."""
+        return True
+
+    @property
     def failure(self) -> BusError | None:
         """Why the bus gave up for good (its server unreachable for too long), or None."""
         return None

@@ -84,6 +84,9 @@ class BusSecurity:
     tls: ssl.SSLContext | None
     inbox: str = "_INBOX"
     auth: MessageAuth | None = None
+    credentials: BusCredentials | None = None
+    """The files this security was loaded from (a child process, e.g. a link worker, loads
+    the same identity from them); None for the insecure bus."""
 
     @classmethod
     def load(cls, creds: BusCredentials) -> BusSecurity:
@@ -104,7 +107,7 @@ class BusSecurity:
             if creds.signing_cert_file is not None and creds.signing_key_file is not None:
                 signer = Signer.load(creds.signing_cert_file, creds.signing_key_file)
             auth = MessageAuth(signer, TrustStore(creds.ca_file, creds.trust_dir))
-        return cls(tls=ctx, inbox=creds.inbox, auth=auth)
+        return cls(tls=ctx, inbox=creds.inbox, auth=auth, credentials=creds)
 
     @classmethod
     def danger_insecure(cls, reason: str = "") -> BusSecurity:

@@ -58,6 +58,7 @@ from keyplane.clock import Clock
 from keyplane.errors import (
     AuthenticationFailed,
     BusError,
+    ControlPlaneUnreachable,
     ExtensionNotMet,
     IllegalTransition,
     KeyNotFound,
@@ -753,9 +754,11 @@ class KeyManager:
                 node=self.node_id, sae_id=sae_id, peer_sae_id=peer, method=caller.method,
                 identity=caller.identity), timeout_s=self.settings.auth_request_timeout_s)
         except BusError as exc:
-            raise PeerUnreachable(f"Access Control did not answer: {exc}") from exc
+            raise ControlPlaneUnreachable(
+                f"Access Control did not answer within "
+                f"{self.settings.auth_request_timeout_s} s: {exc}") from exc
         if not isinstance(reply, AuthResponse):
-            raise PeerUnreachable(f"Access Control answered with {reply.KIND}")
+            raise ControlPlaneUnreachable(f"Access Control answered with {reply.KIND}")
         if not reply.ok:
             raise AuthenticationFailed(reply.reason or f"{sae_id} refused by Access Control")
         return reply.user_id or ""
@@ -811,7 +814,7 @@ class KeyManager:
                           sae=source, peer=destination, interface=interface)
         try:
             s.user_id = await self._authenticate(caller, source, destination)
-        except (AuthenticationFailed, PeerUnreachable) as exc:
+        except (AuthenticationFailed, ControlPlaneUnreachable, PeerUnreachable) as exc:
             self._apply(s, SessionEvent.auth_refused)
             self._events.emit(EventType.auth_refused, ELEMENT, node=self.node_id, session=sid,
                               reason=str(exc))
@@ -827,7 +830,9 @@ class KeyManager:
         except BusError as exc:
             if s.machine.live:
                 self._apply(s, SessionEvent.close)
-            raise PeerUnreachable(f"Admission Control did not answer: {exc}") from exc
+            raise ControlPlaneUnreachable(
+                f"Admission Control did not answer within "
+                f"{self.settings.admission_request_timeout_s} s: {exc}") from exc
         self._events.emit(EventType.admission_requested, ELEMENT, node=self.node_id,
                           session=sid)
         if isinstance(ack, OpenAck) and not ack.accepted_for_review and s.machine.live:
