@@ -162,6 +162,8 @@ class Ledger:
     """Error answers by kind, for the report."""
     crash: str | None = None
     """Why an application loop stopped, if it did (then nothing more will arrive)."""
+    refused: dict[str, float] = field(default_factory=dict)
+    """When the slave's KM finally refused a key its master holds (key_ID -> time)."""
     _seen: dict[str, str] = field(default_factory=dict)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -293,6 +295,8 @@ class Traffic:
                 self.ledger.got_slave(k.key_id, k.key)
         except ApiError as exc:
             logger.warning("dec_keys %s: %s", key_ids, exc)
+            for kid in key_ids:
+                self.ledger.refused[kid] = time.monotonic()
             self.ledger.error(f"dec_keys final: HTTP {exc.status_code} {exc.message}")
         finally:
             self._fetch_limit.release()
@@ -489,8 +493,8 @@ class MatrixReport:
     crash: str | None = None
     """An application loop's failure (:attr:`Ledger.crash`)."""
     lost_by_fault: dict[str, int] = field(default_factory=dict)
-    """Keys held at one end only, by the fault during or after which the one end got them
-    (the last fault started before; ``before the faults`` for none)."""
+    """Keys held at one end only, by the last fault started before the other end's KM
+    finally refused it (else before the one end got it); ``before the faults`` for none."""
     not_flowing: list[str] = field(default_factory=list)
     """Faults before which keys did not flow within ``flowing_timeout_s`` (not applied)."""
     exited: dict[str, int] = field(default_factory=dict)
@@ -516,7 +520,10 @@ def check(ledger: Ledger, events: list[Event], results: list[FaultResult]) -> Ma
     duplicated += [f"{node} delivered {kid} {n} times" for (node, kid), n in
                    sorted(delivered.items(), key=lambda x: (str(x[0][0]), x[0][1])) if n > 1]
     lost_by_fault: dict[str, int] = {}
-    for when in ([(ledger.master.get(k) or ledger.slave[k])[1] for k in lost_014]
+    # a key is the fault's that made its other end fail: the time of the final refusal,
+    # else the time the one end got it
+    for when in ([ledger.refused.get(k) or (ledger.master.get(k) or ledger.slave[k])[1]
+                  for k in lost_014]
                  + [(ledger.stream_a.get(k) or ledger.stream_b[k])[1]
                     for k in set(ledger.stream_a) ^ set(ledger.stream_b)]):
         name = next((r.fault.name for r in reversed(results) if r.started <= when),

@@ -46,6 +46,10 @@ def test_check_counts_one_end_only_twice_and_other_bytes_by_fault() -> None:
     assert report.duplicated == ["014: the bytes of k1 again as k4"]
     assert report.lost_by_fault == {"f": 3}
     assert report.keys_014 == 2 and report.keys_004 == 1
+    # a key refused at its other end during a later fault is that fault's
+    later = FaultResult(FaultSpec("g", "postgres", duration_s=1), started + 5, started + 6, 1.0)
+    ledger.refused["k2"] = started + 5.5
+    assert check(ledger, [], [fault, later]).lost_by_fault == {"f": 2, "g": 1}
     delivered_twice = Event(event_id=1, seq=1, t=0, wall=0, type=EventType.key_delivered,
                             element="km", node="km2", data={"key_ids": ["k1"]})
     assert check(ledger, [delivered_twice, delivered_twice], []).duplicated[-1] == (
