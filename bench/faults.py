@@ -87,6 +87,9 @@ def main() -> None:
     print(f"keys with other bytes at the other end: {len(report.mismatched)}")
     print(f"link key bytes used for two keys: {len(report.link_key_reuse)} "
           f"{report.link_key_reuse[:3]}")
+    if report.stale_alarms:
+        print(f"links held down by the Monitoring Element while making key: "
+              f"{report.stale_alarms}")
     if report.not_flowing or report.exited or report.crash:
         print(f"not flowing before: {report.not_flowing}; processes exited: "
               f"{report.exited}; application loop: {report.crash}")

@@ -319,6 +319,10 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
+         kek_retired: Annotated[list[Path] | None, typer.Option(
+             "--kek-retired", help="A key-encryption key this node sealed with before (a "
+                                   "rotation; repeatable): rows sealed under it still open "
+                                   "and are rewritten under --kek when they change.")] = None,
          danger_insecure_bus: DangerBusOpt = False,
          bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
          etsi014_port: Annotated[int, typer.Option(
@@ -355,8 +359,10 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                                          BusSink(b)])
             database = await Database.open(_db_url(db, state))
             try:
-                if kek is not None:
-                    database.keyring.use_file(node_id, kek)
+                if kek is not None or kek_retired:
+                    database.keyring.use_file(
+                        node_id, kek or state / "certs" / "km" / f"{node_id}.kek",
+                        retired=tuple(kek_retired or ()))
                 proc_ops = _ops_for(f"node-{node_id}", b, database)
                 ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
                                      events=events, state_dir=state, ops=proc_ops,

@@ -65,6 +65,7 @@ __all__ = [
     "link_key_reuse",
     "run_fault",
     "run_matrix",
+    "stale_link_alarms",
     "wait_flowing",
 ]
 
@@ -477,6 +478,29 @@ def link_key_reuse(events: list[Event]) -> list[str]:
     return found
 
 
+def stale_link_alarms(events: list[Event], blocks_after: int = 3, grace_s: float = 5.0
+                      ) -> list[str]:
+    """Links the Monitoring Element still holds down (a ``link_down`` alarm, no ``cleared``
+    after it) while their QKD modules kept delivering blocks (``blocks_after`` or more
+    ``link_block`` events later than ``grace_s`` after the alarm): Routing refuses new
+    sessions over a link that works."""
+    down: dict[str, float] = {}
+    for e in events:
+        if e.type is EventType.alarm and e.data.get("link"):
+            link = str(e.data["link"])
+            if e.data.get("kind") == "link_down":
+                down[link] = e.wall
+            elif e.data.get("kind") == "cleared":
+                down.pop(link, None)
+    stale = []
+    for link, t in sorted(down.items()):
+        n = sum(1 for e in events if e.type is EventType.link_block
+                and e.data.get("link_id") == link and e.wall > t + grace_s)
+        if n >= blocks_after:
+            stale.append(f"{link}: link_down alarm not cleared, {n} blocks delivered since")
+    return stale
+
+
 @dataclass
 class MatrixReport:
     """Totals of a run: the per-fault results and the checks of :func:`check`."""
@@ -499,6 +523,8 @@ class MatrixReport:
     """Faults before which keys did not flow within ``flowing_timeout_s`` (not applied)."""
     exited: dict[str, int] = field(default_factory=dict)
     """Keyplane processes that exited on their own during the run."""
+    stale_alarms: list[str] = field(default_factory=list)
+    """:func:`stale_link_alarms` at the end of the run."""
 
 
 def check(ledger: Ledger, events: list[Event], results: list[FaultResult]) -> MatrixReport:
@@ -530,6 +556,7 @@ def check(ledger: Ledger, events: list[Event], results: list[FaultResult]) -> Ma
                     "before the faults")
         lost_by_fault[name] = lost_by_fault.get(name, 0) + 1
     return MatrixReport(results=results, lost_by_fault=lost_by_fault,
+                        stale_alarms=stale_link_alarms(events),
                         keys_014=len(set(ledger.master) & set(ledger.slave)),
                         keys_004=len(set(ledger.stream_a) & set(ledger.stream_b)),
                         lost_014=lost_014, lost_004=lost_004, mismatched=mismatched,

@@ -7,7 +7,14 @@ from pathlib import Path
 
 from keyplane.cluster import read_events
 from keyplane.events import Event, EventType
-from keyplane.faultmatrix import FaultResult, FaultSpec, Ledger, check, link_key_reuse
+from keyplane.faultmatrix import (
+    FaultResult,
+    FaultSpec,
+    Ledger,
+    check,
+    link_key_reuse,
+    stale_link_alarms,
+)
 
 
 def _relayed(n: int, link: str, segments: list[str], keys: list[str], wall: float = 0.0
@@ -63,3 +70,20 @@ def test_read_events_skips_a_line_cut_by_a_kill(tmp_path: Path) -> None:
                                                + "\n")
     events = read_events(tmp_path)
     assert [e.event_id for e in events] == [1, 2]
+
+
+def test_a_link_held_down_while_it_makes_key_is_found() -> None:
+    def alarm(n: int, kind: str, wall: float) -> Event:
+        return Event(event_id=n, seq=n, t=wall, wall=wall, type=EventType.alarm,
+                     element="monitoring", data={"link": "a-b", "kind": kind})
+
+    def block(n: int, wall: float) -> Event:
+        return Event(event_id=n, seq=n, t=wall, wall=wall, type=EventType.link_block,
+                     element="physical", node="a", data={"link_id": "a-b"})
+
+    blocks = [block(10 + i, 100.0 + i) for i in range(5)]
+    assert stale_link_alarms([alarm(1, "link_down", 50.0), *blocks]) == [
+        "a-b: link_down alarm not cleared, 5 blocks delivered since"]
+    assert stale_link_alarms([alarm(1, "link_down", 50.0), alarm(2, "cleared", 60.0),
+                              *blocks]) == []
+    assert stale_link_alarms([alarm(1, "link_down", 103.0), *blocks]) == []  # grace

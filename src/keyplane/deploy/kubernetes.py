@@ -382,7 +382,7 @@ def render(topology: Topology, certs_dir: Path, opts: KubernetesOptions) -> Mani
     out.files["controller.yaml"] = _controller(topology, opts, signers)
     for n in deployed.nodes:
         out.files[f"node-{names[n.id]}.yaml"] = _node(topology, opts, n.id, names[n.id],
-                                                      signers)
+                                                      signers, certs_dir)
     out.files["secrets.yaml"] = _secrets(topology, deployed, certs_dir, opts, names)
     return out
 
@@ -477,19 +477,23 @@ def _controller(topology: Topology, opts: KubernetesOptions, signers: list[str]
 
 
 def _node(topology: Topology, opts: KubernetesOptions, node: str, name: str,
-          signers: list[str]) -> list[Document]:
+          signers: list[str], certs_dir: Path) -> list[Document]:
     labels = _labels("node", topology, **{"keyplane.io/node": name})
     selector = {"app.kubernetes.io/instance": labels["app.kubernetes.io/instance"],
                 "app.kubernetes.io/component": "node", "keyplane.io/node": name}
     ports = {"etsi014": opts.etsi014_port, "etsi015": opts.etsi015_port, "ops": opts.ops_port}
     items = [("ca.pem", "ca.pem"), ("km.pem", f"km/{node}.pem"), ("km.key", f"km/{node}.key"),
              ("km.kek", f"km/{node}.kek"), ("sign.key", f"sign/km.{node}.key")]
+    retired: list[str] = []
+    if (certs_dir / "km" / f"{node}.kek.old").exists():  # a KEK rotation under way
+        items.append(("km.kek.old", f"km/{node}.kek.old"))
+        retired = ["--kek-retired", f"{CERTS_DIR}/km/{node}.kek.old"]
     pod = _keyplane_pod(
         opts, secret=f"keyplane-{name}-credentials", items=items, signers=signers,
         args=["node", "--id", node, *_common_args(opts), "--advertise-host", opts.dns(name),
               "--etsi014-port", str(opts.etsi014_port),
               "--etsi015-port", str(opts.etsi015_port),
-              "--kek", f"{CERTS_DIR}/km/{node}.kek"],
+              "--kek", f"{CERTS_DIR}/km/{node}.kek", *retired],
         ports=ports, resources=opts.node_resources)
     return [_service(name, opts, labels, selector, ports),
             _statefulset(name, opts, labels, selector, pod)]
@@ -519,10 +523,14 @@ def _secrets(topology: Topology, deployed: Topology, certs_dir: Path,
                          "controller.key": issued.controller.key, "sign.key": ctl.key}))
     for n in deployed.nodes:
         km, s = issued.kms[n.id], sign[f"km.{n.id}"]
+        files: dict[str, Path | bytes] = {"ca.pem": ca, "km.pem": km.cert, "km.key": km.key,
+                                          "km.kek": issued.keks[n.id], "sign.key": s.key}
+        old = certs_dir / "km" / f"{n.id}.kek.old"
+        if old.exists():
+            files["km.kek.old"] = old
         docs.append(_secret(f"keyplane-{names[n.id]}-credentials", opts,
                             _labels("node", topology, **{"keyplane.io/node": names[n.id]}),
-                            {"ca.pem": ca, "km.pem": km.cert, "km.key": km.key,
-                             "km.kek": issued.keks[n.id], "sign.key": s.key}))
+                            files))
     for app in deployed.applications:
         sae = issued.saes[app.sae_id]
         docs.append(_secret(f"sae-{_label(app.sae_id)}-credentials", opts,

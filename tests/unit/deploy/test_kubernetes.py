@@ -302,3 +302,23 @@ def test_bad_options_are_refused_with_exit_2(tmp_path: Path) -> None:
                                    "--image", "x", "--namespace", "Not_A_Namespace"])
     assert res.exit_code == 2 and "namespace" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_kek_rotation_gives_the_node_its_old_kek_beside_the_new(tmp_path: Path) -> None:
+    certs = tmp_path / "pki"
+    render(PAPER, certs, OPTS)
+    old = (certs / "km" / "km1.kek").read_bytes()
+    (certs / "km" / "km1.kek").rename(certs / "km" / "km1.kek.old")
+    docs = render(PAPER, certs, OPTS).documents()
+    secrets = _secret_files(docs)
+    assert secrets["keyplane-km1-credentials"]["km.kek.old"] == old
+    assert secrets["keyplane-km1-credentials"]["km.kek"] not in (old, b"")
+    assert "km.kek.old" not in secrets["keyplane-km2-credentials"]
+    sts = _of(docs, "StatefulSet")
+    args = _pod(sts["km1"])["containers"][0]["args"]
+    assert args[args.index("--kek-retired") + 1] == (
+        "/var/lib/keyplane/state/certs/km/km1.kek.old")
+    assert "--kek-retired" not in _pod(sts["km2"])["containers"][0]["args"]
+    vol = next(v for v in _pod(sts["km1"])["volumes"] if v["name"] == "credentials")
+    paths = {i["path"] for i in vol["projected"]["sources"][0]["secret"]["items"]}
+    assert "km/km1.kek.old" in paths
