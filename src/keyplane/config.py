@@ -24,6 +24,7 @@ from keyplane.errors import ConfigError
 __all__ = [
     "EXAMPLES_DIR",
     "Application",
+    "ApplicationQos",
     "DecoySettings",
     "DeviceEndpoint",
     "Eavesdropper",
@@ -266,8 +267,33 @@ _HOP_SOURCES: dict[HybridPolicy, frozenset[str]] = {
 }
 
 
+class ApplicationQos(_Model):
+    """One application's QoS profile within its owner's SLA (issue #17.2).
+
+    ETSI 014 carries no QoS in its requests, so a session opened by an ETSI 014 master
+    runs with its application's profile; an ETSI 004 OPEN_CONNECT's own QoS takes
+    precedence for the fields it sets (``max_bps``/``min_bps`` 0: the profile's). Unset
+    fields fall back to the SLA's; every value is capped by the SLA (checked on load).
+    """
+
+    priority: Annotated[int, Field(ge=0, le=7)] | None = None
+    """0 (lowest) to 7, at most the SLA's (unset: the SLA's)."""
+    max_bps: Annotated[int, Field(ge=0)] | None = None
+    """Key rate ceiling of the application's sessions, bit/s, at most the SLA's (unset: the
+    SLA's)."""
+    min_bps: Annotated[int, Field(ge=0)] | None = None
+    """Key rate reserved on every link of its sessions' paths, bit/s (at least the SLA's)."""
+    timeout_ms: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    """How long a key request may wait for key, ms (the ETSI 004 QoS ``Timeout``; unset:
+    the key manager's own setting)."""
+
+
 class SlaProfile(_Model):
-    """What a user is entitled to (the paper's user/SLA database)."""
+    """What a user is entitled to (the paper's user/SLA database).
+
+    ``applications`` gives some of the user's applications (by SAE id) their own QoS
+    profile below the SLA: a user runs more and less critical applications.
+    """
 
     max_sessions: Annotated[int, Field(ge=0)] = 4
     """Live sessions the user may hold at once."""
@@ -283,16 +309,36 @@ class SlaProfile(_Model):
     """A session without a key request for this long is closed, s."""
     hybrid_policy: HybridPolicy = HybridPolicy.qkd_only
     """How hop keys may combine QKD and ML-KEM (docs/hybrid.md)."""
+    applications: dict[str, ApplicationQos] = Field(default_factory=dict)
+    """Per-application QoS profiles below this SLA, by SAE id (one of the user's
+    applications): priority, rates and wait bound its sessions get (docs/control.md,
+    "Per-application QoS")."""
 
     @model_validator(mode="after")
     def _check(self) -> SlaProfile:
         if self.min_bps > self.max_bps:
             raise ValueError("min_bps must not exceed max_bps")
+        for sae, app in self.applications.items():
+            for name in ("priority", "max_bps"):
+                value, cap = getattr(app, name), getattr(self, name)
+                if value is not None and value > cap:
+                    raise ValueError(f"applications.{sae}.{name} {value} above the SLA's {cap}")
+            top = app.max_bps if app.max_bps is not None else self.max_bps
+            if app.min_bps is not None and app.min_bps > top:
+                raise ValueError(f"applications.{sae}.min_bps {app.min_bps} above its "
+                                 f"max_bps {top}")
         return self
+
+    def application(self, sae_id: str) -> ApplicationQos:
+        """The profile of one of the user's applications (empty: the SLA's values)."""
+        return self.applications.get(sae_id) or _NO_PROFILE
 
     def allows_peer(self, sae_id: str) -> bool:
         """Whether this profile may reach ``sae_id`` (``"*"`` allows every SAE)."""
         return "*" in self.allowed_peers or sae_id in self.allowed_peers
+
+
+_NO_PROFILE = ApplicationQos()
 
 
 class User(_Model):
@@ -364,6 +410,11 @@ class Topology(_Model):
                 if peer != "*" and peer not in sae_ids:
                     problems.append(
                         f"users[{i}].sla.allowed_peers: unknown application {peer!r}")
+            owned = {a.sae_id for a in self.applications if a.owner == user.id}
+            for sae in user.sla.applications:
+                if sae not in owned:
+                    problems.append(f"users[{i}].sla.applications: {sae!r} is not an "
+                                    f"application of {user.id!r}")
             if user.id in owners and not user.certificate_subject:
                 problems.append(
                     f"users[{i}].certificate_subject: user {user.id!r} owns applications but "

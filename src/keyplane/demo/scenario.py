@@ -63,7 +63,7 @@ class ServiceEndpoint:
         return res.key, dict(res.metadata)
 
     async def close(self, key_stream_id: str) -> None:
-        await self.km.close(self.caller, key_stream_id)
+        await self.km.close_stream(self.caller, key_stream_id)
 
 
 @dataclass(frozen=True)

@@ -96,8 +96,9 @@ async def test_reroute_without_alternative_keeps_the_session_on_its_path(
                                       interface="etsi014"))
         await wait_until(lambda: kms.holders("s2") == ["a", "b", "c"], what="operative")
         kms.silent.add("e")  # the only detour a-e-d-c has a KM that never acknowledges
-        await bus.publish(topics.link_telemetry("a-b"),
-                          LinkTelemetry(link_id="a-b", node="a", state="down"))
+        for state in ("up", "down"):  # a link that was up goes down
+            await bus.publish(topics.link_telemetry("a-b"),
+                              LinkTelemetry(link_id="a-b", node="a", state=state))
         await wait_until(lambda: kms.configs["e"], what="reroute attempted")
         await clock.advance(1.5)
         await wait_until(lambda: any(not e.data.get("ok", True)
