@@ -196,8 +196,8 @@ class RowWriter:
             gone = delete(t).where(and_(*[t.c[k] == bindparam(f"pk_{k}") for k in pk]))
             await conn.execute(gone, [{f"pk_{k}": r[k] for k in pk} for r in w.deletes])
         if w.inserts:
-            for cols, rows in _by_shape(w.inserts).items():
-                await conn.execute(_upsert(t, dialect, cols), rows)
+            for shape, rows in _by_shape(w.inserts).items():
+                await conn.execute(_upsert(t, dialect, shape), rows)
         for shape, rows in _by_shape(w.updates).items():
             cols = [k for k in shape if k not in pk]
             stmt = update(t).where(and_(*[
