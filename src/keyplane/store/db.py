@@ -168,13 +168,17 @@ class Database:
         """A transaction: commits on success, rolls back on error.
 
         Raises:
-            StoreError: the database failed (the transaction is rolled back).
+            StoreError: the database failed (the transaction is rolled back), or cannot be
+                reached: a refused or failed connection comes out of the driver as a bare
+                ``OSError`` (asyncpg), which must stop here like any database error (it
+                used to end the loops of callers that expect StoreError, e.g. the
+                Monitoring Element's figures during a PostgreSQL outage).
         """
         async with self.sessions() as s:
             try:
                 async with s.begin():
                     yield s
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, OSError) as exc:
                 raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
 
     async def ping(self) -> bool:

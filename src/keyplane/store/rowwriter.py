@@ -183,7 +183,7 @@ class RowWriter:
             async with self._db.engine.begin() as conn:
                 for w in writes:
                     await self._write_pg(conn, w, self._db.dialect)
-        except SQLAlchemyError as exc:
+        except (SQLAlchemyError, OSError) as exc:  # OSError: no connection (asyncpg)
             raise CommitFailed(f"database error: {exc.__class__.__name__}: {exc}") from exc
         self.rows_written += sum(len(w.inserts) + len(w.updates) + len(w.deletes)
                                  for w in writes)
