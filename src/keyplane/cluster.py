@@ -19,7 +19,9 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -35,7 +37,8 @@ from keyplane.events import Event
 from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.services import NatsServer, PostgresServer, free_port
 
-__all__ = ["CONTROLLER", "ClusterSettings", "LocalCluster", "ManagedProcess", "read_events"]
+__all__ = ["CONTROLLER", "ClusterSettings", "LocalCluster", "ManagedProcess", "read_events",
+           "restartable_port"]
 
 CONTROLLER = "controller"
 """The element name of the ``keyplane controller`` process."""
@@ -137,6 +140,34 @@ def read_events(state: Path) -> list[Event]:
     return events
 
 
+def restartable_port(*, lowest: int = 10_000, attempts: int = 200) -> int:
+    """A free TCP port on 127.0.0.1 *below* the kernel's ephemeral range, for a server that
+    is stopped and started again on the same port (a killed node, nats-server, PostgreSQL).
+
+    While such a server is down its clients keep connecting to it. A port inside the
+    ephemeral range may meanwhile become one of those connections' own source port (on
+    loopback, a connect to a closed ephemeral port can even connect to itself), and the
+    server then cannot bind it again ("Address already in use": a node's restart failed so
+    in one of three fault-matrix runs on a busy machine). Ports below the range are never
+    given out implicitly. Falls back to :func:`~keyplane.services.free_port` where the range
+    cannot be read or leaves no room.
+    """
+    try:
+        first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return free_port()
+    rng = random.SystemRandom()
+    for _ in range(attempts if first - lowest > 1000 else 0):
+        port = rng.randrange(lowest, first)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    return free_port()
+
+
 class LocalCluster:
     """The distributed mode of ``topology`` on loopback, under ``workdir``.
 
@@ -198,11 +229,13 @@ class LocalCluster:
         write_private(self.topology_file,
                       yaml.safe_dump(self.topology.model_dump(mode="json")))
         ensure_network_certs(self.topology, self.certs)
-        self.nats = await asyncio.to_thread(NatsServer.start_secured, self.topology,
-                                            self.certs, config_path=self.state / "nats.conf")
-        self.postgres = await asyncio.to_thread(PostgresServer.start)
+        self.nats = await asyncio.to_thread(
+            NatsServer.start_secured, self.topology, self.certs, port=restartable_port(),
+            config_path=self.state / "nats.conf")
+        self.postgres = await asyncio.to_thread(PostgresServer.start, restartable_port())
         self.db_url = await asyncio.to_thread(self.postgres.create_database, "keyplane")
-        self.ports = {n.id: (free_port(), free_port()) for n in self.topology.nodes}
+        self.ports = {n.id: (restartable_port(), restartable_port())
+                      for n in self.topology.nodes}
         await self.start(CONTROLLER)
         await asyncio.gather(*(self.start(n.id) for n in self.topology.nodes))
 

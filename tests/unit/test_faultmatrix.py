@@ -3,9 +3,10 @@ reused; the events reader survives a line cut by SIGKILL."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
-from keyplane.cluster import read_events
+from keyplane.cluster import read_events, restartable_port
 from keyplane.events import Event, EventType
 from keyplane.faultmatrix import (
     FaultResult,
@@ -87,3 +88,14 @@ def test_a_link_held_down_while_it_makes_key_is_found() -> None:
     assert stale_link_alarms([alarm(1, "link_down", 50.0), alarm(2, "cleared", 60.0),
                               *blocks]) == []
     assert stale_link_alarms([alarm(1, "link_down", 103.0), *blocks]) == []  # grace
+
+
+def test_restartable_ports_are_free_and_below_the_ephemeral_range() -> None:
+    """A server restarted on its port (a killed node, nats-server, PostgreSQL) must not
+    find it taken by one of its own clients' connections meanwhile."""
+    first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {restartable_port() for _ in range(20)}
+    assert all(p < first for p in ports)
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))  # free: it binds
