@@ -305,7 +305,9 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         await asyncio.gather(*(
             run_pair(r.pair, SdkEndpoint(state, r.pair.a), SdkEndpoint(state, r.pair.b),
                      keys=opts.keys, chunk_bytes=opts.chunk_bytes, interval_s=opts.interval_s,
-                     timeout_s=opts.timeout_s, result=r, t0=t0)
+                     timeout_s=opts.timeout_s, result=r, t0=t0,
+                     # a pair crossing the killed KM waits for its restart too
+                     stall_s=opts.timeout_s + (dist.startup_timeout_s if dist.kill_km else 0))
             for r in results))
         await chaos_task
         await deletions.wait({r.key_stream_id for r in results
