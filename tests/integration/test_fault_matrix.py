@@ -5,8 +5,9 @@ both hops, these faults come in turn, in one network: kill -9 the source KM, the
 intermediate KM, the destination KM and the controller (each started again at once); stop
 nats-server for 30 s; stop PostgreSQL for 10 s (each started again on the same port and
 data). Then: no key held at one end only, none handed out twice, no link key used for two
-keys, and delivery resumed within ``KEYPLANE_FAULT_RESUME_BOUND_S`` (10 s, issue #14's
-target) of each fault's end.
+keys, no link held down by the Monitoring Element while it makes key, and delivery resumed
+within ``KEYPLANE_FAULT_RESUME_BOUND_S`` (10 s, issue #14's target) of each fault's end.
+No expected failure is left: every problem the matrix finds fails the test.
 
 keyplane.faultmatrix explains what is measured; bench/faults.py prints the same table.
 """
@@ -54,6 +55,7 @@ async def test_fault_matrix_loses_and_duplicates_nothing_and_resumes(tmp_path: P
         "keys with other bytes at the other end": report.mismatched,
         "keys handed out twice": report.duplicated,
         "link key bytes used for two keys": report.link_key_reuse,
+        "links the Monitoring Element held down while they made key": report.stale_alarms,
         f"delivery resumed later than {settings.resume_bound_s:g} s after the fault's end": {
             r.fault.name: r.resumed_s for r in report.results
             if r.resumed_s is None or r.resumed_s > settings.resume_bound_s},
@@ -61,30 +63,4 @@ async def test_fault_matrix_loses_and_duplicates_nothing_and_resumes(tmp_path: P
     problems = {k: v for k, v in problems.items() if v}
     print(f"keys held at one end only, by fault: {report.lost_by_fault}; links held down "
           f"while making key: {report.stale_alarms}")
-    late = "delivery resumed later than"
-    liveness = {k for k in problems if k.startswith(late) or k == "keys stopped flowing"}
-    if liveness and report.stale_alarms and set(problems) - liveness <= {
-            "ETSI 014 keys held at one end only"} and (
-            "ETSI 014 keys held at one end only" not in problems
-            or set(report.lost_by_fault) == {"PostgreSQL down 10 s"}):
-        # Seen once in five runs since the link workers landed: during the PostgreSQL
-        # outage a link's modules report it down and up again, the Monitoring Element
-        # raises link_down afterwards (the late report) and never clears it although the
-        # link keeps delivering blocks; Routing then refuses every new session over it ("no
-        # route ... able to carry 0 bps"), so the ETSI 004 stream the outage ended cannot
-        # be opened again. Control plane (monitoring latches, wip/control) with southbound
-        # (link telemetry). Taken only with such an alarm found in the events and no other
-        # problem than late delivery (and #14.1's loss): anything else fails.
-        pytest.xfail(f"stale link_down alarm (control/southbound): {report.stale_alarms}; "
-                     f"{problems}")
-    if (set(problems) == {"ETSI 014 keys held at one end only"}
-            and set(report.lost_by_fault) == {"PostgreSQL down 10 s"}):
-        # The one failure the matrix finds on main today, and only that one: a dec_keys
-        # answered while PostgreSQL is down leaves the key marked delivered in the KM's
-        # memory (keymanager/km.py KeyManager._deliver marks before the write, and nothing
-        # rolls it back when the write fails), so the slave's retry gets 400 "not found on
-        # KME" for a key its master holds. Issue #14.1; fixed on wip/km-core (793debd,
-        # Journal.on_rollback). Any other problem, or any loss outside that fault, fails
-        # the test; once that fix is merged this branch is never taken.
-        pytest.xfail(f"issue #14.1 (km-core): {problems}")
     assert not problems, problems
