@@ -139,7 +139,17 @@ class SdkEndpoint:
 
     async def close(self, key_stream_id: str) -> None:
         try:
-            await self.client.close_stream(key_stream_id)
+            try:
+                await self.client.close_stream(key_stream_id)
+            except TransportError:
+                # a kept-alive connection the server closed meanwhile, or a KM restarted
+                # on a new port: find it again and ask once more (CLOSE is idempotent)
+                await self._reresolve()
+                try:
+                    await self.client.close_stream(key_stream_id)
+                except Etsi004StatusError as exc:
+                    if int(exc.status) != 9:  # 9: the first CLOSE did end it
+                        raise
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} CLOSE: {exc}") from exc
         finally:
