@@ -54,6 +54,7 @@ __all__ = [
     "ensure_client_cert",
     "ensure_device_cert",
     "ensure_network_certs",
+    "load_network_certs",
     "peer_subject",
     "server_ssl_context",
     "signing_paths",
@@ -207,9 +208,16 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
                          bus_hosts: tuple[str, ...] = ()) -> Issued:
     """Create (once) the CA and every certificate of ``topology``: KMs (and each KM's
     key-encryption key), SAEs, controller, operator, nats-server (SANs: localhost, 127.0.0.1
-    and ``bus_hosts``) and each element's Ed25519 bus signing certificate."""
+    and ``bus_hosts``) and each element's Ed25519 bus signing certificate.
+
+    A folder with the CA certificate but not its key belongs to one deployed element (a
+    Kubernetes pod gets only its own credentials, never ``ca.key``): nothing is issued
+    there, see :func:`load_network_certs`.
+    """
     from keyplane.store.sealing import ensure_kek_file  # the store's stack, only when used
 
+    if (Path(directory) / "ca.pem").exists() and not (Path(directory) / "ca.key").exists():
+        return load_network_certs(topology, directory)
     base = ensure_private_dir(directory)
     ca = CertPaths(base / "ca.pem", base / "ca.key")
     if not (ca.cert.exists() and ca.key.exists()):
@@ -285,6 +293,31 @@ def ensure_device_cert(directory: str | Path, name: str, *, host: str = "127.0.0
                server_names=sorted({"localhost", "127.0.0.1", host}), client=True, server=True,
                days=days)
     return p
+
+
+def load_network_certs(topology: Topology, directory: str | Path) -> Issued:
+    """Where ``topology``'s credentials are under ``directory``, issuing nothing.
+
+    For a process that holds only its own files (``ca.pem``, its certificate and key, its
+    KEK): the paths of the others are returned as they would be laid out and may not exist;
+    only existing KEK files are listed. Using a missing one fails where it is opened.
+    """
+    base = Path(directory)
+    return Issued(
+        ca=CertPaths(base / "ca.pem", base / "ca.key"),
+        kms={n.id: CertPaths(base / "km" / f"{n.id}.pem", base / "km" / f"{n.id}.key")
+             for n in topology.nodes},
+        saes={a.sae_id: CertPaths(base / "sae" / f"{a.sae_id}.pem",
+                                  base / "sae" / f"{a.sae_id}.key")
+              for a in topology.applications},
+        controller=CertPaths(base / "controller.pem", base / "controller.key"),
+        keks={n.id: base / "km" / f"{n.id}.kek" for n in topology.nodes
+              if (base / "km" / f"{n.id}.kek").exists()},
+        operator=CertPaths(base / "operator.pem", base / "operator.key"),
+        nats_server=CertPaths(base / "nats" / "server.pem", base / "nats" / "server.key"),
+        signing={f"{role}.{eid}": signing_paths(base, role, eid)
+                 for role, eid in [*(("km", n.id) for n in topology.nodes),
+                                   ("control", CONTROLLER_ID), ("operator", OPERATOR_ID)]})
 
 
 def server_ssl_context(cert: CertPaths, ca_file: Path, *, require_client_cert: bool = True

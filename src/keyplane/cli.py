@@ -83,6 +83,13 @@ DangerBusOpt = Annotated[bool, typer.Option(
     help="DANGER: connect to a plain NATS server without TLS, client certificate or message "
          "signatures (anyone who reaches it can read and forge every message). Logs a "
          "WARNING. Default: TLS with this element's certificate from <state>/certs.")]
+BindHostOpt = Annotated[str, typer.Option(
+    "--bind-host", help="Address the process's interface servers listen on (0.0.0.0 in a "
+                        "container).")]
+AdvertiseOpt = Annotated[str | None, typer.Option(
+    "--advertise-host", help="Host name put in the URLs the process announces, e.g. its "
+                             "Kubernetes Service's DNS name (default: --bind-host); its "
+                             "certificate must name it.")]
 OpsOpt = Annotated[str, typer.Option(
     "--ops", help="Where to serve /healthz, /readyz and /metrics over plain HTTP: HOST:PORT "
                   "(port 0: a free one, printed at start) or 'off'.")]
@@ -207,7 +214,7 @@ def _with_ports(topo: Topology, node_id: str, **ports: int | None) -> Topology:
     data = topo.model_dump(mode="json")
     for n in data["nodes"]:
         if n["id"] == node_id:
-            n["ports"].update(given)
+            n["ports"].update({k: v or None for k, v in given.items()})  # 0: a free one
     try:  # through the loader: the same messages as for the file itself
         return parse_topology(yaml.safe_dump(data), source="the topology with the ports given")
     except ConfigError as exc:
@@ -347,6 +354,7 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
                    help="Port of the SDN Controller's northbound ETSI 015 view (0: a free "
                         "one, written to endpoints.json).")] = 0,
                danger_insecure_bus: DangerBusOpt = False,
+               bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
                verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
     """Run the control plane (or some of its elements) as its own process; serve the
     network's dashboard at <ops>/dashboard/."""
@@ -384,7 +392,8 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
             try:
                 proc_ops = _ops_for("controller", b, database)
                 ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
-                                     events=events, state_dir=state, ops=proc_ops)
+                                     events=events, state_dir=state, ops=proc_ops,
+                                     host=bind_host, advertise_host=advertise_host)
                 ctx.ensure_certs()
                 started = asyncio.Event()
                 proc_ops.add_readiness_check("control_plane", started.is_set)
@@ -415,17 +424,23 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                            "'off' (default: 127.0.0.1 on the node's ports.ops from the "
                            "topology, else a free port, printed at start).")] = None,
          api_port: Annotated[int | None, typer.Option(
-             "--api-port", min=1, max=65535,
-             help="Port of the ETSI 014/004 HTTPS server (overrides the topology's "
-                  "ports.api; default: a free one).")] = None,
-         etsi015_port: Annotated[int | None, typer.Option(
-             "--etsi015-port", min=1, max=65535,
-             help="Port of the ETSI 015 agent (overrides the topology's ports.etsi015).")
+             "--api-port", "--etsi014-port", min=0, max=65535,
+             help="Port of the ETSI 014 HTTPS server, which serves ETSI 004 under /etsi004 "
+                  "(overrides the topology's ports.api; 0 or unset there: a free one).")
          ] = None,
+         etsi015_port: Annotated[int | None, typer.Option(
+             "--etsi015-port", min=0, max=65535,
+             help="Port of the ETSI 015 agent (overrides the topology's ports.etsi015; 0: "
+                  "a free one).")] = None,
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
+         kek_retired: Annotated[list[Path] | None, typer.Option(
+             "--kek-retired", help="A key-encryption key this node sealed with before (a "
+                                   "rotation; repeatable): rows sealed under it still open "
+                                   "and are rewritten under --kek when they change.")] = None,
          danger_insecure_bus: DangerBusOpt = False,
+         bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
          etsi015_unqualified: UnqualifiedOpt = False, verbose: VerboseOpt = False,
          log_format: LogFormatOpt = "text") -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
@@ -457,12 +472,15 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                                          BusSink(b), NotableEvents()])
             database = await Database.open(_db_url(db, state))
             try:
-                if kek is not None:
-                    database.keyring.use_file(node_id, kek)
+                if kek is not None or kek_retired:
+                    database.keyring.use_file(
+                        node_id, kek or state / "certs" / "km" / f"{node_id}.kek",
+                        retired=tuple(kek_retired or ()))
                 proc_ops = _ops_for(f"node-{node_id}", b, database)
                 ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
                                      events=events, state_dir=state, ops=proc_ops,
-                                     bus_url=bus, bus_security=security)
+                                     bus_url=bus, bus_security=security, host=bind_host,
+                                     advertise_host=advertise_host)
                 ctx.ensure_certs()
                 started = asyncio.Event()
                 proc_ops.add_readiness_check("node", started.is_set)
@@ -784,12 +802,15 @@ def sweep(out: Annotated[Path, typer.Option(
 
 def _mount() -> None:
     from keyplane.api.cli import app as key_app
+    from keyplane.deploy.cli import app as deploy_app
     from keyplane.physical.cli import app as link_app
 
     app.add_typer(link_app, name="link", help="Cut, degrade, restore or tap a quantum link.")
     app.add_typer(key_app, name="key",
                   help="Get keys over ETSI 014/004 as an SAE, with the certificates "
                        "'keyplane run' wrote.")
+    app.add_typer(deploy_app, name="deploy",
+                  help="Kubernetes manifests of the distributed mode, from a topology.")
 
 
 _mount()

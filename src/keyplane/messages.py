@@ -17,7 +17,7 @@ Flows (paper Fig. 2 and 3; topics in :class:`keyplane.bus.topics`):
    :class:`SessionDelete` with ``refused=True`` and a reason (the paper's deletion signal).
 4. KM → Admission Control, publish on ``keyplane.control.admission``:
    :class:`KeepAlive` on each key request; :class:`SessionClose` when the application
-   closes or the KM's idle timer fires.
+   closes or the KM's idle timer fires; :class:`KmReady` when a KM (re)started.
 5. QKD modules / KMs → Monitoring Element, publish on ``keyplane.telemetry.…``:
    :class:`LinkTelemetry`, :class:`KmTelemetry`.
 6. Monitoring Element → Routing Element and SDN Controller, publish on
@@ -48,6 +48,7 @@ __all__ = [
     "DeleteConfirm",
     "HopRole",
     "KeepAlive",
+    "KmReady",
     "KmTelemetry",
     "LinkAlarm",
     "LinkState",
@@ -246,6 +247,18 @@ class SessionClose(Message):
     session_id: str
     node: str
     reason: Literal["close", "idle_timeout", "error"] = "close"
+
+
+class KmReady(Message):
+    """A KM (re)started and answers on its config topic: Admission Control pushes it again
+    the configuration of every active session through it (a KM killed between a
+    configuration's acknowledgement and its write, or restarted from a store that lags,
+    would otherwise relay nothing for that session; a KM that holds it already just
+    acknowledges it)."""
+
+    KIND = "admission.km_ready"
+
+    node: str
 
 
 class LinkState(StrEnum):

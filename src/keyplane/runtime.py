@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,6 +123,10 @@ class RuntimeContext:
     events: EventStream | None = None
     state_dir: Path = Path("state")
     host: str = "127.0.0.1"
+    """Where this process's servers listen (``0.0.0.0`` in a container)."""
+    advertise_host: str | None = None
+    """The host name put in the URLs this process announces (e.g. a Kubernetes Service's
+    DNS name); None: ``host``. Certificates must name it (keyplane.certs SANs)."""
     seed: int = 1
     certs: Issued | None = None
     ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
@@ -146,6 +151,14 @@ class RuntimeContext:
     def http_observer(self) -> RequestObserver | None:
         """What every HTTP server of the process reports requests to (None: nothing)."""
         return self.ops.http if self.ops is not None else None
+
+    def advertised(self, url: str) -> str:
+        """``url`` (of a server bound to :attr:`host`) as peers must reach it."""
+        if self.advertise_host is None:
+            return url
+        parts = urlsplit(url)
+        host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host
+        return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
 
     def ensure_certs(self) -> Issued:
         """Create or load the network's certificates under ``<state>/certs``; seal each
@@ -251,7 +264,8 @@ class ControlRuntime(Service):
             except BaseException:
                 await self.close()
                 raise
-            self.controller_endpoints["etsi015_northbound"] = self.northbound.url
+            self.controller_endpoints["etsi015_northbound"] = self.ctx.advertised(
+                self.northbound.url)
             self.ctx.stream.emit(EventType.element_started, "sdn_northbound",
                                  url=self.northbound.url)
             self._write_file()
@@ -303,11 +317,17 @@ class ControlRuntime(Service):
 
 
 class NodeRuntime(Service):
-    """One node of the network, in this process."""
+    """One node of the network, in this process.
+
+    Its ETSI 014/004 server listens on ``etsi014_port`` and its ETSI 015 agent on
+    ``etsi015_port`` at ``ctx.host`` (0: the topology's ``ports``, else free ports; pinned
+    for a Kubernetes Service) and announces the URLs under ``ctx.advertise_host``.
+    """
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
                  run_links: bool = True, km_settings: KmSettings | None = None,
-                 process_settings: ProcessSettings | None = None) -> None:
+                 process_settings: ProcessSettings | None = None, etsi014_port: int = 0,
+                 etsi015_port: int = 0) -> None:
         ctx.topology.node(node_id)  # KeyError on an unknown node
         self.ctx = ctx
         self.node_id = node_id
@@ -315,6 +335,7 @@ class NodeRuntime(Service):
                              km_settings)
         self.sources: KeySources | None = None
         self._run_links = run_links
+        self._ports = (etsi014_port, etsi015_port)  # 0: a free port each
         self.endpoints: dict[str, str] = {}
         self._process = process_settings or ProcessSettings()
         self._closed = False
@@ -365,14 +386,14 @@ class NodeRuntime(Service):
             supported_extensions=frozenset({PROVENANCE_EXTENSION}))
         app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,
                                         settings=settings))
-        api = HttpServer(app, host=ctx.host, port=ports.api or 0,
+        api = HttpServer(app, host=ctx.host, port=self._ports[0] or ports.api or 0,
                          ssl_context=server_ssl_context(certs.kms[self.node_id], certs.ca.cert),
                          observer=ctx.http_observer, interface=km_interface,
                          name=f"km-api-{self.node_id}")
         await api.start()
         self._stack.push_async_callback(api.close)
-        self.endpoints["etsi014"] = api.url
-        self.endpoints["etsi004"] = api.url + ETSI004_PREFIX
+        self.endpoints["etsi014"] = ctx.advertised(api.url)
+        self.endpoints["etsi004"] = ctx.advertised(api.url) + ETSI004_PREFIX
         self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream,
                               settings=AgentSettings.from_config(ctx.topology.etsi015))
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
@@ -381,17 +402,17 @@ class NodeRuntime(Service):
         ctx.stream.add_sink(feed)
         self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
-        server = await serve_agent(self.agent, ctx.host, ports.etsi015 or 0,
+        server = await serve_agent(self.agent, ctx.host, self._ports[1] or ports.etsi015 or 0,
                                    server_cert=certs.kms[self.node_id],
                                    ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
-        self.endpoints["etsi015"] = server.url
+        self.endpoints["etsi015"] = ctx.advertised(server.url)
         tfs = ctx.topology.etsi015.teraflowsdn
         if tfs is not None and (listener := await serve_teraflowsdn(
                 self.agent, tfs, server_cert=certs.kms[self.node_id], ca_file=certs.ca.cert,
                 observer=ctx.http_observer)):
             self._stack.push_async_callback(listener.close)
-            self.endpoints["etsi015_teraflowsdn"] = listener.url
+            self.endpoints["etsi015_teraflowsdn"] = ctx.advertised(listener.url)
         if ctx.ops is not None and "ops" in ctx.ops.urls:  # where its /metrics are scraped
             self.endpoints["ops"] = ctx.ops.urls["ops"]
 

@@ -222,11 +222,26 @@ class PostgresServer:
         srv = cls(port=port, datadir=datadir, _as_postgres=as_postgres)
         srv._run(_pg_bin("initdb"), "-D", str(datadir), "-A", "trust", "-U", "postgres",
                  "-E", "UTF8", "--no-sync")
-        opts = f"-p {port} -h 127.0.0.1 -k {base} -F -c fsync=off -c full_page_writes=off"
-        srv._run(_pg_bin("pg_ctl"), "-D", str(datadir), "-o", opts, "-l",
-                 str(base / "server.log"), "-w", "-t", "60", "start")
-        wait_port(port)
+        srv._launch()
         return srv
+
+    def _launch(self) -> None:
+        base = self.datadir.parent
+        opts = (f"-p {self.port} -h 127.0.0.1 -k {base} -F -c fsync=off "
+                "-c full_page_writes=off")
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.datadir), "-o", opts, "-l",
+                  str(base / "server.log"), "-w", "-t", "60", "start")
+        wait_port(self.port)
+
+    def halt(self) -> None:
+        """Stop the server as a crash would (``pg_ctl stop -m immediate``: no checkpoint,
+        connections cut), keeping its data; :meth:`restart` brings it back."""
+        self._run(_pg_bin("pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+
+    def restart(self) -> None:
+        """Start the halted server again on the same port and data directory (it recovers
+        from its write-ahead log)."""
+        self._launch()
 
     def create_database(self, name: str) -> str:
         """Create database ``name`` and return its URL."""

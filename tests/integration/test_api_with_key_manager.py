@@ -35,6 +35,7 @@ from keyplane.bus import MemoryBus
 from keyplane.certs import Issued, ensure_network_certs
 from keyplane.clock import RealClock
 from keyplane.config import Topology, parse_topology
+from keyplane.events import EventType
 from keyplane.store import Database, sqlite_url
 from tests.support.api_server import LoopThread
 from tests.support.deadlines import DEADLINE_S
@@ -164,6 +165,12 @@ async def test_etsi004_stream_over_two_hops_same_chunks(network: Network) -> Non
             c.open_connect("sc", "sa", QosParameters(Key_chunk_size=32, Timeout=TIMEOUT_MS),
                            key_stream_id=sid))
         assert opener.key_stream_id == joined.key_stream_id == sid
+        # the opener's KM is configured last (the test control plane configures the
+        # destination first and waits for each KM's acknowledgement, which comes once the
+        # configuration is durable): GET_KEY before then is status 3, so wait for it
+        async with asyncio.timeout(DEADLINE_S):
+            await network.net.sink.wait_for(lambda e: e.type == EventType.session_operative
+                                            and e.node == "km0" and e.session == sid)
         ka0, ka1 = (await a.get_key(opener.key_stream_id),
                     await a.get_key(opener.key_stream_id))
         kc1, kc0 = (await c.get_key(opener.key_stream_id, 1),

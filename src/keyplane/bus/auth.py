@@ -112,6 +112,7 @@ POLICY: dict[str, Rule] = {
     "admission.open": _km("node"),
     "admission.keepalive": _km("node"),
     "admission.close": _km("node"),
+    "admission.km_ready": _km("node"),
     "km.config_ack": _km("node"),
     "km.delete_confirm": _km("node"),
     "sdn.node_announcement": _km("node"),

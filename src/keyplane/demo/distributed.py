@@ -139,7 +139,17 @@ class SdkEndpoint:
 
     async def close(self, key_stream_id: str) -> None:
         try:
-            await self.client.close_stream(key_stream_id)
+            try:
+                await self.client.close_stream(key_stream_id)
+            except TransportError:
+                # a kept-alive connection the server closed meanwhile, or a KM restarted
+                # on a new port: find it again and ask once more (CLOSE is idempotent)
+                await self._reresolve()
+                try:
+                    await self.client.close_stream(key_stream_id)
+                except Etsi004StatusError as exc:
+                    if int(exc.status) != 9:  # 9: the first CLOSE did end it
+                        raise
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} CLOSE: {exc}") from exc
         finally:
@@ -321,7 +331,9 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         await asyncio.gather(*(
             run_pair(r.pair, SdkEndpoint(state, r.pair.a), SdkEndpoint(state, r.pair.b),
                      keys=opts.keys, chunk_bytes=opts.chunk_bytes, interval_s=opts.interval_s,
-                     timeout_s=opts.timeout_s, result=r, t0=t0)
+                     timeout_s=opts.timeout_s, result=r, t0=t0,
+                     # a pair crossing the killed KM waits for its restart too
+                     stall_s=opts.timeout_s + (dist.startup_timeout_s if dist.kill_km else 0))
             for r in results))
         await chaos_task
         await deletions.wait({r.key_stream_id for r in results

@@ -153,15 +153,24 @@ async def _open_both(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, qos: Q
 
 async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys: int = 8,
                    chunk_bytes: int = 32, interval_s: float = 0.0, timeout_s: float = 30.0,
-                   result: PairResult | None = None, t0: float | None = None) -> PairResult:
+                   stall_s: float | None = None, result: PairResult | None = None,
+                   t0: float | None = None) -> PairResult:
     """Open the stream at both ends, fetch ``keys`` chunks at each, compare, close.
 
-    ``result`` (if given) is updated in place as the run goes, for a live view.
+    Args:
+        timeout_s: the applications' wait bound (ETSI 004 ``Timeout``), and how long the
+            pair may go without progress unless ``stall_s`` says otherwise.
+        stall_s: how long the pair may go without progress (opening the stream, then
+            each key): a bound from the last key, not from the start, so a run that has to
+            outlast a fault (a KM killed and restarted on a loaded machine) is not cut
+            short by the time its earlier keys took.
+        result: updated in place as the run goes, for a live view.
     """
     res = result or PairResult(pair)
     t0 = time.monotonic() if t0 is None else t0
     qos = Qos(key_chunk_size=chunk_bytes, timeout_ms=int(timeout_s * 1000), max_bps=0)
-    deadline = time.monotonic() + timeout_s
+    stall_s = timeout_s if stall_s is None else stall_s
+    deadline = time.monotonic() + stall_s
     try:
         res.status = "opening"
         sid_a = sid_b = await _open_both(pair, a, b, qos, deadline, res)
@@ -183,6 +192,7 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
                     raise g
             (ka, ma), (kb, mb) = got  # type: ignore[misc]
             res.keys_delivered += 1
+            deadline = time.monotonic() + stall_s
             if ka == kb and ma.get("key_ID") == mb.get("key_ID"):
                 res.keys_matched += 1
             if res.first_key_s is None:

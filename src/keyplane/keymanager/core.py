@@ -49,7 +49,7 @@ from keyplane.keymanager.effects import (
     Renamed,
     SendAdmission,
 )
-from keyplane.keymanager.forwarding import ForwardingTable
+from keyplane.keymanager.forwarding import ForwardingEntry, ForwardingTable
 from keyplane.keymanager.hybrid import parse_policy
 from keyplane.keymanager.scheduling import PriorityQueues, TokenBucket
 from keyplane.keymanager.session import (
@@ -323,6 +323,11 @@ class KmCore:
 
         if cfg.node != self.node_id:
             return ack(False, f"configuration for {cfg.node} sent to {self.node_id}")
+        s = self.streams.get(cfg.session_id)
+        if (self.forwarding.current(cfg.session_id) == ForwardingEntry.from_config(cfg)
+                and (cfg.role is HopRole.intermediate
+                     or (s is not None and s.live and s.configs.get(cfg.epoch) == cfg))):
+            return ack(True)  # held already (Admission re-pushes to a KM that restarted)
         try:
             parse_policy(cfg.hybrid_policy)
         except ValueError:

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keyplane.clock import Clock
-from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
+from keyplane.errors import CommitFailed, InsufficientKeyMaterial, KeyStoreError
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.settings import KmSettings
@@ -222,7 +222,21 @@ class LinkKeyStore:
         self._block_bytes += blk.tx_left + blk.rx_left
         self._dirty.add(block_id)
         self.blocks_received += 1
-        await self._journal.flushed(self._journal.mark())
+        gen = self._journal.mark()
+        try:
+            await self._journal.flushed(gen)
+        except CommitFailed as exc:
+            # the database is away: the block stays here and the journal retries on its own;
+            # wait for that commit (the link pauses) rather than fail the link's loop, which
+            # stopped the link for good (a 10 s PostgreSQL outage, issue #14)
+            logger.warning("link %s: block %d not stored yet (%s); waiting for the journal's "
+                           "retry", self.link_id, block_id, exc)
+            while True:
+                try:
+                    await self._journal.flushed(gen, wake=False)
+                    break
+                except CommitFailed:
+                    continue
         if block_id in self._peer_ahead:
             self._peer_ahead.discard(block_id)
             self._mark_held(blk)

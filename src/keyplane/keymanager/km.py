@@ -43,7 +43,14 @@ import logging
 from keyplane import config
 from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
-from keyplane.errors import BusError, KeyStoreError, KmBusy, PeerUnreachable, RelayError
+from keyplane.errors import (
+    BusError,
+    KeyStoreError,
+    KmBusy,
+    PeerUnreachable,
+    RelayError,
+    StoreError,
+)
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager.core import KmCore
 from keyplane.keymanager.forwarding import ForwardingTable
@@ -61,6 +68,7 @@ from keyplane.lifecycle import Service
 from keyplane.messages import (
     DeleteConfirm,
     HopRole,
+    KmReady,
     SessionConfig,
     SessionDelete,
     StreamTelemetry,
@@ -162,6 +170,8 @@ class KeyManager(_Requests, Service):
         self._subs.append(await self._bus.subscribe(topics.km_relay(self.node_id),
                                                     self.relay.handle))
         self._status = "running"
+        # Admission Control pushes again what a restart may have lost (see KmReady)
+        self._publish(topics.ADMISSION, KmReady(node=self.node_id))
         for store in self._stores.values():  # agree again with each peer on what both hold
             self._announce_blocks(store, store.inventory(), inventory=True, reply=True)
         self._emit(EventType.element_started, links=sorted(self._stores_by_link),
@@ -296,6 +306,14 @@ class KeyManager(_Requests, Service):
         if isinstance(msg, SessionConfig):
             ack, effects = self.core.session_config(msg, self._clock.now())
             self._run(effects)
+            if ack.ok:
+                # acknowledged only once durable: a KM killed after the acknowledgement
+                # must find its hop again when it restarts
+                try:
+                    await self.journal.sync()
+                except StoreError as exc:
+                    return ack.model_copy(update={"ok": False,
+                                                  "reason": f"not durable: {exc}"})
             return ack
         if isinstance(msg, SessionDelete):
             return await self._on_session_delete(msg)

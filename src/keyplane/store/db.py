@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -71,9 +71,19 @@ def _sqlite_file(url: str) -> Path | None:
     return Path(path)
 
 
+MIGRATION_LOCK_ID = 0x6B65_7970_6C61_6E65 & 0x7FFF_FFFF_FFFF_FFFF
+"""PostgreSQL advisory lock held while the schema is migrated ("keyplane" in ASCII)."""
+
+
 def _migrate(sync_conn: Any) -> None:
     from alembic import command
     from alembic.config import Config
+
+    if sync_conn.dialect.name == "postgresql":
+        # processes started together (every pod of a Kubernetes deployment) migrate one at a
+        # time: concurrent CREATE TABLEs on a fresh database fail on PostgreSQL's catalogue
+        # (UniqueViolation on pg_type); the lock ends with the migration's transaction
+        sync_conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": MIGRATION_LOCK_ID})
 
     here = Path(__file__).parent
     cfg = Config()
@@ -158,13 +168,17 @@ class Database:
         """A transaction: commits on success, rolls back on error.
 
         Raises:
-            StoreError: the database failed (the transaction is rolled back).
+            StoreError: the database failed (the transaction is rolled back), or cannot be
+                reached: a refused or failed connection comes out of the driver as a bare
+                ``OSError`` (asyncpg), which must stop here like any database error (it
+                used to end the loops of callers that expect StoreError, e.g. the
+                Monitoring Element's figures during a PostgreSQL outage).
         """
         async with self.sessions() as s:
             try:
                 async with s.begin():
                     yield s
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, OSError) as exc:
                 raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
 
     async def ping(self) -> bool:

@@ -12,6 +12,13 @@ column set, in one transaction:
 The rows are *built* in the worker thread too (``build`` below), so sealing key material
 (:mod:`keyplane.store.sealing`) never runs on the event loop.
 
+Every write is idempotent, so a transaction may be replayed: inserts are upserts (``ON
+CONFLICT`` on the primary key, setting the row's other columns to the values given), updates
+and deletes by primary key are idempotent already. That is what a commit whose outcome was
+lost needs (the database committed, the acknowledgement died with the connection): the
+caller sees :class:`~keyplane.errors.CommitFailed` and retries the same rows, which must
+neither fail on the rows already there nor leave anything but the state it asked for.
+
 Spent key material must not linger (issue #13). ``secure_delete`` makes SQLite overwrite
 deleted content in the database file; the old page images a write-ahead log keeps are
 removed by a ``TRUNCATE`` checkpoint after commits that destroyed key material (at most one
@@ -31,8 +38,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import JSON, Table, and_, bindparam, delete, insert, update
+from sqlalchemy import JSON, Table, and_, bindparam, delete, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.dml import Insert
 
 from keyplane.errors import CommitFailed, StoreError
 from keyplane.store.db import Database, sqlite_pragmas
@@ -85,10 +94,14 @@ def _sqlite_statement(t: Table, kind: str, cols: tuple[str, ...]
         return '"' + name + '"'
 
     where = " AND ".join(f"{q(k)} = ?" for k in pk)
-    if kind == "insert":
+    if kind == "insert":  # an upsert: a replayed insert lands on its own row
         order: tuple[str, ...] = cols
+        sets = [c for c in cols if c not in pk]
+        on_conflict = (f"DO UPDATE SET {', '.join(f'{q(c)} = excluded.{q(c)}' for c in sets)}"
+                       if sets else "DO NOTHING")
         sql = (f"INSERT INTO {q(t.name)} ({', '.join(q(c) for c in cols)}) "
-               f"VALUES ({', '.join('?' for _ in cols)})")
+               f"VALUES ({', '.join('?' for _ in cols)}) "
+               f"ON CONFLICT ({', '.join(q(k) for k in pk)}) {on_conflict}")
     elif kind == "update":
         order = _sqlite_update_order(t, cols)
         sets = [c for c in cols if c not in pk]
@@ -97,6 +110,18 @@ def _sqlite_statement(t: Table, kind: str, cols: tuple[str, ...]
         order = pk
         sql = f"DELETE FROM {q(t.name)} WHERE {where}"
     return sql, tuple(i for i, c in enumerate(order) if c in json_cols)
+
+
+@functools.cache
+def _upsert(t: Table, dialect: str, cols: tuple[str, ...]) -> Insert:
+    """The SQLAlchemy upsert of rows with ``cols`` (SQLite or PostgreSQL, same semantics as
+    :func:`_sqlite_statement`'s insert)."""
+    pk = _primary_key(t)
+    stmt = (postgresql.insert(t) if dialect == "postgresql" else sqlite.insert(t))
+    sets = {c: stmt.excluded[c] for c in cols if c not in pk}
+    if not sets:
+        return stmt.on_conflict_do_nothing(index_elements=list(pk))
+    return stmt.on_conflict_do_update(index_elements=list(pk), set_=sets)
 
 
 def _by_shape(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
@@ -157,22 +182,22 @@ class RowWriter:
         try:
             async with self._db.engine.begin() as conn:
                 for w in writes:
-                    await self._write_pg(conn, w)
-        except SQLAlchemyError as exc:
+                    await self._write_pg(conn, w, self._db.dialect)
+        except (SQLAlchemyError, OSError) as exc:  # OSError: no connection (asyncpg)
             raise CommitFailed(f"database error: {exc.__class__.__name__}: {exc}") from exc
         self.rows_written += sum(len(w.inserts) + len(w.updates) + len(w.deletes)
                                  for w in writes)
 
     @staticmethod
-    async def _write_pg(conn: Any, w: RowWrites) -> None:
+    async def _write_pg(conn: Any, w: RowWrites, dialect: str) -> None:
         t = w.table
         pk = _primary_key(t)
         if w.deletes:  # first: a row deleted and made again in one commit is inserted anew
             gone = delete(t).where(and_(*[t.c[k] == bindparam(f"pk_{k}") for k in pk]))
             await conn.execute(gone, [{f"pk_{k}": r[k] for k in pk} for r in w.deletes])
         if w.inserts:
-            for rows in _by_shape(w.inserts).values():
-                await conn.execute(insert(t), rows)
+            for shape, rows in _by_shape(w.inserts).items():
+                await conn.execute(_upsert(t, dialect, shape), rows)
         for shape, rows in _by_shape(w.updates).items():
             cols = [k for k in shape if k not in pk]
             stmt = update(t).where(and_(*[

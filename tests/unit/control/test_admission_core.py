@@ -11,11 +11,15 @@ from keyplane.control import AdmissionCore, AdmissionSettings, AdmissionState, c
 from keyplane.control.admission import (
     AnnounceVirtualLink,
     ForgetStored,
+    Notify,
     PushConfigs,
+    RepushConfig,
     RequestRoute,
     SendDeletes,
 )
-from keyplane.messages import Qos
+from keyplane.control.wire import RerouteOrder
+from keyplane.events import EventType
+from keyplane.messages import HopRole, Qos
 from tests.support.control import open_request
 
 SLA = SlaProfile(max_sessions=2, max_bps=10_000, min_bps=0, priority=4)
@@ -60,6 +64,42 @@ def test_core_requests_a_route_only_once_both_peers_opened(topology: Topology) -
     sess = core.session("s")
     assert sess is not None and sess.state is AdmissionState.active
     assert sess.timer_deadline == pytest.approx(1.2 + 20 + 1.0)
+
+
+def active_session(core: AdmissionCore, topology: Topology, sid: str,
+                   path: list[str]) -> None:
+    core.open(open_request(sid, "a", "alice", "sae_a", "sae_d"), topology.user("alice"), "d",
+              0.0, source_node="a")
+    core.open(open_request(sid, "d", "dave", "sae_d", "sae_a"), topology.user("dave"), "a",
+              0.0, source_node="d")
+    core.route_found(sid, 0, path, 0.1)
+    core.configs_applied(sid, 0, tuple(path), {}, 0.2)
+
+
+def test_core_pushes_a_restarted_km_its_hop_of_each_active_session_again(
+        topology: Topology) -> None:
+    core = AdmissionCore()
+    active_session(core, topology, "s", ["a", "e", "d"])
+    active_session(core, topology, "t", ["a", "d"])
+    (hop,) = core.km_ready("e")
+    assert isinstance(hop, RepushConfig)
+    assert (hop.config.session_id, hop.config.node, hop.config.epoch, hop.config.role,
+            hop.config.prev_km, hop.config.next_km) == ("s", "e", 0, HopRole.intermediate,
+                                                        "a", "d")
+    assert sorted(e.config.session_id for e in core.km_ready("a")  # type: ignore[union-attr]
+                  ) == ["s", "t"]
+    assert core.km_ready("b") == []
+    # the answer changes no state, it is only reported
+    (ok,) = core.config_repushed(hop.config, None)
+    (bad,) = core.config_repushed(hop.config, "not durable")
+    assert isinstance(ok, Notify) and ok.type is EventType.configured
+    assert isinstance(bad, Notify) and bad.type is EventType.config_refused
+    assert all(s.state is AdmissionState.active for s in core.sessions.values())
+    # a session being moved to a new epoch gets that epoch's push, not the old one again
+    _, effects = core.reroute(RerouteOrder(session_id="s", old_epoch=0, new_epoch=1,
+                                           path=["a", "b", "d"]), 1.0)
+    assert [e for e in effects if isinstance(e, PushConfigs)]
+    assert [e.config.session_id for e in core.km_ready("a")] == ["t"]  # type: ignore[union-attr]
 
 
 def test_core_peer_wait_expiry_refuses_only_the_waiting_km(topology: Topology) -> None:

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
+from keyplane.demo import scenario
 from keyplane.demo.scenario import SaePair, run_pair
-from keyplane.errors import KeyNotFound, KeyplaneError, QosNotMet
+from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
 from keyplane.messages import Qos
 
 
@@ -69,3 +73,37 @@ async def test_run_pair_does_not_retry_other_open_failures() -> None:
     a = Scripted("sa", refusals=5, refusal=KeyplaneError("unauthorized"))
     res = await run_pair(SaePair("sa", "sb"), a, Scripted("sb"), keys=2, timeout_s=30)
     assert res.status == "failed" and res.open_attempts == 1 and "unauthorized" in res.error
+
+
+class Slow(Scripted):
+    """Each GET_KEY takes ``step_s`` of a fake clock; index ``stall`` answers "not yet"
+    (InsufficientKeyMaterial) ``stall_calls`` times first."""
+
+    def __init__(self, sae_id: str, clock: list[float], step_s: float, stall: int = -1,
+                 stall_calls: int = 0) -> None:
+        super().__init__(sae_id)
+        self.clock, self.step_s = clock, step_s
+        self.stall, self.stall_calls = stall, stall_calls
+
+    async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
+        self.clock[0] += self.step_s
+        if index == self.stall and self.stall_calls > 0:
+            self.stall_calls -= 1
+            raise InsufficientKeyMaterial("not yet")
+        return await super().get_key(key_stream_id, index)
+
+
+async def test_run_pair_bounds_the_time_without_progress_not_the_whole_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pair that outlasts a fault (a KM restarted on a loaded machine) is not cut short
+    by the time its earlier keys took; a pair that makes no progress for ``stall_s`` is."""
+    clock = [0.0]
+    monkeypatch.setattr(scenario, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    slow = await run_pair(SaePair("sa", "sb"), Slow("sa", clock, 4.0), Slow("sb", clock, 4.0),
+                          keys=6, timeout_s=10, stall_s=10)
+    assert slow.status == "closed" and slow.keys_delivered == 6  # 48 s in all
+    clock[0] = 0.0
+    stuck = await run_pair(SaePair("sa", "sb"), Slow("sa", clock, 4.0, stall=2, stall_calls=3),
+                           Slow("sb", clock, 4.0), keys=6, timeout_s=10, stall_s=10)
+    assert stuck.status == "failed" and stuck.keys_delivered == 2
+    assert "InsufficientKeyMaterial" in stuck.error

@@ -2,19 +2,16 @@
 delivered at both ends or at neither, and none twice.
 
 Real KMs (a source, an intermediate and a destination) on one in-memory bus and one SQLite
-file; the fake control plane stands in for Access and Admission Control. The store refuses
-the commits a hypothesis schedule picks (nothing written; the journal retries on its own).
+file; the fake control plane stands in for Access and Admission Control. The store fails
+the commits a hypothesis schedule picks, in both ways a database fails: refused (nothing
+written) or written with the acknowledgement lost (the journal retries on its own, and the
+store's writes are upserts, so the replay lands on the rows already there).
 Afterwards the store heals, every KM is restarted from it, and each key delivered at one
 end must be deliverable at the other, once.
 
 The failing commit is injected at the store's write (tests/support/km_drive.py); the SQL
 itself is the real one, run on the event loop so that, with the virtual clock, every run
 is deterministic.
-
-Not covered: a commit that lands but whose acknowledgement is lost. The store's inserts are
-plain INSERTs, so the journal's retry of such a commit fails on the rows it already wrote
-(the store wedges until a restart); that is the persistence layer's to make idempotent
-(upserts), and this test should then draw ``ack_lost`` faults too.
 """
 
 from __future__ import annotations
@@ -140,7 +137,8 @@ async def scenario(ops: list[Op], faults: dict[int, Fault], db_path: Path) -> No
 OPS = st.lists(st.sampled_from(["enc", "dec", "get_src", "get_dst"]), min_size=1,
                max_size=12)
 # a few failed commits among the first forty (each request takes one to four)
-FAULTS = st.dictionaries(st.integers(0, 40), st.just("refused"), min_size=1, max_size=6)
+FAULTS = st.dictionaries(st.integers(0, 40), st.sampled_from(["refused", "ack_lost"]),
+                         min_size=1, max_size=6)
 
 
 @settings(max_examples=40, deadline=None, derandomize=True,

@@ -331,3 +331,34 @@ async def _ack_scenario(db: Database, ops: list[tuple[str, Any]]) -> None:
             inflight.append((other[arg], st_.inventory(), True, True))
     for j in journals.values():
         await j.close()
+
+
+async def test_put_block_outlasts_a_failed_commit(tmp_path: Path) -> None:
+    """A block arriving while the database refuses writes is stored once it accepts them
+    again; put_block waits for that instead of failing (which stopped the link's loop for
+    good: issue #14, PostgreSQL down 10 s)."""
+    db = await Database.open(sqlite_url(tmp_path / "km.db"))
+    journal = Journal(db, retry_s=0.01, retry_max_s=0.05)
+    store = LinkKeyStore("na", "l1", "nb", journal, EventStream(VirtualClock()), VirtualClock(),
+                         KmSettings())
+    journal.start()
+    async with db.engine.begin() as conn:  # the database refuses every new block row
+        await conn.exec_driver_sql(
+            "CREATE TRIGGER refuse BEFORE INSERT ON link_key_blocks "
+            "BEGIN SELECT RAISE(ABORT, 'injected failure'); END")
+    put = asyncio.create_task(store.put_block("l1", 7, bytes(range(64))))
+    async with asyncio.timeout(60):
+        while journal.failures < 2:  # the first commit and a retry failed
+            await asyncio.sleep(0.01)  # polls a counter; the deadline above bounds it
+    assert not put.done()
+    async with db.engine.begin() as conn:
+        await conn.exec_driver_sql("DROP TRIGGER refuse")
+    async with asyncio.timeout(60):
+        await put  # returns once the journal's own retry committed the block
+    await journal.close()
+    await db.close()
+    # durable: a fresh store over the same database holds the block
+    db2 = await Database.open(sqlite_url(tmp_path / "km.db"))
+    records = await KmStateStore(db2).load_blocks("na", "l1")
+    assert [r.block_id for r in records] == [7]
+    await db2.close()

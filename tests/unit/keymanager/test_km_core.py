@@ -121,6 +121,25 @@ def test_an_intermediate_hop_keeps_only_a_forwarding_row() -> None:
     assert row.state == "forwarding" and row.data["intermediate"]["0"]["next_km"] == "km2"
 
 
+def test_the_same_configuration_again_is_acknowledged_and_changes_nothing() -> None:
+    """Admission Control pushes a restarted KM what it may have lost (KmReady); a KM that
+    holds it already acknowledges it: no transition, no row written, no timer re-armed."""
+    c = core()
+    s = opened(c)
+    history = list(s.machine.history)
+    ack, effects = c.session_config(config(), 2.0)
+    assert ack.ok and effects == []
+    assert s.machine.state is SessionState.operative and s.machine.history == history
+    hop = config("s2", node="km1", role=HopRole.intermediate, prev_km="km0", next_km="km2")
+    mid = KmCore("km1", {"km0", "km2"}, KmSettings())
+    assert mid.session_config(hop, 0.0)[0].ok
+    ack, effects = mid.session_config(hop, 1.0)
+    assert ack.ok and effects == []
+    # a different configuration of the same epoch still applies (and is written)
+    ack, effects = c.session_config(config(priority=1), 3.0)
+    assert ack.ok and of(effects, PersistRow)
+
+
 def test_a_stream_merged_into_the_peers_takes_its_id_and_keeps_an_alias() -> None:
     c = core()
     s, _ = c.claim_open(OWNER, "sa", "sb", Qos(), "mine", "etsi004")

@@ -7,7 +7,7 @@ import random
 import uuid
 
 import pytest
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import func, select, text
 
 from keyplane.errors import CommitFailed
 from keyplane.keymanager.journal import Journal
@@ -119,6 +119,24 @@ async def test_vault_memory_per_session_is_bounded_by_held_keys(km_db: Database)
     await journal.close()
 
 
+async def _refuse_stream_inserts(db: Database, on: bool) -> None:
+    """Make the database itself refuse (or take again) inserts into ``key_streams``."""
+    pg = db.dialect == "postgresql"
+    if on:
+        sql = (["CREATE FUNCTION refuse_insert() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'refused by the test'; END $$ LANGUAGE plpgsql",
+                "CREATE TRIGGER refuse BEFORE INSERT ON key_streams FOR EACH ROW "
+                "EXECUTE FUNCTION refuse_insert()"] if pg else
+               ["CREATE TRIGGER refuse BEFORE INSERT ON key_streams "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"])
+    else:
+        sql = (["DROP TRIGGER refuse ON key_streams", "DROP FUNCTION refuse_insert()"] if pg
+               else ["DROP TRIGGER refuse"])
+    async with db.session() as s:
+        for stmt in sql:
+            await s.execute(text(stmt))
+
+
 async def test_vault_commit_failure_reaches_waiters_and_the_journal_retries(
         db: Database) -> None:
     journal = Journal(db, retry_s=0.01, retry_max_s=0.05)
@@ -126,17 +144,15 @@ async def test_vault_commit_failure_reaches_waiters_and_the_journal_retries(
     vault = KeyVault("km0", journal)
     k = _key("s1", 0)
     await journal.flushed(vault.add(k))
-    # a row in the way of the stream's first insert: the commit fails in the database
-    async with db.session() as s:
-        await s.execute(insert(KeyStreamRow).values(node="km0", session_id="s1",
-                                                    delivered=[], updated_t=0.0))
+    # the database refuses the stream's first insert (a trigger): the commit fails there
+    # (a row in the way no longer does: the store's inserts are upserts)
+    await _refuse_stream_inserts(db, True)
     gen = vault.set_state(k, "delivered")
     with pytest.raises(CommitFailed):
         await journal.flushed(gen)
-    async with db.session() as s:
-        await s.execute(delete(KeyStreamRow))
+    await _refuse_stream_inserts(db, False)
     # no new mark and nobody waking it: the journal retries on its own (a retry may still
-    # meet the row if it ran before the delete) and the lost changes are written
+    # meet the trigger if it ran before the drop) and the lost changes are written
     async with asyncio.timeout(60):
         while True:
             try:

@@ -50,6 +50,10 @@ Decisions (documented for the KM side):
   announced again. Sessions still waiting for their peer (``requested``) or being set up
   (``accepted``) are not stored: their KMs' open requests are refused or time out and the
   applications open again.
+* **A KM that restarted** announces itself (:class:`~keyplane.messages.KmReady`): every
+  active session through it gets its hop's configuration again (:class:`RepushConfig`,
+  same epoch; a KM that holds it just acknowledges). A KM acknowledges a configuration only
+  once it is durable, so this covers what a store that lags or was restored cannot give back.
 * **Key_stream_ID in use** is answered synchronously in the :class:`~keyplane.messages.OpenAck`
   (``accepted_for_review=False``), never by a deletion signal that would hit the live
   session of that id.
@@ -71,6 +75,7 @@ from keyplane.control.admission.model import (
     PushConfigs,
     RecordKeepAlive,
     ReleaseRoute,
+    RepushConfig,
     RequestRoute,
     SendDeletes,
     StoreSession,
@@ -92,6 +97,7 @@ __all__ = [
     "PushConfigs",
     "RecordKeepAlive",
     "ReleaseRoute",
+    "RepushConfig",
     "RequestRoute",
     "SendDeletes",
     "StoreSession",

@@ -23,6 +23,7 @@ from keyplane.control.admission.model import (
     PushConfigs,
     RecordKeepAlive,
     ReleaseRoute,
+    RepushConfig,
     RequestRoute,
     SendDeletes,
     StoreSession,
@@ -37,6 +38,7 @@ from keyplane.messages import (
     OpenAck,
     Qos,
     SessionClose,
+    SessionConfig,
     SessionDelete,
     SessionOpenRequest,
 )
@@ -422,6 +424,21 @@ class AdmissionCore:
             sess.inflight.discard(f"delete:{purpose.value}:{epoch}")
             self._maybe_forget(sess)
         return out
+
+    def km_ready(self, node: str) -> list[Effect]:
+        """A KM (re)started: its hop of every active, settled session through it, again
+        (a reroute or restore in flight pushes its own epoch anyway)."""
+        return [RepushConfig(c) for s in self.sessions.values()
+                if s.state is AdmissionState.active and s.pending_epoch is None
+                and node in s.path for c in hop_configs(s, s.path, s.epoch) if c.node == node]
+
+    def config_repushed(self, cfg: SessionConfig, error: str | None) -> list[Effect]:
+        """The restarted KM's answer: an event (the session's state is unchanged)."""
+        if error is None:
+            return [Notify(EventType.configured, cfg.session_id, cfg.node,
+                           {"epoch": cfg.epoch, "repushed": True})]
+        return [Notify(EventType.config_refused, cfg.session_id, cfg.node,
+                       {"epoch": cfg.epoch, "repushed": True, "reason": error})]
 
     # ------------------------------------------------------------------ keep-alive, close
 

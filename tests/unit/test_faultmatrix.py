@@ -1,0 +1,101 @@
+"""The fault matrix's bookkeeping (keyplane.faultmatrix): what counts as lost, twice,
+reused; the events reader survives a line cut by SIGKILL."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from keyplane.cluster import read_events, restartable_port
+from keyplane.events import Event, EventType
+from keyplane.faultmatrix import (
+    FaultResult,
+    FaultSpec,
+    Ledger,
+    check,
+    link_key_reuse,
+    stale_link_alarms,
+)
+
+
+def _relayed(n: int, link: str, segments: list[str], keys: list[str], wall: float = 0.0
+             ) -> Event:
+    return Event(event_id=n, seq=n, t=wall, wall=wall, type=EventType.key_relayed,
+                 element="km", node="km1",
+                 data={"link_id": link, "link_key_ids": segments, "key_ids": keys})
+
+
+def test_link_key_reuse_is_overlapping_bytes_for_other_keys() -> None:
+    events = [_relayed(1, "a-b", ["7:0+64"], ["k1", "k2"]),
+              _relayed(2, "a-b", ["7:0+64"], ["k1", "k2"]),   # a retransmission: same keys
+              _relayed(3, "a-b", ["7:64+32"], ["k3"]),        # adjacent bytes: fine
+              _relayed(4, "b-c", ["7:0+64"], ["k4"])]         # another link's block 7
+    assert link_key_reuse(events) == []
+    reused = link_key_reuse([*events, _relayed(5, "a-b", ["7:90+10"], ["k9"])])
+    assert reused == ["a-b block 7 bytes [90, 96) padded ['k3'] and ['k9']"]
+
+
+def test_check_counts_one_end_only_twice_and_other_bytes_by_fault() -> None:
+    ledger = Ledger()
+    ledger.got_master("k1", b"\x01" * 32)
+    ledger.got_slave("k1", b"\x01" * 32)
+    ledger.got_master("k2", b"\x02" * 32)            # never reached the slave
+    ledger.got_master("k3", b"\x03" * 32)
+    ledger.got_slave("k3", b"\x04" * 32)             # other bytes
+    ledger.got_stream("a", "s", 0, b"\x05" * 32)
+    ledger.got_stream("b", "s", 0, b"\x05" * 32)
+    ledger.got_stream("a", "s", 1, b"\x06" * 32)     # index 1 only at end a
+    ledger.got_master("k4", b"\x01" * 32)            # k1's bytes again under another id
+    started = ledger.master["k2"][1] - 1.0
+    fault = FaultResult(FaultSpec("f", "nats", duration_s=1), started, started + 1, 1.0)
+    report = check(ledger, [], [fault])
+    assert report.lost_014 == ["k2", "k4"] and report.lost_004 == ["s[1]"]
+    assert report.mismatched == ["k3"]
+    assert report.duplicated == ["014: the bytes of k1 again as k4"]
+    assert report.lost_by_fault == {"f": 3}
+    assert report.keys_014 == 2 and report.keys_004 == 1
+    # a key refused at its other end during a later fault is that fault's
+    later = FaultResult(FaultSpec("g", "postgres", duration_s=1), started + 5, started + 6, 1.0)
+    ledger.refused["k2"] = started + 5.5
+    assert check(ledger, [], [fault, later]).lost_by_fault == {"f": 2, "g": 1}
+    delivered_twice = Event(event_id=1, seq=1, t=0, wall=0, type=EventType.key_delivered,
+                            element="km", node="km2", data={"key_ids": ["k1"]})
+    assert check(ledger, [delivered_twice, delivered_twice], []).duplicated[-1] == (
+        "km2 delivered k1 2 times")
+
+
+def test_read_events_skips_a_line_cut_by_a_kill(tmp_path: Path) -> None:
+    ok = _relayed(1, "a-b", ["1:0+8"], ["k"], wall=5.0).model_dump_json()
+    later = _relayed(2, "a-b", ["1:8+8"], ["j"], wall=6.0).model_dump_json()
+    (tmp_path / "events-km1.jsonl").write_text(ok + "\n" + ok[:40] + later + "\n" + later
+                                               + "\n")
+    events = read_events(tmp_path)
+    assert [e.event_id for e in events] == [1, 2]
+
+
+def test_a_link_held_down_while_it_makes_key_is_found() -> None:
+    def alarm(n: int, kind: str, wall: float) -> Event:
+        return Event(event_id=n, seq=n, t=wall, wall=wall, type=EventType.alarm,
+                     element="monitoring", data={"link": "a-b", "kind": kind})
+
+    def block(n: int, wall: float) -> Event:
+        return Event(event_id=n, seq=n, t=wall, wall=wall, type=EventType.link_block,
+                     element="physical", node="a", data={"link_id": "a-b"})
+
+    blocks = [block(10 + i, 100.0 + i) for i in range(5)]
+    assert stale_link_alarms([alarm(1, "link_down", 50.0), *blocks]) == [
+        "a-b: link_down alarm not cleared, 5 blocks delivered since"]
+    assert stale_link_alarms([alarm(1, "link_down", 50.0), alarm(2, "cleared", 60.0),
+                              *blocks]) == []
+    assert stale_link_alarms([alarm(1, "link_down", 103.0), *blocks]) == []  # grace
+
+
+def test_restartable_ports_are_free_and_below_the_ephemeral_range() -> None:
+    """A server restarted on its port (a killed node, nats-server, PostgreSQL) must not
+    find it taken by one of its own clients' connections meanwhile."""
+    first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = {restartable_port() for _ in range(20)}
+    assert all(p < first for p in ports)
+    for p in ports:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", p))  # free: it binds
