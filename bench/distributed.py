@@ -124,7 +124,8 @@ class Proc:
 
 
 async def _pairs(state: Path, master: str, slave: str, seconds: float, concurrency: int,
-                 nodes: list[Proc]) -> str:
+                 nodes: list[Proc], idle: float) -> str:
+    """One pair's figures; ``idle``: the node processes' idle CPU (cores), subtracted."""
     m = AsyncEtsi014Client.from_state(state, master, timeout_s=60.0)
     s = AsyncEtsi014Client.from_state(state, slave, timeout_s=60.0)
     async with m, s:
@@ -158,10 +159,11 @@ async def _pairs(state: Path, master: str, slave: str, seconds: float, concurren
         wall = time.monotonic() - t0
         cpu = sum(p.usage()[0] for p in nodes) - c0
         own = time.process_time() - own0
+    work = max(cpu - idle * wall, 1e-9)  # what the pairs cost above the idle background
     return (f"{master} -> {slave}: {done / wall:.1f} pairs/s ({done} in {wall:.1f} s, {busy} "
-            f"answers 503); node processes CPU {1e3 * cpu / max(done, 1):.2f} ms per pair "
-            f"(1 core: {done / max(cpu, 1e-9):.0f} pairs/s); client CPU "
-            f"{1e3 * own / max(done, 1):.2f} ms per pair")
+            f"answers 503); node processes CPU {1e3 * cpu / max(done, 1):.2f} ms per pair, "
+            f"{1e3 * work / max(done, 1):.2f} ms above idle (1 core: "
+            f"{done / work:.0f} pairs/s); client CPU {1e3 * own / max(done, 1):.2f} ms per pair")
 
 
 def main() -> None:
@@ -220,14 +222,16 @@ def main() -> None:
             print(f"memory: nodes {sum(r for _, r in usage) / 1024:.0f} MB together "
                   f"({sum(r for _, r in usage) / 1024 / len(nodes):.0f} MB per node process "
                   f"with its link worker), controller {crss / 1024:.0f} MB", flush=True)
-            c0 = sum(p.usage()[0] for p in procs)
+            c0, n0 = sum(p.usage()[0] for p in procs), sum(p.usage()[0] for p in nodes)
             time.sleep(args.idle_seconds)  # the idle window being measured
             idle = (sum(p.usage()[0] for p in procs) - c0) / args.idle_seconds
-            print(f"idle: all {len(procs)} processes {100 * idle:.1f} % of a core together",
-                  flush=True)
+            node_idle = (sum(p.usage()[0] for p in nodes) - n0) / args.idle_seconds
+            print(f"idle: all {len(procs)} processes {100 * idle:.1f} % of a core together "
+                  f"({100 * node_idle / len(nodes):.1f} % per node process with its link "
+                  f"worker)", flush=True)
             for master, slave in (("sa", "sb"), ("sa", "sc")):
                 print(asyncio.run(_pairs(state, master, slave, args.seconds,
-                                         args.concurrency, nodes)), flush=True)
+                                         args.concurrency, nodes, node_idle)), flush=True)
         finally:
             for p in reversed(procs):
                 p.stop()
