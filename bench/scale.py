@@ -235,7 +235,10 @@ async def live_sessions(milestones: list[int], samples: int, keys: int, seed: in
     n = SIDE * SIDE
     clock = RealClock()
     events = EventStream(clock, [MemorySink(maxlen=1_000)])
-    settings = KmSettings(link_reserve_bytes=65_536, max_concurrent_exchanges=256)
+    # the control-plane bounds are settings: on a machine loaded 20-30x, Access Control's
+    # answer to one of 16 concurrent opens took more than the default 10 s
+    settings = KmSettings(link_reserve_bytes=65_536, max_concurrent_exchanges=256,
+                          auth_request_timeout_s=300.0, admission_request_timeout_s=300.0)
     with tempfile.TemporaryDirectory(prefix="keyplane-scale-live-") as tmp:
         db = await Database.open(sqlite_url(Path(tmp) / "km.db"))
         bus = MemoryBus()
