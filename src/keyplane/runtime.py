@@ -39,8 +39,8 @@ from keyplane.api.etsi015 import (
     KmEventFeed,
     RestconfServer,
     SdnAgent,
+    create_agent_app,
     create_northbound_app,
-    serve_agent,
     serve_app,
     serve_teraflowsdn,
 )
@@ -53,7 +53,7 @@ from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError, BusUnavailable
-from keyplane.events import EventStream, EventType
+from keyplane.events import Event, EventStream, EventType
 from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
@@ -67,7 +67,7 @@ from keyplane.physical.pool import EmulationSettings
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
 
-__all__ = ["ControlRuntime", "Embedded", "LazyApp", "NodeRuntime", "RuntimeContext",
+__all__ = ["ControlRuntime", "Embedded", "KmFeeds", "LazyApp", "NodeRuntime", "RuntimeContext",
            "StartupSettings", "write_endpoints"]
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,24 @@ class LazyApp:
                        receive: Callable[[], Awaitable[Any]],
                        send: Callable[[Any], Awaitable[None]]) -> None:
         await self.app(scope, receive, send)
+
+
+class KmFeeds:
+    """One event sink for the ETSI 015 feeds (:class:`KmEventFeed`) of every node of a
+    process: an event goes to its own node's feed only. As 1,000 separate sinks each event
+    cost 1,000 calls (most of a 1,000-node network's event handling)."""
+
+    def __init__(self) -> None:
+        self.feeds: dict[str, KmEventFeed] = {}
+
+    def write(self, event: Event) -> None:
+        """Hand ``event`` to its node's feed (the EventSink protocol)."""
+        feed = self.feeds.get(event.node) if event.node is not None else None
+        if feed is not None:
+            feed.write(event)
+
+    def close(self) -> None:
+        """Nothing to release (the EventSink protocol)."""
 
 
 class StartupSettings(BaseModel):
@@ -136,6 +154,8 @@ class RuntimeContext:
     """The bus's URL (distributed mode), for link workers that join the bus themselves."""
     bus_security: BusSecurity | None = None
     """The node's bus identity (distributed mode): its link workers join with the same one."""
+    km_feeds: KmFeeds | None = None
+    """The nodes' ETSI 015 event feeds (one sink on :attr:`events`, added with the first)."""
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -159,6 +179,19 @@ class RuntimeContext:
         parts = urlsplit(url)
         host = f"[{self.advertise_host}]" if ":" in self.advertise_host else self.advertise_host
         return urlunsplit(parts._replace(netloc=f"{host}:{parts.port}"))
+
+    def add_km_feed(self, node: str, feed: KmEventFeed) -> Callable[[], None]:
+        """Route ``node``'s KM events to ``feed``; returns what removes it again."""
+        if self.km_feeds is None:
+            self.km_feeds = KmFeeds()
+            self.stream.add_sink(self.km_feeds)
+        feeds = self.km_feeds.feeds
+        feeds[node] = feed
+
+        def remove() -> None:
+            if feeds.get(node) is feed:
+                del feeds[node]
+        return remove
 
     def ensure_certs(self) -> Issued:
         """Create or load the network's certificates under ``<state>/certs``; seal each
@@ -258,7 +291,8 @@ class ControlRuntime(Service):
             certs = self.ctx.ensure_certs()
             try:
                 self.northbound = await serve_app(
-                    create_northbound_app(sdn.view), self.ctx.host, self._northbound_port,
+                    LazyApp(functools.partial(create_northbound_app, sdn.view)),
+                    self.ctx.host, self._northbound_port,
                     server_cert=certs.controller, ca_file=certs.ca.cert,
                     observer=self.ctx.http_observer)
             except BaseException:
@@ -386,8 +420,10 @@ class NodeRuntime(Service):
             supported_extensions=frozenset({PROVENANCE_EXTENSION}))
         app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,
                                         settings=settings))
+        # one server context for both of the node's servers (same certificate and CA)
+        tls = server_ssl_context(certs.kms[self.node_id], certs.ca.cert)
         api = HttpServer(app, host=ctx.host, port=self._ports[0] or ports.api or 0,
-                         ssl_context=server_ssl_context(certs.kms[self.node_id], certs.ca.cert),
+                         ssl_context=tls,
                          observer=ctx.http_observer, interface=km_interface,
                          name=f"km-api-{self.node_id}")
         await api.start()
@@ -398,13 +434,13 @@ class NodeRuntime(Service):
                               settings=AgentSettings.from_config(ctx.topology.etsi015))
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
         # and the sessions' hybrid policies (keyplane-qkd-provenance)
-        feed = KmEventFeed(self.agent)
-        ctx.stream.add_sink(feed)
-        self._stack.callback(ctx.stream.sinks.remove, feed)
+        self._stack.callback(ctx.add_km_feed(self.node_id, KmEventFeed(self.agent)))
         await self._stack.enter_async_context(self.agent)
-        server = await serve_agent(self.agent, ctx.host, self._ports[1] or ports.etsi015 or 0,
-                                   server_cert=certs.kms[self.node_id],
-                                   ca_file=certs.ca.cert, observer=ctx.http_observer)
+        # the RESTCONF app is built on its first request, as the KM's (LazyApp)
+        server = RestconfServer(LazyApp(functools.partial(create_agent_app, self.agent)),
+                                ctx.host, self._ports[1] or ports.etsi015 or 0,
+                                ssl_context=tls, observer=ctx.http_observer)
+        await server.start()
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = ctx.advertised(server.url)
         tfs = ctx.topology.etsi015.teraflowsdn

@@ -41,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from keyplane.clock import Clock
@@ -465,7 +465,12 @@ class LinkKeyStore:
             StoreError: the database failed. SealedDataError: a block did not open.
         """
         store = self._journal.store if self._journal.database is db else KmStateStore(db)
-        for r in await store.load_blocks(self.node_id, self.link_id):
+        self.restore(await store.load_blocks(self.node_id, self.link_id))
+
+    def restore(self, records: Iterable[BlockRecord]) -> None:
+        """Restore this store's blocks from records read from the store (:meth:`load`, or
+        one query for all of a KM's links at its start)."""
+        for r in records:
             size = r.size_bytes
             tx = send_half(size, self.node_id, self.peer_id)
             rx = send_half(size, self.peer_id, self.node_id)

@@ -266,23 +266,35 @@ class KmStateStore:
         Raises:
             StoreError: the database failed. SealedDataError: a block does not open.
         """
+        return (await self.load_node_blocks(node, [link_id]))[link_id]
+
+    async def load_node_blocks(self, node: str, link_ids: Sequence[str]
+                               ) -> dict[str, list[BlockRecord]]:
+        """Every stored block of ``node``'s ends of ``link_ids``, opened, by link (one query
+        for all of a node's links: a KM's start is one query, not one per link).
+
+        Raises:
+            StoreError: the database failed. SealedDataError: a block does not open.
+        """
         sealer = self.sealer(node)
+        out: dict[str, list[BlockRecord]] = {lid: [] for lid in link_ids}
         async with self._db.session() as s:
             rows = (await s.execute(select(LinkKeyBlockRow).where(
-                LinkKeyBlockRow.node == node, LinkKeyBlockRow.link_id == link_id)
+                LinkKeyBlockRow.node == node, LinkKeyBlockRow.link_id.in_(list(link_ids)))
             )).scalars().all()
-            found = [(r.block_id, r.size_bytes, r.tx_reserved_bytes, r.rx_consumed,
+            found = [(r.link_id, r.block_id, r.size_bytes, r.tx_reserved_bytes, r.rx_consumed,
                       r.material, r.created_t, r.sealed) for r in rows]
-        out = []
-        for block_id, size, reserved, consumed, material, created, sealed in found:
+        for link_id, block_id, size, reserved, consumed, material, created, sealed in found:
             if sealed:
                 plain = sealer.open("link_key_blocks", _block_row(link_id, block_id, size),
                                     material)
             else:
                 plain = material
-            out.append(BlockRecord(block_id, size, reserved, [list(x) for x in consumed],
-                                   plain, created, reseal=not sealed or sealer.needs_reseal(
-                                       material)))
+            out[link_id].append(BlockRecord(
+                block_id, size, reserved, [list(x) for x in consumed], plain, created,
+                reseal=not sealed or sealer.needs_reseal(material)))
+        for blocks in out.values():
+            blocks.sort(key=lambda b: b.block_id)
         return out
 
     async def load_key_batches(self, node: str) -> list[KeyBatchRecord]:

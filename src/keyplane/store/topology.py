@@ -11,9 +11,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane.config import Application, SlaProfile, Topology, User
 from keyplane.store.db import Database
@@ -70,14 +71,16 @@ async def load_topology_into(db: Database, topo: Topology) -> None:
         await s.execute(delete(LinkMetricRow).where(LinkMetricRow.link_id.not_in(link_ids)))
         await s.execute(delete(LinkRow).where(LinkRow.id.not_in(link_ids)))
         await s.execute(delete(NodeRow).where(NodeRow.id.not_in([n.id for n in topo.nodes])))
-        for n in topo.nodes:
-            await s.merge(NodeRow(id=n.id, name=n.name, address=n.address))
-        await s.flush()
-        for link in topo.links:
-            params = link.model_dump(mode="json", exclude={"id", "endpoints", "enabled"})
-            await s.merge(LinkRow(id=link.link_id, node_a=link.endpoints[0],
-                                  node_b=link.endpoints[1], kind="PHYS", enabled=link.enabled,
-                                  params=params))
+        # one SELECT per table and one executemany per kind, not a merge (a SELECT) per row:
+        # 1,000 nodes and 2,000 links loaded row by row cost seconds at start
+        nodes = [{"id": n.id, "name": n.name, "address": n.address} for n in topo.nodes]
+        await _upsert(s, NodeRow, nodes)
+        links = [{"id": link.link_id, "node_a": link.endpoints[0],
+                  "node_b": link.endpoints[1], "kind": "PHYS", "enabled": link.enabled,
+                  "params": link.model_dump(mode="json",
+                                            exclude={"id", "endpoints", "enabled"})}
+                 for link in topo.links]
+        await _upsert(s, LinkRow, links)
         for u in topo.users:
             s.add(UserRow(id=u.id, certificate_subject=u.certificate_subject,
                           token_sha256=token_digest(u.token) if u.token else None,
@@ -85,6 +88,20 @@ async def load_topology_into(db: Database, topo: Topology) -> None:
         await s.flush()
         for a in topo.applications:
             s.add(ApplicationRow(sae_id=a.sae_id, owner=a.owner, node=a.node))
+
+
+async def _upsert(s: AsyncSession, row: type[NodeRow] | type[LinkRow],
+                  values: list[dict[str, Any]]) -> None:
+    """Insert the rows whose ``id`` is new, update the given columns of the others (the
+    columns not given, e.g. a node's registered endpoints, keep their values)."""
+    have = set((await s.execute(select(row.id))).scalars())
+    new = [v for v in values if v["id"] not in have]
+    old = [v for v in values if v["id"] in have]
+    if new:
+        await s.execute(insert(row), new)
+    if old:
+        await s.execute(update(row), old)
+    await s.flush()
 
 
 def _user(row: UserRow) -> User:
