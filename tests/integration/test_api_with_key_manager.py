@@ -162,7 +162,7 @@ async def test_etsi004_stream_over_two_hops_same_chunks(network: Network) -> Non
         await a.close_stream(opener.key_stream_id)
         with pytest.raises(Etsi004StatusError) as err:
             await a.get_key(opener.key_stream_id)
-        assert err.value.status is Etsi004Status.KSID_NOT_FOUND
+        assert err.value.status is Etsi004Status.GK_PEER_NOT_CONNECTED  # ended: no status 9
 
 
 # ---- interop: the PyPI etsi-qkd-014-client (blocking, requests) -------------------------
