@@ -38,6 +38,9 @@ def ack(**members: Any) -> dict[str, Any]:
                          "Metadata_buffer": {"keyplane_ack": True, **members}}}
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.4 (extension)",
+    "GET_KEY with acknowledgement: fetched again after a KM restart, nothing lost, nobody else")
 async def test_unconfirmed_chunk_survives_a_km_restart_for_its_owner_only(
         net: RealNet) -> None:
     sid = await paired(net)
@@ -92,6 +95,9 @@ async def test_confirming_an_index_never_handed_out_changes_nothing(net: RealNet
 
 @pytest.mark.parametrize("members", [{"keyplane_ack": "yes"}, {"keyplane_confirm": "0"},
                                      {"keyplane_ack": True, "keyplane_confirm": [-1]}])
+@pytest.mark.conformance(
+    "etsi004", "6.4 (extension)",
+    "GET_KEY with acknowledgement: bad input is HTTP 400 and changes nothing")
 async def test_malformed_acknowledgement_is_http_400_and_changes_nothing(
         net: RealNet, members: dict[str, Any]) -> None:
     sid = await paired(net)

@@ -85,6 +85,13 @@ async def paired(net: RealNet, ksid: str | None = None, **q: Any) -> str:
     return sid
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.3",
+    "OPEN_CONNECT with a null or nil Key_stream_ID: the KM assigns one")
+@pytest.mark.conformance(
+    "etsi004", "6.3",
+    "OPEN_CONNECT joining the peer's Key_stream_ID: status 0")
+@pytest.mark.conformance("etsi004", "6.4", "GET_KEY: the same key at both ends for the same index")
 async def test_nil_key_stream_id_is_assigned_by_the_km_and_joined_by_the_peer(
         net: RealNet) -> None:
     opened = await open_(net, "alice", "sa", "sb", NIL)
@@ -98,6 +105,9 @@ async def test_nil_key_stream_id_is_assigned_by_the_km_and_joined_by_the_peer(
     assert a["key_buffer"] == b["key_buffer"] and len(base64.b64decode(a["key_buffer"])) == 32
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.3",
+    "streams paired by Key_stream_ID only, never by the pair of SAEs")
 async def test_stale_pending_open_is_never_paired_with_a_later_stream_of_the_same_saes(
         net: RealNet) -> None:
     """The #16 scenario: X left pending (status 1); both peers then open Y: they get Y, with
@@ -121,6 +131,9 @@ async def test_stale_pending_open_is_never_paired_with_a_later_stream_of_the_sam
     assert x["status"] == S.SUCCESSFUL and x["key_buffer"] != a["key_buffer"]
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.3",
+    "a pending open waits for its peer until its QoS Timeout")
 async def test_pending_open_expires_at_its_timeout(net: RealNet) -> None:
     opened = await open_(net, "alice", "sa", "sb", Timeout=50)
     ksid = opened["Key_stream_ID"]
@@ -138,6 +151,9 @@ async def test_pending_open_expires_at_its_timeout(net: RealNet) -> None:
     assert late["status"] == S.PEER_NOT_CONNECTED
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.4",
+    "GET_KEY before the peer joined waits for it, up to the Timeout")
 async def test_get_key_before_the_peer_joins_waits_for_it_then_serves(net: RealNet) -> None:
     import asyncio
 
@@ -151,12 +167,14 @@ async def test_get_key_before_the_peer_joins_waits_for_it_then_serves(net: RealN
     assert a["status"] == b["status"] == S.SUCCESSFUL and a["key_buffer"] == b["key_buffer"]
 
 
+@pytest.mark.conformance("etsi004", "6.2", "status 3: GET_KEY, peer application not connected")
 async def test_get_key_of_an_open_whose_peer_never_comes_is_status_3(net: RealNet) -> None:
     opened = await open_(net, "alice", "sa", "sb", Timeout=50)
     got = await call(net, "alice", "get_key", {"Key_stream_ID": opened["Key_stream_ID"]})
     assert got["status"] == S.GK_PEER_NOT_CONNECTED
 
 
+@pytest.mark.conformance("etsi004", "6.2", "status 5: Key_stream_ID already in use")
 async def test_key_stream_id_in_use_by_another_pair_is_status_5(net: RealNet) -> None:
     sid = await paired(net)
     taken = await open_(net, "carol", "sc", "sa", sid)
@@ -169,6 +187,7 @@ async def test_key_stream_id_in_use_by_another_pair_is_status_5(net: RealNet) ->
     assert joined["status"] == S.SUCCESSFUL
 
 
+@pytest.mark.conformance("etsi004", "6.2", "status 7 with the KM's counter-proposal QoS")
 async def test_qos_above_the_sla_is_status_7_with_admission_controls_counter_proposal(
         net: RealNet) -> None:
     refused = await open_(net, "alice", "sa", "sb", Max_bps=200_000, Priority=7, Jitter=10)
@@ -181,6 +200,7 @@ async def test_qos_above_the_sla_is_status_7_with_admission_controls_counter_pro
     assert accepted["status"] == S.PEER_NOT_CONNECTED
 
 
+@pytest.mark.conformance("etsi004", "6.2", "status 7 with the KM's counter-proposal QoS")
 async def test_chunk_size_unlike_the_openers_is_status_7_proposing_the_streams_size(
         net: RealNet) -> None:
     opened = await open_(net, "alice", "sa", "sb", Key_chunk_size=64)
@@ -189,6 +209,9 @@ async def test_chunk_size_unlike_the_openers_is_status_7_proposing_the_streams_s
     assert refused["QoS"]["Key_chunk_size"] == 64
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.1.1",
+    "QoS: both ends of a stream get the same negotiated QoS")
 async def test_both_ends_are_served_the_same_negotiated_qos(net: RealNet) -> None:
     opened = await open_(net, "alice", "sa", "sb", Max_bps=80_000, Min_bps=1_000, Priority=4,
                          Jitter=30, TTL=60)
@@ -206,6 +229,9 @@ async def test_both_ends_are_served_the_same_negotiated_qos(net: RealNet) -> Non
         "Metadata_mimetype": "application/json"}
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.2",
+    "status 4 for an unknown Key_stream_ID, 2 for an index already received")
 async def test_unknown_key_stream_id_is_status_4_and_a_spent_index_status_2(
         net: RealNet) -> None:
     unknown = await call(net, "alice", "get_key", {"Key_stream_ID": str(uuid.uuid4())})
@@ -220,6 +246,10 @@ async def test_unknown_key_stream_id_is_status_4_and_a_spent_index_status_2(
     assert "key_buffer" not in spent
 
 
+@pytest.mark.conformance(
+    "etsi004", "6.5",
+    "CLOSE: ends the stream for both ends; closing again succeeds")
+@pytest.mark.conformance("etsi004", "6.2", "status 3: GET_KEY, peer application not connected")
 async def test_get_key_after_the_peer_closed_is_status_3(net: RealNet) -> None:
     sid = await paired(net)
     assert (await call(net, "bob", "close", {"Key_stream_ID": sid}))["status"] == S.SUCCESSFUL
