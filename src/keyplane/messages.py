@@ -141,6 +141,9 @@ class OpenAck(Message):
     session_id: str
     accepted_for_review: bool = True
     reason: str = ""
+    waiting_for_peer: bool = False
+    """ETSI 004: the request is registered and waits for the peer's open of the same
+    Key_stream_ID (until the QoS ``Timeout``); the KM answers status 1 at once."""
 
 
 class HopRole(StrEnum):
@@ -186,6 +189,9 @@ class SessionConfig(Message):
     """At an endpoint: how long a key request of the session may wait for key (the QoS
     ``Timeout``: the ETSI 004 application's own, or the ETSI 014 application's profile);
     ``None`` (and at intermediates): the KM's own setting."""
+    qos: Qos | None = None
+    """At an endpoint: the QoS the session was negotiated with, the same at both ends (what
+    ETSI 004 OPEN_CONNECT returns); ``None`` at intermediates."""
 
 
 class ConfigAck(Message):

@@ -181,12 +181,13 @@ async def test_etsi004_stream_over_two_hops_same_chunks(network: Network) -> Non
         await a.close_stream(opener.key_stream_id)
         with pytest.raises(Etsi004StatusError) as err:
             await a.get_key(opener.key_stream_id)
-        assert err.value.status is Etsi004Status.KSID_NOT_FOUND
+        assert err.value.status is Etsi004Status.GK_PEER_NOT_CONNECTED  # ended: no status 9
 
 
 # ---- interop: the PyPI etsi-qkd-014-client (blocking, requests) -------------------------
 @pytest.fixture
-def threaded_network(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
+def threaded_km(tmp_path: Path) -> Iterator[Network]:
+    """The network, its event loop in a thread (for blocking third-party clients)."""
     lt = LoopThread()
     holder: dict[str, Any] = {}
 
@@ -196,13 +197,7 @@ def threaded_network(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
 
     network = lt.run(start())
     try:
-        def client(sae: str) -> QKD014Client:
-            c = network.issued.saes[sae]
-            port = network.servers[network.node_of(sae)].port
-            return QKD014Client(f"127.0.0.1:{port}", str(c.cert), str(c.key),
-                                str(network.issued.ca.cert))
-
-        yield client
+        yield network
     finally:
         async def stop() -> None:
             await _stop(network)
@@ -210,6 +205,19 @@ def threaded_network(tmp_path: Path) -> Iterator[Callable[[str], Any]]:
 
         lt.run(stop())
         lt.stop()
+
+
+@pytest.fixture
+def threaded_network(threaded_km: Network) -> Callable[[str], QKD014Client]:
+    network = threaded_km
+
+    def client(sae: str) -> QKD014Client:
+        c = network.issued.saes[sae]
+        port = network.servers[network.node_of(sae)].port
+        return QKD014Client(f"127.0.0.1:{port}", str(c.cert), str(c.key),
+                            str(network.issued.ca.cert))
+
+    return client
 
 
 @pytest.mark.parametrize(("slave", "slave_node"), PAIRS)
@@ -225,3 +233,29 @@ def test_lip6_client_master_and_slave_get_same_bytes(threaded_network, slave: st
     code, status = m.get_status(slave)
     assert code == 200 and status.target_kme_id == slave_node
 
+
+
+# ---- interop: the PyPI qkdsec ETSI 014 client (blocking, requests) ----------------------
+@pytest.mark.parametrize(("slave", "slave_node"), PAIRS)
+def test_qkdsec_client_master_and_slave_get_same_bytes(threaded_km: Network, slave: str,
+                                                       slave_node: str) -> None:
+    from qkdsec.client import ETSI014Client, KMEHTTPError
+
+    def client(sae: str) -> ETSI014Client:
+        c = threaded_km.issued.saes[sae]
+        port = threaded_km.servers[threaded_km.node_of(sae)].port
+        return ETSI014Client(f"https://127.0.0.1:{port}", client_cert=(str(c.cert), str(c.key)),
+                             verify=str(threaded_km.issued.ca.cert))
+
+    m, s = client("sa"), client(slave)
+    status = m.status(slave)
+    assert (status.source_kme_id, status.target_kme_id) == ("km0", slave_node)
+    assert (status.master_sae_id, status.slave_sae_id) == ("sa", slave)
+    got = m.get_enc_keys(slave, number=2, size=256)
+    posted = m.get_enc_keys(slave, number=1, size=128, method="POST")
+    sent = {k.key_id: k.key for k in [*got, *posted]}
+    back = s.get_dec_keys("sa", key_ids=list(sent))  # the master's SAE_ID in the URL
+    assert {k.key_id: k.key for k in back} == sent
+    with pytest.raises(KMEHTTPError) as err:  # each key once
+        s.get_dec_keys("sa", key_ids=[got[0].key_id])
+    assert err.value.status_code == 400

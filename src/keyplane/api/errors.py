@@ -7,12 +7,13 @@ the first ``isinstance`` match wins:
 | exception                         | ETSI 014 | ETSI 004 status                              |
 |-----------------------------------|----------|----------------------------------------------|
 | AuthenticationFailed              | 401      | none: HTTP 401                                |
-| KeyNotFound                       | 400      | 9 KSID_NOT_FOUND (non-standard; index gone)   |
-| SessionNotFound                   | 400      | 9 KSID_NOT_FOUND (non-standard)               |
+| KeyNotFound                       | 400      | 2 GK_INSUFFICIENT_KEY_AVAILABLE (index gone)  |
+| SessionNotFound                   | 400      | 4 NO_QKD_CONNECTION_AVAILABLE (unknown stream)|
 | SessionIdInUse                    | 400      | 5 OC_KSID_ALREADY_IN_USE                      |
 | ExtensionNotMet                   | 400      | 7 OC_QOS_NOT_SATISFIABLE                      |
 | QosNotMet                         | 503      | 7 OC_QOS_NOT_SATISFIABLE                      |
-| PeerNotConnected                  | 503      | 1 PEER_NOT_CONNECTED (open), 3 (get_key)      |
+| PeerNotConnected                  | 503      | 1 PEER_NOT_CONNECTED (open), 3 (get_key: not  |
+|                                   |          | joined yet, or the stream ended)              |
 | InsufficientKeyMaterial, KmBusy   | 503      | 2 GK_INSUFFICIENT_KEY_AVAILABLE               |
 | ControlPlaneUnreachable           | 503      | 6 TIMEOUT_ERROR (Access/Admission Control)    |
 | PeerUnreachable                   | 503      | 4 NO_QKD_CONNECTION_AVAILABLE                 |
@@ -103,9 +104,9 @@ _NOT_AUTHORIZED = ErrorMapping(
 _TABLE: tuple[tuple[tuple[type[BaseException], ...], ErrorMapping], ...] = (
     ((AuthenticationFailed,), _NOT_AUTHORIZED),
     ((KeyNotFound,), ErrorMapping(400, "one or more keys specified are not found on KME",
-                                  Etsi004Status.KSID_NOT_FOUND)),
+                                  Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE)),
     ((SessionNotFound,), ErrorMapping(400, "Key_stream_ID or session not found",
-                                      Etsi004Status.KSID_NOT_FOUND)),
+                                      Etsi004Status.NO_QKD_CONNECTION_AVAILABLE)),
     ((SessionIdInUse,), ErrorMapping(400, "Key_stream_ID already in use",
                                      Etsi004Status.OC_KSID_ALREADY_IN_USE)),
     ((ExtensionNotMet,), ErrorMapping(400, "not all extension_mandatory request options could "

@@ -102,6 +102,7 @@ class SdkEndpoint:
         self.sae_id = sae_id
         self._state = state
         self.client = AsyncEtsi004Client.from_state(state, sae_id)
+        self._received: dict[str, int] = {}  # per stream: last index not yet confirmed
 
     async def _reresolve(self) -> None:
         """A KM restarted listens on a new port: read endpoints.json again (the controller
@@ -122,12 +123,19 @@ class SdkEndpoint:
         return res.key_stream_id
 
     async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
+        # GET_KEY with acknowledgement (docs/api/etsi004.md): the previous index is
+        # confirmed with this call, so a KM killed before its answer arrived hands the
+        # same chunk again on the retry instead of losing it
+        last = self._received.get(key_stream_id)
+        ack: dict[str, Any] = {"keyplane_ack": True}
+        if last is not None:
+            ack["keyplane_confirm"] = last
         try:
-            chunk = await self.client.get_key(key_stream_id, index)
+            chunk = await self.client.get_key(key_stream_id, index, metadata=ack)
         except Etsi004StatusError as exc:
             if int(exc.status) in (2, 4, 6):  # insufficient key, no QKD connection, timeout
                 raise InsufficientKeyMaterial(str(exc)) from exc
-            if int(exc.status) == 9:  # this index (or the stream) is gone at this KM
+            if int(exc.status) == 3:  # the stream ended at this KM
                 raise KeyNotFound(f"{self.sae_id} GET_KEY: {exc}") from exc
             raise KeyplaneError(f"{self.sae_id} GET_KEY: {exc}") from exc
         except TransportError as exc:  # a KM restarting: find it again, retry like status 2
@@ -135,6 +143,7 @@ class SdkEndpoint:
             raise InsufficientKeyMaterial(f"{self.sae_id} GET_KEY: {exc}") from exc
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} GET_KEY: {exc}") from exc
+        self._received[key_stream_id] = index
         return chunk.key, dict(chunk.metadata or {})
 
     async def close(self, key_stream_id: str) -> None:

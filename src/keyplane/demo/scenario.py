@@ -52,6 +52,10 @@ class ServiceEndpoint:
     sae_id: str
     km: ApplicationService
     caller: Caller
+    received: dict[str, int] = field(default_factory=dict)
+    """Per stream, the last index received and not yet confirmed (ETSI 004 GET_KEY with
+    acknowledgement: confirmed with the next GET_KEY, so a KM that dies before its answer
+    arrives hands the same chunk again instead of losing it)."""
 
     async def open(self, destination: str, qos: Qos, key_stream_id: str) -> str:
         res = await self.km.open_connect(self.caller, self.sae_id, destination, qos,
@@ -59,7 +63,10 @@ class ServiceEndpoint:
         return res.key_stream_id
 
     async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
-        res = await self.km.get_key(self.caller, key_stream_id, index)
+        last = self.received.get(key_stream_id)
+        res = await self.km.get_key(self.caller, key_stream_id, index, acknowledge=True,
+                                    confirm=() if last is None else (last,))
+        self.received[key_stream_id] = index
         return res.key, dict(res.metadata)
 
     async def close(self, key_stream_id: str) -> None:

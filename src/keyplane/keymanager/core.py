@@ -106,6 +106,10 @@ class Stream:
     # ``owner`` is for the opener: asked once per stream, not per request
     readers: set[str] = field(default_factory=set)
     freed_bits: int = 0
+    # ETSI 004 GET_KEY with acknowledgement (#14.4): indexes handed out and still held,
+    # sealed, for the owner until it confirms them (memory only: after a restart every
+    # index not confirmed is still held, so the owner can fetch it again)
+    unconfirmed: set[int] = field(default_factory=set)
 
     @property
     def role(self) -> HopRole | None:
@@ -167,13 +171,16 @@ class KmCore:
         """The caller's live stream.
 
         Raises:
-            SessionNotFound: unknown, another owner's, or ended.
+            SessionNotFound: unknown, or another owner's.
+            PeerNotConnected: it has ended.
         """
         s = self.stream(key_stream_id)
         if s is None or s.owner != owner:
             raise SessionNotFound(f"no stream {key_stream_id} for this caller")
         if not s.live:
-            raise SessionNotFound(f"stream {key_stream_id} has ended")
+            # closed (by either application), deleted by Admission Control or idle: the
+            # peer is no longer connected to it (ETSI 004 status 3 for GET_KEY)
+            raise PeerNotConnected(f"stream {key_stream_id} has ended")
         return s
 
     @staticmethod
@@ -182,6 +189,8 @@ class KmCore:
         cfg = s.config
         if cfg is None:
             return s.qos
+        if cfg.qos is not None:  # negotiated by Admission Control: the same at both ends
+            return cfg.qos
         return s.qos.model_copy(update={
             "priority": cfg.priority, "key_chunk_size": cfg.key_chunk_size,
             "max_bps": min(int(cfg.token_rate_bps), 2**32 - 1)})
@@ -438,7 +447,7 @@ class KmCore:
             out.append(Emit(EventType.session_deleted, {"session": sid, "reason": msg.reason}))
             return None, out
         if msg.refused and s.machine.state is SessionState.user_accepted:
-            out.append(Decide(sid, "refused", msg.reason))
+            out.append(Decide(sid, "refused", msg.reason, msg.qos_offer))
             out += self.apply(s, SessionEvent.admission_refused, now)
             out.append(Emit(EventType.admission_refused, {"session": sid,
                                                           "reason": msg.reason}))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from keyplane.events import EventType
-from keyplane.messages import KeepAlive, SessionClose
+from keyplane.messages import KeepAlive, Qos, SessionClose
 
 __all__ = [
     "ArmIdle",
@@ -79,6 +79,7 @@ class Decide:
     session_id: str
     error: Literal["refused", "ended"] | None = None
     reason: str = ""
+    offer: Qos | None = None  # refused: Admission Control's counter-proposal (status 7)
 
 
 @dataclass(frozen=True)

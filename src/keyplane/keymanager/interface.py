@@ -30,6 +30,7 @@ for callers inside the process). Session ownership compares ``Caller.principal``
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -132,8 +133,12 @@ class ApplicationService(Protocol):
         ...
 
     async def get_key(self, caller: Caller, key_stream_id: str, index: int | None,
-                      metadata: dict[str, Any] | None = None) -> GetKeyResult:
-        """GET_KEY: the chunk at ``index`` (next one when None), same at both ends."""
+                      metadata: dict[str, Any] | None = None, *, acknowledge: bool = False,
+                      confirm: Sequence[int] = ()) -> GetKeyResult:
+        """GET_KEY: the chunk at ``index`` (next one when None), same at both ends.
+
+        ``acknowledge``: hand it out held until confirmed (fetchable again by the owner);
+        ``confirm``: indexes received that way, spent now (ETSI 004 extension, #14.4)."""
         ...
 
     async def close_stream(self, caller: Caller, key_stream_id: str) -> None:

@@ -335,7 +335,8 @@ class _Production(KmShellBase):
         return k
 
     # ---- delivery ----------------------------------------------------------------------
-    async def _deliver(self, s: Stream, keys: list[HeldKey]) -> list[bytes]:
+    async def _deliver(self, s: Stream, keys: list[HeldKey], *, announce: bool = True
+                       ) -> list[bytes]:
         """Mark ``keys`` delivered durably, then return their bytes (each key once).
 
         Durable before delivered (#14.1): the bytes leave only after the commit that marks
@@ -362,12 +363,16 @@ class _Production(KmShellBase):
         except BaseException:
             undo()  # idempotent: the journal may have run it already
             raise
+        if announce:  # False: confirmed keys (ETSI 004 acknowledgement), announced before
+            self._announce_delivered(s, keys, out)
+        return out
+
+    def _announce_delivered(self, s: Stream, keys: list[HeldKey], out: list[bytes]) -> None:
         self._emit(EventType.key_delivered, session=s.session_id, sae=s.local_sae,
                    key_ids=[k.key_id for k in keys], key_count=len(keys),
                    bits=8 * sum(len(m) for m in out), indexes=[k.index for k in keys],
                    provenance=merge_provenance(*(k.provenance for k in keys)),
                    provenance_counts=count_provenance(k.provenance for k in keys))
-        return out
 
     def _undeliver(self, keys: list[HeldKey], materials: list[bytes]) -> None:
         """Undo a delivery that did not become durable: the keys are ``ready`` again."""

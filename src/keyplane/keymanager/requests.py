@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from keyplane import config
@@ -28,6 +29,7 @@ from keyplane.errors import (
     ControlPlaneUnreachable,
     ExtensionNotMet,
     KeyNotFound,
+    PeerNotConnected,
     PeerUnreachable,
     QosNotMet,
     RelayTimeout,
@@ -116,6 +118,13 @@ class _Requests(_Production):
         sid = str(uuid.uuid4()) if assigned else str(key_stream_id)
         owner = digest(caller.principal)
         existing = self.core.streams.get(sid)
+        if not assigned and existing is not None and existing.live \
+                and existing.owner == owner and not existing.implicit \
+                and existing.interface == interface == "etsi004" \
+                and (existing.local_sae, existing.peer_sae) == (source, destination):
+            # the opener asks again for its own stream (it got status 1): its state now,
+            # with the negotiated QoS once the peer joined (the same at both ends)
+            return OpenResult(sid, self.core.served_qos(existing), existing.config is not None)
         user = ""
         if existing is not None and existing.live and existing.implicit \
                 and existing.owner is None and existing.local_sae == source \
@@ -158,6 +167,13 @@ class _Requests(_Production):
             self._apply(s, SessionEvent.admission_refused)
             self._emit(EventType.admission_refused, session=sid, reason=ack.reason)
             raise SessionIdInUse(ack.reason or f"Key_stream_ID {sid} is already in use")
+        if isinstance(ack, OpenAck) and ack.waiting_for_peer and not decision.done():
+            # ETSI 004 6.3: the peer has not opened this Key_stream_ID yet: status 1 now.
+            # Admission Control keeps the open joinable until its QoS Timeout, then refuses
+            # it (the stream ends here); GET_KEY meanwhile waits for the configuration.
+            self._spawn(self._config_watchdog(s), f"km-config-wait-{sid}")
+            self._emit(EventType.peer_waiting, session=sid)
+            return OpenResult(sid, qos, False)
         try:
             # up to the QoS Timeout: a refusal (QoS above the SLA, status 7) or the peer
             # (status 0) may still come; after it, status 1
@@ -176,6 +192,23 @@ class _Requests(_Production):
         self._emit(EventType.peer_waiting, session=sid)
         return OpenResult(sid, qos, False)
 
+    async def _configured(self, s: Stream) -> None:
+        """Wait, up to the stream's QoS Timeout, for a stream opened with status 1 to be
+        joined by its peer and configured.
+
+        Raises:
+            PeerNotConnected: not within the Timeout, or the open was refused or expired.
+        """
+        io = self._io_of.get(s.session_id)
+        pending = io.decision if io is not None else None
+        if pending is None or (pending.done() and pending.exception() is not None):
+            raise PeerNotConnected(f"stream {s.session_id}: the peer has not connected")
+        try:
+            await self._clock.wait_for(asyncio.shield(pending), s.qos.timeout_ms / 1000)
+        except (TimeoutError, QosNotMet, SessionNotFound) as exc:
+            raise PeerNotConnected(f"stream {s.session_id}: the peer has not connected "
+                                   f"({exc or 'QoS Timeout'})") from None
+
     async def _config_watchdog(self, s: Stream) -> None:
         await self._clock.sleep(self.settings.config_wait_s)
         if s.machine.state is SessionState.user_accepted:
@@ -183,8 +216,17 @@ class _Requests(_Production):
 
     # ==== ETSI 004 ======================================================================
     async def get_key(self, caller: Caller, key_stream_id: str, index: int | None,
-                      metadata: dict[str, Any] | None = None) -> GetKeyResult:
+                      metadata: dict[str, Any] | None = None, *, acknowledge: bool = False,
+                      confirm: Sequence[int] = ()) -> GetKeyResult:
         """ETSI 004 GET_KEY: the chunk at ``index`` (this end's next one when None).
+
+        With ``acknowledge`` (opt-in, #14.4, docs/api/etsi004.md "GET_KEY with
+        acknowledgement") the chunk is handed out without being spent: it stays held, sealed
+        in the store, for this stream's owner, who may fetch it again (after a KM crash
+        between delivery and the answer, say) until it confirms it. ``confirm`` names
+        indexes the caller received and confirms now (they are spent durably, before this
+        call's chunk is served); CLOSE confirms the rest. Without ``acknowledge`` a chunk is
+        spent durably before it is returned (#14.1): a crash in between loses it.
 
         Raises:
             SessionNotFound: no such stream for this caller.
@@ -192,12 +234,17 @@ class _Requests(_Production):
             RateLimited / TimeoutError / RelayTimeout: not within the QoS timeout (status 6).
             KmBusy, InsufficientKeyMaterial: no capacity now (status 2).
             PeerUnreachable: no route (status 4).
-            KeyNotFound: ``index`` was already delivered at this end.
+            KeyNotFound: ``index`` was already delivered (or confirmed) at this end, or a
+                ``confirm`` index was never handed out here.
             StoreError: the delivery could not be written; the same index is served again.
         """
         s = self.core.app_stream(digest(caller.principal), key_stream_id)
+        if confirm:
+            await self._confirm(s, confirm)
         if index is not None and index < 0:
             raise KeyNotFound("a stream index is >= 0")
+        if s.machine.state is SessionState.user_accepted:
+            await self._configured(s)
         size = s.config.key_chunk_size if s.config else s.qos.key_chunk_size
         idx = self.core.next_get_index(s, index)
         timeout_s = s.qos.timeout_ms / 1000
@@ -217,12 +264,59 @@ class _Requests(_Production):
                     raise KeyNotFound(f"stream {key_stream_id}: index {idx} is not available")
             else:
                 k = await self._destination_key(s, idx, deadline)
-            (material,) = await self._deliver(s, [k])
+            if acknowledge:
+                material = await self._hand_unconfirmed(s, k)
+            else:
+                (material,) = await self._deliver(s, [k], announce=idx not in s.unconfirmed)
+                s.unconfirmed.discard(idx)
             self.core.delivered_index(s, idx)
         meta = dict(metadata or {})
         meta.update(key_ID=k.key_id)
         meta[PROVENANCE_EXTENSION] = list(k.provenance)
         return GetKeyResult(key_stream_id, idx, material, meta)
+
+    async def _hand_unconfirmed(self, s: Stream, k: HeldKey) -> bytes:
+        """The bytes of a held key, left held for the owner until it confirms them.
+
+        Durable before delivered holds here too: the key's row (state ``ready``, sealed
+        bytes) is committed before the bytes leave, so a crash after the answer leaves it
+        in the store for the owner to fetch again, and for no one else (GET_KEY serves a
+        stream's indexes to its owner only).
+
+        Raises:
+            KeyNotFound: the key is no longer held.
+            StoreError: the key's row could not be written; it is not handed out.
+        """
+        if k.state != "ready" or k.material is None:
+            raise KeyNotFound(f"stream {s.session_id}: index {k.index} is not available")
+        material = k.material
+        await self.journal.flushed(self.vault.touch(k))
+        if k.index not in s.unconfirmed:  # announced once, not per fetch or confirmation
+            s.unconfirmed.add(k.index)
+            self._announce_delivered(s, [k], [material])
+        return material
+
+    async def _confirm(self, s: Stream, indexes: Sequence[int]) -> None:
+        """Spend, durably, keys the owner received with acknowledgement.
+
+        An index already spent (confirmed twice, or fetched without acknowledgement)
+        changes nothing.
+
+        Raises:
+            KeyNotFound: an index was never handed out at this end.
+            StoreError: the confirmation could not be written (the keys stay held).
+        """
+        keys: list[HeldKey] = []
+        for i in sorted(set(indexes)):
+            if i not in s.unconfirmed and i >= s.next_index:
+                raise KeyNotFound(f"stream {s.session_id}: index {i} was not handed out here, "
+                                  f"it cannot be confirmed")
+            k = self.vault.get(s.session_id, i)
+            if k is not None and k.state != "delivered":
+                keys.append(k)
+        if keys:
+            await self._deliver(s, keys, announce=False)
+        s.unconfirmed.difference_update(indexes)
 
     async def close_stream(self, caller: Caller, key_stream_id: str) -> None:
         """ETSI 004 CLOSE: end the caller's stream, free its resources and tell Admission

@@ -180,7 +180,8 @@ class KmShellBase:
             fut.set_result(None)
             return
         if e.error == "refused":
-            fut.set_exception(QosNotMet(e.reason or "Admission Control refused the session"))
+            fut.set_exception(QosNotMet(e.reason or "Admission Control refused the session",
+                                        counter_proposal=e.offer))
         else:
             fut.set_exception(SessionNotFound(f"session {e.session_id} ended"))
         fut.exception()  # retrieved: the opener re-raises it, if it still waits

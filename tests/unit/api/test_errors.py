@@ -11,8 +11,10 @@ from keyplane.api.etsi004.status import Etsi004Status as S
 
 @pytest.mark.parametrize(("exc", "http", "open_status", "get_key_status"), [
     (e.AuthenticationFailed("x"), 401, None, None),
-    (e.KeyNotFound("x"), 400, S.KSID_NOT_FOUND, S.KSID_NOT_FOUND),
-    (e.SessionNotFound("x"), 400, S.KSID_NOT_FOUND, S.KSID_NOT_FOUND),
+    (e.KeyNotFound("x"), 400, S.GK_INSUFFICIENT_KEY_AVAILABLE,
+     S.GK_INSUFFICIENT_KEY_AVAILABLE),
+    (e.SessionNotFound("x"), 400, S.NO_QKD_CONNECTION_AVAILABLE,
+     S.NO_QKD_CONNECTION_AVAILABLE),
     (e.SessionIdInUse("x"), 400, S.OC_KSID_ALREADY_IN_USE, S.OC_KSID_ALREADY_IN_USE),
     (e.QosNotMet("x"), 503, S.OC_QOS_NOT_SATISFIABLE, S.OC_QOS_NOT_SATISFIABLE),
     (e.PeerNotConnected("x"), 503, S.PEER_NOT_CONNECTED, S.GK_PEER_NOT_CONNECTED),

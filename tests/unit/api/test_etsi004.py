@@ -70,13 +70,13 @@ async def test_get_key_passes_caller_metadata_to_km(sdk004) -> None:  # type: ig
     assert chunk.metadata == {"hops": 1, "echo": {"label": "x"}}
 
 
-async def test_close_then_get_key_is_status_9(sdk004) -> None:  # type: ignore[no-untyped-def]
+async def test_close_then_get_key_is_status_4_never_9(sdk004) -> None:  # type: ignore[no-untyped-def]
     ksid = await _open_pair(sdk004)
     await sdk004("alice").close_stream(ksid)
     await sdk004("bob").close_stream(ksid)
     with pytest.raises(Etsi004StatusError) as err:
         await sdk004("alice").get_key(ksid)
-    assert err.value.status is Etsi004Status.KSID_NOT_FOUND
+    assert err.value.status is Etsi004Status.NO_QKD_CONNECTION_AVAILABLE
 
 
 async def test_open_connect_as_someone_elses_sae_is_401(sdk004, network) -> None:  # type: ignore[no-untyped-def]

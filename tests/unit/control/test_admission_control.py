@@ -77,7 +77,8 @@ async def test_admission_qos_above_sla_sends_refusal_and_configures_nothing(
 
 async def test_admission_first_open_waits_for_peer_without_reserving(
         bus: Bus, plane: ControlPlane, kms: FakeKms, sink: MemorySink) -> None:
-    await _open(bus, open_request("s1", "a", "alice", "sae_a", "sae_d"))
+    # the open waits for its peer until its own QoS Timeout (ETSI 004 V2.1.1 clause 6.3)
+    await _open(bus, open_request("s1", "a", "alice", "sae_a", "sae_d", timeout_ms=10_000))
     await wait_until(lambda: sink.of_type(EventType.peer_waiting), what="peer_waiting")
     assert _state(plane, "s1") is AdmissionState.requested
     assert plane.routing is not None and plane.routing.core.reservations() == []
@@ -116,26 +117,31 @@ async def test_admission_both_peers_open_pushes_each_hop_its_configuration(
 async def test_admission_peer_that_never_opens_is_refused_at_the_timeout(
         bus: Bus, plane: ControlPlane, kms: FakeKms, clock: VirtualClock,
         sink: MemorySink) -> None:
-    await _open(bus, open_request("s1", "a", "alice", "sae_a", "sae_d"))
+    # the open waits for its peer until its own QoS Timeout (ETSI 004 V2.1.1 clause 6.3)
+    await _open(bus, open_request("s1", "a", "alice", "sae_a", "sae_d", timeout_ms=10_000))
     await wait_until(lambda: sink.of_type(EventType.peer_waiting), what="peer_waiting")
     await clock.advance(9.0)
     assert not kms.deletes["a"]
     await clock.advance(1.5)
     await wait_until(lambda: kms.deletes["a"], what="refusal after the peer wait")
     assert kms.deletes["a"][0].refused
-    assert "did not open within 10 s" in kms.deletes["a"][0].reason
+    assert "did not open s1 within 10 s" in kms.deletes["a"][0].reason
     assert all(not c for c in kms.configs.values())
     await wait_until(lambda: _state(plane, "s1") is None, what="session forgotten")
 
 
-async def test_admission_pairs_by_sae_pair_when_stream_ids_differ(
+async def test_admission_never_pairs_opens_of_other_stream_ids_even_for_mirrored_saes(
         bus: Bus, plane: ControlPlane, kms: FakeKms) -> None:
-    await _open(bus, open_request("s-a", "a", "alice", "sae_a", "sae_d"))
-    await _open(bus, open_request("s-d", "d", "dave", "sae_d", "sae_a"))
+    """ETSI 004 pairs by Key_stream_ID: s-a and s-d are two pending streams (#16.1)."""
+    await _open(bus, open_request("s-a", "a", "alice", "sae_a", "sae_d", timeout_ms=60_000))
+    await _open(bus, open_request("s-d", "d", "dave", "sae_d", "sae_a", timeout_ms=60_000))
+    assert _state(plane, "s-a") is AdmissionState.requested
+    assert _state(plane, "s-d") is AdmissionState.requested
+    assert all(not c for c in kms.configs.values())
+    await _open(bus, open_request("s-a", "d", "dave", "sae_d", "sae_a", timeout_ms=60_000))
     await wait_until(lambda: _state(plane, "s-a") is AdmissionState.active, what="active")
-    dst = kms.entry("d", "s-a")
-    assert dst is not None and dst.opened_as == "s-d"
-    assert kms.entry("a", "s-a") is not None and kms.entry("a", "s-a").opened_as is None  # type: ignore[union-attr]
+    assert kms.entry("d", "s-a") is not None and kms.entry("d", "s-a").opened_as is None  # type: ignore[union-attr]
+    assert _state(plane, "s-d") is AdmissionState.requested
 
 
 async def test_admission_etsi014_configures_without_the_slave_opening(

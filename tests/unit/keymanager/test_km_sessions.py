@@ -118,10 +118,15 @@ async def test_open_connect_before_peer_returns_not_connected_then_becomes_opera
         assert not res.peer_connected
         sid = res.key_stream_id
         assert km0.session_state(sid) is SessionState.user_accepted
+        # GET_KEY waits for the peer up to the stream's Timeout (1 s), then status 3
         with pytest.raises(PeerNotConnected):
-            await km0.get_key(CALLER_A, sid, None)
+            await with_clock(clock, km0.get_key(CALLER_A, sid, None))
+        # the opener asking again for its stream learns it is still waiting; another
+        # pair of SAEs cannot take the id
+        again = await km0.open_connect(CALLER_A, "sa", "sb", Qos(), sid)
+        assert (again.key_stream_id, again.peer_connected) == (sid, False)
         with pytest.raises(SessionIdInUse):
-            await km0.open_connect(CALLER_A, "sa", "sb", Qos(), sid)
+            await km0.open_connect(CALLER_A, "sc", "sb", Qos(), sid)
         await with_clock(clock, net.kms["km1"].open_connect(CALLER_B, "sb", "sa",
                                                             Qos(timeout_ms=1), sid))
         await net.control.configure(sid)
@@ -170,7 +175,7 @@ async def test_idle_timer_expiry_terminates_and_reports_idle_timeout(km_db: Data
         assert [(c.node, c.reason) for c in net.control.closes] == [("km0", "idle_timeout")]
         # Admission Control deleted the rest of the path on that signal
         assert net.kms["km1"].session_state(sid) is SessionState.terminated
-        with pytest.raises(SessionNotFound):
+        with pytest.raises(PeerNotConnected):  # ETSI 004 status 3: the stream ended
             await km0.get_key(CALLER_A, sid, None)
     finally:
         await net.close()

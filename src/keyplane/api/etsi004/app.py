@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse
 
 from keyplane.api.auth import caller_from_scope
 from keyplane.api.errors import (
+    ApiRequestError,
     Operation,
     etsi004_status,
     map_exception,
@@ -45,7 +46,8 @@ from keyplane.api.settings import ApiSettings
 from keyplane.errors import KeyplaneError, QosNotMet
 from keyplane.keymanager.interface import ApplicationService
 
-__all__ = ["ETSI004_PREFIX", "create_etsi004_app", "metadata_bytes"]
+__all__ = ["ACK", "CONFIRM", "ETSI004_PREFIX", "acknowledgement_options", "create_etsi004_app",
+           "metadata_bytes"]
 
 ETSI004_PREFIX = "/etsi004"
 """Where :func:`keyplane.api.server.create_km_app` mounts the 004 app."""
@@ -69,6 +71,35 @@ class _CallFailed(Exception):
 def metadata_bytes(metadata: dict[str, Any]) -> bytes:
     """The canonical byte form of JSON metadata, whose length is ``Metadata_size``."""
     return json.dumps(metadata, separators=(",", ":"), sort_keys=True).encode()
+
+
+ACK = "keyplane_ack"
+"""Request metadata member (boolean): GET_KEY with acknowledgement (docs/api/etsi004.md)."""
+CONFIRM = "keyplane_confirm"
+"""Request metadata member (an index or a list of indexes): the chunks confirmed."""
+
+
+def acknowledgement_options(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """The key manager options a GET_KEY's metadata asks for (none: plain GET_KEY).
+
+    Raises:
+        ApiRequestError: a member has the wrong type (HTTP 400, nothing changes).
+    """
+    if not metadata or (ACK not in metadata and CONFIRM not in metadata):
+        return {}
+    ack = metadata.get(ACK, False)
+    if not isinstance(ack, bool):
+        raise ApiRequestError("bad request format", [{"parameter": f"Metadata_buffer.{ACK}",
+                                                      "error": "must be true or false"}])
+    confirm = metadata.get(CONFIRM, [])
+    confirm = [confirm] if isinstance(confirm, int) and not isinstance(confirm, bool) \
+        else confirm
+    if not isinstance(confirm, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 2**32 for i in confirm):
+        raise ApiRequestError("bad request format", [{
+            "parameter": f"Metadata_buffer.{CONFIRM}",
+            "error": "must be a stream index or a list of them (uint32)"}])
+    return {"acknowledge": ack, "confirm": confirm}
 
 
 def create_etsi004_app(km: ApplicationService, *, kme_id: str,
@@ -139,8 +170,9 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
         """
         caller = caller_from_scope(request.scope)
         metadata = body.Metadata.Metadata_buffer if body.Metadata else None
+        options = acknowledgement_options(metadata)
         result = await call("get_key", km.get_key(caller, str(body.Key_stream_ID), body.index,
-                                                  metadata), {"index": body.index})
+                                                  metadata, **options), {"index": body.index})
         meta_bytes = metadata_bytes(result.metadata) if result.metadata else b""
         capacity = body.Metadata.Metadata_size if body.Metadata else None
         mimetype = "application/json"

@@ -8,12 +8,17 @@ __all__ = ["Etsi004Status"]
 
 
 class Etsi004Status(IntEnum):
-    """Status returned by OPEN_CONNECT, GET_KEY and CLOSE.
+    """Status returned by OPEN_CONNECT, GET_KEY and CLOSE: the standard's values 0-8 only.
 
-    Values 0-8 are the standard's (V2.1.1; the draft edition 3 renumbers them, so they are
-    pinned here). 9 is a non-standard extension, as in other implementations (e.g. Quditto),
-    for a Key_stream_ID the KM does not know (never opened, or already closed), or a chunk
-    ``index`` this end already received (keys are delivered once).
+    Pinned to V2.1.1 (the draft edition 3 renumbers them). keyplane sends no other value;
+    the cases other implementations answer with a non-standard 9 ("stream not found") map
+    to the standard's codes (:mod:`keyplane.api.errors`, docs/api/etsi004.md):
+
+    * a Key_stream_ID this KM has no stream of the caller for: 4, no QKD connection;
+    * GET_KEY on a stream that ended (the peer or the caller closed it, Admission Control
+      deleted it, it idled): 3, peer application not connected;
+    * GET_KEY of an ``index`` this end already received (keys are delivered once): 2,
+      no key available at that index.
     """
 
     SUCCESSFUL = 0
@@ -25,4 +30,3 @@ class Etsi004Status(IntEnum):
     TIMEOUT_ERROR = 6
     OC_QOS_NOT_SATISFIABLE = 7
     GK_METADATA_INSUFFICIENT_SIZE = 8
-    KSID_NOT_FOUND = 9

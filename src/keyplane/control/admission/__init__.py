@@ -3,8 +3,8 @@
 ``requested → accepted → active → terminated``
 
 * **requested** — an endpoint KM's open request passed the SLA check and waits for its
-  peer (ETSI 004). Nothing is reserved. A peer that never comes is refused after
-  ``peer_wait_timeout_s`` (clock).
+  peer (ETSI 004). Nothing is reserved. A peer that never comes is refused once the
+  opener's QoS ``Timeout`` passes (``peer_wait_timeout_s`` when it gives none; clock).
 * **accepted** — both peers asked (ETSI 004), or the master asked (ETSI 014: the slave
   never opens, so the session is configured at once). A route is requested from the
   Routing Element and the configuration is pushed to every KM on the path.
@@ -25,9 +25,12 @@ Decisions (documented for the KM side):
   to arrive (ETSI 004), or the master SAE's KM (ETSI 014) — to the KM of its peer SAE.
   ``SessionConfig.source_sae`` is the initiator's SAE at every hop; the source KM makes the
   end-to-end keys.
-* **Pairing.** A second open with the same ``session_id`` and the mirrored SAE pair joins
-  the waiting session; one with another id but the mirrored SAE pair joins it too, and its
-  KM learns the stream's id from ``SessionConfig.opened_as`` (its own id) and ``session_id``.
+* **Pairing** (ETSI 004 V2.1.1 clause 6.3): by Key_stream_ID only. A second open with the
+  same ``session_id`` and the mirrored SAE pair joins the waiting session; an open with
+  another id is another stream, whatever its SAE pair, so a stale pending open is never
+  matched with a later one. The waiting open is answered ``OpenAck(waiting_for_peer=True)``
+  (its KM answers status 1 at once). Both ends are configured with the same negotiated
+  QoS (``SessionConfig.qos``, :func:`.qos.negotiated_qos`), which OPEN_CONNECT returns.
 * **QoS against the SLA** (:mod:`.qos`): per session, ``max_bps`` (0: the application's
   profile, else the SLA's) and ``min_bps`` at most the SLA's ``max_bps``; ``priority`` at
   most the SLA's; ``key_chunk_size``, ``ttl_s`` within the settings' bounds; ``jitter`` at

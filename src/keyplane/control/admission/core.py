@@ -159,12 +159,8 @@ class AdmissionCore:
                 return (OpenAck(session_id=sid, accepted_for_review=False, reason=reason),
                         [Notify(EventType.admission_refused, sid, req.node, {"reason": reason})])
             self._forget(existing)
-        if req.interface == "etsi004":
-            for waiting in self.sessions.values():
-                if (waiting.state is AdmissionState.requested and waiting.interface == "etsi004"
-                        and waiting.initiator.mirrors(ep)):
-                    self._aliases[sid] = waiting.session_id
-                    return registered, effects + self._pair(waiting, ep, now)
+        # ETSI 004 pairs streams by Key_stream_ID only: an open with another id is another
+        # stream, even for the same SAE pair (a stale pending open is never matched with it)
         if self.live_sessions_of(user.id) >= user.sla.max_sessions:
             return registered, effects + self._refusal(
                 req.node, sid, f"max_sessions {user.sla.max_sessions} reached")
@@ -178,11 +174,16 @@ class AdmissionCore:
         if req.interface == "etsi014":
             # ETSI 014: the slave SAE never opens; its KM is configured directly.
             return registered, effects + self._accept(sess, now)
-        sess.peer_deadline = now + self.settings.peer_wait_timeout_s
+        wait_s = self.peer_wait_s(req.qos)
+        sess.peer_deadline = now + wait_s
         effects.append(Notify(EventType.peer_waiting, sid, req.node,
-                              {"peer_sae": req.destination_sae,
-                               "timeout_s": self.settings.peer_wait_timeout_s}))
-        return registered, effects
+                              {"peer_sae": req.destination_sae, "timeout_s": wait_s}))
+        return OpenAck(session_id=sid, waiting_for_peer=True), effects
+
+    def peer_wait_s(self, qos: Qos) -> float:
+        """How long a pending ETSI 004 open waits for its peer: its QoS ``Timeout``
+        (``peer_wait_timeout_s`` when the application gives none, ``Timeout`` 0)."""
+        return qos.timeout_ms / 1000 if qos.timeout_ms else self.settings.peer_wait_timeout_s
 
     def _pair(self, sess: AdmissionSession, ep: Endpoint, now: float) -> list[Effect]:
         init = sess.initiator
@@ -195,7 +196,10 @@ class AdmissionCore:
             return self._refusal(ep.node, sid, f"max_sessions {ep.sla.max_sessions} reached")
         if ep.qos.key_chunk_size != init.qos.key_chunk_size:
             self._aliases.pop(sid, None)
-            return self._refusal(ep.node, sid, "key_chunk_size differs from the peer's")
+            # the counter-proposal (status 7) is the chunk size the stream runs with
+            return self._refusal(ep.node, sid, "key_chunk_size differs from the peer's",
+                                 offer=ep.qos.model_copy(
+                                     update={"key_chunk_size": init.qos.key_chunk_size}))
         want = session_qos([init, ep], sess.interface)
         if want.min_bps > want.rate_bps:
             self._aliases.pop(sid, None)
@@ -578,8 +582,8 @@ class AdmissionCore:
         out: list[Effect] = []
         for sess in list(self.sessions.values()):
             if sess.peer_deadline is not None and sess.peer_deadline <= now:
-                reason = (f"peer {sess.initiator.peer_sae} did not open within "
-                          f"{self.settings.peer_wait_timeout_s:g} s")
+                reason = (f"peer {sess.initiator.peer_sae} did not open "
+                          f"{sess.session_id} within {self.peer_wait_s(sess.initiator.qos):g} s")
                 sess.peer_deadline = None
                 out += self._refuse_endpoints_waiting(sess, reason)
             elif sess.timer_deadline is not None and sess.timer_deadline <= now:

@@ -28,8 +28,8 @@ from keyplane.control.admission.model import AdmissionSession, Endpoint
 from keyplane.control.settings import AdmissionSettings
 from keyplane.messages import HopRole, Qos, SessionConfig
 
-__all__ = ["SessionQos", "Wanted", "check_qos", "hop_configs", "qos_offer", "session_qos",
-           "wanted"]
+__all__ = ["SessionQos", "Wanted", "check_qos", "hop_configs", "negotiated_qos", "qos_offer",
+           "session_qos", "wanted"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,25 @@ def session_qos(endpoints: list[Endpoint], interface: str) -> SessionQos:
                       min_bps=max(w.reserve_bps for w in ws))
 
 
+def _tightest(values: list[int]) -> int:
+    """The smallest bound among ``values``, 0 (no bound) only when none is given."""
+    return min((v for v in values if v), default=0)
+
+
+def negotiated_qos(sess: AdmissionSession) -> Qos:
+    """The one QoS both endpoints of ``sess`` are served with (ETSI 004 OPEN_CONNECT's
+    answer at both ends): the session's chunk size, rate, reservation and priority; the
+    tightest jitter, Timeout and TTL either application asked for (0: none asked)."""
+    eps = [sess.initiator] if sess.responder is None else [sess.initiator, sess.responder]
+    return Qos(key_chunk_size=sess.key_chunk_size,
+               max_bps=min(int(sess.rate_bps), 2**32 - 1),
+               min_bps=min(int(sess.min_bps), 2**32 - 1), priority=sess.priority,
+               jitter=_tightest([e.qos.jitter for e in eps]),
+               timeout_ms=_tightest([e.qos.timeout_ms for e in eps]),
+               ttl_s=_tightest([e.qos.ttl_s for e in eps]),
+               metadata_mimetype=sess.initiator.qos.metadata_mimetype)
+
+
 def hop_configs(sess: AdmissionSession, path: tuple[str, ...],
                 epoch: int) -> tuple[SessionConfig, ...]:
     """Each KM's configuration for ``sess`` over ``path`` (its own hop only, the session's
@@ -115,6 +134,7 @@ def hop_configs(sess: AdmissionSession, path: tuple[str, ...],
     # each endpoint's own wait bound (ETSI 014: the master's profile at both ends)
     timeouts = {0: wanted(init, sess.interface).timeout_ms,
                 last: wanted(sess.responder or init, sess.interface).timeout_ms}
+    negotiated = negotiated_qos(sess)
     out = []
     for i, node in enumerate(path):
         role = (HopRole.source if i == 0 else
@@ -133,5 +153,6 @@ def hop_configs(sess: AdmissionSession, path: tuple[str, ...],
             token_rate_bps=sess.rate_bps, idle_timeout_s=sess.idle_timeout_s,
             key_chunk_size=sess.key_chunk_size,
             hybrid_policy=sess.hybrid_policy, opened_as=opened_as,
-            min_bps=sess.min_bps, timeout_ms=timeouts.get(i)))
+            min_bps=sess.min_bps, timeout_ms=timeouts.get(i),
+            qos=negotiated if i in (0, last) else None))
     return tuple(out)
