@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from keyplane.errors import ConfigError
+from keyplane.trust import UntrustedNode
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -37,6 +38,7 @@ __all__ = [
     "QuantumLink",
     "SlaProfile",
     "Topology",
+    "UntrustedNode",
     "User",
     "example_path",
     "load_topology",
@@ -212,6 +214,10 @@ class QuantumLink(_Model):
     source: LinkSource = EmulatedSource()
     """Where the link's key comes from: ``{kind: emulated}`` (default) or a QKD device
     over ETSI 014 (``{kind: etsi014, ends: {...}}``, docs/devices.md)."""
+    station: Ident | None = None
+    """The untrusted node in the middle of the link (an ``untrusted_nodes`` id): the
+    measurement station of a measurement-assisted link or the source of an
+    entanglement-based one. It cannot learn the link's key (docs/quantum-networking.md)."""
 
     @model_validator(mode="after")
     def _check(self) -> QuantumLink:
@@ -309,6 +315,10 @@ class SlaProfile(_Model):
     """A session without a key request for this long is closed, s."""
     hybrid_policy: HybridPolicy = HybridPolicy.qkd_only
     """How hop keys may combine QKD and ML-KEM (docs/hybrid.md)."""
+    max_trusted_relays: Annotated[int, Field(ge=0)] | None = None
+    """At most this many trusted relays (intermediate key managers, which see the key) on
+    a session's path; 0: only a single link, e.g. measurement-assisted (unset: no cap;
+    docs/quantum-networking.md)."""
     applications: dict[str, ApplicationQos] = Field(default_factory=dict)
     """Per-application QoS profiles below this SLA, by SAE id (one of the user's
     applications): priority, rates and wait bound its sessions get (docs/control.md,
@@ -381,11 +391,19 @@ class Topology(_Model):
     """The users and their SLA profiles."""
     applications: list[Application] = Field(default_factory=list)
     """The applications (SAEs)."""
+    untrusted_nodes: list[UntrustedNode] = Field(default_factory=list)
+    """Measurement stations, entanglement sources and repeaters: nodes in the middle of
+    links that hold no key and need no trust (no key manager runs on them)."""
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
         problems: list[str] = []
         node_ids = _unique("nodes", [n.id for n in self.nodes], problems)
+        untrusted = {u.id: u for u in self.untrusted_nodes}
+        _unique("untrusted_nodes", [u.id for u in self.untrusted_nodes], problems)
+        for i, u in enumerate(self.untrusted_nodes):
+            if u.id in node_ids:
+                problems.append(f"untrusted_nodes[{i}].id: {u.id!r} is also a trusted node")
         _unique("links", [link.link_id for link in self.links], problems)
         user_ids = _unique("users", [u.id for u in self.users], problems)
         _unique("applications", [a.sae_id for a in self.applications], problems)
@@ -394,6 +412,9 @@ class Topology(_Model):
             for end in link.endpoints:
                 if end not in node_ids:
                     problems.append(f"links[{i}].endpoints: unknown node {end!r}")
+            if link.station is not None and link.station not in untrusted:
+                problems.append(f"links[{i}].station: unknown untrusted node "
+                                f"{link.station!r}")
             pair = frozenset(link.endpoints)
             if pair in pairs:
                 problems.append(f"links[{i}].endpoints: a second link between the same nodes")
@@ -451,6 +472,13 @@ class Topology(_Model):
             if link.link_id == link_id:
                 return link
         raise KeyError(link_id)
+
+    def untrusted_node(self, node_id: str) -> UntrustedNode:
+        """The untrusted node with ``node_id`` (KeyError if absent)."""
+        for u in self.untrusted_nodes:
+            if u.id == node_id:
+                return u
+        raise KeyError(node_id)
 
     def links_of(self, node_id: str) -> list[QuantumLink]:
         """Links with ``node_id`` at one end."""

@@ -70,6 +70,7 @@ from keyplane.api.etsi015.model import (
 )
 from keyplane.config import HybridPolicy, QuantumLink, Topology
 from keyplane.messages import LinkState, SdnNotificationName
+from keyplane.trust import exposed_nodes
 
 __all__ = [
     "Content",
@@ -227,12 +228,15 @@ class _AppProvenance:
 
     hybrid_policy: str | None = None
     hops: dict[str, _HopProvenance] = field(default_factory=dict)
+    exposed_to: dict[str, None] = field(default_factory=dict)  # ordered set of node ids
 
     def to_raw(self) -> dict[str, Any]:
         """The ``provenance`` container (RFC 7951: uint64 counters are JSON strings)."""
         raw: dict[str, Any] = {}
         if self.hybrid_policy is not None:
             raw["hybrid_policy"] = self.hybrid_policy
+        if self.exposed_to:
+            raw["exposed_to"] = list(self.exposed_to)
         if self.hops:
             raw["hop"] = [{"hop": hop,
                            **{f"{source}_keys": str(h.key_count.get(source, 0))
@@ -752,6 +756,8 @@ class NodeDatastore:
             for source, n in valid.items():
                 record.key_count[source] = record.key_count.get(source, 0) + n
             record.last_source = last
+            for node in exposed_nodes([{"hop": hop}]):
+                provenance.exposed_to.setdefault(node)
 
     def record_hop_source(self, qkdl_uuid: str, hop: str, source: str) -> None:
         """Record the source of the last key batch this node sent over ``hop`` for the
