@@ -12,7 +12,7 @@ Modes (``QuantumLink.protocol``):
 
 * ``bb84-decoy`` — the full stack of :mod:`keyplane.physical.modules`.
 * ``analytic`` — no per-bit simulation: every frame adds ``R * frame_duration_s`` bits
-  (``R`` from :func:`~keyplane.physical.estimation.asymptotic_key_rate`); whole bytes go out
+  (``R`` from :func:`~keyplane.physical.analytic.analytic_rate_bps`); whole bytes go out
   as one block, announced to Bob with :class:`~keyplane.physical.wire.AnalyticBlock`.
   The material is SHAKE-256(per-link seed || block id) at both ends: this mode emulates the
   *rate* of a link, its keys are not secret (anyone with the run's seed can compute them).
@@ -79,6 +79,7 @@ from keyplane.errors import (
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
+from keyplane.physical import analytic
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -87,7 +88,6 @@ from keyplane.physical.channel import (
     ClassicalChannel,
     InProcessChannel,
 )
-from keyplane.physical.estimation import asymptotic_key_rate
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
 from keyplane.physical.sink import LinkKeySink, sink_has_room
@@ -235,7 +235,8 @@ class LinkRunner(Service):
         events: the event stream (Monitoring Element's feed).
         local_ends: which ends run in this process.
         frame_duration_s: emulated time per frame (default :func:`default_frame_duration`).
-        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`).
+        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`; default the
+            link's ``postprocessing.cascade_schedule``).
         analytic_ec_efficiency: ``f`` used by the analytic rate.
         peer_timeout_s: transport timeout on the peer module.
         rendezvous_timeout_s: clock seconds Alice waits for an absent Bob before the
@@ -255,7 +256,7 @@ class LinkRunner(Service):
                  alice_sink: LinkKeySink | None = None, bob_sink: LinkKeySink | None = None,
                  bus: Bus | None = None, events: EventStream | None = None,
                  local_ends: tuple[End, ...] = ("alice", "bob"),
-                 frame_duration_s: float | None = None, cascade_schedule: str = "original",
+                 frame_duration_s: float | None = None, cascade_schedule: str | None = None,
                  analytic_ec_efficiency: float = 1.16,
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
@@ -723,19 +724,12 @@ class LinkRunner(Service):
     # ------------------------------------------------------------------ analytic mode
 
     def analytic_rate_bps(self) -> float:
-        """Secret-key rate of the analytic mode for the current physics (0 if QBER aborts)."""
-        p = self.physics
-        if p.cut:
-            return 0.0
-        if p.eavesdropper is not None:
-            mu, f = p.decoy.mu_signal, p.eavesdropper.fraction
-            q_clear, q_eve = (1 - f) * p.gain(mu), f * p.intercepted_gain(mu)
-            total = q_clear + q_eve
-            qber = (q_clear * p.error_rate(mu) + q_eve * p.intercepted_error_rate(mu)) / total \
-                if total > 0 else 0.5
-            if qber > self.link.postprocessing.qber_threshold:
-                return 0.0
-        return asymptotic_key_rate(p, self.analytic_ec_efficiency) * self.link.repetition_rate_hz
+        """Secret-key rate of the analytic mode for the current physics, faults included
+        (:func:`~keyplane.physical.analytic.analytic_rate_bps`; 0 if the QBER aborts)."""
+        pp = self.link.postprocessing
+        return analytic.analytic_rate_bps(self.physics, formula=pp.analytic_formula,
+                                          ec_efficiency=self.analytic_ec_efficiency,
+                                          qber_threshold=pp.qber_threshold)
 
     def analytic_material(self, block_id: int, n_bytes: int) -> bytes:
         """Analytic mode's block material: SHAKE-256 over the per-link seed and block id."""
