@@ -210,9 +210,14 @@ class QuantumLink(_Model):
     """Optical misalignment error probability ``e_d``."""
     repetition_rate_hz: Annotated[float, Field(gt=0.0)] = 1e8
     """Pulse repetition rate of the source, Hz."""
-    protocol: Literal["bb84-decoy", "analytic"] = "bb84-decoy"
+    protocol: Literal["bb84-decoy", "analytic", "mdi-qkd", "tf-qkd", "bbm92", "mdi-qkd-analytic",
+                      "tf-qkd-analytic", "bbm92-analytic"] = "bb84-decoy"
     """``bb84-decoy``: emulated decoy-state BB84 with the full post-processing; ``analytic``: key
-    rate from the formula, no per-bit emulation (large networks)."""
+    rate from the formula, no per-bit emulation (large networks). ``mdi-qkd``, ``tf-qkd``
+    (sending-or-not-sending) and ``bbm92`` (entangled pairs from a source in the middle):
+    emulated through the same post-processing, with ``station`` the untrusted node in the
+    middle; their ``-analytic`` forms give the rate of the cited formula
+    (docs/physical.md, "Measurement-assisted and entanglement-based links")."""
     decoy: DecoySettings = DecoySettings()
     """Decoy-state intensities and probabilities."""
     postprocessing: PostProcessing = PostProcessing()
@@ -224,6 +229,8 @@ class QuantumLink(_Model):
     source: LinkSource = EmulatedSource()
     """Where the link's key comes from: ``{kind: emulated}`` (default) or a QKD device
     over ETSI 014 (``{kind: etsi014, ends: {...}}``, docs/devices.md)."""
+    mean_pairs_per_pulse: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    """``bbm92``: the source's mean number of photon pairs per pulse (``lambda``)."""
     station: Ident | None = None
     """The untrusted node in the middle of the link (an ``untrusted_nodes`` id): the
     measurement station of a measurement-assisted link or the source of an
@@ -236,6 +243,10 @@ class QuantumLink(_Model):
         if isinstance(self.source, Etsi014Source) and set(self.source.ends) != set(
                 self.endpoints):
             raise ValueError(f"source.ends must name exactly the endpoints {list(self.endpoints)}")
+        middle = _STATION_ROLE.get(self.protocol.removesuffix("-analytic"))
+        if (middle is None) != (self.station is None):
+            raise ValueError(f"station: protocol {self.protocol} needs "
+                             f"{'a ' + middle if middle else 'no'} station")
         if self.eavesdropper is not None and self.eavesdropper.position_km > self.length_km:
             raise ValueError("eavesdropper.position_km is beyond the fibre's length_km")
         return self
@@ -244,6 +255,10 @@ class QuantumLink(_Model):
     def link_id(self) -> str:
         """The link's id: the given ``id`` or ``"<a>-<b>"``."""
         return self.id or f"{self.endpoints[0]}-{self.endpoints[1]}"
+
+
+_STATION_ROLE = {"mdi-qkd": "measurement-station", "tf-qkd": "measurement-station",
+                 "bbm92": "entanglement-source"}
 
 
 class HybridPolicy(StrEnum):
@@ -425,6 +440,11 @@ class Topology(_Model):
             if link.station is not None and link.station not in untrusted:
                 problems.append(f"links[{i}].station: unknown untrusted node "
                                 f"{link.station!r}")
+            elif link.station is not None and untrusted[link.station].role != _STATION_ROLE[
+                    link.protocol.removesuffix("-analytic")]:
+                problems.append(f"links[{i}].station: {link.station!r} is a "
+                                f"{untrusted[link.station].role}, protocol {link.protocol} "
+                                f"needs a {_STATION_ROLE[link.protocol.removesuffix('-analytic')]}")
             pair = frozenset(link.endpoints)
             if pair in pairs:
                 problems.append(f"links[{i}].endpoints: a second link between the same nodes")

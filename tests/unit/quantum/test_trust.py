@@ -48,7 +48,7 @@ links:
   - {endpoints: [km0, km1], length_km: 10}
   - {endpoints: [km1, km2], length_km: 10}
   - {endpoints: [km2, km3], length_km: 10}
-  - {id: km0-km2, endpoints: [km0, km2], length_km: 60, station: ms02}
+  - {id: km0-km2, endpoints: [km0, km2], length_km: 60, protocol: mdi-qkd, station: ms02}
 users:
   - {id: uz, certificate_subject: "CN=z", sla: {max_trusted_relays: 0}}
   - {id: u1, certificate_subject: "CN=one", sla: {max_trusted_relays: 1}}

@@ -114,8 +114,11 @@ class MonitoringCore:
         """Set when a raised alarm's clear condition started to hold (its clear is now
         pending): the shell re-plans its wake-up and resets this."""
         for link in topology.links:
+            # the QBER comes from the block's test-basis events: (p_test / p_key)^2 of
+            # its key bits (keyplane.physical.sifting)
+            pz = link.postprocessing.z_basis_probability
             self.add_link(link.link_id, link.postprocessing.qber_threshold,
-                          link.postprocessing.sample_fraction)
+                          (min(pz, 1 - pz) / max(pz, 1 - pz)) ** 2)
 
     def add_link(self, link_id: str, qber_threshold: float = DEFAULT_QBER_THRESHOLD,
                  sample_fraction: float = DEFAULT_SAMPLE_FRACTION) -> None:
