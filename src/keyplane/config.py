@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from keyplane.entanglement_config import EntanglementSection
 from keyplane.errors import ConfigError
 from keyplane.trust import UntrustedNode
 
@@ -419,6 +420,9 @@ class Topology(_Model):
     untrusted_nodes: list[UntrustedNode] = Field(default_factory=list)
     """Measurement stations, entanglement sources and repeaters: nodes in the middle of
     links that hold no key and need no trust (no key manager runs on them)."""
+    entanglement: EntanglementSection | None = None
+    """Quantum memories and repeater-chain links of the entanglement service (none: the
+    network serves key streams only; docs/quantum-networking.md)."""
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
@@ -449,6 +453,16 @@ class Topology(_Model):
             if pair in pairs:
                 problems.append(f"links[{i}].endpoints: a second link between the same nodes")
             pairs.add(pair)
+        if self.entanglement is not None:
+            known = node_ids | set(untrusted)
+            for node in self.entanglement.memories:
+                if node not in known:
+                    problems.append(f"entanglement.memories: unknown node {node!r}")
+            for i, elink in enumerate(self.entanglement.links):
+                for end in elink.endpoints:
+                    if end not in known:
+                        problems.append(f"entanglement.links[{i}].endpoints: unknown node "
+                                        f"{end!r}")
         sae_ids = {a.sae_id for a in self.applications}
         owners = {a.owner for a in self.applications}
         for i, app in enumerate(self.applications):
