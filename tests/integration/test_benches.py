@@ -21,6 +21,9 @@ CASES = {
     "at_rest": (["--keys", "64", "--rounds", "1"], "sealing costs"),
     "hybrid": (["--seconds", "0.2", "--samples", "5"], "qkd-and-pqc"),
     "control": (["--sessions", "2", "--pairs", "5"], "path computation"),
+    "measured_links": (["--blocks", "1"], "stack bit/s"),
+    "entanglement": (["--topology", "examples/quantum_network.yaml", "--seconds", "2",
+                      "--rates", "1"], "through EntanglementService"),
 }
 
 
