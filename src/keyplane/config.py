@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from keyplane.entanglement_config import EntanglementSection
 from keyplane.errors import ConfigError
-from keyplane.trust import UntrustedNode
+from keyplane.trust import STATION_ROLE, UntrustedNode, trust_problems
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -32,12 +32,14 @@ __all__ = [
     "Eavesdropper",
     "EmulatedSource",
     "Etsi014Source",
+    "Etsi015Settings",
     "HybridPolicy",
     "LinkSource",
     "Node",
     "PostProcessing",
     "QuantumLink",
     "SlaProfile",
+    "TeraflowSdnListener",
     "Topology",
     "UntrustedNode",
     "User",
@@ -244,7 +246,7 @@ class QuantumLink(_Model):
         if isinstance(self.source, Etsi014Source) and set(self.source.ends) != set(
                 self.endpoints):
             raise ValueError(f"source.ends must name exactly the endpoints {list(self.endpoints)}")
-        middle = _STATION_ROLE.get(self.protocol.removesuffix("-analytic"))
+        middle = STATION_ROLE.get(self.protocol.removesuffix("-analytic"))
         if (middle is None) != (self.station is None):
             raise ValueError(f"station: protocol {self.protocol} needs "
                              f"{'a ' + middle if middle else 'no'} station")
@@ -256,10 +258,6 @@ class QuantumLink(_Model):
     def link_id(self) -> str:
         """The link's id: the given ``id`` or ``"<a>-<b>"``."""
         return self.id or f"{self.endpoints[0]}-{self.endpoints[1]}"
-
-
-_STATION_ROLE = {"mdi-qkd": "measurement-station", "tf-qkd": "measurement-station",
-                 "bbm92": "entanglement-source"}
 
 
 class HybridPolicy(StrEnum):
@@ -402,6 +400,42 @@ class Application(_Model):
     """The node whose key manager serves it."""
 
 
+class TeraflowSdnListener(_Model):
+    """A second, controller-facing ETSI 015 listener per node for an unmodified TeraFlowSDN.
+
+    TeraFlowSDN's QKD driver cannot present a client certificate; it can send HTTP Basic
+    credentials (in its device address ``user:password@host`` or a ``.netrc``). This listener
+    asks every request for them, serves the plain ETSI model with unqualified top members,
+    and lets a valid user write. The default mTLS listener is unchanged (docs/api/etsi015.md,
+    "TeraFlowSDN").
+    """
+
+    host: str = "127.0.0.1"
+    """Address the listeners bind (one TeraFlowSDN can reach, nobody else ideally)."""
+    ports: dict[str, Annotated[int, Field(ge=0, le=65535)]]
+    """Node id → TCP port of its listener (only these nodes get one; 0: a free port, then
+    read it from endpoints.json)."""
+    credentials_file: Path
+    """``user:password`` lines (``#`` comments); keep it mode 0600. Relative paths are
+    resolved against the working directory of the node process."""
+    danger_plain_http: bool = False
+    """Serve plain HTTP (TeraFlowSDN's driver speaks ``http://`` to every node unless one
+    ``QKD_API_URL`` is set): credentials cross the network in clear, so only on a network
+    nobody else can read. False: HTTPS with the node's certificate, no client certificate."""
+
+
+class Etsi015Settings(_Model):
+    """How the nodes' ETSI 015 SDN agents present themselves (docs/api/etsi015.md)."""
+
+    unqualified_top_member: bool = False
+    """Answer ``{"qkd_node": …}`` as TeraFlowSDN reads it, instead of RFC 7951's
+    ``{"etsi-qkd-sdn-node:qkd_node": …}`` (also ``keyplane run/node --etsi015-unqualified``)."""
+    keyplane_augment: bool = True
+    """Serve keyplane's ``keyplane-qkd-provenance`` augment; False: the plain ETSI model."""
+    teraflowsdn: TeraflowSdnListener | None = None
+    """A second listener per node for an unmodified TeraFlowSDN (HTTP Basic); none if absent."""
+
+
 class Topology(_Model):
     """The whole network description; cross-references are checked on load."""
 
@@ -423,16 +457,16 @@ class Topology(_Model):
     entanglement: EntanglementSection | None = None
     """Quantum memories and repeater-chain links of the entanglement service (none: the
     network serves key streams only; docs/quantum-networking.md)."""
+    etsi015: Etsi015Settings = Etsi015Settings()
+    """How the nodes' ETSI 015 agents present themselves (TeraFlowSDN compatibility, the plain
+    ETSI model)."""
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
         problems: list[str] = []
         node_ids = _unique("nodes", [n.id for n in self.nodes], problems)
-        untrusted = {u.id: u for u in self.untrusted_nodes}
         _unique("untrusted_nodes", [u.id for u in self.untrusted_nodes], problems)
-        for i, u in enumerate(self.untrusted_nodes):
-            if u.id in node_ids:
-                problems.append(f"untrusted_nodes[{i}].id: {u.id!r} is also a trusted node")
+        problems += trust_problems(self, node_ids)
         _unique("links", [link.link_id for link in self.links], problems)
         user_ids = _unique("users", [u.id for u in self.users], problems)
         _unique("applications", [a.sae_id for a in self.applications], problems)
@@ -441,28 +475,10 @@ class Topology(_Model):
             for end in link.endpoints:
                 if end not in node_ids:
                     problems.append(f"links[{i}].endpoints: unknown node {end!r}")
-            if link.station is not None and link.station not in untrusted:
-                problems.append(f"links[{i}].station: unknown untrusted node "
-                                f"{link.station!r}")
-            elif link.station is not None and untrusted[link.station].role != _STATION_ROLE[
-                    link.protocol.removesuffix("-analytic")]:
-                problems.append(f"links[{i}].station: {link.station!r} is a "
-                                f"{untrusted[link.station].role}, protocol {link.protocol} "
-                                f"needs a {_STATION_ROLE[link.protocol.removesuffix('-analytic')]}")
             pair = frozenset(link.endpoints)
             if pair in pairs:
                 problems.append(f"links[{i}].endpoints: a second link between the same nodes")
             pairs.add(pair)
-        if self.entanglement is not None:
-            known = node_ids | set(untrusted)
-            for node in self.entanglement.memories:
-                if node not in known:
-                    problems.append(f"entanglement.memories: unknown node {node!r}")
-            for i, elink in enumerate(self.entanglement.links):
-                for end in elink.endpoints:
-                    if end not in known:
-                        problems.append(f"entanglement.links[{i}].endpoints: unknown node "
-                                        f"{end!r}")
         sae_ids = {a.sae_id for a in self.applications}
         owners = {a.owner for a in self.applications}
         for i, app in enumerate(self.applications):
@@ -470,6 +486,10 @@ class Topology(_Model):
                 problems.append(f"applications[{i}].node: unknown node {app.node!r}")
             if app.owner not in user_ids:
                 problems.append(f"applications[{i}].owner: unknown user {app.owner!r}")
+        if self.etsi015.teraflowsdn is not None:
+            for node in self.etsi015.teraflowsdn.ports:
+                if node not in node_ids:
+                    problems.append(f"etsi015.teraflowsdn.ports: unknown node {node!r}")
         for i, user in enumerate(self.users):
             for peer in user.sla.allowed_peers:
                 if peer != "*" and peer not in sae_ids:

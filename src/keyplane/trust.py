@@ -22,11 +22,19 @@ Decisions:
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["UntrustedNode", "exposed_nodes", "trusted_relays"]
+if TYPE_CHECKING:
+    from keyplane.config import Topology
+
+__all__ = ["STATION_ROLE", "UntrustedNode", "exposed_nodes", "trust_problems",
+           "trusted_relays"]
+
+STATION_ROLE = {"mdi-qkd": "measurement-station", "tf-qkd": "measurement-station",
+                "bbm92": "entanglement-source"}
+"""The untrusted node each measured protocol puts in the middle of its link."""
 
 
 class UntrustedNode(BaseModel):
@@ -68,3 +76,35 @@ def exposed_nodes(provenance: Iterable[Mapping[str, str]]) -> list[str]:
         out.setdefault(sender)
         out.setdefault(receiver)
     return list(out)
+
+
+def trust_problems(topology: Topology, node_ids: set[str]) -> list[str]:
+    """The topology's trust cross-reference errors, each prefixed with the field's path:
+    untrusted ids that clash with trusted ones, unknown or ill-suited link stations, and
+    entanglement memories or links on unknown nodes."""
+    problems: list[str] = []
+    untrusted = {u.id: u for u in topology.untrusted_nodes}
+    for i, u in enumerate(topology.untrusted_nodes):
+        if u.id in node_ids:
+            problems.append(f"untrusted_nodes[{i}].id: {u.id!r} is also a trusted node")
+    for i, link in enumerate(topology.links):
+        if link.station is None:
+            continue
+        if link.station not in untrusted:
+            problems.append(f"links[{i}].station: unknown untrusted node {link.station!r}")
+            continue
+        need = STATION_ROLE[link.protocol.removesuffix("-analytic")]
+        if untrusted[link.station].role != need:
+            problems.append(f"links[{i}].station: {link.station!r} is a "
+                            f"{untrusted[link.station].role}, protocol {link.protocol} "
+                            f"needs a {need}")
+    if topology.entanglement is not None:
+        known = node_ids | set(untrusted)
+        for node in topology.entanglement.memories:
+            if node not in known:
+                problems.append(f"entanglement.memories: unknown node {node!r}")
+        for i, elink in enumerate(topology.entanglement.links):
+            for end in elink.endpoints:
+                if end not in known:
+                    problems.append(f"entanglement.links[{i}].endpoints: unknown node {end!r}")
+    return problems
