@@ -152,3 +152,19 @@ async def test_measured_link_both_ends_hold_identical_keys_at_the_formulas_rate(
     delivered_bps = 8 * sum(len(mat) for _, mat in a) / elapsed
     assert 0.65 * formula_bps <= delivered_bps <= 1.05 * formula_bps, (
         delivered_bps, formula_bps, stats)
+
+
+@pytest.mark.parametrize("protocol", [f"{p}-analytic" for p in MEASURED_PROTOCOLS])
+async def test_analytic_form_streams_identical_key_at_the_formulas_rate(protocol: str) -> None:
+    clock = VirtualClock()
+    link = _link(protocol, 20.0)
+    m = measured_physics(link)
+    assert m is not None and m.protocol == protocol.removesuffix("-analytic")
+    sa, sb = MemoryKeySink(), MemoryKeySink()
+    async with LinkRunner(link, clock=clock, seed=2, alice_sink=sa, bob_sink=sb) as r:
+        assert r.analytic_rate_bps() == pytest.approx(
+            m.asymptotic_rate(r.analytic_ec_efficiency) * link.repetition_rate_hz)
+        for _ in range(5):
+            await clock.advance(r.frame_duration_s)
+    a = [(b.block_id, b.material) for b in sa.drain()]
+    assert a and a == [(b.block_id, b.material) for b in sb.drain()]
