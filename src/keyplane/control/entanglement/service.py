@@ -68,7 +68,8 @@ ENTANGLEMENT = "keyplane.control.entanglement"
 
 def delivery_topic(node: str) -> str:
     """Where an end node's applications receive their packets and demand outcomes."""
-    return f"keyplane.entanglement.delivery.{node}"
+    # under keyplane.control.> : the control plane's NATS account may publish there
+    return f"keyplane.control.entanglement.delivery.{node}"
 
 
 class EntanglementRequest(Message):
