@@ -10,18 +10,28 @@ the same load with the deadline check off (every feasible demand admitted, best 
 
     python bench/entanglement.py [--seconds 20] [--seed 1]
 
+With ``--topology FILE`` (e.g. examples/quantum_network.yaml) the demands go instead to the
+control plane's entanglement service (keyplane.control.entanglement.service, the element
+beside Admission Control) built from that topology's ``entanglement`` section, between its
+trusted end nodes, on a virtual clock: the served share against the offered load of the
+network that also carries key streams.
+
 Prints figures only; asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import random
 import time
 
 from _support import machine_line
 
+from keyplane.bus import MemoryBus
+from keyplane.clock import VirtualClock
+from keyplane.config import Topology, load_topology
 from keyplane.control.entanglement import (
     DemandState,
     EntanglementDemand,
@@ -30,7 +40,9 @@ from keyplane.control.entanglement import (
     EntanglementScheduler,
     SchedulerSettings,
 )
-from keyplane.control.entanglement.executor import EntanglementEngine
+from keyplane.control.entanglement.executor import EngineReport, EntanglementEngine
+from keyplane.control.entanglement.service import EntanglementService
+from keyplane.events import EventStream
 from keyplane.physical.repeater import ElementaryLink
 
 SLOT_S = 0.005
@@ -47,9 +59,9 @@ def grid(n: int) -> EntanglementNetwork:
     return net
 
 
-def arrivals(rate_hz: float, seconds: float, rng: random.Random
-             ) -> list[tuple[float, EntanglementDemand]]:
-    nodes = [f"r{i}_{j}" for i in range(4) for j in range(4)]
+def arrivals(rate_hz: float, seconds: float, rng: random.Random,
+             nodes: list[str] | None = None) -> list[tuple[float, EntanglementDemand]]:
+    nodes = nodes or [f"r{i}_{j}" for i in range(4) for j in range(4)]
     out, t = [], 0.0
     for k in itertools.count():
         t += rng.expovariate(rate_hz)
@@ -76,15 +88,37 @@ def run(rate_hz: float, seconds: float, seed: int, check: bool) -> str:
         engine.step(t)
         t += SLOT_S
     cpu = time.process_time() - cpu0
-    rep = engine.report
+    return _row(rate_hz, len(demands), engine.report, end, cpu)
+
+
+def _row(rate_hz: float, offered: int, rep: EngineReport, end: float, cpu: float) -> str:
     admitted = len(rep.admitted)
     served = sum(1 for o in rep.outcomes.values() if o.state is DemandState.served
                  and rep.finished_t[o.demand_id] <= rep.admitted[o.demand_id].deadline_t + 1e-9)
     pairs = [p for ps in rep.pairs.values() for p in ps]
     fid_ok = all(p.fidelity >= rep.admitted[p.demand_id].demand.min_fidelity for p in pairs)
-    return (f"{rate_hz:>6.1f} {len(demands):>8} {admitted:>9} {served:>7} "
-            f"{served / max(1, len(demands)):>8.0%} {served / max(1, admitted):>9.0%} "
+    return (f"{rate_hz:>6.1f} {offered:>8} {admitted:>9} {served:>7} "
+            f"{served / max(1, offered):>8.0%} {served / max(1, admitted):>9.0%} "
             f"{len(pairs) / end:>9.0f} {'yes' if fid_ok else 'NO':>6} {cpu:>7.2f}")
+
+
+async def run_service(topology: Topology, rate_hz: float, seconds: float, seed: int) -> str:
+    """The same load through the control plane's entanglement service (virtual clock)."""
+    assert topology.entanglement is not None
+    trusted = {n.id for n in topology.nodes}
+    ends = sorted(n for n in topology.entanglement.memories if n in trusted)
+    demands = arrivals(rate_hz, seconds, random.Random(seed), ends)
+    clock = VirtualClock()
+    cpu0 = time.process_time()
+    end = seconds + 6.0
+    async with MemoryBus() as bus, \
+            EntanglementService(topology, bus, clock, EventStream(clock, []), seed=seed) as svc:
+        for at, demand in demands:
+            await clock.advance(at - clock.now())
+            svc.request(demand)
+        await clock.advance(end - clock.now())
+        report = svc.engine.report
+    return _row(rate_hz, len(demands), report, end, time.process_time() - cpu0)
 
 
 def main() -> None:
@@ -92,12 +126,21 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="arrival window (virtual s)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--rates", type=float, nargs="+", default=[2, 5, 10, 20, 40])
+    ap.add_argument("--topology", help="run through the entanglement service of this "
+                                       "topology file instead of the 4x4 grid")
     args = ap.parse_args()
     print(machine_line())
-    print(f"parameters: grid 4x4, 20 km links, slot {SLOT_S * 1e3:g} ms, "
-          f"seconds={args.seconds} seed={args.seed}")
     head = (f"{'rate/s':>6} {'offered':>8} {'admitted':>9} {'served':>7} {'of offer':>8} "
             f"{'of admit':>9} {'pairs/s':>9} {'fid ok':>6} {'CPU s':>7}")
+    if args.topology:
+        topo = load_topology(args.topology)
+        print(f"parameters: {args.topology} through EntanglementService, "
+              f"seconds={args.seconds} seed={args.seed}\n{head}")
+        for rate in args.rates:
+            print(asyncio.run(run_service(topo, rate, args.seconds, args.seed)), flush=True)
+        return
+    print(f"parameters: grid 4x4, 20 km links, slot {SLOT_S * 1e3:g} ms, "
+          f"seconds={args.seconds} seed={args.seed}")
     for check, label in ((True, "with admission (deadline check)"),
                          (False, "without admission (every feasible demand, best effort)")):
         print(f"\n== {label}\n{head}")

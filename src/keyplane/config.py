@@ -19,7 +19,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from keyplane.entanglement_config import EntanglementSection
 from keyplane.errors import ConfigError
+from keyplane.trust import STATION_ROLE, UntrustedNode, trust_problems
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -40,6 +42,7 @@ __all__ = [
     "SlaProfile",
     "TeraflowSdnListener",
     "Topology",
+    "UntrustedNode",
     "User",
     "example_path",
     "load_topology",
@@ -230,9 +233,14 @@ class QuantumLink(_Model):
     """Optical misalignment error probability ``e_d``."""
     repetition_rate_hz: Annotated[float, Field(gt=0.0)] = 1e8
     """Pulse repetition rate of the source, Hz."""
-    protocol: Literal["bb84-decoy", "analytic"] = "bb84-decoy"
+    protocol: Literal["bb84-decoy", "analytic", "mdi-qkd", "tf-qkd", "bbm92", "mdi-qkd-analytic",
+                      "tf-qkd-analytic", "bbm92-analytic"] = "bb84-decoy"
     """``bb84-decoy``: emulated decoy-state BB84 with the full post-processing; ``analytic``: key
-    rate from the formula, no per-bit emulation (large networks)."""
+    rate from the formula, no per-bit emulation (large networks). ``mdi-qkd``, ``tf-qkd``
+    (sending-or-not-sending) and ``bbm92`` (entangled pairs from a source in the middle):
+    emulated through the same post-processing, with ``station`` the untrusted node in the
+    middle; their ``-analytic`` forms give the rate of the cited formula
+    (docs/physical.md, "Measurement-assisted and entanglement-based links")."""
     decoy: DecoySettings = DecoySettings()
     """Decoy-state intensities and probabilities."""
     postprocessing: PostProcessing = PostProcessing()
@@ -244,6 +252,12 @@ class QuantumLink(_Model):
     source: LinkSource = EmulatedSource()
     """Where the link's key comes from: ``{kind: emulated}`` (default) or a QKD device
     over ETSI 014 (``{kind: etsi014, ends: {...}}``, docs/devices.md)."""
+    mean_pairs_per_pulse: Annotated[float, Field(gt=0.0, le=1.0)] = 0.05
+    """``bbm92``: the source's mean number of photon pairs per pulse (``lambda``)."""
+    station: Ident | None = None
+    """The untrusted node in the middle of the link (an ``untrusted_nodes`` id): the
+    measurement station of a measurement-assisted link or the source of an
+    entanglement-based one. It cannot learn the link's key (docs/quantum-networking.md)."""
 
     @model_validator(mode="after")
     def _check(self) -> QuantumLink:
@@ -252,6 +266,10 @@ class QuantumLink(_Model):
         if isinstance(self.source, Etsi014Source) and set(self.source.ends) != set(
                 self.endpoints):
             raise ValueError(f"source.ends must name exactly the endpoints {list(self.endpoints)}")
+        middle = STATION_ROLE.get(self.protocol.removesuffix("-analytic"))
+        if (middle is None) != (self.station is None):
+            raise ValueError(f"station: protocol {self.protocol} needs "
+                             f"{'a ' + middle if middle else 'no'} station")
         if self.eavesdropper is not None and self.eavesdropper.position_km > self.length_km:
             raise ValueError("eavesdropper.position_km is beyond the fibre's length_km")
         return self
@@ -341,6 +359,10 @@ class SlaProfile(_Model):
     """A session without a key request for this long is closed, s."""
     hybrid_policy: HybridPolicy = HybridPolicy.qkd_only
     """How hop keys may combine QKD and ML-KEM (docs/hybrid.md)."""
+    max_trusted_relays: Annotated[int, Field(ge=0)] | None = None
+    """At most this many trusted relays (intermediate key managers, which see the key) on
+    a session's path; 0: only a single link, e.g. measurement-assisted (unset: no cap;
+    docs/quantum-networking.md)."""
     applications: dict[str, ApplicationQos] = Field(default_factory=dict)
     """Per-application QoS profiles below this SLA, by SAE id (one of the user's
     applications): priority, rates and wait bound its sessions get (docs/control.md,
@@ -449,6 +471,12 @@ class Topology(_Model):
     """The users and their SLA profiles."""
     applications: list[Application] = Field(default_factory=list)
     """The applications (SAEs)."""
+    untrusted_nodes: list[UntrustedNode] = Field(default_factory=list)
+    """Measurement stations, entanglement sources and repeaters: nodes in the middle of
+    links that hold no key and need no trust (no key manager runs on them)."""
+    entanglement: EntanglementSection | None = None
+    """Quantum memories and repeater-chain links of the entanglement service (none: the
+    network serves key streams only; docs/quantum-networking.md)."""
     etsi015: Etsi015Settings = Etsi015Settings()
     """How the nodes' ETSI 015 agents present themselves (TeraFlowSDN compatibility, the plain
     ETSI model)."""
@@ -462,6 +490,8 @@ class Topology(_Model):
     def _cross_check(self) -> Topology:
         problems: list[str] = []
         node_ids = _unique("nodes", [n.id for n in self.nodes], problems)
+        _unique("untrusted_nodes", [u.id for u in self.untrusted_nodes], problems)
+        problems += trust_problems(self, node_ids)
         _unique("links", [link.link_id for link in self.links], problems)
         user_ids = _unique("users", [u.id for u in self.users], problems)
         _unique("applications", [a.sae_id for a in self.applications], problems)
@@ -540,6 +570,13 @@ class Topology(_Model):
             if link.link_id == link_id:
                 return link
         raise KeyError(link_id)
+
+    def untrusted_node(self, node_id: str) -> UntrustedNode:
+        """The untrusted node with ``node_id`` (KeyError if absent)."""
+        for u in self.untrusted_nodes:
+            if u.id == node_id:
+                return u
+        raise KeyError(node_id)
 
     def links_of(self, node_id: str) -> list[QuantumLink]:
         """Links with ``node_id`` at one end."""

@@ -77,6 +77,10 @@ class EventType(StrEnum):
     virtual_link_provisioned = "virtual_link_provisioned"
     virtual_link_released = "virtual_link_released"
     sdn_agent_failed = "sdn_agent_failed"
+    entanglement_admitted = "entanglement_admitted"
+    entanglement_refused = "entanglement_refused"
+    entanglement_delivered = "entanglement_delivered"
+    entanglement_ended = "entanglement_ended"
     element_started = "element_started"
     element_stopped = "element_stopped"
 

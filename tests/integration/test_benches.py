@@ -22,6 +22,9 @@ CASES = {
     "hybrid": (["--seconds", "0.2", "--samples", "5"], "qkd-and-pqc"),
     "control": (["--sessions", "2", "--pairs", "5"], "path computation"),
     "faults": (["--faults", "nats", "--nats-s", "2"], "keys handed out twice"),
+    "measured_links": (["--blocks", "1"], "stack bit/s"),
+    "entanglement": (["--topology", "examples/quantum_network.yaml", "--seconds", "2",
+                      "--rates", "1"], "through EntanglementService"),
 }
 
 

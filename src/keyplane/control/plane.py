@@ -27,6 +27,7 @@ from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology, load_topology
 from keyplane.control.access import AccessControl
 from keyplane.control.admission import AdmissionControl
+from keyplane.control.entanglement.service import EntanglementService
 from keyplane.control.monitoring import MonitoringElement
 from keyplane.control.routing import RoutingElement, WeightFunction
 from keyplane.control.sdn import SdnController
@@ -42,7 +43,8 @@ __all__ = ["ELEMENTS", "ControlPlane", "run_controller"]
 
 logger = logging.getLogger(__name__)
 
-ELEMENTS: tuple[str, ...] = ("sdn", "routing", "monitoring", "access", "admission")
+ELEMENTS: tuple[str, ...] = ("sdn", "routing", "monitoring", "access", "admission",
+                             "entanglement")
 """Element names, in start order."""
 
 
@@ -95,6 +97,10 @@ class ControlPlane(Service):
                        if "access" in wanted else None)
         self.admission = (AdmissionControl(bus, db, clock, events, settings=s.admission)
                           if "admission" in wanted else None)
+        # beside Admission Control when the topology has an entanglement section
+        self.entanglement = (EntanglementService(topology, bus, clock, events)
+                             if "entanglement" in wanted and topology.entanglement is not None
+                             else None)
         self._started: list[_Element] = []
         self._closed = False
 

@@ -84,6 +84,8 @@ class RouteRequest(Message):
     hybrid_policy: str = "qkd-only"
     """The session's hybrid policy: with one that allows PQC alone (``either``) a link
     without QKD key may still be on the path (its hops use ML-KEM), at a weight penalty."""
+    max_trusted_relays: Annotated[int, Field(ge=0)] | None = None
+    """At most this many intermediate key managers on the path (None: no cap)."""
 
 
 class RouteReply(Message):
@@ -220,6 +222,8 @@ class LiveSession(Message):
     destination_sae: str = ""
     priority: Annotated[int, Field(ge=0)] = 0
     max_bps: Annotated[float, Field(ge=0)] = 0.0
+    max_trusted_relays: Annotated[int, Field(ge=0)] | None = None
+    """The session's cap on intermediate key managers (None: none), kept on reroutes."""
 
 
 class LiveSessionsRequest(Message):

@@ -40,6 +40,7 @@ from keyplane.keymanager.shell import KmShellBase
 from keyplane.keymanager.vault import HeldKey, new_key_id
 from keyplane.keymanager.wire import KeyFrame
 from keyplane.messages import HopRole
+from keyplane.trust import exposed_nodes
 
 __all__: list[str] = []
 
@@ -372,7 +373,8 @@ class _Production(KmShellBase):
                    key_ids=[k.key_id for k in keys], key_count=len(keys),
                    bits=8 * sum(len(m) for m in out), indexes=[k.index for k in keys],
                    provenance=merge_provenance(*(k.provenance for k in keys)),
-                   provenance_counts=count_provenance(k.provenance for k in keys))
+                   provenance_counts=count_provenance(k.provenance for k in keys),
+                   exposed_to=exposed_nodes(r for k in keys for r in k.provenance))
 
     def _undeliver(self, keys: list[HeldKey], materials: list[bytes]) -> None:
         """Undo a delivery that did not become durable: the keys are ``ready`` again."""

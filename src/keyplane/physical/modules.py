@@ -63,6 +63,11 @@ from keyplane.physical.hashing import (
     toeplitz_bits,
     toeplitz_hash,
 )
+from keyplane.physical.measured import (
+    emulate_measured_frame,
+    measured_block_length,
+    measured_physics,
+)
 from keyplane.physical.physics import LinkPhysics, emulate_frame
 from keyplane.physical.sifting import (
     SiftedKeyBuffer,
@@ -137,8 +142,13 @@ class BlockOutcome:
 
 
 def _block_length(link: QuantumLink, counts: BlockCounts, leaked_ec: int
-                  ) -> tuple[int, FiniteKeyBound]:
+                  ) -> tuple[int, FiniteKeyBound | None]:
     pp, d = link.postprocessing, link.decoy
+    measured = measured_physics(link)
+    if measured is not None:  # MDI-QKD, TF-QKD, BBM92: the protocol's own bound
+        return measured_block_length(measured, counts.n_key, sum(counts.test),
+                                     sum(counts.test_errors), leaked_ec, VERIFY_TAG_BITS,
+                                     pp.security_epsilon), None
     bound = finite_key_length(counts, (d.mu_signal, d.mu_decoy, d.mu_vacuum),
                               (d.p_signal, d.p_decoy, d.p_vacuum), leaked_ec_bits=leaked_ec,
                               leaked_verify_bits=VERIFY_TAG_BITS, eps_sec=pp.security_epsilon,
@@ -259,7 +269,12 @@ class AliceModule(_Module):
         try:
             # numpy releases the GIL: the frame draws run off the event loop so KMs and
             # the control plane in the same process keep answering promptly
-            alice, bob = await self.offload(emulate_frame, physics, n_pulses, self.rng)
+            measured = measured_physics(self.link, physics)
+            if measured is not None:
+                alice, bob = await self.offload(emulate_measured_frame, measured, n_pulses,
+                                                self.rng)
+            else:
+                alice, bob = await self.offload(emulate_frame, physics, n_pulses, self.rng)
             await self.quantum.send(QuantumFrame(
                 link_id=self.link_id, frame_id=frame_id, n_pulses=n_pulses,
                 detections=bob.detections, bases=pack(bob.bases), bits=pack(bob.bits)))
@@ -441,6 +456,13 @@ class BobModule(_Module):
             raise ClassicalChannelError(f"link {self.link_id}: block sizes differ")
         pp = self.link.postprocessing
         qber = counts.test_qber
+        cascade_qber = qber
+        measured = measured_physics(self.link)
+        if measured is not None and qber is not None:
+            # the test basis of MDI/TF-QKD is not the key basis: judge the phase error,
+            # size Cascade by the key basis's expected error (measured.py)
+            qber, cascade_qber = measured.block_estimates(sum(counts.test_errors),
+                                                          sum(counts.test))
         abort, reason = False, ""
         if qber is None:
             abort, reason = True, "no test-basis events in the block"
@@ -454,9 +476,9 @@ class BobModule(_Module):
                            test_bits=sum(counts.test), reason=reason)
         if abort:
             return out
-        assert qber is not None
+        assert cascade_qber is not None
         bob = CascadeBob(rest, self.rng.bytes(16),
-                         block_sizes(self.cascade_schedule, qber, int(rest.shape[0])))
+                         block_sizes(self.cascade_schedule, cascade_qber, int(rest.shape[0])))
         query = bob.start()
         while query is not None:
             await self.classical.send(CascadeQuery(

@@ -112,7 +112,11 @@ class EmulationSettings(BaseModel):
 
 
 def _weight(link: QuantumLink) -> float:
-    return ANALYTIC_WEIGHT if link.protocol == "analytic" else BB84_WEIGHT
+    return ANALYTIC_WEIGHT if _analytic(link) else BB84_WEIGHT
+
+
+def _analytic(link: QuantumLink) -> bool:
+    return link.protocol == "analytic" or link.protocol.endswith("-analytic")
 
 
 def plan_workers(links: list[QuantumLink], workers: int | None = None,
@@ -124,7 +128,7 @@ def plan_workers(links: list[QuantumLink], workers: int | None = None,
     """
     if not links:
         return []
-    bb84 = sum(1 for link in links if link.protocol != "analytic")
+    bb84 = sum(1 for link in links if not _analytic(link))
     n = workers or max(1, min(cores or os.cpu_count() or 1, bb84))
     n = min(n, len(links))
     plan: list[list[QuantumLink]] = [[] for _ in range(n)]

@@ -88,6 +88,7 @@ from keyplane.physical.channel import (
     ClassicalChannel,
     InProcessChannel,
 )
+from keyplane.physical.measured import measured_physics
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
 from keyplane.physical.sink import LinkKeySink, sink_has_room
@@ -157,7 +158,9 @@ def link_rng_seed(seed: int, link_id: str, end: End, salt: int = 0) -> list[int]
 
 def default_frame_duration(link: QuantumLink) -> float:
     """About one block of sifted bits per frame at the nominal physics, within [1 ms, 1 s]."""
-    per_s = LinkPhysics.from_link(link).expected_sifted_fraction() * link.repetition_rate_hz
+    measured = measured_physics(link)
+    per_s = (measured or LinkPhysics.from_link(link)).expected_sifted_fraction() \
+        * link.repetition_rate_hz
     if per_s <= 0:
         return MAX_FRAME_S
     return min(MAX_FRAME_S, max(MIN_FRAME_S, link.postprocessing.block_size_bits / per_s))
@@ -317,7 +320,7 @@ class LinkRunner(Service):
         if self._state != "new":
             raise KeyplaneError(f"link {self.link_id}: runner already {self._state}")
         self._state = "running"
-        analytic = self.link.protocol == "analytic"
+        analytic = self.link.protocol == "analytic" or self.link.protocol.endswith("-analytic")
         if len(self.local_ends) == 2:
             ca, cb = InProcessChannel.pair(self.link_id)
             qa, qb = InProcessChannel.pair(self.link_id)
@@ -729,6 +732,10 @@ class LinkRunner(Service):
         """Secret-key rate of the analytic mode for the current physics, faults included
         (:func:`~keyplane.physical.analytic.analytic_rate_bps`; 0 if the QBER aborts)."""
         pp = self.link.postprocessing
+        measured = measured_physics(self.link, self.physics)
+        if measured is not None:  # MDI-QKD, TF-QKD, BBM92: their own closed forms
+            return measured.asymptotic_rate(self.analytic_ec_efficiency) \
+                * self.link.repetition_rate_hz
         return analytic.analytic_rate_bps(self.physics, formula=pp.analytic_formula,
                                           ec_efficiency=self.analytic_ec_efficiency,
                                           qber_threshold=pp.qber_threshold)

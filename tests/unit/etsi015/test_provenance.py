@@ -144,7 +144,8 @@ async def test_mixed_provenance_shows_in_get_of_the_qkd_app(fed_agent: SdnAgent,
     deliver(fed_agent, KEY_PROVENANCE)
     r = await controller_client.get(APP_URL)
     assert r.status_code == 200, r.text
-    assert provenance_of(r.json()) == {"hybrid_policy": "either", "hop": [
+    assert provenance_of(r.json()) == {"hybrid_policy": "either",
+                                       "exposed_to": ["km3", "km2", "km0"], "hop": [
         {"hop": "km3->km2", "qkd_keys": "4", "pqc_keys": "0", "combined_keys": "0",
          "last_source": "qkd"},
         {"hop": "km2->km0", "qkd_keys": "2", "pqc_keys": "1", "combined_keys": "1",

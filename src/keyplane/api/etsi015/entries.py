@@ -169,12 +169,15 @@ class AppProvenance:
 
     hybrid_policy: str | None = None
     hops: dict[str, HopProvenance] = field(default_factory=dict)
+    exposed_to: dict[str, None] = field(default_factory=dict)  # ordered set of node ids
 
     def to_raw(self) -> dict[str, Any]:
         """The ``provenance`` container (RFC 7951: uint64 counters are JSON strings)."""
         raw: dict[str, Any] = {}
         if self.hybrid_policy is not None:
             raw["hybrid_policy"] = self.hybrid_policy
+        if self.exposed_to:
+            raw["exposed_to"] = list(self.exposed_to)
         if self.hops:
             raw["hop"] = [{"hop": hop,
                            **{f"{source}_keys": str(h.key_count.get(source, 0))

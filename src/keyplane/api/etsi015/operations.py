@@ -28,6 +28,7 @@ from keyplane.api.etsi015.entries import (
 from keyplane.api.etsi015.model import identity
 from keyplane.config import HybridPolicy
 from keyplane.messages import LinkState, SdnNotificationName
+from keyplane.trust import exposed_nodes
 
 __all__ = ["DOWN_STATES", "LiveFigures", "NodeStatus"]
 
@@ -165,6 +166,8 @@ class LiveFigures(ABC):
             for source, n in valid.items():
                 record.key_count[source] = record.key_count.get(source, 0) + n
             record.last_source = last
+            for node in exposed_nodes([{"hop": hop}]):  # who could have learned the keys
+                provenance.exposed_to.setdefault(node)
 
     def record_hop_source(self, qkdl_uuid: str, hop: str, source: str) -> None:
         """Record the source of the last key batch this node sent over ``hop`` for the

@@ -78,6 +78,7 @@ class AdmissionCore:
         def add(sess: AdmissionSession, epoch: int, path: tuple[str, ...]) -> None:
             out.append(LiveSession(session_id=sess.session_id, epoch=epoch, path=list(path),
                                    min_bps=sess.min_bps, hybrid_policy=sess.hybrid_policy,
+                                   max_trusted_relays=sess.max_trusted_relays,
                                    source_sae=sess.initiator.sae_id,
                                    destination_sae=sess.initiator.peer_sae,
                                    priority=sess.priority, max_bps=sess.rate_bps))
@@ -231,9 +232,10 @@ class AdmissionCore:
         sess.inflight.add("route")
         return [Notify(EventType.admission_requested, sess.session_id, sess.destination_node,
                        {"state": "accepted", "min_bps": sess.min_bps, "rate_bps": sess.rate_bps,
-                        "hybrid_policy": sess.hybrid_policy}),
+                        "hybrid_policy": sess.hybrid_policy,
+                        "max_trusted_relays": sess.max_trusted_relays}),
                 RequestRoute(sess.session_id, sess.epoch, init.node, sess.destination_node,
-                             sess.min_bps, sess.hybrid_policy)]
+                             sess.min_bps, sess.hybrid_policy, sess.max_trusted_relays)]
 
     # ------------------------------------------------------------------ route, configs
 

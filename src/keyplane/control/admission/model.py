@@ -78,6 +78,7 @@ class RequestRoute:
     destination_node: str
     min_bps: float
     hybrid_policy: str = "qkd-only"
+    max_trusted_relays: int | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +238,13 @@ class AdmissionSession:
         if self.responder is not None:
             out.add(self.responder.user_id)
         return out
+
+    @property
+    def max_trusted_relays(self) -> int | None:
+        """The tightest cap on trusted relays of the endpoints' SLAs (None: no cap)."""
+        caps = [e.sla.max_trusted_relays for e in (self.initiator, self.responder)
+                if e is not None and e.sla.max_trusted_relays is not None]
+        return min(caps, default=None)
 
     @property
     def endpoint_nodes(self) -> tuple[str, str]:

@@ -301,7 +301,8 @@ class AdmissionControl(Service):
     async def _route(self, e: RequestRoute) -> None:
         req = RouteRequest(session_id=e.session_id, epoch=e.epoch, source_node=e.source_node,
                            destination_node=e.destination_node, min_bps=e.min_bps,
-                           hybrid_policy=e.hybrid_policy)
+                           hybrid_policy=e.hybrid_policy,
+                           max_trusted_relays=e.max_trusted_relays)
         try:
             reply = await self._ask(topics.ROUTING, req, self.settings.route_timeout_s)
         except (TimeoutError, BusError) as exc:

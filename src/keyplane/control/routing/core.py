@@ -10,13 +10,20 @@ with 10,000 live sessions):
   the number of live sessions: 22 ms p99 at 10,000);
 * reservations are indexed by session (release, current epoch) and links by the sessions
   they carry (:meth:`RoutingCore.affected_by`), instead of scans of every reservation.
+
+Trust (issue #19.2, :mod:`keyplane.trust`): a session may cap the trusted relays on its
+path (``max_trusted_relays``; 0: a single link). The plain search runs first; only when its
+path has too many relays does a hop-bounded search (Bellman-Ford by layers, ``cap + 1``
+edges at most) look for the lightest path within the cap. A link's untrusted station
+(measurement station, entanglement source) is not a graph node: a key crosses it without
+being exposed, so it never counts as a relay.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import networkx as nx
@@ -62,6 +69,7 @@ class Reservation:
     route: Route
     min_bps: float
     pqc_fallback: bool = False
+    max_trusted_relays: int | None = None
 
 
 @dataclass
@@ -140,6 +148,7 @@ class RoutingCore:
         self._links: dict[str, _Link] = {}
         self._metrics: dict[str, LinkMetrics] = {}
         self._reservations: dict[str, dict[int, Reservation]] = {}  # session → epoch → res
+        self.stations: dict[str, str] = {}  # link id → its untrusted station (topology file)
 
     # ------------------------------------------------------------------ topology
 
@@ -152,7 +161,13 @@ class RoutingCore:
             core.add_node(n.id)
         for link in topology.links:
             core.add_link(link.link_id, *link.endpoints, enabled=link.enabled)
+            if link.station is not None:
+                core.stations[link.link_id] = link.station
         return core
+
+    def untrusted_on(self, route: Route) -> list[str]:
+        """The untrusted stations of ``route``'s links, in path order."""
+        return [self.stations[lid] for lid in route.links if lid in self.stations]
 
     def load_snapshot(self, snap: TopologySnapshot) -> None:
         """Replace the graph with the SDN Controller's (PHYS links only; keeps reservations)."""
@@ -302,7 +317,8 @@ class RoutingCore:
 
     def compute_path(self, source: str, destination: str, min_bps: float = 0.0, *,
                      session_id: str | None = None, avoid: Iterable[str] = (),
-                     pqc_fallback: bool = False) -> Route:
+                     pqc_fallback: bool = False,
+                     max_trusted_relays: int | None = None) -> Route:
         """The lightest path whose every link is usable and has ``min_bps`` free.
 
         Args:
@@ -310,6 +326,7 @@ class RoutingCore:
             avoid: link ids not to use.
             pqc_fallback: the session's hybrid policy allows PQC alone, so links without
                 QKD key may be used too (weight + ``pqc_hop_penalty``, capacity unchecked).
+            max_trusted_relays: at most this many intermediate key managers (None: any).
 
         Raises:
             NoRoute: unknown endpoint, same endpoints, or no such path.
@@ -340,9 +357,44 @@ class RoutingCore:
                                                      weight=cost)
         except nx.NetworkXNoPath:
             raise NoRoute(source, destination, min_bps) from None
+        if max_trusted_relays is not None and len(nodes) - 2 > max_trusted_relays:
+            found = self._bounded_path(source, destination, max_trusted_relays + 1, cost)
+            if found is None:
+                raise NoRoute(source, destination, min_bps,
+                              f"no path with at most {max_trusted_relays} trusted relays")
+            total, nodes = found
         links = tuple(self.graph.edges[u, v]["link"].link_id
                       for u, v in itertools.pairwise(nodes))
         return Route(tuple(nodes), links, float(total))
+
+    def _bounded_path(self, source: str, destination: str, max_edges: int,
+                      cost: Callable[[str, str, dict[str, _Link]], float | None]
+                      ) -> tuple[float, list[str]] | None:
+        """The lightest path of at most ``max_edges`` links (Bellman-Ford by layers).
+
+        Costs ``max_edges`` passes over the edges reachable so far; a trust cap is small
+        (a few relays), so this stays near a plain search.
+        """
+        best: dict[str, tuple[float, list[str]]] = {source: (0.0, [source])}
+        frontier = dict(best)
+        for _ in range(max_edges):
+            nxt: dict[str, tuple[float, list[str]]] = {}
+            for u, (du, pu) in frontier.items():
+                for v, data in self.graph[u].items():
+                    if v in pu:
+                        continue
+                    w = cost(u, v, data)
+                    if w is None:
+                        continue
+                    dv = du + w
+                    if dv < best.get(v, (math.inf, []))[0] and dv < nxt.get(
+                            v, (math.inf, []))[0]:
+                        nxt[v] = (dv, [*pu, v])
+            best.update(nxt)
+            frontier = {v: e for v, e in nxt.items() if v != destination}
+            if not frontier:
+                break
+        return best.get(destination)
 
     def route_cost(self, route: Route, pqc_fallback: bool = False) -> float:
         """What ``route`` weighs now (``inf`` if a link is gone or, without
@@ -362,7 +414,8 @@ class RoutingCore:
     # ------------------------------------------------------------------ reservations
 
     def reserve(self, session_id: str, epoch: int, route: Route, min_bps: float, *,
-                pqc_fallback: bool = False) -> Reservation:
+                pqc_fallback: bool = False,
+                max_trusted_relays: int | None = None) -> Reservation:
         """Hold ``min_bps`` on every link of ``route`` for ``(session_id, epoch)``.
 
         Args:
@@ -385,7 +438,12 @@ class RoutingCore:
                 if link.free_for(session_id) < max(min_bps, own):
                     raise NoRoute(route.nodes[0], route.nodes[-1], min_bps,
                                   f"link {lid} lacks capacity")
-        return self._hold(Reservation(session_id, epoch, route, float(min_bps), pqc_fallback))
+        if max_trusted_relays is not None and len(route.nodes) - 2 > max_trusted_relays:
+            raise NoRoute(route.nodes[0], route.nodes[-1], min_bps,
+                          f"{len(route.nodes) - 2} trusted relays, at most "
+                          f"{max_trusted_relays} allowed")
+        return self._hold(Reservation(session_id, epoch, route, float(min_bps), pqc_fallback,
+                                      max_trusted_relays))
 
     def _hold(self, res: Reservation) -> Reservation:
         self.release(res.session_id, res.epoch)
@@ -397,15 +455,18 @@ class RoutingCore:
         return res
 
     def route_and_reserve(self, session_id: str, epoch: int, source: str, destination: str,
-                          min_bps: float, *, pqc_fallback: bool = False) -> Reservation:
+                          min_bps: float, *, pqc_fallback: bool = False,
+                          max_trusted_relays: int | None = None) -> Reservation:
         """:meth:`compute_path` then :meth:`reserve` (the Admission request).
 
         Raises:
-            NoRoute: no path can carry ``min_bps``.
+            NoRoute: no path can carry ``min_bps`` within ``max_trusted_relays``.
         """
         route = self.compute_path(source, destination, min_bps, session_id=session_id,
-                                  pqc_fallback=pqc_fallback)
-        return self.reserve(session_id, epoch, route, min_bps, pqc_fallback=pqc_fallback)
+                                  pqc_fallback=pqc_fallback,
+                                  max_trusted_relays=max_trusted_relays)
+        return self.reserve(session_id, epoch, route, min_bps, pqc_fallback=pqc_fallback,
+                            max_trusted_relays=max_trusted_relays)
 
     def release(self, session_id: str, epoch: int | None = None) -> list[Reservation]:
         """Free ``(session_id, epoch)`` (every epoch when ``epoch`` is None)."""
@@ -426,7 +487,8 @@ class RoutingCore:
         return out
 
     def restore(self, session_id: str, epoch: int, nodes: Iterable[str], min_bps: float, *,
-                pqc_fallback: bool = False) -> tuple[Reservation, tuple[str, ...]]:
+                pqc_fallback: bool = False, max_trusted_relays: int | None = None
+                ) -> tuple[Reservation, tuple[str, ...]]:
         """Hold ``min_bps`` for ``(session_id, epoch)`` on a path the session already uses.
 
         Unlike :meth:`reserve` nothing is checked: after a restart the session's KMs forward
@@ -447,7 +509,8 @@ class RoutingCore:
                 missing.append(f"{u}-{v}")
         route = Route(path, tuple(links))
         route = Route(path, route.links, self.route_cost(route, pqc_fallback))
-        res = self._hold(Reservation(session_id, epoch, route, float(min_bps), pqc_fallback))
+        res = self._hold(Reservation(session_id, epoch, route, float(min_bps), pqc_fallback,
+                                     max_trusted_relays))
         return res, tuple(missing)
 
     def overbooked(self) -> list[str]:
@@ -488,4 +551,5 @@ class RoutingCore:
         """
         src, dst = res.route.nodes[0], res.route.nodes[-1]
         return self.route_and_reserve(res.session_id, res.epoch + 1, src, dst, res.min_bps,
-                                      pqc_fallback=res.pqc_fallback)
+                                      pqc_fallback=res.pqc_fallback,
+                                      max_trusted_relays=res.max_trusted_relays)

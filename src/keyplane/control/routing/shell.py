@@ -38,6 +38,7 @@ from keyplane.lifecycle import Service
 from keyplane.messages import LinkAlarm, TopologyChange
 from keyplane.store import Database
 from keyplane.store.topology import LinkMetrics, get_link_metrics
+from keyplane.trust import trusted_relays
 
 __all__ = ["ELEMENT", "RoutingElement"]
 
@@ -124,7 +125,8 @@ class RoutingElement(Service):
             except ValueError:
                 fallback = False
             res, gone = self.core.restore(s.session_id, s.epoch, s.path, s.min_bps,
-                                          pqc_fallback=fallback)
+                                          pqc_fallback=fallback,
+                                          max_trusted_relays=s.max_trusted_relays)
             restored.append(s.session_id)
             if gone:
                 missing[s.session_id] = list(gone)
@@ -173,7 +175,8 @@ class RoutingElement(Service):
                                   f"unknown hybrid policy {msg.hybrid_policy!r}") from None
                 res = self.core.route_and_reserve(msg.session_id, msg.epoch, msg.source_node,
                                                   msg.destination_node, msg.min_bps,
-                                                  pqc_fallback=fallback)
+                                                  pqc_fallback=fallback,
+                                                  max_trusted_relays=msg.max_trusted_relays)
             except NoRoute as exc:
                 self.events.emit(EventType.route_computed, ELEMENT, session=msg.session_id,
                                  ok=False, reason=str(exc))
@@ -183,7 +186,10 @@ class RoutingElement(Service):
                              path=list(res.route.nodes), epoch=msg.epoch,
                              min_bps=msg.min_bps, hybrid_policy=msg.hybrid_policy,
                              pqc_links=[lid for lid in res.route.links
-                                        if not self.core.has_qkd_key(lid)])
+                                        if not self.core.has_qkd_key(lid)],
+                             max_trusted_relays=msg.max_trusted_relays,
+                             trusted_relays=list(trusted_relays(res.route.nodes)),
+                             untrusted_nodes=self.core.untrusted_on(res.route))
             return RouteReply(session_id=msg.session_id, epoch=msg.epoch, ok=True,
                               path=list(res.route.nodes), links=list(res.route.links))
         if isinstance(msg, RouteRelease):
