@@ -102,21 +102,24 @@ async def start_net(topology: Topology, bus: Bus, db: Database, clock: Clock,
                     events: EventStream, *, km_settings: KmSettings | None = None,
                     control_settings: ControlSettings | None = None, seed: int = 1,
                     blocks: int = 16, block_bytes: int = 1 << 14,
-                    identities: dict[str, KmIdentity] | None = None) -> BenchNet:
+                    identities: dict[str, KmIdentity] | None = None,
+                    km_buses: dict[str, Bus] | None = None) -> BenchNet:
     """Start the control plane and one KM per node, and feed every link's key stores.
 
     Args:
         blocks, block_bytes: link key fed to each link up front (16 KiB is about what one
             privacy-amplified QKD block yields).
         identities: KM certificates (for ML-KEM hop keys), by node.
+        km_buses: a bus per node (each KM with its own credentials on a secured bus);
+            default: every KM on ``bus``, with the control plane.
     """
     plane = ControlPlane(topology, bus, db, clock, events, control_settings)
     await plane.start()
     net = BenchNet(topology, plane)
     try:
         for node in topology.nodes:
-            km = KeyManager(node.id, topology, bus, db, clock, events, km_settings,
-                            (identities or {}).get(node.id))
+            km = KeyManager(node.id, topology, (km_buses or {}).get(node.id, bus), db, clock,
+                            events, km_settings, (identities or {}).get(node.id))
             await km.start()
             net.kms[node.id] = km
         rng = random.Random(seed)

@@ -2,21 +2,26 @@
 
 ``bus`` and ``db`` are parametrized so one contract suite runs against the in-memory bus
 and a real nats-server, and against SQLite and a real PostgreSQL. The servers are started
-once per test session on free ports (keyplane.services) and stopped at the end.
+once per test session on free ports (keyplane.services) and stopped at the end. The
+nats-server is the secured one (TLS, client certificates, per-element permissions; see
+tests/support/bus.py); buses of the fixtures below connect as the test harness.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from keyplane.bus import Bus, MemoryBus
 from keyplane.clock import VirtualClock
+from keyplane.config import Topology, load_topology
 from keyplane.services import NatsServer, PostgresServer
 from keyplane.store import Database, sqlite_url
 from keyplane.store.sealing import KeyRing
+from tests.support.bus import harness_security, start_secured_nats
 
 
 @pytest.fixture
@@ -25,12 +30,32 @@ def clock() -> VirtualClock:
 
 
 @pytest.fixture(scope="session")
-def nats_server() -> Iterator[NatsServer]:
-    srv = NatsServer.start()
+def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    srv = start_secured_nats(tmp_path_factory.mktemp("nats") / "certs")
     try:
         yield srv
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def topology_nats() -> Iterator[Callable[..., NatsServer]]:
+    """Start a secured nats-server for a topology (file or model) whose certificates are (or
+    are made) in a state's ``certs`` directory: exactly what ``keyplane nats-config``
+    writes, so controller and node processes connect with their own credentials."""
+    started: list[NatsServer] = []
+
+    def start(topology: Topology | str | Path, certs_dir: Path) -> NatsServer:
+        topo = topology if isinstance(topology, Topology) else load_topology(topology)
+        srv = start_secured_nats(certs_dir, topo)
+        started.append(srv)
+        return srv
+
+    try:
+        yield start
+    finally:
+        for srv in started:
+            srv.stop()
 
 
 @pytest.fixture(scope="session")
@@ -46,7 +71,7 @@ def postgres_server() -> Iterator[PostgresServer]:
 async def nats_bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
     from keyplane.bus.nats import NatsBus
 
-    bus = await NatsBus.connect(nats_server.url)
+    bus = await NatsBus.connect(nats_server.url, security=harness_security(nats_server))
     try:
         yield bus
     finally:
@@ -72,7 +97,7 @@ async def bus(request: pytest.FixtureRequest) -> AsyncIterator[Bus]:
         from keyplane.bus.nats import NatsBus
 
         srv: NatsServer = request.getfixturevalue("nats_server")
-        b = await NatsBus.connect(srv.url)
+        b = await NatsBus.connect(srv.url, security=harness_security(srv))
     try:
         yield b
     finally:

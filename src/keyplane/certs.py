@@ -1,19 +1,31 @@
-"""Certificates for mutual TLS: a CA, a server certificate per KM, a client one per SAE.
+"""Certificates for mutual TLS and bus message signing, all issued by one keyplane CA.
 
 ``keyplane certs`` and ``keyplane run`` (on first start) write, under ``<dir>/certs``::
 
     ca.pem ca.key                      the network's CA (keep ca.key offline in production)
     km/<node>.pem  km/<node>.key       server cert of each KM (SAN: localhost, 127.0.0.1,
                                        the node's address); also its client cert for KM-KM
+                                       and its bus (NATS) credential
     km/<node>.kek                      the KM's key-encryption key: key material in the
                                        database is sealed under it (keyplane.store.sealing)
     sae/<sae>.pem  sae/<sae>.key       client cert of each SAE; subject = its owner's
                                        certificate_subject, so Access Control finds the user
-    controller.pem controller.key      the SDN Controller's client cert (ETSI 015)
+    controller.pem controller.key      the control plane's client cert (ETSI 015, bus)
+    operator.pem operator.key          an operator's bus credential (``keyplane link ...``)
+    nats/server.pem nats/server.key    nats-server's TLS certificate (SAN: localhost,
+                                       127.0.0.1 and any ``bus_hosts``)
+    sign/<role>.<id>.pem / .key        Ed25519 message-signing certificate of each element
+                                       (km.<node>, control.sdn-controller, operator.operator)
 
-Keys are ECDSA P-256; certificates are valid for ``days`` (default 825). Existing files are
-kept (idempotent), so restarting ``keyplane run`` never changes identities. Every file is
-written ``0600`` and every folder ``0700`` (:mod:`keyplane.fileperms`).
+TLS keys are ECDSA P-256; signing keys are Ed25519 and separate from the TLS keys, so a
+stolen bus credential alone cannot sign (docs/security.md, "The bus"). Certificates are valid
+for ``days`` (default 825). Existing files are kept (idempotent), so restarting
+``keyplane run`` never changes identities. Every file is written ``0600`` and every folder
+``0700`` (:mod:`keyplane.fileperms`).
+
+Subjects: ``CN=<id>,OU=<role>,O=keyplane`` for elements (role ``km``, ``control`` or
+``operator``); the bus maps a TLS subject to its permissions and a signing certificate's
+(OU, CN) to the signer's role and id.
 """
 
 from __future__ import annotations
@@ -26,20 +38,31 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from keyplane.config import Topology
 from keyplane.fileperms import ensure_private_dir, write_private
 
 __all__ = [
+    "CONTROLLER_ID",
+    "OPERATOR_ID",
     "CertPaths",
     "Issued",
     "client_ssl_context",
+    "element_subject",
+    "ensure_client_cert",
+    "ensure_device_cert",
     "ensure_network_certs",
     "peer_subject",
     "server_ssl_context",
+    "signing_paths",
 ]
+
+CONTROLLER_ID = "sdn-controller"
+"""Common name of the control plane's certificates (every control-plane process uses them)."""
+OPERATOR_ID = "operator"
+"""Common name of the operator's bus credential (``keyplane link ...``)."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +83,21 @@ class Issued:
     controller: CertPaths
     keks: dict[str, Path] = field(default_factory=dict)
     """Each KM's key-encryption key file, by node."""
+    operator: CertPaths | None = None
+    nats_server: CertPaths | None = None
+    signing: dict[str, CertPaths] = field(default_factory=dict)
+    """Ed25519 signing certificates by signer id (``km.<node>``, ``control.<id>``, ...)."""
+
+
+def element_subject(role: str, element_id: str) -> str:
+    """RFC 4514 subject of an element's certificates: ``CN=<id>,OU=<role>,O=keyplane``."""
+    return f"CN={element_id},OU={role},O=keyplane"
+
+
+def signing_paths(base: str | Path, role: str, element_id: str) -> CertPaths:
+    """Where the signing certificate of ``role``/``element_id`` lives under a certs dir."""
+    d = Path(base) / "sign"
+    return CertPaths(d / f"{role}.{element_id}.pem", d / f"{role}.{element_id}.key")
 
 
 def _name(subject: str) -> x509.Name:
@@ -67,7 +105,8 @@ def _name(subject: str) -> x509.Name:
     return x509.Name.from_rfc4514_string(subject)
 
 
-def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+def _write_key(path: Path, key: ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
+               ) -> None:
     write_private(path, key.private_bytes(serialization.Encoding.PEM,
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
@@ -133,10 +172,42 @@ def _issue(ca: CertPaths, paths: CertPaths, subject: str, *, server_names: list[
     write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
 
 
-def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int = 825
-                         ) -> Issued:
-    """Create (once) the CA, every KM, SAE and controller certificate of ``topology`` and
-    each KM's key-encryption key."""
+def _issue_signing(ca: CertPaths, paths: CertPaths, subject: str, *, days: int) -> None:
+    """An Ed25519 certificate for bus message signatures only (digitalSignature, no EKU)."""
+    ca_cert, ca_key = _load_ca(ca)
+    key = ed25519.Ed25519PrivateKey.generate()
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(_name(subject))
+            .issuer_name(ca_cert.subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5))
+            .not_valid_after(now + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=False,
+                                         crl_sign=False, content_commitment=False,
+                                         key_encipherment=False, data_encipherment=False,
+                                         key_agreement=False, encipher_only=False,
+                                         decipher_only=False), critical=True)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    _write_key(paths.key, key)
+    write_private(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
+
+
+def _ensure_signing(ca: CertPaths, base: Path, role: str, element_id: str, days: int
+                    ) -> CertPaths:
+    p = signing_paths(base, role, element_id)
+    if not (p.cert.exists() and p.key.exists()):
+        _issue_signing(ca, p, element_subject(role, element_id), days=days)
+    return p
+
+
+def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int = 825,
+                         bus_hosts: tuple[str, ...] = ()) -> Issued:
+    """Create (once) the CA and every certificate of ``topology``: KMs (and each KM's
+    key-encryption key), SAEs, controller, operator, nats-server (SANs: localhost, 127.0.0.1
+    and ``bus_hosts``) and each element's Ed25519 bus signing certificate."""
     from keyplane.store.sealing import ensure_kek_file  # the store's stack, only when used
 
     base = ensure_private_dir(directory)
@@ -149,7 +220,7 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
         p = CertPaths(base / "km" / f"{node.id}.pem", base / "km" / f"{node.id}.key")
         if not (p.cert.exists() and p.key.exists()):
             names = sorted({"localhost", "127.0.0.1", node.address, node.id})
-            _issue(ca, p, f"CN={node.id},OU=km,O=keyplane", server_names=names, client=True,
+            _issue(ca, p, element_subject("km", node.id), server_names=names, client=True,
                    server=True, days=days)
         kms[node.id] = p
         ensure_kek_file(keks.setdefault(node.id, base / "km" / f"{node.id}.kek"))
@@ -163,9 +234,57 @@ def ensure_network_certs(topology: Topology, directory: str | Path, *, days: int
         saes[app.sae_id] = p
     ctl = CertPaths(base / "controller.pem", base / "controller.key")
     if not (ctl.cert.exists() and ctl.key.exists()):
-        _issue(ca, ctl, "CN=sdn-controller,OU=control,O=keyplane", server_names=["localhost",
-               "127.0.0.1"], client=True, server=True, days=days)
-    return Issued(ca=ca, kms=kms, saes=saes, controller=ctl, keks=keks)
+        _issue(ca, ctl, element_subject("control", CONTROLLER_ID),
+               server_names=["localhost", "127.0.0.1"], client=True, server=True, days=days)
+    op = CertPaths(base / "operator.pem", base / "operator.key")
+    if not (op.cert.exists() and op.key.exists()):
+        _issue(ca, op, element_subject("operator", OPERATOR_ID), server_names=[], client=True,
+               server=False, days=days)
+    signing = {f"km.{node.id}": _ensure_signing(ca, base, "km", node.id, days)
+               for node in topology.nodes}
+    signing[f"control.{CONTROLLER_ID}"] = _ensure_signing(ca, base, "control", CONTROLLER_ID,
+                                                          days)
+    signing[f"operator.{OPERATOR_ID}"] = _ensure_signing(ca, base, "operator", OPERATOR_ID,
+                                                         days)
+    nats = CertPaths(base / "nats" / "server.pem", base / "nats" / "server.key")
+    if not (nats.cert.exists() and nats.key.exists()):
+        _issue(ca, nats, "CN=nats-server,OU=bus,O=keyplane",
+               server_names=sorted({"localhost", "127.0.0.1", *bus_hosts}), client=False,
+               server=True, days=days)
+    return Issued(ca=ca, kms=kms, saes=saes, controller=ctl, keks=keks, operator=op,
+                  nats_server=nats, signing=signing)
+
+
+def ensure_client_cert(directory: str | Path, name: str, subject: str, *, days: int = 825
+                       ) -> CertPaths:
+    """Create (once) ``<directory>/<name>.{pem,key}``: a client certificate of the network's
+    CA (which must exist) for ``subject`` (e.g. a monitoring tool's bus credential)."""
+    base = Path(directory)
+    ca = CertPaths(base / "ca.pem", base / "ca.key")
+    p = CertPaths(base / f"{name}.pem", base / f"{name}.key")
+    if not (p.cert.exists() and p.key.exists()):
+        _issue(ca, p, subject, server_names=[], client=True, server=False, days=days)
+    return p
+
+
+def ensure_device_cert(directory: str | Path, name: str, *, host: str = "127.0.0.1",
+                       days: int = 825) -> CertPaths:
+    """Create (once) the server certificate of a QKD device end (``keyplane device``) under
+    ``<directory>/device/``, signed by the network CA already in ``directory``.
+
+    Raises:
+        FileNotFoundError: ``directory`` holds no CA (run :func:`ensure_network_certs`).
+    """
+    base = Path(directory)
+    ca = CertPaths(base / "ca.pem", base / "ca.key")
+    if not (ca.cert.exists() and ca.key.exists()):
+        raise FileNotFoundError(f"no CA under {base}: run 'keyplane certs' first")
+    p = CertPaths(base / "device" / f"{name}.pem", base / "device" / f"{name}.key")
+    if not (p.cert.exists() and p.key.exists()):
+        _issue(ca, p, f"CN={name},OU=qkd-device,O=keyplane",
+               server_names=sorted({"localhost", "127.0.0.1", host}), client=True, server=True,
+               days=days)
+    return p
 
 
 def server_ssl_context(cert: CertPaths, ca_file: Path, *, require_client_cert: bool = True

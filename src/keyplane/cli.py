@@ -7,9 +7,7 @@ bad option), 130 interrupted.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -20,11 +18,12 @@ from rich.console import Console
 
 from keyplane.config import Topology, load_topology
 from keyplane.errors import ConfigError, KeyplaneError
-from keyplane.fileperms import ensure_private_dir
+from keyplane.fileperms import ensure_private_dir, write_private
 
 if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
     from keyplane.api.httpserver import HttpServer
-    from keyplane.bus import Bus
+    from keyplane.bus import Bus, BusSecurity
+    from keyplane.lifecycle import ProcessControl
     from keyplane.ops import Ops
     from keyplane.store import Database
 
@@ -39,8 +38,18 @@ TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="Topology YA
 StateOpt = Annotated[Path, typer.Option(
     "--state", "-s", help="State directory (certs, db, endpoints.json).")]
 BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
+UnqualifiedOpt = Annotated[bool, typer.Option(
+    "--etsi015-unqualified",
+    help="ETSI 015 agents answer {\"qkd_node\": ...} as TeraFlowSDN's QKD driver reads it, "
+         "instead of RFC 7951's qualified member (overrides the topology's "
+         "etsi015.unqualified_top_member).")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: SQLite in the state dir).")]
+DangerBusOpt = Annotated[bool, typer.Option(
+    "--danger-insecure-bus",
+    help="DANGER: connect to a plain NATS server without TLS, client certificate or message "
+         "signatures (anyone who reaches it can read and forge every message). Logs a "
+         "WARNING. Default: TLS with this element's certificate from <state>/certs.")]
 OpsOpt = Annotated[str, typer.Option(
     "--ops", help="Where to serve /healthz, /readyz and /metrics over plain HTTP: HOST:PORT "
                   "(port 0: a free one, printed at start) or 'off'.")]
@@ -54,29 +63,58 @@ def _load(path: Path) -> Topology:
         raise typer.Exit(2) from None
 
 
+def _with_etsi015(topo: Topology, unqualified: bool) -> Topology:
+    """``topo`` with the ETSI 015 choices given on the command line."""
+    if not unqualified:
+        return topo
+    settings = topo.etsi015.model_copy(update={"unqualified_top_member": True})
+    return topo.model_copy(update={"etsi015": settings})
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def _run_until_signal(main_coro: Callable[[asyncio.Event], Awaitable[None]]) -> None:
-    """Run ``main_coro(stop)`` until it returns; SIGINT/SIGTERM set ``stop``."""
-
-    async def runner() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        await main_coro(stop)
+def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None:
+    """Run ``main_coro(control)`` under :func:`keyplane.lifecycle.run_process`: signals stop
+    it, shutdown is bounded, a bus that gives up ends it with exit code 1."""
+    from keyplane.lifecycle import process_settings_from_env, run_process
 
     try:
-        asyncio.run(runner())
+        settings = process_settings_from_env()
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        run_process(main_coro, settings)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
     except KeyplaneError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
+    except OSError as exc:  # e.g. an address in use, a state directory not writable
+        console.print(f"[red]error:[/red] {type(exc).__name__}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def _bus_security(url: str | None, danger_insecure: bool, topo: Topology, state: Path,
+                  role: str, element_id: str) -> BusSecurity | None:
+    """The element's bus identity from ``<state>/certs`` (made once if absent), or the
+    insecure bus when asked for explicitly; None for the in-memory bus."""
+    from keyplane.bus import BusCredentials, BusSecurity
+    from keyplane.certs import ensure_network_certs
+
+    if url is None or url.startswith("memory:"):
+        return None
+    if danger_insecure:
+        return BusSecurity.danger_insecure("--danger-insecure-bus")
+    certs = state / "certs"
+    ensure_network_certs(topo, certs)
+    return BusSecurity.load(BusCredentials.for_element(certs, role, element_id))
 
 
 def _ops_address(text: str) -> tuple[str, int] | None:
@@ -96,6 +134,8 @@ def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
     ops = Ops(process)
 
     async def bus_ready() -> bool:
+        if not bus.connected:  # reconnecting: not ready, without waiting for a round trip
+            return False
         await bus.flush()  # a round trip to the NATS server; immediate in memory
         return True
 
@@ -124,22 +164,56 @@ def validate(topology: Annotated[Path, typer.Argument(help="Topology YAML file."
                   f"links, {len(topo.users)} users, {len(topo.applications)} applications")
 
 
+BusHostOpt = Annotated[list[str] | None, typer.Option(
+    "--bus-host", help="A DNS name or IP of the NATS server for its certificate "
+                       "(repeatable; localhost and 127.0.0.1 are always in).")]
+
+
 @app.command()
 def certs(topology: TopologyOpt,
           out: Annotated[Path, typer.Option("--out", "-o")] = Path("state/certs"),
-          days: int = 825) -> None:
-    """Make a CA and the KM, SAE and controller certificates for mutual TLS."""
+          days: int = 825, bus_host: BusHostOpt = None) -> None:
+    """Make a CA and every certificate of the network: KMs, SAEs, controller, operator,
+    nats-server, and each element's bus signing key."""
     from keyplane.certs import ensure_network_certs
 
     topo = _load(topology)
-    issued = ensure_network_certs(topo, out, days=days)
-    console.print(f"CA {issued.ca.cert}; {len(issued.kms)} KM, {len(issued.saes)} SAE and 1 "
-                  f"controller certificates under {out}")
+    issued = ensure_network_certs(topo, out, days=days, bus_hosts=tuple(bus_host or ()))
+    console.print(f"CA {issued.ca.cert}; {len(issued.kms)} KM, {len(issued.saes)} SAE, "
+                  f"controller, operator and nats-server certificates and "
+                  f"{len(issued.signing or {})} signing keys under {out}")
+
+
+@app.command("nats-config")
+def nats_config(topology: TopologyOpt,
+                certs_dir: Annotated[Path, typer.Option(
+                    "--certs", help="Certificates directory (made if absent, as by "
+                                    "'keyplane certs').")] = Path("state/certs"),
+                out: Annotated[Path, typer.Option("--out", "-o", help="Where to write it.")
+                               ] = Path("nats.conf"),
+                listen: Annotated[str, typer.Option(
+                    help="HOST:PORT nats-server listens on.")] = "127.0.0.1:4222",
+                bus_host: BusHostOpt = None) -> None:
+    """Write the nats-server configuration for a topology: TLS with client certificates of
+    the keyplane CA and per-element subject permissions (see docs/bus.md)."""
+    from keyplane.bus.natsconf import render_nats_config
+    from keyplane.certs import ensure_network_certs
+
+    topo = _load(topology)
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        console.print(f"[red]error:[/red] --listen must be HOST:PORT, not {listen!r}")
+        raise typer.Exit(2)
+    ensure_network_certs(topo, certs_dir, bus_hosts=tuple(bus_host or ()))
+    write_private(out, render_nats_config(topo, certs_dir, host=host, port=int(port_text)))
+    console.print(f"wrote {out}: {len(topo.nodes)} KMs, control plane and operator; run "
+                  f"nats-server -c {out}")
 
 
 @app.command()
 def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt = Path("state"),
-        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
+        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
+        etsi015_unqualified: UnqualifiedOpt = False, verbose: bool = False) -> None:
     """Run every element of the network in this process (embedded mode) until Ctrl-C."""
     from keyplane.bus import MemoryBus
     from keyplane.events import EventStream, JsonlSink
@@ -147,12 +221,12 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
     from keyplane.runtime import Embedded, RuntimeContext
     from keyplane.store import Database
 
-    topo = _load(topology)
+    topo = _with_etsi015(_load(topology), etsi015_unqualified)
     ops_at = _ops_address(ops)
     _logging(verbose)
     ensure_private_dir(state)
 
-    async def main_(stop: asyncio.Event) -> None:
+    async def main_(pc: ProcessControl) -> None:
         from keyplane.clock import RealClock
 
         clock = RealClock()
@@ -168,15 +242,15 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
             async with ops_endpoints(proc_ops, ops_at) as ops_server, Embedded(ctx):
                 started.set()
                 _print_ops(ops_server)
-                print(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
-                      f"{state / 'endpoints.json'}; Ctrl-C to stop", flush=True)
-                await stop.wait()
+                pc.ready(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
+                         f"{state / 'endpoints.json'}; Ctrl-C to stop")
+                await pc.serve_until_stopped()
         finally:
             await bus.close()
             await database.close()
             events.close()
 
-    _run_until_signal(main_)
+    _run_process(main_)
 
 
 @app.command()
@@ -185,7 +259,8 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                elements: Annotated[str, typer.Option(
                    help="Comma-separated subset of sdn,routing,monitoring,access,admission "
                         "(each element can run in its own process).")] = "",
-               ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
+               ops: OpsOpt = "127.0.0.1:0", danger_insecure_bus: DangerBusOpt = False,
+               verbose: bool = False) -> None:
     """Run the control plane (or some of its elements) as its own process."""
     from keyplane.bus import connect
     from keyplane.control import ELEMENTS
@@ -204,32 +279,38 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
     _logging(verbose)
     ensure_private_dir(state)
 
-    async def main_(stop: asyncio.Event) -> None:
+    async def main_(pc: ProcessControl) -> None:
+        from keyplane.certs import CONTROLLER_ID
         from keyplane.clock import RealClock
 
         clock = RealClock()
-        b = await connect(bus, name="keyplane-controller")
-        events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"), BusSink(b)])
-        database = await Database.open(_db_url(db, state))
-        proc_ops = _ops_for("controller", b, database)
-        ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state, ops=proc_ops)
-        ctx.ensure_certs()
-        started = asyncio.Event()
-        proc_ops.add_readiness_check("control_plane", started.is_set)
+        security = _bus_security(bus, danger_insecure_bus, topo, state, "control",
+                                 CONTROLLER_ID)
+        b = await connect(bus, name="keyplane-controller", security=security)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, \
-                    ControlRuntime(ctx, elements=chosen):
-                started.set()
-                _print_ops(ops_server)
-                print("keyplane controller ready", flush=True)
-                await stop.wait()
+            events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"),
+                                         BusSink(b)])
+            database = await Database.open(_db_url(db, state))
+            try:
+                proc_ops = _ops_for("controller", b, database)
+                ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
+                                     events=events, state_dir=state, ops=proc_ops)
+                ctx.ensure_certs()
+                started = asyncio.Event()
+                proc_ops.add_readiness_check("control_plane", started.is_set)
+                async with ops_endpoints(proc_ops, ops_at) as ops_server, \
+                        ControlRuntime(ctx, elements=chosen):
+                    started.set()
+                    _print_ops(ops_server)
+                    pc.ready("keyplane controller ready")
+                    await pc.serve_until_stopped(b)
+            finally:
+                events.close()
+                await database.close()
         finally:
-            events.close()
             await b.close()
-            await database.close()
 
-    _run_until_signal(main_)
+    _run_process(main_)
 
 
 @app.command()
@@ -239,7 +320,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
-         verbose: bool = False) -> None:
+         danger_insecure_bus: DangerBusOpt = False,
+         etsi015_unqualified: UnqualifiedOpt = False, verbose: bool = False) -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
@@ -247,7 +329,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     from keyplane.runtime import NodeRuntime, RuntimeContext
     from keyplane.store import Database
 
-    topo = _load(topology)
+    topo = _with_etsi015(_load(topology), etsi015_unqualified)
     ops_at = _ops_address(ops)
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
@@ -255,33 +337,117 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     _logging(verbose)
     ensure_private_dir(state)
 
-    async def main_(stop: asyncio.Event) -> None:
+    async def main_(pc: ProcessControl) -> None:
         from keyplane.clock import RealClock
 
         clock = RealClock()
-        b = await connect(bus, name=f"keyplane-node-{node_id}")
-        events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"), BusSink(b)])
-        database = await Database.open(_db_url(db, state))
-        if kek is not None:
-            database.keyring.use_file(node_id, kek)
-        proc_ops = _ops_for(f"node-{node_id}", b, database)
-        ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock, events=events,
-                             state_dir=state, ops=proc_ops)
-        ctx.ensure_certs()
-        started = asyncio.Event()
-        proc_ops.add_readiness_check("node", started.is_set)
+        security = _bus_security(bus, danger_insecure_bus, topo, state, "km", node_id)
+        b = await connect(bus, name=f"keyplane-node-{node_id}", security=security)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, NodeRuntime(ctx, node_id):
-                started.set()
-                _print_ops(ops_server)
-                print(f"keyplane node {node_id} ready", flush=True)
-                await stop.wait()
+            events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"),
+                                         BusSink(b)])
+            database = await Database.open(_db_url(db, state))
+            try:
+                if kek is not None:
+                    database.keyring.use_file(node_id, kek)
+                proc_ops = _ops_for(f"node-{node_id}", b, database)
+                ctx = RuntimeContext(topology=topo, bus=b, db=database, clock=clock,
+                                     events=events, state_dir=state, ops=proc_ops,
+                                     bus_url=bus, bus_security=security)
+                ctx.ensure_certs()
+                started = asyncio.Event()
+                proc_ops.add_readiness_check("node", started.is_set)
+                async with ops_endpoints(proc_ops, ops_at) as ops_server, \
+                        NodeRuntime(ctx, node_id, process_settings=pc.settings):
+                    started.set()
+                    _print_ops(ops_server)
+                    pc.ready(f"keyplane node {node_id} ready")
+                    await pc.serve_until_stopped(b)
+            finally:
+                events.close()
+                await database.close()
         finally:
-            events.close()
             await b.close()
-            await database.close()
 
-    _run_until_signal(main_)
+    _run_process(main_)
+
+
+@app.command()
+def device(link: Annotated[str, typer.Option("--link", help="Link id from the topology.")],
+           topology: TopologyOpt, state: StateOpt = Path("state"),
+           end: Annotated[str | None, typer.Option(
+               help="Run only this node's end; the other end's device is reached over "
+                    "--bus.")] = None,
+           bus: BusOpt = None, host: str = "127.0.0.1",
+           port: Annotated[list[str] | None, typer.Option(
+               "--port", help="NODE=PORT for an end's ETSI 014 server (repeatable; "
+                              "default: a free port).")] = None,
+           seed: int = 1,
+           time_scale: Annotated[float, typer.Option(
+               "--time-scale", help="Emulated seconds per real second (1: hardware pace).")
+           ] = 1.0,
+           key_size: Annotated[int, typer.Option(
+               "--key-size", help="The device's key size in bits.")] = 256,
+           danger_insecure_bus: DangerBusOpt = False,
+           verbose: bool = False) -> None:
+    """Run an emulated QKD device for one link, serving ETSI 014 to the link's KMs.
+
+    With --end and --bus the device end joins the secured bus with its node's credentials
+    (from --state's certs): it speaks for that node's QKD module, on that node's subjects.
+    """
+    from keyplane.device import DeviceSettings, QkdDevice
+    from keyplane.physical.pool import EmulationSettings
+
+    topo = _load(topology)
+    ports: dict[str, int] = {}
+    for item in port or []:
+        node_id, _, number = item.partition("=")
+        if not number.isdigit() or not node_id:
+            console.print(f"[red]error:[/red] --port {item!r}: expected NODE=PORT")
+            raise typer.Exit(2)
+        ports[node_id] = int(number)
+    if key_size < 64 or key_size % 8 or not time_scale > 0:
+        console.print("[red]error:[/red] --key-size must be a multiple of 8, at least 64, "
+                      "and --time-scale positive")
+        raise typer.Exit(2)
+    links = {lk.link_id: lk for lk in topo.links}
+    if link not in links:
+        console.print(f"[red]error:[/red] --link: no link {link!r} in {topology} "
+                      f"(links: {', '.join(links)})")
+        raise typer.Exit(2)
+    if end is not None and (end not in links[link].endpoints or bus is None):
+        console.print(f"[red]error:[/red] --end must be one of {list(links[link].endpoints)} "
+                      "and needs --bus (the other end's device is reached over it)")
+        raise typer.Exit(2)
+    if set(ports) - set(links[link].endpoints):
+        console.print(f"[red]error:[/red] --port: {sorted(set(ports) - set(links[link].endpoints))}"
+                      f" not an end of {link}")
+        raise typer.Exit(2)
+    _logging(verbose)
+    state.mkdir(parents=True, exist_ok=True)
+
+    security = (_bus_security(bus, danger_insecure_bus, topo, state, "km", end)
+                if bus and end else None)
+
+    async def main_(pc: ProcessControl) -> None:
+        from keyplane.bus import connect
+
+        b = (await connect(bus, name=f"keyplane-device-{link}", security=security)
+             if bus else None)
+        settings = DeviceSettings(key_size_bits=key_size,
+                                  emulation=EmulationSettings(time_scale=time_scale))
+        try:
+            async with QkdDevice(topo, link, state_dir=state, end=end, bus=b, host=host,
+                                 ports=ports, seed=seed, settings=settings) as dev:
+                urls = " ".join(f"{n}={u}" for n, u in sorted(dev.urls.items()))
+                pc.ready(f"keyplane device {link} ready: {urls}; endpoints in "
+                         f"{state / f'device-{link}.json'}")
+                await pc.serve_until_stopped(*([b] if b is not None else []))
+        finally:
+            if b is not None:
+                await b.close()
+
+    _run_process(main_)
 
 
 @app.command()
@@ -305,14 +471,24 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
              help="--distributed: use this database URL instead of starting PostgreSQL.")
          ] = None,
          kill_km: Annotated[str | None, typer.Option(
-             help="--distributed: SIGKILL this node's process mid-run, then restart it.")
+             help="--distributed: SIGKILL this node's process mid-run (--kill-after-s after "
+                  "every pair has its first key), then restart it.")
          ] = None,
          kill_after_s: float = 2.0,
+         danger_insecure_bus: Annotated[bool, typer.Option(
+             "--danger-insecure-bus",
+             help="--distributed: DANGER: a plain nats-server, no TLS, no client "
+                  "certificates, no signatures (logs a WARNING).")] = False,
          seed: int = 1,
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
          verbose: bool = False) -> None:
     """Run the paper's proof of concept end to end and render its Fig. 4 timeline."""
-    from keyplane.demo.run import DemoOptions, apply_overrides, run_embedded_demo
+    from keyplane.demo.run import (
+        DemoOptions,
+        apply_overrides,
+        demo_problems,
+        run_embedded_demo,
+    )
 
     if protocol is not None and protocol not in ("bb84-decoy", "analytic"):
         console.print("[red]error:[/red] --protocol must be bb84-decoy or analytic, "
@@ -331,8 +507,9 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
     if kill_km is not None and kill_km not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] --kill-km: no node {kill_km!r}")
         raise typer.Exit(2)
-    if (kill_km or nats or db) and not distributed:
-        console.print("[red]error:[/red] --kill-km, --nats and --db need --distributed")
+    if (kill_km or nats or db or danger_insecure_bus) and not distributed:
+        console.print("[red]error:[/red] --kill-km, --nats, --db and --danger-insecure-bus "
+                      "need --distributed")
         raise typer.Exit(2)
     if eve is not None and distributed:
         console.print("[red]error:[/red] --eve runs in the embedded demo; with --distributed "
@@ -348,14 +525,14 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
             from keyplane.demo.distributed import DistributedOptions, run_distributed_demo
 
             summary = asyncio.run(run_distributed_demo(
-                opts, DistributedOptions(nats_url=nats, db_url=db, kill_km=kill_km,
-                                         kill_after_s=kill_after_s), out_console))
+                opts, DistributedOptions.from_env(
+                    nats_url=nats, db_url=db, kill_km=kill_km, kill_after_s=kill_after_s,
+                    danger_insecure_bus=danger_insecure_bus), out_console))
         else:
             summary = asyncio.run(run_embedded_demo(opts, out_console))
     except KeyplaneError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from None
-    ok = True
     for s in summary["sessions"]:
         colour = "green" if s["all_keys_matched"] else "red"
         first = s["time_to_first_key_s"]
@@ -364,10 +541,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
             f"{s['keys_matched']}/{s['keys_delivered']} keys identical at both ends, "
             f"first key after {first:.3f} s" if first is not None else
             f"[{colour}]{s['pair']}[/{colour}] {s['status']} {s['error']}")
-        ok = ok and s["all_keys_matched"]
     out_console.print(f"events: {out / 'events.jsonl'}  timeline: {out / 'timeline.html'}, "
                       f"{out / 'timeline.png'}  summary: {out / 'summary.json'}")
-    if not ok and eve is None:
+    problems = demo_problems(summary, keys, eve)
+    for problem in problems:
+        console.print(f"[red]failed:[/red] {problem}", highlight=False)
+    if problems:
         raise typer.Exit(1)
 
 

@@ -24,13 +24,20 @@ from keyplane.errors import ConfigError
 __all__ = [
     "EXAMPLES_DIR",
     "Application",
+    "ApplicationQos",
     "DecoySettings",
+    "DeviceEndpoint",
     "Eavesdropper",
+    "EmulatedSource",
+    "Etsi014Source",
+    "Etsi015Settings",
     "HybridPolicy",
+    "LinkSource",
     "Node",
     "PostProcessing",
     "QuantumLink",
     "SlaProfile",
+    "TeraflowSdnListener",
     "Topology",
     "User",
     "example_path",
@@ -135,8 +142,67 @@ class PostProcessing(_Model):
     GLLP rate."""
 
 
+class EmulatedSource(_Model):
+    """The link's key comes from keyplane's emulated QKD modules (the digital twin), run
+    beside the KMs in worker processes (the default)."""
+
+    kind: Literal["emulated"] = "emulated"
+    """``emulated``."""
+
+
+class DeviceEndpoint(_Model):
+    """How one KM reaches its end of a QKD device over ETSI GS QKD 014, as the device's SAE.
+
+    ``cert``/``key``/``ca`` default to the KM's own certificate and the network CA
+    (``<state>/certs``), which is what ``keyplane device`` trusts; give them for a device of
+    another vendor. Relative paths are taken from the working directory.
+    """
+
+    url: Annotated[str, Field(pattern=r"^https://[^\s/]+(/\S*)?$")]
+    """The device end's ETSI 014 base URL (``https://host:port``)."""
+    sae_id: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """This KM's SAE id at the device (default: the node id)."""
+    cert: str | None = None
+    """This KM's client certificate for the device (PEM; default: the KM's own)."""
+    key: str | None = None
+    """Its private key (PEM; default: the KM's own)."""
+    ca: str | None = None
+    """The CA that signed the device's certificate (default: the network CA)."""
+
+
+class Etsi014Source(_Model):
+    """The link's key comes from a QKD device reached over ETSI GS QKD 014.
+
+    Each KM is the SAE of its end of the device. Both KMs act as master in turn: a KM
+    calls ``enc_keys`` at its end (slave: the peer KM's SAE id), hands the key_IDs to the
+    peer KM over the KM-to-KM channel, the peer calls ``dec_keys`` at its end, and both
+    store the keys as one block of link key with an id they agree on.
+    """
+
+    kind: Literal["etsi014"]
+    """``etsi014``."""
+    ends: dict[str, DeviceEndpoint]
+    """Node id -> that node's end of the device (both endpoints of the link)."""
+    key_size_bits: Annotated[int, Field(ge=64, le=8192, multiple_of=8)] = 256
+    """The device's key size, bits (what the KMs ask ``enc_keys`` for)."""
+    keys_per_request: Annotated[int, Field(ge=1, le=1024)] = 64
+    """Keys a KM takes per ``enc_keys`` (one block of link key)."""
+    poll_interval_s: Annotated[float, Field(gt=0.0)] = 0.5
+    """How long a KM waits before asking its device again when it had no key to give."""
+    request_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0
+    """Bound on one ETSI 014 request to the device and on the peer KM's answer."""
+
+
+LinkSource = Annotated[EmulatedSource | Etsi014Source, Field(discriminator="kind")]
+
+
 class QuantumLink(_Model):
-    """A fibre between two nodes with one QKD module pair (Alice at ``endpoints[0]``)."""
+    """A fibre between two nodes with one QKD module pair (Alice at ``endpoints[0]``).
+
+    ``source`` says where its key comes from: the emulated modules (default) or a QKD
+    device over ETSI 014 (:class:`Etsi014Source`); the physics fields describe what the
+    emulation (or ``keyplane device``) models.
+    """
 
     id: Ident | None = None
     """Link id (default ``<a>-<b>`` from the endpoints)."""
@@ -167,11 +233,17 @@ class QuantumLink(_Model):
     """An intercept-resend eavesdropper on this fibre from the start (none by default)."""
     enabled: bool = True
     """False: the link starts cut (no key until restored)."""
+    source: LinkSource = EmulatedSource()
+    """Where the link's key comes from: ``{kind: emulated}`` (default) or a QKD device
+    over ETSI 014 (``{kind: etsi014, ends: {...}}``, docs/devices.md)."""
 
     @model_validator(mode="after")
     def _check(self) -> QuantumLink:
         if self.endpoints[0] == self.endpoints[1]:
             raise ValueError("a link needs two different endpoints")
+        if isinstance(self.source, Etsi014Source) and set(self.source.ends) != set(
+                self.endpoints):
+            raise ValueError(f"source.ends must name exactly the endpoints {list(self.endpoints)}")
         if self.eavesdropper is not None and self.eavesdropper.position_km > self.length_km:
             raise ValueError("eavesdropper.position_km is beyond the fibre's length_km")
         return self
@@ -219,8 +291,33 @@ _HOP_SOURCES: dict[HybridPolicy, frozenset[str]] = {
 }
 
 
+class ApplicationQos(_Model):
+    """One application's QoS profile within its owner's SLA (issue #17.2).
+
+    ETSI 014 carries no QoS in its requests, so a session opened by an ETSI 014 master
+    runs with its application's profile; an ETSI 004 OPEN_CONNECT's own QoS takes
+    precedence for the fields it sets (``max_bps``/``min_bps`` 0: the profile's). Unset
+    fields fall back to the SLA's; every value is capped by the SLA (checked on load).
+    """
+
+    priority: Annotated[int, Field(ge=0, le=7)] | None = None
+    """0 (lowest) to 7, at most the SLA's (unset: the SLA's)."""
+    max_bps: Annotated[int, Field(ge=0)] | None = None
+    """Key rate ceiling of the application's sessions, bit/s, at most the SLA's (unset: the
+    SLA's)."""
+    min_bps: Annotated[int, Field(ge=0)] | None = None
+    """Key rate reserved on every link of its sessions' paths, bit/s (at least the SLA's)."""
+    timeout_ms: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    """How long a key request may wait for key, ms (the ETSI 004 QoS ``Timeout``; unset:
+    the key manager's own setting)."""
+
+
 class SlaProfile(_Model):
-    """What a user is entitled to (the paper's user/SLA database)."""
+    """What a user is entitled to (the paper's user/SLA database).
+
+    ``applications`` gives some of the user's applications (by SAE id) their own QoS
+    profile below the SLA: a user runs more and less critical applications.
+    """
 
     max_sessions: Annotated[int, Field(ge=0)] = 4
     """Live sessions the user may hold at once."""
@@ -236,16 +333,36 @@ class SlaProfile(_Model):
     """A session without a key request for this long is closed, s."""
     hybrid_policy: HybridPolicy = HybridPolicy.qkd_only
     """How hop keys may combine QKD and ML-KEM (docs/hybrid.md)."""
+    applications: dict[str, ApplicationQos] = Field(default_factory=dict)
+    """Per-application QoS profiles below this SLA, by SAE id (one of the user's
+    applications): priority, rates and wait bound its sessions get (docs/control.md,
+    "Per-application QoS")."""
 
     @model_validator(mode="after")
     def _check(self) -> SlaProfile:
         if self.min_bps > self.max_bps:
             raise ValueError("min_bps must not exceed max_bps")
+        for sae, app in self.applications.items():
+            for name in ("priority", "max_bps"):
+                value, cap = getattr(app, name), getattr(self, name)
+                if value is not None and value > cap:
+                    raise ValueError(f"applications.{sae}.{name} {value} above the SLA's {cap}")
+            top = app.max_bps if app.max_bps is not None else self.max_bps
+            if app.min_bps is not None and app.min_bps > top:
+                raise ValueError(f"applications.{sae}.min_bps {app.min_bps} above its "
+                                 f"max_bps {top}")
         return self
+
+    def application(self, sae_id: str) -> ApplicationQos:
+        """The profile of one of the user's applications (empty: the SLA's values)."""
+        return self.applications.get(sae_id) or _NO_PROFILE
 
     def allows_peer(self, sae_id: str) -> bool:
         """Whether this profile may reach ``sae_id`` (``"*"`` allows every SAE)."""
         return "*" in self.allowed_peers or sae_id in self.allowed_peers
+
+
+_NO_PROFILE = ApplicationQos()
 
 
 class User(_Model):
@@ -273,6 +390,42 @@ class Application(_Model):
     """The node whose key manager serves it."""
 
 
+class TeraflowSdnListener(_Model):
+    """A second, controller-facing ETSI 015 listener per node for an unmodified TeraFlowSDN.
+
+    TeraFlowSDN's QKD driver cannot present a client certificate; it can send HTTP Basic
+    credentials (in its device address ``user:password@host`` or a ``.netrc``). This listener
+    asks every request for them, serves the plain ETSI model with unqualified top members,
+    and lets a valid user write. The default mTLS listener is unchanged (docs/api/etsi015.md,
+    "TeraFlowSDN").
+    """
+
+    host: str = "127.0.0.1"
+    """Address the listeners bind (one TeraFlowSDN can reach, nobody else ideally)."""
+    ports: dict[str, Annotated[int, Field(ge=0, le=65535)]]
+    """Node id → TCP port of its listener (only these nodes get one; 0: a free port, then
+    read it from endpoints.json)."""
+    credentials_file: Path
+    """``user:password`` lines (``#`` comments); keep it mode 0600. Relative paths are
+    resolved against the working directory of the node process."""
+    danger_plain_http: bool = False
+    """Serve plain HTTP (TeraFlowSDN's driver speaks ``http://`` to every node unless one
+    ``QKD_API_URL`` is set): credentials cross the network in clear, so only on a network
+    nobody else can read. False: HTTPS with the node's certificate, no client certificate."""
+
+
+class Etsi015Settings(_Model):
+    """How the nodes' ETSI 015 SDN agents present themselves (docs/api/etsi015.md)."""
+
+    unqualified_top_member: bool = False
+    """Answer ``{"qkd_node": …}`` as TeraFlowSDN reads it, instead of RFC 7951's
+    ``{"etsi-qkd-sdn-node:qkd_node": …}`` (also ``keyplane run/node --etsi015-unqualified``)."""
+    keyplane_augment: bool = True
+    """Serve keyplane's ``keyplane-qkd-provenance`` augment; False: the plain ETSI model."""
+    teraflowsdn: TeraflowSdnListener | None = None
+    """A second listener per node for an unmodified TeraFlowSDN (HTTP Basic); none if absent."""
+
+
 class Topology(_Model):
     """The whole network description; cross-references are checked on load."""
 
@@ -288,6 +441,9 @@ class Topology(_Model):
     """The users and their SLA profiles."""
     applications: list[Application] = Field(default_factory=list)
     """The applications (SAEs)."""
+    etsi015: Etsi015Settings = Etsi015Settings()
+    """How the nodes' ETSI 015 agents present themselves (TeraFlowSDN compatibility, the plain
+    ETSI model)."""
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
@@ -312,11 +468,20 @@ class Topology(_Model):
                 problems.append(f"applications[{i}].node: unknown node {app.node!r}")
             if app.owner not in user_ids:
                 problems.append(f"applications[{i}].owner: unknown user {app.owner!r}")
+        if self.etsi015.teraflowsdn is not None:
+            for node in self.etsi015.teraflowsdn.ports:
+                if node not in node_ids:
+                    problems.append(f"etsi015.teraflowsdn.ports: unknown node {node!r}")
         for i, user in enumerate(self.users):
             for peer in user.sla.allowed_peers:
                 if peer != "*" and peer not in sae_ids:
                     problems.append(
                         f"users[{i}].sla.allowed_peers: unknown application {peer!r}")
+            owned = {a.sae_id for a in self.applications if a.owner == user.id}
+            for sae in user.sla.applications:
+                if sae not in owned:
+                    problems.append(f"users[{i}].sla.applications: {sae!r} is not an "
+                                    f"application of {user.id!r}")
             if user.id in owners and not user.certificate_subject:
                 problems.append(
                     f"users[{i}].certificate_subject: user {user.id!r} owns applications but "

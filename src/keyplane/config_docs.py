@@ -39,6 +39,8 @@ _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("links[].decoy", config.DecoySettings),
     ("links[].postprocessing", config.PostProcessing),
     ("links[].eavesdropper", config.Eavesdropper),
+    ("links[].source (kind: etsi014)", config.Etsi014Source),
+    ("links[].source.ends.<node>", config.DeviceEndpoint),
     ("users[]", config.User),
     ("users[].sla", config.SlaProfile),
     ("applications[]", config.Application),

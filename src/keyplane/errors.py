@@ -7,7 +7,9 @@ KeyplaneError
 │   ├── BusTimeout              no reply within the request timeout
 │   ├── NoResponders            nobody subscribes to the request's topic
 │   ├── BusClosed               the bus was closed
-│   └── MessageDecodeError      a message that is not a known, versioned keyplane model
+│   ├── BusUnavailable          the bus server has been unreachable too long (or its buffer is full)
+│   ├── MessageDecodeError      a message that is not a known, versioned keyplane model
+│   └── MessageRejected         a message whose signature or signer's role is not acceptable
 ├── StoreError                  persistence problems, raised only by keyplane.store
 │   ├── CommitFailed            a journal group commit failed (retried; nothing was handed out)
 │   └── SealedDataError         sealed key material did not open (wrong KEK, altered or moved row)
@@ -20,6 +22,7 @@ KeyplaneError
 │   ├── PeerNotConnected        ETSI 004 status 1/3
 │   ├── IllegalTransition       a state-machine transition the paper's Fig. 2 forbids
 │   ├── KmBusy                  a KM's priority queues are full (ETSI 004 status 2, 014 503)
+│   ├── ControlPlaneUnreachable Access/Admission Control did not answer (004 status 6, 014 503)
 │   └── RateLimited             the session's token bucket cannot serve within the QoS timeout
 ├── KeyStoreError
 │   ├── InsufficientKeyMaterial not enough key now (ETSI 004 status 2, ETSI 014 503)
@@ -51,10 +54,12 @@ __all__ = [
     "BusClosed",
     "BusError",
     "BusTimeout",
+    "BusUnavailable",
     "ClassicalChannelError",
     "ClassicalChannelTimeout",
     "CommitFailed",
     "ConfigError",
+    "ControlPlaneUnreachable",
     "ExtensionNotMet",
     "IllegalTransition",
     "InsufficientKeyMaterial",
@@ -63,6 +68,7 @@ __all__ = [
     "KeyplaneError",
     "KmBusy",
     "MessageDecodeError",
+    "MessageRejected",
     "NoResponders",
     "PeerNotConnected",
     "PeerUnreachable",
@@ -116,8 +122,24 @@ class BusClosed(BusError):
     """The bus is closed."""
 
 
+class BusUnavailable(BusError):
+    """The bus server is unreachable: for longer than the settings allow, or so long that the
+    publish buffer is full. A process that sees this on its own bus exits for its supervisor."""
+
+
 class MessageDecodeError(BusError):
     """Bytes on the bus are not a known keyplane message of a supported version."""
+
+
+class MessageRejected(BusError):
+    """A message failed end-to-end authentication: unsigned where the policy asks for a
+    signature, an unknown or untrusted signer, a bad signature, or a signer whose role may
+    not send that kind (docs/security.md, "Bus")."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(f"{kind} rejected: {reason}")
+        self.kind = kind
+        self.reason = reason
 
 
 class StoreError(KeyplaneError):
@@ -139,6 +161,14 @@ class SealedDataError(StoreError):
 
 class SessionError(KeyplaneError):
     """A session was refused or failed."""
+
+
+class ControlPlaneUnreachable(SessionError):
+    """Access Control or Admission Control did not answer a KM in time.
+
+    Likely causes: the control plane is down, not yet started, or overloaded. Nothing is
+    wrong with the QKD links or the peer KM, which is why this is not PeerUnreachable.
+    """
 
 
 class AuthenticationFailed(SessionError):

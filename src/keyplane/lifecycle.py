@@ -1,15 +1,46 @@
-"""The lifecycle every long-lived keyplane element shares.
+"""The lifecycle every long-lived keyplane element shares, and that of a keyplane process.
 
 An element is started once and closed once (``close()`` is idempotent); ``async with``
-does both. Subclasses implement :meth:`start` and :meth:`close`.
+does both, and closes what a failed ``start()`` left half-started.
+
+A process (``keyplane controller``, ``keyplane node``) runs under :func:`run_process`:
+SIGTERM/SIGINT ask it to stop; a process still starting is cancelled at once (there is
+nothing to drain); and whatever happens, a watchdog ends the process after
+``shutdown_timeout_s`` even if asyncio's teardown hangs (a blocked executor thread, a child
+that does not exit). A bus that gives up (:meth:`keyplane.bus.Bus.wait_failure`) ends the
+process with a non-zero status, so systemd or Kubernetes restarts it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Self
+from typing import Annotated, Any, Self
 
-__all__ = ["Service"]
+from pydantic import BaseModel, ConfigDict, Field
+
+from keyplane.errors import BusError
+
+__all__ = [
+    "EXIT_FORCED",
+    "ProcessControl",
+    "ProcessSettings",
+    "Service",
+    "process_settings_from_env",
+    "run_process",
+]
+
+logger = logging.getLogger(__name__)
+
+EXIT_FORCED = 70
+"""Exit status when the shutdown bound ran out and the watchdog ended the process."""
 
 
 class Service:
@@ -24,9 +55,155 @@ class Service:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            # a start that failed half-way must not leave tasks, servers or workers behind:
+            # they would keep the process alive after its failure
+            await self.close()
+            raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
         await self.close()
+
+
+class ProcessSettings(BaseModel):
+    """How a keyplane process starts and stops (real seconds).
+
+    Environment: ``KEYPLANE_PROCESS_<FIELD>`` (:func:`process_settings_from_env`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    shutdown_timeout_s: Annotated[float, Field(gt=0.0)] = 25.0
+    """From SIGTERM (or the end of the main coroutine) to exit, whatever hangs; under
+    Kubernetes' default 30 s grace period."""
+    announce_timeout_s: Annotated[float, Field(gt=0.0)] = 300.0
+    """How long a node process keeps announcing itself until the control plane answers (it
+    may start later, or be restarting)."""
+    announce_request_timeout_s: Annotated[float, Field(gt=0.0)] = 10.0
+    """One announcement's wait for the control plane's answer (a loaded controller)."""
+    startup_backoff_base_s: Annotated[float, Field(gt=0.0)] = 0.1
+    """First pause between attempts to reach a dependency at start; doubles per attempt ..."""
+    startup_backoff_cap_s: Annotated[float, Field(gt=0.0)] = 5.0
+    """... up to this cap, each drawn from [pause/2, pause] (jitter)."""
+
+    def backoff_s(self, failed_attempts: int, u: float) -> float:
+        """Pause after ``failed_attempts`` failures, jitter ``u`` in [0, 1)."""
+        d = min(self.startup_backoff_cap_s,
+                self.startup_backoff_base_s * 2.0 ** min(max(failed_attempts, 0), 30))
+        return d * (0.5 + 0.5 * u)
+
+
+def process_settings_from_env(environ: Mapping[str, str] | None = None, **explicit: Any
+                              ) -> ProcessSettings:
+    """:class:`ProcessSettings` from ``KEYPLANE_PROCESS_*`` environment variables.
+
+    Raises:
+        ConfigError: an unknown variable or a bad value (named in the message).
+    """
+    from keyplane.bus.settings import settings_from_env
+
+    result: ProcessSettings = settings_from_env(ProcessSettings, "KEYPLANE_PROCESS_", environ,
+                                                **explicit)
+    return result
+
+
+class ProcessControl:
+    """What a process's main coroutine gets from :func:`run_process`."""
+
+    def __init__(self, settings: ProcessSettings) -> None:
+        self.settings = settings
+        self.stop = asyncio.Event()
+        """Set on SIGTERM/SIGINT once the process is ready: stop serving and close."""
+        self._ready = False
+
+    def ready(self, line: str) -> None:
+        """Print the readiness line (launchers wait for it) and leave the starting phase:
+        from now on a signal lets the process close in order instead of cancelling it."""
+        self._ready = True
+        print(line, flush=True)
+
+    async def serve_until_stopped(self, *buses: Any) -> None:
+        """Wait for a stop signal, or raise the failure of any of ``buses``.
+
+        Raises:
+            BusError: a bus gave up (its server unreachable for too long).
+        """
+        waits: list[asyncio.Task[Any]] = [asyncio.ensure_future(self.stop.wait())]
+        waits += [asyncio.ensure_future(b.wait_failure()) for b in buses]
+        try:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        for task in done:
+            result = task.result()
+            if isinstance(result, BusError):
+                raise result
+
+
+def _arm_watchdog(timeout_s: float, why: str) -> threading.Timer:
+    def expire() -> None:
+        sys.stderr.write(f"keyplane: {why} did not finish within {timeout_s:g} s; exiting\n")
+        sys.stderr.flush()
+        os._exit(EXIT_FORCED)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def run_process(main: Callable[[ProcessControl], Awaitable[None]],
+                settings: ProcessSettings | None = None) -> None:
+    """Run ``main(control)`` in a new event loop with bounded shutdown.
+
+    * the first SIGTERM/SIGINT sets ``control.stop`` (or, before ``control.ready()``,
+      cancels ``main``) and arms the watchdog; a second one cancels ``main``;
+    * when ``main`` returns or raises, the watchdog is armed for asyncio's own teardown;
+    * the watchdog ends the process with :data:`EXIT_FORCED` after ``shutdown_timeout_s``.
+
+    Exceptions of ``main`` propagate (the CLI maps them to exit codes); a cancellation by
+    a signal returns normally.
+    """
+    st = settings or ProcessSettings()
+    watchdog: list[threading.Timer] = []
+
+    def arm(why: str) -> None:
+        if not watchdog:
+            watchdog.append(_arm_watchdog(st.shutdown_timeout_s, why))
+
+    async def runner() -> None:
+        control = ProcessControl(st)
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        signalled = [False]
+
+        def on_signal(signame: str) -> None:
+            logger.info("%s: stopping", signame)
+            arm("shutdown")
+            if signalled[0] or not control._ready:
+                task.cancel()
+            signalled[0] = True
+            control.stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, on_signal, sig.name)
+        try:
+            await main(control)
+        except asyncio.CancelledError:
+            if not signalled[0]:
+                raise
+        finally:
+            arm("shutdown after the main task ended")
+
+    try:
+        asyncio.run(runner())
+    finally:
+        if watchdog:
+            watchdog[0].cancel()

@@ -70,7 +70,9 @@ UInt32 = Annotated[int, Field(ge=0, le=2**32 - 1)]
 class Qos(Message):
     """ETSI GS QKD 004 QoS (clause 6.1.1), as requested by an application.
 
-    ``priority``: larger is more urgent; the KM serves the SLA's priority, not this one.
+    ``priority``: larger is more urgent. Admission Control serves it (and the rates), capped
+    by the owner's SLA (:func:`keyplane.control.admission.qos.check_qos`); the KM serves
+    what :class:`SessionConfig` carries.
     """
 
     KIND = "qos"
@@ -175,6 +177,13 @@ class SessionConfig(Message):
     opened_as: str | None = None
     """Set at an endpoint whose open request carried another Key_stream_ID: Admission
     Control paired it with its peer by SAE pair and ``session_id`` is the stream's id."""
+    min_bps: Annotated[float, Field(ge=0)] = 0.0
+    """The rate reserved for the session on every link of its path (the guaranteed share
+    under key scarcity); ``token_rate_bps`` is its ceiling."""
+    timeout_ms: Annotated[int, Field(ge=0, le=2**32 - 1)] | None = None
+    """At an endpoint: how long a key request of the session may wait for key (the QoS
+    ``Timeout``: the ETSI 004 application's own, or the ETSI 014 application's profile);
+    ``None`` (and at intermediates): the KM's own setting."""
 
 
 class ConfigAck(Message):
@@ -203,6 +212,9 @@ class SessionDelete(Message):
     reason: str = ""
     refused: bool = False
     epoch: int | None = None
+    qos_offer: Qos | None = None
+    """With a refusal because the requested QoS exceeds the SLA: the request capped by the
+    SLA, which Admission Control would admit (the ETSI 004 status 7 counter-proposal)."""
 
 
 class DeleteConfirm(Message):
@@ -261,6 +273,10 @@ class LinkTelemetry(Message):
     leaked_bits: int = 0
     aborted_blocks: int = 0
     t: float = 0.0
+    qber_sample_bits: Annotated[int, Field(ge=0)] | None = None
+    """How many bits ``qber`` was estimated on (the parameter-estimation sample). The
+    Monitoring Element's eavesdropper test weighs each estimate by it; ``None``: it takes
+    ``postprocessing.sample_fraction`` of ``sifted_bits``."""
 
 
 class KmTelemetry(Message):
@@ -275,17 +291,26 @@ class KmTelemetry(Message):
 
 
 class LinkAlarm(Message):
-    """The Monitoring Element flags a link (possible eavesdropper, failure, recovery)."""
+    """The Monitoring Element flags a link (possible eavesdropper, failure, recovery).
+
+    ``kind``: ``eavesdropper_suspected`` (QBER significantly above the link's own
+    baseline, below the abort threshold), ``qber_high`` (above the threshold),
+    ``key_rate_collapse``, ``link_down``; ``cleared`` once none of them holds any more.
+    ``active`` lists the kinds raised on the link after this alarm (empty with
+    ``cleared``), so a consumer that missed one message still ends in the right state.
+    """
 
     KIND = "monitoring.alarm"
 
     link_id: str
-    kind: Literal["qber_high", "key_rate_collapse", "link_down", "cleared"]
+    kind: Literal["eavesdropper_suspected", "qber_high", "key_rate_collapse", "link_down",
+                  "cleared"]
     severity: Literal["MAJOR", "MINOR"] = "MAJOR"
     qber: float | None = None
     skr_bps: float | None = None
     message: str = ""
     t: float = 0.0
+    active: list[str] = Field(default_factory=list)
 
 
 class TopologyChange(Message):

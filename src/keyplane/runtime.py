@@ -19,15 +19,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
-from collections.abc import Mapping
+import random
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field
+
+from keyplane.api.etsi004.app import ETSI004_PREFIX
 from keyplane.api.etsi015 import (
+    AgentSettings,
     Etsi015Driver,
     KmEventFeed,
     RestconfServer,
@@ -35,31 +41,73 @@ from keyplane.api.etsi015 import (
     create_northbound_app,
     serve_agent,
     serve_app,
+    serve_teraflowsdn,
 )
-from keyplane.api.httpserver import RequestObserver
-from keyplane.api.server import serve_km_api
+from keyplane.api.httpserver import HttpServer, RequestObserver
+from keyplane.api.server import create_km_app, km_interface
 from keyplane.api.settings import ApiSettings, Etsi014Limits
-from keyplane.bus import Bus, Message, topics, unsubscribe_all
-from keyplane.certs import Issued, ensure_network_certs
+from keyplane.bus import Bus, BusSecurity, Message, topics, unsubscribe_all
+from keyplane.certs import Issued, ensure_network_certs, server_ssl_context
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology
 from keyplane.control import ControlPlane, ControlSettings
-from keyplane.errors import BusError
+from keyplane.errors import BusError, BusUnavailable
 from keyplane.events import EventStream, EventType
 from keyplane.fileperms import ensure_private_dir, write_private
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
-from keyplane.lifecycle import Service
+from keyplane.keymanager.sources import KeySources
+from keyplane.lifecycle import ProcessSettings, Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.ops import Ops
-from keyplane.physical import PhysicalNetwork
+from keyplane.physical.pool import EmulationSettings
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
 
-__all__ = ["ControlRuntime", "Embedded", "NodeRuntime", "RuntimeContext", "write_endpoints"]
+__all__ = ["ControlRuntime", "Embedded", "LazyApp", "NodeRuntime", "RuntimeContext",
+           "StartupSettings", "write_endpoints"]
 
 logger = logging.getLogger(__name__)
+
+
+class LazyApp:
+    """An ASGI app built on its first request.
+
+    A KM's FastAPI app costs about 25 ms of CPU to build (route and model analysis); a
+    network of 1,000 nodes would spend most of its start-up there, for KMs that no SAE may
+    ever call. Serving a :class:`LazyApp` binds the port and the certificate at once and
+    builds the app when the first request arrives.
+    """
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        """The app (built now if it was not yet)."""
+        if self._app is None:
+            self._app = self._factory()
+        return self._app
+
+    async def __call__(self, scope: MutableMapping[str, Any],
+                       receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        await self.app(scope, receive, send)
+
+
+class StartupSettings(BaseModel):
+    """How a process brings its nodes up (bounded, so 1,000 nodes start on 2 cores)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node_start_concurrency: Annotated[int, Field(ge=1)] = 8
+    """Nodes an embedded process starts at once. Each start loads the KM's stores, opens
+    two HTTPS servers and registers with the SDN Controller (a database write and an ETSI
+    015 discovery): all at once, 1,000 nodes exhausted the database pool and the event loop."""
+    # announcements retry under keyplane.lifecycle.ProcessSettings (one back-off for every
+    # dependency a process waits for at start)
 
 
 @dataclass
@@ -76,6 +124,12 @@ class RuntimeContext:
     seed: int = 1
     certs: Issued | None = None
     ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
+    emulation: EmulationSettings = field(default_factory=EmulationSettings)
+    startup: StartupSettings = field(default_factory=StartupSettings)
+    bus_url: str | None = None
+    """The bus's URL (distributed mode), for link workers that join the bus themselves."""
+    bus_security: BusSecurity | None = None
+    """The node's bus identity (distributed mode): its link workers join with the same one."""
 
     def __post_init__(self) -> None:
         if self.events is None:
@@ -223,6 +277,10 @@ class ControlRuntime(Service):
         sdn = self.plane.sdn
         if sdn is not None and sdn.southbound is not None:
             await sdn.southbound.close()
+        if self._own_driver and self.driver is not None:
+            # its kept-alive connections would hold every agent server's close for its
+            # whole shutdown timeout (5 s each)
+            await self.driver.close()
 
     async def close(self) -> None:
         """Stop answering, serving and driving (idempotent)."""
@@ -241,17 +299,17 @@ class NodeRuntime(Service):
     """One node of the network, in this process."""
 
     def __init__(self, ctx: RuntimeContext, node_id: str, *,
-                 announce_timeout_s: float = 30.0, run_links: bool = True,
-                 km_settings: KmSettings | None = None) -> None:
+                 run_links: bool = True, km_settings: KmSettings | None = None,
+                 process_settings: ProcessSettings | None = None) -> None:
         ctx.topology.node(node_id)  # KeyError on an unknown node
         self.ctx = ctx
         self.node_id = node_id
         self.km = KeyManager(node_id, ctx.topology, ctx.bus, ctx.db, ctx.clock, ctx.stream,
                              km_settings)
-        self.physical: PhysicalNetwork | None = None
+        self.sources: KeySources | None = None
         self._run_links = run_links
         self.endpoints: dict[str, str] = {}
-        self._announce_timeout_s = announce_timeout_s
+        self._process = process_settings or ProcessSettings()
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
         self.agent: SdnAgent | None = None
@@ -276,29 +334,36 @@ class NodeRuntime(Service):
         km_cert = certs.kms[self.node_id]  # the KM's certificate also signs its ML-KEM hops
         self.km.set_identity(KmIdentity.load(self.node_id, km_cert.cert, km_cert.key,
                                              certs.ca.cert))
-        await self._stack.enter_async_context(self.km)
         if self._run_links:
-            # distributed mode: this node runs its own ends of its links; the peer ends run
-            # in the neighbours' processes and the classical channel goes over the bus
+            # distributed mode: this node runs its own ends of its links (emulated ends talk
+            # to the neighbours' processes over the bus; device ends to their devices)
             sinks = {(self.node_id, link.link_id): self.km.link_key_sink(link.link_id)
                      for link in ctx.topology.links_of(self.node_id)}
-            self.physical = PhysicalNetwork(ctx.topology, clock=ctx.clock, sinks=sinks,
-                                            seed=ctx.seed, bus=ctx.bus, events=ctx.stream,
-                                            node=self.node_id)
-            await self.physical.start()
-            self._stack.push_async_callback(self.physical.close)
-        api = await serve_km_api(
-            self.km, kme_id=self.node_id, server_cert=certs.kms[self.node_id],
-            ca_file=certs.ca.cert, host=ctx.host, port=0,
-            settings=ApiSettings.from_topology(
-                ctx.topology, self.node_id,
-                limits=Etsi014Limits.from_km_settings(self.km.settings),
-                supported_extensions=frozenset({PROVENANCE_EXTENSION})),
-            observer=ctx.http_observer)
+            self.sources = KeySources(ctx.topology, sinks, clock=ctx.clock, bus=ctx.bus,
+                                      events=ctx.stream, seed=ctx.seed, node=self.node_id,
+                                      emulation=ctx.emulation, credentials=certs.kms,
+                                      ca=certs.ca.cert, bus_url=ctx.bus_url,
+                                      bus_security=ctx.bus_security)
+            self._stack.push_async_callback(self.sources.close)
+            await self.sources.prepare()  # the link worker boots while the KM starts
+        await self._stack.enter_async_context(self.km)
+        if self.sources is not None:
+            await self.sources.start()
+        settings = ApiSettings.from_topology(
+            ctx.topology, self.node_id, limits=Etsi014Limits.from_km_settings(self.km.settings),
+            supported_extensions=frozenset({PROVENANCE_EXTENSION}))
+        app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,
+                                        settings=settings))
+        api = HttpServer(app, host=ctx.host, port=0,
+                         ssl_context=server_ssl_context(certs.kms[self.node_id], certs.ca.cert),
+                         observer=ctx.http_observer, interface=km_interface,
+                         name=f"km-api-{self.node_id}")
+        await api.start()
         self._stack.push_async_callback(api.close)
-        self.endpoints["etsi014"] = api.etsi014_url
-        self.endpoints["etsi004"] = api.etsi004_url
-        self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
+        self.endpoints["etsi014"] = api.url
+        self.endpoints["etsi004"] = api.url + ETSI004_PREFIX
+        self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream,
+                              settings=AgentSettings.from_config(ctx.topology.etsi015))
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
         # and the sessions' hybrid policies (keyplane-qkd-provenance)
         feed = KmEventFeed(self.agent)
@@ -309,19 +374,40 @@ class NodeRuntime(Service):
                                    ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
+        tfs = ctx.topology.etsi015.teraflowsdn
+        if tfs is not None and (listener := await serve_teraflowsdn(
+                self.agent, tfs, server_cert=certs.kms[self.node_id], ca_file=certs.ca.cert,
+                observer=ctx.http_observer)):
+            self._stack.push_async_callback(listener.close)
+            self.endpoints["etsi015_teraflowsdn"] = listener.url
 
     async def _announce(self) -> None:
-        """Announce until the control plane answers (it may start after us)."""
+        """Announce until the control plane answers (it may start after us), backing off
+        between attempts, for at most ``announce_timeout_s`` (ProcessSettings)."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._announce_timeout_s
+        st = self._process
+        deadline = loop.time() + st.announce_timeout_s
         msg = NodeAnnouncement(node=self.node_id, endpoints=self.endpoints, pid=os.getpid())
+        failures = 0
         while True:
             try:
-                reply = await self.ctx.bus.request(topics.SDN_NODES, msg, timeout_s=1.0)
-            except BusError:
-                if loop.time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
+                reply = await self.ctx.bus.request(
+                    topics.SDN_NODES, msg, timeout_s=min(st.announce_request_timeout_s,
+                                                         max(0.001, deadline - loop.time())))
+            except BusUnavailable:
+                raise
+            except BusError as exc:
+                if loop.time() >= deadline:
+                    raise BusError(f"node {self.node_id}: the control plane did not answer "
+                                   f"its announcement within {st.announce_timeout_s:g} s "
+                                   f"({exc})") from exc
+                if failures == 0:
+                    logger.info("node %s: control plane not answering yet (%s); retrying",
+                                self.node_id, exc)
+                # the control plane may be starting: back off
+                await asyncio.sleep(min(max(0.0, deadline - loop.time()),
+                                        st.backoff_s(failures, random.random())))
+                failures += 1
                 continue
             if isinstance(reply, NodeWelcome) and not reply.known:
                 raise BusError(f"control plane refused node {self.node_id}: {reply.reason}")
@@ -339,8 +425,9 @@ class NodeRuntime(Service):
 class Embedded(Service):
     """Every element of a network in one process: control plane plus every node.
 
-    The quantum links run as one :class:`PhysicalNetwork` with both ends in this process
-    (in-process classical channels), feeding every KM's link key stores.
+    The links' key sources (:class:`~keyplane.keymanager.sources.KeySources`) feed every
+    KM's link key stores: emulated links in worker processes (both ends of each link in one
+    worker), device links from their ETSI 014 devices.
     """
 
     def __init__(self, ctx: RuntimeContext, *, control_settings: ControlSettings | None = None,
@@ -350,11 +437,7 @@ class Embedded(Service):
                                       settings=control_settings)
         self.nodes = {n.id: NodeRuntime(ctx, n.id, run_links=False, km_settings=km_settings)
                       for n in ctx.topology.nodes}
-        sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
-                 for node_id, rt in self.nodes.items()
-                 for link in ctx.topology.links_of(node_id)}
-        self.physical = PhysicalNetwork(ctx.topology, clock=ctx.clock, sinks=sinks,
-                                        seed=ctx.seed, bus=ctx.bus, events=ctx.stream)
+        self.sources: KeySources | None = None
 
     def km(self, node_id: str) -> KeyManager:
         """The key manager of ``node_id``."""
@@ -363,10 +446,29 @@ class Embedded(Service):
     async def start(self) -> None:
         """Start the control plane, every node, then the links; write endpoints.json."""
         certs = self.ctx.ensure_certs()
-        await self.control.start()
+        sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
+                 for node_id, rt in self.nodes.items()
+                 for link in self.ctx.topology.links_of(node_id)}
+        self.sources = KeySources(self.ctx.topology, sinks, clock=self.ctx.clock,
+                                  bus=self.ctx.bus, events=self.ctx.stream, seed=self.ctx.seed,
+                                  emulation=self.ctx.emulation, credentials=certs.kms,
+                                  ca=certs.ca.cert)
         try:
-            await asyncio.gather(*(n.start() for n in self.nodes.values()))
-            await self.physical.start()
+            # link workers boot (interpreter, numpy) while the nodes start
+            await self.sources.prepare()
+            await self.control.start()
+        except BaseException:
+            await self.sources.close()
+            raise
+        try:
+            gate = asyncio.Semaphore(self.ctx.startup.node_start_concurrency)
+
+            async def start_node(n: NodeRuntime) -> None:
+                async with gate:
+                    await n.start()
+
+            await asyncio.gather(*(start_node(n) for n in self.nodes.values()))
+            await self.sources.start()
         except BaseException:
             await self.close()
             raise
@@ -380,6 +482,7 @@ class Embedded(Service):
         would otherwise send ETSI 015 deletions to agents that are going away.
         """
         await self.control.stop_driving_nodes()
-        await self.physical.close()
+        if self.sources is not None:
+            await self.sources.close()
         await asyncio.gather(*(n.close() for n in self.nodes.values()))
         await self.control.close()

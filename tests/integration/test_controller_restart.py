@@ -18,7 +18,7 @@ from keyplane.demo.distributed import SdkEndpoint
 from keyplane.errors import InsufficientKeyMaterial
 from keyplane.events import EventType, read_jsonl
 from keyplane.messages import Qos
-from keyplane.services import NatsServer, PostgresServer
+from keyplane.services import PostgresServer
 from keyplane.store import Database
 from keyplane.store.admitted import load_admitted_sessions
 from tests.support.processes import start_keyplane, stop
@@ -83,11 +83,12 @@ async def _until(pred, what: str, timeout_s: float = 30.0) -> None:  # type: ign
 
 
 async def test_killed_controller_restarts_and_takes_back_the_live_session(
-        nats_server: NatsServer, postgres_server: PostgresServer, tmp_path: Path) -> None:
+        topology_nats, postgres_server: PostgresServer, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     topo_file = tmp_path / "topology.yaml"
     topo_file.write_text(TOPOLOGY)
     state = tmp_path / "state"
     ensure_network_certs(load_topology(topo_file), state / "certs")
+    nats_server = topology_nats(topo_file, state / "certs")
     db_url = postgres_server.create_database("t_" + uuid.uuid4().hex[:12])
     common = ("-t", str(topo_file), "--bus", nats_server.url, "--db", db_url, "-s", str(state))
 

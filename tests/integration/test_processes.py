@@ -8,7 +8,6 @@ import httpx
 import pytest
 
 from keyplane.events import EventType, read_jsonl
-from keyplane.services import NatsServer
 from tests.support.processes import start_keyplane, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,9 +22,9 @@ def ssl_ctx(ca: Path, cert: tuple[str, str]) -> ssl.SSLContext:
 pytestmark = [pytest.mark.multiprocess, pytest.mark.nats, pytest.mark.slow]
 
 
-def test_controller_and_node_processes_talk_over_nats(nats_server: NatsServer,
-                                                      tmp_path: Path) -> None:
+def test_controller_and_node_processes_talk_over_nats(topology_nats, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     state = tmp_path / "state"
+    nats_server = topology_nats(TOPO, state / "certs")
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     ctl = start_keyplane("controller", "-t", TOPO, "--bus", nats_server.url, "-s", str(state),
                          "--db", db, ready="controller ready", log=tmp_path / "ctl.log")
@@ -55,10 +54,11 @@ def test_controller_and_node_processes_talk_over_nats(nats_server: NatsServer,
 
 
 def test_controller_discovers_node_processes_and_serves_the_northbound_view(
-        nats_server: NatsServer, tmp_path: Path) -> None:
+        topology_nats, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Controller + two node processes over NATS: the SDN Controller reads both agents with
     the controller certificate and an orchestrator sees both nodes northbound."""
     state = tmp_path / "state"
+    nats_server = topology_nats(TOPO, state / "certs")
     db = f"sqlite:///{tmp_path / 'shared.db'}"
     ctl = start_keyplane("controller", "-t", TOPO, "--bus", nats_server.url, "-s", str(state),
                          "--db", db, ready="controller ready", log=tmp_path / "ctl.log")

@@ -225,7 +225,7 @@ class FakeKeyManager:
         return GetKeyResult(key_stream_id, index, stream.chunks[index],
                             {"hops": 1, "echo": metadata} if metadata else {"hops": 1})
 
-    async def close(self, caller: Caller, key_stream_id: str) -> None:
+    async def close_stream(self, caller: Caller, key_stream_id: str) -> None:
         self.network.calls.append("close")
         stream = self.network.streams.get(key_stream_id)
         if stream is None:

@@ -16,19 +16,36 @@ from tests.support.deadlines import DEADLINE_S
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def keyplane_env() -> dict[str, str]:
+def keyplane_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(extra or {})
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 
 
-def start_keyplane(*args: str, ready: str, timeout_s: float = DEADLINE_S, log: Path | None = None
+READY_TIMEOUT_S = DEADLINE_S
+"""How long a process may take to print its ready line (KEYPLANE_TEST_DEADLINE_S)."""
+
+
+def spawn_keyplane(*args: str, log: Path | None = None, env: dict[str, str] | None = None
+                   ) -> subprocess.Popen[str]:
+    """Start ``python -m keyplane ARGS`` (stdout piped, stderr to ``log``) without waiting."""
+    out = open(log, "w") if log else subprocess.DEVNULL
+    try:
+        return subprocess.Popen([sys.executable, "-m", "keyplane", *args],
+                                stdout=subprocess.PIPE, stderr=out, text=True,
+                                env=keyplane_env(env), cwd=ROOT)
+    finally:
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+def start_keyplane(*args: str, ready: str, timeout_s: float = READY_TIMEOUT_S,
+                   log: Path | None = None, env: dict[str, str] | None = None
                    ) -> subprocess.Popen[str]:
     """Start ``python -m keyplane ARGS`` and wait until it prints ``ready`` on stdout."""
-    out = open(log, "w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "keyplane", *args], stdout=subprocess.PIPE,
-                            stderr=out, text=True, env=keyplane_env(), cwd=ROOT)
+    proc = spawn_keyplane(*args, log=log, env=env)
     lines: queue.Queue[str] = queue.Queue()
 
     def pump() -> None:  # read stdout in a thread so that the wait below has a deadline

@@ -39,3 +39,18 @@ def test_cli_certs_writes_ca_and_identities(tmp_path: Path) -> None:
                               str(tmp_path)])
     assert res.exit_code == 0, res.output
     assert (tmp_path / "ca.pem").exists() and (tmp_path / "sae" / "sae3.pem").exists()
+
+
+def test_cli_certs_writes_bus_credentials_and_signing_keys(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    res = runner.invoke(app, ["certs", "-t", str(ROOT / "examples" / "paper_poc.yaml"), "-o",
+                              str(tmp_path), "--bus-host", "nats.example.org"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "operator.pem").exists()
+    assert sorted(p.name for p in (tmp_path / "sign").glob("*.pem")) == sorted(
+        [f"km.km{i}.pem" for i in range(6)] + ["control.sdn-controller.pem",
+                                                "operator.operator.pem"])
+    server = x509.load_pem_x509_certificate((tmp_path / "nats" / "server.pem").read_bytes())
+    names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "nats.example.org" in names.get_values_for_type(x509.DNSName)

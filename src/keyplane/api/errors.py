@@ -14,6 +14,7 @@ the first ``isinstance`` match wins:
 | QosNotMet                         | 503      | 7 OC_QOS_NOT_SATISFIABLE                      |
 | PeerNotConnected                  | 503      | 1 PEER_NOT_CONNECTED (open), 3 (get_key)      |
 | InsufficientKeyMaterial, KmBusy   | 503      | 2 GK_INSUFFICIENT_KEY_AVAILABLE               |
+| ControlPlaneUnreachable           | 503      | 6 TIMEOUT_ERROR (Access/Admission Control)    |
 | PeerUnreachable                   | 503      | 4 NO_QKD_CONNECTION_AVAILABLE                 |
 | RelayTimeout, BusTimeout, Timeout | 503      | 6 TIMEOUT_ERROR                               |
 | RateLimited (token bucket)        | 503      | 6 TIMEOUT_ERROR                               |
@@ -37,6 +38,7 @@ from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.errors import (
     AuthenticationFailed,
     BusTimeout,
+    ControlPlaneUnreachable,
     ExtensionNotMet,
     InsufficientKeyMaterial,
     KeyNotFound,
@@ -117,6 +119,8 @@ _TABLE: tuple[tuple[tuple[type[BaseException], ...], ErrorMapping], ...] = (
                              Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE)),
     ((RateLimited,), ErrorMapping(503, "key rate of the session exceeded within the timeout",
                                   Etsi004Status.TIMEOUT_ERROR)),
+    ((ControlPlaneUnreachable,), ErrorMapping(503, "the control plane did not answer in time",
+                                              Etsi004Status.TIMEOUT_ERROR)),
     ((PeerUnreachable,), ErrorMapping(503, "no QKD connection to the peer is available",
                                       Etsi004Status.NO_QKD_CONNECTION_AVAILABLE)),
     ((RelayTimeout, BusTimeout, TimeoutError),

@@ -19,9 +19,14 @@ from __future__ import annotations
 from keyplane.bus.base import Bus, Handler, Subscription, topic_matches, unsubscribe_all
 from keyplane.bus.codec import Message, decode, encode
 from keyplane.bus.memory import MemoryBus
+from keyplane.bus.security import BusCredentials, BusSecurity
+from keyplane.bus.settings import BusSettings, bus_settings_from_env
 
 __all__ = [
     "Bus",
+    "BusCredentials",
+    "BusSecurity",
+    "BusSettings",
     "Handler",
     "MemoryBus",
     "Message",
@@ -80,13 +85,31 @@ class topics:
         return f"keyplane.sdn.{node}.notifications"
 
 
-async def connect(url: str | None, *, name: str = "keyplane") -> Bus:
+async def connect(url: str | None, *, name: str = "keyplane",
+                  security: BusSecurity | None = None, settings: BusSettings | None = None
+                  ) -> Bus:
     """A bus for ``url``: ``None`` or ``"memory://"`` gives a new :class:`MemoryBus`,
-    ``nats://host:port`` a :class:`~keyplane.bus.nats.NatsBus`."""
+    ``nats://host:port`` or ``tls://host:port`` a :class:`~keyplane.bus.nats.NatsBus`.
+
+    Args:
+        url: the bus.
+        name: the client name the server shows.
+        security: required for NATS: the element's credentials
+            (:meth:`BusSecurity.load`), or :meth:`BusSecurity.danger_insecure`.
+        settings: NATS timeouts and backoff (default: :func:`bus_settings_from_env`).
+
+    Raises:
+        ValueError: an unsupported URL, or a NATS URL without ``security``.
+        BusError: the NATS server did not accept us within the startup timeout.
+    """
     if url is None or url.startswith("memory:"):
         return MemoryBus()
     if url.startswith(("nats://", "tls://")):
         from keyplane.bus.nats import NatsBus
 
-        return await NatsBus.connect(url, name=name)
+        if security is None:
+            raise ValueError("a NATS bus needs the element's credentials (BusSecurity.load); "
+                             "BusSecurity.danger_insecure() runs without them")
+        return await NatsBus.connect(url, name=name, security=security,
+                                     settings=settings or bus_settings_from_env())
     raise ValueError(f"unsupported bus URL {url!r} (use memory:// or nats://host:port)")

@@ -10,12 +10,14 @@ in a handler is logged and never kills the bus.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
 from keyplane.bus.codec import Message
+from keyplane.errors import BusError
 
 __all__ = ["Bus", "Handler", "Subscription", "topic_matches", "unsubscribe_all", "validate_topic"]
 
@@ -108,6 +110,24 @@ class Bus(ABC):
 
     async def flush(self) -> None:  # noqa: B027 - optional hook
         """Wait until published messages are handed to the transport."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the bus can carry a message right now (a NATS bus that is reconnecting is
+        not; it still buffers publishes and keeps requests waiting)."""
+        return True
+
+    @property
+    def failure(self) -> BusError | None:
+        """Why the bus gave up for good (its server unreachable for too long), or None."""
+        return None
+
+    async def wait_failure(self) -> BusError:
+        """Wait until the bus gives up for good and return why (a bus that cannot fail, like
+        the in-memory one, never returns): a process exits on it so its supervisor restarts
+        it."""
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
 
     async def __aenter__(self) -> Bus:
         return self

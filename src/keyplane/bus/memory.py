@@ -35,7 +35,7 @@ class _MemorySubscription(Subscription):
 
     async def unsubscribe(self) -> None:
         if self._bus._subs.pop(self.sid, None) is not None:
-            self._bus._routes.clear()
+            self._bus._forget(self)
 
 
 class MemoryBus(Bus):
@@ -48,10 +48,15 @@ class MemoryBus(Bus):
         self._closed = False
         self._roundtrip = roundtrip
         self._rng = random.Random(seed)
-        # topic -> (plain subscribers, queue groups): topics repeat (one per KM and kind),
-        # so each is matched against the patterns once, until the subscriptions change
-        self._routes: dict[str, tuple[list[_MemorySubscription],
-                                      list[list[_MemorySubscription]]]] = {}
+        # subscriptions by pattern: literal patterns are found by a dict lookup, only the
+        # (few distinct) wildcard patterns are matched against a topic. A topic's route is
+        # the list of its patterns' buckets, kept until a pattern appears or goes: a new
+        # subscription to an existing pattern joins its bucket and every route sees it, so
+        # a network of 1,000 nodes subscribing as it starts does not rescan every
+        # subscription for every message (it did: quadratic start-up)
+        self._literal: dict[str, list[_MemorySubscription]] = {}
+        self._wild: dict[str, list[_MemorySubscription]] = {}
+        self._routes: dict[str, list[list[_MemorySubscription]]] = {}
 
     def _copy(self, msg: Message) -> Message:
         return decode(encode(msg)) if self._roundtrip else msg
@@ -60,19 +65,47 @@ class MemoryBus(Bus):
         route = self._routes.get(topic)
         if route is None:
             validate_topic(topic)
-            plain: list[_MemorySubscription] = []
-            groups: dict[str, list[_MemorySubscription]] = {}
-            for sub in list(self._subs.values()):
-                if topic_matches(sub.pattern, topic):
-                    if sub.queue is None:
-                        plain.append(sub)
-                    else:
-                        groups.setdefault(sub.queue, []).append(sub)
+            route = [bucket for pattern, bucket in self._wild.items()
+                     if topic_matches(pattern, topic)]
+            literal = self._literal.get(topic)
+            if literal is not None:
+                route.append(literal)
             if len(self._routes) >= _MAX_ROUTES:
                 self._routes.clear()
-            route = self._routes[topic] = (plain, list(groups.values()))
-        plain, group_list = route
-        return [*plain, *(self._rng.choice(members) for members in group_list)]
+            self._routes[topic] = route
+        plain: list[_MemorySubscription] = []
+        groups: dict[str, list[_MemorySubscription]] = {}
+        for bucket in route:
+            for sub in bucket:
+                if sub.queue is None:
+                    plain.append(sub)
+                else:
+                    groups.setdefault(sub.queue, []).append(sub)
+        return [*plain, *(self._rng.choice(members) for members in groups.values())]
+
+    def _index(self, sub: _MemorySubscription) -> None:
+        wild = "*" in sub.pattern or ">" in sub.pattern
+        table = self._wild if wild else self._literal
+        bucket = table.get(sub.pattern)
+        if bucket is None:
+            bucket = table[sub.pattern] = []
+            if wild:
+                self._routes.clear()  # a new wildcard pattern: routes are matched again
+            else:
+                route = self._routes.get(sub.pattern)
+                if route is not None:
+                    route.append(bucket)
+        bucket.append(sub)
+
+    def _forget(self, sub: _MemorySubscription) -> None:
+        table = self._wild if sub.pattern in self._wild else self._literal
+        bucket = table.get(sub.pattern)
+        if bucket is None:
+            return
+        bucket.remove(sub)
+        if not bucket:
+            del table[sub.pattern]
+            self._routes.clear()  # the pattern is gone from every route
 
     def _spawn(self, sub: _MemorySubscription, topic: str, msg: Message,
                reply: asyncio.Future[Message] | None) -> None:
@@ -106,7 +139,7 @@ class MemoryBus(Bus):
         validate_topic(pattern, wildcards=True)
         sub = _MemorySubscription(self, next(self._sid), pattern, handler, queue)
         self._subs[sub.sid] = sub
-        self._routes.clear()
+        self._index(sub)
         return sub
 
     async def request(self, topic: str, msg: Message, *, timeout_s: float = 2.0) -> Message:
@@ -133,6 +166,8 @@ class MemoryBus(Bus):
             return
         self._closed = True
         self._subs.clear()
+        self._literal.clear()
+        self._wild.clear()
         self._routes.clear()
         me = asyncio.current_task()
         tasks = [t for t in self._tasks if not t.done() and t is not me]

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from keyplane.bus import Bus, connect
+from keyplane.bus import Bus, BusSecurity, connect
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Topology, load_topology
 from keyplane.control.access import AccessControl
@@ -134,7 +134,8 @@ async def run_controller(topology_path: str | Path, bus_url: str | None, db_url:
                          elements: list[str] | None = None, *,
                          settings: ControlSettings | None = None,
                          events_path: str | Path | None = None,
-                         ready: asyncio.Event | None = None) -> None:
+                         ready: asyncio.Event | None = None,
+                         security: BusSecurity | None = None) -> None:
     """Run control-plane elements until cancelled (the caller maps SIGTERM to cancel).
 
     Args:
@@ -146,6 +147,7 @@ async def run_controller(topology_path: str | Path, bus_url: str | None, db_url:
         settings: element settings.
         events_path: also append events to this JSON-lines file.
         ready: set once every element has started.
+        security: the bus identity (required for NATS; see :func:`keyplane.bus.connect`).
 
     Raises:
         ConfigError: the topology file is invalid.
@@ -154,7 +156,7 @@ async def run_controller(topology_path: str | Path, bus_url: str | None, db_url:
     """
     topology = load_topology(topology_path)
     clock = RealClock()
-    bus = await connect(bus_url, name="keyplane-controller")
+    bus = await connect(bus_url, name="keyplane-controller", security=security)
     db: Database | None = None
     sinks: list[EventSink] = [BusSink(bus)]
     if events_path is not None:

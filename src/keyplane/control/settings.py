@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 __all__ = [
     "AccessSettings",
     "AdmissionSettings",
+    "AlarmKind",
     "ControlSettings",
     "MonitoringSettings",
     "RoutingSettings",
@@ -22,6 +23,9 @@ __all__ = [
 
 Positive = Annotated[float, Field(gt=0.0)]
 NonNegative = Annotated[float, Field(ge=0.0)]
+
+AlarmKind = Literal["eavesdropper_suspected", "qber_high", "key_rate_collapse", "link_down"]
+"""The Monitoring Element's alarm kinds (``cleared`` is the absence of them all)."""
 
 
 class _Settings(BaseModel):
@@ -40,11 +44,12 @@ class AdmissionSettings(_Settings):
 
     peer_wait_timeout_s: Positive = 30.0
     """ETSI 004: how long the first opener waits for its peer before it is refused."""
-    config_ack_timeout_s: Positive = 2.0
-    """Bound (clock) on each KM's ConfigAck; a late KM rolls the whole path back."""
-    delete_confirm_timeout_s: Positive = 2.0
+    config_ack_timeout_s: Positive = 10.0
+    """Bound (clock) on each KM's ConfigAck; a late KM rolls the whole path back (a KM
+    process busy starting its links on a loaded 2-core machine takes seconds)."""
+    delete_confirm_timeout_s: Positive = 10.0
     """Bound (clock) on each KM's DeleteConfirm; reserved capacity is freed after it."""
-    route_timeout_s: Positive = 2.0
+    route_timeout_s: Positive = 10.0
     """Bound (clock) on the Routing Element's answer to a route request."""
     bus_timeout_s: Positive = 10.0
     """Transport bound (real seconds) of each bus request; the clock bounds above apply first."""
@@ -99,10 +104,13 @@ class RoutingSettings(_Settings):
     use_skr_as_capacity: bool = True
     default_capacity_bps: NonNegative | None = None
     link_capacity_bps: dict[str, NonNegative] = Field(default_factory=dict)
-    metrics_refresh_s: Positive = 5.0
-    """How often (clock) link metrics are re-read from the topology database."""
-    reroute_on: frozenset[Literal["qber_high", "key_rate_collapse", "link_down"]] = frozenset(
-        {"qber_high", "key_rate_collapse", "link_down"})
+    metrics_refresh_s: Positive | None = None
+    """How often (clock) link metrics are re-read from the topology database. The
+    Monitoring Element sends its figures to the Routing Element as it persists them
+    (:class:`~keyplane.control.wire.LinkMetricsReport`), so by default the database is
+    read only at start; set this when another writer updates ``link_metrics``."""
+    reroute_on: frozenset[AlarmKind] = frozenset(
+        {"eavesdropper_suspected", "qber_high", "key_rate_collapse", "link_down"})
     """Alarm kinds that take a link out of service and reroute its sessions."""
     admission_timeout_s: Positive = 5.0
     """Bound (real seconds) on Admission Control's answer to a reroute order."""
@@ -113,9 +121,16 @@ class RoutingSettings(_Settings):
 
 
 class MonitoringSettings(_Settings):
-    """Monitoring Element: alarm thresholds and the periodic link performance test."""
+    """Monitoring Element: alarm rules, the eavesdropper test, link tests, persistence.
+
+    Every alarm is latched (docs/control.md, "Alarms"): it is raised as soon as its
+    condition holds, and cleared only once its clear condition (stricter: hysteresis) has
+    held for ``clear_hold_s`` and the alarm has been up ``min_hold_s``, so a constant fault
+    never flaps and a route is never computed over a link between two of its alarms.
+    """
 
     check_interval_s: Positive = 5.0
+    """Period (clock) of the passive check: freshness and latched clears of every link."""
     stale_after_s: Positive = 15.0
     """A link with no telemetry for this long is declared down (missing telemetry)."""
     qber_alarm_threshold: Annotated[float, Field(gt=0.0, lt=0.5)] | None = None
@@ -124,8 +139,51 @@ class MonitoringSettings(_Settings):
     """Hysteresis: a QBER alarm clears below threshold − margin."""
     skr_collapse_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     """Key-rate collapse: SKR below this fraction of the link's baseline SKR."""
+    skr_clear_fraction: Annotated[float, Field(gt=0.0, le=1.0)] = 0.5
+    """Hysteresis: a key-rate collapse clears at or above this fraction of the baseline."""
     skr_baseline_alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.2
     """EWMA factor of the baseline SKR (updated only while the rate is healthy)."""
+    min_hold_s: NonNegative = 30.0
+    """A measured alarm (eavesdropper, QBER, key rate) stays raised at least this long (clock)."""
+    clear_hold_s: NonNegative = 10.0
+    """A measured alarm clears only after its clear condition has held this long without a
+    break."""
+    link_down_min_hold_s: NonNegative = 5.0
+    """``link_down`` stays raised at least this long. Shorter than ``min_hold_s``: the
+    modules' own state (or their silence) is a fact, not a noisy estimate, and a node
+    process that restarts should not keep its links out of service for long."""
+    link_down_clear_hold_s: NonNegative = 2.0
+    """``link_down`` clears only after the link has been up this long without a break."""
+
+    eve_z_raise: Annotated[float, Field(gt=0.0)] = 5.0
+    """Eavesdropper test: standard errors of QBER rise over the link's baseline that raise
+    ``eavesdropper_suspected`` (one block, or the last ``eve_window_blocks`` pooled)."""
+    eve_z_clear: NonNegative = 2.0
+    """The suspicion clears once the recent QBER is within this many standard errors."""
+    eve_min_rise: Annotated[float, Field(ge=0.0, lt=0.5)] = 0.01
+    """…and only a rise of at least this much QBER counts (a huge sample makes a harmless
+    0.1 % drift significant; intercept-resend on a fraction f adds about f/4)."""
+    eve_window_blocks: Annotated[int, Field(ge=1, le=100)] = 3
+    """Recent blocks pooled for the test (more power against a small, steady rise)."""
+    baseline_min_blocks: Annotated[int, Field(ge=1)] = 3
+    """Healthy blocks a link's QBER baseline needs before the test is armed."""
+    baseline_decay: Annotated[float, Field(gt=0.0, le=1.0)] = 0.98
+    """Per healthy block, the weight the baseline keeps (1: never forgets)."""
+
+    persist_interval_s: Positive = 1.0
+    """The latest figures of each changed link are written to the store and sent to the
+    Routing Element at most once per this period (clock), never per sample."""
+
+    probe_interval_s: Positive | None = 10.0
+    """Active link tests: every this many seconds (clock) each link's QKD modules are
+    asked for their status (``None``: no tests)."""
+    probe_timeout_s: Positive = 2.0
+    """Bound (clock) on a link test's answer."""
+    probe_failures_down: Annotated[int, Field(ge=1)] = 2
+    """Consecutive unanswered link tests that declare a link down."""
+    probe_links_per_round: Annotated[int, Field(ge=1)] = 64
+    """At most this many links are tested per round (round-robin), so tests cost a bounded
+    rate at any network size."""
 
 
 class SdnSettings(_Settings):

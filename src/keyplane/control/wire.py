@@ -17,7 +17,10 @@ Flows:
 4. Admission / operators → SDN Controller, request/reply on
    ``keyplane.control.sdn.register``: :class:`RegisterLink` → :class:`RegisterLinkReply`
    (new PHYS links; the VIRT records sessions create), :class:`UnregisterLink`.
-5. Restart recovery (docs/control.md, "Controller restart"). Admission Control owns the
+5. Monitoring → Routing, publish on :data:`MONITORING_METRICS`: :class:`LinkMetricsReport`,
+   the latest figures of the links that changed, at most once per ``persist_interval_s``
+   (the same batch the Monitoring Element writes to ``link_metrics``).
+6. Restart recovery (docs/control.md, "Controller restart"). Admission Control owns the
    truth about live sessions. When it starts, it sends its :class:`LiveSessions` to the
    Routing Element as a request on ``keyplane.control.routing`` (→ :class:`LiveSessionsApplied`:
    the reservations now match) before it takes any new request; when the Routing Element or
@@ -35,8 +38,11 @@ from keyplane.bus import topics
 from keyplane.bus.codec import Message
 
 __all__ = [
+    "MONITORING_METRICS",
     "SDN_REGISTER",
     "SDN_SNAPSHOT",
+    "LinkFigures",
+    "LinkMetricsReport",
     "LiveSession",
     "LiveSessions",
     "LiveSessionsApplied",
@@ -57,6 +63,7 @@ __all__ = [
 
 SDN_SNAPSHOT = f"{topics.SDN}.snapshot"
 SDN_REGISTER = f"{topics.SDN}.register"
+MONITORING_METRICS = f"{topics.MONITORING}.metrics"
 
 
 def virtual_link_id(session_id: str) -> str:
@@ -246,3 +253,26 @@ class LiveSessionsApplied(Message):
     released: list[str] = Field(default_factory=list)
     overbooked: list[str] = Field(default_factory=list)
     missing_links: dict[str, list[str]] = Field(default_factory=dict)
+
+
+class LinkFigures(Message):
+    """One link's latest monitored figures (the ``link_metrics`` row; ``None``: not measured)."""
+
+    KIND = "control.link_figures"
+
+    link_id: str
+    t: float = 0.0
+    state: str = "up"
+    skr_bps: float | None = None
+    qber: float | None = None
+    sessions: Annotated[int, Field(ge=0)] = 0
+    buffer_bits: Annotated[int, Field(ge=0)] = 0
+
+
+class LinkMetricsReport(Message):
+    """The Monitoring Element's latest figures of the links that changed since its last
+    report; the Routing Element re-weighs only those links."""
+
+    KIND = "control.link_metrics_report"
+
+    links: list[LinkFigures] = Field(default_factory=list)

@@ -4,7 +4,9 @@ What runs:
 
 * a real ``nats-server`` and a real PostgreSQL cluster (started here on free loopback ports
   unless URLs are given; without PostgreSQL's server binaries the demo says so and falls
-  back to a shared SQLite file);
+  back to a shared SQLite file). The nats-server is the secured one ``keyplane nats-config``
+  configures: TLS, each process's client certificate, per-element permissions, signed
+  state-changing messages (``danger_insecure_bus`` runs a plain one instead);
 * ``keyplane controller`` (the five control-plane elements) and one ``keyplane node --id``
   process per node, each KM serving ETSI 014/004 and its ETSI 015 agent on its own port with
   mutual TLS, each link's two QKD modules in the two nodes' processes talking over NATS;
@@ -27,11 +29,11 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from keyplane.api.client import (
@@ -41,29 +43,56 @@ from keyplane.api.client import (
     TransportError,
 )
 from keyplane.api.etsi004.models import QosParameters
-from keyplane.certs import ensure_network_certs
+from keyplane.bus import BusCredentials, BusSecurity, Message, topics
+from keyplane.bus.nats import NatsBus
+from keyplane.certs import OPERATOR_ID, ensure_network_certs
 from keyplane.demo.run import DemoOptions, default_pairs, summarize
 from keyplane.demo.scenario import PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
-from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError
-from keyplane.events import Event, read_jsonl
+from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
+from keyplane.events import Event, EventMessage, EventType, read_jsonl
 from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.messages import Qos
 from keyplane.services import NatsServer, PostgresServer
 
 __all__ = ["DistributedOptions", "SdkEndpoint", "run_distributed_demo"]
 
+PositiveS = Annotated[float, Field(gt=0.0)]
 
-@dataclass
-class DistributedOptions:
-    """Extra knobs of the distributed demo."""
+
+class DistributedOptions(BaseModel):
+    """Extra knobs of the distributed demo (waits in real seconds, sized for a loaded
+    2-core machine; ``KEYPLANE_DEMO_<FIELD>`` environment variables override them through
+    :meth:`from_env`)."""
+
+    model_config = ConfigDict(extra="forbid")
 
     nats_url: str | None = None
     db_url: str | None = None
     kill_km: str | None = None
-    kill_after_s: float = 2.0
-    restart_after_s: float = 1.0
-    startup_timeout_s: float = 90.0
+    kill_after_s: Annotated[float, Field(ge=0.0)] = 2.0
+    restart_after_s: Annotated[float, Field(ge=0.0)] = 1.0
+    danger_insecure_bus: bool = False
+    """Run a plain nats-server and the processes with ``--danger-insecure-bus``."""
+    startup_timeout_s: PositiveS = 300.0
+    """How long the controller, and then all node processes together, may take to print
+    their ready lines."""
+    stop_timeout_s: PositiveS = 30.0
+    """SIGTERM to exit of one process before it gets SIGKILL (above the processes' own
+    shutdown bound, ``KEYPLANE_PROCESS_SHUTDOWN_TIMEOUT_S``)."""
+    close_wait_s: PositiveS = 60.0
+    """After the pairs closed their streams: how long to wait for Admission Control to
+    report each session deleted at every KM of its path (the timeline's last events)."""
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **explicit: Any
+                 ) -> DistributedOptions:
+        """Options from ``KEYPLANE_DEMO_*`` variables, explicit arguments winning."""
+        from keyplane.bus.settings import settings_from_env
+
+        result: DistributedOptions = settings_from_env(cls, "KEYPLANE_DEMO_", environ,
+                                                       **explicit)
+        return result
 
 
 class SdkEndpoint:
@@ -84,6 +113,10 @@ class SdkEndpoint:
         try:
             res = await self.client.open_connect(self.sae_id, destination,
                                                  QosParameters.from_domain(qos), key_stream_id)
+        except Etsi004StatusError as exc:
+            if int(exc.status) == 7:  # QoS cannot be met (e.g. no route yet): may be retried
+                raise QosNotMet(f"{self.sae_id} OPEN_CONNECT: {exc}") from exc
+            raise KeyplaneError(f"{self.sae_id} OPEN_CONNECT: {exc}") from exc
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} OPEN_CONNECT: {exc}") from exc
         return res.key_stream_id
@@ -113,33 +146,79 @@ class SdkEndpoint:
             await self.client.aclose()
 
 
-def _spawn(args: list[str], log: Path) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "keyplane", *args], stdout=subprocess.PIPE,
-                            stderr=open_private(log, "w"), text=True)
+class _Proc:
+    """One ``python -m keyplane ...`` child: its ready line read from stdout on the event
+    loop (no executor thread that a timeout could leave blocked), bounded stop."""
 
+    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+        self.proc = proc
+        self.name = name
 
-async def _wait_ready(proc: subprocess.Popen[str], ready: str, timeout_s: float) -> None:
-    assert proc.stdout is not None
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        line = await asyncio.wait_for(loop.run_in_executor(None, proc.stdout.readline),
-                                      deadline - loop.time())
-        if ready in line:
-            return
-        if not line and proc.poll() is not None:
-            raise KeyplaneError(f"process exited with {proc.returncode} before '{ready}'")
-    raise KeyplaneError(f"no '{ready}' after {timeout_s} s")
+    @classmethod
+    async def spawn(cls, name: str, args: list[str], log: Path) -> _Proc:
+        with open_private(log, "w") as err:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "keyplane", *args, stdout=asyncio.subprocess.PIPE,
+                stderr=err)
+        return cls(proc, name)
 
+    async def wait_ready(self, ready: str, timeout_s: float) -> None:
+        """Wait for the line containing ``ready``.
 
-def _stop(proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout_s: float = 20) -> None:
-    if proc.poll() is None:
-        proc.send_signal(sig)
+        Raises:
+            KeyplaneError: the process exited first, or ``timeout_s`` passed.
+        """
+        assert self.proc.stdout is not None
         try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout_s)
+            async with asyncio.timeout(timeout_s):
+                while True:
+                    line = (await self.proc.stdout.readline()).decode(errors="replace")
+                    if ready in line:
+                        return
+                    if not line:
+                        code = await self.proc.wait()
+                        raise KeyplaneError(f"{self.name} exited with {code} before '{ready}'")
+        except TimeoutError:
+            raise KeyplaneError(f"{self.name}: no '{ready}' after {timeout_s:g} s") from None
+
+    async def stop(self, sig: int, timeout_s: float) -> int:
+        """Send ``sig``; SIGKILL if the process has not exited after ``timeout_s``."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(sig)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await self.proc.wait()
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode if self.proc.returncode is not None else -1
+
+
+class _Deletions:
+    """Sessions Admission Control reported deleted (its ``session_deleted`` event, sent once
+    every KM of the path confirmed), seen on the bus's event stream."""
+
+    def __init__(self) -> None:
+        self.deleted: set[str] = set()
+        self._changed = asyncio.Event()
+
+    async def on_event(self, _topic: str, msg: Message) -> None:
+        if isinstance(msg, EventMessage) and msg.event.type is EventType.session_deleted \
+                and msg.event.session:
+            self.deleted.add(msg.event.session)
+            self._changed.set()
+
+    async def wait(self, sessions: set[str], timeout_s: float, console: Console) -> None:
+        try:
+            async with asyncio.timeout(timeout_s):
+                while not sessions <= self.deleted:
+                    self._changed.clear()
+                    await self._changed.wait()
+        except TimeoutError:
+            console.print(f"{len(sessions - self.deleted)} session(s) not reported deleted "
+                          f"after {timeout_s:g} s; the timeline ends without it")
 
 
 async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
@@ -154,15 +233,18 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     topo = opts.topology
     topo_file = out / "topology.yaml"
     write_private(topo_file, yaml.safe_dump(topo.model_dump(mode="json")))
-    ensure_network_certs(topo, state / "certs")
+    certs = state / "certs"
+    ensure_network_certs(topo, certs)
     nats: NatsServer | None = None
     pg: PostgresServer | None = None
-    procs: dict[str, subprocess.Popen[str]] = {}
+    observer: NatsBus | None = None
+    procs: dict[str, _Proc] = {}
     results = [PairResult(p) for p in (opts.pairs or default_pairs(topo))]
     try:
         bus_url = dist.nats_url
         if bus_url is None:
-            nats = NatsServer.start()
+            nats = (NatsServer.start() if dist.danger_insecure_bus else
+                    NatsServer.start_secured(topo, certs, config_path=state / "nats.conf"))
             bus_url = nats.url
         db_url = dist.db_url
         if db_url is None:
@@ -172,15 +254,28 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
             except (FileNotFoundError, subprocess.SubprocessError) as exc:
                 console.print(f"PostgreSQL unavailable ({exc}); using a shared SQLite file")
                 db_url = f"sqlite:///{state / 'keyplane.db'}"
-        console.print(f"bus {bus_url}  database {db_url.split('@')[-1]}")
+        console.print(f"bus {bus_url}{' (INSECURE)' if dist.danger_insecure_bus else ''}  "
+                      f"database {db_url.split('@')[-1]}")
         common = ["-t", str(topo_file), "--bus", bus_url, "--db", db_url, "-s", str(state)]
-        procs["controller"] = _spawn(["controller", *common], state / "controller.log")
-        await _wait_ready(procs["controller"], "controller ready", dist.startup_timeout_s)
+        if dist.danger_insecure_bus:
+            common.append("--danger-insecure-bus")
+        # the demo watches the run as the operator: events only, nothing it could change
+        observer = await NatsBus.connect(
+            bus_url, name="keyplane-demo",
+            security=(BusSecurity.danger_insecure("demo --danger-insecure-bus")
+                      if dist.danger_insecure_bus else BusSecurity.load(
+                          BusCredentials.for_element(certs, "operator", OPERATOR_ID))))
+        deletions = _Deletions()
+        await observer.subscribe(topics.events("admission"), deletions.on_event)
+        procs["controller"] = await _Proc.spawn("controller", ["controller", *common],
+                                                state / "controller.log")
+        await procs["controller"].wait_ready("controller ready", dist.startup_timeout_s)
         for node in topo.nodes:
-            procs[node.id] = _spawn(["node", "--id", node.id, *common],
-                                    state / f"node-{node.id}.log")
-        await asyncio.gather(*(_wait_ready(procs[n.id], f"node {n.id} ready",
-                                           dist.startup_timeout_s) for n in topo.nodes))
+            procs[node.id] = await _Proc.spawn(node.id, ["node", "--id", node.id, *common],
+                                               state / f"node-{node.id}.log")
+        await asyncio.gather(*(procs[n.id].wait_ready(f"node {n.id} ready",
+                                                      dist.startup_timeout_s)
+                               for n in topo.nodes))
         endpoints = json.loads((state / "endpoints.json").read_text())
         missing = {n.id for n in topo.nodes} - set(endpoints["kms"])
         if missing:
@@ -191,14 +286,19 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         async def chaos() -> None:
             if dist.kill_km is None:
                 return
+            # mid-run: every session is past its set-up (both ends have a key), so the kill
+            # hits key exchange; a KM killed while a session is being configured is another
+            # fault (Admission Control refuses the session), not what this demo shows
+            await asyncio.gather(*(r.keying.wait() for r in results))
             await asyncio.sleep(dist.kill_after_s)
             console.print(f"killing {dist.kill_km} (SIGKILL)")
-            _stop(procs[dist.kill_km], signal.SIGKILL)
+            await procs[dist.kill_km].stop(signal.SIGKILL, dist.stop_timeout_s)
             await asyncio.sleep(dist.restart_after_s)
-            procs[dist.kill_km] = _spawn(["node", "--id", dist.kill_km, *common],
-                                         state / f"node-{dist.kill_km}-restarted.log")
-            await _wait_ready(procs[dist.kill_km], f"node {dist.kill_km} ready",
-                              dist.startup_timeout_s)
+            procs[dist.kill_km] = await _Proc.spawn(
+                dist.kill_km, ["node", "--id", dist.kill_km, *common],
+                state / f"node-{dist.kill_km}-restarted.log")
+            await procs[dist.kill_km].wait_ready(f"node {dist.kill_km} ready",
+                                                 dist.startup_timeout_s)
             console.print(f"{dist.kill_km} restarted")
 
         chaos_task = asyncio.create_task(chaos())
@@ -208,14 +308,15 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
                      timeout_s=opts.timeout_s, result=r, t0=t0)
             for r in results))
         await chaos_task
-        await asyncio.sleep(0.5)  # let the closes reach every KM on the paths
+        await deletions.wait({r.key_stream_id for r in results
+                              if r.status == "closed" and r.key_stream_id},
+                             dist.close_wait_s, console)
     finally:
-        for name, proc in reversed(list(procs.items())):
-            with contextlib.suppress(Exception):
-                _stop(proc)
-            if proc.stdout is not None:
-                proc.stdout.close()
-            del name
+        if observer is not None:
+            await observer.close()
+        await asyncio.gather(*(p.stop(signal.SIGTERM, dist.stop_timeout_s)
+                               for p in reversed(list(procs.values()))),
+                             return_exceptions=True)
         if nats is not None:
             nats.stop()
         if pg is not None:

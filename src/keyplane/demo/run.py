@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import itertools
 import json
 import platform
 import shutil
@@ -28,16 +29,22 @@ from rich.table import Table
 import keyplane
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
-from keyplane.config import Eavesdropper, Topology
+from keyplane.config import Topology
 from keyplane.demo.scenario import PairResult, SaePair, ServiceEndpoint, run_pair
 from keyplane.demo.timeline import render_timeline
+from keyplane.errors import KeyplaneError
 from keyplane.events import Event, EventStream, EventType, JsonlSink, MemorySink
 from keyplane.fileperms import ensure_private_dir, restrict, write_private
 from keyplane.keymanager.interface import Caller
+from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
 from keyplane.runtime import Embedded, RuntimeContext
 from keyplane.store import Database, sqlite_url
 
-__all__ = ["DemoOptions", "apply_overrides", "default_pairs", "run_embedded_demo", "summarize"]
+__all__ = ["DemoOptions", "apply_overrides", "default_pairs", "demo_problems",
+           "run_embedded_demo", "summarize"]
+
+LIVE_REFRESH_S = 0.125
+"""Period of the live view's redraw (a display rate, not a wait on anything)."""
 
 
 @dataclass
@@ -53,6 +60,10 @@ class DemoOptions:
     eve_link: str | None = None
     eve_after_s: float = 1.0
     timeout_s: float = 60.0
+    command_timeout_s: float = 10.0
+    close_wait_s: float = 30.0
+    """After the pairs closed: how long to wait for Admission Control to report each session
+    closed (the timeline's last events); a loaded machine takes seconds."""
     seed: int = 1
     live: bool = True
 
@@ -143,6 +154,7 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event], *,
             "intermediates_never_delivered": not (set(intermediates) & set(delivered_at)),
             "key_fingerprints": r.fingerprints,
             "lost_indexes": r.lost_indexes,
+            "open_attempts": r.open_attempts,
             "key_rate": _key_rate(mine, path[0] if path else None),
         })
     links: dict[str, dict[str, Any]] = {}
@@ -165,6 +177,41 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event], *,
                "t": e.t} for e in events if e.type is EventType.alarm]
     return {"run": run_metadata(topo, seed=seed, mode=mode), "topology": topo.name,
             "sessions": sessions, "links": links, "alarms": alarms, "events": len(events)}
+
+
+def demo_problems(summary: dict[str, Any], keys: int, eve_link: str | None = None
+                  ) -> list[str]:
+    """What the demo was asked to show and did not (empty: it succeeded).
+
+    Every session must close with ``keys`` keys identical at both ends. With an
+    eavesdropper on ``eve_link``, the Monitoring Element must have raised ``qber_high`` on it,
+    and a session whose path crossed that link may instead have been refused or stopped
+    (that is the refusal the demo shows when no other path exists); every other session
+    must still succeed. ``keyplane demo`` exits non-zero when this is not empty.
+    """
+    problems: list[str] = []
+    detected = any(a.get("kind") == "qber_high" and a.get("link") == eve_link
+                   for a in summary.get("alarms", []))
+    if eve_link is not None and not detected:
+        problems.append(f"the eavesdropper on {eve_link} was not detected (no qber_high alarm)")
+    for s in summary["sessions"]:
+        if s["status"] == "closed" and s["all_keys_matched"] and s["keys_delivered"] >= keys:
+            continue
+        crossed = any(_uses_link(p, eve_link) for p in s.get("paths") or [])
+        if eve_link is not None and detected and crossed:
+            continue  # refused or cut off by the eavesdropper's alarm: what --eve shows
+        why = s["error"] or (f"{s['keys_matched']}/{s['keys_delivered']} of {keys} keys "
+                             "identical at both ends")
+        problems.append(f"{s['pair']}: {s['status']}: {why}")
+    return problems
+
+
+def _uses_link(path: list[str] | None, link_id: str | None) -> bool:
+    if not path or link_id is None:
+        return False
+    hops = {f"{a}-{b}" for a, b in itertools.pairwise(path)}
+    hops |= {f"{b}-{a}" for a, b in itertools.pairwise(path)}
+    return link_id in hops
 
 
 def _closed_by_admission(sid: str) -> Callable[[Event], bool]:
@@ -220,8 +267,13 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                 if opts.eve_link is None:
                     return
                 await asyncio.sleep(opts.eve_after_s)
-                emb.physical.runner(opts.eve_link).set_eavesdropper(
-                    Eavesdropper(position_km=0.0, fraction=1.0))
+                # the link runs in a worker process: its runner takes commands on the bus
+                reply = await bus.request(
+                    control_topic(opts.eve_link),
+                    LinkCommand(link_id=opts.eve_link, action="eve", position_km=0.0,
+                                fraction=1.0), timeout_s=opts.command_timeout_s)
+                if not isinstance(reply, LinkCommandReply) or not reply.ok:
+                    raise KeyplaneError(f"--eve: link {opts.eve_link} refused the eavesdropper")
                 events.emit(EventType.alarm, "demo", kind="eavesdropper_inserted",
                             link=opts.eve_link)
 
@@ -240,7 +292,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                     gathered = asyncio.gather(*runs)
                     while not gathered.done():
                         live.update(_view(results, mem, t0))
-                        await asyncio.wait({gathered}, timeout=0.125)
+                        await asyncio.wait({gathered}, timeout=LIVE_REFRESH_S)
                     await gathered
                     live.update(_view(results, mem, t0))
             else:
@@ -252,7 +304,8 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
             closed = {r.key_stream_id for r in results if r.status == "closed"}
             for sid in closed:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)), 3.0)
+                    await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)),
+                                           opts.close_wait_s)
     finally:
         jsonl.close()
         await bus.close()

@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError
+from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
 from keyplane.keymanager.interface import ApplicationService, Caller
 from keyplane.messages import Qos
 
@@ -63,7 +63,7 @@ class ServiceEndpoint:
         return res.key, dict(res.metadata)
 
     async def close(self, key_stream_id: str) -> None:
-        await self.km.close(self.caller, key_stream_id)
+        await self.km.close_stream(self.caller, key_stream_id)
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,12 @@ class PairResult:
     # no acknowledgement: a KM that dies after marking a key delivered, before its answer
     # reaches the application, has handed it to nobody; see docs/poc.md)
     lost_indexes: list[int] = field(default_factory=list)
+    open_attempts: int = 0
+    """OPEN_CONNECTs at both ends it took: a refusal while the control plane has not yet seen
+    the links make key (QoS cannot be met) is retried, as an application would."""
+    keying: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
+    """Set once both ends got their first key, or the pair ended without one: from then on
+    the session is past its set-up (a fault injected now hits key exchange, not set-up)."""
 
     @property
     def all_matched(self) -> bool:
@@ -117,6 +123,34 @@ async def _get(ep: StreamEndpoint, sid: str, index: int, deadline: float
             delay = min(0.25, delay * 1.5)
 
 
+async def _open_both(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, qos: Qos,
+                     deadline: float, res: PairResult) -> str:
+    """OPEN_CONNECT at both ends with one Key_stream_ID; a refusal (ETSI 004 status 7: e.g.
+    no route yet, the Routing Element has not seen the links make key) is retried with a new
+    id, backing off, until ``deadline``."""
+    delay = 0.25
+    while True:
+        sid = str(uuid.uuid4())
+        res.open_attempts += 1
+        got = await asyncio.gather(a.open(pair.b, qos, sid), b.open(pair.a, qos, sid),
+                                   return_exceptions=True)
+        for g in got:
+            if isinstance(g, BaseException) and not isinstance(g, QosNotMet):
+                raise g
+        refused = [g for g in got if isinstance(g, QosNotMet)]
+        if not refused:
+            sid_a, sid_b = got
+            assert isinstance(sid_a, str) and isinstance(sid_b, str)
+            if sid_a != sid_b:
+                raise KeyplaneError(f"the two ends got different Key_stream_IDs: {sid_a} "
+                                    f"{sid_b}")
+            return sid_a
+        if time.monotonic() + delay > deadline:
+            raise refused[0]
+        await asyncio.sleep(delay)
+        delay = min(2.0, delay * 2)
+
+
 async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys: int = 8,
                    chunk_bytes: int = 32, interval_s: float = 0.0, timeout_s: float = 30.0,
                    result: PairResult | None = None, t0: float | None = None) -> PairResult:
@@ -126,14 +160,11 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
     """
     res = result or PairResult(pair)
     t0 = time.monotonic() if t0 is None else t0
-    sid = str(uuid.uuid4())
     qos = Qos(key_chunk_size=chunk_bytes, timeout_ms=int(timeout_s * 1000), max_bps=0)
     deadline = time.monotonic() + timeout_s
     try:
         res.status = "opening"
-        sid_a, sid_b = await asyncio.gather(a.open(pair.b, qos, sid), b.open(pair.a, qos, sid))
-        if sid_a != sid_b:
-            raise KeyplaneError(f"the two ends got different Key_stream_IDs: {sid_a} {sid_b}")
+        sid_a = sid_b = await _open_both(pair, a, b, qos, deadline, res)
         res.key_stream_id = sid_a
         res.opened_s = time.monotonic() - t0
         res.status = "operative"
@@ -156,6 +187,7 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
                 res.keys_matched += 1
             if res.first_key_s is None:
                 res.first_key_s = time.monotonic() - t0
+                res.keying.set()
             res.key_ids.append(str(ma.get("key_ID", "")))
             res.fingerprints.append(hashlib.sha256(ka).hexdigest()[:16])
             if interval_s:
@@ -167,4 +199,6 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
     except (KeyplaneError, TimeoutError) as exc:
         res.status = "failed"
         res.error = f"{type(exc).__name__}: {exc}"
+    finally:
+        res.keying.set()
     return res

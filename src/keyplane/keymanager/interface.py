@@ -20,8 +20,8 @@ codes and ETSI 004 status codes:
 | KeyNotFound              | 400      | 9 (unknown/already delivered key_ID or index) |
 
 ``KeyNotFound``, ``KmBusy`` and ``RateLimited`` were added by the key manager
-(``keyplane.keymanager.KeyManager`` implements this protocol; its ``close()`` with no
-arguments is also its lifecycle close, see docs/keymanager.md).
+(``keyplane.keymanager.KeyManager`` implements this protocol; ETSI 004 CLOSE is
+``close_stream``, and ``close()`` is the KM's lifecycle close, see docs/keymanager.md).
 
 ``identity`` is what the transport authenticated: the mTLS client certificate subject
 (RFC 4514 string); the HTTP servers accept no bearer tokens (``method == "token"`` remains
@@ -136,8 +136,10 @@ class ApplicationService(Protocol):
         """GET_KEY: the chunk at ``index`` (next one when None), same at both ends."""
         ...
 
-    async def close(self, caller: Caller, key_stream_id: str) -> None:
-        """CLOSE: end the caller's side of the stream and free its resources."""
+    async def close_stream(self, caller: Caller, key_stream_id: str) -> None:
+        """ETSI 004 CLOSE: end the caller's side of the stream and free its resources.
+
+        Named apart from a key manager's lifecycle ``close()`` (which stops the KM)."""
         ...
 
     # ---- ETSI GS QKD 014 -------------------------------------------------------------

@@ -24,6 +24,11 @@ writes the rows (no SQL here). If the transaction fails, each persister re-marks
 lost, every waiter on that commit gets :class:`~keyplane.errors.CommitFailed` (so nothing
 it waited for is handed out), and the journal retries on its own after a back-off
 (``retry_s`` doubling up to ``retry_max_s``) until a commit succeeds or it is closed.
+
+A state change that must not stand when its write fails (a key marked delivered) registers
+an undo with :meth:`Journal.on_rollback`: it runs synchronously inside the failed commit,
+right after the persisters re-marked what it carried, so the retry (or any later commit)
+writes the restored state, never the change that failed.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import ClassVar, Protocol
 
 from keyplane.errors import CommitFailed, StoreError
@@ -80,6 +85,7 @@ class Journal:
         self._gen = 0
         self._done = 0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._undo: list[tuple[int, Callable[[], None]]] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -137,6 +143,29 @@ class Journal:
                 self._lazy = asyncio.get_running_loop().call_later(
                     self._lazy_flush_s, self._wake.set)
         return self._gen
+
+    def on_rollback(self, gen: int, undo: Callable[[], None]) -> None:
+        """Run ``undo`` if the commit that carries generation ``gen`` fails.
+
+        ``undo`` runs synchronously inside the failed commit, after the persisters re-marked
+        what it carried and before any later snapshot, so the state it restores is what the
+        next commit writes. Nothing happens if ``gen`` is already committed; the undo is
+        forgotten once a commit covering ``gen`` succeeds (or runs at close if none did).
+        """
+        if gen > self._done:
+            self._undo.append((gen, undo))
+
+    def _undo_upto(self, target: int, failed: bool) -> None:
+        """Forget the undos a commit up to ``target`` covered; run them if it failed."""
+        undo, self._undo = self._undo, []
+        for gen, fn in undo:
+            if gen > target:
+                self._undo.append((gen, fn))
+            elif failed:
+                try:
+                    fn()
+                except Exception:  # one bad undo must not keep the others from running
+                    logger.exception("journal rollback hook failed")
 
     async def flushed(self, gen: int, *, wake: bool = True) -> None:
         """Wait until everything marked up to ``gen`` is committed.
@@ -210,6 +239,7 @@ class Journal:
         if error is None:
             self._done = target
             self._backoff = self._retry_s
+        self._undo_upto(target, failed=error is not None)
         keep: list[tuple[int, asyncio.Future[None]]] = []
         for gen, fut in self._waiters:
             if fut.done():
@@ -243,6 +273,7 @@ class Journal:
         if self._gen > self._done:
             with contextlib.suppress(Exception):
                 await self._commit_once()
+        self._undo_upto(self._gen, failed=True)  # never committed: they do not stand
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(StoreError("key manager journal closed"))

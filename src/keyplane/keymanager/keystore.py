@@ -185,6 +185,11 @@ class LinkKeyStore:
         """Unused bits held for this link (both directions)."""
         return 8 * (self._reserved_bytes + self._block_bytes)
 
+    def has_room(self) -> bool:
+        """Whether the link should deliver more key (``LinkKeySink.has_room``): stored bits
+        below ``keystore_capacity_bits``. The key source pauses while this is False."""
+        return self.stored_bits < self._settings.keystore_capacity_bits
+
     def _recount(self) -> tuple[int, int, int]:
         """``(reserved, held tx, block bytes)`` summed from scratch (the reference for the
         running totals; tests compare the two)."""

@@ -122,7 +122,11 @@ class RelayHost(Protocol):
     """What the relay needs from its key manager."""
 
     node_id: str
-    forwarding: ForwardingTable
+
+    @property
+    def forwarding(self) -> ForwardingTable:
+        """The KM's forwarding table."""
+        ...
 
     def link_store(self, peer: str) -> LinkKeyStore:
         """The store of the link to neighbour ``peer`` (PeerUnreachable if none)."""

@@ -22,9 +22,10 @@ class KmSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # ---- waits on peers ---------------------------------------------------------------
-    auth_request_timeout_s: PositiveS = 2.0
-    """Bus request bound for AuthRequest -> AuthResponse (Access Control)."""
-    admission_request_timeout_s: PositiveS = 2.0
+    auth_request_timeout_s: PositiveS = 10.0
+    """Bus request bound for AuthRequest -> AuthResponse (Access Control; a loaded 2-core
+    machine, or a bus coming back from an outage, takes seconds)."""
+    admission_request_timeout_s: PositiveS = 10.0
     """Bus request bound for SessionOpenRequest -> OpenAck (Admission Control)."""
     config_wait_s: PositiveS = 300.0
     """After OPEN_CONNECT returned "peer not connected", how long (clock) a session may wait

@@ -126,6 +126,17 @@ def _add_index(ranges: list[list[int]], i: int) -> bool:
     return True
 
 
+def _remove_index(ranges: list[list[int]], i: int) -> bool:
+    """Take index ``i`` out of merged, sorted ``[start, end)`` ranges; whether it was in."""
+    at = bisect.bisect_right(ranges, [i, float("inf")])
+    if not at or ranges[at - 1][1] <= i:
+        return False
+    start, end = ranges[at - 1]
+    parts = [[a, b] for a, b in ((start, i), (i + 1, end)) if a < b]
+    ranges[at - 1:at] = parts
+    return True
+
+
 def _in_ranges(ranges: list[list[int]], i: int) -> bool:
     at = bisect.bisect_right(ranges, [i, float("inf")])
     return bool(at) and ranges[at - 1][1] > i
@@ -319,6 +330,50 @@ class KeyVault:
                 self._unindex_delivered(key)
                 self._delivered(key)
         return self._journal.mark()
+
+    def undeliver(self, keys: Iterable[HeldKey], materials: Iterable[bytes]) -> int:
+        """Undo ``set_states(keys, "delivered")`` whose commit failed (the KM never handed
+        the keys out): each key still remembered as delivered is held ``ready`` again with
+        its bytes, its index leaves the delivered ranges, its batch row is written again.
+
+        Runs inside the failed commit (``Journal.on_rollback``), after the vault re-marked
+        what that commit carried, so the next commit writes this state. A batch whose row
+        that commit was to delete gets its old row deleted and is written under a new id
+        (as ``_relayout`` does), so it never depends on whether the delete landed.
+        Returns the journal generation (0 if nothing was undone).
+        """
+        back = 0
+        for key, material in zip(keys, materials, strict=True):
+            if key.state != "delivered" or self._spent.get(key.key_id) is not key:
+                continue
+            sid = key.session_id
+            del self._spent[key.key_id]
+            if self._spent_index.get((sid, key.index)) is key:
+                del self._spent_index[(sid, key.index)]
+            self._spent_of.get(sid, set()).discard(key.key_id)
+            stream = self._streams.get(sid)
+            if stream is not None and _remove_index(stream.delivered, key.index):
+                self._dirty_streams.add(sid)
+            key.state = "ready"
+            key.material = material
+            self._live[key.key_id] = key
+            self.by_index[(sid, key.index)] = key
+            self._by_session.setdefault(sid, {})[key.key_id] = key
+            self._ready[sid] = self._ready.get(sid, 0) + 1
+            batch = key.batch
+            if batch is not None:
+                batch.left += 1
+                if batch.dead:
+                    # whether the failed commit deleted its row is unknown: delete the old
+                    # id either way and write the batch under a new one (as _relayout does)
+                    batch.dead = False
+                    if batch.persisted:
+                        self._gone.add(batch.batch_id)
+                    batch.batch_id = str(uuid.uuid4())
+                    batch.persisted = False
+                self._dirty[batch.batch_id] = batch
+            back += 1
+        return self._journal.mark() if back else 0
 
     def _unindex_delivered(self, key: HeldKey) -> None:
         del self._live[key.key_id]

@@ -1,4 +1,8 @@
-"""``keyplane link cut|degrade|restore|eve|status LINK --bus nats://...``: drive link faults.
+"""``keyplane link cut|degrade|restore|eve|status LINK --bus tls://...``: drive link faults.
+
+The command connects with the operator's bus credential from ``--certs`` (default
+``state/certs``; ``keyplane link --certs DIR cut ...``), or, with ``--danger-insecure-bus``,
+to a plain server.
 
 Sends a :class:`~keyplane.physical.wire.LinkCommand` to the process running Alice's end of
 the link (topic ``keyplane.control.link.<LINK>``) and prints its reply. Mount with
@@ -8,12 +12,14 @@ the link (topic ``keyplane.control.link.<LINK>``) and prints its reply. Mount wi
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from keyplane.bus import connect
-from keyplane.errors import BusError
+from keyplane.bus import BusCredentials, BusSecurity, connect
+from keyplane.certs import OPERATOR_ID
+from keyplane.errors import BusError, KeyplaneError
 from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
 
 __all__ = ["app", "send_command"]
@@ -25,14 +31,41 @@ BusOpt = Annotated[str, typer.Option("--bus", help="bus URL, e.g. nats://127.0.0
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="reply timeout in seconds")]
 
 
-async def send_command(bus_url: str, command: LinkCommand, timeout_s: float = 5.0
-                       ) -> LinkCommandReply:
+_OPTIONS: dict[str, tuple[Path, bool]] = {}
+"""The group options of the running invocation (set by :func:`_bus_options` every time)."""
+
+
+@app.callback()
+def _bus_options(
+        certs: Annotated[Path, typer.Option(
+            "--certs", help="Certificates directory with the operator's bus credential.")
+        ] = Path("state/certs"),
+        danger_insecure_bus: Annotated[bool, typer.Option(
+            "--danger-insecure-bus", help="DANGER: a plain NATS server, no TLS, no "
+                                          "certificate, no signature (logs a WARNING).")
+        ] = False) -> None:
+    _OPTIONS["bus"] = (certs, danger_insecure_bus)
+
+
+def _operator_security() -> BusSecurity:
+    certs, danger = _OPTIONS.get("bus", (Path("state/certs"), False))
+    if danger:
+        return BusSecurity.danger_insecure("--danger-insecure-bus")
+    return BusSecurity.load(BusCredentials.for_element(certs, "operator", OPERATOR_ID))
+
+
+async def send_command(bus_url: str, command: LinkCommand, timeout_s: float = 5.0, *,
+                       security: BusSecurity | None = None) -> LinkCommandReply:
     """Send ``command`` over the bus at ``bus_url`` and return the link's reply.
+
+    Args:
+        security: the sender's bus identity (default: the operator's from ``state/certs``).
 
     Raises:
         BusError: no runner answers (wrong link id, Alice's node not running) or timeout.
     """
-    bus = await connect(bus_url, name="keyplane-link-cli")
+    bus = await connect(bus_url, name="keyplane-link-cli",
+                        security=security or _operator_security())
     try:
         reply = await bus.request(control_topic(command.link_id), command, timeout_s=timeout_s)
     finally:
@@ -44,8 +77,9 @@ async def send_command(bus_url: str, command: LinkCommand, timeout_s: float = 5.
 
 def _run(bus: str, command: LinkCommand, timeout: float) -> None:
     try:
-        reply = asyncio.run(send_command(bus, command, timeout))
-    except BusError as exc:
+        reply = asyncio.run(send_command(bus, command, timeout,
+                                         security=_operator_security()))
+    except KeyplaneError as exc:  # BusError, or ConfigError for a missing credential
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
     eve = f", eavesdropper on {reply.eavesdropper_fraction:.0%} of pulses" \

@@ -8,7 +8,7 @@ ends with the same topology and seed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 
 from keyplane.bus import Bus
 from keyplane.clock import Clock
@@ -33,6 +33,8 @@ class PhysicalNetwork(Service):
         bus: telemetry, link control and (distributed) the channels.
         events: the event stream.
         node: run only this node's ends (distributed mode); ``None`` runs every end.
+        link_ids: run only these links (default: every link; the others have other key
+            sources, see :mod:`keyplane.keymanager.sources`).
         runner_options: extra keyword arguments for every :class:`LinkRunner`.
 
     Raises:
@@ -42,13 +44,17 @@ class PhysicalNetwork(Service):
     def __init__(self, topology: Topology, *, clock: Clock,
                  sinks: Mapping[tuple[str, str], LinkKeySink], seed: int = 0,
                  bus: Bus | None = None, events: EventStream | None = None,
-                 node: str | None = None, **runner_options: object) -> None:
+                 node: str | None = None, link_ids: Collection[str] | None = None,
+                 **runner_options: object) -> None:
         if node is not None and node not in {n.id for n in topology.nodes}:
             raise ConfigError(f"unknown node {node!r}")
         self.topology = topology
         self.node = node
         self.runners: dict[str, LinkRunner] = {}
+        chosen = None if link_ids is None else set(link_ids)
         for link in topology.links:
+            if chosen is not None and link.link_id not in chosen:
+                continue
             a, b = link.endpoints
             ends: tuple[End, ...]
             if node is None:

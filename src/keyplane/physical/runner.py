@@ -17,14 +17,30 @@ Modes (``QuantumLink.protocol``):
   The material is SHAKE-256(per-link seed || block id) at both ends: this mode emulates the
   *rate* of a link, its keys are not secret (anyone with the run's seed can compute them).
 
+Pacing like hardware: a frame of ``frame_duration_s`` emulated seconds takes
+``frame_duration_s / time_scale`` seconds of the clock (``time_scale`` > 1 for fast tests);
+a link that fell behind (its frames took longer to compute than they stand for) starts the
+next frame at once but never runs a burst of frames to catch up, so it never produces
+faster than its physics. While a local sink says it has no room
+(:meth:`~keyplane.physical.sink.LinkKeySink.has_room`, the KM's store at capacity) Alice
+sends no frame: the link idles, one cheap check per frame, and resumes when room is back
+(``link_state`` events ``store_full`` / ``store_room``).
+
 Faults (Python API here, bus command :class:`~keyplane.physical.wire.LinkCommand` on
 ``keyplane.control.link.<link>``): :meth:`LinkRunner.cut`, :meth:`LinkRunner.degrade`,
 :meth:`LinkRunner.restore`, :meth:`LinkRunner.set_eavesdropper`. A cut link's fibre
 transmits nothing: frames carry only dark counts and no block completes.
 
-Per block, Alice's end publishes :class:`~keyplane.messages.LinkTelemetry` on
-``keyplane.telemetry.link.<link>`` and emits ``link_block`` / ``link_block_aborted``
-events (element ``qkd``); fault changes emit ``link_state`` and a telemetry message.
+Telemetry at a bounded rate: Alice's end emits ``link_block`` / ``link_block_aborted``
+events (element ``qkd``) per block, but publishes :class:`~keyplane.messages.LinkTelemetry`
+on ``keyplane.telemetry.link.<link>`` at most once per ``telemetry_interval_s`` of the
+clock: the blocks since the last message are summed (bits) and their rates taken over the
+emulated time they cover; QBER is the latest block's. The first block's figures go out at
+once, and nothing before them (a link without figures yet must not look dead to routing).
+While the link idles later (store full, or no block completed) it still publishes a
+heartbeat each interval carrying the last rate it achieved, so the Monitoring Element
+neither declares it down nor sees its rate collapse because the KMs have enough key.
+Fault changes publish at once.
 
 Distributed links (each end in its own process): before every frame Alice waits for Bob
 (:meth:`~keyplane.physical.channel.ClassicalChannel.wait_peer`, one round trip when he is
@@ -74,7 +90,7 @@ from keyplane.physical.channel import (
 )
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
-from keyplane.physical.sink import LinkKeySink
+from keyplane.physical.sink import LinkKeySink, sink_has_room
 from keyplane.physical.wire import (
     AnalyticBlock,
     LinkCommand,
@@ -104,6 +120,8 @@ BLOCK_ID_SHIFT = 20
 """Block ids per millisecond of wall clock between two starts of an Alice end."""
 MAX_BLOCK_ID = 2**63 - 1
 """Block ids fit the key store's signed 64-bit column."""
+DEFAULT_TELEMETRY_INTERVAL_S = 1.0
+"""At most one LinkTelemetry per link per this many clock seconds."""
 
 
 def block_id_base(wall_s: float) -> int:
@@ -162,6 +180,48 @@ class LinkStats:
     last_qber: float | None = None
 
 
+@dataclass(slots=True)
+class _TelemetryWindow:
+    """Alice's blocks since the last telemetry message, and the last rates achieved."""
+
+    blocks: int = 0
+    sifted_bits: int = 0
+    secret_bits: int = 0
+    leaked_bits: int = 0
+    duration_s: float = 0.0  # emulated time the blocks cover
+    block_id: int | None = None
+    qber: float | None = None
+    ec_efficiency: float | None = None
+    skr_bps: float = 0.0
+    sifted_rate_bps: float = 0.0
+    sent: bool = False  # a message with measured rates went out
+
+    def add(self, o: BlockOutcome) -> None:
+        self.blocks += 1
+        self.sifted_bits += o.sifted_bits
+        self.secret_bits += o.secret_bits
+        self.leaked_bits += o.leaked_ec_bits + o.leaked_verify_bits
+        self.duration_s += o.duration_s
+        self.block_id = o.block_id
+        if o.qber is not None:
+            self.qber = o.qber
+        if o.ec_efficiency is not None:
+            self.ec_efficiency = o.ec_efficiency
+
+    def take(self) -> tuple[int, int, int, int | None]:
+        """Close the window: ``(sifted, secret, leaked bits, last block id)``; the rates
+        become this window's (or stay the last ones when no block completed in it)."""
+        if self.blocks:
+            duration = max(self.duration_s, 1e-12)
+            self.skr_bps = self.secret_bits / duration
+            self.sifted_rate_bps = self.sifted_bits / duration
+        out = (self.sifted_bits, self.secret_bits, self.leaked_bits, self.block_id)
+        self.blocks = self.sifted_bits = self.secret_bits = self.leaked_bits = 0
+        self.duration_s = 0.0
+        self.block_id = None
+        return out
+
+
 class LinkRunner(Service):
     """Runs the local end(s) of one link continuously (see module docstring).
 
@@ -184,9 +244,12 @@ class LinkRunner(Service):
         first_block_id: Alice's first frame and block id; default
             :func:`block_id_base` of ``clock.wall()`` at :meth:`start`. Must exceed every
             id this link's Alice end delivered before.
+        time_scale: emulated seconds per clock second (1: real time, like hardware).
+        telemetry_interval_s: clock seconds between two telemetry messages (at most).
 
     Raises:
-        ValueError: a missing sink or bus, or ``first_block_id`` outside [0, 2^63).
+        ValueError: a missing sink or bus, ``first_block_id`` outside [0, 2^63), or a
+            ``time_scale`` or ``telemetry_interval_s`` that is not positive.
     """
 
     def __init__(self, link: QuantumLink, *, clock: Clock, seed: int = 0,
@@ -197,7 +260,10 @@ class LinkRunner(Service):
                  analytic_ec_efficiency: float = 1.16,
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
-                 first_block_id: int | None = None) -> None:
+                 first_block_id: int | None = None, time_scale: float = 1.0,
+                 telemetry_interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S) -> None:
+        if not (time_scale > 0 and telemetry_interval_s > 0):
+            raise ValueError("time_scale and telemetry_interval_s must be positive")
         if first_block_id is not None and not 0 <= first_block_id <= MAX_BLOCK_ID:
             raise ValueError("first_block_id must be within [0, 2^63)")
         if not local_ends:
@@ -221,6 +287,11 @@ class LinkRunner(Service):
         self.peer_timeout_s = peer_timeout_s
         self.rendezvous_timeout_s = rendezvous_timeout_s
         self.first_block_id = first_block_id
+        self.time_scale = time_scale
+        self.telemetry_interval_s = telemetry_interval_s
+        self.paused = False  # a local sink has no room: Alice sends no frame
+        self._tel = _TelemetryWindow()
+        self._tel_task: asyncio.Task[None] | None = None
         self.boot_nonce = secrets.token_hex(8)  # this incarnation of the local end(s)
         self.peer_reachable = True  # Alice's view of Bob; False after a failed rendezvous
         self._bob: BobModule | None = None
@@ -289,6 +360,7 @@ class LinkRunner(Service):
             if self.bus is not None:
                 self._sub = await self.bus.subscribe(control_topic(self.link_id),
                                                      self._on_command)
+                self._start_task(self._telemetry_loop())
 
     async def close(self) -> None:
         """Stop the loops, close the channels; idempotent."""
@@ -304,6 +376,9 @@ class LinkRunner(Service):
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
+        if self._sub is not None and self.bus is not None and (self._tel.sent
+                                                               or self._tel.blocks):
+            await self._publish(self._telemetry())  # the final counts
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -369,15 +444,20 @@ class LinkRunner(Service):
         self._state_changed("eve_on" if eavesdropper else "eve_off")
 
     def _state_changed(self, change: str, **data: Any) -> None:
-        logger.info("link %s: %s -> %s", self.link_id, change, self.state.value)
+        logger.log(logging.DEBUG if change.startswith("store_") else logging.INFO,
+                   "link %s: %s -> %s", self.link_id, change, self.state.value)
         if self.events is not None:
             self.events.emit(EventType.link_state, "qkd", node=self.link.endpoints[0],
                              link=self.link_id, change=change, state=self.state.value,
                              extra_loss_db=self.physics.extra_loss_db, **data)
-        if self.bus is not None:
+        if self.bus is not None and (self._tel.sent or self.state is LinkState.down):
+            # the new state at once, with the last rates (not a rate of 0: nothing was
+            # measured yet in the new state); before any figures only ``down`` is news
+            w = self._tel
             msg = LinkTelemetry(link_id=self.link_id, node=self.link.endpoints[0],
                                 state=self.state, aborted_blocks=self.stats.aborted_blocks,
-                                t=self.clock.now())
+                                skr_bps=w.skr_bps, sifted_rate_bps=w.sifted_rate_bps,
+                                qber=w.qber, t=self.clock.now())
             self._spawn(self.bus.publish(topics.link_telemetry(self.link_id), msg))
 
     async def _on_command(self, topic: str, msg: Message) -> Message | None:
@@ -427,6 +507,30 @@ class LinkRunner(Service):
     def _frame(self) -> tuple[int, float]:
         n_pulses = max(1, round(self.link.repetition_rate_hz * self.frame_duration_s))
         return n_pulses, n_pulses / self.link.repetition_rate_hz
+
+    def _next_frame_at(self, next_t: float, duration: float) -> float:
+        """Clock time the next frame starts: one frame's time (scaled) after this one's, but
+        no more than one frame in the past, so a link that fell behind never runs a burst
+        of frames to catch up (hardware does not make up for lost time either)."""
+        step = duration / self.time_scale
+        return max(next_t + step, self.clock.now() - step)
+
+    def _has_room(self) -> bool:
+        return all(sink_has_room(self._sinks[end]) for end in self.local_ends)
+
+    async def _room(self) -> bool:
+        """Whether Alice may send a frame now; while a local sink is full it idles for one
+        frame (on the clock) and says no."""
+        if self._has_room():
+            if self.paused:
+                self.paused = False
+                self._state_changed("store_room")
+            return True
+        if not self.paused:
+            self.paused = True
+            self._state_changed("store_full")
+        await self.clock.sleep(self._frame()[1] / self.time_scale)
+        return False
 
     async def _await_peer(self, classical: ClassicalChannel) -> str:
         """Bob's boot nonce once he answers; reports the link down while he does not."""
@@ -492,6 +596,9 @@ class LinkRunner(Service):
             await self._deliver("alice", outcome)
 
         while self._running():
+            if not await self._room():
+                next_t = self.clock.now()
+                continue
             # one round trip per frame: never send a frame Bob cannot receive
             nonce = await self._await_peer(classical)
             reason = self._sync_reason(classical, nonce, reason)
@@ -510,7 +617,7 @@ class LinkRunner(Service):
                 reason = "frame_lost"
             frame_id += 1
             self.stats.frames += 1
-            next_t += duration
+            next_t = self._next_frame_at(next_t, duration)
             await self.clock.sleep_until(next_t)
 
     async def _bob_loop(self, bob: BobModule) -> None:
@@ -560,7 +667,6 @@ class LinkRunner(Service):
             elif o.status == "verify_failed":
                 st.discarded_blocks += 1
         node = self.link.endpoints[0]
-        duration = max(o.duration_s, 1e-12)
         if self.events is not None:
             data: dict[str, Any] = dict(link=self.link_id, block_id=o.block_id, status=o.status,
                         qber=o.qber, sifted_bits=o.sifted_bits, secret_bits=o.secret_bits,
@@ -572,15 +678,29 @@ class LinkRunner(Service):
             kind = EventType.link_block if o.status == "delivered" else \
                 EventType.link_block_aborted
             self.events.emit(kind, "qkd", node=node, **data)
-        if self.bus is not None:
-            msg = LinkTelemetry(
-                link_id=self.link_id, node=node, state=self.state, block_id=o.block_id,
-                sifted_bits=o.sifted_bits, secret_bits=o.secret_bits, qber=o.qber,
-                sifted_rate_bps=o.sifted_bits / duration, skr_bps=o.secret_bits / duration,
-                ec_efficiency=o.ec_efficiency,
-                leaked_bits=o.leaked_ec_bits + o.leaked_verify_bits,
-                aborted_blocks=st.aborted_blocks, t=self.clock.now())
-            await self._publish(msg)
+        self._tel.add(o)
+        if not self._tel.sent and self.bus is not None:
+            # the first rate at once (before it, the link has no figures: an early heartbeat
+            # with rate 0 would make routing see a dead link); at most one per interval after
+            self._spawn(self._publish(self._telemetry()))
+
+    def _telemetry(self) -> LinkTelemetry:
+        """The telemetry message for the window closing now (see the module docstring)."""
+        w = self._tel
+        sifted, secret, leaked, block_id = w.take()
+        w.sent = True
+        return LinkTelemetry(
+            link_id=self.link_id, node=self.link.endpoints[0], state=self.state,
+            block_id=block_id, sifted_bits=sifted, secret_bits=secret, qber=w.qber,
+            sifted_rate_bps=w.sifted_rate_bps, skr_bps=w.skr_bps, ec_efficiency=w.ec_efficiency,
+            leaked_bits=leaked, aborted_blocks=self.stats.aborted_blocks, t=self.clock.now())
+
+    async def _telemetry_loop(self) -> None:
+        """Alice's end: one telemetry message per interval, whatever the block rate."""
+        while self._running():
+            await self.clock.sleep(self.telemetry_interval_s)
+            if self._tel.sent or self._tel.blocks:  # nothing measured yet: nothing to say
+                await self._publish(self._telemetry())
 
     async def _publish(self, msg: Message) -> None:
         assert self.bus is not None
@@ -634,6 +754,9 @@ class LinkRunner(Service):
             classical.peer_nonce = nonce
 
         while self._running():
+            if not await self._room():
+                next_t = self.clock.now()
+                continue
             _, duration = self._frame()
             rate = self.analytic_rate_bps()
             carry_bits += rate * duration
@@ -647,8 +770,7 @@ class LinkRunner(Service):
                     carry_bits -= 8 * n_bytes
                     await self._analytic_block(classical, block_id, n_bytes, duration)
                     block_id += 1
-                next_t = max(next_t, self.clock.now())
-            next_t += duration
+            next_t = self._next_frame_at(next_t, duration)
             await self.clock.sleep_until(next_t)
 
     async def _analytic_block(self, classical: ClassicalChannel, block_id: int, n_bytes: int,

@@ -11,15 +11,25 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Protocol
 
-__all__ = ["KeyBlock", "LinkKeySink", "MemoryKeySink"]
+__all__ = ["KeyBlock", "LinkKeySink", "MemoryKeySink", "sink_has_room"]
 
 
 class LinkKeySink(Protocol):
-    """Receives the secret key blocks of one end of one or more links."""
+    """Receives the secret key blocks of one end of one or more links.
+
+    A sink may also offer ``has_room() -> bool`` (the KM's link key store does): while it
+    returns False the link produces nothing, as a QKD device stops when its buffer is full.
+    """
 
     async def put_block(self, link_id: str, block_id: int, material: bytes) -> None:
         """Store block ``block_id`` of link ``link_id`` (``material``: packed key bits)."""
         ...
+
+
+def sink_has_room(sink: object) -> bool:
+    """Whether ``sink`` takes more key now (True for a sink without ``has_room``)."""
+    has_room = getattr(sink, "has_room", None)
+    return True if has_room is None else bool(has_room())
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +78,10 @@ class MemoryKeySink:
         while not self._queue.empty():
             out.append(self._queue.get_nowait())
         return out
+
+    def has_room(self) -> bool:
+        """False while a bounded queue is full (the link then pauses)."""
+        return self._queue.maxsize <= 0 or self._queue.qsize() < self._queue.maxsize
 
     def qsize(self) -> int:
         """Blocks queued now."""

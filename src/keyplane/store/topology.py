@@ -7,11 +7,13 @@ objects, never ORM rows, so callers cannot mutate the database by accident.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from keyplane.config import Application, SlaProfile, Topology, User
 from keyplane.store.db import Database
@@ -33,6 +35,7 @@ __all__ = [
     "save_node_endpoints",
     "token_digest",
     "upsert_link_metrics",
+    "upsert_link_metrics_many",
 ]
 
 
@@ -125,6 +128,25 @@ async def upsert_link_metrics(db: Database, m: LinkMetrics) -> None:
         await s.merge(LinkMetricRow(link_id=m.link_id, t=m.t, state=m.state, skr_bps=m.skr_bps,
                                     qber=m.qber, sessions=m.sessions, buffer_bits=m.buffer_bits,
                                     reserved_bps=m.reserved_bps))
+
+
+async def upsert_link_metrics_many(db: Database, metrics: Iterable[LinkMetrics]) -> None:
+    """Write the latest figures of several links in one statement and one transaction.
+
+    Raises:
+        StoreError: the database failed (nothing written).
+    """
+    values = [{"link_id": m.link_id, "t": m.t, "state": m.state, "skr_bps": m.skr_bps,
+               "qber": m.qber, "sessions": m.sessions, "buffer_bits": m.buffer_bits,
+               "reserved_bps": m.reserved_bps} for m in metrics]
+    if not values:
+        return
+    ins = (pg_insert if db.dialect == "postgresql" else sqlite_insert)(LinkMetricRow)
+    stmt = ins.on_conflict_do_update(
+        index_elements=[LinkMetricRow.link_id],
+        set_={k: ins.excluded[k] for k in values[0] if k != "link_id"})
+    async with db.session() as s:
+        await s.execute(stmt, values)
 
 
 async def get_link_metrics(db: Database) -> dict[str, LinkMetrics]:

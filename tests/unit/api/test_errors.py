@@ -21,6 +21,7 @@ from keyplane.api.etsi004.status import Etsi004Status as S
     (e.KmBusy("km0", 10, 10), 503, S.GK_INSUFFICIENT_KEY_AVAILABLE,
      S.GK_INSUFFICIENT_KEY_AVAILABLE),
     (e.PeerUnreachable("x"), 503, S.NO_QKD_CONNECTION_AVAILABLE, S.NO_QKD_CONNECTION_AVAILABLE),
+    (e.ControlPlaneUnreachable("x"), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (e.RelayTimeout("x"), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (e.RateLimited("s", 8, 2.0, 1.0), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (e.BusTimeout("t", 1.0), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),

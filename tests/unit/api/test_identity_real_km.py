@@ -190,7 +190,7 @@ async def test_key_manager_compares_principals_not_identity_text(spoof_net: Net)
         with pytest.raises(SessionNotFound):
             await km1.get_key(impostor, ksid, 0)
         with pytest.raises(SessionNotFound):
-            await km1.close(impostor, ksid)
+            await km1.close_stream(impostor, ksid)
         chunk: Any = await km1.get_key(Caller(identity=BOB), ksid, 0)
         assert chunk.index == 0
 

@@ -86,7 +86,10 @@ async def test_admission_first_open_waits_for_peer_without_reserving(
 
 async def test_admission_both_peers_open_pushes_each_hop_its_configuration(
         bus: Bus, plane: ControlPlane, kms: FakeKms) -> None:
-    await _open_pair(bus, max_bps=4000, min_bps=100)
+    await _open(bus, open_request("s1", "a", "alice", "sae_a", "sae_d", max_bps=4000,
+                                  min_bps=100, priority=5))
+    await _open(bus, open_request("s1", "d", "dave", "sae_d", "sae_a", max_bps=4000,
+                                  min_bps=100, priority=3, timeout_ms=700))
     await wait_until(lambda: _state(plane, "s1") is AdmissionState.active, what="active")
     assert kms.holders("s1") == ["a", "d", "e"]
     src, mid, dst = kms.entry("a", "s1"), kms.entry("e", "s1"), kms.entry("d", "s1")
@@ -99,9 +102,12 @@ async def test_admission_both_peers_open_pushes_each_hop_its_configuration(
                                                                    None, "sae_d")
     for cfg in (src, mid, dst):
         assert (cfg.source_sae, cfg.destination_sae, cfg.epoch) == ("sae_a", "sae_d", 0)
-        assert cfg.priority == 3  # the lower of alice's (5) and dave's (3) SLA priorities
+        assert cfg.priority == 3  # the lower of the two OPEN_CONNECTs' (each within its SLA)
+        assert cfg.min_bps == 100
         assert cfg.token_rate_bps == 4000 and cfg.bucket_size_bits == 4000
         assert cfg.idle_timeout_s == 20  # the lower SLA idle timeout
+    # each endpoint waits for key as long as its own application asked; relays: the KM's own
+    assert (src.timeout_ms, mid.timeout_ms, dst.timeout_ms) == (5000, None, 700)
     assert plane.routing is not None
     (res,) = plane.routing.core.reservations()
     assert res.route.nodes == ("a", "e", "d") and res.min_bps == 100

@@ -22,6 +22,7 @@ from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import AuthRequest, AuthResponse, LinkTelemetry, SessionClose
 from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
+from tests.support.bus import harness_security
 from tests.support.control import NODES, TOPOLOGY, open_request
 from tests.support.fake_kms import FakeKms, wait_until
 
@@ -95,8 +96,9 @@ async def test_reroute_without_alternative_keeps_the_session_on_its_path(
                                       interface="etsi014"))
         await wait_until(lambda: kms.holders("s2") == ["a", "b", "c"], what="operative")
         kms.silent.add("e")  # the only detour a-e-d-c has a KM that never acknowledges
-        await bus.publish(topics.link_telemetry("a-b"),
-                          LinkTelemetry(link_id="a-b", node="a", state="down"))
+        for state in ("up", "down"):  # a link that was up goes down
+            await bus.publish(topics.link_telemetry("a-b"),
+                              LinkTelemetry(link_id="a-b", node="a", state=state))
         await wait_until(lambda: kms.configs["e"], what="reroute attempted")
         await clock.advance(1.5)
         await wait_until(lambda: any(not e.data.get("ok", True)
@@ -127,8 +129,9 @@ async def test_run_controller_serves_kms_over_nats_until_cancelled(
     task = asyncio.create_task(run_controller(topo, nats_server.url,
                                               sqlite_url(tmp_path / "ctl.db"),
                                               ["sdn", "access"], events_path=tmp_path / "ev.jsonl",
-                                              ready=ready))
-    km_bus = await NatsBus.connect(nats_server.url)
+                                              ready=ready,
+                                              security=harness_security(nats_server)))
+    km_bus = await NatsBus.connect(nats_server.url, security=harness_security(nats_server))
     try:
         async with asyncio.timeout(20):
             await ready.wait()

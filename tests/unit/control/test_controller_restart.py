@@ -95,7 +95,7 @@ async def test_admitted_session_is_stored_with_its_path_and_figures(
         topology: Topology, bus: Bus, db: Database, clock: VirtualClock,
         events: EventStream, kms: FakeKms) -> None:
     async with _plane(topology, bus, db, clock, events) as plane:
-        await _admit_pair(bus, plane, min_bps=600, max_bps=4000)
+        await _admit_pair(bus, plane, min_bps=600, max_bps=4000, priority=3)
         (rec,) = await _stored(db, "s1", lambda rows: len(rows) == 1)
     assert (rec.session_id, rec.state, rec.interface) == ("s1", "active", "etsi004")
     assert (rec.source_sae, rec.destination_sae) == ("sae_a", "sae_d")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import networkx as nx
@@ -221,3 +222,70 @@ async def test_routing_element_reads_metrics_from_the_database(
                              == ("a", "b", "c", "d"), what="metrics refreshed")
             assert routing.core.compute_path("a", "d").nodes == ("a", "b", "c", "d")
             assert routing.core.capacity_bps("e-d") == 10.0
+
+
+def _reference_ledger(core: RoutingCore, link_id: str) -> tuple[float, dict[str, float]]:
+    """The slow reference: a link's reserved rate summed from every live reservation
+    (per session, its largest epoch on that link)."""
+    per_session: dict[str, float] = {}
+    for res in core.reservations():
+        if link_id in res.route.links:
+            per_session[res.session_id] = max(per_session.get(res.session_id, 0.0),
+                                               res.min_bps)
+    return sum(per_session.values()), per_session
+
+
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 10**6),
+       ops=st.lists(st.tuples(st.sampled_from(["reserve", "release", "release_epoch",
+                                               "reroute", "restore"]),
+                              st.integers(0, 7), st.integers(0, 7), st.integers(1, 900)),
+                    max_size=50))
+def test_routing_capacity_ledgers_match_the_reservations(
+        seed: int, ops: list[tuple[str, int, int, int]]) -> None:
+    """The O(1) per-link ledgers (running totals) agree with a sum over every reservation,
+    through reserves, releases, reroutes (two epochs held) and restores."""
+    g = nx.connected_watts_strogatz_graph(8, 3, 0.4, seed=seed)
+    core = _core_from_graph(g, RoutingSettings(default_capacity_bps=5000.0,
+                                               use_skr_as_capacity=False))
+    for n, (op, a, b, bps) in enumerate(ops):
+        sid = f"s{a % 4}"
+        if op == "reserve" and a != b:
+            with contextlib.suppress(NoRoute):
+                core.route_and_reserve(sid, n, f"n{a}", f"n{b}", bps)
+        elif op == "release":
+            core.release(sid)
+        elif op == "release_epoch" and (res := core.current(sid)) is not None:
+            core.release(sid, res.epoch)
+        elif op == "reroute" and (res := core.current(sid)) is not None:
+            with contextlib.suppress(NoRoute):
+                core.plan_reroute(res)  # old and new epoch both held
+        elif op == "restore" and a != b:
+            core.restore(sid, n, [f"n{a}", f"n{b}"], bps)
+        for lid in (f"l{u}-{v}" for u, v in g.edges):
+            total, per_session = _reference_ledger(core, lid)
+            assert core.reserved_bps(lid) == pytest.approx(total, abs=1e-6)
+            link = core._links[lid]
+            for s, bps_held in per_session.items():
+                assert link.free_for(s) == pytest.approx(5000.0 - total + bps_held, abs=1e-6)
+        for res in core.reservations():  # the per-link session index finds each one
+            if core.current(res.session_id) is res:
+                for lid in res.route.links:
+                    assert res in core.affected_by(lid)
+
+
+async def test_routing_element_reweighs_only_the_links_monitoring_reports(
+        topology: Topology, clock: VirtualClock, events: EventStream) -> None:
+    """The Monitoring Element's report moves the route without a database read."""
+    from keyplane.bus import MemoryBus
+    from keyplane.control.wire import MONITORING_METRICS, LinkFigures, LinkMetricsReport
+
+    async with MemoryBus() as bus, RoutingElement(topology, bus, clock, events) as routing:
+        routing.core.set_metrics({"a-b": LinkMetrics("a-b", t=1.0, skr_bps=3000.0)})
+        assert routing.core.compute_path("a", "d").nodes == ("a", "e", "d")
+        await bus.publish(MONITORING_METRICS, LinkMetricsReport(links=[
+            LinkFigures(link_id="e-d", t=2.0, skr_bps=10.0, qber=0.09)]))
+        await wait_until(lambda: routing.core.capacity_bps("e-d") == 10.0,
+                         timeout_s=60.0, what="report applied")
+        assert routing.core.compute_path("a", "d").nodes == ("a", "b", "c", "d")
+        assert routing.core.capacity_bps("a-b") == 3000.0  # untouched links keep theirs

@@ -66,7 +66,7 @@ async def test_priority_queues_serve_higher_sla_priority_first_under_load(
     net, clock, blocker = await start_blocked(km_db, SLOW)
     km0 = net.kms["km0"]
     try:
-        sessions = {km0._pairs[(p, r)]: p for p, r in [("p1", "r1"), ("p3", "r3"), ("p5", "r5")]}
+        sessions = {km0.core.pairs[(p, r)]: p for p, r in [("p1", "r1"), ("p3", "r3"), ("p5", "r5")]}
         mark = len(net.sink.of_type(EventType.key_delivered))
         waiting = [asyncio.create_task(km0.enc_keys(CALLER_A, p, r, 1, 256))
                    for p, r in [("p1", "r1"), ("p5", "r5"), ("p3", "r3")]]

@@ -232,7 +232,7 @@ async def test_application_close_frees_everything_and_admission_deletes_the_path
         sid = await open_pair(net)
         await net.kms["km2"].get_key(CALLER_B, sid, 0)
         await net.kms["km2"].get_key(CALLER_B, sid, 1)  # index 1 held at km0, undelivered
-        await net.kms["km0"].close(CALLER_A, sid)
+        await net.kms["km0"].close_stream(CALLER_A, sid)
         assert net.kms["km0"].session_state(sid) is SessionState.terminated
         assert net.kms["km0"].vault.of_session(sid) == []
         async with asyncio.timeout(5):

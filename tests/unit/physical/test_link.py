@@ -25,6 +25,7 @@ from keyplane.physical import (
     PhysicalNetwork,
     asymptotic_key_rate,
 )
+from keyplane.physical.runner import default_frame_duration
 from keyplane.physical.wire import control_topic
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -99,7 +100,8 @@ async def test_link_with_full_intercept_resend_aborts_and_delivers_nothing(
     await bus.subscribe(topics.link_telemetry(link.link_id), on_telemetry)
     sa, sb = MemoryKeySink(), MemoryKeySink()
     async with LinkRunner(link, clock=clock, seed=8, alice_sink=sa, bob_sink=sb, bus=bus,
-                          events=EventStream(clock, [events])) as r:
+                          events=EventStream(clock, [events]),
+                          telemetry_interval_s=default_frame_duration(link)) as r:
         await clock.advance(10 * r.frame_duration_s)
         assert r.stats.qber_aborts >= 5
         assert r.stats.delivered_blocks == 0
@@ -263,4 +265,86 @@ async def test_physical_network_node_mode_runs_only_owned_ends(clock: VirtualClo
     assert {lid: r.local_ends for lid, r in net.runners.items()} == {
         "km0-km4": ("bob",), "km4-km5": ("alice",)}
     await net.close()
+    await bus.close()
+
+
+async def test_link_pauses_while_a_sink_is_full_and_resumes_when_drained(
+        clock: VirtualClock) -> None:
+    link = _link(10.0, protocol="analytic")
+    sa, sb = MemoryKeySink(maxsize=2), MemoryKeySink(maxsize=2)
+    events = MemorySink()
+    async with LinkRunner(link, clock=clock, seed=31, alice_sink=sa, bob_sink=sb,
+                          frame_duration_s=0.1, events=EventStream(clock, [events])) as r:
+        await clock.advance(2.0)
+        assert sa.qsize() == sb.qsize() == 2 and r.paused
+        delivered = r.stats.delivered_blocks
+        await clock.advance(5.0)  # full: no frame is sent, no key accrues
+        assert r.stats.delivered_blocks == delivered == 2
+        sa.drain()
+        sb.drain()
+        await clock.advance(0.5)
+        assert r.stats.delivered_blocks == delivered + 2  # two frames, then full again
+        assert r.paused
+    changes = [e.data["change"] for e in events.of_type(EventType.link_state)]
+    assert changes[:2] == ["store_full", "store_room"]
+
+
+async def test_time_scale_runs_emulated_seconds_faster_than_the_clock(
+        clock: VirtualClock) -> None:
+    delivered = []
+    for scale in (1.0, 4.0):
+        sa, sb = MemoryKeySink(), MemoryKeySink()
+        async with LinkRunner(_link(50.0, protocol="analytic"), clock=clock, seed=32,
+                              alice_sink=sa, bob_sink=sb, frame_duration_s=0.1,
+                              time_scale=scale) as r:
+            await clock.advance(2.0)
+        delivered.append(r.stats.delivered_bits)
+        _same_blocks(sa, sb)
+    # four times the emulated time in the same clock time: four times the key
+    assert delivered[1] == pytest.approx(4 * delivered[0], rel=0.1)
+
+
+async def test_telemetry_is_bounded_per_interval_and_sums_every_block(
+        clock: VirtualClock) -> None:
+    link = _link(10.0, protocol="analytic")
+    bus = MemoryBus()
+    telemetry: list[LinkTelemetry] = []
+
+    async def on_telemetry(topic: str, msg: Message) -> None:
+        assert isinstance(msg, LinkTelemetry)
+        telemetry.append(msg)
+
+    await bus.subscribe(topics.link_telemetry(link.link_id), on_telemetry)
+    sa, sb = MemoryKeySink(), MemoryKeySink()
+    async with LinkRunner(link, clock=clock, seed=33, alice_sink=sa, bob_sink=sb, bus=bus,
+                          frame_duration_s=0.01, telemetry_interval_s=1.0) as r:
+        await clock.advance(5.0)
+        assert r.stats.delivered_blocks >= 400  # one block per 10 ms frame
+    await asyncio.sleep(0)  # the closing message's handler
+    assert 5 <= len(telemetry) <= 7  # one per second, plus the closing one
+    assert sum(t.secret_bits for t in telemetry) == r.stats.delivered_bits
+    assert telemetry[0].skr_bps == pytest.approx(r.analytic_rate_bps(), rel=0.02)
+    await bus.close()
+
+
+async def test_no_telemetry_before_the_first_block_so_routing_never_sees_rate_zero(
+        clock: VirtualClock) -> None:
+    link = _link(10.0, protocol="analytic", enabled=False)  # starts cut: no block yet
+    bus = MemoryBus()
+    telemetry: list[LinkTelemetry] = []
+
+    async def on_telemetry(topic: str, msg: Message) -> None:
+        assert isinstance(msg, LinkTelemetry)
+        telemetry.append(msg)
+
+    await bus.subscribe(topics.link_telemetry(link.link_id), on_telemetry)
+    sa, sb = MemoryKeySink(), MemoryKeySink()
+    async with LinkRunner(link, clock=clock, seed=34, alice_sink=sa, bob_sink=sb, bus=bus,
+                          frame_duration_s=0.1, telemetry_interval_s=0.5) as r:
+        await clock.advance(3.0)
+        assert telemetry == []
+        r.restore()
+        await clock.advance(0.15)  # the first block's figures go out at once
+        assert [t.state.value for t in telemetry] == ["up"]  # the first block's
+        assert telemetry[-1].skr_bps == pytest.approx(r.analytic_rate_bps(), rel=0.02)
     await bus.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tests.support.bus import harness_security
 from typer.testing import CliRunner
 
 import keyplane.physical as physical
@@ -48,24 +49,27 @@ def test_cascade_query_roundtrips_ranges() -> None:
 async def test_link_cli_cuts_a_link_over_nats(nats_server: NatsServer) -> None:
     from keyplane.bus.nats import NatsBus
 
-    bus = await NatsBus.connect(nats_server.url)
+    bus = await NatsBus.connect(nats_server.url, security=harness_security(nats_server))
     link = QuantumLink(endpoints=("a", "b"), length_km=10.0,
                        postprocessing=PostProcessing(block_size_bits=50_000))
     runner = LinkRunner(link, clock=RealClock(), seed=21, alice_sink=MemoryKeySink(),
                         bob_sink=MemoryKeySink(), bus=bus, frame_duration_s=0.01)
     async with runner:
-        reply = await send_command(nats_server.url, LinkCommand(link_id="a-b", action="cut"))
+        reply = await send_command(nats_server.url, LinkCommand(link_id="a-b", action="cut"),
+                                   security=harness_security(nats_server))
         assert reply.ok and reply.state == "down" and runner.physics.cut
         reply = await send_command(nats_server.url,
                                    LinkCommand(link_id="a-b", action="eve", position_km=2.0,
-                                               fraction=0.5))
+                                               fraction=0.5),
+                                   security=harness_security(nats_server))
         assert reply.eavesdropper_fraction == 0.5
     await bus.close()
 
 
 @pytest.mark.nats
 def test_link_cli_reports_no_responder(nats_server: NatsServer) -> None:
-    result = CliRunner().invoke(app, ["restore", "nope", "--bus", nats_server.url,
-                                      "--timeout", "0.5"])
+    # as the operator, with its credential from the server's certificates
+    result = CliRunner().invoke(app, ["--certs", str(nats_server.certs_dir), "restore", "nope",
+                                      "--bus", nats_server.url, "--timeout", "0.5"])
     assert result.exit_code == 1
     assert "no responders" in result.output or "no reply" in result.output

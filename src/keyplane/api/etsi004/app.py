@@ -161,7 +161,7 @@ def create_etsi004_app(km: ApplicationService, *, kme_id: str,
     async def close(request: Request, body: CloseRequest) -> JSONResponse:
         """End the caller's side of the stream; the KM frees what it reserved for it."""
         caller = caller_from_scope(request.scope)
-        await call("close", km.close(caller, str(body.Key_stream_ID)), {})
+        await call("close", km.close_stream(caller, str(body.Key_stream_ID)), {})
         return JSONResponse({"status": int(Etsi004Status.SUCCESSFUL)})
 
     drop_validation_responses(app)

@@ -1,0 +1,223 @@
+"""The twin beside the key managers (issue 21's Done-when), measured in one run.
+
+1. ``keyplane run -t examples/paper_poc.yaml`` as a child process (links in worker
+   processes). After ``--warmup`` seconds:
+   * **idle CPU** of the ``keyplane run`` process itself (workers excluded) over
+     ``--idle-seconds`` with no application calling, as % of one core, and the workers' CPU
+     over the same window;
+   * **relayed ETSI 014 pairs/s**: sae2 (km2) asks enc_keys(number=1) for sae3 (km3, relayed
+     through km0), sae3 asks dec_keys for the same key_ID, ``--concurrency`` loops for
+     ``--seconds`` over HTTPS with mutual TLS (the SDK's async client).
+2. ``python bench/api.py`` between two such relayed measurements (the load drifts), same
+   seconds and concurrency, ``keyplane run`` still up: its 2-hop number=1 pairs/s (the same
+   KM and API without the twin), and the ratio to the relayed mean (target >= 0.7).
+3. ``keyplane demo`` ``--demo-runs`` times (embedded, bb84-decoy links, 8 keys per pair)
+   while ``--busy`` busy-loop processes oversubscribe the cores: exit codes, and the first
+   relayed key (sae2-sae3 through KM0, from OPEN_CONNECT) p50 and max.
+
+    python bench/southbound.py [--seconds 10] [--concurrency 4] [--demo-runs 10] [--busy 4]
+
+Prints figures with the command, machine and load; never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from keyplane.api.client import AsyncEtsi014Client, ServiceUnavailableError  # noqa: E402
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _cpu_s(pid: int) -> float:
+    """utime + stime of ``pid`` itself (children not included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def _start_run(state: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "keyplane", "run", "-t",
+                             str(ROOT / "examples" / "paper_poc.yaml"), "-s", str(state)],
+                            stdout=subprocess.PIPE, stderr=open(state / "run.log", "w"),
+                            text=True, env=_env(), cwd=ROOT)
+    ready = threading.Event()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "keyplane running" in line:
+                ready.set()
+
+    threading.Thread(target=pump, daemon=True).start()
+    if not ready.wait(300):
+        proc.kill()
+        raise SystemExit("keyplane run did not start within 300 s")
+    return proc
+
+
+async def _pairs(state: Path, seconds: float, concurrency: int) -> tuple[int, float, int]:
+    """(pairs, elapsed seconds, 503 answers) of relayed enc+dec pairs sae2 -> sae3."""
+    master = AsyncEtsi014Client.from_state(state, "sae2", timeout_s=30.0)
+    slave = AsyncEtsi014Client.from_state(state, "sae3", timeout_s=30.0)
+    async with master, slave:
+        deadline = time.monotonic() + 120
+        while True:  # the first relayed key opens the implicit session: not timed
+            try:
+                keys = await master.enc_keys("sae3", number=1)
+                await slave.dec_keys("sae2", [keys[0].key_id])
+                break
+            except ServiceUnavailableError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.2)
+        done, busy = 0, 0
+        t0 = time.monotonic()
+        end = t0 + seconds
+
+        async def loop() -> None:
+            nonlocal done, busy
+            while time.monotonic() < end:
+                try:
+                    k = await master.enc_keys("sae3", number=1)
+                    await slave.dec_keys("sae2", [k[0].key_id])
+                    done += 1
+                except ServiceUnavailableError:
+                    busy += 1
+                    await asyncio.sleep(0.01)
+
+        await asyncio.gather(*(loop() for _ in range(concurrency)))
+        return done, time.monotonic() - t0, busy
+
+
+def _bench_api(seconds: float, concurrency: int) -> float | None:
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "api.py"),
+                          "--seconds", str(seconds), "--concurrency", str(concurrency)],
+                         capture_output=True, text=True, env=_env(), cwd=ROOT, check=False)
+    m = re.search(r"^2-hop\s+1\s+(\d+)", out.stdout, re.MULTILINE)
+    if m is None:
+        print(f"#   bench/api.py gave no 2-hop figure: {out.stderr.strip()[-300:]}")
+        return None
+    return float(m.group(1))
+
+
+def _demo_runs(runs: int, busy: int) -> None:
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
+    firsts: list[float] = []
+    codes: list[int] = []
+    try:
+        for i in range(runs):
+            with tempfile.TemporaryDirectory(prefix="keyplane-demo-") as out:
+                t0 = time.monotonic()
+                p = subprocess.run([sys.executable, "-m", "keyplane", "demo", "--no-live",
+                                    "-o", out, "--seed", str(i + 1)], capture_output=True,
+                                   text=True, env=_env(), cwd=ROOT, check=False)
+                wall = time.monotonic() - t0
+                codes.append(p.returncode)
+                first = None
+                summary = Path(out) / "summary.json"
+                if summary.exists():
+                    doc = json.loads(summary.read_text())
+                    first = next((s["time_to_first_key_s"] for s in doc["sessions"]
+                                  if s["pair"] == "sae2-sae3"), None)
+                if first is not None:
+                    firsts.append(first)
+                err = p.stderr.strip().splitlines()[-1:] if p.returncode else []
+                print(f"demo run {i + 1}: exit {p.returncode}, first relayed key "
+                      f"{first if first is None else f'{first:.2f} s'}, wall {wall:.1f} s "
+                      f"{' '.join(err)}", flush=True)
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    ok = sum(1 for c in codes if c == 0)
+    if firsts:
+        print(f"demo: {ok}/{runs} runs exit 0 with {busy} busy loops on {os.cpu_count()} cores;"
+              f" first relayed key p50 {statistics.median(firsts):.2f} s, "
+              f"max {max(firsts):.2f} s")
+    else:
+        print(f"demo: {ok}/{runs} runs exit 0; no first relayed key measured")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--warmup", type=float, default=10.0)
+    ap.add_argument("--idle-seconds", type=float, default=20.0)
+    ap.add_argument("--demo-runs", type=int, default=10)
+    ap.add_argument("--busy", type=int, default=4)
+    args = ap.parse_args()
+    print(f"command: python bench/southbound.py --seconds {args.seconds:g} --concurrency "
+          f"{args.concurrency} --warmup {args.warmup:g} --idle-seconds {args.idle_seconds:g} "
+          f"--demo-runs {args.demo_runs} --busy {args.busy}")
+    print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}, load average "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    with tempfile.TemporaryDirectory(prefix="keyplane-sb-") as tmp:
+        state = Path(tmp)
+        proc = _start_run(state)
+        try:
+            time.sleep(args.warmup)  # a benchmark's warm-up period, not a synchronisation
+            workers = _children(proc.pid)
+            own0, w0, t0 = _cpu_s(proc.pid), sum(_cpu_s(p) for p in workers), time.monotonic()
+            time.sleep(args.idle_seconds)  # the idle window being measured
+            dt = time.monotonic() - t0
+            own = (_cpu_s(proc.pid) - own0) / dt
+            wcpu = (sum(_cpu_s(p) for p in workers) - w0) / dt
+            print(f"idle: keyplane run process {100 * own:.1f} % of a core (workers excluded);"
+                  f" {len(workers)} link workers {100 * wcpu:.1f} % together")
+            rates = []
+            api = None
+            for turn in ("before", "after"):  # bracket bench/api.py: the load drifts
+                pairs, el, busy = asyncio.run(_pairs(state, args.seconds, args.concurrency))
+                rates.append(pairs / el)
+                print(f"relayed ETSI 014 on keyplane run (sae2 -> km2 -> km0 -> km3 -> sae3),"
+                      f" {turn}: {pairs / el:.1f} pairs/s ({pairs} pairs in {el:.1f} s, "
+                      f"{busy} answers 503)", flush=True)
+                if turn == "before":
+                    api = _bench_api(args.seconds, args.concurrency)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    relayed = statistics.mean(rates)
+    if api:
+        print(f"bench/api.py (same KM and API, no twin), 2-hop number=1: {api:.0f} pairs/s; "
+              f"ratio {relayed / api:.2f} (target >= 0.7)")
+    if args.demo_runs:
+        _demo_runs(args.demo_runs, args.busy)
+
+
+if __name__ == "__main__":
+    main()

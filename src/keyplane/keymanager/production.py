@@ -1,0 +1,372 @@
+"""The key manager shell's key work: admitting requests, making, relaying and delivering keys.
+
+* **Admission** (:meth:`_Production._exchange`): the stream's state and token bucket
+  (:meth:`KmCore.admit <keyplane.keymanager.core.KmCore.admit>`), then an exchange slot or a
+  place in the priority queues, and a keep-alive to Admission Control.
+* **Source**: index ``i`` of a stream is made by the session's source KM and relayed
+  (:mod:`~keyplane.keymanager.relay`); requests reaching the source in one event-loop turn
+  share one relay batch. A GET_KEY at the destination for an index it does not hold sends a
+  demand back to the source and waits up to the QoS timeout.
+* **Destination**: stores a batch (:meth:`_Production.accept_keys`) and offers it once the
+  confirmation has left (:meth:`_Production.keys_confirmed_sent`).
+* **Delivery, durable before delivered** (#14.1, :meth:`_Production._deliver`): the bytes
+  leave only after the commit that marks the keys delivered succeeded; a failed commit puts
+  them back to ``ready`` inside that commit (:meth:`Journal.on_rollback
+  <keyplane.keymanager.journal.Journal.on_rollback>`), so a retry gets them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+from collections.abc import AsyncIterator
+
+from keyplane.errors import (
+    KeyNotFound,
+    KeyplaneError,
+    KmBusy,
+    RateLimited,
+    RelayTimeout,
+    SessionNotFound,
+)
+from keyplane.events import EventType
+from keyplane.keymanager.core import Stream
+from keyplane.keymanager.hybrid import count_provenance, merge_provenance
+from keyplane.keymanager.session import SessionEvent
+from keyplane.keymanager.shell import KmShellBase
+from keyplane.keymanager.vault import HeldKey, new_key_id
+from keyplane.keymanager.wire import KeyFrame
+from keyplane.messages import HopRole
+
+__all__: list[str] = []
+
+logger = logging.getLogger(__name__)
+
+
+class _Production(KmShellBase):
+    """Key requests, production, relay host and delivery (see the module docstring)."""
+
+    # ---- admitting a key request -------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _exchange(self, s: Stream, bits: int, timeout_s: float
+                        ) -> AsyncIterator[float]:
+        """Admit one key request: state check, token bucket, priority queue, keep-alive.
+
+        Yields the clock deadline by which the request must be answered.
+        """
+        self._check_running()
+        now = self._clock.now()
+        deadline = now + timeout_s
+        try:
+            wait = self.core.admit(s, bits, timeout_s, now)
+        except RateLimited:
+            self._emit(EventType.key_request_refused, session=s.session_id,
+                       reason="token bucket", bits=bits)
+            raise
+        self._apply(s, SessionEvent.key_request)
+        self._emit(EventType.key_requested, session=s.session_id, bits=bits,
+                   priority=s.priority)
+        self._requests += 1
+        self._idle.clear()
+        slot = False
+        try:
+            if wait > 0:
+                # pace on the clock, but wake at once if the session ends meanwhile
+                with contextlib.suppress(TimeoutError):
+                    await self._clock.wait_for(self._io(s.session_id).ended.wait(), wait)
+            await self._acquire_slot(s, deadline)
+            slot = True
+            if not s.live:
+                raise SessionNotFound(f"session {s.session_id} ended while the request waited")
+            yield deadline
+        except BaseException:
+            # nothing was delivered: the bits go back to the bucket, never lost silently
+            self.core.refund(s, bits, self._clock.now())
+            raise
+        finally:
+            if slot:
+                self._release_slot()
+            if s.live and s.machine.can(SessionEvent.key_done):
+                self._apply(s, SessionEvent.key_done)
+            self._requests -= 1
+            if self._requests == 0:
+                self._idle.set()
+
+    async def _acquire_slot(self, s: Stream, deadline: float) -> None:
+        if self.core.take_slot():
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not self.core.wait_slot(fut, s.priority, self._clock.now()):
+            self._emit(EventType.key_request_refused, session=s.session_id, reason="queue full")
+            raise KmBusy(self.node_id, len(self.core.queues), self.settings.queue_limit)
+        try:
+            await self._clock.wait_for(asyncio.shield(fut), deadline - self._clock.now())
+        except TimeoutError:
+            if self.core.queues.remove(fut):
+                raise TimeoutError(
+                    f"session {s.session_id}: waited in the priority queue past its "
+                    f"QoS timeout") from None
+            # handed a slot at the deadline: take it
+        except BaseException:
+            if not self.core.queues.remove(fut) and fut.done() and not fut.cancelled():
+                self._release_slot()
+            raise
+
+    def _release_slot(self) -> None:
+        while True:
+            ticket = self.core.release_slot(self._clock.now())
+            if ticket is None:
+                return
+            assert isinstance(ticket, asyncio.Future)
+            if not ticket.done():
+                ticket.set_result(None)  # the slot passes straight to the next request
+                return
+
+    # ---- source ------------------------------------------------------------------------
+    def _next_is_destination(self, s: Stream) -> bool:
+        entry = self.core.forwarding.current(s.session_id)
+        if entry is None or entry.next_km is None or s.config is None:
+            return False
+        return self._peer_node(s.config.destination_sae) == entry.next_km
+
+    def hold_keys(self, keys: list[HeldKey]) -> int:
+        """Relay host: write new pending keys (direct mode); the journal generation."""
+        return self.vault.add_all(keys) if keys else 0
+
+    async def _produce(self, s: Stream, indexes: list[int], size_bytes: int,
+                       policy: str | None = None) -> None:
+        """Source: make (or resend) the keys of ``indexes`` and relay them as one batch
+        (under ``policy`` when it narrows the session's hybrid policy)."""
+        now = self._clock.now()
+        wall = self._clock.wall()
+        direct = self._next_is_destination(s)
+        keys: list[HeldKey] = []
+        fresh: list[HeldKey] = []
+        for i in indexes:
+            k = self.vault.get(s.session_id, i)
+            if k is None:
+                k = HeldKey(new_key_id(wall), s.session_id, i, size_bytes * 8,
+                            None if direct else secrets.token_bytes(size_bytes), "pending",
+                            s.local_sae, s.peer_sae, now)
+                fresh.append(k)
+            elif k.state != "pending":
+                continue
+            keys.append(k)
+        if not keys:
+            return
+        # direct keys take their bytes from the hop key: the relay holds them (hold_keys).
+        # A resent key may come from a batch whose write failed: wait for a commit then too
+        gen = 0
+        if not direct:
+            gen = self.vault.add_all(fresh) if fresh else self.journal.mark()
+        self._emit(EventType.key_material_ready, session=s.session_id,
+                   key_ids=[k.key_id for k in keys], key_count=len(keys),
+                   size_bits=size_bytes * 8, direct=direct)
+        if gen:
+            await self.journal.flushed(gen)
+        provenance = await self.relay.send_batch(s.session_id, keys, size_bytes,
+                                                 direct_ok=direct, policy=policy)
+        done = [k for k in keys if k.state == "pending"]
+        for k in done:
+            k.provenance = list(provenance)
+        self.vault.set_states(done, "ready", provenance_changed=True)
+
+    async def _ensure_source(self, s: Stream, indexes: list[int], size_bytes: int,
+                             policy: str | None = None) -> None:
+        """Source: make sure every index is produced (one task per missing batch)."""
+        io = self._io(s.session_id)
+        waits: list[asyncio.Task[None]] = []
+        missing: list[int] = []
+        for i in indexes:
+            t = io.producing.get(i)
+            if t is not None:
+                waits.append(t)
+                continue
+            k = self.vault.get(s.session_id, i)
+            if k is None or k.state == "pending":
+                missing.append(i)
+        if missing:
+            waits.append(self._join_batch(s, missing, size_bytes, policy))
+        for t in dict.fromkeys(waits):
+            try:
+                await asyncio.shield(t)
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if t.cancelled() and (me is None or not me.cancelling()):
+                    # the session ended under the relay (_free_io cancels it): a clear answer
+                    raise SessionNotFound(
+                        f"stream {s.session_id} ended while its keys were relayed") from None
+                raise
+
+    def _join_batch(self, s: Stream, indexes: list[int], size_bytes: int,
+                    policy: str | None = None) -> asyncio.Task[None]:
+        """Add ``indexes`` to the session's open relay batch (one frame per batch).
+
+        Requests that reach the source in the same event-loop turn share one KeyFrame, one
+        MAC key per hop and one confirmation, so concurrent callers cost one relay instead of
+        one each; a lone request waits a single loop turn.
+        """
+        io = self._io(s.session_id)
+        slot = (size_bytes, policy)  # one batch per key size and hybrid policy
+        batch = io.batches.get(slot)
+        if batch is None:
+            collected: list[int] = []
+
+            async def run() -> None:
+                await asyncio.sleep(0)  # let requests of this loop turn join
+                io.batches.pop(slot, None)
+                await self._produce(s, collected, size_bytes, policy)
+
+            task = asyncio.get_running_loop().create_task(run(), name=f"km-produce-{s.session_id}")
+
+            def done(t: asyncio.Task[None]) -> None:
+                for i in collected:
+                    if io.producing.get(i) is t:
+                        del io.producing[i]
+                if not t.cancelled():
+                    t.exception()  # retrieved here; the waiters re-raise it
+            task.add_done_callback(done)
+            batch = io.batches[slot] = (collected, task)
+        collected, task = batch
+        collected.extend(indexes)
+        for i in indexes:
+            io.producing[i] = task
+        return task
+
+    def demand(self, session_id: str, indexes: list[int]) -> None:
+        """Relay host: the destination asked for ``indexes`` (ETSI 004)."""
+        s = self.core.streams.get(session_id)
+        if s is None or not s.live or s.config is None:
+            return
+        size = s.config.key_chunk_size
+
+        async def run() -> None:
+            with contextlib.suppress(KeyplaneError):
+                await self._ensure_source(s, indexes, size)
+        self._spawn(run(), f"km-demand-{session_id}")
+
+    # ---- destination -------------------------------------------------------------------
+    def accept_keys(self, frame: KeyFrame, keys: list[bytes]
+                    ) -> tuple[bool, str, int, list[dict[str, str]]]:
+        """Relay host: the destination stores a batch (or refuses it).
+
+        Returns ``(ok, reason, journal generation, provenance)``. A retried batch crossed
+        its hops more than once: the keys' provenance is the merge of every crossing, so
+        the weakest hop governs, and the confirmation tells the source the same list.
+        """
+        s = self.core.streams.get(frame.session_id)
+        if s is None or not s.live or s.role is not HopRole.destination:
+            return False, "refused: no such session at the destination", 0, []
+        fresh: list[HeldKey] = []
+        again: list[HeldKey] = []
+        for key_id, index, material in zip(frame.key_ids, frame.indexes, keys, strict=True):
+            held = self.vault.get(s.session_id, index)
+            if held is not None:
+                if held.key_id != key_id:
+                    return False, f"refused: index {index} already holds another key", 0, []
+                again.append(held)  # a retry of a batch already stored: confirm again
+                continue
+            fresh.append(HeldKey(key_id, s.session_id, index, 8 * len(material), material,
+                                 "pending", s.local_sae, s.peer_sae, self._clock.now()))
+        if s.interface == "etsi014":
+            if self.vault.ready_count(s.session_id) + len(fresh) > self.settings.max_keys_per_pair:
+                return (False, "refused: destination holds max_key_count keys for the pair",
+                        0, [])
+        provenance = merge_provenance(*(k.provenance for k in again), frame.provenance)
+        # a retried batch is confirmed again only once it is durable: its first write may
+        # have failed (the keys are still dirty), so wait for a commit that covers them
+        gen = self.journal.mark() if again else 0
+        for k in again:
+            if k.provenance != provenance:
+                k.provenance = list(provenance)
+                gen = self.vault.touch(k)
+        for k in fresh:
+            k.provenance = list(provenance)
+        if fresh:
+            gen = self.vault.add_all(fresh)
+        return True, "", gen, provenance
+
+    def keys_confirmed_sent(self, frame: KeyFrame) -> None:
+        """Relay host: the destination's confirmation left; offer the keys."""
+        stored = [k for k in (self.vault.get(frame.session_id, i) for i in frame.indexes)
+                  if k is not None and k.state == "pending"]
+        if stored:
+            self.vault.set_states(stored, "ready")
+        io = self._io_of.get(frame.session_id)
+        if io is None:
+            return
+        for index in frame.indexes:
+            fut = io.arrivals.pop(index, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            io.demanded.discard(index)
+
+    async def _destination_key(self, s: Stream, index: int, deadline: float) -> HeldKey:
+        k = self.vault.get(s.session_id, index)
+        if k is None or k.state == "pending":
+            io = self._io(s.session_id)
+            fut = io.arrivals.get(index)
+            if fut is None:
+                fut = asyncio.get_running_loop().create_future()
+                io.arrivals[index] = fut
+            if index not in io.demanded:
+                io.demanded.add(index)
+                try:
+                    await self.relay.send_demand(s.session_id, [index])
+                except KeyplaneError:
+                    io.demanded.discard(index)
+                    raise
+            try:
+                await self._clock.wait_for(asyncio.shield(fut), deadline - self._clock.now())
+            except TimeoutError:
+                io.demanded.discard(index)
+                raise RelayTimeout(f"stream {s.session_id}: index {index} did not arrive "
+                                   f"within the QoS timeout") from None
+            k = self.vault.get(s.session_id, index)
+        if k is None or k.state != "ready":
+            raise KeyNotFound(f"stream {s.session_id}: index {index} is not available")
+        return k
+
+    # ---- delivery ----------------------------------------------------------------------
+    async def _deliver(self, s: Stream, keys: list[HeldKey]) -> list[bytes]:
+        """Mark ``keys`` delivered durably, then return their bytes (each key once).
+
+        Durable before delivered (#14.1): the bytes leave only after the commit that marks
+        the keys delivered succeeded. If that commit fails (or the caller is cancelled while
+        it runs), the keys are put back to ``ready`` with their bytes, inside the failed
+        commit (:meth:`Journal.on_rollback`), so no later commit can write them delivered
+        and a retry gets them; the request fails with the store's error.
+
+        Raises:
+            KeyNotFound: a key was already delivered (or is being delivered).
+            StoreError: the commit failed; nothing was delivered.
+        """
+        for k in keys:
+            if k.state != "ready" or k.material is None:
+                raise KeyNotFound(f"key {k.key_id} was already delivered")
+        out = [k.material or b"" for k in keys]
+        gen = self.vault.set_states(keys, "delivered")
+        undo = functools.partial(self._undeliver, keys, out)
+        self.journal.on_rollback(gen, undo)
+        # no session row write here: after a restart next_index / next_gen are recomputed
+        # from the delivered keys (KmCore.restore), so a delivery costs its key rows only
+        try:
+            await self.journal.flushed(gen)
+        except BaseException:
+            undo()  # idempotent: the journal may have run it already
+            raise
+        self._emit(EventType.key_delivered, session=s.session_id, sae=s.local_sae,
+                   key_ids=[k.key_id for k in keys], key_count=len(keys),
+                   bits=8 * sum(len(m) for m in out), indexes=[k.index for k in keys],
+                   provenance=merge_provenance(*(k.provenance for k in keys)),
+                   provenance_counts=count_provenance(k.provenance for k in keys))
+        return out
+
+    def _undeliver(self, keys: list[HeldKey], materials: list[bytes]) -> None:
+        """Undo a delivery that did not become durable: the keys are ``ready`` again."""
+        if self.vault.undeliver(keys, materials):
+            logger.warning("node %s: delivery of %d key(s) not durable, offered again",
+                           self.node_id, len(keys))

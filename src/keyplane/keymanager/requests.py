@@ -1,0 +1,451 @@
+"""The key manager shell's application operations: ETSI 004 and ETSI 014.
+
+Each operation checks its input, asks Access/Admission Control over the bus where the
+standard's flow needs it, and runs key requests through :mod:`~keyplane.keymanager.production`.
+Session bookkeeping (streams, pairs, indexes) is the core's (:mod:`~keyplane.keymanager.core`).
+
+* ETSI 004: :meth:`_Requests.open_connect`, :meth:`_Requests.get_key` and
+  :meth:`_Requests.close_stream` (CLOSE; ``close()`` is the KM's lifecycle close).
+* ETSI 014: the first ``enc_keys`` for an SAE pair opens an implicit session
+  (``interface="etsi014"``; Admission Control configures the path without waiting for the
+  slave); keys are made at the master's KM, relayed, and held at the slave's KM for
+  ``dec_keys``, which hands each key once and only to the slave it was made for. An
+  application may require a provenance with ``extension_mandatory:
+  [{"keyplane_provenance": <policy>}]`` (docs/hybrid.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from keyplane import config
+from keyplane.bus import topics
+from keyplane.errors import (
+    AuthenticationFailed,
+    BusError,
+    ControlPlaneUnreachable,
+    ExtensionNotMet,
+    KeyNotFound,
+    PeerUnreachable,
+    QosNotMet,
+    RelayTimeout,
+    SessionIdInUse,
+    SessionNotFound,
+)
+from keyplane.events import EventType
+from keyplane.keymanager.core import Interface, Stream
+from keyplane.keymanager.effects import digest
+from keyplane.keymanager.hybrid import (
+    PROVENANCE_EXTENSION,
+    meet,
+    provenance_requirement,
+    satisfies,
+)
+from keyplane.keymanager.interface import (
+    Caller,
+    DeliveredKey,
+    GetKeyResult,
+    OpenResult,
+    PairStatus,
+)
+from keyplane.keymanager.production import _Production
+from keyplane.keymanager.session import SessionEvent, SessionState
+from keyplane.keymanager.vault import HeldKey
+from keyplane.messages import (
+    AuthRequest,
+    AuthResponse,
+    HopRole,
+    OpenAck,
+    Qos,
+    SessionOpenRequest,
+)
+
+__all__ = ["NIL_KEY_STREAM_ID"]
+
+NIL_KEY_STREAM_ID = "00000000-0000-0000-0000-000000000000"
+"""The nil UUID: ETSI 004 clients send it as Key_stream_ID to mean "assign one"."""
+
+
+class _Requests(_Production):
+    """ETSI 004 and ETSI 014 on top of the key work (see the module docstring)."""
+
+    _pair_locks: dict[tuple[str, str], asyncio.Lock]
+
+    def _key_state(self, session_id: str, index: int) -> tuple[str, int] | None:
+        k = self.vault.get(session_id, index)
+        return None if k is None else (k.state, k.size_bits)
+
+    # ==== opening sessions =============================================================
+    async def _authenticate(self, caller: Caller, sae_id: str, peer: str | None) -> str:
+        try:
+            reply = await self._bus.request(topics.ACCESS, AuthRequest(
+                node=self.node_id, sae_id=sae_id, peer_sae_id=peer, method=caller.method,
+                identity=caller.identity), timeout_s=self.settings.auth_request_timeout_s)
+        except BusError as exc:
+            raise ControlPlaneUnreachable(
+                f"Access Control did not answer within "
+                f"{self.settings.auth_request_timeout_s} s: {exc}") from exc
+        if not isinstance(reply, AuthResponse):
+            raise ControlPlaneUnreachable(f"Access Control answered with {reply.KIND}")
+        if not reply.ok:
+            raise AuthenticationFailed(reply.reason or f"{sae_id} refused by Access Control")
+        return reply.user_id or ""
+
+    async def open_connect(self, caller: Caller, source: str, destination: str, qos: Qos,
+                           key_stream_id: str | None) -> OpenResult:
+        """ETSI 004 OPEN_CONNECT (see :class:`~keyplane.keymanager.interface.ApplicationService`).
+
+        Raises:
+            AuthenticationFailed: the caller may not act as ``source`` (ETSI 401).
+            SessionIdInUse: ``key_stream_id`` is taken at this KM (status 5).
+            QosNotMet: Admission Control refused (status 7).
+            ControlPlaneUnreachable: Access/Admission Control did not answer (status 6).
+        """
+        self._check_running()
+        return await self._open(caller, source, destination, qos, key_stream_id, "etsi004")
+
+    async def _open(self, caller: Caller, source: str, destination: str, qos: Qos,
+                    key_stream_id: str | None, interface: Interface) -> OpenResult:
+        self._check_local_app(source)
+        self._peer_node(destination)
+        # ETSI 004 6.3: a null Key_stream_ID (absent, or the nil UUID clients send for it)
+        # asks the KM for a new one
+        assigned = key_stream_id is None or key_stream_id == NIL_KEY_STREAM_ID
+        sid = str(uuid.uuid4()) if assigned else str(key_stream_id)
+        owner = digest(caller.principal)
+        existing = self.core.streams.get(sid)
+        user = ""
+        if existing is not None and existing.live and existing.implicit \
+                and existing.owner is None and existing.local_sae == source \
+                and existing.peer_sae == destination:
+            # an implicit stream (configured for this end first) is joined once Access
+            # Control accepts the caller
+            user = await self._authenticate(caller, source, destination)
+        s, joined = self.core.claim_open(owner, source, destination, qos, sid, interface)
+        if joined:
+            s.user_id = user
+            self._run([self.core.persist(s)])
+            return OpenResult(sid, self.core.served_qos(s), True)
+        io = self._io(sid)
+        decision: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        io.decision = decision
+        self._emit(EventType.request_arrived, session=sid, sae=source, peer=destination,
+                   interface=interface)
+        try:
+            s.user_id = await self._authenticate(caller, source, destination)
+        except (AuthenticationFailed, ControlPlaneUnreachable, PeerUnreachable) as exc:
+            self._apply(s, SessionEvent.auth_refused)
+            self._emit(EventType.auth_refused, session=sid, reason=str(exc))
+            raise
+        self._apply(s, SessionEvent.auth_ok)
+        self._emit(EventType.authenticated, session=sid, user=s.user_id)
+        try:
+            ack = await self._bus.request(topics.ADMISSION, SessionOpenRequest(
+                session_id=sid, node=self.node_id, user_id=s.user_id, source_sae=source,
+                destination_sae=destination, qos=qos, interface=interface),
+                timeout_s=self.settings.admission_request_timeout_s)
+        except BusError as exc:
+            if s.live:
+                self._apply(s, SessionEvent.close)
+            raise ControlPlaneUnreachable(
+                f"Admission Control did not answer within "
+                f"{self.settings.admission_request_timeout_s} s: {exc}") from exc
+        self._emit(EventType.admission_requested, session=sid)
+        if isinstance(ack, OpenAck) and not ack.accepted_for_review and s.live:
+            # Admission Control answers this only for a Key_stream_ID already in use
+            self._apply(s, SessionEvent.admission_refused)
+            self._emit(EventType.admission_refused, session=sid, reason=ack.reason)
+            raise SessionIdInUse(ack.reason or f"Key_stream_ID {sid} is already in use")
+        try:
+            # up to the QoS Timeout: a refusal (QoS above the SLA, status 7) or the peer
+            # (status 0) may still come; after it, status 1
+            await self._clock.wait_for(asyncio.shield(decision), qos.timeout_ms / 1000)
+            # s.session_id differs from sid when Admission Control merged our request into
+            # the peer's stream: both applications get the same Key_stream_ID
+            return OpenResult(s.session_id, self.core.served_qos(s), True)
+        except TimeoutError:
+            pass
+        except SessionNotFound as exc:
+            raise QosNotMet(f"session ended while opening: {exc}") from exc
+        if not s.live:
+            raise QosNotMet("session ended while opening")
+        # configured later (ETSI 004 status 1): keep waiting in the background, bounded
+        self._spawn(self._config_watchdog(s), f"km-config-wait-{sid}")
+        self._emit(EventType.peer_waiting, session=sid)
+        return OpenResult(sid, qos, False)
+
+    async def _config_watchdog(self, s: Stream) -> None:
+        await self._clock.sleep(self.settings.config_wait_s)
+        if s.machine.state is SessionState.user_accepted:
+            self._apply(s, SessionEvent.config_timeout)
+
+    # ==== ETSI 004 ======================================================================
+    async def get_key(self, caller: Caller, key_stream_id: str, index: int | None,
+                      metadata: dict[str, Any] | None = None) -> GetKeyResult:
+        """ETSI 004 GET_KEY: the chunk at ``index`` (this end's next one when None).
+
+        Raises:
+            SessionNotFound: no such stream for this caller.
+            PeerNotConnected: the stream is not configured yet (status 3).
+            RateLimited / TimeoutError / RelayTimeout: not within the QoS timeout (status 6).
+            KmBusy, InsufficientKeyMaterial: no capacity now (status 2).
+            PeerUnreachable: no route (status 4).
+            KeyNotFound: ``index`` was already delivered at this end.
+            StoreError: the delivery could not be written; the same index is served again.
+        """
+        s = self.core.app_stream(digest(caller.principal), key_stream_id)
+        if index is not None and index < 0:
+            raise KeyNotFound("a stream index is >= 0")
+        size = s.config.key_chunk_size if s.config else s.qos.key_chunk_size
+        idx = self.core.next_get_index(s, index)
+        timeout_s = s.qos.timeout_ms / 1000
+        async with self._exchange(s, size * 8, timeout_s) as deadline:
+            held = self.vault.get(s.session_id, idx)
+            if held is not None and held.state == "delivered":
+                raise KeyNotFound(f"stream {key_stream_id}: index {idx} was already delivered")
+            if s.role is HopRole.source:
+                try:
+                    await self._clock.wait_for(self._ensure_source(s, [idx], size),
+                                               deadline - self._clock.now())
+                except TimeoutError:
+                    raise RelayTimeout(f"stream {key_stream_id}: index {idx} not relayed "
+                                       f"within the QoS timeout") from None
+                k = self.vault.get(s.session_id, idx)
+                if k is None or k.state != "ready":
+                    raise KeyNotFound(f"stream {key_stream_id}: index {idx} is not available")
+            else:
+                k = await self._destination_key(s, idx, deadline)
+            (material,) = await self._deliver(s, [k])
+            self.core.delivered_index(s, idx)
+        meta = dict(metadata or {})
+        meta.update(key_ID=k.key_id)
+        meta[PROVENANCE_EXTENSION] = list(k.provenance)
+        return GetKeyResult(key_stream_id, idx, material, meta)
+
+    async def close_stream(self, caller: Caller, key_stream_id: str) -> None:
+        """ETSI 004 CLOSE: end the caller's stream, free its resources and tell Admission
+        Control (``SessionClose(reason="close")``).
+
+        Closing a stream that already ended (the peer closed it, Admission Control deleted
+        it, or the idle timer fired) succeeds and changes nothing: CLOSE is idempotent.
+
+        Raises:
+            SessionNotFound: no such stream for this caller.
+        """
+        owner = digest(caller.principal)
+        s = self.core.stream(key_stream_id)
+        if s is not None and s.owner == owner and not s.live:
+            return
+        s = self.core.app_stream(owner, key_stream_id)
+        self._apply(s, SessionEvent.close)
+        await self.journal.sync()
+
+    # ==== ETSI 014 ======================================================================
+    def _check_014(self, number: int, size_bits: int, additional_slaves: list[str] | None,
+                   extensions: dict[str, Any] | None
+                   ) -> tuple[config.HybridPolicy | None, config.HybridPolicy | None]:
+        """Check an enc_keys request; the (mandatory, optional) provenance policies asked."""
+        st = self.settings
+        if additional_slaves:
+            raise QosNotMet("additional_slave_SAE_IDs: multicast is not supported "
+                            "(max_SAE_ID_count is 0)")
+        try:
+            mandatory, optional, unsupported = provenance_requirement(extensions)
+        except ValueError as exc:
+            raise ExtensionNotMet(str(exc)) from None
+        if unsupported:
+            raise ExtensionNotMet("not all extension_mandatory parameters are supported: "
+                                  f"{sorted(unsupported)} (supported: {PROVENANCE_EXTENSION})")
+        if not 1 <= number <= st.max_keys_per_request:
+            raise QosNotMet(f"number must be 1..{st.max_keys_per_request}")
+        if size_bits % 8 or not st.min_key_size_bits <= size_bits <= st.max_key_size_bits:
+            raise QosNotMet(f"size must be a multiple of 8 in {st.min_key_size_bits}.."
+                            f"{st.max_key_size_bits}")
+        return mandatory, optional
+
+    @staticmethod
+    def _batch_policy(s: Stream, mandatory: config.HybridPolicy | None,
+                      optional: config.HybridPolicy | None) -> config.HybridPolicy | None:
+        """The policy a batch runs under: the session's narrowed by what the application
+        asked (None: the session's own).
+
+        Raises:
+            ExtensionNotMet: the required provenance conflicts with the hybrid policy.
+        """
+        session_policy = s.config.hybrid_policy if s.config else "qkd-only"
+        policy = None
+        if mandatory is not None:
+            policy = meet(session_policy, mandatory)
+            if policy is None:
+                raise ExtensionNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} cannot be met: "
+                                      f"the session's hybrid policy is {session_policy}")
+        if optional is not None:
+            policy = meet(policy or session_policy, optional) or policy
+        return None if policy is None or policy.value == session_policy else policy
+
+    async def _pair_session(self, caller: Caller, master: str, slave: str, size_bits: int
+                            ) -> Stream:
+        lock = self._pair_locks.setdefault((master, slave), asyncio.Lock())
+        async with lock:
+            sid = self.core.pairs.get((master, slave))
+            s = self.core.streams.get(sid) if sid else None
+            if s is not None and s.live:
+                if s.owner != digest(caller.principal):
+                    await self._authenticate(caller, master, slave)
+                return s
+            qos = Qos(key_chunk_size=max(1, size_bits // 8),
+                      timeout_ms=self.settings.etsi014_qos_timeout_ms)
+            result = await self._open(caller, master, slave, qos, None, "etsi014")
+            s = self.core.streams[result.key_stream_id]
+            if not result.peer_connected:
+                self._apply(s, SessionEvent.close)
+                raise TimeoutError(f"no configuration for {master}->{slave} within "
+                                   f"{self.settings.etsi014_qos_timeout_ms} ms")
+            self.core.pairs[(master, slave)] = s.session_id
+            return s
+
+    async def enc_keys(self, caller: Caller, master_sae: str, slave_sae: str, number: int,
+                       size_bits: int, additional_slaves: list[str] | None = None,
+                       extensions: dict[str, Any] | None = None) -> list[DeliveredKey]:
+        """ETSI 014 enc_keys: ``number`` fresh keys for the master, held for the slave.
+
+        Raises:
+            QosNotMet: bad number/size, multicast or mandatory extensions asked (400), or
+                Admission Control refused the pair.
+            AuthenticationFailed: the caller may not act as ``master_sae`` (401).
+            RateLimited, KmBusy, InsufficientKeyMaterial, RelayTimeout, PeerUnreachable,
+                TimeoutError, StoreError: the KM cannot serve now (503).
+        """
+        self._check_running()
+        mandatory, optional = self._check_014(number, size_bits, additional_slaves, extensions)
+        self._check_local_app(master_sae)
+        s = await self._pair_session(caller, master_sae, slave_sae, size_bits)
+        policy = self._batch_policy(s, mandatory, optional)
+        size = size_bits // 8
+        async with self._exchange(s, number * size_bits, s.qos.timeout_ms / 1000) as deadline:
+            indexes = self.core.claim_indexes(s, number, size_bits, self._key_state)
+            try:
+                try:
+                    await self._clock.wait_for(
+                        self._ensure_source(s, indexes, size, policy.value if policy else None),
+                        deadline - self._clock.now())
+                except TimeoutError:
+                    raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "
+                                       f"the timeout") from None
+                keys = [self.vault.get(s.session_id, i) for i in indexes]
+                ready = [k for k in keys if k is not None and k.state == "ready"]
+                if len(ready) != number:
+                    raise RelayTimeout(f"{master_sae}->{slave_sae}: relay incomplete")
+                if mandatory is not None and not all(satisfies(k.provenance, mandatory)
+                                                     for k in ready):
+                    # every hop enforces the batch policy, so this is a guard, not a path
+                    raise QosNotMet(f"{PROVENANCE_EXTENSION} {mandatory.value} not met")
+                materials = await self._deliver(s, ready)
+            except BaseException:
+                self.core.release_indexes(s, indexes, self._key_state)
+                raise
+        return [DeliveredKey(k.key_id, m, {PROVENANCE_EXTENSION: list(k.provenance)})
+                for k, m in zip(ready, materials, strict=True)]
+
+    async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
+                       key_ids: list[str]) -> list[DeliveredKey]:
+        """ETSI 014 dec_keys: the named keys ``master_sae`` made for ``slave_sae``, once.
+
+        All or nothing: if any key is unknown, not for this slave/master, or already
+        delivered, none is returned.
+
+        Raises:
+            AuthenticationFailed: the caller may not act as ``slave_sae``, or a named key
+                was made for another master/slave pair (401).
+            KeyNotFound: a key is unknown or already delivered (400).
+            StoreError: the delivery could not be written; the keys stay deliverable.
+        """
+        self._check_running()
+        self._check_local_app(slave_sae)
+        if not key_ids:
+            raise KeyNotFound("no key_IDs given")
+        if len(key_ids) > self.settings.max_keys_per_request or len(set(key_ids)) != len(key_ids):
+            raise KeyNotFound("key_IDs must be distinct and at most max_key_per_request")
+        reader = digest(f"{caller.method}\0{caller.identity}")
+        if not self._accepted_reader(reader, slave_sae, master_sae, key_ids):
+            await self._authenticate(caller, slave_sae, master_sae)
+        found: list[HeldKey] = []
+        for key_id in key_ids:
+            k = self.vault.by_id.get(key_id)
+            if k is not None and (k.sae_id != slave_sae or k.peer_sae != master_sae):
+                # the key exists here but was made for another pair: ETSI 014 says 401
+                raise AuthenticationFailed(
+                    f"{slave_sae} is not entitled to the keys it asked for")
+            if k is None or k.state != "ready":
+                raise KeyNotFound("one or more keys specified are not found on KME")
+            found.append(k)
+        by_session: dict[str, list[HeldKey]] = {}
+        for k in found:
+            by_session.setdefault(k.session_id, []).append(k)
+        out: dict[str, bytes] = {}
+        for sid, ks in by_session.items():
+            s = self.core.streams[sid]
+            s.readers.add(reader)  # Access Control accepted it for this pair above
+            if s.machine.can(SessionEvent.key_request):
+                self._apply(s, SessionEvent.key_request)
+                try:
+                    for k, m in zip(ks, await self._deliver(s, ks), strict=True):
+                        out[k.key_id] = m
+                finally:
+                    if s.machine.can(SessionEvent.key_done):
+                        self._apply(s, SessionEvent.key_done)
+            else:
+                for k, m in zip(ks, await self._deliver(s, ks), strict=True):
+                    out[k.key_id] = m
+        return [DeliveredKey(k.key_id, out[k.key_id], {PROVENANCE_EXTENSION: list(k.provenance)})
+                for k in found]
+
+    def _accepted_reader(self, reader: str, slave_sae: str, master_sae: str,
+                         key_ids: list[str]) -> bool:
+        """Whether Access Control already accepted ``reader`` as ``slave_sae`` for keys from
+        ``master_sae`` in every live session the named keys belong to (no new question)."""
+        for key_id in key_ids:
+            k = self.vault.by_id.get(key_id)
+            if k is None or k.sae_id != slave_sae or k.peer_sae != master_sae:
+                return False
+            s = self.core.streams.get(k.session_id)
+            if s is None or not s.live or reader not in s.readers:
+                return False
+        return True
+
+    async def status(self, caller: Caller, master_sae: str, slave_sae: str) -> PairStatus:
+        """ETSI 014 Status for the pair, from live figures.
+
+        ``stored_key_count``: at the master's KM, keys of ``key_size`` the link key towards
+        the pair's next hop can carry now (the direct link to the slave's node when no
+        session exists yet; 0 if neither); at the slave's KM, keys held for the slave.
+
+        Raises:
+            AuthenticationFailed: the caller may not act as ``master_sae``.
+            PeerUnreachable: unknown slave.
+        """
+        self._check_running()
+        self._check_local_app(master_sae)
+        target = self._peer_node(slave_sae)
+        await self._authenticate(caller, master_sae, slave_sae)
+        size = self.settings.default_key_size_bits
+        count = 0
+        sid = self.core.pairs.get((master_sae, slave_sae))
+        entry = self.core.forwarding.current(sid) if sid else None
+        peer = entry.next_km if entry is not None else (target if target in self._stores else None)
+        if peer is not None:
+            count = max(0, (self._stores[peer].sendable_bytes - 32) // (size // 8))
+        count = min(count, self.settings.max_keys_per_pair)
+        return PairStatus(source_kme_id=self.node_id, target_kme_id=target,
+                          master_sae_id=master_sae, slave_sae_id=slave_sae, key_size=size,
+                          stored_key_count=count, max_key_count=self.settings.max_keys_per_pair,
+                          max_key_per_request=self.settings.max_keys_per_request,
+                          max_key_size=self.settings.max_key_size_bits,
+                          min_key_size=self.settings.min_key_size_bits, max_sae_id_count=0)
+
+    def held_for(self, slave_sae: str, master_sae: str) -> int:
+        """Keys this KM holds for ``slave_sae`` from ``master_sae`` (ready, undelivered)."""
+        return sum(1 for k in self.vault.by_id.values()
+                   if k.sae_id == slave_sae and k.peer_sae == master_sae and k.state == "ready")

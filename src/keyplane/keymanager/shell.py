@@ -1,0 +1,231 @@
+"""The key manager shell's common part: what it holds besides the core, and how it carries
+out the core's effects.
+
+The shell is split in three layers, one module each, all parts of one
+:class:`~keyplane.keymanager.km.KeyManager`:
+
+* here, :class:`KmShellBase`: the state the core cannot hold (futures and tasks per stream,
+  :class:`StreamIo`), and :meth:`KmShellBase._run`, which carries out
+  :data:`~keyplane.keymanager.core.Effect` lists (timers on the clock, bus publications,
+  session rows through the journal, events);
+* :mod:`~keyplane.keymanager.production`: key requests (bucket, slots), making, relaying and
+  delivering keys (durable before delivered);
+* :mod:`~keyplane.keymanager.requests`: the application operations (ETSI 004 and 014);
+* :mod:`~keyplane.keymanager.km`: lifecycle, link key stores, the control plane's messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from keyplane import config
+from keyplane.bus import Bus, Message, topics
+from keyplane.clock import Clock
+from keyplane.errors import (
+    AuthenticationFailed,
+    BusError,
+    PeerUnreachable,
+    QosNotMet,
+    SessionNotFound,
+)
+from keyplane.events import EventStream, EventType
+from keyplane.keymanager.core import KmCore, Stream
+from keyplane.keymanager.effects import (
+    ArmIdle,
+    Decide,
+    Effect,
+    FreeStream,
+    KeepAliveAt,
+    PersistRow,
+    Renamed,
+    SendAdmission,
+)
+from keyplane.keymanager.journal import Journal
+from keyplane.keymanager.keystore import LinkKeyStore
+from keyplane.keymanager.relay import Relay
+from keyplane.keymanager.session import SessionEvent
+from keyplane.keymanager.settings import KmSettings
+from keyplane.keymanager.vault import KeyVault, SessionRows
+from keyplane.store import Database
+
+__all__ = ["ELEMENT", "KmShellBase", "StreamIo"]
+
+logger = logging.getLogger(__name__)
+
+ELEMENT = "km"
+
+
+@dataclass
+class StreamIo:
+    """What the shell holds for one stream: waits and tasks (never persisted)."""
+
+    idle_task: asyncio.Task[None] | None = None
+    idle_at: float = 0.0
+    decision: asyncio.Future[None] | None = None
+    producing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
+    batches: dict[tuple[int, str | None], tuple[list[int], asyncio.Task[None]]] = field(
+        default_factory=dict)
+    arrivals: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    demanded: set[int] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class KmShellBase:
+    """State and effect runner shared by the shell's layers (see the module docstring)."""
+
+    node_id: str
+    topology: config.Topology
+    settings: KmSettings
+    core: KmCore
+    journal: Journal
+    vault: KeyVault
+    relay: Relay
+    _bus: Bus
+    _db: Database
+    _clock: Clock
+    _events: EventStream
+    _rows: SessionRows
+    _stores: dict[str, LinkKeyStore]
+    _stores_by_link: dict[str, LinkKeyStore]
+    _io_of: dict[str, StreamIo]
+    _tasks: set[asyncio.Task[Any]]
+    _status: Literal["new", "running", "draining", "closed"]
+    _requests: int
+    _idle: asyncio.Event
+
+    def _check_running(self) -> None:
+        if self._status != "running":
+            raise PeerUnreachable(f"key manager {self.node_id} is {self._status}")
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _check_local_app(self, sae_id: str) -> None:
+        """Raises AuthenticationFailed unless ``sae_id`` is an application of this node."""
+        try:
+            app = self.topology.application(sae_id)
+        except KeyError:
+            raise AuthenticationFailed(f"unknown application {sae_id!r}") from None
+        if app.node != self.node_id:
+            raise AuthenticationFailed(f"{sae_id} is not attached to key manager {self.node_id}")
+
+    def _peer_node(self, sae_id: str) -> str:
+        """The node of a peer application (PeerUnreachable if unknown)."""
+        try:
+            return self.topology.application(sae_id).node
+        except KeyError:
+            raise PeerUnreachable(f"unknown peer application {sae_id!r}") from None
+
+    def _io(self, session_id: str) -> StreamIo:
+        io = self._io_of.get(session_id)
+        if io is None:
+            io = self._io_of[session_id] = StreamIo()
+        return io
+
+    def _emit(self, type: EventType, **data: Any) -> None:
+        self._events.emit(type, ELEMENT, node=self.node_id, **data)
+
+    def _apply(self, s: Stream, event: SessionEvent, *,
+               idle_timeout_s: float | None = None) -> None:
+        """Feed an event to the stream's machine and carry out what follows."""
+        self._run(self.core.apply(s, event, self._clock.now(), idle_timeout_s=idle_timeout_s))
+
+    # ---- effects -------------------------------------------------------------------------
+    def _run(self, effects: list[Effect]) -> None:
+        """Carry out the core's effects, in order."""
+        for e in effects:
+            if isinstance(e, ArmIdle):
+                self._arm_idle(e.session_id, e.deadline)
+            elif isinstance(e, KeepAliveAt):
+                self._spawn(self._trailing_keepalive(e.session_id, e.at),
+                            f"km-keepalive-{e.session_id}")
+            elif isinstance(e, SendAdmission):
+                self._publish(topics.ADMISSION, e.msg)
+            elif isinstance(e, PersistRow):
+                self._rows.put(e.session_id, e.state, e.data, self._clock.now())
+            elif isinstance(e, FreeStream):
+                self._free_io(e.session_id)
+            elif isinstance(e, Decide):
+                self._decide(e)
+            elif isinstance(e, Renamed):
+                io = self._io_of.pop(e.old, None)
+                if io is not None:
+                    self._io_of[e.new] = io
+            else:
+                self._emit(e.type, **e.data)
+
+    def _publish(self, topic: str, msg: Message) -> None:
+        async def send() -> None:
+            try:
+                await self._bus.publish(topic, msg)
+            except BusError as exc:
+                logger.warning("node %s could not publish %s: %s", self.node_id, msg.KIND, exc)
+        self._spawn(send(), f"km-publish-{msg.KIND}")
+
+    def _decide(self, e: Decide) -> None:
+        io = self._io_of.get(e.session_id)
+        fut = io.decision if io is not None else None
+        if fut is None or fut.done():
+            return
+        if e.error is None:
+            fut.set_result(None)
+            return
+        if e.error == "refused":
+            fut.set_exception(QosNotMet(e.reason or "Admission Control refused the session"))
+        else:
+            fut.set_exception(SessionNotFound(f"session {e.session_id} ended"))
+        fut.exception()  # retrieved: the opener re-raises it, if it still waits
+
+    async def _trailing_keepalive(self, session_id: str, at: float) -> None:
+        await self._clock.sleep_until(at)
+        self._run(self.core.keepalive_due(session_id, self._clock.now()))
+
+    def _arm_idle(self, session_id: str, deadline: float) -> None:
+        """Make sure a watcher wakes at ``deadline`` (one watcher per stream: a later
+        deadline is read from the core when the watcher wakes, so a key request costs no
+        new timer)."""
+        io = self._io(session_id)
+        task = io.idle_task
+        if task is not None and not task.done():
+            if deadline >= io.idle_at or task is asyncio.current_task():
+                return
+            task.cancel()
+        io.idle_at = deadline
+        io.idle_task = asyncio.get_running_loop().create_task(
+            self._idle_watch(session_id, io), name=f"km-idle-{session_id}")
+
+    async def _idle_watch(self, session_id: str, io: StreamIo) -> None:
+        while True:
+            await self._clock.sleep_until(io.idle_at)
+            deadline, effects = self.core.idle_due(session_id, self._clock.now())
+            if deadline is None:
+                if effects:
+                    logger.info("node %s: session %s idle, closing", self.node_id, session_id)
+                io.idle_task = None
+                self._run(effects)
+                return
+            io.idle_at = deadline
+
+    def _free_io(self, session_id: str) -> None:
+        """Release the waits and tasks of a terminated stream and destroy its keys."""
+        io = self._io_of.get(session_id)
+        if io is not None:
+            io.ended.set()
+            if io.idle_task is not None and io.idle_task is not asyncio.current_task():
+                io.idle_task.cancel()
+            io.idle_task = None
+            for t in io.producing.values():
+                t.cancel()
+            for fut in io.arrivals.values():
+                if not fut.done():
+                    fut.set_exception(SessionNotFound(f"session {session_id} ended"))
+                    fut.exception()  # retrieved: nobody may be waiting
+        bits, _ = self.vault.drop_session(session_id)
+        self.core.freed(session_id, bits)

@@ -1,0 +1,469 @@
+"""Emulated links in worker processes: the KM process's side (:class:`LinkWorkerPool`).
+
+Why: emulating a BB84 link is CPU-heavy (photon frames, sifting, Cascade, privacy
+amplification). On the KMs' event loop it delayed key delivery and control answers by
+seconds on a busy machine. Here each link runs in a worker process
+(:mod:`keyplane.physical.worker`) at a lower OS priority, and this process only stores
+the blocks, forwards events and telemetry, and relays link commands.
+
+How links are shared out (:func:`plan_workers`): a BB84 link costs a CPU-bound share and
+about 9 MB; an analytic link costs almost nothing (one hash per block). So the pool has as
+many workers as cores (``EmulationSettings.workers`` to override), at most one per BB84
+link, and at least one; links go to the least loaded worker by weight. 1,000 analytic links
+fit in one worker, 25 BB84 links spread over the cores.
+
+To the rest of the process the pool looks like :class:`~keyplane.physical.PhysicalNetwork`
+with both ends local: blocks arrive in the same sinks (the KMs' link key stores), events on
+the same stream, telemetry and link commands (``keyplane.control.link.<link>``) on the same
+bus. A sink's ``has_room()`` turning False pauses the link in its worker (checked after each
+block and every ``room_check_interval_s``). A worker that dies is restarted (its links get
+fresh block ids from the wall clock, as after any restart), with a back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import itertools
+import logging
+import os
+import sys
+from collections.abc import Collection, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+import keyplane
+from keyplane.bus import (
+    Bus,
+    BusSecurity,
+    Message,
+    Subscription,
+    decode,
+    encode,
+    unsubscribe_all,
+)
+from keyplane.clock import Clock
+from keyplane.config import QuantumLink, Topology
+from keyplane.errors import KeyplaneError, PhysicalError
+from keyplane.events import EventStream
+from keyplane.lifecycle import Service
+from keyplane.physical.runner import DEFAULT_TELEMETRY_INTERVAL_S
+from keyplane.physical.sink import LinkKeySink, sink_has_room
+from keyplane.physical.wire import LinkCommandReply, control_topic
+from keyplane.physical.workerwire import (
+    Ack,
+    BlockOut,
+    Command,
+    CommandReply,
+    EventOut,
+    Ready,
+    Room,
+    StartWorker,
+    Stop,
+    Stopped,
+    TelemetryOut,
+    encode_frame,
+    read_frame,
+)
+
+__all__ = ["EmulationSettings", "LinkWorkerPool", "plan_workers"]
+
+logger = logging.getLogger(__name__)
+
+End = Literal["alice", "bob"]
+PositiveS = Annotated[float, Field(gt=0.0)]
+
+_SRC = str(Path(keyplane.__file__).resolve().parents[1])
+"""Where this keyplane is imported from: the workers import the same code."""
+BB84_WEIGHT = 1.0
+ANALYTIC_WEIGHT = 0.01
+
+
+class EmulationSettings(BaseModel):
+    """How a process runs its emulated links (``RuntimeContext.emulation``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mode: Literal["workers", "inprocess"] = "workers"
+    """``workers``: in worker processes (:class:`LinkWorkerPool`); ``inprocess``: on this
+    process's event loop (tests on a virtual clock, tools)."""
+    workers: Annotated[int, Field(ge=1)] | None = None
+    """Worker processes; None: one per core, at most one per BB84 link, at least one."""
+    nice: Annotated[int, Field(ge=0, le=19)] = 10
+    """How much lower than this process the workers run (``os.nice`` increment)."""
+    time_scale: PositiveS = 1.0
+    """Emulated seconds per real second (1: hardware pace; > 1 for fast tests)."""
+    telemetry_interval_s: PositiveS = DEFAULT_TELEMETRY_INTERVAL_S
+    """At most one LinkTelemetry per link per this many seconds."""
+    start_timeout_s: PositiveS = 120.0
+    """Bound on a worker's start (interpreter, imports, its links), busy machine included."""
+    stop_timeout_s: PositiveS = 10.0
+    """Bound on a worker's orderly exit before it is killed."""
+    command_timeout_s: PositiveS = 10.0
+    """Bound on a link command's answer from a worker."""
+    room_check_interval_s: PositiveS = 0.5
+    """How often a paused link's stores are checked for room again."""
+    restart_backoff_max_s: PositiveS = 30.0
+    """Longest wait before restarting a worker that died (doubling from 0.5 s)."""
+
+
+def _weight(link: QuantumLink) -> float:
+    return ANALYTIC_WEIGHT if link.protocol == "analytic" else BB84_WEIGHT
+
+
+def plan_workers(links: list[QuantumLink], workers: int | None = None,
+                 cores: int | None = None) -> list[list[QuantumLink]]:
+    """Share ``links`` out to worker processes, heaviest first to the least loaded.
+
+    Returns:
+        One list of links per worker (no empty list; none at all without links).
+    """
+    if not links:
+        return []
+    bb84 = sum(1 for link in links if link.protocol != "analytic")
+    n = workers or max(1, min(cores or os.cpu_count() or 1, bb84))
+    n = min(n, len(links))
+    plan: list[list[QuantumLink]] = [[] for _ in range(n)]
+    load = [0.0] * n
+    for link in sorted(links, key=lambda x: (-_weight(x), x.link_id)):
+        i = min(range(n), key=lambda k: (load[k], k))
+        plan[i].append(link)
+        load[i] += _weight(link)
+    return [p for p in plan if p]
+
+
+@dataclass
+class _Worker:
+    """One worker process and what it runs."""
+
+    index: int
+    links: list[QuantumLink]
+    proc: asyncio.subprocess.Process | None = None
+    reader_task: asyncio.Task[None] | None = None
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    replies: dict[int, asyncio.Future[CommandReply]] = field(default_factory=dict)
+    restarts: int = 0
+
+    def send(self, header: object, payload: bytes = b"") -> None:
+        proc = self.proc
+        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+            raise PhysicalError(f"link worker {self.index} is not running")
+        proc.stdin.write(encode_frame(header, payload))  # type: ignore[arg-type]
+
+
+class LinkWorkerPool(Service):
+    """Both ends of ``topology``'s emulated links, in worker processes (module docstring).
+
+    Args:
+        topology: the network.
+        clock: the KM process's clock (room checks, restart back-off).
+        sinks: ``(node id, link id) -> sink`` for both ends of every link run here.
+        seed: run seed (each link's generators derive from it).
+        bus: telemetry out, link commands in (``keyplane.control.link.<link>``).
+        events: the event stream the workers' events are re-emitted on.
+        settings: :class:`EmulationSettings`.
+        link_ids: run only these links (default: every link of the topology).
+        node: run only this node's ends of its links (distributed mode; the neighbours'
+            processes run the other ends); None: both ends of every link.
+        bus_url: with ``node``: the network's bus, which the workers join themselves
+            (channels, telemetry and link commands go there, not through this process).
+        bus_security: with ``bus_url``: the node's bus identity; the workers load the same
+            credentials from its files (None: the in-memory or explicitly insecure bus).
+
+    Raises:
+        ConfigError: a local link end has no sink, or ``node`` without ``bus_url``.
+    """
+
+    def __init__(self, topology: Topology, *, clock: Clock,
+                 sinks: Mapping[tuple[str, str], LinkKeySink], seed: int = 0,
+                 bus: Bus | None = None, events: EventStream | None = None,
+                 settings: EmulationSettings | None = None,
+                 link_ids: Collection[str] | None = None, node: str | None = None,
+                 bus_url: str | None = None, bus_security: BusSecurity | None = None) -> None:
+        from keyplane.errors import ConfigError
+
+        if node is not None and bus_url is None:
+            raise ConfigError("link workers of one node need the network's bus URL")
+        self.node = node
+        self.bus_url = bus_url if node is not None else None
+        self.bus_security = bus_security
+        self.topology = topology
+        self.clock = clock
+        self.bus = bus
+        self.events = events
+        self.seed = seed
+        self.settings = settings or EmulationSettings()
+        chosen = [link for link in topology.links
+                  if (link_ids is None or link.link_id in set(link_ids))
+                  and (node is None or node in link.endpoints)]
+        self._sinks: dict[tuple[str, End], LinkKeySink] = {}
+        self._ends: dict[str, list[End]] = {}
+        roles: tuple[End, End] = ("alice", "bob")
+        for link in chosen:
+            for end, owner in zip(roles, link.endpoints, strict=True):
+                if node is not None and owner != node:
+                    continue
+                sink = sinks.get((owner, link.link_id))
+                if sink is None:
+                    raise ConfigError(f"no key sink for node {owner!r} on link {link.link_id!r}")
+                self._sinks[(link.link_id, end)] = sink
+                self._ends.setdefault(link.link_id, []).append(end)
+        self.links = {link.link_id: link for link in chosen}
+        self.workers = [_Worker(i, links) for i, links in enumerate(plan_workers(
+            chosen, self.settings.workers))]
+        self._by_link = {link.link_id: w for w in self.workers for link in w.links}
+        self._room: dict[tuple[str, End], bool] = dict.fromkeys(self._sinks, True)
+        self._subs: list[Subscription] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._req = itertools.count(1)
+        self._state: Literal["new", "running", "closed"] = "new"
+        self.blocks_stored = 0
+
+    def __repr__(self) -> str:
+        return f"LinkWorkerPool(links={len(self.links)}, workers={len(self.workers)})"
+
+    @property
+    def pids(self) -> list[int]:
+        """Process ids of the running workers."""
+        return [w.proc.pid for w in self.workers if w.proc is not None]
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def prepare(self) -> None:
+        """Launch the worker processes now (interpreter and imports take a second or two)
+        without starting any link yet: a runtime calls this first and :meth:`start` once
+        the KMs can take blocks, so the two overlap. Idempotent."""
+        if self._state != "new":
+            return
+        for w in self.workers:
+            if w.proc is None:
+                await self._launch(w)
+
+    async def start(self) -> None:
+        """Start every worker (launched by :meth:`prepare`, or now) and wait
+        (``start_timeout_s``) until each runs its links.
+
+        Raises:
+            PhysicalError: a worker did not start in time or exited during start.
+        """
+        if self._state != "new":
+            return
+        try:
+            await self.prepare()
+        except BaseException:
+            await self.close()
+            raise
+        self._state = "running"
+        try:
+            await asyncio.gather(*(self._start_worker(w) for w in self.workers))
+            if self.bus is not None and self.bus_url is None:  # else the workers answer
+                for lid in self.links:
+                    self._subs.append(await self.bus.subscribe(
+                        control_topic(lid), functools.partial(self._on_command, lid)))
+        except BaseException:
+            await self.close()
+            raise
+        self._start_task(self._room_loop())
+        logger.info("%d emulated links in %d worker processes (pids %s)", len(self.links),
+                    len(self.workers), self.pids)
+
+    async def _launch(self, w: _Worker) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([_SRC, *filter(None, [env.get("PYTHONPATH")])])
+        w.ready.clear()
+        w.stopped.clear()
+        w.proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "keyplane.physical.worker", stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, env=env, limit=2**20)
+        w.reader_task = asyncio.get_running_loop().create_task(self._read(w))
+
+    async def _spawn(self, w: _Worker) -> None:
+        await self._launch(w)
+        await self._start_worker(w)
+
+    def _credentials(self) -> dict[str, Any] | None:
+        sec = self.bus_security
+        if self.bus_url is None or sec is None or sec.credentials is None:
+            return None
+        return sec.credentials.model_dump(mode="json")
+
+    async def _start_worker(self, w: _Worker) -> None:
+        assert w.reader_task is not None
+        s = self.settings
+        w.send(StartWorker(links=[link.model_dump(mode="json") for link in w.links],
+                           seed=self.seed, time_scale=s.time_scale,
+                           telemetry_interval_s=s.telemetry_interval_s, nice=s.nice,
+                           ends={link.link_id: self._ends[link.link_id] for link in w.links},
+                           bus_url=self.bus_url, command_timeout_s=s.command_timeout_s,
+                           bus_credentials=self._credentials(),
+                           bus_insecure=self.bus_security is not None
+                           and not self.bus_security.secure))
+        for link in w.links:  # a restarted worker learns which stores are full
+            for end in self._ends[link.link_id]:
+                if not self._room[(link.link_id, end)]:
+                    w.send(Room(link_id=link.link_id, end=end, room=False))
+        ready = asyncio.get_running_loop().create_task(w.ready.wait())
+        try:
+            await asyncio.wait({ready, w.reader_task}, timeout=s.start_timeout_s,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ready.cancel()
+        if not w.ready.is_set():
+            raise PhysicalError(f"link worker {w.index} ({len(w.links)} links) did not start "
+                                f"within {s.start_timeout_s:g} s")
+
+    async def close(self) -> None:
+        """Stop every worker (orderly, then killed after ``stop_timeout_s``); idempotent."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        await unsubscribe_all(self._subs)
+        self._subs.clear()
+        # workers first: blocks already in flight are stored and acknowledged meanwhile
+        await asyncio.gather(*(self._stop(w) for w in self.workers))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _stop(self, w: _Worker) -> None:
+        proc = w.proc
+        if proc is None:
+            return
+        with contextlib.suppress(PhysicalError, ConnectionError):
+            w.send(Stop())
+        try:
+            async with asyncio.timeout(self.settings.stop_timeout_s):
+                await proc.wait()
+        except TimeoutError:
+            logger.warning("link worker %d (pid %d) did not stop; killing it", w.index, proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if w.reader_task is not None:
+            w.reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await w.reader_task
+        for fut in w.replies.values():
+            if not fut.done():
+                fut.cancel()
+
+    # ------------------------------------------------------------------ from the workers
+
+    async def _read(self, w: _Worker) -> None:
+        proc = w.proc
+        assert proc is not None and proc.stdout is not None
+        try:
+            while True:
+                got = await read_frame(proc.stdout)
+                if got is None:
+                    break
+                frame, payload = got
+                if isinstance(frame, BlockOut):
+                    self._start_task(self._store(w, frame, payload))
+                elif isinstance(frame, EventOut):
+                    if self.events is not None:
+                        self.events.emit(frame.type, frame.element, node=frame.node,
+                                         session=frame.session, **frame.data)
+                elif isinstance(frame, TelemetryOut):
+                    if self.bus is not None:
+                        self._start_task(self._publish(frame))
+                elif isinstance(frame, CommandReply):
+                    fut = w.replies.pop(frame.req, None)
+                    if fut is not None and not fut.done():
+                        fut.set_result(frame)
+                elif isinstance(frame, Ready):
+                    w.ready.set()
+                elif isinstance(frame, Stopped):
+                    w.stopped.set()
+        except (asyncio.IncompleteReadError, ValueError, ConnectionError) as exc:
+            logger.error("link worker %d: broken pipe: %s", w.index, exc)
+        code = await proc.wait()
+        if self._state == "running" and not w.stopped.is_set():
+            logger.error("link worker %d (pid %d, links %s) exited with %s; restarting it",
+                         w.index, proc.pid, [link.link_id for link in w.links], code)
+            self._start_task(self._restart(w))
+
+    async def _restart(self, w: _Worker) -> None:
+        w.restarts += 1
+        await self.clock.sleep(min(self.settings.restart_backoff_max_s,
+                                   0.5 * 2 ** min(w.restarts - 1, 10)))
+        if self._state != "running":
+            return
+        try:
+            await self._spawn(w)
+        except PhysicalError as exc:
+            logger.error("%s", exc)
+            if w.proc is not None and w.proc.returncode is None:
+                w.proc.kill()
+
+    async def _store(self, w: _Worker, frame: BlockOut, material: bytes) -> None:
+        key = (frame.link_id, frame.end)
+        sink = self._sinks.get(key)
+        error: str | None = None
+        if sink is None:
+            error = f"no sink for {frame.end} of link {frame.link_id}"
+        else:
+            try:
+                await sink.put_block(frame.link_id, frame.block_id, material)
+                self.blocks_stored += 1
+            except KeyplaneError as exc:
+                error = str(exc)
+        with contextlib.suppress(PhysicalError, ConnectionError):
+            w.send(Ack(seq=frame.seq, error=error))
+            if sink is not None:
+                self._check_room(w, key, sink)
+
+    def _check_room(self, w: _Worker, key: tuple[str, End], sink: LinkKeySink) -> None:
+        room = sink_has_room(sink)
+        if room != self._room[key]:
+            self._room[key] = room
+            w.send(Room(link_id=key[0], end=key[1], room=room))
+
+    async def _room_loop(self) -> None:
+        """Tell workers when a full store has room again (consumption is not signalled)."""
+        while True:
+            await self.clock.sleep(self.settings.room_check_interval_s)
+            for key, room in list(self._room.items()):
+                if not room:
+                    with contextlib.suppress(PhysicalError, ConnectionError):
+                        self._check_room(self._by_link[key[0]], key, self._sinks[key])
+
+    async def _publish(self, frame: TelemetryOut) -> None:
+        assert self.bus is not None
+        try:
+            await self.bus.publish(frame.topic, decode(frame.message.encode()))
+        except KeyplaneError:
+            logger.debug("telemetry publish failed", exc_info=True)
+
+    # ------------------------------------------------------------------ link commands
+
+    async def _on_command(self, link_id: str, topic: str, msg: Message) -> Message | None:
+        w = self._by_link.get(link_id)
+        if w is None:
+            return None
+        req = next(self._req)
+        fut: asyncio.Future[CommandReply] = asyncio.get_running_loop().create_future()
+        w.replies[req] = fut
+        try:
+            w.send(Command(req=req, link_id=link_id, message=encode(msg).decode()))
+            async with asyncio.timeout(self.settings.command_timeout_s):
+                reply = await fut
+        except (PhysicalError, TimeoutError) as exc:
+            return LinkCommandReply(link_id=link_id, ok=False, state="down",
+                                    message=f"link worker did not answer: {exc}")
+        finally:
+            w.replies.pop(req, None)
+        if reply.message is None:
+            return LinkCommandReply(link_id=link_id, ok=False, state="down",
+                                    message=reply.error or "no reply")
+        return decode(reply.message.encode())
+
+    def _start_task(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,247 @@
+"""A link worker process: runs both ends of some links, away from the KMs' event loop.
+
+Started by :class:`~keyplane.physical.pool.LinkWorkerPool` as
+``python -m keyplane.physical.worker``; talks to its parent only over its stdin/stdout
+(:mod:`~keyplane.physical.workerwire`). The first frame says which links to run; the worker
+lowers its own CPU priority (``os.nice``) so a saturated twin slows key *production*, never
+key delivery or control, then runs one :class:`~keyplane.physical.runner.LinkRunner` per
+link: both ends in this process over in-process channels (embedded mode), or, in a node
+process of a distributed network, only that node's ends, on the network's bus, which the
+worker joins itself (``bus_url``) so the frames never pass through the KM's process.
+
+What crosses the pipe, and why:
+
+* each delivered block, to the parent, which stores it in the KM's link key store and
+  acknowledges; the worker's end waits for that acknowledgement, so a slow store slows
+  the link (back-pressure) and a block counts as delivered only once it is durable;
+* ``room`` from the parent when a store fills or empties: the runner pauses while full;
+* the runners' events and their (already rate-bounded) telemetry, which the parent puts on
+  its own event stream and bus, and link commands (cut, degrade, eve) from the parent's bus,
+  answered by the runner. Runners talk to a private in-memory bus here, so their code is
+  the same as in-process.
+
+The worker exits when its parent says ``stop`` or when its stdin closes (the parent died),
+so an orphaned worker never keeps producing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import sys
+from typing import Any, Literal
+
+from keyplane.bus import Bus, BusCredentials, BusSecurity, Message, connect, decode, encode
+from keyplane.clock import RealClock
+from keyplane.config import QuantumLink
+from keyplane.errors import KeyplaneError, PhysicalError
+from keyplane.events import Event, EventStream
+from keyplane.physical.runner import LinkRunner
+from keyplane.physical.wire import control_topic
+from keyplane.physical.workerwire import (
+    Ack,
+    BlockOut,
+    Command,
+    CommandReply,
+    EventOut,
+    Ready,
+    Room,
+    StartWorker,
+    Stop,
+    Stopped,
+    TelemetryOut,
+    encode_frame,
+    read_frame,
+)
+
+__all__ = ["main"]
+
+logger = logging.getLogger(__name__)
+
+End = Literal["alice", "bob"]
+
+
+class _Pipe:
+    """The worker's side of the pipe: writes frames, matches acknowledgements."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._seq = itertools.count(1)
+        self._acks: dict[int, asyncio.Future[str | None]] = {}
+
+    async def send(self, header: Any, payload: bytes = b"") -> None:
+        self._writer.write(encode_frame(header, payload))
+        await self._writer.drain()
+
+    def send_nowait(self, header: Any) -> None:
+        self._writer.write(encode_frame(header))
+
+    async def block(self, link_id: str, end: End, block_id: int, material: bytes) -> None:
+        seq = next(self._seq)
+        fut: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._acks[seq] = fut
+        try:
+            await self.send(BlockOut(seq=seq, link_id=link_id, end=end, block_id=block_id),
+                            material)
+            error = await fut
+        finally:
+            self._acks.pop(seq, None)
+        if error is not None:
+            raise PhysicalError(f"link {link_id}: the key manager refused block {block_id}: "
+                                f"{error}")
+
+    def acked(self, ack: Ack) -> None:
+        fut = self._acks.get(ack.seq)
+        if fut is not None and not fut.done():
+            fut.set_result(ack.error)
+
+    def fail_all(self) -> None:
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.cancel()
+
+
+class _PipeSink:
+    """One end of one link: blocks go to the parent; room as the parent last said."""
+
+    def __init__(self, pipe: _Pipe, end: End) -> None:
+        self._pipe = pipe
+        self._end = end
+        self.room = True
+
+    async def put_block(self, link_id: str, block_id: int, material: bytes) -> None:
+        await self._pipe.block(link_id, self._end, block_id, material)
+
+    def has_room(self) -> bool:
+        return self.room
+
+
+class _EventPipe:
+    """An event sink that forwards every event to the parent."""
+
+    def __init__(self, pipe: _Pipe) -> None:
+        self._pipe = pipe
+
+    def write(self, event: Event) -> None:
+        self._pipe.send_nowait(EventOut(type=event.type.value, element=event.element,
+                                        node=event.node, session=event.session,
+                                        data=dict(event.data)))
+
+    def close(self) -> None:
+        """Nothing to release (the pipe belongs to the worker)."""
+
+
+async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    first = await read_frame(reader)
+    if first is None or isinstance(first[0], Stop):
+        return  # launched ahead, then not needed (the runtime failed to start)
+    if not isinstance(first[0], StartWorker):
+        raise PhysicalError("link worker: the first frame must be 'start'")
+    spec = first[0]
+    if spec.nice:
+        with contextlib.suppress(OSError):  # not allowed to lower it (raise is fine)
+            os.nice(spec.nice)
+    pipe = _Pipe(writer)
+    clock = RealClock()
+    security: BusSecurity | None = None
+    if spec.bus_credentials is not None:
+        security = BusSecurity.load(BusCredentials.model_validate(spec.bus_credentials))
+    elif spec.bus_insecure:
+        security = BusSecurity.danger_insecure("the node's link worker")
+    bus: Bus = await connect(spec.bus_url, name=f"keyplane-link-worker-{os.getpid()}",
+                             security=security)
+    events = EventStream(clock, [_EventPipe(pipe)])
+    sinks: dict[tuple[str, End], _PipeSink] = {}
+    runners: dict[str, LinkRunner] = {}
+
+    async def on_telemetry(topic: str, msg: Message) -> None:
+        pipe.send_nowait(TelemetryOut(topic=topic, message=encode(msg).decode()))
+
+    if spec.bus_url is None:  # a private bus: the parent publishes the telemetry
+        await bus.subscribe("keyplane.telemetry.link.>", on_telemetry)
+    for raw in spec.links:
+        link = QuantumLink.model_validate(raw)
+        local: tuple[End, ...] = tuple(spec.ends.get(link.link_id, ("alice", "bob")))
+        ends: dict[End, _PipeSink] = {end: _PipeSink(pipe, end) for end in local}
+        for end, sink in ends.items():
+            sinks[(link.link_id, end)] = sink
+        runners[link.link_id] = LinkRunner(
+            link, clock=clock, seed=spec.seed, alice_sink=ends.get("alice"),
+            bob_sink=ends.get("bob"), bus=bus, events=events, local_ends=local,
+            frame_duration_s=spec.frame_duration_s, time_scale=spec.time_scale,
+            telemetry_interval_s=spec.telemetry_interval_s)
+    commands: set[asyncio.Task[None]] = set()
+
+    async def command(cmd: Command) -> None:
+        try:
+            reply = await bus.request(control_topic(cmd.link_id), decode(cmd.message.encode()),
+                                      timeout_s=spec.command_timeout_s)
+            await pipe.send(CommandReply(req=cmd.req, message=encode(reply).decode()))
+        except KeyplaneError as exc:
+            await pipe.send(CommandReply(req=cmd.req, error=str(exc)))
+
+    try:
+        for r in runners.values():
+            await r.start()
+        await pipe.send(Ready(pid=os.getpid()))
+        while True:
+            got = await read_frame(reader)
+            if got is None:
+                logger.warning("link worker %d: parent gone, stopping", os.getpid())
+                break
+            frame = got[0]
+            if isinstance(frame, Ack):
+                pipe.acked(frame)
+            elif isinstance(frame, Room):
+                target = sinks.get((frame.link_id, frame.end))
+                if target is not None:
+                    target.room = frame.room
+            elif isinstance(frame, Command):
+                task = asyncio.get_running_loop().create_task(command(frame))
+                commands.add(task)
+                task.add_done_callback(commands.discard)
+            elif isinstance(frame, Stop):
+                break
+    finally:
+        pipe.fail_all()
+        for task in commands:
+            task.cancel()
+        for r in runners.values():
+            await r.close()
+        await bus.close()
+    with contextlib.suppress(ConnectionError):
+        await pipe.send(Stopped())
+
+
+async def _main() -> None:
+    loop = asyncio.get_running_loop()
+    # the pipe to the parent is the original stdout; anything printed goes to stderr instead
+    out_fd = os.dup(sys.stdout.fileno())
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    reader = asyncio.StreamReader(limit=2**20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    transport, protocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0))
+    writer = asyncio.StreamWriter(transport, protocol, None, loop)
+    try:
+        await _serve(reader, writer)
+    finally:
+        transport.close()
+
+
+def main() -> None:
+    """Entry point of ``python -m keyplane.physical.worker``."""
+    logging.basicConfig(level=os.environ.get("KEYPLANE_WORKER_LOG", "WARNING"),
+                        format="%(asctime)s %(levelname)s worker %(process)d %(name)s: "
+                               "%(message)s", stream=sys.stderr)
+    try:
+        asyncio.run(_main())
+    except (KeyboardInterrupt, BrokenPipeError, ConnectionError):
+        pass
+
+
+if __name__ == "__main__":
+    main()

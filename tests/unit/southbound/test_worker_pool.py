@@ -1,0 +1,229 @@
+"""Emulated links in worker processes: real child processes, real links, real sinks.
+
+The pool stands where PhysicalNetwork stood (both ends local): both ends receive the same
+blocks, a full sink pauses the link in its worker, link commands and telemetry go through
+the parent's bus, workers run at a lower priority, and a killed worker comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keyplane.bus import MemoryBus, Message, topics
+from keyplane.clock import RealClock
+from keyplane.config import QuantumLink, Topology, load_topology, parse_topology
+from keyplane.events import EventStream, EventType, MemorySink
+from keyplane.messages import LinkTelemetry
+from keyplane.physical import LinkCommand, LinkCommandReply, MemoryKeySink
+from keyplane.physical.pool import EmulationSettings, LinkWorkerPool, plan_workers
+from keyplane.physical.wire import control_topic
+from keyplane.physical.workerwire import (
+    Ack,
+    BlockOut,
+    EventOut,
+    StartWorker,
+    decode_frame,
+    encode_frame,
+    read_frame,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+DEADLINE_S = 120.0  # bound on waits for real processes on a loaded machine (never a sleep)
+
+TWO_ANALYTIC = """
+nodes: [{id: a}, {id: b}, {id: c}]
+links:
+  - {endpoints: [a, b], length_km: 10, protocol: analytic}
+  - {endpoints: [b, c], length_km: 20, protocol: analytic}
+"""
+
+
+def _link(i: int, protocol: str) -> QuantumLink:
+    return QuantumLink(id=f"l{i}", endpoints=("a", "b"), length_km=10, protocol=protocol)  # type: ignore[arg-type]
+
+
+def test_plan_spreads_bb84_links_over_cores_and_packs_analytic_links() -> None:
+    bb84 = [_link(i, "bb84-decoy") for i in range(25)]
+    plan = plan_workers(bb84, cores=2)
+    assert len(plan) == 2 and sorted(len(p) for p in plan) == [12, 13]
+    analytic = [_link(i, "analytic") for i in range(1000)]
+    assert [len(p) for p in plan_workers(analytic, cores=2)] == [1000]
+    mixed = plan_workers([*bb84[:1], *analytic[:10]], cores=2)
+    assert len(mixed) == 1  # one BB84 link: one worker is enough
+    assert plan_workers([], cores=2) == []
+    assert len(plan_workers(bb84, workers=5, cores=2)) == 5
+
+
+def test_frames_round_trip_and_carry_material_only_as_payload() -> None:
+    raw = encode_frame(BlockOut(seq=3, link_id="a-b", end="bob", block_id=7), b"\x01\x02")
+    hlen = int.from_bytes(raw[:4], "big")
+    head, payload = raw[8:8 + hlen], raw[8 + hlen:]
+    assert b"\x01\x02" not in head
+    frame, body = decode_frame(head, payload)
+    assert frame == BlockOut(seq=3, link_id="a-b", end="bob", block_id=7) and body == b"\x01\x02"
+    assert decode_frame(encode_frame(Ack(seq=1))[8:])[0] == Ack(seq=1)
+
+
+async def test_read_frame_refuses_a_truncated_stream() -> None:
+    reader = asyncio.StreamReader()
+    reader.feed_data(encode_frame(EventOut(type="link_block", element="qkd"))[:-3])
+    reader.feed_eof()
+    with pytest.raises(asyncio.IncompleteReadError):
+        await read_frame(reader)
+    empty = asyncio.StreamReader()
+    empty.feed_eof()
+    assert await read_frame(empty) is None
+    assert StartWorker(links=[], seed=1, time_scale=1, telemetry_interval_s=1, nice=0)
+
+
+@pytest.fixture
+async def bus() -> AsyncIterator[MemoryBus]:
+    b = MemoryBus()
+    yield b
+    await b.close()
+
+
+def _sinks(topo: Topology, maxsize: int = 0) -> dict[tuple[str, str], MemoryKeySink]:
+    return {(n, link.link_id): MemoryKeySink(maxsize) for link in topo.links
+            for n in link.endpoints}
+
+
+async def _until(cond: object, what: str) -> None:
+    async with asyncio.timeout(DEADLINE_S):
+        while not cond():  # type: ignore[operator]
+            await asyncio.sleep(0.05)  # polling real child processes, bounded by DEADLINE_S
+
+
+async def test_both_ends_get_identical_blocks_from_a_worker_at_lower_priority(
+        bus: MemoryBus) -> None:
+    topo = load_topology(ROOT / "examples" / "paper_poc.yaml")
+    sinks = _sinks(topo)
+    clock = RealClock()
+    mem = MemorySink()
+    pool = LinkWorkerPool(topo, clock=clock, sinks=sinks, seed=5, bus=bus,
+                          events=EventStream(clock, [mem]),
+                          settings=EmulationSettings(workers=2, nice=5, time_scale=5.0))
+    async with pool:
+        assert len(pool.pids) == 2 and os.getpid() not in pool.pids
+        for pid in pool.pids:  # os.nice in the worker: 5 above this process
+            prio = os.getpriority(os.PRIO_PROCESS, pid)
+            assert prio == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
+        await _until(lambda: all(s.qsize() >= 2 for s in sinks.values()), "two blocks each")
+    for link in topo.links:
+        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
+        n = min(len(a), len(b))
+        assert n >= 2
+        assert [(k.block_id, k.material) for k in a[:n]] == [(k.block_id, k.material)
+                                                              for k in b[:n]]
+    blocks = mem.of_type(EventType.link_block)
+    assert {e.data["link"] for e in blocks} == {link.link_id for link in topo.links}
+
+
+async def test_full_sink_pauses_the_link_in_its_worker_and_draining_resumes_it(
+        bus: MemoryBus) -> None:
+    topo = parse_topology(TWO_ANALYTIC)
+    sinks = _sinks(topo, maxsize=3)
+    clock = RealClock()
+    mem = MemorySink()
+    settings = EmulationSettings(time_scale=20.0, room_check_interval_s=0.05)
+    async with LinkWorkerPool(topo, clock=clock, sinks=sinks, seed=6, bus=bus,
+                              events=EventStream(clock, [mem]), settings=settings) as pool:
+        await _until(lambda: all(s.qsize() == 3 for s in sinks.values()), "full")
+        await _until(lambda: len([e for e in mem.of_type(EventType.link_state)
+                                  if e.data["change"] == "store_full"]) == 2, "paused")
+        stored = pool.blocks_stored
+        assert stored == 12  # 2 links x 2 ends x 3 blocks, then nothing
+        for s in sinks.values():
+            s.drain()
+        await _until(lambda: pool.blocks_stored > stored, "resumed")
+    changes = [e.data["change"] for e in mem.of_type(EventType.link_state)]
+    assert "store_room" in changes
+
+
+async def test_commands_and_bounded_telemetry_go_through_the_parents_bus(
+        bus: MemoryBus) -> None:
+    topo = parse_topology(TWO_ANALYTIC)
+    telemetry: list[LinkTelemetry] = []
+
+    async def on_telemetry(topic: str, msg: Message) -> None:
+        assert isinstance(msg, LinkTelemetry)
+        telemetry.append(msg)
+
+    await bus.subscribe(topics.link_telemetry("a-b"), on_telemetry)
+    settings = EmulationSettings(telemetry_interval_s=0.2, time_scale=10.0)
+    async with LinkWorkerPool(topo, clock=RealClock(), sinks=_sinks(topo), seed=7, bus=bus,
+                              settings=settings):
+        reply = await bus.request(control_topic("a-b"),
+                                  LinkCommand(link_id="a-b", action="cut"), timeout_s=DEADLINE_S)
+        assert isinstance(reply, LinkCommandReply) and reply.ok and reply.state == "down"
+        await _until(lambda: any(t.state.value == "down" for t in telemetry), "down reported")
+        reply = await bus.request(control_topic("a-b"), LinkCommand(
+            link_id="a-b", action="degrade", extra_loss_db=3.0), timeout_s=DEADLINE_S)
+        assert isinstance(reply, LinkCommandReply) and reply.state == "down"  # still cut
+        bad = await bus.request(control_topic("a-b"), LinkCommand(
+            link_id="a-b", action="eve", position_km=99.0), timeout_s=DEADLINE_S)
+        assert isinstance(bad, LinkCommandReply) and not bad.ok and "beyond" in bad.message
+
+
+async def test_a_killed_worker_is_restarted_and_its_links_deliver_again(
+        bus: MemoryBus) -> None:
+    topo = parse_topology(TWO_ANALYTIC)
+    sinks = _sinks(topo)
+    settings = EmulationSettings(time_scale=10.0, workers=1)
+    async with LinkWorkerPool(topo, clock=RealClock(), sinks=sinks, seed=8, bus=bus,
+                              settings=settings) as pool:
+        await _until(lambda: pool.blocks_stored >= 4, "first blocks")
+        (pid,) = pool.pids
+        os.kill(pid, 9)
+        await _until(lambda: pool.pids and pool.pids != [pid], "restarted")
+        before = pool.blocks_stored
+        await _until(lambda: pool.blocks_stored >= before + 4, "delivering again")
+    for link in topo.links:  # ids only grow across the restart, and both ends agree
+        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
+        ids_a = [k.block_id for k in a]
+        assert ids_a == sorted(set(ids_a))
+        common = set(ids_a) & {k.block_id for k in b}
+        assert {k.block_id: k.material for k in a if k.block_id in common} == {
+            k.block_id: k.material for k in b if k.block_id in common}
+
+
+@pytest.mark.nats
+async def test_each_nodes_worker_joins_the_bus_and_the_two_ends_agree(nats_server: Any) -> None:
+    from keyplane.bus.nats import NatsBus
+    from tests.support.bus import harness_security
+
+    topo = parse_topology(TWO_ANALYTIC)
+    sinks = _sinks(topo)
+    security = harness_security(nats_server)  # the workers load the same credentials
+    buses = [await NatsBus.connect(nats_server.url, security=security) for _ in range(3)]
+    settings = EmulationSettings(time_scale=10.0)
+    pools = [LinkWorkerPool(topo, clock=RealClock(), sinks=sinks, seed=9, bus=bus,
+                            settings=settings, node=node, bus_url=nats_server.url,
+                            bus_security=security)
+             for node, bus in zip(("a", "b", "c"), buses, strict=True)]
+    try:
+        for pool in pools:
+            await pool.start()
+        assert [len(p.links) for p in pools] == [1, 2, 1]
+        await _until(lambda: all(s.qsize() >= 2 for s in sinks.values()), "two blocks each")
+        reply = await buses[2].request(control_topic("b-c"),  # answered by b's worker
+                                       LinkCommand(link_id="b-c", action="status"),
+                                       timeout_s=DEADLINE_S)
+        assert isinstance(reply, LinkCommandReply) and reply.ok and reply.delivered_blocks >= 2
+    finally:
+        for pool in pools:
+            await pool.close()
+        for bus in buses:
+            await bus.close()
+    for link in topo.links:
+        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
+        common = {k.block_id for k in a} & {k.block_id for k in b}
+        assert len(common) >= 2
+        assert {k.block_id: k.material for k in a if k.block_id in common} == {
+            k.block_id: k.material for k in b if k.block_id in common}
