@@ -115,10 +115,11 @@ class PostProcessing(_Model):
     (fraction)."""
     security_epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-10
     """Secrecy parameter eps_sec of each block's finite-key bound (Lim et al. 2014)."""
-    cascade_schedule: Literal["original", "yanetal", "option7"] = "original"
+    cascade_schedule: Literal["original", "yanetal", "option7"] = "yanetal"
     """Cascade block-size schedule (keyplane.physical.cascade). yanetal leaks the least
-    (f_EC 1.04-1.07) but takes about 3.5x the rounds and twice the CPU of original, which
-    in embedded mode still runs on the key managers' event loop."""
+    (f_EC 1.04-1.07 on 10^6-bit blocks at QBER 1-8 %) for about 3.5x the rounds of
+    original; links run in worker processes (keyplane.physical.pool), off the key
+    managers' event loop."""
     reconciliation: Literal["cascade", "ldpc"] = "cascade"
     """Error correction: Cascade (interactive, about log2(block) round trips per pass) or
     LDPC syndrome decoding (keyplane.physical.reconcile_ldpc: a few round trips per block,
@@ -140,6 +141,14 @@ class PostProcessing(_Model):
     analytic_formula: Literal["gllp-vacuum", "gllp"] = "gllp-vacuum"
     """Analytic mode's rate: GLLP with the vacuum term, or the published infinite-decoy
     GLLP rate."""
+
+    @property
+    def sample_fraction(self) -> float:
+        """Expected test-basis events per sifted key bit, ``(p_test / p_key)^2``: a block's
+        parameter-estimation sample relative to its size (the Monitoring Element weighs a
+        QBER estimate by it when telemetry does not say)."""
+        p_key = max(self.z_basis_probability, 1.0 - self.z_basis_probability)
+        return ((1.0 - p_key) / p_key) ** 2
 
 
 class EmulatedSource(_Model):
