@@ -238,8 +238,9 @@ class AliceModule(_Module):
                 detections=bob.detections, bases=pack(bob.bases), bits=pack(bob.bits)))
             req = await expect(self.classical, SiftRequest, frame_id, self.peer_timeout_s)
             match = sift_mask(alice.bases, unpack(req.bases, req.detections))
-            classes = alice.intensity_class[match]
-            sift = split_bases(alice.bits[match], alice.bases[match], classes,
+            sifted = np.flatnonzero(match)  # take() beats a masked gather (see split_bases)
+            classes = alice.intensity_class.take(sifted)
+            sift = split_bases(alice.bits.take(sifted), alice.bases.take(sifted), classes,
                                self.key_basis)
             hi, lo = encode_classes(classes)
             detections = np.bincount(alice.intensity_class, minlength=3).astype(np.int64)
@@ -382,7 +383,8 @@ class BobModule(_Module):
             rep = await expect(self.classical, SiftReply, frame.frame_id, self.peer_timeout_s)
             match = sift_mask(unpack(rep.bases, frame.detections), bases)
             classes = decode_classes(rep.class_hi, rep.class_lo, int(np.count_nonzero(match)))
-            sift = split_bases(bits[match], bases[match], classes, self.key_basis)
+            sifted = np.flatnonzero(match)
+            sift = split_bases(bits.take(sifted), bases.take(sifted), classes, self.key_basis)
             alice_test = unpack(rep.test_bits, int(sift.test_bits.shape[0]))
             self.buffer.add(sift, alice_test != sift.test_bits, frame.n_pulses,
                             frame.n_pulses / self.link.repetition_rate_hz)
