@@ -107,6 +107,8 @@ class BlockOutcome:
     sifted_bits: int
     duration_s: float
     qber: float | None = None
+    test_bits: int = 0
+    """Test-basis bits ``qber`` was estimated on (the Monitoring Element weighs it so)."""
     leaked_ec_bits: int = 0
     leaked_verify_bits: int = 0
     corrected_bits: int = 0
@@ -272,7 +274,7 @@ class AliceModule(_Module):
         agreed = BlockCounts(key=counts.key, test=counts.test, test_errors=pe.test_errors)
         out = BlockOutcome(link_id=self.link_id, block_id=block_id, status="aborted_qber",
                            sifted_bits=n, duration_s=duration, qber=agreed.test_qber,
-                           reason=pe.reason)
+                           test_bits=sum(counts.test), reason=pe.reason)
         if pe.abort:
             return out
         leaked, out.cascade_rounds = await reconcile_alice(
@@ -416,7 +418,8 @@ class BobModule(_Module):
             link_id=self.link_id, block_id=block_id, test_sifted=counts.test,
             test_errors=counts.test_errors, abort=abort, reason=reason))
         out = BlockOutcome(link_id=self.link_id, block_id=block_id, status="aborted_qber",
-                           sifted_bits=n, duration_s=duration, qber=qber, reason=reason)
+                           sifted_bits=n, duration_s=duration, qber=qber,
+                           test_bits=sum(counts.test), reason=reason)
         if abort:
             return out
         assert qber is not None

@@ -191,6 +191,7 @@ class _TelemetryWindow:
     duration_s: float = 0.0  # emulated time the blocks cover
     block_id: int | None = None
     qber: float | None = None
+    qber_sample_bits: int = 0  # the test bits of the block ``qber`` comes from
     ec_efficiency: float | None = None
     skr_bps: float = 0.0
     sifted_rate_bps: float = 0.0
@@ -204,7 +205,7 @@ class _TelemetryWindow:
         self.duration_s += o.duration_s
         self.block_id = o.block_id
         if o.qber is not None:
-            self.qber = o.qber
+            self.qber, self.qber_sample_bits = o.qber, o.test_bits
         if o.ec_efficiency is not None:
             self.ec_efficiency = o.ec_efficiency
 
@@ -693,6 +694,7 @@ class LinkRunner(Service):
             link_id=self.link_id, node=self.link.endpoints[0], state=self.state,
             block_id=block_id, sifted_bits=sifted, secret_bits=secret, qber=w.qber,
             sifted_rate_bps=w.sifted_rate_bps, skr_bps=w.skr_bps, ec_efficiency=w.ec_efficiency,
+            qber_sample_bits=w.qber_sample_bits or None,
             leaked_bits=leaked, aborted_blocks=self.stats.aborted_blocks, t=self.clock.now())
 
     async def _telemetry_loop(self) -> None:
@@ -731,6 +733,18 @@ class LinkRunner(Service):
                                           ec_efficiency=self.analytic_ec_efficiency,
                                           qber_threshold=pp.qber_threshold)
 
+    def analytic_qber_sample(self, duration_s: float) -> tuple[float, int]:
+        """The analytic mode's QBER (:func:`~keyplane.physical.analytic.analytic_qber`, faults
+        included) and the test-basis signal detections the emulated protocol would have
+        estimated it on over ``duration_s``: the Monitoring Element judges an analytic link
+        on the same evidence as an emulated one, so an eavesdropper below the abort
+        threshold shows in both modes."""
+        d, pp = self.link.decoy, self.link.postprocessing
+        p_test = min(pp.z_basis_probability, 1.0 - pp.z_basis_probability)
+        pulses = self.link.repetition_rate_hz * duration_s
+        signal = analytic.signal_statistics(self.physics, d.mu_signal)
+        return signal.error_rate, round(pulses * d.p_signal * signal.gain * p_test ** 2)
+
     def analytic_material(self, block_id: int, n_bytes: int) -> bytes:
         """Analytic mode's block material: SHAKE-256 over the per-link seed and block id."""
         link_seed = hashlib.sha256(f"{self.seed}/{self.link_id}".encode()).digest()
@@ -759,6 +773,9 @@ class LinkRunner(Service):
                 continue
             _, duration = self._frame()
             rate = self.analytic_rate_bps()
+            # every frame, key or not: a link whose attack leaves no key still shows why
+            self._tel.qber, self._tel.qber_sample_bits = self.analytic_qber_sample(duration)
+            self.stats.last_qber = self._tel.qber
             carry_bits += rate * duration
             n_bytes = math.floor(carry_bits / 8)
             self.stats.frames += 1
@@ -782,8 +799,10 @@ class LinkRunner(Service):
             self.stats.channel_errors += 1
             logger.warning("link %s: analytic block lost: %s", self.link_id, exc)
             return
+        qber, test_bits = self.analytic_qber_sample(duration)
         outcome = BlockOutcome(link_id=self.link_id, block_id=block_id, status="delivered",
                                sifted_bits=0, duration_s=duration, secret_bits=8 * n_bytes,
+                               qber=qber, test_bits=test_bits,
                                material=self.analytic_material(block_id, n_bytes))
         await self._record(outcome)
         await self._deliver("alice", outcome)
