@@ -142,13 +142,6 @@ class PostProcessing(_Model):
     """Analytic mode's rate: GLLP with the vacuum term, or the published infinite-decoy
     GLLP rate."""
 
-    @property
-    def sample_fraction(self) -> float:
-        """Expected test-basis events per sifted key bit, ``(p_test / p_key)^2``: a block's
-        parameter-estimation sample relative to its size (the Monitoring Element weighs a
-        QBER estimate by it when telemetry does not say)."""
-        p_key = max(self.z_basis_probability, 1.0 - self.z_basis_probability)
-        return ((1.0 - p_key) / p_key) ** 2
 
 
 class EmulatedSource(_Model):
