@@ -46,6 +46,7 @@ from keyplane.physical.bits import binary_entropy
 from keyplane.physical.cascade import block_sizes, run_cascade
 from keyplane.physical.finite_key import LimSystem
 from keyplane.physical.hashing import toeplitz_bits, toeplitz_hash
+from keyplane.physical.reconcile_ldpc import LdpcAlice, LdpcBob, ldpc_available
 
 
 @dataclass
@@ -165,6 +166,51 @@ def _cascade_compare(n: int, qbers: list[float], runs: int, cascade_python: str 
             print(line)
 
 
+def _reconcilers(n: int, qbers: list[float], frame_bits: int, runs: int) -> None:
+    """Each reconciler on identical n-bit blocks: f_EC (leaked / n h(true QBER)), round
+    trips, CPU per bit; every corrected key checked against Alice's."""
+    if not ldpc_available():
+        print("ldpc package not installed (pip install 'keyplane[ldpc]'): LDPC rows skipped")
+    print(f"{'reconciler':>16} {'QBER':>5} {'f_EC':>6} {'max f':>6} {'rounds':>6} "
+          f"{'ns/bit CPU':>10} {'fallback frames':>15}   (n = {n}, {runs} blocks each)")
+    for q in qbers:
+        for name in ("cascade original", "cascade yanetal", "ldpc"):
+            if name == "ldpc" and not ldpc_available():
+                continue
+            fs, rounds, cpu, fallback = [], [], 0.0, 0
+            for seed in range(runs):
+                alice, bob = _keys(n, q, 77 + 1000 * seed + int(q * 1000))
+                true_q = float(np.count_nonzero(alice != bob) / n)
+                cpu0 = time.process_time()
+                if name == "ldpc":
+                    pp = PostProcessing(reconciliation="ldpc", ldpc_frame_bits=frame_bits)
+                    a = LdpcAlice(alice, frame_bits, pp.ldpc_max_extensions)
+                    b = LdpcBob(bob, true_q, frame_bits, pp.ldpc_start_efficiency,
+                                pp.ldpc_max_extensions)
+                    query = b.start()
+                    while query is not None:
+                        query = b.on_answer(a.answer(query))
+                    leaked, corrected, r = b.stats.leaked_bits, b.key, b.stats.rounds
+                    if b.fallback.any():
+                        fallback += int(b.fallback.sum())
+                        fixed, st = run_cascade(a.fallback_key(b.fallback), b.fallback_key(),
+                                                bytes([seed]) * 16,
+                                                block_sizes("yanetal", true_q, n))
+                        b.put_fallback(fixed)
+                        leaked, corrected, r = leaked + st.leaked_bits, b.key, r + st.rounds
+                else:
+                    schedule = name.split()[1]
+                    corrected, st = run_cascade(alice, bob, bytes([seed]) * 16,
+                                                block_sizes(schedule, true_q, n))
+                    leaked, r = st.leaked_bits, st.rounds
+                cpu += time.process_time() - cpu0
+                assert np.array_equal(corrected, alice), name
+                fs.append(leaked / (n * binary_entropy(true_q)))
+                rounds.append(r)
+            print(f"{name:>16} {q:>5.3f} {np.mean(fs):>6.3f} {max(fs):>6.3f} "
+                  f"{np.mean(rounds):>6.0f} {cpu / (runs * n) * 1e9:>10.0f} {fallback:>15d}")
+
+
 def _pa_speed(n: int) -> None:
     key = np.random.default_rng(3).integers(0, 2, n, dtype=np.uint8)
     ell = n // 2
@@ -247,25 +293,7 @@ def _run_sequence(distance_km: float, sim_s: float, keysize: int) -> SequenceRes
                           keysize=keysize, disclosed_bits=cascade.disclosed_bits_counter)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--quick", action="store_true", help="fewer blocks, small sizes")
-    parser.add_argument("--schedule", default=None,
-                        help="Cascade schedule (default: the link's, yanetal)")
-    parser.add_argument("--cascade-python", default=None, metavar="DIR",
-                        help="a checkout of brunorijsman/cascade-python to compare with")
-    parser.add_argument("--sequence-sim-s", type=float, default=0.03,
-                        help="simulated seconds of the SeQUeNCe run (0 skips it)")
-    args = parser.parse_args()
-
-    print("# keyplane physical-layer benchmark")
-    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
-    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''} "
-          f"cpus={os.cpu_count()} python={platform.python_version()} numpy={np.__version__} "
-          f"load={os.getloadavg()[0]:.1f}")
-    print(f"seed={args.seed} schedule={args.schedule or 'link default'}")
-    print()
+def _stack_table(args: argparse.Namespace) -> list[StackResult]:
     print("## 1. Whole stack, one core (key = sifted key-basis bits; finite-key curve: Lim "
           "et al.'s bound on the link's expected counts, Chernoff, f_EC 1.16)")
     sizes = [100_000, 1_000_000] if args.quick else [100_000, 1_000_000, 10_000_000]
@@ -288,15 +316,63 @@ def main() -> None:
                   f"{r.cpu_s / r.sifted_bits * 1e9:>13.0f} {r.qber:>6.4f} {r.f_ec:>5.3f} "
                   f"{r.key_per_pulse:>9.2e} {r.curve_per_pulse:>9.2e} {ratio:>5.2f}")
     print()
-    print("## 2. Finite-key reference curve (published)")
-    _lim_reference()
+    per_bit = {r.block_bits: r.cpu_s / r.sifted_bits for r in results if r.distance_km == 10.0}
+    if 1_000_000 in per_bit and 10_000_000 in per_bit:
+        print(f"cost per sifted bit at 10 km, 1e7-bit blocks over 1e6-bit blocks: "
+              f"{per_bit[10_000_000] / per_bit[1_000_000]:.2f}x")
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="fewer blocks, small sizes")
+    parser.add_argument("--schedule", default=None,
+                        help="Cascade schedule (default: the link's, yanetal)")
+    parser.add_argument("--cascade-python", default=None, metavar="DIR",
+                        help="a checkout of brunorijsman/cascade-python to compare with")
+    parser.add_argument("--ldpc-frame-bits", type=int, default=PostProcessing().ldpc_frame_bits,
+                        help="LDPC frame length of section 3b")
+    parser.add_argument("--only", default=None, help="run one section: stack, lim, cascade, "
+                        "reconcilers, pa, sequence")
+    parser.add_argument("--sequence-sim-s", type=float, default=0.03,
+                        help="simulated seconds of the SeQUeNCe run (0 skips it)")
+    args = parser.parse_args()
+
+    print("# keyplane physical-layer benchmark")
+    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    print(f"machine: {platform.node()} {platform.machine()} {platform.processor() or ''} "
+          f"cpus={os.cpu_count()} python={platform.python_version()} numpy={np.__version__} "
+          f"load={os.getloadavg()[0]:.1f}")
+    print(f"seed={args.seed} schedule={args.schedule or 'link default'}")
     print()
-    print("## 3. Cascade alone on identical keys")
-    _cascade_compare(100_000, [0.01, 0.02, 0.05], 2 if args.quick else 3, args.cascade_python)
-    print()
-    print("## 4. Privacy amplification")
-    _pa_speed(1_000_000)
-    if args.sequence_sim_s <= 0:
+    def want(section: str) -> bool:
+        return args.only is None or args.only == section
+
+    results: list[StackResult] = []
+    if want("stack"):
+        results = _stack_table(args)
+    if want("lim"):
+        print()
+        print("## 2. Finite-key reference curve (published)")
+        _lim_reference()
+    if want("cascade"):
+        print()
+        print("## 3. Cascade alone on identical keys")
+        _cascade_compare(100_000, [0.01, 0.02, 0.05], 2 if args.quick else 3,
+                         args.cascade_python)
+    if want("reconcilers"):
+        print()
+        print("## 3b. Reconcilers on identical blocks (the twin's choice: postprocessing."
+              "reconciliation and cascade_schedule)")
+        _reconcilers(100_000 if args.quick else 1_000_000,
+                     [0.01, 0.02, 0.05, 0.08] if args.quick else [0.01, 0.02, 0.03, 0.05, 0.08],
+                     args.ldpc_frame_bits, 1 if args.quick else 2)
+    if want("pa"):
+        print()
+        print("## 4. Privacy amplification")
+        _pa_speed(1_000_000)
+    if args.sequence_sim_s <= 0 or not want("sequence"):
         return
     print()
     print("## 5. SeQUeNCe")
@@ -310,7 +386,8 @@ def main() -> None:
 
     keysize = 256
     s = _run_sequence(10.0, args.sequence_sim_s, keysize)
-    ours = next(r for r in results if r.distance_km == 10.0 and r.block_bits == 100_000)
+    ours = next((r for r in results if r.distance_km == 10.0 and r.block_bits == 100_000),
+                None) or asyncio.run(_run_stack(10.0, 100_000, 4, args.seed, args.schedule))
     print(f"SeQUeNCe {version('sequence')} BB84 + Cascade, 10 km, {s.sim_s} s simulated, "
           f"key size {keysize}: CPU {s.cpu_s:.1f} s, wall {s.wall_s:.1f} s; BB84 sifted "
           f"{s.sifted_bits} bits; keys delivered {s.keys_alice} at Alice, {s.keys_matching} "

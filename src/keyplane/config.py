@@ -138,10 +138,23 @@ class PostProcessing(_Model):
     (fraction)."""
     security_epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-10
     """Secrecy parameter eps_sec of each block's finite-key bound (Lim et al. 2014)."""
-    cascade_schedule: Literal["original", "yanetal", "option7"] = "original"
+    cascade_schedule: Literal["original", "yanetal", "option7"] = "yanetal"
     """Cascade block-size schedule (keyplane.physical.cascade). yanetal leaks the least
-    (f_EC 1.04-1.07) but takes about 3.5x the rounds and twice the CPU of original, which
-    in embedded mode still runs on the key managers' event loop."""
+    (f_EC 1.04-1.07 on 10^6-bit blocks at QBER 1-8 %) for about 3.5x the rounds of
+    original; links run in worker processes (keyplane.physical.pool), off the key
+    managers' event loop."""
+    reconciliation: Literal["cascade", "ldpc"] = "cascade"
+    """Error correction: Cascade (interactive, about log2(block) round trips per pass) or
+    LDPC syndrome decoding (keyplane.physical.reconcile_ldpc: a few round trips per block,
+    far more CPU; needs the ldpc package, pip install 'keyplane[ldpc]'). LDPC frames that
+    fail to decode fall back to Cascade within the block."""
+    ldpc_frame_bits: Annotated[int, Field(ge=1024, le=10_000_000)] = 100_000
+    """LDPC frame length: a block is split into near-equal frames of at most this many
+    bits, each with its own code (longer frames leak less, decode no faster per bit)."""
+    ldpc_start_efficiency: Annotated[float, Field(ge=1.0, le=2.0)] = 1.15
+    """LDPC starting syndrome length, as f_EC of the block's estimated QBER."""
+    ldpc_max_extensions: Annotated[int, Field(ge=0, le=32)] = 8
+    """Times an undecoded LDPC frame asks for 4 % more checks before it goes to Cascade."""
     finite_key_statistics: Literal["chernoff", "hoeffding"] = "chernoff"
     """Statistics of the finite-key bound: multiplicative Chernoff, or Hoeffding (the
     paper's)."""
@@ -151,6 +164,7 @@ class PostProcessing(_Model):
     analytic_formula: Literal["gllp-vacuum", "gllp"] = "gllp-vacuum"
     """Analytic mode's rate: GLLP with the vacuum term, or the published infinite-decoy
     GLLP rate."""
+
 
 
 class EmulatedSource(_Model):

@@ -162,7 +162,7 @@ class CascadeAlice:
         top = np.zeros(0, dtype=np.uint8)
         if query.new_pass is not None:
             index, k = query.new_pass
-            perm, _ = _pass_arrays(self._n, query.seed, index)
+            perm = keyed_permutation(self._n, query.seed, _pass_label(index))  # no inverse
             permuted = self._key[perm]
             prefix = np.empty(self._n + 1, dtype=np.uint8)
             prefix[0] = 0

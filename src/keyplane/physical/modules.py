@@ -1,16 +1,17 @@
 """The two QKD modules of a link: Alice (``endpoints[0]``) and Bob (``endpoints[1]``).
 
 Each module is an I/O shell around the pure stages (:mod:`.physics`, :mod:`.sifting`,
-:mod:`.estimation`, :mod:`.cascade`, :mod:`.hashing`): it exchanges the messages of
-:mod:`.wire` with its peer over a :class:`~keyplane.physical.channel.ClassicalChannel` and
-returns one :class:`BlockOutcome` per block. Alice also runs the link's emulator (source,
-fibre, eavesdropper, Bob's detectors) and sends Bob his detection record over the quantum
-pipe.
+:mod:`.estimation`, :mod:`.reconcile` (Cascade or LDPC), :mod:`.hashing`): it exchanges
+the messages of :mod:`.wire` with its peer over a
+:class:`~keyplane.physical.channel.ClassicalChannel` and returns one :class:`BlockOutcome`
+per block. Alice also runs the link's emulator (source, fibre, eavesdropper, Bob's
+detectors) and sends Bob his detection record over the quantum pipe.
 
 Per frame: quantum frame → sift request → sift reply; both ends buffer the sifted
 key-basis bits and the test-basis events between them. Whenever ``block_size_bits`` key
 bits are buffered, a block runs: parameter estimation on the block's own test-basis
-events (abort above ``qber_threshold``: the block never reaches a sink), Cascade,
+events (abort above ``qber_threshold``: the block never reaches a sink), reconciliation
+(Cascade or LDPC, ``postprocessing.reconciliation``),
 verification (polynomial tag), privacy amplification (Toeplitz by FFT) to the finite-key
 length of Lim et al. 2014 (:mod:`.finite_key`). A block that fails verification or whose
 two ends disagree on its length is discarded and counted. Nothing here logs or returns key
@@ -42,14 +43,8 @@ import numpy as np
 from keyplane.bus.codec import Message
 from keyplane.config import QuantumLink
 from keyplane.errors import ClassicalChannelError
+from keyplane.extras import require
 from keyplane.physical.bits import Bits, binary_entropy, pack, unpack
-from keyplane.physical.cascade import (
-    CascadeAlice,
-    CascadeBob,
-    ParityAnswer,
-    ParityQuery,
-    block_sizes,
-)
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -69,6 +64,7 @@ from keyplane.physical.measured import (
     measured_physics,
 )
 from keyplane.physical.physics import LinkPhysics, emulate_frame
+from keyplane.physical.reconcile import expect, reconcile_alice, reconcile_bob
 from keyplane.physical.sifting import (
     SiftedKeyBuffer,
     decode_classes,
@@ -77,8 +73,6 @@ from keyplane.physical.sifting import (
     split_bases,
 )
 from keyplane.physical.wire import (
-    CascadeAnswer,
-    CascadeQuery,
     PeRequest,
     PeResult,
     QuantumFrame,
@@ -89,8 +83,6 @@ from keyplane.physical.wire import (
     SyncAck,
     VerifyRequest,
     VerifyResult,
-    decode_i32,
-    encode_i32,
 )
 
 __all__ = ["AliceModule", "BlockOutcome", "BlockSink", "BlockStatus", "BobModule"]
@@ -154,23 +146,6 @@ def _block_length(link: QuantumLink, counts: BlockCounts, leaked_ec: int
                               leaked_verify_bits=VERIFY_TAG_BITS, eps_sec=pp.security_epsilon,
                               statistics=pp.finite_key_statistics)
     return bound.length - bound.length % 8, bound
-
-
-async def _expect(channel: ClassicalChannel, cls: type[M], ident: int,
-                  timeout_s: float | None) -> M:
-    """The next message, which must be ``cls`` for frame/block ``ident``; older leftovers
-    of an abandoned exchange are dropped."""
-    while True:
-        msg = await channel.receive(timeout_s)
-        got = getattr(msg, "block_id", getattr(msg, "frame_id", None))
-        if isinstance(msg, cls) and got == ident:
-            return msg
-        if isinstance(got, int) and got < ident:
-            logger.debug("link %s: dropping stale %s for %s", channel.link_id, msg.KIND, got)
-            continue
-        raise ClassicalChannelError(
-            f"link {channel.link_id}: expected {cls.KIND} for {ident}, got {msg.KIND} for {got}"
-        )
 
 
 async def _inline(fn: Callable[..., R], *args: Any) -> R:
@@ -278,10 +253,11 @@ class AliceModule(_Module):
             await self.quantum.send(QuantumFrame(
                 link_id=self.link_id, frame_id=frame_id, n_pulses=n_pulses,
                 detections=bob.detections, bases=pack(bob.bases), bits=pack(bob.bits)))
-            req = await _expect(self.classical, SiftRequest, frame_id, self.peer_timeout_s)
+            req = await expect(self.classical, SiftRequest, frame_id, self.peer_timeout_s)
             match = sift_mask(alice.bases, unpack(req.bases, req.detections))
-            classes = alice.intensity_class[match]
-            sift = split_bases(alice.bits[match], alice.bases[match], classes,
+            sifted = np.flatnonzero(match)  # take() beats a masked gather (see split_bases)
+            classes = alice.intensity_class.take(sifted)
+            sift = split_bases(alice.bits.take(sifted), alice.bases.take(sifted), classes,
                                self.key_basis)
             hi, lo = encode_classes(classes)
             detections = np.bincount(alice.intensity_class, minlength=3).astype(np.int64)
@@ -307,7 +283,7 @@ class AliceModule(_Module):
         n = int(rest.shape[0])
         await self.classical.send(PeRequest(link_id=self.link_id, block_id=block_id,
                                             block_bits=n))
-        pe = await _expect(self.classical, PeResult, block_id, self.peer_timeout_s)
+        pe = await expect(self.classical, PeResult, block_id, self.peer_timeout_s)
         if pe.test_sifted != counts.test:
             raise ClassicalChannelError(f"link {self.link_id}: test-basis counts differ")
         agreed = BlockCounts(key=counts.key, test=counts.test, test_errors=pe.test_errors)
@@ -316,28 +292,17 @@ class AliceModule(_Module):
                            test_bits=sum(counts.test), reason=pe.reason)
         if pe.abort:
             return out
-        cascade = CascadeAlice(rest)
-        while True:
-            q = await _expect(self.classical, CascadeQuery, block_id, self.peer_timeout_s)
-            if q.last:
-                out.cascade_rounds = q.round
-                break
-            ans = cascade.answer(ParityQuery(
-                round=q.round, seed=q.seed, new_pass=q.new_pass,
-                passes=np.frombuffer(q.passes, dtype=np.uint8),
-                starts=decode_i32(q.starts), ends=decode_i32(q.ends)))
-            await self.classical.send(CascadeAnswer(
-                link_id=self.link_id, block_id=block_id, round=q.round,
-                n_top=int(ans.top_parities.shape[0]), top=pack(ans.top_parities),
-                n_parities=int(ans.parities.shape[0]), parities=pack(ans.parities)))
-        ell, bounds = _block_length(self.link, agreed, cascade.leaked_bits)
+        leaked, out.cascade_rounds = await reconcile_alice(
+            self.classical, self.link_id, block_id, rest, self.link.postprocessing,
+            self.peer_timeout_s, self.offload)
+        ell, bounds = _block_length(self.link, agreed, leaked)
         point, pa_seed = self.rng.bytes(16), self.rng.bytes(32)
         await self.classical.send(VerifyRequest(
             link_id=self.link_id, block_id=block_id, point=point,
             tag=polynomial_tag(rest, point), pa_seed=pa_seed,
-            leaked_ec_bits=cascade.leaked_bits, secret_bits=ell))
-        vr = await _expect(self.classical, VerifyResult, block_id, self.peer_timeout_s)
-        out.leaked_ec_bits = cascade.leaked_bits
+            leaked_ec_bits=leaked, secret_bits=ell))
+        vr = await expect(self.classical, VerifyResult, block_id, self.peer_timeout_s)
+        out.leaked_ec_bits = leaked
         out.leaked_verify_bits = VERIFY_TAG_BITS
         out.corrected_bits = vr.corrected_bits
         out.bounds = bounds
@@ -360,6 +325,8 @@ class BobModule(_Module):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        if self.link.postprocessing.reconciliation == "ldpc":
+            require("ldpc")  # fail at start, naming the extra, not at the first block
         self.frame_floor = 0  # frames below this id belong to an abandoned run
         self._pending: tuple[Sync, asyncio.Event] | None = None
 
@@ -430,10 +397,11 @@ class BobModule(_Module):
             await self.classical.send(SiftRequest(link_id=self.link_id, frame_id=frame.frame_id,
                                                   detections=frame.detections,
                                                   bases=frame.bases))
-            rep = await _expect(self.classical, SiftReply, frame.frame_id, self.peer_timeout_s)
+            rep = await expect(self.classical, SiftReply, frame.frame_id, self.peer_timeout_s)
             match = sift_mask(unpack(rep.bases, frame.detections), bases)
             classes = decode_classes(rep.class_hi, rep.class_lo, int(np.count_nonzero(match)))
-            sift = split_bases(bits[match], bases[match], classes, self.key_basis)
+            sifted = np.flatnonzero(match)
+            sift = split_bases(bits.take(sifted), bases.take(sifted), classes, self.key_basis)
             alice_test = unpack(rep.test_bits, int(sift.test_bits.shape[0]))
             self.buffer.add(sift, alice_test != sift.test_bits, frame.n_pulses,
                             frame.n_pulses / self.link.repetition_rate_hz)
@@ -448,7 +416,7 @@ class BobModule(_Module):
 
     async def _block(self) -> BlockOutcome:
         block_id = self.next_block_id
-        pe_req = await _expect(self.classical, PeRequest, block_id, self.peer_timeout_s)
+        pe_req = await expect(self.classical, PeRequest, block_id, self.peer_timeout_s)
         self.next_block_id += 1
         rest, counts, _pulses, duration = self.buffer.take(self.block_bits)
         n = int(rest.shape[0])
@@ -477,36 +445,25 @@ class BobModule(_Module):
         if abort:
             return out
         assert cascade_qber is not None
-        bob = CascadeBob(rest, self.rng.bytes(16),
-                         block_sizes(self.cascade_schedule, cascade_qber, int(rest.shape[0])))
-        query = bob.start()
-        while query is not None:
-            await self.classical.send(CascadeQuery(
-                link_id=self.link_id, block_id=block_id, round=query.round, seed=query.seed,
-                new_pass=query.new_pass, passes=query.passes.tobytes(),
-                starts=encode_i32(query.starts), ends=encode_i32(query.ends)))
-            ans = await _expect(self.classical, CascadeAnswer, block_id, self.peer_timeout_s)
-            query = bob.on_answer(ParityAnswer(
-                round=ans.round, top_parities=unpack(ans.top, ans.n_top),
-                parities=unpack(ans.parities, ans.n_parities)))
-        await self.classical.send(CascadeQuery(link_id=self.link_id, block_id=block_id,
-                                               round=bob.stats.rounds, seed=b"", last=True))
-        out.cascade_rounds = bob.stats.rounds
-        leaked = bob.stats.leaked_bits
+        rec = await reconcile_bob(self.classical, self.link_id, block_id, rest, cascade_qber,
+                                  self.rng.bytes(16), pp, self.cascade_schedule,
+                                  self.peer_timeout_s, self.offload)
+        out.cascade_rounds = rec.rounds
+        leaked = rec.leaked_bits
         ell, bounds = _block_length(self.link, counts, leaked)
-        vreq = await _expect(self.classical, VerifyRequest, block_id, self.peer_timeout_s)
-        ok = (polynomial_tag(bob.key, vreq.point) == vreq.tag and vreq.leaked_ec_bits == leaked
+        vreq = await expect(self.classical, VerifyRequest, block_id, self.peer_timeout_s)
+        ok = (polynomial_tag(rec.key, vreq.point) == vreq.tag and vreq.leaked_ec_bits == leaked
               and vreq.secret_bits == ell)
         # amplify before the verdict goes out: once Alice can read "ok", Bob's block is
         # ready for his sink with no further work (a crash there cannot split the block)
-        material = await self.offload(self._amplify, bob.key, vreq.pa_seed, ell) \
+        material = await self.offload(self._amplify, rec.key, vreq.pa_seed, ell) \
             if ok and ell > 0 else None
         await self.classical.send(VerifyResult(link_id=self.link_id, block_id=block_id, ok=ok,
                                                secret_bits=ell,
-                                               corrected_bits=bob.stats.corrected_bits))
+                                               corrected_bits=rec.corrected_bits))
         out.leaked_ec_bits = leaked
         out.leaked_verify_bits = VERIFY_TAG_BITS
-        out.corrected_bits = bob.stats.corrected_bits
+        out.corrected_bits = rec.corrected_bits
         out.bounds = bounds
         if not ok:
             out.status = "verify_failed"

@@ -244,8 +244,8 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
     seg = np.zeros(d, dtype=np.uint8)
     for edge in cum[:-1]:
         seg += u >= edge
-    intensity_class = np.asarray(seg_class, dtype=np.uint8)[seg]
-    e_event = np.asarray(seg_err, dtype=np.float32)[seg]
+    intensity_class = np.asarray(seg_class, dtype=np.uint8).take(seg)
+    e_event = np.asarray(seg_err, dtype=np.float32).take(seg)
     detected = np.bincount(intensity_class, minlength=3)
     missed = [probs[c] - sum(p for p, k in zip(seg_p, seg_class, strict=True) if k == c)
               for c in range(3)]
@@ -259,7 +259,7 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
     bits_alice = np.unpackbits(np.frombuffer(rng.bytes((d + 7) // 8), dtype=np.uint8),
                                count=d)
     # a mismatched basis gives Bob a uniformly random bit
-    e_event[bases_alice != bases_bob] = np.float32(0.5)
+    e_event[np.flatnonzero(bases_alice != bases_bob)] = np.float32(0.5)
     flips = (rng.random(d, dtype=np.float32) < e_event).view(np.uint8)
     bits_bob = bits_alice ^ flips
     alice = AliceRecord(intensity_class=intensity_class, bases=bases_alice, bits=bits_alice,

