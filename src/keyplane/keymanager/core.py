@@ -61,6 +61,7 @@ from keyplane.keymanager.session import (
     SessionState,
 )
 from keyplane.keymanager.settings import KmSettings
+from keyplane.keymanager.shares import LinkShares
 from keyplane.messages import (
     ConfigAck,
     HopRole,
@@ -121,6 +122,13 @@ class Stream:
         """Not yet terminated."""
         return self.machine.live
 
+    @property
+    def wait_s(self) -> float:
+        """How long a key request may wait for key: the ``timeout_ms`` Admission Control
+        pushed for this end (ETSI 004 Timeout, ETSI 014 profile), else the opener's."""
+        ms = self.config.timeout_ms if self.config else None
+        return (self.qos.timeout_ms if ms is None else ms) / 1000
+
     def data(self) -> dict[str, Any]:
         """The persisted form (no key material, no identity in clear)."""
         return {
@@ -156,6 +164,9 @@ class KmCore:
         self.queues: PriorityQueues[object] = PriorityQueues(
             settings.aging_interval_s, settings.queue_limit)
         self.active = 0  # exchanges running
+        # who gets scarce link key, per neighbour (the send half of that link)
+        self.shares = {peer: LinkShares(settings.share_cap_bytes, settings.share_idle_s)
+                       for peer in self.neighbours}
 
     # ---- lookups -----------------------------------------------------------------------
     def stream(self, key_stream_id: str) -> Stream | None:
@@ -219,6 +230,7 @@ class KmCore:
     def _free(self, s: Stream) -> list[Effect]:
         if s.config is not None:  # never configured here: the id's entries are not its own
             self.forwarding.remove(s.session_id)
+            self.forget_flow(s.session_id)
         s.bucket = None
         if self.pairs.get((s.local_sae, s.peer_sae)) == s.session_id:
             del self.pairs[(s.local_sae, s.peer_sae)]
@@ -400,7 +412,7 @@ class KmCore:
     def intermediate_row(self, session_id: str) -> PersistRow:
         """The row of a session this KM only forwards (its hops by epoch)."""
         epochs = {str(epoch): {"prev_km": e.prev_km, "next_km": e.next_km,
-                               "hybrid_policy": e.hybrid_policy}
+                               "hybrid_policy": e.hybrid_policy, "priority": e.priority}
                   for epoch, e in self.forwarding.epochs(session_id).items()}
         return PersistRow(session_id, "forwarding" if epochs else "terminated",
                           {"intermediate": epochs})
@@ -428,6 +440,7 @@ class KmCore:
             return None, out
         if s is None or not s.live:
             if self.forwarding.remove(sid):
+                self.forget_flow(sid)
                 out.append(PersistRow(sid, "terminated", {}))
             out.append(Emit(EventType.session_deleted, {"session": sid, "reason": msg.reason}))
             return None, out
@@ -462,7 +475,8 @@ class KmCore:
                         role=HopRole.intermediate, prev_km=hop["prev_km"],
                         next_km=hop["next_km"], source_sae="-", destination_sae="-",
                         bucket_size_bits=1, token_rate_bps=0, idle_timeout_s=1,
-                        hybrid_policy=hop.get("hybrid_policy", "qkd-only")))
+                        hybrid_policy=hop.get("hybrid_policy", "qkd-only"),
+                        priority=hop.get("priority", 0)))
                 continue
             if state in (SessionState.terminated.value, SessionState.authenticating.value):
                 continue
@@ -541,6 +555,19 @@ class KmCore:
         if ticket is None:
             self.active -= 1
         return ticket
+
+    # ---- scarce link key (keymanager/shares.py) ---------------------------------------
+    def flow_priority(self, session_id: str) -> int:
+        """A session's weight class on this KM's links (its configuration's priority at an
+        endpoint, its forwarding entry's at an intermediate; 0 if unknown here)."""
+        s = self.streams.get(session_id)
+        entry = s.config if s is not None and s.config else self.forwarding.current(session_id)
+        return entry.priority if entry is not None else 0
+
+    def forget_flow(self, session_id: str) -> None:
+        """The session ended here: its shares of link key go back to the pools."""
+        for shares in self.shares.values():
+            shares.forget(session_id)
 
     # ---- indexes -----------------------------------------------------------------------
     @staticmethod

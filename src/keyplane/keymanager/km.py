@@ -104,6 +104,8 @@ class KeyManager(_Requests, Service):
             self._stores_by_link[link.link_id] = store
             store.set_announcer(functools.partial(self._announce_blocks, store))
         self.core = KmCore(node_id, self._stores, self.settings)
+        for store in self._stores.values():
+            self._watch_supply(store)
         self.relay = Relay(self, bus, self.journal, clock, events, self.settings, identity)
         self._io_of: dict[str, StreamIo] = {}
         self._pair_locks = {}
