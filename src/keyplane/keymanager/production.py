@@ -323,7 +323,7 @@ class _Production(KmShellBase):
             if index not in io.demanded:
                 io.demanded.add(index)
                 try:
-                    await self.relay.send_demand(s.session_id, [index])
+                    await self.relay.send_demand(s.session_id, [index], deadline)
                 except KeyplaneError:
                     io.demanded.discard(index)
                     raise

@@ -493,8 +493,10 @@ class Relay:
                           hop_source=frame.hop_source, provenance=frame.provenance)
 
     # ---- destination -> source ---------------------------------------------------------
-    async def send_demand(self, session_id: str, indexes: list[int]) -> None:
-        """Ask the source (back along the previous hops) to produce ``indexes``.
+    async def send_demand(self, session_id: str, indexes: list[int],
+                          deadline: float | None = None) -> None:
+        """Ask the source (back along the previous hops) to produce ``indexes``, waiting for
+        the frame's link key until ``deadline`` (the request's; None: ``forward_key_wait_s``).
 
         Raises:
             PeerUnreachable: no previous hop or link.
@@ -505,7 +507,8 @@ class Relay:
             raise PeerUnreachable(f"session {session_id}: no previous hop configured")
         store = self._host.link_store(entry.prev_km)
         hop = await self._hop_key(session_id, entry.epoch, entry.prev_km, store,
-                                  entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
+                                  entry.hybrid_policy, MAC_KEY_BYTES, deadline=deadline,
+                                  urgent=True)
         frame = seal(DemandFrame(session_id=session_id, epoch=entry.epoch, sender=self.node_id,
                                  link_id=store.link_id, segments=hop.segments, indexes=indexes,
                                  hop_source=hop.source.value, pqc=hop.pqc), hop.material)
