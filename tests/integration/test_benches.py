@@ -21,6 +21,7 @@ CASES = {
     "at_rest": (["--keys", "64", "--rounds", "1"], "sealing costs"),
     "hybrid": (["--seconds", "0.2", "--samples", "5"], "qkd-and-pqc"),
     "control": (["--sessions", "2", "--pairs", "5"], "path computation"),
+    "contention": (["--seconds", "1"], "ratio sa/sc"),
 }
 
 
