@@ -61,7 +61,7 @@ from keyplane.keymanager.session import (
     SessionState,
 )
 from keyplane.keymanager.settings import KmSettings
-from keyplane.keymanager.shares import LinkShares
+from keyplane.keymanager.shares import NodeShares
 from keyplane.messages import (
     ConfigAck,
     HopRole,
@@ -124,8 +124,7 @@ class Stream:
 
     @property
     def wait_s(self) -> float:
-        """How long a key request may wait for key: the ``timeout_ms`` Admission Control
-        pushed for this end (ETSI 004 Timeout, ETSI 014 profile), else the opener's."""
+        """A key request's wait bound: the pushed ``timeout_ms``, else the opener's."""
         ms = self.config.timeout_ms if self.config else None
         return (self.qos.timeout_ms if ms is None else ms) / 1000
 
@@ -164,9 +163,8 @@ class KmCore:
         self.queues: PriorityQueues[object] = PriorityQueues(
             settings.aging_interval_s, settings.queue_limit)
         self.active = 0  # exchanges running
-        # who gets scarce link key, per neighbour (the send half of that link)
-        self.shares = {peer: LinkShares(settings.share_cap_bytes, settings.share_idle_s)
-                       for peer in self.neighbours}
+        self.shares = NodeShares(self.neighbours, settings.share_cap_bytes,
+                                 settings.share_idle_s)  # scarce link key, per neighbour
 
     # ---- lookups -----------------------------------------------------------------------
     def stream(self, key_stream_id: str) -> Stream | None:
@@ -230,7 +228,7 @@ class KmCore:
     def _free(self, s: Stream) -> list[Effect]:
         if s.config is not None:  # never configured here: the id's entries are not its own
             self.forwarding.remove(s.session_id)
-            self.forget_flow(s.session_id)
+            self.shares.forget(s.session_id)
         s.bucket = None
         if self.pairs.get((s.local_sae, s.peer_sae)) == s.session_id:
             del self.pairs[(s.local_sae, s.peer_sae)]
@@ -440,7 +438,7 @@ class KmCore:
             return None, out
         if s is None or not s.live:
             if self.forwarding.remove(sid):
-                self.forget_flow(sid)
+                self.shares.forget(sid)
                 out.append(PersistRow(sid, "terminated", {}))
             out.append(Emit(EventType.session_deleted, {"session": sid, "reason": msg.reason}))
             return None, out
@@ -563,11 +561,6 @@ class KmCore:
         s = self.streams.get(session_id)
         entry = s.config if s is not None and s.config else self.forwarding.current(session_id)
         return entry.priority if entry is not None else 0
-
-    def forget_flow(self, session_id: str) -> None:
-        """The session ended here: its shares of link key go back to the pools."""
-        for shares in self.shares.values():
-            shares.forget(session_id)
 
     # ---- indexes -----------------------------------------------------------------------
     @staticmethod

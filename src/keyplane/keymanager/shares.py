@@ -37,9 +37,10 @@ once :meth:`LinkShares.due` ran.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-__all__ = ["Expired", "Grant", "LinkShares", "weight"]
+__all__ = ["Expired", "Grant", "LinkShares", "NodeShares", "weight"]
 
 
 def weight(priority: int) -> int:
@@ -262,3 +263,19 @@ class LinkShares:
         keep.sort(key=lambda w: w.seq)
         self._waiters = keep
         return out
+
+
+class NodeShares(dict[str, LinkShares]):
+    """A KM's :class:`LinkShares`, one per neighbour (the send half of that link).
+
+    Args:
+        peers: the neighbours; cap_bytes, idle_s: as :class:`LinkShares` takes them.
+    """
+
+    def __init__(self, peers: Iterable[str], cap_bytes: int, idle_s: float) -> None:
+        super().__init__({peer: LinkShares(cap_bytes, idle_s) for peer in peers})
+
+    def forget(self, flow: str) -> None:
+        """``flow``'s session ended at this KM: its credit goes back to every pool."""
+        for shares in self.values():
+            shares.forget(flow)
