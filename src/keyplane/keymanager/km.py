@@ -299,6 +299,7 @@ class KeyManager(_Requests, Service):
     async def _on_session_delete(self, msg: SessionDelete) -> DeleteConfirm:
         s, effects = self.core.session_delete(msg, self._clock.now())
         self._run(effects)
+        self._offer_link_key()  # an intermediate's share went back to the pools
         if s is None:
             return DeleteConfirm(session_id=msg.session_id, node=self.node_id)
         await self.journal.sync()

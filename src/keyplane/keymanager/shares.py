@@ -144,14 +144,16 @@ class LinkShares:
 
         Returns its :class:`Grant` at once if its credit and the pool (and, ``urgent``, the
         other flows' credit) cover it, :class:`Expired` if ``deadline`` has passed, else
-        nothing (it waits for :meth:`supply` or :meth:`due`).
+        nothing (it waits for :meth:`supply` or :meth:`due`); before it, grants of earlier
+        waiters that an idle flow's returned credit now covers.
 
         Raises:
             ValueError: ``nbytes`` < 1.
         """
         if nbytes < 1:
             raise ValueError("a request needs at least one byte")
-        self._forget_idle(now)
+        # an idle flow's credit went to the pool: it may cover earlier waiters first
+        out: list[Grant | Expired] = list(self._serve(now)) if self._forget_idle(now) else []
         f = self.flows.get(flow)
         if f is None:
             f = self.flows[flow] = _Flow(weight(priority), last=now)
@@ -159,11 +161,11 @@ class LinkShares:
         f.last = now
         w = _Waiter(ticket, flow, nbytes, deadline, priority, urgent, next(self._seq))
         if self._fits(w):
-            return [self._grant(w)]
+            return [*out, self._grant(w)]
         if deadline <= now:
-            return [Expired(ticket, flow, nbytes)]
+            return [*out, Expired(ticket, flow, nbytes)]
         self._waiters.append(w)
-        return []
+        return out
 
     def cancel(self, ticket: object) -> bool:
         """Drop a waiting ``ticket`` (its request was cancelled); whether it waited."""
@@ -186,17 +188,22 @@ class LinkShares:
         return out
 
     def forget(self, flow: str) -> None:
-        """``flow``'s session ended here: its credit goes back to the pool."""
+        """``flow``'s session ended here: its credit goes back to the pool (the caller then
+        offers the key again with :meth:`supply`, which serves waiters it now covers)."""
         f = self.flows.pop(flow, None)
         if f is not None:
             self.pool += f.credit
 
     # ---- internals ---------------------------------------------------------------------
-    def _forget_idle(self, now: float) -> None:
+    def _forget_idle(self, now: float) -> bool:
+        """Forget flows idle for ``idle_s``; whether any credit went to the pool."""
         busy = {w.flow for w in self._waiters}
-        for name in [n for n, f in self.flows.items()
-                     if n not in busy and now - f.last >= self.idle_s]:
+        idle = [n for n, f in self.flows.items() if n not in busy and now - f.last >= self.idle_s]
+        freed = False
+        for name in idle:
+            freed = freed or self.flows[name].credit > 0
             self.forget(name)
+        return freed
 
     def _share(self, delta: int) -> None:
         self.stock += delta

@@ -235,6 +235,16 @@ class KmShellBase:
                     fut.exception()  # retrieved: nobody may be waiting
         bits, _ = self.vault.drop_session(session_id)
         self.core.freed(session_id, bits)
+        self._offer_link_key()
+
+    def _offer_link_key(self) -> None:
+        """Offer every link's key to its shares again (a session's credit went back to the
+        pools: a waiter it now covers is served at once)."""
+        now = self._clock.now()
+        for peer, shares in self.core.shares.items():
+            if shares.waiting:
+                store = self._stores[peer]
+                self._settle_shares(store, shares.supply(store.sendable_bytes, now))
 
     # ---- scarce link key ---------------------------------------------------------------
     def _watch_supply(self, store: LinkKeyStore) -> None:

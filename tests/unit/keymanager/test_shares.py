@@ -219,8 +219,9 @@ def test_no_key_handed_twice_and_no_waiter_outlives_its_deadline_while_key_fits(
                 t = issued[int(op[1]) % len(issued)]
                 if sh.cancel(t):
                     waiting.pop(t)
-        else:
+        else:  # as the shell does: forget, then offer the store's key again
             sh.forget(str(op[1]))
+            settle(sh.supply(level, now))
         # the scheduler never promises more than the store holds
         assert 0 <= sh.stock <= level
         assert sh.stock == sh.pool + sum(f.credit for f in sh.flows.values())
