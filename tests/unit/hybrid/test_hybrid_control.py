@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -194,8 +195,16 @@ async def test_outage_on_every_path_either_user_keeps_keys_qkd_only_user_is_refu
     keys = await kms["km0"].enc_keys(either, "e0", "e2", 2, 256)
     assert {r["source"] for k in keys for r in k.extension[PROVENANCE_EXTENSION]  # type: ignore[index]
             } == {"qkd", "pqc"}
-    with pytest.raises(KeyWaitExpired):  # waited for key its policy allows, none came
-        await kms["km0"].enc_keys(qkd, "q0", "q2", 1, 256)
+    # the qkd-only request waits for key its policy allows (on the virtual clock), none comes
+    request = asyncio.create_task(kms["km0"].enc_keys(qkd, "q0", "q2", 1, 256))
+    clock = kms["km0"]._clock
+    assert isinstance(clock, VirtualClock)
+    for _ in range(1000):
+        if request.done():
+            break
+        await clock.advance(0.5)
+    with pytest.raises(KeyWaitExpired):
+        await request
     kept = [e for e in sink.of_type(EventType.route_computed) if e.data.get("kept")]
     assert kept, "the either session was kept on its path, not moved or dropped"
     # a new session of a qkd-only user finds no route; an either user's does
