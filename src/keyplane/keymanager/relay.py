@@ -229,7 +229,8 @@ class Relay:
         QKD key comes through the session's share of the link (:meth:`RelayHost.take_link_key`):
         when QKD is the last source the policy leaves, the frame waits for it until
         ``deadline`` (default ``forward_key_wait_s`` from now: a hop that cannot know the
-        request's timeout); with a fallback, only as long as blocks awaiting the peer's
+        request's timeout; at most half the sender's confirmation wait, so its refusal arrives
+        first); with a fallback, only as long as blocks awaiting the peer's
         acknowledgement could cover it (``peer_block_wait_s``).
 
         Raises:
@@ -246,7 +247,9 @@ class Relay:
             gen = 0
             qkd_key = b""
             if needs_qkd(source):
-                until = now + self._settings.forward_key_wait_s if deadline is None else deadline
+                hop_wait = min(self._settings.forward_key_wait_s,
+                               self._settings.relay_confirm_timeout_s / 2)
+                until = now + hop_wait if deadline is None else deadline
                 if i < len(sources) - 1:  # a fallback follows: wait only for acknowledgements
                     acks = store.sendable_bytes + store.unconfirmed_bytes >= nbytes
                     until = min(until, now + (self._settings.peer_block_wait_s if acks else 0))
