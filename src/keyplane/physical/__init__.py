@@ -4,8 +4,10 @@ post-processing, producing continuous identical key streams at both ends of each
 Map (see docs/physical.md):
 
 * :mod:`.physics`     link physics and the per-frame emulator (decoy intensities, Eve)
-* :mod:`.sifting`     sifting, sampling, the sifted-key buffer
-* :mod:`.estimation`  decoy-state bounds, GLLP secure length, asymptotic rate, PLOB
+* :mod:`.sifting`     sifting into key and test basis, the sifted-key buffer
+* :mod:`.finite_key`  finite-key security of a block (Lim et al. 2014), reference curves
+* :mod:`.analytic`    expected statistics with every fault, asymptotic GLLP rates
+* :mod:`.estimation`  asymptotic rate, PLOB bound
 * :mod:`.cascade`     vectorized Cascade (and its per-bit reference)
 * :mod:`.hashing`     Toeplitz privacy amplification by FFT, polynomial verification tag
 * :mod:`.wire`        messages between QKD modules and link control
@@ -16,6 +18,7 @@ Map (see docs/physical.md):
 * :mod:`.sink`        LinkKeySink protocol and MemoryKeySink
 """
 
+from keyplane.physical.analytic import analytic_key_rate, analytic_qber, analytic_rate_bps
 from keyplane.physical.cascade import (
     CascadeAlice,
     CascadeBob,
@@ -25,14 +28,8 @@ from keyplane.physical.cascade import (
     run_cascade,
 )
 from keyplane.physical.channel import BusChannel, ClassicalChannel, InProcessChannel
-from keyplane.physical.estimation import (
-    DecoyBounds,
-    DecoyCounts,
-    asymptotic_key_rate,
-    decoy_bounds,
-    plob_bound,
-    secure_length,
-)
+from keyplane.physical.estimation import asymptotic_key_rate, plob_bound
+from keyplane.physical.finite_key import BlockCounts, FiniteKeyBound, finite_key_length
 from keyplane.physical.hashing import (
     polynomial_tag,
     toeplitz_bits,
@@ -49,6 +46,7 @@ from keyplane.physical.wire import LinkCommand, LinkCommandReply
 __all__ = [
     "AliceModule",
     "AliceRecord",
+    "BlockCounts",
     "BlockOutcome",
     "BobModule",
     "BobRecord",
@@ -57,8 +55,7 @@ __all__ = [
     "CascadeBob",
     "CascadeStats",
     "ClassicalChannel",
-    "DecoyBounds",
-    "DecoyCounts",
+    "FiniteKeyBound",
     "InProcessChannel",
     "KeyBlock",
     "LinkCommand",
@@ -69,16 +66,18 @@ __all__ = [
     "LinkStats",
     "MemoryKeySink",
     "PhysicalNetwork",
+    "analytic_key_rate",
+    "analytic_qber",
+    "analytic_rate_bps",
     "asymptotic_key_rate",
     "block_id_base",
     "block_sizes",
     "cascade_reference",
-    "decoy_bounds",
     "emulate_frame",
+    "finite_key_length",
     "plob_bound",
     "polynomial_tag",
     "run_cascade",
-    "secure_length",
     "toeplitz_bits",
     "toeplitz_hash",
     "toeplitz_hash_reference",

@@ -12,7 +12,7 @@ Modes (``QuantumLink.protocol``):
 
 * ``bb84-decoy`` — the full stack of :mod:`keyplane.physical.modules`.
 * ``analytic`` — no per-bit simulation: every frame adds ``R * frame_duration_s`` bits
-  (``R`` from :func:`~keyplane.physical.estimation.asymptotic_key_rate`); whole bytes go out
+  (``R`` from :func:`~keyplane.physical.analytic.analytic_rate_bps`); whole bytes go out
   as one block, announced to Bob with :class:`~keyplane.physical.wire.AnalyticBlock`.
   The material is SHAKE-256(per-link seed || block id) at both ends: this mode emulates the
   *rate* of a link, its keys are not secret (anyone with the run's seed can compute them).
@@ -79,6 +79,7 @@ from keyplane.errors import (
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
+from keyplane.physical import analytic
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -87,7 +88,6 @@ from keyplane.physical.channel import (
     ClassicalChannel,
     InProcessChannel,
 )
-from keyplane.physical.estimation import asymptotic_key_rate
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
 from keyplane.physical.sink import LinkKeySink, sink_has_room
@@ -191,6 +191,7 @@ class _TelemetryWindow:
     duration_s: float = 0.0  # emulated time the blocks cover
     block_id: int | None = None
     qber: float | None = None
+    qber_sample_bits: int = 0  # the test bits of the block ``qber`` comes from
     ec_efficiency: float | None = None
     skr_bps: float = 0.0
     sifted_rate_bps: float = 0.0
@@ -204,7 +205,7 @@ class _TelemetryWindow:
         self.duration_s += o.duration_s
         self.block_id = o.block_id
         if o.qber is not None:
-            self.qber = o.qber
+            self.qber, self.qber_sample_bits = o.qber, o.test_bits
         if o.ec_efficiency is not None:
             self.ec_efficiency = o.ec_efficiency
 
@@ -235,7 +236,8 @@ class LinkRunner(Service):
         events: the event stream (Monitoring Element's feed).
         local_ends: which ends run in this process.
         frame_duration_s: emulated time per frame (default :func:`default_frame_duration`).
-        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`).
+        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`; default the
+            link's ``postprocessing.cascade_schedule``).
         analytic_ec_efficiency: ``f`` used by the analytic rate.
         peer_timeout_s: transport timeout on the peer module.
         rendezvous_timeout_s: clock seconds Alice waits for an absent Bob before the
@@ -255,7 +257,7 @@ class LinkRunner(Service):
                  alice_sink: LinkKeySink | None = None, bob_sink: LinkKeySink | None = None,
                  bus: Bus | None = None, events: EventStream | None = None,
                  local_ends: tuple[End, ...] = ("alice", "bob"),
-                 frame_duration_s: float | None = None, cascade_schedule: str = "original",
+                 frame_duration_s: float | None = None, cascade_schedule: str | None = None,
                  analytic_ec_efficiency: float = 1.16,
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
@@ -692,6 +694,7 @@ class LinkRunner(Service):
             link_id=self.link_id, node=self.link.endpoints[0], state=self.state,
             block_id=block_id, sifted_bits=sifted, secret_bits=secret, qber=w.qber,
             sifted_rate_bps=w.sifted_rate_bps, skr_bps=w.skr_bps, ec_efficiency=w.ec_efficiency,
+            qber_sample_bits=w.qber_sample_bits or None,
             leaked_bits=leaked, aborted_blocks=self.stats.aborted_blocks, t=self.clock.now())
 
     async def _telemetry_loop(self) -> None:
@@ -723,19 +726,24 @@ class LinkRunner(Service):
     # ------------------------------------------------------------------ analytic mode
 
     def analytic_rate_bps(self) -> float:
-        """Secret-key rate of the analytic mode for the current physics (0 if QBER aborts)."""
-        p = self.physics
-        if p.cut:
-            return 0.0
-        if p.eavesdropper is not None:
-            mu, f = p.decoy.mu_signal, p.eavesdropper.fraction
-            q_clear, q_eve = (1 - f) * p.gain(mu), f * p.intercepted_gain(mu)
-            total = q_clear + q_eve
-            qber = (q_clear * p.error_rate(mu) + q_eve * p.intercepted_error_rate(mu)) / total \
-                if total > 0 else 0.5
-            if qber > self.link.postprocessing.qber_threshold:
-                return 0.0
-        return asymptotic_key_rate(p, self.analytic_ec_efficiency) * self.link.repetition_rate_hz
+        """Secret-key rate of the analytic mode for the current physics, faults included
+        (:func:`~keyplane.physical.analytic.analytic_rate_bps`; 0 if the QBER aborts)."""
+        pp = self.link.postprocessing
+        return analytic.analytic_rate_bps(self.physics, formula=pp.analytic_formula,
+                                          ec_efficiency=self.analytic_ec_efficiency,
+                                          qber_threshold=pp.qber_threshold)
+
+    def analytic_qber_sample(self, duration_s: float) -> tuple[float, int]:
+        """The analytic mode's QBER (:func:`~keyplane.physical.analytic.analytic_qber`, faults
+        included) and the test-basis signal detections the emulated protocol would have
+        estimated it on over ``duration_s``: the Monitoring Element judges an analytic link
+        on the same evidence as an emulated one, so an eavesdropper below the abort
+        threshold shows in both modes."""
+        d, pp = self.link.decoy, self.link.postprocessing
+        p_test = min(pp.z_basis_probability, 1.0 - pp.z_basis_probability)
+        pulses = self.link.repetition_rate_hz * duration_s
+        signal = analytic.signal_statistics(self.physics, d.mu_signal)
+        return signal.error_rate, round(pulses * d.p_signal * signal.gain * p_test ** 2)
 
     def analytic_material(self, block_id: int, n_bytes: int) -> bytes:
         """Analytic mode's block material: SHAKE-256 over the per-link seed and block id."""
@@ -765,6 +773,9 @@ class LinkRunner(Service):
                 continue
             _, duration = self._frame()
             rate = self.analytic_rate_bps()
+            # every frame, key or not: a link whose attack leaves no key still shows why
+            self._tel.qber, self._tel.qber_sample_bits = self.analytic_qber_sample(duration)
+            self.stats.last_qber = self._tel.qber
             carry_bits += rate * duration
             n_bytes = math.floor(carry_bits / 8)
             self.stats.frames += 1
@@ -788,8 +799,10 @@ class LinkRunner(Service):
             self.stats.channel_errors += 1
             logger.warning("link %s: analytic block lost: %s", self.link_id, exc)
             return
+        qber, test_bits = self.analytic_qber_sample(duration)
         outcome = BlockOutcome(link_id=self.link_id, block_id=block_id, status="delivered",
                                sifted_bits=0, duration_s=duration, secret_bits=8 * n_bytes,
+                               qber=qber, test_bits=test_bits,
                                material=self.analytic_material(block_id, n_bytes))
         await self._record(outcome)
         await self._deliver("alice", outcome)
