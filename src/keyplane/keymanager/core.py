@@ -277,16 +277,18 @@ class KmCore:
     def idle_due(self, session_id: str, now: float) -> tuple[float | None, list[Effect]]:
         """The idle timer fired: ``(next deadline to wait for or None, effects)``.
 
-        A stream with an exchange in flight is busy, not idle: it is looked at again one
-        idle period later.
+        A stream with an exchange in flight is busy, not idle: it signals Admission Control
+        (KeepAlive) and is looked at again one keep-alive interval later.
         """
         s = self.streams.get(session_id)
         if s is None or not s.live:
             return None, []
-        if now < s.idle_deadline:
-            return s.idle_deadline, []
-        if s.machine.state is SessionState.key_exchanging:
+        busy = s.machine.state is SessionState.key_exchanging
+        if busy and now >= s.idle_deadline:
             s.idle_deadline = now + s.machine.idle_timeout_s
+        if busy:  # a request waiting for scarce key sends no new KeepAlive: the wait does
+            return min(s.idle_deadline, now + self.keepalive_interval(s)), self.keepalive(s, now)
+        if now < s.idle_deadline:
             return s.idle_deadline, []
         if s.machine.state is SessionState.operative:
             return None, self.apply(s, SessionEvent.idle_expired, now)

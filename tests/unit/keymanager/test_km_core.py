@@ -171,10 +171,15 @@ def test_a_busy_stream_is_not_idle_and_an_idle_one_closes() -> None:
     c = core()
     s = opened(c, now=0.0)  # idle deadline 10
     c.apply(s, SessionEvent.key_request, 1.0)  # deadline 11, exchange in flight
-    assert c.idle_due("s1", 5.0) == (11.0, [])
+    # busy: each wake sends a KeepAlive (coalesced) and looks again an interval later
+    assert c.idle_due("s1", 5.0) == (5.25, [SendAdmission(KeepAlive(session_id="s1",
+                                                                    node="km0"))])
     nxt, effects = c.idle_due("s1", 11.0)
-    assert nxt == 21.0 and not effects  # busy: looked at again an idle period later
-    c.apply(s, SessionEvent.key_done, 12.0)
+    # busy (e.g. waiting for scarce key): not idle, and it keeps Admission Control's timer
+    # going with a KeepAlive each keep-alive interval while it waits
+    assert nxt == 11.25 and effects == [SendAdmission(KeepAlive(session_id="s1", node="km0"))]
+    c.apply(s, SessionEvent.key_done, 11.1)
+    assert c.idle_due("s1", 11.25) == (21.0, [])  # idle again: a full period from 11
     nxt, effects = c.idle_due("s1", 21.0)
     assert nxt is None and s.machine.state is SessionState.terminated
     assert SendAdmission(SessionClose(session_id="s1", node="km0",
