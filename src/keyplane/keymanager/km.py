@@ -290,6 +290,9 @@ class KeyManager(_Requests, Service):
         if isinstance(msg, SessionConfig):
             ack, effects = self.core.session_config(msg, self._clock.now())
             self._run(effects)
+            if ack.ok:  # a reroute: waits for key on links off the new hops fail over
+                self._reroute_waiters(msg.session_id, {p for p in (msg.prev_km, msg.next_km)
+                                                       if p is not None})
             return ack
         if isinstance(msg, SessionDelete):
             return await self._on_session_delete(msg)

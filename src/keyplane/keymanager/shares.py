@@ -187,6 +187,13 @@ class LinkShares:
         self._waiters = keep
         return out
 
+    def withdraw(self, flow: str) -> list[object]:
+        """Take ``flow``'s waiting tickets out (its session was rerouted off this link: they
+        try again on the new path); the tickets, oldest first."""
+        out = [w.ticket for w in self._waiters if w.flow == flow]
+        self._waiters = [w for w in self._waiters if w.flow != flow]
+        return out
+
     def forget(self, flow: str) -> None:
         """``flow``'s session ended here: its credit goes back to the pool (the caller then
         offers the key again with :meth:`supply`, which serves waiters it now covers)."""

@@ -237,6 +237,18 @@ class KmShellBase:
         self.core.freed(session_id, bits)
         self._offer_link_key()
 
+    def _reroute_waiters(self, session_id: str, keep: set[str]) -> None:
+        """The session now runs over other hops: its requests waiting for key on links to
+        neighbours not in ``keep`` fail over (the relay tries again on the current path)."""
+        for peer, shares in self.core.shares.items():
+            if peer in keep:
+                continue
+            for fut in shares.withdraw(session_id):
+                assert isinstance(fut, asyncio.Future)
+                if not fut.done():
+                    fut.set_exception(InsufficientKeyMaterial(
+                        f"session {session_id} rerouted off the link to {peer}"))
+
     def _offer_link_key(self) -> None:
         """Offer every link's key to its shares again (a session's credit went back to the
         pools: a waiter it now covers is served at once)."""

@@ -235,3 +235,13 @@ def test_no_key_handed_twice_and_no_waiter_outlives_its_deadline_while_key_fits(
     settle(sh.due(now))
     assert sh.waiting == 0 and not waiting
     assert sum(granted.values()) == len(granted)  # each ticket at most once
+
+
+def test_a_rerouted_flow_withdraws_its_waiters_and_keeps_the_others() -> None:
+    sh = shares()
+    sh.request("a1", "a", 0, 64, 10.0, 0.0)
+    sh.request("b1", "b", 0, 64, 10.0, 0.0)
+    sh.request("a2", "a", 0, 64, 10.0, 0.0)
+    assert sh.withdraw("a") == ["a1", "a2"]
+    assert sh.waiting == 1 and sh.waiting_of("b") == 1
+    assert tickets(sh.supply(200, 1.0)) == ["b1"]
