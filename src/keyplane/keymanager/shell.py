@@ -19,6 +19,7 @@ The shell is split in three layers, one module each, all parts of one
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,7 @@ class KmShellBase:
     _tasks: set[asyncio.Task[Any]]
     _status: Literal["new", "running", "draining", "closed"]
     _requests: int
+    _pending: collections.Counter[str]  # key requests inside the KM, by session (telemetry)
     _idle: asyncio.Event
 
     def _check_running(self) -> None:
