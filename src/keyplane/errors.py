@@ -66,6 +66,7 @@ __all__ = [
     "InsufficientKeyMaterial",
     "KeyNotFound",
     "KeyStoreError",
+    "KeyWaitExpired",
     "KeyplaneError",
     "KmBusy",
     "MessageDecodeError",
@@ -273,6 +274,12 @@ class RelayError(KeyplaneError):
 
 class RelayTimeout(RelayError):
     """A relay hop did not answer in time."""
+
+
+class KeyWaitExpired(KeyStoreError, RelayTimeout):
+    """A request waited for link key up to its QoS timeout and none it may use came (its
+    share of the link's key, or the common pool; docs/keymanager.md). Answered with the
+    timeout status (ETSI 004 6 TIMEOUT_ERROR, ETSI 014 503), as a relay timeout is."""
 
 
 class PeerUnreachable(RelayError):

@@ -25,6 +25,7 @@ CASES = {
     "measured_links": (["--blocks", "1"], "stack bit/s"),
     "entanglement": (["--topology", "examples/quantum_network.yaml", "--seconds", "2",
                       "--rates", "1"], "through EntanglementService"),
+    "contention": (["--seconds", "1"], "ratio sa/sc"),
 }
 
 

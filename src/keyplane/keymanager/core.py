@@ -62,6 +62,7 @@ from keyplane.keymanager.session import (
     SessionState,
 )
 from keyplane.keymanager.settings import KmSettings
+from keyplane.keymanager.shares import NodeShares
 from keyplane.messages import (
     ConfigAck,
     HopRole,
@@ -126,6 +127,12 @@ class Stream:
         """Not yet terminated."""
         return self.machine.live
 
+    @property
+    def wait_s(self) -> float:
+        """A key request's wait bound: the pushed ``timeout_ms``, else the opener's."""
+        ms = self.config.timeout_ms if self.config else None
+        return (self.qos.timeout_ms if ms is None else ms) / 1000
+
     def data(self) -> dict[str, Any]:
         """The persisted form (no key material, no identity in clear)."""
         return {
@@ -161,6 +168,8 @@ class KmCore:
         self.queues: PriorityQueues[object] = PriorityQueues(
             settings.aging_interval_s, settings.queue_limit)
         self.active = 0  # exchanges running
+        self.shares = NodeShares(self.neighbours, settings.share_cap_bytes,
+                                 settings.share_idle_s)  # scarce link key, per neighbour
 
     # ---- lookups -----------------------------------------------------------------------
     def stream(self, key_stream_id: str) -> Stream | None:
@@ -229,6 +238,7 @@ class KmCore:
     def _free(self, s: Stream) -> list[Effect]:
         if s.config is not None:  # never configured here: the id's entries are not its own
             self.forwarding.remove(s.session_id)
+            self.shares.forget(s.session_id)
         s.bucket = None
         if self.pairs.get((s.local_sae, s.peer_sae)) == s.session_id:
             del self.pairs[(s.local_sae, s.peer_sae)]
@@ -276,16 +286,18 @@ class KmCore:
     def idle_due(self, session_id: str, now: float) -> tuple[float | None, list[Effect]]:
         """The idle timer fired: ``(next deadline to wait for or None, effects)``.
 
-        A stream with an exchange in flight is busy, not idle: it is looked at again one
-        idle period later.
+        A stream with an exchange in flight is busy, not idle: it signals Admission Control
+        (KeepAlive) and is looked at again one keep-alive interval later.
         """
         s = self.streams.get(session_id)
         if s is None or not s.live:
             return None, []
-        if now < s.idle_deadline:
-            return s.idle_deadline, []
-        if s.machine.state is SessionState.key_exchanging:
+        busy = s.machine.state is SessionState.key_exchanging
+        if busy and now >= s.idle_deadline:
             s.idle_deadline = now + s.machine.idle_timeout_s
+        if busy:  # a request waiting for scarce key sends no new KeepAlive: the wait does
+            return min(s.idle_deadline, now + self.keepalive_interval(s)), self.keepalive(s, now)
+        if now < s.idle_deadline:
             return s.idle_deadline, []
         if s.machine.state is SessionState.operative:
             return None, self.apply(s, SessionEvent.idle_expired, now)
@@ -415,7 +427,7 @@ class KmCore:
     def intermediate_row(self, session_id: str) -> PersistRow:
         """The row of a session this KM only forwards (its hops by epoch)."""
         epochs = {str(epoch): {"prev_km": e.prev_km, "next_km": e.next_km,
-                               "hybrid_policy": e.hybrid_policy}
+                               "hybrid_policy": e.hybrid_policy, "priority": e.priority}
                   for epoch, e in self.forwarding.epochs(session_id).items()}
         return PersistRow(session_id, "forwarding" if epochs else "terminated",
                           {"intermediate": epochs})
@@ -443,6 +455,7 @@ class KmCore:
             return None, out
         if s is None or not s.live:
             if self.forwarding.remove(sid):
+                self.shares.forget(sid)
                 out.append(PersistRow(sid, "terminated", {}))
             out.append(Emit(EventType.session_deleted, {"session": sid, "reason": msg.reason}))
             return None, out
@@ -477,7 +490,8 @@ class KmCore:
                         role=HopRole.intermediate, prev_km=hop["prev_km"],
                         next_km=hop["next_km"], source_sae="-", destination_sae="-",
                         bucket_size_bits=1, token_rate_bps=0, idle_timeout_s=1,
-                        hybrid_policy=hop.get("hybrid_policy", "qkd-only")))
+                        hybrid_policy=hop.get("hybrid_policy", "qkd-only"),
+                        priority=hop.get("priority", 0)))
                 continue
             if state in (SessionState.terminated.value, SessionState.authenticating.value):
                 continue
@@ -559,6 +573,14 @@ class KmCore:
         if ticket is None:
             self.active -= 1
         return ticket
+
+    # ---- scarce link key (keymanager/shares.py) ---------------------------------------
+    def flow_priority(self, session_id: str) -> int:
+        """A session's weight class on this KM's links (its configuration's priority at an
+        endpoint, its forwarding entry's at an intermediate; 0 if unknown here)."""
+        s = self.streams.get(session_id)
+        entry = s.config if s is not None and s.config else self.forwarding.current(session_id)
+        return entry.priority if entry is not None else 0
 
     # ---- indexes -----------------------------------------------------------------------
     @staticmethod

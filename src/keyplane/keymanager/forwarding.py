@@ -30,12 +30,14 @@ class ForwardingEntry:
     next_km: str | None
     hybrid_policy: str = "qkd-only"
     """The session's hybrid policy (which key sources this KM's hops may use)."""
+    priority: int = 0
+    """The session's priority: its weight in the shares of scarce link key at every hop."""
 
     @classmethod
     def from_config(cls, cfg: SessionConfig) -> ForwardingEntry:
         """The entry a SessionConfig describes."""
         return cls(cfg.session_id, cfg.epoch, cfg.role, cfg.prev_km, cfg.next_km,
-                   cfg.hybrid_policy)
+                   cfg.hybrid_policy, cfg.priority)
 
 
 class ForwardingTable:

@@ -156,6 +156,8 @@ class LinkKeyStore:
         self._peer_ahead: set[int] = set()
         self._acked = asyncio.Event()
         self._announce: Callable[[list[int]], None] | None = None
+        self.on_supply: Callable[[], None] | None = None
+        """Called whenever the sendable key rises (the KM's shares of scarce key)."""
         self.blocks_received = 0
         journal.register(self)
 
@@ -290,6 +292,8 @@ class LinkKeyStore:
             blk.peer_holds = True
             self._held_tx_bytes += blk.tx_left
             self._acked.set()
+            if self.on_supply is not None:
+                self.on_supply()
             if self._low and self.sendable_bits >= self._settings.keystore_low_water_bits:
                 self._low = False
 

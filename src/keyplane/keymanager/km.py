@@ -119,6 +119,8 @@ class KeyManager(_Requests, Service):
             self._stores_by_link[link.link_id] = store
             store.set_announcer(functools.partial(self._announce_blocks, store))
         self.core = KmCore(node_id, self._stores, self.settings)
+        for store in self._stores.values():
+            self._watch_supply(store)
         self.relay = Relay(self, bus, self.journal, clock, events, self.settings, identity)
         self._io_of: dict[str, StreamIo] = {}
         self._pair_locks = {}
@@ -318,6 +320,9 @@ class KeyManager(_Requests, Service):
                 except StoreError as exc:
                     return ack.model_copy(update={"ok": False,
                                                   "reason": f"not durable: {exc}"})
+                # a reroute: waits for key on links off the new hops fail over
+                self._reroute_waiters(msg.session_id, {p for p in (msg.prev_km, msg.next_km)
+                                                       if p is not None})
             return ack
         if isinstance(msg, SessionDelete):
             return await self._on_session_delete(msg)
@@ -327,6 +332,7 @@ class KeyManager(_Requests, Service):
     async def _on_session_delete(self, msg: SessionDelete) -> DeleteConfirm:
         s, effects = self.core.session_delete(msg, self._clock.now())
         self._run(effects)
+        self._offer_link_key()  # an intermediate's share went back to the pools
         if s is None:
             return DeleteConfirm(session_id=msg.session_id, node=self.node_id)
         await self.journal.sync()

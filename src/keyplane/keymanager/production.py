@@ -142,7 +142,7 @@ class _Production(KmShellBase):
         return self.vault.add_all(keys) if keys else 0
 
     async def _produce(self, s: Stream, indexes: list[int], size_bytes: int,
-                       policy: str | None = None) -> None:
+                       policy: str | None = None, deadline: float | None = None) -> None:
         """Source: make (or resend) the keys of ``indexes`` and relay them as one batch
         (under ``policy`` when it narrows the session's hybrid policy)."""
         now = self._clock.now()
@@ -173,15 +173,20 @@ class _Production(KmShellBase):
         if gen:
             await self.journal.flushed(gen)
         provenance = await self.relay.send_batch(s.session_id, keys, size_bytes,
-                                                 direct_ok=direct, policy=policy)
+                                                 direct_ok=direct, policy=policy,
+                                                 deadline=deadline)
         done = [k for k in keys if k.state == "pending"]
         for k in done:
             k.provenance = list(provenance)
         self.vault.set_states(done, "ready", provenance_changed=True)
 
     async def _ensure_source(self, s: Stream, indexes: list[int], size_bytes: int,
-                             policy: str | None = None) -> None:
-        """Source: make sure every index is produced (one task per missing batch)."""
+                             policy: str | None = None, deadline: float | None = None) -> None:
+        """Source: make sure every index is produced (one task per missing batch), the
+        batch waiting for scarce link key until ``deadline`` (default: the stream's QoS
+        timeout from now)."""
+        if deadline is None:
+            deadline = self._clock.now() + s.wait_s
         io = self._io(s.session_id)
         waits: list[asyncio.Task[None]] = []
         missing: list[int] = []
@@ -194,7 +199,7 @@ class _Production(KmShellBase):
             if k is None or k.state == "pending":
                 missing.append(i)
         if missing:
-            waits.append(self._join_batch(s, missing, size_bytes, policy))
+            waits.append(self._join_batch(s, missing, size_bytes, policy, deadline))
         for t in dict.fromkeys(waits):
             try:
                 await asyncio.shield(t)
@@ -207,23 +212,25 @@ class _Production(KmShellBase):
                 raise
 
     def _join_batch(self, s: Stream, indexes: list[int], size_bytes: int,
-                    policy: str | None = None) -> asyncio.Task[None]:
+                    policy: str | None, deadline: float) -> asyncio.Task[None]:
         """Add ``indexes`` to the session's open relay batch (one frame per batch).
 
         Requests that reach the source in the same event-loop turn share one KeyFrame, one
         MAC key per hop and one confirmation, so concurrent callers cost one relay instead of
-        one each; a lone request waits a single loop turn.
+        one each; a lone request waits a single loop turn. The batch waits for link key
+        until the latest of its requests' deadlines (each request stops waiting at its own).
         """
         io = self._io(s.session_id)
         slot = (size_bytes, policy)  # one batch per key size and hybrid policy
         batch = io.batches.get(slot)
         if batch is None:
             collected: list[int] = []
+            until = [deadline]
 
             async def run() -> None:
                 await asyncio.sleep(0)  # let requests of this loop turn join
                 io.batches.pop(slot, None)
-                await self._produce(s, collected, size_bytes, policy)
+                await self._produce(s, collected, size_bytes, policy, until[0])
 
             task = asyncio.get_running_loop().create_task(run(), name=f"km-produce-{s.session_id}")
 
@@ -234,8 +241,9 @@ class _Production(KmShellBase):
                 if not t.cancelled():
                     t.exception()  # retrieved here; the waiters re-raise it
             task.add_done_callback(done)
-            batch = io.batches[slot] = (collected, task)
-        collected, task = batch
+            batch = io.batches[slot] = (collected, until, task)
+        collected, until, task = batch
+        until[0] = max(until[0], deadline)
         collected.extend(indexes)
         for i in indexes:
             io.producing[i] = task
@@ -320,7 +328,7 @@ class _Production(KmShellBase):
             if index not in io.demanded:
                 io.demanded.add(index)
                 try:
-                    await self.relay.send_demand(s.session_id, [index])
+                    await self.relay.send_demand(s.session_id, [index], deadline)
                 except KeyplaneError:
                     io.demanded.discard(index)
                     raise

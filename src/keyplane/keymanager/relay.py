@@ -67,6 +67,7 @@ from keyplane.errors import (
     InsufficientKeyMaterial,
     KeyplaneError,
     KeyStoreError,
+    KeyWaitExpired,
     PeerUnreachable,
     PqcUnavailable,
     RelayAuthenticationFailed,
@@ -130,6 +131,13 @@ class RelayHost(Protocol):
 
     def link_store(self, peer: str) -> LinkKeyStore:
         """The store of the link to neighbour ``peer`` (PeerUnreachable if none)."""
+        ...
+
+    async def take_link_key(self, store: LinkKeyStore, session_id: str, nbytes: int,
+                            deadline: float, *, urgent: bool = False
+                            ) -> tuple[list[Segment], bytes, int]:
+        """``nbytes`` of ``store``'s send half for a frame of ``session_id``, waiting for the
+        session's share of scarce key until ``deadline`` (KeyWaitExpired after it)."""
         ...
 
     def hold_keys(self, keys: list[HeldKey]) -> int:
@@ -214,39 +222,55 @@ class Relay:
 
     # ---- hop keys ----------------------------------------------------------------------
     async def _hop_key(self, session_id: str, epoch: int, peer: str, store: LinkKeyStore,
-                       policy: str, nbytes: int) -> _HopKey:
+                       policy: str, nbytes: int, *, deadline: float | None = None,
+                       urgent: bool = False) -> _HopKey:
         """``nbytes`` of key for one frame to ``peer``, from the best source ``policy`` allows.
 
+        QKD key comes through the session's share of the link (:meth:`RelayHost.take_link_key`):
+        when QKD is the last source the policy leaves, the frame waits for it until
+        ``deadline`` (default ``forward_key_wait_s`` from now: a hop that cannot know the
+        request's timeout; at most half the sender's confirmation wait, so its refusal arrives
+        first); with a fallback, only as long as blocks awaiting the peer's
+        acknowledgement could cover it (``peer_block_wait_s``).
+
         Raises:
-            InsufficientKeyMaterial: QKD key was needed (or preferred, with no fallback) and
-                the link store holds too little.
+            KeyWaitExpired: QKD key was needed and the session's share did not cover the
+                frame by the deadline.
+            InsufficientKeyMaterial: QKD key was preferred, its fallback failed too.
             PqcUnavailable: an ML-KEM exchange was needed and could not be made.
         """
         failures: list[KeyplaneError] = []
-        for source in preferred_sources(policy):
-            if needs_qkd(source) and store.sendable_bytes < nbytes and not (
-                    await store.wait_sendable(nbytes, self._settings.peer_block_wait_s)):
-                failures.append(InsufficientKeyMaterial(
-                    f"link {store.link_id}: {nbytes} bytes wanted, "
-                    f"{store.sendable_bytes} sendable"))
-                continue
+        sources = preferred_sources(policy)
+        now = self._clock.now()
+        for i, source in enumerate(sources):
+            segments: list[Segment] = []
+            gen = 0
+            qkd_key = b""
+            if needs_qkd(source):
+                hop_wait = min(self._settings.forward_key_wait_s,
+                               self._settings.relay_confirm_timeout_s / 2)
+                until = now + hop_wait if deadline is None else deadline
+                if i < len(sources) - 1:  # a fallback follows: wait only for acknowledgements
+                    acks = store.sendable_bytes + store.unconfirmed_bytes >= nbytes
+                    until = min(until, now + (self._settings.peer_block_wait_s if acks else 0))
+                try:
+                    segments, qkd_key, gen = await self._host.take_link_key(
+                        store, session_id, nbytes, until, urgent=urgent)
+                except KeyStoreError as exc:
+                    failures.append(exc if i == len(sources) - 1 else InsufficientKeyMaterial(
+                        f"link {store.link_id}: {nbytes} bytes wanted, "
+                        f"{store.sendable_bytes} sendable"))
+                    continue
             blob: PqcBlob | None = None
             pqc_key = b""
             if needs_pqc(source):
                 try:
                     blob, pqc_key = await self._pqc_send(session_id, epoch, peer, nbytes)
-                except PqcUnavailable as exc:
+                except PqcUnavailable as exc:  # the QKD part taken (if any) is spent
                     failures.append(exc)
                     continue
-            segments: list[Segment] = []
-            gen = 0
             material = pqc_key
             if needs_qkd(source):
-                try:  # the PQC await may have let another frame drain the store
-                    segments, qkd_key, gen = store.take_send(nbytes)
-                except InsufficientKeyMaterial as exc:
-                    failures.append(exc)
-                    continue
                 material = combine_hop_key(qkd_key, pqc_key) if blob is not None else qkd_key
             self.hops_sent[source.value] += 1
             return _HopKey(source, segments, material, blob, gen)
@@ -365,7 +389,8 @@ class Relay:
 
     # ---- source ------------------------------------------------------------------------
     async def send_batch(self, session_id: str, keys: list[HeldKey], size_bytes: int,
-                         direct_ok: bool, policy: str | None = None) -> list[dict[str, str]]:
+                         direct_ok: bool, policy: str | None = None,
+                         deadline: float | None = None) -> list[dict[str, str]]:
         """Relay ``keys`` to the session's destination and wait for its confirmation.
 
         Keys whose ``material`` is None are taken from the hop key directly (adjacent
@@ -375,6 +400,8 @@ class Relay:
         Args:
             policy: a hybrid policy narrowing the session's for this batch (an
                 application's required provenance); None: the session's.
+            deadline: the clock time until which the batch may wait for its share of
+                scarce link key (its requests' QoS timeout); None: ``forward_key_wait_s``.
 
         Returns:
             The batch's provenance as the destination confirmed it (one record per hop).
@@ -383,6 +410,7 @@ class Relay:
             PeerUnreachable: no route or no link to the next hop.
             RelayTimeout: no confirmation after ``relay_attempts`` attempts.
             InsufficientKeyMaterial: no QKD key where the policy needs it.
+            KeyWaitExpired: the link key did not come by ``deadline`` (not retried).
             PqcUnavailable: no ML-KEM exchange where the policy needs one.
             RelayError: the destination refused the batch.
         """
@@ -391,7 +419,9 @@ class Relay:
         for attempt in range(self._settings.relay_attempts):
             try:
                 confirm = await self._attempt(session_id, keys, size_bytes, direct_ok,
-                                              batch_id, attempt, policy)
+                                              batch_id, attempt, policy, deadline)
+            except KeyWaitExpired:
+                raise
             except (RelayTimeout, KeyStoreError, BusError, PqcUnavailable) as exc:
                 last = exc if isinstance(exc, KeyplaneError) else RelayError(str(exc))
                 logger.info("relay %s attempt %d failed: %s", batch_id, attempt + 1, exc)
@@ -401,15 +431,15 @@ class Relay:
             last = _refusal(confirm)
             if confirm.reason.startswith("refused:"):
                 break
-        if isinstance(last, RelayTimeout) or last is None:
+        if last is None or type(last) is RelayTimeout:
             raise RelayTimeout(
                 f"session {session_id}: no confirmation after {self._settings.relay_attempts} "
                 f"attempt(s)") from last
         raise last
 
     async def _attempt(self, session_id: str, keys: list[HeldKey], size_bytes: int,
-                       direct_ok: bool, batch_id: str, attempt: int, batch_policy: str | None
-                       ) -> ConfirmFrame:
+                       direct_ok: bool, batch_id: str, attempt: int, batch_policy: str | None,
+                       deadline: float | None = None) -> ConfirmFrame:
         entry = self._host.forwarding.current(session_id)
         if entry is None or entry.next_km is None:
             raise PeerUnreachable(f"session {session_id}: no next hop configured")
@@ -423,7 +453,7 @@ class Relay:
             raise RelayError("keys without material can only go to an adjacent destination")
         n = len(keys) * size_bytes
         hop = await self._hop_key(session_id, entry.epoch, entry.next_km, store, policy.value,
-                                  MAC_KEY_BYTES + n)
+                                  MAC_KEY_BYTES + n, deadline=deadline)
         mac_key, pad = hop.material[:MAC_KEY_BYTES], hop.material[MAC_KEY_BYTES:]
         gen = hop.gen
         ciphertext = ""
@@ -466,8 +496,10 @@ class Relay:
                           hop_source=frame.hop_source, provenance=frame.provenance)
 
     # ---- destination -> source ---------------------------------------------------------
-    async def send_demand(self, session_id: str, indexes: list[int]) -> None:
-        """Ask the source (back along the previous hops) to produce ``indexes``.
+    async def send_demand(self, session_id: str, indexes: list[int],
+                          deadline: float | None = None) -> None:
+        """Ask the source (back along the previous hops) to produce ``indexes``, waiting for
+        the frame's link key until ``deadline`` (the request's; None: ``forward_key_wait_s``).
 
         Raises:
             PeerUnreachable: no previous hop or link.
@@ -478,7 +510,8 @@ class Relay:
             raise PeerUnreachable(f"session {session_id}: no previous hop configured")
         store = self._host.link_store(entry.prev_km)
         hop = await self._hop_key(session_id, entry.epoch, entry.prev_km, store,
-                                  entry.hybrid_policy, MAC_KEY_BYTES)
+                                  entry.hybrid_policy, MAC_KEY_BYTES, deadline=deadline,
+                                  urgent=True)
         frame = seal(DemandFrame(session_id=session_id, epoch=entry.epoch, sender=self.node_id,
                                  link_id=store.link_id, segments=hop.segments, indexes=indexes,
                                  hop_source=hop.source.value, pqc=hop.pqc), hop.material)
@@ -567,7 +600,7 @@ class Relay:
                 for i in range(len(frame.key_ids))]
         ok, reason, gen3, provenance = self._host.accept_keys(frame, keys)
         hop = await self._hop_key(frame.session_id, frame.epoch, frame.sender, store,
-                                  entry.hybrid_policy, MAC_KEY_BYTES)
+                                  entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
         confirm = seal(ConfirmFrame(
             session_id=frame.session_id, epoch=frame.epoch, sender=self.node_id,
             link_id=store.link_id, segments=hop.segments, batch_id=frame.batch_id,
@@ -587,7 +620,7 @@ class Relay:
         """
         try:
             hop = await self._hop_key(frame.session_id, frame.epoch, frame.sender, store,
-                                      entry.hybrid_policy, MAC_KEY_BYTES)
+                                      entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
         except (KeyStoreError, RelayError) as exc:
             logger.warning("node %s cannot even refuse batch %s: %s (%s)", self.node_id,
                            frame.batch_id, reason, exc)
@@ -627,7 +660,7 @@ class Relay:
             raise RelayError("intermediate entry without a previous hop")
         pstore = self._host.link_store(entry.prev_km)
         hop = await self._hop_key(frame.session_id, frame.epoch, entry.prev_km, pstore,
-                                  entry.hybrid_policy, MAC_KEY_BYTES)
+                                  entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
         out = seal(frame.model_copy(update={"sender": self.node_id, "link_id": pstore.link_id,
                                             "segments": hop.segments,
                                             "hop_source": hop.source.value, "pqc": hop.pqc}),
@@ -648,6 +681,8 @@ def _refusal(confirm: ConfirmFrame) -> KeyplaneError:
     """The error a negative confirmation stands for (its ``cause``, else a relay error)."""
     if confirm.cause == InsufficientKeyMaterial.__name__:
         return InsufficientKeyMaterial(confirm.reason)
+    if confirm.cause == KeyWaitExpired.__name__:
+        return KeyWaitExpired(confirm.reason)
     if confirm.cause == PqcUnavailable.__name__:
         return PqcUnavailable(confirm.reason)
     return RelayError(f"destination refused key batch: {confirm.reason}")

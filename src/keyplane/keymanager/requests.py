@@ -247,15 +247,16 @@ class _Requests(_Production):
             await self._configured(s)
         size = s.config.key_chunk_size if s.config else s.qos.key_chunk_size
         idx = self.core.next_get_index(s, index)
-        timeout_s = s.qos.timeout_ms / 1000
+        timeout_s = s.wait_s
         async with self._exchange(s, size * 8, timeout_s) as deadline:
             held = self.vault.get(s.session_id, idx)
             if held is not None and held.state == "delivered":
                 raise KeyNotFound(f"stream {key_stream_id}: index {idx} was already delivered")
             if s.role is HopRole.source:
                 try:
-                    await self._clock.wait_for(self._ensure_source(s, [idx], size),
-                                               deadline - self._clock.now())
+                    await self._clock.wait_for(
+                        self._ensure_source(s, [idx], size, deadline=deadline),
+                        deadline - self._clock.now())
                 except TimeoutError:
                     raise RelayTimeout(f"stream {key_stream_id}: index {idx} not relayed "
                                        f"within the QoS timeout") from None
@@ -418,12 +419,13 @@ class _Requests(_Production):
         s = await self._pair_session(caller, master_sae, slave_sae, size_bits)
         policy = self._batch_policy(s, mandatory, optional)
         size = size_bits // 8
-        async with self._exchange(s, number * size_bits, s.qos.timeout_ms / 1000) as deadline:
+        async with self._exchange(s, number * size_bits, s.wait_s) as deadline:
             indexes = self.core.claim_indexes(s, number, size_bits, self._key_state)
             try:
                 try:
                     await self._clock.wait_for(
-                        self._ensure_source(s, indexes, size, policy.value if policy else None),
+                        self._ensure_source(s, indexes, size, policy.value if policy else None,
+                                            deadline),
                         deadline - self._clock.now())
                 except TimeoutError:
                     raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "

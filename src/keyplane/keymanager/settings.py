@@ -52,6 +52,15 @@ class KmSettings(BaseModel):
     """Requests that may wait in the priority queues; beyond it a request gets KmBusy."""
     aging_interval_s: PositiveS = 1.0
     """Anti-starvation: a waiting request gains one priority level per interval waited."""
+    share_cap_bytes: Annotated[int, Field(ge=0)] = 65_536
+    """Scarce link key (docs/keymanager.md): most key one session may hold as its share of a
+    link's new key; beyond it the share goes to a common pool anyone may use."""
+    share_idle_s: PositiveS = 10.0
+    """A session with no request on a link for this long gives its share back to the pool."""
+    forward_key_wait_s: PositiveS = 1.0
+    """Clock bound on an intermediate KM's wait for link key to forward a frame (the source
+    waits up to the request's QoS timeout; a hop cannot know it). At most half of
+    ``relay_confirm_timeout_s`` is used, so the hop's refusal reaches the source in time."""
     keepalive_min_interval_s: Annotated[float, Field(ge=0.0)] = 0.25
     """Coalesce KeepAlive signals per session: at most one per interval (capped at half
     the session's idle timeout), plus one trailing KeepAlive at the end of an interval in

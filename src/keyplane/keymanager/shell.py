@@ -7,7 +7,9 @@ The shell is split in three layers, one module each, all parts of one
 * here, :class:`KmShellBase`: the state the core cannot hold (futures and tasks per stream,
   :class:`StreamIo`), and :meth:`KmShellBase._run`, which carries out
   :data:`~keyplane.keymanager.core.Effect` lists (timers on the clock, bus publications,
-  session rows through the journal, events);
+  session rows through the journal, events); and the waits for scarce link key
+  (:meth:`KmShellBase.take_link_key`: every frame's link key goes through the core's
+  :class:`~keyplane.keymanager.shares.LinkShares`);
 * :mod:`~keyplane.keymanager.production`: key requests (bucket, slots), making, relaying and
   delivering keys (durable before delivered);
 * :mod:`~keyplane.keymanager.requests`: the application operations (ETSI 004 and 014);
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -29,6 +31,8 @@ from keyplane.clock import Clock
 from keyplane.errors import (
     AuthenticationFailed,
     BusError,
+    InsufficientKeyMaterial,
+    KeyWaitExpired,
     PeerUnreachable,
     QosNotMet,
     SessionNotFound,
@@ -46,10 +50,11 @@ from keyplane.keymanager.effects import (
     SendAdmission,
 )
 from keyplane.keymanager.journal import Journal
-from keyplane.keymanager.keystore import LinkKeyStore
+from keyplane.keymanager.keystore import LinkKeyStore, Segment
 from keyplane.keymanager.relay import Relay
 from keyplane.keymanager.session import SessionEvent
 from keyplane.keymanager.settings import KmSettings
+from keyplane.keymanager.shares import Expired, Grant
 from keyplane.keymanager.vault import KeyVault, SessionRows
 from keyplane.store import Database
 
@@ -68,8 +73,9 @@ class StreamIo:
     idle_at: float = 0.0
     decision: asyncio.Future[None] | None = None
     producing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    batches: dict[tuple[int, str | None], tuple[list[int], asyncio.Task[None]]] = field(
-        default_factory=dict)
+    # open relay batches by (key size, policy): indexes, latest deadline, the task
+    batches: dict[tuple[int, str | None], tuple[list[int], list[float], asyncio.Task[None]]] = \
+        field(default_factory=dict)
     arrivals: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     demanded: set[int] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
@@ -232,3 +238,105 @@ class KmShellBase:
                     fut.exception()  # retrieved: nobody may be waiting
         bits, _ = self.vault.drop_session(session_id)
         self.core.freed(session_id, bits)
+        self._offer_link_key()
+
+    def _reroute_waiters(self, session_id: str, keep: set[str]) -> None:
+        """The session now runs over other hops: its requests waiting for key on links to
+        neighbours not in ``keep`` fail over (the relay tries again on the current path)."""
+        for peer, shares in self.core.shares.items():
+            if peer in keep:
+                continue
+            for fut in shares.withdraw(session_id):
+                assert isinstance(fut, asyncio.Future)
+                if not fut.done():
+                    fut.set_exception(InsufficientKeyMaterial(
+                        f"session {session_id} rerouted off the link to {peer}"))
+
+    def _offer_link_key(self) -> None:
+        """Offer every link's key to its shares again (a session's credit went back to the
+        pools: a waiter it now covers is served at once)."""
+        now = self._clock.now()
+        for peer, shares in self.core.shares.items():
+            if shares.waiting:
+                store = self._stores[peer]
+                self._settle_shares(store, shares.supply(store.sendable_bytes, now))
+
+    # ---- scarce link key ---------------------------------------------------------------
+    def _watch_supply(self, store: LinkKeyStore) -> None:
+        """Let ``store`` tell the link's shares when its sendable key rises (once per loop
+        turn, outside the store's own bookkeeping)."""
+        pending = [False]
+
+        def supplied() -> None:
+            pending[0] = False
+            self._settle_shares(store, self.core.shares[store.peer_id].supply(
+                store.sendable_bytes, self._clock.now()))
+
+        def on_supply() -> None:
+            if not pending[0]:
+                pending[0] = True
+                asyncio.get_running_loop().call_soon(supplied)
+        store.on_supply = on_supply
+
+    def _settle_shares(self, store: LinkKeyStore, decisions: Sequence[Grant | Expired]) -> None:
+        """Carry out the shares' decisions: a grant takes its bytes from the store at once
+        (so no other request can take them), an expiry fails the waiter."""
+        for d in decisions:
+            fut = d.ticket
+            assert isinstance(fut, asyncio.Future)
+            if isinstance(d, Expired):
+                if not fut.done():
+                    fut.set_exception(KeyWaitExpired(
+                        f"link {store.link_id}: no key for {d.nbytes} bytes within the "
+                        f"request's timeout"))
+                continue
+            try:
+                taken = store.take_send(d.nbytes)
+            except InsufficientKeyMaterial as exc:  # the store fell below the shares' stock
+                if not fut.done():
+                    fut.set_exception(exc)
+                continue
+            if fut.done():  # the waiter left: the taken key is spent, never reused
+                continue
+            fut.set_result(taken)
+
+    async def take_link_key(self, store: LinkKeyStore, session_id: str, nbytes: int,
+                            deadline: float, *, urgent: bool = False
+                            ) -> tuple[list[Segment], bytes, int]:
+        """Take ``nbytes`` of ``store``'s send half for one frame of ``session_id``, waiting
+        for its share of the link's key until ``deadline`` (the clock's) if need be.
+
+        Args:
+            urgent: a confirmation or demand frame (may use other sessions' shares).
+
+        Returns:
+            ``(segments, pad, gen)`` as :meth:`LinkKeyStore.take_send` returns them.
+
+        Raises:
+            KeyWaitExpired: ``deadline`` passed first (the timeout status on the wire).
+        """
+        shares = self.core.shares[store.peer_id]
+        now = self._clock.now()
+        self._settle_shares(store, shares.supply(store.sendable_bytes, now))
+        fut: asyncio.Future[tuple[list[Segment], bytes, int]] = \
+            asyncio.get_running_loop().create_future()
+        self._settle_shares(store, shares.request(
+            fut, session_id, self.core.flow_priority(session_id), nbytes, deadline, now,
+            urgent=urgent))
+        try:
+            return await self._clock.wait_for(asyncio.shield(fut), deadline - now)
+        except TimeoutError:
+            if not fut.done():
+                self._settle_shares(store, shares.due(self._clock.now()))
+            if not fut.done():
+                shares.cancel(fut)
+                fut.set_exception(KeyWaitExpired(f"link {store.link_id}: no key for "
+                                                 f"{nbytes} bytes within the timeout"))
+            return fut.result()
+        except BaseException:
+            shares.cancel(fut)
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()  # retrieved: the caller is gone
+            raise

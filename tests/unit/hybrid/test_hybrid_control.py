@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -16,7 +17,7 @@ from keyplane.config import HybridPolicy, Topology, parse_topology
 from keyplane.control import ControlPlane, ControlSettings
 from keyplane.control.admission import AdmissionCore, RequestRoute
 from keyplane.control.routing import NoRoute, RoutingCore
-from keyplane.errors import InsufficientKeyMaterial, QosNotMet
+from keyplane.errors import QosNotMet, RelayTimeout
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.keymanager import KeyManager, KmIdentity, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION, allowed_sources, meet
@@ -178,7 +179,7 @@ async def test_outage_on_every_path_either_user_keeps_keys_qkd_only_user_is_refu
         plane: tuple[ControlPlane, dict[str, KeyManager], MemorySink, Bus]) -> None:
     """Both km0->km2 paths lose QKD (alarms from Monitoring, stores empty): the either
     user's live session stays on its path and its keys go through ML-KEM; the qkd-only
-    user's live session stops with InsufficientKeyMaterial and a new one finds no route."""
+    user's live session stops with KeyWaitExpired and a new one finds no route."""
     cp, kms, sink, bus = plane
     either, qkd = Caller("CN=e"), Caller("CN=q")
     assert len(await kms["km0"].enc_keys(either, "e0", "e2", 1, 256)) == 1
@@ -194,8 +195,18 @@ async def test_outage_on_every_path_either_user_keeps_keys_qkd_only_user_is_refu
     keys = await kms["km0"].enc_keys(either, "e0", "e2", 2, 256)
     assert {r["source"] for k in keys for r in k.extension[PROVENANCE_EXTENSION]  # type: ignore[index]
             } == {"qkd", "pqc"}
-    with pytest.raises(InsufficientKeyMaterial):
-        await kms["km0"].enc_keys(qkd, "q0", "q2", 1, 256)
+    # the qkd-only request waits for key its policy allows (on the virtual clock), none comes
+    request = asyncio.create_task(kms["km0"].enc_keys(qkd, "q0", "q2", 1, 256))
+    clock = kms["km0"]._clock
+    assert isinstance(clock, VirtualClock)
+    for _ in range(1000):
+        if request.done():
+            break
+        await clock.advance(0.5)
+    # the hop's refusal (KeyWaitExpired) or the source's own confirmation wait (RelayTimeout,
+    # its base class) ends it, whichever the virtual clock reaches first: the timeout status
+    with pytest.raises(RelayTimeout):
+        await request
     kept = [e for e in sink.of_type(EventType.route_computed) if e.data.get("kept")]
     assert kept, "the either session was kept on its path, not moved or dropped"
     # a new session of a qkd-only user finds no route; an either user's does

@@ -31,7 +31,13 @@ from keyplane.api.etsi015 import (
 from keyplane.bus import MemoryBus, topics
 from keyplane.certs import ensure_network_certs
 from keyplane.clock import RealClock
-from keyplane.errors import InsufficientKeyMaterial, PqcUnavailable, QosNotMet, RelayError
+from keyplane.errors import (
+    InsufficientKeyMaterial,
+    KeyWaitExpired,
+    PqcUnavailable,
+    QosNotMet,
+    RelayError,
+)
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager import KeyManager, KmIdentity, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
@@ -200,7 +206,8 @@ async def test_qkd_only_session_link_cut_refuses_with_insufficient_key_material(
     net = await make_net("qkd-only", seed=103)
     await enc_dec(net)
     cut(net)
-    with pytest.raises(InsufficientKeyMaterial, match="km1-km2"):
+    # the hop waits forward_key_wait_s for key, then refuses: the timeout status
+    with pytest.raises(KeyWaitExpired, match="km1-km2"):
         await net.kms["km0"].enc_keys(CALLER_A, "sa", "sb", 1, 256)
     assert net.kms["km2"].held_for("sb", "sa") == 0  # nothing half-delivered
     assert not any(km.relay.hops_sent["pqc"] or km.relay.hops_sent["combined"]
@@ -225,7 +232,7 @@ async def test_combined_004_keys_are_identical_at_both_ends_and_say_combined(
         assert a.metadata[PROVENANCE_EXTENSION] == b.metadata[PROVENANCE_EXTENSION] == want
     assert net.kms["km0"].link_stores["km0-km1"].sendable_bytes < before  # QKD key was used
     cut(net)  # combined needs QKD too: refused, never PQC alone
-    with pytest.raises(InsufficientKeyMaterial):
+    with pytest.raises(KeyWaitExpired):
         await net.kms["km0"].get_key(CALLER_A, sid, None)
 
 
@@ -265,7 +272,7 @@ async def test_required_provenance_narrows_the_batch_or_is_refused(
     enc, _ = await enc_dec(net, extensions=combined)
     assert sources(enc) == [[("km0->km1", "combined"), ("km1->km2", "combined")]] * 2
     cut(net)
-    with pytest.raises(InsufficientKeyMaterial):  # the outage hop may not fall back now
+    with pytest.raises(KeyWaitExpired):  # the outage hop may not fall back now
         await net.kms["km0"].enc_keys(CALLER_A, "sa", "sb", 1, 256, extensions=qkd_only)
     enc, _ = await enc_dec(net)  # the session's own policy still falls back
     assert sources(enc) == [FALLBACK_PATH] * 2

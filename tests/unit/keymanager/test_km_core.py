@@ -190,10 +190,15 @@ def test_a_busy_stream_is_not_idle_and_an_idle_one_closes() -> None:
     c = core()
     s = opened(c, now=0.0)  # idle deadline 10
     c.apply(s, SessionEvent.key_request, 1.0)  # deadline 11, exchange in flight
-    assert c.idle_due("s1", 5.0) == (11.0, [])
+    # busy: each wake sends a KeepAlive (coalesced) and looks again an interval later
+    assert c.idle_due("s1", 5.0) == (5.25, [SendAdmission(KeepAlive(session_id="s1",
+                                                                    node="km0"))])
     nxt, effects = c.idle_due("s1", 11.0)
-    assert nxt == 21.0 and not effects  # busy: looked at again an idle period later
-    c.apply(s, SessionEvent.key_done, 12.0)
+    # busy (e.g. waiting for scarce key): not idle, and it keeps Admission Control's timer
+    # going with a KeepAlive each keep-alive interval while it waits
+    assert nxt == 11.25 and effects == [SendAdmission(KeepAlive(session_id="s1", node="km0"))]
+    c.apply(s, SessionEvent.key_done, 11.1)
+    assert c.idle_due("s1", 11.25) == (21.0, [])  # idle again: a full period from 11
     nxt, effects = c.idle_due("s1", 21.0)
     assert nxt is None and s.machine.state is SessionState.terminated
     assert SendAdmission(SessionClose(session_id="s1", node="km0",
@@ -289,3 +294,39 @@ def test_restore_takes_back_streams_and_counts_from_what_was_delivered() -> None
     assert (r.next_index, r.next_gen, r.spare) == (2, 4, [2, 3])
     assert fresh.pairs[("sa", "sb")] == "s1"
     assert effects == [ArmIdle("s1", 110.0)]
+
+
+# ---- per-application QoS at every KM of the path (#17.2) ----------------------------------
+def test_an_endpoint_waits_for_key_up_to_the_timeout_admission_control_pushed() -> None:
+    c = core()
+    s, _ = c.claim_open(OWNER, "sa", "sb", Qos(timeout_ms=5000), "s1", "etsi004")
+    assert s.wait_s == 5.0  # not configured yet: the opener's own
+    c.apply(s, SessionEvent.auth_ok, 0.0)
+    cfg = config("s1", priority=6).model_copy(update={"timeout_ms": 750})
+    ack, _ = c.session_config(cfg, 0.0)
+    assert ack.ok and s.wait_s == 0.75  # e.g. an ETSI 014 application's profile
+    assert c.flow_priority("s1") == 6
+
+
+def test_an_intermediate_weights_the_session_by_its_pushed_priority_even_after_restart(
+) -> None:
+    c = KmCore("km1", {"km0", "km2"}, KmSettings())
+    ack, effects = c.session_config(config(node="km1", role=HopRole.intermediate,
+                                           prev_km="km0", next_km="km2", priority=7), 0.0)
+    assert ack.ok and c.flow_priority("s1") == 7 and c.flow_priority("other") == 0
+    (row,) = of(effects, PersistRow)
+    fresh = KmCore("km1", {"km0", "km2"}, KmSettings())
+    fresh.restore({"s1": (row.state, row.data, 0.0)}, lambda sid: 0, lambda sid: [], 1.0)
+    assert fresh.flow_priority("s1") == 7
+
+
+def test_a_session_ending_gives_its_share_of_link_key_back() -> None:
+    c = core()
+    s = opened(c)
+    shares = c.shares["km1"]
+    assert shares.request("t", "s1", s.priority, 1000, 10.0, 0.0) == []
+    shares.supply(600, 0.0)
+    assert shares.credit("s1") == 600
+    shares.cancel("t")
+    c.apply(s, SessionEvent.close, 1.0)
+    assert "s1" not in shares.flows and shares.pool == 600

@@ -13,9 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tests.support.km_net import CALLER_A, CALLER_B, KmNet, line_topology, open_pair, start_net
 
+from keyplane.api.errors import map_exception
+from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.bus import Bus, MemoryBus, Message
 from keyplane.clock import RealClock, VirtualClock
-from keyplane.errors import InsufficientKeyMaterial, RelayError
+from keyplane.errors import KeyWaitExpired, RelayError, RelayTimeout
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings, send_half
 from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame, LinkBlocksHeld
@@ -177,14 +179,16 @@ async def test_relay_without_link_key_on_a_hop_delivers_to_neither_end(km_db: Da
     bus = MemoryBus()
     net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=9, blocks=1,
                           block_bytes=1024,
-                          settings=KmSettings(link_reserve_bytes=0, relay_attempts=1))
+                          settings=KmSettings(link_reserve_bytes=0, relay_attempts=1,
+                                              forward_key_wait_s=0.01))
     try:
-        sid = await open_pair(net, qos=Qos(timeout_ms=200))
+        sid = await open_pair(net, qos=Qos(timeout_ms=1000))
         # drain the km1 -> km2 direction so the intermediate cannot re-pad
         store = net.kms["km1"].link_store("km2")
         store.take_send(store.sendable_bytes)
-        # the intermediate's refusal names its cause: the source raises the same error
-        with pytest.raises(InsufficientKeyMaterial, match="hop km1"):
+        # the intermediate waits for key up to forward_key_wait_s, then refuses naming its
+        # cause: the source raises the same error, the timeout status on the wire
+        with pytest.raises(KeyWaitExpired, match="hop km1"):
             await net.kms["km0"].get_key(CALLER_A, sid, 0)
         assert net.kms["km2"].vault.get(sid, 0) is None
         pending = net.kms["km0"].vault.get(sid, 0)
@@ -196,14 +200,26 @@ async def test_relay_without_link_key_on_a_hop_delivers_to_neither_end(km_db: Da
         await bus.close()
 
 
-async def test_relay_source_without_link_key_refuses_with_insufficient_material(
+async def test_relay_source_without_link_key_waits_its_timeout_then_answers_timeout(
         km_db: Database) -> None:
     bus = MemoryBus()
-    net = await start_net(line_topology(2), bus, km_db, VirtualClock(), seed=3, blocks=1,
+    clock = VirtualClock()
+    net = await start_net(line_topology(2), bus, km_db, clock, seed=3, blocks=1,
                           block_bytes=128, settings=KmSettings(link_reserve_bytes=0))
     try:
-        with pytest.raises(InsufficientKeyMaterial):
-            await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 4, 256)
+        request = asyncio.create_task(net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 4, 256))
+        await net.kms["km0"].links_acknowledged()
+        shares = net.kms["km0"].core.shares["km1"]
+        while not shares.waiting:  # the batch waits for key instead of failing at once
+            await clock.advance(0.001)
+            assert not request.done()
+        await clock.advance(KmSettings().etsi014_qos_timeout_ms / 1000)
+        with pytest.raises((KeyWaitExpired, RelayTimeout)) as info:
+            await request
+        mapping = map_exception(info.value)
+        assert mapping is not None and mapping.etsi004 is Etsi004Status.TIMEOUT_ERROR
+        assert mapping.http_status == 503
+        assert not shares.waiting
         assert net.kms["km1"].held_for("sd", "sc") == 0
     finally:
         await net.close()

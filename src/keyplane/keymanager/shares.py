@@ -1,0 +1,295 @@
+"""Who gets scarce link key: weighted shares of each link's key stream (pure core, #17.1).
+
+Every frame a KM sends over a quantum link pads with that link's key (its send half,
+:mod:`~keyplane.keymanager.keystore`). When the link makes less key than the sessions crossing
+it ask for, :class:`LinkShares` decides who gets it. One instance per link (send direction) at
+each KM; the shell (:mod:`~keyplane.keymanager.shell`) asks it before every
+:meth:`LinkKeyStore.take_send <keyplane.keymanager.keystore.LinkKeyStore.take_send>` and tells it
+whenever the link's sendable key changes. Events and ``now`` in, decisions out: nothing here
+sleeps, awaits or touches the store.
+
+The rule (weighted shares, not strict priority; docs/keymanager.md says why):
+
+* **Flows.** A flow is one session's traffic on this link; its weight is
+  ``priority + 1`` (SessionConfig's priority 0-7: weights 1-8). A flow exists from its first
+  request and is forgotten when its session ends or after ``idle_s`` without a request.
+* **Supply is split on arrival.** Each time the link's sendable key rises by ``delta`` bytes,
+  ``delta`` is shared among the flows by weight and credited to them, each credit capped at
+  ``cap_bytes``; what no flow may take (no flows yet, or caps reached) goes to a common
+  ``pool``. So under sustained contention each session receives exactly its weighted share of
+  what the link makes, whatever the block size or the timing of requests: the share is a
+  property of the split, not of who asked first.
+* **A request is served** from its flow's credit, then from the pool, as soon as the two
+  cover it; otherwise it waits. Waiters are looked at again on every supply in priority order
+  (higher first, then older), first fit, so no request waits while key it may use is there.
+  Urgent requests (the small confirmation and demand frames a relay sends back, whose loss
+  would waste the key already spent forward) may also use other flows' credit.
+* **A waiter expires at its deadline** (the request's QoS timeout): the shell answers it with
+  the standard's timeout status. The token bucket (:mod:`~keyplane.keymanager.scheduling`)
+  still caps every session before it gets here.
+
+Invariants (tests/unit/keymanager/test_shares.py, property-based): ``pool + sum(credits)``
+is the stock, never negative and never above what the link supplied; a ticket is granted at
+most once; no waiter fits its flow's credit plus the pool; no waiter outlives its deadline
+once :meth:`LinkShares.due` ran.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["Expired", "Grant", "LinkShares", "NodeShares", "weight"]
+
+
+def weight(priority: int) -> int:
+    """A flow's share weight: ``priority + 1`` for priorities 0-7 (clamped)."""
+    return min(7, max(0, priority)) + 1
+
+
+@dataclass(frozen=True)
+class Grant:
+    """``ticket`` may take ``nbytes`` of link key now (the shell takes them at once)."""
+
+    ticket: object
+    flow: str
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Expired:
+    """``ticket`` reached its deadline without key: answer it with a timeout."""
+
+    ticket: object
+    flow: str
+    nbytes: int
+
+
+@dataclass
+class _Flow:
+    weight: int
+    credit: int = 0
+    last: float = 0.0
+    granted: int = 0  # bytes granted so far (figures)
+
+
+@dataclass
+class _Waiter:
+    ticket: object
+    flow: str
+    nbytes: int
+    deadline: float
+    priority: int
+    urgent: bool
+    seq: int = field(default=0)
+
+
+class LinkShares:
+    """Weighted shares of one link's send half (see the module docstring).
+
+    Args:
+        cap_bytes: most credit one flow may hold; beyond it its share goes to the pool.
+        idle_s: a flow with no request for this long is forgotten (its credit to the pool).
+    """
+
+    def __init__(self, cap_bytes: int, idle_s: float) -> None:
+        if cap_bytes < 0 or idle_s <= 0:
+            raise ValueError("cap_bytes must be >= 0 and idle_s > 0")
+        self.cap_bytes = cap_bytes
+        self.idle_s = idle_s
+        self.pool = 0
+        self.stock = 0  # pool + credits: what the scheduler may hand out
+        self.flows: dict[str, _Flow] = {}
+        self._waiters: list[_Waiter] = []
+        self._seq = itertools.count()
+
+    # ---- figures -----------------------------------------------------------------------
+    @property
+    def waiting(self) -> int:
+        """Requests waiting for key."""
+        return len(self._waiters)
+
+    def waiting_of(self, flow: str) -> int:
+        """Requests of ``flow`` waiting for key."""
+        return sum(1 for w in self._waiters if w.flow == flow)
+
+    def credit(self, flow: str) -> int:
+        """Bytes credited to ``flow`` (0 if unknown)."""
+        f = self.flows.get(flow)
+        return f.credit if f is not None else 0
+
+    def next_deadline(self) -> float | None:
+        """The earliest waiter's deadline, or None."""
+        return min((w.deadline for w in self._waiters), default=None)
+
+    # ---- events ------------------------------------------------------------------------
+    def supply(self, level: int, now: float) -> list[Grant]:
+        """The link's sendable key is ``level`` bytes now: share what is new, serve waiters.
+
+        A level below the stock (key the scheduler did not hand out left the store, e.g. the
+        peer no longer holds a block) is taken from the pool first, then from the credits.
+        """
+        self._forget_idle(now)
+        delta = level - self.stock
+        if delta > 0:
+            self._share(delta)
+        elif delta < 0:
+            self._shrink(-delta)
+        return self._serve(now)
+
+    def request(self, ticket: object, flow: str, priority: int, nbytes: int, deadline: float,
+                now: float, *, urgent: bool = False) -> list[Grant | Expired]:
+        """``ticket`` of ``flow`` asks for ``nbytes`` by ``deadline``.
+
+        Returns its :class:`Grant` at once if its credit and the pool (and, ``urgent``, the
+        other flows' credit) cover it, :class:`Expired` if ``deadline`` has passed, else
+        nothing (it waits for :meth:`supply` or :meth:`due`); before it, grants of earlier
+        waiters that an idle flow's returned credit now covers.
+
+        Raises:
+            ValueError: ``nbytes`` < 1.
+        """
+        if nbytes < 1:
+            raise ValueError("a request needs at least one byte")
+        # an idle flow's credit went to the pool: it may cover earlier waiters first
+        out: list[Grant | Expired] = list(self._serve(now)) if self._forget_idle(now) else []
+        f = self.flows.get(flow)
+        if f is None:
+            f = self.flows[flow] = _Flow(weight(priority), last=now)
+        f.weight = weight(priority)
+        f.last = now
+        w = _Waiter(ticket, flow, nbytes, deadline, priority, urgent, next(self._seq))
+        if self._fits(w):
+            return [*out, self._grant(w)]
+        if deadline <= now:
+            return [*out, Expired(ticket, flow, nbytes)]
+        self._waiters.append(w)
+        return out
+
+    def cancel(self, ticket: object) -> bool:
+        """Drop a waiting ``ticket`` (its request was cancelled); whether it waited."""
+        for i, w in enumerate(self._waiters):
+            if w.ticket is ticket:
+                del self._waiters[i]
+                return True
+        return False
+
+    def due(self, now: float) -> list[Grant | Expired]:
+        """Time passed: serve what fits, expire waiters whose deadline is ``now`` or past."""
+        out: list[Grant | Expired] = list(self._serve(now))
+        keep: list[_Waiter] = []
+        for w in self._waiters:
+            if w.deadline <= now:
+                out.append(Expired(w.ticket, w.flow, w.nbytes))
+            else:
+                keep.append(w)
+        self._waiters = keep
+        return out
+
+    def withdraw(self, flow: str) -> list[object]:
+        """Take ``flow``'s waiting tickets out (its session was rerouted off this link: they
+        try again on the new path); the tickets, oldest first."""
+        out = [w.ticket for w in self._waiters if w.flow == flow]
+        self._waiters = [w for w in self._waiters if w.flow != flow]
+        return out
+
+    def forget(self, flow: str) -> None:
+        """``flow``'s session ended here: its credit goes back to the pool (the caller then
+        offers the key again with :meth:`supply`, which serves waiters it now covers)."""
+        f = self.flows.pop(flow, None)
+        if f is not None:
+            self.pool += f.credit
+
+    # ---- internals ---------------------------------------------------------------------
+    def _forget_idle(self, now: float) -> bool:
+        """Forget flows idle for ``idle_s``; whether any credit went to the pool."""
+        busy = {w.flow for w in self._waiters}
+        idle = [n for n, f in self.flows.items() if n not in busy and now - f.last >= self.idle_s]
+        freed = False
+        for name in idle:
+            freed = freed or self.flows[name].credit > 0
+            self.forget(name)
+        return freed
+
+    def _share(self, delta: int) -> None:
+        self.stock += delta
+        total = sum(f.weight for f in self.flows.values())
+        if total == 0:
+            self.pool += delta
+            return
+        given = 0
+        for f in self.flows.values():
+            part = min(delta * f.weight // total, max(0, self.cap_bytes - f.credit))
+            f.credit += part
+            given += part
+        self.pool += delta - given  # rounding and capped shares
+
+    def _shrink(self, missing: int) -> None:
+        self.stock -= missing
+        take = min(self.pool, missing)
+        self.pool -= take
+        missing -= take
+        for f in sorted(self.flows.values(), key=lambda f: -f.credit):
+            if missing <= 0:
+                break
+            take = min(f.credit, missing)
+            f.credit -= take
+            missing -= take
+
+    def _fits(self, w: _Waiter) -> bool:
+        if w.urgent:
+            return self.stock >= w.nbytes
+        return self.credit(w.flow) + self.pool >= w.nbytes
+
+    def _grant(self, w: _Waiter) -> Grant:
+        f = self.flows[w.flow]
+        left = w.nbytes
+        take = min(f.credit, left)
+        f.credit -= take
+        left -= take
+        take = min(self.pool, left)
+        self.pool -= take
+        left -= take
+        if left:  # urgent only: from the flows holding the most credit
+            for g in sorted(self.flows.values(), key=lambda g: -g.credit):
+                take = min(g.credit, left)
+                g.credit -= take
+                left -= take
+                if not left:
+                    break
+        self.stock -= w.nbytes
+        f.granted += w.nbytes
+        return Grant(w.ticket, w.flow, w.nbytes)
+
+    def _serve(self, now: float) -> list[Grant]:
+        if not self._waiters or self.stock <= 0:
+            return []
+        out: list[Grant] = []
+        keep: list[_Waiter] = []
+        for w in sorted(self._waiters, key=lambda w: (not w.urgent, -w.priority, w.seq)):
+            if w.flow not in self.flows:  # forgotten meanwhile: it asks again as new
+                self.flows[w.flow] = _Flow(weight(w.priority), last=now)
+            if self._fits(w):
+                out.append(self._grant(w))
+            else:
+                keep.append(w)
+        keep.sort(key=lambda w: w.seq)
+        self._waiters = keep
+        return out
+
+
+class NodeShares(dict[str, LinkShares]):
+    """A KM's :class:`LinkShares`, one per neighbour (the send half of that link).
+
+    Args:
+        peers: the neighbours; cap_bytes, idle_s: as :class:`LinkShares` takes them.
+    """
+
+    def __init__(self, peers: Iterable[str], cap_bytes: int, idle_s: float) -> None:
+        super().__init__({peer: LinkShares(cap_bytes, idle_s) for peer in peers})
+
+    def forget(self, flow: str) -> None:
+        """``flow``'s session ended at this KM: its credit goes back to every pool."""
+        for shares in self.values():
+            shares.forget(flow)
