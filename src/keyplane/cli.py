@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.console import Console
 
-from keyplane.config import Topology, load_topology
 from keyplane.errors import ConfigError, KeyplaneError
 from keyplane.fileperms import ensure_private_dir, write_private
 
 if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
     from keyplane.api.httpserver import HttpServer
     from keyplane.bus import Bus, BusSecurity
+    from keyplane.config import Topology
     from keyplane.lifecycle import ProcessControl
     from keyplane.ops import Ops
     from keyplane.store import Database
@@ -51,6 +51,8 @@ OpsOpt = Annotated[str, typer.Option(
 
 
 def _load(path: Path) -> Topology:
+    from keyplane.config import load_topology
+
     try:
         return load_topology(path)
     except ConfigError as exc:
