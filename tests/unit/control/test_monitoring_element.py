@@ -270,11 +270,15 @@ async def test_monitoring_element_publishes_alarms_and_holds_them_on_the_clock(
     await bus.subscribe(topics.alarm("b-c"), on_alarm)
     settings = MonitoringSettings(min_hold_s=33.0, clear_hold_s=10.0, check_interval_s=60.0,
                                   stale_after_s=100.0, probe_interval_s=None)
-    async with MonitoringElement(topology, bus, clock, events, settings=settings):
+    async with MonitoringElement(topology, bus, clock, events, settings=settings) as element:
         await bus.publish(topics.link_telemetry("b-c"), _tel("b-c", qber=0.2))
         await wait_until(lambda: got, timeout_s=WAIT_S, what="alarm")
         await clock.advance(1.0)
         await bus.publish(topics.link_telemetry("b-c"), _tel("b-c", qber=0.02))
+        # NATS delivers asynchronously: the clear is pending only once the element has the
+        # good sample (at t=1); advancing the clock before that would move the clear away
+        await wait_until(lambda: element.core.next_clear_due() is not None, timeout_s=WAIT_S,
+                         what="the good sample")
         await clock.advance(31.9)
         assert [a.kind for a in got] == ["qber_high"]
         await clock.advance(0.1)  # the wake-up at the pending clear, not the next check (60 s)
