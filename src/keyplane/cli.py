@@ -38,6 +38,11 @@ TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="Topology YA
 StateOpt = Annotated[Path, typer.Option(
     "--state", "-s", help="State directory (certs, db, endpoints.json).")]
 BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
+UnqualifiedOpt = Annotated[bool, typer.Option(
+    "--etsi015-unqualified",
+    help="ETSI 015 agents answer {\"qkd_node\": ...} as TeraFlowSDN's QKD driver reads it, "
+         "instead of RFC 7951's qualified member (overrides the topology's "
+         "etsi015.unqualified_top_member).")]
 DbOpt = Annotated[str | None, typer.Option(
     "--db", help="Database URL (default: SQLite in the state dir).")]
 DangerBusOpt = Annotated[bool, typer.Option(
@@ -58,6 +63,14 @@ def _load(path: Path) -> Topology:
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+def _with_etsi015(topo: Topology, unqualified: bool) -> Topology:
+    """``topo`` with the ETSI 015 choices given on the command line."""
+    if not unqualified:
+        return topo
+    settings = topo.etsi015.model_copy(update={"unqualified_top_member": True})
+    return topo.model_copy(update={"etsi015": settings})
 
 
 def _logging(verbose: bool) -> None:
@@ -201,7 +214,8 @@ def nats_config(topology: TopologyOpt,
 
 @app.command()
 def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt = Path("state"),
-        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0", verbose: bool = False) -> None:
+        db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
+        etsi015_unqualified: UnqualifiedOpt = False, verbose: bool = False) -> None:
     """Run every element of the network in this process (embedded mode) until Ctrl-C."""
     from keyplane.bus import MemoryBus
     from keyplane.events import EventStream, JsonlSink
@@ -209,7 +223,7 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
     from keyplane.runtime import Embedded, RuntimeContext
     from keyplane.store import Database
 
-    topo = _load(topology)
+    topo = _with_etsi015(_load(topology), etsi015_unqualified)
     ops_at = _ops_address(ops)
     _logging(verbose)
     ensure_private_dir(state)
@@ -308,7 +322,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
-         danger_insecure_bus: DangerBusOpt = False, verbose: bool = False) -> None:
+         danger_insecure_bus: DangerBusOpt = False,
+         etsi015_unqualified: UnqualifiedOpt = False, verbose: bool = False) -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
@@ -316,7 +331,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     from keyplane.runtime import NodeRuntime, RuntimeContext
     from keyplane.store import Database
 
-    topo = _load(topology)
+    topo = _with_etsi015(_load(topology), etsi015_unqualified)
     ops_at = _ops_address(ops)
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")

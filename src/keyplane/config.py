@@ -30,12 +30,14 @@ __all__ = [
     "Eavesdropper",
     "EmulatedSource",
     "Etsi014Source",
+    "Etsi015Settings",
     "HybridPolicy",
     "LinkSource",
     "Node",
     "PostProcessing",
     "QuantumLink",
     "SlaProfile",
+    "TeraflowSdnListener",
     "Topology",
     "User",
     "example_path",
@@ -366,6 +368,42 @@ class Application(_Model):
     """The node whose key manager serves it."""
 
 
+class TeraflowSdnListener(_Model):
+    """A second, controller-facing ETSI 015 listener per node for an unmodified TeraFlowSDN.
+
+    TeraFlowSDN's QKD driver cannot present a client certificate; it can send HTTP Basic
+    credentials (in its device address ``user:password@host`` or a ``.netrc``). This listener
+    asks every request for them, serves the plain ETSI model with unqualified top members,
+    and lets a valid user write. The default mTLS listener is unchanged (docs/api/etsi015.md,
+    "TeraFlowSDN").
+    """
+
+    host: str = "127.0.0.1"
+    """Address the listeners bind (one TeraFlowSDN can reach, nobody else ideally)."""
+    ports: dict[str, Annotated[int, Field(ge=0, le=65535)]]
+    """Node id → TCP port of its listener (only these nodes get one; 0: a free port, then
+    read it from endpoints.json)."""
+    credentials_file: Path
+    """``user:password`` lines (``#`` comments); keep it mode 0600. Relative paths are
+    resolved against the working directory of the node process."""
+    danger_plain_http: bool = False
+    """Serve plain HTTP (TeraFlowSDN's driver speaks ``http://`` to every node unless one
+    ``QKD_API_URL`` is set): credentials cross the network in clear, so only on a network
+    nobody else can read. False: HTTPS with the node's certificate, no client certificate."""
+
+
+class Etsi015Settings(_Model):
+    """How the nodes' ETSI 015 SDN agents present themselves (docs/api/etsi015.md)."""
+
+    unqualified_top_member: bool = False
+    """Answer ``{"qkd_node": …}`` as TeraFlowSDN reads it, instead of RFC 7951's
+    ``{"etsi-qkd-sdn-node:qkd_node": …}`` (also ``keyplane run/node --etsi015-unqualified``)."""
+    keyplane_augment: bool = True
+    """Serve keyplane's ``keyplane-qkd-provenance`` augment; False: the plain ETSI model."""
+    teraflowsdn: TeraflowSdnListener | None = None
+    """A second listener per node for an unmodified TeraFlowSDN (HTTP Basic); none if absent."""
+
+
 class Topology(_Model):
     """The whole network description; cross-references are checked on load."""
 
@@ -381,6 +419,9 @@ class Topology(_Model):
     """The users and their SLA profiles."""
     applications: list[Application] = Field(default_factory=list)
     """The applications (SAEs)."""
+    etsi015: Etsi015Settings = Etsi015Settings()
+    """How the nodes' ETSI 015 agents present themselves (TeraFlowSDN compatibility, the plain
+    ETSI model)."""
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
@@ -405,6 +446,10 @@ class Topology(_Model):
                 problems.append(f"applications[{i}].node: unknown node {app.node!r}")
             if app.owner not in user_ids:
                 problems.append(f"applications[{i}].owner: unknown user {app.owner!r}")
+        if self.etsi015.teraflowsdn is not None:
+            for node in self.etsi015.teraflowsdn.ports:
+                if node not in node_ids:
+                    problems.append(f"etsi015.teraflowsdn.ports: unknown node {node!r}")
         for i, user in enumerate(self.users):
             for peer in user.sla.allowed_peers:
                 if peer != "*" and peer not in sae_ids:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.api.etsi004.app import ETSI004_PREFIX
 from keyplane.api.etsi015 import (
+    AgentSettings,
     Etsi015Driver,
     KmEventFeed,
     RestconfServer,
@@ -40,6 +41,7 @@ from keyplane.api.etsi015 import (
     create_northbound_app,
     serve_agent,
     serve_app,
+    serve_teraflowsdn,
 )
 from keyplane.api.httpserver import HttpServer, RequestObserver
 from keyplane.api.server import create_km_app, km_interface
@@ -360,7 +362,8 @@ class NodeRuntime(Service):
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = api.url
         self.endpoints["etsi004"] = api.url + ETSI004_PREFIX
-        self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream)
+        self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream,
+                              settings=AgentSettings.from_config(ctx.topology.etsi015))
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop
         # and the sessions' hybrid policies (keyplane-qkd-provenance)
         feed = KmEventFeed(self.agent)
@@ -371,6 +374,12 @@ class NodeRuntime(Service):
                                    ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
+        tfs = ctx.topology.etsi015.teraflowsdn
+        if tfs is not None and (listener := await serve_teraflowsdn(
+                self.agent, tfs, server_cert=certs.kms[self.node_id], ca_file=certs.ca.cert,
+                observer=ctx.http_observer)):
+            self._stack.push_async_callback(listener.close)
+            self.endpoints["etsi015_teraflowsdn"] = listener.url
 
     async def _announce(self) -> None:
         """Announce until the control plane answers (it may start after us), backing off

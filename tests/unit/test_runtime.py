@@ -151,7 +151,9 @@ async def test_embedded_relayed_stream_shows_virt_links_on_every_agent_over_mtls
             (middle,) = virt("km0")  # the path runs from whichever end Admission paired first
             hops = [middle["virt_prev_hop"], *middle["virt_next_hop"]]  # type: ignore[misc]
             assert sorted(hops) == sorted([qkdn_id("km2"), qkdn_id("km3")])
-            assert middle["virt_bandwidth"] == 64
+            # the rate the session was admitted at (the users' SLA cap, 100 kb/s; the QoS
+            # asked no max), not the 64 b/s Routing reserved (issue 17.5)
+            assert middle["virt_bandwidth"] == 100_000
             by_uuid = {qkdn_id("km2"): "km2", qkdn_id("km3"): "km3"}
             middle_prev = by_uuid[str(middle["virt_prev_hop"])]
             middle_next = by_uuid[str(middle["virt_next_hop"][0])]  # type: ignore[index]

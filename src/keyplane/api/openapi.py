@@ -3,20 +3,20 @@
 FastAPI documents a 422 response with its own validation-error schema on every route
 with parameters; the ETSI servers answer those cases with 400 and the standard's error
 body instead, so the 422 entries and their schemas are removed from the document.
+
+The committed documents under docs/api/ are written by :mod:`keyplane.api.openapi_docs`
+(kept apart: it imports the apps, which import this module).
 """
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-__all__ = ["drop_validation_responses", "openapi_documents", "write_openapi_docs"]
+__all__ = ["drop_validation_responses"]
 
 
 def drop_validation_responses(app: FastAPI,
@@ -42,34 +42,3 @@ def drop_validation_responses(app: FastAPI,
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def openapi_documents() -> dict[str, dict[str, Any]]:
-    """The OpenAPI documents every KM serves, by file name under docs/api/."""
-    from keyplane.api.etsi004.app import create_etsi004_app
-    from keyplane.api.etsi014.app import create_etsi014_app
-
-    # The documents do not depend on the key manager or the node; any will do.
-    km: Any = None
-    return {"openapi-etsi014.json": create_etsi014_app(km, kme_id="kme").openapi(),
-            "openapi-etsi004.json": create_etsi004_app(km, kme_id="kme").openapi()}
-
-
-def render(document: dict[str, Any]) -> str:
-    """The committed text form of an OpenAPI document."""
-    return json.dumps(document, indent=2, sort_keys=True) + "\n"
-
-
-def write_openapi_docs(directory: str | Path) -> list[Path]:
-    """Write :func:`openapi_documents` to ``directory`` (``docs/api`` in the repository)."""
-    out = []
-    for name, doc in openapi_documents().items():
-        path = Path(directory) / name
-        path.write_text(render(doc))
-        out.append(path)
-    return out
-
-
-if __name__ == "__main__":  # python -m keyplane.api.openapi docs/api
-    for written in write_openapi_docs(sys.argv[1] if len(sys.argv) > 1 else "docs/api"):
-        print(written)

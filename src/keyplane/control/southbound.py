@@ -52,7 +52,7 @@ from keyplane.api.etsi015 import (
     app_id,
 )
 from keyplane.clock import Clock
-from keyplane.control.sdn import ELEMENT, NodeDiscovery, SdnLink, SdnModel, qkd_uuid
+from keyplane.control.sdn_model import ELEMENT, NodeDiscovery, SdnLink, SdnModel, qkd_uuid
 from keyplane.events import EventStream, EventType
 
 __all__ = ["Etsi015Southbound", "ProvisionedPath", "VirtualPath", "sae_uri"]
@@ -70,7 +70,8 @@ class VirtualPath:
     """What a session's VIRT link should look like on the nodes (from the model)."""
 
     path: tuple[str, ...]
-    bandwidth_bps: int
+    bandwidth_bps: int  # virt_bandwidth: the admitted rate
+    reserved_bps: int = 0  # the qkd_app's min_bandwidth: what Routing reserved
     source_sae: str = ""
     destination_sae: str = ""
     priority: int = 0
@@ -80,7 +81,8 @@ class VirtualPath:
     def of(cls, link: SdnLink) -> VirtualPath:
         """The desired state of a VIRT link of the model."""
         return cls(path=link.path, bandwidth_bps=round(link.bandwidth_bps),
-                   source_sae=link.source_sae, destination_sae=link.destination_sae,
+                   reserved_bps=round(link.reserved_bps), source_sae=link.source_sae,
+                   destination_sae=link.destination_sae,
                    priority=link.priority, max_bps=round(link.max_bps))
 
 
@@ -144,8 +146,8 @@ class Etsi015Southbound:
     def reconcile_through(self, node: str) -> None:
         """Reconcile every session whose VIRT link passes through ``node`` and is not
         provisioned as the model wants (after the node (re)announced its agent)."""
-        for link in list(self.model.links.values()):
-            if link.type != "VIRT" or link.session_id is None or node not in link.path:
+        for link in self.model.sessions():
+            if link.session_id is None or node not in link.path:
                 continue
             have = self.provisioned.get(link.session_id)
             if have is None or have.want != VirtualPath.of(link) or any(
@@ -248,8 +250,8 @@ class Etsi015Southbound:
     # ------------------------------------------------------------------ virtual links
 
     def _desired(self, session_id: str) -> VirtualPath | None:
-        for link in self.model.links.values():
-            if link.type == "VIRT" and link.session_id == session_id and len(link.path) >= 2:
+        for link in self.model.sessions():
+            if link.session_id == session_id and len(link.path) >= 2:
                 return VirtualPath.of(link)
         return None
 
@@ -304,7 +306,7 @@ class Etsi015Southbound:
                     app, sae_uri(want.source_sae),
                     (sae_uri(want.destination_sae),) if want.destination_sae else (),
                     priority=want.priority, max_bandwidth_bps=want.max_bps or None,
-                    min_bandwidth_bps=want.bandwidth_bps, backing_qkdl_ids=(uid,),
+                    min_bandwidth_bps=want.reserved_bps, backing_qkdl_ids=(uid,),
                     local_qkdn_id=here.qkdn_id, remote_qkdn_id=far.qkdn_id)
                 try:
                     await self._put_application(here.url, entry)

@@ -15,7 +15,7 @@ from tests.support.topologies import line3
 
 from keyplane.api.etsi004.app import create_etsi004_app
 from keyplane.api.etsi014.app import create_etsi014_app
-from keyplane.api.openapi import openapi_documents, render
+from keyplane.api.openapi_docs import openapi_documents, render
 from keyplane.api.settings import ApiSettings
 
 DOCS = Path(__file__).resolve().parents[3] / "docs" / "api"
@@ -25,7 +25,7 @@ DOCS = Path(__file__).resolve().parents[3] / "docs" / "api"
 def test_committed_openapi_equals_generated(name: str) -> None:
     committed = (DOCS / name).read_text()
     assert json.loads(committed) == openapi_documents()[name], (
-        "regenerate with: PYTHONPATH=src python -m keyplane.api.openapi docs/api")
+        "regenerate with: PYTHONPATH=src python -m keyplane.api.openapi_docs docs/api")
     assert committed == render(openapi_documents()[name])
 
 

@@ -52,11 +52,12 @@ def hops(net: AgentNetwork, node: str) -> tuple[str, list[str], int] | None:
 
 
 def along(path: str) -> dict[str, tuple[str, list[str], int]]:
-    """Expected per-node VIRT entries of a path "a-e-d" at 100 bps (ETSI 015 convention:
-    the source is its own previous hop, the destination its own next hop)."""
+    """Expected per-node VIRT entries of a path "a-e-d" carrying the session's admitted 5,000
+    bps (ETSI 015 convention: the source is its own previous hop, the destination its own
+    next hop)."""
     nodes = path.split("-")
     u = {n: qkd_uuid("node", n) for n in nodes}
-    return {n: (u[nodes[max(i - 1, 0)]], [u[nodes[min(i + 1, len(nodes) - 1)]]], 100)
+    return {n: (u[nodes[max(i - 1, 0)]], [u[nodes[min(i + 1, len(nodes) - 1)]]], 5000)
             for i, n in enumerate(nodes)}
 
 
@@ -134,7 +135,8 @@ async def test_relayed_session_puts_virt_links_on_its_path_moves_them_and_remove
             assert app["server_app_id"] == "urn:keyplane:sae:sae_a"
             assert app["client_app_id"] == ["urn:keyplane:sae:sae_d"]
             assert app["backing_qkdl_id"] == [SESSION_LINK]
-            assert app["app_qos"]["min_bandwidth"] == 100
+            assert app["app_qos"]["min_bandwidth"] == 100  # reserved by Routing
+            assert app["app_qos"]["max_bandwidth"] == 5000  # admitted
         assert net.apps("e") == []
         for node in NODES:  # everything the controller wrote conforms to the YANG model
             validate_node(net.agents[node].get(""))
@@ -221,7 +223,7 @@ async def test_unreachable_agent_is_evented_and_never_blocks_session_setup(
         for node, user, src, dst in (("a", "alice", "sae_a", "sae_d"),
                                      ("d", "dave", "sae_d", "sae_a")):
             await memory_bus.request(topics.ADMISSION, open_request(
-                "s1", node, user, src, dst, min_bps=100), timeout_s=5.0)
+                "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=5.0)
         await wait_until(lambda: bool(sink.of_type(EventType.session_operative)),
                          what="operative")
         assert kms.holders("s1") == ["a", "d", "e"]
@@ -270,7 +272,7 @@ async def test_restarted_controller_reprovisions_virt_links_without_nodes_reanno
             for node, user, src, dst in (("a", "alice", "sae_a", "sae_d"),
                                          ("d", "dave", "sae_d", "sae_a")):
                 await memory_bus.request(topics.ADMISSION, open_request(
-                    "s1", node, user, src, dst, min_bps=100), timeout_s=5.0)
+                    "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=5.0)
             await wait_until(lambda: virt_state(net) == along("a-e-d"), what="VIRT links")
             assert first.sdn is not None and first.sdn.southbound is not None
             await first.sdn.southbound.settle()

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 from keyplane.api.etsi015 import NodeDatastore, RestconfError, qkdl_id, qkdn_id, validate_node
-from keyplane.api.etsi015.datastore import parse_fields
+from keyplane.api.etsi015.fields import parse_fields
 from keyplane.api.etsi015.model import MODULE, ROOT_MEMBER, identity
 from keyplane.config import Topology
 

@@ -41,6 +41,19 @@ def test_shipped_etsi_modules_are_byte_identical_to_the_release() -> None:
     assert (YANG_DIR / "LICENSE.etsi").is_file()
 
 
+def test_shipped_ietf_protocol_modules_are_the_published_texts() -> None:
+    """RFC 8525, RFC 8342 and RFC 8040 modules as published (the copies pyang 2.7.1 ships
+    under share/yang/modules/ietf/), served for download by every agent."""
+    digests = {name: hashlib.sha256((YANG_DIR / f"{name}.yang").read_bytes()).hexdigest()
+               for name in ("ietf-yang-library", "ietf-datastores", "ietf-restconf-monitoring")}
+    assert digests == {
+        "ietf-yang-library": "e38a103fdbe6165fca67a4c82965c0377d54cb51951ba895d3f9170f34ac4e2e",
+        "ietf-datastores": "eccd84d4c4831e787b808e0da154aef6b999e81f4380c3272190baf34a9529ce",
+        "ietf-restconf-monitoring":
+            "c4e0aed64ee45d17efc72f4f75d32d8e73e0a3efda5bf6360bb25f8daa14f125",
+    }
+
+
 def test_unpatched_model_rejects_standard_virt_members_upstream_defect() -> None:
     verbatim = DataModel.from_file(str(YANG_DIR / "yang-library.json"), [str(YANG_DIR)])
     with pytest.raises(SchemaError, match="member-not-allowed"):

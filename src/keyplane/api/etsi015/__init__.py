@@ -3,6 +3,7 @@
 Node side: :class:`SdnAgent` (bus-fed, owns a :class:`NodeDatastore` validated against the
 ``etsi-qkd-sdn-node`` YANG model on every write), :func:`create_agent_app` (RESTCONF,
 RFC 8040, JSON per RFC 7951) and :func:`serve_agent` (HTTPS with mutual TLS).
+An unmodified TeraFlowSDN reaches a node through :func:`serve_teraflowsdn` (HTTP Basic).
 Controller side: :class:`Etsi015Client`, :class:`Etsi015Driver` and the northbound
 :class:`NetworkView` / :func:`create_northbound_app`. See docs/api/etsi015.md.
 """
@@ -41,8 +42,13 @@ from keyplane.api.etsi015.model import (
     validate_notification,
 )
 from keyplane.api.etsi015.northbound import NETWORK_MEMBER, NetworkView, create_northbound_app
-from keyplane.api.etsi015.restconf import PEER_SUBJECT_STATE_KEY, create_agent_app
+from keyplane.api.etsi015.restconf import (
+    PEER_SUBJECT_STATE_KEY,
+    RestconfOptions,
+    create_agent_app,
+)
 from keyplane.api.etsi015.server import RestconfServer, serve_agent, serve_app
+from keyplane.api.etsi015.teraflow import read_credentials, serve_teraflowsdn
 
 __all__ = [
     "DEFAULT_CONTROLLER_SUBJECT",
@@ -66,6 +72,7 @@ __all__ = [
     "PerfThresholds",
     "QkdApplication",
     "RestconfError",
+    "RestconfOptions",
     "RestconfServer",
     "SdnAgent",
     "VirtualLink",
@@ -76,9 +83,11 @@ __all__ = [
     "data_model",
     "qkdl_id",
     "qkdn_id",
+    "read_credentials",
     "read_resource",
     "serve_agent",
     "serve_app",
+    "serve_teraflowsdn",
     "validate_node",
     "validate_notification",
 ]

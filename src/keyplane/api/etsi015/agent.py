@@ -43,7 +43,7 @@ from keyplane.api.etsi015.datastore import (
 from keyplane.api.etsi015.model import ROOT_MEMBER, app_id, date_and_time, qkdl_id
 from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
-from keyplane.config import Topology
+from keyplane.config import Etsi015Settings, Topology
 from keyplane.events import Event, EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import KmTelemetry, LinkAlarm, LinkTelemetry, SdnNotification
@@ -71,7 +71,11 @@ class AgentSettings:
         stream_queue_size: notifications buffered per SSE subscriber (oldest dropped).
         unqualified_top_member: answer GETs with ``{"qkd_node": …}`` instead of the RFC 7951
             ``{"etsi-qkd-sdn-node:qkd_node": …}``: interoperability with TeraFlowSDN's QKD
-            driver, which reads ``r.json()['qkd_node']``. Off by default.
+            driver, which reads ``r.json()['qkd_node']``. Off by default; per deployment in
+            the topology file (``etsi015.unqualified_top_member``) or with
+            ``keyplane run/node --etsi015-unqualified``.
+        keyplane_augment: serve keyplane's ``keyplane-qkd-provenance`` augment (in the data
+            and the YANG library). False serves the plain ETSI model (docs/api/etsi015.md).
         danger_allow_unauthenticated_writes: accept writes from clients without a controller
             certificate (plain HTTP, tests). Breaks the interface's security; logs a WARNING.
     """
@@ -84,7 +88,14 @@ class AgentSettings:
     statistics_periods_kept: int = 10
     stream_queue_size: int = 256
     unqualified_top_member: bool = False
+    keyplane_augment: bool = True
     danger_allow_unauthenticated_writes: bool = False
+
+    @classmethod
+    def from_config(cls, config: Etsi015Settings) -> AgentSettings:
+        """The settings a topology file's ``etsi015`` section asks for (defaults otherwise)."""
+        return cls(unqualified_top_member=config.unqualified_top_member,
+                   keyplane_augment=config.keyplane_augment)
 
 
 class NotificationFeed:

@@ -14,6 +14,7 @@ Error-tag → status (RFC 8040 §7, the subset the agent uses):
 | unknown-element        | 400  | a member the model does not define (or not allowed there)     |
 | missing-element        | 400  | a mandatory leaf or list key is missing                       |
 | invalid-value          | 404  | the target resource does not exist                            |
+| access-denied          | 401  | no valid credentials on a listener that asks for them         |
 | access-denied          | 403  | the client certificate may not write                          |
 | operation-not-supported| 405  | method not allowed on this resource (read-only data)          |
 | data-exists            | 409  | POST of something that already exists                         |
@@ -22,6 +23,7 @@ Error-tag → status (RFC 8040 §7, the subset the agent uses):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from keyplane.errors import KeyplaneError
@@ -51,16 +53,19 @@ class RestconfError(Etsi015Error):
         error_type: RFC 8040 ``error-type`` (``protocol`` or ``application`` here).
         error_tag: RFC 8040 ``error-tag`` (see the module table).
         path: the RFC 8040 ``error-path`` (instance path), if known.
+        headers: HTTP headers the answer needs (``WWW-Authenticate`` on a 401).
     """
 
     def __init__(self, status: int, error_tag: str, message: str, *,
-                 error_type: ErrorType = "protocol", path: str | None = None) -> None:
+                 error_type: ErrorType = "protocol", path: str | None = None,
+                 headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_tag = error_tag
         self.error_type: ErrorType = error_type
         self.message = message
         self.path = path
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The ``ietf-restconf:errors`` document (RFC 8040 §7.1)."""

@@ -6,38 +6,62 @@ Routes (handlers are thin: parse, call one agent method, map the result):
 |--------------------------------------------------------|----------------------------------------|
 | GET  /.well-known/host-meta                            | RFC 8040 §3.1 root discovery (XRD)     |
 | GET  /restconf                                         | API root (``ietf-restconf:restconf``)  |
-| GET  /restconf/yang-library-version                    | ``2016-06-21``                         |
-| GET  /restconf/data/ietf-yang-library:modules-state    | the module set (RFC 7895)              |
+| GET  /restconf/yang-library-version                    | ``2019-01-04`` (RFC 8525)              |
+| GET  /restconf/data/ietf-yang-library:yang-library     | the YANG library (RFC 8525)            |
+| GET  /restconf/data/ietf-yang-library:modules-state    | the module set (RFC 7895, deprecated)  |
+| GET  /restconf/yang/<module>@<revision>                | a module file (RFC 8040 §3.7)          |
 | GET  /restconf/data/ietf-restconf-monitoring:restconf-state/streams | the event stream     |
 | GET/HEAD /restconf/data[/<resource>]                   | reads (``content``,``depth``,``fields``)|
 | POST/PUT/PATCH/DELETE /restconf/data/<resource>        | writes (controller certificate only)   |
 | GET  /restconf/streams/etsi-qkd-sdn-node/json          | notifications as SSE (RFC 8040 §6.3)   |
 
 Every failure goes through one handler that answers with ``ietf-restconf:errors``.
-The client certificate's subject is read from the ASGI scope state key
-:data:`PEER_SUBJECT_STATE_KEY` (set per connection by :mod:`keyplane.api.etsi015.server`).
+
+Who the client is (:class:`RestconfOptions`): by default the TLS client certificate, whose
+subject is read from the ASGI scope state key :data:`PEER_SUBJECT_STATE_KEY` (set per
+connection by :mod:`keyplane.api.etsi015.server`); any certificate of the network's CA may
+read, the controller's may write. A listener built with ``basic_users`` instead asks every
+request for HTTP Basic credentials (RFC 7617) and lets a valid user read and write: the
+controller-facing listener for an unmodified TeraFlowSDN (:mod:`keyplane.api.etsi015.teraflow`).
+
+What the client is shown: RFC 7951 names (or TeraFlowSDN's unqualified top member), and
+keyplane's augment ``keyplane-qkd-provenance`` unless the listener serves the plain ETSI
+model, in which case its members, its module in the YANG library and paths into it are
+absent (404) as if keyplane had no augment.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, cast
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from keyplane.api.etsi015.agent import SdnAgent
 from keyplane.api.etsi015.datastore import Content
 from keyplane.api.etsi015.errors import ERROR_MEDIA_TYPE, RestconfError
-from keyplane.api.etsi015.model import MODULE, YANG_DIR
+from keyplane.api.etsi015.library import (
+    LIBRARY_REVISION,
+    YANG_MEDIA_TYPE,
+    module_text,
+    modules_state,
+    yang_library,
+)
+from keyplane.api.etsi015.model import MODULE, PROVENANCE_MODULE
 
 __all__ = [
     "PEER_SUBJECT_STATE_KEY",
     "STREAM_NAME",
     "YANG_DATA_JSON",
+    "RestconfOptions",
     "create_agent_app",
     "restconf_error_handlers",
 ]
@@ -48,7 +72,7 @@ YANG_DATA_JSON = "application/yang-data+json"
 PEER_SUBJECT_STATE_KEY = "keyplane.peer_subject"
 """ASGI ``scope["state"]`` key holding the RFC 4514 subject of the TLS client certificate."""
 STREAM_NAME = MODULE
-YANG_LIBRARY_VERSION = "2016-06-21"
+YANG_LIBRARY_VERSION = LIBRARY_REVISION
 _JSON_TYPES = ("application/yang-data+json", "application/json")
 _WRITE_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 _ALLOW = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"
@@ -61,7 +85,65 @@ class YangJSONResponse(JSONResponse):
 
 
 def _error_response(exc: RestconfError) -> Response:
-    return JSONResponse(exc.body(), status_code=exc.status, media_type=ERROR_MEDIA_TYPE)
+    return JSONResponse(exc.body(), status_code=exc.status, media_type=ERROR_MEDIA_TYPE,
+                        headers=exc.headers or None)
+
+
+@dataclass(frozen=True)
+class RestconfOptions:
+    """What one listener shows and whom it trusts (see the module docstring).
+
+    Attributes:
+        unqualified_top_member: answer ``{"qkd_node": …}`` (TeraFlowSDN reads that) instead
+            of RFC 7951's ``{"etsi-qkd-sdn-node:qkd_node": …}``.
+        keyplane_augment: serve ``keyplane-qkd-provenance``; False serves the plain ETSI model.
+        basic_users: user → password; set, every request must carry one of them as HTTP
+            Basic credentials, and such a user may write. None: the TLS client certificate.
+        realm: the Basic realm named in ``WWW-Authenticate``.
+    """
+
+    unqualified_top_member: bool = False
+    keyplane_augment: bool = True
+    basic_users: Mapping[str, str] | None = field(default=None, repr=False)
+    realm: str = "keyplane ETSI GS QKD 015"
+
+
+def _basic_user(request: Request, users: Mapping[str, str], realm: str) -> str:
+    """The user whose Basic credentials the request carries.
+
+    Raises:
+        RestconfError: 401 ``access-denied`` (with ``WWW-Authenticate``) when they are
+            missing, malformed or wrong.
+    """
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    given_user, given_password = "", ""
+    if scheme.lower() == "basic":
+        try:
+            given_user, _, given_password = base64.b64decode(
+                value.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            given_user = ""
+    found = None
+    for user, password in users.items():  # compare with every entry: no early exit on a name
+        same = hmac.compare_digest(user.encode(), given_user.encode())
+        same &= hmac.compare_digest(password.encode(), given_password.encode())
+        if same:
+            found = user
+    if found is None:
+        raise RestconfError(401, "access-denied", "valid HTTP Basic credentials required",
+                            headers={"WWW-Authenticate": f'Basic realm="{realm}"'})
+    return found
+
+
+def _without_module(value: Any, module: str) -> Any:
+    """``value`` without the members of ``module`` (RFC 7951 qualifies them where they start)."""
+    prefix = f"{module}:"
+    if isinstance(value, dict):
+        return {k: _without_module(v, module) for k, v in value.items()
+                if not k.startswith(prefix)}
+    if isinstance(value, list):
+        return [_without_module(v, module) for v in value]
+    return value
 
 
 def restconf_error_handlers(app: FastAPI) -> None:
@@ -164,21 +246,60 @@ def _resource_path(request: Request, decoded: str) -> str:
     return decoded.strip("/")
 
 
+def _library(path: str, base_url: str, augment: bool) -> Response:
+    """The YANG library resources (RFC 8525 ``yang-library``, RFC 7895 ``modules-state``)."""
+    if path == "ietf-yang-library:yang-library":
+        return YangJSONResponse(yang_library(base_url, augment=augment))
+    if path == "ietf-yang-library:modules-state":
+        return YangJSONResponse(modules_state(base_url, augment=augment))
+    raise RestconfError(404, "invalid-value", "no such YANG library resource",
+                        path="/" + path)
+
+
 def _unqualify_top(body: dict[str, Any]) -> dict[str, Any]:
     return {k.removeprefix(f"{MODULE}:"): v for k, v in body.items()}
 
 
-def create_agent_app(agent: SdnAgent) -> FastAPI:
-    """The RESTCONF application of ``agent`` (serve it with :func:`serve_agent`)."""
+def create_agent_app(agent: SdnAgent, options: RestconfOptions | None = None) -> FastAPI:
+    """The RESTCONF application of ``agent`` (serve it with :func:`serve_agent`).
+
+    ``options``: what this listener shows and whom it trusts; None takes
+    ``unqualified_top_member`` and ``keyplane_augment`` from ``agent.settings`` and trusts
+    the TLS client certificate.
+    """
+    opts = options or RestconfOptions(
+        unqualified_top_member=agent.settings.unqualified_top_member,
+        keyplane_augment=agent.settings.keyplane_augment)
+
+    def principal(request: Request) -> str | None:
+        """Who sent ``request`` (raises 401 on a Basic listener without valid credentials)."""
+        if opts.basic_users is not None:
+            return "basic:" + _basic_user(request, opts.basic_users, opts.realm)
+        return peer_subject_of(request)
+
+    async def authenticate(request: Request) -> None:
+        principal(request)
+
     app = FastAPI(title=f"keyplane SDN agent {agent.node_id} (ETSI GS QKD 015)",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None,
+                  dependencies=[Depends(authenticate)] if opts.basic_users is not None else [])
     restconf_error_handlers(app)
-    yang_library = json.loads((YANG_DIR / "yang-library.json").read_text(encoding="utf-8"))
+    hidden = () if opts.keyplane_augment else (PROVENANCE_MODULE,)
 
     def answer(body: dict[str, Any], status: int = 200) -> Response:
-        if agent.settings.unqualified_top_member:
+        for module in hidden:
+            body = _without_module(body, module)
+        if opts.unqualified_top_member:
             body = _unqualify_top(body)
         return YangJSONResponse(body, status_code=status)
+
+    def may_write(who: str | None) -> bool:
+        if opts.basic_users is not None:  # the listener's users are controllers
+            return who is not None
+        return agent.may_write(who)
+
+    def base_url(request: Request) -> str:
+        return str(request.base_url).rstrip("/")
 
     @app.get("/.well-known/host-meta")
     async def host_meta() -> Response:
@@ -194,6 +315,14 @@ def create_agent_app(agent: SdnAgent) -> FastAPI:
     @app.get("/restconf/yang-library-version")
     async def library_version() -> Response:
         return YangJSONResponse({"ietf-restconf:yang-library-version": YANG_LIBRARY_VERSION})
+
+    @app.get("/restconf/yang/{module}")
+    async def schema(module: str) -> Response:
+        name, _, revision = module.removesuffix(".yang").partition("@")
+        text = module_text(name, revision or None, augment=opts.keyplane_augment)
+        if text is None:
+            raise RestconfError(404, "invalid-value", f"no module {module!r} is served")
+        return Response(text, media_type=YANG_MEDIA_TYPE)
 
     @app.get("/restconf/streams/{stream}/json")
     async def event_stream(stream: str, request: Request) -> Response:
@@ -217,8 +346,10 @@ def create_agent_app(agent: SdnAgent) -> FastAPI:
         method = request.method
         if method == "OPTIONS":
             return Response(status_code=200, headers={"Allow": _ALLOW})
-        if path.startswith("ietf-yang-library:modules-state") and method in ("GET", "HEAD"):
-            return YangJSONResponse(yang_library)
+        if path.startswith("ietf-yang-library:") and method in ("GET", "HEAD"):
+            return _library(path, base_url(request), opts.keyplane_augment)
+        if any(path.startswith(f"{module}:") or f"/{module}:" in path for module in hidden):
+            raise RestconfError(404, "invalid-value", "unknown resource (module not served)")
         if path.startswith("ietf-restconf-monitoring:restconf-state") and method == "GET":
             base = str(request.base_url).rstrip("/")
             return YangJSONResponse({"ietf-restconf-monitoring:restconf-state": {"streams": {
@@ -228,12 +359,14 @@ def create_agent_app(agent: SdnAgent) -> FastAPI:
         if method in ("GET", "HEAD"):
             _check_accept(request)
             content, depth, fields = _query(request, ("content", "depth", "fields"))
+            if fields is not None and any(f"{module}:" in fields for module in hidden):
+                raise RestconfError(400, "invalid-value", "fields: a module not served")
             body = agent.get(path, content=content, depth=depth, fields=fields)
             if method == "HEAD":
                 return Response(status_code=200, media_type=YANG_DATA_JSON)
             return answer(body)
         _query(request, ())
-        if not agent.may_write(peer_subject_of(request)):
+        if not may_write(principal(request)):
             raise RestconfError(403, "access-denied",
                                 "only the SDN controller's certificate may write")
         if method == "DELETE":
@@ -242,7 +375,7 @@ def create_agent_app(agent: SdnAgent) -> FastAPI:
         body = await _json_body(request)
         if method == "POST":
             location = await agent.create(path, body)
-            url = str(request.base_url).rstrip("/") + "/restconf/data/" + location
+            url = base_url(request) + "/restconf/data/" + location
             return Response(status_code=201, headers={"Location": url})
         if method == "PUT":
             created = await agent.replace(path, body)
