@@ -24,6 +24,7 @@ from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
 from tests.support.bus import harness_security
 from tests.support.control import NODES, TOPOLOGY, open_request
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import FakeKms, wait_until
 
 
@@ -133,7 +134,7 @@ async def test_run_controller_serves_kms_over_nats_until_cancelled(
                                               security=harness_security(nats_server)))
     km_bus = await NatsBus.connect(nats_server.url, security=harness_security(nats_server))
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(DEADLINE_S):
             await ready.wait()
         reply = await km_bus.request(topics.ACCESS, AuthRequest(
             node="a", sae_id="sae_a", peer_sae_id="sae_d", identity="CN=alice,O=test"))
