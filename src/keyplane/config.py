@@ -111,13 +111,23 @@ class PostProcessing(_Model):
     block_size_bits: Annotated[int, Field(ge=1024, le=10_000_000)] = 100_000
     """Sifted bits per post-processing block (finite-size statistics improve with size)."""
     qber_threshold: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.11
-    """Abort a block whose estimated QBER exceeds this (fraction)."""
-    sample_fraction: Annotated[float, Field(gt=0.0, lt=0.5)] = 0.1
-    """Share of sifted bits disclosed to estimate the QBER."""
+    """Abort a block whose estimated QBER (its own test-basis error rate) exceeds this
+    (fraction)."""
     security_epsilon: Annotated[float, Field(gt=0.0, lt=1.0)] = 1e-10
-    """Failure probability of the finite-size security bound."""
+    """Secrecy parameter eps_sec of each block's finite-key bound (Lim et al. 2014)."""
+    cascade_schedule: Literal["original", "yanetal", "option7"] = "original"
+    """Cascade block-size schedule (keyplane.physical.cascade). yanetal leaks the least
+    (f_EC 1.04-1.07) but takes about 3.5x the rounds and twice the CPU of original, which
+    in embedded mode still runs on the key managers' event loop."""
+    finite_key_statistics: Literal["chernoff", "hoeffding"] = "chernoff"
+    """Statistics of the finite-key bound: multiplicative Chernoff, or Hoeffding (the
+    paper's)."""
     z_basis_probability: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
-    """Probability of preparing and measuring in the Z (key) basis."""
+    """Probability of preparing and measuring in the Z basis; the more probable basis is
+    the key basis, the other the test basis."""
+    analytic_formula: Literal["gllp-vacuum", "gllp"] = "gllp-vacuum"
+    """Analytic mode's rate: GLLP with the vacuum term, or the published infinite-decoy
+    GLLP rate."""
 
 
 class EmulatedSource(_Model):

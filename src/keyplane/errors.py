@@ -60,6 +60,7 @@ __all__ = [
     "CommitFailed",
     "ConfigError",
     "ControlPlaneUnreachable",
+    "ExceedsTokenBucket",
     "ExtensionNotMet",
     "IllegalTransition",
     "InsufficientKeyMaterial",
@@ -235,6 +236,23 @@ class RateLimited(SessionError):
         self.bits = bits
         self.wait_s = wait_s
         self.timeout_s = timeout_s
+
+
+class ExceedsTokenBucket(RateLimited):
+    """A request asks for more bits than its session's token bucket holds: no wait can
+    ever serve it (a client error, unlike a bucket that is merely empty)."""
+
+    def __init__(self, session_id: str, bits: int, size_bits: int) -> None:
+        SessionError.__init__(
+            self,
+            f"session {session_id}: {bits} bits in one request exceed the session's token "
+            f"bucket of {size_bits} bits (its burst size): ask for fewer or smaller keys",
+        )
+        self.session_id = session_id
+        self.bits = bits
+        self.wait_s = float("inf")
+        self.timeout_s = 0.0
+        self.size_bits = size_bits
 
 
 class KeyStoreError(KeyplaneError):

@@ -275,8 +275,8 @@ class LinkTelemetry(Message):
     t: float = 0.0
     qber_sample_bits: Annotated[int, Field(ge=0)] | None = None
     """How many bits ``qber`` was estimated on (the parameter-estimation sample). The
-    Monitoring Element's eavesdropper test weighs each estimate by it; ``None``: it takes
-    ``postprocessing.sample_fraction`` of ``sifted_bits``."""
+    Monitoring Element's eavesdropper test weighs each estimate by it; ``None``: it infers
+    the test-basis share of ``sifted_bits`` from ``postprocessing.z_basis_probability``."""
 
 
 class KmTelemetry(Message):

@@ -160,6 +160,15 @@ async def test_embedded_relayed_stream_shows_virt_links_on_every_agent_over_mtls
             assert not virt("km1") and not virt("km4")
             # a key fetched at both ends shows up in the endpoints' ETSI 015 app_statistics
             await wait_until(lambda: all(apps(n) for n in ("km2", "km3")), what="qkd_apps")
+
+            def keyed(node: str) -> bool:  # the path's links hold key at this node
+                return all(st.sendable_bits >= 8 * 32
+                           for lid, st in emb.km(node).link_stores.items()
+                           if set(lid.split("-")) <= {"km2", "km0", "km3"})
+
+            # until GET_KEY waits for key by itself (issue #17.1), fetch once the path has key
+            await wait_until(lambda: all(keyed(n) for n in ("km2", "km0", "km3")),
+                             what="link key on the relayed path")
             (ka, _), (kb, _) = await asyncio.gather(ends[0].get_key(sid, 0),
                                                     ends[1].get_key(sid, 0))
             assert ka == kb

@@ -17,6 +17,7 @@ the first ``isinstance`` match wins:
 | ControlPlaneUnreachable           | 503      | 6 TIMEOUT_ERROR (Access/Admission Control)    |
 | PeerUnreachable                   | 503      | 4 NO_QKD_CONNECTION_AVAILABLE                 |
 | RelayTimeout, BusTimeout, Timeout | 503      | 6 TIMEOUT_ERROR                               |
+| ExceedsTokenBucket (never fits)   | 400      | 6 TIMEOUT_ERROR                               |
 | RateLimited (token bucket)        | 503      | 6 TIMEOUT_ERROR                               |
 | any other KeyplaneError           | 503      | none: HTTP 503                                |
 
@@ -39,6 +40,7 @@ from keyplane.errors import (
     AuthenticationFailed,
     BusTimeout,
     ControlPlaneUnreachable,
+    ExceedsTokenBucket,
     ExtensionNotMet,
     InsufficientKeyMaterial,
     KeyNotFound,
@@ -117,6 +119,8 @@ _TABLE: tuple[tuple[tuple[type[BaseException], ...], ErrorMapping], ...] = (
                                               Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE)),
     ((KmBusy,), ErrorMapping(503, "key manager is busy, retry later",
                              Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE)),
+    ((ExceedsTokenBucket,), ErrorMapping(400, "request exceeds the session's key rate burst",
+                                         Etsi004Status.TIMEOUT_ERROR)),
     ((RateLimited,), ErrorMapping(503, "key rate of the session exceeded within the timeout",
                                   Etsi004Status.TIMEOUT_ERROR)),
     ((ControlPlaneUnreachable,), ErrorMapping(503, "the control plane did not answer in time",

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from keyplane.errors import (
+    ExceedsTokenBucket,
     IllegalTransition,
     PeerNotConnected,
     RateLimited,
@@ -506,6 +507,7 @@ class KmCore:
         Raises:
             PeerNotConnected: the stream is not configured yet.
             SessionNotFound: the stream ended.
+            ExceedsTokenBucket: ``bits`` is more than the bucket holds (never servable).
             RateLimited: the bucket cannot cover ``bits`` within ``timeout_s``.
         """
         state = s.machine.state
@@ -513,6 +515,8 @@ class KmCore:
             raise PeerNotConnected(f"session {s.session_id} is not configured yet")
         if state is SessionState.terminated or s.bucket is None:
             raise SessionNotFound(f"session {s.session_id} has ended")
+        if bits > s.bucket.size_bits:
+            raise ExceedsTokenBucket(s.session_id, bits, s.bucket.size_bits)
         wait = s.bucket.reserve(bits, now, timeout_s)
         if wait is None:
             raise RateLimited(s.session_id, bits, s.bucket.wait_for(bits, now), timeout_s)

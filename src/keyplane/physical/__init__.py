@@ -4,8 +4,10 @@ post-processing, producing continuous identical key streams at both ends of each
 Map (see docs/physical.md):
 
 * :mod:`.physics`     link physics and the per-frame emulator (decoy intensities, Eve)
-* :mod:`.sifting`     sifting, sampling, the sifted-key buffer
-* :mod:`.estimation`  decoy-state bounds, GLLP secure length, asymptotic rate, PLOB
+* :mod:`.sifting`     sifting into key and test basis, the sifted-key buffer
+* :mod:`.finite_key`  finite-key security of a block (Lim et al. 2014), reference curves
+* :mod:`.analytic`    expected statistics with every fault, asymptotic GLLP rates
+* :mod:`.estimation`  asymptotic rate, PLOB bound
 * :mod:`.cascade`     vectorized Cascade (and its per-bit reference)
 * :mod:`.hashing`     Toeplitz privacy amplification by FFT, polynomial verification tag
 * :mod:`.wire`        messages between QKD modules and link control
@@ -27,6 +29,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from keyplane.physical.analytic import analytic_key_rate, analytic_qber, analytic_rate_bps
     from keyplane.physical.cascade import (
         CascadeAlice,
         CascadeBob,
@@ -36,14 +39,8 @@ if TYPE_CHECKING:
         run_cascade,
     )
     from keyplane.physical.channel import BusChannel, ClassicalChannel, InProcessChannel
-    from keyplane.physical.estimation import (
-        DecoyBounds,
-        DecoyCounts,
-        asymptotic_key_rate,
-        decoy_bounds,
-        plob_bound,
-        secure_length,
-    )
+    from keyplane.physical.estimation import asymptotic_key_rate, plob_bound
+    from keyplane.physical.finite_key import BlockCounts, FiniteKeyBound, finite_key_length
     from keyplane.physical.hashing import (
         polynomial_tag,
         toeplitz_bits,
@@ -60,6 +57,7 @@ if TYPE_CHECKING:
 __all__ = [
     "AliceModule",
     "AliceRecord",
+    "BlockCounts",
     "BlockOutcome",
     "BobModule",
     "BobRecord",
@@ -68,8 +66,7 @@ __all__ = [
     "CascadeBob",
     "CascadeStats",
     "ClassicalChannel",
-    "DecoyBounds",
-    "DecoyCounts",
+    "FiniteKeyBound",
     "InProcessChannel",
     "KeyBlock",
     "LinkCommand",
@@ -80,16 +77,18 @@ __all__ = [
     "LinkStats",
     "MemoryKeySink",
     "PhysicalNetwork",
+    "analytic_key_rate",
+    "analytic_qber",
+    "analytic_rate_bps",
     "asymptotic_key_rate",
     "block_id_base",
     "block_sizes",
     "cascade_reference",
-    "decoy_bounds",
     "emulate_frame",
+    "finite_key_length",
     "plob_bound",
     "polynomial_tag",
     "run_cascade",
-    "secure_length",
     "toeplitz_bits",
     "toeplitz_hash",
     "toeplitz_hash_reference",
@@ -98,6 +97,7 @@ __all__ = [
 _HOME: dict[str, str] = {
     "AliceModule": "keyplane.physical.modules",
     "AliceRecord": "keyplane.physical.physics",
+    "BlockCounts": "keyplane.physical.finite_key",
     "BlockOutcome": "keyplane.physical.modules",
     "BobModule": "keyplane.physical.modules",
     "BobRecord": "keyplane.physical.physics",
@@ -106,8 +106,7 @@ _HOME: dict[str, str] = {
     "CascadeBob": "keyplane.physical.cascade",
     "CascadeStats": "keyplane.physical.cascade",
     "ClassicalChannel": "keyplane.physical.channel",
-    "DecoyBounds": "keyplane.physical.estimation",
-    "DecoyCounts": "keyplane.physical.estimation",
+    "FiniteKeyBound": "keyplane.physical.finite_key",
     "InProcessChannel": "keyplane.physical.channel",
     "KeyBlock": "keyplane.physical.sink",
     "LinkCommand": "keyplane.physical.wire",
@@ -118,16 +117,18 @@ _HOME: dict[str, str] = {
     "LinkStats": "keyplane.physical.runner",
     "MemoryKeySink": "keyplane.physical.sink",
     "PhysicalNetwork": "keyplane.physical.network",
+    "analytic_key_rate": "keyplane.physical.analytic",
+    "analytic_qber": "keyplane.physical.analytic",
+    "analytic_rate_bps": "keyplane.physical.analytic",
     "asymptotic_key_rate": "keyplane.physical.estimation",
     "block_id_base": "keyplane.physical.runner",
     "block_sizes": "keyplane.physical.cascade",
     "cascade_reference": "keyplane.physical.cascade",
-    "decoy_bounds": "keyplane.physical.estimation",
     "emulate_frame": "keyplane.physical.physics",
+    "finite_key_length": "keyplane.physical.finite_key",
     "plob_bound": "keyplane.physical.estimation",
     "polynomial_tag": "keyplane.physical.hashing",
     "run_cascade": "keyplane.physical.cascade",
-    "secure_length": "keyplane.physical.estimation",
     "toeplitz_bits": "keyplane.physical.hashing",
     "toeplitz_hash": "keyplane.physical.hashing",
     "toeplitz_hash_reference": "keyplane.physical.hashing",

@@ -61,6 +61,9 @@ async def analytic_alice(runner: LinkRunner, classical: ClassicalChannel) -> Non
             continue
         _, duration = runner._frame()
         rate = runner.analytic_rate_bps()
+        # every frame, key or not: a link whose attack leaves no key still shows why
+        runner._tel.qber, runner._tel.qber_sample_bits = runner.analytic_qber_sample(duration)
+        runner.stats.last_qber = runner._tel.qber
         carry_bits += rate * duration
         n_bytes = math.floor(carry_bits / 8)
         runner.stats.frames += 1
@@ -85,10 +88,12 @@ async def _analytic_block(runner: LinkRunner, classical: ClassicalChannel, block
         runner.stats.channel_errors += 1
         logger.warning("link %s: analytic block lost: %s", runner.link_id, exc)
         return
+    qber, test_bits = runner.analytic_qber_sample(duration)
     outcome = BlockOutcome(link_id=runner.link_id, block_id=block_id, status="delivered",
                            sifted_bits=0, duration_s=duration, secret_bits=8 * n_bytes,
+                           qber=qber, test_bits=test_bits,
                            material=analytic_material(runner.seed, runner.link_id, block_id,
-                                                      n_bytes))
+                                                  n_bytes))
     await runner._record(outcome)
     await runner._deliver("alice", outcome)
 

@@ -9,9 +9,15 @@ Pure core, no I/O: :meth:`CascadeBob.start` returns the first :class:`ParityQuer
 or ``None`` when done; :meth:`CascadeAlice.answer` answers one query. The module shells in
 ``keyplane.physical.modules`` carry them over the classical channel.
 
-Vectorization: every binary search of a round (all odd blocks of all passes so far) asks
-its left-half parity in the same query, so a pass costs about ``log2(k)`` round trips
-whatever the key length. Alice answers from one prefix-XOR array per pass
+Vectorization: every running binary search asks its left-half parity in the same query,
+so a pass costs about ``log2(k)`` round trips whatever the key length. Searches start in
+waves: once none is running, every odd block of the pass with the smallest blocks (as
+cascade-python's heap of blocks ordered by size), so no error is chased through two passes
+at once. Every parity Alice disclosed (and every one that follows from it: the right half
+of a range whose parity is known) is remembered by range, and a range searched again later
+is not asked again. Measured against cascade-python (brunorijsman, ``yanetal``, identical
+keys of 10^5 bits at QBER 2 %): f 1.045 against its 1.058 (before these two changes 1.078).
+Alice answers from one prefix-XOR array per pass
 (``parity[s, e) = P[e] ^ P[s]``); Bob computes his side with one gather and one
 ``bitwise_xor.reduceat`` over the queried ranges. A correction toggles the top-level parity
 of the block containing the bit in every earlier pass (the cascade effect) and cancels any
@@ -182,6 +188,8 @@ class _Pass:
     alice_top: Bits
     bob_top: Bits
     search_of_block: NDArray[np.int64]
+    started: NDArray[np.bool_]  # blocks searched at least once
+    revisit: NDArray[np.bool_]  # blocks whose current search is not their first
 
 
 @dataclass(slots=True)
@@ -231,6 +239,7 @@ class CascadeBob:
         self._pending_pass: tuple[int, int] | None = None
         self._s = _Searches()
         self._mids = np.zeros(0, np.int64)
+        self._known: dict[int, int] = {}  # Alice's parity of (pass, start, end) ranges
         self.stats = CascadeStats(n_bits=self._n)
         self._done = False
 
@@ -266,21 +275,49 @@ class CascadeBob:
                 raise ValueError("top-level parity count does not match the pass")
             self._passes.append(_Pass(index=index, k=k, perm=perm, inv=inv, permuted=permuted,
                                       alice_top=answer.top_parities.copy(), bob_top=bob_top,
-                                      search_of_block=np.full(bob_top.shape[0], -1, np.int64)))
+                                      search_of_block=np.full(bob_top.shape[0], -1, np.int64),
+                                      started=np.zeros(bob_top.shape[0], dtype=bool),
+                                      revisit=np.zeros(bob_top.shape[0], dtype=bool)))
             self.stats.passes += 1
         s = self._s
         if answer.parities.shape[0] != len(s):
             raise ValueError("parity count does not match the query")
         if len(s):
-            bob_left = self._bob_parities(s.passes, s.starts, self._mids)
-            left_odd = (bob_left ^ answer.parities).astype(bool)
-            s.ends = np.where(left_odd, self._mids, s.ends)
-            s.starts = np.where(left_odd, s.starts, self._mids)
-            s.alice = np.where(left_odd, answer.parities, s.alice ^ answer.parities)
+            self._remember(s.passes, s.starts, self._mids, s.ends, s.alice, answer.parities)
+            self._descend(np.ones(len(s), dtype=bool), answer.parities)
         self.stats.rounds += 1
         return self._advance()
 
     # ------------------------------------------------------------------ internals
+
+    def _descend(self, sel: NDArray[np.bool_], alice_left: Bits) -> None:
+        """One binary-search step for the searches ``sel``, given Alice's parity of each one's
+        left half: keep the half whose parities differ."""
+        s = self._s
+        starts, ends, mids = s.starts[sel], s.ends[sel], self._mids[sel]
+        bob_left = self._bob_parities(s.passes[sel], starts, mids)
+        left_odd = (bob_left ^ alice_left).astype(bool)
+        s.ends[sel] = np.where(left_odd, mids, ends)
+        s.starts[sel] = np.where(left_odd, starts, mids)
+        s.alice[sel] = np.where(left_odd, alice_left, s.alice[sel] ^ alice_left)
+
+    @staticmethod
+    def _range_keys(passes: NDArray[np.int64], starts: NDArray[np.int64],
+                    ends: NDArray[np.int64]) -> list[int]:
+        return ((passes << 48) | (starts << 24) | ends).tolist()  # type: ignore[no-any-return]
+
+    def _remember(self, passes: NDArray[np.int64], starts: NDArray[np.int64],
+                  mids: NDArray[np.int64], ends: NDArray[np.int64], alice: Bits,
+                  alice_left: Bits) -> None:
+        """Keep every parity Alice disclosed (left halves) or that follows from one (right
+        halves): Alice's key never changes, so a range searched again later (the cascade
+        effect revisits blocks) costs nothing to ask twice (cascade-python's reuse of known
+        block parities)."""
+        known = self._known
+        known.update(zip(self._range_keys(passes, starts, mids), alice_left.tolist(),
+                         strict=True))
+        known.update(zip(self._range_keys(passes, mids, ends), (alice ^ alice_left).tolist(),
+                         strict=True))
 
     def _bob_parities(self, passes: NDArray[np.int64], starts: NDArray[np.int64],
                       ends: NDArray[np.int64]) -> Bits:
@@ -330,14 +367,24 @@ class CascadeBob:
 
     def _start_searches(self) -> None:
         new: list[tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64],
-                       NDArray[np.int64], Bits]] = []
-        for p in self._passes:
-            odd = np.flatnonzero((p.alice_top != p.bob_top) & (p.search_of_block < 0))
+                        NDArray[np.int64], Bits]] = []
+        # New searches only once every running one has ended, and only in the pass with the
+        # smallest blocks that has odd ones: an error sitting in odd blocks of several passes
+        # is then found once, through the smallest block, and its correction evens out the
+        # others before anyone asks about them (cascade-python corrects smallest first too).
+        if len(self._s):
+            return
+        for p in sorted(self._passes, key=lambda q: (q.k, q.index)):
+            odd = np.flatnonzero((p.alice_top != p.bob_top) & (p.search_of_block < 0)
+                                 ).astype(np.int64, copy=False)
             if odd.shape[0]:
                 starts: NDArray[np.int64] = odd * p.k
                 ends: NDArray[np.int64] = np.minimum(starts + p.k, self._n)
                 new.append((np.full(odd.shape[0], p.index, np.int64), odd, starts, ends,
                             p.alice_top[odd]))
+                p.revisit[odd] = p.started[odd]
+                p.started[odd] = True
+                break
         if new:
             for passes, blocks, starts, ends, alice in new:
                 self._s.extend(passes, blocks, starts, ends, alice)
@@ -370,6 +417,21 @@ class CascadeBob:
             if ((s.ends - s.starts) == 1).any():
                 continue
             self._mids = s.starts + (s.ends - s.starts) // 2
+            # only a block searched before can have ranges whose parity is known
+            revisit = np.zeros(len(s), dtype=bool)
+            for p in self._passes:
+                mine = s.passes == p.index
+                revisit[mine] = p.revisit[s.blocks[mine]]
+            if revisit.any():
+                idx = np.flatnonzero(revisit)
+                cached = [self._known.get(k, -1) for k in self._range_keys(
+                    s.passes[idx], s.starts[idx], self._mids[idx])]
+                hit = np.asarray(cached, dtype=np.int8)
+                if (hit >= 0).any():
+                    sel = np.zeros(len(s), dtype=bool)
+                    sel[idx[hit >= 0]] = True
+                    self._descend(sel, hit[hit >= 0].astype(np.uint8))
+                    continue
             return ParityQuery(round=self.stats.rounds, seed=self._seed, new_pass=None,
                                passes=s.passes.astype(np.uint8), starts=s.starts.copy(),
                                ends=self._mids.copy())

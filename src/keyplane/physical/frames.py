@@ -111,6 +111,7 @@ class TelemetryWindow:
     duration_s: float = 0.0  # emulated time the blocks cover
     block_id: int | None = None
     qber: float | None = None
+    qber_sample_bits: int = 0  # the test bits of the block ``qber`` comes from
     ec_efficiency: float | None = None
     skr_bps: float = 0.0
     sifted_rate_bps: float = 0.0
@@ -124,7 +125,7 @@ class TelemetryWindow:
         self.duration_s += o.duration_s
         self.block_id = o.block_id
         if o.qber is not None:
-            self.qber = o.qber
+            self.qber, self.qber_sample_bits = o.qber, o.test_bits
         if o.ec_efficiency is not None:
             self.ec_efficiency = o.ec_efficiency
 

@@ -73,7 +73,8 @@ def toeplitz_hash(key: Bits, t: Bits, n_out: int) -> Bits:
     rounded = np.rint(conv)
     if n_out and float(np.max(np.abs(conv - rounded))) > 0.25:
         raise PhysicalError("Toeplitz FFT lost precision; block too large")
-    return (rounded.astype(np.int64) & 1).astype(np.uint8)
+    out: Bits = (rounded.astype(np.int64) & 1).astype(np.uint8)
+    return out
 
 
 def toeplitz_hash_reference(key: Bits, t: Bits, n_out: int) -> Bits:

@@ -7,13 +7,15 @@ returns one :class:`BlockOutcome` per block. Alice also runs the link's emulator
 fibre, eavesdropper, Bob's detectors) and sends Bob his detection record over the quantum
 pipe.
 
-Per frame: quantum frame → sift request → sift reply; both ends buffer the sifted signal
-bits. Whenever ``block_size_bits`` are buffered, a block runs: parameter estimation on a
-random sample (abort above ``qber_threshold``: the block never reaches a sink), Cascade,
-verification (polynomial tag), privacy amplification (Toeplitz by FFT) to the GLLP
-length. A block that fails verification or whose two ends disagree on its length is
-discarded and counted. Nothing here logs or returns key material except
-``BlockOutcome.material`` (hidden from repr) for delivery to the end's own sink.
+Per frame: quantum frame → sift request → sift reply; both ends buffer the sifted
+key-basis bits and the test-basis events between them. Whenever ``block_size_bits`` key
+bits are buffered, a block runs: parameter estimation on the block's own test-basis
+events (abort above ``qber_threshold``: the block never reaches a sink), Cascade,
+verification (polynomial tag), privacy amplification (Toeplitz by FFT) to the finite-key
+length of Lim et al. 2014 (:mod:`.finite_key`). A block that fails verification or whose
+two ends disagree on its length is discarded and counted. Nothing here logs or returns key
+material except ``BlockOutcome.material`` (hidden from repr) for delivery to the end's own
+sink.
 
 Each block is handed to the caller's ``on_block`` as soon as it is complete, before the
 module reads the channel again: an exchange that fails later in the same frame never
@@ -54,7 +56,7 @@ from keyplane.physical.channel import (
     ChannelInterrupted,
     ClassicalChannel,
 )
-from keyplane.physical.estimation import DecoyBounds, DecoyCounts, decoy_bounds, secure_length
+from keyplane.physical.finite_key import BlockCounts, FiniteKeyBound, finite_key_length
 from keyplane.physical.hashing import (
     VERIFY_TAG_BITS,
     polynomial_tag,
@@ -66,8 +68,8 @@ from keyplane.physical.sifting import (
     SiftedKeyBuffer,
     decode_classes,
     encode_classes,
-    sample_mask,
     sift_mask,
+    split_bases,
 )
 from keyplane.physical.wire import (
     CascadeAnswer,
@@ -112,34 +114,36 @@ class BlockOutcome:
     status: BlockStatus
     sifted_bits: int
     duration_s: float
-    sample_size: int = 0
     qber: float | None = None
+    test_bits: int = 0
+    """Test-basis bits ``qber`` was estimated on (the Monitoring Element weighs it so)."""
     leaked_ec_bits: int = 0
     leaked_verify_bits: int = 0
     corrected_bits: int = 0
     secret_bits: int = 0
     cascade_rounds: int = 0
-    bounds: DecoyBounds | None = None
+    bounds: FiniteKeyBound | None = None
     reason: str = ""
     material: bytes | None = field(default=None, repr=False)
 
     @property
     def ec_efficiency(self) -> float | None:
         """``f_EC = leaked / (n h(e))`` with ``e`` the block's true error rate."""
-        n = self.sifted_bits - self.sample_size
+        n = self.sifted_bits
         if n <= 0 or self.status in ("aborted_qber",):
             return None
         h = binary_entropy(self.corrected_bits / n)
         return self.leaked_ec_bits / (n * h) if h > 0 else None
 
 
-def _block_length(link: QuantumLink, counts: DecoyCounts, n_key: int, leaked_ec: int,
-                  physics_mu: tuple[float, float, float]) -> tuple[int, DecoyBounds]:
-    pp = link.postprocessing
-    bounds = decoy_bounds(physics_mu, counts, pp.security_epsilon)
-    ell = secure_length(n_key, bounds, physics_mu[0], leaked_ec, VERIFY_TAG_BITS,
-                        pp.security_epsilon)
-    return ell - ell % 8, bounds
+def _block_length(link: QuantumLink, counts: BlockCounts, leaked_ec: int
+                  ) -> tuple[int, FiniteKeyBound]:
+    pp, d = link.postprocessing, link.decoy
+    bound = finite_key_length(counts, (d.mu_signal, d.mu_decoy, d.mu_vacuum),
+                              (d.p_signal, d.p_decoy, d.p_vacuum), leaked_ec_bits=leaked_ec,
+                              leaked_verify_bits=VERIFY_TAG_BITS, eps_sec=pp.security_epsilon,
+                              statistics=pp.finite_key_statistics)
+    return bound.length - bound.length % 8, bound
 
 
 async def _expect(channel: ClassicalChannel, cls: type[M], ident: int,
@@ -166,7 +170,7 @@ async def _inline(fn: Callable[..., R], *args: Any) -> R:
 class _Module:
     def __init__(self, link: QuantumLink, classical: ClassicalChannel,
                  quantum: ClassicalChannel, rng: np.random.Generator, *,
-                 cascade_schedule: str = "original",
+                 cascade_schedule: str | None = None,
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  offload: Callable[..., Awaitable[Any]] = _inline) -> None:
         # offload: how CPU-heavy stages run (Clock.offload: a worker thread on the real
@@ -177,11 +181,11 @@ class _Module:
         self.classical = classical
         self.quantum = quantum
         self.rng = rng
-        self.cascade_schedule = cascade_schedule
+        self.cascade_schedule = cascade_schedule or link.postprocessing.cascade_schedule
         self.peer_timeout_s = peer_timeout_s
         self.buffer = SiftedKeyBuffer()
         self.next_block_id = 0
-        self.mu = (link.decoy.mu_signal, link.decoy.mu_decoy, link.decoy.mu_vacuum)
+        self.key_basis = LinkPhysics.from_link(link).key_basis
 
     def _reset(self, next_block_id: int) -> None:
         """Forget the partial sifted buffer and everything in flight on both pipes."""
@@ -262,18 +266,16 @@ class AliceModule(_Module):
             req = await _expect(self.classical, SiftRequest, frame_id, self.peer_timeout_s)
             match = sift_mask(alice.bases, unpack(req.bases, req.detections))
             classes = alice.intensity_class[match]
-            bits = alice.bits[match]
-            signal = classes == 0
+            sift = split_bases(alice.bits[match], alice.bases[match], classes,
+                               self.key_basis)
             hi, lo = encode_classes(classes)
             detections = np.bincount(alice.intensity_class, minlength=3).astype(np.int64)
             await self.classical.send(SiftReply(
                 link_id=self.link_id, frame_id=frame_id, bases=pack(alice.bases),
                 class_hi=hi, class_lo=lo, pulses=alice.pulses_per_class,
                 detections=(int(detections[0]), int(detections[1]), int(detections[2])),
-                decoy_bits=pack(bits[~signal])))
-            sifted = np.bincount(classes, minlength=3).astype(np.int64)
-            self.buffer.add(bits[signal], np.asarray(alice.pulses_per_class, np.int64),
-                            detections, sifted, np.zeros(3, np.int64), duration_s)
+                test_bits=pack(sift.test_bits)))
+            self.buffer.add(sift, None, n_pulses, duration_s)
             blocks = 0
             while self.buffer.size >= self.block_bits:
                 await on_block(await self._block())
@@ -286,21 +288,19 @@ class AliceModule(_Module):
     async def _block(self) -> BlockOutcome:
         block_id = self.next_block_id
         self.next_block_id += 1
-        key, counts, duration = self.buffer.take(self.block_bits)
-        n = int(key.shape[0])
-        sample_seed = self.rng.bytes(16)
-        mask = sample_mask(sample_seed, n, self.link.postprocessing.sample_fraction)
+        rest, counts, _pulses, duration = self.buffer.take(self.block_bits)
+        n = int(rest.shape[0])
         await self.classical.send(PeRequest(link_id=self.link_id, block_id=block_id,
-                                            block_bits=n, sample_seed=sample_seed,
-                                            sample_bits=pack(key[mask])))
+                                            block_bits=n))
         pe = await _expect(self.classical, PeResult, block_id, self.peer_timeout_s)
-        qber = pe.sample_errors / pe.sample_size if pe.sample_size else None
+        if pe.test_sifted != counts.test:
+            raise ClassicalChannelError(f"link {self.link_id}: test-basis counts differ")
+        agreed = BlockCounts(key=counts.key, test=counts.test, test_errors=pe.test_errors)
         out = BlockOutcome(link_id=self.link_id, block_id=block_id, status="aborted_qber",
-                           sifted_bits=n, duration_s=duration, sample_size=pe.sample_size,
-                           qber=qber, reason=pe.reason)
+                           sifted_bits=n, duration_s=duration, qber=agreed.test_qber,
+                           test_bits=sum(counts.test), reason=pe.reason)
         if pe.abort:
             return out
-        rest = key[~mask]
         cascade = CascadeAlice(rest)
         while True:
             q = await _expect(self.classical, CascadeQuery, block_id, self.peer_timeout_s)
@@ -315,11 +315,7 @@ class AliceModule(_Module):
                 link_id=self.link_id, block_id=block_id, round=q.round,
                 n_top=int(ans.top_parities.shape[0]), top=pack(ans.top_parities),
                 n_parities=int(ans.parities.shape[0]), parities=pack(ans.parities)))
-        agreed = DecoyCounts(pulses=counts.pulses, detections=counts.detections,
-                             sifted=(pe.sample_size, pe.decoy_sifted[1], pe.decoy_sifted[2]),
-                             errors=(pe.sample_errors, pe.decoy_errors[1], pe.decoy_errors[2]))
-        ell, bounds = _block_length(self.link, agreed, int(rest.shape[0]),
-                                    cascade.leaked_bits, self.mu)
+        ell, bounds = _block_length(self.link, agreed, cascade.leaked_bits)
         point, pa_seed = self.rng.bytes(16), self.rng.bytes(32)
         await self.classical.send(VerifyRequest(
             link_id=self.link_id, block_id=block_id, point=point,
@@ -421,16 +417,10 @@ class BobModule(_Module):
                                                   bases=frame.bases))
             rep = await _expect(self.classical, SiftReply, frame.frame_id, self.peer_timeout_s)
             match = sift_mask(unpack(rep.bases, frame.detections), bases)
-            sifted_bits = bits[match]
-            classes = decode_classes(rep.class_hi, rep.class_lo, int(sifted_bits.shape[0]))
-            signal = classes == 0
-            decoy_classes = classes[~signal]
-            alice_decoy = unpack(rep.decoy_bits, int(decoy_classes.shape[0]))
-            wrong = alice_decoy != sifted_bits[~signal]
-            errors = np.bincount(decoy_classes[wrong], minlength=3).astype(np.int64)
-            sifted = np.bincount(classes, minlength=3).astype(np.int64)
-            self.buffer.add(sifted_bits[signal], np.asarray(rep.pulses, np.int64),
-                            np.asarray(rep.detections, np.int64), sifted, errors,
+            classes = decode_classes(rep.class_hi, rep.class_lo, int(np.count_nonzero(match)))
+            sift = split_bases(bits[match], bases[match], classes, self.key_basis)
+            alice_test = unpack(rep.test_bits, int(sift.test_bits.shape[0]))
+            self.buffer.add(sift, alice_test != sift.test_bits, frame.n_pulses,
                             frame.n_pulses / self.link.repetition_rate_hz)
             blocks = 0
             while self.buffer.size >= self.block_bits:
@@ -445,32 +435,26 @@ class BobModule(_Module):
         block_id = self.next_block_id
         pe_req = await _expect(self.classical, PeRequest, block_id, self.peer_timeout_s)
         self.next_block_id += 1
-        key, counts, duration = self.buffer.take(self.block_bits)
-        n = int(key.shape[0])
+        rest, counts, _pulses, duration = self.buffer.take(self.block_bits)
+        n = int(rest.shape[0])
         if pe_req.block_bits != n:
             raise ClassicalChannelError(f"link {self.link_id}: block sizes differ")
         pp = self.link.postprocessing
-        mask = sample_mask(pe_req.sample_seed, n, pp.sample_fraction)
-        sample_size = int(mask.sum())
-        alice_sample = unpack(pe_req.sample_bits, sample_size)
-        sample_errors = int(np.count_nonzero(alice_sample != key[mask]))
-        qber = sample_errors / sample_size if sample_size else None
+        qber = counts.test_qber
         abort, reason = False, ""
         if qber is None:
-            abort, reason = True, "empty parameter-estimation sample"
+            abort, reason = True, "no test-basis events in the block"
         elif qber > pp.qber_threshold:
             abort, reason = True, f"QBER {qber:.4f} above threshold {pp.qber_threshold:.4f}"
         await self.classical.send(PeResult(
-            link_id=self.link_id, block_id=block_id, sample_size=sample_size,
-            sample_errors=sample_errors, decoy_sifted=counts.sifted,
-            decoy_errors=counts.errors, abort=abort, reason=reason))
+            link_id=self.link_id, block_id=block_id, test_sifted=counts.test,
+            test_errors=counts.test_errors, abort=abort, reason=reason))
         out = BlockOutcome(link_id=self.link_id, block_id=block_id, status="aborted_qber",
-                           sifted_bits=n, duration_s=duration, sample_size=sample_size,
-                           qber=qber, reason=reason)
+                           sifted_bits=n, duration_s=duration, qber=qber,
+                           test_bits=sum(counts.test), reason=reason)
         if abort:
             return out
         assert qber is not None
-        rest = key[~mask]
         bob = CascadeBob(rest, self.rng.bytes(16),
                          block_sizes(self.cascade_schedule, qber, int(rest.shape[0])))
         query = bob.start()
@@ -486,11 +470,8 @@ class BobModule(_Module):
         await self.classical.send(CascadeQuery(link_id=self.link_id, block_id=block_id,
                                                round=bob.stats.rounds, seed=b"", last=True))
         out.cascade_rounds = bob.stats.rounds
-        agreed = DecoyCounts(pulses=counts.pulses, detections=counts.detections,
-                             sifted=(sample_size, counts.sifted[1], counts.sifted[2]),
-                             errors=(sample_errors, counts.errors[1], counts.errors[2]))
         leaked = bob.stats.leaked_bits
-        ell, bounds = _block_length(self.link, agreed, int(rest.shape[0]), leaked, self.mu)
+        ell, bounds = _block_length(self.link, counts, leaked)
         vreq = await _expect(self.classical, VerifyRequest, block_id, self.peer_timeout_s)
         ok = (polynomial_tag(bob.key, vreq.point) == vreq.tag and vreq.leaked_ec_bits == leaked
               and vreq.secret_bits == ell)

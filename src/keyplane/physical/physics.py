@@ -20,11 +20,11 @@ such detections carry the error ``1/4 + e_d/2`` and the sifted QBER goes to abou
 fraction 1. Her resend also changes the loss seen by Bob (a single photon instead of a
 coherent pulse, re-launched at her position).
 
-Per frame of ``N`` pulses nothing is simulated pulse by pulse: the pulse count of each
-intensity class is one multinomial draw, the detections of each class (and of the
-intercepted part) one binomial draw each, and only detected events get bases, bits and
-errors. Detection events of a frame are exchangeable (iid given their class), so their
-order inside a frame carries no information; the frame lists them grouped by class.
+Per frame of ``N`` pulses nothing is simulated pulse by pulse: the number of detections
+is one binomial draw, each detection's intensity class (and whether it was intercepted)
+one categorical draw, and only detected events get bases, bits and errors. Detections
+come out in a random order of classes, as from a real source, so any contiguous run of
+them (a block) holds each class in proportion.
 """
 
 from __future__ import annotations
@@ -161,11 +161,18 @@ class LinkPhysics:
         y0 = self.dark_count_probability
         return (DARK_COUNT_ERROR * y0 + (0.25 + 0.5 * self.misalignment) * p_photon) / q
 
+    @property
+    def key_basis(self) -> int:
+        """The basis whose sifted events form the key (the more probable one; 0 = Z on a
+        tie); the other basis is the test basis (Lim et al. 2014's X and Z)."""
+        return BASIS_Z if self.z_basis_probability >= 0.5 else BASIS_X
+
     def expected_sifted_fraction(self) -> float:
-        """Expected signal-class sifted key bits per pulse (for frame sizing)."""
-        pz = self.z_basis_probability
-        sift = pz * pz + (1.0 - pz) * (1.0 - pz)
-        return self.decoy.p_signal * self.gain(self.decoy.mu_signal) * sift
+        """Expected sifted key-basis bits per pulse, every intensity (frame sizing)."""
+        pk = max(self.z_basis_probability, 1.0 - self.z_basis_probability)
+        detect = sum(p * self.gain(mu) for p, mu in zip(self.class_probabilities,
+                                                        self.intensities, strict=True))
+        return pk * pk * detect
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +205,14 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
                   rng: np.random.Generator) -> tuple[AliceRecord, BobRecord]:
     """Emulate ``n_pulses`` pulses through the link; only detections are materialized.
 
+    Pulses are iid: each is of class ``k`` with probability ``p_k``, intercepted with
+    probability ``f``, and detected with its gain. So the number of detections is one
+    binomial draw, and each detection's (class, intercepted) segment an independent
+    categorical draw: detections come out in a random order of classes, as pulses of a
+    real source do, so a block cut anywhere in the stream holds every class in
+    proportion (each block is judged on its own counts). The undetected pulses of each
+    class are one multinomial draw.
+
     Args:
         physics: the link's parameters now.
         n_pulses: pulses in the frame (repetition rate x frame duration).
@@ -207,27 +222,37 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
         Alice's record of the detected slots and Bob's detection record, aligned.
     """
     probs = physics.class_probabilities
-    pulses = rng.multinomial(n_pulses, probs)
     eve = physics.eavesdropper
     fraction = eve.fraction if eve is not None else 0.0
-    counts: list[int] = []
-    err_probs: list[float] = []
+    seg_p: list[float] = []  # per pulse: P(segment and detected)
+    seg_err: list[float] = []
     seg_class: list[int] = []
     for c, mu in enumerate(physics.intensities):
-        n_c = int(pulses[c])
-        intercepted = int(rng.binomial(n_c, fraction)) if fraction > 0.0 else 0
-        clear = n_c - intercepted
-        counts.append(int(rng.binomial(clear, physics.gain(mu))))
-        err_probs.append(physics.error_rate(mu))
+        seg_p.append(probs[c] * (1.0 - fraction) * physics.gain(mu))
+        seg_err.append(physics.error_rate(mu))
         seg_class.append(c)
-        if intercepted:
-            counts.append(int(rng.binomial(intercepted, physics.intercepted_gain(mu))))
-            err_probs.append(physics.intercepted_error_rate(mu))
+        if fraction > 0.0:
+            seg_p.append(probs[c] * fraction * physics.intercepted_gain(mu))
+            seg_err.append(physics.intercepted_error_rate(mu))
             seg_class.append(c)
-    counts_arr = np.asarray(counts, dtype=np.int64)
-    d = int(counts_arr.sum())
-    intensity_class = np.repeat(np.asarray(seg_class, dtype=np.uint8), counts_arr)
-    e_event = np.repeat(np.asarray(err_probs, dtype=np.float32), counts_arr)
+    p_detect = min(1.0, sum(seg_p))
+    d = int(rng.binomial(n_pulses, p_detect)) if p_detect > 0.0 else 0
+    # segment of each detection: thresholds on one uniform draw per event (float64: the
+    # vacuum class's share, ~1e-6, needs finer steps than float32's 2^-24)
+    u = rng.random(d)
+    cum = np.cumsum(np.asarray(seg_p, dtype=np.float64)) / max(p_detect, 1e-300)
+    seg = np.zeros(d, dtype=np.uint8)
+    for edge in cum[:-1]:
+        seg += u >= edge
+    intensity_class = np.asarray(seg_class, dtype=np.uint8)[seg]
+    e_event = np.asarray(seg_err, dtype=np.float32)[seg]
+    detected = np.bincount(intensity_class, minlength=3)
+    missed = [probs[c] - sum(p for p, k in zip(seg_p, seg_class, strict=True) if k == c)
+              for c in range(3)]
+    total_missed = sum(missed)
+    undetected = rng.multinomial(n_pulses - d, [m / total_missed for m in missed]) \
+        if total_missed > 0 and n_pulses > d else np.zeros(3, dtype=np.int64)
+    pulses = detected + undetected
     p_x = np.float32(1.0 - physics.z_basis_probability)
     bases_alice = (rng.random(d, dtype=np.float32) < p_x).view(np.uint8)
     bases_bob = (rng.random(d, dtype=np.float32) < p_x).view(np.uint8)

@@ -12,7 +12,7 @@ Modes (``QuantumLink.protocol``):
 
 * ``bb84-decoy`` — the full stack of :mod:`keyplane.physical.modules`.
 * ``analytic`` — no per-bit simulation: every frame adds ``R * frame_duration_s`` bits
-  (``R`` from :func:`~keyplane.physical.estimation.asymptotic_key_rate`); whole bytes go out
+  (``R`` from :func:`~keyplane.physical.analytic.analytic_rate_bps`); whole bytes go out
   as one block, announced to Bob with :class:`~keyplane.physical.wire.AnalyticBlock`.
   The material is SHAKE-256(per-link seed || block id) at both ends: this mode emulates the
   *rate* of a link, its keys are not secret (anyone with the run's seed can compute them).
@@ -76,7 +76,7 @@ from keyplane.errors import (
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
-from keyplane.physical import analytic_stream
+from keyplane.physical import analytic, analytic_stream
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -85,7 +85,6 @@ from keyplane.physical.channel import (
     ClassicalChannel,
     InProcessChannel,
 )
-from keyplane.physical.estimation import asymptotic_key_rate
 from keyplane.physical.frames import (
     BLOCK_ID_SHIFT,
     MAX_BLOCK_ID,
@@ -136,7 +135,8 @@ class LinkRunner(Service):
         events: the event stream (Monitoring Element's feed).
         local_ends: which ends run in this process.
         frame_duration_s: emulated time per frame (default :func:`default_frame_duration`).
-        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`).
+        cascade_schedule: Cascade block-size schedule (see :mod:`.cascade`; default the
+            link's ``postprocessing.cascade_schedule``).
         analytic_ec_efficiency: ``f`` used by the analytic rate.
         peer_timeout_s: transport timeout on the peer module.
         rendezvous_timeout_s: clock seconds Alice waits for an absent Bob before the
@@ -156,7 +156,7 @@ class LinkRunner(Service):
                  alice_sink: LinkKeySink | None = None, bob_sink: LinkKeySink | None = None,
                  bus: Bus | None = None, events: EventStream | None = None,
                  local_ends: tuple[End, ...] = ("alice", "bob"),
-                 frame_duration_s: float | None = None, cascade_schedule: str = "original",
+                 frame_duration_s: float | None = None, cascade_schedule: str | None = None,
                  analytic_ec_efficiency: float = 1.16,
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
@@ -593,6 +593,7 @@ class LinkRunner(Service):
             link_id=self.link_id, node=self.link.endpoints[0], state=self.state,
             block_id=block_id, sifted_bits=sifted, secret_bits=secret, qber=w.qber,
             sifted_rate_bps=w.sifted_rate_bps, skr_bps=w.skr_bps, ec_efficiency=w.ec_efficiency,
+            qber_sample_bits=w.qber_sample_bits or None,
             leaked_bits=leaked, aborted_blocks=self.stats.aborted_blocks, t=self.clock.now())
 
     async def _telemetry_loop(self) -> None:
@@ -624,19 +625,24 @@ class LinkRunner(Service):
     # ------------------------------------------------------------------ analytic mode
 
     def analytic_rate_bps(self) -> float:
-        """Secret-key rate of the analytic mode for the current physics (0 if QBER aborts)."""
-        p = self.physics
-        if p.cut:
-            return 0.0
-        if p.eavesdropper is not None:
-            mu, f = p.decoy.mu_signal, p.eavesdropper.fraction
-            q_clear, q_eve = (1 - f) * p.gain(mu), f * p.intercepted_gain(mu)
-            total = q_clear + q_eve
-            qber = (q_clear * p.error_rate(mu) + q_eve * p.intercepted_error_rate(mu)) / total \
-                if total > 0 else 0.5
-            if qber > self.link.postprocessing.qber_threshold:
-                return 0.0
-        return asymptotic_key_rate(p, self.analytic_ec_efficiency) * self.link.repetition_rate_hz
+        """Secret-key rate of the analytic mode for the current physics, faults included
+        (:func:`~keyplane.physical.analytic.analytic_rate_bps`; 0 if the QBER aborts)."""
+        pp = self.link.postprocessing
+        return analytic.analytic_rate_bps(self.physics, formula=pp.analytic_formula,
+                                          ec_efficiency=self.analytic_ec_efficiency,
+                                          qber_threshold=pp.qber_threshold)
+
+    def analytic_qber_sample(self, duration_s: float) -> tuple[float, int]:
+        """The analytic mode's QBER (:func:`~keyplane.physical.analytic.analytic_qber`, faults
+        included) and the test-basis signal detections the emulated protocol would have
+        estimated it on over ``duration_s``: the Monitoring Element judges an analytic link
+        on the same evidence as an emulated one, so an eavesdropper below the abort
+        threshold shows in both modes."""
+        d, pp = self.link.decoy, self.link.postprocessing
+        p_test = min(pp.z_basis_probability, 1.0 - pp.z_basis_probability)
+        pulses = self.link.repetition_rate_hz * duration_s
+        signal = analytic.signal_statistics(self.physics, d.mu_signal)
+        return signal.error_rate, round(pulses * d.p_signal * signal.gain * p_test ** 2)
 
     def analytic_material(self, block_id: int, n_bytes: int) -> bytes:
         """Analytic mode's block material (:func:`.analytic_stream.analytic_material`)."""

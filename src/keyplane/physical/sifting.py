@@ -1,9 +1,10 @@
 """Sifting and sampling stages (pure functions on bit arrays) and the sifted-key buffer.
 
-Sifting keeps the detections where Alice's and Bob's bases agree. The key is made of the
-sifted *signal-intensity* events (both bases: with ``z_basis_probability`` != 0.5 the
-basis choice is biased, which raises the sifting ratio ``pz^2 + (1-pz)^2``); sifted decoy
-and vacuum events are disclosed by Alice to measure their error rates.
+Sifting keeps the detections where Alice's and Bob's bases agree. As in Lim et al., PRA
+89, 022307 (2014), the key is made of the sifted events of the *key basis* (the more
+probable one, :attr:`LinkPhysics.key_basis`), every intensity; Alice discloses her bits of
+the sifted *test-basis* events, every intensity, so Bob counts their errors per intensity.
+A biased basis choice (``z_basis_probability`` != 0.5) puts more events in the key.
 
 Intensity classes go on the wire as two packed bit planes (``class = 2*hi + lo``).
 """
@@ -11,24 +12,24 @@ Intensity classes go on the wire as two packed bit planes (``class = 2*hi + lo``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-from keyplane.physical.bits import Bits, pack, shake_uniform_u16, unpack
-from keyplane.physical.estimation import DecoyCounts
+from keyplane.physical.bits import Bits, pack, unpack
+from keyplane.physical.finite_key import BlockCounts
+
+T = TypeVar("T", bound=np.generic)
 
 __all__ = [
-    "SAMPLE_LABEL",
+    "FrameSift",
     "SiftedKeyBuffer",
     "decode_classes",
     "encode_classes",
-    "sample_mask",
     "sift_mask",
+    "split_bases",
 ]
-
-SAMPLE_LABEL = b"keyplane.pe.sample"
-
 
 def sift_mask(bases_alice: Bits, bases_bob: Bits) -> NDArray[np.bool_]:
     """Detections measured in the basis Alice prepared: (d,) bool."""
@@ -50,73 +51,124 @@ def decode_classes(hi: bytes, lo: bytes, n: int) -> NDArray[np.uint8]:
     return np.bitwise_or(np.left_shift(unpack(hi, n), 1, dtype=np.uint8), unpack(lo, n))
 
 
-def sample_mask(seed: bytes, n: int, fraction: float) -> NDArray[np.bool_]:
-    """Positions disclosed for the QBER estimate: each position independently with
-    probability ``fraction`` (16-bit resolution), from SHAKE-128(seed)."""
-    threshold = np.uint16(min(65535, round(fraction * 65536)))
-    return shake_uniform_u16(seed, SAMPLE_LABEL, n) < threshold
+@dataclass(frozen=True, slots=True)
+class FrameSift:
+    """One frame's sifted events split into key and test basis (same at both ends).
+
+    ``test_key_index[j]``: how many key events precede test event ``j`` in the frame, which
+    places every test event between two key events, so blocks cut the test events exactly
+    where they cut the key.
+    """
+
+    key_bits: Bits
+    key_classes: NDArray[np.uint8]
+    test_bits: Bits
+    test_classes: NDArray[np.uint8]
+    test_key_index: NDArray[np.int64]
+
+
+def split_bases(bits: Bits, bases: Bits, classes: NDArray[np.uint8],
+                key_basis: int) -> FrameSift:
+    """Split sifted events (``bits``, their common ``bases``, intensity ``classes``) into
+    the key basis and the test basis, keeping their interleaving."""
+    is_key = bases == key_basis
+    before = np.cumsum(is_key, dtype=np.int64)
+    test = ~is_key
+    return FrameSift(key_bits=bits[is_key], key_classes=classes[is_key], test_bits=bits[test],
+                     test_classes=classes[test], test_key_index=before[test])
 
 
 @dataclass(slots=True)
 class SiftedKeyBuffer:
-    """Sifted signal bits waiting to fill a block, with the counts they came with.
+    """Sifted key-basis bits waiting to fill a block, with the test-basis events that came
+    between them.
 
-    Both modules feed it the same announced numbers, so both cut identical blocks with
-    identical counts. Counts and emulated time are shared out among blocks in proportion
-    to the bits taken (integer arithmetic, the same at both ends).
+    A block is the next ``n`` key bits; it carries exactly the test events that arrived
+    before its last key bit (and after the previous block's), so its counts per intensity
+    (:class:`~keyplane.physical.finite_key.BlockCounts`) are its own pulses' counts. Both
+    modules feed it the same announced events, so both cut identical blocks. Only the
+    emulated time and pulse counts (telemetry) are shared out in proportion to bits taken.
     """
 
-    chunks: list[Bits] = field(default_factory=list)
+    key_bits: list[Bits] = field(default_factory=list)
+    key_classes: list[NDArray[np.uint8]] = field(default_factory=list)
+    test_classes: list[NDArray[np.uint8]] = field(default_factory=list)
+    test_errors: list[NDArray[np.bool_]] = field(default_factory=list)
+    test_index: list[NDArray[np.int64]] = field(default_factory=list)
     size: int = 0
-    pulses: NDArray[np.int64] = field(default_factory=lambda: np.zeros(3, np.int64))
-    detections: NDArray[np.int64] = field(default_factory=lambda: np.zeros(3, np.int64))
-    sifted: NDArray[np.int64] = field(default_factory=lambda: np.zeros(3, np.int64))
-    errors: NDArray[np.int64] = field(default_factory=lambda: np.zeros(3, np.int64))
+    offset: int = 0  # absolute index of the first buffered key bit
+    pulses: int = 0
     duration_s: float = 0.0
 
-    def add(self, key_bits: Bits, pulses: NDArray[np.int64], detections: NDArray[np.int64],
-            sifted: NDArray[np.int64], errors: NDArray[np.int64], duration_s: float) -> None:
-        """Append one frame's sifted signal bits and counts."""
-        if key_bits.shape[0]:
-            self.chunks.append(key_bits)
-            self.size += int(key_bits.shape[0])
+    def add(self, frame: FrameSift, test_errors: NDArray[np.bool_] | None, pulses: int,
+            duration_s: float) -> None:
+        """Append one frame's events (``test_errors``: Bob's per test event; ``None`` at
+        Alice, who learns the block's error counts from Bob)."""
+        end = self.offset + self.size
+        self.key_bits.append(frame.key_bits)
+        self.key_classes.append(frame.key_classes)
+        self.test_classes.append(frame.test_classes)
+        self.test_errors.append(test_errors if test_errors is not None else
+                                np.zeros(frame.test_classes.shape[0], dtype=bool))
+        self.test_index.append(frame.test_key_index + end)
+        self.size += int(frame.key_bits.shape[0])
         self.pulses += pulses
-        self.detections += detections
-        self.sifted += sifted
-        self.errors += errors
         self.duration_s += duration_s
 
-    def take(self, n: int) -> tuple[Bits, DecoyCounts, float]:
-        """Remove the first ``n`` bits and their share of counts and time.
+    def take(self, n: int) -> tuple[Bits, BlockCounts, int, float]:
+        """Remove the next block: ``n`` key bits, its own counts, its share of pulses and
+        emulated time.
 
         Raises:
             ValueError: fewer than ``n`` bits are buffered.
         """
         if n > self.size:
             raise ValueError(f"only {self.size} sifted bits buffered, {n} requested")
-        whole = np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
-        block, rest = whole[:n], whole[n:]
-        self.chunks = [rest] if rest.shape[0] else []
-        share = [(arr * n) // self.size for arr in
-                 (self.pulses, self.detections, self.sifted, self.errors)]
+        bits, rest_bits = _split(self.key_bits, n, np.uint8)
+        classes, rest_classes = _split(self.key_classes, n, np.uint8)
+        t_index = _cat(self.test_index)
+        cut = int(np.searchsorted(t_index, self.offset + n, side="left"))
+        t_classes, rest_t_classes = _split(self.test_classes, cut, np.uint8)
+        t_errors, rest_t_errors = _split(self.test_errors, cut, np.bool_)
+        self.key_bits, self.key_classes = rest_bits, rest_classes
+        self.test_classes, self.test_errors = rest_t_classes, rest_t_errors
+        self.test_index = [t_index[cut:]] if t_index.shape[0] > cut else []
+        pulses = self.pulses * n // self.size
         duration = self.duration_s * n / self.size
-        for arr, part in zip((self.pulses, self.detections, self.sifted, self.errors), share,
-                             strict=True):
-            arr -= part
+        self.pulses -= pulses
         self.duration_s -= duration
         self.size -= n
-        counts = DecoyCounts(pulses=_t3(share[0]), detections=_t3(share[1]),
-                             sifted=_t3(share[2]), errors=_t3(share[3]))
-        return block, counts, duration
+        self.offset += n
+        counts = BlockCounts(key=_counts(classes), test=_counts(t_classes),
+                             test_errors=_counts(t_classes[t_errors]))
+        return bits, counts, pulses, duration
 
     def reset(self) -> None:
         """Drop everything (after a protocol failure both ends restart clean)."""
-        self.chunks = []
+        self.key_bits, self.key_classes = [], []
+        self.test_classes, self.test_errors, self.test_index = [], [], []
+        self.offset += self.size
         self.size = 0
-        for arr in (self.pulses, self.detections, self.sifted, self.errors):
-            arr[:] = 0
+        self.pulses = 0
         self.duration_s = 0.0
 
 
-def _t3(a: NDArray[np.int64]) -> tuple[int, int, int]:
+def _cat(chunks: list[NDArray[np.int64]]) -> NDArray[np.int64]:
+    if not chunks:
+        return np.zeros(0, dtype=np.int64)
+    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+
+
+def _split(chunks: list[NDArray[T]], n: int, dtype: type[T]
+           ) -> tuple[NDArray[T], list[NDArray[T]]]:
+    """The first ``n`` elements of the concatenated chunks, and the rest."""
+    if not chunks:
+        return np.zeros(0, dtype=dtype), []
+    whole = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+    rest = whole[n:]
+    return whole[:n], [rest] if rest.shape[0] else []
+
+
+def _counts(classes: NDArray[np.uint8]) -> tuple[int, int, int]:
+    a = np.bincount(classes, minlength=3)
     return (int(a[0]), int(a[1]), int(a[2]))

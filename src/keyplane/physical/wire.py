@@ -8,8 +8,8 @@ Classical channel of link ``L`` (one topic per receiving end when it runs over t
 
 Per frame: :class:`QuantumFrame` (A→B), :class:`SiftRequest` (B→A: Bob's detections and
 bases), :class:`SiftReply` (A→B: Alice's bases, intensity classes of the sifted events,
-her decoy-class bits). Per block: :class:`PeRequest` (A→B: sample seed and Alice's sample
-bits), :class:`PeResult` (B→A: agreed counts, abort or go), then Cascade
+her test-basis bits). Per block: :class:`PeRequest` (A→B: the block opens),
+:class:`PeResult` (B→A: the block's test counts and errors, abort or go), then Cascade
 :class:`CascadeQuery` / :class:`CascadeAnswer` rounds, :class:`VerifyRequest` (A→B: hash
 point, tag, privacy-amplification seed) and :class:`VerifyResult` (B→A). Analytic links
 send :class:`AnalyticBlock` (A→B) only.
@@ -134,7 +134,7 @@ class SiftRequest(Message):
 class SiftReply(Message):
     """Alice announces her bases, the intensity class of each sifted event (two packed
     bit planes: ``class = 2*hi + lo``), pulses and detections per class, and her bits of
-    the sifted decoy and vacuum events (these never enter a key)."""
+    the sifted test-basis events (these never enter a key)."""
 
     KIND = "qkd.sift_reply"
 
@@ -145,34 +145,29 @@ class SiftReply(Message):
     class_lo: Blob
     pulses: tuple[Count, Count, Count]
     detections: tuple[Count, Count, Count]
-    decoy_bits: Blob
+    test_bits: Blob
 
 
 class PeRequest(Message):
-    """Alice opens block ``block_id``: sample positions come from SHAKE-128(seed); her
-    sample bits follow (disclosed, then dropped from the key)."""
+    """Alice opens block ``block_id`` of ``block_bits`` key bits."""
 
     KIND = "qkd.pe_request"
 
     link_id: str
     block_id: Count
     block_bits: Count
-    sample_seed: Blob
-    sample_bits: Blob
 
 
 class PeResult(Message):
-    """Bob's parameter-estimation outcome; both ends derive the secure length from these
-    agreed counts."""
+    """Bob's parameter-estimation outcome: the block's test-basis events and errors per
+    intensity; both ends derive the secure length from these agreed counts."""
 
     KIND = "qkd.pe_result"
 
     link_id: str
     block_id: Count
-    sample_size: Count
-    sample_errors: Count
-    decoy_sifted: tuple[Count, Count, Count]
-    decoy_errors: tuple[Count, Count, Count]
+    test_sifted: tuple[Count, Count, Count]
+    test_errors: tuple[Count, Count, Count]
     abort: bool
     reason: str = ""
 

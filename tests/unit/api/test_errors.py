@@ -24,6 +24,7 @@ from keyplane.api.etsi004.status import Etsi004Status as S
     (e.ControlPlaneUnreachable("x"), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (e.RelayTimeout("x"), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (e.RateLimited("s", 8, 2.0, 1.0), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
+    (e.ExceedsTokenBucket("s", 2048, 1024), 400, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (e.BusTimeout("t", 1.0), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (TimeoutError(), 503, S.TIMEOUT_ERROR, S.TIMEOUT_ERROR),
     (e.IllegalTransition("m", "s", "ev"), 503, None, None),

@@ -29,7 +29,7 @@ from tests.support.fake_kms import FakeKms, wait_until
 
 
 async def _open(bus: Bus, req) -> None:  # type: ignore[no-untyped-def]
-    await bus.request(topics.ADMISSION, req, timeout_s=5.0)
+    await bus.request(topics.ADMISSION, req, timeout_s=DEADLINE_S)
 
 
 async def test_eavesdropper_qber_alarm_reroutes_the_live_session(

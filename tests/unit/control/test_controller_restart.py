@@ -61,7 +61,7 @@ def _plane(topology: Topology, bus: Bus, db: Database, clock: VirtualClock,
 
 
 async def _open(bus: Bus, req) -> None:  # type: ignore[no-untyped-def]
-    ack = await bus.request(topics.ADMISSION, req, timeout_s=5.0)
+    ack = await bus.request(topics.ADMISSION, req, timeout_s=DEADLINE_S)
     assert ack.accepted_for_review  # type: ignore[attr-defined]
 
 

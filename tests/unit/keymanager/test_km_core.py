@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from keyplane.errors import PeerNotConnected, RateLimited, SessionIdInUse, SessionNotFound
+from keyplane.errors import (
+    ExceedsTokenBucket,
+    PeerNotConnected,
+    RateLimited,
+    SessionIdInUse,
+    SessionNotFound,
+)
 from keyplane.events import EventType
 from keyplane.keymanager.core import KmCore, Stream
 from keyplane.keymanager.effects import (
@@ -192,6 +198,14 @@ def test_admission_checks_state_then_the_token_bucket() -> None:
     c.apply(s, SessionEvent.close, 1.0)
     with pytest.raises(SessionNotFound):
         c.admit(s, 8, 1.0, 2.0)
+
+
+def test_a_request_larger_than_the_bucket_is_a_client_error_and_takes_nothing() -> None:
+    c = core()
+    s = opened(c)  # bucket 1024 bits
+    with pytest.raises(ExceedsTokenBucket, match="exceed the session's token bucket of 1024"):
+        c.admit(s, 1025, 1e9, 0.0)  # no patience makes it fit
+    assert c.admit(s, 1024, 0.0, 0.0) == 0.0  # the bucket is untouched
 
 
 def test_slots_pass_to_the_highest_priority_waiter() -> None:

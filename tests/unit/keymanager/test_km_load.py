@@ -11,7 +11,7 @@ from tests.support.km_net import CALLER_A, KmNet, line_topology, open_pair, star
 from keyplane.bus import MemoryBus
 from keyplane.clock import VirtualClock
 from keyplane.config import parse_topology
-from keyplane.errors import KmBusy, RateLimited
+from keyplane.errors import ExceedsTokenBucket, KmBusy, RateLimited
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings
 from keyplane.store import Database
@@ -118,6 +118,24 @@ async def test_token_bucket_paces_requests_at_the_configured_rate(km_db: Databas
         assert all(t.done() and t.exception() is None for t in tasks)
         for now, done in seen:
             assert done == min(6, 2 + int(now)), seen
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_a_chunk_larger_than_the_bucket_is_refused_as_a_client_error(
+        km_db: Database) -> None:
+    """No wait can serve 512 bits from a 256-bit bucket: refused at once, nothing spent."""
+    bus = MemoryBus()
+    clock = VirtualClock()
+    net = await start_net(line_topology(2), bus, km_db, clock, seed=44, bucket_size_bits=256,
+                          token_rate_bps=1e6, key_chunk_size=64)
+    try:
+        sid = await open_pair(net)
+        with pytest.raises(ExceedsTokenBucket, match="512 bits in one request exceed"):
+            await net.kms["km0"].get_key(CALLER_A, sid, None)
+        assert net.sink.of_type(EventType.key_request_refused)[-1].data["bits"] == 512
+        assert not net.sink.of_type(EventType.key_delivered)
     finally:
         await net.close()
         await bus.close()

@@ -45,7 +45,7 @@ def _same_blocks(sa: MemoryKeySink, sb: MemoryKeySink) -> list[tuple[int, bytes]
 
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**31), length_km=st.floats(1.0, 40.0),
-       block=st.integers(40_000, 60_000), misalignment=st.floats(0.0, 0.03))
+       block=st.integers(40_000, 60_000), misalignment=st.floats(0.0, 0.015))
 @example(seed=36154181, length_km=36.0, block=52735, misalignment=0.0)  # a slow-filling link
 def test_link_both_ends_hold_identical_keys_over_many_blocks(
         seed: int, length_km: float, block: int, misalignment: float) -> None:
@@ -74,7 +74,10 @@ async def test_link_qber_matches_misalignment(clock: VirtualClock) -> None:
     async with LinkRunner(link, clock=clock, seed=7, alice_sink=sa, bob_sink=sb,
                           events=EventStream(clock, [sink])) as r:
         await clock.advance(12 * r.frame_duration_s)
-    qbers = [e.data["qber"] for e in sink.of_type(EventType.link_block)]
+    # at 3 % QBER a 50k-bit block is too small for finite-key secrecy: every block's
+    # estimate counts, delivered or not
+    qbers = [e.data["qber"] for e in sink.events if e.type in (
+        EventType.link_block, EventType.link_block_aborted)]
     assert len(qbers) >= 10
     expected = LinkPhysics.from_link(link).error_rate(link.decoy.mu_signal)
     assert float(np.mean(qbers)) == pytest.approx(expected, abs=0.004)
@@ -109,7 +112,9 @@ async def test_link_with_full_intercept_resend_aborts_and_delivers_nothing(
     assert "above threshold" in aborted[0].data["reason"]
     assert not events.of_type(EventType.link_block)
     assert telemetry and all(t.secret_bits == 0 for t in telemetry)
-    assert telemetry[-1].aborted_blocks == r.stats.aborted_blocks
+    # each message is a snapshot when it went out (the last block may follow the last one)
+    counts = [t.aborted_blocks for t in telemetry]
+    assert counts == sorted(counts) and 1 <= counts[-1] <= r.stats.aborted_blocks
     await bus.close()
 
 

@@ -22,7 +22,7 @@ from keyplane.physical.channel import PeerGone, PeerNotListening
 from keyplane.physical.runner import BLOCK_ID_SHIFT, MAX_BLOCK_ID, block_id_base
 from keyplane.physical.wire import Sync
 
-FRAME_S = 0.01
+FRAME_S = 0.02  # about 20k key bits per frame at 10 km: a 50k-bit block every 2.5 frames
 
 
 def _link(**kw: object) -> QuantumLink:

@@ -41,7 +41,9 @@ from keyplane.store.topology import LinkMetrics
 __all__ = ["DEFAULT_QBER_THRESHOLD", "KINDS", "LinkHealth", "MonitoringCore"]
 
 DEFAULT_QBER_THRESHOLD = 0.11
-DEFAULT_SAMPLE_FRACTION = 0.1
+DEFAULT_TEST_RATIO = 1.0
+"""Test-basis bits per key-basis sifted bit when a link reports no sample size: 1 with
+equally likely bases (``postprocessing.z_basis_probability`` 0.5)."""
 
 KINDS: tuple[AlarmKind, ...] = ("link_down", "eavesdropper_suspected", "qber_high",
                                 "key_rate_collapse")
@@ -54,7 +56,7 @@ class LinkHealth:
 
     link_id: str
     qber_threshold: float
-    sample_fraction: float = DEFAULT_SAMPLE_FRACTION
+    test_ratio: float = DEFAULT_TEST_RATIO
     last_seen: float | None = None  # clock time of the last LinkTelemetry
     t: float = 0.0
     state: LinkState = LinkState.up
@@ -102,7 +104,7 @@ class MonitoringCore:
     """Telemetry aggregation and alarm logic (no I/O; callers pass the clock's time).
 
     Args:
-        topology: the links to watch, their QBER thresholds and sample fractions.
+        topology: the links to watch, their QBER thresholds and basis probabilities.
         settings: thresholds, hold times, the eavesdropper test's parameters.
     """
 
@@ -114,16 +116,19 @@ class MonitoringCore:
         """Set when a raised alarm's clear condition started to hold (its clear is now
         pending): the shell re-plans its wake-up and resets this."""
         for link in topology.links:
+            p = max(link.postprocessing.z_basis_probability,
+                    1.0 - link.postprocessing.z_basis_probability)
             self.add_link(link.link_id, link.postprocessing.qber_threshold,
-                          link.postprocessing.sample_fraction)
+                          ((1.0 - p) / p) ** 2)
 
     def add_link(self, link_id: str, qber_threshold: float = DEFAULT_QBER_THRESHOLD,
-                 sample_fraction: float = DEFAULT_SAMPLE_FRACTION) -> None:
-        """Watch a link (idempotent)."""
+                 test_ratio: float = DEFAULT_TEST_RATIO) -> None:
+        """Watch a link (idempotent). ``test_ratio``: test-basis bits per key-basis sifted
+        bit, the QBER sample size of a report that does not give it."""
         if link_id not in self.links:
             threshold = self.settings.qber_alarm_threshold or qber_threshold
             self.links[link_id] = LinkHealth(
-                link_id, threshold, sample_fraction,
+                link_id, threshold, test_ratio,
                 qber_baseline=QberBaseline(self.settings.eve_window_blocks))
 
     def remove_link(self, link_id: str) -> None:
@@ -154,7 +159,7 @@ class MonitoringCore:
             h.qber = msg.qber
             n = msg.qber_sample_bits
             if n is None:
-                n = round(h.sample_fraction * msg.sifted_bits)
+                n = round(h.test_ratio * msg.sifted_bits)
             if n > 0:
                 self._judge(h, msg.qber, n)
         return self._evaluate(h, now)
