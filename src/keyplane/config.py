@@ -11,7 +11,6 @@ Priorities: a larger ``priority`` is served first (0 is the lowest).
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +19,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from keyplane.errors import ConfigError
+from keyplane.yamlpos import (
+    MESSAGE_PATH,
+    format_path,
+    line_for,
+    parse_message_path,
+    yaml_line_index,
+)
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -524,64 +530,6 @@ def _unique(what: str, ids: list[str], problems: list[str]) -> set[str]:
 # --------------------------------------------------------------------------- loading
 
 
-def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map every path in the YAML document to its 1-based line number."""
-    index: dict[tuple[str | int, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        index[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = key_node.value
-                index[(*path, key)] = key_node.start_mark.line + 1
-                walk(value_node, (*path, key))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _fmt_path(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-_MSG_PATH = re.compile(r"^([A-Za-z_]+(?:\[\d+\])?(?:\.[A-Za-z_]+(?:\[\d+\])?)*): ")
-
-
-def _parse_path(text: str) -> tuple[str | int, ...]:
-    out: list[str | int] = []
-    for part in text.split("."):
-        m = re.fullmatch(r"([A-Za-z_]+)(?:\[(\d+)\])?", part)
-        if m is None:
-            break
-        out.append(m.group(1))
-        if m.group(2) is not None:
-            out.append(int(m.group(2)))
-    return tuple(out)
-
-
-def _line_for(index: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int | None:
-    while True:
-        if path in index:
-            return index[path]
-        if not path:
-            return None
-        path = path[:-1]
-
-
 def parse_topology(text: str, source: str = "<string>") -> Topology:
     """Parse and validate topology YAML text.
 
@@ -600,27 +548,27 @@ def parse_topology(text: str, source: str = "<string>") -> Topology:
     try:
         return Topology.model_validate(data)
     except ValidationError as exc:
-        index = _line_index(text)
+        index = yaml_line_index(text)
         problems = []
         for err in exc.errors():
             path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")))
             path = tuple(p for p in path if p not in ("function-after",))
-            line = _line_for(index, path)
+            line = line_for(index, path)
             where = f"{source}:{line}" if line else source
             msg = err["msg"]
             if err["type"] != "value_error":
-                problems.append(f"{where}: {_fmt_path(path)}: {msg}")
+                problems.append(f"{where}: {format_path(path)}: {msg}")
                 continue
             for part in msg.removeprefix("Value error, ").split("\n"):
                 at, where_part = path, where
-                inner = _MSG_PATH.match(part)
+                inner = MESSAGE_PATH.match(part)
                 if not path and inner:
                     # a cross-reference error: the message starts with the field's path
-                    at = _parse_path(inner.group(1))
+                    at = parse_message_path(inner.group(1))
                     part = part[inner.end():]
-                    line = _line_for(index, at)
+                    line = line_for(index, at)
                     where_part = f"{source}:{line}" if line else source
-                problems.append(f"{where_part}: {_fmt_path(at)}: {part}")
+                problems.append(f"{where_part}: {format_path(at)}: {part}")
         raise ConfigError("invalid topology:\n  " + "\n  ".join(problems)) from None
 
 
