@@ -9,6 +9,7 @@ tests/support/bus.py); buses of the fixtures below connect as the test harness.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,24 @@ from keyplane.services import NatsServer, PostgresServer
 from keyplane.store import Database, sqlite_url
 from keyplane.store.sealing import KeyRing
 from tests.support.bus import harness_security, start_secured_nats
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A command invoked in-process (typer's CliRunner) sets up logging for a whole process
+    (keyplane.logsetup): put the root handlers and every logger's level back afterwards, so
+    the next test's caplog and log assertions see the defaults."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    levels = {name: lg.level for name, lg in logging.root.manager.loggerDict.items()
+              if isinstance(lg, logging.Logger)}
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    for name, lg in logging.root.manager.loggerDict.items():
+        if isinstance(lg, logging.Logger):
+            lg.setLevel(levels.get(name, logging.NOTSET))
 
 
 @pytest.fixture

@@ -7,17 +7,18 @@ bad option), 130 interrupted.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from keyplane.errors import ConfigError, KeyplaneError
 from keyplane.fileperms import ensure_private_dir, write_private
+from keyplane.logsetup import LogFormat
 
 if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
     from keyplane.api.httpserver import HttpServer
@@ -29,7 +30,34 @@ if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
 
 __all__ = ["app", "main"]
 
-app = typer.Typer(name="keyplane", no_args_is_help=True, add_completion=False,
+def _flags_as_flags(command: Any, ctx: Any) -> None:
+    """Show boolean flags as flags in --help (``--live/--no-live``, not ``<bool>``): typer
+    prints a bool's type as its metavar; an empty metavar prints nothing."""
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub, ctx)
+
+
+class _Keyplane(TyperGroup):
+    """The ``keyplane`` group: typer's, with flags shown as flags in every command's help."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _flags_as_flags(command, ctx)
+        return command
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        for param in params:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+        return params
+
+
+app = typer.Typer(name="keyplane", no_args_is_help=True, add_completion=False, cls=_Keyplane,
                   help="Control and key management plane for QKD networks "
                        "(Lopez et al., IEEE Network 2025) over an emulated QKD layer.")
 console = Console(stderr=True)
@@ -38,6 +66,11 @@ TopologyOpt = Annotated[Path, typer.Option("--topology", "-t", help="Topology YA
 StateOpt = Annotated[Path, typer.Option(
     "--state", "-s", help="State directory (certs, db, endpoints.json).")]
 BusOpt = Annotated[str | None, typer.Option("--bus", help="Bus URL: memory:// or nats://host:port.")]
+NatsOpt = Annotated[str, typer.Option("--bus", help="Bus URL: nats://host:port (or memory://).")]
+VerboseOpt = Annotated[bool, typer.Option(
+    "--verbose", "-v", help="Debug logging: keyplane at DEBUG, libraries at INFO.")]
+LogFormatOpt = Annotated[LogFormat, typer.Option(
+    "--log-format", help="Log lines on stderr as text, or as json (one object per line).")]
 UnqualifiedOpt = Annotated[bool, typer.Option(
     "--etsi015-unqualified",
     help="ETSI 015 agents answer {\"qkd_node\": ...} as TeraFlowSDN's QKD driver reads it, "
@@ -73,9 +106,14 @@ def _with_etsi015(topo: Topology, unqualified: bool) -> Topology:
     return topo.model_copy(update={"etsi015": settings})
 
 
-def _logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _logging(verbose: bool, fmt: LogFormat = "text") -> None:
+    """Quiet by default (warnings and notable events), debug with --verbose
+    (keyplane.logsetup)."""
+    from keyplane.logsetup import setup_logging
+
+    setup_logging(verbose=verbose, fmt=fmt)
+
+
 
 
 def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None:
@@ -134,6 +172,13 @@ def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
     from keyplane.ops import Ops
 
     ops = Ops(process)
+    ops.add_readiness_check("bus", _bus_ready(bus))
+    ops.add_readiness_check("store", database.ping)
+    return ops
+
+
+def _bus_ready(bus: Bus) -> Callable[[], Awaitable[bool]]:
+    """The readiness check of a process's bus connection."""
 
     async def bus_ready() -> bool:
         if not bus.connected:  # reconnecting: not ready, without waiting for a round trip
@@ -141,15 +186,35 @@ def _ops_for(process: str, bus: Bus, database: Database) -> Ops:
         await bus.flush()  # a round trip to the NATS server; immediate in memory
         return True
 
-    ops.add_readiness_check("bus", bus_ready)
-    ops.add_readiness_check("store", database.ping)
-    return ops
+    return bus_ready
 
 
-def _print_ops(server: HttpServer | None) -> None:
+def _print_ops(server: HttpServer | None, ops: Ops | None = None) -> None:
     if server is not None:
         print(f"keyplane operations endpoints on {server.url} (/healthz, /readyz, /metrics)",
               flush=True)
+    if ops is not None and "dashboard" in ops.urls:
+        print(f"keyplane dashboard on {ops.urls['dashboard']}", flush=True)
+
+
+def _with_ports(topo: Topology, node_id: str, **ports: int | None) -> Topology:
+    """``topo`` with ports given on the command line in ``node_id``'s ``ports``."""
+    given = {k: v for k, v in ports.items() if v is not None}
+    if not given:
+        return topo
+    import yaml
+
+    from keyplane.config import parse_topology
+
+    data = topo.model_dump(mode="json")
+    for n in data["nodes"]:
+        if n["id"] == node_id:
+            n["ports"].update(given)
+    try:  # through the loader: the same messages as for the file itself
+        return parse_topology(yaml.safe_dump(data), source="the topology with the ports given")
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 def _db_url(db: str | None, state: Path) -> str:
@@ -162,8 +227,9 @@ def _db_url(db: str | None, state: Path) -> str:
 def validate(topology: Annotated[Path, typer.Argument(help="Topology YAML file.")]) -> None:
     """Check a topology file; print a summary or every problem (exit 2)."""
     topo = _load(topology)
-    console.print(f"[green]ok[/green] {topo.name}: {len(topo.nodes)} nodes, {len(topo.links)} "
-                  f"links, {len(topo.users)} users, {len(topo.applications)} applications")
+    Console().print(f"[green]ok[/green] {topo.name}: {len(topo.nodes)} nodes, "
+                    f"{len(topo.links)} links, {len(topo.users)} users, "
+                    f"{len(topo.applications)} applications")
 
 
 BusHostOpt = Annotated[list[str] | None, typer.Option(
@@ -173,8 +239,12 @@ BusHostOpt = Annotated[list[str] | None, typer.Option(
 
 @app.command()
 def certs(topology: TopologyOpt,
-          out: Annotated[Path, typer.Option("--out", "-o")] = Path("state/certs"),
-          days: int = 825, bus_host: BusHostOpt = None) -> None:
+          out: Annotated[Path, typer.Option(
+              "--out", "-o", help="Where to write them (kept if present).")
+          ] = Path("state/certs"),
+          days: Annotated[int, typer.Option(help="Validity of new certificates, days.")
+                          ] = 825,
+          bus_host: BusHostOpt = None) -> None:
     """Make a CA and every certificate of the network: KMs, SAEs, controller, operator,
     nats-server, and each element's bus signing key."""
     from keyplane.certs import ensure_network_certs
@@ -215,24 +285,31 @@ def nats_config(topology: TopologyOpt,
 @app.command()
 def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt = Path("state"),
         db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
-        etsi015_unqualified: UnqualifiedOpt = False, verbose: bool = False) -> None:
-    """Run every element of the network in this process (embedded mode) until Ctrl-C."""
+        dashboard_controls: Annotated[bool, typer.Option(
+            help="Offer the dashboard's cut / eavesdrop / restore buttons (a loopback demo; "
+                 "turn off when the operations address is reachable by others).")] = True,
+        etsi015_unqualified: UnqualifiedOpt = False, verbose: VerboseOpt = False,
+        log_format: LogFormatOpt = "text") -> None:
+    """Run every element of the network in this process (embedded mode) until Ctrl-C;
+    serve its dashboard at <ops>/dashboard/."""
     from keyplane.bus import MemoryBus
+    from keyplane.dashboard.service import Dashboard
     from keyplane.events import EventStream, JsonlSink
-    from keyplane.ops import ops_endpoints
+    from keyplane.logsetup import NotableEvents
+    from keyplane.ops.surface import serve_operations
     from keyplane.runtime import Embedded, RuntimeContext
     from keyplane.store import Database
 
     topo = _with_etsi015(_load(topology), etsi015_unqualified)
     ops_at = _ops_address(ops)
-    _logging(verbose)
+    _logging(verbose, log_format)
     ensure_private_dir(state)
 
     async def main_(pc: ProcessControl) -> None:
         from keyplane.clock import RealClock
 
         clock = RealClock()
-        events = EventStream(clock, [JsonlSink(state / "events.jsonl")])
+        events = EventStream(clock, [JsonlSink(state / "events.jsonl"), NotableEvents()])
         database = await Database.open(_db_url(db, state))
         bus = MemoryBus()
         proc_ops = _ops_for("run", bus, database)
@@ -241,9 +318,11 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
         started = asyncio.Event()
         proc_ops.add_readiness_check("network", started.is_set)
         try:
-            async with ops_endpoints(proc_ops, ops_at) as ops_server, Embedded(ctx):
+            dashboard = Dashboard(topo, bus, events=events, controls=dashboard_controls)
+            async with serve_operations(proc_ops, ops_at, bus=bus, dashboard=dashboard
+                                        ) as ops_server, Embedded(ctx):
                 started.set()
-                _print_ops(ops_server)
+                _print_ops(ops_server, proc_ops)
                 pc.ready(f"keyplane running: {len(topo.nodes)} nodes; endpoints in "
                          f"{state / 'endpoints.json'}; Ctrl-C to stop")
                 await pc.serve_until_stopped()
@@ -256,18 +335,29 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
 
 
 @app.command()
-def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
+def controller(topology: TopologyOpt, bus: NatsOpt,
                state: StateOpt = Path("state"), db: DbOpt = None,
                elements: Annotated[str, typer.Option(
                    help="Comma-separated subset of sdn,routing,monitoring,access,admission "
                         "(each element can run in its own process).")] = "",
-               ops: OpsOpt = "127.0.0.1:0", danger_insecure_bus: DangerBusOpt = False,
-               verbose: bool = False) -> None:
-    """Run the control plane (or some of its elements) as its own process."""
+               ops: OpsOpt = "127.0.0.1:0",
+               dashboard_controls: Annotated[bool, typer.Option(
+                   help="Offer the dashboard's cut / eavesdrop / restore buttons (off: "
+                        "operators use 'keyplane link').")] = False,
+               northbound_port: Annotated[int, typer.Option(
+                   "--northbound-port", min=0, max=65535,
+                   help="Port of the SDN Controller's northbound ETSI 015 view (0: a free "
+                        "one, written to endpoints.json).")] = 0,
+               danger_insecure_bus: DangerBusOpt = False,
+               verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
+    """Run the control plane (or some of its elements) as its own process; serve the
+    network's dashboard at <ops>/dashboard/."""
     from keyplane.bus import connect
     from keyplane.control import ELEMENTS
+    from keyplane.dashboard.service import Dashboard
     from keyplane.events import BusSink, EventStream, JsonlSink
-    from keyplane.ops import ops_endpoints
+    from keyplane.logsetup import NotableEvents
+    from keyplane.ops.surface import serve_operations
     from keyplane.runtime import ControlRuntime, RuntimeContext
     from keyplane.store import Database
 
@@ -278,7 +368,7 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
         console.print(f"[red]error:[/red] unknown elements {sorted(set(chosen) - set(ELEMENTS))};"
                       f" choose from {', '.join(ELEMENTS)}")
         raise typer.Exit(2)
-    _logging(verbose)
+    _logging(verbose, log_format)
     ensure_private_dir(state)
 
     async def main_(pc: ProcessControl) -> None:
@@ -291,7 +381,7 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
         b = await connect(bus, name="keyplane-controller", security=security)
         try:
             events = EventStream(clock, [JsonlSink(state / "events-controller.jsonl"),
-                                         BusSink(b)])
+                                         BusSink(b), NotableEvents()])
             database = await Database.open(_db_url(db, state))
             try:
                 proc_ops = _ops_for("controller", b, database)
@@ -300,10 +390,13 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
                 ctx.ensure_certs()
                 started = asyncio.Event()
                 proc_ops.add_readiness_check("control_plane", started.is_set)
-                async with ops_endpoints(proc_ops, ops_at) as ops_server, \
-                        ControlRuntime(ctx, elements=chosen):
+                dashboard = Dashboard(topo, b, events_from_bus=True,
+                                      controls=dashboard_controls)
+                control = ControlRuntime(ctx, elements=chosen, northbound_port=northbound_port)
+                async with serve_operations(proc_ops, ops_at, bus=b, dashboard=dashboard
+                                            ) as ops_server, control:
                     started.set()
-                    _print_ops(ops_server)
+                    _print_ops(ops_server, proc_ops)
                     pc.ready("keyplane controller ready")
                     await pc.serve_until_stopped(b)
             finally:
@@ -317,26 +410,42 @@ def controller(topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")]
 
 @app.command()
 def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
-         topology: TopologyOpt, bus: Annotated[str, typer.Option("--bus")],
-         state: StateOpt = Path("state"), db: DbOpt = None, ops: OpsOpt = "127.0.0.1:0",
+         topology: TopologyOpt, bus: NatsOpt,
+         state: StateOpt = Path("state"), db: DbOpt = None,
+         ops: Annotated[str | None, typer.Option(
+             "--ops", help="Where to serve /healthz, /readyz and /metrics: HOST:PORT or "
+                           "'off' (default: 127.0.0.1 on the node's ports.ops from the "
+                           "topology, else a free port, printed at start).")] = None,
+         api_port: Annotated[int | None, typer.Option(
+             "--api-port", min=1, max=65535,
+             help="Port of the ETSI 014/004 HTTPS server (overrides the topology's "
+                  "ports.api; default: a free one).")] = None,
+         etsi015_port: Annotated[int | None, typer.Option(
+             "--etsi015-port", min=1, max=65535,
+             help="Port of the ETSI 015 agent (overrides the topology's ports.etsi015).")
+         ] = None,
          kek: Annotated[Path | None, typer.Option(
              "--kek", help="Key-encryption key file (0600) sealing this node's keys in the "
                            "database; default <state>/certs/km/<id>.kek.")] = None,
          danger_insecure_bus: DangerBusOpt = False,
-         etsi015_unqualified: UnqualifiedOpt = False, verbose: bool = False) -> None:
+         etsi015_unqualified: UnqualifiedOpt = False, verbose: VerboseOpt = False,
+         log_format: LogFormatOpt = "text") -> None:
     """Run one node (its KM, QKD link ends and interfaces) as its own process."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
-    from keyplane.ops import ops_endpoints
+    from keyplane.logsetup import NotableEvents
+    from keyplane.ops.surface import serve_operations
     from keyplane.runtime import NodeRuntime, RuntimeContext
     from keyplane.store import Database
 
     topo = _with_etsi015(_load(topology), etsi015_unqualified)
-    ops_at = _ops_address(ops)
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
-    _logging(verbose)
+    topo = _with_ports(topo, node_id, api=api_port, etsi015=etsi015_port)
+    ops_at = _ops_address(ops if ops is not None
+                          else f"127.0.0.1:{topo.node(node_id).ports.ops or 0}")
+    _logging(verbose, log_format)
     ensure_private_dir(state)
 
     async def main_(pc: ProcessControl) -> None:
@@ -347,7 +456,7 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
         b = await connect(bus, name=f"keyplane-node-{node_id}", security=security)
         try:
             events = EventStream(clock, [JsonlSink(state / f"events-{node_id}.jsonl"),
-                                         BusSink(b)])
+                                         BusSink(b), NotableEvents()])
             database = await Database.open(_db_url(db, state))
             try:
                 if kek is not None:
@@ -359,10 +468,12 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
                 ctx.ensure_certs()
                 started = asyncio.Event()
                 proc_ops.add_readiness_check("node", started.is_set)
-                async with ops_endpoints(proc_ops, ops_at) as ops_server, \
-                        NodeRuntime(ctx, node_id, process_settings=pc.settings):
+                async with serve_operations(
+                        proc_ops, ops_at, bus=b, nodes=[node_id],
+                        links=[link.link_id for link in topo.links_of(node_id)]
+                ) as ops_server, NodeRuntime(ctx, node_id, process_settings=pc.settings):
                     started.set()
-                    _print_ops(ops_server)
+                    _print_ops(ops_server, proc_ops)
                     pc.ready(f"keyplane node {node_id} ready")
                     await pc.serve_until_stopped(b)
             finally:
@@ -380,24 +491,28 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
            end: Annotated[str | None, typer.Option(
                help="Run only this node's end; the other end's device is reached over "
                     "--bus.")] = None,
-           bus: BusOpt = None, host: str = "127.0.0.1",
+           bus: BusOpt = None,
+           host: Annotated[str, typer.Option(
+               help="Address the device's ETSI 014 servers listen on.")] = "127.0.0.1",
            port: Annotated[list[str] | None, typer.Option(
                "--port", help="NODE=PORT for an end's ETSI 014 server (repeatable; "
                               "default: a free port).")] = None,
-           seed: int = 1,
+           seed: Annotated[int, typer.Option(help="Seed of the device's emulated link.")] = 1,
            time_scale: Annotated[float, typer.Option(
                "--time-scale", help="Emulated seconds per real second (1: hardware pace).")
            ] = 1.0,
            key_size: Annotated[int, typer.Option(
                "--key-size", help="The device's key size in bits.")] = 256,
+           ops: OpsOpt = "127.0.0.1:0",
            danger_insecure_bus: DangerBusOpt = False,
-           verbose: bool = False) -> None:
+           verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
     """Run an emulated QKD device for one link, serving ETSI 014 to the link's KMs.
 
     With --end and --bus the device end joins the secured bus with its node's credentials
     (from --state's certs): it speaks for that node's QKD module, on that node's subjects.
     """
     from keyplane.device import DeviceSettings, QkdDevice
+    from keyplane.ops.surface import serve_operations
     from keyplane.physical.pool import EmulationSettings
 
     topo = _load(topology)
@@ -425,31 +540,71 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
         console.print(f"[red]error:[/red] --port: {sorted(set(ports) - set(links[link].endpoints))}"
                       f" not an end of {link}")
         raise typer.Exit(2)
-    _logging(verbose)
+    ops_at = _ops_address(ops)
+    _logging(verbose, log_format)
     state.mkdir(parents=True, exist_ok=True)
 
     security = (_bus_security(bus, danger_insecure_bus, topo, state, "km", end)
                 if bus and end else None)
 
     async def main_(pc: ProcessControl) -> None:
-        from keyplane.bus import connect
+        from keyplane.bus import MemoryBus, connect
+        from keyplane.ops import Ops
 
         b = (await connect(bus, name=f"keyplane-device-{link}", security=security)
              if bus else None)
+        # without --bus the link's telemetry stays in the process, for its /metrics
+        telemetry = b if b is not None else MemoryBus()
         settings = DeviceSettings(key_size_bits=key_size,
                                   emulation=EmulationSettings(time_scale=time_scale))
+        proc_ops = Ops(f"device-{link}" if end is None else f"device-{link}-{end}")
+        if b is not None:
+            proc_ops.add_readiness_check("bus", _bus_ready(b))
+        started = asyncio.Event()
+        proc_ops.add_readiness_check("device", started.is_set)
         try:
-            async with QkdDevice(topo, link, state_dir=state, end=end, bus=b, host=host,
-                                 ports=ports, seed=seed, settings=settings) as dev:
+            async with serve_operations(proc_ops, ops_at, bus=telemetry, links=[link],
+                                        nodes=[]) as ops_server, \
+                    QkdDevice(topo, link, state_dir=state, end=end, bus=telemetry, host=host,
+                              ports=ports, seed=seed, settings=settings, ops=proc_ops) as dev:
+                started.set()
+                _print_ops(ops_server)
                 urls = " ".join(f"{n}={u}" for n, u in sorted(dev.urls.items()))
                 pc.ready(f"keyplane device {link} ready: {urls}; endpoints in "
                          f"{state / f'device-{link}.json'}")
                 await pc.serve_until_stopped(*([b] if b is not None else []))
         finally:
-            if b is not None:
-                await b.close()
+            await telemetry.close()
 
     _run_process(main_)
+
+
+@app.command()
+def status(state: StateOpt = Path("state"),
+           ops: Annotated[str | None, typer.Option(
+               "--ops", help="Ask this operations address (HOST:PORT or URL) of 'keyplane "
+                             "run' or a controller instead of reading <state>/endpoints.json."
+           )] = None,
+           as_json: Annotated[bool, typer.Option(
+               "--json", help="Print the state as JSON (the dashboard's /api/state).")
+           ] = False,
+           timeout: Annotated[float, typer.Option(
+               help="Seconds to wait for the answer.", min=0.001)] = 10.0) -> None:
+    """Show the nodes, links, sessions and alarms of a running network (exit 1 when nothing
+    runs there)."""
+    import json
+
+    from keyplane.status import StatusUnavailable, dashboard_url, fetch_state, render_status
+
+    try:
+        snapshot = fetch_state(dashboard_url(state=state, ops=ops), timeout_s=timeout)
+    except StatusUnavailable as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(json.dumps(snapshot, indent=2))
+    else:
+        Console().print(render_status(snapshot))
 
 
 @app.command()
@@ -464,7 +619,8 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
          eve: Annotated[str | None, typer.Option(
              help="Put a full intercept-resend eavesdropper on this link id during the run "
                   "(e.g. km4-km5): the QBER alarm and the reroute or refusal show up.")] = None,
-         eve_after_s: float = 1.0,
+         eve_after_s: Annotated[float, typer.Option(
+             help="--eve: seconds after the sessions start.")] = 1.0,
          distributed: Annotated[bool, typer.Option(
              "--distributed", help="One process per element over NATS and PostgreSQL.")] = False,
          nats: Annotated[str | None, typer.Option(
@@ -476,15 +632,21 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
              help="--distributed: SIGKILL this node's process mid-run (--kill-after-s after "
                   "every pair has its first key), then restart it.")
          ] = None,
-         kill_after_s: float = 2.0,
+         kill_after_s: Annotated[float, typer.Option(
+             help="--kill-km: seconds after every pair has its first key.")] = 2.0,
          danger_insecure_bus: Annotated[bool, typer.Option(
              "--danger-insecure-bus",
              help="--distributed: DANGER: a plain nats-server, no TLS, no client "
                   "certificates, no signatures (logs a WARNING).")] = False,
-         seed: int = 1,
+         seed: Annotated[int, typer.Option(
+             help="Seed of the emulated links' randomness (summary.json records it).")] = 1,
          live: Annotated[bool, typer.Option(help="Live rich view while running.")] = True,
-         verbose: bool = False) -> None:
-    """Run the paper's proof of concept end to end and render its Fig. 4 timeline."""
+         force: Annotated[bool, typer.Option(
+             "--force", help="Write into a non-empty --out, replacing the previous demo's "
+                             "outputs there (other files are left alone).")] = False,
+         verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
+    """Run the paper's proof of concept end to end and render its Fig. 4 timeline into --out
+    (a new or empty folder; --force to reuse one)."""
     from keyplane.demo.run import (
         DemoOptions,
         apply_overrides,
@@ -517,8 +679,12 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
         console.print("[red]error:[/red] --eve runs in the embedded demo; with --distributed "
                       "use 'keyplane link eve LINK --bus URL' against the running network")
         raise typer.Exit(2)
-    if verbose:
-        _logging(True)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        what = "is not a folder" if not out.is_dir() else "is not empty (an earlier run?)"
+        console.print(f"[red]error:[/red] --out {out} {what}: choose another --out"
+                      + ("" if not out.is_dir() else ", or --force to replace its demo outputs"))
+        raise typer.Exit(2)
+    _logging(verbose, log_format)
     opts = DemoOptions(topology=topo, out=out, keys=keys, eve_link=eve, eve_after_s=eve_after_s,
                        seed=seed, live=live)
     out_console = Console()
@@ -550,6 +716,72 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
         console.print(f"[red]failed:[/red] {problem}", highlight=False)
     if problems:
         raise typer.Exit(1)
+
+
+@app.command()
+def sweep(out: Annotated[Path, typer.Option(
+              "--out", "-o", help="Output folder for sweep.csv and sweep.png (new or empty).")
+          ] = Path("sweep-out"),
+          topology: TopologyOpt = Path("examples/paper_poc.yaml"),
+          link: Annotated[str | None, typer.Option(
+              help="Link whose physics is swept (default: the topology's first link).")
+          ] = None,
+          from_km: Annotated[float, typer.Option(
+              "--from-km", min=0.0, help="First fibre length, km.")] = 0.0,
+          to_km: Annotated[float, typer.Option(
+              "--to-km", min=0.0, max=1000.0, help="Last fibre length, km.")] = 200.0,
+          step_km: Annotated[float, typer.Option(
+              "--step-km", min=0.1, help="Step between lengths, km.")] = 20.0,
+          blocks: Annotated[int, typer.Option(
+              min=2, help="Blocks measured per length and mode.")] = 4,
+          max_frames: Annotated[int, typer.Option(
+              "--max-frames", min=1, help="Frames per length and mode at most (a link past "
+                                          "its cut-off never fills a block).")] = 20_000,
+          seed: Annotated[int, typer.Option(help="Seed of the emulation.")] = 1,
+          force: Annotated[bool, typer.Option(
+              "--force", help="Write into a non-empty --out, replacing sweep.csv/png.")
+          ] = False) -> None:
+    """Secret key rate against distance: the emulated and analytic modes measured on a
+    virtual clock, with the GLLP (infinite decoys) and PLOB curves; sweep.csv + sweep.png."""
+    from keyplane.extras import MissingDependency
+    from keyplane.sweep import SweepSettings, run_sweep, write_csv, write_png
+
+    topo = _load(topology)
+    links = {lk.link_id: lk for lk in topo.links}
+    if not links or (link is not None and link not in links):
+        console.print(f"[red]error:[/red] --link: no link {link!r} in {topology} "
+                      f"(links: {', '.join(links) or 'none'})")
+        raise typer.Exit(2)
+    if to_km < from_km:
+        console.print("[red]error:[/red] --to-km must not be below --from-km")
+        raise typer.Exit(2)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not force)):
+        console.print(f"[red]error:[/red] --out {out} is not an empty folder: choose another "
+                      "--out, or --force to replace its sweep files")
+        raise typer.Exit(2)
+    base = links[link] if link is not None else topo.links[0]
+    n = round((to_km - from_km) / step_km) + 1
+    distances = tuple(round(from_km + i * step_km, 6) for i in range(n)
+                      if from_km + i * step_km <= to_km + 1e-9)
+    settings = SweepSettings(distances_km=distances, blocks=blocks, max_frames=max_frames,
+                             seed=seed)
+    shown = Console()
+
+    def progress(p: Any) -> None:
+        shown.print(f"{p.distance_km:6.1f} km  bit/s: emulated {p.emulated_skr_bps:9.4g}  "
+                    f"analytic {p.analytic_skr_bps:9.4g}  GLLP {p.gllp_bps:9.4g}  "
+                    f"PLOB {p.plob_bps:9.4g}", highlight=False)
+
+    points = asyncio.run(run_sweep(base, settings, progress))
+    ensure_private_dir(out)
+    csv_path = write_csv(points, out / "sweep.csv")
+    try:
+        png = write_png(points, out / "sweep.png",
+                        title=f"{topo.name} {base.link_id}: secret key rate against distance")
+    except MissingDependency as exc:
+        console.print(f"[red]error:[/red] wrote {csv_path}, but {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    shown.print(f"wrote {csv_path} and {png}")
 
 
 def _mount() -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "HybridPolicy",
     "LinkSource",
     "Node",
+    "NodePorts",
     "PostProcessing",
     "QuantumLink",
     "SlaProfile",
@@ -62,6 +63,23 @@ Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_
 """An id that is also a bus topic token: letters, digits, '_' and '-'."""
 
 
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class NodePorts(_Model):
+    """Fixed TCP ports of a node's servers (for firewalls, probes and clients configured by
+    hand). A port left out is a free one the node picks at start; wherever it is, the node
+    writes its URLs to ``endpoints.json``."""
+
+    api: Port | None = None
+    """The applications' HTTPS server: ETSI 014 at its root, ETSI 004 under ``/etsi004``."""
+    etsi015: Port | None = None
+    """The node's ETSI 015 SDN agent (RESTCONF over HTTPS, for the SDN Controller)."""
+    ops: Port | None = None
+    """``keyplane node``'s operations server (``/healthz``, ``/readyz``, ``/metrics``) on
+    127.0.0.1; ``--ops`` overrides it. Unused by ``keyplane run`` (one server for all)."""
+
+
 class Node(_Model):
     """A trusted node: one key manager, its QKD modules and its SDN agent."""
 
@@ -71,6 +89,8 @@ class Node(_Model):
     """Free-text display name."""
     address: str = "127.0.0.1"
     """Host the node's servers advertise to peers and applications (IP or DNS name)."""
+    ports: NodePorts = Field(default_factory=NodePorts)
+    """Fixed ports of its servers (default: free ones)."""
 
 
 class Eavesdropper(_Model):
@@ -455,6 +475,15 @@ class Topology(_Model):
             if pair in pairs:
                 problems.append(f"links[{i}].endpoints: a second link between the same nodes")
             pairs.add(pair)
+        taken: dict[tuple[str, int], str] = {}
+        for i, node in enumerate(self.nodes):
+            for server, port in node.ports.model_dump().items():
+                if port is None:
+                    continue
+                where = f"nodes[{i}].ports.{server}"
+                other = taken.setdefault((node.address, port), where)
+                if other != where:
+                    problems.append(f"{where}: port {port} on {node.address} is also {other}")
         sae_ids = {a.sae_id for a in self.applications}
         owners = {a.owner for a in self.applications}
         for i, app in enumerate(self.applications):
@@ -463,9 +492,9 @@ class Topology(_Model):
             if app.owner not in user_ids:
                 problems.append(f"applications[{i}].owner: unknown user {app.owner!r}")
         if self.etsi015.teraflowsdn is not None:
-            for node in self.etsi015.teraflowsdn.ports:
-                if node not in node_ids:
-                    problems.append(f"etsi015.teraflowsdn.ports: unknown node {node!r}")
+            for tfs_node in self.etsi015.teraflowsdn.ports:
+                if tfs_node not in node_ids:
+                    problems.append(f"etsi015.teraflowsdn.ports: unknown node {tfs_node!r}")
         for i, user in enumerate(self.users):
             for peer in user.sla.allowed_peers:
                 if peer != "*" and peer not in sae_ids:

@@ -35,6 +35,7 @@ END = "<!-- END GENERATED REFERENCE -->"
 _SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Topology (the file)", config.Topology),
     ("nodes[]", config.Node),
+    ("nodes[].ports", config.NodePorts),
     ("links[]", config.QuantumLink),
     ("links[].decoy", config.DecoySettings),
     ("links[].postprocessing", config.PostProcessing),

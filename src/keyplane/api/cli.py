@@ -88,7 +88,8 @@ def status(sae: SaeArg, slave: Annotated[str, typer.Argument(help="Slave SAE ID.
 
 @app.command("get")
 def get(sae: SaeArg, slave: Annotated[str, typer.Argument(help="Slave SAE ID.")],
-        number: Annotated[int | None, typer.Option("--number", "-n")] = None,
+        number: Annotated[int | None, typer.Option(
+            "--number", "-n", help="How many keys (default: 1).")] = None,
         size: Annotated[int | None, typer.Option("--size", help="Bits per key.")] = None,
         state: StateOpt = Path("state")) -> None:
     """ETSI 014 enc_keys: new keys for SAE (master) to share with SLAVE."""
@@ -108,11 +109,16 @@ def open_(sae: SaeArg, destination: Annotated[str, typer.Argument(help="Peer SAE
           key_stream_id: Annotated[str | None, typer.Option(
               "--ksid", help="Join the peer's stream (else open a new one).")] = None,
           chunk_size: Annotated[int, typer.Option("--chunk-size", help="Bytes per key.")] = 32,
-          min_bps: Annotated[int, typer.Option("--min-bps")] = 0,
-          max_bps: Annotated[int, typer.Option("--max-bps")] = 0,
-          priority: Annotated[int, typer.Option("--priority")] = 0,
-          timeout_ms: Annotated[int, typer.Option("--timeout-ms")] = 5000,
-          ttl_s: Annotated[int, typer.Option("--ttl-s")] = 0,
+          min_bps: Annotated[int, typer.Option(
+              "--min-bps", help="QoS: guaranteed key rate, bit/s.")] = 0,
+          max_bps: Annotated[int, typer.Option(
+              "--max-bps", help="QoS: highest key rate, bit/s (0: no limit asked).")] = 0,
+          priority: Annotated[int, typer.Option(
+              "--priority", help="QoS: priority asked (the SLA caps it).")] = 0,
+          timeout_ms: Annotated[int, typer.Option(
+              "--timeout-ms", help="QoS: longest wait for a key, ms.")] = 5000,
+          ttl_s: Annotated[int, typer.Option(
+              "--ttl-s", help="QoS: key lifetime, s (0: none asked).")] = 0,
           state: StateOpt = Path("state")) -> None:
     """ETSI 004 OPEN_CONNECT from SAE to DESTINATION; prints Key_stream_ID and status."""
     try:
@@ -132,7 +138,8 @@ def open_(sae: SaeArg, destination: Annotated[str, typer.Argument(help="Peer SAE
 
 @app.command("getkey")
 def getkey(sae: SaeArg, key_stream_id: Annotated[str, typer.Argument(help="Key_stream_ID.")],
-           index: Annotated[int | None, typer.Option("--index", "-i")] = None,
+           index: Annotated[int | None, typer.Option(
+               "--index", "-i", help="Key index in the stream (default: the next).")] = None,
            state: StateOpt = Path("state")) -> None:
     """ETSI 004 GET_KEY: the key chunk at INDEX (the next one by default)."""
 

@@ -21,6 +21,7 @@ it is an operator tool, not an application interface (docs/dashboard.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import resources
@@ -41,7 +42,8 @@ CSRF_HEADER = "X-Keyplane-Dashboard"
 
 
 def create_dashboard_app(view: NetworkView, control: LinkControl | None = None, *,
-                         push_interval_s: float = 0.5) -> FastAPI:
+                         push_interval_s: float = 0.5,
+                         stopping: asyncio.Event | None = None) -> FastAPI:
     """The dashboard as an ASGI app (mount it, or serve it alone).
 
     Args:
@@ -49,7 +51,10 @@ def create_dashboard_app(view: NetworkView, control: LinkControl | None = None, 
         control: carries out link controls (None: the page shows no controls and the
             control route answers 403).
         push_interval_s: the most often the stream sends a new snapshot.
+        stopping: once set, open event streams end (so a browser tab left open never
+            holds up the server's shutdown).
     """
+    stop = stopping or asyncio.Event()
     app = FastAPI(title="keyplane dashboard", docs_url=None, redoc_url=None,
                   openapi_url=None)
     static = resources.files("keyplane.dashboard") / "static"
@@ -69,13 +74,15 @@ def create_dashboard_app(view: NetworkView, control: LinkControl | None = None, 
     async def stream() -> StreamingResponse:
         async def events() -> AsyncIterator[str]:
             sent = -1
-            while True:
+            while not stop.is_set():
                 if view.version != sent:
                     sent = view.version
                     yield f"event: state\ndata: {json.dumps(view.snapshot())}\n\n"
                 else:
                     yield ": keep-alive\n\n"
-                await asyncio.sleep(push_interval_s)
+                # the push period (a rate limit), cut short when the dashboard stops
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), push_interval_s)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store"})

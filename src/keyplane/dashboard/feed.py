@@ -77,20 +77,31 @@ class DashboardFeed:
 def bus_link_control(bus: Bus, timeout_s: float = 10.0) -> LinkControl:
     """A :data:`~keyplane.dashboard.app.LinkControl` that asks the link over ``bus``."""
 
-    async def control(link_id: str, action: str, fraction: float) -> str:
-        if action == "eve":
-            cmd = LinkCommand(link_id=link_id, action="eve", fraction=fraction)
-        elif action in ("cut", "restore"):
-            cmd = LinkCommand(link_id=link_id, action=action)  # type: ignore[arg-type]
-        else:
-            raise ValueError(f"unknown action {action!r}")
+    async def send(cmd: LinkCommand) -> str:
         try:
-            reply = await bus.request(control_topic(link_id), cmd, timeout_s=timeout_s)
+            reply = await bus.request(control_topic(cmd.link_id), cmd, timeout_s=timeout_s)
         except BusError as exc:
-            raise BusError(f"link {link_id} did not answer: {exc}") from exc
+            raise BusError(f"link {cmd.link_id} did not answer: {exc}") from exc
         if not isinstance(reply, LinkCommandReply) or not reply.ok:
             raise RuntimeError(getattr(reply, "message", "") or "refused")
-        logger.info("dashboard: %s %s -> %s", action, link_id, reply.state)
         return reply.state
+
+    async def control(link_id: str, action: str, fraction: float) -> str:
+        if action == "eve":
+            commands = [LinkCommand(link_id=link_id, action="eve", fraction=fraction)]
+        elif action == "cut":
+            commands = [LinkCommand(link_id=link_id, action="cut")]
+        elif action == "restore":
+            # the page's one button undoes every fault it can set: the fibre's (a cut, extra
+            # loss) and the eavesdropper (the modules' restore leaves her in place)
+            commands = [LinkCommand(link_id=link_id, action="restore"),
+                        LinkCommand(link_id=link_id, action="eve", fraction=0.0)]
+        else:
+            raise ValueError(f"unknown action {action!r}")
+        state = ""
+        for cmd in commands:
+            state = await send(cmd)
+        logger.info("dashboard: %s %s -> %s", action, link_id, state)
+        return state
 
     return control

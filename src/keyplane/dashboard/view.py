@@ -94,6 +94,7 @@ class NetworkView:
         self._alarms: dict[str, dict[str, Any]] = {}
         self._alarm_log: deque[dict[str, Any]] = deque(maxlen=200)
         self._timeline: deque[dict[str, Any]] = deque(maxlen=timeline_events)
+        self._reported: dict[str, float] = {}  # node -> time of its KM's last telemetry
         self._now = 0.0
         self._t0: float | None = None
         self._layout = self._place(topology)
@@ -106,7 +107,9 @@ class NetworkView:
         if link is None:
             return
         link.state = str(msg.state.value if hasattr(msg.state, "value") else msg.state)
-        if msg.skr_bps or msg.secret_bits:
+        # the modules report their current rate (0 while every block aborts); only a state
+        # report before any figure carries none
+        if msg.block_id is not None or msg.skr_bps or link.skr_bps is not None:
             link.skr_bps = msg.skr_bps
         if msg.qber is not None:
             link.qber = msg.qber
@@ -119,6 +122,7 @@ class NetworkView:
 
     def on_km_telemetry(self, msg: KmTelemetry) -> None:
         """A KM's key-store levels and sessions per link."""
+        self._reported[msg.node] = msg.t
         for lid, bits in msg.buffer_bits.items():
             link = self._links.get(lid)
             if link is not None:
@@ -212,7 +216,10 @@ class NetworkView:
             "network": self.topology.name,
             "t": round(now - t0, 3),
             "nodes": [{"id": n.id, "name": n.name or n.id, "x": self._layout[n.id][0],
-                       "y": self._layout[n.id][1]} for n in self.topology.nodes],
+                       "y": self._layout[n.id][1],
+                       "reported_s_ago": (round(max(0.0, now - self._reported[n.id]), 1)
+                                          if n.id in self._reported else None)}
+                      for n in self.topology.nodes],
             "links": links,
             "sessions": sessions,
             "alarms": list(self._alarms.values()),

@@ -241,14 +241,21 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
     procs: dict[str, _Proc] = {}
     results = [PairResult(p) for p in (opts.pairs or default_pairs(topo))]
     try:
+        started = time.monotonic()
+
+        def progress(what: str) -> None:  # a line per step: start-up takes a while
+            console.print(f"[{time.monotonic() - started:5.1f} s] {what}", highlight=False)
+
         bus_url = dist.nats_url
         if bus_url is None:
+            progress("starting nats-server")
             nats = (NatsServer.start() if dist.danger_insecure_bus else
                     NatsServer.start_secured(topo, certs, config_path=state / "nats.conf"))
             bus_url = nats.url
         db_url = dist.db_url
         if db_url is None:
             try:
+                progress("starting PostgreSQL")
                 pg = PostgresServer.start()
                 db_url = pg.create_database("keyplane")
             except (FileNotFoundError, subprocess.SubprocessError) as exc:
@@ -267,20 +274,29 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
                           BusCredentials.for_element(certs, "operator", OPERATOR_ID))))
         deletions = _Deletions()
         await observer.subscribe(topics.events("admission"), deletions.on_event)
+        progress("starting the controller")
         procs["controller"] = await _Proc.spawn("controller", ["controller", *common],
                                                 state / "controller.log")
         await procs["controller"].wait_ready("controller ready", dist.startup_timeout_s)
+        progress(f"controller ready; starting {len(topo.nodes)} node processes")
         for node in topo.nodes:
             procs[node.id] = await _Proc.spawn(node.id, ["node", "--id", node.id, *common],
                                                state / f"node-{node.id}.log")
-        await asyncio.gather(*(procs[n.id].wait_ready(f"node {n.id} ready",
-                                                      dist.startup_timeout_s)
-                               for n in topo.nodes))
+        up: list[str] = []
+
+        async def node_ready(node_id: str) -> None:
+            await procs[node_id].wait_ready(f"node {node_id} ready", dist.startup_timeout_s)
+            up.append(node_id)
+            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)})")
+
+        await asyncio.gather(*(node_ready(n.id) for n in topo.nodes))
         endpoints = json.loads((state / "endpoints.json").read_text())
         missing = {n.id for n in topo.nodes} - set(endpoints["kms"])
         if missing:
             raise KeyplaneError(f"nodes never registered: {sorted(missing)}")
         console.print(f"{len(topo.nodes)} node processes and the controller are up")
+        if (endpoints.get("operations") or {}).get("dashboard"):
+            console.print(f"dashboard: {endpoints['operations']['dashboard']}")
         t0 = time.monotonic()
 
         async def chaos() -> None:

@@ -123,6 +123,16 @@ class DeviceKme:
             else:
                 self._peer[key_id] = (key, now)
 
+    @property
+    def stored_keys(self) -> int:
+        """Keys this end holds for its SAE's ``enc_keys`` (read-only, for metrics)."""
+        return len(self._own)
+
+    @property
+    def unclaimed_keys(self) -> int:
+        """Keys of the other end's ``enc_keys`` waiting for this end's ``dec_keys``."""
+        return len(self._peer)
+
     def has_room(self) -> bool:
         """Whether this end stores fewer than ``capacity_keys`` keys (unclaimed ones
         expired first)."""

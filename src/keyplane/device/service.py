@@ -13,7 +13,8 @@ One end (``end=<node>``): this process runs that end's module only and reaches t
 end's device process over the bus (``bus``), as two devices on two hosts would over their
 classical channel.
 
-At start it writes ``<state>/device-<link>.json``: each end's URL, KME id and SAE id.
+At start it writes ``<state>/device-<link>.json``: each end's URL, KME id and SAE id, and
+where its operations endpoints (``/metrics``) are when the process serves them.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from keyplane.certs import ensure_device_cert, ensure_network_certs, server_ssl_
 from keyplane.clock import Clock, RealClock
 from keyplane.config import Etsi014Source, Topology
 from keyplane.device.kme import DeviceKme
+from keyplane.device.metrics import DeviceMetrics
 from keyplane.errors import ConfigError
 from keyplane.events import EventStream
 from keyplane.keymanager.interface import ApplicationService
 from keyplane.lifecycle import Service
+from keyplane.ops import Ops
 from keyplane.physical.pool import EmulationSettings, LinkWorkerPool
 from keyplane.physical.runner import LinkRunner
 from keyplane.physical.sink import LinkKeySink
@@ -78,6 +81,9 @@ class QkdDevice(Service):
         seed: run seed (the same in both device processes of a link).
         clock: the clock; events: the event stream (link events).
         settings: :class:`DeviceSettings`.
+        ops: the process's operations surface: the ETSI 014 servers report their requests
+            to it, the ends' key figures join its registry (:mod:`keyplane.device.metrics`),
+            and its URLs (:attr:`Ops.urls`) go into ``device-<link>.json``.
 
     Raises:
         ConfigError: unknown link or end, or one end without a bus.
@@ -87,7 +93,7 @@ class QkdDevice(Service):
                  end: str | None = None, bus: Bus | None = None, host: str = "127.0.0.1",
                  ports: dict[str, int] | None = None, seed: int = 1,
                  clock: Clock | None = None, events: EventStream | None = None,
-                 settings: DeviceSettings | None = None) -> None:
+                 settings: DeviceSettings | None = None, ops: Ops | None = None) -> None:
         try:
             self.link = topology.link(link_id)
         except KeyError:
@@ -118,6 +124,9 @@ class QkdDevice(Service):
             identity=_km_subject(node), clock=self.clock, key_size_bits=s.key_size_bits,
             capacity_keys=s.capacity_keys, max_keys_per_request=s.max_keys_per_request,
             unclaimed_ttl_s=s.unclaimed_ttl_s) for node, role in self.local.items()}
+        self.ops = ops
+        if ops is not None:
+            ops.registry.register(DeviceMetrics(self.kmes.values()))
         self.servers: dict[str, HttpServer] = {}
         self._stack = contextlib.AsyncExitStack()
 
@@ -148,7 +157,8 @@ class QkdDevice(Service):
             cert = ensure_device_cert(self.state_dir / "certs", kme.kme_id, host=self.host)
             server = HttpServer(app, host=self.host, port=self.ports.get(node, 0),
                                 ssl_context=server_ssl_context(cert, certs.ca.cert),
-                                interface="etsi014", name=f"device-{kme.kme_id}")
+                                interface="etsi014", name=f"device-{kme.kme_id}",
+                                observer=self.ops.http if self.ops is not None else None)
             await server.start()
             self._stack.push_async_callback(server.close)
             self.servers[node] = server
@@ -180,6 +190,8 @@ class QkdDevice(Service):
             "ends": {node: {"url": self.servers[node].url, "kme_id": kme.kme_id,
                             "sae_id": kme.sae_id, "peer_sae_id": kme.peer_sae_id}
                      for node, kme in self.kmes.items()}}
+        if self.ops is not None:
+            doc["operations"] = dict(self.ops.urls)
         path = self.state_dir / f"device-{self.link.link_id}.json"
         tmp = path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

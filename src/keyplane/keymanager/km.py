@@ -35,6 +35,7 @@ metadata and in ETSI 014 ``key_extension`` under ``keyplane_provenance``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -57,7 +58,13 @@ from keyplane.keymanager.shell import StreamIo
 from keyplane.keymanager.vault import KeyVault, SessionRows
 from keyplane.keymanager.wire import LinkBlocksHeld
 from keyplane.lifecycle import Service
-from keyplane.messages import DeleteConfirm, HopRole, SessionConfig, SessionDelete
+from keyplane.messages import (
+    DeleteConfirm,
+    HopRole,
+    SessionConfig,
+    SessionDelete,
+    StreamTelemetry,
+)
 from keyplane.store import Database
 
 __all__ = ["KeyManager"]
@@ -108,6 +115,7 @@ class KeyManager(_Requests, Service):
         self._io_of: dict[str, StreamIo] = {}
         self._pair_locks = {}
         self._requests = 0
+        self._pending = collections.Counter()
         self._subs: list[Subscription] = []
         self._tasks = set()
         self._status = "new"
@@ -341,3 +349,18 @@ class KeyManager(_Requests, Service):
         if s is None:
             return []
         return [(t, a.value, e.value, b.value) for t, a, e, b in s.machine.history]
+
+    @property
+    def queued_requests(self) -> int:
+        """Key requests waiting for one of the exchange slots (the priority queues)."""
+        return len(self.core.queues)
+
+    def stream_figures(self) -> dict[str, StreamTelemetry]:
+        """Per live endpoint session: requests inside the KM and its token bucket (read by
+        the KM's telemetry publisher, :mod:`keyplane.keymanager.telemetry`)."""
+        now = self._clock.now()
+        return {sid: StreamTelemetry(
+                    pending_requests=self._pending.get(sid, 0),
+                    bucket_bits=s.bucket.level(now) if s.bucket is not None else None,
+                    bucket_size_bits=s.bucket.size_bits if s.bucket is not None else None)
+                for sid, s in self.core.streams.items() if s.live}

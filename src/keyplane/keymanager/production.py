@@ -70,6 +70,7 @@ class _Production(KmShellBase):
         self._emit(EventType.key_requested, session=s.session_id, bits=bits,
                    priority=s.priority)
         self._requests += 1
+        self._pending[s.session_id] += 1
         self._idle.clear()
         slot = False
         try:
@@ -92,6 +93,9 @@ class _Production(KmShellBase):
             if s.live and s.machine.can(SessionEvent.key_done):
                 self._apply(s, SessionEvent.key_done)
             self._requests -= 1
+            self._pending[s.session_id] -= 1
+            if not self._pending[s.session_id]:
+                del self._pending[s.session_id]
             if self._requests == 0:
                 self._idle.set()
 

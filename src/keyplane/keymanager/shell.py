@@ -17,6 +17,7 @@ The shell is split in three layers, one module each, all parts of one
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -95,6 +96,7 @@ class KmShellBase:
     _tasks: set[asyncio.Task[Any]]
     _status: Literal["new", "running", "draining", "closed"]
     _requests: int
+    _pending: collections.Counter[str]  # key requests inside the KM, by session (telemetry)
     _idle: asyncio.Event
 
     def _check_running(self) -> None:

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from keyplane.api.httpserver import HttpLimits, HttpServer
 from keyplane.ops.metrics import Ops
@@ -47,8 +47,9 @@ def create_ops_app(ops: Ops) -> Starlette:
         body = await asyncio.to_thread(generate_latest, ops.registry)
         return Response(body, media_type=CONTENT_TYPE_LATEST)
 
+    mounted = [Mount(path, app=app) for path, app in ops.mounts.items()]
     return Starlette(routes=[Route("/healthz", healthz), Route("/readyz", readyz),
-                             Route("/metrics", metrics)])
+                             Route("/metrics", metrics), *mounted])
 
 
 async def serve_ops(ops: Ops, host: str = "127.0.0.1", port: int = 0, *,
@@ -86,11 +87,14 @@ def parse_address(text: str) -> tuple[str, int] | None:
 @contextlib.asynccontextmanager
 async def ops_endpoints(ops: Ops, address: tuple[str, int] | None
                         ) -> AsyncIterator[HttpServer | None]:
-    """Serve ``ops`` at ``address`` for the duration of the block (None: not served)."""
+    """Serve ``ops`` at ``address`` for the duration of the block (None: not served);
+    :attr:`Ops.urls` then says where (``ops``, and each mount by its name)."""
     if address is None:
         yield None
         return
     server = await serve_ops(ops, *address)
+    ops.urls["ops"] = server.url
+    ops.urls.update({path.strip("/"): f"{server.url}{path.rstrip('/')}/" for path in ops.mounts})
     try:
         yield server
     finally:

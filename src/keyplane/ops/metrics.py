@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp
 
 from keyplane.ops.readiness import Readiness, ReadinessCheck
 
@@ -56,8 +57,24 @@ class Ops:
         self.registry = CollectorRegistry(auto_describe=True)
         self.readiness = Readiness(readiness_timeout_s)
         self.http = HttpMetrics(self.registry)
+        self.mounts: dict[str, ASGIApp] = {}
+        self.urls: dict[str, str] = {}  # what is served where, once serving (endpoints.json)
         Gauge("keyplane_process_info", "This keyplane process", ["process"],
               registry=self.registry).labels(process).set(1)
+
+    def mount(self, path: str, app: ASGIApp) -> None:
+        """Serve ``app`` under ``path`` (e.g. the dashboard at ``/dashboard``) beside the
+        operations endpoints; call before the endpoints are served.
+
+        Raises:
+            ValueError: ``path`` does not start with ``/``, or is taken.
+        """
+        if not path.startswith("/") or path.rstrip("/") in ("", "/healthz", "/readyz",
+                                                             "/metrics"):
+            raise ValueError(f"cannot mount at {path!r}")
+        if path in self.mounts:
+            raise ValueError(f"{path!r} is already mounted")
+        self.mounts[path] = app
 
     def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
         """Register a readiness check (see :class:`~keyplane.ops.readiness.Readiness`).

@@ -30,6 +30,7 @@ app = typer.Typer(help="Cut, degrade, restore a quantum link or put an eavesdrop
 
 BusOpt = Annotated[str, typer.Option("--bus", help="bus URL, e.g. nats://127.0.0.1:4222")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="reply timeout in seconds")]
+LinkArg = Annotated[str, typer.Argument(help="Link id from the topology, e.g. km4-km5.")]
 
 
 _OPTIONS: dict[str, tuple[Path, bool]] = {}
@@ -105,13 +106,14 @@ def _run(bus: str, command: LinkCommand, timeout: float) -> None:
 
 
 @app.command()
-def cut(link: str, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
+def cut(link: LinkArg, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
     """Break the fibre of LINK."""
     _run(bus, _command(link_id=link, action="cut"), timeout)
 
 
 @app.command()
-def degrade(link: str, extra_loss_db: Annotated[float, typer.Argument(min=0.0)], bus: BusOpt,
+def degrade(link: LinkArg, extra_loss_db: Annotated[float, typer.Argument(
+                min=0.0, help="Extra loss on the fibre, dB.")], bus: BusOpt,
             timeout: TimeoutOpt = 5.0) -> None:
     """Add EXTRA_LOSS_DB of loss to LINK."""
     _run(bus, _command(link_id=link, action="degrade", extra_loss_db=extra_loss_db),
@@ -119,15 +121,18 @@ def degrade(link: str, extra_loss_db: Annotated[float, typer.Argument(min=0.0)],
 
 
 @app.command()
-def restore(link: str, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
+def restore(link: LinkArg, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
     """Repair LINK (no cut, no extra loss)."""
     _run(bus, _command(link_id=link, action="restore"), timeout)
 
 
 @app.command()
-def eve(link: str, bus: BusOpt,
-        position_km: Annotated[float, typer.Option(min=0.0)] = 0.0,
-        fraction: Annotated[float, typer.Option(min=0.0, max=1.0)] = 1.0,
+def eve(link: LinkArg, bus: BusOpt,
+        position_km: Annotated[float, typer.Option(
+            min=0.0, help="Where she taps the fibre, km from the link's first end.")] = 0.0,
+        fraction: Annotated[float, typer.Option(
+            min=0.0, max=1.0, help="Share of the pulses she intercepts (0 removes her).")
+        ] = 1.0,
         timeout: TimeoutOpt = 5.0) -> None:
     """Put an intercept-resend eavesdropper on LINK (--fraction 0 removes her)."""
     _run(bus, _command(link_id=link, action="eve", position_km=position_km,
@@ -135,6 +140,6 @@ def eve(link: str, bus: BusOpt,
 
 
 @app.command()
-def status(link: str, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
+def status(link: LinkArg, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
     """Show LINK's state."""
     _run(bus, _command(link_id=link, action="status"), timeout)
