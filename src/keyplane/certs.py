@@ -35,14 +35,17 @@ import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from keyplane.config import Topology
 from keyplane.fileperms import ensure_private_dir, write_private
+
+if TYPE_CHECKING:  # the client SDK imports this module: it stays free of the config models
+    from keyplane.config import Topology
 
 __all__ = [
     "CONTROLLER_ID",

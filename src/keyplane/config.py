@@ -11,7 +11,6 @@ Priorities: a larger ``priority`` is served first (0 is the lowest).
 
 from __future__ import annotations
 
-import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -19,9 +18,17 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
+from keyplane.config_checks import topology_problems
 from keyplane.entanglement_config import EntanglementSection
 from keyplane.errors import ConfigError
-from keyplane.trust import STATION_ROLE, UntrustedNode, trust_problems
+from keyplane.trust import STATION_ROLE, UntrustedNode
+from keyplane.yamlpos import (
+    MESSAGE_PATH,
+    format_path,
+    line_for,
+    parse_message_path,
+    yaml_line_index,
+)
 
 __all__ = [
     "EXAMPLES_DIR",
@@ -502,57 +509,7 @@ class Topology(_Model):
 
     @model_validator(mode="after")
     def _cross_check(self) -> Topology:
-        problems: list[str] = []
-        node_ids = _unique("nodes", [n.id for n in self.nodes], problems)
-        _unique("untrusted_nodes", [u.id for u in self.untrusted_nodes], problems)
-        problems += trust_problems(self, node_ids)
-        _unique("links", [link.link_id for link in self.links], problems)
-        user_ids = _unique("users", [u.id for u in self.users], problems)
-        _unique("applications", [a.sae_id for a in self.applications], problems)
-        pairs: set[frozenset[str]] = set()
-        for i, link in enumerate(self.links):
-            for end in link.endpoints:
-                if end not in node_ids:
-                    problems.append(f"links[{i}].endpoints: unknown node {end!r}")
-            pair = frozenset(link.endpoints)
-            if pair in pairs:
-                problems.append(f"links[{i}].endpoints: a second link between the same nodes")
-            pairs.add(pair)
-        taken: dict[tuple[str, int], str] = {}
-        for i, node in enumerate(self.nodes):
-            for server, port in node.ports.model_dump().items():
-                if port is None:
-                    continue
-                where = f"nodes[{i}].ports.{server}"
-                other = taken.setdefault((node.address, port), where)
-                if other != where:
-                    problems.append(f"{where}: port {port} on {node.address} is also {other}")
-        sae_ids = {a.sae_id for a in self.applications}
-        owners = {a.owner for a in self.applications}
-        for i, app in enumerate(self.applications):
-            if app.node not in node_ids:
-                problems.append(f"applications[{i}].node: unknown node {app.node!r}")
-            if app.owner not in user_ids:
-                problems.append(f"applications[{i}].owner: unknown user {app.owner!r}")
-        if self.etsi015.teraflowsdn is not None:
-            for tfs_node in self.etsi015.teraflowsdn.ports:
-                if tfs_node not in node_ids:
-                    problems.append(f"etsi015.teraflowsdn.ports: unknown node {tfs_node!r}")
-        for i, user in enumerate(self.users):
-            for peer in user.sla.allowed_peers:
-                if peer != "*" and peer not in sae_ids:
-                    problems.append(
-                        f"users[{i}].sla.allowed_peers: unknown application {peer!r}")
-            owned = {a.sae_id for a in self.applications if a.owner == user.id}
-            for sae in user.sla.applications:
-                if sae not in owned:
-                    problems.append(f"users[{i}].sla.applications: {sae!r} is not an "
-                                    f"application of {user.id!r}")
-            if user.id in owners and not user.certificate_subject:
-                problems.append(
-                    f"users[{i}].certificate_subject: user {user.id!r} owns applications but "
-                    "has no certificate_subject; the subject of a verified TLS client "
-                    "certificate is the only identity a key manager accepts")
+        problems = topology_problems(self)  # keyplane.config_checks: every problem at once
         if problems:
             raise ValueError("\n".join(problems))
         return self
@@ -604,74 +561,7 @@ class Topology(_Model):
         return list(cached[2].get(node_id, ()))
 
 
-def _unique(what: str, ids: list[str], problems: list[str]) -> set[str]:
-    seen: set[str] = set()
-    for i, x in enumerate(ids):
-        if x in seen:
-            problems.append(f"{what}[{i}]: duplicate id {x!r}")
-        seen.add(x)
-    return seen
-
-
 # --------------------------------------------------------------------------- loading
-
-
-def _line_index(text: str) -> dict[tuple[str | int, ...], int]:
-    """Map every path in the YAML document to its 1-based line number."""
-    index: dict[tuple[str | int, ...], int] = {}
-
-    def walk(node: yaml.Node, path: tuple[str | int, ...]) -> None:
-        index[path] = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = key_node.value
-                index[(*path, key)] = key_node.start_mark.line + 1
-                walk(value_node, (*path, key))
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                walk(item, (*path, i))
-
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
-    if root is not None:
-        walk(root, ())
-    return index
-
-
-def _fmt_path(path: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out or "(top level)"
-
-
-_MSG_PATH = re.compile(r"^([A-Za-z_]+(?:\[\d+\])?(?:\.[A-Za-z_]+(?:\[\d+\])?)*): ")
-
-
-def _parse_path(text: str) -> tuple[str | int, ...]:
-    out: list[str | int] = []
-    for part in text.split("."):
-        m = re.fullmatch(r"([A-Za-z_]+)(?:\[(\d+)\])?", part)
-        if m is None:
-            break
-        out.append(m.group(1))
-        if m.group(2) is not None:
-            out.append(int(m.group(2)))
-    return tuple(out)
-
-
-def _line_for(index: dict[tuple[str | int, ...], int], path: tuple[str | int, ...]) -> int | None:
-    while True:
-        if path in index:
-            return index[path]
-        if not path:
-            return None
-        path = path[:-1]
 
 
 def parse_topology(text: str, source: str = "<string>") -> Topology:
@@ -692,27 +582,27 @@ def parse_topology(text: str, source: str = "<string>") -> Topology:
     try:
         return Topology.model_validate(data)
     except ValidationError as exc:
-        index = _line_index(text)
+        index = yaml_line_index(text)
         problems = []
         for err in exc.errors():
             path = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.endswith("]")))
             path = tuple(p for p in path if p not in ("function-after",))
-            line = _line_for(index, path)
+            line = line_for(index, path)
             where = f"{source}:{line}" if line else source
             msg = err["msg"]
             if err["type"] != "value_error":
-                problems.append(f"{where}: {_fmt_path(path)}: {msg}")
+                problems.append(f"{where}: {format_path(path)}: {msg}")
                 continue
             for part in msg.removeprefix("Value error, ").split("\n"):
                 at, where_part = path, where
-                inner = _MSG_PATH.match(part)
+                inner = MESSAGE_PATH.match(part)
                 if not path and inner:
                     # a cross-reference error: the message starts with the field's path
-                    at = _parse_path(inner.group(1))
+                    at = parse_message_path(inner.group(1))
                     part = part[inner.end():]
-                    line = _line_for(index, at)
+                    line = line_for(index, at)
                     where_part = f"{source}:{line}" if line else source
-                problems.append(f"{where_part}: {_fmt_path(at)}: {part}")
+                problems.append(f"{where_part}: {format_path(at)}: {part}")
         raise ConfigError("invalid topology:\n  " + "\n  ".join(problems)) from None
 
 

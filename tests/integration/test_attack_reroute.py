@@ -23,9 +23,10 @@ from keyplane.messages import SdnNotification
 from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
 from keyplane.runtime import Embedded, RuntimeContext
 from keyplane.store import Database, sqlite_url
+from tests.support.deadlines import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[2]
-WAIT_S = 240.0  # real-time bound on each stage (generous: the machine may be busy)
+WAIT_S = DEADLINE_S  # real-time bound on each stage (KEYPLANE_TEST_DEADLINE_S)
 KEYS = 120
 
 

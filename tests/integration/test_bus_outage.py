@@ -16,6 +16,7 @@ from keyplane.errors import BusUnavailable
 from keyplane.messages import ConfigAck, KmTelemetry
 from keyplane.services import NatsServer
 from tests.support.bus import harness_security, start_secured_nats
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import wait_until
 
 pytestmark = [pytest.mark.nats, pytest.mark.slow]
@@ -70,10 +71,10 @@ async def test_buses_reconnect_forever_and_requests_wait_out_the_outage(
         assert not pending.done()
 
         await asyncio.to_thread(server.restart)
-        reply = await asyncio.wait_for(pending, 120.0)
+        reply = await asyncio.wait_for(pending, DEADLINE_S)
         assert isinstance(reply, ConfigAck) and reply.node == "during"
         await requester.publish("t.feed", KmTelemetry(node="after"))
-        async with asyncio.timeout(60):
+        async with asyncio.timeout(DEADLINE_S):
             while not any(m.node == "after" for m in telemetry):  # type: ignore[attr-defined]
                 arrived.clear()
                 await arrived.wait()  # the responder's subscriptions came back
@@ -108,7 +109,7 @@ async def test_bus_waits_for_a_server_that_starts_late(tmp_path: Path) -> None:
     try:
         assert not connecting.done()
         await asyncio.to_thread(srv.restart)
-        bus = await asyncio.wait_for(connecting, 120.0)
+        bus = await asyncio.wait_for(connecting, DEADLINE_S)
         assert bus.connected
         await bus.close()
     finally:

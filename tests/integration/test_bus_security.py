@@ -23,6 +23,7 @@ from keyplane.messages import ConfigAck, HopRole, KmTelemetry, SessionConfig
 from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
 from tests.support.bus import SMALL_TOPOLOGY, element_security, harness_security
+from tests.support.deadlines import DEADLINE_S
 
 pytestmark = [pytest.mark.nats]
 
@@ -102,7 +103,7 @@ async def test_km_credential_cannot_subscribe_to_everything(secured: NatsServer)
         await km1.subscribe(">", everything)
         await km1.subscribe("keyplane.km.*.config", everything)
         await km1.subscribe(topics.km_config("km1"), own)
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(DEADLINE_S):
             # the server has decided about both subscriptions once it reported them
             while len(km1.permission_errors) < 2:
                 await km1.flush()
@@ -134,7 +135,7 @@ async def test_km_credential_cannot_publish_on_other_subjects(secured: NatsServe
         await harness.subscribe(subject, seen)
         await harness.subscribe(topics.km_relay("km2"), control)
         await km1.publish(subject, KmTelemetry(node="km1"))
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(DEADLINE_S):
             # once the server reported the violation it has decided about that message; a
             # round trip of the harness then brings anything it had routed to it
             while not km1.permission_errors:

@@ -21,6 +21,7 @@ from keyplane.messages import Qos
 from keyplane.services import PostgresServer
 from keyplane.store import Database
 from keyplane.store.admitted import load_admitted_sessions
+from tests.support.deadlines import DEADLINE_S
 from tests.support.processes import start_keyplane, stop
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.nats, pytest.mark.postgres,
@@ -124,14 +125,14 @@ async def test_killed_controller_restarts_and_takes_back_the_live_session(
             await asyncio.sleep(1.0)
             return False
 
-        await _until(opened, "a session admitted", 90.0)
+        await _until(opened, "a session admitted", DEADLINE_S)
         first = await _same_key(a, b, stream, 0)
         (row,) = await load_admitted_sessions(db)
         assert row.session_id == stream and row.path[1] == "km0"  # the first opener is
         assert {row.path[0], row.path[2]} == {"km2", "km3"}     # the source
 
         ctl.kill()  # SIGKILL: nothing is flushed, nothing is said to anyone
-        ctl.wait(10)
+        ctl.wait(DEADLINE_S)
         restarted = time.time()
         ctl = await asyncio.to_thread(controller, "ctl-restarted.log")
 

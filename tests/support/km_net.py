@@ -19,6 +19,7 @@ from keyplane.keymanager.interface import Caller
 from keyplane.keymanager.pqc import KmIdentity
 from keyplane.messages import Qos
 from keyplane.store import Database
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_control import FakeControlPlane
 
 __all__ = ["CALLER_A", "CALLER_B", "KmNet", "line_topology", "open_pair", "start_net"]
@@ -128,7 +129,7 @@ async def open_pair(net: KmNet, src: str = "sa", dst: str = "sb", qos: Qos | Non
     last = f"km{len(net.topology.nodes) - 1}"
     qos = qos or Qos()
     opener = asyncio.create_task(net.kms["km0"].open_connect(CALLER_A, src, dst, qos, None))
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE_S):
         # the KM assigned the Key_stream_ID; the peer learns it out of band (here: events)
         arrived = await net.sink.wait_for(
             lambda e: e.type == EventType.admission_requested and e.node == "km0")

@@ -25,6 +25,7 @@ from keyplane.messages import (
     SessionConfig,
     SessionOpenRequest,
 )
+from tests.support.deadlines import DEADLINE_S
 
 
 def _config(node: str = "km1") -> SessionConfig:
@@ -33,10 +34,31 @@ def _config(node: str = "km1") -> SessionConfig:
                          idle_timeout_s=30.0, next_km="km0")
 
 
-async def _until(pred, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(pred, timeout: float = DEADLINE_S) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout):
         while not pred():
             await asyncio.sleep(0.005)
+
+
+async def _delivered(bus: Bus) -> None:
+    """Return once everything published on ``bus`` before the call has been handled.
+
+    A marker published now comes back after them (both buses deliver one publisher's
+    messages in order, and run their handlers in arrival order), so "nothing more arrived"
+    is checked on an event, not by waiting a fixed time that a busy machine can outlast.
+    """
+    seen = asyncio.Event()
+
+    async def mark(_topic: str, _msg: Message) -> None:
+        seen.set()
+
+    sub = await bus.subscribe("t.marker", mark)
+    try:
+        await bus.publish("t.marker", KeepAlive(session_id="marker", node="n"))
+        async with asyncio.timeout(DEADLINE_S):
+            await seen.wait()
+    finally:
+        await sub.unsubscribe()
 
 
 async def test_bus_publish_reaches_exact_and_wildcard_subscribers(bus: Bus) -> None:
@@ -54,7 +76,7 @@ async def test_bus_publish_reaches_exact_and_wildcard_subscribers(bus: Bus) -> N
     await bus.publish("keyplane.km.km2.config", _config("km2"))
     await bus.publish("keyplane.telemetry.km.km1", KeepAlive(session_id="s", node="km1"))
     await _until(lambda: len(got["tail"]) == 3 and len(got["star"]) == 2)
-    await asyncio.sleep(0.05)
+    await _delivered(bus)
     assert [t for t, _ in got["exact"]] == ["keyplane.km.km1.config"]
     assert sorted(t for t, _ in got["star"]) == ["keyplane.km.km1.config", "keyplane.km.km2.config"]
     assert len(got["tail"]) == 3
@@ -98,7 +120,7 @@ async def test_bus_unsubscribe_stops_delivery(bus: Bus) -> None:
     await sub.unsubscribe()
     await sub.unsubscribe()  # idempotent
     await bus.publish("keyplane.a", KeepAlive(session_id="2", node="n"))
-    await asyncio.sleep(0.1)
+    await _delivered(bus)
     assert len(got) == 1
 
 
@@ -115,7 +137,7 @@ async def test_bus_queue_group_delivers_each_message_once(bus: Bus) -> None:
     for i in range(20):
         await bus.publish("keyplane.work", KeepAlive(session_id=str(i), node="n"))
     await _until(lambda: len(got) == 20)
-    await asyncio.sleep(0.1)
+    await _delivered(bus)
     assert len(got) == 20
 
 
@@ -204,5 +226,5 @@ async def test_unsubscribe_all_goes_on_past_a_failing_subscription(bus: Bus) -> 
     await unsubscribe_all([first, Broken(), second])
     await bus.publish("t.a", KeepAlive(session_id="s", node="n"))
     await bus.publish("t.b", KeepAlive(session_id="s", node="n"))
-    await asyncio.sleep(0.05)
+    await _delivered(bus)
     assert got == []

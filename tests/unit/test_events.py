@@ -14,6 +14,7 @@ from keyplane.events import (
     MemorySink,
     read_jsonl,
 )
+from tests.support.deadlines import DEADLINE_S
 
 
 async def test_event_stream_stamps_ids_time_and_per_node_sequence(clock: VirtualClock,
@@ -49,7 +50,7 @@ async def test_event_bus_sink_publishes_on_element_topic(clock: VirtualClock) ->
     await bus.subscribe("keyplane.events.>", h)
     stream = EventStream(clock, [BusSink(bus)])
     stream.emit(EventType.alarm, "monitoring", link="km0-km1")
-    async with asyncio.timeout(2):
+    async with asyncio.timeout(DEADLINE_S):
         while not got:
             await asyncio.sleep(0.01)
     assert isinstance(got[0], EventMessage) and got[0].event.type is EventType.alarm
@@ -62,4 +63,4 @@ async def test_memory_sink_wait_for_sees_future_events(clock: VirtualClock) -> N
     waiter = asyncio.create_task(mem.wait_for(lambda e: e.type is EventType.session_closed))
     await asyncio.sleep(0)
     stream.emit(EventType.session_closed, "km", session="s")
-    assert (await asyncio.wait_for(waiter, 1)).session == "s"
+    assert (await asyncio.wait_for(waiter, DEADLINE_S)).session == "s"

@@ -8,9 +8,10 @@ The ETSI 014 limits are checked by the server *before* the key manager is called
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from keyplane.config import Topology
+if TYPE_CHECKING:  # the client SDK imports this module: it stays free of the config models
+    from keyplane.config import Topology
 
 __all__ = ["SAE_ID_HEADER", "ApiSettings", "Etsi014Limits", "LocalSae"]
 

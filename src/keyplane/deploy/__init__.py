@@ -1,17 +1,24 @@
 """Deployment: Kubernetes manifests rendered from a topology (``keyplane deploy``).
 
-See :mod:`keyplane.deploy.kubernetes` and docs/deploy.md.
+See :mod:`keyplane.deploy.kubernetes` and docs/deploy.md. The names below load their
+module on first use, so ``keyplane --help`` (which mounts ``keyplane deploy``) stays fast.
 """
 
-from keyplane.deploy.credentials import install_credentials
-from keyplane.deploy.kubernetes import (
-    KubernetesOptions,
-    Manifests,
-    Resources,
-    node_service_names,
-    render,
-    write_manifests,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from keyplane.deploy.credentials import install_credentials
+    from keyplane.deploy.kubernetes import (
+        KubernetesOptions,
+        Manifests,
+        Resources,
+        node_service_names,
+        render,
+        write_manifests,
+    )
 
 __all__ = [
     "KubernetesOptions",
@@ -22,3 +29,22 @@ __all__ = [
     "render",
     "write_manifests",
 ]
+
+_HOME: dict[str, str] = {
+    "install_credentials": "keyplane.deploy.credentials",
+    **dict.fromkeys(["KubernetesOptions", "Manifests", "Resources", "node_service_names",
+                     "render", "write_manifests"], "keyplane.deploy.kubernetes"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

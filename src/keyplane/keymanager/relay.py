@@ -33,7 +33,8 @@ treats a repeated ``key_ID`` as a duplicate and re-confirms it. Frames name thei
 intermediates forward by that epoch's entry, so frames in flight on an old path still
 arrive until Admission Control deletes the old entries.
 
-Hybrid hops (:mod:`keyplane.keymanager.hybrid`, :mod:`keyplane.keymanager.pqc`): the KM
+Hybrid hops (:mod:`keyplane.keymanager.hopkeys`, which makes each hop's key;
+:mod:`keyplane.keymanager.hybrid`, :mod:`keyplane.keymanager.pqc`): the KM
 that *sends* a frame over a hop picks that hop's key source from the session's hybrid
 policy (narrowed by the batch's, when an application required a provenance) and what is
 available now: link key in the store (QKD), an answer to a fresh ML-KEM offer request from
@@ -55,9 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 from keyplane.bus import Bus, Message, topics
@@ -70,31 +69,16 @@ from keyplane.errors import (
     KeyWaitExpired,
     PeerUnreachable,
     PqcUnavailable,
-    RelayAuthenticationFailed,
     RelayError,
     RelayTimeout,
 )
 from keyplane.events import EventStream, EventType
 from keyplane.keymanager.forwarding import ForwardingEntry, ForwardingTable
-from keyplane.keymanager.hybrid import (
-    HopSource,
-    allowed_sources,
-    hop_record,
-    meet,
-    needs_pqc,
-    needs_qkd,
-    preferred_sources,
-)
+from keyplane.keymanager.hopkeys import HopKeys
+from keyplane.keymanager.hybrid import hop_record, meet
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.keystore import LinkKeyStore, Segment
-from keyplane.keymanager.pqc import (
-    KmIdentity,
-    PqcOffer,
-    PqcReceiver,
-    PqcReply,
-    combine_hop_key,
-    pqc_send,
-)
+from keyplane.keymanager.pqc import KmIdentity
 from keyplane.keymanager.settings import KmSettings
 from keyplane.keymanager.vault import HeldKey
 from keyplane.keymanager.wire import (
@@ -103,13 +87,10 @@ from keyplane.keymanager.wire import (
     DemandFrame,
     KeyFrame,
     LinkBlocksHeld,
-    PqcBlob,
-    PqcOfferReply,
     PqcOfferRequest,
     b64d,
     b64e,
     seal,
-    verify,
     xor,
 )
 from keyplane.messages import HopRole
@@ -162,34 +143,6 @@ class RelayHost(Protocol):
         ...
 
 
-@dataclass
-class _HopKey:
-    """The key bytes of one hop of one frame: ``mac_key || pad`` (never printed)."""
-
-    source: HopSource
-    segments: list[Segment]
-    material: bytes = field(repr=False)
-    pqc: PqcBlob | None
-    gen: int
-
-
-@dataclass
-class _PendingOffer:
-    """A receiver's open ML-KEM offer: usable by one frame from ``peer``, until ``expires``."""
-
-    receiver: PqcReceiver = field(repr=False)
-    peer: str
-    session_id: str
-    epoch: int
-    expires: float
-
-
-def _pqc_context(session_id: str, epoch: int, sender: str, receiver: str,
-                 exchange_id: str) -> bytes:
-    """What both KMs bind an exchange to (signed, and the HKDF info): the hop and session."""
-    return f"keyplane-hop|{session_id}|{epoch}|{sender}->{receiver}|{exchange_id}".encode()
-
-
 class Relay:
     """A KM's end of the KM-to-KM channel on ``keyplane.km.<node>.relay``.
 
@@ -209,183 +162,25 @@ class Relay:
         self._clock = clock
         self._events = events
         self._settings = settings
-        self.identity = identity
+        self.hop_keys = HopKeys(host, bus, clock, events, settings, identity)
         self._waiters: dict[str, asyncio.Future[ConfirmFrame]] = {}
-        self._offers: dict[str, _PendingOffer] = {}
+        self._offers = self.hop_keys.offers  # the same dict: cancel_all drops open offers
         self.frames_in = 0
         self.frames_dropped = 0
-        self.hops_sent: Counter[str] = Counter()  # frames sent, by hop source
+        self.hops_sent = self.hop_keys.hops_sent  # frames sent, by hop source
 
     @property
     def node_id(self) -> str:
         return self._host.node_id
 
-    # ---- hop keys ----------------------------------------------------------------------
-    async def _hop_key(self, session_id: str, epoch: int, peer: str, store: LinkKeyStore,
-                       policy: str, nbytes: int, *, deadline: float | None = None,
-                       urgent: bool = False) -> _HopKey:
-        """``nbytes`` of key for one frame to ``peer``, from the best source ``policy`` allows.
+    @property
+    def identity(self) -> KmIdentity | None:
+        """The KM's certificate and key for ML-KEM hops (None: QKD hops only)."""
+        return self.hop_keys.identity
 
-        QKD key comes through the session's share of the link (:meth:`RelayHost.take_link_key`):
-        when QKD is the last source the policy leaves, the frame waits for it until
-        ``deadline`` (default ``forward_key_wait_s`` from now: a hop that cannot know the
-        request's timeout; at most half the sender's confirmation wait, so its refusal arrives
-        first); with a fallback, only as long as blocks awaiting the peer's
-        acknowledgement could cover it (``peer_block_wait_s``).
-
-        Raises:
-            KeyWaitExpired: QKD key was needed and the session's share did not cover the
-                frame by the deadline.
-            InsufficientKeyMaterial: QKD key was preferred, its fallback failed too.
-            PqcUnavailable: an ML-KEM exchange was needed and could not be made.
-        """
-        failures: list[KeyplaneError] = []
-        sources = preferred_sources(policy)
-        now = self._clock.now()
-        for i, source in enumerate(sources):
-            segments: list[Segment] = []
-            gen = 0
-            qkd_key = b""
-            if needs_qkd(source):
-                hop_wait = min(self._settings.forward_key_wait_s,
-                               self._settings.relay_confirm_timeout_s / 2)
-                until = now + hop_wait if deadline is None else deadline
-                if i < len(sources) - 1:  # a fallback follows: wait only for acknowledgements
-                    acks = store.sendable_bytes + store.unconfirmed_bytes >= nbytes
-                    until = min(until, now + (self._settings.peer_block_wait_s if acks else 0))
-                try:
-                    segments, qkd_key, gen = await self._host.take_link_key(
-                        store, session_id, nbytes, until, urgent=urgent)
-                except KeyStoreError as exc:
-                    failures.append(exc if i == len(sources) - 1 else InsufficientKeyMaterial(
-                        f"link {store.link_id}: {nbytes} bytes wanted, "
-                        f"{store.sendable_bytes} sendable"))
-                    continue
-            blob: PqcBlob | None = None
-            pqc_key = b""
-            if needs_pqc(source):
-                try:
-                    blob, pqc_key = await self._pqc_send(session_id, epoch, peer, nbytes)
-                except PqcUnavailable as exc:  # the QKD part taken (if any) is spent
-                    failures.append(exc)
-                    continue
-            material = pqc_key
-            if needs_qkd(source):
-                material = combine_hop_key(qkd_key, pqc_key) if blob is not None else qkd_key
-            self.hops_sent[source.value] += 1
-            return _HopKey(source, segments, material, blob, gen)
-        raise failures[0]
-
-    async def _pqc_send(self, session_id: str, epoch: int, peer: str, nbytes: int
-                        ) -> tuple[PqcBlob, bytes]:
-        """Sender's side of one ML-KEM exchange with ``peer`` (offer request, encapsulation).
-
-        Raises:
-            PqcUnavailable: no identity here, the peer did not answer or refused, or its
-                offer did not authenticate.
-        """
-        if self.identity is None:
-            raise PqcUnavailable(f"KM {self.node_id} has no certificate for ML-KEM hops")
-        xid = uuid.uuid4().hex
-        try:
-            reply = await self._bus.request(
-                topics.km_relay(peer), PqcOfferRequest(session_id=session_id, epoch=epoch,
-                                                       sender=self.node_id, exchange_id=xid),
-                timeout_s=self._settings.pqc_offer_timeout_s)
-        except BusError as exc:
-            raise PqcUnavailable(f"KM {peer} made no ML-KEM offer: {exc}") from exc
-        if not isinstance(reply, PqcOfferReply) or reply.exchange_id != xid:
-            raise PqcUnavailable(f"KM {peer} answered the ML-KEM offer request with "
-                                 f"{reply.KIND}")
-        if not reply.ok:
-            raise PqcUnavailable(f"KM {peer} refused an ML-KEM offer: {reply.reason}")
-        try:
-            offer = PqcOffer(context=_pqc_context(session_id, epoch, self.node_id, peer, xid),
-                             encapsulation_key=b64d(reply.encapsulation_key),
-                             nonce=b64d(reply.nonce), cert_pem=reply.cert_pem.encode(),
-                             signature=b64d(reply.signature))
-            answer, key = pqc_send(self.identity, peer, offer, nbytes)
-        except (ValueError, RelayAuthenticationFailed) as exc:
-            raise PqcUnavailable(f"ML-KEM offer from {peer} did not authenticate: {exc}"
-                                 ) from exc
-        return PqcBlob(exchange_id=xid, ciphertext=b64e(answer.ciphertext),
-                       cert_pem=answer.cert_pem.decode(), signature=b64e(answer.signature)), key
-
-    def _offer(self, req: PqcOfferRequest) -> PqcOfferReply:
-        """Receiver's side, first half: a fresh signed encapsulation key for one frame."""
-        def refuse(reason: str) -> PqcOfferReply:
-            return PqcOfferReply(exchange_id=req.exchange_id, ok=False, reason=reason)
-
-        if self.identity is None:
-            return refuse(f"KM {self.node_id} has no certificate for ML-KEM hops")
-        entry = self._host.forwarding.at(req.session_id, req.epoch)
-        if entry is None or req.sender not in (entry.prev_km, entry.next_km):
-            return refuse(f"no hop of session {req.session_id} epoch {req.epoch} "
-                          f"with {req.sender}")
-        now = self._clock.now()
-        for xid in [x for x, o in self._offers.items() if o.expires <= now]:
-            del self._offers[xid]
-        if len(self._offers) >= self._settings.pqc_max_pending_offers:
-            return refuse("too many open ML-KEM offers")
-        if req.exchange_id in self._offers:
-            return refuse("exchange id in use")
-        rx = PqcReceiver(self.identity, req.sender, _pqc_context(
-            req.session_id, req.epoch, req.sender, self.node_id, req.exchange_id))
-        self._offers[req.exchange_id] = _PendingOffer(rx, req.sender, req.session_id, req.epoch,
-                                                      now + self._settings.pqc_offer_ttl_s)
-        o = rx.offer
-        return PqcOfferReply(exchange_id=req.exchange_id, ok=True,
-                             encapsulation_key=b64e(o.encapsulation_key), nonce=b64e(o.nonce),
-                             cert_pem=o.cert_pem.decode(), signature=b64e(o.signature))
-
-    def _pqc_finish(self, frame: KeyFrame | ConfirmFrame | DemandFrame, nbytes: int) -> bytes:
-        """Receiver's side, second half: the frame's ciphertext -> the PQC hop key (once)."""
-        blob = frame.pqc
-        if blob is None:
-            raise RelayError(f"{frame.hop_source} hop without its ML-KEM ciphertext")
-        pending = self._offers.pop(blob.exchange_id, None)
-        if (pending is None or pending.peer != frame.sender
-                or pending.session_id != frame.session_id or pending.epoch != frame.epoch
-                or pending.expires <= self._clock.now()):
-            raise RelayAuthenticationFailed("frame names no open ML-KEM offer of this hop")
-        try:
-            reply = PqcReply(ciphertext=b64d(blob.ciphertext), cert_pem=blob.cert_pem.encode(),
-                             signature=b64d(blob.signature))
-        except ValueError as exc:
-            raise RelayAuthenticationFailed("malformed ML-KEM reply") from exc
-        return pending.receiver.finish(reply, nbytes)
-
-    def _open(self, store: LinkKeyStore, frame: KeyFrame | ConfirmFrame | DemandFrame,
-              policy: str, nbytes: int) -> bytes:
-        """Take the frame's hop key (named segments and/or ML-KEM), verify its tag; the pad.
-
-        Raises:
-            RelayError: wrong link, a source ``policy`` does not allow, or a bad tag.
-            KeyStoreError: the named segments are unknown or already used.
-        """
-        if frame.link_id != store.link_id:
-            raise RelayError(f"frame names link {frame.link_id}, expected {store.link_id}")
-        source = HopSource(frame.hop_source)
-        if source not in allowed_sources(policy):
-            raise RelayError(f"hop source {source.value} not allowed by policy {policy}")
-        qkd_key = b""
-        if needs_qkd(source):
-            qkd_key, _ = store.take_received(frame.segments)
-            if len(qkd_key) != nbytes:
-                raise RelayError(f"frame names {len(qkd_key)} link key bytes, {nbytes} needed")
-        elif frame.segments:
-            raise RelayError("a PQC hop names link key segments")
-        if needs_pqc(source):
-            pqc_key = self._pqc_finish(frame, nbytes)
-            material = combine_hop_key(qkd_key, pqc_key) if needs_qkd(source) else pqc_key
-        else:
-            material = qkd_key
-        if not verify(frame, material[:MAC_KEY_BYTES]):
-            self._events.emit(EventType.key_request_refused, "km", node=self.node_id,
-                              session=frame.session_id, reason="relay tag did not verify",
-                              link_id=store.link_id, hop_source=source.value)
-            raise RelayError("authentication tag did not verify")
-        return material[MAC_KEY_BYTES:]
+    @identity.setter
+    def identity(self, identity: KmIdentity | None) -> None:
+        self.hop_keys.identity = identity
 
     # ---- source ------------------------------------------------------------------------
     async def send_batch(self, session_id: str, keys: list[HeldKey], size_bytes: int,
@@ -452,8 +247,8 @@ class Relay:
         if direct and not direct_ok:
             raise RelayError("keys without material can only go to an adjacent destination")
         n = len(keys) * size_bytes
-        hop = await self._hop_key(session_id, entry.epoch, entry.next_km, store, policy.value,
-                                  MAC_KEY_BYTES + n, deadline=deadline)
+        hop = await self.hop_keys.take(session_id, entry.epoch, entry.next_km, store, policy.value,
+                                       MAC_KEY_BYTES + n, deadline=deadline)
         mac_key, pad = hop.material[:MAC_KEY_BYTES], hop.material[MAC_KEY_BYTES:]
         gen = hop.gen
         ciphertext = ""
@@ -509,9 +304,9 @@ class Relay:
         if entry is None or entry.prev_km is None:
             raise PeerUnreachable(f"session {session_id}: no previous hop configured")
         store = self._host.link_store(entry.prev_km)
-        hop = await self._hop_key(session_id, entry.epoch, entry.prev_km, store,
-                                  entry.hybrid_policy, MAC_KEY_BYTES, deadline=deadline,
-                                  urgent=True)
+        hop = await self.hop_keys.take(session_id, entry.epoch, entry.prev_km, store,
+                                       entry.hybrid_policy, MAC_KEY_BYTES, deadline=deadline,
+                                       urgent=True)
         frame = seal(DemandFrame(session_id=session_id, epoch=entry.epoch, sender=self.node_id,
                                  link_id=store.link_id, segments=hop.segments, indexes=indexes,
                                  hop_source=hop.source.value, pqc=hop.pqc), hop.material)
@@ -522,7 +317,7 @@ class Relay:
     async def handle(self, topic: str, msg: Message) -> Message | None:
         """Bus handler for ``keyplane.km.<node>.relay`` (frames; ML-KEM offer requests)."""
         if isinstance(msg, PqcOfferRequest):
-            return self._offer(msg)
+            return self.hop_keys.offer(msg)
         if isinstance(msg, LinkBlocksHeld):
             try:
                 self._host.link_blocks_held(msg)
@@ -565,7 +360,7 @@ class Relay:
                              f"{entry.hybrid_policy}")
         store = self._host.link_store(frame.sender)
         n = len(frame.key_ids) * frame.key_size_bytes
-        pad = self._open(store, frame, policy.value, MAC_KEY_BYTES + n)
+        pad = self.hop_keys.open(store, frame, policy.value, MAC_KEY_BYTES + n)
         if len(frame.indexes) != len(frame.key_ids):
             raise RelayError("key frame sizes do not match")
         keys_blob = pad if frame.direct else xor(b64d(frame.ciphertext), pad)
@@ -574,8 +369,8 @@ class Relay:
                 raise RelayError("direct key frame at an intermediate KM")
             nstore = self._host.link_store(entry.next_km)
             try:
-                hop = await self._hop_key(frame.session_id, frame.epoch, entry.next_km, nstore,
-                                          policy.value, MAC_KEY_BYTES + n)
+                hop = await self.hop_keys.take(frame.session_id, frame.epoch, entry.next_km, nstore,
+                                               policy.value, MAC_KEY_BYTES + n)
             except (KeyStoreError, RelayError) as exc:
                 await self._refuse(frame, entry, store, f"hop {self.node_id}: {exc}",
                                    type(exc).__name__)
@@ -599,8 +394,8 @@ class Relay:
         keys = [keys_blob[i * frame.key_size_bytes:(i + 1) * frame.key_size_bytes]
                 for i in range(len(frame.key_ids))]
         ok, reason, gen3, provenance = self._host.accept_keys(frame, keys)
-        hop = await self._hop_key(frame.session_id, frame.epoch, frame.sender, store,
-                                  entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
+        hop = await self.hop_keys.take(frame.session_id, frame.epoch, frame.sender, store,
+                                       entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
         confirm = seal(ConfirmFrame(
             session_id=frame.session_id, epoch=frame.epoch, sender=self.node_id,
             link_id=store.link_id, segments=hop.segments, batch_id=frame.batch_id,
@@ -619,8 +414,8 @@ class Relay:
         application learns e.g. "insufficient key" rather than a generic relay failure.
         """
         try:
-            hop = await self._hop_key(frame.session_id, frame.epoch, frame.sender, store,
-                                      entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
+            hop = await self.hop_keys.take(frame.session_id, frame.epoch, frame.sender, store,
+                                           entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
         except (KeyStoreError, RelayError) as exc:
             logger.warning("node %s cannot even refuse batch %s: %s (%s)", self.node_id,
                            frame.batch_id, reason, exc)
@@ -636,7 +431,7 @@ class Relay:
     async def _on_confirm(self, frame: ConfirmFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=True)
         store = self._host.link_store(frame.sender)
-        self._open(store, frame, entry.hybrid_policy, MAC_KEY_BYTES)
+        self.hop_keys.open(store, frame, entry.hybrid_policy, MAC_KEY_BYTES)
         if entry.role is HopRole.intermediate:
             await self._forward_back(frame, entry)
             return
@@ -647,7 +442,7 @@ class Relay:
     async def _on_demand(self, frame: DemandFrame) -> None:
         entry = self._entry(frame.session_id, frame.epoch, frame.sender, from_next=True)
         store = self._host.link_store(frame.sender)
-        self._open(store, frame, entry.hybrid_policy, MAC_KEY_BYTES)
+        self.hop_keys.open(store, frame, entry.hybrid_policy, MAC_KEY_BYTES)
         if entry.role is HopRole.intermediate:
             await self._forward_back(frame, entry)
             return
@@ -659,8 +454,8 @@ class Relay:
         if entry.prev_km is None:
             raise RelayError("intermediate entry without a previous hop")
         pstore = self._host.link_store(entry.prev_km)
-        hop = await self._hop_key(frame.session_id, frame.epoch, entry.prev_km, pstore,
-                                  entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
+        hop = await self.hop_keys.take(frame.session_id, frame.epoch, entry.prev_km, pstore,
+                                       entry.hybrid_policy, MAC_KEY_BYTES, urgent=True)
         out = seal(frame.model_copy(update={"sender": self.node_id, "link_id": pstore.link_id,
                                             "segments": hop.segments,
                                             "hop_source": hop.source.value, "pqc": hop.pqc}),

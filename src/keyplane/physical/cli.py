@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from keyplane.bus import BusCredentials, BusSecurity, connect
-from keyplane.certs import OPERATOR_ID
 from keyplane.errors import BusError, KeyplaneError
-from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
+
+if TYPE_CHECKING:  # imported when a command runs: `keyplane --help` loads no numpy or bus
+    from keyplane.bus import BusSecurity
+    from keyplane.physical.wire import LinkCommand, LinkCommandReply
 
 __all__ = ["app", "send_command"]
 
@@ -49,6 +50,9 @@ def _bus_options(
 
 
 def _operator_security() -> BusSecurity:
+    from keyplane.bus import BusCredentials, BusSecurity
+    from keyplane.certs import OPERATOR_ID
+
     certs, danger = _OPTIONS.get("bus", (Path("state/certs"), False))
     if danger:
         return BusSecurity.danger_insecure("--danger-insecure-bus")
@@ -65,6 +69,9 @@ async def send_command(bus_url: str, command: LinkCommand, timeout_s: float = 5.
     Raises:
         BusError: no runner answers (wrong link id, Alice's node not running) or timeout.
     """
+    from keyplane.bus import connect
+    from keyplane.physical.wire import LinkCommandReply, control_topic
+
     bus = await connect(bus_url, name="keyplane-link-cli",
                         security=security or _operator_security())
     try:
@@ -74,6 +81,12 @@ async def send_command(bus_url: str, command: LinkCommand, timeout_s: float = 5.
     if not isinstance(reply, LinkCommandReply):
         raise BusError(f"unexpected reply {reply.KIND}")
     return reply
+
+
+def _command(**fields: Any) -> LinkCommand:
+    from keyplane.physical.wire import LinkCommand
+
+    return LinkCommand(**fields)
 
 
 def _run(bus: str, command: LinkCommand, timeout: float) -> None:
@@ -95,7 +108,7 @@ def _run(bus: str, command: LinkCommand, timeout: float) -> None:
 @app.command()
 def cut(link: LinkArg, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
     """Break the fibre of LINK."""
-    _run(bus, LinkCommand(link_id=link, action="cut"), timeout)
+    _run(bus, _command(link_id=link, action="cut"), timeout)
 
 
 @app.command()
@@ -103,14 +116,14 @@ def degrade(link: LinkArg, extra_loss_db: Annotated[float, typer.Argument(
                 min=0.0, help="Extra loss on the fibre, dB.")], bus: BusOpt,
             timeout: TimeoutOpt = 5.0) -> None:
     """Add EXTRA_LOSS_DB of loss to LINK."""
-    _run(bus, LinkCommand(link_id=link, action="degrade", extra_loss_db=extra_loss_db),
+    _run(bus, _command(link_id=link, action="degrade", extra_loss_db=extra_loss_db),
          timeout)
 
 
 @app.command()
 def restore(link: LinkArg, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
     """Repair LINK (no cut, no extra loss)."""
-    _run(bus, LinkCommand(link_id=link, action="restore"), timeout)
+    _run(bus, _command(link_id=link, action="restore"), timeout)
 
 
 @app.command()
@@ -122,11 +135,11 @@ def eve(link: LinkArg, bus: BusOpt,
         ] = 1.0,
         timeout: TimeoutOpt = 5.0) -> None:
     """Put an intercept-resend eavesdropper on LINK (--fraction 0 removes her)."""
-    _run(bus, LinkCommand(link_id=link, action="eve", position_km=position_km,
+    _run(bus, _command(link_id=link, action="eve", position_km=position_km,
                           fraction=fraction), timeout)
 
 
 @app.command()
 def status(link: LinkArg, bus: BusOpt, timeout: TimeoutOpt = 5.0) -> None:
     """Show LINK's state."""
-    _run(bus, LinkCommand(link_id=link, action="status"), timeout)
+    _run(bus, _command(link_id=link, action="status"), timeout)

@@ -16,7 +16,8 @@ from keyplane.config import Topology
 from keyplane.errors import ConfigError
 from keyplane.events import EventStream
 from keyplane.lifecycle import Service
-from keyplane.physical.runner import End, LinkRunner
+from keyplane.physical.frames import End
+from keyplane.physical.runner import LinkRunner
 from keyplane.physical.sink import LinkKeySink
 
 __all__ = ["PhysicalNetwork"]

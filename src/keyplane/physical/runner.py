@@ -56,12 +56,9 @@ restarted Alice never reuses an id delivered before her restart.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import math
 import secrets
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -79,7 +76,7 @@ from keyplane.errors import (
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
-from keyplane.physical import analytic
+from keyplane.physical import analytic, analytic_stream
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -88,12 +85,21 @@ from keyplane.physical.channel import (
     ClassicalChannel,
     InProcessChannel,
 )
+from keyplane.physical.frames import (
+    BLOCK_ID_SHIFT,
+    MAX_BLOCK_ID,
+    End,
+    LinkStats,
+    TelemetryWindow,
+    block_id_base,
+    default_frame_duration,
+    link_rng_seed,
+)
 from keyplane.physical.measured import measured_physics
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
 from keyplane.physical.sink import LinkKeySink, sink_has_room
 from keyplane.physical.wire import (
-    AnalyticBlock,
     LinkCommand,
     LinkCommandReply,
     Sync,
@@ -113,117 +119,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-End = Literal["alice", "bob"]
-ANALYTIC_LABEL = b"keyplane.analytic.key"
-MIN_FRAME_S = 1e-3
-MAX_FRAME_S = 1.0
-BLOCK_ID_SHIFT = 20
-"""Block ids per millisecond of wall clock between two starts of an Alice end."""
-MAX_BLOCK_ID = 2**63 - 1
-"""Block ids fit the key store's signed 64-bit column."""
 DEFAULT_TELEMETRY_INTERVAL_S = 1.0
 """At most one LinkTelemetry per link per this many clock seconds."""
-
-
-def block_id_base(wall_s: float) -> int:
-    """First block id of an Alice end started at ``wall_s`` (Unix seconds).
-
-    ``floor(wall_s * 1000) << 20``: an end that ran since an earlier start (more than a
-    millisecond before) delivered fewer than 2^20 blocks per elapsed millisecond (a block
-    takes far longer than 1 ns), so the new base lies above every id it used, and ids stay
-    monotone across restarts without any state surviving the process. Fits a signed
-    64-bit integer until the year 2248. Assumes the wall clock does not step back across
-    the restart (pass ``first_block_id`` to :class:`LinkRunner` where it may).
-
-    Raises:
-        ValueError: ``wall_s`` is negative or too far in the future.
-    """
-    base = math.floor(wall_s * 1000) << BLOCK_ID_SHIFT
-    if not 0 <= base <= MAX_BLOCK_ID:
-        raise ValueError(f"wall clock {wall_s} s gives no valid block id base")
-    return base
-
-
-def link_rng_seed(seed: int, link_id: str, end: End, salt: int = 0) -> list[int]:
-    """Seed sequence of one end's generator (independent per link, end and start).
-
-    ``salt`` is the runner's first block id, which grows with the wall clock: a module
-    restarted mid-run must never replay the photons, bases and Cascade choices of its
-    previous life, or the link would distil the same key a second time under new block
-    ids. Under a virtual clock the salt is as reproducible as the seed.
-    """
-    digest = hashlib.sha256(f"{seed}/{link_id}/{end}/{salt}".encode()).digest()
-    return [int.from_bytes(digest[i:i + 4], "big") for i in range(0, 16, 4)]
-
-
-def default_frame_duration(link: QuantumLink) -> float:
-    """About one block of sifted bits per frame at the nominal physics, within [1 ms, 1 s]."""
-    measured = measured_physics(link)
-    per_s = (measured or LinkPhysics.from_link(link)).expected_sifted_fraction() \
-        * link.repetition_rate_hz
-    if per_s <= 0:
-        return MAX_FRAME_S
-    return min(MAX_FRAME_S, max(MIN_FRAME_S, link.postprocessing.block_size_bits / per_s))
-
-
-@dataclass(slots=True)
-class LinkStats:
-    """Counters of one runner (Alice's end counts blocks; each end counts deliveries)."""
-
-    frames: int = 0
-    delivered_blocks: int = 0
-    delivered_bits: int = 0
-    aborted_blocks: int = 0
-    discarded_blocks: int = 0
-    qber_aborts: int = 0
-    channel_errors: int = 0
-    resyncs: int = 0
-    sifted_bits: int = 0
-    leaked_ec_bits: int = 0
-    last_qber: float | None = None
-
-
-@dataclass(slots=True)
-class _TelemetryWindow:
-    """Alice's blocks since the last telemetry message, and the last rates achieved."""
-
-    blocks: int = 0
-    sifted_bits: int = 0
-    secret_bits: int = 0
-    leaked_bits: int = 0
-    duration_s: float = 0.0  # emulated time the blocks cover
-    block_id: int | None = None
-    qber: float | None = None
-    qber_sample_bits: int = 0  # the test bits of the block ``qber`` comes from
-    ec_efficiency: float | None = None
-    skr_bps: float = 0.0
-    sifted_rate_bps: float = 0.0
-    sent: bool = False  # a message with measured rates went out
-
-    def add(self, o: BlockOutcome) -> None:
-        self.blocks += 1
-        self.sifted_bits += o.sifted_bits
-        self.secret_bits += o.secret_bits
-        self.leaked_bits += o.leaked_ec_bits + o.leaked_verify_bits
-        self.duration_s += o.duration_s
-        self.block_id = o.block_id
-        if o.qber is not None:
-            self.qber, self.qber_sample_bits = o.qber, o.test_bits
-        if o.ec_efficiency is not None:
-            self.ec_efficiency = o.ec_efficiency
-
-    def take(self) -> tuple[int, int, int, int | None]:
-        """Close the window: ``(sifted, secret, leaked bits, last block id)``; the rates
-        become this window's (or stay the last ones when no block completed in it)."""
-        if self.blocks:
-            duration = max(self.duration_s, 1e-12)
-            self.skr_bps = self.secret_bits / duration
-            self.sifted_rate_bps = self.sifted_bits / duration
-        out = (self.sifted_bits, self.secret_bits, self.leaked_bits, self.block_id)
-        self.blocks = self.sifted_bits = self.secret_bits = self.leaked_bits = 0
-        self.duration_s = 0.0
-        self.block_id = None
-        return out
 
 
 class LinkRunner(Service):
@@ -294,7 +191,7 @@ class LinkRunner(Service):
         self.time_scale = time_scale
         self.telemetry_interval_s = telemetry_interval_s
         self.paused = False  # a local sink has no room: Alice sends no frame
-        self._tel = _TelemetryWindow()
+        self._tel = TelemetryWindow()
         self._tel_task: asyncio.Task[None] | None = None
         self.boot_nonce = secrets.token_hex(8)  # this incarnation of the local end(s)
         self.peer_reachable = True  # Alice's view of Bob; False after a failed rendezvous
@@ -348,12 +245,12 @@ class LinkRunner(Service):
             if self._bob is not None:
                 self._start_task(self._bob_loop(self._bob))
             else:
-                self._start_task(self._analytic_bob(classical))
+                self._start_task(analytic_stream.analytic_bob(self, classical))
         if "alice" in ends:
             classical, quantum = ends["alice"]
             await classical.serve_peer(self.boot_nonce)
             if analytic:
-                self._start_task(self._analytic_alice(classical))
+                self._start_task(analytic_stream.analytic_alice(self, classical))
             else:
                 alice = AliceModule(self.link, classical, quantum, self._rng("alice"),
                                     cascade_schedule=self.cascade_schedule,
@@ -740,92 +637,6 @@ class LinkRunner(Service):
                                           ec_efficiency=self.analytic_ec_efficiency,
                                           qber_threshold=pp.qber_threshold)
 
-    def analytic_qber_sample(self, duration_s: float) -> tuple[float, int]:
-        """The analytic mode's QBER (:func:`~keyplane.physical.analytic.analytic_qber`, faults
-        included) and the test-basis signal detections the emulated protocol would have
-        estimated it on over ``duration_s``: the Monitoring Element judges an analytic link
-        on the same evidence as an emulated one, so an eavesdropper below the abort
-        threshold shows in both modes."""
-        d, pp = self.link.decoy, self.link.postprocessing
-        p_test = min(pp.z_basis_probability, 1.0 - pp.z_basis_probability)
-        pulses = self.link.repetition_rate_hz * duration_s
-        signal = analytic.signal_statistics(self.physics, d.mu_signal)
-        return signal.error_rate, round(pulses * d.p_signal * signal.gain * p_test ** 2)
-
     def analytic_material(self, block_id: int, n_bytes: int) -> bytes:
-        """Analytic mode's block material: SHAKE-256 over the per-link seed and block id."""
-        link_seed = hashlib.sha256(f"{self.seed}/{self.link_id}".encode()).digest()
-        return hashlib.shake_256(ANALYTIC_LABEL + link_seed
-                                 + block_id.to_bytes(8, "big")).digest(n_bytes)
-
-    async def _analytic_alice(self, classical: ClassicalChannel) -> None:
-        assert self.first_block_id is not None
-        block_id = self.first_block_id
-        reason: str | None = "start"
-        carry_bits = 0.0
-        next_t = self.clock.now()
-
-        async def do_sync(nonce: str, why: str) -> None:
-            # Bob's analytic end keeps no state: the sync only confirms his incarnation
-            ack = await classical.request_peer(Sync(
-                link_id=self.link_id, boot_nonce=self.boot_nonce, next_frame_id=block_id,
-                next_block_id=block_id, reason=why))
-            if not isinstance(ack, SyncAck) or ack.boot_nonce != nonce:
-                raise ClassicalChannelError(f"link {self.link_id}: bad answer to sync")
-            classical.peer_nonce = nonce
-
-        while self._running():
-            if not await self._room():
-                next_t = self.clock.now()
-                continue
-            _, duration = self._frame()
-            rate = self.analytic_rate_bps()
-            # every frame, key or not: a link whose attack leaves no key still shows why
-            self._tel.qber, self._tel.qber_sample_bits = self.analytic_qber_sample(duration)
-            self.stats.last_qber = self._tel.qber
-            carry_bits += rate * duration
-            n_bytes = math.floor(carry_bits / 8)
-            self.stats.frames += 1
-            if n_bytes > 0:
-                nonce = await self._await_peer(classical)
-                reason = self._sync_reason(classical, nonce, reason)
-                if reason is None or await self._resync(do_sync, nonce, reason):
-                    reason = None
-                    carry_bits -= 8 * n_bytes
-                    await self._analytic_block(classical, block_id, n_bytes, duration)
-                    block_id += 1
-            next_t = self._next_frame_at(next_t, duration)
-            await self.clock.sleep_until(next_t)
-
-    async def _analytic_block(self, classical: ClassicalChannel, block_id: int, n_bytes: int,
-                              duration: float) -> None:
-        try:
-            await classical.send(AnalyticBlock(link_id=self.link_id, block_id=block_id,
-                                               secret_bits=8 * n_bytes))
-        except ClassicalChannelError as exc:
-            self.stats.channel_errors += 1
-            logger.warning("link %s: analytic block lost: %s", self.link_id, exc)
-            return
-        qber, test_bits = self.analytic_qber_sample(duration)
-        outcome = BlockOutcome(link_id=self.link_id, block_id=block_id, status="delivered",
-                               sifted_bits=0, duration_s=duration, secret_bits=8 * n_bytes,
-                               qber=qber, test_bits=test_bits,
-                               material=self.analytic_material(block_id, n_bytes))
-        await self._record(outcome)
-        await self._deliver("alice", outcome)
-
-    async def _analytic_bob(self, classical: ClassicalChannel) -> None:
-        while self._running():
-            try:
-                msg = await classical.receive(timeout_s=None)
-            except ClassicalChannelError:
-                return
-            if not isinstance(msg, AnalyticBlock):
-                logger.warning("link %s: unexpected %s in analytic mode", self.link_id,
-                               msg.KIND)
-                continue
-            outcome = BlockOutcome(
-                link_id=self.link_id, block_id=msg.block_id, status="delivered",
-                sifted_bits=0, duration_s=0.0, secret_bits=msg.secret_bits,
-                material=self.analytic_material(msg.block_id, msg.secret_bits // 8))
-            await self._deliver("bob", outcome)
+        """Analytic mode's block material (:func:`.analytic_stream.analytic_material`)."""
+        return analytic_stream.analytic_material(self.seed, self.link_id, block_id, n_bytes)

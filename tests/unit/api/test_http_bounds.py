@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from fastapi import FastAPI, Request
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_km import FakeKeyNetwork
 from tests.support.topologies import line3
 
@@ -30,7 +31,6 @@ from keyplane.certs import Issued, client_ssl_context, ensure_network_certs
 from keyplane.clock import RealClock
 from keyplane.events import EventStream
 
-DEADLINE_S = 120.0  # how long a test waits for the server to act (a busy machine is slow)
 MB = 1 << 20
 
 

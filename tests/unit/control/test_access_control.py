@@ -14,6 +14,7 @@ from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import AuthRequest, AuthResponse
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
+from tests.support.deadlines import DEADLINE_S
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def _req(identity: str, sae: str = "sae_a", peer: str | None = "sae_d", node: st
 
 
 async def _ask(bus: Bus, req: AuthRequest) -> AuthResponse:
-    reply = await bus.request(topics.ACCESS, req, timeout_s=5.0)
+    reply = await bus.request(topics.ACCESS, req, timeout_s=DEADLINE_S)
     assert isinstance(reply, AuthResponse)
     return reply
 

@@ -25,6 +25,7 @@ from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import HopRole, KeepAlive, SessionClose
 from keyplane.store import Database
 from tests.support.control import NODES, open_request
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import FakeKms, wait_until
 
 SETTINGS = ControlSettings(admission=AdmissionSettings(peer_wait_timeout_s=10.0,
@@ -48,7 +49,7 @@ async def plane(topology: Topology, bus: Bus, sqlite_db: Database, clock: Virtua
 
 
 async def _open(bus: Bus, req) -> None:  # type: ignore[no-untyped-def]
-    ack = await bus.request(topics.ADMISSION, req, timeout_s=5.0)
+    ack = await bus.request(topics.ADMISSION, req, timeout_s=DEADLINE_S)
     assert ack.session_id == req.session_id and ack.accepted_for_review  # type: ignore[attr-defined]
 
 

@@ -24,11 +24,12 @@ from keyplane.services import NatsServer
 from keyplane.store import Database, sqlite_url
 from tests.support.bus import harness_security
 from tests.support.control import NODES, TOPOLOGY, open_request
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import FakeKms, wait_until
 
 
 async def _open(bus: Bus, req) -> None:  # type: ignore[no-untyped-def]
-    await bus.request(topics.ADMISSION, req, timeout_s=5.0)
+    await bus.request(topics.ADMISSION, req, timeout_s=DEADLINE_S)
 
 
 async def test_eavesdropper_qber_alarm_reroutes_the_live_session(
@@ -134,7 +135,7 @@ async def test_run_controller_serves_kms_over_nats_until_cancelled(
                                               security=harness_security(nats_server)))
     km_bus = await NatsBus.connect(nats_server.url, security=harness_security(nats_server))
     try:
-        async with asyncio.timeout(20):
+        async with asyncio.timeout(DEADLINE_S):
             await ready.wait()
         reply = await km_bus.request(topics.ACCESS, AuthRequest(
             node="a", sae_id="sae_a", peer_sae_id="sae_d", identity="CN=alice,O=test"))

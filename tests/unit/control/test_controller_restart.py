@@ -30,6 +30,7 @@ from keyplane.messages import KeepAlive, SessionClose
 from keyplane.store import Database
 from keyplane.store.admitted import AdmittedSession, load_admitted_sessions
 from tests.support.control import NODES, open_request
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import FakeKms, wait_until
 
 # every link carries 1000 bps: one 600 bps session fills a path
@@ -60,7 +61,7 @@ def _plane(topology: Topology, bus: Bus, db: Database, clock: VirtualClock,
 
 
 async def _open(bus: Bus, req) -> None:  # type: ignore[no-untyped-def]
-    ack = await bus.request(topics.ADMISSION, req, timeout_s=5.0)
+    ack = await bus.request(topics.ADMISSION, req, timeout_s=DEADLINE_S)
     assert ack.accepted_for_review  # type: ignore[attr-defined]
 
 
@@ -78,7 +79,7 @@ async def _stored(db: Database, what: str,
     """Wait (real time, bounded) until the stored sessions satisfy ``pred``."""
     rows: list[AdmittedSession] = []
     try:
-        async with asyncio.timeout(5.0):
+        async with asyncio.timeout(DEADLINE_S):
             while not pred(rows := await load_admitted_sessions(db)):
                 await asyncio.sleep(0.005)
     except TimeoutError:

@@ -19,9 +19,10 @@ from keyplane.config import Eavesdropper, Topology, parse_topology
 from keyplane.control import MonitoringElement, MonitoringSettings, RoutingElement
 from keyplane.events import Event, EventStream, EventType, MemorySink
 from keyplane.physical import LinkRunner, MemoryKeySink
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import wait_until
 
-WAIT_S = 60.0
+WAIT_S = DEADLINE_S  # real-time bound on background work (KEYPLANE_TEST_DEADLINE_S)
 DETECT_WITHIN_S = 5.0  # issue #17, "Done when"
 
 # a-e-d is the shortest a→d path; a-b-c-d the detour (tests/support/control.py's shape)
@@ -39,7 +40,7 @@ links:
 """
 
 # an analytic link reports its expected QBER every frame, on the test sample the emulated
-# protocol would have had (LinkRunner.analytic_qber_sample): both modes are judged alike
+# protocol would have had (analytic_stream.analytic_qber_sample): both modes are judged alike
 MODES = ["bb84-decoy", "analytic"]
 
 

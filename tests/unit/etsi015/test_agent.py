@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from etsi015_support import assert_valid
+from tests.support.deadlines import DEADLINE_S
 
 from keyplane.api.etsi015 import (
     QkdApplication,
@@ -141,7 +142,7 @@ async def test_application_lifecycle_notifications_and_statistics(
         "etsi-qkd-sdn-node:qkd_app": [{"app_id": session, "app_priority": 7}]})
     await agent.remove_application(session)
     names = []
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(DEADLINE_S):
         async for note in feed:
             names.append(note.name)
             validate_notification(note.name, note.content)

@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 from etsi015_support import assert_valid
+from tests.support.deadlines import DEADLINE_S
 
 from keyplane.api.etsi015 import (
     ROOT_MEMBER,
@@ -124,10 +125,12 @@ async def test_event_stream_delivers_notifications_as_sse(served, certs: Issued)
         async with c.stream("GET", location) as response:
             assert response.headers["content-type"].startswith("text/event-stream")
             lines = response.aiter_lines()
-            await asyncio.sleep(0.05)
+            async with asyncio.timeout(DEADLINE_S):  # the stream's feed is registered
+                while not agent._feeds:
+                    await asyncio.sleep(0.005)
             await agent.bus.publish(topics.link_telemetry("km0-km1"), LinkTelemetry(
                 link_id="km0-km1", node="km1", state=LinkState.up, skr_bps=10.0, qber=0.01))
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(DEADLINE_S):
                 line = await anext(lines)
                 while not line.startswith("data: "):
                     line = await anext(lines)

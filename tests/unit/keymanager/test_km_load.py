@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.support.deadlines import DEADLINE_S
 from tests.support.km_net import CALLER_A, KmNet, line_topology, open_pair, start_net
 
 from keyplane.bus import MemoryBus
@@ -92,7 +93,7 @@ async def test_priority_queue_limit_gives_a_busy_answer(km_db: Database) -> None
         with pytest.raises(KmBusy, match="busy"):
             await km0.enc_keys(CALLER_A, "p3", "r3", 1, 256)
         await clock.advance(1.0)
-        assert len(await asyncio.wait_for(queued, 10)) == 1
+        assert len(await asyncio.wait_for(queued, DEADLINE_S)) == 1
         blocker.cancel()
     finally:
         await net.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from tests.support.deadlines import DEADLINE_S
 from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
 from tests.unit.keymanager.test_relay import FrameLog, check_link_keys_used_once
 
@@ -73,7 +74,7 @@ async def test_pending_key_at_source_is_resent_after_restart_with_same_id(
             await asyncio.sleep(0.002)
         await clock.advance(1.0)
         with pytest.raises(Exception, match="confirmation"):
-            await asyncio.wait_for(attempt, 5)
+            await asyncio.wait_for(attempt, DEADLINE_S)
         pending = net.kms["km0"].vault.get(sid, 0)
         assert pending is not None and pending.state == "pending"
         await net.restart("km1")
@@ -126,7 +127,7 @@ async def test_reroute_moves_the_session_without_losing_an_in_flight_key(
         assert net.kms["km0"].forwarding.current(sid).epoch == 1  # type: ignore[union-attr]
         assert net.kms["km0"].forwarding.at(sid, 0) is None  # old epoch retired
         await clock.advance(1.0)  # the attempt on the old path times out; retry on the new
-        a1 = await asyncio.wait_for(in_flight, 5)
+        a1 = await asyncio.wait_for(in_flight, DEADLINE_S)
         b1 = await net.kms["km3"].get_key(CALLER_B, sid, None)
         assert (a1.index, a1.key, a1.metadata) == (b1.index, b1.key, b1.metadata) == (
             1, b1.key, b1.metadata)

@@ -8,6 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
+from tests.support.deadlines import DEADLINE_S
 from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
 
 from keyplane.bus import Bus, MemoryBus, topics
@@ -38,7 +39,7 @@ async def with_clock(clock: VirtualClock, coro: Coroutine[Any, Any, T], step_s: 
             break
         await clock.advance(step_s)
         await asyncio.sleep(0.001)  # let thread-backed I/O (SQLite) finish
-    return await asyncio.wait_for(task, 5)
+    return await asyncio.wait_for(task, DEADLINE_S)
 
 
 async def test_open_connect_returns_stream_id_once_configured_on_both_buses(
@@ -68,7 +69,7 @@ async def test_open_connect_served_qos_carries_the_sla_priority_not_the_apps(
         sid = str(uuid.uuid4())
         opener = asyncio.create_task(net.kms["km0"].open_connect(
             CALLER_A, "sa", "sb", Qos(priority=7), sid))
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(DEADLINE_S):
             await net.sink.wait_for(lambda e: e.type == EventType.admission_requested)
         await net.kms["km1"].open_connect(CALLER_B, "sb", "sa", Qos(), sid)
         res = await opener
@@ -220,7 +221,7 @@ async def test_keepalives_coalesce_and_a_trailing_one_follows_the_last_request(
         for _ in range(5):
             last_request = clock.now()
             await net.kms["km0"].get_key(CALLER_A, sid, None)
-        async with asyncio.timeout(5):  # the trailing KeepAlive comes after the last request
+        async with asyncio.timeout(DEADLINE_S):  # the trailing KeepAlive comes after the last request
             while not seen or seen[-1] < last_request:
                 await asyncio.sleep(0.01)
         assert 2 <= len(seen) < 5
@@ -240,7 +241,7 @@ async def test_application_close_frees_everything_and_admission_deletes_the_path
         await net.kms["km0"].close_stream(CALLER_A, sid)
         assert net.kms["km0"].session_state(sid) is SessionState.terminated
         assert net.kms["km0"].vault.of_session(sid) == []
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(DEADLINE_S):
             await net.sink.wait_for(lambda e: e.type == EventType.session_deleted
                                     and e.node == "km2")
         assert net.kms["km2"].session_state(sid) is SessionState.terminated
@@ -272,7 +273,7 @@ async def test_deletion_during_key_exchanging_fails_the_request_and_confirms(
         history = [h[1:] for h in km0.session_history(sid)]
         assert ("key_exchanging", "deleted", "terminated") in history
         with pytest.raises(SessionNotFound):  # at once, without waiting out the bucket
-            await asyncio.wait_for(waiting, 5)
+            await asyncio.wait_for(waiting, DEADLINE_S)
     finally:
         await net.close()
         await bus.close()

@@ -8,6 +8,7 @@ import uuid
 
 import pytest
 from sqlalchemy import func, select, text
+from tests.support.deadlines import DEADLINE_S
 
 from keyplane.errors import CommitFailed
 from keyplane.keymanager.journal import Journal
@@ -153,7 +154,7 @@ async def test_vault_commit_failure_reaches_waiters_and_the_journal_retries(
     await _refuse_stream_inserts(db, False)
     # no new mark and nobody waking it: the journal retries on its own (a retry may still
     # meet the trigger if it ran before the drop) and the lost changes are written
-    async with asyncio.timeout(60):
+    async with asyncio.timeout(DEADLINE_S):
         while True:
             try:
                 await journal.flushed(gen, wake=False)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_km import FakeKeyNetwork
 from tests.support.topologies import line3
 
@@ -16,8 +17,6 @@ from keyplane.api.server import serve_km_api
 from keyplane.api.settings import ApiSettings
 from keyplane.certs import Issued, client_ssl_context, ensure_network_certs
 from keyplane.ops import Ops, parse_address, serve_ops
-
-DEADLINE_S = 60.0
 
 
 def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -18,8 +18,7 @@ from keyplane.keymanager.interface import Caller
 from keyplane.keymanager.sources import DeviceKeyIds, Etsi014LinkEnd, KeySources
 from keyplane.physical import MemoryKeySink
 from keyplane.physical.pool import EmulationSettings
-
-DEADLINE_S = 120.0
+from tests.support.deadlines import DEADLINE_S
 
 LINK = QuantumLink(endpoints=("km0", "km1"), length_km=10, protocol="analytic")
 KM0, KM1 = Caller("CN=km0,OU=km,O=keyplane"), Caller("CN=km1,OU=km,O=keyplane")

@@ -32,9 +32,9 @@ from keyplane.physical.workerwire import (
     encode_frame,
     read_frame,
 )
+from tests.support.deadlines import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[3]
-DEADLINE_S = 120.0  # bound on waits for real processes on a loaded machine (never a sleep)
 
 TWO_ANALYTIC = """
 nodes: [{id: a}, {id: b}, {id: c}]

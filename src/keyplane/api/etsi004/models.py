@@ -15,12 +15,14 @@ malformed).
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from keyplane.api.jsontypes import JSON_INTEGER
-from keyplane.messages import Qos
+
+if TYPE_CHECKING:  # the client SDK imports these models: it stays free of the bus modules
+    from keyplane.messages import Qos
 
 __all__ = [
     "CloseRequest",
@@ -59,6 +61,8 @@ class QosParameters(_Body):
 
     def to_domain(self) -> Qos:
         """The bus-level :class:`keyplane.messages.Qos` the key manager takes."""
+        from keyplane.messages import Qos
+
         return Qos(key_chunk_size=self.Key_chunk_size, max_bps=self.Max_bps,
                    min_bps=self.Min_bps, jitter=self.Jitter, priority=self.Priority,
                    timeout_ms=self.Timeout, ttl_s=self.TTL,
