@@ -35,6 +35,7 @@ from keyplane.config import Topology
 from keyplane.errors import ConfigError, KeyplaneError
 from keyplane.events import Event
 from keyplane.fileperms import ensure_private_dir, open_private, write_private
+from keyplane.lifecycle import stop_subprocess
 from keyplane.services import NatsServer, PostgresServer, free_port
 
 __all__ = ["CONTROLLER", "ClusterSettings", "LocalCluster", "ManagedProcess", "read_events",
@@ -112,17 +113,7 @@ class ManagedProcess:
 
     async def stop(self, sig: int, timeout_s: float) -> int:
         """Send ``sig``; SIGKILL if the process has not exited after ``timeout_s``."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self.proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode if self.proc.returncode is not None else -1
+        return await stop_subprocess(self.proc, sig, timeout_s)
 
 
 def read_events(state: Path) -> list[Event]:

@@ -35,6 +35,7 @@ __all__ = [
     "Service",
     "process_settings_from_env",
     "run_process",
+    "stop_subprocess",
 ]
 
 logger = logging.getLogger(__name__)
@@ -207,3 +208,22 @@ def run_process(main: Callable[[ProcessControl], Awaitable[None]],
     finally:
         if watchdog:
             watchdog[0].cancel()
+
+
+async def stop_subprocess(proc: asyncio.subprocess.Process, sig: int, timeout_s: float) -> int:
+    """Send ``sig`` to a child process; SIGKILL if it has not exited after ``timeout_s``.
+
+    Returns its exit code (-1 if none could be read). The supervisor's side of the bounded
+    shutdown :func:`run_process` gives every keyplane process.
+    """
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            async with asyncio.timeout(timeout_s):
+                await proc.wait()
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+    return proc.returncode if proc.returncode is not None else -1

@@ -22,7 +22,6 @@ the same key twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shutil
 import signal
@@ -52,6 +51,7 @@ from keyplane.demo.timeline import render_timeline
 from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
 from keyplane.events import Event, EventMessage, EventType, read_jsonl
 from keyplane.fileperms import ensure_private_dir, open_private, write_private
+from keyplane.lifecycle import stop_subprocess
 from keyplane.messages import Qos
 from keyplane.services import NatsServer, PostgresServer
 
@@ -202,17 +202,7 @@ class _Proc:
 
     async def stop(self, sig: int, timeout_s: float) -> int:
         """Send ``sig``; SIGKILL if the process has not exited after ``timeout_s``."""
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await self.proc.wait()
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    self.proc.kill()
-                await self.proc.wait()
-        return self.proc.returncode if self.proc.returncode is not None else -1
+        return await stop_subprocess(self.proc, sig, timeout_s)
 
 
 class _Deletions:
