@@ -114,7 +114,8 @@ async def run(priorities: tuple[int, int], args: argparse.Namespace, tmp: Path
             # km0 asks Admission Control first: it is the source, making keys on request
             await sink.wait_for(functools.partial(admission_requested, sid))
             joined = await km1.open_connect(CALLER_B, dst, src, qos, sid)
-            if not ((await opener).peer_connected and joined.peer_connected):
+            await opener  # V2.1.1: pending (status 1) at once; the peer's open pairs it
+            if not joined.peer_connected:
                 raise RuntimeError(f"session {src}->{dst} not connected")
             sids[src] = sid
             figures[src] = SessionFigures(prio)

@@ -74,6 +74,11 @@ logger = logging.getLogger(__name__)
 PositiveS = Annotated[float, Field(gt=0)]
 
 
+
+GONE = (3, 4)
+"""ETSI 004 GET_KEY statuses that say the stream is gone at the KM (V2.1.1: 3 peer not
+connected, the stream ended; 4 no such stream): the traffic opens a new one."""
+
 class MatrixSettings(BaseModel):
     """Pace and bounds of a fault-matrix run (real seconds)."""
 
@@ -343,7 +348,7 @@ class Traffic:
             try:
                 chunk = await self._retrying(
                     f"get_key {end}", partial(client.get_key, stream, index),
-                    final=lambda e: isinstance(e, Etsi004StatusError) and int(e.status) == 9)
+                    final=lambda e: isinstance(e, Etsi004StatusError) and int(e.status) in GONE)
             except Etsi004StatusError:
                 return True
             self.ledger.got_stream(end, stream, index, chunk.key)

@@ -88,7 +88,10 @@ async def contend(db: Database, priorities: tuple[int, int]) -> Counter[str]:
                     await sink.wait_for(lambda e: e.type == EventType.admission_requested
                                         and e.session == sid)  # noqa: B023
                 joined = await kms["km1"].open_connect(CALLER_B, dst, src, qos, sid)
-                assert (await opener).peer_connected and joined.peer_connected
+                # V2.1.1: the first open answers at once (status 1, pending); the peer's
+                # open pairs the stream and is answered connected
+                await opener
+                assert joined.peer_connected
                 sids[src] = sid
             src_km = kms["km0"]
             shares = src_km.core.shares["km1"]
