@@ -32,6 +32,7 @@ from keyplane.keymanager.interface import Caller
 from keyplane.messages import Qos
 from keyplane.store import Database, sqlite_url
 from tests.support.deadlines import DEADLINE_S
+from tests.support.fake_kms import wait_until
 
 CALLER_A, CALLER_B = Caller("CN=a"), Caller("CN=b")
 WORKERS = 4
@@ -57,9 +58,7 @@ applications:
 
 async def until(cond: Callable[[], bool]) -> None:
     """Wait (bounded by the tests' deadline setting) until ``cond()`` holds."""
-    async with asyncio.timeout(DEADLINE_S):
-        while not cond():
-            await asyncio.sleep(0.001)
+    await wait_until(cond, timeout_s=DEADLINE_S, what="the workers' state")
 
 
 async def contend(db: Database, priorities: tuple[int, int]) -> Counter[str]:
