@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from keyplane.config import User
+from keyplane.control.admission.index import DeadlineHeap, DeadlineKey, LiveCounts
 from keyplane.control.admission.model import (
     AdmissionSession,
     AdmissionState,
@@ -58,6 +59,8 @@ class AdmissionCore:
         self.settings = settings or AdmissionSettings()
         self.sessions: dict[str, AdmissionSession] = {}
         self._aliases: dict[str, str] = {}
+        self._deadlines = DeadlineHeap(self._deadline_of)
+        self._live = LiveCounts()
 
     # ------------------------------------------------------------------ queries
 
@@ -66,9 +69,9 @@ class AdmissionCore:
         return self.sessions.get(self._aliases.get(session_id, session_id))
 
     def live_sessions_of(self, user_id: str) -> int:
-        """Sessions (not terminated) the user takes part in."""
-        return sum(1 for s in self.sessions.values()
-                   if s.state is not AdmissionState.terminated and user_id in s.users)
+        """Sessions (not terminated) the user takes part in (an index, kept on every state
+        change: :meth:`_recount`)."""
+        return self._live.of(user_id)
 
     def live_sessions(self) -> list[LiveSession]:
         """Every ``(session, route epoch)`` whose reservation is still needed: a path in
@@ -94,10 +97,27 @@ class AdmissionCore:
         return out
 
     def next_deadline(self) -> float | None:
-        """The earliest peer-wait or session-timer deadline."""
-        deadlines = [d for s in self.sessions.values()
-                     for d in (s.peer_deadline, s.timer_deadline) if d is not None]
-        return min(deadlines, default=None)
+        """The earliest peer-wait or session-timer deadline (a heap: O(log n))."""
+        top = self._deadlines.earliest()
+        return None if top is None else top[0]
+
+    def _deadline_of(self, key: DeadlineKey) -> float | None:
+        sess = self.sessions.get(key[0])
+        if sess is None:
+            return None
+        return sess.peer_deadline if key[1] == "peer" else sess.timer_deadline
+
+    def _set_timer(self, sess: AdmissionSession, now: float) -> None:
+        """(Re)arm the session timer: the SLA idle timeout plus grace from ``now``."""
+        at = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
+        sess.timer_deadline = at
+        self._deadlines.arm((sess.session_id, "timer"), at)
+
+    def _recount(self, sess: AdmissionSession) -> None:
+        """Keep the per-user live counts in step with ``sess``'s state."""
+        live = (self.sessions.get(sess.session_id) is sess
+                and sess.state is not AdmissionState.terminated)
+        self._live.set(sess.session_id, sess.users if live else ())
 
     # ------------------------------------------------------------------ open
 
@@ -172,11 +192,13 @@ class AdmissionCore:
                                 destination_node=destination_node,
                                 state=AdmissionState.requested, created_t=now)
         self.sessions[sid] = sess
+        self._recount(sess)
         if req.interface == "etsi014":
             # ETSI 014: the slave SAE never opens; its KM is configured directly.
             return registered, effects + self._accept(sess, now)
         wait_s = self.peer_wait_s(req.qos)
         sess.peer_deadline = now + wait_s
+        self._deadlines.arm((sid, "peer"), sess.peer_deadline)
         effects.append(Notify(EventType.peer_waiting, sid, req.node,
                               {"peer_sae": req.destination_sae, "timeout_s": wait_s}))
         return OpenAck(session_id=sid, waiting_for_peer=True), effects
@@ -208,6 +230,7 @@ class AdmissionCore:
                                  "other side's max_bps")
         sess.responder = ep
         sess.peer_deadline = None
+        self._recount(sess)
         return self._accept(sess, now)
 
     def _accept(self, sess: AdmissionSession, now: float) -> list[Effect]:
@@ -326,7 +349,7 @@ class AdmissionCore:
             sess.state = AdmissionState.active
             sess.path = sess.pending_path
             sess.pending_path = ()
-            sess.timer_deadline = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
+            self._set_timer(sess, now)
             out = [Notify(EventType.configured, session_id, n, {"epoch": epoch})
                    for n in sess.path]
             out.append(Notify(EventType.session_operative, session_id, sess.initiator.node,
@@ -453,7 +476,7 @@ class AdmissionCore:
         sess = self.session(msg.session_id)
         if (sess is not None and sess.state is AdmissionState.active
                 and msg.node in sess.endpoint_nodes):
-            sess.timer_deadline = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
+            self._set_timer(sess, now)
             return [RecordKeepAlive(sess.session_id)]
         return []
 
@@ -487,6 +510,7 @@ class AdmissionCore:
     def _terminate(self, sess: AdmissionSession, *effects: Effect) -> list[Effect]:
         sess.state = AdmissionState.terminated
         sess.peer_deadline = sess.timer_deadline = None
+        self._recount(sess)
         for e in effects:
             if isinstance(e, SendDeletes):
                 sess.inflight.add(f"delete:{e.purpose.value}:{e.epoch}")
@@ -498,10 +522,16 @@ class AdmissionCore:
             self._forget(sess)
 
     def _forget(self, sess: AdmissionSession) -> None:
-        if self.sessions.get(sess.session_id) is sess:
-            del self.sessions[sess.session_id]
-        for alias in [a for a, s in self._aliases.items() if s == sess.session_id]:
-            del self._aliases[alias]
+        sid = sess.session_id
+        if self.sessions.get(sid) is not sess:
+            return
+        del self.sessions[sid]
+        self._recount(sess)
+        self._deadlines.disarm((sid, "peer"))
+        self._deadlines.disarm((sid, "timer"))
+        # the only alias is the id the responder opened under (no scan over all aliases)
+        if sess.responder is not None and self._aliases.get(sess.responder.opened_as) == sid:
+            del self._aliases[sess.responder.opened_as]
 
     # ------------------------------------------------------------------ restart
 
@@ -536,6 +566,7 @@ class AdmissionCore:
             idle_timeout_s=rec.idle_timeout_s, key_chunk_size=rec.key_chunk_size,
             bucket_size_bits=rec.bucket_size_bits, hybrid_policy=rec.hybrid_policy)
         self.sessions[sess.session_id] = sess
+        self._recount(sess)
         if responder is not None and responder.opened_as != sess.session_id:
             self._aliases[responder.opened_as] = sess.session_id
         out: list[Effect] = [Notify(EventType.session_restored, sess.session_id,
@@ -546,7 +577,7 @@ class AdmissionCore:
         if rec.state == "terminated":
             return out + self._end(sess, "deletion not confirmed before the controller "
                                          "restarted")
-        sess.timer_deadline = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
+        self._set_timer(sess, now)
         out.append(virtual_link(sess, path, True))
         return out
 
@@ -580,15 +611,16 @@ class AdmissionCore:
                  PushConfigs(sess.session_id, epoch, hop_configs(sess, path, epoch))])
 
     def tick(self, now: float) -> list[Effect]:
-        """Fire every peer-wait and session timer due at ``now``."""
+        """Fire every peer-wait and session timer due at ``now``, earliest first."""
         out: list[Effect] = []
-        for sess in list(self.sessions.values()):
-            if sess.peer_deadline is not None and sess.peer_deadline <= now:
+        while (key := self._deadlines.pop_due(now)) is not None:
+            sess = self.sessions[key[0]]
+            if key[1] == "peer":
                 reason = (f"peer {sess.initiator.peer_sae} did not open "
                           f"{sess.session_id} within {self.peer_wait_s(sess.initiator.qos):g} s")
                 sess.peer_deadline = None
                 out += self._refuse_endpoints_waiting(sess, reason)
-            elif sess.timer_deadline is not None and sess.timer_deadline <= now:
+            else:
                 sess.timer_deadline = None
                 out += self._end(sess, "session timer expired")
         return out

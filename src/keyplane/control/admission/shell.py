@@ -96,6 +96,7 @@ class AdmissionControl(Service):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._sleeping_until: float | None = None  # the timer loop's deadline (None: none)
         self._closed = False
         self._cache: dict[tuple[str, str], tuple[float, Any]] = {}
         # per session, the last SDN announcement in flight: a reroute's removal of the old
@@ -238,7 +239,12 @@ class AdmissionControl(Service):
                 self._writes.put_nowait(("delete", e.session_id))
             elif isinstance(e, RecordKeepAlive):
                 self._keepalive_written(e.session_id)
-        self._wake.set()
+        # wake the timer loop only for an earlier deadline than it sleeps to: a keep-alive
+        # (one per served key) only moves a timer later, found when the sleep ends
+        deadline = self.core.next_deadline()
+        if deadline is not None and (self._sleeping_until is None
+                                     or deadline < self._sleeping_until):
+            self._wake.set()
 
     def _keepalive_written(self, session_id: str) -> None:
         """Stamp the record's keep-alive time, at most once per
@@ -401,7 +407,7 @@ class AdmissionControl(Service):
     async def _timer_loop(self) -> None:
         while True:
             self._wake.clear()
-            deadline = self.core.next_deadline()
+            deadline = self._sleeping_until = self.core.next_deadline()
             waker = asyncio.ensure_future(self._wake.wait())
             waits: set[asyncio.Future[Any]] = {waker}
             if deadline is not None:
