@@ -59,7 +59,7 @@ from _support import start_net
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
 from keyplane.config import Topology, parse_topology
-from keyplane.events import EventStream, MemorySink
+from keyplane.events import Event, EventStream, EventType
 from keyplane.keymanager import KmSettings
 from keyplane.keymanager.interface import Caller
 from keyplane.messages import Qos
@@ -190,14 +190,56 @@ def _pct(xs: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def _open(net: object, a: int, b: int) -> None:
+SETUP_DEADLINE_S = 600.0
+"""How long one session setup may take on a loaded machine before the run fails (a bound,
+not a pace)."""
+
+
+class OperativeSink:
+    """An event sink that resolves a future per ``(node, session)`` when that KM reports the
+    session operative (a dict lookup per event: the bench's own cost stays flat)."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[tuple[str, str], asyncio.Future[None]] = {}
+
+    def expect(self, node: str, session: str) -> asyncio.Future[None]:
+        """A future done once ``node``'s KM has ``session`` configured."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiting[(node, session)] = fut
+        return fut
+
+    def write(self, event: Event) -> None:
+        if event.type == EventType.session_operative and event.element == "km":
+            fut = self._waiting.pop((event.node or "", event.session or ""), None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+
+    def forget(self, session: str, *nodes: str) -> None:
+        for node in nodes:
+            self._waiting.pop((node, session), None)
+
+    def close(self) -> None:
+        self._waiting.clear()
+
+
+async def _open(net: object, sink: OperativeSink, a: int, b: int) -> None:
+    """OPEN_CONNECT at both ends; done when both KMs have the session configured (ETSI 004
+    V2.1.1: the open that reached Admission Control first is answered status 1 at once)."""
     kms = net.kms  # type: ignore[attr-defined]
     sid = str(uuid.uuid4())
-    x, y = await asyncio.gather(
-        kms[f"g{a}"].open_connect(USER, f"s{a}", f"s{b}", QOS, sid),
-        kms[f"g{b}"].open_connect(USER, f"s{b}", f"s{a}", QOS, sid))
-    if not (x.peer_connected and y.peer_connected):
-        raise RuntimeError(f"session {sid} s{a}-s{b} not configured at both ends")
+    nodes = (f"g{a}", f"g{b}")
+    done = [sink.expect(node, sid) for node in nodes]  # before the opens: none is missed
+    try:
+        await asyncio.gather(
+            kms[nodes[0]].open_connect(USER, f"s{a}", f"s{b}", QOS, sid),
+            kms[nodes[1]].open_connect(USER, f"s{b}", f"s{a}", QOS, sid))
+        async with asyncio.timeout(SETUP_DEADLINE_S):
+            await asyncio.gather(*done)
+    except TimeoutError:
+        raise RuntimeError(f"session {sid} s{a}-s{b} not configured at both ends within "
+                           f"{SETUP_DEADLINE_S:g} s") from None
+    finally:
+        sink.forget(sid, *nodes)
 
 
 async def _keys_per_s(net: object, keys: int, callers: int = 64) -> tuple[float, float]:
@@ -234,7 +276,8 @@ async def live_sessions(milestones: list[int], samples: int, keys: int, seed: in
     rng = random.Random(seed)
     n = SIDE * SIDE
     clock = RealClock()
-    events = EventStream(clock, [MemorySink(maxlen=1_000)])
+    sink = OperativeSink()
+    events = EventStream(clock, [sink])
     # the control-plane bounds are settings: on a machine loaded 20-30x, Access Control's
     # answer to one of 16 concurrent opens took more than the default 10 s
     settings = KmSettings(link_reserve_bytes=65_536, max_concurrent_exchanges=256,
@@ -270,14 +313,14 @@ async def live_sessions(milestones: list[int], samples: int, keys: int, seed: in
                         # pair may cross (a race of the bench, not a setup)
                         a, b = rng.sample(range(n), 2)
                         batch.setdefault(frozenset((a, b)), (a, b))
-                    await asyncio.gather(*(_open(net, a, b) for a, b in batch.values()))
+                    await asyncio.gather(*(_open(net, sink, a, b) for a, b in batch.values()))
                     live += len(batch)
                 fill = time.monotonic() - t0
                 walls, cpus = [], []
                 for _ in range(samples):
                     a, b = rng.sample(range(n), 2)
                     w0, c0 = time.perf_counter(), time.process_time()
-                    await _open(net, a, b)
+                    await _open(net, sink, a, b)
                     walls.append(1e3 * (time.perf_counter() - w0))
                     cpus.append(1e3 * (time.process_time() - c0))
                 live += samples
