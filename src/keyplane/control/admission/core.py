@@ -47,6 +47,8 @@ from keyplane.store.admitted import AdmittedSession
 
 __all__ = ["AdmissionCore"]
 
+TERMINATED = AdmissionState.terminated
+
 
 class AdmissionCore:
     """The pure Admission Control logic: ``(event, now) → effects``.
@@ -69,32 +71,13 @@ class AdmissionCore:
         return self.sessions.get(self._aliases.get(session_id, session_id))
 
     def live_sessions_of(self, user_id: str) -> int:
-        """Sessions (not terminated) the user takes part in (an index, kept on every state
-        change: :meth:`_recount`)."""
+        """Sessions (not terminated) the user takes part in (an index: :meth:`_recount`)."""
         return self._live.of(user_id)
 
     def live_sessions(self) -> list[LiveSession]:
         """Every ``(session, route epoch)`` whose reservation is still needed: a path in
         use, a path being configured, or a path whose deletions are not yet confirmed."""
-        out: list[LiveSession] = []
-
-        def add(sess: AdmissionSession, epoch: int, path: tuple[str, ...]) -> None:
-            out.append(LiveSession(session_id=sess.session_id, epoch=epoch, path=list(path),
-                                   min_bps=sess.min_bps, hybrid_policy=sess.hybrid_policy,
-                                   max_trusted_relays=sess.max_trusted_relays,
-                                   source_sae=sess.initiator.sae_id,
-                                   destination_sae=sess.initiator.peer_sae,
-                                   priority=sess.priority, max_bps=sess.rate_bps))
-
-        for sess in self.sessions.values():
-            if sess.state is AdmissionState.accepted and sess.pending_path:
-                add(sess, sess.epoch, sess.pending_path)
-            elif sess.state in (AdmissionState.active, AdmissionState.terminated) and sess.path:
-                add(sess, sess.route_epoch, sess.path)
-                if (sess.state is AdmissionState.active and sess.pending_kind == "reroute"
-                        and sess.pending_route_epoch is not None):
-                    add(sess, sess.pending_route_epoch, sess.pending_path)
-        return out
+        return [r for s in self.sessions.values() for r in s.reservations()]
 
     def next_deadline(self) -> float | None:
         """The earliest peer-wait or session-timer deadline (a heap: O(log n))."""
@@ -103,20 +86,16 @@ class AdmissionCore:
 
     def _deadline_of(self, key: DeadlineKey) -> float | None:
         sess = self.sessions.get(key[0])
-        if sess is None:
-            return None
-        return sess.peer_deadline if key[1] == "peer" else sess.timer_deadline
+        return None if sess is None else sess.deadline(key[1])
 
     def _set_timer(self, sess: AdmissionSession, now: float) -> None:
         """(Re)arm the session timer: the SLA idle timeout plus grace from ``now``."""
-        at = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
-        sess.timer_deadline = at
+        sess.timer_deadline = at = now + sess.idle_timeout_s + self.settings.session_timer_grace_s
         self._deadlines.arm((sess.session_id, "timer"), at)
 
     def _recount(self, sess: AdmissionSession) -> None:
         """Keep the per-user live counts in step with ``sess``'s state."""
-        live = (self.sessions.get(sess.session_id) is sess
-                and sess.state is not AdmissionState.terminated)
+        live = self.sessions.get(sess.session_id) is sess and sess.state is not TERMINATED
         self._live.set(sess.session_id, sess.users if live else ())
 
     # ------------------------------------------------------------------ open
@@ -525,10 +504,8 @@ class AdmissionCore:
         sid = sess.session_id
         if self.sessions.get(sid) is not sess:
             return
-        del self.sessions[sid]
-        self._recount(sess)
-        self._deadlines.disarm((sid, "peer"))
-        self._deadlines.disarm((sid, "timer"))
+        del self.sessions[sid]  # terminated already: no longer counted live
+        self._deadlines.disarm((sid, "peer"), (sid, "timer"))
         # the only alias is the id the responder opened under (no scan over all aliases)
         if sess.responder is not None and self._aliases.get(sess.responder.opened_as) == sid:
             del self._aliases[sess.responder.opened_as]
@@ -548,8 +525,7 @@ class AdmissionCore:
             return []
         path = tuple(rec.path)
         try:
-            initiator = Endpoint.from_json(rec.initiator)
-            responder = Endpoint.from_json(rec.responder) if rec.responder else None
+            sess = AdmissionSession.from_record(rec, now)
         except (KeyError, TypeError, ValueError) as exc:
             reason = f"stored session unreadable: {exc}"
             deletes = tuple(SessionDelete(session_id=rec.session_id, node=n, reason=reason)
@@ -558,19 +534,12 @@ class AdmissionCore:
             return [Notify(EventType.session_closed, rec.session_id, None, {"reason": reason}),
                     ReleaseRoute(rec.session_id, None), ForgetStored(rec.session_id),
                     SendDeletes(rec.session_id, DeletePurpose.refusal, None, deletes)]
-        sess = AdmissionSession(
-            session_id=rec.session_id, interface=rec.interface, initiator=initiator,
-            destination_node=rec.destination_node, state=AdmissionState.active,
-            created_t=now, responder=responder, epoch=rec.epoch, route_epoch=rec.route_epoch,
-            path=path, rate_bps=rec.rate_bps, min_bps=rec.min_bps, priority=rec.priority,
-            idle_timeout_s=rec.idle_timeout_s, key_chunk_size=rec.key_chunk_size,
-            bucket_size_bits=rec.bucket_size_bits, hybrid_policy=rec.hybrid_policy)
         self.sessions[sess.session_id] = sess
         self._recount(sess)
-        if responder is not None and responder.opened_as != sess.session_id:
-            self._aliases[responder.opened_as] = sess.session_id
+        if sess.responder is not None and sess.responder.opened_as != sess.session_id:
+            self._aliases[sess.responder.opened_as] = sess.session_id
         out: list[Effect] = [Notify(EventType.session_restored, sess.session_id,
-                                    initiator.node,
+                                    sess.initiator.node,
                                     {"state": rec.state, "path": list(path),
                                      "epoch": rec.epoch, "min_bps": rec.min_bps,
                                      "idle_timeout_s": rec.idle_timeout_s})]
@@ -615,20 +584,16 @@ class AdmissionCore:
         out: list[Effect] = []
         while (key := self._deadlines.pop_due(now)) is not None:
             sess = self.sessions[key[0]]
-            if key[1] == "peer":
-                reason = (f"peer {sess.initiator.peer_sae} did not open "
-                          f"{sess.session_id} within {self.peer_wait_s(sess.initiator.qos):g} s")
-                sess.peer_deadline = None
-                out += self._refuse_endpoints_waiting(sess, reason)
-            else:
+            if key[1] == "timer":
                 sess.timer_deadline = None
                 out += self._end(sess, "session timer expired")
+                continue
+            sess.peer_deadline = None
+            sid, node = sess.session_id, sess.initiator.node
+            reason = (f"peer {sess.initiator.peer_sae} did not open {sid} within "
+                      f"{self.peer_wait_s(sess.initiator.qos):g} s")
+            delete = SessionDelete(session_id=sid, node=node, reason=reason, refused=True)
+            out += self._terminate(sess, Notify(EventType.admission_refused, sid, node,
+                                                {"reason": reason}),
+                                   SendDeletes(sid, DeletePurpose.refusal, None, (delete,)))
         return out
-
-    def _refuse_endpoints_waiting(self, sess: AdmissionSession, reason: str) -> list[Effect]:
-        delete = SessionDelete(session_id=sess.session_id, node=sess.initiator.node,
-                               reason=reason, refused=True)
-        return self._terminate(sess, Notify(EventType.admission_refused, sess.session_id,
-                                            sess.initiator.node, {"reason": reason}),
-                               SendDeletes(sess.session_id, DeletePurpose.refusal, None,
-                                           (delete,)))

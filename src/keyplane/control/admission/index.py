@@ -54,9 +54,10 @@ class DeadlineHeap:
             self._armed[key] = at
             heapq.heappush(self._heap, (at, key))
 
-    def disarm(self, key: DeadlineKey) -> None:
-        """Forget ``key`` (its session is gone); its entries become stale."""
-        self._armed.pop(key, None)
+    def disarm(self, *keys: DeadlineKey) -> None:
+        """Forget ``keys`` (their session is gone); their entries become stale."""
+        for key in keys:
+            self._armed.pop(key, None)
 
     def earliest(self) -> tuple[float, DeadlineKey] | None:
         """The earliest deadline and its key, after settling stale entries at the top."""

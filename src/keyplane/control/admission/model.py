@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from keyplane.config import SlaProfile
+from keyplane.control.wire import LiveSession
 from keyplane.events import EventType
 from keyplane.messages import Qos, SessionConfig, SessionDelete
 from keyplane.store.admitted import AdmittedSession
@@ -239,6 +240,10 @@ class AdmissionSession:
             out.add(self.responder.user_id)
         return out
 
+    def deadline(self, kind: str) -> float | None:
+        """The ETSI 004 peer-wait deadline (``"peer"``) or the session timer's."""
+        return self.peer_deadline if kind == "peer" else self.timer_deadline
+
     @property
     def max_trusted_relays(self) -> int | None:
         """The tightest cap on trusted relays of the endpoints' SLAs (None: no cap)."""
@@ -250,6 +255,42 @@ class AdmissionSession:
     def endpoint_nodes(self) -> tuple[str, str]:
         """The initiator's and the destination's KM."""
         return (self.initiator.node, self.destination_node)
+
+    @classmethod
+    def from_record(cls, rec: AdmittedSession, now: float) -> AdmissionSession:
+        """The ``active`` session ``rec`` stores, taken back at ``now``.
+
+        Raises:
+            KeyError, TypeError, ValueError: an endpoint's stored form cannot be read.
+        """
+        return cls(
+            session_id=rec.session_id, interface=rec.interface,
+            initiator=Endpoint.from_json(rec.initiator),
+            destination_node=rec.destination_node, state=AdmissionState.active,
+            created_t=now, responder=Endpoint.from_json(rec.responder) if rec.responder
+            else None, epoch=rec.epoch, route_epoch=rec.route_epoch, path=tuple(rec.path),
+            rate_bps=rec.rate_bps, min_bps=rec.min_bps, priority=rec.priority,
+            idle_timeout_s=rec.idle_timeout_s, key_chunk_size=rec.key_chunk_size,
+            bucket_size_bits=rec.bucket_size_bits, hybrid_policy=rec.hybrid_policy)
+
+    def reservations(self) -> list[LiveSession]:
+        """Each ``(route epoch, path)`` whose reservation is still needed: a path in use,
+        being configured, or whose deletions are not yet confirmed."""
+        held: list[tuple[int, tuple[str, ...]]] = []
+        if self.state is AdmissionState.accepted and self.pending_path:
+            held.append((self.epoch, self.pending_path))
+        elif self.state in (AdmissionState.active, AdmissionState.terminated) and self.path:
+            held.append((self.route_epoch, self.path))
+            if (self.state is AdmissionState.active and self.pending_kind == "reroute"
+                    and self.pending_route_epoch is not None):
+                held.append((self.pending_route_epoch, self.pending_path))
+        return [LiveSession(session_id=self.session_id, epoch=epoch, path=list(path),
+                            min_bps=self.min_bps, hybrid_policy=self.hybrid_policy,
+                            max_trusted_relays=self.max_trusted_relays,
+                            source_sae=self.initiator.sae_id,
+                            destination_sae=self.initiator.peer_sae,
+                            priority=self.priority, max_bps=self.rate_bps)
+                for epoch, path in held]
 
     def record(self) -> AdmittedSession:
         """The stored form of an ``active`` or ``terminated`` session."""
