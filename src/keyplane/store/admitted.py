@@ -8,20 +8,24 @@ never ORM rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from keyplane.store.db import Database
 from keyplane.store.models import AdmittedSessionRow
 
 __all__ = [
     "AdmittedSession",
+    "AdmittedWrite",
     "delete_admitted_session",
     "load_admitted_sessions",
     "save_admitted_session",
     "touch_admitted_session",
+    "write_admitted_sessions",
 ]
 
 _FIGURES = ("state", "interface", "source_sae", "destination_sae", "source_node",
@@ -84,17 +88,22 @@ async def save_admitted_session(db: Database, rec: AdmittedSession, *, wall: flo
     Raises:
         StoreError: the database failed.
     """
+    async with db.session() as s:
+        await _save(s, rec, wall)
+
+
+async def _save(s: AsyncSession, rec: AdmittedSession, wall: float) -> None:
     figures = {name: getattr(rec, name) for name in _FIGURES}
     figures["path"] = list(rec.path)
-    async with db.session() as s:
-        row = await s.get(AdmittedSessionRow, rec.session_id)
-        if row is None:
-            s.add(AdmittedSessionRow(session_id=rec.session_id, created_wall=wall,
-                                     updated_wall=wall, last_keepalive_wall=wall, **figures))
-            return
-        for name, value in figures.items():
-            setattr(row, name, value)
-        row.updated_wall = wall
+    row = await s.get(AdmittedSessionRow, rec.session_id)
+    if row is None:
+        s.add(AdmittedSessionRow(session_id=rec.session_id, created_wall=wall,
+                                 updated_wall=wall, last_keepalive_wall=wall, **figures))
+        await s.flush()  # a later change of this batch finds the row
+        return
+    for name, value in figures.items():
+        setattr(row, name, value)
+    row.updated_wall = wall
 
 
 async def touch_admitted_session(db: Database, session_id: str, *, wall: float) -> None:
@@ -104,9 +113,13 @@ async def touch_admitted_session(db: Database, session_id: str, *, wall: float) 
         StoreError: the database failed.
     """
     async with db.session() as s:
-        row = await s.get(AdmittedSessionRow, session_id)
-        if row is not None:
-            row.last_keepalive_wall = max(row.last_keepalive_wall, wall)
+        await _touch(s, session_id, wall)
+
+
+async def _touch(s: AsyncSession, session_id: str, wall: float) -> None:
+    row = await s.get(AdmittedSessionRow, session_id)
+    if row is not None:
+        row.last_keepalive_wall = max(row.last_keepalive_wall, wall)
 
 
 async def delete_admitted_session(db: Database, session_id: str) -> None:
@@ -116,9 +129,38 @@ async def delete_admitted_session(db: Database, session_id: str) -> None:
         StoreError: the database failed.
     """
     async with db.session() as s:
-        row = await s.get(AdmittedSessionRow, session_id)
-        if row is not None:
-            await s.delete(row)
+        await _delete(s, session_id)
+
+
+async def _delete(s: AsyncSession, session_id: str) -> None:
+    row = await s.get(AdmittedSessionRow, session_id)
+    if row is not None:
+        await s.delete(row)
+        await s.flush()  # a later save of this batch inserts it again
+
+
+AdmittedWrite = tuple[Literal["save"], AdmittedSession, float] | tuple[
+    Literal["touch"], str, float] | tuple[Literal["delete"], str, float]
+"""One change: ``("save", record, wall)``, ``("touch", session_id, wall)`` or
+``("delete", session_id, wall)``; ``wall`` is when the change was decided."""
+
+
+async def write_admitted_sessions(db: Database, writes: Sequence[AdmittedWrite]) -> None:
+    """Apply ``writes`` in order in one transaction (Admission Control's writer: one commit
+    for many sessions' changes instead of one each, so the store keeps pace with thousands
+    of sessions opened at once).
+
+    Raises:
+        StoreError: the database failed (none of ``writes`` is applied).
+    """
+    async with db.session() as s:
+        for w in writes:
+            if w[0] == "save":
+                await _save(s, w[1], w[2])
+            elif w[0] == "touch":
+                await _touch(s, w[1], w[2])
+            else:
+                await _delete(s, w[1])
 
 
 async def load_admitted_sessions(db: Database) -> list[AdmittedSession]:

@@ -59,10 +59,9 @@ from keyplane.messages import (
 )
 from keyplane.store import Database
 from keyplane.store.admitted import (
-    delete_admitted_session,
+    AdmittedWrite,
     load_admitted_sessions,
-    save_admitted_session,
-    touch_admitted_session,
+    write_admitted_sessions,
 )
 from keyplane.store.topology import get_application, get_user
 
@@ -71,6 +70,9 @@ __all__ = ["ELEMENT", "AdmissionControl"]
 logger = logging.getLogger(__name__)
 
 ELEMENT = "admission"
+
+WRITE_BATCH = 500
+"""Most store changes (session saves, keep-alive stamps, deletions) in one transaction."""
 
 
 class AdmissionControl(Service):
@@ -103,7 +105,7 @@ class AdmissionControl(Service):
         # VIRT link must reach the SDN Controller before the new path's registration
         self._announcing: dict[str, asyncio.Future[Any]] = {}
         # store writes, in the order the core decided them (one writer task)
-        self._writes: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._writes: asyncio.Queue[AdmittedWrite] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
         self._kept_alive: dict[str, float] = {}  # session → wall time last written
         self._started = False
@@ -233,10 +235,10 @@ class AdmissionControl(Service):
             elif isinstance(e, StoreSession):
                 # a new record is stamped as kept alive now; an updated one keeps its stamp
                 self._kept_alive.setdefault(e.record.session_id, self.clock.wall())
-                self._writes.put_nowait(("save", e.record))
+                self._writes.put_nowait(("save", e.record, self.clock.wall()))
             elif isinstance(e, ForgetStored):
                 self._kept_alive.pop(e.session_id, None)
-                self._writes.put_nowait(("delete", e.session_id))
+                self._writes.put_nowait(("delete", e.session_id, self.clock.wall()))
             elif isinstance(e, RecordKeepAlive):
                 self._keepalive_written(e.session_id)
         # wake the timer loop only for an earlier deadline than it sleeps to: a keep-alive
@@ -255,26 +257,33 @@ class AdmissionControl(Service):
         last = self._kept_alive.get(session_id)
         if last is None or wall - last >= self.settings.keepalive_store_interval_s:
             self._kept_alive[session_id] = wall
-            self._writes.put_nowait(("touch", session_id))
+            self._writes.put_nowait(("touch", session_id, wall))
 
     async def _write_loop(self) -> None:
-        """Carry out store writes one at a time, in order; a failed write is logged and
-        the session keeps running (the store lags until the session's next write)."""
+        """Carry out store writes in order, all those queued (up to ``WRITE_BATCH``) in one
+        transaction: one commit per session each would fall behind thousands of sessions
+        opened at once. A failed batch is written again one change at a time; a change
+        that still fails is logged and its session keeps running (the store lags until the
+        session's next write)."""
         while True:
-            op, arg = await self._writes.get()
+            writes = [await self._writes.get()]
+            while len(writes) < WRITE_BATCH and not self._writes.empty():
+                writes.append(self._writes.get_nowait())
             try:
-                wall = self.clock.wall()
-                if op == "save":
-                    await save_admitted_session(self.db, arg, wall=wall)
-                elif op == "delete":
-                    await delete_admitted_session(self.db, arg)
-                else:
-                    await touch_admitted_session(self.db, arg, wall=wall)
+                await write_admitted_sessions(self.db, writes)
             except StoreError:
-                logger.exception("cannot %s stored session %s", op,
-                                 arg.session_id if op == "save" else arg)
+                for w in writes:  # one at a time: only a change that fails is lost
+                    await self._write_one(w)
             finally:
-                self._writes.task_done()
+                for _ in writes:
+                    self._writes.task_done()
+
+    async def _write_one(self, w: AdmittedWrite) -> None:
+        try:
+            await write_admitted_sessions(self.db, [w])
+        except StoreError:
+            logger.exception("cannot %s stored session %s", w[0],
+                             w[1].session_id if w[0] == "save" else w[1])
 
     def _spawn(self, aw: Awaitable[Any]) -> None:
         if self._closed:
