@@ -162,6 +162,10 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--blocks", type=int, default=600,
                     help="16 KiB link key blocks fed to each link up front")
+    ap.add_argument("--pairs", nargs="+", choices=("adjacent", "2-hop"),
+                    default=["adjacent", "2-hop"], help="which master/slave pairs to run")
+    ap.add_argument("--numbers", type=int, nargs="+", default=None,
+                    help="keys per request to run (default: 1 and --bulk)")
     args = ap.parse_args()
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
@@ -183,7 +187,9 @@ def main() -> None:
                   "pairs/s per server core")
             for label, slave, node in (("adjacent", "sae_b", "km1"),
                                        ("2-hop", "sae_c", "km2")):
-                for number in (1, args.bulk):
+                if label not in args.pairs:
+                    continue
+                for number in args.numbers or (1, args.bulk):
                     parent.send("cpu")
                     srv0, cli0 = parent.recv(), time.process_time()
                     pairs, dt = _arun(_run(issued, ports, slave, node, number,
