@@ -78,6 +78,9 @@ def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
 
     topo = line3()
     issued = ensure_network_certs(topo, Path(pki))
+    # the Monitoring Element imports the physical package on its first link probe (about
+    # a second of CPU): import it now, or it lands in whichever measured window it hits
+    import keyplane.physical.wire  # noqa: F401
 
     async def main() -> None:
         settings = KmSettings()

@@ -49,6 +49,10 @@ last throughput run: steadier than wall-clock figures on a shared machine."""
 async def build(bus: Bus, hops: int, tmp: Path, seed: int, link_bytes: int,
                 km_buses: dict[str, Bus] | None = None
                 ) -> tuple[list[KeyManager], BenchNet, Database]:
+    # the Monitoring Element imports the physical package on its first link probe (about
+    # a second of CPU): import it now, or it lands in whichever measured run it hits
+    import keyplane.physical.wire  # noqa: F401
+
     topo = line_topology(hops + 1)
     db = await Database.open(sqlite_url(tmp / f"bench-{hops}-{seed}.db"))
     clock = RealClock()
