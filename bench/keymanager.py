@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import tempfile
 import time
@@ -48,6 +49,10 @@ last throughput run: steadier than wall-clock figures on a shared machine."""
 async def build(bus: Bus, hops: int, tmp: Path, seed: int, link_bytes: int,
                 km_buses: dict[str, Bus] | None = None
                 ) -> tuple[list[KeyManager], BenchNet, Database]:
+    # the Monitoring Element imports the physical package on its first link probe (about
+    # a second of CPU): import it now, or it lands in whichever measured run it hits
+    import keyplane.physical.wire  # noqa: F401
+
     topo = line_topology(hops + 1)
     db = await Database.open(sqlite_url(tmp / f"bench-{hops}-{seed}.db"))
     clock = RealClock()
@@ -180,8 +185,9 @@ class OverNats(Buses):
 async def run_bus(name: str, buses: Buses, hops_list: list[int], keys: int, seed: int
                   ) -> dict[str, float]:
     print(f"\n== bus: {name}")
-    print(f"{'hops':>4} {'latency ms':>11} {'keys/s (1/req, c=64)':>21} "
-          f"{'keys/s (32/req, c=8)':>21} {'fetched by slave, same bytes':>29}")
+    print(f"{'hops':>4} {'latency ms':>11} {'keys/s (1/req, c=64)':>21} {'CPU us/key':>10} "
+          f"{'keys/s (32/req, c=8)':>21} {'CPU us/key':>10} {'fetched by slave, same bytes':>29}"
+          f" {'load':>5}")
     lat: dict[int, float] = {}
     rates: dict[int, tuple[float, float]] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -193,15 +199,18 @@ async def run_bus(name: str, buses: Buses, hops_list: list[int], keys: int, seed
                 try:
                     lat[hops] = await latency(kms, 200)
                     single, single_ok = await throughput(kms, keys, 1, 64)
+                    single_cpu = LAST_CPU_PER_KEY_S[0]
                     batched, batched_ok = await throughput(kms, keys * 4, 32, 8)
+                    batched_cpu = LAST_CPU_PER_KEY_S[0]
                 finally:
                     await teardown(kms, net, db)
             finally:
                 await buses.close()
             rates[hops] = (single, batched)
             made = keys + (keys * 4 // 32) * 32
-            print(f"{hops:>4} {lat[hops] * 1e3:>11.3f} {single:>21.0f} {batched:>21.0f} "
-                  f"{single_ok + batched_ok:>19} of {made}")
+            print(f"{hops:>4} {lat[hops] * 1e3:>11.3f} {single:>21.0f} {single_cpu * 1e6:>10.0f} "
+                  f"{batched:>21.0f} {batched_cpu * 1e6:>10.0f} "
+                  f"{single_ok + batched_ok:>19} of {made} {os.getloadavg()[0]:>5.1f}")
     out: dict[str, float] = {}
     if len(lat) >= 2:
         xs = sorted(lat)

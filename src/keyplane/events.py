@@ -238,9 +238,12 @@ class EventStream:
         if bad:
             raise ValueError(f"events must not carry key material (fields {sorted(bad)})")
         seq = self._node_seq.setdefault(node, itertools.count(1))
-        event = Event(event_id=next(self._ids), seq=next(seq), t=self.clock.now(),
-                      wall=self.clock.wall(), type=EventType(type), element=element,
-                      node=node, session=session, data=data)
+        # every field is made here with its type: no validation pass (events are emitted
+        # several times per key, on the key managers' hot path)
+        event = Event.model_construct(event_id=next(self._ids), seq=next(seq),
+                                      t=self.clock.now(), wall=self.clock.wall(),
+                                      type=EventType(type), element=element, node=node,
+                                      session=session, data=data)
         for sink in self.sinks:
             try:
                 sink.write(event)

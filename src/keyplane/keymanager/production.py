@@ -23,6 +23,7 @@ import functools
 import logging
 import secrets
 from collections.abc import AsyncIterator
+from typing import Any
 
 from keyplane.errors import (
     KeyNotFound,
@@ -37,7 +38,7 @@ from keyplane.keymanager.core import Stream
 from keyplane.keymanager.hybrid import count_provenance, merge_provenance
 from keyplane.keymanager.session import SessionEvent
 from keyplane.keymanager.shell import KmShellBase
-from keyplane.keymanager.vault import HeldKey, new_key_id
+from keyplane.keymanager.vault import HeldKey, new_key_ids
 from keyplane.keymanager.wire import KeyFrame
 from keyplane.messages import HopRole
 from keyplane.trust import exposed_nodes
@@ -45,6 +46,39 @@ from keyplane.trust import exposed_nodes
 __all__: list[str] = []
 
 logger = logging.getLogger(__name__)
+
+_Summary = tuple[list[dict[str, str]], list[dict[str, Any]], list[str]]
+_SUMMARIES: dict[tuple[tuple[str, str], ...], _Summary] = {}
+_SUMMARIES_MAX = 256
+
+
+def _provenance_summary(keys: list[HeldKey]) -> _Summary:
+    """The key_delivered event's provenance, per-hop counts and exposed nodes of ``keys``.
+
+    Every delivery announces these; the keys of one delivery nearly always share one
+    provenance (one path, one source per hop), and a network has few distinct ones, so
+    the summary of one key is computed once per provenance and scaled by the key count
+    (what :func:`count_provenance` gives for identical keys). Fresh containers each call:
+    the event owns them.
+    """
+    first = keys[0].provenance
+    if any(k.provenance is not first and k.provenance != first for k in keys):
+        return (merge_provenance(*(k.provenance for k in keys)),
+                count_provenance(k.provenance for k in keys),
+                exposed_nodes(r for k in keys for r in k.provenance))
+    sig = tuple((r["hop"], r["source"]) for r in first)
+    one = _SUMMARIES.get(sig)
+    if one is None:
+        if len(_SUMMARIES) >= _SUMMARIES_MAX:
+            _SUMMARIES.clear()
+        one = _SUMMARIES[sig] = (merge_provenance(first), count_provenance([first]),
+                                 exposed_nodes(first))
+    merged, counts, exposed = one
+    n = len(keys)
+    return ([dict(r) for r in merged],
+            [{"hop": e["hop"], "key_count": {src: c * n for src, c in e["key_count"].items()},
+              "last_source": e["last_source"]} for e in counts],
+            list(exposed))
 
 
 class _Production(KmShellBase):
@@ -150,10 +184,11 @@ class _Production(KmShellBase):
         direct = self._next_is_destination(s)
         keys: list[HeldKey] = []
         fresh: list[HeldKey] = []
-        for i in indexes:
-            k = self.vault.get(s.session_id, i)
+        held = [self.vault.get(s.session_id, i) for i in indexes]
+        ids = iter(new_key_ids(wall, sum(1 for k in held if k is None)))
+        for i, k in zip(indexes, held, strict=True):
             if k is None:
-                k = HeldKey(new_key_id(wall), s.session_id, i, size_bytes * 8,
+                k = HeldKey(next(ids), s.session_id, i, size_bytes * 8,
                             None if direct else secrets.token_bytes(size_bytes), "pending",
                             s.local_sae, s.peer_sae, now)
                 fresh.append(k)
@@ -377,12 +412,11 @@ class _Production(KmShellBase):
         return out
 
     def _announce_delivered(self, s: Stream, keys: list[HeldKey], out: list[bytes]) -> None:
+        merged, counts, exposed = _provenance_summary(keys)
         self._emit(EventType.key_delivered, session=s.session_id, sae=s.local_sae,
                    key_ids=[k.key_id for k in keys], key_count=len(keys),
                    bits=8 * sum(len(m) for m in out), indexes=[k.index for k in keys],
-                   provenance=merge_provenance(*(k.provenance for k in keys)),
-                   provenance_counts=count_provenance(k.provenance for k in keys),
-                   exposed_to=exposed_nodes(r for k in keys for r in k.provenance))
+                   provenance=merged, provenance_counts=counts, exposed_to=exposed)
 
     def _undeliver(self, keys: list[HeldKey], materials: list[bytes]) -> None:
         """Undo a delivery that did not become durable: the keys are ``ready`` again."""

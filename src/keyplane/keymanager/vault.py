@@ -45,7 +45,7 @@ from keyplane.store.kmstate import (
     StreamRecord,
 )
 
-__all__ = ["HeldKey", "KeyState", "KeyVault", "SessionRows", "new_key_id"]
+__all__ = ["HeldKey", "KeyState", "KeyVault", "SessionRows", "new_key_id", "new_key_ids"]
 
 KeyState = Literal["pending", "ready", "delivered"]
 _CODE: dict[str, str] = {"pending": "p", "ready": "r", "delivered": "d"}
@@ -59,13 +59,25 @@ def new_key_id(unix_s: float) -> str:
     version 4 id, and ordered by creation time (see the module docstring). The time part
     tells whoever sees the id when the key was made, which its holders know anyway.
     """
-    ms = int(unix_s * 1000) & ((1 << 48) - 1)
-    rand = int.from_bytes(secrets.token_bytes(10), "big")
-    rand_a, rand_b = (rand >> 62) & 0xFFF, rand & ((1 << 62) - 1)
-    return str(uuid.UUID(int=ms << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
+    return new_key_ids(unix_s, 1)[0]
 
 
-@dataclass
+def new_key_ids(unix_s: float, n: int) -> list[str]:
+    """``n`` fresh key_IDs as :func:`new_key_id` makes them, from one draw of randomness
+    (a batch of keys pays one ``secrets`` call and no ``uuid.UUID`` object per key)."""
+    ms = (int(unix_s * 1000) & ((1 << 48) - 1)).to_bytes(6, "big")
+    rand = secrets.token_bytes(10 * n)
+    out = []
+    for i in range(0, 10 * n, 10):
+        r = rand[i:i + 10]
+        # version 7 in the top 4 bits of byte 6, variant 0b10 in the top 2 bits of byte 8:
+        # 12 bits of rand_a (r[0] low 4, r[1]) and 62 of rand_b (r[2] low 6, r[3:10])
+        h = (ms + bytes((0x70 | (r[0] & 0x0F), r[1], 0x80 | (r[2] & 0x3F))) + r[3:]).hex()
+        out.append(f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+    return out
+
+
+@dataclass(slots=True)
 class HeldKey:
     """One end-to-end key at one endpoint KM (never printed with its bytes)."""
 
@@ -107,7 +119,8 @@ class _Batch:
             self.batch_id, self.session_id, first.sae_id, first.peer_sae, first.t,
             [k.key_id for k in keys], [k.index for k in keys], [k.size_bits for k in keys],
             "".join(_CODE[k.state] for k in keys), [len(m) for m in held],
-            [list(k.provenance) for k in keys], b"".join(held), new=not self.persisted)
+            # provenance lists are replaced, never changed in place: no copy needed
+            [k.provenance for k in keys], b"".join(held), new=not self.persisted)
 
 
 def _add_index(ranges: list[list[int]], i: int) -> bool:

@@ -155,3 +155,16 @@ async def test_fast_path_keys_round_trip_between_master_and_slave() -> None:
         last = (await bob.get(DEC, params={"key_ID": ids[3]})).json()["keys"]
     assert [(k["key_ID"], k["key"]) for k in got + last] == [
         (k["key_ID"], k["key"]) for k in made]
+
+
+async def test_fast_path_serves_common_requests_ahead_of_the_middleware_stack() -> None:
+    app, _ = _app(True, "km0")
+    transport = httpx.ASGITransport(app=with_client_certificate(app, SUBJECTS["alice"]))
+    async with httpx.AsyncClient(transport=transport, base_url="https://km") as c:
+        ok = await c.get(ENC + "?number=2")
+        refused = await c.get(ENC + "?number=0")  # raised by the handler: the app's 400
+        assert app.middleware_stack is None  # Starlette builds it on its first request
+        odd = await c.get(ENC + "?number=abc")
+    assert (ok.status_code, refused.status_code, odd.status_code) == (200, 400, 400)
+    assert refused.json()["message"] == "number shall be a positive integer"
+    assert app.middleware_stack is not None

@@ -12,7 +12,7 @@ from tests.support.deadlines import DEADLINE_S
 
 from keyplane.errors import CommitFailed
 from keyplane.keymanager.journal import Journal
-from keyplane.keymanager.vault import HeldKey, KeyVault, new_key_id
+from keyplane.keymanager.vault import HeldKey, KeyVault, new_key_id, new_key_ids
 from keyplane.store import Database
 from keyplane.store.models import KeyBatchRow, KeyStreamRow
 
@@ -176,3 +176,14 @@ def test_new_key_id_is_a_version_7_uuid_ordered_by_time() -> None:
         assert str(u) == key_id  # canonical lower-case text, as ETSI 014 key_IDs
     assert ids == sorted(ids)  # one id per 10 ms: the time part orders them
     assert len({new_key_id(1_700_000_000.0) for _ in range(1000)}) == 1000
+
+
+def test_new_key_ids_batch_are_distinct_version_7_uuids_of_one_millisecond() -> None:
+    ids = new_key_ids(1_700_000_000.123, 500)
+    assert len(set(ids)) == 500
+    for key_id in ids:
+        u = uuid.UUID(key_id)
+        assert (u.version, u.variant) == (7, uuid.RFC_4122)
+        assert str(u) == key_id
+        assert u.int >> 80 == 1_700_000_000_123  # the 48-bit Unix millisecond prefix
+    assert new_key_ids(1_700_000_000.0, 0) == []

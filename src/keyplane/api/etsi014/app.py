@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
+import inspect
 import logging
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
@@ -30,11 +32,17 @@ import pydantic_core
 from fastapi import Body, FastAPI, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from fastapi.routing import APIRoute
-from starlette.types import Scope
+from starlette.types import Receive, Scope, Send
 
 from keyplane.api.auth import caller_from_scope, resolve_sae
 from keyplane.api.errors import ApiRequestError
-from keyplane.api.etsi014.fastpath import HotRoute, compile_fullmatch, json_body, query_params
+from keyplane.api.etsi014.fastpath import (
+    HotFront,
+    HotRoute,
+    compile_fullmatch,
+    json_body,
+    query_params,
+)
 from keyplane.api.etsi014.models import (
     KEY_ID_PATTERN,
     Error,
@@ -194,6 +202,38 @@ def _int_param(params: dict[bytes, bytes], name: bytes) -> tuple[bool, int | Non
     return (True, int(raw)) if _DIGITS(raw) else (False, None)
 
 
+class _Etsi014App(FastAPI):
+    """FastAPI, with the hot routes' common requests served ahead of its middleware stack
+    (:class:`~keyplane.api.etsi014.fastpath.HotFront`); everything else as FastAPI does."""
+
+    hot_front: HotFront | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_front is None or scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        scope["app"] = self
+        await self.hot_front(scope, receive, send)
+
+    async def full_stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The application as FastAPI serves it (middleware, router, handlers)."""
+        await super().__call__(scope, receive, send)
+
+
+async def _handled(app: FastAPI, scope: Scope, receive: Receive, send: Send,
+                   exc: Exception) -> None:
+    """Answer ``exc`` with the application's exception handler for it, as Starlette's
+    exception middleware would (the most specific class registered); re-raise if none."""
+    handler = next((app.exception_handlers[cls] for cls in type(exc).__mro__
+                    if cls in app.exception_handlers), None)
+    if handler is None:
+        raise exc
+    response = handler(Request(scope, receive), exc)
+    if inspect.isawaitable(response):
+        response = await response
+    await response(scope, receive, send)
+
+
 def create_etsi014_app(km: ApplicationService, *, kme_id: str,
                        settings: ApiSettings | None = None, fast_path: bool = True) -> FastAPI:
     """The ETSI 014 app of one KME, serving ``/api/v1/keys/...`` exactly as the standard.
@@ -207,7 +247,7 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
             reference the fast path is tested against).
     """
     cfg = settings or ApiSettings()
-    app = FastAPI(title="keyplane ETSI GS QKD 014 KME", version="1.1.1",
+    app = _Etsi014App(title="keyplane ETSI GS QKD 014 KME", version="1.1.1",
                   description="ETSI GS QKD 014 V1.1.1 key delivery over HTTPS with mutual TLS.")
     app.state.kme_id = kme_id
 
@@ -320,6 +360,14 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         return await dec_keys(scope, *args)
 
     if fast_path:
+        front: dict[tuple[str, str], tuple[str, Any, Any, bool]] = {
+            ("enc_keys", "GET"): ("slave_SAE_ID", parse_get_enc, serve_enc, False),
+            ("enc_keys", "POST"): ("slave_SAE_ID", parse_post_enc, serve_enc, True),
+            ("dec_keys", "GET"): ("master_SAE_ID", parse_get_dec, serve_dec, False),
+            ("dec_keys", "POST"): ("master_SAE_ID", parse_post_dec, serve_dec, True),
+        }
+        app.hot_front = HotFront(app.full_stack, API_PREFIX, front,
+                                 functools.partial(_handled, app))
         hot: dict[tuple[str, str], tuple[Any, Any, bool]] = {
             ("/{slave_SAE_ID}/enc_keys", "GET"): (parse_get_enc, serve_enc, False),
             ("/{slave_SAE_ID}/enc_keys", "POST"): (parse_post_enc, serve_enc, True),
