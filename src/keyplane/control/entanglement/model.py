@@ -48,6 +48,11 @@ class EntanglementDemand(BaseModel):
     min_fidelity: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.8
     deadline_s: Annotated[float, Field(gt=0.0)] = 10.0
     priority: Annotated[int, Field(ge=0, le=7)] = 0
+    app_a: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The application (SAE id) at ``node_a`` that asked, when a node's API submitted it
+    for one (its verified identity); None for demands of control-plane elements."""
+    app_b: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The peer application at ``node_b`` its pairs are for (None: any at that node)."""
 
 
 class DemandState(StrEnum):

@@ -6,8 +6,11 @@ Monitoring Element's link alarms and the SDN Controller's topology changes (a li
 alarm, cut or removed is out of both services), the bus and the event stream.
 
 Application API (request/reply on :data:`ENTANGLEMENT`): an
-:class:`EntanglementRequest` (end nodes, packets of pairs, minimum fidelity, deadline)
-is admitted or refused at once (:class:`EntanglementReply`); every delivered packet
+:class:`EntanglementRequest` (end nodes, packets of pairs, minimum fidelity, deadline;
+control-plane senders only) or a :class:`NodeEntanglementRequest` (a node's key manager
+forwarding what one of its applications asked over the node-side API,
+:mod:`keyplane.api.entanglement`; signed by that node, which may only ask for demands that
+start at itself) is admitted or refused at once (:class:`EntanglementReply`); every delivered packet
 goes to both end nodes on :func:`delivery_topic` as an :class:`EntanglementDelivery`,
 each pair with its EID and fidelity; the end is announced there too. In process,
 :meth:`EntanglementService.request` and :meth:`EntanglementService.outcome` do the same.
@@ -55,6 +58,7 @@ __all__ = [
     "EntanglementReply",
     "EntanglementRequest",
     "EntanglementService",
+    "NodeEntanglementRequest",
     "delivery_topic",
     "network_from_topology",
 ]
@@ -77,6 +81,17 @@ class EntanglementRequest(Message):
 
     KIND = "control.entanglement_request"
 
+    demand: EntanglementDemand
+
+
+class NodeEntanglementRequest(Message):
+    """A node asks on behalf of one of its applications (authenticated at the node by its
+    mTLS certificate); signed by the node's key manager (``node`` must be the signer,
+    :data:`keyplane.bus.auth.POLICY`) and refused unless ``demand.node_a == node``."""
+
+    KIND = "control.node_entanglement_request"
+
+    node: str
     demand: EntanglementDemand
 
 
@@ -119,6 +134,10 @@ class EntanglementDelivery(Message):
     state: DemandState | None = None
     delivered_packets: int = 0
     reason: str = ""
+    app_a: str | None = None
+    """The demand's applications (:class:`EntanglementDemand`), so each end node hands
+    the pairs only to its own one."""
+    app_b: str | None = None
 
 
 def network_from_topology(topology: Topology) -> EntanglementNetwork:
@@ -220,6 +239,12 @@ class EntanglementService(Service):
     async def _on_request(self, _topic: str, msg: Message) -> Message | None:
         if isinstance(msg, EntanglementRequest):
             return self.request(msg.demand)
+        if isinstance(msg, NodeEntanglementRequest):
+            if msg.demand.node_a != msg.node:
+                return EntanglementReply(demand_id=msg.demand.demand_id, admitted=False,
+                                         reason="a node may only ask for demands that start "
+                                                "at itself")
+            return self.request(msg.demand)
         return None
 
     # ------------------------------------------------------------------ shared state
@@ -252,11 +277,15 @@ class EntanglementService(Service):
             await self.clock.sleep(slot_s)
 
     async def _publish(self, item: Delivery | DemandOutcome) -> None:
+        plan = self.engine.report.admitted.get(item.demand_id)
+        app_a, app_b = (None, None) if plan is None else (plan.demand.app_a, plan.demand.app_b)
         if isinstance(item, Delivery):
             if not item.pairs:
                 return
             first = item.pairs[0]
-            msg = EntanglementDelivery(demand_id=item.demand_id, packets=item.packets, pairs=[
+            msg = EntanglementDelivery(demand_id=item.demand_id, packets=item.packets,
+                                       app_a=app_a, app_b=app_b,
+                                       pairs=[
                 EntangledPairRecord(eid=p.eid, demand_id=p.demand_id, packet=p.packet,
                                     node_a=p.node_a, node_b=p.node_b, fidelity=p.fidelity,
                                     delivered_t=p.delivered_t) for p in item.pairs])
@@ -266,10 +295,9 @@ class EntanglementService(Service):
                              min_pair_fidelity=min(p.fidelity for p in item.pairs))
             nodes: tuple[str, ...] = (first.node_a, first.node_b)
         else:
-            plan = self.engine.report.admitted.get(item.demand_id)
             msg = EntanglementDelivery(demand_id=item.demand_id, state=item.state,
                                        delivered_packets=item.delivered_packets,
-                                       reason=item.reason)
+                                       reason=item.reason, app_a=app_a, app_b=app_b)
             self.events.emit(EventType.entanglement_ended, ELEMENT, demand=item.demand_id,
                              state=item.state.value, delivered_packets=item.delivered_packets,
                              reason=item.reason)
