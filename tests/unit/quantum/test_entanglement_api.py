@@ -15,8 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.support.fake_km import FakeKeyNetwork
-from tests.support.fake_kms import wait_until
 
 from keyplane.api.entanglement import NodeEntanglementAgent
 from keyplane.api.server import KmApiServer, serve_km_api
@@ -33,6 +31,8 @@ from keyplane.control.entanglement.service import (
     NodeEntanglementRequest,
 )
 from keyplane.events import EventStream
+from tests.support.fake_km import FakeKeyNetwork
+from tests.support.fake_kms import wait_until
 
 PATH = "/entanglement/v1/demands"
 

@@ -42,8 +42,10 @@ from keyplane.control.entanglement.model import (
 from keyplane.control.entanglement.scheduler import (
     Admitted,
     EntanglementScheduler,
+    Schedule,
     SchedulerSettings,
 )
+from keyplane.control.wire import FIBRE, FibreShare
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
@@ -156,7 +158,8 @@ def network_from_topology(topology: Topology) -> EntanglementNetwork:
         for lk in section.links}
     return EntanglementNetwork(links=links, memories=dict(section.memories),
                                coherence_time_s=section.coherence_time_s,
-                               swap_probability=section.swap_probability)
+                               swap_probability=section.swap_probability,
+                               shared=frozenset(links) & {lk.link_id for lk in topology.links})
 
 
 class EntanglementService(Service):
@@ -185,6 +188,8 @@ class EntanglementService(Service):
         self._loop: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._ended: dict[str, asyncio.Future[DemandOutcome]] = {}
+        self._fibre_sent: dict[str, float] = {}
+        self._last_schedule: Schedule | None = None
         self._started = False
         self._closed = False
 
@@ -196,6 +201,9 @@ class EntanglementService(Service):
         self._subs.append(await self.bus.subscribe(ENTANGLEMENT, self._on_request))
         self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
         self._subs.append(await self.bus.subscribe(topics.SDN, self._on_sdn))
+        self._subs.append(await self.bus.subscribe(FIBRE, self._on_fibre))
+        # tell Routing which fibres are shared (it answers with the key streams' shares)
+        await self._publish_fibre_shares(None)
         self._loop = asyncio.get_running_loop().create_task(self._slots())
         self.events.emit(EventType.element_started, ELEMENT,
                          links=len(self.network.links), nodes=len(self.network.memories))
@@ -264,15 +272,49 @@ class EntanglementService(Service):
             or msg.attributes.get("status", "ACTIVE") == "OFF"
         (self.network.down.add if off else self.network.down.discard)(msg.link_id)
 
+    async def _on_fibre(self, _topic: str, msg: Message) -> None:
+        if isinstance(msg, FibreShare) and msg.by == "keys" and \
+                msg.link_id in self.network.shared:
+            self.network.key_share[msg.link_id] = msg.share
+
+    def fibre_shares(self, schedule: Schedule | None) -> dict[str, float]:
+        """Per shared fibre, the share of ``schedule``'s slots booked for entanglement."""
+        out = dict.fromkeys(sorted(self.network.shared), 0.0)
+        if schedule is None or not schedule.slots:
+            return out
+        for _, links, _ in schedule.usage():
+            for lid in links:
+                if lid in out:
+                    out[lid] += 1.0 / len(schedule.slots)
+        return {lid: min(1.0, v) for lid, v in out.items()}
+
+    async def _publish_fibre_shares(self, schedule: Schedule | None) -> None:
+        for lid, share in self.fibre_shares(schedule).items():
+            if self._fibre_sent.get(lid) == share:
+                continue
+            self._fibre_sent[lid] = share
+            try:
+                await self.bus.publish(FIBRE, FibreShare(link_id=lid, by="entanglement",
+                                                         share=share))
+            except BusError:
+                logger.warning("fibre share of %s not published", lid, exc_info=True)
+
     # ------------------------------------------------------------------ slots
 
     async def _slots(self) -> None:
         slot_s = self.engine.scheduler.settings.slot_s
         while True:
             if not self.engine.scheduler.live:
+                await self._publish_fibre_shares(None)  # the fibres are the keys' again
                 self._wake.clear()
                 await self._wake.wait()
-            for item in self.engine.step(self.clock.now()):
+            items = self.engine.step(self.clock.now())
+            schedule = self.engine.current_schedule
+            if schedule is not self._last_schedule:  # a new period (or a re-plan)
+                self._last_schedule = schedule
+                await self._publish_fibre_shares(schedule if self.engine.scheduler.live
+                                                 else None)
+            for item in items:
                 await self._publish(item)
             await self.clock.sleep(slot_s)
 
