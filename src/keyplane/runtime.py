@@ -376,6 +376,7 @@ class NodeRuntime(Service):
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
         self.agent: SdnAgent | None = None
+        self.entanglement: NodeEntanglementAgent | None = None  # its applications' demands
 
     async def start(self) -> None:
         """Start the node's elements, serve its interfaces, announce it to the control plane.
@@ -422,7 +423,7 @@ class NodeRuntime(Service):
         ent = ctx.topology.entanglement
         entanglement = None
         if ent is not None and self.node_id in ent.memories:  # its applications may ask
-            entanglement = NodeEntanglementAgent(
+            entanglement = self.entanglement = NodeEntanglementAgent(
                 self.node_id, ctx.bus, {a.sae_id: a.node for a in ctx.topology.applications})
             await self._stack.enter_async_context(entanglement)
         app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,

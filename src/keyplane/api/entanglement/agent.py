@@ -24,6 +24,7 @@ Decisions:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections import OrderedDict
@@ -78,6 +79,8 @@ class DemandRecord:
     expected_fidelity: float | None = None
     delivered_packets: int = 0
     pairs: list[EntangledPairRecord] = field(default_factory=list)
+    ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set once the demand is served or missed."""
 
 
 class NodeEntanglementAgent(Service):
@@ -164,6 +167,18 @@ class NodeEntanglementAgent(Service):
             raise ApiRequestError("no such entanglement demand for this SAE", http_status=404)
         return rec
 
+    async def wait_ended(self, app: str, demand_id: str, timeout_s: float) -> DemandRecord:
+        """Wait until ``app``'s demand is served or missed (in process: the demo).
+
+        Raises:
+            ApiRequestError: 404 no such demand of ``app``.
+            TimeoutError: it did not end within ``timeout_s``.
+        """
+        rec = self.view(app, demand_id)
+        async with asyncio.timeout(timeout_s):
+            await rec.ended.wait()
+        return rec
+
     def demands_of(self, app: str) -> list[DemandRecord]:
         """Every demand ``app`` holds here, oldest first."""
         return [r for r in self._demands.values() if r.app == app]
@@ -210,3 +225,4 @@ class NodeEntanglementAgent(Service):
             rec.state = msg.state
             rec.reason = msg.reason
             rec.delivered_packets = msg.delivered_packets
+            rec.ended.set()
