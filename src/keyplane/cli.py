@@ -551,15 +551,6 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
             f"{s['keys_matched']}/{s['keys_delivered']} keys identical at both ends, "
             f"first key after {first:.3f} s" if first is not None else
             f"[{colour}]{s['pair']}[/{colour}] {s['status']} {s['error']}")
-    for d in summary.get("entanglement", []):
-        colour = "green" if d["state"] == "served" else "red"
-        out_console.print(
-            f"[{colour}]entanglement {d['app']}-{d['peer_app']}[/{colour}] {d['state']}"
-            + (f" path {' -> '.join(d['path'])}: {d['pairs']} pairs in "
-               f"{d['delivered_packets']} packets of {d['packet_size']}, EIDs identical at "
-               f"both ends: {d['same_eids_at_both_ends']}, worst fidelity "
-               f"{d['min_pair_fidelity']:.3f} (min {d['min_fidelity']})"
-               if d["state"] == "served" else f" {d.get('reason', '')}"), highlight=False)
     out_console.print(f"events: {out / 'events.jsonl'}  timeline: {out / 'timeline.html'}, "
                       f"{out / 'timeline.png'}  summary: {out / 'summary.json'}")
     problems = demo_problems(summary, keys, eve)

@@ -18,8 +18,8 @@ from keyplane.api.entanglement import NodeEntanglementAgent
 from keyplane.api.errors import ApiRequestError
 from keyplane.config import Topology
 
-__all__ = ["EntanglementAsk", "entanglement_asks", "entanglement_problems",
-           "run_entanglement_asks"]
+__all__ = ["EntanglementAsk", "entanglement_asks", "entanglement_lines",
+           "entanglement_problems", "run_entanglement_asks"]
 
 
 @dataclass(frozen=True)
@@ -99,3 +99,19 @@ def entanglement_problems(summary: Mapping[str, Any]) -> list[str]:
         problems.append(f"entanglement {d['app']}-{d['peer_app']}: {d.get('state')} "
                         f"{d.get('reason') or ''}".rstrip())
     return problems
+
+
+def entanglement_lines(summary: Mapping[str, Any]) -> list[str]:
+    """What ``keyplane demo`` prints about each demand (rich markup)."""
+    lines = []
+    for d in summary.get("entanglement", []):
+        colour = "green" if d["state"] == "served" else "red"
+        head = f"[{colour}]entanglement {d['app']}-{d['peer_app']}[/{colour}] {d['state']}"
+        if d["state"] != "served":
+            lines.append(f"{head} {d.get('reason', '')}")
+            continue
+        lines.append(f"{head} path {' -> '.join(d['path'])}: {d['pairs']} pairs in "
+                     f"{d['delivered_packets']} packets of {d['packet_size']}, EIDs identical "
+                     f"at both ends: {d['same_eids_at_both_ends']}, worst fidelity "
+                     f"{d['min_pair_fidelity']:.3f} (min {d['min_fidelity']})")
+    return lines

@@ -32,6 +32,7 @@ from keyplane.clock import RealClock
 from keyplane.config import Topology
 from keyplane.demo.entanglement import (
     entanglement_asks,
+    entanglement_lines,
     entanglement_problems,
     run_entanglement_asks,
 )
@@ -324,6 +325,8 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
     summary = summarize(topo, results, evs, seed=opts.seed, mode="embedded")
     if entanglement:
         summary["entanglement"] = entanglement
+        for line in entanglement_lines(summary):  # beside the key streams the CLI prints
+            console.print(line, highlight=False)
     write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     render_timeline(evs, out)
     restrict(out)  # the timeline's files, written by matplotlib: owner-only too

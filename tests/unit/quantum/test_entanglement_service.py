@@ -192,6 +192,10 @@ async def test_shared_fibre_time_flows_both_ways_between_routing_and_the_schedul
         await wait_until(lambda: ent.network.key_share.get("km0-km3") == 0.4,
                          timeout_s=60.0, what="the scheduler learns the key share")
         period = ent.engine.scheduler.settings.period_slots
+        # the keys keep max(their 40 %, the section's floor of 50 %) of every period
+        assert ent.network.key_share_min == 0.5
+        assert ent.network.entanglement_window("km0-km3", period) == 50
+        ent.network.key_share_min = 0.0
         assert ent.network.entanglement_window("km0-km3", period) == 60
         reply = ent.request(_demand("fibre", packets=2000, packet_size=1, deadline_s=100.0))
         assert reply.admitted and reply.path == ["km0", "km3"]

@@ -126,6 +126,8 @@ class EntanglementNetwork:
     """Links whose fibre also carries a key stream (a QKD link of the same id)."""
     key_share: dict[str, float] = field(default_factory=dict)
     """Per shared link, the share of its time the key streams' reservations need."""
+    key_share_min: float = 0.0
+    """The share of every shared fibre the key streams keep in any case."""
 
     def entanglement_window(self, link_id: str, period_slots: int) -> int:
         """How many leading slots of every period entanglement may use on ``link_id``
@@ -133,7 +135,7 @@ class EntanglementNetwork:
         of an unshared link)."""
         if link_id not in self.shared:
             return period_slots
-        keys = min(1.0, max(0.0, self.key_share.get(link_id, 0.0)))
+        keys = min(1.0, max(self.key_share_min, self.key_share.get(link_id, 0.0), 0.0))
         return max(0, math.floor((1.0 - keys) * period_slots + 1e-9))
 
     def fibre_slot(self, link_id: str, t: float, slot_s: float, period_slots: int) -> bool:

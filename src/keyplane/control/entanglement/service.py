@@ -159,7 +159,8 @@ def network_from_topology(topology: Topology) -> EntanglementNetwork:
     return EntanglementNetwork(links=links, memories=dict(section.memories),
                                coherence_time_s=section.coherence_time_s,
                                swap_probability=section.swap_probability,
-                               shared=frozenset(links) & {lk.link_id for lk in topology.links})
+                               shared=frozenset(links) & {lk.link_id for lk in topology.links},
+                               key_share_min=section.fibre_key_share_min)
 
 
 class EntanglementService(Service):

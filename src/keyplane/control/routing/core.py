@@ -284,7 +284,8 @@ class RoutingCore:
             link.capacity_bps = self.settings.default_capacity_bps
         else:
             link.capacity_bps = math.inf
-        link.capacity_bps *= 1.0 - link.fibre_taken
+        if math.isfinite(link.capacity_bps):  # an unbounded link has no budget to share
+            link.capacity_bps *= 1.0 - link.fibre_taken
 
     def set_fibre_taken(self, link_id: str, share: float) -> None:
         """The entanglement service holds ``share`` of a shared fibre's time: the link
