@@ -267,6 +267,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                          state_dir=out / "state", seed=opts.seed)
     results = [PairResult(p) for p in pairs]
     t0 = clock.now()
+    ent_task: asyncio.Task[list[dict[str, Any]]] | None = None
     try:
         async with Embedded(ctx) as emb:
             async def eve() -> None:
@@ -318,6 +319,10 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                     await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)),
                                            opts.close_wait_s)
     finally:
+        if ent_task is not None and not ent_task.done():  # the key streams failed first
+            ent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ent_task
         jsonl.close()
         await bus.close()
         await db.close()
