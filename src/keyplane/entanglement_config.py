@@ -66,3 +66,6 @@ class EntanglementSection(_Model):
     """Length of one schedule slot, s."""
     period_slots: Annotated[int, Field(ge=1)] = 100
     """Slots per computed schedule (one period)."""
+    fibre_key_share_min: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    """Share of every period a fibre shared with a key link always keeps for the key
+    streams, whatever their reservations (docs/quantum-networking.md, "Shared fibre")."""

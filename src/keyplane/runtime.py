@@ -32,6 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from keyplane.api.entanglement import NodeEntanglementAgent
 from keyplane.api.etsi004.app import ETSI004_PREFIX
 from keyplane.api.etsi015 import (
     AgentSettings,
@@ -375,6 +376,7 @@ class NodeRuntime(Service):
         self._closed = False
         self._stack = contextlib.AsyncExitStack()
         self.agent: SdnAgent | None = None
+        self.entanglement: NodeEntanglementAgent | None = None  # its applications' demands
 
     async def start(self) -> None:
         """Start the node's elements, serve its interfaces, announce it to the control plane.
@@ -418,8 +420,14 @@ class NodeRuntime(Service):
         settings = ApiSettings.from_topology(
             ctx.topology, self.node_id, limits=Etsi014Limits.from_km_settings(self.km.settings),
             supported_extensions=frozenset({PROVENANCE_EXTENSION}))
+        ent = ctx.topology.entanglement
+        entanglement = None
+        if ent is not None and self.node_id in ent.memories:  # its applications may ask
+            entanglement = self.entanglement = NodeEntanglementAgent(
+                self.node_id, ctx.bus, {a.sae_id: a.node for a in ctx.topology.applications})
+            await self._stack.enter_async_context(entanglement)
         app = LazyApp(functools.partial(create_km_app, self.km, kme_id=self.node_id,
-                                        settings=settings))
+                                        settings=settings, entanglement=entanglement))
         # one server context for both of the node's servers (same certificate and CA)
         tls = server_ssl_context(certs.kms[self.node_id], certs.ca.cert)
         api = HttpServer(app, host=ctx.host, port=self._ports[0] or ports.api or 0,
@@ -430,6 +438,8 @@ class NodeRuntime(Service):
         self._stack.push_async_callback(api.close)
         self.endpoints["etsi014"] = ctx.advertised(api.url)
         self.endpoints["etsi004"] = ctx.advertised(api.url) + ETSI004_PREFIX
+        if entanglement is not None:
+            self.endpoints["entanglement"] = ctx.advertised(api.url) + "/entanglement"
         self.agent = SdnAgent(self.node_id, ctx.topology, ctx.bus, ctx.clock, ctx.stream,
                               settings=AgentSettings.from_config(ctx.topology.etsi015))
         # ETSI 015 state from this node's KM: app_statistics bits, key provenance per hop

@@ -65,3 +65,26 @@ async def test_demo_eavesdropper_on_used_link_reroutes_the_session(tmp_path: Pat
     assert s45["rerouted"] and s45["path"] in (["km4", "km0", "km5"], ["km5", "km0", "km4"])
     assert s45["all_keys_matched"] and s45["keys_delivered"] == 150
     assert summary["links"]["km4-km5"]["aborted"] > 0
+
+
+async def test_demo_quantum_network_serves_entanglement_beside_key_streams(
+        tmp_path: Path) -> None:
+    """examples/quantum_network.yaml: key streams over MDI/TF/BBM92/BB84 links and, at the
+    same time, alice's entanglement demand through the nodes' entanglement API (#19)."""
+    from keyplane.demo.entanglement import entanglement_problems
+
+    topo = load_topology(ROOT / "examples" / "quantum_network.yaml")
+    summary = await run_embedded_demo(DemoOptions(topology=topo, out=tmp_path, keys=4,
+                                                  live=False))
+    assert entanglement_problems(summary) == []
+    # the key streams ran beside it (whether the relayed one gets all its keys within the
+    # request timeout on a loaded machine is the demo's key-stream business, not tested here)
+    sessions = summary["sessions"]
+    assert len(sessions) == 3 and sum(s["keys_delivered"] for s in sessions) > 0
+    assert all(s["keys_matched"] == s["keys_delivered"] for s in sessions)
+    [ent] = summary["entanglement"]
+    assert (ent["app"], ent["peer_app"], ent["state"]) == ("sae_a0", "sae_a3", "served")
+    assert ent["pairs"] == ent["packets"] * ent["packet_size"] == 40
+    assert ent["same_eids_at_both_ends"] and ent["min_pair_fidelity"] >= ent["min_fidelity"]
+    assert ent["path"][0] == "km0" and ent["path"][-1] == "km3"
+    assert all(e.startswith("eid-") for e in ent["first_eids"])

@@ -28,6 +28,11 @@ from types import TracebackType
 from fastapi import FastAPI
 from starlette.types import Scope
 
+from keyplane.api.entanglement import (
+    ENTANGLEMENT_PREFIX,
+    NodeEntanglementAgent,
+    create_entanglement_app,
+)
 from keyplane.api.etsi004.app import ETSI004_PREFIX, create_etsi004_app
 from keyplane.api.etsi014.app import create_etsi014_app
 from keyplane.api.httpserver import HttpLimits, HttpServer, RequestObserver
@@ -40,17 +45,23 @@ __all__ = ["KmApiServer", "create_km_app", "km_interface", "serve_km_api"]
 logger = logging.getLogger(__name__)
 
 
-def create_km_app(km: ApplicationService, *, kme_id: str, settings: ApiSettings | None = None
-                  ) -> FastAPI:
-    """ETSI 014 at the root and ETSI 004 under ``/etsi004``, for one KM."""
+def create_km_app(km: ApplicationService, *, kme_id: str, settings: ApiSettings | None = None,
+                  entanglement: NodeEntanglementAgent | None = None) -> FastAPI:
+    """ETSI 014 at the root and ETSI 004 under ``/etsi004``, for one KM; with an
+    ``entanglement`` agent, the node's entanglement API under ``/entanglement``."""
     app = create_etsi014_app(km, kme_id=kme_id, settings=settings)
     app.mount(ETSI004_PREFIX, create_etsi004_app(km, kme_id=kme_id, settings=settings))
+    if entanglement is not None:
+        app.mount(ENTANGLEMENT_PREFIX, create_entanglement_app(entanglement,
+                                                               settings=settings))
     return app
 
 
 def km_interface(scope: Scope) -> str:
     """Which interface a request of the KM server belongs to (a metrics label)."""
     path: str = scope.get("path", "")
+    if path.startswith(ENTANGLEMENT_PREFIX + "/"):
+        return "entanglement"
     return "etsi004" if path.startswith(ETSI004_PREFIX + "/") else "etsi014"
 
 
@@ -103,7 +114,8 @@ async def serve_km_api(km: ApplicationService, *, kme_id: str, server_cert: Cert
                        ca_file: Path, host: str = "127.0.0.1", port: int = 0,
                        settings: ApiSettings | None = None, limits: HttpLimits | None = None,
                        observer: RequestObserver | None = None,
-                       startup_timeout_s: float = 30.0) -> KmApiServer:
+                       startup_timeout_s: float = 30.0,
+                       entanglement: NodeEntanglementAgent | None = None) -> KmApiServer:
     """Serve ``create_km_app(km, ...)`` over HTTPS with mutual TLS; return once serving.
 
     Args:
@@ -116,6 +128,7 @@ async def serve_km_api(km: ApplicationService, *, kme_id: str, server_cert: Cert
         limits: HTTP bounds (body size, head and body timeouts, connections).
         observer: told about every request (``keyplane.ops.Ops.http``).
         startup_timeout_s: how long the server may take to start.
+        entanglement: the node's entanglement agent (serves ``/entanglement``), or None.
 
     Returns:
         The running :class:`KmApiServer`; ``await server.close()`` (or ``async with``) stops it.
@@ -124,7 +137,7 @@ async def serve_km_api(km: ApplicationService, *, kme_id: str, server_cert: Cert
         OSError: the address cannot be bound.
         RuntimeError: the server did not start in time or stopped during start-up.
     """
-    app = create_km_app(km, kme_id=kme_id, settings=settings)
+    app = create_km_app(km, kme_id=kme_id, settings=settings, entanglement=entanglement)
     http = HttpServer(app, host=host, port=port,
                       ssl_context=server_ssl_context(server_cert, ca_file), limits=limits,
                       observer=observer, interface=km_interface, name=f"km-api-{kme_id}",

@@ -123,6 +123,12 @@ POLICY: dict[str, Rule] = {
     "km.relay.pqc_offer_request": _km("sender"),
     "km.relay.pqc_offer": _km(None),
     "km.link.held": _km("sender"),
+    # the entanglement service (docs/quantum-networking.md): a KM forwards its
+    # applications' demands for its own node only; demands and deliveries otherwise come
+    # from the control plane
+    "control.node_entanglement_request": _km("node"),
+    "control.entanglement_request": _CONTROL,
+    "control.entanglement_delivery": _CONTROL,
     # operators (and the control plane) drive link faults
     "qkd.link_command": Rule(frozenset({"operator", "control"})),
 }

@@ -7,8 +7,9 @@ demo and the test fixtures run nats-server with it. What it grants (topic names 
 
 * **KM N** publishes on its neighbours' relay topics; Access and Admission Control and node
   announcements; its links' ``qkd.L.>`` and telemetry; its KM telemetry, ETSI 015
-  notifications and events; replies. It subscribes to its own ``km.N.*`` topics; its links'
-  ``qkd.L.>``, control and telemetry topics; its KM telemetry; alarms; its own inbox.
+  notifications and events; replies; its applications' entanglement demands. It subscribes
+  to its own ``km.N.*`` topics; its links' ``qkd.L.>``, control and telemetry topics; its KM
+  telemetry; alarms; its own inbox; its own entanglement deliveries.
 * **control** publishes on every KM's config and control topic (configuration, deletion),
   ``keyplane.control.>``, alarms and events; replies. It subscribes to
   ``keyplane.control.>``, telemetry, alarms, ETSI 015 notifications, events, its inbox.
@@ -46,6 +47,9 @@ __all__ = [
 EVENTS = "keyplane.events.>"
 ALARMS = "keyplane.alarms.>"
 TELEMETRY = "keyplane.telemetry.>"
+ENTANGLEMENT = "keyplane.control.entanglement"
+"""The entanglement service's request topic; a node's deliveries arrive below it
+(``keyplane.control.entanglement.service.delivery_topic``)."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ def km_user(topology: Topology, node: str) -> NatsUser:
         *(_qkd(lid) for lid in link_ids),
         *(topics.link_telemetry(lid) for lid in link_ids),
         topics.km_telemetry(node), topics.sdn_notifications(node), EVENTS,
+        ENTANGLEMENT,
     ]
     subscribe = [
         topics.km_config(node), topics.km_relay(node), topics.km_control(node),
@@ -85,6 +90,7 @@ def km_user(topology: Topology, node: str) -> NatsUser:
         *(_link_control(lid) for lid in link_ids),
         *(topics.link_telemetry(lid) for lid in link_ids),
         topics.km_telemetry(node), ALARMS, inbox_prefix("km", node) + ".>",
+        f"{ENTANGLEMENT}.delivery.{node}",
     ]
     return NatsUser(element_subject("km", node), tuple(publish), tuple(subscribe),
                     comment=f"KM {node} (neighbours: {', '.join(neighbours) or 'none'})")

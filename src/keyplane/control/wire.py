@@ -26,6 +26,11 @@ Flows:
    the reservations now match) before it takes any new request; when the Routing Element or
    the SDN Controller starts, it asks Admission with :class:`LiveSessionsRequest` on
    ``keyplane.control.admission`` (→ :class:`LiveSessions`).
+7. Shared fibre time (docs/quantum-networking.md, "Shared fibre"), publish on
+   :data:`FIBRE`: :class:`FibreShare` from the entanglement service (the share of a fibre's
+   time its schedule booked: Routing scales the link's key capacity by what is left) and
+   from the Routing Element (the share the key streams' reservations need: the scheduler
+   books entanglement only in the rest).
 """
 
 from __future__ import annotations
@@ -38,9 +43,11 @@ from keyplane.bus import topics
 from keyplane.bus.codec import Message
 
 __all__ = [
+    "FIBRE",
     "MONITORING_METRICS",
     "SDN_REGISTER",
     "SDN_SNAPSHOT",
+    "FibreShare",
     "LinkFigures",
     "LinkMetricsReport",
     "LiveSession",
@@ -64,6 +71,7 @@ __all__ = [
 SDN_SNAPSHOT = f"{topics.SDN}.snapshot"
 SDN_REGISTER = f"{topics.SDN}.register"
 MONITORING_METRICS = f"{topics.MONITORING}.metrics"
+FIBRE = "keyplane.control.fibre"
 
 
 def virtual_link_id(session_id: str) -> str:
@@ -280,3 +288,17 @@ class LinkMetricsReport(Message):
     KIND = "control.link_metrics_report"
 
     links: list[LinkFigures] = Field(default_factory=list)
+
+
+class FibreShare(Message):
+    """The share of a shared fibre's time one service holds (flow 7).
+
+    ``by="entanglement"``: the entanglement schedule's booked share of the current period;
+    ``by="keys"``: what the key streams' reservations need of the link's full-time key rate.
+    """
+
+    KIND = "control.fibre_share"
+
+    link_id: str
+    by: Literal["entanglement", "keys"]
+    share: Annotated[float, Field(ge=0.0, le=1.0)]

@@ -30,6 +30,12 @@ import keyplane
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
 from keyplane.config import Topology
+from keyplane.demo.entanglement import (
+    entanglement_asks,
+    entanglement_lines,
+    entanglement_problems,
+    run_entanglement_asks,
+)
 from keyplane.demo.scenario import PairResult, SaePair, ServiceEndpoint, run_pair
 from keyplane.demo.timeline import render_timeline
 from keyplane.errors import KeyplaneError
@@ -203,7 +209,7 @@ def demo_problems(summary: dict[str, Any], keys: int, eve_link: str | None = Non
         why = s["error"] or (f"{s['keys_matched']}/{s['keys_delivered']} of {keys} keys "
                              "identical at both ends")
         problems.append(f"{s['pair']}: {s['status']}: {why}")
-    return problems
+    return problems + entanglement_problems(summary)
 
 
 def _uses_link(path: list[str] | None, link_id: str | None) -> bool:
@@ -261,6 +267,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                          state_dir=out / "state", seed=opts.seed)
     results = [PairResult(p) for p in pairs]
     t0 = clock.now()
+    ent_task: asyncio.Task[list[dict[str, Any]]] | None = None
     try:
         async with Embedded(ctx) as emb:
             async def eve() -> None:
@@ -286,6 +293,10 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                              result=r, t0=t0)
                     for p, r in zip(pairs, results, strict=True)]
             eve_task = asyncio.create_task(eve())
+            # entanglement demands beside the key streams, through the nodes' API
+            ent_task = asyncio.create_task(run_entanglement_asks(
+                topo, {n: node.entanglement for n, node in emb.nodes.items()},
+                entanglement_asks(topo), timeout_s=opts.timeout_s))
             if opts.live and console.is_terminal:
                 with Live(_view(results, mem, t0), console=console, refresh_per_second=8,
                           transient=False) as live:
@@ -300,6 +311,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
             eve_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await eve_task
+            entanglement = await ent_task
             # let the closes reach Admission Control and every KM on the paths
             closed = {r.key_stream_id for r in results if r.status == "closed"}
             for sid in closed:
@@ -307,11 +319,19 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                     await asyncio.wait_for(mem.wait_for(_closed_by_admission(sid)),
                                            opts.close_wait_s)
     finally:
+        if ent_task is not None and not ent_task.done():  # the key streams failed first
+            ent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ent_task
         jsonl.close()
         await bus.close()
         await db.close()
     evs = list(mem.events)
     summary = summarize(topo, results, evs, seed=opts.seed, mode="embedded")
+    if entanglement:
+        summary["entanglement"] = entanglement
+        for line in entanglement_lines(summary):  # beside the key streams the CLI prints
+            console.print(line, highlight=False)
     write_private(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     render_timeline(evs, out)
     restrict(out)  # the timeline's files, written by matplotlib: owner-only too

@@ -287,8 +287,12 @@ class AliceModule(_Module):
         if pe.test_sifted != counts.test:
             raise ClassicalChannelError(f"link {self.link_id}: test-basis counts differ")
         agreed = BlockCounts(key=counts.key, test=counts.test, test_errors=pe.test_errors)
+        qber = agreed.test_qber
+        measured = measured_physics(self.link)
+        if measured is not None and qber is not None:  # report what Bob judged (MDI: e11)
+            qber = measured.block_estimates(sum(pe.test_errors), sum(counts.test))[0]
         out = BlockOutcome(link_id=self.link_id, block_id=block_id, status="aborted_qber",
-                           sifted_bits=n, duration_s=duration, qber=agreed.test_qber,
+                           sifted_bits=n, duration_s=duration, qber=qber,
                            test_bits=sum(counts.test), reason=pe.reason)
         if pe.abort:
             return out

@@ -23,12 +23,15 @@ from keyplane.control.entanglement.service import (
     EntanglementService,
     delivery_topic,
 )
+from keyplane.control.settings import RoutingSettings
+from keyplane.control.wire import RouteRelease
 from keyplane.errors import ConfigError, QosNotMet
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.keymanager import KeyManager, KmIdentity, KmSettings
 from keyplane.keymanager.interface import Caller
 from keyplane.messages import LinkAlarm
 from keyplane.store import Database
+from tests.support.fake_kms import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +172,40 @@ async def test_key_streams_and_entanglement_packets_share_one_controller(
     # km0 -> km2 needs km1 as a trusted relay: refused for alice
     with pytest.raises(QosNotMet, match="trusted relays"):
         await kms["km0"].enc_keys(alice, "sae_a0", "sae_a2", 1, 256)
+
+
+async def test_shared_fibre_time_flows_both_ways_between_routing_and_the_scheduler(
+        topo: Topology, km_db: Database) -> None:
+    """km0-km3 is one fibre for the BB84 key link and an entanglement link: what the
+    schedule books lowers the key capacity Routing sees, and the key streams' reservations
+    shrink the time the scheduler may book (wire flow 7)."""
+    clock = VirtualClock()
+    settings = ControlSettings(routing=RoutingSettings(link_capacity_bps={"km0-km3": 1000.0}))
+    async with MemoryBus(seed=1905) as bus, \
+            ControlPlane(topo, bus, km_db, clock, EventStream(clock, []), settings) as cp:
+        ent, routing = cp.entanglement, cp.routing
+        assert ent is not None and routing is not None
+        assert ent.network.shared == frozenset({"km0-km3"})
+        # key streams first: 400 of the fibre's 1000 bps reserved -> 40 % of its time
+        routing.core.route_and_reserve("keys", 0, "km0", "km3", 400.0)
+        await bus.publish(topics.ROUTING, RouteRelease(session_id="none", epoch=0))
+        await wait_until(lambda: ent.network.key_share.get("km0-km3") == 0.4,
+                         timeout_s=60.0, what="the scheduler learns the key share")
+        period = ent.engine.scheduler.settings.period_slots
+        # the keys keep max(their 40 %, the section's floor of 50 %) of every period
+        assert ent.network.key_share_min == 0.5
+        assert ent.network.entanglement_window("km0-km3", period) == 50
+        ent.network.key_share_min = 0.0
+        assert ent.network.entanglement_window("km0-km3", period) == 60
+        reply = ent.request(_demand("fibre", packets=2000, packet_size=1, deadline_s=100.0))
+        assert reply.admitted and reply.path == ["km0", "km3"]
+        await clock.advance(0.02)
+        await wait_until(lambda: routing.core.capacity_bps("km0-km3") < 1000.0,
+                         timeout_s=60.0, what="Routing sees the entanglement's share")
+        taken = 1.0 - routing.core.capacity_bps("km0-km3") / 1000.0
+        assert 0.0 < taken <= 0.6 + 1e-9  # never more than the key streams left
+        assert routing.core.capacity_bps("km0-km3") >= 400.0 - 1e-6  # keys keep theirs
+        ent.engine.scheduler.cancel("fibre")
+        await clock.advance(0.02)
+        await wait_until(lambda: routing.core.capacity_bps("km0-km3") == 1000.0,
+                         timeout_s=60.0, what="the fibre is the keys' again")

@@ -152,6 +152,10 @@ async def test_measured_link_both_ends_hold_identical_keys_at_the_formulas_rate(
     delivered_bps = 8 * sum(len(mat) for _, mat in a) / elapsed
     assert 0.65 * formula_bps <= delivered_bps <= 1.05 * formula_bps, (
         delivered_bps, formula_bps, stats)
+    # the QBER Alice reports (telemetry, Monitoring's qber_high) is the estimate the abort
+    # threshold judged, not MDI-QKD's raw X-basis error (about 25 % by its multi-photon part)
+    assert stats.last_qber is not None
+    assert stats.last_qber <= link.postprocessing.qber_threshold, stats
 
 
 @pytest.mark.parametrize("protocol", [f"{p}-analytic" for p in MEASURED_PROTOCOLS])

@@ -124,6 +124,11 @@ class EntanglementEngine:
         self._schedule: Schedule | None = None
         self._slot = 0
 
+    @property
+    def current_schedule(self) -> Schedule | None:
+        """The schedule being carried out (None before the first slot or after a re-plan)."""
+        return self._schedule
+
     def submit(self, demand: EntanglementDemand, now: float) -> Admitted | Refused:
         """Admit or refuse ``demand``; an admitted demand joins the next schedule."""
         effect = self.scheduler.submit(demand, now)[0]

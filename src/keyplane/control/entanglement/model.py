@@ -15,6 +15,7 @@ memories, by count. A path through a repeater holds two of its memories; an end 
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -48,6 +49,11 @@ class EntanglementDemand(BaseModel):
     min_fidelity: Annotated[float, Field(gt=0.5, lt=1.0)] = 0.8
     deadline_s: Annotated[float, Field(gt=0.0)] = 10.0
     priority: Annotated[int, Field(ge=0, le=7)] = 0
+    app_a: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The application (SAE id) at ``node_a`` that asked, when a node's API submitted it
+    for one (its verified identity); None for demands of control-plane elements."""
+    app_b: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    """The peer application at ``node_b`` its pairs are for (None: any at that node)."""
 
 
 class DemandState(StrEnum):
@@ -116,3 +122,28 @@ class EntanglementNetwork:
     swap_gate_werner: float = 0.99
     down: set[str] = field(default_factory=set)
     """Links out of service (alarms from the Monitoring Element, cuts)."""
+    shared: frozenset[str] = frozenset()
+    """Links whose fibre also carries a key stream (a QKD link of the same id)."""
+    key_share: dict[str, float] = field(default_factory=dict)
+    """Per shared link, the share of its time the key streams' reservations need."""
+    key_share_min: float = 0.0
+    """The share of every shared fibre the key streams keep in any case."""
+
+    def entanglement_window(self, link_id: str, period_slots: int) -> int:
+        """How many leading slots of every period entanglement may use on ``link_id``
+        (time-division of a shared fibre: the key streams keep the rest; every slot
+        of an unshared link)."""
+        if link_id not in self.shared:
+            return period_slots
+        keys = min(1.0, max(self.key_share_min, self.key_share.get(link_id, 0.0), 0.0))
+        return max(0, math.floor((1.0 - keys) * period_slots + 1e-9))
+
+    def fibre_slot(self, link_id: str, t: float, slot_s: float, period_slots: int) -> bool:
+        """Whether the slot starting at ``t`` of ``link_id`` belongs to entanglement.
+
+        Slots are numbered on absolute time (``round(t / slot_s)``), so a re-planned
+        schedule keeps the same division and never hands a key-stream slot out."""
+        if link_id not in self.shared:
+            return True
+        k = math.floor(t / slot_s + 0.5)
+        return k % period_slots < self.entanglement_window(link_id, period_slots)

@@ -17,8 +17,11 @@ Decisions:
   A packet's worst pair waits while the other ``packet_size - 1`` pairs are made; its
   fidelity at completion is what is checked.
 * **Resources.** A link serves one demand per slot; a node's memories are shared by count
-  (a repeater on the path holds 2, an end node ``packet_size``). No resource is ever booked
-  beyond its capacity in any slot (tested as a property).
+  (a repeater on the path holds 2, an end node ``packet_size``). A fibre shared with a key
+  stream is time-divided: in every period the key streams keep the share their
+  reservations need (the trailing slots), entanglement may use only the leading ones
+  (:meth:`~keyplane.control.entanglement.model.EntanglementNetwork.fibre_slot`). No
+  resource is ever booked beyond its capacity in any slot (tested as a property).
 * **Order.** Earliest deadline first (optimal for meeting deadlines on one resource), ties
   broken by priority (higher first), then submission order. A demand is booked in every slot
   whose resources are free until its expected remaining work is covered.
@@ -357,6 +360,9 @@ class EntanglementScheduler:
                 mem = lv.plan.memories()
                 if used_links.intersection(lv.plan.links):
                     continue
+                if not all(self.network.fibre_slot(lid, t, s.slot_s, s.period_slots)
+                           for lid in lv.plan.links):
+                    continue  # a shared fibre's key-stream slot
                 if any(used_mem.get(n, 0) + k > self.network.memories.get(n, 0)
                        for n, k in mem.items()):
                     continue

@@ -6,8 +6,11 @@ Monitoring Element's link alarms and the SDN Controller's topology changes (a li
 alarm, cut or removed is out of both services), the bus and the event stream.
 
 Application API (request/reply on :data:`ENTANGLEMENT`): an
-:class:`EntanglementRequest` (end nodes, packets of pairs, minimum fidelity, deadline)
-is admitted or refused at once (:class:`EntanglementReply`); every delivered packet
+:class:`EntanglementRequest` (end nodes, packets of pairs, minimum fidelity, deadline;
+control-plane senders only) or a :class:`NodeEntanglementRequest` (a node's key manager
+forwarding what one of its applications asked over the node-side API,
+:mod:`keyplane.api.entanglement`; signed by that node, which may only ask for demands that
+start at itself) is admitted or refused at once (:class:`EntanglementReply`); every delivered packet
 goes to both end nodes on :func:`delivery_topic` as an :class:`EntanglementDelivery`,
 each pair with its EID and fidelity; the end is announced there too. In process,
 :meth:`EntanglementService.request` and :meth:`EntanglementService.outcome` do the same.
@@ -39,8 +42,10 @@ from keyplane.control.entanglement.model import (
 from keyplane.control.entanglement.scheduler import (
     Admitted,
     EntanglementScheduler,
+    Schedule,
     SchedulerSettings,
 )
+from keyplane.control.wire import FIBRE, FibreShare
 from keyplane.errors import BusError
 from keyplane.events import EventStream, EventType
 from keyplane.lifecycle import Service
@@ -55,6 +60,7 @@ __all__ = [
     "EntanglementReply",
     "EntanglementRequest",
     "EntanglementService",
+    "NodeEntanglementRequest",
     "delivery_topic",
     "network_from_topology",
 ]
@@ -77,6 +83,17 @@ class EntanglementRequest(Message):
 
     KIND = "control.entanglement_request"
 
+    demand: EntanglementDemand
+
+
+class NodeEntanglementRequest(Message):
+    """A node asks on behalf of one of its applications (authenticated at the node by its
+    mTLS certificate); signed by the node's key manager (``node`` must be the signer,
+    :data:`keyplane.bus.auth.POLICY`) and refused unless ``demand.node_a == node``."""
+
+    KIND = "control.node_entanglement_request"
+
+    node: str
     demand: EntanglementDemand
 
 
@@ -119,6 +136,10 @@ class EntanglementDelivery(Message):
     state: DemandState | None = None
     delivered_packets: int = 0
     reason: str = ""
+    app_a: str | None = None
+    """The demand's applications (:class:`EntanglementDemand`), so each end node hands
+    the pairs only to its own one."""
+    app_b: str | None = None
 
 
 def network_from_topology(topology: Topology) -> EntanglementNetwork:
@@ -137,7 +158,9 @@ def network_from_topology(topology: Topology) -> EntanglementNetwork:
         for lk in section.links}
     return EntanglementNetwork(links=links, memories=dict(section.memories),
                                coherence_time_s=section.coherence_time_s,
-                               swap_probability=section.swap_probability)
+                               swap_probability=section.swap_probability,
+                               shared=frozenset(links) & {lk.link_id for lk in topology.links},
+                               key_share_min=section.fibre_key_share_min)
 
 
 class EntanglementService(Service):
@@ -166,6 +189,8 @@ class EntanglementService(Service):
         self._loop: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._ended: dict[str, asyncio.Future[DemandOutcome]] = {}
+        self._fibre_sent: dict[str, float] = {}
+        self._last_schedule: Schedule | None = None
         self._started = False
         self._closed = False
 
@@ -177,6 +202,9 @@ class EntanglementService(Service):
         self._subs.append(await self.bus.subscribe(ENTANGLEMENT, self._on_request))
         self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
         self._subs.append(await self.bus.subscribe(topics.SDN, self._on_sdn))
+        self._subs.append(await self.bus.subscribe(FIBRE, self._on_fibre))
+        # tell Routing which fibres are shared (it answers with the key streams' shares)
+        await self._publish_fibre_shares(None)
         self._loop = asyncio.get_running_loop().create_task(self._slots())
         self.events.emit(EventType.element_started, ELEMENT,
                          links=len(self.network.links), nodes=len(self.network.memories))
@@ -220,6 +248,12 @@ class EntanglementService(Service):
     async def _on_request(self, _topic: str, msg: Message) -> Message | None:
         if isinstance(msg, EntanglementRequest):
             return self.request(msg.demand)
+        if isinstance(msg, NodeEntanglementRequest):
+            if msg.demand.node_a != msg.node:
+                return EntanglementReply(demand_id=msg.demand.demand_id, admitted=False,
+                                         reason="a node may only ask for demands that start "
+                                                "at itself")
+            return self.request(msg.demand)
         return None
 
     # ------------------------------------------------------------------ shared state
@@ -239,24 +273,62 @@ class EntanglementService(Service):
             or msg.attributes.get("status", "ACTIVE") == "OFF"
         (self.network.down.add if off else self.network.down.discard)(msg.link_id)
 
+    async def _on_fibre(self, _topic: str, msg: Message) -> None:
+        if isinstance(msg, FibreShare) and msg.by == "keys" and \
+                msg.link_id in self.network.shared:
+            self.network.key_share[msg.link_id] = msg.share
+
+    def fibre_shares(self, schedule: Schedule | None) -> dict[str, float]:
+        """Per shared fibre, the share of ``schedule``'s slots booked for entanglement."""
+        out = dict.fromkeys(sorted(self.network.shared), 0.0)
+        if schedule is None or not schedule.slots:
+            return out
+        for _, links, _ in schedule.usage():
+            for lid in links:
+                if lid in out:
+                    out[lid] += 1.0 / len(schedule.slots)
+        return {lid: min(1.0, v) for lid, v in out.items()}
+
+    async def _publish_fibre_shares(self, schedule: Schedule | None) -> None:
+        for lid, share in self.fibre_shares(schedule).items():
+            if self._fibre_sent.get(lid) == share:
+                continue
+            self._fibre_sent[lid] = share
+            try:
+                await self.bus.publish(FIBRE, FibreShare(link_id=lid, by="entanglement",
+                                                         share=share))
+            except BusError:
+                logger.warning("fibre share of %s not published", lid, exc_info=True)
+
     # ------------------------------------------------------------------ slots
 
     async def _slots(self) -> None:
         slot_s = self.engine.scheduler.settings.slot_s
         while True:
             if not self.engine.scheduler.live:
+                await self._publish_fibre_shares(None)  # the fibres are the keys' again
                 self._wake.clear()
                 await self._wake.wait()
-            for item in self.engine.step(self.clock.now()):
+            items = self.engine.step(self.clock.now())
+            schedule = self.engine.current_schedule
+            if schedule is not self._last_schedule:  # a new period (or a re-plan)
+                self._last_schedule = schedule
+                await self._publish_fibre_shares(schedule if self.engine.scheduler.live
+                                                 else None)
+            for item in items:
                 await self._publish(item)
             await self.clock.sleep(slot_s)
 
     async def _publish(self, item: Delivery | DemandOutcome) -> None:
+        plan = self.engine.report.admitted.get(item.demand_id)
+        app_a, app_b = (None, None) if plan is None else (plan.demand.app_a, plan.demand.app_b)
         if isinstance(item, Delivery):
             if not item.pairs:
                 return
             first = item.pairs[0]
-            msg = EntanglementDelivery(demand_id=item.demand_id, packets=item.packets, pairs=[
+            msg = EntanglementDelivery(demand_id=item.demand_id, packets=item.packets,
+                                       app_a=app_a, app_b=app_b,
+                                       pairs=[
                 EntangledPairRecord(eid=p.eid, demand_id=p.demand_id, packet=p.packet,
                                     node_a=p.node_a, node_b=p.node_b, fidelity=p.fidelity,
                                     delivered_t=p.delivered_t) for p in item.pairs])
@@ -266,10 +338,9 @@ class EntanglementService(Service):
                              min_pair_fidelity=min(p.fidelity for p in item.pairs))
             nodes: tuple[str, ...] = (first.node_a, first.node_b)
         else:
-            plan = self.engine.report.admitted.get(item.demand_id)
             msg = EntanglementDelivery(demand_id=item.demand_id, state=item.state,
                                        delivered_packets=item.delivered_packets,
-                                       reason=item.reason)
+                                       reason=item.reason, app_a=app_a, app_b=app_b)
             self.events.emit(EventType.entanglement_ended, ELEMENT, demand=item.demand_id,
                              state=item.state.value, delivered_packets=item.delivered_packets,
                              reason=item.reason)

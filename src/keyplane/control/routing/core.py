@@ -81,6 +81,7 @@ class _Link:
     alarms: set[str] = field(default_factory=set)
     weight: float = 1.0
     capacity_bps: float = math.inf
+    fibre_taken: float = 0.0  # share of the fibre's time the entanglement schedule holds
     keyless: bool = False  # monitored as down, or no key rate and an empty buffer
     reserved: dict[str, dict[int, float]] = field(default_factory=dict)  # session → epoch → bps
     held: dict[str, float] = field(default_factory=dict)  # session → max over its epochs
@@ -283,6 +284,28 @@ class RoutingCore:
             link.capacity_bps = self.settings.default_capacity_bps
         else:
             link.capacity_bps = math.inf
+        if math.isfinite(link.capacity_bps):  # an unbounded link has no budget to share
+            link.capacity_bps *= 1.0 - link.fibre_taken
+
+    def set_fibre_taken(self, link_id: str, share: float) -> None:
+        """The entanglement service holds ``share`` of a shared fibre's time: the link
+        carries key only in the rest, so its capacity is scaled by ``1 - share``."""
+        link = self._links.get(link_id)
+        if link is not None:
+            link.fibre_taken = min(1.0, max(0.0, share))
+            self._refresh(link)
+
+    def key_share(self, link_id: str) -> float:
+        """The share of a link's full-time key rate its reservations need (0 when the
+        capacity is unbounded, 1 at most)."""
+        link = self._links.get(link_id)
+        if link is None:
+            return 0.0
+        full = link.capacity_bps / (1.0 - link.fibre_taken) if link.fibre_taken < 1.0 \
+            else math.inf
+        if not math.isfinite(full) or full <= 0:
+            return 0.0 if link.held_total <= 0 or math.isinf(full) else 1.0
+        return min(1.0, link.held_total / full)
 
     def apply_alarm(self, alarm: LinkAlarm) -> bool:
         """Record an alarm; returns True when the link just went out of service."""

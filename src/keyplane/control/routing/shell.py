@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Iterable
 
 from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock
@@ -18,8 +19,10 @@ from keyplane.control.routing.core import NoRoute, Reservation, RoutingCore
 from keyplane.control.routing.weights import WeightFunction
 from keyplane.control.settings import RoutingSettings
 from keyplane.control.wire import (
+    FIBRE,
     MONITORING_METRICS,
     SDN_SNAPSHOT,
+    FibreShare,
     LinkMetricsReport,
     LiveSessions,
     LiveSessionsApplied,
@@ -72,6 +75,8 @@ class RoutingElement(Service):
         self._subs: list[Subscription] = []
         self._refresher: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
+        self._shared: set[str] = set()  # fibres shared with the entanglement service
+        self._key_shares: dict[str, float] = {}
         self._started = False
         self._closed = False
 
@@ -99,6 +104,7 @@ class RoutingElement(Service):
         self._subs.append(await self.bus.subscribe(topics.SDN, self._on_sdn))
         self._subs.append(await self.bus.subscribe(topics.alarm("*"), self._on_alarm))
         self._subs.append(await self.bus.subscribe(MONITORING_METRICS, self._on_metrics))
+        self._subs.append(await self.bus.subscribe(FIBRE, self._on_fibre))
         if self.db is not None and self.settings.metrics_refresh_s is not None:
             self._refresher = asyncio.get_running_loop().create_task(self._refresh_loop())
         self.events.emit(EventType.element_started, ELEMENT,
@@ -165,7 +171,34 @@ class RoutingElement(Service):
                 link_id=f.link_id, t=f.t, state=f.state, skr_bps=f.skr_bps, qber=f.qber,
                 sessions=f.sessions, buffer_bits=f.buffer_bits) for f in msg.links})
 
+    async def _on_fibre(self, _topic: str, msg: Message) -> None:
+        """The entanglement service's share of a shared fibre (wire flow 7): scale the
+        link's key capacity, and answer with what the key streams need of it."""
+        if isinstance(msg, FibreShare) and msg.by == "entanglement":
+            self.core.set_fibre_taken(msg.link_id, msg.share)
+            self._shared.add(msg.link_id)
+            await self._publish_key_shares([msg.link_id])
+
+    async def _publish_key_shares(self, link_ids: Iterable[str]) -> None:
+        for lid in link_ids:
+            if lid not in self._shared:
+                continue
+            share = self.core.key_share(lid)
+            if self._key_shares.get(lid) == share:
+                continue
+            self._key_shares[lid] = share
+            try:
+                await self.bus.publish(FIBRE, FibreShare(link_id=lid, by="keys", share=share))
+            except BusError:
+                logger.warning("key share of %s not published", lid, exc_info=True)
+
     async def _on_routing(self, _topic: str, msg: Message) -> Message | None:
+        reply = await self._on_routing_request(msg)
+        if self._shared and isinstance(msg, RouteRequest | RouteRelease | LiveSessions):
+            await self._publish_key_shares(sorted(self._shared))
+        return reply
+
+    async def _on_routing_request(self, msg: Message) -> Message | None:
         if isinstance(msg, RouteRequest):
             try:
                 try:
