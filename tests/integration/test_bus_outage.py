@@ -176,8 +176,3 @@ async def test_a_handshake_slower_than_the_attempt_bound_still_reconnects(
     finally:
         await bus.close()
         await proxy.close()
-
-
-def test_attempt_bounds_double_after_timeouts_up_to_the_cap() -> None:
-    st = BusSettings(connect_timeout_s=10.0, connect_timeout_cap_s=80.0)
-    assert [st.attempt_timeout_s(n) for n in range(5)] == [10.0, 20.0, 40.0, 80.0, 80.0]
