@@ -2,12 +2,15 @@
 
 Runs the distributed mode on loopback (keyplane.cluster.LocalCluster: a secured nats-server,
 PostgreSQL, ``keyplane controller`` and three ``keyplane node`` processes, km1 - km0 - km2)
-while an ETSI 014 pair (sae1 -> sae2) and an ETSI 004 stream (sae3 <-> sae4) fetch keys
-relayed over both hops, and applies the faults in turn (keyplane.faultmatrix): kill -9 the
-source, intermediate and destination KM and the controller (each started again at once),
-nats-server down ``--nats-s``, PostgreSQL down ``--postgres-s``.
+while ETSI 014 pairs (sae1 -> sae2: ``--pairs`` request loops at once, ``--batch`` keys per
+request; the run completes ``--keys`` of them, spread around the faults) and an ETSI 004
+stream (sae3 <-> sae4) fetch keys relayed over both hops, and applies the faults in turn
+(keyplane.faultmatrix): kill -9 the source, intermediate and destination KM and the
+controller (each started again at once), nats-server down ``--nats-s``, PostgreSQL down
+``--postgres-s``.
 
-    python bench/faults.py [--nats-s 30] [--postgres-s 10] [--faults src mid dst controller nats postgres]
+    python bench/faults.py [--nats-s 30] [--postgres-s 10] [--keys 2000] [--pairs 4]
+        [--batch 16] [--faults src mid dst controller nats postgres] [--keep DIR]
 
 Per fault: *recovery* (kill: the restarted process's start until its ready line; server:
 the outage), *outage* (fault start to the first key held by both applications, the later
@@ -59,18 +62,29 @@ def main() -> None:
     ap.add_argument("--postgres-s", type=float, default=10.0)
     ap.add_argument("--faults", nargs="+", choices=CHOICES, default=list(CHOICES))
     ap.add_argument("--resume-timeout-s", type=float, default=240.0)
+    ap.add_argument("--keys", type=int, default=2000,
+                    help="ETSI 014 keys to complete at both ends over the run")
+    ap.add_argument("--pairs", type=int, default=4, help="ETSI 014 request loops at once")
+    ap.add_argument("--batch", type=int, default=16, help="keys per enc_keys request")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="run in this (new) folder and keep it: logs, events, nats.conf")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     print(machine_line())
     print(f"parameters: faults={args.faults} nats_s={args.nats_s:g} "
-          f"postgres_s={args.postgres_s:g} resume_timeout_s={args.resume_timeout_s:g}; "
+          f"postgres_s={args.postgres_s:g} resume_timeout_s={args.resume_timeout_s:g} "
+          f"keys={args.keys} pairs={args.pairs} batch={args.batch}; "
           f"topology km1 - km0 - km2, 5 km links, BB84 emulated in the node processes")
-    settings = MatrixSettings(resume_timeout_s=args.resume_timeout_s)
+    settings = MatrixSettings(resume_timeout_s=args.resume_timeout_s, keys_014=args.keys,
+                              pairs_014=args.pairs, batch=args.batch)
+    faults = _faults(args.faults, args.nats_s, args.postgres_s)
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="keyplane-faults-") as tmp:
-        report = asyncio.run(run_matrix(
-            Path(tmp), faults=_faults(args.faults, args.nats_s, args.postgres_s),
-            settings=settings))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True)
+        report = asyncio.run(run_matrix(args.keep, faults=faults, settings=settings))
+    else:
+        with tempfile.TemporaryDirectory(prefix="keyplane-faults-") as tmp:
+            report = asyncio.run(run_matrix(Path(tmp), faults=faults, settings=settings))
     print(f"run: {time.monotonic() - t0:.0f} s wall\n")
     print("| fault | recovery | outage | resumed after the fault's end | keys at one end only |")
     print("|---|---|---|---|---|")

@@ -1,17 +1,10 @@
 """The fault matrix of issue #14: faults in turn on a running distributed network while
 relayed keys flow, and what each one cost.
 
-Traffic (:class:`Traffic`), as applications would make it:
-
-* an ETSI 014 pair: the master SAE asks its KM for keys (``enc_keys``) and hands each batch's
-  key_IDs to the slave SAE, which fetches them at its KM (``dec_keys``), retrying while the
-  KM answers 503 or cannot be reached;
-* one ETSI 004 stream: both SAEs open it and fetch index after index (``GET_KEY``), each at
-  its own pace, retrying while the KM has no key yet or cannot be reached; a stream the KM
-  no longer knows is opened again under a new Key_stream_ID.
-
-Every key each application obtained is recorded (:class:`Ledger`) with the time it arrived:
-a key is *complete* once both ends hold it with the same bytes. Faults
+Traffic (:class:`~keyplane.faulttraffic.Traffic`, as applications would make it): ETSI 014
+pairs fetching relayed keys at both ends, several at once, and one ETSI 004 stream. Every
+key each application obtained is recorded (:class:`~keyplane.faulttraffic.Ledger`) with the
+time it arrived: a key is *complete* once both ends hold it with the same bytes. Faults
 (:class:`FaultSpec`): ``kill`` SIGKILLs a keyplane process and starts it again; ``nats`` and
 ``postgres`` stop the server for ``duration_s`` and start it again on the same port (and
 data). For each fault, :func:`run_fault` measures the *outage* (fault start to the first
@@ -26,33 +19,22 @@ bytes it padded with).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
+import bisect
 import logging
+import math
 import time
-import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from keyplane.api.client import (
-    ApiError,
-    AsyncEtsi004Client,
-    AsyncEtsi014Client,
-    ClientError,
-    Etsi004StatusError,
-    QosParameters,
-    TransportError,
-)
 from keyplane.cluster import CONTROLLER, ClusterSettings, LocalCluster
 from keyplane.config import Topology
 from keyplane.events import Event, EventType
+from keyplane.faulttraffic import GONE, Ledger, MatrixSettings, Traffic
 
 __all__ = [
+    "GONE",
     "FaultResult",
     "FaultSpec",
     "Ledger",
@@ -65,42 +47,12 @@ __all__ = [
     "link_key_reuse",
     "run_fault",
     "run_matrix",
+    "share_014",
     "stale_link_alarms",
     "wait_flowing",
 ]
 
 logger = logging.getLogger(__name__)
-
-PositiveS = Annotated[float, Field(gt=0)]
-
-
-
-GONE = (3, 4)
-"""ETSI 004 GET_KEY statuses that say the stream is gone at the KM (V2.1.1: 3 peer not
-connected, the stream ended; 4 no such stream): the traffic opens a new one."""
-
-class MatrixSettings(BaseModel):
-    """Pace and bounds of a fault-matrix run (real seconds)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    resume_bound_s: PositiveS = 10.0
-    """Delivery must resume within this of each fault's end (issue #14's target)."""
-    resume_timeout_s: PositiveS = 240.0
-    """How long to wait for delivery to resume before reporting it never did."""
-    flowing_keys: Annotated[int, Field(ge=1)] = 3
-    """Before a fault: keys completed at both ends since the previous fault's recovery."""
-    flowing_timeout_s: PositiveS = 300.0
-    """How long to wait for that."""
-    drain_timeout_s: PositiveS = 180.0
-    """After the last fault: how long pending fetches may take to finish."""
-    batch: Annotated[int, Field(ge=1, le=64)] = 4
-    """Keys per ``enc_keys`` request."""
-    key_bits: Annotated[int, Field(ge=8)] = 256
-    retry_s: PositiveS = 0.2
-    """Pause of an application after an answer meaning "not yet" (503, status 2)."""
-    request_timeout_s: PositiveS = 60.0
-    """One HTTP request's bound."""
 
 
 @dataclass(frozen=True)
@@ -147,227 +99,6 @@ def fault_topology(length_km: float = 5.0) -> Topology:
             {"sae_id": "sae3", "owner": "alice", "node": "km1"},
             {"sae_id": "sae2", "owner": "bob", "node": "km2"},
             {"sae_id": "sae4", "owner": "bob", "node": "km2"}]})
-
-
-def _digest(key: bytes) -> str:
-    return hashlib.sha256(key).hexdigest()
-
-
-@dataclass
-class Ledger:
-    """What each application obtained: by key_ID (ETSI 014) or (stream, index) (ETSI 004),
-    the key's digest and the monotonic time it arrived; every arrival, repeats included."""
-
-    master: dict[str, tuple[str, float]] = field(default_factory=dict)
-    slave: dict[str, tuple[str, float]] = field(default_factory=dict)
-    stream_a: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
-    stream_b: dict[tuple[str, int], tuple[str, float]] = field(default_factory=dict)
-    repeats: list[str] = field(default_factory=list)
-    """Keys an application was handed a second time (by id, or the same bytes again)."""
-    errors: dict[str, int] = field(default_factory=dict)
-    """Error answers by kind, for the report."""
-    crash: str | None = None
-    """Why an application loop stopped, if it did (then nothing more will arrive)."""
-    refused: dict[str, float] = field(default_factory=dict)
-    """When the slave's KM finally refused a key its master holds (key_ID -> time)."""
-    _seen: dict[str, str] = field(default_factory=dict)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def _note(self, where: str, ident: str, key: bytes) -> tuple[str, float]:
-        d = _digest(key)
-        prior = self._seen.get(f"{where}:{d}")
-        if prior is not None and prior != ident:
-            self.repeats.append(f"{where}: the bytes of {prior} again as {ident}")
-        self._seen[f"{where}:{d}"] = ident
-        self.changed.set()
-        return d, time.monotonic()
-
-    def got_master(self, key_id: str, key: bytes) -> None:
-        if key_id in self.master:
-            self.repeats.append(f"master: {key_id} twice")
-        self.master[key_id] = self._note("014", key_id, key)
-
-    def got_slave(self, key_id: str, key: bytes) -> None:
-        if key_id in self.slave:
-            self.repeats.append(f"slave: {key_id} twice")
-        self.slave[key_id] = self._note("014", key_id, key)
-
-    def got_stream(self, end: str, stream: str, index: int, key: bytes) -> None:
-        book = self.stream_a if end == "a" else self.stream_b
-        if (stream, index) in book:
-            self.repeats.append(f"004 {end}: {stream}[{index}] twice")
-        book[(stream, index)] = self._note(f"004{end}", f"{stream}[{index}]", key)
-
-    def error(self, kind: str) -> None:
-        self.errors[kind] = self.errors.get(kind, 0) + 1
-
-    def completions_014(self) -> list[float]:
-        """When each ETSI 014 key was held by both ends (sorted)."""
-        return sorted(max(t, self.slave[k][1]) for k, (_, t) in self.master.items()
-                      if k in self.slave)
-
-    def completions_004(self) -> list[float]:
-        """When each ETSI 004 index was held by both ends (sorted)."""
-        return sorted(max(t, self.stream_b[k][1]) for k, (_, t) in self.stream_a.items()
-                      if k in self.stream_b)
-
-
-class Traffic:
-    """The applications' loops (see the module docstring) over a :class:`LocalCluster`."""
-
-    def __init__(self, cluster: LocalCluster, ledger: Ledger, settings: MatrixSettings, *,
-                 pair_014: tuple[str, str], pair_004: tuple[str, str]) -> None:
-        self.cluster = cluster
-        self.ledger = ledger
-        self.settings = settings
-        self.pair_014 = pair_014
-        self.pair_004 = pair_004
-        self.stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
-        self._fetches: set[asyncio.Task[None]] = set()
-        self._fetch_limit = asyncio.Semaphore(8)
-
-    def _node_of(self, sae: str) -> str:
-        return next(a.node for a in self.cluster.topology.applications if a.sae_id == sae)
-
-    def _client014(self, sae: str) -> AsyncEtsi014Client:
-        cert, key, ca = self.cluster.sae_files(sae)
-        return AsyncEtsi014Client(self.cluster.etsi014_url(self._node_of(sae)), cert=cert,
-                                  key=key, ca=ca, sae_id=sae,
-                                  timeout_s=self.settings.request_timeout_s)
-
-    def _client004(self, sae: str) -> AsyncEtsi004Client:
-        cert, key, ca = self.cluster.sae_files(sae)
-        return AsyncEtsi004Client(self.cluster.etsi014_url(self._node_of(sae)) + "/etsi004",
-                                  cert=cert, key=key, ca=ca,
-                                  timeout_s=self.settings.request_timeout_s)
-
-    def start(self) -> None:
-        """Start both loops."""
-        self._tasks = [asyncio.create_task(self._guard(self._loop_014()), name="etsi014-pair"),
-                       asyncio.create_task(self._guard(self._loop_004()),
-                                           name="etsi004-stream")]
-
-    async def _guard(self, loop: Awaitable[None]) -> None:
-        """A loop that fails (a bug, not a fault: faults are retried) ends the run early."""
-        try:
-            await loop
-        except Exception as exc:
-            self.ledger.crash = f"{type(exc).__name__}: {exc}"
-            self.ledger.changed.set()
-            raise
-
-    async def _retrying(self, what: str, call: Callable[[], Awaitable[Any]],
-                        final: Callable[[Exception], bool] = lambda _e: False) -> Any:
-        """``call()`` until it answers; "not yet" answers and unreachable KMs are retried,
-        ``final`` errors are raised."""
-        while True:
-            try:
-                return await call()
-            except (TransportError, ApiError, Etsi004StatusError) as exc:
-                if final(exc):
-                    raise
-                kind = (f"{what}: {type(exc).__name__}" if not isinstance(exc, ApiError)
-                        else f"{what}: HTTP {exc.status_code}")
-                self.ledger.error(kind)
-            await asyncio.sleep(self.settings.retry_s)
-
-    async def _loop_014(self) -> None:
-        master_sae, slave_sae = self.pair_014
-        master = self._client014(master_sae)
-        try:
-            while not self.stopping.is_set():
-                keys = await self._retrying("enc_keys", lambda: master.enc_keys(
-                    slave_sae, number=self.settings.batch, size=self.settings.key_bits))
-                for k in keys:
-                    self.ledger.got_master(k.key_id, k.key)
-                await self._fetch_limit.acquire()
-                task = asyncio.create_task(self._fetch_014([k.key_id for k in keys]))
-                self._fetches.add(task)
-                task.add_done_callback(self._fetches.discard)
-        finally:
-            await master.aclose()
-
-    async def _fetch_014(self, key_ids: list[str]) -> None:
-        master_sae, slave_sae = self.pair_014
-        slave = self._client014(slave_sae)
-        try:
-            # a 400 ("no such key", "already delivered") is final: the key is lost to the
-            # slave; everything else is "not yet"
-            keys = await self._retrying(
-                "dec_keys", lambda: slave.dec_keys(master_sae, key_ids),
-                final=lambda e: isinstance(e, ApiError) and e.status_code == 400)
-            for k in keys:
-                self.ledger.got_slave(k.key_id, k.key)
-        except ApiError as exc:
-            logger.warning("dec_keys %s: %s", key_ids, exc)
-            for kid in key_ids:
-                self.ledger.refused[kid] = time.monotonic()
-            self.ledger.error(f"dec_keys final: HTTP {exc.status_code} {exc.message}")
-        finally:
-            self._fetch_limit.release()
-            await slave.aclose()
-
-    async def _loop_004(self) -> None:
-        a_sae, b_sae = self.pair_004
-        a, b = self._client004(a_sae), self._client004(b_sae)
-        qos = QosParameters(Key_chunk_size=self.settings.key_bits // 8, Max_bps=20_000,
-                            Timeout=10_000)
-        stream = ""
-        try:
-            while not self.stopping.is_set():
-                stream = str(uuid.uuid4())
-                # both ends open the same Key_stream_ID; 7 (no route yet) and 1 (peer not
-                # connected yet) are retried
-                await asyncio.gather(
-                    self._retrying("open_connect",
-                                   partial(a.open_connect, a_sae, b_sae, qos, stream)),
-                    self._retrying("open_connect",
-                                   partial(b.open_connect, b_sae, a_sae, qos, stream)))
-                gone = await asyncio.gather(self._stream_end(a, "a", stream),
-                                            self._stream_end(b, "b", stream))
-                if not any(gone):
-                    break
-                logger.warning("ETSI 004 stream %s lost at the KM; opening a new one", stream)
-                self.ledger.error("004: stream lost, reopened")
-        finally:
-            for c in (a, b):
-                with contextlib.suppress(ClientError):
-                    await c.close_stream(stream)
-                await c.aclose()
-
-    def _other_end_next(self, end: str, stream: str) -> int:
-        book = self.ledger.stream_b if end == "a" else self.ledger.stream_a
-        return 1 + max((i for s, i in book if s == stream), default=-1)
-
-    async def _stream_end(self, client: AsyncEtsi004Client, end: str, stream: str) -> bool:
-        """Fetch index after index until stopped (False) or the stream is gone (True); once
-        stopped, up to the index the other end reached, so that both ends hold the same."""
-        index = 0
-        while not self.stopping.is_set() or index < self._other_end_next(end, stream):
-            try:
-                chunk = await self._retrying(
-                    f"get_key {end}", partial(client.get_key, stream, index),
-                    final=lambda e: isinstance(e, Etsi004StatusError) and int(e.status) in GONE)
-            except Etsi004StatusError:
-                return True
-            self.ledger.got_stream(end, stream, index, chunk.key)
-            index += 1
-        return False
-
-    async def stop(self, drain_timeout_s: float) -> None:
-        """Stop asking for new keys; let pending fetches finish within ``drain_timeout_s``."""
-        self.stopping.set()
-        try:
-            async with asyncio.timeout(drain_timeout_s):
-                await asyncio.gather(*self._tasks, return_exceptions=True)
-                while self._fetches:
-                    await asyncio.gather(*list(self._fetches), return_exceptions=True)
-        except TimeoutError:
-            logger.warning("traffic did not drain within %g s", drain_timeout_s)
-        for t in [*self._tasks, *self._fetches]:
-            t.cancel()
-        await asyncio.gather(*self._tasks, *self._fetches, return_exceptions=True)
 
 
 @dataclass
@@ -418,13 +149,35 @@ def _first_after(times: list[float], t: float) -> float | None:
     return next((x for x in times if x >= t), None)
 
 
-async def wait_flowing(ledger: Ledger, since: float, settings: MatrixSettings) -> bool:
-    """Wait until ``flowing_keys`` keys of each kind completed after ``since``."""
+def _count_since(times: list[float], t: float) -> int:
+    return len(times) - bisect.bisect_left(times, t)
+
+
+async def wait_flowing(ledger: Ledger, since: float, settings: MatrixSettings,
+                       keys_014: int = 0) -> bool:
+    """Wait until ``max(flowing_keys, keys_014)`` ETSI 014 keys and ``flowing_keys`` ETSI 004
+    indexes completed after ``since``; False once ``flowing_timeout_s`` passes with no key
+    completed (a stall: the wait for a large share is bounded by progress, not by a total
+    that a loaded machine's pace would have to be guessed for)."""
+    want_014 = max(settings.flowing_keys, keys_014)
+
     def flowing() -> bool:
-        return (sum(1 for x in ledger.completions_014() if x >= since) >= settings.flowing_keys
-                and sum(1 for x in ledger.completions_004() if x >= since)
-                >= settings.flowing_keys)
-    return await _until(ledger, flowing, settings.flowing_timeout_s)
+        return (_count_since(ledger.completions_014(), since) >= want_014
+                and _count_since(ledger.completions_004(), since) >= settings.flowing_keys)
+
+    while True:
+        done = len(ledger.completions_014()) + len(ledger.completions_004())
+        if await _until(ledger, flowing, settings.flowing_timeout_s):
+            return True
+        if ledger.crash is not None or (len(ledger.completions_014())
+                                        + len(ledger.completions_004())) == done:
+            return False
+
+
+def share_014(settings: MatrixSettings, faults: int) -> int:
+    """ETSI 014 keys to complete before each fault and after the last one: ``keys_014``
+    spread over the ``faults + 1`` intervals."""
+    return math.ceil(settings.keys_014 / (faults + 1))
 
 
 async def run_fault(cluster: LocalCluster, ledger: Ledger, fault: FaultSpec,
@@ -587,9 +340,10 @@ async def run_matrix(workdir: Path, *, faults: list[FaultSpec] | None = None,
                           pair_004=("sae3", "sae4"))
         traffic.start()
         since = 0.0
+        share = share_014(st, len(faults))
         try:
             for fault in faults:
-                if not await wait_flowing(ledger, since, st):
+                if not await wait_flowing(ledger, since, st, share):
                     not_flowing.append(fault.name)
                     break
                 result = await run_fault(cluster, ledger, fault, st)
@@ -597,7 +351,9 @@ async def run_matrix(workdir: Path, *, faults: list[FaultSpec] | None = None,
                 logger.info("%s: recovery %.1f s, outage %s s, resumed %s s after its end",
                             fault.name, result.recovery_s, result.outage_s, result.resumed_s)
                 since = result.ended
-            if not not_flowing and not await wait_flowing(ledger, since, st):
+            done = ledger.completions_014()
+            rest = max(share, st.keys_014 - (len(done) - _count_since(done, since)))
+            if not not_flowing and not await wait_flowing(ledger, since, st, rest):
                 not_flowing.append("after the last fault")
         finally:
             await traffic.stop(st.drain_timeout_s)

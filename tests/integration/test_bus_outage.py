@@ -115,3 +115,64 @@ async def test_bus_waits_for_a_server_that_starts_late(tmp_path: Path) -> None:
     finally:
         connecting.cancel()
         await asyncio.to_thread(srv.stop)
+
+
+class _SlowProxy:
+    """A TCP relay to ``port`` that holds every chunk ``delay_s`` (each way): a handshake
+    through it takes several times that, as a process starved of CPU would see it."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.delay_s = 0.0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                if self.delay_s:
+                    await asyncio.sleep(self.delay_s)  # the relay's slowness, not a wait
+                w.write(data)
+                await w.drain()
+        except OSError:
+            pass
+        finally:
+            w.close()
+
+    async def _serve(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.port)
+        except OSError:
+            w.close()
+            return
+        await asyncio.gather(self._pipe(r, uw), self._pipe(ur, w))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_handshake_slower_than_the_attempt_bound_still_reconnects(
+        server: NatsServer) -> None:
+    """Attempts that time out lengthen the next one's bound (connect_timeout_cap_s): with a
+    fixed bound below the handshake's time every attempt would time out until max_outage_s
+    ended the process (a niced link worker on an overloaded machine)."""
+    proxy = _SlowProxy(server.port)
+    port = await proxy.start()
+    settings = FAST.model_copy(update={"connect_timeout_s": 1.0, "connect_timeout_cap_s": 60.0})
+    bus = await NatsBus.connect(f"tls://127.0.0.1:{port}", security=harness_security(server),
+                                settings=settings)
+    try:
+        await asyncio.to_thread(server.kill)
+        await wait_until(lambda: not bus.connected, timeout_s=DEADLINE_S, what="disconnected")
+        proxy.delay_s = 1.5  # every attempt now needs well over 1 s
+        await asyncio.to_thread(server.restart)
+        await wait_until(lambda: bool(bus.outages), timeout_s=DEADLINE_S, what="reconnected")
+        assert bus.connected and bus.timed_out_attempts == 0
+        assert bus.failure is None
+    finally:
+        await bus.close()
+        await proxy.close()

@@ -33,3 +33,8 @@ def test_environment_overrides_the_defaults_and_explicit_values_win() -> None:
 def test_a_bad_variable_is_named_in_the_error(env: dict[str, str], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         bus_settings_from_env(env)
+
+
+def test_attempt_bounds_double_after_timeouts_up_to_the_cap() -> None:
+    st = BusSettings(connect_timeout_s=10.0, connect_timeout_cap_s=80.0)
+    assert [st.attempt_timeout_s(n) for n in range(5)] == [10.0, 20.0, 40.0, 80.0, 80.0]

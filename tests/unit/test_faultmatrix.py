@@ -12,9 +12,12 @@ from keyplane.faultmatrix import (
     FaultResult,
     FaultSpec,
     Ledger,
+    MatrixSettings,
     check,
     link_key_reuse,
+    share_014,
     stale_link_alarms,
+    wait_flowing,
 )
 
 
@@ -62,6 +65,41 @@ def test_check_counts_one_end_only_twice_and_other_bytes_by_fault() -> None:
                             element="km", node="km2", data={"key_ids": ["k1"]})
     assert check(ledger, [delivered_twice, delivered_twice], []).duplicated[-1] == (
         "km2 delivered k1 2 times")
+
+
+def test_completions_are_counted_once_when_both_ends_hold_the_key() -> None:
+    ledger = Ledger()
+    ledger.got_master("k1", b"\x01" * 32)
+    assert ledger.completions_014() == []
+    ledger.got_slave("k1", b"\x01" * 32)
+    ledger.got_slave("k2", b"\x02" * 32)            # the slave first: complete at the master
+    ledger.got_master("k2", b"\x02" * 32)
+    ledger.got_slave("k1", b"\x01" * 32)            # handed out twice: not a second key
+    ledger.got_stream("b", "s", 0, b"\x03" * 32)
+    ledger.got_stream("a", "s", 0, b"\x03" * 32)
+    done = ledger.completions_014()
+    assert len(done) == 2 and done == sorted(done)
+    assert len(ledger.completions_004()) == 1
+    assert ledger.repeats == ["slave: k1 twice"]
+
+
+def test_the_keys_are_spread_over_the_intervals_around_the_faults() -> None:
+    st = MatrixSettings(keys_014=2000)
+    assert share_014(st, 6) == 286 and 7 * share_014(st, 6) >= 2000
+    assert share_014(MatrixSettings(keys_014=0), 6) == 0
+
+
+async def test_waiting_for_a_share_fails_on_a_stall_not_on_a_total() -> None:
+    ledger = Ledger()
+    st = MatrixSettings(flowing_keys=1, flowing_timeout_s=0.05)
+    for i in range(3):
+        ledger.got_master(f"k{i}", bytes([i]) * 32)
+        ledger.got_slave(f"k{i}", bytes([i]) * 32)
+    ledger.got_stream("a", "s", 0, b"\x09" * 32)
+    ledger.got_stream("b", "s", 0, b"\x09" * 32)
+    assert await wait_flowing(ledger, 0.0, st, keys_014=3)
+    # four wanted, three came and nothing more: it stops once nothing arrived for the bound
+    assert not await wait_flowing(ledger, 0.0, st, keys_014=4)
 
 
 def test_read_events_skips_a_line_cut_by_a_kill(tmp_path: Path) -> None:

@@ -12,7 +12,11 @@ handler; a rejected *request* is answered with :class:`Rejected`, so its sender 
 
 Coming back (:class:`~keyplane.bus.settings.BusSettings`): at start the connection is tried
 with exponential backoff and jitter until ``startup_timeout_s``. Afterwards it reconnects
-forever with the same backoff; subscriptions are restored by the client; publishes are
+forever with the same backoff (capped at ``reconnect_backoff_cap_s``: once the server is
+back, a process is connected again within that pause plus its handshake); an attempt that
+*timed out* doubles the next attempt's bound (``connect_timeout_cap_s``), so a process
+starved of CPU still completes a handshake instead of timing out every attempt until
+``max_outage_s`` ends it; subscriptions are restored by the client; publishes are
 buffered (``pending_bytes``); requests wait up to their own deadline, and a request that
 meets "no responders" shortly after a reconnect (its responder has not reconnected yet) is
 retried within that deadline. When the server stays unreachable for ``max_outage_s``, or the
@@ -109,6 +113,11 @@ class NatsBus(Bus):
         """Permission violations the server reported for this connection (newest last)."""
         self.failed_reconnects = 0
         """Reconnection attempts that failed, over the bus's life (operations and tests)."""
+        self.timed_out_attempts = 0
+        """Consecutive reconnection attempts that timed out (reset once connected): the
+        next attempt's bound is :meth:`BusSettings.attempt_timeout_s` of it."""
+        self.outages: list[float] = []
+        """How long each outage of this connection lasted, seconds (newest last)."""
 
     # ---- connection ------------------------------------------------------------------
     @classmethod
@@ -154,6 +163,11 @@ class NatsBus(Bus):
 
         def pick(servers: list[_Server], _info: dict[str, Any]) -> tuple[_Server | None, float]:
             server = servers[0]
+            bus = holder.get("bus")
+            if bus is not None:
+                # nats-py reads this option at every phase of the next attempt
+                bus._nc.options["connect_timeout"] = math.ceil(
+                    st.attempt_timeout_s(bus.timed_out_attempts))
             return server, st.backoff_s(server.reconnects, rng.random())
 
         deadline = asyncio.get_running_loop().time() + st.startup_timeout_s
@@ -210,7 +224,14 @@ class NatsBus(Bus):
             logger.info("bus error: %s", text or type(exc).__name__)
         else:
             self.failed_reconnects += 1
-            logger.debug("bus reconnection attempt failed: %s", text or type(exc).__name__)
+            if isinstance(exc, TimeoutError):  # nats-py's own TimeoutError is one too
+                self.timed_out_attempts += 1
+                logger.warning("bus reconnection attempt timed out (%d in a row); the next "
+                               "may take %g s", self.timed_out_attempts,
+                               self.settings.attempt_timeout_s(self.timed_out_attempts))
+            else:
+                logger.debug("bus reconnection attempt failed: %s",
+                             text or type(exc).__name__)
 
     def _on_disconnected(self) -> None:
         if self._closed or self._down_since is not None:
@@ -229,9 +250,15 @@ class NatsBus(Bus):
             self._give_up = None
         now = self._loop.time()
         if self._down_since is not None:
-            logger.info("bus reconnected after %.1f s", now - self._down_since)
+            self.outages.append(now - self._down_since)
+            # WARNING, as the disconnection: the pair tells from a process's log how long
+            # its bus was away (the fault matrix's resume time is traced from these)
+            logger.warning("bus reconnected after %.1f s (%d failed attempts)",
+                           now - self._down_since, self.failed_reconnects)
         self._down_since = None
         self._reconnected_at = now
+        self.timed_out_attempts = 0
+        self._nc.options["connect_timeout"] = math.ceil(self.settings.connect_timeout_s)
 
     def _on_closed(self) -> None:
         if not self._closed:

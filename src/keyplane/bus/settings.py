@@ -31,13 +31,21 @@ class BusSettings(BaseModel):
 
     connect_timeout_s: PositiveS = 10.0
     """One connection attempt (TCP + TLS handshake + CONNECT); a loaded server can be slow."""
+    connect_timeout_cap_s: PositiveS = 80.0
+    """While reconnecting, each attempt that *timed out* doubles the next one's bound, up to
+    this cap. A process starved of CPU (a niced link worker on an overloaded machine) may
+    need longer than ``connect_timeout_s`` for its TLS handshake; with a fixed bound every
+    attempt would time out until ``max_outage_s`` ended the process. Refused connections (the
+    server still down) do not grow it."""
     startup_timeout_s: PositiveS = 120.0
     """How long a process waits, at start, for the bus to accept it (attempts back off)."""
     reconnect_backoff_base_s: PositiveS = 0.1
     """First pause between reconnection attempts; it doubles per failed attempt ..."""
-    reconnect_backoff_cap_s: PositiveS = 5.0
-    """... up to this cap. Each pause is drawn uniformly from [pause/2, pause] (jitter), so
-    a fleet of processes does not reconnect in lockstep after a server restart."""
+    reconnect_backoff_cap_s: PositiveS = 2.0
+    """... up to this cap (with the handshake, what a process adds to a server's outage once
+    it is back: issue #14 wants delivery again within 10 s). Each pause is drawn uniformly
+    from [pause/2, pause] (jitter), so a fleet of processes does not reconnect in lockstep
+    after a server restart."""
     max_outage_s: PositiveS = 120.0
     """A process whose bus stays unreachable this long gives up: the bus is marked failed and
     the process exits non-zero so its supervisor (systemd, Kubernetes) restarts it. Until
@@ -61,6 +69,13 @@ class BusSettings(BaseModel):
         d = min(self.reconnect_backoff_cap_s,
                 self.reconnect_backoff_base_s * 2.0 ** min(max(failed_attempts, 0), 30))
         return d * (0.5 + 0.5 * u)
+
+    def attempt_timeout_s(self, timed_out: int) -> float:
+        """Bound of the next connection attempt after ``timed_out`` consecutive attempts
+        that timed out: ``connect_timeout_s`` doubled per such attempt, at most
+        ``connect_timeout_cap_s``."""
+        return min(self.connect_timeout_cap_s,
+                   self.connect_timeout_s * 2.0 ** min(max(timed_out, 0), 30))
 
 
 def settings_from_env(model: type[BaseModel], prefix: str,
