@@ -35,6 +35,7 @@ so an orphaned worker never keeps producing.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import logging
@@ -292,8 +293,17 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         await pipe.send(Stopped())
 
 
+class _DetachedExecutor(concurrent.futures.ThreadPoolExecutor):
+    """The loop's default executor (the emulation's numpy work), which shutdown does not
+    wait for: see :func:`main`."""
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        super().shutdown(wait=False, cancel_futures=True)
+
+
 async def _main() -> None:
     loop = asyncio.get_running_loop()
+    loop.set_default_executor(_DetachedExecutor(thread_name_prefix="keyplane-link"))
     # the pipe to the parent is the original stdout; anything printed goes to stderr instead
     out_fd = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
@@ -301,6 +311,9 @@ async def _main() -> None:
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     transport, protocol = await loop.connect_write_pipe(
         asyncio.streams.FlowControlMixin, os.fdopen(out_fd, "wb", buffering=0))
+    # drain() waits until every frame is in the pipe, so the last (``stopped``) is out
+    # before the process exits
+    transport.set_write_buffer_limits(high=0)
     writer = asyncio.StreamWriter(transport, protocol, None, loop)
     try:
         await _serve(reader, writer)
@@ -313,10 +326,19 @@ def main() -> None:
     logging.basicConfig(level=os.environ.get("KEYPLANE_WORKER_LOG", "WARNING"),
                         format="%(asctime)s %(levelname)s worker %(process)d %(name)s: "
                                "%(message)s", stream=sys.stderr)
+    code = 0
     try:
         asyncio.run(_main())
     except (KeyboardInterrupt, BrokenPipeError, ConnectionError):
         pass
+    except BaseException:
+        logger.exception("link worker %d failed", os.getpid())
+        code = 1
+    # Exit now, not after the interpreter joined the executor's threads: one may be inside
+    # a numpy call of a block nobody waits for any more, at the worker's low priority
+    # (seconds on a busy machine, past the parent's stop bound).
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
