@@ -514,29 +514,37 @@ class Embedded(Service):
     def __init__(self, ctx: RuntimeContext, *, control_settings: ControlSettings | None = None,
                  km_settings: KmSettings | None = None) -> None:
         self.ctx = ctx
-        self.control = ControlRuntime(ctx, write_endpoints_file=False,
-                                      settings=control_settings)
+        self._control_settings = control_settings
+        self.control: ControlRuntime | None = None  # built by start(), after the links
         self.nodes = {n.id: NodeRuntime(ctx, n.id, run_links=False, km_settings=km_settings)
                       for n in ctx.topology.nodes}
-        self.sources: KeySources | None = None
+        sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
+                 for node_id, rt in self.nodes.items()
+                 for link in ctx.topology.links_of(node_id)}
+        # device links need the KMs' certificates now; emulated ones do not (start())
+        certs = ctx.ensure_certs() if KeySources.device_links(ctx.topology) else None
+        self.sources = KeySources(ctx.topology, sinks, clock=ctx.clock, bus=ctx.bus,
+                                  events=ctx.stream, seed=ctx.seed, emulation=ctx.emulation,
+                                  credentials=certs.kms if certs is not None else None,
+                                  ca=certs.ca.cert if certs is not None else None)
 
     def km(self, node_id: str) -> KeyManager:
         """The key manager of ``node_id``."""
         return self.nodes[node_id].km
 
     async def start(self) -> None:
-        """Start the control plane, every node, then the links; write endpoints.json."""
-        certs = self.ctx.ensure_certs()
-        sinks = {(node_id, link.link_id): rt.km.link_key_sink(link.link_id)
-                 for node_id, rt in self.nodes.items()
-                 for link in self.ctx.topology.links_of(node_id)}
-        self.sources = KeySources(self.ctx.topology, sinks, clock=self.ctx.clock,
-                                  bus=self.ctx.bus, events=self.ctx.stream, seed=self.ctx.seed,
-                                  emulation=self.ctx.emulation, credentials=certs.kms,
-                                  ca=certs.ca.cert)
+        """Launch the link workers, then start the control plane, every node and the links;
+        write endpoints.json.
+
+        The workers go first, before the certificates are made: their interpreter, imports
+        and first blocks are what the first key waits for on a busy machine, and they run
+        while the rest starts (blocks wait for the KMs, LinkWorkerPool.prepare).
+        """
         try:
-            # link workers boot (interpreter, numpy) while the nodes start
             await self.sources.prepare()
+            certs = self.ctx.ensure_certs()
+            self.control = ControlRuntime(self.ctx, write_endpoints_file=False,
+                                          settings=self._control_settings)
             await self.control.start()
         except BaseException:
             await self.sources.close()
@@ -563,8 +571,9 @@ class Embedded(Service):
         The SDN Controller stops driving the nodes first: the sessions the closing KMs end
         would otherwise send ETSI 015 deletions to agents that are going away.
         """
-        await self.control.stop_driving_nodes()
-        if self.sources is not None:
-            await self.sources.close()
+        if self.control is not None:
+            await self.control.stop_driving_nodes()
+        await self.sources.close()
         await asyncio.gather(*(n.close() for n in self.nodes.values()))
-        await self.control.close()
+        if self.control is not None:
+            await self.control.close()

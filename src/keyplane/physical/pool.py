@@ -16,8 +16,12 @@ To the rest of the process the pool looks like :class:`~keyplane.physical.Physic
 with both ends local: blocks arrive in the same sinks (the KMs' link key stores), events on
 the same stream, telemetry and link commands (``keyplane.control.link.<link>``) on the same
 bus. A sink's ``has_room()`` turning False pauses the link in its worker (checked after each
-block and every ``room_check_interval_s``). A worker that dies is restarted (its links get
-fresh block ids from the wall clock, as after any restart), with a back-off.
+block and every ``room_check_interval_s``). The links start as soon as the workers are launched
+(:meth:`LinkWorkerPool.prepare`), so their first blocks are computed while the KMs start;
+a block that comes before :meth:`LinkWorkerPool.start` waits there (the worker's end waits
+for its acknowledgement) and is stored once the KMs take blocks. A worker that dies is
+restarted (its links get fresh block ids from the wall clock, as after any restart), with a
+back-off.
 """
 
 from __future__ import annotations
@@ -94,7 +98,13 @@ class EmulationSettings(BaseModel):
     workers: Annotated[int, Field(ge=1)] | None = None
     """Worker processes; None: one per core, at most one per BB84 link, at least one."""
     nice: Annotated[int, Field(ge=0, le=19)] = 10
-    """How much lower than this process the workers run (``os.nice`` increment)."""
+    """How much lower than this process the workers run (``os.nice`` increment), once their
+    links delivered their first blocks (``nice_after_first_blocks_s``)."""
+    nice_after_first_blocks_s: Annotated[float, Field(ge=0.0)] = 60.0
+    """A worker runs at this process's priority until each of its link ends delivered a
+    block, for at most this many seconds, then ``nice`` lower (0: lower at once). Before
+    its first block a link has no key to deliver, and the network's first keys wait for
+    those blocks (see :mod:`keyplane.physical.worker`)."""
     time_scale: PositiveS = 1.0
     """Emulated seconds per real second (1: hardware pace; > 1 for fast tests)."""
     telemetry_interval_s: PositiveS = DEFAULT_TELEMETRY_INTERVAL_S
@@ -226,6 +236,7 @@ class LinkWorkerPool(Service):
         self._tasks: set[asyncio.Task[None]] = set()
         self._req = itertools.count(1)
         self._state: Literal["new", "running", "closed"] = "new"
+        self._open = asyncio.Event()  # set by start(): the sinks take blocks
         self.blocks_stored = 0
 
     def __repr__(self) -> str:
@@ -239,18 +250,20 @@ class LinkWorkerPool(Service):
     # ------------------------------------------------------------------ lifecycle
 
     async def prepare(self) -> None:
-        """Launch the worker processes now (interpreter and imports take a second or two)
-        without starting any link yet: a runtime calls this first and :meth:`start` once
-        the KMs can take blocks, so the two overlap. Idempotent."""
+        """Launch the worker processes and start their links now (interpreter, imports and
+        the first blocks take seconds on a busy machine): a runtime calls this first and
+        :meth:`start` once the KMs can take blocks, so the two overlap. Blocks that come
+        before :meth:`start` wait for it. Idempotent."""
         if self._state != "new":
             return
         for w in self.workers:
             if w.proc is None:
                 await self._launch(w)
+                self._send_start(w)
 
     async def start(self) -> None:
-        """Start every worker (launched by :meth:`prepare`, or now) and wait
-        (``start_timeout_s``) until each runs its links.
+        """Let blocks into the sinks, start every worker (launched by :meth:`prepare`, or
+        now) and wait (``start_timeout_s``) until each runs its links.
 
         Raises:
             PhysicalError: a worker did not start in time or exited during start.
@@ -263,8 +276,9 @@ class LinkWorkerPool(Service):
             await self.close()
             raise
         self._state = "running"
+        self._open.set()
         try:
-            await asyncio.gather(*(self._start_worker(w) for w in self.workers))
+            await asyncio.gather(*(self._await_ready(w) for w in self.workers))
             if self.bus is not None and self.bus_url is None:  # else the workers answer
                 for lid in self.links:
                     self._subs.append(await self.bus.subscribe(
@@ -288,7 +302,8 @@ class LinkWorkerPool(Service):
 
     async def _spawn(self, w: _Worker) -> None:
         await self._launch(w)
-        await self._start_worker(w)
+        self._send_start(w)
+        await self._await_ready(w)
 
     def _credentials(self) -> dict[str, Any] | None:
         sec = self.bus_security
@@ -296,12 +311,12 @@ class LinkWorkerPool(Service):
             return None
         return sec.credentials.model_dump(mode="json")
 
-    async def _start_worker(self, w: _Worker) -> None:
-        assert w.reader_task is not None
+    def _send_start(self, w: _Worker) -> None:
         s = self.settings
         w.send(StartWorker(links=[link.model_dump(mode="json") for link in w.links],
                            seed=self.seed, time_scale=s.time_scale,
                            telemetry_interval_s=s.telemetry_interval_s, nice=s.nice,
+                           nice_after_first_blocks_s=s.nice_after_first_blocks_s,
                            ends={link.link_id: self._ends[link.link_id] for link in w.links},
                            bus_url=self.bus_url, command_timeout_s=s.command_timeout_s,
                            bus_credentials=self._credentials(),
@@ -311,6 +326,10 @@ class LinkWorkerPool(Service):
             for end in self._ends[link.link_id]:
                 if not self._room[(link.link_id, end)]:
                     w.send(Room(link_id=link.link_id, end=end, room=False))
+
+    async def _await_ready(self, w: _Worker) -> None:
+        assert w.reader_task is not None
+        s = self.settings
         ready = asyncio.get_running_loop().create_task(w.ready.wait())
         try:
             await asyncio.wait({ready, w.reader_task}, timeout=s.start_timeout_s,
@@ -409,6 +428,7 @@ class LinkWorkerPool(Service):
         key = (frame.link_id, frame.end)
         sink = self._sinks.get(key)
         error: str | None = None
+        await self._open.wait()  # a first block computed while the KMs started
         if sink is None:
             error = f"no sink for {frame.end} of link {frame.link_id}"
         else:
@@ -439,6 +459,7 @@ class LinkWorkerPool(Service):
 
     async def _publish(self, frame: TelemetryOut) -> None:
         assert self.bus is not None
+        await self._open.wait()  # Monitoring subscribes while the runtime starts
         try:
             await self.bus.publish(frame.topic, decode(frame.message.encode()))
         except KeyplaneError:

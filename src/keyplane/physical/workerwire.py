@@ -60,6 +60,9 @@ class StartWorker(_Frame):
     time_scale: float
     telemetry_interval_s: float
     nice: int
+    nice_after_first_blocks_s: float = 0.0
+    """> 0: run at the parent's priority until every local link end delivered a block, or
+    for at most this many seconds, and only then lower it by ``nice`` (0: at once)."""
     frame_duration_s: float | None = None
     ends: dict[str, list[Literal["alice", "bob"]]] = Field(default_factory=dict)
     """Link id -> the ends run here (absent: both, in-process channels)."""

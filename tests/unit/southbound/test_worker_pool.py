@@ -8,6 +8,7 @@ the parent's bus, workers run at a lower priority, and a killed worker comes bac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -94,6 +95,19 @@ def _sinks(topo: Topology, maxsize: int = 0) -> dict[tuple[str, str], MemoryKeyS
             for n in link.endpoints}
 
 
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
+def _thread_nices(pid: int) -> dict[int, int]:
+    """Nice value of each thread of ``pid`` (on Linux each thread has its own)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            out[int(tid)] = os.getpriority(os.PRIO_PROCESS, int(tid))
+    return out
+
+
 async def _until(cond: object, what: str) -> None:
     async with asyncio.timeout(DEADLINE_S):
         while not cond():  # type: ignore[operator]
@@ -111,10 +125,9 @@ async def test_both_ends_get_identical_blocks_from_a_worker_at_lower_priority(
                           settings=EmulationSettings(workers=2, nice=5, time_scale=5.0))
     async with pool:
         assert len(pool.pids) == 2 and os.getpid() not in pool.pids
-        for pid in pool.pids:  # os.nice in the worker: 5 above this process
-            prio = os.getpriority(os.PRIO_PROCESS, pid)
-            assert prio == min(19, os.getpriority(os.PRIO_PROCESS, 0) + 5)
         await _until(lambda: all(s.qsize() >= 2 for s in sinks.values()), "two blocks each")
+        for pid in pool.pids:  # every thread of each worker: 5 above this process
+            assert set(_thread_nices(pid).values()) == {_nice() + 5}
     for link in topo.links:
         a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
         n = min(len(a), len(b))
@@ -123,6 +136,57 @@ async def test_both_ends_get_identical_blocks_from_a_worker_at_lower_priority(
                                                               for k in b[:n]]
     blocks = mem.of_type(EventType.link_block)
     assert {e.data["link"] for e in blocks} == {link.link_id for link in topo.links}
+
+
+CUT_AND_LIVE = """
+nodes: [{id: a}, {id: b}, {id: c}]
+links:
+  - {endpoints: [a, b], length_km: 10, protocol: analytic, enabled: false}
+  - {endpoints: [b, c], length_km: 10, protocol: analytic}
+"""
+
+
+async def test_a_worker_keeps_its_parents_priority_until_each_link_delivered_a_block(
+        bus: MemoryBus) -> None:
+    topo = parse_topology(CUT_AND_LIVE)  # the cut link never delivers a block
+    sinks = _sinks(topo)
+    clock = RealClock()
+    settings = EmulationSettings(workers=1, nice=5, time_scale=10.0,
+                                 nice_after_first_blocks_s=10 * DEADLINE_S)
+    async with LinkWorkerPool(topo, clock=clock, sinks=sinks, seed=3, bus=bus,
+                              settings=settings) as pool:
+        await _until(lambda: sinks[("b", "b-c")].qsize() >= 2, "the live link's blocks")
+        assert set(_thread_nices(pool.pids[0]).values()) == {_nice()}
+    bounded = settings.model_copy(update={"nice_after_first_blocks_s": 0.2})
+    async with LinkWorkerPool(topo, clock=clock, sinks=_sinks(topo), seed=3, bus=bus,
+                              settings=bounded) as pool:
+        pid = pool.pids[0]
+        await _until(lambda: set(_thread_nices(pid).values()) == {_nice() + 5},
+                     "the bound lowers it")
+
+
+async def test_links_start_at_prepare_and_their_blocks_wait_for_start(bus: MemoryBus) -> None:
+    topo = parse_topology(TWO_ANALYTIC)
+    sinks = _sinks(topo)
+    clock = RealClock()
+    mem = MemorySink()
+    pool = LinkWorkerPool(topo, clock=clock, sinks=sinks, seed=4, bus=bus,
+                          events=EventStream(clock, [mem]),
+                          settings=EmulationSettings(time_scale=10.0))
+    try:
+        await pool.prepare()
+        await _until(lambda: {e.data["link"] for e in mem.of_type(EventType.link_block)}
+                     == {"a-b", "b-c"}, "a block of each link before start")
+        assert all(s.qsize() == 0 for s in sinks.values())  # nothing stored before start
+        await pool.start()
+        await _until(lambda: all(s.qsize() >= 1 for s in sinks.values()), "stored after start")
+    finally:
+        await pool.close()
+    for link in topo.links:
+        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
+        n = min(len(a), len(b))
+        assert [(k.block_id, k.material) for k in a[:n]] == [(k.block_id, k.material)
+                                                              for k in b[:n]]
 
 
 async def test_full_sink_pauses_the_link_in_its_worker_and_draining_resumes_it(
