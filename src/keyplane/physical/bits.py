@@ -25,6 +25,8 @@ __all__ = [
     "Bits",
     "binary_entropy",
     "keyed_permutation",
+    "keyed_permuted",
+    "keyed_positions",
     "pack",
     "shake_bits",
     "shake_uniform_u16",
@@ -102,6 +104,67 @@ def _feistel(x: NDArray[np.uint32], keys: NDArray[np.uint32], a: int, b: int
     return left
 
 
+_CHUNK = 1 << 15
+"""Elements per Feistel evaluation: the round temporaries (uint32) stay in the L2 cache,
+about 1.8x faster than whole-array passes at 10^6 and more at 10^7."""
+
+
+def _feistel_inverse(y: NDArray[np.uint32], keys: NDArray[np.uint32], a: int, b: int
+                     ) -> NDArray[np.uint32]:
+    """Inverse of :func:`_feistel` (same keys, same split)."""
+    widths = [(a, b)]
+    for _ in keys[:-1]:
+        widths.append((widths[-1][1], widths[-1][0]))
+    wr_out = widths[-1][0]  # the right half's width after the last round
+    left = y >> np.uint32(wr_out)
+    right = y & np.uint32((1 << wr_out) - 1)
+    for k, (wl, _wr) in zip(keys[::-1], widths[::-1], strict=True):
+        # forward: (L, R) -> (R, L ^ F(R)); so R = left, L = right ^ F(left)
+        z = left ^ k
+        z *= _M1
+        z ^= z >> _S15
+        z *= _M2
+        z ^= z >> _S16
+        z &= np.uint32((1 << wl) - 1)
+        z ^= right
+        left, right = z, left
+    left <<= np.uint32(b)
+    left |= right
+    return left
+
+
+class _Keyed:
+    """The Feistel network of one ``(n, seed, label)`` with cycle walking to ``[0, n)``."""
+
+    def __init__(self, n: int, seed: bytes, label: bytes) -> None:
+        if n > 1 << 32:
+            raise ValueError("keyed_permutation supports n <= 2^32")
+        m = max(2, math.ceil(math.log2(max(n, 2))))
+        self.n = n
+        self.a, self.b = m // 2, m - m // 2
+        digest = hashlib.shake_128(label + seed).digest(4 * FEISTEL_ROUNDS)
+        self.keys = np.frombuffer(digest, dtype="<u4").astype(np.uint32)
+        self.limit = np.uint32(n - 1)
+
+    def forward(self, x: NDArray[np.uint32]) -> NDArray[np.uint32]:
+        """``perm[x]`` (cycle walking forward)."""
+        y = _feistel(x, self.keys, self.a, self.b)
+        idx = np.flatnonzero(y > self.limit)
+        while idx.shape[0]:
+            y[idx] = _feistel(y[idx], self.keys, self.a, self.b)
+            idx = idx[y[idx] > self.limit]
+        return y
+
+    def inverse(self, y: NDArray[np.uint32]) -> NDArray[np.uint32]:
+        """The positions ``j`` with ``perm[j] = y`` (cycle walking backward)."""
+        x = _feistel_inverse(y, self.keys, self.a, self.b)
+        idx = np.flatnonzero(x > self.limit)
+        while idx.shape[0]:
+            x[idx] = _feistel_inverse(x[idx], self.keys, self.a, self.b)
+            idx = idx[x[idx] > self.limit]
+        return x
+
+
 def keyed_permutation(n: int, seed: bytes, label: bytes) -> NDArray[np.int64]:
     """A pseudo-random permutation of ``range(n)`` keyed by ``seed`` (same on every host).
 
@@ -120,18 +183,40 @@ def keyed_permutation(n: int, seed: bytes, label: bytes) -> NDArray[np.int64]:
     """
     if n <= 1:
         return np.zeros(max(n, 0), dtype=np.int64)
-    if n > 1 << 32:
-        raise ValueError("keyed_permutation supports n <= 2^32")
-    m = max(2, math.ceil(math.log2(n)))
-    a, b = m // 2, m - m // 2
-    digest = hashlib.shake_128(label + seed).digest(4 * FEISTEL_ROUNDS)
-    keys = np.frombuffer(digest, dtype="<u4").astype(np.uint32)
-    y = _feistel(np.arange(n, dtype=np.uint32), keys, a, b)
-    limit = np.uint32(n - 1)
-    idx = np.flatnonzero(y > limit)
-    while idx.shape[0]:
-        y[idx] = _feistel(y[idx], keys, a, b)
-        idx = idx[y[idx] > limit]
+    net = _Keyed(n, seed, label)
+    out = np.empty(n, dtype=np.int64)
+    for s in range(0, n, _CHUNK):
+        out[s:s + _CHUNK] = net.forward(np.arange(s, min(n, s + _CHUNK), dtype=np.uint32))
+    return out
+
+
+def keyed_permuted(bits: Bits, seed: bytes, label: bytes, out: Bits | None = None) -> Bits:
+    """``bits[keyed_permutation(len(bits), seed, label)]`` (into ``out`` if given) without
+    building the index array: evaluated and gathered chunk by chunk (no 8n-byte
+    permutation in memory)."""
+    n = int(bits.shape[0])
+    if out is None:
+        out = np.empty(n, dtype=bits.dtype)
+    if n <= 1:
+        out[:] = bits
+        return out
+    net = _Keyed(n, seed, label)
+    for s in range(0, n, _CHUNK):
+        idx = net.forward(np.arange(s, min(n, s + _CHUNK), dtype=np.uint32))
+        np.take(bits, idx, out=out[s:s + idx.shape[0]])
+    return out
+
+
+def keyed_positions(n: int, seed: bytes, label: bytes, positions: NDArray[np.int64],
+                    *, inverse: bool = False) -> NDArray[np.int64]:
+    """``perm[positions]`` of :func:`keyed_permutation` for a few positions, or with
+    ``inverse`` the positions at which ``perm`` places the given original indices (the
+    inverse permutation, by the inverse Feistel network: no n-element array)."""
+    if n <= 1:
+        return np.zeros(positions.shape[0], dtype=np.int64)
+    net = _Keyed(n, seed, label)
+    x = positions.astype(np.uint32)
+    y = net.inverse(x) if inverse else net.forward(x)
     return y.astype(np.int64)
 
 
