@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 __all__ = [
     "BITORDER",
     "Bits",
+    "KeyedPermutation",
     "binary_entropy",
     "keyed_permutation",
     "keyed_permuted",
@@ -92,7 +93,7 @@ _CHUNK = 1 << 15
 """Elements per network evaluation: the round temporaries (uint32) stay in the L2 cache."""
 
 
-class _Keyed:
+class KeyedPermutation:
     """The keyed network of one ``(n, seed, label)``, a permutation of ``[0, a b)``.
 
     Mixed radix: ``x = L b + R`` with ``L`` in ``[0, a)`` (``a`` a power of two near
@@ -108,6 +109,7 @@ class _Keyed:
         if n > (1 << 32) - (1 << 16):
             raise ValueError("keyed_permutation supports n <= 2^32 - 2^16")
         m = max(2, math.ceil(math.log2(max(n, 2))))
+        self.n = n
         self.a = 1 << (m // 2)
         self.b = -(-n // self.a)  # <= 2^16, so F(L) >> 16 times b fits 32 bits
         self._amask = np.uint32(self.a - 1)
@@ -171,12 +173,28 @@ class _Keyed:
             idx = idx[x[idx] > self.limit]
         return x
 
+    def permute(self, bits: Bits, out: Bits | None = None) -> Bits:
+        """``bits[perm]`` (into ``out`` if given), chunk by chunk: no index array."""
+        n = self.n
+        if out is None:
+            out = np.empty(n, dtype=bits.dtype)
+        for s in range(0, n, _CHUNK):
+            idx = self.forward(np.arange(s, min(n, s + _CHUNK), dtype=np.uint32))
+            np.take(bits, idx, out=out[s:s + idx.shape[0]])
+        return out
+
+    def positions(self, positions: NDArray[np.int64], *, inverse: bool = False
+                  ) -> NDArray[np.int64]:
+        """``perm[positions]``, or with ``inverse`` where ``perm`` places these indices."""
+        x = positions.astype(np.uint32)
+        return (self.inverse(x) if inverse else self.forward(x)).astype(np.int64)
+
 
 def keyed_permutation(n: int, seed: bytes, label: bytes) -> NDArray[np.int64]:
     """A pseudo-random permutation of ``range(n)`` keyed by ``seed`` (same on every host).
 
     An 8-round alternating Feistel network with modular addition over a mixed-radix domain
-    ``[0, a b)`` just above ``n`` (see :class:`_Keyed`), with 32-bit round keys from
+    ``[0, a b)`` just above ``n`` (see :class:`KeyedPermutation`), with 32-bit round keys from
     SHAKE-128(label || seed) and Wellons' lowbias32 mixer as the round function, restricted
     to ``[0, n)`` by cycle walking (Black and Rogaway, CT-RSA 2002). Pure uint32
     arithmetic, so every NumPy build gives the same permutation, and cheaper than sorting
@@ -190,11 +208,7 @@ def keyed_permutation(n: int, seed: bytes, label: bytes) -> NDArray[np.int64]:
     """
     if n <= 1:
         return np.zeros(max(n, 0), dtype=np.int64)
-    net = _Keyed(n, seed, label)
-    out = np.empty(n, dtype=np.int64)
-    for s in range(0, n, _CHUNK):
-        out[s:s + _CHUNK] = net.forward(np.arange(s, min(n, s + _CHUNK), dtype=np.uint32))
-    return out
+    return KeyedPermutation(n, seed, label).positions(np.arange(n, dtype=np.int64))
 
 
 def keyed_permuted(bits: Bits, seed: bytes, label: bytes, out: Bits | None = None) -> Bits:
@@ -202,16 +216,11 @@ def keyed_permuted(bits: Bits, seed: bytes, label: bytes, out: Bits | None = Non
     building the index array: evaluated and gathered chunk by chunk (no 8n-byte
     permutation in memory)."""
     n = int(bits.shape[0])
-    if out is None:
-        out = np.empty(n, dtype=bits.dtype)
     if n <= 1:
+        out = np.empty(n, dtype=bits.dtype) if out is None else out
         out[:] = bits
         return out
-    net = _Keyed(n, seed, label)
-    for s in range(0, n, _CHUNK):
-        idx = net.forward(np.arange(s, min(n, s + _CHUNK), dtype=np.uint32))
-        np.take(bits, idx, out=out[s:s + idx.shape[0]])
-    return out
+    return KeyedPermutation(n, seed, label).permute(bits, out)
 
 
 def keyed_positions(n: int, seed: bytes, label: bytes, positions: NDArray[np.int64],
@@ -221,10 +230,7 @@ def keyed_positions(n: int, seed: bytes, label: bytes, positions: NDArray[np.int
     inverse permutation, by the inverse Feistel network: no n-element array)."""
     if n <= 1:
         return np.zeros(positions.shape[0], dtype=np.int64)
-    net = _Keyed(n, seed, label)
-    x = positions.astype(np.uint32)
-    y = net.inverse(x) if inverse else net.forward(x)
-    return y.astype(np.int64)
+    return KeyedPermutation(n, seed, label).positions(positions, inverse=inverse)
 
 
 def binary_entropy(p: float) -> float:

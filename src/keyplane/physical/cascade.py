@@ -46,10 +46,10 @@ from numpy.typing import NDArray
 
 from keyplane.physical.bits import (
     Bits,
+    KeyedPermutation,
     binary_entropy,
     keyed_permutation,
     keyed_permuted,
-    keyed_positions,
 )
 
 __all__ = [
@@ -180,6 +180,7 @@ class CascadeAlice:
 class _Pass:
     index: int
     k: int
+    net: KeyedPermutation
     permuted: Bits  # Bob's current key in this pass's order
     alice_top: Bits
     bob_top: Bits
@@ -263,12 +264,12 @@ class CascadeBob:
         if self._pending_pass is not None:
             index, k = self._pending_pass
             self._pending_pass = None
-            permuted = keyed_permuted(self.key, self._seed, _pass_label(index),
-                                      out=self._permuted[index])
+            net = KeyedPermutation(self._n, self._seed, _pass_label(index))
+            permuted = net.permute(self.key, out=self._permuted[index])
             bob_top = _block_parities(permuted, k)
             if answer.top_parities.shape != bob_top.shape:
                 raise ValueError("top-level parity count does not match the pass")
-            self._passes.append(_Pass(index=index, k=k, permuted=permuted,
+            self._passes.append(_Pass(index=index, k=k, net=net, permuted=permuted,
                                       alice_top=answer.top_parities.copy(), bob_top=bob_top,
                                       search_of_block=np.full(bob_top.shape[0], -1, np.int64),
                                       started=np.zeros(bob_top.shape[0], dtype=bool),
@@ -331,8 +332,7 @@ class CascadeBob:
         s = self._s
         cancel = np.zeros(len(s), dtype=np.uint8)
         for p in self._passes:
-            pos = keyed_positions(self._n, self._seed, _pass_label(p.index), flips,
-                                  inverse=True)
+            pos = p.net.positions(flips, inverse=True)
             p.permuted[pos] ^= 1
             blocks = pos // p.k
             np.bitwise_xor.at(p.bob_top, blocks, 1)
@@ -392,8 +392,7 @@ class CascadeBob:
             found = (s.ends - s.starts) == 1
             if found.any():
                 flips = np.unique(np.concatenate([
-                    keyed_positions(self._n, self._seed, _pass_label(int(p)),
-                                    s.starts[found & (s.passes == p)])
+                    self._passes[int(p)].net.positions(s.starts[found & (s.passes == p)])
                     for p in np.unique(s.passes[found])]))
                 self._release(found)
                 s.keep(~found)
