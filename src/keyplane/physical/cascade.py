@@ -162,18 +162,31 @@ class CascadeAlice:
         if query.new_pass is not None:
             index, k = query.new_pass
             permuted = keyed_permuted(self._key, query.seed, _pass_label(index))
-            prefix = np.empty(self._n + 1, dtype=np.uint8)
-            prefix[0] = 0
-            np.bitwise_xor.accumulate(permuted, out=prefix[1:])
-            self._prefix[index] = prefix
+            self._permuted[index] = permuted
             top = _block_parities(permuted, k)
         parities = np.empty(query.size, dtype=np.uint8)
         for p in np.unique(query.passes):
             sel = query.passes == p
-            prefix = self._prefix[int(p)]
+            prefix = self._prefix_of(int(p))
             parities[sel] = prefix[query.ends[sel]] ^ prefix[query.starts[sel]]
         self.leaked_bits += int(top.shape[0]) + query.size
         return ParityAnswer(round=query.round, top_parities=top, parities=parities)
+
+    def _prefix_of(self, index: int) -> NDArray[np.uint8]:
+        """Prefix-XOR of pass ``index``'s permuted key, built when the pass is first asked
+        about (later passes of ``yanetal``, blocks of n/2, are often never searched).
+
+        Raises:
+            KeyError: a pass that was never opened.
+        """
+        prefix = self._prefix.get(index)
+        if prefix is None:
+            permuted = self._permuted.pop(index)
+            prefix = np.empty(self._n + 1, dtype=np.uint8)
+            prefix[0] = 0
+            np.bitwise_xor.accumulate(permuted, out=prefix[1:])
+            self._prefix[index] = prefix
+        return prefix
 
 
 @dataclass(slots=True)
