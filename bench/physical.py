@@ -7,11 +7,15 @@ Cascade against cascade-python, and SeQUeNCe's BB84 + Cascade.
    amplification, delivery to both sinks. Per (distance, block size): sifted key bits and
    secret bits per CPU-second, mean QBER, mean f_EC, secret key per pulse and its ratio to
    the finite-key curve (Lim et al. 2014's bound on the link's expected counts).
+   1b. The same at 10 km with 10^6- and 10^7-bit blocks: CPU per sifted bit and its ratio.
 2. The published curve: Lim et al.'s fibre system, rates optimized as in the paper, at
    100 km for n_X = 10^7 and 10^9 (the paper: the 10^9 rate is about 1.75x).
 3. Cascade alone on identical keys: keyplane (each schedule) and, when importable,
    cascade-python (brunorijsman/cascade-python; not on PyPI: pass ``--cascade-python
    DIR`` with a checkout) with the same schedule: f_EC and CPU time.
+   3c. The twin's reconciler (Cascade ``yanetal``) on 10^6-bit blocks at QBER 1, 2, 3, 5
+   and 8 %: mean and worst f_EC and the frame error rate (blocks left with residual
+   errors, which verification discards).
 4. Toeplitz privacy amplification alone at n = 10^6.
 5. SeQUeNCe (PyPI ``sequence``, ``pip install -e '.[bench]'``: photon-level BB84 with its
    Cascade, no privacy amplification) on the same 10 km link for ``--sequence-sim-s``
@@ -211,6 +215,41 @@ def _reconcilers(n: int, qbers: list[float], frame_bits: int, runs: int) -> None
                   f"{np.mean(rounds):>6.0f} {cpu / (runs * n) * 1e9:>10.0f} {fallback:>15d}")
 
 
+def _twin_pick(n: int, qbers: list[float], blocks: int) -> None:
+    """The twin's reconciler (Cascade ``yanetal``, the default) on ``blocks`` independent
+    n-bit blocks per QBER: mean and worst f_EC, and the frame error rate (blocks Cascade
+    leaves with residual errors: the verification tag discards them at both ends)."""
+    print(f"{'QBER':>5} {'f_EC mean':>9} {'f_EC max':>8} {'FER':>9} {'rounds':>6} "
+          f"{'ns/bit CPU':>10}   (n = {n}, {blocks} blocks each, cascade yanetal)")
+    for q in qbers:
+        fs, rounds, failed, cpu = [], [], 0, 0.0
+        for seed in range(blocks):
+            alice, bob = _keys(n, q, 5 + 1000 * seed + int(q * 1000))
+            true_q = float(np.count_nonzero(alice != bob) / n)
+            cpu0 = time.process_time()
+            corrected, st = run_cascade(alice, bob, seed.to_bytes(16, "big"),
+                                        block_sizes("yanetal", true_q, n))
+            cpu += time.process_time() - cpu0
+            failed += int(not np.array_equal(corrected, alice))
+            fs.append(st.leaked_bits / (n * binary_entropy(true_q)))
+            rounds.append(st.rounds)
+        print(f"{q:>5.3f} {np.mean(fs):>9.4f} {max(fs):>8.4f} {failed:>4d}/{blocks:<4d} "
+              f"{np.mean(rounds):>6.0f} {cpu / (blocks * n) * 1e9:>10.0f}")
+
+
+def _scaling(seed: int, schedule: str | None) -> None:
+    """The whole stack at 10 km with 10^6- and 10^7-bit blocks: CPU per sifted bit and the
+    ratio (the issue's target: at most 1.3x)."""
+    per_bit: dict[int, float] = {}
+    for block, blocks in ((1_000_000, 3), (10_000_000, 1)):
+        r = asyncio.run(_run_stack(10.0, block, blocks, seed, schedule))
+        per_bit[block] = r.cpu_s / r.sifted_bits
+        print(f"10 km, {block:>8d}-bit blocks x {r.blocks}: {per_bit[block] * 1e9:6.0f} ns per "
+              f"sifted bit, {1e-6 / per_bit[block]:.2f} Mbit/s sifted per core "
+              f"({r.cpu_s:.2f} s CPU, {r.wall_s:.2f} s wall, f_EC {r.f_ec:.3f})")
+    print(f"cost per sifted bit, 1e7 over 1e6: {per_bit[10_000_000] / per_bit[1_000_000]:.2f}x")
+
+
 def _pa_speed(n: int) -> None:
     key = np.random.default_rng(3).integers(0, 2, n, dtype=np.uint8)
     ell = n // 2
@@ -333,8 +372,8 @@ def main() -> None:
                         help="a checkout of brunorijsman/cascade-python to compare with")
     parser.add_argument("--ldpc-frame-bits", type=int, default=PostProcessing().ldpc_frame_bits,
                         help="LDPC frame length of section 3b")
-    parser.add_argument("--only", default=None, help="run one section: stack, lim, cascade, "
-                        "reconcilers, pa, sequence")
+    parser.add_argument("--only", default=None, help="run one section: stack, scaling, lim, "
+                        "cascade, reconcilers, pick, pa, sequence")
     parser.add_argument("--sequence-sim-s", type=float, default=0.03,
                         help="simulated seconds of the SeQUeNCe run (0 skips it)")
     args = parser.parse_args()
@@ -352,6 +391,10 @@ def main() -> None:
     results: list[StackResult] = []
     if want("stack"):
         results = _stack_table(args)
+    if want("scaling"):
+        print()
+        print("## 1b. Cost per bit against block size (10 km, whole stack, one core)")
+        _scaling(args.seed, args.schedule)
     if want("lim"):
         print()
         print("## 2. Finite-key reference curve (published)")
@@ -368,6 +411,10 @@ def main() -> None:
         _reconcilers(100_000 if args.quick else 1_000_000,
                      [0.01, 0.02, 0.05, 0.08] if args.quick else [0.01, 0.02, 0.03, 0.05, 0.08],
                      args.ldpc_frame_bits, 1 if args.quick else 2)
+    if want("pick"):
+        print()
+        print("## 3c. The twin's reconciler per QBER: efficiency and frame error rate")
+        _twin_pick(1_000_000, [0.01, 0.02, 0.03, 0.05, 0.08], 3 if args.quick else 10)
     if want("pa"):
         print()
         print("## 4. Privacy amplification")

@@ -44,7 +44,13 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
-from keyplane.physical.bits import Bits, binary_entropy, keyed_permutation
+from keyplane.physical.bits import (
+    Bits,
+    KeyedPermutation,
+    binary_entropy,
+    keyed_permutation,
+    keyed_permuted,
+)
 
 __all__ = [
     "SCHEDULES",
@@ -136,13 +142,6 @@ class CascadeStats:
         return self.leaked_bits / (self.n_bits * h) if h > 0 and self.n_bits else math.inf
 
 
-def _pass_arrays(n: int, seed: bytes, index: int) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    perm = keyed_permutation(n, seed, _pass_label(index))
-    inv = np.empty_like(perm)
-    inv[perm] = np.arange(n, dtype=np.int64)
-    return perm, inv
-
-
 def _block_parities(permuted: Bits, k: int) -> Bits:
     return np.bitwise_xor.reduceat(permuted, np.arange(0, permuted.shape[0], k))
 
@@ -162,28 +161,39 @@ class CascadeAlice:
         top = np.zeros(0, dtype=np.uint8)
         if query.new_pass is not None:
             index, k = query.new_pass
-            perm = keyed_permutation(self._n, query.seed, _pass_label(index))  # no inverse
-            permuted = self._key[perm]
-            prefix = np.empty(self._n + 1, dtype=np.uint8)
-            prefix[0] = 0
-            np.bitwise_xor.accumulate(permuted, out=prefix[1:])
-            self._prefix[index] = prefix
+            permuted = keyed_permuted(self._key, query.seed, _pass_label(index))
+            self._permuted[index] = permuted
             top = _block_parities(permuted, k)
         parities = np.empty(query.size, dtype=np.uint8)
         for p in np.unique(query.passes):
             sel = query.passes == p
-            prefix = self._prefix[int(p)]
+            prefix = self._prefix_of(int(p))
             parities[sel] = prefix[query.ends[sel]] ^ prefix[query.starts[sel]]
         self.leaked_bits += int(top.shape[0]) + query.size
         return ParityAnswer(round=query.round, top_parities=top, parities=parities)
+
+    def _prefix_of(self, index: int) -> NDArray[np.uint8]:
+        """Prefix-XOR of pass ``index``'s permuted key, built when the pass is first asked
+        about (later passes of ``yanetal``, blocks of n/2, are often never searched).
+
+        Raises:
+            KeyError: a pass that was never opened.
+        """
+        prefix = self._prefix.get(index)
+        if prefix is None:
+            permuted = self._permuted.pop(index)
+            prefix = np.empty(self._n + 1, dtype=np.uint8)
+            prefix[0] = 0
+            np.bitwise_xor.accumulate(permuted, out=prefix[1:])
+            self._prefix[index] = prefix
+        return prefix
 
 
 @dataclass(slots=True)
 class _Pass:
     index: int
     k: int
-    perm: NDArray[np.int64]
-    inv: NDArray[np.int64]
+    net: KeyedPermutation
     permuted: Bits  # Bob's current key in this pass's order
     alice_top: Bits
     bob_top: Bits
@@ -267,13 +277,12 @@ class CascadeBob:
         if self._pending_pass is not None:
             index, k = self._pending_pass
             self._pending_pass = None
-            perm, inv = _pass_arrays(self._n, self._seed, index)
-            permuted = self._permuted[index]
-            np.take(self.key, perm, out=permuted)
+            net = KeyedPermutation(self._n, self._seed, _pass_label(index))
+            permuted = net.permute(self.key, out=self._permuted[index])
             bob_top = _block_parities(permuted, k)
             if answer.top_parities.shape != bob_top.shape:
                 raise ValueError("top-level parity count does not match the pass")
-            self._passes.append(_Pass(index=index, k=k, perm=perm, inv=inv, permuted=permuted,
+            self._passes.append(_Pass(index=index, k=k, net=net, permuted=permuted,
                                       alice_top=answer.top_parities.copy(), bob_top=bob_top,
                                       search_of_block=np.full(bob_top.shape[0], -1, np.int64),
                                       started=np.zeros(bob_top.shape[0], dtype=bool),
@@ -336,7 +345,7 @@ class CascadeBob:
         s = self._s
         cancel = np.zeros(len(s), dtype=np.uint8)
         for p in self._passes:
-            pos = p.inv[flips]
+            pos = p.net.positions(flips, inverse=True)
             p.permuted[pos] ^= 1
             blocks = pos // p.k
             np.bitwise_xor.at(p.bob_top, blocks, 1)
@@ -396,7 +405,7 @@ class CascadeBob:
             found = (s.ends - s.starts) == 1
             if found.any():
                 flips = np.unique(np.concatenate([
-                    self._passes[int(p)].perm[s.starts[found & (s.passes == p)]]
+                    self._passes[int(p)].net.positions(s.starts[found & (s.passes == p)])
                     for p in np.unique(s.passes[found])]))
                 self._release(found)
                 s.keep(~found)

@@ -66,14 +66,24 @@ def toeplitz_hash(key: Bits, t: Bits, n_out: int) -> Bits:
     if n_out == 0:
         return np.zeros(0, dtype=np.uint8)
     size = sp_fft.next_fast_len(n + n_out - 1, real=True)
-    fx = sp_fft.rfft(key.astype(np.float64), size)
-    ft = sp_fft.rfft(t.astype(np.float64), size)
+    # zero-padded float64 inputs written once (no astype copy, then a padded copy), and
+    # every later step in place: at 10^7 bits each array is ~100 MB, so passes over
+    # memory, not the FFTs' arithmetic, set the cost
+    buf = np.zeros(size, dtype=np.float64)
+    buf[:n] = key
+    fx = sp_fft.rfft(buf, overwrite_x=True)
+    buf[:t.shape[0]] = t
+    buf[t.shape[0]:] = 0.0
+    ft = sp_fft.rfft(buf, overwrite_x=True)
     fx *= ft
-    conv = sp_fft.irfft(fx, size)[n - 1:n - 1 + n_out]
+    del ft
+    conv = sp_fft.irfft(fx, size, overwrite_x=True)[n - 1:n - 1 + n_out]
     rounded = np.rint(conv)
-    if n_out and float(np.max(np.abs(conv - rounded))) > 0.25:
+    conv -= rounded
+    np.abs(conv, out=conv)
+    if float(conv.max()) > 0.25:
         raise PhysicalError("Toeplitz FFT lost precision; block too large")
-    out: Bits = (rounded.astype(np.int64) & 1).astype(np.uint8)
+    out: Bits = np.fmod(rounded, 2.0).astype(np.uint8)  # rounded is integral and >= 0
     return out
 
 

@@ -241,12 +241,21 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
     # vacuum class's share, ~1e-6, needs finer steps than float32's 2^-24)
     u = rng.random(d)
     cum = np.cumsum(np.asarray(seg_p, dtype=np.float64)) / max(p_detect, 1e-300)
-    seg = np.zeros(d, dtype=np.uint8)
-    for edge in cum[:-1]:
-        seg += u >= edge
-    intensity_class = np.asarray(seg_class, dtype=np.uint8).take(seg)
-    e_event = np.asarray(seg_err, dtype=np.float32).take(seg)
-    detected = np.bincount(intensity_class, minlength=3)
+    # segments are in class order, so masks u >= edge are nested: each edge overwrites the
+    # error rate and, where the class changes, counts one more class (no index arrays:
+    # a take() through a uint8 index converts it to 8-byte integers first)
+    intensity_class = np.zeros(d, dtype=np.uint8)
+    e_event = np.full(d, seg_err[0], dtype=np.float32)
+    above = np.empty(d, dtype=bool)
+    at_least = [d] + [0] * 2  # detections of class >= c
+    for i, edge in enumerate(cum[:-1]):
+        np.greater_equal(u, edge, out=above)
+        np.copyto(e_event, np.float32(seg_err[i + 1]), where=above)
+        if seg_class[i + 1] != seg_class[i]:
+            intensity_class += above
+            at_least[seg_class[i + 1]] = int(np.count_nonzero(above))
+    detected = np.asarray([at_least[0] - at_least[1], at_least[1] - at_least[2],
+                           at_least[2]], dtype=np.int64)
     missed = [probs[c] - sum(p for p, k in zip(seg_p, seg_class, strict=True) if k == c)
               for c in range(3)]
     total_missed = sum(missed)
@@ -259,7 +268,7 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
     bits_alice = np.unpackbits(np.frombuffer(rng.bytes((d + 7) // 8), dtype=np.uint8),
                                count=d)
     # a mismatched basis gives Bob a uniformly random bit
-    e_event[np.flatnonzero(bases_alice != bases_bob)] = np.float32(0.5)
+    np.copyto(e_event, np.float32(0.5), where=bases_alice != bases_bob)
     flips = (rng.random(d, dtype=np.float32) < e_event).view(np.uint8)
     bits_bob = bits_alice ^ flips
     alice = AliceRecord(intensity_class=intensity_class, bases=bases_alice, bits=bits_alice,

@@ -10,7 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from keyplane.physical import block_sizes, cascade_reference, run_cascade
-from keyplane.physical.bits import binary_entropy, keyed_permutation
+from keyplane.physical.bits import (
+    binary_entropy,
+    keyed_permutation,
+    keyed_permuted,
+    keyed_positions,
+)
 
 
 def _keys(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,11 +32,23 @@ def test_keyed_permutation_is_a_permutation(n: int) -> None:
 
 
 def test_keyed_permutation_pinned_values() -> None:
-    # pins the specified expansion (SHAKE-128 + Feistel): both ends on any host agree
-    assert keyed_permutation(10, b"abc", b"x").tolist() == [8, 3, 0, 2, 4, 1, 6, 5, 7, 9]
-    # an odd bit width (5 bits for n = 20): the unbalanced network, halves of 2 and 3 bits
+    # pins the specified expansion (SHAKE-128 + mixed-radix Feistel): both ends on any host
+    # agree (n = 10: a = 4, b = 3, domain 12; n = 20: a = 4, b = 5, domain 20)
+    assert keyed_permutation(10, b"abc", b"x").tolist() == [9, 2, 1, 8, 5, 4, 0, 3, 7, 6]
     assert keyed_permutation(20, b"abc", b"x").tolist() == [
-        3, 7, 6, 1, 2, 5, 4, 16, 11, 18, 14, 19, 8, 13, 10, 9, 0, 17, 15, 12]
+        10, 18, 14, 17, 2, 13, 8, 6, 11, 16, 0, 1, 3, 7, 15, 9, 19, 4, 5, 12]
+
+
+@pytest.mark.parametrize("n", [2, 7, 1000, 65_537, 100_003, 1_000_000])
+def test_keyed_permuted_and_positions_match_the_permutation_and_its_inverse(n: int) -> None:
+    perm = keyed_permutation(n, b"seed", b"label")
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(n)
+    key = np.random.default_rng(n).integers(0, 2, n, dtype=np.uint8)
+    assert np.array_equal(keyed_permuted(key, b"seed", b"label"), key[perm])
+    some = np.random.default_rng(n + 1).integers(0, n, 500).astype(np.int64)
+    assert np.array_equal(keyed_positions(n, b"seed", b"label", some), perm[some])
+    assert np.array_equal(keyed_positions(n, b"seed", b"label", some, inverse=True), inv[some])
 
 
 @settings(max_examples=25, deadline=None)
