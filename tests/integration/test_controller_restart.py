@@ -52,7 +52,7 @@ NODES = ("km0", "km2", "km3")
 
 
 async def _same_key(a: SdkEndpoint, b: SdkEndpoint, stream: str, index: int,
-                    timeout_s: float = 60.0) -> bytes:
+                    timeout_s: float = DEADLINE_S) -> bytes:
     """GET_KEY ``index`` at both ends (retrying 'insufficient key' as an application would);
     both must get the same key."""
     keys: list[bytes] = []
@@ -75,7 +75,8 @@ def _events(state: Path, kind: EventType, since_wall: float = 0.0) -> list:  # t
             if e.type is kind and e.wall >= since_wall]
 
 
-async def _until(pred, what: str, timeout_s: float = 30.0) -> None:  # type: ignore[no-untyped-def]
+async def _until(pred, what: str,  # type: ignore[no-untyped-def]
+                 timeout_s: float = DEADLINE_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not await pred():
         if time.monotonic() > deadline:
@@ -127,6 +128,11 @@ async def test_killed_controller_restarts_and_takes_back_the_live_session(
 
         await _until(opened, "a session admitted", DEADLINE_S)
         first = await _same_key(a, b, stream, 0)
+
+        async def stored() -> bool:  # Admission Control writes its store behind the session
+            return len(await load_admitted_sessions(db)) == 1
+
+        await _until(stored, "the admitted session stored")
         (row,) = await load_admitted_sessions(db)
         assert row.session_id == stream and row.path[1] == "km0"  # the first opener is
         assert {row.path[0], row.path[2]} == {"km2", "km3"}     # the source

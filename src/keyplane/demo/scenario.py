@@ -19,7 +19,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
+from keyplane.errors import (
+    InsufficientKeyMaterial,
+    KeyNotFound,
+    KeyplaneError,
+    KeyWaitExpired,
+    QosNotMet,
+)
 from keyplane.keymanager.interface import ApplicationService, Caller
 from keyplane.messages import Qos
 
@@ -123,7 +129,10 @@ async def _get(ep: StreamEndpoint, sid: str, index: int, deadline: float
     while True:
         try:
             return await ep.get_key(sid, index)
-        except InsufficientKeyMaterial:
+        except (InsufficientKeyMaterial, KeyWaitExpired):
+            # no key yet, or none within the request's timeout (ETSI 004 status 2 / 6): the
+            # index is still this application's to fetch; a loaded machine makes link key
+            # slowly, so ask again until the pair's own stall bound
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(delay)

@@ -10,7 +10,13 @@ import pytest
 
 from keyplane.demo import scenario
 from keyplane.demo.scenario import SaePair, run_pair
-from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
+from keyplane.errors import (
+    InsufficientKeyMaterial,
+    KeyNotFound,
+    KeyplaneError,
+    KeyWaitExpired,
+    QosNotMet,
+)
 from keyplane.messages import Qos
 
 
@@ -19,9 +25,11 @@ class Scripted:
     "not found" (a key its KM marked delivered before dying)."""
 
     def __init__(self, sae_id: str, gone: set[int] = frozenset(),  # type: ignore[assignment]
-                 refusals: int = 0, refusal: Exception | None = None) -> None:
+                 refusals: int = 0, refusal: Exception | None = None,
+                 expired: dict[int, int] | None = None) -> None:
         self.sae_id = sae_id
         self.gone = set(gone)
+        self.expired = dict(expired or {})  # index -> GET_KEYs answered "timeout" first
         self.asked: list[int] = []
         self.refusals = refusals  # OPEN_CONNECTs answered with ``refusal`` first
         self.refusal = refusal or QosNotMet("no route yet")
@@ -37,6 +45,9 @@ class Scripted:
         self.asked.append(index)
         if index in self.gone:
             raise KeyNotFound(f"index {index} is not available")
+        if self.expired.get(index, 0) > 0:
+            self.expired[index] -= 1
+            raise KeyWaitExpired(f"no key for index {index} within the request's timeout")
         key = hashlib.sha256(index.to_bytes(4, "big")).digest()
         return key, {"key_ID": f"id-{index}"}
 
@@ -59,6 +70,21 @@ async def test_run_pair_fails_on_a_second_lost_index_or_one_lost_at_both_ends() 
     both = await run_pair(SaePair("sa", "sb"), Scripted("sa", gone={2}),
                           Scripted("sb", gone={2}), keys=6, timeout_s=5)
     assert both.status == "failed" and both.lost_indexes == [] and "KeyNotFound" in both.error
+
+
+async def test_run_pair_asks_again_for_an_index_whose_wait_expired_at_one_end() -> None:
+    # ETSI 004 status 6 (a loaded machine made link key slower than the request's timeout):
+    # the index is still the application's; it is fetched again, not skipped or failed
+    a, b = Scripted("sa"), Scripted("sb", expired={1: 3})
+    res = await run_pair(SaePair("sa", "sb"), a, b, keys=3, timeout_s=30)
+    assert res.status == "closed" and res.keys_delivered == res.keys_matched == 3
+    assert b.asked == [0, 1, 1, 1, 1, 2] and a.asked == [0, 1, 2]
+
+
+async def test_run_pair_fails_when_the_wait_keeps_expiring_past_its_stall_bound() -> None:
+    res = await run_pair(SaePair("sa", "sb"), Scripted("sa"),
+                         Scripted("sb", expired={0: 10**9}), keys=2, timeout_s=0.2)
+    assert res.status == "failed" and "KeyWaitExpired" in res.error and res.keys_delivered == 0
 
 
 async def test_run_pair_opens_again_with_a_new_stream_id_after_a_refusal() -> None:
