@@ -13,7 +13,8 @@ Map (see docs/physical.md):
 * :mod:`.wire`        messages between QKD modules and link control
 * :mod:`.channel`     ClassicalChannel: in-process and bus-backed
 * :mod:`.modules`     Alice's and Bob's QKD modules (the protocol shell)
-* :mod:`.runner`      LinkRunner: pacing on the clock, sinks, telemetry, faults
+* :mod:`.runner`      LinkRunner: pacing on the clock, sinks, faults
+* :mod:`.reporting`   LinkReporter: a link's events and rate-bounded telemetry
 * :mod:`.frames`      block ids across restarts, per-end seeds, the runner's counters
 * :mod:`.analytic_stream` the analytic mode's key stream (no per-bit simulation)
 * :mod:`.network`     PhysicalNetwork: every link of a topology
