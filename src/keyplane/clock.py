@@ -145,6 +145,11 @@ class VirtualClock(Clock):
         """How many sleeps are waiting (cancelled ones excluded)."""
         return sum(1 for _, _, fut in self._heap if not fut.done())
 
+    def deadlines(self) -> list[float]:
+        """Deadlines of the live sleepers, earliest first (a test waits for a timer to be
+        armed before it moves the clock past it)."""
+        return sorted(d for d, _, fut in self._heap if not fut.done())
+
     def next_deadline(self) -> float | None:
         """Deadline of the earliest live sleeper, or None."""
         while self._heap and self._heap[0][2].done():

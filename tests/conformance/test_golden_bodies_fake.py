@@ -12,14 +12,20 @@ To re-record after an intended wire change:
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.support.fake_km import FakeKeyNetwork
+from tests.support.golden import (
+    GoldenRecorder,
+    assert_etsi_error_bodies,
+    etsi014_parameter_errors,
+    golden_names,
+    load_golden,
+    write_golden,
+)
 from tests.support.tls_scope import with_client_certificate
 from tests.support.topologies import line3
 
@@ -27,13 +33,13 @@ from keyplane.api.server import create_km_app
 from keyplane.api.settings import ApiSettings
 
 DATA = Path(__file__).parent / "data" / "fake"
-REGEN = os.environ.get("KEYPLANE_REGEN_GOLDEN") == "1"
 
 
-class Recorder:
-    """Runs named requests as a given user and keeps (request, response) per step."""
+class Recorder(GoldenRecorder):
+    """The double's ETSI apps, one in-process client per user (and one with no certificate)."""
 
     def __init__(self, network: FakeKeyNetwork) -> None:
+        super().__init__()
         self.network = network
         self.clients: dict[str | None, httpx.AsyncClient] = {}
         topo = network.topology
@@ -48,23 +54,9 @@ class Recorder:
             if user.id == "alice":  # the same KM, reached without a client certificate
                 self.clients[None] = httpx.AsyncClient(
                     transport=httpx.ASGITransport(app=asgi), base_url=f"https://{app.node}")
-        self.steps: dict[str, dict[str, Any]] = {}
 
-    async def __call__(self, name: str, user: str | None, method: str, url: str,
-                       body: Any = None, raw: bytes | None = None) -> Any:
-        client = self.clients[user]
-        headers: dict[str, str] = {}
-        if raw is not None:
-            headers["Content-Type"] = "application/json"
-            r = await client.request(method, url, content=raw, headers=headers)
-            request_body: Any = raw.decode()
-        else:
-            r = await client.request(method, url, json=body, headers=headers)
-            request_body = body
-        self.steps[name] = {
-            "request": {"caller": user, "method": method, "url": url, "body": request_body},
-            "http_status": r.status_code, "response": r.json()}
-        return r.json()
+    def client(self, user: str | None) -> httpx.AsyncClient:
+        return self.clients[user]
 
     async def aclose(self) -> None:
         for c in self.clients.values():
@@ -83,20 +75,7 @@ async def run_scenario(rec: Recorder) -> None:
     await rec("etsi014_dec_keys_post", "bob", "POST", f"{k}/sae_a/dec_keys",
               {"key_IDs": [{"key_ID": id1}, {"key_ID": posted["keys"][0]["key_ID"]}]})
     # ---- ETSI 014: errors ---------------------------------------------------------------
-    await rec("etsi014_error_size_not_multiple_of_8", "alice", "GET", f"{k}/sae_b/enc_keys?size=100")
-    await rec("etsi014_error_size_out_of_range", "alice", "POST", f"{k}/sae_b/enc_keys",
-              {"size": 16384})
-    await rec("etsi014_error_number_above_max", "alice", "GET", f"{k}/sae_b/enc_keys?number=5000")
-    await rec("etsi014_error_number_not_positive", "alice", "GET", f"{k}/sae_b/enc_keys?number=0")
-    await rec("etsi014_error_multicast_not_supported", "alice", "POST", f"{k}/sae_b/enc_keys",
-              {"number": 1, "additional_slave_SAE_IDs": ["sae_c"]})
-    await rec("etsi014_error_extension_mandatory_unsupported", "alice", "POST",
-              f"{k}/sae_b/enc_keys",
-              {"number": 1, "extension_mandatory": [{"abc_route_type": "direct"},
-                                                    {"abc_transfer_method": "qkd"}]})
-    await rec("etsi014_error_malformed_json", "alice", "POST", f"{k}/sae_b/enc_keys",
-              raw=b'{"number": 1,')
-    await rec("etsi014_error_bad_parameter_type", "alice", "GET", f"{k}/sae_b/enc_keys?number=two")
+    await etsi014_parameter_errors(rec, "alice", "sae_b")
     await rec("etsi014_error_malformed_key_id", "bob", "GET", f"{k}/sae_a/dec_keys?key_ID=not-a-uuid")
     await rec("etsi014_error_unknown_key_id", "bob", "GET",
               f"{k}/sae_a/dec_keys?key_ID=00000000-0000-4000-8000-000000000000")
@@ -155,10 +134,7 @@ async def _record() -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def recorded() -> dict[str, dict[str, Any]]:
     steps = asyncio.run(_record())
-    if REGEN:
-        DATA.mkdir(exist_ok=True)
-        for name, step in steps.items():
-            (DATA / f"{name}.json").write_text(json.dumps(step, indent=2) + "\n")
+    write_golden(steps, DATA)
     return steps
 
 
@@ -166,15 +142,10 @@ def test_golden_files_cover_every_step_and_nothing_else(recorded) -> None:  # ty
     assert {p.stem for p in DATA.glob("*.json")} == set(recorded)
 
 
-@pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.json")))
+@pytest.mark.parametrize("name", golden_names(DATA))
 def test_golden_exchange_matches_recorded(recorded, name: str) -> None:  # type: ignore[no-untyped-def]
-    golden = json.loads((DATA / f"{name}.json").read_text())
-    assert recorded[name] == golden
+    assert recorded[name] == load_golden(DATA, name)
 
 
 def test_golden_errors_use_etsi_error_body(recorded) -> None:  # type: ignore[no-untyped-def]
-    for name, step in recorded.items():
-        if step["http_status"] != 200:
-            body = step["response"]
-            assert set(body) <= {"message", "details"} and isinstance(body["message"], str), name
-            assert isinstance(body.get("details", []), list), name
+    assert_etsi_error_bodies(recorded)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
 import re
 import tempfile
 from pathlib import Path
@@ -27,6 +26,14 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.support.golden import (
+    GoldenRecorder,
+    assert_etsi_error_bodies,
+    etsi014_parameter_errors,
+    golden_names,
+    load_golden,
+    write_golden,
+)
 from tests.support.real_net import RealNet, real_net
 from tests.support.topologies import line3
 
@@ -36,7 +43,6 @@ from keyplane.store import Database, sqlite_url
 
 DATA = Path(__file__).parent / "data" / "real"
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "api"
-REGEN = os.environ.get("KEYPLANE_REGEN_GOLDEN") == "1"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _KEYS = {"key", "key_buffer"}
 
@@ -54,10 +60,11 @@ def mask(value: Any, member: str = "") -> Any:
     return value
 
 
-class Recorder:
-    """Runs named requests as a given user and keeps (request, response) per step."""
+class Recorder(GoldenRecorder):
+    """The real KMs' ETSI apps: each user's mTLS client (tests/support/real_net.py)."""
 
     def __init__(self, net: RealNet) -> None:
+        super().__init__()
         self.net = net
         topo = net.topology
         # alice's KM reached without a client certificate (the unauthenticated steps)
@@ -65,22 +72,9 @@ class Recorder:
             topo, "km0", limits=Etsi014Limits.from_km_settings(net.settings)))
         self.anonymous = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                            base_url="https://km0")
-        self.steps: dict[str, dict[str, Any]] = {}
 
-    async def __call__(self, name: str, user: str | None, method: str, url: str,
-                       body: Any = None, raw: bytes | None = None) -> Any:
-        client = self.anonymous if user is None else self.net.client(user)
-        if raw is not None:
-            r = await client.request(method, url, content=raw,
-                                     headers={"Content-Type": "application/json"})
-            request_body: Any = raw.decode()
-        else:
-            r = await client.request(method, url, json=body)
-            request_body = body
-        self.steps[name] = {
-            "request": {"caller": user, "method": method, "url": url, "body": request_body},
-            "http_status": r.status_code, "response": r.json()}
-        return r.json()
+    def client(self, user: str | None) -> httpx.AsyncClient:
+        return self.anonymous if user is None else self.net.client(user)
 
 
 async def run_scenario(rec: Recorder) -> None:
@@ -97,20 +91,7 @@ async def run_scenario(rec: Recorder) -> None:
                            # QuKayDee's shape (QURSA): master_SAE_ID inside the entry, ignored
                            {"key_ID": posted["keys"][0]["key_ID"], "master_SAE_ID": "sae_a"}]})
     # ---- ETSI 014: errors ---------------------------------------------------------------
-    await rec("etsi014_error_size_not_multiple_of_8", "alice", "GET", f"{k}/sae_b/enc_keys?size=100")
-    await rec("etsi014_error_size_out_of_range", "alice", "POST", f"{k}/sae_b/enc_keys",
-              {"size": 16384})
-    await rec("etsi014_error_number_above_max", "alice", "GET", f"{k}/sae_b/enc_keys?number=5000")
-    await rec("etsi014_error_number_not_positive", "alice", "GET", f"{k}/sae_b/enc_keys?number=0")
-    await rec("etsi014_error_multicast_not_supported", "alice", "POST", f"{k}/sae_b/enc_keys",
-              {"number": 1, "additional_slave_SAE_IDs": ["sae_c"]})
-    await rec("etsi014_error_extension_mandatory_unsupported", "alice", "POST",
-              f"{k}/sae_b/enc_keys",
-              {"number": 1, "extension_mandatory": [{"abc_route_type": "direct"},
-                                                    {"abc_transfer_method": "qkd"}]})
-    await rec("etsi014_error_malformed_json", "alice", "POST", f"{k}/sae_b/enc_keys",
-              raw=b'{"number": 1,')
-    await rec("etsi014_error_bad_parameter_type", "alice", "GET", f"{k}/sae_b/enc_keys?number=two")
+    await etsi014_parameter_errors(rec, "alice", "sae_b")
     await rec("etsi014_error_unknown_slave", "alice", "GET", f"{k}/sae_x/status")
     await rec("etsi014_error_malformed_key_id", "bob", "GET", f"{k}/sae_a/dec_keys?key_ID=not-a-uuid")
     await rec("etsi014_error_unknown_key_id", "bob", "GET",
@@ -183,10 +164,7 @@ async def _record() -> dict[str, dict[str, Any]]:
 @pytest.fixture(scope="module")
 def recorded() -> dict[str, dict[str, Any]]:
     steps = asyncio.run(_record())
-    if REGEN:
-        DATA.mkdir(parents=True, exist_ok=True)
-        for name, step in steps.items():
-            (DATA / f"{name}.json").write_text(json.dumps(step, indent=2) + "\n")
+    write_golden(steps, DATA)
     return steps
 
 
@@ -218,18 +196,13 @@ def test_real_km_golden_files_cover_every_step_and_nothing_else(recorded) -> Non
                           "GET_KEY metadata in/out; status 8 with the Metadata_size needed")
 @pytest.mark.conformance("etsi004", "5",
                           "errors before a call: HTTP 400 malformed, 401 unauthenticated")
-@pytest.mark.parametrize("name", sorted(p.stem for p in DATA.glob("*.json")))
+@pytest.mark.parametrize("name", golden_names(DATA))
 def test_real_km_exchange_matches_golden(recorded, name: str) -> None:  # type: ignore[no-untyped-def]
-    golden = json.loads((DATA / f"{name}.json").read_text())
-    assert mask(recorded[name]) == mask(golden)
+    assert mask(recorded[name]) == mask(load_golden(DATA, name))
 
 
 def test_real_km_errors_use_etsi_error_body(recorded) -> None:  # type: ignore[no-untyped-def]
-    for name, step in recorded.items():
-        if step["http_status"] != 200:
-            body = step["response"]
-            assert set(body) <= {"message", "details"} and isinstance(body["message"], str), name
-            assert isinstance(body.get("details", []), list), name
+    assert_etsi_error_bodies(recorded)
 
 
 _EXAMPLE = re.compile(r"<!-- golden: (\w+) (request|response) -->\s*```json\n(.*?)```", re.S)
@@ -241,6 +214,6 @@ def test_docs_examples_match_real_km_golden_files(doc: str) -> None:
     examples = _EXAMPLE.findall(text)
     assert len(examples) >= 5
     for name, part, block in examples:
-        golden = json.loads((DATA / f"{name}.json").read_text())
+        golden = load_golden(DATA, name)
         expected = golden["request"]["body"] if part == "request" else golden["response"]
         assert json.loads(block) == expected, (doc, name, part)

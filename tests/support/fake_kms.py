@@ -13,29 +13,25 @@ Tests assert on the forwarding tables (the "fake data plane"), not on message se
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Iterable
 from types import TracebackType
 
 from keyplane.bus import Bus, Message, Subscription, topics
 from keyplane.messages import ConfigAck, DeleteConfirm, SessionConfig, SessionDelete
+from tests.support.deadlines import DEADLINE_S, eventually
 
 __all__ = ["FakeKms", "wait_until"]
 
 
-async def wait_until(pred: Callable[[], bool], timeout_s: float = 5.0,
+async def wait_until(pred: Callable[[], bool], timeout_s: float = DEADLINE_S,
                      what: str = "condition") -> None:
-    """Poll ``pred`` (real time, bounded) until it holds.
+    """Poll ``pred`` (real time, bounded by ``KEYPLANE_TEST_DEADLINE_S`` unless told) until
+    it holds (:func:`tests.support.deadlines.eventually`).
 
     Raises:
         AssertionError: it did not hold within ``timeout_s``.
     """
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not pred():
-                await asyncio.sleep(0.002)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
+    await eventually(pred, what, timeout_s)
 
 
 class FakeKms:

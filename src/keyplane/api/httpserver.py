@@ -6,11 +6,12 @@ Map of a connection's life:
    (``loop.create_server(ssl=..., ssl_handshake_timeout=..., ssl_shutdown_timeout=...)``),
    the handshake bounded by :attr:`HttpLimits.header_timeout_s` and the wait for the
    peer's ``close_notify`` by :attr:`HttpLimits.tls_shutdown_timeout_s`.
-2. *accept* (one :class:`_Connection`): over :attr:`HttpLimits.max_connections` live
-   connections, the new one is closed at once. The verified peer certificate is turned once
-   into the ASGI TLS extension (``scope["extensions"]["tls"]``, ASGI spec "TLS Extension"
-   0.2: ``client_cert_chain``, ``client_cert_name``, ``tls_version``...), the only place
-   :mod:`keyplane.api.auth` reads an identity from. A head timer starts.
+2. *accept* (one :class:`~keyplane.api.httpconn.Connection`): over
+   :attr:`HttpLimits.max_connections` live connections, the new one is closed at once. The
+   verified peer certificate is turned once into the ASGI TLS extension
+   (``scope["extensions"]["tls"]``, ASGI spec "TLS Extension" 0.2: ``client_cert_chain``,
+   ``client_cert_name``, ``tls_version``...), the only place :mod:`keyplane.api.auth`
+   reads an identity from. A head timer starts.
 3. *HTTP*: uvicorn parses HTTP/1.1 (its HTTP protocol class, httptools or h11, created with
    uvicorn's own protocol arguments and given to uvicorn through its public
    ``Config(http=<protocol class>)`` hook; nothing of uvicorn is subclassed but
@@ -46,15 +47,20 @@ import ssl
 import time
 from collections.abc import Callable, Generator
 from types import TracebackType
-from typing import Any, ClassVar, Protocol, cast
+from typing import Any, Protocol
 
 import uvicorn
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import HTTP_PROTOCOLS
 from uvicorn.importer import import_from_string
 
-from keyplane.certs import peer_subject
+from keyplane.api.httpconn import (
+    CONNECTION_KEY,
+    Connection,
+    ConnectionSet,
+    HttpLimits,
+    tls_extension,
+)
 
 __all__ = [
     "ErrorBody",
@@ -66,41 +72,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-_CONNECTION_KEY = "keyplane.connection"
-"""Key of the :class:`_Connection` in uvicorn's per-request copy of the ASGI ``state``."""
-
-_TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
-_HEAD_END = b"\r\n\r\n"
-
-
-class HttpLimits(BaseModel):
-    """Bounds every keyplane HTTP server enforces (issue #13, "bounded HTTP").
-
-    The defaults hold on a busy 2-core machine: a client has seconds, not milliseconds,
-    for its TLS handshake and request head.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_body_bytes: int = Field(default=1 << 20, ge=1, description=(
-        "Largest request body accepted; a larger one is answered 413 in the interface's own "
-        "error format, without being buffered."))
-    header_timeout_s: float = Field(default=30.0, gt=0, description=(
-        "Time from accept (TLS handshake included), or from the end of the previous "
-        "response, to a complete request head; then the connection is closed."))
-    body_timeout_s: float = Field(default=30.0, gt=0, description=(
-        "Longest wait for the next piece of a request body; then the connection is closed."))
-    max_header_bytes: int = Field(default=64 * 1024, ge=1024, description=(
-        "Largest request head (request line and headers); a larger one closes the "
-        "connection."))
-    max_connections: int = Field(default=1024, ge=1, description=(
-        "Live connections per server; one more is closed once accepted (after its TLS "
-        "handshake, which header_timeout_s bounds)."))
-    keep_alive_s: int = Field(default=5, ge=1, description=(
-        "Idle time after which uvicorn closes a keep-alive connection."))
-    tls_shutdown_timeout_s: float = Field(default=2.0, gt=0, description=(
-        "How long a closing TLS connection waits for the peer's close_notify."))
 
 
 class RequestObserver(Protocol):
@@ -125,162 +96,6 @@ def json_error_body(scope: Scope, status: int, message: str, details: dict[str, 
             "application/json")
 
 
-def tls_extension(ssl_object: ssl.SSLObject) -> dict[str, Any]:
-    """The ASGI TLS extension (spec version 0.2) of a completed, verified handshake.
-
-    ``client_cert_chain`` holds the leaf only (Python < 3.13 has no verified-chain API);
-    ``client_cert_name`` is its subject as RFC 4514; the chain was verified by the
-    handshake (the server context requires it), so ``client_cert_error`` is None.
-    """
-    der = ssl_object.getpeercert(binary_form=True)
-    version = ssl_object.version()
-    return {
-        "server_cert": None,
-        "client_cert_chain": [ssl.DER_cert_to_PEM_cert(der)] if der else [],
-        "client_cert_name": peer_subject(der) if der else None,
-        "client_cert_error": None,
-        "tls_version": _TLS_VERSIONS.get(version or ""),
-        "cipher_suite": None,
-    }
-
-
-class _ConnectionSet:
-    """The live connections of one server and what they share."""
-
-    def __init__(self, limits: HttpLimits, inner: type[asyncio.Protocol]) -> None:
-        self.limits = limits
-        self.inner = inner
-        self.live: set[_Connection] = set()
-        self.closing = False
-        self.refused = 0
-
-    def abort_all(self) -> None:
-        for conn in list(self.live):
-            conn.abort()
-
-
-class _Connection(asyncio.Protocol):
-    """One connection: cap, head timer, TLS identity, then uvicorn's HTTP protocol (delegated).
-
-    uvicorn's server creates it with its usual protocol arguments; :attr:`connections` is
-    set on a per-server subclass (see :class:`HttpServer`). With TLS, asyncio's SSL layer
-    calls :meth:`connection_made` once the handshake (bounded by the head timeout) is done.
-    """
-
-    connections: ClassVar[_ConnectionSet]
-
-    def __init__(self, config: uvicorn.Config, server_state: Any, app_state: dict[str, Any],
-                 _loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self._loop = _loop or asyncio.get_running_loop()
-        self._inner = self.connections.inner(  # type: ignore[call-arg]
-            config=config, server_state=server_state,
-            app_state={**app_state, _CONNECTION_KEY: self}, _loop=_loop)
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._in_flight = 0
-        self._head_bytes = 0
-        self._head_tail = b""
-        self._head_done = False
-        self.tls: dict[str, Any] | None = None
-
-    # ---- asyncio.Protocol --------------------------------------------------------
-    def connection_made(self, base: asyncio.BaseTransport) -> None:
-        # a stream transport (uvloop's are not asyncio.Transport subclasses: no isinstance)
-        transport = cast(asyncio.Transport, base)
-        conns = self.connections
-        if conns.closing or len(conns.live) >= conns.limits.max_connections:
-            conns.refused += 1
-            transport.abort()
-            return
-        conns.live.add(self)
-        self._transport = transport
-        ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            self.tls = tls_extension(ssl_object)
-        self._arm_head_timer()
-        self._inner.connection_made(transport)
-
-    def data_received(self, data: bytes) -> None:
-        if not self._head_done and self._in_flight == 0:
-            self._count_head(data)
-        self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._forget()
-        if self._transport is not None:
-            self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
-
-    # ---- bounds ------------------------------------------------------------------
-    def _count_head(self, data: bytes) -> None:
-        """Count head bytes up to the blank line that ends the head; too many: close."""
-        window = self._head_tail + data
-        end = window.find(_HEAD_END)
-        if end >= 0:
-            self._head_done = True
-            return
-        self._head_bytes += len(data)
-        self._head_tail = window[-3:]
-        if self._head_bytes > self.connections.limits.max_header_bytes:
-            logger.info("closing a connection whose request head exceeds %d bytes",
-                        self.connections.limits.max_header_bytes)
-            self.abort()
-
-    def _arm_head_timer(self) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(self.connections.limits.header_timeout_s,
-                                            self._head_timeout)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _head_timeout(self) -> None:
-        self._timer = None
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("closing a connection with no complete request head in %.1f s",
-                         self.connections.limits.header_timeout_s)
-        self.abort()
-
-    def _forget(self) -> None:
-        self._cancel_timer()
-        self.connections.live.discard(self)
-
-    def abort(self) -> None:
-        """Close now, dropping whatever is buffered (slow or oversized clients, shutdown)."""
-        self._forget()
-        if self._transport is not None:
-            self._transport.abort()
-
-    # ---- called by _Guard ----------------------------------------------------------
-    def request_started(self) -> None:
-        """A complete request head reached the app: its timer stops."""
-        self._in_flight += 1
-        self._cancel_timer()
-
-    def request_finished(self, body_complete: bool) -> None:
-        """The response is done: the next request head is timed (and counted) again.
-
-        When the app did not read the whole body (a 413), uvicorn discards the rest of it
-        first: those bytes are not a head, so they are not counted; the head timer bounds
-        the discarding and the next head together.
-        """
-        self._in_flight -= 1
-        if self._in_flight == 0 and self in self.connections.live:
-            self._head_bytes, self._head_tail = 0, b""
-            self._head_done = not body_complete
-            self._arm_head_timer()
-
-
 class _Guard:
     """ASGI middleware: the TLS extension, body limit and timeout, request observation."""
 
@@ -298,7 +113,7 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         state = scope.get("state")
-        conn: _Connection | None = state.pop(_CONNECTION_KEY, None) if state else None
+        conn: Connection | None = state.pop(CONNECTION_KEY, None) if state else None
         if conn is not None:
             conn.request_started()
             if conn.tls is not None:
@@ -315,7 +130,7 @@ class _Guard:
                                       time.perf_counter() - started)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send,
-                     conn: _Connection | None, status: list[int]) -> None:
+                     conn: Connection | None, status: list[int]) -> None:
         limit = self.limits.max_body_bytes
         declared = _content_length(scope)
         if declared is not None and declared > limit:
@@ -521,8 +336,8 @@ class HttpServer:
         interface_of = interface if callable(interface) else (lambda _s, n=interface: n)
         inner: type[asyncio.Protocol] = import_from_string(HTTP_PROTOCOLS[http])
         self._ssl_context = ssl_context
-        self._connections = _ConnectionSet(self.limits, inner)
-        protocol = type("_ServerConnection", (_Connection,),
+        self._connections = ConnectionSet(self.limits, inner)
+        protocol = type("_ServerConnection", (Connection,),
                         {"connections": self._connections})
         self._config = uvicorn.Config(
             _Guard(app, self.limits, error_body, observer, interface_of), http=protocol,

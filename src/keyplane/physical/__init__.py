@@ -13,7 +13,8 @@ Map (see docs/physical.md):
 * :mod:`.wire`        messages between QKD modules and link control
 * :mod:`.channel`     ClassicalChannel: in-process and bus-backed
 * :mod:`.modules`     Alice's and Bob's QKD modules (the protocol shell)
-* :mod:`.runner`      LinkRunner: pacing on the clock, sinks, telemetry, faults
+* :mod:`.runner`      LinkRunner: pacing on the clock, sinks, faults
+* :mod:`.reporting`   LinkReporter: a link's events and rate-bounded telemetry
 * :mod:`.frames`      block ids across restarts, per-end seeds, the runner's counters
 * :mod:`.analytic_stream` the analytic mode's key stream (no per-bit simulation)
 * :mod:`.network`     PhysicalNetwork: every link of a topology
@@ -25,8 +26,9 @@ modules that need one submodule do not pay for numpy and scipy up front.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from keyplane.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from keyplane.physical.analytic import analytic_key_rate, analytic_qber, analytic_rate_bps
@@ -136,14 +138,4 @@ _HOME: dict[str, str] = {
 """Where each public name lives: the submodule is imported when the name is first read."""
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+__getattr__, __dir__ = lazy_exports(__name__, _HOME)

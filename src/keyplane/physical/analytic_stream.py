@@ -82,8 +82,9 @@ async def analytic_alice(runner: LinkRunner, classical: ClassicalChannel) -> Non
         _, duration = runner._frame()
         rate = runner.analytic_rate_bps()
         # every frame, key or not: a link whose attack leaves no key still shows why
-        runner._tel.qber, runner._tel.qber_sample_bits = analytic_qber_sample(runner, duration)
-        runner.stats.last_qber = runner._tel.qber
+        window = runner.reporter.window
+        window.qber, window.qber_sample_bits = analytic_qber_sample(runner, duration)
+        runner.stats.last_qber = window.qber
         carry_bits += rate * duration
         n_bytes = math.floor(carry_bits / 8)
         runner.stats.frames += 1

@@ -31,16 +31,8 @@ Faults (Python API here, bus command :class:`~keyplane.physical.wire.LinkCommand
 :meth:`LinkRunner.restore`, :meth:`LinkRunner.set_eavesdropper`. A cut link's fibre
 transmits nothing: frames carry only dark counts and no block completes.
 
-Telemetry at a bounded rate: Alice's end emits ``link_block`` / ``link_block_aborted``
-events (element ``qkd``) per block, but publishes :class:`~keyplane.messages.LinkTelemetry`
-on ``keyplane.telemetry.link.<link>`` at most once per ``telemetry_interval_s`` of the
-clock: the blocks since the last message are summed (bits) and their rates taken over the
-emulated time they cover; QBER is the latest block's. The first block's figures go out at
-once, and nothing before them (a link without figures yet must not look dead to routing).
-While the link idles later (store full, or no block completed) it still publishes a
-heartbeat each interval carrying the last rate it achieved, so the Monitoring Element
-neither declares it down nor sees its rate collapse because the KMs have enough key.
-Fault changes publish at once.
+Events and telemetry (rate-bounded, with heartbeats while idle) are Alice's end's
+:class:`~keyplane.physical.reporting.LinkReporter`.
 
 Distributed links (each end in its own process): before every frame Alice waits for Bob
 (:meth:`~keyplane.physical.channel.ClassicalChannel.wait_peer`, one round trip when he is
@@ -63,19 +55,14 @@ from typing import Any, Literal
 
 import numpy as np
 
-from keyplane.bus import Bus, Subscription, topics
+from keyplane.bus import Bus, Subscription
 from keyplane.bus.codec import Message
 from keyplane.clock import Clock
 from keyplane.config import Eavesdropper, QuantumLink
-from keyplane.errors import (
-    ClassicalChannelError,
-    ClassicalChannelTimeout,
-    KeyplaneError,
-    QberAboveThreshold,
-)
-from keyplane.events import EventStream, EventType
+from keyplane.errors import ClassicalChannelError, ClassicalChannelTimeout, KeyplaneError
+from keyplane.events import EventStream
 from keyplane.lifecycle import Service
-from keyplane.messages import LinkState, LinkTelemetry
+from keyplane.messages import LinkState
 from keyplane.physical import analytic, analytic_stream
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
@@ -90,7 +77,6 @@ from keyplane.physical.frames import (
     MAX_BLOCK_ID,
     End,
     LinkStats,
-    TelemetryWindow,
     block_id_base,
     default_frame_duration,
     link_rng_seed,
@@ -98,6 +84,7 @@ from keyplane.physical.frames import (
 from keyplane.physical.measured import measured_physics
 from keyplane.physical.modules import AliceModule, BlockOutcome, BobModule
 from keyplane.physical.physics import LinkPhysics
+from keyplane.physical.reporting import DEFAULT_TELEMETRY_INTERVAL_S, LinkReporter
 from keyplane.physical.sink import LinkKeySink, sink_has_room
 from keyplane.physical.wire import (
     LinkCommand,
@@ -109,6 +96,7 @@ from keyplane.physical.wire import (
 
 __all__ = [
     "BLOCK_ID_SHIFT",
+    "DEFAULT_TELEMETRY_INTERVAL_S",
     "MAX_BLOCK_ID",
     "LinkRunner",
     "LinkStats",
@@ -118,9 +106,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_TELEMETRY_INTERVAL_S = 1.0
-"""At most one LinkTelemetry per link per this many clock seconds."""
 
 
 class LinkRunner(Service):
@@ -191,8 +176,6 @@ class LinkRunner(Service):
         self.time_scale = time_scale
         self.telemetry_interval_s = telemetry_interval_s
         self.paused = False  # a local sink has no room: Alice sends no frame
-        self._tel = TelemetryWindow()
-        self._tel_task: asyncio.Task[None] | None = None
         self.boot_nonce = secrets.token_hex(8)  # this incarnation of the local end(s)
         self.peer_reachable = True  # Alice's view of Bob; False after a failed rendezvous
         self._bob: BobModule | None = None
@@ -200,6 +183,8 @@ class LinkRunner(Service):
         if not link.enabled:
             self.physics = self.physics.with_changes(cut=True)
         self.stats = LinkStats()
+        self.reporter = LinkReporter(link, clock=clock, bus=bus, events=events,
+                                     stats=self.stats, interval_s=telemetry_interval_s)
         self._sinks: dict[End, LinkKeySink | None] = {"alice": alice_sink, "bob": bob_sink}
         self._channels: list[ClassicalChannel] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -261,7 +246,7 @@ class LinkRunner(Service):
             if self.bus is not None:
                 self._sub = await self.bus.subscribe(control_topic(self.link_id),
                                                      self._on_command)
-                self._start_task(self._telemetry_loop())
+                self._start_task(self.reporter.loop(self._running, lambda: self.state))
 
     async def close(self) -> None:
         """Stop the loops, close the channels; idempotent."""
@@ -277,9 +262,8 @@ class LinkRunner(Service):
                 t.cancel()
             _, pending = await asyncio.wait(pending, timeout=1.0)
         self._tasks.clear()
-        if self._sub is not None and self.bus is not None and (self._tel.sent
-                                                               or self._tel.blocks):
-            await self._publish(self._telemetry())  # the final counts
+        if self._sub is not None and self.bus is not None and self.reporter.measured:
+            await self.reporter.publish(self.reporter.message(self.state))  # final counts
         if self._sub is not None:
             await self._sub.unsubscribe()
             self._sub = None
@@ -345,21 +329,7 @@ class LinkRunner(Service):
         self._state_changed("eve_on" if eavesdropper else "eve_off")
 
     def _state_changed(self, change: str, **data: Any) -> None:
-        logger.log(logging.DEBUG if change.startswith("store_") else logging.INFO,
-                   "link %s: %s -> %s", self.link_id, change, self.state.value)
-        if self.events is not None:
-            self.events.emit(EventType.link_state, "qkd", node=self.link.endpoints[0],
-                             link=self.link_id, change=change, state=self.state.value,
-                             extra_loss_db=self.physics.extra_loss_db, **data)
-        if self.bus is not None and (self._tel.sent or self.state is LinkState.down):
-            # the new state at once, with the last rates (not a rate of 0: nothing was
-            # measured yet in the new state); before any figures only ``down`` is news
-            w = self._tel
-            msg = LinkTelemetry(link_id=self.link_id, node=self.link.endpoints[0],
-                                state=self.state, aborted_blocks=self.stats.aborted_blocks,
-                                skr_bps=w.skr_bps, sifted_rate_bps=w.sifted_rate_bps,
-                                qber=w.qber, t=self.clock.now())
-            self._spawn(self.bus.publish(topics.link_telemetry(self.link_id), msg))
+        self.reporter.state_changed(change, self.state, self.physics.extra_loss_db, **data)
 
     async def _on_command(self, topic: str, msg: Message) -> Message | None:
         if not isinstance(msg, LinkCommand) or msg.link_id != self.link_id:
@@ -553,7 +523,7 @@ class LinkRunner(Service):
             await sink.put_block(self.link_id, outcome.block_id, outcome.material)
 
     async def _record(self, o: BlockOutcome) -> None:
-        """Alice's end: counters, telemetry and events for one block."""
+        """Alice's end: counters, then the block's event and telemetry."""
         st = self.stats
         st.sifted_bits += o.sifted_bits
         st.leaked_ec_bits += o.leaked_ec_bits
@@ -567,61 +537,7 @@ class LinkRunner(Service):
                 st.qber_aborts += 1
             elif o.status == "verify_failed":
                 st.discarded_blocks += 1
-        node = self.link.endpoints[0]
-        if self.events is not None:
-            data: dict[str, Any] = dict(link=self.link_id, block_id=o.block_id, status=o.status,
-                        qber=o.qber, sifted_bits=o.sifted_bits, secret_bits=o.secret_bits,
-                        leaked_bits=o.leaked_ec_bits + o.leaked_verify_bits,
-                        ec_efficiency=o.ec_efficiency, reason=o.reason)
-            if o.status == "aborted_qber" and o.qber is not None:
-                data["reason"] = str(QberAboveThreshold(
-                    o.qber, self.link.postprocessing.qber_threshold))
-            kind = EventType.link_block if o.status == "delivered" else \
-                EventType.link_block_aborted
-            self.events.emit(kind, "qkd", node=node, **data)
-        self._tel.add(o)
-        if not self._tel.sent and self.bus is not None:
-            # the first rate at once (before it, the link has no figures: an early heartbeat
-            # with rate 0 would make routing see a dead link); at most one per interval after
-            self._spawn(self._publish(self._telemetry()))
-
-    def _telemetry(self) -> LinkTelemetry:
-        """The telemetry message for the window closing now (see the module docstring)."""
-        w = self._tel
-        sifted, secret, leaked, block_id = w.take()
-        w.sent = True
-        return LinkTelemetry(
-            link_id=self.link_id, node=self.link.endpoints[0], state=self.state,
-            block_id=block_id, sifted_bits=sifted, secret_bits=secret, qber=w.qber,
-            sifted_rate_bps=w.sifted_rate_bps, skr_bps=w.skr_bps, ec_efficiency=w.ec_efficiency,
-            qber_sample_bits=w.qber_sample_bits or None,
-            leaked_bits=leaked, aborted_blocks=self.stats.aborted_blocks, t=self.clock.now())
-
-    async def _telemetry_loop(self) -> None:
-        """Alice's end: one telemetry message per interval, whatever the block rate."""
-        while self._running():
-            await self.clock.sleep(self.telemetry_interval_s)
-            if self._tel.sent or self._tel.blocks:  # nothing measured yet: nothing to say
-                await self._publish(self._telemetry())
-
-    async def _publish(self, msg: Message) -> None:
-        assert self.bus is not None
-        try:
-            await self.bus.publish(topics.link_telemetry(self.link_id), msg)
-        except KeyplaneError:
-            logger.debug("link %s: telemetry publish failed", self.link_id, exc_info=True)
-
-    def _spawn(self, coro: object) -> None:
-        async def run() -> None:
-            try:
-                await coro  # type: ignore[misc]
-            except KeyplaneError:
-                logger.debug("link %s: telemetry publish failed", self.link_id, exc_info=True)
-
-        try:
-            asyncio.get_running_loop().create_task(run())
-        except RuntimeError:
-            coro.close()  # type: ignore[attr-defined]
+        self.reporter.block(o, self.state)
 
     # ------------------------------------------------------------------ analytic mode
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from tests.support.deadlines import DEADLINE_S
+from tests.support.deadlines import DEADLINE_S, timer_armed
 from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
 from tests.unit.keymanager.test_relay import FrameLog, check_link_keys_used_once
 
@@ -69,9 +69,9 @@ async def test_pending_key_at_source_is_resent_after_restart_with_same_id(
     try:
         sid = await open_pair(net)
         await net.kms["km1"].close()  # the destination is down: the key stays pending
+        confirm_by = clock.now() + 1.0
         attempt = asyncio.create_task(net.kms["km0"].get_key(CALLER_A, sid, 0))
-        for _ in range(20):
-            await asyncio.sleep(0.002)
+        await timer_armed(clock, confirm_by)  # the key went out; its confirmation is awaited
         await clock.advance(1.0)
         with pytest.raises(Exception, match="confirmation"):
             await asyncio.wait_for(attempt, DEADLINE_S)
@@ -120,9 +120,9 @@ async def test_reroute_moves_the_session_without_losing_an_in_flight_key(
         b0 = await net.kms["km3"].get_key(CALLER_B, sid, None)
         assert a0.key == b0.key
         await net.kms[old_mid].close()  # the old path fails with a key in flight
+        confirm_by = clock.now() + 1.0
         in_flight = asyncio.create_task(net.kms["km0"].get_key(CALLER_A, sid, None))
-        for _ in range(20):
-            await asyncio.sleep(0.002)
+        await timer_armed(clock, confirm_by)  # the key is in flight on the old path
         await net.control.reroute(sid, ["km0", new_mid, "km3"])
         assert net.kms["km0"].forwarding.current(sid).epoch == 1  # type: ignore[union-attr]
         assert net.kms["km0"].forwarding.at(sid, 0) is None  # old epoch retired

@@ -8,7 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from tests.support.deadlines import DEADLINE_S
+from tests.support.deadlines import DEADLINE_S, eventually
 from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
 
 from keyplane.bus import Bus, MemoryBus, topics
@@ -149,7 +149,7 @@ async def test_session_without_configuration_gives_up_after_config_wait(
             CALLER_A, "sa", "sb", Qos(timeout_ms=100), None))).key_stream_id
         await clock.advance(30.0)
         assert net.kms["km0"].session_state(sid) is SessionState.terminated
-        await asyncio.sleep(0.01)
+        await eventually(lambda: net.control.closes, "the KM's close signal")
         assert [c.reason for c in net.control.closes] == ["error"]
     finally:
         await net.close()
@@ -172,10 +172,11 @@ async def test_idle_timer_expiry_terminates_and_reports_idle_timeout(km_db: Data
         await clock.advance(1.0)  # t = 16.5
         assert km0.session_state(sid) is SessionState.terminated
         assert km0.forwarding.current(sid) is None
-        await asyncio.sleep(0.01)
+        await eventually(lambda: net.control.closes, "km0's close signal")
         assert [(c.node, c.reason) for c in net.control.closes] == [("km0", "idle_timeout")]
         # Admission Control deleted the rest of the path on that signal
-        assert net.kms["km1"].session_state(sid) is SessionState.terminated
+        await eventually(lambda: net.kms["km1"].session_state(sid) is SessionState.terminated,
+                         "km1's deletion")
         with pytest.raises(PeerNotConnected):  # ETSI 004 status 3: the stream ended
             await km0.get_key(CALLER_A, sid, None)
     finally:
@@ -193,7 +194,7 @@ async def test_each_key_request_sends_a_keepalive_without_coalescing(
         sid = await open_pair(net)
         for _ in range(3):
             await net.kms["km0"].get_key(CALLER_A, sid, None)
-        await asyncio.sleep(0.01)
+        await eventually(lambda: len(net.control.keepalives) >= 3, "three keep-alives")
         assert [k.session_id for k in net.control.keepalives] == [sid] * 3
     finally:
         await net.close()
@@ -221,9 +222,8 @@ async def test_keepalives_coalesce_and_a_trailing_one_follows_the_last_request(
         for _ in range(5):
             last_request = clock.now()
             await net.kms["km0"].get_key(CALLER_A, sid, None)
-        async with asyncio.timeout(DEADLINE_S):  # the trailing KeepAlive comes after the last request
-            while not seen or seen[-1] < last_request:
-                await asyncio.sleep(0.01)
+        # the trailing KeepAlive comes after the last request
+        await eventually(lambda: bool(seen) and seen[-1] >= last_request, "the last keep-alive")
         assert 2 <= len(seen) < 5
     finally:
         await net.close()

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from tests.support.deadlines import eventually
 
 from keyplane.bus import Bus, MemoryBus, topics
 from keyplane.bus.codec import Message
@@ -60,11 +61,9 @@ def _bob(link: QuantumLink, clock: Clock, sink: MemoryKeySink, bus: Bus) -> Link
                       frame_duration_s=FRAME_S)
 
 
-async def _until(cond: Callable[[], bool], guard_s: float = 60.0) -> None:
-    """Poll ``cond`` (real time; the guard only keeps a broken run from hanging)."""
-    async with asyncio.timeout(guard_s):
-        while not cond():
-            await asyncio.sleep(0.01)
+async def _until(cond: Callable[[], bool]) -> None:
+    """Poll ``cond`` (real time; the bound only keeps a broken run from hanging)."""
+    await eventually(cond, "the link's blocks", interval_s=0.01)
 
 
 # ---------------------------------------------------------------- block ids
@@ -302,12 +301,23 @@ async def test_sync_discards_partial_buffers_at_both_ends(clock: VirtualClock) -
 # ---------------------------------------------------------------- over a real bus
 
 
-async def test_bob_after_alice_over_the_bus_loses_no_frame(bus: Bus) -> None:
+async def test_bob_after_alice_over_the_bus_loses_no_frame(
+        bus: Bus, monkeypatch: pytest.MonkeyPatch) -> None:
     clock = RealClock()
     link = _link()
     sa, sb = TimedSink(clock), TimedSink(clock)
+    pings = 0
+    ping = BusChannel.ping
+
+    async def counted_ping(self: BusChannel, *args: float) -> str:
+        nonlocal pings
+        pings += 1
+        return await ping(self, *args)
+
+    monkeypatch.setattr(BusChannel, "ping", counted_ping)
     async with _alice(link, clock, sa, bus) as alice:
-        await asyncio.sleep(0.3)
+        # Alice asked for Bob several times, unanswered: she sent no frame meanwhile
+        await eventually(lambda: pings >= 3, "Alice's rendezvous pings")
         assert alice.stats.frames == 0
         async with _bob(link, clock, sb, bus):
             await _until(lambda: len(sa.blocks) >= 3 and len(sb.blocks) >= 3)
