@@ -21,7 +21,10 @@ CASES = {
     "at_rest": (["--keys", "64", "--rounds", "1"], "sealing costs"),
     "hybrid": (["--seconds", "0.2", "--samples", "5"], "qkd-and-pqc"),
     "control": (["--sessions", "2", "--pairs", "5"], "path computation"),
-    "faults": (["--faults", "nats", "--nats-s", "2"], "keys handed out twice"),
+    # 64 keys, not the bench's 2,000 (issue #14's volume, which tests/integration/
+    # test_fault_matrix.py runs): only that the bench runs to its table is checked here.
+    "faults": (["--faults", "nats", "--nats-s", "2", "--keys", "64", "--pairs", "1",
+                "--batch", "8"], "keys handed out twice"),
     "measured_links": (["--blocks", "1"], "stack bit/s"),
     "entanglement": (["--topology", "examples/quantum_network.yaml", "--seconds", "2",
                       "--rates", "1"], "through EntanglementService"),
