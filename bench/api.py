@@ -128,8 +128,10 @@ def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
         loop = asyncio.get_running_loop()
         profiler: cProfile.Profile | None = None
         while (msg := await loop.run_in_executor(None, conn.recv)) != "stop":
-            if msg == "cpu":
-                conn.send((time.process_time(), _thread_cpu_s()))  # server CPU s so far
+            if msg == "cpu":  # server CPU s so far, and the journals' commits so far
+                journals = {id(km.journal): km.journal for km in net.kms.values()}
+                commits = sum(j.commits for j in journals.values())
+                conn.send((time.process_time(), {**_thread_cpu_s(), "commits": commits}))
             elif msg == "profile":
                 profiler = cProfile.Profile(time.thread_time)  # this thread's CPU clock
                 profiler.enable()
@@ -257,10 +259,12 @@ def main() -> None:
                     print(f"{label:8s} {number:8d} {pairs / dt:9.0f} {pairs * number / dt:9.0f} "
                           f"{srv_ms:13.2f} ms {cli_ms:13.2f} ms {1000 / srv_ms:14.0f} "
                           f"{1000 * number / srv_ms:23.0f} {os.getloadavg()[0]:5.1f}")
+                    commits = threads.pop("commits", 0.0)
                     if threads:
                         print("         server CPU/pair by thread: " + ", ".join(
                             f"{name} {v * 1000 / pairs:.2f} ms"
-                            for name, v in sorted(threads.items())))
+                            for name, v in sorted(threads.items()))
+                            + f"; journal commits/pair {commits / pairs:.2f}")
         finally:
             parent.send("stop")
             proc.join(30)
