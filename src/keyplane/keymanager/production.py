@@ -211,8 +211,9 @@ class _Production(KmShellBase):
                                                  direct_ok=direct, policy=policy,
                                                  deadline=deadline)
         done = [k for k in keys if k.state == "pending"]
+        shared = list(provenance)  # replaced, never changed in place: one list per batch
         for k in done:
-            k.provenance = list(provenance)
+            k.provenance = shared
         self.vault.set_states(done, "ready", provenance_changed=True)
 
     async def _ensure_source(self, s: Stream, indexes: list[int], size_bytes: int,
@@ -336,8 +337,9 @@ class _Production(KmShellBase):
             if k.provenance != provenance:
                 k.provenance = list(provenance)
                 gen = self.vault.touch(k)
+        shared = list(provenance)  # replaced, never changed in place: one list per batch
         for k in fresh:
-            k.provenance = list(provenance)
+            k.provenance = shared
         if fresh:
             gen = self.vault.add_all(fresh)
         return True, "", gen, provenance

@@ -66,7 +66,8 @@ class HeldKey:
     peer_sae: str | None = None
     t: float = 0.0
     provenance: list[dict[str, str]] = field(default_factory=list)
-    """The hops the key crossed and each hop's key source (hybrid provisioning)."""
+    """The hops the key crossed and each hop's key source (hybrid provisioning); replaced,
+    never changed in place, so the keys of one relay batch share one list."""
     batch: _Batch | None = field(default=None, repr=False, compare=False)
     """The vault's batch holding this key (None: not held by a vault)."""
 
