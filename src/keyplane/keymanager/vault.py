@@ -26,13 +26,13 @@ KM writes land at the end of the table's indexes instead of on a random page eac
 
 from __future__ import annotations
 
-import bisect
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from keyplane.keymanager.indexranges import add_indexes, in_ranges, remove_index
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.keyids import new_key_id, new_key_ids
 from keyplane.store import Database
@@ -97,66 +97,6 @@ class _Batch:
             "".join(_CODE[k.state] for k in keys), [len(m) for m in held],
             # provenance lists are replaced, never changed in place: no copy needed
             [k.provenance for k in keys], b"".join(held), new=not self.persisted)
-
-
-def _add_index(ranges: list[list[int]], i: int) -> bool:
-    """Add index ``i`` to merged, sorted ``[start, end)`` ranges; whether it was new."""
-    at = bisect.bisect_right(ranges, [i, float("inf")])
-    if at and ranges[at - 1][1] > i:
-        return False
-    if at and ranges[at - 1][1] == i:
-        ranges[at - 1][1] = i + 1
-        if at < len(ranges) and ranges[at][0] == i + 1:
-            ranges[at - 1][1] = ranges.pop(at)[1]
-    elif at < len(ranges) and ranges[at][0] == i + 1:
-        ranges[at][0] = i
-    else:
-        ranges.insert(at, [i, i + 1])
-    return True
-
-
-def _add_indexes(ranges: list[list[int]], indexes: list[int]) -> bool:
-    """Add ``indexes`` to merged, sorted ``[start, end)`` ranges; whether any was new.
-
-    A bulk delivery's indexes are nearly always one run that extends the last range, which
-    is one comparison here instead of a search per index.
-    """
-    new = False
-    indexes = sorted(indexes)
-    start = prev = indexes[0]
-    for i in [*indexes[1:], None]:
-        if i is not None and i <= prev + 1:
-            prev = max(prev, i)
-            continue
-        # the run [start, prev + 1)
-        if ranges and ranges[-1][1] == start:
-            ranges[-1][1] = prev + 1
-            new = True
-        elif ranges and ranges[-1][1] < start:
-            ranges.append([start, prev + 1])
-            new = True
-        else:
-            for j in range(start, prev + 1):
-                new = _add_index(ranges, j) or new
-        if i is not None:
-            start = prev = i
-    return new
-
-
-def _remove_index(ranges: list[list[int]], i: int) -> bool:
-    """Take index ``i`` out of merged, sorted ``[start, end)`` ranges; whether it was in."""
-    at = bisect.bisect_right(ranges, [i, float("inf")])
-    if not at or ranges[at - 1][1] <= i:
-        return False
-    start, end = ranges[at - 1]
-    parts = [[a, b] for a, b in ((start, i), (i + 1, end)) if a < b]
-    ranges[at - 1:at] = parts
-    return True
-
-
-def _in_ranges(ranges: list[list[int]], i: int) -> bool:
-    at = bisect.bisect_right(ranges, [i, float("inf")])
-    return bool(at) and ranges[at - 1][1] > i
 
 
 class _Stream:
@@ -294,7 +234,7 @@ class KeyVault:
             stream = self._streams.get(sid)
             if stream is None:
                 stream = self._streams[sid] = _Stream()
-            if _add_indexes(stream.delivered, indexes):
+            if add_indexes(stream.delivered, indexes):
                 self._dirty_streams.add(sid)
         self._forget_spent()
 
@@ -398,7 +338,7 @@ class KeyVault:
                 del self._spent_index[(sid, key.index)]
             self._spent_of.get(sid, set()).discard(key.key_id)
             stream = self._streams.get(sid)
-            if stream is not None and _remove_index(stream.delivered, key.index):
+            if stream is not None and remove_index(stream.delivered, key.index):
                 self._dirty_streams.add(sid)
             key.state = "ready"
             key.material = material
@@ -438,7 +378,7 @@ class KeyVault:
         if k is not None:
             return k
         stream = self._streams.get(session_id)
-        if stream is not None and _in_ranges(stream.delivered, index):
+        if stream is not None and in_ranges(stream.delivered, index):
             return HeldKey("", session_id, index, 0, None, "delivered")
         return None
 

@@ -13,15 +13,9 @@ from sqlalchemy import func, select, text
 from tests.support.deadlines import DEADLINE_S
 
 from keyplane.errors import CommitFailed
+from keyplane.keymanager.indexranges import add_index, add_indexes
 from keyplane.keymanager.journal import Journal
-from keyplane.keymanager.vault import (
-    HeldKey,
-    KeyVault,
-    _add_index,
-    _add_indexes,
-    new_key_id,
-    new_key_ids,
-)
+from keyplane.keymanager.vault import HeldKey, KeyVault, new_key_id, new_key_ids
 from keyplane.store import Database
 from keyplane.store.models import KeyBatchRow, KeyStreamRow
 
@@ -187,8 +181,8 @@ def test_vault_add_indexes_in_bulk_equals_one_at_a_time(batches: list[list[int]]
     for batch in batches:
         new_one = False
         for i in batch:
-            new_one = _add_index(one, i) or new_one
-        assert _add_indexes(bulk, batch) == new_one
+            new_one = add_index(one, i) or new_one
+        assert add_indexes(bulk, batch) == new_one
         assert bulk == one
 
 
