@@ -17,7 +17,12 @@ link key stores fed up front with the same random blocks at both link ends (stan
 the physical layer), so 2-hop keys really are relayed through km1. Every pair is checked:
 the slave must get the master's bytes, or the bench stops.
 
-    python bench/api.py [--seconds 5] [--concurrency 4] [--blocks 600]
+    python bench/api.py [--seconds 5] [--concurrency 4] [--blocks 600] [--profile DIR]
+
+``--profile DIR`` runs cProfile on the server's event-loop thread during each measured
+window, timed by that thread's CPU clock (so a loaded machine does not skew it), and
+writes ``DIR/server-<pair>-<number>.pstats`` (read with ``python -m pstats``); the CPU of
+the server's other threads (the journal's SQLite commits) is printed beside it.
 
 Prints figures; never asserts.
 """
@@ -26,11 +31,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import multiprocessing as mp
 import os
 import platform
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -65,8 +72,28 @@ def line3() -> Topology:
     return parse_topology(API_TOPOLOGY)
 
 
+def _thread_cpu_s() -> dict[str, float]:
+    """CPU seconds of each thread of this process so far (Linux /proc; empty elsewhere)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    main_tid = str(threading.main_thread().native_id)
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended
+        name = "loop" if tid == main_tid else "other threads"
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
 def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
-    """Child process: serve km0..km2 until the parent says stop; answer "cpu" queries."""
+    """Child process: serve km0..km2 until the parent says stop; answer "cpu" queries
+    (and, with ``--profile``, "profile" / ("profile-stop", path) around a window)."""
     from keyplane.api.httpserver import HttpLimits
     from keyplane.api.server import serve_km_api
     from keyplane.api.settings import ApiSettings, Etsi014Limits
@@ -99,8 +126,19 @@ def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
                    for n in topo.nodes]
         conn.send({s.app.state.kme_id: s.port for s in servers})
         loop = asyncio.get_running_loop()
-        while await loop.run_in_executor(None, conn.recv) == "cpu":
-            conn.send(time.process_time())  # server CPU seconds so far
+        profiler: cProfile.Profile | None = None
+        while (msg := await loop.run_in_executor(None, conn.recv)) != "stop":
+            if msg == "cpu":  # server CPU s so far, and the journals' commits so far
+                journals = {id(km.journal): km.journal for km in net.kms.values()}
+                commits = sum(j.commits for j in journals.values())
+                conn.send((time.process_time(), {**_thread_cpu_s(), "commits": commits}))
+            elif msg == "profile":
+                profiler = cProfile.Profile(time.thread_time)  # this thread's CPU clock
+                profiler.enable()
+            elif profiler is not None:  # ("profile-stop", path)
+                profiler.disable()
+                profiler.dump_stats(msg[1])
+                profiler = None
         for s in servers:
             await s.close()
         await net.close()
@@ -127,10 +165,11 @@ def _client(issued: Issued, sae: str, port: int) -> AsyncEtsi014Client:
 
 
 async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: str,
-               number: int, size: int, seconds: float, concurrency: int, conn: Any
-               ) -> tuple[int, float, float, float]:
-    """``(pairs, seconds, server CPU s, client CPU s)`` of the measured window (after the
-    warm-up, so one-off costs such as TLS handshakes and first imports stay out)."""
+               number: int, size: int, seconds: float, concurrency: int, conn: Any,
+               profile: str | None = None) -> tuple[int, float, float, float, dict[str, float]]:
+    """``(pairs, seconds, server CPU s, client CPU s, server CPU s per thread kind)`` of the
+    measured window (after the warm-up, so one-off costs such as TLS handshakes and first
+    imports stay out); ``profile``: where the server writes its cProfile of the window."""
     master = _client(issued, "sae_a", ports["km0"])
     dec = _client(issued, slave, ports[slave_node])
     pairs = 0
@@ -151,13 +190,19 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         pairs = 0
         conn.send("cpu")
-        srv0, cli0 = conn.recv(), time.process_time()
+        (srv0, threads0), cli0 = conn.recv(), time.process_time()
+        if profile:
+            conn.send("profile")
         start = time.perf_counter()
         stop_at = start + seconds
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         dt = time.perf_counter() - start
+        if profile:
+            conn.send(("profile-stop", profile))
         conn.send("cpu")
-        return pairs, dt, conn.recv() - srv0, time.process_time() - cli0
+        srv1, threads1 = conn.recv()
+        threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
+        return pairs, dt, srv1 - srv0, time.process_time() - cli0, threads
     finally:
         await master.aclose()
         await dec.aclose()
@@ -176,7 +221,11 @@ def main() -> None:
                     default=["adjacent", "2-hop"], help="which master/slave pairs to run")
     ap.add_argument("--numbers", type=int, nargs="+", default=None,
                     help="keys per request to run (default: 1 and --bulk)")
+    ap.add_argument("--profile", metavar="DIR", default=None,
+                    help="write a cProfile (CPU time) of the server's loop thread per window")
     args = ap.parse_args()
+    if args.profile:
+        Path(args.profile).mkdir(parents=True, exist_ok=True)
 
     print(f"command: {' '.join([sys.executable, *sys.argv])}")
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
@@ -200,14 +249,22 @@ def main() -> None:
                 if label not in args.pairs:
                     continue
                 for number in args.numbers or (1, args.bulk):
-                    pairs, dt, srv_s, cli_s = _arun(_run(
+                    profile = (str(Path(args.profile).resolve() / f"server-{label}-{number}"
+                                   ".pstats") if args.profile else None)
+                    pairs, dt, srv_s, cli_s, threads = _arun(_run(
                         issued, ports, slave, node, number, args.size, args.seconds,
-                        args.concurrency, parent))
+                        args.concurrency, parent, profile))
                     srv_ms = srv_s * 1000 / pairs
                     cli_ms = cli_s * 1000 / pairs
                     print(f"{label:8s} {number:8d} {pairs / dt:9.0f} {pairs * number / dt:9.0f} "
                           f"{srv_ms:13.2f} ms {cli_ms:13.2f} ms {1000 / srv_ms:14.0f} "
                           f"{1000 * number / srv_ms:23.0f} {os.getloadavg()[0]:5.1f}")
+                    commits = threads.pop("commits", 0.0)
+                    if threads:
+                        print("         server CPU/pair by thread: " + ", ".join(
+                            f"{name} {v * 1000 / pairs:.2f} ms"
+                            for name, v in sorted(threads.items()))
+                            + f"; journal commits/pair {commits / pairs:.2f}")
         finally:
             parent.send("stop")
             proc.join(30)

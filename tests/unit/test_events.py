@@ -64,3 +64,32 @@ async def test_memory_sink_wait_for_sees_future_events(clock: VirtualClock) -> N
     await asyncio.sleep(0)
     stream.emit(EventType.session_closed, "km", session="s")
     assert (await asyncio.wait_for(waiter, DEADLINE_S)).session == "s"
+
+
+def test_event_stream_makes_events_as_pydantic_model_construct_does(
+        clock: VirtualClock) -> None:
+    # the stream builds events without model_construct's per-field loop (hot path); what it
+    # makes must be the same model: equal, same fields set, same JSON, frozen, copyable
+    from keyplane.events import Event
+
+    event = EventStream(clock).emit(EventType.key_delivered, "km", node="km1", session="s1",
+                                    key_count=3)
+    ref = Event.model_construct(event_id=event.event_id, seq=event.seq, t=event.t,
+                                wall=event.wall, type=EventType.key_delivered, element="km",
+                                node="km1", session="s1", data={"key_count": 3})
+    assert event == ref
+    assert event.model_fields_set == ref.model_fields_set
+    assert event.model_dump_json() == ref.model_dump_json()
+    assert Event.model_validate_json(event.model_dump_json()) == event
+    assert event.model_copy(update={"seq": 9}).seq == 9
+    with pytest.raises(ValueError):
+        event.seq = 2  # type: ignore[misc]
+
+
+def test_event_constructor_falls_back_to_model_construct_when_the_fast_one_differs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import keyplane.events as ev
+
+    monkeypatch.setattr(ev, "_construct_event",
+                        lambda values: ev.Event.model_construct(**{**values, "seq": 0}))
+    assert ev._event_constructor() is ev._construct_event_slow

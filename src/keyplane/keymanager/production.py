@@ -184,7 +184,7 @@ class _Production(KmShellBase):
         direct = self._next_is_destination(s)
         keys: list[HeldKey] = []
         fresh: list[HeldKey] = []
-        held = [self.vault.get(s.session_id, i) for i in indexes]
+        held = self.vault.get_many(s.session_id, indexes)
         ids = iter(new_key_ids(wall, sum(1 for k in held if k is None)))
         for i, k in zip(indexes, held, strict=True):
             if k is None:
@@ -211,8 +211,9 @@ class _Production(KmShellBase):
                                                  direct_ok=direct, policy=policy,
                                                  deadline=deadline)
         done = [k for k in keys if k.state == "pending"]
+        shared = list(provenance)  # replaced, never changed in place: one list per batch
         for k in done:
-            k.provenance = list(provenance)
+            k.provenance = shared
         self.vault.set_states(done, "ready", provenance_changed=True)
 
     async def _ensure_source(self, s: Stream, indexes: list[int], size_bytes: int,
@@ -225,12 +226,15 @@ class _Production(KmShellBase):
         io = self._io(s.session_id)
         waits: list[asyncio.Task[None]] = []
         missing: list[int] = []
+        producing = io.producing
+        unknown: list[int] = []
         for i in indexes:
-            t = io.producing.get(i)
+            t = producing.get(i)
             if t is not None:
                 waits.append(t)
-                continue
-            k = self.vault.get(s.session_id, i)
+            else:
+                unknown.append(i)
+        for i, k in zip(unknown, self.vault.get_many(s.session_id, unknown), strict=True):
             if k is None or k.state == "pending":
                 missing.append(i)
         if missing:
@@ -310,15 +314,17 @@ class _Production(KmShellBase):
             return False, "refused: no such session at the destination", 0, []
         fresh: list[HeldKey] = []
         again: list[HeldKey] = []
-        for key_id, index, material in zip(frame.key_ids, frame.indexes, keys, strict=True):
-            held = self.vault.get(s.session_id, index)
+        sid, sae, peer, now = s.session_id, s.local_sae, s.peer_sae, self._clock.now()
+        for key_id, index, material, held in zip(
+                frame.key_ids, frame.indexes, keys, self.vault.get_many(sid, frame.indexes),
+                strict=True):
             if held is not None:
                 if held.key_id != key_id:
                     return False, f"refused: index {index} already holds another key", 0, []
                 again.append(held)  # a retry of a batch already stored: confirm again
                 continue
-            fresh.append(HeldKey(key_id, s.session_id, index, 8 * len(material), material,
-                                 "pending", s.local_sae, s.peer_sae, self._clock.now()))
+            fresh.append(HeldKey(key_id, sid, index, 8 * len(material), material,
+                                 "pending", sae, peer, now))
         if s.interface == "etsi014":
             if self.vault.ready_count(s.session_id) + len(fresh) > self.settings.max_keys_per_pair:
                 return (False, "refused: destination holds max_key_count keys for the pair",
@@ -331,15 +337,16 @@ class _Production(KmShellBase):
             if k.provenance != provenance:
                 k.provenance = list(provenance)
                 gen = self.vault.touch(k)
+        shared = list(provenance)  # replaced, never changed in place: one list per batch
         for k in fresh:
-            k.provenance = list(provenance)
+            k.provenance = shared
         if fresh:
             gen = self.vault.add_all(fresh)
         return True, "", gen, provenance
 
     def keys_confirmed_sent(self, frame: KeyFrame) -> None:
         """Relay host: the destination's confirmation left; offer the keys."""
-        stored = [k for k in (self.vault.get(frame.session_id, i) for i in frame.indexes)
+        stored = [k for k in self.vault.get_many(frame.session_id, frame.indexes)
                   if k is not None and k.state == "pending"]
         if stored:
             self.vault.set_states(stored, "ready")

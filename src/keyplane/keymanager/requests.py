@@ -430,7 +430,7 @@ class _Requests(_Production):
                 except TimeoutError:
                     raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "
                                        f"the timeout") from None
-                keys = [self.vault.get(s.session_id, i) for i in indexes]
+                keys = self.vault.get_many(s.session_id, indexes)
                 ready = [k for k in keys if k is not None and k.state == "ready"]
                 if len(ready) != number:
                     raise RelayTimeout(f"{master_sae}->{slave_sae}: relay incomplete")

@@ -26,13 +26,13 @@ KM writes land at the end of the table's indexes instead of on a random page eac
 
 from __future__ import annotations
 
-import bisect
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from keyplane.keymanager.indexranges import add_indexes, in_ranges, remove_index
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.keyids import new_key_id, new_key_ids
 from keyplane.store import Database
@@ -66,7 +66,8 @@ class HeldKey:
     peer_sae: str | None = None
     t: float = 0.0
     provenance: list[dict[str, str]] = field(default_factory=list)
-    """The hops the key crossed and each hop's key source (hybrid provisioning)."""
+    """The hops the key crossed and each hop's key source (hybrid provisioning); replaced,
+    never changed in place, so the keys of one relay batch share one list."""
     batch: _Batch | None = field(default=None, repr=False, compare=False)
     """The vault's batch holding this key (None: not held by a vault)."""
 
@@ -96,38 +97,6 @@ class _Batch:
             "".join(_CODE[k.state] for k in keys), [len(m) for m in held],
             # provenance lists are replaced, never changed in place: no copy needed
             [k.provenance for k in keys], b"".join(held), new=not self.persisted)
-
-
-def _add_index(ranges: list[list[int]], i: int) -> bool:
-    """Add index ``i`` to merged, sorted ``[start, end)`` ranges; whether it was new."""
-    at = bisect.bisect_right(ranges, [i, float("inf")])
-    if at and ranges[at - 1][1] > i:
-        return False
-    if at and ranges[at - 1][1] == i:
-        ranges[at - 1][1] = i + 1
-        if at < len(ranges) and ranges[at][0] == i + 1:
-            ranges[at - 1][1] = ranges.pop(at)[1]
-    elif at < len(ranges) and ranges[at][0] == i + 1:
-        ranges[at][0] = i
-    else:
-        ranges.insert(at, [i, i + 1])
-    return True
-
-
-def _remove_index(ranges: list[list[int]], i: int) -> bool:
-    """Take index ``i`` out of merged, sorted ``[start, end)`` ranges; whether it was in."""
-    at = bisect.bisect_right(ranges, [i, float("inf")])
-    if not at or ranges[at - 1][1] <= i:
-        return False
-    start, end = ranges[at - 1]
-    parts = [[a, b] for a, b in ((start, i), (i + 1, end)) if a < b]
-    ranges[at - 1:at] = parts
-    return True
-
-
-def _in_ranges(ranges: list[list[int]], i: int) -> bool:
-    at = bisect.bisect_right(ranges, [i, float("inf")])
-    return bool(at) and ranges[at - 1][1] > i
 
 
 class _Stream:
@@ -229,10 +198,54 @@ class KeyVault:
         else:
             batch.dead = True
 
+    def _delivered_all(self, keys: list[HeldKey]) -> None:
+        """``keys`` were handed out: they leave the indexes, their indexes join the ranges
+        and they are remembered as spent (one pass; a bulk delivery is one batch)."""
+        live, by_index, by_session = self._live, self.by_index, self._by_session
+        spent, spent_index, spent_of = self._spent, self._spent_index, self._spent_of
+        runs: dict[str, list[int]] = {}
+        for key in keys:
+            sid, i = key.session_id, key.index
+            del live[key.key_id]
+            if by_index.get((sid, i)) is key:
+                del by_index[(sid, i)]
+            of_session = by_session.get(sid)
+            if of_session is not None:
+                of_session.pop(key.key_id, None)
+            at = runs.get(sid)
+            if at is None:
+                at = runs[sid] = []
+            at.append(i)
+            spent[key.key_id] = key
+            spent_index[(sid, i)] = key
+            of = spent_of.get(sid)
+            if of is None:
+                of = spent_of[sid] = set()
+            of.add(key.key_id)
+            batch = key.batch
+            if batch is not None:
+                batch.left -= 1
+                if batch.left <= 0:
+                    batch.dead = True
+                    self._dirty.pop(batch.batch_id, None)
+                    if batch.persisted:
+                        self._gone.add(batch.batch_id)
+        for sid, indexes in runs.items():
+            stream = self._streams.get(sid)
+            if stream is None:
+                stream = self._streams[sid] = _Stream()
+            if add_indexes(stream.delivered, indexes):
+                self._dirty_streams.add(sid)
+        self._forget_spent()
+
     def _remember_spent(self, key: HeldKey) -> None:
         self._spent[key.key_id] = key
         self._spent_index[(key.session_id, key.index)] = key
         self._spent_of.setdefault(key.session_id, set()).add(key.key_id)
+        self._forget_spent()
+
+    def _forget_spent(self) -> None:
+        """Forget the oldest spent keys beyond ``spent_memory``."""
         while len(self._spent) > self._spent_memory:
             _, old = self._spent.popitem(last=False)
             if self._spent_index.get((old.session_id, old.index)) is old:
@@ -242,24 +255,6 @@ class KeyVault:
                 of.discard(old.key_id)
                 if not of:
                     del self._spent_of[old.session_id]
-
-    def _delivered(self, key: HeldKey) -> None:
-        """``key`` was handed out: it leaves the indexes; its index joins the ranges."""
-        stream = self._streams.get(key.session_id)
-        if stream is None:
-            stream = self._streams[key.session_id] = _Stream()
-        if _add_index(stream.delivered, key.index):
-            self._dirty_streams.add(key.session_id)
-        self._remember_spent(key)
-        batch = key.batch
-        if batch is None:
-            return
-        batch.left -= 1
-        if batch.left <= 0:
-            batch.dead = True
-            self._dirty.pop(batch.batch_id, None)
-            if batch.persisted:
-                self._gone.add(batch.batch_id)
 
     # ---- changes ------------------------------------------------------------------------
     def add(self, key: HeldKey) -> int:
@@ -294,29 +289,32 @@ class KeyVault:
                    provenance_changed: bool = False) -> int:
         """Change the state of a batch of keys (``provenance_changed``: their provenance
         was set too; it is written with the state either way); the journal generation."""
+        live_keys = self._live
+        dirty = self._dirty
+        ready = self._ready
+        delivered: list[HeldKey] = []
         for key in keys:
-            live = self._live.get(key.key_id) is key
-            if not live:
+            if live_keys.get(key.key_id) is not key:
                 if key.state != "delivered":  # a key no vault holds (dropped, or never
                     key.state = state         # added): nothing to write
                     if state == "delivered":
                         key.material = None
                 continue
+            batch = key.batch
             if key.state == state:
-                if key.batch is not None:
-                    self._dirty[key.batch.batch_id] = key.batch
+                if batch is not None:
+                    dirty[batch.batch_id] = batch
                 continue
             sid = key.session_id
-            self._ready[sid] = self._ready.get(sid, 0) + (state == "ready") - (
-                key.state == "ready")
+            ready[sid] = ready.get(sid, 0) + (state == "ready") - (key.state == "ready")
             key.state = state
-            batch = key.batch
             if batch is not None:
-                self._dirty[batch.batch_id] = batch
+                dirty[batch.batch_id] = batch
             if state == "delivered":
                 key.material = None
-                self._unindex_delivered(key)
-                self._delivered(key)
+                delivered.append(key)
+        if delivered:
+            self._delivered_all(delivered)
         return self._journal.mark()
 
     def undeliver(self, keys: Iterable[HeldKey], materials: Iterable[bytes]) -> int:
@@ -340,7 +338,7 @@ class KeyVault:
                 del self._spent_index[(sid, key.index)]
             self._spent_of.get(sid, set()).discard(key.key_id)
             stream = self._streams.get(sid)
-            if stream is not None and _remove_index(stream.delivered, key.index):
+            if stream is not None and remove_index(stream.delivered, key.index):
                 self._dirty_streams.add(sid)
             key.state = "ready"
             key.material = material
@@ -363,12 +361,6 @@ class KeyVault:
             back += 1
         return self._journal.mark() if back else 0
 
-    def _unindex_delivered(self, key: HeldKey) -> None:
-        del self._live[key.key_id]
-        if self.by_index.get((key.session_id, key.index)) is key:
-            del self.by_index[(key.session_id, key.index)]
-        self._by_session.get(key.session_id, {}).pop(key.key_id, None)
-
     def touch(self, key: HeldKey) -> int:
         """Mark a key changed (e.g. its provenance); the journal generation."""
         if key.batch is not None and not key.batch.dead and self._live.get(key.key_id) is key:
@@ -386,9 +378,22 @@ class KeyVault:
         if k is not None:
             return k
         stream = self._streams.get(session_id)
-        if stream is not None and _in_ranges(stream.delivered, index):
+        if stream is not None and in_ranges(stream.delivered, index):
             return HeldKey("", session_id, index, 0, None, "delivered")
         return None
+
+    def get_many(self, session_id: str, indexes: Iterable[int]) -> list[HeldKey | None]:
+        """:meth:`get` of each of ``indexes`` (one call for a batch)."""
+        by_index, spent_index = self.by_index, self._spent_index
+        out: list[HeldKey | None] = []
+        for i in indexes:
+            k = by_index.get((session_id, i))
+            if k is None:
+                k = spent_index.get((session_id, i))
+                if k is None:
+                    k = self.get(session_id, i)
+            out.append(k)
+        return out
 
     def of_session(self, session_id: str) -> list[HeldKey]:
         """The keys of a session the vault holds (pending or ready; not the delivered)."""

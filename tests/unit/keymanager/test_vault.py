@@ -7,10 +7,13 @@ import random
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from sqlalchemy import func, select, text
 from tests.support.deadlines import DEADLINE_S
 
 from keyplane.errors import CommitFailed
+from keyplane.keymanager.indexranges import add_index, add_indexes
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.vault import HeldKey, KeyVault, new_key_id, new_key_ids
 from keyplane.store import Database
@@ -46,11 +49,12 @@ async def test_vault_ready_count_matches_a_scan_after_random_changes(db: Databas
                            for j in range(rng.randrange(1, 4))])
             next_index[sid] += 3
         elif op <= 4:
-            k = rng.choice(keys)
+            # one key, or several at once (a bulk delivery takes the batched path)
+            some = rng.sample(keys, min(len(keys), rng.choice([1, 1, 2, 5])))
             state = rng.choice(["pending", "ready", "delivered"])
-            vault.set_state(k, state)  # type: ignore[arg-type]
+            vault.set_states(some, state)  # type: ignore[arg-type]
             if state == "delivered":
-                delivered[sid].add(k.index)
+                delivered[sid].update(k.index for k in some)
         else:
             vault.drop_session(sid)
             delivered[sid].clear()
@@ -66,6 +70,8 @@ async def test_vault_ready_count_matches_a_scan_after_random_changes(db: Databas
             assert all(vault.get(s, i).state == "delivered"  # type: ignore[union-attr]
                        for i in delivered[s])
             assert vault.delivered_end(s) == 1 + max(delivered[s], default=-1)
+            probe = [*range(next_index[s] + 2)]
+            assert vault.get_many(s, probe) == [vault.get(s, i) for i in probe]
     await journal.sync()
     # a restarted KM (a new vault on the same database) finds exactly the same state
     again = KeyVault("km0", Journal(db))
@@ -166,6 +172,18 @@ async def test_vault_commit_failure_reaches_waiters_and_the_journal_retries(
         (row,) = (await s.execute(select(KeyStreamRow))).scalars().all()
     assert row.delivered == [[0, 1]]
     await journal.close()
+
+
+@given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=12), max_size=8))
+def test_vault_add_indexes_in_bulk_equals_one_at_a_time(batches: list[list[int]]) -> None:
+    one: list[list[int]] = []
+    bulk: list[list[int]] = []
+    for batch in batches:
+        new_one = False
+        for i in batch:
+            new_one = add_index(one, i) or new_one
+        assert add_indexes(bulk, batch) == new_one
+        assert bulk == one
 
 
 def test_new_key_id_is_a_version_7_uuid_ordered_by_time() -> None:

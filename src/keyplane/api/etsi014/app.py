@@ -21,7 +21,7 @@ the handlers below and write the same bytes.
 from __future__ import annotations
 
 import asyncio
-import base64
+import binascii
 import functools
 import inspect
 import logging
@@ -172,8 +172,9 @@ def _status_body(s: PairStatus) -> dict[str, Any]:
 def _container_json(keys: list[DeliveredKey]) -> bytes:
     """The Key container (clause 6.3) as JSON bytes, in one serializer pass."""
     out = []
+    b64 = binascii.b2a_base64
     for k in keys:
-        item: dict[str, Any] = {"key_ID": k.key_id, "key": base64.b64encode(k.key).decode()}
+        item: dict[str, Any] = {"key_ID": k.key_id, "key": b64(k.key, newline=False).decode()}
         if k.extension:
             item["key_extension"] = k.extension
         out.append(item)

@@ -1,0 +1,68 @@
+"""Merged, sorted ``[start, end)`` index ranges: what a KM remembers of a stream's
+delivered indexes once their keys are gone (:mod:`keyplane.keymanager.vault`)."""
+
+from __future__ import annotations
+
+import bisect
+
+__all__ = ["add_index", "add_indexes", "in_ranges", "remove_index"]
+
+
+def add_index(ranges: list[list[int]], i: int) -> bool:
+    """Add index ``i`` to merged, sorted ``[start, end)`` ranges; whether it was new."""
+    at = bisect.bisect_right(ranges, [i, float("inf")])
+    if at and ranges[at - 1][1] > i:
+        return False
+    if at and ranges[at - 1][1] == i:
+        ranges[at - 1][1] = i + 1
+        if at < len(ranges) and ranges[at][0] == i + 1:
+            ranges[at - 1][1] = ranges.pop(at)[1]
+    elif at < len(ranges) and ranges[at][0] == i + 1:
+        ranges[at][0] = i
+    else:
+        ranges.insert(at, [i, i + 1])
+    return True
+
+
+def add_indexes(ranges: list[list[int]], indexes: list[int]) -> bool:
+    """Add ``indexes`` to merged, sorted ``[start, end)`` ranges; whether any was new.
+
+    A bulk delivery's indexes are nearly always one run that extends the last range, which
+    is one comparison here instead of a search per index.
+    """
+    new = False
+    indexes = sorted(indexes)
+    start = prev = indexes[0]
+    for i in [*indexes[1:], None]:
+        if i is not None and i <= prev + 1:
+            prev = max(prev, i)
+            continue
+        # the run [start, prev + 1)
+        if ranges and ranges[-1][1] == start:
+            ranges[-1][1] = prev + 1
+            new = True
+        elif ranges and ranges[-1][1] < start:
+            ranges.append([start, prev + 1])
+            new = True
+        else:
+            for j in range(start, prev + 1):
+                new = add_index(ranges, j) or new
+        if i is not None:
+            start = prev = i
+    return new
+
+
+def remove_index(ranges: list[list[int]], i: int) -> bool:
+    """Take index ``i`` out of merged, sorted ``[start, end)`` ranges; whether it was in."""
+    at = bisect.bisect_right(ranges, [i, float("inf")])
+    if not at or ranges[at - 1][1] <= i:
+        return False
+    start, end = ranges[at - 1]
+    parts = [[a, b] for a, b in ((start, i), (i + 1, end)) if a < b]
+    ranges[at - 1:at] = parts
+    return True
+
+
+def in_ranges(ranges: list[list[int]], i: int) -> bool:
+    at = bisect.bisect_right(ranges, [i, float("inf")])
+    return bool(at) and ranges[at - 1][1] > i
