@@ -7,7 +7,9 @@ lowers its own CPU priority (``os.nice``) so a saturated twin slows key *product
 key delivery or control, then runs one :class:`~keyplane.physical.runner.LinkRunner` per
 link: both ends in this process over in-process channels (embedded mode), or, in a node
 process of a distributed network, only that node's ends, on the network's bus, which the
-worker joins itself (``bus_url``) so the frames never pass through the KM's process.
+worker joins itself (``bus_url``) so the frames never pass through the KM's process. In a
+process of several nodes (``link_nodes``) the worker joins once per node, with that node's
+credentials, and a link between two of them runs both ends here over in-process channels.
 
 What crosses the pipe, and why:
 

@@ -11,7 +11,8 @@ KMs with ``LinkBlocksHeld`` as for any block, and paused while the store is full
   loop with ``EmulationSettings.mode="inprocess"`` (virtual-clock tests). In a node
   process (distributed mode) the node's own ends run in its worker, which joins the
   network's bus itself and talks to the peer's ends there (in-process when the process
-  has no bus URL, e.g. an in-memory bus in tests).
+  has no bus URL, e.g. an in-memory bus in tests). A process of several nodes
+  (keyplane.nodegroup) has one pool for all of their ends.
 * ``etsi014`` — a QKD device reached over ETSI GS QKD 014 (real hardware, or
   ``keyplane device``): :class:`~keyplane.keymanager.sources.etsi014.Etsi014LinkEnd`.
 
