@@ -101,6 +101,14 @@ class Proc:
         self.ready = threading.Event()
         threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the ready line came within ``timeout_s`` (False at once if it exits)."""
+        end = time.monotonic() + timeout_s
+        while not self.ready.wait(min(1.0, max(0.0, end - time.monotonic()))):
+            if self.proc.poll() is not None or time.monotonic() >= end:
+                return self.ready.is_set()
+        return True
+
     def _pump(self, ready: str) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -222,8 +230,13 @@ def main() -> None:
                           f"node {g} ready") for g in groups]
             procs += nodes
             for p in nodes:
-                if not p.ready.wait(max(1.0, args.timeout - (time.monotonic() - t0))):
-                    raise SystemExit(f"a node did not start within {args.timeout:g} s")
+                if not p.wait_ready(max(1.0, args.timeout - (time.monotonic() - t0))):
+                    failed = [p for p in nodes if p.proc.poll() is not None]
+                    raise SystemExit(
+                        f"not every node process was ready after {time.monotonic() - t0:.0f} "
+                        f"s: {len(failed)} of {len(nodes)} exited (see their logs, e.g. "
+                        f"'did not start within'); load average "
+                        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             ready_s = time.monotonic() - t0
             kms = json.loads((state / "endpoints.json").read_text())["kms"]
             usage = [p.usage() for p in nodes]
