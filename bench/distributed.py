@@ -4,7 +4,9 @@ Writes a grid topology of ``--nodes`` nodes (analytic links, 10 km; SAEs sa at n
 (adjacent) and sc at the last node), starts a secured ``nats-server`` (TLS, per-element
 certificates and permissions, signed messages, as ``keyplane nats-config`` configures it),
 one database (PostgreSQL when its server binaries are installed, else a shared SQLite
-file), ``keyplane controller`` and one ``keyplane node --id`` process per node, and measures:
+file), ``keyplane controller`` and one ``keyplane node --id`` process per node (or, with
+``--per-process K``, one ``keyplane node --id n0,n1,...`` process per K nodes: several nodes
+per process, keyplane.nodegroup), and measures:
 
 * ``ready``: from the first node's spawn until every node printed "ready" and is in
   endpoints.json; the CPU time every process spent until then;
@@ -14,7 +16,7 @@ file), ``keyplane controller`` and one ``keyplane node --id`` process per node, 
   HTTPS with mutual TLS, ``--concurrency`` loops, ``--seconds``) for the adjacent pair and
   the pair at opposite corners, with the CPU per pair of all node processes together.
 
-    python bench/distributed.py [--nodes 20] [--seconds 10] [--concurrency 4]
+    python bench/distributed.py [--nodes 20] [--per-process 1] [--seconds 10] [--concurrency 4]
 
 Prints figures (command, machine, load); never asserts.
 """
@@ -99,6 +101,14 @@ class Proc:
         self.ready = threading.Event()
         threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
 
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Whether the ready line came within ``timeout_s`` (False at once if it exits)."""
+        end = time.monotonic() + timeout_s
+        while not self.ready.wait(min(1.0, max(0.0, end - time.monotonic()))):
+            if self.proc.poll() is not None or time.monotonic() >= end:
+                return self.ready.is_set()
+        return True
+
     def _pump(self, ready: str) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -169,14 +179,22 @@ async def _pairs(state: Path, master: str, slave: str, seconds: float, concurren
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=20)
+    ap.add_argument("--per-process", type=int, default=1,
+                    help="nodes per keyplane node process (1: a process per node)")
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--idle-seconds", type=float, default=10.0)
+    ap.add_argument("--settle-seconds", type=float, default=0.0,
+                    help="wait this long after ready before the idle window (the links "
+                         "fill the key stores first)")
     ap.add_argument("--timeout", type=float, default=900.0)
     args = ap.parse_args()
-    print(f"command: python bench/distributed.py --nodes {args.nodes} --seconds "
+    if args.per_process < 1:
+        raise SystemExit("--per-process must be at least 1")
+    print(f"command: python bench/distributed.py --nodes {args.nodes} --per-process "
+          f"{args.per_process} --seconds "
           f"{args.seconds:g} --concurrency {args.concurrency} --idle-seconds "
-          f"{args.idle_seconds:g}")
+          f"{args.idle_seconds:g} --settle-seconds {args.settle_seconds:g}")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}, load average "
           f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
@@ -205,30 +223,39 @@ def main() -> None:
             if not ctl.ready.wait(args.timeout):
                 raise SystemExit("the controller did not start")
             t0 = time.monotonic()
-            nodes = [Proc(["node", "--id", n.id, *common], Path(tmp) / f"node-{n.id}.log",
-                          f"node {n.id} ready") for n in topo.nodes]
+            ids = [n.id for n in topo.nodes]
+            groups = [",".join(ids[i:i + args.per_process])
+                      for i in range(0, len(ids), args.per_process)]
+            nodes = [Proc(["node", "--id", g, *common], Path(tmp) / f"node-{g}.log",
+                          f"node {g} ready") for g in groups]
             procs += nodes
             for p in nodes:
-                if not p.ready.wait(max(1.0, args.timeout - (time.monotonic() - t0))):
-                    raise SystemExit(f"a node did not start within {args.timeout:g} s")
+                if not p.wait_ready(max(1.0, args.timeout - (time.monotonic() - t0))):
+                    failed = [p for p in nodes if p.proc.poll() is not None]
+                    raise SystemExit(
+                        f"not every node process was ready after {time.monotonic() - t0:.0f} "
+                        f"s: {len(failed)} of {len(nodes)} exited (see their logs, e.g. "
+                        f"'did not start within'); load average "
+                        f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
             ready_s = time.monotonic() - t0
             kms = json.loads((state / "endpoints.json").read_text())["kms"]
             usage = [p.usage() for p in nodes]
             ccpu, crss = ctl.usage()
-            print(f"ready: {len(nodes)} node processes in {ready_s:.1f} s ({len(kms)} in "
-                  f"endpoints.json); CPU until ready {sum(c for c, _ in usage):.1f} s "
-                  f"({sum(c for c, _ in usage) / len(nodes):.2f} s per node), controller "
-                  f"{ccpu:.1f} s")
-            print(f"memory: nodes {sum(r for _, r in usage) / 1024:.0f} MB together "
-                  f"({sum(r for _, r in usage) / 1024 / len(nodes):.0f} MB per node process "
-                  f"with its link worker), controller {crss / 1024:.0f} MB", flush=True)
+            cpu, rss = sum(c for c, _ in usage), sum(r for _, r in usage) / 1024
+            print(f"ready: {len(ids)} nodes in {len(nodes)} node processes in {ready_s:.1f} s "
+                  f"({len(kms)} in endpoints.json); CPU until ready {cpu:.1f} s "
+                  f"({cpu / len(ids):.2f} s per node), controller {ccpu:.1f} s")
+            print(f"memory: nodes {rss:.0f} MB together ({rss / len(ids):.0f} MB per node, "
+                  f"{rss / len(nodes):.0f} MB per node process with its link workers), "
+                  f"controller {crss / 1024:.0f} MB", flush=True)
+            time.sleep(args.settle_seconds)  # the key stores fill after ready
             c0, n0 = sum(p.usage()[0] for p in procs), sum(p.usage()[0] for p in nodes)
             time.sleep(args.idle_seconds)  # the idle window being measured
             idle = (sum(p.usage()[0] for p in procs) - c0) / args.idle_seconds
             node_idle = (sum(p.usage()[0] for p in nodes) - n0) / args.idle_seconds
             print(f"idle: all {len(procs)} processes {100 * idle:.1f} % of a core together "
-                  f"({100 * node_idle / len(nodes):.1f} % per node process with its link "
-                  f"worker)", flush=True)
+                  f"({100 * node_idle / len(ids):.1f} % per node, node processes with their "
+                  f"link workers)", flush=True)
             for master, slave in (("sa", "sb"), ("sa", "sc")):
                 print(asyncio.run(_pairs(state, master, slave, args.seconds,
                                          args.concurrency, nodes, node_idle)), flush=True)

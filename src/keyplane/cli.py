@@ -45,7 +45,9 @@ from keyplane.cli_support import (
 from keyplane.fileperms import ensure_private_dir, write_private
 
 if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
+    from keyplane.config import Topology
     from keyplane.lifecycle import ProcessControl
+    from keyplane.logsetup import LogFormat
 
 __all__ = ["app", "main"]
 
@@ -242,7 +244,10 @@ def controller(topology: TopologyOpt, bus: NatsOpt,
 
 
 @app.command()
-def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the topology.")],
+def node(node_id: Annotated[str, typer.Option(
+             "--id", help="Node id from the topology, or several separated by commas "
+                          "(km1,km2,...): one process runs them all, each with its own bus "
+                          "identity and servers (docs/operations.md).")],
          topology: TopologyOpt, bus: NatsOpt,
          state: StateOpt = Path("state"), db: DbOpt = None,
          ops: Annotated[str | None, typer.Option(
@@ -269,7 +274,8 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
          bind_host: BindHostOpt = "127.0.0.1", advertise_host: AdvertiseOpt = None,
          etsi015_unqualified: UnqualifiedOpt = False, verbose: VerboseOpt = False,
          log_format: LogFormatOpt = "text") -> None:
-    """Run one node (its KM, QKD link ends and interfaces) as its own process."""
+    """Run one node (its KM, QKD link ends and interfaces) as its own process, or several
+    (--id km1,km2) in one."""
     from keyplane.bus import connect
     from keyplane.events import BusSink, EventStream, JsonlSink
     from keyplane.logsetup import NotableEvents
@@ -278,6 +284,12 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
     from keyplane.store import Database
 
     topo = _with_etsi015(_load(topology), etsi015_unqualified)
+    if "," in node_id:
+        _node_group(node_id, topo, bus=bus, state=state, db=db, ops=ops,
+                    ports=(api_port, etsi015_port), keks=(kek, kek_retired),
+                    danger_insecure_bus=danger_insecure_bus, bind_host=bind_host,
+                    advertise_host=advertise_host, verbose=verbose, log_format=log_format)
+        return
     if node_id not in {n.id for n in topo.nodes}:
         console.print(f"[red]error:[/red] node {node_id!r} is not in {topology}")
         raise typer.Exit(2)
@@ -325,6 +337,37 @@ def node(node_id: Annotated[str, typer.Option("--id", help="Node id from the top
             await b.close()
 
     _run_process(main_)
+
+
+def _node_group(text: str, topo: Topology, *, bus: str, state: Path, db: str | None,
+                ops: str | None, ports: tuple[int | None, int | None],
+                keks: tuple[Path | None, list[Path] | None], danger_insecure_bus: bool,
+                bind_host: str, advertise_host: str | None, verbose: bool,
+                log_format: LogFormat) -> None:
+    """``keyplane node --id a,b,...``: check the list and the options, then run the nodes
+    (keyplane.cli_nodes)."""
+    from keyplane.cli_nodes import run_node_group
+    from keyplane.errors import ConfigError
+    from keyplane.nodegroup import parse_node_ids
+
+    try:
+        ids = parse_node_ids(text, topo)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    if any(p is not None for p in ports) or keks[0] is not None or keks[1]:
+        console.print("[red]error:[/red] with several --id, each node's ports come from the "
+                      "topology (ports.api, ports.etsi015) and its key-encryption key from "
+                      "<state>/certs/km/<id>.kek: --api-port, --etsi015-port, --kek and "
+                      "--kek-retired are for one node", highlight=False)
+        raise typer.Exit(2)
+    ops_at = _ops_address(ops if ops is not None
+                          else f"127.0.0.1:{topo.node(ids[0]).ports.ops or 0}")
+    _logging(verbose, log_format)
+    ensure_private_dir(state)
+    run_node_group(ids, topo, bus=bus, state=state, db=db, ops_at=ops_at,
+                   danger_insecure_bus=danger_insecure_bus, bind_host=bind_host,
+                   advertise_host=advertise_host)
 
 
 @app.command()

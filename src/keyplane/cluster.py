@@ -3,9 +3,10 @@
 :class:`LocalCluster` runs the distributed mode on loopback, as Kubernetes would run it on
 pods: a secured nats-server (:meth:`keyplane.services.NatsServer.start_secured`), a
 PostgreSQL server (:class:`keyplane.services.PostgresServer`), ``keyplane controller`` and
-one ``keyplane node`` process per node, each node on pinned ports so that a restarted node
-is found where it was. Faults are methods: :meth:`kill` (SIGKILL, as a crash or an OOM kill)
-and :meth:`start` of a keyplane process, :meth:`stop_nats` / :meth:`start_nats` on the same
+one ``keyplane node`` process per node (or per group of nodes, ``groups``: ``keyplane node
+--id km1,km2``), each node on pinned ports so that a restarted node is found where it was.
+Faults are methods: :meth:`kill` (SIGKILL, as a crash or an OOM kill) and :meth:`start` of a
+keyplane process, :meth:`stop_nats` / :meth:`start_nats` on the same
 port, :meth:`stop_postgres` / :meth:`start_postgres` on the same port and data directory.
 
 Used by the fault matrix (:mod:`keyplane.faultmatrix`, its test and ``bench/faults.py``).
@@ -24,6 +25,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -167,12 +169,24 @@ class LocalCluster:
         workdir: where the topology copy, state folder, certificates, logs, nats-server's
             configuration and PostgreSQL's data go.
         settings: the waits.
+        groups: nodes that share a process (``keyplane node --id a,b``; that process's
+            element name is ``"a,b"``); every other node runs in a process of its own.
+
+    Raises:
+        ConfigError: a node named ``controller``, or a group naming an unknown node or a
+            node already in another group.
     """
 
     def __init__(self, topology: Topology, workdir: Path,
-                 settings: ClusterSettings | None = None) -> None:
+                 settings: ClusterSettings | None = None,
+                 groups: Sequence[Sequence[str]] = ()) -> None:
         if any(n.id == CONTROLLER for n in topology.nodes):
             raise ConfigError(f"a node may not be named {CONTROLLER!r} in a LocalCluster")
+        grouped = [n for g in groups for n in g]
+        if set(grouped) - {n.id for n in topology.nodes} or len(set(grouped)) < len(grouped):
+            raise ConfigError(f"groups {[list(g) for g in groups]}: each node of the "
+                              "topology at most once")
+        self.groups = [list(g) for g in groups if g]
         self.topology = topology
         self.workdir = workdir
         self.settings = settings or ClusterSettings()
@@ -189,9 +203,20 @@ class LocalCluster:
         self._starts: dict[str, int] = {}
 
     @property
+    def node_processes(self) -> list[str]:
+        """The node processes' element names: ``"a,b"`` for a group, else the node id."""
+        grouped = {n for g in self.groups for n in g}
+        return [*(",".join(g) for g in self.groups),
+                *(n.id for n in self.topology.nodes if n.id not in grouped)]
+
+    def process_of(self, node: str) -> str:
+        """The element name of the process that runs ``node``."""
+        return next((",".join(g) for g in self.groups if node in g), node)
+
+    @property
     def elements(self) -> list[str]:
-        """The keyplane processes: the controller, then every node."""
-        return [CONTROLLER, *(n.id for n in self.topology.nodes)]
+        """The keyplane processes: the controller, then every node process."""
+        return [CONTROLLER, *self.node_processes]
 
     def etsi014_url(self, node: str) -> str:
         """The ETSI 014 base URL of ``node`` (ETSI 004 is under ``/etsi004``)."""
@@ -217,18 +242,21 @@ class LocalCluster:
         """Certificates, nats-server, PostgreSQL, the controller, then every node."""
         ensure_private_dir(self.workdir)
         ensure_private_dir(self.state)
-        write_private(self.topology_file,
-                      yaml.safe_dump(self.topology.model_dump(mode="json")))
+        self.ports = {n.id: (restartable_port(), restartable_port())
+                      for n in self.topology.nodes}
+        # the ports in the topology copy too: a process of several nodes takes them there
+        doc = self.topology.model_dump(mode="json")
+        for n in doc["nodes"]:
+            n["ports"].update(api=self.ports[n["id"]][0], etsi015=self.ports[n["id"]][1])
+        write_private(self.topology_file, yaml.safe_dump(doc))
         ensure_network_certs(self.topology, self.certs)
         self.nats = await asyncio.to_thread(
             NatsServer.start_secured, self.topology, self.certs, port=restartable_port(),
             config_path=self.state / "nats.conf")
         self.postgres = await asyncio.to_thread(PostgresServer.start, restartable_port())
         self.db_url = await asyncio.to_thread(self.postgres.create_database, "keyplane")
-        self.ports = {n.id: (restartable_port(), restartable_port())
-                      for n in self.topology.nodes}
         await self.start(CONTROLLER)
-        await asyncio.gather(*(self.start(n.id) for n in self.topology.nodes))
+        await asyncio.gather(*(self.start(p) for p in self.node_processes))
 
     def _args(self, element: str) -> tuple[list[str], str]:
         assert self.nats is not None
@@ -236,6 +264,8 @@ class LocalCluster:
                   "-s", str(self.state)]
         if element == CONTROLLER:
             return ["controller", *common], "controller ready"
+        if "," in element:  # a group: its nodes' ports are in the topology copy
+            return ["node", "--id", element, *common], f"node {element} ready"
         api, agent = self.ports[element]
         return (["node", "--id", element, *common, "--etsi014-port", str(api),
                  "--etsi015-port", str(agent)], f"node {element} ready")

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from keyplane.bus import Bus, Message, Subscription, topics, unsubscribe_all
 from keyplane.clock import Clock, RealClock
@@ -77,11 +77,16 @@ class NetworkMetrics(Service):
         bus: where the elements publish.
         links: the links to report (None: every link).
         nodes: the KMs to report (None: every KM).
+        buses: node or link id -> the connection its series are subscribed on (a process
+            of several nodes: each node's own, which may read only its own topics; a link
+            on one of its local ends' node's); absent: ``bus``.
     """
 
     def __init__(self, ops: Ops, bus: Bus, *, links: Iterable[str] | None = None,
-                 nodes: Iterable[str] | None = None) -> None:
+                 nodes: Iterable[str] | None = None,
+                 buses: Mapping[str, Bus] | None = None) -> None:
         self.bus = bus
+        self.buses = dict(buses or {})
         self.links = None if links is None else sorted(set(links))
         self.nodes = None if nodes is None else sorted(set(nodes))
         s = SERIES
@@ -109,14 +114,17 @@ class NetworkMetrics(Service):
 
     async def start(self) -> None:
         """Subscribe; the series follow the network from now on."""
-        link_topics = ([topics.link_telemetry("*")] if self.links is None
-                       else [topics.link_telemetry(lid) for lid in self.links])
-        km_topics = ([topics.km_telemetry("*")] if self.nodes is None
-                     else [topics.km_telemetry(n) for n in self.nodes])
-        alarm_topics = ([topics.alarm("*")] if self.links is None
-                        else [topics.alarm(lid) for lid in self.links])
-        for pattern in [*link_topics, *km_topics, *alarm_topics]:
-            self._subs.append(await self.bus.subscribe(pattern, self._on_message))
+        b = self.bus
+        link_topics = ([(b, topics.link_telemetry("*"))] if self.links is None
+                       else [(self.buses.get(lid, b), topics.link_telemetry(lid))
+                             for lid in self.links])
+        km_topics = ([(b, topics.km_telemetry("*"))] if self.nodes is None
+                     else [(self.buses.get(n, b), topics.km_telemetry(n)) for n in self.nodes])
+        alarm_topics = ([(b, topics.alarm("*"))] if self.links is None
+                        else [(self.buses.get(lid, b), topics.alarm(lid))
+                              for lid in self.links])
+        for bus, pattern in [*link_topics, *km_topics, *alarm_topics]:
+            self._subs.append(await bus.subscribe(pattern, self._on_message))
 
     async def close(self) -> None:
         """Unsubscribe (idempotent); the series keep their last values."""

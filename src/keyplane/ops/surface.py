@@ -11,7 +11,7 @@ dashboard at ``/dashboard/``. With the endpoints off (``--ops off``) nothing is 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 
 from keyplane.api.httpserver import HttpServer
 from keyplane.bus import Bus
@@ -28,6 +28,7 @@ __all__ = ["serve_operations"]
 async def serve_operations(ops: Ops, address: tuple[str, int] | None, *, bus: Bus,
                            links: Iterable[str] | None = None,
                            nodes: Iterable[str] | None = None,
+                           buses: Mapping[str, Bus] | None = None,
                            dashboard: Dashboard | None = None,
                            health_interval_s: float = 10.0
                            ) -> AsyncIterator[HttpServer | None]:
@@ -39,6 +40,8 @@ async def serve_operations(ops: Ops, address: tuple[str, int] | None, *, bus: Bu
         address: ``(host, port)`` of the operations server; None: nothing is served.
         bus: where the network's telemetry and alarms arrive.
         links, nodes: the links and KMs whose series this process exports (None: all).
+        buses: node or link id -> the connection its series come in on (a process of
+            several nodes, :class:`~keyplane.ops.network.NetworkMetrics`); absent: ``bus``.
         dashboard: a dashboard to mount at ``/dashboard/`` and run.
         health_interval_s: time between two samples of the health series.
 
@@ -50,7 +53,7 @@ async def serve_operations(ops: Ops, address: tuple[str, int] | None, *, bus: Bu
         return
     if dashboard is not None:
         ops.mount(DASHBOARD_PATH, dashboard.app)
-    services: list[Service] = [NetworkMetrics(ops, bus, links=links, nodes=nodes),
+    services: list[Service] = [NetworkMetrics(ops, bus, links=links, nodes=nodes, buses=buses),
                                HealthSampler(ops, interval_s=health_interval_s)]
     if dashboard is not None:
         services.append(dashboard)

@@ -34,21 +34,29 @@ class PhysicalNetwork(Service):
         bus: telemetry, link control and (distributed) the channels.
         events: the event stream.
         node: run only this node's ends (distributed mode); ``None`` runs every end.
+        nodes: instead of ``node``, several nodes of one process: their ends (a link
+            between two of them runs both ends here, over in-process channels).
+        buses: with ``nodes``: node id -> its bus; a link's runner uses its local Alice
+            end's node's (else its Bob end's); default ``bus``.
         link_ids: run only these links (default: every link; the others have other key
             sources, see :mod:`keyplane.keymanager.sources`).
         runner_options: extra keyword arguments for every :class:`LinkRunner`.
 
     Raises:
-        ConfigError: a local end has no sink, or ``node`` is unknown.
+        ConfigError: a local end has no sink, or ``node`` (one of ``nodes``) is unknown.
     """
 
     def __init__(self, topology: Topology, *, clock: Clock,
                  sinks: Mapping[tuple[str, str], LinkKeySink], seed: int = 0,
                  bus: Bus | None = None, events: EventStream | None = None,
                  node: str | None = None, link_ids: Collection[str] | None = None,
+                 nodes: Collection[str] | None = None,
+                 buses: Mapping[str, Bus] | None = None,
                  **runner_options: object) -> None:
-        if node is not None and node not in {n.id for n in topology.nodes}:
-            raise ConfigError(f"unknown node {node!r}")
+        local = set(nodes) if nodes is not None else {node} if node is not None else None
+        unknown = sorted((local or set()) - {n.id for n in topology.nodes})
+        if unknown:
+            raise ConfigError(f"unknown node {unknown[0]!r}")
         self.topology = topology
         self.node = node
         self.runners: dict[str, LinkRunner] = {}
@@ -57,15 +65,11 @@ class PhysicalNetwork(Service):
             if chosen is not None and link.link_id not in chosen:
                 continue
             a, b = link.endpoints
-            ends: tuple[End, ...]
-            if node is None:
-                ends = ("alice", "bob")
-            elif node == a:
-                ends = ("alice",)
-            elif node == b:
-                ends = ("bob",)
-            else:
+            roles: tuple[tuple[End, str], ...] = (("alice", a), ("bob", b))
+            ends = tuple(end for end, owner in roles if local is None or owner in local)
+            if not ends:
                 continue
+            runs_as = a if "alice" in ends else b
             lid = link.link_id
             alice_sink = sinks.get((a, lid)) if "alice" in ends else None
             bob_sink = sinks.get((b, lid)) if "bob" in ends else None
@@ -73,7 +77,8 @@ class PhysicalNetwork(Service):
                 if end in ends and sink is None:
                     raise ConfigError(f"no key sink for node {owner!r} on link {lid!r}")
             self.runners[lid] = LinkRunner(link, clock=clock, seed=seed, alice_sink=alice_sink,
-                                           bob_sink=bob_sink, bus=bus, events=events,
+                                           bob_sink=bob_sink,
+                                           bus=(buses or {}).get(runs_as, bus), events=events,
                                            local_ends=ends, **runner_options)  # type: ignore[arg-type]
         self._started = False
 

@@ -184,13 +184,22 @@ class LinkWorkerPool(Service):
         link_ids: run only these links (default: every link of the topology).
         node: run only this node's ends of its links (distributed mode; the neighbours'
             processes run the other ends); None: both ends of every link.
-        bus_url: with ``node``: the network's bus, which the workers join themselves
-            (channels, telemetry and link commands go there, not through this process).
-        bus_security: with ``bus_url``: the node's bus identity; the workers load the same
-            credentials from its files (None: the in-memory or explicitly insecure bus).
+        nodes: instead of ``node``, the several nodes of one process (``keyplane node
+            --id a,b``): their ends of their links; a link between two of them runs both
+            ends in one worker, over in-process channels, as in embedded mode.
+        bus_url: with ``node`` or ``nodes``: the network's bus, which the workers join
+            themselves (channels, telemetry and link commands go there, not through this
+            process).
+        bus_security: with ``bus_url`` and ``node``: the node's bus identity; the workers
+            load the same credentials from its files (None: the in-memory or explicitly
+            insecure bus).
+        bus_securities: with ``bus_url`` and ``nodes``: each node's bus identity; a worker
+            joins the bus once per node whose links it runs, as that node (a link's
+            runner as the owner of its local Alice end, else of its Bob end).
 
     Raises:
-        ConfigError: a local link end has no sink, or ``node`` without ``bus_url``.
+        ConfigError: a local link end has no sink, or ``node``/``nodes`` without
+            ``bus_url``.
     """
 
     def __init__(self, topology: Topology, *, clock: Clock,
@@ -198,14 +207,19 @@ class LinkWorkerPool(Service):
                  bus: Bus | None = None, events: EventStream | None = None,
                  settings: EmulationSettings | None = None,
                  link_ids: Collection[str] | None = None, node: str | None = None,
-                 bus_url: str | None = None, bus_security: BusSecurity | None = None) -> None:
+                 bus_url: str | None = None, bus_security: BusSecurity | None = None,
+                 nodes: Collection[str] | None = None,
+                 bus_securities: Mapping[str, BusSecurity | None] | None = None) -> None:
         from keyplane.errors import ConfigError
 
-        if node is not None and bus_url is None:
-            raise ConfigError("link workers of one node need the network's bus URL")
+        local = set(nodes) if nodes is not None else {node} if node is not None else None
+        if local is not None and bus_url is None:
+            raise ConfigError("link workers of a node process need the network's bus URL")
         self.node = node
-        self.bus_url = bus_url if node is not None else None
+        self.nodes = None if nodes is None else frozenset(nodes)
+        self.bus_url = bus_url if local is not None else None
         self.bus_security = bus_security
+        self.bus_securities = dict(bus_securities or {})
         self.topology = topology
         self.clock = clock
         self.bus = bus
@@ -214,14 +228,17 @@ class LinkWorkerPool(Service):
         self.settings = settings or EmulationSettings()
         chosen = [link for link in topology.links
                   if (link_ids is None or link.link_id in set(link_ids))
-                  and (node is None or node in link.endpoints)]
+                  and (local is None or local.intersection(link.endpoints))]
         self._sinks: dict[tuple[str, End], LinkKeySink] = {}
         self._ends: dict[str, list[End]] = {}
+        self._link_node: dict[str, str] = {}  # with ``nodes``: whose identity runs the link
         roles: tuple[End, End] = ("alice", "bob")
         for link in chosen:
             for end, owner in zip(roles, link.endpoints, strict=True):
-                if node is not None and owner != node:
+                if local is not None and owner not in local:
                     continue
+                if self.nodes is not None:
+                    self._link_node.setdefault(link.link_id, owner)
                 sink = sinks.get((owner, link.link_id))
                 if sink is None:
                     raise ConfigError(f"no key sink for node {owner!r} on link {link.link_id!r}")
@@ -305,11 +322,15 @@ class LinkWorkerPool(Service):
         self._send_start(w)
         await self._await_ready(w)
 
-    def _credentials(self) -> dict[str, Any] | None:
-        sec = self.bus_security
+    def _credentials(self, sec: BusSecurity | None) -> dict[str, Any] | None:
         if self.bus_url is None or sec is None or sec.credentials is None:
             return None
         return sec.credentials.model_dump(mode="json")
+
+    def _insecure(self) -> bool:
+        secs = ([self.bus_security] if self.nodes is None
+                else [self.bus_securities.get(n) for n in self.nodes])
+        return any(sec is not None and not sec.secure for sec in secs)
 
     def _send_start(self, w: _Worker) -> None:
         s = self.settings
@@ -319,9 +340,14 @@ class LinkWorkerPool(Service):
                            nice_after_first_blocks_s=s.nice_after_first_blocks_s,
                            ends={link.link_id: self._ends[link.link_id] for link in w.links},
                            bus_url=self.bus_url, command_timeout_s=s.command_timeout_s,
-                           bus_credentials=self._credentials(),
-                           bus_insecure=self.bus_security is not None
-                           and not self.bus_security.secure))
+                           bus_credentials=self._credentials(self.bus_security),
+                           bus_insecure=self._insecure(),
+                           link_nodes={link.link_id: self._link_node[link.link_id]
+                                       for link in w.links if link.link_id in self._link_node},
+                           node_credentials={
+                               n: c for n in sorted(self.nodes or ())
+                               if (c := self._credentials(self.bus_securities.get(n)))
+                               is not None}))
         for link in w.links:  # a restarted worker learns which stores are full
             for end in self._ends[link.link_id]:
                 if not self._room[(link.link_id, end)]:

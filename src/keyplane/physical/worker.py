@@ -7,7 +7,9 @@ lowers its own CPU priority (``os.nice``) so a saturated twin slows key *product
 key delivery or control, then runs one :class:`~keyplane.physical.runner.LinkRunner` per
 link: both ends in this process over in-process channels (embedded mode), or, in a node
 process of a distributed network, only that node's ends, on the network's bus, which the
-worker joins itself (``bus_url``) so the frames never pass through the KM's process.
+worker joins itself (``bus_url``) so the frames never pass through the KM's process. In a
+process of several nodes (``link_nodes``) the worker joins once per node, with that node's
+credentials, and a link between two of them runs both ends here over in-process channels.
 
 What crosses the pipe, and why:
 
@@ -217,13 +219,27 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     spec = first[0]
     pipe = _Pipe(writer)
     clock = RealClock()
-    security: BusSecurity | None = None
-    if spec.bus_credentials is not None:
-        security = BusSecurity.load(BusCredentials.model_validate(spec.bus_credentials))
-    elif spec.bus_insecure:
-        security = BusSecurity.danger_insecure("the node's link worker")
-    bus: Bus = await connect(spec.bus_url, name=f"keyplane-link-worker-{os.getpid()}",
+
+    async def join(credentials: dict[str, Any] | None) -> Bus:
+        security: BusSecurity | None = None
+        if credentials is not None:
+            security = BusSecurity.load(BusCredentials.model_validate(credentials))
+        elif spec.bus_insecure:
+            security = BusSecurity.danger_insecure("the node's link worker")
+        return await connect(spec.bus_url, name=f"keyplane-link-worker-{os.getpid()}",
                              security=security)
+
+    # a process of several nodes: one connection per node, each with that node's identity
+    # (nats-server grants each only its own links' topics); else the one identity
+    node_buses = {node: await join(spec.node_credentials.get(node))
+                  for node in sorted(set(spec.link_nodes.values()))}
+    bus: Bus = await join(spec.bus_credentials) if not node_buses else next(
+        iter(node_buses.values()))
+
+    def bus_of(link_id: str) -> Bus:
+        node = spec.link_nodes.get(link_id)
+        return node_buses[node] if node is not None else bus
+
     events = EventStream(clock, [_EventPipe(pipe)])
     sinks: dict[tuple[str, End], _PipeSink] = {}
     runners: dict[str, LinkRunner] = {}
@@ -246,15 +262,17 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             sinks[(link.link_id, end)] = sink
         runners[link.link_id] = LinkRunner(
             link, clock=clock, seed=spec.seed, alice_sink=ends.get("alice"),
-            bob_sink=ends.get("bob"), bus=bus, events=events, local_ends=local,
+            bob_sink=ends.get("bob"), bus=bus_of(link.link_id), events=events,
+            local_ends=local,
             frame_duration_s=spec.frame_duration_s, time_scale=spec.time_scale,
             telemetry_interval_s=spec.telemetry_interval_s)
     commands: set[asyncio.Task[None]] = set()
 
     async def command(cmd: Command) -> None:
         try:
-            reply = await bus.request(control_topic(cmd.link_id), decode(cmd.message.encode()),
-                                      timeout_s=spec.command_timeout_s)
+            reply = await bus_of(cmd.link_id).request(
+                control_topic(cmd.link_id), decode(cmd.message.encode()),
+                timeout_s=spec.command_timeout_s)
             await pipe.send(CommandReply(req=cmd.req, message=encode(reply).decode()))
         except KeyplaneError as exc:
             await pipe.send(CommandReply(req=cmd.req, error=str(exc)))
@@ -288,7 +306,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             task.cancel()
         for r in runners.values():
             await r.close()
-        await bus.close()
+        for b in {bus, *node_buses.values()}:
+            await b.close()
     with contextlib.suppress(ConnectionError):
         await pipe.send(Stopped())
 

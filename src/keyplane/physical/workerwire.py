@@ -75,6 +75,13 @@ class StartWorker(_Frame):
     so the worker joins the secured bus as its node."""
     bus_insecure: bool = False
     """With ``bus_url`` and no credentials: the operator chose the insecure bus explicitly."""
+    link_nodes: dict[str, str] = Field(default_factory=dict)
+    """A process of several nodes (``keyplane node --id a,b``): link id -> the node whose
+    bus identity that link's runner joins with (the owner of its local Alice end, else of
+    its Bob end); empty: every runner uses the one identity of ``bus_credentials``."""
+    node_credentials: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    """With ``link_nodes``: node id -> its bus credentials (absent: the insecure bus, which
+    ``bus_insecure`` says the operator chose)."""
 
 
 class Ready(_Frame):

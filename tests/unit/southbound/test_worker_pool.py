@@ -291,3 +291,56 @@ async def test_each_nodes_worker_joins_the_bus_and_the_two_ends_agree(nats_serve
         assert len(common) >= 2
         assert {k.block_id: k.material for k in a if k.block_id in common} == {
             k.block_id: k.material for k in b if k.block_id in common}
+
+
+@pytest.mark.nats
+async def test_one_pool_runs_several_nodes_ends_each_on_the_bus_as_its_own_node(
+        topology_nats: Any, tmp_path: Path) -> None:
+    """A process of nodes a and b (``keyplane node --id a,b``) and one of c: the a-b link runs
+    both ends in the first process's worker; b-c runs b's end there, joined to the secured
+    bus as b (nats-server would refuse a's identity on b-c's topics), c's in the other."""
+    from keyplane.bus.nats import NatsBus
+    from keyplane.certs import OPERATOR_ID
+    from tests.support.bus import element_security
+
+    topo = parse_topology(TWO_ANALYTIC)
+    srv = topology_nats(topo, tmp_path / "certs")
+    sinks = _sinks(topo)
+    sec = {n: element_security(srv, "km", n) for n in ("a", "b", "c")}
+    buses = {n: await NatsBus.connect(srv.url, security=sec[n]) for n in ("a", "b", "c")}
+    settings = EmulationSettings(time_scale=10.0)
+    group = LinkWorkerPool(topo, clock=RealClock(), sinks=sinks, seed=9, bus=buses["a"],
+                           settings=settings, nodes=["a", "b"], bus_url=srv.url,
+                           bus_securities={"a": sec["a"], "b": sec["b"]})
+    single = LinkWorkerPool(topo, clock=RealClock(), sinks=sinks, seed=9, bus=buses["c"],
+                            settings=settings, node="c", bus_url=srv.url,
+                            bus_security=sec["c"])
+    try:
+        await group.start()
+        await single.start()
+        assert len(group.workers) == 1 and sorted(group.links) == ["a-b", "b-c"]
+        await _until(lambda: all(s.qsize() >= 2 for s in sinks.values()), "two blocks each")
+        # an operator's link command is answered by the runner of the link's Alice end, on
+        # the connection of that end's node
+        operator = await NatsBus.connect(srv.url, security=element_security(
+            srv, "operator", OPERATOR_ID))
+        try:
+            for lid in ("a-b", "b-c"):
+                reply = await operator.request(control_topic(lid),
+                                               LinkCommand(link_id=lid, action="status"),
+                                               timeout_s=DEADLINE_S)
+                assert isinstance(reply, LinkCommandReply) and reply.ok, reply
+                assert reply.delivered_blocks >= 2
+        finally:
+            await operator.close()
+    finally:
+        await group.close()
+        await single.close()
+        for bus in buses.values():
+            await bus.close()
+    for link in topo.links:
+        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
+        common = {k.block_id for k in a} & {k.block_id for k in b}
+        assert len(common) >= 2
+        assert {k.block_id: k.material for k in a if k.block_id in common} == {
+            k.block_id: k.material for k in b if k.block_id in common}

@@ -11,7 +11,8 @@ KMs with ``LinkBlocksHeld`` as for any block, and paused while the store is full
   loop with ``EmulationSettings.mode="inprocess"`` (virtual-clock tests). In a node
   process (distributed mode) the node's own ends run in its worker, which joins the
   network's bus itself and talks to the peer's ends there (in-process when the process
-  has no bus URL, e.g. an in-memory bus in tests).
+  has no bus URL, e.g. an in-memory bus in tests). A process of several nodes
+  (keyplane.nodegroup) has one pool for all of their ends.
 * ``etsi014`` — a QKD device reached over ETSI GS QKD 014 (real hardware, or
   ``keyplane device``): :class:`~keyplane.keymanager.sources.etsi014.Etsi014LinkEnd`.
 
@@ -21,7 +22,7 @@ KMs with ``LinkBlocksHeld`` as for any block, and paused while the store is full
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
 from keyplane.bus import Bus, BusSecurity, Handler, Message, Subscription, unsubscribe_all
@@ -57,6 +58,11 @@ class KeySources(Service):
         bus_url: with ``node``: the network bus's URL, which the node's link workers join
             (without it, a node's emulated ends run in this process).
         bus_security: the node's bus identity, which its link workers join with.
+        nodes: instead of ``node``, the several nodes of one process (``keyplane node
+            --id a,b``): their ends, in one worker pool (a link between two of them runs
+            both ends in one worker).
+        buses, bus_securities: with ``nodes``: each node's bus and identity; each end
+            talks and each worker joins as its own node (default: ``bus``, no identity).
     """
 
     def __init__(self, topology: Topology, sinks: Mapping[tuple[str, str], LinkKeySink], *,
@@ -64,37 +70,44 @@ class KeySources(Service):
                  emulation: EmulationSettings | None = None, node: str | None = None,
                  credentials: Mapping[str, CertPaths] | None = None,
                  ca: Path | None = None, bus_url: str | None = None,
-                 bus_security: BusSecurity | None = None) -> None:
+                 bus_security: BusSecurity | None = None,
+                 nodes: Collection[str] | None = None, buses: Mapping[str, Bus] | None = None,
+                 bus_securities: Mapping[str, BusSecurity | None] | None = None) -> None:
         self.topology = topology
         self.bus = bus
+        self.buses = dict(buses or {})
         self.emulation = emulation or EmulationSettings()
-        local = [link for link in topology.links if node is None or node in link.endpoints]
+        mine = set(nodes) if nodes is not None else {node} if node is not None else None
+        local = [link for link in topology.links
+                 if mine is None or mine.intersection(link.endpoints)]
         emulated = [link.link_id for link in local if isinstance(link.source, EmulatedSource)]
         self.emulated: PhysicalNetwork | LinkWorkerPool | None = None
         if emulated:
             workers = self.emulation.mode == "workers" and (
-                node is None or (bus_url is not None and not bus_url.startswith("memory:")))
+                mine is None or (bus_url is not None and not bus_url.startswith("memory:")))
             if workers:
                 self.emulated = LinkWorkerPool(topology, clock=clock, sinks=sinks, seed=seed,
                                                bus=bus, events=events, settings=self.emulation,
                                                link_ids=emulated, node=node, bus_url=bus_url,
-                                               bus_security=bus_security)
+                                               bus_security=bus_security, nodes=nodes,
+                                               bus_securities=bus_securities)
             else:
                 self.emulated = PhysicalNetwork(
                     topology, clock=clock, sinks=sinks, seed=seed, bus=bus, events=events,
-                    node=node, link_ids=emulated, time_scale=self.emulation.time_scale,
+                    node=node, link_ids=emulated, nodes=nodes, buses=self.buses,
+                    time_scale=self.emulation.time_scale,
                     telemetry_interval_s=self.emulation.telemetry_interval_s)
         self.device_ends: dict[tuple[str, str], Etsi014LinkEnd] = {}
         for link in local:
             if not isinstance(link.source, Etsi014Source):
                 continue
             for end in link.endpoints:
-                if node is not None and end != node:
+                if mine is not None and end not in mine:
                     continue
                 if credentials is None or end not in credentials or ca is None:
                     raise ValueError(f"link {link.link_id}: no certificate for {end}'s KM")
                 self.device_ends[(end, link.link_id)] = Etsi014LinkEnd(
-                    link, end, sinks[(end, link.link_id)], bus, clock,
+                    link, end, sinks[(end, link.link_id)], self.buses.get(end, bus), clock,
                     credentials=credentials[end], ca=ca, events=events,
                     telemetry_interval_s=self.emulation.telemetry_interval_s)
         self._subs: list[Subscription] = []
@@ -117,7 +130,7 @@ class KeySources(Service):
         """
         try:
             for node in sorted({n for n, _ in self.device_ends}):
-                self._subs.append(await self.bus.subscribe(
+                self._subs.append(await self.buses.get(node, self.bus).subscribe(
                     keysource_topic(node), self._handler(node)))
             for end in self.device_ends.values():
                 await end.start()
