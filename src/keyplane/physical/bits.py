@@ -173,13 +173,19 @@ class KeyedPermutation:
             idx = idx[x[idx] > self.limit]
         return x
 
-    def permute(self, bits: Bits, out: Bits | None = None) -> Bits:
-        """``bits[perm]`` (into ``out`` if given), chunk by chunk: no index array."""
+    def permute(self, bits: Bits, out: Bits | None = None, start: int = 0,
+                stop: int | None = None) -> Bits:
+        """``bits[perm]`` (into ``out`` if given), chunk by chunk: no index array.
+
+        With ``start``/``stop`` only ``out[start:stop]`` is written (the rest of ``out`` is
+        left as it was): Cascade fills a pass's order piecewise, as far as it is read.
+        """
         n = self.n
+        stop = n if stop is None else min(stop, n)
         if out is None:
             out = np.empty(n, dtype=bits.dtype)
-        for s in range(0, n, _CHUNK):
-            idx = self.forward(np.arange(s, min(n, s + _CHUNK), dtype=np.uint32))
+        for s in range(start, stop, _CHUNK):
+            idx = self.forward(np.arange(s, min(stop, s + _CHUNK), dtype=np.uint32))
             np.take(bits, idx, out=out[s:s + idx.shape[0]])
         return out
 
