@@ -92,6 +92,11 @@ def _mix(v: NDArray[np.uint32], k: np.uint32) -> NDArray[np.uint32]:
 _CHUNK = 1 << 15
 """Elements per network evaluation: the round temporaries (uint32) stay in the L2 cache."""
 
+_PACKED_GATHER_BITS = 1 << 22
+"""From this key length on, :meth:`KeyedPermutation.permute` gathers from the key packed 8
+bits a byte: random reads over n/8 bytes stay in the cache where n bytes do not (measured
+at 10^7 bits: 3.5 against 7.0 ns per element; equal at 10^6)."""
+
 
 class KeyedPermutation:
     """The keyed network of one ``(n, seed, label)``, a permutation of ``[0, a b)``.
@@ -173,14 +178,27 @@ class KeyedPermutation:
             idx = idx[x[idx] > self.limit]
         return x
 
-    def permute(self, bits: Bits, out: Bits | None = None) -> Bits:
-        """``bits[perm]`` (into ``out`` if given), chunk by chunk: no index array."""
+    def permute(self, bits: Bits, out: Bits | None = None, start: int = 0,
+                stop: int | None = None) -> Bits:
+        """``bits[perm]`` (into ``out`` if given), chunk by chunk: no index array.
+
+        With ``start``/``stop`` only ``out[start:stop]`` is written (the rest of ``out`` is
+        left as it was): Cascade fills a pass's order piecewise, as far as it is read.
+        """
         n = self.n
+        stop = n if stop is None else min(stop, n)
         if out is None:
             out = np.empty(n, dtype=bits.dtype)
-        for s in range(0, n, _CHUNK):
-            idx = self.forward(np.arange(s, min(n, s + _CHUNK), dtype=np.uint32))
-            np.take(bits, idx, out=out[s:s + idx.shape[0]])
+        packed = np.packbits(bits, bitorder="little") if n >= _PACKED_GATHER_BITS else None
+        for s in range(start, stop, _CHUNK):
+            idx = self.forward(np.arange(s, min(stop, s + _CHUNK), dtype=np.uint32))
+            dst = out[s:s + idx.shape[0]]
+            if packed is None:
+                np.take(bits, idx, out=dst)
+            else:  # bit idx of the packed key: byte idx >> 3, bit idx & 7 (little order)
+                byte = np.take(packed, idx >> np.uint32(3))
+                byte >>= (idx & np.uint32(7)).astype(np.uint8)
+                np.bitwise_and(byte, 1, out=dst)
         return out
 
     def positions(self, positions: NDArray[np.int64], *, inverse: bool = False

@@ -49,7 +49,6 @@ from keyplane.physical.bits import (
     KeyedPermutation,
     binary_entropy,
     keyed_permutation,
-    keyed_permuted,
 )
 
 __all__ = [
@@ -146,6 +145,27 @@ def _block_parities(permuted: Bits, k: int) -> Bits:
     return np.bitwise_xor.reduceat(permuted, np.arange(0, permuted.shape[0], k))
 
 
+def _open_pass(net: KeyedPermutation, key: Bits, row: Bits, k: int) -> tuple[Bits, int]:
+    """Top-level parities of a new pass with blocks of ``k``, and how much of ``row`` (the
+    key in the pass's order) was filled to get them.
+
+    Only the blocks before the last are permuted: the last block's parity is the whole
+    key's parity (which no permutation changes) XOR theirs. For ``yanetal``'s passes of
+    two blocks of ``n/2`` that halves the permutation work, and the rest of the row is
+    filled only if a search ever reads the last block (most of those passes find no
+    odd block at low QBER). The parities are the same as from the full row.
+    """
+    n = int(key.shape[0])
+    blocks = -(-n // k)
+    built = (blocks - 1) * k
+    top = np.empty(blocks, dtype=np.uint8)
+    if built:
+        net.permute(key, out=row, stop=built)
+        top[:-1] = _block_parities(row[:built], k)
+    top[-1] = (int(np.count_nonzero(key)) ^ int(np.count_nonzero(top[:-1]))) & 1
+    return top, built
+
+
 class CascadeAlice:
     """Alice's side: answers parity questions about her (correct) key."""
 
@@ -153,7 +173,8 @@ class CascadeAlice:
         self._key = key
         self._n = int(key.shape[0])
         self._prefix: dict[int, NDArray[np.uint8]] = {}
-        self._permuted: dict[int, Bits] = {}
+        # per pass still being filled: the network, the row, how much of it is filled
+        self._rows: dict[int, tuple[KeyedPermutation, Bits, int]] = {}
         self.leaked_bits = 0
 
     def answer(self, query: ParityQuery) -> ParityAnswer:
@@ -161,31 +182,42 @@ class CascadeAlice:
         top = np.zeros(0, dtype=np.uint8)
         if query.new_pass is not None:
             index, k = query.new_pass
-            permuted = keyed_permuted(self._key, query.seed, _pass_label(index))
-            self._permuted[index] = permuted
-            top = _block_parities(permuted, k)
+            net = KeyedPermutation(self._n, query.seed, _pass_label(index))
+            row = np.empty(self._n, dtype=np.uint8)
+            top, built = _open_pass(net, self._key, row, k)
+            self._rows[index] = (net, row, built)
         parities = np.empty(query.size, dtype=np.uint8)
         for p in np.unique(query.passes):
             sel = query.passes == p
-            prefix = self._prefix_of(int(p))
+            prefix = self._prefix_of(int(p), int(query.ends[sel].max()))
             parities[sel] = prefix[query.ends[sel]] ^ prefix[query.starts[sel]]
         self.leaked_bits += int(top.shape[0]) + query.size
         return ParityAnswer(round=query.round, top_parities=top, parities=parities)
 
-    def _prefix_of(self, index: int) -> NDArray[np.uint8]:
-        """Prefix-XOR of pass ``index``'s permuted key, built when the pass is first asked
-        about (later passes of ``yanetal``, blocks of n/2, are often never searched).
+    def _prefix_of(self, index: int, end: int) -> NDArray[np.uint8]:
+        """Prefix-XOR of pass ``index``'s permuted key up to position ``end`` at least,
+        built when the pass is first asked about (later passes of ``yanetal``, blocks of
+        n/2, are often never searched), from as much of the row as is filled; the row is
+        completed first if ``end`` lies beyond it.
 
         Raises:
             KeyError: a pass that was never opened.
         """
         prefix = self._prefix.get(index)
-        if prefix is None:
-            permuted = self._permuted.pop(index)
-            prefix = np.empty(self._n + 1, dtype=np.uint8)
-            prefix[0] = 0
-            np.bitwise_xor.accumulate(permuted, out=prefix[1:])
-            self._prefix[index] = prefix
+        if prefix is not None and prefix.shape[0] > end:
+            return prefix
+        net, row, built = self._rows[index]
+        if end > built:
+            net.permute(self._key, out=row, start=built)
+            built = self._n
+        prefix = np.empty(built + 1, dtype=np.uint8)
+        prefix[0] = 0
+        np.bitwise_xor.accumulate(row[:built], out=prefix[1:])
+        self._prefix[index] = prefix
+        if built == self._n:
+            del self._rows[index]
+        else:
+            self._rows[index] = (net, row, built)
         return prefix
 
 
@@ -194,7 +226,8 @@ class _Pass:
     index: int
     k: int
     net: KeyedPermutation
-    permuted: Bits  # Bob's current key in this pass's order
+    permuted: Bits  # Bob's current key in this pass's order, filled up to ``built``
+    built: int
     alice_top: Bits
     bob_top: Bits
     search_of_block: NDArray[np.int64]
@@ -278,11 +311,11 @@ class CascadeBob:
             index, k = self._pending_pass
             self._pending_pass = None
             net = KeyedPermutation(self._n, self._seed, _pass_label(index))
-            permuted = net.permute(self.key, out=self._permuted[index])
-            bob_top = _block_parities(permuted, k)
+            permuted = self._permuted[index]
+            bob_top, built = _open_pass(net, self.key, permuted, k)
             if answer.top_parities.shape != bob_top.shape:
                 raise ValueError("top-level parity count does not match the pass")
-            self._passes.append(_Pass(index=index, k=k, net=net, permuted=permuted,
+            self._passes.append(_Pass(index=index, k=k, net=net, permuted=permuted, built=built,
                                       alice_top=answer.top_parities.copy(), bob_top=bob_top,
                                       search_of_block=np.full(bob_top.shape[0], -1, np.int64),
                                       started=np.zeros(bob_top.shape[0], dtype=bool),
@@ -346,7 +379,7 @@ class CascadeBob:
         cancel = np.zeros(len(s), dtype=np.uint8)
         for p in self._passes:
             pos = p.net.positions(flips, inverse=True)
-            p.permuted[pos] ^= 1
+            p.permuted[pos[pos < p.built]] ^= 1  # the rest is filled from the corrected key
             blocks = pos // p.k
             np.bitwise_xor.at(p.bob_top, blocks, 1)
             sid = p.search_of_block[blocks]
@@ -389,6 +422,9 @@ class CascadeBob:
             if odd.shape[0]:
                 starts: NDArray[np.int64] = odd * p.k
                 ends: NDArray[np.int64] = np.minimum(starts + p.k, self._n)
+                if int(ends[-1]) > p.built:  # a search will read the unfilled last block
+                    p.net.permute(self.key, out=p.permuted, start=p.built)
+                    p.built = self._n
                 new.append((np.full(odd.shape[0], p.index, np.int64), odd, starts, ends,
                             p.alice_top[odd]))
                 p.revisit[odd] = p.started[odd]

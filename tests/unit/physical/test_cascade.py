@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 
 from keyplane.physical import block_sizes, cascade_reference, run_cascade
 from keyplane.physical.bits import (
+    KeyedPermutation,
     binary_entropy,
     keyed_permutation,
     keyed_permuted,
     keyed_positions,
 )
+from keyplane.physical.cascade import _open_pass
 
 
 def _keys(n: int, qber: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -39,7 +41,8 @@ def test_keyed_permutation_pinned_values() -> None:
         10, 18, 14, 17, 2, 13, 8, 6, 11, 16, 0, 1, 3, 7, 15, 9, 19, 4, 5, 12]
 
 
-@pytest.mark.parametrize("n", [2, 7, 1000, 65_537, 100_003, 1_000_000])
+# 4_194_311: above 2^22 bits the permutation gathers from the packed key
+@pytest.mark.parametrize("n", [2, 7, 1000, 65_537, 100_003, 1_000_000, 4_194_311])
 def test_keyed_permuted_and_positions_match_the_permutation_and_its_inverse(n: int) -> None:
     perm = keyed_permutation(n, b"seed", b"label")
     inv = np.empty_like(perm)
@@ -49,6 +52,23 @@ def test_keyed_permuted_and_positions_match_the_permutation_and_its_inverse(n: i
     some = np.random.default_rng(n + 1).integers(0, n, 500).astype(np.int64)
     assert np.array_equal(keyed_positions(n, b"seed", b"label", some), perm[some])
     assert np.array_equal(keyed_positions(n, b"seed", b"label", some, inverse=True), inv[some])
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5000), k=st.integers(1, 6000), seed=st.integers(0, 2**31))
+def test_a_new_pass_top_parities_equal_the_full_rows_with_the_last_block_unpermuted(
+        n: int, k: int, seed: int) -> None:
+    k = max(2, min(k, n))
+    key = np.random.default_rng(seed).integers(0, 2, n, dtype=np.uint8)
+    net = KeyedPermutation(n, seed.to_bytes(8, "big"), b"label")
+    row = np.zeros(n, dtype=np.uint8)
+    top, built = _open_pass(net, key, row, k)
+    full = net.permute(key)
+    assert np.array_equal(top, np.bitwise_xor.reduceat(full, np.arange(0, n, k)))
+    assert built == (math.ceil(n / k) - 1) * k
+    assert np.array_equal(row[:built], full[:built])
+    net.permute(key, out=row, start=built)  # as Cascade completes a row a search reads
+    assert np.array_equal(row, full)
 
 
 @settings(max_examples=25, deadline=None)
