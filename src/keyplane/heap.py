@@ -2,15 +2,16 @@
 told that what they built at start-up lives as long as they do.
 
 A keyplane process imports some 2,000 modules and builds its elements before it serves
-anything; those objects are never garbage. CPython's collector nevertheless runs about
-every 700 allocations and, in a full (generation 2) collection, walks every one of them:
-in ``keyplane demo`` that was 0.28 s of the 1.45 s its imports cost and a further 0.25 s
-to the first relayed key (15 % of the process's CPU there), in a link worker 0.06 s of
-0.59 s. Imports make next to no cyclic garbage (a few thousand objects), so the entry
-points here import with the collector paused, then :func:`settle`: ``gc.freeze()`` moves
-every object alive into the permanent generation, which collections no longer walk, and
-the collector runs again for what the process makes from then on. A process calls
-:func:`settle` again once it has started (its elements built; see ``keyplane.runtime``).
+anything; those objects are never garbage. CPython's collector nevertheless runs every 700
+allocations or so and, in a full (generation 2) collection, walks all of them. Imports make
+next to no cyclic garbage (a few thousand objects), so the entry points here import with the
+collector paused, then :func:`settle`: ``gc.freeze()`` moves every object alive into the
+permanent generation, which collections no longer walk, and the collector runs again for
+what the process makes from then on. A process calls :func:`settle` again once it has
+started (``keyplane.runtime.Embedded``). Measured (docs/benchmarks.md, the demo target,
+round 5): importing ``keyplane demo``'s stack took 1.45 s of CPU, 1.17 s so; a link
+worker's 0.59 s, 0.52 s; the collector's own time up to the demo's first relayed key went
+from 0.38 s to 0.20 s.
 
 ``python -m keyplane.heap MODULE:FUNCTION`` imports ``MODULE`` so and calls ``FUNCTION``
 (the link workers are started that way); the ``keyplane`` console script and
