@@ -8,10 +8,12 @@ next to no cyclic garbage (a few thousand objects), so the entry points here imp
 collector paused, then :func:`settle`: ``gc.freeze()`` moves every object alive into the
 permanent generation, which collections no longer walk, and the collector runs again for
 what the process makes from then on. A process calls :func:`settle` again once it has
-started (``keyplane.runtime.Embedded``). Measured (docs/benchmarks.md, the demo target,
-round 5): importing ``keyplane demo``'s stack took 1.45 s of CPU, 1.17 s so; a link
-worker's 0.59 s, 0.52 s; the collector's own time up to the demo's first relayed key went
-from 0.38 s to 0.20 s.
+started (``keyplane.runtime.Embedded``). Only processes started here freeze: in any other
+(a test session importing keyplane) the collector is only paused while importing.
+
+Measured (docs/benchmarks.md, the demo target, round 5): importing ``keyplane demo``'s stack
+took 1.45 s of CPU, 1.17 s so; a link worker's 0.59 s, 0.52 s; the collector's own time up
+to the demo's first relayed key went from 0.38 s to 0.20 s.
 
 ``python -m keyplane.heap MODULE:FUNCTION`` imports ``MODULE`` so and calls ``FUNCTION``
 (the link workers are started that way); the ``keyplane`` console script and
@@ -29,11 +31,17 @@ from typing import cast
 
 __all__ = ["cli_main", "importing", "run_entry", "settle"]
 
+_own_process = False
+"""Whether this process was started through :func:`run_entry` (a keyplane command or link
+worker). Only then does :func:`settle` freeze: frozen objects are never collected, and a
+process that merely uses keyplane (a test session) may build and drop many networks."""
+
 
 def settle() -> None:
-    """Freeze every object alive now (collections no longer walk them); the collector
-    keeps running for what is made from now on."""
-    gc.freeze()
+    """In a keyplane process, freeze every object alive now (collections no longer walk
+    them; the collector keeps running for what is made from now on); elsewhere nothing."""
+    if _own_process:
+        gc.freeze()
 
 
 @contextlib.contextmanager
@@ -59,9 +67,11 @@ def run_entry(target: str) -> None:
     Raises:
         ValueError: ``target`` is not ``module:function``.
     """
+    global _own_process
     module, sep, name = target.partition(":")
     if not sep or not module or not name:
         raise ValueError(f"expected MODULE:FUNCTION, got {target!r}")
+    _own_process = True
     with importing():
         entry = cast(Callable[[], object], getattr(importlib.import_module(module), name))
     entry()

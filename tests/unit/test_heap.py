@@ -10,17 +10,26 @@ from pathlib import Path
 
 import pytest
 
-from keyplane.heap import importing, run_entry
+from keyplane import heap
+from keyplane.heap import importing, run_entry, settle
 
 
-def test_importing_pauses_the_collector_then_freezes_and_restores_it() -> None:
+def test_importing_pauses_the_collector_and_restores_it() -> None:
     assert gc.isenabled()
+    with importing():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_only_a_process_started_by_run_entry_freezes(monkeypatch: pytest.MonkeyPatch) -> None:
     before = gc.get_freeze_count()
-    kept = [[object()] for _ in range(100)]  # tracked containers alive across the block
+    settle()  # a test session: nothing frozen (it builds and drops many networks)
+    assert gc.get_freeze_count() == before
+    monkeypatch.setattr(heap, "_own_process", True)
+    kept = [[object()] for _ in range(100)]  # tracked containers alive across the call
     try:
         with importing():
-            assert not gc.isenabled()
-        assert gc.isenabled()
+            pass
         assert gc.get_freeze_count() >= before + len(kept)
     finally:
         gc.unfreeze()  # leave the test process's heap as it was
