@@ -13,7 +13,10 @@
    KM and API without the twin), and the ratio to the relayed mean (target >= 0.7).
 3. ``keyplane demo`` ``--demo-runs`` times (embedded, bb84-decoy links, 8 keys per pair)
    while ``--busy`` busy-loop processes oversubscribe the cores: exit codes, and the first
-   relayed key (sae2-sae3 through KM0, from OPEN_CONNECT) p50 and max.
+   relayed key (sae2-sae3 through KM0, from the demo's start and from OPEN_CONNECT) p50 and
+   max; and, followed in ``events.jsonl``, the CPU seconds the demo process and its link
+   workers had used from their exec when both ends had that key (``/proc``), the figure the
+   machine's other load moves least.
 
     python bench/southbound.py [--seconds 10] [--concurrency 4] [--demo-runs 10] [--busy 4]
     python bench/southbound.py --demo-only --demo-runs 10 --busy 4
