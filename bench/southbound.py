@@ -13,7 +13,10 @@
    KM and API without the twin), and the ratio to the relayed mean (target >= 0.7).
 3. ``keyplane demo`` ``--demo-runs`` times (embedded, bb84-decoy links, 8 keys per pair)
    while ``--busy`` busy-loop processes oversubscribe the cores: exit codes, and the first
-   relayed key (sae2-sae3 through KM0, from OPEN_CONNECT) p50 and max.
+   relayed key (sae2-sae3 through KM0, from the demo's start and from OPEN_CONNECT) p50 and
+   max; and, followed in ``events.jsonl``, the CPU seconds the demo process and its link
+   workers had used from their exec when both ends had that key (``/proc``), the figure the
+   machine's other load moves least.
 
     python bench/southbound.py [--seconds 10] [--concurrency 4] [--demo-runs 10] [--busy 4]
     python bench/southbound.py --demo-only --demo-runs 10 --busy 4
@@ -43,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,18 +151,84 @@ def _bench_api(seconds: float, concurrency: int) -> float | None:
     return float(m.group(1))
 
 
+def _descendants(pid: int) -> list[int]:
+    """Every process under ``pid`` (the demo's link workers)."""
+    out: list[int] = []
+    todo = _children(pid)
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(_children(p))
+    return out
+
+
+@dataclass
+class _FirstKey:
+    """The demo process's and its workers' CPU seconds when both ends of the relayed
+    session (sae2-sae3 through KM0) had their first key, from ``events.jsonl``."""
+
+    demo_cpu_s: float
+    workers_cpu_s: float
+    demo_cpu_at_start_s: float
+    """The demo process's CPU when its events.jsonl appeared (imports, before its t0)."""
+    workers: int
+    wall_s: float
+
+
+def _follow(proc: subprocess.Popen[str], events: Path, t0: float) -> _FirstKey | None:
+    """Follow ``events`` while ``proc`` runs; CPU figures at the first relayed key."""
+    relayed: set[str] = set()
+    delivered: dict[str, int] = {}
+    buf = ""
+    pos = 0
+    at_start: float | None = None
+    while proc.poll() is None:
+        if at_start is None and events.exists():
+            at_start = _cpu_s(proc.pid)
+        try:
+            with events.open() as fh:
+                fh.seek(pos)
+                chunk = fh.read()
+                pos = fh.tell()
+        except FileNotFoundError:
+            chunk = ""
+        buf += chunk
+        *lines, buf = buf.split("\n")
+        for line in lines:
+            e = json.loads(line)
+            sid = e.get("session")
+            if e["type"] == "key_relayed" and e["data"].get("direct") is False:
+                relayed.add(sid)
+            elif e["type"] == "key_delivered" and sid in relayed:
+                delivered[sid] = delivered.get(sid, 0) + 1
+                if delivered[sid] == 2:  # both ends: what the demo counts as its first key
+                    workers = _descendants(proc.pid)
+                    return _FirstKey(_cpu_s(proc.pid), sum(_cpu_s(w) for w in workers),
+                                     at_start or 0.0, len(workers), time.monotonic() - t0)
+        time.sleep(0.02)  # polling a file another process appends to
+    return None
+
+
 def _demo_runs(runs: int, busy: int) -> None:
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(busy)]
     firsts: list[float] = []
     from_open: list[float] = []
+    cpus: list[_FirstKey] = []
     codes: list[int] = []
     try:
         for i in range(runs):
-            with tempfile.TemporaryDirectory(prefix="keyplane-demo-") as out:
+            with tempfile.TemporaryDirectory(prefix="keyplane-demo-") as tmp:
+                out = str(Path(tmp) / "out")  # the demo refuses a directory with files
                 t0 = time.monotonic()
-                p = subprocess.run([sys.executable, "-m", "keyplane", "demo", "--no-live",
-                                    "-o", out, "--seed", str(i + 1)], capture_output=True,
-                                   text=True, env=_env(), cwd=ROOT, check=False)
+                log = Path(tmp) / "stderr.log"
+                with log.open("w") as errf:
+                    p = subprocess.Popen([sys.executable, "-m", "keyplane", "demo",
+                                          "--no-live", "-o", out, "--seed", str(i + 1)],
+                                         stdout=subprocess.DEVNULL, stderr=errf, text=True,
+                                         env=_env(), cwd=ROOT)
+                    fk = _follow(p, Path(out) / "events.jsonl", t0)
+                    p.wait()
+                got = log.read_text().splitlines()
                 wall = time.monotonic() - t0
                 codes.append(p.returncode)
                 first = opened = None
@@ -172,9 +242,16 @@ def _demo_runs(runs: int, busy: int) -> None:
                     firsts.append(first)
                     if opened is not None:
                         from_open.append(first - opened)
-                err = p.stderr.strip().splitlines()[-1:] if p.returncode else []
+                cpu = ""
+                if fk is not None:
+                    cpus.append(fk)
+                    cpu = (f", CPU to it: demo process {fk.demo_cpu_s:.2f} s "
+                           f"({fk.demo_cpu_at_start_s:.2f} s before its start), "
+                           f"{fk.workers} workers {fk.workers_cpu_s:.2f} s "
+                           f"(from exec {fk.wall_s:.2f} s)")
+                err = [ln.strip() for ln in got][-1:] if p.returncode else []
                 print(f"demo run {i + 1}: exit {p.returncode}, first relayed key "
-                      f"{first if first is None else f'{first:.2f} s'}, wall {wall:.1f} s "
+                      f"{first if first is None else f'{first:.2f} s'}{cpu}, wall {wall:.1f} s "
                       f"{' '.join(err)}", flush=True)
     finally:
         for h in hogs:
@@ -189,6 +266,14 @@ def _demo_runs(runs: int, busy: int) -> None:
               f"{os.getloadavg()[0]:.1f}")
     else:
         print(f"demo: {ok}/{runs} runs exit 0; no first relayed key measured")
+    if cpus:
+        med = statistics.median
+        print(f"demo: CPU to the first relayed key (process CPU from exec, p50): demo process "
+              f"{med(c.demo_cpu_s for c in cpus):.2f} s (after its start "
+              f"{med(c.demo_cpu_s - c.demo_cpu_at_start_s for c in cpus):.2f} s), "
+              f"link workers together "
+              f"{med(c.workers_cpu_s for c in cpus):.2f} s, sum "
+              f"{med(c.demo_cpu_s + c.workers_cpu_s for c in cpus):.2f} s")
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
-"""``python -m keyplane`` runs the CLI."""
+"""``python -m keyplane`` runs the CLI (imported with the collector paused: keyplane.heap)."""
 
-from keyplane.cli import main
+from keyplane.heap import cli_main
 
-main()
+cli_main()

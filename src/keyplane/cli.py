@@ -43,6 +43,7 @@ from keyplane.cli_support import (
     console,
 )
 from keyplane.fileperms import ensure_private_dir, write_private
+from keyplane.heap import importing
 
 if TYPE_CHECKING:  # imported lazily at run time: `keyplane --help` stays fast
     from keyplane.config import Topology
@@ -125,13 +126,14 @@ def run(topology: TopologyOpt = Path("examples/paper_poc.yaml"), state: StateOpt
         log_format: LogFormatOpt = "text") -> None:
     """Run every element of the network in this process (embedded mode) until Ctrl-C;
     serve its dashboard at <ops>/dashboard/."""
-    from keyplane.bus import MemoryBus
-    from keyplane.dashboard.service import Dashboard
-    from keyplane.events import EventStream, JsonlSink
-    from keyplane.logsetup import NotableEvents
-    from keyplane.ops.surface import serve_operations
-    from keyplane.runtime import Embedded, RuntimeContext
-    from keyplane.store import Database
+    with importing():  # the whole runtime, with the collector paused (keyplane.heap)
+        from keyplane.bus import MemoryBus
+        from keyplane.dashboard.service import Dashboard
+        from keyplane.events import EventStream, JsonlSink
+        from keyplane.logsetup import NotableEvents
+        from keyplane.ops.surface import serve_operations
+        from keyplane.runtime import Embedded, RuntimeContext
+        from keyplane.store import Database
 
     topo = _with_etsi015(_load(topology), etsi015_unqualified)
     ops_at = _ops_address(ops)

@@ -17,6 +17,7 @@ from rich.console import Console
 from keyplane.cli_support import LogFormatOpt, TopologyOpt, VerboseOpt, _load, _logging, console
 from keyplane.errors import KeyplaneError
 from keyplane.fileperms import ensure_private_dir
+from keyplane.heap import importing
 
 __all__ = ["demo", "sweep"]
 
@@ -59,12 +60,13 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
          verbose: VerboseOpt = False, log_format: LogFormatOpt = "text") -> None:
     """Run the paper's proof of concept end to end and render its Fig. 4 timeline into --out
     (a new or empty folder; --force to reuse one)."""
-    from keyplane.demo.run import (
-        DemoOptions,
-        apply_overrides,
-        demo_problems,
-        run_embedded_demo,
-    )
+    with importing():  # the demo's whole stack, with the collector paused
+        from keyplane.demo.run import (
+            DemoOptions,
+            apply_overrides,
+            demo_problems,
+            run_embedded_demo,
+        )
 
     if protocol is not None and protocol not in ("bb84-decoy", "analytic"):
         console.print("[red]error:[/red] --protocol must be bb84-decoy or analytic, "

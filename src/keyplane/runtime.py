@@ -56,6 +56,7 @@ from keyplane.control import ControlPlane, ControlSettings
 from keyplane.errors import BusError, BusUnavailable
 from keyplane.events import Event, EventStream, EventType
 from keyplane.fileperms import ensure_private_dir, write_private
+from keyplane.heap import settle
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
@@ -564,6 +565,7 @@ class Embedded(Service):
         write_endpoints(self.ctx.state_dir, self.ctx.topology, certs, self.control.endpoints,
                         self.control.controller_endpoints,
                         self.ctx.ops.urls if self.ctx.ops is not None else None)
+        settle()  # what the start built lives as long as the process (keyplane.heap)
 
     async def close(self) -> None:
         """Stop the links, the nodes, then the control plane (idempotent).

@@ -55,7 +55,7 @@ from keyplane.config import QuantumLink, Topology
 from keyplane.errors import KeyplaneError, PhysicalError
 from keyplane.events import EventStream
 from keyplane.lifecycle import Service
-from keyplane.physical.runner import DEFAULT_TELEMETRY_INTERVAL_S
+from keyplane.physical.reporting import DEFAULT_TELEMETRY_INTERVAL_S
 from keyplane.physical.sink import LinkKeySink, sink_has_room
 from keyplane.physical.wire import LinkCommandReply, control_topic
 from keyplane.physical.workerwire import (
@@ -313,8 +313,10 @@ class LinkWorkerPool(Service):
         w.ready.clear()
         w.stopped.clear()
         w.proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "keyplane.physical.worker", stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, env=env, limit=2**20)
+            # imported with the collector paused (keyplane.heap): 10 % of a worker's start
+            sys.executable, "-m", "keyplane.heap", "keyplane.physical.worker:main",
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env,
+            limit=2**20)
         w.reader_task = asyncio.get_running_loop().create_task(self._read(w))
 
     async def _spawn(self, w: _Worker) -> None:

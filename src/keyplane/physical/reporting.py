@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from keyplane.bus import Bus, topics
 from keyplane.clock import Clock
@@ -30,7 +30,9 @@ from keyplane.errors import KeyplaneError, QberAboveThreshold
 from keyplane.events import EventStream, EventType
 from keyplane.messages import LinkState, LinkTelemetry
 from keyplane.physical.frames import LinkStats, TelemetryWindow
-from keyplane.physical.modules import BlockOutcome
+
+if TYPE_CHECKING:  # annotations only: the KMs' process imports this without the QKD stack
+    from keyplane.physical.modules import BlockOutcome
 
 __all__ = ["DEFAULT_TELEMETRY_INTERVAL_S", "LinkReporter"]
 

@@ -97,6 +97,7 @@ from keyplane.physical.wire import (
 __all__ = [
     "BLOCK_ID_SHIFT",
     "DEFAULT_TELEMETRY_INTERVAL_S",
+    "FIRST_BLOCK_GATE_FRAMES",
     "MAX_BLOCK_ID",
     "LinkRunner",
     "LinkStats",
@@ -106,6 +107,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+FIRST_BLOCK_GATE_FRAMES = 4
+"""Frames Alice may hold a shared first-block gate for (a link that makes no block, e.g. a
+cut one, lets the next link start after these)."""
 
 
 class LinkRunner(Service):
@@ -132,6 +137,12 @@ class LinkRunner(Service):
             id this link's Alice end delivered before.
         time_scale: emulated seconds per clock second (1: real time, like hardware).
         telemetry_interval_s: clock seconds between two telemetry messages (at most).
+        first_block_gate: shared by the runners of one process (a link worker): Alice
+            holds it from her first frame until her first block ran (delivered or not),
+            for at most :data:`FIRST_BLOCK_GATE_FRAMES` frames, and after that sends no
+            frame while another link holds it. So the links' first blocks come one after
+            another, before any second block, instead of all together at the end (three
+            links sharing the CPU for their first blocks made each wait for all three).
 
     Raises:
         ValueError: a missing sink or bus, ``first_block_id`` outside [0, 2^63), or a
@@ -147,7 +158,8 @@ class LinkRunner(Service):
                  peer_timeout_s: float = DEFAULT_PEER_TIMEOUT_S,
                  rendezvous_timeout_s: float = DEFAULT_RENDEZVOUS_TIMEOUT_S,
                  first_block_id: int | None = None, time_scale: float = 1.0,
-                 telemetry_interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S) -> None:
+                 telemetry_interval_s: float = DEFAULT_TELEMETRY_INTERVAL_S,
+                 first_block_gate: asyncio.Lock | None = None) -> None:
         if not (time_scale > 0 and telemetry_interval_s > 0):
             raise ValueError("time_scale and telemetry_interval_s must be positive")
         if first_block_id is not None and not 0 <= first_block_id <= MAX_BLOCK_ID:
@@ -175,6 +187,7 @@ class LinkRunner(Service):
         self.first_block_id = first_block_id
         self.time_scale = time_scale
         self.telemetry_interval_s = telemetry_interval_s
+        self._first_block_gate = first_block_gate
         self.paused = False  # a local sink has no room: Alice sends no frame
         self.boot_nonce = secrets.token_hex(8)  # this incarnation of the local end(s)
         self.peer_reachable = True  # Alice's view of Bob; False after a failed rendezvous
@@ -466,30 +479,54 @@ class LinkRunner(Service):
             await self._record(outcome)
             await self._deliver("alice", outcome)
 
-        while self._running():
-            if not await self._room():
-                next_t = self.clock.now()
-                continue
-            # one round trip per frame: never send a frame Bob cannot receive
-            nonce = await self._await_peer(classical)
-            reason = self._sync_reason(classical, nonce, reason)
-            if reason is not None:
-                if not await self._resync(do_sync, nonce, reason):
-                    await self.clock.sleep(self._frame()[1])
+        gate = self._first_block_gate
+        held = False  # holding the first-block gate
+        gated_frames = 0  # frames run while holding it
+        try:
+            while self._running():
+                if not await self._room():
+                    next_t = self.clock.now()
                     continue
-                reason = None
-                next_t = max(next_t, self.clock.now())  # no burst of frames after a wait
-            n_pulses, duration = self._frame()
-            try:
-                await alice.run_frame(frame_id, self.physics, n_pulses, duration, on_block)
-            except ClassicalChannelError as exc:
-                self.stats.channel_errors += 1
-                logger.warning("link %s: frame %d lost: %s", self.link_id, frame_id, exc)
-                reason = "frame_lost"
-            frame_id += 1
-            self.stats.frames += 1
-            next_t = self._next_frame_at(next_t, duration)
-            await self.clock.sleep_until(next_t)
+                # one round trip per frame: never send a frame Bob cannot receive
+                nonce = await self._await_peer(classical)
+                reason = self._sync_reason(classical, nonce, reason)
+                if reason is not None:
+                    if not await self._resync(do_sync, nonce, reason):
+                        await self.clock.sleep(self._frame()[1])
+                        continue
+                    reason = None
+                    next_t = max(next_t, self.clock.now())  # no burst of frames after a wait
+                if gate is not None and not held and (gated_frames == 0 or gate.locked()):
+                    # first frame: take the gate; after the first block: let a link still
+                    # making its first one go first (queue behind it, pass straight on)
+                    await gate.acquire()
+                    if gated_frames == 0:
+                        held = True
+                    else:
+                        gate.release()
+                    next_t = max(next_t, self.clock.now())  # the wait is not a lost frame
+                n_pulses, duration = self._frame()
+                try:
+                    await alice.run_frame(frame_id, self.physics, n_pulses, duration, on_block)
+                except ClassicalChannelError as exc:
+                    self.stats.channel_errors += 1
+                    logger.warning("link %s: frame %d lost: %s", self.link_id, frame_id, exc)
+                    reason = "frame_lost"
+                if held:
+                    gated_frames += 1
+                    if (self.stats.delivered_blocks + self.stats.aborted_blocks > 0
+                            or gated_frames >= FIRST_BLOCK_GATE_FRAMES):
+                        assert gate is not None
+                        gate.release()
+                        held = False
+                frame_id += 1
+                self.stats.frames += 1
+                next_t = self._next_frame_at(next_t, duration)
+                await self.clock.sleep_until(next_t)
+        finally:
+            if held:
+                assert gate is not None
+                gate.release()
 
     async def _bob_loop(self, bob: BobModule) -> None:
         async def on_block(outcome: BlockOutcome) -> None:

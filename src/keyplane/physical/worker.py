@@ -254,6 +254,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
         link.link_id: tuple(spec.ends.get(link.link_id, ("alice", "bob"))) for link in links}
     priority = _Priority(spec.nice, {(lid, end) for lid, ends in local_ends.items()
                                      for end in ends}, spec.nice_after_first_blocks_s)
+    # first blocks one link at a time (LinkRunner): the first key waits for some link's
+    # first block, not for all of this worker's links to finish theirs together
+    first_blocks = asyncio.Lock()
     for link in links:
         local = local_ends[link.link_id]
         ends: dict[End, _PipeSink] = {end: _PipeSink(pipe, end, priority.delivered)
@@ -265,7 +268,7 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
             bob_sink=ends.get("bob"), bus=bus_of(link.link_id), events=events,
             local_ends=local,
             frame_duration_s=spec.frame_duration_s, time_scale=spec.time_scale,
-            telemetry_interval_s=spec.telemetry_interval_s)
+            telemetry_interval_s=spec.telemetry_interval_s, first_block_gate=first_blocks)
     commands: set[asyncio.Task[None]] = set()
 
     async def command(cmd: Command) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from keyplane.bus import Bus, BusSecurity, Handler, Message, Subscription, unsubscribe_all
 from keyplane.certs import CertPaths
@@ -33,9 +34,13 @@ from keyplane.events import EventStream
 from keyplane.keymanager.sources.etsi014 import Etsi014LinkEnd
 from keyplane.keymanager.sources.wire import DeviceKeyIds, DeviceKeyIdsAck, keysource_topic
 from keyplane.lifecycle import Service
-from keyplane.physical.network import PhysicalNetwork
 from keyplane.physical.pool import EmulationSettings, LinkWorkerPool
 from keyplane.physical.sink import LinkKeySink
+
+if TYPE_CHECKING:
+    # in-process links only (virtual-clock tests, tools): a process whose links run in
+    # workers never loads the QKD stack (numpy, scipy.fft, Cascade) for nothing
+    from keyplane.physical.network import PhysicalNetwork
 
 __all__ = ["DeviceKeyIds", "DeviceKeyIdsAck", "Etsi014LinkEnd", "KeySources"]
 
@@ -92,6 +97,8 @@ class KeySources(Service):
                                                bus_security=bus_security, nodes=nodes,
                                                bus_securities=bus_securities)
             else:
+                from keyplane.physical.network import PhysicalNetwork
+
                 self.emulated = PhysicalNetwork(
                     topology, clock=clock, sinks=sinks, seed=seed, bus=bus, events=events,
                     node=node, link_ids=emulated, nodes=nodes, buses=self.buses,

@@ -43,7 +43,8 @@ from keyplane.events import EventStream, EventType
 from keyplane.keymanager.sources.wire import DeviceKeyIds, DeviceKeyIdsAck, keysource_topic
 from keyplane.lifecycle import Service
 from keyplane.messages import LinkState, LinkTelemetry
-from keyplane.physical.runner import DEFAULT_TELEMETRY_INTERVAL_S, block_id_base
+from keyplane.physical.frames import block_id_base
+from keyplane.physical.reporting import DEFAULT_TELEMETRY_INTERVAL_S
 from keyplane.physical.sink import LinkKeySink, sink_has_room
 
 __all__ = ["Etsi014LinkEnd"]
