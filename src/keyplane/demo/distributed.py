@@ -53,6 +53,7 @@ from keyplane.events import Event, EventMessage, EventType, read_jsonl
 from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.lifecycle import stop_subprocess
 from keyplane.messages import Qos
+from keyplane.progress import NoProgress, file_size, process_cpu_s, wait_progressing
 from keyplane.services import NatsServer, PostgresServer
 
 __all__ = ["DistributedOptions", "SdkEndpoint", "run_distributed_demo"]
@@ -74,9 +75,14 @@ class DistributedOptions(BaseModel):
     restart_after_s: Annotated[float, Field(ge=0.0)] = 1.0
     danger_insecure_bus: bool = False
     """Run a plain nats-server and the processes with ``--danger-insecure-bus``."""
-    startup_timeout_s: PositiveS = 300.0
-    """How long the controller, and then all node processes together, may take to print
-    their ready lines."""
+    startup_stall_s: PositiveS = 240.0
+    """A process still starting (the controller, each node, a restarted KM) fails only
+    once it has made no progress for this long: no CPU time used and nothing written to
+    its log (a busy 2-core machine slows a start down, it does not stop it)."""
+    startup_timeout_s: PositiveS = 1800.0
+    """The cap on one process's start however it progresses (a broken build must not
+    hang the demo); also added to a pair's stall bound when a KM is killed, as the pair
+    waits for the KM's restart."""
     stop_timeout_s: PositiveS = 30.0
     """SIGTERM to exit of one process before it gets SIGKILL (above the processes' own
     shutdown bound, ``KEYPLANE_PROCESS_SHUTDOWN_TIMEOUT_S``)."""
@@ -169,9 +175,11 @@ class _Proc:
     """One ``python -m keyplane ...`` child: its ready line read from stdout on the event
     loop (no executor thread that a timeout could leave blocked), bounded stop."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, name: str, log: Path) -> None:
         self.proc = proc
         self.name = name
+        self.log = log
+        self.ready_s: float | None = None  # how long its start took (the ready line)
 
     @classmethod
     async def spawn(cls, name: str, args: list[str], log: Path) -> _Proc:
@@ -179,26 +187,35 @@ class _Proc:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "keyplane", *args, stdout=asyncio.subprocess.PIPE,
                 stderr=err)
-        return cls(proc, name)
+        return cls(proc, name, log)
 
-    async def wait_ready(self, ready: str, timeout_s: float) -> None:
-        """Wait for the line containing ``ready``.
+    async def wait_ready(self, ready: str, dist: DistributedOptions) -> None:
+        """Wait for the line containing ``ready`` while the process progresses (CPU time,
+        its log): ``startup_stall_s`` without progress, or ``startup_timeout_s`` in all.
 
         Raises:
-            KeyplaneError: the process exited first, or ``timeout_s`` passed.
+            KeyplaneError: the process exited first, or stalled, or the cap passed.
         """
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert stdout is not None
+        started = time.monotonic()
+
+        async def line() -> None:
+            while True:
+                text = (await stdout.readline()).decode(errors="replace")
+                if ready in text:
+                    return
+                if not text:
+                    code = await self.proc.wait()
+                    raise KeyplaneError(f"{self.name} exited with {code} before '{ready}'")
         try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    line = (await self.proc.stdout.readline()).decode(errors="replace")
-                    if ready in line:
-                        return
-                    if not line:
-                        code = await self.proc.wait()
-                        raise KeyplaneError(f"{self.name} exited with {code} before '{ready}'")
-        except TimeoutError:
-            raise KeyplaneError(f"{self.name}: no '{ready}' after {timeout_s:g} s") from None
+            await wait_progressing(
+                line(), [process_cpu_s(self.proc.pid), file_size(self.log)],
+                stall_s=dist.startup_stall_s, cap_s=dist.startup_timeout_s,
+                what=f"{self.name} waiting for '{ready}'")
+        except NoProgress as exc:
+            raise KeyplaneError(str(exc)) from None
+        self.ready_s = time.monotonic() - started
 
     async def stop(self, sig: int, timeout_s: float) -> int:
         """Send ``sig``; SIGKILL if the process has not exited after ``timeout_s``."""
@@ -286,7 +303,7 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         progress("starting the controller")
         procs["controller"] = await _Proc.spawn("controller", ["controller", *common],
                                                 state / "controller.log")
-        await procs["controller"].wait_ready("controller ready", dist.startup_timeout_s)
+        await procs["controller"].wait_ready("controller ready", dist)
         progress(f"controller ready; starting {len(topo.nodes)} node processes")
         for node in topo.nodes:
             procs[node.id] = await _Proc.spawn(node.id, ["node", "--id", node.id, *common],
@@ -294,9 +311,10 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         up: list[str] = []
 
         async def node_ready(node_id: str) -> None:
-            await procs[node_id].wait_ready(f"node {node_id} ready", dist.startup_timeout_s)
+            await procs[node_id].wait_ready(f"node {node_id} ready", dist)
             up.append(node_id)
-            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)})")
+            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)}, its start took "
+                     f"{procs[node_id].ready_s or 0:.0f} s)")
 
         await asyncio.gather(*(node_ready(n.id) for n in topo.nodes))
         endpoints = json.loads((state / "endpoints.json").read_text())
@@ -322,9 +340,9 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
             procs[dist.kill_km] = await _Proc.spawn(
                 dist.kill_km, ["node", "--id", dist.kill_km, *common],
                 state / f"node-{dist.kill_km}-restarted.log")
-            await procs[dist.kill_km].wait_ready(f"node {dist.kill_km} ready",
-                                                 dist.startup_timeout_s)
-            console.print(f"{dist.kill_km} restarted")
+            await procs[dist.kill_km].wait_ready(f"node {dist.kill_km} ready", dist)
+            console.print(f"{dist.kill_km} restarted (ready after "
+                          f"{procs[dist.kill_km].ready_s or 0:.0f} s)")
 
         chaos_task = asyncio.create_task(chaos())
         await asyncio.gather(*(
