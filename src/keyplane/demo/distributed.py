@@ -48,7 +48,7 @@ from keyplane.certs import OPERATOR_ID, ensure_network_certs
 from keyplane.demo.run import DemoOptions, default_pairs, summarize
 from keyplane.demo.scenario import PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
-from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
+from keyplane.errors import InsufficientKeyMaterial, KeyplaneError, PeerNotConnected, QosNotMet
 from keyplane.events import Event, EventMessage, EventType, read_jsonl
 from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.lifecycle import stop_subprocess
@@ -109,6 +109,7 @@ class SdkEndpoint:
         self._state = state
         self.client = AsyncEtsi004Client.from_state(state, sae_id)
         self._received: dict[str, int] = {}  # per stream: last index not yet confirmed
+        self._closed = False  # close() closed the client: a re-open makes a new one
 
     async def _reresolve(self) -> None:
         """A KM restarted listens on a new port: read endpoints.json again (the controller
@@ -117,6 +118,9 @@ class SdkEndpoint:
         self.client = AsyncEtsi004Client.from_state(self._state, self.sae_id)
 
     async def open(self, destination: str, qos: Qos, key_stream_id: str) -> str:
+        if self._closed:  # the pair re-opens after its stream ended (scenario.run_pair)
+            self._closed = False
+            self.client = AsyncEtsi004Client.from_state(self._state, self.sae_id)
         try:
             res = await self.client.open_connect(self.sae_id, destination,
                                                  QosParameters.from_domain(qos), key_stream_id)
@@ -141,8 +145,8 @@ class SdkEndpoint:
         except Etsi004StatusError as exc:
             if int(exc.status) in (2, 4, 6):  # insufficient key, no QKD connection, timeout
                 raise InsufficientKeyMaterial(str(exc)) from exc
-            if int(exc.status) == 3:  # the stream ended at this KM
-                raise KeyNotFound(f"{self.sae_id} GET_KEY: {exc}") from exc
+            if int(exc.status) == 3:  # the stream ended at this KM (the pair re-opens)
+                raise PeerNotConnected(f"{self.sae_id} GET_KEY: {exc}") from exc
             raise KeyplaneError(f"{self.sae_id} GET_KEY: {exc}") from exc
         except TransportError as exc:  # a KM restarting: find it again, retry like status 2
             await self._reresolve()
@@ -168,6 +172,7 @@ class SdkEndpoint:
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} CLOSE: {exc}") from exc
         finally:
+            self._closed = True
             await self.client.aclose()
 
 
@@ -313,8 +318,8 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         async def node_ready(node_id: str) -> None:
             await procs[node_id].wait_ready(f"node {node_id} ready", dist)
             up.append(node_id)
-            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)}, its start took "
-                     f"{procs[node_id].ready_s or 0:.0f} s)")
+            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)}) after "
+                     f"{procs[node_id].ready_s or 0:.0f} s")
 
         await asyncio.gather(*(node_ready(n.id) for n in topo.nodes))
         endpoints = json.loads((state / "endpoints.json").read_text())
