@@ -104,9 +104,10 @@ class DistributedOptions(BaseModel):
 class SdkEndpoint:
     """A :class:`~keyplane.demo.scenario.StreamEndpoint` over ETSI 004 HTTPS (mutual TLS)."""
 
-    def __init__(self, state: Path, sae_id: str) -> None:
+    def __init__(self, state: Path, sae_id: str, *, close_retry_s: float = 60.0) -> None:
         self.sae_id = sae_id
         self._state = state
+        self._close_retry_s = close_retry_s  # how long CLOSE tries a KM that is restarting
         self.client = AsyncEtsi004Client.from_state(state, sae_id)
         self._received: dict[str, int] = {}  # per stream: last index not yet confirmed
         self._closed = False  # close() closed the client: a re-open makes a new one
@@ -157,18 +158,28 @@ class SdkEndpoint:
         return chunk.key, dict(chunk.metadata or {})
 
     async def close(self, key_stream_id: str) -> None:
+        deadline = time.monotonic() + self._close_retry_s
+        delay = 0.25
+        retried = False
         try:
-            try:
-                await self.client.close_stream(key_stream_id)
-            except TransportError:
-                # a kept-alive connection the server closed meanwhile, or a KM restarted
-                # on a new port: find it again and ask once more (CLOSE is idempotent)
-                await self._reresolve()
+            while True:
                 try:
                     await self.client.close_stream(key_stream_id)
-                except Etsi004StatusError as exc:
-                    if int(exc.status) != 9:  # 9: the first CLOSE did end it
+                    return
+                except TransportError:
+                    # a kept-alive connection the server closed meanwhile, or a KM killed
+                    # and restarting (on a new port): find it again and ask again until
+                    # ``close_retry_s`` (CLOSE is idempotent)
+                    if time.monotonic() + delay > deadline:
                         raise
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    await self._reresolve()
+                    retried = True
+                except Etsi004StatusError as exc:
+                    if not retried or int(exc.status) != 9:  # 9: an earlier CLOSE ended it
+                        raise
+                    return
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} CLOSE: {exc}") from exc
         finally:
@@ -350,12 +361,14 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
                           f"{procs[dist.kill_km].ready_s or 0:.0f} s)")
 
         chaos_task = asyncio.create_task(chaos())
+        # a pair crossing the killed KM waits for its restart too (GET_KEY and CLOSE)
+        stall_s = opts.timeout_s + (dist.startup_timeout_s if dist.kill_km else 0)
         await asyncio.gather(*(
-            run_pair(r.pair, SdkEndpoint(state, r.pair.a), SdkEndpoint(state, r.pair.b),
+            run_pair(r.pair, SdkEndpoint(state, r.pair.a, close_retry_s=stall_s),
+                     SdkEndpoint(state, r.pair.b, close_retry_s=stall_s),
                      keys=opts.keys, chunk_bytes=opts.chunk_bytes, interval_s=opts.interval_s,
                      timeout_s=opts.timeout_s, result=r, t0=t0,
-                     # a pair crossing the killed KM waits for its restart too
-                     stall_s=opts.timeout_s + (dist.startup_timeout_s if dist.kill_km else 0))
+                     stall_s=stall_s)
             for r in results))
         await chaos_task
         await deletions.wait({r.key_stream_id for r in results
