@@ -63,6 +63,7 @@ class EventType(StrEnum):
     key_delivered = "key_delivered"
     key_request_refused = "key_request_refused"
     session_closed = "session_closed"
+    session_held = "session_held"  # idle here, the other end unreachable: not closed
     session_deleted = "session_deleted"
     session_rerouted = "session_rerouted"
     session_restored = "session_restored"

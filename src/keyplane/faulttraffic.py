@@ -240,19 +240,33 @@ class Traffic:
 
     async def _fetch_014(self, slave: AsyncEtsi014Client, key_ids: list[str]) -> None:
         master_sae, _ = self.pair_014
+        unanswered = 0  # attempts whose answer never came (the KM may have served them)
+
+        async def ask() -> Any:
+            nonlocal unanswered
+            try:
+                return await slave.dec_keys(master_sae, key_ids)
+            except TransportError:
+                unanswered += 1
+                raise
         try:
             # a 400 ("no such key", "already delivered") is final: the key is lost to the
             # slave; everything else is "not yet"
             keys = await self._retrying(
-                "dec_keys", lambda: slave.dec_keys(master_sae, key_ids),
+                "dec_keys", ask,
                 final=lambda e: isinstance(e, ApiError) and e.status_code == 400)
             for k in keys:
                 self.ledger.got_slave(k.key_id, k.key)
         except ApiError as exc:
-            logger.warning("dec_keys %s: %s", key_ids, exc)
+            # which of the two known causes (wave 4's untraced refusal): a retry of a
+            # request the KM served but whose answer was lost (ETSI 014 dec_keys has no
+            # acknowledgement), or keys the slave's KM no longer held (its session ended)
+            logger.warning("dec_keys %s: %s %s (after %d unanswered attempts)", key_ids, exc,
+                           exc.details, unanswered)
             for kid in key_ids:
                 self.ledger.refused[kid] = time.monotonic()
-            self.ledger.error(f"dec_keys final: HTTP {exc.status_code} {exc.message}")
+            self.ledger.error(f"dec_keys final: HTTP {exc.status_code} {exc.message}"
+                              + (" after an unanswered attempt" if unanswered else ""))
         finally:
             self._fetch_limit.release()
 

@@ -51,3 +51,6 @@ def test_distributed_demo_km_killed_and_restarted_loses_no_key_and_repeats_none(
         # ETSI 004 has no GET_KEY acknowledgement: at most the one index whose answer died
         # with KM0 is gone at one end, and only on a session KM0 ends (docs/poc.md)
         assert len(s["lost_indexes"]) <= (1 if "km0" in (s["path"][0], s["path"][-1]) else 0), s
+        # no stream ended under its pair: a KM does not close a session for idleness while
+        # the other end's application still waits on it (keymanager/liveness.py)
+        assert s["reopened"] == 0, s

@@ -123,6 +123,8 @@ POLICY: dict[str, Rule] = {
     "km.relay.pqc_offer_request": _km("sender"),
     "km.relay.pqc_offer": _km(None),
     "km.link.held": _km("sender"),
+    "km.session.probe": _km("sender"),
+    "km.session.probe_reply": _km(None),
     # the entanglement service (docs/quantum-networking.md): a KM forwards its
     # applications' demands for its own node only; demands and deliveries otherwise come
     # from the control plane

@@ -48,11 +48,12 @@ from keyplane.certs import OPERATOR_ID, ensure_network_certs
 from keyplane.demo.run import DemoOptions, default_pairs, summarize
 from keyplane.demo.scenario import PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
-from keyplane.errors import InsufficientKeyMaterial, KeyNotFound, KeyplaneError, QosNotMet
+from keyplane.errors import InsufficientKeyMaterial, KeyplaneError, PeerNotConnected, QosNotMet
 from keyplane.events import Event, EventMessage, EventType, read_jsonl
 from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.lifecycle import stop_subprocess
 from keyplane.messages import Qos
+from keyplane.progress import NoProgress, file_size, process_cpu_s, wait_progressing
 from keyplane.services import NatsServer, PostgresServer
 
 __all__ = ["DistributedOptions", "SdkEndpoint", "run_distributed_demo"]
@@ -74,9 +75,14 @@ class DistributedOptions(BaseModel):
     restart_after_s: Annotated[float, Field(ge=0.0)] = 1.0
     danger_insecure_bus: bool = False
     """Run a plain nats-server and the processes with ``--danger-insecure-bus``."""
-    startup_timeout_s: PositiveS = 300.0
-    """How long the controller, and then all node processes together, may take to print
-    their ready lines."""
+    startup_stall_s: PositiveS = 240.0
+    """A process still starting (the controller, each node, a restarted KM) fails only
+    once it has made no progress for this long: no CPU time used and nothing written to
+    its log (a busy 2-core machine slows a start down, it does not stop it)."""
+    startup_timeout_s: PositiveS = 1800.0
+    """The cap on one process's start however it progresses (a broken build must not
+    hang the demo); also added to a pair's stall bound when a KM is killed, as the pair
+    waits for the KM's restart."""
     stop_timeout_s: PositiveS = 30.0
     """SIGTERM to exit of one process before it gets SIGKILL (above the processes' own
     shutdown bound, ``KEYPLANE_PROCESS_SHUTDOWN_TIMEOUT_S``)."""
@@ -98,11 +104,13 @@ class DistributedOptions(BaseModel):
 class SdkEndpoint:
     """A :class:`~keyplane.demo.scenario.StreamEndpoint` over ETSI 004 HTTPS (mutual TLS)."""
 
-    def __init__(self, state: Path, sae_id: str) -> None:
+    def __init__(self, state: Path, sae_id: str, *, close_retry_s: float = 60.0) -> None:
         self.sae_id = sae_id
         self._state = state
+        self._close_retry_s = close_retry_s  # how long CLOSE tries a KM that is restarting
         self.client = AsyncEtsi004Client.from_state(state, sae_id)
         self._received: dict[str, int] = {}  # per stream: last index not yet confirmed
+        self._closed = False  # close() closed the client: a re-open makes a new one
 
     async def _reresolve(self) -> None:
         """A KM restarted listens on a new port: read endpoints.json again (the controller
@@ -111,6 +119,9 @@ class SdkEndpoint:
         self.client = AsyncEtsi004Client.from_state(self._state, self.sae_id)
 
     async def open(self, destination: str, qos: Qos, key_stream_id: str) -> str:
+        if self._closed:  # the pair re-opens after its stream ended (scenario.run_pair)
+            self._closed = False
+            self.client = AsyncEtsi004Client.from_state(self._state, self.sae_id)
         try:
             res = await self.client.open_connect(self.sae_id, destination,
                                                  QosParameters.from_domain(qos), key_stream_id)
@@ -135,8 +146,8 @@ class SdkEndpoint:
         except Etsi004StatusError as exc:
             if int(exc.status) in (2, 4, 6):  # insufficient key, no QKD connection, timeout
                 raise InsufficientKeyMaterial(str(exc)) from exc
-            if int(exc.status) == 3:  # the stream ended at this KM
-                raise KeyNotFound(f"{self.sae_id} GET_KEY: {exc}") from exc
+            if int(exc.status) == 3:  # the stream ended at this KM (the pair re-opens)
+                raise PeerNotConnected(f"{self.sae_id} GET_KEY: {exc}") from exc
             raise KeyplaneError(f"{self.sae_id} GET_KEY: {exc}") from exc
         except TransportError as exc:  # a KM restarting: find it again, retry like status 2
             await self._reresolve()
@@ -147,21 +158,32 @@ class SdkEndpoint:
         return chunk.key, dict(chunk.metadata or {})
 
     async def close(self, key_stream_id: str) -> None:
+        deadline = time.monotonic() + self._close_retry_s
+        delay = 0.25
+        retried = False
         try:
-            try:
-                await self.client.close_stream(key_stream_id)
-            except TransportError:
-                # a kept-alive connection the server closed meanwhile, or a KM restarted
-                # on a new port: find it again and ask once more (CLOSE is idempotent)
-                await self._reresolve()
+            while True:
                 try:
                     await self.client.close_stream(key_stream_id)
-                except Etsi004StatusError as exc:
-                    if int(exc.status) != 9:  # 9: the first CLOSE did end it
+                    return
+                except TransportError:
+                    # a kept-alive connection the server closed meanwhile, or a KM killed
+                    # and restarting (on a new port): find it again and ask again until
+                    # ``close_retry_s`` (CLOSE is idempotent)
+                    if time.monotonic() + delay > deadline:
                         raise
+                    await asyncio.sleep(delay)
+                    delay = min(2.0, delay * 2)
+                    await self._reresolve()
+                    retried = True
+                except Etsi004StatusError as exc:
+                    if not retried or int(exc.status) != 9:  # 9: an earlier CLOSE ended it
+                        raise
+                    return
         except ClientError as exc:
             raise KeyplaneError(f"{self.sae_id} CLOSE: {exc}") from exc
         finally:
+            self._closed = True
             await self.client.aclose()
 
 
@@ -169,9 +191,11 @@ class _Proc:
     """One ``python -m keyplane ...`` child: its ready line read from stdout on the event
     loop (no executor thread that a timeout could leave blocked), bounded stop."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, name: str) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, name: str, log: Path) -> None:
         self.proc = proc
         self.name = name
+        self.log = log
+        self.ready_s: float | None = None  # how long its start took (the ready line)
 
     @classmethod
     async def spawn(cls, name: str, args: list[str], log: Path) -> _Proc:
@@ -179,26 +203,35 @@ class _Proc:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "keyplane", *args, stdout=asyncio.subprocess.PIPE,
                 stderr=err)
-        return cls(proc, name)
+        return cls(proc, name, log)
 
-    async def wait_ready(self, ready: str, timeout_s: float) -> None:
-        """Wait for the line containing ``ready``.
+    async def wait_ready(self, ready: str, dist: DistributedOptions) -> None:
+        """Wait for the line containing ``ready`` while the process progresses (CPU time,
+        its log): ``startup_stall_s`` without progress, or ``startup_timeout_s`` in all.
 
         Raises:
-            KeyplaneError: the process exited first, or ``timeout_s`` passed.
+            KeyplaneError: the process exited first, or stalled, or the cap passed.
         """
-        assert self.proc.stdout is not None
+        stdout = self.proc.stdout
+        assert stdout is not None
+        started = time.monotonic()
+
+        async def line() -> None:
+            while True:
+                text = (await stdout.readline()).decode(errors="replace")
+                if ready in text:
+                    return
+                if not text:
+                    code = await self.proc.wait()
+                    raise KeyplaneError(f"{self.name} exited with {code} before '{ready}'")
         try:
-            async with asyncio.timeout(timeout_s):
-                while True:
-                    line = (await self.proc.stdout.readline()).decode(errors="replace")
-                    if ready in line:
-                        return
-                    if not line:
-                        code = await self.proc.wait()
-                        raise KeyplaneError(f"{self.name} exited with {code} before '{ready}'")
-        except TimeoutError:
-            raise KeyplaneError(f"{self.name}: no '{ready}' after {timeout_s:g} s") from None
+            await wait_progressing(
+                line(), [process_cpu_s(self.proc.pid), file_size(self.log)],
+                stall_s=dist.startup_stall_s, cap_s=dist.startup_timeout_s,
+                what=f"{self.name} waiting for '{ready}'")
+        except NoProgress as exc:
+            raise KeyplaneError(str(exc)) from None
+        self.ready_s = time.monotonic() - started
 
     async def stop(self, sig: int, timeout_s: float) -> int:
         """Send ``sig``; SIGKILL if the process has not exited after ``timeout_s``."""
@@ -286,7 +319,7 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         progress("starting the controller")
         procs["controller"] = await _Proc.spawn("controller", ["controller", *common],
                                                 state / "controller.log")
-        await procs["controller"].wait_ready("controller ready", dist.startup_timeout_s)
+        await procs["controller"].wait_ready("controller ready", dist)
         progress(f"controller ready; starting {len(topo.nodes)} node processes")
         for node in topo.nodes:
             procs[node.id] = await _Proc.spawn(node.id, ["node", "--id", node.id, *common],
@@ -294,9 +327,10 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
         up: list[str] = []
 
         async def node_ready(node_id: str) -> None:
-            await procs[node_id].wait_ready(f"node {node_id} ready", dist.startup_timeout_s)
+            await procs[node_id].wait_ready(f"node {node_id} ready", dist)
             up.append(node_id)
-            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)})")
+            progress(f"node {node_id} ready ({len(up)}/{len(topo.nodes)}) after "
+                     f"{procs[node_id].ready_s or 0:.0f} s")
 
         await asyncio.gather(*(node_ready(n.id) for n in topo.nodes))
         endpoints = json.loads((state / "endpoints.json").read_text())
@@ -322,17 +356,19 @@ async def run_distributed_demo(opts: DemoOptions, dist: DistributedOptions,
             procs[dist.kill_km] = await _Proc.spawn(
                 dist.kill_km, ["node", "--id", dist.kill_km, *common],
                 state / f"node-{dist.kill_km}-restarted.log")
-            await procs[dist.kill_km].wait_ready(f"node {dist.kill_km} ready",
-                                                 dist.startup_timeout_s)
-            console.print(f"{dist.kill_km} restarted")
+            await procs[dist.kill_km].wait_ready(f"node {dist.kill_km} ready", dist)
+            console.print(f"{dist.kill_km} restarted (ready after "
+                          f"{procs[dist.kill_km].ready_s or 0:.0f} s)")
 
         chaos_task = asyncio.create_task(chaos())
+        # a pair crossing the killed KM waits for its restart too (GET_KEY and CLOSE)
+        stall_s = opts.timeout_s + (dist.startup_timeout_s if dist.kill_km else 0)
         await asyncio.gather(*(
-            run_pair(r.pair, SdkEndpoint(state, r.pair.a), SdkEndpoint(state, r.pair.b),
+            run_pair(r.pair, SdkEndpoint(state, r.pair.a, close_retry_s=stall_s),
+                     SdkEndpoint(state, r.pair.b, close_retry_s=stall_s),
                      keys=opts.keys, chunk_bytes=opts.chunk_bytes, interval_s=opts.interval_s,
                      timeout_s=opts.timeout_s, result=r, t0=t0,
-                     # a pair crossing the killed KM waits for its restart too
-                     stall_s=opts.timeout_s + (dist.startup_timeout_s if dist.kill_km else 0))
+                     stall_s=stall_s)
             for r in results))
         await chaos_task
         await deletions.wait({r.key_stream_id for r in results

@@ -161,6 +161,8 @@ def summarize(topo: Topology, results: list[PairResult], events: list[Event], *,
             "key_fingerprints": r.fingerprints,
             "lost_indexes": r.lost_indexes,
             "open_attempts": r.open_attempts,
+            "reopened": r.reopened,
+            "ended_streams": r.ended_streams,
             "key_rate": _key_rate(mine, path[0] if path else None),
         })
     links: dict[str, dict[str, Any]] = {}

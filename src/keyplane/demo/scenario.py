@@ -24,6 +24,7 @@ from keyplane.errors import (
     KeyNotFound,
     KeyplaneError,
     KeyWaitExpired,
+    PeerNotConnected,
     QosNotMet,
 )
 from keyplane.keymanager.interface import ApplicationService, Caller
@@ -110,6 +111,12 @@ class PairResult:
     # no acknowledgement: a KM that dies after marking a key delivered, before its answer
     # reaches the application, has handed it to nobody; see docs/poc.md)
     lost_indexes: list[int] = field(default_factory=list)
+    reopened: int = 0
+    """Times the pair opened a new stream because its stream ended under it (GET_KEY
+    status 3 at an end: closed by a KM or Admission Control); each index only one end got
+    before that is in ``lost_indexes``."""
+    ended_streams: list[str] = field(default_factory=list)
+    """The Key_stream_IDs that ended under the pair (``key_stream_id`` is the last one)."""
     open_attempts: int = 0
     """OPEN_CONNECTs at both ends it took: a refusal while the control plane has not yet seen
     the links make key (QoS cannot be met) is retried, as an application would."""
@@ -167,10 +174,18 @@ async def _open_both(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, qos: Q
         delay = min(2.0, delay * 2)
 
 
+async def _close_quietly(ep: StreamEndpoint, sid: str) -> None:
+    """CLOSE a stream that ended anyway (idempotent at the KM; a failure changes nothing)."""
+    try:
+        await ep.close(sid)
+    except KeyplaneError:
+        pass
+
+
 async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys: int = 8,
                    chunk_bytes: int = 32, interval_s: float = 0.0, timeout_s: float = 30.0,
                    stall_s: float | None = None, result: PairResult | None = None,
-                   t0: float | None = None) -> PairResult:
+                   t0: float | None = None, reopen_limit: int = 3) -> PairResult:
     """Open the stream at both ends, fetch ``keys`` chunks at each, compare, close.
 
     Args:
@@ -181,6 +196,11 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
             outlast a fault (a KM killed and restarted on a loaded machine) is not cut
             short by the time its earlier keys took.
         result: updated in place as the run goes, for a live view.
+        reopen_limit: how many times the pair opens a new stream when its stream ends
+            under it (GET_KEY status 3, "peer not connected": the KM ended it). ETSI 004
+            V2.1.1 gives no GET_KEY after that status; an application opens a stream
+            again, and the pair agrees a new Key_stream_ID out of band as it did first
+            (a key only one end received before the end is dropped, ``lost_indexes``).
     """
     res = result or PairResult(pair)
     t0 = time.monotonic() if t0 is None else t0
@@ -198,6 +218,22 @@ async def run_pair(pair: SaePair, a: StreamEndpoint, b: StreamEndpoint, *, keys:
             i += 1
             got = await asyncio.gather(_get(a, sid_a, i, deadline), _get(b, sid_b, i, deadline),
                                        return_exceptions=True)
+            ended = [g for g in got if isinstance(g, PeerNotConnected)]
+            if ended and res.reopened < reopen_limit and all(
+                    g in ended or not isinstance(g, BaseException) for g in got):
+                # the stream ended under the pair: open a new one and carry on
+                if len(ended) < len(got):
+                    res.lost_indexes.append(i)  # one end got it, the other never will
+                res.reopened += 1
+                res.ended_streams.append(sid_a)
+                res.status = "reopening"
+                await _close_quietly(a, sid_a)
+                await _close_quietly(b, sid_b)
+                sid_a = sid_b = await _open_both(pair, a, b, qos, deadline, res)
+                res.key_stream_id = sid_a
+                res.status = "operative"
+                i = -1
+                continue
             gone = [g for g in got if isinstance(g, KeyNotFound)]
             if len(gone) == 1 and not res.lost_indexes and not any(
                     isinstance(g, BaseException) and g not in gone for g in got):

@@ -38,6 +38,7 @@ from keyplane.errors import (
     SessionNotFound,
 )
 from keyplane.events import EventType
+from keyplane.keymanager import liveness
 from keyplane.keymanager.effects import (
     ArmIdle,
     Decide,
@@ -46,6 +47,7 @@ from keyplane.keymanager.effects import (
     FreeStream,
     KeepAliveAt,
     PersistRow,
+    ProbePeer,
     Renamed,
     SendAdmission,
 )
@@ -153,6 +155,10 @@ class KmCore:
             IllegalTransition: Fig. 2a forbids ``event`` now.
         """
         out: list[Effect] = []
+        if event in (SessionEvent.key_request, SessionEvent.key_done,
+                     SessionEvent.config_received, SessionEvent.reconfigured):
+            s.last_active = now  # what an idle probe from the other end is told
+            s.held_since = None
         for a in s.machine.handle(event, now, idle_timeout_s=idle_timeout_s):
             if isinstance(a, ArmIdleTimer):
                 s.idle_deadline = a.deadline
@@ -239,9 +245,49 @@ class KmCore:
             return min(s.idle_deadline, now + self.keepalive_interval(s)), self.keepalive(s, now)
         if now < s.idle_deadline:
             return s.idle_deadline, []
-        if s.machine.state is SessionState.operative:
+        if s.machine.state is not SessionState.operative:
+            return None, []
+        hop = liveness.probe_hop(s)
+        if hop is None or not self.settings.idle_probe:
             return None, self.apply(s, SessionEvent.idle_expired, now)
-        return None, []
+        # idle here: ask the other end before closing (keymanager/liveness.py); the
+        # KeepAlive keeps Admission Control's timer from ending the session meanwhile
+        s.probe_seq += 1
+        s.last_keepalive = now
+        return None, [ProbePeer(s.session_id, s.probe_seq, hop[0], hop[1], s.peer_sae),
+                      SendAdmission(KeepAlive(session_id=s.session_id, node=self.node_id))]
+
+    def probe_result(self, session_id: str, seq: int, state: liveness.PeerState,
+                     idle_for_s: float, now: float) -> list[Effect]:
+        """The other end's answer to idle probe ``seq`` (``unknown``: none came)."""
+        s = self.streams.get(session_id)
+        if s is None or not s.live or seq != s.probe_seq:
+            return []
+        if s.machine.state is not SessionState.operative or now < s.idle_deadline:
+            return []  # used again meanwhile: its own timer runs
+        v = liveness.next_idle_deadline(s, state, idle_for_s, now,
+                                        self.settings.idle_hold_max_s)
+        if v.close:
+            return self.apply(s, SessionEvent.idle_expired, now)
+        s.idle_deadline = v.deadline
+        out: list[Effect] = [ArmIdle(s.session_id, v.deadline)]
+        if v.hold:
+            s.last_keepalive = now
+            out += [SendAdmission(KeepAlive(session_id=s.session_id, node=self.node_id)),
+                    Emit(EventType.session_held, {"session": s.session_id,
+                                                  "held_s": now - (s.held_since or now)})]
+        return out
+
+    def probe_step(self, session_id: str, epoch: int, sender: str, target: str,
+                   now: float) -> liveness.Forward | liveness.Answer:
+        """A probe reached this KM: forward it (intermediate) or answer it (target)."""
+        entry = self.forwarding.at(session_id, epoch)
+        step = liveness.route(self.node_id, target, sender,
+                              entry.prev_km if entry else None,
+                              entry.next_km if entry else None, entry.role if entry else None)
+        if step is not None:
+            return step
+        return liveness.answer_for(self.streams.get(session_id), now)
 
     # ---- opening -----------------------------------------------------------------------
     def claim_open(self, owner: str, source: str, destination: str, qos: Qos,
@@ -464,6 +510,7 @@ class KmCore:
                 s.spare = sorted(undelivered)
         for s in self.streams.values():
             if s.config is not None:
+                s.last_active = now
                 s.idle_deadline = now + s.machine.idle_timeout_s
                 out.append(ArmIdle(s.session_id, s.idle_deadline))
         return out

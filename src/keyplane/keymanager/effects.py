@@ -22,6 +22,7 @@ __all__ = [
     "FreeStream",
     "KeepAliveAt",
     "PersistRow",
+    "ProbePeer",
     "Renamed",
     "SendAdmission",
     "digest",
@@ -71,6 +72,19 @@ class PersistRow:
 
 
 @dataclass(frozen=True)
+class ProbePeer:
+    """The stream's idle deadline passed: ask the other endpoint, through ``hop`` on the
+    path of ``epoch``, how long its end has been idle; the answer (or none) goes to
+    :meth:`KmCore.probe_result` with ``seq`` (keymanager/liveness.py)."""
+
+    session_id: str
+    seq: int
+    hop: str
+    epoch: int
+    peer_sae: str
+
+
+@dataclass(frozen=True)
 class FreeStream:
     """Release what the shell holds for a terminated stream: its waits and tasks, its keys
     in the vault (their bits go to :meth:`KmCore.freed`)."""
@@ -105,4 +119,4 @@ class Emit:
 
 
 Effect = (ArmIdle | KeepAliveAt | SendAdmission | PersistRow | FreeStream | Decide | Renamed
-          | Emit)
+          | Emit | ProbePeer)

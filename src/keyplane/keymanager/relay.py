@@ -88,6 +88,8 @@ from keyplane.keymanager.wire import (
     KeyFrame,
     LinkBlocksHeld,
     PqcOfferRequest,
+    SessionProbe,
+    SessionProbeReply,
     b64d,
     b64e,
     seal,
@@ -136,6 +138,10 @@ class RelayHost(Protocol):
 
     def link_blocks_held(self, msg: LinkBlocksHeld) -> None:
         """The peer of a link says which blocks it holds."""
+        ...
+
+    async def answer_probe(self, msg: SessionProbe) -> SessionProbeReply:
+        """An idle probe (keymanager/liveness.py): forward it or answer it."""
         ...
 
     def demand(self, session_id: str, indexes: list[int]) -> None:
@@ -318,6 +324,8 @@ class Relay:
         """Bus handler for ``keyplane.km.<node>.relay`` (frames; ML-KEM offer requests)."""
         if isinstance(msg, PqcOfferRequest):
             return self.hop_keys.offer(msg)
+        if isinstance(msg, SessionProbe):
+            return await self._host.answer_probe(msg)
         if isinstance(msg, LinkBlocksHeld):
             try:
                 self._host.link_blocks_held(msg)

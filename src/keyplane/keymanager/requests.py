@@ -301,7 +301,10 @@ class _Requests(_Production):
         """Spend, durably, keys the owner received with acknowledgement.
 
         An index already spent (confirmed twice, or fetched without acknowledgement)
-        changes nothing.
+        changes nothing. An index this end holds for the owner may be confirmed even if
+        this process did not hand it out: a KM restarted between handing it out and its
+        confirmation no longer knows (``unconfirmed`` is memory only), the owner does (it
+        can only spend its own key).
 
         Raises:
             KeyNotFound: an index was never handed out at this end.
@@ -309,14 +312,17 @@ class _Requests(_Production):
         """
         keys: list[HeldKey] = []
         for i in sorted(set(indexes)):
-            if i not in s.unconfirmed and i >= s.next_index:
+            k = self.vault.get(s.session_id, i)
+            if i not in s.unconfirmed and i >= s.next_index and (k is None
+                                                                  or k.state != "ready"):
                 raise KeyNotFound(f"stream {s.session_id}: index {i} was not handed out here, "
                                   f"it cannot be confirmed")
-            k = self.vault.get(s.session_id, i)
             if k is not None and k.state != "delivered":
                 keys.append(k)
         if keys:
             await self._deliver(s, keys, announce=False)
+            for k in keys:  # this end's next index moves past what the owner holds
+                self.core.delivered_index(s, k.index)
         s.unconfirmed.difference_update(indexes)
 
     async def close_stream(self, caller: Caller, key_stream_id: str) -> None:

@@ -37,6 +37,16 @@ class KmSettings(BaseModel):
     peer_block_wait_s: Annotated[float, Field(ge=0.0)] = 2.0
     """Clock bound on a sender's wait for its peer to confirm it holds a block (the two ends
     of a link store a block moments apart) when only such blocks would cover a frame."""
+    idle_probe: bool = True
+    """A stream whose idle timer ran out asks the other endpoint KM before closing
+    (docs/keymanager.md "Idle: both ends"); False: it closes at once (one-sided idle)."""
+    idle_probe_timeout_s: PositiveS = 30.0
+    """Bus request bound on an idle probe's answer from the other endpoint (each hop of a
+    relayed path forwards it within what is left); capped at a quarter of the session's
+    idle timeout. No answer in time: the path is taken to be in a fault (held)."""
+    idle_hold_max_s: PositiveS = 1800.0
+    """Longest a KM holds an idle stream whose other end does not answer its probes (a
+    KM or the path down); then it closes for ``idle_timeout`` as without a probe."""
     pqc_offer_timeout_s: PositiveS = 2.0
     """Bus request bound for an ML-KEM offer from the next KM (PQC and combined hops)."""
     pqc_offer_ttl_s: PositiveS = 10.0

@@ -46,16 +46,19 @@ from keyplane.keymanager.effects import (
     FreeStream,
     KeepAliveAt,
     PersistRow,
+    ProbePeer,
     Renamed,
     SendAdmission,
 )
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.keystore import LinkKeyStore, Segment
+from keyplane.keymanager.liveness import Forward, PeerState
 from keyplane.keymanager.relay import Relay
 from keyplane.keymanager.session import SessionEvent
 from keyplane.keymanager.settings import KmSettings
 from keyplane.keymanager.shares import Expired, Grant
 from keyplane.keymanager.vault import KeyVault, SessionRows
+from keyplane.keymanager.wire import SessionProbe, SessionProbeReply
 from keyplane.store import Database
 
 __all__ = ["ELEMENT", "KmShellBase", "StreamIo"]
@@ -162,6 +165,8 @@ class KmShellBase:
                 self._free_io(e.session_id)
             elif isinstance(e, Decide):
                 self._decide(e)
+            elif isinstance(e, ProbePeer):
+                self._spawn(self._probe(e), f"km-probe-{e.session_id}")
             elif isinstance(e, Renamed):
                 io = self._io_of.pop(e.old, None)
                 if io is not None:
@@ -216,11 +221,59 @@ class KmShellBase:
             deadline, effects = self.core.idle_due(session_id, self._clock.now())
             if deadline is None:
                 if effects:
-                    logger.info("node %s: session %s idle, closing", self.node_id, session_id)
+                    logger.info("node %s: session %s idle here, %s", self.node_id, session_id,
+                                "asking the other end" if any(
+                                    isinstance(e, ProbePeer) for e in effects) else "closing")
                 io.idle_task = None
                 self._run(effects)
                 return
             io.idle_at = deadline
+
+    # ---- idle probes (keymanager/liveness.py) --------------------------------------------
+    def _probe_timeout(self, session_id: str) -> float:
+        """A probe's bound: the setting, at most half the session's idle timeout (the
+        KeepAlive sent with the probe covers Admission Control's timer until then)."""
+        s = self.core.streams.get(session_id)
+        idle = s.machine.idle_timeout_s if s is not None else self.settings.idle_probe_timeout_s
+        return min(self.settings.idle_probe_timeout_s, idle / 2)
+
+    async def _probe(self, e: ProbePeer) -> None:
+        """Ask the other endpoint how long its end has been idle; hand the core its answer
+        (``unknown`` when none came: a hop or the peer is down)."""
+        state: PeerState = "unknown"
+        idle_for = 0.0
+        timeout = self._probe_timeout(e.session_id)
+        try:
+            reply = await self._bus.request(topics.km_relay(e.hop), SessionProbe(
+                session_id=e.session_id, epoch=e.epoch, sender=self.node_id,
+                target=self._peer_node(e.peer_sae), timeout_s=timeout), timeout_s=timeout)
+            if isinstance(reply, SessionProbeReply) and reply.session_id == e.session_id:
+                state, idle_for = reply.state, reply.idle_for_s
+        except (BusError, PeerUnreachable) as exc:
+            logger.info("node %s: idle probe of session %s got no answer: %s", self.node_id,
+                        e.session_id, exc)
+        self._run(self.core.probe_result(e.session_id, e.seq, state, idle_for,
+                                         self._clock.now()))
+
+    async def answer_probe(self, msg: SessionProbe) -> SessionProbeReply:
+        """Relay host: an idle probe reached this KM: answer it (the target endpoint, or a
+        hop that cannot route it) or pass it on along the path and return what comes back."""
+        step = self.core.probe_step(msg.session_id, msg.epoch, msg.sender, msg.target,
+                                    self._clock.now())
+        if isinstance(step, Forward):
+            left = msg.timeout_s * 0.8  # the answer must come back within the sender's bound
+            try:
+                reply = await self._bus.request(topics.km_relay(step.to), msg.model_copy(
+                    update={"sender": self.node_id, "timeout_s": left}), timeout_s=left)
+                if isinstance(reply, SessionProbeReply):
+                    return reply
+            except BusError as exc:
+                logger.info("node %s: idle probe of session %s not passed on to %s: %s",
+                            self.node_id, msg.session_id, step.to, exc)
+            return SessionProbeReply(session_id=msg.session_id, node=self.node_id,
+                                     state="unknown")
+        return SessionProbeReply(session_id=msg.session_id, node=self.node_id,
+                                 state=step.state, idle_for_s=step.idle_for_s)
 
     def _free_io(self, session_id: str) -> None:
         """Release the waits and tasks of a terminated stream and destroy its keys."""

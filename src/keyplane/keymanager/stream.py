@@ -45,6 +45,9 @@ class Stream:
     next_gen: int = 0  # source: next fresh index for enc_keys
     spare: list[int] = field(default_factory=list)  # source: enc_keys indexes to fill again
     idle_deadline: float = 0.0
+    last_active: float = 0.0  # this end's last key request (or its end, or configuration)
+    probe_seq: int = 0  # the idle probe in flight (keymanager/liveness.py): a later answer wins
+    held_since: float | None = None  # the peer first did not answer an idle probe
     last_keepalive: float = float("-inf")
     keepalive_owed: bool = False  # a coalesced request still awaits its trailing KeepAlive
     # identities (digests) Access Control accepted for dec_keys of this stream's keys, as

@@ -54,6 +54,8 @@ __all__ = [
     "PqcOfferReply",
     "PqcOfferRequest",
     "RelayFrame",
+    "SessionProbe",
+    "SessionProbeReply",
     "b64d",
     "b64e",
     "seal",
@@ -194,6 +196,37 @@ class LinkBlocksHeld(Message):
     block_ids: list[int]
     inventory: bool = False
     reply: bool = False
+
+
+class SessionProbe(Message):
+    """An endpoint KM whose stream went idle asks the other endpoint KM (``target``) how
+    long its end has been idle (keymanager/liveness.py). A bus *request*, hop by hop on
+    each hop's relay topic along the path of ``epoch``; every hop forwards it within
+    ``timeout_s`` (what the hop before it waits). Carries no key, so it spends no link
+    key; signed by each sender like the relay frames."""
+
+    KIND = "km.session.probe"
+    VERSION = 1
+
+    session_id: str
+    epoch: int
+    sender: str
+    target: str
+    timeout_s: Annotated[float, Field(gt=0.0)]
+
+
+class SessionProbeReply(Message):
+    """The answer: the target's end is ``active`` (an exchange in flight), ``idle`` for
+    ``idle_for_s``, ``ended``, or ``unknown`` (a hop could not reach it: the path is in a
+    fault). ``node`` is the KM that answered."""
+
+    KIND = "km.session.probe_reply"
+    VERSION = 1
+
+    session_id: str
+    node: str
+    state: Literal["active", "idle", "ended", "unknown"]
+    idle_for_s: Annotated[float, Field(ge=0.0)] = 0.0
 
 
 RelayFrame = KeyFrame | ConfirmFrame | DemandFrame

@@ -73,6 +73,7 @@ from keyplane.physical.workerwire import (
     encode_frame,
     read_frame,
 )
+from keyplane.progress import NoProgress, process_cpu_s, wait_progressing
 
 __all__ = ["EmulationSettings", "LinkWorkerPool", "plan_workers"]
 
@@ -110,7 +111,10 @@ class EmulationSettings(BaseModel):
     telemetry_interval_s: PositiveS = DEFAULT_TELEMETRY_INTERVAL_S
     """At most one LinkTelemetry per link per this many seconds."""
     start_timeout_s: PositiveS = 120.0
-    """Bound on a worker's start (interpreter, imports, its links), busy machine included."""
+    """A worker's start (interpreter, imports, bus, its links) fails once it has used no
+    CPU for this long (stuck, not slow: a busy machine slows a start, it does not stop it)."""
+    start_timeout_cap_s: PositiveS = 1200.0
+    """The cap on a worker's start however it progresses."""
     stop_timeout_s: PositiveS = 10.0
     """Bound on a worker's orderly exit before it is killed."""
     command_timeout_s: PositiveS = 10.0
@@ -356,17 +360,23 @@ class LinkWorkerPool(Service):
                     w.send(Room(link_id=link.link_id, end=end, room=False))
 
     async def _await_ready(self, w: _Worker) -> None:
-        assert w.reader_task is not None
+        assert w.reader_task is not None and w.proc is not None
         s = self.settings
         ready = asyncio.get_running_loop().create_task(w.ready.wait())
+        reader = w.reader_task
+        why = ""
         try:
-            await asyncio.wait({ready, w.reader_task}, timeout=s.start_timeout_s,
-                               return_when=asyncio.FIRST_COMPLETED)
+            await wait_progressing(
+                asyncio.wait({ready, reader}, return_when=asyncio.FIRST_COMPLETED),
+                [process_cpu_s(w.proc.pid)], stall_s=s.start_timeout_s,
+                cap_s=s.start_timeout_cap_s, what=f"link worker {w.index} start")
+        except NoProgress as exc:
+            why = f": {exc}"
         finally:
             ready.cancel()
         if not w.ready.is_set():
-            raise PhysicalError(f"link worker {w.index} ({len(w.links)} links) did not start "
-                                f"within {s.start_timeout_s:g} s")
+            raise PhysicalError(f"link worker {w.index} ({len(w.links)} links) did not "
+                                f"start{why or ' (it exited)'}")
 
     async def close(self) -> None:
         """Stop every worker (orderly, then killed after ``stop_timeout_s``); idempotent."""

@@ -15,6 +15,7 @@ from keyplane.errors import (
     KeyNotFound,
     KeyplaneError,
     KeyWaitExpired,
+    PeerNotConnected,
     QosNotMet,
 )
 from keyplane.messages import Qos
@@ -133,3 +134,45 @@ async def test_run_pair_bounds_the_time_without_progress_not_the_whole_run(
                            Slow("sb", clock, 4.0), keys=6, timeout_s=10, stall_s=10)
     assert stuck.status == "failed" and stuck.keys_delivered == 2
     assert "InsufficientKeyMaterial" in stuck.error
+
+
+class Ending(Scripted):
+    """An endpoint whose stream ends under it (its KM closed it: GET_KEY status 3) at index
+    ``end_at`` of the first stream it opened; a stream opened later works."""
+
+    def __init__(self, sae_id: str, end_at: int) -> None:
+        super().__init__(sae_id)
+        self.end_at = end_at
+        self.closed: list[str] = []
+
+    async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
+        if key_stream_id == self.opened[0] and index >= self.end_at:
+            self.asked.append(index)
+            raise PeerNotConnected(f"stream {key_stream_id} has ended")
+        return await super().get_key(key_stream_id, index)
+
+    async def close(self, key_stream_id: str) -> None:
+        self.closed.append(key_stream_id)
+
+
+async def test_run_pair_opens_a_new_stream_when_its_stream_ends_and_carries_on() -> None:
+    # one end got index 2 of the first stream, the other's KM had ended it: the pair drops
+    # that index, closes, agrees a new Key_stream_ID and fetches the rest on the new stream
+    a, b = Scripted("sa"), Ending("sb", end_at=2)
+    res = await run_pair(SaePair("sa", "sb"), a, b, keys=5, timeout_s=5)
+    assert res.status == "closed" and res.reopened == 1 and res.lost_indexes == [2]
+    assert res.keys_delivered == res.keys_matched == 5
+    assert len(set(b.opened)) == 2 and res.ended_streams == [b.opened[0]]
+    assert b.closed[0] == b.opened[0] and res.key_stream_id == b.opened[1]
+
+
+async def test_run_pair_gives_up_after_its_reopen_limit() -> None:
+    class AlwaysEnding(Ending):
+        async def get_key(self, key_stream_id: str, index: int
+                          ) -> tuple[bytes, dict[str, Any]]:
+            raise PeerNotConnected(f"stream {key_stream_id} has ended")
+
+    res = await run_pair(SaePair("sa", "sb"), AlwaysEnding("sa", 0), AlwaysEnding("sb", 0),
+                         keys=3, timeout_s=5, reopen_limit=2)
+    assert res.status == "failed" and res.reopened == 2 and "PeerNotConnected" in res.error
+    assert res.lost_indexes == []  # both ends lost the stream: no key at one end only

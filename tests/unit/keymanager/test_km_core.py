@@ -22,6 +22,7 @@ from keyplane.keymanager.effects import (
     FreeStream,
     KeepAliveAt,
     PersistRow,
+    ProbePeer,
     Renamed,
     SendAdmission,
     digest,
@@ -200,7 +201,11 @@ def test_a_busy_stream_is_not_idle_and_an_idle_one_closes() -> None:
     c.apply(s, SessionEvent.key_done, 11.1)
     assert c.idle_due("s1", 11.25) == (21.0, [])  # idle again: a full period from 11
     nxt, effects = c.idle_due("s1", 21.0)
-    assert nxt is None and s.machine.state is SessionState.terminated
+    # idle here: the other end is asked first (keymanager/liveness.py); it is idle too
+    assert nxt is None and s.machine.state is SessionState.operative
+    assert of(effects, ProbePeer) == [ProbePeer("s1", 1, "km1", 0, "sb")]
+    effects = c.probe_result("s1", 1, "idle", 10.0, 21.1)
+    assert s.machine.state is SessionState.terminated
     assert SendAdmission(SessionClose(session_id="s1", node="km0",
                                       reason="idle_timeout")) in effects
     assert FreeStream("s1") in effects and c.forwarding.current("s1") is None
