@@ -63,7 +63,7 @@ async def test_demo_eavesdropper_on_used_link_reroutes_the_session(tmp_path: Pat
     kinds = {a["kind"] for a in summary["alarms"]}
     assert "qber_high" in kinds
     assert s45["rerouted"] and s45["path"] in (["km4", "km0", "km5"], ["km5", "km0", "km4"])
-    assert s45["all_keys_matched"] and s45["keys_delivered"] == 150
+    assert s45["all_keys_matched"] and s45["keys_delivered"] == 150, s45
     assert summary["links"]["km4-km5"]["aborted"] > 0
 
 

@@ -71,7 +71,7 @@ def _dec_request(master: str, key_ids: Sequence[str]) -> tuple[str, str, dict[st
 class _Common:
     def __init__(self, base_url: str, *, cert: str | Path | None = None,
                  key: str | Path | None = None, ca: str | Path | None = None,
-                 sae_id: str | None = None, timeout_s: float = 10.0,
+                 sae_id: str | None = None, timeout_s: float = 30.0,
                  transport: Any = None) -> None:
         self._options = client_options(base_url, cert=cert, key=key, ca=ca, sae_id=sae_id,
                                        timeout_s=timeout_s, transport=transport)
@@ -93,7 +93,10 @@ class Etsi014Client(_Common, SyncPool):
         ca: the network CA that signed the KME's certificate.
         sae_id: sent as ``X-SAE-ID`` when the identity owns several SAEs on the KME (it
             must be one of them: the certificate is the identity).
-        timeout_s: per-request timeout.
+        timeout_s: per-request timeout. Longer than a KM's default wait for key
+            (``etsi014_qos_timeout_ms``, 10 s), so that the KM's own answer (the keys, or
+            503 once its wait is over) reaches the caller before the client gives up; a
+            read timeout at exactly the KM's wait lost that race on a loaded machine.
         transport: an httpx transport replacing the network (tests).
 
     Every method raises :class:`~keyplane.api.client.ApiError` (400/401/503 subclasses) on
