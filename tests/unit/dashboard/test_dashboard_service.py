@@ -52,7 +52,7 @@ async def test_the_view_follows_the_stream_and_the_bus_until_closed() -> None:
                                                                kind="qber_high", t=3.0))
         async with asyncio.timeout(DEADLINE_S):
             while not dash.view.snapshot()["alarms"]:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
         snap = dash.view.snapshot()
         assert [s["id"] for s in snap["sessions"]] == ["s-1"]
         assert next(x for x in snap["links"] if x["id"] == "km0-km2")["skr_bps"] == 5.0

@@ -38,7 +38,7 @@ async def collect(bus: Bus, node: str) -> list[SdnNotification]:
 async def wait_until(pred, timeout_s: float = DEADLINE_S) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout_s):
         while not pred():
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll interval of a bounded wait
 
 
 def link_of(agent: SdnAgent, link_id: str) -> dict:  # type: ignore[type-arg]

@@ -56,7 +56,7 @@ async def test_telemetry_reports_stores_paths_buckets_and_delivered_keys(km_db: 
         assert sum(mid.buffer_bits.values()) < sum(idle.buffer_bits.values())
         async with asyncio.timeout(DEADLINE_S):
             while not any(m.node == "km0" and sid in m.streams for m in got):
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
 
         await net.kms["km0"].close_stream(CALLER_A, sid)
         await net.kms["km2"].close_stream(CALLER_B, sid)

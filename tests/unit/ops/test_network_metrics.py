@@ -120,7 +120,7 @@ async def test_a_node_process_exports_only_its_own_links_and_km() -> None:
         async with asyncio.timeout(DEADLINE_S):
             while _value(ops, "keyplane_keystore_bits", node="km4", link="km0-km4") is None \
                     or _value(ops, "keyplane_link_skr_bps", link="km4-km5") is None:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
         seen = _samples(ops)
         assert not any(("link", "km0-km1") in labels for _, labels in seen)
         assert not any(("node", "km0") in labels for _, labels in seen)
