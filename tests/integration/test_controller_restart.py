@@ -62,7 +62,7 @@ async def _same_key(a: SdkEndpoint, b: SdkEndpoint, stream: str, index: int,
                 try:
                     key, _ = await end.get_key(stream, index)
                 except InsufficientKeyMaterial:
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(0.2)  # an application's retry pace; the timeout above bounds it
                     continue
                 keys.append(key)
                 break
@@ -81,7 +81,7 @@ async def _until(pred, what: str,  # type: ignore[no-untyped-def]
     while not await pred():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # poll interval of a deadline-bounded wait
 
 
 async def test_killed_controller_restarts_and_takes_back_the_live_session(
@@ -123,7 +123,7 @@ async def test_killed_controller_restarts_and_takes_back_the_live_session(
                                            b.open("sae2", qos, stream), return_exceptions=True)
             if all(isinstance(r, str) for r in results):
                 return True
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(1.0)  # an application's pause before it opens again; bounded by _until
             return False
 
         await _until(opened, "a session admitted", DEADLINE_S)

@@ -71,7 +71,7 @@ async def test_signed_demand_and_deliveries_between_nodes_and_the_service(
             assert done.state.value == "served" and len(done.pairs) == 6
             async with asyncio.timeout(DEADLINE_S):  # the peer's copy, signed by control
                 while rec.demand_id not in {d.demand_id for d in a3.demands_of("sae_a3")}:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
             peer = await a3.wait_ended("sae_a3", rec.demand_id, DEADLINE_S)
             assert [p.eid for p in peer.pairs] == [p.eid for p in done.pairs]
             # km3 cannot speak for km0: the service's bus layer rejects the signature

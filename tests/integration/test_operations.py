@@ -72,7 +72,7 @@ def _retry(fn):  # type: ignore[no-untyped-def]
         except Etsi004StatusError as exc:
             if time.monotonic() > deadline or int(exc.status) != 2:
                 raise
-            time.sleep(0.1)
+            time.sleep(0.1)  # retry pace of a deadline-bounded retry
 
 
 def test_run_exports_every_network_series_and_its_dashboard(running: Path) -> None:

@@ -56,7 +56,7 @@ def _retry(fn, timeout_s: float = DEADLINE_S):  # type: ignore[no-untyped-def]
             if time.monotonic() > deadline or ("503" not in repr(exc) and \
                     getattr(exc, "status", None) not in (2, 6)):
                 raise
-            time.sleep(0.1)
+            time.sleep(0.1)  # retry pace of a deadline-bounded retry
 
 
 def test_run_relayed_014_keys_reach_only_the_named_slave_once(running: Path) -> None:

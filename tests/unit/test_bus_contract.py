@@ -37,7 +37,7 @@ def _config(node: str = "km1") -> SessionConfig:
 async def _until(pred, timeout: float = DEADLINE_S) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout):
         while not pred():
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(0.005)  # poll interval of a bounded wait
 
 
 async def _delivered(bus: Bus) -> None:

@@ -52,7 +52,7 @@ async def test_event_bus_sink_publishes_on_element_topic(clock: VirtualClock) ->
     stream.emit(EventType.alarm, "monitoring", link="km0-km1")
     async with asyncio.timeout(DEADLINE_S):
         while not got:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
     assert isinstance(got[0], EventMessage) and got[0].event.type is EventType.alarm
     await bus.close()
 
@@ -61,7 +61,7 @@ async def test_memory_sink_wait_for_sees_future_events(clock: VirtualClock) -> N
     mem = MemorySink()
     stream = EventStream(clock, [mem])
     waiter = asyncio.create_task(mem.wait_for(lambda e: e.type is EventType.session_closed))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiter's task starts (one loop turn, no real time)
     stream.emit(EventType.session_closed, "km", session="s")
     assert (await asyncio.wait_for(waiter, DEADLINE_S)).session == "s"
 

@@ -81,7 +81,7 @@ async def _stored(db: Database, what: str,
     try:
         async with asyncio.timeout(DEADLINE_S):
             while not pred(rows := await load_admitted_sessions(db)):
-                await asyncio.sleep(0.005)
+                await asyncio.sleep(0.005)  # poll interval; the timeout above bounds it
     except TimeoutError:
         raise AssertionError(f"store never showed {what}: {rows}") from None
     return rows

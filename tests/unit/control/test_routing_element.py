@@ -121,7 +121,8 @@ def test_routing_alarm_takes_link_out_and_cleared_brings_it_back(topology: Topol
 
 
 def test_routing_reroute_counts_a_session_once_on_shared_links() -> None:
-    g = nx.Graph([(0, 1), (1, 2), (2, 3), (1, 3)])
+    g = nx.Graph()  # (networkx 3.2's Graph(edges) warns when pandas is absent)
+    g.add_edges_from([(0, 1), (1, 2), (2, 3), (1, 3)])
     core = _core_from_graph(g, RoutingSettings(default_capacity_bps=1000))
     res = core.reserve("s", 0, core.compute_path("n0", "n3", 800), 800)
     assert res.route.nodes == ("n0", "n1", "n3")

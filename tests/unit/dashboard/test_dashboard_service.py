@@ -13,6 +13,7 @@ from keyplane.dashboard.service import Dashboard
 from keyplane.events import EventStream, EventType
 from keyplane.messages import LinkAlarm, LinkTelemetry
 from keyplane.physical.wire import LinkCommand, LinkCommandReply, control_topic
+from tests.support.deadlines import DEADLINE_S
 
 TOPO = load_topology("paper_poc")
 
@@ -49,9 +50,9 @@ async def test_the_view_follows_the_stream_and_the_bus_until_closed() -> None:
             link_id="km0-km2", node="km0", block_id=1, skr_bps=5.0, qber=0.02, t=2.0))
         await bus.publish("keyplane.alarms.km4-km5", LinkAlarm(link_id="km4-km5",
                                                                kind="qber_high", t=3.0))
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(DEADLINE_S):
             while not dash.view.snapshot()["alarms"]:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
         snap = dash.view.snapshot()
         assert [s["id"] for s in snap["sessions"]] == ["s-1"]
         assert next(x for x in snap["links"] if x["id"] == "km0-km2")["skr_bps"] == 5.0

@@ -35,10 +35,10 @@ async def collect(bus: Bus, node: str) -> list[SdnNotification]:
     return seen
 
 
-async def wait_until(pred, timeout_s: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+async def wait_until(pred, timeout_s: float = DEADLINE_S) -> None:  # type: ignore[no-untyped-def]
     async with asyncio.timeout(timeout_s):
         while not pred():
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # poll interval of a bounded wait
 
 
 def link_of(agent: SdnAgent, link_id: str) -> dict:  # type: ignore[type-arg]

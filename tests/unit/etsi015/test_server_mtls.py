@@ -127,7 +127,7 @@ async def test_event_stream_delivers_notifications_as_sse(served, certs: Issued)
             lines = response.aiter_lines()
             async with asyncio.timeout(DEADLINE_S):  # the stream's feed is registered
                 while not agent._feeds:
-                    await asyncio.sleep(0.005)
+                    await asyncio.sleep(0.005)  # poll interval; the timeout above bounds it
             await agent.bus.publish(topics.link_telemetry("km0-km1"), LinkTelemetry(
                 link_id="km0-km1", node="km1", state=LinkState.up, skr_bps=10.0, qber=0.01))
             async with asyncio.timeout(DEADLINE_S):

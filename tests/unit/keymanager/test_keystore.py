@@ -183,7 +183,7 @@ async def test_keystore_wait_sendable_returns_when_the_peer_confirms(km_db: Data
     a = LinkKeyStore("na", "l1", "nb", j, EventStream(clock), clock, KmSettings())
     await a.put_block("l1", 9, bytes(64))
     waiter = asyncio.ensure_future(a.wait_sendable(32, 5.0))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiter's task starts (one loop turn, no real time)
     assert not waiter.done()
     a.peer_holds([9])
     assert await waiter
@@ -191,7 +191,7 @@ async def test_keystore_wait_sendable_returns_when_the_peer_confirms(km_db: Data
     assert not await late
     await a.put_block("l1", 10, bytes(64))
     timed = asyncio.ensure_future(a.wait_sendable(64, 1.0))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the waiter's task starts (one loop turn, no real time)
     await clock.advance(1.0)
     assert not await timed  # block 10 was never confirmed within the bound
     await j.close()

@@ -1,11 +1,17 @@
-"""Priority order under load, token-bucket pacing on the virtual clock, busy answers."""
+"""Priority order under load, token-bucket pacing on the virtual clock, busy answers.
+
+The key managers' store commits run in a worker thread, which the virtual clock's
+``settle()`` cannot see: before each clock step a test waits (bounded by DEADLINE_S) for the
+state the step must act on (a request queued, a timer armed, deliveries made), never for a
+fixed time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 
 import pytest
-from tests.support.deadlines import DEADLINE_S
+from tests.support.deadlines import DEADLINE_S, eventually, timer_armed
 from tests.support.km_net import CALLER_A, KmNet, line_topology, open_pair, start_net
 
 from keyplane.bus import MemoryBus
@@ -35,15 +41,10 @@ applications:
 """)
 
 
-async def settle_io(rounds: int = 20) -> None:
-    """Let thread-backed I/O (SQLite commits) complete between clock steps."""
-    for _ in range(rounds):
-        await asyncio.sleep(0.002)
-
-
 async def start_blocked(km_db: Database, settings: KmSettings) -> tuple[KmNet, VirtualClock,
                                                                          asyncio.Task[object]]:
-    """A hub KM with one exchange slot, held by a relay whose next hop (km1) is down."""
+    """A hub KM with one exchange slot, held by a relay whose next hop (km1) is down: it
+    returns once the blocker waits for the confirmation (relay_confirm_timeout_s)."""
     bus = MemoryBus()
     clock = VirtualClock()
     net = await start_net(HUB, bus, km_db, clock, seed=41, settings=settings,
@@ -53,7 +54,8 @@ async def start_blocked(km_db: Database, settings: KmSettings) -> tuple[KmNet, V
         await km0.enc_keys(CALLER_A, src, dst, 1, 256)  # opens the implicit sessions
     await net.kms["km1"].close()
     blocker = asyncio.create_task(km0.enc_keys(CALLER_A, "pb", "q", 1, 256))
-    await settle_io()
+    await timer_armed(clock, clock.now() + settings.relay_confirm_timeout_s)
+    assert km0.core.active == 1
     return net, clock, blocker
 
 
@@ -71,10 +73,10 @@ async def test_priority_queues_serve_higher_sla_priority_first_under_load(
         mark = len(net.sink.of_type(EventType.key_delivered))
         waiting = [asyncio.create_task(km0.enc_keys(CALLER_A, p, r, 1, 256))
                    for p, r in [("p1", "r1"), ("p5", "r5"), ("p3", "r3")]]
-        await settle_io()
+        await eventually(lambda: len(km0.core.queues) == 3, "three requests queued")
         assert not any(t.done() for t in waiting)  # queued behind the blocker
         await clock.advance(1.0)  # the blocker's relay times out and frees the slot
-        await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        await asyncio.wait_for(asyncio.gather(*waiting), DEADLINE_S)
         with pytest.raises(Exception, match="confirmation"):
             await blocker
         served = [sessions[e.session] for e in net.sink.of_type(EventType.key_delivered)[mark:]
@@ -89,7 +91,7 @@ async def test_priority_queue_limit_gives_a_busy_answer(km_db: Database) -> None
     km0 = net.kms["km0"]
     try:
         queued = asyncio.create_task(km0.enc_keys(CALLER_A, "p1", "r1", 1, 256))
-        await settle_io()
+        await eventually(lambda: len(km0.core.queues) == 1, "the first request queued")
         with pytest.raises(KmBusy, match="busy"):
             await km0.enc_keys(CALLER_A, "p3", "r3", 1, 256)
         await clock.advance(1.0)
@@ -108,16 +110,25 @@ async def test_token_bucket_paces_requests_at_the_configured_rate(km_db: Databas
     try:
         sid = await open_pair(net)
         km0 = net.kms["km0"]
+        mark = len(net.sink.of_type(EventType.key_requested))
         tasks = [asyncio.create_task(km0.get_key(CALLER_A, sid, i)) for i in range(6)]
+        # all six admitted at t=0: the bucket's waits are 0, 0, 1, 2, 3, 4 s
+        await eventually(lambda: len(net.sink.of_type(EventType.key_requested)) - mark == 6,
+                         "six requests admitted")
         seen = []
         for _ in range(12):
-            await settle_io()
+            due = min(6, 2 + int(clock.now()))
+            await eventually(lambda due=due: sum(t.done() for t in tasks) >= due,
+                             f"{due} requests served at t={clock.now():g}")
             seen.append((clock.now(), sum(t.done() for t in tasks)))
             await clock.advance(0.5)
-        await settle_io()
         assert all(t.done() and t.exception() is None for t in tasks)
         for now, done in seen:
             assert done == min(6, 2 + int(now)), seen
+        # each request was served at the clock time its tokens were due, not earlier
+        served_at = [e.t for e in net.sink.of_type(EventType.key_delivered)
+                     if e.node == "km0" and e.session == sid]
+        assert served_at == [0.0, 0.0, 1.0, 2.0, 3.0, 4.0], served_at
     finally:
         await net.close()
         await bus.close()

@@ -8,7 +8,7 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import pytest
-from tests.support.deadlines import DEADLINE_S, eventually
+from tests.support.deadlines import DEADLINE_S, eventually, timer_armed
 from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
 
 from keyplane.bus import Bus, MemoryBus, topics
@@ -30,15 +30,16 @@ from keyplane.store import Database
 T = TypeVar("T")
 
 
-async def with_clock(clock: VirtualClock, coro: Coroutine[Any, Any, T], step_s: float = 0.05,
-                     max_steps: int = 200) -> T:
-    """Run ``coro`` while moving the virtual clock forward in small steps."""
+async def past_timeout(clock: VirtualClock, coro: Coroutine[Any, Any, T], timeout_s: float) -> T:
+    """Run ``coro``, a request that waits on ``clock`` for its QoS Timeout of ``timeout_s``:
+    once that timer is armed, move the clock past it, then return what the request answers.
+
+    Waiting for the timer (not for a fixed time) matters: the request first crosses the bus
+    and the store (a worker thread), and the clock must not move before it waits.
+    """
     task = asyncio.ensure_future(coro)
-    for _ in range(max_steps):
-        if task.done():
-            break
-        await clock.advance(step_s)
-        await asyncio.sleep(0.001)  # let thread-backed I/O (SQLite) finish
+    await timer_armed(clock, clock.now() + timeout_s)
+    await clock.advance(timeout_s)
     return await asyncio.wait_for(task, DEADLINE_S)
 
 
@@ -114,22 +115,22 @@ async def test_open_connect_before_peer_returns_not_connected_then_becomes_opera
     net = await start_net(line_topology(2), bus, km_db, clock, seed=25, hold_config=True)
     try:
         km0 = net.kms["km0"]
-        res = await with_clock(clock, km0.open_connect(CALLER_A, "sa", "sb",
-                                                        Qos(timeout_ms=1000), None))
+        res = await past_timeout(clock, km0.open_connect(CALLER_A, "sa", "sb",
+                                                          Qos(timeout_ms=1000), None), 1.0)
         assert not res.peer_connected
         sid = res.key_stream_id
         assert km0.session_state(sid) is SessionState.user_accepted
         # GET_KEY waits for the peer up to the stream's Timeout (1 s), then status 3
         with pytest.raises(PeerNotConnected):
-            await with_clock(clock, km0.get_key(CALLER_A, sid, None))
+            await past_timeout(clock, km0.get_key(CALLER_A, sid, None), 1.0)
         # the opener asking again for its stream learns it is still waiting; another
         # pair of SAEs cannot take the id
         again = await km0.open_connect(CALLER_A, "sa", "sb", Qos(), sid)
         assert (again.key_stream_id, again.peer_connected) == (sid, False)
         with pytest.raises(SessionIdInUse):
             await km0.open_connect(CALLER_A, "sc", "sb", Qos(), sid)
-        await with_clock(clock, net.kms["km1"].open_connect(CALLER_B, "sb", "sa",
-                                                            Qos(timeout_ms=1), sid))
+        await past_timeout(clock, net.kms["km1"].open_connect(CALLER_B, "sb", "sa",
+                                                              Qos(timeout_ms=1), sid), 0.001)
         await net.control.configure(sid)
         assert km0.session_state(sid) is SessionState.operative
         assert (await km0.get_key(CALLER_A, sid, None)).index == 0
@@ -145,8 +146,9 @@ async def test_session_without_configuration_gives_up_after_config_wait(
     net = await start_net(line_topology(2), bus, km_db, clock, seed=26, hold_config=True,
                           settings=KmSettings(config_wait_s=30.0))
     try:
-        sid = (await with_clock(clock, net.kms["km0"].open_connect(
-            CALLER_A, "sa", "sb", Qos(timeout_ms=100), None))).key_stream_id
+        sid = (await past_timeout(clock, net.kms["km0"].open_connect(
+            CALLER_A, "sa", "sb", Qos(timeout_ms=100), None), 0.1)).key_stream_id
+        await timer_armed(clock, clock.now() + 30.0)  # the configuration watchdog
         await clock.advance(30.0)
         assert net.kms["km0"].session_state(sid) is SessionState.terminated
         await eventually(lambda: net.control.closes, "the KM's close signal")
@@ -269,6 +271,7 @@ async def test_deletion_during_key_exchanging_fails_the_request_and_confirms(
         km0 = net.kms["km0"]
         await km0.get_key(CALLER_A, sid, None)
         waiting = asyncio.create_task(km0.get_key(CALLER_A, sid, None))
+        await timer_armed(clock, clock.now() + 1.0)  # it waits for its tokens
         await clock.advance(0.5)
         assert km0.session_state(sid) is SessionState.key_exchanging
         reply = await bus.request(topics.km_config("km0"), SessionDelete(

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 
+from tests.support.deadlines import DEADLINE_S, eventually
 from tests.support.km_net import CALLER_A, CALLER_B, line_topology, open_pair, start_net
 
 from keyplane.bus import MemoryBus, Message, topics
-from keyplane.clock import RealClock
+from keyplane.clock import RealClock, VirtualClock
 from keyplane.keymanager.telemetry import KmTelemetryPublisher, KmTelemetrySettings
 from keyplane.messages import KmTelemetry
 from keyplane.store import Database
@@ -53,9 +54,9 @@ async def test_telemetry_reports_stores_paths_buckets_and_delivered_keys(km_db: 
         assert fig.bucket_bits <= fig.bucket_size_bits and fig.pending_requests == 0
         # the relay used link key: the intermediate's stores went down
         assert sum(mid.buffer_bits.values()) < sum(idle.buffer_bits.values())
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(DEADLINE_S):
             while not any(m.node == "km0" and sid in m.streams for m in got):
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
 
         await net.kms["km0"].close_stream(CALLER_A, sid)
         await net.kms["km2"].close_stream(CALLER_B, sid)
@@ -69,8 +70,10 @@ async def test_telemetry_reports_stores_paths_buckets_and_delivered_keys(km_db: 
 
 
 async def test_publisher_reports_changes_and_heartbeats_only(km_db: Database) -> None:
+    """On the virtual clock: every tick of the loop is one clock step, so "nothing was
+    published" is checked over ticks that surely ran, not over a stretch of real time."""
     bus = MemoryBus()
-    clock = RealClock()
+    clock = VirtualClock()
     net = await start_net(line_topology(2), bus, km_db, clock, seed=32)
     got: list[KmTelemetry] = []
 
@@ -83,21 +86,19 @@ async def test_publisher_reports_changes_and_heartbeats_only(km_db: Database) ->
                                KmTelemetrySettings(interval_s=0.01, heartbeat_s=3600.0))
     try:
         await pub.start()
-        async with asyncio.timeout(30):
-            while not got:
-                await asyncio.sleep(0.01)
+        await eventually(lambda: bool(got), "the first report")
         first = pub.published
-        # nothing changes: the loop keeps running without publishing again
-        ticks = 0
-        async with asyncio.timeout(30):
-            while ticks < 20:
-                await clock.sleep(0.01)
-                ticks += 1
+        # nothing changes: the loop keeps running (re-arming its timer) without publishing
+        for _ in range(20):
+            tick = clock.now() + 0.01
+            await eventually(lambda tick=tick: tick in clock.deadlines(), "the loop's timer")
+            await clock.advance(0.01)
         assert pub.published == first
         await net.feed(random.Random(5), 1, 4096, first_block=100)
-        async with asyncio.timeout(30):
-            while pub.published == first:
-                await asyncio.sleep(0.01)
+        tick = clock.now() + 0.01
+        await eventually(lambda: tick in clock.deadlines(), "the loop's timer")
+        await clock.advance(0.01)  # the next tick reports the new block
+        await eventually(lambda: pub.published == first + 1, "the report of the new block")
         assert got[-1].buffer_bits["km0-km1"] > got[0].buffer_bits["km0-km1"]
     finally:
         await pub.close()

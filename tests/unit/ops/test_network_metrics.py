@@ -6,6 +6,7 @@ import asyncio
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from tests.support.deadlines import DEADLINE_S
 
 from keyplane.bus import MemoryBus, topics
 from keyplane.messages import (
@@ -116,10 +117,10 @@ async def test_a_node_process_exports_only_its_own_links_and_km() -> None:
             await bus.publish(topics.km_telemetry(node), KmTelemetry(
                 node=node, buffer_bits={"km0-km4": 64}))
         await bus.publish(topics.alarm("km0-km1"), LinkAlarm(link_id="km0-km1", kind="link_down"))
-        async with asyncio.timeout(30):
+        async with asyncio.timeout(DEADLINE_S):
             while _value(ops, "keyplane_keystore_bits", node="km4", link="km0-km4") is None \
                     or _value(ops, "keyplane_link_skr_bps", link="km4-km5") is None:
-                await asyncio.sleep(0.01)
+                await asyncio.sleep(0.01)  # poll interval; the timeout above bounds it
         seen = _samples(ops)
         assert not any(("link", "km0-km1") in labels for _, labels in seen)
         assert not any(("node", "km0") in labels for _, labels in seen)

@@ -138,7 +138,7 @@ async def test_km_end_reports_an_unreachable_device_and_takes_nothing(tmp_path: 
     async with end:
         async with asyncio.timeout(DEADLINE_S):
             while end.reachable:
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.05)  # poll interval; the timeout above bounds it
     assert sink.qsize() == 0 and end.last_error is not None
     await bus.close()
 
@@ -163,6 +163,6 @@ async def test_one_end_devices_on_two_hosts_agree_over_their_classical_channel(
                     got = await kb.dec_keys(KM1, "km1", "km0", [k.key_id for k in mine])
                     break
                 except KeyNotFound:
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # retry pace; the timeout above bounds it
     assert [(k.key_id, k.key) for k in got] == [(k.key_id, k.key) for k in mine]
     await bus.close()
