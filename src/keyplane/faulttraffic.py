@@ -6,8 +6,8 @@ what they obtained.
   fetches them at its KM (``dec_keys``), retrying while the KM answers 503 or cannot be
   reached; with keyplane's acknowledgement (``keyplane_ack``, docs/api/etsi014.md) an
   attempt whose answer was lost is retried with the same key_IDs and gets the same keys,
-  confirmed on a later fetch. The loops run at once, so that thousands of relayed keys flow in the time the
-  faults take;
+  confirmed on a later fetch. The loops run at once, so that thousands of relayed keys
+  flow in the time the faults take;
 * one ETSI 004 stream: both SAEs open it and fetch index after index (``GET_KEY``), each at
   its own pace, retrying while the KM has no key yet or cannot be reached; a stream the KM
   no longer knows is opened again under a new Key_stream_ID.

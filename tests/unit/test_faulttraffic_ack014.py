@@ -25,7 +25,6 @@ from keyplane.store import Database, sqlite_url
 from tests.support.real_net import RealNet, real_net
 from tests.support.tls_scope import with_client_certificate
 
-
 TOPOLOGY = """
 version: 1
 name: faulttraffic-ack014
