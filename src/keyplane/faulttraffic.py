@@ -4,8 +4,10 @@ what they obtained.
 * ETSI 014 pairs: ``pairs_014`` loops, each a master SAE asking its KM for ``batch`` keys
   per request (``enc_keys``) and handing each batch's key_IDs to the slave SAE, which
   fetches them at its KM (``dec_keys``), retrying while the KM answers 503 or cannot be
-  reached. The loops run at once, so that thousands of relayed keys flow in the time the
-  faults take;
+  reached; with keyplane's acknowledgement (``keyplane_ack``, docs/api/etsi014.md) an
+  attempt whose answer was lost is retried with the same key_IDs and gets the same keys,
+  confirmed on a later fetch. The loops run at once, so that thousands of relayed keys
+  flow in the time the faults take;
 * one ETSI 004 stream: both SAEs open it and fetch index after index (``GET_KEY``), each at
   its own pace, retrying while the KM has no key yet or cannot be reached; a stream the KM
   no longer knows is opened again under a new Key_stream_ID.
@@ -169,6 +171,7 @@ class Traffic:
         self._tasks: list[asyncio.Task[None]] = []
         self._fetches: set[asyncio.Task[None]] = set()
         self._fetch_limit = asyncio.Semaphore(2 * settings.pairs_014)
+        self._to_confirm: set[str] = set()  # 014 keys the slave got, to confirm next fetch
 
     def _node_of(self, sae: str) -> str:
         return next(a.node for a in self.cluster.topology.applications if a.sae_id == sae)
@@ -243,9 +246,16 @@ class Traffic:
         unanswered = 0  # attempts whose answer never came (the KM may have served them)
 
         async def ask() -> Any:
+            # with keyplane's acknowledgement (docs/api/etsi014.md): an unanswered attempt
+            # is retried with the same key_IDs and gets the same keys; keys received are
+            # confirmed on a later fetch
             nonlocal unanswered
+            confirm = sorted(self._to_confirm)
             try:
-                return await slave.dec_keys(master_sae, key_ids)
+                keys = await slave.dec_keys(master_sae, key_ids, ack=True, confirm=confirm)
+                self._to_confirm.difference_update(confirm)
+                self._to_confirm.update(key_ids)
+                return keys
             except TransportError:
                 unanswered += 1
                 raise
@@ -258,9 +268,8 @@ class Traffic:
             for k in keys:
                 self.ledger.got_slave(k.key_id, k.key)
         except ApiError as exc:
-            # which of the two known causes (wave 4's untraced refusal): a retry of a
-            # request the KM served but whose answer was lost (ETSI 014 dec_keys has no
-            # acknowledgement), or keys the slave's KM no longer held (its session ended)
+            # keys the slave's KM no longer holds (its session ended, or their hold ended);
+            # a retry of a request served into a lost answer is no longer a cause (ack)
             logger.warning("dec_keys %s: %s %s (after %d unanswered attempts)", key_ids, exc,
                            exc.details, unanswered)
             for kid in key_ids:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from keyplane.api.settings import Etsi014Limits
 from keyplane.config import Topology, User
 from keyplane.errors import (
     AuthenticationFailed,
+    ExtensionNotMet,
     InsufficientKeyMaterial,
     KeyNotFound,
     PeerNotConnected,
@@ -155,9 +157,12 @@ class FakeKeyManager:
         return out
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
-                       key_ids: list[str]) -> list[DeliveredKey]:
+                       key_ids: list[str], *, acknowledge: bool = False,
+                       confirm: Sequence[str] = ()) -> list[DeliveredKey]:
         self.network.calls.append("dec_keys")
         self._authorize(caller, slave_sae, master_sae)
+        if acknowledge or confirm:  # the real KM's feature (keymanager/ack014.py)
+            raise ExtensionNotMet("keyplane_ack: not supported by this fake")
         pending = self.network.pending
         for key_id in key_ids:  # check everything first: a refusal consumes nothing
             entry = pending.get(key_id)

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from keyplane.clock import Clock
 from keyplane.config import QuantumLink
 from keyplane.errors import (
     AuthenticationFailed,
+    ExtensionNotMet,
     InsufficientKeyMaterial,
     KeyNotFound,
     KeyStoreError,
@@ -193,15 +195,20 @@ class DeviceKme:
         return out
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
-                       key_ids: list[str]) -> list[DeliveredKey]:
+                       key_ids: list[str], *, acknowledge: bool = False,
+                       confirm: Sequence[str] = ()) -> list[DeliveredKey]:
         """ETSI 014 Get key with key IDs (5.3): keys the other end gave its SAE, each once.
 
         Raises:
             AuthenticationFailed: not this end's SAE.
             KeyNotFound: ``master_sae`` is not the other end's SAE, or a key_ID is unknown,
                 expired or already delivered (then none is taken).
+            ExtensionNotMet: the keyplane acknowledgement was asked (a KM feature).
         """
         self._check(caller, slave_sae, master_sae)
+        if acknowledge or confirm:
+            raise ExtensionNotMet("keyplane_ack / keyplane_confirm: a device KME spends "
+                                  "keys on delivery (no acknowledgement)")
         self._expire()
         missing = [k for k in key_ids if k not in self._peer]
         if missing:

@@ -159,6 +159,8 @@ class ApplicationService(Protocol):
         ...
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
-                       key_ids: list[str]) -> list[DeliveredKey]:
-        """The keys ``key_ids`` that ``master_sae`` made for ``slave_sae`` (each once)."""
+                       key_ids: list[str], *, acknowledge: bool = False,
+                       confirm: Sequence[str] = ()) -> list[DeliveredKey]:
+        """The keys ``key_ids`` that ``master_sae`` made for ``slave_sae`` (each once);
+        ``acknowledge``/``confirm``: the keyplane extension (docs/api/etsi014.md)."""
         ...

@@ -37,6 +37,7 @@ from keyplane.errors import (
     SessionNotFound,
 )
 from keyplane.events import EventType
+from keyplane.keymanager.ack014 import _Ack014
 from keyplane.keymanager.core import Interface, Stream
 from keyplane.keymanager.effects import digest
 from keyplane.keymanager.hybrid import (
@@ -52,7 +53,6 @@ from keyplane.keymanager.interface import (
     OpenResult,
     PairStatus,
 )
-from keyplane.keymanager.production import _Production
 from keyplane.keymanager.session import SessionEvent, SessionState
 from keyplane.keymanager.vault import HeldKey
 from keyplane.messages import (
@@ -70,7 +70,7 @@ NIL_KEY_STREAM_ID = "00000000-0000-0000-0000-000000000000"
 """The nil UUID: ETSI 004 clients send it as Key_stream_ID to mean "assign one"."""
 
 
-class _Requests(_Production):
+class _Requests(_Ack014):
     """ETSI 004 and ETSI 014 on top of the key work (see the module docstring)."""
 
     _pair_locks: dict[tuple[str, str], asyncio.Lock]
@@ -452,11 +452,16 @@ class _Requests(_Production):
                 for k, m in zip(ready, materials, strict=True)]
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
-                       key_ids: list[str]) -> list[DeliveredKey]:
+                       key_ids: list[str], *, acknowledge: bool = False,
+                       confirm: Sequence[str] = ()) -> list[DeliveredKey]:
         """ETSI 014 dec_keys: the named keys ``master_sae`` made for ``slave_sae``, once.
 
         All or nothing: if any key is unknown, not for this slave/master, or already
-        delivered, none is returned.
+        delivered, none is returned. With ``acknowledge`` (opt-in, #14, docs/api/etsi014.md
+        "dec_keys with acknowledgement") the keys are handed out without being spent: they
+        stay held for this slave, who may fetch them again until it confirms them;
+        ``confirm`` names keys it received so and spends them durably first
+        (:mod:`~keyplane.keymanager.ack014`).
 
         Raises:
             AuthenticationFailed: the caller may not act as ``slave_sae``, or a named key
@@ -471,36 +476,22 @@ class _Requests(_Production):
         if len(key_ids) > self.settings.max_keys_per_request or len(set(key_ids)) != len(key_ids):
             raise KeyNotFound("key_IDs must be distinct and at most max_key_per_request")
         reader = digest(f"{caller.method}\0{caller.identity}")
-        if not self._accepted_reader(reader, slave_sae, master_sae, key_ids):
+        if not self._accepted_reader(reader, slave_sae, master_sae, [*key_ids, *confirm]):
             await self._authenticate(caller, slave_sae, master_sae)
-        found: list[HeldKey] = []
-        for key_id in key_ids:
-            k = self.vault.by_id.get(key_id)
-            if k is not None and (k.sae_id != slave_sae or k.peer_sae != master_sae):
-                # the key exists here but was made for another pair: ETSI 014 says 401
-                raise AuthenticationFailed(
-                    f"{slave_sae} is not entitled to the keys it asked for")
-            if k is None or k.state != "ready":
+        found = self._keys_for(slave_sae, master_sae, key_ids)
+        # checked before the confirmation spends anything: a refused call changes nothing
+        if any(k.state != "ready" and k.key_id not in confirm for k in found):
+            raise KeyNotFound("one or more keys specified are not found on KME")
+        if confirm:
+            await self._confirm_014(slave_sae, master_sae, confirm)
+            if any(k.state != "ready" for k in found):  # the call confirmed its own keys
                 raise KeyNotFound("one or more keys specified are not found on KME")
-            found.append(k)
-        by_session: dict[str, list[HeldKey]] = {}
         for k in found:
-            by_session.setdefault(k.session_id, []).append(k)
-        out: dict[str, bytes] = {}
-        for sid, ks in by_session.items():
-            s = self.core.streams[sid]
-            s.readers.add(reader)  # Access Control accepted it for this pair above
-            if s.machine.can(SessionEvent.key_request):
-                self._apply(s, SessionEvent.key_request)
-                try:
-                    for k, m in zip(ks, await self._deliver(s, ks), strict=True):
-                        out[k.key_id] = m
-                finally:
-                    if s.machine.can(SessionEvent.key_done):
-                        self._apply(s, SessionEvent.key_done)
-            else:
-                for k, m in zip(ks, await self._deliver(s, ks), strict=True):
-                    out[k.key_id] = m
+            self.core.streams[k.session_id].readers.add(reader)  # accepted above
+        if acknowledge:
+            out = await self._hand_014(found)
+        else:
+            out = await self._spend_014(found, announce=True)
         return [DeliveredKey(k.key_id, out[k.key_id], {PROVENANCE_EXTENSION: list(k.provenance)})
                 for k in found]
 

@@ -99,3 +99,6 @@ class KmSettings(BaseModel):
     """Keys a destination KM holds for one (master, slave) pair before refusing more."""
     etsi014_qos_timeout_ms: Annotated[int, Field(ge=1)] = 10_000
     """QoS timeout used for implicit ETSI 014 sessions (ETSI 014 has no QoS of its own)."""
+    etsi014_ack_hold_s: PositiveS = 3600.0
+    """How long a key handed out by dec_keys with ``keyplane_ack`` stays held for its slave
+    SAE without a confirmation; then it is spent (docs/api/etsi014.md)."""

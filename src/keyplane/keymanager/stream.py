@@ -58,6 +58,9 @@ class Stream:
     # sealed, for the owner until it confirms them (memory only: after a restart every
     # index not confirmed is still held, so the owner can fetch it again)
     unconfirmed: set[int] = field(default_factory=set)
+    # ETSI 014 dec_keys with acknowledgement (#14): key_ID -> the time its hold ends, for
+    # keys handed out and still held for the slave (memory only; keymanager/ack014.py)
+    acked014: dict[str, float] = field(default_factory=dict)
 
     @property
     def role(self) -> HopRole | None:

@@ -76,6 +76,14 @@ FAST: list[Request] = [
     ("bob", "POST", DEC, {"content": json.dumps({"key_IDs": [{"key_ID": UNKNOWN_ID}] * 2}),
                           "headers": JSON}),
     ("mallory", "GET", ENC, {}),
+    # keyplane's acknowledgement extension (docs/api/etsi014.md): parsed on both paths
+    ("bob", "POST", DEC, {"content": json.dumps({"key_IDs": [{"key_ID": UNKNOWN_ID}],
+                                                 "key_IDs_extension": {"keyplane_ack": "yes"}}),
+                          "headers": JSON}),
+    ("bob", "POST", DEC, {"content": json.dumps({
+        "key_IDs": [{"key_ID": UNKNOWN_ID}],
+        "key_IDs_extension": {"keyplane_ack": True, "keyplane_confirm": [UNKNOWN_ID]}}),
+                          "headers": JSON}),
 ]
 # unusual forms: FastAPI's path decides
 FALLBACK: list[Request] = [

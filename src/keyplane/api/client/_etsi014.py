@@ -61,11 +61,15 @@ def _enc_request(slave: str, number: int | None, size: int | None,
     return "POST", url, {"json": {k: v for k, v in body.items() if v is not None}}
 
 
-def _dec_request(master: str, key_ids: Sequence[str]) -> tuple[str, str, dict[str, Any]]:
+def _dec_request(master: str, key_ids: Sequence[str], ack: bool = False,
+                 confirm: Sequence[str] = ()) -> tuple[str, str, dict[str, Any]]:
     url = f"{_PREFIX}/{quote(master, safe='')}/dec_keys"
-    if len(key_ids) == 1:
+    if len(key_ids) == 1 and not ack and not confirm:
         return "GET", url, {"params": {"key_ID": key_ids[0]}}
-    return "POST", url, {"json": {"key_IDs": [{"key_ID": k} for k in key_ids]}}
+    body: dict[str, Any] = {"key_IDs": [{"key_ID": k} for k in key_ids]}
+    if ack or confirm:  # keyplane extension (docs/api/etsi014.md)
+        body["key_IDs_extension"] = {"keyplane_ack": ack, "keyplane_confirm": list(confirm)}
+    return "POST", url, {"json": body}
 
 
 class _Common:
@@ -131,9 +135,11 @@ class Etsi014Client(_Common, SyncPool):
                                               additional_slave_sae_ids, extension_mandatory,
                                               extension_optional)))
 
-    def dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[Key]:
-        """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE."""
-        return _keys(self._call_raw(*_dec_request(master_sae_id, key_ids)))
+    def dec_keys(self, master_sae_id: str, key_ids: Sequence[str], *, ack: bool = False,
+                 confirm: Sequence[str] = ()) -> list[Key]:
+        """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE;
+        ``ack``/``confirm``: keyplane's acknowledgement (docs/api/etsi014.md)."""
+        return _keys(self._call_raw(*_dec_request(master_sae_id, key_ids, ack, confirm)))
 
 
 class AsyncEtsi014Client(_Common, AsyncPool):
@@ -169,6 +175,9 @@ class AsyncEtsi014Client(_Common, AsyncPool):
                                                     additional_slave_sae_ids,
                                                     extension_mandatory, extension_optional)))
 
-    async def dec_keys(self, master_sae_id: str, key_ids: Sequence[str]) -> list[Key]:
-        """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE."""
-        return _keys(await self._call_raw(*_dec_request(master_sae_id, key_ids)))
+    async def dec_keys(self, master_sae_id: str, key_ids: Sequence[str], *, ack: bool = False,
+                       confirm: Sequence[str] = ()) -> list[Key]:
+        """Get the keys ``key_ids`` that ``master_sae_id`` obtained for this (slave) SAE;
+        ``ack``/``confirm``: keyplane's acknowledgement (docs/api/etsi014.md)."""
+        return _keys(await self._call_raw(*_dec_request(master_sae_id, key_ids, ack,
+                                                        confirm)))

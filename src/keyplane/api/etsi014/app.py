@@ -57,7 +57,8 @@ from keyplane.api.routing import install_error_handlers
 from keyplane.api.settings import ApiSettings, Etsi014Limits
 from keyplane.keymanager.interface import ApplicationService, DeliveredKey, PairStatus
 
-__all__ = ["API_PREFIX", "check_key_request", "create_etsi014_app", "document_limits"]
+__all__ = ["ACK", "API_PREFIX", "CONFIRM", "acknowledgement_options", "check_key_request",
+           "create_etsi014_app", "document_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,35 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 SaePath = Annotated[str, Path(min_length=1, max_length=256)]
 _ENC_PARAMS = frozenset({b"number", b"size"})
 _DEC_PARAMS = frozenset({b"key_ID"})
+ACK = "keyplane_ack"
+"""``key_IDs_extension`` member (boolean): dec_keys with acknowledgement
+(docs/api/etsi014.md)."""
+CONFIRM = "keyplane_confirm"
+"""``key_IDs_extension`` member (a list of key_IDs): the keys confirmed."""
+
+
+def acknowledgement_options(extension: dict[str, Any] | None, max_keys: int
+                            ) -> dict[str, Any]:
+    """The dec_keys acknowledgement options in ``key_IDs_extension`` ({} when absent).
+
+    Raises:
+        ApiRequestError: (400) ``keyplane_ack`` is not a boolean, or ``keyplane_confirm``
+            is not a list of at most ``max_keys`` distinct key_IDs.
+    """
+    if not extension or (ACK not in extension and CONFIRM not in extension):
+        return {}
+    ack = extension.get(ACK, False)
+    if not isinstance(ack, bool):
+        raise ApiRequestError("bad request format", [{"parameter": f"key_IDs_extension.{ACK}",
+                                                      "expected": "boolean"}])
+    confirm = extension.get(CONFIRM, [])
+    if (not isinstance(confirm, list) or len(confirm) > max_keys
+            or not all(isinstance(i, str) and _KEY_ID(i.encode()) for i in confirm)
+            or len({i.lower() for i in confirm}) != len(confirm)):
+        raise ApiRequestError("bad request format", [{
+            "parameter": f"key_IDs_extension.{CONFIRM}",
+            "expected": f"a list of at most {max_keys} distinct key_IDs (UUID)"}])
+    return {"acknowledge": ack, "confirm": [i.lower() for i in confirm]}
 
 
 def check_key_request(req: KeyRequest, limits: Etsi014Limits,
@@ -301,7 +331,8 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         """As GET, plus multicast (``additional_slave_SAE_IDs``) and extensions (5.2)."""
         return _json(await enc_keys(request.scope, slave_SAE_ID, body or KeyRequest()))
 
-    async def dec_keys(scope: Scope, master: str, ids: list[str]) -> bytes:
+    async def dec_keys(scope: Scope, master: str, ids: list[str],
+                       extension: dict[str, Any] | None = None) -> bytes:
         caller = caller_from_scope(scope)
         slave = resolve_sae(scope, caller, cfg)
         known_peer(master, "master")
@@ -311,7 +342,9 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
         key_ids = [i.lower() for i in ids]  # canonical UUID text is lower case
         if len(set(key_ids)) != len(key_ids):
             raise ApiRequestError("key_IDs contains duplicates")
-        return _container_json(await call(km.dec_keys(caller, slave, master, key_ids)))
+        options = acknowledgement_options(extension, cfg.limits.max_key_per_request)
+        return _container_json(await call(km.dec_keys(caller, slave, master, key_ids,
+                                                      **options)))
 
     @app.get(API_PREFIX + "/{master_SAE_ID}/dec_keys", response_model=KeyContainer,
              responses=_ERRORS, summary="Get key with key IDs", tags=["ETSI GS QKD 014"])
@@ -327,7 +360,7 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
                             body: Annotated[KeyIDs, Body()]) -> Response:
         """The keys ``key_IDs`` that ``master_SAE_ID`` obtained for the calling slave (5.3)."""
         return _json(await dec_keys(request.scope, master_SAE_ID,
-                                    [k.key_ID for k in body.key_IDs]))
+                                    [k.key_ID for k in body.key_IDs], body.key_IDs_extension))
 
     # ---- fast path: the same handlers, without FastAPI's per-request machinery -------
     def parse_get_enc(scope: Scope, _: bytes | None) -> tuple[str, KeyRequest] | None:
@@ -349,15 +382,16 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
             return None
         return master, [key_id.decode()]
 
-    def parse_post_dec(scope: Scope, body: bytes | None) -> tuple[str, list[str]] | None:
+    def parse_post_dec(scope: Scope, body: bytes | None
+                       ) -> tuple[str, list[str], dict[str, Any] | None] | None:
         master, ids = _sae_param(scope, "master_SAE_ID"), json_body(KeyIDs, body)
         return None if master is None or ids is None else (
-            master, [k.key_ID for k in ids.key_IDs])
+            master, [k.key_ID for k in ids.key_IDs], ids.key_IDs_extension)
 
     async def serve_enc(scope: Scope, args: tuple[str, KeyRequest]) -> bytes:
         return await enc_keys(scope, *args)
 
-    async def serve_dec(scope: Scope, args: tuple[str, list[str]]) -> bytes:
+    async def serve_dec(scope: Scope, args: tuple[Any, ...]) -> bytes:
         return await dec_keys(scope, *args)
 
     if fast_path:
