@@ -123,6 +123,12 @@ class EntanglementEngine:
         self._keep = keep_schedules
         self._schedule: Schedule | None = None
         self._slot = 0
+        self._windows: dict[str, int] = {}
+
+    def _fibre_windows(self) -> dict[str, int]:
+        """Per shared fibre, the leading slots of a period entanglement may use now."""
+        net, period = self.scheduler.network, self.scheduler.settings.period_slots
+        return {lid: net.entanglement_window(lid, period) for lid in net.shared}
 
     @property
     def current_schedule(self) -> Schedule | None:
@@ -146,9 +152,16 @@ class EntanglementEngine:
     def step(self, now: float) -> list[Delivery | DemandOutcome]:
         """Run the slot starting at ``now``: deliveries, then demands that ended."""
         sched = self.scheduler
+        windows = self._fibre_windows()
+        if self._schedule is not None and any(
+                w < self._windows.get(lid, w) for lid, w in windows.items()):
+            # the key streams took a larger share of a fibre mid-period: slots this schedule
+            # booked may be theirs now, so re-plan from this slot (as a new demand does)
+            self._schedule = None
         if self._schedule is None or self._slot >= len(self._schedule.slots):
             self._schedule = sched.schedule(now)
             self._slot = 0
+            self._windows = windows
             if self._keep:
                 self.report.schedules.append(self._schedule)
         out: list[Delivery | DemandOutcome] = []
