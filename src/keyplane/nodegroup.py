@@ -33,7 +33,7 @@ from keyplane.events import Event, EventSink
 from keyplane.keymanager import KmSettings
 from keyplane.keymanager.sources import KeySources
 from keyplane.lifecycle import ProcessSettings, Service
-from keyplane.runtime import KmFeeds, NodeRuntime, RuntimeContext
+from keyplane.runtime import KmFeeds, NodeRuntime, RuntimeContext, start_nodes
 
 __all__ = ["NodeGroup", "NodeRoutedSink", "parse_node_ids"]
 
@@ -151,13 +151,7 @@ class NodeGroup(Service):
                                   bus_securities=self.securities)
         try:
             await self.sources.prepare()  # the workers boot while the KMs start
-            gate = asyncio.Semaphore(ctx.startup.node_start_concurrency)
-
-            async def start_node(n: NodeRuntime) -> None:
-                async with gate:
-                    await n.start()
-
-            await asyncio.gather(*(start_node(n) for n in self.nodes.values()))
+            await start_nodes(self.nodes.values(), ctx.startup.node_start_concurrency)
             await self.sources.start()
         except BaseException:
             await self.close()

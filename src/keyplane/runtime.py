@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -352,6 +352,18 @@ class ControlRuntime(Service):
             await self.driver.close()
 
 
+async def start_nodes(nodes: Iterable[NodeRuntime], concurrency: int) -> None:
+    """Start ``nodes``, at most ``concurrency`` at once (each start opens connections and
+    reads the store: unbounded, a large network exhausts the database pool)."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def start_node(n: NodeRuntime) -> None:
+        async with gate:
+            await n.start()
+
+    await asyncio.gather(*(start_node(n) for n in nodes))
+
+
 class NodeRuntime(Service):
     """One node of the network, in this process.
 
@@ -551,13 +563,7 @@ class Embedded(Service):
             await self.sources.close()
             raise
         try:
-            gate = asyncio.Semaphore(self.ctx.startup.node_start_concurrency)
-
-            async def start_node(n: NodeRuntime) -> None:
-                async with gate:
-                    await n.start()
-
-            await asyncio.gather(*(start_node(n) for n in self.nodes.values()))
+            await start_nodes(self.nodes.values(), self.ctx.startup.node_start_concurrency)
             await self.sources.start()
         except BaseException:
             await self.close()

@@ -257,6 +257,17 @@ async def test_a_killed_worker_is_restarted_and_its_links_deliver_again(
             k.block_id: k.material for k in b if k.block_id in common}
 
 
+def _same_blocks_at_both_ends(topo: Any, sinks: Any) -> None:
+    """Every link's two ends delivered at least two blocks with the same ids, and the same
+    material under each."""
+    for link in topo.links:
+        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
+        common = {k.block_id for k in a} & {k.block_id for k in b}
+        assert len(common) >= 2
+        assert {k.block_id: k.material for k in a if k.block_id in common} == {
+            k.block_id: k.material for k in b if k.block_id in common}
+
+
 @pytest.mark.nats
 async def test_each_nodes_worker_joins_the_bus_and_the_two_ends_agree(nats_server: Any) -> None:
     from keyplane.bus.nats import NatsBus
@@ -285,12 +296,7 @@ async def test_each_nodes_worker_joins_the_bus_and_the_two_ends_agree(nats_serve
             await pool.close()
         for bus in buses:
             await bus.close()
-    for link in topo.links:
-        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
-        common = {k.block_id for k in a} & {k.block_id for k in b}
-        assert len(common) >= 2
-        assert {k.block_id: k.material for k in a if k.block_id in common} == {
-            k.block_id: k.material for k in b if k.block_id in common}
+    _same_blocks_at_both_ends(topo, sinks)
 
 
 @pytest.mark.nats
@@ -338,9 +344,4 @@ async def test_one_pool_runs_several_nodes_ends_each_on_the_bus_as_its_own_node(
         await single.close()
         for bus in buses.values():
             await bus.close()
-    for link in topo.links:
-        a, b = (sinks[(n, link.link_id)].drain() for n in link.endpoints)
-        common = {k.block_id for k in a} & {k.block_id for k in b}
-        assert len(common) >= 2
-        assert {k.block_id: k.material for k in a if k.block_id in common} == {
-            k.block_id: k.material for k in b if k.block_id in common}
+    _same_blocks_at_both_ends(topo, sinks)
