@@ -56,6 +56,9 @@ INTENSITY_CLASSES = ("signal", "decoy", "vacuum")
 BASIS_Z = 0
 BASIS_X = 1
 
+_EMULATE_CHUNK = 1 << 16
+"""Detections a draw is consumed at a time (its temporaries stay in the L2 cache)."""
+
 
 @dataclass(frozen=True, slots=True)
 class LinkPhysics:
@@ -237,22 +240,30 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
             seg_class.append(c)
     p_detect = min(1.0, sum(seg_p))
     d = int(rng.binomial(n_pulses, p_detect)) if p_detect > 0.0 else 0
+    # Each kind of draw below covers the whole frame, in the same order as one draw per
+    # kind (consecutive draws of one kind continue the generator's stream exactly), but is
+    # consumed 2^16 detections at a time: the frame's float temporaries (32 MB of float64 at
+    # 4*10^6 detections, a 10^6-bit block's frame) never leave the cache. Same frames as
+    # whole-array draws, bit for bit (tests/unit/physical/test_physics.py).
+    chunks = [(lo, min(d, lo + _EMULATE_CHUNK)) for lo in range(0, d, _EMULATE_CHUNK)]
     # segment of each detection: thresholds on one uniform draw per event (float64: the
     # vacuum class's share, ~1e-6, needs finer steps than float32's 2^-24)
-    u = rng.random(d)
     cum = np.cumsum(np.asarray(seg_p, dtype=np.float64)) / max(p_detect, 1e-300)
-    # segments are in class order, so masks u >= edge are nested: each edge counts one
-    # more segment and, where the class changes, one more class
     intensity_class = np.zeros(d, dtype=np.uint8)
     segment = np.zeros(d, dtype=np.uint8)
-    above = np.empty(d, dtype=bool)
+    above = np.empty(min(d, _EMULATE_CHUNK), dtype=bool)
     at_least = [d] + [0] * 2  # detections of class >= c
-    for i, edge in enumerate(cum[:-1]):
-        np.greater_equal(u, edge, out=above)
-        segment += above
-        if seg_class[i + 1] != seg_class[i]:
-            intensity_class += above
-            at_least[seg_class[i + 1]] = int(np.count_nonzero(above))
+    for lo, hi in chunks:
+        u = rng.random(hi - lo)
+        ab = above[:hi - lo]
+        # segments are in class order, so masks u >= edge are nested: each edge counts one
+        # more segment and, where the class changes, one more class
+        for i, edge in enumerate(cum[:-1]):
+            np.greater_equal(u, edge, out=ab)
+            segment[lo:hi] += ab
+            if seg_class[i + 1] != seg_class[i]:
+                intensity_class[lo:hi] += ab
+                at_least[seg_class[i + 1]] += int(np.count_nonzero(ab))
     detected = np.asarray([at_least[0] - at_least[1], at_least[1] - at_least[2],
                            at_least[2]], dtype=np.int64)
     missed = [probs[c] - sum(p for p, k in zip(seg_p, seg_class, strict=True) if k == c)
@@ -262,18 +273,24 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
         if total_missed > 0 and n_pulses > d else np.zeros(3, dtype=np.int64)
     pulses = detected + undetected
     p_x = np.float32(1.0 - physics.z_basis_probability)
-    bases_alice = (rng.random(d, dtype=np.float32) < p_x).view(np.uint8)
-    bases_bob = (rng.random(d, dtype=np.float32) < p_x).view(np.uint8)
+    bases_alice = np.empty(d, dtype=np.uint8)
+    bases_bob = np.empty(d, dtype=np.uint8)
+    for bases in (bases_alice, bases_bob):
+        for lo, hi in chunks:
+            np.less(rng.random(hi - lo, dtype=np.float32), p_x, out=bases[lo:hi].view(bool))
     bits_alice = np.unpackbits(np.frombuffer(rng.bytes((d + 7) // 8), dtype=np.uint8),
                                count=d)
     # a mismatched basis gives Bob a uniformly random bit: error rate per (basis match,
     # segment) from one table (a take costs 1.9 ns per event; the masked copyto per edge
     # it replaces, 4.2 ns each)
-    segment += (bases_alice != bases_bob).view(np.uint8) * np.uint8(len(seg_err))
     e_table = np.asarray(seg_err + [0.5] * len(seg_err), dtype=np.float32)
-    e_event = e_table.take(segment)
-    flips = (rng.random(d, dtype=np.float32) < e_event).view(np.uint8)
-    bits_bob = bits_alice ^ flips
+    mismatch = np.uint8(len(seg_err))
+    bits_bob = np.empty(d, dtype=np.uint8)
+    for lo, hi in chunks:
+        seg = segment[lo:hi]
+        seg += (bases_alice[lo:hi] != bases_bob[lo:hi]).view(np.uint8) * mismatch
+        flips = rng.random(hi - lo, dtype=np.float32) < e_table.take(seg)
+        np.bitwise_xor(bits_alice[lo:hi], flips.view(np.uint8), out=bits_bob[lo:hi])
     alice = AliceRecord(intensity_class=intensity_class, bases=bases_alice, bits=bits_alice,
                         pulses_per_class=(int(pulses[0]), int(pulses[1]), int(pulses[2])))
     return alice, BobRecord(bases=bases_bob, bits=bits_bob)

@@ -9,6 +9,7 @@ import pytest
 
 from keyplane.config import Eavesdropper, QuantumLink
 from keyplane.physical import LinkPhysics, emulate_frame
+from keyplane.physical import physics as physics_mod
 
 
 def _physics(length_km: float = 25.0, **kw: object) -> LinkPhysics:
@@ -72,3 +73,23 @@ def test_cut_link_detects_only_dark_counts() -> None:
     p = _physics(10.0).with_changes(cut=True)
     _alice, bob = emulate_frame(p, 10_000_000, np.random.default_rng(16))
     assert bob.detections == pytest.approx(10_000_000 * p.dark_count_probability, abs=60)
+
+
+@pytest.mark.parametrize("chunk", [1000, 1 << 16])
+def test_emulate_frame_is_the_same_whatever_the_chunk(monkeypatch: pytest.MonkeyPatch,
+                                                      chunk: int) -> None:
+    """Draws consumed chunk by chunk give the frame of whole-frame draws, bit for bit (one
+    chunk larger than the frame is the whole-frame draw), with an eavesdropper's extra
+    segments too."""
+    p = _physics(10.0).with_changes(eavesdropper=Eavesdropper(fraction=0.3, position_km=5.0))
+    frames = []
+    for size in (1 << 40, chunk):
+        monkeypatch.setattr(physics_mod, "_EMULATE_CHUNK", size)
+        alice, bob = emulate_frame(p, 10_000_001, np.random.default_rng(21))
+        frames.append((alice, bob))
+    (a1, b1), (a2, b2) = frames
+    assert a1.bits.shape[0] > 4 * chunk  # several chunks
+    for x, y in ((a1.intensity_class, a2.intensity_class), (a1.bases, a2.bases),
+                 (a1.bits, a2.bits), (b1.bases, b2.bases), (b1.bits, b2.bits)):
+        assert np.array_equal(x, y)
+    assert a1.pulses_per_class == a2.pulses_per_class
