@@ -156,6 +156,8 @@ class RowWriter:
         db: the database (its URL picks the SQLite or the PostgreSQL path).
         scrub_interval_s: at most one WAL-truncating checkpoint per this many seconds after
             commits that destroyed key material (SQLite only; 0: after every such commit).
+        wal_checkpoint_bytes: checkpoint (in the worker thread) once the WAL is this large
+            (SQLite; the inline connection makes no automatic checkpoints).
     """
 
     def __init__(self, db: Database, *, scrub_interval_s: float = 1.0,
