@@ -80,3 +80,20 @@ def test_the_key_managers_process_loads_no_qkd_stack() -> None:
     assert "keyplane.physical.pool" in modules
     assert not {"scipy", "keyplane.physical.runner", "keyplane.physical.modules",
                 "keyplane.physical.hashing", "keyplane.physical.cascade"} & modules
+
+
+def test_a_link_worker_imports_no_ldpc_codes_and_no_x509() -> None:
+    """A link worker imports what a Cascade link on an in-memory bus runs, and nothing more
+    before its first frame: ``scipy.sparse`` (LDPC codes) comes at the first LDPC block,
+    the bus credentials (``cryptography``'s X.509) when a node's worker joins NATS."""
+    modules = _modules_after("import keyplane.physical.worker")
+    assert "keyplane.physical.runner" in modules
+    assert not {"scipy", "keyplane.physical.reconcile_ldpc", "cryptography",
+                "keyplane.bus.security", "keyplane.certs"} & modules
+    after_ldpc = _modules_after("import keyplane.physical.worker\n"
+                                "import keyplane.physical.reconcile_ldpc")
+    assert "scipy.sparse" in after_ldpc  # the check above can fail: the import is real
+    from keyplane.bus import BusSecurity
+    from keyplane.bus.security import BusSecurity as home
+
+    assert BusSecurity is home

@@ -16,11 +16,15 @@ Topic names (the paper's proof of concept gives every KM its own topic):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from keyplane.bus.base import Bus, Handler, Subscription, topic_matches, unsubscribe_all
 from keyplane.bus.codec import Message, decode, encode
 from keyplane.bus.memory import MemoryBus
-from keyplane.bus.security import BusCredentials, BusSecurity
 from keyplane.bus.settings import BusSettings, bus_settings_from_env
+
+if TYPE_CHECKING:
+    from keyplane.bus.security import BusCredentials, BusSecurity
 
 __all__ = [
     "Bus",
@@ -38,6 +42,17 @@ __all__ = [
     "topics",
     "unsubscribe_all",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``BusCredentials`` and ``BusSecurity`` on first use: they need ``cryptography``'s
+    X.509 and the certificate helpers (about 0.05 s of CPU), which a link worker of an
+    embedded network (in-memory bus, no credentials) never uses before its first block."""
+    if name in ("BusCredentials", "BusSecurity"):
+        from keyplane.bus import security
+
+        return getattr(security, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class topics:

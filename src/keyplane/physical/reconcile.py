@@ -7,6 +7,8 @@ and drives; Alice follows whatever Bob's first message asks for (a
 LDPC frames that BP cannot decode after their extensions go to Cascade, concatenated, in
 the same block: the leakage of both is added. The pure cores are
 :mod:`.cascade` and :mod:`.reconcile_ldpc`; this module only carries their messages.
+:mod:`.reconcile_ldpc` is imported at the first LDPC block, not here: it needs
+``scipy.sparse``, about 0.3 s of CPU in every link worker's start before its first frame.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -30,12 +32,6 @@ from keyplane.physical.cascade import (
     block_sizes,
 )
 from keyplane.physical.channel import ClassicalChannel
-from keyplane.physical.reconcile_ldpc import (
-    LdpcAlice,
-    LdpcBob,
-    SyndromeAnswer,
-    SyndromeQuery,
-)
 from keyplane.physical.wire import (
     CascadeAnswer,
     CascadeQuery,
@@ -44,6 +40,9 @@ from keyplane.physical.wire import (
     decode_i32,
     encode_i32,
 )
+
+if TYPE_CHECKING:
+    from keyplane.physical.reconcile_ldpc import SyndromeAnswer
 
 __all__ = ["Offload", "Reconciled", "expect", "reconcile_alice", "reconcile_bob"]
 
@@ -120,6 +119,9 @@ async def reconcile_alice(channel: ClassicalChannel, link_id: str, block_id: int
         channel, (CascadeQuery, LdpcQuery), block_id, timeout_s)
     if isinstance(first, CascadeQuery):
         return await _cascade_alice(channel, link_id, block_id, key, first, timeout_s)
+    # imported only for an LDPC block: scipy.sparse costs a worker 0.3 s of CPU at start
+    from keyplane.physical.reconcile_ldpc import LdpcAlice, SyndromeQuery
+
     ldpc = LdpcAlice(key, pp.ldpc_frame_bits, pp.ldpc_max_extensions)
     q = first
     while not q.last:
@@ -175,6 +177,8 @@ async def reconcile_bob(channel: ClassicalChannel, link_id: str, block_id: int, 
     if pp.reconciliation == "cascade":
         return await _cascade_bob(channel, link_id, block_id, key, qber, seed, schedule,
                                   timeout_s)
+    from keyplane.physical.reconcile_ldpc import LdpcBob, SyndromeAnswer
+
     bob = LdpcBob(key, qber, pp.ldpc_frame_bits, pp.ldpc_start_efficiency,
                   pp.ldpc_max_extensions)
     query = bob.start()

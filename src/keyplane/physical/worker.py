@@ -46,7 +46,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
-from keyplane.bus import Bus, BusCredentials, BusSecurity, Message, connect, decode, encode
+from keyplane.bus import Bus, Message, connect, decode, encode
 from keyplane.clock import RealClock
 from keyplane.config import QuantumLink
 from keyplane.errors import KeyplaneError, PhysicalError
@@ -221,6 +221,9 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
     clock = RealClock()
 
     async def join(credentials: dict[str, Any] | None) -> Bus:
+        # only a node's worker on NATS needs credentials (cryptography's X.509): imported here
+        from keyplane.bus.security import BusCredentials, BusSecurity
+
         security: BusSecurity | None = None
         if credentials is not None:
             security = BusSecurity.load(BusCredentials.model_validate(credentials))
