@@ -273,7 +273,8 @@ def _demo_runs(runs: int, busy: int) -> None:
               f"{med(c.demo_cpu_s - c.demo_cpu_at_start_s for c in cpus):.2f} s), "
               f"link workers together "
               f"{med(c.workers_cpu_s for c in cpus):.2f} s, sum "
-              f"{med(c.demo_cpu_s + c.workers_cpu_s for c in cpus):.2f} s")
+              f"{med(c.demo_cpu_s + c.workers_cpu_s for c in cpus):.2f} s; first relayed key "
+              f"from the demo's exec (imports included) p50 {med(c.wall_s for c in cpus):.2f} s")
 
 
 def main() -> None:
