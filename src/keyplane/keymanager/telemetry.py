@@ -153,15 +153,18 @@ class KmTelemetryPublisher(Service):
         Raises:
             BusError: the bus refused the message.
         """
-        msg = self.snapshot()
+        return await self._publish(self.snapshot())
+
+    async def _publish(self, msg: KmTelemetry) -> KmTelemetry:
         await self.bus.publish(topics.km_telemetry(self.km.node_id), msg)
         self._last, self._last_t = msg, msg.t
         self.published += 1
         return msg
 
     def _changed(self, msg: KmTelemetry) -> bool:
+        # a field-by-field comparison, not two dumps: every KM checks every interval_s
         last = self._last
-        return last is None or msg.model_dump(exclude={"t"}) != last.model_dump(exclude={"t"})
+        return last is None or msg != last.model_copy(update={"t": msg.t})
 
     async def _run(self) -> None:
         st = self.settings
@@ -169,7 +172,7 @@ class KmTelemetryPublisher(Service):
             try:
                 msg = self.snapshot()
                 if self._changed(msg) or msg.t - self._last_t >= st.heartbeat_s:
-                    await self.publish_now()
+                    await self._publish(msg)  # the snapshot just taken, not a second one
             except KeyplaneError as exc:  # the bus is down: report again next time
                 logger.debug("node %s: telemetry not published: %s", self.km.node_id, exc)
             await self.clock.sleep(st.interval_s)
