@@ -505,8 +505,8 @@ class LinkWorkerPool(Service):
 
         Each is a link end's figures for its last interval. Until :meth:`start` (Monitoring
         subscribes while the runtime starts) only each topic's latest is kept: 1,000 nodes
-        take minutes to start, and a task per message held minutes of telemetry (2,000 a
-        second; GBs) and published it all at once. Later a message replaces an unpublished
+        take minutes to start, and a task per message held minutes of telemetry (about 3,900
+        a second; GBs) and published it all at once. Later a message replaces an unpublished
         one of its topic only when this process is a whole interval behind (counted in
         ``telemetry_superseded``)."""
         queued = self._telemetry
@@ -515,7 +515,7 @@ class LinkWorkerPool(Service):
             queued[topic] = envelope
         if self._open.is_set():
             self.telemetry_superseded += before + len(items) - len(queued)
-        if self._publisher is None and self._open.is_set():
+        if queued and self._publisher is None and self._open.is_set():
             self._publisher = asyncio.get_running_loop().create_task(self._publish())
             self._tasks.add(self._publisher)
             self._publisher.add_done_callback(self._tasks.discard)
