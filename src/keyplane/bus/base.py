@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable
 from types import TracebackType
 
-from keyplane.bus.codec import Message
+from keyplane.bus.codec import Message, decode
 from keyplane.errors import BusError
 
 __all__ = ["Bus", "Handler", "Subscription", "topic_matches", "unsubscribe_all", "validate_topic"]
@@ -82,6 +82,17 @@ class Bus(ABC):
         Raises:
             BusClosed: the bus is closed.
         """
+
+    async def publish_encoded(self, topic: str, data: bytes) -> None:
+        """:meth:`publish` a message that arrives already encoded (its envelope, from
+        :func:`~keyplane.bus.codec.encode`): a relay (the link workers' telemetry) need not
+        decode and encode it again. This default decodes it and publishes.
+
+        Raises:
+            MessageDecodeError: ``data`` is not a message envelope.
+            BusClosed: the bus is closed.
+        """
+        await self.publish(topic, decode(data))
 
     @abstractmethod
     async def subscribe(self, pattern: str, handler: Handler, *, queue: str | None = None

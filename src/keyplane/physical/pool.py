@@ -72,6 +72,7 @@ from keyplane.physical.workerwire import (
     TelemetryOut,
     encode_frame,
     read_frame,
+    split_telemetry,
 )
 from keyplane.progress import NoProgress, process_cpu_s, wait_progressing
 
@@ -259,6 +260,9 @@ class LinkWorkerPool(Service):
         self._state: Literal["new", "running", "closed"] = "new"
         self._open = asyncio.Event()  # set by start(): the sinks take blocks
         self.blocks_stored = 0
+        self._telemetry: dict[str, bytes] = {}  # topic -> envelope not yet published
+        self._publisher: asyncio.Task[None] | None = None
+        self.telemetry_superseded = 0
 
     def __repr__(self) -> str:
         return f"LinkWorkerPool(links={len(self.links)}, workers={len(self.workers)})"
@@ -298,6 +302,7 @@ class LinkWorkerPool(Service):
             raise
         self._state = "running"
         self._open.set()
+        self._queue_telemetry([])  # what came before start: each topic's latest
         try:
             await asyncio.gather(*(self._await_ready(w) for w in self.workers))
             if self.bus is not None and self.bus_url is None:  # else the workers answer
@@ -432,7 +437,7 @@ class LinkWorkerPool(Service):
                                          session=frame.session, **frame.data)
                 elif isinstance(frame, TelemetryOut):
                     if self.bus is not None:
-                        self._start_task(self._publish(frame))
+                        self._queue_telemetry(split_telemetry(frame, payload))
                 elif isinstance(frame, CommandReply):
                     fut = w.replies.pop(frame.req, None)
                     if fut is not None and not fut.done():
@@ -495,13 +500,39 @@ class LinkWorkerPool(Service):
                     with contextlib.suppress(PhysicalError, ConnectionError):
                         self._check_room(self._by_link[key[0]], key, self._sinks[key])
 
-    async def _publish(self, frame: TelemetryOut) -> None:
+    def _queue_telemetry(self, items: list[tuple[str, bytes]]) -> None:
+        """Queue telemetry envelopes for one publishing task, the latest per topic.
+
+        Each is a link end's figures for its last interval. Until :meth:`start` (Monitoring
+        subscribes while the runtime starts) only each topic's latest is kept: 1,000 nodes
+        take minutes to start, and a task per message held minutes of telemetry (about 3,900
+        a second; GBs) and published it all at once. Later a message replaces an unpublished
+        one of its topic only when this process is a whole interval behind (counted in
+        ``telemetry_superseded``)."""
+        queued = self._telemetry
+        before = len(queued)
+        for topic, envelope in items:
+            queued[topic] = envelope
+        if self._open.is_set():
+            self.telemetry_superseded += before + len(items) - len(queued)
+        if queued and self._publisher is None and self._open.is_set():
+            self._publisher = asyncio.get_running_loop().create_task(self._publish())
+            self._tasks.add(self._publisher)
+            self._publisher.add_done_callback(self._tasks.discard)
+
+    async def _publish(self) -> None:
         assert self.bus is not None
-        await self._open.wait()  # Monitoring subscribes while the runtime starts
         try:
-            await self.bus.publish(frame.topic, decode(frame.message.encode()))
-        except KeyplaneError:
-            logger.debug("telemetry publish failed", exc_info=True)
+            while self._telemetry:
+                batch, self._telemetry = self._telemetry, {}
+                for topic, envelope in batch.items():
+                    try:
+                        await self.bus.publish_encoded(topic, envelope)
+                    except KeyplaneError:
+                        logger.debug("telemetry publish failed", exc_info=True)
+                await asyncio.sleep(0)  # the frames read meanwhile join the next batch
+        finally:
+            self._publisher = None
 
     # ------------------------------------------------------------------ link commands
 

@@ -101,3 +101,14 @@ def test_parse_fields_refuses_malformed_expressions(expr: str) -> None:
     with pytest.raises(RestconfError) as e:
         parse_fields(expr)
     assert e.value.status == 400
+
+
+def test_copy_tree_is_a_deep_copy_of_json_data() -> None:
+    from keyplane.api.etsi015.entries import copy_tree
+
+    tree = {"a": [{"b": 1, "c": [True, None, 2.5, "x"]}], "d": {"e": ("t",)}}
+    copied = copy_tree(tree)
+    assert copied == tree
+    copied["a"][0]["c"].append(3)
+    copied["d"]["e"] += ("u",)
+    assert tree == {"a": [{"b": 1, "c": [True, None, 2.5, "x"]}], "d": {"e": ("t",)}}

@@ -104,3 +104,32 @@ async def test_publisher_reports_changes_and_heartbeats_only(km_db: Database) ->
         await pub.close()
         await net.close()
         await bus.close()
+
+
+async def test_publishers_of_one_stream_share_one_sink_routed_by_node(km_db: Database
+                                                                      ) -> None:
+    """Each event reaches only its node's publisher, through one sink, however many KMs
+    (a sink per publisher made 1,000 calls per event in a 1,000-node process)."""
+    bus = MemoryBus()
+    clock = RealClock()
+    net = await start_net(line_topology(3), bus, km_db, clock, seed=32)
+    before = len(net.events.sinks)
+    pubs = {n: KmTelemetryPublisher(km, bus, clock, net.events, KmTelemetrySettings())
+            for n, km in net.kms.items()}
+    try:
+        for p in pubs.values():
+            await p.start()
+        assert len(net.events.sinks) == before + 1
+        net.events.emit("key_delivered", "km", node="km1", session="s1", key_count=3)
+        assert dict(pubs["km1"]._delivered) == {"s1": 3}
+        assert not pubs["km0"]._delivered and not pubs["km2"]._delivered
+        await pubs["km1"].close()
+        net.events.emit("key_delivered", "km", node="km1", session="s1", key_count=3)
+        assert dict(pubs["km1"]._delivered) == {"s1": 3}  # closed: no longer counted
+        assert len(net.events.sinks) == before + 1
+    finally:
+        for p in pubs.values():
+            await p.close()
+        await net.close()
+        await bus.close()
+    assert len(net.events.sinks) == before

@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
-from keyplane.bus import MemoryBus, Message, topics
+from keyplane.bus import MemoryBus, Message, encode, topics
 from keyplane.clock import RealClock
 from keyplane.config import QuantumLink, Topology, load_topology, parse_topology
+from keyplane.errors import MessageDecodeError
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import LinkTelemetry
 from keyplane.physical import LinkCommand, LinkCommandReply, MemoryKeySink
@@ -29,9 +30,12 @@ from keyplane.physical.workerwire import (
     BlockOut,
     EventOut,
     StartWorker,
+    TelemetryOut,
     decode_frame,
     encode_frame,
     read_frame,
+    split_telemetry,
+    telemetry_frame,
 )
 from tests.support.deadlines import DEADLINE_S
 
@@ -69,6 +73,34 @@ def test_frames_round_trip_and_carry_material_only_as_payload() -> None:
     frame, body = decode_frame(head, payload)
     assert frame == BlockOut(seq=3, link_id="a-b", end="bob", block_id=7) and body == b"\x01\x02"
     assert decode_frame(encode_frame(Ack(seq=1))[8:])[0] == Ack(seq=1)
+
+
+async def test_telemetry_frames_carry_a_batch_of_envelopes_published_as_sent() -> None:
+    msgs = [LinkTelemetry(link_id="a-b", node="a", secret_bits=5),
+            LinkTelemetry(link_id="c-d", node="d", qber=0.02)]
+    items = [(topics.link_telemetry(m.link_id), encode(m)) for m in msgs]
+    reader = asyncio.StreamReader()
+    reader.feed_data(telemetry_frame(items))
+    reader.feed_eof()
+    got = await read_frame(reader)
+    assert got is not None and isinstance(got[0], TelemetryOut)
+    assert split_telemetry(*got) == items
+    with pytest.raises(ValueError, match="sizes"):
+        split_telemetry(got[0], got[1][:-1])
+    bus = MemoryBus()
+    seen: list[tuple[str, Message]] = []
+
+    async def on(topic: str, msg: Message) -> None:
+        seen.append((topic, msg))
+
+    await bus.subscribe(topics.link_telemetry("*"), on)
+    for topic, envelope in items:
+        await bus.publish_encoded(topic, envelope)
+    await _until(lambda: len(seen) == 2, "both published")
+    assert seen == [(t, m) for (t, _), m in zip(items, msgs, strict=True)]
+    with pytest.raises(MessageDecodeError):
+        await bus.publish_encoded(items[0][0], b"{}")
+    await bus.close()
 
 
 async def test_read_frame_refuses_a_truncated_stream() -> None:

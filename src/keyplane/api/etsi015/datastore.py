@@ -39,7 +39,6 @@ shell to publish. Derived figures: :mod:`keyplane.api.etsi015.demand`.
 
 from __future__ import annotations
 
-import copy
 import datetime as dt
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -59,6 +58,7 @@ from keyplane.api.etsi015.entries import (
     PhysOps,
     QkdApplication,
     VirtualLink,
+    copy_tree,
 )
 from keyplane.api.etsi015.errors import RestconfError
 from keyplane.api.etsi015.model import (
@@ -160,7 +160,7 @@ class NodeDatastore(LiveFigures):
             self._by_link_id[link.link_id] = uid
         self.validation.validate({ROOT_MEMBER: config}, config_only=True)
         self._node, self._entries = _split(config)
-        self._topology_links = copy.deepcopy(self._entries[LINKS])
+        self._topology_links = copy_tree(self._entries[LINKS])
         self._protected = _node_protected(self._node)
         self._demand = Demand(self.qkdn_id, {
             e["qkdl_remote"]["qkdn_id"]: uid for uid, e in self._entries[LINKS].items()})
@@ -225,7 +225,7 @@ class NodeDatastore(LiveFigures):
     def _view(self, config: dict[str, Any], wall_s: float) -> dict[str, Any]:
         """Configuration plus operational state (the ``content=all`` tree) of ``config``,
         which may be the whole configuration or a part of it."""
-        view = copy.deepcopy(config)
+        view: dict[str, Any] = copy_tree(config)
         view["qkdn_status"] = identity(self.status)
         ops_by_qkdi = {ops.qkdi_id: ops for ops in self._phys.values()}
         for iface in view["qkd_interfaces"].get("qkd_interface", []):
@@ -392,11 +392,11 @@ class NodeDatastore(LiveFigures):
         steps = tree.route(path)
         scope = self._scope(steps, post=post)
         if scope.whole:
-            candidate = copy.deepcopy(self._tree())
+            candidate = copy_tree(self._tree())
         else:
             assert scope.lst is not None
             old = self._entries[scope.lst].get(scope.key) if scope.key is not None else None
-            candidate = self._tree({lst: [copy.deepcopy(old)] if lst == scope.lst and old
+            candidate = self._tree({lst: [copy_tree(old)] if lst == scope.lst and old
                                     else [] for lst in self._partitioned})
         result = operation({ROOT_MEMBER: candidate}, steps)
         node, entries = _split(candidate)

@@ -8,6 +8,7 @@ RFC 7951 encodings come from :mod:`keyplane.api.etsi015.model` (``identity``, ``
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -25,9 +26,25 @@ __all__ = [
     "PhysOps",
     "QkdApplication",
     "VirtualLink",
+    "copy_tree",
 ]
 
 LinkStatus = Literal["ACTIVE", "PASSIVE", "PENDING", "OFF"]
+
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def copy_tree(value: Any) -> Any:
+    """A deep copy of a JSON-shaped datastore tree (dicts, lists, scalars): what
+    ``copy.deepcopy`` gives, several times faster (no memo; a GET of every node's tree was
+    4 % of a 1,000-node start). Anything else is copied by ``copy.deepcopy``."""
+    if isinstance(value, dict):
+        return {k: copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [copy_tree(v) for v in value]
+    if isinstance(value, _SCALARS):
+        return value
+    return copy.deepcopy(value)
 
 
 @dataclass(frozen=True)
