@@ -123,15 +123,20 @@ def run_one(n: int, timeout_s: float) -> dict[str, float | int | str]:
                                  "-s", str(Path(tmp) / "state")], stdout=subprocess.PIPE,
                                 stderr=open(Path(tmp) / "run.log", "w"), text=True, env=env)
         ready = threading.Event()
+        ended = threading.Event()
+        """Set when ``keyplane run`` closed its stdout (it exited): no ready line will come."""
 
         def pump() -> None:
             assert proc.stdout is not None
             for line in proc.stdout:
                 if "keyplane running" in line:
                     ready.set()
+            ended.set()
+            ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
-        ok = ready.wait(timeout_s)
+        ready.wait(timeout_s)
+        ok = ready.is_set() and not ended.is_set()
         ready_s = time.monotonic() - t0
         out: dict[str, float | int | str] = {"nodes": n, "ready_s": ready_s if ok else -1.0}
         if ok:
