@@ -35,6 +35,7 @@ from keyplane.faulttraffic import GONE, Ledger, MatrixSettings, Traffic
 
 __all__ = [
     "GONE",
+    "PHASES",
     "FaultResult",
     "FaultSpec",
     "Ledger",
@@ -45,6 +46,7 @@ __all__ = [
     "default_faults",
     "fault_topology",
     "link_key_reuse",
+    "phase_times",
     "run_fault",
     "run_matrix",
     "share_014",
@@ -115,6 +117,9 @@ class FaultResult:
     resumed_014_s: float | None = None
     """From the fault's end to the first ETSI 014 key held at both ends."""
     resumed_004_s: float | None = None
+    phases: dict[str, float | None] = field(default_factory=dict)
+    """When each step of the recovery happened, in seconds after the fault's end (negative:
+    before it; None: not seen), from the processes' events (:func:`phase_times`)."""
 
     @property
     def outage_s(self) -> float | None:
@@ -210,6 +215,51 @@ async def run_fault(cluster: LocalCluster, ledger: Ledger, fault: FaultSpec,
         resumed_004_s=None if c004 is None else c004 - ended)
 
 
+PHASES = ("bus", "session", "link_key", "delivered")
+"""The recovery's steps (:func:`phase_times`), in the order a key needs them."""
+
+
+def phase_times(events: list[Event], result: FaultResult, wall_offset: float
+                ) -> dict[str, float | None]:
+    """Where the seconds of a kill's recovery went, from the processes' events: when the
+    restarted element was on the bus (``bus``: its ``element_started``, subscriptions
+    made), had its sessions back (``session``: Admission Control's re-push to a restarted
+    KM, or a restarted controller's ``session_restored``), relayed with link key
+    (``link_key``: its first ``key_relayed``; for the controller, any KM's) and handed a key
+    to an application (``delivered``: its first ``key_delivered``; any KM's for the
+    controller), each in seconds after the fault's end. ``wall_offset`` converts an event's
+    wall time to this process's monotonic time (``time.time() - time.monotonic()``).
+
+    The ledger's ``resumed_014_s`` / ``resumed_004_s`` are the last step (both ends hold a
+    key). Server faults have no restarted element: empty."""
+    fault = result.fault
+    if fault.kind != "kill":
+        return {}
+    is_ctl = fault.target == CONTROLLER
+    out: dict[str, float | None] = dict.fromkeys(PHASES)
+
+    def first(name: str, pred: Callable[[Event], bool]) -> None:
+        for e in events:
+            t = e.wall - wall_offset
+            if t >= result.started and pred(e):
+                out[name] = t - result.ended
+                return
+
+    def on_target(e: Event) -> bool:
+        return is_ctl or e.node == fault.target
+
+    first("bus", lambda e: e.type is EventType.element_started and (
+        e.element == "admission" if is_ctl else (e.element == "km"
+                                                 and e.node == fault.target)))
+    first("session", lambda e: e.element == "admission" and (
+        e.type is EventType.session_restored if is_ctl else (
+            e.type is EventType.configured and e.node == fault.target
+            and bool(e.data.get("repushed")))))
+    first("link_key", lambda e: e.type is EventType.key_relayed and on_target(e))
+    first("delivered", lambda e: e.type is EventType.key_delivered and on_target(e))
+    return out
+
+
 def link_key_reuse(events: list[Event]) -> list[str]:
     """Link key bytes padded onto two different sets of keys, from ``key_relayed`` events.
 
@@ -294,6 +344,9 @@ def check(ledger: Ledger, events: list[Event], results: list[FaultResult]) -> Ma
                          if ledger.master[k][0] != ledger.slave[k][0]]
                         + [f"{s}[{i}]" for s, i in set(ledger.stream_a) & set(ledger.stream_b)
                            if ledger.stream_a[(s, i)][0] != ledger.stream_b[(s, i)][0]])
+    offset = time.time() - time.monotonic()
+    for r in results:
+        r.phases = phase_times(events, r, offset)
     duplicated = list(ledger.repeats)
     # the KMs' own account: no key_ID delivered twice by one KM
     delivered: dict[tuple[str | None, str], int] = {}
