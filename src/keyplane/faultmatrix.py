@@ -225,9 +225,10 @@ def phase_times(events: list[Event], result: FaultResult, wall_offset: float
     restarted element was on the bus (``bus``: its ``element_started``, subscriptions
     made), had its sessions back (``session``: Admission Control's re-push to a restarted
     KM, or a restarted controller's ``session_restored``), relayed with link key
-    (``link_key``: its first ``key_relayed``; for the controller, any KM's) and handed a key
-    to an application (``delivered``: its first ``key_delivered``; any KM's for the
-    controller), each in seconds after the fault's end. ``wall_offset`` converts an event's
+    (``link_key``: its first ``key_relayed``; for the controller, any KM's first after the
+    end, as the KMs relay while it is down) and handed a key to an application
+    (``delivered``: its first ``key_delivered``; likewise), each in seconds after the
+    fault's end. ``wall_offset`` converts an event's
     wall time to this process's monotonic time (``time.time() - time.monotonic()``).
 
     The ledger's ``resumed_014_s`` / ``resumed_004_s`` are the last step (both ends hold a
@@ -238,10 +239,11 @@ def phase_times(events: list[Event], result: FaultResult, wall_offset: float
     is_ctl = fault.target == CONTROLLER
     out: dict[str, float | None] = dict.fromkeys(PHASES)
 
-    def first(name: str, pred: Callable[[Event], bool]) -> None:
+    def first(name: str, pred: Callable[[Event], bool], since: float = result.started
+              ) -> None:
         for e in events:
             t = e.wall - wall_offset
-            if t >= result.started and pred(e):
+            if t >= since and pred(e):
                 out[name] = t - result.ended
                 return
 
@@ -255,8 +257,10 @@ def phase_times(events: list[Event], result: FaultResult, wall_offset: float
         e.type is EventType.session_restored if is_ctl else (
             e.type is EventType.configured and e.node == fault.target
             and bool(e.data.get("repushed")))))
-    first("link_key", lambda e: e.type is EventType.key_relayed and on_target(e))
-    first("delivered", lambda e: e.type is EventType.key_delivered and on_target(e))
+    # the KMs relay and deliver while the controller is down: its first ones after its end
+    since = result.ended if is_ctl else result.started
+    first("link_key", lambda e: e.type is EventType.key_relayed and on_target(e), since)
+    first("delivered", lambda e: e.type is EventType.key_delivered and on_target(e), since)
     return out
 
 
