@@ -219,8 +219,7 @@ PHASES = ("bus", "session", "link_key", "delivered")
 """The recovery's steps (:func:`phase_times`), in the order a key needs them."""
 
 
-def phase_times(events: list[Event], result: FaultResult, wall_offset: float
-                ) -> dict[str, float | None]:
+def phase_times(events: list[Event], result: FaultResult) -> dict[str, float | None]:
     """Where the seconds of a kill's recovery went, from the processes' events: when the
     restarted element was on the bus (``bus``: its ``element_started``, subscriptions
     made), had its sessions back (``session``: Admission Control's re-push to a restarted
@@ -228,8 +227,10 @@ def phase_times(events: list[Event], result: FaultResult, wall_offset: float
     (``link_key``: its first ``key_relayed``; for the controller, any KM's first after the
     end, as the KMs relay while it is down) and handed a key to an application
     (``delivered``: its first ``key_delivered``; likewise), each in seconds after the
-    fault's end. ``wall_offset`` converts an event's
-    wall time to this process's monotonic time (``time.time() - time.monotonic()``).
+    fault's end. Times are the events' ``t``: ``time.monotonic()`` of the emitting process,
+    one clock for every process on the host, as the fault's own times (an event's ``wall``
+    is that clock plus an offset fixed at its process's start, so a wall-clock step between
+    two starts would skew it: a run here saw 3-4 s).
 
     The ledger's ``resumed_014_s`` / ``resumed_004_s`` are the last step (both ends hold a
     key). Server faults have no restarted element: empty."""
@@ -241,11 +242,9 @@ def phase_times(events: list[Event], result: FaultResult, wall_offset: float
 
     def first(name: str, pred: Callable[[Event], bool], since: float = result.started
               ) -> None:
-        for e in events:
-            t = e.wall - wall_offset
-            if t >= since and pred(e):
-                out[name] = t - result.ended
-                return
+        times = [e.t for e in events if e.t >= since and pred(e)]
+        if times:
+            out[name] = min(times) - result.ended
 
     def on_target(e: Event) -> bool:
         return is_ctl or e.node == fault.target
@@ -348,9 +347,8 @@ def check(ledger: Ledger, events: list[Event], results: list[FaultResult]) -> Ma
                          if ledger.master[k][0] != ledger.slave[k][0]]
                         + [f"{s}[{i}]" for s, i in set(ledger.stream_a) & set(ledger.stream_b)
                            if ledger.stream_a[(s, i)][0] != ledger.stream_b[(s, i)][0]])
-    offset = time.time() - time.monotonic()
     for r in results:
-        r.phases = phase_times(events, r, offset)
+        r.phases = phase_times(events, r)
     duplicated = list(ledger.repeats)
     # the KMs' own account: no key_ID delivered twice by one KM
     delivered: dict[tuple[str | None, str], int] = {}
