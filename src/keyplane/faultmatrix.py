@@ -35,6 +35,7 @@ from keyplane.faulttraffic import GONE, Ledger, MatrixSettings, Traffic
 
 __all__ = [
     "GONE",
+    "PHASES",
     "FaultResult",
     "FaultSpec",
     "Ledger",
@@ -45,6 +46,7 @@ __all__ = [
     "default_faults",
     "fault_topology",
     "link_key_reuse",
+    "phase_times",
     "run_fault",
     "run_matrix",
     "share_014",
@@ -115,6 +117,9 @@ class FaultResult:
     resumed_014_s: float | None = None
     """From the fault's end to the first ETSI 014 key held at both ends."""
     resumed_004_s: float | None = None
+    phases: dict[str, float | None] = field(default_factory=dict)
+    """When each step of the recovery happened, in seconds after the fault's end (negative:
+    before it; None: not seen), from the processes' events (:func:`phase_times`)."""
 
     @property
     def outage_s(self) -> float | None:
@@ -210,6 +215,54 @@ async def run_fault(cluster: LocalCluster, ledger: Ledger, fault: FaultSpec,
         resumed_004_s=None if c004 is None else c004 - ended)
 
 
+PHASES = ("bus", "session", "link_key", "delivered")
+"""The recovery's steps (:func:`phase_times`), in the order a key needs them."""
+
+
+def phase_times(events: list[Event], result: FaultResult) -> dict[str, float | None]:
+    """Where the seconds of a kill's recovery went, from the processes' events: when the
+    restarted element was on the bus (``bus``: its ``element_started``, subscriptions
+    made), had its sessions back (``session``: Admission Control's re-push to a restarted
+    KM, or a restarted controller's ``session_restored``), relayed with link key
+    (``link_key``: its first ``key_relayed``; for the controller, any KM's first after the
+    end, as the KMs relay while it is down) and handed a key to an application
+    (``delivered``: its first ``key_delivered``; likewise), each in seconds after the
+    fault's end. Times are the events' ``t``: ``time.monotonic()`` of the emitting process,
+    one clock for every process on the host, as the fault's own times (an event's ``wall``
+    is that clock plus an offset fixed at its process's start, so a wall-clock step between
+    two starts would skew it: a run here saw 3-4 s).
+
+    The ledger's ``resumed_014_s`` / ``resumed_004_s`` are the last step (both ends hold a
+    key). Server faults have no restarted element: empty."""
+    fault = result.fault
+    if fault.kind != "kill":
+        return {}
+    is_ctl = fault.target == CONTROLLER
+    out: dict[str, float | None] = dict.fromkeys(PHASES)
+
+    def first(name: str, pred: Callable[[Event], bool], since: float = result.started
+              ) -> None:
+        times = [e.t for e in events if e.t >= since and pred(e)]
+        if times:
+            out[name] = min(times) - result.ended
+
+    def on_target(e: Event) -> bool:
+        return is_ctl or e.node == fault.target
+
+    first("bus", lambda e: e.type is EventType.element_started and (
+        e.element == "admission" if is_ctl else (e.element == "km"
+                                                 and e.node == fault.target)))
+    first("session", lambda e: e.element == "admission" and (
+        e.type is EventType.session_restored if is_ctl else (
+            e.type is EventType.configured and e.node == fault.target
+            and bool(e.data.get("repushed")))))
+    # the KMs relay and deliver while the controller is down: its first ones after its end
+    since = result.ended if is_ctl else result.started
+    first("link_key", lambda e: e.type is EventType.key_relayed and on_target(e), since)
+    first("delivered", lambda e: e.type is EventType.key_delivered and on_target(e), since)
+    return out
+
+
 def link_key_reuse(events: list[Event]) -> list[str]:
     """Link key bytes padded onto two different sets of keys, from ``key_relayed`` events.
 
@@ -294,6 +347,8 @@ def check(ledger: Ledger, events: list[Event], results: list[FaultResult]) -> Ma
                          if ledger.master[k][0] != ledger.slave[k][0]]
                         + [f"{s}[{i}]" for s, i in set(ledger.stream_a) & set(ledger.stream_b)
                            if ledger.stream_a[(s, i)][0] != ledger.stream_b[(s, i)][0]])
+    for r in results:
+        r.phases = phase_times(events, r)
     duplicated = list(ledger.repeats)
     # the KMs' own account: no key_ID delivered twice by one KM
     delivered: dict[tuple[str | None, str], int] = {}

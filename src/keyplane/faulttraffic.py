@@ -172,6 +172,7 @@ class Traffic:
         self._fetches: set[asyncio.Task[None]] = set()
         self._fetch_limit = asyncio.Semaphore(2 * settings.pairs_014)
         self._to_confirm: set[str] = set()  # 014 keys the slave got, to confirm next fetch
+        self._asking: dict[tuple[str, str], int] = {}  # (end, stream) -> GET_KEY in flight
 
     def _node_of(self, sae: str) -> str:
         return next(a.node for a in self.cluster.topology.applications if a.sae_id == sae)
@@ -308,20 +309,28 @@ class Traffic:
                 await c.aclose()
 
     def _other_end_next(self, end: str, stream: str) -> int:
+        """The index after the last one the other end got or is fetching: a fetch in flight
+        when the traffic stops may still bring its index (this end must fetch it too)."""
         book = self.ledger.stream_b if end == "a" else self.ledger.stream_a
-        return 1 + max((i for s, i in book if s == stream), default=-1)
+        asking = self._asking.get(("b" if end == "a" else "a", stream), -1)
+        return 1 + max(asking, max((i for s, i in book if s == stream), default=-1))
 
     async def _stream_end(self, client: AsyncEtsi004Client, end: str, stream: str) -> bool:
         """Fetch index after index until stopped (False) or the stream is gone (True); once
-        stopped, up to the index the other end reached, so that both ends hold the same."""
+        stopped, up to the index the other end reached or is fetching, so that both ends
+        hold the same (an end that left while the other's last GET_KEY was in flight left
+        that index at one end only: a fault-matrix run counted it as lost)."""
         index = 0
         while not self.stopping.is_set() or index < self._other_end_next(end, stream):
+            self._asking[(end, stream)] = index
             try:
                 chunk = await self._retrying(
                     f"get_key {end}", partial(client.get_key, stream, index),
                     final=lambda e: isinstance(e, Etsi004StatusError) and int(e.status) in GONE)
             except Etsi004StatusError:
                 return True
+            finally:
+                self._asking.pop((end, stream), None)
             self.ledger.got_stream(end, stream, index, chunk.key)
             index += 1
         return False

@@ -6,6 +6,8 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import pytest
+
 from keyplane.cluster import read_events, restartable_port
 from keyplane.events import Event, EventType
 from keyplane.faultmatrix import (
@@ -15,6 +17,7 @@ from keyplane.faultmatrix import (
     MatrixSettings,
     check,
     link_key_reuse,
+    phase_times,
     share_014,
     stale_link_alarms,
     wait_flowing,
@@ -137,3 +140,30 @@ def test_restartable_ports_are_free_and_below_the_ephemeral_range() -> None:
     for p in ports:
         with socket.socket() as s:
             s.bind(("127.0.0.1", p))  # free: it binds
+
+
+def test_phases_of_a_kill_are_the_restarted_elements_first_steps_after_its_end() -> None:
+    def ev(n: int, wall: float, type: EventType, element: str, node: str | None,
+           **data: object) -> Event:
+        return Event(event_id=n, seq=n, t=wall, wall=wall, type=type, element=element,
+                     node=node, data=data)
+
+    events = [ev(1, 99.0, EventType.key_relayed, "km", "km0"),        # before the kill
+              ev(2, 104.0, EventType.element_started, "km", "km0"),
+              ev(3, 104.5, EventType.configured, "admission", "km0", repushed=True),
+              ev(4, 106.0, EventType.key_relayed, "km", "km1"),       # another KM
+              ev(5, 107.0, EventType.key_relayed, "km", "km0"),
+              ev(6, 108.0, EventType.key_delivered, "km", "km1")]
+    kill = FaultResult(FaultSpec("kill km0", "kill", "km0"), started=100.0, ended=105.0,
+                       recovery_s=5.0)
+    assert phase_times(events, kill) == {
+        "bus": -1.0, "session": -0.5, "link_key": 2.0, "delivered": None}
+    # the controller: its admission back, any KM's relay and delivery
+    ctl = FaultResult(FaultSpec("kill ctl", "kill", "controller"), started=100.0,
+                      ended=105.0, recovery_s=5.0)
+    restored = [*events, ev(7, 105.5, EventType.element_started, "admission", None),
+                ev(8, 105.6, EventType.session_restored, "admission", "km1")]
+    assert phase_times(restored, ctl) == {
+        "bus": 0.5, "session": pytest.approx(0.6), "link_key": 1.0, "delivered": 3.0}
+    assert phase_times(events, FaultResult(FaultSpec("nats", "nats", duration_s=3), 0, 3,
+                                           3)) == {}

@@ -8,11 +8,13 @@ for, which may fetch them again with the same key_IDs until it confirms them
 (``keyplane_confirm``, spent durably before the call's own keys are served). A key never
 confirmed is spent ``etsi014_ack_hold_s`` after it was first handed out.
 
-The pure part is :func:`hold` / :func:`due` on :attr:`Stream.acked014` (key_ID -> the time
-the hold ends). That map is memory only, as ETSI 004's ``Stream.unconfirmed``: the keys
-themselves are durable rows, so after a restart a key handed out but unconfirmed is still
-held for its slave (same bytes on re-fetch) and may be confirmed; its hold clock starts
-again at its next acknowledged fetch (docs/api/etsi014.md).
+The pure part is :func:`hold` / :func:`due` on :attr:`Stream.acked014` (key_ID -> the wall
+time the hold ends: a restarted KM, maybe on another host, has no other common time). The
+map is part of the session's row (``Stream.data``), written with the keys' rows before
+their first hand-out, so a restart keeps each hold's end: the restarted KM re-arms them
+(:meth:`_Ack014._rearm_014`), and a key whose hold ended while the KM was down is spent at
+once. A key handed out but unconfirmed is still held for its slave (same bytes on
+re-fetch) and may be confirmed (docs/api/etsi014.md).
 """
 
 from __future__ import annotations
@@ -28,18 +30,18 @@ from keyplane.keymanager.vault import HeldKey
 __all__ = ["due", "hold"]
 
 
-def hold(s: Stream, key_ids: Iterable[str], now: float, hold_s: float) -> list[str]:
-    """Record keys handed out with acknowledgement; the ones handed out for the first time
-    (a re-fetch keeps the first deadline: the hold is not extended by fetching)."""
+def hold(s: Stream, key_ids: Iterable[str], wall: float, hold_s: float) -> list[str]:
+    """Record keys handed out with acknowledgement at ``wall``; the ones handed out for the
+    first time (a re-fetch keeps the first deadline: the hold is not extended by fetching)."""
     first = [k for k in key_ids if k not in s.acked014]
     for k in first:
-        s.acked014[k] = now + hold_s
+        s.acked014[k] = wall + hold_s
     return first
 
 
-def due(s: Stream, now: float) -> list[str]:
-    """The held keys of ``s`` whose hold has ended (to be spent)."""
-    return [k for k, t in s.acked014.items() if t <= now]
+def due(s: Stream, wall: float) -> list[str]:
+    """The held keys of ``s`` whose hold has ended at ``wall`` (to be spent)."""
+    return [k for k, t in s.acked014.items() if t <= wall]
 
 
 class _Ack014(_Production):
@@ -110,8 +112,9 @@ class _Ack014(_Production):
         """The bytes of ready keys, left held for their slave until it confirms them.
 
         Durable before delivered holds here too: each key's row (state ``ready``, sealed
-        bytes) is committed before the bytes leave. Each key is announced delivered once,
-        at its first hand-out, and its hold's end is armed then.
+        bytes) and, for a first hand-out, its hold's end (the session's row) are committed
+        before the bytes leave. Each key is announced delivered once, at its first
+        hand-out, and its hold's end is armed then.
 
         Raises:
             StoreError: the rows could not be written; nothing is handed out.
@@ -119,24 +122,48 @@ class _Ack014(_Production):
         gen = 0
         for k in keys:
             gen = self.vault.touch(k)
-        await self.journal.flushed(gen)
-        now, hold_s = self._clock.now(), self.settings.etsi014_ack_hold_s
+        wall, hold_s = self._clock.wall(), self.settings.etsi014_ack_hold_s
         by_session: dict[str, list[HeldKey]] = {}
         for k in keys:
             by_session.setdefault(k.session_id, []).append(k)
+        firsts: dict[str, set[str]] = {}
         for sid, ks in by_session.items():
             s = self.core.streams[sid]
-            first = set(hold(s, (k.key_id for k in ks), now, hold_s))
-            announced = [k for k in ks if k.key_id in first]
+            firsts[sid] = set(hold(s, (k.key_id for k in ks), wall, hold_s))
+            if firsts[sid]:
+                gen = self._rows.put(sid, s.machine.state.value, s.data(), self._clock.now())
+        try:
+            await self.journal.flushed(gen)
+        except BaseException:
+            for sid, first in firsts.items():  # not handed out: no hold began
+                for kid in first:
+                    self.core.streams[sid].acked014.pop(kid, None)
+            raise
+        for sid, ks in by_session.items():
+            s = self.core.streams[sid]
+            announced = [k for k in ks if k.key_id in firsts[sid]]
             if announced:
                 self._announce_delivered(s, announced, [k.material or b"" for k in announced])
-                self._spawn(self._expire_014(s), f"km-ack014-{sid}")
+                self._spawn(self._expire_014(s, hold_s), f"km-ack014-{sid}")
         return {k.key_id: k.material or b"" for k in keys}
 
-    async def _expire_014(self, s: Stream) -> None:
-        """Spend the keys of ``s`` whose hold ended (after ``etsi014_ack_hold_s``)."""
-        await self._clock.sleep(self.settings.etsi014_ack_hold_s)
-        ids = due(s, self._clock.now())
+    def _rearm_014(self) -> None:
+        """KM start: arm the hold ends the session rows kept (keys no longer held, spent
+        or gone, leave the map); a hold that ended while the KM was down ends now."""
+        wall = self._clock.wall()
+        for s in self.core.streams.values():
+            for kid in list(s.acked014):
+                k = self.vault.by_id.get(kid)
+                if k is None or k.state != "ready":
+                    s.acked014.pop(kid, None)
+            for end in sorted(set(s.acked014.values())):
+                self._spawn(self._expire_014(s, max(0.0, end - wall)),
+                            f"km-ack014-{s.session_id}")
+
+    async def _expire_014(self, s: Stream, delay_s: float) -> None:
+        """Spend the keys of ``s`` whose hold ended (``delay_s`` from now: one hold)."""
+        await self._clock.sleep(delay_s)
+        ids = due(s, self._clock.wall())
         keys = [k for k in (self.vault.by_id.get(i) for i in ids)
                 if k is not None and k.state == "ready"]
         for i in ids:  # spent or gone already; the rest leave the map when spent

@@ -488,7 +488,8 @@ class KmCore:
                        peer_sae=data["peer_sae"], interface=data["interface"],
                        qos=Qos.model_validate(data["qos"]), user_id=data["user_id"],
                        owner=data["owner"], implicit=data["implicit"],
-                       next_index=data["next_index"], next_gen=data["next_gen"])
+                       next_index=data["next_index"], next_gen=data["next_gen"],
+                       acked014=dict(data.get("acked014", {})))
             # the row is not rewritten per delivery: the counters also follow from the
             # keys this end handed out (each written durably before it was returned)
             after = delivered_end(sid)

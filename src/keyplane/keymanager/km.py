@@ -170,6 +170,7 @@ class KeyManager(_Requests, Service):
                 store.restore(loaded[store.link_id])
         await self.vault.load(self._db)
         await self._restore_sessions()
+        self._rearm_014()
         self.journal.start()
         self._subs.append(await self._bus.subscribe(topics.km_config(self.node_id),
                                                     self._on_config))

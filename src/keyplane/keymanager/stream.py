@@ -58,8 +58,8 @@ class Stream:
     # sealed, for the owner until it confirms them (memory only: after a restart every
     # index not confirmed is still held, so the owner can fetch it again)
     unconfirmed: set[int] = field(default_factory=set)
-    # ETSI 014 dec_keys with acknowledgement (#14): key_ID -> the time its hold ends, for
-    # keys handed out and still held for the slave (memory only; keymanager/ack014.py)
+    # ETSI 014 dec_keys with acknowledgement (#14): key_ID -> the wall time its hold ends,
+    # for keys handed out and still held for the slave (in the row; keymanager/ack014.py)
     acked014: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -91,6 +91,7 @@ class Stream:
             "owner": self.owner, "implicit": self.implicit, "next_index": self.next_index,
             "next_gen": self.next_gen,
             "configs": {str(e): c.model_dump(mode="json") for e, c in self.configs.items()},
+            "acked014": dict(self.acked014),
         }
 
 

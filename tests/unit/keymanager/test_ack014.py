@@ -17,6 +17,7 @@ from keyplane.errors import AuthenticationFailed, KeyNotFound
 from keyplane.keymanager import KmSettings
 from keyplane.keymanager.interface import Caller
 from keyplane.store import Database
+from keyplane.store.kmstate import KmStateStore
 
 HOLD_S = 50.0
 
@@ -100,6 +101,56 @@ async def test_a_restart_between_delivery_and_confirmation_keeps_the_key_held(
         await km1.dec_keys(CALLER_B, "sb", "sa", [nxt[0].key_id], confirm=[kid])
         with pytest.raises(KeyNotFound):
             await km1.dec_keys(CALLER_B, "sb", "sa", [kid], acknowledge=True)
+    finally:
+        await net.close()
+        await net.bus.close()
+
+
+async def test_a_restart_keeps_the_holds_end(km_db: Database) -> None:
+    clock = VirtualClock()
+    net = await _net(km_db, clock)
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            made = await net.kms["km0"].enc_keys(CALLER_A, "sa", "sb", 1, 256)
+        kid = made[0].key_id
+        await net.kms["km1"].dec_keys(CALLER_B, "sb", "sa", [kid], acknowledge=True)
+        # durable before handed out: the hold's end is in the session's row already
+        rows = await KmStateStore(km_db).load_sessions("km1")
+        ends = [r.config["acked014"][kid] for r in rows if kid in r.config.get("acked014", {})]
+        assert ends == [clock.wall() + HOLD_S]
+        await clock.advance(HOLD_S * 0.6)
+        km1 = await net.restart("km1")
+        # a re-fetch after the restart neither restarts nor extends the hold
+        again = await km1.dec_keys(CALLER_B, "sb", "sa", [kid], acknowledge=True)
+        assert again[0].key == made[0].key
+        await clock.advance(HOLD_S * 0.4 + 1)
+        async with asyncio.timeout(DEADLINE_S):
+            while km1.held_for("sb", "sa"):
+                await asyncio.sleep(0)
+        with pytest.raises(KeyNotFound):
+            await km1.dec_keys(CALLER_B, "sb", "sa", [kid], acknowledge=True)
+    finally:
+        await net.close()
+        await net.bus.close()
+
+
+async def test_a_hold_that_ended_while_the_km_was_down_ends_at_its_start(
+        km_db: Database) -> None:
+    clock = VirtualClock()
+    net = await _net(km_db, clock)
+    try:
+        async with asyncio.timeout(DEADLINE_S):
+            made = await net.kms["km0"].enc_keys(CALLER_A, "sa", "sb", 1, 256)
+        await net.kms["km1"].dec_keys(CALLER_B, "sb", "sa", [made[0].key_id],
+                                      acknowledge=True)
+        await net.kms["km1"].close()
+        await clock.advance(HOLD_S + 1)
+        km1 = await net.restart("km1")
+        async with asyncio.timeout(DEADLINE_S):
+            while km1.held_for("sb", "sa"):
+                await asyncio.sleep(0)
+        with pytest.raises(KeyNotFound):
+            await km1.dec_keys(CALLER_B, "sb", "sa", [made[0].key_id], acknowledge=True)
     finally:
         await net.close()
         await net.bus.close()
