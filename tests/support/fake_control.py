@@ -30,6 +30,7 @@ from keyplane.messages import (
     SessionDelete,
     SessionOpenRequest,
 )
+from tests.support.deadlines import DEADLINE_S
 
 __all__ = ["FakeControlPlane", "FakeSession"]
 
@@ -163,7 +164,7 @@ class FakeControlPlane:
     async def _send_refusal(self, msg: SessionOpenRequest) -> None:
         await self.bus.request(topics.km_config(msg.node), SessionDelete(
             session_id=msg.session_id, node=msg.node, refused=True,
-            reason="requested QoS exceeds the SLA"), timeout_s=5)
+            reason="requested QoS exceeds the SLA"), timeout_s=DEADLINE_S)
 
     def configs(self, fs: FakeSession, path: list[str], epoch: int) -> list[SessionConfig]:
         """The per-hop configurations of ``path``."""
@@ -191,7 +192,7 @@ class FakeControlPlane:
         order = [*cfgs[1:-1], cfgs[-1], cfgs[0]]
         acks = []
         for cfg in order:
-            reply = await self.bus.request(topics.km_config(cfg.node), cfg, timeout_s=5)
+            reply = await self.bus.request(topics.km_config(cfg.node), cfg, timeout_s=DEADLINE_S)
             assert isinstance(reply, ConfigAck)
             acks.append(reply)
         return acks
@@ -223,7 +224,7 @@ class FakeControlPlane:
             try:
                 reply = await self.bus.request(topics.km_config(node), SessionDelete(
                     session_id=session_id, node=node, epoch=old_epoch, reason="reroute"),
-                    timeout_s=5)
+                    timeout_s=5)  # short: a failed KM (still subscribed) never answers
             except BusError:
                 continue  # a failed KM on the old path cannot confirm
             assert isinstance(reply, DeleteConfirm)
@@ -239,7 +240,7 @@ class FakeControlPlane:
             if skip and node in skip:
                 continue
             reply = await self.bus.request(topics.km_config(node), SessionDelete(
-                session_id=session_id, node=node, reason=reason), timeout_s=5)
+                session_id=session_id, node=node, reason=reason), timeout_s=DEADLINE_S)
             assert isinstance(reply, DeleteConfirm)
             confirms.append(reply)
         fs.confirms += confirms

@@ -33,6 +33,7 @@ from keyplane.keymanager.interface import Caller
 from keyplane.messages import NodeAnnouncement, NodeWelcome, Qos
 from keyplane.runtime import ControlRuntime, Embedded, NodeRuntime, RuntimeContext
 from keyplane.store import Database, sqlite_url
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,10 +102,10 @@ async def test_control_runtime_without_sdn_still_answers_node_announcements(
     async with ControlRuntime(ctx, elements=["routing"]) as control:
         assert control.plane.sdn is None and control.northbound is None
         reply = await ctx.bus.request(topics.SDN_NODES, NodeAnnouncement(
-            node="km3", endpoints={"etsi015": "https://127.0.0.1:1"}), timeout_s=5.0)
+            node="km3", endpoints={"etsi015": "https://127.0.0.1:1"}), timeout_s=DEADLINE_S)
         assert isinstance(reply, NodeWelcome) and reply.known
         refused = await ctx.bus.request(topics.SDN_NODES, NodeAnnouncement(node="km99"),
-                                        timeout_s=5.0)
+                                        timeout_s=DEADLINE_S)
         assert isinstance(refused, NodeWelcome) and not refused.known
         doc = json.loads((ctx.state_dir / "endpoints.json").read_text())
         assert doc["kms"] == {"km3": {"etsi015": "https://127.0.0.1:1"}}

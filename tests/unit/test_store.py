@@ -1,5 +1,6 @@
 """Store contract: runs on SQLite and on a real PostgreSQL server."""
 
+import asyncio
 import dataclasses
 import stat
 from pathlib import Path
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect, select
 
-from keyplane.clock import VirtualClock
+from keyplane.clock import VirtualClock, settle
 from keyplane.config import load_topology
 from keyplane.errors import SealedDataError, StoreError
 from keyplane.events import EventStream
@@ -35,6 +36,7 @@ from keyplane.store.topology import (
     load_topology_into,
     upsert_link_metrics,
 )
+from tests.support.deadlines import DEADLINE_S
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -302,3 +304,30 @@ async def test_store_sqlite_files_are_private_and_secure_delete_is_on(tmp_path: 
     assert modes.pop("kek") == 0o700
     assert modes and set(modes.values()) == {0o600}, modes
     assert stat.S_IMODE((tmp_path / "state").stat().st_mode) == 0o700
+
+
+async def test_store_close_lets_a_transaction_in_flight_end_and_refuses_new_ones(
+        db: Database) -> None:
+    # disposing of the engine under another task's transaction left that connection to
+    # the garbage collector; a SQLite one then finished in its thread after the loop closed
+    inside, release = asyncio.Event(), asyncio.Event()
+
+    async def writer() -> None:
+        async with db.session() as s:
+            await s.execute(select(NodeRow))
+            inside.set()
+            await release.wait()
+            await s.execute(select(NodeRow))
+
+    task = asyncio.create_task(writer())
+    await asyncio.wait_for(inside.wait(), DEADLINE_S)
+    closing = asyncio.create_task(db.close())
+    await settle()
+    assert not closing.done() and db.closed  # waits for the writer's transaction
+    with pytest.raises(StoreError, match="is closed"):
+        async with db.session():
+            pass
+    assert not await db.ping()
+    release.set()
+    await asyncio.wait_for(closing, DEADLINE_S)
+    await asyncio.wait_for(task, DEADLINE_S)  # its transaction ended without an error

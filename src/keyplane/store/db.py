@@ -12,6 +12,7 @@ rows are overwritten in the file.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -92,6 +93,57 @@ def _migrate(sync_conn: Any) -> None:
     command.upgrade(cfg, "head")
 
 
+class _Holders:
+    """Which task holds each connection checked out of an engine's pool (pool events).
+
+    ``Database.close`` waits on it: disposing of the engine while another task is still
+    inside a transaction leaves that task's connection out of the pool, and the driver
+    thread of a SQLite connection nobody closes is finalised later, by the garbage
+    collector, possibly after the event loop closed ("Event loop is closed" raised in the
+    aiosqlite thread).
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[int, asyncio.Task[Any]] = {}
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def checkout(self, _dbapi_conn: Any, record: Any, _proxy: Any) -> None:
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # a synchronous use outside any event loop
+            task = None
+        if task is not None:
+            self._held[id(record)] = task
+
+    def checkin(self, _dbapi_conn: Any, record: Any) -> None:
+        if self._held.pop(id(record), None) is not None:
+            self._wake()
+
+    def _wake(self, *_: Any) -> None:
+        # a checkin can run in the garbage collector, on any thread
+        if self._waiter is not None and not self._waiter[0].is_closed():
+            self._waiter[0].call_soon_threadsafe(self._waiter[1].set)
+
+    async def released_by_others(self) -> None:
+        """Return once no task but the caller holds a connection (a holder that ended
+        without giving its connection back is not waited for)."""
+        me = asyncio.current_task()
+        while True:
+            others = {t for t in self._held.values() if t is not me and not t.done()}
+            if not others:
+                return
+            changed = asyncio.Event()
+            self._waiter = (asyncio.get_running_loop(), changed)
+            for t in others:
+                t.add_done_callback(self._wake)
+            try:
+                await changed.wait()
+            finally:
+                self._waiter = None
+                for t in others:
+                    t.remove_done_callback(self._wake)
+
+
 class Database:
     """An async engine, a session factory and the key ring sealing key material.
 
@@ -105,6 +157,15 @@ class Database:
         self.engine = engine
         self.sessions = async_sessionmaker(engine, expire_on_commit=False)
         self.keyring = keyring if keyring is not None else KeyRing(None, create=False)
+        self._closed = False
+        self._holders = _Holders()
+        event.listen(engine.sync_engine, "checkout", self._holders.checkout)
+        event.listen(engine.sync_engine, "checkin", self._holders.checkin)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (a closed database opens no transaction)."""
+        return self._closed
 
     @property
     def url(self) -> str:
@@ -172,8 +233,10 @@ class Database:
                 reached: a refused or failed connection comes out of the driver as a bare
                 ``OSError`` (asyncpg), which must stop here like any database error (it
                 used to end the loops of callers that expect StoreError, e.g. the
-                Monitoring Element's figures during a PostgreSQL outage).
+                Monitoring Element's figures during a PostgreSQL outage); or the
+                database is closed.
         """
+        self.check_open()
         async with self.sessions() as s:
             try:
                 async with s.begin():
@@ -181,11 +244,19 @@ class Database:
             except (SQLAlchemyError, OSError) as exc:
                 raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc
 
+    def check_open(self) -> None:
+        """Raise StoreError once the database is closed: after ``close`` the engine would
+        otherwise open a new pool, whose connections nobody disposes of."""
+        if self._closed:
+            raise StoreError(f"database {self.url} is closed")
+
     async def ping(self) -> bool:
         """Whether the database answers a trivial query now (readiness probes).
 
-        Never raises: an unreachable database is False.
+        Never raises: an unreachable (or closed) database is False.
         """
+        if self._closed:
+            return False
         try:
             async with self.engine.connect() as conn:
                 await conn.exec_driver_sql("SELECT 1")
@@ -194,7 +265,12 @@ class Database:
         return True
 
     async def close(self) -> None:
-        """Dispose of the engine's connections (idempotent)."""
+        """Refuse new transactions, let those of other tasks in flight end, then dispose of
+        the engine's connections (idempotent). Like asyncpg's ``Pool.close``, this waits
+        for every connection to come back: a connection disposed of while in use would be
+        closed by no one (see :class:`_Holders`)."""
+        self._closed = True
+        await self._holders.released_by_others()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Database:

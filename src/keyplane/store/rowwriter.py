@@ -191,8 +191,10 @@ class RowWriter:
 
         Raises:
             CommitFailed: the transaction failed and was rolled back.
-            StoreError: ``build`` failed (e.g. no key-encryption key); nothing was written.
+            StoreError: ``build`` failed (e.g. no key-encryption key), or the database is
+                closed; nothing was written.
         """
+        self._db.check_open()
         if self._sqlite_path is not None:
             writes = build()
             if not self._write_inline(writes, scrub):

@@ -157,7 +157,7 @@ async def test_admission_key_stream_id_in_use_is_refused_in_the_open_ack(
     await _open_pair(bus)
     await wait_until(lambda: _state(plane, "s1") is AdmissionState.active, what="active")
     ack = await bus.request(topics.ADMISSION,
-                            open_request("s1", "a", "alice", "sae_a", "sae_d"), timeout_s=5.0)
+                            open_request("s1", "a", "alice", "sae_a", "sae_d"), timeout_s=DEADLINE_S)
     assert not ack.accepted_for_review and "in use" in ack.reason  # type: ignore[attr-defined]
     assert not kms.deletes["a"]  # the live session was not touched
     assert kms.holders("s1") == ["a", "d", "e"]

@@ -18,6 +18,7 @@ from keyplane.control.wire import (
 )
 from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import TopologyChange
+from tests.support.deadlines import DEADLINE_S
 from tests.support.fake_kms import wait_until
 
 
@@ -76,18 +77,18 @@ async def test_controller_registers_a_direct_session_without_announcing_a_link(
 
     await memory_bus.subscribe(topics.SDN, collect)
     async with SdnController(topology, memory_bus, clock, EventStream(clock, [sink])):
-        reply = await memory_bus.request(SDN_REGISTER, session(["b", "c"]), timeout_s=5.0)
+        reply = await memory_bus.request(SDN_REGISTER, session(["b", "c"]), timeout_s=DEADLINE_S)
         assert isinstance(reply, RegisterLinkReply) and reply.ok
         assert reply.qkdl_id == qkd_uuid("link", "b-c")
-        snap = await memory_bus.request(SDN_SNAPSHOT, TopologySnapshotRequest(), timeout_s=5.0)
+        snap = await memory_bus.request(SDN_SNAPSHOT, TopologySnapshotRequest(), timeout_s=DEADLINE_S)
         assert isinstance(snap, TopologySnapshot)
         assert all(link.type == "PHYS" for link in snap.links)
         reply = await memory_bus.request(SDN_REGISTER, UnregisterLink(link_id="virt-s1"),
-                                         timeout_s=5.0)
+                                         timeout_s=DEADLINE_S)
         assert isinstance(reply, RegisterLinkReply) and reply.ok
         # a relayed session's announcement comes through the same way, after them
         await memory_bus.request(SDN_REGISTER, session(["a", "b", "c", "d"], sid="s2"),
-                                 timeout_s=5.0)
+                                 timeout_s=DEADLINE_S)
         await wait_until(lambda: any(isinstance(m, TopologyChange) for m in seen),
                          what="the relayed session's announcement")
     assert [(m.change, m.link_id) for m in seen if isinstance(m, TopologyChange)] == [

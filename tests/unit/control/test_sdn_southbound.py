@@ -22,6 +22,7 @@ from keyplane.events import EventStream, EventType, MemorySink
 from keyplane.messages import LinkTelemetry, NodeAnnouncement, NodeWelcome, SessionClose
 from keyplane.store import Database
 from tests.support.control import NODES, TOPOLOGY, open_request
+from tests.support.deadlines import DEADLINE_S
 from tests.support.etsi015 import AgentNetwork, agent_url
 from tests.support.fake_kms import FakeKms, wait_until
 
@@ -37,7 +38,7 @@ async def net(topology: Topology, memory_bus: MemoryBus, clock: VirtualClock
 
 async def announce(bus: Bus, node: str, **extra: str) -> NodeWelcome:
     reply = await bus.request(topics.SDN_NODES, NodeAnnouncement(
-        node=node, endpoints={"etsi015": agent_url(node), **extra}), timeout_s=5.0)
+        node=node, endpoints={"etsi015": agent_url(node), **extra}), timeout_s=DEADLINE_S)
     assert isinstance(reply, NodeWelcome)
     return reply
 
@@ -126,7 +127,7 @@ async def test_relayed_session_puts_virt_links_on_its_path_moves_them_and_remove
         for node, user, src, dst in (("a", "alice", "sae_a", "sae_d"),
                                      ("d", "dave", "sae_d", "sae_a")):
             await memory_bus.request(topics.ADMISSION, open_request(
-                "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=5.0)
+                "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=DEADLINE_S)
         await wait_until(lambda: kms.holders("s1") == ["a", "d", "e"], what="operative")
         await wait_until(lambda: virt_state(net) == along("a-e-d"), what="VIRT links a-e-d")
         for node in ("a", "d"):
@@ -185,7 +186,7 @@ async def test_adjacent_session_gets_a_qkd_app_backed_by_the_phys_link_and_no_vi
         for node, user, src, dst in (("b", "erin", "sae_b", "sae_c"),
                                      ("c", "carol", "sae_c", "sae_b")):
             await memory_bus.request(topics.ADMISSION, open_request(
-                "s2", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=5.0)
+                "s2", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=DEADLINE_S)
         await wait_until(lambda: kms.holders("s2") == ["b", "c"], what="operative")
         await wait_until(lambda: bool(net.apps("b") and net.apps("c")), what="qkd_apps")
         for node in ("b", "c"):
@@ -223,7 +224,7 @@ async def test_unreachable_agent_is_evented_and_never_blocks_session_setup(
         for node, user, src, dst in (("a", "alice", "sae_a", "sae_d"),
                                      ("d", "dave", "sae_d", "sae_a")):
             await memory_bus.request(topics.ADMISSION, open_request(
-                "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=5.0)
+                "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=DEADLINE_S)
         await wait_until(lambda: bool(sink.of_type(EventType.session_operative)),
                          what="operative")
         assert kms.holders("s1") == ["a", "d", "e"]
@@ -272,7 +273,7 @@ async def test_restarted_controller_reprovisions_virt_links_without_nodes_reanno
             for node, user, src, dst in (("a", "alice", "sae_a", "sae_d"),
                                          ("d", "dave", "sae_d", "sae_a")):
                 await memory_bus.request(topics.ADMISSION, open_request(
-                    "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=5.0)
+                    "s1", node, user, src, dst, min_bps=100, max_bps=5000), timeout_s=DEADLINE_S)
             await wait_until(lambda: virt_state(net) == along("a-e-d"), what="VIRT links")
             assert first.sdn is not None and first.sdn.southbound is not None
             await first.sdn.southbound.settle()

@@ -44,6 +44,7 @@ from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.interface import DeliveredKey
 from keyplane.messages import ConfigAck, SessionConfig
 from keyplane.store import Database
+from tests.support.deadlines import DEADLINE_S
 from tests.support.etsi015 import AgentNetwork, agent_url
 from tests.support.km_net import CALLER_A, CALLER_B, KmNet, line_topology, open_pair, start_net
 
@@ -305,7 +306,7 @@ async def test_receiver_refuses_a_pqc_hop_its_policy_does_not_allow(
     ack = await net.bus.request(topics.km_config("km2"),
                                 SessionConfig.model_validate(
                                     {**cfg.model_dump(), "hybrid_policy": "qkd-only"}),
-                                timeout_s=5)
+                                timeout_s=DEADLINE_S)
     assert isinstance(ack, ConfigAck) and ack.ok
     dropped = net.kms["km2"].relay.frames_dropped
     cut(net)

@@ -275,7 +275,7 @@ async def test_deletion_during_key_exchanging_fails_the_request_and_confirms(
         await clock.advance(0.5)
         assert km0.session_state(sid) is SessionState.key_exchanging
         reply = await bus.request(topics.km_config("km0"), SessionDelete(
-            session_id=sid, node="km0", reason="operator"), timeout_s=5)
+            session_id=sid, node="km0", reason="operator"), timeout_s=DEADLINE_S)
         assert isinstance(reply, DeleteConfirm) and reply.session_id == sid
         assert km0.session_state(sid) is SessionState.terminated
         history = [h[1:] for h in km0.session_history(sid)]
