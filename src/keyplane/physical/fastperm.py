@@ -29,7 +29,11 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from keyplane.physical.bits import FEISTEL_ROUNDS, Bits
+Bits = NDArray[np.uint8]
+
+KERNEL_ROUNDS = 8
+"""Feistel rounds the kernel is written for (``keyplane.physical.bits.FEISTEL_ROUNDS``; this
+module does not import bits.py, which imports it lazily: no import cycle)."""
 
 __all__ = ["available", "permute"]
 
@@ -126,8 +130,8 @@ def permute(bits: Bits, keys: NDArray[np.uint32], a: int, b: int, out: Bits, sta
     """
     if numba is None:
         raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
-    if keys.shape[0] != FEISTEL_ROUNDS:
-        raise ValueError(f"the kernel is written for {FEISTEL_ROUNDS} rounds")
+    if keys.shape[0] != KERNEL_ROUNDS:
+        raise ValueError(f"the kernel is written for {KERNEL_ROUNDS} rounds")
     n = int(bits.shape[0])
     src = packed if packed is not None else bits
     _kernel(src, packed is not None, keys.astype(np.uint32), _U(a - 1), _U(b), _U(n - 1),

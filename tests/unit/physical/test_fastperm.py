@@ -70,3 +70,8 @@ def test_small_blocks_never_import_numba() -> None:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
     assert out.strip() == "False"
+
+
+def test_the_kernel_has_the_rounds_of_the_numpy_permutation() -> None:
+    from keyplane.physical import bits, fastperm
+    assert fastperm.KERNEL_ROUNDS == bits.FEISTEL_ROUNDS
