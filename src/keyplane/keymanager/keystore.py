@@ -27,10 +27,7 @@ block into memory and zeroes them in the block; the zeroed block and the new res
 offset are written in the journal's next transaction, which the caller awaits before any
 byte leaves the KM. Reservations are taken ``link_reserve_bytes`` at a time so one write
 covers many frames; after a restart the unused rest of a reservation is gone from the store
-and therefore never reused. A reservation never takes more than half of the sendable bytes
-beyond the frame's own need, so that a KM restarted while key is scarce (the usual state
-under load: every block is used as it comes) still has key to relay with at once instead
-of waiting for its link's next block. A received segment is zeroed and recorded as consumed the same
+and therefore never reused. A received segment is zeroed and recorded as consumed the same
 way. A block whose two halves are both used up is deleted.
 
 Events: ``keystore_low`` when the sendable bits drop below ``keystore_low_water_bits``
@@ -332,10 +329,7 @@ class LinkKeyStore:
             if need > self._held_tx_bytes:
                 raise InsufficientKeyMaterial(
                     f"link {self.link_id}: {nbytes} bytes wanted, {self.sendable_bytes} sendable")
-            # never more than half of what is held: a crash forfeits the reservation, and a
-            # restarted KM should find key to send with at once, not wait for a new block
-            self._reserve(max(need, min(self._settings.link_reserve_bytes,
-                                        self._held_tx_bytes // 2)))
+            self._reserve(max(need, self._settings.link_reserve_bytes))
         segments: list[Segment] = []
         out = bytearray()
         left = nbytes

@@ -85,9 +85,8 @@ class KmSettings(BaseModel):
     block is still kept, so both ends of a link stay identical; the physical layer pauses)."""
     link_reserve_bytes: Annotated[int, Field(ge=0)] = 4096
     """Bytes of a link's send half reserved (durably removed from the store) per database
-    write, at most half of the sendable bytes beyond the frame's need. 0 = one write per
-    use. A restart forfeits at most this much unused reservation per link (it is never
-    reused) and keeps at least half of the rest to send with at once."""
+    write. 0 = one write per use. A restart forfeits at most this much unused reservation
+    per link: it is never reused."""
     peer_ahead_limit: Annotated[int, Field(ge=0)] = 4096
     """Block ids a link store remembers its peer holding before it stores them itself."""
 

@@ -90,27 +90,6 @@ async def test_keystore_restart_never_reuses_and_loses_no_unreserved_key(db: Dat
     await j2.close()
 
 
-async def test_keystore_restart_keeps_half_of_scarce_key_to_send_with_at_once(
-        db: Database) -> None:
-    # key scarcer than a reservation: a restart must not forfeit all of it (the restarted
-    # KM would wait for the link's next block before it could relay again)
-    settings = KmSettings(link_reserve_bytes=4096)
-    a, _, ja, jb, _ = pair(db, settings)
-    await a.put_block("l1", 0, bytes(range(256)) * 4)  # a sends with [0, 512)
-    a.peer_holds([0])
-    _, _, gen = a.take_send(40)
-    await ja.flushed(gen)
-    await ja.close()
-    await jb.close()
-    clock = VirtualClock()
-    j2 = Journal(db)
-    a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
-    await a2.load(db)
-    a2.peer_holds([0], inventory=True)
-    assert a2.sendable_bytes >= (512 - 40) // 2
-    await j2.close()
-
-
 async def test_keystore_low_water_and_full_events(km_db: Database) -> None:
     settings = KmSettings(link_reserve_bytes=0, keystore_low_water_bits=8 * 100,
                           keystore_capacity_bits=8 * 400)
