@@ -22,7 +22,7 @@ import pytest
 from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
 from keyplane.config import Topology, parse_topology
-from keyplane.errors import InsufficientKeyMaterial, RelayError
+from keyplane.errors import InsufficientKeyMaterial, QosNotMet, RelayError
 from keyplane.events import EventStream, EventType, JsonlSink, MemorySink
 from keyplane.fileperms import private_file
 from keyplane.keymanager import KmSettings
@@ -82,8 +82,10 @@ async def _keys(emb: Embedded, sink: MemorySink, master: str, slave: str, number
             try:
                 keys = await km_m.enc_keys(a, master, slave, number, 256)
                 break
-            except (InsufficientKeyMaterial, RelayError):
-                # not enough link key yet: wait for the links' next block, then try again
+            except (InsufficientKeyMaterial, RelayError, QosNotMet):
+                # not enough link key yet (or, at the start on a busy machine, no link has
+                # reported a block to Routing: "no route"): wait for the links' next block,
+                # then try again
                 await sink.wait_for(lambda e, seen=seen: e.type is EventType.link_block
                                     and len(sink.of_type(EventType.link_block)) > seen)
     if fetch:
