@@ -349,7 +349,9 @@ class LinkKeyStore:
         return segments, bytes(out), self._reserved_gen
 
     def _reserve(self, nbytes: int) -> None:
-        for block_id in self._order:
+        # a copy: _touch deletes a block used up by this reservation from _order, which
+        # would skip the next block of the walk (and leave the frame short)
+        for block_id in list(self._order):
             if nbytes <= 0:
                 break
             blk = self._blocks[block_id]

@@ -362,3 +362,30 @@ async def test_put_block_outlasts_a_failed_commit(tmp_path: Path) -> None:
     records = await KmStateStore(db2).load_blocks("na", "l1")
     assert [r.block_id for r in records] == [7]
     await db2.close()
+
+
+async def test_keystore_reservation_that_uses_up_a_block_goes_on_to_the_next(
+        db: Database) -> None:
+    """A reservation that takes a block's last send bytes, when its receive half is already
+    consumed, deletes the block while walking the blocks: the walk must still reach the next
+    block (it skipped it, and ``take_send`` ran out of reserved bytes: an IndexError in a
+    relay handler at 6-8x load)."""
+    a, b, ja, jb, _ = pair(db, KmSettings(link_reserve_bytes=16))
+    rng = random.Random(7)
+    for i in range(2):
+        m = rng.randbytes(64)  # send halves of 32 bytes
+        await a.put_block("l1", i, m)
+        await b.put_block("l1", i, m)
+    # a consumes b's whole send half of block 0 (a's receive half)
+    seg_b, pad_b, _ = b.take_send(32)
+    assert {blk for blk, _, _ in seg_b} == {0}
+    assert a.take_received(seg_b)[0] == pad_b
+    seg, pad, _ = a.take_send(24)  # 16 reserved from block 0, 8 more from it
+    assert {blk for blk, _, _ in seg} == {0}
+    # the rest of block 0 (8 bytes) and 32 from block 1: block 0 is used up mid-walk
+    seg, pad, _ = a.take_send(40)
+    assert sum(n for _, _, n in seg) == len(pad) == 40
+    assert [blk for blk, _, _ in seg] == [0, 1]
+    assert a._recount() == a._totals()
+    await ja.close()
+    await jb.close()
