@@ -61,7 +61,7 @@ class FailingStore:
         if fault == "refused":
             self.failed += 1
             raise CommitFailed("injected: the database refused the commit")
-        writer._write_sqlite(lambda: writes, scrub)  # the real SQL, on the loop
+        writer._write_sqlite(writes, scrub)  # the real SQL, on the loop
         if fault == "ack_lost":
             self.failed += 1
             raise CommitFailed("injected: the commit's outcome was lost")

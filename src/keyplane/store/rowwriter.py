@@ -198,7 +198,7 @@ class RowWriter:
         if self._sqlite_path is not None:
             writes = build()
             if not self._write_inline(writes, scrub):
-                await asyncio.to_thread(self._write_sqlite, lambda: writes, scrub)
+                await asyncio.to_thread(self._write_sqlite, writes, scrub)
             elif self._checkpoint_due():
                 await asyncio.to_thread(self._checkpoint, self._connect())
             return
@@ -254,12 +254,29 @@ class RowWriter:
     def _write_inline(self, writes: list[RowWrites], scrub: bool) -> bool:
         """Commit ``writes`` on the calling (loop) thread if the write lock is free now;
         False (nothing written) if another connection holds it."""
+        if not self._commit(self._inline_conn, writes, scrub, wait_for_lock=False):
+            return False
+        self.inline_commits += 1
+        return True
+
+    def _commit(self, connect: Callable[[], sqlite3.Connection], writes: list[RowWrites],
+                scrub: bool, *, wait_for_lock: bool) -> bool:
+        """One transaction of ``writes`` on the connection ``connect`` gives.
+
+        ``wait_for_lock=False`` (the inline connection, no busy timeout): a write lock held
+        elsewhere returns False, nothing written; otherwise a lock not got within the
+        connection's timeout is a failed commit like any other database error.
+
+        Raises:
+            CommitFailed: the transaction failed and was rolled back.
+        """
         try:
-            conn = self._inline_conn()
+            conn = connect()
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                if not wait_for_lock and exc.sqlite_errorcode in (
+                        sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
                     return False
                 raise
             try:
@@ -271,7 +288,6 @@ class RowWriter:
                 raise
         except sqlite3.Error as exc:
             raise CommitFailed(f"database error: {exc.__class__.__name__}: {exc}") from exc
-        self.inline_commits += 1
         self.rows_written += sum(len(w.inserts) + len(w.updates) + len(w.deletes)
                                  for w in writes)
         if scrub:
@@ -288,27 +304,12 @@ class RowWriter:
         except OSError:
             return False
 
-    def _write_sqlite(self, build: Callable[[], list[RowWrites]], scrub: bool) -> None:
-        """One transaction on this writer's own sqlite3 connection (worker thread)."""
-        writes = build()
-        try:
-            conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for w in writes:
-                    self._sqlite_table(conn, w)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise CommitFailed(f"database error: {exc.__class__.__name__}: {exc}") from exc
-        self.rows_written += sum(len(w.inserts) + len(w.updates) + len(w.deletes)
-                                 for w in writes)
-        if scrub:
-            self._unscrubbed = True
+    def _write_sqlite(self, writes: list[RowWrites], scrub: bool) -> None:
+        """One transaction on this writer's own sqlite3 connection, waiting for the write
+        lock (worker thread); then the WAL checkpoint if one is due."""
+        self._commit(self._connect, writes, scrub, wait_for_lock=True)
         if self._unscrubbed and time.monotonic() - self._last_scrub >= self._scrub_interval_s:
-            self._checkpoint(conn)
+            self._checkpoint(self._connect())
 
     def _checkpoint(self, conn: sqlite3.Connection) -> None:
         """Copy the WAL into the database and truncate it (the WAL then holds no old page
