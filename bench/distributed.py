@@ -169,11 +169,14 @@ async def _pairs(state: Path, master: str, slave: str, seconds: float, concurren
         wall = time.monotonic() - t0
         cpu = sum(p.usage()[0] for p in nodes) - c0
         own = time.process_time() - own0
-    work = max(cpu - idle * wall, 1e-9)  # what the pairs cost above the idle background
+    work = cpu - idle * wall  # what the pairs cost above the idle background
+    # a window too short (or an idle figure too noisy) to see the pairs above the background
+    # gives no per-core figure rather than a division by almost nothing
+    above = (f"{1e3 * work / max(done, 1):.2f} ms above idle (1 core: {done / work:.0f} pairs/s)"
+             if work > 0 and done else "not measurable above idle (window too short)")
     return (f"{master} -> {slave}: {done / wall:.1f} pairs/s ({done} in {wall:.1f} s, {busy} "
             f"answers 503); node processes CPU {1e3 * cpu / max(done, 1):.2f} ms per pair, "
-            f"{1e3 * work / max(done, 1):.2f} ms above idle (1 core: "
-            f"{done / work:.0f} pairs/s); client CPU {1e3 * own / max(done, 1):.2f} ms per pair")
+            f"{above}; client CPU {1e3 * own / max(done, 1):.2f} ms per pair")
 
 
 def main() -> None:

@@ -29,6 +29,18 @@ CASES = {
     "entanglement": (["--topology", "examples/quantum_network.yaml", "--seconds", "2",
                       "--rates", "1"], "through EntanglementService"),
     "contention": (["--seconds", "1"], "ratio sa/sc"),
+    "etsi015": (["--live", "10", "--repeat", "2"], "validation work per POST+DELETE"),
+    "imports": (["--runs", "1"], "keyplane --help"),
+    "physical": (["--quick", "--only", "pa", "--sequence-sim-s", "0"],
+                 "privacy amplification"),
+    "poc": (["--runs", "1", "--distributed-runs", "0"], "identical at both ends"),
+    "scale": (["--nodes", "25", "--live", "10", "--samples", "3", "--keys", "8"],
+              "relayed 2-hop enc_keys"),
+    # --demo-runs 0: the demo has tests of its own; --busy 0: no busy loops in the suite
+    "southbound": (["--seconds", "1", "--warmup", "0.5", "--idle-seconds", "1",
+                    "--demo-runs", "0", "--busy", "0"], "pairs/s"),
+    "distributed": (["--nodes", "4", "--seconds", "1", "--idle-seconds", "1",
+                     "--settle-seconds", "1"], "pairs/s"),
 }
 
 
@@ -42,3 +54,9 @@ def test_bench_runs_from_the_repository_root_without_tests_on_the_path(
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert expected in proc.stdout
     assert "No module named 'tests'" not in proc.stderr
+
+
+def test_every_bench_has_a_case() -> None:
+    """A new bench joins CASES, so it keeps running as documented."""
+    benches = {p.stem for p in (ROOT / "bench").glob("*.py") if not p.stem.startswith("_")}
+    assert benches == set(CASES)
