@@ -84,9 +84,8 @@ class _Batch:
         self.keys = keys
         self.persisted = persisted
         self.dead = False
+        # ids, indexes and sizes of ``keys``: built at the first write, reset if one leaves
         self.layout: tuple[list[str], list[int], list[int]] | None = None
-        """Ids, indexes and sizes of ``keys`` (built at the first write; None once a key
-        left the batch)."""
         self.left = sum(1 for k in keys if k.state != "delivered")
         """Keys not handed out yet (the batch's row goes when none is left)."""
 
@@ -343,30 +342,33 @@ class KeyVault:
                    provenance_changed: bool = False) -> int:
         """Change the state of a batch of keys (``provenance_changed``: their provenance
         was set too; it is written with the state either way); the journal generation."""
-        live_keys = self._live
-        dirty = self._dirty
-        ready = self._ready
+        live_keys, dirty, ready, last = self._live, self._dirty, self._ready, None
+        to_ready, delivering = state == "ready", state == "delivered"
         delivered: list[HeldKey] = []
+        counts: dict[str, int] = {}  # change of each session's ready count
         for key in keys:
             if live_keys.get(key.key_id) is not key:
                 if key.state != "delivered":  # a key no vault holds (dropped, or never
                     key.state = state         # added): nothing to write
-                    if state == "delivered":
+                    if delivering:
                         key.material = None
                 continue
             batch = key.batch
-            if key.state == state:
-                if batch is not None:
-                    dirty[batch.batch_id] = batch
-                continue
-            sid = key.session_id
-            ready[sid] = ready.get(sid, 0) + (state == "ready") - (key.state == "ready")
-            key.state = state
-            if batch is not None:
+            if batch is not last and batch is not None:  # a batch's keys come together
                 dirty[batch.batch_id] = batch
-            if state == "delivered":
+                last = batch
+            was = key.state
+            if was == state:
+                continue
+            if to_ready or was == "ready":
+                sid = key.session_id
+                counts[sid] = counts.get(sid, 0) + to_ready - (was == "ready")
+            key.state = state
+            if delivering:
                 key.material = None
                 delivered.append(key)
+        for sid, n in counts.items():
+            ready[sid] = ready.get(sid, 0) + n
         if delivered:
             self._delivered_all(delivered)
         return self._journal.mark()
