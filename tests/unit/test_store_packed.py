@@ -35,7 +35,8 @@ async def test_store_packed_batch_round_trip_keeps_every_column(db: Database) ->
     async with db.session() as s:
         row = (await s.execute(select(KeyBatchRow))).scalar_one()
     assert row.layout == 2 and row.provenance == [[2, _P1], [1, _P2], [1, []], [1, _P1]]
-    assert row.key_ids == ",".join(ids) and len(row.indexes) == 8 * 5
+    assert row.key_ids == b"u" + bytes.fromhex("".join(ids).replace("-", ""))
+    assert len(row.indexes) == 8 * 5
     assert material not in row.material  # sealed
     await store.close()
 
@@ -47,6 +48,11 @@ async def test_store_packed_batch_refuses_a_key_id_with_a_comma(db: Database) ->
             "b1", "s1", None, None, 0.0, ["a,b"], [0], [256], "r", [32], [[]], bytes(32),
             new=True)])])
     assert await store.load_key_batches("km0") == []
+    ids = ["K1", "0190c0de-0000-7000-8000-00000000000a", ""]  # not every id a lowercase UUID
+    await store.commit([KeyWrites("km0", batches=[KeyBatchRecord(
+        "b2", "s1", None, None, 0.0, ids, [0, 1, 2], [256] * 3, "rrr", [32] * 3, [[]] * 3,
+        bytes(96), new=True)])])
+    assert [b.key_ids for b in await store.load_key_batches("km0")] == [ids]
     await store.close()
 
 
@@ -86,7 +92,7 @@ async def test_store_migration_0003_packs_rows_sealed_over_the_json_layout(
     try:
         async with db.session() as s:
             row = (await s.execute(select(KeyBatchRow))).scalar_one()
-        assert (row.layout, row.key_ids, row.provenance) == (1, "k0,k1,k2", [[3, _P1]])
+        assert (row.layout, row.key_ids, row.provenance) == (1, b"tk0,k1,k2", [[3, _P1]])
         journal = Journal(db)
         journal.start()
         vault = KeyVault("km1", journal)

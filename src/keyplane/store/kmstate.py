@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -162,11 +163,12 @@ _LAYOUT = 2
 """The batch row layout this version writes (see :class:`KeyBatchRow`)."""
 
 
-def _packed_row(batch_id: str, session_id: str, key_ids: str, indexes: bytes, lengths: bytes
+def _packed_row(batch_id: str, session_id: str, key_ids: bytes, indexes: bytes, lengths: bytes
                 ) -> str:
-    """A layout-2 row's associated data: over the packed ids, indexes and lengths (the
-    ids hold no NUL, and the rest is 12 bytes per id: unambiguous)."""
-    digest = hashlib.sha256(b"".join((key_ids.encode(), b"\0", indexes, lengths)))
+    """A layout-2 row's associated data: over the packed ids, indexes and lengths (each
+    preceded by its length: unambiguous)."""
+    sizes = struct.pack("<3I", len(key_ids), len(indexes), len(lengths))
+    digest = hashlib.sha256(b"".join((sizes, key_ids, indexes, lengths)))
     return f"{batch_id}/{session_id}/{digest.hexdigest()}"
 
 
@@ -179,16 +181,32 @@ def _unpack(data: bytes, code: str) -> list[int]:
     return list(struct.unpack(f"<{len(data) // struct.calcsize(code)}{code}", data))
 
 
-def _pack_ids(batch_id: str, key_ids: Sequence[str]) -> str:
-    """The comma-separated ids.
+_UUIDS = re.compile(r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})+")
+
+
+def _pack_ids(batch_id: str, key_ids: Sequence[str]) -> bytes:
+    """``u`` and 16 bytes per id when every id is a lowercase UUID (ETSI 014's key_IDs,
+    checked in one pass), else ``t`` and the comma-separated ids.
 
     Raises:
-        StoreError: an id holds a comma (no key id does: ETSI 014 key_IDs are UUIDs).
+        StoreError: an id that is no UUID holds a comma.
     """
+    text = "".join(key_ids)
+    if len(text) == 36 * len(key_ids) and _UUIDS.fullmatch(text):
+        return b"u" + bytes.fromhex(text.replace("-", ""))
     text = ",".join(key_ids)
-    if text.count(",") != len(key_ids) - 1:
+    if text.count(",") != max(0, len(key_ids) - 1):
         raise StoreError(f"key batch {batch_id}: a key_ID holds a comma; not stored")
-    return text
+    return b"t" + text.encode()
+
+
+def _unpack_ids(data: bytes) -> list[str]:
+    if data[:1] == b"u":
+        h = data[1:].hex()
+        return [f"{h[i:i + 8]}-{h[i + 8:i + 12]}-{h[i + 12:i + 16]}-{h[i + 16:i + 20]}-"
+                f"{h[i + 20:i + 32]}" for i in range(0, len(h), 32)]
+    text = data[1:].decode()
+    return text.split(",") if text else []
 
 
 def _runs(provenance: Sequence[list[dict[str, str]]]) -> list[list[Any]]:
@@ -306,14 +324,15 @@ class KmStateStore:
             sealed = sealer.seal("key_batches", _packed_row(
                 b.batch_id, b.session_id, ids, indexes, lengths), b.material)
             # the lengths of a stored batch change too (a key handed out leaves the
-            # material); an update of a layout-1 row makes it layout 2 (same ids, indexes)
+            # material); an update of a layout-1 row makes it layout 2 (its ids and indexes
+            # written too, so the row holds exactly what the seal is bound to)
             row: dict[str, Any] = {"node": w.node, "batch_id": b.batch_id, "states": b.states,
                                    "provenance": _runs(b.provenance), "material": sealed,
-                                   "sealed": True, "lengths": lengths, "layout": _LAYOUT}
+                                   "sealed": True, "key_ids": ids, "indexes": indexes,
+                                   "lengths": lengths, "layout": _LAYOUT}
             if b.new:
                 row.update(session_id=b.session_id, sae_id=b.sae_id, peer_sae=b.peer_sae,
-                           t=b.t, key_ids=ids, indexes=indexes,
-                           size_bits=_pack(b.size_bits, "i"))
+                           t=b.t, size_bits=_pack(b.size_bits, "i"))
                 batches.inserts.append(row)
             else:
                 batches.updates.append(row)
@@ -374,7 +393,7 @@ class KmStateStore:
                                     )).scalars().all()
             found = [(KeyBatchRecord(
                 r.batch_id, r.session_id, r.sae_id, r.peer_sae, r.t,
-                r.key_ids.split(",") if r.key_ids else [], _unpack(r.indexes, "q"),
+                _unpack_ids(r.key_ids), _unpack(r.indexes, "q"),
                 _unpack(r.size_bits, "i"), r.states, _unpack(r.lengths, "i"),
                 _unruns(r.provenance), r.material, reseal=not r.sealed), r.layout, r.key_ids,
                 r.indexes, r.lengths) for r in rows]

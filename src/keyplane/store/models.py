@@ -188,7 +188,8 @@ class KeyBatchRow(Base):
     batch), and still holds.
 
     Per key, in the same order, packed (issue #15: JSON lists were a large part of a bulk
-    request's cost; migration 0003): ``key_ids`` (comma-separated), ``indexes`` (stream
+    request's cost; migration 0003): ``key_ids`` (``u`` and 16 bytes per UUID, or ``t`` and
+    the comma-separated ids when one is no UUID), ``indexes`` (stream
     positions, little-endian int64s), ``size_bits`` (int32s), ``states`` (one letter each:
     ``p`` pending, ``r`` ready, ``d`` delivered), ``lengths`` (int32s: bytes of the key held
     in ``material``; 0 when none is) and ``provenance`` (hops and their key sources, as JSON
@@ -207,7 +208,7 @@ class KeyBatchRow(Base):
     sae_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     peer_sae: Mapped[str | None] = mapped_column(String(64), nullable=True)
     t: Mapped[float] = mapped_column(Float, default=0.0)
-    key_ids: Mapped[str] = mapped_column(Text)
+    key_ids: Mapped[bytes] = mapped_column(LargeBinary)
     indexes: Mapped[bytes] = mapped_column(LargeBinary)
     size_bits: Mapped[bytes] = mapped_column(LargeBinary)
     states: Mapped[str] = mapped_column(Text)

@@ -6,7 +6,8 @@ Create Date: 2026-12-06 03:40:00
 
 ``key_batches`` keeps one row per batch, but its per-key columns are packed instead of JSON
 lists (issue #15: JSON of the batch rows was a large part of a bulk key request's cost):
-``key_ids`` one text of comma-separated ids, ``indexes`` little-endian int64s,
+``key_ids`` ``u`` and 16 bytes per id when every id is a lowercase UUID, else ``t`` and
+the comma-separated ids, ``indexes`` little-endian int64s,
 ``size_bits`` and ``lengths`` little-endian int32s, ``provenance`` JSON runs
 ``[[count, records], ...]`` (the keys of a relay batch share one list). ``layout`` says how
 a row's sealed ``material`` is bound to its row: 1, over the JSON lists of ids, indexes
@@ -21,6 +22,7 @@ database and a migrated one have the same table, constraint and index names).
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +40,16 @@ def _json(value: Any) -> Any:
 
 def _pack(values: list[int], width: int) -> bytes:
     return b''.join(int(v).to_bytes(width, 'little', signed=True) for v in values)
+
+
+_UUIDS = re.compile(r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})+")
+
+
+def _ids(key_ids: list[str]) -> bytes:
+    text = ''.join(key_ids)
+    if len(text) == 36 * len(key_ids) and _UUIDS.fullmatch(text):
+        return b'u' + bytes.fromhex(text.replace('-', ''))
+    return b't' + ','.join(key_ids).encode()
 
 
 def _runs(provenance: list[Any]) -> list[list[Any]]:
@@ -60,7 +72,7 @@ def _create(layout_default: int) -> sa.Table:
         sa.Column('sae_id', sa.String(length=64), nullable=True),
         sa.Column('peer_sae', sa.String(length=64), nullable=True),
         sa.Column('t', sa.Float(), nullable=False),
-        sa.Column('key_ids', sa.Text(), nullable=False),
+        sa.Column('key_ids', sa.LargeBinary(), nullable=False),
         sa.Column('indexes', sa.LargeBinary(), nullable=False),
         sa.Column('size_bits', sa.LargeBinary(), nullable=False),
         sa.Column('states', sa.Text(), nullable=False),
@@ -92,7 +104,7 @@ def upgrade() -> None:
         rows.append({
             'node': r['node'], 'batch_id': r['batch_id'], 'session_id': r['session_id'],
             'sae_id': r['sae_id'], 'peer_sae': r['peer_sae'], 't': r['t'],
-            'key_ids': ','.join(key_ids), 'indexes': _pack(_json(r['indexes']), 8),
+            'key_ids': _ids(key_ids), 'indexes': _pack(_json(r['indexes']), 8),
             'size_bits': _pack(_json(r['size_bits']), 4), 'states': r['states'],
             'lengths': _pack(_json(r['lengths']), 4),
             'provenance': _runs(_json(r['provenance'])), 'material': r['material'],
