@@ -48,11 +48,15 @@ async def test_store_packed_batch_refuses_a_key_id_with_a_comma(db: Database) ->
             "b1", "s1", None, None, 0.0, ["a,b"], [0], [256], "r", [32], [[]], bytes(32),
             new=True)])])
     assert await store.load_key_batches("km0") == []
-    ids = ["K1", "0190c0de-0000-7000-8000-00000000000a", ""]  # not every id a lowercase UUID
-    await store.commit([KeyWrites("km0", batches=[KeyBatchRecord(
-        "b2", "s1", None, None, 0.0, ids, [0, 1, 2], [256] * 3, "rrr", [32] * 3, [[]] * 3,
-        bytes(96), new=True)])])
-    assert [b.key_ids for b in await store.load_key_batches("km0")] == [ids]
+    u = "0190c0de-0000-7000-8000-00000000000a"
+    for i, ids in enumerate((["K1", u, ""], [u.upper()], [u[:8] + " " + u[9:]],  # no UUIDs
+                             [u[:35] + " "], [u.replace("-", "0", 1) + "-"])):
+        await store.commit([KeyWrites("km0", batches=[KeyBatchRecord(
+            f"b{i}", "s1", None, None, 0.0, ids, list(range(len(ids))), [256] * len(ids),
+            "r" * len(ids), [32] * len(ids), [[]] * len(ids), bytes(32 * len(ids)),
+            new=True)])])
+        assert [b.key_ids for b in await store.load_key_batches("km0")] == [ids]
+        await store.commit([KeyWrites("km0", batch_deletes=[f"b{i}"])])
     await store.close()
 
 
