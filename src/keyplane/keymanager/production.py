@@ -185,12 +185,17 @@ class _Production(KmShellBase):
         keys: list[HeldKey] = []
         fresh: list[HeldKey] = []
         held = self.vault.get_many(s.session_id, indexes)
-        ids = iter(new_key_ids(wall, sum(1 for k in held if k is None)))
+        n_new = held.count(None)
+        ids = iter(new_key_ids(wall, n_new))
+        # one draw of randomness for the batch's new keys, cut into keys
+        pool = b"" if direct else secrets.token_bytes(size_bytes * n_new)
+        at = 0
         for i, k in zip(indexes, held, strict=True):
             if k is None:
                 k = HeldKey(next(ids), s.session_id, i, size_bytes * 8,
-                            None if direct else secrets.token_bytes(size_bytes), "pending",
+                            None if direct else pool[at:at + size_bytes], "pending",
                             s.local_sae, s.peer_sae, now)
+                at += size_bytes
                 fresh.append(k)
             elif k.state != "pending":
                 continue
@@ -422,7 +427,7 @@ class _Production(KmShellBase):
         merged, counts, exposed = _provenance_summary(keys)
         self._emit(EventType.key_delivered, session=s.session_id, sae=s.local_sae,
                    key_ids=[k.key_id for k in keys], key_count=len(keys),
-                   bits=8 * sum(len(m) for m in out), indexes=[k.index for k in keys],
+                   bits=8 * sum(map(len, out)), indexes=[k.index for k in keys],
                    provenance=merged, provenance_counts=counts, exposed_to=exposed)
 
     def _undeliver(self, keys: list[HeldKey], materials: list[bytes]) -> None:

@@ -70,6 +70,20 @@ NIL_KEY_STREAM_ID = "00000000-0000-0000-0000-000000000000"
 """The nil UUID: ETSI 004 clients send it as Key_stream_ID to mean "assign one"."""
 
 
+def _answer(keys: Sequence[HeldKey], materials: Sequence[bytes]) -> list[DeliveredKey]:
+    """ETSI 014 keys with their provenance extension: one extension per distinct provenance
+    list (a relay batch's keys share one; a copy of it, so the answer owns it)."""
+    extensions: dict[int, dict[str, Any]] = {}
+    out = []
+    for k, m in zip(keys, materials, strict=True):
+        p = k.provenance
+        ext = extensions.get(id(p))
+        if ext is None:
+            ext = extensions[id(p)] = {PROVENANCE_EXTENSION: list(p)}
+        out.append(DeliveredKey(k.key_id, m, ext))
+    return out
+
+
 class _Requests(_Ack014):
     """ETSI 004 and ETSI 014 on top of the key work (see the module docstring)."""
 
@@ -448,8 +462,7 @@ class _Requests(_Ack014):
             except BaseException:
                 self.core.release_indexes(s, indexes, self._key_state)
                 raise
-        return [DeliveredKey(k.key_id, m, {PROVENANCE_EXTENSION: list(k.provenance)})
-                for k, m in zip(ready, materials, strict=True)]
+        return _answer(ready, materials)
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
                        key_ids: list[str], *, acknowledge: bool = False,
@@ -492,20 +505,23 @@ class _Requests(_Ack014):
             out = await self._hand_014(found)
         else:
             out = await self._spend_014(found, announce=True)
-        return [DeliveredKey(k.key_id, out[k.key_id], {PROVENANCE_EXTENSION: list(k.provenance)})
-                for k in found]
+        return _answer(found, [out[k.key_id] for k in found])
 
     def _accepted_reader(self, reader: str, slave_sae: str, master_sae: str,
                          key_ids: list[str]) -> bool:
         """Whether Access Control already accepted ``reader`` as ``slave_sae`` for keys from
         ``master_sae`` in every live session the named keys belong to (no new question)."""
+        get, last = self.vault.by_id.get, ""
         for key_id in key_ids:
-            k = self.vault.by_id.get(key_id)
+            k = get(key_id)
             if k is None or k.sae_id != slave_sae or k.peer_sae != master_sae:
                 return False
+            if k.session_id == last:
+                continue  # a bulk request's keys share a session: checked once
             s = self.core.streams.get(k.session_id)
             if s is None or not s.live or reader not in s.readers:
                 return False
+            last = k.session_id
         return True
 
     async def status(self, caller: Caller, master_sae: str, slave_sae: str) -> PairStatus:

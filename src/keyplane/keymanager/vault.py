@@ -6,7 +6,8 @@
   written before the frame that carries it leaves the source, and before the destination
   confirms it, so a KM restart loses none; ``delivered`` is written before the bytes are
   returned, so a restart never hands one out twice.
-* :class:`SessionRows`: each session's state and configuration (``sessions`` table).
+* :class:`SessionRows` (:mod:`~keyplane.keymanager.sessionrows`): each session's state and
+  configuration (``sessions`` table).
 
 Persistence is per *batch*, not per key (issue #15): the keys added together (one relay
 batch) share one row of the store's ``key_batches``, rewritten when any of them changes
@@ -27,7 +28,7 @@ KM writes land at the end of the table's indexes instead of on a random page eac
 from __future__ import annotations
 
 import uuid
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,13 +36,12 @@ from typing import Any, Literal
 from keyplane.keymanager.indexranges import add_indexes, in_ranges, remove_index
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.keyids import new_key_id, new_key_ids
+from keyplane.keymanager.sessionrows import SessionRows
 from keyplane.store import Database
 from keyplane.store.kmstate import (
     KeyBatchRecord,
     KeyWrites,
     KmStateStore,
-    SessionRecord,
-    SessionWrites,
     StreamRecord,
 )
 
@@ -75,7 +75,7 @@ class HeldKey:
 class _Batch:
     """Keys added together: one row of ``key_batches``."""
 
-    __slots__ = ("batch_id", "dead", "keys", "left", "persisted", "session_id")
+    __slots__ = ("batch_id", "dead", "keys", "layout", "left", "persisted", "session_id")
 
     def __init__(self, session_id: str, keys: list[HeldKey], batch_id: str | None = None,
                  persisted: bool = False) -> None:
@@ -84,17 +84,23 @@ class _Batch:
         self.keys = keys
         self.persisted = persisted
         self.dead = False
+        # ids, indexes and sizes of ``keys``: built at the first write, reset if one leaves
+        self.layout: tuple[list[str], list[int], list[int]] | None = None
         self.left = sum(1 for k in keys if k.state != "delivered")
         """Keys not handed out yet (the batch's row goes when none is left)."""
 
     def record(self) -> KeyBatchRecord:
         keys = self.keys
         first = keys[0]
+        if self.layout is None:
+            self.layout = ([k.key_id for k in keys], [k.index for k in keys],
+                           [k.size_bits for k in keys])
+        ids, indexes, sizes = self.layout
         held = [k.material if k.state != "delivered" and k.material else b"" for k in keys]
         return KeyBatchRecord(
             self.batch_id, self.session_id, first.sae_id, first.peer_sae, first.t,
-            [k.key_id for k in keys], [k.index for k in keys], [k.size_bits for k in keys],
-            "".join(_CODE[k.state] for k in keys), [len(m) for m in held],
+            ids, indexes, sizes, "".join([_CODE[k.state] for k in keys]),
+            [len(m) for m in held],
             # provenance lists are replaced, never changed in place: no copy needed
             [k.provenance for k in keys], b"".join(held), new=not self.persisted)
 
@@ -111,7 +117,7 @@ class _Stream:
 class _ById(Mapping[str, HeldKey]):
     """The vault's keys by id: held ones, then the recently delivered it remembers."""
 
-    def __init__(self, live: dict[str, HeldKey], spent: OrderedDict[str, HeldKey]) -> None:
+    def __init__(self, live: dict[str, HeldKey], spent: dict[str, HeldKey]) -> None:
         self._live = live
         self._spent = spent
 
@@ -152,9 +158,15 @@ class KeyVault:
         self._by_session: dict[str, dict[str, HeldKey]] = {}
         self._ready: dict[str, int] = {}
         self._streams: dict[str, _Stream] = {}
-        self._spent: OrderedDict[str, HeldKey] = OrderedDict()
+        # per session: one past the highest index ever held, remembered or delivered here,
+        # so a lookup of a fresh batch (every index at or past it) touches no index
+        self._end: dict[str, int] = {}
+        # delivered keys remembered by id, oldest first in _spent_order (a key undelivered
+        # and delivered again may appear twice there: forgetting checks identity)
+        self._spent: dict[str, HeldKey] = {}
+        self._spent_order: deque[HeldKey] = deque()
         self._spent_index: dict[tuple[str, int], HeldKey] = {}
-        self._spent_of: dict[str, set[str]] = {}
+        self._spent_of: dict[str, list[HeldKey]] = {}  # may hold forgotten keys too
         self.by_id: Mapping[str, HeldKey] = _ById(self._live, self._spent)
         """Held keys and the recently delivered ones, by key id (read-only)."""
         self._dirty: dict[str, _Batch] = {}
@@ -175,6 +187,8 @@ class KeyVault:
         self._live[key.key_id] = key
         self.by_index[(key.session_id, key.index)] = key
         self._by_session.setdefault(key.session_id, {})[key.key_id] = key
+        if key.index >= self._end.get(key.session_id, 0):
+            self._end[key.session_id] = key.index + 1
         if key.state == "ready" and old is not key:
             self._ready[key.session_id] = self._ready.get(key.session_id, 0) + 1
 
@@ -190,6 +204,7 @@ class KeyVault:
         """A key left ``batch`` (replaced by another object with its id): the batch's row
         layout changes, so its row is replaced by a new one."""
         batch.keys.remove(leaving)
+        batch.layout = None
         leaving.batch = None
         if leaving.state != "delivered":
             batch.left -= 1
@@ -207,59 +222,77 @@ class KeyVault:
         """``keys`` were handed out: they leave the indexes, their indexes join the ranges
         and they are remembered as spent (one pass; a bulk delivery is one batch)."""
         live, by_index, by_session = self._live, self.by_index, self._by_session
-        spent, spent_index, spent_of = self._spent, self._spent_index, self._spent_of
-        runs: dict[str, list[int]] = {}
+        spent, spent_index, dirty, gone = self._spent, self._spent_index, self._dirty, self._gone
+        self._spent_order.extend(keys)
+        groups: dict[str, list[HeldKey]] = {}
+        last: str | None = None
+        group: list[HeldKey] = []
+        of_session: dict[str, HeldKey] = {}
         for key in keys:
-            sid, i = key.session_id, key.index
-            del live[key.key_id]
-            if by_index.get((sid, i)) is key:
-                del by_index[(sid, i)]
-            of_session = by_session.get(sid)
-            if of_session is not None:
-                of_session.pop(key.key_id, None)
-            at = runs.get(sid)
-            if at is None:
-                at = runs[sid] = []
-            at.append(i)
-            spent[key.key_id] = key
-            spent_index[(sid, i)] = key
-            of = spent_of.get(sid)
-            if of is None:
-                of = spent_of[sid] = set()
-            of.add(key.key_id)
+            sid = key.session_id
+            if sid != last:  # a bulk delivery is one session: looked up once
+                last = sid
+                group = groups.setdefault(sid, [])
+                of_session = by_session.get(sid, {})
+            kid = key.key_id
+            del live[kid]
+            at = (sid, key.index)
+            if by_index.get(at) is key:
+                del by_index[at]
+            of_session.pop(kid, None)
+            group.append(key)
+            spent[kid] = key
+            spent_index[at] = key
             batch = key.batch
             if batch is not None:
                 batch.left -= 1
                 if batch.left <= 0:
                     batch.dead = True
-                    self._dirty.pop(batch.batch_id, None)
+                    dirty.pop(batch.batch_id, None)
                     if batch.persisted:
-                        self._gone.add(batch.batch_id)
-        for sid, indexes in runs.items():
+                        gone.add(batch.batch_id)
+        for sid, group in groups.items():
             stream = self._streams.get(sid)
             if stream is None:
                 stream = self._streams[sid] = _Stream()
-            if add_indexes(stream.delivered, indexes):
+            if add_indexes(stream.delivered, [k.index for k in group]):
                 self._dirty_streams.add(sid)
+            self._spent_of_session(sid).extend(group)
         self._forget_spent()
+
+    def _spent_of_session(self, sid: str) -> list[HeldKey]:
+        """The session's entries of the spent memory (for :meth:`drop_session`), first
+        rid of keys forgotten since when it has grown past twice the memory."""
+        of = self._spent_of.get(sid)
+        if of is None:
+            of = self._spent_of[sid] = []
+        elif len(of) > 2 * self._spent_memory + 1024:
+            spent = self._spent
+            of[:] = [k for k in of if spent.get(k.key_id) is k]
+        return of
 
     def _remember_spent(self, key: HeldKey) -> None:
         self._spent[key.key_id] = key
+        self._spent_order.append(key)
+        self._spent_of_session(key.session_id).append(key)
         self._spent_index[(key.session_id, key.index)] = key
-        self._spent_of.setdefault(key.session_id, set()).add(key.key_id)
+        if key.index >= self._end.get(key.session_id, 0):
+            self._end[key.session_id] = key.index + 1
         self._forget_spent()
 
     def _forget_spent(self) -> None:
         """Forget the oldest spent keys beyond ``spent_memory``."""
-        while len(self._spent) > self._spent_memory:
-            _, old = self._spent.popitem(last=False)
-            if self._spent_index.get((old.session_id, old.index)) is old:
-                del self._spent_index[(old.session_id, old.index)]
-            of = self._spent_of.get(old.session_id)
-            if of is not None:
-                of.discard(old.key_id)
-                if not of:
-                    del self._spent_of[old.session_id]
+        spent, order, spent_index = self._spent, self._spent_order, self._spent_index
+        while len(spent) > self._spent_memory:
+            old = order.popleft()
+            if spent.get(old.key_id) is not old:
+                continue  # undelivered (or dropped) since; or a second entry of a key
+            del spent[old.key_id]
+            at = (old.session_id, old.index)
+            if spent_index.get(at) is old:
+                del spent_index[at]
+        if len(order) > 2 * len(spent) + 1024:  # entries of keys no longer remembered
+            self._spent_order = deque(k for k in order if spent.get(k.key_id) is k)
 
     # ---- changes ------------------------------------------------------------------------
     def add(self, key: HeldKey) -> int:
@@ -270,15 +303,30 @@ class KeyVault:
         """Hold new keys (one batch per session); the journal generation that makes them
         durable."""
         fresh: dict[str, list[HeldKey]] = {}
+        live, by_index, ends = self._live, self.by_index, self._end
+        last: str | None = None
+        group: list[HeldKey] = []
+        of_session: dict[str, HeldKey] = {}
         for key in keys:
-            if key.batch is not None and not key.batch.dead and self._live.get(
-                    key.key_id) is key:
+            if key.batch is not None and not key.batch.dead and live.get(key.key_id) is key:
                 self._dirty[key.batch.batch_id] = key.batch  # held already: rewrite it
                 continue
             if key.state == "delivered":
                 continue
-            self._index(key)
-            fresh.setdefault(key.session_id, []).append(key)
+            sid = key.session_id
+            if sid != last:  # a relay batch is one session: looked up once
+                last = sid
+                group = fresh.setdefault(sid, [])
+                of_session = self._by_session.setdefault(sid, {})
+            group.append(key)
+            if key.key_id in live or key.state == "ready":
+                self._index(key)  # replaces a held key, or counts as ready
+                continue
+            live[key.key_id] = key  # a new pending key: _index's work, inline
+            by_index[(sid, key.index)] = key
+            of_session[key.key_id] = key
+            if key.index >= ends.get(sid, 0):
+                ends[sid] = key.index + 1
         for sid, ks in fresh.items():
             batch = _Batch(sid, ks)
             for k in ks:
@@ -294,30 +342,33 @@ class KeyVault:
                    provenance_changed: bool = False) -> int:
         """Change the state of a batch of keys (``provenance_changed``: their provenance
         was set too; it is written with the state either way); the journal generation."""
-        live_keys = self._live
-        dirty = self._dirty
-        ready = self._ready
+        live_keys, dirty, ready, last = self._live, self._dirty, self._ready, None
+        to_ready, delivering = state == "ready", state == "delivered"
         delivered: list[HeldKey] = []
+        counts: dict[str, int] = {}  # change of each session's ready count
         for key in keys:
             if live_keys.get(key.key_id) is not key:
                 if key.state != "delivered":  # a key no vault holds (dropped, or never
                     key.state = state         # added): nothing to write
-                    if state == "delivered":
+                    if delivering:
                         key.material = None
                 continue
             batch = key.batch
-            if key.state == state:
-                if batch is not None:
-                    dirty[batch.batch_id] = batch
-                continue
-            sid = key.session_id
-            ready[sid] = ready.get(sid, 0) + (state == "ready") - (key.state == "ready")
-            key.state = state
-            if batch is not None:
+            if batch is not last and batch is not None:  # a batch's keys come together
                 dirty[batch.batch_id] = batch
-            if state == "delivered":
+                last = batch
+            was = key.state
+            if was == state:
+                continue
+            if to_ready or was == "ready":
+                sid = key.session_id
+                counts[sid] = counts.get(sid, 0) + to_ready - (was == "ready")
+            key.state = state
+            if delivering:
                 key.material = None
                 delivered.append(key)
+        for sid, n in counts.items():
+            ready[sid] = ready.get(sid, 0) + n
         if delivered:
             self._delivered_all(delivered)
         return self._journal.mark()
@@ -341,7 +392,6 @@ class KeyVault:
             del self._spent[key.key_id]
             if self._spent_index.get((sid, key.index)) is key:
                 del self._spent_index[(sid, key.index)]
-            self._spent_of.get(sid, set()).discard(key.key_id)
             stream = self._streams.get(sid)
             if stream is not None and remove_index(stream.delivered, key.index):
                 self._dirty_streams.add(sid)
@@ -394,6 +444,10 @@ class KeyVault:
         ranges = stream.delivered if stream is not None and stream.delivered else None
         # indexes past the last delivered range (a fresh batch's) skip the range search
         end = ranges[-1][1] if ranges is not None else 0
+        if not isinstance(indexes, list | tuple):
+            indexes = list(indexes)
+        if indexes and min(indexes) >= max(end, self._end.get(session_id, 0)):
+            return [None] * len(indexes)  # a fresh batch: nothing known at or past the end
         out: list[HeldKey | None] = []
         for i in indexes:
             k = by_index.get((session_id, i))
@@ -443,15 +497,17 @@ class KeyVault:
             b.dead = True  # fully delivered keys' batches are not in the indexes
             del self._dirty[b.batch_id]
         self._drop_stream(session_id)
-        for key_id in self._spent_of.pop(session_id, set()):
-            old = self._spent.pop(key_id, None)
-            if old is not None:
-                self._spent_index.pop((old.session_id, old.index), None)
-                if old.batch is not None and old.batch.persisted and not old.batch.dead:
-                    self._gone.add(old.batch.batch_id)
-                    old.batch.dead = True
+        for old in self._spent_of.pop(session_id, []):
+            if self._spent.get(old.key_id) is not old:
+                continue  # forgotten already
+            del self._spent[old.key_id]  # its _spent_order entry is skipped when reached
+            self._spent_index.pop((old.session_id, old.index), None)
+            if old.batch is not None and old.batch.persisted and not old.batch.dead:
+                self._gone.add(old.batch.batch_id)
+                old.batch.dead = True
         self._by_session.pop(session_id, None)
         self._ready.pop(session_id, None)
+        self._end.pop(session_id, None)
         return freed, self._journal.mark()
 
     def _drop_stream(self, session_id: str) -> None:
@@ -519,6 +575,9 @@ class KeyVault:
         store = self._journal.store if self._journal.database is db else KmStateStore(db)
         for s in await store.load_streams(self.node_id):
             self._streams[s.session_id] = _Stream(s.delivered, persisted=True)
+            if s.delivered:
+                self._end[s.session_id] = max(self._end.get(s.session_id, 0),
+                                              s.delivered[-1][1])
         for r in await store.load_key_batches(self.node_id):
             keys: list[HeldKey] = []
             batch = _Batch(r.session_id, keys, r.batch_id, persisted=True)
@@ -539,57 +598,3 @@ class KeyVault:
                 self._dirty[batch.batch_id] = batch
         if self._dirty:
             self._journal.mark()
-
-
-class SessionRows:
-    """Each session's persisted state and configuration at one KM."""
-
-    def __init__(self, node_id: str, journal: Journal) -> None:
-        self.node_id = node_id
-        self._journal = journal
-        self.rows: dict[str, tuple[str, dict[str, Any], float]] = {}
-        self._persisted: set[str] = set()
-        self._dirty: set[str] = set()
-        self._last: tuple[set[str], list[str]] = (set(), [])
-        journal.register(self)
-
-    def put(self, session_id: str, state: str, data: dict[str, Any], t: float) -> int:
-        """Write a session's row (state + JSON data); the journal generation."""
-        self.rows[session_id] = (state, data, t)
-        self._dirty.add(session_id)
-        return self._journal.mark()
-
-    def snapshot(self) -> SessionWrites | None:
-        """Journal hook."""
-        if not self._dirty:
-            return None
-        out = SessionWrites(self.node_id)
-        inserted: list[str] = []
-        for sid in self._dirty:
-            state, data, t = self.rows[sid]
-            new = sid not in self._persisted
-            out.rows.append(SessionRecord(sid, state, dict(data), t, new=new))
-            if new:
-                inserted.append(sid)
-                self._persisted.add(sid)
-        self._last = (set(self._dirty), inserted)
-        self._dirty.clear()
-        return out
-
-    def snapshot_failed(self) -> None:
-        """Journal hook."""
-        dirty, inserted = self._last
-        self._persisted -= set(inserted)
-        self._dirty |= dirty
-
-    async def load(self, db: Database) -> dict[str, tuple[str, dict[str, Any], float]]:
-        """Every persisted session of this node.
-
-        Raises:
-            StoreError: the database failed.
-        """
-        store = self._journal.store if self._journal.database is db else KmStateStore(db)
-        for r in await store.load_sessions(self.node_id):
-            self.rows[r.session_id] = (r.state, r.config, r.updated_t)
-            self._persisted.add(r.session_id)
-        return dict(self.rows)

@@ -28,9 +28,11 @@ from sqlalchemy import (
     ForeignKey,
     Integer,
     LargeBinary,
+    SmallInteger,
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -185,12 +187,17 @@ class KeyBatchRow(Base):
     """End-to-end keys of one session that a KM made or received together (one relay
     batch), and still holds.
 
-    Per key, in the same order: ``key_ids``, ``indexes`` (stream positions), ``size_bits``,
-    ``states`` (one letter each: ``p`` pending, ``r`` ready, ``d`` delivered), ``lengths``
-    (bytes of the key held in ``material``; 0 when none is) and ``provenance`` (hops and
-    their key sources). ``material`` is the sealed concatenation of the held keys' bytes.
-    A key's state change rewrites its batch's row (one row per batch, not per key and
-    state); a batch with nothing left to hand out is deleted.
+    Per key, in the same order, packed (issue #15: JSON lists were a large part of a bulk
+    request's cost; migration 0003): ``key_ids`` (``u`` and 16 bytes per UUID, or ``t`` and
+    the comma-separated ids when one is no UUID), ``indexes`` (stream
+    positions, little-endian int64s), ``size_bits`` (int32s), ``states`` (one letter each:
+    ``p`` pending, ``r`` ready, ``d`` delivered), ``lengths`` (int32s: bytes of the key held
+    in ``material``; 0 when none is) and ``provenance`` (hops and their key sources, as JSON
+    runs ``[[count, records], ...]``). ``material`` is the sealed concatenation of the held
+    keys' bytes; ``layout`` says what its seal is bound to (1: the JSON lists of ids,
+    indexes and lengths, rows from before 0003, rewritten when loaded; 2: the packed
+    columns). A key's state change rewrites its batch's row (one row per batch, not per key
+    and state); a batch with nothing left to hand out is deleted.
     """
 
     __tablename__ = "key_batches"
@@ -201,14 +208,15 @@ class KeyBatchRow(Base):
     sae_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     peer_sae: Mapped[str | None] = mapped_column(String(64), nullable=True)
     t: Mapped[float] = mapped_column(Float, default=0.0)
-    key_ids: Mapped[list[str]] = mapped_column(JSON)
-    indexes: Mapped[list[int]] = mapped_column(JSON)
-    size_bits: Mapped[list[int]] = mapped_column(JSON)
+    key_ids: Mapped[bytes] = mapped_column(LargeBinary)
+    indexes: Mapped[bytes] = mapped_column(LargeBinary)
+    size_bits: Mapped[bytes] = mapped_column(LargeBinary)
     states: Mapped[str] = mapped_column(Text)
-    lengths: Mapped[list[int]] = mapped_column(JSON)
-    provenance: Mapped[list[list[dict[str, str]]]] = mapped_column(JSON)
+    lengths: Mapped[bytes] = mapped_column(LargeBinary)
+    provenance: Mapped[list[list[Any]]] = mapped_column(JSON)
     material: Mapped[bytes] = mapped_column(LargeBinary)
     sealed: Mapped[bool] = mapped_column(Boolean, default=True, server_default=false())
+    layout: Mapped[int] = mapped_column(SmallInteger, default=2, server_default=text("2"))
 
 
 class KeyStreamRow(Base):

@@ -176,3 +176,32 @@ async def test_fast_path_serves_common_requests_ahead_of_the_middleware_stack() 
     assert (ok.status_code, refused.status_code, odd.status_code) == (200, 400, 400)
     assert refused.json()["message"] == "number shall be a positive integer"
     assert app.middleware_stack is not None
+
+
+def test_key_ids_body_takes_the_plain_form_and_leaves_the_rest_to_the_model() -> None:
+    from keyplane.api.etsi014.fastpath import json_body, key_ids_body
+    from keyplane.api.etsi014.models import KEY_ID_PATTERN, KeyIDs
+
+    a, b = "0190c0de-0000-7000-8000-00000000000a", "0190C0DE-0000-7000-8000-00000000000B"
+    plain: list[Any] = [
+        {"key_IDs": [{"key_ID": a}, {"key_ID": b}]},
+        {"key_IDs": [{"key_ID": a}], "key_IDs_extension": {"x": 1}},
+        {"key_IDs": [{"key_ID": a}], "key_IDs_extension": None},
+    ]
+    other: list[Any] = [  # the model decides these (accepts some, refuses others)
+        {"key_IDs": []}, {"key_IDs": [{"key_ID": a[:-1]}]}, {"key_IDs": [{"key_ID": a + "0"}]},
+        {"key_IDs": [{"key_ID": a, "master_SAE_ID": "s"}]}, {"key_IDs": [{"key_ID": 5}]},
+        {"key_IDs": [{"key_ID": a}], "other": 1}, {"key_IDs": [{"key_ID": "g" * 36}]},
+        {"key_IDs": [{"key_ID": a.replace("-", "_")}]}, {"key_IDs": [a]}, [a],
+        {"key_IDs": [{"key_ID": a}], "key_IDs_extension": [1]},
+    ]
+    for body in plain:
+        raw = json.dumps(body).encode()
+        model = json_body(KeyIDs, raw)
+        assert model is not None
+        assert key_ids_body(raw, KEY_ID_PATTERN) == (
+            [k.key_ID for k in model.key_IDs], model.key_IDs_extension)
+    for body in other:
+        assert key_ids_body(json.dumps(body).encode(), KEY_ID_PATTERN) is None, body
+    assert key_ids_body(b"{not json", KEY_ID_PATTERN) is None
+    assert key_ids_body(b"", KEY_ID_PATTERN) is None

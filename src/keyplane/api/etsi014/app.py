@@ -41,6 +41,7 @@ from keyplane.api.etsi014.fastpath import (
     HotRoute,
     compile_fullmatch,
     json_body,
+    key_ids_body,
     query_params,
 )
 from keyplane.api.etsi014.models import (
@@ -384,8 +385,14 @@ def create_etsi014_app(km: ApplicationService, *, kme_id: str,
 
     def parse_post_dec(scope: Scope, body: bytes | None
                        ) -> tuple[str, list[str], dict[str, Any] | None] | None:
-        master, ids = _sae_param(scope, "master_SAE_ID"), json_body(KeyIDs, body)
-        return None if master is None or ids is None else (
+        master = _sae_param(scope, "master_SAE_ID")
+        if master is None:
+            return None
+        plain = key_ids_body(body, KEY_ID_PATTERN)  # a bulk body without a model per key
+        if plain is not None:
+            return master, plain[0], plain[1]
+        ids = json_body(KeyIDs, body)
+        return None if ids is None else (
             master, [k.key_ID for k in ids.key_IDs], ids.key_IDs_extension)
 
     async def serve_enc(scope: Scope, args: tuple[str, KeyRequest]) -> bytes:
