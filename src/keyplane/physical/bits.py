@@ -216,6 +216,10 @@ class KeyedPermutation:
                   ) -> NDArray[np.int64]:
         """``perm[positions]``, or with ``inverse`` where ``perm`` places these indices."""
         x = positions.astype(np.uint32)
+        if self.n >= FAST_MIN_BITS:
+            from keyplane.physical import fastperm  # numba only for large keys
+            if fastperm.available():
+                return fastperm.positions(x, self.keys, self.a, self.b, self.n, inverse)
         return (self.inverse(x) if inverse else self.forward(x)).astype(np.int64)
 
 

@@ -41,6 +41,24 @@ def test_compiled_permutation_equals_numpy(monkeypatch: pytest.MonkeyPatch, n: i
         assert np.array_equal(fast, slow), (start, stop)
 
 
+@pytest.mark.parametrize("n", [FAST_MIN_BITS, 10**6 + 3])
+@pytest.mark.parametrize("seed", [b"\x00" * 16, b"another seed...."])
+def test_compiled_positions_equal_numpy(monkeypatch: pytest.MonkeyPatch, n: int,
+                                        seed: bytes) -> None:
+    """Forward and inverse positions (Cascade's corrections mapped into each pass's order),
+    including the last positions of the domain, where cycle walking happens."""
+    net = KeyedPermutation(n, seed, b"keyplane.cascade.pass1")
+    x = np.concatenate([np.random.default_rng(n).integers(0, n, 5000),
+                        np.arange(n - 300, n)]).astype(np.int64)
+    fast = net.positions(x), net.positions(x, inverse=True)
+    with monkeypatch.context() as m:
+        m.setattr(bits_mod, "FAST_MIN_BITS", 1 << 40)
+        slow = net.positions(x), net.positions(x, inverse=True)
+    assert np.array_equal(fast[0], slow[0])
+    assert np.array_equal(fast[1], slow[1])
+    assert np.array_equal(net.positions(fast[0], inverse=True), x)
+
+
 def test_cascade_on_a_large_block_is_the_same_with_and_without_numba(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Same corrected key, same leakage, same rounds: the two paths are interchangeable
