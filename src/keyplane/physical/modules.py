@@ -67,6 +67,7 @@ from keyplane.physical.physics import LinkPhysics, emulate_frame
 from keyplane.physical.reconcile import expect, reconcile_alice, reconcile_bob
 from keyplane.physical.sifting import (
     SiftedKeyBuffer,
+    class_counts,
     decode_classes,
     encode_classes,
     sift_mask,
@@ -260,11 +261,11 @@ class AliceModule(_Module):
             sift = split_bases(alice.bits.take(sifted), alice.bases.take(sifted), classes,
                                self.key_basis)
             hi, lo = encode_classes(classes)
-            detections = np.bincount(alice.intensity_class, minlength=3).astype(np.int64)
+            detections = class_counts(alice.intensity_class)
             await self.classical.send(SiftReply(
                 link_id=self.link_id, frame_id=frame_id, bases=pack(alice.bases),
                 class_hi=hi, class_lo=lo, pulses=alice.pulses_per_class,
-                detections=(int(detections[0]), int(detections[1]), int(detections[2])),
+                detections=detections,
                 test_bits=pack(sift.test_bits)))
             self.buffer.add(sift, None, n_pulses, duration_s)
             blocks = 0
