@@ -40,10 +40,12 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 from numpy.typing import NDArray
 
+from keyplane.physical import bits as bits_mod
 from keyplane.physical.bits import (
     Bits,
     KeyedPermutation,
@@ -287,6 +289,11 @@ class CascadeBob:
         self._mids = np.zeros(0, np.int64)
         self.stats = CascadeStats(n_bits=self._n)
         self._done = False
+        # compiled range parities for the keys whose permutations run compiled
+        self._fast: ModuleType | None = None
+        if self._n >= bits_mod.FAST_MIN_BITS:
+            from keyplane.physical import fastperm  # numba only for large keys
+            self._fast = fastperm if fastperm.available() else None
 
     @property
     def done(self) -> bool:
@@ -375,13 +382,17 @@ class CascadeBob:
 
     def _bob_parities(self, passes: NDArray[np.int64], starts: NDArray[np.int64],
                       ends: NDArray[np.int64]) -> Bits:
+        flat = self._permuted[:len(self._passes)].reshape(-1)
+        if self._fast is not None:
+            base = passes * self._n
+            fast: Bits = self._fast.range_parities(flat, starts + base, ends + base)
+            return fast
         lengths = ends - starts
         total = int(lengths.sum())
         seg = np.zeros(lengths.shape[0], dtype=np.int64)
         np.cumsum(lengths[:-1], out=seg[1:])
         offsets = np.repeat(starts - seg + passes * self._n, lengths)
         offsets += np.arange(total, dtype=np.int64)
-        flat = self._permuted[:len(self._passes)].reshape(-1)
         return np.bitwise_xor.reduceat(flat[offsets], seg)
 
     def _apply_flips(self, flips: NDArray[np.int64]) -> None:

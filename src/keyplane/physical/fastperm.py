@@ -35,7 +35,7 @@ KERNEL_ROUNDS = 8
 """Feistel rounds the kernel is written for (``keyplane.physical.bits.FEISTEL_ROUNDS``; this
 module does not import bits.py, which imports it lazily: no import cycle)."""
 
-__all__ = ["available", "permute", "positions"]
+__all__ = ["available", "permute", "positions", "range_parities"]
 
 numba: ModuleType | None
 try:
@@ -115,6 +115,15 @@ def _positions_kernel(x: Any, inverse: bool, keys: Any, amask: Any, b: Any, limi
         out[i] = y
 
 
+def _parities_kernel(flat: Any, starts: Any, ends: Any, out: Any) -> None:  # pragma: no cover
+    """``out[i]`` = XOR of ``flat[starts[i]:ends[i]]`` (bits 0/1; the ranges may be empty)."""
+    for i in range(starts.shape[0]):
+        acc = np.uint8(0)
+        for j in range(starts[i], ends[i]):
+            acc ^= flat[j]
+        out[i] = acc
+
+
 def _kernel(src: Any, packed: bool, keys: Any, amask: Any, b: Any, limit: Any,
             start: int, stop: int, out: Any) -> None:  # pragma: no cover - compiled
     """``out[start:stop] = key[perm[start:stop]]`` (``src`` the key, or packed little-endian
@@ -153,6 +162,7 @@ if numba is not None:
     _network_inverse = _inline(_network_inverse)
     _kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_kernel)
     _positions_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_positions_kernel)
+    _parities_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_parities_kernel)
 
 
 def available() -> bool:
@@ -194,4 +204,24 @@ def positions(x: NDArray[np.uint32], keys: NDArray[np.uint32], a: int, b: int, n
         raise ValueError(f"the kernel is written for {KERNEL_ROUNDS} rounds")
     out = np.empty(x.shape[0], dtype=np.int64)
     _positions_kernel(x, inverse, keys.astype(np.uint32), _U(a - 1), _U(b), _U(n - 1), out)
+    return out
+
+
+def range_parities(flat: Bits, starts: NDArray[np.int64], ends: NDArray[np.int64]) -> Bits:
+    """Parity of each range ``flat[starts[i]:ends[i]]`` (Cascade Bob's side of a round): one
+    sequential pass per range, where numpy needs an index array as long as all ranges
+    together, a gather and a ``reduceat``.
+
+    Raises:
+        RuntimeError: numba is not available (check :func:`available` first).
+        ValueError: a range outside ``flat``.
+    """
+    if numba is None:
+        raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
+    if starts.shape != ends.shape:
+        raise ValueError("starts and ends differ in length")
+    if starts.shape[0] and (int(starts.min()) < 0 or int(ends.max()) > flat.shape[0]):
+        raise ValueError("a range lies outside the array")
+    out = np.empty(starts.shape[0], dtype=np.uint8)
+    _parities_kernel(flat, starts, ends, out)
     return out

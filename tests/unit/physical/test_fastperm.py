@@ -59,6 +59,17 @@ def test_compiled_positions_equal_numpy(monkeypatch: pytest.MonkeyPatch, n: int,
     assert np.array_equal(net.positions(fast[0], inverse=True), x)
 
 
+def test_compiled_range_parities_equal_numpy() -> None:
+    """Bob's parities of a round's ranges, empty and whole ranges included."""
+    flat = np.random.default_rng(3).integers(0, 2, 10_000, dtype=np.uint8)
+    starts = np.array([0, 5, 9_999, 100, 0, 4_000], dtype=np.int64)
+    ends = np.array([10_000, 5, 10_000, 1_234, 1, 7_777], dtype=np.int64)
+    want = [int(flat[s:e].sum()) & 1 for s, e in zip(starts, ends, strict=True)]
+    assert fastperm.range_parities(flat, starts, ends).tolist() == want
+    with pytest.raises(ValueError, match="outside"):
+        fastperm.range_parities(flat, np.array([1], np.int64), np.array([10_001], np.int64))
+
+
 def test_cascade_on_a_large_block_is_the_same_with_and_without_numba(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Same corrected key, same leakage, same rounds: the two paths are interchangeable
