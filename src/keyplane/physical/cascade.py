@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 _MIN_QBER = 1e-4
+_Sel = NDArray[np.bool_] | slice
 SCHEDULES = ("original", "yanetal", "option7")
 
 
@@ -334,13 +335,13 @@ class CascadeBob:
             raise ValueError("parity count does not match the query")
         if len(s):
             self._remember(s.alice, answer.parities)
-            self._descend(np.ones(len(s), dtype=bool), answer.parities)
+            self._descend(slice(None), answer.parities)
         self.stats.rounds += 1
         return self._advance()
 
     # ------------------------------------------------------------------ internals
 
-    def _descend(self, sel: NDArray[np.bool_], alice_left: Bits) -> None:
+    def _descend(self, sel: _Sel, alice_left: Bits) -> None:
         """One binary-search step for the searches ``sel``, given Alice's parity of each one's
         left half: keep the half whose parities differ."""
         s = self._s
@@ -352,7 +353,7 @@ class CascadeBob:
         s.nodes[sel] = 2 * s.nodes[sel] + (~left_odd)
         s.alice[sel] = np.where(left_odd, alice_left, s.alice[sel] ^ alice_left)
 
-    def _tree_index(self, p: _Pass, sel: NDArray[np.bool_], child: int
+    def _tree_index(self, p: _Pass, sel: _Sel, child: int
                     ) -> NDArray[np.int64]:
         """Index in ``p.known`` of child ``child`` (0 left, 1 right) of the searches ``sel``'s
         current ranges: a search always starts at its block's whole range and halves it
@@ -367,18 +368,21 @@ class CascadeBob:
         effect revisits blocks) costs nothing to ask twice (cascade-python's reuse of known
         block parities). One byte per tree node of the pass (parity + 1, 0 unknown),
         allocated zeroed at the pass's first search (untouched pages cost nothing)."""
-        s = self._s
-        for p in self._passes_in(s.passes):
-            sel = s.passes == p.index
+        for p, sel in self._by_pass():
             if p.known is None:
                 p.known = np.zeros(p.bob_top.shape[0] * p.stride, dtype=np.uint8)
             p.known[self._tree_index(p, sel, 0)] = alice_left[sel] + 1
             p.known[self._tree_index(p, sel, 1)] = (alice[sel] ^ alice_left[sel]) + 1
 
-    def _passes_in(self, passes: NDArray[np.int64]) -> list[_Pass]:
-        if passes.shape[0] and passes[0] == passes[-1] and (passes == passes[0]).all():
-            return [self._passes[int(passes[0])]]
-        return [self._passes[int(i)] for i in np.unique(passes)]
+    def _by_pass(self) -> list[tuple[_Pass, _Sel]]:
+        """The passes of the running searches, each with its searches (a slice when all are
+        in one pass, as they are unless a wave began in several)."""
+        passes = self._s.passes
+        if not passes.shape[0]:
+            return []
+        if passes[0] == passes[-1] and (passes == passes[0]).all():
+            return [(self._passes[int(passes[0])], slice(None))]
+        return [(self._passes[int(i)], passes == i) for i in np.unique(passes)]
 
     def _bob_parities(self, passes: NDArray[np.int64], starts: NDArray[np.int64],
                       ends: NDArray[np.int64]) -> Bits:
@@ -485,13 +489,12 @@ class CascadeBob:
             self._mids = s.starts + (s.ends - s.starts) // 2
             # only a block searched before can have ranges whose parity is known
             cached = np.zeros(len(s), dtype=np.uint8)
-            for p in self._passes_in(s.passes):
+            for p, sel in self._by_pass():
                 if p.known is not None:
-                    sel = s.passes == p.index
                     cached[sel] = p.known[self._tree_index(p, sel, 0)]
             if cached.any():
-                sel = cached > 0
-                self._descend(sel, cached[sel] - 1)
+                hit = cached > 0
+                self._descend(hit, cached[hit] - 1)
                 continue
             return ParityQuery(round=self.stats.rounds, seed=self._seed, new_pass=None,
                                passes=s.passes.astype(np.uint8), starts=s.starts.copy(),
