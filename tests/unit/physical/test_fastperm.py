@@ -89,12 +89,15 @@ def test_cascade_on_a_large_block_is_the_same_with_and_without_numba(
 
 
 def test_small_blocks_never_import_numba() -> None:
-    """Links with blocks under FAST_MIN_BITS (the default 10^5) keep numba off their path."""
+    """Links with blocks under FAST_MIN_BITS (the default 10^5) keep numba off their path
+    (Cascade and privacy amplification)."""
     code = ("import sys, numpy as np\n"
             "from keyplane.physical.cascade import block_sizes, run_cascade\n"
             "k = np.random.default_rng(1).integers(0, 2, 100_000, dtype=np.uint8)\n"
             "b = k.copy(); b[::97] ^= 1\n"
             "run_cascade(k, b, bytes(16), block_sizes('yanetal', 0.01, k.shape[0]))\n"
+            "from keyplane.physical.hashing import toeplitz_bits, toeplitz_hash\n"
+            "toeplitz_hash(k, toeplitz_bits(bytes(32), k.shape[0], 40_000), 40_000)\n"
             "print('numba' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout
