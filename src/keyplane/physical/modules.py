@@ -44,7 +44,14 @@ from keyplane.bus.codec import Message
 from keyplane.config import QuantumLink
 from keyplane.errors import ClassicalChannelError
 from keyplane.extras import require
-from keyplane.physical.bits import Bits, binary_entropy, pack, unpack
+from keyplane.physical.bits import (
+    FAST_MIN_BITS,
+    Bits,
+    binary_entropy,
+    no_hugepage_advice,
+    pack,
+    unpack,
+)
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -172,6 +179,8 @@ class _Module:
         self.buffer = SiftedKeyBuffer()
         self.next_block_id = 0
         self.key_basis = LinkPhysics.from_link(link).key_basis
+        if link.postprocessing.block_size_bits >= FAST_MIN_BITS:
+            no_hugepage_advice()  # frames of several MiB per array, many per block
 
     def _reset(self, next_block_id: int) -> None:
         """Forget the partial sifted buffer and everything in flight on both pipes."""
