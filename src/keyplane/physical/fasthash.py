@@ -33,7 +33,11 @@ __all__ = ["available", "toeplitz_hash"]
 _BASE_WORDS = 32
 """Products of at most this many words (2,048 bits) are computed block by block: below
 this the levels' copies cost more than the multiplications they save (10^6 bits, l = 0.36
-n: 4, 8, 16, 32 words gave 54, 23, 18.0, 18.5 ms)."""
+n, all levels split at once: 4, 8, 16, 32 words gave 54, 23, 18.0, 18.5 ms)."""
+
+_INNER_LEVELS = 6
+"""Levels split within one of the top levels' products (3^6 = 729 products of at most 32
+words: a few hundred kB)."""
 
 numba: ModuleType | None
 try:
@@ -103,17 +107,13 @@ def _base(d: Any, doff: int, x: Any, xoff: int, m: int, y: Any,
         y[yoff + i] = acc
 
 
-def _tmvp(d: Any, doff: int, x: Any, xoff: int, m: int, levels: int,
-          y: Any) -> None:  # pragma: no cover - compiled
-    """``y[:m] = T x[xoff:xoff + m]`` (``T`` as in :func:`_base`) split ``levels`` times,
-    level by level, not recursively (numba's cache cannot reload a recursive function):
-    each product of ``2 h`` words becomes three of ``h`` (``A(x0 + x1)``, ``(B + A) x1``,
-    ``(C + A) x0``, with ``A``'s diagonals ``d[h:3h]``, ``B``'s ``d[0:2h]``, ``C``'s
-    ``d[2h:4h]``), then the results are combined back up (``y0 = P0 + P1``,
-    ``y1 = P0 + P2``)."""
-    dd = d[doff:doff + 2 * m].copy()
-    xx = x[xoff:xoff + m].copy()
-    count, size = 1, m
+def _split(dd: Any, xx: Any, size: int, levels: int) -> Any:  # pragma: no cover - compiled
+    """Split one product of ``size`` words (diagonals ``dd``, ``2 size`` words; vector ``xx``)
+    ``levels`` times: each product of ``2 h`` words becomes three of ``h``
+    (``A(x0 + x1)``, ``(B + A) x1``, ``(C + A) x0``, with ``A``'s diagonals ``d[h:3h]``,
+    ``B``'s ``d[0:2h]``, ``C``'s ``d[2h:4h]``); returns the ``3^levels`` products' diagonals
+    and vectors, concatenated."""
+    count = 1
     for _ in range(levels):
         h = size // 2
         d2 = np.empty(count * 6 * h, dtype=np.uint64)
@@ -131,9 +131,13 @@ def _tmvp(d: Any, doff: int, x: Any, xoff: int, m: int, levels: int,
                 x2[(c + 2) * h + i] = xx[xb + i]
         dd, xx = d2, x2
         count, size = 3 * count, h
-    yy = np.empty(count * size, dtype=np.uint64)
-    for p in range(count):
-        _base(dd, p * 2 * size, xx, p * size, size, yy, p * size)
+    return dd, xx
+
+
+def _join(yy: Any, size: int, levels: int) -> Any:  # pragma: no cover - compiled
+    """Undo :func:`_split` on the results (``3^levels`` products of ``size`` words):
+    ``y0 = P0 + P1``, ``y1 = P0 + P2``."""
+    count = yy.shape[0] // size
     for _ in range(levels):
         h = size
         count, size = count // 3, 2 * h
@@ -145,7 +149,30 @@ def _tmvp(d: Any, doff: int, x: Any, xoff: int, m: int, levels: int,
                 y2[p * size + i] = y0 ^ yy[(c + 1) * h + i]
                 y2[p * size + h + i] = y0 ^ yy[(c + 2) * h + i]
         yy = y2
-    y[:m] = yy
+    return yy
+
+
+def _tmvp(d: Any, doff: int, x: Any, xoff: int, m: int, levels: int,
+          y: Any) -> None:  # pragma: no cover - compiled
+    """``y[:m] = T x[xoff:xoff + m]`` (``T`` as in :func:`_base`), split ``levels`` times
+    level by level, not recursively (numba's cache reloaded a recursive version into a
+    segmentation fault): the first ``levels - _INNER_LEVELS`` levels over the whole product,
+    then each of their products through the remaining levels on its own, so the working set
+    stays a few hundred kB (all levels at once held 160 MB at 10^7 bits)."""
+    top = max(0, levels - _INNER_LEVELS)
+    inner = levels - top
+    dd, xx = _split(d[doff:doff + 2 * m].copy(), x[xoff:xoff + m].copy(), m, top)
+    size = m >> top
+    small = size >> inner
+    yy = np.empty(xx.shape[0], dtype=np.uint64)
+    for p in range(xx.shape[0] // size):
+        d1, x1 = _split(dd[p * 2 * size:(p + 1) * 2 * size].copy(),
+                        xx[p * size:(p + 1) * size].copy(), size, inner)
+        y1 = np.empty(x1.shape[0], dtype=np.uint64)
+        for q in range(x1.shape[0] // small):
+            _base(d1, q * 2 * small, x1, q * small, small, y1, q * small)
+        yy[p * size:(p + 1) * size] = _join(y1, small, inner)
+    y[:m] = _join(yy, size, top)
 
 
 def _hash(tw: Any, xw: Any, m: int, levels: int, chunks: int,
@@ -161,6 +188,8 @@ def _hash(tw: Any, xw: Any, m: int, levels: int, chunks: int,
 if numba is not None:
     _block = numba.njit(inline="always")(_block)
     _base = numba.njit(nogil=True, boundscheck=False)(_base)
+    _split = numba.njit(nogil=True, boundscheck=False)(_split)
+    _join = numba.njit(nogil=True, boundscheck=False)(_join)
     _tmvp = numba.njit(nogil=True, boundscheck=False)(_tmvp)
     _hash = numba.njit(cache=True, nogil=True, boundscheck=False)(_hash)
 
