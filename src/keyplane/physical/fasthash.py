@@ -49,7 +49,11 @@ try:
     from numba import types as _types
     from numba.extending import intrinsic as _intrinsic
 
-    if not _llvm.get_host_cpu_features().get("pclmul", False):
+    try:
+        _pclmul = bool(_llvm.get_host_cpu_features().get("pclmul", False))
+    except RuntimeError:  # llvmlite cannot read this host's features
+        _pclmul = False
+    if not _pclmul:
         raise ImportError("no carry-less multiplication on this CPU")
 except ImportError:
     numba = None
