@@ -240,15 +240,20 @@ def _twin_pick(n: int, qbers: list[float], blocks: int) -> None:
 
 
 def _warm_permutation() -> None:
-    """Load the compiled permutation (extra ``fast``) before timing: a one-off per process
-    (importing numba, loading or compiling the kernel), printed, not a per-bit cost."""
+    """Load the compiled kernels (extra ``fast``: Cascade's permutation, the GF(2) Toeplitz
+    hash) before timing: a one-off per process (importing numba, loading or compiling the
+    kernels), printed, not a per-bit cost."""
     cpu0 = time.process_time()
-    KeyedPermutation(FAST_MIN_BITS, b"warm", b"up").permute(np.zeros(FAST_MIN_BITS, np.uint8))
-    fast = "keyplane.physical.fastperm" in sys.modules and sys.modules[
-        "keyplane.physical.fastperm"].available()
-    print(f"Cascade permutation for blocks >= {FAST_MIN_BITS} bits: "
-          f"{'compiled (numba)' if fast else 'numpy (extra fast not installed)'}; first use "
-          f"{time.process_time() - cpu0:.2f} s CPU, once per process")
+    zeros = np.zeros(FAST_MIN_BITS, np.uint8)
+    KeyedPermutation(FAST_MIN_BITS, b"warm", b"up").permute(zeros)
+    toeplitz_hash(zeros, np.zeros(2 * FAST_MIN_BITS - 1, np.uint8), FAST_MIN_BITS)
+    fast = {name: name in sys.modules and sys.modules[name].available()
+            for name in ("keyplane.physical.fastperm", "keyplane.physical.fasthash")}
+    print(f"Blocks >= {FAST_MIN_BITS} bits: Cascade permutation "
+          f"{'compiled (numba)' if fast['keyplane.physical.fastperm'] else 'numpy'}, "
+          f"privacy amplification "
+          f"{'GF(2), compiled' if fast['keyplane.physical.fasthash'] else 'FFT (numpy)'}; "
+          f"first use {time.process_time() - cpu0:.2f} s CPU, once per process")
 
 
 def _scaling(seed: int, schedule: str | None, z_basis: float | None) -> None:
@@ -274,7 +279,7 @@ def _pa_speed(n: int) -> None:
     key = np.random.default_rng(3).integers(0, 2, n, dtype=np.uint8)
     ell = n // 2
     t = toeplitz_bits(b"bench" * 6 + b"pa", n, ell)
-    toeplitz_hash(key, t, ell)  # warm the FFT plans
+    toeplitz_hash(key, t, ell)  # warm up (FFT plans, or the compiled kernel)
     reps = 5
     cpu0 = time.process_time()
     for _ in range(reps):
@@ -284,7 +289,10 @@ def _pa_speed(n: int) -> None:
     for _ in range(reps):
         toeplitz_bits(b"bench" * 6 + b"pa", n, ell)
     expand = (time.process_time() - cpu0) / reps
-    print(f"Toeplitz privacy amplification, n = {n}, l = {ell}: {cpu * 1e3:.1f} ms CPU "
+    compiled = n >= FAST_MIN_BITS and "keyplane.physical.fasthash" in sys.modules and \
+        sys.modules["keyplane.physical.fasthash"].available()
+    path = "GF(2) product, compiled" if compiled else "FFT"
+    print(f"Toeplitz privacy amplification ({path}), n = {n}, l = {ell}: {cpu * 1e3:.1f} ms CPU "
           f"({n / cpu / 1e6:.1f} Mbit/s in); matrix expansion from the seed (SHAKE-128) "
           f"{expand * 1e3:.1f} ms")
 

@@ -40,10 +40,12 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import numpy as np
 from numpy.typing import NDArray
 
+from keyplane.physical import bits as bits_mod
 from keyplane.physical.bits import (
     Bits,
     KeyedPermutation,
@@ -64,6 +66,7 @@ __all__ = [
 ]
 
 _MIN_QBER = 1e-4
+_Sel = NDArray[np.bool_] | slice
 SCHEDULES = ("original", "yanetal", "option7")
 
 
@@ -231,14 +234,15 @@ class _Pass:
     alice_top: Bits
     bob_top: Bits
     search_of_block: NDArray[np.int64]
-    started: NDArray[np.bool_]  # blocks searched at least once
-    revisit: NDArray[np.bool_]  # blocks whose current search is not their first
+    stride: int  # heap indices of one block's search tree: ``[1, stride)``
+    known: NDArray[np.uint8] | None = None  # Alice's parity + 1 per tree node, 0 unknown
 
 
 @dataclass(slots=True)
 class _Searches:
     passes: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     blocks: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
+    nodes: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     starts: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     ends: NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, np.int64))
     alice: NDArray[np.uint8] = field(default_factory=lambda: np.zeros(0, np.uint8))
@@ -249,6 +253,7 @@ class _Searches:
     def keep(self, mask: NDArray[np.bool_]) -> None:
         self.passes = self.passes[mask]
         self.blocks = self.blocks[mask]
+        self.nodes = self.nodes[mask]
         self.starts = self.starts[mask]
         self.ends = self.ends[mask]
         self.alice = self.alice[mask]
@@ -257,6 +262,7 @@ class _Searches:
                starts: NDArray[np.int64], ends: NDArray[np.int64], alice: Bits) -> None:
         self.passes = np.concatenate([self.passes, passes])
         self.blocks = np.concatenate([self.blocks, blocks])
+        self.nodes = np.concatenate([self.nodes, np.ones(blocks.shape[0], np.int64)])
         self.starts = np.concatenate([self.starts, starts])
         self.ends = np.concatenate([self.ends, ends])
         self.alice = np.concatenate([self.alice, alice])
@@ -282,9 +288,13 @@ class CascadeBob:
         self._pending_pass: tuple[int, int] | None = None
         self._s = _Searches()
         self._mids = np.zeros(0, np.int64)
-        self._known: dict[int, int] = {}  # Alice's parity of (pass, start, end) ranges
         self.stats = CascadeStats(n_bits=self._n)
         self._done = False
+        # compiled range parities for the keys whose permutations run compiled
+        self._fast: ModuleType | None = None
+        if self._n >= bits_mod.FAST_MIN_BITS:
+            from keyplane.physical import fastperm  # numba only for large keys
+            self._fast = fastperm if fastperm.available() else None
 
     @property
     def done(self) -> bool:
@@ -318,21 +328,20 @@ class CascadeBob:
             self._passes.append(_Pass(index=index, k=k, net=net, permuted=permuted, built=built,
                                       alice_top=answer.top_parities.copy(), bob_top=bob_top,
                                       search_of_block=np.full(bob_top.shape[0], -1, np.int64),
-                                      started=np.zeros(bob_top.shape[0], dtype=bool),
-                                      revisit=np.zeros(bob_top.shape[0], dtype=bool)))
+                                      stride=1 << ((k - 1).bit_length() + 1)))
             self.stats.passes += 1
         s = self._s
         if answer.parities.shape[0] != len(s):
             raise ValueError("parity count does not match the query")
         if len(s):
-            self._remember(s.passes, s.starts, self._mids, s.ends, s.alice, answer.parities)
-            self._descend(np.ones(len(s), dtype=bool), answer.parities)
+            self._remember(s.alice, answer.parities)
+            self._descend(slice(None), answer.parities)
         self.stats.rounds += 1
         return self._advance()
 
     # ------------------------------------------------------------------ internals
 
-    def _descend(self, sel: NDArray[np.bool_], alice_left: Bits) -> None:
+    def _descend(self, sel: _Sel, alice_left: Bits) -> None:
         """One binary-search step for the searches ``sel``, given Alice's parity of each one's
         left half: keep the half whose parities differ."""
         s = self._s
@@ -341,35 +350,53 @@ class CascadeBob:
         left_odd = (bob_left ^ alice_left).astype(bool)
         s.ends[sel] = np.where(left_odd, mids, ends)
         s.starts[sel] = np.where(left_odd, starts, mids)
+        s.nodes[sel] = 2 * s.nodes[sel] + (~left_odd)
         s.alice[sel] = np.where(left_odd, alice_left, s.alice[sel] ^ alice_left)
 
-    @staticmethod
-    def _range_keys(passes: NDArray[np.int64], starts: NDArray[np.int64],
-                    ends: NDArray[np.int64]) -> list[int]:
-        return ((passes << 48) | (starts << 24) | ends).tolist()  # type: ignore[no-any-return]
+    def _tree_index(self, p: _Pass, sel: _Sel, child: int
+                    ) -> NDArray[np.int64]:
+        """Index in ``p.known`` of child ``child`` (0 left, 1 right) of the searches ``sel``'s
+        current ranges: a search always starts at its block's whole range and halves it
+        (``mid = start + (end - start) // 2``), so a range is a node of the block's binary
+        tree, numbered as a heap (root 1, children ``2i`` and ``2i + 1``)."""
+        s = self._s
+        return s.blocks[sel] * p.stride + 2 * s.nodes[sel] + child
 
-    def _remember(self, passes: NDArray[np.int64], starts: NDArray[np.int64],
-                  mids: NDArray[np.int64], ends: NDArray[np.int64], alice: Bits,
-                  alice_left: Bits) -> None:
+    def _remember(self, alice: Bits, alice_left: Bits) -> None:
         """Keep every parity Alice disclosed (left halves) or that follows from one (right
         halves): Alice's key never changes, so a range searched again later (the cascade
         effect revisits blocks) costs nothing to ask twice (cascade-python's reuse of known
-        block parities)."""
-        known = self._known
-        known.update(zip(self._range_keys(passes, starts, mids), alice_left.tolist(),
-                         strict=True))
-        known.update(zip(self._range_keys(passes, mids, ends), (alice ^ alice_left).tolist(),
-                         strict=True))
+        block parities). One byte per tree node of the pass (parity + 1, 0 unknown),
+        allocated zeroed at the pass's first search (untouched pages cost nothing)."""
+        for p, sel in self._by_pass():
+            if p.known is None:
+                p.known = np.zeros(p.bob_top.shape[0] * p.stride, dtype=np.uint8)
+            p.known[self._tree_index(p, sel, 0)] = alice_left[sel] + 1
+            p.known[self._tree_index(p, sel, 1)] = (alice[sel] ^ alice_left[sel]) + 1
+
+    def _by_pass(self) -> list[tuple[_Pass, _Sel]]:
+        """The passes of the running searches, each with its searches (a slice when all are
+        in one pass, as they are unless a wave began in several)."""
+        passes = self._s.passes
+        if not passes.shape[0]:
+            return []
+        if passes[0] == passes[-1] and (passes == passes[0]).all():
+            return [(self._passes[int(passes[0])], slice(None))]
+        return [(self._passes[int(i)], passes == i) for i in np.unique(passes)]
 
     def _bob_parities(self, passes: NDArray[np.int64], starts: NDArray[np.int64],
                       ends: NDArray[np.int64]) -> Bits:
+        flat = self._permuted[:len(self._passes)].reshape(-1)
+        if self._fast is not None:
+            base = passes * self._n
+            fast: Bits = self._fast.range_parities(flat, starts + base, ends + base)
+            return fast
         lengths = ends - starts
         total = int(lengths.sum())
         seg = np.zeros(lengths.shape[0], dtype=np.int64)
         np.cumsum(lengths[:-1], out=seg[1:])
         offsets = np.repeat(starts - seg + passes * self._n, lengths)
         offsets += np.arange(total, dtype=np.int64)
-        flat = self._permuted[:len(self._passes)].reshape(-1)
         return np.bitwise_xor.reduceat(flat[offsets], seg)
 
     def _apply_flips(self, flips: NDArray[np.int64]) -> None:
@@ -427,8 +454,6 @@ class CascadeBob:
                     p.built = self._n
                 new.append((np.full(odd.shape[0], p.index, np.int64), odd, starts, ends,
                             p.alice_top[odd]))
-                p.revisit[odd] = p.started[odd]
-                p.started[odd] = True
                 break
         if new:
             for passes, blocks, starts, ends, alice in new:
@@ -463,20 +488,14 @@ class CascadeBob:
                 continue
             self._mids = s.starts + (s.ends - s.starts) // 2
             # only a block searched before can have ranges whose parity is known
-            revisit = np.zeros(len(s), dtype=bool)
-            for p in self._passes:
-                mine = s.passes == p.index
-                revisit[mine] = p.revisit[s.blocks[mine]]
-            if revisit.any():
-                idx = np.flatnonzero(revisit)
-                cached = [self._known.get(k, -1) for k in self._range_keys(
-                    s.passes[idx], s.starts[idx], self._mids[idx])]
-                hit = np.asarray(cached, dtype=np.int8)
-                if (hit >= 0).any():
-                    sel = np.zeros(len(s), dtype=bool)
-                    sel[idx[hit >= 0]] = True
-                    self._descend(sel, hit[hit >= 0].astype(np.uint8))
-                    continue
+            cached = np.zeros(len(s), dtype=np.uint8)
+            for p, sel in self._by_pass():
+                if p.known is not None:
+                    cached[sel] = p.known[self._tree_index(p, sel, 0)]
+            if cached.any():
+                hit = cached > 0
+                self._descend(hit, cached[hit] - 1)
+                continue
             return ParityQuery(round=self.stats.rounds, seed=self._seed, new_pass=None,
                                passes=s.passes.astype(np.uint8), starts=s.starts.copy(),
                                ends=self._mids.copy())

@@ -35,7 +35,7 @@ KERNEL_ROUNDS = 8
 """Feistel rounds the kernel is written for (``keyplane.physical.bits.FEISTEL_ROUNDS``; this
 module does not import bits.py, which imports it lazily: no import cycle)."""
 
-__all__ = ["available", "permute"]
+__all__ = ["available", "permute", "positions", "range_parities"]
 
 numba: ModuleType | None
 try:
@@ -78,6 +78,52 @@ def _network(left: Any, right: Any, keys: Any, amask: Any, b: Any) -> Any:  # pr
     return _U(_U(left * b) + right)
 
 
+def _odd_inverse(left: Any, right: Any, k: Any, b: Any) -> Any:  # pragma: no cover
+    """An odd round undone: ``R = (R + b - (F(L) >> 16) b >> 16) mod b``."""
+    right = _U(_U(right + b) - _U(_U(_U(_mix(left, k) >> _S16) * b) >> _S16))
+    return _U(right - b) if right >= b else right
+
+
+def _network_inverse(left: Any, right: Any, keys: Any, amask: Any,
+                     b: Any) -> Any:  # pragma: no cover - compiled
+    """The 8-round network undone (bits.KeyedPermutation._once_inverse)."""
+    right = _odd_inverse(left, right, keys[7], b)
+    left = _U(_U(left - _mix(right, keys[6])) & amask)
+    right = _odd_inverse(left, right, keys[5], b)
+    left = _U(_U(left - _mix(right, keys[4])) & amask)
+    right = _odd_inverse(left, right, keys[3], b)
+    left = _U(_U(left - _mix(right, keys[2])) & amask)
+    right = _odd_inverse(left, right, keys[1], b)
+    left = _U(_U(left - _mix(right, keys[0])) & amask)
+    return _U(_U(left * b) + right)
+
+
+def _positions_kernel(x: Any, inverse: bool, keys: Any, amask: Any, b: Any, limit: Any,
+                      out: Any) -> None:  # pragma: no cover - compiled
+    """``out[i] = perm[x[i]]``, or with ``inverse`` the position ``perm`` places ``x[i]`` at
+    (cycle walking forward or backward)."""
+    for i in range(x.shape[0]):
+        y = _U(x[i])
+        while True:
+            lx = _U(y // b)
+            if inverse:
+                y = _network_inverse(lx, _U(y - _U(lx * b)), keys, amask, b)
+            else:
+                y = _network(lx, _U(y - _U(lx * b)), keys, amask, b)
+            if y <= limit:
+                break
+        out[i] = y
+
+
+def _parities_kernel(flat: Any, starts: Any, ends: Any, out: Any) -> None:  # pragma: no cover
+    """``out[i]`` = XOR of ``flat[starts[i]:ends[i]]`` (bits 0/1; the ranges may be empty)."""
+    for i in range(starts.shape[0]):
+        acc = np.uint8(0)
+        for j in range(starts[i], ends[i]):
+            acc ^= flat[j]
+        out[i] = acc
+
+
 def _kernel(src: Any, packed: bool, keys: Any, amask: Any, b: Any, limit: Any,
             start: int, stop: int, out: Any) -> None:  # pragma: no cover - compiled
     """``out[start:stop] = key[perm[start:stop]]`` (``src`` the key, or packed little-endian
@@ -112,7 +158,11 @@ if numba is not None:
     _mix = _inline(_mix)
     _odd = _inline(_odd)
     _network = _inline(_network)
+    _odd_inverse = _inline(_odd_inverse)
+    _network_inverse = _inline(_network_inverse)
     _kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_kernel)
+    _positions_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_positions_kernel)
+    _parities_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_parities_kernel)
 
 
 def available() -> bool:
@@ -136,3 +186,42 @@ def permute(bits: Bits, keys: NDArray[np.uint32], a: int, b: int, out: Bits, sta
     src = packed if packed is not None else bits
     _kernel(src, packed is not None, keys.astype(np.uint32), _U(a - 1), _U(b), _U(n - 1),
             start, stop, out)
+
+
+def positions(x: NDArray[np.uint32], keys: NDArray[np.uint32], a: int, b: int, n: int,
+              inverse: bool) -> NDArray[np.int64]:
+    """``perm[x]`` for the network ``(keys, a, b)`` on ``n`` positions, or with ``inverse``
+    where ``perm`` places the indices ``x``: Cascade maps each round's corrections into every
+    pass's order, a few hundred positions at a time, where numpy's 8 rounds of small-array
+    operations cost more in calls than in arithmetic.
+
+    Raises:
+        RuntimeError: numba is not available (check :func:`available` first).
+    """
+    if numba is None:
+        raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
+    if keys.shape[0] != KERNEL_ROUNDS:
+        raise ValueError(f"the kernel is written for {KERNEL_ROUNDS} rounds")
+    out = np.empty(x.shape[0], dtype=np.int64)
+    _positions_kernel(x, inverse, keys.astype(np.uint32), _U(a - 1), _U(b), _U(n - 1), out)
+    return out
+
+
+def range_parities(flat: Bits, starts: NDArray[np.int64], ends: NDArray[np.int64]) -> Bits:
+    """Parity of each range ``flat[starts[i]:ends[i]]`` (Cascade Bob's side of a round): one
+    sequential pass per range, where numpy needs an index array as long as all ranges
+    together, a gather and a ``reduceat``.
+
+    Raises:
+        RuntimeError: numba is not available (check :func:`available` first).
+        ValueError: a range outside ``flat``.
+    """
+    if numba is None:
+        raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
+    if starts.shape != ends.shape:
+        raise ValueError("starts and ends differ in length")
+    if starts.shape[0] and (int(starts.min()) < 0 or int(ends.max()) > flat.shape[0]):
+        raise ValueError("a range lies outside the array")
+    out = np.empty(starts.shape[0], dtype=np.uint8)
+    _parities_kernel(flat, starts, ends, out)
+    return out

@@ -6,8 +6,10 @@ CRYPTO 1994) given by ``n + l - 1`` bits ``t`` expanded with SHAKE-128 from a 32
 Alice sends: ``T[i, j] = t[i - j + n - 1]``. Then ``y_i = (t * x)[i + n - 1]`` (a linear
 convolution), which :func:`toeplitz_hash` computes with one real FFT of length
 ``>= n + l - 1`` (no wrap-around reaches the needed outputs), rounds, and reduces mod 2:
-O(n log n) instead of O(n l). :func:`toeplitz_hash_reference` is the direct GF(2) product
-it is tested against.
+O(n log n) instead of O(n l). From :data:`~keyplane.physical.bits.FAST_MIN_BITS` bits on,
+with the ``fast`` extra, :mod:`.fasthash` computes the same product in GF(2) with
+carry-less multiplication instead (4-5x less CPU at 10^6 bits, no rounding).
+:func:`toeplitz_hash_reference` is the direct GF(2) product both are tested against.
 
 Verification uses a polynomial universal hash over the prime field GF(p), p = 2^127 - 1:
 the key is cut into 120-bit chunks ``c_1..c_m`` and ``tag = sum c_i r^(m-i+1) + n mod p``
@@ -21,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from keyplane.errors import PhysicalError
-from keyplane.physical.bits import Bits, pack, shake_bits
+from keyplane.physical.bits import FAST_MIN_BITS, Bits, pack, shake_bits
 
 __all__ = [
     "PA_LABEL",
@@ -84,6 +86,11 @@ def toeplitz_hash(key: Bits, t: Bits, n_out: int) -> Bits:
         raise ValueError(f"need {n + n_out - 1} Toeplitz bits, got {t.shape[0]}")
     if n_out == 0:
         return np.zeros(0, dtype=np.uint8)
+    if n >= FAST_MIN_BITS:
+        from keyplane.physical import fasthash  # numba only for large keys
+        if fasthash.available():
+            fast: Bits = fasthash.toeplitz_hash(key, t, n_out)
+            return fast
     size = _fast_len(n + n_out - 1)
     # zero-padded float64 inputs written once (no astype copy, then a padded copy), and
     # every later step in place: at 10^7 bits each array is ~100 MB, so passes over

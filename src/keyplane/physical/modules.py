@@ -44,7 +44,14 @@ from keyplane.bus.codec import Message
 from keyplane.config import QuantumLink
 from keyplane.errors import ClassicalChannelError
 from keyplane.extras import require
-from keyplane.physical.bits import Bits, binary_entropy, pack, unpack
+from keyplane.physical.bits import (
+    FAST_MIN_BITS,
+    Bits,
+    binary_entropy,
+    no_hugepage_advice,
+    pack,
+    unpack,
+)
 from keyplane.physical.channel import (
     DEFAULT_PEER_TIMEOUT_S,
     DEFAULT_PING_TIMEOUT_S,
@@ -67,6 +74,7 @@ from keyplane.physical.physics import LinkPhysics, emulate_frame
 from keyplane.physical.reconcile import expect, reconcile_alice, reconcile_bob
 from keyplane.physical.sifting import (
     SiftedKeyBuffer,
+    class_counts,
     decode_classes,
     encode_classes,
     sift_mask,
@@ -171,6 +179,8 @@ class _Module:
         self.buffer = SiftedKeyBuffer()
         self.next_block_id = 0
         self.key_basis = LinkPhysics.from_link(link).key_basis
+        if link.postprocessing.block_size_bits >= FAST_MIN_BITS:
+            no_hugepage_advice()  # frames of several MiB per array, many per block
 
     def _reset(self, next_block_id: int) -> None:
         """Forget the partial sifted buffer and everything in flight on both pipes."""
@@ -260,11 +270,11 @@ class AliceModule(_Module):
             sift = split_bases(alice.bits.take(sifted), alice.bases.take(sifted), classes,
                                self.key_basis)
             hi, lo = encode_classes(classes)
-            detections = np.bincount(alice.intensity_class, minlength=3).astype(np.int64)
+            detections = class_counts(alice.intensity_class)
             await self.classical.send(SiftReply(
                 link_id=self.link_id, frame_id=frame_id, bases=pack(alice.bases),
                 class_hi=hi, class_lo=lo, pulses=alice.pulses_per_class,
-                detections=(int(detections[0]), int(detections[1]), int(detections[2])),
+                detections=detections,
                 test_bits=pack(sift.test_bits)))
             self.buffer.add(sift, None, n_pulses, duration_s)
             blocks = 0

@@ -41,6 +41,35 @@ def test_compiled_permutation_equals_numpy(monkeypatch: pytest.MonkeyPatch, n: i
         assert np.array_equal(fast, slow), (start, stop)
 
 
+@pytest.mark.parametrize("n", [FAST_MIN_BITS, 10**6 + 3])
+@pytest.mark.parametrize("seed", [b"\x00" * 16, b"another seed...."])
+def test_compiled_positions_equal_numpy(monkeypatch: pytest.MonkeyPatch, n: int,
+                                        seed: bytes) -> None:
+    """Forward and inverse positions (Cascade's corrections mapped into each pass's order),
+    including the last positions of the domain, where cycle walking happens."""
+    net = KeyedPermutation(n, seed, b"keyplane.cascade.pass1")
+    x = np.concatenate([np.random.default_rng(n).integers(0, n, 5000),
+                        np.arange(n - 300, n)]).astype(np.int64)
+    fast = net.positions(x), net.positions(x, inverse=True)
+    with monkeypatch.context() as m:
+        m.setattr(bits_mod, "FAST_MIN_BITS", 1 << 40)
+        slow = net.positions(x), net.positions(x, inverse=True)
+    assert np.array_equal(fast[0], slow[0])
+    assert np.array_equal(fast[1], slow[1])
+    assert np.array_equal(net.positions(fast[0], inverse=True), x)
+
+
+def test_compiled_range_parities_equal_numpy() -> None:
+    """Bob's parities of a round's ranges, empty and whole ranges included."""
+    flat = np.random.default_rng(3).integers(0, 2, 10_000, dtype=np.uint8)
+    starts = np.array([0, 5, 9_999, 100, 0, 4_000], dtype=np.int64)
+    ends = np.array([10_000, 5, 10_000, 1_234, 1, 7_777], dtype=np.int64)
+    want = [int(flat[s:e].sum()) & 1 for s, e in zip(starts, ends, strict=True)]
+    assert fastperm.range_parities(flat, starts, ends).tolist() == want
+    with pytest.raises(ValueError, match="outside"):
+        fastperm.range_parities(flat, np.array([1], np.int64), np.array([10_001], np.int64))
+
+
 def test_cascade_on_a_large_block_is_the_same_with_and_without_numba(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Same corrected key, same leakage, same rounds: the two paths are interchangeable
@@ -60,12 +89,15 @@ def test_cascade_on_a_large_block_is_the_same_with_and_without_numba(
 
 
 def test_small_blocks_never_import_numba() -> None:
-    """Links with blocks under FAST_MIN_BITS (the default 10^5) keep numba off their path."""
+    """Links with blocks under FAST_MIN_BITS (the default 10^5) keep numba off their path
+    (Cascade and privacy amplification)."""
     code = ("import sys, numpy as np\n"
             "from keyplane.physical.cascade import block_sizes, run_cascade\n"
             "k = np.random.default_rng(1).integers(0, 2, 100_000, dtype=np.uint8)\n"
             "b = k.copy(); b[::97] ^= 1\n"
             "run_cascade(k, b, bytes(16), block_sizes('yanetal', 0.01, k.shape[0]))\n"
+            "from keyplane.physical.hashing import toeplitz_bits, toeplitz_hash\n"
+            "toeplitz_hash(k, toeplitz_bits(bytes(32), k.shape[0], 40_000), 40_000)\n"
             "print('numba' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
                          text=True).stdout

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from keyplane.physical import polynomial_tag, toeplitz_bits, toeplitz_hash, toeplitz_hash_reference
+from keyplane.physical import (
+    hashing,
+    polynomial_tag,
+    toeplitz_bits,
+    toeplitz_hash,
+    toeplitz_hash_reference,
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -41,3 +48,38 @@ def test_polynomial_tag_detects_single_bit_difference() -> None:
     assert polynomial_tag(key, point) == polynomial_tag(key.copy(), point)
     assert polynomial_tag(key, point) != polynomial_tag(other, point)
     assert polynomial_tag(key, point) != polynomial_tag(key[:-1], point)
+
+
+def _fasthash():  # type: ignore[no-untyped-def]
+    from keyplane.physical import fasthash
+    if not fasthash.available():
+        pytest.skip("numba or carry-less multiplication not available")
+    return fasthash
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 3000), frac=st.floats(0.0, 1.0), seed=st.integers(0, 2**32 - 1))
+def test_compiled_toeplitz_equals_reference(n: int, frac: float, seed: int) -> None:
+    """The GF(2) product by carry-less multiplication (any size: word padding, column
+    blocks, one word or many) against the direct product."""
+    fasthash = _fasthash()
+    rng = np.random.default_rng(seed)
+    key = rng.integers(0, 2, n, dtype=np.uint8)
+    n_out = int(frac * n)
+    t = toeplitz_bits(seed.to_bytes(4, "big"), n, n_out)
+    out = fasthash.toeplitz_hash(key, t, n_out)
+    assert out.shape == (n_out,)
+    assert np.array_equal(out, toeplitz_hash_reference(key, t, n_out))
+
+
+@pytest.mark.parametrize(("n", "n_out"), [(1_000_000, 360_001), (1_000_003, 1_000_003),
+                                          (262_144, 1), (700_001, 65_537)])
+def test_compiled_toeplitz_equals_fft(monkeypatch: pytest.MonkeyPatch, n: int,
+                                      n_out: int) -> None:
+    """Large blocks take the compiled product; the FFT gives the same bits."""
+    _fasthash()
+    key = np.random.default_rng(n).integers(0, 2, n, dtype=np.uint8)
+    t = toeplitz_bits(b"seed", n, n_out)
+    fast = toeplitz_hash(key, t, n_out)
+    monkeypatch.setattr(hashing, "FAST_MIN_BITS", 1 << 40)
+    assert np.array_equal(fast, toeplitz_hash(key, t, n_out))
