@@ -62,6 +62,7 @@ async def test_buses_reconnect_forever_and_requests_wait_out_the_outage(
         await wait_until(lambda: min(responder.failed_reconnects, requester.failed_reconnects)
                          > OLD_ATTEMPTS, timeout_s=120.0, what="more than 10 attempts each")
         assert not responder.connected and responder.failure is None
+        back = asyncio.create_task(responder.wait_connected())  # the relay waits so (#14)
         # a request made during the outage waits (its own deadline), it does not fail
         pending = asyncio.create_task(requester.request("t.echo", KmTelemetry(node="during"),
                                                         timeout_s=120.0))
@@ -72,6 +73,7 @@ async def test_buses_reconnect_forever_and_requests_wait_out_the_outage(
 
         await asyncio.to_thread(server.restart)
         reply = await asyncio.wait_for(pending, DEADLINE_S)
+        await asyncio.wait_for(back, DEADLINE_S)
         assert isinstance(reply, ConfigAck) and reply.node == "during"
         await requester.publish("t.feed", KmTelemetry(node="after"))
         async with asyncio.timeout(DEADLINE_S):
@@ -94,6 +96,8 @@ async def test_bus_gives_up_after_its_outage_bound(server: NatsServer) -> None:
         await asyncio.to_thread(server.kill)
         failure = await asyncio.wait_for(bus.wait_failure(), 120.0)
         assert isinstance(failure, BusUnavailable) and "1 s" in str(failure)
+        with pytest.raises(BusUnavailable):  # a waiter for the bus is told, not left
+            await bus.wait_connected()
         with pytest.raises(BusUnavailable):
             await bus.publish("t.x", KmTelemetry(node="late"))
     finally:

@@ -128,6 +128,13 @@ class Bus(ABC):
         not; it still buffers publishes and keeps requests waiting)."""
         return True
 
+    async def wait_connected(self) -> None:  # noqa: B027 - optional hook
+        """Wait until the bus can carry a message (:attr:`connected`); at once here.
+
+        Raises:
+            BusError: the bus gave up for good or was closed meanwhile.
+        """
+
     @property
     def failure(self) -> BusError | None:
         """Why the bus gave up for good (its server unreachable for too long), or None."""

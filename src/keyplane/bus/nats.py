@@ -106,6 +106,8 @@ class NatsBus(Bus):
         self._give_up: asyncio.TimerHandle | None = None
         self._failure: BusError | None = None
         self._failed = asyncio.Event()
+        self._up = asyncio.Event()  # connected, or given up / closed (wakes wait_connected)
+        self._up.set()
         self._rng = random.Random()
         self.rejected = 0
         """Messages refused by the end-to-end check (for tests and metrics)."""
@@ -237,6 +239,7 @@ class NatsBus(Bus):
         if self._closed or self._down_since is not None:
             return
         self._down_since = self._loop.time()
+        self._up.clear()
         logger.warning("bus disconnected; reconnecting (giving up after %g s)",
                        self.settings.max_outage_s)
         self._give_up = self._loop.call_later(self.settings.max_outage_s, self._fail,
@@ -256,6 +259,7 @@ class NatsBus(Bus):
             logger.warning("bus reconnected after %.1f s (%d failed attempts)",
                            now - self._down_since, self.failed_reconnects)
         self._down_since = None
+        self._up.set()
         self._reconnected_at = now
         self.timed_out_attempts = 0
         self._nc.options["connect_timeout"] = math.ceil(self.settings.connect_timeout_s)
@@ -270,6 +274,7 @@ class NatsBus(Bus):
         self._failure = failure
         logger.error("bus failed: %s", failure)
         self._failed.set()
+        self._up.set()
         if not self._nc.is_closed:
             task = self._loop.create_task(self._nc.close())
             self._tasks.add(task)
@@ -288,6 +293,10 @@ class NatsBus(Bus):
     def connected(self) -> bool:
         """Whether the connection to the server is up right now."""
         return self._nc.is_connected
+
+    async def wait_connected(self) -> None:
+        await self._up.wait()
+        self._check_open()
 
     def _check_open(self) -> None:
         if self._failure is not None:
@@ -421,6 +430,7 @@ class NatsBus(Bus):
         if self._closed:
             return
         self._closed = True
+        self._up.set()
         if self._give_up is not None:
             self._give_up.cancel()
         me = asyncio.current_task()

@@ -63,6 +63,7 @@ from keyplane.bus import Bus, Message, topics
 from keyplane.clock import Clock
 from keyplane.errors import (
     BusError,
+    BusUnavailable,
     InsufficientKeyMaterial,
     KeyplaneError,
     KeyStoreError,
@@ -253,6 +254,7 @@ class Relay:
         if direct and not direct_ok:
             raise RelayError("keys without material can only go to an adjacent destination")
         n = len(keys) * size_bytes
+        await self._bus_up(session_id, deadline)
         hop = await self.hop_keys.take(session_id, entry.epoch, entry.next_km, store, policy.value,
                                        MAC_KEY_BYTES + n, deadline=deadline)
         mac_key, pad = hop.material[:MAC_KEY_BYTES], hop.material[MAC_KEY_BYTES:]
@@ -286,6 +288,26 @@ class Relay:
                     f"not received within {self._settings.relay_confirm_timeout_s} s") from exc
         finally:
             self._waiters.pop(batch_id, None)
+
+    async def _bus_up(self, session_id: str, deadline: float | None) -> None:
+        """Wait for the bus before spending link key on a frame, within the batch's deadline
+        (None: one confirmation wait). A frame sent while the bus reconnects sits in the
+        client's buffer, its attempt times out and the next one spends fresh key: a 30 s
+        outage emptied the links' stores that way, and after it every KM waited for new
+        blocks (issue #14's resumption after a NATS outage).
+
+        Raises:
+            BusUnavailable: the bus was not back by then (nothing spent).
+        """
+        if self._bus.connected:
+            return
+        now = self._clock.now()
+        until = now + self._settings.relay_confirm_timeout_s if deadline is None else deadline
+        try:
+            await self._clock.wait_for(self._bus.wait_connected(), max(0.0, until - now))
+        except TimeoutError:
+            raise BusUnavailable(f"session {session_id}: the bus did not come back within "
+                                 f"the batch's timeout; no link key spent") from None
 
     def _relayed_event(self, frame: KeyFrame, to: str) -> None:
         self._events.emit(EventType.key_relayed, "km", node=self.node_id,

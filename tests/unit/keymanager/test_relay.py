@@ -17,7 +17,7 @@ from keyplane.api.errors import map_exception
 from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.bus import Bus, MemoryBus, Message
 from keyplane.clock import RealClock, VirtualClock
-from keyplane.errors import KeyWaitExpired, RelayError, RelayTimeout
+from keyplane.errors import KeyplaneError, KeyWaitExpired, RelayError, RelayTimeout
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings, send_half
 from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame, LinkBlocksHeld
@@ -255,5 +255,66 @@ async def test_relay_random_blocks_are_identical_at_both_ends(km_db: Database) -
         b = net.kms["km1"].link_store("km0")
         assert a.stored_bits == b.stored_bits == 8 * (2 * 4096 + 2048)
     finally:
+        await net.close()
+        await bus.close()
+
+
+class _ReconnectingBus(MemoryBus):
+    """A MemoryBus whose connection can be down, as a NatsBus that is reconnecting tells it
+    (``connected``, ``wait_connected``); its messages still flow (the outage is the flag)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up = asyncio.Event()
+        self.up.set()
+
+    @property
+    def connected(self) -> bool:
+        return self.up.is_set()
+
+    async def wait_connected(self) -> None:
+        await self.up.wait()
+
+
+async def test_relay_spends_no_link_key_while_the_bus_is_down(km_db: Database) -> None:
+    # a frame sent into an outage waits in the client's buffer and its attempt times out,
+    # the next spending fresh key: the source waits for the bus instead, within its deadline
+    bus = _ReconnectingBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    clock = VirtualClock()
+    net = await start_net(line_topology(2), bus, km_db, clock, seed=8,
+                          settings=KmSettings(link_reserve_bytes=0))
+    try:
+        km0 = net.kms["km0"]
+        await km0.enc_keys(CALLER_A, "sc", "sd", 1, 256)  # the pair's session
+        store = km0.link_store("km1")
+        held, frames = store.sendable_bytes, len(log.frames)
+        bus.up.clear()
+        timeout_s = KmSettings().etsi014_qos_timeout_ms / 1000
+        late = asyncio.create_task(km0.enc_keys(CALLER_A, "sc", "sd", 4, 256))
+        back = asyncio.create_task(km0.enc_keys(CALLER_A, "sc", "sd", 4, 256))
+        await clock.advance(timeout_s / 2)
+        assert not late.done() and not back.done()
+        assert store.sendable_bytes == held and len(log.frames) == frames
+        bus.up.set()  # the bus is back within the requests' deadline: both relayed
+        until = clock.now() + timeout_s
+        while not (late.done() and back.done()) and clock.now() < until:
+            await clock.advance(0.01)
+        assert len(late.result()) == len(back.result()) == 4
+        sent = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)]
+        assert sum(len(f.key_ids) for f in sent) == 8  # one attempt per key: nothing wasted
+        assert store.sendable_bytes == held - sum(32 + 32 * len(f.key_ids) for f in sent)
+        bus.up.clear()  # down past the deadline: a 503, and no key spent
+        held = store.sendable_bytes
+        lost = asyncio.create_task(km0.enc_keys(CALLER_A, "sc", "sd", 4, 256))
+        await clock.advance(2 * timeout_s)
+        with pytest.raises(KeyplaneError) as info:  # the mapping is asserted
+            await lost
+        mapping = map_exception(info.value)
+        assert mapping is not None and mapping.http_status == 503
+        assert store.sendable_bytes == held
+    finally:
+        bus.up.set()
         await net.close()
         await bus.close()
