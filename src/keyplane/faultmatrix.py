@@ -163,19 +163,23 @@ async def wait_flowing(ledger: Ledger, since: float, settings: MatrixSettings,
     """Wait until ``max(flowing_keys, keys_014)`` ETSI 014 keys and ``flowing_keys`` ETSI 004
     indexes completed after ``since``; False once ``flowing_timeout_s`` passes with no key
     completed (a stall: the wait for a large share is bounded by progress, not by a total
-    that a loaded machine's pace would have to be guessed for)."""
+    that a loaded machine's pace would have to be guessed for). A stall is per interface:
+    ETSI 014 keys still flowing do not keep a wait for a stalled ETSI 004 stream going (a
+    run waited 18 min so)."""
     want_014 = max(settings.flowing_keys, keys_014)
+    wants = ((ledger.completions_014, want_014),
+             (ledger.completions_004, settings.flowing_keys))
 
     def flowing() -> bool:
-        return (_count_since(ledger.completions_014(), since) >= want_014
-                and _count_since(ledger.completions_004(), since) >= settings.flowing_keys)
+        return all(_count_since(done(), since) >= want for done, want in wants)
 
     while True:
-        done = len(ledger.completions_014()) + len(ledger.completions_004())
+        before = [len(done()) for done, _ in wants]
         if await _until(ledger, flowing, settings.flowing_timeout_s):
             return True
-        if ledger.crash is not None or (len(ledger.completions_014())
-                                        + len(ledger.completions_004())) == done:
+        if ledger.crash is not None or any(
+                _count_since(done(), since) < want and len(done()) == n
+                for (done, want), n in zip(wants, before, strict=True)):
             return False
 
 

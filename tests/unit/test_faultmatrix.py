@@ -3,6 +3,7 @@ reused; the events reader survives a line cut by SIGKILL."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from pathlib import Path
 
@@ -103,6 +104,27 @@ async def test_waiting_for_a_share_fails_on_a_stall_not_on_a_total() -> None:
     assert await wait_flowing(ledger, 0.0, st, keys_014=3)
     # four wanted, three came and nothing more: it stops once nothing arrived for the bound
     assert not await wait_flowing(ledger, 0.0, st, keys_014=4)
+
+
+async def test_a_stalled_stream_is_a_stall_while_etsi_014_keys_flow() -> None:
+    ledger = Ledger()
+    st = MatrixSettings(flowing_keys=1, flowing_timeout_s=0.2)
+    stop = asyncio.Event()
+
+    async def keys_014() -> None:  # the ETSI 014 pair keeps completing keys, the stream none
+        i = 0
+        while not stop.is_set():
+            ledger.got_master(f"k{i}", i.to_bytes(32, "big"))
+            ledger.got_slave(f"k{i}", i.to_bytes(32, "big"))
+            i += 1
+            await asyncio.sleep(0.02)  # the pair's pace, not a synchronisation
+
+    feeder = asyncio.create_task(keys_014())
+    try:
+        assert not await wait_flowing(ledger, 0.0, st, keys_014=10**9)
+    finally:
+        stop.set()
+        await feeder
 
 
 def test_read_events_skips_a_line_cut_by_a_kill(tmp_path: Path) -> None:
