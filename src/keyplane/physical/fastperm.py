@@ -170,6 +170,18 @@ def available() -> bool:
     return numba is not None
 
 
+def _need_numba() -> None:
+    if numba is None:
+        raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
+
+
+def _check(keys: NDArray[np.uint32]) -> None:
+    """The kernels' preconditions: numba present, the network's round count."""
+    _need_numba()
+    if keys.shape[0] != KERNEL_ROUNDS:
+        raise ValueError(f"the kernel is written for {KERNEL_ROUNDS} rounds")
+
+
 def permute(bits: Bits, keys: NDArray[np.uint32], a: int, b: int, out: Bits, start: int,
             stop: int, packed: Bits | None) -> None:
     """``out[start:stop] = bits[perm[start:stop]]`` for the network ``(keys, a, b)`` on
@@ -178,10 +190,7 @@ def permute(bits: Bits, keys: NDArray[np.uint32], a: int, b: int, out: Bits, sta
     Raises:
         RuntimeError: numba is not available (check :func:`available` first).
     """
-    if numba is None:
-        raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
-    if keys.shape[0] != KERNEL_ROUNDS:
-        raise ValueError(f"the kernel is written for {KERNEL_ROUNDS} rounds")
+    _check(keys)
     n = int(bits.shape[0])
     src = packed if packed is not None else bits
     _kernel(src, packed is not None, keys.astype(np.uint32), _U(a - 1), _U(b), _U(n - 1),
@@ -198,10 +207,7 @@ def positions(x: NDArray[np.uint32], keys: NDArray[np.uint32], a: int, b: int, n
     Raises:
         RuntimeError: numba is not available (check :func:`available` first).
     """
-    if numba is None:
-        raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
-    if keys.shape[0] != KERNEL_ROUNDS:
-        raise ValueError(f"the kernel is written for {KERNEL_ROUNDS} rounds")
+    _check(keys)
     out = np.empty(x.shape[0], dtype=np.int64)
     _positions_kernel(x, inverse, keys.astype(np.uint32), _U(a - 1), _U(b), _U(n - 1), out)
     return out
@@ -216,8 +222,7 @@ def range_parities(flat: Bits, starts: NDArray[np.int64], ends: NDArray[np.int64
         RuntimeError: numba is not available (check :func:`available` first).
         ValueError: a range outside ``flat``.
     """
-    if numba is None:
-        raise RuntimeError("the compiled permutation needs numba: pip install 'keyplane[fast]'")
+    _need_numba()
     if starts.shape != ends.shape:
         raise ValueError("starts and ends differ in length")
     if starts.shape[0] and (int(starts.min()) < 0 or int(ends.max()) > flat.shape[0]):
