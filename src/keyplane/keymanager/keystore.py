@@ -26,8 +26,10 @@ Durability ("used once, then destroyed"): a send reservation copies the bytes ou
 block into memory and zeroes them in the block; the zeroed block and the new reservation
 offset are written in the journal's next transaction, which the caller awaits before any
 byte leaves the KM. Reservations are taken ``link_reserve_bytes`` at a time so one write
-covers many frames; after a restart the unused rest of a reservation is gone from the store
-and therefore never reused. A received segment is zeroed and recorded as consumed the same
+covers many frames, but never more than half of what the store holds beyond the frame (a
+crash forfeits the rest of a reservation: a scarce store keeps at least half its key); after
+a restart the unused rest of a reservation is gone from the store and therefore never
+reused. A received segment is zeroed and recorded as consumed the same
 way. A block whose two halves are both used up is deleted.
 
 Events: ``keystore_low`` when the sendable bits drop below ``keystore_low_water_bits``
@@ -329,7 +331,12 @@ class LinkKeyStore:
             if need > self._held_tx_bytes:
                 raise InsufficientKeyMaterial(
                     f"link {self.link_id}: {nbytes} bytes wanted, {self.sendable_bytes} sendable")
-            self._reserve(max(need, self._settings.link_reserve_bytes))
+            # more than this frame needs saves writes, but a crash forfeits it: take at
+            # most half of what the store holds beyond the frame, so a restarted KM of a
+            # scarce link still has key to send with (a fixed 4,096 bytes was a whole
+            # block's half at 5 km: the fault matrix's restarts waited for a new block)
+            spare = (self._held_tx_bytes - need) // 2
+            self._reserve(need + max(0, min(self._settings.link_reserve_bytes - need, spare)))
         segments: list[Segment] = []
         out = bytearray()
         left = nbytes

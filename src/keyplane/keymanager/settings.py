@@ -85,8 +85,9 @@ class KmSettings(BaseModel):
     block is still kept, so both ends of a link stay identical; the physical layer pauses)."""
     link_reserve_bytes: Annotated[int, Field(ge=0)] = 4096
     """Bytes of a link's send half reserved (durably removed from the store) per database
-    write. 0 = one write per use. A restart forfeits at most this much unused reservation
-    per link: it is never reused."""
+    write, at most: never more than half of the sendable key beyond the frame being sent,
+    so a crash (which forfeits the unused rest: it is never reused) leaves a scarce store
+    at least half its key. 0 = one write per use."""
     peer_ahead_limit: Annotated[int, Field(ge=0)] = 4096
     """Block ids a link store remembers its peer holding before it stores them itself."""
 

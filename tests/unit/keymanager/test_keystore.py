@@ -389,3 +389,29 @@ async def test_keystore_reservation_that_uses_up_a_block_goes_on_to_the_next(
     assert a._recount() == a._totals()
     await ja.close()
     await jb.close()
+
+
+async def test_keystore_reservation_leaves_a_scarce_store_half_its_key_after_a_crash(
+        db: Database) -> None:
+    """A reservation is forfeited by a crash; on a store holding little key it takes at
+    most half of what is left beyond the frame, so a restarted KM still has key to send."""
+    settings = KmSettings(link_reserve_bytes=4096)
+    a, _, ja, jb, _ = pair(db, settings)
+    await a.put_block("l1", 0, bytes(range(256)) * 8)  # 2,048 bytes; a sends with [0, 1024)
+    a.peer_holds([0])
+    _, _, gen = a.take_send(64)
+    await ja.flushed(gen)
+    reserved, held, _ = a._totals()
+    assert reserved == 64 + (1024 - 64) // 2 - 64  # the frame's 64 + half the other 960
+    assert held == 1024 - 64 - (1024 - 64) // 2
+    await ja.close()
+    await jb.close()
+    clock = VirtualClock()
+    j2 = Journal(db)
+    a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
+    await a2.load(db)
+    a2.peer_holds([0], inventory=True)
+    assert a2.sendable_bytes == 480  # half the spare survived the "crash"
+    seg, _, _ = a2.take_send(480)
+    assert seg[0][1] == 64 + 480  # after everything the first store reserved: no reuse
+    await j2.close()
