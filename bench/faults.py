@@ -10,7 +10,13 @@ controller (each started again at once), nats-server down ``--nats-s``, PostgreS
 ``--postgres-s``.
 
     python bench/faults.py [--nats-s 30] [--postgres-s 10] [--keys 2000] [--pairs 4]
-        [--batch 16] [--faults src mid dst controller nats postgres] [--keep DIR]
+        [--batch 16] [--faults src mid dst controller nats postgres] [--stock-bytes 10240]
+        [--nice 0] [--keep DIR]
+
+Before each fault the requests that spend link key pause until every link made
+``--stock-bytes`` per direction (keyplane.faultmatrix.stock_links; the *stock pause*
+column), so a fault finds key to resume with; ``--nice`` is how much lower the nodes' link
+workers run (KEYPLANE_EMULATION_NICE; the emulated links stand in for devices).
 
 Per fault: *recovery* (kill: the restarted process's start until its ready line; server:
 the outage), *outage* (fault start to the first key held by both applications, the later
@@ -69,6 +75,11 @@ def main() -> None:
                     help="ETSI 014 keys to complete at both ends over the run")
     ap.add_argument("--pairs", type=int, default=4, help="ETSI 014 request loops at once")
     ap.add_argument("--batch", type=int, default=16, help="keys per enc_keys request")
+    ap.add_argument("--stock-bytes", type=int, default=MatrixSettings().stock_bytes,
+                    help="link key per direction each link makes while the traffic pauses "
+                         "before a fault (0: no pause)")
+    ap.add_argument("--nice", type=int, default=MatrixSettings().link_worker_nice,
+                    help="KEYPLANE_EMULATION_NICE of the nodes' link workers")
     ap.add_argument("--keep", type=Path, default=None,
                     help="run in this (new) folder and keep it: logs, events, nats.conf")
     args = ap.parse_args()
@@ -76,10 +87,12 @@ def main() -> None:
     print(machine_line())
     print(f"parameters: faults={args.faults} nats_s={args.nats_s:g} "
           f"postgres_s={args.postgres_s:g} resume_timeout_s={args.resume_timeout_s:g} "
-          f"keys={args.keys} pairs={args.pairs} batch={args.batch}; "
+          f"keys={args.keys} pairs={args.pairs} batch={args.batch} "
+          f"stock_bytes={args.stock_bytes} nice={args.nice}; "
           f"topology km1 - km0 - km2, 5 km links, BB84 emulated in the node processes")
     settings = MatrixSettings(resume_timeout_s=args.resume_timeout_s, keys_014=args.keys,
-                              pairs_014=args.pairs, batch=args.batch)
+                              pairs_014=args.pairs, batch=args.batch,
+                              stock_bytes=args.stock_bytes, link_worker_nice=args.nice)
     faults = _faults(args.faults, args.nats_s, args.postgres_s)
     t0 = time.monotonic()
     if args.keep is not None:
@@ -89,10 +102,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="keyplane-faults-") as tmp:
             report = asyncio.run(run_matrix(Path(tmp), faults=faults, settings=settings))
     print(f"run: {time.monotonic() - t0:.0f} s wall\n")
-    print("| fault | recovery | outage | resumed after the fault's end | keys at one end only |")
-    print("|---|---|---|---|---|")
+    print("| fault | stock pause before | recovery | outage | resumed after the fault's end "
+          "| keys at one end only |")
+    print("|---|---|---|---|---|---|")
     for r in report.results:
-        print(f"| {r.fault.name} | {r.recovery_s:.1f} s | {_s(r.outage_s)} "
+        print(f"| {r.fault.name} | {_s(r.stock_s)} | {r.recovery_s:.1f} s | {_s(r.outage_s)} "
               f"(014 {_s(r.outage_014_s)}, 004 {_s(r.outage_004_s)}) | {_s(r.resumed_s)} | "
               f"{report.lost_by_fault.get(r.fault.name, 0)} |")
     print()

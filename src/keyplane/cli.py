@@ -400,7 +400,7 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
     """
     from keyplane.device import DeviceSettings, QkdDevice
     from keyplane.ops.surface import serve_operations
-    from keyplane.physical.pool import EmulationSettings
+    from keyplane.physical.pool import emulation_settings_from_env
 
     topo = _load(topology)
     ports: dict[str, int] = {}
@@ -443,7 +443,7 @@ def device(link: Annotated[str, typer.Option("--link", help="Link id from the to
         # without --bus the link's telemetry stays in the process, for its /metrics
         telemetry = b if b is not None else MemoryBus()
         settings = DeviceSettings(key_size_bits=key_size,
-                                  emulation=EmulationSettings(time_scale=time_scale))
+                                  emulation=emulation_settings_from_env(time_scale=time_scale))
         proc_ops = Ops(f"device-{link}" if end is None else f"device-{link}-{end}")
         if b is not None:
             proc_ops.add_readiness_check("bus", _bus_ready(b))

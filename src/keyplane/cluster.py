@@ -40,8 +40,8 @@ from keyplane.fileperms import ensure_private_dir, open_private, write_private
 from keyplane.lifecycle import stop_subprocess
 from keyplane.services import NatsServer, PostgresServer, free_port
 
-__all__ = ["CONTROLLER", "ClusterSettings", "LocalCluster", "ManagedProcess", "read_events",
-           "restartable_port"]
+__all__ = ["CONTROLLER", "ClusterSettings", "EventTail", "LocalCluster", "ManagedProcess",
+           "read_events", "restartable_port"]
 
 CONTROLLER = "controller"
 """The element name of the ``keyplane controller`` process."""
@@ -131,6 +131,35 @@ def read_events(state: Path) -> list[Event]:
                     events.append(Event.model_validate_json(line))
     events.sort(key=lambda e: (e.wall, e.event_id))
     return events
+
+
+class EventTail:
+    """The events the processes append to ``state/events-*.jsonl`` from now on, read
+    incrementally: each :meth:`new` parses only the complete lines added since the previous
+    one (a run writes tens of thousands; re-reading them all on every poll would cost more
+    than the processes it watches). ``contains`` skips lines without that text unparsed."""
+
+    def __init__(self, state: Path, contains: str = "") -> None:
+        self.state = state
+        self.contains = contains
+        self._offsets = {f: f.stat().st_size for f in state.glob("events-*.jsonl")}
+
+    def new(self) -> list[Event]:
+        """Events written since the last call (or since this tail was made)."""
+        out: list[Event] = []
+        for f in sorted(self.state.glob("events-*.jsonl")):
+            start = self._offsets.get(f, 0)
+            with open(f, "rb") as fh:
+                fh.seek(start)
+                data = fh.read()
+            end = data.rfind(b"\n") + 1  # a line still being written waits for the next call
+            self._offsets[f] = start + end
+            for line in data[:end].decode("utf-8", "replace").splitlines():
+                if self.contains and self.contains not in line:
+                    continue
+                with contextlib.suppress(ValidationError, ValueError):
+                    out.append(Event.model_validate_json(line))
+        return out
 
 
 def restartable_port(*, lowest: int = 10_000, attempts: int = 200) -> int:

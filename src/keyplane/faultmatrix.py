@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from keyplane.cluster import CONTROLLER, ClusterSettings, LocalCluster
+from keyplane.cluster import CONTROLLER, ClusterSettings, EventTail, LocalCluster
 from keyplane.config import Topology
 from keyplane.events import Event, EventType
 from keyplane.faulttraffic import GONE, Ledger, MatrixSettings, Traffic
@@ -51,6 +51,7 @@ __all__ = [
     "run_matrix",
     "share_014",
     "stale_link_alarms",
+    "stock_links",
     "wait_flowing",
 ]
 
@@ -117,6 +118,9 @@ class FaultResult:
     resumed_014_s: float | None = None
     """From the fault's end to the first ETSI 014 key held at both ends."""
     resumed_004_s: float | None = None
+    stock_s: float | None = None
+    """How long the traffic paused before the fault for the links' stock
+    (:func:`stock_links`; None: no pause)."""
     phases: dict[str, float | None] = field(default_factory=dict)
     """When each step of the recovery happened, in seconds after the fault's end (negative:
     before it; None: not seen), from the processes' events (:func:`phase_times`)."""
@@ -181,6 +185,41 @@ async def wait_flowing(ledger: Ledger, since: float, settings: MatrixSettings,
                 _count_since(done(), since) < want and len(done()) == n
                 for (done, want), n in zip(wants, before, strict=True)):
             return False
+
+
+async def stock_links(cluster: LocalCluster, traffic: Traffic, settings: MatrixSettings
+                      ) -> bool:
+    """Pause the requests that spend link key until every link of the topology has made
+    ``stock_bytes`` per direction since the last such request ended, then resume them;
+    False (the traffic resumed) if some link made no block for ``stock_timeout_s``.
+
+    What a link made is read from its ``link_block`` events (``secret_bits``; each
+    direction sends with half of a block). Key the stores held before counts for nothing:
+    the stock is at least this much."""
+    traffic.pause()
+    try:
+        await traffic.quiet()
+        tail = EventTail(cluster.state, contains='"link_block"')
+        since = time.monotonic()
+        need = {link.link_id: settings.stock_bytes for link in cluster.topology.links}
+        last = time.monotonic()
+        while any(n > 0 for n in need.values()):
+            got = [e for e in tail.new() if e.type is EventType.link_block and e.t >= since]
+            for e in got:
+                lid = str(e.data.get("link"))
+                if lid in need:
+                    need[lid] -= int(e.data.get("secret_bits") or 0) // 16
+            if got:
+                last = time.monotonic()
+            elif time.monotonic() - last > settings.stock_timeout_s:
+                logger.warning("links made no block for %g s; still short: %s",
+                               settings.stock_timeout_s,
+                               {k: v for k, v in need.items() if v > 0})
+                return False
+            await asyncio.sleep(settings.stock_poll_s)  # a poll of the event files
+        return True
+    finally:
+        traffic.resume()
 
 
 def share_014(settings: MatrixSettings, faults: int) -> int:
@@ -390,6 +429,9 @@ async def run_matrix(workdir: Path, *, faults: list[FaultSpec] | None = None,
     :func:`default_faults`) in turn, each once keys flow, and report."""
     st = settings or MatrixSettings()
     topo = topology or fault_topology()
+    base = cluster_settings or ClusterSettings()
+    cluster_settings = base.model_copy(update={"env": {
+        "KEYPLANE_EMULATION_NICE": str(st.link_worker_nice), **base.env}})
     faults = faults if faults is not None else default_faults("km1", "km0", "km2")
     ledger = Ledger()
     results: list[FaultResult] = []
@@ -405,7 +447,19 @@ async def run_matrix(workdir: Path, *, faults: list[FaultSpec] | None = None,
                 if not await wait_flowing(ledger, since, st, share):
                     not_flowing.append(fault.name)
                     break
+                stock_s = None
+                if st.stock_bytes:
+                    t0 = time.monotonic()
+                    if not await stock_links(cluster, traffic, st):
+                        not_flowing.append(f"{fault.name} (no stock)")
+                        break
+                    stock_s = time.monotonic() - t0
+                    # the fault strikes while keys flow again
+                    if not await wait_flowing(ledger, time.monotonic(), st):
+                        not_flowing.append(fault.name)
+                        break
                 result = await run_fault(cluster, ledger, fault, st)
+                result.stock_s = stock_s
                 results.append(result)
                 logger.info("%s: recovery %.1f s, outage %s s, resumed %s s after its end",
                             fault.name, result.recovery_s, result.outage_s, result.resumed_s)

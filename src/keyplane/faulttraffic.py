@@ -14,6 +14,11 @@ what they obtained.
 
 Every key each application obtained is recorded (:class:`Ledger`) with the time it arrived:
 a key is *complete* once both ends hold it with the same bytes.
+
+The harness can :meth:`Traffic.pause` the requests that spend link key (``enc_keys`` and
+``GET_KEY``; the slave's ``dec_keys`` of keys already relayed go on) and
+:meth:`Traffic.resume` them: before each fault it lets the links build a stock, so that a
+fault finds key to resume with (:func:`keyplane.faultmatrix.stock_links`).
 """
 
 from __future__ import annotations
@@ -71,6 +76,22 @@ class MatrixSettings(BaseModel):
     fault waits for its share to flow first, and the traffic stops only once all have."""
     flowing_timeout_s: PositiveS = 300.0
     """How long to wait for that."""
+    stock_bytes: Annotated[int, Field(ge=0)] = 10_240
+    """Before each fault the requests that spend link key pause until every link has made
+    this many bytes per direction since (0: no pause). A fault then finds key to resume
+    with: without it the traffic, which asks faster than the links make key, leaves the
+    stores empty, and "resumed" would time the link's next block rather than the network's
+    recovery. Four joined ETSI 014 batches of 64 keys (2,080 bytes each)."""
+    stock_timeout_s: PositiveS = 300.0
+    """How long the links may make no block at all while the traffic waits for a stock
+    (then the fault is not applied: the run reports that keys stopped flowing)."""
+    stock_poll_s: PositiveS = 0.5
+    """How often the processes' event files are read for new blocks while waiting."""
+    link_worker_nice: Annotated[int, Field(ge=0, le=19)] = 0
+    """``KEYPLANE_EMULATION_NICE`` of the nodes: how much lower their link workers run.
+    The emulated links stand in for QKD devices, which the host's load does not slow; at
+    the default +10 of a node, twelve busy loops leave a worker one block per 15-45 s and
+    2,000 keys take most of an hour."""
     drain_timeout_s: PositiveS = 180.0
     """After the last fault: how long pending fetches may take to finish."""
     pairs_014: Annotated[int, Field(ge=1, le=64)] = 4
@@ -173,6 +194,11 @@ class Traffic:
         self._fetch_limit = asyncio.Semaphore(2 * settings.pairs_014)
         self._to_confirm: set[str] = set()  # 014 keys the slave got, to confirm next fetch
         self._asking: dict[tuple[str, str], int] = {}  # (end, stream) -> GET_KEY in flight
+        self._open = asyncio.Event()  # clear: requests that spend link key wait
+        self._open.set()
+        self._spending = 0  # such requests in flight
+        self._idle = asyncio.Event()  # set whenever none is in flight
+        self._idle.set()
 
     def _node_of(self, sae: str) -> str:
         return next(a.node for a in self.cluster.topology.applications if a.sae_id == sae)
@@ -196,6 +222,33 @@ class Traffic:
                        for i in range(self.settings.pairs_014)]
         self._tasks.append(asyncio.create_task(self._guard(self._loop_004()),
                                                name="etsi004-stream"))
+
+    def pause(self) -> None:
+        """Hold new requests that spend link key (``enc_keys``, ``GET_KEY``) until
+        :meth:`resume`; the ones in flight finish (:meth:`quiet`)."""
+        self._open.clear()
+
+    def resume(self) -> None:
+        """Let held requests go."""
+        self._open.set()
+
+    async def quiet(self) -> None:
+        """Return once no request that spends link key is in flight."""
+        while self._spending:
+            self._idle.clear()
+            await self._idle.wait()
+
+    async def _spend(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``, a request that spends link key: held while paused, counted in
+        flight."""
+        await self._open.wait()
+        self._spending += 1
+        try:
+            return await call()
+        finally:
+            self._spending -= 1
+            if not self._spending:
+                self._idle.set()
 
     async def _guard(self, loop: Awaitable[None]) -> None:
         """A loop that fails (a bug, not a fault: faults are retried) ends the run early."""
@@ -227,8 +280,9 @@ class Traffic:
         fetches: set[asyncio.Task[None]] = set()
         try:
             while not self.stopping.is_set():
-                keys = await self._retrying("enc_keys", lambda: master.enc_keys(
-                    slave_sae, number=self.settings.batch, size=self.settings.key_bits))
+                keys = await self._retrying("enc_keys", lambda: self._spend(
+                    lambda: master.enc_keys(slave_sae, number=self.settings.batch,
+                                            size=self.settings.key_bits)))
                 for k in keys:
                     self.ledger.got_master(k.key_id, k.key)
                 await self._fetch_limit.acquire()
@@ -325,7 +379,8 @@ class Traffic:
             self._asking[(end, stream)] = index
             try:
                 chunk = await self._retrying(
-                    f"get_key {end}", partial(client.get_key, stream, index),
+                    f"get_key {end}", partial(self._spend, partial(client.get_key, stream,
+                                                                   index)),
                     final=lambda e: isinstance(e, Etsi004StatusError) and int(e.status) in GONE)
             except Etsi004StatusError:
                 return True
@@ -338,6 +393,7 @@ class Traffic:
     async def stop(self, drain_timeout_s: float) -> None:
         """Stop asking for new keys; let pending fetches finish within ``drain_timeout_s``."""
         self.stopping.set()
+        self.resume()
         try:
             async with asyncio.timeout(drain_timeout_s):
                 await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -65,7 +65,7 @@ from keyplane.keymanager.telemetry import KmTelemetryPublisher
 from keyplane.lifecycle import ProcessSettings, Service
 from keyplane.messages import NodeAnnouncement, NodeWelcome
 from keyplane.ops import Ops
-from keyplane.physical.pool import EmulationSettings
+from keyplane.physical.pool import EmulationSettings, emulation_settings_from_env
 from keyplane.store import Database
 from keyplane.store.topology import load_topology_into
 
@@ -150,7 +150,8 @@ class RuntimeContext:
     seed: int = 1
     certs: Issued | None = None
     ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
-    emulation: EmulationSettings = field(default_factory=EmulationSettings)
+    emulation: EmulationSettings = field(default_factory=emulation_settings_from_env)
+    """How this process runs its emulated links (``KEYPLANE_EMULATION_*``)."""
     startup: StartupSettings = field(default_factory=StartupSettings)
     bus_url: str | None = None
     """The bus's URL (distributed mode), for link workers that join the bus themselves."""

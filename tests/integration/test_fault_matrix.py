@@ -44,7 +44,8 @@ async def test_fault_matrix_loses_and_duplicates_nothing_and_resumes(tmp_path: P
     report = await run_matrix(tmp_path, settings=settings,
                               cluster_settings=ClusterSettings(ready_timeout_s=DEADLINE_S))
     for r in report.results:
-        print(f"{r.fault.name}: recovery {r.recovery_s:.1f} s, outage {r.outage_s} s, "
+        print(f"{r.fault.name}: stock pause {r.stock_s} s, recovery {r.recovery_s:.1f} s, "
+              f"outage {r.outage_s} s, "
               f"resumed {r.resumed_s} s after its end; phases after its end "
               f"{ {k: None if v is None else round(v, 1) for k, v in r.phases.items()} }")
     print(f"keys at both ends: {report.keys_014} over ETSI 014, {report.keys_004} over "

@@ -50,6 +50,7 @@ from keyplane.bus import (
     encode,
     unsubscribe_all,
 )
+from keyplane.bus.settings import settings_from_env
 from keyplane.clock import Clock
 from keyplane.config import QuantumLink, Topology
 from keyplane.errors import KeyplaneError, PhysicalError
@@ -76,7 +77,8 @@ from keyplane.physical.workerwire import (
 )
 from keyplane.progress import NoProgress, process_cpu_s, wait_progressing
 
-__all__ = ["EmulationSettings", "LinkWorkerPool", "plan_workers"]
+__all__ = ["EMULATION_ENV_PREFIX", "EmulationSettings", "LinkWorkerPool",
+           "emulation_settings_from_env", "plan_workers"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,6 +126,19 @@ class EmulationSettings(BaseModel):
     """How often a paused link's stores are checked for room again."""
     restart_backoff_max_s: PositiveS = 30.0
     """Longest wait before restarting a worker that died (doubling from 0.5 s)."""
+
+
+EMULATION_ENV_PREFIX = "KEYPLANE_EMULATION_"
+
+
+def emulation_settings_from_env(environ: Mapping[str, str] | None = None, **explicit: Any
+                                ) -> EmulationSettings:
+    """:class:`EmulationSettings` from ``KEYPLANE_EMULATION_<FIELD>`` variables (e.g.
+    ``KEYPLANE_EMULATION_NICE=0``), so an operator or a test harness sets how a process runs
+    its link workers without code changes (see :func:`keyplane.bus.settings_from_env`)."""
+    result: EmulationSettings = settings_from_env(EmulationSettings, EMULATION_ENV_PREFIX,
+                                                  environ, **explicit)
+    return result
 
 
 def _weight(link: QuantumLink) -> float:
