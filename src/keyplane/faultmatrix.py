@@ -5,16 +5,16 @@ Traffic (:class:`~keyplane.faulttraffic.Traffic`, as applications would make it)
 pairs fetching relayed keys at both ends, several at once, and one ETSI 004 stream. Every
 key each application obtained is recorded (:class:`~keyplane.faulttraffic.Ledger`) with the
 time it arrived: a key is *complete* once both ends hold it with the same bytes. Faults
-(:class:`FaultSpec`): ``kill`` SIGKILLs a keyplane process and starts it again; ``nats`` and
-``postgres`` stop the server for ``duration_s`` and start it again on the same port (and
-data). For each fault, :func:`run_fault` measures the *outage* (fault start to the first
-key completed at both ends, for the ETSI 014 pair and for the stream) and how soon after
-the fault's end delivery resumed (the end is the restarted process's ready line, or the
-server's restart). After the last fault the traffic stops, pending fetches finish, and
-:func:`check` counts keys held at one end only, keys handed out twice, and link keys used
-for two different keys (from the KMs' ``key_relayed`` events: each hop names the link key
-bytes it padded with).
-"""
+(:class:`FaultSpec`), each once keys flow and the links made a stock of key while the
+traffic paused (:func:`stock_links`): ``kill`` SIGKILLs a keyplane process and starts it
+again; ``nats`` and ``postgres`` stop the server for ``duration_s`` and start it again on
+the same port (and data). For each fault, :func:`run_fault` measures the *outage* (fault
+start to the first key completed at both ends, for the ETSI 014 pair and for the stream)
+and how soon after the fault's end delivery resumed (the end is the restarted process's
+ready line, or the server's restart). After the last fault the traffic stops, pending
+fetches finish, and :func:`check` counts keys held at one end only, keys handed out twice,
+and link keys used for two different keys (from the KMs' ``key_relayed`` events: each hop
+names the link key bytes it padded with). """
 
 from __future__ import annotations
 

@@ -5,7 +5,10 @@ faults; ``KEYPLANE_FAULT_KEYS`` sets the number) and an ETSI 004 stream (sae3 <-
 fetches keys relayed over both hops, these faults come in turn, in one network: kill -9 the source KM, the
 intermediate KM, the destination KM and the controller (each started again at once); stop
 nats-server for 30 s; stop PostgreSQL for 10 s (each started again on the same port and
-data). Then: no key held at one end only, none handed out twice, no link key used for two
+data). Before each fault the requests that spend link key pause until every link made a
+stock (``MatrixSettings.stock_bytes``), so a fault finds key to resume with, and strike
+once keys flow again; the nodes' link workers run at the KMs' priority (the devices they
+stand in for do not slow down on a loaded host). Then: no key held at one end only, none handed out twice, no link key used for two
 keys, no link held down by the Monitoring Element while it makes key, and delivery resumed
 within ``KEYPLANE_FAULT_RESUME_BOUND_S`` (10 s, issue #14's target) of each fault's end.
 No expected failure is left: every problem the matrix finds fails the test.
