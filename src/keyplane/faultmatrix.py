@@ -14,7 +14,8 @@ and how soon after the fault's end delivery resumed (the end is the restarted pr
 ready line, or the server's restart). After the last fault the traffic stops, pending
 fetches finish, and :func:`check` counts keys held at one end only, keys handed out twice,
 and link keys used for two different keys (from the KMs' ``key_relayed`` events: each hop
-names the link key bytes it padded with). """
+names the link key bytes it padded with).
+"""
 
 from __future__ import annotations
 
