@@ -127,20 +127,37 @@ def _parities_kernel(flat: Any, starts: Any, ends: Any, out: Any) -> None:  # pr
 def _kernel(src: Any, packed: bool, keys: Any, amask: Any, b: Any, limit: Any,
             start: int, stop: int, out: Any) -> None:  # pragma: no cover - compiled
     """``out[start:stop] = key[perm[start:stop]]`` (``src`` the key, or packed little-endian
-    when ``packed``)."""
-    row = np.empty(int(b), dtype=np.uint32)
+    when ``packed``).
+
+    One row of the domain at a time (``L`` fixed, ``R`` consecutive), round by round over
+    the whole row (structure of arrays: each round is one simple loop over two uint32
+    arrays, which LLVM vectorizes; the network written per element did not vectorize as
+    well, 6.9 against 2.8 ns per element at 10^6 bits).
+    """
+    width = np.int64(b)
+    left_row = np.empty(width, dtype=np.uint32)
+    right_row = np.empty(width, dtype=np.uint32)
     j = np.int64(start)
     end = np.int64(stop)
-    width = np.int64(b)
     left = j // width
     first = j - left * width
     while j < end:
         # one row of the domain: L fixed, R = first .. first + count - 1
         count = min(width - first, end - j)
         for e in range(count):
-            row[e] = _network(_U(left), _U(first + e), keys, amask, b)
+            left_row[e] = _U(left)
+            right_row[e] = _U(first + e)
+        for r in range(0, KERNEL_ROUNDS, 2):
+            k_even = keys[r]
+            k_odd = keys[r + 1]
+            for e in range(count):
+                left_row[e] = _U(_U(left_row[e] + _mix(right_row[e], k_even)) & amask)
+            for e in range(count):
+                right_row[e] = _odd(left_row[e], right_row[e], k_odd, b)
         for e in range(count):
-            x = row[e]
+            left_row[e] = _U(_U(left_row[e] * b) + right_row[e])
+        for e in range(count):
+            x = left_row[e]
             while x > limit:  # cycle walking: rare, the domain exceeds n by less than a
                 lx = _U(x // b)
                 x = _network(lx, _U(x - _U(lx * b)), keys, amask, b)
