@@ -28,6 +28,7 @@ __all__ = [
     "class_counts",
     "decode_classes",
     "encode_classes",
+    "sift_frame",
     "sift_mask",
     "split_bases",
 ]
@@ -81,6 +82,44 @@ def split_bases(bits: Bits, bases: Bits, classes: NDArray[np.uint8],
     return FrameSift(key_bits=bits.take(key), key_classes=classes.take(key),
                      test_bits=bits.take(test), test_classes=classes.take(test),
                      test_key_index=before)
+
+
+def sift_frame(mine: Bits, peer: Bits, bits: Bits, classes: NDArray[np.uint8],
+               per_sifted: bool, key_basis: int, compiled: bool = False
+               ) -> tuple[FrameSift, NDArray[np.uint8]]:
+    """Sift one frame at one end and split it (:func:`sift_mask`, then
+    :func:`split_bases`): the split, and the intensity class of every sifted event.
+
+    ``mine``/``peer``: this end's and the peer's basis per detection; ``bits``: this end's
+    bits; ``classes``: per detection, or per sifted event when ``per_sifted`` (Bob's view).
+    ``compiled`` (links with blocks of at least
+    :data:`~keyplane.physical.bits.FAST_MIN_BITS` bits) runs
+    :mod:`keyplane.physical.fastsift`'s one-pass kernel when numba is there: the same
+    output, tested.
+
+    Raises:
+        ValueError: announcements, bits or classes of inconsistent lengths.
+    """
+    if compiled:
+        from keyplane.physical import fastsift  # numba only for large blocks
+        if fastsift.available():
+            kb, kc, tb, tc, ti, sc = fastsift.sift_split(mine, peer, bits, classes,
+                                                         per_sifted, key_basis)
+            return FrameSift(key_bits=kb, key_classes=kc, test_bits=tb, test_classes=tc,
+                             test_key_index=ti), sc
+    if bits.shape != mine.shape:
+        raise ValueError("bits and basis announcements of different lengths")
+    sifted = np.flatnonzero(sift_mask(mine, peer))  # take() beats a masked gather
+    if per_sifted:
+        if classes.shape[0] != sifted.shape[0]:
+            raise ValueError(f"{classes.shape[0]} classes for {sifted.shape[0]} sifted events")
+        sifted_classes = classes
+    else:
+        if classes.shape != mine.shape:
+            raise ValueError("classes and basis announcements of different lengths")
+        sifted_classes = classes.take(sifted)
+    return split_bases(bits.take(sifted), mine.take(sifted), sifted_classes,
+                       key_basis), sifted_classes
 
 
 @dataclass(slots=True)
