@@ -169,6 +169,15 @@ def _open_pass(net: KeyedPermutation, key: Bits, row: Bits, k: int) -> tuple[Bit
     return top, built
 
 
+def _compiled(n: int) -> ModuleType | None:
+    """:mod:`~keyplane.physical.fastperm` for keys whose permutations run compiled (numba
+    is imported only for them), else ``None``."""
+    if n < bits_mod.FAST_MIN_BITS:
+        return None
+    from keyplane.physical import fastperm  # numba only for large keys
+    return fastperm if fastperm.available() else None
+
+
 class CascadeAlice:
     """Alice's side: answers parity questions about her (correct) key."""
 
@@ -179,6 +188,7 @@ class CascadeAlice:
         # per pass still being filled: the network, the row, how much of it is filled
         self._rows: dict[int, tuple[KeyedPermutation, Bits, int]] = {}
         self.leaked_bits = 0
+        self._fast = _compiled(self._n)
 
     def answer(self, query: ParityQuery) -> ParityAnswer:
         """Answer one query; every parity returned is counted as leaked."""
@@ -189,11 +199,18 @@ class CascadeAlice:
             row = np.empty(self._n, dtype=np.uint8)
             top, built = _open_pass(net, self._key, row, k)
             self._rows[index] = (net, row, built)
-        parities = np.empty(query.size, dtype=np.uint8)
-        for p in np.unique(query.passes):
-            sel = query.passes == p
-            prefix = self._prefix_of(int(p), int(query.ends[sel].max()))
-            parities[sel] = prefix[query.ends[sel]] ^ prefix[query.starts[sel]]
+        passes = query.passes
+        if not passes.shape[0]:
+            parities = np.zeros(0, dtype=np.uint8)
+        elif passes[0] == passes[-1] and (passes == passes[0]).all():  # one pass: the rule
+            prefix = self._prefix_of(int(passes[0]), int(query.ends.max()))
+            parities = prefix[query.ends] ^ prefix[query.starts]
+        else:
+            parities = np.empty(query.size, dtype=np.uint8)
+            for p in np.unique(passes):
+                sel = passes == p
+                prefix = self._prefix_of(int(p), int(query.ends[sel].max()))
+                parities[sel] = prefix[query.ends[sel]] ^ prefix[query.starts[sel]]
         self.leaked_bits += int(top.shape[0]) + query.size
         return ParityAnswer(round=query.round, top_parities=top, parities=parities)
 
@@ -213,9 +230,12 @@ class CascadeAlice:
         if end > built:
             net.permute(self._key, out=row, start=built)
             built = self._n
-        prefix = np.empty(built + 1, dtype=np.uint8)
-        prefix[0] = 0
-        np.bitwise_xor.accumulate(row[:built], out=prefix[1:])
+        if self._fast is not None:
+            prefix = self._fast.prefix_xor(row[:built])
+        else:
+            prefix = np.empty(built + 1, dtype=np.uint8)
+            prefix[0] = 0
+            np.bitwise_xor.accumulate(row[:built], out=prefix[1:])
         self._prefix[index] = prefix
         if built == self._n:
             del self._rows[index]
@@ -291,10 +311,7 @@ class CascadeBob:
         self.stats = CascadeStats(n_bits=self._n)
         self._done = False
         # compiled range parities for the keys whose permutations run compiled
-        self._fast: ModuleType | None = None
-        if self._n >= bits_mod.FAST_MIN_BITS:
-            from keyplane.physical import fastperm  # numba only for large keys
-            self._fast = fastperm if fastperm.available() else None
+        self._fast = _compiled(self._n)
 
     @property
     def done(self) -> bool:

@@ -35,7 +35,7 @@ KERNEL_ROUNDS = 8
 """Feistel rounds the kernel is written for (``keyplane.physical.bits.FEISTEL_ROUNDS``; this
 module does not import bits.py, which imports it lazily: no import cycle)."""
 
-__all__ = ["available", "permute", "positions", "range_parities"]
+__all__ = ["available", "permute", "positions", "prefix_xor", "range_parities"]
 
 numba: ModuleType | None
 try:
@@ -124,6 +124,15 @@ def _parities_kernel(flat: Any, starts: Any, ends: Any, out: Any) -> None:  # pr
         out[i] = acc
 
 
+def _prefix_kernel(row: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out[0] = 0``, ``out[i + 1] = out[i] ^ row[i]``."""
+    acc = np.uint8(0)
+    out[0] = acc
+    for i in range(row.shape[0]):
+        acc ^= row[i]
+        out[i + 1] = acc
+
+
 def _kernel(src: Any, packed: bool, keys: Any, amask: Any, b: Any, limit: Any,
             start: int, stop: int, out: Any) -> None:  # pragma: no cover - compiled
     """``out[start:stop] = key[perm[start:stop]]`` (``src`` the key, or packed little-endian
@@ -190,6 +199,7 @@ if numba is not None:
     _kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_kernel)
     _positions_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_positions_kernel)
     _parities_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_parities_kernel)
+    _prefix_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_prefix_kernel)
 
 
 def available() -> bool:
@@ -256,4 +266,18 @@ def range_parities(flat: Bits, starts: NDArray[np.int64], ends: NDArray[np.int64
         raise ValueError("a range lies outside the array")
     out = np.empty(starts.shape[0], dtype=np.uint8)
     _parities_kernel(flat, starts, ends, out)
+    return out
+
+
+def prefix_xor(row: Bits) -> Bits:
+    """Prefix XOR of ``row`` with a leading 0 (``n + 1`` values: ``parity[s, e) = P[e] ^
+    P[s]``, Cascade Alice's side): one sequential pass, where numpy's
+    ``bitwise_xor.accumulate`` on uint8 costs about 2 ns per element.
+
+    Raises:
+        RuntimeError: numba is not available (check :func:`available` first).
+    """
+    _need_numba()
+    out = np.empty(row.shape[0] + 1, dtype=np.uint8)
+    _prefix_kernel(row, out)
     return out
