@@ -170,13 +170,12 @@ class SiftedKeyBuffer:
             raise ValueError(f"only {self.size} sifted bits buffered, {n} requested")
         bits, rest_bits = _split(self.key_bits, n, np.uint8)
         classes, rest_classes = _split(self.key_classes, n, np.uint8)
-        t_index = _cat(self.test_index)
-        cut = int(np.searchsorted(t_index, self.offset + n, side="left"))
+        cut, rest_index = _cut(self.test_index, self.offset + n)
         t_classes, rest_t_classes = _split(self.test_classes, cut, np.uint8)
         t_errors, rest_t_errors = _split(self.test_errors, cut, np.bool_)
         self.key_bits, self.key_classes = rest_bits, rest_classes
         self.test_classes, self.test_errors = rest_t_classes, rest_t_errors
-        self.test_index = [t_index[cut:]] if t_index.shape[0] > cut else []
+        self.test_index = rest_index
         pulses = self.pulses * n // self.size
         duration = self.duration_s * n / self.size
         self.pulses -= pulses
@@ -197,10 +196,17 @@ class SiftedKeyBuffer:
         self.duration_s = 0.0
 
 
-def _cat(chunks: list[NDArray[np.int64]]) -> NDArray[np.int64]:
-    if not chunks:
-        return np.zeros(0, dtype=np.int64)
-    return chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
+def _cut(chunks: list[NDArray[np.int64]], end: int) -> tuple[int, list[NDArray[np.int64]]]:
+    """How many of the test events' key indices (ascending across the chunks) lie below
+    ``end``, and the chunks of the others: a search per chunk, no concatenation (of 8-byte
+    indices, 5 ms per 10^6-bit block)."""
+    cut = 0
+    for i, chunk in enumerate(chunks):
+        below = int(np.searchsorted(chunk, end, side="left"))
+        cut += below
+        if below < chunk.shape[0]:
+            return cut, [chunk[below:], *chunks[i + 1:]]
+    return cut, []
 
 
 def _split(chunks: list[NDArray[T]], n: int, dtype: type[T]
