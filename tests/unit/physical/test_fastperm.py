@@ -92,7 +92,7 @@ def _transcript(alice: np.ndarray, bob: np.ndarray, sizes: list[int]
 
 
 @pytest.mark.parametrize("qber", [0.01, 0.03, 0.06])
-@pytest.mark.parametrize("schedule", ["yanetal", "original"])
+@pytest.mark.parametrize("schedule", ["yanetal", "original", "option7"])
 def test_cascade_transcripts_are_the_same_with_and_without_numba(
         monkeypatch: pytest.MonkeyPatch, qber: float, schedule: str) -> None:
     """The same queries and answers, round by round (compiled permutation, range parities,
@@ -146,3 +146,20 @@ def test_small_blocks_never_import_numba() -> None:
 def test_the_kernel_has_the_rounds_of_the_numpy_permutation() -> None:
     from keyplane.physical import bits, fastperm
     assert fastperm.KERNEL_ROUNDS == bits.FEISTEL_ROUNDS
+
+
+def test_compiled_search_steps_refuse_inconsistent_arrays() -> None:
+    from keyplane.physical import fastcascade
+    row, known = np.zeros(100, np.uint8), np.zeros(64, np.uint8)
+    one = np.ones(1, np.int64)
+    with pytest.raises(ValueError, match="lengths"):
+        fastcascade.cached_descent(row, known, 32, one, one, one, np.ones(2, np.int64),
+                                   np.zeros(1, np.uint8), one.copy())
+    with pytest.raises(ValueError, match="outside"):
+        fastcascade.answer_step(row, known, 32, one, one, np.zeros(1, np.int64),
+                                np.array([101]), np.zeros(1, np.uint8), one.copy(),
+                                np.zeros(1, np.uint8))
+    with pytest.raises(ValueError, match="parity count"):
+        fastcascade.answer_step(row, known, 32, one, one, np.zeros(1, np.int64),
+                                np.array([50]), np.zeros(1, np.uint8), one.copy(),
+                                np.zeros(2, np.uint8))
