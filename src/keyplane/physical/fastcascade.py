@@ -60,41 +60,65 @@ def _descend(i: Any, alice_left: Any, bob_left: Any, nodes: Any, starts: Any, en
         alice[i] = alice[i] ^ alice_left
 
 
+def _valid(row: Any, known: Any, stride: Any, blocks: Any, nodes: Any, starts: Any,
+           ends: Any) -> bool:  # pragma: no cover - compiled
+    """Every search's range inside the row and its node's children inside the table (the
+    kernels run without bounds checks)."""
+    for i in range(starts.shape[0]):
+        child = blocks[i] * stride + 2 * nodes[i] + 1
+        if starts[i] < 0 or ends[i] > row.shape[0] or ends[i] < starts[i] or \
+                nodes[i] < 1 or blocks[i] < 0 or child >= known.shape[0]:
+            return False
+    return True
+
+
 def _answer_kernel(row: Any, known: Any, stride: Any, blocks: Any, nodes: Any, starts: Any,
                    ends: Any, alice: Any, mids: Any,
-                   alice_left: Any) -> None:  # pragma: no cover - compiled
+                   alice_left: Any) -> bool:  # pragma: no cover - compiled
+    if not _valid(row, known, stride, blocks, nodes, starts, ends):
+        return False
+    for i in range(starts.shape[0]):
+        if mids[i] < starts[i] or mids[i] > ends[i]:
+            return False
     for i in range(starts.shape[0]):
         node = blocks[i] * stride + 2 * nodes[i]
         known[node] = alice_left[i] + np.uint8(1)
         known[node + 1] = (alice[i] ^ alice_left[i]) + np.uint8(1)
         _descend(i, alice_left[i], _parity(row, starts[i], mids[i]), nodes, starts, ends,
                  alice, mids)
+    return True
 
 
 def _cached_kernel(row: Any, known: Any, stride: Any, blocks: Any, nodes: Any, starts: Any,
-                   ends: Any, alice: Any, mids: Any) -> bool:  # pragma: no cover - compiled
+                   ends: Any, alice: Any, mids: Any) -> int:  # pragma: no cover - compiled
+    """0: a query is due; 1: a search narrowed to one bit; -1: invalid searches."""
+    if not _valid(row, known, stride, blocks, nodes, starts, ends):
+        return -1
     n = starts.shape[0]
     while True:
         for i in range(n):
             if ends[i] - starts[i] == 1:
-                return True
+                return 1
         for i in range(n):
             mids[i] = starts[i] + (ends[i] - starts[i]) // 2
         hit = False
         for i in range(n):
-            c = known[blocks[i] * stride + 2 * nodes[i]]
+            # a node whose children would leave the table ends the search's known range
+            node = blocks[i] * stride + 2 * nodes[i]
+            c = known[node] if node + 1 < known.shape[0] else np.uint8(0)
             if c > 0:
                 _descend(i, c - np.uint8(1), _parity(row, starts[i], mids[i]), nodes, starts,
                          ends, alice, mids)
                 hit = True
         if not hit:
-            return False
+            return 0
 
 
 if numba is not None:
     _inline = numba.njit(inline="always")
     _parity = _inline(_parity)
     _descend = _inline(_descend)
+    _valid = _inline(_valid)
     _answer_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_answer_kernel)
     _cached_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_cached_kernel)
 
@@ -104,16 +128,11 @@ def available() -> bool:
     return numba is not None
 
 
-def _check(row: _U8, known: _U8, stride: int, blocks: _I64, nodes: _I64, starts: _I64,
-           ends: _I64, alice: _U8, mids: _I64) -> None:
+def _check(starts: _I64, arrays: tuple[NDArray[Any], ...]) -> None:
     if numba is None:
         raise RuntimeError("compiled Cascade steps need numba: pip install 'keyplane[fast]'")
-    m = starts.shape[0]
-    if any(x.shape[0] != m for x in (blocks, nodes, ends, alice, mids)):
+    if any(x.shape[0] != starts.shape[0] for x in arrays):
         raise ValueError("search arrays of different lengths")
-    if m and (int(starts.min()) < 0 or int(ends.max()) > row.shape[0]
-              or int(blocks.max()) * stride + 2 * int(nodes.max()) + 1 >= known.shape[0]):
-        raise ValueError("a search outside the pass")
 
 
 def answer_step(row: _U8, known: _U8, stride: int, blocks: _I64, nodes: _I64, starts: _I64,
@@ -126,11 +145,12 @@ def answer_step(row: _U8, known: _U8, stride: int, blocks: _I64, nodes: _I64, st
         RuntimeError: numba is not available (check :func:`available` first).
         ValueError: inconsistent arrays.
     """
-    _check(row, known, stride, blocks, nodes, starts, ends, alice, mids)
     if alice_left.shape[0] != starts.shape[0]:
         raise ValueError("parity count does not match the searches")
-    _answer_kernel(row, known, np.int64(stride), blocks, nodes, starts, ends, alice, mids,
-                   alice_left)
+    _check(starts, (blocks, nodes, ends, alice, mids))
+    if not _answer_kernel(row, known, np.int64(stride), blocks, nodes, starts, ends, alice,
+                          mids, alice_left):
+        raise ValueError("a search outside the pass")
 
 
 def cached_descent(row: _U8, known: _U8, stride: int, blocks: _I64, nodes: _I64,
@@ -144,6 +164,9 @@ def cached_descent(row: _U8, known: _U8, stride: int, blocks: _I64, nodes: _I64,
         RuntimeError: numba is not available (check :func:`available` first).
         ValueError: inconsistent arrays.
     """
-    _check(row, known, stride, blocks, nodes, starts, ends, alice, mids)
-    return bool(_cached_kernel(row, known, np.int64(stride), blocks, nodes, starts, ends,
-                               alice, mids))
+    _check(starts, (blocks, nodes, ends, alice, mids))
+    status = int(_cached_kernel(row, known, np.int64(stride), blocks, nodes, starts, ends,
+                                alice, mids))
+    if status < 0:
+        raise ValueError("a search outside the pass")
+    return status == 1
