@@ -5,8 +5,9 @@ takes the index array of the matching detections, gathers bits, bases and classe
 it, then splits the sifted events into key and test basis with two more index arrays and
 four more gathers: about ten passes over a frame's 4*10^6 detections (a 10^6-bit block's
 frame with unbiased bases), 60-70 ns per sifted key bit at both ends together. The kernel
-below makes one pass, writing every event to both outputs and advancing only the one it
-belongs to (no branch on the random bases). ``tests/unit/physical/test_fastsift.py``
+below make two passes: the sifted detections' indices, then the split, each writing every
+event at the next free slot of its outputs and advancing only where it belongs (no branch
+on the random bases). ``tests/unit/physical/test_fastsift.py``
 compares it with numpy's path.
 
 Used only by links whose blocks have at least
@@ -34,47 +35,49 @@ except ImportError:
     numba = None
 
 
-def _count_kernel(mine: Any, peer: Any, key_basis: Any) -> Any:  # pragma: no cover
-    """(sifted events, sifted events in the key basis)."""
-    sifted = np.int64(0)
-    key = np.int64(0)
-    for i in range(mine.shape[0]):
-        same = np.int64(mine[i] == peer[i])
-        sifted += same
-        key += same & np.int64(mine[i] == key_basis)
-    return sifted, key
-
-
-def _sift_kernel(mine: Any, peer: Any, bits: Any, classes: Any, per_sifted: bool,
-                 key_basis: Any, key_bits: Any, key_classes: Any, test_bits: Any,
-                 test_classes: Any, test_index: Any, sifted_classes: Any
-                 ) -> None:  # pragma: no cover - compiled
-    """One pass: each event is written at the next free slot of every output (the outputs
-    have one spare slot) and only the outputs it belongs to advance."""
+def _index_kernel(mine: Any, peer: Any, key_basis: Any, index: Any,
+                  is_key: Any) -> Any:  # pragma: no cover - compiled
+    """The sifted detections' indices (``index`` one longer than the frame: each detection
+    is written at the next free slot, which advances only when the bases agree), whether
+    each is in the key basis, and the count of key-basis events."""
     s = np.int64(0)
+    for i in range(mine.shape[0]):
+        index[s] = i
+        s += np.int64(mine[i] == peer[i])
+    key = np.int64(0)
+    for j in range(s):
+        v = np.uint8(mine[index[j]] == key_basis)
+        is_key[j] = v
+        key += np.int64(v)
+    return s, key
+
+
+def _split_kernel(index: Any, is_key: Any, bits: Any, classes: Any, per_sifted: bool,
+                  key_bits: Any, key_classes: Any, test_bits: Any, test_classes: Any,
+                  test_index: Any, sifted_classes: Any) -> None:  # pragma: no cover
+    """One pass over the sifted events: each is written at the next free slot of both
+    outputs (one spare slot each) and only the one it belongs to advances (no branch on
+    the random bases)."""
     k = np.int64(0)
     t = np.int64(0)
-    last = np.int64(classes.shape[0] - 1)
-    for i in range(mine.shape[0]):
-        same = np.int64(mine[i] == peer[i])
-        is_key = same & np.int64(mine[i] == key_basis)
-        is_test = same - is_key
-        c = classes[min(s, last)] if per_sifted else classes[i]
+    for j in range(is_key.shape[0]):
+        i = index[j]
+        c = classes[j] if per_sifted else classes[i]
         b = bits[i]
-        sifted_classes[s] = c
+        sifted_classes[j] = c
+        v = np.int64(is_key[j])
         key_bits[k] = b
         key_classes[k] = c
         test_bits[t] = b
         test_classes[t] = c
         test_index[t] = k
-        s += same
-        k += is_key
-        t += is_test
+        k += v
+        t += 1 - v
 
 
 if numba is not None:
-    _count_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_count_kernel)
-    _sift_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_sift_kernel)
+    _index_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_index_kernel)
+    _split_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_split_kernel)
 
 
 def available() -> bool:
@@ -102,7 +105,10 @@ def sift_split(mine: NDArray[np.uint8], peer: NDArray[np.uint8], bits: NDArray[n
     d = int(mine.shape[0])
     if peer.shape[0] != d or bits.shape[0] != d or (not per_sifted and classes.shape[0] != d):
         raise ValueError("basis announcements, bits and classes of different lengths")
-    sifted, key = _count_kernel(mine, peer, np.uint8(key_basis))
+    index = np.empty(d + 1, dtype=np.int64)
+    is_key = np.empty(d, dtype=np.uint8)
+    sifted, key = _index_kernel(mine, peer, np.uint8(key_basis), index, is_key)
+    sifted, key = int(sifted), int(key)
     if per_sifted and classes.shape[0] != sifted:
         raise ValueError(f"{classes.shape[0]} classes for {sifted} sifted events")
     test = sifted - key
@@ -111,10 +117,8 @@ def sift_split(mine: NDArray[np.uint8], peer: NDArray[np.uint8], bits: NDArray[n
     test_bits = np.empty(test + 1, dtype=np.uint8)
     test_classes = np.empty(test + 1, dtype=np.uint8)
     test_index = np.empty(test + 1, dtype=np.int64)
-    sifted_classes = np.empty(sifted + 1, dtype=np.uint8)
-    if d:
-        src = classes if classes.shape[0] else np.zeros(1, dtype=np.uint8)
-        _sift_kernel(mine, peer, bits, src, per_sifted, np.uint8(key_basis), key_bits,
-                     key_classes, test_bits, test_classes, test_index, sifted_classes)
+    sifted_classes = np.empty(sifted, dtype=np.uint8)
+    _split_kernel(index, is_key[:sifted], bits, classes, per_sifted, key_bits, key_classes,
+                  test_bits, test_classes, test_index, sifted_classes)
     return (key_bits[:key], key_classes[:key], test_bits[:test], test_classes[:test],
-            test_index[:test], sifted_classes[:sifted])
+            test_index[:test], sifted_classes)
