@@ -37,9 +37,9 @@ if TYPE_CHECKING:
         CascadeBob,
         CascadeStats,
         block_sizes,
-        cascade_reference,
         run_cascade,
     )
+    from keyplane.physical.cascade_reference import cascade_reference
     from keyplane.physical.channel import BusChannel, ClassicalChannel, InProcessChannel
     from keyplane.physical.estimation import asymptotic_key_rate, plob_bound
     from keyplane.physical.finite_key import BlockCounts, FiniteKeyBound, finite_key_length
@@ -125,7 +125,7 @@ _HOME: dict[str, str] = {
     "asymptotic_key_rate": "keyplane.physical.estimation",
     "block_id_base": "keyplane.physical.runner",
     "block_sizes": "keyplane.physical.cascade",
-    "cascade_reference": "keyplane.physical.cascade",
+    "cascade_reference": "keyplane.physical.cascade_reference",
     "emulate_frame": "keyplane.physical.physics",
     "finite_key_length": "keyplane.physical.finite_key",
     "plob_bound": "keyplane.physical.estimation",

@@ -31,8 +31,9 @@ information reconciliation protocol Cascade", QIC 15 (2015):
 * ``yanetal``: 10 passes, ``k1 = ceil(0.80/Q)``, ``k2 = 5 k1``, then ``n/2``.
 * ``option7``: 14 passes, ``k1 = 2^ceil(log2(1/Q))``, ``k2 = 4 k1``, then ``n/2``.
 
-:func:`cascade_reference` is a plain per-bit, one-search-at-a-time implementation of the
-same algorithm; tests check that both leave Bob with Alice's key.
+:func:`keyplane.physical.cascade_reference.cascade_reference` is a plain per-bit,
+one-search-at-a-time implementation of the same algorithm; tests check that both leave Bob
+with Alice's key.
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from keyplane.physical.bits import (
     Bits,
     KeyedPermutation,
     binary_entropy,
-    keyed_permutation,
 )
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "ParityAnswer",
     "ParityQuery",
     "block_sizes",
-    "cascade_reference",
     "run_cascade",
 ]
 
@@ -169,6 +168,15 @@ def _open_pass(net: KeyedPermutation, key: Bits, row: Bits, k: int) -> tuple[Bit
     return top, built
 
 
+def _compiled(n: int) -> ModuleType | None:
+    """:mod:`~keyplane.physical.fastperm` for keys whose permutations run compiled (numba
+    is imported only for them), else ``None``."""
+    if n < bits_mod.FAST_MIN_BITS:
+        return None
+    from keyplane.physical import fastperm  # numba only for large keys
+    return fastperm if fastperm.available() else None
+
+
 class CascadeAlice:
     """Alice's side: answers parity questions about her (correct) key."""
 
@@ -179,6 +187,7 @@ class CascadeAlice:
         # per pass still being filled: the network, the row, how much of it is filled
         self._rows: dict[int, tuple[KeyedPermutation, Bits, int]] = {}
         self.leaked_bits = 0
+        self._fast = _compiled(self._n)
 
     def answer(self, query: ParityQuery) -> ParityAnswer:
         """Answer one query; every parity returned is counted as leaked."""
@@ -189,11 +198,18 @@ class CascadeAlice:
             row = np.empty(self._n, dtype=np.uint8)
             top, built = _open_pass(net, self._key, row, k)
             self._rows[index] = (net, row, built)
-        parities = np.empty(query.size, dtype=np.uint8)
-        for p in np.unique(query.passes):
-            sel = query.passes == p
-            prefix = self._prefix_of(int(p), int(query.ends[sel].max()))
-            parities[sel] = prefix[query.ends[sel]] ^ prefix[query.starts[sel]]
+        passes = query.passes
+        if not passes.shape[0]:
+            parities = np.zeros(0, dtype=np.uint8)
+        elif passes[0] == passes[-1] and (passes == passes[0]).all():  # one pass: the rule
+            prefix = self._prefix_of(int(passes[0]), int(query.ends.max()))
+            parities = prefix[query.ends] ^ prefix[query.starts]
+        else:
+            parities = np.empty(query.size, dtype=np.uint8)
+            for p in np.unique(passes):
+                sel = passes == p
+                prefix = self._prefix_of(int(p), int(query.ends[sel].max()))
+                parities[sel] = prefix[query.ends[sel]] ^ prefix[query.starts[sel]]
         self.leaked_bits += int(top.shape[0]) + query.size
         return ParityAnswer(round=query.round, top_parities=top, parities=parities)
 
@@ -213,9 +229,12 @@ class CascadeAlice:
         if end > built:
             net.permute(self._key, out=row, start=built)
             built = self._n
-        prefix = np.empty(built + 1, dtype=np.uint8)
-        prefix[0] = 0
-        np.bitwise_xor.accumulate(row[:built], out=prefix[1:])
+        if self._fast is not None:
+            prefix = self._fast.prefix_xor(row[:built])
+        else:
+            prefix = np.empty(built + 1, dtype=np.uint8)
+            prefix[0] = 0
+            np.bitwise_xor.accumulate(row[:built], out=prefix[1:])
         self._prefix[index] = prefix
         if built == self._n:
             del self._rows[index]
@@ -290,11 +309,13 @@ class CascadeBob:
         self._mids = np.zeros(0, np.int64)
         self.stats = CascadeStats(n_bits=self._n)
         self._done = False
-        # compiled range parities for the keys whose permutations run compiled
-        self._fast: ModuleType | None = None
-        if self._n >= bits_mod.FAST_MIN_BITS:
-            from keyplane.physical import fastperm  # numba only for large keys
-            self._fast = fastperm if fastperm.available() else None
+        # compiled range parities and search steps for the keys whose permutations run
+        # compiled
+        self._fast = _compiled(self._n)
+        self._steps: ModuleType | None = None
+        if self._fast is not None:
+            from keyplane.physical import fastcascade
+            self._steps = fastcascade if fastcascade.available() else None
 
     @property
     def done(self) -> bool:
@@ -333,7 +354,11 @@ class CascadeBob:
         s = self._s
         if answer.parities.shape[0] != len(s):
             raise ValueError("parity count does not match the query")
-        if len(s):
+        one = self._one_pass() if self._steps is not None else None
+        if one is not None and self._steps is not None:  # the same two steps, compiled
+            self._steps.answer_step(one.permuted, one.known, one.stride, s.blocks, s.nodes,
+                                    s.starts, s.ends, s.alice, self._mids, answer.parities)
+        elif len(s):
             self._remember(s.alice, answer.parities)
             self._descend(slice(None), answer.parities)
         self.stats.rounds += 1
@@ -373,6 +398,17 @@ class CascadeBob:
                 p.known = np.zeros(p.bob_top.shape[0] * p.stride, dtype=np.uint8)
             p.known[self._tree_index(p, sel, 0)] = alice_left[sel] + 1
             p.known[self._tree_index(p, sel, 1)] = (alice[sel] ^ alice_left[sel]) + 1
+
+    def _one_pass(self) -> _Pass | None:
+        """The pass of the running searches when they are all in one (always, as searches
+        start in waves in one pass), its node table allocated; ``None`` without searches."""
+        groups = self._by_pass()
+        if len(groups) != 1:
+            return None
+        p = groups[0][0]
+        if p.known is None:
+            p.known = np.zeros(p.bob_top.shape[0] * p.stride, dtype=np.uint8)
+        return p
 
     def _by_pass(self) -> list[tuple[_Pass, _Sel]]:
         """The passes of the running searches, each with its searches (a slice when all are
@@ -486,6 +522,14 @@ class CascadeBob:
                                    ends=np.zeros(0, np.int64))
             if ((s.ends - s.starts) == 1).any():
                 continue
+            one = self._one_pass() if self._steps is not None else None
+            if one is not None and self._steps is not None:  # the steps below, compiled
+                self._mids = np.empty(len(s), dtype=np.int64)
+                if self._steps.cached_descent(one.permuted, one.known, one.stride, s.blocks,
+                                              s.nodes, s.starts, s.ends, s.alice,
+                                              self._mids):
+                    continue  # a search narrowed to one bit
+                return self._query()
             self._mids = s.starts + (s.ends - s.starts) // 2
             # only a block searched before can have ranges whose parity is known
             cached = np.zeros(len(s), dtype=np.uint8)
@@ -496,65 +540,14 @@ class CascadeBob:
                 hit = cached > 0
                 self._descend(hit, cached[hit] - 1)
                 continue
-            return ParityQuery(round=self.stats.rounds, seed=self._seed, new_pass=None,
-                               passes=s.passes.astype(np.uint8), starts=s.starts.copy(),
-                               ends=self._mids.copy())
+            return self._query()
 
-
-def cascade_reference(alice_key: Bits, bob_key: Bits, seed: bytes,
-                      sizes: list[int]) -> tuple[Bits, int]:
-    """Per-bit reference Cascade with the same passes and permutations, one search at a time.
-
-    ``ask(p, s, e)`` stands for the channel: Alice's parity of positions ``[s, e)`` of pass
-    ``p``. After each pass, every block of every pass so far is checked again until all
-    parities agree (the cascade effect, one block at a time). Returns Bob's corrected key
-    and the number of parities Alice disclosed.
-    """
-    n = len(alice_key)
-    bob = [int(b) for b in bob_key]
-    alice = [int(a) for a in alice_key]
-    perms: list[list[int]] = []
-    leaked = 0
-
-    def ask(p: int, s: int, e: int) -> int:
-        nonlocal leaked
-        leaked += 1
-        acc = 0
-        for j in range(s, e):
-            acc ^= alice[perms[p][j]]
-        return acc
-
-    def mine(p: int, s: int, e: int) -> int:
-        acc = 0
-        for j in range(s, e):
-            acc ^= bob[perms[p][j]]
-        return acc
-
-    def binary(p: int, s: int, e: int, a_par: int) -> int:
-        while e - s > 1:
-            mid = s + (e - s) // 2
-            left = ask(p, s, mid)
-            if left != mine(p, s, mid):
-                e, a_par = mid, left
-            else:
-                s, a_par = mid, a_par ^ left
-        return perms[p][s]
-
-    tops: list[list[int]] = []
-    for index, k in enumerate(sizes):
-        perms.append([int(x) for x in keyed_permutation(n, seed, _pass_label(index))])
-        tops.append([ask(index, b, min(b + k, n)) for b in range(0, n, k)])
-        pending = True
-        while pending:
-            pending = False
-            for p in range(index + 1):
-                kp = sizes[p]
-                for blk, a_par in enumerate(tops[p]):
-                    s, e = blk * kp, min(blk * kp + kp, n)
-                    if mine(p, s, e) != a_par:
-                        bob[binary(p, s, e, a_par)] ^= 1
-                        pending = True
-    return np.asarray(bob, dtype=np.uint8), leaked
+    def _query(self) -> ParityQuery:
+        """The left halves of the running searches."""
+        s = self._s
+        return ParityQuery(round=self.stats.rounds, seed=self._seed, new_pass=None,
+                           passes=s.passes.astype(np.uint8), starts=s.starts.copy(),
+                           ends=self._mids.copy())
 
 
 def run_cascade(alice_key: Bits, bob_key: Bits, seed: bytes,

@@ -35,7 +35,7 @@ KERNEL_ROUNDS = 8
 """Feistel rounds the kernel is written for (``keyplane.physical.bits.FEISTEL_ROUNDS``; this
 module does not import bits.py, which imports it lazily: no import cycle)."""
 
-__all__ = ["available", "permute", "positions", "range_parities"]
+__all__ = ["available", "permute", "positions", "prefix_xor", "range_parities"]
 
 numba: ModuleType | None
 try:
@@ -124,30 +124,66 @@ def _parities_kernel(flat: Any, starts: Any, ends: Any, out: Any) -> None:  # pr
         out[i] = acc
 
 
+def _prefix_kernel(row: Any, out: Any) -> None:  # pragma: no cover - compiled
+    """``out[0] = 0``, ``out[i + 1] = out[i] ^ row[i]``."""
+    acc = np.uint8(0)
+    out[0] = acc
+    for i in range(row.shape[0]):
+        acc ^= row[i]
+        out[i + 1] = acc
+
+
 def _kernel(src: Any, packed: bool, keys: Any, amask: Any, b: Any, limit: Any,
             start: int, stop: int, out: Any) -> None:  # pragma: no cover - compiled
     """``out[start:stop] = key[perm[start:stop]]`` (``src`` the key, or packed little-endian
-    when ``packed``)."""
-    row = np.empty(int(b), dtype=np.uint32)
+    when ``packed``).
+
+    One row of the domain at a time (``L`` fixed, ``R`` consecutive), round by round over
+    the whole row (structure of arrays: each round is one simple loop over two uint32
+    arrays, which LLVM vectorizes; the network written per element did not vectorize as
+    well: 6.9 against 2.4 ns per element at 10^6 bits, of which the gather 0.8), then the
+    rare cycle walks, then the gather alone.
+    """
+    width = np.int64(b)
+    left_row = np.empty(width, dtype=np.uint32)
+    right_row = np.empty(width, dtype=np.uint32)
     j = np.int64(start)
     end = np.int64(stop)
-    width = np.int64(b)
     left = j // width
     first = j - left * width
     while j < end:
         # one row of the domain: L fixed, R = first .. first + count - 1
         count = min(width - first, end - j)
         for e in range(count):
-            row[e] = _network(_U(left), _U(first + e), keys, amask, b)
+            left_row[e] = _U(left)
+            right_row[e] = _U(first + e)
+        for r in range(0, KERNEL_ROUNDS, 2):
+            k_even = keys[r]
+            k_odd = keys[r + 1]
+            for e in range(count):
+                left_row[e] = _U(_U(left_row[e] + _mix(right_row[e], k_even)) & amask)
+            for e in range(count):
+                right_row[e] = _odd(left_row[e], right_row[e], k_odd, b)
+        over = False
         for e in range(count):
-            x = row[e]
-            while x > limit:  # cycle walking: rare, the domain exceeds n by less than a
-                lx = _U(x // b)
-                x = _network(lx, _U(x - _U(lx * b)), keys, amask, b)
-            if packed:
+            x = _U(_U(left_row[e] * b) + right_row[e])
+            left_row[e] = x
+            over |= x > limit
+        if over:  # cycle walking: rare, the domain exceeds n by less than a
+            for e in range(count):
+                x = left_row[e]
+                while x > limit:
+                    lx = _U(x // b)
+                    x = _network(lx, _U(x - _U(lx * b)), keys, amask, b)
+                left_row[e] = x
+        # the gather alone, no branch in the loop
+        if packed:
+            for e in range(count):
+                x = left_row[e]
                 out[j + e] = _U(src[x >> _S3] >> _U(x & _S7)) & _ONE
-            else:
-                out[j + e] = src[x]
+        else:
+            for e in range(count):
+                out[j + e] = src[left_row[e]]
         j += count
         left += 1
         first = np.int64(0)
@@ -163,6 +199,7 @@ if numba is not None:
     _kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_kernel)
     _positions_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_positions_kernel)
     _parities_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_parities_kernel)
+    _prefix_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_prefix_kernel)
 
 
 def available() -> bool:
@@ -229,4 +266,18 @@ def range_parities(flat: Bits, starts: NDArray[np.int64], ends: NDArray[np.int64
         raise ValueError("a range lies outside the array")
     out = np.empty(starts.shape[0], dtype=np.uint8)
     _parities_kernel(flat, starts, ends, out)
+    return out
+
+
+def prefix_xor(row: Bits) -> Bits:
+    """Prefix XOR of ``row`` with a leading 0 (``n + 1`` values: ``parity[s, e) = P[e] ^
+    P[s]``, Cascade Alice's side): one sequential pass, where numpy's
+    ``bitwise_xor.accumulate`` on uint8 costs about 2 ns per element.
+
+    Raises:
+        RuntimeError: numba is not available (check :func:`available` first).
+    """
+    _need_numba()
+    out = np.empty(row.shape[0] + 1, dtype=np.uint8)
+    _prefix_kernel(row, out)
     return out

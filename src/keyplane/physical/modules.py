@@ -77,8 +77,8 @@ from keyplane.physical.sifting import (
     class_counts,
     decode_classes,
     encode_classes,
+    sift_frame,
     sift_mask,
-    split_bases,
 )
 from keyplane.physical.wire import (
     PeRequest,
@@ -179,7 +179,9 @@ class _Module:
         self.buffer = SiftedKeyBuffer()
         self.next_block_id = 0
         self.key_basis = LinkPhysics.from_link(link).key_basis
-        if link.postprocessing.block_size_bits >= FAST_MIN_BITS:
+        # large blocks: compiled sifting (numba), never for the default 10^5-bit blocks
+        self._compiled_sift = link.postprocessing.block_size_bits >= FAST_MIN_BITS
+        if self._compiled_sift:
             no_hugepage_advice()  # frames of several MiB per array, many per block
 
     def _reset(self, next_block_id: int) -> None:
@@ -264,11 +266,9 @@ class AliceModule(_Module):
                 link_id=self.link_id, frame_id=frame_id, n_pulses=n_pulses,
                 detections=bob.detections, bases=pack(bob.bases), bits=pack(bob.bits)))
             req = await expect(self.classical, SiftRequest, frame_id, self.peer_timeout_s)
-            match = sift_mask(alice.bases, unpack(req.bases, req.detections))
-            sifted = np.flatnonzero(match)  # take() beats a masked gather (see split_bases)
-            classes = alice.intensity_class.take(sifted)
-            sift = split_bases(alice.bits.take(sifted), alice.bases.take(sifted), classes,
-                               self.key_basis)
+            sift, classes = sift_frame(alice.bases, unpack(req.bases, req.detections),
+                                       alice.bits, alice.intensity_class, False,
+                                       self.key_basis, self._compiled_sift)
             hi, lo = encode_classes(classes)
             detections = class_counts(alice.intensity_class)
             await self.classical.send(SiftReply(
@@ -412,10 +412,11 @@ class BobModule(_Module):
                                                   detections=frame.detections,
                                                   bases=frame.bases))
             rep = await expect(self.classical, SiftReply, frame.frame_id, self.peer_timeout_s)
-            match = sift_mask(unpack(rep.bases, frame.detections), bases)
+            alice_bases = unpack(rep.bases, frame.detections)
+            match = sift_mask(alice_bases, bases)
             classes = decode_classes(rep.class_hi, rep.class_lo, int(np.count_nonzero(match)))
-            sifted = np.flatnonzero(match)
-            sift = split_bases(bits.take(sifted), bases.take(sifted), classes, self.key_basis)
+            sift, _ = sift_frame(bases, alice_bases, bits, classes, True, self.key_basis,
+                                 self._compiled_sift)
             alice_test = unpack(rep.test_bits, int(sift.test_bits.shape[0]))
             self.buffer.add(sift, alice_test != sift.test_bits, frame.n_pulses,
                             frame.n_pulses / self.link.repetition_rate_hz)
