@@ -87,6 +87,11 @@ class KmSettings(BaseModel):
     """Bytes of a link's send half reserved (durably removed from the store) per database
     write. 0 = one write per use. A restart forfeits at most this much unused reservation
     per link: it is never reused."""
+    link_block_rewrite_s: Annotated[float, Field(ge=0.0)] = 1.0
+    """A partly used link key block's stored (sealed) bytes are rewritten with the spent
+    ranges zeroed at most once per this many seconds, and at the latest this long after
+    its last use; each use in between writes the block's offsets only (what keeps a byte
+    from being used twice). 0 = rewrite them at every use."""
     peer_ahead_limit: Annotated[int, Field(ge=0)] = 4096
     """Block ids a link store remembers its peer holding before it stores them itself."""
 
