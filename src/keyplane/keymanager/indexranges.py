@@ -30,6 +30,15 @@ def add_indexes(ranges: list[list[int]], indexes: list[int]) -> bool:
     A bulk delivery's indexes are nearly always one run that extends the last range, which
     is one comparison here instead of a search per index.
     """
+    n, first = len(indexes), indexes[0]
+    if indexes[-1] == first + n - 1 and indexes == list(range(first, first + n)):
+        # one ascending run (a bulk delivery as it was made): no sort, no walk
+        if ranges and ranges[-1][1] == first:
+            ranges[-1][1] = first + n
+            return True
+        if not ranges or ranges[-1][1] < first:
+            ranges.append([first, first + n])
+            return True
     new = False
     indexes = sorted(indexes)
     start = prev = indexes[0]

@@ -174,7 +174,12 @@ async def test_vault_commit_failure_reaches_waiters_and_the_journal_retries(
     await journal.close()
 
 
-@given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=12), max_size=8))
+_RUNS = st.builds(lambda a, n: list(range(a, a + n)), st.integers(0, 40), st.integers(1, 12))
+"""Ascending runs of indexes (a bulk delivery as made: add_indexes' fast path)."""
+
+
+@given(st.lists(st.one_of(st.lists(st.integers(0, 40), min_size=1, max_size=12), _RUNS),
+                max_size=8))
 def test_vault_add_indexes_in_bulk_equals_one_at_a_time(batches: list[list[int]]) -> None:
     one: list[list[int]] = []
     bulk: list[list[int]] = []
