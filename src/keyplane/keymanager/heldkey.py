@@ -40,7 +40,8 @@ class HeldKey:
 class Batch:
     """Keys added together: one row of ``key_batches``."""
 
-    __slots__ = ("batch_id", "dead", "keys", "layout", "left", "persisted", "session_id")
+    __slots__ = ("batch_id", "dead", "full", "keys", "layout", "left", "persisted",
+                 "session_id")
 
     def __init__(self, session_id: str, keys: list[HeldKey], batch_id: str | None = None,
                  persisted: bool = False) -> None:
@@ -53,10 +54,21 @@ class Batch:
         self.layout: tuple[list[str], list[int], list[int]] | None = None
         self.left = sum(1 for k in keys if k.state != "delivered")
         """Keys not handed out yet (the batch's row goes when none is left)."""
+        self.full = True
+        """The next write is the whole row: the held bytes (or which keys hold them) may
+        have changed since the last; else only the states and provenance changed."""
 
     def record(self) -> KeyBatchRecord:
+        """The row to write: all of it, or (:attr:`full` False, the row stored) the states
+        and provenance only, which the seal is not bound to (a pending batch confirmed)."""
         keys = self.keys
         first = keys[0]
+        if self.persisted and not self.full:
+            return KeyBatchRecord(
+                self.batch_id, self.session_id, first.sae_id, first.peer_sae, first.t,
+                [], [], [], "".join([_CODE[k.state] for k in keys]), [],
+                [k.provenance for k in keys], b"", states_only=True)
+        self.full = False
         if self.layout is None:
             self.layout = ([k.key_id for k in keys], [k.index for k in keys],
                            [k.size_bits for k in keys])

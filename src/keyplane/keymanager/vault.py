@@ -202,6 +202,7 @@ class KeyVault:
                     dirty[batch.batch_id] = batch
                     last_batch = batch
                 batch.left -= 1
+                batch.full = True  # fewer bytes held
                 if batch.left <= 0:
                     batch.dead = True
                     dirty.pop(batch.batch_id, None)
@@ -270,6 +271,7 @@ class KeyVault:
         for key in keys:
             if key.batch is not None and not key.batch.dead and live.get(key.key_id) is key:
                 self._dirty[key.batch.batch_id] = key.batch  # held already: rewrite it
+                key.batch.full = True  # (its bytes may be new: a direct relay's)
                 continue
             if key.state == "delivered":
                 continue
@@ -359,6 +361,7 @@ class KeyVault:
             batch = key.batch
             if batch is not None:
                 batch.left += 1
+                batch.full = True
                 if batch.dead:
                     # whether the failed commit deleted its row is unknown: delete the old
                     # id either way and write the batch under a new one (as _relayout does)
@@ -375,6 +378,7 @@ class KeyVault:
         """Mark a key changed (e.g. its provenance); the journal generation."""
         if key.batch is not None and not key.batch.dead and self._live.get(key.key_id) is key:
             self._dirty[key.batch.batch_id] = key.batch
+            key.batch.full = True
         return self._journal.mark()
 
     # ---- reading ------------------------------------------------------------------------
@@ -510,6 +514,7 @@ class KeyVault:
         for st in new_streams:
             st.persisted = False
         for b in batches:
+            b.full = True  # whether its last row landed is unknown: write all of it
             if not b.dead:
                 self._dirty[b.batch_id] = b
             elif b.persisted:

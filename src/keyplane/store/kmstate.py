@@ -107,6 +107,9 @@ class KeyBatchRecord:
     material: bytes = field(repr=False)
     new: bool = False
     reseal: bool = False
+    states_only: bool = False
+    """Write ``states`` and ``provenance`` only (the row is stored and its ids, indexes,
+    lengths and sealed bytes are unchanged; the other fields are not read)."""
 
 
 @dataclass
@@ -334,6 +337,10 @@ class KmStateStore:
     def _key_rows(w: KeyWrites, sealer: Sealer, batches: RowWrites, streams: RowWrites
                   ) -> None:
         for b in w.batches:
+            if b.states_only:  # a smaller update: the sealed columns stay as they are
+                batches.updates.append({"node": w.node, "batch_id": b.batch_id,
+                                        "states": b.states, "provenance": _runs(b.provenance)})
+                continue
             ids = _pack_ids(b.batch_id, b.key_ids)
             indexes, lengths = _pack(b.indexes, "q"), _pack(b.lengths, "i")
             sealed = sealer.seal("key_batches", _packed_row(
