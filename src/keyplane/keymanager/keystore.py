@@ -33,12 +33,14 @@ two halves are both used up is deleted.
 What is durable before a byte is used is the *offsets* (``tx_reserved_bytes``,
 ``rx_consumed``): a restarted end zeroes every range they name in the bytes it reads back,
 so no byte is used twice whatever the stored bytes hold. The stored bytes themselves (the
-sealed block) are rewritten with the spent ranges zeroed at most once per
-``link_block_rewrite_s`` per block, and at the latest that long after a block was last
-used (a timer): a partly used block costs an update of two small columns per use instead
-of re-sealing and rewriting its 16 KiB (issue #15; about 50 against 9 µs of SQLite per
-write, and a fifth of the WAL). Spent link key thus stays in the database, sealed, for at
-most about that long, like the WAL's old pages until the writer's next truncation.
+sealed block) are rewritten with the spent ranges zeroed ``link_block_rewrite_s`` after
+the first use they do not reflect (a timer; with the next write if that comes later), or
+when the block is used up and its row deleted, whichever is first: a block used up
+within that time (the usual case under load) costs an update of two small columns per use
+instead of re-sealing and rewriting its 16 KiB each time (issue #15; about 50 against 9 µs
+of SQLite per write, and a fifth of the WAL). Spent link key thus stays in the database,
+sealed, for at most about that long, like the WAL's old pages until the writer's next
+truncation.
 
 Events: ``keystore_low`` when the sendable bits drop below ``keystore_low_water_bits``
 (again only after having risen above it), ``keystore_full`` when stored bits reach
@@ -100,7 +102,7 @@ class _Block:
     peer_holds: bool = False  # the peer said it holds this block: this end may send with it
     orphan: bool = False  # missing from the peer's last inventory: not worth waiting for
     stale: bool = False  # the stored material needs rewriting (spent bytes, or a reseal)
-    material_due: float = 0.0  # loop time from which the next write rewrites the material
+    material_due: float = 0.0  # loop time by which it is to be rewritten (if stale)
 
     def __post_init__(self) -> None:
         if self.rx_used < 0:
@@ -433,7 +435,9 @@ class LinkKeyStore:
     def _touch(self, blk: _Block) -> None:
         if not blk.used_up:
             self._dirty.add(blk.block_id)
-            blk.stale = True
+            if not blk.stale:  # its first spent bytes the stored ones still hold
+                blk.stale = True
+                blk.material_due = _loop_time() + self._settings.link_block_rewrite_s
             return
         self._stale.discard(blk.block_id)
         del self._blocks[blk.block_id]
@@ -455,8 +459,8 @@ class LinkKeyStore:
     # ---- persistence -------------------------------------------------------------------
     def snapshot(self) -> BlockWrites | None:
         """Journal hook: the dirty blocks as one write operation (a block's material only
-        when it is new, or its stored bytes hold spent ones and ``link_block_rewrite_s``
-        has passed since they were last written; else its offsets only)."""
+        when it is new, or its stored bytes have held spent ones for
+        ``link_block_rewrite_s``; else its offsets only)."""
         if not self._dirty:
             return None
         out = BlockWrites(self.node_id, self.link_id)
@@ -464,7 +468,6 @@ class LinkKeyStore:
         rewritten: list[int] = []
         now = self._clock.now()
         loop_now = _loop_time()
-        every = self._settings.link_block_rewrite_s
         for block_id in self._dirty:
             blk = self._blocks.get(block_id)
             if blk is None:
@@ -474,7 +477,6 @@ class LinkKeyStore:
             if not blk.persisted or (blk.stale and loop_now >= blk.material_due):
                 material = bytes(blk.material)
                 blk.stale = False
-                blk.material_due = loop_now + every
                 self._stale.discard(block_id)
                 rewritten.append(block_id)
             elif blk.stale:

@@ -89,9 +89,9 @@ class KmSettings(BaseModel):
     per link: it is never reused."""
     link_block_rewrite_s: Annotated[float, Field(ge=0.0)] = 1.0
     """A partly used link key block's stored (sealed) bytes are rewritten with the spent
-    ranges zeroed at most once per this many seconds, and at the latest this long after
-    its last use; each use in between writes the block's offsets only (what keeps a byte
-    from being used twice). 0 = rewrite them at every use."""
+    ranges zeroed this many seconds after the first use they do not reflect; each use in
+    between writes the block's offsets only (what keeps a byte from being used twice), and
+    a block used up in between is deleted instead. 0 = rewrite them at every use."""
     peer_ahead_limit: Annotated[int, Field(ge=0)] = 4096
     """Block ids a link store remembers its peer holding before it stores them itself."""
 
