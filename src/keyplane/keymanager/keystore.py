@@ -523,12 +523,17 @@ class LinkKeyStore:
             self._journal.mark()
 
     def _rewrite_due(self) -> None:
+        """Timer: mark the stale blocks now due (only those: the others' offsets are
+        written already) for the next commit, and wait for the next one due."""
         self._rewrite_timer = None
-        stale = [b for b in self._stale if b in self._blocks]
-        self._stale = set(stale)
-        if stale:
-            self._dirty.update(stale)  # snapshot writes the material of those now due
+        self._stale = {b for b in self._stale if b in self._blocks}
+        now = _loop_time()
+        due = [b for b in self._stale if self._blocks[b].material_due <= now]
+        if due:
+            self._dirty.update(due)  # snapshot writes their material
             self._journal.mark()
+        elif self._stale:
+            self._arm_rewrite()
 
     def snapshot_failed(self) -> None:
         """Journal hook: re-mark the blocks of the failed transaction."""

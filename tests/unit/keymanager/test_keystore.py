@@ -132,6 +132,27 @@ async def test_partial_use_writes_offsets_then_the_bytes_within_the_rewrite_inte
     await jb.close()
 
 
+async def test_rewrite_timer_marks_only_the_blocks_due(db: Database) -> None:
+    """The timer writes the material of the stale blocks now due, and nothing of the others
+    (their offsets are written already): a busy link's many stale blocks, due at different
+    times, are not rewritten at every firing."""
+    settings = KmSettings(link_reserve_bytes=0, link_block_rewrite_s=3600.0)
+    a, _, ja, jb, _ = pair(db, settings)
+    for block_id in (0, 1):
+        await a.put_block("l1", block_id, bytes(range(1, 65)))
+    a.peer_holds([0, 1])
+    _, _, gen = a.take_send(40)  # all of block 0's send half (32 bytes) and 8 of block 1's
+    await ja.flushed(gen)
+    assert a._stale == {0, 1} and not a._dirty
+    a._blocks[1].material_due = 0.0
+    a._rewrite_due()
+    assert a._dirty == {1} and a._rewrite_timer is None
+    await ja.sync()
+    assert a._stale == {0} and a._rewrite_timer is not None  # armed for block 0's due time
+    await ja.close()
+    await jb.close()
+
+
 async def test_restart_zeroes_spent_bytes_the_store_still_held(db: Database) -> None:
     """A crash between a use (offsets durable) and the rewrite of the bytes: the restarted
     store never sends or accepts those bytes again, and writes them zeroed at once."""
