@@ -59,6 +59,7 @@ from dataclasses import dataclass, field
 from keyplane.clock import Clock
 from keyplane.errors import CommitFailed, InsufficientKeyMaterial, KeyStoreError
 from keyplane.events import EventStream, EventType
+from keyplane.keymanager.indexranges import add_range, overlaps
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.settings import KmSettings
 from keyplane.store import Database
@@ -121,25 +122,6 @@ class _Block:
         return self.tx_left == 0 and self.rx_left == 0
 
 
-def _overlaps(ranges: list[list[int]], start: int, end: int) -> bool:
-    i = bisect.bisect_left(ranges, [start, start])
-    if i > 0 and ranges[i - 1][1] > start:
-        return True
-    return i < len(ranges) and ranges[i][0] < end
-
-
-def _add_range(ranges: list[list[int]], start: int, end: int) -> None:
-    i = bisect.bisect_left(ranges, [start, start])
-    ranges.insert(i, [start, end])
-    merged: list[list[int]] = []
-    for s, e in ranges:
-        if merged and merged[-1][1] >= s:
-            merged[-1][1] = max(merged[-1][1], e)
-        else:
-            merged.append([s, e])
-    ranges[:] = merged
-
-
 class LinkKeyStore:
     """One end of one QKD link's key stream, as seen by the KM of ``node_id``.
 
@@ -162,6 +144,10 @@ class LinkKeyStore:
         self._settings = settings
         self._blocks: dict[int, _Block] = {}
         self._order: list[int] = []  # block ids ascending
+        # blocks before this position of _order have no send byte left (tx_left only
+        # falls): a reservation starts its walk here, not at the oldest block (a link used
+        # one way keeps every block whose other half is unused)
+        self._tx_from = 0
         # reserved send bytes not yet used: (block_id, absolute offset, bytes)
         self._reserved: list[tuple[int, int, bytearray]] = []
         self._reserved_gen = 0
@@ -177,6 +163,7 @@ class LinkKeyStore:
         self._last: tuple[set[int], list[int], list[int]] = (set(), [], [])
         self._stale: set[int] = set()  # blocks whose stored material holds spent bytes
         self._rewrite_timer: asyncio.TimerHandle | None = None
+        self._rewrite_at = 0.0  # the loop time the timer is set for
         # ids the peer announced before this end stored them (bounded; oldest dropped)
         self._peer_ahead: set[int] = set()
         self._acked = asyncio.Event()
@@ -245,7 +232,9 @@ class LinkKeyStore:
         blk = _Block(block_id, bytearray(material), tx[0], tx[1], 0, rx[0], rx[1], [],
                      persisted=False)
         self._blocks[block_id] = blk
-        bisect.insort(self._order, block_id)
+        at = bisect.bisect_left(self._order, block_id)
+        self._order.insert(at, block_id)
+        self._tx_from = min(self._tx_from, at)
         self._block_bytes += blk.tx_left + blk.rx_left
         self._dirty.add(block_id)
         self.blocks_received += 1
@@ -374,24 +363,30 @@ class LinkKeyStore:
         return segments, bytes(out), self._reserved_gen
 
     def _reserve(self, nbytes: int) -> None:
-        # a copy: _touch deletes a block used up by this reservation from _order, which
-        # would skip the next block of the walk (and leave the frame short)
-        for block_id in list(self._order):
-            if nbytes <= 0:
-                break
-            blk = self._blocks[block_id]
+        order, blocks = self._order, self._blocks
+        touched: list[_Block] = []  # touched after the walk: _touch may delete from _order
+        at = self._tx_from
+        while nbytes > 0 and at < len(order):
+            blk = blocks[order[at]]
+            at += 1
             n = min(nbytes, blk.tx_left) if blk.peer_holds else 0
             if n <= 0:
                 continue
             start = blk.tx_start + blk.tx_reserved
-            self._reserved.append((block_id, start, bytearray(blk.material[start:start + n])))
+            self._reserved.append((blk.block_id, start, bytearray(blk.material[start:start + n])))
             blk.material[start:start + n] = bytes(n)
             blk.tx_reserved += n
             self._reserved_bytes += n
             self._held_tx_bytes -= n
             self._block_bytes -= n
             nbytes -= n
+            touched.append(blk)
+        for blk in touched:
             self._touch(blk)
+        at = self._tx_from
+        while at < len(order) and blocks[order[at]].tx_left == 0:
+            at += 1
+        self._tx_from = at
         self._reserved_gen = self._journal.mark()
 
     # ---- receiving ---------------------------------------------------------------------
@@ -416,17 +411,17 @@ class LinkKeyStore:
                 raise KeyStoreError(
                     f"link {self.link_id}: segment outside the sender's half of block {block_id}")
             mine = named.setdefault(block_id, [])
-            if _overlaps(blk.rx_consumed, offset, offset + length) or _overlaps(
+            if overlaps(blk.rx_consumed, offset, offset + length) or overlaps(
                     mine, offset, offset + length):
                 raise KeyStoreError(
                     f"link {self.link_id}: block {block_id} bytes {offset}+{length} already used")
-            _add_range(mine, offset, offset + length)
+            add_range(mine, offset, offset + length)
         out = bytearray()
         for block_id, offset, length in segments:
             blk = self._blocks[block_id]
             out += blk.material[offset:offset + length]
             blk.material[offset:offset + length] = bytes(length)
-            _add_range(blk.rx_consumed, offset, offset + length)
+            add_range(blk.rx_consumed, offset, offset + length)
             blk.rx_used += length  # segments were checked not to overlap anything consumed
             self._block_bytes -= length
             self._touch(blk)
@@ -441,7 +436,10 @@ class LinkKeyStore:
             return
         self._stale.discard(blk.block_id)
         del self._blocks[blk.block_id]
-        self._order.remove(blk.block_id)
+        at = bisect.bisect_left(self._order, blk.block_id)
+        del self._order[at]
+        if at < self._tx_from:
+            self._tx_from -= 1
         self._deleted.add(blk.block_id)
         if blk.persisted:
             self._dirty.add(blk.block_id)  # the snapshot deletes its row
@@ -506,6 +504,7 @@ class LinkKeyStore:
             return
         due = min((self._blocks[b].material_due for b in self._stale if b in self._blocks),
                   default=loop.time())
+        self._rewrite_at = due
         self._rewrite_timer = loop.call_at(due, self._rewrite_due)
 
     def write_spent(self) -> None:
@@ -527,10 +526,13 @@ class LinkKeyStore:
         written already) for the next commit, and wait for the next one due."""
         self._rewrite_timer = None
         self._stale = {b for b in self._stale if b in self._blocks}
-        now = _loop_time()
-        due = [b for b in self._stale if self._blocks[b].material_due <= now]
+        # due by the time it was set for (a loop may fire a timer a little early)
+        limit = max(_loop_time(), self._rewrite_at)
+        due = [b for b in self._stale if self._blocks[b].material_due <= limit]
+        for b in due:
+            self._blocks[b].material_due = 0.0  # the next snapshot writes their material
         if due:
-            self._dirty.update(due)  # snapshot writes their material
+            self._dirty.update(due)
             self._journal.mark()
         elif self._stale:
             self._arm_rewrite()
@@ -585,6 +587,7 @@ class LinkKeyStore:
             if blk.stale:
                 self._dirty.add(r.block_id)
         self._order = sorted(self._blocks)
+        self._tx_from = 0
         self._reserved_bytes, self._held_tx_bytes, self._block_bytes = self._recount()
         if self._dirty:
             self._journal.mark()

@@ -132,6 +132,26 @@ async def test_partial_use_writes_offsets_then_the_bytes_within_the_rewrite_inte
     await jb.close()
 
 
+async def test_reservation_walk_skips_spent_send_halves_and_sees_a_late_lower_block(
+        db: Database) -> None:
+    """A reservation starts past the blocks whose send half is spent (their other half
+    keeps them), and a block stored late with a lower id is still taken first."""
+    a, _, ja, jb, _ = pair(db, KmSettings(link_reserve_bytes=0))
+    for block_id in (5, 6):
+        await a.put_block("l1", block_id, bytes(range(1, 65)))
+    a.peer_holds([5, 6])
+    seg, _, _ = a.take_send(40)  # block 5's send half (32 bytes), 8 of block 6's
+    assert seg == [(5, 0, 32), (6, 0, 8)] and a._tx_from == 1
+    await a.put_block("l1", 3, bytes(range(1, 65)))
+    a.peer_holds([3])
+    assert a._tx_from == 0
+    seg, _, _ = a.take_send(40)
+    assert seg == [(3, 0, 32), (6, 8, 8)]
+    assert a._totals() == a._recount()
+    await ja.close()
+    await jb.close()
+
+
 async def test_rewrite_timer_marks_only_the_blocks_due(db: Database) -> None:
     """The timer writes the material of the stale blocks now due, and nothing of the others
     (their offsets are written already): a busy link's many stale blocks, due at different
@@ -143,8 +163,9 @@ async def test_rewrite_timer_marks_only_the_blocks_due(db: Database) -> None:
     a.peer_holds([0, 1])
     _, _, gen = a.take_send(40)  # all of block 0's send half (32 bytes) and 8 of block 1's
     await ja.flushed(gen)
-    assert a._stale == {0, 1} and not a._dirty
-    a._blocks[1].material_due = 0.0
+    assert a._stale == {0, 1} and not a._dirty and a._rewrite_timer is not None
+    a._rewrite_timer.cancel()  # as if it had been set for block 1, due now
+    a._blocks[1].material_due = a._rewrite_at = 0.0
     a._rewrite_due()
     assert a._dirty == {1} and a._rewrite_timer is None
     await ja.sync()
