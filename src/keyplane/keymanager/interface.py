@@ -145,6 +145,13 @@ class DeliveredKeys(Sequence[DeliveredKey]):
 
     __hash__ = None  # type: ignore[assignment]  # equal to lists: unhashable as they are
 
+    def __add__(self, other: Sequence[DeliveredKey]) -> list[DeliveredKey]:
+        """Concatenation, as a list's (``enc_keys(...) + enc_keys(...)``)."""
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[DeliveredKey]) -> list[DeliveredKey]:
+        return [*other, *self]
+
     def __repr__(self) -> str:  # never the bytes
         return f"DeliveredKeys({self.key_ids!r})"
 

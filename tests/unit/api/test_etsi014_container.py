@@ -48,6 +48,7 @@ def test_delivered_keys_reads_as_a_sequence_of_keys() -> None:
     assert keys == as_list and list(keys) == as_list and len(keys) == 2
     assert keys[1] == as_list[1] and keys[-1] == as_list[1] and keys[:1] == as_list[:1]
     assert keys != as_list[:1] and keys != "ab"
+    assert keys + keys == as_list + as_list == as_list + keys  # concatenates as a list
     assert "\\x01" not in repr(keys) and "a" in repr(keys)
     with pytest.raises(ValueError, match="differ in length"):
         DeliveredKeys(["a"], [], [None])
