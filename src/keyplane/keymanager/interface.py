@@ -30,9 +30,9 @@ for callers inside the process). Session ownership compares ``Caller.principal``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, overload
 
 from keyplane.messages import Qos
 
@@ -40,6 +40,7 @@ __all__ = [
     "ApplicationService",
     "Caller",
     "DeliveredKey",
+    "DeliveredKeys",
     "GetKeyResult",
     "OpenResult",
     "PairStatus",
@@ -103,6 +104,58 @@ class DeliveredKey:
     extension: dict[str, Any] | None = None
 
 
+class DeliveredKeys(Sequence[DeliveredKey]):
+    """The keys of one ETSI 014 answer as parallel lists (ids, bytes, each key's extension:
+    the keys of one relay batch share one dict), so a bulk answer makes no object per key
+    on its way to the wire (:func:`keyplane.api.etsi014.app` writes the lists); a
+    :class:`DeliveredKey` is made only for a key read by index or iteration. Equal to any
+    sequence of the same keys."""
+
+    __slots__ = ("extensions", "key_ids", "keys")
+
+    def __init__(self, key_ids: list[str], keys: list[bytes],
+                 extensions: list[dict[str, Any] | None]) -> None:
+        if not len(key_ids) == len(keys) == len(extensions):
+            raise ValueError("key_ids, keys and extensions differ in length")
+        self.key_ids = key_ids
+        self.keys = keys
+        self.extensions = extensions
+
+    def __len__(self) -> int:
+        return len(self.key_ids)
+
+    @overload
+    def __getitem__(self, i: int) -> DeliveredKey: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[DeliveredKey]: ...
+    def __getitem__(self, i: int | slice) -> DeliveredKey | list[DeliveredKey]:
+        if isinstance(i, slice):
+            return [DeliveredKey(*t) for t in zip(self.key_ids[i], self.keys[i],
+                                                  self.extensions[i], strict=True)]
+        return DeliveredKey(self.key_ids[i], self.keys[i], self.extensions[i])
+
+    def __iter__(self) -> Iterator[DeliveredKey]:
+        for t in zip(self.key_ids, self.keys, self.extensions, strict=True):
+            yield DeliveredKey(*t)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str | bytes):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists: unhashable as they are
+
+    def __add__(self, other: Sequence[DeliveredKey]) -> list[DeliveredKey]:
+        """Concatenation, as a list's (``enc_keys(...) + enc_keys(...)``)."""
+        return [*self, *other]
+
+    def __radd__(self, other: Sequence[DeliveredKey]) -> list[DeliveredKey]:
+        return [*other, *self]
+
+    def __repr__(self) -> str:  # never the bytes
+        return f"DeliveredKeys({self.key_ids!r})"
+
+
 @dataclass(frozen=True)
 class PairStatus:
     """ETSI 014 Status figures for a (master, slave) SAE pair, from real state."""
@@ -154,13 +207,14 @@ class ApplicationService(Protocol):
 
     async def enc_keys(self, caller: Caller, master_sae: str, slave_sae: str, number: int,
                        size_bits: int, additional_slaves: list[str] | None = None,
-                       extensions: dict[str, Any] | None = None) -> list[DeliveredKey]:
+                       extensions: dict[str, Any] | None = None
+                       ) -> Sequence[DeliveredKey]:
         """Fresh keys for the master; the slave(s) can fetch them once with dec_keys."""
         ...
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
                        key_ids: list[str], *, acknowledge: bool = False,
-                       confirm: Sequence[str] = ()) -> list[DeliveredKey]:
+                       confirm: Sequence[str] = ()) -> Sequence[DeliveredKey]:
         """The keys ``key_ids`` that ``master_sae`` made for ``slave_sae`` (each once);
         ``acknowledge``/``confirm``: the keyplane extension (docs/api/etsi014.md)."""
         ...

@@ -228,6 +228,8 @@ class KeyManager(_Requests, Service):
             t.cancel()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        for store in self._stores.values():
+            store.write_spent()  # no spent link key left at rest by a clean stop
         await self.journal.release([*self._stores.values(), self.vault, self._rows])
         self._emit(EventType.element_stopped)
 

@@ -48,7 +48,7 @@ from keyplane.keymanager.hybrid import (
 )
 from keyplane.keymanager.interface import (
     Caller,
-    DeliveredKey,
+    DeliveredKeys,
     GetKeyResult,
     OpenResult,
     PairStatus,
@@ -70,18 +70,21 @@ NIL_KEY_STREAM_ID = "00000000-0000-0000-0000-000000000000"
 """The nil UUID: ETSI 004 clients send it as Key_stream_ID to mean "assign one"."""
 
 
-def _answer(keys: Sequence[HeldKey], materials: Sequence[bytes]) -> list[DeliveredKey]:
-    """ETSI 014 keys with their provenance extension: one extension per distinct provenance
-    list (a relay batch's keys share one; a copy of it, so the answer owns it)."""
+def _answer(keys: Sequence[HeldKey], materials: Sequence[bytes]) -> DeliveredKeys:
+    """ETSI 014 keys with their provenance extension, as lists (no object per key): one
+    extension per distinct provenance list (a relay batch's keys share one; a copy of it,
+    so the answer owns it)."""
     extensions: dict[int, dict[str, Any]] = {}
-    out = []
-    for k, m in zip(keys, materials, strict=True):
+    exts: list[dict[str, Any] | None] = []
+    for k in keys:
         p = k.provenance
         ext = extensions.get(id(p))
         if ext is None:
             ext = extensions[id(p)] = {PROVENANCE_EXTENSION: list(p)}
-        out.append(DeliveredKey(k.key_id, m, ext))
-    return out
+        exts.append(ext)
+    if len(materials) != len(keys):
+        raise ValueError("one key's bytes each")
+    return DeliveredKeys([k.key_id for k in keys], list(materials), exts)
 
 
 class _Requests(_Ack014):
@@ -423,7 +426,7 @@ class _Requests(_Ack014):
 
     async def enc_keys(self, caller: Caller, master_sae: str, slave_sae: str, number: int,
                        size_bits: int, additional_slaves: list[str] | None = None,
-                       extensions: dict[str, Any] | None = None) -> list[DeliveredKey]:
+                       extensions: dict[str, Any] | None = None) -> DeliveredKeys:
         """ETSI 014 enc_keys: ``number`` fresh keys for the master, held for the slave.
 
         Raises:
@@ -466,7 +469,7 @@ class _Requests(_Ack014):
 
     async def dec_keys(self, caller: Caller, slave_sae: str, master_sae: str,
                        key_ids: list[str], *, acknowledge: bool = False,
-                       confirm: Sequence[str] = ()) -> list[DeliveredKey]:
+                       confirm: Sequence[str] = ()) -> DeliveredKeys:
         """ETSI 014 dec_keys: the named keys ``master_sae`` made for ``slave_sae``, once.
 
         All or nothing: if any key is unknown, not for this slave/master, or already

@@ -88,6 +88,11 @@ class KmSettings(BaseModel):
     write, at most: never more than half of the sendable key beyond the frame being sent,
     so a crash (which forfeits the unused rest: it is never reused) leaves a scarce store
     at least half its key. 0 = one write per use."""
+    link_block_rewrite_s: Annotated[float, Field(ge=0.0)] = 1.0
+    """A partly used link key block's stored (sealed) bytes are rewritten with the spent
+    ranges zeroed this many seconds after the first use they do not reflect; each use in
+    between writes the block's offsets only (what keeps a byte from being used twice), and
+    a block used up in between is deleted instead. 0 = rewrite them at every use."""
     peer_ahead_limit: Annotated[int, Field(ge=0)] = 4096
     """Block ids a link store remembers its peer holding before it stores them itself."""
 

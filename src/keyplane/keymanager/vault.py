@@ -30,79 +30,17 @@ from __future__ import annotations
 import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from keyplane.keymanager.heldkey import STATE, Batch, HeldKey, KeyState
 from keyplane.keymanager.indexranges import add_indexes, in_ranges, remove_index
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.keyids import new_key_id, new_key_ids
 from keyplane.keymanager.sessionrows import SessionRows
 from keyplane.store import Database
-from keyplane.store.kmstate import (
-    KeyBatchRecord,
-    KeyWrites,
-    KmStateStore,
-    StreamRecord,
-)
+from keyplane.store.kmstate import KeyWrites, KmStateStore, StreamRecord
 
 __all__ = ["HeldKey", "KeyState", "KeyVault", "SessionRows", "new_key_id", "new_key_ids"]
-
-KeyState = Literal["pending", "ready", "delivered"]
-_CODE: dict[str, str] = {"pending": "p", "ready": "r", "delivered": "d"}
-_STATE: dict[str, KeyState] = {"p": "pending", "r": "ready", "d": "delivered"}
-
-
-@dataclass(slots=True)
-class HeldKey:
-    """One end-to-end key at one endpoint KM (never printed with its bytes)."""
-
-    key_id: str
-    session_id: str
-    index: int
-    size_bits: int
-    material: bytes | None = field(repr=False)
-    state: KeyState
-    sae_id: str | None = None
-    peer_sae: str | None = None
-    t: float = 0.0
-    provenance: list[dict[str, str]] = field(default_factory=list)
-    """The hops the key crossed and each hop's key source (hybrid provisioning); replaced,
-    never changed in place, so the keys of one relay batch share one list."""
-    batch: _Batch | None = field(default=None, repr=False, compare=False)
-    """The vault's batch holding this key (None: not held by a vault)."""
-
-
-class _Batch:
-    """Keys added together: one row of ``key_batches``."""
-
-    __slots__ = ("batch_id", "dead", "keys", "layout", "left", "persisted", "session_id")
-
-    def __init__(self, session_id: str, keys: list[HeldKey], batch_id: str | None = None,
-                 persisted: bool = False) -> None:
-        self.batch_id = batch_id or str(uuid.uuid4())
-        self.session_id = session_id
-        self.keys = keys
-        self.persisted = persisted
-        self.dead = False
-        # ids, indexes and sizes of ``keys``: built at the first write, reset if one leaves
-        self.layout: tuple[list[str], list[int], list[int]] | None = None
-        self.left = sum(1 for k in keys if k.state != "delivered")
-        """Keys not handed out yet (the batch's row goes when none is left)."""
-
-    def record(self) -> KeyBatchRecord:
-        keys = self.keys
-        first = keys[0]
-        if self.layout is None:
-            self.layout = ([k.key_id for k in keys], [k.index for k in keys],
-                           [k.size_bits for k in keys])
-        ids, indexes, sizes = self.layout
-        held = [k.material if k.state != "delivered" and k.material else b"" for k in keys]
-        return KeyBatchRecord(
-            self.batch_id, self.session_id, first.sae_id, first.peer_sae, first.t,
-            ids, indexes, sizes, "".join([_CODE[k.state] for k in keys]),
-            [len(m) for m in held],
-            # provenance lists are replaced, never changed in place: no copy needed
-            [k.provenance for k in keys], b"".join(held), new=not self.persisted)
 
 
 class _Stream:
@@ -169,11 +107,11 @@ class KeyVault:
         self._spent_of: dict[str, list[HeldKey]] = {}  # may hold forgotten keys too
         self.by_id: Mapping[str, HeldKey] = _ById(self._live, self._spent)
         """Held keys and the recently delivered ones, by key id (read-only)."""
-        self._dirty: dict[str, _Batch] = {}
+        self._dirty: dict[str, Batch] = {}
         self._gone: set[str] = set()  # persisted batches to delete
         self._dirty_streams: set[str] = set()
         self._gone_streams: set[str] = set()
-        self._last: tuple[list[_Batch], set[str], list[_Batch], set[str], set[str],
+        self._last: tuple[list[Batch], set[str], list[Batch], set[str], set[str],
                           list[_Stream]] = ([], set(), [], set(), set(), [])
         journal.register(self)
 
@@ -200,7 +138,7 @@ class KeyVault:
         if key.state == "ready":
             self._ready[key.session_id] -= 1
 
-    def _relayout(self, batch: _Batch, leaving: HeldKey) -> None:
+    def _relayout(self, batch: Batch, leaving: HeldKey) -> None:
         """A key left ``batch`` (replaced by another object with its id): the batch's row
         layout changes, so its row is replaced by a new one."""
         batch.keys.remove(leaving)
@@ -218,23 +156,38 @@ class KeyVault:
         else:
             batch.dead = True
 
-    def _delivered_all(self, keys: list[HeldKey]) -> None:
-        """``keys`` were handed out: they leave the indexes, their indexes join the ranges
-        and they are remembered as spent (one pass; a bulk delivery is one batch)."""
+    def _deliver(self, keys: Iterable[HeldKey]) -> None:
+        """``set_states(keys, "delivered")`` in one pass (a bulk delivery is one batch of
+        one session): each held key leaves the indexes, its batch is marked (or goes when
+        none of it is left), it is remembered as spent; then the indexes join the ranges."""
         live, by_index, by_session = self._live, self.by_index, self._by_session
         spent, spent_index, dirty, gone = self._spent, self._spent_index, self._dirty, self._gone
-        self._spent_order.extend(keys)
+        ready = self._ready
         groups: dict[str, list[HeldKey]] = {}
         last: str | None = None
         group: list[HeldKey] = []
         of_session: dict[str, HeldKey] = {}
+        last_batch: Batch | None = None
+        was_ready = 0  # of the current session
         for key in keys:
+            kid = key.key_id
+            if live.get(kid) is not key or key.state == "delivered":
+                if key.state != "delivered":  # a key no vault holds (dropped, or never
+                    key.state = "delivered"   # added): nothing to write
+                    key.material = None
+                continue
             sid = key.session_id
-            if sid != last:  # a bulk delivery is one session: looked up once
+            if sid != last:  # looked up once per session
+                if was_ready:
+                    ready[last] -= was_ready  # type: ignore[index]  # last is set then
+                    was_ready = 0
                 last = sid
                 group = groups.setdefault(sid, [])
                 of_session = by_session.get(sid, {})
-            kid = key.key_id
+            if key.state == "ready":
+                was_ready += 1
+            key.state = "delivered"
+            key.material = None
             del live[kid]
             at = (sid, key.index)
             if by_index.get(at) is key:
@@ -245,20 +198,28 @@ class KeyVault:
             spent_index[at] = key
             batch = key.batch
             if batch is not None:
+                if batch is not last_batch:  # a batch's keys come together
+                    dirty[batch.batch_id] = batch
+                    last_batch = batch
                 batch.left -= 1
+                batch.full = True  # fewer bytes held
                 if batch.left <= 0:
                     batch.dead = True
                     dirty.pop(batch.batch_id, None)
                     if batch.persisted:
                         gone.add(batch.batch_id)
+        if was_ready:
+            ready[last] -= was_ready  # type: ignore[index]
         for sid, group in groups.items():
+            self._spent_order.extend(group)
             stream = self._streams.get(sid)
             if stream is None:
                 stream = self._streams[sid] = _Stream()
             if add_indexes(stream.delivered, [k.index for k in group]):
                 self._dirty_streams.add(sid)
             self._spent_of_session(sid).extend(group)
-        self._forget_spent()
+        if groups:
+            self._forget_spent()
 
     def _spent_of_session(self, sid: str) -> list[HeldKey]:
         """The session's entries of the spent memory (for :meth:`drop_session`), first
@@ -310,6 +271,7 @@ class KeyVault:
         for key in keys:
             if key.batch is not None and not key.batch.dead and live.get(key.key_id) is key:
                 self._dirty[key.batch.batch_id] = key.batch  # held already: rewrite it
+                key.batch.full = True  # (its bytes may be new: a direct relay's)
                 continue
             if key.state == "delivered":
                 continue
@@ -328,7 +290,7 @@ class KeyVault:
             if key.index >= ends.get(sid, 0):
                 ends[sid] = key.index + 1
         for sid, ks in fresh.items():
-            batch = _Batch(sid, ks)
+            batch = Batch(sid, ks)
             for k in ks:
                 k.batch = batch
             self._dirty[batch.batch_id] = batch
@@ -342,16 +304,16 @@ class KeyVault:
                    provenance_changed: bool = False) -> int:
         """Change the state of a batch of keys (``provenance_changed``: their provenance
         was set too; it is written with the state either way); the journal generation."""
+        if state == "delivered":  # destroys the bytes: see _deliver
+            self._deliver(keys)
+            return self._journal.mark()
         live_keys, dirty, ready, last = self._live, self._dirty, self._ready, None
-        to_ready, delivering = state == "ready", state == "delivered"
-        delivered: list[HeldKey] = []
+        to_ready = state == "ready"
         counts: dict[str, int] = {}  # change of each session's ready count
         for key in keys:
             if live_keys.get(key.key_id) is not key:
                 if key.state != "delivered":  # a key no vault holds (dropped, or never
                     key.state = state         # added): nothing to write
-                    if delivering:
-                        key.material = None
                 continue
             batch = key.batch
             if batch is not last and batch is not None:  # a batch's keys come together
@@ -364,13 +326,8 @@ class KeyVault:
                 sid = key.session_id
                 counts[sid] = counts.get(sid, 0) + to_ready - (was == "ready")
             key.state = state
-            if delivering:
-                key.material = None
-                delivered.append(key)
         for sid, n in counts.items():
             ready[sid] = ready.get(sid, 0) + n
-        if delivered:
-            self._delivered_all(delivered)
         return self._journal.mark()
 
     def undeliver(self, keys: Iterable[HeldKey], materials: Iterable[bytes]) -> int:
@@ -404,6 +361,7 @@ class KeyVault:
             batch = key.batch
             if batch is not None:
                 batch.left += 1
+                batch.full = True
                 if batch.dead:
                     # whether the failed commit deleted its row is unknown: delete the old
                     # id either way and write the batch under a new one (as _relayout does)
@@ -420,6 +378,7 @@ class KeyVault:
         """Mark a key changed (e.g. its provenance); the journal generation."""
         if key.batch is not None and not key.batch.dead and self._live.get(key.key_id) is key:
             self._dirty[key.batch.batch_id] = key.batch
+            key.batch.full = True
         return self._journal.mark()
 
     # ---- reading ------------------------------------------------------------------------
@@ -479,7 +438,7 @@ class KeyVault:
     def drop_session(self, session_id: str) -> tuple[int, int]:
         """Destroy every key of a session; returns ``(freed_bits, generation)``."""
         freed = 0
-        batches: dict[str, _Batch] = {}
+        batches: dict[str, Batch] = {}
         for k in self.of_session(session_id):
             freed += k.size_bits
             self._unindex(k)
@@ -555,6 +514,7 @@ class KeyVault:
         for st in new_streams:
             st.persisted = False
         for b in batches:
+            b.full = True  # whether its last row landed is unknown: write all of it
             if not b.dead:
                 self._dirty[b.batch_id] = b
             elif b.persisted:
@@ -580,14 +540,14 @@ class KeyVault:
                                               s.delivered[-1][1])
         for r in await store.load_key_batches(self.node_id):
             keys: list[HeldKey] = []
-            batch = _Batch(r.session_id, keys, r.batch_id, persisted=True)
+            batch = Batch(r.session_id, keys, r.batch_id, persisted=True)
             at = 0
             for i, key_id in enumerate(r.key_ids):
                 n = r.lengths[i]
                 material = r.material[at:at + n] if n else None
                 at += n
                 k = HeldKey(key_id, r.session_id, r.indexes[i], r.size_bits[i], material,
-                            _STATE[r.states[i]], r.sae_id, r.peer_sae, r.t,
+                            STATE[r.states[i]], r.sae_id, r.peer_sae, r.t,
                             provenance=list(r.provenance[i]), batch=batch)
                 keys.append(k)
                 if k.state == "delivered":

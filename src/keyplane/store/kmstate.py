@@ -59,13 +59,18 @@ _SESSIONS: Table = SessionRow.__table__  # type: ignore[assignment]
 
 @dataclass
 class BlockRecord:
-    """A link key block as one end holds it (plaintext ``material``; consumed bytes zero)."""
+    """A link key block as one end holds it (plaintext ``material``).
+
+    Written: consumed bytes zero, or ``material`` None: only the offsets change (the stored
+    bytes stay as they are; :class:`~keyplane.keymanager.keystore.LinkKeyStore` rewrites
+    them within ``link_block_rewrite_s``). Read back: the stored bytes, in which consumed
+    ranges may still hold the spent key (the reader zeroes them)."""
 
     block_id: int
     size_bytes: int
     tx_reserved_bytes: int
     rx_consumed: list[list[int]]
-    material: bytes = field(repr=False)
+    material: bytes | None = field(repr=False)
     created_t: float = 0.0
     new: bool = False
     """Not in the database yet (insert, else update)."""
@@ -102,6 +107,9 @@ class KeyBatchRecord:
     material: bytes = field(repr=False)
     new: bool = False
     reseal: bool = False
+    states_only: bool = False
+    """Write ``states`` and ``provenance`` only (the row is stored and its ids, indexes,
+    lengths and sealed bytes are unchanged; the other fields are not read)."""
 
 
 @dataclass
@@ -306,13 +314,17 @@ class KmStateStore:
     @staticmethod
     def _block_rows(w: BlockWrites, sealer: Sealer, rows: RowWrites) -> None:
         for b in w.blocks:
-            sealed = sealer.seal("link_key_blocks",
-                                 _block_row(w.link_id, b.block_id, b.size_bytes), b.material)
             row: dict[str, Any] = {"node": w.node, "link_id": w.link_id,
                                    "block_id": b.block_id,
                                    "tx_reserved_bytes": b.tx_reserved_bytes,
-                                   "rx_consumed": b.rx_consumed, "material": sealed,
-                                   "sealed": True}
+                                   "rx_consumed": b.rx_consumed}
+            if b.material is not None:  # else the offsets only: a smaller write (issue #15)
+                row.update(material=sealer.seal(
+                    "link_key_blocks", _block_row(w.link_id, b.block_id, b.size_bytes),
+                    b.material), sealed=True)
+            elif b.new:
+                raise StoreError(f"link {w.link_id}: block {b.block_id} inserted without "
+                                 "its material")
             if b.new:
                 row.update(size_bytes=b.size_bytes, created_t=b.created_t)
                 rows.inserts.append(row)
@@ -325,6 +337,10 @@ class KmStateStore:
     def _key_rows(w: KeyWrites, sealer: Sealer, batches: RowWrites, streams: RowWrites
                   ) -> None:
         for b in w.batches:
+            if b.states_only:  # a smaller update: the sealed columns stay as they are
+                batches.updates.append({"node": w.node, "batch_id": b.batch_id,
+                                        "states": b.states, "provenance": _runs(b.provenance)})
+                continue
             ids = _pack_ids(b.batch_id, b.key_ids)
             indexes, lengths = _pack(b.indexes, "q"), _pack(b.lengths, "i")
             sealed = sealer.seal("key_batches", _packed_row(

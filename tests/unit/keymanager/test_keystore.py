@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.support.deadlines import eventually
 
 from keyplane.clock import VirtualClock
 from keyplane.errors import InsufficientKeyMaterial, KeyStoreError
@@ -85,9 +86,128 @@ async def test_keystore_restart_never_reuses_and_loses_no_unreserved_key(db: Dat
     assert a2.sendable_bytes == 512 - 128 == before - (128 - 40)
     seg2, _, _ = a2.take_send(10)
     assert seg2[0][1] >= seg[0][1] + 128
+    # the stored bytes may still hold the reservation (written within
+    # link_block_rewrite_s): the restarted store zeroed them and rewrites them at once
+    j2.start()
+    await j2.sync()
     (row,) = await KmStateStore(db).load_blocks("na", "l1")
-    assert row.material[:128] == bytes(128)  # reserved bytes destroyed in the store
+    assert row.material[:138] == bytes(138)  # reserved bytes destroyed in the store
     await j2.close()
+
+
+async def _stored(db: Database) -> bytes:
+    (row,) = await KmStateStore(db).load_blocks("na", "l1")
+    assert row.material is not None
+    return row.material
+
+
+async def test_partial_use_writes_offsets_then_the_bytes_within_the_rewrite_interval(
+        db: Database) -> None:
+    """A use of a stored block writes its offsets only; its stored bytes are rewritten with
+    the spent range zeroed once ``link_block_rewrite_s`` has passed (a timer, no further
+    use needed); a use while a rewrite is not due writes the offsets only again."""
+    settings = KmSettings(link_reserve_bytes=0, link_block_rewrite_s=3600.0)
+    a, _, ja, jb, _ = pair(db, settings)
+    block = bytes(range(1, 256)) * 4 + b"\x01"  # 1021 bytes, no zero
+    await a.put_block("l1", 0, block)
+    a.peer_holds([0])
+    _, pad, gen = a.take_send(40)
+    await ja.flushed(gen)
+    assert pad == block[:40]
+    assert await _stored(db) == block  # offsets only: the stored bytes are untouched
+    assert a._stale == {0}
+    # due now: the timer fires on the loop and the next commit writes the bytes
+    a._blocks[0].material_due = 0.0
+    if a._rewrite_timer is not None:
+        a._rewrite_timer.cancel()
+        a._rewrite_timer = None
+    a._arm_rewrite()
+    await eventually(lambda: not a._stale, "the stale block's bytes written")
+    await ja.sync()
+    assert await _stored(db) == bytes(40) + block[40:]
+    _, _, gen = a.take_send(10)  # not due again for an hour: offsets only
+    await ja.flushed(gen)
+    assert await _stored(db) == bytes(40) + block[40:]
+    await ja.close()
+    await jb.close()
+
+
+async def test_reservation_walk_skips_spent_send_halves_and_sees_a_late_lower_block(
+        db: Database) -> None:
+    """A reservation starts past the blocks whose send half is spent (their other half
+    keeps them), and a block stored late with a lower id is still taken first."""
+    a, _, ja, jb, _ = pair(db, KmSettings(link_reserve_bytes=0))
+    for block_id in (5, 6):
+        await a.put_block("l1", block_id, bytes(range(1, 65)))
+    a.peer_holds([5, 6])
+    seg, _, _ = a.take_send(40)  # block 5's send half (32 bytes), 8 of block 6's
+    assert seg == [(5, 0, 32), (6, 0, 8)] and a._tx_from == 1
+    await a.put_block("l1", 3, bytes(range(1, 65)))
+    a.peer_holds([3])
+    assert a._tx_from == 0
+    seg, _, _ = a.take_send(40)
+    assert seg == [(3, 0, 32), (6, 8, 8)]
+    assert a._totals() == a._recount()
+    await ja.close()
+    await jb.close()
+
+
+async def test_rewrite_timer_marks_only_the_blocks_due(db: Database) -> None:
+    """The timer writes the material of the stale blocks now due, and nothing of the others
+    (their offsets are written already): a busy link's many stale blocks, due at different
+    times, are not rewritten at every firing."""
+    settings = KmSettings(link_reserve_bytes=0, link_block_rewrite_s=3600.0)
+    a, _, ja, jb, _ = pair(db, settings)
+    for block_id in (0, 1):
+        await a.put_block("l1", block_id, bytes(range(1, 65)))
+    a.peer_holds([0, 1])
+    _, _, gen = a.take_send(40)  # all of block 0's send half (32 bytes) and 8 of block 1's
+    await ja.flushed(gen)
+    assert a._stale == {0, 1} and not a._dirty and a._rewrite_timer is not None
+    a._rewrite_timer.cancel()  # as if it had been set for block 1, due now
+    a._blocks[1].material_due = a._rewrite_at = 0.0
+    a._rewrite_due()
+    assert a._dirty == {1} and a._rewrite_timer is None
+    await ja.sync()
+    assert a._stale == {0} and a._rewrite_timer is not None  # armed for block 0's due time
+    await ja.close()
+    await jb.close()
+
+
+async def test_restart_zeroes_spent_bytes_the_store_still_held(db: Database) -> None:
+    """A crash between a use (offsets durable) and the rewrite of the bytes: the restarted
+    store never sends or accepts those bytes again, and writes them zeroed at once."""
+    settings = KmSettings(link_reserve_bytes=0, link_block_rewrite_s=3600.0)
+    a, b, ja, jb, _ = pair(db, settings)
+    block = bytes(range(1, 256)) * 4 + b"\x01"
+    await a.put_block("l1", 0, block)
+    await b.put_block("l1", 0, block)
+    a.peer_holds([0])
+    b.peer_holds([0])
+    seg, _, gen = a.take_send(40)
+    await ja.flushed(gen)
+    _, gen = b.take_received(seg)
+    await jb.flushed(gen)
+    assert await _stored(db) == block  # still there, sealed: the rewrite is not due
+    await ja.close()
+    await jb.close()
+    clock = VirtualClock()
+    j2, j3 = Journal(db), Journal(db)
+    a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
+    b2 = LinkKeyStore("nb", "l1", "na", j3, EventStream(clock), clock, settings)
+    await a2.load(db)
+    await b2.load(db)
+    a2.peer_holds([0], inventory=True)
+    assert a2.sendable_bytes == 510 - 40
+    seg2, pad2, _ = a2.take_send(10)
+    assert seg2 == [(0, 40, 10)] and pad2 == block[40:50]
+    with pytest.raises(KeyStoreError, match="already used"):
+        b2.take_received(seg)  # the receiver's consumed range survived too
+    j2.start()
+    await j2.sync()
+    assert (await _stored(db))[:50] == bytes(50)
+    await j2.close()
+    await j3.close()
 
 
 async def test_keystore_low_water_and_full_events(km_db: Database) -> None:

@@ -45,6 +45,8 @@ async def check_link_keys_used_once(net: KmNet, log: FrameLog) -> None:
     """Every named byte lies in its sender's half, no byte is named twice, and each
     receiver consumed (and zeroed in the store) exactly what was named to it."""
     for km in net.kms.values():
+        for store in km.link_stores.values():
+            store.write_spent()  # else within link_block_rewrite_s of their last use
         await km.journal.sync()
     named: dict[tuple[str, str, int], list[tuple[int, int]]] = {}
     for frame, topic in zip(log.frames, log.topics, strict=True):

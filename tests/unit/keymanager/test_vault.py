@@ -110,6 +110,40 @@ async def test_vault_writes_one_row_per_batch_and_deletes_it_when_handed_out(
     await journal.close()
 
 
+async def _batch_row(db: Database) -> tuple[str, bytes, bytes, object]:
+    async with db.session() as s:
+        (row,) = (await s.execute(select(KeyBatchRow))).scalars().all()
+        return row.states, row.material, row.lengths, row.provenance
+
+
+async def test_vault_state_change_writes_states_only_and_a_delivery_the_whole_row(
+        db: Database) -> None:
+    """pending -> ready (and a provenance) leaves the row's sealed columns as they were; a
+    key handed out rewrites them (fewer bytes held); a restart reads each state back."""
+    journal = Journal(db)
+    journal.start()
+    vault = KeyVault("km0", journal)
+    keys = [_key("s1", i, "pending") for i in range(10)]
+    await journal.flushed(vault.add_all(keys))
+    states, sealed, lengths, _ = await _batch_row(db)
+    assert states == "p" * 10
+    shared = [{"hop": "km0-km1", "source": "qkd"}]
+    for k in keys:
+        k.provenance = shared
+    await journal.flushed(vault.set_states(keys, "ready", provenance_changed=True))
+    assert await _batch_row(db) == ("r" * 10, sealed, lengths, [[10, shared]])
+    await journal.flushed(vault.set_states(keys[:3], "delivered"))
+    states, sealed2, lengths2, _ = await _batch_row(db)
+    assert states == "ddd" + "r" * 7 and sealed2 != sealed and lengths2 != lengths
+    await journal.flushed(vault.set_states(keys[3:5], "pending"))  # states only again
+    assert (await _batch_row(db))[:3] == ("ddd" + "pp" + "r" * 5, sealed2, lengths2)
+    again = KeyVault("km0", Journal(db))
+    await again.load(db)
+    assert [(k.index, k.state, k.material, k.provenance) for k in again.of_session("s1")] == [
+        (k.index, k.state, k.material, shared) for k in keys[3:]]
+    await journal.close()
+
+
 async def test_vault_memory_per_session_is_bounded_by_held_keys(km_db: Database) -> None:
     journal = Journal(km_db)
     journal.start()
@@ -174,7 +208,12 @@ async def test_vault_commit_failure_reaches_waiters_and_the_journal_retries(
     await journal.close()
 
 
-@given(st.lists(st.lists(st.integers(0, 40), min_size=1, max_size=12), max_size=8))
+_RUNS = st.builds(lambda a, n: list(range(a, a + n)), st.integers(0, 40), st.integers(1, 12))
+"""Ascending runs of indexes (a bulk delivery as made: add_indexes' fast path)."""
+
+
+@given(st.lists(st.one_of(st.lists(st.integers(0, 40), min_size=1, max_size=12), _RUNS),
+                max_size=8))
 def test_vault_add_indexes_in_bulk_equals_one_at_a_time(batches: list[list[int]]) -> None:
     one: list[list[int]] = []
     bulk: list[list[int]] = []

@@ -25,7 +25,8 @@ import binascii
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable
+import re
+from collections.abc import Awaitable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import pydantic_core
@@ -56,7 +57,12 @@ from keyplane.api.etsi014.models import (
 from keyplane.api.openapi import drop_validation_responses
 from keyplane.api.routing import install_error_handlers
 from keyplane.api.settings import ApiSettings, Etsi014Limits
-from keyplane.keymanager.interface import ApplicationService, DeliveredKey, PairStatus
+from keyplane.keymanager.interface import (
+    ApplicationService,
+    DeliveredKey,
+    DeliveredKeys,
+    PairStatus,
+)
 
 __all__ = ["ACK", "API_PREFIX", "CONFIRM", "acknowledgement_options", "check_key_request",
            "create_etsi014_app", "document_limits"]
@@ -200,8 +206,16 @@ def _status_body(s: PairStatus) -> dict[str, Any]:
     }
 
 
-def _container_json(keys: list[DeliveredKey]) -> bytes:
-    """The Key container (clause 6.3) as JSON bytes, in one serializer pass."""
+def _container_json(keys: Sequence[DeliveredKey]) -> bytes:
+    """The Key container (clause 6.3) as JSON bytes, in one serializer pass.
+
+    A :class:`DeliveredKeys` answer whose key_IDs need no JSON escaping (every one the KM
+    makes: UUIDs) is written from its lists, each distinct extension serialized once (a
+    relay batch's keys share one); the bytes are the same as the general path's
+    (``tests/unit/api/test_etsi014_container.py``).
+    """
+    if isinstance(keys, DeliveredKeys) and _PLAIN_IDS("".join(keys.key_ids)):
+        return _container_from_lists(keys)
     out = []
     b64 = binascii.b2a_base64
     for k in keys:
@@ -210,6 +224,24 @@ def _container_json(keys: list[DeliveredKey]) -> bytes:
             item["key_extension"] = k.extension
         out.append(item)
     return pydantic_core.to_json({"keys": out})
+
+
+_PLAIN_IDS = re.compile(r"[0-9A-Za-z._~-]*").fullmatch
+"""key_IDs JSON writes as they are (no quote, backslash or control character)."""
+
+
+def _container_from_lists(keys: DeliveredKeys) -> bytes:
+    b64 = binascii.b2a_base64
+    tails: dict[int, str] = {}  # each key's text after its key bytes, per extension object
+    parts = []
+    for key_id, key, ext in zip(keys.key_ids, keys.keys, keys.extensions, strict=True):
+        tail = tails.get(id(ext))
+        if tail is None:
+            tail = tails[id(ext)] = (
+                '","key_extension":' + pydantic_core.to_json(ext).decode() + "}" if ext
+                else '"}')
+        parts.append(f'{{"key_ID":"{key_id}","key":"{b64(key, newline=False).decode()}{tail}')
+    return ('{"keys":[' + ",".join(parts) + "]}").encode()
 
 
 def _json(body: bytes) -> Response:
