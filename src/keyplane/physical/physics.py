@@ -80,8 +80,10 @@ class LinkPhysics:
 
     @classmethod
     def from_link(cls, link: QuantumLink) -> LinkPhysics:
-        """The physics of ``link`` as configured (its eavesdropper included)."""
-        return cls(
+        """The physics of ``link`` as configured (its eavesdropper included;
+        ``z_basis_probability: auto`` resolved, :func:`~.analytic.auto_z_basis`)."""
+        pp = link.postprocessing
+        physics = cls(
             length_km=link.length_km,
             attenuation_db_per_km=link.attenuation_db_per_km,
             insertion_loss_db=link.insertion_loss_db,
@@ -90,9 +92,16 @@ class LinkPhysics:
             misalignment=link.misalignment,
             repetition_rate_hz=link.repetition_rate_hz,
             decoy=link.decoy,
-            z_basis_probability=link.postprocessing.z_basis_probability,
-            eavesdropper=link.eavesdropper,
+            eavesdropper=None,
         )
+        z = pp.z_basis_probability
+        if z == "auto" and link.protocol not in ("bb84-decoy", "analytic"):
+            z = 0.5  # the bound behind the choice is decoy BB84's
+        elif z == "auto":
+            from keyplane.physical.analytic import auto_z_basis  # analytic imports physics
+            z = auto_z_basis(physics, pp.block_size_bits, eps_sec=pp.security_epsilon,
+                             statistics=pp.finite_key_statistics)
+        return physics.with_changes(z_basis_probability=z, eavesdropper=link.eavesdropper)
 
     def with_changes(self, **changes: object) -> LinkPhysics:
         """A copy with some fields replaced (faults)."""
