@@ -67,6 +67,7 @@ class StackResult:
     qber: float
     f_ec: float
     curve_per_pulse: float
+    z_basis: float
 
     @property
     def key_per_pulse(self) -> float:
@@ -102,7 +103,8 @@ async def _run_stack(distance_km: float, block_bits: int, blocks: int, seed: int
         qber=float(np.mean([e.data["qber"] for e in done])) if done else math.nan,
         f_ec=float(np.mean([e.data["ec_efficiency"] for e in done])) if done else math.nan,
         curve_per_pulse=finite_key_rate(physics, block_bits,
-                                        eps_sec=link.postprocessing.security_epsilon))
+                                        eps_sec=link.postprocessing.security_epsilon),
+        z_basis=physics.z_basis_probability)
 
 
 def _lim_reference() -> None:
@@ -272,7 +274,8 @@ def _scaling(seed: int, schedule: str | None, z_basis: float | None) -> None:
     for block, blocks in ((1_000_000, 3), (10_000_000, 2)):
         r = asyncio.run(_run_stack(10.0, block, blocks, seed, schedule, z_basis))
         per_bit[block] = r.cpu_s / r.sifted_bits
-        print(f"10 km, {block:>8d}-bit blocks x {r.blocks}: {per_bit[block] * 1e9:6.0f} ns per "
+        print(f"10 km, {block:>8d}-bit blocks x {r.blocks}, z basis {r.z_basis}: "
+              f"{per_bit[block] * 1e9:6.0f} ns per "
               f"sifted bit, {1e-6 / per_bit[block]:.2f} Mbit/s sifted per core "
               f"({r.cpu_s:.2f} s CPU, {r.wall_s:.2f} s wall, f_EC {r.f_ec:.3f}, key per "
               f"pulse {r.key_per_pulse:.3e}, curve {r.curve_per_pulse:.3e}, load "
@@ -404,7 +407,7 @@ def main() -> None:
                         help="Cascade schedule (default: the link's, yanetal)")
     parser.add_argument("--z-basis", type=float, default=None, metavar="P",
                         help="section 1b: postprocessing.z_basis_probability (default: the "
-                             "link's, 0.5)")
+                             "link's, auto: chosen by block size)")
     parser.add_argument("--cascade-python", default=None, metavar="DIR",
                         help="a checkout of brunorijsman/cascade-python to compare with")
     parser.add_argument("--ldpc-frame-bits", type=int, default=PostProcessing().ldpc_frame_bits,

@@ -296,7 +296,8 @@ class LinkTelemetry(Message):
     qber_sample_bits: Annotated[int, Field(ge=0)] | None = None
     """How many bits ``qber`` was estimated on (the parameter-estimation sample). The
     Monitoring Element's eavesdropper test weighs each estimate by it; ``None``: it infers
-    the test-basis share of ``sifted_bits`` from ``postprocessing.z_basis_probability``."""
+    the test-basis share of ``sifted_bits`` from ``postprocessing.z_basis_probability``
+    (``auto`` resolved as the twin resolves it)."""
 
 
 class StreamTelemetry(BaseModel):

@@ -44,8 +44,8 @@ def analytic_qber_sample(runner: LinkRunner, duration_s: float) -> tuple[float, 
     estimated it on over ``duration_s``: the Monitoring Element judges an analytic link
     on the same evidence as an emulated one, so an eavesdropper below the abort
     threshold shows in both modes."""
-    d, pp = runner.link.decoy, runner.link.postprocessing
-    p_test = min(pp.z_basis_probability, 1.0 - pp.z_basis_probability)
+    d, z = runner.link.decoy, runner.physics.z_basis_probability
+    p_test = min(z, 1.0 - z)
     pulses = runner.link.repetition_rate_hz * duration_s
     signal = signal_statistics(runner.physics, d.mu_signal)
     return signal.error_rate, round(pulses * d.p_signal * signal.gain * p_test ** 2)

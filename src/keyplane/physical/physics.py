@@ -57,7 +57,9 @@ BASIS_Z = 0
 BASIS_X = 1
 
 _EMULATE_CHUNK = 1 << 16
-"""Detections a draw is consumed at a time (its temporaries stay in the L2 cache)."""
+"""Detections a draw is consumed at a time (its temporaries stay in the L2 cache). Even:
+the 32-bit draws come two to a raw 64-bit word (:func:`_words`), so only a frame's last
+chunk leaves half a word unused, as the whole frame's draw does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +82,10 @@ class LinkPhysics:
 
     @classmethod
     def from_link(cls, link: QuantumLink) -> LinkPhysics:
-        """The physics of ``link`` as configured (its eavesdropper included)."""
-        return cls(
+        """The physics of ``link`` as configured (its eavesdropper included;
+        ``z_basis_probability: auto`` resolved, :func:`~.analytic.auto_z_basis`)."""
+        pp = link.postprocessing
+        physics = cls(
             length_km=link.length_km,
             attenuation_db_per_km=link.attenuation_db_per_km,
             insertion_loss_db=link.insertion_loss_db,
@@ -90,9 +94,16 @@ class LinkPhysics:
             misalignment=link.misalignment,
             repetition_rate_hz=link.repetition_rate_hz,
             decoy=link.decoy,
-            z_basis_probability=link.postprocessing.z_basis_probability,
-            eavesdropper=link.eavesdropper,
+            eavesdropper=None,
         )
+        z = pp.z_basis_probability
+        if z == "auto" and link.protocol not in ("bb84-decoy", "analytic"):
+            z = 0.5  # the bound behind the choice is decoy BB84's
+        elif z == "auto":
+            from keyplane.physical.analytic import auto_z_basis  # analytic imports physics
+            z = auto_z_basis(physics, pp.block_size_bits, eps_sec=pp.security_epsilon,
+                             statistics=pp.finite_key_statistics)
+        return physics.with_changes(z_basis_probability=z, eavesdropper=link.eavesdropper)
 
     def with_changes(self, **changes: object) -> LinkPhysics:
         """A copy with some fields replaced (faults)."""
@@ -204,6 +215,19 @@ class BobRecord:
         return int(self.bases.shape[0])
 
 
+def _words(rng: np.random.Generator, n: int) -> NDArray[np.uint32]:
+    """``n`` uniform 32-bit words, the bit generator's raw 64-bit output halved (1.1 ns a
+    word against 2.0 for a float32 draw and its comparison)."""
+    return rng.bit_generator.random_raw((n + 1) // 2).view(np.uint32)[:n]
+
+
+def _threshold(p: np.float32) -> np.uint32:
+    """``T`` with ``P(word < T)`` exactly numpy's ``P(random(dtype=float32) < p)``: the
+    float32 draw is 24 random bits over ``2^24``, so ``ceil(p 2^24)`` of its values fall
+    below ``p``; shifted to the top 24 bits of a word (``p`` = 1: all but one word)."""
+    return np.uint32(min(math.ceil(float(p) * (1 << 24)) << 8, 0xFFFFFFFF))
+
+
 def emulate_frame(physics: LinkPhysics, n_pulses: int,
                   rng: np.random.Generator) -> tuple[AliceRecord, BobRecord]:
     """Emulate ``n_pulses`` pulses through the link; only detections are materialized.
@@ -272,24 +296,25 @@ def emulate_frame(physics: LinkPhysics, n_pulses: int,
     undetected = rng.multinomial(n_pulses - d, [m / total_missed for m in missed]) \
         if total_missed > 0 and n_pulses > d else np.zeros(3, dtype=np.int64)
     pulses = detected + undetected
-    p_x = np.float32(1.0 - physics.z_basis_probability)
+    t_x = _threshold(np.float32(1.0 - physics.z_basis_probability))
     bases_alice = np.empty(d, dtype=np.uint8)
     bases_bob = np.empty(d, dtype=np.uint8)
     for bases in (bases_alice, bases_bob):
         for lo, hi in chunks:
-            np.less(rng.random(hi - lo, dtype=np.float32), p_x, out=bases[lo:hi].view(bool))
+            np.less(_words(rng, hi - lo), t_x, out=bases[lo:hi].view(bool))
     bits_alice = np.unpackbits(np.frombuffer(rng.bytes((d + 7) // 8), dtype=np.uint8),
                                count=d)
     # a mismatched basis gives Bob a uniformly random bit: error rate per (basis match,
     # segment) from one table (a take costs 1.9 ns per event; the masked copyto per edge
     # it replaces, 4.2 ns each)
-    e_table = np.asarray(seg_err + [0.5] * len(seg_err), dtype=np.float32)
+    e_table = np.asarray([_threshold(np.float32(e)) for e in seg_err + [0.5] * len(seg_err)],
+                         dtype=np.uint32)
     mismatch = np.uint8(len(seg_err))
     bits_bob = np.empty(d, dtype=np.uint8)
     for lo, hi in chunks:
         seg = segment[lo:hi]
         seg += (bases_alice[lo:hi] != bases_bob[lo:hi]).view(np.uint8) * mismatch
-        flips = rng.random(hi - lo, dtype=np.float32) < e_table.take(seg)
+        flips = _words(rng, hi - lo) < e_table.take(seg)
         np.bitwise_xor(bits_alice[lo:hi], flips.view(np.uint8), out=bits_bob[lo:hi])
     alice = AliceRecord(intensity_class=intensity_class, bases=bases_alice, bits=bits_alice,
                         pulses_per_class=(int(pulses[0]), int(pulses[1]), int(pulses[2])))

@@ -72,8 +72,24 @@ def test_compiled_toeplitz_equals_reference(n: int, frac: float, seed: int) -> N
     assert np.array_equal(out, toeplitz_hash_reference(key, t, n_out))
 
 
+@pytest.mark.parametrize(("n", "n_out"), [(2900, 2100), (2300, 2100), (2200, 2049),
+                                          (3000, 2800), (1000, 130)])
+def test_compiled_toeplitz_split_last_block_equals_reference(n: int, n_out: int) -> None:
+    """A last column block with key in half its columns or less (its product split in
+    smaller squares): the direct product's bits."""
+    fasthash = _fasthash()
+    key = np.random.default_rng(n_out).integers(0, 2, n, dtype=np.uint8)
+    t = toeplitz_bits(b"split", n, n_out)
+    assert np.array_equal(fasthash.toeplitz_hash(key, t, n_out),
+                          toeplitz_hash_reference(key, t, n_out))
+
+
 @pytest.mark.parametrize(("n", "n_out"), [(1_000_000, 360_001), (1_000_003, 1_000_003),
-                                          (262_144, 1), (700_001, 65_537)])
+                                          (262_144, 1), (700_001, 65_537),
+                                          # last column block a half, a quarter, an
+                                          # eighth full or less (its product split)
+                                          (1_000_000, 700_001), (1_000_000, 800_000),
+                                          (1_000_000, 450_000), (1_000_000, 900_000)])
 def test_compiled_toeplitz_equals_fft(monkeypatch: pytest.MonkeyPatch, n: int,
                                       n_out: int) -> None:
     """Large blocks take the compiled product; the FFT gives the same bits."""

@@ -75,6 +75,19 @@ def test_cut_link_detects_only_dark_counts() -> None:
     assert bob.detections == pytest.approx(10_000_000 * p.dark_count_probability, abs=60)
 
 
+@pytest.mark.parametrize("p", [0.5, 0.35, 0.15, 0.015, 0.0152, 1e-7, 0.9999999])
+def test_word_threshold_is_the_float32_draws_probability(p: float) -> None:
+    """A Bernoulli draw from a raw 32-bit word below ``_threshold(p)`` has exactly the
+    probability of numpy's ``random(dtype=float32) < p``: checked on all 2^24 values the
+    float32 draw takes (``(w >> 8) 2^-24``), with the low 8 bits both all-zero and all-one."""
+    p32 = np.float32(p)
+    k = np.arange(1 << 24, dtype=np.uint32)
+    below_float = (k.astype(np.float32) * np.float32(2.0 ** -24)) < p32
+    t = physics_mod._threshold(p32)
+    assert np.array_equal(below_float, (k << np.uint32(8)) < t)
+    assert np.array_equal(below_float, ((k << np.uint32(8)) | np.uint32(255)) < t)
+
+
 @pytest.mark.parametrize("chunk", [1000, 1 << 16])
 def test_emulate_frame_is_the_same_whatever_the_chunk(monkeypatch: pytest.MonkeyPatch,
                                                       chunk: int) -> None:

@@ -116,8 +116,11 @@ class MonitoringCore:
         """Set when a raised alarm's clear condition started to hold (its clear is now
         pending): the shell re-plans its wake-up and resets this."""
         for link in topology.links:
-            p = max(link.postprocessing.z_basis_probability,
-                    1.0 - link.postprocessing.z_basis_probability)
+            z = link.postprocessing.z_basis_probability
+            if z == "auto":  # the twin's choice; numpy only for such links
+                from keyplane.physical.physics import LinkPhysics
+                z = LinkPhysics.from_link(link).z_basis_probability
+            p = max(z, 1.0 - z)
             self.add_link(link.link_id, link.postprocessing.qber_threshold,
                           ((1.0 - p) / p) ** 2)
 
