@@ -76,7 +76,9 @@ async def net(km_db: Database) -> AsyncIterator[Net]:
 
 async def test_a_nil_key_stream_id_asks_the_km_for_a_new_one(net: Net) -> None:
     km0, km2 = net.kms["km0"], net.kms["km2"]
-    first = await km0.open_connect(CALLER_A, "sa", "sb", SHORT, NIL_KEY_STREAM_ID)
+    # the opener's Timeout is how long Admission Control keeps its open joinable: long
+    # enough for the join below on a loaded machine (with 100 ms it ran out first there)
+    first = await km0.open_connect(CALLER_A, "sa", "sb", WAIT, NIL_KEY_STREAM_ID)
     second = await km0.open_connect(CALLER_A, "sc", "sd", SHORT, NIL_KEY_STREAM_ID)
     # each nil open is a new stream with its own id: no collision, the peer not yet there
     assert not first.peer_connected and not second.peer_connected
@@ -87,8 +89,7 @@ async def test_a_nil_key_stream_id_asks_the_km_for_a_new_one(net: Net) -> None:
     joined = await km2.open_connect(CALLER_B, "sb", "sa", WAIT, sid)
     assert joined.peer_connected and joined.key_stream_id == sid
     await net.operative("km0", sid)
-    # the joiner first: its Timeout bounds the relay; the opener's short one then only
-    # bounds handing out a key its KM already holds
+    # the joiner first, then the opener: both get index 0, the same key
     b = await km2.get_key(CALLER_B, sid, None)
     a = await km0.get_key(CALLER_A, sid, None)
     assert (a.index, a.key) == (b.index, b.key)
