@@ -171,6 +171,7 @@ class Relay:
         self._settings = settings
         self.hop_keys = HopKeys(host, bus, clock, events, settings, identity)
         self._waiters: dict[str, asyncio.Future[ConfirmFrame]] = {}
+        self._silent: set[str] = set()  # next hops whose last frame went unconfirmed
         self._offers = self.hop_keys.offers  # the same dict: cancel_all drops open offers
         self.frames_in = 0
         self.frames_dropped = 0
@@ -255,6 +256,8 @@ class Relay:
             raise RelayError("keys without material can only go to an adjacent destination")
         n = len(keys) * size_bytes
         await self._bus_up(session_id, deadline)
+        if entry.next_km in self._silent:
+            await self._next_hop_answers(session_id, entry.epoch, entry.next_km, deadline)
         hop = await self.hop_keys.take(session_id, entry.epoch, entry.next_km, store, policy.value,
                                        MAC_KEY_BYTES + n, deadline=deadline)
         mac_key, pad = hop.material[:MAC_KEY_BYTES], hop.material[MAC_KEY_BYTES:]
@@ -281,8 +284,12 @@ class Relay:
             await self._bus.publish(topics.km_relay(entry.next_km), frame)
             self._relayed_event(frame, entry.next_km)
             try:
-                return await self._clock.wait_for(fut, self._settings.relay_confirm_timeout_s)
+                confirm = await self._clock.wait_for(fut,
+                                                     self._settings.relay_confirm_timeout_s)
+                self._silent.discard(entry.next_km)
+                return confirm
             except TimeoutError as exc:
+                self._silent.add(entry.next_km)
                 raise RelayTimeout(
                     f"session {session_id}: hop {self.node_id}->{entry.next_km} confirmation "
                     f"not received within {self._settings.relay_confirm_timeout_s} s") from exc
@@ -308,6 +315,38 @@ class Relay:
         except TimeoutError:
             raise BusUnavailable(f"session {session_id}: the bus did not come back within "
                                  f"the batch's timeout; no link key spent") from None
+
+    async def _next_hop_answers(self, session_id: str, epoch: int, hop: str,
+                                deadline: float | None) -> None:
+        """Before fresh link key goes to a hop whose last frame went unconfirmed, ask it
+        (a probe, which carries no key) until it answers, within the batch's deadline
+        (None: one confirmation wait). A frame to a KM that is down or restarting spends
+        its key for nothing: with three attempts per batch and several batches, a source
+        emptied its store into a killed intermediate and waited for new blocks after the
+        intermediate came back (the fault matrix's intermediate kill at 6x load).
+
+        Raises:
+            RelayTimeout: ``hop`` did not answer by then (nothing spent).
+        """
+        bound = self._settings.relay_confirm_timeout_s
+        until = self._clock.now() + bound if deadline is None else deadline
+        while True:
+            start = self._clock.now()
+            left = min(bound, until - start)
+            if left <= 0:
+                raise RelayTimeout(f"session {session_id}: hop {self.node_id}->{hop} does not "
+                                   f"answer; no link key spent")
+            try:
+                reply = await self._bus.request(topics.km_relay(hop), SessionProbe(
+                    session_id=session_id, epoch=epoch, sender=self.node_id, target=hop,
+                    timeout_s=left), timeout_s=left)
+                if isinstance(reply, SessionProbeReply) and reply.node == hop:
+                    self._silent.discard(hop)
+                    return
+            except BusError as exc:
+                logger.info("node %s: hop %s does not answer yet: %s", self.node_id, hop, exc)
+            # no responders comes back at once: ask again after one bound, not in a loop
+            await self._clock.sleep(max(0.0, min(until, start + left) - self._clock.now()))
 
     def _relayed_event(self, frame: KeyFrame, to: str) -> None:
         self._events.emit(EventType.key_relayed, "km", node=self.node_id,

@@ -320,3 +320,38 @@ async def test_relay_spends_no_link_key_while_the_bus_is_down(km_db: Database) -
         bus.up.set()
         await net.close()
         await bus.close()
+
+
+async def test_relay_spends_no_link_key_on_a_next_hop_that_does_not_answer(
+        km_db: Database) -> None:
+    # a source used to spend fresh key on every attempt into a killed intermediate (three
+    # per batch): its store was empty when the intermediate came back. After one
+    # unconfirmed frame it asks the hop (a probe, no key) before spending again.
+    bus = MemoryBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    clock = VirtualClock()
+    settings = KmSettings(link_reserve_bytes=0, relay_attempts=3)
+    net = await start_net(line_topology(3), bus, km_db, clock, seed=9, settings=settings)
+    try:
+        km0 = net.kms["km0"]
+        await km0.enc_keys(CALLER_A, "sc", "sd", 1, 256)  # the pair's session, relayed
+        store = km0.link_store("km1")
+        held, frames = store.sendable_bytes, len(log.frames)
+        await net.kms["km1"].close()  # the intermediate is gone from the bus
+        timeout_s = KmSettings().etsi014_qos_timeout_ms / 1000
+        lost = asyncio.create_task(km0.enc_keys(CALLER_A, "sc", "sd", 4, 256))
+        until = clock.now() + 2 * timeout_s
+        while not lost.done() and clock.now() < until:
+            await clock.advance(0.05)
+        with pytest.raises(KeyplaneError) as info:
+            await lost
+        mapping = map_exception(info.value)
+        assert mapping is not None and mapping.http_status == 503
+        sent = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)
+                and f.sender == "km0"]
+        assert len(sent) == 1  # the first attempt only: the others found the hop silent
+        assert store.sendable_bytes == held - (32 + 4 * 32)
+    finally:
+        await net.close()
+        await bus.close()
