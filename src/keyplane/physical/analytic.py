@@ -42,16 +42,19 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from keyplane.physical.bits import binary_entropy
+from keyplane.physical.constants import DARK_COUNT_ERROR
 from keyplane.physical.finite_key import (
     ExpectedBlock,
     Statistics,
     expected_block,
     expected_key_rate,
 )
-from keyplane.physical.physics import DARK_COUNT_ERROR, LinkPhysics
+
+if TYPE_CHECKING:  # physics resolves "auto" with this module: no import at run time
+    from keyplane.physical.physics import LinkPhysics
 
 __all__ = [
     "ANALYTIC_FORMULAS",

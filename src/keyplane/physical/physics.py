@@ -37,6 +37,7 @@ from numpy.typing import NDArray
 
 from keyplane.config import DecoySettings, Eavesdropper, QuantumLink
 from keyplane.physical.bits import Bits
+from keyplane.physical.constants import DARK_COUNT_ERROR
 
 __all__ = [
     "DARK_COUNT_ERROR",
@@ -47,8 +48,6 @@ __all__ = [
     "emulate_frame",
 ]
 
-DARK_COUNT_ERROR = 0.5
-"""``e0``: a dark count gives a random bit."""
 
 INTENSITY_CLASSES = ("signal", "decoy", "vacuum")
 """Intensity class codes 0, 1, 2 (the order of :class:`~keyplane.config.DecoySettings`)."""
