@@ -13,6 +13,7 @@ from typing import Any, cast
 from keyplane.cluster import EventTail, LocalCluster
 from keyplane.events import Event, EventType
 from keyplane.faultmatrix import Ledger, MatrixSettings, Traffic, fault_topology, stock_links
+from tests.support.deadlines import DEADLINE_S
 
 
 def _block(n: int, link: str, secret_bits: int, t: float | None = None) -> str:
@@ -72,26 +73,36 @@ async def test_paused_requests_wait_and_quiet_waits_for_those_in_flight() -> Non
     assert await held == "held"
 
 
-async def test_stock_waits_for_every_link_then_resumes(tmp_path: Path) -> None:
-    settings = MatrixSettings(stock_bytes=2048, stock_poll_s=0.01)
+async def _stock_with(tmp_path: Path, blocks: list[tuple[int, int]], timeout_s: float
+                      ) -> tuple[bool, Traffic]:
+    """:func:`stock_links` for 2,048 bytes per direction while ``(link index, bytes per
+    direction)`` blocks are written once the traffic paused (one block written before the
+    pause counts for nothing)."""
+    settings = MatrixSettings(stock_bytes=2048, stock_poll_s=0.01, stock_timeout_s=timeout_s)
     traffic = _traffic(settings)
     cluster: Any = SimpleNamespace(state=tmp_path, topology=fault_topology())
     links = [link.link_id for link in fault_topology().links]
     f = tmp_path / "events-km0.jsonl"
-    f.write_text(_block(1, links[0], 10**6, t=0.0))  # before the pause: not counted
+    f.write_text(_block(1, links[0], 10**6, t=0.0))
     task = asyncio.create_task(stock_links(cast(LocalCluster, cluster), traffic, settings))
-    while traffic._open.is_set():
+    while traffic._open.is_set():  # until it paused (and took its start time)
         await asyncio.sleep(0)
-    n = 2
-    for link, bits in [(links[0], 16 * 2048), (links[1], 16 * 1024)]:  # bytes per direction
-        _append(f, _block(n, link, bits))
-        n += 1
-    for _ in range(3):  # both read: the second link is still short
-        await asyncio.sleep(0.05)
-    assert not task.done() and not traffic._open.is_set()
-    _append(f, _block(n, links[1], 16 * 1024))
-    assert await task is True
-    assert traffic._open.is_set()
+    for n, (link, nbytes) in enumerate(blocks, start=2):
+        _append(f, _block(n, links[link], 16 * nbytes))
+    return await task, traffic
+
+
+async def test_stock_waits_for_every_link_then_resumes(tmp_path: Path) -> None:
+    ok, traffic = await _stock_with(tmp_path, [(0, 2048), (1, 1024), (1, 1024)],
+                                    timeout_s=DEADLINE_S)
+    assert ok is True and traffic._open.is_set()
+
+
+async def test_stock_is_not_made_while_one_link_is_short(tmp_path: Path) -> None:
+    # the second link made half its stock, then nothing: the wait ends on its timeout
+    # (not on the first link's stock, nor on the block written before the pause)
+    ok, traffic = await _stock_with(tmp_path, [(0, 2048), (1, 1024)], timeout_s=0.05)
+    assert ok is False and traffic._open.is_set()
 
 
 async def test_stock_gives_up_when_no_link_makes_a_block(tmp_path: Path) -> None:

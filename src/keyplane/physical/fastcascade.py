@@ -18,22 +18,16 @@ demo's 10^5-bit blocks never import numba; ``KEYPLANE_NO_FAST=1`` turns it off.
 
 from __future__ import annotations
 
-import os
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+# numba as fastperm imported it (None without it or with ``KEYPLANE_NO_FAST``)
+from keyplane.physical.fastperm import available, numba
+
 __all__ = ["answer_step", "available", "cached_descent"]
 
-numba: ModuleType | None
-try:
-    if os.environ.get("KEYPLANE_NO_FAST", "") not in ("", "0"):
-        raise ImportError("KEYPLANE_NO_FAST is set")
-    import numba
-except ImportError:
-    numba = None
 
 _I64 = NDArray[np.int64]
 _U8 = NDArray[np.uint8]
@@ -121,11 +115,6 @@ if numba is not None:
     _valid = _inline(_valid)
     _answer_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_answer_kernel)
     _cached_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_cached_kernel)
-
-
-def available() -> bool:
-    """Whether numba imported (and ``KEYPLANE_NO_FAST`` is not set)."""
-    return numba is not None
 
 
 def _check(starts: _I64, arrays: tuple[NDArray[Any], ...]) -> None:

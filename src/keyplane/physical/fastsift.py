@@ -17,22 +17,16 @@ Used only by links whose blocks have at least
 
 from __future__ import annotations
 
-import os
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+# numba as fastperm imported it (None without it or with ``KEYPLANE_NO_FAST``)
+from keyplane.physical.fastperm import available, numba
+
 __all__ = ["available", "sift_split"]
 
-numba: ModuleType | None
-try:
-    if os.environ.get("KEYPLANE_NO_FAST", "") not in ("", "0"):
-        raise ImportError("KEYPLANE_NO_FAST is set")
-    import numba
-except ImportError:
-    numba = None
 
 
 def _index_kernel(mine: Any, peer: Any, key_basis: Any, index: Any,
@@ -78,11 +72,6 @@ def _split_kernel(index: Any, is_key: Any, bits: Any, classes: Any, per_sifted: 
 if numba is not None:
     _index_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_index_kernel)
     _split_kernel = numba.njit(cache=True, nogil=True, boundscheck=False)(_split_kernel)
-
-
-def available() -> bool:
-    """Whether numba imported (and ``KEYPLANE_NO_FAST`` is not set)."""
-    return numba is not None
 
 
 def sift_split(mine: NDArray[np.uint8], peer: NDArray[np.uint8], bits: NDArray[np.uint8],
