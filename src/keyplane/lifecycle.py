@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import signal
@@ -146,9 +147,25 @@ class ProcessControl:
                 raise result
 
 
-def _arm_watchdog(timeout_s: float, why: str) -> threading.Timer:
+def _dump_pending(loop: asyncio.AbstractEventLoop | None) -> None:
+    """Write what a shutdown that ran out of time still waits for: the loop's unfinished
+    tasks (where each is suspended) and every thread's stack (an executor call, a child's
+    wait). Best effort: the loop's thread is still running and may change them meanwhile."""
+    try:
+        tasks = list(asyncio.all_tasks(loop)) if loop is not None else []
+        for task in tasks[:40]:
+            sys.stderr.write(f"keyplane: unfinished task {task.get_name()}\n")
+            task.print_stack(limit=6, file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    except Exception as exc:  # never keep the process from exiting
+        sys.stderr.write(f"keyplane: could not list what was pending ({exc!r})\n")
+
+
+def _arm_watchdog(timeout_s: float, why: str,
+                  loop: asyncio.AbstractEventLoop | None = None) -> threading.Timer:
     def expire() -> None:
         sys.stderr.write(f"keyplane: {why} did not finish within {timeout_s:g} s; exiting\n")
+        _dump_pending(loop)
         sys.stderr.flush()
         os._exit(EXIT_FORCED)
 
@@ -165,7 +182,8 @@ def run_process(main: Callable[[ProcessControl], Awaitable[None]],
     * the first SIGTERM/SIGINT sets ``control.stop`` (or, before ``control.ready()``,
       cancels ``main``) and arms the watchdog; a second one cancels ``main``;
     * when ``main`` returns or raises, the watchdog is armed for asyncio's own teardown;
-    * the watchdog ends the process with :data:`EXIT_FORCED` after ``shutdown_timeout_s``.
+    * the watchdog ends the process with :data:`EXIT_FORCED` after ``shutdown_timeout_s``,
+      first writing to stderr the tasks and threads the shutdown still waited for.
 
     Exceptions of ``main`` propagate (the CLI maps them to exit codes); a cancellation by
     a signal returns normally.
@@ -175,7 +193,8 @@ def run_process(main: Callable[[ProcessControl], Awaitable[None]],
 
     def arm(why: str) -> None:
         if not watchdog:
-            watchdog.append(_arm_watchdog(st.shutdown_timeout_s, why))
+            watchdog.append(_arm_watchdog(st.shutdown_timeout_s, why,
+                                          asyncio.get_running_loop()))
 
     async def runner() -> None:
         control = ProcessControl(st)

@@ -22,7 +22,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from tests.support.deadlines import DEADLINE_S
-from tests.support.processes import ROOT, start_keyplane, stop
+from tests.support.processes import ROOT, log_tail, start_keyplane, stop
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -51,7 +51,7 @@ def dashboard_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         doc = json.loads((state / "endpoints.json").read_text())
         yield doc["operations"]["dashboard"]
     finally:
-        assert stop(proc) == 0
+        assert stop(proc) == 0, log_tail(proc)
 
 
 @pytest.fixture

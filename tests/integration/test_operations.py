@@ -26,7 +26,7 @@ from keyplane.api.client import Etsi004Client, Etsi004StatusError
 from keyplane.ops.network import SERIES
 from keyplane.services import NatsServer
 from tests.support.deadlines import DEADLINE_S
-from tests.support.processes import ROOT, keyplane_env, start_keyplane, stop, wait_until
+from tests.support.processes import ROOT, keyplane_env, log_tail, start_keyplane, stop, wait_until
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow]
 
@@ -60,7 +60,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield state
     finally:
-        assert stop(proc) == 0
+        assert stop(proc) == 0, log_tail(proc)
 
 
 def _retry(fn):  # type: ignore[no-untyped-def]
@@ -205,5 +205,5 @@ def test_controller_and_node_processes_export_what_they_run(
         assert r.status_code == 403
     finally:
         for proc in nodes:
-            assert stop(proc) == 0
-        assert stop(ctl) == 0
+            assert stop(proc) == 0, log_tail(proc)
+        assert stop(ctl) == 0, log_tail(ctl)

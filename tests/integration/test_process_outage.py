@@ -22,7 +22,7 @@ from keyplane.errors import KeyplaneError
 from keyplane.lifecycle import ProcessSettings
 from keyplane.messages import Qos
 from keyplane.services import NatsServer, free_port
-from tests.support.processes import READY_TIMEOUT_S, spawn_keyplane, start_keyplane, stop
+from tests.support.processes import READY_TIMEOUT_S, log_tail, spawn_keyplane, start_keyplane, stop
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.nats, pytest.mark.slow]
 
@@ -211,7 +211,7 @@ def test_insecure_bus_only_with_its_flag_and_a_warning(tmp_path: Path) -> None:
         assert "cannot connect to NATS" in (tmp_path / "secure.log").read_text()
         ctl = start_keyplane("controller", *common, "--danger-insecure-bus",
                              ready="controller ready", log=tmp_path / "insecure.log")
-        assert stop(ctl) == 0
+        assert stop(ctl) == 0, log_tail(ctl)
         log = (tmp_path / "insecure.log").read_text()
         assert "WARNING" in log and "DANGER: insecure bus" in log
     finally:

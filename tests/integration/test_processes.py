@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from keyplane.events import EventType, read_jsonl
-from tests.support.processes import start_keyplane, stop, wait_until
+from tests.support.processes import log_tail, start_keyplane, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 TOPO = str(ROOT / "examples" / "paper_poc.yaml")
@@ -45,9 +45,9 @@ def test_controller_and_node_processes_talk_over_nats(topology_nats, tmp_path: P
             assert r.status_code == 200, r.text
             assert "etsi-qkd-sdn-node:qkdn_capabilities" in r.json()
         finally:
-            assert stop(node) == 0
+            assert stop(node) == 0, log_tail(node)
     finally:
-        assert stop(ctl) == 0
+        assert stop(ctl) == 0, log_tail(ctl)
     events = read_jsonl(state / "events-controller.jsonl")
     registered = [e for e in events if e.type is EventType.topology_changed]
     assert [e.node for e in registered] == ["km1"]
@@ -88,8 +88,8 @@ def test_controller_discovers_node_processes_and_serves_the_northbound_view(
             doc["kms"][n]["etsi015"] for n in ("km1", "km2")}
     finally:
         for proc in nodes:
-            assert stop(proc) == 0
-        assert stop(ctl) == 0
+            assert stop(proc) == 0, log_tail(proc)
+        assert stop(ctl) == 0, log_tail(ctl)
     discovered = [e for e in read_jsonl(state / "events-controller.jsonl")
                   if e.type is EventType.node_discovered]
     assert sorted(e.node for e in discovered) == ["km1", "km2"]

@@ -23,7 +23,7 @@ from keyplane.api.client import (
 from keyplane.events import EventType, read_jsonl
 from keyplane.services import free_port
 from tests.support.deadlines import DEADLINE_S
-from tests.support.processes import start_keyplane, stop
+from tests.support.processes import log_tail, start_keyplane, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,7 +42,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield state
     finally:
-        assert stop(proc) == 0
+        assert stop(proc) == 0, log_tail(proc)
 
 
 def _retry(fn, timeout_s: float = DEADLINE_S):  # type: ignore[no-untyped-def]

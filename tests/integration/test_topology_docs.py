@@ -12,7 +12,7 @@ import pytest
 from keyplane.api.client import Etsi014Client
 from keyplane.config import parse_topology
 from keyplane.config_docs import BEGIN, END, json_schema, reference_markdown
-from tests.support.processes import start_keyplane, stop, wait_until
+from tests.support.processes import log_tail, start_keyplane, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "topology.md"
@@ -51,7 +51,7 @@ def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     try:
         yield state
     finally:
-        assert stop(proc) == 0
+        assert stop(proc) == 0, log_tail(proc)
 
 
 @pytest.mark.slow

@@ -24,6 +24,9 @@ def keyplane_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+_LOGS: dict[int, Path] = {}
+"""Where each started process's stderr goes, by pid (:func:`log_tail`)."""
+
 READY_TIMEOUT_S = DEADLINE_S
 """How long a process may take to print its ready line (KEYPLANE_TEST_DEADLINE_S)."""
 
@@ -33,9 +36,12 @@ def spawn_keyplane(*args: str, log: Path | None = None, env: dict[str, str] | No
     """Start ``python -m keyplane ARGS`` (stdout piped, stderr to ``log``) without waiting."""
     out = open(log, "w") if log else subprocess.DEVNULL
     try:
-        return subprocess.Popen([sys.executable, "-m", "keyplane", *args],
+        proc = subprocess.Popen([sys.executable, "-m", "keyplane", *args],
                                 stdout=subprocess.PIPE, stderr=out, text=True,
                                 env=keyplane_env(env), cwd=ROOT)
+        if log:
+            _LOGS[proc.pid] = log
+        return proc
     finally:
         if log:
             out.close()  # type: ignore[union-attr]
@@ -79,6 +85,16 @@ def stop(proc: subprocess.Popen[str], timeout_s: float = DEADLINE_S) -> int:
             proc.kill()
             proc.wait(timeout_s)
     return proc.returncode
+
+
+def log_tail(proc: subprocess.Popen[str], lines: int = 80) -> str:
+    """The last ``lines`` of ``proc``'s log, for an assertion's message (a process that
+    exited badly, e.g. 70 when its shutdown bound ran out, says why there)."""
+    log = _LOGS.get(proc.pid)
+    if log is None or not log.exists():
+        return f"exit {proc.returncode}; no log kept"
+    text = log.read_text(encoding="utf-8", errors="replace").splitlines()
+    return f"exit {proc.returncode}; last lines of {log}:\n" + "\n".join(text[-lines:])
 
 
 def wait_until(pred, timeout_s: float = DEADLINE_S, interval_s: float = 0.05) -> None:  # type: ignore[no-untyped-def]

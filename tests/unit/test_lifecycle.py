@@ -46,9 +46,11 @@ def test_sigterm_ends_a_process_whose_teardown_hangs() -> None:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(EXIT_WAIT_S) == EXIT_FORCED
+        _, err = proc.communicate()
+        # it says what it still waited for: the executor thread stuck in Event.wait
+        assert "did not finish within 1 s" in err and "in wait" in err, err
     finally:
         proc.kill()
-        proc.communicate()
 
 
 def test_failed_start_with_a_hanging_teardown_still_exits() -> None:
