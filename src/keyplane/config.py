@@ -135,6 +135,11 @@ class DecoySettings(_Model):
         return self
 
 
+AUTO_Z_BASIS_GRID: tuple[float, ...] = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
+"""The basis biases ``z_basis_probability: auto`` chooses among (the twin picks one per link,
+keyplane.physical.analytic.auto_z_basis)."""
+
+
 class PostProcessing(_Model):
     """Post-processing parameters of one link's QKD modules."""
 

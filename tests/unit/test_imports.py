@@ -131,3 +131,15 @@ def test_type_checking_imports_do_not_count(tmp_path: Path) -> None:
     graph = import_graph(root)
     assert ("pkg.b", "pkg.a") in graph.edges and ("pkg.a", "pkg.b") not in graph.edges
     assert cycles(graph) == []
+
+
+def test_control_cores_do_not_reach_the_physical_layer() -> None:
+    """The control plane's pure cores judge what links report; they never need the twin
+    (numpy and the emulator), even for a link whose basis bias the twin picks (``auto``)."""
+    graph = import_graph(SRC / "keyplane")
+    cores = [m for m in graph if m.startswith("keyplane.control.") and m.endswith(".core")]
+    assert "keyplane.control.monitoring.core" in cores
+    for core in cores:
+        reached = sorted(m for m in nx.descendants(graph, core)
+                         if m.startswith("keyplane.physical"))
+        assert reached == [], f"{core} imports {reached}"

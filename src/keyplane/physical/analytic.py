@@ -44,6 +44,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from keyplane.config import AUTO_Z_BASIS_GRID
 from keyplane.physical.bits import binary_entropy
 from keyplane.physical.constants import DARK_COUNT_ERROR
 from keyplane.physical.finite_key import (
@@ -211,8 +212,9 @@ def finite_key_rate(physics: LinkPhysics, n_key: float, *, eps_sec: float,
                              statistics=statistics)
 
 
-AUTO_Z_GRID = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85)
-"""The basis biases ``z_basis_probability: auto`` chooses among."""
+AUTO_Z_GRID = AUTO_Z_BASIS_GRID
+"""The basis biases ``z_basis_probability: auto`` chooses among (defined with the
+configuration it belongs to)."""
 
 AUTO_Z_MARGIN = 0.5
 """``auto`` judges each bias on a block of this share of the link's block size (1: the

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from keyplane.bus import Bus, MemoryBus, Message, topics
 from keyplane.clock import VirtualClock
 from keyplane.config import Topology
@@ -365,3 +367,17 @@ def test_monitoring_starting_link_is_reported_starting_and_routing_keeps_it(
     assert m.state == "down"
     routing.update_metrics({m.link_id: m})
     assert not routing.has_qkd_key("a-e")
+
+
+def test_monitoring_sample_size_without_the_twin_for_an_auto_or_fixed_bias(
+        topology: Topology) -> None:
+    """A report without its QBER sample size is judged on the test bits its link's basis
+    bias leaves: for ``auto`` (the twin's pick, unknown here) the fewest auto can leave."""
+    link = topology.links[0]
+    assert link.postprocessing.z_basis_probability == "auto"  # the default
+    core = MonitoringCore(topology, MonitoringSettings(**INSTANT))
+    assert core.links[link.link_id].test_ratio == pytest.approx((0.15 / 0.85) ** 2)
+    fixed = topology.model_copy(update={"links": [link.model_copy(update={
+        "postprocessing": link.postprocessing.model_copy(
+            update={"z_basis_probability": 0.5})})]})
+    assert MonitoringCore(fixed).links[link.link_id].test_ratio == pytest.approx(1.0)

@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from keyplane.config import Topology
+from keyplane.config import AUTO_Z_BASIS_GRID, Topology
 from keyplane.control.monitoring.alarms import AlarmLatch
 from keyplane.control.monitoring.detection import QberBaseline, Verdict
 from keyplane.control.settings import AlarmKind, MonitoringSettings
@@ -116,10 +116,10 @@ class MonitoringCore:
         """Set when a raised alarm's clear condition started to hold (its clear is now
         pending): the shell re-plans its wake-up and resets this."""
         for link in topology.links:
-            z = link.postprocessing.z_basis_probability
-            if z == "auto":  # the twin's choice; numpy only for such links
-                from keyplane.physical.physics import LinkPhysics
-                z = LinkPhysics.from_link(link).z_basis_probability
+            chosen = link.postprocessing.z_basis_probability
+            # "auto": the twin picks the bias and its reports give their sample size; for a
+            # report without one, assume the fewest test bits auto can leave
+            z = max(AUTO_Z_BASIS_GRID) if chosen == "auto" else chosen
             p = max(z, 1.0 - z)
             self.add_link(link.link_id, link.postprocessing.qber_threshold,
                           ((1.0 - p) / p) ** 2)
