@@ -38,6 +38,17 @@ def pair(db: Database, settings: KmSettings) -> tuple[LinkKeyStore, LinkKeyStore
     return a, b, ja, jb, sink
 
 
+async def reopened(db: Database, settings: KmSettings, node: str = "na", peer: str = "nb"
+                   ) -> tuple[LinkKeyStore, Journal]:
+    """The store of a restarted KM on the same database (new clock, events and journal; the
+    journal not started yet), loaded from what the first one left."""
+    clock = VirtualClock()
+    journal = Journal(db)
+    store = LinkKeyStore(node, "l1", peer, journal, EventStream(clock), clock, settings)
+    await store.load(db)
+    return store, journal
+
+
 def test_send_halves_of_a_block_are_disjoint_and_cover_it() -> None:
     assert send_half(100, "a", "b") == (0, 50)
     assert send_half(100, "b", "a") == (50, 100)
@@ -77,10 +88,7 @@ async def test_keystore_restart_never_reuses_and_loses_no_unreserved_key(db: Dat
     await ja.close()
     await jb.close()
     # a new store on the same database: the reservation (128 bytes) is gone, never reused
-    clock = VirtualClock()
-    j2 = Journal(db)
-    a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
-    await a2.load(db)
+    a2, j2 = await reopened(db, settings)
     assert a2.sendable_bytes == 0  # until the peer says again what it holds
     a2.peer_holds([0], inventory=True)
     assert a2.sendable_bytes == 512 - 128 == before - (128 - 40)
@@ -191,12 +199,8 @@ async def test_restart_zeroes_spent_bytes_the_store_still_held(db: Database) -> 
     assert await _stored(db) == block  # still there, sealed: the rewrite is not due
     await ja.close()
     await jb.close()
-    clock = VirtualClock()
-    j2, j3 = Journal(db), Journal(db)
-    a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
-    b2 = LinkKeyStore("nb", "l1", "na", j3, EventStream(clock), clock, settings)
-    await a2.load(db)
-    await b2.load(db)
+    a2, j2 = await reopened(db, settings)
+    b2, j3 = await reopened(db, settings, "nb", "na")
     a2.peer_holds([0], inventory=True)
     assert a2.sendable_bytes == 510 - 40
     seg2, pad2, _ = a2.take_send(10)
@@ -526,10 +530,7 @@ async def test_keystore_reservation_leaves_a_scarce_store_half_its_key_after_a_c
     assert held == 1024 - 64 - (1024 - 64) // 2
     await ja.close()
     await jb.close()
-    clock = VirtualClock()
-    j2 = Journal(db)
-    a2 = LinkKeyStore("na", "l1", "nb", j2, EventStream(clock), clock, settings)
-    await a2.load(db)
+    a2, j2 = await reopened(db, settings)
     a2.peer_holds([0], inventory=True)
     assert a2.sendable_bytes == 480  # half the spare survived the "crash"
     seg, _, _ = a2.take_send(480)
