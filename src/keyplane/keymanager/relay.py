@@ -56,6 +56,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Protocol
 
@@ -101,6 +102,11 @@ from keyplane.messages import HopRole
 __all__ = ["Relay", "RelayHost"]
 
 logger = logging.getLogger(__name__)
+
+_FORWARDED_REMEMBERED = 4096
+"""Forwarded batches an intermediate remembers until their confirmation comes back: far
+more than are in flight within one confirmation wait; a retry (``attempt`` > 0) of one of
+them means the next hop lost the earlier forward."""
 
 
 class RelayHost(Protocol):
@@ -172,6 +178,9 @@ class Relay:
         self.hop_keys = HopKeys(host, bus, clock, events, settings, identity)
         self._waiters: dict[str, asyncio.Future[ConfirmFrame]] = {}
         self._silent: set[str] = set()  # next hops whose last frame went unconfirmed
+        # as an intermediate: batches forwarded and not confirmed back yet, the oldest
+        # forgotten first (a batch whose confirmation never comes is retried within seconds)
+        self._forwarded: OrderedDict[str, str] = OrderedDict()
         self._offers = self.hop_keys.offers  # the same dict: cancel_all drops open offers
         self.frames_in = 0
         self.frames_dropped = 0
@@ -437,6 +446,18 @@ class Relay:
             if frame.direct or entry.next_km is None:
                 raise RelayError("direct key frame at an intermediate KM")
             nstore = self._host.link_store(entry.next_km)
+            if frame.attempt > 0 and self._forwarded.get(frame.batch_id) == entry.next_km:
+                self._silent.add(entry.next_km)  # our forward of an earlier attempt was lost
+            if entry.next_km in self._silent:
+                try:  # no fresh key into a hop that is down: ask it first (half a wait, so
+                    # the source hears the refusal before its own wait ends)
+                    await self._next_hop_answers(frame.session_id, frame.epoch, entry.next_km,
+                                                 self._clock.now() + self._settings
+                                                 .relay_confirm_timeout_s / 2)
+                except RelayTimeout as exc:
+                    await self._refuse(frame, entry, store, f"hop {self.node_id}: {exc}",
+                                       type(exc).__name__)
+                    return
             try:
                 hop = await self.hop_keys.take(frame.session_id, frame.epoch, entry.next_km, nstore,
                                                policy.value, MAC_KEY_BYTES + n)
@@ -457,6 +478,9 @@ class Relay:
             await self._journal.flushed(hop.gen)
             await self._bus.publish(topics.km_relay(entry.next_km), out)
             self._relayed_event(out, entry.next_km)
+            self._forwarded[frame.batch_id] = entry.next_km
+            while len(self._forwarded) > _FORWARDED_REMEMBERED:
+                self._forwarded.popitem(last=False)
             return
         if entry.role is not HopRole.destination:
             raise RelayError("key frame at the source KM")
@@ -502,6 +526,8 @@ class Relay:
         store = self._host.link_store(frame.sender)
         self.hop_keys.open(store, frame, entry.hybrid_policy, MAC_KEY_BYTES)
         if entry.role is HopRole.intermediate:
+            self._forwarded.pop(frame.batch_id, None)
+            self._silent.discard(frame.sender)
             await self._forward_back(frame, entry)
             return
         fut = self._waiters.get(frame.batch_id)

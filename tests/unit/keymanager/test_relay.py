@@ -355,3 +355,41 @@ async def test_relay_spends_no_link_key_on_a_next_hop_that_does_not_answer(
     finally:
         await net.close()
         await bus.close()
+
+
+async def test_intermediate_spends_no_link_key_into_a_destination_that_does_not_answer(
+        km_db: Database) -> None:
+    # the intermediate forwards without waiting for a confirmation, so only a retry tells it
+    # its forward was lost: from then on it asks the next hop (a probe) before spending key
+    # on it, and refuses the batch to the source when it gets no answer
+    bus = MemoryBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    clock = VirtualClock()
+    settings = KmSettings(link_reserve_bytes=0, relay_attempts=3)
+    net = await start_net(line_topology(3), bus, km_db, clock, seed=9, settings=settings)
+    try:
+        km0, km1 = net.kms["km0"], net.kms["km1"]
+        await km0.enc_keys(CALLER_A, "sc", "sd", 1, 256)  # the pair's session, relayed
+        onward = km1.link_store("km2")
+        held, frames = onward.sendable_bytes, len(log.frames)
+        await net.kms["km2"].close()  # the destination is gone from the bus
+        timeout_s = KmSettings().etsi014_qos_timeout_ms / 1000
+        lost = asyncio.create_task(km0.enc_keys(CALLER_A, "sc", "sd", 4, 256))
+        until = clock.now() + 2 * timeout_s
+        while not lost.done() and clock.now() < until:
+            await clock.advance(0.05)
+        with pytest.raises(KeyplaneError) as info:
+            await lost
+        mapping = map_exception(info.value)
+        assert mapping is not None and mapping.http_status == 503
+        from_source = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)
+                       and f.sender == "km0"]
+        onward_frames = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)
+                         and f.sender == "km1"]
+        assert len(from_source) >= 2  # the source retried ...
+        assert len(onward_frames) == 1  # ... but only the first forward spent km1's key
+        assert onward.sendable_bytes == held - (32 + 4 * 32)
+    finally:
+        await net.close()
+        await bus.close()
