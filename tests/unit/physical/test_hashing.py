@@ -99,3 +99,27 @@ def test_compiled_toeplitz_equals_fft(monkeypatch: pytest.MonkeyPatch, n: int,
     fast = toeplitz_hash(key, t, n_out)
     monkeypatch.setattr(hashing, "FAST_MIN_BITS", 1 << 40)
     assert np.array_equal(fast, toeplitz_hash(key, t, n_out))
+
+
+@pytest.mark.parametrize(("n", "n_out"), [(3000, 2900), (2500, 1000), (700, 700), (65, 64)])
+def test_compiled_toeplitz_wide_and_narrow_equal_reference(n: int, n_out: int) -> None:
+    """Both base products (512-bit carry-less multiplications where the CPU has them, the
+    128-bit ones) against the direct product, sizes across the wide base's eight-word
+    groups and splits."""
+    fasthash = _fasthash()
+    key = np.random.default_rng(n).integers(0, 2, n, dtype=np.uint8)
+    t = toeplitz_bits(b"wide", n, n_out)
+    ref = toeplitz_hash_reference(key, t, n_out)
+    for wide in (True, False):
+        assert np.array_equal(fasthash.toeplitz_hash(key, t, n_out, wide=wide), ref)
+
+
+@pytest.mark.parametrize(("n", "n_out"), [(1_000_000, 320_000), (2_000_003, 1_000_001)])
+def test_compiled_toeplitz_wide_equals_narrow_large(n: int, n_out: int) -> None:
+    """Several levels of splitting above the base products: both bases give the same
+    bits (the narrow one is pinned to the FFT and the dense product above)."""
+    fasthash = _fasthash()
+    key = np.random.default_rng(n_out).integers(0, 2, n, dtype=np.uint8)
+    t = toeplitz_bits(b"wide-large", n, n_out)
+    assert np.array_equal(fasthash.toeplitz_hash(key, t, n_out, wide=True),
+                          fasthash.toeplitz_hash(key, t, n_out, wide=False))
