@@ -37,10 +37,11 @@ _BASE_WORDS = 32
 this the levels' copies cost more than the multiplications they save (10^6 bits, l = 0.36
 n, all levels split at once: 4, 8, 16, 32 words gave 54, 23, 18.0, 18.5 ms)."""
 
-_BASE_WORDS_WIDE = 48
-"""The same with the 512-bit multiplications, four times as many per instruction, so
-splitting pays later (per bit at n = 10^6 / 10^7, l = n / 2, load 15: 32, 48, 64, 96, 128
-words gave 7.4 / 52, 7.3 / 29, 8.0 / 29, 7.9 / 30, 11.7 / 30 ns)."""
+_BASE_WORDS_WIDE = 96
+"""The same with the 512-bit multiplications, four per instruction and one fold per row,
+so splitting pays later (one hash, ms at n = 10^6, l = 0.32 / 0.5 n, then at 10^7, l = 0.5
+/ 0.62 n, load 16: base 32 words 5.1, 5.0, 359, 343; 48: 4.0, 5.0, 174, 219; 64: 3.9, 4.4,
+182, 219; 96: 3.2, 3.9, 139, 205; 128: 3.4, 6.7, 145, 187)."""
 
 _INNER_LEVELS = 6
 """Levels split within one of the top levels' products (3^6 = 729 products of at most 32
@@ -96,44 +97,59 @@ if numba is not None:
         return sig, codegen
 
 
-def _dot8(d: Any, c: int, xr: Any, q: int) -> Any:  # pragma: no cover - compiled
-    """XOR over ``p < 8`` of the carry-less products ``d[c + p] xr[q + p]``: (low, high)
-    words (the portable form of the 512-bit intrinsic below)."""
+def _dotw(d: Any, c: int, xr: Any, groups: int) -> Any:  # pragma: no cover - compiled
+    """XOR over ``q < 8 groups`` of the carry-less products ``d[c + q] xr[q]``: (low,
+    high) words (the portable form of the 512-bit intrinsic below)."""
     lo = _U(0)
     hi = _U(0)
-    for p in range(8):
-        a_lo, a_hi = _clmul(d[c + p], xr[q + p])
+    for q in range(8 * groups):
+        a_lo, a_hi = _clmul(d[c + q], xr[q])
         lo ^= a_lo
         hi ^= a_hi
     return lo, hi
 
 
 if numba is not None and _wide:
+    from numba.core import cgutils
+
+    _cgutils: Any = cgutils
+
     @_intrinsic
-    def _dot8(typingctx: Any, d: Any, c: Any, xr: Any, q: Any) -> Any:
-        """:func:`_dot8` as two ``VPCLMULQDQ`` (AVX-512: four carry-less products each)
-        on two 8-word loads, their lanes XORed together."""
+    def _dotw(typingctx: Any, d: Any, c: Any, xr: Any, groups: Any) -> Any:
+        """:func:`_dotw` eight words a step: two ``VPCLMULQDQ`` (AVX-512, four carry-less
+        products each) on two 8-word loads into one 512-bit accumulator, folded to one
+        (low, high) pair once at the end."""
         unituple: Any = _types.UniTuple
-        sig = unituple(_types.uint64, 2)(d, c, xr, q)
+        sig = unituple(_types.uint64, 2)(d, c, xr, groups)
 
         def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
             i64, i32, i8 = _ir.IntType(64), _ir.IntType(32), _ir.IntType(8)
             v8 = _ir.VectorType(i64, 8)
-            loads = []
-            for arr, idx in ((0, 1), (2, 3)):
-                data = context.make_array(signature.args[arr])(context, builder, args[arr]).data
-                ptr = builder.bitcast(builder.gep(data, [args[idx]]), v8.as_pointer())
-                loads.append(builder.load(ptr, align=8))
             fn = builder.module.declare_intrinsic(
                 "llvm.x86.pclmulqdq.512", fnty=_ir.FunctionType(v8, [v8, v8, i8]))
-            r = builder.xor(builder.call(fn, [loads[0], loads[1], _ir.Constant(i8, 0x00)]),
-                            builder.call(fn, [loads[0], loads[1], _ir.Constant(i8, 0x11)]))
-            # lane p holds the (low, high) words of a product: XOR the even, the odd
+            dd = context.make_array(signature.args[0])(context, builder, args[0]).data
+            xx = context.make_array(signature.args[2])(context, builder, args[2]).data
+            c64 = context.cast(builder, args[1], signature.args[1], _types.int64)
+            count = context.cast(builder, args[3], signature.args[3], _types.int64)
+            acc = _cgutils.alloca_once_value(builder, _ir.Constant(v8, None))
+            with _cgutils.for_range(builder, count) as loop:
+                off = builder.mul(loop.index, _ir.Constant(i64, 8))
+                pd = builder.bitcast(builder.gep(dd, [builder.add(c64, off)]), v8.as_pointer())
+                px = builder.bitcast(builder.gep(xx, [off]), v8.as_pointer())
+                vd, vx = builder.load(pd, align=8), builder.load(px, align=8)
+                r = builder.xor(builder.call(fn, [vd, vx, _ir.Constant(i8, 0x00)]),
+                                builder.call(fn, [vd, vx, _ir.Constant(i8, 0x11)]))
+                builder.store(builder.xor(builder.load(acc), r), acc)
+            r = builder.load(acc)
+            # fold the four (low, high) lanes: halves XORed, twice
+            for width in (4, 2):
+                lo_half = builder.shuffle_vector(r, r, _ir.Constant(
+                    _ir.VectorType(i32, width), list(range(width))))
+                hi_half = builder.shuffle_vector(r, r, _ir.Constant(
+                    _ir.VectorType(i32, width), list(range(width, 2 * width))))
+                r = builder.xor(lo_half, hi_half)
             lo = builder.extract_element(r, _ir.Constant(i32, 0))
             hi = builder.extract_element(r, _ir.Constant(i32, 1))
-            for p in range(1, 4):
-                lo = builder.xor(lo, builder.extract_element(r, _ir.Constant(i32, 2 * p)))
-                hi = builder.xor(hi, builder.extract_element(r, _ir.Constant(i32, 2 * p + 1)))
             return context.make_tuple(builder, signature.return_type, [lo, hi])
 
         return sig, codegen
@@ -175,7 +191,7 @@ def _base(d: Any, doff: int, x: Any, xoff: int, m: int, y: Any,
 
 def _base_wide(d: Any, doff: int, x: Any, xoff: int, m: int, y: Any, yoff: int,
                dw: Any, xr: Any) -> None:  # pragma: no cover - compiled
-    """:func:`_base` eight words at a time (:func:`_dot8`): with ``xr`` the vector reversed,
+    """:func:`_base` eight words at a time (:func:`_dotw`): with ``xr`` the vector reversed,
     row ``i``'s sum is ``XOR_q d[doff + i + q] xr[q]``, two contiguous runs. ``dw`` and
     ``xr`` are scratch of ``2 m + 8`` and ``m + 8`` words: the window and the reversed
     vector, zero-padded to whole groups of eight (a zero word adds a zero product)."""
@@ -188,19 +204,10 @@ def _base_wide(d: Any, doff: int, x: Any, xoff: int, m: int, y: Any, yoff: int,
         dw[q] = d[doff + q]
     for q in range(2 * m, 2 * m + 8):
         dw[q] = 0
-    lo = _U(0)
-    hi = _U(0)
-    for g in range(0, mp, 8):
-        a_lo, a_hi = _dot8(dw, g, xr, g)
-        lo ^= a_lo
-        hi ^= a_hi
+    groups = mp >> 3
+    lo, hi = _dotw(dw, 0, xr, groups)
     for i in range(m):
-        nlo = _U(0)
-        nhi = _U(0)
-        for g in range(0, mp, 8):
-            a_lo, a_hi = _dot8(dw, i + 1 + g, xr, g)
-            nlo ^= a_lo
-            nhi ^= a_hi
+        nlo, nhi = _dotw(dw, i + 1, xr, groups)
         y[yoff + i] = _U(_U(lo >> _S63) | _U(_U(hi ^ nlo) << _S1))
         lo, hi = nlo, nhi
 
@@ -305,7 +312,7 @@ def _hash(tw: Any, xw: Any, m: int, levels: int, chunks: int, last_words: int,
 if numba is not None:
     _row = numba.njit(inline="always")(_row)
     if not _wide:
-        _dot8 = numba.njit(inline="always")(_dot8)
+        _dotw = numba.njit(inline="always")(_dotw)
     _base_wide = numba.njit(nogil=True, boundscheck=False)(_base_wide)
     _base = numba.njit(nogil=True, boundscheck=False)(_base)
     _split = numba.njit(nogil=True, boundscheck=False)(_split)
