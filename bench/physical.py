@@ -53,7 +53,7 @@ from keyplane.physical.analytic import finite_key_rate
 from keyplane.physical.bits import FAST_MIN_BITS, KeyedPermutation, binary_entropy
 from keyplane.physical.cascade import block_sizes, run_cascade
 from keyplane.physical.finite_key import LimSystem
-from keyplane.physical.hashing import toeplitz_bits, toeplitz_hash
+from keyplane.physical.hashing import polynomial_tag, toeplitz_bits, toeplitz_hash
 from keyplane.physical.reconcile_ldpc import LdpcAlice, LdpcBob, ldpc_available
 from keyplane.physical.sifting import sift_frame
 
@@ -248,13 +248,14 @@ def _twin_pick(n: int, qbers: list[float], blocks: int) -> None:
 
 def _warm_permutation() -> None:
     """Load the compiled kernels (extra ``fast``: Cascade's permutation and search steps, the
-    GF(2) Toeplitz hash, sifting) before timing: a one-off per process (importing numba, loading or compiling the
+    GF(2) Toeplitz hash, sifting, the verification tag) before timing: a one-off per process (importing numba, loading or compiling the
     kernels), printed, not a per-bit cost."""
     cpu0 = time.process_time()
     zeros = np.zeros(FAST_MIN_BITS, np.uint8)
     KeyedPermutation(FAST_MIN_BITS, b"warm", b"up").permute(zeros)
     toeplitz_hash(zeros, np.zeros(2 * FAST_MIN_BITS - 1, np.uint8), FAST_MIN_BITS)
     sift_frame(zeros, zeros, zeros, zeros, False, 0, compiled=True)
+    polynomial_tag(zeros, bytes(16))
     flipped = zeros.copy()
     flipped[::1000] = 1  # a Cascade run with searches: its compiled steps
     run_cascade(zeros, flipped, b"warm", block_sizes("yanetal", 0.01, FAST_MIN_BITS))
