@@ -54,13 +54,17 @@ try:
     import numba
     from llvmlite import binding as _llvm
     from llvmlite import ir as _ir
+    from numba import config as _config
     from numba import types as _types
     from numba.extending import intrinsic as _intrinsic
 
     try:
         _features = _llvm.get_host_cpu_features()
         _pclmul = bool(_features.get("pclmul", False))
-        _wide = all(bool(_features.get(f, False)) for f in ("vpclmulqdq", "avx512f"))
+        # the 512-bit form only where numba compiles for this host (a portable target,
+        # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, may lack the instruction)
+        _wide = all(bool(_features.get(f, False)) for f in ("vpclmulqdq", "avx512f")) \
+            and _config.CPU_NAME is None and _config.CPU_FEATURES is None
     except RuntimeError:  # llvmlite cannot read this host's features
         _pclmul = _wide = False
     if not _pclmul:
