@@ -64,7 +64,8 @@ try:
         # the 512-bit form only where numba compiles for this host (a portable target,
         # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, may lack the instruction)
         _wide = all(bool(_features.get(f, False)) for f in ("vpclmulqdq", "avx512f")) \
-            and _config.CPU_NAME is None and _config.CPU_FEATURES is None
+            and getattr(_config, "CPU_NAME", None) is None \
+            and getattr(_config, "CPU_FEATURES", None) is None
     except RuntimeError:  # llvmlite cannot read this host's features
         _pclmul = _wide = False
     if not _pclmul:
