@@ -292,7 +292,7 @@ _STAGES = (("emulation", ("physics.py",)), ("sifting", ("sifting.py", "fastsift.
            ("permutations", ("fastperm.py", "bits.py:permute", "bits.py:positions",
                              "bits.py:forward", "bits.py:inverse", "bits.py:_", "bits.py:keyed")),
            ("Cascade, rest", ("cascade.py", "fastcascade.py", "reconcile.py")),
-           ("verification tag", ("hashing.py:polynomial_tag",)),
+           ("verification tag", ("hashing.py:polynomial_tag", "fasttag.py")),
            ("privacy amplification", ("fasthash.py", "hashing.py", "bits.py:shake_bits")))
 _REST = "messages, events, the rest"
 _SHARED = ("~", "numpy", "<frozen", "site-packages/numba")
