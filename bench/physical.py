@@ -8,6 +8,9 @@ Cascade against cascade-python, and SeQUeNCe's BB84 + Cascade.
    secret bits per CPU-second, mean QBER, mean f_EC, secret key per pulse and its ratio to
    the finite-key curve (Lim et al. 2014's bound on the link's expected counts).
    1b. The same at 10 km with 10^6- and 10^7-bit blocks: CPU per sifted bit and its ratio.
+   1c. Per stage (not in a default run: ``--only stages``): emulation, sifting, Cascade's
+   permutations and the rest of Cascade, verification, privacy amplification, messages
+   and events, per sifted bit at both sizes (cProfile, beside an unprofiled run's CPU).
 2. The published curve: Lim et al.'s fibre system, rates optimized as in the paper, at
    100 km for n_X = 10^7 and 10^9 (the paper: the 10^9 rate is about 1.75x).
 3. Cascade alone on identical keys: keyplane (each schedule) and, when importable,
@@ -38,6 +41,7 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -49,7 +53,7 @@ from keyplane.physical.analytic import finite_key_rate
 from keyplane.physical.bits import FAST_MIN_BITS, KeyedPermutation, binary_entropy
 from keyplane.physical.cascade import block_sizes, run_cascade
 from keyplane.physical.finite_key import LimSystem
-from keyplane.physical.hashing import toeplitz_bits, toeplitz_hash
+from keyplane.physical.hashing import polynomial_tag, toeplitz_bits, toeplitz_hash
 from keyplane.physical.reconcile_ldpc import LdpcAlice, LdpcBob, ldpc_available
 from keyplane.physical.sifting import sift_frame
 
@@ -244,13 +248,14 @@ def _twin_pick(n: int, qbers: list[float], blocks: int) -> None:
 
 def _warm_permutation() -> None:
     """Load the compiled kernels (extra ``fast``: Cascade's permutation and search steps, the
-    GF(2) Toeplitz hash, sifting) before timing: a one-off per process (importing numba, loading or compiling the
+    GF(2) Toeplitz hash, sifting, the verification tag) before timing: a one-off per process (importing numba, loading or compiling the
     kernels), printed, not a per-bit cost."""
     cpu0 = time.process_time()
     zeros = np.zeros(FAST_MIN_BITS, np.uint8)
     KeyedPermutation(FAST_MIN_BITS, b"warm", b"up").permute(zeros)
     toeplitz_hash(zeros, np.zeros(2 * FAST_MIN_BITS - 1, np.uint8), FAST_MIN_BITS)
     sift_frame(zeros, zeros, zeros, zeros, False, 0, compiled=True)
+    polynomial_tag(zeros, bytes(16))
     flipped = zeros.copy()
     flipped[::1000] = 1  # a Cascade run with searches: its compiled steps
     run_cascade(zeros, flipped, b"warm", block_sizes("yanetal", 0.01, FAST_MIN_BITS))
@@ -281,6 +286,86 @@ def _scaling(seed: int, schedule: str | None, z_basis: float | None) -> None:
               f"pulse {r.key_per_pulse:.3e}, curve {r.curve_per_pulse:.3e}, load "
               f"{os.getloadavg()[0]:.1f})")
     print(f"cost per sifted bit, 1e7 over 1e6: {per_bit[10_000_000] / per_bit[1_000_000]:.2f}x")
+
+
+_STAGES = (("emulation", ("physics.py",)), ("sifting", ("sifting.py", "fastsift.py")),
+           ("permutations", ("fastperm.py", "bits.py:permute", "bits.py:positions",
+                             "bits.py:forward", "bits.py:inverse", "bits.py:_", "bits.py:keyed")),
+           ("Cascade, rest", ("cascade.py", "fastcascade.py", "reconcile.py")),
+           ("verification tag", ("hashing.py:polynomial_tag", "fasttag.py")),
+           ("privacy amplification", ("fasthash.py", "hashing.py", "bits.py:shake_bits")))
+_REST = "messages, events, the rest"
+_SHARED = ("~", "numpy", "<frozen", "site-packages/numba")
+"""Built-ins and library code: their time goes to whichever stage called them."""
+
+
+def _stage_of(func: tuple[str, int, str]) -> str | None:
+    path, _, name = func
+    if path == "~" or any(part in path for part in _SHARED[1:]):
+        return None
+    base = os.path.basename(path)
+    for stage, keys in _STAGES:
+        for key in keys:
+            file, _, fn = key.partition(":")
+            if base == file and (not fn or name == fn or name.startswith(fn)):
+                return stage
+    return _REST
+
+
+def _by_stage(raw: Any) -> dict[str, float]:
+    """cProfile's own times (``pstats.Stats.stats``) summed by stage; a shared function's
+    time split over its callers' stages in proportion to the time each call took."""
+    cache: dict[Any, dict[str, float]] = {}
+
+    def shares(func: Any, depth: int = 0) -> dict[str, float]:
+        if func in cache:
+            return cache[func]
+        stage = _stage_of(func)
+        out: dict[str, float] = {}
+        if stage is not None or depth > 6 or func not in raw or not raw[func][4]:
+            out = {stage or _REST: 1.0}
+        else:
+            callers = raw[func][4]
+            total = sum(c[2] for c in callers.values()) or 1.0
+            for caller, c in callers.items():
+                for st, f in shares(caller, depth + 1).items():
+                    out[st] = out.get(st, 0.0) + f * c[2] / total
+        cache[func] = out
+        return out
+
+    spent: dict[str, float] = {}
+    for func, (_, _, tt, _, _) in raw.items():
+        for st, f in shares(func).items():
+            spent[st] = spent.get(st, 0.0) + f * tt
+    return spent
+
+
+def _stages(seed: int, z_basis: float | None) -> None:
+    """Where the stack's CPU goes per sifted bit, at 10 km with 10^6- and 10^7-bit blocks:
+    cProfile's own time per function, grouped by stage (built-ins and numpy's Python
+    layer charged to their callers in proportion), beside an unprofiled run's CPU of the
+    same blocks. The profiler inflates Python-level calls (messages, Cascade's rounds),
+    not the compiled kernels, whose figures are close to their unprofiled cost."""
+    import cProfile
+    import pstats
+    asyncio.run(_run_stack(10.0, 100_000, 1, seed, None, z_basis))  # warm up
+    _warm_permutation()
+    for block, blocks in ((1_000_000, 6), (10_000_000, 2)):
+        plain = asyncio.run(_run_stack(10.0, block, blocks, seed, None, z_basis))
+        prof = cProfile.Profile()
+        prof.enable()
+        asyncio.run(_run_stack(10.0, block, blocks, seed, None, z_basis))
+        prof.disable()
+        spent = _by_stage(pstats.Stats(prof).stats)  # type: ignore[attr-defined]
+        whole = sum(spent.values())
+        per_bit = plain.cpu_s / plain.sifted_bits * 1e9
+        print(f"10 km, {block}-bit blocks x {plain.blocks}, z basis {plain.z_basis}: "
+              f"{per_bit:.0f} ns per sifted bit unprofiled (load {os.getloadavg()[0]:.1f}); "
+              f"by stage, ns per sifted bit profiled ({whole / plain.sifted_bits * 1e9:.0f} "
+              f"in all) and share:")
+        for stage in [s for s, _ in _STAGES] + [_REST]:
+            print(f"  {stage:<28} {spent.get(stage, 0.0) / plain.sifted_bits * 1e9:6.1f} "
+                  f"{spent.get(stage, 0.0) / whole:6.1%}")
 
 
 def _pa_speed(n: int) -> None:
@@ -412,7 +497,7 @@ def main() -> None:
                         help="a checkout of brunorijsman/cascade-python to compare with")
     parser.add_argument("--ldpc-frame-bits", type=int, default=PostProcessing().ldpc_frame_bits,
                         help="LDPC frame length of section 3b")
-    parser.add_argument("--only", default=None, help="run one section: stack, scaling, lim, "
+    parser.add_argument("--only", default=None, help="run one section: stack, scaling, stages, lim, "
                         "cascade, reconcilers, pick, pa, sequence")
     parser.add_argument("--sequence-sim-s", type=float, default=0.03,
                         help="simulated seconds of the SeQUeNCe run (0 skips it)")
@@ -435,6 +520,10 @@ def main() -> None:
         print()
         print("## 1b. Cost per bit against block size (10 km, whole stack, one core)")
         _scaling(args.seed, args.schedule, args.z_basis)
+    if args.only == "stages":  # profiled: only on request
+        print()
+        print("## 1c. Where the CPU goes, per stage (10 km, whole stack, one core)")
+        _stages(args.seed, args.z_basis)
     if want("lim"):
         print()
         print("## 2. Finite-key reference curve (published)")

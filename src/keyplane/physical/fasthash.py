@@ -7,8 +7,10 @@ product stays in GF(2): bits packed 64 to a word, the square Toeplitz matrix-vec
 product (TMVP) split recursively in two (``T = [[A, B], [C, A]]``, so
 ``y0 = A(x0 + x1) + (B + A) x1`` and ``y1 = A(x0 + x1) + (C + A) x0``: three half-size
 products instead of four, Karatsuba's count for a product whose operand is a Toeplitz
-matrix), down to 64 x 64 blocks, each two carry-less multiplications (x86 ``PCLMULQDQ``,
-emitted through an LLVM intrinsic). Integer arithmetic only: no rounding, the same bits as
+matrix), down to products of a few dozen words, each about one carry-less multiplication
+per 64 x 64 block (x86 ``PCLMULQDQ``, emitted through an LLVM intrinsic; where the CPU
+has ``VPCLMULQDQ`` with AVX-512, four per instruction on eight-word runs: 2-3x less CPU).
+Integer arithmetic only: no rounding, the same bits as
 the FFT and as the dense product (``tests/unit/physical/test_hashing.py``).
 
 Used, like :mod:`.fastperm`, only for keys of at least
@@ -35,6 +37,12 @@ _BASE_WORDS = 32
 this the levels' copies cost more than the multiplications they save (10^6 bits, l = 0.36
 n, all levels split at once: 4, 8, 16, 32 words gave 54, 23, 18.0, 18.5 ms)."""
 
+_BASE_WORDS_WIDE = 96
+"""The same with the 512-bit multiplications, four per instruction and one fold per row,
+so splitting pays later (one hash, ms at n = 10^6, l = 0.32 / 0.5 n, then at 10^7, l = 0.5
+/ 0.62 n, load 16: base 32 words 5.1, 5.0, 359, 343; 48: 4.0, 5.0, 174, 219; 64: 3.9, 4.4,
+182, 219; 96: 3.2, 3.9, 139, 205; 128: 3.4, 6.7, 145, 187)."""
+
 _INNER_LEVELS = 6
 """Levels split within one of the top levels' products (3^6 = 729 products of at most 32
 words: a few hundred kB)."""
@@ -46,17 +54,25 @@ try:
     import numba
     from llvmlite import binding as _llvm
     from llvmlite import ir as _ir
+    from numba import config as _config
     from numba import types as _types
     from numba.extending import intrinsic as _intrinsic
 
     try:
-        _pclmul = bool(_llvm.get_host_cpu_features().get("pclmul", False))
+        _features = _llvm.get_host_cpu_features()
+        _pclmul = bool(_features.get("pclmul", False))
+        # the 512-bit form only where numba compiles for this host (a portable target,
+        # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, may lack the instruction)
+        _wide = all(bool(_features.get(f, False)) for f in ("vpclmulqdq", "avx512f")) \
+            and getattr(_config, "CPU_NAME", None) is None \
+            and getattr(_config, "CPU_FEATURES", None) is None
     except RuntimeError:  # llvmlite cannot read this host's features
-        _pclmul = False
+        _pclmul = _wide = False
     if not _pclmul:
         raise ImportError("no carry-less multiplication on this CPU")
 except ImportError:
     numba = None
+    _wide = False
 
 
 def _clmul(a: Any, b: Any) -> Any:  # pragma: no cover - replaced by the intrinsic
@@ -86,29 +102,119 @@ if numba is not None:
         return sig, codegen
 
 
+def _dotw(d: Any, c: int, xr: Any, groups: int) -> Any:  # pragma: no cover - compiled
+    """XOR over ``q < 8 groups`` of the carry-less products ``d[c + q] xr[q]``: (low,
+    high) words (the portable form of the 512-bit intrinsic below)."""
+    lo = _U(0)
+    hi = _U(0)
+    for q in range(8 * groups):
+        a_lo, a_hi = _clmul(d[c + q], xr[q])
+        lo ^= a_lo
+        hi ^= a_hi
+    return lo, hi
+
+
+if numba is not None and _wide:
+    from numba.core import cgutils
+
+    _cgutils: Any = cgutils
+
+    @_intrinsic
+    def _dotw(typingctx: Any, d: Any, c: Any, xr: Any, groups: Any) -> Any:
+        """:func:`_dotw` eight words a step: two ``VPCLMULQDQ`` (AVX-512, four carry-less
+        products each) on two 8-word loads into one 512-bit accumulator, folded to one
+        (low, high) pair once at the end."""
+        unituple: Any = _types.UniTuple
+        sig = unituple(_types.uint64, 2)(d, c, xr, groups)
+
+        def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+            i64, i32, i8 = _ir.IntType(64), _ir.IntType(32), _ir.IntType(8)
+            v8 = _ir.VectorType(i64, 8)
+            fn = builder.module.declare_intrinsic(
+                "llvm.x86.pclmulqdq.512", fnty=_ir.FunctionType(v8, [v8, v8, i8]))
+            dd = context.make_array(signature.args[0])(context, builder, args[0]).data
+            xx = context.make_array(signature.args[2])(context, builder, args[2]).data
+            c64 = context.cast(builder, args[1], signature.args[1], _types.int64)
+            count = context.cast(builder, args[3], signature.args[3], _types.int64)
+            acc = _cgutils.alloca_once_value(builder, _ir.Constant(v8, None))
+            with _cgutils.for_range(builder, count) as loop:
+                off = builder.mul(loop.index, _ir.Constant(i64, 8))
+                pd = builder.bitcast(builder.gep(dd, [builder.add(c64, off)]), v8.as_pointer())
+                px = builder.bitcast(builder.gep(xx, [off]), v8.as_pointer())
+                vd, vx = builder.load(pd, align=8), builder.load(px, align=8)
+                r = builder.xor(builder.call(fn, [vd, vx, _ir.Constant(i8, 0x00)]),
+                                builder.call(fn, [vd, vx, _ir.Constant(i8, 0x11)]))
+                builder.store(builder.xor(builder.load(acc), r), acc)
+            r = builder.load(acc)
+            # fold the four (low, high) lanes: halves XORed, twice
+            for width in (4, 2):
+                lo_half = builder.shuffle_vector(r, r, _ir.Constant(
+                    _ir.VectorType(i32, width), list(range(width))))
+                hi_half = builder.shuffle_vector(r, r, _ir.Constant(
+                    _ir.VectorType(i32, width), list(range(width, 2 * width))))
+                r = builder.xor(lo_half, hi_half)
+            lo = builder.extract_element(r, _ir.Constant(i32, 0))
+            hi = builder.extract_element(r, _ir.Constant(i32, 1))
+            return context.make_tuple(builder, signature.return_type, [lo, hi])
+
+        return sig, codegen
+
+
 _U = np.uint64
 _S1, _S63 = _U(1), _U(63)
 
 
-def _block(d_lo: Any, d_hi: Any, x: Any) -> Any:  # pragma: no cover - compiled
-    """``T x`` for a 64 x 64 Toeplitz ``T[i, j] = d[i - j + 63]`` (``d`` 127 bits in two
-    words): bits 63..126 of the polynomial product ``d x``."""
-    a_lo, a_hi = _clmul(d_lo, x)
-    b_lo, _b_hi = _clmul(d_hi, x)
-    return _U(_U(a_lo >> _S63) | _U(_U(a_hi ^ b_lo) << _S1))
+def _row(d: Any, k: int, x: Any, xoff: int, m: int) -> Any:  # pragma: no cover - compiled
+    """XOR over ``j < m`` of the carry-less products ``d[k - j] x[xoff + j]``: (low, high)."""
+    lo = _U(0)
+    hi = _U(0)
+    for j in range(m):
+        a_lo, a_hi = _clmul(d[k - j], x[xoff + j])
+        lo ^= a_lo
+        hi ^= a_hi
+    return lo, hi
 
 
 def _base(d: Any, doff: int, x: Any, xoff: int, m: int, y: Any,
           yoff: int) -> None:  # pragma: no cover - compiled
-    """``y[yoff:yoff + m] = T x[xoff:xoff + m]`` block by block, ``T`` the ``64 m``-bit
-    square Toeplitz matrix whose diagonals are the bits of ``d[doff:doff + 2 m]``
-    (``T[i, j] = d[i - j + 64 m - 1]``)."""
+    """``y[yoff:yoff + m] = T x[xoff:xoff + m]``, ``T`` the ``64 m``-bit square Toeplitz
+    matrix whose diagonals are the bits of ``d[doff:doff + 2 m]`` (``T[i, j] = d[i - j +
+    64 m - 1]``).
+
+    Output word ``i`` is the XOR over ``j`` of 64 x 64 blocks, each bits 63..126 of the
+    product of ``x_j`` with the two words ``d[k], d[k + 1]`` (``k = doff + i - j + m -
+    1``): the low words of ``d[k + 1] x_j`` are row ``i + 1``'s, so each row's products
+    are summed once (:func:`_row`) and shared with the row above, ``m (m + 1)``
+    carry-less multiplications instead of ``2 m^2`` (the shifts and XORs commute with the
+    sum)."""
+    lo, hi = _row(d, doff + m - 1, x, xoff, m)
     for i in range(m):
-        acc = _U(0)
-        for j in range(m):
-            k = doff + i - j + m - 1
-            acc ^= _block(d[k], d[k + 1], x[xoff + j])
-        y[yoff + i] = acc
+        nlo, nhi = _row(d, doff + i + m, x, xoff, m)
+        y[yoff + i] = _U(_U(lo >> _S63) | _U(_U(hi ^ nlo) << _S1))
+        lo, hi = nlo, nhi
+
+
+def _base_wide(d: Any, doff: int, x: Any, xoff: int, m: int, y: Any, yoff: int,
+               dw: Any, xr: Any) -> None:  # pragma: no cover - compiled
+    """:func:`_base` eight words at a time (:func:`_dotw`): with ``xr`` the vector reversed,
+    row ``i``'s sum is ``XOR_q d[doff + i + q] xr[q]``, two contiguous runs. ``dw`` and
+    ``xr`` are scratch of ``2 m + 8`` and ``m + 8`` words: the window and the reversed
+    vector, zero-padded to whole groups of eight (a zero word adds a zero product)."""
+    mp = (m + 7) & ~7
+    for q in range(m):
+        xr[q] = x[xoff + m - 1 - q]
+    for q in range(m, mp):
+        xr[q] = 0
+    for q in range(2 * m):
+        dw[q] = d[doff + q]
+    for q in range(2 * m, 2 * m + 8):
+        dw[q] = 0
+    groups = mp >> 3
+    lo, hi = _dotw(dw, 0, xr, groups)
+    for i in range(m):
+        nlo, nhi = _dotw(dw, i + 1, xr, groups)
+        y[yoff + i] = _U(_U(lo >> _S63) | _U(_U(hi ^ nlo) << _S1))
+        lo, hi = nlo, nhi
 
 
 def _split(dd: Any, xx: Any, size: int, levels: int) -> Any:  # pragma: no cover - compiled
@@ -156,8 +262,8 @@ def _join(yy: Any, size: int, levels: int) -> Any:  # pragma: no cover - compile
     return yy
 
 
-def _tmvp(d: Any, doff: int, x: Any, xoff: int, m: int, levels: int,
-          y: Any) -> None:  # pragma: no cover - compiled
+def _tmvp(d: Any, doff: int, x: Any, xoff: int, m: int, levels: int, y: Any,
+          wide: bool) -> None:  # pragma: no cover - compiled
     """``y[:m] = T x[xoff:xoff + m]`` (``T`` as in :func:`_base`), split ``levels`` times
     level by level, not recursively (numba's cache reloaded a recursive version into a
     segmentation fault): the first ``levels - _INNER_LEVELS`` levels over the whole product,
@@ -169,18 +275,23 @@ def _tmvp(d: Any, doff: int, x: Any, xoff: int, m: int, levels: int,
     size = m >> top
     small = size >> inner
     yy = np.empty(xx.shape[0], dtype=np.uint64)
+    dw = np.empty(2 * small + 8, dtype=np.uint64)
+    xr = np.empty(small + 8, dtype=np.uint64)
     for p in range(xx.shape[0] // size):
         d1, x1 = _split(dd[p * 2 * size:(p + 1) * 2 * size].copy(),
                         xx[p * size:(p + 1) * size].copy(), size, inner)
         y1 = np.empty(x1.shape[0], dtype=np.uint64)
         for q in range(x1.shape[0] // small):
-            _base(d1, q * 2 * small, x1, q * small, small, y1, q * small)
+            if wide:
+                _base_wide(d1, q * 2 * small, x1, q * small, small, y1, q * small, dw, xr)
+            else:
+                _base(d1, q * 2 * small, x1, q * small, small, y1, q * small)
         yy[p * size:(p + 1) * size] = _join(y1, small, inner)
     y[:m] = _join(yy, size, top)
 
 
 def _hash(tw: Any, xw: Any, m: int, levels: int, chunks: int, last_words: int,
-          y: Any) -> None:  # pragma: no cover - compiled
+          y: Any, wide: bool) -> None:  # pragma: no cover - compiled
     """``y = XOR_c T_c x_c`` over the ``chunks`` column blocks of ``m`` words.
 
     The last block holds only ``last_words`` words of key, the rest zeros: when they fit
@@ -198,13 +309,16 @@ def _hash(tw: Any, xw: Any, m: int, levels: int, chunks: int, last_words: int,
         for r in range(1 << j):
             # rows r s.. of T_c, columns 0..s: diagonals from bit (r s + m - s) * 64 of
             # T_c's window
-            _tmvp(tw, base + r * s + m - s, xw, c * m, s, levels - j, part)
+            _tmvp(tw, base + r * s + m - s, xw, c * m, s, levels - j, part, wide)
             for i in range(s):
                 y[r * s + i] ^= part[i]
 
 
 if numba is not None:
-    _block = numba.njit(inline="always")(_block)
+    _row = numba.njit(inline="always")(_row)
+    if not _wide:
+        _dotw = numba.njit(inline="always")(_dotw)
+    _base_wide = numba.njit(nogil=True, boundscheck=False)(_base_wide)
     _base = numba.njit(nogil=True, boundscheck=False)(_base)
     _split = numba.njit(nogil=True, boundscheck=False)(_split)
     _join = numba.njit(nogil=True, boundscheck=False)(_join)
@@ -226,13 +340,15 @@ def _words(bits: Bits, n_words: int, offset: int = 0) -> NDArray[np.uint64]:
     return np.packbits(buf, bitorder="little").view("<u8").astype(np.uint64, copy=False)
 
 
-def toeplitz_hash(key: Bits, t: Bits, n_out: int) -> Bits:
+def toeplitz_hash(key: Bits, t: Bits, n_out: int, *, wide: bool | None = None) -> Bits:
     """``T key`` over GF(2), ``T[i, j] = t[i - j + n - 1]`` (as
     :func:`keyplane.physical.hashing.toeplitz_hash`).
 
-    The ``l`` outputs are padded to ``64 m`` bits, ``m = b 2^k`` words with ``b <= 4``
-    (at most a few % over), and the key cut into column blocks of as many bits, each a
-    square Toeplitz product with a window of ``t``.
+    The ``l`` outputs are padded to ``64 m`` bits, ``m = b 2^k`` words with ``b`` at most
+    the base size (a few % over), and the key cut into column blocks of as many bits,
+    each a square Toeplitz product with a window of ``t``. ``wide`` (default: whether the
+    CPU has them) picks the 512-bit carry-less multiplications for the base products;
+    ``False`` the 128-bit ones (the same bits: tested).
 
     Raises:
         RuntimeError: not :func:`available`.
@@ -245,9 +361,11 @@ def toeplitz_hash(key: Bits, t: Bits, n_out: int) -> Bits:
         raise ValueError(f"need {n + n_out - 1} Toeplitz bits, got {t.shape[0]}")
     if n_out <= 0 or n == 0:
         return np.zeros(max(n_out, 0), dtype=np.uint8)
+    wide = _wide if wide is None else wide
+    base_words = _BASE_WORDS_WIDE if wide else _BASE_WORDS
     words = -(-n_out // 64)
     levels = 0
-    while -(-words // (1 << levels)) > _BASE_WORDS:
+    while -(-words // (1 << levels)) > base_words:
         levels += 1
     m = -(-words // (1 << levels)) << levels
     bits_m = 64 * m
@@ -258,6 +376,6 @@ def toeplitz_hash(key: Bits, t: Bits, n_out: int) -> Bits:
     tw = _words(t, (chunks + 1) * m, chunks * bits_m - n)
     xw = _words(key, chunks * m)
     y = np.zeros(m, dtype=np.uint64)
-    _hash(tw, xw, m, levels, chunks, -(-n // 64) - (chunks - 1) * m, y)
+    _hash(tw, xw, m, levels, chunks, -(-n // 64) - (chunks - 1) * m, y, wide)
     out: Bits = np.unpackbits(y.astype("<u8").view(np.uint8), count=n_out, bitorder="little")
     return out

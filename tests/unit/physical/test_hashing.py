@@ -99,3 +99,68 @@ def test_compiled_toeplitz_equals_fft(monkeypatch: pytest.MonkeyPatch, n: int,
     fast = toeplitz_hash(key, t, n_out)
     monkeypatch.setattr(hashing, "FAST_MIN_BITS", 1 << 40)
     assert np.array_equal(fast, toeplitz_hash(key, t, n_out))
+
+
+@pytest.mark.parametrize(("n", "n_out"), [(3000, 2900), (2500, 1000), (700, 700), (65, 64)])
+def test_compiled_toeplitz_wide_and_narrow_equal_reference(n: int, n_out: int) -> None:
+    """Both base products (512-bit carry-less multiplications where the CPU has them, the
+    128-bit ones) against the direct product, sizes across the wide base's eight-word
+    groups and splits."""
+    fasthash = _fasthash()
+    key = np.random.default_rng(n).integers(0, 2, n, dtype=np.uint8)
+    t = toeplitz_bits(b"wide", n, n_out)
+    ref = toeplitz_hash_reference(key, t, n_out)
+    for wide in (True, False):
+        assert np.array_equal(fasthash.toeplitz_hash(key, t, n_out, wide=wide), ref)
+
+
+@pytest.mark.parametrize(("n", "n_out"), [(13_000, 12_500), (40_000, 25_000),
+                                          (1_000_000, 320_000), (2_000_003, 1_000_001)])
+def test_compiled_toeplitz_wide_equals_narrow_and_fft(monkeypatch: pytest.MonkeyPatch, n: int,
+                                                      n_out: int) -> None:
+    """One to several levels of splitting above the base products: both bases give the
+    FFT's bits (the FFT is pinned to the dense product above)."""
+    fasthash = _fasthash()
+    key = np.random.default_rng(n_out).integers(0, 2, n, dtype=np.uint8)
+    t = toeplitz_bits(b"wide-large", n, n_out)
+    wide = fasthash.toeplitz_hash(key, t, n_out, wide=True)
+    assert np.array_equal(wide, fasthash.toeplitz_hash(key, t, n_out, wide=False))
+    monkeypatch.setattr(hashing, "FAST_MIN_BITS", 1 << 40)
+    assert np.array_equal(wide, toeplitz_hash(key, t, n_out))
+
+
+def _tag_python(data: bytes, r: int, n_bits: int) -> bytes:
+    acc = 0
+    for i in range(0, len(data), 15):
+        acc = (acc + int.from_bytes(data[i:i + 15], "big")) * r % ((1 << 127) - 1)
+    return ((acc + n_bits) % ((1 << 127) - 1)).to_bytes(16, "big")
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.binary(min_size=0, max_size=400),
+       r=st.one_of(st.integers(0, (1 << 127) - 2),
+                   st.sampled_from([0, 1, 2, (1 << 64) - 1, 1 << 64, (1 << 126),
+                                    (1 << 127) - 3, (1 << 127) - 2])),
+       n_bits=st.integers(0, (1 << 64) - 1), ones=st.booleans())
+def test_compiled_tag_equals_python(data: bytes, r: int, n_bits: int, ones: bool) -> None:
+    """The compiled Horner steps over two words give Python's big-integer tag: any data
+    length (a short last chunk), points at the edges of the field and the words, keys of
+    all ones (every sum at its largest)."""
+    from keyplane.physical import fasttag
+    if not fasttag.available():
+        pytest.skip("numba not available")
+    if ones:
+        data = b"\xff" * len(data)
+    assert fasttag.polynomial_tag(data, 15, r, n_bits) == _tag_python(data, r, n_bits)
+
+
+@pytest.mark.parametrize("n", [262_144, 1_000_003])
+def test_polynomial_tag_large_key_takes_compiled_path(monkeypatch: pytest.MonkeyPatch,
+                                                      n: int) -> None:
+    """Keys from FAST_MIN_BITS on (the compiled tag where numba is) give the same tag as
+    the Python loop."""
+    key = np.random.default_rng(n).integers(0, 2, n, dtype=np.uint8)
+    point = bytes(range(16))
+    tag = polynomial_tag(key, point)
+    monkeypatch.setattr(hashing, "FAST_MIN_BITS", 1 << 40)
+    assert tag == polynomial_tag(key, point)
