@@ -172,7 +172,13 @@ class _Guard:
                 return  # the app's answer to the disconnect we made up is replaced by 413
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if conn is not None:  # the head leaves with the body: one write
+                    conn.cork()
+                await send(message)
+                return
             await send(message)
+            if conn is not None:
+                conn.uncork()
 
         try:
             await self.app(scope, guarded_receive, tracked_send)
