@@ -97,9 +97,9 @@ class _Corked:
     """The transport uvicorn writes to: held while a response head waits for its body.
 
     uvicorn writes a response's head and its body separately; with TCP_NODELAY each write
-    is a TLS record, a segment and a ``send`` of its own (about 9 % of the server's CPU per
-    one-key ETSI 014 pair went to the head's write alone). Corked, the head waits and leaves
-    with the first piece of the body in one write. Anything else is the real transport's.
+    is a TLS record, a segment and a ``send`` of its own. Corked (by the request guard, for
+    a response that declares its length), the head waits and leaves with the first piece
+    of the body in one write. Anything else is the real transport's.
     """
 
     __slots__ = ("_base", "_held")

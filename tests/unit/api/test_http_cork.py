@@ -1,19 +1,22 @@
 """A response's head leaves with its body in one write (one TLS record, one segment).
 
 uvicorn writes the head and the body separately; the server's connection holds the head
-until the body is written (issue #15: the head's own write was about 9 % of the server's
-CPU per one-key ETSI 014 pair). Checked on the real server: the writes reaching the
+until the body is written (issue #15: one TLS record and one ``send`` per response instead
+of two). Only a response that declares its length is held: a stream
+may wait for its first piece. Checked on the real server: the writes reaching the
 accepted connection's real transport are recorded (and still made) by a pass-through.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 from fastapi import FastAPI, Response
 from fastapi.responses import StreamingResponse
+from tests.support.deadlines import DEADLINE_S
 
 from keyplane.api.httpserver import HttpServer
 
@@ -43,13 +46,6 @@ def _app() -> FastAPI:
     @app.head("/ping")
     async def ping_head() -> Response:
         return Response(headers={"x-kind": "head"})
-
-    @app.get("/stream")
-    async def stream() -> StreamingResponse:
-        async def parts() -> AsyncIterator[bytes]:
-            yield b"first,"
-            yield b"second"
-        return StreamingResponse(parts(), media_type="text/plain")
 
     return app
 
@@ -81,14 +77,29 @@ async def test_head_and_body_in_one_write() -> None:
         assert len(rec.writes) == 3
 
 
-async def test_streamed_body_is_not_held() -> None:
-    async with HttpServer(_app(), name="cork-stream") as server, \
+async def test_streamed_head_is_not_held() -> None:
+    """A stream (no content-length) may wait for its first piece (server-sent events wait
+    for the first event): its head leaves at once, before the body is written."""
+    gate = asyncio.Event()
+    app = FastAPI()
+
+    @app.get("/ping")
+    async def ping() -> dict[str, str]:
+        return {"pong": "yes"}
+
+    @app.get("/events")
+    async def events() -> StreamingResponse:
+        async def parts() -> AsyncIterator[bytes]:
+            await gate.wait()  # released only once the client has the head
+            yield b"data: one\n\n"
+        return StreamingResponse(parts(), media_type="text/event-stream")
+
+    async with HttpServer(app, name="cork-stream") as server, \
             httpx.AsyncClient(base_url=server.url) as client:
         rec = await _recorded(server, client)
-        r = await client.get("/stream")
-        assert r.text == "first,second"
-        # the head leaves with the first piece; each further piece leaves when written
-        assert len(rec.writes) >= 2
+        async with asyncio.timeout(DEADLINE_S), client.stream("GET", "/events") as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            gate.set()
+            assert (await r.aread()) == b"data: one\n\n"
         assert rec.writes[0].startswith(b"HTTP/1.1 200 OK\r\n")
-        assert b"first," in rec.writes[0]
-        assert b"second" not in rec.writes[0]
+        assert b"data: one" not in rec.writes[0]
