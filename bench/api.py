@@ -45,6 +45,7 @@ from typing import Any
 
 from _support import start_net
 
+from keyplane import heap
 from keyplane.api.client import AsyncEtsi014Client
 from keyplane.certs import Issued, ensure_network_certs
 from keyplane.config import Topology, parse_topology
@@ -131,6 +132,11 @@ def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
         # bulk went to generation-2 collections walking ~200,000 start-up objects)
         gc.collect()
         gc.freeze()
+        # and collects its youngest generation as seldom as a settled node process does
+        # (keyplane.heap.YOUNG_THRESHOLD; a tree without it keeps CPython's default)
+        young = getattr(heap, "YOUNG_THRESHOLD", None)
+        if young is not None:
+            gc.set_threshold(young, *gc.get_threshold()[1:])
         conn.send({s.app.state.kme_id: s.port for s in servers})
         loop = asyncio.get_running_loop()
         profiler: cProfile.Profile | None = None

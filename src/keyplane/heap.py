@@ -15,6 +15,14 @@ Measured (docs/benchmarks.md, the demo target, round 5): importing ``keyplane de
 took 1.45 s of CPU, 1.17 s so; a link worker's 0.59 s, 0.52 s; the collector's own time up
 to the demo's first relayed key went from 0.38 s to 0.20 s.
 
+Settled, a keyplane process also collects its youngest generation every
+:data:`YOUNG_THRESHOLD` net allocations instead of CPython's 700: a key manager in bulk
+makes and drops thousands of short-lived containers per request (key objects, batch rows,
+frames), and at 700 the collector ran several times per 100-key ETSI 014 pair, its
+objects promoted and then walked again by full collections: 130-350 us of CPU per pair
+(6-8 % of the server's CPU), 30-60 us at 10,000 (``bench/api.py``, issue #15). At most
+that many more young objects wait for a collection: a few megabytes.
+
 ``python -m keyplane.heap MODULE:FUNCTION`` imports ``MODULE`` so and calls ``FUNCTION``
 (the link workers are started that way); the ``keyplane`` console script and
 ``python -m keyplane`` do the same for the CLI.
@@ -29,7 +37,11 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import cast
 
-__all__ = ["cli_main", "importing", "run_entry", "settle"]
+__all__ = ["YOUNG_THRESHOLD", "cli_main", "importing", "run_entry", "settle"]
+
+YOUNG_THRESHOLD = 10_000
+"""Net allocations of tracked objects between two collections of the youngest generation
+in a settled keyplane process (CPython's default: 700)."""
 
 _own_process = False
 """Whether this process was started through :func:`run_entry` (a keyplane command or link
@@ -39,9 +51,12 @@ process that merely uses keyplane (a test session) may build and drop many netwo
 
 def settle() -> None:
     """In a keyplane process, freeze every object alive now (collections no longer walk
-    them; the collector keeps running for what is made from now on); elsewhere nothing."""
+    them; the collector keeps running for what is made from now on, its youngest
+    generation every :data:`YOUNG_THRESHOLD` allocations); elsewhere nothing."""
     if _own_process:
         gc.freeze()
+        _, older, oldest = gc.get_threshold()
+        gc.set_threshold(YOUNG_THRESHOLD, older, oldest)
 
 
 @contextlib.contextmanager

@@ -23,16 +23,20 @@ def test_importing_pauses_the_collector_and_restores_it() -> None:
 
 def test_only_a_process_started_by_run_entry_freezes(monkeypatch: pytest.MonkeyPatch) -> None:
     before = gc.get_freeze_count()
+    thresholds = gc.get_threshold()
     settle()  # a test session: nothing frozen (it builds and drops many networks)
     assert gc.get_freeze_count() == before
+    assert gc.get_threshold() == thresholds  # nor the collector's thresholds changed
     monkeypatch.setattr(heap, "_own_process", True)
     kept = [[object()] for _ in range(100)]  # tracked containers alive across the call
     try:
         with importing():
             pass
         assert gc.get_freeze_count() >= before + len(kept)
+        assert gc.get_threshold() == (heap.YOUNG_THRESHOLD, *thresholds[1:])
     finally:
         gc.unfreeze()  # leave the test process's heap as it was
+        gc.set_threshold(*thresholds)
 
 
 def test_importing_keeps_a_disabled_collector_disabled() -> None:

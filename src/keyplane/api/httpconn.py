@@ -93,6 +93,48 @@ class ConnectionSet:
             conn.abort()
 
 
+class _Corked:
+    """The transport uvicorn writes to: held while a response head waits for its body.
+
+    uvicorn writes a response's head and its body separately; with TCP_NODELAY each write
+    is a TLS record, a segment and a ``send`` of its own. Corked (by the request guard, for
+    a response that declares its length), the head waits and leaves with the first piece
+    of the body in one write. Anything else is the real transport's.
+    """
+
+    __slots__ = ("_base", "_held")
+
+    def __init__(self, base: asyncio.Transport) -> None:
+        self._base = base
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._held is not None:
+            self._held.append(bytes(data))
+        else:
+            self._base.write(data)
+
+    def cork(self) -> None:
+        if self._held is None:
+            self._held = []
+
+    def uncork(self) -> None:
+        held, self._held = self._held, None
+        if held:
+            self._base.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.uncork()
+        self._base.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._base.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._base, name)
+
+
 class Connection(asyncio.Protocol):
     """One connection: cap, head timer, TLS identity, then uvicorn's HTTP protocol (delegated).
 
@@ -110,6 +152,7 @@ class Connection(asyncio.Protocol):
             config=config, server_state=server_state,
             app_state={**app_state, CONNECTION_KEY: self}, _loop=_loop)
         self._transport: asyncio.Transport | None = None
+        self._out: _Corked | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._in_flight = 0
         self._head_bytes = 0
@@ -132,7 +175,8 @@ class Connection(asyncio.Protocol):
         if ssl_object is not None:
             self.tls = tls_extension(ssl_object)
         self._arm_head_timer()
-        self._inner.connection_made(transport)
+        self._out = _Corked(transport)
+        self._inner.connection_made(cast(asyncio.Transport, self._out))
 
     def data_received(self, data: bytes) -> None:
         if not self._head_done and self._in_flight == 0:
@@ -196,6 +240,16 @@ class Connection(asyncio.Protocol):
             self._transport.abort()
 
     # ---- called by the request guard (httpserver) ------------------------------
+    def cork(self) -> None:
+        """A response head is about to be written: hold it for its body."""
+        if self._out is not None:
+            self._out.cork()
+
+    def uncork(self) -> None:
+        """Write what is held (the head, with the body written since) in one write."""
+        if self._out is not None:
+            self._out.uncork()
+
     def request_started(self) -> None:
         """A complete request head reached the app: its timer stops."""
         self._in_flight += 1
@@ -208,6 +262,7 @@ class Connection(asyncio.Protocol):
         first: those bytes are not a head, so they are not counted; the head timer bounds
         the discarding and the next head together.
         """
+        self.uncork()  # nothing stays held past its request (a HEAD's head, an error)
         self._in_flight -= 1
         if self._in_flight == 0 and self in self.connections.live:
             self._head_bytes, self._head_tail = 0, b""

@@ -172,7 +172,13 @@ class _Guard:
                 return  # the app's answer to the disconnect we made up is replaced by 413
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if conn is not None and _sized(message):
+                    conn.cork()  # the head leaves with the body: one write
+                await send(message)
+                return
             await send(message)
+            if conn is not None:
+                conn.uncork()
 
         try:
             await self.app(scope, guarded_receive, tracked_send)
@@ -191,6 +197,12 @@ class _Guard:
                     "headers": [(b"content-type", media_type.encode()),
                                 (b"content-length", b"%d" % len(body))]})
         await send({"type": "http.response.body", "body": body})
+
+
+def _sized(start: Message) -> bool:
+    """Whether a response declares its length: its body follows at once (a stream, e.g.
+    server-sent events, is chunked and its first piece may wait: its head is not held)."""
+    return any(key.lower() == b"content-length" for key, _ in start.get("headers", ()))
 
 
 def _chunked(scope: Scope) -> bool:
