@@ -44,6 +44,10 @@ logger = logging.getLogger(__name__)
 EXIT_FORCED = 70
 """Exit status when the shutdown bound ran out and the watchdog ended the process."""
 
+_REPORT_BOUND_S = 5.0
+"""How long a forced exit waits for its report of what was pending to be written (a stderr
+that nobody reads must not keep the process alive)."""
+
 
 class Service:
     """Base of elements with an async ``start()``/``close()`` lifecycle."""
@@ -158,15 +162,25 @@ def _dump_pending(loop: asyncio.AbstractEventLoop | None) -> None:
             task.print_stack(limit=6, file=sys.stderr)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     except Exception as exc:  # never keep the process from exiting
-        sys.stderr.write(f"keyplane: could not list what was pending ({exc!r})\n")
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"keyplane: could not list what was pending ({exc!r})\n")
 
 
 def _arm_watchdog(timeout_s: float, why: str,
                   loop: asyncio.AbstractEventLoop | None = None) -> threading.Timer:
+    def report() -> None:
+        with contextlib.suppress(Exception):
+            sys.stderr.write(f"keyplane: {why} did not finish within {timeout_s:g} s; "
+                             "exiting\n")
+            _dump_pending(loop)
+            sys.stderr.flush()
+
     def expire() -> None:
-        sys.stderr.write(f"keyplane: {why} did not finish within {timeout_s:g} s; exiting\n")
-        _dump_pending(loop)
-        sys.stderr.flush()
+        # the report in a thread of its own: a stderr nobody reads (a full pipe) would
+        # block it, and the exit must happen anyway
+        writer = threading.Thread(target=report, daemon=True)
+        writer.start()
+        writer.join(_REPORT_BOUND_S)
         os._exit(EXIT_FORCED)
 
     timer = threading.Timer(timeout_s, expire)

@@ -250,7 +250,10 @@ def _canonical(body: dict[str, Any]) -> bytes:
             v = _sorted(v)  # only nested values pay a call (a frame has 15-18 fields)
         ordered[k] = v
     ordered.pop("tag", None)
-    fast = to_json(ordered)
+    try:
+        fast = to_json(ordered)
+    except ValueError:  # e.g. a lone surrogate, which json.dumps escapes
+        fast = b"\x7f"
     if fast.isascii() and b"\x7f" not in fast:
         return fast
     return json.dumps(ordered, sort_keys=True, separators=(",", ":")).encode()

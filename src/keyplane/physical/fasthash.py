@@ -44,26 +44,30 @@ so splitting pays later (one hash, ms at n = 10^6, l = 0.32 / 0.5 n, then at 10^
 182, 219; 96: 3.2, 3.9, 139, 205; 128: 3.4, 6.7, 145, 187)."""
 
 _INNER_LEVELS = 6
-"""Levels split within one of the top levels' products (3^6 = 729 products of at most 32
-words: a few hundred kB)."""
+"""Levels split within one of the top levels' products (3^6 = 729 products of at most
+:data:`_BASE_WORDS` words, a few hundred kB; three times that with the 512-bit base)."""
 
 numba: ModuleType | None
 try:
     if os.environ.get("KEYPLANE_NO_FAST", "") not in ("", "0"):
         raise ImportError("KEYPLANE_NO_FAST is set")
     import numba
-    from llvmlite import binding as _llvm
     from llvmlite import ir as _ir
     from numba import config as _config
     from numba import types as _types
+    from numba.core import codegen as _codegen
     from numba.extending import intrinsic as _intrinsic
 
     try:
-        _features = _llvm.get_host_cpu_features()
-        _pclmul = bool(_features.get("pclmul", False))
+        # the features numba compiles for, not the CPU's: NUMBA_ENABLE_AVX=0 turns AVX-512
+        # off in the target while the CPU still has it, and an intrinsic the target lacks
+        # aborts the process in LLVM (no Python exception)
+        numba_features: Any = _codegen.get_host_cpu_features
+        _features = set(str(numba_features()).split(","))
+        _pclmul = "+pclmul" in _features
         # the 512-bit form only where numba compiles for this host (a portable target,
         # NUMBA_CPU_NAME / NUMBA_CPU_FEATURES, may lack the instruction)
-        _wide = all(bool(_features.get(f, False)) for f in ("vpclmulqdq", "avx512f")) \
+        _wide = {"+vpclmulqdq", "+avx512f"} <= _features \
             and getattr(_config, "CPU_NAME", None) is None \
             and getattr(_config, "CPU_FEATURES", None) is None
     except RuntimeError:  # llvmlite cannot read this host's features

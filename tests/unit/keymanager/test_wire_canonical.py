@@ -74,3 +74,10 @@ def test_ascii_frame_takes_the_serializer_and_verifies() -> None:
     assert verify(sealed, b"k" * 32)
     assert not verify(sealed.model_copy(update={"indexes": [1, 3]}), b"k" * 32)
     assert not verify(sealed, b"j" * 32)
+
+
+def test_text_the_serializer_refuses_takes_json_dumps() -> None:
+    """A lone surrogate (pydantic's serializer raises on it, json.dumps escapes it): the
+    tag input is still json.dumps' bytes, not an exception."""
+    body = {"reason": "bad \ud800 text", "key_ids": ["a"], "tag": "x"}
+    assert _canonical(body) == _reference(body)

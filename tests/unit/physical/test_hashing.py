@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.support.deadlines import DEADLINE_S
+from tests.support.processes import ROOT, keyplane_env
 
 from keyplane.physical import (
     hashing,
@@ -164,3 +171,26 @@ def test_polynomial_tag_large_key_takes_compiled_path(monkeypatch: pytest.Monkey
     tag = polynomial_tag(key, point)
     monkeypatch.setattr(hashing, "FAST_MIN_BITS", 1 << 40)
     assert tag == polynomial_tag(key, point)
+
+
+def test_compiled_toeplitz_runs_when_numba_targets_less_than_the_cpu(tmp_path: Path) -> None:
+    """NUMBA_ENABLE_AVX=0 compiles for a target without AVX-512 on a CPU that has it: the
+    512-bit intrinsic must not be chosen then (LLVM aborted the process, exit 134)."""
+    _fasthash()
+    code = textwrap.dedent("""
+        import numpy as np
+        from keyplane.physical import fasthash, hashing
+        rng = np.random.default_rng(5)
+        n, n_out = 1 << 18, 1 << 17
+        key = rng.integers(0, 2, n, dtype=np.uint8)
+        t = rng.integers(0, 2, n + n_out - 1, dtype=np.uint8)
+        assert not fasthash._wide
+        fast = fasthash.toeplitz_hash(key, t, n_out)
+        hashing.FAST_MIN_BITS = 1 << 40  # the FFT
+        assert np.array_equal(fast, hashing.toeplitz_hash(key, t, n_out))
+        print("ok")
+    """)
+    env = keyplane_env({"NUMBA_ENABLE_AVX": "0", "NUMBA_CACHE_DIR": str(tmp_path)})
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, text=True,
+                          capture_output=True, timeout=DEADLINE_S)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
