@@ -322,11 +322,11 @@ async def test_relay_spends_no_link_key_while_the_bus_is_down(km_db: Database) -
         await bus.close()
 
 
-async def test_relay_spends_no_link_key_on_a_next_hop_that_does_not_answer(
-        km_db: Database) -> None:
-    # a source used to spend fresh key on every attempt into a killed intermediate (three
-    # per batch): its store was empty when the intermediate came back. After one
-    # unconfirmed frame it asks the hop (a probe, no key) before spending again.
+async def _request_with_a_km_gone(km_db: Database, gone: str, owner: str, peer: str
+                                  ) -> tuple[int, int, list[KeyFrame]]:
+    """On a 3-KM line, relay one batch, close ``gone``, then ask km0 for 4 more keys: the
+    request must end in a 503. Returns ``owner``'s store towards ``peer``: sendable bytes
+    before and after, and the key frames sent meanwhile."""
     bus = MemoryBus()
     log = FrameLog()
     await bus.subscribe("keyplane.km.*.relay", log)
@@ -336,9 +336,9 @@ async def test_relay_spends_no_link_key_on_a_next_hop_that_does_not_answer(
     try:
         km0 = net.kms["km0"]
         await km0.enc_keys(CALLER_A, "sc", "sd", 1, 256)  # the pair's session, relayed
-        store = km0.link_store("km1")
+        store = net.kms[owner].link_store(peer)
         held, frames = store.sendable_bytes, len(log.frames)
-        await net.kms["km1"].close()  # the intermediate is gone from the bus
+        await net.kms[gone].close()  # gone from the bus
         timeout_s = KmSettings().etsi014_qos_timeout_ms / 1000
         lost = asyncio.create_task(km0.enc_keys(CALLER_A, "sc", "sd", 4, 256))
         until = clock.now() + 2 * timeout_s
@@ -348,13 +348,22 @@ async def test_relay_spends_no_link_key_on_a_next_hop_that_does_not_answer(
             await lost
         mapping = map_exception(info.value)
         assert mapping is not None and mapping.http_status == 503
-        sent = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)
-                and f.sender == "km0"]
-        assert len(sent) == 1  # the first attempt only: the others found the hop silent
-        assert store.sendable_bytes == held - (32 + 4 * 32)
+        sent = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)]
+        return held, store.sendable_bytes, sent
     finally:
         await net.close()
         await bus.close()
+
+
+async def test_relay_spends_no_link_key_on_a_next_hop_that_does_not_answer(
+        km_db: Database) -> None:
+    # a source used to spend fresh key on every attempt into a killed intermediate (three
+    # per batch): its store was empty when the intermediate came back. After one
+    # unconfirmed frame it asks the hop (a probe, no key) before spending again.
+    held, left, sent = await _request_with_a_km_gone(km_db, "km1", "km0", "km1")
+    # the first attempt only: the others found the hop silent
+    assert len([f for f in sent if f.sender == "km0"]) == 1
+    assert left == held - (32 + 4 * 32)
 
 
 async def test_intermediate_spends_no_link_key_into_a_destination_that_does_not_answer(
@@ -362,34 +371,8 @@ async def test_intermediate_spends_no_link_key_into_a_destination_that_does_not_
     # the intermediate forwards without waiting for a confirmation, so only a retry tells it
     # its forward was lost: from then on it asks the next hop (a probe) before spending key
     # on it, and refuses the batch to the source when it gets no answer
-    bus = MemoryBus()
-    log = FrameLog()
-    await bus.subscribe("keyplane.km.*.relay", log)
-    clock = VirtualClock()
-    settings = KmSettings(link_reserve_bytes=0, relay_attempts=3)
-    net = await start_net(line_topology(3), bus, km_db, clock, seed=9, settings=settings)
-    try:
-        km0, km1 = net.kms["km0"], net.kms["km1"]
-        await km0.enc_keys(CALLER_A, "sc", "sd", 1, 256)  # the pair's session, relayed
-        onward = km1.link_store("km2")
-        held, frames = onward.sendable_bytes, len(log.frames)
-        await net.kms["km2"].close()  # the destination is gone from the bus
-        timeout_s = KmSettings().etsi014_qos_timeout_ms / 1000
-        lost = asyncio.create_task(km0.enc_keys(CALLER_A, "sc", "sd", 4, 256))
-        until = clock.now() + 2 * timeout_s
-        while not lost.done() and clock.now() < until:
-            await clock.advance(0.05)
-        with pytest.raises(KeyplaneError) as info:
-            await lost
-        mapping = map_exception(info.value)
-        assert mapping is not None and mapping.http_status == 503
-        from_source = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)
-                       and f.sender == "km0"]
-        onward_frames = [f for f in log.frames[frames:] if isinstance(f, KeyFrame)
-                         and f.sender == "km1"]
-        assert len(from_source) >= 2  # the source retried ...
-        assert len(onward_frames) == 1  # ... but only the first forward spent km1's key
-        assert onward.sendable_bytes == held - (32 + 4 * 32)
-    finally:
-        await net.close()
-        await bus.close()
+    held, left, sent = await _request_with_a_km_gone(km_db, "km2", "km1", "km2")
+    assert len([f for f in sent if f.sender == "km0"]) >= 2  # the source retried ...
+    # ... but only the first forward spent km1's key
+    assert len([f for f in sent if f.sender == "km1"]) == 1
+    assert left == held - (32 + 4 * 32)
