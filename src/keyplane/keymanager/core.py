@@ -71,6 +71,7 @@ from keyplane.keymanager.stream import (
     Stream,
     claim_indexes,
     delivered_index,
+    fresh_indexes,
     next_get_index,
     release_indexes,
 )
@@ -186,6 +187,7 @@ class KmCore:
             self.forwarding.remove(s.session_id)
             self.shares.forget(s.session_id)
         s.bucket = None
+        s.stock.clear()  # its keys go with the session's (FreeStream)
         if self.pairs.get((s.local_sae, s.peer_sae)) == s.session_id:
             del self.pairs[(s.local_sae, s.peer_sae)]
         return [FreeStream(s.session_id), Decide(s.session_id, "ended")]
@@ -574,4 +576,5 @@ class KmCore:
     next_get_index = staticmethod(next_get_index)
     delivered_index = staticmethod(delivered_index)
     claim_indexes = staticmethod(claim_indexes)
+    fresh_indexes = staticmethod(fresh_indexes)
     release_indexes = staticmethod(release_indexes)

@@ -22,7 +22,7 @@ import contextlib
 import functools
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from keyplane.errors import (
@@ -34,8 +34,9 @@ from keyplane.errors import (
     SessionNotFound,
 )
 from keyplane.events import EventType
+from keyplane.keymanager import stock
 from keyplane.keymanager.core import Stream
-from keyplane.keymanager.hybrid import count_provenance, merge_provenance
+from keyplane.keymanager.hybrid import count_provenance, merge_provenance, satisfies
 from keyplane.keymanager.session import SessionEvent
 from keyplane.keymanager.shell import KmShellBase
 from keyplane.keymanager.vault import HeldKey, new_key_ids
@@ -304,6 +305,104 @@ class _Production(KmShellBase):
             with contextlib.suppress(KeyplaneError):
                 await self._ensure_source(s, indexes, size)
         self._spawn(run(), f"km-demand-{session_id}")
+
+    # ---- ETSI 014 key stock (keymanager/stock.py) ------------------------------------
+    def _key_state(self, session_id: str, index: int) -> tuple[str, int] | None:
+        k = self.vault.get(session_id, index)
+        return None if k is None else (k.state, k.size_bits)
+
+    def _from_stock(self, s: Stream, number: int, size_bits: int, policy: str | None
+                    ) -> list[int] | None:
+        """An enc_keys at the source: count its demand, and take ``number`` stock keys if
+        the stock covers it (its size, and ``policy`` when it narrows the session's); None:
+        it relays its own keys. A taken key leaves the stock: it is handed out once."""
+        st = self.settings
+        if st.etsi014_stock_keys == 0 or s.config is None \
+                or size_bits != 8 * s.config.key_chunk_size:
+            return None
+        stock.note_request(s.demand, number, st.etsi014_stock_keys, self._clock.now(),
+                           st.etsi014_stock_window_s)
+        if s.stock_bits != size_bits or len(s.stock) < number:
+            return None
+        taken = s.stock[:number]
+        keys = self.vault.get_many(s.session_id, taken)
+        if any(k is None or k.state != "ready" for k in keys):  # a guard: only enc_keys
+            s.stock = [i for i in s.stock if (k := self.vault.get(s.session_id, i))
+                       is not None and k.state == "ready"]  # takes them
+            return None
+        if policy is not None and not all(satisfies(k.provenance, policy)
+                                          for k in keys if k is not None):
+            return None
+        del s.stock[:number]
+        return taken
+
+    def _meets(self, s: Stream, policy: str | None) -> Callable[[int], bool] | None:
+        """Whether a ready key of ``s`` meets ``policy`` (None: the session's, any does)."""
+        if policy is None:
+            return None
+
+        def ok(index: int) -> bool:
+            k = self.vault.get(s.session_id, index)
+            return k is not None and satisfies(k.provenance, policy)
+        return ok
+
+    def _refill_stock(self, s: Stream) -> None:
+        """Start a refill of the pair's stock if its demand asks for one (stock.py): fresh
+        indexes relayed as ONE batch in the background, never waiting for link key.
+
+        Background work must not hold up real requests: it takes no exchange slot and no
+        token bucket bits (a key is charged when handed out), and it starts only when the
+        next hop's link has the batch's key beyond its low-water mark and no frame waits
+        for that link's key; its own frame then takes the key at once or fails (deadline
+        now), and a failed refill waits one window.
+        """
+        st = self.settings
+        if not s.live or s.config is None or s.role is not HopRole.source:
+            return
+        now = self._clock.now()
+        bits = 8 * s.config.key_chunk_size
+        if s.stock_bits != bits:
+            self.core.release_indexes(s, s.stock, self._key_state)  # another size: spares
+            s.stock, s.stock_bits = [], bits
+        n = stock.refill_count(s.demand, len(s.stock), st.etsi014_stock_keys,
+                               st.etsi014_stock_min_requests, now, st.etsi014_stock_window_s)
+        if n == 0:
+            return
+        if not self._stock_link_ok(s, n * bits // 8):
+            stock.refill_done(s.demand, False, now, st.etsi014_stock_window_s)
+            return
+        indexes = self.core.fresh_indexes(s, n)
+        self._spawn(self._run_refill(s, indexes, bits), f"km-stock-{s.session_id}")
+
+    def _stock_link_ok(self, s: Stream, nbytes: int) -> bool:
+        entry = self.core.forwarding.current(s.session_id)
+        store = self._stores.get(entry.next_km) if entry and entry.next_km else None
+        if store is None:
+            return False
+        low = self.settings.keystore_low_water_bits // 8
+        return (store.sendable_bytes >= low + nbytes + 64
+                and not self.core.shares[store.peer_id].waiting)
+
+    async def _run_refill(self, s: Stream, indexes: list[int], bits: int) -> None:
+        ok = False
+        try:
+            await self._ensure_source(s, indexes, bits // 8, None, self._clock.now())
+            ok = True
+        except Exception as exc:  # background work: its keys become spares
+            logger.info("node %s: stock refill of %s (%d keys) failed: %s", self.node_id,
+                        s.session_id, len(indexes), exc)
+        finally:
+            stock.refill_done(s.demand, ok, self._clock.now(),
+                              self.settings.etsi014_stock_window_s)
+            if s.live:
+                ready = {k.index for k in self.vault.get_many(s.session_id, indexes)
+                         if ok and k is not None and k.state == "ready"}
+                if s.stock_bits == bits:
+                    s.stock.extend(i for i in indexes if i in ready)
+                else:
+                    ready = set()
+                self.core.release_indexes(s, [i for i in indexes if i not in ready],
+                                          self._key_state)
 
     # ---- destination -------------------------------------------------------------------
     def accept_keys(self, frame: KeyFrame, keys: list[bytes]

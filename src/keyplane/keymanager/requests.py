@@ -92,10 +92,6 @@ class _Requests(_Ack014):
 
     _pair_locks: dict[tuple[str, str], asyncio.Lock]
 
-    def _key_state(self, session_id: str, index: int) -> tuple[str, int] | None:
-        k = self.vault.get(session_id, index)
-        return None if k is None else (k.state, k.size_bits)
-
     # ==== opening sessions =============================================================
     async def _authenticate(self, caller: Caller, sae_id: str, peer: str | None) -> str:
         try:
@@ -442,14 +438,22 @@ class _Requests(_Ack014):
         s = await self._pair_session(caller, master_sae, slave_sae, size_bits)
         policy = self._batch_policy(s, mandatory, optional)
         size = size_bits // 8
+        narrowed = policy.value if policy else None
         async with self._exchange(s, number * size_bits, s.wait_s) as deadline:
-            indexes = self.core.claim_indexes(s, number, size_bits, self._key_state)
+            # keys relayed ahead (production.py, "key stock") when the stock covers the
+            # request; else its own batch, as many as the stock runs low refill it
+            indexes = self._from_stock(s, number, size_bits, narrowed)
+            stocked = indexes is not None
+            if indexes is None:
+                indexes = self.core.claim_indexes(s, number, size_bits, self._key_state,
+                                                  self._meets(s, narrowed))
+            self._refill_stock(s)
             try:
                 try:
-                    await self._clock.wait_for(
-                        self._ensure_source(s, indexes, size, policy.value if policy else None,
-                                            deadline),
-                        deadline - self._clock.now())
+                    if not stocked:
+                        await self._clock.wait_for(
+                            self._ensure_source(s, indexes, size, narrowed, deadline),
+                            deadline - self._clock.now())
                 except TimeoutError:
                     raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "
                                        f"the timeout") from None

@@ -15,10 +15,11 @@ from typing import Any, Literal
 
 from keyplane.keymanager.scheduling import TokenBucket
 from keyplane.keymanager.session import SessionMachine
+from keyplane.keymanager.stock import StockDemand
 from keyplane.messages import HopRole, Qos, SessionConfig
 
 __all__ = ["Interface", "KeyState", "Stream", "claim_indexes", "delivered_index",
-           "next_get_index", "release_indexes"]
+           "fresh_indexes", "next_get_index", "release_indexes"]
 
 Interface = Literal["etsi004", "etsi014"]
 KeyState = Callable[[str, int], tuple[str, int] | None]
@@ -44,6 +45,11 @@ class Stream:
     next_index: int = 0  # this end's next index for GET_KEY(index=None)
     next_gen: int = 0  # source: next fresh index for enc_keys
     spare: list[int] = field(default_factory=list)  # source: enc_keys indexes to fill again
+    # source (ETSI 014): indexes relayed ahead, ``ready`` at both ends, not yet handed out
+    # (memory only: after a restart they are spares, ready ones handed out first)
+    stock: list[int] = field(default_factory=list)
+    stock_bits: int = 0  # the key size of the stock
+    demand: StockDemand = field(default_factory=StockDemand)
     idle_deadline: float = 0.0
     last_active: float = 0.0  # this end's last key request (or its end, or configuration)
     probe_seq: int = 0  # the idle probe in flight (keymanager/liveness.py): a later answer wins
@@ -105,13 +111,16 @@ def delivered_index(s: Stream, index: int) -> None:
     if index >= s.next_index:
         s.next_index = index + 1
 
-def claim_indexes(s: Stream, number: int, size_bits: int, key: KeyState) -> list[int]:
+def claim_indexes(s: Stream, number: int, size_bits: int, key: KeyState,
+                  usable: Callable[[int], bool] | None = None) -> list[int]:
     """Source: the indexes an enc_keys batch fills, spare ones first.
 
     A spare index belongs to a batch that failed before its keys reached the master
     (relay, store or timeout): its key (if made) was never delivered here and the
     master never learned its key_ID, so it is offered again instead of being left
-    behind. Spares of another key size wait for a batch of their size.
+    behind. Spares of another key size wait for a batch of their size; a ``ready`` spare
+    (already at the destination, e.g. a stock key after a restart) only when ``usable``
+    accepts it (a request whose policy it may not meet relays its own).
     """
     taken: list[int] = []
     keep: list[int] = []
@@ -119,7 +128,8 @@ def claim_indexes(s: Stream, number: int, size_bits: int, key: KeyState) -> list
         k = key(s.session_id, i)
         if k is not None and k[0] == "delivered":
             continue
-        if len(taken) < number and (k is None or k[1] == size_bits):
+        if len(taken) < number and (k is None or k[1] == size_bits) and (
+                usable is None or k is None or k[0] != "ready" or usable(i)):
             taken.append(i)
         else:
             keep.append(i)
@@ -127,6 +137,12 @@ def claim_indexes(s: Stream, number: int, size_bits: int, key: KeyState) -> list
     fresh = number - len(taken)
     taken += range(s.next_gen, s.next_gen + fresh)
     s.next_gen += fresh
+    return taken
+
+def fresh_indexes(s: Stream, number: int) -> list[int]:
+    """Source: ``number`` indexes never used (a stock refill: spares are left to requests)."""
+    taken = list(range(s.next_gen, s.next_gen + number))
+    s.next_gen += number
     return taken
 
 def release_indexes(s: Stream, indexes: list[int], key: KeyState) -> None:
