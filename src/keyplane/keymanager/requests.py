@@ -536,7 +536,8 @@ class _Requests(_Ack014):
 
         ``stored_key_count``: at the master's KM, keys of ``key_size`` the link key towards
         the pair's next hop can carry now (the direct link to the slave's node when no
-        session exists yet; 0 if neither); at the slave's KM, keys held for the slave.
+        session exists yet; 0 if neither), plus the pair's key stock (keys relayed ahead,
+        #15) of that size.
 
         Raises:
             AuthenticationFailed: the caller may not act as ``master_sae``.
@@ -553,6 +554,9 @@ class _Requests(_Ack014):
         peer = entry.next_km if entry is not None else (target if target in self._stores else None)
         if peer is not None:
             count = max(0, (self._stores[peer].sendable_bytes - 32) // (size // 8))
+        s = self.core.streams.get(sid) if sid else None
+        if s is not None and s.stock_bits == size:
+            count += len(s.stock)
         count = min(count, self.settings.max_keys_per_pair)
         return PairStatus(source_kme_id=self.node_id, target_kme_id=target,
                           master_sae_id=master_sae, slave_sae_id=slave_sae, key_size=size,
@@ -562,6 +566,11 @@ class _Requests(_Ack014):
                           min_key_size=self.settings.min_key_size_bits, max_sae_id_count=0)
 
     def held_for(self, slave_sae: str, master_sae: str) -> int:
-        """Keys this KM holds for ``slave_sae`` from ``master_sae`` (ready, undelivered)."""
+        """Keys this KM holds for ``slave_sae`` from ``master_sae`` (ready, undelivered).
+
+        This includes the master's key stock (#15): keys relayed ahead that the master has
+        not handed out yet, so their key_IDs are known to no SAE; the slave's KM cannot
+        tell them from keys handed out and not yet fetched.
+        """
         return sum(1 for k in self.vault.by_id.values()
                    if k.sae_id == slave_sae and k.peer_sae == master_sae and k.state == "ready")

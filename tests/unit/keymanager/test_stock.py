@@ -139,6 +139,10 @@ async def test_a_busy_pair_is_served_from_its_stock_each_key_once(km_db: Databas
         # stock keys are held at the slave too, and counted there (it cannot tell them
         # from keys handed out and not yet fetched): documented in docs/api/etsi014.md
         assert slave.held_for("sb", "sa") == len(made) + len(stock_ids)
+        # the master's Status counts what its link can carry plus its stock
+        st = await net.kms["km0"].status(CALLER_A, "sa", "sb")
+        store = net.kms["km0"].link_store("km1")
+        assert st.stored_key_count == (store.sendable_bytes - 32) // 32 + len(stock_ids)
         frames = sum(net.kms["km0"].relay.hop_keys.hops_sent.values())
         first = await _enc(net)
         assert first[0].key_id == stock_ids[0]  # handed out from the stock, no relay
