@@ -194,6 +194,19 @@ async def test_after_a_master_restart_the_stock_is_handed_out_not_lost(km_db: Da
         await net.bus.close()
 
 
+async def test_after_a_slave_restart_the_stock_is_still_readable(km_db: Database) -> None:
+    net = await _net(km_db)
+    try:
+        made, stock_ids = await _stocked(net)
+        await net.restart("km1")
+        after = [k for _ in stock_ids for k in await _enc(net)]
+        assert [k.key_id for k in after] == stock_ids  # served from the stock
+        await _read_once(net, made + after)
+    finally:
+        await net.close()
+        await net.bus.close()
+
+
 async def test_the_token_bucket_is_charged_at_hand_out_not_at_refill(km_db: Database) -> None:
     # 12 keys of 256 bits in the bucket, a rate that refills none within a request's wait
     net = await _net(km_db, bucket_size_bits=12 * 256, token_rate_bps=1.0)
