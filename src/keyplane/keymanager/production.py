@@ -326,9 +326,12 @@ class _Production(KmShellBase):
             return None
         taken = s.stock[:number]
         keys = self.vault.get_many(s.session_id, taken)
-        if any(k is None or k.state != "ready" for k in keys):  # a guard: only enc_keys
-            s.stock = [i for i in s.stock if (k := self.vault.get(s.session_id, i))
-                       is not None and k.state == "ready"]  # takes them
+        if any(k is None or k.state != "ready" for k in keys):
+            # a guard (only enc_keys takes stock keys): a key no longer ready is a spare
+            ready = [i for i in s.stock if (k := self.vault.get(s.session_id, i))
+                     is not None and k.state == "ready"]
+            self.core.release_indexes(s, sorted(set(s.stock) - set(ready)), self._key_state)
+            s.stock = ready
             return None
         if policy is not None and not all(satisfies(k.provenance, policy)
                                           for k in keys if k is not None):

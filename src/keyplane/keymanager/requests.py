@@ -440,8 +440,8 @@ class _Requests(_Ack014):
         size = size_bits // 8
         narrowed = policy.value if policy else None
         async with self._exchange(s, number * size_bits, s.wait_s) as deadline:
-            # keys relayed ahead (production.py, "key stock") when the stock covers the
-            # request; else its own batch, as many as the stock runs low refill it
+            # keys relayed ahead when the stock covers the request (production.py, "key
+            # stock"), else its own batch; a stock running low is refilled in the background
             indexes = self._from_stock(s, number, size_bits, narrowed)
             stocked = indexes is not None
             if indexes is None:
