@@ -244,3 +244,19 @@ def test_new_key_ids_batch_are_distinct_version_7_uuids_of_one_millisecond() -> 
         assert str(u) == key_id
         assert u.int >> 80 == 1_700_000_000_123  # the 48-bit Unix millisecond prefix
     assert new_key_ids(1_700_000_000.0, 0) == []
+
+
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 100, 513])
+def test_new_key_ids_place_each_random_byte_as_rfc_9562_says(
+        n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch form (strided slices, from 16 ids) and the per-id form give the ids
+    uuid.UUID builds from the same bytes: 48 bits of ms, version 7, variant 0b10 and every
+    random bit where the RFC puts it."""
+    import keyplane.keymanager.keyids as keyids
+    rand = random.Random(n).randbytes(10 * n)
+    monkeypatch.setattr(keyids.secrets, "token_bytes", lambda size: rand[:size])
+    ms = (1_700_000_000_123).to_bytes(6, "big")
+    want = [str(uuid.UUID(bytes=ms + bytes((0x70 | (r[0] & 0x0F), r[1], 0x80 | (r[2] & 0x3F)))
+                          + r[3:])) for r in (rand[i:i + 10] for i in range(0, 10 * n, 10))]
+    assert keyids.new_key_ids(1_700_000_000.1234, n) == want
+    assert keyids._ids_of(ms, rand, n) == want
