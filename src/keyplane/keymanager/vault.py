@@ -161,13 +161,14 @@ class KeyVault:
         one session): each held key leaves the indexes, its batch is marked (or goes when
         none of it is left), it is remembered as spent; then the indexes join the ranges."""
         live, by_index, by_session = self._live, self.by_index, self._by_session
-        spent, spent_index, dirty, gone = self._spent, self._spent_index, self._dirty, self._gone
+        spent, spent_index = self._spent, self._spent_index
         ready = self._ready
         groups: dict[str, list[HeldKey]] = {}
         last: str | None = None
         group: list[HeldKey] = []
         of_session: dict[str, HeldKey] = {}
         last_batch: Batch | None = None
+        run = 0  # keys of last_batch in the current run
         was_ready = 0  # of the current session
         for key in keys:
             kid = key.key_id
@@ -197,17 +198,13 @@ class KeyVault:
             spent[kid] = key
             spent_index[at] = key
             batch = key.batch
-            if batch is not None:
-                if batch is not last_batch:  # a batch's keys come together
-                    dirty[batch.batch_id] = batch
-                    last_batch = batch
-                batch.left -= 1
-                batch.full = True  # fewer bytes held
-                if batch.left <= 0:
-                    batch.dead = True
-                    dirty.pop(batch.batch_id, None)
-                    if batch.persisted:
-                        gone.add(batch.batch_id)
+            if batch is not last_batch:  # a batch's keys come together: counted per run
+                if last_batch is not None:
+                    self._spent_from(last_batch, run)
+                last_batch, run = batch, 0
+            run += 1
+        if last_batch is not None:
+            self._spent_from(last_batch, run)
         if was_ready:
             ready[last] -= was_ready  # type: ignore[index]
         for sid, group in groups.items():
@@ -220,6 +217,18 @@ class KeyVault:
             self._spent_of_session(sid).extend(group)
         if groups:
             self._forget_spent()
+
+    def _spent_from(self, batch: Batch, n: int) -> None:
+        """``n`` keys of ``batch`` were handed out: its row is rewritten (fewer bytes held),
+        or deleted when none of it is left."""
+        self._dirty[batch.batch_id] = batch
+        batch.left -= n
+        batch.full = True
+        if batch.left <= 0:
+            batch.dead = True
+            del self._dirty[batch.batch_id]
+            if batch.persisted:
+                self._gone.add(batch.batch_id)
 
     def _spent_of_session(self, sid: str) -> list[HeldKey]:
         """The session's entries of the spent memory (for :meth:`drop_session`), first
