@@ -68,9 +68,13 @@ class _Ack014(_Production):
 
     async def _spend_014(self, keys: list[HeldKey], *, announce: bool) -> dict[str, bytes]:
         """Mark ``keys`` delivered durably (per session, as a key request); their bytes."""
-        by_session: dict[str, list[HeldKey]] = {}
-        for k in keys:
-            by_session.setdefault(k.session_id, []).append(k)
+        first = keys[0].session_id if keys else ""
+        if all(k.session_id == first for k in keys):  # a bulk request: one batch's session
+            by_session = {first: keys} if keys else {}
+        else:
+            by_session = {}
+            for k in keys:
+                by_session.setdefault(k.session_id, []).append(k)
         out: dict[str, bytes] = {}
         for sid, ks in by_session.items():
             s = self.core.streams[sid]
@@ -78,9 +82,12 @@ class _Ack014(_Production):
             if busy:
                 self._apply(s, SessionEvent.key_request)
             try:
-                for k, m in zip(ks, await self._deliver(s, ks, announce=announce), strict=True):
-                    out[k.key_id] = m
-                    s.acked014.pop(k.key_id, None)
+                ids = [k.key_id for k in ks]
+                out.update(zip(ids, await self._deliver(s, ks, announce=announce),
+                               strict=True))
+                if s.acked014:  # keys handed out with acknowledgement before: held no more
+                    for kid in ids:
+                        s.acked014.pop(kid, None)
             finally:
                 if busy and s.machine.can(SessionEvent.key_done):
                     self._apply(s, SessionEvent.key_done)

@@ -44,7 +44,7 @@ class Batch:
                  "session_id")
 
     def __init__(self, session_id: str, keys: list[HeldKey], batch_id: str | None = None,
-                 persisted: bool = False) -> None:
+                 persisted: bool = False, *, held: bool = False) -> None:
         self.batch_id = batch_id or str(uuid.uuid4())
         self.session_id = session_id
         self.keys = keys
@@ -52,8 +52,9 @@ class Batch:
         self.dead = False
         # ids, indexes and sizes of ``keys``: built at the first write, reset if one leaves
         self.layout: tuple[list[str], list[int], list[int]] | None = None
-        self.left = sum(1 for k in keys if k.state != "delivered")
-        """Keys not handed out yet (the batch's row goes when none is left)."""
+        self.left = len(keys) if held else sum(1 for k in keys if k.state != "delivered")
+        """Keys not handed out yet (the batch's row goes when none is left; ``held``: the
+        caller knows none of ``keys`` is, so they are not counted)."""
         self.full = True
         """The next write is the whole row: the held bytes (or which keys hold them) may
         have changed since the last; else only the states and provenance changed."""

@@ -506,8 +506,8 @@ class _Requests(_Ack014):
             await self._confirm_014(slave_sae, master_sae, confirm)
             if any(k.state != "ready" for k in found):  # the call confirmed its own keys
                 raise KeyNotFound("one or more keys specified are not found on KME")
-        for k in found:
-            self.core.streams[k.session_id].readers.add(reader)  # accepted above
+        for sid in {k.session_id for k in found}:  # a bulk request's keys share one
+            self.core.streams[sid].readers.add(reader)  # accepted above
         if acknowledge:
             out = await self._hand_014(found)
         else:

@@ -104,7 +104,9 @@ class KeyVault:
         self._spent: dict[str, HeldKey] = {}
         self._spent_order: deque[HeldKey] = deque()
         self._spent_index: dict[tuple[str, int], HeldKey] = {}
-        self._spent_of: dict[str, list[HeldKey]] = {}  # may hold forgotten keys too
+        # per session: its remembered delivered keys by id (those of _spent; a dict, so
+        # forgetting one is a pop, not a list compacted now and then)
+        self._spent_of: dict[str, dict[str, HeldKey]] = {}
         self.by_id: Mapping[str, HeldKey] = _ById(self._live, self._spent)
         """Held keys and the recently delivered ones, by key id (read-only)."""
         self._dirty: dict[str, Batch] = {}
@@ -161,13 +163,15 @@ class KeyVault:
         one session): each held key leaves the indexes, its batch is marked (or goes when
         none of it is left), it is remembered as spent; then the indexes join the ranges."""
         live, by_index, by_session = self._live, self.by_index, self._by_session
-        spent, spent_index, dirty, gone = self._spent, self._spent_index, self._dirty, self._gone
-        ready = self._ready
+        spent, spent_index = self._spent, self._spent_index
+        ready, spent_of = self._ready, self._spent_of
         groups: dict[str, list[HeldKey]] = {}
+        of_spent: dict[str, HeldKey] = {}
         last: str | None = None
         group: list[HeldKey] = []
         of_session: dict[str, HeldKey] = {}
         last_batch: Batch | None = None
+        run = 0  # keys of last_batch in the current run
         was_ready = 0  # of the current session
         for key in keys:
             kid = key.key_id
@@ -184,6 +188,7 @@ class KeyVault:
                 last = sid
                 group = groups.setdefault(sid, [])
                 of_session = by_session.get(sid, {})
+                of_spent = spent_of.setdefault(sid, {})
             if key.state == "ready":
                 was_ready += 1
             key.state = "delivered"
@@ -195,19 +200,16 @@ class KeyVault:
             of_session.pop(kid, None)
             group.append(key)
             spent[kid] = key
+            of_spent[kid] = key
             spent_index[at] = key
             batch = key.batch
-            if batch is not None:
-                if batch is not last_batch:  # a batch's keys come together
-                    dirty[batch.batch_id] = batch
-                    last_batch = batch
-                batch.left -= 1
-                batch.full = True  # fewer bytes held
-                if batch.left <= 0:
-                    batch.dead = True
-                    dirty.pop(batch.batch_id, None)
-                    if batch.persisted:
-                        gone.add(batch.batch_id)
+            if batch is not last_batch:  # a batch's keys come together: counted per run
+                if last_batch is not None:
+                    self._spent_from(last_batch, run)
+                last_batch, run = batch, 0
+            run += 1
+        if last_batch is not None:
+            self._spent_from(last_batch, run)
         if was_ready:
             ready[last] -= was_ready  # type: ignore[index]
         for sid, group in groups.items():
@@ -217,25 +219,25 @@ class KeyVault:
                 stream = self._streams[sid] = _Stream()
             if add_indexes(stream.delivered, [k.index for k in group]):
                 self._dirty_streams.add(sid)
-            self._spent_of_session(sid).extend(group)
         if groups:
             self._forget_spent()
 
-    def _spent_of_session(self, sid: str) -> list[HeldKey]:
-        """The session's entries of the spent memory (for :meth:`drop_session`), first
-        rid of keys forgotten since when it has grown past twice the memory."""
-        of = self._spent_of.get(sid)
-        if of is None:
-            of = self._spent_of[sid] = []
-        elif len(of) > 2 * self._spent_memory + 1024:
-            spent = self._spent
-            of[:] = [k for k in of if spent.get(k.key_id) is k]
-        return of
+    def _spent_from(self, batch: Batch, n: int) -> None:
+        """``n`` keys of ``batch`` were handed out: its row is rewritten (fewer bytes held),
+        or deleted when none of it is left."""
+        self._dirty[batch.batch_id] = batch
+        batch.left -= n
+        batch.full = True
+        if batch.left <= 0:
+            batch.dead = True
+            del self._dirty[batch.batch_id]
+            if batch.persisted:
+                self._gone.add(batch.batch_id)
 
     def _remember_spent(self, key: HeldKey) -> None:
         self._spent[key.key_id] = key
         self._spent_order.append(key)
-        self._spent_of_session(key.session_id).append(key)
+        self._spent_of.setdefault(key.session_id, {})[key.key_id] = key
         self._spent_index[(key.session_id, key.index)] = key
         if key.index >= self._end.get(key.session_id, 0):
             self._end[key.session_id] = key.index + 1
@@ -244,11 +246,17 @@ class KeyVault:
     def _forget_spent(self) -> None:
         """Forget the oldest spent keys beyond ``spent_memory``."""
         spent, order, spent_index = self._spent, self._spent_order, self._spent_index
+        spent_of, last, of = self._spent_of, "", None
         while len(spent) > self._spent_memory:
             old = order.popleft()
             if spent.get(old.key_id) is not old:
                 continue  # undelivered (or dropped) since; or a second entry of a key
             del spent[old.key_id]
+            if old.session_id != last:  # the oldest keys come a batch at a time
+                last = old.session_id
+                of = spent_of.get(last)
+            if of is not None:
+                of.pop(old.key_id, None)
             at = (old.session_id, old.index)
             if spent_index.get(at) is old:
                 del spent_index[at]
@@ -290,7 +298,7 @@ class KeyVault:
             if key.index >= ends.get(sid, 0):
                 ends[sid] = key.index + 1
         for sid, ks in fresh.items():
-            batch = Batch(sid, ks)
+            batch = Batch(sid, ks, held=True)  # no delivered key was taken above
             for k in ks:
                 k.batch = batch
             self._dirty[batch.batch_id] = batch
@@ -347,6 +355,7 @@ class KeyVault:
                 continue
             sid = key.session_id
             del self._spent[key.key_id]
+            self._spent_of.get(sid, {}).pop(key.key_id, None)
             if self._spent_index.get((sid, key.index)) is key:
                 del self._spent_index[(sid, key.index)]
             stream = self._streams.get(sid)
@@ -456,9 +465,9 @@ class KeyVault:
             b.dead = True  # fully delivered keys' batches are not in the indexes
             del self._dirty[b.batch_id]
         self._drop_stream(session_id)
-        for old in self._spent_of.pop(session_id, []):
+        for old in self._spent_of.pop(session_id, {}).values():
             if self._spent.get(old.key_id) is not old:
-                continue  # forgotten already
+                continue  # replaced since by a key of another session with its id
             del self._spent[old.key_id]  # its _spent_order entry is skipped when reached
             self._spent_index.pop((old.session_id, old.index), None)
             if old.batch is not None and old.batch.persisted and not old.batch.dead:

@@ -244,3 +244,58 @@ def test_new_key_ids_batch_are_distinct_version_7_uuids_of_one_millisecond() -> 
         assert str(u) == key_id
         assert u.int >> 80 == 1_700_000_000_123  # the 48-bit Unix millisecond prefix
     assert new_key_ids(1_700_000_000.0, 0) == []
+
+
+@pytest.mark.parametrize("n", [1, 2, 15, 16, 17, 100, 513])
+def test_new_key_ids_place_each_random_byte_as_rfc_9562_says(
+        n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch form (strided slices, from 16 ids) and the per-id form give the ids
+    uuid.UUID builds from the same bytes: 48 bits of ms, version 7, variant 0b10 and every
+    random bit where the RFC puts it."""
+    import keyplane.keymanager.keyids as keyids
+    rand = random.Random(n).randbytes(10 * n)
+    monkeypatch.setattr(keyids.secrets, "token_bytes", lambda size: rand[:size])
+    ms = (1_700_000_000_123).to_bytes(6, "big")
+    want = [str(uuid.UUID(bytes=ms + bytes((0x70 | (r[0] & 0x0F), r[1], 0x80 | (r[2] & 0x3F)))
+                          + r[3:])) for r in (rand[i:i + 10] for i in range(0, 10 * n, 10))]
+    assert keyids.new_key_ids(1_700_000_000.1234, n) == want
+    assert keyids._ids_of(ms, rand, n) == want
+
+
+async def test_vault_spent_memory_is_the_last_delivered_keys_and_goes_with_its_session(
+        km_db: Database) -> None:
+    """Bulk deliveries of two sessions interleaved, some undone: the vault remembers
+    exactly the last ``spent_memory`` delivered keys by id (its per-session index of them
+    holds those and no more), and dropping a session forgets its remembered keys only."""
+    journal = Journal(km_db)
+    journal.start()
+    vault = KeyVault("km0", journal, spent_memory=50)
+    rng = random.Random(1511)
+    order: list[HeldKey] = []  # delivered and still delivered, oldest first
+    nxt = {"s1": 0, "s2": 0}
+    undone = False
+    for _ in range(60):
+        sid = rng.choice(["s1", "s2"])
+        batch = [_key(sid, nxt[sid] + i, n=8) for i in range(rng.randrange(1, 30))]
+        nxt[sid] += len(batch)
+        vault.add_all(batch)
+        vault.set_states(batch, "delivered")
+        order += batch
+        if rng.random() < 0.2:  # a delivery whose commit failed: held again
+            back = [k for k in batch[:3] if vault.by_id.get(k.key_id) is k]
+            vault.undeliver(back, [b"\x01" * 8] * len(back))
+            order = [k for k in order if k not in back]
+            undone = undone or bool(back)
+        remembered = [k for k in order if vault.by_id.get(k.key_id) is k]
+        # the newest ones; an undone delivery leaves its place empty (nothing older returns)
+        assert remembered == order[len(order) - len(remembered):] and len(remembered) <= 50
+        assert undone or len(remembered) == min(50, len(order))
+        assert sum(map(len, vault._spent_of.values())) == len(vault._spent)  # bounded
+    await journal.sync()
+    kept = [k for k in order if vault.by_id.get(k.key_id) is k]
+    s2 = [k.key_id for k in kept if k.session_id == "s2"]
+    vault.drop_session("s1")
+    assert s2 and [k for k in kept if k.session_id == "s1"]  # the seed leaves some of each
+    assert all(vault.by_id.get(k.key_id) is None for k in order if k.session_id == "s1")
+    assert [i for i in s2 if vault.by_id.get(i) is not None] == s2
+    await journal.close()

@@ -230,18 +230,33 @@ _PLAIN_IDS = re.compile(r"[0-9A-Za-z._~-]*").fullmatch
 """key_IDs JSON writes as they are (no quote, backslash or control character)."""
 
 
+def _tail(ext: dict[str, Any] | None) -> str:
+    """A key's text after its key bytes: its extension (if any) and the object's end."""
+    return '","key_extension":' + pydantic_core.to_json(ext).decode() + "}" if ext else '"}'
+
+
 def _container_from_lists(keys: DeliveredKeys) -> bytes:
     b64 = binascii.b2a_base64
+    exts = keys.extensions
+    first = exts[0] if exts else None
+    if all(e is first for e in exts):  # one extension object (a relay batch's): no lookup
+        tail = _tail(first)
+        sep, mid = tail + ',{"key_ID":"', '","key":"'
+        parts: list[str] = []
+        for key_id, key in zip(keys.key_ids, keys.keys, strict=True):
+            parts += (key_id, mid, b64(key, newline=False).decode(), sep)
+        if parts:
+            parts[-1] = tail
+        return ('{"keys":[{"key_ID":"' + "".join(parts) + "]}").encode() if parts else (
+            b'{"keys":[]}')
     tails: dict[int, str] = {}  # each key's text after its key bytes, per extension object
-    parts = []
-    for key_id, key, ext in zip(keys.key_ids, keys.keys, keys.extensions, strict=True):
-        tail = tails.get(id(ext))
-        if tail is None:
-            tail = tails[id(ext)] = (
-                '","key_extension":' + pydantic_core.to_json(ext).decode() + "}" if ext
-                else '"}')
-        parts.append(f'{{"key_ID":"{key_id}","key":"{b64(key, newline=False).decode()}{tail}')
-    return ('{"keys":[' + ",".join(parts) + "]}").encode()
+    out = []
+    for key_id, key, ext in zip(keys.key_ids, keys.keys, exts, strict=True):
+        t = tails.get(id(ext))
+        if t is None:
+            t = tails[id(ext)] = _tail(ext)
+        out.append(f'{{"key_ID":"{key_id}","key":"{b64(key, newline=False).decode()}{t}')
+    return ('{"keys":[' + ",".join(out) + "]}").encode()
 
 
 def _json(body: bytes) -> Response:
