@@ -151,6 +151,26 @@ class ProcessControl:
                 raise result
 
 
+def _await_chain(coro: object, limit: int = 40) -> list[str]:
+    """Where a suspended coroutine waits, outermost first, down the ``await`` chain
+    (every frame of it: ``file:line in function``).
+
+    ``Task.print_stack`` shows only a suspended task's own frame (``await main(control)``),
+    not the coroutine it awaits inside it, and so on down: the frame that actually waits
+    (a future of a thread, a lock) was missing from the report."""
+    out: list[str] = []
+    while coro is not None and len(out) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) \
+            or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break  # a future's iterator: the task's future is written beside the chain
+        code = frame.f_code
+        out.append(f"{code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) \
+            or getattr(coro, "gi_yieldfrom", None)
+    return out
+
+
 def _dump_pending(loop: asyncio.AbstractEventLoop | None) -> None:
     """Write what a shutdown that ran out of time still waits for: the loop's unfinished
     tasks (where each is suspended) and every thread's stack (an executor call, a child's
@@ -158,8 +178,11 @@ def _dump_pending(loop: asyncio.AbstractEventLoop | None) -> None:
     try:
         tasks = list(asyncio.all_tasks(loop)) if loop is not None else []
         for task in tasks[:40]:
-            sys.stderr.write(f"keyplane: unfinished task {task.get_name()}\n")
-            task.print_stack(limit=6, file=sys.stderr)
+            sys.stderr.write(f"keyplane: unfinished task {task.get_name()}, awaiting:\n")
+            for where in _await_chain(task.get_coro()):
+                sys.stderr.write(f"  {where}\n")
+            # the future it waits on (a thread's result, a lock, a sleep), with its callbacks
+            sys.stderr.write(f"  -> {getattr(task, '_fut_waiter', None)!r:.300}\n")
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
     except Exception as exc:  # never keep the process from exiting
         with contextlib.suppress(Exception):

@@ -63,6 +63,38 @@ def test_failed_start_with_a_hanging_teardown_still_exits() -> None:
         proc.kill()
 
 
+HUNG_CLOSE = """
+import asyncio
+from keyplane.lifecycle import ProcessSettings, run_process
+
+async def close_the_element(never):
+    await never.wait()  # a shutdown step that never ends
+
+async def main(pc):
+    pc.ready("ready")
+    await pc.serve_until_stopped()
+    await close_the_element(asyncio.Event())
+
+run_process(main, ProcessSettings(shutdown_timeout_s=1.0))
+"""
+
+
+def test_the_report_names_the_step_a_hung_shutdown_waits_in() -> None:
+    # not only the task's own frame (``await main(control)``) but the coroutine it awaits,
+    # down to the awaited future
+    proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(HUNG_CLOSE)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=keyplane_env(), cwd=ROOT)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(EXIT_WAIT_S) == EXIT_FORCED
+        _, err = proc.communicate()
+        assert "in close_the_element" in err and "in wait" in err and "<Future pending" in err, err
+    finally:
+        proc.kill()
+
+
 class _Half(Service):
     def __init__(self) -> None:
         self.started: list[str] = []
