@@ -495,9 +495,13 @@ class KeyVault:
         for b in batches:
             out.batches.append(b.record())
             b.persisted = True
-        out.batch_deletes = sorted(self._gone)
+        # the dirty sets are handed over, not copied (fresh ones collect the next changes)
+        gone, dirty_streams, gone_streams = self._gone, self._dirty_streams, self._gone_streams
+        self._gone, self._dirty_streams, self._gone_streams = set(), set(), set()
+        self._dirty.clear()
+        out.batch_deletes = sorted(gone) if len(gone) > 1 else list(gone)
         streams: list[_Stream] = []
-        for sid in self._dirty_streams:
+        for sid in dirty_streams:
             st = self._streams.get(sid)
             if st is None:
                 continue
@@ -506,13 +510,9 @@ class KeyVault:
             if not st.persisted:
                 st.persisted = True
                 streams.append(st)
-        out.stream_deletes = sorted(self._gone_streams)
-        self._last = (batches, set(self._gone), inserted, set(self._dirty_streams),
-                      set(self._gone_streams), streams)
-        self._dirty.clear()
-        self._gone.clear()
-        self._dirty_streams.clear()
-        self._gone_streams.clear()
+        out.stream_deletes = sorted(gone_streams) if len(gone_streams) > 1 else list(
+            gone_streams)
+        self._last = (batches, gone, inserted, dirty_streams, gone_streams, streams)
         return out
 
     def snapshot_failed(self) -> None:
@@ -524,6 +524,7 @@ class KeyVault:
             st.persisted = False
         for b in batches:
             b.full = True  # whether its last row landed is unknown: write all of it
+            b.laid = False
             if not b.dead:
                 self._dirty[b.batch_id] = b
             elif b.persisted:

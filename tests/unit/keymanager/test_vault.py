@@ -299,3 +299,46 @@ async def test_vault_spent_memory_is_the_last_delivered_keys_and_goes_with_its_s
     assert all(vault.by_id.get(k.key_id) is None for k in order if k.session_id == "s1")
     assert [i for i in s2 if vault.by_id.get(i) is not None] == s2
     await journal.close()
+
+
+async def test_vault_hand_out_from_a_stored_batch_rewrites_no_ids(km_db: Database) -> None:
+    """A key handed out of a stored batch (an ETSI 014 stock key, #15) updates the row's
+    states, lengths and sealed bytes without its ids and indexes; after a failed commit the
+    next write is the whole row again; the row opens with exactly the keys still held."""
+    from tests.support.km_drive import FailingStore
+
+    from keyplane.store.rowwriter import RowWrites
+
+    failing = FailingStore()
+    updates: list[set[str]] = []
+
+    def observe(writes: list[RowWrites]) -> bool:
+        updates.extend(set(r) for w in writes if w.table.name == "key_batches"
+                       for r in w.updates)
+        return False
+    with failing.install():
+        journal = Journal(km_db)
+        journal.start()
+        vault = KeyVault("km0", journal)
+        keys = [HeldKey(i, "s1", n, 256, random.randbytes(32), "ready", "sae_b", "sae_a")
+                for n, i in enumerate(new_key_ids(1.7e9, 4))]
+        await journal.flushed(vault.add_all(keys))
+        failing.refuse_if = observe
+        await journal.flushed(vault.set_states([keys[0]], "delivered"))
+        assert updates[-1] >= {"states", "lengths", "material"}
+        assert not updates[-1] & {"key_ids", "indexes", "layout"}
+        failing.fail({0: "ack_lost"})  # written, but the journal cannot know: retried whole
+        with pytest.raises(CommitFailed):
+            await journal.flushed(vault.set_states([keys[1]], "delivered"))
+        failing.heal()
+        failing.refuse_if = observe
+        await asyncio.wait_for(journal.sync(), DEADLINE_S)
+        assert updates[-1] >= {"key_ids", "indexes", "layout", "material"}
+        await journal.flushed(vault.set_states([keys[2]], "delivered"))
+        assert not updates[-1] & {"key_ids", "indexes", "layout"}
+        await journal.close()
+    again = KeyVault("km0", Journal(km_db))
+    await again.load(km_db)
+    assert [(k.key_id, k.material) for k in again.of_session("s1")] == [
+        (keys[3].key_id, keys[3].material)]
+    assert [again.by_id[k.key_id].state for k in keys[:3]] == ["delivered"] * 3
