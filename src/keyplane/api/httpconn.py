@@ -154,6 +154,7 @@ class Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._out: _Corked | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None  # loop time; None: no head is awaited
         self._in_flight = 0
         self._head_bytes = 0
         self._head_tail = b""
@@ -213,17 +214,38 @@ class Connection(asyncio.Protocol):
             self.abort()
 
     def _arm_head_timer(self) -> None:
-        self._cancel_timer()
-        self._timer = self._loop.call_later(self.connections.limits.header_timeout_s,
-                                            self._head_timeout)
+        """Time the next request head. One timer per connection, not one per request: a
+        timer that fires before the current deadline (set by a later response) or while a
+        request is in flight re-arms itself or ends, so a keep-alive connection's request
+        costs no timer of its own (#15)."""
+        self._head_deadline = self._loop.time() + self.connections.limits.header_timeout_s
+        if self._timer is None:
+            self._timer = self._loop.call_at(self._head_deadline, self._head_due)
+
+    def _stop_head_timer(self) -> None:
+        """A head arrived: nothing is timed until the response ends (the timer, if any,
+        finds no deadline when it fires)."""
+        self._head_deadline = None
 
     def _cancel_timer(self) -> None:
+        self._head_deadline = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
+    def _head_due(self) -> None:
+        self._timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return
+        if self._loop.time() < deadline:  # a later response moved the deadline
+            self._timer = self._loop.call_at(deadline, self._head_due)
+            return
+        self._head_timeout()
+
     def _head_timeout(self) -> None:
         self._timer = None
+        self._head_deadline = None
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("closing a connection with no complete request head in %.1f s",
                          self.connections.limits.header_timeout_s)
@@ -253,7 +275,7 @@ class Connection(asyncio.Protocol):
     def request_started(self) -> None:
         """A complete request head reached the app: its timer stops."""
         self._in_flight += 1
-        self._cancel_timer()
+        self._stop_head_timer()
 
     def request_finished(self, body_complete: bool) -> None:
         """The response is done: the next request head is timed (and counted) again.

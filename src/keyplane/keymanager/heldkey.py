@@ -40,8 +40,8 @@ class HeldKey:
 class Batch:
     """Keys added together: one row of ``key_batches``."""
 
-    __slots__ = ("batch_id", "dead", "full", "keys", "layout", "left", "persisted",
-                 "session_id")
+    __slots__ = ("batch_id", "dead", "full", "keys", "laid", "layout", "left", "packed",
+                 "persisted", "session_id")
 
     def __init__(self, session_id: str, keys: list[HeldKey], batch_id: str | None = None,
                  persisted: bool = False, *, held: bool = False) -> None:
@@ -52,6 +52,12 @@ class Batch:
         self.dead = False
         # ids, indexes and sizes of ``keys``: built at the first write, reset if one leaves
         self.layout: tuple[list[str], list[int], list[int]] | None = None
+        self.packed: list[bytes] = []
+        """The store's packed form of :attr:`layout` (filled by the store at the first
+        write, reused after: a hand-out from a stored batch packs no ids again)."""
+        self.laid = False
+        """The stored row holds :attr:`layout` already (a whole row of this id was written
+        since the layout was built): an update leaves its ids and indexes alone."""
         self.left = len(keys) if held else sum(1 for k in keys if k.state != "delivered")
         """Keys not handed out yet (the batch's row goes when none is left; ``held``: the
         caller knows none of ``keys`` is, so they are not counted)."""
@@ -73,11 +79,14 @@ class Batch:
         if self.layout is None:
             self.layout = ([k.key_id for k in keys], [k.index for k in keys],
                            [k.size_bits for k in keys])
+            self.packed, self.laid = [], False
         ids, indexes, sizes = self.layout
+        laid, self.laid = self.laid and self.persisted, True
         held = [k.material if k.state != "delivered" and k.material else b"" for k in keys]
         return KeyBatchRecord(
             self.batch_id, self.session_id, first.sae_id, first.peer_sae, first.t,
             ids, indexes, sizes, "".join([_CODE[k.state] for k in keys]),
             [len(m) for m in held],
             # provenance lists are replaced, never changed in place: no copy needed
-            [k.provenance for k in keys], b"".join(held), new=not self.persisted)
+            [k.provenance for k in keys], b"".join(held), new=not self.persisted,
+            packed=self.packed, laid=laid)

@@ -25,6 +25,7 @@ resources. It never touches the bus, the clock or the store.
 from __future__ import annotations
 
 import logging
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal
@@ -32,6 +33,7 @@ from typing import Literal
 from keyplane.errors import IllegalTransition
 
 __all__ = [
+    "HISTORY_MAX",
     "Action",
     "ArmIdleTimer",
     "ConfirmDelete",
@@ -128,6 +130,10 @@ _TRANSITIONS: dict[tuple[SessionState, SessionEvent], SessionState] = {
 }
 
 
+HISTORY_MAX = 64
+"""Transitions a session machine remembers (its newest)."""
+
+
 @dataclass
 class SessionMachine:
     """One session's Fig. 2a cycle at one endpoint KM.
@@ -144,8 +150,10 @@ class SessionMachine:
     state: SessionState = SessionState.authenticating
     idle_timeout_s: float = 60.0
     in_flight: int = 0
-    history: list[tuple[float, SessionState, SessionEvent, SessionState]] = field(
-        default_factory=list, repr=False)
+    history: deque[tuple[float, SessionState, SessionEvent, SessionState]] = field(
+        default_factory=lambda: deque(maxlen=HISTORY_MAX), repr=False)
+    """The last :data:`HISTORY_MAX` transitions (every key request adds two: a list grew
+    without bound for as long as a busy session lived, #15)."""
 
     @property
     def live(self) -> bool:

@@ -15,7 +15,11 @@ state, so a batch of n keys costs one row write per commit instead of n, and con
 state changes of one batch coalesce into one write. A batch with every key handed out is
 deleted (its sealed bytes with it); what stays is the stream's *delivered ranges*
 (``key_streams``: merged ``[start, end)`` index ranges), which is what keeps a restarted KM
-from making or handing out an index twice.
+from making or handing out an index twice. The ranges row is written in the commit that
+deletes a batch row (or would have inserted it), not at every hand-out: until then the
+batch's own row records which of its keys were handed out (state ``d``), and a KM's start
+adds those to the ranges it reads, so a one-key hand-out from a stored batch (an ETSI 014
+stock key) writes one row, not two (#15).
 
 Memory per live session is bounded by the keys it holds: a delivered key leaves the
 indexes at once; the vault remembers the last ``spent_memory`` delivered keys (by id, for
@@ -173,6 +177,7 @@ class KeyVault:
         last_batch: Batch | None = None
         run = 0  # keys of last_batch in the current run
         was_ready = 0  # of the current session
+        died: set[str] = set()  # sessions a batch of which is left with no key to hand out
         for key in keys:
             kid = key.key_id
             if live.get(kid) is not key or key.state == "delivered":
@@ -204,12 +209,12 @@ class KeyVault:
             spent_index[at] = key
             batch = key.batch
             if batch is not last_batch:  # a batch's keys come together: counted per run
-                if last_batch is not None:
-                    self._spent_from(last_batch, run)
+                if last_batch is not None and self._spent_from(last_batch, run):
+                    died.add(last_batch.session_id)
                 last_batch, run = batch, 0
             run += 1
-        if last_batch is not None:
-            self._spent_from(last_batch, run)
+        if last_batch is not None and self._spent_from(last_batch, run):
+            died.add(last_batch.session_id)
         if was_ready:
             ready[last] -= was_ready  # type: ignore[index]
         for sid, group in groups.items():
@@ -217,14 +222,16 @@ class KeyVault:
             stream = self._streams.get(sid)
             if stream is None:
                 stream = self._streams[sid] = _Stream()
-            if add_indexes(stream.delivered, [k.index for k in group]):
+            # the stream's row is written when a batch row goes (see the module docstring):
+            # until then the batch's own row says which of its keys were handed out
+            if add_indexes(stream.delivered, [k.index for k in group]) and sid in died:
                 self._dirty_streams.add(sid)
         if groups:
             self._forget_spent()
 
-    def _spent_from(self, batch: Batch, n: int) -> None:
+    def _spent_from(self, batch: Batch, n: int) -> bool:
         """``n`` keys of ``batch`` were handed out: its row is rewritten (fewer bytes held),
-        or deleted when none of it is left."""
+        or deleted when none of it is left (True: then its stream's row must be written)."""
         self._dirty[batch.batch_id] = batch
         batch.left -= n
         batch.full = True
@@ -233,6 +240,8 @@ class KeyVault:
             del self._dirty[batch.batch_id]
             if batch.persisted:
                 self._gone.add(batch.batch_id)
+            return True
+        return False
 
     def _remember_spent(self, key: HeldKey) -> None:
         self._spent[key.key_id] = key
@@ -495,9 +504,13 @@ class KeyVault:
         for b in batches:
             out.batches.append(b.record())
             b.persisted = True
-        out.batch_deletes = sorted(self._gone)
+        # the dirty sets are handed over, not copied (fresh ones collect the next changes)
+        gone, dirty_streams, gone_streams = self._gone, self._dirty_streams, self._gone_streams
+        self._gone, self._dirty_streams, self._gone_streams = set(), set(), set()
+        self._dirty.clear()
+        out.batch_deletes = sorted(gone) if len(gone) > 1 else list(gone)
         streams: list[_Stream] = []
-        for sid in self._dirty_streams:
+        for sid in dirty_streams:
             st = self._streams.get(sid)
             if st is None:
                 continue
@@ -506,13 +519,9 @@ class KeyVault:
             if not st.persisted:
                 st.persisted = True
                 streams.append(st)
-        out.stream_deletes = sorted(self._gone_streams)
-        self._last = (batches, set(self._gone), inserted, set(self._dirty_streams),
-                      set(self._gone_streams), streams)
-        self._dirty.clear()
-        self._gone.clear()
-        self._dirty_streams.clear()
-        self._gone_streams.clear()
+        out.stream_deletes = sorted(gone_streams) if len(gone_streams) > 1 else list(
+            gone_streams)
+        self._last = (batches, gone, inserted, dirty_streams, gone_streams, streams)
         return out
 
     def snapshot_failed(self) -> None:
@@ -524,6 +533,7 @@ class KeyVault:
             st.persisted = False
         for b in batches:
             b.full = True  # whether its last row landed is unknown: write all of it
+            b.laid = False
             if not b.dead:
                 self._dirty[b.batch_id] = b
             elif b.persisted:
@@ -547,6 +557,7 @@ class KeyVault:
             if s.delivered:
                 self._end[s.session_id] = max(self._end.get(s.session_id, 0),
                                               s.delivered[-1][1])
+        delivered: list[int] = []
         for r in await store.load_key_batches(self.node_id):
             keys: list[HeldKey] = []
             batch = Batch(r.session_id, keys, r.batch_id, persisted=True)
@@ -561,8 +572,17 @@ class KeyVault:
                 keys.append(k)
                 if k.state == "delivered":
                     self._remember_spent(k)
+                    delivered.append(k.index)
                 else:
                     self._index(k)
+            # counted once its keys are in (the batch was made empty: it counted none)
+            batch.left = len(keys) - len(delivered)
+            if delivered:  # handed out since the stream's row was last written
+                stream = self._streams.get(r.session_id)
+                if stream is None:
+                    stream = self._streams[r.session_id] = _Stream()
+                add_indexes(stream.delivered, sorted(delivered))
+                delivered.clear()
             if r.reseal:
                 self._dirty[batch.batch_id] = batch
         if self._dirty:

@@ -110,6 +110,13 @@ class KeyBatchRecord:
     states_only: bool = False
     """Write ``states`` and ``provenance`` only (the row is stored and its ids, indexes,
     lengths and sealed bytes are unchanged; the other fields are not read)."""
+    packed: list[bytes] = field(default_factory=list, repr=False)
+    """The store's cache of the packed ``key_ids``, ``indexes`` and ``size_bits`` (empty:
+    packed at this write and kept here; the caller keeps it with the batch, so a later
+    write of the same keys packs nothing)."""
+    laid: bool = False
+    """An update of a row that already holds these ids and indexes (layout 2): written
+    without them (a key handed out changes the states, lengths and sealed bytes only)."""
 
 
 @dataclass
@@ -341,22 +348,29 @@ class KmStateStore:
                 batches.updates.append({"node": w.node, "batch_id": b.batch_id,
                                         "states": b.states, "provenance": _runs(b.provenance)})
                 continue
-            ids = _pack_ids(b.batch_id, b.key_ids)
-            indexes, lengths = _pack(b.indexes, "q"), _pack(b.lengths, "i")
+            packed = b.packed
+            if not packed:  # packed once per batch layout (the caller keeps the list)
+                packed += (_pack_ids(b.batch_id, b.key_ids), _pack(b.indexes, "q"),
+                           _pack(b.size_bits, "i"))
+            ids, indexes, size_bits = packed
+            lengths = _pack(b.lengths, "i")
             sealed = sealer.seal("key_batches", _packed_row(
                 b.batch_id, b.session_id, ids, indexes, lengths), b.material)
             # the lengths of a stored batch change too (a key handed out leaves the
             # material); an update of a layout-1 row makes it layout 2 (its ids and indexes
-            # written too, so the row holds exactly what the seal is bound to)
+            # written too, so the row holds exactly what the seal is bound to); a row that
+            # holds them already (``laid``) is not sent them again
             row: dict[str, Any] = {"node": w.node, "batch_id": b.batch_id, "states": b.states,
                                    "provenance": _runs(b.provenance), "material": sealed,
-                                   "sealed": True, "key_ids": ids, "indexes": indexes,
-                                   "lengths": lengths, "layout": _LAYOUT}
+                                   "lengths": lengths}
             if b.new:
-                row.update(session_id=b.session_id, sae_id=b.sae_id, peer_sae=b.peer_sae,
-                           t=b.t, size_bits=_pack(b.size_bits, "i"))
+                row.update(sealed=True, key_ids=ids, indexes=indexes, layout=_LAYOUT,
+                           session_id=b.session_id, sae_id=b.sae_id, peer_sae=b.peer_sae,
+                           t=b.t, size_bits=size_bits)
                 batches.inserts.append(row)
             else:
+                if not b.laid:
+                    row.update(sealed=True, key_ids=ids, indexes=indexes, layout=_LAYOUT)
                 batches.updates.append(row)
         batches.deletes.extend({"node": w.node, "batch_id": i} for i in w.batch_deletes)
         for s in w.streams:

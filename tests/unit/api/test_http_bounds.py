@@ -199,6 +199,27 @@ async def test_connections_above_the_cap_are_closed_at_accept() -> None:
             w.close()
 
 
+async def test_keep_alive_connection_idle_after_responses_is_closed(plain: HttpServer
+                                                                     ) -> None:
+    """The head timer runs again after each response (one timer per connection, re-armed
+    when it fires before the deadline a later response set): a connection that sent
+    requests and then only a partial head is closed; its answers came first."""
+    reader, writer = await asyncio.open_connection(plain.host, plain.port)
+    for _ in range(3):
+        writer.write(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")))
+        assert await asyncio.wait_for(reader.readexactly(length), DEADLINE_S) == (
+            b'{"pong":"yes"}')
+    writer.write(b"GET /ping HTTP/1.1\r\n")  # and never the blank line
+    await writer.drain()
+    assert await _closed_by_server(reader)
+    writer.close()
+
+
 async def test_body_within_the_limit_is_served(plain: HttpServer) -> None:
     async with httpx.AsyncClient(base_url=plain.url, timeout=DEADLINE_S) as c:
         r = await c.post("/echo", content=b"a" * (64 * 1024))

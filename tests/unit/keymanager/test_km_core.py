@@ -130,7 +130,7 @@ def test_the_same_configuration_again_is_acknowledged_and_changes_nothing() -> N
     history = list(s.machine.history)
     ack, effects = c.session_config(config(), 2.0)
     assert ack.ok and effects == []
-    assert s.machine.state is SessionState.operative and s.machine.history == history
+    assert s.machine.state is SessionState.operative and list(s.machine.history) == history
     hop = config("s2", node="km1", role=HopRole.intermediate, prev_km="km0", next_km="km2")
     mid = KmCore("km1", {"km0", "km2"}, KmSettings())
     assert mid.session_config(hop, 0.0)[0].ok

@@ -8,6 +8,7 @@ import pytest
 
 from keyplane.errors import IllegalTransition
 from keyplane.keymanager.session import (
+    HISTORY_MAX,
     ArmIdleTimer,
     ConfirmDelete,
     FreeResources,
@@ -111,3 +112,15 @@ def test_session_idle_expiry_while_exchanging_is_illegal() -> None:
     m = machine_in(S.key_exchanging)
     with pytest.raises(IllegalTransition):
         m.handle(E.idle_expired, 1.0)
+
+
+def test_session_history_keeps_the_newest_transitions_only() -> None:
+    """A busy session's machine does not grow with its requests: it remembers the newest
+    HISTORY_MAX transitions."""
+    m = machine_in(S.operative)
+    for i in range(10 * HISTORY_MAX):
+        m.handle(E.key_request, float(i))
+        m.handle(E.key_done, float(i))
+    assert len(m.history) == HISTORY_MAX
+    assert m.history[-1] == (float(10 * HISTORY_MAX - 1), S.key_exchanging, E.key_done,
+                             S.operative)

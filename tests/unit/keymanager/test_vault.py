@@ -299,3 +299,121 @@ async def test_vault_spent_memory_is_the_last_delivered_keys_and_goes_with_its_s
     assert all(vault.by_id.get(k.key_id) is None for k in order if k.session_id == "s1")
     assert [i for i in s2 if vault.by_id.get(i) is not None] == s2
     await journal.close()
+
+
+async def test_vault_hand_out_from_a_stored_batch_rewrites_no_ids(km_db: Database) -> None:
+    """A key handed out of a stored batch (an ETSI 014 stock key, #15) updates the row's
+    states, lengths and sealed bytes without its ids and indexes; after a failed commit the
+    next write is the whole row again; the row opens with exactly the keys still held."""
+    from tests.support.km_drive import FailingStore
+
+    from keyplane.store.rowwriter import RowWrites
+
+    failing = FailingStore()
+    updates: list[set[str]] = []
+
+    def observe(writes: list[RowWrites]) -> bool:
+        updates.extend(set(r) for w in writes if w.table.name == "key_batches"
+                       for r in w.updates)
+        return False
+    with failing.install():
+        journal = Journal(km_db)
+        journal.start()
+        vault = KeyVault("km0", journal)
+        keys = [HeldKey(i, "s1", n, 256, random.randbytes(32), "ready", "sae_b", "sae_a")
+                for n, i in enumerate(new_key_ids(1.7e9, 4))]
+        await journal.flushed(vault.add_all(keys))
+        failing.refuse_if = observe
+        await journal.flushed(vault.set_states([keys[0]], "delivered"))
+        assert updates[-1] >= {"states", "lengths", "material"}
+        assert not updates[-1] & {"key_ids", "indexes", "layout"}
+        failing.fail({0: "ack_lost"})  # written, but the journal cannot know: retried whole
+        with pytest.raises(CommitFailed):
+            await journal.flushed(vault.set_states([keys[1]], "delivered"))
+        failing.heal()
+        failing.refuse_if = observe
+        await asyncio.wait_for(journal.sync(), DEADLINE_S)
+        assert updates[-1] >= {"key_ids", "indexes", "layout", "material"}
+        await journal.flushed(vault.set_states([keys[2]], "delivered"))
+        assert not updates[-1] & {"key_ids", "indexes", "layout"}
+        await journal.close()
+    again = KeyVault("km0", Journal(km_db))
+    await again.load(km_db)
+    assert [(k.key_id, k.material) for k in again.of_session("s1")] == [
+        (keys[3].key_id, keys[3].material)]
+    assert [again.by_id[k.key_id].state for k in keys[:3]] == ["delivered"] * 3
+
+
+async def test_vault_batch_loaded_after_a_restart_keeps_its_other_keys(km_db: Database
+                                                                       ) -> None:
+    """A key handed out of a batch loaded at a KM's start leaves the batch's other keys
+    stored: a second restart still holds them (the loaded batch counted no key, so the first
+    hand-out deleted its row)."""
+    journal = Journal(km_db)
+    journal.start()
+    vault = KeyVault("km0", journal)
+    keys = [_key("s1", i) for i in range(4)]
+    await journal.flushed(vault.add_all(keys))
+    await journal.close()
+    journal = Journal(km_db)
+    journal.start()
+    again = KeyVault("km0", journal)
+    await again.load(km_db)
+    await journal.flushed(again.set_states([again.by_id[keys[0].key_id]], "delivered"))
+    await journal.close()
+    third = KeyVault("km0", Journal(km_db))
+    await third.load(km_db)
+    assert [(k.key_id, k.material) for k in third.of_session("s1")] == [
+        (k.key_id, k.material) for k in keys[1:]]
+    assert third.get("s1", 0).state == "delivered"  # type: ignore[union-attr]
+    assert third.delivered_ranges("s1") == [(0, 1)]
+
+
+async def test_vault_hand_outs_from_a_living_batch_write_one_row_and_survive_restart(
+        km_db: Database) -> None:
+    """Keys handed out of a batch that still holds others write the batch row only (the
+    stream's delivered ranges are written when a batch row goes); a restarted KM knows
+    every handed-out index from the rows, and the ranges row is written with the last."""
+    from tests.support.km_drive import FailingStore
+
+    from keyplane.store.rowwriter import RowWrites
+
+    failing = FailingStore()
+    tables: list[set[str]] = []
+
+    def observe(writes: list[RowWrites]) -> bool:
+        tables.append({w.table.name for w in writes if w.inserts or w.updates or w.deletes})
+        return False
+    with failing.install():
+        journal = Journal(km_db)
+        journal.start()
+        vault = KeyVault("km0", journal)
+        first, second = [_key("s1", i) for i in range(3)], [_key("s1", i) for i in range(3, 5)]
+        await journal.flushed(vault.add_all(first))
+        await journal.flushed(vault.add_all(second))
+        failing.refuse_if = observe
+        await journal.flushed(vault.set_states([first[0]], "delivered"))
+        await journal.flushed(vault.set_states([second[0]], "delivered"))
+        assert tables == [{"key_batches"}, {"key_batches"}]
+        await journal.close()
+    again = KeyVault("km0", Journal(km_db))
+    await again.load(km_db)
+    assert again.delivered_ranges("s1") == [(0, 1), (3, 4)]
+    assert [again.get("s1", i).state for i in range(5)] == [  # type: ignore[union-attr]
+        "delivered", "ready", "ready", "delivered", "ready"]
+    with failing.install():
+        journal = Journal(km_db)
+        journal.start()
+        again = KeyVault("km0", journal)
+        await again.load(km_db)
+        tables.clear()
+        failing.refuse_if = observe
+        await journal.flushed(again.set_states(
+            [again.by_id[k.key_id] for k in second[1:]], "delivered"))  # its batch goes
+        assert tables == [{"key_batches", "key_streams"}]
+        await journal.close()
+    third = KeyVault("km0", Journal(km_db))
+    await third.load(km_db)
+    assert third.delivered_ranges("s1") == [(0, 1), (3, 5)]
+    assert [k.index for k in third.of_session("s1")] == [1, 2]
+    assert await _rows(km_db, KeyStreamRow) == 1
