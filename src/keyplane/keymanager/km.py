@@ -124,6 +124,7 @@ class KeyManager(_Requests, Service):
         self.relay = Relay(self, bus, self.journal, clock, events, self.settings, identity)
         self._io_of: dict[str, StreamIo] = {}
         self._pair_locks = {}
+        self._stock_inflight = collections.Counter()
         self._requests = 0
         self._pending = collections.Counter()
         self._subs: list[Subscription] = []

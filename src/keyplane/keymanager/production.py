@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -84,6 +85,8 @@ def _provenance_summary(keys: list[HeldKey]) -> _Summary:
 
 class _Production(KmShellBase):
     """Key requests, production, relay host and delivery (see the module docstring)."""
+
+    _stock_inflight: collections.Counter[str]  # link key bytes of refills in flight, by peer
 
     # ---- admitting a key request -------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -180,6 +183,8 @@ class _Production(KmShellBase):
                        policy: str | None = None, deadline: float | None = None) -> None:
         """Source: make (or resend) the keys of ``indexes`` and relay them as one batch
         (under ``policy`` when it narrows the session's hybrid policy)."""
+        if not s.live:  # ended before this task first ran (_free_io could not cancel it)
+            raise SessionNotFound(f"stream {s.session_id} ended before its keys were made")
         now = self._clock.now()
         wall = self._clock.wall()
         direct = self._next_is_destination(s)
@@ -223,10 +228,11 @@ class _Production(KmShellBase):
         self.vault.set_states(done, "ready", provenance_changed=True)
 
     async def _ensure_source(self, s: Stream, indexes: list[int], size_bytes: int,
-                             policy: str | None = None, deadline: float | None = None) -> None:
+                             policy: str | None = None, deadline: float | None = None,
+                             lane: str = "") -> None:
         """Source: make sure every index is produced (one task per missing batch), the
         batch waiting for scarce link key until ``deadline`` (default: the stream's QoS
-        timeout from now)."""
+        timeout from now); ``lane`` keeps a batch apart from requests' (a stock refill)."""
         if deadline is None:
             deadline = self._clock.now() + s.wait_s
         io = self._io(s.session_id)
@@ -244,7 +250,7 @@ class _Production(KmShellBase):
             if k is None or k.state == "pending":
                 missing.append(i)
         if missing:
-            waits.append(self._join_batch(s, missing, size_bytes, policy, deadline))
+            waits.append(self._join_batch(s, missing, size_bytes, policy, deadline, lane))
         for t in dict.fromkeys(waits):
             try:
                 await asyncio.shield(t)
@@ -257,7 +263,8 @@ class _Production(KmShellBase):
                 raise
 
     def _join_batch(self, s: Stream, indexes: list[int], size_bytes: int,
-                    policy: str | None, deadline: float) -> asyncio.Task[None]:
+                    policy: str | None, deadline: float, lane: str = ""
+                    ) -> asyncio.Task[None]:
         """Add ``indexes`` to the session's open relay batch (one frame per batch).
 
         Requests that reach the source in the same event-loop turn share one KeyFrame, one
@@ -266,7 +273,7 @@ class _Production(KmShellBase):
         until the latest of its requests' deadlines (each request stops waiting at its own).
         """
         io = self._io(s.session_id)
-        slot = (size_bytes, policy)  # one batch per key size and hybrid policy
+        slot = (size_bytes, policy, lane)  # one batch per key size, hybrid policy and lane
         batch = io.batches.get(slot)
         if batch is None:
             collected: list[int] = []
@@ -355,9 +362,10 @@ class _Production(KmShellBase):
 
         Background work must not hold up real requests: it takes no exchange slot and no
         token bucket bits (a key is charged when handed out), and it starts only when the
-        next hop's link has the batch's key beyond its low-water mark and no frame waits
-        for that link's key; its own frame then takes the key at once or fails (deadline
-        now), and a failed refill waits one window.
+        next hop's link has the batch's key beyond its low-water mark (counting the refills
+        already in flight on it) and no frame waits for that link's key; its own frame,
+        in a batch of its own, then takes the key at once or fails (deadline now), and a
+        failed refill waits one window. Ready spares join the stock first.
         """
         st = self.settings
         if not s.live or s.config is None or s.role is not HopRole.source:
@@ -367,34 +375,66 @@ class _Production(KmShellBase):
         if s.stock_bits != bits:
             self.core.release_indexes(s, s.stock, self._key_state)  # another size: spares
             s.stock, s.stock_bits = [], bits
+        if s.spare:
+            self._adopt_ready_spares(s, bits)
         n = stock.refill_count(s.demand, len(s.stock), st.etsi014_stock_keys,
                                st.etsi014_stock_min_requests, now, st.etsi014_stock_window_s)
         if n == 0:
             return
-        if not self._stock_link_ok(s, n * bits // 8):
+        nbytes = n * bits // 8
+        peer = self._stock_link(s, nbytes)
+        if peer is None:
             stock.refill_done(s.demand, False, now, st.etsi014_stock_window_s)
             return
+        self._stock_inflight[peer] += nbytes  # counted until the refill ends
         indexes = self.core.fresh_indexes(s, n)
-        self._spawn(self._run_refill(s, indexes, bits), f"km-stock-{s.session_id}")
+        self._spawn(self._run_refill(s, indexes, bits, peer, nbytes),
+                    f"km-stock-{s.session_id}")
 
-    def _stock_link_ok(self, s: Stream, nbytes: int) -> bool:
+    def _adopt_ready_spares(self, s: Stream, bits: int) -> None:
+        """Spares already ``ready`` at both ends (the stock of a KM that restarted, a hand-out
+        whose commit failed) join the stock, so they are handed out before fresh keys are
+        relayed ahead (else a new stock would leave them waiting until the session ends)."""
+        ready = [i for i in s.spare if (k := self.vault.get(s.session_id, i)) is not None
+                 and k.state == "ready" and k.size_bits == bits]
+        if ready:
+            taken = set(ready)
+            s.spare = [i for i in s.spare if i not in taken]
+            s.stock = sorted([*s.stock, *ready])
+
+    def _stock_link(self, s: Stream, nbytes: int) -> str | None:
+        """The next hop whose link can carry a refill of ``nbytes`` now (None: not now):
+        beyond its low-water mark after every refill already in flight on it, and no frame
+        waiting for its key."""
         entry = self.core.forwarding.current(s.session_id)
         store = self._stores.get(entry.next_km) if entry and entry.next_km else None
         if store is None:
-            return False
+            return None
         low = self.settings.keystore_low_water_bits // 8
-        return (store.sendable_bytes >= low + nbytes + 64
-                and not self.core.shares[store.peer_id].waiting)
+        inflight = self._stock_inflight[store.peer_id]
+        if (store.sendable_bytes - inflight >= low + nbytes + 64
+                and not self.core.shares[store.peer_id].waiting):
+            return store.peer_id
+        return None
 
-    async def _run_refill(self, s: Stream, indexes: list[int], bits: int) -> None:
+    async def _run_refill(self, s: Stream, indexes: list[int], bits: int, peer: str,
+                          nbytes: int) -> None:
         ok = False
         try:
-            await self._ensure_source(s, indexes, bits // 8, None, self._clock.now())
+            # a lane of its own: no request's keys ride in the refill's frame (a frame that
+            # waits for link key until the request's deadline), nor the refill in theirs
+            await self._ensure_source(s, indexes, bits // 8, None, self._clock.now(),
+                                      lane="stock")
             ok = True
         except Exception as exc:  # background work: its keys become spares
             logger.info("node %s: stock refill of %s (%d keys) failed: %s", self.node_id,
                         s.session_id, len(indexes), exc)
         finally:
+            left = self._stock_inflight[peer] - nbytes
+            if left > 0:
+                self._stock_inflight[peer] = left
+            else:
+                del self._stock_inflight[peer]
             stock.refill_done(s.demand, ok, self._clock.now(),
                               self.settings.etsi014_stock_window_s)
             if s.live:

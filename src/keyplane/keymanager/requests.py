@@ -442,12 +442,12 @@ class _Requests(_Ack014):
         async with self._exchange(s, number * size_bits, s.wait_s) as deadline:
             # keys relayed ahead when the stock covers the request (production.py, "key
             # stock"), else its own batch; a stock running low is refilled in the background
+            # once the request's own keys are relayed (the refill never competes with them)
             indexes = self._from_stock(s, number, size_bits, narrowed)
             stocked = indexes is not None
             if indexes is None:
                 indexes = self.core.claim_indexes(s, number, size_bits, self._key_state,
                                                   self._meets(s, narrowed))
-            self._refill_stock(s)
             try:
                 try:
                     if not stocked:
@@ -457,6 +457,7 @@ class _Requests(_Ack014):
                 except TimeoutError:
                     raise RelayTimeout(f"{master_sae}->{slave_sae}: keys not relayed within "
                                        f"the timeout") from None
+                self._refill_stock(s)
                 keys = self.vault.get_many(s.session_id, indexes)
                 ready = [k for k in keys if k is not None and k.state == "ready"]
                 if len(ready) != number:

@@ -76,9 +76,10 @@ class StreamIo:
     idle_at: float = 0.0
     decision: asyncio.Future[None] | None = None
     producing: dict[int, asyncio.Task[None]] = field(default_factory=dict)
-    # open relay batches by (key size, policy): indexes, latest deadline, the task
-    batches: dict[tuple[int, str | None], tuple[list[int], list[float], asyncio.Task[None]]] = \
-        field(default_factory=dict)
+    # open relay batches by (key size, policy, lane): indexes, latest deadline, the task (a
+    # stock refill has a lane of its own: no request's keys ride in its frame, nor it in theirs)
+    batches: dict[tuple[int, str | None, str],
+                  tuple[list[int], list[float], asyncio.Task[None]]] = field(default_factory=dict)
     arrivals: dict[int, asyncio.Future[None]] = field(default_factory=dict)
     demanded: set[int] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
