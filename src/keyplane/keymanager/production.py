@@ -375,7 +375,9 @@ class _Production(KmShellBase):
         if s.stock_bits != bits:
             self.core.release_indexes(s, s.stock, self._key_state)  # another size: spares
             s.stock, s.stock_bits = [], bits
-        if s.spare:
+        if s.spare and st.etsi014_stock_keys and stock.target(
+                s.demand, st.etsi014_stock_keys, st.etsi014_stock_min_requests, now,
+                st.etsi014_stock_window_s):  # only a pair that has a stock (else claims use them)
             self._adopt_ready_spares(s, bits)
         n = stock.refill_count(s.demand, len(s.stock), st.etsi014_stock_keys,
                                st.etsi014_stock_min_requests, now, st.etsi014_stock_window_s)

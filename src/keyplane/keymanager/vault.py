@@ -115,6 +115,7 @@ class KeyVault:
         """Held keys and the recently delivered ones, by key id (read-only)."""
         self._dirty: dict[str, Batch] = {}
         self._gone: set[str] = set()  # persisted batches to delete
+        self._maybe: set[str] = set()  # inserts a failed commit may have landed
         self._dirty_streams: set[str] = set()
         self._gone_streams: set[str] = set()
         self._last: tuple[list[Batch], set[str], list[Batch], set[str], set[str],
@@ -153,7 +154,8 @@ class KeyVault:
         if leaving.state != "delivered":
             batch.left -= 1
         self._dirty.pop(batch.batch_id, None)
-        if batch.persisted:
+        if batch.persisted or batch.batch_id in self._maybe:
+            self._maybe.discard(batch.batch_id)
             self._gone.add(batch.batch_id)
             batch.batch_id = str(uuid.uuid4())
             batch.persisted = False
@@ -161,6 +163,9 @@ class KeyVault:
             self._dirty[batch.batch_id] = batch
         else:
             batch.dead = True
+            if batch.session_id in self._streams and any(
+                    k.state == "delivered" for k in batch.keys):
+                self._dirty_streams.add(batch.session_id)  # its row said which were handed out
 
     def _deliver(self, keys: Iterable[HeldKey]) -> None:
         """``set_states(keys, "delivered")`` in one pass (a bulk delivery is one batch of
@@ -238,7 +243,8 @@ class KeyVault:
         if batch.left <= 0:
             batch.dead = True
             del self._dirty[batch.batch_id]
-            if batch.persisted:
+            if batch.persisted or batch.batch_id in self._maybe:
+                self._maybe.discard(batch.batch_id)
                 self._gone.add(batch.batch_id)
             return True
         return False
@@ -466,7 +472,8 @@ class KeyVault:
         for b in batches.values():
             b.dead = True
             self._dirty.pop(b.batch_id, None)
-            if b.persisted:
+            if b.persisted or b.batch_id in self._maybe:
+                self._maybe.discard(b.batch_id)
                 self._gone.add(b.batch_id)
             for k in b.keys:
                 k.batch = None
@@ -529,6 +536,7 @@ class KeyVault:
         batches, gone, inserted, streams, gone_streams, new_streams = self._last
         for b in inserted:
             b.persisted = False
+            self._maybe.add(b.batch_id)
         for st in new_streams:
             st.persisted = False
         for b in batches:

@@ -349,9 +349,12 @@ class KmStateStore:
                                         "states": b.states, "provenance": _runs(b.provenance)})
                 continue
             packed = b.packed
-            if not packed:  # packed once per batch layout (the caller keeps the list)
-                packed += (_pack_ids(b.batch_id, b.key_ids), _pack(b.indexes, "q"),
-                           _pack(b.size_bits, "i"))
+            if len(packed) != 3:  # packed once per batch layout (the caller keeps the list)
+                packed = [_pack_ids(b.batch_id, b.key_ids), _pack(b.indexes, "q"),
+                          _pack(b.size_bits, "i")]
+                # one assignment of the whole list: two writers (a cancelled commit's
+                # thread and the next) can never leave it with more than three items
+                b.packed[:] = packed
             ids, indexes, size_bits = packed
             lengths = _pack(b.lengths, "i")
             sealed = sealer.seal("key_batches", _packed_row(

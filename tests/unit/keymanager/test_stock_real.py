@@ -14,7 +14,7 @@ from tests.support.km_net import CALLER_A, KmNet, line_topology, start_net
 from keyplane.bus.memory import MemoryBus
 from keyplane.clock import Clock, RealClock, VirtualClock
 from keyplane.events import EventType
-from keyplane.keymanager import KmSettings
+from keyplane.keymanager import KmSettings, stock
 from keyplane.keymanager.core import Stream
 from keyplane.keymanager.interface import DeliveredKey
 from keyplane.store import Database
@@ -119,27 +119,33 @@ async def test_a_refill_starting_after_its_session_ended_leaves_no_keys(
 
 async def test_concurrent_refills_keep_the_link_above_its_low_water_mark(
         km_db: Database) -> None:
-    """Two busy pairs (sa->sb, sc->sd) whose MIN-th requests come together: the refills
-    in flight count against the link's sendable bytes, so together they never take it
-    below the low-water mark (the first stock checked each refill alone and both ran)."""
+    """Two busy pairs (sa->sb, sc->sd) whose refills start in the same loop turn: the first
+    refill's bytes count against the link while it is in flight, so the second is refused
+    and together they never take the link below its low-water mark (the first stock checked
+    each refill alone, both ran, and the link ended below the mark)."""
     low = 1000  # bytes
-    # one block: 3 one-key requests per pair (6 * 64 bytes), then low + 200 left
-    net = await _net(km_db, blocks=1, block_bytes=2 * (6 * 64 + low + 200),
+    n = MIN + 1  # each pair's refill: the keys it asked for in the window
+    room = n * 32 + 64 + 100  # sendable beyond the mark: one refill fits, two do not
+    # one block: one one-key request per pair (2 * 64 bytes), then low + room left
+    net = await _net(km_db, blocks=1, block_bytes=2 * (2 * 64 + low + room),
                      keystore_low_water_bits=8 * low, link_reserve_bytes=0)
     try:
         km0 = net.kms["km0"]
-
-        async def enc(master: str, slave: str) -> None:
+        for master, slave in (("sa", "sb"), ("sc", "sd")):
             async with asyncio.timeout(DEADLINE_S):
                 await km0.enc_keys(CALLER_A, master, slave, 1, 256)
-        for _ in range(MIN - 1):
-            await enc("sa", "sb")
-            await enc("sc", "sd")
         store = km0.link_store("km1")
-        assert store.sendable_bytes == low + 200
-        await asyncio.gather(enc("sa", "sb"), enc("sc", "sd"))
+        assert store.sendable_bytes == low + room
         streams = [km0.core.streams[km0.core.pairs[p]] for p in (("sa", "sb"), ("sc", "sd"))]
+        now = km0._clock.now()
+        for s in streams:  # busy pairs: enough requests in the window for a stock of n
+            for _ in range(MIN):
+                stock.note_request(s.demand, 1, CAP, now, km0.settings.etsi014_stock_window_s)
+        for s in streams:  # one loop turn: neither refill has taken its key yet
+            km0._refill_stock(s)
+        assert [s.demand.inflight for s in streams] == [True, False]
         await eventually(lambda: not any(s.demand.inflight for s in streams), "refills")
+        assert len(streams[0].stock) == n and streams[1].stock == []
         assert store.sendable_bytes >= low
     finally:
         await net.close()
@@ -148,9 +154,11 @@ async def test_concurrent_refills_keep_the_link_above_its_low_water_mark(
 
 async def test_after_a_master_restart_its_old_stock_is_handed_out_first(
         km_db: Database) -> None:
-    """docs: after a master restart its stock keys are spares and the next requests hand
-    them out first: ready spares join the stock before fresh keys are relayed ahead (the
-    first stock left them waiting as spares, link key spent, until the session ended)."""
+    """docs: after a master restart its stock keys are spares and join the stock at its next
+    refill, so they are handed out before fresh keys relayed ahead. The MIN-th request after
+    the restart starts a refill; once it is done, the next requests get every old stock key
+    (the first stock relayed fresh keys and left the old ones waiting, link key spent,
+    until the session ended)."""
     net = await _net(km_db)
     try:
         km0 = net.kms["km0"]
@@ -161,8 +169,13 @@ async def test_after_a_master_restart_its_old_stock_is_handed_out_first(
         old = {km0.vault.get(s.session_id, i).key_id for i in s.stock}  # type: ignore[union-attr]
         assert len(old) > MIN
         await net.restart("km0")
-        after = [k.key_id for _ in range(len(old)) for k in await _enc(net)]
-        assert old <= set(after)
+        got = [k.key_id for _ in range(MIN) for k in await _enc(net)]  # demand again
+        s = _stream(net)
+        await eventually(lambda: not s.demand.inflight, "the refill after the restart")
+        left = old - set(got)
+        assert left  # the MIN requests took MIN of the old keys; a refill came after
+        got += [k.key_id for _ in range(len(left)) for k in await _enc(net)]
+        assert old <= set(got)
     finally:
         await net.close()
         await net.bus.close()
