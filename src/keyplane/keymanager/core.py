@@ -112,7 +112,8 @@ class KmCore:
             settings.aging_interval_s, settings.queue_limit)
         self.active = 0  # exchanges running
         self.shares = NodeShares(self.neighbours, settings.share_cap_bytes,
-                                 settings.share_idle_s)  # scarce link key, per neighbour
+                                 settings.share_idle_s,
+                                 settings.share_debt_bytes)  # scarce link key, per neighbour
 
     # ---- lookups -----------------------------------------------------------------------
     def stream(self, key_stream_id: str) -> Stream | None:

@@ -67,6 +67,9 @@ class KmSettings(BaseModel):
     link's new key; beyond it the share goes to a common pool anyone may use."""
     share_idle_s: PositiveS = 10.0
     """A session with no request on a link for this long gives its share back to the pool."""
+    share_debt_bytes: Annotated[int, Field(ge=0)] = 4096
+    """Most link key one session's confirmation and demand frames (urgent) may borrow from
+    other sessions' shares; repaid from its own later share (docs/keymanager.md)."""
     forward_key_wait_s: PositiveS = 1.0
     """Clock bound on an intermediate KM's wait for link key to forward a frame (the source
     waits up to the request's QoS timeout; a hop cannot know it). At most half of

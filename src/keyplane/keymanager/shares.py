@@ -23,15 +23,22 @@ The rule (weighted shares, not strict priority; docs/keymanager.md says why):
   cover it; otherwise it waits. Waiters are looked at again on every supply in priority order
   (higher first, then older), first fit, so no request waits while key it may use is there.
   Urgent requests (the small confirmation and demand frames a relay sends back, whose loss
-  would waste the key already spent forward) may also use other flows' credit.
+  would waste the key already spent forward) may also use other flows' credit, but only as a
+  **loan**: what they take from other flows is the urgent flow's debt, at most ``debt_bytes``,
+  repaid from its own later shares (the repayment goes to the flows not in debt). So a
+  session's confirmations go first but, under contention, cost its own share: without the
+  bound, a low-priority ETSI 004 stream whose every key is confirmed back over the same link
+  took ~55 % of it from a priority-3 ETSI 014 session in the other direction (the fault
+  matrix's 38 s outage after a controller kill, session 11).
 * **A waiter expires at its deadline** (the request's QoS timeout): the shell answers it with
   the standard's timeout status. The token bucket (:mod:`~keyplane.keymanager.scheduling`)
   still caps every session before it gets here.
 
 Invariants (tests/unit/keymanager/test_shares.py, property-based): ``pool + sum(credits)``
 is the stock, never negative and never above what the link supplied; a ticket is granted at
-most once; no waiter fits its flow's credit plus the pool; no waiter outlives its deadline
-once :meth:`LinkShares.due` ran.
+most once; no waiter fits its flow's credit plus the pool (urgent: plus what its debt bound
+still lends); no debt above ``debt_bytes``; no waiter outlives its deadline once
+:meth:`LinkShares.due` ran.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ class _Flow:
     credit: int = 0
     last: float = 0.0
     granted: int = 0  # bytes granted so far (figures)
+    debt: int = 0  # bytes its urgent requests took from other flows, not yet repaid
 
 
 @dataclass
@@ -91,13 +99,15 @@ class LinkShares:
     Args:
         cap_bytes: most credit one flow may hold; beyond it its share goes to the pool.
         idle_s: a flow with no request for this long is forgotten (its credit to the pool).
+        debt_bytes: most key one flow's urgent requests may owe the other flows.
     """
 
-    def __init__(self, cap_bytes: int, idle_s: float) -> None:
-        if cap_bytes < 0 or idle_s <= 0:
-            raise ValueError("cap_bytes must be >= 0 and idle_s > 0")
+    def __init__(self, cap_bytes: int, idle_s: float, debt_bytes: int = 4096) -> None:
+        if cap_bytes < 0 or idle_s <= 0 or debt_bytes < 0:
+            raise ValueError("cap_bytes and debt_bytes must be >= 0 and idle_s > 0")
         self.cap_bytes = cap_bytes
         self.idle_s = idle_s
+        self.debt_bytes = debt_bytes
         self.pool = 0
         self.stock = 0  # pool + credits: what the scheduler may hand out
         self.flows: dict[str, _Flow] = {}
@@ -118,6 +128,20 @@ class LinkShares:
         """Bytes credited to ``flow`` (0 if unknown)."""
         f = self.flows.get(flow)
         return f.credit if f is not None else 0
+
+    def debt(self, flow: str) -> int:
+        """Bytes ``flow``'s urgent requests owe the other flows (0 if unknown)."""
+        f = self.flows.get(flow)
+        return f.debt if f is not None else 0
+
+    def usable(self, flow: str, urgent: bool = False) -> int:
+        """Most key one request of ``flow`` may take now: its credit and the pool, and if
+        ``urgent`` what other flows may lend it within its debt bound."""
+        own = self.credit(flow) + self.pool
+        if not urgent:
+            return own
+        lend = min(self.stock - own, max(0, self.debt_bytes - self.debt(flow)))
+        return own + max(0, lend)
 
     def next_deadline(self) -> float | None:
         """The earliest waiter's deadline, or None."""
@@ -218,12 +242,26 @@ class LinkShares:
         if total == 0:
             self.pool += delta
             return
+        parts = {name: delta * f.weight // total for name, f in self.flows.items()}
+        # a flow in debt repays from its part first; the repayment goes to the others
+        repaid = 0
+        lenders = {name: f for name, f in self.flows.items() if not f.debt}
+        for name, f in self.flows.items():
+            if f.debt:
+                r = min(parts[name], f.debt)
+                f.debt -= r
+                parts[name] -= r
+                repaid += r
+        lent_to = sum(f.weight for f in lenders.values())
+        if repaid and lent_to:
+            for name, f in lenders.items():
+                parts[name] += repaid * f.weight // lent_to
         given = 0
-        for f in self.flows.values():
-            part = min(delta * f.weight // total, max(0, self.cap_bytes - f.credit))
+        for name, f in self.flows.items():
+            part = min(parts[name], max(0, self.cap_bytes - f.credit))
             f.credit += part
             given += part
-        self.pool += delta - given  # rounding and capped shares
+        self.pool += delta - given  # rounding, capped shares, repayments nobody may take
 
     def _shrink(self, missing: int) -> None:
         self.stock -= missing
@@ -238,9 +276,7 @@ class LinkShares:
             missing -= take
 
     def _fits(self, w: _Waiter) -> bool:
-        if w.urgent:
-            return self.stock >= w.nbytes
-        return self.credit(w.flow) + self.pool >= w.nbytes
+        return self.usable(w.flow, w.urgent) >= w.nbytes
 
     def _grant(self, w: _Waiter) -> Grant:
         f = self.flows[w.flow]
@@ -251,7 +287,8 @@ class LinkShares:
         take = min(self.pool, left)
         self.pool -= take
         left -= take
-        if left:  # urgent only: from the flows holding the most credit
+        if left:  # urgent only: a loan from the flows holding the most credit
+            f.debt += left
             for g in sorted(self.flows.values(), key=lambda g: -g.credit):
                 take = min(g.credit, left)
                 g.credit -= take
@@ -283,11 +320,13 @@ class NodeShares(dict[str, LinkShares]):
     """A KM's :class:`LinkShares`, one per neighbour (the send half of that link).
 
     Args:
-        peers: the neighbours; cap_bytes, idle_s: as :class:`LinkShares` takes them.
+        peers: the neighbours; cap_bytes, idle_s, debt_bytes: as :class:`LinkShares` takes
+            them.
     """
 
-    def __init__(self, peers: Iterable[str], cap_bytes: int, idle_s: float) -> None:
-        super().__init__({peer: LinkShares(cap_bytes, idle_s) for peer in peers})
+    def __init__(self, peers: Iterable[str], cap_bytes: int, idle_s: float,
+                 debt_bytes: int = 4096) -> None:
+        super().__init__({peer: LinkShares(cap_bytes, idle_s, debt_bytes) for peer in peers})
 
     def forget(self, flow: str) -> None:
         """``flow``'s session ended at this KM: its credit goes back to every pool."""

@@ -118,6 +118,56 @@ def test_urgent_requests_may_use_other_flows_credit() -> None:
     assert sh.stock == 68
 
 
+def test_what_urgent_frames_borrow_is_a_debt_repaid_from_their_own_later_share() -> None:
+    sh = LinkShares(1 << 20, 60.0, debt_bytes=64)
+    sh.request("big", "a", 3, 10_000, 100.0, 0.0)
+    sh.request("c0", "b", 0, 32, 100.0, 0.0, urgent=True)  # "b" exists, nothing to lend yet
+    sh.supply(500, 0.0)  # "a" 400, "b" 100 (weights 4:1): c0 takes 32 of b's own
+    assert sh.credit("b") == 68 and sh.debt("b") == 0
+    for i in range(4):  # 68 of its own, then 64 borrowed from "a": its bound
+        assert tickets(sh.request(f"c{i + 1}", "b", 0, 32, 100.0, 0.0, urgent=True))
+    assert sh.debt("b") == 60 and sh.credit("b") == 0
+    assert sh.request("c5", "b", 0, 32, 100.0, 0.0, urgent=True) == []  # 4 more lent: waits
+    # b's 100 repays its 60 (to "a"), 40 are its own: c5 is served from them
+    assert tickets(sh.supply(sh.stock + 500, 1.0)) == ["c5"]
+    assert sh.debt("b") == 0 and sh.credit("b") == 8
+    assert sh.credit("a") == 400 - 60 + 400 + 60
+
+
+def test_a_low_priority_flows_urgent_frames_cost_its_own_share_under_contention() -> None:
+    """Session 11's fault matrix: an ETSI 004 stream (priority 0) confirmed every key back
+    over the link a priority-3 ETSI 014 session sends on; its urgent frames took ~55 % of the
+    link. They now get their weighted share (1/5) plus the debt bound, no more."""
+    sh = LinkShares(1 << 20, 60.0, debt_bytes=4096)
+    level, now, big_waiting, seq = 0, 0.0, False, 0
+    got: Counter[str] = Counter()
+    for _ in range(300):  # 1,000 bytes per step; 40 confirmations (1,280 bytes) asked per step
+        level += 1000
+        for g in sh.supply(level, now):
+            level -= g.nbytes
+            got[g.flow] += g.nbytes
+            big_waiting = big_waiting and g.flow != "k"
+        if not big_waiting:
+            for g in sh.request("k", "k", 3, 2080, now + 10.0, now):
+                level -= g.nbytes
+                got[g.flow] += g.nbytes
+            big_waiting = sh.waiting_of("k") > 0
+        for _ in range(40):
+            seq += 1
+            for g in sh.request(seq, "c", 0, 32, now + 1.0, now, urgent=True):
+                level -= g.nbytes
+                got[g.flow] += g.nbytes
+        for d in sh.due(now + 0.999):
+            if isinstance(d, Grant):
+                level -= d.nbytes
+                got[d.flow] += d.nbytes
+        now += 1.0
+    supplied = 300 * 1000
+    # its fifth, the loan bound, and the first step's key (in the pool: no flow existed yet)
+    assert got["c"] <= supplied // 5 + 4096 + 1000
+    assert got["k"] >= supplied * 4 // 5 - 2 * 2080 - 4096 - 1000
+
+
 def test_a_level_below_the_stock_is_taken_from_the_pool_then_the_credits() -> None:
     sh = shares()
     sh.supply(100, 0.0)
@@ -172,10 +222,10 @@ OPS = st.lists(st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(ops=OPS, cap=st.integers(0, 500), idle=st.floats(0.5, 10.0))
+@given(ops=OPS, cap=st.integers(0, 500), idle=st.floats(0.5, 10.0), debt=st.integers(0, 300))
 def test_no_key_handed_twice_and_no_waiter_outlives_its_deadline_while_key_fits(
-        ops: list[tuple[object, ...]], cap: int, idle: float) -> None:
-    sh = LinkShares(cap, idle)
+        ops: list[tuple[object, ...]], cap: int, idle: float, debt: int) -> None:
+    sh = LinkShares(cap, idle, debt)
     now = 0.0
     level = 0  # what the store holds (the shell's truth)
     supplied_total = 0
@@ -226,9 +276,15 @@ def test_no_key_handed_twice_and_no_waiter_outlives_its_deadline_while_key_fits(
         assert 0 <= sh.stock <= level
         assert sh.stock == sh.pool + sum(f.credit for f in sh.flows.values())
         assert sh.pool >= 0 and all(f.credit >= 0 for f in sh.flows.values())
-        # no waiter fits the key it may use (its credit and the pool, or all, if urgent)
+        # urgent frames borrow other flows' credit only up to the bound
+        assert all(0 <= f.debt <= debt for f in sh.flows.values())
+        # no waiter fits the key it may use (its credit and the pool, and if urgent what
+        # the others may still lend it)
         for _t, (flow, nbytes, _deadline, urgent) in waiting.items():
-            usable = sh.stock if urgent else sh.credit(flow) + sh.pool
+            usable = sh.credit(flow) + sh.pool
+            if urgent:
+                usable += min(sh.stock - usable, max(0, debt - sh.debt(flow)))
+            assert usable <= sh.stock
             assert nbytes > usable, "a request waits while key it may use is there"
         assert sh.waiting == len(waiting)
     now += 10.0
