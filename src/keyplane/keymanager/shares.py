@@ -25,7 +25,10 @@ The rule (weighted shares, not strict priority; docs/keymanager.md says why):
   Urgent requests (the small confirmation and demand frames a relay sends back, whose loss
   would waste the key already spent forward) may also use other flows' credit, but only as a
   **loan**: what they take from other flows is the urgent flow's debt, at most ``debt_bytes``,
-  repaid from its own later shares (the repayment goes to the flows not in debt). So a
+  repaid from its own later shares (the repayment goes to the flows not in debt). A flow
+  that has sent only urgent frames on this link (the backward direction of a relay) holds at
+  most ``debt_bytes`` of credit: beyond it its share goes to the pool, not into a hoard that
+  starves the frames of the sessions sending this way. So a
   session's confirmations go first but, under contention, cost its own share: without the
   bound, a low-priority ETSI 004 stream whose every key is confirmed back over the same link
   took ~55 % of it from a priority-3 ETSI 014 session in the other direction (the fault
@@ -80,6 +83,7 @@ class _Flow:
     last: float = 0.0
     granted: int = 0  # bytes granted so far (figures)
     debt: int = 0  # bytes its urgent requests took from other flows, not yet repaid
+    frames: bool = False  # it asked for more than urgent frames here (else capped low)
 
 
 @dataclass
@@ -183,6 +187,7 @@ class LinkShares:
             f = self.flows[flow] = _Flow(weight(priority), last=now)
         f.weight = weight(priority)
         f.last = now
+        f.frames = f.frames or not urgent
         w = _Waiter(ticket, flow, nbytes, deadline, priority, urgent, next(self._seq))
         if self._fits(w):
             return [*out, self._grant(w)]
@@ -258,7 +263,8 @@ class LinkShares:
                 parts[name] += repaid * f.weight // lent_to
         given = 0
         for name, f in self.flows.items():
-            part = min(parts[name], max(0, self.cap_bytes - f.credit))
+            cap = self.cap_bytes if f.frames else min(self.cap_bytes, self.debt_bytes)
+            part = min(parts[name], max(0, cap - f.credit))
             f.credit += part
             given += part
         self.pool += delta - given  # rounding, capped shares, repayments nobody may take

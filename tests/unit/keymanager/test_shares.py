@@ -122,11 +122,13 @@ def test_what_urgent_frames_borrow_is_a_debt_repaid_from_their_own_later_share()
     sh = LinkShares(1 << 20, 60.0, debt_bytes=64)
     sh.request("big", "a", 3, 10_000, 100.0, 0.0)
     sh.request("c0", "b", 0, 32, 100.0, 0.0, urgent=True)  # "b" exists, nothing to lend yet
-    sh.supply(500, 0.0)  # "a" 400, "b" 100 (weights 4:1): c0 takes 32 of b's own
-    assert sh.credit("b") == 68 and sh.debt("b") == 0
-    for i in range(4):  # 68 of its own, then 64 borrowed from "a": its bound
+    # "a" 400, "b" 100 (weights 4:1) but it only confirms here: 64 kept, 36 to the pool;
+    # c0 takes 32 of b's own
+    assert tickets(sh.supply(500, 0.0)) == ["c0"]
+    assert sh.credit("b") == 32 and sh.pool == 36 and sh.debt("b") == 0
+    for i in range(4):  # 32 of its own, 36 from the pool, then 60 lent by "a"
         assert tickets(sh.request(f"c{i + 1}", "b", 0, 32, 100.0, 0.0, urgent=True))
-    assert sh.debt("b") == 60 and sh.credit("b") == 0
+    assert sh.debt("b") == 60 and sh.credit("b") == 0 and sh.pool == 0
     assert sh.request("c5", "b", 0, 32, 100.0, 0.0, urgent=True) == []  # 4 more lent: waits
     # b's 100 repays its 60 (to "a"), 40 are its own: c5 is served from them
     assert tickets(sh.supply(sh.stock + 500, 1.0)) == ["c5"]
@@ -166,6 +168,19 @@ def test_a_low_priority_flows_urgent_frames_cost_its_own_share_under_contention(
     # its fifth, the loan bound, and the first step's key (in the pool: no flow existed yet)
     assert got["c"] <= supplied // 5 + 4096 + 1000
     assert got["k"] >= supplied * 4 // 5 - 2 * 2080 - 4096 - 1000
+
+
+def test_a_flow_that_only_confirms_here_holds_no_more_than_the_debt_bound() -> None:
+    """The backward direction of a relay: a priority-7 session's confirmations must not
+    hoard 8/9 of the link while a priority-0 session's frames wait for key."""
+    sh = LinkShares(1 << 20, 60.0, debt_bytes=256)
+    sh.request("c", "conf", 7, 32, 100.0, 0.0, urgent=True)
+    sh.request("f", "frames", 0, 5000, 100.0, 0.0)
+    sh.supply(900, 0.0)  # conf: 800 of it, capped at 256 (32 taken at once), the rest pooled
+    assert sh.credit("conf") == 256 - 32
+    sh.supply(sh.stock + 4500, 1.0)
+    assert sh.credit("conf") <= 256
+    assert sh.waiting == 0  # "frames" got its 5,000 from its share and the pool
 
 
 def test_a_level_below_the_stock_is_taken_from_the_pool_then_the_credits() -> None:
