@@ -60,6 +60,7 @@ from keyplane.heap import settle
 from keyplane.keymanager import KeyManager, KmSettings
 from keyplane.keymanager.hybrid import PROVENANCE_EXTENSION
 from keyplane.keymanager.pqc import KmIdentity
+from keyplane.keymanager.settings import km_settings_from_env
 from keyplane.keymanager.sources import KeySources
 from keyplane.keymanager.telemetry import KmTelemetryPublisher
 from keyplane.lifecycle import ProcessSettings, Service
@@ -152,6 +153,8 @@ class RuntimeContext:
     ops: Ops | None = None  # the process's metrics and readiness (keyplane.ops)
     emulation: EmulationSettings = field(default_factory=emulation_settings_from_env)
     """How this process runs its emulated links (``KEYPLANE_EMULATION_*``)."""
+    km: KmSettings = field(default_factory=km_settings_from_env)
+    """Its key managers' settings unless a caller gives its own (``KEYPLANE_KM_*``)."""
     startup: StartupSettings = field(default_factory=StartupSettings)
     bus_url: str | None = None
     """The bus's URL (distributed mode), for link workers that join the bus themselves."""
@@ -381,7 +384,7 @@ class NodeRuntime(Service):
         self.ctx = ctx
         self.node_id = node_id
         self.km = KeyManager(node_id, ctx.topology, ctx.bus, ctx.db, ctx.clock, ctx.stream,
-                             km_settings)
+                             km_settings or ctx.km)
         self.sources: KeySources | None = None
         self._run_links = run_links
         self._ports = (etsi014_port, etsi015_port)  # 0: a free port each

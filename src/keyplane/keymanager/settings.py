@@ -7,11 +7,14 @@ a bus request (real seconds, as :meth:`keyplane.bus.Bus.request` takes them).
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["KmSettings"]
+__all__ = ["KM_ENV_PREFIX", "KmSettings", "km_settings_from_env"]
+
+KM_ENV_PREFIX = "KEYPLANE_KM_"
 
 PositiveS = Annotated[float, Field(gt=0.0)]
 
@@ -124,3 +127,19 @@ class KmSettings(BaseModel):
     etsi014_stock_min_requests: Annotated[int, Field(ge=1)] = 16
     """Requests a pair must make within one stock window before it gets a stock (rare or
     idle pairs spend no link key ahead of demand)."""
+
+
+def km_settings_from_env(environ: Mapping[str, str] | None = None, **explicit: Any
+                         ) -> KmSettings:
+    """:class:`KmSettings` from ``KEYPLANE_KM_<FIELD>`` variables (e.g.
+    ``KEYPLANE_KM_ETSI014_STOCK_KEYS=32``): how an operator tunes the KMs of a ``keyplane
+    node``, ``run`` or ``nodes`` process without code (see
+    :func:`keyplane.bus.settings.settings_from_env`; explicit arguments win).
+
+    Raises:
+        ConfigError: an unknown variable or a bad value (named in the message).
+    """
+    from keyplane.bus.settings import settings_from_env
+
+    result: KmSettings = settings_from_env(KmSettings, KM_ENV_PREFIX, environ, **explicit)
+    return result
