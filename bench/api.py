@@ -112,8 +112,8 @@ def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
     import keyplane.physical.wire  # noqa: F401
 
     async def main() -> None:
-        # the ETSI 014 key stock on (opt-in, docs/api/etsi014.md "Key stock")
-        settings = KmSettings(etsi014_stock_keys=32)
+        # the KMs' defaults: the ETSI 014 key stock on (docs/api/etsi014.md "Key stock")
+        settings = KmSettings()
         db = await Database.open(sqlite_url(Path(pki) / "km.db"))
         bus = MemoryBus()
         clock = RealClock()

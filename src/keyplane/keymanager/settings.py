@@ -114,12 +114,10 @@ class KmSettings(BaseModel):
     etsi014_ack_hold_s: PositiveS = 3600.0
     """How long a key handed out by dec_keys with ``keyplane_ack`` stays held for its slave
     SAE without a confirmation; then it is spent (docs/api/etsi014.md)."""
-    etsi014_stock_keys: Annotated[int, Field(ge=0, le=1024)] = 0
+    etsi014_stock_keys: Annotated[int, Field(ge=0, le=1024)] = 32
     """Most keys the master's KM relays ahead for one busy ETSI 014 pair (its stock, #15;
     docs/api/etsi014.md "Key stock"): an enc_keys of at most this many keys the stock covers
-    hands out keys already held at both ends instead of relaying its own. 0 = off (the
-    default until its effect on recovery after a KM fault is understood; 32 is what the
-    benchmark uses)."""
+    hands out keys already held at both ends instead of relaying its own. 0 = off."""
     etsi014_stock_window_s: PositiveS = 1.0
     """The stock's demand window: a pair's stock is at most the keys it asked for (in
     requests of at most ``etsi014_stock_keys``) in one window; after a failed refill the
