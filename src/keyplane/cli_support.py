@@ -119,10 +119,12 @@ def _logging(verbose: bool, fmt: LogFormat = "text") -> None:
 def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None:
     """Run ``main_coro(control)`` under :func:`keyplane.lifecycle.run_process`: signals stop
     it, shutdown is bounded, a bus that gives up ends it with exit code 1."""
+    from keyplane.keymanager.settings import km_settings_from_env
     from keyplane.lifecycle import process_settings_from_env, run_process
 
     try:
         settings = process_settings_from_env()
+        km_settings_from_env()  # a bad KEYPLANE_KM_* stops the process before any I/O
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None

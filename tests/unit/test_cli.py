@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from keyplane.cli import app
@@ -54,3 +55,14 @@ def test_cli_certs_writes_bus_credentials_and_signing_keys(tmp_path: Path) -> No
     server = x509.load_pem_x509_certificate((tmp_path / "nats" / "server.pem").read_bytes())
     names = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "nats.example.org" in names.get_values_for_type(x509.DNSName)
+
+
+def test_a_bad_km_variable_stops_a_node_before_it_waits_for_its_bus(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # an unreachable bus: before the check, a typo looked like a bus outage (retried forever)
+    monkeypatch.setenv("KEYPLANE_KM_ETSI014_STOCK_KEY", "32")
+    res = runner.invoke(app, ["node", "--id", "km1", "-t", str(ROOT / "examples" / "paper_poc.yaml"),
+                              "--bus", "nats://127.0.0.1:9", "-s", str(tmp_path / "state"),
+                              "--danger-insecure-bus"])
+    assert res.exit_code == 2, res.output
+    assert "KEYPLANE_KM_ETSI014_STOCK_KEY: no such setting" in res.output

@@ -144,8 +144,8 @@ class LinkShares:
         own = self.credit(flow) + self.pool
         if not urgent:
             return own
-        lend = min(self.stock - own, max(0, self.debt_bytes - self.debt(flow)))
-        return own + max(0, lend)
+        lenders = sum(g.credit for name, g in self.flows.items() if name != flow and not g.debt)
+        return own + min(lenders, max(0, self.debt_bytes - self.debt(flow)))
 
     def next_deadline(self) -> float | None:
         """The earliest waiter's deadline, or None."""
@@ -293,9 +293,10 @@ class LinkShares:
         take = min(self.pool, left)
         self.pool -= take
         left -= take
-        if left:  # urgent only: a loan from the flows holding the most credit
+        if left:  # urgent only: a loan from the flows not in debt holding the most credit
             f.debt += left
-            for g in sorted(self.flows.values(), key=lambda g: -g.credit):
+            for g in sorted((g for g in self.flows.values() if not g.debt),
+                            key=lambda g: -g.credit):
                 take = min(g.credit, left)
                 g.credit -= take
                 left -= take
@@ -312,7 +313,7 @@ class LinkShares:
         keep: list[_Waiter] = []
         for w in sorted(self._waiters, key=lambda w: (not w.urgent, -w.priority, w.seq)):
             if w.flow not in self.flows:  # forgotten meanwhile: it asks again as new
-                self.flows[w.flow] = _Flow(weight(w.priority), last=now)
+                self.flows[w.flow] = _Flow(weight(w.priority), last=now, frames=not w.urgent)
             if self._fits(w):
                 out.append(self._grant(w))
             else:

@@ -293,12 +293,15 @@ def test_no_key_handed_twice_and_no_waiter_outlives_its_deadline_while_key_fits(
         assert sh.pool >= 0 and all(f.credit >= 0 for f in sh.flows.values())
         # urgent frames borrow other flows' credit only up to the bound
         assert all(0 <= f.debt <= debt for f in sh.flows.values())
+        assert all(not f.credit for f in sh.flows.values() if f.debt), "in debt, yet credit"
         # no waiter fits the key it may use (its credit and the pool, and if urgent what
         # the others may still lend it)
         for _t, (flow, nbytes, _deadline, urgent) in waiting.items():
             usable = sh.credit(flow) + sh.pool
-            if urgent:
-                usable += min(sh.stock - usable, max(0, debt - sh.debt(flow)))
+            if urgent:  # a loan from the flows not in debt, within its bound
+                lenders = sum(f.credit for name, f in sh.flows.items()
+                              if name != flow and not f.debt)
+                usable += min(lenders, max(0, debt - sh.debt(flow)))
             assert usable <= sh.stock
             assert nbytes > usable, "a request waits while key it may use is there"
         assert sh.waiting == len(waiting)
