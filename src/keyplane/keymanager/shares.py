@@ -25,7 +25,10 @@ The rule (weighted shares, not strict priority; docs/keymanager.md says why):
   Urgent requests (the small confirmation and demand frames a relay sends back, whose loss
   would waste the key already spent forward) may also use other flows' credit, but only as a
   **loan**: what they take from other flows is the urgent flow's debt, at most ``debt_bytes``,
-  repaid from its own later shares (the repayment goes to the flows not in debt). A flow
+  repaid from its own later shares (the repayment goes to the flows not in debt). At its
+  deadline an urgent request may borrow a quarter of the bound more (a late loan) rather than
+  expire: a dropped confirmation wastes the forward key of the frame it confirms and fails
+  the request, a late one costs 32 bytes, and the wait paces the session. A flow
   that has sent only urgent frames on this link (the backward direction of a relay) holds at
   most ``debt_bytes`` of credit: beyond it its share goes to the pool, not into a hoard that
   starves the frames of the sessions sending this way. So a
@@ -40,8 +43,8 @@ The rule (weighted shares, not strict priority; docs/keymanager.md says why):
 Invariants (tests/unit/keymanager/test_shares.py, property-based): ``pool + sum(credits)``
 is the stock, never negative and never above what the link supplied; a ticket is granted at
 most once; no waiter fits its flow's credit plus the pool (urgent: plus what its debt bound
-still lends); no debt above ``debt_bytes``; no waiter outlives its deadline once
-:meth:`LinkShares.due` ran.
+still lends); no debt above ``debt_bytes`` but by a late loan, none above 1.25 times it; a flow
+in debt holds no credit; no waiter outlives its deadline once :meth:`LinkShares.due` ran.
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ class LinkShares:
         if self._fits(w):
             return [*out, self._grant(w)]
         if deadline <= now:
-            return [*out, Expired(ticket, flow, nbytes)]
+            return [*out, self._grant(w) if self._fits_late(w) else Expired(ticket, flow, nbytes)]
         self._waiters.append(w)
         return out
 
@@ -209,10 +212,12 @@ class LinkShares:
         out: list[Grant | Expired] = list(self._serve(now))
         keep: list[_Waiter] = []
         for w in self._waiters:
-            if w.deadline <= now:
-                out.append(Expired(w.ticket, w.flow, w.nbytes))
-            else:
+            if w.deadline > now:
                 keep.append(w)
+            elif w.flow in self.flows and self._fits_late(w):
+                out.append(self._grant(w))
+            else:
+                out.append(Expired(w.ticket, w.flow, w.nbytes))
         self._waiters = keep
         return out
 
@@ -283,6 +288,15 @@ class LinkShares:
 
     def _fits(self, w: _Waiter) -> bool:
         return self.usable(w.flow, w.urgent) >= w.nbytes
+
+    def _fits_late(self, w: _Waiter) -> bool:
+        """An urgent waiter at its deadline: a loan up to a quarter more than the bound."""
+        if not w.urgent:
+            return False
+        own = self.credit(w.flow) + self.pool
+        borrow = max(0, w.nbytes - own)
+        late_bound = self.debt_bytes + self.debt_bytes // 4
+        return self.stock >= w.nbytes and self.debt(w.flow) + borrow <= late_bound
 
     def _grant(self, w: _Waiter) -> Grant:
         f = self.flows[w.flow]
