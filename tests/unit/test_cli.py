@@ -66,3 +66,13 @@ def test_a_bad_km_variable_stops_a_node_before_it_waits_for_its_bus(
                               "--danger-insecure-bus"])
     assert res.exit_code == 2, res.output
     assert "KEYPLANE_KM_ETSI014_STOCK_KEY: no such setting" in res.output
+
+
+def test_a_bad_km_variable_stops_the_demo_before_it_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYPLANE_KM_SHARE_DEBT_BYTES", "-1")
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["demo", "-o", str(out), "--no-live"])
+    assert res.exit_code == 2, res.output
+    assert "KEYPLANE_KM_SHARE_DEBT_BYTES" in res.output
+    assert not out.exists()
