@@ -6,9 +6,15 @@ link is a real :class:`~keyplane.physical.runner.LinkRunner` in analytic mode, p
 clock (it makes the decoy-state key rate of a 70 km fibre, about 51 kb/s, in blocks of one
 frame), feeding both KMs' link key stores; the KMs run under the real control plane
 (bench/_support.py). Two runs: priority 7 against priority 0, then 3 against 3 (each
-application asks for the priority in its OPEN_CONNECT; the SLA allows up to 7).
+application asks for the priority in its OPEN_CONNECT; the SLA allows up to 7). A third run,
+``opposite``: the same two priorities, but the priority-0 session (sa -> sb) makes its keys
+at km0 and the priority-7 one (sd -> sc) at km1, so each sends its key frames over one
+direction of the link and its confirmations (32 bytes of link key per key) back over the
+other, where the other session sends its frames: who gets each direction's key when one
+session's frames meet the other's confirmations (docs/keymanager.md, "Scarce link key").
 
     python bench/contention.py [--seconds 30] [--workers 4] [--chunk 32] [--timeout-ms 5000]
+        [--runs unequal equal opposite]
 
 Prints, per session: keys, status-2 answers (insufficient key / KM busy), status-6 answers
 (timeouts: the request waited for key until its QoS Timeout), GET_KEY wait p50/p99 in ms; per
@@ -37,7 +43,8 @@ from keyplane.bus import MemoryBus
 from keyplane.clock import RealClock
 from keyplane.config import Topology, parse_topology
 from keyplane.events import Event, EventStream, EventType, MemorySink
-from keyplane.keymanager import KmSettings
+from keyplane.keymanager import KeyManager, KmSettings
+from keyplane.keymanager.interface import Caller
 from keyplane.messages import Qos
 from keyplane.physical.runner import LinkRunner
 from keyplane.store import Database, sqlite_url
@@ -88,15 +95,17 @@ class SessionFigures:
             min(98, max(0, round(q * 100) - 1))]
 
 
-async def run(priorities: tuple[int, int], args: argparse.Namespace, tmp: Path
-              ) -> tuple[dict[str, SessionFigures], int, float, float]:
-    """One run: ``(figures by SAE, link key bits made, CPU s, wall s)``."""
+async def run(priorities: tuple[int, int], args: argparse.Namespace, tmp: Path,
+              opposite: bool = False) -> tuple[dict[str, SessionFigures], int, float, float]:
+    """One run: ``(figures by SAE, link key bits made, CPU s, wall s)``; ``opposite``: the
+    second session (sd -> sc) makes its keys at km1."""
     topo = topology(args.length_km)
     bus = MemoryBus()
     clock = RealClock()
     sink = MemorySink()
     events = EventStream(clock, [sink])
-    db = await Database.open(sqlite_url(tmp / f"contention-{priorities[0]}-{priorities[1]}.db"))
+    db = await Database.open(sqlite_url(
+        tmp / f"contention-{priorities[0]}-{priorities[1]}-{int(opposite)}.db"))
     net = await start_net(topo, bus, db, clock, events, blocks=0,
                           km_settings=KmSettings(link_reserve_bytes=4096))
     link = topo.links[0]
@@ -107,13 +116,18 @@ async def run(priorities: tuple[int, int], args: argparse.Namespace, tmp: Path
     workers: list[asyncio.Task[None]] = []
     try:
         sids: dict[str, str] = {}
-        for (src, dst), prio in zip((("sa", "sb"), ("sc", "sd")), priorities, strict=True):
+        at: dict[str, tuple[KeyManager, Caller]] = {}  # where a session's workers ask
+        pairs = (("sa", "sb"), ("sd", "sc") if opposite else ("sc", "sd"))
+        for (src, dst), prio in zip(pairs, priorities, strict=True):
             qos = Qos(key_chunk_size=args.chunk, priority=prio, timeout_ms=args.timeout_ms)
             sid = str(uuid.uuid4())
-            opener = asyncio.create_task(km0.open_connect(CALLER_A, src, dst, qos, sid))
-            # km0 asks Admission Control first: it is the source, making keys on request
+            (skm, scaller), (dkm, dcaller) = ((km1, CALLER_B), (km0, CALLER_A)) \
+                if src == "sd" else ((km0, CALLER_A), (km1, CALLER_B))
+            at[src] = (skm, scaller)
+            opener = asyncio.create_task(skm.open_connect(scaller, src, dst, qos, sid))
+            # the source asks Admission Control first: it makes the keys on request
             await sink.wait_for(functools.partial(admission_requested, sid))
-            joined = await km1.open_connect(CALLER_B, dst, src, qos, sid)
+            joined = await dkm.open_connect(dcaller, dst, src, qos, sid)
             await opener  # V2.1.1: pending (status 1) at once; the peer's open pairs it
             if not joined.peer_connected:
                 raise RuntimeError(f"session {src}->{dst} not connected")
@@ -123,10 +137,11 @@ async def run(priorities: tuple[int, int], args: argparse.Namespace, tmp: Path
 
         async def worker(src: str, indexes: itertools.count[int]) -> None:
             fig = figures[src]
+            km, caller = at[src]
             while not stop.is_set():
                 t0 = time.perf_counter()
                 try:
-                    await km0.get_key(CALLER_A, sids[src], next(indexes))
+                    await km.get_key(caller, sids[src], next(indexes))
                 except Exception as exc:
                     mapping = map_exception(exc)
                     status = mapping.etsi004 if mapping is not None else None
@@ -166,8 +181,13 @@ def report(name: str, priorities: tuple[int, int], result: tuple[
         other = sum(n for k, n in f.statuses.items() if k not in ("2", "6"))
         print(f"{src:>8} {f.priority:>4} {f.keys:>6} {f.statuses['2']:>8} {f.statuses['6']:>8} "
               f"{other:>6} {f.pct(0.5):>11.1f} {f.pct(0.99):>11.1f}")
-    a, c = figures["sa"].keys, figures["sc"].keys
-    if priorities[0] != priorities[1]:
+    first, second = list(figures)
+    a, c = figures[first].keys, figures[second].keys
+    if name == "opposite":  # each sends over its own direction: no ratio target
+        print(f"keys {a + c} in all; ratio sd/sa {c / a if a else float('inf'):.2f} (no "
+              "target: each session's frames have a direction to themselves, less the other's "
+              "confirmations)")
+    elif priorities[0] != priorities[1]:
         ratio = a / c if c else float("inf")
         print(f"ratio sa/sc {ratio:.2f} (target >= 3)")
     else:
@@ -183,9 +203,12 @@ async def main(args: argparse.Namespace) -> None:
     print(machine_line())
     print(f"parameters: link {args.length_km} km analytic, seconds {args.seconds}, workers "
           f"{args.workers}, chunk {args.chunk} bytes, timeout {args.timeout_ms} ms, seed {SEED}")
+    runs = {"unequal": (7, 0), "equal": (3, 3), "opposite": (0, 7)}
     with tempfile.TemporaryDirectory() as d:
-        for name, prios in (("unequal", (7, 0)), ("equal", (3, 3))):
-            report(name, prios, await run(prios, args, Path(d)), args)
+        for name in args.runs:
+            prios = runs[name]
+            report(name, prios, await run(prios, args, Path(d), opposite=name == "opposite"),
+                   args)
 
 
 if __name__ == "__main__":
@@ -195,4 +218,6 @@ if __name__ == "__main__":
     p.add_argument("--chunk", type=int, default=32, help="key_chunk_size in bytes")
     p.add_argument("--timeout-ms", type=int, default=5000, help="the OPEN_CONNECT's Timeout")
     p.add_argument("--length-km", type=float, default=70.0, help="the link's length")
+    p.add_argument("--runs", nargs="+", choices=("unequal", "equal", "opposite"),
+                   default=["unequal", "equal", "opposite"])
     asyncio.run(main(p.parse_args()))
