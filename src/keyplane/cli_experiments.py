@@ -14,8 +14,16 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from keyplane.cli_support import LogFormatOpt, TopologyOpt, VerboseOpt, _load, _logging, console
-from keyplane.errors import ConfigError, KeyplaneError
+from keyplane.cli_support import (
+    LogFormatOpt,
+    TopologyOpt,
+    VerboseOpt,
+    _check_km_settings,
+    _load,
+    _logging,
+    console,
+)
+from keyplane.errors import KeyplaneError
 from keyplane.fileperms import ensure_private_dir
 from keyplane.heap import importing
 
@@ -98,13 +106,7 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
         console.print(f"[red]error:[/red] --out {out} {what}: choose another --out"
                       + ("" if not out.is_dir() else ", or --force to replace its demo outputs"))
         raise typer.Exit(2)
-    try:  # the KMs' settings from KEYPLANE_KM_*: a bad one stops the demo before it starts
-        from keyplane.keymanager.settings import km_settings_from_env
-
-        km_settings_from_env()
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
+    _check_km_settings()
     _logging(verbose, log_format)
     opts = DemoOptions(topology=topo, out=out, keys=keys, eve_link=eve, eve_after_s=eve_after_s,
                        seed=seed, live=live)

@@ -116,18 +116,29 @@ def _logging(verbose: bool, fmt: LogFormat = "text") -> None:
 
 
 
+def _check_km_settings() -> None:
+    """A bad ``KEYPLANE_KM_*`` variable stops the command before any I/O (exit 2, named):
+    read later, by the KMs' RuntimeContext, it looked like a bus outage."""
+    from keyplane.keymanager.settings import km_settings_from_env
+
+    try:
+        km_settings_from_env()
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None:
     """Run ``main_coro(control)`` under :func:`keyplane.lifecycle.run_process`: signals stop
     it, shutdown is bounded, a bus that gives up ends it with exit code 1."""
-    from keyplane.keymanager.settings import km_settings_from_env
     from keyplane.lifecycle import process_settings_from_env, run_process
 
     try:
         settings = process_settings_from_env()
-        km_settings_from_env()  # a bad KEYPLANE_KM_* stops the process before any I/O
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
+    _check_km_settings()
     try:
         run_process(main_coro, settings)
     except ConfigError as exc:

@@ -154,9 +154,7 @@ class KeyVault:
         if leaving.state != "delivered":
             batch.left -= 1
         self._dirty.pop(batch.batch_id, None)
-        if batch.persisted or batch.batch_id in self._maybe:
-            self._maybe.discard(batch.batch_id)
-            self._gone.add(batch.batch_id)
+        if self._drop_row(batch):
             batch.batch_id = str(uuid.uuid4())
             batch.persisted = False
         if batch.left:
@@ -243,11 +241,18 @@ class KeyVault:
         if batch.left <= 0:
             batch.dead = True
             del self._dirty[batch.batch_id]
-            if batch.persisted or batch.batch_id in self._maybe:
-                self._maybe.discard(batch.batch_id)
-                self._gone.add(batch.batch_id)
+            self._drop_row(batch)
             return True
         return False
+
+    def _drop_row(self, batch: Batch) -> bool:
+        """Queue the deletion of ``batch``'s row if it has one, or may have (an insert a
+        failed commit may have landed); whether it did."""
+        if not (batch.persisted or batch.batch_id in self._maybe):
+            return False
+        self._maybe.discard(batch.batch_id)
+        self._gone.add(batch.batch_id)
+        return True
 
     def _remember_spent(self, key: HeldKey) -> None:
         self._spent[key.key_id] = key
@@ -472,9 +477,7 @@ class KeyVault:
         for b in batches.values():
             b.dead = True
             self._dirty.pop(b.batch_id, None)
-            if b.persisted or b.batch_id in self._maybe:
-                self._maybe.discard(b.batch_id)
-                self._gone.add(b.batch_id)
+            self._drop_row(b)
             for k in b.keys:
                 k.batch = None
         for b in [b for b in self._dirty.values() if b.session_id == session_id]:
