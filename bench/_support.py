@@ -86,6 +86,39 @@ class BenchNet:
     topology: Topology
     plane: ControlPlane
     kms: dict[str, KeyManager] = field(default_factory=dict)
+    next_block: dict[str, int] = field(default_factory=dict)  # the next block id, by link
+
+    rng: random.Random = field(default_factory=random.Random)
+
+    async def feed(self, blocks: dict[str, int], block_bytes: int = 1 << 14) -> None:
+        """Put ``blocks[link]`` more blocks of random link key at both ends of each link,
+        then wait until each peer acknowledged every block (sendable at both ends)."""
+        for link in self.topology.links:
+            first = self.next_block.get(link.link_id, 0)
+            for b in range(first, first + blocks.get(link.link_id, 0)):
+                material = self.rng.randbytes(block_bytes)
+                for end in link.endpoints:
+                    await self.kms[end].put_block(link.link_id, b, material)
+            self.next_block[link.link_id] = first + blocks.get(link.link_id, 0)
+        for km in self.kms.values():  # each peer acknowledged every block
+            if not await km.links_acknowledged():
+                raise RuntimeError(f"{km.node_id}: link blocks not acknowledged")
+
+    async def top_up(self, min_bytes: int, block_bytes: int = 1 << 14) -> int:
+        """Feed each link until both its ends can send at least ``min_bytes`` (a long
+        bench spends more link key than a start-up feed holds); the blocks fed in all.
+
+        A block gives each direction about half its bytes (``keystore.send_half``)."""
+        need: dict[str, int] = {}
+        for link in self.topology.links:
+            a, b = link.endpoints
+            low = min(self.kms[a].link_store(b).sendable_bytes,
+                      self.kms[b].link_store(a).sendable_bytes)
+            if low < min_bytes:
+                need[link.link_id] = -(-(min_bytes - low) // (block_bytes // 2)) + 1
+        if need:
+            await self.feed(need, block_bytes)
+        return sum(need.values())
 
     def km(self, i: int) -> KeyManager:
         """The KM of node ``km{i}``."""
@@ -122,15 +155,8 @@ async def start_net(topology: Topology, bus: Bus, db: Database, clock: Clock,
                             events, km_settings, (identities or {}).get(node.id))
             await km.start()
             net.kms[node.id] = km
-        rng = random.Random(seed)
-        for link in topology.links:
-            for b in range(blocks):
-                material = rng.randbytes(block_bytes)
-                for end in link.endpoints:
-                    await net.kms[end].put_block(link.link_id, b, material)
-        for km in net.kms.values():  # each peer acknowledged every block
-            if not await km.links_acknowledged():
-                raise RuntimeError(f"{km.node_id}: link blocks not acknowledged")
+        net.rng = random.Random(seed)
+        await net.feed({link.link_id: blocks for link in topology.links}, block_bytes)
     except BaseException:
         await net.close()
         raise

@@ -8,13 +8,15 @@ Starts the KM API servers of a three-node line (km0 - km1 - km2) in ONE child pr
 (uvicorn, mutual TLS, uvloop when installed) and drives them from this process with the
 async SDK client over keep-alive connections: the master (sae_a at km0) asks enc_keys, the
 slave (sae_b at km1 for the adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys
-for the same key_IDs. Reports request pairs/s for number=1 and keys/s for number=100.
+for the same key_IDs. Reports request pairs/s for number=1 and keys/s in bulk, at 100 and
+at 1,000 keys per request (the KMs allow 1,024: ``max_keys_per_request``).
 
 Behind the API runs one keyplane KeyManager per node under the real control plane
 (bench/_support.py: Access and Admission Control with SLA profiles generous enough not to
 limit the bench, Routing, Monitoring, the SDN Controller) on one bus and SQLite store, with
-link key stores fed up front with the same random blocks at both link ends (standing in for
-the physical layer), so 2-hop keys really are relayed through km1. Every pair is checked:
+link key stores fed with the same random blocks at both link ends (standing in for the
+physical layer: up front, then topped up before each window to what it may spend), so 2-hop
+keys really are relayed through km1. Every pair is checked:
 the slave must get the master's bytes, or the bench stops.
 
     python bench/api.py [--seconds 5] [--concurrency 4] [--blocks 1500] [--profile DIR]
@@ -142,7 +144,9 @@ def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
         loop = asyncio.get_running_loop()
         profiler: cProfile.Profile | None = None
         while (msg := await loop.run_in_executor(None, conn.recv)) != "stop":
-            if msg == "cpu":  # server CPU s so far, and the journals' commits so far
+            if isinstance(msg, tuple) and msg[0] == "top-up":  # link key for the next window
+                conn.send(await net.top_up(msg[1], block_bytes=16384))
+            elif msg == "cpu":  # server CPU s so far, and the journals' commits so far
                 journals = {id(km.journal): km.journal for km in net.kms.values()}
                 commits = sum(j.commits for j in journals.values())
                 conn.send((time.process_time(), {**_thread_cpu_s(), "commits": commits}))
@@ -198,6 +202,10 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
                 raise RuntimeError("slave got different key bytes")
             pairs += 1
 
+    # link key for the window: at most (warm-up + window) x a rate above what one core
+    # serves (3,000 pairs/s, 80,000 keys/s), per direction of each link
+    conn.send(("top-up", int((seconds + 1) * min(80_000, 3_000 * number) * size / 8)))
+    conn.recv()
     try:
         # Warm-up: open the TLS connections, then measure.
         stop_at = time.perf_counter() + 0.5
@@ -227,11 +235,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--size", type=int, default=256, help="key size, bits")
-    ap.add_argument("--bulk", type=int, default=100, help="number of keys per bulk request")
+    ap.add_argument("--bulk", type=int, nargs="+", default=[100, 1000],
+                    help="numbers of keys per bulk request")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--blocks", type=int, default=1500,
-                    help="16 KiB link key blocks fed to each link up front (enough for "
-                         "four 6 s windows at about 200 bulk pairs/s)")
+                    help="16 KiB link key blocks fed to each link up front (each window "
+                         "then tops the links up to what it may spend)")
     ap.add_argument("--pairs", nargs="+", choices=("adjacent", "2-hop"),
                     default=["adjacent", "2-hop"], help="which master/slave pairs to run")
     ap.add_argument("--numbers", type=int, nargs="+", default=None,
@@ -247,7 +256,7 @@ def main() -> None:
           f"{platform.processor() or platform.platform()}, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} at start")
     print(f"parameters: seconds={args.seconds} concurrency={args.concurrency} "
-          f"size={args.size} bulk={args.bulk} seed={args.seed}")
+          f"size={args.size} bulk={','.join(map(str, args.bulk))} seed={args.seed}")
 
     with tempfile.TemporaryDirectory() as pki:
         issued = ensure_network_certs(line3(), Path(pki))
@@ -263,7 +272,7 @@ def main() -> None:
                                        ("2-hop", "sae_c", "km2")):
                 if label not in args.pairs:
                     continue
-                for number in args.numbers or (1, args.bulk):
+                for number in args.numbers or (1, *args.bulk):
                     profile = (str(Path(args.profile).resolve() / f"server-{label}-{number}"
                                    ".pstats") if args.profile else None)
                     pairs, dt, srv_s, cli_s, threads = _arun(_run(

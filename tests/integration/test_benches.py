@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
 
 CASES = {
     "keymanager": (["--hops", "1", "2", "--keys", "64"], "fetched by slave"),
-    "api": (["--seconds", "0.3", "--blocks", "64", "--bulk", "4"], "pairs/s per server core"),
+    "api": (["--seconds", "0.3", "--blocks", "4", "--bulk", "4"], "pairs/s per server core"),
     "at_rest": (["--keys", "64", "--rounds", "1"], "sealing costs"),
     "hybrid": (["--seconds", "0.2", "--samples", "5"], "qkd-and-pqc"),
     "control": (["--sessions", "2", "--pairs", "5"], "path computation"),
