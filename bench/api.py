@@ -5,10 +5,12 @@ CPU time per pair is measured in both processes (after a warm-up), so the
 the machine is; pairs/s does.
 
 Starts the KM API servers of a three-node line (km0 - km1 - km2) in ONE child process
-(uvicorn, mutual TLS, uvloop when installed) and drives them from this process with the
-async SDK client over keep-alive connections: the master (sae_a at km0) asks enc_keys, the
-slave (sae_b at km1 for the adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys
-for the same key_IDs. Reports request pairs/s for number=1 and keys/s in bulk, at 100 and
+(uvicorn, mutual TLS, uvloop when installed) and drives them with the async SDK client
+over keep-alive connections from this process and ``--clients - 1`` more (2 in all by
+default: one Python client spends more CPU per pair than the server, so alone it cannot
+keep the server busy, and a server that waits for requests shares no journal commit
+between them): the master (sae_a at km0) asks enc_keys, the slave (sae_b at km1 for the
+adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys for the same key_IDs. Reports request pairs/s for number=1 and keys/s in bulk, at 100 and
 at 1,000 keys per request (the KMs allow 1,024: ``max_keys_per_request``).
 
 Behind the API runs one keyplane KeyManager per node under the real control plane
@@ -19,7 +21,8 @@ physical layer: up front, then topped up before each window to what it may spend
 keys really are relayed through km1. Every pair is checked:
 the slave must get the master's bytes, or the bench stops.
 
-    python bench/api.py [--seconds 5] [--concurrency 4] [--blocks 1500] [--profile DIR]
+    python bench/api.py [--seconds 5] [--clients 2] [--concurrency 4] [--blocks 1500]
+        [--profile DIR]
 
 ``--profile DIR`` runs cProfile on the server's event-loop thread during each measured
 window, timed by that thread's CPU clock (so a loaded machine does not skew it), and
@@ -182,12 +185,55 @@ def _client(issued: Issued, sae: str, port: int) -> AsyncEtsi014Client:
                               ca=issued.ca.cert, timeout_s=30.0)
 
 
+async def _pair(master: AsyncEtsi014Client, dec: AsyncEtsi014Client, slave: str, number: int,
+                size: int) -> None:
+    """One enc_keys at the master, then dec_keys of the same key_IDs at the slave."""
+    keys = await master.enc_keys(slave, number, size)
+    got = await dec.dec_keys("sae_a", [k.key_id for k in keys])
+    if [k.key for k in got] != [k.key for k in keys]:
+        raise RuntimeError("slave got different key bytes")
+
+
+def _extra_client(issued: Issued, ports: dict[str, int], slave: str, slave_node: str,
+                  number: int, size: int, concurrency: int, conn: Any) -> None:
+    """Another client process (``--clients``): warms up, says "ready", gets the window
+    ``(start, stop)`` on the system's monotonic clock, runs until ``stop`` and sends
+    ``(pairs completed in the window, its CPU s in the window)``."""
+
+    async def run() -> tuple[int, float]:
+        master = _client(issued, "sae_a", ports["km0"])
+        dec = _client(issued, slave, ports[slave_node])
+        pairs, window, cpu0 = 0, (0.0, time.monotonic() + 0.5), 0.0
+
+        async def worker() -> None:
+            nonlocal pairs
+            while time.monotonic() < window[1]:
+                await _pair(master, dec, slave, number, size)
+                if time.monotonic() >= window[0]:
+                    pairs += 1
+        try:
+            await asyncio.gather(*(worker() for _ in range(concurrency)))  # warm-up
+            conn.send("ready")
+            window = conn.recv()  # its start has passed when it arrives
+            cpu0 = time.process_time()
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            return pairs, time.process_time() - cpu0
+        finally:
+            await master.aclose()
+            await dec.aclose()
+
+    conn.send(_arun(run()))
+
+
 async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: str,
                number: int, size: int, seconds: float, concurrency: int, conn: Any,
-               profile: str | None = None) -> tuple[int, float, float, float, dict[str, float]]:
+               profile: str | None = None, clients: int = 1
+               ) -> tuple[int, float, float, float, dict[str, float]]:
     """``(pairs, seconds, server CPU s, client CPU s, server CPU s per thread kind)`` of the
     measured window (after the warm-up, so one-off costs such as TLS handshakes and first
-    imports stay out); ``profile``: where the server writes its cProfile of the window."""
+    imports stay out); ``profile``: where the server writes its cProfile of the window;
+    ``clients``: client processes (this one and ``clients - 1`` more), ``concurrency``
+    pairs in flight in each."""
     master = _client(issued, "sae_a", ports["km0"])
     dec = _client(issued, slave, ports[slave_node])
     pairs = 0
@@ -195,45 +241,68 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
 
     async def worker() -> None:
         nonlocal pairs
-        while time.perf_counter() < stop_at:
-            keys = await master.enc_keys(slave, number, size)
-            got = await dec.dec_keys("sae_a", [k.key_id for k in keys])
-            if [k.key for k in got] != [k.key for k in keys]:
-                raise RuntimeError("slave got different key bytes")
+        while time.monotonic() < stop_at:
+            await _pair(master, dec, slave, number, size)
             pairs += 1
 
     # link key for the window: at most (warm-up + window) x a rate above what one core
-    # serves (3,000 pairs/s, 80,000 keys/s), per direction of each link
-    conn.send(("top-up", int((seconds + 1) * min(80_000, 3_000 * number) * size / 8)))
+    # serves (3,000 pairs/s, 80,000 keys/s), per direction of each link, per client
+    conn.send(("top-up", int(clients * (seconds + 1) * min(80_000, 3_000 * number)
+                             * size / 8)))
     conn.recv()
+    ctx = mp.get_context("spawn")
+    extra = []
+    for _ in range(clients - 1):
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_extra_client, args=(issued, ports, slave, slave_node,
+                                                       number, size, concurrency, child))
+        proc.start()
+        extra.append((proc, parent))
     try:
         # Warm-up: open the TLS connections, then measure.
-        stop_at = time.perf_counter() + 0.5
+        stop_at = time.monotonic() + 0.5
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        for _, pipe in extra:  # each extra client warmed up too
+            if await asyncio.to_thread(pipe.recv) != "ready":
+                raise RuntimeError("a client process did not start")
         pairs = 0
         conn.send("cpu")
         (srv0, threads0), cli0 = conn.recv(), time.process_time()
         if profile:
             conn.send("profile")
-        start = time.perf_counter()
+        start = time.monotonic()
         stop_at = start + seconds
+        for _, pipe in extra:
+            pipe.send((start, stop_at))
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        dt = time.perf_counter() - start
+        dt = time.monotonic() - start
         if profile:
             conn.send(("profile-stop", profile))
         conn.send("cpu")
         srv1, threads1 = conn.recv()
         threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
-        return pairs, dt, srv1 - srv0, time.process_time() - cli0, threads
+        cli = time.process_time() - cli0
+        for _, pipe in extra:
+            n, cpu = await asyncio.to_thread(pipe.recv)
+            pairs, cli = pairs + n, cli + cpu
+        return pairs, dt, srv1 - srv0, cli, threads
     finally:
         await master.aclose()
         await dec.aclose()
+        for proc, _ in extra:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
-    ap.add_argument("--concurrency", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=4,
+                    help="pairs in flight in each client process")
+    ap.add_argument("--clients", type=int, default=2,
+                    help="client processes (one Python client cannot keep the server busy "
+                         "at one key per request: its CPU per pair exceeds the server's)")
     ap.add_argument("--size", type=int, default=256, help="key size, bits")
     ap.add_argument("--bulk", type=int, nargs="+", default=[100, 1000],
                     help="numbers of keys per bulk request")
@@ -255,7 +324,8 @@ def main() -> None:
     print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, "
           f"{platform.processor() or platform.platform()}, Python {platform.python_version()}, "
           f"load average {os.getloadavg()[0]:.1f} at start")
-    print(f"parameters: seconds={args.seconds} concurrency={args.concurrency} "
+    print(f"parameters: seconds={args.seconds} clients={args.clients} "
+          f"concurrency={args.concurrency} "
           f"size={args.size} bulk={','.join(map(str, args.bulk))} seed={args.seed}")
 
     with tempfile.TemporaryDirectory() as pki:
@@ -277,7 +347,7 @@ def main() -> None:
                                    ".pstats") if args.profile else None)
                     pairs, dt, srv_s, cli_s, threads = _arun(_run(
                         issued, ports, slave, node, number, args.size, args.seconds,
-                        args.concurrency, parent, profile))
+                        args.concurrency, parent, profile, args.clients))
                     srv_ms = srv_s * 1000 / pairs
                     cli_ms = cli_s * 1000 / pairs
                     print(f"{label:8s} {number:8d} {pairs / dt:9.0f} {pairs * number / dt:9.0f} "
