@@ -20,8 +20,11 @@ Settled, a keyplane process also collects its youngest generation every
 makes and drops thousands of short-lived containers per request (key objects, batch rows,
 frames), and at 700 the collector ran several times per 100-key ETSI 014 pair, its
 objects promoted and then walked again by full collections: 130-350 us of CPU per pair
-(6-8 % of the server's CPU), 30-60 us at 10,000 (``bench/api.py``, issue #15). At most
-that many more young objects wait for a collection: a few megabytes.
+(6-8 % of the server's CPU), 30-60 us at 10,000 (``bench/api.py``, issue #15). At 1,000 keys
+per request (about 8 tracked objects per key across the KMs of a 2-hop relay) 10,000 still
+ran the young collection every pair or so and the middle one every ten: 7-8 % of the
+server's CPU in 12 s windows; at 50,000, 4 % (docs/benchmarks.md, wave 13). At most that
+many more young objects wait for a collection: a few megabytes.
 
 ``python -m keyplane.heap MODULE:FUNCTION`` imports ``MODULE`` so and calls ``FUNCTION``
 (the link workers are started that way); the ``keyplane`` console script and
@@ -39,7 +42,7 @@ from typing import cast
 
 __all__ = ["YOUNG_THRESHOLD", "cli_main", "importing", "run_entry", "settle"]
 
-YOUNG_THRESHOLD = 10_000
+YOUNG_THRESHOLD = 50_000
 """Net allocations of tracked objects between two collections of the youngest generation
 in a settled keyplane process (CPython's default: 700)."""
 
