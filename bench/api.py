@@ -245,10 +245,9 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
             await _pair(master, dec, slave, number, size)
             pairs += 1
 
-    # link key for the window: at most (warm-up + window) x a rate above what one core
-    # serves (3,000 pairs/s, 80,000 keys/s), per direction of each link, per client
-    conn.send(("top-up", int(clients * (seconds + 1) * min(80_000, 3_000 * number)
-                             * size / 8)))
+    # link key for the window: at most (warm-up + window) x a rate above what the server's
+    # one loop serves (3,000 pairs/s, 80,000 keys/s), per direction of each link
+    conn.send(("top-up", int((seconds + 1) * min(80_000, 3_000 * number) * size / 8)))
     conn.recv()
     ctx = mp.get_context("spawn")
     extra = []
