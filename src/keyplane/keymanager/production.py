@@ -196,11 +196,12 @@ class _Production(KmShellBase):
         # one draw of randomness for the batch's new keys, cut into keys
         pool = b"" if direct else secrets.token_bytes(size_bytes * n_new)
         at = 0
+        unset: list[dict[str, str]] = []  # the batch's provenance until relayed (one list)
         for i, k in zip(indexes, held, strict=True):
             if k is None:
                 k = HeldKey(next(ids), s.session_id, i, size_bytes * 8,
                             None if direct else pool[at:at + size_bytes], "pending",
-                            s.local_sae, s.peer_sae, now)
+                            s.local_sae, s.peer_sae, now, unset)
                 at += size_bytes
                 fresh.append(k)
             elif k.state != "pending":
@@ -464,6 +465,7 @@ class _Production(KmShellBase):
         fresh: list[HeldKey] = []
         again: list[HeldKey] = []
         sid, sae, peer, now = s.session_id, s.local_sae, s.peer_sae, self._clock.now()
+        unset: list[dict[str, str]] = []  # one list for the batch until set below
         for key_id, index, material, held in zip(
                 frame.key_ids, frame.indexes, keys, self.vault.get_many(sid, frame.indexes),
                 strict=True):
@@ -473,7 +475,7 @@ class _Production(KmShellBase):
                 again.append(held)  # a retry of a batch already stored: confirm again
                 continue
             fresh.append(HeldKey(key_id, sid, index, 8 * len(material), material,
-                                 "pending", sae, peer, now))
+                                 "pending", sae, peer, now, unset))
         if s.interface == "etsi014":
             if self.vault.ready_count(s.session_id) + len(fresh) > self.settings.max_keys_per_pair:
                 return (False, "refused: destination holds max_key_count keys for the pair",
