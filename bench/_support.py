@@ -87,8 +87,7 @@ class BenchNet:
     plane: ControlPlane
     kms: dict[str, KeyManager] = field(default_factory=dict)
     next_block: dict[str, int] = field(default_factory=dict)  # the next block id, by link
-
-    rng: random.Random = field(default_factory=random.Random)
+    rng: random.Random = field(default_factory=random.Random)  # the link key's bytes
 
     async def feed(self, blocks: dict[str, int], block_bytes: int = 1 << 14) -> None:
         """Put ``blocks[link]`` more blocks of random link key at both ends of each link,

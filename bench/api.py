@@ -10,19 +10,20 @@ over keep-alive connections from this process and ``--clients - 1`` more (2 in a
 default: one Python client spends more CPU per pair than the server, so alone it cannot
 keep the server busy, and a server that waits for requests shares no journal commit
 between them): the master (sae_a at km0) asks enc_keys, the slave (sae_b at km1 for the
-adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys for the same key_IDs. Reports request pairs/s for number=1 and keys/s in bulk, at 100 and
-at 1,000 keys per request (the KMs allow 1,024: ``max_keys_per_request``).
+adjacent pair, sae_c at km2 for the 2-hop pair) asks dec_keys for the same key_IDs.
+Reports request pairs/s for number=1 and keys/s in bulk, at 100 and at 1,000 keys per
+request (the KMs allow 1,024: ``max_keys_per_request``).
 
 Behind the API runs one keyplane KeyManager per node under the real control plane
 (bench/_support.py: Access and Admission Control with SLA profiles generous enough not to
 limit the bench, Routing, Monitoring, the SDN Controller) on one bus and SQLite store, with
 link key stores fed with the same random blocks at both link ends (standing in for the
 physical layer: up front, then topped up before each window to what it may spend), so 2-hop
-keys really are relayed through km1. Every pair is checked:
-the slave must get the master's bytes, or the bench stops.
+keys really are relayed through km1. Every pair is checked: the slave must get the
+master's bytes, or the bench stops.
 
     python bench/api.py [--seconds 5] [--clients 2] [--concurrency 4] [--blocks 1500]
-        [--profile DIR]
+        [--max-rate 100000] [--profile DIR]
 
 ``--profile DIR`` runs cProfile on the server's event-loop thread during each measured
 window, timed by that thread's CPU clock (so a loaded machine does not skew it), and
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import gc
 import multiprocessing as mp
@@ -45,6 +47,8 @@ import sys
 import tempfile
 import threading
 import time
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +102,7 @@ def _thread_cpu_s() -> dict[str, float]:
     return out
 
 
-def _serve(pki: str, seed: int, blocks: int, conn: Any) -> None:
+def _serve(pki: str, seed: int, blocks: int, conn: Connection) -> None:
     """Child process: serve km0..km2 until the parent says stop; answer "cpu" queries
     (and, with ``--profile``, "profile" / ("profile-stop", path) around a window)."""
     from keyplane.api.httpserver import HttpLimits
@@ -195,26 +199,26 @@ async def _pair(master: AsyncEtsi014Client, dec: AsyncEtsi014Client, slave: str,
 
 
 def _extra_client(issued: Issued, ports: dict[str, int], slave: str, slave_node: str,
-                  number: int, size: int, concurrency: int, conn: Any) -> None:
-    """Another client process (``--clients``): warms up, says "ready", gets the window
-    ``(start, stop)`` on the system's monotonic clock, runs until ``stop`` and sends
-    ``(pairs completed in the window, its CPU s in the window)``."""
+                  number: int, size: int, concurrency: int, conn: Connection) -> None:
+    """Another client process (``--clients``): warms up, says "ready", gets the window's
+    end on the system's monotonic clock, runs until then and sends ``(pairs completed in
+    the window, its CPU s in the window)``; ends quietly if the main process went first."""
 
     async def run() -> tuple[int, float]:
         master = _client(issued, "sae_a", ports["km0"])
         dec = _client(issued, slave, ports[slave_node])
-        pairs, window, cpu0 = 0, (0.0, time.monotonic() + 0.5), 0.0
+        pairs, stop_at = 0, time.monotonic() + 0.5
 
         async def worker() -> None:
             nonlocal pairs
-            while time.monotonic() < window[1]:
+            while time.monotonic() < stop_at:
                 await _pair(master, dec, slave, number, size)
-                if time.monotonic() >= window[0]:
-                    pairs += 1
+                pairs += 1
         try:
             await asyncio.gather(*(worker() for _ in range(concurrency)))  # warm-up
+            pairs = 0
             conn.send("ready")
-            window = conn.recv()  # its start has passed when it arrives
+            stop_at = conn.recv()  # the window started when the main process sent it
             cpu0 = time.process_time()
             await asyncio.gather(*(worker() for _ in range(concurrency)))
             return pairs, time.process_time() - cpu0
@@ -222,18 +226,29 @@ def _extra_client(issued: Issued, ports: dict[str, int], slave: str, slave_node:
             await master.aclose()
             await dec.aclose()
 
-    conn.send(_arun(run()))
+    try:
+        conn.send(_arun(run()))
+    except (EOFError, BrokenPipeError):
+        return  # the main process stopped (it reports why)
+
+
+def _recv(pipe: Connection, who: str) -> Any:
+    """The next message from a child process; its end a clear error, not a hang."""
+    try:
+        return pipe.recv()
+    except EOFError:
+        raise RuntimeError(f"the {who} process ended (its traceback is above)") from None
 
 
 async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: str,
-               number: int, size: int, seconds: float, concurrency: int, conn: Any,
-               profile: str | None = None, clients: int = 1
+               number: int, size: int, seconds: float, concurrency: int, conn: Connection,
+               profile: str | None = None, clients: int = 1, max_rate: int = 100_000
                ) -> tuple[int, float, float, float, dict[str, float]]:
     """``(pairs, seconds, server CPU s, client CPU s, server CPU s per thread kind)`` of the
     measured window (after the warm-up, so one-off costs such as TLS handshakes and first
     imports stay out); ``profile``: where the server writes its cProfile of the window;
     ``clients``: client processes (this one and ``clients - 1`` more), ``concurrency``
-    pairs in flight in each."""
+    pairs in flight in each; ``max_rate``: keys/s the links are topped up for."""
     master = _client(issued, "sae_a", ports["km0"])
     dec = _client(issued, slave, ports[slave_node])
     pairs = 0
@@ -245,53 +260,64 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
             await _pair(master, dec, slave, number, size)
             pairs += 1
 
-    # link key for the window: at most (warm-up + window) x a rate above what the server's
-    # one loop serves (3,000 pairs/s, 80,000 keys/s), per direction of each link
-    conn.send(("top-up", int((seconds + 1) * min(80_000, 3_000 * number) * size / 8)))
-    conn.recv()
+    # link key for the window, per direction of each link: (warm-up + window) x a rate
+    # above what the server's one loop serves (``max_rate`` keys/s; 5,000 pairs/s)
+    conn.send(("top-up", int((seconds + 1) * min(max_rate, 5_000 * number) * size / 8)))
+    _recv(conn, "server")
     ctx = mp.get_context("spawn")
-    extra = []
-    for _ in range(clients - 1):
-        parent, child = ctx.Pipe()
-        proc = ctx.Process(target=_extra_client, args=(issued, ports, slave, slave_node,
-                                                       number, size, concurrency, child))
-        proc.start()
-        extra.append((proc, parent))
+    extra: list[tuple[BaseProcess, Connection]] = []
     try:
+        for _ in range(clients - 1):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_extra_client, daemon=True,
+                               args=(issued, ports, slave, slave_node, number, size,
+                                     concurrency, child))
+            proc.start()
+            child.close()  # its end closes with the process: recv then raises, not hangs
+            extra.append((proc, parent))
         # Warm-up: open the TLS connections, then measure.
         stop_at = time.monotonic() + 0.5
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         for _, pipe in extra:  # each extra client warmed up too
-            if await asyncio.to_thread(pipe.recv) != "ready":
+            if await asyncio.to_thread(_recv, pipe, "client") != "ready":
                 raise RuntimeError("a client process did not start")
         pairs = 0
         conn.send("cpu")
-        (srv0, threads0), cli0 = conn.recv(), time.process_time()
+        (srv0, threads0), cli0 = _recv(conn, "server"), time.process_time()
         if profile:
             conn.send("profile")
         start = time.monotonic()
         stop_at = start + seconds
         for _, pipe in extra:
-            pipe.send((start, stop_at))
+            pipe.send(stop_at)
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        cli = time.process_time() - cli0
+        for _, pipe in extra:  # their last pairs end before the server's CPU is read
+            n, cpu = await asyncio.to_thread(_recv, pipe, "client")
+            pairs, cli = pairs + n, cli + cpu
         dt = time.monotonic() - start
         if profile:
             conn.send(("profile-stop", profile))
         conn.send("cpu")
-        srv1, threads1 = conn.recv()
+        srv1, threads1 = _recv(conn, "server")
         threads = {k: v - threads0.get(k, 0.0) for k, v in threads1.items()}
-        cli = time.process_time() - cli0
-        for _, pipe in extra:
-            n, cpu = await asyncio.to_thread(pipe.recv)
-            pairs, cli = pairs + n, cli + cpu
         return pairs, dt, srv1 - srv0, cli, threads
     finally:
         await master.aclose()
         await dec.aclose()
-        for proc, _ in extra:
-            proc.join(30)
-            if proc.is_alive():
-                proc.kill()
+        for helper, pipe in extra:
+            pipe.close()  # a client still waiting for its window ends (EOFError)
+            helper.join(5)
+            if helper.is_alive():
+                helper.kill()
+                helper.join()
+
+
+def _at_least_one(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def main() -> None:
@@ -299,9 +325,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--concurrency", type=int, default=4,
                     help="pairs in flight in each client process")
-    ap.add_argument("--clients", type=int, default=2,
+    ap.add_argument("--clients", type=_at_least_one, default=2,
                     help="client processes (one Python client cannot keep the server busy "
                          "at one key per request: its CPU per pair exceeds the server's)")
+    ap.add_argument("--max-rate", type=_at_least_one, default=100_000,
+                    help="keys/s the links are topped up for before each window (a server "
+                         "faster than this runs them dry: 503, keys not relayed in time)")
     ap.add_argument("--size", type=int, default=256, help="key size, bits")
     ap.add_argument("--bulk", type=int, nargs="+", default=[100, 1000],
                     help="numbers of keys per bulk request")
@@ -333,8 +362,9 @@ def main() -> None:
         proc = mp.get_context("spawn").Process(
             target=_serve, args=(pki, args.seed, args.blocks, child))
         proc.start()
+        child.close()  # the server's end closes with it: a recv then raises, not hangs
         try:
-            ports = parent.recv()
+            ports = _recv(parent, "server")
             print("pair       number   pairs/s    keys/s   server CPU/pair  client CPU/pair  "
                   "pairs/s per server core  keys/s per server core  load")
             for label, slave, node in (("adjacent", "sae_b", "km1"),
@@ -346,7 +376,7 @@ def main() -> None:
                                    ".pstats") if args.profile else None)
                     pairs, dt, srv_s, cli_s, threads = _arun(_run(
                         issued, ports, slave, node, number, args.size, args.seconds,
-                        args.concurrency, parent, profile, args.clients))
+                        args.concurrency, parent, profile, args.clients, args.max_rate))
                     srv_ms = srv_s * 1000 / pairs
                     cli_ms = cli_s * 1000 / pairs
                     print(f"{label:8s} {number:8d} {pairs / dt:9.0f} {pairs * number / dt:9.0f} "
@@ -359,8 +389,12 @@ def main() -> None:
                             for name, v in sorted(threads.items()))
                             + f"; journal commits/pair {commits / pairs:.2f}")
         finally:
-            parent.send("stop")
+            with contextlib.suppress(OSError):  # BrokenPipeError: the server is gone
+                parent.send("stop")
             proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
 if __name__ == "__main__":
