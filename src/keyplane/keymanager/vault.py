@@ -45,6 +45,7 @@ from keyplane.store import Database
 from keyplane.store.kmstate import KeyWrites, KmStateStore, StreamRecord
 
 __all__ = ["HeldKey", "KeyState", "KeyVault", "SessionRows", "new_key_id", "new_key_ids"]
+_EMPTY: dict[int, HeldKey] = {}  # a session with none (read only: never written to)
 
 
 class _Stream:
@@ -94,7 +95,7 @@ class KeyVault:
         self._journal = journal
         self._spent_memory = spent_memory
         self._live: dict[str, HeldKey] = {}
-        self.by_index: dict[tuple[str, int], HeldKey] = {}
+        self._at: dict[str, dict[int, HeldKey]] = {}  # held keys by session, then index
         # per session: its held keys by id, and how many are ready (read on every relayed
         # batch, so kept up to date instead of scanning every key the KM holds)
         self._by_session: dict[str, dict[str, HeldKey]] = {}
@@ -107,10 +108,8 @@ class KeyVault:
         # and delivered again may appear twice there: forgetting checks identity)
         self._spent: dict[str, HeldKey] = {}
         self._spent_order: deque[HeldKey] = deque()
-        self._spent_index: dict[tuple[str, int], HeldKey] = {}
-        # per session: its remembered delivered keys by id (those of _spent; a dict, so
-        # forgetting one is a pop, not a list compacted now and then)
-        self._spent_of: dict[str, dict[str, HeldKey]] = {}
+        # per session: its remembered delivered keys (those of _spent) by index
+        self._spent_at: dict[str, dict[int, HeldKey]] = {}
         self.by_id: Mapping[str, HeldKey] = _ById(self._live, self._spent)
         """Held keys and the recently delivered ones, by key id (read-only)."""
         self._dirty: dict[str, Batch] = {}
@@ -130,7 +129,7 @@ class KeyVault:
             if old.batch is not None:
                 self._relayout(old.batch, old)
         self._live[key.key_id] = key
-        self.by_index[(key.session_id, key.index)] = key
+        self._at.setdefault(key.session_id, {})[key.index] = key
         self._by_session.setdefault(key.session_id, {})[key.key_id] = key
         if key.index >= self._end.get(key.session_id, 0):
             self._end[key.session_id] = key.index + 1
@@ -139,8 +138,9 @@ class KeyVault:
 
     def _unindex(self, key: HeldKey) -> None:
         del self._live[key.key_id]
-        if self.by_index.get((key.session_id, key.index)) is key:
-            del self.by_index[(key.session_id, key.index)]
+        at = self._at.get(key.session_id, _EMPTY)
+        if at.get(key.index) is key:
+            del at[key.index]
         self._by_session.get(key.session_id, {}).pop(key.key_id, None)
         if key.state == "ready":
             self._ready[key.session_id] -= 1
@@ -169,11 +169,11 @@ class KeyVault:
         """``set_states(keys, "delivered")`` in one pass (a bulk delivery is one batch of
         one session): each held key leaves the indexes, its batch is marked (or goes when
         none of it is left), it is remembered as spent; then the indexes join the ranges."""
-        live, by_index, by_session = self._live, self.by_index, self._by_session
-        spent, spent_index = self._spent, self._spent_index
-        ready, spent_of = self._ready, self._spent_of
+        live, at_of, by_session = self._live, self._at, self._by_session
+        spent, ready, spent_at = self._spent, self._ready, self._spent_at
         groups: dict[str, list[HeldKey]] = {}
-        of_spent: dict[str, HeldKey] = {}
+        of_spent: dict[int, HeldKey] = {}
+        held_at: dict[int, HeldKey] = _EMPTY
         last: str | None = None
         group: list[HeldKey] = []
         of_session: dict[str, HeldKey] = {}
@@ -196,20 +196,20 @@ class KeyVault:
                 last = sid
                 group = groups.setdefault(sid, [])
                 of_session = by_session.get(sid, {})
-                of_spent = spent_of.setdefault(sid, {})
+                held_at = at_of.get(sid, _EMPTY)
+                of_spent = spent_at.setdefault(sid, {})
             if key.state == "ready":
                 was_ready += 1
             key.state = "delivered"
             key.material = None
             del live[kid]
-            at = (sid, key.index)
-            if by_index.get(at) is key:
-                del by_index[at]
+            idx = key.index
+            if held_at.get(idx) is key:
+                del held_at[idx]
             of_session.pop(kid, None)
             group.append(key)
             spent[kid] = key
-            of_spent[kid] = key
-            spent_index[at] = key
+            of_spent[idx] = key
             batch = key.batch
             if batch is not last_batch:  # a batch's keys come together: counted per run
                 if last_batch is not None and self._spent_from(last_batch, run):
@@ -257,16 +257,15 @@ class KeyVault:
     def _remember_spent(self, key: HeldKey) -> None:
         self._spent[key.key_id] = key
         self._spent_order.append(key)
-        self._spent_of.setdefault(key.session_id, {})[key.key_id] = key
-        self._spent_index[(key.session_id, key.index)] = key
+        self._spent_at.setdefault(key.session_id, {})[key.index] = key
         if key.index >= self._end.get(key.session_id, 0):
             self._end[key.session_id] = key.index + 1
         self._forget_spent()
 
     def _forget_spent(self) -> None:
         """Forget the oldest spent keys beyond ``spent_memory``."""
-        spent, order, spent_index = self._spent, self._spent_order, self._spent_index
-        spent_of, last, of = self._spent_of, "", None
+        spent, order, spent_at = self._spent, self._spent_order, self._spent_at
+        last, of = "", _EMPTY
         while len(spent) > self._spent_memory:
             old = order.popleft()
             if spent.get(old.key_id) is not old:
@@ -274,12 +273,9 @@ class KeyVault:
             del spent[old.key_id]
             if old.session_id != last:  # the oldest keys come a batch at a time
                 last = old.session_id
-                of = spent_of.get(last)
-            if of is not None:
-                of.pop(old.key_id, None)
-            at = (old.session_id, old.index)
-            if spent_index.get(at) is old:
-                del spent_index[at]
+                of = spent_at.get(last, _EMPTY)
+            if of.get(old.index) is old:
+                del of[old.index]
         if len(order) > 2 * len(spent) + 1024:  # entries of keys no longer remembered
             self._spent_order = deque(k for k in order if spent.get(k.key_id) is k)
 
@@ -292,10 +288,11 @@ class KeyVault:
         """Hold new keys (one batch per session); the journal generation that makes them
         durable."""
         fresh: dict[str, list[HeldKey]] = {}
-        live, by_index, ends = self._live, self.by_index, self._end
+        live, at_of, ends = self._live, self._at, self._end
         last: str | None = None
         group: list[HeldKey] = []
         of_session: dict[str, HeldKey] = {}
+        held_at: dict[int, HeldKey] = {}
         for key in keys:
             if key.batch is not None and not key.batch.dead and live.get(key.key_id) is key:
                 self._dirty[key.batch.batch_id] = key.batch  # held already: rewrite it
@@ -308,12 +305,13 @@ class KeyVault:
                 last = sid
                 group = fresh.setdefault(sid, [])
                 of_session = self._by_session.setdefault(sid, {})
+                held_at = at_of.setdefault(sid, {})
             group.append(key)
             if key.key_id in live or key.state == "ready":
                 self._index(key)  # replaces a held key, or counts as ready
                 continue
             live[key.key_id] = key  # a new pending key: _index's work, inline
-            by_index[(sid, key.index)] = key
+            held_at[key.index] = key
             of_session[key.key_id] = key
             if key.index >= ends.get(sid, 0):
                 ends[sid] = key.index + 1
@@ -375,16 +373,16 @@ class KeyVault:
                 continue
             sid = key.session_id
             del self._spent[key.key_id]
-            self._spent_of.get(sid, {}).pop(key.key_id, None)
-            if self._spent_index.get((sid, key.index)) is key:
-                del self._spent_index[(sid, key.index)]
+            of = self._spent_at.get(sid, _EMPTY)
+            if of.get(key.index) is key:
+                del of[key.index]
             stream = self._streams.get(sid)
             if stream is not None and remove_index(stream.delivered, key.index):
                 self._dirty_streams.add(sid)
             key.state = "ready"
             key.material = material
             self._live[key.key_id] = key
-            self.by_index[(sid, key.index)] = key
+            self._at.setdefault(sid, {})[key.index] = key
             self._by_session.setdefault(sid, {})[key.key_id] = key
             self._ready[sid] = self._ready.get(sid, 0) + 1
             batch = key.batch
@@ -414,10 +412,10 @@ class KeyVault:
     def get(self, session_id: str, index: int) -> HeldKey | None:
         """The key at ``index`` of a stream: held, or ``delivered`` (then without bytes, and
         with an empty ``key_id`` once the vault no longer remembers it); None if unknown."""
-        k = self.by_index.get((session_id, index))
+        k = self._at.get(session_id, _EMPTY).get(index)
         if k is not None:
             return k
-        k = self._spent_index.get((session_id, index))
+        k = self._spent_at.get(session_id, _EMPTY).get(index)
         if k is not None:
             return k
         stream = self._streams.get(session_id)
@@ -427,7 +425,8 @@ class KeyVault:
 
     def get_many(self, session_id: str, indexes: Iterable[int]) -> list[HeldKey | None]:
         """:meth:`get` of each of ``indexes`` (one call for a batch)."""
-        by_index, spent_index = self.by_index, self._spent_index
+        held_at = self._at.get(session_id, _EMPTY)
+        spent_at = self._spent_at.get(session_id, _EMPTY)
         stream = self._streams.get(session_id)
         ranges = stream.delivered if stream is not None and stream.delivered else None
         # indexes past the last delivered range (a fresh batch's) skip the range search
@@ -438,9 +437,9 @@ class KeyVault:
             return [None] * len(indexes)  # a fresh batch: nothing known at or past the end
         out: list[HeldKey | None] = []
         for i in indexes:
-            k = by_index.get((session_id, i))
+            k = held_at.get(i)
             if k is None:
-                k = spent_index.get((session_id, i))
+                k = spent_at.get(i)
                 if k is None and i < end and ranges is not None and in_ranges(ranges, i):
                     k = HeldKey("", session_id, i, 0, None, "delivered")
             out.append(k)
@@ -484,15 +483,15 @@ class KeyVault:
             b.dead = True  # fully delivered keys' batches are not in the indexes
             del self._dirty[b.batch_id]
         self._drop_stream(session_id)
-        for old in self._spent_of.pop(session_id, {}).values():
+        for old in self._spent_at.pop(session_id, {}).values():
             if self._spent.get(old.key_id) is not old:
                 continue  # replaced since by a key of another session with its id
             del self._spent[old.key_id]  # its _spent_order entry is skipped when reached
-            self._spent_index.pop((old.session_id, old.index), None)
             if old.batch is not None and old.batch.persisted and not old.batch.dead:
                 self._gone.add(old.batch.batch_id)
                 old.batch.dead = True
         self._by_session.pop(session_id, None)
+        self._at.pop(session_id, None)
         self._ready.pop(session_id, None)
         self._end.pop(session_id, None)
         return freed, self._journal.mark()

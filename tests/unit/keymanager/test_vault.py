@@ -154,7 +154,8 @@ async def test_vault_memory_per_session_is_bounded_by_held_keys(km_db: Database)
         vault.set_states(batch, "delivered")
     await journal.sync()
     assert vault.of_session("s1") == [] and len(vault.by_id) == 64
-    assert len(vault.by_index) == 0 and vault.delivered_ranges("s1") == [(0, 5000)]
+    assert sum(map(len, vault._at.values())) == 0  # no held key left indexed
+    assert vault.delivered_ranges("s1") == [(0, 5000)]
     assert vault.get("s1", 3).state == "delivered"  # type: ignore[union-attr]  # forgotten id, known index
     assert await _rows(km_db, KeyBatchRow) == 0
     await journal.close()
@@ -290,7 +291,7 @@ async def test_vault_spent_memory_is_the_last_delivered_keys_and_goes_with_its_s
         # the newest ones; an undone delivery leaves its place empty (nothing older returns)
         assert remembered == order[len(order) - len(remembered):] and len(remembered) <= 50
         assert undone or len(remembered) == min(50, len(order))
-        assert sum(map(len, vault._spent_of.values())) == len(vault._spent)  # bounded
+        assert sum(map(len, vault._spent_at.values())) == len(vault._spent)  # bounded
     await journal.sync()
     kept = [k for k in order if vault.by_id.get(k.key_id) is k]
     s2 = [k.key_id for k in kept if k.session_id == "s2"]
