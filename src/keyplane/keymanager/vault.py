@@ -265,7 +265,8 @@ class KeyVault:
     def _forget_spent(self) -> None:
         """Forget the oldest spent keys beyond ``spent_memory``."""
         spent, order, spent_at = self._spent, self._spent_order, self._spent_at
-        last, of = "", _EMPTY
+        last: str | None = None
+        of = _EMPTY
         while len(spent) > self._spent_memory:
             old = order.popleft()
             if spent.get(old.key_id) is not old:

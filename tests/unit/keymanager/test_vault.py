@@ -13,6 +13,7 @@ from sqlalchemy import func, select, text
 from tests.support.deadlines import DEADLINE_S
 
 from keyplane.errors import CommitFailed
+from keyplane.keymanager import vault as vault_module
 from keyplane.keymanager.indexranges import add_index, add_indexes
 from keyplane.keymanager.journal import Journal
 from keyplane.keymanager.vault import HeldKey, KeyVault, new_key_id, new_key_ids
@@ -418,3 +419,29 @@ async def test_vault_hand_outs_from_a_living_batch_write_one_row_and_survive_res
     assert third.delivered_ranges("s1") == [(0, 1), (3, 5)]
     assert [k.index for k in third.of_session("s1")] == [1, 2]
     assert await _rows(km_db, KeyStreamRow) == 1
+
+
+async def test_vault_indexes_go_with_their_session_and_the_shared_empty_is_never_written(
+        db: Database) -> None:
+    # held and remembered keys are indexed per session: a dropped session leaves no index,
+    # an undelivery of its keys brings nothing back, and the read-only default stays empty
+    journal = Journal(db)
+    journal.start()
+    vault = KeyVault("km0", journal, spent_memory=4)
+    gone: list[HeldKey] = []
+    for sid in ("s2", "s1"):
+        keys = [_key(sid, i) for i in range(6)]
+        vault.add_all(keys)
+        vault.set_states(keys[:5], "delivered")
+        gone = [k for k in keys[:5] if vault.by_id.get(k.key_id) is k]  # remembered
+    assert len(gone) == 4
+    vault.drop_session("s1")
+    assert vault.get("s1", 5) is None and vault.of_session("s1") == []
+    assert "s1" not in vault._at and "s1" not in vault._spent_at  # no dict per ended session
+    assert vault.undeliver(gone, [b"x" * 32] * len(gone)) == 0
+    assert vault.get("s1", gone[0].index) is None
+    vault.set_states(vault.of_session("s2"), "delivered")
+    assert vault.get_many("s3", [0, 1]) == [None, None] and vault.get("s3", 0) is None
+    assert len(vault.by_id) <= 4
+    assert vault_module._EMPTY == {}
+    await journal.close()
