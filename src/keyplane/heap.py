@@ -21,9 +21,10 @@ makes and drops thousands of short-lived containers per request (key objects, ba
 frames), and at 700 the collector ran several times per 100-key ETSI 014 pair, its
 objects promoted and then walked again by full collections: 130-350 us of CPU per pair
 (6-8 % of the server's CPU), 30-60 us at 10,000 (``bench/api.py``, issue #15). At 1,000 keys
-per request (about 8 tracked objects per key across the KMs of a 2-hop relay) 10,000 still
-ran the young collection every pair or so and the middle one every ten: 7-8 % of the
-server's CPU in 12 s windows; at 50,000, 4 % (docs/benchmarks.md, wave 13). At most that
+per request (about three net allocations of tracked objects per key across the KMs of a
+2-hop relay) 10,000 still ran the young collection every three pairs or so and the middle
+one every ten young ones: 7-8 % of the server's CPU in 12 s windows; at 50,000, 4 %
+(docs/benchmarks.md, wave 13). At most that
 many more young objects wait for a collection: a few megabytes.
 
 ``python -m keyplane.heap MODULE:FUNCTION`` imports ``MODULE`` so and calls ``FUNCTION``
