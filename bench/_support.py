@@ -147,14 +147,13 @@ async def start_net(topology: Topology, bus: Bus, db: Database, clock: Clock,
     """
     plane = ControlPlane(topology, bus, db, clock, events, control_settings)
     await plane.start()
-    net = BenchNet(topology, plane)
+    net = BenchNet(topology, plane, rng=random.Random(seed))
     try:
         for node in topology.nodes:
             km = KeyManager(node.id, topology, (km_buses or {}).get(node.id, bus), db, clock,
                             events, km_settings, (identities or {}).get(node.id))
             await km.start()
             net.kms[node.id] = km
-        net.rng = random.Random(seed)
         await net.feed({link.link_id: blocks for link in topology.links}, block_bytes)
     except BaseException:
         await net.close()

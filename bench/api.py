@@ -198,6 +198,20 @@ async def _pair(master: AsyncEtsi014Client, dec: AsyncEtsi014Client, slave: str,
         raise RuntimeError("slave got different key bytes")
 
 
+async def _drive(master: AsyncEtsi014Client, dec: AsyncEtsi014Client, slave: str,
+                 number: int, size: int, concurrency: int, stop_at: float) -> int:
+    """``concurrency`` loops of pairs until ``stop_at`` (monotonic clock); the pairs made."""
+    pairs = 0
+
+    async def worker() -> None:
+        nonlocal pairs
+        while time.monotonic() < stop_at:
+            await _pair(master, dec, slave, number, size)
+            pairs += 1
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return pairs
+
+
 def _extra_client(issued: Issued, ports: dict[str, int], slave: str, slave_node: str,
                   number: int, size: int, concurrency: int, conn: Connection) -> None:
     """Another client process (``--clients``): warms up, says "ready", gets the window's
@@ -207,20 +221,13 @@ def _extra_client(issued: Issued, ports: dict[str, int], slave: str, slave_node:
     async def run() -> tuple[int, float]:
         master = _client(issued, "sae_a", ports["km0"])
         dec = _client(issued, slave, ports[slave_node])
-        pairs, stop_at = 0, time.monotonic() + 0.5
-
-        async def worker() -> None:
-            nonlocal pairs
-            while time.monotonic() < stop_at:
-                await _pair(master, dec, slave, number, size)
-                pairs += 1
         try:
-            await asyncio.gather(*(worker() for _ in range(concurrency)))  # warm-up
-            pairs = 0
+            await _drive(master, dec, slave, number, size, concurrency,
+                         time.monotonic() + 0.5)  # warm-up
             conn.send("ready")
             stop_at = conn.recv()  # the window started when the main process sent it
             cpu0 = time.process_time()
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
+            pairs = await _drive(master, dec, slave, number, size, concurrency, stop_at)
             return pairs, time.process_time() - cpu0
         finally:
             await master.aclose()
@@ -251,15 +258,6 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
     pairs in flight in each; ``max_rate``: keys/s the links are topped up for."""
     master = _client(issued, "sae_a", ports["km0"])
     dec = _client(issued, slave, ports[slave_node])
-    pairs = 0
-    stop_at = 0.0
-
-    async def worker() -> None:
-        nonlocal pairs
-        while time.monotonic() < stop_at:
-            await _pair(master, dec, slave, number, size)
-            pairs += 1
-
     # link key for the window, per direction of each link: (warm-up + window) x a rate
     # above what the server's one loop serves (``max_rate`` keys/s; 5,000 pairs/s)
     conn.send(("top-up", int((seconds + 1) * min(max_rate, 5_000 * number) * size / 8)))
@@ -276,12 +274,10 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
             child.close()  # its end closes with the process: recv then raises, not hangs
             extra.append((proc, parent))
         # Warm-up: open the TLS connections, then measure.
-        stop_at = time.monotonic() + 0.5
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        await _drive(master, dec, slave, number, size, concurrency, time.monotonic() + 0.5)
         for _, pipe in extra:  # each extra client warmed up too
             if await asyncio.to_thread(_recv, pipe, "client") != "ready":
                 raise RuntimeError("a client process did not start")
-        pairs = 0
         conn.send("cpu")
         (srv0, threads0), cli0 = _recv(conn, "server"), time.process_time()
         if profile:
@@ -290,7 +286,7 @@ async def _run(issued: Issued, ports: dict[str, int], slave: str, slave_node: st
         stop_at = start + seconds
         for _, pipe in extra:
             pipe.send(stop_at)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        pairs = await _drive(master, dec, slave, number, size, concurrency, stop_at)
         cli = time.process_time() - cli0
         for _, pipe in extra:  # their last pairs end before the server's CPU is read
             n, cpu = await asyncio.to_thread(_recv, pipe, "client")
