@@ -40,6 +40,7 @@ from keyplane.cli_support import (
     _run_process,
     _with_etsi015,
     _with_ports,
+    bad_config_exits,
     console,
 )
 from keyplane.fileperms import ensure_private_dir, write_private
@@ -349,14 +350,10 @@ def _node_group(text: str, topo: Topology, *, bus: str, state: Path, db: str | N
     """``keyplane node --id a,b,...``: check the list and the options, then run the nodes
     (keyplane.cli_nodes)."""
     from keyplane.cli_nodes import run_node_group
-    from keyplane.errors import ConfigError
     from keyplane.nodegroup import parse_node_ids
 
-    try:
+    with bad_config_exits():
         ids = parse_node_ids(text, topo)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
     if any(p is not None for p in ports) or keks[0] is not None or keks[1]:
         console.print("[red]error:[/red] with several --id, each node's ports come from the "
                       "topology (ports.api, ports.etsi015) and its key-encryption key from "

@@ -6,7 +6,8 @@ nothing here imports a heavy package at module level (``keyplane --help`` stays 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -88,14 +89,21 @@ AdvertiseOpt = Annotated[str | None, typer.Option(
                              "certificate must name it.")]
 
 
+@contextlib.contextmanager
+def bad_config_exits() -> Iterator[None]:
+    """A :class:`ConfigError` inside ends the command: its message, exit code 2."""
+    try:
+        yield
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 def _load(path: Path) -> Topology:
     from keyplane.config import load_topology
 
-    try:
+    with bad_config_exits():
         return load_topology(path)
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _with_etsi015(topo: Topology, unqualified: bool) -> Topology:
@@ -114,18 +122,13 @@ def _logging(verbose: bool, fmt: LogFormat = "text") -> None:
     setup_logging(verbose=verbose, fmt=fmt)
 
 
-
-
 def _check_km_settings() -> None:
     """A bad ``KEYPLANE_KM_*`` variable stops the command before any I/O (exit 2, named):
     read later, by the KMs' RuntimeContext, it looked like a bus outage."""
     from keyplane.keymanager.settings import km_settings_from_env
 
-    try:
+    with bad_config_exits():
         km_settings_from_env()
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None:
@@ -133,11 +136,8 @@ def _run_process(main_coro: Callable[[ProcessControl], Awaitable[None]]) -> None
     it, shutdown is bounded, a bus that gives up ends it with exit code 1."""
     from keyplane.lifecycle import process_settings_from_env, run_process
 
-    try:
+    with bad_config_exits():
         settings = process_settings_from_env()
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
     _check_km_settings()
     try:
         run_process(main_coro, settings)
@@ -223,11 +223,8 @@ def _with_ports(topo: Topology, node_id: str, **ports: int | None) -> Topology:
     for n in data["nodes"]:
         if n["id"] == node_id:
             n["ports"].update({k: v or None for k, v in given.items()})  # 0: a free one
-    try:  # through the loader: the same messages as for the file itself
+    with bad_config_exits():  # through the loader: the same messages as for the file itself
         return parse_topology(yaml.safe_dump(data), source="the topology with the ports given")
-    except ConfigError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
 
 
 def _db_url(db: str | None, state: Path) -> str:
