@@ -24,8 +24,8 @@ objects promoted and then walked again by full collections: 130-350 us of CPU pe
 per request (about three net allocations of tracked objects per key across the KMs of a
 2-hop relay) 10,000 still ran the young collection every three pairs or so and the middle
 one every ten young ones: 7-8 % of the server's CPU in 12 s windows; at 50,000, 4 %
-(docs/benchmarks.md, wave 13). At most that
-many more young objects wait for a collection: a few megabytes.
+(docs/benchmarks.md, wave 13). At most that many more young objects wait for a collection:
+a few megabytes.
 
 ``python -m keyplane.heap MODULE:FUNCTION`` imports ``MODULE`` so and calls ``FUNCTION``
 (the link workers are started that way); the ``keyplane`` console script and

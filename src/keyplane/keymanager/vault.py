@@ -426,8 +426,6 @@ class KeyVault:
 
     def get_many(self, session_id: str, indexes: Iterable[int]) -> list[HeldKey | None]:
         """:meth:`get` of each of ``indexes`` (one call for a batch)."""
-        held_at = self._at.get(session_id, _EMPTY)
-        spent_at = self._spent_at.get(session_id, _EMPTY)
         stream = self._streams.get(session_id)
         ranges = stream.delivered if stream is not None and stream.delivered else None
         # indexes past the last delivered range (a fresh batch's) skip the range search
@@ -436,6 +434,8 @@ class KeyVault:
             indexes = list(indexes)
         if indexes and min(indexes) >= max(end, self._end.get(session_id, 0)):
             return [None] * len(indexes)  # a fresh batch: nothing known at or past the end
+        held_at = self._at.get(session_id, _EMPTY)
+        spent_at = self._spent_at.get(session_id, _EMPTY)
         out: list[HeldKey | None] = []
         for i in indexes:
             k = held_at.get(i)
