@@ -29,6 +29,9 @@ from keyplane.keymanager.wire import (
 _text = st.text(max_size=40) | st.text(alphabet='az09 "\\/\x00\x1f\x7f\u00e9\u2028\U0001f600',
                                        max_size=12)
 _ints = st.integers(min_value=-(2**70), max_value=2**70)
+# what version 3 frames carry as one string each: ids without a comma, indexes of a stream
+_ids = st.lists(_text.filter(lambda t: "," not in t), max_size=8).filter(lambda v: v != [""])
+_indexes = st.lists(st.integers(min_value=0, max_value=10**19 - 1), max_size=8)
 _provenance = st.lists(st.dictionaries(_text, _text, max_size=4), max_size=3)
 _segments = st.lists(st.tuples(_ints, _ints, st.integers(min_value=1, max_value=2**40)),
                      max_size=4)
@@ -44,13 +47,13 @@ def _reference(body: dict[str, Any]) -> bytes:
 
 key_frames = st.builds(
     KeyFrame, session_id=_text, epoch=_ints, sender=_text, link_id=_text, segments=_segments,
-    batch_id=_text, key_ids=st.lists(_text, max_size=8), indexes=st.lists(_ints, max_size=8),
+    batch_id=_text, key_ids=_ids, indexes=_indexes,
     key_size_bytes=st.integers(min_value=1, max_value=2**40), direct=st.booleans(),
     ciphertext=_text, attempt=_ints, hop_source=st.sampled_from(["qkd", "pqc", "combined"]),
     pqc=_pqc, policy=st.none() | _text, provenance=_provenance, tag=_text)
 confirm_frames = st.builds(
     ConfirmFrame, session_id=_text, epoch=_ints, sender=_text, link_id=_text,
-    segments=_segments, batch_id=_text, key_ids=st.lists(_text, max_size=8), ok=st.booleans(),
+    segments=_segments, batch_id=_text, key_ids=_ids, ok=st.booleans(),
     reason=_text, cause=_text, pqc=_pqc, provenance=_provenance)
 demand_frames = st.builds(
     DemandFrame, session_id=_text, epoch=_ints, sender=_text, link_id=_text,
