@@ -234,7 +234,9 @@ def key_ids_body(body: bytes | None, key_id_pattern: str
     if not body:
         return None
     try:
-        doc = pydantic_core.from_json(body)
+        # its own cache for keys only: a bulk body's 1,000 one-off ids only churn pydantic's
+        # shared string cache (a third of this parse's time)
+        doc = pydantic_core.from_json(body, cache_strings="keys")
     except ValueError:
         return None
     if type(doc) is not dict or not doc.keys() <= {"key_IDs", "key_IDs_extension"}:
@@ -242,15 +244,17 @@ def key_ids_body(body: bytes | None, key_id_pattern: str
     items, ext = doc.get("key_IDs"), doc.get("key_IDs_extension")
     if type(items) is not list or not items or (ext is not None and type(ext) is not dict):
         return None
-    ids = []
-    for item in items:
-        if type(item) is not dict or len(item) != 1:
-            return None
-        key_id = item.get("key_ID")
-        if type(key_id) is not str or len(key_id) != 36:
-            return None
-        ids.append(key_id)
-    return (ids, ext) if _id_run(key_id_pattern).fullmatch("".join(ids)) else None
+    # checked in bulk rather than item by item (a third of this function's time at 1,000
+    # ids): only a JSON object is indexed by a string without TypeError, so each item is
+    # an object holding "key_ID" and, its length 1, nothing else; only a str joins
+    try:
+        ids = [item["key_ID"] for item in items]
+        joined = "".join(ids)
+    except (TypeError, KeyError):
+        return None
+    if sum(map(len, items)) != len(items) or set(map(len, ids)) != {36}:
+        return None
+    return (ids, ext) if _id_run(key_id_pattern).fullmatch(joined) else None
 
 
 _RUNS: dict[str, re.Pattern[str]] = {}
