@@ -21,9 +21,12 @@ batch's own row records which of its keys were handed out (state ``d``), and a K
 adds those to the ranges it reads, so a one-key hand-out from a stored batch (an ETSI 014
 stock key) writes one row, not two (#15).
 
-Memory per live session is bounded by the keys it holds: a delivered key leaves the
-indexes at once; the vault remembers the last ``spent_memory`` delivered keys (by id, for
-ETSI 014's "already delivered" and "not yours" answers) and, beyond that, only the ranges.
+Memory per live session is bounded by the keys it holds: the vault remembers the last
+``spent_memory`` delivered keys (by id, for ETSI 014's "already delivered" and "not yours"
+answers; by index, for a retried relay batch) and, beyond that, only the ranges. A delivered
+key stays in the indexes it was held in, marked by its state, until it is forgotten: a
+hand-out then changes no index, and one dict per lookup (by id, by session and index) holds
+both kinds (a bulk hand-out of 1,000 keys did five dict writes per key before, #15).
 
 Key ids are UUIDs of version 7 (RFC 9562, :func:`new_key_id`): time-ordered, so the rows a
 KM writes land at the end of the table's indexes instead of on a random page each.
@@ -33,8 +36,7 @@ from __future__ import annotations
 
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Mapping
 
 from keyplane.keymanager.heldkey import STATE, Batch, HeldKey, KeyState
 from keyplane.keymanager.indexranges import add_indexes, in_ranges, remove_index
@@ -57,30 +59,6 @@ class _Stream:
         self.persisted = persisted
 
 
-class _ById(Mapping[str, HeldKey]):
-    """The vault's keys by id: held ones, then the recently delivered it remembers."""
-
-    def __init__(self, live: dict[str, HeldKey], spent: dict[str, HeldKey]) -> None:
-        self._live = live
-        self._spent = spent
-
-    def __getitem__(self, key_id: str) -> HeldKey:
-        k = self._live.get(key_id)
-        return k if k is not None else self._spent[key_id]
-
-    def get(self, key_id: str, default: Any = None) -> Any:
-        """As Mapping.get, without its exception round trip (a lookup per key in bulk)."""
-        k = self._live.get(key_id)
-        return k if k is not None else self._spent.get(key_id, default)
-
-    def __iter__(self) -> Iterator[str]:
-        yield from self._live
-        yield from self._spent
-
-    def __len__(self) -> int:
-        return len(self._live) + len(self._spent)
-
-
 class KeyVault:
     """The end-to-end keys of one KM.
 
@@ -94,23 +72,23 @@ class KeyVault:
         self.node_id = node_id
         self._journal = journal
         self._spent_memory = spent_memory
-        self._live: dict[str, HeldKey] = {}
-        self._at: dict[str, dict[int, HeldKey]] = {}  # held keys by session, then index
-        # per session: its held keys by id, and how many are ready (read on every relayed
-        # batch, so kept up to date instead of scanning every key the KM holds)
-        self._by_session: dict[str, dict[str, HeldKey]] = {}
+        # held keys and the remembered delivered ones (state "delivered"), by id and by
+        # session, then index (see the module docstring)
+        self._keys: dict[str, HeldKey] = {}
+        self._at: dict[str, dict[int, HeldKey]] = {}
+        # per session: how many keys are ready (read on every relayed batch, so kept up to
+        # date instead of scanning every key the KM holds)
         self._ready: dict[str, int] = {}
         self._streams: dict[str, _Stream] = {}
         # per session: one past the highest index ever held, remembered or delivered here,
         # so a lookup of a fresh batch (every index at or past it) touches no index
         self._end: dict[str, int] = {}
-        # delivered keys remembered by id, oldest first in _spent_order (a key undelivered
-        # and delivered again may appear twice there: forgetting checks identity)
-        self._spent: dict[str, HeldKey] = {}
+        # how many delivered keys _keys remembers; they are in _spent_order, oldest first
+        # (a key undelivered and delivered again may appear twice there, and one replaced
+        # by another key of its id stays there: forgetting checks identity and state)
+        self._spent = 0
         self._spent_order: deque[HeldKey] = deque()
-        # per session: its remembered delivered keys (those of _spent) by index
-        self._spent_at: dict[str, dict[int, HeldKey]] = {}
-        self.by_id: Mapping[str, HeldKey] = _ById(self._live, self._spent)
+        self.by_id: Mapping[str, HeldKey] = self._keys
         """Held keys and the recently delivered ones, by key id (read-only)."""
         self._dirty: dict[str, Batch] = {}
         self._gone: set[str] = set()  # persisted batches to delete
@@ -123,25 +101,27 @@ class KeyVault:
 
     # ---- indexes ------------------------------------------------------------------------
     def _index(self, key: HeldKey) -> None:
-        old = self._live.get(key.key_id)
+        old = self._keys.get(key.key_id)
         if old is not None and old is not key:
-            self._unindex(old)
-            if old.batch is not None:
-                self._relayout(old.batch, old)
-        self._live[key.key_id] = key
+            if old.state == "delivered":  # remembered: forgotten for the held key
+                self._drop_spent(old)
+            else:
+                self._unindex(old)
+                if old.batch is not None:
+                    self._relayout(old.batch, old)
+        self._keys[key.key_id] = key
         self._at.setdefault(key.session_id, {})[key.index] = key
-        self._by_session.setdefault(key.session_id, {})[key.key_id] = key
         if key.index >= self._end.get(key.session_id, 0):
             self._end[key.session_id] = key.index + 1
         if key.state == "ready" and old is not key:
             self._ready[key.session_id] = self._ready.get(key.session_id, 0) + 1
 
     def _unindex(self, key: HeldKey) -> None:
-        del self._live[key.key_id]
+        """Take a held key out of the indexes."""
+        del self._keys[key.key_id]
         at = self._at.get(key.session_id, _EMPTY)
         if at.get(key.index) is key:
             del at[key.index]
-        self._by_session.get(key.session_id, {}).pop(key.key_id, None)
         if key.state == "ready":
             self._ready[key.session_id] -= 1
 
@@ -167,25 +147,22 @@ class KeyVault:
 
     def _deliver(self, keys: Iterable[HeldKey]) -> None:
         """``set_states(keys, "delivered")`` in one pass (a bulk delivery is one batch of
-        one session): each held key leaves the indexes, its batch is marked (or goes when
-        none of it is left), it is remembered as spent; then the indexes join the ranges."""
-        live, at_of, by_session = self._live, self._at, self._by_session
-        spent, ready, spent_at = self._spent, self._ready, self._spent_at
+        one session): each held key is marked, its bytes dropped (it stays in the indexes,
+        remembered: see the module docstring), its batch is marked (or goes when none of
+        it is left); then the indexes join the ranges and the oldest remembered go."""
+        by_id, ready = self._keys, self._ready
         groups: dict[str, list[HeldKey]] = {}
-        of_spent: dict[int, HeldKey] = {}
-        held_at: dict[int, HeldKey] = _EMPTY
         last: str | None = None
         group: list[HeldKey] = []
-        of_session: dict[str, HeldKey] = {}
         last_batch: Batch | None = None
         run = 0  # keys of last_batch in the current run
         was_ready = 0  # of the current session
         died: set[str] = set()  # sessions a batch of which is left with no key to hand out
         for key in keys:
-            kid = key.key_id
-            if live.get(kid) is not key or key.state == "delivered":
-                if key.state != "delivered":  # a key no vault holds (dropped, or never
-                    key.state = "delivered"   # added): nothing to write
+            state = key.state
+            if state == "delivered" or by_id.get(key.key_id) is not key:
+                if state != "delivered":  # a key no vault holds (dropped, or never
+                    key.state = "delivered"  # added): nothing to write
                     key.material = None
                 continue
             sid = key.session_id
@@ -195,21 +172,11 @@ class KeyVault:
                     was_ready = 0
                 last = sid
                 group = groups.setdefault(sid, [])
-                of_session = by_session.get(sid, {})
-                held_at = at_of.get(sid, _EMPTY)
-                of_spent = spent_at.setdefault(sid, {})
-            if key.state == "ready":
+            if state == "ready":
                 was_ready += 1
             key.state = "delivered"
             key.material = None
-            del live[kid]
-            idx = key.index
-            if held_at.get(idx) is key:
-                del held_at[idx]
-            of_session.pop(kid, None)
             group.append(key)
-            spent[kid] = key
-            of_spent[idx] = key
             batch = key.batch
             if batch is not last_batch:  # a batch's keys come together: counted per run
                 if last_batch is not None and self._spent_from(last_batch, run):
@@ -221,6 +188,7 @@ class KeyVault:
         if was_ready:
             ready[last] -= was_ready  # type: ignore[index]
         for sid, group in groups.items():
+            self._spent += len(group)
             self._spent_order.extend(group)
             stream = self._streams.get(sid)
             if stream is None:
@@ -255,30 +223,51 @@ class KeyVault:
         return True
 
     def _remember_spent(self, key: HeldKey) -> None:
-        self._spent[key.key_id] = key
+        """Remember a delivered key read at start (a held key of its id or index keeps
+        its place: it is what a lookup finds first)."""
+        old = self._keys.get(key.key_id)
+        if old is None or (old is not key and old.state == "delivered"):
+            if old is not None:
+                self._drop_spent(old)
+            self._keys[key.key_id] = key
+            self._spent += 1
+        at = self._at.setdefault(key.session_id, {})
+        held = at.get(key.index)
+        if held is None or held.state == "delivered":
+            at[key.index] = key
         self._spent_order.append(key)
-        self._spent_at.setdefault(key.session_id, {})[key.index] = key
         if key.index >= self._end.get(key.session_id, 0):
             self._end[key.session_id] = key.index + 1
         self._forget_spent()
 
+    def _drop_spent(self, old: HeldKey) -> None:
+        """Forget one remembered delivered key (its _spent_order entry is skipped later)."""
+        if self._keys.get(old.key_id) is old:
+            del self._keys[old.key_id]
+            self._spent -= 1
+        at = self._at.get(old.session_id, _EMPTY)
+        if at.get(old.index) is old:
+            del at[old.index]
+
     def _forget_spent(self) -> None:
-        """Forget the oldest spent keys beyond ``spent_memory``."""
-        spent, order, spent_at = self._spent, self._spent_order, self._spent_at
+        """Forget the oldest delivered keys beyond ``spent_memory``."""
+        by_id, order, at_of = self._keys, self._spent_order, self._at
         last: str | None = None
         of = _EMPTY
-        while len(spent) > self._spent_memory:
+        while self._spent > self._spent_memory:
             old = order.popleft()
-            if spent.get(old.key_id) is not old:
-                continue  # undelivered (or dropped) since; or a second entry of a key
-            del spent[old.key_id]
+            if old.state != "delivered" or by_id.get(old.key_id) is not old:
+                continue  # undelivered (or dropped, or replaced) since; or a second entry
+            del by_id[old.key_id]
+            self._spent -= 1
             if old.session_id != last:  # the oldest keys come a batch at a time
                 last = old.session_id
-                of = spent_at.get(last, _EMPTY)
+                of = at_of.get(last, _EMPTY)
             if of.get(old.index) is old:
                 del of[old.index]
-        if len(order) > 2 * len(spent) + 1024:  # entries of keys no longer remembered
-            self._spent_order = deque(k for k in order if spent.get(k.key_id) is k)
+        if len(order) > 2 * self._spent + 1024:  # entries of keys no longer remembered
+            self._spent_order = deque(k for k in order if k.state == "delivered"
+                                      and by_id.get(k.key_id) is k)
 
     # ---- changes ------------------------------------------------------------------------
     def add(self, key: HeldKey) -> int:
@@ -289,31 +278,28 @@ class KeyVault:
         """Hold new keys (one batch per session); the journal generation that makes them
         durable."""
         fresh: dict[str, list[HeldKey]] = {}
-        live, at_of, ends = self._live, self._at, self._end
+        by_id, at_of, ends = self._keys, self._at, self._end
         last: str | None = None
         group: list[HeldKey] = []
-        of_session: dict[str, HeldKey] = {}
         held_at: dict[int, HeldKey] = {}
         for key in keys:
-            if key.batch is not None and not key.batch.dead and live.get(key.key_id) is key:
+            if key.state == "delivered":
+                continue
+            if key.batch is not None and not key.batch.dead and by_id.get(key.key_id) is key:
                 self._dirty[key.batch.batch_id] = key.batch  # held already: rewrite it
                 key.batch.full = True  # (its bytes may be new: a direct relay's)
-                continue
-            if key.state == "delivered":
                 continue
             sid = key.session_id
             if sid != last:  # a relay batch is one session: looked up once
                 last = sid
                 group = fresh.setdefault(sid, [])
-                of_session = self._by_session.setdefault(sid, {})
                 held_at = at_of.setdefault(sid, {})
             group.append(key)
-            if key.key_id in live or key.state == "ready":
-                self._index(key)  # replaces a held key, or counts as ready
+            if key.key_id in by_id or key.state == "ready":
+                self._index(key)  # replaces a key of its id, or counts as ready
                 continue
-            live[key.key_id] = key  # a new pending key: _index's work, inline
+            by_id[key.key_id] = key  # a new pending key: _index's work, inline
             held_at[key.index] = key
-            of_session[key.key_id] = key
             if key.index >= ends.get(sid, 0):
                 ends[sid] = key.index + 1
         for sid, ks in fresh.items():
@@ -334,11 +320,11 @@ class KeyVault:
         if state == "delivered":  # destroys the bytes: see _deliver
             self._deliver(keys)
             return self._journal.mark()
-        live_keys, dirty, ready, last = self._live, self._dirty, self._ready, None
+        by_id, dirty, ready, last = self._keys, self._dirty, self._ready, None
         to_ready = state == "ready"
         counts: dict[str, int] = {}  # change of each session's ready count
         for key in keys:
-            if live_keys.get(key.key_id) is not key:
+            if key.state == "delivered" or by_id.get(key.key_id) is not key:
                 if key.state != "delivered":  # a key no vault holds (dropped, or never
                     key.state = state         # added): nothing to write
                 continue
@@ -370,21 +356,16 @@ class KeyVault:
         """
         back = 0
         for key, material in zip(keys, materials, strict=True):
-            if key.state != "delivered" or self._spent.get(key.key_id) is not key:
+            if key.state != "delivered" or self._keys.get(key.key_id) is not key:
                 continue
             sid = key.session_id
-            del self._spent[key.key_id]
-            of = self._spent_at.get(sid, _EMPTY)
-            if of.get(key.index) is key:
-                del of[key.index]
+            self._spent -= 1  # held again (its _spent_order entry is skipped when reached)
             stream = self._streams.get(sid)
             if stream is not None and remove_index(stream.delivered, key.index):
                 self._dirty_streams.add(sid)
             key.state = "ready"
             key.material = material
-            self._live[key.key_id] = key
             self._at.setdefault(sid, {})[key.index] = key
-            self._by_session.setdefault(sid, {})[key.key_id] = key
             self._ready[sid] = self._ready.get(sid, 0) + 1
             batch = key.batch
             if batch is not None:
@@ -404,7 +385,8 @@ class KeyVault:
 
     def touch(self, key: HeldKey) -> int:
         """Mark a key changed (e.g. its provenance); the journal generation."""
-        if key.batch is not None and not key.batch.dead and self._live.get(key.key_id) is key:
+        if (key.batch is not None and not key.batch.dead and key.state != "delivered"
+                and self._keys.get(key.key_id) is key):
             self._dirty[key.batch.batch_id] = key.batch
             key.batch.full = True
         return self._journal.mark()
@@ -414,9 +396,6 @@ class KeyVault:
         """The key at ``index`` of a stream: held, or ``delivered`` (then without bytes, and
         with an empty ``key_id`` once the vault no longer remembers it); None if unknown."""
         k = self._at.get(session_id, _EMPTY).get(index)
-        if k is not None:
-            return k
-        k = self._spent_at.get(session_id, _EMPTY).get(index)
         if k is not None:
             return k
         stream = self._streams.get(session_id)
@@ -434,21 +413,18 @@ class KeyVault:
             indexes = list(indexes)
         if indexes and min(indexes) >= max(end, self._end.get(session_id, 0)):
             return [None] * len(indexes)  # a fresh batch: nothing known at or past the end
-        held_at = self._at.get(session_id, _EMPTY)
-        spent_at = self._spent_at.get(session_id, _EMPTY)
+        at = self._at.get(session_id, _EMPTY)
         out: list[HeldKey | None] = []
         for i in indexes:
-            k = held_at.get(i)
-            if k is None:
-                k = spent_at.get(i)
-                if k is None and i < end and ranges is not None and in_ranges(ranges, i):
-                    k = HeldKey("", session_id, i, 0, None, "delivered")
+            k = at.get(i)
+            if k is None and i < end and ranges is not None and in_ranges(ranges, i):
+                k = HeldKey("", session_id, i, 0, None, "delivered")
             out.append(k)
         return out
 
     def of_session(self, session_id: str) -> list[HeldKey]:
         """The keys of a session the vault holds (pending or ready; not the delivered)."""
-        return list(self._by_session.get(session_id, {}).values())
+        return [k for k in self._at.get(session_id, _EMPTY).values() if k.state != "delivered"]
 
     def ready_count(self, session_id: str) -> int:
         """Keys of a session in state ``ready`` (O(1))."""
@@ -484,15 +460,16 @@ class KeyVault:
             b.dead = True  # fully delivered keys' batches are not in the indexes
             del self._dirty[b.batch_id]
         self._drop_stream(session_id)
-        for old in self._spent_at.pop(session_id, {}).values():
-            if self._spent.get(old.key_id) is not old:
+        # what the session's index still holds is delivered keys remembered (the held ones
+        # were taken out above)
+        for old in self._at.pop(session_id, _EMPTY).values():
+            if old.state != "delivered" or self._keys.get(old.key_id) is not old:
                 continue  # replaced since by a key of another session with its id
-            del self._spent[old.key_id]  # its _spent_order entry is skipped when reached
+            del self._keys[old.key_id]  # its _spent_order entry is skipped when reached
+            self._spent -= 1
             if old.batch is not None and old.batch.persisted and not old.batch.dead:
                 self._gone.add(old.batch.batch_id)
                 old.batch.dead = True
-        self._by_session.pop(session_id, None)
-        self._at.pop(session_id, None)
         self._ready.pop(session_id, None)
         self._end.pop(session_id, None)
         return freed, self._journal.mark()

@@ -155,7 +155,9 @@ async def test_vault_memory_per_session_is_bounded_by_held_keys(km_db: Database)
         vault.set_states(batch, "delivered")
     await journal.sync()
     assert vault.of_session("s1") == [] and len(vault.by_id) == 64
-    assert sum(map(len, vault._at.values())) == 0  # no held key left indexed
+    # the index holds no key but the 64 remembered delivered ones
+    assert sum(map(len, vault._at.values())) == 64 == vault._spent
+    assert all(k.state == "delivered" for k in vault._at["s1"].values())
     assert vault.delivered_ranges("s1") == [(0, 5000)]
     assert vault.get("s1", 3).state == "delivered"  # type: ignore[union-attr]  # forgotten id, known index
     assert await _rows(km_db, KeyBatchRow) == 0
@@ -292,7 +294,10 @@ async def test_vault_spent_memory_is_the_last_delivered_keys_and_goes_with_its_s
         # the newest ones; an undone delivery leaves its place empty (nothing older returns)
         assert remembered == order[len(order) - len(remembered):] and len(remembered) <= 50
         assert undone or len(remembered) == min(50, len(order))
-        assert sum(map(len, vault._spent_at.values())) == len(vault._spent)  # bounded
+        # bounded: the index holds the held keys (the undelivered) and the remembered ones
+        held = [k for at in vault._at.values() for k in at.values() if k.state != "delivered"]
+        assert sum(map(len, vault._at.values())) == vault._spent + len(held) == len(vault.by_id)
+        assert vault._spent == len(remembered)
     await journal.sync()
     kept = [k for k in order if vault.by_id.get(k.key_id) is k]
     s2 = [k.key_id for k in kept if k.session_id == "s2"]
@@ -437,7 +442,7 @@ async def test_vault_indexes_go_with_their_session_and_the_shared_empty_is_never
     assert len(gone) == 4
     vault.drop_session("s1")
     assert vault.get("s1", 5) is None and vault.of_session("s1") == []
-    assert "s1" not in vault._at and "s1" not in vault._spent_at  # no dict per ended session
+    assert "s1" not in vault._at  # no dict per ended session
     assert vault.undeliver(gone, [b"x" * 32] * len(gone)) == 0
     assert vault.get("s1", gone[0].index) is None
     vault.set_states(vault.of_session("s2"), "delivered")
