@@ -49,6 +49,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    StrictStr,
 )
 from pydantic_core import to_json
 
@@ -90,20 +91,25 @@ to before its tag is checked)."""
 # are one string each; in Python they stay lists.
 
 def _split_ids(value: Any) -> Any:
-    """Wire form -> list: the ids joined by commas ("" for none). A list (made in Python)
-    passes if the joined form keeps it apart: no id holds a comma, and it is not ``[""]``.
-    (A wire string costs at least a byte per id, so, unlike index runs, it needs no
-    bound beyond the message size.)"""
+    """Wire form -> list: the ids joined by commas ("" for none). A list or tuple (made in
+    Python) passes if the joined form keeps it apart: no id holds a comma, and it is not
+    ``[""]``; any other kind of value is refused (so nothing reaches the list's own
+    validation that could join differently). At most :data:`MAX_FRAME_KEYS` ids."""
     if type(value) is str:
-        return value.split(",") if value else []
-    if type(value) is list and value:
+        ids = value.split(",") if value else []
+    elif isinstance(value, list | tuple):
+        ids = list(value)
         try:
-            text = ",".join(value)
+            text = ",".join(ids)
         except TypeError:
-            return value  # not all strings: the list's validation says so
-        if text.count(",") != len(value) - 1 or not text:
+            raise ValueError("key ids must be strings") from None
+        if ids and (text.count(",") != len(ids) - 1 or not text):
             raise ValueError("a key id holds a comma, or the only id is empty")
-    return value
+    else:
+        raise ValueError("key ids must be a list of strings")
+    if len(ids) > MAX_FRAME_KEYS:
+        raise ValueError(f"more than {MAX_FRAME_KEYS} key ids in one frame")
+    return ids
 
 
 _RUNS_TEXT = re.compile(r"[0-9]{1,19}(?:\+[0-9]{1,7})?(?:,[0-9]{1,19}(?:\+[0-9]{1,7})?)*")
@@ -127,12 +133,13 @@ def _expand_runs(value: Any) -> Any:
     out: list[int] = []
     for run in value.split(","):
         start, _, n = run.partition("+")
+        count = int(n) if n else 1
+        if len(out) + count > MAX_FRAME_KEYS:  # checked before a run is expanded
+            raise ValueError(f"more than {MAX_FRAME_KEYS} indexes in one frame")
         if n:
-            out += range(int(start), int(start) + int(n))
+            out += range(int(start), int(start) + count)
         else:
             out.append(int(start))
-        if len(out) > MAX_FRAME_KEYS:
-            raise ValueError(f"more than {MAX_FRAME_KEYS} indexes in one frame")
     return out
 
 
@@ -156,15 +163,19 @@ def _runs(indexes: list[int]) -> str:
 
 
 def _bounded(indexes: list[int]) -> list[int]:
-    """At most :data:`MAX_FRAME_KEYS` indexes, none negative (what the runs can carry)."""
+    """At most :data:`MAX_FRAME_KEYS` indexes, each in ``[0, 10**19)`` (what the runs
+    carry: a frame that seals is one its receivers read)."""
     if len(indexes) > MAX_FRAME_KEYS:
         raise ValueError(f"more than {MAX_FRAME_KEYS} indexes in one frame")
-    if indexes and min(indexes) < 0:
-        raise ValueError("a stream index is negative")
+    if indexes and (min(indexes) < 0 or max(indexes) >= _INDEX_END):
+        raise ValueError("a stream index is negative or has more than 19 digits")
     return indexes
 
 
-PackedIds = Annotated[list[str], BeforeValidator(_split_ids),
+_INDEX_END = 10**19
+
+
+PackedIds = Annotated[list[StrictStr], BeforeValidator(_split_ids),
                       PlainSerializer(",".join, return_type=str, when_used="json")]
 """Key ids; on the wire one string, the ids joined by commas."""
 IndexRuns = Annotated[list[int],

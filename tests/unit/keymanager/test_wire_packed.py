@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import tracemalloc
 
 import pytest
 from hypothesis import given, settings
@@ -101,3 +102,37 @@ def test_a_version_2_frame_decodes_but_its_tag_does_not_verify() -> None:
     confirm = ConfirmFrame(session_id="s", epoch=1, sender="km1", link_id="l", segments=[],
                            batch_id="b", key_ids=["a", "b"], ok=True)
     assert _body(confirm)["key_ids"] == "a,b"
+
+
+def test_runs_past_the_bound_are_refused_before_they_are_expanded() -> None:
+    """A 300-byte frame must not make ten million ints before its tag is checked (the
+    review: the bound was checked after each run was expanded)."""
+    data = encode(_frame(["a"], [1])).replace(b'"indexes":"1"', b'"indexes":"0+9999999,0"')
+    tracemalloc.start()
+    try:
+        with pytest.raises(MessageDecodeError):
+            decode(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000  # ten million ints would be hundreds of MB
+
+
+def test_too_many_ids_on_the_wire_are_refused() -> None:
+    data = encode(_frame(["a"], [1])).replace(
+        b'"key_ids":"a"', b'"key_ids":"' + b"," * MAX_FRAME_KEYS + b'"')
+    with pytest.raises(MessageDecodeError):
+        decode(data)
+
+
+@pytest.mark.parametrize("ids", [("a,b",), {"a"}, iter(["a"]), [b"a,b"], ["a", 1]])
+def test_ids_other_than_a_list_or_tuple_of_str_without_commas_are_refused(ids: object) -> None:
+    with pytest.raises(ValidationError):
+        _frame(ids, [1])  # type: ignore[arg-type]
+
+
+def test_an_index_the_runs_cannot_carry_is_refused_when_made() -> None:
+    with pytest.raises(ValidationError):
+        _frame(["a"], [10**19])
+    assert decode(encode(_frame(["a", "b"], [10**19 - 1, 0]))).indexes == [  # type: ignore[attr-defined]
+        10**19 - 1, 0]
