@@ -66,5 +66,5 @@ def _ids_of(ms: bytes, rand: bytes, n: int) -> list[str]:
     del text[34::40]
     del text[29::39]
     del text[4::38]
-    s = text.decode()
-    return [s[i:i + 36] for i in range(0, 37 * n, 37)]
+    text[36::37] = b"," * (n - 1)  # the '-' between ids: split at C speed
+    return text.decode().split(",")

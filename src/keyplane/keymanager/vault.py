@@ -254,12 +254,15 @@ class KeyVault:
         by_id, order, at_of = self._keys, self._spent_order, self._at
         last: str | None = None
         of = _EMPTY
-        while self._spent > self._spent_memory:
+        excess = self._spent - self._spent_memory
+        if excess > 0:
+            self._spent = self._spent_memory  # once the excess below is forgotten
+        while excess > 0:
             old = order.popleft()
             if old.state != "delivered" or by_id.get(old.key_id) is not old:
                 continue  # undelivered (or dropped, or replaced) since; or a second entry
             del by_id[old.key_id]
-            self._spent -= 1
+            excess -= 1
             if old.session_id != last:  # the oldest keys come a batch at a time
                 last = old.session_id
                 of = at_of.get(last, _EMPTY)
