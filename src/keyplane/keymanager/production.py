@@ -199,9 +199,10 @@ class _Production(KmShellBase):
         unset: list[dict[str, str]] = []  # the batch's provenance until relayed (one list)
         for i, k in zip(indexes, held, strict=True):
             if k is None:
-                k = HeldKey(next(ids), s.session_id, i, size_bytes * 8,  # positional: a
-                            None if direct else pool[at:at + size_bytes], "pending",  # keyword
-                            s.local_sae, s.peer_sae, now, unset)  # doubles the call's cost
+                # positional, as every hot path makes a HeldKey (see its docstring)
+                k = HeldKey(next(ids), s.session_id, i, size_bytes * 8,
+                            None if direct else pool[at:at + size_bytes], "pending",
+                            s.local_sae, s.peer_sae, now, unset)
                 at += size_bytes
                 fresh.append(k)
             elif k.state != "pending":
@@ -475,7 +476,7 @@ class _Production(KmShellBase):
                 again.append(held)  # a retry of a batch already stored: confirm again
                 continue
             fresh.append(HeldKey(key_id, sid, index, 8 * len(material), material,
-                                 "pending", sae, peer, now, unset))  # (positional: cheaper)
+                                 "pending", sae, peer, now, unset))  # positional: see HeldKey
         if s.interface == "etsi014":
             if self.vault.ready_count(s.session_id) + len(fresh) > self.settings.max_keys_per_pair:
                 return (False, "refused: destination holds max_key_count keys for the pair",

@@ -468,8 +468,7 @@ class KeyVault:
         for old in self._at.pop(session_id, _EMPTY).values():
             if old.state != "delivered" or self._keys.get(old.key_id) is not old:
                 continue  # replaced since by a key of another session with its id
-            del self._keys[old.key_id]  # its _spent_order entry is skipped when reached
-            self._spent -= 1
+            self._drop_spent(old)
             if old.batch is not None and old.batch.persisted and not old.batch.dead:
                 self._gone.add(old.batch.batch_id)
                 old.batch.dead = True

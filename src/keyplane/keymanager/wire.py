@@ -124,12 +124,6 @@ def _expand_runs(value: Any) -> Any:
         return []
     if not _RUNS_TEXT.fullmatch(value):
         raise ValueError("indexes are not runs of the form i or i+n, comma-separated")
-    if "," not in value:  # one run: a fresh batch's
-        start, _, n = value.partition("+")
-        count = int(n) if n else 1
-        if count > MAX_FRAME_KEYS:
-            raise ValueError(f"more than {MAX_FRAME_KEYS} indexes in one frame")
-        return list(range(int(start), int(start) + count))
     out: list[int] = []
     for run in value.split(","):
         start, _, n = run.partition("+")
