@@ -223,9 +223,19 @@ class LinkShares:
 
     def withdraw(self, flow: str) -> list[object]:
         """Take ``flow``'s waiting tickets out (its session was rerouted off this link: they
-        try again on the new path); the tickets, oldest first."""
+        try again on the new path); the tickets, oldest first.
+
+        The flow's credit goes to the pool (the caller offers the key again with
+        :meth:`supply`) and it counts as urgent-only again: what it may still send here is
+        the confirmations of frames of the old path, and a flow that sent frames before the
+        reroute must not keep holding up to ``cap_bytes``. Its debt stays, to be repaid."""
         out = [w.ticket for w in self._waiters if w.flow == flow]
         self._waiters = [w for w in self._waiters if w.flow != flow]
+        f = self.flows.get(flow)
+        if f is not None:
+            self.pool += f.credit
+            f.credit = 0
+            f.frames = False
         return out
 
     def forget(self, flow: str) -> None:

@@ -305,6 +305,7 @@ class KmShellBase:
                 if not fut.done():
                     fut.set_exception(InsufficientKeyMaterial(
                         f"session {session_id} rerouted off the link to {peer}"))
+        self._offer_link_key()  # its credit on those links went back to their pools
 
     def _offer_link_key(self) -> None:
         """Offer every link's key to its shares again (a session's credit went back to the

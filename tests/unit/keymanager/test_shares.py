@@ -254,6 +254,7 @@ OPS = st.lists(st.one_of(
     st.tuples(st.just("time"), st.floats(0.0, 2.0)),
     st.tuples(st.just("cancel"), st.integers(0, 50)),
     st.tuples(st.just("forget"), st.sampled_from("abc")),
+    st.tuples(st.just("withdraw"), st.sampled_from("abc")),
 ), max_size=80)
 
 
@@ -308,6 +309,10 @@ def test_no_key_handed_twice_and_no_waiter_outlives_its_deadline_while_key_fits(
                 t = issued[int(op[1]) % len(issued)]
                 if sh.cancel(t):
                     waiting.pop(t)
+        elif op[0] == "withdraw":  # as the shell does: the tickets fail, key offered again
+            for t in sh.withdraw(str(op[1])):
+                waiting.pop(t)
+            settle(sh.supply(level, now))
         else:  # as the shell does: forget, then offer the store's key again
             sh.forget(str(op[1]))
             settle(sh.supply(level, now))
@@ -345,3 +350,22 @@ def test_a_rerouted_flow_withdraws_its_waiters_and_keeps_the_others() -> None:
     assert sh.withdraw("a") == ["a1", "a2"]
     assert sh.waiting == 1 and sh.waiting_of("b") == 1
     assert tickets(sh.supply(200, 1.0)) == ["b1"]
+
+
+def test_a_rerouted_flow_gives_its_credit_to_the_pool_and_holds_no_more_than_urgent_flows() -> None:
+    """A session rerouted off a link may still send the old path's confirmations over it,
+    but must not keep (or go on receiving) the share it held while its frames crossed."""
+    sh = LinkShares(1 << 20, 60.0, debt_bytes=64)
+    assert tickets(sh.request("a1", "a", 0, 8, 10.0, 0.0)) == []  # a sends frames here
+    sh.request("b1", "b", 0, 1 << 16, 10.0, 0.0)  # b waits for more than there is
+    sh.supply(1000, 1.0)  # a1 is served from a's half: a keeps the rest, b holds its half
+    assert sh.credit("a") == 500 - 8 and sh.credit("b") == 500
+    assert sh.withdraw("a") == []
+    assert sh.credit("a") == 0 and sh.pool == 492 and sh.stock == 992
+    sh.supply(1992, 2.0)  # a's half of the next 1,000 is capped as an urgent-only flow's
+    assert sh.credit("a") == 64 and sh.credit("b") == 1000
+    assert sh.pool == 492 + 500 - 64 and sh.stock == 1992
+    # its next frame here (the route came back) lets it hold a full share again
+    assert tickets(sh.request("a2", "a", 0, 64, 10.0, 3.0)) == ["a2"]
+    sh.supply(sh.stock + 1000, 4.0)
+    assert sh.credit("a") == 500 and sh.credit("b") == 1500
