@@ -41,7 +41,7 @@ def demo(out: Annotated[Path, typer.Option("--out", "-o", help="Output directory
              help="Put a full intercept-resend eavesdropper on this link id during the run "
                   "(e.g. km4-km5): the QBER alarm and the reroute or refusal show up.")] = None,
          eve_after_s: Annotated[float, typer.Option(
-             help="--eve: seconds after the sessions start.")] = 1.0,
+             help="--eve: seconds after every pair has its first key.")] = 1.0,
          distributed: Annotated[bool, typer.Option(
              "--distributed", help="One process per element over NATS and PostgreSQL.")] = False,
          nats: Annotated[str | None, typer.Option(

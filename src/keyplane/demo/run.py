@@ -66,6 +66,13 @@ class DemoOptions:
     eve_link: str | None = None
     eve_after_s: float = 1.0
     timeout_s: float = 60.0
+    """The applications' wait per request (ETSI 004 QoS ``Timeout``)."""
+    stall_s: float | None = None
+    """How long a pair may go without a key before it gives up; None: ``timeout_s``, and
+    with ``eve_link`` twice that, so the pair outlasts the eavesdropper: its link makes no
+    key until Monitoring sees the QBER (a block or two of the emulation, slow on a loaded
+    machine) and the session is rerouted, and a request that waited through it is asked
+    again (status 6 is worth a retry)."""
     command_timeout_s: float = 10.0
     close_wait_s: float = 30.0
     """After the pairs closed: how long to wait for Admission Control to report each session
@@ -268,6 +275,9 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
     ctx = RuntimeContext(topology=topo, bus=bus, db=db, clock=clock, events=events,
                          state_dir=out / "state", seed=opts.seed)
     results = [PairResult(p) for p in pairs]
+    stall_s = opts.stall_s
+    if stall_s is None:
+        stall_s = opts.timeout_s * (2 if opts.eve_link else 1)
     t0 = clock.now()
     ent_task: asyncio.Task[list[dict[str, Any]]] | None = None
     try:
@@ -275,6 +285,10 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
             async def eve() -> None:
                 if opts.eve_link is None:
                     return
+                # mid-run: counted from the moment every pair has its first key (each
+                # session is routed and keying), so a slow start on a loaded machine does
+                # not put the eavesdropper on the link before the sessions chose their paths
+                await asyncio.gather(*(r.keying.wait() for r in results))
                 await asyncio.sleep(opts.eve_after_s)
                 # the link runs in a worker process: its runner takes commands on the bus
                 reply = await bus.request(
@@ -292,7 +306,7 @@ async def run_embedded_demo(opts: DemoOptions, console: Console | None = None
                                              _caller(topo, p.b)),
                              keys=opts.keys, chunk_bytes=opts.chunk_bytes,
                              interval_s=opts.interval_s, timeout_s=opts.timeout_s,
-                             result=r, t0=t0)
+                             stall_s=stall_s, result=r, t0=t0)
                     for p, r in zip(pairs, results, strict=True)]
             eve_task = asyncio.create_task(eve())
             # entanglement demands beside the key streams, through the nodes' API

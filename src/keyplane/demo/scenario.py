@@ -3,7 +3,8 @@
 Each pair behaves like two real applications: they agree on a Key_stream_ID out of band
 (a fresh UUID, which ETSI 004 lets the caller supply), call OPEN_CONNECT at their own KMs in
 parallel, then GET_KEY the same indexes and compare what they got. A GET_KEY answered
-"insufficient key" (status 2) is retried after a short back-off, as an application would.
+"insufficient key", "no QKD connection" or "timeout" (status 2, 4 or 6) is retried after a
+short back-off, as an application would, until the pair's stall bound.
 
 The scenario talks to KMs through :class:`StreamEndpoint`: in the embedded demo that is the
 KM's :class:`~keyplane.keymanager.interface.ApplicationService` called in process; in the
@@ -19,6 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from keyplane.api.errors import etsi004_status, map_exception
+from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.errors import (
     InsufficientKeyMaterial,
     KeyNotFound,
@@ -44,7 +47,7 @@ class StreamEndpoint(Protocol):
 
     async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
         """GET_KEY at ``index``: (key bytes, metadata). Raises InsufficientKeyMaterial on
-        status 2."""
+        status 2, 4 or 6 (the index is still the application's to fetch)."""
         ...
 
     async def close(self, key_stream_id: str) -> None:
@@ -71,13 +74,35 @@ class ServiceEndpoint:
 
     async def get_key(self, key_stream_id: str, index: int) -> tuple[bytes, dict[str, Any]]:
         last = self.received.get(key_stream_id)
-        res = await self.km.get_key(self.caller, key_stream_id, index, acknowledge=True,
-                                    confirm=() if last is None else (last,))
+        try:
+            res = await self.km.get_key(self.caller, key_stream_id, index, acknowledge=True,
+                                        confirm=() if last is None else (last,))
+        except KeyplaneError as exc:
+            # what an ETSI 004 application sees is the status (the distributed demo's
+            # client): 2, 4 and 6 (no key yet, no path yet, none within the timeout, e.g. a
+            # relay that waited out a reroute) leave the index to fetch again
+            if not isinstance(exc, InsufficientKeyMaterial) and _worth_retrying(exc):
+                raise InsufficientKeyMaterial(str(exc)) from exc
+            raise
         self.received[key_stream_id] = index
         return res.key, dict(res.metadata)
 
     async def close(self, key_stream_id: str) -> None:
         await self.km.close_stream(self.caller, key_stream_id)
+
+
+_RETRY = {Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE, Etsi004Status.NO_QKD_CONNECTION_AVAILABLE,
+          Etsi004Status.TIMEOUT_ERROR}
+
+
+def _worth_retrying(exc: KeyplaneError) -> bool:
+    """Whether GET_KEY answers ``exc`` with status 2, 4 or 6, and the index may still come
+    (not KeyNotFound, also status 2: the index is gone at this end, which the pair
+    handles)."""
+    if isinstance(exc, KeyNotFound):
+        return False
+    mapping = map_exception(exc)
+    return mapping is not None and etsi004_status(mapping, "get_key") in _RETRY
 
 
 @dataclass(frozen=True)

@@ -169,14 +169,18 @@ class _Production(KmShellBase):
                 return
 
     # ---- source ------------------------------------------------------------------------
-    def _next_is_destination(self, s: Stream) -> bool:
+    def _adjacent_destination(self, s: Stream) -> str | None:
+        """The destination's node if it is the next hop now (direct keys may go to it)."""
         entry = self.core.forwarding.current(s.session_id)
         if entry is None or entry.next_km is None or s.config is None:
-            return False
-        return self._peer_node(s.config.destination_sae) == entry.next_km
+            return None
+        if self._peer_node(s.config.destination_sae) != entry.next_km:
+            return None
+        return entry.next_km
 
     def hold_keys(self, keys: list[HeldKey]) -> int:
-        """Relay host: write new pending keys (direct mode); the journal generation."""
+        """Relay host: write new pending keys (made for a direct frame); the journal
+        generation."""
         return self.vault.add_all(keys) if keys else 0
 
     async def _produce(self, s: Stream, indexes: list[int], size_bytes: int,
@@ -187,7 +191,8 @@ class _Production(KmShellBase):
             raise SessionNotFound(f"stream {s.session_id} ended before its keys were made")
         now = self._clock.now()
         wall = self._clock.wall()
-        direct = self._next_is_destination(s)
+        direct_to = self._adjacent_destination(s)
+        direct = direct_to is not None
         keys: list[HeldKey] = []
         fresh: list[HeldKey] = []
         held = self.vault.get_many(s.session_id, indexes)
@@ -221,7 +226,7 @@ class _Production(KmShellBase):
         if gen:
             await self.journal.flushed(gen)
         provenance = await self.relay.send_batch(s.session_id, keys, size_bytes,
-                                                 direct_ok=direct, policy=policy,
+                                                 direct_to=direct_to, policy=policy,
                                                  deadline=deadline)
         done = [k for k in keys if k.state == "pending"]
         shared = list(provenance)  # replaced, never changed in place: one list per batch

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
@@ -201,15 +202,21 @@ class Relay:
 
     # ---- source ------------------------------------------------------------------------
     async def send_batch(self, session_id: str, keys: list[HeldKey], size_bytes: int,
-                         direct_ok: bool, policy: str | None = None,
+                         direct_to: str | None, policy: str | None = None,
                          deadline: float | None = None) -> list[dict[str, str]]:
         """Relay ``keys`` to the session's destination and wait for its confirmation.
 
-        Keys whose ``material`` is None are taken from the hop key directly (adjacent
-        endpoints, first attempt; requires ``direct_ok``); they are written to the vault
-        through :meth:`RelayHost.hold_keys` in the same commit as the link key consumption.
+        Keys whose ``material`` is None are taken from the hop key directly when the next
+        hop is still ``direct_to`` (the adjacent destination they were made for) and none of
+        the batch's keys has bytes yet; they are written to the vault through
+        :meth:`RelayHost.hold_keys` in the same commit as the link key consumption. Else
+        (the session was rerouted since, or a resent key rides with them) they get fresh
+        random bytes, are held, and travel encrypted like any relayed key: a direct frame
+        reaching an intermediate is dropped there, and a resent key's bytes must not change
+        (its destination may hold them already).
 
         Args:
+            direct_to: the node direct keys may go to (None: no direct frame).
             policy: a hybrid policy narrowing the session's for this batch (an
                 application's required provenance); None: the session's.
             deadline: the clock time until which the batch may wait for its share of
@@ -230,7 +237,7 @@ class Relay:
         last: KeyplaneError | None = None
         for attempt in range(self._settings.relay_attempts):
             try:
-                confirm = await self._attempt(session_id, keys, size_bytes, direct_ok,
+                confirm = await self._attempt(session_id, keys, size_bytes, direct_to,
                                               batch_id, attempt, policy, deadline)
             except KeyWaitExpired:
                 raise
@@ -250,7 +257,8 @@ class Relay:
         raise last
 
     async def _attempt(self, session_id: str, keys: list[HeldKey], size_bytes: int,
-                       direct_ok: bool, batch_id: str, attempt: int, batch_policy: str | None,
+                       direct_to: str | None, batch_id: str, attempt: int,
+                       batch_policy: str | None,
                        deadline: float | None = None) -> ConfirmFrame:
         entry = self._host.forwarding.current(session_id)
         if entry is None or entry.next_km is None:
@@ -260,9 +268,14 @@ class Relay:
             raise RelayError(f"refused: policy {batch_policy} conflicts with the session's "
                              f"{entry.hybrid_policy}")
         store = self._host.link_store(entry.next_km)
-        direct = any(k.material is None for k in keys)
-        if direct and not direct_ok:
-            raise RelayError("keys without material can only go to an adjacent destination")
+        fresh = [k for k in keys if k.material is None]
+        direct = len(fresh) == len(keys) and entry.next_km == direct_to
+        gen = 0
+        if fresh and not direct:
+            pool = secrets.token_bytes(size_bytes * len(fresh))
+            for i, k in enumerate(fresh):
+                k.material = pool[i * size_bytes:(i + 1) * size_bytes]
+            gen = self._host.hold_keys(fresh)
         n = len(keys) * size_bytes
         await self._bus_up(session_id, deadline)
         if entry.next_km in self._silent:
@@ -270,7 +283,7 @@ class Relay:
         hop = await self.hop_keys.take(session_id, entry.epoch, entry.next_km, store, policy.value,
                                        MAC_KEY_BYTES + n, deadline=deadline)
         mac_key, pad = hop.material[:MAC_KEY_BYTES], hop.material[MAC_KEY_BYTES:]
-        gen = hop.gen
+        gen = max(gen, hop.gen)
         ciphertext = ""
         if direct:
             for i, k in enumerate(keys):

@@ -16,8 +16,11 @@ from keyplane.errors import (
     KeyplaneError,
     KeyWaitExpired,
     PeerNotConnected,
+    PeerUnreachable,
     QosNotMet,
+    RelayTimeout,
 )
+from keyplane.keymanager.interface import Caller
 from keyplane.messages import Qos
 
 
@@ -176,3 +179,28 @@ async def test_run_pair_gives_up_after_its_reopen_limit() -> None:
                          keys=3, timeout_s=5, reopen_limit=2)
     assert res.status == "failed" and res.reopened == 2 and "PeerNotConnected" in res.error
     assert res.lost_indexes == []  # both ends lost the stream: no key at one end only
+
+
+@pytest.mark.parametrize(("exc", "retried"), [
+    (RelayTimeout("index 4 not relayed within the QoS timeout"), True),  # status 6
+    (KeyWaitExpired("no link key within the timeout"), True),  # status 6
+    (PeerUnreachable("no route"), True),  # status 4
+    (InsufficientKeyMaterial("none yet"), True),  # status 2
+    (KeyNotFound("index 4 was already delivered"), False),
+    (PeerNotConnected("the stream ended"), False),  # status 3: the pair opens a new one
+])
+async def test_the_embedded_endpoint_leaves_an_index_to_fetch_again_as_its_status_says(
+        exc: KeyplaneError, retried: bool) -> None:
+    """In process, as over HTTPS: GET_KEY answered with status 2, 4 or 6 is asked again
+    (InsufficientKeyMaterial to run_pair); another failure is the failure itself."""
+    class Km:
+        async def get_key(self, *_a: object, **_k: object) -> object:
+            raise exc
+
+    ep = scenario.ServiceEndpoint("sa", Km(), Caller("CN=a"))  # type: ignore[arg-type]
+    with pytest.raises(KeyplaneError) as got:
+        await ep.get_key("sid", 4)
+    assert isinstance(got.value, InsufficientKeyMaterial) is retried
+    if not retried:
+        assert got.value is exc
+    assert "sid" not in ep.received  # nothing was received: nothing to confirm next time

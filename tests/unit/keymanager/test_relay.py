@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,8 @@ from keyplane.clock import RealClock, VirtualClock
 from keyplane.errors import KeyplaneError, KeyWaitExpired, RelayError, RelayTimeout
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings, send_half
+from keyplane.keymanager.heldkey import HeldKey
+from keyplane.keymanager.keyids import new_key_ids
 from keyplane.keymanager.wire import ConfirmFrame, DemandFrame, KeyFrame, LinkBlocksHeld
 from keyplane.messages import Qos
 from keyplane.store import Database, sqlite_url
@@ -376,3 +379,71 @@ async def test_intermediate_spends_no_link_key_into_a_destination_that_does_not_
     # ... but only the first forward spent km1's key
     assert len([f for f in sent if f.sender == "km1"]) == 1
     assert left == held - (32 + 4 * 32)
+
+
+def _made_keys(sid: str, indexes: list[int], chunk: int, material: list[bytes | None]
+               ) -> list[HeldKey]:
+    """Pending keys as the source's production makes them (None: for a direct frame)."""
+    ids = new_key_ids(time.time(), len(indexes))
+    return [HeldKey(kid, sid, i, 8 * chunk, m, "pending", "sa", "sb", 0.0, [])
+            for kid, i, m in zip(ids, indexes, material, strict=True)]
+
+
+async def test_keys_made_for_a_direct_frame_travel_encrypted_once_the_next_hop_is_not_their_destination(
+        km_db: Database) -> None:
+    """A session rerouted between making its keys (the destination was the next hop) and
+    sending them: the frame goes to an intermediate, which drops a direct frame; so the keys
+    get their own bytes, are held, and are relayed like any key (the demo's eavesdropper
+    reroute under load lost an attempt and its confirmation wait to this)."""
+    bus = MemoryBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=11,
+                          settings=KmSettings(relay_attempts=1))
+    try:
+        sid = await open_pair(net)
+        src, dst = net.kms["km0"], net.kms["km2"]
+        keys = _made_keys(sid, [0, 1], 32, [None, None])
+        # as if made while km2 was the next hop: it is km1 now
+        await src.relay.send_batch(sid, keys, 32, direct_to="km2")
+        (frame,) = [f for f in log.frames if isinstance(f, KeyFrame) and f.sender == "km0"]
+        assert not frame.direct and frame.ciphertext
+        for k in keys:
+            assert k.material is not None and len(k.material) == 32
+            held_src, held_dst = src.vault.get(sid, k.index), dst.vault.get(sid, k.index)
+            assert held_src is not None and held_src.material == k.material  # held at the source
+            assert held_dst is not None and held_dst.material == k.material
+        assert keys[0].material != keys[1].material
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_a_resent_key_keeps_its_bytes_beside_keys_made_for_a_direct_frame(
+        km_db: Database) -> None:
+    """A batch of a resent key (bytes held at the source, perhaps at the destination too)
+    and new keys made for a direct frame: a direct frame would give every key the link's
+    bytes, changing the resent one's; so the batch travels encrypted, the resent key as it
+    was, the new ones with fresh bytes."""
+    bus = MemoryBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=12)
+    try:
+        sid = await open_pair(net)
+        src, dst = net.kms["km0"], net.kms["km1"]
+        old = bytes(range(32))
+        [resent] = _made_keys(sid, [0], 32, [old])
+        await src.journal.flushed(src.hold_keys([resent]))
+        fresh = _made_keys(sid, [1], 32, [None])
+        await src.relay.send_batch(sid, [resent, *fresh], 32, direct_to="km1")
+        (frame,) = [f for f in log.frames if isinstance(f, KeyFrame)]
+        assert not frame.direct
+        held = dst.vault.get(sid, 0)
+        assert resent.material == old and held is not None and held.material == old
+        got = dst.vault.get(sid, 1)
+        assert got is not None and got.material == fresh[0].material is not None
+        assert fresh[0].material != old
+    finally:
+        await net.close()
+        await bus.close()
