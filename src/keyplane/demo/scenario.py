@@ -77,7 +77,7 @@ class ServiceEndpoint:
         try:
             res = await self.km.get_key(self.caller, key_stream_id, index, acknowledge=True,
                                         confirm=() if last is None else (last,))
-        except KeyplaneError as exc:
+        except (KeyplaneError, TimeoutError) as exc:
             # what an ETSI 004 application sees is the status (the distributed demo's
             # client): 2, 4 and 6 (no key yet, no path yet, none within the timeout, e.g. a
             # relay that waited out a reroute) leave the index to fetch again
@@ -95,7 +95,7 @@ _RETRY = {Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE, Etsi004Status.NO_QKD_CONN
           Etsi004Status.TIMEOUT_ERROR}
 
 
-def _worth_retrying(exc: KeyplaneError) -> bool:
+def _worth_retrying(exc: Exception) -> bool:
     """Whether GET_KEY answers ``exc`` with status 2, 4 or 6, and the index may still come
     (not KeyNotFound, also status 2: the index is gone at this end, which the pair
     handles)."""
@@ -161,11 +161,14 @@ async def _get(ep: StreamEndpoint, sid: str, index: int, deadline: float
     while True:
         try:
             return await ep.get_key(sid, index)
-        except (InsufficientKeyMaterial, KeyWaitExpired):
+        except (InsufficientKeyMaterial, KeyWaitExpired) as exc:
             # no key yet, or none within the request's timeout (ETSI 004 status 2 / 6): the
             # index is still this application's to fetch; a loaded machine makes link key
             # slowly, so ask again until the pair's own stall bound
             if time.monotonic() > deadline:
+                cause = exc.__cause__  # the KM's own error, when the endpoint wrapped it
+                if isinstance(cause, KeyplaneError | TimeoutError):
+                    raise cause from None
                 raise
             await asyncio.sleep(delay)
             delay = min(0.25, delay * 1.5)

@@ -179,8 +179,8 @@ class _Production(KmShellBase):
         return entry.next_km
 
     def hold_keys(self, keys: list[HeldKey]) -> int:
-        """Relay host: write new pending keys (made for a direct frame); the journal
-        generation."""
+        """Relay host: write new pending keys the relay gave bytes (from a direct frame's
+        pad, or fresh ones when it could not send them directly); the journal generation."""
         return self.vault.add_all(keys) if keys else 0
 
     async def _produce(self, s: Stream, indexes: list[int], size_bytes: int,
@@ -220,6 +220,8 @@ class _Production(KmShellBase):
         gen = 0
         if not direct:
             gen = self.vault.add_all(fresh) if fresh else self.journal.mark()
+        elif len(fresh) < len(keys):  # resent beside direct ones: the relay sends them all
+            gen = self.journal.mark()  # encrypted, as made; they may wait for their commit
         self._emit(EventType.key_material_ready, session=s.session_id,
                    key_ids=[k.key_id for k in keys], key_count=len(keys),
                    size_bits=size_bytes * 8, direct=direct)

@@ -270,12 +270,13 @@ class Relay:
         store = self._host.link_store(entry.next_km)
         fresh = [k for k in keys if k.material is None]
         direct = len(fresh) == len(keys) and entry.next_km == direct_to
-        gen = 0
         if fresh and not direct:
             pool = secrets.token_bytes(size_bytes * len(fresh))
             for i, k in enumerate(fresh):
                 k.material = pool[i * size_bytes:(i + 1) * size_bytes]
-            gen = self._host.hold_keys(fresh)
+            # durable now, not only before this attempt's frame: if the attempt fails
+            # before its frame, the next one finds them with bytes and waits for no commit
+            await self._journal.flushed(self._host.hold_keys(fresh))
         n = len(keys) * size_bytes
         await self._bus_up(session_id, deadline)
         if entry.next_km in self._silent:
@@ -283,7 +284,7 @@ class Relay:
         hop = await self.hop_keys.take(session_id, entry.epoch, entry.next_km, store, policy.value,
                                        MAC_KEY_BYTES + n, deadline=deadline)
         mac_key, pad = hop.material[:MAC_KEY_BYTES], hop.material[MAC_KEY_BYTES:]
-        gen = max(gen, hop.gen)
+        gen = hop.gen
         ciphertext = ""
         if direct:
             for i, k in enumerate(keys):

@@ -186,11 +186,12 @@ async def test_run_pair_gives_up_after_its_reopen_limit() -> None:
     (KeyWaitExpired("no link key within the timeout"), True),  # status 6
     (PeerUnreachable("no route"), True),  # status 4
     (InsufficientKeyMaterial("none yet"), True),  # status 2
+    (TimeoutError(), True),  # status 6 (a wait in the KM's queue)
     (KeyNotFound("index 4 was already delivered"), False),
     (PeerNotConnected("the stream ended"), False),  # status 3: the pair opens a new one
 ])
 async def test_the_embedded_endpoint_leaves_an_index_to_fetch_again_as_its_status_says(
-        exc: KeyplaneError, retried: bool) -> None:
+        exc: Exception, retried: bool) -> None:
     """In process, as over HTTPS: GET_KEY answered with status 2, 4 or 6 is asked again
     (InsufficientKeyMaterial to run_pair); another failure is the failure itself."""
     class Km:
@@ -198,9 +199,28 @@ async def test_the_embedded_endpoint_leaves_an_index_to_fetch_again_as_its_statu
             raise exc
 
     ep = scenario.ServiceEndpoint("sa", Km(), Caller("CN=a"))  # type: ignore[arg-type]
-    with pytest.raises(KeyplaneError) as got:
+    with pytest.raises((KeyplaneError, TimeoutError)) as got:
         await ep.get_key("sid", 4)
     assert isinstance(got.value, InsufficientKeyMaterial) is retried
     if not retried:
         assert got.value is exc
     assert "sid" not in ep.received  # nothing was received: nothing to confirm next time
+
+
+async def test_a_pair_that_gives_up_names_the_kms_own_error() -> None:
+    """Retried as status 6 until the stall bound, then reported as what it was."""
+    class Km:
+        async def open_connect(self, _c: object, _s: str, _d: str, _q: Qos, sid: str
+                               ) -> object:
+            return SimpleNamespace(key_stream_id=sid)
+
+        async def get_key(self, *_a: object, **_k: object) -> object:
+            raise RelayTimeout("index 0 not relayed within the QoS timeout")
+
+        async def close_stream(self, *_a: object) -> None:
+            return None
+
+    a = scenario.ServiceEndpoint("sa", Km(), Caller("CN=a"))  # type: ignore[arg-type]
+    b = scenario.ServiceEndpoint("sb", Km(), Caller("CN=b"))  # type: ignore[arg-type]
+    res = await run_pair(SaePair("sa", "sb"), a, b, keys=1, timeout_s=0.2)
+    assert res.status == "failed" and res.error.startswith("RelayTimeout: index 0"), res.error
