@@ -168,7 +168,7 @@ async def _get(ep: StreamEndpoint, sid: str, index: int, deadline: float
             if time.monotonic() > deadline:
                 cause = exc.__cause__  # the KM's own error, when the endpoint wrapped it
                 if isinstance(cause, KeyplaneError | TimeoutError):
-                    raise cause from None
+                    raise cause from cause.__cause__  # its own chain kept
                 raise
             await asyncio.sleep(delay)
             delay = min(0.25, delay * 1.5)

@@ -8,6 +8,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,7 +19,13 @@ from keyplane.api.errors import map_exception
 from keyplane.api.etsi004.status import Etsi004Status
 from keyplane.bus import Bus, MemoryBus, Message
 from keyplane.clock import RealClock, VirtualClock
-from keyplane.errors import KeyplaneError, KeyWaitExpired, RelayError, RelayTimeout
+from keyplane.errors import (
+    InsufficientKeyMaterial,
+    KeyplaneError,
+    KeyWaitExpired,
+    RelayError,
+    RelayTimeout,
+)
 from keyplane.events import EventType
 from keyplane.keymanager import KmSettings, send_half
 from keyplane.keymanager.heldkey import HeldKey
@@ -443,6 +450,41 @@ async def test_a_resent_key_keeps_its_bytes_beside_keys_made_for_a_direct_frame(
         got = dst.vault.get(sid, 1)
         assert got is not None and got.material == fresh[0].material is not None
         assert fresh[0].material != old
+    finally:
+        await net.close()
+        await bus.close()
+
+
+async def test_keys_given_fresh_bytes_are_durable_before_the_attempt_spends_link_key(
+        km_db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay holds them and waits for their commit before it takes the hop's key: an
+    attempt that fails after that (here the link key wait, as a reroute's withdraw ends it)
+    leaves them held and durable, and the next attempt, which finds them with bytes, sends
+    them without waiting for their commit again (a PQC hop's key names no commit)."""
+    bus = MemoryBus()
+    net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=13)
+    try:
+        sid = await open_pair(net)
+        src = net.kms["km0"]
+        held: list[int] = []
+        hold = src.hold_keys
+        monkeypatch.setattr(src, "hold_keys", lambda keys: held.append(hold(keys)) or held[-1])
+        take = src.relay.hop_keys.take
+        at_take: list[int] = []
+
+        async def failing_once(*a: Any, **k: Any) -> Any:
+            at_take.append(src.journal._done)  # what is committed when link key is taken
+            if len(at_take) == 1:
+                raise InsufficientKeyMaterial("rerouted off the link (test)")
+            return await take(*a, **k)
+
+        monkeypatch.setattr(src.relay.hop_keys, "take", failing_once)
+        keys = _made_keys(sid, [0], 32, [None])
+        await src.relay.send_batch(sid, keys, 32, direct_to="km2")
+        assert len(held) == 1 and len(at_take) >= 2
+        assert at_take[0] >= held[0], "the held keys were not durable when link key was taken"
+        got = net.kms["km2"].vault.get(sid, 0)
+        assert got is not None and got.material == keys[0].material
     finally:
         await net.close()
         await bus.close()
