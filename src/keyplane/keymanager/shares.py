@@ -12,7 +12,8 @@ The rule (weighted shares, not strict priority; docs/keymanager.md says why):
 
 * **Flows.** A flow is one session's traffic on this link; its weight is
   ``priority + 1`` (SessionConfig's priority 0-7: weights 1-8). A flow exists from its first
-  request and is forgotten when its session ends or after ``idle_s`` without a request.
+  request and is forgotten when its session ends or after ``idle_s`` without a request and
+  without debt.
 * **Supply is split on arrival.** Each time the link's sendable key rises by ``delta`` bytes,
   ``delta`` is shared among the flows by weight and credited to them, each credit capped at
   ``cap_bytes``; what no flow may take (no flows yet, or caps reached) goes to a common
@@ -247,9 +248,12 @@ class LinkShares:
 
     # ---- internals ---------------------------------------------------------------------
     def _forget_idle(self, now: float) -> bool:
-        """Forget flows idle for ``idle_s``; whether any credit went to the pool."""
+        """Forget flows idle for ``idle_s``, but not one in debt: it repays from its shares
+        first (forgotten, its loan was never repaid, and the session could borrow the bound
+        again after every idle period); whether any credit went to the pool."""
         busy = {w.flow for w in self._waiters}
-        idle = [n for n, f in self.flows.items() if n not in busy and now - f.last >= self.idle_s]
+        idle = [n for n, f in self.flows.items()
+                if n not in busy and not f.debt and now - f.last >= self.idle_s]
         freed = False
         for name in idle:
             freed = freed or self.flows[name].credit > 0

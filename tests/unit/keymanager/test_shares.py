@@ -369,3 +369,22 @@ def test_a_rerouted_flow_gives_its_credit_to_the_pool_and_holds_no_more_than_urg
     assert tickets(sh.request("a2", "a", 0, 64, 10.0, 3.0)) == ["a2"]
     sh.supply(sh.stock + 1000, 4.0)
     assert sh.credit("a") == 500 and sh.credit("b") == 1500
+
+
+def test_an_idle_flow_in_debt_repays_before_it_is_forgotten() -> None:
+    """Forgetting a flow in debt would let a session borrow the bound again after every idle
+    period, its loans never repaid: it stays until its shares have repaid them."""
+    sh = LinkShares(1 << 20, 10.0, debt_bytes=128)
+    sh.request("big", "a", 0, 10_000, 100.0, 0.0)
+    sh.supply(1000, 0.0)  # all "a"'s
+    for i in range(4):
+        assert tickets(sh.request(i, "b", 0, 32, 5.0, 0.0, urgent=True)) == [i]
+    assert sh.debt("b") == 128 and sh.stock == 872
+    sh.supply(sh.stock, 20.0)  # "b" idle 20 s, in debt: kept; nothing new came
+    assert "b" in sh.flows and sh.debt("b") == 128
+    sh.supply(sh.stock + 200, 30.0)  # its half of 200 repays 100 to "a"
+    assert sh.debt("b") == 28 and sh.credit("a") == 1000 - 128 + 200
+    sh.supply(sh.stock + 200, 40.0)  # the rest repaid, 72 credited to it
+    assert sh.debt("b") == 0 and sh.credit("b") == 72
+    sh.supply(sh.stock, 41.0)  # idle without debt: forgotten, its credit to the pool
+    assert "b" not in sh.flows and sh.pool == 72
