@@ -46,7 +46,7 @@ from keyplane.bus import BusCredentials, BusSecurity, Message, topics
 from keyplane.bus.nats import NatsBus
 from keyplane.certs import OPERATOR_ID, ensure_network_certs
 from keyplane.demo.run import DemoOptions, default_pairs, summarize
-from keyplane.demo.scenario import PairResult, run_pair
+from keyplane.demo.scenario import RETRY_STATUSES, PairResult, run_pair
 from keyplane.demo.timeline import render_timeline
 from keyplane.errors import InsufficientKeyMaterial, KeyplaneError, PeerNotConnected, QosNotMet
 from keyplane.events import Event, EventMessage, EventType, read_jsonl
@@ -144,7 +144,7 @@ class SdkEndpoint:
         try:
             chunk = await self.client.get_key(key_stream_id, index, metadata=ack)
         except Etsi004StatusError as exc:
-            if int(exc.status) in (2, 4, 6):  # insufficient key, no QKD connection, timeout
+            if int(exc.status) in RETRY_STATUSES:  # no key yet, no connection, timeout
                 raise InsufficientKeyMaterial(str(exc)) from exc
             if int(exc.status) == 3:  # the stream ended at this KM (the pair re-opens)
                 raise PeerNotConnected(f"{self.sae_id} GET_KEY: {exc}") from exc

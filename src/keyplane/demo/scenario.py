@@ -91,8 +91,10 @@ class ServiceEndpoint:
         await self.km.close_stream(self.caller, key_stream_id)
 
 
-_RETRY = {Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE, Etsi004Status.NO_QKD_CONNECTION_AVAILABLE,
-          Etsi004Status.TIMEOUT_ERROR}
+RETRY_STATUSES = frozenset({Etsi004Status.GK_INSUFFICIENT_KEY_AVAILABLE,
+                            Etsi004Status.NO_QKD_CONNECTION_AVAILABLE,
+                            Etsi004Status.TIMEOUT_ERROR})
+"""GET_KEY statuses an application asks again after (both demo endpoints)."""
 
 
 def _worth_retrying(exc: Exception) -> bool:
@@ -102,7 +104,7 @@ def _worth_retrying(exc: Exception) -> bool:
     if isinstance(exc, KeyNotFound):
         return False
     mapping = map_exception(exc)
-    return mapping is not None and etsi004_status(mapping, "get_key") in _RETRY
+    return mapping is not None and etsi004_status(mapping, "get_key") in RETRY_STATUSES
 
 
 @dataclass(frozen=True)

@@ -110,6 +110,12 @@ more than are in flight within one confirmation wait; a retry (``attempt`` > 0) 
 them means the next hop lost the earlier forward."""
 
 
+def _cut(keys: list[HeldKey], blob: bytes, size_bytes: int) -> None:
+    """Give ``keys`` their bytes, ``size_bytes`` each from ``blob`` in order."""
+    for i, k in enumerate(keys):
+        k.material = blob[i * size_bytes:(i + 1) * size_bytes]
+
+
 class RelayHost(Protocol):
     """What the relay needs from its key manager."""
 
@@ -271,9 +277,7 @@ class Relay:
         fresh = [k for k in keys if k.material is None]
         direct = len(fresh) == len(keys) and entry.next_km == direct_to
         if fresh and not direct:
-            pool = secrets.token_bytes(size_bytes * len(fresh))
-            for i, k in enumerate(fresh):
-                k.material = pool[i * size_bytes:(i + 1) * size_bytes]
+            _cut(fresh, secrets.token_bytes(size_bytes * len(fresh)), size_bytes)
             # durable now, not only before this attempt's frame: if the attempt fails
             # before its frame, the next one finds them with bytes and waits for no commit
             await self._journal.flushed(self._host.hold_keys(fresh))
@@ -287,8 +291,7 @@ class Relay:
         gen = hop.gen
         ciphertext = ""
         if direct:
-            for i, k in enumerate(keys):
-                k.material = pad[i * size_bytes:(i + 1) * size_bytes]
+            _cut(keys, pad, size_bytes)
             gen = max(gen, self._host.hold_keys(keys))
         else:
             ciphertext = b64e(xor(b"".join(k.material or b"" for k in keys), pad))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +51,21 @@ class FrameLog:
         assert isinstance(msg, KeyFrame | ConfirmFrame | DemandFrame)
         self.frames.append(msg)
         self.topics.append(topic)
+
+
+@contextlib.asynccontextmanager
+async def logged_line(db: Database, n_nodes: int, seed: int
+                      ) -> AsyncIterator[tuple[KmNet, FrameLog]]:
+    """A line of ``n_nodes`` KMs on a memory bus, every relay frame on it logged."""
+    bus = MemoryBus()
+    log = FrameLog()
+    await bus.subscribe("keyplane.km.*.relay", log)
+    net = await start_net(line_topology(n_nodes), bus, db, RealClock(), seed=seed)
+    try:
+        yield net, log
+    finally:
+        await net.close()
+        await bus.close()
 
 
 async def check_link_keys_used_once(net: KmNet, log: FrameLog) -> None:
@@ -171,20 +188,13 @@ async def test_relay_on_both_buses_delivers_same_key_both_ends(bus: Bus, km_db: 
 
 
 async def test_relay_adjacent_endpoints_use_the_link_key_directly(km_db: Database) -> None:
-    bus = MemoryBus()
-    log = FrameLog()
-    await bus.subscribe("keyplane.km.*.relay", log)
-    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=7)
-    try:
+    async with logged_line(km_db, 2, seed=7) as (net, log):
         keys = await net.kms["km0"].enc_keys(CALLER_A, "sc", "sd", 2, 128)
         (frame,) = [f for f in log.frames if isinstance(f, KeyFrame)]
         assert frame.direct and frame.ciphertext == ""
         block, off, n = frame.segments[0]
         link_bytes = net.fed["km0-km1"][block][off:off + n]
         assert link_bytes[32:64] == keys[0].key + keys[1].key
-    finally:
-        await net.close()
-        await bus.close()
 
 
 async def test_relay_without_link_key_on_a_hop_delivers_to_neither_end(km_db: Database) -> None:
@@ -402,11 +412,7 @@ async def test_keys_made_for_a_direct_frame_travel_encrypted_once_the_next_hop_i
     sending them: the frame goes to an intermediate, which drops a direct frame; so the keys
     get their own bytes, are held, and are relayed like any key (the demo's eavesdropper
     reroute under load lost an attempt and its confirmation wait to this)."""
-    bus = MemoryBus()
-    log = FrameLog()
-    await bus.subscribe("keyplane.km.*.relay", log)
-    net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=11)
-    try:
+    async with logged_line(km_db, 3, seed=11) as (net, log):
         sid = await open_pair(net)
         src, dst = net.kms["km0"], net.kms["km2"]
         keys = _made_keys(sid, [0, 1], 32, [None, None])
@@ -420,9 +426,6 @@ async def test_keys_made_for_a_direct_frame_travel_encrypted_once_the_next_hop_i
             assert held_src is not None and held_src.material == k.material  # held at the source
             assert held_dst is not None and held_dst.material == k.material
         assert keys[0].material != keys[1].material
-    finally:
-        await net.close()
-        await bus.close()
 
 
 async def test_a_resent_key_keeps_its_bytes_beside_keys_made_for_a_direct_frame(
@@ -431,11 +434,7 @@ async def test_a_resent_key_keeps_its_bytes_beside_keys_made_for_a_direct_frame(
     and new keys made for a direct frame: a direct frame would give every key the link's
     bytes, changing the resent one's; so the batch travels encrypted, the resent key as it
     was, the new ones with fresh bytes."""
-    bus = MemoryBus()
-    log = FrameLog()
-    await bus.subscribe("keyplane.km.*.relay", log)
-    net = await start_net(line_topology(2), bus, km_db, RealClock(), seed=12)
-    try:
+    async with logged_line(km_db, 2, seed=12) as (net, log):
         sid = await open_pair(net)
         src, dst = net.kms["km0"], net.kms["km1"]
         old = bytes(range(32))
@@ -450,9 +449,6 @@ async def test_a_resent_key_keeps_its_bytes_beside_keys_made_for_a_direct_frame(
         got = dst.vault.get(sid, 1)
         assert got is not None and got.material == fresh[0].material is not None
         assert fresh[0].material != old
-    finally:
-        await net.close()
-        await bus.close()
 
 
 async def test_keys_given_fresh_bytes_are_durable_before_the_attempt_spends_link_key(
@@ -461,9 +457,7 @@ async def test_keys_given_fresh_bytes_are_durable_before_the_attempt_spends_link
     attempt that fails after that (here the link key wait, as a reroute's withdraw ends it)
     leaves them held and durable, and the next attempt, which finds them with bytes, sends
     them without waiting for their commit again (a PQC hop's key names no commit)."""
-    bus = MemoryBus()
-    net = await start_net(line_topology(3), bus, km_db, RealClock(), seed=13)
-    try:
+    async with logged_line(km_db, 3, seed=13) as (net, _log):
         sid = await open_pair(net)
         src = net.kms["km0"]
         held: list[int] = []
@@ -485,6 +479,3 @@ async def test_keys_given_fresh_bytes_are_durable_before_the_attempt_spends_link
         assert at_take[0] >= held[0], "the held keys were not durable when link key was taken"
         got = net.kms["km2"].vault.get(sid, 0)
         assert got is not None and got.material == keys[0].material
-    finally:
-        await net.close()
-        await bus.close()
